@@ -1,0 +1,34 @@
+"""Pieces shared by the estimators: head terms, parameter-gradient bookkeeping."""
+import numpy as np
+
+from ..losses import xent
+
+
+def flat_last_state(path):
+    state = path.last_state
+    return state.reshape(state.shape[0], -1)
+
+
+def head_flip_logits(net, path):
+    r"""Single-flip logits ``eta^(i) = eta - 2 x^L_i V[:, i]`` for every unit i of the last stage: (B, N_L, K)."""
+    x_last = flat_last_state(path)
+    return path.logits[:, None, :] - 2 * x_last[:, :, None] * net.head.weight.T[None, :, :]
+
+
+def add_layer_grads(grads, prefix, layer_grads):
+    for name, g in layer_grads.items():
+        grads[f"{prefix}.{name}"] = g
+
+
+def head_grads(net, path, g_eta):
+    """Head parameter gradients from (already weighted) logit gradients g_eta (B, K)."""
+    return net.head.param_grads(flat_last_state(path), g_eta)
+
+
+def finalize(net, loss, grads):
+    """Order ``grads`` like ``net.params`` and cast to the parameter dtypes."""
+    return float(loss), {k: np.asarray(grads[k], dtype=p.dtype).reshape(p.shape) for k, p in net.params.items()}
+
+
+def xent_head(path, y):
+    return xent(path.logits, y)

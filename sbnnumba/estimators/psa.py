@@ -1,0 +1,69 @@
+r"""PSA: the path sample-analytic gradient estimator (Shekhovtsov, Yanush, Flach, NeurIPS 2020).
+
+One sampled path ``x^1..x^L`` per example, then (spec psa.md, section 2):
+
+* head differences (exact): ``d^L_i = l(y, eta - 2 x^L_i V[:, i]) - l(y, eta)``            (B, N_L)
+* per stage k = L..1:
+    ``g_a^k = -x^k * p(a^k) * d^k``  -> parameter gradients ``g_a^k (x^{k-1})^T``, ``sum g_a^k``
+    ``d^{k-1}_i = sum_j Delta^k_ij d^k_j``,
+    ``Delta^k_ij = F(-x^k_j (a^k_j - 2 W^k_ji x^{k-1}_i)) - F(-x^k_j a^k_j)``  (layer.flip_propagate)
+* head gradient: the Rao-Blackwellized mixture ``(1 - sum_i w_i) grad l(x) + sum_i w_i grad l(x_flip_i)``
+  with ``w_i = (1 - p_x_i) / N_L`` (``head="rb"``, default) or ``grad l(x)`` (``head="sample"``);
+* loss value: ``E_hat = l(x) + sum_i w_i d^L_i`` (unbiased for ``E[l | x^{L-1}]``).
+
+Exact (unbiased) for the head and the last binary layer, for one-binary-layer networks and for
+networks whose binary layers after the first have width 1; elsewhere biased by the linearization
+(joint flips ignored). ``linearize=True`` replaces Delta by ``2 x_j x_i W_ji p(a_j)`` and the head
+differences by ``-2 x^L dl/dx^L``: that is exactly deep ST (spec section 3), kept for verification.
+"""
+import numpy as np
+
+from ..losses import xent
+from .common import add_layer_grads, finalize, flat_last_state, head_flip_logits
+from .registry import register_path_estimator
+
+
+def psa_path_gradient(net, path, y, weights, head="rb", linearize=False):
+    """PSA estimate on given paths; see the module docstring. Returns (loss, grads)."""
+    if head not in ("rb", "sample"):
+        raise ValueError(f"head: expected 'rb' or 'sample', got {head!r}")
+    noise, V = net.noise, net.head.weight
+    x_last = flat_last_state(path)
+    n_last = x_last.shape[1]
+    loss0, g_eta = xent(path.logits, y)
+    if linearize:
+        d = -2 * x_last * (g_eta @ V)
+    else:
+        loss_flip, g_eta_flip = xent(head_flip_logits(net, path), y[:, None])
+        d = loss_flip - loss0[:, None]
+
+    grads = {}
+    # Rao-Blackwellized value and head gradient (spec section 2.6); p_x is a constant.
+    last = path.stages[-1]
+    p_x = noise.cdf(last.state * last.pre).reshape(x_last.shape)
+    w_rb = (1 - p_x) / n_last
+    value = loss0 + np.einsum("bi,bi->b", w_rb, d) if not linearize else loss0
+    if head == "rb" and not linearize:
+        g_mix = g_eta * (1 - w_rb.sum(axis=1))[:, None] + np.einsum("bi,bik->bk", w_rb, g_eta_flip)
+        g_mix *= weights[:, None]
+        dv = g_mix.T @ x_last - 2 * np.einsum("bi,bik->ki", (weights[:, None] * w_rb * x_last), g_eta_flip)
+        grads["head.weight"], grads["head.bias"] = dv, g_mix.sum(axis=0)
+    else:
+        add_layer_grads(grads, "head", net.head.param_grads(x_last, g_eta * weights[:, None]))
+
+    for k in range(len(net.stages) - 1, -1, -1):
+        layer, st = net.stages[k], path.stages[k]
+        d = d.reshape(st.pre.shape)
+        g_a = -st.state * noise.pdf(st.pre) * d
+        w_b = weights.reshape((-1,) + (1,) * (g_a.ndim - 1))
+        add_layer_grads(grads, f"stages.{k}", layer.param_grads(st.input, g_a * w_b))
+        if k > 0:
+            if linearize:
+                lin = st.state * noise.pdf(st.pre) * d
+                d = 2 * st.input * layer.backward_input(lin, st.input.shape[1:])
+            else:
+                d = layer.flip_propagate(st.input, st.pre, st.state, d, noise, net.backend)
+    return finalize(net, np.dot(weights, value), grads)
+
+
+register_path_estimator("psa", psa_path_gradient)

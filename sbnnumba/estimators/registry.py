@@ -1,0 +1,89 @@
+"""The single estimator interface: ``estimate(method, net, x, y, rng=None, **options) -> (loss, grads)``.
+
+Two kinds of estimators are registered:
+
+* *path estimators* ``path_gradient(net, path, y, weights, **options) -> (loss, grads)``: a
+  deterministic function of one sampled :class:`~sbnnumba.network.Path` per example, returning
+  the ``weights``-weighted sum over the batch of per-example estimates. ``estimate`` samples a
+  path and uses ``weights = 1/B``; the test oracle enumerates all paths and uses their
+  probabilities as weights, which gives the exact expectation of the estimator.
+* *direct estimators* ``fn(net, x, y, rng, **options) -> (loss, grads)`` that need more than one
+  path (exact enumeration, ARM, ...).
+"""
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+
+PATH_ESTIMATORS = {}
+DIRECT_ESTIMATORS = {}
+
+
+def register_path_estimator(name, fn, **defaults):
+    """Register ``fn(net, path, y, weights, **options)`` under ``name`` with default options."""
+    PATH_ESTIMATORS[name] = (fn, defaults)
+
+
+def register_estimator(name, fn, **defaults):
+    """Register ``fn(net, x, y, rng, **options)`` under ``name`` with default options."""
+    DIRECT_ESTIMATORS[name] = (fn, defaults)
+
+
+def known_methods():
+    return sorted(set(PATH_ESTIMATORS) | set(DIRECT_ESTIMATORS))
+
+
+def _options(name, fn, defaults, options):
+    allowed = [p for p in list(inspect.signature(fn).parameters)[4:]]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(f"options: unknown option(s) {unknown} for method {name!r}; expected some of {allowed}")
+    return {**defaults, **options}
+
+
+def lookup(method, options):
+    """Return (kind, fn, merged options) for ``method``; ValueError listing known names otherwise."""
+    if method in PATH_ESTIMATORS:
+        fn, defaults = PATH_ESTIMATORS[method]
+        return "path", fn, _options(method, fn, defaults, options)
+    if method in DIRECT_ESTIMATORS:
+        fn, defaults = DIRECT_ESTIMATORS[method]
+        return "direct", fn, _options(method, fn, defaults, options)
+    raise ValueError(f"method: unknown estimator {method!r}; expected one of {known_methods()}")
+
+
+def estimate(method, net, x, y, rng=None, **options):
+    r"""Estimate the batch-mean expected loss and its gradient.
+
+    Parameters
+    ----------
+    method : str
+        Estimator name, e.g. ``"psa"``, ``"st"``, ``"exact"`` (see :func:`known_methods`).
+    net : Network
+    x : ndarray (B, ...)
+        Inputs.
+    y : int ndarray (B,)
+        Labels in [0, K) ({0, 1} for a 1-logit head).
+    rng : None, int or numpy.random.Generator
+        Randomness of the sampled path(s).
+    **options
+        Method-specific options (validated; unknown names raise ValueError).
+
+    Returns
+    -------
+    loss : float
+        Estimate of ``mean_b E_Z[l(y_b, eta_b)]``.
+    grads : dict
+        Same keys and shapes as ``net.params``: estimate of the gradient of that batch mean.
+    """
+    from ..validation import as_generator
+
+    kind, fn, opts = lookup(method, options)
+    x, y = net.check_batch(x, y)
+    rng = as_generator(rng)
+    if kind == "direct":
+        return fn(net, x, y, rng, **opts)
+    path = net.sample(x, rng)
+    weights = np.full(x.shape[0], 1.0 / x.shape[0], dtype=net.dtype)
+    return fn(net, path, y, weights, **opts)

@@ -1,0 +1,83 @@
+"""Scalar noise functions usable inside Numba CPU kernels and numba.cuda kernels.
+
+Every function here is decorated with :func:`numba.extending.register_jitable`, so it is
+plain Python when called from Python (and under ``NUMBA_DISABLE_JIT=1``), and is inlined
+when called from an ``@njit`` or ``@cuda.jit`` kernel. Noise families are selected by an
+integer code so that one kernel serves every family:
+
+=====  ============  ===========================================
+code   family        cdf F(a)
+=====  ============  ===========================================
+0      logistic      sigma(a) = 1 / (1 + exp(-a))
+1      normal        Phi(a) = erfc(-a / sqrt 2) / 2
+2      uniform       clip((a + 1) / 2, 0, 1)        (Z ~ U[-1, 1])
+3      triangular    (1 + a)^2 / 2 on [-1, 0), 1 - (1 - a)^2 / 2 on [0, 1]
+=====  ============  ===========================================
+"""
+import math
+
+from numba.extending import register_jitable
+
+LOGISTIC, NORMAL, UNIFORM, TRIANGULAR = 0, 1, 2, 3
+NOISE_CODES = {"logistic": LOGISTIC, "normal": NORMAL, "uniform": UNIFORM, "triangular": TRIANGULAR}
+
+
+@register_jitable
+def cdf_lower(code, a):
+    """F(a), accurate for a <= 0 (the lower tail is computed without cancellation)."""
+    if code == LOGISTIC:
+        if a >= 0:
+            return 1.0 / (1.0 + math.exp(-a))
+        e = math.exp(a)
+        return e / (1.0 + e)
+    if code == NORMAL:
+        return 0.5 * math.erfc(-a * 0.7071067811865476)
+    if code == UNIFORM:
+        if a <= -1.0:
+            return 0.0
+        if a >= 1.0:
+            return 1.0
+        return 0.5 * (a + 1.0)
+    # triangular
+    if a <= -1.0:
+        return 0.0
+    if a >= 1.0:
+        return 1.0
+    if a < 0.0:
+        return 0.5 * (1.0 + a) * (1.0 + a)
+    return 1.0 - 0.5 * (1.0 - a) * (1.0 - a)
+
+
+@register_jitable
+def cdf(code, a):
+    """F(a) for the noise family ``code``; the upper tail uses F(a) = 1 - F(-a)."""
+    if a > 0:
+        return 1.0 - cdf_lower(code, -a)
+    return cdf_lower(code, a)
+
+
+@register_jitable
+def pdf(code, a):
+    """Density p(a) = F'(a)."""
+    if code == LOGISTIC:
+        e = math.exp(-abs(a))
+        return e / ((1.0 + e) * (1.0 + e))
+    if code == NORMAL:
+        return 0.3989422804014327 * math.exp(-0.5 * a * a)
+    if code == UNIFORM:
+        return 0.5 if abs(a) <= 1.0 else 0.0
+    t = 1.0 - abs(a)
+    return t if t > 0.0 else 0.0
+
+
+@register_jitable
+def cdf_diff(code, u, v):
+    """F(u) - F(v) without cancellation in the upper tail.
+
+    When u + v > 0 both arguments are (mostly) in the upper half, where F is close to 1;
+    there the symmetric form F(-v) - F(-u) subtracts two small, accurately computed tail
+    values instead of two numbers close to 1 (spec psa.md, pitfall 5).
+    """
+    if u + v > 0:
+        return cdf_lower(code, -v) - cdf_lower(code, -u)
+    return cdf_lower(code, u) - cdf_lower(code, v)

@@ -1,0 +1,52 @@
+r"""Classification losses on logits, vectorized over arbitrary leading dimensions.
+
+* ``K > 1`` logits: softmax cross-entropy ``l(eta, y) = logsumexp(eta) - eta_y``,
+  ``dl/deta = softmax(eta) - onehot(y)``.
+* ``K == 1`` logit (binary head, as in the 2-D toy experiment): logistic loss with labels
+  ``y in {0, 1}`` mapped to ``s = 2y - 1``: ``l = log(1 + exp(-s eta))``,
+  ``dl/deta = -s sigma(-s eta)``.
+"""
+import numpy as np
+from scipy import special
+
+
+def xent(logits, y, grad=True):
+    """Loss per example, and optionally its gradient w.r.t. the logits.
+
+    Parameters
+    ----------
+    logits : ndarray (..., K)
+    y : int ndarray broadcastable to ``logits.shape[:-1]``
+    grad : bool
+
+    Returns
+    -------
+    loss : ndarray (...)
+    dloss : ndarray (..., K), only if ``grad``
+    """
+    lead = np.broadcast_shapes(logits.shape[:-1], np.shape(y))
+    logits = np.broadcast_to(logits, lead + logits.shape[-1:])
+    y = np.broadcast_to(y, lead)
+    if logits.shape[-1] == 1:
+        s = (2 * y - 1).astype(logits.dtype)
+        z = -s * logits[..., 0]
+        loss = np.logaddexp(0, z)
+        if not grad:
+            return loss
+        return loss, (-s * special.expit(z))[..., None].astype(logits.dtype)
+    lse = special.logsumexp(logits, axis=-1)
+    picked = np.take_along_axis(logits, y[..., None], axis=-1)[..., 0]
+    loss = lse - picked
+    if not grad:
+        return loss
+    g = np.exp(logits - lse[..., None])
+    np.put_along_axis(g, y[..., None], np.take_along_axis(g, y[..., None], axis=-1) - 1, axis=-1)
+    return loss, g
+
+
+def probabilities(logits):
+    """Class probabilities (..., K'): softmax, or (1 - sigma, sigma) for a 1-logit head."""
+    if logits.shape[-1] == 1:
+        p1 = special.expit(logits[..., 0])
+        return np.stack([1 - p1, p1], axis=-1)
+    return special.softmax(logits, axis=-1)

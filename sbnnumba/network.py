@@ -1,0 +1,240 @@
+r"""Stochastic binary networks: stages (affine layer + stochastic binary activation) and a linear head.
+
+.. math::
+
+    X^0 = x^0, \qquad X^k = \mathrm{sign}(a^k(X^{k-1}) - Z^k) \quad (k = 1..L), \qquad
+    \eta = V X^L + c,
+
+with i.i.d. symmetric noise ``Z`` of the chosen family, states in {-1, +1} and
+``P(X^k_j = +1 | x^{k-1}) = F(a^k_j)``. The training objective per example is the expected
+loss ``E_Z[l(y, eta)]`` (softmax cross-entropy, or the logistic loss for a 1-logit head).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import losses
+from .layers import BACKENDS, Linear
+from .noise import get_noise
+from .validation import as_generator, check_float_array, check_labels
+
+DEFAULT_BACKEND_ENV = "SBNNUMBA_BACKEND"
+
+
+@dataclass
+class StageSample:
+    """One stage of a sampled path: its input, pre-activation and +-1 state (all batch first)."""
+
+    input: np.ndarray
+    pre: np.ndarray
+    state: np.ndarray
+
+
+@dataclass
+class Path:
+    """A sampled path through the network: per stage (input, pre-activation, state), and the logits."""
+
+    stages: list = field(default_factory=list)
+    logits: np.ndarray = None
+
+    @property
+    def last_state(self):
+        return self.stages[-1].state
+
+
+def default_backend():
+    """Backend named by the environment variable ``SBNNUMBA_BACKEND`` (default ``"cpu"``)."""
+    return os.environ.get(DEFAULT_BACKEND_ENV, "cpu")
+
+
+def check_backend(backend):
+    backend = default_backend() if backend is None else backend
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+    if backend == "cuda":
+        from .kernels import cuda_backend
+
+        cuda_backend.require_cuda()
+    return backend
+
+
+class Network:
+    """A stochastic binary network.
+
+    Parameters
+    ----------
+    stages : list of layers (:class:`~sbnnumba.Linear`, :class:`~sbnnumba.Conv2d`, ...)
+        Each layer is followed by a stochastic binary activation ``sign(a - Z)``. Conv stages
+        come first; a dense stage (or the head) after a conv stage sees its output flattened
+        in (C, H, W) order.
+    head : Linear
+        Real linear layer producing the class logits (``K = 1`` means a binary logistic head).
+    noise : str or NoiseFamily
+        ``"logistic"`` (default), ``"normal"``, ``"uniform"`` or ``"triangular"``.
+    backend : {"cpu", "numpy", "cuda"} or None
+        Where the kernels run; ``None`` reads ``SBNNUMBA_BACKEND`` (default "cpu").
+
+    Attributes
+    ----------
+    params : dict
+        ``"stages.{k}.{name}"`` and ``"head.{name}"`` -> the parameter arrays themselves
+        (optimizers update them in place).
+    """
+
+    def __init__(self, stages, head, noise="logistic", backend=None):
+        if not isinstance(stages, (list, tuple)) or len(stages) == 0:
+            raise ValueError("stages: expected a non-empty list of layers")
+        if not isinstance(head, Linear):
+            raise TypeError(f"head: expected a Linear layer, got {type(head).__name__}")
+        self.stages = list(stages)
+        self.head = head
+        self.noise = get_noise(noise)
+        self.backend = check_backend(backend)
+        self.dtype = head.weight.dtype
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def dense(cls, sizes, n_classes, noise="logistic", rng=None, dtype=np.float32, backend=None):
+        """Dense network ``[D, N1, ..., NL]`` with a linear head to ``n_classes`` logits."""
+        if len(sizes) < 2:
+            raise ValueError(f"sizes: expected [D, N1, ..., NL] with at least one binary layer, got {sizes!r}")
+        rng = as_generator(rng)
+        stages = [Linear(n_in, n_out, rng=rng, dtype=dtype) for n_in, n_out in zip(sizes[:-1], sizes[1:])]
+        return cls(stages, Linear(sizes[-1], n_classes, rng=rng, dtype=dtype), noise=noise, backend=backend)
+
+    @property
+    def params(self):
+        out = {}
+        for k, layer in enumerate(self.stages):
+            for name, arr in layer.params().items():
+                out[f"stages.{k}.{name}"] = arr
+        for name, arr in self.head.params().items():
+            out[f"head.{name}"] = arr
+        return out
+
+    def layers(self):
+        """(prefix, layer) pairs, stages first, then the head."""
+        return [(f"stages.{k}", layer) for k, layer in enumerate(self.stages)] + [("head", self.head)]
+
+    @property
+    def n_classes(self):
+        return self.head.weight.shape[0]
+
+    def stage_shapes(self, input_shape):
+        """Per-example output shapes of the stages for inputs of per-example shape ``input_shape``."""
+        shapes, shape = [], tuple(input_shape)
+        for layer in self.stages:
+            shape = layer.output_shape(shape)
+            shapes.append(shape)
+        self.head.output_shape(shape)
+        return shapes
+
+    def n_binary_units(self, input_shape):
+        """Number of stochastic binary units per example."""
+        return int(sum(np.prod(s) for s in self.stage_shapes(input_shape)))
+
+    # ------------------------------------------------------------------ input checks
+    def check_input(self, x, name="x"):
+        x = check_float_array(x, name, dtype=self.dtype)
+        if x.ndim < 2:
+            raise ValueError(f"{name}: expected a batch (B, ...) of inputs, got shape {x.shape}")
+        self.stage_shapes(x.shape[1:])
+        return x
+
+    def check_batch(self, x, y):
+        x = self.check_input(x)
+        return x, check_labels(y, x.shape[0], self.n_classes)
+
+    # ------------------------------------------------------------------ forward passes
+    def sample(self, x, rng=None, uniforms=None):
+        """Sample one path per example.
+
+        Parameters
+        ----------
+        x : ndarray (B, ...)
+        rng : None, int or Generator
+            Draws ``u ~ U(0,1)`` per unit; ignored when ``uniforms`` is given.
+        uniforms : list of ndarrays, optional
+            One per stage, each of the stage's pre-activation shape: common random numbers.
+
+        Returns
+        -------
+        Path
+            ``path.stages[k]`` holds ``input`` (B, ...), ``pre`` (B, ...) and ``state`` in {-1, +1};
+            ``path.logits`` (B, K).
+        """
+        x = self.check_input(x)
+        rng = None if uniforms is not None else as_generator(rng)
+        path, h = Path(), x
+        for k, layer in enumerate(self.stages):
+            a = layer.forward(h)
+            u = uniforms[k] if uniforms is not None else rng.random(a.shape, dtype=a.dtype)
+            state = self.noise.sample(a, u)
+            path.stages.append(StageSample(h, a, state))
+            h = state
+        path.logits = self.head.forward(h)
+        return path
+
+    def forward_deterministic(self, x, activation="sign"):
+        """Logits of a deterministic network: ``x^k = sign(a)`` (zero noise, ``sign(0) = +1``) or
+        the mean response ``2F(a) - 1`` (``activation="mean"``: deterministic mean propagation)."""
+        h = self.check_input(x)
+        for layer in self.stages:
+            a = layer.forward(h)
+            h = np.where(a >= 0, 1, -1).astype(a.dtype) if activation == "sign" else self.noise.mean(a)
+        return self.head.forward(h)
+
+    def predict_proba(self, x, samples=10, rng=None, mode="stochastic", batch_size=1024):
+        """Class probabilities (B, K') (K' = 2 for a 1-logit head).
+
+        ``mode="stochastic"``: average of the softmax over ``samples`` independent network samples
+        (the ensemble; ``samples=1`` is a single sample). ``mode="deterministic"``: the sign network.
+        """
+        x = self.check_input(x)
+        rng = as_generator(rng)
+        if mode not in ("stochastic", "deterministic"):
+            raise ValueError(f"mode: expected 'stochastic' or 'deterministic', got {mode!r}")
+        if mode == "stochastic" and (not isinstance(samples, (int, np.integer)) or samples < 1):
+            raise ValueError(f"samples: expected a positive integer, got {samples!r}")
+        out = []
+        for start in range(0, x.shape[0], batch_size):
+            xb = x[start:start + batch_size]
+            if mode == "deterministic":
+                out.append(losses.probabilities(self.forward_deterministic(xb)))
+            else:
+                probs = sum(losses.probabilities(self.sample(xb, rng).logits) for _ in range(samples))
+                out.append(probs / samples)
+        return np.concatenate(out)
+
+    def predict(self, x, samples=10, rng=None, mode="stochastic"):
+        """Predicted class labels (B,): argmax of :meth:`predict_proba`."""
+        return np.argmax(self.predict_proba(x, samples=samples, rng=rng, mode=mode), axis=-1)
+
+    def initialize_from_data(self, x):
+        """Data-dependent initialization (spec psa.md, section 5.2).
+
+        Propagates ``x`` deterministically with the mean response ``2F(a) - 1`` (``tanh(a/2)`` for
+        logistic noise) and rescales every stage so that its pre-activation has zero mean and unit
+        standard deviation per output unit (per channel for conv layers; statistics over the batch
+        and the spatial positions): ``W <- W / s``, ``b <- (b - m) / s``. The head is not rescaled.
+        Returns ``self``.
+        """
+        h = self.check_input(x)
+        for layer in self.stages:
+            a = layer.forward(h)
+            axes = (0,) + tuple(range(2, a.ndim))
+            mean, std = a.mean(axis=axes), a.std(axis=axes)
+            layer.rescale_(mean, np.maximum(std, 1e-6))
+            h = self.noise.mean(layer.forward(h))
+        return self
+
+    def loss(self, logits, y):
+        """Per-example loss of logits (B, K) against labels (B,)."""
+        return losses.xent(logits, y, grad=False)
+
+    def __repr__(self):
+        body = ", ".join(repr(s) for s in self.stages)
+        return f"Network([{body}], head={self.head!r}, noise={self.noise.name!r}, backend={self.backend!r})"

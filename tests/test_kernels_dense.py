@@ -1,0 +1,91 @@
+"""Dense PSA flip propagation: Numba kernels == NumPy reference == brute-force flips."""
+import numpy as np
+import pytest
+
+from sbnnumba import get_noise
+from sbnnumba.kernels import cpu, reference
+
+
+def _layer(rng, b, n_in, n_out, dtype, scale=1.0):
+    w = (scale * rng.normal(size=(n_out, n_in))).astype(dtype)
+    x_in = np.where(rng.random((b, n_in)) < 0.5, 1, -1).astype(dtype)
+    a = (x_in @ w.T + rng.normal(size=n_out)).astype(dtype)
+    x_out = np.where(rng.random((b, n_out)) < 0.5, 1, -1).astype(dtype)
+    d_out = rng.normal(size=(b, n_out)).astype(dtype)
+    return x_in, a, x_out, w, d_out
+
+
+def test_reference_delta_equals_brute_force_flips(noise_name):
+    """Delta_ij by explicitly flipping input i and recomputing F(-x_j a_j) (spec test 7)."""
+    rng = np.random.default_rng(1)
+    f = get_noise(noise_name)
+    x_in, a, x_out, w, _ = _layer(rng, 2, 4, 3, np.float64, scale=0.4)
+    bias = a - x_in @ w.T
+    delta = reference.flip_deltas_dense(x_in, a, x_out, w, noise_name)
+    for b in range(2):
+        for i in range(4):
+            flipped = x_in[b].copy()
+            flipped[i] *= -1
+            a_f = w @ flipped + bias[b]
+            brute = f.cdf(-x_out[b] * a_f) - f.cdf(-x_out[b] * a[b])
+            np.testing.assert_allclose(delta[b, i], brute, atol=1e-15)
+
+
+def test_logistic_shortcut_matches_reference():
+    """Spec section 2.9: d_i = sum_j x_j d_j sigma(a_j) - sum_j x_j d_j sigma(a_j - 2 W_ji x_i)."""
+    rng = np.random.default_rng(2)
+    x_in, a, x_out, w, d_out = _layer(rng, 3, 5, 6, np.float64)
+    sig = lambda t: 1 / (1 + np.exp(-t))
+    shortcut = (x_out * d_out * sig(a)).sum(1)[:, None] - np.einsum(
+        "bj,bij->bi", x_out * d_out, sig(a[:, None, :] - 2 * w.T[None] * x_in[:, :, None]))
+    np.testing.assert_allclose(reference.flip_propagate_dense(x_in, a, x_out, w, d_out, "logistic"), shortcut,
+                               atol=1e-14)
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 2e-5)])
+@pytest.mark.parametrize("shape", [(1, 1, 1), (3, 7, 5), (4, 33, 17)])
+def test_numba_generic_equals_reference(noise_name, dtype, tol, shape):
+    rng = np.random.default_rng(3)
+    args = _layer(rng, *shape, dtype, scale=0.7)
+    ref = reference.flip_propagate_dense(*args, noise_name)
+    got = cpu.flip_propagate_dense(*args, get_noise(noise_name).code, form="generic")
+    assert got.dtype == dtype
+    np.testing.assert_allclose(got, ref, atol=tol * max(1, np.abs(ref).max()))
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 3e-5)])
+def test_numba_ratio_equals_reference(dtype, tol):
+    rng = np.random.default_rng(4)
+    args = _layer(rng, 5, 40, 70, dtype, scale=0.5)
+    ref = reference.flip_propagate_dense(*args, "logistic")
+    got = cpu.flip_propagate_dense(*args, 0, form="ratio")
+    assert got.dtype == dtype
+    np.testing.assert_allclose(got, ref, atol=tol * np.abs(ref).max())
+
+
+def test_ratio_form_no_overflow_float32():
+    """Huge pre-activations and weights would overflow exp() in float32 without clamping (pitfall 6)."""
+    rng = np.random.default_rng(5)
+    x_in, a, x_out, w, d_out = _layer(rng, 2, 6, 4, np.float32)
+    a[0, :2] = [-200.0, 300.0]
+    w[1, :3] = [60.0, -70.0, 45.0]
+    got = cpu.flip_propagate_dense(x_in, a, x_out, w, d_out, 0, form="ratio")
+    ref = reference.flip_propagate_dense(x_in.astype(np.float64), a.astype(np.float64), x_out.astype(np.float64),
+                                         w.astype(np.float64), d_out.astype(np.float64), "logistic")
+    assert np.all(np.isfinite(got))
+    np.testing.assert_allclose(got, ref, atol=1e-5 * np.abs(ref).max())
+
+
+def test_ratio_form_rejects_other_noise():
+    rng = np.random.default_rng(6)
+    with pytest.raises(ValueError, match="logistic"):
+        cpu.flip_propagate_dense(*_layer(rng, 1, 2, 2, np.float64), get_noise("normal").code, form="ratio")
+
+
+def test_linearized_reference_is_first_order_delta():
+    rng = np.random.default_rng(7)
+    x_in, a, x_out, w, d_out = _layer(rng, 2, 3, 4, np.float64)
+    p = get_noise("normal").pdf(a)
+    lin = np.einsum("bij,bj->bi", 2 * x_out[:, None, :] * x_in[:, :, None] * w.T[None] * p[:, None, :], d_out)
+    np.testing.assert_allclose(reference.flip_propagate_dense_linearized(x_in, a, x_out, w, d_out, "normal"), lin,
+                               atol=1e-14)

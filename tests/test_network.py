@@ -1,0 +1,85 @@
+import numpy as np
+import pytest
+
+import sbnnumba as sb
+from conftest import random_net
+
+
+def test_params_names_and_shapes():
+    net = sb.Network.dense([4, 5, 6], 3, rng=0)
+    assert list(net.params) == ["stages.0.weight", "stages.0.bias", "stages.1.weight", "stages.1.bias",
+                                "head.weight", "head.bias"]
+    assert net.params["stages.1.weight"].shape == (6, 5)
+    assert net.params["head.weight"].shape == (3, 6)
+    assert net.params["stages.0.weight"] is net.stages[0].weight  # no copies: optimizers update in place
+
+
+def test_default_init_bounds():
+    layer = sb.Linear(16, 8, rng=0)
+    assert np.abs(layer.weight).max() <= 0.25 and np.abs(layer.bias).max() <= 0.25
+    assert layer.weight.dtype == np.float32
+
+
+def test_sample_path_structure_and_probabilities():
+    net = random_net([3, 4, 2], seed=1)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(5, 3))
+    path = net.sample(x, rng=1)
+    assert len(path.stages) == 2
+    assert path.stages[0].input.shape == (5, 3) and path.stages[1].input is path.stages[0].state
+    for st in path.stages:
+        assert set(np.unique(st.state)) <= {-1.0, 1.0}
+    np.testing.assert_allclose(path.logits, path.stages[-1].state @ net.head.weight.T + net.head.bias)
+    # empirical frequency of +1 for one unit matches F(a)
+    n = 20000
+    p = net.sample(np.repeat(x[:1], n, 0), rng=2)
+    freq = (p.stages[0].state[:, 0] > 0).mean()
+    f = net.noise.cdf(p.stages[0].pre[0, 0])
+    assert abs(freq - f) < 5 * np.sqrt(f * (1 - f) / n)
+
+
+def test_common_random_numbers():
+    net = random_net([3, 4, 2], seed=2)
+    x = np.ones((2, 3))
+    u = [np.full((2, 4), 0.5), np.full((2, 2), 0.5)]
+    a = net.sample(x, uniforms=u)
+    b = net.sample(x, uniforms=u)
+    np.testing.assert_array_equal(a.logits, b.logits)
+
+
+def test_predict_proba_modes():
+    net = random_net([3, 4, 2], seed=3)
+    x = np.random.default_rng(0).normal(size=(7, 3))
+    p = net.predict_proba(x, samples=5, rng=0)
+    assert p.shape == (7, 3)
+    np.testing.assert_allclose(p.sum(1), 1)
+    det = net.predict_proba(x, mode="deterministic")
+    h = x
+    for layer in net.stages:
+        h = np.where(layer.forward(h) >= 0, 1.0, -1.0)
+    np.testing.assert_array_equal(np.argmax(det, 1), np.argmax(h @ net.head.weight.T + net.head.bias, 1))
+    assert net.predict(x, mode="deterministic").shape == (7,)
+    with pytest.raises(ValueError, match="mode"):
+        net.predict_proba(x, mode="mean")
+    with pytest.raises(ValueError, match="samples"):
+        net.predict_proba(x, samples=0)
+
+
+def test_binary_head_probabilities():
+    net = random_net([2, 3], n_classes=1, seed=4)
+    p = net.predict_proba(np.zeros((3, 2)), samples=2, rng=0)
+    assert p.shape == (3, 2)
+
+
+def test_data_dependent_init():
+    rng = np.random.default_rng(5)
+    net = sb.Network.dense([10, 20, 30], 4, rng=rng, dtype=np.float64)
+    x = rng.normal(loc=2.0, size=(256, 10))
+    net.initialize_from_data(x)
+    a = net.stages[0].forward(x)
+    np.testing.assert_allclose(a.mean(0), 0, atol=1e-10)
+    np.testing.assert_allclose(a.std(0), 1, atol=1e-10)
+    h = net.noise.mean(a)
+    a2 = net.stages[1].forward(h)
+    np.testing.assert_allclose(a2.mean(0), 0, atol=1e-10)
+    np.testing.assert_allclose(a2.std(0), 1, atol=1e-10)

@@ -1,0 +1,82 @@
+import numpy as np
+import pytest
+from scipy import integrate
+
+from sbnnumba import NOISES, get_noise
+from sbnnumba.kernels import scalar
+
+A = np.linspace(-3, 3, 61)
+
+
+def test_symmetry_and_normalization(noise_name):
+    f = get_noise(noise_name)
+    np.testing.assert_allclose(f.cdf(-A), 1 - f.cdf(A), atol=1e-15)
+    total, _ = integrate.quad(lambda t: float(f.pdf(np.array(t))), -50, 50, points=[-1, 0, 1], limit=200)
+    assert abs(total - 1) < 1e-8
+
+
+def test_pdf_is_derivative_of_cdf_and_proxy(noise_name):
+    f = get_noise(noise_name)
+    h = 1e-6
+    a = A[np.abs(np.abs(A) - 1) > 1e-3]  # skip the kinks of uniform/triangular at |a| = 1
+    a = a[np.abs(a) > 1e-3] if noise_name == "triangular" else a
+    fd = (f.cdf(a + h) - f.cdf(a - h)) / (2 * h)
+    np.testing.assert_allclose(f.pdf(a), fd, atol=1e-8)
+    np.testing.assert_allclose(f.mean_grad(a), 2 * fd, atol=2e-8)
+
+
+def test_proxy_identities():
+    a = A
+    np.testing.assert_allclose(NOISES["logistic"].mean(a), np.tanh(a / 2), atol=1e-14)
+    np.testing.assert_allclose(NOISES["uniform"].mean(a), np.clip(a, -1, 1), atol=1e-15)
+    from scipy.special import erf
+    np.testing.assert_allclose(NOISES["normal"].mean(a), erf(a / np.sqrt(2)), atol=1e-14)
+    t = np.clip(a, -1, 1)
+    approx_sign = np.where(t < 0, 2 * t + t ** 2, 2 * t - t ** 2)
+    np.testing.assert_allclose(NOISES["triangular"].mean(a), approx_sign, atol=1e-14)
+
+
+def test_log_cdf_stable(noise_name):
+    f = get_noise(noise_name)
+    a = np.array([-0.9, -0.3, 0.0, 0.4, 0.95])
+    np.testing.assert_allclose(f.log_cdf(a), np.log(f.cdf(a)), rtol=1e-12)
+    if noise_name in ("logistic", "normal"):
+        assert np.isfinite(f.log_cdf(np.array([-200.0]))).all()
+        assert f.log_cdf(np.array([-200.0]))[0] < -190
+
+
+def test_sampling_from_uniforms(noise_name):
+    f = get_noise(noise_name)
+    rng = np.random.default_rng(0)
+    a = np.full(200_000, 0.3)
+    x = f.sample(a, rng.random(a.shape))
+    assert set(np.unique(x)) <= {-1.0, 1.0}
+    p = f.cdf(np.array(0.3))
+    # binomial standard error of the mean of x: 2 sqrt(p(1-p)/n); 5 sigma bound
+    assert abs(x.mean() - (2 * p - 1)) < 5 * 2 * np.sqrt(p * (1 - p) / a.size)
+    assert f.sample(np.array([0.0]), np.array([0.0]))[0] == 1.0
+
+
+def test_dtype_preserved(noise_name):
+    f = get_noise(noise_name)
+    a = np.linspace(-2, 2, 5, dtype=np.float32)
+    for fn in (f.cdf, f.pdf, f.mean, f.mean_grad, f.log_cdf):
+        assert fn(a).dtype == np.float32
+
+
+def test_scalar_kernels_match_numpy(noise_name):
+    f = get_noise(noise_name)
+    code = f.code
+    for a in np.linspace(-4, 4, 33):
+        assert abs(scalar.cdf(code, a) - f.cdf(np.array(a))) < 1e-15
+        assert abs(scalar.pdf(code, a) - f.pdf(np.array(a))) < 1e-15
+    # stable differences in the upper tail, where 1 - F loses everything
+    if noise_name == "logistic":
+        d = scalar.cdf_diff(code, 40.0, 39.0)
+        exact = np.exp(-39.0) - np.exp(-40.0)  # to first order, relative error ~e^-39
+        assert abs(d - exact) / exact < 1e-12
+
+
+def test_unknown_noise_lists_names():
+    with pytest.raises(ValueError, match="logistic"):
+        get_noise("cauchy")
