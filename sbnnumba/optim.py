@@ -1,0 +1,462 @@
+"""Optimizers (SGD with momentum / Nesterov, Adam / AdamW) and learning-rate schedules.
+
+Style of numpy-ml: each optimizer keeps a per-parameter state and applies one step with
+``update(params, grads)``.
+
+- ``params`` is a flat ``dict[str, ndarray]`` (``"stage0.weight"``, ``"head.bias"``); ``grads`` has
+  exactly the same keys and shapes. Parameters are updated **in place** (``p -= ...``), so layers that
+  hold references to the arrays see the new values. The caller's gradient arrays are never modified.
+- The key set is fixed by the first ``update`` (or by ``load_state_dict``); a different key set later
+  raises ``ValueError``.
+- Gradient processing order in every optimizer: (1) element-wise clipping to
+  ``[-clip_value, clip_value]``; (2) global-norm clipping: if ``||g||_2 > clip_norm`` over all
+  parameters together, every gradient is multiplied by ``clip_norm / ||g||_2``; (3) the optimizer's
+  own rule (weight decay, momentum, ...).
+
+Learning-rate schedules count optimizer **steps** (calls of ``update``), not epochs: the lr used by
+step ``t`` (0-based number of updates already done) is ``schedule(t, base_lr)``. For a per-epoch
+schedule pass sizes in steps (e.g. ``step_size = 30 * steps_per_epoch``). ``optimizer.lr`` is the lr
+the next update will use.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+
+__all__ = [
+    "ConstantLR",
+    "StepLR",
+    "CosineLR",
+    "SCHEDULES",
+    "get_schedule",
+    "Optimizer",
+    "SGD",
+    "Adam",
+    "OPTIMIZERS",
+    "get_optimizer",
+]
+
+
+# --------------------------------------------------------------------------------------------------
+# schedules
+# --------------------------------------------------------------------------------------------------
+
+def _check_real(value, name: str, lo: float = -math.inf, hi: float = math.inf,
+                lo_open: bool = False, hi_open: bool = False, expected: str | None = None) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a real number ({expected or 'float'}), got {type(value).__name__}")
+    v = float(value)
+    bad = (not math.isfinite(v) or (v <= lo if lo_open else v < lo) or (v >= hi if hi_open else v > hi))
+    if bad:
+        lo_s = "(" if lo_open else "["
+        hi_s = ")" if hi_open else "]"
+        raise ValueError(f"{name} must be {expected or f'in {lo_s}{lo}, {hi}{hi_s}'}, got {value!r}")
+    return v
+
+
+class ConstantLR:
+    """``lr(t) = base_lr``."""
+
+    def __call__(self, step: int, base_lr: float) -> float:
+        return float(base_lr)
+
+    def __repr__(self) -> str:
+        return "ConstantLR()"
+
+
+class StepLR:
+    """Step decay: ``lr(t) = base_lr * gamma ** floor(t / step_size)``.
+
+    Parameters
+    ----------
+    step_size : int
+        Number of optimizer steps between decays (>= 1).
+    gamma : float, default 0.1
+        Multiplicative factor, in (0, 1].
+    """
+
+    def __init__(self, step_size: int, gamma: float = 0.1):
+        if isinstance(step_size, (bool, np.bool_)) or not isinstance(step_size, (int, np.integer)):
+            raise TypeError(f"step_size must be an int >= 1, got {type(step_size).__name__}")
+        if step_size < 1:
+            raise ValueError(f"step_size must be an int >= 1, got {step_size}")
+        self.step_size = int(step_size)
+        self.gamma = _check_real(gamma, "gamma", 0.0, 1.0, lo_open=True)
+
+    def __call__(self, step: int, base_lr: float) -> float:
+        return float(base_lr) * self.gamma ** (int(step) // self.step_size)
+
+    def __repr__(self) -> str:
+        return f"StepLR(step_size={self.step_size}, gamma={self.gamma})"
+
+
+class CosineLR:
+    """Cosine annealing from ``base_lr`` to ``min_lr`` over ``total`` steps, then constant ``min_lr``.
+
+    ``lr(t) = min_lr + (base_lr - min_lr) * (1 + cos(pi * min(t, total) / total)) / 2``.
+
+    Parameters
+    ----------
+    total : int
+        Number of optimizer steps of the annealing (>= 1).
+    min_lr : float, default 0
+        Final learning rate (absolute, >= 0).
+    """
+
+    def __init__(self, total: int, min_lr: float = 0.0):
+        if isinstance(total, (bool, np.bool_)) or not isinstance(total, (int, np.integer)):
+            raise TypeError(f"total must be an int >= 1, got {type(total).__name__}")
+        if total < 1:
+            raise ValueError(f"total must be an int >= 1, got {total}")
+        self.total = int(total)
+        self.min_lr = _check_real(min_lr, "min_lr", 0.0)
+
+    def __call__(self, step: int, base_lr: float) -> float:
+        t = min(int(step), self.total)
+        return self.min_lr + (float(base_lr) - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * t / self.total))
+
+    def __repr__(self) -> str:
+        return f"CosineLR(total={self.total}, min_lr={self.min_lr})"
+
+
+#: Schedule name -> class; ``get_schedule(name, **kw)`` builds one.
+SCHEDULES = {"constant": ConstantLR, "step": StepLR, "cosine": CosineLR}
+
+
+def get_schedule(name: str, **kwargs):
+    """Build a schedule by name (``"constant"``, ``"step"``, ``"cosine"``) with keyword arguments."""
+    if not isinstance(name, str):
+        raise TypeError(f"schedule name must be a str, got {type(name).__name__}")
+    key = name.lower()
+    if key not in SCHEDULES:
+        raise ValueError(f"unknown schedule {name!r}; known schedules: {', '.join(sorted(SCHEDULES))}")
+    return SCHEDULES[key](**kwargs)
+
+
+def _resolve_schedule(schedule):
+    if schedule is None:
+        return ConstantLR()
+    if isinstance(schedule, str):
+        return get_schedule(schedule)
+    if callable(schedule):
+        return schedule
+    raise TypeError(
+        "schedule must be None, a schedule name, or a callable (step, base_lr) -> lr, got "
+        f"{type(schedule).__name__}"
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# optimizers
+# --------------------------------------------------------------------------------------------------
+
+class Optimizer:
+    """Base class: validation, clipping, schedule, step counter and state (de)serialization.
+
+    Subclasses define ``name`` (registry key), ``_buffers`` (names of the per-parameter state
+    arrays) and ``_step(name, p, g, lr, t)`` which updates ``p`` in place; ``t`` is the 1-based index
+    of the current step.
+    """
+
+    name = "optimizer"
+    _buffers: tuple[str, ...] = ()
+
+    def __init__(self, lr: float, weight_decay: float = 0.0, clip_value: float | None = None,
+                 clip_norm: float | None = None, schedule=None):
+        self.base_lr = _check_real(lr, "lr", 0.0)
+        self.weight_decay = _check_real(weight_decay, "weight_decay", 0.0)
+        self.clip_value = None if clip_value is None else _check_real(
+            clip_value, "clip_value", 0.0, lo_open=True, expected="a positive float or None")
+        self.clip_norm = None if clip_norm is None else _check_real(
+            clip_norm, "clip_norm", 0.0, lo_open=True, expected="a positive float or None")
+        self.schedule = _resolve_schedule(schedule)
+        self.step_count = 0  # number of updates done
+        self.state: dict[str, dict[str, np.ndarray]] = {}
+        self._keys: tuple[str, ...] | None = None
+        self._shapes: dict[str, tuple[int, ...]] = {}
+
+    # -- learning rate ---------------------------------------------------------------------------
+    @property
+    def lr(self) -> float:
+        """Learning rate the next ``update`` will use: ``schedule(step_count, base_lr)``."""
+        return float(self.schedule(self.step_count, self.base_lr))
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        """Set the base learning rate (the schedule is applied on top of it)."""
+        self.base_lr = _check_real(value, "lr", 0.0)
+
+    @property
+    def hyperparameters(self) -> dict:
+        """The constructor's settings as a JSON-friendly dict (the schedule as its repr)."""
+        hp = {"optimizer": self.name, "lr": self.base_lr, "weight_decay": self.weight_decay,
+              "clip_value": self.clip_value, "clip_norm": self.clip_norm,
+              "schedule": repr(self.schedule)}
+        hp.update(self._extra_hyperparameters())
+        return hp
+
+    def _extra_hyperparameters(self) -> dict:
+        return {}
+
+    def __repr__(self) -> str:
+        hp = self.hyperparameters
+        hp.pop("optimizer")
+        return f"{type(self).__name__}(" + ", ".join(f"{k}={v!r}" for k, v in hp.items()) + ")"
+
+    # -- checks ----------------------------------------------------------------------------------
+    def _check(self, params, grads) -> None:
+        if not isinstance(params, Mapping):
+            raise TypeError(f"params must be a dict name -> ndarray, got {type(params).__name__}")
+        if not isinstance(grads, Mapping):
+            raise TypeError(f"grads must be a dict name -> ndarray, got {type(grads).__name__}")
+        pk, gk = set(params), set(grads)
+        if pk != gk:
+            raise ValueError(
+                "grads must have the same keys as params; "
+                f"missing in grads: {sorted(pk - gk)}, unknown in grads: {sorted(gk - pk)}"
+            )
+        if self._keys is not None and set(self._keys) != pk:
+            known = set(self._keys)
+            raise ValueError(
+                f"params keys changed since the optimizer state was created; missing: "
+                f"{sorted(known - pk)}, new: {sorted(pk - known)}"
+            )
+        for k in params:
+            p, g = params[k], grads[k]
+            if not isinstance(p, np.ndarray):
+                raise TypeError(f"params[{k!r}] must be a numpy ndarray (updated in place), got "
+                                f"{type(p).__name__}")
+            if p.dtype.kind != "f":
+                raise TypeError(f"params[{k!r}] must have a floating dtype, got {p.dtype}")
+            if not p.flags.writeable:
+                raise ValueError(f"params[{k!r}] is read-only; it must be writeable (updated in place)")
+            g_shape = np.shape(g)
+            if g_shape != p.shape:
+                raise ValueError(f"grads[{k!r}] must have shape {p.shape} (as params[{k!r}]), got {g_shape}")
+            if k in self._shapes and self._shapes[k] != p.shape:
+                raise ValueError(f"params[{k!r}] has shape {p.shape} but the optimizer state has "
+                                 f"{self._shapes[k]}")
+
+    def _clip(self, params, grads) -> dict[str, np.ndarray]:
+        out = {}
+        for k in params:
+            g = np.asarray(grads[k], dtype=params[k].dtype)
+            if self.clip_value is not None:
+                g = np.clip(g, -self.clip_value, self.clip_value)
+            out[k] = g
+        if self.clip_norm is not None:
+            total = math.sqrt(sum(float(np.sum(np.square(g, dtype=np.float64))) for g in out.values()))
+            if total > self.clip_norm:
+                scale = self.clip_norm / total
+                out = {k: g * g.dtype.type(scale) for k, g in out.items()}
+        return out
+
+    # -- step ------------------------------------------------------------------------------------
+    def update(self, params: dict, grads: dict) -> None:
+        """Apply one optimization step to ``params`` in place (see the class docstring for the rule)."""
+        self._check(params, grads)
+        gs = self._clip(params, grads)
+        lr = self.lr
+        t = self.step_count + 1
+        for k, p in params.items():
+            self._step(k, p, gs[k], lr, t)
+        if self._keys is None:
+            self._keys = tuple(params)
+        for k, p in params.items():
+            self._shapes[k] = p.shape
+        self.step_count = t
+
+    def _step(self, name: str, p: np.ndarray, g: np.ndarray, lr: float, t: int) -> None:
+        raise NotImplementedError
+
+    # -- state -----------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Flat dict of plain values, savable with ``np.savez(**d)`` or (after ``.tolist()``) JSON.
+
+        Keys: ``"optimizer"`` (name), ``"step_count"`` (int), ``"keys"`` (list of parameter names,
+        or an empty list before the first update) and ``"<buffer>/<param name>"`` -> ndarray copy for
+        every per-parameter buffer. Hyperparameters are not included (they come from the
+        constructor; see :attr:`hyperparameters`).
+        """
+        d = {"optimizer": self.name, "step_count": int(self.step_count),
+             "keys": list(self._keys) if self._keys is not None else []}
+        for k, bufs in self.state.items():
+            for b, arr in bufs.items():
+                d[f"{b}/{k}"] = arr.copy()
+        return d
+
+    def load_state_dict(self, d: Mapping) -> None:
+        """Restore the state saved by :meth:`state_dict` (also accepts an ``np.load`` result)."""
+        if not isinstance(d, Mapping) and not hasattr(d, "files"):
+            raise TypeError(f"state dict must be a mapping, got {type(d).__name__}")
+        keys_in = list(d.files) if hasattr(d, "files") else list(d.keys())
+        for req in ("optimizer", "step_count", "keys"):
+            if req not in keys_in:
+                raise ValueError(f"state dict lacks the entry {req!r}")
+        name = str(np.asarray(d["optimizer"]).item())
+        if name != self.name:
+            raise ValueError(f"state dict is for optimizer {name!r}, not {self.name!r}")
+        step_count = int(np.asarray(d["step_count"]).item())
+        if step_count < 0:
+            raise ValueError(f"state dict step_count must be >= 0, got {step_count}")
+        pkeys = [str(k) for k in np.asarray(d["keys"]).reshape(-1).tolist()]
+        state: dict[str, dict[str, np.ndarray]] = {}
+        for key in keys_in:
+            if key in ("optimizer", "step_count", "keys"):
+                continue
+            buf, sep, pname = key.partition("/")
+            if not sep or buf not in self._buffers:
+                raise ValueError(f"state dict entry {key!r} is not a buffer of {self.name} "
+                                 f"(expected '<buffer>/<param>' with buffer in {list(self._buffers)})")
+            if pname not in pkeys:
+                raise ValueError(f"state dict entry {key!r} refers to parameter {pname!r} not in keys")
+            state.setdefault(pname, {})[buf] = np.array(d[key], copy=True)
+        self.step_count = step_count
+        self.state = state
+        self._keys = tuple(pkeys) if pkeys else None
+        self._shapes = {k: next(iter(b.values())).shape for k, b in state.items()}
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with optional (Nesterov) momentum, PyTorch conventions.
+
+    For each parameter ``p`` with (clipped) gradient ``g``, at step ``t = 1, 2, ...`` with learning
+    rate ``lr_t = schedule(t - 1, lr)``::
+
+        g   <- g + weight_decay * p                         (L2 weight decay, coupled)
+        if momentum > 0:
+            b <- g                        if t == 1
+            b <- momentum * b + g         otherwise         (no dampening)
+            g <- g + momentum * b         if nesterov
+            g <- b                        otherwise
+        p   <- p - lr_t * g                                 (in place)
+
+    Parameters
+    ----------
+    lr : float, default 0.01
+    momentum : float in [0, 1), default 0
+    nesterov : bool, default False (requires momentum > 0)
+    weight_decay : float >= 0, default 0
+    clip_value : float > 0 or None
+        Element-wise gradient clipping to ``[-clip_value, clip_value]`` (e.g. 1e3 as in the paper).
+    clip_norm : float > 0 or None
+        Global-norm gradient clipping over all parameters.
+    schedule : None, str or callable ``(step, base_lr) -> lr``
+    """
+
+    name = "sgd"
+    _buffers = ("momentum_buffer",)
+
+    def __init__(self, lr: float = 0.01, momentum: float = 0.0, nesterov: bool = False,
+                 weight_decay: float = 0.0, clip_value: float | None = None,
+                 clip_norm: float | None = None, schedule=None):
+        super().__init__(lr, weight_decay, clip_value, clip_norm, schedule)
+        self.momentum = _check_real(momentum, "momentum", 0.0, 1.0, hi_open=True)
+        if not isinstance(nesterov, (bool, np.bool_)):
+            raise TypeError(f"nesterov must be a bool, got {type(nesterov).__name__}")
+        if nesterov and self.momentum == 0.0:
+            raise ValueError("nesterov=True requires momentum > 0, got momentum=0")
+        self.nesterov = bool(nesterov)
+
+    def _extra_hyperparameters(self) -> dict:
+        return {"momentum": self.momentum, "nesterov": self.nesterov}
+
+    def _step(self, name, p, g, lr, t):
+        dt = p.dtype.type
+        if self.weight_decay:
+            g = g + dt(self.weight_decay) * p
+        if self.momentum:
+            st = self.state.setdefault(name, {})
+            buf = st.get("momentum_buffer")
+            if buf is None:
+                st["momentum_buffer"] = buf = np.array(g, dtype=p.dtype, copy=True)
+            else:
+                buf *= dt(self.momentum)
+                buf += g
+            g = g + dt(self.momentum) * buf if self.nesterov else buf
+        p -= dt(lr) * g
+
+
+class Adam(Optimizer):
+    """Adam with bias correction (PyTorch conventions); ``decoupled=True`` gives AdamW.
+
+    For each parameter ``p`` with (clipped) gradient ``g``, at step ``t = 1, 2, ...`` with learning
+    rate ``lr_t = schedule(t - 1, lr)``::
+
+        if weight_decay > 0:
+            p <- p * (1 - lr_t * weight_decay)   if decoupled   (AdamW)
+            g <- g + weight_decay * p            otherwise      (L2, coupled)
+        m <- beta1 * m + (1 - beta1) * g                        (m, v start at 0)
+        v <- beta2 * v + (1 - beta2) * g**2
+        m_hat = m / (1 - beta1**t);  v_hat = v / (1 - beta2**t)
+        p <- p - lr_t * m_hat / (sqrt(v_hat) + eps)             (in place)
+
+    Parameters
+    ----------
+    lr : float, default 1e-3
+    betas : (float, float) in [0, 1), default (0.9, 0.999)
+    eps : float > 0, default 1e-8
+    weight_decay : float >= 0, default 0
+    decoupled : bool, default False
+    clip_value, clip_norm, schedule : as in :class:`SGD`
+    """
+
+    name = "adam"
+    _buffers = ("exp_avg", "exp_avg_sq")
+
+    def __init__(self, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, decoupled: bool = False, clip_value: float | None = None,
+                 clip_norm: float | None = None, schedule=None):
+        super().__init__(lr, weight_decay, clip_value, clip_norm, schedule)
+        try:
+            b1, b2 = betas
+        except (TypeError, ValueError):
+            raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}") from None
+        self.betas = (_check_real(b1, "betas[0]", 0.0, 1.0, hi_open=True),
+                      _check_real(b2, "betas[1]", 0.0, 1.0, hi_open=True))
+        self.eps = _check_real(eps, "eps", 0.0, lo_open=True)
+        if not isinstance(decoupled, (bool, np.bool_)):
+            raise TypeError(f"decoupled must be a bool, got {type(decoupled).__name__}")
+        self.decoupled = bool(decoupled)
+
+    def _extra_hyperparameters(self) -> dict:
+        return {"betas": list(self.betas), "eps": self.eps, "decoupled": self.decoupled}
+
+    def _step(self, name, p, g, lr, t):
+        dt = p.dtype.type
+        b1, b2 = self.betas
+        if self.weight_decay:
+            if self.decoupled:
+                p *= dt(1.0 - lr * self.weight_decay)
+            else:
+                g = g + dt(self.weight_decay) * p
+        st = self.state.setdefault(name, {})
+        if "exp_avg" not in st:
+            st["exp_avg"] = np.zeros_like(p)
+            st["exp_avg_sq"] = np.zeros_like(p)
+        m, v = st["exp_avg"], st["exp_avg_sq"]
+        m *= dt(b1)
+        m += dt(1.0 - b1) * g
+        v *= dt(b2)
+        v += dt(1.0 - b2) * (g * g)
+        bc1 = 1.0 - b1 ** t
+        bc2 = 1.0 - b2 ** t
+        denom = np.sqrt(v / dt(bc2)) + dt(self.eps)
+        p -= dt(lr / bc1) * m / denom
+
+
+#: Optimizer name -> class.
+OPTIMIZERS = {"sgd": SGD, "adam": Adam}
+
+
+def get_optimizer(name: str, **kwargs) -> Optimizer:
+    """Build an optimizer by name (``"sgd"``, ``"adam"``) with its keyword arguments."""
+    if not isinstance(name, str):
+        raise TypeError(f"optimizer name must be a str, got {type(name).__name__}")
+    key = name.lower()
+    if key not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; known optimizers: {', '.join(sorted(OPTIMIZERS))}")
+    return OPTIMIZERS[key](**kwargs)
