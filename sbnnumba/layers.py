@@ -7,7 +7,9 @@ and knows the four operations an estimator needs:
 * ``backward_input(g_a, in_shape) -> g_x``   the transposed map (ordinary backprop);
 * ``param_grads(x, g_a) -> dict``            the outer-product parameter gradients, summed over the batch;
 * ``flip_propagate(x_in, a, x_out, d_out, noise, backend) -> d_in``
-  the PSA flip propagation ``d_in = sum_j Delta_ij d_out_j`` (spec psa.md, Eq. 3).
+  the PSA flip propagation ``d_in = sum_j Delta_ij d_out_j`` (spec psa.md, Eq. 3);
+* ``forward_moments(mean, var) -> (mu_a, v_a)`` pre-activation moments of independent inputs,
+  ``mu_a = W mu + b``, ``v_a = W^2 v`` (for the ADF / local-reparameterization baselines).
 
 Inputs of a dense layer may have any trailing shape whose size is ``n_in``: a conv map
 (B, C, H, W) is flattened in (C, H, W) order automatically.
@@ -93,6 +95,9 @@ class Linear(Layer):
 
     def backward_input(self, g_a, in_shape):
         return (g_a @ self.weight).reshape((g_a.shape[0],) + tuple(in_shape))
+
+    def forward_moments(self, mean, var):
+        return self.forward(mean), self._flat(var) @ (self.weight ** 2).T
 
     def param_grads(self, x, g_a):
         return {"weight": g_a.T @ self._flat(x), "bias": g_a.sum(axis=0)}
