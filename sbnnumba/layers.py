@@ -26,9 +26,14 @@ BACKENDS = ("cpu", "numpy", "cuda")
 
 
 class Layer:
-    """Base class: parameters are the attributes named in ``param_names``."""
+    """Base class: parameters are the attributes named in ``param_names``.
+
+    ``latent`` is None for real weights, or a :class:`~sbnnumba.weights.BernoulliWeights` when the
+    layer has stochastic binary weights (then ``eta`` is the parameter and ``weight`` the current sample).
+    """
 
     param_names = ("weight", "bias")
+    latent = None
 
     def params(self):
         """Dict name -> array of this layer's parameters (the arrays themselves, not copies)."""
@@ -43,6 +48,16 @@ class Layer:
         shape = (-1,) + (1,) * (self.weight.ndim - 1)
         self.weight /= std.reshape(shape).astype(self.weight.dtype)
         self.bias[...] = ((self.bias - mean) / std).astype(self.bias.dtype)
+
+
+def init_weight_kind(layer, weight, weight_noise, weight_grad, rng):
+    """Apply the ``weight="real" | "bernoulli"`` constructor option of a layer."""
+    if weight == "bernoulli":
+        from .weights import make_bernoulli
+
+        make_bernoulli(layer, noise=weight_noise, grad=weight_grad, rng=rng)
+    elif weight != "real":
+        raise ValueError(f"weight: expected 'real' or 'bernoulli', got {weight!r}")
 
 
 def _uniform_fan_in(rng, shape, fan_in, dtype):
@@ -61,18 +76,27 @@ class Linear(Layer):
         weights and biases ``~ U(-1/sqrt(n_in), 1/sqrt(n_in))``.
     dtype : float32 (default) or float64
 
+    weight : {"real", "bernoulli"}
+        ``"bernoulli"``: stochastic binary weights ``w = sign(eta - Z')`` with latent ``eta ~ U[-1, 1]``
+        (see :mod:`sbnnumba.weights`), noise ``weight_noise`` and gradient rule ``weight_grad``.
+
     Attributes
     ----------
     weight : ndarray (n_out, n_in)
+        Real weights, or the current +-1 sample of Bernoulli weights.
+    eta : ndarray (n_out, n_in)
+        Latent weights (Bernoulli weights only).
     bias : ndarray (n_out,)
     """
 
-    def __init__(self, n_in, n_out, rng=None, dtype=np.float32):
+    def __init__(self, n_in, n_out, rng=None, dtype=np.float32, weight="real", weight_noise="logistic",
+                 weight_grad="md"):
         self.n_in = check_positive_int(n_in, "n_in")
         n_out = check_positive_int(n_out, "n_out")
         rng = as_generator(rng)
         self.weight = _uniform_fan_in(rng, (n_out, self.n_in), self.n_in, dtype)
         self.bias = _uniform_fan_in(rng, (n_out,), self.n_in, dtype)
+        init_weight_kind(self, weight, weight_noise, weight_grad, rng)
 
     @property
     def out_shape(self):
@@ -102,17 +126,22 @@ class Linear(Layer):
     def param_grads(self, x, g_a):
         return {"weight": g_a.T @ self._flat(x), "bias": g_a.sum(axis=0)}
 
-    def flip_propagate(self, x_in, a, x_out, d_out, noise, backend="cpu"):
-        """PSA flip propagation; returns ``d_in`` with the shape of ``x_in``."""
+    def flip_propagate(self, x_in, a, x_out, d_out, noise, backend="cpu", out_scale=None):
+        """PSA flip propagation; returns ``d_in`` with the shape of ``x_in``.
+
+        ``out_scale`` (n_out,) multiplies the weights per output unit (a following normalization
+        with fixed statistics scales the pre-activation change of a flip by it).
+        """
         noise = get_noise(noise)
         x2 = self._flat(x_in)
+        weight = self.weight if out_scale is None else self.weight * out_scale[:, None].astype(self.weight.dtype)
         if backend == "cpu":
-            d_in = cpu.flip_propagate_dense(x2, a, x_out, self.weight, d_out, noise.code)
+            d_in = cpu.flip_propagate_dense(x2, a, x_out, weight, d_out, noise.code)
         elif backend == "numpy":
-            d_in = reference.flip_propagate_dense(x2, a, x_out, self.weight, d_out, noise)
+            d_in = reference.flip_propagate_dense(x2, a, x_out, weight, d_out, noise)
         elif backend == "cuda":
             from .kernels import cuda_backend
-            d_in = cuda_backend.flip_propagate_dense(x2, a, x_out, self.weight, d_out, noise.code)
+            d_in = cuda_backend.flip_propagate_dense(x2, a, x_out, weight, d_out, noise.code)
         else:
             raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
         return d_in.reshape(x_in.shape)

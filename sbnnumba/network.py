@@ -11,6 +11,7 @@ loss ``E_Z[l(y, eta)]`` (softmax cross-entropy, or the logistic loss for a 1-log
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 
@@ -19,6 +20,7 @@ import numpy as np
 from . import losses
 from .layers import BACKENDS, Linear
 from .noise import get_noise
+from .normalization import Normalized
 from .validation import as_generator, check_float_array, check_labels
 
 DEFAULT_BACKEND_ENV = "SBNNUMBA_BACKEND"
@@ -39,10 +41,25 @@ class Path:
 
     stages: list = field(default_factory=list)
     logits: np.ndarray = None
+    weights: dict = field(default_factory=dict)  # prefix -> sampled +-1 weights of Bernoulli layers
 
     @property
     def last_state(self):
         return self.stages[-1].state
+
+
+def stage_weight_kinds(weight, n_stages):
+    """Per-stage weight kinds from ``"real"``, ``"bernoulli"``, ``"hidden"`` or an explicit list."""
+    if isinstance(weight, str):
+        if weight == "hidden":
+            return ["real"] + ["bernoulli"] * (n_stages - 1)
+        if weight in ("real", "bernoulli"):
+            return [weight] * n_stages
+        raise ValueError(f"weight: expected 'real', 'bernoulli', 'hidden' or a list, got {weight!r}")
+    kinds = list(weight)
+    if len(kinds) != n_stages:
+        raise ValueError(f"weight: expected {n_stages} per-stage kinds, got {len(kinds)}")
+    return kinds
 
 
 def default_backend():
@@ -97,12 +114,24 @@ class Network:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def dense(cls, sizes, n_classes, noise="logistic", rng=None, dtype=np.float32, backend=None):
-        """Dense network ``[D, N1, ..., NL]`` with a linear head to ``n_classes`` logits."""
+    def dense(cls, sizes, n_classes, noise="logistic", rng=None, dtype=np.float32, backend=None,
+              weight="real", weight_noise="logistic", weight_grad="md", normalize=False):
+        """Dense network ``[D, N1, ..., NL]`` with a (real) linear head to ``n_classes`` logits.
+
+        ``weight``: ``"real"``, ``"bernoulli"`` (every stage), ``"hidden"`` (Bernoulli weights in every
+        stage but the first, whose input is real), or a list with one of "real"/"bernoulli" per stage.
+        ``normalize``: batch normalization before every binary activation.
+        """
         if len(sizes) < 2:
             raise ValueError(f"sizes: expected [D, N1, ..., NL] with at least one binary layer, got {sizes!r}")
         rng = as_generator(rng)
-        stages = [Linear(n_in, n_out, rng=rng, dtype=dtype) for n_in, n_out in zip(sizes[:-1], sizes[1:])]
+        n_stages = len(sizes) - 1
+        kinds = stage_weight_kinds(weight, n_stages)
+        stages = []
+        for (n_in, n_out), kind in zip(zip(sizes[:-1], sizes[1:]), kinds):
+            layer = Linear(n_in, n_out, rng=rng, dtype=dtype, weight=kind, weight_noise=weight_noise,
+                           weight_grad=weight_grad)
+            stages.append(Normalized(layer) if normalize else layer)
         return cls(stages, Linear(sizes[-1], n_classes, rng=rng, dtype=dtype), noise=noise, backend=backend)
 
     @property
@@ -148,8 +177,96 @@ class Network:
         x = self.check_input(x)
         return x, check_labels(y, x.shape[0], self.n_classes)
 
+    # ------------------------------------------------------------------ binary weights, modes
+    def latent_layers(self):
+        """(prefix, innermost layer) pairs of the layers with Bernoulli weights."""
+        return [(p, getattr(l, "layer", l)) for p, l in self.layers() if l.latent is not None]
+
+    def sample_weights(self, rng=None, uniforms=None):
+        """Draw one sample of every Bernoulli weight tensor (once per forward pass, shared by the batch).
+
+        ``uniforms``: optional dict prefix -> U(0,1) array of the shape of ``eta``. Returns the
+        dict prefix -> sampled weights (the layers' ``weight`` attributes now hold them).
+        """
+        out = {}
+        for prefix, layer in self.latent_layers():
+            u = uniforms[prefix] if uniforms is not None else rng.random(layer.eta.shape, dtype=layer.eta.dtype)
+            layer.weight = layer.latent.sample(layer.eta, u)
+            out[prefix] = layer.weight
+        return out
+
+    def set_mode_weights(self):
+        """Set every Bernoulli weight to its most probable value ``sign(eta)`` (deterministic mode)."""
+        for _, layer in self.latent_layers():
+            layer.weight = layer.latent.mode(layer.eta)
+
+    def apply_constraints(self):
+        """Project latent weights after an optimizer step (``eta`` clipping, e.g. [-1, 1] for uniform noise)."""
+        for _, layer in self.latent_layers():
+            layer.latent.project_(layer.eta)
+
+    def normalizations(self):
+        return [l for _, l in self.layers() if hasattr(l, "running")]
+
+    def train(self):
+        """Training mode: normalization layers use (and update) batch statistics."""
+        for n in self.normalizations():
+            n.training = True
+        return self
+
+    def eval(self, stats="stochastic"):
+        """Evaluation mode: normalization layers use the running statistics of ``stats``."""
+        if stats not in ("stochastic", "deterministic"):
+            raise ValueError(f"stats: expected 'stochastic' or 'deterministic', got {stats!r}")
+        for n in self.normalizations():
+            n.training, n.stats_mode = False, stats
+        return self
+
+    @contextlib.contextmanager
+    def evaluating(self, stats="stochastic"):
+        """Temporarily switch to evaluation mode (restores the previous modes on exit)."""
+        saved = [(n.training, n.stats_mode) for n in self.normalizations()]
+        self.eval(stats)
+        try:
+            yield self
+        finally:
+            for n, (training, mode) in zip(self.normalizations(), saved):
+                n.training, n.stats_mode = training, mode
+
+    def recalibrate_normalization(self, x, mode="deterministic", batch_size=256, rng=None):
+        """Re-estimate the normalization statistics for a test mode by forward sweeps over ``x``.
+
+        ``mode="deterministic"``: sign activations and ``sign(eta)`` weights (spec st.md section 6);
+        ``mode="stochastic"``: sampled activations and weights. Statistics are exact averages over
+        all of ``x`` (not running averages), stored for that mode and used by :meth:`eval`.
+        """
+        if mode not in ("stochastic", "deterministic"):
+            raise ValueError(f"mode: expected 'stochastic' or 'deterministic', got {mode!r}")
+        norms = self.normalizations()
+        if not norms:
+            return self
+        x = self.check_input(x)
+        rng = as_generator(rng)
+        saved = [n.training for n in norms]
+        for n in norms:
+            n.training = True
+            n.start_accumulating()
+        try:
+            for start in range(0, x.shape[0], batch_size):
+                xb = x[start:start + batch_size]
+                if mode == "deterministic":
+                    self._forward_deterministic(xb)
+                else:
+                    self.sample(xb, rng)
+        finally:
+            for n, training in zip(norms, saved):
+                n.training = training
+        for n in norms:
+            n.finish_accumulating(mode)
+        return self
+
     # ------------------------------------------------------------------ forward passes
-    def sample(self, x, rng=None, uniforms=None):
+    def sample(self, x, rng=None, uniforms=None, weight_uniforms=None):
         """Sample one path per example.
 
         Parameters
@@ -159,6 +276,8 @@ class Network:
             Draws ``u ~ U(0,1)`` per unit; ignored when ``uniforms`` is given.
         uniforms : list of ndarrays, optional
             One per stage, each of the stage's pre-activation shape: common random numbers.
+        weight_uniforms : dict, optional
+            prefix -> uniforms for the Bernoulli weights (sampled once for the whole batch).
 
         Returns
         -------
@@ -167,8 +286,9 @@ class Network:
             ``path.logits`` (B, K).
         """
         x = self.check_input(x)
-        rng = None if uniforms is not None else as_generator(rng)
+        rng = None if uniforms is not None and weight_uniforms is not None else as_generator(rng)
         path, h = Path(), x
+        path.weights = self.sample_weights(rng, weight_uniforms)
         for k, layer in enumerate(self.stages):
             a = layer.forward(h)
             u = uniforms[k] if uniforms is not None else rng.random(a.shape, dtype=a.dtype)
@@ -179,9 +299,15 @@ class Network:
         return path
 
     def forward_deterministic(self, x, activation="sign"):
-        """Logits of a deterministic network: ``x^k = sign(a)`` (zero noise, ``sign(0) = +1``) or
-        the mean response ``2F(a) - 1`` (``activation="mean"``: deterministic mean propagation)."""
-        h = self.check_input(x)
+        """Logits of the deterministic network: weights ``sign(eta)`` for Bernoulli layers, activations
+        ``x^k = sign(a)`` (zero noise, ``sign(0) = +1``) or the mean response ``2F(a) - 1``
+        (``activation="mean"``: deterministic mean propagation). Normalization layers use the
+        statistics re-estimated for the deterministic mode (if any, else the running ones)."""
+        with self.evaluating("deterministic"):
+            return self._forward_deterministic(self.check_input(x), activation)
+
+    def _forward_deterministic(self, h, activation="sign"):
+        self.set_mode_weights()
         for layer in self.stages:
             a = layer.forward(h)
             h = np.where(a >= 0, 1, -1).astype(a.dtype) if activation == "sign" else self.noise.mean(a)
@@ -205,7 +331,8 @@ class Network:
             if mode == "deterministic":
                 out.append(losses.probabilities(self.forward_deterministic(xb)))
             else:
-                probs = sum(losses.probabilities(self.sample(xb, rng).logits) for _ in range(samples))
+                with self.evaluating("stochastic"):
+                    probs = sum(losses.probabilities(self.sample(xb, rng).logits) for _ in range(samples))
                 out.append(probs / samples)
         return np.concatenate(out)
 

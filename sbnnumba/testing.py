@@ -13,7 +13,8 @@ from .network import Path, StageSample
 
 MAX_PATH_UNITS = 16
 
-__all__ = ["enumerate_paths", "expected_estimate", "exact_gradient", "exact_expected_loss"]
+__all__ = ["enumerate_paths", "expected_estimate", "exact_gradient", "exact_expected_loss", "weight_configurations",
+           "exact_bernoulli", "expected_estimate_bernoulli"]
 
 
 def enumerate_paths(net, x):
@@ -74,3 +75,68 @@ def expected_estimate(method, net, x, y, return_paths=False, **options):
         for k, v in g.items():
             per_path[k].append(v)
     return loss, grads, ({k: np.stack(v) for k, v in per_path.items()}, prob, example)
+
+
+MAX_WEIGHT_BITS = 14
+
+
+def weight_configurations(net):
+    """Enumerate every joint value of the Bernoulli weights: yields (prob, {prefix: w}).
+
+    Each configuration is set as the layers' current ``weight`` while it is yielded.
+    """
+    latent = net.latent_layers()
+    sizes = [layer.eta.size for _, layer in latent]
+    if sum(sizes) > MAX_WEIGHT_BITS:
+        raise ValueError(f"net: weight enumeration supports at most {MAX_WEIGHT_BITS} binary weights, got {sum(sizes)}")
+    joint = all_states(sum(sizes))
+    bounds = np.cumsum([0] + sizes)
+    for row in joint:
+        prob, config = 1.0, {}
+        for k, (prefix, layer) in enumerate(latent):
+            w = row[bounds[k]:bounds[k + 1]].reshape(layer.eta.shape).astype(layer.eta.dtype)
+            prob *= float(np.prod(layer.latent.noise.cdf(w * layer.eta)))
+            layer.weight = w
+            config[prefix] = w
+        yield prob, config
+
+
+def exact_bernoulli(net, x, y):
+    """Exact expected loss over weights and activations, and its exact gradient.
+
+    Returns
+    -------
+    loss : float
+    grads_eta : dict
+        ``dE/deta`` for latent weights (key ``prefix.eta``) and ``dE/dparam`` for every other parameter.
+    grads_theta : dict
+        ``dE/dtheta`` (theta = P(w = +1) = F(eta)) for the latent weights only.
+    """
+    latent = dict(net.latent_layers())
+    loss, grads = 0.0, {k: np.zeros_like(p, dtype=np.float64) for k, p in net.params.items()}
+    for prob, config in weight_configurations(net):
+        e_w, g_w = exact_gradient(net, x, y)
+        loss += prob * e_w
+        for key, g in g_w.items():
+            prefix = key.rsplit(".", 1)[0]
+            if key.endswith(".eta"):
+                layer = latent[prefix]
+                w = config[prefix]
+                # d/d eta of prod F(w eta) = prod * w p(eta) / F(w eta)
+                score = w * layer.latent.noise.pdf(layer.eta) / layer.latent.noise.cdf(w * layer.eta)
+                grads[key] += prob * e_w * score
+            else:
+                grads[key] += prob * g
+    grads_theta = {f"{p}.eta": grads[f"{p}.eta"] / layer.latent.noise.pdf(layer.eta) for p, layer in latent.items()}
+    return loss, grads, grads_theta
+
+
+def expected_estimate_bernoulli(method, net, x, y, **options):
+    """Exact expectation of a path estimator over weight samples and activation paths."""
+    loss, grads = 0.0, None
+    for prob, _ in weight_configurations(net):
+        l_w, g_w = expected_estimate(method, net, x, y, **options)
+        loss += prob * l_w
+        grads = {k: prob * v for k, v in g_w.items()} if grads is None else {k: grads[k] + prob * g_w[k]
+                                                                             for k in grads}
+    return loss, grads

@@ -26,7 +26,14 @@ def head_grads(net, path, g_eta):
 
 
 def finalize(net, loss, grads):
-    """Order ``grads`` like ``net.params`` and cast to the parameter dtypes."""
+    """Order ``grads`` like ``net.params`` and cast to the parameter dtypes.
+
+    For layers with Bernoulli weights the gradient w.r.t. the sampled weights is mapped to the
+    latent ``eta`` by the layer's weight rule (mirror descent or latent SGD, :mod:`sbnnumba.weights`).
+    """
+    for prefix, layer in net.layers():
+        if layer.latent is not None and f"{prefix}.weight" in grads:
+            grads[f"{prefix}.eta"] = layer.latent.eta_grad(layer.eta, grads.pop(f"{prefix}.weight"))
     return float(loss), {k: np.asarray(grads[k], dtype=p.dtype).reshape(p.shape) for k, p in net.params.items()}
 
 

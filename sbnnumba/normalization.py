@@ -1,0 +1,160 @@
+r"""Batch normalization in front of a binary activation, as a wrapper layer.
+
+``Normalized(layer)`` computes
+
+.. math:: a = \gamma \frac{z - \mu}{\sqrt{\sigma^2 + \epsilon}} + \beta, \qquad z = \text{layer}(x),
+
+per output unit (dense, statistics over the batch) or per channel (conv, statistics over the batch
+and the positions). It implements the full layer interface, so every estimator works unchanged:
+
+* in training mode ``mu, sigma^2`` are the statistics of the current (noisy) batch and the backward
+  pass differentiates through them (ordinary batch-norm backward);
+* in evaluation mode the running statistics of the selected test mode are used (``"stochastic"``:
+  accumulated during training; ``"deterministic"``: re-estimated by
+  :meth:`sbnnumba.Network.recalibrate_normalization` with sign activations and ``sign(eta)`` weights,
+  spec st.md section 6);
+* PSA flip propagation treats the statistics as constants: flipping input ``i`` moves ``a_j`` by
+  ``-2 W_ji x_i * gamma_j / sqrt(sigma_j^2 + eps)``, i.e. the layer's flip propagation with the
+  weights scaled per output (the O(1/B) effect of one flip on the batch statistics is ignored).
+
+The noise scale is redundant with ``gamma`` (spec st.md section 1), so the noise keeps scale 1.
+The forward pass caches the normalized values for the backward pass: call the backward right after
+the forward of the same batch (the estimators do).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .layers import Layer
+
+
+class Normalized(Layer):
+    """Wrap ``layer`` with batch normalization (affine ``gamma``, ``beta``).
+
+    Parameters
+    ----------
+    layer : Linear or Conv2d
+    momentum : float
+        Running-statistics update ``r <- (1 - m) r + m * batch`` during training.
+    eps : float
+    """
+
+    def __init__(self, layer, momentum=0.1, eps=1e-5):
+        if not 0 < momentum <= 1:
+            raise ValueError(f"momentum: expected a value in (0, 1], got {momentum!r}")
+        self.layer = layer
+        n = layer.weight.shape[0]
+        dtype = layer.weight.dtype
+        self.gamma = np.ones(n, dtype=dtype)
+        self.beta = np.zeros(n, dtype=dtype)
+        self.momentum, self.eps = momentum, eps
+        self.training = True
+        self.stats_mode = "stochastic"
+        self.running = {"stochastic": (np.zeros(n, dtype), np.ones(n, dtype)), "deterministic": None}
+        self._accumulator = None
+        self._cache = None
+
+    # ---------------------------------------------------------------- parameters
+    @property
+    def param_names(self):
+        return tuple(self.layer.param_names) + ("gamma", "beta")
+
+    def params(self):
+        return {**self.layer.params(), "gamma": self.gamma, "beta": self.beta}
+
+    @property
+    def latent(self):
+        return self.layer.latent
+
+    def __getattr__(self, name):
+        # weight, eta, latent, bias, n_in, ... of the wrapped layer
+        if name in ("layer",):
+            raise AttributeError(name)
+        return getattr(self.layer, name)
+
+    def output_shape(self, in_shape):
+        return self.layer.output_shape(in_shape)
+
+    @property
+    def out_shape(self):
+        return self.layer.out_shape
+
+    def rescale_(self, mean, std):
+        self.layer.rescale_(mean, std)
+
+    # ---------------------------------------------------------------- statistics
+    def _axes(self, z):
+        return (0,) + tuple(range(2, z.ndim))
+
+    def _shape(self, z):
+        return (1, -1) + (1,) * (z.ndim - 2)
+
+    def start_accumulating(self):
+        self._accumulator = [0, 0.0, 0.0]
+
+    def finish_accumulating(self, mode):
+        count, total, total_sq = self._accumulator
+        mean = total / count
+        var = np.maximum(total_sq / count - mean ** 2, 0)
+        self.running[mode] = (mean.astype(self.gamma.dtype), var.astype(self.gamma.dtype))
+        self._accumulator = None
+
+    def forward(self, x):
+        z = self.layer.forward(x)
+        axes, shape = self._axes(z), self._shape(z)
+        if self.training:
+            mean, var = z.mean(axis=axes), z.var(axis=axes)
+            if self._accumulator is not None:
+                n = z.size // z.shape[1]
+                self._accumulator[0] += n
+                self._accumulator[1] = self._accumulator[1] + mean.astype(np.float64) * n
+                self._accumulator[2] = self._accumulator[2] + (var + mean ** 2).astype(np.float64) * n
+            else:
+                m = self.momentum
+                r_mean, r_var = self.running["stochastic"]
+                self.running["stochastic"] = ((1 - m) * r_mean + m * mean, (1 - m) * r_var + m * var)
+        else:
+            stats = self.running.get(self.stats_mode) or self.running["stochastic"]
+            mean, var = stats
+        inv_std = (1 / np.sqrt(var + self.eps)).astype(z.dtype)
+        z_hat = (z - mean.reshape(shape)) * inv_std.reshape(shape)
+        self._cache = (z_hat, inv_std, self.training)
+        return self.gamma.reshape(shape) * z_hat + self.beta.reshape(shape)
+
+    def _backward_norm(self, g_a):
+        z_hat, inv_std, batch_stats = self._cache
+        if z_hat.shape != g_a.shape:
+            raise RuntimeError("Normalized: backward called with a batch other than the last forward pass")
+        axes, shape = self._axes(g_a), self._shape(g_a)
+        scale = (self.gamma * inv_std).reshape(shape)
+        if not batch_stats:
+            return scale * g_a
+        n = g_a.size // g_a.shape[1]
+        s1 = g_a.sum(axis=axes).reshape(shape)
+        s2 = (g_a * z_hat).sum(axis=axes).reshape(shape)
+        return scale * (g_a - s1 / n - z_hat * s2 / n)
+
+    def backward_input(self, g_a, in_shape):
+        return self.layer.backward_input(self._backward_norm(g_a), in_shape)
+
+    def param_grads(self, x, g_a):
+        z_hat = self._cache[0]
+        axes = self._axes(g_a)
+        grads = self.layer.param_grads(x, self._backward_norm(g_a))
+        grads["gamma"] = (g_a * z_hat).sum(axis=axes)
+        grads["beta"] = g_a.sum(axis=axes)
+        return grads
+
+    def forward_moments(self, mean, var):
+        mu, v = self.layer.forward_moments(mean, var)
+        stats_mean, stats_var = self.running["stochastic"]
+        shape = self._shape(mu)
+        scale = (self.gamma / np.sqrt(stats_var + self.eps)).reshape(shape)
+        return scale * (mu - stats_mean.reshape(shape)) + self.beta.reshape(shape), scale ** 2 * v
+
+    def flip_propagate(self, x_in, a, x_out, d_out, noise, backend="cpu"):
+        scale = self.gamma * self._cache[1]
+        return self.layer.flip_propagate(x_in, a, x_out, d_out, noise, backend, out_scale=scale)
+
+    def __repr__(self):
+        return f"Normalized({self.layer!r})"

@@ -1,0 +1,60 @@
+"""Model summary in the style of binary-network libraries (Larq): parameters and MACs per layer.
+
+For each layer: output shape, parameter count, how many parameters are binary (Bernoulli weights
+deploy as 1 bit each: ``sign(eta)``) and how many are 32-bit, the deployed memory, and the
+multiply-accumulates per example split into binary MACs (binary weights *and* binary inputs, i.e.
+XNOR-popcount operations) and float MACs.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def _positions(layer, out_shape):
+    """Output positions per output unit/channel (1 for dense, H_out * W_out for conv)."""
+    return int(np.prod(out_shape)) // layer.weight.shape[0]
+
+
+def summary(net, input_shape, print_fn=print):
+    """Summarize ``net`` for inputs of per-example shape ``input_shape``.
+
+    Returns
+    -------
+    rows : list of dict
+        Per layer: name, type, output_shape, params, binary_params, float_params, memory_bytes,
+        binary_macs, float_macs; plus a final "total" row.
+    """
+    rows, shape, binary_input = [], tuple(input_shape), False
+    for prefix, layer in net.layers():
+        out_shape = layer.output_shape(shape)
+        params = layer.params()
+        n_params = int(sum(p.size for p in params.values()))
+        n_binary = int(params["eta"].size) if "eta" in params else 0
+        n_float = n_params - n_binary
+        macs = int(layer.weight.size) * _positions(layer, out_shape)
+        binary_macs = macs if (n_binary and binary_input) else 0
+        rows.append(dict(name=prefix, type=repr(layer), output_shape=tuple(out_shape), params=n_params,
+                         binary_params=n_binary, float_params=n_float,
+                         memory_bytes=n_binary / 8 + 4 * n_float, binary_macs=binary_macs,
+                         float_macs=macs - binary_macs))
+        shape, binary_input = out_shape, True
+    total = {k: sum(r[k] for r in rows) for k in ("params", "binary_params", "float_params", "memory_bytes",
+                                                 "binary_macs", "float_macs")}
+    rows.append(dict(name="total", type="", output_shape=(), **total))
+    if print_fn is not None:
+        header = f"{'layer':10s} {'type':34s} {'output':>14s} {'params':>10s} {'1-bit':>10s} {'32-bit':>10s} " \
+                 f"{'memory':>10s} {'binary MACs':>12s} {'float MACs':>12s}"
+        lines = [header, "-" * len(header)]
+        for r in rows:
+            lines.append(f"{r['name']:10s} {r['type'][:34]:34s} {str(r['output_shape']):>14s} {r['params']:>10d} "
+                         f"{r['binary_params']:>10d} {r['float_params']:>10d} {_kib(r['memory_bytes']):>10s} "
+                         f"{r['binary_macs']:>12d} {r['float_macs']:>12d}")
+        full = 4 * total["params"]
+        lines.append(f"memory as float32: {_kib(full)}; deployed: {_kib(total['memory_bytes'])} "
+                     f"({full / max(total['memory_bytes'], 1):.1f}x smaller)")
+        print_fn("\n".join(lines))
+    return rows
+
+
+def _kib(n_bytes):
+    return f"{n_bytes / 1024:.1f} KiB"

@@ -1,0 +1,100 @@
+r"""Bernoulli (stochastic binary) weights with latent real parameters (spec st.md, sections 3.2 and 5).
+
+Each weight has a latent real parameter ``eta``; the binary weight is
+
+.. math:: w = \mathrm{sign}(\eta - Z'), \qquad \theta = P(w = +1) = F(\eta), \qquad E[w] = 2F(\eta) - 1,
+
+sampled **once per forward pass** (shared by the batch and by all positions of a conv kernel) from
+uniforms: ``w = +1 if u < F(eta) else -1``. The layer's ``weight`` attribute holds the current sample,
+so forward, backward and PSA flip propagation use it unchanged; the parameter exposed to optimizers is
+``eta``. Gradients w.r.t. the sampled weight ``g_w = dL/dw`` (from any activation estimator) become
+
+* ``grad="md"`` (default, identity ST for weights): ``g_eta = 2 g_w ~ dE/dtheta``. Additive updates
+  ``eta <- eta - lr * g_eta`` are then **mirror descent** on theta with the noise-matched mirror map
+  (KL-proximal steps for logistic noise; projected Euclidean steps = stochastic BinaryConnect for
+  uniform noise, with ``eta`` clipped to [-1, 1]).
+* ``grad="latent"`` (ST-A on the weight): ``g_eta = 2 p(eta) g_w ~ dE/deta``: plain gradient descent in
+  the latent parametrization (slowed by ``p(eta) -> 0`` for confident weights).
+
+Weight decay ``lambda * eta`` on the latent weights is the KL pull ``d/dtheta KL(Bern theta || Bern 1/2)
+= logit theta`` toward p = 1/2 (logistic noise), not a magnitude penalty.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .noise import get_noise
+
+WEIGHT_GRADS = ("md", "latent")
+
+
+class BernoulliWeights:
+    """Sampling and gradient rules of a tensor of Bernoulli weights.
+
+    Parameters
+    ----------
+    noise : str
+        Weight-noise family (``"logistic"``, ``"uniform"``, ``"triangular"``, ``"normal"``).
+    grad : {"md", "latent"}
+        Gradient rule (see the module docstring).
+    clip : float or None
+        Projection of ``eta`` onto [-clip, clip] after every update (:meth:`project_`). Defaults to 1
+        for uniform noise (mandatory: it is the mirror-descent projection) and None otherwise.
+    """
+
+    def __init__(self, noise="logistic", grad="md", clip="auto"):
+        self.noise = get_noise(noise)
+        if grad not in WEIGHT_GRADS:
+            raise ValueError(f"weight_grad: expected one of {WEIGHT_GRADS}, got {grad!r}")
+        self.grad = grad
+        if clip == "auto":
+            clip = 1.0 if self.noise.name == "uniform" else None
+        if clip is not None and not clip > 0:
+            raise ValueError(f"clip: expected a positive number or None, got {clip!r}")
+        self.clip = clip
+
+    def sample(self, eta, u):
+        """One binary sample ``w = +1 if u < F(eta) else -1`` of the shape of ``eta``."""
+        return self.noise.sample(eta, u)
+
+    @staticmethod
+    def mode(eta):
+        """Deterministic weights ``sign(eta)`` with ``sign(0) = +1`` (the most probable value)."""
+        return np.where(eta >= 0, 1, -1).astype(eta.dtype)
+
+    def mean(self, eta):
+        """``E[w] = 2 F(eta) - 1``."""
+        return self.noise.mean(eta)
+
+    def eta_grad(self, eta, g_w):
+        """Map ``dL/dw`` at the sampled weights to the gradient used for ``eta``."""
+        if self.grad == "md":
+            return 2 * g_w
+        return 2 * self.noise.pdf(eta) * g_w
+
+    def project_(self, eta):
+        """In-place projection ``eta <- clip(eta, -c, c)`` (no-op without ``clip``)."""
+        if self.clip is not None:
+            np.clip(eta, -self.clip, self.clip, out=eta)
+
+    def __repr__(self):
+        return f"BernoulliWeights(noise={self.noise.name!r}, grad={self.grad!r}, clip={self.clip!r})"
+
+
+def make_bernoulli(layer, noise="logistic", grad="md", clip="auto", init_scale=1.0, rng=None):
+    """Turn ``layer``'s real weights into Bernoulli weights with latent ``eta ~ U(-s, s)``.
+
+    The documented default initialization is ``eta ~ U[-1, 1]`` (spec st.md 5.6): with logistic
+    noise every weight starts with ``P(w = +1)`` between 0.27 and 0.73. The bias stays real.
+    Returns the layer.
+    """
+    from .validation import as_generator
+
+    rng = as_generator(rng)
+    latent = BernoulliWeights(noise, grad, clip)
+    layer.eta = rng.uniform(-init_scale, init_scale, size=layer.weight.shape).astype(layer.weight.dtype)
+    latent.project_(layer.eta)
+    layer.latent = latent
+    layer.weight = latent.mode(layer.eta)
+    layer.param_names = ("eta",) + tuple(n for n in layer.param_names if n != "weight")
+    return layer
