@@ -1,0 +1,80 @@
+"""Benchmark: PSA flip propagation through a dense layer, and a PSA vs ST training step.
+
+Prints, measured in the same run (medians over interleaved repeats):
+
+1. batch 128, a 1024x1024 layer, float32: the Numba flip propagation (logistic ratio form, and the
+   generic F form) vs a float32 matmul of the same shape (x @ W.T) and vs the NumPy reference that
+   materializes the (B, N_in, N_out) Delta tensor. Targets: within 4x of the matmul, >= 20x faster
+   than materializing.
+2. one full training step (forward + backward, ``sbnnumba.estimate``) of a 784-1024-1024-10 network,
+   batch 128: PSA vs ST. Target: PSA within 3x of ST.
+
+Usage: python bench/psa_dense.py [--repeats 15]
+"""
+import argparse
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import interleaved_medians, machine_info  # noqa: E402
+
+import sbnnumba as sb  # noqa: E402
+from sbnnumba.kernels import cpu, reference  # noqa: E402
+
+
+def layer_inputs(rng, batch, n_in, n_out, dtype=np.float32):
+    w = (rng.normal(size=(n_out, n_in)) / np.sqrt(n_in)).astype(dtype)
+    x_in = np.where(rng.random((batch, n_in)) < 0.5, 1, -1).astype(dtype)
+    a = x_in @ w.T
+    x_out = np.where(rng.random((batch, n_out)) < 0.5, 1, -1).astype(dtype)
+    d_out = rng.normal(size=(batch, n_out)).astype(dtype)
+    return x_in, a, x_out, w, d_out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=15)
+    args = parser.parse_args(argv)
+    machine_info()
+    rng = np.random.default_rng(0)
+
+    x_in, a, x_out, w, d_out = layer_inputs(rng, 128, 1024, 1024)
+    contenders = {
+        "matmul float32 (x @ W.T)": lambda: x_in @ w.T,
+        "PSA flip, ratio form": lambda: cpu.flip_propagate_dense(x_in, a, x_out, w, d_out, 0, form="ratio"),
+        "PSA flip, generic F form": lambda: cpu.flip_propagate_dense(x_in, a, x_out, w, d_out, 0, form="generic"),
+    }
+    for fn in contenders.values():  # compile and warm up
+        fn()
+    med = interleaved_medians(contenders, args.repeats)
+    t_mat = max(1, args.repeats // 5)
+    med_ref = interleaved_medians(
+        {"NumPy reference (materialized Delta)": lambda: reference.flip_propagate_dense(x_in, a, x_out, w, d_out,
+                                                                                        "logistic")}, t_mat)
+    med.update(med_ref)
+    base = med["matmul float32 (x @ W.T)"]
+    ratio = med["PSA flip, ratio form"]
+    print("\n1) dense flip propagation, B=128, 1024x1024, float32")
+    for name, t in med.items():
+        print(f"   {name:40s} {t * 1e3:9.2f} ms   {t / base:7.2f}x matmul")
+    print(f"   => ratio form / matmul = {ratio / base:.2f}x (target <= 4x); "
+          f"materialized / ratio form = {med['NumPy reference (materialized Delta)'] / ratio:.1f}x (target >= 20x)")
+
+    net = sb.Network.dense([784, 1024, 1024], 10, rng=1)
+    x = rng.random((128, 784), dtype=np.float32)
+    y = rng.integers(0, 10, 128)
+    net.initialize_from_data(x)
+    steps = {m: (lambda m=m: sb.estimate(m, net, x, y, rng=rng)) for m in ("st", "psa")}
+    for fn in steps.values():
+        fn()
+    med = interleaved_medians(steps, args.repeats)
+    print("\n2) training step (forward + backward), 784-1024-1024-10, B=128, float32")
+    for name, t in med.items():
+        print(f"   {name:40s} {t * 1e3:9.2f} ms")
+    print(f"   => PSA step / ST step = {med['psa'] / med['st']:.2f}x (target <= 3x)")
+
+
+if __name__ == "__main__":
+    main()
