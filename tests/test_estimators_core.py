@@ -216,3 +216,25 @@ class TestBadInput:
             sb.Network([sb.Linear(2, 3)], head="linear")
         with pytest.raises(ValueError, match="backend"):
             sb.Network.dense([2, 3], 2, backend="tpu")
+
+
+def test_st_deterministic_forward_and_tanh_proxy():
+    net = random_net([3, 4, 2], seed=14)
+    x, y = _batch(net, 14, n=3)
+    _, g = sb.estimate("st-deterministic", net, x, y, rng=0)
+    # the same gradient from an explicit sign path
+    from sbnnumba.network import Path, StageSample
+    path, h = Path(), x
+    for layer in net.stages:
+        a = layer.forward(h)
+        s = np.where(a >= 0, 1.0, -1.0)
+        path.stages.append(StageSample(h, a, s))
+        h = s
+    path.logits = net.head.forward(h)
+    _, g2 = sb.estimators.PATH_ESTIMATORS["st"][0](net, path, y, np.full(3, 1 / 3))
+    for k in g:
+        np.testing.assert_allclose(g[k], g2[k])
+    a = sb.estimate("st-tanh", net, x, y, rng=1)[1]
+    with pytest.raises(ValueError, match="proxy"):
+        sb.estimate("st", net, x, y, proxy="sigmoid")
+    assert np.all(np.isfinite(a["stages.0.weight"]))

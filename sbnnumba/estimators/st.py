@@ -13,6 +13,14 @@ backward pass by a factor ``phi(a)``:
 * ``proxy=<noise name>``: ``phi = 2 p_proxy`` of another family (a noise/proxy mismatch unless
   it equals the network's noise); ``"st-hardtanh"`` is ``proxy="uniform"``, i.e. ``1[|a| <= 1]``.
 * ``proxy="identity"`` (``"st-identity"``): ``phi = 1``.
+* ``proxy="tanh"`` (``"st-tanh"``): ``phi = 1 - tanh(a)^2``, the common mismatch of tanh(a)' for
+  tanh(a/2)' with logistic noise (spec st.md section 4).
+* ``"st-deterministic"``: forward ``x = sign(a)`` without noise (the BNN default), backward ``2 p(a)``:
+  a consistent estimator of neither model, kept for comparison.
+
+Named noise/proxy pairs of [ST]: logistic + tanh(a/2)' (``"st"`` with logistic noise), uniform +
+htanh' (``"st"`` with uniform noise), triangular + ApproxSign' (``"st"`` with triangular noise),
+normal + 2 phi; mismatches via ``proxy=``.
 
 Weight gradients use the sampled inputs, input gradients the real weights (spec st.md 3.1).
 """
@@ -21,16 +29,30 @@ import numpy as np
 from ..losses import xent
 from ..noise import get_noise
 from .common import add_layer_grads, finalize, flat_last_state
-from .registry import register_path_estimator
+from ..network import Path, StageSample
+from .registry import register_estimator, register_path_estimator
+
+
+PROXIES = {
+    "identity": np.ones_like,
+    "tanh": lambda a: 1 - np.tanh(a) ** 2,
+}
 
 
 def backward_factor(net, proxy):
-    """The function ``phi(a)`` replacing ``dx/da`` for the given proxy choice."""
+    """The function ``phi(a)`` replacing ``dx/da`` for the given proxy choice.
+
+    ``proxy``: None (the network's own noise: ``2 p(a)``), a noise-family name (``2 p_proxy``), or one
+    of :data:`PROXIES`.
+    """
     if proxy is None:
         return net.noise.mean_grad
-    if proxy == "identity":
-        return np.ones_like
-    return get_noise(proxy).mean_grad
+    if proxy in PROXIES:
+        return PROXIES[proxy]
+    try:
+        return get_noise(proxy).mean_grad
+    except ValueError:
+        raise ValueError(f"proxy: expected None, a noise name or one of {sorted(PROXIES)}, got {proxy!r}") from None
 
 
 def st_path_gradient(net, path, y, weights, proxy=None):
@@ -51,6 +73,22 @@ def st_path_gradient(net, path, y, weights, proxy=None):
     return finalize(net, np.dot(weights, loss0), grads)
 
 
+def st_deterministic(net, x, y, rng, proxy=None):
+    """Deterministic-forward ST: states ``sign(a)`` (``sign(0) = +1``), Bernoulli weights sampled as usual."""
+    path = Path(weights=net.sample_weights(rng))
+    h = x
+    for layer in net.stages:
+        a = layer.forward(h)
+        state = np.where(a >= 0, 1, -1).astype(a.dtype)
+        path.stages.append(StageSample(h, a, state))
+        h = state
+    path.logits = net.head.forward(h)
+    weights = np.full(x.shape[0], 1.0 / x.shape[0], dtype=net.dtype)
+    return st_path_gradient(net, path, y, weights, proxy=proxy)
+
+
 register_path_estimator("st", st_path_gradient)
+register_path_estimator("st-tanh", st_path_gradient, proxy="tanh")
+register_estimator("st-deterministic", st_deterministic)
 register_path_estimator("st-identity", st_path_gradient, proxy="identity")
 register_path_estimator("st-hardtanh", st_path_gradient, proxy="uniform")
