@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .conv import Conv2d
 from .layers import Linear
 from .network import Network
 from .validation import as_generator
@@ -29,6 +30,78 @@ def mlp(input_shape, n_classes, hidden=(1024, 1024), noise="logistic", rng=None,
         raise ValueError("hidden: expected at least one hidden width")
     sizes = [int(np.prod(input_shape))] + [int(h) for h in hidden]
     return Network.dense(sizes, n_classes, noise=noise, rng=as_generator(rng), dtype=dtype, backend=backend)
+
+
+PAPER_CONV_KERNELS = (3, 3, 3, 3, 3, 3, 3, 1)
+PAPER_CONV_STRIDES = (1, 1, 2, 1, 1, 2, 1, 1)
+PAPER_CONV_CHANNELS = (96, 96, 96, 192, 192, 192, 192, 192)
+
+
+@register_architecture("conv")
+def conv(input_shape, n_classes, channels=PAPER_CONV_CHANNELS, noise="logistic", rng=None, dtype=np.float32,
+         backend=None, width=1.0):
+    r"""The PSA paper's all-convolutional SBN (spec psa.md, section 5.2).
+
+    Eight stochastic binary conv stages (logistic noise by default, biases, no padding, no
+    normalization): 3x3 kernels with strides 1, 1, 2, 1, 1, 2, 1, then a 1x1 stride-1 stage;
+    a real linear head on the last map flattened in (C, H, W) order.
+
+    ==========  ======  ======  ==============  ==============
+    stage       kernel  stride  3x32x32 (paper)  1x28x28
+    ==========  ======  ======  ==============  ==============
+    1 (input)   3x3     1       96 x 30x30       96 x 26x26
+    2           3x3     1       96 x 28x28       96 x 24x24
+    3           3x3     2       96 x 13x13       96 x 11x11
+    4           3x3     1       192 x 11x11      192 x 9x9
+    5           3x3     1       192 x 9x9        192 x 7x7
+    6           3x3     2       192 x 4x4        192 x 3x3
+    7           3x3     1       192 x 2x2        192 x 1x1
+    8 (last)    1x1     1       192 x 2x2        192 x 1x1
+    head        linear          768 -> 10        192 -> 10
+    ==========  ======  ======  ==============  ==============
+
+    Parameters
+    ----------
+    input_shape : (C, H, W)
+        Per-example input shape; every map must stay at least as large as the next kernel
+        (H, W >= 27 for this layout), otherwise ValueError.
+    n_classes : int
+    channels : sequence of 8 ints
+        Output channels of the eight stages (default: the paper's 96, 96, 96, 192 x 5).
+    width : float
+        Multiplier applied to ``channels`` (``max(1, round(c * width))``); e.g. ``width=0.25`` gives
+        24, 24, 24, 48, ... for a network that trains on a few CPU cores.
+    noise, rng, dtype, backend
+        As for :class:`~sbnnumba.network.Network`; ``rng`` draws the default uniform init
+        ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` (the paper uses init seed 1).
+
+    Notes
+    -----
+    The paper's data-dependent initialization is **not** applied here: call
+    ``net.initialize_from_data(x_batch)`` (e.g. the first training batch of 64 images) after
+    building; it rescales every stage per output channel to zero-mean, unit-variance
+    pre-activations, propagating the mean response ``2F(a) - 1``.
+    """
+    channels = tuple(channels)
+    if len(channels) != len(PAPER_CONV_KERNELS):
+        raise ValueError(f"channels: expected {len(PAPER_CONV_KERNELS)} channel counts, got {channels!r}")
+    if not (isinstance(width, (int, float)) and width > 0):
+        raise ValueError(f"width: expected a positive multiplier, got {width!r}")
+    channels = [max(1, int(round(c * width))) for c in channels]
+    shape = tuple(int(s) for s in input_shape)
+    if len(shape) != 3:
+        raise ValueError(f"input_shape: expected (C, H, W), got {input_shape!r}")
+    rng = as_generator(rng)
+    stages = []
+    for c_out, k, s in zip(channels, PAPER_CONV_KERNELS, PAPER_CONV_STRIDES):
+        if min(shape[1:]) < k:
+            raise ValueError(f"input_shape: {tuple(input_shape)} is too small for the conv architecture "
+                             f"(a {shape[1]}x{shape[2]} map reaches a {k}x{k} stage); need H, W >= 27")
+        layer = Conv2d(shape[0], c_out, k, stride=s, rng=rng, dtype=dtype, in_shape=shape)
+        stages.append(layer)
+        shape = layer.out_shape
+    head = Linear(int(np.prod(shape)), n_classes, rng=rng, dtype=dtype)
+    return Network(stages, head, noise=noise, backend=backend)
 
 
 def build(name, input_shape, n_classes, **options):

@@ -226,3 +226,39 @@ def test_bad_weight_options():
         sb.Linear(2, 2, weight="bernoulli", weight_grad="adam")
     with pytest.raises(ValueError, match="weight_noise|noise"):
         sb.Linear(2, 2, weight="bernoulli", weight_noise="cauchy")
+
+
+def test_conv_bernoulli_weights_one_sample_per_kernel_weight():
+    """A conv kernel weight has one sample per mini-batch, shared over positions and examples (st.md test 11)."""
+    rng = np.random.default_rng(10)
+    conv = sb.Conv2d(2, 3, 3, padding=1, rng=rng, dtype=np.float64, weight="bernoulli")
+    net = sb.Network([sb.Normalized(conv), sb.Linear(3 * 5 * 5, 4, rng=rng, dtype=np.float64)],
+                     sb.Linear(4, 2, rng=rng, dtype=np.float64))
+    x = rng.normal(size=(3, 2, 5, 5))
+    path = net.sample(x, rng=1)
+    w = path.weights["stages.0"]
+    assert w.shape == (3, 2, 3, 3)
+    assert net.stages[0].layer.weight is w
+    z = net.stages[0].layer.forward(x)
+    from sbnnumba.kernels.conv_reference import conv_forward
+    np.testing.assert_allclose(z, conv_forward(x, w, net.stages[0].layer.bias, (1, 1), (1, 1)), atol=1e-12)
+    for method in ("psa", "st"):
+        _, g = sb.estimate(method, net, x, [0, 1, 1], rng=2)
+        assert set(g) == set(net.params) and "stages.0.eta" in g and g["stages.0.eta"].shape == (3, 2, 3, 3)
+
+
+def test_normalized_conv_psa_exact_in_eval_mode():
+    from sbnnumba.testing import expected_estimate
+    rng = np.random.default_rng(11)
+    conv = sb.Conv2d(1, 2, 2, rng=rng, dtype=np.float64)
+    net = sb.Network([sb.Normalized(conv), sb.Conv2d(2, 1, 2, rng=rng, dtype=np.float64)],
+                     sb.Linear(1, 3, rng=rng, dtype=np.float64))
+    net.stages[0].running["stochastic"] = (rng.normal(size=2), rng.uniform(0.5, 2, 2))
+    net.stages[0].gamma[...] = rng.uniform(0.5, 2, 2)
+    net.eval()
+    x = rng.normal(size=(1, 1, 3, 3))
+    y = np.array([2])
+    _, g = sb.estimate("exact", net, x, y)
+    _, g_psa = expected_estimate("psa", net, x, y)
+    for key in g:  # conv(8 units) -> conv(1 unit): exact everywhere
+        np.testing.assert_allclose(g_psa[key], g[key], atol=1e-10, err_msg=key)

@@ -1,0 +1,93 @@
+"""Benchmark: PSA flip propagation through a conv layer, and a PSA vs ST training step of the conv SBN.
+
+Prints, measured in the same run (medians over interleaved repeats, float32):
+
+1. a 64 -> 64 channel 3x3 layer (stride 1, padding 1) on 14x14 maps, batch 64 (462M connections):
+   the Numba PSA flip propagation (logistic ratio form) vs the forward convolution of the same layer
+   (``Conv2d.forward``: im2col + one BLAS GEMM), with the ordinary ST backward of that layer
+   (``backward_input`` + ``param_grads``) for context. Target: flip propagation within 6x of the
+   forward convolution. ``--generic`` also times the generic (any-noise) F form, once: it evaluates
+   two cdfs per connection and is ~100x slower than the ratio form.
+2. one full training step (``sbnnumba.estimate``: sampled forward + backward) of the paper's
+   all-convolutional SBN adapted to 1x28x28 (``architectures.conv``; ``--width`` multiplies the
+   paper's channels 96, 96, 96, 192 x 5; default 0.5, i.e. 48, 48, 48, 96 x 5), batch 64: PSA vs ST.
+   Target: PSA step within 3x of an ST step.
+
+Usage: python bench/psa_conv.py [--repeats 11] [--width 0.5] [--generic]
+"""
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import interleaved_medians, machine_info  # noqa: E402
+
+import sbnnumba as sb  # noqa: E402
+from sbnnumba.architectures import build  # noqa: E402
+from sbnnumba.conv import Conv2d  # noqa: E402
+from sbnnumba.kernels import conv_cpu  # noqa: E402
+
+
+def layer_inputs(rng, batch=64, channels=64, size=14):
+    layer = Conv2d(channels, channels, 3, stride=1, padding=1, rng=rng)
+    x_in = np.where(rng.random((batch, channels, size, size)) < 0.5, 1, -1).astype(np.float32)
+    a = layer.forward(x_in)
+    x_out = np.where(rng.random(a.shape) < 0.5, 1, -1).astype(np.float32)
+    d_out = (1e-3 * rng.normal(size=a.shape)).astype(np.float32)
+    return layer, x_in, a, x_out, d_out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=11)
+    parser.add_argument("--width", type=float, default=0.5)
+    parser.add_argument("--generic", action="store_true", help="also time the generic F form once")
+    args = parser.parse_args(argv)
+    machine_info()  # includes the load average: other processes on a 2-core machine skew every figure
+    rng = np.random.default_rng(0)
+
+    layer, x_in, a, x_out, d_out = layer_inputs(rng)
+    contenders = {
+        "forward conv (im2col + GEMM)": lambda: layer.forward(x_in),
+        "PSA flip, ratio form": lambda: layer.flip_propagate(x_in, a, x_out, d_out, "logistic", "cpu"),
+        "ST backward_input (GEMM + col2im)": lambda: layer.backward_input(d_out, x_in.shape[1:]),
+        "param_grads (im2col + GEMM)": lambda: layer.param_grads(x_in, d_out),
+    }
+    for fn in contenders.values():  # compile and warm up
+        fn()
+    med = interleaved_medians(contenders, args.repeats)
+    if args.generic:
+        start = time.perf_counter()
+        conv_cpu.flip_propagate_conv(x_in, a, x_out, layer.weight, d_out, layer.stride, layer.padding, 0,
+                                     form="generic")
+        med["PSA flip, generic F form (1 run)"] = time.perf_counter() - start
+    base = med["forward conv (im2col + GEMM)"]
+    print("\n1) conv flip propagation, 64->64 ch, 3x3, stride 1, pad 1, 14x14, B=64, float32")
+    for name, t in med.items():
+        print(f"   {name:40s} {t * 1e3:9.2f} ms   {t / base:7.2f}x forward")
+    print(f"   => PSA flip (ratio form) / forward conv = {med['PSA flip, ratio form'] / base:.2f}x (target <= 6x)")
+
+    net = build("conv", (1, 28, 28), 10, width=args.width, rng=1)
+    x = rng.random((64, 1, 28, 28), dtype=np.float32)
+    y = rng.integers(0, 10, 64)
+    net.initialize_from_data(x)
+    channels = [layer.weight.shape[0] for layer in net.stages]
+    steps = {m: (lambda m=m: sb.estimate(m, net, x, y, rng=rng)) for m in ("st", "psa")}
+    for fn in steps.values():
+        fn()
+    med = interleaved_medians(steps, args.repeats)
+    print(f"\n2) training step (forward + backward), conv SBN on 1x28x28, channels {channels}, B=64, float32")
+    for name, t in med.items():
+        print(f"   {name:40s} {t * 1e3:9.2f} ms")
+    print(f"   => PSA step / ST step = {med['psa'] / med['st']:.2f}x (target <= 3x)")
+    try:
+        print(f"load average at end: {os.getloadavg()}")
+    except OSError:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,200 @@
+r"""2-D convolution stages of an SBN (spec psa.md, section 2.10).
+
+:class:`Conv2d` has the interface of :class:`~sbnnumba.layers.Linear`; maps are (B, C, H, W),
+weights (C_out, C_in, kh, kw):
+
+.. math::
+
+    a[b, c, o_y, o_x] = \sum_{r, d_y, d_x} W[c, r, d_y, d_x]\;
+    x_{pad}[b, r, s_h o_y + d_y, s_w o_x + d_x] + \mathrm{bias}[c],
+
+with ``x_pad`` the input zero-padded by ``(ph, pw)``; ``H_out = (H + 2 ph - kh) // sh + 1`` and the
+same along the width. Padded positions are constants 0: they never flip and receive no PSA ``d``.
+
+Fast paths (CPU): the forward map, the transposed map and the weight gradient are single BLAS
+GEMMs on the channel-major patch matrix ``cols`` (C_in * kh * kw, B * H_out * W_out) built from a
+strided view (``sliding_window_view``); the transposed map sums the patches back with a Numba
+``col2im``; the PSA flip propagation runs in :mod:`sbnnumba.kernels.conv_cpu` (``backend="cpu"``)
+or in the im2col + dense NumPy reference :mod:`sbnnumba.kernels.conv_reference` (``"numpy"``).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .kernels import conv_cpu, conv_reference
+from .kernels.conv_reference import pair, windows
+from .layers import BACKENDS, Layer, _uniform_fan_in, init_weight_kind
+from .noise import get_noise
+from .validation import as_generator, check_positive_int
+
+__all__ = ["Conv2d"]
+
+
+class Conv2d(Layer):
+    r"""Convolutional affine layer (cross-correlation, as in PyTorch) with stride and zero padding.
+
+    Parameters
+    ----------
+    c_in, c_out : int
+        Input and output channels.
+    kernel_size, stride : int or (int, int)
+        Square or rectangular kernels of any (odd or even) size; any positive stride.
+    padding : int or (int, int)
+        Zero padding on both sides of each axis (``>= 0``).
+    rng : None, int or numpy.random.Generator
+        Initialization randomness; weights then biases ``~ U(-1/sqrt(fan_in), 1/sqrt(fan_in))``,
+        ``fan_in = c_in * kh * kw`` (as :class:`~sbnnumba.layers.Linear` and PyTorch).
+    dtype : float32 (default) or float64
+    in_shape : (C, H, W), optional
+        Per-example input shape, if known; otherwise it is recorded by the first
+        :meth:`output_shape` or :meth:`forward` call (``out_shape`` and ``n_out`` need it).
+
+    Attributes
+    ----------
+    weight : ndarray (c_out, c_in, kh, kw)
+    bias : ndarray (c_out,)
+    kernel_size, stride, padding : (int, int)
+    """
+
+    def __init__(self, c_in, c_out, kernel_size, stride=1, padding=0, rng=None, dtype=np.float32, in_shape=None,
+                 weight="real", weight_noise="logistic", weight_grad="md"):
+        self.c_in = check_positive_int(c_in, "c_in")
+        c_out = check_positive_int(c_out, "c_out")
+        self.kernel_size = pair(kernel_size, "kernel_size")
+        self.stride = pair(stride, "stride")
+        self.padding = pair(padding, "padding")
+        if min(self.kernel_size) < 1:
+            raise ValueError(f"kernel_size: expected positive sizes, got {kernel_size!r}")
+        if min(self.stride) < 1:
+            raise ValueError(f"stride: expected positive strides, got {stride!r}")
+        if min(self.padding) < 0:
+            raise ValueError(f"padding: expected non-negative padding, got {padding!r}")
+        kh, kw = self.kernel_size
+        fan_in = self.c_in * kh * kw
+        rng = as_generator(rng)
+        self.weight = _uniform_fan_in(rng, (c_out, self.c_in, kh, kw), fan_in, dtype)
+        self.bias = _uniform_fan_in(rng, (c_out,), fan_in, dtype)
+        init_weight_kind(self, weight, weight_noise, weight_grad, rng)
+        self.in_shape = None
+        if in_shape is not None:
+            self.output_shape(in_shape)
+
+    # ------------------------------------------------------------------ shapes
+    @property
+    def c_out(self):
+        return self.weight.shape[0]
+
+    def output_shape(self, in_shape):
+        """Per-example output shape (C_out, H_out, W_out) for inputs of shape ``in_shape`` = (C_in, H, W);
+        records ``in_shape`` for :attr:`out_shape`. ValueError (naming ``x``) if the channels do not match
+        or the padded map is smaller than the kernel."""
+        in_shape = tuple(int(s) for s in in_shape)
+        (kh, kw), (ph, pw) = self.kernel_size, self.padding
+        if len(in_shape) != 3 or in_shape[0] != self.c_in or in_shape[1] + 2 * ph < kh or in_shape[2] + 2 * pw < kw:
+            raise ValueError(
+                f"x: {self!r} expects maps of per-example shape ({self.c_in}, H, W) with H >= {max(kh - 2 * ph, 1)} "
+                f"and W >= {max(kw - 2 * pw, 1)}, got shape {in_shape}")
+        ho, wo = conv_reference.output_size(in_shape[1:], self.kernel_size, self.stride, self.padding)
+        self.in_shape = in_shape
+        return (self.c_out, ho, wo)
+
+    @property
+    def out_shape(self):
+        """(C_out, H_out, W_out) for the last input shape seen (see ``in_shape``)."""
+        if self.in_shape is None:
+            raise ValueError(f"{self!r}: the output shape depends on the input shape; pass in_shape=(C, H, W) "
+                             "to the constructor or call output_shape(in_shape) first")
+        return self.output_shape(self.in_shape)
+
+    def _check_map(self, x):
+        x = np.asarray(x)
+        if x.ndim != 4:
+            raise ValueError(f"x: {self!r} expects a batch of maps (B, {self.c_in}, H, W), got shape {x.shape}")
+        return self.output_shape(x.shape[1:])
+
+    # ------------------------------------------------------------------ im2col helpers
+    def _cols(self, x):
+        """Channel-major patch matrix (C_in * kh * kw, B * H_out * W_out): rows (r, dy, dx), columns (b, oy, ox)."""
+        win = windows(x, self.kernel_size, self.stride, self.padding)   # (B, C, Ho, Wo, kh, kw) view
+        b, c, ho, wo, kh, kw = win.shape
+        return win.transpose(1, 4, 5, 0, 2, 3).reshape(c * kh * kw, b * ho * wo)
+
+    @staticmethod
+    def _channel_major(t):
+        """(B, C, H, W) -> (C, B * H * W)."""
+        return t.transpose(1, 0, 2, 3).reshape(t.shape[1], -1)
+
+    def _gemm_to_map(self, cols, weight2, n_batch, out_hw, bias=None):
+        """``weight2 @ cols`` (C_out, B*P) laid out as a contiguous (B, C_out, H_out, W_out) map (+ bias)."""
+        prod = (weight2 @ cols).reshape((weight2.shape[0], n_batch) + tuple(out_hw)).transpose(1, 0, 2, 3)
+        out = np.empty(prod.shape, dtype=prod.dtype)
+        if bias is None:
+            out[...] = prod
+        else:
+            np.add(prod, bias.astype(prod.dtype, copy=False)[:, None, None], out=out)
+        return out
+
+    # ------------------------------------------------------------------ the four layer operations
+    def forward(self, x):
+        """Pre-activations (B, C_out, H_out, W_out) of maps ``x`` (B, C_in, H, W)."""
+        x = np.asarray(x)
+        _, ho, wo = self._check_map(x)
+        return self._gemm_to_map(self._cols(x), self.weight.reshape(self.c_out, -1), x.shape[0], (ho, wo),
+                                 self.bias)
+
+    def backward_input(self, g_a, in_shape):
+        """Transposed convolution: ``g_x[b, r, i] = sum_{c, j ∋ i} W[c, r, off] g_a[b, c, j]``, (B, *in_shape);
+        padded positions are dropped."""
+        in_shape = tuple(in_shape)
+        self.output_shape(in_shape)
+        g_a = np.asarray(g_a)
+        g_cols = self.weight.reshape(self.c_out, -1).T @ self._channel_major(g_a)
+        return conv_cpu.col2im_t(g_cols, (g_a.shape[0],) + in_shape, self.kernel_size, self.stride, self.padding)
+
+    def param_grads(self, x, g_a):
+        """``dW[c, r, dy, dx] = sum_{b, j} g_a[b, c, j] x_pad[b, r, s j + off]`` (shared weights: summed over
+        positions and the batch), ``db[c] = sum_{b, j} g_a[b, c, j]``."""
+        x, g_a = np.asarray(x), np.asarray(g_a)
+        self._check_map(x)
+        g_w = self._channel_major(g_a) @ self._cols(x).T
+        return {"weight": g_w.reshape(self.weight.shape), "bias": g_a.sum(axis=(0, 2, 3))}
+
+    def forward_moments(self, mean, var):
+        """Moments of the pre-activation for independent inputs: ``mu_a = conv(mean) + b``,
+        ``v_a = conv_{W^2}(var)`` (squared-kernel convolution, no bias; padding has variance 0)."""
+        mean, var = np.asarray(mean), np.asarray(var)
+        _, ho, wo = self._check_map(var)
+        v = self._gemm_to_map(self._cols(var), (self.weight ** 2).reshape(self.c_out, -1), var.shape[0], (ho, wo))
+        return self.forward(mean), v
+
+    def flip_propagate(self, x_in, a, x_out, d_out, noise, backend="cpu", out_scale=None):
+        r"""PSA flip propagation (spec psa.md, section 2.10); returns ``d_in`` with the shape of ``x_in``:
+
+        ``d_in[b,r,i] = sum_c sum_{j : i in RF(j)} Delta[(r,i)->(c,j)] d_out[b,c,j]``,
+        ``Delta = F(-x[c,j](a[c,j] - 2 W[c,r,off] x[r,i])) - F(-x[c,j] a[c,j])``.
+        ``out_scale`` (c_out,) multiplies the kernel per output channel (a following normalization).
+        """
+        noise = get_noise(noise)
+        weight = self.weight if out_scale is None else \
+            self.weight * np.asarray(out_scale, dtype=self.weight.dtype)[:, None, None, None]
+        x_in, a = np.asarray(x_in), np.asarray(a)
+        self._check_map(x_in)
+        d_out = np.asarray(d_out).reshape(a.shape)
+        if backend == "cpu":
+            return conv_cpu.flip_propagate_conv(x_in, a, x_out, weight, d_out, self.stride, self.padding,
+                                                noise.code)
+        if backend == "numpy":
+            return conv_reference.flip_propagate_conv(x_in, a, x_out, weight, d_out, self.stride, self.padding,
+                                                      noise)
+        if backend == "cuda":
+            from .kernels import cuda_backend
+            fn = getattr(cuda_backend, "flip_propagate_conv", None)
+            if fn is None:
+                raise NotImplementedError("backend 'cuda': no conv flip-propagation kernel is available; "
+                                          "use backend='cpu'")
+            return fn(x_in, a, x_out, weight, d_out, self.stride, self.padding, noise.code)
+        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+
+    def __repr__(self):
+        return (f"Conv2d({self.c_in}, {self.c_out}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding})")

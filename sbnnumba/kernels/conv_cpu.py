@@ -1,0 +1,311 @@
+r"""Numba CPU kernels for the PSA flip propagation through a 2-D convolution (spec psa.md, section 2.10).
+
+.. math::
+
+    d^{in}[b,r,i] = \sum_c \sum_{j : i \in RF(j)} \Delta[(r,i) \to (c,j)]\, d^{out}[b,c,j], \qquad
+    \Delta = F(-x[c,j](a[c,j] - 2 W[c,r,off]\, x[r,i])) - F(-x[c,j]\, a[c,j]),
+
+with ``i = stride * j + off - padding`` (per axis). Delta is never formed: each parallel task
+(``prange`` over the example ``b`` and the input channel ``r``; the ratio form takes two input
+channels per task so that every load of an output value serves two connections) accumulates its
+whole input map in a small local buffer (L1-resident), looping over the output channels ``c`` and
+the kernel taps ``(dy, dx)``; the innermost loop runs over output positions with unit stride and
+vectorizes (AVX-512 on this project's CPU: ``error_model="numpy"`` removes the per-division
+ZeroDivisionError branch that would otherwise keep the loop scalar).
+
+**Layout ("phase grids").** Let ``Hp = H + 2 ph``, ``Wp = W + 2 pw`` (padded map) and
+``Hq = ceil(Hp / sh)``, ``Wq = ceil(Wp / sw)``. The padded input map is split into the
+``sh * sw`` stride phases ``(yp % sh, xp % sw)``, each a ``Hq x Wq`` grid stored row-major
+(padded position ``(yp, xp)`` -> ``((yp % sh) sw + xp % sw) Hq Wq + (yp // sh) Wq + xp // sw``).
+Output maps are stored on ``H_out`` rows of length ``Wq`` (entries ``ox >= W_out`` are zero).
+Then output position ``q = oy Wq + ox`` reaches, through tap ``(dy, dx)``, the flat input index
+``q + off(dy, dx)`` with ``off = ((dy % sh) sw + dx % sw) Hq Wq + (dy // sh) Wq + dx // sw``:
+for every stride, each tap is one contiguous loop of length ``(H_out - 1) Wq + W_out``.
+Only computed output positions contribute (the extra row entries carry ``g = d = 0``), padded
+input positions are accumulated into but never read back (they never flip and receive no
+``d``), and non-square maps are handled by the separate extents.
+
+Two forms, as for dense layers (:mod:`sbnnumba.kernels.cpu`):
+
+* **logistic ratio form** ``d_in = A - R``:
+  ``A[b, i] = sum_{c, j ∋ i} g[b,c,j] sigma(a[b,c,j])`` (``g = x_out * d_out``; the all-ones
+  transposed convolution, independent of ``r``) and
+  ``R[b,r,i] = sum_{c, off} g[b,c,j] / (1 + e^{-a[b,c,j]} K[c,r,off])`` with ``K = exp(+2W)``
+  where ``x_in[b,r,i] = +1`` and ``exp(-2W)`` elsewhere: one multiply-add and one division per
+  connection. Used only while ``|a| <= 40`` and ``|2W| <= 40`` (products stay within
+  [e^-80, e^80], no overflow, no ``inf * 0``; spec pitfall 6); otherwise the generic form runs.
+* **generic** (every noise family): ``Delta = F(u) - F(v)`` with ``v = -x_out a``,
+  ``u = v + 2 x_out W x_in``, evaluated like :func:`sbnnumba.kernels.scalar.cdf_diff` (``F(-v) - F(-u)``
+  when ``u + v > 0``, no cancellation), with ``F(v)`` and ``F(-v)`` precomputed per output unit: one
+  cdf evaluation per connection (not vectorized: scalar ``exp``/``erfc`` and branches).
+
+float32 and float64 (the dtype of ``a``); outputs are preallocated, no random numbers.
+"""
+import numba
+import numpy as np
+from numba import prange
+
+from .cpu import RATIO_SAFE_EXPONENT
+from .scalar import LOGISTIC, cdf_lower
+
+
+# ---------------------------------------------------------------------------------------------- kernels
+@numba.njit(parallel=True, fastmath=True, error_model="numpy", cache=True)
+def _flip_conv_ratio(x_in, e_grid, g_grid, k_pos, k_neg, a_grid, in_index, tap_off, n_q, d_in):
+    # x_in (B, C_in, H*W); e_grid, g_grid (B, C_out, H_out*Wq); k_pos, k_neg (C_out, C_in, kh*kw);
+    # a_grid (B, S) the all-ones term on the phase grids; in_index (H*W,) -> phase-grid index;
+    # tap_off (kh*kw,); d_in (B, C_in, H*W).
+    # Each task handles two input channels r0, r1 of one example (r1 = r0 for an odd last channel),
+    # so every load of g and e^{-a} serves two connections. The innermost loop is contiguous in q and
+    # vectorizes (error_model="numpy": no ZeroDivisionError branch; fastmath: reciprocal + Newton).
+    n_batch, c_in, n_pix = x_in.shape
+    c_out = g_grid.shape[1]
+    n_taps = tap_off.shape[0]
+    n_grid = a_grid.shape[1]
+    one = e_grid.dtype.type(1)
+    n_pairs = (c_in + 1) // 2
+    for t in prange(n_batch * n_pairs):
+        b = t // n_pairs
+        r0 = 2 * (t - b * n_pairs)
+        r1 = min(r0 + 1, c_in - 1)
+        acc0 = np.zeros(n_grid, dtype=e_grid.dtype)
+        acc1 = np.zeros(n_grid, dtype=e_grid.dtype)
+        sel0 = np.ones(n_grid, dtype=e_grid.dtype)   # x_in on the phase grid (+1 at padding, never read back)
+        sel1 = np.ones(n_grid, dtype=e_grid.dtype)
+        for p in range(n_pix):
+            sel0[in_index[p]] = x_in[b, r0, p]
+            sel1[in_index[p]] = x_in[b, r1, p]
+        for c in range(c_out):
+            g_row = g_grid[b, c]
+            e_row = e_grid[b, c]
+            for k in range(n_taps):
+                kp0 = k_pos[c, r0, k]
+                kn0 = k_neg[c, r0, k]
+                kp1 = k_pos[c, r1, k]
+                kn1 = k_neg[c, r1, k]
+                off = tap_off[k]
+                acc0_t = acc0[off:off + n_q]
+                sel0_t = sel0[off:off + n_q]
+                acc1_t = acc1[off:off + n_q]
+                sel1_t = sel1[off:off + n_q]
+                for q in range(n_q):
+                    gq = g_row[q]
+                    eq = e_row[q]
+                    acc0_t[q] += gq / (one + eq * (kp0 if sel0_t[q] > 0 else kn0))
+                    acc1_t[q] += gq / (one + eq * (kp1 if sel1_t[q] > 0 else kn1))
+        for p in range(n_pix):
+            i = in_index[p]
+            d_in[b, r0, p] = a_grid[b, i] - acc0[i]
+            d_in[b, r1, p] = a_grid[b, i] - acc1[i]
+
+
+@numba.njit(parallel=True, error_model="numpy", cache=True)
+def _lower_tails(code, v, f_lo, f_hi):
+    # f_lo = F(v), f_hi = F(-v), element-wise, by the same scalar routine cdf_diff uses.
+    for i in prange(v.size):
+        f_lo[i] = cdf_lower(code, v[i])
+        f_hi[i] = cdf_lower(code, -v[i])
+
+
+@numba.njit(parallel=True, error_model="numpy", cache=True)
+def _flip_conv_generic(code, x_in, v_grid, f_lo_grid, f_hi_grid, s_grid, d_grid, weight, in_index, tap_off, n_q,
+                       n_grid, d_in):
+    # On the output grids (B, C_out, H_out*Wq): v = -x_out * a, f_lo = F(v), f_hi = F(-v), s = 2 x_out,
+    # d = d_out; weight (C_out, C_in, kh*kw). Delta = F(u) - F(v) with u = v + s w x_in, evaluated as
+    # cdf_diff does (F(-v) - F(-u) when u + v > 0), with the F(v) terms precomputed per output unit:
+    # one cdf evaluation per connection.
+    n_batch, c_in, n_pix = x_in.shape
+    c_out = v_grid.shape[1]
+    n_taps = tap_off.shape[0]
+    for t in prange(n_batch * c_in):
+        b = t // c_in
+        r = t - b * c_in
+        acc = np.zeros(n_grid, dtype=np.float64)
+        sel = np.ones(n_grid, dtype=np.float64)
+        for p in range(n_pix):
+            sel[in_index[p]] = x_in[b, r, p]
+        for c in range(c_out):
+            v_row = v_grid[b, c]
+            lo_row = f_lo_grid[b, c]
+            hi_row = f_hi_grid[b, c]
+            s_row = s_grid[b, c]
+            d_row = d_grid[b, c]
+            for k in range(n_taps):
+                w = weight[c, r, k]
+                off = tap_off[k]
+                for q in range(n_q):
+                    dq = d_row[q]
+                    if dq != 0.0:
+                        v = v_row[q]
+                        u = v + s_row[q] * w * sel[off + q]
+                        if u + v > 0:
+                            delta = hi_row[q] - cdf_lower(code, -u)
+                        else:
+                            delta = cdf_lower(code, u) - lo_row[q]
+                        acc[off + q] += delta * dq
+        for p in range(n_pix):
+            d_in[b, r, p] = acc[in_index[p]]
+
+
+@numba.njit(parallel=True, fastmath=True, error_model="numpy", cache=True)
+def _ones_transposed(t_grid, tap_off, n_q, out):
+    # out[b, q + off_k] += t_grid[b, q] for every tap k: the all-ones transposed convolution.
+    n_batch = t_grid.shape[0]
+    for b in prange(n_batch):
+        acc = out[b]
+        acc[:] = 0
+        row = t_grid[b]
+        for k in range(tap_off.shape[0]):
+            off = tap_off[k]
+            for q in range(n_q):
+                acc[off + q] += row[q]
+
+
+# ---------------------------------------------------------------------------------------------- layout
+def phase_layout(in_hw, kernel_size, stride, padding):
+    """Index maps of the phase-grid layout (see the module docstring).
+
+    Returns
+    -------
+    in_index : int64 (H*W,)   phase-grid index of each (unpadded) input position, row-major
+    tap_off : int64 (kh*kw,)  offset of each tap, row-major over (dy, dx)
+    n_q : int                 loop length per tap, ``(H_out - 1) Wq + W_out``
+    n_grid : int              phase-grid size ``sh sw Hq Wq``
+    wq : int                  row length of the output grids
+    out_hw : (H_out, W_out)
+    """
+    (h, w), (kh, kw), (sh, sw), (ph, pw) = in_hw, kernel_size, stride, padding
+    hp, wp = h + 2 * ph, w + 2 * pw
+    hq, wq = -(-hp // sh), -(-wp // sw)
+    ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
+    plane = hq * wq
+    yp = np.arange(h)[:, None] + ph
+    xp = np.arange(w)[None, :] + pw
+    in_index = (((yp % sh) * sw + xp % sw) * plane + (yp // sh) * wq + xp // sw).ravel().astype(np.int64)
+    dy = np.arange(kh)[:, None]
+    dx = np.arange(kw)[None, :]
+    tap_off = (((dy % sh) * sw + dx % sw) * plane + (dy // sh) * wq + dx // sw).ravel().astype(np.int64)
+    return in_index, tap_off, (ho - 1) * wq + wo, sh * sw * plane, wq, (ho, wo)
+
+
+def _to_grid(t, wq):
+    """(B, C, H_out, W_out) -> (B, C, H_out * Wq), zero beyond W_out in every row."""
+    b, c, ho, wo = t.shape
+    out = np.zeros((b, c, ho, wq), dtype=t.dtype)
+    out[..., :wo] = t
+    return out.reshape(b, c, ho * wq)
+
+
+def _check_conv(x_in, a, x_out, weight, d_out, stride, padding):
+    if x_in.ndim != 4 or a.ndim != 4 or weight.ndim != 4:
+        raise ValueError(f"flip_propagate_conv: expected 4-d x_in, a, weight; got shapes {x_in.shape}, "
+                         f"{a.shape}, {weight.shape}")
+    n_batch, c_in, h, w = x_in.shape
+    c_out, c_in_w, kh, kw = weight.shape
+    (sh, sw), (ph, pw) = stride, padding
+    ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    if c_in_w != c_in or a.shape != (n_batch, c_out, ho, wo):
+        raise ValueError(f"flip_propagate_conv: inconsistent shapes x_in {x_in.shape}, a {a.shape}, "
+                         f"weight {weight.shape} (stride {stride}, padding {padding})")
+    if x_out.shape != a.shape or d_out.shape != a.shape:
+        raise ValueError(f"flip_propagate_conv: x_out {x_out.shape} and d_out {d_out.shape} must match a {a.shape}")
+
+
+def flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_code, form="auto"):
+    r"""PSA flip propagation through a conv layer (Numba, parallel over (batch, input channel)).
+
+    Parameters
+    ----------
+    x_in : ndarray (B, C_in, H, W)
+        Sampled +-1 input states.
+    a : ndarray (B, C_out, H_out, W_out)
+        Pre-activations.
+    x_out : ndarray (B, C_out, H_out, W_out)
+        Sampled +-1 output states.
+    weight : ndarray (C_out, C_in, kh, kw)
+    d_out : ndarray (B, C_out, H_out, W_out)
+        Flip effects of the output units.
+    stride, padding : (int, int)
+    noise_code : int
+        :data:`sbnnumba.kernels.scalar.NOISE_CODES`.
+    form : {"auto", "ratio", "generic"}
+        "ratio" is logistic only; "auto" picks it for logistic noise. Both fall back to
+        "generic" outside the ratio form's safe range.
+
+    Returns
+    -------
+    d_in : ndarray (B, C_in, H, W), dtype of ``a``.
+    """
+    dtype = a.dtype
+    stride, padding = tuple(stride), tuple(padding)
+    _check_conv(x_in, a, x_out, weight, d_out, stride, padding)
+    n_batch, c_in, h, w = x_in.shape
+    c_out, _, kh, kw = weight.shape
+    in_index, tap_off, n_q, n_grid, wq, _ = phase_layout((h, w), (kh, kw), stride, padding)
+    x3 = np.ascontiguousarray(x_in, dtype=dtype).reshape(n_batch, c_in, h * w)
+    x_out = np.asarray(x_out, dtype=dtype)
+    d_out = np.asarray(d_out, dtype=dtype)
+    d_in = np.empty((n_batch, c_in, h * w), dtype=dtype)
+    if form == "auto":
+        form = "ratio" if noise_code == LOGISTIC else "generic"
+    if form == "ratio":
+        if noise_code != LOGISTIC:
+            raise ValueError("form: the ratio form holds for logistic noise only; use 'generic'")
+        if np.abs(a).max() > RATIO_SAFE_EXPONENT or 2 * np.abs(weight).max() > RATIO_SAFE_EXPONENT:
+            form = "generic"
+    if form == "ratio":
+        g = x_out * d_out
+        sig = (0.5 * (1 + np.tanh(0.5 * a))).astype(dtype)
+        t_grid = _to_grid(np.einsum("bcyx,bcyx->byx", g, sig)[:, None], wq)[:, 0]
+        a_grid = np.empty((n_batch, n_grid), dtype=dtype)
+        _ones_transposed(t_grid, tap_off, n_q, a_grid)
+        two_w = 2 * np.asarray(weight, dtype=dtype).reshape(c_out, c_in, kh * kw)
+        k_pos = np.exp(two_w)
+        k_neg = np.exp(-two_w)
+        _flip_conv_ratio(x3, _to_grid(np.exp(-a), wq), _to_grid(g, wq), k_pos, k_neg, a_grid, in_index, tap_off,
+                         n_q, d_in)
+    elif form == "generic":
+        w3 = np.ascontiguousarray(weight, dtype=dtype).reshape(c_out, c_in, kh * kw)
+        v_grid = _to_grid(-x_out * a, wq)
+        f_lo, f_hi = np.empty(v_grid.shape), np.empty(v_grid.shape)
+        _lower_tails(noise_code, v_grid.ravel(), f_lo.ravel(), f_hi.ravel())
+        _flip_conv_generic(noise_code, x3, v_grid, f_lo, f_hi, _to_grid(2 * x_out, wq), _to_grid(d_out, wq), w3,
+                           in_index, tap_off, n_q, n_grid, d_in)
+    else:
+        raise ValueError(f"form: expected 'auto', 'ratio' or 'generic', got {form!r}")
+    return d_in.reshape(x_in.shape)
+
+
+# ---------------------------------------------------------------------------------------------- col2im
+@numba.njit(parallel=True, fastmath=True, error_model="numpy", cache=True)
+def _col2im_t(cols, kh, kw, sh, sw, ph, pw, ho, wo, out):
+    n_batch, c_in, h, w = out.shape
+    n_pos = ho * wo
+    for t in prange(n_batch * c_in):
+        b = t // c_in
+        c = t - b * c_in
+        o = out[b, c]
+        o[:, :] = 0
+        for dy in range(kh):
+            for dx in range(kw):
+                row = cols[(c * kh + dy) * kw + dx]
+                lo = max(0, (pw - dx + sw - 1) // sw)
+                hi = min(wo, (w - 1 + pw - dx) // sw + 1)
+                for oy in range(ho):
+                    y = sh * oy + dy - ph
+                    if 0 <= y < h:
+                        base = b * n_pos + oy * wo
+                        for ox in range(lo, hi):
+                            o[y, sw * ox + dx - pw] += row[base + ox]
+
+
+def col2im_t(cols, in_shape, kernel_size, stride, padding):
+    r"""Transpose of the channel-major im2col: sums ``cols`` (C * kh * kw, B * H_out * W_out), rows in
+    (c, dy, dx) order and columns in (b, oy, ox) order, back onto a (B, C, H, W) map (``in_shape`` =
+    (B, C, H, W)); zero-padding positions are dropped. Numba, parallel over (b, c)."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
+    _, _, h, w = in_shape
+    ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    out = np.empty(in_shape, dtype=cols.dtype)
+    _col2im_t(np.ascontiguousarray(cols), kh, kw, sh, sw, ph, pw, ho, wo, out)
+    return out
