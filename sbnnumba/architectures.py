@@ -9,7 +9,8 @@ import numpy as np
 
 from .conv import Conv2d
 from .layers import Linear
-from .network import Network
+from .network import Network, stage_weight_kinds
+from .normalization import Normalized
 from .validation import as_generator
 
 ARCHITECTURES = {}
@@ -24,12 +25,17 @@ def register_architecture(name):
 
 @register_architecture("mlp")
 def mlp(input_shape, n_classes, hidden=(1024, 1024), noise="logistic", rng=None, dtype=np.float32,
-        backend=None):
-    """Dense SBN ``prod(input_shape) -> hidden[0] -> ... -> hidden[-1] -> n_classes``."""
+        backend=None, weight="real", weight_noise="logistic", weight_grad="md", normalize=False):
+    """Dense SBN ``prod(input_shape) -> hidden[0] -> ... -> hidden[-1] -> n_classes``.
+
+    ``weight``, ``weight_noise``, ``weight_grad``, ``normalize``: as :meth:`Network.dense`
+    (e.g. ``weight="hidden", normalize=True`` for the fully binary MLP of spec st.md).
+    """
     if len(hidden) == 0:
         raise ValueError("hidden: expected at least one hidden width")
     sizes = [int(np.prod(input_shape))] + [int(h) for h in hidden]
-    return Network.dense(sizes, n_classes, noise=noise, rng=as_generator(rng), dtype=dtype, backend=backend)
+    return Network.dense(sizes, n_classes, noise=noise, rng=as_generator(rng), dtype=dtype, backend=backend,
+                         weight=weight, weight_noise=weight_noise, weight_grad=weight_grad, normalize=normalize)
 
 
 PAPER_CONV_KERNELS = (3, 3, 3, 3, 3, 3, 3, 1)
@@ -39,7 +45,7 @@ PAPER_CONV_CHANNELS = (96, 96, 96, 192, 192, 192, 192, 192)
 
 @register_architecture("conv")
 def conv(input_shape, n_classes, channels=PAPER_CONV_CHANNELS, noise="logistic", rng=None, dtype=np.float32,
-         backend=None, width=1.0):
+         backend=None, width=1.0, weight="real", weight_noise="logistic", weight_grad="md", normalize=False):
     r"""The PSA paper's all-convolutional SBN (spec psa.md, section 5.2).
 
     Eight stochastic binary conv stages (logistic noise by default, biases, no padding, no
@@ -74,6 +80,10 @@ def conv(input_shape, n_classes, channels=PAPER_CONV_CHANNELS, noise="logistic",
     noise, rng, dtype, backend
         As for :class:`~sbnnumba.network.Network`; ``rng`` draws the default uniform init
         ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` (the paper uses init seed 1).
+    weight, weight_noise, weight_grad, normalize
+        Binary-weight variant (spec st.md section 8): ``weight="hidden"`` gives Bernoulli weights to every
+        stage but the first (real input), ``"bernoulli"`` to all stages; the head stays real.
+        ``normalize=True`` puts batch normalization before every binary activation.
 
     Notes
     -----
@@ -92,13 +102,15 @@ def conv(input_shape, n_classes, channels=PAPER_CONV_CHANNELS, noise="logistic",
     if len(shape) != 3:
         raise ValueError(f"input_shape: expected (C, H, W), got {input_shape!r}")
     rng = as_generator(rng)
+    kinds = stage_weight_kinds(weight, len(channels))
     stages = []
-    for c_out, k, s in zip(channels, PAPER_CONV_KERNELS, PAPER_CONV_STRIDES):
+    for c_out, k, s, kind in zip(channels, PAPER_CONV_KERNELS, PAPER_CONV_STRIDES, kinds):
         if min(shape[1:]) < k:
             raise ValueError(f"input_shape: {tuple(input_shape)} is too small for the conv architecture "
                              f"(a {shape[1]}x{shape[2]} map reaches a {k}x{k} stage); need H, W >= 27")
-        layer = Conv2d(shape[0], c_out, k, stride=s, rng=rng, dtype=dtype, in_shape=shape)
-        stages.append(layer)
+        layer = Conv2d(shape[0], c_out, k, stride=s, rng=rng, dtype=dtype, in_shape=shape, weight=kind,
+                       weight_noise=weight_noise, weight_grad=weight_grad)
+        stages.append(Normalized(layer) if normalize else layer)
         shape = layer.out_shape
     head = Linear(int(np.prod(shape)), n_classes, rng=rng, dtype=dtype)
     return Network(stages, head, noise=noise, backend=backend)

@@ -208,6 +208,30 @@ class Network:
     def normalizations(self):
         return [l for _, l in self.layers() if hasattr(l, "running")]
 
+    @property
+    def buffers(self):
+        """Non-trainable state: normalization statistics per test mode, as a flat dict of arrays
+        (``"stages.{k}.running.{mode}.mean"`` / ``".var"``), for checkpoints."""
+        out = {}
+        for prefix, layer in self.layers():
+            for mode, stats in getattr(layer, "running", {}).items():
+                if stats is not None:
+                    out[f"{prefix}.running.{mode}.mean"], out[f"{prefix}.running.{mode}.var"] = stats
+        return out
+
+    def load_buffers(self, buffers):
+        """Restore the statistics saved from :attr:`buffers`."""
+        layers = dict(self.layers())
+        for key in buffers:
+            prefix, _, mode, what = key.rsplit(".", 3)
+            if prefix not in layers or not hasattr(layers[prefix], "running") or what not in ("mean", "var"):
+                raise ValueError(f"buffers: unexpected entry {key!r} for this network")
+        for prefix, layer in layers.items():
+            for mode in getattr(layer, "running", {}):
+                mean, var = buffers.get(f"{prefix}.running.{mode}.mean"), buffers.get(f"{prefix}.running.{mode}.var")
+                if mean is not None and var is not None:
+                    layer.running[mode] = (np.array(mean, dtype=self.dtype), np.array(var, dtype=self.dtype))
+
     def train(self):
         """Training mode: normalization layers use (and update) batch statistics."""
         for n in self.normalizations():

@@ -262,3 +262,22 @@ def test_normalized_conv_psa_exact_in_eval_mode():
     _, g_psa = expected_estimate("psa", net, x, y)
     for key in g:  # conv(8 units) -> conv(1 unit): exact everywhere
         np.testing.assert_allclose(g_psa[key], g[key], atol=1e-10, err_msg=key)
+
+
+def test_fit_with_binary_weights_checkpoint_restores_statistics(tmp_path):
+    """fit() projects latent weights, re-estimates deterministic statistics, and checkpoints them."""
+    from sbnnumba import train
+    rng = np.random.default_rng(12)
+    x = rng.random((300, 1, 6, 6)).astype(np.float32)
+    y = (x.reshape(300, -1).mean(1) > 0.5).astype(np.int64)
+    net = train.build_network("mlp", (1, 6, 6), 2, seed=0, hidden=[16, 8], weight="hidden", weight_noise="uniform",
+                              normalize=True)
+    train.fit(net, (x, y), estimator="st", epochs=2, batch_size=32, lr=0.05, out=tmp_path, progress=False,
+              plots=False, eval_samples=2)
+    eta = net.stages[1].eta
+    assert np.abs(eta).max() <= 1.0  # uniform weight noise: eta projected onto [-1, 1]
+    assert net.stages[1].running["deterministic"] is not None
+    loaded = train.load_network(tmp_path / train.CHECKPOINT_NAME)
+    for key, b in net.buffers.items():
+        np.testing.assert_array_equal(loaded.buffers[key], b)
+    np.testing.assert_array_equal(loaded.forward_deterministic(x[:20]), net.forward_deterministic(x[:20]))

@@ -1,0 +1,118 @@
+"""Shared benchmark helpers: machine description and robust timing of contenders in one run.
+
+Benchmarks compare contenders measured in the *same* run, interleaved round-robin (so a noisy
+neighbour or a frequency change hits every contender alike), and report medians.
+"""
+import os
+import platform
+import statistics
+import time
+
+import numpy as np
+
+OPENBLAS_ENV_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def machine_info(print_it=True):
+    """Describe the machine and the numerical stack; print it (unless ``print_it=False``) and return it.
+
+    Returns
+    -------
+    dict
+        ``cpu``, ``cores`` (logical CPUs usable by this process), ``avx512_vpopcntdq``, ``python``,
+        ``numpy``, ``numba``, ``numba_threads``, ``blas`` (list of dicts from threadpoolctl:
+        ``internal_api``, ``architecture`` (the OpenBLAS kernel), ``num_threads``, ``version``), and
+        ``env`` (values of OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, ``None`` when unset) and
+        ``load_average`` (1-minute; other processes on the machine distort parallel timings).
+    """
+    import numba
+    from threadpoolctl import threadpool_info
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count()
+    blas = [
+        {key: entry.get(key) for key in ("internal_api", "architecture", "num_threads", "version")}
+        for entry in threadpool_info() if entry.get("user_api") == "blas"
+    ]
+    info = {
+        "cpu": _cpu_model(),
+        "cores": cores,
+        "avx512_vpopcntdq": "avx512_vpopcntdq" in _cpu_flags(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "numba": numba.__version__,
+        "numba_threads": numba.config.NUMBA_NUM_THREADS,
+        "blas": blas,
+        "env": {name: os.environ.get(name) for name in OPENBLAS_ENV_VARS},
+        "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
+    if print_it:
+        print(f"CPU: {info['cpu']}, {info['cores']} cores, AVX-512 VPOPCNTDQ: {info['avx512_vpopcntdq']}")
+        print(f"Python {info['python']}, numpy {info['numpy']}, numba {info['numba']} "
+              f"({info['numba_threads']} threads)")
+        for entry in blas or [{"internal_api": "unknown (threadpoolctl found no BLAS)"}]:
+            print(f"BLAS: {entry.get('internal_api')} {entry.get('version') or ''}, "
+                  f"kernel/architecture {entry.get('architecture')}, threads {entry.get('num_threads')}")
+        print("env: " + ", ".join(f"{k}={'(unset)' if v is None else v}" for k, v in info["env"].items())
+              + f"; load average (1 min) before the run: {info['load_average']}")
+    return info
+
+
+def median_time(fn, repeats):
+    """Median wall time (seconds) of ``repeats`` calls of ``fn()`` (warm up before calling this)."""
+    times = []
+    for _ in range(max(1, repeats)):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def interleaved_medians(contenders, repeats):
+    """Median wall time (seconds) per contender, timing them round-robin.
+
+    Parameters
+    ----------
+    contenders : dict[str, callable]
+        Name -> zero-argument function (warm up / compile before calling this).
+    repeats : int
+        Rounds; each round times every contender once, in an order rotated by one each round.
+
+    Returns
+    -------
+    dict[str, float]
+        Name -> median seconds, in the order of ``contenders``.
+    """
+    names = list(contenders)
+    times = {name: [] for name in names}
+    for round_index in range(max(1, repeats)):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            start = time.perf_counter()
+            contenders[name]()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(times[name]) for name in names}

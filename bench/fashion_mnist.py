@@ -1,0 +1,324 @@
+"""Fashion-MNIST benchmark: train an MLP SBN and the paper-style all-conv SBN with several gradient
+estimators under the same budget, then write ``docs/results.md`` and the curves under ``docs/figures/``.
+
+Every (architecture, estimator) pair is trained by :func:`sbnnumba.train.fit` with the same settings
+(data, split, init seed, optimizer, learning rate, batch size, epochs / time budget), validated after
+every epoch (expected loss, single-sample, ensemble and deterministic accuracy) and finally tested on
+the official test set (accuracy vs number of ensemble samples 1..``--test-samples``). Estimators that
+are not registered in this installation are skipped with a message; a run that diverges is reported
+as such (its last good checkpoint is still evaluated).
+
+Runs are kept under ``--runs-dir`` (checkpoints, histories, per-run plots, ``results.json``); with
+``--resume`` finished runs are reused and interrupted ones continue from their checkpoint;
+``--report-only`` rewrites the report from ``results.json`` without training.
+
+Cost on 2 CPU cores (batch 64, 54,000 training images per epoch, measured on an idle / a busy
+machine): MLP 784-1024-1024-10: PSA 0.5-3 min per epoch, ST 0.15-1 min, the others about 0.2-1 min;
+the paper's conv SBN (96-96-96-192x5 channels, 1x28x28 input): PSA 40-60 min per epoch, ST 17-37 min,
+ST-hardtanh 12-30 min, REINFORCE 10-23 min, Concrete about 9 min, plus about 7 min of validation per
+epoch (8,000 images x 10 samples) and about 30 min for the final test with 32 samples. Use
+``--time-budget`` (seconds per run), ``--train-subset`` or fewer ``--test-samples`` for the conv network.
+
+Examples
+--------
+Smoke test (about 8 minutes, most of it evaluating the paper-size conv network)::
+
+    python bench/fashion_mnist.py --epochs 1 --train-subset 500 --test-subset 1000 --test-samples 8 \\
+        --runs-dir /tmp/fm-bench --docs /tmp/fm-docs
+
+The real benchmark (MLP: 1-3 hours for 5 estimators x 20 epochs; conv: one hour of training per
+method plus evaluation)::
+
+    python bench/fashion_mnist.py --archs mlp --epochs 20
+    python bench/fashion_mnist.py --archs conv --epochs 100 --time-budget 3600
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+try:
+    import sbnnumba
+except ImportError:  # run from a source checkout without installation
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import sbnnumba
+
+from sbnnumba import datasets, plots, train  # noqa: E402
+
+DEFAULT_METHODS = "psa,st,st-hardtanh,concrete,reinforce"
+METHOD_NOTES = {
+    "psa": "path sample-analytic (PSA)",
+    "st": "deep straight-through derived from PSA (2p(a))",
+    "st-hardtanh": "ad-hoc ST with the hard-tanh derivative 1[|a| <= 1]",
+    "concrete": "binary Concrete / Gumbel-softmax relaxation",
+    "reinforce": "REINFORCE (score function), no baseline",
+}
+
+
+#: Settings that must not change when a benchmark is resumed (they change the runs' results).
+SAME_ON_RESUME = ("data", "train_subset", "test_subset", "hidden", "channels", "noise", "batch_size", "optimizer",
+                  "lr", "lr_for", "seed", "val_fraction", "eval_samples", "train_eval_size", "test_samples",
+                  "augment")
+
+
+def _int_list(text):
+    values = [int(v) for v in text.split(",") if v.strip()]
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
+    return values
+
+
+def _lr_overrides(items):
+    out = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--lr-for: expected METHOD=LR, got {item!r}")
+        out[name] = float(value)
+    return out
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--archs", default="mlp,conv", help="comma-separated architectures")
+    p.add_argument("--methods", default=DEFAULT_METHODS, help="comma-separated estimators")
+    p.add_argument("--data", default="auto", help="'auto', 'embedded' or a directory with the IDX files")
+    p.add_argument("--epochs", type=int, default=20, help="epochs per run (the same for every method)")
+    p.add_argument("--time-budget", type=float, default=None,
+                   help="seconds of training per run; a run stops after the epoch that passes it")
+    p.add_argument("--train-subset", type=int, default=None, help="use only N training images (before the split)")
+    p.add_argument("--test-subset", type=int, default=None, help="evaluate on the first N test images only")
+    p.add_argument("--hidden", type=_int_list, default=[1024, 1024], help="MLP hidden widths")
+    p.add_argument("--channels", type=_int_list, default=[96, 96, 96, 192, 192, 192, 192, 192],
+                   help="conv: the 8 channel counts (paper: 96,96,96,192,192,192,192,192)")
+    p.add_argument("--noise", default="logistic")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--optimizer", default="adam", choices=["adam", "sgd"])
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate of every method")
+    p.add_argument("--lr-for", action="append", metavar="METHOD=LR", help="per-method learning rate (repeatable)")
+    p.add_argument("--seed", type=int, default=1, help="init and training seed (the same for every method)")
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--eval-samples", type=int, default=10, help="samples per image in validation")
+    p.add_argument("--train-eval-size", type=int, default=2000,
+                   help="training images evaluated after each epoch (train accuracy)")
+    p.add_argument("--test-samples", type=int, default=32, help="largest ensemble on the test set")
+    p.add_argument("--augment", action="store_true")
+    p.add_argument("--runs-dir", default=os.path.join("runs", "fashion_mnist_bench"))
+    p.add_argument("--docs", default="docs", help="where results.md and figures/ are written")
+    p.add_argument("--resume", action="store_true", help="reuse finished runs, continue interrupted ones")
+    p.add_argument("--report-only", action="store_true", help="only rewrite the report from results.json")
+    p.add_argument("--no-progress", action="store_true")
+    return p.parse_args(argv)
+
+
+def machine_line():
+    try:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from common import machine_info
+
+        info = machine_info(print_it=False)
+        return f"{info['cpu']}, {info['cores']} cores; Python {info['python']}, numpy {info['numpy']}, numba {info['numba']}"
+    except Exception:  # the helper is optional
+        return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; Python {platform.python_version()}"
+
+
+def run_one(args, ds, arch, method, results):
+    key = f"{arch}-{method}"
+    out = os.path.join(args.runs_dir, key)
+    ckpt = os.path.join(out, train.CHECKPOINT_NAME)
+    done = results.get(key, {})
+    if args.resume and (done.get("status") in ("time budget", "diverged")
+                        or (done.get("status") == "completed" and done.get("epochs", 0) >= args.epochs)):
+        print(f"[{key}] reusing the finished run in {out}")
+        return done
+    options = {"noise": args.noise}
+    options["hidden" if arch == "mlp" else "channels"] = args.hidden if arch == "mlp" else args.channels
+    net = train.build_network(arch, ds.x_train.shape[1:], ds.n_classes, seed=args.seed, **options)
+    lr = _lr_overrides(args.lr_for).get(method, args.lr)
+    resume = args.resume and os.path.isfile(ckpt)
+    if not resume and os.path.isfile(ckpt):
+        raise SystemExit(f"{ckpt} exists: pass --resume to continue/reuse it, or choose another --runs-dir")
+    print(f"[{key}] {arch} {options}, {method}, lr {lr:g}, {args.epochs} epochs"
+          + (f", time budget {args.time_budget:g} s" if args.time_budget else "") + f" -> {out}", flush=True)
+    row = {"arch": arch, "method": method, "lr": lr, "options": options, "out": out}
+    t0 = time.perf_counter()
+    try:
+        res = train.fit(net, ds, estimator=method, epochs=args.epochs, batch_size=args.batch_size,
+                        optimizer=args.optimizer, lr=lr, seed=args.seed, val_fraction=args.val_fraction,
+                        augment=args.augment, eval_samples=args.eval_samples,
+                        train_eval_size=args.train_eval_size, out=out, resume=resume, max_time=args.time_budget,
+                        progress=not args.no_progress, metadata={"command": "bench/fashion_mnist.py"})
+        history, row["status"] = res.history, res.stopped
+    except train.TrainingDiverged as exc:
+        print(f"[{key}] {exc}", flush=True)
+        row.update(status="diverged", error=str(exc))
+        if not os.path.isfile(ckpt):
+            row["history"] = []
+            return row
+        ck = train.load_checkpoint(ckpt)
+        history = ck.history
+        net = train.load_network(ck)
+    row["wall_seconds"] = time.perf_counter() - t0
+    row["history"] = history
+    row["epochs"] = len(history)
+    row["seconds_per_epoch"] = float(np.mean([r["epoch_time"] for r in history])) if history else None
+    x_te, y_te = ds.x_test, ds.y_test
+    if args.test_subset:
+        x_te, y_te = x_te[:args.test_subset], y_te[:args.test_subset]
+    t1 = time.perf_counter()
+    m = train.evaluate(net, x_te, y_te, samples=args.test_samples, rng=np.random.default_rng([args.seed, 0x7E57]))
+    m["seconds"] = time.perf_counter() - t1
+    row["test"] = m
+    print(f"[{key}] test: loss {m['loss']:.4f}, acc1 {100 * m['acc1']:.2f}%, "
+          f"ensemble({m['samples']}) {100 * m['eacc']:.2f}%, det {100 * m['det_acc']:.2f}% "
+          f"({row['seconds_per_epoch'] or 0:.1f} s/epoch)", flush=True)
+    return row
+
+
+def _fmt(v, pct=False, digits=4):
+    if v is None:
+        return "-"
+    return f"{100 * v:.2f}" if pct else f"{v:.{digits}f}"
+
+
+def write_report(args, results, meta):
+    figdir = os.path.join(args.docs, "figures")
+    os.makedirs(figdir, exist_ok=True)
+    lines = ["# Fashion-MNIST results", "",
+             f"Generated by `python bench/fashion_mnist.py {' '.join(meta['argv'])}` on {meta['date']}.", "",
+             f"Machine: {meta['machine']}.", "",
+             "## Setup", "",
+             f"* Data: {meta['data']} ({meta['n_train']} training images after the {args.val_fraction:.0%} "
+             f"validation split, {meta['n_val']} validation, {meta['n_test']} test images).",
+             f"* Budget, the same for every method: {args.epochs} epochs"
+             + (f", at most {args.time_budget:g} s of training per run (checked at epoch ends)" if args.time_budget else "")
+             + f"; batch {args.batch_size}; {args.optimizer} lr {args.lr:g}"
+             + (f" (overrides: {', '.join(args.lr_for)})" if args.lr_for else "")
+             + "; element-wise gradient clipping at 1e3; data-dependent init on the first batch; init and "
+               f"training seed {args.seed}" + ("; flip + crop augmentation" if args.augment else "") + ".",
+             f"* MLP: 784-{'-'.join(map(str, args.hidden))}-10; conv: the PSA paper's all-conv SBN "
+             f"(channels {','.join(map(str, args.channels))}, 1x28x28 input); {args.noise} noise.",
+             "* Evaluation (every method alike): hard +-1 samples with the Rao-Blackwellized head; "
+             f"validation after each epoch with {args.eval_samples} samples per image; test accuracy with "
+             f"1 sample (mean over draws), the ensemble of {args.test_samples} samples (averaged softmax) and "
+             "the deterministic sign network (zero noise). Expected loss = mean RB loss over the samples.",
+             "* Time per epoch: training only (no evaluation), mean over the epochs.", ""]
+    skipped = meta.get("skipped", [])
+    for arch in meta["archs"]:
+        rows = [r for r in results.values() if r["arch"] == arch]
+        if not rows:
+            continue
+        lines += [f"## {arch}", "",
+                  "| method | status | epochs | s / epoch | train loss | val loss | test loss | test acc 1 sample (%) "
+                  f"| test acc ensemble {args.test_samples} (%) | test acc deterministic (%) |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            h = r.get("history") or [{}]
+            t = r.get("test", {})
+            lines.append(f"| {r['method']} | {r['status']} | {r.get('epochs', 0)} | {_fmt(r.get('seconds_per_epoch'), digits=1)} "
+                         f"| {_fmt(h[-1].get('train_loss'))} | {_fmt(h[-1].get('val_loss'))} | {_fmt(t.get('loss'))} "
+                         f"| {_fmt(t.get('acc1'), True)} | {_fmt(t.get('eacc'), True)} | {_fmt(t.get('det_acc'), True)} |")
+        lines.append("")
+        hists = {r["method"]: r["history"] for r in rows if r.get("history")}
+        curves = {r["method"]: r["test"]["curve"] for r in rows if r.get("test")}
+        if hists:
+            plots.plot_loss(hists, os.path.join(figdir, f"fashion_mnist_{arch}_loss.png"),
+                            title=f"Fashion-MNIST, {arch}: loss")
+            plots.plot_accuracy(hists, os.path.join(figdir, f"fashion_mnist_{arch}_accuracy.png"),
+                                title=f"Fashion-MNIST, {arch}: accuracy",
+                                keys={"train_acc1": ("train, 1 sample", "-"), "val_eacc": ("val, ensemble", "--")})
+            lines += [f"![{arch} loss](figures/fashion_mnist_{arch}_loss.png)",
+                      f"![{arch} accuracy](figures/fashion_mnist_{arch}_accuracy.png)"]
+        if curves:
+            plots.plot_ensemble_curve(curves, os.path.join(figdir, f"fashion_mnist_{arch}_ensemble.png"),
+                                      title=f"Fashion-MNIST, {arch}: test accuracy vs samples")
+            lines.append(f"![{arch} ensemble](figures/fashion_mnist_{arch}_ensemble.png)")
+        lines.append("")
+    lines += ["## Methods", ""] + [f"* `{m}`: {METHOD_NOTES.get(m, '')}" for m in meta["methods"]]
+    if skipped:
+        lines += ["", "Skipped (not registered in this installation): " + ", ".join(f"`{m}`" for m in skipped) + "."]
+    diverged = [f"{r['arch']}/{r['method']}" for r in results.values() if r["status"] == "diverged"]
+    if diverged:
+        lines += ["", "Diverged (non-finite loss or gradient; the last good checkpoint is reported): "
+                  + ", ".join(diverged) + "."]
+    lines.append("")
+    path = os.path.join(args.docs, "results.md")
+    text = "\n".join(lines)
+    train._atomic_write(path, lambda f: f.write(text.encode()))
+    return path
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    archs = [a for a in args.archs.split(",") if a]
+    methods = [m for m in args.methods.split(",") if m]
+    known = sbnnumba.known_methods()
+    from sbnnumba.architectures import ARCHITECTURES
+
+    for a in archs:
+        if a not in ARCHITECTURES:
+            raise SystemExit(f"--archs: unknown architecture {a!r}; known: {sorted(ARCHITECTURES)}")
+    skipped = [m for m in methods if m not in known]
+    for m in skipped:
+        print(f"skipping estimator {m!r}: not registered in this installation (known: {', '.join(known)})")
+    methods = [m for m in methods if m in known]
+    os.makedirs(args.runs_dir, exist_ok=True)
+    results_path = os.path.join(args.runs_dir, "results.json")
+    results, meta = {}, {}
+    if os.path.isfile(results_path) and (args.resume or args.report_only):
+        with open(results_path) as f:
+            saved = json.load(f)
+        results, meta = saved["results"], saved["meta"]
+        old = meta.get("settings", {})
+        changed = [k for k in SAME_ON_RESUME if k in old and old[k] != vars(args)[k]]
+        if args.resume and changed:
+            raise SystemExit(f"--resume: {results_path} was produced with other settings ("
+                             + ", ".join(f"{k}: {old[k]!r} vs {vars(args)[k]!r}" for k in changed)
+                             + "); use the same settings or another --runs-dir")
+    if args.report_only:
+        if not results:
+            raise SystemExit(f"--report-only: no results in {results_path}")
+        for k, v in meta.get("settings", {}).items():  # describe the settings the runs used
+            if k not in ("docs", "runs_dir", "report_only", "resume"):
+                setattr(args, k, v)
+        print("wrote " + write_report(args, results, meta))
+        return 0
+
+    ds = datasets.load_fashion_mnist(None if args.data in ("auto", "embedded") else args.data,
+                                     embedded="force" if args.data == "embedded" else "auto")
+    if args.train_subset and args.train_subset < ds.y_train.shape[0]:
+        idx = np.sort(np.random.default_rng(1).choice(ds.y_train.shape[0], args.train_subset, replace=False))
+        ds = dataclasses.replace(ds, x_train=ds.x_train[idx], y_train=ds.y_train[idx])
+    n_val = int(round(args.val_fraction * ds.y_train.shape[0]))
+    meta = {"argv": argv, "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "machine": machine_line(),
+            "data": f"{ds.name} ({ds.source})", "n_train": int(ds.y_train.shape[0] - n_val), "n_val": n_val,
+            "n_test": int(min(args.test_subset or ds.y_test.shape[0], ds.y_test.shape[0])),
+            "archs": archs, "methods": methods, "skipped": skipped, "settings": vars(args)}
+    print(f"machine: {meta['machine']}")
+    t0 = time.perf_counter()
+    for arch in archs:
+        for method in methods:
+            results[f"{arch}-{method}"] = run_one(args, ds, arch, method, results)
+            doc = json.dumps(train._jsonable({"meta": meta, "results": results}), indent=1)
+            train._atomic_write(results_path, lambda f: f.write(doc.encode()))
+    path = write_report(args, results, meta)
+    print(f"benchmark done in {time.perf_counter() - t0:.0f} s; wrote {path} and {os.path.join(args.docs, 'figures')}/")
+    for key, r in results.items():
+        if r.get("seconds_per_epoch"):
+            print(f"  {key}: {r['seconds_per_epoch']:.1f} s per epoch of {meta['n_train']} images "
+                  f"-> {r['seconds_per_epoch'] * 54000 / meta['n_train'] / 60:.1f} min per full epoch (54,000)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""Figures of training runs: loss and accuracy curves, accuracy vs number of ensemble samples.
+
+All figures are drawn with matplotlib's object API on an Agg canvas (no ``pyplot``, no global
+backend switch, no display needed) and saved as PNG **atomically**: the image is written to a
+temporary file in the target directory and moved into place with ``os.replace``, so a reader never
+sees a half-written file.
+
+A *history* is a list of per-epoch dicts as written by :func:`sbnnumba.train.fit` (keys such as
+``"epoch"``, ``"train_loss"``, ``"val_loss"``, ``"train_acc1"``, ``"val_acc1"``, ``"val_eacc"``,
+``"val_det_acc"``). Every plotting function accepts either one history or a mapping
+``label -> history`` to compare runs (e.g. estimators) in one figure; missing keys or non-finite
+values are skipped.
+"""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+
+__all__ = ["save_figure", "plot_loss", "plot_accuracy", "plot_training_curves", "plot_ensemble_curve"]
+
+#: key -> (legend text, line style) of the loss curves.
+LOSS_KEYS = {"train_loss": ("train (running)", "-"), "val_loss": ("validation", "--")}
+#: key -> (legend text, line style) of the accuracy curves.
+ACCURACY_KEYS = {
+    "train_acc1": ("train, 1 sample", "-"),
+    "val_acc1": ("val, 1 sample", "--"),
+    "val_eacc": ("val, ensemble", "-."),
+    "val_det_acc": ("val, deterministic", ":"),
+}
+
+
+def _new_figure(figsize=(6.4, 4.2)):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_figure(fig, path, dpi=100):
+    """Save ``fig`` as PNG at ``path`` atomically (temp file in the same directory + ``os.replace``).
+
+    Creates the parent directory if needed and returns ``path`` as a string.
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def _as_runs(history):
+    """One history (list of dicts) or a mapping label -> history  ->  dict label -> history."""
+    if isinstance(history, Mapping):
+        return {str(k): list(v) for k, v in history.items()}
+    return {"": list(history)}
+
+
+def _series(hist, key):
+    xs, ys = [], []
+    for i, row in enumerate(hist):
+        v = row.get(key)
+        if v is None:
+            continue
+        try:
+            v = float(v)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(v):
+            xs.append(float(row.get("epoch", i + 1)))
+            ys.append(v)
+    return xs, ys
+
+
+def _integer_epochs(ax):
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _curves(ax, runs, keys, positive=False):
+    colors = [f"C{i % 10}" for i in range(len(runs))]
+    drawn = 0
+    for (label, hist), color in zip(runs.items(), colors):
+        for key, (text, style) in keys.items():
+            xs, ys = _series(hist, key)
+            if positive:  # log scale: drop values <= 0
+                keep = [i for i, b in enumerate(ys) if b > 0]
+                xs, ys = [xs[i] for i in keep], [ys[i] for i in keep]
+            if not xs:
+                continue
+            name = f"{label}: {text}" if label else text
+            multi_color = len(runs) > 1
+            ax.plot(xs, ys, linestyle=style, marker="o" if len(xs) < 30 else None, markersize=3,
+                    color=color if multi_color else None, label=name)
+            drawn += 1
+    return drawn
+
+
+def plot_loss(history, path, title="Loss", keys=None):
+    """Training and validation loss (log-y) vs epochs, saved as PNG at ``path``.
+
+    Parameters
+    ----------
+    history : list of dict, or mapping label -> list of dict
+    path : str or os.PathLike
+    title : str
+    keys : dict, optional
+        ``key -> (legend text, line style)``; default :data:`LOSS_KEYS`.
+    """
+    runs = _as_runs(history)
+    fig = _new_figure()
+    ax = fig.add_subplot(1, 1, 1)
+    drawn = _curves(ax, runs, keys or LOSS_KEYS, positive=True)
+    ax.set_yscale("log")
+    _integer_epochs(ax)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("expected loss (NLL)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    if drawn:
+        ax.legend(fontsize="small")
+    return save_figure(fig, path)
+
+
+def plot_accuracy(history, path, title="Accuracy", keys=None):
+    """Accuracy curves (train / validation, single sample, ensemble, deterministic) vs epochs.
+
+    Same arguments as :func:`plot_loss`; default keys :data:`ACCURACY_KEYS`. Accuracies are
+    fractions in [0, 1], plotted in percent.
+    """
+    runs = _as_runs(history)
+    scaled = {label: [{k: (100 * v if isinstance(v, (int, float)) and k != "epoch" else v)
+                       for k, v in row.items()} for row in hist] for label, hist in runs.items()}
+    fig = _new_figure()
+    ax = fig.add_subplot(1, 1, 1)
+    drawn = _curves(ax, scaled, keys or ACCURACY_KEYS)
+    _integer_epochs(ax)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    if drawn:
+        ax.legend(fontsize="small")
+    return save_figure(fig, path)
+
+
+def plot_training_curves(history, out_dir, prefix="", title=""):
+    """Write ``<prefix>loss.png`` and ``<prefix>accuracy.png`` into ``out_dir``; return both paths."""
+    out_dir = os.fspath(out_dir)
+    sep = " - " if title else ""
+    return (plot_loss(history, os.path.join(out_dir, f"{prefix}loss.png"), title=f"{title}{sep}loss"),
+            plot_accuracy(history, os.path.join(out_dir, f"{prefix}accuracy.png"),
+                          title=f"{title}{sep}accuracy"))
+
+
+def plot_ensemble_curve(curves, path, title="Test accuracy vs number of samples"):
+    """Ensemble accuracy vs number of averaged samples (log-2 x axis).
+
+    Parameters
+    ----------
+    curves : sequence of float, or mapping label -> sequence of float
+        ``curve[k - 1]`` = accuracy (fraction) of the ensemble of the first ``k`` samples.
+    path : str or os.PathLike
+    """
+    if not isinstance(curves, Mapping):
+        curves = {"": curves}
+    fig = _new_figure()
+    ax = fig.add_subplot(1, 1, 1)
+    drawn = 0
+    for label, curve in curves.items():
+        ys = [100 * float(v) for v in curve]
+        if not ys:
+            continue
+        ax.plot(range(1, len(ys) + 1), ys, marker="o" if len(ys) <= 64 else None, markersize=3,
+                label=str(label) or None)
+        drawn += bool(label)
+    from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
+
+    ax.set_xscale("log", base=2)
+    n_max = max((len(c) for c in curves.values()), default=1)
+    ax.xaxis.set_major_locator(FixedLocator([k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256) if k <= max(n_max, 1)]))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.set_xlabel("number of samples in the ensemble")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    if drawn:
+        ax.legend(fontsize="small")
+    return save_figure(fig, path)
