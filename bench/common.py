@@ -92,7 +92,7 @@ def median_time(fn, repeats):
     return statistics.median(times)
 
 
-def interleaved_medians(contenders, repeats):
+def interleaved_medians(contenders, repeats, settle=0.0):
     """Median wall time (seconds) per contender, timing them round-robin.
 
     Parameters
@@ -101,6 +101,13 @@ def interleaved_medians(contenders, repeats):
         Name -> zero-argument function (warm up / compile before calling this).
     repeats : int
         Rounds; each round times every contender once, in an order rotated by one each round.
+    settle : float, default 0
+        Before each timed call, call the contender untimed, repeatedly for at least ``settle``
+        seconds. Thread pools keep spinning for a while after a parallel call (libgomp, behind
+        Numba's ``omp`` layer, for tens of ms; OpenBLAS workers too) and steal cores from the next
+        contender, while a pool left idle for long may be slow to wake (notably in VMs); settling
+        times each contender in its steady state, as in a loop of calls of its own. Sleeping
+        instead would hit the slow wake-up.
 
     Returns
     -------
@@ -112,7 +119,13 @@ def interleaved_medians(contenders, repeats):
     for round_index in range(max(1, repeats)):
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
+            fn = contenders[name]
+            if settle > 0:
+                settle_start = time.perf_counter()
+                fn()
+                while time.perf_counter() - settle_start < settle:
+                    fn()
             start = time.perf_counter()
-            contenders[name]()
+            fn()
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(times[name]) for name in names}

@@ -1,0 +1,452 @@
+r"""Bit-packed {-1, +1} arithmetic: packing, XNOR-popcount matrix products and convolutions.
+
+Layout
+------
+A {-1, +1} array is packed along its last axis into ``uint64`` words: bit ``i % 64`` of word
+``i // 64`` is element ``i``, a set bit means -1, a clear bit +1, and the padding bits of the last
+word are 0. :func:`pack` applies ``sign`` with ``sign(0) = +1`` (values ``>= 0`` give bit 0,
+negative values bit 1). With zero padding in both operands, the dot product of two packed vectors
+of true length ``K`` is
+
+.. math:: a \cdot b = K - 2\, \mathrm{popcount}(a \oplus b).
+
+Convolutions keep channels last: feature maps ``(B, C, H, W)`` are packed as ``(B, H, W,
+ceil(C/64))`` and weights ``(C_out, C_in, kh, kw)`` as ``(C_out, kh, kw, ceil(C_in/64))``; both are
+produced by :func:`pack_channels`. The fused ``*_threshold`` functions return their binary output
+packed in the same layout as their input, so layers chain without unpacking.
+
+Weights can be passed as packed words or, to skip the per-call re-layout of the weight matrix
+into the kernels' panel layout, as :class:`PreparedWeights` from :func:`prepare_weights`.
+
+Zero padding in convolutions
+----------------------------
+The float convolution of the sign network pads with 0, which one bit cannot represent. The
+kernels gather padded positions as +1 (bit 0) and subtract, per output channel and per class of
+output positions (positions whose receptive fields overlap the padding in the same taps), the sum
+of the +-1 weights over the padded taps:
+
+.. math:: y[b, co, oy, ox] = \mathrm{dot}_{+1\text{-padded}} - \sum_{(dy, dx)\ \text{in padding}}
+          \sum_{ci} w[co, ci, dy, dx],
+
+so the results equal the float convolution with zeros in the padding exactly.
+"""
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+
+import numpy as np
+
+from .kernels import bitpack as _k
+
+__all__ = [
+    "PreparedWeights", "conv2d", "conv2d_threshold", "matmul", "matmul_threshold", "n_words", "pack",
+    "pack_channels", "prepare_weights", "unpack", "unpack_channels",
+]
+
+n_words = _k.n_words
+_PACKABLE_DTYPES = (np.float32, np.float64, np.int8)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Validation helpers (messages name the argument and what was expected)
+# ---------------------------------------------------------------------------------------------------
+
+def _check_int(value, name, minimum):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected an integer, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value}")
+    return int(value)
+
+
+def _check_pair(value, name, minimum):
+    """An int or a pair of ints (vertical, horizontal), each >= ``minimum``."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"{name}: expected an int or a pair (vertical, horizontal), got {value!r}")
+        return _check_int(value[0], name, minimum), _check_int(value[1], name, minimum)
+    v = _check_int(value, name, minimum)
+    return v, v
+
+
+def _check_words(words, name, ndim=None):
+    """A C-contiguous uint64 ndarray (no silent conversion of other integer types)."""
+    if not isinstance(words, np.ndarray) or words.dtype != np.uint64:
+        got = words.dtype if isinstance(words, np.ndarray) else type(words).__name__
+        raise TypeError(f"{name}: expected a uint64 ndarray of packed words (see sbnnumba.bitpack.pack), got {got}")
+    if ndim is not None and words.ndim != ndim:
+        raise ValueError(f"{name}: expected a {ndim}-d array of packed words, got shape {words.shape}")
+    if ndim is None and words.ndim < 1:
+        raise ValueError(f"{name}: expected at least 1 dimension, got a 0-d array")
+    return np.ascontiguousarray(words)
+
+
+def _check_k(k, name, words, words_name):
+    k = _check_int(k, name, 0)
+    if _k.n_words(k) != words.shape[-1]:
+        raise ValueError(f"{name}: {name}={k} needs ceil({k}/64)={_k.n_words(k)} words per row, "
+                         f"but {words_name} has {words.shape[-1]} (shape {words.shape})")
+    return k
+
+
+def _check_padding_bits(words, k, name):
+    """Bits at positions >= k of the last word must be 0 (they would otherwise count as -1)."""
+    used = k % _k.WORD_BITS
+    if used and words.size and np.any(words[..., -1] >> np.uint64(used)):
+        raise ValueError(f"{name}: padding bits beyond k={k} must be 0 (pack with sbnnumba.bitpack.pack)")
+
+
+def _check_thresholds(thresholds, n_columns, k):
+    """Real thresholds (scalar or (n_columns,)), NaN rejected; returns ceil(t) clipped to +-(k+2), int64."""
+    t = np.asarray(thresholds)
+    if t.dtype.kind not in "fiu":
+        raise TypeError(f"thresholds: expected real numbers, got dtype {t.dtype}")
+    if t.ndim > 1 or (t.ndim == 1 and t.shape[0] != n_columns):
+        raise ValueError(f"thresholds: expected a scalar or shape ({n_columns},), got shape {t.shape}")
+    if np.any(np.isnan(t)):
+        raise ValueError("thresholds: expected real values, found NaN")
+    # dot is an integer in [-k, k]: dot >= t  <=>  dot >= ceil(t); clipping keeps +-inf meaningful.
+    t = np.ceil(np.clip(t.astype(np.float64), -(k + 2), k + 2)).astype(np.int64)
+    return np.broadcast_to(t, (n_columns,))
+
+
+def _flip_words(flip, n_columns):
+    """Per-column bool ``flip`` -> packed uint64 words (ceil(n_columns/64),), padding 0."""
+    if flip is None:
+        return np.zeros(_k.n_words(n_columns), np.uint64)
+    f = np.asarray(flip)
+    if f.dtype != np.bool_:
+        raise TypeError(f"flip: expected a boolean array or None, got dtype {f.dtype}")
+    if f.shape != (n_columns,):
+        raise ValueError(f"flip: expected shape ({n_columns},), got {f.shape}")
+    return _k.pack_reference(np.where(f, -1, 1).astype(np.int8))
+
+
+def _padded_limits(limits, n_panels):
+    """Pad the last axis with NEVER up to 32 * n_panels (padding columns always give bit 0)."""
+    out = np.full(limits.shape[:-1] + (n_panels * _k.PANEL_LANES,), _k.NEVER, np.int64)
+    out[..., :limits.shape[-1]] = limits
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Packing
+# ---------------------------------------------------------------------------------------------------
+
+def pack(x):
+    r"""Pack the signs of ``x`` along its last axis into uint64 words.
+
+    .. math:: \mathrm{bit}_{i \bmod 64}(\mathrm{words}[..., \lfloor i/64 \rfloor]) = [x[..., i] < 0]
+
+    (bit set = -1; ``sign(0) = +1``; the padding bits of the last word are 0).
+
+    Parameters
+    ----------
+    x : array_like, shape (..., K)
+        Real values, usually +-1 states (float32, float64 and int8 are packed without conversion).
+
+    Returns
+    -------
+    words : ndarray, shape (..., ceil(K/64)), uint64
+
+    Raises
+    ------
+    TypeError
+        If ``x`` is not a real numeric array (bool, complex, object).
+    ValueError
+        If ``x`` is 0-d or contains NaN.
+    """
+    x = np.asarray(x)
+    if x.dtype.kind not in "fiu":
+        raise TypeError(f"x: expected a real numeric array of +-1 values, got dtype {x.dtype}")
+    if x.ndim < 1:
+        raise ValueError("x: expected at least 1 dimension (packing runs along the last axis), got a 0-d array")
+    if x.dtype not in _PACKABLE_DTYPES:
+        # Keep only the sign (casting e.g. int16 200 to int8 would flip it).
+        x = np.where(x < 0, -1, 1).astype(np.int8) if x.dtype.kind in "iu" else x.astype(np.float32)
+    k = x.shape[-1]
+    rows = np.ascontiguousarray(x).reshape(int(np.prod(x.shape[:-1])), k)
+    words = np.empty((rows.shape[0], _k.n_words(k)), np.uint64)
+    row_has_nan = np.zeros(rows.shape[0], np.bool_)
+    _k.pack_rows(rows, words, row_has_nan)
+    if row_has_nan.any():
+        raise ValueError("x: expected real values, found NaN (its sign is undefined)")
+    return words.reshape(x.shape[:-1] + (words.shape[1],))
+
+
+def unpack(words, k, dtype=np.float32):
+    r"""Unpack uint64 words into a +-1 array: the inverse of :func:`pack` on +-1 inputs.
+
+    .. math:: x[..., i] = 1 - 2\, \mathrm{bit}_{i \bmod 64}(\mathrm{words}[..., \lfloor i/64 \rfloor])
+
+    Parameters
+    ----------
+    words : ndarray, shape (..., ceil(k/64)), uint64
+    k : int
+        True length of the last axis (padding bits are ignored).
+    dtype : dtype, default float32
+        Output dtype (float32 states; int8 for compact storage).
+
+    Returns
+    -------
+    ndarray, shape (..., k), of ``dtype`` with values in {-1, +1}
+    """
+    words = _check_words(words, "words")
+    k = _check_k(k, "k", words, "words")
+    return _k.unpack_reference(words, k, dtype)
+
+
+def pack_channels(x):
+    """Pack +-1 feature maps or conv weights along axis 1 (channels), moved last.
+
+    ``(B, C, H, W) -> (B, H, W, ceil(C/64))`` for inputs and
+    ``(C_out, C_in, kh, kw) -> (C_out, kh, kw, ceil(C_in/64))`` for weights, as expected by
+    :func:`conv2d` and :func:`conv2d_threshold`.
+    """
+    x = np.asarray(x)
+    if x.ndim != 4:
+        raise ValueError(f"x: expected a 4-d array (B, C, H, W) or (C_out, C_in, kh, kw), got shape {x.shape}")
+    return pack(np.moveaxis(x, 1, -1))
+
+
+def unpack_channels(words, channels, dtype=np.float32):
+    """Inverse of :func:`pack_channels`: ``(B, H, W, ceil(C/64)) -> (B, C, H, W)`` of +-1 ``dtype``."""
+    words = _check_words(words, "words", ndim=4)
+    return np.moveaxis(unpack(words, channels, dtype), -1, 1)
+
+
+@dataclass(frozen=True)
+class PreparedWeights:
+    """Packed weights plus their panel layout for the XNOR-popcount kernels.
+
+    Attributes
+    ----------
+    words : ndarray, uint64
+        The packed weights: (N, n_words) for :func:`matmul`, (C_out, kh, kw, n_words) for
+        :func:`conv2d`.
+    panels : ndarray, shape (ceil(N/32), 32 * row_words), uint64
+        Rows of ``words`` (flattened after axis 0) interleaved by 32:
+        ``panels[p, 32 w + c] = words[32 p + c].ravel()[w]``, zero past the last row.
+    """
+
+    words: np.ndarray
+    panels: np.ndarray
+
+
+def _panels(words):
+    """Panel layout of packed weights (N, ...) -> (ceil(N/32), 32 * row_words), see PreparedWeights."""
+    rows = words.reshape(words.shape[0], int(np.prod(words.shape[1:])))
+    panels = np.empty((-(-rows.shape[0] // _k.PANEL_LANES), _k.PANEL_LANES * rows.shape[1]), np.uint64)
+    _k.words_to_panels(rows, panels)
+    return panels
+
+
+def prepare_weights(w_words):
+    """Re-lay out packed weights once into the kernels' panel layout (see :class:`PreparedWeights`).
+
+    Costs O(N * n_words), like one pass over the weights; pass the result wherever a function
+    takes ``b_words`` / ``w_words`` to skip this step on every call. The words are copied (and made
+    read-only), so later changes to ``w_words`` cannot leave stale panels behind.
+
+    Parameters
+    ----------
+    w_words : ndarray, shape (N, n_words) or (C_out, kh, kw, n_words), uint64
+
+    Returns
+    -------
+    PreparedWeights
+    """
+    if isinstance(w_words, PreparedWeights):
+        return w_words
+    words = _check_words(w_words, "w_words")
+    if words.ndim not in (2, 4):
+        raise ValueError(f"w_words: expected shape (N, n_words) or (C_out, kh, kw, n_words), got {words.shape}")
+    words = words.copy()
+    words.setflags(write=False)
+    # panels stay writable: a read-only array is a different Numba type (a second compilation)
+    return PreparedWeights(words, _panels(words))
+
+
+def _weights(w, name, ndim):
+    """(words, panels) from packed words or PreparedWeights, checked to have ``ndim`` dimensions."""
+    if isinstance(w, PreparedWeights):
+        if w.words.ndim != ndim:
+            raise ValueError(f"{name}: expected prepared weights of a {ndim}-d array, got shape {w.words.shape}")
+        return w.words, w.panels
+    words = _check_words(w, name, ndim)
+    return words, _panels(words)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Matrix products
+# ---------------------------------------------------------------------------------------------------
+
+def _matmul_operands(a_words, b_words, k):
+    a = _check_words(a_words, "a_words", ndim=2)
+    b, panels = _weights(b_words, "b_words", ndim=2)
+    k = _check_k(k, "k", a, "a_words")
+    if b.shape[1] != a.shape[1]:
+        raise ValueError(f"b_words: expected {a.shape[1]} words per row like a_words, got shape {b.shape}")
+    _check_padding_bits(a, k, "a_words")
+    _check_padding_bits(b, k, "b_words")
+    return a, b, panels, k
+
+
+def matmul(a_words, b_words, k):
+    r"""XNOR-popcount matrix product of packed +-1 matrices: ``a @ b.T``.
+
+    .. math:: \mathrm{out}[i, j] = \sum_{t<k} a_{it} b_{jt} = k - 2 \sum_w \mathrm{popcount}(A[i, w] \oplus B[j, w])
+
+    Parameters
+    ----------
+    a_words : ndarray, shape (M, ceil(k/64)), uint64
+        Packed rows of the +-1 matrix ``a`` (M, k), e.g. activations.
+    b_words : ndarray, shape (N, ceil(k/64)), uint64, or PreparedWeights
+        Packed rows of the +-1 matrix ``b`` (N, k), e.g. weights (N_out, N_in).
+    k : int
+        True reduction length (padding bits must be 0 in both operands).
+
+    Returns
+    -------
+    ndarray, shape (M, N), int32
+        Equal to ``unpack(a_words, k) @ unpack(b_words, k).T``.
+    """
+    a, b, panels, k = _matmul_operands(a_words, b_words, k)
+    out = np.empty((a.shape[0], b.shape[0]), np.int32)
+    _k.xnor_gemm(a, panels, k, out)
+    return out
+
+
+def matmul_threshold(a_words, b_words, k, thresholds, flip=None):
+    r"""Fused ``sign(a @ b.T - thresholds)``, packed: the next layer's packed input.
+
+    .. math:: y_{ij} = s_j \cdot \mathrm{sign}(\mathrm{dot}_{ij} - t_j), \quad
+              \mathrm{sign}(0) = +1, \quad s_j = -1 \text{ if flip}_j \text{ else } +1
+
+    i.e. ``y = +1`` iff ``dot >= t`` (unflipped). ``flip`` serves a folded normalization with a
+    negative scale: ``sign(g (dot - mu) + beta)`` with ``g < 0`` is ``-sign(dot - t)``
+    (up to the tie ``dot == t``, where this function gives ``-1``).
+
+    Parameters
+    ----------
+    a_words, b_words, k
+        As in :func:`matmul`.
+    thresholds : float or array_like, shape (N,)
+        Per output column; real (non-integer thresholds act as their ceiling), +-inf allowed.
+    flip : array_like of bool, shape (N,), optional
+        Negate the output of these columns.
+
+    Returns
+    -------
+    ndarray, shape (M, ceil(N/64)), uint64
+        Packed ``y`` (bit set = -1, padding bits 0).
+    """
+    a, b, panels, k = _matmul_operands(a_words, b_words, k)
+    n_columns = b.shape[0]
+    t = _check_thresholds(thresholds, n_columns, k)
+    flip_words = _flip_words(flip, n_columns)
+    # dot < t  <=>  k - 2 popcount < t  <=>  popcount > floor((k - t) / 2)
+    limits = _padded_limits((k - t) // 2, panels.shape[0])
+    out = np.zeros((a.shape[0], _k.n_words(n_columns)), np.uint64)
+    _k.xnor_gemm_threshold(a, panels, limits, flip_words, out)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Convolutions
+# ---------------------------------------------------------------------------------------------------
+
+def _conv_operands(x_words, w_words, c_in, stride, padding):
+    x = _check_words(x_words, "x_words", ndim=4)
+    w, panels = _weights(w_words, "w_words", ndim=4)
+    c_in = _check_int(c_in, "c_in", 1)
+    if _k.n_words(c_in) != x.shape[3]:
+        raise ValueError(f"c_in: c_in={c_in} needs ceil({c_in}/64)={_k.n_words(c_in)} words per pixel, "
+                         f"but x_words has {x.shape[3]} (shape {x.shape})")
+    if w.shape[3] != x.shape[3]:
+        raise ValueError(f"w_words: expected {x.shape[3]} channel words like x_words, got shape {w.shape}")
+    _check_padding_bits(x, c_in, "x_words")
+    _check_padding_bits(w, c_in, "w_words")
+    sh, sw = _check_pair(stride, "stride", 1)
+    ph, pw = _check_pair(padding, "padding", 0)
+    _, height, width, _ = x.shape
+    _, kh, kw, _ = w.shape
+    out_h = (height + 2 * ph - kh) // sh + 1
+    out_w = (width + 2 * pw - kw) // sw + 1
+    if out_h < 1 or out_w < 1:
+        raise ValueError(f"w_words: kernel {kh}x{kw} does not fit the padded input {height + 2 * ph}x{width + 2 * pw}")
+    row_class, row_ranges = _k.padding_classes(height, kh, sh, ph, out_h)
+    col_class, col_ranges = _k.padding_classes(width, kw, sw, pw, out_w)
+    tap_sums = c_in - 2 * _k.popcount_reference(w).sum(axis=-1)  # (C_out, kh, kw): sum_ci w[co, ci, dy, dx]
+    corrections = _k.padding_corrections(tap_sums, row_ranges, col_ranges)
+    geometry = np.array([kh, kw, sh, sw, ph, pw], np.int64)
+    return x, w, panels, c_in * kh * kw, geometry, corrections, row_class, col_class
+
+
+def conv2d(x_words, w_words, c_in, stride=1, padding=0):
+    r"""Binary 2-D convolution (cross-correlation) of packed +-1 maps with zero padding.
+
+    .. math:: y[b, co, oy, ox] = \sum_{ci, dy, dx} x_{pad}[b, ci, oy s_h + dy, ox s_w + dx]\, w[co, ci, dy, dx]
+
+    where ``x_pad`` is ``x`` padded with zeros; the padding is handled exactly (see the module
+    docstring), so ``y`` equals the float convolution of the unpacked +-1 arrays.
+
+    Parameters
+    ----------
+    x_words : ndarray, shape (B, H, W, ceil(c_in/64)), uint64
+        Input maps (B, c_in, H, W) packed along channels (:func:`pack_channels`).
+    w_words : ndarray, shape (C_out, kh, kw, ceil(c_in/64)), uint64, or PreparedWeights
+        Weights (C_out, c_in, kh, kw) packed along input channels (:func:`pack_channels`).
+    c_in : int
+        True number of input channels.
+    stride, padding : int or (int, int)
+        Vertical and horizontal stride (>= 1) and zero padding (>= 0).
+
+    Returns
+    -------
+    ndarray, shape (B, C_out, H_out, W_out), int32
+        ``H_out = (H + 2 p_h - kh) // s_h + 1``, ``W_out = (W + 2 p_w - kw) // s_w + 1``.
+    """
+    x, w, panels, k, geometry, corrections, row_class, col_class = _conv_operands(x_words, w_words, c_in,
+                                                                                   stride, padding)
+    out = np.empty((x.shape[0], w.shape[0], len(row_class), len(col_class)), np.int32)
+    padded = np.zeros(corrections.shape[:2] + (panels.shape[0] * _k.PANEL_LANES,), np.int32)
+    padded[..., :w.shape[0]] = corrections
+    _k.xnor_conv2d(x, panels, k, geometry, padded, row_class, col_class, out)
+    return out
+
+
+def conv2d_threshold(x_words, w_words, c_in, thresholds, flip=None, stride=1, padding=0):
+    r"""Fused ``sign(conv2d(x, w) - thresholds)`` packed in the input layout, so conv layers chain.
+
+    .. math:: y[b, co, oy, ox] = s_{co}\, \mathrm{sign}(\mathrm{conv}[b, co, oy, ox] - t_{co}),
+              \quad \mathrm{sign}(0) = +1, \quad s_{co} = -1 \text{ if flip}_{co} \text{ else } +1
+
+    Parameters
+    ----------
+    x_words, w_words, c_in, stride, padding
+        As in :func:`conv2d`.
+    thresholds : float or array_like, shape (C_out,)
+        Per output channel; real, +-inf allowed.
+    flip : array_like of bool, shape (C_out,), optional
+        Negate these output channels (folded normalization with a negative scale).
+
+    Returns
+    -------
+    ndarray, shape (B, H_out, W_out, ceil(C_out/64)), uint64
+        Packed ``y`` (bit set = -1, padding bits 0): a valid ``x_words`` for the next layer.
+    """
+    x, w, panels, k, geometry, corrections, row_class, col_class = _conv_operands(x_words, w_words, c_in,
+                                                                                   stride, padding)
+    c_out = w.shape[0]
+    t = _check_thresholds(thresholds, c_out, k)
+    flip_words = _flip_words(flip, c_out)
+    n_row_classes, n_col_classes = corrections.shape[:2]
+    # true dot = k - 2 popcount - correction < t  <=>  popcount > floor((k - correction - t) / 2)
+    limits = _padded_limits(((k - corrections - t) // 2).reshape(n_row_classes * n_col_classes, c_out),
+                            panels.shape[0])
+    limit_class = row_class[:, None] * n_col_classes + col_class[None, :]  # (H_out, W_out)
+    out = np.zeros((x.shape[0], len(row_class), len(col_class), _k.n_words(c_out)), np.uint64)
+    _k.xnor_conv2d_threshold(x, panels, geometry, limits, limit_class, flip_words, out.reshape(-1, out.shape[3]))
+    return out
