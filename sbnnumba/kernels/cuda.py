@@ -1,0 +1,642 @@
+r"""numba.cuda kernels: PSA flip propagation (dense, conv), XNOR-popcount GEMM / conv, element-wise pieces.
+
+Every kernel has the inputs and outputs of its CPU counterpart (:mod:`sbnnumba.kernels.cpu`,
+:mod:`sbnnumba.kernels.conv_cpu`, :mod:`sbnnumba.kernels.bitpack`) and is checked against the NumPy
+references (:mod:`sbnnumba.kernels.reference`, :mod:`sbnnumba.kernels.conv_reference`, the
+``*_reference`` functions of :mod:`sbnnumba.kernels.bitpack`), on a real GPU or in numba's CUDA
+simulator (``NUMBA_ENABLE_CUDASIM=1``). Host-side routing (uploads, launch configurations, the
+device weight cache) lives in :mod:`sbnnumba.kernels.cuda_backend`; call the kernels through it.
+
+Nothing is compiled and CUDA is not initialized at import time: ``@cuda.jit`` compiles lazily at
+the first launch, and the tiled kernels are built by ``*_kernel(...)`` factories (cached per tile
+configuration and dtype, since shared-memory shapes and dtypes are compile-time constants).
+No kernel draws random numbers: uniforms are drawn on the host and passed in.
+
+Kernels
+-------
+PSA flip propagation, dense (spec psa.md, sections 2.8-2.9),
+``d_in[b,i] = sum_j Delta[b,i,j] d_out[b,j]``,
+``Delta[b,i,j] = F(-x_out[b,j](a[b,j] - 2 W[j,i] x_in[b,i])) - F(-x_out[b,j] a[b,j])``:
+
+* :func:`dense_flip_ratio_kernel` (logistic): ``d_in[b,i] = A[b] - sum_j g[b,j] r(e[b,j], K[i,j], x_in[b,i])``
+  with ``g = x_out d_out``, ``e = exp(-a)``, ``K = exp(+2 W^T)``, ``A[b] = sum_j g sigma(a)`` and
+  ``r = 1 / (1 + e K)`` for ``x_in = +1``, ``r = K / (K + e)`` (``= 1 / (1 + e / K)``) for ``x_in = -1``,
+  so one exp-kernel serves both signs; written ``g p / (p + e q)`` with ``(p, q) = (1, K)`` or ``(K, 1)``
+  chosen by selects (``x_in`` differs across a warp): a multiply, a multiply-add and a division
+  per connection.
+  Valid while ``|a| <= 40`` and ``|2W| <= 40`` (the host routing falls back to the generic form
+  otherwise, as the CPU kernels do).
+* :func:`dense_flip_generic_kernel` (every noise family): one ``cdf_lower`` per connection, with
+  ``F(v)``, ``F(-v)`` (``v = -x_out a``) computed once per output unit while staging.
+
+  Both are tiled: a block computes a tile of ``(tile_b, tile_i)`` outputs (threads ``(tile_i,
+  tile_b / rows_per_thread)``, each thread ``rows_per_thread`` batch rows of one input unit ``i``)
+  and loops over ``j`` in tiles of ``tile_j`` staged in shared memory: the per-unit values
+  ``(e, g)`` resp. ``(v, x_out, d_out, F(v), F(-v))`` of ``tile_b`` rows and the weight tile
+  ``(tile_i, tile_j)`` (padded by one column against bank conflicts). Partial tiles are padded
+  with neutral values (``g = 0`` resp. ``d = 0``) and not stored.
+
+PSA flip propagation, conv (spec psa.md, section 2.10), direct form: one thread per input unit
+``(b, r, y, x)`` gathers over the output channels ``c`` and the taps ``(dy, dx)`` whose output
+position ``((y + ph - dy) / sh, (x + pw - dx) / sw)`` is an integer inside the output map (so
+padding never flips and stride > 1 needs no dense grid). Consecutive threads share ``(b, r)``,
+so the kernel-tap loads are warp-uniform (broadcast) and the output-map loads are coalesced.
+
+* :func:`flip_conv_ratio` (logistic): ``d_in = A - R`` with the all-ones term
+  ``A[b,y,x] = sum_{taps} T[b,oy,ox]``, ``T = sum_c g sigma(a)`` (:func:`sum_axis1`), and the ratio
+  term as for dense layers with ``K = exp(+2 W)``.
+* :func:`flip_conv_generic`: ``Delta = F(u) - F(v)``, ``u = v + 2 x_out W x_in``, evaluated as
+  ``F(-v) - F(-u)`` when ``u + v > 0`` (no cancellation), ``F(v)``, ``F(-v)`` precomputed per output
+  unit (:func:`generic_units`).
+
+Bit-packed kernels (layout of :mod:`sbnnumba.bitpack`: bit set = -1, zero padding bits):
+
+* :func:`xnor_gemm_kernel`: ``out[i,j] = K - 2 sum_w popc(A[i,w] ^ B[j,w])`` (int32), tiled: a block
+  computes ``(tile_m, tile_n)`` outputs, each thread ``rows_per_thread`` rows of one column,
+  looping over the words in tiles of ``tile_w`` staged in shared memory.
+* :func:`xnor_gemm_threshold_kernel`: the same dot products, then bit ``j`` of row ``i`` is
+  ``(dot < t[j]) XOR flip[j]``, OR-reduced in shared memory into one packed uint64 word per row and
+  block (a block spans exactly 64 columns): the output is the next layer's packed input.
+* :func:`xnor_conv2d`: direct binary convolution, one thread per output; taps falling into the zero
+  padding are skipped, i.e. ``out = n_valid_taps * C_in - 2 popc(...)``, the exact zero-padded
+  result (equal to :func:`sbnnumba.bitpack.conv2d`'s "+1 padding minus correction").
+* :func:`sign_pack_channels`: packed ``sign(dot - t) * flip`` of conv outputs, channels last.
+
+Element-wise (flat arrays): :func:`sample_states` (``x = +1 if u < F(a) else -1``),
+:func:`st_factor` (``2 p(a)``), :func:`psa_preactivation_grad` (``-x p(a) d``), the PSA
+preparation kernels :func:`ratio_units`, :func:`generic_units`, :func:`exp2`, :func:`exp2_transpose`,
+and :func:`abs_max` (for the ratio form's safe-range test on device arrays).
+
+Kernels avoid the builtins ``min``/``max`` (numba 0.68's CUDA target compiles their generic
+``*args`` overload as a device function and fails); conditional expressions are used instead.
+
+Popcounts use ``cuda.popc`` on ``uint64`` words (``popc.b64`` on the device; ``bin(x).count("1")``
+in the simulator, which is why words must be unsigned).
+"""
+import functools
+import math
+
+import numba
+import numpy as np
+from numba import cuda
+
+from .scalar import LOGISTIC, cdf, cdf_lower, pdf
+
+# Default tile configurations (threads per block = product of the thread dimensions).
+DENSE_TILE = dict(tile_i=32, tile_b=16, rows_per_thread=2, tile_j=32)  # 32 x 8 = 256 threads
+GEMM_TILE = dict(tile_n=32, tile_m=32, rows_per_thread=4, tile_w=8)  # 32 x 8 = 256 threads
+GEMM_THRESHOLD_TILE = dict(tile_m=16, rows_per_thread=4, tile_w=8)  # 64 x 4 = 256 threads
+THREADS_1D = 128  # element-wise and direct-form kernels
+
+
+def _numba_dtype(dtype_name):
+    return numba.from_dtype(np.dtype(dtype_name))
+
+
+# ---------------------------------------------------------------------------------------------------
+# PSA flip propagation, dense: tiled kernels
+# ---------------------------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def dense_flip_ratio_kernel(dtype_name="float32", tile_i=32, tile_b=16, rows_per_thread=2, tile_j=32):
+    """Logistic ratio-form dense flip kernel ``kernel(x_in, e, g, k, a_term, d_in)`` for a tile config.
+
+    Arguments (device arrays, dtype ``dtype_name``): ``x_in`` (B, N_in) +-1; ``e = exp(-a)`` and
+    ``g = x_out d_out`` (B, N_out); ``k = exp(2 W^T)`` (N_in, N_out); ``a_term`` (B,)
+    ``= sum_j g sigma(a)``; output ``d_in`` (B, N_in). Launch with
+    ``grid = (ceil(N_in / tile_i), ceil(B / tile_b))``, ``block = (tile_i, tile_b // rows_per_thread)``.
+    """
+    if tile_b % rows_per_thread:
+        raise ValueError(f"tile_b: expected a multiple of rows_per_thread={rows_per_thread}, got {tile_b}")
+    nb = _numba_dtype(dtype_name)
+    ti_n, tb_threads, rb, tj = tile_i, tile_b // rows_per_thread, rows_per_thread, tile_j
+    tb_n = tile_b
+    tj_pad = tj + 1  # shared-memory shapes must be compile-time constants
+    n_threads = ti_n * tb_threads
+
+    @cuda.jit(fastmath=True)
+    def kernel(x_in, e, g, k, a_term, d_in):
+        ti = cuda.threadIdx.x
+        tb = cuda.threadIdx.y
+        i0 = cuda.blockIdx.x * ti_n
+        b0 = cuda.blockIdx.y * tb_n
+        n_batch = x_in.shape[0]
+        n_in = x_in.shape[1]
+        n_out = e.shape[1]
+        i = i0 + ti
+        tid = tb * ti_n + ti
+        sh_e = cuda.shared.array((tb_n, tj), nb)
+        sh_g = cuda.shared.array((tb_n, tj), nb)
+        sh_k = cuda.shared.array((ti_n, tj_pad), nb)
+        acc = cuda.local.array(rb, nb)
+        sgn = cuda.local.array(rb, nb)
+        zero = nb(0)
+        one = nb(1)
+        for r in range(rb):
+            acc[r] = zero
+            b = b0 + tb + tb_threads * r
+            sgn[r] = x_in[b, i] if (b < n_batch and i < n_in) else one
+        for j0 in range(0, n_out, tj):
+            for t in range(tid, tb_n * tj, n_threads):  # per-unit values, coalesced along j
+                rr = t // tj
+                jj = t - rr * tj
+                b = b0 + rr
+                j = j0 + jj
+                if b < n_batch and j < n_out:
+                    sh_e[rr, jj] = e[b, j]
+                    sh_g[rr, jj] = g[b, j]
+                else:
+                    sh_e[rr, jj] = zero
+                    sh_g[rr, jj] = zero  # g = 0: no contribution
+            for t in range(tid, ti_n * tj, n_threads):  # exp-kernel tile, coalesced along j
+                ii = t // tj
+                jj = t - ii * tj
+                if i0 + ii < n_in and j0 + jj < n_out:
+                    sh_k[ii, jj] = k[i0 + ii, j0 + jj]
+                else:
+                    sh_k[ii, jj] = one
+            cuda.syncthreads()
+            for jj in range(tj if j0 + tj <= n_out else n_out - j0):
+                kk = sh_k[ti, jj]
+                for r in range(rb):
+                    row = tb + tb_threads * r
+                    # x_in = +1: sigma(a - 2w) = 1 / (1 + e^{-a} e^{2w});  x_in = -1: sigma(a + 2w) =
+                    # e^{2w} / (e^{2w} + e^{-a}). Selects, not branches: x_in differs across a warp.
+                    p = one if sgn[r] > zero else kk
+                    q = kk if sgn[r] > zero else one
+                    acc[r] += sh_g[row, jj] * p / (p + sh_e[row, jj] * q)
+            cuda.syncthreads()
+        for r in range(rb):
+            b = b0 + tb + tb_threads * r
+            if b < n_batch and i < n_in:
+                d_in[b, i] = a_term[b] - acc[r]
+
+    return kernel
+
+
+@functools.lru_cache(maxsize=None)
+def dense_flip_generic_kernel(dtype_name="float32", tile_i=32, tile_b=16, rows_per_thread=2, tile_j=32):
+    """Generic dense flip kernel ``kernel(code, x_in, a, x_out, d_out, weight, d_in)``.
+
+    ``weight`` is (N_out, N_in) as in the layer; the other arrays as in
+    :func:`sbnnumba.kernels.cpu.flip_propagate_dense`. Launch as :func:`dense_flip_ratio_kernel`.
+    """
+    if tile_b % rows_per_thread:
+        raise ValueError(f"tile_b: expected a multiple of rows_per_thread={rows_per_thread}, got {tile_b}")
+    nb = _numba_dtype(dtype_name)
+    ti_n, tb_threads, rb, tj = tile_i, tile_b // rows_per_thread, rows_per_thread, tile_j
+    tb_n = tile_b
+    tj_pad = tj + 1  # shared-memory shapes must be compile-time constants
+    n_threads = ti_n * tb_threads
+
+    @cuda.jit
+    def kernel(code, x_in, a, x_out, d_out, weight, d_in):
+        ti = cuda.threadIdx.x
+        tb = cuda.threadIdx.y
+        i0 = cuda.blockIdx.x * ti_n
+        b0 = cuda.blockIdx.y * tb_n
+        n_batch = x_in.shape[0]
+        n_in = x_in.shape[1]
+        n_out = a.shape[1]
+        i = i0 + ti
+        tid = tb * ti_n + ti
+        sh_v = cuda.shared.array((tb_n, tj), nb)  # v = -x_out a
+        sh_s = cuda.shared.array((tb_n, tj), nb)  # x_out
+        sh_d = cuda.shared.array((tb_n, tj), nb)  # d_out
+        sh_lo = cuda.shared.array((tb_n, tj), nb)  # F(v)
+        sh_hi = cuda.shared.array((tb_n, tj), nb)  # F(-v)
+        sh_w = cuda.shared.array((ti_n, tj_pad), nb)  # W^T tile
+        acc = cuda.local.array(rb, nb)
+        two_x = cuda.local.array(rb, nb)
+        zero = nb(0)
+        for r in range(rb):
+            acc[r] = zero
+            b = b0 + tb + tb_threads * r
+            two_x[r] = nb(2) * x_in[b, i] if (b < n_batch and i < n_in) else zero
+        for j0 in range(0, n_out, tj):
+            for t in range(tid, tb_n * tj, n_threads):
+                rr = t // tj
+                jj = t - rr * tj
+                b = b0 + rr
+                j = j0 + jj
+                if b < n_batch and j < n_out:
+                    s = x_out[b, j]
+                    v = -s * a[b, j]
+                    sh_v[rr, jj] = v
+                    sh_s[rr, jj] = s
+                    sh_d[rr, jj] = d_out[b, j]
+                    sh_lo[rr, jj] = cdf_lower(code, v)
+                    sh_hi[rr, jj] = cdf_lower(code, -v)
+                else:
+                    sh_v[rr, jj] = zero
+                    sh_s[rr, jj] = zero
+                    sh_d[rr, jj] = zero  # d = 0: no contribution
+                    sh_lo[rr, jj] = zero
+                    sh_hi[rr, jj] = zero
+            for t in range(tid, ti_n * tj, n_threads):  # W^T tile, coalesced along i (rows of W)
+                jj = t // ti_n
+                ii = t - jj * ti_n
+                if i0 + ii < n_in and j0 + jj < n_out:
+                    sh_w[ii, jj] = weight[j0 + jj, i0 + ii]
+                else:
+                    sh_w[ii, jj] = zero
+            cuda.syncthreads()
+            for jj in range(tj if j0 + tj <= n_out else n_out - j0):
+                w = sh_w[ti, jj]
+                for r in range(rb):
+                    row = tb + tb_threads * r
+                    v = sh_v[row, jj]
+                    u = v + sh_s[row, jj] * two_x[r] * w
+                    if u + v > 0:  # upper tail: F(-v) - F(-u), no cancellation
+                        delta = sh_hi[row, jj] - cdf_lower(code, -u)
+                    else:
+                        delta = cdf_lower(code, u) - sh_lo[row, jj]
+                    acc[r] += delta * sh_d[row, jj]
+            cuda.syncthreads()
+        for r in range(rb):
+            b = b0 + tb + tb_threads * r
+            if b < n_batch and i < n_in:
+                d_in[b, i] = acc[r]
+
+    return kernel
+
+
+# ---------------------------------------------------------------------------------------------------
+# PSA flip propagation, conv: direct form (one thread per input unit)
+# ---------------------------------------------------------------------------------------------------
+
+@cuda.jit(fastmath=True)
+def flip_conv_ratio(x_in, e, g, t_sum, k, sh, sw, ph, pw, one, d_in):
+    """Logistic ratio form. ``x_in``, ``d_in`` (B, C_in, H, W); ``e = exp(-a)``, ``g = x_out d_out``
+    (B, C_out, H_out, W_out); ``t_sum = sum_c g sigma(a)`` (B, H_out, W_out); ``k = exp(2W)``
+    (C_out, C_in, kh, kw); ``one``: 1 in the working dtype (keeps float32 arithmetic in float32).
+    1-D launch over B * C_in * H * W threads."""
+    idx = cuda.grid(1)
+    n_batch, c_in, height, width = x_in.shape
+    if idx >= n_batch * c_in * height * width:
+        return
+    c_out, _, kh, kw = k.shape
+    ho, wo = e.shape[2], e.shape[3]
+    x = idx % width
+    rest = idx // width
+    y = rest % height
+    rest = rest // height
+    r = rest % c_in
+    b = rest // c_in
+    positive = x_in[b, r, y, x] > 0
+    ones = one - one  # A: the all-ones term
+    ratio = one - one  # R: the ratio term
+    for dy in range(kh):
+        ty = y + ph - dy
+        if ty < 0 or ty % sh != 0 or ty // sh >= ho:
+            continue
+        oy = ty // sh
+        for dx in range(kw):
+            tx = x + pw - dx
+            if tx < 0 or tx % sw != 0 or tx // sw >= wo:
+                continue
+            ox = tx // sw
+            ones += t_sum[b, oy, ox]
+            for c in range(c_out):
+                kk = k[c, r, dy, dx]
+                p = one if positive else kk  # selects, as in the dense kernel
+                q = kk if positive else one
+                ratio += g[b, c, oy, ox] * p / (p + e[b, c, oy, ox] * q)
+    d_in[b, r, y, x] = ones - ratio
+
+
+@cuda.jit
+def flip_conv_generic(code, x_in, v, s, d, f_lo, f_hi, weight, sh, sw, ph, pw, d_in):
+    """Generic form. ``v = -x_out a``, ``s = x_out``, ``d = d_out``, ``f_lo = F(v)``, ``f_hi = F(-v)``
+    (B, C_out, H_out, W_out); ``weight`` (C_out, C_in, kh, kw). 1-D launch over B * C_in * H * W."""
+    idx = cuda.grid(1)
+    n_batch, c_in, height, width = x_in.shape
+    if idx >= n_batch * c_in * height * width:
+        return
+    c_out, _, kh, kw = weight.shape
+    ho, wo = v.shape[2], v.shape[3]
+    x = idx % width
+    rest = idx // width
+    y = rest % height
+    rest = rest // height
+    r = rest % c_in
+    b = rest // c_in
+    xi = x_in[b, r, y, x]
+    acc = xi - xi
+    for dy in range(kh):
+        ty = y + ph - dy
+        if ty < 0 or ty % sh != 0 or ty // sh >= ho:
+            continue
+        oy = ty // sh
+        for dx in range(kw):
+            tx = x + pw - dx
+            if tx < 0 or tx % sw != 0 or tx // sw >= wo:
+                continue
+            ox = tx // sw
+            for c in range(c_out):
+                dq = d[b, c, oy, ox]
+                vq = v[b, c, oy, ox]
+                u = vq + 2 * s[b, c, oy, ox] * weight[c, r, dy, dx] * xi
+                if u + vq > 0:
+                    delta = f_hi[b, c, oy, ox] - cdf_lower(code, -u)
+                else:
+                    delta = cdf_lower(code, u) - f_lo[b, c, oy, ox]
+                acc += delta * dq
+    d_in[b, r, y, x] = acc
+
+
+# ---------------------------------------------------------------------------------------------------
+# Element-wise and small reduction kernels (1-D launches over flat arrays)
+# ---------------------------------------------------------------------------------------------------
+
+@cuda.jit(fastmath=True)
+def ratio_units(a, x_out, d_out, e, g, gs):
+    """``e = exp(-a)``, ``g = x_out d_out``, ``gs = g sigma(a)`` (flat arrays of one size)."""
+    i = cuda.grid(1)
+    if i < a.shape[0]:
+        ai = a[i]
+        gi = x_out[i] * d_out[i]
+        e[i] = math.exp(-ai)
+        g[i] = gi
+        gs[i] = gi * cdf(LOGISTIC, ai)
+
+
+@cuda.jit
+def generic_units(code, a, x_out, v, f_lo, f_hi):
+    """``v = -x_out a``, ``f_lo = F(v)``, ``f_hi = F(-v)`` (flat)."""
+    i = cuda.grid(1)
+    if i < a.shape[0]:
+        vi = -x_out[i] * a[i]
+        v[i] = vi
+        f_lo[i] = cdf_lower(code, vi)
+        f_hi[i] = cdf_lower(code, -vi)
+
+
+@cuda.jit(fastmath=True)
+def exp2(w, k):
+    """``k = exp(2 w)`` (flat)."""
+    i = cuda.grid(1)
+    if i < w.shape[0]:
+        k[i] = math.exp(w[i] + w[i])
+
+
+@cuda.jit(fastmath=True)
+def exp2_transpose(w, k):
+    """``k[i, j] = exp(2 w[j, i])``: ``w`` (N_out, N_in) -> ``k`` (N_in, N_out); 2-D launch over k."""
+    j, i = cuda.grid(2)
+    if i < k.shape[0] and j < k.shape[1]:
+        k[i, j] = math.exp(w[j, i] + w[j, i])
+
+
+@cuda.jit
+def sum_axis1(x, out):
+    """``out[b, q] = sum_c x[b, c, q]``: ``x`` (B, C, Q) -> ``out`` (B, Q); 1-D launch over B * Q."""
+    idx = cuda.grid(1)
+    n_batch, n_c, n_q = x.shape
+    if idx < n_batch * n_q:
+        b = idx // n_q
+        q = idx - b * n_q
+        acc = x[b, 0, q]
+        for c in range(1, n_c):
+            acc += x[b, c, q]
+        out[b, q] = acc
+
+
+@cuda.jit
+def abs_max(x, out):
+    """``out[0] = max(out[0], max |x|)`` (flat ``x``; ``out`` zero on entry); grid-stride loop."""
+    start = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    m = out[0] - out[0]
+    for i in range(start, x.shape[0], stride):
+        v = abs(x[i])
+        if v > m:
+            m = v
+    cuda.atomic.max(out, 0, m)
+
+
+@cuda.jit
+def sample_states(code, a, u, x):
+    """``x = +1 if u < F(a) else -1`` (flat). ``F`` comes from :func:`sbnnumba.kernels.scalar.cdf` (partly
+    float64), so a float32 sample can differ from the host's only when ``u`` lies within rounding
+    error of ``F(a)``."""
+    i = cuda.grid(1)
+    if i < a.shape[0]:
+        f = cdf(code, a[i])
+        x[i] = 1 if u[i] < f else -1
+
+
+@cuda.jit
+def st_factor(code, a, out):
+    """Deep-ST backward factor ``out = 2 p(a)`` (flat)."""
+    i = cuda.grid(1)
+    if i < a.shape[0]:
+        out[i] = 2 * pdf(code, a[i])
+
+
+@cuda.jit
+def psa_preactivation_grad(code, x, a, d, out):
+    """PSA pre-activation gradient ``out = -x p(a) d`` (flat)."""
+    i = cuda.grid(1)
+    if i < a.shape[0]:
+        out[i] = -x[i] * pdf(code, a[i]) * d[i]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Bit-packed XNOR-popcount kernels
+# ---------------------------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def xnor_gemm_kernel(tile_n=32, tile_m=32, rows_per_thread=4, tile_w=8):
+    """``kernel(a, b, k, out)``: ``out[i, j] = k - 2 sum_w popc(a[i, w] ^ b[j, w])``.
+
+    ``a`` (M, n_words), ``b`` (N, n_words) uint64; ``k`` int64 (true K); ``out`` (M, N) int32.
+    Launch with ``grid = (ceil(N / tile_n), ceil(M / tile_m))``,
+    ``block = (tile_n, tile_m // rows_per_thread)``.
+    """
+    if tile_m % rows_per_thread:
+        raise ValueError(f"tile_m: expected a multiple of rows_per_thread={rows_per_thread}, got {tile_m}")
+    tn, tm, rm, tw = tile_n, tile_m, rows_per_thread, tile_w
+    ty_n = tm // rm
+    tw_pad = tw + 1  # shared-memory shapes must be compile-time constants
+    n_threads = tn * ty_n
+
+    @cuda.jit
+    def kernel(a, b, k, out):
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        n0 = cuda.blockIdx.x * tn
+        m0 = cuda.blockIdx.y * tm
+        n_rows = a.shape[0]
+        n_cols = b.shape[0]
+        n_w = a.shape[1]
+        tid = ty * tn + tx
+        sh_a = cuda.shared.array((tm, tw), numba.uint64)
+        sh_b = cuda.shared.array((tn, tw_pad), numba.uint64)
+        acc = cuda.local.array(rm, numba.int32)
+        for r in range(rm):
+            acc[r] = 0
+        for w0 in range(0, n_w, tw):
+            for t in range(tid, tm * tw, n_threads):
+                rr = t // tw
+                ww = t - rr * tw
+                if m0 + rr < n_rows and w0 + ww < n_w:
+                    sh_a[rr, ww] = a[m0 + rr, w0 + ww]
+                else:
+                    sh_a[rr, ww] = 0
+            for t in range(tid, tn * tw, n_threads):
+                cc = t // tw
+                ww = t - cc * tw
+                if n0 + cc < n_cols and w0 + ww < n_w:
+                    sh_b[cc, ww] = b[n0 + cc, w0 + ww]
+                else:
+                    sh_b[cc, ww] = 0
+            cuda.syncthreads()
+            for ww in range(tw if w0 + tw <= n_w else n_w - w0):
+                bw = sh_b[tx, ww]
+                for r in range(rm):
+                    acc[r] += np.int32(cuda.popc(sh_a[ty + ty_n * r, ww] ^ bw))
+            cuda.syncthreads()
+        col = n0 + tx
+        for r in range(rm):
+            row = m0 + ty + ty_n * r
+            if row < n_rows and col < n_cols:
+                out[row, col] = k - 2 * acc[r]
+
+    return kernel
+
+
+@functools.lru_cache(maxsize=None)
+def xnor_gemm_threshold_kernel(tile_m=16, rows_per_thread=4, tile_w=8):
+    """``kernel(a, b, k, t, flip, out)``: packed ``(dot < t[j]) XOR flip[j]`` (bit set = -1).
+
+    ``t`` (N,) int64 integer thresholds (``y = +1`` iff ``dot >= t``), ``flip`` (N,) uint8, ``out``
+    (M, ceil(N/64)) uint64 (every word written; padding bits 0). A block spans 64 columns = one
+    output word: ``grid = (ceil(N / 64), ceil(M / tile_m))``, ``block = (64, tile_m // rows_per_thread)``.
+    """
+    if tile_m % rows_per_thread:
+        raise ValueError(f"tile_m: expected a multiple of rows_per_thread={rows_per_thread}, got {tile_m}")
+    tn, tm, rm, tw = 64, tile_m, rows_per_thread, tile_w
+    ty_n = tm // rm
+    tw_pad = tw + 1  # shared-memory shapes must be compile-time constants
+    n_threads = tn * ty_n
+
+    @cuda.jit
+    def kernel(a, b, k, t, flip, out):
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        n0 = cuda.blockIdx.x * tn
+        m0 = cuda.blockIdx.y * tm
+        n_rows = a.shape[0]
+        n_cols = b.shape[0]
+        n_w = a.shape[1]
+        tid = ty * tn + tx
+        sh_a = cuda.shared.array((tm, tw), numba.uint64)
+        sh_b = cuda.shared.array((tn, tw_pad), numba.uint64)
+        sh_bits = cuda.shared.array((tm, tn), numba.uint64)
+        acc = cuda.local.array(rm, numba.int32)
+        for r in range(rm):
+            acc[r] = 0
+        for w0 in range(0, n_w, tw):
+            for s in range(tid, tm * tw, n_threads):
+                rr = s // tw
+                ww = s - rr * tw
+                if m0 + rr < n_rows and w0 + ww < n_w:
+                    sh_a[rr, ww] = a[m0 + rr, w0 + ww]
+                else:
+                    sh_a[rr, ww] = 0
+            for s in range(tid, tn * tw, n_threads):
+                cc = s // tw
+                ww = s - cc * tw
+                if n0 + cc < n_cols and w0 + ww < n_w:
+                    sh_b[cc, ww] = b[n0 + cc, w0 + ww]
+                else:
+                    sh_b[cc, ww] = 0
+            cuda.syncthreads()
+            for ww in range(tw if w0 + tw <= n_w else n_w - w0):
+                bw = sh_b[tx, ww]
+                for r in range(rm):
+                    acc[r] += np.int32(cuda.popc(sh_a[ty + ty_n * r, ww] ^ bw))
+            cuda.syncthreads()
+        col = n0 + tx
+        for r in range(rm):
+            bit = np.uint64(0)
+            if col < n_cols:
+                negative = k - 2 * acc[r] < t[col]
+                if negative != (flip[col] != 0):
+                    bit = np.uint64(1) << np.uint64(tx)
+            sh_bits[ty + ty_n * r, tx] = bit
+        cuda.syncthreads()
+        half = tn // 2
+        while half > 0:  # OR-reduce the 64 bits of each row into sh_bits[row, 0]
+            if tx < half:
+                for r in range(rm):
+                    row = ty + ty_n * r
+                    sh_bits[row, tx] = sh_bits[row, tx] | sh_bits[row, tx + half]
+            cuda.syncthreads()
+            half //= 2
+        if tx == 0:
+            for r in range(rm):
+                row = m0 + ty + ty_n * r
+                if row < n_rows:
+                    out[row, cuda.blockIdx.x] = sh_bits[ty + ty_n * r, 0]
+
+    return kernel
+
+
+@cuda.jit
+def xnor_conv2d(x, w, c_in, sh, sw, ph, pw, out):
+    """Zero-padded binary convolution: ``x`` (B, H, W, nw), ``w`` (C_out, kh, kw, nw) uint64,
+    ``out`` (B, C_out, H_out, W_out) int32; taps in the padding are skipped. 1-D launch over ``out``."""
+    idx = cuda.grid(1)
+    n_batch, c_out, ho, wo = out.shape
+    if idx >= n_batch * c_out * ho * wo:
+        return
+    height, width, n_w = x.shape[1], x.shape[2], x.shape[3]
+    kh, kw = w.shape[1], w.shape[2]
+    ox = idx % wo
+    rest = idx // wo
+    oy = rest % ho
+    rest = rest // ho
+    co = rest % c_out
+    b = rest // c_out
+    pop = np.int32(0)
+    n_valid = np.int32(0)
+    for dy in range(kh):
+        iy = oy * sh - ph + dy
+        if iy < 0 or iy >= height:
+            continue
+        for dx in range(kw):
+            ix = ox * sw - pw + dx
+            if ix < 0 or ix >= width:
+                continue
+            n_valid += 1
+            for ww in range(n_w):
+                pop += np.int32(cuda.popc(x[b, iy, ix, ww] ^ w[co, dy, dx, ww]))
+    out[b, co, oy, ox] = n_valid * c_in - 2 * pop
+
+
+@cuda.jit
+def sign_pack_channels(dots, t, flip, out):
+    """Packed signs along channels: bit ``c % 64`` of ``out[b, oy, ox, c // 64]`` is
+    ``(dots[b, c, oy, ox] < t[c]) XOR flip[c]``; ``dots`` (B, C, H, W) int32, ``out`` (B, H, W, ceil(C/64))
+    uint64. 1-D launch over ``out``."""
+    idx = cuda.grid(1)
+    n_batch, n_c, ho, wo = dots.shape
+    n_w = out.shape[3]
+    if idx >= n_batch * ho * wo * n_w:
+        return
+    word = idx % n_w
+    rest = idx // n_w
+    ox = rest % wo
+    rest = rest // wo
+    oy = rest % ho
+    b = rest // ho
+    bits = np.uint64(0)
+    for lane in range(64):
+        c = word * 64 + lane
+        if c < n_c:
+            negative = dots[b, c, oy, ox] < t[c]
+            if negative != (flip[c] != 0):
+                bits |= np.uint64(1) << np.uint64(lane)
+    out[b, oy, ox, word] = bits

@@ -1,0 +1,566 @@
+"""Checks of the numba.cuda kernels against the NumPy references, run in a subprocess by tests/test_cuda.py.
+
+numba reads ``NUMBA_ENABLE_CUDASIM`` when it is imported, so the simulator can only be switched on for
+a whole process: tests/test_cuda.py runs this script with the variable set (``--mode sim``), and the
+rest of the test suite is unaffected. Modes:
+
+* ``sim``: every check in numba's CUDA simulator (requires ``NUMBA_ENABLE_CUDASIM=1``);
+* ``device``: the same checks on a real GPU;
+* ``ptx``: no device needed: compiles every kernel to PTX for a real GPU (``cuda.compile_ptx``,
+  needs libNVVM), which checks the typing and code generation that the simulator does not.
+
+Each check prints one line ``CHECK {"name": ..., "ok": ..., "error": ..., "seconds": ...}``; the exit
+code is 0 when all checks pass, 1 when one fails, 3 (with a ``SKIP reason`` line) when the mode cannot
+run here (no numba.cuda, or no libNVVM for ``ptx``). Shapes are tiny (the simulator runs every thread
+as a Python thread) but chosen so that grids have several blocks and partial tiles in every dimension.
+
+Usage: NUMBA_ENABLE_CUDASIM=1 python tests/cuda_sim_checks.py [--mode sim] [--only name,name]
+"""
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+NOISES = ("logistic", "normal", "uniform", "triangular")
+SMALL_DENSE_TILES = dict(tile_i=4, tile_b=4, rows_per_thread=2, tile_j=3)
+SMALL_GEMM_TILES = dict(tile_n=4, tile_m=4, rows_per_thread=2, tile_w=1)
+SMALL_THRESHOLD_TILES = dict(tile_m=4, rows_per_thread=2, tile_w=1)
+
+
+def close(got, want, name, rtol=1e-4, atol=2e-5):
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    if got.shape != want.shape:
+        raise AssertionError(f"{name}: shape {got.shape} != {want.shape}")
+    if not np.allclose(got, want, rtol=rtol, atol=atol):
+        err = np.abs(got - want).max()
+        raise AssertionError(f"{name}: max abs error {err:.3g} (scale {np.abs(want).max():.3g})")
+
+
+def equal(got, want, name):
+    got, want = np.asarray(got), np.asarray(want)
+    if got.shape != want.shape or got.dtype != want.dtype or not np.array_equal(got, want):
+        raise AssertionError(f"{name}: arrays differ (got {got.dtype}{got.shape}, want {want.dtype}{want.shape}, "
+                             f"{np.sum(got != want) if got.shape == want.shape else 'n/a'} entries differ)")
+
+
+def pm1(rng, shape, dtype=np.float32):
+    return np.where(rng.random(shape) < 0.5, 1, -1).astype(dtype)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Problem generators
+# ---------------------------------------------------------------------------------------------------
+
+def dense_problem(rng, noise, b=3, n_in=5, n_out=7, dtype=np.float32, scale=1.0):
+    from sbnnumba.noise import get_noise
+    x_in = pm1(rng, (b, n_in), dtype)
+    w = (scale * rng.normal(size=(n_out, n_in))).astype(dtype)
+    bias = rng.normal(size=n_out).astype(dtype)
+    a = (x_in @ w.T + bias).astype(dtype)
+    x_out = get_noise(noise).sample(a, rng.random(a.shape).astype(dtype))
+    d_out = rng.normal(size=a.shape).astype(dtype)
+    return x_in, a, x_out, w, d_out
+
+
+def conv_problem(rng, noise, kernel, stride, padding, b=2, c_in=3, hw=(5, 4), c_out=4, dtype=np.float32, scale=1.0):
+    from sbnnumba.kernels import conv_reference
+    from sbnnumba.noise import get_noise
+    x_in = pm1(rng, (b, c_in) + hw, dtype)
+    w = (scale * rng.normal(size=(c_out, c_in) + kernel)).astype(dtype)
+    bias = rng.normal(size=c_out).astype(dtype)
+    a = conv_reference.conv_forward(x_in, w, bias, stride, padding).astype(dtype)
+    x_out = get_noise(noise).sample(a, rng.random(a.shape).astype(dtype))
+    d_out = rng.normal(size=a.shape).astype(dtype)
+    return tuple(np.ascontiguousarray(t) for t in (x_in, a, x_out, w, d_out))
+
+
+def as64(*arrays):
+    return [np.asarray(t, np.float64) for t in arrays]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Checks
+# ---------------------------------------------------------------------------------------------------
+
+def check_dense_flip():
+    """Dense PSA flip propagation: every noise, both forms, small tiles (several blocks, partial tiles)."""
+    from sbnnumba.kernels import cuda_backend as cb, reference
+    from sbnnumba.kernels.scalar import NOISE_CODES
+    rng = np.random.default_rng(0)
+    for noise in NOISES:
+        forms = ("ratio", "generic") if noise == "logistic" else ("generic",)
+        for form in forms:
+            for shape in ((3, 5, 7), (6, 9, 4)):
+                prob = dense_problem(rng, noise, *shape)
+                want = reference.flip_propagate_dense(*as64(*prob[:4]), np.float64(prob[4]), noise)
+                got = cb.flip_propagate_dense(*prob, NOISE_CODES[noise], form=form, tiles=SMALL_DENSE_TILES)
+                if got.dtype != np.float32 or got.shape != prob[0].shape:
+                    raise AssertionError(f"dense {noise}/{form}: got {got.dtype}{got.shape}")
+                close(got, want, f"dense {noise}/{form} {shape}")
+
+
+def check_dense_flip_default_tiles():
+    """Default tile configuration (one partial block of 256 threads) and float64."""
+    from sbnnumba.kernels import cpu, cuda_backend as cb, reference
+    rng = np.random.default_rng(1)
+    for noise, code, dtype in (("logistic", 0, np.float32), ("normal", 1, np.float32), ("logistic", 0, np.float64),
+                               ("triangular", 3, np.float64)):
+        prob = dense_problem(rng, noise, 3, 5, 7, dtype=dtype)
+        want = reference.flip_propagate_dense(*as64(*prob), noise)
+        got = cb.flip_propagate_dense(*prob, code)
+        if got.dtype != dtype:
+            raise AssertionError(f"dense default {noise}: dtype {got.dtype} != {dtype}")
+        close(got, want, f"dense default {noise} {np.dtype(dtype).name}", atol=2e-5 if dtype == np.float32 else 1e-12,
+              rtol=1e-4 if dtype == np.float32 else 1e-10)
+        close(got, cpu.flip_propagate_dense(*prob, code), f"dense default vs cpu {noise}")
+
+
+def check_dense_flip_safe_range():
+    """Outside the ratio form's safe range (|a| or |2W| > 40) the generic form runs, as on the CPU."""
+    from sbnnumba.kernels import cuda_backend as cb, reference
+    rng = np.random.default_rng(2)
+    prob = list(dense_problem(rng, "logistic", 3, 5, 7, scale=30.0))  # |2W| up to ~200, |a| > 40
+    want = reference.flip_propagate_dense(*as64(*prob), "logistic")
+    got = cb.flip_propagate_dense(*prob, 0, form="ratio", tiles=SMALL_DENSE_TILES)
+    if not np.all(np.isfinite(got)):
+        raise AssertionError("safe range: non-finite output")
+    close(got, want, "dense safe-range fallback")
+
+
+def check_dense_flip_device_arrays():
+    """Device arrays in -> device array out, no copies of the inputs; the result matches."""
+    from numba import cuda
+    from sbnnumba.kernels import cuda_backend as cb, reference
+    rng = np.random.default_rng(3)
+    prob = dense_problem(rng, "logistic", 3, 5, 7)
+    dev = [cuda.to_device(t) for t in prob]
+    got = cb.flip_propagate_dense(*dev, 0, tiles=SMALL_DENSE_TILES)
+    if not cb.is_device_array(got):
+        raise AssertionError(f"device inputs: expected a device array, got {type(got).__name__}")
+    close(got.copy_to_host(), reference.flip_propagate_dense(*as64(*prob), "logistic"), "dense device arrays")
+    # mixed host/device inputs also give a device array
+    got2 = cb.flip_propagate_dense(prob[0], dev[1], prob[2], prob[3], prob[4], 0)
+    if not cb.is_device_array(got2):
+        raise AssertionError("mixed inputs: expected a device array")
+    close(got2.copy_to_host(), got.copy_to_host(), "dense mixed inputs")
+    try:
+        cb.flip_propagate_dense(dev[0], cuda.to_device(prob[1].astype(np.float64)), *dev[2:], 0)
+    except TypeError as exc:
+        if "x_in" not in str(exc):
+            raise AssertionError(f"dtype mismatch message should name the argument: {exc}")
+    else:
+        raise AssertionError("device arrays of mixed dtypes should raise TypeError")
+
+
+CONV_GEOMETRIES = (  # (kernel, stride, padding)
+    ((3, 3), (1, 1), (1, 1)), ((2, 3), (2, 1), (0, 1)), ((3, 2), (2, 2), (1, 0)), ((1, 1), (1, 1), (0, 0)))
+
+
+def check_conv_flip():
+    """Conv PSA flip propagation (direct form): kernels, strides and paddings, every noise and form."""
+    from sbnnumba.kernels import conv_reference, cuda_backend as cb
+    from sbnnumba.kernels.scalar import NOISE_CODES
+    rng = np.random.default_rng(4)
+    for noise in NOISES:
+        forms = ("ratio", "generic") if noise == "logistic" else ("generic",)
+        for form in forms:
+            for kernel, stride, padding in CONV_GEOMETRIES:
+                prob = conv_problem(rng, noise, kernel, stride, padding)
+                want = conv_reference.flip_propagate_conv(*as64(*prob), stride, padding, noise)
+                got = cb.flip_propagate_conv(*prob, stride, padding, NOISE_CODES[noise], form=form)
+                close(got, want, f"conv {noise}/{form} k{kernel} s{stride} p{padding}")
+
+
+def check_conv_flip_extra():
+    """float64, the safe-range fallback, device arrays, and agreement with the CPU kernel."""
+    from numba import cuda
+    from sbnnumba.kernels import conv_cpu, conv_reference, cuda_backend as cb
+    rng = np.random.default_rng(5)
+    kernel, stride, padding = (3, 3), (2, 1), (1, 1)
+    prob = conv_problem(rng, "logistic", kernel, stride, padding, dtype=np.float64)
+    want = conv_reference.flip_propagate_conv(*prob, stride, padding, "logistic")
+    close(cb.flip_propagate_conv(*prob, stride, padding, 0), want, "conv float64", rtol=1e-10, atol=1e-12)
+    prob = conv_problem(rng, "logistic", kernel, stride, padding, scale=30.0)
+    want = conv_reference.flip_propagate_conv(*as64(*prob), stride, padding, "logistic")
+    close(cb.flip_propagate_conv(*prob, stride, padding, 0, form="ratio"), want, "conv safe-range fallback")
+    prob = conv_problem(rng, "logistic", kernel, stride, padding)
+    got = cb.flip_propagate_conv(*[cuda.to_device(t) for t in prob], stride, padding, 0)
+    if not cb.is_device_array(got):
+        raise AssertionError("conv device inputs: expected a device array")
+    close(got.copy_to_host(), conv_cpu.flip_propagate_conv(*prob, stride, padding, 0), "conv device vs cpu")
+
+
+def _packed(rng, shape):
+    from sbnnumba import bitpack
+    x = pm1(rng, shape)
+    return x, bitpack.pack(x)
+
+
+def check_xnor_gemm():
+    """XNOR-popcount GEMM (int32) vs the reference and sbnnumba.bitpack.matmul; K = 70, 130 bits."""
+    from sbnnumba import bitpack
+    from sbnnumba.kernels import bitpack as kb, cuda_backend as cb
+    rng = np.random.default_rng(6)
+    for k, m, n, tiles in ((70, 5, 7, SMALL_GEMM_TILES), (130, 5, 7, SMALL_GEMM_TILES), (130, 9, 6, SMALL_GEMM_TILES),
+                           (70, 3, 5, None), (130, 33, 37, None), (64, 2, 3, None)):
+        a, aw = _packed(rng, (m, k))
+        b, bw = _packed(rng, (n, k))
+        got = cb.xnor_matmul(aw, bw, k, tiles=tiles)
+        equal(got, kb.matmul_reference(aw, bw, k), f"gemm k={k} {m}x{n}")
+        equal(got, bitpack.matmul(aw, bw, k), f"gemm vs bitpack.matmul k={k}")
+        equal(got, (a @ b.T).astype(np.int32), f"gemm vs float k={k}")
+    a, aw = _packed(rng, (4, 70))
+    b, bw = _packed(rng, (6, 70))
+    equal(cb.xnor_matmul(aw, bitpack.prepare_weights(bw), 70), kb.matmul_reference(aw, bw, 70), "gemm prepared")
+    from numba import cuda
+    got = cb.xnor_matmul(cuda.to_device(aw), cuda.to_device(bw), 70)
+    if not cb.is_device_array(got):
+        raise AssertionError("gemm device inputs: expected a device array")
+    equal(got.copy_to_host(), kb.matmul_reference(aw, bw, 70), "gemm device arrays")
+
+
+def check_xnor_gemm_threshold():
+    """Fused GEMM + threshold + packed output vs sbnnumba.bitpack.matmul_threshold (inf, flip, ties)."""
+    from sbnnumba import bitpack
+    from sbnnumba.kernels import bitpack as kb, cuda_backend as cb
+    rng = np.random.default_rng(7)
+    for k, m, n, tiles in ((70, 5, 7, SMALL_THRESHOLD_TILES), (130, 6, 70, SMALL_THRESHOLD_TILES),
+                           (130, 3, 5, None), (70, 3, 70, None)):
+        _, aw = _packed(rng, (m, k))
+        _, bw = _packed(rng, (n, k))
+        dots = kb.matmul_reference(aw, bw, k)
+        t = rng.normal(scale=8, size=n)
+        t[0] = dots[0, 0]  # a tie: dot == t gives +1
+        if n > 2:
+            t[1], t[2] = np.inf, -np.inf
+        flip = rng.random(n) < 0.4
+        variants = ((t, flip), (t, None), (2.5, None)) if tiles else ((t, flip),)
+        for thresholds, fl in variants:
+            got = cb.xnor_matmul_threshold(aw, bw, k, thresholds, fl, tiles=tiles)
+            equal(got, kb.matmul_threshold_reference(aw, bw, k, np.ceil(np.clip(np.asarray(thresholds, float),
+                                                                                  -(k + 2), k + 2)), fl),
+                  f"gemm threshold k={k} {m}x{n}")
+            equal(got, bitpack.matmul_threshold(aw, bw, k, thresholds, fl), f"gemm threshold vs bitpack k={k}")
+
+
+def check_binary_conv():
+    """Binary conv on packed maps (exact zero padding) and its fused threshold vs the references."""
+    from sbnnumba import bitpack
+    from sbnnumba.kernels import bitpack as kb, conv_reference, cuda_backend as cb
+    rng = np.random.default_rng(8)
+    for c_in in (3, 70):
+        for kernel, stride, padding in CONV_GEOMETRIES:
+            x, xw = _packed(rng, (2, 5, 4, c_in))
+            w, ww = _packed(rng, (4,) + kernel + (c_in,))
+            got = cb.binary_conv2d(xw, ww, c_in, stride, padding)
+            name = f"binary conv c_in={c_in} k{kernel} s{stride} p{padding}"
+            equal(got, kb.conv2d_reference(xw, ww, c_in, stride, padding), name)
+            equal(got, bitpack.conv2d(xw, ww, c_in, stride, padding), name + " vs bitpack.conv2d")
+            float_conv = conv_reference.conv_forward(np.moveaxis(x, 3, 1), np.moveaxis(w, 3, 1), 0.0, stride, padding)
+            equal(got, np.rint(float_conv).astype(np.int32), name + " vs float conv")
+            t = rng.normal(scale=4, size=4)
+            flip = np.array([True, False, False, True])
+            equal(cb.binary_conv2d_threshold(xw, ww, c_in, t, flip, stride, padding),
+                  bitpack.conv2d_threshold(xw, ww, c_in, t, flip, stride, padding), name + " threshold")
+    from numba import cuda
+    got = cb.binary_conv2d(cuda.to_device(xw), ww, 70, 2, 1)
+    if not cb.is_device_array(got):
+        raise AssertionError("binary conv device input: expected a device array")
+    equal(got.copy_to_host(), kb.conv2d_reference(xw, ww, 70, (2, 2), (1, 1)), "binary conv device array")
+
+
+def check_elementwise():
+    """Sampling from pre-drawn uniforms, the ST factor 2 p(a) and the PSA factor -x p(a) d."""
+    from sbnnumba.kernels import cuda_backend as cb
+    from sbnnumba.noise import get_noise
+    rng = np.random.default_rng(9)
+    for noise in NOISES:
+        nz = get_noise(noise)
+        a = (2 * rng.normal(size=(3, 7))).astype(np.float32)
+        u = rng.random(a.shape).astype(np.float32)
+        x = cb.sample_states(a, u, nz.code)
+        equal(x, nz.sample(a, u), f"sample {noise}")
+        close(cb.st_factor(a, nz.code), nz.mean_grad(a), f"st factor {noise}", atol=1e-6)
+        d = rng.normal(size=a.shape).astype(np.float32)
+        close(cb.psa_preactivation_grad(x, a, d, nz.code), -x * nz.pdf(a) * d, f"psa grad {noise}", atol=1e-6)
+
+
+def check_weight_cache():
+    """Weights are uploaded once and reused while unchanged; in-place changes are detected exactly."""
+    import gc
+
+    from sbnnumba.kernels import cuda_backend as cb, reference
+    rng = np.random.default_rng(10)
+    cache = cb.weight_cache
+    cb.clear_cache()
+    x_in, a, x_out, w, d_out = dense_problem(rng, "logistic", 3, 5, 7)
+    up0 = cache.uploads
+    r1 = cb.flip_propagate_dense(x_in, a, x_out, w, d_out, 0)
+    r2 = cb.flip_propagate_dense(x_in, a, x_out, w, d_out, 0)
+    if cache.uploads != up0 + 1:
+        raise AssertionError(f"two calls with the same weight made {cache.uploads - up0} uploads, expected 1")
+    equal(r1, r2, "cached weight result")
+    derived = list(cache._entries.values())[-1].derived
+    if not derived:
+        raise AssertionError("the ratio form's exp-kernel should be cached with the weight")
+    w[1, 2] += 0.25  # in-place update, as an optimizer does
+    r3 = cb.flip_propagate_dense(x_in, a, x_out, w, d_out, 0)
+    if cache.uploads != up0 + 2:
+        raise AssertionError("an in-place weight change was not re-uploaded")
+    close(r3, reference.flip_propagate_dense(*as64(x_in, a, x_out, w, d_out), "logistic"), "after in-place change")
+    # version tokens replace the content check
+    cb.flip_propagate_dense(x_in, a, x_out, w, d_out, 0, weight_version=1)
+    n = cache.uploads
+    cb.flip_propagate_dense(x_in, a, x_out, w, d_out, 0, weight_version=1)
+    if cache.uploads != n:
+        raise AssertionError("same version token should not re-upload")
+    cb.flip_propagate_dense(x_in, a, x_out, w, d_out, 0, weight_version=2)
+    if cache.uploads != n + 1:
+        raise AssertionError("a new version token should re-upload")
+    # entries go away with their host array
+    entries = len(cache)
+    del w
+    gc.collect()
+    if len(cache) != entries - 1:
+        raise AssertionError(f"cache entries {len(cache)} after deleting the weight, expected {entries - 1}")
+    # the packed kernels use the cache too
+    _, aw = _packed(rng, (3, 70))
+    _, bw = _packed(rng, (5, 70))
+    n = cache.uploads
+    cb.xnor_matmul(aw, bw, 70)
+    cb.xnor_matmul(aw, bw, 70)
+    if cache.uploads != n + 1:
+        raise AssertionError("packed weights should be uploaded once")
+    info = cb.cache_info()
+    if info["entries"] < 1 or info["bytes"] <= 0 or info["hits"] < 1:
+        raise AssertionError(f"cache_info: {info}")
+
+
+def _nets(make, seed=0):
+    import sbnnumba as sb
+    nets = {backend: make(backend) for backend in ("cpu", "cuda")}
+    for key, p in nets["cuda"].params.items():
+        p[...] = nets["cpu"].params[key]
+    if not isinstance(nets["cuda"], sb.Network) or nets["cuda"].backend != "cuda":
+        raise AssertionError("expected a Network on backend 'cuda'")
+    return nets
+
+
+def _compare_grads(nets, x, y, method, seed, name, **options):
+    import sbnnumba as sb
+    out = {b: sb.estimate(method, net, x, y, rng=np.random.default_rng(seed), **options) for b, net in nets.items()}
+    (loss_cpu, g_cpu), (loss_gpu, g_gpu) = out["cpu"], out["cuda"]
+    close(loss_gpu, loss_cpu, f"{name} {method} loss", rtol=1e-5, atol=1e-6)
+    if set(g_cpu) != set(g_gpu):
+        raise AssertionError(f"{name} {method}: gradient keys differ")
+    for key in g_cpu:
+        if g_gpu[key].dtype != g_cpu[key].dtype:
+            raise AssertionError(f"{name} {method} {key}: dtype {g_gpu[key].dtype} != {g_cpu[key].dtype}")
+        scale = np.abs(g_cpu[key]).max() + 1e-3
+        close(g_gpu[key] / scale, g_cpu[key] / scale, f"{name} {method} {key}", rtol=1e-4, atol=1e-5)
+
+
+def check_training_step_dense():
+    """A full PSA / ST step on backend 'cuda' gives the CPU gradients (same rng seed; float32)."""
+    import sbnnumba as sb
+    from sbnnumba.estimators.psa import psa_path_gradient
+    from sbnnumba.kernels import cuda_backend as cb
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(3, 6)).astype(np.float32)
+    y = rng.integers(0, 3, size=3)
+    for noise in ("logistic", "normal"):
+        nets = _nets(lambda backend: sb.Network.dense([6, 5, 7, 4], 3, noise=noise, rng=0, backend=backend))
+        for method in ("psa", "st"):
+            _compare_grads(nets, x, y, method, 5, f"dense {noise}")
+    # common random numbers: the same path on both backends, its states re-sampled on the device
+    nets = _nets(lambda backend: sb.Network.dense([6, 5, 7, 4], 3, rng=1, backend=backend, weight="hidden"))
+    uniforms = [rng.random((3, n)).astype(np.float32) for n in (5, 7, 4)]
+    wu = {p: rng.random(l.eta.shape).astype(np.float32) for p, l in nets["cpu"].latent_layers()}
+    paths = {b: net.sample(x, uniforms=uniforms, weight_uniforms=wu) for b, net in nets.items()}
+    weights = np.full(3, 1 / 3, np.float32)
+    for k, st in enumerate(paths["cuda"].stages):
+        equal(cb.sample_states(st.pre, uniforms[k], nets["cuda"].noise.code), st.state, f"device sample stage {k}")
+    (l_cpu, g_cpu), (l_gpu, g_gpu) = (psa_path_gradient(nets[b], paths[b], y, weights) for b in ("cpu", "cuda"))
+    close(l_gpu, l_cpu, "crn loss", rtol=1e-5, atol=1e-6)
+    for key in g_cpu:
+        scale = np.abs(g_cpu[key]).max() + 1e-3
+        close(g_gpu[key] / scale, g_cpu[key] / scale, f"crn psa {key}", rtol=1e-4, atol=1e-5)
+
+
+def check_training_step_conv():
+    """A PSA / ST step of a small conv network (padding, stride 2, a dense stage) on 'cuda' vs 'cpu'."""
+    import sbnnumba as sb
+
+    def make(backend):
+        rng = np.random.default_rng(0)
+        stages = [sb.Conv2d(3, 4, 3, padding=1, rng=rng), sb.Conv2d(4, 3, (2, 3), stride=(2, 1), rng=rng),
+                  sb.Linear(3 * 2 * 2, 5, rng=rng)]
+        return sb.Network(stages, sb.Linear(5, 3, rng=rng), backend=backend)
+
+    rng = np.random.default_rng(12)
+    x = pm1(rng, (2, 3, 5, 4))
+    y = rng.integers(0, 3, size=2)
+    nets = _nets(make)
+    for method in ("psa", "st"):
+        _compare_grads(nets, x, y, method, 7, "conv")
+
+
+SIM_CHECKS = {
+    "dense_flip": check_dense_flip,
+    "dense_flip_default_tiles": check_dense_flip_default_tiles,
+    "dense_flip_safe_range": check_dense_flip_safe_range,
+    "dense_flip_device_arrays": check_dense_flip_device_arrays,
+    "conv_flip": check_conv_flip,
+    "conv_flip_extra": check_conv_flip_extra,
+    "xnor_gemm": check_xnor_gemm,
+    "xnor_gemm_threshold": check_xnor_gemm_threshold,
+    "binary_conv": check_binary_conv,
+    "elementwise": check_elementwise,
+    "weight_cache": check_weight_cache,
+    "training_step_dense": check_training_step_dense,
+    "training_step_conv": check_training_step_conv,
+}
+
+
+# ---------------------------------------------------------------------------------------------------
+# PTX compilation for a real GPU (no device needed)
+# ---------------------------------------------------------------------------------------------------
+
+def ptx_checks():
+    """One check per kernel: compile it for sm_80 with the argument types the wrappers pass."""
+    import numba
+    from numba import cuda
+
+    from sbnnumba.kernels import cuda as k
+
+    def sig(*args):
+        return tuple(numba.typeof(np.empty((1,) * t[0], t[1])) if isinstance(t, tuple) else numba.typeof(t)
+                     for t in args)
+
+    # Device functions called by a kernel (the register_jitable noise scalars) are compiled for "the
+    # current device"; without one, pretend it is sm_80 (compile_ptx itself takes cc explicitly).
+    import numba.cuda.dispatcher as dispatcher
+
+    class _Sm80:
+        compute_capability = (8, 0)
+
+    dispatcher.get_current_device = lambda: _Sm80()
+
+    checks = {}
+    for dt in (np.float32, np.float64):
+        name = np.dtype(dt).name
+        f1, f2, f4 = (1, dt), (2, dt), (4, dt)
+        one = dt(1)
+        checks[f"ptx_dense_ratio_{name}"] = (k.dense_flip_ratio_kernel(name, **k.DENSE_TILE),
+                                             sig(f2, f2, f2, f2, f1, f2))
+        checks[f"ptx_dense_generic_{name}"] = (k.dense_flip_generic_kernel(name, **k.DENSE_TILE),
+                                               sig(0, f2, f2, f2, f2, f2, f2))
+        checks[f"ptx_conv_ratio_{name}"] = (k.flip_conv_ratio, sig(f4, f4, f4, (3, dt), f4, 1, 1, 1, 1, one, f4))
+        checks[f"ptx_conv_generic_{name}"] = (k.flip_conv_generic, sig(0, f4, f4, f4, f4, f4, f4, f4, 1, 1, 1, 1, f4))
+        checks[f"ptx_units_{name}"] = [(k.ratio_units, sig(f1, f1, f1, f1, f1, f1)),
+                                       (k.generic_units, sig(0, f1, f1, f1, f1, f1)),
+                                       (k.exp2, sig(f1, f1)), (k.exp2_transpose, sig(f2, f2)),
+                                       (k.sum_axis1, sig((3, dt), f2)), (k.abs_max, sig(f1, f1))]
+        checks[f"ptx_elementwise_{name}"] = [(k.sample_states, sig(0, f1, f1, f1)), (k.st_factor, sig(0, f1, f1)),
+                                             (k.psa_preactivation_grad, sig(0, f1, f1, f1, f1))]
+    u1, u2, u4, i2, i4 = (1, np.uint64), (2, np.uint64), (4, np.uint64), (2, np.int32), (4, np.int32)
+    checks["ptx_xnor_gemm"] = (k.xnor_gemm_kernel(**k.GEMM_TILE), sig(u2, u2, 70, i2))
+    checks["ptx_xnor_gemm_threshold"] = (k.xnor_gemm_threshold_kernel(**k.GEMM_THRESHOLD_TILE),
+                                         sig(u2, u2, 70, (1, np.int64), (1, np.uint8), u2))
+    checks["ptx_binary_conv"] = [(k.xnor_conv2d, sig(u4, u4, 3, 1, 1, 1, 1, i4)),
+                                 (k.sign_pack_channels, sig(i4, (1, np.int64), (1, np.uint8), u4))]
+
+    def make(items):
+        items = items if isinstance(items, list) else [items]
+
+        def run():
+            for kernel, signature in items:
+                ptx, _ = cuda.compile_ptx(kernel.py_func, signature, cc=(8, 0), fastmath=True)
+                if ".entry" not in ptx:
+                    raise AssertionError("no kernel entry in the PTX")
+                if "popc" in kernel.py_func.__code__.co_names and "popc.b64" not in ptx:
+                    raise AssertionError("expected 64-bit popcounts (popc.b64) in the PTX")
+        return run
+
+    return {name: make(items) for name, items in checks.items()}
+
+
+def ptx_toolchain_missing():
+    """Why no PTX can be compiled here (no libNVVM / NVRTC), or None: a trivial kernel that calls a
+    register_jitable scalar, compiled like the real ones, must succeed."""
+    import numba
+    from numba import cuda
+
+    from sbnnumba.kernels.scalar import cdf
+
+    def probe(a, out):
+        i = cuda.grid(1)
+        if i < a.shape[0]:
+            out[i] = cdf(0, a[i])
+
+    try:
+        ptx_checks()  # installs the sm_80 stand-in for "the current device"
+        t = numba.typeof(np.empty(1, np.float32))
+        cuda.compile_ptx(probe, (t, t), cc=(8, 0))
+    except Exception as exc:
+        return f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------
+
+SKIPPED = 3  # exit code when the mode cannot run here (the caller skips)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mode", choices=("sim", "device", "ptx"), default="sim")
+    parser.add_argument("--only", default="", help="comma-separated check names")
+    args = parser.parse_args(argv)
+    import numba
+    try:
+        from numba import cuda  # noqa: F401
+    except ImportError as exc:
+        print(f"SKIP numba.cuda cannot be imported: {exc}")
+        return SKIPPED
+    if args.mode == "ptx":
+        reason = ptx_toolchain_missing()
+        if reason:
+            print(f"SKIP cannot compile PTX here: {reason}")
+            return SKIPPED
+    if args.mode == "sim" and not numba.config.ENABLE_CUDASIM:
+        print("--mode sim needs NUMBA_ENABLE_CUDASIM=1 in the environment", file=sys.stderr)
+        return 2
+    if args.mode != "sim" and numba.config.ENABLE_CUDASIM:
+        print(f"--mode {args.mode} must run without NUMBA_ENABLE_CUDASIM", file=sys.stderr)
+        return 2
+    checks = ptx_checks() if args.mode == "ptx" else SIM_CHECKS
+    if args.only:
+        wanted = args.only.split(",")
+        unknown = sorted(set(wanted) - set(checks))
+        if unknown:
+            print(f"unknown checks {unknown}; known: {sorted(checks)}", file=sys.stderr)
+            return 2
+        checks = {name: checks[name] for name in wanted}
+    failed = 0
+    for name, fn in checks.items():
+        start = time.perf_counter()
+        try:
+            fn()
+            ok, error = True, None
+        except Exception as exc:
+            ok, error = False, f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=-3)}"
+            failed += 1
+        print("CHECK " + json.dumps({"name": name, "ok": ok, "error": error,
+                                     "seconds": round(time.perf_counter() - start, 2)}), flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
