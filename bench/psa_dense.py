@@ -48,7 +48,7 @@ def main(argv=None):
     }
     for fn in contenders.values():  # compile and warm up
         fn()
-    med = interleaved_medians(contenders, args.repeats)
+    med = interleaved_medians(contenders, args.repeats, settle=0.05)
     t_mat = max(1, args.repeats // 5)
     med_ref = interleaved_medians(
         {"NumPy reference (materialized Delta)": lambda: reference.flip_propagate_dense(x_in, a, x_out, w, d_out,
@@ -69,7 +69,7 @@ def main(argv=None):
     steps = {m: (lambda m=m: sb.estimate(m, net, x, y, rng=rng)) for m in ("st", "psa")}
     for fn in steps.values():
         fn()
-    med = interleaved_medians(steps, args.repeats)
+    med = interleaved_medians(steps, args.repeats, settle=0.05)
     print("\n2) training step (forward + backward), 784-1024-1024-10, B=128, float32")
     for name, t in med.items():
         print(f"   {name:40s} {t * 1e3:9.2f} ms")

@@ -34,22 +34,71 @@ from .scalar import LOGISTIC, cdf_diff
 RATIO_SAFE_EXPONENT = 40.0
 
 
+_ROWS = 4  # input units per task in the ratio kernel: the output-unit rows of e^{-a} and g are loaded once for 4
+
+
 @numba.njit(parallel=True, fastmath=True, cache=True)
 def _flip_dense_ratio(x_in, exp_neg_a, g, k_pos, k_neg, a_term, one, d_in):
     # x_in (B, N_in); exp_neg_a, g (B, N_out); k_pos, k_neg (N_in, N_out) = exp(+-2 W^T);
     # a_term (B,); one: scalar 1 of the working dtype (keeps float32 arithmetic in float32).
+    # Each task handles 4 consecutive input units of one example, so that every load of
+    # exp_neg_a[b, j] and g[b, j] feeds 4 connections (the loop is bound by loads otherwise).
     n_batch, n_in = x_in.shape
     n_out = g.shape[1]
-    for bi in prange(n_batch * n_in):
-        b = bi // n_in
-        i = bi - b * n_in
-        k_row = k_pos[i] if x_in[b, i] > 0 else k_neg[i]
+    n_blocks = (n_in + _ROWS - 1) // _ROWS
+    for task in prange(n_batch * n_blocks):
+        b = task // n_blocks
+        i0 = (task - b * n_blocks) * _ROWS
         e_row = exp_neg_a[b]
         g_row = g[b]
-        acc = one - one
-        for j in range(n_out):
-            acc += g_row[j] / (one + e_row[j] * k_row[j])
-        d_in[b, i] = a_term[b] - acc
+        if i0 + _ROWS <= n_in:
+            k0 = k_pos[i0] if x_in[b, i0] > 0 else k_neg[i0]
+            k1 = k_pos[i0 + 1] if x_in[b, i0 + 1] > 0 else k_neg[i0 + 1]
+            k2 = k_pos[i0 + 2] if x_in[b, i0 + 2] > 0 else k_neg[i0 + 2]
+            k3 = k_pos[i0 + 3] if x_in[b, i0 + 3] > 0 else k_neg[i0 + 3]
+            s0 = one - one
+            s1 = s0
+            s2 = s0
+            s3 = s0
+            for j in range(n_out):
+                e_j = e_row[j]
+                g_j = g_row[j]
+                s0 += g_j / (one + e_j * k0[j])
+                s1 += g_j / (one + e_j * k1[j])
+                s2 += g_j / (one + e_j * k2[j])
+                s3 += g_j / (one + e_j * k3[j])
+            d_in[b, i0] = a_term[b] - s0
+            d_in[b, i0 + 1] = a_term[b] - s1
+            d_in[b, i0 + 2] = a_term[b] - s2
+            d_in[b, i0 + 3] = a_term[b] - s3
+        else:  # the last, partial block
+            for i in range(i0, n_in):
+                k_row = k_pos[i] if x_in[b, i] > 0 else k_neg[i]
+                acc = one - one
+                for j in range(n_out):
+                    acc += g_row[j] / (one + e_row[j] * k_row[j])
+                d_in[b, i] = a_term[b] - acc
+
+
+_TILE = 32
+
+
+@numba.njit(parallel=True, fastmath=True, cache=True)
+def _ratio_weight_factors(exp_2w, k_pos, k_neg):
+    # k_pos[i, j] = exp(2 W[j, i]) and k_neg = 1 / k_pos from exp_2w = exp(2 W) (NumPy's vectorized exp):
+    # a cache-blocked transpose (a plain strided transpose copy costs several times the exp itself).
+    n_out, n_in = exp_2w.shape
+    n_tiles_i = (n_in + _TILE - 1) // _TILE
+    for t in prange(n_tiles_i):
+        i0 = t * _TILE
+        i1 = min(i0 + _TILE, n_in)
+        for j0 in range(0, n_out, _TILE):
+            j1 = min(j0 + _TILE, n_out)
+            for i in range(i0, i1):
+                for j in range(j0, j1):
+                    k = exp_2w[j, i]
+                    k_pos[i, j] = k
+                    k_neg[i, j] = 1 / k
 
 
 @numba.njit(parallel=True, cache=True)
@@ -120,9 +169,9 @@ def flip_propagate_dense(x_in, a, x_out, weight, d_out, noise_code, form="auto")
         g = x_out * d_out
         a_term = np.einsum("bj,bj->b", g, 0.5 * (1 + np.tanh(0.5 * a))).astype(dtype)
         exp_neg_a = np.exp(-a)
-        two_w_t = 2 * np.ascontiguousarray(weight.T, dtype=dtype)
-        k_pos = np.exp(two_w_t)
-        k_neg = np.exp(-two_w_t)
+        k_pos = np.empty((weight.shape[1], weight.shape[0]), dtype=dtype)
+        k_neg = np.empty_like(k_pos)
+        _ratio_weight_factors(np.exp(2 * np.asarray(weight, dtype=dtype)), k_pos, k_neg)
         _flip_dense_ratio(x_in, exp_neg_a, g, k_pos, k_neg, a_term, dtype.type(1), d_in)
     elif form == "generic":
         weight_t = np.ascontiguousarray(weight.T, dtype=dtype)
