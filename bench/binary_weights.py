@@ -1,0 +1,112 @@
+"""Fully binary networks on Fashion-MNIST: noise/proxy pairs, mirror descent vs SGD on eta, PSA vs ST.
+
+Every configuration trains the same network (binary weights and activations everywhere except the
+real input of the first stage and the real head; batch normalization before every binary activation)
+with the same budget, then reports test accuracy in the three evaluation modes of spec st.md
+section 6: single sample (mean over draws), ensemble of samples, deterministic (``sign(eta)``
+weights, ``sign(a)`` activations, statistics re-estimated for that mode). Results go to
+``docs/results_binary.md`` and ``docs/figures/binary_*.png``.
+
+Usage: python bench/binary_weights.py [--arch mlp] [--epochs 3] [--hidden 512,512] [--train-subset N]
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import machine_info  # noqa: E402
+
+from sbnnumba import datasets, plots, train  # noqa: E402
+
+# (label, estimator, estimator options, activation noise, weight noise, weight rule)
+CONFIGS = [
+    ("logistic + tanh(a/2)' (ST), MD", "st", {}, "logistic", "logistic", "md"),
+    ("uniform + htanh' (ST), MD", "st", {}, "uniform", "uniform", "md"),
+    ("triangular + ApproxSign' (ST), MD", "st", {}, "triangular", "triangular", "md"),
+    ("normal + 2 phi (ST), MD", "st", {}, "normal", "normal", "md"),
+    ("logistic (ST), SGD on eta", "st", {}, "logistic", "logistic", "latent"),
+    ("logistic (PSA), MD", "psa", {}, "logistic", "logistic", "md"),
+    ("logistic + identity ST (mismatch), MD", "st-identity", {}, "logistic", "logistic", "md"),
+    ("logistic + htanh' (Hard ST mismatch), MD", "st-hardtanh", {}, "logistic", "logistic", "md"),
+    ("deterministic-forward ST, MD", "st-deterministic", {}, "logistic", "logistic", "md"),
+]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--arch", default="mlp", choices=["mlp", "conv"])
+    p.add_argument("--hidden", default="512,512")
+    p.add_argument("--width", type=float, default=0.25, help="conv: channel multiplier")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--lr", type=float, default=0.01, help="Adam learning rate (latent weights and the rest)")
+    p.add_argument("--train-subset", type=int, default=None)
+    p.add_argument("--test-samples", type=int, default=10)
+    p.add_argument("--only", default=None, help="comma-separated indices of CONFIGS to run")
+    p.add_argument("--runs-dir", default="runs/binary")
+    p.add_argument("--docs", default="docs")
+    args = p.parse_args(argv)
+    machine_info()
+    ds = datasets.load_fashion_mnist()
+    if args.train_subset:
+        keep = np.random.default_rng(1).permutation(ds.y_train.shape[0])[:args.train_subset]
+        ds.x_train, ds.y_train = ds.x_train[keep], ds.y_train[keep]
+    x_test = datasets.normalize(ds.x_test)
+    chosen = range(len(CONFIGS)) if args.only is None else [int(i) for i in args.only.split(",")]
+    rows, histories = [], {}
+    for idx in chosen:
+        label, method, opts, noise, w_noise, rule = CONFIGS[idx]
+        options = dict(noise=noise, weight="hidden", weight_noise=w_noise, weight_grad=rule, normalize=True)
+        if args.arch == "mlp":
+            options["hidden"] = [int(h) for h in args.hidden.split(",")]
+        else:
+            options["width"] = args.width
+        net = train.build_network(args.arch, ds.x_train.shape[1:], ds.n_classes, seed=1, **options)
+        out = os.path.join(args.runs_dir, f"{args.arch}-{idx}")
+        t0 = time.perf_counter()
+        result = train.fit(net, ds, estimator=method, estimator_options=opts, epochs=args.epochs, lr=args.lr,
+                           out=out, resume=os.path.exists(os.path.join(out, train.CHECKPOINT_NAME)),
+                           progress=False, eval_samples=args.test_samples, plots=False)
+        minutes = (time.perf_counter() - t0) / 60
+        m = train.evaluate(net, x_test, ds.y_test, samples=args.test_samples, rng=0)
+        rows.append(dict(label=label, method=method, noise=noise, weight_noise=w_noise, rule=rule,
+                         acc1=m["acc1"], eacc=m["eacc"], det_acc=m["det_acc"], minutes=minutes))
+        histories[label] = result.history
+        print(f"[{idx}] {label}: single {100 * m['acc1']:.2f}% | ensemble({args.test_samples}) "
+              f"{100 * m['eacc']:.2f}% | deterministic {100 * m['det_acc']:.2f}% | {minutes:.1f} min", flush=True)
+    write_report(args, ds, rows, histories)
+
+
+def write_report(args, ds, rows, histories):
+    os.makedirs(os.path.join(args.docs, "figures"), exist_ok=True)
+    fig = os.path.join("figures", f"binary_{args.arch}_val_accuracy.png")
+    plots.plot_accuracy(histories, os.path.join(args.docs, fig), title=f"fully binary {args.arch}: validation",
+                        keys={"val_eacc": ("ensemble", "-"), "val_det_acc": ("deterministic", "--")})
+    size = args.hidden if args.arch == "mlp" else f"conv width {args.width}"
+    lines = [f"# Fully binary networks on Fashion-MNIST ({args.arch}, {size})", "",
+             f"Data: {ds.name} ({ds.y_train.shape[0]} training images before the 10 % validation split, "
+             f"{ds.y_test.shape[0]} test images). Binary weights (Bernoulli, latent eta ~ U[-1, 1]) and binary "
+             "activations everywhere except the real input of the first stage and the real head; batch "
+             f"normalization before each binary activation; Adam lr {args.lr}, batch 64, {args.epochs} epochs, "
+             "seed 1. Command: `python bench/binary_weights.py " + " ".join(sys.argv[1:]) + "`.", "",
+             f"| configuration | estimator | single sample | ensemble ({args.test_samples}) | deterministic | "
+             "train min |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['label']} | `{r['method']}` | {100 * r['acc1']:.2f} % | {100 * r['eacc']:.2f} % | "
+                     f"{100 * r['det_acc']:.2f} % | {r['minutes']:.1f} |")
+    lines += ["", f"![training curves]({fig})", ""]
+    path = os.path.join(args.docs, f"results_binary_{args.arch}.md")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write("\n".join(lines))
+    os.replace(tmp, path)
+    with open(os.path.join(args.runs_dir, f"{args.arch}-results.json"), "w") as f:
+        json.dump(rows, f, indent=1)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
