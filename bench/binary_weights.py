@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import machine_info  # noqa: E402
 
 from sbnnumba import datasets, plots, train  # noqa: E402
+from sbnnumba.fileio import atomic_write_text  # noqa: E402
 
 # (label, estimator, estimator options, activation noise, weight noise, weight rule)
 CONFIGS = [
@@ -99,12 +100,8 @@ def write_report(args, ds, rows, histories):
                      f"{100 * r['det_acc']:.2f} % | {r['minutes']:.1f} |")
     lines += ["", f"![training curves]({fig})", ""]
     path = os.path.join(args.docs, f"results_binary_{args.arch}.md")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write("\n".join(lines))
-    os.replace(tmp, path)
-    with open(os.path.join(args.runs_dir, f"{args.arch}-results.json"), "w") as f:
-        json.dump(rows, f, indent=1)
+    atomic_write_text(path, "\n".join(lines))
+    atomic_write_text(os.path.join(args.runs_dir, f"{args.arch}-results.json"), json.dumps(rows, indent=1))
     print(f"wrote {path}")
 
 

@@ -52,6 +52,7 @@ except ImportError:  # run from a source checkout without installation
     import sbnnumba
 
 from sbnnumba import datasets, plots, train  # noqa: E402
+from sbnnumba.fileio import atomic_write_text  # noqa: E402
 
 DEFAULT_METHODS = "psa,st,st-hardtanh,concrete,reinforce"
 METHOD_NOTES = {
@@ -253,7 +254,7 @@ def write_report(args, results, meta):
     lines.append("")
     path = os.path.join(args.docs, "results.md")
     text = "\n".join(lines)
-    train._atomic_write(path, lambda f: f.write(text.encode()))
+    atomic_write_text(path, text)
     return path
 
 
@@ -310,7 +311,7 @@ def main(argv=None):
         for method in methods:
             results[f"{arch}-{method}"] = run_one(args, ds, arch, method, results)
             doc = json.dumps(train._jsonable({"meta": meta, "results": results}), indent=1)
-            train._atomic_write(results_path, lambda f: f.write(doc.encode()))
+            atomic_write_text(results_path, doc)
     path = write_report(args, results, meta)
     print(f"benchmark done in {time.perf_counter() - t0:.0f} s; wrote {path} and {os.path.join(args.docs, 'figures')}/")
     for key, r in results.items():

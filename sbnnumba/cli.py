@@ -215,7 +215,7 @@ def _pct(v):
 def report_test(metrics, out, label="test"):
     """Print the test metrics, save ``test_metrics.json`` and ``ensemble_accuracy.png`` in ``out``."""
     from sbnnumba.plots import plot_ensemble_curve
-    from sbnnumba.train import _atomic_write
+    from sbnnumba.fileio import atomic_write_text
 
     s = metrics["samples"]
     print(f"{label}: expected loss {metrics['loss']:.4f} | single-sample acc {_pct(metrics['acc1'])} | "
@@ -224,7 +224,7 @@ def report_test(metrics, out, label="test"):
     ks = [k for k in (1, 2, 4, 8, 16, 32, 64, 128) if k <= s] + ([s] if s not in (1, 2, 4, 8, 16, 32, 64, 128) else [])
     print("ensemble accuracy vs samples: " + ", ".join(f"{k}: {_pct(metrics['curve'][k - 1])}" for k in ks))
     doc = json.dumps(metrics, indent=1)
-    paths = [_atomic_write(os.path.join(out, "test_metrics.json"), lambda f: f.write(doc.encode())),
+    paths = [atomic_write_text(os.path.join(out, "test_metrics.json"), doc),
              plot_ensemble_curve(metrics["curve"], os.path.join(out, "ensemble_accuracy.png"),
                                  title=f"{label} accuracy vs number of samples")]
     return paths

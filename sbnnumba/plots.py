@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Mapping
+
+from .fileio import atomic_write
 
 __all__ = ["save_figure", "plot_loss", "plot_accuracy", "plot_training_curves", "plot_ensemble_curve"]
 
@@ -45,19 +46,7 @@ def save_figure(fig, path, dpi=100):
 
     Creates the parent directory if needed and returns ``path`` as a string.
     """
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight"))
 
 
 def _as_runs(history):

@@ -50,7 +50,6 @@ import io
 import json
 import math
 import os
-import tempfile
 import time
 import warnings
 import zipfile
@@ -63,6 +62,7 @@ from . import architectures, datasets, losses, optim
 from .estimators import common as _common
 from .estimators import registry as _registry
 from .layers import Linear
+from .fileio import atomic_write
 from .validation import as_generator
 
 __all__ = [
@@ -166,28 +166,6 @@ def _dumps(obj):
     return json.dumps(_jsonable(obj), sort_keys=True)
 
 
-def _atomic_write(path, write):
-    """Call ``write(file_object)`` on a temp file next to ``path``, then ``os.replace`` it into place.
-
-    On any exception the temp file is removed and ``path`` keeps its previous content.
-    """
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1] or ".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
-
-
 def _as_float(x, dtype):
     """uint8 images -> ``x / 255`` in ``dtype``; anything else cast to ``dtype``."""
     x = np.asarray(x)
@@ -288,7 +266,7 @@ def save_checkpoint(path, net, optimizer, rng, epoch, history, config):
         arrays[f"buffer/{k}"] = b
     for k, v in optimizer.state_dict().items():
         arrays[f"optim/{k}"] = np.array(v) if not (isinstance(v, list) and not v) else np.array([], dtype=str)
-    return _atomic_write(path, lambda f: np.savez(f, **arrays))
+    return atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 _REQUIRED = ("meta/format", "meta/version", "meta/epoch", "meta/rng_state", "meta/history", "meta/config",
@@ -466,9 +444,9 @@ def write_history(out, history, config=None):
     writer.writeheader()
     for row in history:
         writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
-    p_csv = _atomic_write(os.path.join(out, HISTORY_CSV), lambda f: f.write(buf.getvalue().encode()))
+    p_csv = atomic_write(os.path.join(out, HISTORY_CSV), lambda f: f.write(buf.getvalue().encode()))
     doc = json.dumps(_jsonable({"config": config, "history": history}), indent=1, sort_keys=False)
-    p_json = _atomic_write(os.path.join(out, HISTORY_JSON), lambda f: f.write(doc.encode()))
+    p_json = atomic_write(os.path.join(out, HISTORY_JSON), lambda f: f.write(doc.encode()))
     return p_csv, p_json
 
 

@@ -4,7 +4,7 @@ import pytest
 
 import sbnnumba as sb
 from sbnnumba.testing import enumerate_paths, exact_expected_loss, expected_estimate
-from conftest import NOISE_NAMES, group_rel_error, random_net
+from conftest import group_rel_error, random_net
 
 CORE_METHODS = ["exact", "psa", "st", "st-identity", "st-hardtanh"]
 

@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from sbnnumba.datasets import DEFAULT_DATA_DIRS, find_fashion_mnist, load_idx  # noqa: E402
+from sbnnumba.fileio import atomic_write  # noqa: E402
 
 
 def choose_balanced(labels: np.ndarray, per_class: int, rng: np.random.Generator) -> np.ndarray:
@@ -75,19 +74,7 @@ def build(source: Path, out: Path, seed: int = 1, n_train: int = 1000, n_test: i
             f"numpy default_rng({seed}); built by tools/make_embedded_subset.py"
         ),
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, **payload)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual file mode
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(out, lambda f: np.savez_compressed(f, **payload))
     return out
 
 

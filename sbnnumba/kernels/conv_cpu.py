@@ -45,8 +45,8 @@ import numba
 import numpy as np
 from numba import prange
 
-from .cpu import RATIO_SAFE_EXPONENT
-from .scalar import LOGISTIC, cdf_lower
+from .cpu import resolve_form
+from .scalar import cdf_lower
 
 
 # ---------------------------------------------------------------------------------------------- kernels
@@ -246,13 +246,7 @@ def flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_co
     x_out = np.asarray(x_out, dtype=dtype)
     d_out = np.asarray(d_out, dtype=dtype)
     d_in = np.empty((n_batch, c_in, h * w), dtype=dtype)
-    if form == "auto":
-        form = "ratio" if noise_code == LOGISTIC else "generic"
-    if form == "ratio":
-        if noise_code != LOGISTIC:
-            raise ValueError("form: the ratio form holds for logistic noise only; use 'generic'")
-        if np.abs(a).max() > RATIO_SAFE_EXPONENT or 2 * np.abs(weight).max() > RATIO_SAFE_EXPONENT:
-            form = "generic"
+    form = resolve_form(form, noise_code, a, weight)
     if form == "ratio":
         g = x_out * d_out
         sig = (0.5 * (1 + np.tanh(0.5 * a))).astype(dtype)
@@ -264,15 +258,13 @@ def flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_co
         k_neg = np.exp(-two_w)
         _flip_conv_ratio(x3, _to_grid(np.exp(-a), wq), _to_grid(g, wq), k_pos, k_neg, a_grid, in_index, tap_off,
                          n_q, d_in)
-    elif form == "generic":
+    else:
         w3 = np.ascontiguousarray(weight, dtype=dtype).reshape(c_out, c_in, kh * kw)
         v_grid = _to_grid(-x_out * a, wq)
         f_lo, f_hi = np.empty(v_grid.shape), np.empty(v_grid.shape)
         _lower_tails(noise_code, v_grid.ravel(), f_lo.ravel(), f_hi.ravel())
         _flip_conv_generic(noise_code, x3, v_grid, f_lo, f_hi, _to_grid(2 * x_out, wq), _to_grid(d_out, wq), w3,
                            in_index, tap_off, n_q, n_grid, d_in)
-    else:
-        raise ValueError(f"form: expected 'auto', 'ratio' or 'generic', got {form!r}")
     return d_in.reshape(x_in.shape)
 
 

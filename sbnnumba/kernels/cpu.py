@@ -117,6 +117,24 @@ def _flip_dense_generic(code, x_in, a, x_out, weight_t, d_out, d_in):
         d_in[b, i] = acc
 
 
+def resolve_form(form, noise_code, a, weight):
+    """Pick "ratio" or "generic" for a flip-propagation call (shared by the dense and conv kernels).
+
+    "auto" means the ratio form for logistic noise; the ratio form falls back to "generic" outside its
+    overflow-safe range ``|a| <= 40``, ``|2 W| <= 40``.
+    """
+    if form not in ("auto", "ratio", "generic"):
+        raise ValueError(f"form: expected 'auto', 'ratio' or 'generic', got {form!r}")
+    if form == "auto":
+        form = "ratio" if noise_code == LOGISTIC else "generic"
+    if form == "ratio":
+        if noise_code != LOGISTIC:
+            raise ValueError("form: the ratio form holds for logistic noise only; use 'generic'")
+        if np.abs(a).max() > RATIO_SAFE_EXPONENT or 2 * np.abs(weight).max() > RATIO_SAFE_EXPONENT:
+            form = "generic"
+    return form
+
+
 def _check_dense(x_in, a, x_out, weight, d_out):
     n_batch, n_in = x_in.shape
     if weight.shape[1] != n_in or a.shape != (n_batch, weight.shape[0]):
@@ -158,13 +176,7 @@ def flip_propagate_dense(x_in, a, x_out, weight, d_out, noise_code, form="auto")
     x_out = np.ascontiguousarray(x_out, dtype=dtype)
     d_out = np.ascontiguousarray(d_out, dtype=dtype)
     d_in = np.empty(x_in.shape, dtype=dtype)
-    if form == "auto":
-        form = "ratio" if noise_code == LOGISTIC else "generic"
-    if form == "ratio":
-        if noise_code != LOGISTIC:
-            raise ValueError("form: the ratio form holds for logistic noise only; use 'generic'")
-        if np.abs(a).max() > RATIO_SAFE_EXPONENT or 2 * np.abs(weight).max() > RATIO_SAFE_EXPONENT:
-            form = "generic"
+    form = resolve_form(form, noise_code, a, weight)
     if form == "ratio":
         g = x_out * d_out
         a_term = np.einsum("bj,bj->b", g, 0.5 * (1 + np.tanh(0.5 * a))).astype(dtype)
@@ -173,9 +185,7 @@ def flip_propagate_dense(x_in, a, x_out, weight, d_out, noise_code, form="auto")
         k_neg = np.empty_like(k_pos)
         _ratio_weight_factors(np.exp(2 * np.asarray(weight, dtype=dtype)), k_pos, k_neg)
         _flip_dense_ratio(x_in, exp_neg_a, g, k_pos, k_neg, a_term, dtype.type(1), d_in)
-    elif form == "generic":
+    else:
         weight_t = np.ascontiguousarray(weight.T, dtype=dtype)
         _flip_dense_generic(noise_code, x_in, a, x_out, weight_t, d_out, d_in)
-    else:
-        raise ValueError(f"form: expected 'auto', 'ratio' or 'generic', got {form!r}")
     return d_in
