@@ -19,10 +19,11 @@ from .layers import Linear  # noqa: E402
 from .network import Network, Path, StageSample  # noqa: E402
 from .noise import NOISES, get_noise  # noqa: E402
 from .normalization import Normalized  # noqa: E402
+from .packed import PackedNetwork  # noqa: E402
 from .summary import summary  # noqa: E402
 from .weights import BernoulliWeights  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["Linear", "Conv2d", "Normalized", "BernoulliWeights", "Network", "Path", "StageSample", "estimate",
+__all__ = ["Linear", "Conv2d", "Normalized", "BernoulliWeights", "PackedNetwork", "Network", "Path", "StageSample", "estimate",
            "known_methods", "NOISES", "get_noise", "summary", "architectures", "datasets", "optim"]

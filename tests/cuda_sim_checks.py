@@ -469,7 +469,7 @@ def ptx_checks():
                                        (k.sum_axis1, sig((3, dt), f2)), (k.abs_max, sig(f1, f1))]
         checks[f"ptx_elementwise_{name}"] = [(k.sample_states, sig(0, f1, f1, f1)), (k.st_factor, sig(0, f1, f1)),
                                              (k.psa_preactivation_grad, sig(0, f1, f1, f1, f1))]
-    u1, u2, u4, i2, i4 = (1, np.uint64), (2, np.uint64), (4, np.uint64), (2, np.int32), (4, np.int32)
+    u2, u4, i2, i4 = (2, np.uint64), (4, np.uint64), (2, np.int32), (4, np.int32)
     checks["ptx_xnor_gemm"] = (k.xnor_gemm_kernel(**k.GEMM_TILE), sig(u2, u2, 70, i2))
     checks["ptx_xnor_gemm_threshold"] = (k.xnor_gemm_threshold_kernel(**k.GEMM_THRESHOLD_TILE),
                                          sig(u2, u2, 70, (1, np.int64), (1, np.uint8), u2))
