@@ -8,6 +8,11 @@ the official test set (accuracy vs number of ensemble samples 1..``--test-sample
 are not registered in this installation are skipped with a message; a run that diverges is reported
 as such (its last good checkpoint is still evaluated).
 
+``--lr auto`` chooses each method's constant learning rate first by the PSA paper's search
+(:func:`sbnnumba.train.search_lr`: bounded minimization over ``log10(lr)`` in [-6, 0], at most
+``--lr-trials`` trainings of ``--lr-trial-epochs`` epochs from the same init, scored by the mean running
+training loss); the trials are kept in ``results.json`` and in each run's config.
+
 Runs are kept under ``--runs-dir`` (checkpoints, histories, per-run plots, ``results.json``); with
 ``--resume`` finished runs are reused and interrupted ones continue from their checkpoint;
 ``--report-only`` rewrites the report from ``results.json`` without training.
@@ -67,7 +72,7 @@ METHOD_NOTES = {
 #: Settings that must not change when a benchmark is resumed (they change the runs' results).
 SAME_ON_RESUME = ("data", "train_subset", "test_subset", "hidden", "channels", "noise", "batch_size", "optimizer",
                   "lr", "lr_for", "seed", "val_fraction", "eval_samples", "train_eval_size", "test_samples",
-                  "augment")
+                  "augment", "lr_trials", "lr_trial_epochs", "lr_trial_subset")
 
 
 def _int_list(text):
@@ -83,8 +88,20 @@ def _lr_overrides(items):
         name, sep, value = item.partition("=")
         if not sep:
             raise SystemExit(f"--lr-for: expected METHOD=LR, got {item!r}")
-        out[name] = float(value)
+        out[name] = _lr(value)
     return out
+
+
+def _lr(text):
+    if str(text).strip().lower() == "auto":
+        return "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive learning rate or 'auto', got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive learning rate or 'auto', got {text!r}")
+    return value
 
 
 def parse_args(argv=None):
@@ -104,7 +121,11 @@ def parse_args(argv=None):
     p.add_argument("--noise", default="logistic")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--optimizer", default="adam", choices=["adam", "sgd"])
-    p.add_argument("--lr", type=float, default=1e-3, help="learning rate of every method")
+    p.add_argument("--lr", type=_lr, default=1e-3,
+                   help="learning rate of every method, or 'auto': searched per method (sbnnumba.train.search_lr)")
+    p.add_argument("--lr-trials", type=int, default=10, help="--lr auto: most trial trainings per method")
+    p.add_argument("--lr-trial-epochs", type=int, default=5, help="--lr auto: epochs per trial")
+    p.add_argument("--lr-trial-subset", type=int, default=None, help="--lr auto: train the trials on N images only")
     p.add_argument("--lr-for", action="append", metavar="METHOD=LR", help="per-method learning rate (repeatable)")
     p.add_argument("--seed", type=int, default=1, help="init and training seed (the same for every method)")
     p.add_argument("--val-fraction", type=float, default=0.1)
@@ -148,16 +169,28 @@ def run_one(args, ds, arch, method, results):
     resume = args.resume and os.path.isfile(ckpt)
     if not resume and os.path.isfile(ckpt):
         raise SystemExit(f"{ckpt} exists: pass --resume to continue/reuse it, or choose another --runs-dir")
+    lr_search = None
+    if lr == "auto" and resume:  # searched when the run started: the checkpoint holds the chosen lr
+        saved = train.load_checkpoint(ckpt).config
+        lr, lr_search = float(saved["optimizer"]["lr"]), saved.get("metadata", {}).get("lr_search")
+    elif lr == "auto":
+        print(f"[{key}] searching the learning rate ({args.lr_trials} trials of {args.lr_trial_epochs} epochs)",
+              flush=True)
+        found = train.search_lr(net, ds, estimator=method, max_trials=args.lr_trials, trial_epochs=args.lr_trial_epochs,
+                                trial_subset=args.lr_trial_subset, batch_size=args.batch_size, optimizer=args.optimizer,
+                                seed=args.seed, val_fraction=args.val_fraction, augment=args.augment)
+        lr, lr_search = found.lr, found.as_dict()
     print(f"[{key}] {arch} {options}, {method}, lr {lr:g}, {args.epochs} epochs"
           + (f", time budget {args.time_budget:g} s" if args.time_budget else "") + f" -> {out}", flush=True)
-    row = {"arch": arch, "method": method, "lr": lr, "options": options, "out": out}
+    row = {"arch": arch, "method": method, "lr": lr, "options": options, "out": out, "lr_search": lr_search}
     t0 = time.perf_counter()
     try:
         res = train.fit(net, ds, estimator=method, epochs=args.epochs, batch_size=args.batch_size,
                         optimizer=args.optimizer, lr=lr, seed=args.seed, val_fraction=args.val_fraction,
                         augment=args.augment, eval_samples=args.eval_samples,
                         train_eval_size=args.train_eval_size, out=out, resume=resume, max_time=args.time_budget,
-                        progress=not args.no_progress, metadata={"command": "bench/fashion_mnist.py"})
+                        progress=not args.no_progress,
+                        metadata={"command": "bench/fashion_mnist.py", "lr_search": lr_search})
         history, row["status"] = res.history, res.stopped
     except train.TrainingDiverged as exc:
         print(f"[{key}] {exc}", flush=True)
@@ -202,7 +235,10 @@ def write_report(args, results, meta):
              f"validation split, {meta['n_val']} validation, {meta['n_test']} test images).",
              f"* Budget, the same for every method: {args.epochs} epochs"
              + (f", at most {args.time_budget:g} s of training per run (checked at epoch ends)" if args.time_budget else "")
-             + f"; batch {args.batch_size}; {args.optimizer} lr {args.lr:g}"
+             + f"; batch {args.batch_size}; {args.optimizer} lr "
+             + (f"{args.lr:g}" if args.lr != "auto" else
+                f"searched per method (at most {args.lr_trials} trials of {args.lr_trial_epochs} epochs, "
+                "log10(lr) in [-6, 0], mean running training loss; chosen lr in the table)")
              + (f" (overrides: {', '.join(args.lr_for)})" if args.lr_for else "")
              + "; element-wise gradient clipping at 1e3; data-dependent init on the first batch; init and "
                f"training seed {args.seed}" + ("; flip + crop augmentation" if args.augment else "") + ".",
@@ -219,14 +255,17 @@ def write_report(args, results, meta):
         if not rows:
             continue
         lines += [f"## {arch}", "",
-                  "| method | status | epochs | s / epoch | train loss | val loss | test loss | test acc 1 sample (%) "
+                  "| method | lr | status | epochs | s / epoch | train loss | val loss | val unit entropy (bits) "
+                  "| test loss | test acc 1 sample (%) "
                   f"| test acc ensemble {args.test_samples} (%) | test acc deterministic (%) |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             h = r.get("history") or [{}]
             t = r.get("test", {})
-            lines.append(f"| {r['method']} | {r['status']} | {r.get('epochs', 0)} | {_fmt(r.get('seconds_per_epoch'), digits=1)} "
-                         f"| {_fmt(h[-1].get('train_loss'))} | {_fmt(h[-1].get('val_loss'))} | {_fmt(t.get('loss'))} "
+            lines.append(f"| {r['method']} | {r['lr']:.3g} | {r['status']} | {r.get('epochs', 0)} "
+                         f"| {_fmt(r.get('seconds_per_epoch'), digits=1)} "
+                         f"| {_fmt(h[-1].get('train_loss'))} | {_fmt(h[-1].get('val_loss'))} "
+                         f"| {_fmt(h[-1].get('val_entropy'), digits=3)} | {_fmt(t.get('loss'))} "
                          f"| {_fmt(t.get('acc1'), True)} | {_fmt(t.get('eacc'), True)} | {_fmt(t.get('det_acc'), True)} |")
         lines.append("")
         hists = {r["method"]: r["history"] for r in rows if r.get("history")}
@@ -237,8 +276,11 @@ def write_report(args, results, meta):
             plots.plot_accuracy(hists, os.path.join(figdir, f"fashion_mnist_{arch}_accuracy.png"),
                                 title=f"Fashion-MNIST, {arch}: accuracy",
                                 keys={"train_acc1": ("train, 1 sample", "-"), "val_eacc": ("val, ensemble", "--")})
+            plots.plot_entropy(hists, os.path.join(figdir, f"fashion_mnist_{arch}_entropy.png"),
+                               title=f"Fashion-MNIST, {arch}: validation unit entropy")
             lines += [f"![{arch} loss](figures/fashion_mnist_{arch}_loss.png)",
-                      f"![{arch} accuracy](figures/fashion_mnist_{arch}_accuracy.png)"]
+                      f"![{arch} accuracy](figures/fashion_mnist_{arch}_accuracy.png)",
+                      f"![{arch} unit entropy](figures/fashion_mnist_{arch}_entropy.png)"]
         if curves:
             plots.plot_ensemble_curve(curves, os.path.join(figdir, f"fashion_mnist_{arch}_ensemble.png"),
                                       title=f"Fashion-MNIST, {arch}: test accuracy vs samples")

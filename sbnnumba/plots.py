@@ -7,9 +7,9 @@ sees a half-written file.
 
 A *history* is a list of per-epoch dicts as written by :func:`sbnnumba.train.fit` (keys such as
 ``"epoch"``, ``"train_loss"``, ``"val_loss"``, ``"train_acc1"``, ``"val_acc1"``, ``"val_eacc"``,
-``"val_det_acc"``). Every plotting function accepts either one history or a mapping
-``label -> history`` to compare runs (e.g. estimators) in one figure; missing keys or non-finite
-values are skipped.
+``"val_det_acc"``, ``"val_entropy"``, ``"val_entropy.0"``, ...). Every plotting function accepts
+either one history or a mapping ``label -> history`` to compare runs (e.g. estimators) in one figure;
+missing keys or non-finite values are skipped.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from collections.abc import Mapping
 
 from .fileio import atomic_write
 
-__all__ = ["save_figure", "plot_loss", "plot_accuracy", "plot_training_curves", "plot_ensemble_curve"]
+__all__ = ["save_figure", "plot_loss", "plot_accuracy", "plot_entropy", "plot_training_curves", "plot_ensemble_curve"]
 
 #: key -> (legend text, line style) of the loss curves.
 LOSS_KEYS = {"train_loss": ("train (running)", "-"), "val_loss": ("validation", "--")}
@@ -145,13 +145,75 @@ def plot_accuracy(history, path, title="Accuracy", keys=None):
     return save_figure(fig, path)
 
 
+def _stage_entropy_keys(runs, prefix="val"):
+    """``{prefix}_entropy.<k>`` keys present in any row, sorted by stage index."""
+    found = set()
+    head = f"{prefix}_entropy."
+    for hist in runs.values():
+        for row in hist:
+            for key in row:
+                if key.startswith(head) and key[len(head):].isdigit():
+                    found.add(int(key[len(head):]))
+    return [f"{head}{k}" for k in sorted(found)]
+
+
+def plot_entropy(history, path, title="Unit entropy", keys=None, prefix="val"):
+    """Unit entropy (bits per binary unit, see :func:`sbnnumba.train.evaluate`) vs epochs.
+
+    Parameters
+    ----------
+    history : list of dict, or mapping label -> list of dict
+        One run: the mean over all units (``<prefix>_entropy``, thick black) and one line per stage
+        (``<prefix>_entropy.<k>``). Several runs: the mean over all units of each run.
+    path : str or os.PathLike
+    title : str
+    keys : dict, optional
+        ``key -> (legend text, line style)`` overriding the default choice above.
+    prefix : str
+        Which evaluation's entropy (``"val"``).
+    """
+    runs = _as_runs(history)
+    fig = _new_figure()
+    ax = fig.add_subplot(1, 1, 1)
+    if keys is None and len(runs) == 1:
+        hist = next(iter(runs.values()))
+        label = next(iter(runs))
+        drawn = 0
+        for i, key in enumerate(_stage_entropy_keys(runs, prefix)):
+            xs, ys = _series(hist, key)
+            if xs:
+                text = f"stage {key.rsplit('.', 1)[1]}"
+                ax.plot(xs, ys, color=f"C{i % 10}", marker="o" if len(xs) < 30 else None, markersize=3,
+                        label=f"{label}: {text}" if label else text)
+                drawn += 1
+        xs, ys = _series(hist, f"{prefix}_entropy")
+        if xs:
+            ax.plot(xs, ys, color="k", linewidth=2.2, linestyle="--",
+                    label=f"{label}: all units" if label else "all units")
+            drawn += 1
+    else:
+        drawn = _curves(ax, runs, keys or {f"{prefix}_entropy": ("all units", "-")})
+    _integer_epochs(ax)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("entropy per unit (bits)")
+    ax.set_ylim(bottom=0)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    if drawn:
+        ax.legend(fontsize="small")
+    return save_figure(fig, path)
+
+
 def plot_training_curves(history, out_dir, prefix="", title=""):
-    """Write ``<prefix>loss.png`` and ``<prefix>accuracy.png`` into ``out_dir``; return both paths."""
+    """Write ``<prefix>loss.png``, ``<prefix>accuracy.png`` and ``<prefix>entropy.png`` (unit entropy per
+    stage, :func:`plot_entropy`) into ``out_dir``; return the three paths."""
     out_dir = os.fspath(out_dir)
     sep = " - " if title else ""
     return (plot_loss(history, os.path.join(out_dir, f"{prefix}loss.png"), title=f"{title}{sep}loss"),
             plot_accuracy(history, os.path.join(out_dir, f"{prefix}accuracy.png"),
-                          title=f"{title}{sep}accuracy"))
+                          title=f"{title}{sep}accuracy"),
+            plot_entropy(history, os.path.join(out_dir, f"{prefix}entropy.png"),
+                         title=f"{title}{sep}unit entropy"))
 
 
 def plot_ensemble_curve(curves, path, title="Test accuracy vs number of samples"):

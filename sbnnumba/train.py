@@ -29,10 +29,27 @@ ensemble accuracy (argmax of the mean of ``\hat p`` over the S draws), ``curve[k
 accuracy of the first ``k`` draws, ``det_acc`` = accuracy of the deterministic sign network
 (:meth:`Network.forward_deterministic`, zero noise).
 
+Unit entropy (spec section 5.2, "entropy in bits of the binary units' conditional distributions, per
+unit"): along each sampled path every binary unit ``j`` of stage ``k`` has the conditional law
+``P(X^k_j = +1 | x^{k-1}) = p = F(a^k_j)``, with ``a^k_j`` the pre-activation actually fed to the
+noise (after normalization, if any). Its entropy ``H(p) = -p log2 p - (1 - p) log2 (1 - p)`` bits
+(:func:`unit_entropy`, computed from the log-cdf, so saturated units give exactly 0) is averaged over
+the units, the images and the S samples: ``entropy`` over all units, ``entropy_stages[k]`` over the
+units of stage ``k``. 1 bit = a fair coin, 0 = a deterministic unit. History rows hold them as
+``val_entropy`` and ``val_entropy.<k>``.
+
 Files written into ``out`` (each atomically: temp file + ``os.replace``)
 -----------------------------------------------------------------------
 ``checkpoint.npz`` (after every epoch), ``history.csv``, ``history.json``, ``loss.png``,
-``accuracy.png``.
+``accuracy.png``, ``entropy.png`` (unit entropy vs epochs, per stage).
+
+Learning-rate search (:func:`search_lr`)
+----------------------------------------
+The spec's per-method choice of a constant learning rate: bounded scalar minimization
+(``scipy.optimize.minimize_scalar(method="bounded")``) over ``log10(lr)`` in ``bounds`` (default
+``[-6, 0]``), at most ``max_trials`` (default 10) trials; each trial trains ``trial_epochs`` (default 5)
+epochs from the same initial parameters and the same seed and is scored by the mean running training
+loss; a diverging trial scores ``inf`` (a large finite penalty, growing with the lr, for the minimizer).
 
 Checkpoint format (version 1)
 -----------------------------
@@ -69,7 +86,7 @@ __all__ = [
     "FORMAT", "FORMAT_VERSION", "CHECKPOINT_NAME", "HISTORY_CSV", "HISTORY_JSON",
     "TrainingDiverged", "CheckpointError", "Checkpoint", "FitResult",
     "build_network", "arch_spec", "network_from_spec", "save_checkpoint", "load_checkpoint",
-    "load_network", "evaluate", "fit", "write_history",
+    "load_network", "unit_entropy", "evaluate", "fit", "write_history", "LRTrial", "LRSearchResult", "search_lr",
 ]
 
 FORMAT = "sbnnumba-checkpoint"
@@ -370,7 +387,50 @@ def _rb_head(net, path, y):
     return probs, loss
 
 
-def evaluate(net, x, y, samples=10, rng=None, *, rb=True, deterministic=True, batch_size=500, backend=None):
+_LN2 = math.log(2.0)
+
+
+def unit_entropy(a, noise="logistic"):
+    """Entropy in bits of stochastic binary units with pre-activations ``a``.
+
+    A unit ``x = sign(a - Z)`` is +1 with probability ``p = F(a) = 1 - F(-a)`` (``F`` the noise cdf);
+    its entropy is ``H(p) = -p log2 p - (1 - p) log2 (1 - p)``. Computed from the log-cdf (for
+    logistic noise in the closed form ``log(1 + e) + |a| e / (1 + e)`` nats, ``e = exp(-|a|)``), so it is
+    1 at ``a = 0``, decays smoothly to 0 for saturated units (no ``0 * log 0``; exactly 0 once the terms
+    underflow, e.g. ``|a| >= 1e3`` or ``|a| = inf``) and never produces NaN for finite or infinite ``a``.
+
+    Parameters
+    ----------
+    a : array_like
+        Pre-activations (any shape); float32 stays float32.
+    noise : str or NoiseFamily
+        The units' noise (see :mod:`sbnnumba.noise`).
+
+    Returns
+    -------
+    ndarray
+        ``H`` in bits, the shape of ``a``, values in [0, 1].
+    """
+    from .noise import get_noise
+
+    noise = get_noise(noise)
+    a = np.asarray(a)
+    if a.dtype.kind != "f":
+        a = a.astype(np.float64)
+    if noise.name == "logistic":
+        t = np.minimum(np.abs(a), a.dtype.type(1e3))  # exp(-1e3) = 0: H = 0 exactly, and no inf * 0
+        e = np.exp(-t)
+        h = np.log1p(e) + t * e / (1 + e)
+    else:
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore", under="ignore"):
+            lp, lq = noise.log_cdf(a), noise.log_cdf(-a)  # log p, log(1 - p) (symmetric noise)
+            p, q = np.exp(lp), np.exp(lq)
+            h = np.abs(np.where(p > 0, p * lp, 0) + np.where(q > 0, q * lq, 0))  # both terms <= 0; abs: no -0
+    return np.minimum(h / a.dtype.type(_LN2), 1).astype(a.dtype, copy=False)
+
+
+def evaluate(net, x, y, samples=10, rng=None, *, rb=True, deterministic=True, batch_size=500, backend=None,
+             entropy=True):
     """Test metrics of a stochastic binary network (see the module docstring for the definitions).
 
     Parameters
@@ -389,12 +449,16 @@ def evaluate(net, x, y, samples=10, rng=None, *, rb=True, deterministic=True, ba
         Also compute ``det_acc`` (the sign network).
     batch_size : int
         Examples per chunk (memory: ``batch_size * N_L * K`` floats for the RB head).
+    entropy : bool
+        Also compute the unit entropy (:func:`unit_entropy` of every sampled path's pre-activations).
 
     Returns
     -------
     dict
         ``loss``, ``acc1``, ``eacc`` (S-sample ensemble), ``det_acc`` (or None), ``curve`` (list of
-        S ensemble accuracies for 1..S samples), ``samples``, ``n``.
+        S ensemble accuracies for 1..S samples), ``entropy`` (bits, mean over all binary units, images
+        and samples; None with ``entropy=False``), ``entropy_stages`` (list: the same per stage; None
+        with ``entropy=False``), ``samples``, ``n``.
     """
     if not hasattr(net, "sample"):
         net = load_network(net, backend=backend)
@@ -408,6 +472,8 @@ def evaluate(net, x, y, samples=10, rng=None, *, rb=True, deterministic=True, ba
         raise ValueError(f"y: expected shape ({n},) matching x, got {y.shape}")
     loss_sum, correct1, det_correct = 0.0, 0, 0
     curve_correct = np.zeros(samples, dtype=np.int64)
+    ent_sum = np.zeros(len(net.stages), dtype=np.float64)  # summed bits per stage
+    ent_count = np.zeros(len(net.stages), dtype=np.int64)  # unit evaluations per stage
     with net.evaluating("stochastic"):  # normalization layers use running statistics
         for start in range(0, n, batch_size):
             xb = _as_float(x[start:start + batch_size], net.dtype)
@@ -415,6 +481,10 @@ def evaluate(net, x, y, samples=10, rng=None, *, rb=True, deterministic=True, ba
             acc = None
             for s in range(samples):
                 path = net.sample(xb, rng)
+                if entropy:
+                    for k, st in enumerate(path.stages):  # st.pre is what the noise sees (after normalization)
+                        ent_sum[k] += float(np.sum(unit_entropy(st.pre, net.noise), dtype=np.float64))
+                        ent_count[k] += st.pre.size
                 if rb:
                     probs, loss = _rb_head(net, path, yb)
                 else:
@@ -428,9 +498,13 @@ def evaluate(net, x, y, samples=10, rng=None, *, rb=True, deterministic=True, ba
                 det_correct += int(np.sum(np.argmax(det_probs, axis=1) == yb))
     n_eff = max(n, 1)
     curve = (curve_correct / n_eff).tolist()
+    ent_total = ent_stages = None
+    if entropy:
+        ent_total = float(ent_sum.sum() / max(int(ent_count.sum()), 1))
+        ent_stages = (ent_sum / np.maximum(ent_count, 1)).tolist()
     return {"loss": loss_sum / (n_eff * samples), "acc1": correct1 / (n_eff * samples), "eacc": curve[-1],
             "det_acc": det_correct / n_eff if deterministic else None, "curve": curve,
-            "samples": int(samples), "n": int(n)}
+            "entropy": ent_total, "entropy_stages": ent_stages, "samples": int(samples), "n": int(n)}
 
 
 # ======================================================================================== history
@@ -510,8 +584,12 @@ def _check_resume(saved, current, path):
 
 
 def _metrics_row(prefix, metrics):
-    return {f"{prefix}_loss": metrics["loss"], f"{prefix}_acc1": metrics["acc1"],
-            f"{prefix}_eacc": metrics["eacc"], f"{prefix}_det_acc": metrics["det_acc"]}
+    row = {f"{prefix}_loss": metrics["loss"], f"{prefix}_acc1": metrics["acc1"],
+           f"{prefix}_eacc": metrics["eacc"], f"{prefix}_det_acc": metrics["det_acc"]}
+    if metrics.get("entropy") is not None:
+        row[f"{prefix}_entropy"] = metrics["entropy"]
+        row.update({f"{prefix}_entropy.{k}": v for k, v in enumerate(metrics["entropy_stages"])})
+    return row
 
 
 def fit(net, data, *, estimator="psa", estimator_options=None, epochs=5, batch_size=64, optimizer="adam",
@@ -571,7 +649,7 @@ def fit(net, data, *, estimator="psa", estimator_options=None, epochs=5, batch_s
     max_time : float, optional
         Time budget in seconds for this call: training stops after the first epoch that ends past it.
     plots : bool
-        Write ``loss.png`` and ``accuracy.png`` into ``out`` after each epoch.
+        Write ``loss.png``, ``accuracy.png`` and ``entropy.png`` into ``out`` after each epoch.
     progress : bool
         tqdm bar per epoch (running loss) and a summary line per epoch.
     arch : dict, optional
@@ -697,7 +775,8 @@ def fit(net, data, *, estimator="psa", estimator_options=None, epochs=5, batch_s
         row = {"epoch": epoch, "steps": opt.step_count, "lr": opt.lr, "train_loss": running / seen}
         eval_rng = np.random.default_rng([int(seed), epoch, _EVAL_SALT])
         if train_eval_size:
-            m = evaluate(net, x_tr_eval, y_tr_eval, eval_samples, eval_rng, batch_size=eval_batch_size)
+            m = evaluate(net, x_tr_eval, y_tr_eval, eval_samples, eval_rng, batch_size=eval_batch_size,
+                         entropy=False)
             row.update({"train_eval_loss": m["loss"], "train_acc1": m["acc1"], "train_eacc": m["eacc"],
                         "train_det_acc": m["det_acc"]})
         if x_val.shape[0]:
@@ -709,7 +788,8 @@ def fit(net, data, *, estimator="psa", estimator_options=None, epochs=5, batch_s
             parts = [f"epoch {epoch}/{epochs}", f"train loss {row['train_loss']:.4f}"]
             if "val_loss" in row:
                 parts += [f"val loss {row['val_loss']:.4f}", f"acc1 {100 * row['val_acc1']:.2f}%",
-                          f"ens{eval_samples} {100 * row['val_eacc']:.2f}%", f"det {100 * row['val_det_acc']:.2f}%"]
+                          f"ens{eval_samples} {100 * row['val_eacc']:.2f}%", f"det {100 * row['val_det_acc']:.2f}%",
+                          f"H {row['val_entropy']:.3f} bit"]
             parts.append(f"{train_time:.1f}s")
             tqdm.write(" | ".join(parts))
         if out is not None:
@@ -718,7 +798,7 @@ def fit(net, data, *, estimator="psa", estimator_options=None, epochs=5, batch_s
             if plots:
                 try:
                     from .plots import plot_training_curves
-                    files["loss_png"], files["accuracy_png"] = plot_training_curves(history, out)
+                    files["loss_png"], files["accuracy_png"], files["entropy_png"] = plot_training_curves(history, out)
                 except Exception as exc:  # a broken plot must not end a long run
                     warnings.warn(f"could not write the training plots: {exc}", RuntimeWarning)
         if max_time is not None and time.perf_counter() - t_begin >= max_time and epoch < epochs:
@@ -729,3 +809,252 @@ def fit(net, data, *, estimator="psa", estimator_options=None, epochs=5, batch_s
     return FitResult(history=history, optimizer=opt, epochs_done=len(history) and history[-1]["epoch"],
                      stopped=stopped, config=config, out=None if out is None else os.fspath(out),
                      checkpoint=ckpt_path if ckpt_path and os.path.exists(ckpt_path) else None, files=files)
+
+
+# ================================================================================= lr search
+#: fit() options a learning-rate search sets itself (per trial) and so does not accept.
+_SEARCH_OWN = ("lr", "epochs", "out", "resume", "max_time", "plots", "progress", "train_eval_size", "eval_samples",
+               "eval_batch_size", "arch", "metadata")
+_DIVERGED_PENALTY = 1e6  # objective of a diverged trial (times 1..2, growing with log10 lr)
+
+
+@dataclass
+class LRTrial:
+    """One trial of :func:`search_lr`.
+
+    Attributes
+    ----------
+    trial : int
+        1-based index.
+    lr, log10_lr : float
+    score : float
+        Mean running training loss over the trial's epochs; ``inf`` if the trial diverged.
+    status : str
+        ``"ok"`` or ``"diverged"`` (non-finite loss / gradient / parameters).
+    epochs : int
+        Completed epochs (fewer than ``trial_epochs`` if it diverged).
+    seconds : float
+    error : str or None
+        The divergence message.
+    """
+
+    trial: int
+    lr: float
+    log10_lr: float
+    score: float
+    status: str
+    epochs: int
+    seconds: float
+    error: str | None = None
+
+    def as_dict(self):
+        d = dict(self.__dict__)
+        d["score"] = self.score if math.isfinite(self.score) else None  # JSON has no inf
+        return d
+
+
+@dataclass
+class LRSearchResult:
+    """What :func:`search_lr` returns.
+
+    Attributes
+    ----------
+    lr : float
+        The learning rate of the best (lowest-score) trial.
+    score : float
+        Its score.
+    trials : list of LRTrial
+        In the order run.
+    settings : dict
+        Bounds, max_trials, trial_epochs, trial_subset, estimator, xatol.
+    seconds : float
+        Wall time of the whole search.
+    """
+
+    lr: float
+    score: float
+    trials: list
+    settings: dict
+    seconds: float
+
+    @property
+    def table(self):
+        """``[(lr, score), ...]`` of the trials in the order run."""
+        return [(t.lr, t.score) for t in self.trials]
+
+    def as_dict(self):
+        """JSON-able record (stored in the run's config as ``metadata["lr_search"]`` by the CLI)."""
+        return _jsonable({"lr": self.lr, "score": self.score, "seconds": self.seconds, "settings": self.settings,
+                          "trials": [t.as_dict() for t in self.trials]})
+
+
+def _snapshot(net):
+    """Copies of the parameters and the normalization statistics of ``net``."""
+    params = {k: p.copy() for k, p in net.params.items()}
+    running = [{m: None if st is None else (st[0].copy(), st[1].copy()) for m, st in n.running.items()}
+               for n in net.normalizations()]
+    return params, running
+
+
+def _restore(net, snap):
+    params, running = snap
+    for k, p in net.params.items():
+        p[...] = params[k]
+    for n, saved in zip(net.normalizations(), running):
+        n.running = {m: None if st is None else (st[0].copy(), st[1].copy()) for m, st in saved.items()}
+
+
+def search_lr(net, data, *, estimator="psa", bounds=(-6.0, 0.0), max_trials=10, trial_epochs=5, trial_subset=None,
+              xatol=0.05, progress=True, **fit_options):
+    """Choose a constant learning rate for one method: bounded scalar minimization over ``log10(lr)``.
+
+    Every trial restores the same initial parameters, trains ``trial_epochs`` epochs with :func:`fit`
+    (same seed, so the same batches and noise draws: common random numbers) and is scored by the mean
+    running training loss over its epochs. A trial that diverges (:class:`TrainingDiverged`) scores
+    ``inf`` in the table; the minimizer sees a large finite penalty that grows with the lr and the search
+    goes on. The minimizer is ``scipy.optimize.minimize_scalar(method="bounded")`` with
+    ``maxiter=max_trials`` and ``xatol``; the number of trials never exceeds ``max_trials`` (a point
+    proposed twice is not re-run).
+
+    Parameters
+    ----------
+    net : Network or callable
+        The network to tune (its current parameters are the common initialization; they are restored on
+        return, so ``fit(net, ...)`` afterwards starts from the same point), or a zero-argument factory
+        returning one (called once).
+    data : Dataset, (x, y) or (x_train, y_train, x_val, y_val)
+        As for :func:`fit`; split the same way (``val_fraction``, ``split_seed``). Only the training part
+        is used; no validation is run during the trials.
+    estimator : str
+        The gradient estimator (method) to tune for.
+    bounds : (float, float)
+        ``(lo, hi)`` of ``log10(lr)``, ``lo < hi``; default the spec's ``(-6, 0)``.
+    max_trials : int >= 1
+        Most trials (trainings) run.
+    trial_epochs : int >= 1
+        Epochs per trial.
+    trial_subset : int, optional
+        Train the trials on this many training examples (a fixed random subset of the training part,
+        drawn with ``split_seed``) to make the search affordable; None uses the whole training part.
+    xatol : float > 0
+        Absolute tolerance on ``log10(lr)`` at which the minimizer stops early.
+    progress : bool
+        Print one line per trial.
+    **fit_options
+        Passed to every trial's :func:`fit` (``batch_size``, ``optimizer`` (a name), ``momentum``,
+        ``nesterov``, ``weight_decay``, ``schedule``, ``clip_value``, ``seed``, ``split_seed``,
+        ``val_fraction``, ``augment``, ``data_init``, ``estimator_options``). With ``data_init`` (the
+        default), the data-dependent initialization is done once on the first ``batch_size`` images of the
+        full training part, exactly as :func:`fit` would, and every trial starts from its result.
+
+    Returns
+    -------
+    LRSearchResult
+        ``.lr`` (best trial), ``.score``, ``.trials`` (``.table`` = ``[(lr, score), ...]``), ``.as_dict()``.
+
+    Raises
+    ------
+    ValueError, TypeError
+        Invalid bounds / counts / options (e.g. ``lr`` or ``epochs`` among ``fit_options``, an Optimizer
+        instance instead of a name).
+    TrainingDiverged
+        If every trial diverged (lower the upper bound).
+    """
+    from scipy.optimize import minimize_scalar
+
+    bad = sorted(set(fit_options) & set(_SEARCH_OWN))
+    if bad:
+        raise TypeError(f"search_lr: {bad} are set by the search itself, not accepted as fit options")
+    try:
+        lo, hi = (float(b) for b in bounds)
+    except (TypeError, ValueError):
+        raise ValueError(f"bounds: expected (lo, hi) of log10(lr), got {bounds!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValueError(f"bounds: expected finite log10(lr) bounds with lo < hi, got {bounds!r}")
+    for name, v in (("max_trials", max_trials), ("trial_epochs", trial_epochs)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{name}: expected an integer >= 1, got {v!r}")
+    if trial_subset is not None and (isinstance(trial_subset, bool) or not isinstance(trial_subset, (int, np.integer))
+                                     or trial_subset < 1):
+        raise ValueError(f"trial_subset: expected a positive integer or None, got {trial_subset!r}")
+    if not (isinstance(xatol, (int, float)) and math.isfinite(xatol) and xatol > 0):
+        raise ValueError(f"xatol: expected a positive number, got {xatol!r}")
+    if isinstance(fit_options.get("optimizer"), optim.Optimizer):
+        raise ValueError("optimizer: pass the optimizer by name; an Optimizer instance would carry its state "
+                         "from one trial to the next")
+    _registry.lookup(estimator, dict(fit_options.get("estimator_options") or {}))
+    if not hasattr(net, "sample"):
+        if not callable(net):
+            raise TypeError(f"net: expected a Network or a callable returning one, got {type(net).__name__}")
+        net = net()
+
+    opts = dict(fit_options)
+    batch_size = opts.get("batch_size", 64)
+    x_tr, y_tr, _, _, _ = _split_data(data, opts.get("val_fraction", 0.1), opts.get("split_seed", 1))
+    if x_tr.shape[0] == 0:
+        raise ValueError("data: no training examples")
+    if trial_subset is not None and trial_subset < x_tr.shape[0]:
+        idx = np.sort(np.random.default_rng([int(opts.get("split_seed", 1)), 0x1A5E]).choice(
+            x_tr.shape[0], size=int(trial_subset), replace=False))
+        x_sub, y_sub = x_tr[idx], y_tr[idx]
+    else:
+        x_sub, y_sub = x_tr, y_tr
+    trial_data = (x_sub, y_sub, x_sub[:0], y_sub[:0])
+
+    original = _snapshot(net)
+    trials, cache = [], {}
+    t_begin = time.perf_counter()
+    try:
+        if opts.pop("data_init", True):
+            if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+                raise ValueError(f"batch_size: expected an integer >= 1, got {batch_size!r}")
+            net.initialize_from_data(_as_float(x_tr[:batch_size], net.dtype))  # as fit() would
+        start = _snapshot(net)
+
+        class _Budget(Exception):
+            pass
+
+        def objective(log_lr):
+            log_lr = float(log_lr)
+            if log_lr in cache:
+                return cache[log_lr]
+            if len(trials) >= max_trials:
+                raise _Budget
+            lr = 10.0 ** log_lr
+            _restore(net, start)
+            t0 = time.perf_counter()
+            try:
+                res = fit(net, trial_data, estimator=estimator, epochs=int(trial_epochs), lr=lr, data_init=False,
+                          train_eval_size=0, out=None, progress=False, plots=False, **opts)
+                trial = LRTrial(len(trials) + 1, lr, log_lr, float(np.mean([r["train_loss"] for r in res.history])),
+                                "ok", len(res.history), time.perf_counter() - t0)
+                value = trial.score
+            except TrainingDiverged as exc:
+                trial = LRTrial(len(trials) + 1, lr, log_lr, math.inf, "diverged", (exc.epoch or 1) - 1,
+                                time.perf_counter() - t0, error=str(exc))
+                value = _DIVERGED_PENALTY * (1.0 + (log_lr - lo) / (hi - lo))
+            trials.append(trial)
+            cache[log_lr] = value
+            if progress:
+                score = f"score {trial.score:.5g}" if trial.status == "ok" else f"diverged at epoch {trial.epochs + 1}"
+                print(f"lr search [{estimator}] trial {trial.trial}/{max_trials}: lr {lr:.3e} (log10 {log_lr:+.3f}): "
+                      f"{score} ({trial.seconds:.1f} s)", flush=True)
+            return value
+
+        try:
+            minimize_scalar(objective, bounds=(lo, hi), method="bounded",
+                            options={"maxiter": int(max_trials), "xatol": float(xatol)})
+        except _Budget:
+            pass
+    finally:
+        _restore(net, original)
+    ok = [t for t in trials if t.status == "ok"]
+    settings = {"estimator": estimator, "bounds": [lo, hi], "max_trials": int(max_trials),
+                "trial_epochs": int(trial_epochs), "trial_subset": None if trial_subset is None else int(trial_subset),
+                "trial_examples": int(x_sub.shape[0]), "xatol": float(xatol)}
+    if not ok:
+        raise TrainingDiverged(f"lr search: all {len(trials)} trials diverged (log10 lr in [{lo:g}, {hi:g}]); "
+                               "lower the upper bound")
+    best = min(ok, key=lambda t: (t.score, t.trial))
+    return LRSearchResult(lr=best.lr, score=best.score, trials=trials, settings=settings,
+                          seconds=time.perf_counter() - t_begin)

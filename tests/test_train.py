@@ -46,14 +46,20 @@ def test_fit_improves_loss_and_writes_files(tiny, tmp_path):
     for r in h:
         for k in ("val_acc1", "val_eacc", "val_det_acc", "train_acc1"):
             assert 0.0 <= r[k] <= 1.0
-    for name in ("checkpoint.npz", "history.csv", "history.json", "loss.png", "accuracy.png"):
+    for r in h:  # unit entropy (bits) of the validation samples: overall and per stage (one stage here)
+        assert 0.0 < r["val_entropy"] < 1.0 and r["val_entropy.0"] == pytest.approx(r["val_entropy"])
+        assert "train_entropy" not in r
+    for name in ("checkpoint.npz", "history.csv", "history.json", "loss.png", "accuracy.png", "entropy.png"):
         assert (tmp_path / name).is_file(), name
-    for name in ("loss.png", "accuracy.png"):
+    for name in ("loss.png", "accuracy.png", "entropy.png"):
         assert file_bytes(tmp_path / name)[:8] == PNG_MAGIC
+    assert res.files["entropy_png"] == str(tmp_path / "entropy.png")
     lines = (tmp_path / "history.csv").read_text().splitlines()
     assert lines[0].startswith("epoch,") and "val_eacc" in lines[0] and len(lines) == 4
+    assert "val_entropy" in lines[0].split(",") and "val_entropy.0" in lines[0].split(",")
     doc = json.loads((tmp_path / "history.json").read_text())
     assert doc["history"][-1]["val_loss"] == pytest.approx(h[-1]["val_loss"])
+    assert doc["history"][-1]["val_entropy.0"] == pytest.approx(h[-1]["val_entropy.0"])
     assert doc["config"]["arch"]["name"] == "mlp" and doc["config"]["optimizer"]["clip_value"] == 1e3
     assert not glob.glob(str(tmp_path / ".tmp-*"))
     # the checkpoint rebuilds the network exactly
@@ -223,9 +229,12 @@ def test_evaluate_metrics(tiny):
     assert m["n"] == 200 and m["samples"] == 5 and len(m["curve"]) == 5
     assert m["eacc"] == m["curve"][-1] and 0 <= m["acc1"] <= 1 and 0 <= m["det_acc"] <= 1
     assert m["loss"] > 0
+    assert 0 < m["entropy"] < 1 and len(m["entropy_stages"]) == 1
     assert train.evaluate(net, xt, yt, samples=5, rng=0, batch_size=64) == m  # reproducible
     m2 = train.evaluate(net, xt, yt, samples=2, rng=0, rb=False, deterministic=False)
     assert m2["det_acc"] is None and len(m2["curve"]) == 2
+    m3 = train.evaluate(net, xt, yt, samples=2, rng=0, entropy=False)
+    assert m3["entropy"] is None and m3["entropy_stages"] is None
     with pytest.raises(ValueError, match="samples"):
         train.evaluate(net, xt, yt, samples=0)
 
@@ -243,6 +252,71 @@ def test_rao_blackwellized_loss_is_unbiased():
     assert m["loss"] == pytest.approx(exact, rel=0.03)
 
 
+# ---------------------------------------------------------------------------------- unit entropy
+def _bits(p):
+    """H(p) in bits, the textbook formula (0 log 0 = 0)."""
+    p = np.asarray(p, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.where(p > 0, -p * np.log2(p), 0.0) + np.where(p < 1, -(1 - p) * np.log2(1 - p), 0.0)
+    return t
+
+
+@pytest.mark.parametrize("noise", sorted(sb.noise.NOISES))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_unit_entropy_values(noise, dtype):
+    nz = sb.noise.get_noise(noise)
+    a = np.array([0.0, 0.1, -0.3, 0.7, -0.95, 1.5, -2.5], dtype=dtype)
+    h = train.unit_entropy(a, noise)
+    assert h.dtype == dtype and h.shape == a.shape
+    assert h[0] == pytest.approx(1.0, abs=1e-6)  # a fair coin at a = 0
+    tol = 1e-5 if dtype == np.float32 else 1e-10
+    np.testing.assert_allclose(h, _bits(nz.cdf(a.astype(np.float64))), atol=tol)
+    np.testing.assert_allclose(h, train.unit_entropy(-a, noise), atol=tol)  # symmetric noise
+    huge = np.array([60.0, -60.0, 1e4, -1e4, 1e30, -1e30, np.inf, -np.inf], dtype=dtype)
+    hh = train.unit_entropy(huge, noise)
+    assert np.all(np.isfinite(hh)) and np.all(hh >= 0) and np.all(hh < 1e-12)
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_evaluate_entropy_matches_hand_computation(normalize):
+    """Stage 0 sees the real input, so its pre-activations are known; stage 1 has zero weights, so its
+    pre-activation is its bias (or beta with normalization) whatever the sampled states."""
+    rng = np.random.default_rng(3)
+    net = sb.Network.dense([3, 4, 2], 3, rng=rng, dtype=np.float64, normalize=normalize)
+    w0, b0 = rng.normal(size=(4, 3)), rng.normal(size=4)
+    s0, s1 = (net.stages[0].layer, net.stages[1].layer) if normalize else (net.stages[0], net.stages[1])
+    s0.weight[...], s0.bias[...] = w0, b0
+    s1.weight[...], s1.bias[...] = 0.0, np.array([0.0, 2.0])
+    x = rng.normal(size=(5, 3))
+    y = np.array([0, 1, 2, 1, 0])
+    a0 = x @ w0.T + b0
+    a1 = np.broadcast_to(np.array([0.0, 2.0]), (5, 2))
+    if normalize:  # evaluation uses the running statistics: the entropy must see the normalized values
+        n0, n1 = net.stages
+        n0.gamma[...], n0.beta[...] = [0.5, 2.0, 1.0, 3.0], [0.1, -0.2, 0.0, 1.0]
+        n0.running["stochastic"] = (np.array([0.3, -1.0, 0.0, 2.0]), np.array([4.0, 0.25, 1.0, 9.0]))
+        a0 = n0.gamma * (a0 - n0.running["stochastic"][0]) / np.sqrt(n0.running["stochastic"][1] + n0.eps) + n0.beta
+        n1.beta[...] = [-1.0, 0.5]  # z = bias; default running stats (0, 1): a = z / sqrt(1 + eps) + beta
+        a1 = np.broadcast_to(np.array([0.0, 2.0]) / np.sqrt(1 + n1.eps) + np.array([-1.0, 0.5]), (5, 2))
+    sig = lambda a: 1 / (1 + np.exp(-a))  # noqa: E731
+    e0, e1 = _bits(sig(a0)).mean(), _bits(sig(a1)).mean()
+    m = train.evaluate(net, x, y, samples=3, rng=0, batch_size=2)
+    assert m["entropy_stages"] == pytest.approx([e0, e1], rel=1e-12)
+    assert m["entropy"] == pytest.approx((20 * e0 + 10 * e1) / 30, rel=1e-12)  # mean over all 6 units
+    # extreme pre-activations: a deterministic network has 0 bits, a zero one exactly 1 bit per unit
+    for p in net.params.values():
+        p[...] = 0.0
+    if normalize:
+        for n in net.stages:
+            n.running["stochastic"] = (np.zeros(n.gamma.shape), np.ones(n.gamma.shape))
+    assert train.evaluate(net, x, y, samples=2, rng=0)["entropy"] == pytest.approx(1.0)
+    s0.bias[...], s1.bias[...] = 1e4, -1e4
+    if normalize:
+        for n in net.stages:
+            n.beta[...] = -1e4
+    assert train.evaluate(net, x, y, samples=2, rng=0)["entropy"] == 0.0
+
+
 # ------------------------------------------------------------------------------------------ plots
 def test_plots(tmp_path):
     hist = [{"epoch": e, "train_loss": 1.0 / e, "val_loss": 1.2 / e, "train_acc1": 0.5 + 0.1 * e,
@@ -251,9 +325,109 @@ def test_plots(tmp_path):
              plots.plot_accuracy(hist, tmp_path / "a.png"),
              plots.plot_ensemble_curve({"psa": [0.5, 0.6, 0.65]}, tmp_path / "e.png"),
              *plots.plot_training_curves(hist, tmp_path, prefix="x-")]
+    ent = [dict(r, **{"val_entropy": 0.5 / r["epoch"], "val_entropy.0": 0.6 / r["epoch"],
+                      "val_entropy.1": 0.4 / r["epoch"]}) for r in hist]
+    paths += [plots.plot_entropy(ent, tmp_path / "h.png"),
+              plots.plot_entropy({"psa": ent, "st": hist}, tmp_path / "h2.png"),
+              plots.plot_training_curves(ent, tmp_path, prefix="y-")[2]]
+    assert paths[5].endswith("x-entropy.png") and paths[-1].endswith("y-entropy.png")
     for p in paths:
         assert file_bytes(p)[:8] == PNG_MAGIC
     assert not glob.glob(str(tmp_path / ".tmp-*"))
+
+
+# ------------------------------------------------------------------------------------- lr search
+SEARCH = dict(estimator="st", trial_epochs=1, batch_size=32, seed=5, progress=False)
+
+
+def test_search_lr_same_init_and_reproducible(tiny, capsys):
+    x, y, _, _ = tiny
+    net = tiny_net(hidden=(16,))
+    before = {k: p.copy() for k, p in net.params.items()}
+    res = train.search_lr(net, (x, y), **{**SEARCH, "progress": True}, max_trials=4)
+    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("lr search")]
+    assert len(lines) == len(res.trials) and 1 <= len(res.trials) <= 4  # one line per trial
+    for k, p in net.params.items():  # the network is left at its initial parameters
+        np.testing.assert_array_equal(p, before[k])
+    assert all(t.status == "ok" and np.isfinite(t.score) for t in res.trials)
+    assert all(-6 <= t.log10_lr <= 0 and t.lr == pytest.approx(10 ** t.log10_lr) for t in res.trials)
+    best = min(res.trials, key=lambda t: t.score)
+    assert res.lr == best.lr and res.score == best.score and res.table[0] == (res.trials[0].lr, res.trials[0].score)
+    # every trial started from the same point: training that init (data init included) with a recorded lr
+    # reproduces the recorded score exactly, for the chosen lr and for the first trial
+    for t in (best, res.trials[0]):
+        net_t = tiny_net(hidden=(16,))
+        fit = train.fit(net_t, (x, y), estimator="st", epochs=1, batch_size=32, seed=5, lr=t.lr, train_eval_size=0,
+                        progress=False)
+        assert fit.history[0]["train_loss"] == t.score
+    # ... also when the search gets a factory; and on a subset of the training data
+    sub = train.search_lr(lambda: tiny_net(hidden=(16,)), (x, y), **SEARCH, max_trials=2, trial_subset=50)
+    assert sub.settings["trial_examples"] == 50 and len(sub.trials) <= 2
+    doc = json.loads(json.dumps(res.as_dict()))
+    assert doc["lr"] == res.lr and len(doc["trials"]) == len(res.trials) and doc["settings"]["bounds"] == [-6, 0]
+
+
+def test_search_lr_never_exceeds_max_trials(tiny, monkeypatch):
+    x, y, _, _ = tiny
+    assert len(train.search_lr(tiny_net(hidden=(8,)), (x[:64], y[:64]), **SEARCH, max_trials=1).trials) == 1
+    import scipy.optimize
+
+    def greedy(fun, bounds, method, options):  # a minimizer that would ask for 25 points
+        assert method == "bounded" and options["maxiter"] == 3
+        for v in np.linspace(*bounds, 25):
+            fun(v)
+
+    monkeypatch.setattr(scipy.optimize, "minimize_scalar", greedy)
+    res = train.search_lr(tiny_net(hidden=(8,)), (x[:64], y[:64]), **SEARCH, max_trials=3)
+    assert len(res.trials) == 3 and [t.trial for t in res.trials] == [1, 2, 3]
+
+
+class _NaNWhenLarge:
+    """ST gradients, but a NaN loss once a parameter exceeds 5 in magnitude (a large lr blows up)."""
+
+    def __call__(self, net, x, y, rng):
+        loss, grads = sb.estimate("st", net, x, y, rng)
+        if max(float(np.max(np.abs(p))) for p in net.params.values()) > 5:
+            loss = float("nan")
+        return loss, grads
+
+
+def test_search_lr_survives_divergent_trials(tiny, monkeypatch):
+    x, y, _, _ = tiny
+    monkeypatch.setitem(registry.DIRECT_ESTIMATORS, "nan-when-large", (_NaNWhenLarge(), {}))
+    opts = {**SEARCH, "estimator": "nan-when-large"}
+    res = train.search_lr(tiny_net(hidden=(16,)), (x, y), **opts, bounds=(-4, 3), max_trials=6)
+    status = [t.status for t in res.trials]
+    assert "diverged" in status and "ok" in status and len(res.trials) <= 6
+    first_bad = status.index("diverged")
+    assert len(res.trials) > first_bad + 1  # the search went on after a diverged trial
+    for t in res.trials:
+        if t.status == "diverged":
+            assert t.score == float("inf") and "diverged" in t.error and t.lr > 0.1
+    assert np.isfinite(res.score) and res.lr < 1
+    assert res.as_dict()["trials"][first_bad]["score"] is None  # JSON-able
+    with pytest.raises(train.TrainingDiverged, match="all 2 trials diverged"):
+        train.search_lr(tiny_net(hidden=(16,)), (x, y), **opts, bounds=(2, 3), max_trials=2)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"bounds": (0, 0)}, ValueError, "bounds"),
+    ({"bounds": (0, -6)}, ValueError, "bounds"),
+    ({"bounds": (-6, np.inf)}, ValueError, "bounds"),
+    ({"bounds": "x"}, ValueError, "bounds"),
+    ({"max_trials": 0}, ValueError, "max_trials"),
+    ({"trial_epochs": 0}, ValueError, "trial_epochs"),
+    ({"trial_subset": 0}, ValueError, "trial_subset"),
+    ({"xatol": 0}, ValueError, "xatol"),
+    ({"lr": 0.1}, TypeError, "lr"),
+    ({"epochs": 3}, TypeError, "epochs"),
+    ({"estimator": "no-such-method"}, ValueError, "no-such-method"),
+    ({"optimizer": sb.optim.Adam(lr=1e-3)}, ValueError, "by name"),
+])
+def test_search_lr_argument_errors(tiny, kwargs, error, match):
+    x, y, _, _ = tiny
+    with pytest.raises(error, match=match):
+        train.search_lr(tiny_net(hidden=(8,)), (x, y), **{**SEARCH, **kwargs})
 
 
 # -------------------------------------------------------------------------------------------- CLI
@@ -293,6 +467,12 @@ def test_cli_train_and_evaluate(tmp_path, capsys):
     ["train", "--epochs", "-1"],
     ["train", "--batch-size", "zero"],
     ["train", "--lr", "nan"],
+    ["train", "--lr", "fast"],
+    ["train", "--lr-trials", "3"],
+    ["train", "--lr", "0.1", "--lr-trial-epochs", "2"],
+    ["train", "--lr", "auto", "--lr-trials", "0"],
+    ["train", "--lr", "auto", "--lr-bounds", "0,-6"],
+    ["train", "--lr", "auto", "--lr-bounds", "1"],
     ["train", "--data", "MISSING"],
     ["train", "--resume"],
     ["train", "--no-such-flag"],
@@ -308,6 +488,32 @@ def test_cli_errors_exit_2_with_one_line(argv, tmp_path, capsys):
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "error:" in err and "Traceback" not in err
+
+
+def test_cli_train_lr_auto_and_resume(tmp_path, capsys):
+    out = tmp_path / "run"
+    base = ["train", "--data", "embedded", "--train-subset", "200", "--hidden", "16", "--estimator", "st",
+            "--eval-samples", "2", "--out", str(out), "--no-progress", "--lr", "auto"]
+    rc = cli.main(base + ["--epochs", "1", "--lr-trials", "2", "--lr-trial-epochs", "1", "--lr-bounds=-4,-1"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    trial_lines = [l for l in captured.out.splitlines() if l.startswith("lr search")]
+    assert 1 <= len(trial_lines) <= 2 and "chosen learning rate" in captured.out
+    search = json.loads((out / "lr_search.json").read_text())
+    assert len(search["trials"]) == len(trial_lines) and search["settings"]["bounds"] == [-4, -1]
+    assert search["settings"]["trial_epochs"] == 1 and -4 <= np.log10(search["lr"]) <= -1
+    ck = train.load_checkpoint(out / "checkpoint.npz")
+    assert ck.config["optimizer"]["lr"] == search["lr"] and ck.config["metadata"]["lr_search"] == search
+    assert json.loads((out / "history.json").read_text())["config"]["metadata"]["lr_search"] == search
+    assert (out / "entropy.png").is_file()
+    # resuming does not search again: it trains on with the lr of the checkpoint
+    rc = cli.main(base + ["--epochs", "2", "--resume"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "lr search" not in captured.out and "stored in the checkpoint" in captured.out
+    ck = train.load_checkpoint(out / "checkpoint.npz")
+    assert ck.epoch == 2 and ck.config["metadata"]["lr_search"] == search
+    assert [r["lr"] for r in ck.history] == [search["lr"]] * 2
 
 
 def test_cli_gradcheck_missing_module(monkeypatch, capsys):
