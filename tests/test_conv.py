@@ -217,6 +217,22 @@ def test_ratio_form_falls_back_outside_safe_range_float32():
         conv_cpu.flip_propagate_conv(*args, layer.stride, layer.padding, 1, form="ratio")
 
 
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 3e-5)])
+def test_ratio_form_splits_unsafe_channels_to_generic(dtype, tol):
+    """Only the output channels outside the safe range go generic; the sum of both parts is the reference."""
+    layer, x, a, x_out, d_out = _layer_data((3, 5, 3, 2, 1, 7, 6), seed=10, scale=0.6)
+    a[1, 2, 0, 1] = 45.0              # channel 2: one saturated unit
+    layer.weight[4, 1, 0, 2] = -24.0  # channel 4: a weight outside |2W| <= 40 (real flips: Delta not tiny)
+    ref = conv_reference.flip_propagate_conv(x, a, x_out, layer.weight, d_out, layer.stride, layer.padding,
+                                             "logistic")
+    args = [t.astype(dtype) for t in (x, a, x_out, layer.weight, d_out)]
+    got = conv_cpu.flip_propagate_conv(*args, layer.stride, layer.padding, 0, form="ratio")
+    generic = conv_cpu.flip_propagate_conv(*args, layer.stride, layer.padding, 0, form="generic")
+    assert got.dtype == dtype and np.all(np.isfinite(got))
+    np.testing.assert_allclose(got, ref, atol=tol * np.abs(ref).max())
+    np.testing.assert_allclose(got, generic, atol=tol * np.abs(ref).max())
+
+
 # ---------------------------------------------------------------------------------------------- tiny conv nets
 def conv_net(kind, noise="logistic", seed=0, scale=1.0, n_classes=3, dtype=np.float64):
     """Tiny float64 conv nets with N(0, scale^2) parameters (few enough units for exact enumeration)."""

@@ -33,7 +33,10 @@ Two forms, as for dense layers (:mod:`sbnnumba.kernels.cpu`):
   ``R[b,r,i] = sum_{c, off} g[b,c,j] / (1 + e^{-a[b,c,j]} K[c,r,off])`` with ``K = exp(+2W)``
   where ``x_in[b,r,i] = +1`` and ``exp(-2W)`` elsewhere: one multiply-add and one division per
   connection. Used only while ``|a| <= 40`` and ``|2W| <= 40`` (products stay within
-  [e^-80, e^80], no overflow, no ``inf * 0``; spec pitfall 6); otherwise the generic form runs.
+  [e^-80, e^80], no overflow, no ``inf * 0``; spec pitfall 6). The sum over output channels
+  ``c`` is split: channels with a pre-activation or a weight outside that range (over the whole
+  batch) are summed by the generic form, the others by the ratio form, so a few saturated channels
+  do not make the whole layer pay one transcendental per connection.
 * **generic** (every noise family): ``Delta = F(u) - F(v)`` with ``v = -x_out a``,
   ``u = v + 2 x_out W x_in``, evaluated like :func:`sbnnumba.kernels.scalar.cdf_diff` (``F(-v) - F(-u)``
   when ``u + v > 0``, no cancellation), with ``F(v)`` and ``F(-v)`` precomputed per output unit: one
@@ -45,7 +48,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from .cpu import resolve_form
+from .cpu import RATIO_SAFE_EXPONENT, choose_form
 from .scalar import cdf_lower
 
 
@@ -229,16 +232,30 @@ def flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_co
     noise_code : int
         :data:`sbnnumba.kernels.scalar.NOISE_CODES`.
     form : {"auto", "ratio", "generic"}
-        "ratio" is logistic only; "auto" picks it for logistic noise. Both fall back to
-        "generic" outside the ratio form's safe range.
+        "ratio" is logistic only; "auto" picks it for logistic noise. The ratio form leaves the
+        output channels outside its safe range to the generic form.
 
     Returns
     -------
     d_in : ndarray (B, C_in, H, W), dtype of ``a``.
     """
-    dtype = a.dtype
     stride, padding = tuple(stride), tuple(padding)
     _check_conv(x_in, a, x_out, weight, d_out, stride, padding)
+    form = choose_form(form, noise_code)
+    if form == "ratio":
+        unsafe = (np.abs(a).max(axis=(0, 2, 3)) > RATIO_SAFE_EXPONENT) | \
+                 (2 * np.abs(weight).max(axis=(1, 2, 3)) > RATIO_SAFE_EXPONENT)
+        if unsafe.all():
+            form = "generic"
+        elif unsafe.any():  # d_in is a sum over output channels: ratio form on the safe ones, generic on the rest
+            parts = [_flip_conv(x_in, a[:, m], x_out[:, m], weight[m], d_out[:, m], stride, padding, noise_code, f)
+                     for m, f in ((~unsafe, "ratio"), (unsafe, "generic"))]
+            return parts[0] + parts[1]
+    return _flip_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_code, form)
+
+
+def _flip_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_code, form):
+    dtype = a.dtype
     n_batch, c_in, h, w = x_in.shape
     c_out, _, kh, kw = weight.shape
     in_index, tap_off, n_q, n_grid, wq, _ = phase_layout((h, w), (kh, kw), stride, padding)
@@ -246,7 +263,6 @@ def flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_co
     x_out = np.asarray(x_out, dtype=dtype)
     d_out = np.asarray(d_out, dtype=dtype)
     d_in = np.empty((n_batch, c_in, h * w), dtype=dtype)
-    form = resolve_form(form, noise_code, a, weight)
     if form == "ratio":
         g = x_out * d_out
         sig = (0.5 * (1 + np.tanh(0.5 * a))).astype(dtype)

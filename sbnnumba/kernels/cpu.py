@@ -152,19 +152,6 @@ def choose_form(form, noise_code):
     return form
 
 
-def resolve_form(form, noise_code, a, weight):
-    """Pick "ratio" or "generic" for a whole flip-propagation call (the conv kernels).
-
-    "auto" means the ratio form for logistic noise; the ratio form falls back to "generic" outside its
-    overflow-safe range ``|a| <= 40``, ``|2 W| <= 40``. (The dense kernel splits per unit instead.)
-    """
-    form = choose_form(form, noise_code)
-    if form == "ratio":
-        if np.abs(a).max() > RATIO_SAFE_EXPONENT or 2 * np.abs(weight).max() > RATIO_SAFE_EXPONENT:
-            form = "generic"
-    return form
-
-
 def ratio_unsafe_pairs(a, weight):
     """Boolean (B, N_out): the pairs ``(b, j)`` outside the ratio form's range (``|a| > 40`` or ``|2 W_j.| > 40``)."""
     unsafe = np.abs(a) > RATIO_SAFE_EXPONENT
