@@ -221,8 +221,10 @@ def test_ratio_form_falls_back_outside_safe_range_float32():
 def test_ratio_form_splits_unsafe_channels_to_generic(dtype, tol):
     """Only the output channels outside the safe range go generic; the sum of both parts is the reference."""
     layer, x, a, x_out, d_out = _layer_data((3, 5, 3, 2, 1, 7, 6), seed=10, scale=0.6)
-    a[1, 2, 0, 1] = 45.0              # channel 2: one saturated unit
-    layer.weight[4, 1, 0, 2] = -24.0  # channel 4: a weight outside |2W| <= 40 (real flips: Delta not tiny)
+    lim = conv_cpu.ratio_limits(dtype)[0]
+    a[1, 2, 0, 1] = lim + 5           # channel 2: one saturated unit -> generic
+    layer.weight[4, 1, 0, 2] = -250.0  # channel 4: 2W clipped to [-C, C] (flips saturate the unit either way)
+    layer.weight[3, 0, 1, 1] = lim     # channel 3: a weight that moves units across the whole range
     ref = conv_reference.flip_propagate_conv(x, a, x_out, layer.weight, d_out, layer.stride, layer.padding,
                                              "logistic")
     args = [t.astype(dtype) for t in (x, a, x_out, layer.weight, d_out)]

@@ -78,18 +78,20 @@ def test_ratio_form_no_overflow_float32():
 
 @pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 3e-5)])
 def test_ratio_form_splits_unsafe_pairs_to_generic(dtype, tol):
-    """Saturated units (|a| > 40) and large weight rows are summed by the generic form, the rest by the
-    ratio form; the sum equals the reference (and the all-generic kernel) whatever the mix."""
+    """Saturated units (|a| > A) are summed by the generic form, the rest by the ratio form with 2W clipped
+    to [-C, C]; the sum equals the reference (and the all-generic kernel) whatever the mix."""
     rng = np.random.default_rng(7)
     x_in, a, x_out, w, d_out = _layer(rng, 6, 37, 23, dtype, scale=0.5)
-    a[0, 3] = 55.0          # one saturated unit in one example
-    a[2, :5] = -48.0        # several in another
-    a[4, 10] = 41.0
-    a[1, :] = 60.0          # an example with every unit saturated
-    w[7, 11] = -25.0        # a weight row outside |2W| <= 40: the whole column j = 7 goes generic
+    lim = cpu.ratio_limits(dtype)[0]
+    a[0, 3] = lim + 15      # one saturated unit in one example
+    a[2, :5] = -lim - 8     # several in another
+    a[4, 10] = lim + 1
+    a[1, :] = lim + 20      # an example with every unit saturated
+    w[7, 11] = -300.0       # 2W clipped: flips of input 11 saturate unit 7 either way
+    w[8, 12] = 2.0 * lim    # a weight that moves a unit across the whole range
     args = (x_in, a, x_out, w, d_out)
-    unsafe = cpu.ratio_unsafe_pairs(a, w)
-    assert 0 < unsafe.sum() < unsafe.size and unsafe[:, 7].all() and unsafe[1].all()
+    unsafe = cpu.ratio_unsafe_pairs(a)
+    assert 0 < unsafe.sum() < unsafe.size and unsafe[1].all()
     ref = reference.flip_propagate_dense(*(t.astype(np.float64) for t in args), "logistic")
     got = cpu.flip_propagate_dense(*args, 0, form="ratio")
     generic = cpu.flip_propagate_dense(*args, 0, form="generic")
@@ -101,7 +103,7 @@ def test_ratio_form_splits_unsafe_pairs_to_generic(dtype, tol):
 def test_ratio_form_all_pairs_unsafe():
     rng = np.random.default_rng(8)
     x_in, a, x_out, w, d_out = _layer(rng, 2, 5, 3, np.float64)
-    a[:] = np.where(rng.random(a.shape) < 0.5, -45.0, 45.0)
+    a[:] = np.where(rng.random(a.shape) < 0.5, -310.0, 310.0)
     got = cpu.flip_propagate_dense(x_in, a, x_out, w, d_out, 0, form="ratio")
     np.testing.assert_allclose(got, reference.flip_propagate_dense(x_in, a, x_out, w, d_out, "logistic"),
                                atol=1e-15)

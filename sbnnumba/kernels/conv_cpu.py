@@ -32,11 +32,11 @@ Two forms, as for dense layers (:mod:`sbnnumba.kernels.cpu`):
   transposed convolution, independent of ``r``) and
   ``R[b,r,i] = sum_{c, off} g[b,c,j] / (1 + e^{-a[b,c,j]} K[c,r,off])`` with ``K = exp(+2W)``
   where ``x_in[b,r,i] = +1`` and ``exp(-2W)`` elsewhere: one multiply-add and one division per
-  connection. Used only while ``|a| <= 40`` and ``|2W| <= 40`` (products stay within
-  [e^-80, e^80], no overflow, no ``inf * 0``; spec pitfall 6). The sum over output channels
-  ``c`` is split: channels with a pre-activation or a weight outside that range (over the whole
-  batch) are summed by the generic form, the others by the ratio form, so a few saturated channels
-  do not make the whole layer pay one transcendental per connection.
+  connection. Overflow is prevented as in the dense kernel (:func:`sbnnumba.kernels.cpu.ratio_limits`):
+  ``2W`` is clipped to ``[-C, C]`` (a term moves by less than ``e^{-(C-A)}``) and the sum over
+  output channels ``c`` is split: channels with a pre-activation ``|a| > A`` anywhere in the batch
+  are summed by the generic form, the others by the ratio form, so a few saturated channels do not
+  make the whole layer pay one transcendental per connection.
 * **generic** (every noise family): ``Delta = F(u) - F(v)`` with ``v = -x_out a``,
   ``u = v + 2 x_out W x_in``, evaluated like :func:`sbnnumba.kernels.scalar.cdf_diff` (``F(-v) - F(-u)``
   when ``u + v > 0``, no cancellation), with ``F(v)`` and ``F(-v)`` precomputed per output unit: one
@@ -48,7 +48,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from .cpu import RATIO_SAFE_EXPONENT, choose_form
+from .cpu import choose_form, ratio_limits
 from .scalar import cdf_lower
 
 
@@ -243,8 +243,7 @@ def flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_co
     _check_conv(x_in, a, x_out, weight, d_out, stride, padding)
     form = choose_form(form, noise_code)
     if form == "ratio":
-        unsafe = (np.abs(a).max(axis=(0, 2, 3)) > RATIO_SAFE_EXPONENT) | \
-                 (2 * np.abs(weight).max(axis=(1, 2, 3)) > RATIO_SAFE_EXPONENT)
+        unsafe = np.abs(a).max(axis=(0, 2, 3)) > ratio_limits(a.dtype)[0]
         if unsafe.all():
             form = "generic"
         elif unsafe.any():  # d_in is a sum over output channels: ratio form on the safe ones, generic on the rest
@@ -269,7 +268,8 @@ def _flip_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_code, form)
         t_grid = _to_grid(np.einsum("bcyx,bcyx->byx", g, sig)[:, None], wq)[:, 0]
         a_grid = np.empty((n_batch, n_grid), dtype=dtype)
         _ones_transposed(t_grid, tap_off, n_q, a_grid)
-        two_w = 2 * np.asarray(weight, dtype=dtype).reshape(c_out, c_in, kh * kw)
+        clip = dtype.type(ratio_limits(dtype)[1])
+        two_w = np.clip(2 * np.asarray(weight, dtype=dtype).reshape(c_out, c_in, kh * kw), -clip, clip)
         k_pos = np.exp(two_w)
         k_neg = np.exp(-two_w)
         _flip_conv_ratio(x3, _to_grid(np.exp(-a), wq), _to_grid(g, wq), k_pos, k_neg, a_grid, in_index, tap_off,

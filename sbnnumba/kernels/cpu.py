@@ -18,16 +18,15 @@ Two forms:
   ``d_in[b,i] = A[b] - sum_j g[b,j] / (1 + e^{-a[b,j]} e^{2 W[j,i] x[b,i]})`` with
   ``g = x_out * d_out`` and ``A[b] = sum_j g[b,j] sigma(a[b,j])``; the exponentials are
   precomputed per unit and per weight, so a connection costs one multiply-add and one
-  division. It is used only while ``|a| <= 40`` and ``|2 W| <= 40``: then every product
-  ``e^{-a} e^{2wx}`` lies in [e^-80, e^80], inside float32 range, so nothing overflows and no
-  ``inf * 0`` arises (spec pitfall 6). Clamping the two factors separately would be wrong when
-  both are large, so the dense kernel **splits the sum over j** instead: the pairs ``(b, j)`` with
-  ``|a[b,j]| > 40`` or a weight row ``W[j]`` outside ``|2W| <= 40`` are removed from the ratio sum
-  (``g[b,j] = 0``, finite placeholder factors) and summed by the generic form
-  (:func:`_flip_dense_generic_sparse`, one stable F difference per connection of those pairs
-  only). A few saturated units therefore no longer switch a whole layer to the generic form,
-  which costs one transcendental per connection (seen during training: 10-25x slower steps once
-  one first-layer pre-activation passed 40).
+  division. Overflow (spec pitfall 6: ``e^{-a} e^{2wx}`` beyond the float range, then
+  ``inf * 0``) is prevented by two limits per dtype (:func:`ratio_limits`, ``A + C`` below
+  ``log`` of the largest float): ``2 W x`` is clipped to ``[-C, C]``, which moves a term by less
+  than ``e^{-(C-A)}`` (``e^-28`` in float32, ``e^-100`` in float64), and the pairs ``(b, j)`` with
+  ``|a[b,j]| > A`` are removed from the ratio sum (``g[b,j] = 0``) and summed by the generic
+  form (:func:`_flip_dense_generic_sparse`, one stable F difference per connection of those
+  pairs only). Saturated units or large weights therefore never switch a whole layer to the
+  generic form, which costs one transcendental per connection (seen in training: epochs 10-25x
+  slower once one first-layer pre-activation passed the old whole-layer limit of 40).
 
 Kernels take preallocated outputs and never draw random numbers.
 """
@@ -37,7 +36,18 @@ from numba import prange
 
 from .scalar import LOGISTIC, cdf_diff
 
-RATIO_SAFE_EXPONENT = 40.0
+RATIO_SAFE_EXPONENT = 40.0  # the numba.cuda ratio kernels' whole-call range (|a|, |2W| <= 40)
+
+# CPU ratio form: pre-activation limit A and weight-exponent clip C per dtype, A + C below log(max float)
+# (88.72 / 709.78), so e^{-a} e^{2xw} never overflows. Clipping 2xw to [-C, C] changes a term
+# 1/(1 + e^{-a + 2xw}) by less than e^{-(C - A)} (both values are then within e^{-(C-A)} of 0 or of 1):
+# e^-28 = 7e-13 in float32 (far below its eps 1.2e-7), e^-100 in float64. Units with |a| > A go generic.
+RATIO_LIMITS = {np.dtype(np.float32): (30.0, 58.0), np.dtype(np.float64): (300.0, 400.0)}
+
+
+def ratio_limits(dtype):
+    """``(A, C)`` of the CPU ratio form for ``dtype``: ``|a| <= A`` required, ``2 W x`` clipped to ``[-C, C]``."""
+    return RATIO_LIMITS[np.dtype(dtype)]
 
 
 _ROWS = 4  # input units per task in the ratio kernel: the output-unit rows of e^{-a} and g are loaded once for 4
@@ -152,11 +162,9 @@ def choose_form(form, noise_code):
     return form
 
 
-def ratio_unsafe_pairs(a, weight):
-    """Boolean (B, N_out): the pairs ``(b, j)`` outside the ratio form's range (``|a| > 40`` or ``|2 W_j.| > 40``)."""
-    unsafe = np.abs(a) > RATIO_SAFE_EXPONENT
-    unsafe |= (2 * np.abs(weight).max(axis=1) > RATIO_SAFE_EXPONENT)[None, :]
-    return unsafe
+def ratio_unsafe_pairs(a):
+    """Boolean (B, N_out): the pairs ``(b, j)`` outside the ratio form's range ``|a| <= A`` (:func:`ratio_limits`)."""
+    return np.abs(a) > ratio_limits(a.dtype)[0]
 
 
 def _check_dense(x_in, a, x_out, weight, d_out):
@@ -187,8 +195,7 @@ def flip_propagate_dense(x_in, a, x_out, weight, d_out, noise_code, form="auto")
         Noise family code (:data:`sbnnumba.kernels.scalar.NOISE_CODES`).
     form : {"auto", "ratio", "generic"}
         "ratio" is the logistic-only fast form; "auto" picks it for logistic noise. The ratio form
-        sums the pairs ``(b, j)`` outside its safe range (``|a| > 40``, ``|2 W_j.| > 40``) with the
-        generic form (all of them generic if every pair is outside).
+        sums the pairs ``(b, j)`` with ``|a| > A`` (:func:`ratio_limits`) with the generic form.
 
     Returns
     -------
@@ -202,7 +209,7 @@ def flip_propagate_dense(x_in, a, x_out, weight, d_out, noise_code, form="auto")
     d_out = np.ascontiguousarray(d_out, dtype=dtype)
     d_in = np.empty(x_in.shape, dtype=dtype)
     form = choose_form(form, noise_code)
-    unsafe = ratio_unsafe_pairs(a, weight) if form == "ratio" else None
+    unsafe = ratio_unsafe_pairs(a) if form == "ratio" else None
     n_unsafe = 0 if unsafe is None else int(np.count_nonzero(unsafe))
     if form == "ratio" and n_unsafe < unsafe.size:
         weight = np.asarray(weight, dtype=dtype)
@@ -213,11 +220,10 @@ def flip_propagate_dense(x_in, a, x_out, weight, d_out, noise_code, form="auto")
             a_safe = np.where(unsafe, dtype.type(0), a)
         a_term = np.einsum("bj,bj->b", g, 0.5 * (1 + np.tanh(0.5 * a_safe))).astype(dtype)
         exp_neg_a = np.exp(-a_safe)
-        half = dtype.type(RATIO_SAFE_EXPONENT / 2)
-        w_safe = np.clip(weight, -half, half) if n_unsafe else weight  # finite placeholders where g = 0
+        clip = dtype.type(ratio_limits(dtype)[1])
         k_pos = np.empty((weight.shape[1], weight.shape[0]), dtype=dtype)
         k_neg = np.empty_like(k_pos)
-        _ratio_weight_factors(np.exp(2 * w_safe), k_pos, k_neg)
+        _ratio_weight_factors(np.exp(np.clip(2 * weight, -clip, clip)), k_pos, k_neg)
         _flip_dense_ratio(x_in, exp_neg_a, g, k_pos, k_neg, a_term, dtype.type(1), d_in)
         if n_unsafe:
             rows, cols = np.nonzero(unsafe)
