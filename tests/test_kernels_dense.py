@@ -89,6 +89,8 @@ def test_ratio_form_splits_unsafe_pairs_to_generic(dtype, tol):
     a[1, :] = lim + 20      # an example with every unit saturated
     w[7, 11] = -300.0       # 2W clipped: flips of input 11 saturate unit 7 either way
     w[8, 12] = 2.0 * lim    # a weight that moves a unit across the whole range
+    big = 1.5 * cpu.EXP_ARG_LIMIT[np.dtype(dtype)]
+    a[3, 2], w[2, 0], x_in[3, 0] = big, big / 2, 1.0  # beyond exp's range; flipping input 0 gives a = 0
     args = (x_in, a, x_out, w, d_out)
     unsafe = cpu.ratio_unsafe_pairs(a)
     assert 0 < unsafe.sum() < unsafe.size and unsafe[1].all()
