@@ -34,12 +34,19 @@ def xent(logits, y, grad=True):
         if not grad:
             return loss
         return loss, (-s * special.expit(z))[..., None].astype(logits.dtype)
-    lse = special.logsumexp(logits, axis=-1)
+    # logsumexp by hand (scipy.special.logsumexp's generality costs more than the arithmetic here, on
+    # PSA's (B, N_L, K) head-difference logits); e = exp(eta - max) serves the loss and the softmax.
+    m = logits.max(axis=-1, keepdims=True)
+    if not np.all(np.isfinite(m)):
+        m = np.where(np.isfinite(m), m, 0)
+    e = np.exp(logits - m)
+    total = e.sum(axis=-1, keepdims=True)
+    lse = np.log(total[..., 0]) + m[..., 0]
     picked = np.take_along_axis(logits, y[..., None], axis=-1)[..., 0]
     loss = lse - picked
     if not grad:
         return loss
-    g = np.exp(logits - lse[..., None])
+    g = e / total
     np.put_along_axis(g, y[..., None], np.take_along_axis(g, y[..., None], axis=-1) - 1, axis=-1)
     return loss, g
 
