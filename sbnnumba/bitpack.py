@@ -29,6 +29,18 @@ of the +-1 weights over the padded taps:
           \sum_{ci} w[co, ci, dy, dx],
 
 so the results equal the float convolution with zeros in the padding exactly.
+
+Bit-plane products (quantized real inputs)
+------------------------------------------
+A real input ``x = scale * q`` with integer codes ``q`` in ``[0, 2^bits)`` (e.g. pixels
+``q / 255``, 8 bits) meets +-1 weights exactly through its bit-planes ``q = sum_b 2^b q_b``:
+:func:`pack_planes` packs the planes ``(..., bits, ceil(K/64))`` and :func:`bitplane_matmul` /
+:func:`bitplane_matmul_threshold` compute
+
+.. math:: z_j = \sum_i q_i w_{ji} = \sum_b 2^b \big(\mathrm{popcount}(q_b) - 2\,\mathrm{popcount}(q_b \wedge W_j)\big)
+
+with the XNOR-popcount machinery (see :mod:`sbnnumba.kernels.bitplane`); the fused form returns
+packed signs, the input of the next binary layer.
 """
 from __future__ import annotations
 
@@ -38,10 +50,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from .kernels import bitpack as _k
+from .kernels import bitplane as _kp
 
 __all__ = [
-    "PreparedWeights", "conv2d", "conv2d_threshold", "matmul", "matmul_threshold", "n_words", "pack",
-    "pack_channels", "prepare_weights", "unpack", "unpack_channels",
+    "PreparedWeights", "bitplane_matmul", "bitplane_matmul_threshold", "conv2d", "conv2d_threshold", "matmul",
+    "matmul_threshold", "n_words", "pack", "pack_channels", "pack_planes", "prepare_weights", "unpack",
+    "unpack_channels",
 ]
 
 n_words = _k.n_words
@@ -449,4 +463,193 @@ def conv2d_threshold(x_words, w_words, c_in, thresholds, flip=None, stride=1, pa
     limit_class = row_class[:, None] * n_col_classes + col_class[None, :]  # (H_out, W_out)
     out = np.zeros((x.shape[0], len(row_class), len(col_class), _k.n_words(c_out)), np.uint64)
     _k.xnor_conv2d_threshold(x, panels, geometry, limits, limit_class, flip_words, out.reshape(-1, out.shape[3]))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Bit-plane products of quantized real inputs
+# ---------------------------------------------------------------------------------------------------
+
+def _check_bits(bits, name="bits"):
+    bits = _check_int(bits, name, 1)
+    if bits > _kp.MAX_BITS:
+        raise ValueError(f"{name}: expected an integer in [1, {_kp.MAX_BITS}], got {bits}")
+    return bits
+
+
+def _check_scale(scale, name="scale"):
+    """A finite positive real ``scale`` as a Python float (ValueError / TypeError naming ``name``)."""
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+        raise TypeError(f"{name}: expected a positive real number, got {type(scale).__name__}")
+    scale = float(scale)
+    if not (np.isfinite(scale) and scale > 0):
+        raise ValueError(f"{name}: expected a finite positive real number, got {scale!r}")
+    return scale
+
+
+def _planes_of_rows(rows, bits, scale):
+    """Planes (R, bits, ceil(K/64)) and per-row "bad" flags of 2-d codes / values ``rows`` (R, K)."""
+    n_rows, k = rows.shape
+    planes = np.empty((n_rows, bits, _k.n_words(k)), np.uint64)
+    bad = np.zeros(n_rows, np.bool_)
+    if scale is None:
+        if k % 8:
+            padded = np.zeros((n_rows, k + (-k) % 8), np.uint8)
+            padded[:, :k] = rows
+            rows = padded
+        _kp.pack_planes_codes(np.ascontiguousarray(rows).view(np.uint64), planes, bad)
+    else:
+        _kp.pack_planes_float(np.ascontiguousarray(rows), rows.dtype.type(1.0 / scale), scale, 1 << bits,
+                              planes, bad)
+    return planes, bad
+
+
+def pack_planes(x, bits, scale=None):
+    r"""Pack the bit-planes of quantized inputs along the last axis: the operand of :func:`bitplane_matmul`.
+
+    The inputs are ``x = scale * q`` with integer codes ``q`` in ``[0, 2^bits)``, and
+
+    .. math:: \mathrm{bit}_{i \bmod 64}(\mathrm{planes}[..., b, \lfloor i/64 \rfloor]) = \mathrm{bit}_b(q[..., i]),
+              \qquad q = \sum_{b < bits} 2^b q_b
+
+    (padding bits 0). The ``bits`` planes of one input row are stored together.
+
+    Parameters
+    ----------
+    x : array_like, shape (..., K)
+        With ``scale=None``: the integer codes ``q`` (any integer dtype; ``uint8`` is packed without
+        conversion). Otherwise float values on the grid ``x = dtype(scale * q)`` (the product in
+        float64, rounded once to the dtype of ``x``, float32 or float64; other dtypes are converted
+        to float64), e.g. ``q / 255`` in float32 from :func:`sbnnumba.datasets.normalize` with
+        ``scale = 1/255``; the codes are recovered by rounding ``x / scale``.
+    bits : int
+        Number of planes, 1 to 8.
+    scale : float, optional
+        Positive grid step of float inputs.
+
+    Returns
+    -------
+    planes : ndarray, shape (..., bits, ceil(K/64)), uint64
+
+    Raises
+    ------
+    TypeError
+        ``x`` is not numeric, or float without ``scale``.
+    ValueError
+        A code outside ``[0, 2^bits)`` or, with ``scale``, a value not on the grid (also NaN, inf);
+        the message names ``x`` and the first offending row.
+    """
+    bits = _check_bits(bits)
+    x = np.asarray(x)
+    if x.ndim < 1:
+        raise ValueError("x: expected at least 1 dimension (planes are packed along the last axis), got a 0-d array")
+    if scale is None:
+        if x.dtype.kind not in "iu":
+            raise TypeError(f"x: expected integer codes (or pass scale= for values on a grid), got dtype {x.dtype}")
+        if x.dtype != np.uint8:
+            if x.size and (x.min() < 0 or x.max() >= 1 << bits):
+                raise ValueError(f"x: expected integer codes in [0, {1 << bits}) for bits={bits}, found values in "
+                                 f"[{x.min()}, {x.max()}]")
+            x = x.astype(np.uint8)
+    else:
+        scale = _check_scale(scale)
+        if x.dtype.kind not in "fiu":
+            raise TypeError(f"x: expected real values, got dtype {x.dtype}")
+        if x.dtype not in (np.float32, np.float64):
+            x = x.astype(np.float64)
+    rows = x.reshape(int(np.prod(x.shape[:-1])), x.shape[-1])
+    planes, bad = _planes_of_rows(rows, bits, scale)
+    if bad.any():
+        r = int(np.flatnonzero(bad)[0])
+        what = f"integer codes in [0, {1 << bits})" if scale is None else \
+            f"values on the grid x = scale * q, q integer in [0, {1 << bits}) (scale={scale!r})"
+        raise ValueError(f"x: expected {what}; row {r} (of the flattened leading axes) is not")
+    return planes.reshape(x.shape[:-1] + planes.shape[1:])
+
+
+def _bitplane_operands(planes, w_words, k):
+    planes = _check_words(planes, "planes", ndim=3)
+    bits = planes.shape[1]
+    if not 1 <= bits <= _kp.MAX_BITS:
+        raise ValueError(f"planes: expected shape (M, bits, n_words) with 1 <= bits <= {_kp.MAX_BITS}, "
+                         f"got {planes.shape}")
+    w, panels = _weights(w_words, "w_words", ndim=2)
+    k = _check_k(k, "k", planes, "planes")
+    if w.shape[1] != planes.shape[2]:
+        raise ValueError(f"w_words: expected {planes.shape[2]} words per row like planes, got shape {w.shape}")
+    _check_padding_bits(planes, k, "planes")
+    _check_padding_bits(w, k, "w_words")
+    offsets = ((1 << bits) - 1) * _k.popcount_reference(w).sum(axis=-1)  # (2^bits - 1) * (number of -1 weights)
+    return planes, w, panels, k, bits, offsets
+
+
+def bitplane_matmul(planes, w_words, k):
+    r"""Exact integer product of quantized inputs and packed +-1 weights: ``q @ w.T``.
+
+    .. math:: z_{ij} = \sum_{t<k} q_{it} w_{jt}
+              = \sum_{b} 2^b \big(\mathrm{popcount}(q_{i,b}) - 2\,\mathrm{popcount}(q_{i,b} \wedge W_j)\big)
+
+    (sums over the words of a row), computed as
+    ``sum_b 2^b popcount(q_b XOR W_j) - (2^bits - 1) popcount(W_j)``.
+
+    Parameters
+    ----------
+    planes : ndarray, shape (M, bits, ceil(k/64)), uint64
+        Bit-planes of the codes ``q`` (M, k) from :func:`pack_planes`.
+    w_words : ndarray, shape (N, ceil(k/64)), uint64, or PreparedWeights
+        Packed +-1 weights (N, k) (:func:`pack`: bit set = -1).
+    k : int
+        True reduction length (padding bits must be 0 in both operands).
+
+    Returns
+    -------
+    ndarray, shape (M, N), int64
+    """
+    planes, w, panels, k, bits, offsets = _bitplane_operands(planes, w_words, k)
+    out = np.empty((planes.shape[0], w.shape[0]), np.int64)
+    _kp.bitplane_gemm(planes, panels, offsets.astype(np.int64), out)
+    return out
+
+
+def _bitplane_limits(offsets, k, bits, thresholds, flip, n_panels):
+    """(limits, invert_words) of :func:`sbnnumba.kernels.bitplane.bitplane_gemm_threshold`."""
+    n_columns = offsets.shape[0]
+    t = _check_thresholds(thresholds, n_columns, ((1 << bits) - 1) * k)
+    if flip is not None:
+        f = np.asarray(flip)
+        if f.dtype != np.bool_:
+            raise TypeError(f"flip: expected a boolean array or None, got dtype {f.dtype}")
+        if f.shape != (n_columns,):
+            raise ValueError(f"flip: expected shape ({n_columns},), got {f.shape}")
+    # -1 iff z < t  <=>  S = z + offset < t + offset  <=>  NOT (S > t + offset - 1): invert unflipped columns
+    invert = _flip_words(np.ones(n_columns, np.bool_) if flip is None else ~np.asarray(flip), n_columns)
+    return _padded_limits(t + offsets - 1, n_panels), invert
+
+
+def bitplane_matmul_threshold(planes, w_words, k, thresholds, flip=None):
+    r"""Fused ``sign(q @ w.T - thresholds)`` of quantized inputs, packed: a binary layer's packed input.
+
+    .. math:: y_{ij} = s_j \cdot \mathrm{sign}(z_{ij} - t_j), \quad \mathrm{sign}(0) = +1, \quad
+              s_j = -1 \text{ if flip}_j \text{ else } +1
+
+    with ``z`` of :func:`bitplane_matmul`: ``y = +1`` iff ``z >= t`` (unflipped), ``y = +1`` iff
+    ``z < t`` (flipped).
+
+    Parameters
+    ----------
+    planes, w_words, k
+        As in :func:`bitplane_matmul`.
+    thresholds : float or array_like, shape (N,)
+        Per output column; real (non-integers act as their ceiling), +-inf allowed.
+    flip : array_like of bool, shape (N,), optional
+
+    Returns
+    -------
+    ndarray, shape (M, ceil(N/64)), uint64
+        Packed ``y`` (bit set = -1, padding bits 0).
+    """
+    planes, w, panels, k, bits, offsets = _bitplane_operands(planes, w_words, k)
+    limits, invert = _bitplane_limits(offsets, k, bits, thresholds, flip, panels.shape[0])
+    out = np.zeros((planes.shape[0], _k.n_words(w.shape[0])), np.uint64)
+    _kp.bitplane_gemm_threshold(planes, panels, limits, invert, out)
     return out

@@ -13,7 +13,10 @@ section 6: weights ``sign(eta)`` for Bernoulli layers, activations ``x = sign(a)
   BLAS call on the same operands, weights ``sign(eta)`` kept as bits on disk), then threshold and
   pack ``y``;
 * the **head** (real weights on +-1 inputs) unpacks its input to +-1 floats and computes
-  ``h V^T + c`` as the float network does, so the logits are bitwise equal.
+  ``h V^T + c`` as the float network does, so the logits are bitwise equal;
+* optionally (``input_quantization=(scale, bits)``, see below) a **bit-plane first stage**: binary
+  weights on quantized real inputs, computed exactly with XNOR-popcount kernels instead of the
+  float GEMM.
 
 Folding bias and normalization into thresholds (exact, ties included)
 ---------------------------------------------------------------------
@@ -43,7 +46,55 @@ never. The thresholds are not derived from the real-number formula ``mu - beta s
   float64): the threshold is the smallest float with ``a_j >= 0``, not an approximation of it.
 
 The packed network therefore gives exactly the float deterministic network's states, hence its
-logits (bitwise) and predictions, on every input.
+logits (bitwise) and predictions, on every input. This holds for the default conversion
+(``input_quantization=None``), whatever the input.
+
+Bit-plane first stage (``input_quantization``): exact arithmetic, not the float32 GEMM
+-------------------------------------------------------------------------------------------
+The float first stage is a float32 GEMM of the full size, which bounds the speed-up of the whole
+network. When the first stage has binary weights ``w = sign(eta)`` and the inputs are declared
+quantized, ``x_i = fl(s q_i)`` with integer codes ``q_i`` in ``[0, 2^bits)`` (``fl``: the float64
+product rounded once to the network dtype; Fashion-MNIST pixels ``q/255`` from
+:func:`sbnnumba.datasets.normalize` are ``(s, bits) = (1/255, 8)``), the stage computes the **exact**
+integer
+
+.. math:: z_j = \sum_i q_i w_{ji} = \sum_b 2^b \big(\mathrm{popcount}(q_b) - 2\,\mathrm{popcount}(q_b \wedge W_j)\big)
+
+by bit-planes (:func:`sbnnumba.bitpack.bitplane_matmul_threshold`), and
+
+.. math:: x_j = +1 \iff a_j(y(z_j)) \ge 0, \qquad y(z) = \mathrm{fl}(s\, z)
+
+with ``a_j`` the float network's own bias/normalization arithmetic. ``y(z)`` is non-decreasing in
+``z`` and ``a_j`` monotone in ``y``, so this is ``z >= t_j`` (or ``z < t_j``, flipped) for an
+integer threshold; ``z`` ranges over ``[-(2^bits - 1) K, (2^bits - 1) K]``, too many values to
+enumerate per unit, so :func:`_integer_thresholds` finds ``t_j`` by bisection on ``z`` (exact, by
+the monotonicity). The packed stage therefore equals, bit for bit, the float network whose first raw
+product is evaluated in exact arithmetic on the exact inputs ``s q`` and rounded once
+(:func:`quantized_reference_logits`); every later stage and the head are unchanged and bit-exact.
+
+It is **not** bit-exact with :meth:`Network.forward_deterministic`, which feeds ``x_i = fl(s q_i)``
+to a float32 GEMM: its ``y_blas = fl32(sum_i x_i w_ji)`` differs from ``fl(s z_j)`` by the rounding of
+the inputs (``<= u sum_i |x_i|``, ``u = 2^-24`` for float32) and of the summation (worst case
+``gamma_{K-1} sum_i |x_i|``, ``gamma_n = n u / (1 - n u)``; in practice a random walk of size about
+``u sqrt(K)`` times the partial sums). A first-stage state differs exactly when unit ``j``'s
+threshold ``T_j`` (in ``y``) lies between ``y_blas`` and ``fl(s z_j)``: rare, as it needs a
+pre-activation within ~1e-5 of its threshold. Measured on the 10,000 Fashion-MNIST test images
+with the 784-1024-1024-10 fully binary MLP of ``bench/packed_inference.py``: 0 (trained 2 epochs)
+and 3 (trained briefly on 3,000 images) of the 10,240,000 first-layer states differ, changing
+0 and 1 predictions; on the embedded test images with a random 784-256-128 network, none of
+512,000 (``tests/test_packed.py`` asserts >= 99.99% of the states and >= 99.9% of the
+predictions, with the derivation). A prediction can only change through such a state. Inputs
+not on the grid raise ``ValueError`` (``x``), they are never silently rounded; ``codes=True``
+passes the integer codes (e.g. uint8 pixels) directly.
+
+Speed (``bench/packed_inference.py``, 2 cores, fully binary 784-1024-1024-10 MLP): the bit-plane
+first stage of a 10,000-image batch takes 17 ms (2.6 ms of it packing the planes from float ``x``
+with the grid check) where the float32 GEMM takes 70 ms, and the packed network runs 11.7x
+(batch 10,000) and 18x (batch 256) the images/s of ``forward_deterministic``. On few cores the
+Numba kernels need the cores to themselves: OpenBLAS's workers spin ~0.1 s after every call
+(``OPENBLAS_THREAD_TIMEOUT=28``, its default), so after the head's GEMM they halve the speed of the
+next batch's first stage (7.1x instead of 11.7x at batch 10,000); ``OPENBLAS_THREAD_TIMEOUT=4``,
+set before NumPy is imported, avoids it.
 
 Layouts
 -------
@@ -60,13 +111,16 @@ Real-weight hidden stages are supported (computed in float on the unpacked +-1 i
 other than :class:`~sbnnumba.Linear`, :class:`~sbnnumba.Conv2d` and
 :class:`~sbnnumba.Normalized` of those raise ``NotImplementedError``.
 
-File format (``save`` / ``load``, version 1)
---------------------------------------------
+File format (``save`` / ``load``, versions 1 and 2)
+---------------------------------------------------
 One ``.npz`` (no pickles), written atomically (temp file + ``os.replace``): ``meta/format`` =
-``"sbnnumba-packed"``, ``meta/version`` = 1, ``meta/spec`` (JSON: per stage its kind and geometry,
-the head, input shape, dtype), and the arrays ``stages/<i>/<name>`` and ``head/<name>``. A missing,
-truncated or corrupt file, another format or version, or arrays inconsistent with the spec raise
-:class:`PackedFormatError` (a ``ValueError``) naming the file.
+``"sbnnumba-packed"``, ``meta/version``, ``meta/spec`` (JSON: per stage its kind and geometry, the
+head, input shape, dtype), and the arrays ``stages/<i>/<name>`` and ``head/<name>``. Version 2 adds
+the stage kind ``"bitplane_dense"`` (meta ``k``, ``bits``, ``scale``; arrays ``weight_bits``,
+``threshold`` int32, ``flip``); a network without one is still written as version 1, and both
+versions are read. A missing, truncated or corrupt file, another format or version, a stage kind
+its version does not know, or arrays inconsistent with the spec raise :class:`PackedFormatError`
+(a ``ValueError``) naming the file.
 """
 from __future__ import annotations
 
@@ -81,14 +135,15 @@ import numpy as np
 from . import bitpack
 from .conv import Conv2d
 from .fileio import atomic_write
+from .kernels import bitplane as _kp
 from .kernels.conv_reference import output_size, windows
 from .layers import Linear
 from .normalization import Normalized
 
-__all__ = ["PackedNetwork", "PackedFormatError", "FORMAT", "FORMAT_VERSION"]
+__all__ = ["PackedNetwork", "PackedFormatError", "FORMAT", "FORMAT_VERSION", "quantized_reference_logits"]
 
 FORMAT = "sbnnumba-packed"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # version 2 adds the "bitplane_dense" stage; version-1 files are still read
 
 _WORD = 64
 _GRID_ELEMENTS = 1 << 22  # elements per chunk of the exhaustive threshold evaluation
@@ -123,12 +178,22 @@ def _threshold_pack_rows(y, lo, hi, out):
 
 @numba.njit(cache=True)
 def _unpack_rows(words, out):
-    """``out[r, i] = 1 - 2 bit_i(words[r])`` for ``i < out.shape[1]`` (+-1 floats)."""
+    """``out[r, i] = 1 - 2 bit_i(words[r])`` for ``i < out.shape[1]`` (+-1 floats).
+
+    Word by word with a fixed 64-bit inner loop, which LLVM vectorizes (variable shifts).
+    """
     n_rows, k = out.shape
+    full = k >> 6
     for r in range(n_rows):
         row = words[r]
-        for i in range(k):
-            out[r, i] = 1.0 - 2.0 * np.float64((row[i >> 6] >> np.uint64(i & 63)) & np.uint64(1))
+        dst = out[r]
+        for w in range(full):
+            word = row[w]
+            base = w * 64
+            for c in range(64):
+                dst[base + c] = 1 - 2 * np.int32((word >> np.uint64(c)) & np.uint64(1))
+        for i in range(full * 64, k):
+            dst[i] = 1 - 2 * np.int32((row[i >> 6] >> np.uint64(i & 63)) & np.uint64(1))
 
 
 def _pack_threshold(y, lo, hi):
@@ -212,6 +277,29 @@ def _float_value(keys, dtype):
     return bits.view(dtype)
 
 
+def _bisect(plus_at, key_low, key_high):
+    """Per-unit bisection over integer keys of a sign that is monotone in the key.
+
+    ``plus_at(keys)`` ((n,) int64 -> (n,) bool) is ``a_j >= 0`` at the point of key ``keys[j]`` for
+    every unit ``j``. Returns ``(k_high, increasing, decreasing, plus_high)``: units with
+    ``plus_at(key_low) != plus_at(key_high)`` are ``increasing`` (False -> True) or ``decreasing``;
+    for them ``k_high`` is the first key where the sign differs from its value at ``key_low``, i.e.
+    the smallest key with ``a >= 0`` (increasing) or with ``a < 0`` (decreasing).
+    """
+    p_low, p_high = plus_at(key_low), plus_at(key_high)
+    increasing, decreasing = ~p_low & p_high, p_low & ~p_high
+    k_low, k_high = key_low.copy(), key_high.copy()
+    while True:
+        active = (k_high > k_low + 1) & (increasing | decreasing)
+        if not active.any():
+            break
+        mid = (k_low >> 1) + (k_high >> 1) + (k_low & k_high & 1)  # floor of the mean, without overflow
+        q = plus_at(mid) ^ decreasing  # increasing in the key for both kinds of unit
+        k_high = np.where(active & q, mid, k_high)
+        k_low = np.where(active & ~q, mid, k_low)
+    return k_high, increasing, decreasing, p_high
+
+
 def _float_thresholds(evaluate, n, dtype):
     """Per-unit ``(threshold, flip)`` in the float domain of the raw product ``y``.
 
@@ -222,21 +310,11 @@ def _float_thresholds(evaluate, n, dtype):
     dtype = np.dtype(dtype)
     limit = _FLOAT_RANGE[dtype]
 
-    def plus(y):
-        return evaluate(np.asarray(y, dtype).reshape(1, n))[0] >= 0
+    def plus_at(keys):
+        return evaluate(_float_value(keys, dtype).reshape(1, n))[0] >= 0
 
-    p_low, p_high = plus(np.full(n, -limit)), plus(np.full(n, limit))
-    increasing, decreasing = ~p_low & p_high, p_low & ~p_high
-    k_low = np.full(n, _float_key(np.array([-limit]), dtype)[0])  # q(k_low) = False for monotone units
-    k_high = np.full(n, _float_key(np.array([limit]), dtype)[0])  # q(k_high) = True
-    while True:
-        active = (k_high > k_low + 1) & (increasing | decreasing)
-        if not active.any():
-            break
-        mid = (k_low >> 1) + (k_high >> 1) + (k_low & k_high & 1)  # floor of the mean, without overflow
-        q = plus(_float_value(mid, dtype)) ^ decreasing  # increasing in y for both kinds of unit
-        k_high = np.where(active & q, mid, k_high)
-        k_low = np.where(active & ~q, mid, k_low)
+    key_low, key_high = _float_key(np.array([-limit, limit]), dtype)
+    k_high, increasing, decreasing, p_high = _bisect(plus_at, np.full(n, key_low), np.full(n, key_high))
     # increasing: smallest y with a >= 0; decreasing: largest y with a >= 0 (k_high = first with a < 0)
     threshold = np.where(increasing, _float_value(k_high, dtype),
                          np.where(decreasing, _float_value(k_high - 1, dtype),
@@ -244,13 +322,33 @@ def _float_thresholds(evaluate, n, dtype):
     return threshold, decreasing.copy()
 
 
-def _integer_thresholds(evaluate, n, k, dtype, where):
-    """Per-unit integer ``(t, flip)`` for a binary stage whose raw product is an integer ``d`` in [-k, k].
+def _integer_thresholds(evaluate, n, k, dtype, where, scale=None):
+    """Per-unit integer ``(t, flip)`` for a stage whose raw product is ``y(d)`` of an integer ``d`` in [-k, k].
 
-    Evaluates the float network's pre-activation at every ``d`` (exhaustively) and checks that the
-    sign is monotone in ``d``. ``x = +1`` iff ``d >= t`` (flip False) or ``d < t`` (flip True).
+    ``x = +1`` iff ``d >= t`` (flip False) or ``d < t`` (flip True); constant units get
+    ``t = -(k + 1)`` (always +1) or ``t = k + 1`` (always -1), not flipped.
+
+    * ``scale=None`` (binary stages): ``y = d``, exact in ``dtype``. The float network's
+      pre-activation is evaluated at **every** ``d`` (exhaustively) and the sign is checked to be
+      monotone in ``d``.
+    * ``scale > 0`` (bit-plane stages): ``y(d) = dtype(scale * d)``, the float64 product rounded once
+      to ``dtype``. ``d`` ranges over ``(2^bits - 1) K`` values per side, too many to enumerate
+      for every unit, so ``t`` is found by bisection over ``d`` (:func:`_bisect`, ~log2(2k) steps):
+      ``d -> y(d)`` is non-decreasing (rounding is monotone) and ``a_j`` monotone in ``y`` (module
+      docstring), so the sign is monotone in ``d`` and the bisection exact.
     """
     dtype = np.dtype(dtype)
+    if scale is not None:
+        if k + 1 >= 2 ** 31:
+            raise NotImplementedError(f"{where}: product range {k} too large for int32 thresholds")
+
+        def plus_at(d):
+            return evaluate((scale * d.astype(np.float64)).astype(dtype).reshape(1, n))[0] >= 0
+
+        k_high, increasing, decreasing, p_high = _bisect(plus_at, np.full(n, -k, np.int64), np.full(n, k, np.int64))
+        # increasing: t = first d with a >= 0; decreasing: +1 iff d <= u = k_high - 1, i.e. d < t = k_high
+        t = np.where(increasing | decreasing, k_high, np.where(p_high, -(k + 1), k + 1))
+        return t.astype(np.int32), decreasing.copy()
     if k >= 2 ** (np.finfo(dtype).nmant + 1):
         raise NotImplementedError(f"{where}: reduction length {k} too long for exact {dtype} dot products")
     count = np.zeros(n, np.int64)
@@ -286,6 +384,11 @@ def _integer_thresholds(evaluate, n, k, dtype, where):
 # input by ("real", input_shape). Each stage stores its geometry in ``meta`` (JSON-able) and its
 # arrays in ``arrays`` (what is saved); runtime-only derived arrays live in ``_runtime``.
 
+def _rows(a):
+    """``a`` (B, ...) as a 2-d (B, features) array (also for B = 0)."""
+    return a.reshape(a.shape[0], int(np.prod(a.shape[1:])))
+
+
 def _fetch_input(kind, shape, act, dtype):
     """Float input of a float stage / the head in the float network's layout (B, ...)."""
     if kind == "real":
@@ -296,7 +399,8 @@ def _fetch_input(kind, shape, act, dtype):
 
 
 class _Stage:
-    kinds = ("float_dense", "float_conv", "binary_dense", "binary_conv")
+    kinds = ("float_dense", "float_conv", "binary_dense", "binary_conv", "bitplane_dense")
+    kinds_by_version = {1: kinds[:4], 2: kinds}
 
     def __init__(self, kind, meta, arrays):
         self.kind, self.meta, self.arrays = kind, meta, arrays
@@ -333,6 +437,13 @@ class _Stage:
             lo = np.where(flip, -np.inf, thr).astype(dtype)
             hi = np.where(flip, thr, np.inf).astype(dtype)
             self._runtime = dict(weight=weight, lo=lo, hi=hi)
+        elif self.kind == "bitplane_dense":
+            bits, scale = bitpack._check_bits(m["bits"], "bits"), bitpack._check_scale(m["scale"])
+            weights = bitpack.prepare_weights(a["weight_bits"])
+            offsets = ((1 << bits) - 1) * bitpack._k.popcount_reference(weights.words).sum(axis=-1)
+            limits, invert = bitpack._bitplane_limits(offsets, int(m["k"]), bits, a["threshold"], a["flip"],
+                                                      weights.panels.shape[0])
+            self._runtime = dict(weights=weights, limits=limits, invert=invert, bits=bits, scale=scale)
         else:
             self._runtime = dict(weights=bitpack.prepare_weights(a["weight_bits"]))
         return self
@@ -344,7 +455,7 @@ class _Stage:
         a = self.arrays
         if self.kind == "float_dense":
             h = _fetch_input(self.in_kind, self.in_shape, act, dtype)
-            h = h.reshape(h.shape[0], -1)
+            h = _rows(h)
             y = h @ rt["weight"].T
             return _pack_threshold(y, rt["lo"], rt["hi"])
         if self.kind == "float_conv":
@@ -356,8 +467,15 @@ class _Stage:
             y = rt["weight"] @ cols  # (C_out, B * H_out * W_out), as Conv2d.forward
             words = _pack_threshold(y.T, rt["lo"], rt["hi"])  # positions (b, oy, ox) x channels
             return words.reshape(b, ho, wo, words.shape[-1])
+        if self.kind == "bitplane_dense":
+            # real x on the grid (float) or its integer codes: planes, then the fused bit-plane kernel
+            rows = _rows(act)
+            planes = bitpack.pack_planes(rows, rt["bits"], None if act.dtype.kind in "iu" else rt["scale"])
+            out = np.zeros((rows.shape[0], bitpack.n_words(int(m["n_out"]))), np.uint64)
+            _kp.bitplane_gemm_threshold(planes, rt["weights"].panels, rt["limits"], rt["invert"], out)
+            return out
         if self.kind == "binary_dense":
-            words = act.reshape(act.shape[0], -1)
+            words = _rows(act)
             return bitpack.matmul_threshold(words, rt["weights"], int(m["k"]), a["threshold"], a["flip"])
         return bitpack.conv2d_threshold(act, rt["weights"], int(m["in_shape"][0]), a["threshold"], a["flip"],
                                         stride=tuple(m["stride"]), padding=tuple(m["padding"]))
@@ -375,7 +493,7 @@ class _Stage:
             else:
                 out["weight"] = (shape, dtype)
             return out
-        if self.kind == "binary_dense":
+        if self.kind in ("binary_dense", "bitplane_dense"):
             wshape = (n_out, bitpack.n_words(int(m["k"])))
         else:
             kh, kw = m["kernel_size"]
@@ -397,12 +515,20 @@ def _pack_float_weights(weight, binary):
     return {"weight": np.ascontiguousarray(weight)}
 
 
-def _convert_stage(index, stage, in_kind, in_shape, dtype):
-    """Build the packed stage ``index`` from a network stage reading ``(in_kind, in_shape)``."""
+def _convert_stage(index, stage, in_kind, in_shape, dtype, quantization=None):
+    """Build the packed stage ``index`` from a network stage reading ``(in_kind, in_shape)``;
+    ``quantization = (scale, bits)`` makes a (real-input, binary-weight, dense) stage a bit-plane stage."""
     where = f"stages.{index} ({stage!r})"
     inner, _ = _split(stage)
     evaluate = _preactivation_fn(stage)
     binary_weights = inner.latent is not None
+    if quantization is not None:
+        if not binary_weights:
+            raise ValueError(f"input_quantization: the first stage {stage!r} has real weights; the bit-plane first "
+                             "stage needs binary (Bernoulli) weights (e.g. Network.dense(..., weight='bernoulli'))")
+        if isinstance(inner, Conv2d):
+            raise NotImplementedError(f"input_quantization: the first stage {stage!r} is a convolution; bit-plane "
+                                      "first stages are implemented for dense (Linear) stages only")
     weight = _mode_weight(inner).astype(dtype, copy=False)
     n_out = weight.shape[0]
     meta = {"in_kind": in_kind, "in_shape": [int(s) for s in in_shape], "binary_weights": bool(binary_weights),
@@ -430,6 +556,11 @@ def _convert_stage(index, stage, in_kind, in_shape, dtype):
         raise ValueError(f"{where}: expects {inner.n_in} input features, the previous stage gives {n_in} "
                          f"(shape {tuple(in_shape)})")
     meta.update(n_in=n_in, n_out=int(n_out), weight_shape=list(weight.shape))
+    if quantization is not None:
+        scale, bits = quantization
+        t, flip = _integer_thresholds(evaluate, n_out, ((1 << bits) - 1) * n_in, dtype, where, scale=scale)
+        meta.update(k=n_in, bits=int(bits), scale=float(scale))
+        return _Stage("bitplane_dense", meta, {"weight_bits": bitpack.pack(weight), "threshold": t, "flip": flip})
     if in_kind in ("dense", "conv") and binary_weights:
         k = n_in
         t, flip = _integer_thresholds(evaluate, n_out, k, dtype, where)
@@ -450,6 +581,64 @@ def _convert_stage(index, stage, in_kind, in_shape, dtype):
     thr, flip = _float_thresholds(evaluate, n_out, dtype)
     return _Stage("float_dense", meta, {**_pack_float_weights(weight, binary_weights), "threshold": thr,
                                         "flip": flip})
+
+
+def _check_quantization(value):
+    """``(scale, bits)`` from ``input_quantization`` (TypeError / ValueError naming the argument)."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise TypeError(f"input_quantization: expected a pair (scale, bits), e.g. (1/255, 8), got {value!r}")
+    return bitpack._check_scale(value[0], "input_quantization"), bitpack._check_bits(value[1], "input_quantization")
+
+
+def quantized_reference_logits(net, x, input_quantization):
+    r"""Logits of ``net``'s deterministic network with the first raw product computed exactly.
+
+    For inputs on the grid ``x = dtype(scale * q)`` (integer ``q`` in ``[0, 2^bits)``): the codes
+    ``q = rint(x / scale)``, the exact integer product ``z = q @ sign(eta_1).T`` (float64, exact since
+    ``|z| <= (2^bits - 1) K < 2^53``), ``y = dtype(scale * z)`` (float64 product rounded once), the
+    first stage's bias and normalization applied to ``y`` with the float network's own operations,
+    ``sign``; every later stage and the head exactly as :meth:`Network.forward_deterministic`. This is
+    what a :class:`PackedNetwork` converted with ``input_quantization`` computes (bitwise equal
+    logits); it differs from ``forward_deterministic`` only where the float32 rounding of ``x @ w.T``
+    puts a first-stage pre-activation on the other side of its threshold.
+
+    Parameters
+    ----------
+    net : sbnnumba.Network
+        Dense first stage with Bernoulli weights; its parameters are not modified.
+    x : ndarray (B, ...)
+        Inputs on the grid (``ValueError`` naming ``x`` otherwise).
+    input_quantization : (float, int)
+        ``(scale, bits)``.
+
+    Returns
+    -------
+    ndarray (B, n_classes)
+    """
+    scale, bits = _check_quantization(input_quantization)
+    dtype = np.dtype(net.dtype)
+    x = net.check_input(x)
+    rows = x.reshape(len(x), -1)
+    bitpack.pack_planes(rows, bits, scale)  # the grid check (ValueError naming x)
+    stage = net.stages[0]
+    inner, _ = _split(stage)
+    if inner.latent is None or not isinstance(inner, Linear):
+        raise ValueError(f"net: the first stage {stage!r} must be dense with binary (Bernoulli) weights")
+    q = np.rint(rows.astype(np.float64) / scale)
+    z = q @ _mode_weight(inner).astype(np.float64).T
+    a = _preactivation_fn(stage)((scale * z).astype(dtype))
+    h = np.where(a >= 0, 1, -1).astype(dtype)
+    samples = [(layer, layer.weight) for _, layer in net.latent_layers()]
+    try:
+        with net.evaluating("deterministic"):
+            net.set_mode_weights()
+            for layer in net.stages[1:]:
+                a = layer.forward(h)
+                h = np.where(a >= 0, 1, -1).astype(a.dtype)
+            return net.head.forward(h)
+    finally:  # set_mode_weights replaced the Bernoulli layers' weights by sign(eta): restore the samples
+        for layer, weight in samples:
+            layer.weight = weight
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -488,7 +677,7 @@ class PackedNetwork:
 
     # ------------------------------------------------------------------ conversion
     @classmethod
-    def from_network(cls, net, calibration_x=None, input_shape=None):
+    def from_network(cls, net, calibration_x=None, input_shape=None, input_quantization=None):
         """Convert the deterministic version of ``net`` (see :meth:`Network.forward_deterministic`).
 
         Parameters
@@ -500,11 +689,23 @@ class PackedNetwork:
             stochastic running statistics, with a warning).
         calibration_x : ndarray (B, ...), optional
             Inputs on which the conversion is checked: the packed network's logits must equal
-            ``net.forward_deterministic(calibration_x)`` (``RuntimeError`` otherwise). Also gives the
-            input shape. The statistics are *not* re-estimated here.
+            ``net.forward_deterministic(calibration_x)`` (``RuntimeError`` otherwise; with
+            ``input_quantization``: the logits of the exact-first-product reference, see the module
+            docstring). Also gives the input shape. The statistics are *not* re-estimated here.
         input_shape : tuple of int, optional
             Per-example input shape; needed for conv networks unless ``calibration_x`` is given, the
             first Conv2d knows its ``in_shape`` or ``net.arch_spec`` holds it.
+        input_quantization : (float, int), optional
+            ``(scale, bits)``: declares the inputs quantized, ``x = dtype(scale * q)`` with integer
+            ``q`` in ``[0, 2^bits)``, ``1 <= bits <= 8`` (Fashion-MNIST pixels from
+            :func:`sbnnumba.datasets.normalize`: ``(1/255, 8)``). The first stage, which must then be
+            dense with binary (Bernoulli) weights, becomes a **bit-plane stage** computing the exact
+            integer ``z = sum_i q_i w_i`` with XNOR-popcount kernels instead of a float GEMM
+            (:func:`sbnnumba.bitpack.bitplane_matmul_threshold`). Its states are those of the float
+            network with the first raw product computed exactly, ``y = dtype(scale * z)``; they can
+            differ from ``forward_deterministic``'s only where float32 rounding of ``x @ w.T`` crosses
+            a threshold (module docstring). Inputs off the grid raise ``ValueError`` at prediction.
+            Default ``None``: every path stays bit-exact.
 
         Returns
         -------
@@ -517,6 +718,7 @@ class PackedNetwork:
         dtype = np.dtype(net.dtype)
         if dtype not in _FLOAT_RANGE:
             raise TypeError(f"net: expected a float32 or float64 network, got dtype {dtype}")
+        quantization = None if input_quantization is None else _check_quantization(input_quantization)
         if calibration_x is not None:
             calibration_x = net.check_input(calibration_x)
         shape = cls._input_shape(net, calibration_x, input_shape)
@@ -530,7 +732,7 @@ class PackedNetwork:
         stages, act = [], ("real", shape)
         float_sizes = []
         for index, stage in enumerate(net.stages):
-            packed = _convert_stage(index, stage, act[0], act[1], dtype)
+            packed = _convert_stage(index, stage, act[0], act[1], dtype, quantization if index == 0 else None)
             stages.append(packed)
             act = packed.out_desc
             inner, norm = _split(stage)
@@ -542,18 +744,25 @@ class PackedNetwork:
         float_sizes.append(4 * (head.weight.size + head.bias.size))
         packed = cls(stages, head_weight, head.bias.astype(dtype, copy=True), shape, dtype, act, float_sizes)
         if calibration_x is not None:
-            samples = [(layer, layer.weight) for _, layer in net.latent_layers()]
-            try:
-                expected = net.forward_deterministic(calibration_x)
-            finally:  # forward_deterministic sets the Bernoulli layers' weights to sign(eta): restore the samples
-                for layer, weight in samples:
-                    layer.weight = weight
+            if quantization is None:
+                samples = [(layer, layer.weight) for _, layer in net.latent_layers()]
+                try:
+                    expected = net.forward_deterministic(calibration_x)
+                finally:  # forward_deterministic sets the Bernoulli layers' weights to sign(eta): restore the samples
+                    for layer, weight in samples:
+                        layer.weight = weight
+                reference = "net.forward_deterministic"
+            else:
+                try:
+                    expected = quantized_reference_logits(net, calibration_x, quantization)
+                except ValueError as exc:
+                    raise ValueError(f"calibration_x: {str(exc).removeprefix('x: ')}") from None
+                reference = "the exact-first-product reference (quantized_reference_logits)"
             got = packed.predict_logits(calibration_x)
             if not (np.array_equal(np.argmax(got, 1), np.argmax(expected, 1))
                     and np.allclose(got, expected, rtol=1e-5, atol=1e-5)):
-                raise RuntimeError("PackedNetwork.from_network: the packed network does not reproduce "
-                                   "net.forward_deterministic on calibration_x (max |logit difference| "
-                                   f"{np.max(np.abs(got - expected)):.3g})")
+                raise RuntimeError(f"PackedNetwork.from_network: the packed network does not reproduce {reference} "
+                                   f"on calibration_x (max |logit difference| {np.max(np.abs(got - expected)):.3g})")
         return packed
 
     @staticmethod
@@ -578,63 +787,85 @@ class PackedNetwork:
         return shape
 
     # ------------------------------------------------------------------ inference
-    def _check_x(self, x):
+    def _check_x(self, x, codes=False):
         x = np.asarray(x)
-        if x.dtype.kind not in "fiu":
-            raise TypeError(f"x: expected a real numeric array, got dtype {x.dtype}")
-        x = x.astype(self.dtype, copy=False)
         first = self.stages[0]
+        if codes:
+            if first.kind != "bitplane_dense":
+                raise ValueError("codes: integer input codes need a bit-plane first stage (PackedNetwork.from_network "
+                                 "with input_quantization)")
+            if x.dtype.kind not in "iu":
+                raise TypeError(f"x: expected integer codes q (codes=True), got dtype {x.dtype}")
+        else:
+            if x.dtype.kind not in "fiu":
+                raise TypeError(f"x: expected a real numeric array, got dtype {x.dtype}")
+            x = x.astype(self.dtype, copy=False)
         if x.ndim < 2:
             raise ValueError(f"x: expected a batch (B, ...) of inputs of shape {self.input_shape}, got {x.shape}")
         if first.kind == "float_conv" and tuple(x.shape[1:]) != self.input_shape:
             raise ValueError(f"x: expected inputs of shape (B, {', '.join(map(str, self.input_shape))}), "
                              f"got {x.shape}")
-        if first.kind == "float_dense" and int(np.prod(x.shape[1:])) != int(first.meta["n_in"]):
+        if first.kind in ("float_dense", "bitplane_dense") and int(np.prod(x.shape[1:])) != int(first.meta["n_in"]):
             raise ValueError(f"x: expected {first.meta['n_in']} input features per example "
                              f"(shape {self.input_shape}), got shape {x.shape}")
-        if not np.all(np.isfinite(x)):
+        # a bit-plane first stage checks its input itself (on the grid, hence finite) while packing it
+        if first.kind != "bitplane_dense" and not np.all(np.isfinite(x)):
             raise ValueError("x: expected finite values, found NaN or inf")
         return x
 
-    def forward_packed(self, x):
-        """Packed output words of every stage for inputs ``x`` (B, ...): a list, one per stage."""
-        act, out = self._check_x(x), []
+    @property
+    def input_quantization(self):
+        """``(scale, bits)`` of a bit-plane first stage, else ``None``."""
+        first = self.stages[0]
+        return (first.meta["scale"], first.meta["bits"]) if first.kind == "bitplane_dense" else None
+
+    def forward_packed(self, x, codes=False):
+        """Packed output words of every stage for inputs ``x`` (B, ...): a list, one per stage.
+
+        ``codes=True`` (bit-plane first stage only): ``x`` holds the integer codes ``q`` of the
+        inputs ``scale * q`` (e.g. the uint8 pixels), which skips the rounding and grid check.
+        """
+        act, out = self._check_x(x, codes), []
         for stage in self.stages:
             act = stage.forward(act, self.dtype)
             out.append(act)
         return out
 
-    def forward_states(self, x):
+    def forward_states(self, x, codes=False):
         """+-1 states of every stage in the float network's layout ((B, N) or (B, C, H, W))."""
         states = []
-        for stage, words in zip(self.stages, self.forward_packed(x)):
+        for stage, words in zip(self.stages, self.forward_packed(x, codes)):
             kind, shape = stage.out_desc
             states.append(_unpack(words, shape[0], self.dtype) if kind == "dense"
                           else _unpack_map(words, shape, self.dtype))
         return states
 
-    def _logits(self, x):
-        act = self._check_x(x)
+    def _logits(self, x, codes=False):
+        act = self._check_x(x, codes)
         for stage in self.stages:
             act = stage.forward(act, self.dtype)
         h = _fetch_input(self.head_in[0], self.head_in[1], act, self.dtype)
-        return h.reshape(h.shape[0], -1) @ self.head_weight.T + self.head_bias
+        return _rows(h) @ self.head_weight.T + self.head_bias
 
-    def predict_logits(self, x, batch_size=None):
-        """Logits (B, n_classes) of inputs ``x`` (B, ...), equal to the float deterministic network's.
+    def predict_logits(self, x, batch_size=None, codes=False):
+        """Logits (B, n_classes) of inputs ``x`` (B, ...), equal to the float deterministic network's
+        (with a bit-plane first stage: to the exact-first-product reference's, see the module docstring).
 
         ``batch_size`` splits the work into chunks (default: one pass over the whole batch).
+        ``codes=True`` (bit-plane first stage only): ``x`` holds the integer codes ``q`` of the inputs
+        ``scale * q`` (e.g. uint8 pixels), packed without the rounding and grid check of float inputs.
         """
         if batch_size is None:
-            return self._logits(x)
+            return self._logits(x, codes)
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size: expected a positive integer or None, got {batch_size!r}")
         x = np.asarray(x)
-        return np.concatenate([self._logits(x[s:s + batch_size]) for s in range(0, max(len(x), 1), batch_size)])
+        return np.concatenate([self._logits(x[s:s + batch_size], codes)
+                               for s in range(0, max(len(x), 1), batch_size)])
 
-    def predict(self, x, batch_size=None):
+    def predict(self, x, batch_size=None, codes=False):
         """Predicted classes (B,): argmax of :meth:`predict_logits`."""
-        return np.argmax(self.predict_logits(x, batch_size), axis=-1)
+        return np.argmax(self.predict_logits(x, batch_size, codes), axis=-1)
 
     @property
     def n_classes(self):
@@ -662,6 +893,8 @@ class PackedNetwork:
             packed = int(sum(a.nbytes for a in stage.arrays.values()))
             kind = stage.kind + (" (1-bit weights)" if stage.meta.get("binary_weights") and
                                  stage.kind.startswith("float") else "")
+            if stage.kind == "bitplane_dense":
+                kind += f" ({stage.meta['bits']}-bit input)"
             rows.append(dict(name=f"stages.{i}", kind=kind, packed_bytes=packed,
                              float32_bytes=None if f32 is None else int(f32)))
         rows.append(dict(name="head", kind="float_dense (head)",
@@ -688,9 +921,17 @@ class PackedNetwork:
                 "float_sizes": None if self.float_sizes is None else [int(s) for s in self.float_sizes],
                 "stages": [{"kind": s.kind, "meta": s.meta} for s in self.stages]}
 
+    def _format_version(self):
+        """The oldest format version that holds this network (1 unless it has a bit-plane stage)."""
+        return min(v for v, kinds in _Stage.kinds_by_version.items() if all(s.kind in kinds for s in self.stages))
+
     def save(self, path):
-        """Write the packed network to one ``.npz`` atomically (temp file + ``os.replace``); returns ``path``."""
-        arrays = {"meta/format": np.array(FORMAT), "meta/version": np.array(FORMAT_VERSION),
+        """Write the packed network to one ``.npz`` atomically (temp file + ``os.replace``); returns ``path``.
+
+        The file has format version 1 (readable by older sbnnumba) unless the network has a bit-plane
+        stage (version 2).
+        """
+        arrays = {"meta/format": np.array(FORMAT), "meta/version": np.array(self._format_version()),
                   "meta/spec": np.array(json.dumps(self._spec(), sort_keys=True)),
                   "head/weight": self.head_weight, "head/bias": self.head_bias}
         for i, stage in enumerate(self.stages):
@@ -719,9 +960,9 @@ class PackedNetwork:
                 if "meta/format" not in files or str(z["meta/format"]) != FORMAT:
                     raise PackedFormatError(f"{path}: not a packed sbnnumba network (no 'meta/format' = {FORMAT!r})")
                 version = int(z["meta/version"]) if "meta/version" in files else None
-                if version != FORMAT_VERSION:
+                if version not in _Stage.kinds_by_version:
                     raise PackedFormatError(f"{path}: packed-network format version {version}; this sbnnumba "
-                                            f"reads version {FORMAT_VERSION}")
+                                            f"reads versions {', '.join(map(str, sorted(_Stage.kinds_by_version)))}")
                 if "meta/spec" not in files:
                     raise PackedFormatError(f"{path}: lacks the entry 'meta/spec'")
                 spec = json.loads(str(z["meta/spec"]))
@@ -732,7 +973,7 @@ class PackedNetwork:
             raise PackedFormatError(f"{path}: corrupt or unreadable packed-network file "
                                     f"({type(exc).__name__}: {exc})") from None
         try:
-            return cls._from_spec(spec, data, path)
+            return cls._from_spec(spec, data, path, version)
         except PackedFormatError:
             raise
         except (KeyError, TypeError, ValueError, IndexError) as exc:
@@ -740,15 +981,17 @@ class PackedNetwork:
                 from None
 
     @classmethod
-    def _from_spec(cls, spec, data, path):
+    def _from_spec(cls, spec, data, path, version=FORMAT_VERSION):
         dtype = np.dtype(spec["dtype"])
         if dtype not in _FLOAT_RANGE:
             raise PackedFormatError(f"{path}: unsupported dtype {dtype}")
         stages, used = [], {"head/weight", "head/bias"}
         for i, entry in enumerate(spec["stages"]):
             kind, meta = entry["kind"], entry["meta"]
-            if kind not in _Stage.kinds:
-                raise PackedFormatError(f"{path}: stage {i} has the unknown kind {kind!r}")
+            if kind not in _Stage.kinds_by_version[version]:
+                raise PackedFormatError(f"{path}: stage {i} has the unknown kind {kind!r} (format version {version})")
+            if kind == "bitplane_dense" and meta.get("in_kind") != "real":
+                raise PackedFormatError(f"{path}: stage {i}: a bit-plane stage must read the real input")
             stage = _Stage(kind, meta, {})
             for name, (shape, dt) in stage.expected_arrays(dtype).items():
                 key = f"stages/{i}/{name}"

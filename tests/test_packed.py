@@ -1,7 +1,15 @@
 """Packed deployment (sbnnumba.packed): the packed network must reproduce the float deterministic
 network (``Network.forward_deterministic``) exactly: same +-1 states at every stage, bitwise equal
-logits, equal predictions, on random and real data, with ties at the thresholds."""
+logits, equal predictions, on random and real data, with ties at the thresholds.
+
+The bit-plane first stage (``input_quantization``) is checked against an exact integer (int64)
+reference of the deterministic network (bitwise), and against the float network on real data
+(agreement bounds derived in ``test_bitplane_agreement_with_float_network_on_real_data``)."""
+import json
 import os
+import subprocess
+import sys
+import textwrap
 import zipfile
 
 import numpy as np
@@ -10,9 +18,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import sbnnumba as sb
-from sbnnumba import datasets
+from sbnnumba import bitpack, datasets
+from sbnnumba.kernels import bitplane as bp_kernels
 from sbnnumba.packed import FORMAT_VERSION, PackedFormatError, PackedNetwork, _float_thresholds, \
-    _integer_thresholds, _preactivation_fn
+    _integer_thresholds, _preactivation_fn, quantized_reference_logits
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -362,3 +371,408 @@ def test_conversion_checks_and_input_errors(real_x):
     with pytest.raises(ValueError, match=r"x: expected inputs of shape \(B, 1, 28, 28\)"):
         packed.predict(np.zeros((2, 784), np.float32))
     np.testing.assert_array_equal(packed.predict(real_x[:40], batch_size=16), packed.predict(real_x[:40]))
+
+
+# ==================================================================================================
+# Bit-plane first stage: binary weights on quantized inputs x = scale * q (input_quantization)
+# ==================================================================================================
+
+def grid_values(q, scale, dtype=np.float32):
+    """The grid points ``dtype(scale * q)`` (float64 product, rounded once), as pack_planes defines them."""
+    return (scale * np.asarray(q, np.float64)).astype(dtype)
+
+
+def pm1_weights(rng, n, k):
+    return np.where(rng.random((n, k)) < 0.5, -1, 1).astype(np.int8)
+
+
+def check_bitplane_kernels(m, k, n, bits, rng):
+    """pack_planes (codes and grid values), bitplane_matmul and its fused threshold form against the
+    NumPy references and the int64 product ``q @ w.T``."""
+    q = rng.integers(0, 1 << bits, size=(m, k))
+    q[0] = (1 << bits) - 1  # extreme codes
+    if m > 1:
+        q[1] = 0
+    w = pm1_weights(rng, n, k)
+    planes = bitpack.pack_planes(q.astype(np.uint8), bits)
+    assert planes.shape == (m, bits, bitpack.n_words(k)) and planes.dtype == np.uint64
+    np.testing.assert_array_equal(planes, bp_kernels.planes_reference(q, bits))
+    np.testing.assert_array_equal(bitpack.pack_planes(q.astype(np.int32), bits), planes)
+    for scale in (1 / 255, 0.37, 4.0):
+        for dtype in (np.float32, np.float64):
+            np.testing.assert_array_equal(bitpack.pack_planes(grid_values(q, scale, dtype), bits, scale), planes)
+    w_words = bitpack.pack(w)
+    z = q.astype(np.int64) @ w.astype(np.int64).T
+    np.testing.assert_array_equal(bp_kernels.bitplane_matmul_reference(planes, w_words, k), z)
+    for weights in (w_words, bitpack.prepare_weights(w_words)):
+        got = bitpack.bitplane_matmul(planes, weights, k)
+        assert got.dtype == np.int64
+        np.testing.assert_array_equal(got, z)
+    # thresholds at attained products (ties z == t), out of range, fractional, +-inf; with and without flips
+    z_max = ((1 << bits) - 1) * k
+    t = z[rng.integers(0, m, n), np.arange(n)].astype(np.float64)
+    t[::5] = rng.integers(-z_max - 3, z_max + 4, size=t[::5].shape)
+    t[3::11] += 0.5
+    t[1::7], t[2::7] = np.inf, -np.inf
+    flip = rng.random(n) < 0.5
+    for f in (None, flip):
+        got = bitpack.bitplane_matmul_threshold(planes, w_words, k, t, f)
+        np.testing.assert_array_equal(got, bp_kernels.bitplane_threshold_reference(z, t, f))
+    # the packed output is the +-1 input of the next binary layer
+    np.testing.assert_array_equal(bitpack.unpack(got, n, np.int8), np.where(flip, -1, 1) * np.where(z >= t, 1, -1))
+
+
+@pytest.mark.parametrize("m, k, n, bits", [(1, 1, 1, 1), (1, 64, 1, 8), (2, 63, 31, 2), (4, 65, 33, 5),
+                                           (5, 128, 64, 8), (7, 130, 70, 3), (3, 784, 100, 8), (33, 200, 97, 7),
+                                           (1, 1, 65, 4), (9, 1, 3, 6), (6, 9, 129, 8)])
+def test_bitplane_kernels_equal_numpy_reference(m, k, n, bits):
+    """Edges: one element, K and N one above/below a multiple of 64 (and of the 32-column panels),
+    K not a multiple of 8 (the packing works in groups of 8 codes), all-zero and all-max codes."""
+    check_bitplane_kernels(m, k, n, bits, np.random.default_rng(1000 * m + 10 * k + n + bits))
+
+
+@settings(max_examples=30, deadline=None)
+@given(m=st.integers(1, 13), k=st.integers(1, 300), n=st.integers(1, 100), bits=st.integers(1, 8),
+       seed=st.integers(0, 2 ** 16))
+def test_bitplane_kernels_random_shapes(m, k, n, bits, seed):
+    check_bitplane_kernels(m, k, n, bits, np.random.default_rng(seed))
+
+
+def test_pack_planes_rejects_inputs_off_the_grid():
+    q = np.arange(256).reshape(2, 128)
+    x = grid_values(q, 1 / 255)
+    planes = bitpack.pack_planes(x, 8, 1 / 255)
+    y = x.copy()
+    y[0, 0] = -0.0  # -0 is the grid point 0
+    np.testing.assert_array_equal(bitpack.pack_planes(y, 8, 1 / 255), planes)
+    for bad in (np.nextafter(x[1, 5], np.float32(2)), np.float32(-1 / 255), np.float32(256 / 255),
+                np.float32(0.5 / 255), np.nan, np.inf, -np.inf):
+        y = x.copy()
+        y[1, 5] = bad
+        with pytest.raises(ValueError, match=r"x: expected values on the grid .*row 1 "):
+            bitpack.pack_planes(y, 8, 1 / 255)
+    with pytest.raises(ValueError, match=r"x: expected values on the grid x = scale \* q, q integer in \[0, 16\)"):
+        bitpack.pack_planes(x, 4, 1 / 255)  # on the 8-bit grid, but codes >= 16
+    with pytest.raises(ValueError, match=r"x: expected integer codes in \[0, 16\)"):
+        bitpack.pack_planes(q.astype(np.uint8), 4)
+    with pytest.raises(ValueError, match=r"x: expected integer codes in \[0, 256\)"):
+        bitpack.pack_planes(np.array([[0, -1]]), 8)
+    with pytest.raises(ValueError, match=r"x: expected integer codes in \[0, 256\)"):
+        bitpack.pack_planes(np.array([[0, 256]], np.int16), 8)
+    with pytest.raises(TypeError, match="x: expected integer codes"):
+        bitpack.pack_planes(x, 8)
+    with pytest.raises(TypeError, match="x: expected real values"):
+        bitpack.pack_planes(np.array([[1j]]), 8, 1.0)
+    for bits in (0, 9):
+        with pytest.raises(ValueError, match="bits"):
+            bitpack.pack_planes(q, bits)
+    for scale in (0.0, -1.0, np.nan, np.inf):
+        with pytest.raises(ValueError, match="scale"):
+            bitpack.pack_planes(x, 8, scale)
+    w_words = bitpack.pack(np.ones((3, 128)))
+    with pytest.raises(ValueError, match=r"planes: expected shape \(M, bits, n_words\) with 1 <= bits <= 8"):
+        bitpack.bitplane_matmul(np.zeros((2, 9, 2), np.uint64), w_words, 128)
+    with pytest.raises(ValueError, match="k: k=200 needs"):
+        bitpack.bitplane_matmul(planes, w_words, 200)
+    with pytest.raises(ValueError, match="w_words"):
+        bitpack.bitplane_matmul(planes, w_words[:, :1], 128)
+    with pytest.raises(TypeError, match="planes"):
+        bitpack.bitplane_matmul(planes.astype(np.int64), w_words, 128)
+    with pytest.raises(ValueError, match="thresholds"):
+        bitpack.bitplane_matmul_threshold(planes, w_words, 128, np.zeros(4))
+    with pytest.raises(TypeError, match="flip"):
+        bitpack.bitplane_matmul_threshold(planes, w_words, 128, 0, np.zeros(3))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bitplane_thresholds_match_float_arithmetic_at_every_product(dtype):
+    """Bisection on z (scaled integer thresholds) against exhaustive evaluation of the float
+    network's arithmetic at y = dtype(scale * z) for every z of a small range, with exact ties;
+    and, on the range of 8-bit 784-pixel inputs, the sign on both sides of every threshold."""
+    rng = np.random.default_rng(3)
+    n = 300
+    layer = sb.Normalized(sb.Linear(6, n, rng=rng, dtype=dtype, weight="bernoulli"))
+    layer.training, layer.stats_mode = False, "deterministic"
+    layer.gamma[:] = rng.normal(size=n)
+    layer.gamma[:4] = [0, 0, -0.0, 1e-30]
+    layer.beta[:] = rng.choice([0.0, 0.0, 0.5, -1.25], size=n)
+    layer.bias[:] = rng.choice([0.0, 1.0, -3.0, 0.1], size=n)
+    evaluate = _preactivation_fn(layer)
+    for scale, z_max in ((0.5, 7 * 6), (1 / 255, 255 * 6), (3.0, 3 * 6)):
+        d = np.arange(-z_max, z_max + 1)
+        y = np.broadcast_to(grid_values(d, scale, dtype)[:, None], (d.size, n))
+        # running means at attained values of y + bias: exact ties (z_hat = 0, beta = 0) for many units
+        mean = (y[rng.integers(0, d.size, n), np.arange(n)] + layer.bias).astype(dtype)
+        layer.running["deterministic"] = (mean, rng.choice([0.0, 1.0, 7.3], size=n).astype(dtype))
+        t, flip = _integer_thresholds(evaluate, n, z_max, dtype, "test", scale=scale)
+        want = evaluate(y) >= 0
+        np.testing.assert_array_equal(np.where(flip, d[:, None] < t, d[:, None] >= t), want)
+        assert np.any(evaluate(y) == 0), "ties must occur"
+    z_max = 255 * 784
+    layer.running["deterministic"] = (rng.normal(scale=30, size=n).astype(dtype),
+                                      rng.uniform(0.5, 50, size=n).astype(dtype))
+    t, flip = _integer_thresholds(evaluate, n, z_max, dtype, "test", scale=1 / 255)
+    probe = np.stack([t - 1, t, np.full(n, -z_max), np.full(n, z_max)] +
+                     [rng.integers(-z_max, z_max + 1, n) for _ in range(20)])
+    probe = np.clip(probe, -z_max, z_max)
+    plus = np.stack([evaluate(grid_values(p, 1 / 255, dtype)[None, :])[0] >= 0 for p in probe])
+    np.testing.assert_array_equal(np.where(flip, probe < t, probe >= t), plus)
+
+
+def exact_first_stage_reference(net, q, scale):
+    """The deterministic network with its first raw product in exact integer arithmetic.
+
+    ``z = q @ sign(eta).T`` in int64, ``y = dtype(scale * z)`` (float64 product rounded once), fed to
+    the network's own first layer (its Linear stands replaced by ``y + bias``, as Linear.forward adds
+    the bias; Normalized then normalizes with the deterministic statistics), then every later stage and
+    the head as ``forward_deterministic``. Returns (first pre-activation, states, logits)."""
+    dtype = np.dtype(net.dtype)
+    first = net.stages[0]
+    inner = getattr(first, "layer", first)
+    w = inner.latent.mode(inner.eta).astype(np.int64)
+    z = np.asarray(q).reshape(len(q), -1).astype(np.int64) @ w.T
+    y = (scale * z.astype(np.float64)).astype(dtype)
+
+    class Product:
+        def forward(self, _):
+            return y + inner.bias
+
+    samples = [(layer, layer.weight) for _, layer in net.latent_layers()]
+    try:
+        with net.evaluating("deterministic"):
+            net.set_mode_weights()
+            if isinstance(first, sb.Normalized):
+                first.layer = Product()
+                try:
+                    a = first.forward(None)
+                finally:
+                    first.layer = inner
+            else:
+                a = Product().forward(None)
+            h = np.where(a >= 0, 1, -1).astype(dtype)
+            states = [h]
+            for layer in net.stages[1:]:
+                h = np.where(layer.forward(h) >= 0, 1, -1).astype(dtype)
+                states.append(h)
+            return a, states, net.head.forward(h)
+    finally:
+        for layer, weight in samples:
+            layer.weight = weight
+
+
+@pytest.mark.parametrize("sizes, bits, scale, normalize, dtype", [
+    ([70, 40, 33], 8, 1 / 255, True, np.float32), ([70, 40, 33], 8, 1 / 255, False, np.float32),
+    ([129, 65], 3, 0.5, True, np.float32), ([64, 64, 64], 1, 1.0, True, np.float32),
+    ([1, 2, 3], 2, 0.25, True, np.float32), ([70, 40], 5, 0.37, True, np.float64),
+    ([200, 31, 7], 8, 1 / 255, True, np.float64)])
+def test_bitplane_network_equals_exact_integer_reference(sizes, bits, scale, normalize, dtype):
+    """Stage by stage and bitwise logits against the int64 reference, with exact ties in the first
+    stage (example 0 on the threshold of every unit), both signs of gamma and zero gammas."""
+    rng = np.random.default_rng(sum(sizes) + bits)
+    net = sb.Network.dense(sizes, 4, weight="bernoulli", normalize=normalize, rng=rng, dtype=dtype)
+    q = rng.integers(0, 1 << bits, size=(64, sizes[0]))
+    x = grid_values(q, scale, dtype)
+    first = getattr(net.stages[0], "layer", net.stages[0])
+    w = first.latent.mode(first.eta).astype(np.int64)
+    y0 = grid_values(q[0] @ w.T, scale, dtype)  # example 0's exact first product
+    if normalize:
+        net.recalibrate_normalization(x, mode="deterministic")
+        randomize_normalization(net, rng, zero_gammas=sizes[1] > 2)
+        norm = net.stages[0]
+        norm.running["deterministic"] = ((y0 + first.bias).astype(dtype), norm.running["deterministic"][1])
+        norm.beta[norm.gamma != 0] = 0  # a = gamma * 0 + 0: exact ties
+    else:
+        first.bias[:] = -y0
+    packed = PackedNetwork.from_network(net, calibration_x=x, input_quantization=(scale, bits))
+    assert [s.kind for s in packed.stages] == ["bitplane_dense"] + ["binary_dense"] * (len(sizes) - 2)
+    assert packed.input_quantization == (scale, bits)
+    a, states, logits = exact_first_stage_reference(net, q, scale)
+    assert np.any(a[0] == 0), "the construction must produce exact ties"
+    for k, (want, got) in enumerate(zip(states, packed.forward_states(x))):
+        np.testing.assert_array_equal(got, want, err_msg=f"stage {k}")
+    np.testing.assert_array_equal(packed.predict_logits(x), logits)
+    np.testing.assert_array_equal(packed.predict_logits(q.astype(np.uint8), codes=True), logits)
+    np.testing.assert_array_equal(packed.predict(q, batch_size=7, codes=True), np.argmax(logits, 1))
+    np.testing.assert_array_equal(quantized_reference_logits(net, x, (scale, bits)), logits)
+    assert packed.predict_logits(x[:0]).shape == (0, 4)
+
+
+def test_bitplane_agreement_with_float_network_on_real_data(real_x):
+    """Real Fashion-MNIST (the embedded 2,000 test images), a random fully binary network whose
+    normalization is recalibrated in deterministic mode: the bit-plane stage equals the exact
+    reference bitwise, and agrees with the float32 BLAS network except where float32 rounding
+    crosses a threshold.
+
+    Why >= 99.99% of first-layer states and >= 99.9% of predictions (derived, not fitted):
+    a state differs only where unit j's threshold T_j (in y) lies between the float network's
+    y_blas = fl32(x @ w_j) and fl(z_j / 255) (asserted exactly below). |y_blas - z_j / 255| is at most
+    gamma_{K+1} sum|x| ~ 785 u * 225 ~ 1e-2 (u = 2^-24, worst case, asserted), but float32 summation
+    errors are ~K roundings of either sign, each <= u |partial sum| with partial sums ~ |y| ~ 8 (the
+    spread of y_j over images: a sum of 784 +-pixels), so typically ~ u sqrt(K / 3) * 8 ~ 8e-6. The
+    recalibrated thresholds (beta = 0) sit at the mean of y_j, where its density is highest,
+    ~ 1 / (sqrt(2 pi) * 8) ~ 0.05 per unit of y. Expected fraction of differing states:
+    ~ 0.05 * 8e-6 = 4e-7, 250x below the 1e-4 allowed. A prediction can change only through a
+    differing first-layer state (every later stage and the head are exact): at most 256 * 4e-7 ~ 1e-4
+    of the images, 10x below the 1e-3 allowed.
+    """
+    ds = datasets.load_embedded()
+    q = ds.x_test
+    x = datasets.normalize(q)
+    net = sb.Network.dense([784, 256, 128], 10, weight="bernoulli", normalize=True, rng=0)
+    net.recalibrate_normalization(datasets.normalize(ds.x_train[:2000]), mode="deterministic")
+    packed = PackedNetwork.from_network(net, calibration_x=x[:100], input_quantization=(1 / 255, 8))
+    _, states, logits = float_run(net, x)
+    got = packed.forward_states(x)
+    _, exact_states, exact_logits = exact_first_stage_reference(net, q, 1 / 255)
+    for k in range(2):
+        np.testing.assert_array_equal(got[k], exact_states[k])
+    np.testing.assert_array_equal(packed.predict_logits(x), exact_logits)
+
+    first = net.stages[0].layer
+    with net.evaluating("deterministic"):
+        net.set_mode_weights()
+        w = first.weight
+    y_blas = raw_product(net, first, x).astype(np.float64)  # the float network's own x @ w.T (bias 0)
+    y_true = (q.reshape(len(q), -1).astype(np.int64) @ w.astype(np.int64).T) / 255.0  # z / 255 (float64)
+    y_fl = (q.reshape(len(q), -1).astype(np.int64) @ w.astype(np.int64).T * (1 / 255)).astype(np.float32)
+    u, k = 2.0 ** -24, 784
+    gamma = (k + 1) * u / (1 - (k + 1) * u)
+    err = np.abs(y_blas - y_true)
+    assert np.all(err <= gamma * np.abs(x).reshape(len(x), -1).sum(axis=1, keepdims=True))
+    threshold, flip = _float_thresholds(_preactivation_fn(net.stages[0]), 256, np.float32)
+    side_blas = np.where(flip, y_blas <= threshold, y_blas >= threshold)
+    side_exact = np.where(flip, y_fl <= threshold, y_fl >= threshold)
+    differ = states[0] != got[0]
+    np.testing.assert_array_equal(differ, side_blas != side_exact)
+    state_agreement = 1 - differ.mean()
+    prediction_agreement = np.mean(np.argmax(logits, 1) == packed.predict(x))
+    assert state_agreement >= 0.9999, (state_agreement, differ.sum(), err.max())
+    assert prediction_agreement >= 0.999, prediction_agreement
+
+
+def test_bitplane_save_load_round_trip_and_format_versions(tmp_path, real_x):
+    net = dense_net("bernoulli", normalize=True, seed=7, calib=real_x)
+    packed = PackedNetwork.from_network(net, input_quantization=(1 / 255, 8))
+    path = tmp_path / "quantized.npz"
+    packed.save(path)
+    with np.load(path) as z:
+        assert int(z["meta/version"]) == FORMAT_VERSION == 2
+    loaded = PackedNetwork.load(path)
+    assert [s.kind for s in loaded.stages] == ["bitplane_dense", "binary_dense"]
+    assert loaded.input_quantization == (1 / 255, 8)
+    np.testing.assert_array_equal(loaded.predict_logits(real_x), packed.predict_logits(real_x))
+    np.testing.assert_array_equal(loaded.predict_logits(real_x), quantized_reference_logits(net, real_x, (1 / 255, 8)))
+    assert loaded.size_report() == packed.size_report()
+    assert packed.size_report()[0]["kind"] == "bitplane_dense (8-bit input)"
+
+    plain = PackedNetwork.from_network(net)  # no bit-plane stage: still written as version 1, and read
+    plain.save(tmp_path / "plain.npz")
+    with np.load(tmp_path / "plain.npz") as z:
+        assert int(z["meta/version"]) == 1
+    np.testing.assert_array_equal(PackedNetwork.load(tmp_path / "plain.npz").predict_logits(real_x),
+                                  net.forward_deterministic(real_x))
+
+    def spec_change(change):
+        def apply(arrays):
+            spec = json.loads(str(arrays["meta/spec"]))
+            change(spec)
+            arrays["meta/spec"] = np.array(json.dumps(spec))
+        return apply
+
+    cases = {
+        "as_v1.npz": (lambda a: a.update({"meta/version": np.array(1)}),
+                      r"unknown kind 'bitplane_dense' \(format version 1\)"),
+        "v3.npz": (lambda a: a.update({"meta/version": np.array(3)}), "version 3"),
+        "bits.npz": (spec_change(lambda s: s["stages"][0]["meta"].update(bits=9)), "inconsistent"),
+        "scale.npz": (spec_change(lambda s: s["stages"][0]["meta"].update(scale=-1.0)), "inconsistent"),
+        "no_scale.npz": (spec_change(lambda s: s["stages"][0]["meta"].pop("scale")), "inconsistent"),
+        "second.npz": (spec_change(lambda s: s["stages"][1].update(kind="bitplane_dense")),
+                       "stage 1: a bit-plane stage must read the real input"),
+        "threshold.npz": (lambda a: a.update({"stages/0/threshold": a["stages/0/threshold"].astype(np.int64)}),
+                          "stages/0/threshold"),
+        "weights.npz": (lambda a: a.pop("stages/0/weight_bits"), "stages/0/weight_bits"),
+    }
+    for name, (change, message) in cases.items():
+        _rewrite(path, tmp_path / name, change)
+        with pytest.raises(PackedFormatError, match=message) as info:
+            PackedNetwork.load(tmp_path / name)
+        assert name in str(info.value)
+
+
+def test_bitplane_conversion_and_input_errors(real_x):
+    net = dense_net("bernoulli", normalize=True, seed=8, calib=real_x)
+    for bad, error in (((1 / 255,), TypeError), ("1/255, 8", TypeError), ((0.0, 8), ValueError),
+                       ((-1.0, 8), ValueError), ((np.nan, 8), ValueError), ((1 / 255, 0), ValueError),
+                       ((1 / 255, 9), ValueError), ((1 / 255, 8.0), TypeError)):
+        with pytest.raises(error, match="input_quantization"):
+            PackedNetwork.from_network(net, input_quantization=bad)
+    with pytest.raises(ValueError, match="input_quantization: .*real weights"):
+        PackedNetwork.from_network(dense_net("hidden", normalize=True, seed=8, calib=real_x),
+                                   input_quantization=(1 / 255, 8))
+    conv = conv_net("bernoulli")
+    conv.recalibrate_normalization(real_x, mode="deterministic")
+    with pytest.raises(NotImplementedError, match="input_quantization: .*convolution"):
+        PackedNetwork.from_network(conv, input_shape=(1, 28, 28), input_quantization=(1 / 255, 8))
+    with pytest.raises(ValueError, match="calibration_x: expected values on the grid"):
+        PackedNetwork.from_network(net, calibration_x=real_x[:8] + 1e-3, input_quantization=(1 / 255, 8))
+
+    packed = PackedNetwork.from_network(net, input_quantization=(1 / 255, 8))
+    x = real_x[:8].copy()
+    x[3, 0, 5, 5] = np.nextafter(x[3, 0, 5, 5], np.float32(2))
+    with pytest.raises(ValueError, match="x: expected values on the grid .*row 3 "):
+        packed.predict(x)
+    x[3, 0, 5, 5] = np.nan
+    with pytest.raises(ValueError, match="x: expected values on the grid"):
+        packed.predict(x)
+    with pytest.raises(ValueError, match="x: expected 784 input features"):
+        packed.predict(np.zeros((2, 783), np.float32))
+    with pytest.raises(TypeError, match="x: expected integer codes"):
+        packed.predict(real_x[:2], codes=True)
+    with pytest.raises(ValueError, match=r"x: expected integer codes in \[0, 256\)"):
+        packed.predict(np.full((2, 784), 300, np.int16), codes=True)
+    with pytest.raises(ValueError, match="codes"):
+        PackedNetwork.from_network(net).predict(np.zeros((2, 784), np.uint8), codes=True)
+
+
+def test_bitplane_kernels_run_as_python_without_jit():
+    """With NUMBA_DISABLE_JIT=1 the bit-plane kernels run as Python (intrinsics replaced by NumPy twins)."""
+    script = textwrap.dedent("""
+        import numpy as np
+        from sbnnumba import bitpack
+        from sbnnumba.kernels import bitplane
+        rng = np.random.default_rng(0)
+        q = rng.integers(0, 32, size=(5, 70))
+        w = np.where(rng.random((33, 70)) < 0.5, -1, 1)
+        planes = bitpack.pack_planes(q.astype(np.uint8), 5)
+        assert (planes == bitplane.planes_reference(q, 5)).all()
+        assert (bitpack.pack_planes((q * 0.25).astype(np.float32), 5, 0.25) == planes).all()
+        z = q @ w.T
+        assert (bitpack.bitplane_matmul(planes, bitpack.pack(w), 70) == z).all()
+        t = z[0]
+        got = bitpack.bitplane_matmul_threshold(planes, bitpack.pack(w), 70, t, t % 2 == 0)
+        assert (got == bitplane.bitplane_threshold_reference(z, t, t % 2 == 0)).all()
+        print("ok")
+    """)
+    env = dict(os.environ, NUMBA_DISABLE_JIT="1")
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+def _has_avx512_vpopcntdq():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return "avx512_vpopcntdq" in f.read()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _has_avx512_vpopcntdq(), reason="needs a CPU with AVX-512 VPOPCNTDQ")
+def test_bitplane_kernel_uses_vector_popcount():
+    import numba
+
+    twin = numba.njit(parallel=True)(bp_kernels.bitplane_gemm_threshold.py_func)  # uncached: keeps its assembly
+    out = np.zeros((4, 1), np.uint64)
+    twin(np.zeros((4, 8, 1), np.uint64), np.zeros((1, 32), np.uint64), np.zeros(32, np.int64),
+         np.zeros(1, np.uint64), out)
+    assert "vpopcntq" in twin.inspect_asm(twin.signatures[0])
