@@ -11,6 +11,7 @@ import time
 import numpy as np
 
 OPENBLAS_ENV_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+THREAD_ENV_VARS = ("OPENBLAS_THREAD_TIMEOUT", "OMP_WAIT_POLICY")  # set by sbnnumba before NumPy loads
 
 
 def _cpu_model():
@@ -67,7 +68,7 @@ def machine_info(print_it=True):
         "numba": numba.__version__,
         "numba_threads": numba.config.NUMBA_NUM_THREADS,
         "blas": blas,
-        "env": {name: os.environ.get(name) for name in OPENBLAS_ENV_VARS},
+        "env": {name: os.environ.get(name) for name in OPENBLAS_ENV_VARS + THREAD_ENV_VARS},
         "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
     if print_it:

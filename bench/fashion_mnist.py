@@ -48,7 +48,9 @@ import platform
 import sys
 import time
 
-import numpy as np
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # before NumPy loads OpenBLAS: see sbnnumba/__init__.py
+
+import numpy as np  # noqa: E402
 
 try:
     import sbnnumba

@@ -29,6 +29,8 @@ import os
 import subprocess
 import sys
 
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # before NumPy loads OpenBLAS: see sbnnumba/__init__.py
+
 SHAPES = [(256, 4096, 4096), (1024, 1024, 1024), (2048, 2048, 2048)]
 OPENBLAS_ENV_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 

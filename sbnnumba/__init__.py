@@ -11,6 +11,12 @@ import os as _os
 # instead of 30 ms. Passive waiting only adds the threads' wake-up latency to each kernel launch.
 # The user's own setting wins.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# OpenBLAS's own workers spin for 2^28 cycles (~0.1 s) after every BLAS call; on 2 cores the Numba
+# kernel that follows (the PSA flip propagation, the packed first stage) then runs at half speed:
+# measured, a 1024x1024 flip propagation 10.5 -> 6.2 ms and a PSA training step 30 -> 25 ms with
+# 2^4 cycles, while BLAS-only work is unchanged. Only effective when sbnnumba is imported before
+# NumPy loads OpenBLAS (``python -m sbnnumba``, the benchmarks); otherwise set it in the environment.
+_os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 from . import architectures, datasets, optim  # noqa: E402
 from .conv import Conv2d  # noqa: E402
