@@ -218,11 +218,15 @@ def test_ratio_form_falls_back_outside_safe_range_float32():
 
 
 @pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 3e-5)])
-def test_ratio_form_splits_unsafe_channels_to_generic(dtype, tol):
-    """Only the output channels outside the safe range go generic; the sum of both parts is the reference."""
+def test_ratio_form_sums_saturated_units_directly(dtype, tol):
+    """Saturated units (|a| > A) are summed directly, the rest by the ratio form with 2W clipped; the sum is
+    the reference whatever the mix."""
     layer, x, a, x_out, d_out = _layer_data((3, 5, 3, 2, 1, 7, 6), seed=10, scale=0.6)
     lim = conv_cpu.ratio_limits(dtype)[0]
-    a[1, 2, 0, 1] = lim + 5           # channel 2: one saturated unit -> generic
+    a[1, 2, 0, 1] = lim + 5           # channel 2: one saturated unit
+    a[0, 1] = -lim - 3                # a whole saturated map
+    big = 1.5 * conv_cpu.EXP_ARG_LIMIT[np.dtype(dtype)]
+    a[2, 0, 1, 1], layer.weight[0, 2, 1, 1], x[2, 2, 2, 2] = big, big / 2, 1.0  # flipping x[2,2,2,2] gives a = 0
     layer.weight[4, 1, 0, 2] = -250.0  # channel 4: 2W clipped to [-C, C] (flips saturate the unit either way)
     layer.weight[3, 0, 1, 1] = lim     # channel 3: a weight that moves units across the whole range
     ref = conv_reference.flip_propagate_conv(x, a, x_out, layer.weight, d_out, layer.stride, layer.padding,

@@ -33,10 +33,10 @@ Two forms, as for dense layers (:mod:`sbnnumba.kernels.cpu`):
   ``R[b,r,i] = sum_{c, off} g[b,c,j] / (1 + e^{-a[b,c,j]} K[c,r,off])`` with ``K = exp(+2W)``
   where ``x_in[b,r,i] = +1`` and ``exp(-2W)`` elsewhere: one multiply-add and one division per
   connection. Overflow is prevented as in the dense kernel (:func:`sbnnumba.kernels.cpu.ratio_limits`):
-  ``2W`` is clipped to ``[-C, C]`` (a term moves by less than ``e^{-(C-A)}``) and the sum over
-  output channels ``c`` is split: channels with a pre-activation ``|a| > A`` anywhere in the batch
-  are summed by the generic form, the others by the ratio form, so a few saturated channels do not
-  make the whole layer pay one transcendental per connection.
+  ``2W`` is clipped to ``[-C, C]`` (a term moves by less than ``e^{-(C-A)}``) and the saturated
+  output units (``|a| > A``) are left out of the ratio sums and summed directly over their
+  receptive fields with one ``exp`` per connection (:func:`_flip_conv_logistic_saturated`), so
+  saturated units never make the layer pay the generic form's stable F difference.
 * **generic** (every noise family): ``Delta = F(u) - F(v)`` with ``v = -x_out a``,
   ``u = v + 2 x_out W x_in``, evaluated like :func:`sbnnumba.kernels.scalar.cdf_diff` (``F(-v) - F(-u)``
   when ``u + v > 0``, no cancellation), with ``F(v)`` and ``F(-v)`` precomputed per output unit: one
@@ -48,7 +48,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from .cpu import choose_form, ratio_limits
+from .cpu import EXP_ARG_LIMIT, choose_form, ratio_limits
 from .scalar import cdf_lower
 
 
@@ -232,8 +232,8 @@ def flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_co
     noise_code : int
         :data:`sbnnumba.kernels.scalar.NOISE_CODES`.
     form : {"auto", "ratio", "generic"}
-        "ratio" is logistic only; "auto" picks it for logistic noise. The ratio form leaves the
-        output channels outside its safe range to the generic form.
+        "ratio" is logistic only; "auto" picks it for logistic noise. The ratio form sums the
+        saturated units (``|a| > A``, :func:`sbnnumba.kernels.cpu.ratio_limits`) directly.
 
     Returns
     -------
@@ -242,18 +242,6 @@ def flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_co
     stride, padding = tuple(stride), tuple(padding)
     _check_conv(x_in, a, x_out, weight, d_out, stride, padding)
     form = choose_form(form, noise_code)
-    if form == "ratio":
-        unsafe = np.abs(a).max(axis=(0, 2, 3)) > ratio_limits(a.dtype)[0]
-        if unsafe.all():
-            form = "generic"
-        elif unsafe.any():  # d_in is a sum over output channels: ratio form on the safe ones, generic on the rest
-            parts = [_flip_conv(x_in, a[:, m], x_out[:, m], weight[m], d_out[:, m], stride, padding, noise_code, f)
-                     for m, f in ((~unsafe, "ratio"), (unsafe, "generic"))]
-            return parts[0] + parts[1]
-    return _flip_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_code, form)
-
-
-def _flip_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_code, form):
     dtype = a.dtype
     n_batch, c_in, h, w = x_in.shape
     c_out, _, kh, kw = weight.shape
@@ -264,16 +252,30 @@ def _flip_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_code, form)
     d_in = np.empty((n_batch, c_in, h * w), dtype=dtype)
     if form == "ratio":
         g = x_out * d_out
-        sig = (0.5 * (1 + np.tanh(0.5 * a))).astype(dtype)
-        t_grid = _to_grid(np.einsum("bcyx,bcyx->byx", g, sig)[:, None], wq)[:, 0]
+        unsafe = np.abs(a) > ratio_limits(dtype)[0]
+        n_unsafe = int(np.count_nonzero(unsafe))
+        g_safe, a_safe = g, a
+        if n_unsafe:  # saturated units: no term in the ratio sums (g = 0, finite e^{-a}), summed directly below
+            g_safe = np.where(unsafe, dtype.type(0), g)
+            a_safe = np.where(unsafe, dtype.type(0), a)
+        sig = (0.5 * (1 + np.tanh(0.5 * a_safe))).astype(dtype)
+        t_grid = _to_grid(np.einsum("bcyx,bcyx->byx", g_safe, sig)[:, None], wq)[:, 0]
         a_grid = np.empty((n_batch, n_grid), dtype=dtype)
         _ones_transposed(t_grid, tap_off, n_q, a_grid)
         clip = dtype.type(ratio_limits(dtype)[1])
         two_w = np.clip(2 * np.asarray(weight, dtype=dtype).reshape(c_out, c_in, kh * kw), -clip, clip)
         k_pos = np.exp(two_w)
         k_neg = np.exp(-two_w)
-        _flip_conv_ratio(x3, _to_grid(np.exp(-a), wq), _to_grid(g, wq), k_pos, k_neg, a_grid, in_index, tap_off,
-                         n_q, d_in)
+        _flip_conv_ratio(x3, _to_grid(np.exp(-a_safe), wq), _to_grid(g_safe, wq), k_pos, k_neg, a_grid, in_index,
+                         tap_off, n_q, d_in)
+        if n_unsafe:
+            bs, cs, ys, xs = np.nonzero(unsafe)
+            row_start = np.zeros(n_batch + 1, dtype=np.int64)
+            np.cumsum(np.bincount(bs, minlength=n_batch), out=row_start[1:])
+            units = np.stack([cs, ys, xs], axis=1).astype(np.int64)
+            _flip_conv_logistic_saturated(x3.reshape(x_in.shape), a, g, np.ascontiguousarray(weight, dtype=dtype),
+                                          row_start, units, stride[0], stride[1], padding[0], padding[1],
+                                          dtype.type(EXP_ARG_LIMIT[dtype]), d_in.reshape(x_in.shape))
     else:
         w3 = np.ascontiguousarray(weight, dtype=dtype).reshape(c_out, c_in, kh * kw)
         v_grid = _to_grid(-x_out * a, wq)
@@ -282,6 +284,33 @@ def _flip_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_code, form)
         _flip_conv_generic(noise_code, x3, v_grid, f_lo, f_hi, _to_grid(2 * x_out, wq), _to_grid(d_out, wq), w3,
                            in_index, tap_off, n_q, n_grid, d_in)
     return d_in.reshape(x_in.shape)
+
+
+@numba.njit(parallel=True, fastmath=True, cache=True)
+def _flip_conv_logistic_saturated(x_in, a, g, weight, row_start, units, sh, sw, ph, pw, lim, d_in):
+    # Adds, for the listed output units (units[row_start[b]:row_start[b+1]] = (c, oy, ox) of example b),
+    # g (sigma(a) - sigma(a - 2 W[c,r,dy,dx] x[b,r,iy,ix])) to d_in[b,r,iy,ix] over the unit's receptive
+    # field (padded positions skipped: they never flip), one exp per connection, exp arguments clipped to
+    # [-lim, lim]. Parallel over examples (each owns its d_in[b]).
+    n_batch, c_in, h, w = x_in.shape
+    kh, kw = weight.shape[2], weight.shape[3]
+    for b in prange(n_batch):
+        for t in range(row_start[b], row_start[b + 1]):
+            c, oy, ox = units[t, 0], units[t, 1], units[t, 2]
+            a_u = a[b, c, oy, ox]  # clipped only inside exp: the flipped argument needs the true value
+            g_u = g[b, c, oy, ox]
+            s_a = 1 / (1 + np.exp(-min(max(a_u, -lim), lim)))
+            for r in range(c_in):
+                for dy in range(kh):
+                    iy = oy * sh + dy - ph
+                    if iy < 0 or iy >= h:
+                        continue
+                    for dx in range(kw):
+                        ix = ox * sw + dx - pw
+                        if ix < 0 or ix >= w:
+                            continue
+                        u = min(max(a_u - 2 * weight[c, r, dy, dx] * x_in[b, r, iy, ix], -lim), lim)
+                        d_in[b, r, iy, ix] += g_u * (s_a - 1 / (1 + np.exp(-u)))
 
 
 # ---------------------------------------------------------------------------------------------- col2im
