@@ -1,12 +1,9 @@
 """Bit-packed XNOR-popcount kernels: exactness against float arithmetic, Numba vs NumPy reference,
 property-based pack/unpack and dot-product checks, and input validation."""
-import os
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
+from kernel_checks import has_avx512_vpopcntdq, run_without_jit
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -278,7 +275,7 @@ def test_numba_kernels_equal_reference_on_random_words():
 
 def test_kernels_run_as_python_without_jit():
     """With NUMBA_DISABLE_JIT=1 the same kernels run as Python (intrinsics replaced by NumPy twins)."""
-    script = textwrap.dedent("""
+    script = """
         import numpy as np
         from sbnnumba import bitpack
         from sbnnumba.kernels import bitpack as kernels
@@ -294,22 +291,12 @@ def test_kernels_run_as_python_without_jit():
         assert (bitpack.conv2d_threshold(xw, ww, 3, 0, None, 1, 2)
                 == kernels.conv2d_threshold_reference(xw, ww, 3, 0, None, (1, 1), (2, 2))).all()
         print("ok")
-    """)
-    env = dict(os.environ, NUMBA_DISABLE_JIT="1")
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "ok"
+    """
+    run_without_jit(script)
 
 
-def _has_avx512_vpopcntdq():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return "avx512_vpopcntdq" in f.read()
-    except OSError:
-        return False
 
-
-@pytest.mark.skipif(not _has_avx512_vpopcntdq(), reason="needs a CPU with AVX-512 VPOPCNTDQ")
+@pytest.mark.skipif(not has_avx512_vpopcntdq(), reason="needs a CPU with AVX-512 VPOPCNTDQ")
 def test_gemm_kernel_uses_vector_popcount():
     import numba
 

@@ -7,13 +7,11 @@ reference of the deterministic network (bitwise), and against the float network 
 (agreement bounds derived in ``test_bitplane_agreement_with_float_network_on_real_data``)."""
 import json
 import os
-import subprocess
-import sys
-import textwrap
 import zipfile
 
 import numpy as np
 import pytest
+from kernel_checks import has_avx512_vpopcntdq, run_without_jit
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -736,7 +734,7 @@ def test_bitplane_conversion_and_input_errors(real_x):
 
 def test_bitplane_kernels_run_as_python_without_jit():
     """With NUMBA_DISABLE_JIT=1 the bit-plane kernels run as Python (intrinsics replaced by NumPy twins)."""
-    script = textwrap.dedent("""
+    script = """
         import numpy as np
         from sbnnumba import bitpack
         from sbnnumba.kernels import bitplane
@@ -752,22 +750,12 @@ def test_bitplane_kernels_run_as_python_without_jit():
         got = bitpack.bitplane_matmul_threshold(planes, bitpack.pack(w), 70, t, t % 2 == 0)
         assert (got == bitplane.bitplane_threshold_reference(z, t, t % 2 == 0)).all()
         print("ok")
-    """)
-    env = dict(os.environ, NUMBA_DISABLE_JIT="1")
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "ok"
+    """
+    run_without_jit(script)
 
 
-def _has_avx512_vpopcntdq():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return "avx512_vpopcntdq" in f.read()
-    except OSError:
-        return False
 
-
-@pytest.mark.skipif(not _has_avx512_vpopcntdq(), reason="needs a CPU with AVX-512 VPOPCNTDQ")
+@pytest.mark.skipif(not has_avx512_vpopcntdq(), reason="needs a CPU with AVX-512 VPOPCNTDQ")
 def test_bitplane_kernel_uses_vector_popcount():
     import numba
 
