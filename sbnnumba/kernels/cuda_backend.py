@@ -31,8 +31,10 @@ memory read, no transfer), or, when the caller passes ``weight_version=``, by th
 Optimizers update the weights in place once per step, so each weight is uploaded once per step,
 not once per call.
 
-The ratio form of the logistic PSA kernels is used while ``|a| <= 40`` and ``|2W| <= 40`` (as on
-the CPU, :data:`sbnnumba.kernels.cpu.RATIO_SAFE_EXPONENT`); otherwise the generic form runs.
+The ratio form of the logistic PSA kernels is used while ``|a| <= 40`` and ``|2W| <= 40``
+(:data:`sbnnumba.kernels.cpu.RATIO_SAFE_EXPONENT`); otherwise the generic form runs for the whole
+call. (The CPU kernels instead clip ``2W`` and sum only the saturated units directly, see
+:mod:`sbnnumba.kernels.cpu`; porting that split to these kernels is open.)
 Nothing here imports ``numba.cuda`` at import time.
 """
 from __future__ import annotations
