@@ -31,5 +31,5 @@ from .weights import BernoulliWeights  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["Linear", "Conv2d", "Normalized", "BernoulliWeights", "PackedNetwork", "Network", "Path", "StageSample", "estimate",
-           "known_methods", "NOISES", "get_noise", "summary", "architectures", "datasets", "optim"]
+__all__ = ["Linear", "Conv2d", "Normalized", "BernoulliWeights", "PackedNetwork", "Network", "Path", "StageSample",
+           "estimate", "known_methods", "NOISES", "get_noise", "summary", "architectures", "datasets", "optim"]

@@ -48,7 +48,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from .cpu import EXP_ARG_LIMIT, choose_form, ratio_limits
+from .cpu import EXP_ARG_LIMIT, choose_form, ratio_limits, split_saturated
 from .scalar import cdf_lower
 
 
@@ -252,12 +252,7 @@ def flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_co
     d_in = np.empty((n_batch, c_in, h * w), dtype=dtype)
     if form == "ratio":
         g = x_out * d_out
-        unsafe = np.abs(a) > ratio_limits(dtype)[0]
-        n_unsafe = int(np.count_nonzero(unsafe))
-        g_safe, a_safe = g, a
-        if n_unsafe:  # saturated units: no term in the ratio sums (g = 0, finite e^{-a}), summed directly below
-            g_safe = np.where(unsafe, dtype.type(0), g)
-            a_safe = np.where(unsafe, dtype.type(0), a)
+        g_safe, a_safe, saturated = split_saturated(a, g)  # saturated units: summed directly below
         sig = (0.5 * (1 + np.tanh(0.5 * a_safe))).astype(dtype)
         t_grid = _to_grid(np.einsum("bcyx,bcyx->byx", g_safe, sig)[:, None], wq)[:, 0]
         a_grid = np.empty((n_batch, n_grid), dtype=dtype)
@@ -268,11 +263,8 @@ def flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_co
         k_neg = np.exp(-two_w)
         _flip_conv_ratio(x3, _to_grid(np.exp(-a_safe), wq), _to_grid(g_safe, wq), k_pos, k_neg, a_grid, in_index,
                          tap_off, n_q, d_in)
-        if n_unsafe:
-            bs, cs, ys, xs = np.nonzero(unsafe)
-            row_start = np.zeros(n_batch + 1, dtype=np.int64)
-            np.cumsum(np.bincount(bs, minlength=n_batch), out=row_start[1:])
-            units = np.stack([cs, ys, xs], axis=1).astype(np.int64)
+        if saturated is not None:
+            row_start, units = saturated  # units: (c, oy, ox) rows
             _flip_conv_logistic_saturated(x3.reshape(x_in.shape), a, g, np.ascontiguousarray(weight, dtype=dtype),
                                           row_start, units, stride[0], stride[1], padding[0], padding[1],
                                           dtype.type(EXP_ARG_LIMIT[dtype]), d_in.reshape(x_in.shape))

@@ -25,7 +25,7 @@ Two forms:
   ``|a[b,j]| > A`` are removed from the ratio sum (``g[b,j] = 0``) and summed directly,
   ``g (sigma(a) - sigma(a - 2 W x))`` with one ``exp`` per connection of those pairs only
   (:func:`_flip_dense_logistic_saturated`). Saturated units or large weights therefore never switch
-  a whole layer to the generic form, whose stable F difference per connection is 50-60x slower
+  a whole layer to the generic form, whose stable F difference per connection is about 100x slower
   than the ratio form (seen in training: epochs 6x slower once one first-layer pre-activation
   passed the old whole-layer limit of 40).
 
@@ -42,7 +42,8 @@ RATIO_SAFE_EXPONENT = 40.0  # the numba.cuda ratio kernels' whole-call range (|a
 # CPU ratio form: pre-activation limit A and weight-exponent clip C per dtype, A + C below log(max float)
 # (88.72 / 709.78), so e^{-a} e^{2xw} never overflows. Clipping 2xw to [-C, C] changes a term
 # 1/(1 + e^{-a + 2xw}) by less than e^{-(C - A)} (both values are then within e^{-(C-A)} of 0 or of 1):
-# e^-28 = 7e-13 in float32 (far below its eps 1.2e-7), e^-100 in float64. Units with |a| > A go generic.
+# e^-28 = 7e-13 in float32 (far below its eps 1.2e-7), e^-100 in float64. Units with |a| > A are summed
+# directly (split_saturated, then the *_logistic_saturated kernels).
 RATIO_LIMITS = {np.dtype(np.float32): (30.0, 58.0), np.dtype(np.float64): (300.0, 400.0)}
 
 
@@ -170,8 +171,28 @@ def choose_form(form, noise_code):
 
 
 def ratio_unsafe_pairs(a):
-    """Boolean (B, N_out): the pairs ``(b, j)`` outside the ratio form's range ``|a| <= A`` (:func:`ratio_limits`)."""
+    """Boolean mask of ``a``'s shape: the units outside the ratio form's range ``|a| <= A`` (:func:`ratio_limits`)."""
     return np.abs(a) > ratio_limits(a.dtype)[0]
+
+
+def split_saturated(a, g):
+    """Split a logistic ratio-form call into its safe part and its saturated units (dense and conv alike).
+
+    Returns ``(g_safe, a_safe, saturated)``: ``g`` and ``a`` with the saturated units (``|a| > A``)
+    set to 0, so they add no term to the ratio sums and ``e^{-a}`` stays finite, and ``saturated``,
+    None when there are none, else ``(row_start, index)``: the saturated units grouped by example in
+    CSR form, ``index[row_start[b]:row_start[b + 1]]`` the remaining coordinates of ``np.nonzero``
+    (int64, one column per axis after the first) of example ``b``.
+    """
+    unsafe = ratio_unsafe_pairs(a)
+    if not unsafe.any():
+        return g, a, None
+    zero = a.dtype.type(0)
+    coords = np.nonzero(unsafe)
+    row_start = np.zeros(a.shape[0] + 1, dtype=np.int64)
+    np.cumsum(np.bincount(coords[0], minlength=a.shape[0]), out=row_start[1:])
+    index = np.stack(coords[1:], axis=1).astype(np.int64)
+    return np.where(unsafe, zero, g), np.where(unsafe, zero, a), (row_start, index)
 
 
 def _check_dense(x_in, a, x_out, weight, d_out):
@@ -220,26 +241,19 @@ def flip_propagate_dense(x_in, a, x_out, weight, d_out, noise_code, form="auto")
     if form == "ratio":
         weight = np.ascontiguousarray(weight, dtype=dtype)
         g = x_out * d_out
-        unsafe = ratio_unsafe_pairs(a)
-        n_unsafe = int(np.count_nonzero(unsafe))
-        if n_unsafe < unsafe.size:
-            g_safe, a_safe = g, a
-            if n_unsafe:  # the saturated pairs get no term in the ratio sum nor in A[b]
-                g_safe = np.where(unsafe, dtype.type(0), g)
-                a_safe = np.where(unsafe, dtype.type(0), a)
+        g_safe, a_safe, saturated = split_saturated(a, g)
+        if saturated is None or len(saturated[1]) < a.size:
             a_term = np.einsum("bj,bj->b", g_safe, 0.5 * (1 + np.tanh(0.5 * a_safe))).astype(dtype)
             clip = dtype.type(ratio_limits(dtype)[1])
             k_pos = np.empty((weight.shape[1], weight.shape[0]), dtype=dtype)
             k_neg = np.empty_like(k_pos)
             _ratio_weight_factors(np.exp(np.clip(2 * weight, -clip, clip)), k_pos, k_neg)
             _flip_dense_ratio(x_in, np.exp(-a_safe), g_safe, k_pos, k_neg, a_term, dtype.type(1), d_in)
-        else:
+        else:  # every unit saturated: nothing for the ratio form
             d_in[...] = 0
-        if n_unsafe:
-            rows, cols = np.nonzero(unsafe)
-            row_start = np.zeros(x_in.shape[0] + 1, dtype=np.int64)
-            np.cumsum(np.bincount(rows, minlength=x_in.shape[0]), out=row_start[1:])
-            _flip_dense_logistic_saturated(x_in, a, g, weight, row_start, cols.astype(np.int64),
+        if saturated is not None:
+            row_start, index = saturated
+            _flip_dense_logistic_saturated(x_in, a, g, weight, row_start, index[:, 0].copy(),
                                            dtype.type(EXP_ARG_LIMIT[dtype]), d_in)
     else:
         weight_t = np.ascontiguousarray(weight.T, dtype=dtype)
