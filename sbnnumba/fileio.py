@@ -1,8 +1,64 @@
-"""Atomic file writes: nothing is lost when a write is interrupted."""
+"""Atomic file writes (nothing is lost when a write is interrupted) and checked reading of the
+versioned ``.npz`` files the library writes (checkpoints, packed networks)."""
 from __future__ import annotations
 
 import os
 import tempfile
+import zipfile
+
+import numpy as np
+
+# What np.load raises on a truncated, corrupt or non-npz file.
+NPZ_READ_ERRORS = (OSError, ValueError, EOFError, KeyError, TypeError, zipfile.BadZipFile)
+
+
+def read_versioned_npz(path, fmt, versions, error, what, article="a"):
+    """Read every array of an ``.npz`` written with ``meta/format`` = ``fmt`` and a ``meta/version``.
+
+    Parameters
+    ----------
+    path : path-like
+    fmt : str
+        Expected ``meta/format``.
+    versions : collection of int
+        Readable ``meta/version`` values.
+    error : type
+        Exception class raised (with a message naming ``path``) for anything but a missing file.
+    what : str
+        The kind of file, for messages (e.g. ``"sbnnumba checkpoint"``).
+    article : str
+        Its indefinite article ("an sbnnumba checkpoint").
+
+    Returns
+    -------
+    version : int
+    arrays : dict name -> ndarray (loaded, the file is closed)
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    error
+        Corrupt, truncated or unreadable file, another format, or a version not in ``versions``.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: np.array(z[k]) for k in z.files}
+    except NPZ_READ_ERRORS as exc:
+        raise error(f"{path}: corrupt or unreadable {what} ({type(exc).__name__}: {exc})") from None
+    if "meta/format" not in arrays or str(arrays["meta/format"]) != fmt:
+        raise error(f"{path}: not {article} {what} (no 'meta/format' = {fmt!r})")
+    try:
+        version = int(arrays["meta/version"])
+    except (KeyError, TypeError, ValueError):
+        version = None
+    if version not in versions:
+        raise error(f"{path}: {what} format version {version}; this sbnnumba reads version(s) "
+                    f"{', '.join(map(str, sorted(versions)))}")
+    return version, arrays
 
 
 def atomic_write(path, write):

@@ -127,14 +127,13 @@ from __future__ import annotations
 import json
 import os
 import warnings
-import zipfile
 
 import numba
 import numpy as np
 
 from . import bitpack
 from .conv import Conv2d
-from .fileio import atomic_write
+from .fileio import atomic_write, read_versioned_npz
 from .kernels import bitplane as _kp
 from .kernels.conv_reference import output_size, windows
 from .layers import Linear
@@ -952,26 +951,15 @@ class PackedNetwork:
             inconsistent file; the message names the file.
         """
         path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"packed network file not found: {path}")
+        version, arrays = read_versioned_npz(path, FORMAT, _Stage.kinds_by_version, PackedFormatError,
+                                             "packed sbnnumba network")
+        if "meta/spec" not in arrays:
+            raise PackedFormatError(f"{path}: lacks the entry 'meta/spec'")
         try:
-            with np.load(path, allow_pickle=False) as z:
-                files = set(z.files)
-                if "meta/format" not in files or str(z["meta/format"]) != FORMAT:
-                    raise PackedFormatError(f"{path}: not a packed sbnnumba network (no 'meta/format' = {FORMAT!r})")
-                version = int(z["meta/version"]) if "meta/version" in files else None
-                if version not in _Stage.kinds_by_version:
-                    raise PackedFormatError(f"{path}: packed-network format version {version}; this sbnnumba "
-                                            f"reads versions {', '.join(map(str, sorted(_Stage.kinds_by_version)))}")
-                if "meta/spec" not in files:
-                    raise PackedFormatError(f"{path}: lacks the entry 'meta/spec'")
-                spec = json.loads(str(z["meta/spec"]))
-                data = {k: np.array(z[k]) for k in files if k.startswith(("stages/", "head/"))}
-        except PackedFormatError:
-            raise
-        except (OSError, ValueError, EOFError, KeyError, TypeError, zipfile.BadZipFile) as exc:
-            raise PackedFormatError(f"{path}: corrupt or unreadable packed-network file "
-                                    f"({type(exc).__name__}: {exc})") from None
+            spec = json.loads(str(arrays["meta/spec"]))
+        except ValueError as exc:
+            raise PackedFormatError(f"{path}: corrupt packed-network spec ({exc})") from None
+        data = {k: v for k, v in arrays.items() if k.startswith(("stages/", "head/"))}
         try:
             return cls._from_spec(spec, data, path, version)
         except PackedFormatError:

@@ -69,7 +69,6 @@ import math
 import os
 import time
 import warnings
-import zipfile
 import zlib
 from dataclasses import dataclass, field
 
@@ -79,7 +78,7 @@ from . import architectures, datasets, losses, optim
 from .estimators import common as _common
 from .estimators import registry as _registry
 from .layers import Linear
-from .fileio import atomic_write
+from .fileio import atomic_write, read_versioned_npz
 from .validation import as_generator
 
 __all__ = [
@@ -302,33 +301,23 @@ def load_checkpoint(path):
         truncated file. The message names the file and the problem.
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+    _, z = read_versioned_npz(path, FORMAT, (FORMAT_VERSION,), CheckpointError, "sbnnumba checkpoint",
+                              article="an")
+    missing = [k for k in _REQUIRED if k not in z]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks the entries {missing}")
+
+    def prefixed(prefix):
+        return {k[len(prefix):]: z[k] for k in sorted(z) if k.startswith(prefix)}
+
+    params = prefixed("param/")
+    if not params:
+        raise CheckpointError(f"{path}: checkpoint holds no parameters ('param/...' entries)")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            files = set(z.files)
-            if "meta/format" not in files or str(z["meta/format"]) != FORMAT:
-                raise CheckpointError(f"{path}: not an sbnnumba checkpoint (no 'meta/format' = {FORMAT!r})")
-            version = int(z["meta/version"]) if "meta/version" in files else None
-            if version != FORMAT_VERSION:
-                raise CheckpointError(f"{path}: checkpoint format version {version}; this sbnnumba reads "
-                                      f"version {FORMAT_VERSION}")
-            missing = [k for k in _REQUIRED if k not in files]
-            if missing:
-                raise CheckpointError(f"{path}: checkpoint lacks the entries {missing}")
-            params = {k[len("param/"):]: np.array(z[k]) for k in sorted(files) if k.startswith("param/")}
-            if not params:
-                raise CheckpointError(f"{path}: checkpoint holds no parameters ('param/...' entries)")
-            opt_state = {k[len("optim/"):]: np.array(z[k]) for k in sorted(files) if k.startswith("optim/")}
-            ck = Checkpoint(path=path, epoch=int(z["meta/epoch"]), params=params, optimizer_state=opt_state,
-                            rng_state=json.loads(str(z["meta/rng_state"])),
-                            history=json.loads(str(z["meta/history"])),
-                            config=json.loads(str(z["meta/config"])),
-                            buffers={k[len("buffer/"):]: np.array(z[k]) for k in sorted(files)
-                                     if k.startswith("buffer/")})
-    except CheckpointError:
-        raise
-    except (OSError, ValueError, EOFError, KeyError, TypeError, zipfile.BadZipFile) as exc:
+        ck = Checkpoint(path=path, epoch=int(z["meta/epoch"]), params=params, optimizer_state=prefixed("optim/"),
+                        rng_state=json.loads(str(z["meta/rng_state"])), history=json.loads(str(z["meta/history"])),
+                        config=json.loads(str(z["meta/config"])), buffers=prefixed("buffer/"))
+    except (ValueError, TypeError) as exc:
         raise CheckpointError(f"{path}: corrupt or unreadable checkpoint ({type(exc).__name__}: {exc})") from None
     if "arch" not in ck.config:
         raise CheckpointError(f"{path}: checkpoint config lacks the architecture ('arch')")
