@@ -63,6 +63,24 @@ def test_numba_ratio_equals_reference(dtype, tol):
     np.testing.assert_allclose(got, ref, atol=tol * np.abs(ref).max())
 
 
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 3e-5)])
+def test_ratio_kernel_sign_blocks(dtype, tol):
+    """The ratio kernel takes its 4-unit blocks among one example's +1 units, then its -1 units: rows
+    all +1, all -1, and +1 counts 0..n_in (every partial-block length of both groups) against the reference."""
+    rng = np.random.default_rng(14)
+    n_in = 11
+    x_in, a, x_out, w, d_out = _layer(rng, n_in + 3, n_in, 9, dtype, scale=0.6)
+    for b in range(n_in + 1):  # example b has exactly b inputs at +1, at shuffled positions
+        x_in[b] = -1
+        x_in[b, rng.permutation(n_in)[:b]] = 1
+    x_in[n_in + 1] = 1
+    x_in[n_in + 2] = -1
+    a = (x_in @ w.T + rng.normal(size=9)).astype(dtype)
+    ref = reference.flip_propagate_dense(x_in, a, x_out, w, d_out, "logistic")
+    got = cpu.flip_propagate_dense(x_in, a, x_out, w, d_out, 0, form="ratio")
+    np.testing.assert_allclose(got, ref, atol=tol * np.abs(ref).max())
+
+
 def test_ratio_form_no_overflow_float32():
     """Huge pre-activations and weights would overflow exp() in float32 without clamping (pitfall 6)."""
     rng = np.random.default_rng(5)
