@@ -46,6 +46,13 @@ def main(argv=None):
     p.add_argument("--width", type=float, default=0.25, help="conv: channel multiplier")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--lr", type=float, default=0.01, help="Adam learning rate (latent weights and the rest)")
+    p.add_argument("--schedule", default="constant", choices=["constant", "step", "cosine"],
+                   help="learning-rate schedule over the whole run")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--eval-samples", type=int, default=None,
+                   help="ensemble size of the per-epoch validation (default: --test-samples)")
+    p.add_argument("--train-eval-size", type=int, default=2000,
+                   help="training images scored after each epoch")
     p.add_argument("--train-subset", type=int, default=None)
     p.add_argument("--test-samples", type=int, default=10)
     p.add_argument("--only", default=None, help="comma-separated indices of CONFIGS to run")
@@ -71,8 +78,10 @@ def main(argv=None):
         out = os.path.join(args.runs_dir, f"{args.arch}-{idx}")
         t0 = time.perf_counter()
         result = train.fit(net, ds, estimator=method, estimator_options=opts, epochs=args.epochs, lr=args.lr,
-                           out=out, resume=os.path.exists(os.path.join(out, train.CHECKPOINT_NAME)),
-                           progress=False, eval_samples=args.test_samples, plots=False)
+                           schedule=args.schedule, batch_size=args.batch_size, out=out,
+                           resume=os.path.exists(os.path.join(out, train.CHECKPOINT_NAME)), progress=False,
+                           eval_samples=args.eval_samples or args.test_samples,
+                           train_eval_size=args.train_eval_size, plots=False)
         minutes = (time.perf_counter() - t0) / 60
         m = train.evaluate(net, x_test, ds.y_test, samples=args.test_samples, rng=0)
         rows.append(dict(label=label, method=method, noise=noise, weight_noise=w_noise, rule=rule,
@@ -93,8 +102,9 @@ def write_report(args, ds, rows, histories):
              f"Data: {ds.name} ({ds.y_train.shape[0]} training images before the 10 % validation split, "
              f"{ds.y_test.shape[0]} test images). Binary weights (Bernoulli, latent eta ~ U[-1, 1]) and binary "
              "activations everywhere except the real input of the first stage and the real head; batch "
-             f"normalization before each binary activation; Adam lr {args.lr}, batch 64, {args.epochs} epochs, "
-             "seed 1. Command: `python bench/binary_weights.py " + " ".join(sys.argv[1:]) + "`.", "",
+             f"normalization before each binary activation; Adam lr {args.lr} ({args.schedule} schedule), "
+             f"batch {args.batch_size}, {args.epochs} epochs, seed 1. Command: "
+             "`python bench/binary_weights.py " + " ".join(sys.argv[1:]) + "`.", "",
              f"| configuration | estimator | single sample | ensemble ({args.test_samples}) | deterministic | "
              "train min |", "|---|---|---|---|---|---|"]
     for r in rows:

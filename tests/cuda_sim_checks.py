@@ -121,16 +121,29 @@ def check_dense_flip_default_tiles():
         close(got, cpu.flip_propagate_dense(*prob, code), f"dense default vs cpu {noise}")
 
 
-def check_dense_flip_safe_range():
-    """Outside the ratio form's safe range (|a| or |2W| > 40) the generic form runs, as on the CPU."""
-    from sbnnumba.kernels import cuda_backend as cb, reference
+def check_dense_flip_saturated():
+    """Ratio form with saturated units (|a| > A, summed exactly by the generic kernel) and clipped 2W:
+    a few saturated units, every unit saturated and huge weights; float32 and float64, as on the CPU."""
+    from sbnnumba.kernels import cpu, cuda_backend as cb, reference
     rng = np.random.default_rng(2)
-    prob = list(dense_problem(rng, "logistic", 3, 5, 7, scale=30.0))  # |2W| up to ~200, |a| > 40
-    want = reference.flip_propagate_dense(*as64(*prob), "logistic")
-    got = cb.flip_propagate_dense(*prob, 0, form="ratio", tiles=SMALL_DENSE_TILES)
-    if not np.all(np.isfinite(got)):
-        raise AssertionError("safe range: non-finite output")
-    close(got, want, "dense safe-range fallback")
+    for dtype in (np.float32, np.float64):
+        limit = cpu.ratio_limits(dtype)[0]
+        prob = list(dense_problem(rng, "logistic", 6, 9, 7, dtype=dtype))
+        # two saturated units, one per sign, in different examples, whose large weights (|2W| ~ 40) make
+        # their flip terms large: a wrong or missing exact pass changes the result by O(1)
+        prob[3][[2, 5]] *= 20
+        prob[1][1, 2] = limit + 0.5
+        prob[1][4, 5] = -(limit + 3.0)
+        mixed = prob
+        huge = list(dense_problem(rng, "logistic", 3, 5, 7, dtype=dtype, scale=3 * limit))  # |a|, |2W| >> A
+        for name, p in (("mixed", mixed), ("all saturated", huge)):
+            want = reference.flip_propagate_dense(*as64(*p), "logistic")
+            got = cb.flip_propagate_dense(*p, 0, form="ratio", tiles=SMALL_DENSE_TILES)
+            if not np.all(np.isfinite(got)):
+                raise AssertionError(f"dense {name}: non-finite output")
+            tol = dict(rtol=1e-4, atol=2e-5) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-12)
+            close(got, want, f"dense {name} {np.dtype(dtype).name}", **tol)
+            close(got, cpu.flip_propagate_dense(*p, 0, form="ratio"), f"dense {name} vs cpu", **tol)
 
 
 def check_dense_flip_device_arrays():
@@ -178,7 +191,7 @@ def check_conv_flip():
 
 
 def check_conv_flip_extra():
-    """float64, the safe-range fallback, device arrays, and agreement with the CPU kernel."""
+    """float64, saturated units, device arrays, and agreement with the CPU kernel."""
     from numba import cuda
     from sbnnumba.kernels import conv_cpu, conv_reference, cuda_backend as cb
     rng = np.random.default_rng(5)
@@ -186,9 +199,15 @@ def check_conv_flip_extra():
     prob = conv_problem(rng, "logistic", kernel, stride, padding, dtype=np.float64)
     want = conv_reference.flip_propagate_conv(*prob, stride, padding, "logistic")
     close(cb.flip_propagate_conv(*prob, stride, padding, 0), want, "conv float64", rtol=1e-10, atol=1e-12)
-    prob = conv_problem(rng, "logistic", kernel, stride, padding, scale=30.0)
+    prob = conv_problem(rng, "logistic", kernel, stride, padding, scale=30.0)  # all saturated, 2W clipped
     want = conv_reference.flip_propagate_conv(*as64(*prob), stride, padding, "logistic")
-    close(cb.flip_propagate_conv(*prob, stride, padding, 0, form="ratio"), want, "conv safe-range fallback")
+    close(cb.flip_propagate_conv(*prob, stride, padding, 0, form="ratio"), want, "conv all saturated")
+    prob = conv_problem(rng, "logistic", kernel, stride, padding)
+    prob[3][[1, 3]] *= 25  # large weights in two channels: flip terms of their saturated units are O(1)
+    prob[1][0, 1, 1, 2] = 31.0  # two saturated units (A = 30 in float32) among unsaturated ones
+    prob[1][1, 3, 0, 0] = -45.0
+    want = conv_reference.flip_propagate_conv(*as64(*prob), stride, padding, "logistic")
+    close(cb.flip_propagate_conv(*prob, stride, padding, 0, form="ratio"), want, "conv few saturated")
     prob = conv_problem(rng, "logistic", kernel, stride, padding)
     got = cb.flip_propagate_conv(*[cuda.to_device(t) for t in prob], stride, padding, 0)
     if not cb.is_device_array(got):
@@ -414,7 +433,7 @@ def check_training_step_conv():
 SIM_CHECKS = {
     "dense_flip": check_dense_flip,
     "dense_flip_default_tiles": check_dense_flip_default_tiles,
-    "dense_flip_safe_range": check_dense_flip_safe_range,
+    "dense_flip_saturated": check_dense_flip_saturated,
     "dense_flip_device_arrays": check_dense_flip_device_arrays,
     "conv_flip": check_conv_flip,
     "conv_flip_extra": check_conv_flip_extra,
@@ -463,10 +482,10 @@ def ptx_checks():
                                                sig(0, f2, f2, f2, f2, f2, f2))
         checks[f"ptx_conv_ratio_{name}"] = (k.flip_conv_ratio, sig(f4, f4, f4, (3, dt), f4, 1, 1, 1, 1, one, f4))
         checks[f"ptx_conv_generic_{name}"] = (k.flip_conv_generic, sig(0, f4, f4, f4, f4, f4, f4, f4, 1, 1, 1, 1, f4))
-        checks[f"ptx_units_{name}"] = [(k.ratio_units, sig(f1, f1, f1, f1, f1, f1)),
+        checks[f"ptx_units_{name}"] = [(k.ratio_units, sig(f1, f1, f1, one, f1, f1, f1, f1, (1, np.int32))),
                                        (k.generic_units, sig(0, f1, f1, f1, f1, f1)),
-                                       (k.exp2, sig(f1, f1)), (k.exp2_transpose, sig(f2, f2)),
-                                       (k.sum_axis1, sig((3, dt), f2)), (k.abs_max, sig(f1, f1))]
+                                       (k.exp2, sig(f1, one, f1)), (k.exp2_transpose, sig(f2, one, f2)),
+                                       (k.sum_axis1, sig((3, dt), f2)), (k.add_into, sig(f1, f1))]
         checks[f"ptx_elementwise_{name}"] = [(k.sample_states, sig(0, f1, f1, f1)), (k.st_factor, sig(0, f1, f1)),
                                              (k.psa_preactivation_grad, sig(0, f1, f1, f1, f1))]
     u2, u4, i2, i4 = (2, np.uint64), (4, np.uint64), (2, np.int32), (4, np.int32)

@@ -25,7 +25,7 @@ SCRIPT = ROOT / "tests" / "cuda_sim_checks.py"
 SKIPPED = 3
 
 SIM_CHECKS = [
-    "dense_flip", "dense_flip_default_tiles", "dense_flip_safe_range", "dense_flip_device_arrays", "conv_flip",
+    "dense_flip", "dense_flip_default_tiles", "dense_flip_saturated", "dense_flip_device_arrays", "conv_flip",
     "conv_flip_extra", "xnor_gemm", "xnor_gemm_threshold", "binary_conv", "elementwise", "weight_cache",
     "training_step_dense", "training_step_conv",
 ]

@@ -20,9 +20,10 @@ Two forms:
   precomputed per unit and per weight, so a connection costs one multiply-add and one
   division. For ``x[b,i] = -1`` the identity ``1/(1 + e^{-a}/k) = 1 - 1/(1 + e^{+a} k)`` turns the
   sum into the same one with ``e^{+a}``, so only ``k = e^{2W}`` (transposed) is needed, and the
-  kernel groups each example's input units by sign so that a block of 4 shares its loads. Overflow (spec pitfall 6: ``e^{-a} e^{2wx}`` beyond the float range, then
-  ``inf * 0``) is prevented by two limits per dtype (:func:`ratio_limits`, ``A + C`` below
-  ``log`` of the largest float): ``2 W x`` is clipped to ``[-C, C]``, which moves a term by less
+  kernel groups each example's input units by sign so that a block of 4 shares its loads.
+  Overflow (spec pitfall 6: ``e^{-a} e^{2wx}`` beyond the float range, then ``inf * 0``) is
+  prevented by two limits per dtype (:func:`ratio_limits`, ``A + C`` below ``log`` of the
+  largest float): ``2 W x`` is clipped to ``[-C, C]``, which moves a term by less
   than ``e^{-(C-A)}`` (``e^-28`` in float32, ``e^-100`` in float64), and the pairs ``(b, j)`` with
   ``|a[b,j]| > A`` are removed from the ratio sum (``g[b,j] = 0``) and summed directly,
   ``g (sigma(a) - sigma(a - 2 W x))`` with one ``exp`` per connection of those pairs only
@@ -39,10 +40,8 @@ from numba import prange
 
 from .scalar import LOGISTIC, cdf_diff
 
-RATIO_SAFE_EXPONENT = 40.0  # the numba.cuda ratio kernels' whole-call range (|a|, |2W| <= 40)
-
-# CPU ratio form: pre-activation limit A and weight-exponent clip C per dtype, A + C below log(max float)
-# (88.72 / 709.78), so e^{-a} e^{2xw} never overflows. Clipping 2xw to [-C, C] changes a term
+# Ratio form (CPU and numba.cuda kernels): pre-activation limit A and weight-exponent clip C per dtype,
+# A + C below log(max float) (88.72 / 709.78), so e^{-a} e^{2xw} never overflows. Clipping 2xw to [-C, C] changes a term
 # 1/(1 + e^{-a + 2xw}) by less than e^{-(C - A)} (both values are then within e^{-(C-A)} of 0 or of 1):
 # e^-28 = 7e-13 in float32 (far below its eps 1.2e-7), e^-100 in float64. Units with |a| > A are summed
 # directly (split_saturated, then the *_logistic_saturated kernels).

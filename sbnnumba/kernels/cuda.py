@@ -24,8 +24,10 @@ PSA flip propagation, dense (spec psa.md, sections 2.8-2.9),
   so one exp-kernel serves both signs; written ``g p / (p + e q)`` with ``(p, q) = (1, K)`` or ``(K, 1)``
   chosen by selects (``x_in`` differs across a warp): a multiply, a multiply-add and a division
   per connection.
-  Valid while ``|a| <= 40`` and ``|2W| <= 40`` (the host routing falls back to the generic form
-  otherwise, as the CPU kernels do).
+  As on the CPU (:func:`sbnnumba.kernels.cpu.ratio_limits`), ``2W`` is clipped to ``[-C, C]`` in the
+  exp-kernel and the saturated units (``|a| > A``) are taken out of the ratio sum by
+  :func:`ratio_units` (``g = 0``); the host routing sums them exactly with the generic kernel,
+  restricted to them by a ``d_out`` that is zero elsewhere (the generic kernels skip ``d = 0``).
 * :func:`dense_flip_generic_kernel` (every noise family): one ``cdf_lower`` per connection, with
   ``F(v)``, ``F(-v)`` (``v = -x_out a``) computed once per output unit while staging.
 
@@ -65,7 +67,7 @@ Bit-packed kernels (layout of :mod:`sbnnumba.bitpack`: bit set = -1, zero paddin
 Element-wise (flat arrays): :func:`sample_states` (``x = +1 if u < F(a) else -1``),
 :func:`st_factor` (``2 p(a)``), :func:`psa_preactivation_grad` (``-x p(a) d``), the PSA
 preparation kernels :func:`ratio_units`, :func:`generic_units`, :func:`exp2`, :func:`exp2_transpose`,
-and :func:`abs_max` (for the ratio form's safe-range test on device arrays).
+and :func:`add_into`.
 
 Kernels avoid the builtins ``min``/``max`` (numba 0.68's CUDA target compiles their generic
 ``*args`` overload as a device function and fails); conditional expressions are used instead.
@@ -245,6 +247,8 @@ def dense_flip_generic_kernel(dtype_name="float32", tile_i=32, tile_b=16, rows_p
                 w = sh_w[ti, jj]
                 for r in range(rb):
                     row = tb + tb_threads * r
+                    if sh_d[row, jj] == zero:  # no contribution (warp-uniform: a warp shares its rows)
+                        continue
                     v = sh_v[row, jj]
                     u = v + sh_s[row, jj] * two_x[r] * w
                     if u + v > 0:  # upper tail: F(-v) - F(-u), no cancellation
@@ -335,6 +339,8 @@ def flip_conv_generic(code, x_in, v, s, d, f_lo, f_hi, weight, sh, sw, ph, pw, d
             ox = tx // sw
             for c in range(c_out):
                 dq = d[b, c, oy, ox]
+                if dq == 0:  # no contribution; restricts the kernel to the saturated units of a ratio call
+                    continue
                 vq = v[b, c, oy, ox]
                 u = vq + 2 * s[b, c, oy, ox] * weight[c, r, dy, dx] * xi
                 if u + vq > 0:
@@ -350,15 +356,26 @@ def flip_conv_generic(code, x_in, v, s, d, f_lo, f_hi, weight, sh, sw, ph, pw, d
 # ---------------------------------------------------------------------------------------------------
 
 @cuda.jit(fastmath=True)
-def ratio_units(a, x_out, d_out, e, g, gs):
-    """``e = exp(-a)``, ``g = x_out d_out``, ``gs = g sigma(a)`` (flat arrays of one size)."""
+def ratio_units(a, x_out, d_out, limit, e, g, gs, d_sat, n_sat):
+    """``e = exp(-a)``, ``g = x_out d_out``, ``gs = g sigma(a)``, ``d_sat = 0`` (flat arrays of one size),
+    except for the saturated units ``|a| > limit``: ``e = 1``, ``g = gs = 0`` (no ratio term) and
+    ``d_sat = d_out``, counted in ``n_sat[0]`` (int32)."""
     i = cuda.grid(1)
     if i < a.shape[0]:
         ai = a[i]
-        gi = x_out[i] * d_out[i]
-        e[i] = math.exp(-ai)
-        g[i] = gi
-        gs[i] = gi * cdf(LOGISTIC, ai)
+        di = d_out[i]
+        if ai > limit or ai < -limit:
+            e[i] = 1
+            g[i] = 0
+            gs[i] = 0
+            d_sat[i] = di
+            cuda.atomic.add(n_sat, 0, 1)
+        else:
+            gi = x_out[i] * di
+            e[i] = math.exp(-ai)
+            g[i] = gi
+            gs[i] = gi * cdf(LOGISTIC, ai)
+            d_sat[i] = 0
 
 
 @cuda.jit
@@ -373,19 +390,30 @@ def generic_units(code, a, x_out, v, f_lo, f_hi):
 
 
 @cuda.jit(fastmath=True)
-def exp2(w, k):
-    """``k = exp(2 w)`` (flat)."""
+def exp2(w, clip, k):
+    """``k = exp(2 w)`` with ``2 w`` clipped to ``[-clip, clip]`` (flat)."""
     i = cuda.grid(1)
     if i < w.shape[0]:
-        k[i] = math.exp(w[i] + w[i])
+        t = w[i] + w[i]
+        k[i] = math.exp(clip if t > clip else (-clip if t < -clip else t))
 
 
 @cuda.jit(fastmath=True)
-def exp2_transpose(w, k):
-    """``k[i, j] = exp(2 w[j, i])``: ``w`` (N_out, N_in) -> ``k`` (N_in, N_out); 2-D launch over k."""
+def exp2_transpose(w, clip, k):
+    """``k[i, j] = exp(2 w[j, i])``, ``2 w`` clipped to ``[-clip, clip]``: ``w`` (N_out, N_in) -> ``k``
+    (N_in, N_out); 2-D launch over k."""
     j, i = cuda.grid(2)
     if i < k.shape[0] and j < k.shape[1]:
-        k[i, j] = math.exp(w[j, i] + w[j, i])
+        t = w[j, i] + w[j, i]
+        k[i, j] = math.exp(clip if t > clip else (-clip if t < -clip else t))
+
+
+@cuda.jit
+def add_into(x, out):
+    """``out += x`` (flat)."""
+    i = cuda.grid(1)
+    if i < x.shape[0]:
+        out[i] += x[i]
 
 
 @cuda.jit
@@ -400,19 +428,6 @@ def sum_axis1(x, out):
         for c in range(1, n_c):
             acc += x[b, c, q]
         out[b, q] = acc
-
-
-@cuda.jit
-def abs_max(x, out):
-    """``out[0] = max(out[0], max |x|)`` (flat ``x``; ``out`` zero on entry); grid-stride loop."""
-    start = cuda.grid(1)
-    stride = cuda.gridsize(1)
-    m = out[0] - out[0]
-    for i in range(start, x.shape[0], stride):
-        v = abs(x[i])
-        if v > m:
-            m = v
-    cuda.atomic.max(out, 0, m)
 
 
 @cuda.jit

@@ -31,10 +31,10 @@ memory read, no transfer), or, when the caller passes ``weight_version=``, by th
 Optimizers update the weights in place once per step, so each weight is uploaded once per step,
 not once per call.
 
-The ratio form of the logistic PSA kernels is used while ``|a| <= 40`` and ``|2W| <= 40``
-(:data:`sbnnumba.kernels.cpu.RATIO_SAFE_EXPONENT`); otherwise the generic form runs for the whole
-call. (The CPU kernels instead clip ``2W`` and sum only the saturated units directly, see
-:mod:`sbnnumba.kernels.cpu`; porting that split to these kernels is open.)
+The ratio form of the logistic PSA kernels uses the CPU's limits (:func:`sbnnumba.kernels.cpu.ratio_limits`):
+``2W`` is clipped to ``[-C, C]`` and the saturated units (``|a| > A``) are summed exactly by the
+generic kernel, restricted to them (a ``d_out`` that is zero elsewhere), and added; that second
+pass (and a one-integer download to learn whether it is needed) only costs when some unit saturates.
 Nothing here imports ``numba.cuda`` at import time.
 """
 from __future__ import annotations
@@ -45,7 +45,7 @@ import weakref
 
 import numpy as np
 
-from .cpu import RATIO_SAFE_EXPONENT
+from .cpu import ratio_limits
 from .scalar import LOGISTIC
 
 INSTALL_HINT = ("install an NVIDIA driver and the CUDA target of numba (`pip install 'numba-cuda[cu12]'`, "
@@ -191,8 +191,8 @@ def _flat(x):
 # ---------------------------------------------------------------------------------------------------
 
 class _Entry:
-    __slots__ = ("ref", "shape", "dtype", "pointer", "snapshot", "device", "derived", "version", "abs_max",
-                 "nbytes", "__weakref__")
+    __slots__ = ("ref", "shape", "dtype", "pointer", "snapshot", "device", "derived", "version", "nbytes",
+                 "__weakref__")
 
 
 class DeviceCache:
@@ -254,7 +254,6 @@ class DeviceCache:
             entry.device.copy_to_device(host_c)
             np.copyto(entry.snapshot, host_c.reshape(-1).view(np.uint8))
             entry.derived.clear()
-            entry.abs_max = None
             entry.version = version
             entry.nbytes = host_c.nbytes
             self.uploads += 1
@@ -265,7 +264,6 @@ class DeviceCache:
         entry.device = _cuda().to_device(host_c)
         entry.derived = {}
         entry.version = version
-        entry.abs_max = None
         entry.nbytes = host_c.nbytes
         entry_ref = weakref.ref(entry)
         entry.ref = weakref.ref(host, lambda _, key=key, entry_ref=entry_ref: self._drop(key, entry_ref))
@@ -320,26 +318,6 @@ def _derived(entry, tag, make):
     return make() if entry is None else weight_cache.derive(entry, tag, make)
 
 
-def _abs_max(x_host, x_dev, entry=None):
-    """max |x| from the host array if there is one, else by a device reduction (cached per entry)."""
-    if entry is not None and entry.abs_max is not None:
-        return entry.abs_max
-    if x_host is not None and not is_device_array(x_host):
-        x_host = np.asarray(x_host)
-        value = float(np.abs(x_host).max()) if x_host.size else 0.0
-    else:
-        from . import cuda as k
-        cuda = _cuda()
-        flat = _flat(x_dev)
-        out = cuda.to_device(np.zeros(1, dtype=np.dtype(x_dev.dtype)))
-        if flat.shape[0]:
-            k.abs_max[min(_blocks(flat.shape[0], k.THREADS_1D), 1024), k.THREADS_1D](flat, out)
-        value = float(out.copy_to_host()[0])
-    if entry is not None:
-        entry.abs_max = value
-    return value
-
-
 def _working_dtype(a, name="a"):
     dtype = np.dtype(a.dtype)
     if dtype not in _FLOAT_DTYPES:
@@ -355,9 +333,16 @@ def _check_form(form, noise_code):
     return "ratio" if form == "auto" and noise_code == LOGISTIC else ("generic" if form == "auto" else form)
 
 
-def _ratio_is_safe(a_host, a_dev, w_host, w_dev, entry):
-    return _abs_max(a_host, a_dev) <= RATIO_SAFE_EXPONENT and \
-        2 * _abs_max(w_host, w_dev, entry) <= RATIO_SAFE_EXPONENT
+def _ratio_units(da, dxo, dd, dtype):
+    """Per-unit arrays of a ratio-form call: ``e, g, gs`` (:func:`sbnnumba.kernels.cuda.ratio_units`) and
+    ``d_sat``, the ``d_out`` of the saturated units (zero elsewhere), or None when no unit saturates."""
+    from . import cuda as k
+    cuda = _cuda()
+    e, g, gs, d_sat = (cuda.device_array(da.shape, dtype=dtype) for _ in range(4))
+    n_sat = cuda.to_device(np.zeros(1, dtype=np.int32))
+    _launch_1d(k.ratio_units, int(np.prod(da.shape)), _flat(da), _flat(dxo), _flat(dd),
+               dtype.type(ratio_limits(dtype)[0]), _flat(e), _flat(g), _flat(gs), _flat(d_sat), n_sat)
+    return e, g, gs, (d_sat if n_sat.copy_to_host()[0] else None)
 
 
 def _tiles(defaults, tiles):
@@ -409,28 +394,29 @@ def flip_propagate_dense(x_in, a, x_out, weight, d_out, noise_code, form="auto",
     dx, da, dxo, dd = (_operand(t, dtype, name) for t, name in
                        ((x_in, "x_in"), (a, "a"), (x_out, "x_out"), (d_out, "d_out")))
     dw, entry = _weight(weight, dtype, "weight", weight_version)
-    if form == "ratio" and not _ratio_is_safe(a, da, weight, dw, entry):
-        form = "generic"
     cfg = _tiles(k.DENSE_TILE, tiles)
     grid = (_blocks(n_in, cfg["tile_i"]), _blocks(n_batch, cfg["tile_b"]))
     block = (cfg["tile_i"], cfg["tile_b"] // cfg["rows_per_thread"])
+    generic = k.dense_flip_generic_kernel(dtype.name, **cfg)[grid, block]
     if form == "ratio":
-        e = cuda.device_array((n_batch, n_out), dtype=dtype)
-        g = cuda.device_array((n_batch, n_out), dtype=dtype)
-        gs = cuda.device_array((n_batch, n_out), dtype=dtype)
-        _launch_1d(k.ratio_units, n_batch * n_out, _flat(da), _flat(dxo), _flat(dd), _flat(e), _flat(g), _flat(gs))
+        e, g, gs, d_sat = _ratio_units(da, dxo, dd, dtype)
         a_term = cuda.device_array((n_batch, 1), dtype=dtype)
         _launch_1d(k.sum_axis1, n_batch, gs.reshape(n_batch, n_out, 1), a_term)
+        clip = dtype.type(ratio_limits(dtype)[1])
 
         def make_k():
             kk = cuda.device_array((n_in, n_out), dtype=dtype)
-            k.exp2_transpose[(_blocks(n_out, 16), _blocks(n_in, 16)), (16, 16)](dw, kk)
+            k.exp2_transpose[(_blocks(n_out, 16), _blocks(n_in, 16)), (16, 16)](dw, clip, kk)
             return kk
 
         kk = _derived(entry, ("exp2_transpose", dtype.name), make_k)
         k.dense_flip_ratio_kernel(dtype.name, **cfg)[grid, block](dx, e, g, kk, a_term.reshape(n_batch), d_in)
+        if d_sat is not None:  # the saturated units, exactly
+            d_extra = cuda.device_array((n_batch, n_in), dtype=dtype)
+            generic(LOGISTIC, dx, da, dxo, d_sat, dw, d_extra)
+            _launch_1d(k.add_into, n_batch * n_in, _flat(d_extra), _flat(d_in))
     else:
-        k.dense_flip_generic_kernel(dtype.name, **cfg)[grid, block](int(noise_code), dx, da, dxo, dd, dw, d_in)
+        generic(int(noise_code), dx, da, dxo, dd, dw, d_in)
     return _result(d_in, on_device)
 
 
@@ -476,34 +462,37 @@ def flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_co
     dx, da, dxo, dd = (_operand(t, dtype, name) for t, name in
                        ((x_in, "x_in"), (a, "a"), (x_out, "x_out"), (d_out, "d_out")))
     dw, entry = _weight(weight, dtype, "weight", weight_version)
-    if form == "ratio" and not _ratio_is_safe(a, da, weight, dw, entry):
-        form = "generic"
     d_in = cuda.device_array((n_batch, c_in, h, w), dtype=dtype)
     n_units = n_batch * c_out * ho * wo
+
+    def generic(code, d, out):
+        v = cuda.device_array(a.shape, dtype=dtype)
+        f_lo = cuda.device_array(a.shape, dtype=dtype)
+        f_hi = cuda.device_array(a.shape, dtype=dtype)
+        _launch_1d(k.generic_units, n_units, int(code), _flat(da), _flat(dxo), _flat(v), _flat(f_lo), _flat(f_hi))
+        _launch_1d(k.flip_conv_generic, n_in_units, int(code), dx, v, dxo, d, f_lo, f_hi, dw, sh, sw, ph, pw, out)
+
     if form == "ratio":
-        e = cuda.device_array(a.shape, dtype=dtype)
-        g = cuda.device_array(a.shape, dtype=dtype)
-        gs = cuda.device_array(a.shape, dtype=dtype)
-        _launch_1d(k.ratio_units, n_units, _flat(da), _flat(dxo), _flat(dd), _flat(e), _flat(g), _flat(gs))
+        e, g, gs, d_sat = _ratio_units(da, dxo, dd, dtype)
         t_sum = cuda.device_array((n_batch, ho * wo), dtype=dtype)
         _launch_1d(k.sum_axis1, n_batch * ho * wo, gs.reshape(n_batch, c_out, ho * wo), t_sum)
 
+        clip = dtype.type(ratio_limits(dtype)[1])
+
         def make_k():
             kk = cuda.device_array(weight.shape, dtype=dtype)
-            _launch_1d(k.exp2, kk.size, _flat(dw), _flat(kk))
+            _launch_1d(k.exp2, kk.size, _flat(dw), clip, _flat(kk))
             return kk
 
         kk = _derived(entry, ("exp2", dtype.name), make_k)
         _launch_1d(k.flip_conv_ratio, n_in_units, dx, e, g, t_sum.reshape(n_batch, ho, wo), kk, sh, sw, ph, pw,
                    dtype.type(1), d_in)
+        if d_sat is not None:  # the saturated units, exactly
+            d_extra = cuda.device_array((n_batch, c_in, h, w), dtype=dtype)
+            generic(LOGISTIC, d_sat, d_extra)
+            _launch_1d(k.add_into, n_in_units, _flat(d_extra), _flat(d_in))
     else:
-        v = cuda.device_array(a.shape, dtype=dtype)
-        f_lo = cuda.device_array(a.shape, dtype=dtype)
-        f_hi = cuda.device_array(a.shape, dtype=dtype)
-        _launch_1d(k.generic_units, n_units, int(noise_code), _flat(da), _flat(dxo), _flat(v), _flat(f_lo),
-                   _flat(f_hi))
-        _launch_1d(k.flip_conv_generic, n_in_units, int(noise_code), dx, v, dxo, dd, f_lo, f_hi, dw, sh, sw, ph, pw,
-                   d_in)
+        generic(noise_code, dd, d_in)
     return _result(d_in, on_device)
 
 
