@@ -73,7 +73,7 @@ METHOD_NOTES = {
 
 #: Settings that must not change when a benchmark is resumed (they change the runs' results).
 SAME_ON_RESUME = ("data", "train_subset", "test_subset", "hidden", "channels", "noise", "batch_size", "optimizer",
-                  "lr", "lr_for", "seed", "val_fraction", "eval_samples", "train_eval_size", "test_samples",
+                  "lr", "lr_for", "schedule", "seed", "val_fraction", "eval_samples", "train_eval_size", "test_samples",
                   "augment", "lr_trials", "lr_trial_epochs", "lr_trial_subset")
 
 
@@ -123,6 +123,8 @@ def parse_args(argv=None):
     p.add_argument("--noise", default="logistic")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--optimizer", default="adam", choices=["adam", "sgd"])
+    p.add_argument("--schedule", default="constant", choices=["constant", "step", "cosine"],
+                   help="learning-rate schedule over the --epochs of each run")
     p.add_argument("--lr", type=_lr, default=1e-3,
                    help="learning rate of every method, or 'auto': searched per method (sbnnumba.train.search_lr)")
     p.add_argument("--lr-trials", type=int, default=10, help="--lr auto: most trial trainings per method")
@@ -188,8 +190,8 @@ def run_one(args, ds, arch, method, results):
     t0 = time.perf_counter()
     try:
         res = train.fit(net, ds, estimator=method, epochs=args.epochs, batch_size=args.batch_size,
-                        optimizer=args.optimizer, lr=lr, seed=args.seed, val_fraction=args.val_fraction,
-                        augment=args.augment, eval_samples=args.eval_samples,
+                        optimizer=args.optimizer, lr=lr, schedule=args.schedule, seed=args.seed,
+                        val_fraction=args.val_fraction, augment=args.augment, eval_samples=args.eval_samples,
                         train_eval_size=args.train_eval_size, out=out, resume=resume, max_time=args.time_budget,
                         progress=not args.no_progress,
                         metadata={"command": "bench/fashion_mnist.py", "lr_search": lr_search})
@@ -242,6 +244,7 @@ def write_report(args, results, meta):
                 f"searched per method (at most {args.lr_trials} trials of {args.lr_trial_epochs} epochs, "
                 "log10(lr) in [-6, 0], mean running training loss; chosen lr in the table)")
              + (f" (overrides: {', '.join(args.lr_for)})" if args.lr_for else "")
+             + (f", {args.schedule} schedule" if getattr(args, "schedule", "constant") != "constant" else "")
              + "; element-wise gradient clipping at 1e3; data-dependent init on the first batch; init and "
                f"training seed {args.seed}" + ("; flip + crop augmentation" if args.augment else "") + ".",
              f"* MLP: 784-{'-'.join(map(str, args.hidden))}-10; conv: the PSA paper's all-conv SBN "
