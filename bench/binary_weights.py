@@ -38,6 +38,13 @@ CONFIGS = [
     ("deterministic-forward ST, MD", "st-deterministic", {}, "logistic", "logistic", "md"),
 ]
 
+WEIGHTS_TEXT = {
+    "bernoulli": "Binary weights (Bernoulli) in every stage and binary activations; real: the input of the "
+                 "first stage and the head.",
+    "hidden": "Binary weights (Bernoulli) in every stage but the first, binary activations; real: the first "
+              "stage's weights and input, and the head.",
+}
+
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -53,6 +60,13 @@ def main(argv=None):
                    help="ensemble size of the per-epoch validation (default: --test-samples)")
     p.add_argument("--train-eval-size", type=int, default=2000,
                    help="training images scored after each epoch")
+    p.add_argument("--weights", default="bernoulli", choices=["bernoulli", "hidden"],
+                   help="'bernoulli': binary weights in every stage (the first stage's input stays real); "
+                        "'hidden': every stage but the first")
+    p.add_argument("--pretrain-epochs", type=int, default=0,
+                   help="first train the same network with real weights for N epochs, then convert it "
+                        "(Network.to_bernoulli); without it eta ~ U[-1, 1]")
+    p.add_argument("--eta-scale", type=float, default=3.0, help="--pretrain-epochs: eta = s W / std(W)")
     p.add_argument("--train-subset", type=int, default=None)
     p.add_argument("--test-samples", type=int, default=10)
     p.add_argument("--only", default=None, help="comma-separated indices of CONFIGS to run")
@@ -69,19 +83,22 @@ def main(argv=None):
     rows, histories = [], {}
     for idx in chosen:
         label, method, opts, noise, w_noise, rule = CONFIGS[idx]
-        options = dict(noise=noise, weight="hidden", weight_noise=w_noise, weight_grad=rule, normalize=True)
+        options = dict(noise=noise, weight_noise=w_noise, weight_grad=rule, normalize=True)
         if args.arch == "mlp":
             options["hidden"] = [int(h) for h in args.hidden.split(",")]
         else:
             options["width"] = args.width
-        net = train.build_network(args.arch, ds.x_train.shape[1:], ds.n_classes, seed=1, **options)
         out = os.path.join(args.runs_dir, f"{args.arch}-{idx}")
         t0 = time.perf_counter()
-        result = train.fit(net, ds, estimator=method, estimator_options=opts, epochs=args.epochs, lr=args.lr,
-                           schedule=args.schedule, batch_size=args.batch_size, out=out,
-                           resume=os.path.exists(os.path.join(out, train.CHECKPOINT_NAME)), progress=False,
-                           eval_samples=args.eval_samples or args.test_samples,
-                           train_eval_size=args.train_eval_size, plots=False)
+        if args.pretrain_epochs:  # real weights first, then eta = s W / std(W)
+            net = train.build_network(args.arch, ds.x_train.shape[1:], ds.n_classes, seed=1, weight="real",
+                                      **options)
+            fit_phase(args, net, ds, method, opts, args.pretrain_epochs, out + "-real")
+            net.to_bernoulli(args.weights, scale=args.eta_scale, noise=w_noise, grad=rule)
+        else:
+            net = train.build_network(args.arch, ds.x_train.shape[1:], ds.n_classes, seed=1, weight=args.weights,
+                                      **options)
+        result = fit_phase(args, net, ds, method, opts, args.epochs, out, data_init=not args.pretrain_epochs)
         minutes = (time.perf_counter() - t0) / 60
         m = train.evaluate(net, x_test, ds.y_test, samples=args.test_samples, rng=0)
         rows.append(dict(label=label, method=method, noise=noise, weight_noise=w_noise, rule=rule,
@@ -92,6 +109,15 @@ def main(argv=None):
     write_report(args, ds, rows, histories)
 
 
+def fit_phase(args, net, ds, method, opts, epochs, out, data_init=True):
+    """``train.fit`` with the bench's settings, resuming from ``out`` if a checkpoint is there."""
+    return train.fit(net, ds, estimator=method, estimator_options=opts, epochs=epochs, lr=args.lr,
+                     data_init=data_init, schedule=args.schedule, batch_size=args.batch_size, out=out,
+                     resume=os.path.exists(os.path.join(out, train.CHECKPOINT_NAME)), progress=False,
+                     eval_samples=args.eval_samples or args.test_samples, train_eval_size=args.train_eval_size,
+                     plots=False)
+
+
 def write_report(args, ds, rows, histories):
     os.makedirs(os.path.join(args.docs, "figures"), exist_ok=True)
     fig = os.path.join("figures", f"binary_{args.arch}_val_accuracy.png")
@@ -100,9 +126,11 @@ def write_report(args, ds, rows, histories):
     size = args.hidden if args.arch == "mlp" else f"conv width {args.width}"
     lines = [f"# Fully binary networks on Fashion-MNIST ({args.arch}, {size})", "",
              f"Data: {ds.name} ({ds.y_train.shape[0]} training images before the 10 % validation split, "
-             f"{ds.y_test.shape[0]} test images). Binary weights (Bernoulli, latent eta ~ U[-1, 1]) and binary "
-             "activations everywhere except the real input of the first stage and the real head; batch "
-             f"normalization before each binary activation; Adam lr {args.lr} ({args.schedule} schedule), "
+             f"{ds.y_test.shape[0]} test images). " + WEIGHTS_TEXT[args.weights] + " "
+             + (f"Latent weights from a real-weight network trained first for {args.pretrain_epochs} epochs "
+                f"(same estimator and settings), eta = {args.eta_scale:g} W / std(W) per output channel "
+                "(`Network.to_bernoulli`). " if args.pretrain_epochs else "Latent weights eta ~ U[-1, 1]. ")
+             + f"Batch normalization before each binary activation; Adam lr {args.lr} ({args.schedule} schedule), "
              f"batch {args.batch_size}, {args.epochs} epochs, seed 1. Command: "
              "`python bench/binary_weights.py " + " ".join(sys.argv[1:]) + "`.", "",
              f"| configuration | estimator | single sample | ensemble ({args.test_samples}) | deterministic | "

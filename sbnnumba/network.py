@@ -195,6 +195,23 @@ class Network:
             out[prefix] = layer.weight
         return out
 
+    def to_bernoulli(self, weight="hidden", scale=3.0, noise="logistic", grad="md", clip="auto"):
+        """Convert the real weights of the chosen stages in place into Bernoulli weights that follow
+        them (:func:`sbnnumba.weights.bernoulli_from_real`): ``eta = scale * W / std(W)`` per output
+        unit or channel. ``weight``: ``"hidden"`` (every stage but the first), ``"bernoulli"`` (every
+        stage) or a per-stage list of ``"real"`` / ``"bernoulli"``; stages that already have Bernoulli
+        weights are left as they are. The head stays real. Optimizer state of the converted weights
+        does not carry over (their parameter is now ``eta``). Returns the network."""
+        from .weights import bernoulli_from_real
+
+        for kind, stage in zip(stage_weight_kinds(weight, len(self.stages)), self.stages):
+            layer = getattr(stage, "layer", stage)
+            if kind == "bernoulli" and layer.latent is None:
+                bernoulli_from_real(layer, noise=noise, grad=grad, clip=clip, scale=scale)
+            elif kind not in ("real", "bernoulli"):
+                raise ValueError(f"weight: expected 'real' or 'bernoulli' per stage, got {kind!r}")
+        return self
+
     def set_mode_weights(self):
         """Set every Bernoulli weight to its most probable value ``sign(eta)`` (deterministic mode)."""
         for _, layer in self.latent_layers():

@@ -281,3 +281,32 @@ def test_fit_with_binary_weights_checkpoint_restores_statistics(tmp_path):
     for key, b in net.buffers.items():
         np.testing.assert_array_equal(loaded.buffers[key], b)
     np.testing.assert_array_equal(loaded.forward_deterministic(x[:20]), net.forward_deterministic(x[:20]))
+
+
+def test_to_bernoulli_follows_the_real_weights():
+    """Network.to_bernoulli: eta = s W / std(W) per output channel, sign(eta) = sign(W), first stage
+    and head stay real, parameters renamed, and the deterministic network is the sign network."""
+    rng = np.random.default_rng(21)
+    conv1 = sb.Conv2d(1, 3, 3, rng=rng, dtype=np.float64)
+    conv2 = sb.Conv2d(3, 4, 2, stride=2, rng=rng, dtype=np.float64)
+    net = sb.Network([Normalized(conv1), Normalized(conv2)], sb.Linear(4 * 2 * 2, 3, rng=rng, dtype=np.float64))
+    w2 = conv2.weight.copy()
+    x = rng.normal(size=(5, 1, 6, 6))
+    net.to_bernoulli("hidden", scale=2.5)
+    assert conv1.latent is None and conv2.latent is not None
+    assert "stages.1.eta" in net.params and "stages.1.weight" not in net.params and "stages.0.weight" in net.params
+    np.testing.assert_allclose(conv2.eta.reshape(4, -1).std(axis=1), 2.5, rtol=1e-12)
+    np.testing.assert_array_equal(np.sign(conv2.eta), np.sign(w2))
+    # deterministic mode: the real network with sign(W) in stage 1 (statistics: the running ones)
+    want_net = sb.Network([Normalized(sb.Conv2d(1, 3, 3, rng=0, dtype=np.float64)),
+                           Normalized(sb.Conv2d(3, 4, 2, stride=2, rng=0, dtype=np.float64))],
+                          sb.Linear(16, 3, rng=0, dtype=np.float64))
+    for name, p in want_net.params.items():
+        p[...] = np.where(w2 >= 0, 1.0, -1.0) if name == "stages.1.weight" else net.params[name]
+    np.testing.assert_allclose(net.forward_deterministic(x), want_net.forward_deterministic(x), atol=1e-12)
+    net.to_bernoulli("hidden")  # already converted stages are left alone
+    np.testing.assert_allclose(conv2.eta.reshape(4, -1).std(axis=1), 2.5, rtol=1e-12)
+    with pytest.raises(ValueError, match="scale"):
+        net.to_bernoulli("bernoulli", scale=0)
+    with pytest.raises(ValueError, match="already"):
+        sb.weights.bernoulli_from_real(conv2)
