@@ -67,7 +67,8 @@ class NoiseFamily:
         ndarray of the dtype of ``a`` with values in {-1, +1}.
         """
         a = np.asarray(a)
-        return np.where(u < self.cdf(a), 1, -1).astype(a.dtype if a.dtype.kind == "f" else np.float64)
+        one = (a.dtype if a.dtype.kind == "f" else np.dtype(np.float64)).type(1)
+        return np.where(u < self.cdf(a), one, -one)  # typed scalars: no int64 temporary and cast pass
 
     def mean(self, a):
         """Mean response (proxy) ``E[x | a] = 2 F(a) - 1``."""
