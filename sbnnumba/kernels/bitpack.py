@@ -290,11 +290,14 @@ def _accumulate_tile(a, i0, n_rows, panel, s0, s1, s2, s3):
     partial tile needs no separate code path.
     """
     last = n_rows - 1
-    a0 = a[i0]
-    a1 = a[min(i0 + 1, last)]
-    a2 = a[min(i0 + 2, last)]
-    a3 = a[min(i0 + 3, last)]
-    for w in range(a.shape[1]):
+    _add_rows_xor_popcount(a[i0], a[min(i0 + 1, last)], a[min(i0 + 2, last)], a[min(i0 + 3, last)], panel,
+                           s0, s1, s2, s3)
+
+
+@numba.njit(cache=True)
+def _add_rows_xor_popcount(a0, a1, a2, a3, panel, s0, s1, s2, s3):
+    """``s_r[c] += sum_w popcount(a_r[w] ^ panel[32 w + c])`` for four packed rows ``a_r``."""
+    for w in range(a0.shape[0]):
         offset = w * PANEL_LANES
         _acc_add_xor_popcount(s0, a0[w], panel, offset)
         _acc_add_xor_popcount(s1, a1[w], panel, offset)
@@ -311,6 +314,22 @@ def _store_dot_row(acc, k, out_row, j0):
     else:
         for c in range(n_valid):
             out_row[j0 + c] = k - 2 * _acc_get(acc, c)
+
+
+@numba.njit(cache=True)
+def _task_ranges(task, n_rows, n_panels, rows_per_block, panels_per_block):
+    """``(panel_lo, panel_hi, row_lo, row_hi)`` of parallel task ``task``: tasks enumerate the (row block,
+    panel block) pairs, panel blocks fastest."""
+    n_panel_blocks = (n_panels + panels_per_block - 1) // panels_per_block
+    row_block = task // n_panel_blocks
+    panel_block = task - row_block * n_panel_blocks
+    return (panel_block * panels_per_block, min(n_panels, (panel_block + 1) * panels_per_block),
+            row_block * rows_per_block, min(n_rows, (row_block + 1) * rows_per_block))
+
+
+@numba.njit(cache=True)
+def _n_tasks(n_rows, n_panels, rows_per_block, panels_per_block):
+    return ((n_rows + rows_per_block - 1) // rows_per_block) * ((n_panels + panels_per_block - 1) // panels_per_block)
 
 
 @numba.njit(cache=True)
@@ -380,14 +399,11 @@ def xnor_gemm(a, panels, k, out):
     n_rows = a.shape[0]
     n_panels = panels.shape[0]
     rows_per_block, panels_per_block = _block_sizes(a.shape[1])
-    n_row_blocks = (n_rows + rows_per_block - 1) // rows_per_block
-    n_panel_blocks = (n_panels + panels_per_block - 1) // panels_per_block
-    for task in prange(n_row_blocks * n_panel_blocks):
-        row_block = task // n_panel_blocks
-        panel_block = task - row_block * n_panel_blocks
-        for p in range(panel_block * panels_per_block, min(n_panels, (panel_block + 1) * panels_per_block)):
+    for task in prange(_n_tasks(n_rows, n_panels, rows_per_block, panels_per_block)):
+        p_lo, p_hi, i_lo, i_hi = _task_ranges(task, n_rows, n_panels, rows_per_block, panels_per_block)
+        for p in range(p_lo, p_hi):
             panel = panels[p]
-            for i0 in range(row_block * rows_per_block, min(n_rows, (row_block + 1) * rows_per_block), TILE_ROWS):
+            for i0 in range(i_lo, i_hi, TILE_ROWS):
                 _dot_tile(a, i0, panel, k, out, p * PANEL_LANES)
 
 
@@ -404,14 +420,11 @@ def xnor_gemm_threshold(a, panels, limits, flip_words, out_words):
     limit_rows = limits.reshape(1, limits.shape[0])
     limit_row = np.zeros(n_rows, np.int64)  # every row uses limit row 0
     rows_per_block, panels_per_block = _block_sizes(a.shape[1])
-    n_row_blocks = (n_rows + rows_per_block - 1) // rows_per_block
-    n_panel_blocks = (n_panels + panels_per_block - 1) // panels_per_block
-    for task in prange(n_row_blocks * n_panel_blocks):
-        row_block = task // n_panel_blocks
-        panel_block = task - row_block * n_panel_blocks
-        for p in range(panel_block * panels_per_block, min(n_panels, (panel_block + 1) * panels_per_block)):
+    for task in prange(_n_tasks(n_rows, n_panels, rows_per_block, panels_per_block)):
+        p_lo, p_hi, i_lo, i_hi = _task_ranges(task, n_rows, n_panels, rows_per_block, panels_per_block)
+        for p in range(p_lo, p_hi):
             panel = panels[p]
-            for i0 in range(row_block * rows_per_block, min(n_rows, (row_block + 1) * rows_per_block), TILE_ROWS):
+            for i0 in range(i_lo, i_hi, TILE_ROWS):
                 _sign_tile(a, i0, panel, p * PANEL_LANES, limit_rows, limit_row, flip_words, out_words, 0)
 
 

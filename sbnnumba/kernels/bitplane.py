@@ -52,8 +52,8 @@ from numba import prange, types
 from numba.extending import intrinsic, overload
 
 from .bitpack import (_ACC, _L1_BYTES, _L2_BYTES, _LANES_I64, PANEL_LANES, TILE_ROWS, WORD_BITS,
-                      _acc_add_xor_popcount, _acc_get, _acc_sign_bits, _acc_zeros, _load_acc, n_words,
-                      pack_reference, popcount_reference)
+                      _acc_get, _acc_sign_bits, _acc_zeros, _add_rows_xor_popcount, _load_acc, _n_tasks,
+                      _task_ranges, n_words, pack_reference, popcount_reference)
 
 MAX_BITS = 8
 
@@ -228,16 +228,7 @@ def _accumulate_planes(planes, i0, panel, s0, s1, s2, s3):
             _acc_double(s1)
             _acc_double(s2)
             _acc_double(s3)
-        a0 = p0[b]
-        a1 = p1[b]
-        a2 = p2[b]
-        a3 = p3[b]
-        for w in range(n_row_words):
-            offset = w * PANEL_LANES
-            _acc_add_xor_popcount(s0, a0[w], panel, offset)
-            _acc_add_xor_popcount(s1, a1[w], panel, offset)
-            _acc_add_xor_popcount(s2, a2[w], panel, offset)
-            _acc_add_xor_popcount(s3, a3[w], panel, offset)
+        _add_rows_xor_popcount(p0[b], p1[b], p2[b], p3[b], panel, s0, s1, s2, s3)
 
 
 @numba.njit(cache=True)
@@ -269,15 +260,12 @@ def bitplane_gemm(planes, panels, offsets, out):
     n_rows, n_bits, n_row_words = planes.shape
     n_panels = panels.shape[0]
     rows_per_block, panels_per_block = _block_sizes(n_bits, n_row_words)
-    n_row_blocks = (n_rows + rows_per_block - 1) // rows_per_block
-    n_panel_blocks = (n_panels + panels_per_block - 1) // panels_per_block
-    for task in prange(n_row_blocks * n_panel_blocks):
-        row_block = task // n_panel_blocks
-        panel_block = task - row_block * n_panel_blocks
-        for p in range(panel_block * panels_per_block, min(n_panels, (panel_block + 1) * panels_per_block)):
+    for task in prange(_n_tasks(n_rows, n_panels, rows_per_block, panels_per_block)):
+        p_lo, p_hi, i_lo, i_hi = _task_ranges(task, n_rows, n_panels, rows_per_block, panels_per_block)
+        for p in range(p_lo, p_hi):
             panel = panels[p]
             j0 = p * PANEL_LANES
-            for i0 in range(row_block * rows_per_block, min(n_rows, (row_block + 1) * rows_per_block), TILE_ROWS):
+            for i0 in range(i_lo, i_hi, TILE_ROWS):
                 s0 = _acc_zeros()
                 s1 = _acc_zeros()
                 s2 = _acc_zeros()
@@ -304,18 +292,15 @@ def bitplane_gemm_threshold(planes, panels, limits, invert_words, out_words):
     n_rows, n_bits, n_row_words = planes.shape
     n_panels = panels.shape[0]
     rows_per_block, panels_per_block = _block_sizes(n_bits, n_row_words)
-    n_row_blocks = (n_rows + rows_per_block - 1) // rows_per_block
-    n_panel_blocks = (n_panels + panels_per_block - 1) // panels_per_block
-    for task in prange(n_row_blocks * n_panel_blocks):
-        row_block = task // n_panel_blocks
-        panel_block = task - row_block * n_panel_blocks
-        for p in range(panel_block * panels_per_block, min(n_panels, (panel_block + 1) * panels_per_block)):
+    for task in prange(_n_tasks(n_rows, n_panels, rows_per_block, panels_per_block)):
+        p_lo, p_hi, i_lo, i_hi = _task_ranges(task, n_rows, n_panels, rows_per_block, panels_per_block)
+        for p in range(p_lo, p_hi):
             panel = panels[p]
             j0 = p * PANEL_LANES
             word = j0 // WORD_BITS
             shift = np.uint64(j0 % WORD_BITS)
             invert = (invert_words[word] >> shift) & np.uint64(0xFFFFFFFF)
-            for i0 in range(row_block * rows_per_block, min(n_rows, (row_block + 1) * rows_per_block), TILE_ROWS):
+            for i0 in range(i_lo, i_hi, TILE_ROWS):
                 s0 = _acc_zeros()
                 s1 = _acc_zeros()
                 s2 = _acc_zeros()
