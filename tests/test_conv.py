@@ -203,7 +203,7 @@ def test_padded_positions_never_flip(k, s, p):
             np.testing.assert_allclose(got, full[:, :, p:-p, p:-p], atol=1e-12)
 
 
-def test_ratio_form_falls_back_outside_safe_range_float32():
+def test_ratio_form_float32_with_saturated_units_and_large_weights():
     layer, x, a, x_out, d_out = _layer_data((2, 2, 3, 1, 1, 4, 5), seed=9)
     a[0, 0, 0, :2] = [-200.0, 300.0]
     layer.weight[1, 0, 1, 1] = 60.0
