@@ -64,9 +64,15 @@ def test_numba_ratio_equals_reference(dtype, tol):
 
 
 @pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 3e-5)])
-def test_ratio_kernel_sign_blocks(dtype, tol):
-    """The ratio kernel takes its 4-unit blocks among one example's +1 units, then its -1 units: rows
-    all +1, all -1, and +1 counts 0..n_in (every partial-block length of both groups) against the reference."""
+@pytest.mark.parametrize("chunk_bytes", [None, 8 * 9 * 4])
+def test_ratio_kernel_sign_blocks(dtype, tol, chunk_bytes, monkeypatch):
+    """The ratio kernel takes its 4-unit blocks among one example's +1 units, then its -1 units, within
+    chunks of input units: rows all +1, all -1, and +1 counts 0..n_in (every partial-block length of both
+    groups) against the reference; once in one chunk, once in chunks of 8 units (float32; 4 in float64)
+    with a partial last chunk."""
+    if chunk_bytes is not None:
+        monkeypatch.setattr(cpu, "_CHUNK_BYTES", chunk_bytes)
+        assert cpu._chunk_units(11, 9, np.dtype(dtype).itemsize) == (8 if dtype == np.float32 else 4)
     rng = np.random.default_rng(14)
     n_in = 11
     x_in, a, x_out, w, d_out = _layer(rng, n_in + 3, n_in, 9, dtype, scale=0.6)
