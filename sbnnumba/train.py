@@ -182,6 +182,21 @@ def _dumps(obj):
     return json.dumps(_jsonable(obj), sort_keys=True)
 
 
+def _device_trainer(net, estimator, estimator_options, augment, opt, batch_size):
+    """A :class:`~sbnnumba.cuda_training.CudaTrainer` when ``net.backend == "cuda"`` and the whole step can
+    stay on the device (dense real-weight network, "psa" or "st" without options, no augmentation,
+    SGD/Adam without global-norm clipping); else None and the per-call routing is used."""
+    if net.backend != "cuda" or estimator not in ("psa", "st") or estimator_options or augment:
+        return None
+    from .cuda_training import CudaTrainer
+    try:
+        return CudaTrainer(net, estimator, opt, max_batch=batch_size)
+    except NotImplementedError as exc:
+        warnings.warn(f"backend 'cuda': the step is not device-resident for this run ({exc}); only the PSA flip "
+                      "propagation runs on the GPU", RuntimeWarning)
+        return None
+
+
 def _as_float(x, dtype):
     """uint8 images -> ``x / 255`` in ``dtype``; anything else cast to ``dtype``."""
     x = np.asarray(x)
@@ -721,6 +736,9 @@ def fit(net, data, *, estimator="psa", estimator_options=None, epochs=5, batch_s
     if start >= epochs:
         stopped = "already complete"
     x_tr_eval, y_tr_eval = x_tr[:train_eval_size], y_tr[:train_eval_size]
+    device = _device_trainer(net, estimator, estimator_options, augment, opt, batch_size)
+    if device is not None:  # the dataset goes to the device once; see sbnnumba.cuda_training
+        x_dev, y_dev = device.upload(_as_float(x_tr, net.dtype).reshape(x_tr.shape[0], -1), y_tr)
     epoch = start
     for epoch in range(start + 1, epochs + 1):
         t0 = time.perf_counter()
@@ -729,7 +747,18 @@ def fit(net, data, *, estimator="psa", estimator_options=None, epochs=5, batch_s
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{epochs}", unit="batch", disable=not progress,
                    leave=False, dynamic_ncols=True)
         try:
-            batches = datasets.iterate_minibatches(x_tr, y_tr, batch_size, rng=rng, shuffle=True)
+            if device is not None:
+                # generator seed drawn from the checkpointed rng: a resumed run samples the same states
+                device.reseed(int(rng.integers(2 ** 63)))
+                seen = x_tr.shape[0]
+                running = seen * device.train_epoch(x_dev, y_dev, batch_size, rng=rng, callback=lambda: bar.update(1))
+                device.sync()
+                if not np.isfinite(running):
+                    raise TrainingDiverged(f"training diverged: non-finite loss in epoch {epoch} on the device "
+                                           f"(estimator {estimator!r}, lr {opt.lr:g}); the last good checkpoint "
+                                           f"is {ckpt_path}", epoch=epoch, checkpoint=ckpt_path)
+            batches = () if device is not None else \
+                datasets.iterate_minibatches(x_tr, y_tr, batch_size, rng=rng, shuffle=True)
             for step, (xb, yb) in enumerate(batches, start=1):
                 if augment:
                     xb = datasets.augment_flip_crop(xb, rng)

@@ -430,6 +430,191 @@ def check_training_step_conv():
         _compare_grads(nets, x, y, method, 7, "conv")
 
 
+def _device_problem(noise="logistic", seed=0, sizes=(6, 5, 7, 4), n_classes=3, batch=3):
+    import sbnnumba as sb
+    rng = np.random.default_rng(seed)
+    net = sb.Network.dense(list(sizes), n_classes, noise=noise, rng=seed)
+    x = rng.normal(size=(batch, sizes[0])).astype(np.float32)
+    y = rng.integers(0, n_classes, size=batch)
+    uniforms = [rng.random((batch, n)).astype(np.float32) for n in sizes[1:]]
+    return net, x, y, uniforms
+
+
+def _host_path_gradient(net, x, y, uniforms, method):
+    from sbnnumba.estimators.psa import psa_path_gradient
+    from sbnnumba.estimators.st import st_path_gradient
+    path = net.sample(x, uniforms=uniforms)
+    weights = np.full(x.shape[0], 1 / x.shape[0], np.float32)
+    fn = psa_path_gradient if method == "psa" else st_path_gradient
+    return fn(net, path, y, weights)
+
+
+def check_device_step_gradients():
+    """CudaTrainer (the device-resident step) gives the host PSA / ST gradients from the same uniforms,
+    for logistic (ratio form) and normal (generic form) noise; the trainer does not touch net.params."""
+    import sbnnumba as sb
+    from sbnnumba.cuda_training import CudaTrainer
+    for noise in ("logistic", "normal"):
+        for method in ("psa", "st"):
+            net, x, y, uniforms = _device_problem(noise, seed=3)
+            before = {k: p.copy() for k, p in net.params.items()}
+            trainer = CudaTrainer(net, method, sb.optim.Adam(lr=1e-2), max_batch=4)
+            loss, grads = trainer.gradients(x, y, uniforms=uniforms)
+            loss_host, grads_host = _host_path_gradient(net, x, y, uniforms, method)
+            close(loss, loss_host, f"device {noise} {method} loss", rtol=1e-5, atol=1e-6)
+            for key in grads_host:
+                scale = np.abs(grads_host[key]).max() + 1e-3
+                close(grads[key] / scale, grads_host[key] / scale, f"device {noise} {method} {key}",
+                      rtol=1e-4, atol=1e-5)
+            for key, p in net.params.items():
+                equal(p, before[key], f"device {noise} {method}: net.params[{key!r}] unchanged")
+
+
+def check_device_step_updates():
+    """Three steps of CudaTrainer equal three host steps (same uniforms): Adam with a cosine schedule,
+    coupled weight decay and element-wise clipping; AdamW; SGD with Nesterov momentum. sync() writes
+    the parameters and the optimizer state back."""
+    import sbnnumba as sb
+    from sbnnumba.cuda_training import CudaTrainer
+    makers = {
+        "adam": lambda: sb.optim.Adam(lr=0.05, weight_decay=1e-3, clip_value=0.05, schedule=sb.optim.CosineLR(5)),
+        "adamw": lambda: sb.optim.Adam(lr=0.05, weight_decay=0.1, decoupled=True),
+        "sgd": lambda: sb.optim.SGD(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3),
+    }
+    for name, method in (("adam", "psa"), ("adam", "st"), ("adamw", "psa"), ("sgd", "st")):
+        make = makers[name]
+        net_host, x, y, _ = _device_problem(seed=4)
+        net_dev, _, _, _ = _device_problem(seed=4)
+        rng = np.random.default_rng(9)
+        steps = [[rng.random((3, n)).astype(np.float32) for n in (5, 7, 4)] for _ in range(3)]
+        opt_host, opt_dev = make(), make()
+        trainer = CudaTrainer(net_dev, method, opt_dev, max_batch=3)
+        for uniforms in steps:
+            _, grads = _host_path_gradient(net_host, x, y, uniforms, method)
+            opt_host.update(net_host.params, grads)
+            trainer.step(x, y, uniforms=uniforms)
+        trainer.sync()
+        if opt_dev.step_count != 3:
+            raise AssertionError(f"{name} {method}: step_count {opt_dev.step_count} != 3")
+        for key, p in net_host.params.items():
+            close(net_dev.params[key], p, f"{name} {method} {key} after 3 steps", rtol=1e-4, atol=1e-5)
+        for key, bufs in opt_host.state.items():
+            for b, v in bufs.items():
+                close(opt_dev.state[key][b], v, f"{name} {method} state {key}.{b}", rtol=1e-4, atol=1e-6)
+
+
+def check_device_step_resident():
+    """A device-resident step makes no host-to-device copy and downloads at most one integer per PSA
+    layer (the ratio form's saturation count); an epoch over an uploaded dataset (device batches,
+    device generators) lowers the loss of a learnable toy problem."""
+    import sbnnumba as sb
+    from numba import cuda
+    from sbnnumba.cuda_training import CudaTrainer
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(16, 4)).astype(np.float32)
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0).astype(np.int64)
+    net = sb.Network.dense([4, 6, 5], 2, rng=2)
+    trainer = CudaTrainer(net, "psa", sb.optim.Adam(lr=0.05), seed=1, max_batch=8)
+    x_dev, y_dev = trainer.upload(x, y)
+    counts = {"up": 0, "down": 0}
+    fake = cuda.devicearray.FakeCUDAArray
+    orig_to_device, orig_copy = cuda.to_device, fake.copy_to_host
+
+    def to_device(*args, **kwargs):
+        counts["up"] += 1
+        return orig_to_device(*args, **kwargs)
+
+    def copy_to_host(self, *args, **kwargs):
+        counts["down"] += 1
+        return orig_copy(self, *args, **kwargs)
+
+    cuda.to_device, fake.copy_to_host = to_device, copy_to_host
+    try:
+        trainer.step(x_dev[:8], y_dev[:8])
+    finally:
+        cuda.to_device, fake.copy_to_host = orig_to_device, orig_copy
+    if counts["up"] != 0 or counts["down"] > len(net.stages) - 1:
+        raise AssertionError(f"transfers in one device-resident step: {counts}")
+    losses = [trainer.train_epoch(x_dev, y_dev, 8, rng=np.random.default_rng(e)) for e in range(3)]
+    if not all(np.isfinite(losses)) or not losses[-1] < losses[0]:
+        raise AssertionError(f"device epochs did not lower the loss: {losses}")
+    trainer.sync()
+    acc = float(np.mean(net.predict(x, samples=10, rng=0) == y))
+    if acc < 0.6:
+        raise AssertionError(f"after 3 device epochs, host accuracy {acc}")
+
+
+def check_device_fit():
+    """sbnnumba.train.fit on backend 'cuda' uses the device-resident step for a dense network: it trains
+    (finite history), writes the trained parameters back to the host network, and a run resumed
+    after epoch 1 ends with the parameters of an uninterrupted 2-epoch run."""
+    import tempfile
+
+    import sbnnumba as sb
+    from sbnnumba import train
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(20, 4)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    options = dict(estimator="psa", batch_size=8, optimizer="adam", lr=0.05, seed=3, val_fraction=0.2,
+                   eval_samples=2, train_eval_size=0, progress=False, plots=False)
+
+    def make():
+        return train.build_network("mlp", (4,), 2, seed=1, backend="cuda", hidden=(5,))
+
+    from sbnnumba.cuda_training import CudaTrainer
+    calls = []
+    original = CudaTrainer.train_epoch
+
+    def counting(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    net_full = make()
+    before = {k: p.copy() for k, p in net_full.params.items()}
+    CudaTrainer.train_epoch = counting
+    try:
+        res = train.fit(net_full, (x, y), epochs=2, **options)
+    finally:
+        CudaTrainer.train_epoch = original
+    if len(calls) != 2:
+        raise AssertionError(f"fit on backend 'cuda' ran {len(calls)} device epochs, expected 2")
+    if len(res.history) != 2 or not all(np.isfinite(r["train_loss"]) and np.isfinite(r["val_loss"])
+                                        for r in res.history):
+        raise AssertionError(f"device fit history: {res.history}")
+    if all(np.array_equal(p, before[k]) for k, p in net_full.params.items()):
+        raise AssertionError("device fit did not change the host parameters")
+    with tempfile.TemporaryDirectory() as tmp:
+        net_a = make()
+        train.fit(net_a, (x, y), epochs=1, out=tmp, **options)
+        net_b = make()
+        train.fit(net_b, (x, y), epochs=2, out=tmp, resume=True, **options)
+    for key, p in net_full.params.items():
+        close(net_b.params[key], p, f"resumed device fit {key}", rtol=1e-6, atol=1e-7)
+
+
+def check_device_step_scope():
+    """Networks and settings outside the device step's scope are refused with a clear error."""
+    import sbnnumba as sb
+    from sbnnumba.cuda_training import CudaTrainer
+    cases = [
+        (lambda: CudaTrainer(sb.Network.dense([4, 3], 2, rng=0, weight="bernoulli"), "psa"), NotImplementedError,
+         "Bernoulli"),
+        (lambda: CudaTrainer(sb.Network([sb.Conv2d(1, 2, 3, rng=0)], sb.Linear(2 * 2 * 2, 2, rng=0)), "psa"),
+         NotImplementedError, "Conv2d"),
+        (lambda: CudaTrainer(sb.Network.dense([4, 3], 2, rng=0), "arm"), ValueError, "method"),
+        (lambda: CudaTrainer(sb.Network.dense([4, 3], 2, rng=0), "psa", sb.optim.Adam(clip_norm=1.0)),
+         NotImplementedError, "clip_norm"),
+    ]
+    for make, exc_type, words in cases:
+        try:
+            make()
+        except exc_type as exc:
+            if words not in str(exc):
+                raise AssertionError(f"message {exc!r} does not name {words!r}")
+        else:
+            raise AssertionError(f"expected {exc_type.__name__} naming {words!r}")
+
+
 SIM_CHECKS = {
     "dense_flip": check_dense_flip,
     "dense_flip_default_tiles": check_dense_flip_default_tiles,
@@ -444,6 +629,11 @@ SIM_CHECKS = {
     "weight_cache": check_weight_cache,
     "training_step_dense": check_training_step_dense,
     "training_step_conv": check_training_step_conv,
+    "device_step_gradients": check_device_step_gradients,
+    "device_step_updates": check_device_step_updates,
+    "device_step_resident": check_device_step_resident,
+    "device_step_scope": check_device_step_scope,
+    "device_fit": check_device_fit,
 }
 
 
@@ -456,7 +646,12 @@ def ptx_checks():
     import numba
     from numba import cuda
 
+    from numba.cuda.random import xoroshiro128p_dtype
+
     from sbnnumba.kernels import cuda as k
+    from sbnnumba.kernels import cuda_train as kt
+
+    states = numba.typeof(np.empty(1, xoroshiro128p_dtype))
 
     def sig(*args):
         return tuple(numba.typeof(np.empty((1,) * t[0], t[1])) if isinstance(t, tuple) else numba.typeof(t)
@@ -488,6 +683,21 @@ def ptx_checks():
                                        (k.sum_axis1, sig((3, dt), f2)), (k.add_into, sig(f1, f1))]
         checks[f"ptx_elementwise_{name}"] = [(k.sample_states, sig(0, f1, f1, f1)), (k.st_factor, sig(0, f1, f1)),
                                              (k.psa_preactivation_grad, sig(0, f1, f1, f1, f1))]
+        f3, i1 = (3, dt), (1, np.int32)
+        checks[f"ptx_train_gemm_{name}"] = [(kt.gemm_kernel(name, ta, tb, kt.GEMM_FLOAT_TILE), sig(f2, f2, one, one, f2))
+                                           for ta, tb in ((False, True), (True, False), (False, False))]
+        checks[f"ptx_train_step_{name}"] = [
+            (kt.add_bias, sig(f2, f1)), (kt.sample_uniform, sig(0, f2, f2, f2)),
+            (kt.sample_rng, (numba.int64, numba.typeof(np.empty((1, 1), dt)), states, numba.typeof(np.empty((1, 1), dt)))),
+            (kt.column_sum, sig(f2, one, f1)), (kt.xent_rows, sig(f2, i1, f1, f2)),
+            (kt.head_flips, sig(f2, i1, f2, f2, f1, f2, f3)), (kt.rb_weights, sig(0, f2, f2, f2, f1, f2, f1, f1)),
+            (kt.rb_mix, sig(f2, f3, f2, f1, one, f2)), (kt.rb_head_correction, sig(f3, f2, f2, one, f2)),
+            (kt.psa_grad, sig(0, f2, f2, f2, f2)), (kt.st_grad, sig(0, f2, f2, f2)),
+            (kt.adam_update, sig(f1, f1, f1, f1, one, one, one, one, one, one, one, one)),
+            (kt.sgd_update, sig(f1, f1, f1, one, one, True, True, one, one)),
+            (kt.gather_rows, sig(f2, (1, np.int64), 0, f2)), (kt.gather_labels, sig(i1, (1, np.int64), 0, i1)),
+            (kt.accumulate_loss, sig(f1, 1.0, (1, np.float64)))]
+    checks["ptx_zero_counter"] = (k.zero_counter, sig((1, np.int32)))
     u2, u4, i2, i4 = (2, np.uint64), (4, np.uint64), (2, np.int32), (4, np.int32)
     checks["ptx_xnor_gemm"] = (k.xnor_gemm_kernel(**k.GEMM_TILE), sig(u2, u2, 70, i2))
     checks["ptx_xnor_gemm_threshold"] = (k.xnor_gemm_threshold_kernel(**k.GEMM_THRESHOLD_TILE),

@@ -409,6 +409,13 @@ def exp2_transpose(w, clip, k):
 
 
 @cuda.jit
+def zero_counter(n):
+    """``n[0] = 0``; launch with one thread."""
+    if cuda.grid(1) == 0:
+        n[0] = 0
+
+
+@cuda.jit
 def add_into(x, out):
     """``out += x`` (flat)."""
     i = cuda.grid(1)

@@ -339,7 +339,8 @@ def _ratio_units(da, dxo, dd, dtype):
     from . import cuda as k
     cuda = _cuda()
     e, g, gs, d_sat = (cuda.device_array(da.shape, dtype=dtype) for _ in range(4))
-    n_sat = cuda.to_device(np.zeros(1, dtype=np.int32))
+    n_sat = cuda.device_array(1, dtype=np.int32)
+    k.zero_counter[1, 1](n_sat)  # a kernel, not an upload: a device-resident step makes no host-to-device copy
     _launch_1d(k.ratio_units, int(np.prod(da.shape)), _flat(da), _flat(dxo), _flat(dd),
                dtype.type(ratio_limits(dtype)[0]), _flat(e), _flat(g), _flat(gs), _flat(d_sat), n_sat)
     return e, g, gs, (d_sat if n_sat.copy_to_host()[0] else None)

@@ -1,0 +1,374 @@
+r"""Device-resident training of dense SBNs on the GPU (``backend="cuda"``): :class:`CudaTrainer`.
+
+The layers, estimators and optimizers of the library are NumPy code; with ``backend="cuda"`` they
+send only the PSA flip propagation to the GPU, uploading the activations per call. A
+:class:`CudaTrainer` instead runs the whole PSA or deep-ST training step on the device, with the
+kernels of :mod:`sbnnumba.kernels.cuda_train` and :mod:`sbnnumba.kernels.cuda`:
+
+* the parameters and the optimizer state are uploaded once, when the trainer is made, and stay
+  on the device; :meth:`CudaTrainer.sync` copies them back into ``net.params`` (in place) and the
+  optimizer's state, e.g. before validation or a checkpoint;
+* a dataset is uploaded once (:meth:`CudaTrainer.upload`); :meth:`CudaTrainer.train_epoch` gathers its
+  mini-batches on the device from a shuffled index (one small upload per epoch: the permutation);
+* the states are sampled on the device (xoroshiro128+ generators, seeded once), or from given
+  uniforms (:meth:`CudaTrainer.gradients`, for comparison with the host, common random numbers);
+* the loss is accumulated on the device and downloaded once per epoch.
+
+Per step the host only launches kernels. The one transfer left inside a step is the PSA ratio
+form's one-integer download per layer that tells whether a unit saturated (``|a| > A``, see
+:mod:`sbnnumba.kernels.cuda_backend`).
+
+Step of PSA (spec psa.md, section 2; host version :func:`sbnnumba.estimators.psa.psa_path_gradient`,
+head ``"rb"``), batch weights ``w = 1/B``:
+
+.. math::
+
+    a^k = x^{k-1} W^{kT} + b^k,\quad x^k = \pm 1 \text{ sampled},\quad \eta = x^L V^T + c, \\
+    d^L_i = l(\eta - 2 x^L_i V_{:,i}) - l(\eta),\quad
+    g_a^k = -x^k p(a^k) d^k,\quad \partial W^k = w\, g_a^{kT} x^{k-1},\quad
+    d^{k-1} = \textstyle\sum_j \Delta^k_{:,j} d^k_j.
+
+Deep ST (spec section 3): ``delta^L = w (dl/deta) V``, ``g_a = 2 p(a) delta``, ``delta^{k-1} = g_a W``.
+
+Scope: :class:`~sbnnumba.network.Network` of real-weight :class:`~sbnnumba.layers.Linear` stages
+(any noise family) with a softmax head (K >= 2); methods ``"psa"`` and ``"st"``; optimizers
+:class:`~sbnnumba.optim.SGD` and :class:`~sbnnumba.optim.Adam` (schedules, weight decay and
+element-wise clipping; global-norm clipping is not). Other networks (conv, Bernoulli weights,
+normalization) raise ``NotImplementedError`` naming what is missing: train them with the per-call
+``backend="cuda"`` routing or on the CPU.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .kernels import cuda_backend as cb
+from .layers import Linear
+from .optim import SGD, Adam
+
+METHODS = ("psa", "st")
+
+
+def _cuda():
+    from numba import cuda
+    return cuda
+
+
+def _generators(n, seed):
+    """``n`` xoroshiro128+ generator states on the device (initialized on the host, uploaded once)."""
+    import warnings
+
+    from numba.core.errors import NumbaWarning
+    from numba.cuda.random import create_xoroshiro128p_states
+    with warnings.catch_warnings():
+        if cb.in_simulator():  # the simulator initializes the states in object mode, loudly
+            warnings.simplefilter("ignore", NumbaWarning)
+            warnings.simplefilter("ignore", RuntimeWarning)
+        return create_xoroshiro128p_states(n, seed=seed)
+
+
+def _launch(kernel, n, *args):
+    if n > 0:
+        threads = _threads_1d()
+        kernel[cb._blocks(n, threads), threads](*args)
+
+
+def _threads_1d():
+    # numba's simulator runs every thread as a Python thread: small blocks keep its launches cheap
+    # (the kernels take any block size; the PTX checks compile the device configuration).
+    from .kernels import cuda as k
+    return 32 if cb.in_simulator() else k.THREADS_1D
+
+
+def _gemm_tile():
+    from .kernels import cuda_train as kt
+    return 4 if cb.in_simulator() else kt.GEMM_FLOAT_TILE
+
+
+class CudaTrainer:
+    """Run PSA / deep-ST training steps of a dense SBN entirely on the GPU.
+
+    Parameters
+    ----------
+    net : Network
+        Real-weight dense stages (:class:`~sbnnumba.layers.Linear`), softmax head; float32 or float64.
+        Its parameters are uploaded now; call :meth:`sync` to see the trained values on the host.
+    method : {"psa", "st"}
+    optimizer : SGD or Adam
+        Its hyperparameters, schedule and step counter are used; its state (if any) is uploaded.
+    seed : int
+        Seed of the device generators that draw the state uniforms.
+    max_batch : int
+        Largest batch size a step will see (sizes the generators and buffers).
+
+    Raises
+    ------
+    RuntimeError
+        When CUDA is not usable here (the reason is named; see :func:`cuda_backend.require_cuda`).
+    NotImplementedError
+        For networks, methods or optimizer settings outside the scope above.
+    """
+
+    def __init__(self, net, method="psa", optimizer=None, seed=0, max_batch=128):
+        cb.require_cuda()
+        if method not in METHODS:
+            raise ValueError(f"method: expected one of {METHODS} for the device-resident step, got {method!r}")
+        self._check_network(net)
+        if optimizer is None:
+            optimizer = Adam()
+        if not isinstance(optimizer, (SGD, Adam)):
+            raise TypeError(f"optimizer: expected sbnnumba.optim.SGD or Adam, got {type(optimizer).__name__}")
+        if optimizer.clip_norm is not None:
+            raise NotImplementedError("optimizer.clip_norm: global-norm clipping is not implemented in the "
+                                      "device-resident step (element-wise clip_value is)")
+        if isinstance(max_batch, bool) or not isinstance(max_batch, (int, np.integer)) or max_batch < 1:
+            raise ValueError(f"max_batch: expected a positive integer, got {max_batch!r}")
+        cuda = _cuda()
+        self.net, self.method, self.optimizer = net, method, optimizer
+        self.dtype = np.dtype(net.dtype)
+        self.max_batch = int(max_batch)
+        self.code = int(net.noise.code)
+        self.params = {k: cuda.to_device(np.ascontiguousarray(p)) for k, p in net.params.items()}
+        self.grads = {k: cuda.device_array(p.shape, dtype=self.dtype) for k, p in net.params.items()}
+        # Optimizer buffers are uploaded now (zeros where the optimizer has none yet), not in a step.
+        self.state = {}
+        for name, p in net.params.items():
+            host = optimizer.state.get(name, {})
+            names = ("exp_avg", "exp_avg_sq") if isinstance(optimizer, Adam) else \
+                (("momentum_buffer",) if optimizer.momentum else ())
+            self.state[name] = {b: cuda.to_device(np.ascontiguousarray(host[b], dtype=self.dtype) if b in host
+                                                  else np.zeros(p.shape, self.dtype)) for b in names}
+        self._momentum_started = isinstance(optimizer, SGD) and bool(optimizer.state)
+        widths = [layer.weight.shape[0] for layer in net.stages]
+        self._rng = _generators(self.max_batch * max(widths), int(seed))
+        self._loss = cuda.to_device(np.zeros(1, dtype=np.float64))
+
+    # -- scope -------------------------------------------------------------------------------------
+    @staticmethod
+    def _check_network(net):
+        for k, layer in enumerate(net.stages):
+            if type(layer) is not Linear:
+                raise NotImplementedError(f"stages.{k}: the device-resident step handles real-weight Linear stages "
+                                          f"only, got {type(layer).__name__} (conv and normalized stages run with "
+                                          "the per-call backend='cuda' routing or on the CPU)")
+            if layer.latent is not None:
+                raise NotImplementedError(f"stages.{k}: Bernoulli weights are not implemented in the device-resident "
+                                          "step")
+        if net.head.latent is not None or net.head.weight.shape[0] < 2:
+            raise NotImplementedError("head: the device-resident step needs a real softmax head with K >= 2 classes")
+        if np.dtype(net.dtype) not in (np.dtype(np.float32), np.dtype(np.float64)):
+            raise TypeError(f"net: expected float32 or float64 parameters, got {net.dtype}")
+
+    # -- data --------------------------------------------------------------------------------------
+    def upload(self, x, y):
+        """Copy a dataset to the device once: ``x`` (N, D) in the network's dtype, ``y`` (N,) int32 labels.
+
+        Returns ``(x_dev, y_dev)`` for :meth:`train_epoch` (device arrays are passed through unchecked).
+        """
+        cuda = _cuda()
+        if cb.is_device_array(x) and cb.is_device_array(y):
+            return x, y
+        x = np.ascontiguousarray(np.asarray(x, dtype=self.dtype).reshape(len(x), -1))
+        y = np.asarray(y)
+        if y.shape != (x.shape[0],) or y.dtype.kind not in "iu":
+            raise ValueError(f"y: expected {x.shape[0]} integer labels, got shape {y.shape} dtype {y.dtype}")
+        n_classes = self.net.n_classes
+        if y.size and (y.min() < 0 or y.max() >= n_classes):
+            raise ValueError(f"y: labels must lie in [0, {n_classes}), got [{y.min()}, {y.max()}]")
+        if x.shape[1] != self.net.stages[0].weight.shape[1]:
+            raise ValueError(f"x: expected {self.net.stages[0].weight.shape[1]} features per example, got {x.shape[1]}")
+        return cuda.to_device(x), cuda.to_device(y.astype(np.int32))
+
+    # -- the step ----------------------------------------------------------------------------------
+    def _forward(self, x, uniforms):
+        """Sampled path on the device: list of (input, pre-activation, state) and the logits."""
+        from .kernels import cuda_train as kt
+        cuda = _cuda()
+        h, stages = x, []
+        n_batch = x.shape[0]
+        for k, layer in enumerate(self.net.stages):
+            w, bias = self.params[f"stages.{k}.weight"], self.params[f"stages.{k}.bias"]
+            a = cuda.device_array((n_batch, w.shape[0]), dtype=self.dtype)
+            self._gemm(h, w, a, trans_b=True)
+            _launch(kt.add_bias, a.size, a, bias)
+            s = cuda.device_array(a.shape, dtype=self.dtype)
+            if uniforms is None:
+                _launch(kt.sample_rng, a.size, self.code, a, self._rng, s)
+            else:
+                _launch(kt.sample_uniform, a.size, self.code, a, cb.to_device(uniforms[k], self.dtype), s)
+            stages.append((h, a, s))
+            h = s
+        v, c = self.params["head.weight"], self.params["head.bias"]
+        logits = cuda.device_array((n_batch, v.shape[0]), dtype=self.dtype)
+        self._gemm(h, v, logits, trans_b=True)
+        _launch(kt.add_bias, logits.size, logits, c)
+        return stages, logits
+
+    def _gemm(self, a, b, c, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
+        from .kernels import cuda_train as kt
+        t = _gemm_tile()
+        kern = kt.gemm_kernel(self.dtype.name, bool(trans_a), bool(trans_b), t)
+        grid = (cb._blocks(c.shape[1], t), cb._blocks(c.shape[0], t))
+        kern[grid, (t, t)](a, b, self.dtype.type(alpha), self.dtype.type(beta), c)
+
+    def _layer_grads(self, prefix, x_in, g_a, weight):
+        from .kernels import cuda_train as kt
+        gw, gb = self.grads[f"{prefix}.weight"], self.grads[f"{prefix}.bias"]
+        self._gemm(g_a, x_in, gw, trans_a=True, alpha=weight)
+        _launch(kt.column_sum, g_a.shape[1], g_a, self.dtype.type(weight), gb)
+
+    def _backward(self, stages, logits, y):
+        """Gradients into ``self.grads`` (batch means); returns the per-example loss values (device)."""
+        from .kernels import cuda_train as kt
+        cuda = _cuda()
+        dt = self.dtype
+        n_batch = logits.shape[0]
+        weight = 1.0 / n_batch
+        x_last, a_last = stages[-1][2], stages[-1][1]
+        n_last, n_k = x_last.shape[1], logits.shape[1]
+        v = self.params["head.weight"]
+        loss0 = cuda.device_array(n_batch, dtype=dt)
+        g_eta = cuda.device_array(logits.shape, dtype=dt)
+        _launch(kt.xent_rows, n_batch, logits, y, loss0, g_eta)
+        if self.method == "psa":
+            d = cuda.device_array((n_batch, n_last), dtype=dt)
+            g_flip = cuda.device_array((n_batch, n_last, n_k), dtype=dt)
+            _launch(kt.head_flips, n_batch * n_last, logits, y, x_last, v, loss0, d, g_flip)
+            w_rb = cuda.device_array((n_batch, n_last), dtype=dt)
+            w_sum = cuda.device_array(n_batch, dtype=dt)
+            value = cuda.device_array(n_batch, dtype=dt)
+            _launch(kt.rb_weights, n_batch, self.code, x_last, a_last, d, loss0, w_rb, w_sum, value)
+            g_mix = cuda.device_array(logits.shape, dtype=dt)
+            _launch(kt.rb_mix, g_mix.size, g_eta, g_flip, w_rb, w_sum, dt.type(weight), g_mix)
+            dv = self.grads["head.weight"]
+            self._gemm(g_mix, x_last, dv, trans_a=True)
+            _launch(kt.rb_head_correction, dv.size, g_flip, w_rb, x_last, dt.type(weight), dv)
+            _launch(kt.column_sum, n_k, g_mix, dt.type(1), self.grads["head.bias"])
+            for k in range(len(stages) - 1, -1, -1):
+                x_in, a, s = stages[k]
+                g_a = cuda.device_array(a.shape, dtype=dt)
+                _launch(kt.psa_grad, a.size, self.code, s, a, d, g_a)
+                self._layer_grads(f"stages.{k}", x_in, g_a, weight)
+                if k > 0:
+                    d = cb.flip_propagate_dense(x_in, a, s, self.params[f"stages.{k}.weight"], d, self.code)
+            return value
+        self._layer_grads("head", x_last, g_eta, weight)
+        delta = cuda.device_array((n_batch, n_last), dtype=dt)
+        self._gemm(g_eta, v, delta, alpha=weight)
+        for k in range(len(stages) - 1, -1, -1):
+            x_in, a, _ = stages[k]
+            g_a = cuda.device_array(a.shape, dtype=dt)
+            _launch(kt.st_grad, a.size, self.code, a, delta, g_a)
+            self._layer_grads(f"stages.{k}", x_in, g_a, 1.0)
+            if k > 0:
+                delta = cuda.device_array(x_in.shape, dtype=dt)
+                self._gemm(g_a, self.params[f"stages.{k}.weight"], delta)
+        return loss0
+
+    def gradients(self, x, y, uniforms=None):
+        """Loss estimate (float) and gradients (dict of NumPy arrays, the keys of ``net.params``) of one batch,
+        without an update; ``uniforms``: one (B, N_k) array per stage (common random numbers with
+        ``net.sample(x, uniforms=...)`` on the host), else drawn on the device. For checks and tests."""
+        x, y = self._batch(x, y)
+        stages, logits = self._forward(x, uniforms)
+        value = self._backward(stages, logits, y)
+        loss = float(value.copy_to_host().astype(np.float64).mean())
+        return loss, {k: g.copy_to_host() for k, g in self.grads.items()}
+
+    def _batch(self, x, y):
+        cuda = _cuda()
+        if not cb.is_device_array(x):
+            x = cuda.to_device(np.ascontiguousarray(np.asarray(x, dtype=self.dtype).reshape(len(x), -1)))
+        if not cb.is_device_array(y):
+            y = cuda.to_device(np.asarray(y, dtype=np.int32))
+        if x.shape[0] > self.max_batch:
+            raise ValueError(f"x: batch of {x.shape[0]} examples exceeds max_batch={self.max_batch}")
+        return x, y
+
+    def step(self, x, y, uniforms=None):
+        """One training step (forward, backward, optimizer update) on a batch; nothing is downloaded.
+
+        ``x`` (B, D), ``y`` (B,): device arrays (no transfer) or host arrays (uploaded). The per-example
+        loss estimates are summed into a device accumulator (:meth:`pop_loss`).
+        """
+        from .kernels import cuda_train as kt
+        x, y = self._batch(x, y)
+        stages, logits = self._forward(x, uniforms)
+        value = self._backward(stages, logits, y)
+        _launch(kt.accumulate_loss, 1, value, 1.0, self._loss)
+        self._update()
+
+    def _update(self):
+        from .kernels import cuda_train as kt
+        cuda = _cuda()
+        opt, dt = self.optimizer, self.dtype.type
+        lr = opt.lr
+        t = opt.step_count + 1
+        clip = dt(opt.clip_value or 0.0)
+        for name, p in self.params.items():
+            g = self.grads[name]
+            flat_p, flat_g = cb._flat(p), cb._flat(g)
+            st = self.state[name]
+            if isinstance(opt, Adam):
+                b1, b2 = opt.betas
+                decoupled = opt.decoupled and opt.weight_decay
+                _launch(kt.adam_update, flat_p.size, flat_p, flat_g, cb._flat(st["exp_avg"]),
+                        cb._flat(st["exp_avg_sq"]), dt(lr / (1.0 - b1 ** t)), dt(b1), dt(b2), dt(1.0 - b2 ** t),
+                        dt(opt.eps), dt(0.0 if decoupled else opt.weight_decay),
+                        dt(1.0 - lr * opt.weight_decay if decoupled else 1.0), clip)
+            else:
+                buf = st.get("momentum_buffer", flat_g)  # unused without momentum
+                _launch(kt.sgd_update, flat_p.size, flat_p, flat_g, cb._flat(buf), dt(lr), dt(opt.momentum),
+                        bool(opt.nesterov), not self._momentum_started, dt(opt.weight_decay), clip)
+        opt.step_count = t
+        self._momentum_started = True
+        if opt._keys is None:
+            opt._keys = tuple(self.params)
+        for name, p in self.params.items():
+            opt._shapes[name] = tuple(p.shape)
+
+    def reseed(self, seed):
+        """Re-initialize the device generators from ``seed`` (e.g. per epoch, from a checkpointed host rng)."""
+        self._rng = _generators(self._rng.shape[0], int(seed))
+
+    def train_epoch(self, x, y, batch_size, rng=None, callback=None):
+        """One pass over a device dataset (:meth:`upload`) in shuffled mini-batches; returns the mean loss.
+
+        The permutation is drawn on the host from ``rng`` and uploaded (N int64); batches are gathered
+        on the device; the last partial batch is used. One download (the loss) at the end.
+        ``callback()``, if given, is called after every step (e.g. a progress bar).
+        """
+        from .kernels import cuda_train as kt
+        from .validation import as_generator
+        cuda = _cuda()
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or not \
+                1 <= batch_size <= self.max_batch:
+            raise ValueError(f"batch_size: expected an integer in [1, max_batch={self.max_batch}], got {batch_size!r}")
+        n = x.shape[0]
+        order = cuda.to_device(as_generator(rng).permutation(n).astype(np.int64))
+        xb = cuda.device_array((batch_size, x.shape[1]), dtype=self.dtype)
+        yb = cuda.device_array(batch_size, dtype=np.int32)
+        self.pop_loss()
+        for start in range(0, n, batch_size):
+            size = min(batch_size, n - start)
+            bx, by = (xb, yb) if size == batch_size else (xb[:size], yb[:size])
+            _launch(kt.gather_rows, size * x.shape[1], x, order, start, bx)
+            _launch(kt.gather_labels, size, y, order, start, by)
+            self.step(bx, by)
+            if callback is not None:
+                callback()
+        return self.pop_loss() / max(1, n)
+
+    def pop_loss(self):
+        """The summed per-example losses accumulated by :meth:`step` since the last call (one download);
+        resets the accumulator."""
+        total = float(self._loss.copy_to_host()[0])
+        self._loss.copy_to_device(np.zeros(1, dtype=np.float64))
+        return total
+
+    def sync(self):
+        """Copy the device parameters into ``net.params`` (in place) and the optimizer state to the host."""
+        for name, p in self.net.params.items():
+            p[...] = self.params[name].copy_to_host()
+        self.optimizer.state = {name: {b: v.copy_to_host() for b, v in bufs.items()}
+                                for name, bufs in self.state.items() if bufs}
+        return self.net

@@ -1,0 +1,303 @@
+r"""numba.cuda kernels for a device-resident training step of a dense SBN (:mod:`sbnnumba.cuda_training`).
+
+Together with the PSA flip-propagation kernels of :mod:`sbnnumba.kernels.cuda`, these are all the
+pieces a PSA or deep-ST step needs, so that data, activations, gradients, parameters and optimizer
+state stay on the GPU (spec psa.md, sections 2-3; the host versions are
+:mod:`sbnnumba.estimators.psa`, :mod:`sbnnumba.estimators.st` and :mod:`sbnnumba.optim`):
+
+* :func:`gemm_kernel`: ``C = alpha op(A) op(B) + beta C`` with ``op`` the identity or the transpose
+  (a plain shared-memory tiled SGEMM/DGEMM): the forward products ``x W^T``, the weight gradients
+  ``g_a^T x`` and the ST backward ``g_a W``.
+* :func:`add_bias`, :func:`sample_uniform` / :func:`sample_rng` (states ``+1 if u < F(a) else -1``,
+  ``u`` given or drawn by the device's xoroshiro128+ generators), :func:`column_sum` (bias gradients).
+* Head: :func:`xent_rows` (softmax cross-entropy and its gradient per example), :func:`head_flips`
+  (PSA's exact head differences ``d_i = l(eta - 2 x_i V[:, i]) - l(eta)`` and the flipped logit
+  gradients), :func:`rb_weights`, :func:`rb_mix`, :func:`rb_head_correction` (the Rao-Blackwellized
+  head gradient of spec section 2.6).
+* :func:`psa_grad` (``g_a = -x p(a) d``), :func:`st_grad` (``g_a = 2 p(a) delta``).
+* :func:`adam_update`, :func:`sgd_update`: the rules of :class:`sbnnumba.optim.Adam` /
+  :class:`sbnnumba.optim.SGD` (with element-wise clipping), one thread per parameter entry.
+* :func:`gather_rows`, :func:`gather_labels`: a mini-batch from a dataset held on the device.
+* :func:`accumulate_loss`: ``acc[0] += w sum_b value[b]`` (one thread; batches are small).
+
+Like :mod:`sbnnumba.kernels.cuda`, nothing is compiled or initialized at import time.
+"""
+import functools
+import math
+
+from numba import cuda
+from numba.cuda.random import xoroshiro128p_uniform_float64
+
+from .cuda import _numba_dtype
+from .scalar import cdf, pdf
+
+GEMM_FLOAT_TILE = 16  # 16 x 16 threads, one output each
+
+
+@functools.lru_cache(maxsize=None)
+def gemm_kernel(dtype_name="float32", trans_a=False, trans_b=False, tile=GEMM_FLOAT_TILE):
+    r"""``c = alpha op(a) op(b) + beta c`` (``beta == 0``: ``c`` is not read), ``op(a)`` (M, K), ``op(b)`` (K, N).
+
+    ``op(a) = a.T`` if ``trans_a`` (``a`` stored (K, M)), likewise ``b``. Launch with blocks of
+    ``(tile, tile)`` threads on a grid ``(ceil(N / tile), ceil(M / tile))``; the K loop stages a
+    ``tile x tile`` tile of each operand in shared memory (zeros past the edges).
+    """
+    nb = _numba_dtype(dtype_name)
+
+    @cuda.jit
+    def kernel(a, b, alpha, beta, c):
+        sa = cuda.shared.array((tile, tile), nb)
+        sb = cuda.shared.array((tile, tile), nb)
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        col = cuda.blockIdx.x * tile + tx
+        row = cuda.blockIdx.y * tile + ty
+        m = c.shape[0]
+        n = c.shape[1]
+        kdim = a.shape[0] if trans_a else a.shape[1]
+        acc = alpha - alpha
+        for k0 in range(0, kdim, tile):
+            ka = k0 + tx
+            if row < m and ka < kdim:
+                sa[ty, tx] = a[ka, row] if trans_a else a[row, ka]
+            else:
+                sa[ty, tx] = 0
+            kb = k0 + ty
+            if kb < kdim and col < n:
+                sb[ty, tx] = b[col, kb] if trans_b else b[kb, col]
+            else:
+                sb[ty, tx] = 0
+            cuda.syncthreads()
+            for t in range(tile):
+                acc += sa[ty, t] * sb[t, tx]
+            cuda.syncthreads()
+        if row < m and col < n:
+            if beta == 0:
+                c[row, col] = alpha * acc
+            else:
+                c[row, col] = alpha * acc + beta * c[row, col]
+
+    return kernel
+
+
+@cuda.jit
+def add_bias(a, bias):
+    """``a[b, j] += bias[j]``; 1-D launch over ``a.size``."""
+    idx = cuda.grid(1)
+    n = a.shape[1]
+    if idx < a.shape[0] * n:
+        b = idx // n
+        j = idx - b * n
+        a[b, j] += bias[j]
+
+
+@cuda.jit
+def sample_uniform(code, a, u, x):
+    """``x = +1 if u < F(a) else -1`` from given uniforms (2-D arrays of one shape); 1-D launch."""
+    idx = cuda.grid(1)
+    n = a.shape[1]
+    if idx < a.shape[0] * n:
+        b = idx // n
+        j = idx - b * n
+        x[b, j] = 1 if u[b, j] < cdf(code, a[b, j]) else -1
+
+
+@cuda.jit
+def sample_rng(code, a, states, x):
+    """``x = +1 if u < F(a) else -1`` with ``u`` drawn from ``states[idx]`` (xoroshiro128+, one
+    generator per element index, at least ``a.size`` of them); 1-D launch."""
+    idx = cuda.grid(1)
+    n = a.shape[1]
+    if idx < a.shape[0] * n:
+        b = idx // n
+        j = idx - b * n
+        u = xoroshiro128p_uniform_float64(states, idx)
+        x[b, j] = 1 if u < cdf(code, a[b, j]) else -1
+
+
+@cuda.jit
+def column_sum(x, scale, out):
+    """``out[j] = scale sum_b x[b, j]``; 1-D launch over the columns."""
+    j = cuda.grid(1)
+    if j < x.shape[1]:
+        acc = scale - scale
+        for b in range(x.shape[0]):
+            acc += x[b, j]
+        out[j] = scale * acc
+
+
+@cuda.jit
+def xent_rows(logits, y, loss, g):
+    """Softmax cross-entropy per row: ``loss[b] = logsumexp(eta) - eta_y``, ``g[b] = softmax(eta) - onehot(y)``;
+    one thread per row."""
+    b = cuda.grid(1)
+    if b < logits.shape[0]:
+        n_k = logits.shape[1]
+        m = logits[b, 0]
+        for k in range(1, n_k):
+            m = logits[b, k] if logits[b, k] > m else m
+        total = m - m
+        for k in range(n_k):
+            total += math.exp(logits[b, k] - m)
+        loss[b] = math.log(total) + m - logits[b, y[b]]
+        for k in range(n_k):
+            g[b, k] = math.exp(logits[b, k] - m) / total - (1 if k == y[b] else 0)
+
+
+@cuda.jit
+def head_flips(logits, y, x_last, v, loss0, d, g_flip):
+    """PSA head differences ``d[b, i] = l(eta - 2 x_i V[:, i]) - l(eta)`` and the flipped logit gradients
+    ``g_flip[b, i] = softmax(eta^(i)) - onehot(y)`` (B, N_L, K); one thread per ``(b, i)``. The
+    flipped logits are recomputed per pass instead of stored (K is small)."""
+    idx = cuda.grid(1)
+    n_last = x_last.shape[1]
+    if idx < x_last.shape[0] * n_last:
+        b = idx // n_last
+        i = idx - b * n_last
+        n_k = logits.shape[1]
+        two_x = 2 * x_last[b, i]
+        m = logits[b, 0] - two_x * v[0, i]
+        for k in range(1, n_k):
+            e = logits[b, k] - two_x * v[k, i]
+            m = e if e > m else m
+        total = m - m
+        for k in range(n_k):
+            total += math.exp(logits[b, k] - two_x * v[k, i] - m)
+        yb = y[b]
+        d[b, i] = math.log(total) + m - (logits[b, yb] - two_x * v[yb, i]) - loss0[b]
+        for k in range(n_k):
+            g_flip[b, i, k] = math.exp(logits[b, k] - two_x * v[k, i] - m) / total - (1 if k == yb else 0)
+
+
+@cuda.jit
+def rb_weights(code, x_last, a_last, d, loss0, w_rb, w_sum, value):
+    """Rao-Blackwellization weights ``w_rb[b, i] = (1 - F(x_i a_i)) / N_L``, their row sums ``w_sum[b]``
+    and the per-example loss value ``value[b] = l(x) + sum_i w_rb d_i``; one thread per row."""
+    b = cuda.grid(1)
+    if b < x_last.shape[0]:
+        n_last = x_last.shape[1]
+        s = loss0[b] - loss0[b]
+        acc = loss0[b]
+        for i in range(n_last):
+            w = (1 - cdf(code, x_last[b, i] * a_last[b, i])) / n_last
+            w_rb[b, i] = w
+            s += w
+            acc += w * d[b, i]
+        w_sum[b] = s
+        value[b] = acc
+
+
+@cuda.jit
+def rb_mix(g_eta, g_flip, w_rb, w_sum, weight, g_mix):
+    """``g_mix[b, k] = weight (g_eta[b, k] (1 - w_sum[b]) + sum_i w_rb[b, i] g_flip[b, i, k])``; 1-D launch."""
+    idx = cuda.grid(1)
+    n_k = g_eta.shape[1]
+    if idx < g_eta.shape[0] * n_k:
+        b = idx // n_k
+        k = idx - b * n_k
+        acc = g_eta[b, k] * (1 - w_sum[b])
+        for i in range(w_rb.shape[1]):
+            acc += w_rb[b, i] * g_flip[b, i, k]
+        g_mix[b, k] = weight * acc
+
+
+@cuda.jit
+def rb_head_correction(g_flip, w_rb, x_last, weight, dv):
+    """``dv[k, i] -= 2 weight sum_b w_rb[b, i] x[b, i] g_flip[b, i, k]`` (the flipped unit's own
+    input to the head weight); 1-D launch over ``dv.size``."""
+    idx = cuda.grid(1)
+    n_last = dv.shape[1]
+    if idx < dv.shape[0] * n_last:
+        k = idx // n_last
+        i = idx - k * n_last
+        acc = dv[k, i] - dv[k, i]
+        for b in range(x_last.shape[0]):
+            acc += w_rb[b, i] * x_last[b, i] * g_flip[b, i, k]
+        dv[k, i] -= 2 * weight * acc
+
+
+@cuda.jit
+def psa_grad(code, x, a, d, out):
+    """PSA pre-activation gradient ``out = -x p(a) d`` (2-D arrays of one shape); 1-D launch."""
+    idx = cuda.grid(1)
+    n = a.shape[1]
+    if idx < a.shape[0] * n:
+        b = idx // n
+        j = idx - b * n
+        out[b, j] = -x[b, j] * pdf(code, a[b, j]) * d[b, j]
+
+
+@cuda.jit
+def st_grad(code, a, delta, out):
+    """Deep-ST pre-activation gradient ``out = 2 p(a) delta``; 1-D launch."""
+    idx = cuda.grid(1)
+    n = a.shape[1]
+    if idx < a.shape[0] * n:
+        b = idx // n
+        j = idx - b * n
+        out[b, j] = 2 * pdf(code, a[b, j]) * delta[b, j]
+
+
+@cuda.jit
+def adam_update(p, g, m, v, lr_bc1, b1, b2, bc2, eps, weight_decay, decoupled_decay, clip):
+    """One Adam step on flat arrays (rule of :class:`sbnnumba.optim.Adam`): ``g`` clipped to ``[-clip, clip]``
+    (``clip <= 0``: none), coupled decay ``g += weight_decay p``, decoupled ``p *= decoupled_decay``;
+    ``lr_bc1 = lr / (1 - beta1^t)``, ``bc2 = 1 - beta2^t``."""
+    i = cuda.grid(1)
+    if i < p.shape[0]:
+        gi = g[i]
+        if clip > 0:
+            gi = clip if gi > clip else (-clip if gi < -clip else gi)
+        pi = p[i] * decoupled_decay
+        gi += weight_decay * pi
+        mi = b1 * m[i] + (1 - b1) * gi
+        vi = b2 * v[i] + (1 - b2) * (gi * gi)
+        m[i] = mi
+        v[i] = vi
+        p[i] = pi - lr_bc1 * mi / (math.sqrt(vi / bc2) + eps)
+
+
+@cuda.jit
+def sgd_update(p, g, buf, lr, momentum, nesterov, first, weight_decay, clip):
+    """One SGD step on flat arrays (rule of :class:`sbnnumba.optim.SGD`): clip, coupled decay, then
+    (Nesterov) momentum with the buffer set to ``g`` on the first step; ``momentum == 0``: plain SGD."""
+    i = cuda.grid(1)
+    if i < p.shape[0]:
+        gi = g[i]
+        if clip > 0:
+            gi = clip if gi > clip else (-clip if gi < -clip else gi)
+        gi += weight_decay * p[i]
+        if momentum > 0:
+            bi = gi if first else momentum * buf[i] + gi
+            buf[i] = bi
+            gi = gi + momentum * bi if nesterov else bi
+        p[i] -= lr * gi
+
+
+@cuda.jit
+def gather_rows(src, index, start, out):
+    """``out[r] = src[index[start + r]]`` (2-D, row-wise); 1-D launch over ``out.size``."""
+    idx = cuda.grid(1)
+    n = out.shape[1]
+    if idx < out.shape[0] * n:
+        r = idx // n
+        j = idx - r * n
+        out[r, j] = src[index[start + r], j]
+
+
+@cuda.jit
+def gather_labels(src, index, start, out):
+    """``out[r] = src[index[start + r]]``; 1-D launch."""
+    r = cuda.grid(1)
+    if r < out.shape[0]:
+        out[r] = src[index[start + r]]
+
+
+@cuda.jit
+def accumulate_loss(value, weight, acc):
+    """``acc[0] += weight sum_b value[b]``; launch with one thread."""
+    if cuda.grid(1) == 0:
+        s = acc[0] - acc[0]
+        for b in range(value.shape[0]):
+            s += value[b]
+        acc[0] += weight * s
