@@ -517,7 +517,7 @@ def check_device_step_resident():
     trainer = CudaTrainer(net, "psa", sb.optim.Adam(lr=0.05), seed=1, max_batch=8)
     x_dev, y_dev = trainer.upload(x, y)
     counts = {"up": 0, "down": 0}
-    fake = cuda.devicearray.FakeCUDAArray
+    fake = type(x_dev)  # the simulator's FakeCUDAArray or a real DeviceNDArray
     orig_to_device, orig_copy = cuda.to_device, fake.copy_to_host
 
     def to_device(*args, **kwargs):
@@ -528,9 +528,12 @@ def check_device_step_resident():
         counts["down"] += 1
         return orig_copy(self, *args, **kwargs)
 
+    import warnings
     cuda.to_device, fake.copy_to_host = to_device, copy_to_host
     try:
-        trainer.step(x_dev[:8], y_dev[:8])
+        with warnings.catch_warnings():  # on a GPU, a host array passed to a kernel is an implicit copy
+            warnings.filterwarnings("error", message=".*[Hh]ost array.*")
+            trainer.step(x_dev[:8], y_dev[:8])
     finally:
         cuda.to_device, fake.copy_to_host = orig_to_device, orig_copy
     if counts["up"] != 0 or counts["down"] > len(net.stages) - 1:
