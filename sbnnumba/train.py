@@ -183,12 +183,12 @@ def _dumps(obj):
 
 
 def _device_trainer(net, estimator, estimator_options, augment, opt, batch_size):
-    """A :class:`~sbnnumba.cuda_training.CudaTrainer` when ``net.backend == "cuda"`` and the whole step can
+    """A :class:`~sbnnumba.device_training.CudaTrainer` when ``net.backend == "cuda"`` and the whole step can
     stay on the device (dense real-weight network, "psa" or "st" without options, no augmentation,
     SGD/Adam without global-norm clipping); else None and the per-call routing is used."""
     if net.backend != "cuda" or estimator not in ("psa", "st") or estimator_options or augment:
         return None
-    from .cuda_training import CudaTrainer
+    from .device_training import CudaTrainer
     try:
         return CudaTrainer(net, estimator, opt, max_batch=batch_size)
     except NotImplementedError as exc:
@@ -737,7 +737,7 @@ def fit(net, data, *, estimator="psa", estimator_options=None, epochs=5, batch_s
         stopped = "already complete"
     x_tr_eval, y_tr_eval = x_tr[:train_eval_size], y_tr[:train_eval_size]
     device = _device_trainer(net, estimator, estimator_options, augment, opt, batch_size)
-    if device is not None:  # the dataset goes to the device once; see sbnnumba.cuda_training
+    if device is not None:  # the dataset goes to the device once; see sbnnumba.device_training
         x_dev, y_dev = device.upload(_as_float(x_tr, net.dtype).reshape(x_tr.shape[0], -1), y_tr)
     epoch = start
     for epoch in range(start + 1, epochs + 1):

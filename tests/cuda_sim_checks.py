@@ -453,7 +453,7 @@ def check_device_step_gradients():
     """CudaTrainer (the device-resident step) gives the host PSA / ST gradients from the same uniforms,
     for logistic (ratio form) and normal (generic form) noise; the trainer does not touch net.params."""
     import sbnnumba as sb
-    from sbnnumba.cuda_training import CudaTrainer
+    from sbnnumba.device_training import CudaTrainer
     for noise in ("logistic", "normal"):
         for method in ("psa", "st"):
             net, x, y, uniforms = _device_problem(noise, seed=3)
@@ -475,7 +475,7 @@ def check_device_step_updates():
     coupled weight decay and element-wise clipping; AdamW; SGD with Nesterov momentum. sync() writes
     the parameters and the optimizer state back."""
     import sbnnumba as sb
-    from sbnnumba.cuda_training import CudaTrainer
+    from sbnnumba.device_training import CudaTrainer
     makers = {
         "adam": lambda: sb.optim.Adam(lr=0.05, weight_decay=1e-3, clip_value=0.05, schedule=sb.optim.CosineLR(5)),
         "adamw": lambda: sb.optim.Adam(lr=0.05, weight_decay=0.1, decoupled=True),
@@ -509,7 +509,7 @@ def check_device_step_resident():
     device generators) lowers the loss of a learnable toy problem."""
     import sbnnumba as sb
     from numba import cuda
-    from sbnnumba.cuda_training import CudaTrainer
+    from sbnnumba.device_training import CudaTrainer
     rng = np.random.default_rng(5)
     x = rng.normal(size=(16, 4)).astype(np.float32)
     y = (x[:, 0] + 0.5 * x[:, 1] > 0).astype(np.int64)
@@ -564,7 +564,7 @@ def check_device_fit():
     def make():
         return train.build_network("mlp", (4,), 2, seed=1, backend="cuda", hidden=(5,))
 
-    from sbnnumba.cuda_training import CudaTrainer
+    from sbnnumba.device_training import CudaTrainer
     calls = []
     original = CudaTrainer.train_epoch
 
@@ -598,7 +598,7 @@ def check_device_fit():
 def check_device_step_scope():
     """Networks and settings outside the device step's scope are refused with a clear error."""
     import sbnnumba as sb
-    from sbnnumba.cuda_training import CudaTrainer
+    from sbnnumba.device_training import CudaTrainer
     cases = [
         (lambda: CudaTrainer(sb.Network.dense([4, 3], 2, rng=0, weight="bernoulli"), "psa"), NotImplementedError,
          "Bernoulli"),

@@ -1,4 +1,4 @@
-r"""numba.cuda kernels for a device-resident training step of a dense SBN (:mod:`sbnnumba.cuda_training`).
+r"""numba.cuda kernels for a device-resident training step of a dense SBN (:mod:`sbnnumba.device_training`).
 
 Together with the PSA flip-propagation kernels of :mod:`sbnnumba.kernels.cuda`, these are all the
 pieces a PSA or deep-ST step needs, so that data, activations, gradients, parameters and optimizer
