@@ -80,7 +80,15 @@ import math
 
 import numba
 import numpy as np
-from numba import cuda
+
+# numba-cuda 0.30 registers an overload for np.row_stack, which NumPy 2.5 removed, when its typing
+# registries load at the first kernel compilation: every compilation then fails with AttributeError
+# (seen with numba-cuda 0.30.4 and NumPy 2.5.2). NumPy documented the alias as identical to vstack;
+# restore it before numba.cuda compiles anything.
+if not hasattr(np, "row_stack"):
+    np.row_stack = np.vstack
+
+from numba import cuda  # noqa: E402
 
 from .scalar import LOGISTIC, cdf, cdf_lower, pdf
 
