@@ -18,7 +18,7 @@ device unless stated):
 * ``training``: images/s of one PSA gradient estimate plus an SGD update
   (:func:`sbnnumba.estimate`) on ``backend="cuda"`` and ``backend="cpu"``, for a dense and a small
   conv network (wall time, host arrays: the layers keep activations on the host and send the PSA
-  flip propagation to the GPU), and for the dense network the device-resident PSA and ST steps of
+  flip propagation to the GPU), and the device-resident PSA and ST steps of
   :class:`sbnnumba.device_training.CudaTrainer` (data, activations, parameters on the device).
 
 Without a usable GPU it prints why and exits 0. ``--smoke`` runs every code path on tiny shapes
@@ -246,20 +246,20 @@ def bench_training(repeats, rng, smoke):
             step()
             t = statistics.median(_timed(step) for _ in range(max(1, repeats // 2)))
             row.append(f"{backend} {batch / t:9.1f} img/s")
-        if name == "dense":  # the device-resident step (sbnnumba.device_training): no transfers per step
-            from sbnnumba.device_training import CudaTrainer
-            for method in ("psa", "st"):
-                trainer = CudaTrainer(make("cuda"), method, SGD(lr=0.01), max_batch=batch)
-                x_dev, y_dev = trainer.upload(x, y)
+        # the device-resident step (sbnnumba.device_training): no transfers per step
+        from sbnnumba.device_training import CudaTrainer
+        for method in ("psa", "st"):
+            trainer = CudaTrainer(make("cuda"), method, SGD(lr=0.01), max_batch=batch, input_shape=shape)
+            x_dev, y_dev = trainer.upload(x, y)
+            trainer.step(x_dev, y_dev)
+            cuda.synchronize()
+
+            def device_step():
                 trainer.step(x_dev, y_dev)
                 cuda.synchronize()
 
-                def device_step():
-                    trainer.step(x_dev, y_dev)
-                    cuda.synchronize()
-
-                t = statistics.median(_timed(device_step) for _ in range(max(1, repeats // 2)))
-                row.append(f"cuda device-resident {method} {batch / t:9.1f} img/s")
+            t = statistics.median(_timed(device_step) for _ in range(max(1, repeats // 2)))
+            row.append(f"cuda device-resident {method} {batch / t:9.1f} img/s")
         print(f"  {name} (batch {batch}): " + "  ".join(row))
 
 

@@ -30,17 +30,23 @@ head ``"rb"``), batch weights ``w = 1/B``:
 
 Deep ST (spec section 3): ``delta^L = w (dl/deta) V``, ``g_a = 2 p(a) delta``, ``delta^{k-1} = g_a W``.
 
-Scope: :class:`~sbnnumba.network.Network` of real-weight :class:`~sbnnumba.layers.Linear` stages
-(any noise family) with a softmax head (K >= 2); methods ``"psa"`` and ``"st"``; optimizers
-:class:`~sbnnumba.optim.SGD` and :class:`~sbnnumba.optim.Adam` (schedules, weight decay and
-element-wise clipping; global-norm clipping is not). Other networks (conv, Bernoulli weights,
-normalization) raise ``NotImplementedError`` naming what is missing: train them with the per-call
-``backend="cuda"`` routing or on the CPU.
+Conv stages go through a patch matrix on the device (:func:`~sbnnumba.kernels.cuda_train.im2col_rows`,
+the layout of the CPU's ``im2col``): ``a = rows_to_map(cols W^T) + b``, ``dW = g_rows^T cols``, the ST
+backward ``col2im(g_rows W)``, and the PSA flip propagation of
+:func:`sbnnumba.kernels.cuda_backend.flip_propagate_conv`.
+
+Scope: :class:`~sbnnumba.network.Network` of real-weight :class:`~sbnnumba.layers.Linear` and
+:class:`~sbnnumba.conv.Conv2d` stages (any noise family) with a softmax head (K >= 2); methods
+``"psa"`` and ``"st"``; optimizers :class:`~sbnnumba.optim.SGD` and :class:`~sbnnumba.optim.Adam`
+(schedules, weight decay and element-wise clipping; global-norm clipping is not). Other networks
+(Bernoulli weights, normalization) raise ``NotImplementedError`` naming what is missing: train them
+with the per-call ``backend="cuda"`` routing or on the CPU.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from .conv import Conv2d
 from .kernels import cuda_backend as cb
 from .layers import Linear
 from .optim import SGD, Adam
@@ -51,6 +57,11 @@ METHODS = ("psa", "st")
 def _cuda():
     from numba import cuda
     return cuda
+
+
+def _flat2(t):
+    """(B, ...) device array as a (B, prod(...)) view (C-contiguous arrays only)."""
+    return t.reshape(t.shape[0], int(np.prod(t.shape[1:]))) if len(t.shape) != 2 else t
 
 
 def _generators(n, seed):
@@ -99,6 +110,9 @@ class CudaTrainer:
         Seed of the device generators that draw the state uniforms.
     max_batch : int
         Largest batch size a step will see (sizes the generators and buffers).
+    input_shape : tuple, optional
+        Per-example input shape; default: the first stage's (``Linear``: ``(n_in,)``; ``Conv2d``: its
+        recorded ``in_shape``, else ValueError).
 
     Raises
     ------
@@ -108,7 +122,7 @@ class CudaTrainer:
         For networks, methods or optimizer settings outside the scope above.
     """
 
-    def __init__(self, net, method="psa", optimizer=None, seed=0, max_batch=128):
+    def __init__(self, net, method="psa", optimizer=None, seed=0, max_batch=128, input_shape=None):
         cb.require_cuda()
         if method not in METHODS:
             raise ValueError(f"method: expected one of {METHODS} for the device-resident step, got {method!r}")
@@ -138,18 +152,32 @@ class CudaTrainer:
             self.state[name] = {b: cuda.to_device(np.ascontiguousarray(host[b], dtype=self.dtype) if b in host
                                                   else np.zeros(p.shape, self.dtype)) for b in names}
         self._momentum_started = isinstance(optimizer, SGD) and bool(optimizer.state)
-        widths = [layer.weight.shape[0] for layer in net.stages]
-        self._rng = _generators(self.max_batch * max(widths), int(seed))
+        self.input_shape = self._input_shape(net, input_shape)
+        self.stage_shapes = net.stage_shapes(self.input_shape)
+        units = max(int(np.prod(shape)) for shape in self.stage_shapes)
+        self._rng = _generators(self.max_batch * units, int(seed))
         self._loss = cuda.to_device(np.zeros(1, dtype=np.float64))
 
     # -- scope -------------------------------------------------------------------------------------
     @staticmethod
+    def _input_shape(net, input_shape):
+        if input_shape is not None:
+            return tuple(int(n) for n in input_shape)
+        first = net.stages[0]
+        if isinstance(first, Conv2d):
+            if first.in_shape is None:
+                raise ValueError("input_shape: the first stage is a Conv2d without a recorded in_shape; pass "
+                                 "input_shape=(C, H, W)")
+            return tuple(first.in_shape)
+        return (first.weight.shape[1],)
+
+    @staticmethod
     def _check_network(net):
         for k, layer in enumerate(net.stages):
-            if type(layer) is not Linear:
-                raise NotImplementedError(f"stages.{k}: the device-resident step handles real-weight Linear stages "
-                                          f"only, got {type(layer).__name__} (conv and normalized stages run with "
-                                          "the per-call backend='cuda' routing or on the CPU)")
+            if type(layer) not in (Linear, Conv2d):
+                raise NotImplementedError(f"stages.{k}: the device-resident step handles real-weight Linear and "
+                                          f"Conv2d stages only, got {type(layer).__name__} (normalized stages run "
+                                          "with the per-call backend='cuda' routing or on the CPU)")
             if layer.latent is not None:
                 raise NotImplementedError(f"stages.{k}: Bernoulli weights are not implemented in the device-resident "
                                           "step")
@@ -160,7 +188,8 @@ class CudaTrainer:
 
     # -- data --------------------------------------------------------------------------------------
     def upload(self, x, y):
-        """Copy a dataset to the device once: ``x`` (N, D) in the network's dtype, ``y`` (N,) int32 labels.
+        """Copy a dataset to the device once: ``x`` (N, ...) flattened to (N, D) in the network's dtype,
+        ``y`` (N,) int32 labels.
 
         Returns ``(x_dev, y_dev)`` for :meth:`train_epoch` (device arrays are passed through unchecked).
         """
@@ -174,32 +203,49 @@ class CudaTrainer:
         n_classes = self.net.n_classes
         if y.size and (y.min() < 0 or y.max() >= n_classes):
             raise ValueError(f"y: labels must lie in [0, {n_classes}), got [{y.min()}, {y.max()}]")
-        if x.shape[1] != self.net.stages[0].weight.shape[1]:
-            raise ValueError(f"x: expected {self.net.stages[0].weight.shape[1]} features per example, got {x.shape[1]}")
+        if x.shape[1] != int(np.prod(self.input_shape)):
+            raise ValueError(f"x: expected examples of shape {self.input_shape} ({int(np.prod(self.input_shape))} "
+                             f"values), got {x.shape[1]} values per example")
         return cuda.to_device(x), cuda.to_device(y.astype(np.int32))
 
     # -- the step ----------------------------------------------------------------------------------
     def _forward(self, x, uniforms):
-        """Sampled path on the device: list of (input, pre-activation, state) and the logits."""
+        """Sampled path on the device: per stage ``(input, pre-activation, state, cols)`` in the layer's own
+        shapes (``cols``: the conv patch matrix, None for dense stages), and the logits."""
         from .kernels import cuda_train as kt
         cuda = _cuda()
-        h, stages = x, []
+        dt = self.dtype
         n_batch = x.shape[0]
+        h, shape, stages = x, self.input_shape, []
         for k, layer in enumerate(self.net.stages):
             w, bias = self.params[f"stages.{k}.weight"], self.params[f"stages.{k}.bias"]
-            a = cuda.device_array((n_batch, w.shape[0]), dtype=self.dtype)
-            self._gemm(h, w, a, trans_b=True)
-            _launch(kt.add_bias, a.size, a, bias)
-            s = cuda.device_array(a.shape, dtype=self.dtype)
-            if uniforms is None:
-                _launch(kt.sample_rng, a.size, self.code, a, self._rng, s)
+            out_shape = self.stage_shapes[k]
+            if isinstance(layer, Conv2d):
+                x_in = h.reshape((n_batch,) + tuple(shape))
+                (kh, kw), (sh, sw), (ph, pw) = layer.kernel_size, layer.stride, layer.padding
+                n_pos = out_shape[1] * out_shape[2]
+                cols = cuda.device_array((n_batch * n_pos, w.shape[1] * kh * kw), dtype=dt)
+                _launch(kt.im2col_rows, cols.size, x_in, kh, kw, sh, sw, ph, pw, cols)
+                rows = cuda.device_array((n_batch * n_pos, w.shape[0]), dtype=dt)
+                self._gemm(cols, _flat2(w), rows, trans_b=True)
+                a = cuda.device_array((n_batch,) + tuple(out_shape), dtype=dt)
+                _launch(kt.rows_to_map, a.size, rows, bias, True, a)
             else:
-                _launch(kt.sample_uniform, a.size, self.code, a, cb.to_device(uniforms[k], self.dtype), s)
-            stages.append((h, a, s))
-            h = s
+                x_in, cols = _flat2(h), None
+                a = cuda.device_array((n_batch, w.shape[0]), dtype=dt)
+                self._gemm(x_in, w, a, trans_b=True)
+                _launch(kt.add_bias, a.size, a, bias)
+            s = cuda.device_array(a.shape, dtype=dt)
+            if uniforms is None:
+                _launch(kt.sample_rng, a.size, self.code, _flat2(a), self._rng, _flat2(s))
+            else:
+                u = cb.to_device(np.asarray(uniforms[k], dtype=dt).reshape(n_batch, -1), dt)
+                _launch(kt.sample_uniform, a.size, self.code, _flat2(a), u, _flat2(s))
+            stages.append((x_in, a, s, cols))
+            h, shape = s, out_shape
         v, c = self.params["head.weight"], self.params["head.bias"]
-        logits = cuda.device_array((n_batch, v.shape[0]), dtype=self.dtype)
-        self._gemm(h, v, logits, trans_b=True)
+        logits = cuda.device_array((n_batch, v.shape[0]), dtype=dt)
+        self._gemm(_flat2(h), v, logits, trans_b=True)
         _launch(kt.add_bias, logits.size, logits, c)
         return stages, logits
 
@@ -210,11 +256,22 @@ class CudaTrainer:
         grid = (cb._blocks(c.shape[1], t), cb._blocks(c.shape[0], t))
         kern[grid, (t, t)](a, b, self.dtype.type(alpha), self.dtype.type(beta), c)
 
-    def _layer_grads(self, prefix, x_in, g_a, weight):
+    def _layer_grads(self, k, stage, g_a, weight):
+        """Weight and bias gradients of stage ``k`` (or the head, ``k = None``) from its ``g_a``, times
+        ``weight``; returns ``g_a`` as GEMM rows (conv: (B P, C_out); dense: ``g_a`` itself)."""
         from .kernels import cuda_train as kt
+        prefix = "head" if k is None else f"stages.{k}"
         gw, gb = self.grads[f"{prefix}.weight"], self.grads[f"{prefix}.bias"]
+        x_in, _, _, cols = stage
+        if cols is not None:  # conv: dW = g_rows^T cols, db = column sums of g_rows
+            g_rows = _cuda().device_array((cols.shape[0], g_a.shape[1]), dtype=self.dtype)
+            _launch(kt.map_to_rows, g_a.size, g_a, g_rows)
+            self._gemm(g_rows, cols, _flat2(gw), trans_a=True, alpha=weight)
+            _launch(kt.column_sum, g_rows.shape[1], g_rows, self.dtype.type(weight), gb)
+            return g_rows
         self._gemm(g_a, x_in, gw, trans_a=True, alpha=weight)
         _launch(kt.column_sum, g_a.shape[1], g_a, self.dtype.type(weight), gb)
+        return g_a
 
     def _backward(self, stages, logits, y):
         """Gradients into ``self.grads`` (batch means); returns the per-example loss values (device)."""
@@ -223,9 +280,10 @@ class CudaTrainer:
         dt = self.dtype
         n_batch = logits.shape[0]
         weight = 1.0 / n_batch
-        x_last, a_last = stages[-1][2], stages[-1][1]
+        x_last, a_last = _flat2(stages[-1][2]), _flat2(stages[-1][1])
         n_last, n_k = x_last.shape[1], logits.shape[1]
         v = self.params["head.weight"]
+        head = (x_last, None, None, None)
         loss0 = cuda.device_array(n_batch, dtype=dt)
         g_eta = cuda.device_array(logits.shape, dtype=dt)
         _launch(kt.xent_rows, n_batch, logits, y, loss0, g_eta)
@@ -239,29 +297,41 @@ class CudaTrainer:
             _launch(kt.rb_weights, n_batch, self.code, x_last, a_last, d, loss0, w_rb, w_sum, value)
             g_mix = cuda.device_array(logits.shape, dtype=dt)
             _launch(kt.rb_mix, g_mix.size, g_eta, g_flip, w_rb, w_sum, dt.type(weight), g_mix)
-            dv = self.grads["head.weight"]
-            self._gemm(g_mix, x_last, dv, trans_a=True)
-            _launch(kt.rb_head_correction, dv.size, g_flip, w_rb, x_last, dt.type(weight), dv)
-            _launch(kt.column_sum, n_k, g_mix, dt.type(1), self.grads["head.bias"])
+            self._layer_grads(None, head, g_mix, 1.0)
+            _launch(kt.rb_head_correction, v.size, g_flip, w_rb, x_last, dt.type(weight), self.grads["head.weight"])
             for k in range(len(stages) - 1, -1, -1):
-                x_in, a, s = stages[k]
+                x_in, a, s, _ = stages[k]
                 g_a = cuda.device_array(a.shape, dtype=dt)
-                _launch(kt.psa_grad, a.size, self.code, s, a, d, g_a)
-                self._layer_grads(f"stages.{k}", x_in, g_a, weight)
+                _launch(kt.psa_grad, a.size, self.code, _flat2(s), _flat2(a), _flat2(d), _flat2(g_a))
+                self._layer_grads(k, stages[k], g_a, weight)
                 if k > 0:
-                    d = cb.flip_propagate_dense(x_in, a, s, self.params[f"stages.{k}.weight"], d, self.code)
+                    layer, w = self.net.stages[k], self.params[f"stages.{k}.weight"]
+                    if isinstance(layer, Conv2d):
+                        d = cb.flip_propagate_conv(x_in, a, s, w, d.reshape(a.shape), layer.stride, layer.padding,
+                                                   self.code)
+                    else:
+                        d = cb.flip_propagate_dense(x_in, a, s, w, _flat2(d), self.code)
             return value
-        self._layer_grads("head", x_last, g_eta, weight)
+        self._layer_grads(None, head, g_eta, weight)
         delta = cuda.device_array((n_batch, n_last), dtype=dt)
         self._gemm(g_eta, v, delta, alpha=weight)
         for k in range(len(stages) - 1, -1, -1):
-            x_in, a, _ = stages[k]
+            x_in, a, _, cols = stages[k]
             g_a = cuda.device_array(a.shape, dtype=dt)
-            _launch(kt.st_grad, a.size, self.code, a, delta, g_a)
-            self._layer_grads(f"stages.{k}", x_in, g_a, 1.0)
+            _launch(kt.st_grad, a.size, self.code, _flat2(a), _flat2(delta), _flat2(g_a))
+            g_rows = self._layer_grads(k, stages[k], g_a, 1.0)
             if k > 0:
-                delta = cuda.device_array(x_in.shape, dtype=dt)
-                self._gemm(g_a, self.params[f"stages.{k}.weight"], delta)
+                w = self.params[f"stages.{k}.weight"]
+                if cols is not None:  # conv: delta_in = col2im(g_rows W)
+                    layer = self.net.stages[k]
+                    (kh, kw), (sh, sw), (ph, pw) = layer.kernel_size, layer.stride, layer.padding
+                    d_cols = cuda.device_array(cols.shape, dtype=dt)
+                    self._gemm(g_rows, _flat2(w), d_cols)
+                    delta = cuda.device_array(x_in.shape, dtype=dt)
+                    _launch(kt.col2im_gather, delta.size, d_cols, kh, kw, sh, sw, ph, pw, delta)
+                else:
+                    delta = cuda.device_array(x_in.shape, dtype=dt)
+                    self._gemm(g_a, w, delta)
         return loss0
 
     def gradients(self, x, y, uniforms=None):

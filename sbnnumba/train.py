@@ -182,15 +182,15 @@ def _dumps(obj):
     return json.dumps(_jsonable(obj), sort_keys=True)
 
 
-def _device_trainer(net, estimator, estimator_options, augment, opt, batch_size):
+def _device_trainer(net, estimator, estimator_options, augment, opt, batch_size, input_shape):
     """A :class:`~sbnnumba.device_training.CudaTrainer` when ``net.backend == "cuda"`` and the whole step can
-    stay on the device (dense real-weight network, "psa" or "st" without options, no augmentation,
-    SGD/Adam without global-norm clipping); else None and the per-call routing is used."""
+    stay on the device (real-weight dense and conv stages, "psa" or "st" without options, no
+    augmentation, SGD/Adam without global-norm clipping); else None and the per-call routing is used."""
     if net.backend != "cuda" or estimator not in ("psa", "st") or estimator_options or augment:
         return None
     from .device_training import CudaTrainer
     try:
-        return CudaTrainer(net, estimator, opt, max_batch=batch_size)
+        return CudaTrainer(net, estimator, opt, max_batch=batch_size, input_shape=input_shape)
     except NotImplementedError as exc:
         warnings.warn(f"backend 'cuda': the step is not device-resident for this run ({exc}); only the PSA flip "
                       "propagation runs on the GPU", RuntimeWarning)
@@ -736,7 +736,7 @@ def fit(net, data, *, estimator="psa", estimator_options=None, epochs=5, batch_s
     if start >= epochs:
         stopped = "already complete"
     x_tr_eval, y_tr_eval = x_tr[:train_eval_size], y_tr[:train_eval_size]
-    device = _device_trainer(net, estimator, estimator_options, augment, opt, batch_size)
+    device = _device_trainer(net, estimator, estimator_options, augment, opt, batch_size, input_shape)
     if device is not None:  # the dataset goes to the device once; see sbnnumba.device_training
         x_dev, y_dev = device.upload(_as_float(x_tr, net.dtype).reshape(x_tr.shape[0], -1), y_tr)
     epoch = start

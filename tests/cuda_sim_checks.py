@@ -595,6 +595,46 @@ def check_device_fit():
         close(net_b.params[key], p, f"resumed device fit {key}", rtol=1e-6, atol=1e-7)
 
 
+def check_device_step_conv():
+    """CudaTrainer on a conv network (padding, stride (2, 1), a rectangular kernel, then a dense stage):
+    PSA / ST gradients equal the host estimators' from the same uniforms (logistic: ratio form; normal:
+    generic form), and one Adam step equals the host's."""
+    import sbnnumba as sb
+    from sbnnumba.device_training import CudaTrainer
+
+    def make(noise):
+        rng = np.random.default_rng(0)
+        stages = [sb.Conv2d(3, 4, 3, padding=1, rng=rng, in_shape=(3, 5, 4)),
+                  sb.Conv2d(4, 3, (2, 3), stride=(2, 1), rng=rng), sb.Linear(3 * 2 * 2, 5, rng=rng)]
+        return sb.Network(stages, sb.Linear(5, 3, rng=rng), noise=noise)
+
+    rng = np.random.default_rng(12)
+    x = rng.normal(size=(2, 3, 5, 4)).astype(np.float32)
+    y = rng.integers(0, 3, size=2)
+    for noise in ("logistic", "normal"):
+        net = make(noise)
+        uniforms = [rng.random((2,) + shape).astype(np.float32) for shape in net.stage_shapes((3, 5, 4))]
+        for method in ("psa", "st"):
+            trainer = CudaTrainer(net, method, sb.optim.Adam(lr=0.01), max_batch=2)
+            loss, grads = trainer.gradients(x, y, uniforms=uniforms)
+            loss_host, grads_host = _host_path_gradient(net, x, y, uniforms, method)
+            close(loss, loss_host, f"conv {noise} {method} loss", rtol=1e-5, atol=1e-6)
+            for key in grads_host:
+                scale = np.abs(grads_host[key]).max() + 1e-3
+                close(grads[key] / scale, grads_host[key] / scale, f"conv {noise} {method} {key}", rtol=1e-4,
+                      atol=1e-5)
+    net_host, net_dev = make("logistic"), make("logistic")
+    uniforms = [rng.random((2,) + shape).astype(np.float32) for shape in net_host.stage_shapes((3, 5, 4))]
+    opt_host, opt_dev = sb.optim.Adam(lr=0.05), sb.optim.Adam(lr=0.05)
+    _, grads = _host_path_gradient(net_host, x, y, uniforms, "psa")
+    opt_host.update(net_host.params, grads)
+    trainer = CudaTrainer(net_dev, "psa", opt_dev, max_batch=2)
+    trainer.step(x, y, uniforms=uniforms)
+    trainer.sync()
+    for key, p in net_host.params.items():
+        close(net_dev.params[key], p, f"conv Adam step {key}", rtol=1e-4, atol=1e-5)
+
+
 def check_device_step_scope():
     """Networks and settings outside the device step's scope are refused with a clear error."""
     import sbnnumba as sb
@@ -602,8 +642,10 @@ def check_device_step_scope():
     cases = [
         (lambda: CudaTrainer(sb.Network.dense([4, 3], 2, rng=0, weight="bernoulli"), "psa"), NotImplementedError,
          "Bernoulli"),
+        (lambda: CudaTrainer(sb.Network.dense([4, 3], 2, rng=0, normalize=True), "psa"), NotImplementedError,
+         "Normalized"),
         (lambda: CudaTrainer(sb.Network([sb.Conv2d(1, 2, 3, rng=0)], sb.Linear(2 * 2 * 2, 2, rng=0)), "psa"),
-         NotImplementedError, "Conv2d"),
+         ValueError, "input_shape"),
         (lambda: CudaTrainer(sb.Network.dense([4, 3], 2, rng=0), "arm"), ValueError, "method"),
         (lambda: CudaTrainer(sb.Network.dense([4, 3], 2, rng=0), "psa", sb.optim.Adam(clip_norm=1.0)),
          NotImplementedError, "clip_norm"),
@@ -637,6 +679,7 @@ SIM_CHECKS = {
     "device_step_resident": check_device_step_resident,
     "device_step_scope": check_device_step_scope,
     "device_fit": check_device_fit,
+    "device_step_conv": check_device_step_conv,
 }
 
 
@@ -699,7 +742,9 @@ def ptx_checks():
             (kt.adam_update, sig(f1, f1, f1, f1, one, one, one, one, one, one, one, one)),
             (kt.sgd_update, sig(f1, f1, f1, one, one, True, True, one, one)),
             (kt.gather_rows, sig(f2, (1, np.int64), 0, f2)), (kt.gather_labels, sig(i1, (1, np.int64), 0, i1)),
-            (kt.accumulate_loss, sig(f1, 1.0, (1, np.float64)))]
+            (kt.accumulate_loss, sig(f1, 1.0, (1, np.float64))),
+            (kt.im2col_rows, sig(f4, 3, 3, 1, 1, 1, 1, f2)), (kt.col2im_gather, sig(f2, 3, 3, 1, 1, 1, 1, f4)),
+            (kt.rows_to_map, sig(f2, f1, True, f4)), (kt.map_to_rows, sig(f4, f2))]
     checks["ptx_zero_counter"] = (k.zero_counter, sig((1, np.int32)))
     u2, u4, i2, i4 = (2, np.uint64), (4, np.uint64), (2, np.int32), (4, np.int32)
     checks["ptx_xnor_gemm"] = (k.xnor_gemm_kernel(**k.GEMM_TILE), sig(u2, u2, 70, i2))

@@ -17,6 +17,9 @@ state stay on the GPU (spec psa.md, sections 2-3; the host versions are
 * :func:`psa_grad` (``g_a = -x p(a) d``), :func:`st_grad` (``g_a = 2 p(a) delta``).
 * :func:`adam_update`, :func:`sgd_update`: the rules of :class:`sbnnumba.optim.Adam` /
   :class:`sbnnumba.optim.SGD` (with element-wise clipping), one thread per parameter entry.
+* Conv stages: :func:`im2col_rows` (patch matrix), :func:`col2im_gather` (its transpose, for the ST
+  backward), :func:`rows_to_map` / :func:`map_to_rows` (GEMM rows <-> (B, C, H, W) maps); the conv flip
+  propagation is :func:`sbnnumba.kernels.cuda.flip_conv_ratio` / ``flip_conv_generic``.
 * :func:`gather_rows`, :func:`gather_labels`: a mini-batch from a dataset held on the device.
 * :func:`accumulate_loss`: ``acc[0] += w sum_b value[b]`` (one thread; batches are small).
 
@@ -272,6 +275,87 @@ def sgd_update(p, g, buf, lr, momentum, nesterov, first, weight_decay, clip):
             buf[i] = bi
             gi = gi + momentum * bi if nesterov else bi
         p[i] -= lr * gi
+
+
+@cuda.jit
+def im2col_rows(x, kh, kw, sh, sw, ph, pw, cols):
+    """Patch matrix of a conv stage: ``cols[(b, oy, ox), (c, dy, dx)] = x_pad[b, c, sh oy + dy, sw ox + dx]``
+    (zero in the padding); ``x`` (B, C, H, W), ``cols`` (B H_out W_out, C kh kw), the layout of
+    :func:`sbnnumba.kernels.conv_reference.im2col`; 1-D launch over ``cols.size``."""
+    idx = cuda.grid(1)
+    n_k = cols.shape[1]
+    if idx < cols.shape[0] * n_k:
+        row = idx // n_k
+        col = idx - row * n_k
+        n_c, h, w = x.shape[1], x.shape[2], x.shape[3]
+        ho = (h + 2 * ph - kh) // sh + 1
+        wo = (w + 2 * pw - kw) // sw + 1
+        b = row // (ho * wo)
+        rest = row - b * ho * wo
+        oy = rest // wo
+        ox = rest - oy * wo
+        c = col // (kh * kw)
+        rest = col - c * kh * kw
+        dy = rest // kw
+        dx = rest - dy * kw
+        y = sh * oy + dy - ph
+        xx = sw * ox + dx - pw
+        cols[row, col] = x[b, c, y, xx] if (0 <= y < h and 0 <= xx < w and c < n_c) else 0
+
+
+@cuda.jit
+def col2im_gather(cols, kh, kw, sh, sw, ph, pw, out):
+    """Transpose of :func:`im2col_rows`: ``out[b, c, y, x] = sum`` of the patch entries that read input
+    position ``(y, x)`` (gathered per output element, no atomics); ``out`` (B, C, H, W); 1-D launch."""
+    idx = cuda.grid(1)
+    n_b, n_c, h, w = out.shape
+    if idx < n_b * n_c * h * w:
+        b = idx // (n_c * h * w)
+        rest = idx - b * n_c * h * w
+        c = rest // (h * w)
+        rest = rest - c * h * w
+        y = rest // w
+        xx = rest - y * w
+        ho = (h + 2 * ph - kh) // sh + 1
+        wo = (w + 2 * pw - kw) // sw + 1
+        acc = cols[0, 0] - cols[0, 0]
+        for dy in range(kh):
+            ty = y + ph - dy
+            if ty >= 0 and ty % sh == 0 and ty // sh < ho:
+                oy = ty // sh
+                for dx in range(kw):
+                    tx = xx + pw - dx
+                    if tx >= 0 and tx % sw == 0 and tx // sw < wo:
+                        acc += cols[(b * ho + oy) * wo + tx // sw, (c * kh + dy) * kw + dx]
+        out[b, c, y, xx] = acc
+
+
+@cuda.jit
+def rows_to_map(rows, bias, use_bias, out):
+    """``out[b, c, oy, ox] = rows[(b, oy, ox), c] (+ bias[c])``: the GEMM result of a conv stage as a
+    (B, C, H_out, W_out) map; 1-D launch over ``out.size``."""
+    idx = cuda.grid(1)
+    n_b, n_c, ho, wo = out.shape
+    if idx < n_b * n_c * ho * wo:
+        b = idx // (n_c * ho * wo)
+        rest = idx - b * n_c * ho * wo
+        c = rest // (ho * wo)
+        p = rest - c * ho * wo
+        v = rows[b * ho * wo + p, c]
+        out[b, c, p // wo, p - (p // wo) * wo] = v + bias[c] if use_bias else v
+
+
+@cuda.jit
+def map_to_rows(m, rows):
+    """``rows[(b, oy, ox), c] = m[b, c, oy, ox]`` (inverse of :func:`rows_to_map` without bias); 1-D launch."""
+    idx = cuda.grid(1)
+    n_b, n_c, ho, wo = m.shape
+    if idx < n_b * n_c * ho * wo:
+        b = idx // (n_c * ho * wo)
+        rest = idx - b * n_c * ho * wo
+        c = rest // (ho * wo)
+        p = rest - c * ho * wo
+        rows[b * ho * wo + p, c] = m[b, c, p // wo, p - (p // wo) * wo]
 
 
 @cuda.jit
