@@ -37,6 +37,13 @@ from .scalar import cdf, pdf
 GEMM_FLOAT_TILE = 16  # 16 x 16 threads, one output each
 
 
+@cuda.jit(device=True)
+def _split(idx, n):
+    """``(idx // n, idx % n)``: row and column of flat index ``idx`` in a row-major array of ``n`` columns."""
+    row = idx // n
+    return row, idx - row * n
+
+
 @functools.lru_cache(maxsize=None)
 def gemm_kernel(dtype_name="float32", trans_a=False, trans_b=False, tile=GEMM_FLOAT_TILE):
     r"""``c = alpha op(a) op(b) + beta c`` (``beta == 0``: ``c`` is not read), ``op(a)`` (M, K), ``op(b)`` (K, N).
@@ -89,8 +96,7 @@ def add_bias(a, bias):
     idx = cuda.grid(1)
     n = a.shape[1]
     if idx < a.shape[0] * n:
-        b = idx // n
-        j = idx - b * n
+        b, j = _split(idx, n)
         a[b, j] += bias[j]
 
 
@@ -100,8 +106,7 @@ def sample_uniform(code, a, u, x):
     idx = cuda.grid(1)
     n = a.shape[1]
     if idx < a.shape[0] * n:
-        b = idx // n
-        j = idx - b * n
+        b, j = _split(idx, n)
         x[b, j] = 1 if u[b, j] < cdf(code, a[b, j]) else -1
 
 
@@ -112,8 +117,7 @@ def sample_rng(code, a, states, x):
     idx = cuda.grid(1)
     n = a.shape[1]
     if idx < a.shape[0] * n:
-        b = idx // n
-        j = idx - b * n
+        b, j = _split(idx, n)
         u = xoroshiro128p_uniform_float64(states, idx)
         x[b, j] = 1 if u < cdf(code, a[b, j]) else -1
 
@@ -155,8 +159,7 @@ def head_flips(logits, y, x_last, v, loss0, d, g_flip):
     idx = cuda.grid(1)
     n_last = x_last.shape[1]
     if idx < x_last.shape[0] * n_last:
-        b = idx // n_last
-        i = idx - b * n_last
+        b, i = _split(idx, n_last)
         n_k = logits.shape[1]
         two_x = 2 * x_last[b, i]
         m = logits[b, 0] - two_x * v[0, i]
@@ -196,8 +199,7 @@ def rb_mix(g_eta, g_flip, w_rb, w_sum, weight, g_mix):
     idx = cuda.grid(1)
     n_k = g_eta.shape[1]
     if idx < g_eta.shape[0] * n_k:
-        b = idx // n_k
-        k = idx - b * n_k
+        b, k = _split(idx, n_k)
         acc = g_eta[b, k] * (1 - w_sum[b])
         for i in range(w_rb.shape[1]):
             acc += w_rb[b, i] * g_flip[b, i, k]
@@ -211,8 +213,7 @@ def rb_head_correction(g_flip, w_rb, x_last, weight, dv):
     idx = cuda.grid(1)
     n_last = dv.shape[1]
     if idx < dv.shape[0] * n_last:
-        k = idx // n_last
-        i = idx - k * n_last
+        k, i = _split(idx, n_last)
         acc = dv[k, i] - dv[k, i]
         for b in range(x_last.shape[0]):
             acc += w_rb[b, i] * x_last[b, i] * g_flip[b, i, k]
@@ -225,8 +226,7 @@ def psa_grad(code, x, a, d, out):
     idx = cuda.grid(1)
     n = a.shape[1]
     if idx < a.shape[0] * n:
-        b = idx // n
-        j = idx - b * n
+        b, j = _split(idx, n)
         out[b, j] = -x[b, j] * pdf(code, a[b, j]) * d[b, j]
 
 
@@ -236,8 +236,7 @@ def st_grad(code, a, delta, out):
     idx = cuda.grid(1)
     n = a.shape[1]
     if idx < a.shape[0] * n:
-        b = idx // n
-        j = idx - b * n
+        b, j = _split(idx, n)
         out[b, j] = 2 * pdf(code, a[b, j]) * delta[b, j]
 
 
@@ -285,8 +284,7 @@ def im2col_rows(x, kh, kw, sh, sw, ph, pw, cols):
     idx = cuda.grid(1)
     n_k = cols.shape[1]
     if idx < cols.shape[0] * n_k:
-        row = idx // n_k
-        col = idx - row * n_k
+        row, col = _split(idx, n_k)
         n_c, h, w = x.shape[1], x.shape[2], x.shape[3]
         ho = (h + 2 * ph - kh) // sh + 1
         wo = (w + 2 * pw - kw) // sw + 1
@@ -364,8 +362,7 @@ def gather_rows(src, index, start, out):
     idx = cuda.grid(1)
     n = out.shape[1]
     if idx < out.shape[0] * n:
-        r = idx // n
-        j = idx - r * n
+        r, j = _split(idx, n)
         out[r, j] = src[index[start + r], j]
 
 
