@@ -143,6 +143,9 @@ def parse_args(argv=None):
     p.add_argument("--resume", action="store_true", help="reuse finished runs, continue interrupted ones")
     p.add_argument("--report-only", action="store_true", help="only rewrite the report from results.json")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--backend", default=None, choices=["cpu", "numpy", "cuda"],
+                   help="kernel backend (default: $SBNNUMBA_BACKEND or cpu); 'cuda' trains PSA/ST runs of real-weight "
+                        "networks device-resident (see docs/gpu.md)")
     return p.parse_args(argv)
 
 
@@ -168,7 +171,8 @@ def run_one(args, ds, arch, method, results):
         return done
     options = {"noise": args.noise}
     options["hidden" if arch == "mlp" else "channels"] = args.hidden if arch == "mlp" else args.channels
-    net = train.build_network(arch, ds.x_train.shape[1:], ds.n_classes, seed=args.seed, **options)
+    net = train.build_network(arch, ds.x_train.shape[1:], ds.n_classes, seed=args.seed, backend=args.backend,
+                              **options)
     lr = _lr_overrides(args.lr_for).get(method, args.lr)
     resume = args.resume and os.path.isfile(ckpt)
     if not resume and os.path.isfile(ckpt):
