@@ -96,12 +96,13 @@ def _gemm_tile():
 
 
 class CudaTrainer:
-    """Run PSA / deep-ST training steps of a dense SBN entirely on the GPU.
+    """Run PSA / deep-ST training steps of a dense or conv SBN entirely on the GPU.
 
     Parameters
     ----------
     net : Network
-        Real-weight dense stages (:class:`~sbnnumba.layers.Linear`), softmax head; float32 or float64.
+        Real-weight :class:`~sbnnumba.layers.Linear` / :class:`~sbnnumba.conv.Conv2d` stages, softmax head;
+        float32 or float64.
         Its parameters are uploaded now; call :meth:`sync` to see the trained values on the host.
     method : {"psa", "st"}
     optimizer : SGD or Adam
@@ -357,7 +358,8 @@ class CudaTrainer:
     def step(self, x, y, uniforms=None):
         """One training step (forward, backward, optimizer update) on a batch; nothing is downloaded.
 
-        ``x`` (B, D), ``y`` (B,): device arrays (no transfer) or host arrays (uploaded). The per-example
+        ``x`` (B, ...) (flattened to (B, D) like :meth:`upload`), ``y`` (B,): device arrays (no transfer)
+        or host arrays (uploaded). The per-example
         loss estimates are summed into a device accumulator (:meth:`pop_loss`).
         """
         from .kernels import cuda_train as kt

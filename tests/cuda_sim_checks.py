@@ -658,6 +658,19 @@ def check_device_step_scope():
                 raise AssertionError(f"message {exc!r} does not name {words!r}")
         else:
             raise AssertionError(f"expected {exc_type.__name__} naming {words!r}")
+    # fit's choice: a network outside the scope warns and keeps the per-call routing
+    import warnings
+
+    from sbnnumba import train
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        chosen = train._device_trainer(sb.Network.dense([4, 3], 2, rng=0, normalize=True, backend="cuda"), "psa",
+                                       None, False, sb.optim.Adam(), 8, (4,))
+    if chosen is not None or not any("not device-resident" in str(w.message) for w in caught):
+        raise AssertionError(f"expected no device trainer and a warning, got {chosen!r}, {[str(w.message) for w in caught]}")
+    if train._device_trainer(sb.Network.dense([4, 3], 2, rng=0, backend="cuda"), "concrete", None, False,
+                             sb.optim.Adam(), 8, (4,)) is not None:
+        raise AssertionError("estimator 'concrete' must keep the per-call routing")
 
 
 SIM_CHECKS = {

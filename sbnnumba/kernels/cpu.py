@@ -106,7 +106,8 @@ def _flip_dense_ratio(order, n_pos, chunk, c_pos, h_pos, c_neg, h_neg, k, base_p
     # (as 1/(1 + e^{-a}/k) = 1 - 1/(1 + e^{+a} k)), so only e^{2W} is needed (no e^{-2W}, no divisions to
     # form it).
     # A task handles up to 4 input units of one example, one chunk and one sign, so that every load of
-    # c[b, j] and h[b, j] feeds 4 connections (the loop is bound by loads otherwise); the units of one
+    # c[b, j] and h[b, j] feeds 4 connections (the loop is then bound by the FMA pipes: per 16 connections
+    # a reciprocal, its Newton step and two adds, against one FMA in a matmul); the units of one
     # sign in a chunk fill ceil(n / 4) blocks, hence at most chunk / 4 + 2 tasks per example and chunk.
     # Tasks run chunk by chunk (prange hands each thread a contiguous range), so the k rows of a chunk
     # are read from L2 by every example instead of streaming the whole k from L3 once per example
@@ -114,8 +115,7 @@ def _flip_dense_ratio(order, n_pos, chunk, c_pos, h_pos, c_neg, h_neg, k, base_p
     n_batch, n_in = order.shape
     n_chunks = n_pos.shape[1]
     n_out = c_pos.shape[1]
-    per_chunk = chunk // _ROWS + 2
-    per_b = per_chunk
+    per_b = chunk // _ROWS + 2  # tasks per example and chunk
     n_tasks = n_chunks * n_batch * per_b
     for task in prange(n_tasks):
         ch = task // (n_batch * per_b)
@@ -290,24 +290,28 @@ def ratio_unsafe_pairs(a):
     return np.abs(a) > ratio_limits(a.dtype)[0]
 
 
+def saturated_rows(unsafe):
+    """The saturated units of a boolean mask ``unsafe`` (B, ...) grouped by example in CSR form:
+    ``(row_start, index)``, ``index[row_start[b]:row_start[b + 1]]`` the remaining coordinates of
+    ``np.nonzero`` (int64, one column per axis after the first) of example ``b``."""
+    coords = np.nonzero(unsafe)
+    row_start = np.zeros(unsafe.shape[0] + 1, dtype=np.int64)
+    np.cumsum(np.bincount(coords[0], minlength=unsafe.shape[0]), out=row_start[1:])
+    return row_start, np.stack(coords[1:], axis=1).astype(np.int64)
+
+
 def split_saturated(a, g):
     """Split a logistic ratio-form call into its safe part and its saturated units (dense and conv alike).
 
     Returns ``(g_safe, a_safe, saturated)``: ``g`` and ``a`` with the saturated units (``|a| > A``)
     set to 0, so they add no term to the ratio sums and ``e^{-a}`` stays finite, and ``saturated``,
-    None when there are none, else ``(row_start, index)``: the saturated units grouped by example in
-    CSR form, ``index[row_start[b]:row_start[b + 1]]`` the remaining coordinates of ``np.nonzero``
-    (int64, one column per axis after the first) of example ``b``.
+    None when there are none, else :func:`saturated_rows` of them.
     """
     unsafe = ratio_unsafe_pairs(a)
     if not unsafe.any():
         return g, a, None
     zero = a.dtype.type(0)
-    coords = np.nonzero(unsafe)
-    row_start = np.zeros(a.shape[0] + 1, dtype=np.int64)
-    np.cumsum(np.bincount(coords[0], minlength=a.shape[0]), out=row_start[1:])
-    index = np.stack(coords[1:], axis=1).astype(np.int64)
-    return np.where(unsafe, zero, g), np.where(unsafe, zero, a), (row_start, index)
+    return np.where(unsafe, zero, g), np.where(unsafe, zero, a), saturated_rows(unsafe)
 
 
 def _check_dense(x_in, a, x_out, weight, d_out):
@@ -375,9 +379,8 @@ def flip_propagate_dense(x_in, a, x_out, weight, d_out, noise_code, form="auto")
         else:  # every unit saturated: nothing for the ratio form
             d_in[...] = 0
         if n_saturated:
-            g = x_out * d_out
-            row_start, index = split_saturated(a, g)[2]
-            _flip_dense_logistic_saturated(x_in, a, g, weight, row_start, index[:, 0].copy(),
+            row_start, index = saturated_rows(ratio_unsafe_pairs(a))
+            _flip_dense_logistic_saturated(x_in, a, x_out * d_out, weight, row_start, index[:, 0].copy(),
                                            dtype.type(EXP_ARG_LIMIT[dtype]), d_in)
     else:
         weight_t = np.ascontiguousarray(weight.T, dtype=dtype)
