@@ -72,8 +72,8 @@ METHOD_NOTES = {
 
 
 #: Settings that must not change when a benchmark is resumed (they change the runs' results).
-SAME_ON_RESUME = ("data", "train_subset", "test_subset", "hidden", "channels", "noise", "batch_size", "optimizer",
-                  "lr", "lr_for", "schedule", "seed", "val_fraction", "eval_samples", "train_eval_size", "test_samples",
+SAME_ON_RESUME = ("data", "train_subset", "test_subset", "hidden", "channels", "input_padding", "noise", "batch_size",
+                  "optimizer", "lr", "lr_for", "schedule", "seed", "val_fraction", "eval_samples", "train_eval_size", "test_samples",
                   "augment", "lr_trials", "lr_trial_epochs", "lr_trial_subset")
 
 
@@ -120,6 +120,8 @@ def parse_args(argv=None):
     p.add_argument("--hidden", type=_int_list, default=[1024, 1024], help="MLP hidden widths")
     p.add_argument("--channels", type=_int_list, default=[96, 96, 96, 192, 192, 192, 192, 192],
                    help="conv: the 8 channel counts (paper: 96,96,96,192,192,192,192,192)")
+    p.add_argument("--input-padding", type=int, default=0,
+                   help="conv: zero padding of the first stage (2: the paper's map sizes, as for 32x32 input)")
     p.add_argument("--noise", default="logistic")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--optimizer", default="adam", choices=["adam", "sgd"])
@@ -171,6 +173,8 @@ def run_one(args, ds, arch, method, results):
         return done
     options = {"noise": args.noise}
     options["hidden" if arch == "mlp" else "channels"] = args.hidden if arch == "mlp" else args.channels
+    if arch == "conv" and args.input_padding:
+        options["input_padding"] = args.input_padding
     net = train.build_network(arch, ds.x_train.shape[1:], ds.n_classes, seed=args.seed, backend=args.backend,
                               **options)
     lr = _lr_overrides(args.lr_for).get(method, args.lr)
@@ -252,7 +256,9 @@ def write_report(args, results, meta):
              + "; element-wise gradient clipping at 1e3; data-dependent init on the first batch; init and "
                f"training seed {args.seed}" + ("; flip + crop augmentation" if args.augment else "") + ".",
              f"* MLP: 784-{'-'.join(map(str, args.hidden))}-10; conv: the PSA paper's all-conv SBN "
-             f"(channels {','.join(map(str, args.channels))}, 1x28x28 input); {args.noise} noise.",
+             f"(channels {','.join(map(str, args.channels))}, 1x28x28 input"
+             + (f", first stage zero-padded by {args.input_padding}" if args.input_padding else "")
+             + f"); {args.noise} noise.",
              "* Evaluation (every method alike): hard +-1 samples with the Rao-Blackwellized head; "
              f"validation after each epoch with {args.eval_samples} samples per image; test accuracy with "
              f"1 sample (mean over draws), the ensemble of {args.test_samples} samples (averaged softmax) and "

@@ -45,7 +45,8 @@ PAPER_CONV_CHANNELS = (96, 96, 96, 192, 192, 192, 192, 192)
 
 @register_architecture("conv")
 def conv(input_shape, n_classes, channels=PAPER_CONV_CHANNELS, noise="logistic", rng=None, dtype=np.float32,
-         backend=None, width=1.0, weight="real", weight_noise="logistic", weight_grad="md", normalize=False):
+         backend=None, width=1.0, weight="real", weight_noise="logistic", weight_grad="md", normalize=False,
+         input_padding=0):
     r"""The PSA paper's all-convolutional SBN (spec psa.md, section 5.2).
 
     Eight stochastic binary conv stages (logistic noise by default, biases, no padding, no
@@ -84,6 +85,11 @@ def conv(input_shape, n_classes, channels=PAPER_CONV_CHANNELS, noise="logistic",
         Binary-weight variant (spec st.md section 8): ``weight="hidden"`` gives Bernoulli weights to every
         stage but the first (real input), ``"bernoulli"`` to all stages; the head stays real.
         ``normalize=True`` puts batch normalization before every binary activation.
+    input_padding : int
+        Zero padding of the first stage only (default 0, the paper's layout). ``input_padding=2`` on
+        1x28x28 images is the same network as the paper's on 28x28 images zero-padded to 32x32 (the
+        classic LeNet-5 treatment of MNIST): the maps keep the paper's sizes 30, 28, 13, 11, 9, 4, 2, 2
+        and the head sees ``2 x 2 x channels[-1]`` features instead of ``1 x 1 x channels[-1]``.
 
     Notes
     -----
@@ -98,17 +104,20 @@ def conv(input_shape, n_classes, channels=PAPER_CONV_CHANNELS, noise="logistic",
     if not (isinstance(width, (int, float)) and width > 0):
         raise ValueError(f"width: expected a positive multiplier, got {width!r}")
     channels = [max(1, int(round(c * width))) for c in channels]
+    if not (isinstance(input_padding, (int, np.integer)) and input_padding >= 0):
+        raise ValueError(f"input_padding: expected a non-negative int, got {input_padding!r}")
     shape = tuple(int(s) for s in input_shape)
     if len(shape) != 3:
         raise ValueError(f"input_shape: expected (C, H, W), got {input_shape!r}")
     rng = as_generator(rng)
     kinds = stage_weight_kinds(weight, len(channels))
     stages = []
-    for c_out, k, s, kind in zip(channels, PAPER_CONV_KERNELS, PAPER_CONV_STRIDES, kinds):
-        if min(shape[1:]) < k:
+    paddings = [int(input_padding)] + [0] * (len(channels) - 1)
+    for c_out, k, s, kind, pad in zip(channels, PAPER_CONV_KERNELS, PAPER_CONV_STRIDES, kinds, paddings):
+        if min(shape[1:]) + 2 * pad < k:
             raise ValueError(f"input_shape: {tuple(input_shape)} is too small for the conv architecture "
                              f"(a {shape[1]}x{shape[2]} map reaches a {k}x{k} stage); need H, W >= 27")
-        layer = Conv2d(shape[0], c_out, k, stride=s, rng=rng, dtype=dtype, in_shape=shape, weight=kind,
+        layer = Conv2d(shape[0], c_out, k, stride=s, padding=pad, rng=rng, dtype=dtype, in_shape=shape, weight=kind,
                        weight_noise=weight_noise, weight_grad=weight_grad)
         stages.append(Normalized(layer) if normalize else layer)
         shape = layer.out_shape

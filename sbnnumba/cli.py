@@ -158,6 +158,9 @@ def build_parser():
                     help="mlp: comma-separated hidden widths")
     tr.add_argument("--channels", type=_int_list("channels", 8), default=DEFAULT_CHANNELS,
                     help="conv: the 8 comma-separated channel counts")
+    tr.add_argument("--input-padding", type=int, default=0,
+                    help="conv: zero padding of the first stage (2 on 28x28 images gives the paper's "
+                         "32x32 map sizes)")
     tr.add_argument("--weights", default="real", choices=["real", "hidden", "bernoulli"],
                     help="Bernoulli (binary) weights: none, every stage but the first, or every stage "
                          "(the head stays real)")
@@ -317,6 +320,8 @@ def cmd_train(args):
         options["hidden"] = args.hidden
     elif args.arch == "conv":
         options["channels"] = args.channels
+        if args.input_padding:
+            options["input_padding"] = args.input_padding
     try:
         net = train.build_network(args.arch, ds.x_train.shape[1:], ds.n_classes, seed=args.seed,
                                   backend=args.backend, **options)

@@ -424,3 +424,24 @@ def test_conv_factory_reduced_width_trains_one_step():
         build("conv", (1, 20, 20), 10)
     with pytest.raises(ValueError, match="channels"):
         build("conv", (1, 28, 28), 10, channels=(4, 4))
+
+
+def test_conv_factory_input_padding_equals_padded_images():
+    """``input_padding=2`` on 28x28 is the paper's layout on 28x28 images zero-padded to 32x32: same map
+    sizes, same weights, and the same samples and PSA gradients from the same seed."""
+    padded = build("conv", (1, 28, 28), 10, width=0.125, input_padding=2, rng=1)
+    plain = build("conv", (1, 32, 32), 10, width=0.125, rng=1)
+    assert [s[1] for s in padded.stage_shapes((1, 28, 28))] == [30, 28, 13, 11, 9, 4, 2, 2]
+    assert padded.stages[0].padding == (2, 2) and all(layer.padding == (0, 0) for layer in padded.stages[1:])
+    rng = np.random.default_rng(0)
+    x, y = rng.random((4, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, 4)
+    x32 = np.pad(x, ((0, 0), (0, 0), (2, 2), (2, 2)))
+    np.testing.assert_array_equal(padded.sample(x, rng=5).logits, plain.sample(x32, rng=5).logits)
+    loss_p, g_p = sb.estimate("psa", padded, x, y, rng=3)
+    loss_q, g_q = sb.estimate("psa", plain, x32, y, rng=3)
+    assert loss_p == pytest.approx(loss_q, rel=1e-6)
+    for k in g_q:
+        np.testing.assert_allclose(g_p[k], g_q[k], rtol=1e-5, atol=1e-6)
+    for bad in (-1, 1.5):
+        with pytest.raises(ValueError, match="input_padding"):
+            build("conv", (1, 28, 28), 10, input_padding=bad)

@@ -459,10 +459,24 @@ def test_cli_train_and_evaluate(tmp_path, capsys):
     assert file_bytes(tmp_path / "ev" / "ensemble_accuracy.png")[:8] == PNG_MAGIC
 
 
+def test_cli_train_conv_input_padding_and_evaluate(tmp_path, capsys):
+    out = tmp_path / "conv"
+    rc = cli.main(["train", "--data", "embedded", "--train-subset", "128", "--arch", "conv",
+                   "--channels", "2,2,2,4,4,4,4,4", "--input-padding", "2", "--epochs", "1", "--eval-samples", "2",
+                   "--out", str(out), "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    ck = train.load_checkpoint(out / "checkpoint.npz")
+    assert ck.config["arch"]["options"]["input_padding"] == 2
+    rc = cli.main(["evaluate", str(out / "checkpoint.npz"), "--samples", "2", "--out", str(tmp_path / "ev")])
+    assert rc == 0, capsys.readouterr().err
+    assert train.load_network(ck).head.weight.shape == (10, 16)   # 4 channels x 2x2 maps
+
+
 @pytest.mark.parametrize("argv", [
     ["train", "--hidden", "0"],
     ["train", "--hidden", "12,x"],
     ["train", "--arch", "no-such-arch"],
+    ["train", "--arch", "conv", "--data", "embedded", "--input-padding", "-1"],
     ["train", "--estimator", "no-such-method"],
     ["train", "--epochs", "-1"],
     ["train", "--batch-size", "zero"],
