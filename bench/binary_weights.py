@@ -51,6 +51,8 @@ def main(argv=None):
     p.add_argument("--arch", default="mlp", choices=["mlp", "conv"])
     p.add_argument("--hidden", default="512,512")
     p.add_argument("--width", type=float, default=0.25, help="conv: channel multiplier")
+    p.add_argument("--input-padding", type=int, default=0,
+                   help="conv: zero padding of the first stage (2: the paper's map sizes, 2x2 last maps)")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--lr", type=float, default=0.01, help="Adam learning rate (latent weights and the rest)")
     p.add_argument("--schedule", default="constant", choices=["constant", "step", "cosine"],
@@ -88,6 +90,8 @@ def main(argv=None):
             options["hidden"] = [int(h) for h in args.hidden.split(",")]
         else:
             options["width"] = args.width
+            if args.input_padding:
+                options["input_padding"] = args.input_padding
         out = os.path.join(args.runs_dir, f"{args.arch}-{idx}")
         t0 = time.perf_counter()
         if args.pretrain_epochs:  # real weights first, then eta = s W / std(W)
@@ -123,7 +127,8 @@ def write_report(args, ds, rows, histories):
     fig = os.path.join("figures", f"binary_{args.arch}_val_accuracy.png")
     plots.plot_accuracy(histories, os.path.join(args.docs, fig), title=f"fully binary {args.arch}: validation",
                         keys={"val_eacc": ("ensemble", "-"), "val_det_acc": ("deterministic", "--")})
-    size = args.hidden if args.arch == "mlp" else f"conv width {args.width}"
+    size = args.hidden if args.arch == "mlp" else f"conv width {args.width}" + (
+        f", first stage padded by {args.input_padding}" if args.input_padding else "")
     lines = [f"# Fully binary networks on Fashion-MNIST ({args.arch}, {size})", "",
              f"Data: {ds.name} ({ds.y_train.shape[0]} training images before the 10 % validation split, "
              f"{ds.y_test.shape[0]} test images). " + WEIGHTS_TEXT[args.weights] + " "
