@@ -74,6 +74,8 @@ def main(argv=None):
     p.add_argument("--only", default=None, help="comma-separated indices of CONFIGS to run")
     p.add_argument("--runs-dir", default="runs/binary")
     p.add_argument("--docs", default="docs")
+    p.add_argument("--backend", default=None, choices=["cpu", "numpy", "cuda"],
+                   help="'cuda': psa/st configurations train device-resident (sbnnumba.device_training)")
     args = p.parse_args(argv)
     machine_info()
     ds = datasets.load_fashion_mnist()
@@ -96,12 +98,12 @@ def main(argv=None):
         t0 = time.perf_counter()
         if args.pretrain_epochs:  # real weights first, then eta = s W / std(W)
             net = train.build_network(args.arch, ds.x_train.shape[1:], ds.n_classes, seed=1, weight="real",
-                                      **options)
+                                      backend=args.backend, **options)
             fit_phase(args, net, ds, method, opts, args.pretrain_epochs, out + "-real")
             net.to_bernoulli(args.weights, scale=args.eta_scale, noise=w_noise, grad=rule)
         else:
             net = train.build_network(args.arch, ds.x_train.shape[1:], ds.n_classes, seed=1, weight=args.weights,
-                                      **options)
+                                      backend=args.backend, **options)
         result = fit_phase(args, net, ds, method, opts, args.epochs, out, data_init=not args.pretrain_epochs)
         minutes = (time.perf_counter() - t0) / 60
         m = train.evaluate(net, x_test, ds.y_test, samples=args.test_samples, rng=0)

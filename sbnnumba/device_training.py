@@ -1,4 +1,4 @@
-r"""Device-resident training of dense SBNs on the GPU (``backend="cuda"``): :class:`CudaTrainer`.
+r"""Device-resident training of dense and conv SBNs on the GPU (``backend="cuda"``): :class:`CudaTrainer`.
 
 The layers, estimators and optimizers of the library are NumPy code; with ``backend="cuda"`` they
 send only the PSA flip propagation to the GPU, uploading the activations per call. A
@@ -35,23 +35,44 @@ the layout of the CPU's ``im2col``): ``a = rows_to_map(cols W^T) + b``, ``dW = g
 backward ``col2im(g_rows W)``, and the PSA flip propagation of
 :func:`sbnnumba.kernels.cuda_backend.flip_propagate_conv`.
 
-Scope: :class:`~sbnnumba.network.Network` of real-weight :class:`~sbnnumba.layers.Linear` and
-:class:`~sbnnumba.conv.Conv2d` stages (any noise family) with a softmax head (K >= 2); methods
-``"psa"`` and ``"st"``; optimizers :class:`~sbnnumba.optim.SGD` and :class:`~sbnnumba.optim.Adam`
-(schedules, weight decay and element-wise clipping; global-norm clipping is not). Other networks
-(Bernoulli weights, normalization) raise ``NotImplementedError`` naming what is missing: train them
-with the per-call ``backend="cuda"`` routing or on the CPU.
+Binary networks (spec st.md): stages with **Bernoulli weights** draw ``w = +1 if u < F'(eta) else -1``
+once per step on the device (shared by the batch); the stage then runs with ``w`` as above, and
+``dL/dw`` is mapped to the eta gradient by the layer's rule (``2 g_w``, mirror descent, or
+``2 p(eta) g_w``), with the mirror-descent projection (eta clipped, uniform weight noise) after
+the update. **Batch-normalized** stages (:class:`~sbnnumba.normalization.Normalized`) use the batch
+statistics per channel (deterministic block reductions), update the running statistics, and
+backpropagate through them; PSA's flip propagation uses the weights scaled by ``gamma / sigma``
+(statistics held constant, as on the host).
+
+Scope: :class:`~sbnnumba.network.Network` of :class:`~sbnnumba.layers.Linear` and
+:class:`~sbnnumba.conv.Conv2d` stages (any noise family; real or Bernoulli weights; optionally
+normalized) with a real softmax head (K >= 2); methods ``"psa"`` and ``"st"``; optimizers
+:class:`~sbnnumba.optim.SGD` and :class:`~sbnnumba.optim.Adam` (schedules, weight decay and
+element-wise clipping; global-norm clipping is not). Anything else raises ``NotImplementedError``
+naming what is missing: train it with the per-call ``backend="cuda"`` routing or on the CPU.
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 
 from .conv import Conv2d
 from .kernels import cuda_backend as cb
 from .layers import Linear
+from .normalization import Normalized
 from .optim import SGD, Adam
 
 METHODS = ("psa", "st")
+
+
+class _StageRecord(NamedTuple):
+    """One stage of a sampled path on the device."""
+    x_in: object   # the stage's input (dense: (B, N_in); conv: (B, C, H, W))
+    a: object      # pre-activation (after the normalization, if any)
+    state: object  # sampled +-1 states, the shape of ``a``
+    cols: object   # conv: the patch matrix (B P, C kh kw); dense: None
+    norm: object   # normalized stage: (z_hat, out_scale); else None
 
 
 def _cuda():
@@ -90,6 +111,11 @@ def _threads_1d():
     return 32 if cb.in_simulator() else k.THREADS_1D
 
 
+def _reduce_threads():
+    from .kernels import cuda_train as kt
+    return 32 if cb.in_simulator() else kt.REDUCE_THREADS
+
+
 def _gemm_tile():
     from .kernels import cuda_train as kt
     return 4 if cb.in_simulator() else kt.GEMM_FLOAT_TILE
@@ -101,9 +127,10 @@ class CudaTrainer:
     Parameters
     ----------
     net : Network
-        Real-weight :class:`~sbnnumba.layers.Linear` / :class:`~sbnnumba.conv.Conv2d` stages, softmax head;
-        float32 or float64.
-        Its parameters are uploaded now; call :meth:`sync` to see the trained values on the host.
+        :class:`~sbnnumba.layers.Linear` / :class:`~sbnnumba.conv.Conv2d` stages (real or Bernoulli weights,
+        optionally wrapped in :class:`~sbnnumba.normalization.Normalized`), real softmax head; float32 or
+        float64. Its parameters and running statistics are uploaded now; call :meth:`sync` to see the
+        trained values on the host.
     method : {"psa", "st"}
     optimizer : SGD or Adam
         Its hyperparameters, schedule and step counter are used; its state (if any) is uploaded.
@@ -155,8 +182,22 @@ class CudaTrainer:
         self._momentum_started = isinstance(optimizer, SGD) and bool(optimizer.state)
         self.input_shape = self._input_shape(net, input_shape)
         self.stage_shapes = net.stage_shapes(self.input_shape)
+        # Bernoulli weights: a buffer for the sample w = sign(eta - Z') (drawn once per step) and one for
+        # dL/dw, which the layer's rule maps to the eta gradient. Normalizations: running statistics.
+        self._sampled, self._weight_grad, self._running = {}, {}, {}
+        for k, stage in enumerate(net.stages):
+            layer = getattr(stage, "layer", stage)
+            if layer.latent is not None:
+                self._sampled[k] = cuda.device_array(layer.eta.shape, dtype=self.dtype)
+                self._weight_grad[k] = cuda.device_array(layer.eta.shape, dtype=self.dtype)
+            if isinstance(stage, Normalized):
+                self._running[k] = tuple(cuda.to_device(np.ascontiguousarray(r, dtype=self.dtype))
+                                         for r in stage.running["stochastic"])
         units = max(int(np.prod(shape)) for shape in self.stage_shapes)
-        self._rng = _generators(self.max_batch * units, int(seed))
+        n_weights = max([int(np.prod(w.shape)) for w in self._sampled.values()], default=0)
+        # One generator per unit or weight; a step draws the weights, then the states, from the same
+        # generators (sequential launches: no generator is used by two threads at once).
+        self._n_generators, self._seed, self._states = max(self.max_batch * units, n_weights), int(seed), None
         self._loss = cuda.to_device(np.zeros(1, dtype=np.float64))
 
     # -- scope -------------------------------------------------------------------------------------
@@ -174,14 +215,13 @@ class CudaTrainer:
 
     @staticmethod
     def _check_network(net):
-        for k, layer in enumerate(net.stages):
+        for k, stage in enumerate(net.stages):
+            layer = stage.layer if type(stage) is Normalized else stage
             if type(layer) not in (Linear, Conv2d):
-                raise NotImplementedError(f"stages.{k}: the device-resident step handles real-weight Linear and "
-                                          f"Conv2d stages only, got {type(layer).__name__} (normalized stages run "
-                                          "with the per-call backend='cuda' routing or on the CPU)")
-            if layer.latent is not None:
-                raise NotImplementedError(f"stages.{k}: Bernoulli weights are not implemented in the device-resident "
-                                          "step")
+                raise NotImplementedError(f"stages.{k}: the device-resident step handles Linear and Conv2d stages "
+                                          f"(optionally Normalized) only, got {type(stage).__name__} wrapping "
+                                          f"{type(layer).__name__}; train it with the per-call backend='cuda' "
+                                          "routing or on the CPU")
         if net.head.latent is not None or net.head.weight.shape[0] < 2:
             raise NotImplementedError("head: the device-resident step needs a real softmax head with K >= 2 classes")
         if np.dtype(net.dtype) not in (np.dtype(np.float32), np.dtype(np.float64)):
@@ -210,16 +250,68 @@ class CudaTrainer:
         return cuda.to_device(x), cuda.to_device(y.astype(np.int32))
 
     # -- the step ----------------------------------------------------------------------------------
-    def _forward(self, x, uniforms):
-        """Sampled path on the device: per stage ``(input, pre-activation, state, cols)`` in the layer's own
-        shapes (``cols``: the conv patch matrix, None for dense stages), and the logits."""
+    @property
+    def _rng(self):
+        """The device generators, made on first use (steps with given uniforms need none)."""
+        if self._states is None:
+            self._states = _generators(self._n_generators, self._seed)
+        return self._states
+
+    def _weight(self, k):
+        """Device weights of stage ``k`` as used by this step: the real weights or the current sample."""
+        return self._sampled[k] if k in self._sampled else self.params[f"stages.{k}.weight"]
+
+    def _sample_weights(self, weight_uniforms):
+        """``w = +1 if u < F(eta) else -1`` for every Bernoulli-weight stage, once per step (shared by the
+        batch); ``weight_uniforms``: dict prefix -> uniforms of the shape of eta, else device draws."""
+        from .kernels import cuda_train as kt
+        for k, w in self._sampled.items():
+            layer = getattr(self.net.stages[k], "layer", self.net.stages[k])
+            code, eta = int(layer.latent.noise.code), _flat2(self.params[f"stages.{k}.eta"])
+            if weight_uniforms is None:
+                _launch(kt.sample_rng, w.size, code, eta, self._rng, _flat2(w))
+            else:
+                u = cb.to_device(np.asarray(weight_uniforms[f"stages.{k}"], dtype=self.dtype).reshape(eta.shape),
+                                 self.dtype)
+                _launch(kt.sample_uniform, w.size, code, eta, u, _flat2(w))
+
+    @staticmethod
+    def _channels(t):
+        """(B, C, P) view sizes of a dense (B, N) or conv (B, C, H, W) tensor."""
+        return t.shape[0], t.shape[1], int(np.prod(t.shape[2:]))
+
+    def _normalize(self, k, z):
+        """Batch normalization of stage ``k`` in training mode (host: :class:`~sbnnumba.normalization.Normalized`):
+        batch statistics per channel, running statistics updated; returns ``a`` and ``(z_hat, gamma inv_std)``."""
+        from .kernels import cuda_train as kt
+        cuda = _cuda()
+        dt, stage = self.dtype, self.net.stages[k]
+        n_batch, n_ch, n_pos = self._channels(z)
+        threads = _reduce_threads()
+        s1, s2 = (cuda.device_array(n_ch, dtype=np.float64) for _ in range(2))
+        flat = cb._flat(z)
+        kt.channel_sums_kernel(threads)[n_ch, threads](flat, flat, n_batch, n_ch, n_pos, s1, s2)
+        mean, inv_std, scale = (cuda.device_array(n_ch, dtype=dt) for _ in range(3))
+        gamma, beta = self.params[f"stages.{k}.gamma"], self.params[f"stages.{k}.beta"]
+        r_mean, r_var = self._running[k]
+        _launch(kt.bn_statistics, n_ch, s1, s2, 1.0 / (n_batch * n_pos), float(stage.eps), float(stage.momentum),
+                gamma, r_mean, r_var, mean, inv_std, scale)
+        z_hat, a = cuda.device_array(z.shape, dtype=dt), cuda.device_array(z.shape, dtype=dt)
+        _launch(kt.bn_apply, flat.size, flat, mean, inv_std, gamma, beta, n_ch, n_pos, cb._flat(z_hat), cb._flat(a))
+        return a, (z_hat, scale)
+
+    def _forward(self, x, uniforms, weight_uniforms=None):
+        """Sampled path on the device: a :class:`_StageRecord` per stage, in the layer's own shapes, and the
+        logits. Bernoulli weights are sampled first (once for the batch)."""
         from .kernels import cuda_train as kt
         cuda = _cuda()
         dt = self.dtype
         n_batch = x.shape[0]
+        self._sample_weights(weight_uniforms)
         h, shape, stages = x, self.input_shape, []
-        for k, layer in enumerate(self.net.stages):
-            w, bias = self.params[f"stages.{k}.weight"], self.params[f"stages.{k}.bias"]
+        for k, stage in enumerate(self.net.stages):
+            layer = getattr(stage, "layer", stage)
+            w, bias = self._weight(k), self.params[f"stages.{k}.bias"]
             out_shape = self.stage_shapes[k]
             if isinstance(layer, Conv2d):
                 x_in = h.reshape((n_batch,) + tuple(shape))
@@ -236,13 +328,16 @@ class CudaTrainer:
                 a = cuda.device_array((n_batch, w.shape[0]), dtype=dt)
                 self._gemm(x_in, w, a, trans_b=True)
                 _launch(kt.add_bias, a.size, a, bias)
+            norm = None
+            if k in self._running:
+                a, norm = self._normalize(k, a)
             s = cuda.device_array(a.shape, dtype=dt)
             if uniforms is None:
                 _launch(kt.sample_rng, a.size, self.code, _flat2(a), self._rng, _flat2(s))
             else:
                 u = cb.to_device(np.asarray(uniforms[k], dtype=dt).reshape(n_batch, -1), dt)
                 _launch(kt.sample_uniform, a.size, self.code, _flat2(a), u, _flat2(s))
-            stages.append((x_in, a, s, cols))
+            stages.append(_StageRecord(x_in, a, s, cols, norm))
             h, shape = s, out_shape
         v, c = self.params["head.weight"], self.params["head.bias"]
         logits = cuda.device_array((n_batch, v.shape[0]), dtype=dt)
@@ -258,21 +353,59 @@ class CudaTrainer:
         kern[grid, (t, t)](a, b, self.dtype.type(alpha), self.dtype.type(beta), c)
 
     def _layer_grads(self, k, stage, g_a, weight):
-        """Weight and bias gradients of stage ``k`` (or the head, ``k = None``) from its ``g_a``, times
-        ``weight``; returns ``g_a`` as GEMM rows (conv: (B P, C_out); dense: ``g_a`` itself)."""
+        """Weight and bias gradients of stage ``k`` (or the head, ``k = None``) from the gradient ``g_a`` of its
+        affine output, times ``weight``; returns ``g_a`` as GEMM rows (conv: (B P, C_out); dense: ``g_a``).
+        Bernoulli weights: ``dL/dw`` goes to a buffer and the layer's rule gives the eta gradient."""
         from .kernels import cuda_train as kt
         prefix = "head" if k is None else f"stages.{k}"
-        gw, gb = self.grads[f"{prefix}.weight"], self.grads[f"{prefix}.bias"]
-        x_in, _, _, cols = stage
-        if cols is not None:  # conv: dW = g_rows^T cols, db = column sums of g_rows
-            g_rows = _cuda().device_array((cols.shape[0], g_a.shape[1]), dtype=self.dtype)
+        latent = k is not None and k in self._sampled
+        gw = self._weight_grad[k] if latent else self.grads[f"{prefix}.weight"]
+        gb = self.grads[f"{prefix}.bias"]
+        if stage.cols is not None:  # conv: dW = g_rows^T cols, db = column sums of g_rows
+            g_rows = _cuda().device_array((stage.cols.shape[0], g_a.shape[1]), dtype=self.dtype)
             _launch(kt.map_to_rows, g_a.size, g_a, g_rows)
-            self._gemm(g_rows, cols, _flat2(gw), trans_a=True, alpha=weight)
+            self._gemm(g_rows, stage.cols, _flat2(gw), trans_a=True, alpha=weight)
             _launch(kt.column_sum, g_rows.shape[1], g_rows, self.dtype.type(weight), gb)
-            return g_rows
-        self._gemm(g_a, x_in, gw, trans_a=True, alpha=weight)
-        _launch(kt.column_sum, g_a.shape[1], g_a, self.dtype.type(weight), gb)
-        return g_a
+        else:
+            g_rows = g_a
+            self._gemm(g_a, stage.x_in, gw, trans_a=True, alpha=weight)
+            _launch(kt.column_sum, g_a.shape[1], g_a, self.dtype.type(weight), gb)
+        if latent:
+            latent_w = getattr(self.net.stages[k], "layer", self.net.stages[k]).latent
+            _launch(kt.latent_grad, gw.size, int(latent_w.noise.code), latent_w.grad == "md",
+                    cb._flat(self.params[f"{prefix}.eta"]), cb._flat(gw), cb._flat(self.grads[f"{prefix}.eta"]))
+        return g_rows
+
+    def _normalize_backward(self, k, stage, g_a, weight):
+        """Through stage ``k``'s normalization: gamma and beta gradients (times ``weight``) and the gradient of
+        the affine output, ``g_z = gamma inv_std (g_a - mean(g_a) - z_hat mean(g_a z_hat))``; stages without
+        normalization return ``g_a``."""
+        if stage.norm is None:
+            return g_a
+        from .kernels import cuda_train as kt
+        cuda = _cuda()
+        z_hat, scale = stage.norm
+        n_batch, n_ch, n_pos = self._channels(g_a)
+        threads = _reduce_threads()
+        s1, s2 = (cuda.device_array(n_ch, dtype=np.float64) for _ in range(2))
+        kt.channel_sums_kernel(threads)[n_ch, threads](cb._flat(g_a), cb._flat(z_hat), n_batch, n_ch, n_pos, s1, s2)
+        _launch(kt.scale_copy, n_ch, s2, float(weight), self.grads[f"stages.{k}.gamma"])
+        _launch(kt.scale_copy, n_ch, s1, float(weight), self.grads[f"stages.{k}.beta"])
+        g_z = cuda.device_array(g_a.shape, dtype=self.dtype)
+        _launch(kt.bn_backward, g_a.size, cb._flat(g_a), cb._flat(z_hat), s1, s2, scale, 1.0 / (n_batch * n_pos),
+                n_ch, n_pos, cb._flat(g_z))
+        return g_z
+
+    def _flip_weight(self, k, stage):
+        """Weights of stage ``k``'s PSA flip propagation: the (sampled) weights, scaled per output by
+        ``gamma inv_std`` behind a normalization (batch statistics held constant, as on the host)."""
+        w = self._weight(k)
+        if stage.norm is None:
+            return w
+        from .kernels import cuda_train as kt
+        scaled = _cuda().device_array(w.shape, dtype=self.dtype)
+        _launch(kt.scale_rows, w.size, _flat2(w), stage.norm[1], _flat2(scaled))
+        return scaled
 
     def _backward(self, stages, logits, y):
         """Gradients into ``self.grads`` (batch means); returns the per-example loss values (device)."""
@@ -281,10 +414,10 @@ class CudaTrainer:
         dt = self.dtype
         n_batch = logits.shape[0]
         weight = 1.0 / n_batch
-        x_last, a_last = _flat2(stages[-1][2]), _flat2(stages[-1][1])
+        x_last, a_last = _flat2(stages[-1].state), _flat2(stages[-1].a)
         n_last, n_k = x_last.shape[1], logits.shape[1]
         v = self.params["head.weight"]
-        head = (x_last, None, None, None)
+        head = _StageRecord(x_last, None, None, None, None)
         loss0 = cuda.device_array(n_batch, dtype=dt)
         g_eta = cuda.device_array(logits.shape, dtype=dt)
         _launch(kt.xent_rows, n_batch, logits, y, loss0, g_eta)
@@ -301,46 +434,48 @@ class CudaTrainer:
             self._layer_grads(None, head, g_mix, 1.0)
             _launch(kt.rb_head_correction, v.size, g_flip, w_rb, x_last, dt.type(weight), self.grads["head.weight"])
             for k in range(len(stages) - 1, -1, -1):
-                x_in, a, s, _ = stages[k]
-                g_a = cuda.device_array(a.shape, dtype=dt)
-                _launch(kt.psa_grad, a.size, self.code, _flat2(s), _flat2(a), _flat2(d), _flat2(g_a))
-                self._layer_grads(k, stages[k], g_a, weight)
+                st = stages[k]
+                g_a = cuda.device_array(st.a.shape, dtype=dt)
+                _launch(kt.psa_grad, g_a.size, self.code, _flat2(st.state), _flat2(st.a), _flat2(d), _flat2(g_a))
+                self._layer_grads(k, st, self._normalize_backward(k, st, g_a, weight), weight)
                 if k > 0:
-                    layer, w = self.net.stages[k], self.params[f"stages.{k}.weight"]
+                    layer, w = getattr(self.net.stages[k], "layer", self.net.stages[k]), self._flip_weight(k, st)
                     if isinstance(layer, Conv2d):
-                        d = cb.flip_propagate_conv(x_in, a, s, w, d.reshape(a.shape), layer.stride, layer.padding,
-                                                   self.code)
+                        d = cb.flip_propagate_conv(st.x_in, st.a, st.state, w, d.reshape(st.a.shape), layer.stride,
+                                                   layer.padding, self.code)
                     else:
-                        d = cb.flip_propagate_dense(x_in, a, s, w, _flat2(d), self.code)
+                        d = cb.flip_propagate_dense(st.x_in, st.a, st.state, w, _flat2(d), self.code)
             return value
         self._layer_grads(None, head, g_eta, weight)
         delta = cuda.device_array((n_batch, n_last), dtype=dt)
         self._gemm(g_eta, v, delta, alpha=weight)
         for k in range(len(stages) - 1, -1, -1):
-            x_in, a, _, cols = stages[k]
-            g_a = cuda.device_array(a.shape, dtype=dt)
-            _launch(kt.st_grad, a.size, self.code, _flat2(a), _flat2(delta), _flat2(g_a))
-            g_rows = self._layer_grads(k, stages[k], g_a, 1.0)
+            st = stages[k]
+            g_a = cuda.device_array(st.a.shape, dtype=dt)
+            _launch(kt.st_grad, g_a.size, self.code, _flat2(st.a), _flat2(delta), _flat2(g_a))
+            g_z = self._normalize_backward(k, st, g_a, 1.0)
+            g_rows = self._layer_grads(k, st, g_z, 1.0)
             if k > 0:
-                w = self.params[f"stages.{k}.weight"]
-                if cols is not None:  # conv: delta_in = col2im(g_rows W)
-                    layer = self.net.stages[k]
+                w = self._weight(k)
+                delta = cuda.device_array(st.x_in.shape, dtype=dt)
+                if st.cols is not None:  # conv: delta_in = col2im(g_rows W)
+                    layer = getattr(self.net.stages[k], "layer", self.net.stages[k])
                     (kh, kw), (sh, sw), (ph, pw) = layer.kernel_size, layer.stride, layer.padding
-                    d_cols = cuda.device_array(cols.shape, dtype=dt)
+                    d_cols = cuda.device_array(st.cols.shape, dtype=dt)
                     self._gemm(g_rows, _flat2(w), d_cols)
-                    delta = cuda.device_array(x_in.shape, dtype=dt)
                     _launch(kt.col2im_gather, delta.size, d_cols, kh, kw, sh, sw, ph, pw, delta)
                 else:
-                    delta = cuda.device_array(x_in.shape, dtype=dt)
-                    self._gemm(g_a, w, delta)
+                    self._gemm(g_z, w, delta)
         return loss0
 
-    def gradients(self, x, y, uniforms=None):
+    def gradients(self, x, y, uniforms=None, weight_uniforms=None):
         """Loss estimate (float) and gradients (dict of NumPy arrays, the keys of ``net.params``) of one batch,
-        without an update; ``uniforms``: one (B, N_k) array per stage (common random numbers with
-        ``net.sample(x, uniforms=...)`` on the host), else drawn on the device. For checks and tests."""
+        without an update; ``uniforms``: one (B, N_k) array per stage, ``weight_uniforms``: dict prefix ->
+        uniforms of each Bernoulli-weight stage (common random numbers with
+        ``net.sample(x, uniforms=..., weight_uniforms=...)`` on the host), else drawn on the device. For
+        checks and tests. Normalizations update their running statistics, as a host training step does."""
         x, y = self._batch(x, y)
-        stages, logits = self._forward(x, uniforms)
+        stages, logits = self._forward(x, uniforms, weight_uniforms)
         value = self._backward(stages, logits, y)
         loss = float(value.copy_to_host().astype(np.float64).mean())
         return loss, {k: g.copy_to_host() for k, g in self.grads.items()}
@@ -355,7 +490,7 @@ class CudaTrainer:
             raise ValueError(f"x: batch of {x.shape[0]} examples exceeds max_batch={self.max_batch}")
         return x, y
 
-    def step(self, x, y, uniforms=None):
+    def step(self, x, y, uniforms=None, weight_uniforms=None):
         """One training step (forward, backward, optimizer update) on a batch; nothing is downloaded.
 
         ``x`` (B, ...) (flattened to (B, D) like :meth:`upload`), ``y`` (B,): device arrays (no transfer)
@@ -364,14 +499,13 @@ class CudaTrainer:
         """
         from .kernels import cuda_train as kt
         x, y = self._batch(x, y)
-        stages, logits = self._forward(x, uniforms)
+        stages, logits = self._forward(x, uniforms, weight_uniforms)
         value = self._backward(stages, logits, y)
         _launch(kt.accumulate_loss, 1, value, 1.0, self._loss)
         self._update()
 
     def _update(self):
         from .kernels import cuda_train as kt
-        cuda = _cuda()
         opt, dt = self.optimizer, self.dtype.type
         lr = opt.lr
         t = opt.step_count + 1
@@ -391,6 +525,11 @@ class CudaTrainer:
                 buf = st.get("momentum_buffer", flat_g)  # unused without momentum
                 _launch(kt.sgd_update, flat_p.size, flat_p, flat_g, cb._flat(buf), dt(lr), dt(opt.momentum),
                         bool(opt.nesterov), not self._momentum_started, dt(opt.weight_decay), clip)
+        for k in self._sampled:  # the mirror-descent projection of latent weights (e.g. [-1, 1], uniform noise)
+            clip = getattr(self.net.stages[k], "layer", self.net.stages[k]).latent.clip
+            if clip is not None:
+                eta = cb._flat(self.params[f"stages.{k}.eta"])
+                _launch(kt.clip_values, eta.size, eta, dt(clip))
         opt.step_count = t
         self._momentum_started = True
         if opt._keys is None:
@@ -400,7 +539,7 @@ class CudaTrainer:
 
     def reseed(self, seed):
         """Re-initialize the device generators from ``seed`` (e.g. per epoch, from a checkpointed host rng)."""
-        self._rng = _generators(self._rng.shape[0], int(seed))
+        self._seed, self._states = int(seed), None
 
     def train_epoch(self, x, y, batch_size, rng=None, callback=None):
         """One pass over a device dataset (:meth:`upload`) in shuffled mini-batches; returns the mean loss.
@@ -438,9 +577,12 @@ class CudaTrainer:
         return total
 
     def sync(self):
-        """Copy the device parameters into ``net.params`` (in place) and the optimizer state to the host."""
+        """Copy the device parameters into ``net.params`` (in place), the running statistics of the
+        normalizations and the optimizer state to the host."""
         for name, p in self.net.params.items():
             p[...] = self.params[name].copy_to_host()
+        for k, (r_mean, r_var) in self._running.items():
+            self.net.stages[k].running["stochastic"] = (r_mean.copy_to_host(), r_var.copy_to_host())
         self.optimizer.state = {name: {b: v.copy_to_host() for b, v in bufs.items()}
                                 for name, bufs in self.state.items() if bufs}
         return self.net

@@ -184,8 +184,9 @@ def _dumps(obj):
 
 def _device_trainer(net, estimator, estimator_options, augment, opt, batch_size, input_shape):
     """A :class:`~sbnnumba.device_training.CudaTrainer` when ``net.backend == "cuda"`` and the whole step can
-    stay on the device (real-weight dense and conv stages, "psa" or "st" without options, no
-    augmentation, SGD/Adam without global-norm clipping); else None and the per-call routing is used."""
+    stay on the device (dense and conv stages with real or Bernoulli weights, optionally batch-normalized;
+    "psa" or "st" without options, no augmentation, SGD/Adam without global-norm clipping); else None and
+    the per-call routing is used."""
     if net.backend != "cuda" or estimator not in ("psa", "st") or estimator_options or augment:
         return None
     from .device_training import CudaTrainer

@@ -440,10 +440,10 @@ def _device_problem(noise="logistic", seed=0, sizes=(6, 5, 7, 4), n_classes=3, b
     return net, x, y, uniforms
 
 
-def _host_path_gradient(net, x, y, uniforms, method):
+def _host_path_gradient(net, x, y, uniforms, method, weight_uniforms=None):
     from sbnnumba.estimators.psa import psa_path_gradient
     from sbnnumba.estimators.st import st_path_gradient
-    path = net.sample(x, uniforms=uniforms)
+    path = net.sample(x, uniforms=uniforms, weight_uniforms=weight_uniforms)
     weights = np.full(x.shape[0], 1 / x.shape[0], np.float32)
     fn = psa_path_gradient if method == "psa" else st_path_gradient
     return fn(net, path, y, weights)
@@ -593,6 +593,22 @@ def check_device_fit():
         train.fit(net_b, (x, y), epochs=2, out=tmp, resume=True, **options)
     for key, p in net_full.params.items():
         close(net_b.params[key], p, f"resumed device fit {key}", rtol=1e-6, atol=1e-7)
+    # Bernoulli weights and batch normalization are device-resident too: the running statistics and eta
+    # come back to the host after the epoch
+    net_bin = train.build_network("mlp", (4,), 2, seed=1, backend="cuda", hidden=(5, 5), weight="hidden",
+                                  normalize=True)
+    eta0 = net_bin.params["stages.1.eta"].copy()
+    calls.clear()
+    CudaTrainer.train_epoch = counting
+    try:
+        res = train.fit(net_bin, (x, y), epochs=1, **{**options, "data_init": False})
+    finally:
+        CudaTrainer.train_epoch = original
+    mean, var = net_bin.stages[1].running["stochastic"]
+    if len(calls) != 1 or not np.isfinite(res.history[-1]["val_loss"]):
+        raise AssertionError(f"binary device fit: {len(calls)} device epochs, history {res.history}")
+    if np.array_equal(net_bin.params["stages.1.eta"], eta0) or np.all(mean == 0) or np.all(var == 1):
+        raise AssertionError("binary device fit: eta or the running statistics were not written back")
 
 
 def check_device_step_conv():
@@ -635,15 +651,104 @@ def check_device_step_conv():
         close(net_dev.params[key], p, f"conv Adam step {key}", rtol=1e-4, atol=1e-5)
 
 
+def _binary_nets():
+    """Small networks with Bernoulli weights and batch normalization: dense (hidden binary stages) and conv
+    (all stages binary; padding, stride 2), with the weight rules and noises of spec st.md."""
+    import sbnnumba as sb
+
+    def dense(noise="logistic", weight_noise="logistic", rule="md"):
+        return sb.Network.dense([6, 5, 7, 4], 3, noise=noise, rng=2, weight="hidden", weight_noise=weight_noise,
+                                weight_grad=rule, normalize=True)
+
+    def conv(noise="logistic", weight_noise="logistic", rule="md"):
+        rng = np.random.default_rng(1)
+        kw = dict(rng=rng, weight="bernoulli", weight_noise=weight_noise, weight_grad=rule)
+        stages = [sb.Normalized(sb.Conv2d(2, 4, 3, padding=1, in_shape=(2, 5, 4), **kw)),
+                  sb.Normalized(sb.Conv2d(4, 3, 3, stride=2, **kw))]
+        return sb.Network(stages, sb.Linear(3 * 2 * 1, 3, rng=rng), noise=noise)
+
+    return {"dense": (dense, (6,)), "conv": (conv, (2, 5, 4))}
+
+
+def check_device_step_binary():
+    """CudaTrainer with Bernoulli weights and batch normalization: from the same activation and weight
+    uniforms, the PSA / ST loss and the gradients of eta (mirror descent and latent rules), bias, gamma
+    and beta equal the host's (dense and conv; logistic ratio form and normal generic form); the running
+    statistics follow the host's; SGD steps with the projection of uniform-noise latent weights onto
+    [-1, 1] equal the host's."""
+    import sbnnumba as sb
+    from sbnnumba.device_training import CudaTrainer
+    rng = np.random.default_rng(21)
+    nets = _binary_nets()
+    # (the simulator runs every thread of the conv GEMMs and reductions as a Python thread: few conv cases)
+    cases = [("dense", noise, weight_noise, rule, method)
+             for noise, weight_noise, rule in (("logistic", "logistic", "md"), ("normal", "triangular", "latent"))
+             for method in ("psa", "st")]
+    cases += [("conv", "logistic", "logistic", "md", "psa"), ("conv", "normal", "triangular", "latent", "st")]
+    for name, noise, weight_noise, rule, method in cases:
+        make, shape = nets[name]
+        x = rng.normal(size=(4,) + shape).astype(np.float32)
+        y = rng.integers(0, 3, size=4)
+        net_host, net_dev = make(noise, weight_noise, rule), make(noise, weight_noise, rule)
+        uniforms = [rng.random((4,) + s).astype(np.float32) for s in net_host.stage_shapes(shape)]
+        wu = {p: rng.random(layer.eta.shape).astype(np.float32) for p, layer in net_host.latent_layers()}
+        trainer = CudaTrainer(net_dev, method, sb.optim.Adam(lr=1e-2), max_batch=4, input_shape=shape)
+        loss, grads = trainer.gradients(x, y, uniforms=uniforms, weight_uniforms=wu)
+        loss_host, grads_host = _host_path_gradient(net_host, x, y, uniforms, method, wu)
+        tag = f"binary {name} {noise}/{weight_noise} {rule} {method}"
+        close(loss, loss_host, f"{tag} loss", rtol=1e-5, atol=1e-6)
+        if set(grads) != set(grads_host) or not any(k.endswith(".eta") for k in grads):
+            raise AssertionError(f"{tag}: keys {sorted(grads)} vs {sorted(grads_host)}")
+        for key in grads_host:
+            scale = np.abs(grads_host[key]).max() + 1e-3
+            if key.endswith(".bias") and key.replace(".bias", ".beta") in grads_host:
+                # a bias in front of a normalization: its gradient is 0 up to rounding on both sides
+                scale = np.abs(grads_host[key.replace(".bias", ".beta")]).max() + 1e-3
+                if max(np.abs(grads[key]).max(), np.abs(grads_host[key]).max()) > 1e-5 * scale:
+                    raise AssertionError(f"{tag} {key}: expected 0 up to rounding, got {grads[key]}")
+                continue
+            close(grads[key] / scale, grads_host[key] / scale, f"{tag} {key}", rtol=1e-4, atol=1e-5)
+        trainer.sync()
+        for k, norm in enumerate(net_host.normalizations()):
+            for got, want, what in zip(net_dev.normalizations()[k].running["stochastic"],
+                                       norm.running["stochastic"], ("mean", "var")):
+                close(got, want, f"{tag} running {what} {k}", rtol=1e-5, atol=1e-6)
+    # Updates with uniform weight noise: eta is clipped to [-1, 1] after every step. SGD, not Adam: the bias
+    # in front of a normalization has a gradient that is 0 up to rounding, which Adam would blow up into
+    # steps of +-lr of arbitrary sign (the Adam kernel itself is checked in device_step_updates).
+    for name, (make, shape) in nets.items():
+        net_host, net_dev = make("logistic", "uniform"), make("logistic", "uniform")
+        x = rng.normal(size=(4,) + shape).astype(np.float32)
+        y = rng.integers(0, 3, size=4)
+        opt_host, opt_dev = (sb.optim.SGD(lr=2.0, momentum=0.9) for _ in range(2))
+        trainer = CudaTrainer(net_dev, "psa", opt_dev, max_batch=4, input_shape=shape)
+        for _ in range(2):
+            uniforms = [rng.random((4,) + s).astype(np.float32) for s in net_host.stage_shapes(shape)]
+            wu = {p: rng.random(layer.eta.shape).astype(np.float32) for p, layer in net_host.latent_layers()}
+            _, grads = _host_path_gradient(net_host, x, y, uniforms, "psa", wu)
+            opt_host.update(net_host.params, grads)
+            net_host.apply_constraints()
+            trainer.step(x, y, uniforms=uniforms, weight_uniforms=wu)
+        trainer.sync()
+        for key, p in net_host.params.items():
+            close(net_dev.params[key], p, f"binary {name} uniform SGD {key}", rtol=1e-4, atol=1e-5)
+        etas = [layer.eta for _, layer in net_dev.latent_layers()]
+        if max(np.abs(e).max() for e in etas) > 1 or not any(np.abs(e).max() == 1 for e in etas):
+            raise AssertionError(f"binary {name}: uniform-noise eta not projected onto [-1, 1]")
+
+
 def check_device_step_scope():
     """Networks and settings outside the device step's scope are refused with a clear error."""
     import sbnnumba as sb
+
+    class _Unsupported(sb.Linear):  # a stage type the device step does not know
+        pass
+
     from sbnnumba.device_training import CudaTrainer
     cases = [
-        (lambda: CudaTrainer(sb.Network.dense([4, 3], 2, rng=0, weight="bernoulli"), "psa"), NotImplementedError,
-         "Bernoulli"),
-        (lambda: CudaTrainer(sb.Network.dense([4, 3], 2, rng=0, normalize=True), "psa"), NotImplementedError,
-         "Normalized"),
+        (lambda: CudaTrainer(sb.Network([_Unsupported(4, 3, rng=0)], sb.Linear(3, 2, rng=0)), "psa"),
+         NotImplementedError,
+         "_Unsupported"),
         (lambda: CudaTrainer(sb.Network([sb.Conv2d(1, 2, 3, rng=0)], sb.Linear(2 * 2 * 2, 2, rng=0)), "psa"),
          ValueError, "input_shape"),
         (lambda: CudaTrainer(sb.Network.dense([4, 3], 2, rng=0), "arm"), ValueError, "method"),
@@ -664,8 +769,8 @@ def check_device_step_scope():
     from sbnnumba import train
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        chosen = train._device_trainer(sb.Network.dense([4, 3], 2, rng=0, normalize=True, backend="cuda"), "psa",
-                                       None, False, sb.optim.Adam(), 8, (4,))
+        chosen = train._device_trainer(sb.Network.dense([4, 3], 2, rng=0, backend="cuda"), "psa", None, False,
+                                       sb.optim.Adam(clip_norm=1.0), 8, (4,))
     if chosen is not None or not any("not device-resident" in str(w.message) for w in caught):
         raise AssertionError(f"expected no device trainer and a warning, got {chosen!r}, {[str(w.message) for w in caught]}")
     if train._device_trainer(sb.Network.dense([4, 3], 2, rng=0, backend="cuda"), "concrete", None, False,
@@ -693,6 +798,7 @@ SIM_CHECKS = {
     "device_step_scope": check_device_step_scope,
     "device_fit": check_device_fit,
     "device_step_conv": check_device_step_conv,
+    "device_step_binary": check_device_step_binary,
 }
 
 
@@ -758,6 +864,15 @@ def ptx_checks():
             (kt.accumulate_loss, sig(f1, 1.0, (1, np.float64))),
             (kt.im2col_rows, sig(f4, 3, 3, 1, 1, 1, 1, f2)), (kt.col2im_gather, sig(f2, 3, 3, 1, 1, 1, 1, f4)),
             (kt.rows_to_map, sig(f2, f1, True, f4)), (kt.map_to_rows, sig(f4, f2))]
+        d1 = (1, np.float64)
+        checks[f"ptx_train_binary_{name}"] = [
+            (kt.channel_sums_kernel(kt.REDUCE_THREADS), sig(f1, f1, 1, 1, 1, d1, d1)),
+            (kt.bn_statistics, sig(d1, d1, 1.0, 1.0, 1.0, f1, f1, f1, f1, f1, f1)),
+            (kt.bn_apply, sig(f1, f1, f1, f1, f1, 1, 1, f1, f1)),
+            (kt.bn_backward, sig(f1, f1, d1, d1, f1, 1.0, 1, 1, f1)),
+            (kt.scale_copy, sig(d1, 1.0, f1)), (kt.scale_rows, sig(f2, f1, f2)),
+            (kt.latent_grad, sig(0, True, f1, f1, f1)),
+            (kt.clip_values, sig(f1, one))]
     checks["ptx_zero_counter"] = (k.zero_counter, sig((1, np.int32)))
     u2, u4, i2, i4 = (2, np.uint64), (4, np.uint64), (2, np.int32), (4, np.int32)
     checks["ptx_xnor_gemm"] = (k.xnor_gemm_kernel(**k.GEMM_TILE), sig(u2, u2, 70, i2))

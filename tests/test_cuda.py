@@ -28,7 +28,7 @@ SIM_CHECKS = [
     "dense_flip", "dense_flip_default_tiles", "dense_flip_saturated", "dense_flip_device_arrays", "conv_flip",
     "conv_flip_extra", "xnor_gemm", "xnor_gemm_threshold", "binary_conv", "elementwise", "weight_cache",
     "training_step_dense", "training_step_conv", "device_step_gradients", "device_step_updates",
-    "device_step_resident", "device_step_scope", "device_fit", "device_step_conv",
+    "device_step_resident", "device_step_scope", "device_fit", "device_step_conv", "device_step_binary",
 ]
 
 

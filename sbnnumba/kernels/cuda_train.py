@@ -1,4 +1,4 @@
-r"""numba.cuda kernels for a device-resident training step of a dense SBN (:mod:`sbnnumba.device_training`).
+r"""numba.cuda kernels for a device-resident training step of a dense or conv SBN (:mod:`sbnnumba.device_training`).
 
 Together with the PSA flip-propagation kernels of :mod:`sbnnumba.kernels.cuda`, these are all the
 pieces a PSA or deep-ST step needs, so that data, activations, gradients, parameters and optimizer
@@ -22,13 +22,18 @@ state stay on the GPU (spec psa.md, sections 2-3; the host versions are
   propagation is :func:`sbnnumba.kernels.cuda.flip_conv_ratio` / ``flip_conv_generic``.
 * :func:`gather_rows`, :func:`gather_labels`: a mini-batch from a dataset held on the device.
 * :func:`accumulate_loss`: ``acc[0] += w sum_b value[b]`` (one thread; batches are small).
+* Batch normalization: :func:`channel_sums_kernel` (per-channel sums, one block per channel, tree
+  reduction in shared memory), :func:`bn_statistics`, :func:`bn_apply`, :func:`bn_backward`,
+  :func:`scale_copy`, :func:`scale_rows` (weights scaled per output for PSA's flips).
+* Bernoulli weights: :func:`latent_grad` (eta gradient from ``dL/dw``), :func:`clip_values` (projection);
+  the weights themselves are sampled with :func:`sample_rng` / :func:`sample_uniform`.
 
 Like :mod:`sbnnumba.kernels.cuda`, nothing is compiled or initialized at import time.
 """
 import functools
 import math
 
-from numba import cuda
+from numba import cuda, float64
 from numba.cuda.random import xoroshiro128p_uniform_float64
 
 from .cuda import _numba_dtype
@@ -382,3 +387,133 @@ def accumulate_loss(value, weight, acc):
         for b in range(value.shape[0]):
             s += value[b]
         acc[0] += weight * s
+
+
+# ---------------------------------------------------------------------------------------------------
+# Batch normalization before a binary activation, and Bernoulli (latent) weights
+# ---------------------------------------------------------------------------------------------------
+# Tensors are passed flat, viewed as (B, C, P): channel c of example b at position p is entry
+# (b C + c) P + p (dense stages: P = 1). The host versions are sbnnumba.normalization.Normalized and
+# sbnnumba.weights.BernoulliWeights.
+
+REDUCE_THREADS = 128  # threads of one channel_sums block (a power of two)
+
+
+@functools.lru_cache(maxsize=None)
+def channel_sums_kernel(threads=REDUCE_THREADS):
+    r"""Per-channel sums ``s1[c] = sum_{b,p} t[b,c,p]``, ``s2[c] = sum_{b,p} t[b,c,p] u[b,c,p]`` (float64).
+
+    Arguments ``(t, u, n_batch, n_ch, n_pos, s1, s2)``; launch one block of ``threads`` (a power of two)
+    per channel: ``kernel[n_ch, threads]``. Each thread strides over the ``B P`` entries of its channel,
+    then the block adds the partial sums in shared memory (a tree, no atomics: deterministic).
+    """
+    if threads < 1 or threads & (threads - 1):
+        raise ValueError(f"threads: expected a power of two, got {threads!r}")
+
+    @cuda.jit
+    def kernel(t, u, n_batch, n_ch, n_pos, s1, s2):
+        acc1 = cuda.shared.array(threads, float64)
+        acc2 = cuda.shared.array(threads, float64)
+        c = cuda.blockIdx.x
+        tid = cuda.threadIdx.x
+        a1 = 0.0
+        a2 = 0.0
+        for i in range(tid, n_batch * n_pos, threads):
+            b, p = _split(i, n_pos)
+            idx = (b * n_ch + c) * n_pos + p
+            v = float64(t[idx])
+            a1 += v
+            a2 += v * float64(u[idx])
+        acc1[tid] = a1
+        acc2[tid] = a2
+        cuda.syncthreads()
+        step = threads // 2
+        while step > 0:
+            if tid < step:
+                acc1[tid] += acc1[tid + step]
+                acc2[tid] += acc2[tid + step]
+            cuda.syncthreads()
+            step //= 2
+        if tid == 0:
+            s1[c] = acc1[0]
+            s2[c] = acc2[0]
+
+    return kernel
+
+
+@cuda.jit
+def bn_statistics(s1, s2, inv_n, eps, momentum, gamma, r_mean, r_var, mean, inv_std, out_scale):
+    r"""Batch statistics from ``s1 = sum z``, ``s2 = sum z^2`` over the ``n = 1 / inv_n`` entries of each channel:
+    ``mean = s1 / n``, ``var = s2 / n - mean^2`` (biased, as the host), ``inv_std = 1 / sqrt(var + eps)``,
+    ``out_scale = gamma inv_std`` (the PSA flip scale); running statistics
+    ``r <- (1 - momentum) r + momentum batch``. 1-D launch over the channels."""
+    c = cuda.grid(1)
+    if c < s1.shape[0]:
+        m = s1[c] * inv_n
+        v = s2[c] * inv_n - m * m
+        if v < 0:  # rounding
+            v = 0.0
+        inv = 1.0 / math.sqrt(v + eps)
+        mean[c] = m
+        inv_std[c] = inv
+        out_scale[c] = gamma[c] * inv_std[c]
+        r_mean[c] = (1 - momentum) * r_mean[c] + momentum * m
+        r_var[c] = (1 - momentum) * r_var[c] + momentum * v
+
+
+@cuda.jit
+def bn_apply(z, mean, inv_std, gamma, beta, n_ch, n_pos, z_hat, a):
+    """``z_hat = (z - mean_c) inv_std_c``, ``a = gamma_c z_hat + beta_c`` (flat (B, C, P) arrays); 1-D launch."""
+    idx = cuda.grid(1)
+    if idx < z.shape[0]:
+        c = (idx // n_pos) % n_ch
+        zh = (z[idx] - mean[c]) * inv_std[c]
+        z_hat[idx] = zh
+        a[idx] = gamma[c] * zh + beta[c]
+
+
+@cuda.jit
+def bn_backward(g, z_hat, s1, s2, out_scale, inv_n, n_ch, n_pos, g_z):
+    r"""Batch-norm backward ``g_z = gamma inv_std (g - s1 / n - z_hat s2 / n)`` with ``s1 = sum g``,
+    ``s2 = sum g z_hat`` per channel (flat (B, C, P) arrays); 1-D launch."""
+    idx = cuda.grid(1)
+    if idx < g.shape[0]:
+        c = (idx // n_pos) % n_ch
+        g_z[idx] = out_scale[c] * (g[idx] - s1[c] * inv_n - z_hat[idx] * (s2[c] * inv_n))
+
+
+@cuda.jit
+def scale_copy(src, scale, out):
+    """``out = scale src`` (e.g. float64 channel sums into a gradient); 1-D launch."""
+    i = cuda.grid(1)
+    if i < out.shape[0]:
+        out[i] = scale * src[i]
+
+
+@cuda.jit
+def scale_rows(w, scale, out):
+    """``out[r, j] = w[r, j] scale[r]``: a weight matrix (rows = output units or channels) scaled per
+    output, the effective weights of PSA flip propagation through a normalization; 1-D launch."""
+    idx = cuda.grid(1)
+    n = w.shape[1]
+    if idx < w.shape[0] * n:
+        r, j = _split(idx, n)
+        out[r, j] = w[r, j] * scale[r]
+
+
+@cuda.jit
+def latent_grad(code, mirror, eta, g_w, out):
+    r"""Gradient for latent weights from ``g_w = dL/dw`` at the sampled weights: ``2 g_w`` (``mirror``: mirror
+    descent, identity ST for weights) or ``2 p(eta) g_w`` (latent SGD); flat arrays, 1-D launch."""
+    i = cuda.grid(1)
+    if i < out.shape[0]:
+        out[i] = 2 * g_w[i] if mirror else 2 * pdf(code, eta[i]) * g_w[i]
+
+
+@cuda.jit
+def clip_values(p, bound):
+    """In place ``p = clip(p, -bound, bound)`` (the mirror-descent projection of latent weights); 1-D launch."""
+    i = cuda.grid(1)
+    if i < p.shape[0]:
+        v = p[i]
+        p[i] = bound if v > bound else (-bound if v < -bound else v)
