@@ -218,10 +218,10 @@ class CudaTrainer:
         for k, stage in enumerate(net.stages):
             layer = stage.layer if type(stage) is Normalized else stage
             if type(layer) not in (Linear, Conv2d):
+                got = type(stage).__name__ + (f" wrapping {type(layer).__name__}" if layer is not stage else "")
                 raise NotImplementedError(f"stages.{k}: the device-resident step handles Linear and Conv2d stages "
-                                          f"(optionally Normalized) only, got {type(stage).__name__} wrapping "
-                                          f"{type(layer).__name__}; train it with the per-call backend='cuda' "
-                                          "routing or on the CPU")
+                                          f"(optionally Normalized) only, got {got}; train it with the per-call "
+                                          "backend='cuda' routing or on the CPU")
         if net.head.latent is not None or net.head.weight.shape[0] < 2:
             raise NotImplementedError("head: the device-resident step needs a real softmax head with K >= 2 classes")
         if np.dtype(net.dtype) not in (np.dtype(np.float32), np.dtype(np.float64)):
