@@ -104,7 +104,7 @@ def conv(input_shape, n_classes, channels=PAPER_CONV_CHANNELS, noise="logistic",
     if not (isinstance(width, (int, float)) and width > 0):
         raise ValueError(f"width: expected a positive multiplier, got {width!r}")
     channels = [max(1, int(round(c * width))) for c in channels]
-    if not (isinstance(input_padding, (int, np.integer)) and input_padding >= 0):
+    if isinstance(input_padding, bool) or not (isinstance(input_padding, (int, np.integer)) and input_padding >= 0):
         raise ValueError(f"input_padding: expected a non-negative int, got {input_padding!r}")
     shape = tuple(int(s) for s in input_shape)
     if len(shape) != 3:

@@ -185,8 +185,8 @@ class CudaTrainer:
         # Bernoulli weights: a buffer for the sample w = sign(eta - Z') (drawn once per step) and one for
         # dL/dw, which the layer's rule maps to the eta gradient. Normalizations: running statistics.
         self._sampled, self._weight_grad, self._running = {}, {}, {}
-        for k, stage in enumerate(net.stages):
-            layer = getattr(stage, "layer", stage)
+        self._layers = [getattr(stage, "layer", stage) for stage in net.stages]  # inside any Normalized
+        for k, (stage, layer) in enumerate(zip(net.stages, self._layers)):
             if layer.latent is not None:
                 self._sampled[k] = cuda.device_array(layer.eta.shape, dtype=self.dtype)
                 self._weight_grad[k] = cuda.device_array(layer.eta.shape, dtype=self.dtype)
@@ -266,7 +266,7 @@ class CudaTrainer:
         batch); ``weight_uniforms``: dict prefix -> uniforms of the shape of eta, else device draws."""
         from .kernels import cuda_train as kt
         for k, w in self._sampled.items():
-            layer = getattr(self.net.stages[k], "layer", self.net.stages[k])
+            layer = self._layers[k]
             code, eta = int(layer.latent.noise.code), _flat2(self.params[f"stages.{k}.eta"])
             if weight_uniforms is None:
                 _launch(kt.sample_rng, w.size, code, eta, self._rng, _flat2(w))
@@ -276,9 +276,16 @@ class CudaTrainer:
                 _launch(kt.sample_uniform, w.size, code, eta, u, _flat2(w))
 
     @staticmethod
-    def _channels(t):
-        """(B, C, P) view sizes of a dense (B, N) or conv (B, C, H, W) tensor."""
-        return t.shape[0], t.shape[1], int(np.prod(t.shape[2:]))
+    def _channel_sums(t, u):
+        """Per-channel ``sum t`` and ``sum t u`` (float64 device arrays) of two tensors of one dense (B, N) or
+        conv (B, C, H, W) shape, viewed as (B, C, P); returns ``(s1, s2, (B, C, P))``."""
+        from .kernels import cuda_train as kt
+        cuda = _cuda()
+        n_batch, n_ch, n_pos = t.shape[0], t.shape[1], int(np.prod(t.shape[2:]))
+        s1, s2 = (cuda.device_array(n_ch, dtype=np.float64) for _ in range(2))
+        threads = _reduce_threads()
+        kt.channel_sums_kernel(threads)[n_ch, threads](cb._flat(t), cb._flat(u), n_batch, n_ch, n_pos, s1, s2)
+        return s1, s2, (n_batch, n_ch, n_pos)
 
     def _normalize(self, k, z):
         """Batch normalization of stage ``k`` in training mode (host: :class:`~sbnnumba.normalization.Normalized`):
@@ -286,11 +293,8 @@ class CudaTrainer:
         from .kernels import cuda_train as kt
         cuda = _cuda()
         dt, stage = self.dtype, self.net.stages[k]
-        n_batch, n_ch, n_pos = self._channels(z)
-        threads = _reduce_threads()
-        s1, s2 = (cuda.device_array(n_ch, dtype=np.float64) for _ in range(2))
+        s1, s2, (n_batch, n_ch, n_pos) = self._channel_sums(z, z)
         flat = cb._flat(z)
-        kt.channel_sums_kernel(threads)[n_ch, threads](flat, flat, n_batch, n_ch, n_pos, s1, s2)
         mean, inv_std, scale = (cuda.device_array(n_ch, dtype=dt) for _ in range(3))
         gamma, beta = self.params[f"stages.{k}.gamma"], self.params[f"stages.{k}.beta"]
         r_mean, r_var = self._running[k]
@@ -309,8 +313,7 @@ class CudaTrainer:
         n_batch = x.shape[0]
         self._sample_weights(weight_uniforms)
         h, shape, stages = x, self.input_shape, []
-        for k, stage in enumerate(self.net.stages):
-            layer = getattr(stage, "layer", stage)
+        for k, layer in enumerate(self._layers):
             w, bias = self._weight(k), self.params[f"stages.{k}.bias"]
             out_shape = self.stage_shapes[k]
             if isinstance(layer, Conv2d):
@@ -371,7 +374,7 @@ class CudaTrainer:
             self._gemm(g_a, stage.x_in, gw, trans_a=True, alpha=weight)
             _launch(kt.column_sum, g_a.shape[1], g_a, self.dtype.type(weight), gb)
         if latent:
-            latent_w = getattr(self.net.stages[k], "layer", self.net.stages[k]).latent
+            latent_w = self._layers[k].latent
             _launch(kt.latent_grad, gw.size, int(latent_w.noise.code), latent_w.grad == "md",
                     cb._flat(self.params[f"{prefix}.eta"]), cb._flat(gw), cb._flat(self.grads[f"{prefix}.eta"]))
         return g_rows
@@ -385,10 +388,7 @@ class CudaTrainer:
         from .kernels import cuda_train as kt
         cuda = _cuda()
         z_hat, scale = stage.norm
-        n_batch, n_ch, n_pos = self._channels(g_a)
-        threads = _reduce_threads()
-        s1, s2 = (cuda.device_array(n_ch, dtype=np.float64) for _ in range(2))
-        kt.channel_sums_kernel(threads)[n_ch, threads](cb._flat(g_a), cb._flat(z_hat), n_batch, n_ch, n_pos, s1, s2)
+        s1, s2, (n_batch, n_ch, n_pos) = self._channel_sums(g_a, z_hat)
         _launch(kt.scale_copy, n_ch, s2, float(weight), self.grads[f"stages.{k}.gamma"])
         _launch(kt.scale_copy, n_ch, s1, float(weight), self.grads[f"stages.{k}.beta"])
         g_z = cuda.device_array(g_a.shape, dtype=self.dtype)
@@ -439,7 +439,7 @@ class CudaTrainer:
                 _launch(kt.psa_grad, g_a.size, self.code, _flat2(st.state), _flat2(st.a), _flat2(d), _flat2(g_a))
                 self._layer_grads(k, st, self._normalize_backward(k, st, g_a, weight), weight)
                 if k > 0:
-                    layer, w = getattr(self.net.stages[k], "layer", self.net.stages[k]), self._flip_weight(k, st)
+                    layer, w = self._layers[k], self._flip_weight(k, st)
                     if isinstance(layer, Conv2d):
                         d = cb.flip_propagate_conv(st.x_in, st.a, st.state, w, d.reshape(st.a.shape), layer.stride,
                                                    layer.padding, self.code)
@@ -459,7 +459,7 @@ class CudaTrainer:
                 w = self._weight(k)
                 delta = cuda.device_array(st.x_in.shape, dtype=dt)
                 if st.cols is not None:  # conv: delta_in = col2im(g_rows W)
-                    layer = getattr(self.net.stages[k], "layer", self.net.stages[k])
+                    layer = self._layers[k]
                     (kh, kw), (sh, sw), (ph, pw) = layer.kernel_size, layer.stride, layer.padding
                     d_cols = cuda.device_array(st.cols.shape, dtype=dt)
                     self._gemm(g_rows, _flat2(w), d_cols)
@@ -526,7 +526,7 @@ class CudaTrainer:
                 _launch(kt.sgd_update, flat_p.size, flat_p, flat_g, cb._flat(buf), dt(lr), dt(opt.momentum),
                         bool(opt.nesterov), not self._momentum_started, dt(opt.weight_decay), clip)
         for k in self._sampled:  # the mirror-descent projection of latent weights (e.g. [-1, 1], uniform noise)
-            clip = getattr(self.net.stages[k], "layer", self.net.stages[k]).latent.clip
+            clip = self._layers[k].latent.clip
             if clip is not None:
                 eta = cb._flat(self.params[f"stages.{k}.eta"])
                 _launch(kt.clip_values, eta.size, eta, dt(clip))

@@ -442,6 +442,6 @@ def test_conv_factory_input_padding_equals_padded_images():
     assert loss_p == pytest.approx(loss_q, rel=1e-6)
     for k in g_q:
         np.testing.assert_allclose(g_p[k], g_q[k], rtol=1e-5, atol=1e-6)
-    for bad in (-1, 1.5):
+    for bad in (-1, 1.5, True):
         with pytest.raises(ValueError, match="input_padding"):
             build("conv", (1, 28, 28), 10, input_padding=bad)
