@@ -72,8 +72,8 @@ METHOD_NOTES = {
 
 
 #: Settings that must not change when a benchmark is resumed (they change the runs' results).
-SAME_ON_RESUME = ("data", "train_subset", "test_subset", "hidden", "channels", "input_padding", "noise", "batch_size",
-                  "optimizer", "lr", "lr_for", "schedule", "seed", "val_fraction", "eval_samples", "train_eval_size", "test_samples",
+SAME_ON_RESUME = ("data", "train_subset", "test_subset", "hidden", "channels", "input_padding", "normalize", "noise",
+                  "batch_size", "optimizer", "lr", "lr_for", "schedule", "seed", "val_fraction", "eval_samples", "train_eval_size", "test_samples",
                   "augment", "lr_trials", "lr_trial_epochs", "lr_trial_subset")
 
 
@@ -122,6 +122,8 @@ def parse_args(argv=None):
                    help="conv: the 8 channel counts (paper: 96,96,96,192,192,192,192,192)")
     p.add_argument("--input-padding", type=int, default=0,
                    help="conv: zero padding of the first stage (2: the paper's map sizes, as for 32x32 input)")
+    p.add_argument("--normalize", action="store_true",
+                   help="batch normalization before every binary activation (the paper's networks have none)")
     p.add_argument("--noise", default="logistic")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--optimizer", default="adam", choices=["adam", "sgd"])
@@ -143,6 +145,9 @@ def parse_args(argv=None):
     p.add_argument("--runs-dir", default=os.path.join("runs", "fashion_mnist_bench"))
     p.add_argument("--docs", default="docs", help="where results.md and figures/ are written")
     p.add_argument("--resume", action="store_true", help="reuse finished runs, continue interrupted ones")
+    p.add_argument("--extend", action="store_true",
+                   help="with --resume: also continue the runs a --time-budget stopped, under this call's budget "
+                        "(same trajectory as one uninterrupted run; lets a long run span several sessions)")
     p.add_argument("--report-only", action="store_true", help="only rewrite the report from results.json")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--backend", default=None, choices=["cpu", "numpy", "cuda"],
@@ -167,14 +172,19 @@ def run_one(args, ds, arch, method, results):
     out = os.path.join(args.runs_dir, key)
     ckpt = os.path.join(out, train.CHECKPOINT_NAME)
     done = results.get(key, {})
-    if args.resume and (done.get("status") in ("time budget", "diverged")
+    final = ("diverged",) if args.extend else ("time budget", "diverged")
+    if args.resume and (done.get("status") in final
                         or (done.get("status") == "completed" and done.get("epochs", 0) >= args.epochs)):
         print(f"[{key}] reusing the finished run in {out}")
         return done
+    # Calls of this script that trained the run: more than one when --extend continued it.
+    calls = done.get("calls", 1) + 1 if args.resume and done.get("status") == "time budget" else 1
     options = {"noise": args.noise}
     options["hidden" if arch == "mlp" else "channels"] = args.hidden if arch == "mlp" else args.channels
     if arch == "conv" and args.input_padding:
         options["input_padding"] = args.input_padding
+    if args.normalize:
+        options["normalize"] = True
     net = train.build_network(arch, ds.x_train.shape[1:], ds.n_classes, seed=args.seed, backend=args.backend,
                               **options)
     lr = _lr_overrides(args.lr_for).get(method, args.lr)
@@ -194,7 +204,8 @@ def run_one(args, ds, arch, method, results):
         lr, lr_search = found.lr, found.as_dict()
     print(f"[{key}] {arch} {options}, {method}, lr {lr:g}, {args.epochs} epochs"
           + (f", time budget {args.time_budget:g} s" if args.time_budget else "") + f" -> {out}", flush=True)
-    row = {"arch": arch, "method": method, "lr": lr, "options": options, "out": out, "lr_search": lr_search}
+    row = {"arch": arch, "method": method, "lr": lr, "options": options, "out": out, "lr_search": lr_search,
+           "calls": calls}
     t0 = time.perf_counter()
     try:
         res = train.fit(net, ds, estimator=method, epochs=args.epochs, batch_size=args.batch_size,
@@ -213,7 +224,7 @@ def run_one(args, ds, arch, method, results):
         ck = train.load_checkpoint(ckpt)
         history = ck.history
         net = train.load_network(ck)
-    row["wall_seconds"] = time.perf_counter() - t0
+    row["wall_seconds"] = time.perf_counter() - t0 + (done.get("wall_seconds", 0.0) if calls > 1 else 0.0)
     row["history"] = history
     row["epochs"] = len(history)
     row["seconds_per_epoch"] = float(np.mean([r["epoch_time"] for r in history])) if history else None
@@ -253,12 +264,15 @@ def write_report(args, results, meta):
                 "log10(lr) in [-6, 0], mean running training loss; chosen lr in the table)")
              + (f" (overrides: {', '.join(args.lr_for)})" if args.lr_for else "")
              + (f", {args.schedule} schedule" if getattr(args, "schedule", "constant") != "constant" else "")
+             + "".join(f" ({r['arch']}/{r['method']} trained over {r['calls']} calls continued with --extend, "
+                       "each under the time budget)" for r in results.values() if r.get("calls", 1) > 1)
              + "; element-wise gradient clipping at 1e3; data-dependent init on the first batch; init and "
                f"training seed {args.seed}" + ("; flip + crop augmentation" if args.augment else "") + ".",
              f"* MLP: 784-{'-'.join(map(str, args.hidden))}-10; conv: the PSA paper's all-conv SBN "
              f"(channels {','.join(map(str, args.channels))}, 1x28x28 input"
              + (f", first stage zero-padded by {args.input_padding}" if args.input_padding else "")
-             + f"); {args.noise} noise.",
+             + f"); {args.noise} noise"
+             + ("; batch normalization before every binary activation" if args.normalize else "") + ".",
              "* Evaluation (every method alike): hard +-1 samples with the Rao-Blackwellized head; "
              f"validation after each epoch with {args.eval_samples} samples per image; test accuracy with "
              f"1 sample (mean over draws), the ensemble of {args.test_samples} samples (averaged softmax) and "
