@@ -258,14 +258,14 @@ def build_network(name, input_shape, n_classes, seed=None, dtype=np.float32, bac
 
 def arch_spec(net, input_shape=None):
     """How to rebuild ``net``: ``net.arch_spec`` if set (see :func:`build_network`), else inferred
-    for all-dense networks (``"mlp"`` with the stage widths); None if unknown."""
+    for real-weight all-dense networks (``"mlp"`` with the stage widths); None if unknown."""
     spec = getattr(net, "arch_spec", None)
     if spec is not None:
         spec = dict(spec)
         if input_shape is not None:
             spec["input_shape"] = [int(s) for s in input_shape]
         return spec
-    if input_shape is not None and all(type(s) is Linear for s in net.stages):
+    if input_shape is not None and all(type(s) is Linear and s.latent is None for s in net.stages):
         return {"name": "mlp", "options": {"hidden": [int(s.weight.shape[0]) for s in net.stages],
                                            "noise": net.noise.name},
                 "input_shape": [int(s) for s in input_shape], "n_classes": int(net.n_classes),

@@ -310,3 +310,37 @@ def test_to_bernoulli_follows_the_real_weights():
         net.to_bernoulli("bernoulli", scale=0)
     with pytest.raises(ValueError, match="already"):
         sb.weights.bernoulli_from_real(conv2)
+
+
+def test_to_bernoulli_checkpoint_rebuilds_the_converted_network(tmp_path):
+    """A network built by build_network and converted afterwards records its Bernoulli stages in
+    ``arch_spec``, so its checkpoint rebuilds the same network (before: 'missing stages.1.weight');
+    conversions that the architecture options cannot describe drop ``arch_spec`` instead."""
+    from sbnnumba import train
+
+    rng = np.random.default_rng(4)
+    ds, x_test = (rng.random((96, 1, 6, 6), dtype=np.float32), rng.integers(0, 3, 96)), rng.random((8, 1, 6, 6))
+    net = train.build_network("mlp", (1, 6, 6), 3, seed=1, hidden=[8, 8, 8], normalize=True)
+    net.to_bernoulli(["real", "bernoulli", "real"], noise="triangular", grad="latent")
+    opts = net.arch_spec["options"]
+    assert (opts["weight"], opts["weight_noise"], opts["weight_grad"]) == (["real", "bernoulli", "real"],
+                                                                          "triangular", "latent")
+    net.to_bernoulli("hidden", noise="triangular", grad="latent")
+    assert net.arch_spec["options"]["weight"] == "hidden"
+    train.fit(net, ds, estimator="st", epochs=1, batch_size=32, out=tmp_path, progress=False, plots=False,
+              train_eval_size=8, eval_samples=2)
+    loaded = train.load_network(tmp_path / train.CHECKPOINT_NAME)
+    for k, p in net.params.items():
+        np.testing.assert_array_equal(loaded.params[k], p)
+    assert [repr(getattr(s, "layer", s).latent) for s in loaded.stages] == \
+        [repr(getattr(s, "layer", s).latent) for s in net.stages]
+    np.testing.assert_array_equal(loaded.forward_deterministic(x_test), net.forward_deterministic(x_test))
+    # mixed weight noises, or a non-default clip, have no architecture options: no arch_spec
+    mixed = train.build_network("mlp", (1, 6, 6), 3, seed=1, hidden=[8, 8, 8], normalize=True)
+    mixed.to_bernoulli(["real", "bernoulli", "real"]).to_bernoulli("hidden", noise="uniform")
+    clipped = train.build_network("mlp", (1, 6, 6), 3, seed=1, hidden=[8, 8], normalize=True)
+    clipped.to_bernoulli("hidden", clip=2.0)
+    for odd in (mixed, clipped):
+        assert odd.arch_spec is None and train.arch_spec(odd, (1, 6, 6)) is None
+        with pytest.raises(ValueError, match="arch"):
+            train.fit(odd, ds, estimator="st", epochs=1, out=tmp_path / "odd", progress=False)
