@@ -68,7 +68,13 @@ def main(argv=None):
     p.add_argument("--pretrain-epochs", type=int, default=0,
                    help="first train the same network with real weights for N epochs, then convert it "
                         "(Network.to_bernoulli); without it eta ~ U[-1, 1]")
-    p.add_argument("--eta-scale", type=float, default=3.0, help="--pretrain-epochs: eta = s W / std(W)")
+    p.add_argument("--eta-scale", type=float, default=3.0,
+                   help="--pretrain-epochs / --init-from: eta = s W / std(W)")
+    p.add_argument("--init-from", default=None, metavar="CHECKPOINT",
+                   help="start from this trained real-weight network (e.g. a bench/fashion_mnist.py run) instead "
+                        "of --pretrain-epochs: the architecture comes from the checkpoint; batch normalization "
+                        "is added where it has none (Network.add_normalization, same function), then the "
+                        "weights are converted (Network.to_bernoulli)")
     p.add_argument("--train-subset", type=int, default=None)
     p.add_argument("--test-samples", type=int, default=10)
     p.add_argument("--only", default=None, help="comma-separated indices of CONFIGS to run")
@@ -77,6 +83,8 @@ def main(argv=None):
     p.add_argument("--backend", default=None, choices=["cpu", "numpy", "cuda"],
                    help="'cuda': psa/st configurations train device-resident (sbnnumba.device_training)")
     args = p.parse_args(argv)
+    if args.init_from and args.pretrain_epochs:
+        p.error("--init-from and --pretrain-epochs: choose one way to start the latent weights")
     machine_info()
     ds = datasets.load_fashion_mnist()
     if args.train_subset:
@@ -96,7 +104,10 @@ def main(argv=None):
                 options["input_padding"] = args.input_padding
         out = os.path.join(args.runs_dir, f"{args.arch}-{idx}")
         t0 = time.perf_counter()
-        if args.pretrain_epochs:  # real weights first, then eta = s W / std(W)
+        if args.init_from:
+            net = start_from_checkpoint(args, ds, noise)
+            net.to_bernoulli(args.weights, scale=args.eta_scale, noise=w_noise, grad=rule)
+        elif args.pretrain_epochs:  # real weights first, then eta = s W / std(W)
             net = train.build_network(args.arch, ds.x_train.shape[1:], ds.n_classes, seed=1, weight="real",
                                       backend=args.backend, **options)
             fit_phase(args, net, ds, method, opts, args.pretrain_epochs, out + "-real")
@@ -104,7 +115,8 @@ def main(argv=None):
         else:
             net = train.build_network(args.arch, ds.x_train.shape[1:], ds.n_classes, seed=1, weight=args.weights,
                                       backend=args.backend, **options)
-        result = fit_phase(args, net, ds, method, opts, args.epochs, out, data_init=not args.pretrain_epochs)
+        result = fit_phase(args, net, ds, method, opts, args.epochs, out,
+                           data_init=not (args.pretrain_epochs or args.init_from))
         minutes = (time.perf_counter() - t0) / 60
         m = train.evaluate(net, x_test, ds.y_test, samples=args.test_samples, rng=0)
         rows.append(dict(label=label, method=method, noise=noise, weight_noise=w_noise, rule=rule,
@@ -113,6 +125,23 @@ def main(argv=None):
         print(f"[{idx}] {label}: single {100 * m['acc1']:.2f}% | ensemble({args.test_samples}) "
               f"{100 * m['eacc']:.2f}% | deterministic {100 * m['det_acc']:.2f}% | {minutes:.1f} min", flush=True)
     write_report(args, ds, rows, histories)
+
+
+def start_from_checkpoint(args, ds, noise, calibration_images=2000):
+    """The real-weight network of ``--init-from``, with batch normalization in front of every binary
+    activation (added with the same function where missing, statistics from the first
+    ``calibration_images`` training images: pixels only, no labels)."""
+    net = train.load_network(args.init_from, backend=args.backend)
+    spec = net.arch_spec
+    if spec["name"] != args.arch:
+        raise SystemExit(f"--init-from: the checkpoint holds a {spec['name']!r} network, not --arch {args.arch!r}")
+    if net.noise.name != noise:
+        raise SystemExit(f"--init-from: the checkpoint's activation noise is {net.noise.name!r}; this "
+                         f"configuration needs {noise!r}")
+    if net.latent_layers():
+        raise SystemExit("--init-from: the checkpoint already has Bernoulli weights; expected a real-weight network")
+    x = datasets.normalize(ds.x_train[:calibration_images], dtype=net.dtype)
+    return net.add_normalization(x, rng=np.random.default_rng(1))
 
 
 def fit_phase(args, net, ds, method, opts, epochs, out, data_init=True):
@@ -129,14 +158,23 @@ def write_report(args, ds, rows, histories):
     fig = os.path.join("figures", f"binary_{args.arch}_val_accuracy.png")
     plots.plot_accuracy(histories, os.path.join(args.docs, fig), title=f"fully binary {args.arch}: validation",
                         keys={"val_eacc": ("ensemble", "-"), "val_det_acc": ("deterministic", "--")})
-    size = args.hidden if args.arch == "mlp" else f"conv width {args.width}" + (
-        f", first stage padded by {args.input_padding}" if args.input_padding else "")
+    if args.init_from:  # the architecture is the checkpoint's
+        arch_options = train.load_checkpoint(args.init_from).config["arch"].get("options", {})
+        size = ", ".join(f"{k} {v}" for k, v in arch_options.items() if k in ("hidden", "channels", "width",
+                                                                             "input_padding"))
+    else:
+        size = args.hidden if args.arch == "mlp" else f"conv width {args.width}" + (
+            f", first stage padded by {args.input_padding}" if args.input_padding else "")
     lines = [f"# Fully binary networks on Fashion-MNIST ({args.arch}, {size})", "",
              f"Data: {ds.name} ({ds.y_train.shape[0]} training images before the 10 % validation split, "
              f"{ds.y_test.shape[0]} test images). " + WEIGHTS_TEXT[args.weights] + " "
              + (f"Latent weights from a real-weight network trained first for {args.pretrain_epochs} epochs "
                 f"(same estimator and settings), eta = {args.eta_scale:g} W / std(W) per output channel "
-                "(`Network.to_bernoulli`). " if args.pretrain_epochs else "Latent weights eta ~ U[-1, 1]. ")
+                "(`Network.to_bernoulli`). " if args.pretrain_epochs else
+                f"Latent weights from the trained real-weight network `{args.init_from}`, eta = {args.eta_scale:g} "
+                "W / std(W) per output channel (`Network.to_bernoulli`), batch normalization added where it had "
+                "none with the same function (`Network.add_normalization`). " if args.init_from else
+                "Latent weights eta ~ U[-1, 1]. ")
              + f"Batch normalization before each binary activation; Adam lr {args.lr} ({args.schedule} schedule), "
              f"batch {args.batch_size}, {args.epochs} epochs, seed 1. Command: "
              "`python bench/binary_weights.py " + " ".join(sys.argv[1:]) + "`.", "",

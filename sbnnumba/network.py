@@ -245,6 +245,63 @@ class Network:
         options["weight"] = next((name for name, k in compact.items() if k == kinds), kinds)
         self.arch_spec = {**spec, "options": options}
 
+    def add_normalization(self, x, batch_size=256, rng=None, momentum=0.1, eps=1e-5):
+        r"""Put batch normalization (:class:`~sbnnumba.normalization.Normalized`) in front of every
+        binary activation that has none, without changing what the network computes.
+
+        The pre-activations ``z`` of each such stage are sampled over ``x`` (in batches, all earlier
+        stages as they are) and the new normalization is set to undo itself:
+        ``gamma = sqrt(var(z) + eps)``, ``beta = mean(z)`` per unit or channel, with the running
+        (stochastic-mode) statistics ``(mean(z) - b, var(z))`` and the layer's bias ``b`` moved into
+        ``beta`` (a bias in front of a normalization has no effect). In evaluation mode the network
+        is then the same function as before, up to rounding. Use: a real-weight network trained
+        without normalization, about to get Bernoulli weights (:meth:`to_bernoulli`), whose change
+        of scale the normalization absorbs.
+
+        Parameters
+        ----------
+        x : ndarray (N, ...)
+            Inputs for the statistics (a few thousand training images).
+        batch_size : int
+        rng : None, int or Generator
+            The activation samples.
+        momentum, eps : float
+            As for :class:`~sbnnumba.normalization.Normalized`.
+
+        Returns the network; ``arch_spec`` (if set) gets ``normalize=True``.
+        """
+        x = self.check_input(x)
+        rng = as_generator(rng)
+        todo = [k for k, st in enumerate(self.stages) if not isinstance(st, Normalized)]
+        if not todo:
+            return self
+        sums = {}
+        for start in range(0, x.shape[0], batch_size):
+            path = self.sample(x[start:start + batch_size], rng)
+            for k in todo:
+                z = path.stages[k].pre.astype(np.float64)
+                axes = (0,) + tuple(range(2, z.ndim))
+                n, s1, s2 = sums.get(k, (0, 0.0, 0.0))
+                sums[k] = (n + z.size // z.shape[1], s1 + z.sum(axis=axes), s2 + (z * z).sum(axis=axes))
+        for k in todo:
+            n, s1, s2 = sums[k]
+            mean, var = s1 / n, np.maximum(s2 / n - (s1 / n) ** 2, 0.0)
+            layer = self.stages[k]
+            wrapped = Normalized(layer, momentum=momentum, eps=eps)
+            dtype = wrapped.gamma.dtype
+            wrapped.gamma[...] = np.sqrt(var + eps)
+            wrapped.beta[...] = mean
+            bias = getattr(layer, "bias", None)
+            shift = np.zeros_like(mean) if bias is None else bias.astype(np.float64)
+            wrapped.running["stochastic"] = ((mean - shift).astype(dtype), var.astype(dtype))
+            if bias is not None:
+                bias[...] = 0
+            self.stages[k] = wrapped
+        spec = getattr(self, "arch_spec", None)
+        if spec is not None:
+            self.arch_spec = {**spec, "options": {**spec.get("options", {}), "normalize": True}}
+        return self
+
     def set_mode_weights(self):
         """Set every Bernoulli weight to its most probable value ``sign(eta)`` (deterministic mode)."""
         for _, layer in self.latent_layers():

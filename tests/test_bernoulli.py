@@ -344,3 +344,50 @@ def test_to_bernoulli_checkpoint_rebuilds_the_converted_network(tmp_path):
         assert odd.arch_spec is None and train.arch_spec(odd, (1, 6, 6)) is None
         with pytest.raises(ValueError, match="arch"):
             train.fit(odd, ds, estimator="st", epochs=1, out=tmp_path / "odd", progress=False)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "conv"])
+def test_add_normalization_keeps_the_function(arch, tmp_path):
+    """Network.add_normalization wraps the unnormalized stages so that they undo themselves: in
+    evaluation mode the sampled pre-activations (same uniforms), logits and the deterministic network
+    are unchanged; biases move into beta; running statistics are the sampled mean/var; arch_spec says
+    normalize=True so that a checkpoint rebuilds it; already normalized stages are left alone."""
+    from sbnnumba import train
+
+    rng = np.random.default_rng(8)
+    if arch == "mlp":
+        net = train.build_network("mlp", (1, 6, 6), 3, seed=2, hidden=[7, 5], dtype=np.float64)
+        x = rng.random((300, 1, 6, 6))
+    else:
+        net = train.build_network("conv", (1, 28, 28), 3, seed=2, width=0.05, dtype=np.float64)
+        x = rng.random((40, 1, 28, 28))
+    for st in net.stages:
+        st.bias[...] = rng.normal(size=st.bias.shape)
+    ref = net.sample(x[:9], rng=5)
+    det = net.forward_deterministic(x[:9])
+    biases = [st.bias.copy() for st in net.stages]
+    # statistics over x, sampled with the same generator seed as a hand computation
+    pres = [p.pre for p in net.sample(x, rng=3).stages]
+    net.add_normalization(x, batch_size=len(x), rng=3)
+    assert all(isinstance(st, Normalized) for st in net.stages)
+    assert net.arch_spec["options"]["normalize"] is True
+    for st, z, b in zip(net.stages, pres, biases):
+        axes = (0,) + tuple(range(2, z.ndim))
+        np.testing.assert_allclose(st.beta, z.mean(axis=axes), rtol=1e-12)
+        np.testing.assert_allclose(st.gamma, np.sqrt(z.var(axis=axes) + st.eps), rtol=1e-12)
+        np.testing.assert_allclose(st.running["stochastic"][0], z.mean(axis=axes) - b, rtol=1e-10, atol=1e-12)
+        assert not st.layer.bias.any()
+    with net.evaluating("stochastic"):
+        got = net.sample(x[:9], rng=5)  # the same uniforms as ref
+    for a, b in zip(got.stages, ref.stages):
+        np.testing.assert_allclose(a.pre, b.pre, rtol=1e-9, atol=1e-9)
+        np.testing.assert_array_equal(a.state, b.state)
+    np.testing.assert_allclose(got.logits, ref.logits, rtol=1e-9, atol=1e-9)
+    with net.evaluating("deterministic"):
+        np.testing.assert_allclose(net.forward_deterministic(x[:9]), det, rtol=1e-9, atol=1e-9)
+    gamma0 = net.stages[0].gamma.copy()
+    net.add_normalization(x[:5])  # nothing left to wrap
+    np.testing.assert_array_equal(net.stages[0].gamma, gamma0)
+    rebuilt = train.network_from_spec(net.arch_spec)
+    assert all(isinstance(st, Normalized) for st in rebuilt.stages)
+    assert sorted(rebuilt.params) == sorted(net.params)
