@@ -73,8 +73,8 @@ METHOD_NOTES = {
 
 #: Settings that must not change when a benchmark is resumed (they change the runs' results).
 SAME_ON_RESUME = ("data", "train_subset", "test_subset", "hidden", "channels", "input_padding", "normalize", "noise",
-                  "batch_size", "optimizer", "lr", "lr_for", "schedule", "seed", "val_fraction", "eval_samples", "train_eval_size", "test_samples",
-                  "augment", "lr_trials", "lr_trial_epochs", "lr_trial_subset")
+                  "batch_size", "optimizer", "lr", "lr_for", "schedule", "seed", "val_fraction", "eval_samples",
+                  "train_eval_size", "test_samples", "augment", "lr_trials", "lr_trial_epochs", "lr_trial_subset")
 
 
 def _int_list(text):
@@ -153,7 +153,10 @@ def parse_args(argv=None):
     p.add_argument("--backend", default=None, choices=["cpu", "numpy", "cuda"],
                    help="kernel backend (default: $SBNNUMBA_BACKEND or cpu); 'cuda' trains PSA/ST runs of real-weight "
                         "networks device-resident (see docs/gpu.md)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.extend and not args.resume:
+        p.error("--extend continues runs of an earlier call: use it with --resume")
+    return args
 
 
 def machine_line():
