@@ -276,13 +276,14 @@ class Network:
         if not todo:
             return self
         sums = {}
-        for start in range(0, x.shape[0], batch_size):
-            path = self.sample(x[start:start + batch_size], rng)
-            for k in todo:
-                z = path.stages[k].pre.astype(np.float64)
-                axes = (0,) + tuple(range(2, z.ndim))
-                n, s1, s2 = sums.get(k, (0, 0.0, 0.0))
-                sums[k] = (n + z.size // z.shape[1], s1 + z.sum(axis=axes), s2 + (z * z).sum(axis=axes))
+        with self.evaluating("stochastic"):  # existing normalizations: running statistics, not updated
+            paths = (self.sample(x[start:start + batch_size], rng) for start in range(0, x.shape[0], batch_size))
+            for path in paths:
+                for k in todo:
+                    z = path.stages[k].pre.astype(np.float64)
+                    axes = (0,) + tuple(range(2, z.ndim))
+                    n, s1, s2 = sums.get(k, (0, 0.0, 0.0))
+                    sums[k] = (n + z.size // z.shape[1], s1 + z.sum(axis=axes), s2 + (z * z).sum(axis=axes))
         for k in todo:
             n, s1, s2 = sums[k]
             mean, var = s1 / n, np.maximum(s2 / n - (s1 / n) ** 2, 0.0)

@@ -391,3 +391,23 @@ def test_add_normalization_keeps_the_function(arch, tmp_path):
     rebuilt = train.network_from_spec(net.arch_spec)
     assert all(isinstance(st, Normalized) for st in rebuilt.stages)
     assert sorted(rebuilt.params) == sorted(net.params)
+
+
+def test_add_normalization_leaves_existing_normalizations_alone():
+    """Only the stages without normalization are wrapped; the statistics pass uses (and does not
+    update) the running statistics of the existing ones."""
+    rng = np.random.default_rng(9)
+    first = Normalized(sb.Linear(4, 5, rng=rng, dtype=np.float64))
+    first.running["stochastic"] = (rng.normal(size=5), rng.uniform(0.5, 2, size=5))
+    net = sb.Network([first, sb.Linear(5, 3, rng=rng, dtype=np.float64)], sb.Linear(3, 2, rng=rng, dtype=np.float64))
+    saved = [a.copy() for a in first.running["stochastic"]]
+    x = rng.normal(size=(200, 4))
+    with net.evaluating("stochastic"):
+        ref = net.sample(x[:7], rng=1)
+    net.add_normalization(x, batch_size=64, rng=2)
+    assert net.stages[0] is first and isinstance(net.stages[1], Normalized)
+    for a, b in zip(first.running["stochastic"], saved):
+        np.testing.assert_array_equal(a, b)
+    with net.evaluating("stochastic"):
+        got = net.sample(x[:7], rng=1)
+    np.testing.assert_allclose(got.logits, ref.logits, rtol=1e-9, atol=1e-9)
