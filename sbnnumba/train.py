@@ -179,7 +179,7 @@ def _jsonable(obj):
 
 
 def _dumps(obj):
-    return json.dumps(_jsonable(obj), sort_keys=True)
+    return json.dumps(_jsonable(obj))  # insertion order: a resumed history keeps its CSV columns
 
 
 def _device_trainer(net, estimator, estimator_options, augment, opt, batch_size, input_shape):
