@@ -20,7 +20,7 @@ import numpy as np
 from . import losses
 from .layers import BACKENDS, Linear
 from .noise import get_noise
-from .normalization import Normalized
+from .normalization import Normalized, moments_from_sums
 from .validation import as_generator, check_float_array, check_labels
 
 DEFAULT_BACKEND_ENV = "SBNNUMBA_BACKEND"
@@ -285,8 +285,7 @@ class Network:
                     n, s1, s2 = sums.get(k, (0, 0.0, 0.0))
                     sums[k] = (n + z.size // z.shape[1], s1 + z.sum(axis=axes), s2 + (z * z).sum(axis=axes))
         for k in todo:
-            n, s1, s2 = sums[k]
-            mean, var = s1 / n, np.maximum(s2 / n - (s1 / n) ** 2, 0.0)
+            mean, var = moments_from_sums(*sums[k])
             layer = self.stages[k]
             wrapped = Normalized(layer, momentum=momentum, eps=eps)
             dtype = wrapped.gamma.dtype

@@ -28,6 +28,12 @@ import numpy as np
 from .layers import Layer
 
 
+def moments_from_sums(count, total, total_sq):
+    """Per-channel ``(mean, var)`` from a count and the sums of ``z`` and ``z^2`` (var clipped at 0)."""
+    mean = total / count
+    return mean, np.maximum(total_sq / count - mean ** 2, 0)
+
+
 class Normalized(Layer):
     """Wrap ``layer`` with batch normalization (affine ``gamma``, ``beta``).
 
@@ -93,9 +99,7 @@ class Normalized(Layer):
         self._accumulator = [0, 0.0, 0.0]
 
     def finish_accumulating(self, mode):
-        count, total, total_sq = self._accumulator
-        mean = total / count
-        var = np.maximum(total_sq / count - mean ** 2, 0)
+        mean, var = moments_from_sums(*self._accumulator)
         self.running[mode] = (mean.astype(self.gamma.dtype), var.astype(self.gamma.dtype))
         self._accumulator = None
 
