@@ -126,6 +126,35 @@ def test_ratio_form_splits_unsafe_pairs_to_generic(dtype, tol):
     np.testing.assert_allclose(got, generic, atol=tol * np.abs(ref).max())
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_inert_saturated_units_are_left_out_within_half_a_rounding_unit(dtype):
+    """A saturated unit whose flips keep it in sigma's flat tail (|a| - 2 max|W| > T) is left out of the
+    direct sum: its true terms are below |g| e^{-T}, half a rounding unit. Units within the bound are
+    summed (one just inside it, one whose large weight pulls it across), and the result matches the
+    float64 reference."""
+    rng = np.random.default_rng(9)
+    x_in, a, x_out, w, d_out = _layer(rng, 3, 11, 6, dtype, scale=0.3)
+    lim, flat = cpu.ratio_limits(dtype)[0], cpu.SIGMA_FLAT[np.dtype(dtype)]
+    w[4, 2] = lim                  # unit 4 can cross from one tail to the other
+    w[5, 0] = (lim + 1 - flat) / 2  # reach of unit 5 = lim + 1 - T: a[2, 5] below is saturated
+    reach = 2 * np.abs(w).max(axis=1)
+    a[0, 3] = lim + flat + reach[3] + 0.5   # saturated, |a| - reach = T + 0.5: inert
+    a[1, 4] = -(lim + 1)                    # saturated, reach = 2 lim: active
+    a[2, 5] = reach[5] + flat - 0.5         # saturated, |a| - reach = T - 0.5: active
+    assert np.all(np.abs(a[[0, 1, 2], [3, 4, 5]]) > lim)
+    active = cpu.active_saturated(a, reach)
+    assert not active[0, 3] and active[1, 4] and active[2, 5] and active.sum() == 2
+    args64 = [t.astype(np.float64) for t in (x_in, a, x_out, w, d_out)]
+    only_inert = np.zeros_like(args64[4])
+    only_inert[0, 3] = args64[4][0, 3]
+    dropped = reference.flip_propagate_dense(*args64[:4], only_inert, "logistic")
+    assert 0 < np.abs(dropped).max() < abs(only_inert[0, 3]) * np.exp(-flat)
+    got = cpu.flip_propagate_dense(x_in, a, x_out, w, d_out, 0, form="ratio")
+    ref = reference.flip_propagate_dense(*args64, "logistic")
+    tol = 3e-6 if dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(got, ref, atol=tol * np.abs(ref).max())
+
+
 def test_ratio_form_all_pairs_unsafe():
     rng = np.random.default_rng(8)
     x_in, a, x_out, w, d_out = _layer(rng, 2, 5, 3, np.float64)

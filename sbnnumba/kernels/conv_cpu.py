@@ -35,7 +35,8 @@ Two forms, as for dense layers (:mod:`sbnnumba.kernels.cpu`):
   connection. Overflow is prevented as in the dense kernel (:func:`sbnnumba.kernels.cpu.ratio_limits`):
   ``2W`` is clipped to ``[-C, C]`` (a term moves by less than ``e^{-(C-A)}``) and the saturated
   output units (``|a| > A``) are left out of the ratio sums and summed directly over their
-  receptive fields with one ``exp`` per connection (:func:`_flip_conv_logistic_saturated`), so
+  receptive fields with one ``exp`` per connection (:func:`_flip_conv_logistic_saturated`), except
+  the inert ones whose terms cannot be told from 0 (:func:`sbnnumba.kernels.cpu.active_saturated`), so
   saturated units never make the layer pay the generic form's stable F difference.
 * **generic** (every noise family): ``Delta = F(u) - F(v)`` with ``v = -x_out a``,
   ``u = v + 2 x_out W x_in``, evaluated like :func:`sbnnumba.kernels.scalar.cdf_diff` (``F(-v) - F(-u)``
@@ -252,7 +253,8 @@ def flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_co
     d_in = np.empty((n_batch, c_in, h * w), dtype=dtype)
     if form == "ratio":
         g = x_out * d_out
-        g_safe, a_safe, saturated = split_saturated(a, g)  # saturated units: summed directly below
+        reach = 2 * np.abs(weight).reshape(c_out, -1).max(axis=1).astype(dtype)[:, None, None]
+        g_safe, a_safe, saturated = split_saturated(a, g, reach)  # active saturated units: summed directly below
         sig = (0.5 * (1 + np.tanh(0.5 * a_safe))).astype(dtype)
         t_grid = _to_grid(np.einsum("bcyx,bcyx->byx", g_safe, sig)[:, None], wq)[:, 0]
         a_grid = np.empty((n_batch, n_grid), dtype=dtype)
