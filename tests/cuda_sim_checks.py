@@ -146,6 +146,51 @@ def check_dense_flip_saturated():
             close(got, cpu.flip_propagate_dense(*p, 0, form="ratio"), f"dense {name} vs cpu", **tol)
 
 
+def check_inert_saturated_skip_the_exact_pass(rng):
+    """Saturated units whose flips stay in sigma's flat tail (|a| - 2 max|W| > T) are inert: with only
+    those, the ratio-form preparation reports no exact pass (d_sat None) and the result still matches
+    the float64 reference; a large weight that makes one of them active brings the pass back (dense
+    and conv)."""
+    from numba import cuda
+    from sbnnumba.kernels import conv_reference, cpu, cuda_backend as cb, reference
+    limit, flat = cpu.ratio_limits(np.float32)[0], cpu.SIGMA_FLAT[np.dtype(np.float32)]
+
+    def reach(w, ndim):  # 2 max|W| per output unit or channel, shaped to broadcast against a
+        return 2 * np.abs(w).reshape(w.shape[0], -1).max(axis=1).reshape((-1,) + (1,) * (ndim - 2))
+
+    dense = list(dense_problem(rng, "logistic", 4, 9, 7))
+    r = reach(dense[3], 2)
+    dense[1][0, 2] = limit + flat + r[2] + 1
+    dense[1][3, 5] = -(limit + flat + r[5] + 4)
+    kernel, stride, padding = (3, 3), (1, 1), (1, 1)
+    conv = list(conv_problem(rng, "logistic", kernel, stride, padding))
+    r = reach(conv[3], 2)
+    conv[1][0, 1] = limit + flat + r[1] + 2  # a whole inert map
+    conv[1][1, 0, 0, 1] = -(limit + flat + r[0] + 1)
+    cases = (
+        ("dense", dense, 1, lambda p: reference.flip_propagate_dense(*as64(*p), "logistic"),
+         lambda p: cb.flip_propagate_dense(*p, 0, form="ratio", tiles=SMALL_DENSE_TILES)),
+        ("conv", conv, conv[1].shape[2] * conv[1].shape[3],
+         lambda p: conv_reference.flip_propagate_conv(*as64(*p), stride, padding, "logistic"),
+         lambda p: cb.flip_propagate_conv(*p, stride, padding, 0, form="ratio")),
+    )
+    for name, prob, inner, want_of, got_of in cases:
+        for active in (False, True):
+            p = [t.copy() for t in prob]
+            if active:  # a large weight lets one saturated unit cross sigma's range
+                p[3][np.argwhere(np.abs(p[1]) > limit)[0][1]].flat[0] = 2 * limit
+            a = p[1]
+            n_active = cpu.active_saturated(a, reach(p[3], a.ndim)).sum()
+            if (np.abs(a) > limit).sum() == 0 or (n_active > 0) != active:
+                raise AssertionError(f"{name}: expected saturated units, {'some' if active else 'none'} active")
+            parts = cb._ratio_units(*(cuda.to_device(np.ascontiguousarray(t)) for t in (a, p[2], p[4])),
+                                    np.dtype(np.float32), cuda.to_device(p[3]), None, inner)
+            if (parts[3] is not None) != active:
+                raise AssertionError(f"{name}: exact pass {'missing' if active else 'run'} with "
+                                     f"{'one active' if active else 'only inert'} saturated units")
+            close(got_of(p), want_of(p), f"{name} inert saturated (active unit: {active})")
+
+
 def check_dense_flip_device_arrays():
     """Device arrays in -> device array out, no copies of the inputs; the result matches."""
     from numba import cuda
@@ -208,6 +253,7 @@ def check_conv_flip_extra():
     prob[1][1, 3, 0, 0] = -45.0
     want = conv_reference.flip_propagate_conv(*as64(*prob), stride, padding, "logistic")
     close(cb.flip_propagate_conv(*prob, stride, padding, 0, form="ratio"), want, "conv few saturated")
+    check_inert_saturated_skip_the_exact_pass(rng)
     prob = conv_problem(rng, "logistic", kernel, stride, padding)
     got = cb.flip_propagate_conv(*[cuda.to_device(t) for t in prob], stride, padding, 0)
     if not cb.is_device_array(got):
@@ -842,7 +888,8 @@ def ptx_checks():
                                                sig(0, f2, f2, f2, f2, f2, f2))
         checks[f"ptx_conv_ratio_{name}"] = (k.flip_conv_ratio, sig(f4, f4, f4, (3, dt), f4, 1, 1, 1, 1, one, f4))
         checks[f"ptx_conv_generic_{name}"] = (k.flip_conv_generic, sig(0, f4, f4, f4, f4, f4, f4, f4, 1, 1, 1, 1, f4))
-        checks[f"ptx_units_{name}"] = [(k.ratio_units, sig(f1, f1, f1, one, f1, f1, f1, f1, (1, np.int32))),
+        checks[f"ptx_units_{name}"] = [(k.ratio_units, sig(f1, f1, f1, one, f1, 1, one, f1, f1, f1, f1, (1, np.int32))),
+                                       (k.reach_rows, sig(f2, f1)),
                                        (k.generic_units, sig(0, f1, f1, f1, f1, f1)),
                                        (k.exp2, sig(f1, one, f1)), (k.exp2_transpose, sig(f2, one, f2)),
                                        (k.sum_axis1, sig((3, dt), f2)), (k.add_into, sig(f1, f1))]

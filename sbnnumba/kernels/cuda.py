@@ -66,7 +66,7 @@ Bit-packed kernels (layout of :mod:`sbnnumba.bitpack`: bit set = -1, zero paddin
 
 Element-wise (flat arrays): :func:`sample_states` (``x = +1 if u < F(a) else -1``),
 :func:`st_factor` (``2 p(a)``), :func:`psa_preactivation_grad` (``-x p(a) d``), the PSA
-preparation kernels :func:`ratio_units`, :func:`generic_units`, :func:`exp2`, :func:`exp2_transpose`,
+preparation kernels :func:`ratio_units`, :func:`reach_rows`, :func:`generic_units`, :func:`exp2`, :func:`exp2_transpose`,
 and :func:`add_into`.
 
 Kernels avoid the builtins ``min``/``max`` (numba 0.68's CUDA target compiles their generic
@@ -364,10 +364,13 @@ def flip_conv_generic(code, x_in, v, s, d, f_lo, f_hi, weight, sh, sw, ph, pw, d
 # ---------------------------------------------------------------------------------------------------
 
 @cuda.jit(fastmath=True)
-def ratio_units(a, x_out, d_out, limit, e, g, gs, d_sat, n_sat):
+def ratio_units(a, x_out, d_out, limit, reach, inner, flat_tail, e, g, gs, d_sat, n_sat):
     """``e = exp(-a)``, ``g = x_out d_out``, ``gs = g sigma(a)``, ``d_sat = 0`` (flat arrays of one size),
-    except for the saturated units ``|a| > limit``: ``e = 1``, ``g = gs = 0`` (no ratio term) and
-    ``d_sat = d_out``, counted in ``n_sat[0]`` (int32)."""
+    except for the saturated units ``|a| > limit``: ``e = 1``, ``g = gs = 0`` (no ratio term), and, for
+    the active ones among them (``|a| - reach[(i // inner) % len(reach)] <= flat_tail``, see
+    :func:`sbnnumba.kernels.cpu.active_saturated`), ``d_sat = d_out``, counted in ``n_sat[0]`` (int32).
+    ``reach`` holds ``2 max |W|`` per output unit (dense, ``inner = 1``) or per output channel (conv,
+    ``inner = H_out W_out``)."""
     i = cuda.grid(1)
     if i < a.shape[0]:
         ai = a[i]
@@ -376,14 +379,30 @@ def ratio_units(a, x_out, d_out, limit, e, g, gs, d_sat, n_sat):
             e[i] = 1
             g[i] = 0
             gs[i] = 0
-            d_sat[i] = di
-            cuda.atomic.add(n_sat, 0, 1)
+            if abs(ai) - reach[(i // inner) % reach.shape[0]] <= flat_tail:
+                d_sat[i] = di
+                cuda.atomic.add(n_sat, 0, 1)
+            else:  # inert: its flip terms are below half a rounding unit
+                d_sat[i] = 0
         else:
             gi = x_out[i] * di
             e[i] = math.exp(-ai)
             g[i] = gi
             gs[i] = gi * cdf(LOGISTIC, ai)
             d_sat[i] = 0
+
+
+@cuda.jit
+def reach_rows(w, out):
+    """``out[r] = 2 max_k |w[r, k]|``: ``w`` (R, K) -> ``out`` (R,); 1-D launch over R."""
+    r = cuda.grid(1)
+    if r < w.shape[0]:
+        m = abs(w[r, 0])
+        for c in range(1, w.shape[1]):
+            v = abs(w[r, c])
+            if v > m:
+                m = v
+        out[r] = 2 * m
 
 
 @cuda.jit

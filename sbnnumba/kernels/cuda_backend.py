@@ -34,7 +34,10 @@ not once per call.
 The ratio form of the logistic PSA kernels uses the CPU's limits (:func:`sbnnumba.kernels.cpu.ratio_limits`):
 ``2W`` is clipped to ``[-C, C]`` and the saturated units (``|a| > A``) are summed exactly by the
 generic kernel, restricted to them (a ``d_out`` that is zero elsewhere), and added; that second
-pass (and a one-integer download to learn whether it is needed) only costs when some unit saturates.
+pass (and a one-integer download to learn whether it is needed) only costs when some saturated unit
+is active: as on the CPU (:func:`sbnnumba.kernels.cpu.active_saturated`), units whose flips keep
+them in sigma's flat tail (``|a| - 2 max|W| > T``) are left out, so a trained network whose
+saturated units are all inert skips the pass.
 Nothing here imports ``numba.cuda`` at import time.
 """
 from __future__ import annotations
@@ -45,7 +48,7 @@ import weakref
 
 import numpy as np
 
-from .cpu import ratio_limits
+from .cpu import SIGMA_FLAT, ratio_limits
 from .scalar import LOGISTIC
 
 INSTALL_HINT = ("install an NVIDIA driver and the CUDA target of numba (`pip install 'numba-cuda[cu12]'`, "
@@ -333,16 +336,27 @@ def _check_form(form, noise_code):
     return "ratio" if form == "auto" and noise_code == LOGISTIC else ("generic" if form == "auto" else form)
 
 
-def _ratio_units(da, dxo, dd, dtype):
+def _ratio_units(da, dxo, dd, dtype, dw, entry, inner):
     """Per-unit arrays of a ratio-form call: ``e, g, gs`` (:func:`sbnnumba.kernels.cuda.ratio_units`) and
-    ``d_sat``, the ``d_out`` of the saturated units (zero elsewhere), or None when no unit saturates."""
+    ``d_sat``, the ``d_out`` of the active saturated units (zero elsewhere), or None when there are none.
+    ``dw`` is the weight (output units or channels first, cached ``reach`` per cache ``entry``);
+    ``inner`` the number of consecutive units of ``a`` per row of ``dw`` (1 dense, ``H_out W_out`` conv)."""
     from . import cuda as k
     cuda = _cuda()
+    rows = dw.reshape(dw.shape[0], int(np.prod(dw.shape[1:])))
+
+    def make_reach():
+        reach = cuda.device_array(rows.shape[0], dtype=dtype)
+        _launch_1d(k.reach_rows, rows.shape[0], rows, reach)
+        return reach
+
+    reach = _derived(entry, ("reach_rows", dtype.name), make_reach)
     e, g, gs, d_sat = (cuda.device_array(da.shape, dtype=dtype) for _ in range(4))
     n_sat = cuda.device_array(1, dtype=np.int32)
     k.zero_counter[1, 1](n_sat)  # a kernel, not an upload: a device-resident step makes no host-to-device copy
     _launch_1d(k.ratio_units, int(np.prod(da.shape)), _flat(da), _flat(dxo), _flat(dd),
-               dtype.type(ratio_limits(dtype)[0]), _flat(e), _flat(g), _flat(gs), _flat(d_sat), n_sat)
+               dtype.type(ratio_limits(dtype)[0]), reach, inner, dtype.type(SIGMA_FLAT[dtype]), _flat(e), _flat(g),
+               _flat(gs), _flat(d_sat), n_sat)
     return e, g, gs, (d_sat if n_sat.copy_to_host()[0] else None)
 
 
@@ -400,7 +414,7 @@ def flip_propagate_dense(x_in, a, x_out, weight, d_out, noise_code, form="auto",
     block = (cfg["tile_i"], cfg["tile_b"] // cfg["rows_per_thread"])
     generic = k.dense_flip_generic_kernel(dtype.name, **cfg)[grid, block]
     if form == "ratio":
-        e, g, gs, d_sat = _ratio_units(da, dxo, dd, dtype)
+        e, g, gs, d_sat = _ratio_units(da, dxo, dd, dtype, dw, entry, 1)
         a_term = cuda.device_array((n_batch, 1), dtype=dtype)
         _launch_1d(k.sum_axis1, n_batch, gs.reshape(n_batch, n_out, 1), a_term)
         clip = dtype.type(ratio_limits(dtype)[1])
@@ -474,7 +488,7 @@ def flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_co
         _launch_1d(k.flip_conv_generic, n_in_units, int(code), dx, v, dxo, d, f_lo, f_hi, dw, sh, sw, ph, pw, out)
 
     if form == "ratio":
-        e, g, gs, d_sat = _ratio_units(da, dxo, dd, dtype)
+        e, g, gs, d_sat = _ratio_units(da, dxo, dd, dtype, dw, entry, ho * wo)
         t_sum = cuda.device_array((n_batch, ho * wo), dtype=dtype)
         _launch_1d(k.sum_axis1, n_batch * ho * wo, gs.reshape(n_batch, c_out, ho * wo), t_sum)
 
