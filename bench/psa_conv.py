@@ -7,7 +7,10 @@ Prints, measured in the same run (medians over interleaved repeats, float32):
    (``Conv2d.forward``: im2col + one BLAS GEMM), with the ordinary ST backward of that layer
    (``backward_input`` + ``param_grads``) for context. Target: flip propagation within 6x of the
    forward convolution. ``--generic`` also times the generic (any-noise) F form, once: it evaluates
-   two cdfs per connection and is ~100x slower than the ratio form.
+   two cdfs per connection and is ~100x slower than the ratio form. Also: the same layer with 5 % of
+   its units saturated beyond the ratio form's limit (``|a| > A``) but inert (their flips stay in
+   sigma's flat tail, as in trained networks), which the kernel leaves out, against the direct sum
+   over those units (one ``exp`` per connection) that it would otherwise add.
 2. one full training step (``sbnnumba.estimate``: sampled forward + backward) of the paper's
    all-convolutional SBN adapted to 1x28x28 (``architectures.conv``; ``--width`` multiplies the
    paper's channels 96, 96, 96, 192 x 5; default 0.5, i.e. 48, 48, 48, 96 x 5), batch 64: PSA vs ST.
@@ -42,6 +45,30 @@ def layer_inputs(rng, batch=64, channels=64, size=14):
     return layer, x_in, a, x_out, d_out
 
 
+def saturated_variant(rng, layer, x_in, a, x_out, d_out, fraction=0.05):
+    """``a`` with ``fraction`` of its units moved beyond the ratio form's limit ``A`` (all inert: ``|a| - 2
+    max|W| > T``), and a function that sums those units directly, one ``exp`` per connection, as the
+    kernel did before it left inert units out."""
+    from sbnnumba.kernels import cpu
+    lim_a = cpu.ratio_limits(np.float32)[0]
+    reach = 2 * np.abs(layer.weight).reshape(layer.weight.shape[0], -1).max(axis=1)
+    mask = rng.random(a.shape) < fraction
+    a_sat = np.where(mask, np.where(a >= 0, 1, -1) * (lim_a + cpu.SIGMA_FLAT[np.dtype(np.float32)] + reach.max() + 1),
+                     a).astype(np.float32)
+    assert not cpu.active_saturated(a_sat, reach[:, None, None]).any()
+    row_start, units = cpu.saturated_rows(mask)
+    weight = np.ascontiguousarray(layer.weight, dtype=np.float32)
+    g = x_out * d_out
+    lim = np.float32(cpu.EXP_ARG_LIMIT[np.dtype(np.float32)])
+    d_in = np.zeros(x_in.shape, np.float32)
+    (sh, sw), (ph, pw) = layer.stride, layer.padding
+
+    def direct_sum():
+        conv_cpu._flip_conv_logistic_saturated(x_in, a_sat, g, weight, row_start, units, sh, sw, ph, pw, lim, d_in)
+
+    return a_sat, direct_sum
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=11)
@@ -52,11 +79,15 @@ def main(argv=None):
     rng = np.random.default_rng(0)
 
     layer, x_in, a, x_out, d_out = layer_inputs(rng)
+    a_sat, direct_sum = saturated_variant(rng, layer, x_in, a, x_out, d_out)
     contenders = {
         "forward conv (im2col + GEMM)": lambda: layer.forward(x_in),
         "PSA flip, ratio form": lambda: layer.flip_propagate(x_in, a, x_out, d_out, "logistic", "cpu"),
         "ST backward_input (GEMM + col2im)": lambda: layer.backward_input(d_out, x_in.shape[1:]),
         "param_grads (im2col + GEMM)": lambda: layer.param_grads(x_in, d_out),
+        "PSA flip, 5 % inert saturated units": lambda: layer.flip_propagate(x_in, a_sat, x_out, d_out, "logistic",
+                                                                           "cpu"),
+        "direct sum over those units (left out)": direct_sum,
     }
     for fn in contenders.values():  # compile and warm up
         fn()
@@ -71,6 +102,10 @@ def main(argv=None):
     for name, t in med.items():
         print(f"   {name:40s} {t * 1e3:9.2f} ms   {t / base:7.2f}x forward")
     print(f"   => PSA flip (ratio form) / forward conv = {med['PSA flip, ratio form'] / base:.2f}x (target <= 6x)")
+    print(f"   => with 5 % inert saturated units: "
+          f"{med['PSA flip, 5 % inert saturated units'] / med['PSA flip, ratio form']:.2f}x the unsaturated flip; "
+          f"summing them directly would add "
+          f"{med['direct sum over those units (left out)'] / med['PSA flip, ratio form']:.2f}x")
 
     net = build("conv", (1, 28, 28), 10, width=args.width, rng=1)
     x = rng.random((64, 1, 28, 28), dtype=np.float32)
