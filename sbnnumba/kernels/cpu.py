@@ -32,10 +32,10 @@ Two forms:
   ``|a[b,j]| > A`` are removed from the ratio sum (``g[b,j] = 0``) and summed directly,
   ``g (sigma(a) - sigma(a - 2 W x))`` with one ``exp`` per connection of those pairs only
   (:func:`_flip_dense_logistic_saturated`), except the *inert* ones (:func:`active_saturated`), whose
-  flips cannot move ``sigma`` by a rounding unit and are left out. Saturated units or large weights therefore never switch
-  a whole layer to the generic form, whose stable F difference per connection is about 100x slower
-  than the ratio form (seen in training: epochs 6x slower once one first-layer pre-activation
-  passed the old whole-layer limit of 40).
+  flips cannot move ``sigma`` by a rounding unit and are left out. Saturated units or large weights
+  therefore never switch a whole layer to the generic form, whose stable F difference per
+  connection is about 100x slower than the ratio form (seen in training: epochs 6x slower once one
+  first-layer pre-activation passed the old whole-layer limit of 40).
 
 Kernels take preallocated outputs and never draw random numbers.
 """

@@ -66,8 +66,8 @@ Bit-packed kernels (layout of :mod:`sbnnumba.bitpack`: bit set = -1, zero paddin
 
 Element-wise (flat arrays): :func:`sample_states` (``x = +1 if u < F(a) else -1``),
 :func:`st_factor` (``2 p(a)``), :func:`psa_preactivation_grad` (``-x p(a) d``), the PSA
-preparation kernels :func:`ratio_units`, :func:`reach_rows`, :func:`generic_units`, :func:`exp2`, :func:`exp2_transpose`,
-and :func:`add_into`.
+preparation kernels :func:`ratio_units`, :func:`reach_rows`, :func:`generic_units`, :func:`exp2`,
+:func:`exp2_transpose`, and :func:`add_into`.
 
 Kernels avoid the builtins ``min``/``max`` (numba 0.68's CUDA target compiles their generic
 ``*args`` overload as a device function and fails); conditional expressions are used instead.
