@@ -138,7 +138,7 @@ def test_inert_saturated_units_are_left_out_within_half_a_rounding_unit(dtype):
     w[4, 2] = lim                  # unit 4 can cross from one tail to the other
     w[5, 0] = (lim + 1 - flat) / 2  # reach of unit 5 = lim + 1 - T: a[2, 5] below is saturated
     reach = 2 * np.abs(w).max(axis=1)
-    a[0, 3] = lim + flat + reach[3] + 0.5   # saturated, |a| - reach = T + 0.5: inert
+    a[0, 3] = lim + flat + reach[3] + 0.5   # saturated, |a| - reach = A + T + 0.5 > T: inert
     a[1, 4] = -(lim + 1)                    # saturated, reach = 2 lim: active
     a[2, 5] = reach[5] + flat - 0.5         # saturated, |a| - reach = T - 0.5: active
     assert np.all(np.abs(a[[0, 1, 2], [3, 4, 5]]) > lim)
