@@ -51,11 +51,10 @@ def saturated_variant(rng, layer, x_in, a, x_out, d_out, fraction=0.05):
     kernel did before it left inert units out."""
     from sbnnumba.kernels import cpu
     lim_a = cpu.ratio_limits(np.float32)[0]
-    reach = 2 * np.abs(layer.weight).reshape(layer.weight.shape[0], -1).max(axis=1)
+    margin = lim_a + cpu.SIGMA_FLAT[np.dtype(np.float32)] + cpu.flip_reach(layer.weight).max() + 1
     mask = rng.random(a.shape) < fraction
-    a_sat = np.where(mask, np.where(a >= 0, 1, -1) * (lim_a + cpu.SIGMA_FLAT[np.dtype(np.float32)] + reach.max() + 1),
-                     a).astype(np.float32)
-    assert not cpu.active_saturated(a_sat, reach[:, None, None]).any()
+    a_sat = np.where(mask, np.where(a >= 0, 1, -1) * margin, a).astype(np.float32)
+    assert not cpu.active_saturated(a_sat, layer.weight).any()
     row_start, units = cpu.saturated_rows(mask)
     weight = np.ascontiguousarray(layer.weight, dtype=np.float32)
     g = x_out * d_out

@@ -155,16 +155,13 @@ def check_inert_saturated_skip_the_exact_pass(rng):
     from sbnnumba.kernels import conv_reference, cpu, cuda_backend as cb, reference
     limit, flat = cpu.ratio_limits(np.float32)[0], cpu.SIGMA_FLAT[np.dtype(np.float32)]
 
-    def reach(w, ndim):  # 2 max|W| per output unit or channel, shaped to broadcast against a
-        return 2 * np.abs(w).reshape(w.shape[0], -1).max(axis=1).reshape((-1,) + (1,) * (ndim - 2))
-
     dense = list(dense_problem(rng, "logistic", 4, 9, 7))
-    r = reach(dense[3], 2)
+    r = cpu.flip_reach(dense[3])
     dense[1][0, 2] = limit + flat + r[2] + 1
     dense[1][3, 5] = -(limit + flat + r[5] + 4)
     kernel, stride, padding = (3, 3), (1, 1), (1, 1)
     conv = list(conv_problem(rng, "logistic", kernel, stride, padding))
-    r = reach(conv[3], 2)
+    r = cpu.flip_reach(conv[3])
     conv[1][0, 1] = limit + flat + r[1] + 2  # a whole inert map
     conv[1][1, 0, 0, 1] = -(limit + flat + r[0] + 1)
     cases = (
@@ -180,7 +177,7 @@ def check_inert_saturated_skip_the_exact_pass(rng):
             if active:  # a large weight lets one saturated unit cross sigma's range
                 p[3][np.argwhere(np.abs(p[1]) > limit)[0][1]].flat[0] = 2 * limit
             a = p[1]
-            n_active = cpu.active_saturated(a, reach(p[3], a.ndim)).sum()
+            n_active = cpu.active_saturated(a, p[3]).sum()
             if (np.abs(a) > limit).sum() == 0 or (n_active > 0) != active:
                 raise AssertionError(f"{name}: expected saturated units, {'some' if active else 'none'} active")
             parts = cb._ratio_units(*(cuda.to_device(np.ascontiguousarray(t)) for t in (a, p[2], p[4])),

@@ -142,7 +142,7 @@ def test_inert_saturated_units_are_left_out_within_half_a_rounding_unit(dtype):
     a[1, 4] = -(lim + 1)                    # saturated, reach = 2 lim: active
     a[2, 5] = reach[5] + flat - 0.5         # saturated, |a| - reach = T - 0.5: active
     assert np.all(np.abs(a[[0, 1, 2], [3, 4, 5]]) > lim)
-    active = cpu.active_saturated(a, reach)
+    active = cpu.active_saturated(a, w)
     assert not active[0, 3] and active[1, 4] and active[2, 5] and active.sum() == 2
     args64 = [t.astype(np.float64) for t in (x_in, a, x_out, w, d_out)]
     only_inert = np.zeros_like(args64[4])

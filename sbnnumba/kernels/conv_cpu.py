@@ -253,8 +253,7 @@ def flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_co
     d_in = np.empty((n_batch, c_in, h * w), dtype=dtype)
     if form == "ratio":
         g = x_out * d_out
-        reach = 2 * np.abs(weight).reshape(c_out, -1).max(axis=1).astype(dtype)[:, None, None]
-        g_safe, a_safe, saturated = split_saturated(a, g, reach)  # active saturated units: summed directly below
+        g_safe, a_safe, saturated = split_saturated(a, g, weight)  # active saturated units: summed directly below
         sig = (0.5 * (1 + np.tanh(0.5 * a_safe))).astype(dtype)
         t_grid = _to_grid(np.einsum("bcyx,bcyx->byx", g_safe, sig)[:, None], wq)[:, 0]
         a_grid = np.empty((n_batch, n_grid), dtype=dtype)

@@ -305,48 +305,54 @@ def saturated_rows(unsafe):
     return row_start, np.stack(coords[1:], axis=1).astype(np.int64)
 
 
-def active_saturated(a, reach):
+def flip_reach(weight):
+    """``2 max |W|`` over each output unit's (dense) or output channel's (conv) connections, shape
+    ``(N_out,)``: the most a flip of one input can move that unit's pre-activation."""
+    weight = np.asarray(weight)
+    return 2 * np.abs(weight).reshape(weight.shape[0], -1).max(axis=1)
+
+
+def active_saturated(a, weight):
     r"""The saturated units (``|a| > A``) whose flip terms can be told from 0 in ``a``'s dtype.
 
     A flip of input ``i`` moves unit ``j`` from ``a`` to ``u = a - 2 W[j,i] x[i]``, so
-    ``|u| >= |a| - reach`` with ``reach[j] = 2 max_i |W[j,i]|``. When ``|a| - reach > T``
-    (``SIGMA_FLAT``: 17 in float32, 37 in float64) both ``a`` and every ``u`` lie in the same flat
-    tail of ``sigma``, and each term ``g (sigma(a) - sigma(u))`` has magnitude below ``|g| e^{-T}``,
-    under half a rounding unit of ``|g|``: the direct sum would add rounding noise at most (in
-    float32 it computes exact zeros). Such *inert* units are left out of the direct sum; units that
-    saturate through growing pre-activations late in training are mostly inert, and summing them
-    one ``exp`` per connection made PSA steps about 1.5x slower.
+    ``|u| >= |a| - reach`` with ``reach[j] = 2 max_i |W[j,i]|`` (:func:`flip_reach`). When
+    ``|a| - reach > T`` (``SIGMA_FLAT``: 17 in float32, 37 in float64) both ``a`` and every ``u``
+    lie in the same flat tail of ``sigma``, and each term ``g (sigma(a) - sigma(u))`` has magnitude
+    below ``|g| e^{-T}``, under half a rounding unit of ``|g|``: the direct sum would add rounding
+    noise at most (in float32 it computes exact zeros). Such *inert* units are left out of the
+    direct sum; units that saturate through growing pre-activations late in training are mostly
+    inert, and summing them one ``exp`` per connection made PSA steps about 1.5x slower.
 
     Parameters
     ----------
-    a : ndarray (B, ...)
-        Pre-activations.
-    reach : ndarray, broadcastable to ``a.shape[1:]``
-        ``2 max |W|`` over each output unit's connections (dense: per output unit; conv: per
-        output channel, shape ``(C_out, 1, 1)``).
+    a : ndarray (B, N_out) or (B, C_out, H_out, W_out)
+        Pre-activations of a dense or conv layer.
+    weight : ndarray (N_out, N_in) or (C_out, C_in, kh, kw)
+        The layer's weight.
 
     Returns
     -------
     bool ndarray of ``a``'s shape.
     """
-    lim_a = ratio_limits(a.dtype)[0]
+    reach = flip_reach(weight).astype(a.dtype).reshape((-1,) + (1,) * (a.ndim - 2))
     mag = np.abs(a)
-    return (mag > lim_a) & (mag - reach <= SIGMA_FLAT[a.dtype])
+    return (mag > ratio_limits(a.dtype)[0]) & (mag - reach <= SIGMA_FLAT[a.dtype])
 
 
-def split_saturated(a, g, reach):
+def split_saturated(a, g, weight):
     """Split a logistic ratio-form call into its safe part and its saturated units (dense and conv alike).
 
     Returns ``(g_safe, a_safe, saturated)``: ``g`` and ``a`` with the saturated units (``|a| > A``)
     set to 0, so they add no term to the ratio sums and ``e^{-a}`` stays finite, and ``saturated``,
-    None when no saturated unit is active (:func:`active_saturated`, ``reach`` as there), else
-    :func:`saturated_rows` of the active ones.
+    None when no saturated unit is active (:func:`active_saturated` with the layer's ``weight``),
+    else :func:`saturated_rows` of the active ones.
     """
     unsafe = ratio_unsafe_pairs(a)
     if not unsafe.any():
         return g, a, None
     zero = a.dtype.type(0)
-    active = active_saturated(a, reach)
+    active = active_saturated(a, weight)
     return (np.where(unsafe, zero, g), np.where(unsafe, zero, a),
             saturated_rows(active) if active.any() else None)
 
@@ -415,7 +421,7 @@ def flip_propagate_dense(x_in, a, x_out, weight, d_out, noise_code, form="auto")
                               dtype.type(1), d_in)
         else:  # every unit saturated: nothing for the ratio form
             d_in[...] = 0
-        active = active_saturated(a, 2 * np.abs(weight).max(axis=1)) if n_saturated else None
+        active = active_saturated(a, weight) if n_saturated else None
         if active is not None and active.any():
             row_start, index = saturated_rows(active)
             _flip_dense_logistic_saturated(x_in, a, x_out * d_out, weight, row_start, index[:, 0].copy(),
