@@ -140,7 +140,7 @@ def matched_eta_scale(logistic_scale, noise):
 
     Why: the noise families have different spreads (uniform and triangular live on [-1, 1], the
     logistic has std 1.81), so one absolute ``s`` would start, e.g., a uniform-noise network with
-    almost every weight clipped to a deterministic +-1 and a logistic one with many uncertain weights.
+    most weights clipped to a deterministic +-1 and a logistic one with many uncertain weights.
     """
     family = noises.get_noise(noise)
     if family.name == "logistic":  # F^-1(sigma(s)) = s exactly; keep earlier runs bit-for-bit
@@ -187,14 +187,15 @@ def write_report(args, ds, rows, histories):
     else:
         size = args.hidden if args.arch == "mlp" else f"conv width {args.width}" + (
             f", first stage padded by {args.input_padding}" if args.input_padding else "")
+    scale_text = f"s = {args.eta_scale:g} for logistic weight noise, F^-1(sigma(s)) for the others"
     lines = [f"# Fully binary networks on Fashion-MNIST ({args.arch}, {size})", "",
              f"Data: {ds.name} ({ds.y_train.shape[0]} training images before the 10 % validation split, "
              f"{ds.y_test.shape[0]} test images). " + WEIGHTS_TEXT[args.weights] + " "
              + (f"Latent weights from a real-weight network trained first for {args.pretrain_epochs} epochs "
-                f"(same estimator and settings), eta = {args.eta_scale:g} W / std(W) per output channel "
-                "(`Network.to_bernoulli`). " if args.pretrain_epochs else
-                f"Latent weights from the trained real-weight network `{args.init_from}`, eta = {args.eta_scale:g} "
-                "W / std(W) per output channel (`Network.to_bernoulli`), batch normalization added where it had "
+                f"(same estimator and settings), eta = s W / std(W) per output channel ({scale_text}, "
+                "`Network.to_bernoulli`). " if args.pretrain_epochs else
+                f"Latent weights from the trained real-weight network `{args.init_from}`, eta = s W / std(W) per "
+                f"output channel ({scale_text}, `Network.to_bernoulli`), batch normalization added where it had "
                 "none with the same function (`Network.add_normalization`). " if args.init_from else
                 "Latent weights eta ~ U[-1, 1]. ")
              + f"Batch normalization before each binary activation; Adam lr {args.lr} ({args.schedule} schedule), "
