@@ -18,13 +18,12 @@ import time
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # before NumPy loads OpenBLAS: see sbnnumba/__init__.py
 
 import numpy as np  # noqa: E402
-from scipy import optimize, special  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import machine_info  # noqa: E402
 
 from sbnnumba import datasets, plots, train  # noqa: E402
-from sbnnumba import noise as noises  # noqa: E402
+from sbnnumba.weights import matched_scale  # noqa: E402
 from sbnnumba.fileio import atomic_write_text  # noqa: E402
 
 # (label, estimator, estimator options, activation noise, weight noise, weight rule)
@@ -73,7 +72,7 @@ def main(argv=None):
     p.add_argument("--eta-scale", type=float, default=3.0,
                    help="--pretrain-epochs / --init-from: eta = s W / std(W) with logistic weight noise; other "
                         "noises get the scale with the same P(w = sign W) at one std, F^-1(sigma(s)) "
-                        "(matched_eta_scale)")
+                        "(sbnnumba.weights.matched_scale)")
     p.add_argument("--init-from", default=None, metavar="CHECKPOINT",
                    help="start from this trained real-weight network (e.g. a bench/fashion_mnist.py run) instead "
                         "of --pretrain-epochs: the architecture comes from the checkpoint; batch normalization "
@@ -110,17 +109,15 @@ def main(argv=None):
         t0 = time.perf_counter()
         if args.init_from:
             net = start_from_checkpoint(args, ds, noise)
-            net.to_bernoulli(args.weights, scale=matched_eta_scale(args.eta_scale, w_noise), noise=w_noise,
-                             grad=rule)
-        elif args.pretrain_epochs:  # real weights first, then eta = s W / std(W)
+        elif args.pretrain_epochs:  # real weights first
             net = train.build_network(args.arch, ds.x_train.shape[1:], ds.n_classes, seed=1, weight="real",
                                       backend=args.backend, **options)
             fit_phase(args, net, ds, method, opts, args.pretrain_epochs, out + "-real")
-            net.to_bernoulli(args.weights, scale=matched_eta_scale(args.eta_scale, w_noise), noise=w_noise,
-                             grad=rule)
         else:
             net = train.build_network(args.arch, ds.x_train.shape[1:], ds.n_classes, seed=1, weight=args.weights,
                                       backend=args.backend, **options)
+        if args.init_from or args.pretrain_epochs:  # eta = s' W / std(W), s' matched to the weight noise
+            net.to_bernoulli(args.weights, scale=matched_scale(args.eta_scale, w_noise), noise=w_noise, grad=rule)
         result = fit_phase(args, net, ds, method, opts, args.epochs, out,
                            data_init=not (args.pretrain_epochs or args.init_from))
         minutes = (time.perf_counter() - t0) / 60
@@ -131,22 +128,6 @@ def main(argv=None):
         print(f"[{idx}] {label}: single {100 * m['acc1']:.2f}% | ensemble({args.test_samples}) "
               f"{100 * m['eacc']:.2f}% | deterministic {100 * m['det_acc']:.2f}% | {minutes:.1f} min", flush=True)
     write_report(args, ds, rows, histories)
-
-
-def matched_eta_scale(logistic_scale, noise):
-    """The conversion scale for weight noise ``noise`` that gives the same confidence as
-    ``eta = s W / std(W)`` with logistic noise: a weight one standard deviation from zero has
-    ``P(w = sign W) = F(scale) = sigma(s)``, so ``scale = F^-1(sigma(s))`` (``s`` itself for logistic).
-
-    Why: the noise families have different spreads (uniform and triangular live on [-1, 1], the
-    logistic has std 1.81), so one absolute ``s`` would start, e.g., a uniform-noise network with
-    most weights clipped to a deterministic +-1 and a logistic one with many uncertain weights.
-    """
-    family = noises.get_noise(noise)
-    if family.name == "logistic":  # F^-1(sigma(s)) = s exactly; keep earlier runs bit-for-bit
-        return float(logistic_scale)
-    target = float(special.expit(logistic_scale))
-    return float(optimize.brentq(lambda a: float(family.cdf(a)) - target, 0.0, 10.0 * (1.0 + logistic_scale)))
 
 
 def start_from_checkpoint(args, ds, noise, calibration_images=2000):

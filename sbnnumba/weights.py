@@ -22,6 +22,7 @@ Weight decay ``lambda * eta`` on the latent weights is the KL pull ``d/dtheta KL
 from __future__ import annotations
 
 import numpy as np
+from scipy import optimize, special
 
 from .noise import get_noise
 
@@ -123,7 +124,8 @@ def bernoulli_from_real(layer, noise="logistic", grad="md", clip="auto", scale=3
     noise, grad, clip
         As for :class:`BernoulliWeights`.
     scale : float > 0
-        ``s`` above. Returns the layer.
+        ``s`` above, in units of the weight noise; :func:`matched_scale` gives the scale with the
+        confidence of a logistic ``s`` for another family. Returns the layer.
     """
     if layer.latent is not None:
         raise ValueError("layer: already has Bernoulli weights")
@@ -134,6 +136,36 @@ def bernoulli_from_real(layer, noise="logistic", grad="md", clip="auto", scale=3
     std = rows.std(axis=1)
     std = np.where(std > 0, std, 1.0).reshape((-1,) + (1,) * (w.ndim - 1))
     return _install_latent(layer, (scale * w / std).astype(w.dtype), BernoulliWeights(noise, grad, clip))
+
+
+def matched_scale(logistic_scale, noise):
+    r"""The :func:`bernoulli_from_real` scale for weight noise ``noise`` that starts the weights as
+    confident as ``scale = s`` does with logistic noise.
+
+    .. math:: s' = F^{-1}(\sigma(s)), \qquad\text{so that}\qquad
+              P(w = \mathrm{sign}\,W) = F(s') = \sigma(s) \text{ at } |W| = \mathrm{std}(W)
+
+    (``s' = s`` for logistic noise, exactly). Why: the families have different spreads (uniform
+    and triangular noise live on [-1, 1], the logistic has std 1.81). With one absolute ``s = 6``,
+    uniform noise would clip every weight beyond ``std(W) / 6`` to a deterministic +-1.
+
+    Parameters
+    ----------
+    logistic_scale : float > 0
+        ``s``, the scale in logistic units; ``sigma(s)`` must be below 1 in float64 (``s`` < 36).
+    noise : str or NoiseFamily
+        The weight-noise family. Returns ``s'`` (float).
+    """
+    if not (isinstance(logistic_scale, (int, float)) and logistic_scale > 0):
+        raise ValueError(f"logistic_scale: expected a positive number, got {logistic_scale!r}")
+    family = get_noise(noise)
+    if family.name == "logistic":  # F^-1(sigma(s)) = s; exact, so logistic conversions are unchanged
+        return float(logistic_scale)
+    target = float(special.expit(logistic_scale))
+    if target >= 1.0:
+        raise ValueError(f"logistic_scale: sigma({logistic_scale}) rounds to 1; expected a value below 36")
+    # F is increasing with F(0) = 1/2 < target; every family reaches target below 10 (1 + s).
+    return float(optimize.brentq(lambda a: float(family.cdf(a)) - target, 0.0, 10.0 * (1.0 + logistic_scale)))
 
 
 def _install_latent(layer, eta, latent):

@@ -312,6 +312,25 @@ def test_to_bernoulli_follows_the_real_weights():
         sb.weights.bernoulli_from_real(conv2)
 
 
+@pytest.mark.parametrize("s", [0.5, 3.0, 6.0])
+def test_matched_scale_gives_the_logistic_confidence(s):
+    """matched_scale(s, noise) = F^-1(sigma(s)), against each family's closed-form inverse CDF."""
+    p = special.expit(s)
+    closed_form = {"logistic": s, "uniform": 2 * p - 1, "normal": special.ndtri(p),
+                   "triangular": 1 - np.sqrt(2 * (1 - p))}  # F(a) = 1 - (1 - a)^2 / 2 on [0, 1]
+    for noise, want in closed_form.items():
+        np.testing.assert_allclose(sb.weights.matched_scale(s, noise), want, rtol=1e-9, err_msg=noise)
+    assert sb.weights.matched_scale(s, "logistic") == s  # exact: logistic conversions are unchanged
+
+
+def test_matched_scale_bad_input():
+    for bad in (0, -1.0, "3"):
+        with pytest.raises(ValueError, match="logistic_scale"):
+            sb.weights.matched_scale(bad, "uniform")
+    with pytest.raises(ValueError, match="rounds to 1"):
+        sb.weights.matched_scale(40.0, "normal")
+
+
 def test_to_bernoulli_checkpoint_rebuilds_the_converted_network(tmp_path):
     """A network built by build_network and converted afterwards records its Bernoulli stages in
     ``arch_spec``, so its checkpoint rebuilds the same network (before: 'missing stages.1.weight');
