@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import machine_info  # noqa: E402
 
 from sbnnumba import datasets, plots, train  # noqa: E402
+from sbnnumba.cli import bn_gamma_arg  # noqa: E402
 from sbnnumba.weights import matched_scale  # noqa: E402
 from sbnnumba.fileio import atomic_write_text  # noqa: E402
 
@@ -83,11 +84,16 @@ def main(argv=None):
     p.add_argument("--only", default=None, help="comma-separated indices of CONFIGS to run")
     p.add_argument("--runs-dir", default="runs/binary")
     p.add_argument("--docs", default="docs")
+    p.add_argument("--bn-gamma", type=bn_gamma_arg, default=1.0,
+                   help="starting gamma of the batch normalizations, or 'noise-std' (each configuration's "
+                        "activation-noise std: the same signal-to-noise ratio for every noise)")
     p.add_argument("--backend", default=None, choices=["cpu", "numpy", "cuda"],
                    help="'cuda': psa/st configurations train device-resident (sbnnumba.device_training)")
     args = p.parse_args(argv)
     if args.init_from and args.pretrain_epochs:
         p.error("--init-from and --pretrain-epochs: choose one way to start the latent weights")
+    if args.init_from and args.bn_gamma != 1.0:
+        p.error("--bn-gamma: with --init-from the normalizations are set to keep the checkpoint's function")
     machine_info()
     ds = datasets.load_fashion_mnist()
     if args.train_subset:
@@ -98,7 +104,7 @@ def main(argv=None):
     rows, histories = [], {}
     for idx in chosen:
         label, method, opts, noise, w_noise, rule = CONFIGS[idx]
-        options = dict(noise=noise, weight_noise=w_noise, weight_grad=rule, normalize=True)
+        options = dict(noise=noise, weight_noise=w_noise, weight_grad=rule, normalize=True, bn_gamma=args.bn_gamma)
         if args.arch == "mlp":
             options["hidden"] = [int(h) for h in args.hidden.split(",")]
         else:
@@ -156,6 +162,13 @@ def fit_phase(args, net, ds, method, opts, epochs, out, data_init=True):
                      plots=False)
 
 
+def _gamma_text(bn_gamma):
+    if bn_gamma == "noise-std":
+        return (" (gamma starting at the activation noise's std: logistic 1.81, normal 1, uniform 0.577, "
+                "triangular 0.408)")
+    return "" if bn_gamma == 1.0 else f" (gamma starting at {bn_gamma:g})"
+
+
 def write_report(args, ds, rows, histories):
     os.makedirs(os.path.join(args.docs, "figures"), exist_ok=True)
     fig = os.path.join("figures", f"binary_{args.arch}_val_accuracy.png")
@@ -179,7 +192,7 @@ def write_report(args, ds, rows, histories):
                 f"output channel ({scale_text}, `Network.to_bernoulli`), batch normalization added where it had "
                 "none with the same function (`Network.add_normalization`). " if args.init_from else
                 "Latent weights eta ~ U[-1, 1]. ")
-             + f"Batch normalization before each binary activation; Adam lr {args.lr} ({args.schedule} schedule), "
+             + "Batch normalization before each binary activation" + _gamma_text(args.bn_gamma) + f"; Adam lr {args.lr} ({args.schedule} schedule), "
              f"batch {args.batch_size}, {args.epochs} epochs, seed 1. Command: "
              "`python bench/binary_weights.py " + " ".join(sys.argv[1:]) + "`.", "",
              f"| configuration | estimator | single sample | ensemble ({args.test_samples}) | deterministic | "

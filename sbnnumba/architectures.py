@@ -10,7 +10,7 @@ import numpy as np
 from .conv import Conv2d
 from .layers import Linear
 from .network import Network, stage_weight_kinds
-from .normalization import Normalized
+from .normalization import normalization_factory
 from .validation import as_generator
 
 ARCHITECTURES = {}
@@ -25,17 +25,18 @@ def register_architecture(name):
 
 @register_architecture("mlp")
 def mlp(input_shape, n_classes, hidden=(1024, 1024), noise="logistic", rng=None, dtype=np.float32,
-        backend=None, weight="real", weight_noise="logistic", weight_grad="md", normalize=False):
+        backend=None, weight="real", weight_noise="logistic", weight_grad="md", normalize=False, bn_gamma=1.0):
     """Dense SBN ``prod(input_shape) -> hidden[0] -> ... -> hidden[-1] -> n_classes``.
 
-    ``weight``, ``weight_noise``, ``weight_grad``, ``normalize``: as :meth:`Network.dense`
+    ``weight``, ``weight_noise``, ``weight_grad``, ``normalize``, ``bn_gamma``: as :meth:`Network.dense`
     (e.g. ``weight="hidden", normalize=True`` for the fully binary MLP of spec st.md).
     """
     if len(hidden) == 0:
         raise ValueError("hidden: expected at least one hidden width")
     sizes = [int(np.prod(input_shape))] + [int(h) for h in hidden]
     return Network.dense(sizes, n_classes, noise=noise, rng=as_generator(rng), dtype=dtype, backend=backend,
-                         weight=weight, weight_noise=weight_noise, weight_grad=weight_grad, normalize=normalize)
+                         weight=weight, weight_noise=weight_noise, weight_grad=weight_grad, normalize=normalize,
+                         bn_gamma=bn_gamma)
 
 
 PAPER_CONV_KERNELS = (3, 3, 3, 3, 3, 3, 3, 1)
@@ -46,7 +47,7 @@ PAPER_CONV_CHANNELS = (96, 96, 96, 192, 192, 192, 192, 192)
 @register_architecture("conv")
 def conv(input_shape, n_classes, channels=PAPER_CONV_CHANNELS, noise="logistic", rng=None, dtype=np.float32,
          backend=None, width=1.0, weight="real", weight_noise="logistic", weight_grad="md", normalize=False,
-         input_padding=0):
+         input_padding=0, bn_gamma=1.0):
     r"""The PSA paper's all-convolutional SBN (spec psa.md, section 5.2).
 
     Eight stochastic binary conv stages (logistic noise by default, biases, no padding, no
@@ -85,6 +86,10 @@ def conv(input_shape, n_classes, channels=PAPER_CONV_CHANNELS, noise="logistic",
         Binary-weight variant (spec st.md section 8): ``weight="hidden"`` gives Bernoulli weights to every
         stage but the first (real input), ``"bernoulli"`` to all stages; the head stays real.
         ``normalize=True`` puts batch normalization before every binary activation.
+    bn_gamma : float or "noise-std"
+        With ``normalize=True``: the starting ``gamma`` of every normalization (default 1);
+        ``"noise-std"`` starts it at the activation noise's standard deviation
+        (:func:`~sbnnumba.normalization.initial_gamma`).
     input_padding : int
         Zero padding of the first stage only (default 0, the paper's layout). ``input_padding=2`` on
         1x28x28 images is the same network as the paper's on 28x28 images zero-padded to 32x32 (the
@@ -111,6 +116,7 @@ def conv(input_shape, n_classes, channels=PAPER_CONV_CHANNELS, noise="logistic",
         raise ValueError(f"input_shape: expected (C, H, W), got {input_shape!r}")
     rng = as_generator(rng)
     kinds = stage_weight_kinds(weight, len(channels))
+    stage = normalization_factory(normalize, bn_gamma, noise)
     stages = []
     paddings = [int(input_padding)] + [0] * (len(channels) - 1)
     for c_out, k, s, kind, pad in zip(channels, PAPER_CONV_KERNELS, PAPER_CONV_STRIDES, kinds, paddings):
@@ -119,7 +125,7 @@ def conv(input_shape, n_classes, channels=PAPER_CONV_CHANNELS, noise="logistic",
                              f"(a {shape[1]}x{shape[2]} map reaches a {k}x{k} stage); need H, W >= 27")
         layer = Conv2d(shape[0], c_out, k, stride=s, padding=pad, rng=rng, dtype=dtype, in_shape=shape, weight=kind,
                        weight_noise=weight_noise, weight_grad=weight_grad)
-        stages.append(Normalized(layer) if normalize else layer)
+        stages.append(stage(layer))
         shape = layer.out_shape
     head = Linear(int(np.prod(shape)), n_classes, rng=rng, dtype=dtype)
     return Network(stages, head, noise=noise, backend=backend)

@@ -111,6 +111,19 @@ def _lr(text):
 _lr.__name__ = "learning rate"
 
 
+def bn_gamma_arg(text):
+    """``--bn-gamma``: a positive number or ``noise-std`` (shared with the bench scripts)."""
+    if text.strip().lower() == "noise-std":
+        return "noise-std"
+    try:
+        return _positive(float)(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected a positive number or 'noise-std', got {text!r}") from None
+
+
+bn_gamma_arg.__name__ = "batch-norm gamma"
+
+
 def _bounds(text):
     try:
         values = [float(v) for v in text.replace(" ", "").split(",")]
@@ -169,6 +182,9 @@ def build_parser():
     tr.add_argument("--weight-grad", default="md", choices=["md", "latent"],
                     help="latent-weight rule: mirror descent (identity ST) or SGD on eta (2 p(eta) factor)")
     tr.add_argument("--normalize", action="store_true", help="batch normalization before every binary activation")
+    tr.add_argument("--bn-gamma", type=bn_gamma_arg, default=1.0,
+                    help="--normalize: starting gamma of the normalizations, or 'noise-std' for the activation "
+                         "noise's standard deviation (the same signal-to-noise ratio for every noise)")
     tr.add_argument("--estimator", default="psa", choices=sbnnumba.known_methods(), help="gradient estimator")
     tr.add_argument("--noise", default="logistic", choices=sorted(NOISES), help="noise of the binary units")
     tr.add_argument("--epochs", type=_positive(int), default=3)
@@ -310,12 +326,16 @@ def cmd_train(args):
     if not args.resume and os.path.isfile(os.path.join(out, train.CHECKPOINT_NAME)):
         raise CLIError(f"--out: {out} already holds a run ({train.CHECKPOINT_NAME}); pass --resume to continue it "
                        "or choose another output directory")
+    if args.bn_gamma != 1.0 and not args.normalize:
+        raise CLIError("--bn-gamma: sets the starting gamma of batch normalization; add --normalize")
     ds = load_data(args.data, verbose=not args.no_progress)
     ds = _subset(ds, args.train_subset, seed=1)
     options = {"noise": args.noise}
     if args.weights != "real" or args.normalize:
         options.update(weight=args.weights, weight_noise=args.weight_noise, weight_grad=args.weight_grad,
                        normalize=args.normalize)
+    if args.bn_gamma != 1.0:
+        options["bn_gamma"] = args.bn_gamma
     if args.arch == "mlp":
         options["hidden"] = args.hidden
     elif args.arch == "conv":

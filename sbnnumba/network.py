@@ -20,7 +20,7 @@ import numpy as np
 from . import losses
 from .layers import BACKENDS, Linear
 from .noise import get_noise
-from .normalization import Normalized, moments_from_sums
+from .normalization import Normalized, moments_from_sums, normalization_factory
 from .validation import as_generator, check_float_array, check_labels
 
 DEFAULT_BACKEND_ENV = "SBNNUMBA_BACKEND"
@@ -115,23 +115,25 @@ class Network:
     # ------------------------------------------------------------------ construction
     @classmethod
     def dense(cls, sizes, n_classes, noise="logistic", rng=None, dtype=np.float32, backend=None,
-              weight="real", weight_noise="logistic", weight_grad="md", normalize=False):
+              weight="real", weight_noise="logistic", weight_grad="md", normalize=False, bn_gamma=1.0):
         """Dense network ``[D, N1, ..., NL]`` with a (real) linear head to ``n_classes`` logits.
 
         ``weight``: ``"real"``, ``"bernoulli"`` (every stage), ``"hidden"`` (Bernoulli weights in every
         stage but the first, whose input is real), or a list with one of "real"/"bernoulli" per stage.
-        ``normalize``: batch normalization before every binary activation.
+        ``normalize``: batch normalization before every binary activation, its ``gamma`` starting at
+        ``bn_gamma`` (a positive number, or ``"noise-std"`` for the activation noise's standard
+        deviation: :func:`~sbnnumba.normalization.initial_gamma`).
         """
         if len(sizes) < 2:
             raise ValueError(f"sizes: expected [D, N1, ..., NL] with at least one binary layer, got {sizes!r}")
         rng = as_generator(rng)
         n_stages = len(sizes) - 1
         kinds = stage_weight_kinds(weight, n_stages)
+        stage = normalization_factory(normalize, bn_gamma, noise)
         stages = []
         for (n_in, n_out), kind in zip(zip(sizes[:-1], sizes[1:]), kinds):
-            layer = Linear(n_in, n_out, rng=rng, dtype=dtype, weight=kind, weight_noise=weight_noise,
-                           weight_grad=weight_grad)
-            stages.append(Normalized(layer) if normalize else layer)
+            stages.append(stage(Linear(n_in, n_out, rng=rng, dtype=dtype, weight=kind, weight_noise=weight_noise,
+                                       weight_grad=weight_grad)))
         return cls(stages, Linear(sizes[-1], n_classes, rng=rng, dtype=dtype), noise=noise, backend=backend)
 
     @property

@@ -15,6 +15,11 @@ name                  F(a)                          proxy 2F(a) - 1         2 p(
 ``"triangular"``      (1+a)^2/2 | 1-(1-a)^2/2       ApproxSign(a)           2 max(0, 1 - |a|)
 ====================  ============================  ======================  ===================
 
+The families differ in scale as well as shape: standard deviations ``std`` are logistic
+``pi / sqrt 3 = 1.81``, normal 1, uniform ``1 / sqrt 3 = 0.577``, triangular ``1 / sqrt 6 = 0.408``.
+Batch normalization with ``gamma`` starting at ``std`` (``bn_gamma="noise-std"`` of the
+architectures) gives every family the same signal-to-noise ratio at initialization.
+
 Sampling never forms ``Z``: with ``u ~ U(0, 1)``, ``x = +1 if u < F(a) else -1``; the
 uniforms are drawn by the caller (kernels never draw random numbers), so every backend
 gives the same samples from the same uniforms.
@@ -37,6 +42,7 @@ class NoiseFamily:
     """
 
     name = "base"
+    std: float = float("nan")  # standard deviation of Z (closed form, set by each family)
 
     @property
     def code(self) -> int:
@@ -91,6 +97,7 @@ class Logistic(NoiseFamily):
     """Standard logistic noise: ``F = sigma``, ``p(a) = sigma(a) sigma(-a)``, proxy ``tanh(a/2)``."""
 
     name = "logistic"
+    std = float(np.pi / np.sqrt(3))
 
     def cdf(self, a):
         return _like(special.expit(a), a)
@@ -108,6 +115,7 @@ class Normal(NoiseFamily):
     """Standard normal noise: ``F = Phi``, ``p = phi``, proxy ``erf(a / sqrt 2)``."""
 
     name = "normal"
+    std = 1.0
 
     def cdf(self, a):
         return _like(special.ndtr(a), a)
@@ -124,6 +132,7 @@ class Uniform(NoiseFamily):
     """Uniform noise on [-1, 1]: ``F(a) = clip((a+1)/2, 0, 1)``, proxy ``htanh(a)``."""
 
     name = "uniform"
+    std = float(1 / np.sqrt(3))
 
     def cdf(self, a):
         return _like(np.clip((np.asarray(a) + 1) * 0.5, 0, 1), a)
@@ -144,6 +153,7 @@ class Triangular(NoiseFamily):
     """
 
     name = "triangular"
+    std = float(1 / np.sqrt(6))
 
     def cdf(self, a):
         t = np.clip(np.asarray(a), -1, 1)

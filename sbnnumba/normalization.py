@@ -17,7 +17,11 @@ and the positions). It implements the full layer interface, so every estimator w
   ``-2 W_ji x_i * gamma_j / sqrt(sigma_j^2 + eps)``, i.e. the layer's flip propagation with the
   weights scaled per output (the O(1/B) effect of one flip on the batch statistics is ignored).
 
-The noise scale is redundant with ``gamma`` (spec st.md section 1), so the noise keeps scale 1.
+The noise scale is redundant with ``gamma`` (spec st.md section 1), so the noise keeps scale 1 and
+``gamma`` sets the signal-to-noise ratio: with ``gamma_j = g`` and ``beta_j = 0``, the pre-activation
+``a_j`` has standard deviation ``g`` over the batch against the noise's ``std``. ``gamma`` starts at
+1 by default; :func:`initial_gamma` resolves ``bn_gamma="noise-std"``, which starts it at the noise's
+standard deviation so that every noise family begins at the same ratio (1).
 The forward pass caches the normalized values for the backward pass: call the backward right after
 the forward of the same batch (the estimators do).
 """
@@ -26,6 +30,46 @@ from __future__ import annotations
 import numpy as np
 
 from .layers import Layer
+from .noise import get_noise
+
+
+def initial_gamma(bn_gamma, noise):
+    """The starting value of batch normalization's ``gamma`` for ``bn_gamma`` and activation ``noise``.
+
+    Parameters
+    ----------
+    bn_gamma : float or "noise-std"
+        A positive finite number, or ``"noise-std"``: the standard deviation of ``noise``
+        (logistic 1.81, normal 1, uniform 0.577, triangular 0.408), i.e. pre-activations start
+        with the noise's spread.
+    noise : str or NoiseFamily
+        The activation noise of the network.
+
+    Returns
+    -------
+    float
+    """
+    if isinstance(bn_gamma, str) and bn_gamma == "noise-std":
+        return float(get_noise(noise).std)
+    return _positive_number(bn_gamma, "bn_gamma", " or 'noise-std'")
+
+
+def _positive_number(value, name, alternatives=""):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(value) or value <= 0:
+        raise ValueError(f"{name}: expected a positive number{alternatives}, got {value!r}")
+    return float(value)
+
+
+def normalization_factory(normalize, bn_gamma, noise):
+    """``layer -> stage`` for the network builders: ``Normalized(layer, gamma=...)`` if ``normalize``,
+    else ``layer`` itself (then ``bn_gamma`` must keep its default 1, having nothing to start)."""
+    if not normalize:
+        if not (isinstance(bn_gamma, (int, float)) and not isinstance(bn_gamma, bool) and bn_gamma == 1):
+            raise ValueError(f"bn_gamma: {bn_gamma!r} has no effect without normalize=True")
+        return lambda layer: layer
+    gamma = initial_gamma(bn_gamma, noise)
+    return lambda layer: Normalized(layer, gamma=gamma)
 
 
 def moments_from_sums(count, total, total_sq):
@@ -43,15 +87,18 @@ class Normalized(Layer):
     momentum : float
         Running-statistics update ``r <- (1 - m) r + m * batch`` during training.
     eps : float
+    gamma : float
+        Starting value of every ``gamma_j`` (positive; default 1). See :func:`initial_gamma`.
     """
 
-    def __init__(self, layer, momentum=0.1, eps=1e-5):
+    def __init__(self, layer, momentum=0.1, eps=1e-5, gamma=1.0):
         if not 0 < momentum <= 1:
             raise ValueError(f"momentum: expected a value in (0, 1], got {momentum!r}")
+        gamma = _positive_number(gamma, "gamma", " (resolve 'noise-std' with initial_gamma)")
         self.layer = layer
         n = layer.weight.shape[0]
         dtype = layer.weight.dtype
-        self.gamma = np.ones(n, dtype=dtype)
+        self.gamma = np.full(n, gamma, dtype=dtype)
         self.beta = np.zeros(n, dtype=dtype)
         self.momentum, self.eps = momentum, eps
         self.training = True

@@ -4,6 +4,7 @@ import pytest
 from scipy import optimize, special
 
 import sbnnumba as sb
+from sbnnumba import cli, train
 from sbnnumba.normalization import Normalized
 from sbnnumba.optim import SGD
 from sbnnumba.summary import summary
@@ -430,3 +431,54 @@ def test_add_normalization_leaves_existing_normalizations_alone():
     with net.evaluating("stochastic"):
         got = net.sample(x[:7], rng=1)
     np.testing.assert_allclose(got.logits, ref.logits, rtol=1e-9, atol=1e-9)
+
+
+# ------------------------------------------------------------------ starting gamma of the normalizations
+@pytest.mark.parametrize("arch, options", [("mlp", dict(hidden=[16, 12])),
+                                           ("conv", dict(channels=[3, 3, 3, 4, 4, 4, 4, 4]))])
+def test_bn_gamma_noise_std_gives_every_noise_the_same_signal_to_noise_ratio(arch, options, noise_name):
+    """With ``bn_gamma="noise-std"`` each pre-activation starts with batch std = the noise's std
+    (up to eps), so ``std(a) / std(Z) = 1`` for every family; with the default it is ``1 / std(Z)``."""
+    x = np.random.default_rng(3).uniform(0, 1, size=(32, 1, 28, 28))
+    std = sb.get_noise(noise_name).std
+    for bn_gamma, want in (("noise-std", 1.0), (1.0, 1 / std), (0.5, 0.5 / std)):
+        net = train.build_network(arch, (1, 28, 28), 10, seed=1, dtype=np.float64, noise=noise_name,
+                                     normalize=True, bn_gamma=bn_gamma, **options)
+        assert all(isinstance(st, Normalized) for st in net.stages)
+        path = net.sample(x, np.random.default_rng(0))
+        for stage in path.stages:
+            a = stage.pre.reshape(stage.pre.shape[0], stage.pre.shape[1], -1)
+            ratio = a.std(axis=(0, 2)) / std
+            ok = a.var(axis=(0, 2)) > 1e-3  # a unit whose input never varies keeps a = beta (z_hat = 0)
+            np.testing.assert_allclose(ratio[ok], want, rtol=1e-3)
+
+
+@pytest.mark.parametrize("bn_gamma", ["wide", -1.0, 0, float("nan"), float("inf"), True, None])
+def test_bn_gamma_bad_values_name_the_argument(bn_gamma):
+    with pytest.raises(ValueError, match="bn_gamma: expected a positive number or 'noise-std'"):
+        sb.Network.dense([4, 3], 2, rng=0, normalize=True, bn_gamma=bn_gamma)
+
+
+def test_bn_gamma_without_normalization_is_an_error():
+    with pytest.raises(ValueError, match="bn_gamma: .* without normalize=True"):
+        sb.architectures.conv((1, 28, 28), 10, width=0.1, rng=0, bn_gamma="noise-std")
+    with pytest.raises(ValueError, match="gamma: expected a positive number"):
+        Normalized(sb.Linear(3, 2, rng=0), gamma="noise-std")  # the layer takes a number; see initial_gamma
+
+
+def test_cli_bn_gamma_is_kept_by_the_checkpoint(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = cli.main(["train", "--data", "embedded", "--train-subset", "128", "--hidden", "8", "--epochs", "1",
+                      "--noise", "uniform", "--normalize", "--bn-gamma", "noise-std", "--eval-samples", "2",
+                      "--out", str(out), "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    ck = train.load_checkpoint(out / train.CHECKPOINT_NAME)
+    assert ck.config["arch"]["options"]["bn_gamma"] == "noise-std"
+    net = train.load_network(ck)
+    fresh = train.network_from_spec(ck.config["arch"])
+    np.testing.assert_allclose(fresh.stages[0].gamma, 1 / np.sqrt(3), rtol=1e-6)  # rebuilt: uniform std
+    assert not np.allclose(net.stages[0].gamma, fresh.stages[0].gamma)  # loaded: the trained values
+    for argv in (["--bn-gamma", "0.5"], ["--normalize", "--bn-gamma", "-1"], ["--normalize", "--bn-gamma", "wide"]):
+        assert cli.main(["train", "--data", "embedded", "--out", str(tmp_path / "x")] + argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert "--bn-gamma" in err and len(err.splitlines()) == 1

@@ -15,6 +15,13 @@ def test_symmetry_and_normalization(noise_name):
     assert abs(total - 1) < 1e-8
 
 
+def test_std_is_the_second_moment_of_the_density(noise_name):
+    """``std`` (closed form) against the integral of a^2 p(a); symmetric laws have mean 0."""
+    f = get_noise(noise_name)
+    second, _ = integrate.quad(lambda t: t * t * float(f.pdf(np.array(t))), -60, 60, points=[-1, 0, 1], limit=200)
+    assert abs(f.std - np.sqrt(second)) < 1e-9
+
+
 def test_pdf_is_derivative_of_cdf_and_proxy(noise_name):
     f = get_noise(noise_name)
     h = 1e-6
