@@ -24,6 +24,7 @@ from common import machine_info  # noqa: E402
 
 from sbnnumba import datasets, plots, train  # noqa: E402
 from sbnnumba.cli import bn_gamma_arg  # noqa: E402
+from sbnnumba.noise import get_noise  # noqa: E402
 from sbnnumba.weights import matched_scale  # noqa: E402
 from sbnnumba.fileio import atomic_write_text  # noqa: E402
 
@@ -164,8 +165,9 @@ def fit_phase(args, net, ds, method, opts, epochs, out, data_init=True):
 
 def _gamma_text(bn_gamma):
     if bn_gamma == "noise-std":
-        return (" (gamma starting at the activation noise's std: logistic 1.81, normal 1, uniform 0.577, "
-                "triangular 0.408)")
+        families = ("logistic", "normal", "uniform", "triangular")
+        stds = ", ".join(f"{name} {get_noise(name).std:.3g}" for name in families)
+        return f" (gamma starting at the activation noise's std: {stds})"
     return "" if bn_gamma == 1.0 else f" (gamma starting at {bn_gamma:g})"
 
 
@@ -192,7 +194,8 @@ def write_report(args, ds, rows, histories):
                 f"output channel ({scale_text}, `Network.to_bernoulli`), batch normalization added where it had "
                 "none with the same function (`Network.add_normalization`). " if args.init_from else
                 "Latent weights eta ~ U[-1, 1]. ")
-             + "Batch normalization before each binary activation" + _gamma_text(args.bn_gamma) + f"; Adam lr {args.lr} ({args.schedule} schedule), "
+             + "Batch normalization before each binary activation" + _gamma_text(args.bn_gamma)
+             + f"; Adam lr {args.lr} ({args.schedule} schedule), "
              f"batch {args.batch_size}, {args.epochs} epochs, seed 1. Command: "
              "`python bench/binary_weights.py " + " ".join(sys.argv[1:]) + "`.", "",
              f"| configuration | estimator | single sample | ensemble ({args.test_samples}) | deterministic | "

@@ -443,7 +443,7 @@ def test_bn_gamma_noise_std_gives_every_noise_the_same_signal_to_noise_ratio(arc
     std = sb.get_noise(noise_name).std
     for bn_gamma, want in (("noise-std", 1.0), (1.0, 1 / std), (0.5, 0.5 / std)):
         net = train.build_network(arch, (1, 28, 28), 10, seed=1, dtype=np.float64, noise=noise_name,
-                                     normalize=True, bn_gamma=bn_gamma, **options)
+                                  normalize=True, bn_gamma=bn_gamma, **options)
         assert all(isinstance(st, Normalized) for st in net.stages)
         path = net.sample(x, np.random.default_rng(0))
         for stage in path.stages:
@@ -469,8 +469,8 @@ def test_bn_gamma_without_normalization_is_an_error():
 def test_cli_bn_gamma_is_kept_by_the_checkpoint(tmp_path, capsys):
     out = tmp_path / "run"
     rc = cli.main(["train", "--data", "embedded", "--train-subset", "128", "--hidden", "8", "--epochs", "1",
-                      "--noise", "uniform", "--normalize", "--bn-gamma", "noise-std", "--eval-samples", "2",
-                      "--out", str(out), "--no-progress"])
+                   "--noise", "uniform", "--normalize", "--bn-gamma", "noise-std", "--eval-samples", "2",
+                   "--out", str(out), "--no-progress"])
     assert rc == 0, capsys.readouterr().err
     ck = train.load_checkpoint(out / train.CHECKPOINT_NAME)
     assert ck.config["arch"]["options"]["bn_gamma"] == "noise-std"
