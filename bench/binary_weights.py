@@ -24,7 +24,7 @@ from common import machine_info  # noqa: E402
 
 from sbnnumba import datasets, plots, train  # noqa: E402
 from sbnnumba.cli import bn_gamma_arg  # noqa: E402
-from sbnnumba.noise import get_noise  # noqa: E402
+from sbnnumba.noise import NOISES  # noqa: E402
 from sbnnumba.weights import matched_scale  # noqa: E402
 from sbnnumba.fileio import atomic_write_text  # noqa: E402
 
@@ -165,8 +165,7 @@ def fit_phase(args, net, ds, method, opts, epochs, out, data_init=True):
 
 def _gamma_text(bn_gamma):
     if bn_gamma == "noise-std":
-        families = ("logistic", "normal", "uniform", "triangular")
-        stds = ", ".join(f"{name} {get_noise(name).std:.3g}" for name in families)
+        stds = ", ".join(f"{name} {family.std:.3g}" for name, family in NOISES.items())
         return f" (gamma starting at the activation noise's std: {stds})"
     return "" if bn_gamma == 1.0 else f" (gamma starting at {bn_gamma:g})"
 
