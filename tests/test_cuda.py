@@ -6,7 +6,7 @@ in ``tests/cuda_sim_checks.py`` and run in subprocesses:
 
 * ``sim`` (default suite, no GPU needed): every kernel against its NumPy reference, the weight
   cache, and full PSA / ST steps on ``backend="cuda"`` against ``backend="cpu"``, in numba's CUDA
-  simulator (one subprocess for the whole module, ~30 s);
+  simulator (one subprocess for the whole module, about 2 minutes on 2 cores);
 * ``ptx`` (default suite, skipped without libNVVM): every kernel compiled for a real GPU, which
   checks the typing and code generation the simulator does not;
 * ``device`` (``@pytest.mark.gpu``, excluded by default, skipped without a GPU): the same checks on
