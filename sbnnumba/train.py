@@ -33,7 +33,7 @@ Unit entropy (spec section 5.2, "entropy in bits of the binary units' conditiona
 unit"): along each sampled path every binary unit ``j`` of stage ``k`` has the conditional law
 ``P(X^k_j = +1 | x^{k-1}) = p = F(a^k_j)``, with ``a^k_j`` the pre-activation actually fed to the
 noise (after normalization, if any). Its entropy ``H(p) = -p log2 p - (1 - p) log2 (1 - p)`` bits
-(:func:`unit_entropy`, computed from the log-cdf, so saturated units give exactly 0) is averaged over
+(:func:`unit_entropy`, computed from the lower-tail cdf, so saturated units give exactly 0) is averaged over
 the units, the images and the S samples: ``entropy`` over all units, ``entropy_stages[k]`` over the
 units of stage ``k``. 1 bit = a fair coin, 0 = a deterministic unit. History rows hold them as
 ``val_entropy`` and ``val_entropy.<k>``.
@@ -79,6 +79,8 @@ from .estimators import common as _common
 from .estimators import registry as _registry
 from .layers import Linear
 from .fileio import atomic_write, read_versioned_npz
+from .kernels.entropy import unit_entropy_flat
+from .kernels.scalar import NOISE_CODES
 from .validation import as_generator
 
 __all__ = [
@@ -399,10 +401,11 @@ def unit_entropy(a, noise="logistic"):
     """Entropy in bits of stochastic binary units with pre-activations ``a``.
 
     A unit ``x = sign(a - Z)`` is +1 with probability ``p = F(a) = 1 - F(-a)`` (``F`` the noise cdf);
-    its entropy is ``H(p) = -p log2 p - (1 - p) log2 (1 - p)``. Computed from the log-cdf (for
-    logistic noise in the closed form ``log(1 + e) + |a| e / (1 + e)`` nats, ``e = exp(-|a|)``), so it is
-    1 at ``a = 0``, decays smoothly to 0 for saturated units (no ``0 * log 0``; exactly 0 once the terms
-    underflow, e.g. ``|a| >= 1e3`` or ``|a| = inf``) and never produces NaN for finite or infinite ``a``.
+    its entropy is ``H(p) = -p log2 p - (1 - p) log2 (1 - p)``. Computed from the smaller probability
+    ``q = F(-|a|)`` (the accurate lower tail, :func:`sbnnumba.kernels.scalar.entropy_bits`, one fused
+    Numba pass for the built-in families; other families go through their log-cdf), so it is 1 at
+    ``a = 0``, decays smoothly to 0 for saturated units (no ``0 * log 0``; exactly 0 once ``q``
+    underflows, e.g. ``|a| = inf``) and never produces NaN for finite or infinite ``a``.
 
     Parameters
     ----------
@@ -422,15 +425,16 @@ def unit_entropy(a, noise="logistic"):
     a = np.asarray(a)
     if a.dtype.kind != "f":
         a = a.astype(np.float64)
-    if noise.name == "logistic":
-        t = np.minimum(np.abs(a), a.dtype.type(1e3))  # exp(-1e3) = 0: H = 0 exactly, and no inf * 0
-        e = np.exp(-t)
-        h = np.log1p(e) + t * e / (1 + e)
-    else:
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore", under="ignore"):
-            lp, lq = noise.log_cdf(a), noise.log_cdf(-a)  # log p, log(1 - p) (symmetric noise)
-            p, q = np.exp(lp), np.exp(lq)
-            h = np.abs(np.where(p > 0, p * lp, 0) + np.where(q > 0, q * lq, 0))  # both terms <= 0; abs: no -0
+    code = NOISE_CODES.get(noise.name)
+    if code is not None:  # the built-in families: one fused Numba pass (kernels/entropy.py)
+        flat = np.ascontiguousarray(a).reshape(-1)
+        out = np.empty_like(flat)
+        unit_entropy_flat(flat, code, out)
+        return out.reshape(a.shape)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore", under="ignore"):
+        lp, lq = noise.log_cdf(a), noise.log_cdf(-a)  # log p, log(1 - p) (symmetric noise)
+        p, q = np.exp(lp), np.exp(lq)
+        h = np.abs(np.where(p > 0, p * lp, 0) + np.where(q > 0, q * lq, 0))  # both terms <= 0; abs: no -0
     return np.minimum(h / a.dtype.type(_LN2), 1).astype(a.dtype, copy=False)
 
 

@@ -279,6 +279,25 @@ def test_unit_entropy_values(noise, dtype):
     assert np.all(np.isfinite(hh)) and np.all(hh >= 0) and np.all(hh < 1e-12)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_unit_entropy_kernel_and_log_cdf_fallback_agree(dtype):
+    """The built-in families go through the Numba kernel (kernels/entropy.py); a family the kernels do not
+    know (here a renamed triangular) through its log-cdf. Both give the same bits, keep the shape (also
+    0-d and non-contiguous input) and let NaN through."""
+    class RenamedTriangular(sb.noise.Triangular):
+        name = "triangular-copy"
+
+    a = np.random.default_rng(4).normal(scale=0.8, size=(3, 5, 4)).astype(dtype).transpose(2, 0, 1)
+    a[0, 0, 0] = 0.0
+    a[1, 1, 1] = 1.0  # the edge of the triangular support
+    kernel, fallback = train.unit_entropy(a, "triangular"), train.unit_entropy(a, RenamedTriangular())
+    assert kernel.shape == fallback.shape == a.shape and kernel.dtype == fallback.dtype == dtype
+    np.testing.assert_allclose(kernel, fallback, atol=1e-6 if dtype == np.float32 else 1e-12)
+    assert kernel[1, 1, 1] == 0 and kernel[0, 0, 0] == pytest.approx(1.0)
+    assert train.unit_entropy(dtype(0.5), "normal").shape == ()
+    assert np.isnan(train.unit_entropy(np.array([np.nan], dtype), "logistic")[0])
+
+
 @pytest.mark.parametrize("normalize", [False, True])
 def test_evaluate_entropy_matches_hand_computation(normalize):
     """Stage 0 sees the real input, so its pre-activations are known; stage 1 has zero weights, so its

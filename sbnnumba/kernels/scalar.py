@@ -81,3 +81,18 @@ def cdf_diff(code, u, v):
     if u + v > 0:
         return cdf_lower(code, -v) - cdf_lower(code, -u)
     return cdf_lower(code, u) - cdf_lower(code, v)
+
+
+_INV_LN2 = 1.4426950408889634
+
+
+@register_jitable
+def entropy_bits(code, a):
+    """Entropy in bits of the unit ``sign(a - Z)``: ``H(q) = -(q ln q + (1 - q) ln(1 - q)) / ln 2`` with
+    the smaller of its two probabilities ``q = F(-|a|)`` (lower tail, no cancellation; ``1 - q`` enters
+    through ``log1p``). Exactly 0 once ``q`` underflows (saturated units, ``|a| = inf``); NaN stays NaN."""
+    q = cdf_lower(code, -abs(a))
+    if q == 0.0:
+        return 0.0
+    h = -(q * math.log(q) + (1.0 - q) * math.log1p(-q)) * _INV_LN2
+    return 1.0 if h > 1.0 else h
