@@ -427,10 +427,11 @@ def unit_entropy(a, noise="logistic"):
         a = a.astype(np.float64)
     code = NOISE_CODES.get(noise.name)
     if code is not None:  # the built-in families: one fused Numba pass (kernels/entropy.py)
-        flat = np.ascontiguousarray(a).reshape(-1)
+        work = np.float32 if a.dtype == np.float32 else np.float64  # the kernel's two signatures
+        flat = np.ascontiguousarray(a, dtype=work).reshape(-1)
         out = np.empty_like(flat)
         unit_entropy_flat(flat, code, out)
-        return out.reshape(a.shape)
+        return out.reshape(a.shape).astype(a.dtype, copy=False)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore", under="ignore"):
         lp, lq = noise.log_cdf(a), noise.log_cdf(-a)  # log p, log(1 - p) (symmetric noise)
         p, q = np.exp(lp), np.exp(lq)

@@ -295,6 +295,8 @@ def test_unit_entropy_kernel_and_log_cdf_fallback_agree(dtype):
     np.testing.assert_allclose(kernel, fallback, atol=1e-6 if dtype == np.float32 else 1e-12)
     assert kernel[1, 1, 1] == 0 and kernel[0, 0, 0] == pytest.approx(1.0)
     assert train.unit_entropy(dtype(0.5), "normal").shape == ()
+    half = train.unit_entropy(a.astype(np.float16), "triangular")  # computed in float64, returned as float16
+    assert half.dtype == np.float16 and np.allclose(half, kernel, atol=2e-3)
     assert np.isnan(train.unit_entropy(np.array([np.nan], dtype), "logistic")[0])
 
 

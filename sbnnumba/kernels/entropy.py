@@ -3,7 +3,8 @@
 Evaluation measures it for every sampled unit, i.e. over arrays as large as a conv network's
 activations. In NumPy the per-family log-cdf and the temporaries around it made evaluation 3.5x
 slower than without it (triangular noise, half-width conv network); one fused parallel pass over
-:func:`sbnnumba.kernels.scalar.entropy_bits` costs about as much as a copy.
+:func:`sbnnumba.kernels.scalar.entropy_bits` is 2.6-7x faster than that formula and brings the
+overhead to about 1.4x (``bench/unit_entropy.py``, 2 cores).
 """
 import numba
 import numpy as np
