@@ -1008,7 +1008,6 @@ def make_simulator_shared_arrays_thread_safe():
     return True
 
 
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mode", choices=("sim", "device", "ptx"), default="sim")
