@@ -74,7 +74,7 @@ METHOD_NOTES = {
 #: Settings that must not change when a benchmark is resumed (they change the runs' results).
 SAME_ON_RESUME = ("data", "train_subset", "test_subset", "hidden", "channels", "input_padding", "normalize", "noise",
                   "batch_size", "optimizer", "lr", "lr_for", "schedule", "seed", "val_fraction", "eval_samples",
-                  "train_eval_size", "test_samples", "augment", "lr_trials", "lr_trial_epochs", "lr_trial_subset")
+                  "train_eval_size", "test_samples", "augment", "augment_pad", "lr_trials", "lr_trial_epochs", "lr_trial_subset")
 
 
 def _int_list(text):
@@ -141,7 +141,8 @@ def parse_args(argv=None):
     p.add_argument("--train-eval-size", type=int, default=2000,
                    help="training images evaluated after each epoch (train accuracy)")
     p.add_argument("--test-samples", type=int, default=32, help="largest ensemble on the test set")
-    p.add_argument("--augment", action="store_true")
+    p.add_argument("--augment", action="store_true", help="random flip + padded crop of training batches")
+    p.add_argument("--augment-pad", type=int, default=4, help="--augment: zero padding of the crop in pixels")
     p.add_argument("--runs-dir", default=os.path.join("runs", "fashion_mnist_bench"))
     p.add_argument("--docs", default="docs", help="where results.md and figures/ are written")
     p.add_argument("--resume", action="store_true", help="reuse finished runs, continue interrupted ones")
@@ -203,7 +204,8 @@ def run_one(args, ds, arch, method, results):
               flush=True)
         found = train.search_lr(net, ds, estimator=method, max_trials=args.lr_trials, trial_epochs=args.lr_trial_epochs,
                                 trial_subset=args.lr_trial_subset, batch_size=args.batch_size, optimizer=args.optimizer,
-                                seed=args.seed, val_fraction=args.val_fraction, augment=args.augment)
+                                seed=args.seed, val_fraction=args.val_fraction, augment=args.augment,
+                                augment_pad=args.augment_pad)
         lr, lr_search = found.lr, found.as_dict()
     print(f"[{key}] {arch} {options}, {method}, lr {lr:g}, {args.epochs} epochs"
           + (f", time budget {args.time_budget:g} s" if args.time_budget else "") + f" -> {out}", flush=True)
@@ -213,7 +215,8 @@ def run_one(args, ds, arch, method, results):
     try:
         res = train.fit(net, ds, estimator=method, epochs=args.epochs, batch_size=args.batch_size,
                         optimizer=args.optimizer, lr=lr, schedule=args.schedule, seed=args.seed,
-                        val_fraction=args.val_fraction, augment=args.augment, eval_samples=args.eval_samples,
+                        val_fraction=args.val_fraction, augment=args.augment, augment_pad=args.augment_pad,
+                        eval_samples=args.eval_samples,
                         train_eval_size=args.train_eval_size, out=out, resume=resume, max_time=args.time_budget,
                         progress=not args.no_progress,
                         metadata={"command": "bench/fashion_mnist.py", "lr_search": lr_search})
@@ -270,7 +273,7 @@ def write_report(args, results, meta):
              + "".join(f" ({r['arch']}/{r['method']} trained over {r['calls']} calls continued with --extend, "
                        "each under the time budget)" for r in results.values() if r.get("calls", 1) > 1)
              + "; element-wise gradient clipping at 1e3; data-dependent init on the first batch; init and "
-               f"training seed {args.seed}" + ("; flip + crop augmentation" if args.augment else "") + ".",
+               f"training seed {args.seed}" + (f"; flip + crop augmentation (crop padding {args.augment_pad})" if args.augment else "") + ".",
              f"* MLP: 784-{'-'.join(map(str, args.hidden))}-10; conv: the PSA paper's all-conv SBN "
              f"(channels {','.join(map(str, args.channels))}, 1x28x28 input"
              + (f", first stage zero-padded by {args.input_padding}" if args.input_padding else "")

@@ -212,6 +212,8 @@ def build_parser():
     tr.add_argument("--eval-samples", type=_positive(int), default=10, help="samples per image in evaluation")
     tr.add_argument("--no-data-init", action="store_true", help="skip the data-dependent initialization")
     tr.add_argument("--augment", action="store_true", help="random flip + padded crop of training batches")
+    tr.add_argument("--augment-pad", type=_nonneg_int, default=4,
+                    help="--augment: zero padding of the random crop in pixels")
     tr.add_argument("--out", default=None, help="output directory (default: runs/<arch>-<estimator>-<time>)")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     tr.add_argument("--backend", default=None, choices=list(BACKENDS),
@@ -352,7 +354,8 @@ def cmd_train(args):
                 "dataset": ds.name, "source": ds.source}
     common = dict(batch_size=args.batch_size, optimizer=args.optimizer, momentum=args.momentum,
                   nesterov=args.momentum > 0, schedule=args.schedule, clip_value=args.clip, seed=args.seed,
-                  val_fraction=args.val_fraction, augment=args.augment, data_init=not args.no_data_init)
+                  val_fraction=args.val_fraction, augment=args.augment, augment_pad=args.augment_pad,
+                  data_init=not args.no_data_init)
     lr = args.lr
     if search is not None:
         metadata["lr"] = "auto"

@@ -99,7 +99,7 @@ HISTORY_JSON = "history.json"
 #: Configuration entries that must agree between a checkpoint and a resumed run (they determine the
 #: training trajectory). Others (epochs, eval_samples, max_time, ...) may change on resume.
 TRAJECTORY_KEYS = ("arch", "data", "estimator", "estimator_options", "batch_size", "seed", "split_seed",
-                   "val_fraction", "augment", "data_init", "optimizer")
+                   "val_fraction", "augment", "augment_pad", "data_init", "optimizer")
 _EVAL_SALT = 0x5EB1  # eval generators: default_rng([seed, epoch, _EVAL_SALT]), separate from training
 
 
@@ -604,8 +604,8 @@ def _metrics_row(prefix, metrics):
 
 def fit(net, data, *, estimator="psa", estimator_options=None, epochs=5, batch_size=64, optimizer="adam",
         lr=None, momentum=0.9, nesterov=True, weight_decay=0.0, schedule=None, clip_value=1e3, seed=0,
-        split_seed=1, val_fraction=0.1, augment=False, data_init=True, eval_samples=10, train_eval_size=2000,
-        eval_batch_size=500, out=None, resume=False, max_time=None, plots=True, progress=True, arch=None,
+        split_seed=1, val_fraction=0.1, augment=False, augment_pad=4, data_init=True, eval_samples=10,
+        train_eval_size=2000, eval_batch_size=500, out=None, resume=False, max_time=None, plots=True, progress=True, arch=None,
         metadata=None):
     """Train ``net`` in place on ``data`` with a gradient estimator; validate after every epoch.
 
@@ -639,7 +639,11 @@ def fit(net, data, *, estimator="psa", estimator_options=None, epochs=5, batch_s
     val_fraction : float in [0, 1)
         Validation part; 0 skips validation.
     augment : bool
-        Random horizontal flip + 4-pixel-padded random crop of each training batch (images (B, C, H, W)).
+        Random horizontal flip + padded random crop of each training batch (images (B, C, H, W)), see
+        :func:`sbnnumba.datasets.augment_flip_crop`.
+    augment_pad : int
+        Zero padding of the crop (shifts of up to ``augment_pad`` pixels each way); 4 is the CIFAR
+        protocol, 2 keeps 28x28 Fashion-MNIST items inside the frame more often.
     data_init : bool
         Data-dependent initialization on the first ``batch_size`` training images before the first epoch
         (not when resuming).
@@ -683,6 +687,7 @@ def fit(net, data, *, estimator="psa", estimator_options=None, epochs=5, batch_s
 
     _registry.lookup(estimator, dict(estimator_options or {}))  # validates name and options early
     for name, v, lo in (("epochs", epochs, 1), ("batch_size", batch_size, 1), ("eval_samples", eval_samples, 1),
+                        ("augment_pad", augment_pad, 0),
                         ("train_eval_size", train_eval_size, 0), ("eval_batch_size", eval_batch_size, 1)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
             raise ValueError(f"{name}: expected an integer >= {lo}, got {v!r}")
@@ -711,7 +716,8 @@ def fit(net, data, *, estimator="psa", estimator_options=None, epochs=5, batch_s
         "data": {"name": data_name, "train": _fingerprint(x_tr, y_tr), "val": _fingerprint(x_val, y_val)},
         "estimator": estimator, "estimator_options": dict(estimator_options or {}), "epochs": int(epochs),
         "batch_size": int(batch_size), "seed": int(seed), "split_seed": int(split_seed),
-        "val_fraction": float(val_fraction), "augment": bool(augment), "data_init": bool(data_init),
+        "val_fraction": float(val_fraction), "augment": bool(augment),
+        "augment_pad": int(augment_pad) if augment else None, "data_init": bool(data_init),
         "optimizer": opt.hyperparameters, "eval_samples": int(eval_samples),
         "train_eval_size": int(train_eval_size), "backend": net.backend, "metadata": metadata or {},
     }
@@ -767,7 +773,7 @@ def fit(net, data, *, estimator="psa", estimator_options=None, epochs=5, batch_s
                 datasets.iterate_minibatches(x_tr, y_tr, batch_size, rng=rng, shuffle=True)
             for step, (xb, yb) in enumerate(batches, start=1):
                 if augment:
-                    xb = datasets.augment_flip_crop(xb, rng)
+                    xb = datasets.augment_flip_crop(xb, rng, pad=augment_pad)
                 loss, grads = _registry.estimate(estimator, net, _as_float(xb, net.dtype), yb, rng,
                                                  **(estimator_options or {}))
                 bad = _first_nonfinite(loss, grads)

@@ -113,6 +113,23 @@ def test_resume_errors(tiny, tmp_path):
         train.fit(tiny_net(), (x, y), **FIT, estimator="no-such-method")
 
 
+def test_fit_augment_pad_reaches_the_crop_and_is_checked_on_resume(tiny, tmp_path, monkeypatch):
+    x, y, _, _ = tiny
+    pads, crop = [], datasets.augment_flip_crop
+
+    def recording_crop(xb, rng, pad=4, flip=True):
+        pads.append(pad)
+        return crop(xb, rng, pad=pad, flip=flip)
+
+    monkeypatch.setattr(datasets, "augment_flip_crop", recording_crop)
+    train.fit(tiny_net(), (x, y), **{**FIT, "epochs": 1}, augment=True, augment_pad=2, out=tmp_path, plots=False)
+    assert len(pads) == 6 and set(pads) == {2}  # 180 training images in batches of 32
+    with pytest.raises(ValueError, match="augment_pad"):
+        train.fit(tiny_net(), (x, y), **FIT, augment=True, augment_pad=3, out=tmp_path, resume=True, plots=False)
+    with pytest.raises(ValueError, match="augment_pad: expected an integer >= 0"):
+        train.fit(tiny_net(), (x, y), **FIT, augment=True, augment_pad=-1)
+
+
 class _NaNAfter:
     """A test estimator: PSA for the first ``good`` calls, then a NaN loss or gradient."""
 
