@@ -74,7 +74,8 @@ METHOD_NOTES = {
 #: Settings that must not change when a benchmark is resumed (they change the runs' results).
 SAME_ON_RESUME = ("data", "train_subset", "test_subset", "hidden", "channels", "input_padding", "normalize", "noise",
                   "batch_size", "optimizer", "lr", "lr_for", "schedule", "seed", "val_fraction", "eval_samples",
-                  "train_eval_size", "test_samples", "augment", "augment_pad", "lr_trials", "lr_trial_epochs", "lr_trial_subset")
+                  "train_eval_size", "test_samples", "augment", "augment_pad", "lr_trials", "lr_trial_epochs",
+                  "lr_trial_subset")
 
 
 def _int_list(text):
@@ -273,7 +274,8 @@ def write_report(args, results, meta):
              + "".join(f" ({r['arch']}/{r['method']} trained over {r['calls']} calls continued with --extend, "
                        "each under the time budget)" for r in results.values() if r.get("calls", 1) > 1)
              + "; element-wise gradient clipping at 1e3; data-dependent init on the first batch; init and "
-               f"training seed {args.seed}" + (f"; flip + crop augmentation (crop padding {args.augment_pad})" if args.augment else "") + ".",
+               f"training seed {args.seed}"
+             + (f"; flip + crop augmentation (crop padding {args.augment_pad})" if args.augment else "") + ".",
              f"* MLP: 784-{'-'.join(map(str, args.hidden))}-10; conv: the PSA paper's all-conv SBN "
              f"(channels {','.join(map(str, args.channels))}, 1x28x28 input"
              + (f", first stage zero-padded by {args.input_padding}" if args.input_padding else "")

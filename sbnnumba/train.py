@@ -605,8 +605,8 @@ def _metrics_row(prefix, metrics):
 def fit(net, data, *, estimator="psa", estimator_options=None, epochs=5, batch_size=64, optimizer="adam",
         lr=None, momentum=0.9, nesterov=True, weight_decay=0.0, schedule=None, clip_value=1e3, seed=0,
         split_seed=1, val_fraction=0.1, augment=False, augment_pad=4, data_init=True, eval_samples=10,
-        train_eval_size=2000, eval_batch_size=500, out=None, resume=False, max_time=None, plots=True, progress=True, arch=None,
-        metadata=None):
+        train_eval_size=2000, eval_batch_size=500, out=None, resume=False, max_time=None, plots=True,
+        progress=True, arch=None, metadata=None):
     """Train ``net`` in place on ``data`` with a gradient estimator; validate after every epoch.
 
     Parameters
