@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import machine_info  # noqa: E402
 
-from sbnnumba import datasets, plots, train  # noqa: E402
+from sbnnumba import datasets, plots, runtime, train  # noqa: E402
 from sbnnumba.cli import bn_gamma_arg  # noqa: E402
 from sbnnumba.noise import NOISES  # noqa: E402
 from sbnnumba.weights import matched_scale  # noqa: E402
@@ -91,6 +91,7 @@ def main(argv=None):
     p.add_argument("--backend", default=None, choices=["cpu", "numpy", "cuda"],
                    help="'cuda': psa/st configurations train device-resident (sbnnumba.device_training)")
     args = p.parse_args(argv)
+    runtime.retain_freed_memory()  # reuse the pages of freed temporaries (sbnnumba/runtime.py)
     if args.init_from and args.pretrain_epochs:
         p.error("--init-from and --pretrain-epochs: choose one way to start the latent weights")
     if args.init_from and args.bn_gamma != 1.0:

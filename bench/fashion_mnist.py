@@ -58,7 +58,7 @@ except ImportError:  # run from a source checkout without installation
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import sbnnumba
 
-from sbnnumba import datasets, plots, train  # noqa: E402
+from sbnnumba import datasets, plots, runtime, train  # noqa: E402
 from sbnnumba.fileio import atomic_write_text  # noqa: E402
 
 DEFAULT_METHODS = "psa,st,st-hardtanh,concrete,reinforce"
@@ -339,6 +339,7 @@ def write_report(args, results, meta):
 
 def main(argv=None):
     args = parse_args(argv)
+    runtime.retain_freed_memory()  # reuse the pages of freed temporaries (sbnnumba/runtime.py)
     argv = sys.argv[1:] if argv is None else list(argv)
     archs = [a for a in args.archs.split(",") if a]
     methods = [m for m in args.methods.split(",") if m]

@@ -35,6 +35,8 @@ import time
 
 import numpy as np
 
+from . import runtime
+
 PROG = "python -m sbnnumba"
 DEFAULT_HIDDEN = "256,256"
 DEFAULT_CHANNELS = "96,96,96,192,192,192,192,192"
@@ -452,6 +454,7 @@ def main(argv=None):
             args = parser.parse_args(argv)
         except SystemExit as exc:  # --help
             return 0 if exc.code is None else int(exc.code)
+        runtime.retain_freed_memory()  # long array-heavy jobs: reuse freed pages (sbnnumba/runtime.py)
         return cmd_train(args) if args.command == "train" else cmd_evaluate(args)
     except CLIError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
