@@ -59,6 +59,7 @@ except ImportError:  # run from a source checkout without installation
     import sbnnumba
 
 from sbnnumba import datasets, plots, runtime, train  # noqa: E402
+from sbnnumba.cli import bn_gamma_arg  # noqa: E402
 from sbnnumba.fileio import atomic_write_text  # noqa: E402
 
 DEFAULT_METHODS = "psa,st,st-hardtanh,concrete,reinforce"
@@ -72,10 +73,10 @@ METHOD_NOTES = {
 
 
 #: Settings that must not change when a benchmark is resumed (they change the runs' results).
-SAME_ON_RESUME = ("data", "train_subset", "test_subset", "hidden", "channels", "input_padding", "normalize", "noise",
-                  "batch_size", "optimizer", "lr", "lr_for", "schedule", "seed", "val_fraction", "eval_samples",
-                  "train_eval_size", "test_samples", "augment", "augment_pad", "lr_trials", "lr_trial_epochs",
-                  "lr_trial_subset")
+SAME_ON_RESUME = ("data", "train_subset", "test_subset", "hidden", "channels", "input_padding", "normalize",
+                  "bn_gamma", "noise", "batch_size", "optimizer", "lr", "lr_for", "schedule", "seed", "val_fraction",
+                  "eval_samples", "train_eval_size", "test_samples", "augment", "augment_pad", "lr_trials",
+                  "lr_trial_epochs", "lr_trial_subset")
 
 
 def _int_list(text):
@@ -125,6 +126,9 @@ def parse_args(argv=None):
                    help="conv: zero padding of the first stage (2: the paper's map sizes, as for 32x32 input)")
     p.add_argument("--normalize", action="store_true",
                    help="batch normalization before every binary activation (the paper's networks have none)")
+    p.add_argument("--bn-gamma", type=bn_gamma_arg, default=1.0,
+                   help="--normalize: starting gamma of the normalizations, or 'noise-std' (the activation "
+                        "noise's standard deviation: pre-activations start with the noise's spread)")
     p.add_argument("--noise", default="logistic")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--optimizer", default="adam", choices=["adam", "sgd"])
@@ -190,6 +194,8 @@ def run_one(args, ds, arch, method, results):
         options["input_padding"] = args.input_padding
     if args.normalize:
         options["normalize"] = True
+        if args.bn_gamma != 1.0:
+            options["bn_gamma"] = args.bn_gamma
     net = train.build_network(arch, ds.x_train.shape[1:], ds.n_classes, seed=args.seed, backend=args.backend,
                               **options)
     lr = _lr_overrides(args.lr_for).get(method, args.lr)
@@ -280,7 +286,8 @@ def write_report(args, results, meta):
              f"(channels {','.join(map(str, args.channels))}, 1x28x28 input"
              + (f", first stage zero-padded by {args.input_padding}" if args.input_padding else "")
              + f"); {args.noise} noise"
-             + ("; batch normalization before every binary activation" if args.normalize else "") + ".",
+             + ("; batch normalization before every binary activation" if args.normalize else "")
+             + (f" (gamma starting at {args.bn_gamma})" if args.normalize and args.bn_gamma != 1.0 else "") + ".",
              "* Evaluation (every method alike): hard +-1 samples with the Rao-Blackwellized head; "
              f"validation after each epoch with {args.eval_samples} samples per image; test accuracy with "
              f"1 sample (mean over draws), the ensemble of {args.test_samples} samples (averaged softmax) and "
