@@ -12,10 +12,11 @@ faster), a PSA training step 0.55 instead of 0.58 s (1.05x, inside the spread of
 medians of ``bench/runtime_memory.py``. Values are unchanged: only where arrays live changes.
 
 The cost is that the process's resident memory does not shrink after a peak (it stays near the largest
-working set: the benchmark's peak was 2.03 GB against 1.93 GB by default), which is why the library does not apply it on import: the command line
-(``python -m sbnnumba``) and the benchmarks call it; call it yourself at the start of a training
-script. It applies to glibc only (Linux); elsewhere it does nothing and says so. Settings given in the
-environment (``MALLOC_MMAP_MAX_``, ``MALLOC_TRIM_THRESHOLD_``, ``GLIBC_TUNABLES``) win.
+working set: the benchmark's peak was 2.03 GB against 1.93 GB by default), which is why the library does
+not apply it on import: the command line (``python -m sbnnumba``) and the training benchmarks call it;
+call it yourself at the start of a training script. It applies to glibc only (Linux); elsewhere it does
+nothing and says so. Settings given in the environment (``MALLOC_MMAP_MAX_``,
+``MALLOC_TRIM_THRESHOLD_``, ``GLIBC_TUNABLES``) win.
 """
 from __future__ import annotations
 
