@@ -90,7 +90,18 @@ _INV_LN2 = 1.4426950408889634
 def entropy_bits(code, a):
     """Entropy in bits of the unit ``sign(a - Z)``: ``H(q) = -(q ln q + (1 - q) ln(1 - q)) / ln 2`` with
     the smaller of its two probabilities ``q = F(-|a|)`` (lower tail, no cancellation; ``1 - q`` enters
-    through ``log1p``). Exactly 0 once ``q`` underflows (saturated units, ``|a| = inf``); NaN stays NaN."""
+    through ``log1p``). Exactly 0 once ``q`` underflows (saturated units, ``|a| = inf``); NaN stays NaN.
+
+    Logistic noise has a closed form with two transcendental calls instead of three: with
+    ``e = exp(-|a|)``, ``q = e / (1 + e)``, ``ln q = -|a| - ln(1 + e)`` and ``ln(1 - q) = -ln(1 + e)``,
+    so ``H = q |a| + log1p(e)`` nats (evaluation computes it for every sampled unit)."""
+    if code == LOGISTIC:
+        t = abs(a)
+        e = math.exp(-t)
+        if e == 0.0:
+            return 0.0
+        h = (e / (1.0 + e) * t + math.log1p(e)) * _INV_LN2
+        return 1.0 if h > 1.0 else h
     q = cdf_lower(code, -abs(a))
     if q == 0.0:
         return 0.0
