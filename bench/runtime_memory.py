@@ -71,7 +71,8 @@ def main():
         return
     from common import machine_info
     machine_info()
-    env = {k: v for k, v in os.environ.items() if k not in ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_")}
+    from sbnnumba.runtime import MALLOC_ENV_SETTINGS
+    env = {k: v for k, v in os.environ.items() if k not in MALLOC_ENV_SETTINGS}
     results = {"default": [], "retain": []}
     for round_index in range(args.rounds):
         order = ("default", "retain") if round_index % 2 == 0 else ("retain", "default")

@@ -22,15 +22,19 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 
 # mallopt parameters (glibc malloc.h)
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 _INT_MAX = 2 ** 31 - 1  # mallopt takes an int: trim only when more than 2 GiB are free at the heap's top
-_ENV_SETTINGS = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
+#: Environment variables through which the user sets glibc's malloc; any of them makes
+#: :func:`retain_freed_memory` leave the allocator alone (benchmarks and tests drop them for a clean start).
+MALLOC_ENV_SETTINGS = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
 
 
+@functools.lru_cache(maxsize=None)
 def _glibc():
     """The C library if it is glibc (it has ``mallopt`` and ``gnu_get_libc_version``), else None."""
     name = ctypes.util.find_library("c")
@@ -60,7 +64,7 @@ def retain_freed_memory():
         What happened: ``"applied"``, ``"environment"`` (a malloc setting in the environment was left to
         take effect) or ``"unsupported"`` (not glibc, or ``mallopt`` refused).
     """
-    if any(os.environ.get(name) for name in _ENV_SETTINGS):
+    if any(os.environ.get(name) for name in MALLOC_ENV_SETTINGS):
         return "environment"
     libc = _glibc()
     if libc is None:

@@ -40,7 +40,7 @@ print(json.dumps({"state": state, "mmapped": during - before, "arena_growth": ar
 
 
 def _probe(mode, **env):
-    full_env = {k: v for k, v in os.environ.items() if k not in ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_")}
+    full_env = {k: v for k, v in os.environ.items() if k not in runtime.MALLOC_ENV_SETTINGS}
     full_env.update(env)
     out = subprocess.run([sys.executable, "-c", PROBE, mode], env=full_env, check=True, capture_output=True,
                          text=True).stdout
