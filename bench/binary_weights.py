@@ -74,7 +74,11 @@ def main(argv=None):
     p.add_argument("--eta-scale", type=float, default=3.0,
                    help="--pretrain-epochs / --init-from: eta = s W / std(W) with logistic weight noise; other "
                         "noises get the scale with the same P(w = sign W) at one std, F^-1(sigma(s)) "
-                        "(sbnnumba.weights.matched_scale)")
+                        "(sbnnumba.weights.matched_scale); see --eta-units")
+    p.add_argument("--eta-units", default="logistic", choices=["logistic", "noise"],
+                   help="'logistic': --eta-scale is s above, matched to the weight noise; 'noise': eta = s W / std(W) "
+                        "directly in units of the weight noise (for triangular noise on [-1, 1], s = 2 leaves every "
+                        "weight beyond std(W) / 2 deterministic, the matched s = 6 only those beyond 1.08 std(W))")
     p.add_argument("--init-from", default=None, metavar="CHECKPOINT",
                    help="start from this trained real-weight network (e.g. a bench/fashion_mnist.py run) instead "
                         "of --pretrain-epochs: the architecture comes from the checkpoint; batch normalization "
@@ -125,7 +129,7 @@ def main(argv=None):
             net = train.build_network(args.arch, ds.x_train.shape[1:], ds.n_classes, seed=1, weight=args.weights,
                                       backend=args.backend, **options)
         if args.init_from or args.pretrain_epochs:  # eta = s' W / std(W), s' matched to the weight noise
-            net.to_bernoulli(args.weights, scale=matched_scale(args.eta_scale, w_noise), noise=w_noise, grad=rule)
+            net.to_bernoulli(args.weights, scale=eta_scale(args, w_noise), noise=w_noise, grad=rule)
         result = fit_phase(args, net, ds, method, opts, args.epochs, out,
                            data_init=not (args.pretrain_epochs or args.init_from))
         minutes = (time.perf_counter() - t0) / 60
@@ -136,6 +140,11 @@ def main(argv=None):
         print(f"[{idx}] {label}: single {100 * m['acc1']:.2f}% | ensemble({args.test_samples}) "
               f"{100 * m['eacc']:.2f}% | deterministic {100 * m['det_acc']:.2f}% | {minutes:.1f} min", flush=True)
     write_report(args, ds, rows, histories)
+
+
+def eta_scale(args, weight_noise):
+    """The conversion scale s' of eta = s' W / std(W) for this weight noise (see --eta-units)."""
+    return float(args.eta_scale) if args.eta_units == "noise" else matched_scale(args.eta_scale, weight_noise)
 
 
 def start_from_checkpoint(args, ds, noise, calibration_images=2000):
@@ -183,7 +192,8 @@ def write_report(args, ds, rows, histories):
     else:
         size = args.hidden if args.arch == "mlp" else f"conv width {args.width}" + (
             f", first stage padded by {args.input_padding}" if args.input_padding else "")
-    scale_text = f"s = {args.eta_scale:g} for logistic weight noise, F^-1(sigma(s)) for the others"
+    scale_text = (f"s = {args.eta_scale:g} in units of the weight noise" if args.eta_units == "noise" else
+                  f"s = {args.eta_scale:g} for logistic weight noise, F^-1(sigma(s)) for the others")
     lines = [f"# Fully binary networks on Fashion-MNIST ({args.arch}, {size})", "",
              f"Data: {ds.name} ({ds.y_train.shape[0]} training images before the 10 % validation split, "
              f"{ds.y_test.shape[0]} test images). " + WEIGHTS_TEXT[args.weights] + " "
