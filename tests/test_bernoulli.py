@@ -482,3 +482,36 @@ def test_cli_bn_gamma_is_kept_by_the_checkpoint(tmp_path, capsys):
         assert cli.main(["train", "--data", "embedded", "--out", str(tmp_path / "x")] + argv) == 2
         err = capsys.readouterr().err.strip()
         assert "--bn-gamma" in err and len(err.splitlines()) == 1
+
+
+def test_bench_binary_modes_passes_match_the_network_and_its_recalibration():
+    """bench/binary_modes.py rebuilds the sampling loop to fix weights or activations at their mode:
+    its 'stochastic' pass is Network.sample with the same generator (same draw order), its
+    'deterministic' pass and statistics are those of the deterministic mode, and its two middle modes
+    are sampled in the noise they keep and constant in the other."""
+    import importlib.util
+    import pathlib
+    path = pathlib.Path(__file__).resolve().parents[1] / "bench" / "binary_modes.py"
+    spec = importlib.util.spec_from_file_location("binary_modes", path)
+    modes = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(modes)
+    net = train.build_network("mlp", (1, 5, 5), 3, seed=4, hidden=[9, 7], weight="hidden", normalize=True,
+                              dtype=np.float64)
+    x = np.random.default_rng(5).normal(size=(40, 1, 5, 5))
+    net.eval("stochastic")
+    np.testing.assert_array_equal(modes.mode_pass(net, x, "stochastic", np.random.default_rng(6)),
+                                  net.sample(x, np.random.default_rng(6)).logits)
+    net.recalibrate_normalization(x, mode="deterministic")
+    expected = net.forward_deterministic(x)
+    modes.recalibrate(net, x, "deterministic", np.random.default_rng(7))  # into the 'stochastic' slot
+    np.testing.assert_allclose(modes.mode_pass(net, x, "deterministic", np.random.default_rng(8)), expected,
+                               rtol=1e-12, atol=1e-12)
+    # the middle modes: sampled in the noise they keep (two generators differ), at the mode in the other
+    for mode, weights_at_mode in (("weights sign(eta)", True), ("activations sign(a)", False)):
+        two = [modes.mode_pass(net, x, mode, np.random.default_rng(s)) for s in (9, 10)]
+        assert not np.array_equal(*two), mode
+        at_mode = [np.array_equal(layer.weight, np.where(layer.eta >= 0, 1.0, -1.0))
+                   for _, layer in net.latent_layers()]
+        assert all(at_mode) if weights_at_mode else not all(at_mode), mode
+    e, s = modes.mode_accuracy(net, x, np.zeros(40, dtype=np.int64), "deterministic", 5, np.random.default_rng(0))
+    assert e == s == pytest.approx(np.mean(np.argmax(expected, axis=1) == 0))
