@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import machine_info  # noqa: E402
 
-from sbnnumba import datasets, losses, train  # noqa: E402
+from sbnnumba import datasets, losses, runtime, train  # noqa: E402
 
 MODES = ("stochastic", "weights sign(eta)", "activations sign(a)", "deterministic")
 NEAR_DETERMINISTIC_BITS = 0.01
@@ -91,6 +91,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.samples < 1 or args.calibration < 1 or args.n < 1:
         p.error("--samples, --calibration, --n: expected positive integers")
+    runtime.retain_freed_memory()  # reuse the pages of freed temporaries (sbnnumba/runtime.py)
     machine_info()
     ds = datasets.load_fashion_mnist()
     x_cal = datasets.normalize(ds.x_train[np.random.default_rng(args.seed).permutation(ds.y_train.shape[0])
