@@ -128,7 +128,7 @@ def main(argv=None):
         else:
             net = train.build_network(args.arch, ds.x_train.shape[1:], ds.n_classes, seed=1, weight=args.weights,
                                       backend=args.backend, **options)
-        if args.init_from or args.pretrain_epochs:  # eta = s' W / std(W), s' matched to the weight noise
+        if args.init_from or args.pretrain_epochs:  # eta = s' W / std(W), s' from --eta-scale and --eta-units
             net.to_bernoulli(args.weights, scale=eta_scale(args, w_noise), noise=w_noise, grad=rule)
         result = fit_phase(args, net, ds, method, opts, args.epochs, out,
                            data_init=not (args.pretrain_epochs or args.init_from))
