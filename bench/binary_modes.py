@@ -53,16 +53,9 @@ def mode_pass(net, x, mode, rng):
 
 
 def recalibrate(net, x, mode, rng, batch_size=250):
-    """Normalization statistics of ``mode``, exact averages over ``x`` (as Network.recalibrate_normalization),
-    stored in the 'stochastic' slot that evaluation below reads."""
-    norms = net.normalizations()
-    for n in norms:
-        n.training = True
-        n.start_accumulating()
-    for start in range(0, x.shape[0], batch_size):
-        mode_pass(net, x[start:start + batch_size], mode, rng)
-    for n in norms:
-        n.finish_accumulating("stochastic")
+    """Normalization statistics of ``mode``, exact averages over ``x``, stored in the 'stochastic' slot
+    that evaluation below reads."""
+    net.recalibrate_normalization(x, "stochastic", batch_size, forward=lambda xb: mode_pass(net, xb, mode, rng))
     net.eval("stochastic")
 
 

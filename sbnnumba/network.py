@@ -366,12 +366,15 @@ class Network:
             for n, (training, mode) in zip(self.normalizations(), saved):
                 n.training, n.stats_mode = training, mode
 
-    def recalibrate_normalization(self, x, mode="deterministic", batch_size=256, rng=None):
+    def recalibrate_normalization(self, x, mode="deterministic", batch_size=256, rng=None, forward=None):
         """Re-estimate the normalization statistics for a test mode by forward sweeps over ``x``.
 
         ``mode="deterministic"``: sign activations and ``sign(eta)`` weights (spec st.md section 6);
         ``mode="stochastic"``: sampled activations and weights. Statistics are exact averages over
         all of ``x`` (not running averages), stored for that mode and used by :meth:`eval`.
+        ``forward``: optional callable ``forward(x_batch)`` run for each batch instead of the mode's
+        own pass (e.g. a pass with only the weights at their mode); its statistics are stored under
+        ``mode``.
         """
         if mode not in ("stochastic", "deterministic"):
             raise ValueError(f"mode: expected 'stochastic' or 'deterministic', got {mode!r}")
@@ -387,7 +390,9 @@ class Network:
         try:
             for start in range(0, x.shape[0], batch_size):
                 xb = x[start:start + batch_size]
-                if mode == "deterministic":
+                if forward is not None:
+                    forward(xb)
+                elif mode == "deterministic":
                     self._forward_deterministic(xb)
                 else:
                     self.sample(xb, rng)
