@@ -148,6 +148,12 @@ def parse_args(argv=None):
     p.add_argument("--test-samples", type=int, default=32, help="largest ensemble on the test set")
     p.add_argument("--augment", action="store_true", help="random flip + padded crop of training batches")
     p.add_argument("--augment-pad", type=int, default=4, help="--augment: zero padding of the crop in pixels")
+    p.add_argument("--sharpen", type=float, default=None, metavar="FACTOR",
+                   help="after a run completes, multiply its pre-activations by FACTOR (activation noise / FACTOR, "
+                        "Network.scale_preactivations) and train --sharpen-epochs more epochs; both are tested")
+    p.add_argument("--sharpen-epochs", type=int, default=2, help="--sharpen: epochs of the continuation")
+    p.add_argument("--sharpen-lr", type=float, default=None,
+                   help="--sharpen: starting lr of the continuation's cosine schedule (default: the run's lr / 5)")
     p.add_argument("--runs-dir", default=os.path.join("runs", "fashion_mnist_bench"))
     p.add_argument("--docs", default="docs", help="where results.md and figures/ are written")
     p.add_argument("--resume", action="store_true", help="reuse finished runs, continue interrupted ones")
@@ -162,6 +168,12 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.extend and not args.resume:
         p.error("--extend continues runs of an earlier call: use it with --resume")
+    if args.sharpen is not None and not (np.isfinite(args.sharpen) and args.sharpen > 0):
+        p.error(f"--sharpen: expected a positive factor, got {args.sharpen!r}")
+    if args.sharpen_epochs < 1:
+        p.error(f"--sharpen-epochs: expected a positive int, got {args.sharpen_epochs!r}")
+    if args.sharpen_lr is not None and not args.sharpen_lr > 0:
+        p.error(f"--sharpen-lr: expected a positive learning rate, got {args.sharpen_lr!r}")
     return args
 
 
@@ -241,17 +253,65 @@ def run_one(args, ds, arch, method, results):
     row["history"] = history
     row["epochs"] = len(history)
     row["seconds_per_epoch"] = float(np.mean([r["epoch_time"] for r in history])) if history else None
+    m = row["test"] = test_metrics(args, ds, net)
+    print(f"[{key}] test: loss {m['loss']:.4f}, acc1 {100 * m['acc1']:.2f}%, "
+          f"ensemble({m['samples']}) {100 * m['eacc']:.2f}%, det {100 * m['det_acc']:.2f}% "
+          f"({row['seconds_per_epoch'] or 0:.1f} s/epoch)", flush=True)
+    return row
+
+
+def test_metrics(args, ds, net):
+    """Test metrics of ``net`` (accuracy vs samples 1..--test-samples), with the bench's fixed test seed."""
     x_te, y_te = ds.x_test, ds.y_test
     if args.test_subset:
         x_te, y_te = x_te[:args.test_subset], y_te[:args.test_subset]
     t1 = time.perf_counter()
     m = train.evaluate(net, x_te, y_te, samples=args.test_samples, rng=np.random.default_rng([args.seed, 0x7E57]))
     m["seconds"] = time.perf_counter() - t1
-    row["test"] = m
-    print(f"[{key}] test: loss {m['loss']:.4f}, acc1 {100 * m['acc1']:.2f}%, "
-          f"ensemble({m['samples']}) {100 * m['eacc']:.2f}%, det {100 * m['det_acc']:.2f}% "
-          f"({row['seconds_per_epoch'] or 0:.1f} s/epoch)", flush=True)
-    return row
+    return m
+
+
+def run_sharpened(args, ds, row):
+    """``--sharpen F``: continue the finished run ``row`` with its activation noise divided by ``F``.
+
+    Loads the run's final checkpoint, multiplies every stage's pre-activation by ``F``
+    (:meth:`sbnnumba.Network.scale_preactivations`: ``P(x = 1) = F_noise(F a)``), then trains
+    ``--sharpen-epochs`` epochs with the same estimator, a fresh optimizer and a cosine schedule from
+    ``--sharpen-lr``, shuffled with seed + 1 (same validation split), in ``<run>-sharpen<F>``, and
+    tests the result. Resumable like the runs; changed continuation settings are refused.
+    """
+    settings = {"factor": args.sharpen, "epochs": args.sharpen_epochs,
+                "lr": args.sharpen_lr if args.sharpen_lr is not None else row["lr"] / 5}
+    key = f"{row['arch']}-{row['method']}"
+    out = f"{row['out']}-sharpen{args.sharpen:g}"
+    done = row.get("sharpened") or {}
+    if done and done.get("settings") != settings:
+        raise SystemExit(f"--sharpen: {key} was continued with other settings ({done.get('settings')} vs {settings}); "
+                         "use the same settings or another --runs-dir")
+    if done.get("status") == "completed":
+        print(f"[{key}] reusing the sharpened continuation in {out}")
+        return done
+    ckpt = os.path.join(out, train.CHECKPOINT_NAME)
+    resume = os.path.isfile(ckpt)
+    if resume and not args.resume:
+        raise SystemExit(f"{ckpt} exists: pass --resume to continue/reuse it, or choose another --runs-dir")
+    net = train.load_network(os.path.join(row["out"], train.CHECKPOINT_NAME))
+    if not resume:
+        net.scale_preactivations(args.sharpen)
+    print(f"[{key}] sharpened x{args.sharpen:g} (activation noise / {args.sharpen:g}), {args.sharpen_epochs} more "
+          f"epochs, cosine from lr {settings['lr']:g} -> {out}", flush=True)
+    res = train.fit(net, ds, estimator=row["method"], epochs=args.sharpen_epochs, batch_size=args.batch_size,
+                    optimizer=args.optimizer, lr=settings["lr"], schedule="cosine", seed=args.seed + 1,
+                    val_fraction=args.val_fraction, augment=args.augment, augment_pad=args.augment_pad,
+                    data_init=False, eval_samples=args.eval_samples, train_eval_size=args.train_eval_size, out=out,
+                    resume=resume, progress=not args.no_progress,
+                    metadata={"command": "bench/fashion_mnist.py --sharpen", "sharpen": settings})
+    m = test_metrics(args, ds, net)
+    print(f"[{key}] sharpened x{args.sharpen:g}, test: loss {m['loss']:.4f}, acc1 {100 * m['acc1']:.2f}%, "
+          f"ensemble({m['samples']}) {100 * m['eacc']:.2f}%, det {100 * m['det_acc']:.2f}%", flush=True)
+    return {"settings": settings, "out": out,
+            "status": "completed" if res.stopped == "already complete" else res.stopped, "history": res.history,
+            "epochs": len(res.history), "test": m}
 
 
 def _fmt(v, pct=False, digits=4):
@@ -311,6 +371,16 @@ def write_report(args, results, meta):
                          f"| {_fmt(h[-1].get('train_loss'))} | {_fmt(h[-1].get('val_loss'))} "
                          f"| {_fmt(h[-1].get('val_entropy'), digits=3)} | {_fmt(t.get('loss'))} "
                          f"| {_fmt(t.get('acc1'), True)} | {_fmt(t.get('eacc'), True)} | {_fmt(t.get('det_acc'), True)} |")
+            s = r.get("sharpened")
+            if s and s.get("test"):  # the --sharpen continuation of this run
+                hs, ts, cfg = s["history"] or [{}], s["test"], s["settings"]
+                lines.append(f"| {r['method']}, then pre-activations x{cfg['factor']:g} + {cfg['epochs']} epochs "
+                             f"| {cfg['lr']:.3g} | {s['status']} | +{s.get('epochs', 0)} "
+                             f"| {_fmt(float(np.mean([h['epoch_time'] for h in s['history']])) if s['history'] else None, digits=1)} "
+                             f"| {_fmt(hs[-1].get('train_loss'))} | {_fmt(hs[-1].get('val_loss'))} "
+                             f"| {_fmt(hs[-1].get('val_entropy'), digits=3)} | {_fmt(ts.get('loss'))} "
+                             f"| {_fmt(ts.get('acc1'), True)} | {_fmt(ts.get('eacc'), True)} "
+                             f"| {_fmt(ts.get('det_acc'), True)} |")
         lines.append("")
         hists = {r["method"]: r["history"] for r in rows if r.get("history")}
         curves = {r["method"]: r["test"]["curve"] for r in rows if r.get("test")}
@@ -396,7 +466,11 @@ def main(argv=None):
     t0 = time.perf_counter()
     for arch in archs:
         for method in methods:
-            results[f"{arch}-{method}"] = run_one(args, ds, arch, method, results)
+            row = results[f"{arch}-{method}"] = run_one(args, ds, arch, method, results)
+            if args.sharpen is not None and row["status"] == "completed":
+                doc = json.dumps(train._jsonable({"meta": meta, "results": results}), indent=1)
+                atomic_write_text(results_path, doc)  # the finished run is saved before the continuation
+                row["sharpened"] = run_sharpened(args, ds, row)
             doc = json.dumps(train._jsonable({"meta": meta, "results": results}), indent=1)
             atomic_write_text(results_path, doc)
     path = write_report(args, results, meta)

@@ -496,6 +496,37 @@ class Network:
             h = self.noise.mean(layer.forward(h))
         return self
 
+    def scale_preactivations(self, factor):
+        r"""Multiply every stage's pre-activation by ``factor`` in place: ``a -> factor * a``.
+
+        Since each stage samples ``x = sign(a - Z)``, this divides the activation noise by ``factor``
+        relative to the signal: :math:`P(x = 1) = F(\text{factor} \cdot a)` (``factor > 1`` sharpens
+        the network towards its deterministic sign network, ``factor < 1`` makes it noisier). A
+        normalized stage scales its ``gamma`` and ``beta``; a stage with real weights scales ``W``
+        and ``b``. The head is unchanged (its input is ``+-1`` either way). Returns ``self``.
+
+        Raises
+        ------
+        ValueError
+            For a stage with Bernoulli weights and no normalization (its ``+-1`` weights cannot be
+            scaled).
+        """
+        factor = float(factor)
+        if not (np.isfinite(factor) and factor > 0):
+            raise ValueError(f"factor: expected a finite positive number, got {factor!r}")
+        for k, layer in enumerate(self.stages):
+            if not isinstance(layer, Normalized) and layer.latent is not None:
+                raise ValueError(f"scale_preactivations: stage {k} has Bernoulli weights and no normalization, "
+                                 "so its pre-activation cannot be scaled")
+        for layer in self.stages:
+            if isinstance(layer, Normalized):
+                layer.gamma *= layer.gamma.dtype.type(factor)
+                layer.beta *= layer.beta.dtype.type(factor)
+            else:
+                n = layer.weight.shape[0]
+                layer.rescale_(np.zeros(n), np.full(n, 1.0 / factor))
+        return self
+
     def loss(self, logits, y):
         """Per-example loss of logits (B, K) against labels (B,)."""
         return losses.xent(logits, y, grad=False)

@@ -83,3 +83,34 @@ def test_data_dependent_init():
     a2 = net.stages[1].forward(h)
     np.testing.assert_allclose(a2.mean(0), 0, atol=1e-10)
     np.testing.assert_allclose(a2.std(0), 1, atol=1e-10)
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_scale_preactivations(normalize):
+    # Every stage's pre-activation, on the same input states, becomes factor * a; the head is unchanged.
+    rng = np.random.default_rng(6)
+    net = sb.Network.dense([5, 7, 6], 3, rng=rng, dtype=np.float64, normalize=normalize)
+    x = rng.normal(size=(32, 5))
+    states = [x] + [st.state for st in net.sample(x, rng=1).stages[:-1]]
+    before = [layer.forward(h) for layer, h in zip(net.stages, states)]
+    head = net.head.weight.copy()
+    assert net.scale_preactivations(2.5) is net
+    for layer, h, a in zip(net.stages, states, before):
+        np.testing.assert_allclose(layer.forward(h), 2.5 * a, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(net.head.weight, head)
+
+
+def test_scale_preactivations_conv_and_errors():
+    rng = np.random.default_rng(7)
+    net = sb.architectures.conv((1, 28, 28), 3, channels=[4, 4, 4, 6, 6, 6, 6, 6], rng=rng, dtype=np.float64,
+                                input_padding=2)
+    x = rng.normal(size=(3, 1, 28, 28))
+    a0 = net.stages[0].forward(x)
+    net.scale_preactivations(0.5)
+    np.testing.assert_allclose(net.stages[0].forward(x), 0.5 * a0, rtol=1e-12, atol=1e-12)
+    for bad in (0, -1.0, np.inf, np.nan):
+        with pytest.raises(ValueError, match="factor"):
+            net.scale_preactivations(bad)
+    binary = sb.Network.dense([4, 5, 3], 2, rng=0, weight="hidden")
+    with pytest.raises(ValueError, match="stage 1 has Bernoulli weights"):
+        binary.scale_preactivations(2.0)
