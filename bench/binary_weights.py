@@ -84,6 +84,15 @@ def main(argv=None):
                         "of --pretrain-epochs: the architecture comes from the checkpoint; batch normalization "
                         "is added where it has none (Network.add_normalization, same function), then the "
                         "weights are converted (Network.to_bernoulli)")
+    p.add_argument("--sharpen", type=float, default=None, metavar="FACTOR",
+                   help="after the binary phase, --sharpen-steps times: multiply every stage's pre-activation by "
+                        "FACTOR (batch-norm gamma and beta: activation noise / FACTOR, "
+                        "Network.scale_preactivations), then train --sharpen-epochs epochs (cosine from "
+                        "--sharpen-lr); tested before and after")
+    p.add_argument("--sharpen-steps", type=int, default=1, help="--sharpen: how many times")
+    p.add_argument("--sharpen-epochs", type=int, default=2, help="--sharpen: epochs after each step")
+    p.add_argument("--sharpen-lr", type=float, default=None,
+                   help="--sharpen: starting lr of each continuation's cosine schedule (default: --lr / 5)")
     p.add_argument("--train-subset", type=int, default=None)
     p.add_argument("--test-samples", type=int, default=10)
     p.add_argument("--only", default=None, help="comma-separated indices of CONFIGS to run")
@@ -100,6 +109,12 @@ def main(argv=None):
         p.error("--init-from and --pretrain-epochs: choose one way to start the latent weights")
     if args.init_from and args.bn_gamma != 1.0:
         p.error("--bn-gamma: with --init-from the normalizations are set to keep the checkpoint's function")
+    if args.sharpen is not None and not (np.isfinite(args.sharpen) and args.sharpen > 0):
+        p.error(f"--sharpen: expected a positive factor, got {args.sharpen!r}")
+    if args.sharpen_steps < 1 or args.sharpen_epochs < 1:
+        p.error("--sharpen-steps, --sharpen-epochs: expected positive ints")
+    if args.sharpen_lr is not None and not args.sharpen_lr > 0:
+        p.error(f"--sharpen-lr: expected a positive learning rate, got {args.sharpen_lr!r}")
     machine_info()
     ds = datasets.load_fashion_mnist()
     if args.train_subset:
@@ -132,14 +147,33 @@ def main(argv=None):
             net.to_bernoulli(args.weights, scale=eta_scale(args, w_noise), noise=w_noise, grad=rule)
         result = fit_phase(args, net, ds, method, opts, args.epochs, out,
                            data_init=not (args.pretrain_epochs or args.init_from))
-        minutes = (time.perf_counter() - t0) / 60
-        m = train.evaluate(net, x_test, ds.y_test, samples=args.test_samples, rng=0)
-        rows.append(dict(label=label, method=method, noise=noise, weight_noise=w_noise, rule=rule,
-                         acc1=m["acc1"], eacc=m["eacc"], det_acc=m["det_acc"], minutes=minutes))
-        histories[label] = result.history
-        print(f"[{idx}] {label}: single {100 * m['acc1']:.2f}% | ensemble({args.test_samples}) "
-              f"{100 * m['eacc']:.2f}% | deterministic {100 * m['det_acc']:.2f}% | {minutes:.1f} min", flush=True)
+        stages = [(label, result.history)]
+        if args.sharpen is not None:  # tested before the continuations too
+            rows.append(test_row(args, net, x_test, ds, idx, label, CONFIGS[idx], t0))
+            lr = args.sharpen_lr if args.sharpen_lr is not None else args.lr / 5
+            for step in range(1, args.sharpen_steps + 1):
+                step_out = f"{out}-sharpen{step}"
+                if not os.path.exists(os.path.join(step_out, train.CHECKPOINT_NAME)):  # else fit resumes it
+                    net.scale_preactivations(args.sharpen)
+                stage_label = f"{label}, then noise / {args.sharpen:g}^{step}"
+                res = fit_phase(args, net, ds, method, opts, args.sharpen_epochs, step_out, data_init=False, lr=lr,
+                                schedule="cosine")
+                stages.append((stage_label, res.history))
+            label = stage_label
+        rows.append(test_row(args, net, x_test, ds, idx, label, CONFIGS[idx], t0))
+        histories[label] = [h for _, hist in stages for h in hist]
     write_report(args, ds, rows, histories)
+
+
+def test_row(args, net, x_test, ds, idx, label, config, t0):
+    """Test metrics of ``net`` in the three modes, as a row of the report (minutes since ``t0``)."""
+    _, method, _, noise, w_noise, rule = config
+    minutes = (time.perf_counter() - t0) / 60
+    m = train.evaluate(net, x_test, ds.y_test, samples=args.test_samples, rng=0)
+    print(f"[{idx}] {label}: single {100 * m['acc1']:.2f}% | ensemble({args.test_samples}) "
+          f"{100 * m['eacc']:.2f}% | deterministic {100 * m['det_acc']:.2f}% | {minutes:.1f} min", flush=True)
+    return dict(label=label, method=method, noise=noise, weight_noise=w_noise, rule=rule, acc1=m["acc1"],
+                eacc=m["eacc"], det_acc=m["det_acc"], minutes=minutes)
 
 
 def eta_scale(args, weight_noise):
@@ -164,10 +198,11 @@ def start_from_checkpoint(args, ds, noise, calibration_images=2000):
     return net.add_normalization(x, rng=np.random.default_rng(1))
 
 
-def fit_phase(args, net, ds, method, opts, epochs, out, data_init=True):
-    """``train.fit`` with the bench's settings, resuming from ``out`` if a checkpoint is there."""
-    return train.fit(net, ds, estimator=method, estimator_options=opts, epochs=epochs, lr=args.lr,
-                     data_init=data_init, schedule=args.schedule, batch_size=args.batch_size, out=out,
+def fit_phase(args, net, ds, method, opts, epochs, out, data_init=True, lr=None, schedule=None):
+    """``train.fit`` with the bench's settings (``lr``, ``schedule``: overrides of --lr, --schedule),
+    resuming from ``out`` if a checkpoint is there."""
+    return train.fit(net, ds, estimator=method, estimator_options=opts, epochs=epochs,
+                     lr=args.lr if lr is None else lr, data_init=data_init, schedule=schedule or args.schedule, batch_size=args.batch_size, out=out,
                      resume=os.path.exists(os.path.join(out, train.CHECKPOINT_NAME)), progress=False,
                      eval_samples=args.eval_samples or args.test_samples, train_eval_size=args.train_eval_size,
                      plots=False)
@@ -207,7 +242,12 @@ def write_report(args, ds, rows, histories):
              + "Batch normalization before each binary activation" + _gamma_text(args.bn_gamma)
              + f"; Adam lr {args.lr} ({args.schedule} schedule), "
              f"batch {args.batch_size}, {args.epochs} epochs, seed 1. Command: "
-             "`python bench/binary_weights.py " + " ".join(sys.argv[1:]) + "`.", "",
+             "`python bench/binary_weights.py " + " ".join(sys.argv[1:]) + "`."
+             + (f" Then, {args.sharpen_steps} time(s): every stage's pre-activation multiplied by {args.sharpen:g} "
+                "(batch-norm gamma and beta; the activation noise divided by that relative to the signal, "
+                f"`Network.scale_preactivations`) and {args.sharpen_epochs} more epochs with a fresh Adam, cosine "
+                f"schedule from lr {args.sharpen_lr if args.sharpen_lr is not None else args.lr / 5:g}; each "
+                "configuration is tested before and after." if args.sharpen is not None else ""), "",
              f"| configuration | estimator | single sample | ensemble ({args.test_samples}) | deterministic | "
              "train min |", "|---|---|---|---|---|---|"]
     for r in rows:

@@ -515,3 +515,28 @@ def test_bench_binary_modes_passes_match_the_network_and_its_recalibration():
         assert all(at_mode) if weights_at_mode else not all(at_mode), mode
     e, s = modes.mode_accuracy(net, x, np.zeros(40, dtype=np.int64), "deterministic", 5, np.random.default_rng(0))
     assert e == s == pytest.approx(np.mean(np.argmax(expected, axis=1) == 0))
+
+
+def test_bench_binary_weights_sharpen_steps(tmp_path):
+    """bench/binary_weights.py --sharpen 2 --sharpen-steps 2: each step doubles every stage's batch-norm
+    gamma and beta before its continuation (lr 1e-12: the continuations end where they start), and the
+    network is tested before and after."""
+    import importlib.util
+    import json
+    import pathlib
+    path = pathlib.Path(__file__).resolve().parents[1] / "bench" / "binary_weights.py"
+    spec = importlib.util.spec_from_file_location("binary_weights", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    runs = tmp_path / "runs"
+    bench.main(["--hidden", "10,8", "--epochs", "1", "--train-subset", "300", "--test-samples", "2",
+                "--train-eval-size", "50", "--only", "0", "--runs-dir", str(runs), "--docs", str(tmp_path / "docs"),
+                "--sharpen", "2", "--sharpen-steps", "2", "--sharpen-epochs", "1", "--sharpen-lr", "1e-12"])
+    start = train.load_network(str(runs / "mlp-0" / train.CHECKPOINT_NAME)).params
+    end = train.load_network(str(runs / "mlp-0-sharpen2" / train.CHECKPOINT_NAME)).params
+    for k, v in start.items():
+        factor = 4.0 if k.endswith((".gamma", ".beta")) else 1.0
+        np.testing.assert_allclose(end[k], factor * v, rtol=1e-5, atol=1e-6, err_msg=k)
+    rows = json.loads((runs / "mlp-results.json").read_text())
+    assert [r["label"].endswith("noise / 2^2") for r in rows] == [False, True]
+    assert "2 time(s)" in (tmp_path / "docs" / "results_binary_mlp.md").read_text()
