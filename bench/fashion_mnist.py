@@ -15,7 +15,9 @@ training loss); the trials are kept in ``results.json`` and in each run's config
 
 Runs are kept under ``--runs-dir`` (checkpoints, histories, per-run plots, ``results.json``); with
 ``--resume`` finished runs are reused and interrupted ones continue from their checkpoint;
-``--report-only`` rewrites the report from ``results.json`` without training.
+``--report-only`` rewrites the report from ``results.json`` without training. ``--sharpen F`` continues
+each finished run with its activation noise divided by ``F`` (``Network.scale_preactivations``) for
+``--sharpen-epochs`` epochs and reports both the run and its continuation.
 
 Cost on 2 CPU cores (batch 64, 54,000 training images per epoch, measured on an idle / a busy
 machine): MLP 784-1024-1024-10: PSA 0.5-3 min per epoch, ST 0.15-1 min, the others about 0.2-1 min;
