@@ -168,7 +168,8 @@ def test_numba_kernels_equal_reference(cfg, dtype, tol):
     for noise in NOISE_NAMES:
         ref = conv_reference.flip_propagate_conv(x, a, x_out, layer.weight, d_out, layer.stride, layer.padding,
                                                  noise)
-        forms = ["ratio", "generic"] if noise == "logistic" else ["generic"]
+        forms = {"logistic": ["ratio", "generic"], "uniform": ["bounded", "generic"],
+                 "triangular": ["bounded", "generic"]}.get(noise, ["generic"])
         for form in forms:
             got = conv_cpu.flip_propagate_conv(*args, layer.stride, layer.padding, get_noise(noise).code, form=form)
             assert got.dtype == dtype and got.shape == x.shape

@@ -53,6 +53,33 @@ def test_numba_generic_equals_reference(noise_name, dtype, tol, shape):
     np.testing.assert_allclose(got, ref, atol=tol * max(1, np.abs(ref).max()))
 
 
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 2e-5)])
+@pytest.mark.parametrize("shape", [(1, 1, 1), (3, 7, 5), (4, 33, 17)])
+@pytest.mark.parametrize("noise_name", ["uniform", "triangular"])
+@pytest.mark.parametrize("scale", [0.3, 1.5])  # 1.5: most flips cross the support's ends
+def test_numba_bounded_equals_reference(noise_name, dtype, tol, shape, scale):
+    rng = np.random.default_rng(3)
+    args = _layer(rng, *shape, dtype, scale=scale)
+    ref = reference.flip_propagate_dense(*args, noise_name)
+    code = get_noise(noise_name).code
+    for form in ("bounded", "auto"):
+        got = cpu.flip_propagate_dense(*args, code, form=form)
+        assert got.dtype == dtype
+        np.testing.assert_allclose(got, ref, atol=tol * max(1, np.abs(ref).max()), err_msg=form)
+
+
+def test_choose_form():
+    codes = {name: get_noise(name).code for name in ("logistic", "normal", "uniform", "triangular")}
+    assert [cpu.choose_form("auto", c) for c in codes.values()] == ["ratio", "generic", "bounded", "bounded"]
+    assert cpu.choose_form("generic", codes["triangular"]) == "generic"
+    with pytest.raises(ValueError, match="uniform and triangular"):
+        cpu.choose_form("bounded", codes["normal"])
+    with pytest.raises(ValueError, match="logistic"):
+        cpu.choose_form("ratio", codes["uniform"])
+    with pytest.raises(ValueError, match="form"):
+        cpu.choose_form("fast", codes["logistic"])
+
+
 @pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 3e-5)])
 def test_numba_ratio_equals_reference(dtype, tol):
     rng = np.random.default_rng(4)

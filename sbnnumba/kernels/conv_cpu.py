@@ -38,6 +38,10 @@ Two forms, as for dense layers (:mod:`sbnnumba.kernels.cpu`):
   receptive fields with one ``exp`` per connection (:func:`_flip_conv_logistic_saturated`), except
   the inert ones whose terms cannot be told from 0 (:func:`sbnnumba.kernels.cpu.active_saturated`), so
   saturated units never make the layer pay the generic form's stable F difference.
+* **bounded** (uniform and triangular noise): ``Delta`` by the branch-free closed form
+  :func:`sbnnumba.kernels.scalar.bounded_cdf_diff` in the layout of the ratio form (two input
+  channels per task, vectorized innermost loop); 41x faster than the generic form on a 72-channel
+  3x3 layer (float32, one thread: 0.16 s against 6.6 s for 8 examples; the ratio form takes 0.12 s).
 * **generic** (every noise family): ``Delta = F(u) - F(v)`` with ``v = -x_out a``,
   ``u = v + 2 x_out W x_in``, evaluated like :func:`sbnnumba.kernels.scalar.cdf_diff` (``F(-v) - F(-u)``
   when ``u + v > 0``, no cancellation), with ``F(v)`` and ``F(-v)`` precomputed per output unit: one
@@ -50,7 +54,7 @@ import numpy as np
 from numba import prange
 
 from .cpu import EXP_ARG_LIMIT, choose_form, ratio_limits, split_saturated
-from .scalar import cdf_lower
+from .scalar import TRIANGULAR, bounded_cdf_diff, cdf_lower
 
 
 # ---------------------------------------------------------------------------------------------- kernels
@@ -101,6 +105,52 @@ def _flip_conv_ratio(x_in, e_grid, g_grid, k_pos, k_neg, a_grid, in_index, tap_o
             i = in_index[p]
             d_in[b, r0, p] = a_grid[b, i] - acc0[i]
             d_in[b, r1, p] = a_grid[b, i] - acc1[i]
+
+
+@numba.njit(parallel=True, fastmath=True, error_model="numpy", cache=True)
+def _flip_conv_bounded(triangular, x_in, v_grid, s_grid, d_grid, weight, in_index, tap_off, n_q, n_grid, d_in):
+    # Uniform / triangular noise: Delta = F(u) - F(v) by the branch-free scalar.bounded_cdf_diff, in the
+    # layout of the ratio kernel (two input channels per task, innermost loop contiguous in q, vectorized).
+    # v = -x_out a, s = 2 x_out, d = d_out on the output grids (B, C_out, H_out*Wq); weight (C_out, C_in, taps).
+    n_batch, c_in, n_pix = x_in.shape
+    c_out = v_grid.shape[1]
+    n_taps = tap_off.shape[0]
+    dtype = v_grid.dtype
+    one = dtype.type(1)
+    n_pairs = (c_in + 1) // 2
+    for t in prange(n_batch * n_pairs):
+        b = t // n_pairs
+        r0 = 2 * (t - b * n_pairs)
+        r1 = min(r0 + 1, c_in - 1)
+        acc0 = np.zeros(n_grid, dtype=dtype)
+        acc1 = np.zeros(n_grid, dtype=dtype)
+        sel0 = np.ones(n_grid, dtype=dtype)
+        sel1 = np.ones(n_grid, dtype=dtype)
+        for p in range(n_pix):
+            sel0[in_index[p]] = x_in[b, r0, p]
+            sel1[in_index[p]] = x_in[b, r1, p]
+        for c in range(c_out):
+            v_row = v_grid[b, c]
+            s_row = s_grid[b, c]
+            d_row = d_grid[b, c]
+            for k in range(n_taps):
+                w0 = weight[c, r0, k]
+                w1 = weight[c, r1, k]
+                off = tap_off[k]
+                acc0_t = acc0[off:off + n_q]
+                sel0_t = sel0[off:off + n_q]
+                acc1_t = acc1[off:off + n_q]
+                sel1_t = sel1[off:off + n_q]
+                for q in range(n_q):
+                    v = v_row[q]
+                    sq = s_row[q]
+                    dq = d_row[q]
+                    acc0_t[q] += bounded_cdf_diff(triangular, v + sq * w0 * sel0_t[q], v, one) * dq
+                    acc1_t[q] += bounded_cdf_diff(triangular, v + sq * w1 * sel1_t[q], v, one) * dq
+        for p in range(n_pix):
+            i = in_index[p]
+            d_in[b, r0, p] = acc0[i]
+            d_in[b, r1, p] = acc1[i]
 
 
 @numba.njit(parallel=True, error_model="numpy", cache=True)
@@ -232,8 +282,9 @@ def flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_co
     stride, padding : (int, int)
     noise_code : int
         :data:`sbnnumba.kernels.scalar.NOISE_CODES`.
-    form : {"auto", "ratio", "generic"}
-        "ratio" is logistic only; "auto" picks it for logistic noise. The ratio form sums the
+    form : {"auto", "ratio", "bounded", "generic"}
+        "ratio" is logistic only, "bounded" uniform/triangular only; "auto" picks them for those
+        noises and "generic" (any family) for the others. The ratio form sums the
         saturated units (``|a| > A``, :func:`sbnnumba.kernels.cpu.ratio_limits`) directly.
 
     Returns
@@ -269,6 +320,10 @@ def flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_co
             _flip_conv_logistic_saturated(x3.reshape(x_in.shape), a, g, np.ascontiguousarray(weight, dtype=dtype),
                                           row_start, units, stride[0], stride[1], padding[0], padding[1],
                                           dtype.type(EXP_ARG_LIMIT[dtype]), d_in.reshape(x_in.shape))
+    elif form == "bounded":
+        w3 = np.ascontiguousarray(weight, dtype=dtype).reshape(c_out, c_in, kh * kw)
+        _flip_conv_bounded(noise_code == TRIANGULAR, x3, _to_grid(-x_out * a, wq), _to_grid(2 * x_out, wq),
+                           _to_grid(d_out, wq), w3, in_index, tap_off, n_q, n_grid, d_in)
     else:
         w3 = np.ascontiguousarray(weight, dtype=dtype).reshape(c_out, c_in, kh * kw)
         v_grid = _to_grid(-x_out * a, wq)
