@@ -7,7 +7,9 @@ Prints, measured in the same run (medians over interleaved repeats, float32):
    (``Conv2d.forward``: im2col + one BLAS GEMM), with the ordinary ST backward of that layer
    (``backward_input`` + ``param_grads``) for context. Target: flip propagation within 6x of the
    forward convolution. ``--generic`` also times the generic (any-noise) F form, once: it evaluates
-   two cdfs per connection and is ~100x slower than the ratio form. Also: the same layer with 5 % of
+   two cdfs per connection and is ~100x slower than the ratio form, and the generic form for triangular
+   noise against its default, the branch-free bounded form (which is timed with the others for uniform
+   and triangular noise, against the logistic ratio form). Also: the same layer with 5 % of
    its units saturated beyond the ratio form's limit (``|a| > A``) but inert (their flips stay in
    sigma's flat tail, as in trained networks), which the kernel leaves out, against the direct sum
    over those units (one ``exp`` per connection) that it would otherwise add.
@@ -82,6 +84,8 @@ def main(argv=None):
     contenders = {
         "forward conv (im2col + GEMM)": lambda: layer.forward(x_in),
         "PSA flip, ratio form": lambda: layer.flip_propagate(x_in, a, x_out, d_out, "logistic", "cpu"),
+        "PSA flip, bounded form, triangular": lambda: layer.flip_propagate(x_in, a, x_out, d_out, "triangular", "cpu"),
+        "PSA flip, bounded form, uniform": lambda: layer.flip_propagate(x_in, a, x_out, d_out, "uniform", "cpu"),
         "ST backward_input (GEMM + col2im)": lambda: layer.backward_input(d_out, x_in.shape[1:]),
         "param_grads (im2col + GEMM)": lambda: layer.param_grads(x_in, d_out),
         "PSA flip, 5 % inert saturated units": lambda: layer.flip_propagate(x_in, a_sat, x_out, d_out, "logistic",
@@ -96,11 +100,19 @@ def main(argv=None):
         conv_cpu.flip_propagate_conv(x_in, a, x_out, layer.weight, d_out, layer.stride, layer.padding, 0,
                                      form="generic")
         med["PSA flip, generic F form (1 run)"] = time.perf_counter() - start
+        start = time.perf_counter()
+        conv_cpu.flip_propagate_conv(x_in, a, x_out, layer.weight, d_out, layer.stride, layer.padding, 3,
+                                     form="generic")
+        med["PSA flip, generic form, triangular (1 run)"] = time.perf_counter() - start
     base = med["forward conv (im2col + GEMM)"]
     print("\n1) conv flip propagation, 64->64 ch, 3x3, stride 1, pad 1, 14x14, B=64, float32")
     for name, t in med.items():
         print(f"   {name:40s} {t * 1e3:9.2f} ms   {t / base:7.2f}x forward")
     print(f"   => PSA flip (ratio form) / forward conv = {med['PSA flip, ratio form'] / base:.2f}x (target <= 6x)")
+    print(f"   => PSA flip, bounded form (triangular) / ratio form (logistic) = "
+          f"{med['PSA flip, bounded form, triangular'] / med['PSA flip, ratio form']:.2f}x"
+          + (f"; generic / bounded form (triangular) = {med['PSA flip, generic form, triangular (1 run)'] / med['PSA flip, bounded form, triangular']:.1f}x"
+             if args.generic else ""))
     print(f"   => with 5 % inert saturated units: "
           f"{med['PSA flip, 5 % inert saturated units'] / med['PSA flip, ratio form']:.2f}x the unsaturated flip; "
           f"summing them directly would add "
