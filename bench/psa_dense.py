@@ -3,7 +3,7 @@
 Prints, measured in the same run (medians over interleaved repeats):
 
 1. batch 128, a 1024x1024 layer, float32: the Numba flip propagation (logistic ratio form, and the
-   generic F form) vs a float32 matmul of the same shape (x @ W.T) and vs the NumPy reference that
+   generic F form; for triangular noise the bounded and the generic form) vs a float32 matmul of the same shape (x @ W.T) and vs the NumPy reference that
    materializes the (B, N_in, N_out) Delta tensor. Targets: within 4x of the matmul, >= 20x faster
    than materializing.
 2. one full training step (forward + backward, ``sbnnumba.estimate``) of a 784-1024-1024-10 network,
@@ -47,6 +47,10 @@ def main(argv=None):
         "matmul float32 (x @ W.T)": lambda: x_in @ w.T,
         "PSA flip, ratio form": lambda: cpu.flip_propagate_dense(x_in, a, x_out, w, d_out, 0, form="ratio"),
         "PSA flip, generic F form": lambda: cpu.flip_propagate_dense(x_in, a, x_out, w, d_out, 0, form="generic"),
+        "PSA flip, bounded form (triangular)": lambda: cpu.flip_propagate_dense(x_in, a, x_out, w, d_out, 3,
+                                                                               form="bounded"),
+        "PSA flip, generic F form (triangular)": lambda: cpu.flip_propagate_dense(x_in, a, x_out, w, d_out, 3,
+                                                                                 form="generic"),
     }
     for fn in contenders.values():  # compile and warm up
         fn()
@@ -63,6 +67,9 @@ def main(argv=None):
         print(f"   {name:40s} {t * 1e3:9.2f} ms   {t / base:7.2f}x matmul")
     print(f"   => ratio form / matmul = {ratio / base:.2f}x (target <= 4x); "
           f"materialized / ratio form = {med['NumPy reference (materialized Delta)'] / ratio:.1f}x (target >= 20x)")
+    print(f"   => triangular noise: generic / bounded form = "
+          f"{med['PSA flip, generic F form (triangular)'] / med['PSA flip, bounded form (triangular)']:.1f}x; "
+          f"bounded form (triangular) / ratio form (logistic) = {med['PSA flip, bounded form (triangular)'] / ratio:.2f}x")
 
     net = sb.Network.dense([784, 1024, 1024], 10, rng=1)
     x = rng.random((128, 784), dtype=np.float32)
