@@ -16,7 +16,8 @@ Prints, measured in the same run (medians over interleaved repeats, float32):
 2. one full training step (``sbnnumba.estimate``: sampled forward + backward) of the paper's
    all-convolutional SBN adapted to 1x28x28 (``architectures.conv``; ``--width`` multiplies the
    paper's channels 96, 96, 96, 192 x 5; default 0.5, i.e. 48, 48, 48, 96 x 5), batch 64: PSA vs ST.
-   Target: PSA step within 3x of an ST step.
+   Target: PSA step within 3x of an ST step. Also a PSA step of the same network with triangular noise
+   (bounded flip form) against the logistic one.
 
 Usage: python bench/psa_conv.py [--repeats 11] [--width 0.5] [--generic]
 """
@@ -123,14 +124,18 @@ def main(argv=None):
     y = rng.integers(0, 10, 64)
     net.initialize_from_data(x)
     channels = [layer.weight.shape[0] for layer in net.stages]
+    net_tri = build("conv", (1, 28, 28), 10, width=args.width, rng=1, noise="triangular")
+    net_tri.initialize_from_data(x)
     steps = {m: (lambda m=m: sb.estimate(m, net, x, y, rng=rng)) for m in ("st", "psa")}
+    steps["psa, triangular noise"] = lambda: sb.estimate("psa", net_tri, x, y, rng=rng)
     for fn in steps.values():
         fn()
     med = interleaved_medians(steps, args.repeats)
     print(f"\n2) training step (forward + backward), conv SBN on 1x28x28, channels {channels}, B=64, float32")
     for name, t in med.items():
         print(f"   {name:40s} {t * 1e3:9.2f} ms")
-    print(f"   => PSA step / ST step = {med['psa'] / med['st']:.2f}x (target <= 3x)")
+    print(f"   => PSA step / ST step = {med['psa'] / med['st']:.2f}x (target <= 3x); triangular / logistic PSA step "
+          f"= {med['psa, triangular noise'] / med['psa']:.2f}x")
     try:
         print(f"load average at end: {os.getloadavg()}")
     except OSError:
