@@ -25,7 +25,7 @@ Only computed output positions contribute (the extra row entries carry ``g = d =
 input positions are accumulated into but never read back (they never flip and receive no
 ``d``), and non-square maps are handled by the separate extents.
 
-Two forms, as for dense layers (:mod:`sbnnumba.kernels.cpu`):
+Three forms, as for dense layers (:mod:`sbnnumba.kernels.cpu`):
 
 * **logistic ratio form** ``d_in = A - R``:
   ``A[b, i] = sum_{c, j ∋ i} g[b,c,j] sigma(a[b,c,j])`` (``g = x_out * d_out``; the all-ones

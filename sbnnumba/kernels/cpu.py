@@ -10,7 +10,7 @@ The PSA backward recurrence (spec psa.md, Eq. 3) through a dense layer is
 The (B, N_in, N_out) tensor Delta is never formed: each ``d_in[b, i]`` accumulates its sum
 over ``j`` on the fly, in parallel over the (b, i) pairs.
 
-Two forms:
+Three forms:
 
 * **generic** (every noise family): one stable difference of F per connection
   (:func:`sbnnumba.kernels.scalar.cdf_diff`); scalar code with branches, used for normal noise.
