@@ -59,6 +59,20 @@ from .scalar import TRIANGULAR, bounded_cdf_diff, cdf_lower
 
 
 # ---------------------------------------------------------------------------------------------- kernels
+@numba.njit(inline="always")
+def _pair_buffers(x_in, b, r0, r1, in_index, n_grid, like):
+    # One task's buffers for input channels r0, r1 of example b, in the dtype of `like`: two zeroed
+    # accumulators and x_in on the phase grid (+1 at padding, never read back).
+    acc0 = np.zeros(n_grid, dtype=like.dtype)
+    acc1 = np.zeros(n_grid, dtype=like.dtype)
+    sel0 = np.ones(n_grid, dtype=like.dtype)
+    sel1 = np.ones(n_grid, dtype=like.dtype)
+    for p in range(in_index.shape[0]):
+        sel0[in_index[p]] = x_in[b, r0, p]
+        sel1[in_index[p]] = x_in[b, r1, p]
+    return acc0, acc1, sel0, sel1
+
+
 @numba.njit(parallel=True, fastmath=True, error_model="numpy", cache=True)
 def _flip_conv_ratio(x_in, e_grid, g_grid, k_pos, k_neg, a_grid, in_index, tap_off, n_q, d_in):
     # x_in (B, C_in, H*W); e_grid, g_grid (B, C_out, H_out*Wq); k_pos, k_neg (C_out, C_in, kh*kw);
@@ -77,13 +91,7 @@ def _flip_conv_ratio(x_in, e_grid, g_grid, k_pos, k_neg, a_grid, in_index, tap_o
         b = t // n_pairs
         r0 = 2 * (t - b * n_pairs)
         r1 = min(r0 + 1, c_in - 1)
-        acc0 = np.zeros(n_grid, dtype=e_grid.dtype)
-        acc1 = np.zeros(n_grid, dtype=e_grid.dtype)
-        sel0 = np.ones(n_grid, dtype=e_grid.dtype)   # x_in on the phase grid (+1 at padding, never read back)
-        sel1 = np.ones(n_grid, dtype=e_grid.dtype)
-        for p in range(n_pix):
-            sel0[in_index[p]] = x_in[b, r0, p]
-            sel1[in_index[p]] = x_in[b, r1, p]
+        acc0, acc1, sel0, sel1 = _pair_buffers(x_in, b, r0, r1, in_index, n_grid, e_grid)
         for c in range(c_out):
             g_row = g_grid[b, c]
             e_row = e_grid[b, c]
@@ -123,13 +131,7 @@ def _flip_conv_bounded(triangular, x_in, v_grid, s_grid, d_grid, weight, in_inde
         b = t // n_pairs
         r0 = 2 * (t - b * n_pairs)
         r1 = min(r0 + 1, c_in - 1)
-        acc0 = np.zeros(n_grid, dtype=dtype)
-        acc1 = np.zeros(n_grid, dtype=dtype)
-        sel0 = np.ones(n_grid, dtype=dtype)
-        sel1 = np.ones(n_grid, dtype=dtype)
-        for p in range(n_pix):
-            sel0[in_index[p]] = x_in[b, r0, p]
-            sel1[in_index[p]] = x_in[b, r1, p]
+        acc0, acc1, sel0, sel1 = _pair_buffers(x_in, b, r0, r1, in_index, n_grid, v_grid)
         for c in range(c_out):
             v_row = v_grid[b, c]
             s_row = s_grid[b, c]
