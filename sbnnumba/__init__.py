@@ -26,10 +26,11 @@ from .network import Network, Path, StageSample  # noqa: E402
 from .noise import NOISES, get_noise  # noqa: E402
 from .normalization import Normalized  # noqa: E402
 from .packed import PackedNetwork  # noqa: E402
+from .runtime import get_num_threads, set_num_threads  # noqa: E402
 from .summary import summary  # noqa: E402
 from .weights import BernoulliWeights  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = ["Linear", "Conv2d", "Normalized", "BernoulliWeights", "PackedNetwork", "Network", "Path", "StageSample",
-           "estimate", "known_methods", "NOISES", "get_noise", "summary", "architectures", "datasets", "optim"]
+           "estimate", "known_methods", "set_num_threads", "get_num_threads", "NOISES", "get_noise", "summary", "architectures", "datasets", "optim"]

@@ -72,3 +72,40 @@ def retain_freed_memory():
     ok = libc.mallopt(_M_MMAP_MAX, 0) == 1
     ok = libc.mallopt(_M_TRIM_THRESHOLD, _INT_MAX) == 1 and ok
     return "applied" if ok else "unsupported"
+
+
+def set_num_threads(n):
+    """Set the number of threads of both Numba's parallel kernels and the BLAS library.
+
+    A training step alternates Numba kernels (sampling, PSA flip propagation, packed products) and BLAS
+    calls (the affine maps): setting one pool alone leaves the other oversubscribing the cores. This is
+    the one documented place to set both.
+
+    Parameters
+    ----------
+    n : int
+        Threads, ``1 <= n <= numba.config.NUMBA_NUM_THREADS`` (Numba's pool is sized at start-up: set the
+        environment variable ``NUMBA_NUM_THREADS`` before importing to allow more).
+
+    Notes
+    -----
+    Numba's setting applies to the calling thread (and is inherited by nothing else); BLAS's applies to the
+    whole process (through ``threadpoolctl``). Call it from the thread that trains.
+    """
+    import numba
+    from threadpoolctl import threadpool_limits
+
+    limit = numba.config.NUMBA_NUM_THREADS
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"n: expected an int, got {type(n).__name__}")
+    if not 1 <= n <= limit:
+        raise ValueError(f"n: expected an int in [1, {limit}] (NUMBA_NUM_THREADS), got {n}")
+    numba.set_num_threads(n)
+    threadpool_limits(limits=n, user_api="blas")
+
+
+def get_num_threads():
+    """The number of threads Numba's kernels use in the calling thread (see :func:`set_num_threads`)."""
+    import numba
+
+    return numba.get_num_threads()

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+import sbnnumba as sb
 from sbnnumba import runtime
 
 glibc_only = pytest.mark.skipif(runtime._glibc() is None or not hasattr(runtime._glibc(), "mallinfo2"),
@@ -18,6 +19,7 @@ glibc_only = pytest.mark.skipif(runtime._glibc() is None or not hasattr(runtime.
 PROBE = r"""
 import ctypes, ctypes.util, json, sys
 import numpy as np
+import sbnnumba as sb
 from sbnnumba import runtime
 
 class MallInfo2(ctypes.Structure):
@@ -66,3 +68,23 @@ def test_a_malloc_setting_in_the_environment_wins():
     row = _probe("retain", MALLOC_MMAP_MAX_="65536")
     assert row["state"] == "environment"
     assert row["mmapped"] >= 64 * 2 ** 20  # nothing was changed
+
+
+def test_set_num_threads_sets_numba_and_blas():
+    import numba
+    from threadpoolctl import threadpool_info
+
+    before = sb.get_num_threads()
+    try:
+        sb.set_num_threads(1)
+        assert numba.get_num_threads() == 1 == sb.get_num_threads()
+        assert all(i["num_threads"] == 1 for i in threadpool_info() if i["user_api"] == "blas")
+    finally:
+        sb.set_num_threads(before)
+    assert numba.get_num_threads() == before
+
+
+@pytest.mark.parametrize("bad, exc", [(0, ValueError), (10 ** 6, ValueError), (1.0, TypeError), (True, TypeError)])
+def test_set_num_threads_rejects_bad_counts(bad, exc):
+    with pytest.raises(exc, match="^n: expected"):
+        sb.set_num_threads(bad)
