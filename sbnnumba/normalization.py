@@ -24,10 +24,17 @@ The noise scale is redundant with ``gamma`` (spec st.md section 1), so the noise
 standard deviation so that every noise family begins at the same ratio (1).
 The forward pass caches the normalized values for the backward pass: call the backward right after
 the forward of the same batch (the estimators do).
+
+Data-parallel training splits a batch across processes; setting ``reducer`` (a
+:class:`BatchReducer`, e.g. a :class:`sbnnumba.distributed.Communicator`) makes the batch statistics
+and the two batch sums of the backward pass sums over all processes' parts, so each process trains
+what one process with the whole batch trains (up to the order of float sums).
 """
 from __future__ import annotations
 
 import numpy as np
+
+from typing import Protocol
 
 from .layers import Layer
 from .noise import get_noise
@@ -78,6 +85,20 @@ def moments_from_sums(count, total, total_sq):
     return mean, np.maximum(total_sq / count - mean ** 2, 0)
 
 
+class BatchReducer(Protocol):
+    """Sums per-channel statistics over the processes that share a batch."""
+
+    def allreduce_sum(self, values: np.ndarray) -> np.ndarray:
+        """Elementwise sum of ``values`` (float64, 1-D) over the processes, as a new array."""
+
+
+def _reduced_sums(reducer, count, *sums):
+    """``(count, *sums)`` summed by ``reducer`` (float64): one collective for all of them."""
+    buf = reducer.allreduce_sum(np.concatenate([[float(count)]] + [np.asarray(s, np.float64).ravel() for s in sums]))
+    n = len(sums[0])
+    return (buf[0],) + tuple(buf[1 + k * n:1 + (k + 1) * n] for k in range(len(sums)))
+
+
 class Normalized(Layer):
     """Wrap ``layer`` with batch normalization (affine ``gamma``, ``beta``).
 
@@ -106,6 +127,7 @@ class Normalized(Layer):
         self.running = {"stochastic": (np.zeros(n, dtype), np.ones(n, dtype)), "deterministic": None}
         self._accumulator = None
         self._cache = None
+        self.reducer = None  # BatchReducer: batch statistics over all processes (data parallelism)
 
     # ---------------------------------------------------------------- parameters
     @property
@@ -153,8 +175,14 @@ class Normalized(Layer):
     def forward(self, x):
         z = self.layer.forward(x)
         axes, shape = self._axes(z), self._shape(z)
-        if self.training:
+        if self.training and self.reducer is not None:  # E[z], E[z^2] - E[z]^2 of the global batch
+            n, s1, s2 = _reduced_sums(self.reducer, z.size // z.shape[1], z.sum(axis=axes, dtype=np.float64),
+                                      np.square(z, dtype=np.float64).sum(axis=axes))
+            mean, var = moments_from_sums(n, s1, s2)
+            mean, var = mean.astype(z.dtype), var.astype(z.dtype)
+        elif self.training:
             mean, var = z.mean(axis=axes), z.var(axis=axes)
+        if self.training:
             if self._accumulator is not None:
                 n = z.size // z.shape[1]
                 self._accumulator[0] += n
@@ -181,8 +209,10 @@ class Normalized(Layer):
         if not batch_stats:
             return scale * g_a
         n = g_a.size // g_a.shape[1]
-        s1 = g_a.sum(axis=axes).reshape(shape)
-        s2 = (g_a * z_hat).sum(axis=axes).reshape(shape)
+        s1, s2 = g_a.sum(axis=axes), (g_a * z_hat).sum(axis=axes)
+        if self.reducer is not None:
+            n, s1, s2 = (v.astype(g_a.dtype) for v in _reduced_sums(self.reducer, n, s1, s2))
+        s1, s2 = s1.reshape(shape), s2.reshape(shape)
         return scale * (g_a - s1 / n - z_hat * s2 / n)
 
     def backward_input(self, g_a, in_shape):

@@ -1,0 +1,39 @@
+"""Which GPU each rank uses: rank ``r`` takes local GPU ``local_rank mod (GPUs on its node)``.
+
+``local_rank`` is the rank's index among the ranks on its own machine
+(:attr:`~sbnnumba.distributed.Communicator.local_rank`, from ``MPI_COMM_TYPE_SHARED``), so with as many
+ranks per node as GPUs each rank has a GPU of its own, and with more ranks than GPUs they share
+round-robin.
+"""
+from __future__ import annotations
+
+import numbers
+
+
+def gpu_for_rank(local_rank, n_gpus):
+    """Index of the GPU for a rank: ``local_rank mod n_gpus``.
+
+    Parameters
+    ----------
+    local_rank : int
+        The rank's index among the ranks on its node (>= 0).
+    n_gpus : int
+        GPUs visible on the node (>= 1).
+    """
+    if isinstance(local_rank, bool) or not isinstance(local_rank, numbers.Integral) or local_rank < 0:
+        raise ValueError(f"local_rank: expected a non-negative integer, got {local_rank!r}")
+    if isinstance(n_gpus, bool) or not isinstance(n_gpus, numbers.Integral) or n_gpus < 1:
+        raise ValueError(f"n_gpus: expected at least one visible GPU, got {n_gpus!r}")
+    return int(local_rank) % int(n_gpus)
+
+
+def select_gpu(comm):
+    """Make this rank's CUDA context use its GPU (:func:`gpu_for_rank`); returns the GPU index.
+
+    Call before any CUDA work (before building a ``backend="cuda"`` network).
+    """
+    from numba import cuda
+
+    index = gpu_for_rank(comm.local_rank, len(cuda.gpus))
+    cuda.select_device(index)
+    return index

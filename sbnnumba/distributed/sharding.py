@@ -1,0 +1,25 @@
+"""Which examples of a global batch each rank computes.
+
+A global batch of ``B`` examples is cut into ``N`` contiguous shards whose sizes differ by at most
+one: rank ``r`` takes positions ``[r B // N, (r + 1) B // N)``. Contiguous shards keep each rank's
+part of the batch one slice (no gather) and make the global position of every example obvious,
+which keys its noise (:mod:`sbnnumba.distributed.streams`).
+"""
+from __future__ import annotations
+
+import numbers
+
+
+def shard_bounds(n, rank, size):
+    """Half-open range ``(lo, hi)`` of the ``n`` items (examples of a batch, validation images) that
+    rank ``rank`` of ``size`` takes: ``lo = rank * n // size``, ``hi = (rank + 1) * n // size``.
+
+    The ranges of ranks ``0..size-1`` are disjoint, cover ``[0, n)`` in order, and their lengths
+    differ by at most one (a rank gets an empty range when ``n < size``).
+    """
+    for name, v, lo in (("n", n, 0), ("size", size, 1)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo:
+            raise ValueError(f"{name}: expected an integer >= {lo}, got {v!r}")
+    if isinstance(rank, bool) or not isinstance(rank, numbers.Integral) or not 0 <= rank < size:
+        raise ValueError(f"rank: expected an integer in [0, {size}), got {rank!r}")
+    return rank * n // size, (rank + 1) * n // size

@@ -1,0 +1,210 @@
+"""Data-parallel training (sbnnumba.distributed): N ranks under mpiexec train what one process trains.
+
+The MPI tests launch ``mpiexec -n 2`` (one thread per rank) on tests/distributed_worker.py and compare
+rank 0's parameters after several steps with a one-process run of the same global batches and the same
+per-example noise (LocalCommunicator): equal to float32 rounding, since only the order of the sums differs.
+"""
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import sbnnumba as sb
+from sbnnumba import distributed as dist
+from sbnnumba.distributed.streams import KeyedNoise
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKER = os.path.join(ROOT, "tests", "distributed_worker.py")
+ONE_THREAD = {"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def mpi_env():
+    env = dict(os.environ, **ONE_THREAD)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def mpiexec():
+    exe = shutil.which("mpiexec")
+    if exe is None:  # the test extra installs mpich, which provides it: not finding it is a failure
+        pytest.fail("mpiexec not found: pip install -e '.[test]' installs mpi4py and mpich")
+    return exe
+
+
+def run_worker(args, n=None, timeout=240):
+    cmd = [sys.executable, WORKER] + args if n is None else [mpiexec(), "-n", str(n), sys.executable, WORKER] + args
+    return subprocess.run(cmd, env=mpi_env(), capture_output=True, text=True, timeout=timeout)
+
+
+# ------------------------------------------------------------------------------------------ pieces
+def test_shard_bounds_partition():
+    for n in range(0, 13):
+        for size in range(1, 5):
+            bounds = [dist.shard_bounds(n, r, size) for r in range(size)]
+            assert bounds[0][0] == 0 and bounds[-1][1] == n
+            assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+            lengths = [hi - lo for lo, hi in bounds]
+            assert max(lengths) - min(lengths) <= 1
+    with pytest.raises(ValueError, match="rank: expected"):
+        dist.shard_bounds(4, 2, 2)
+
+
+def test_keyed_noise_does_not_depend_on_the_split():
+    noise, shapes = KeyedNoise(5), [(3,), (2, 4, 4)]
+    whole = noise.activation_uniforms(shapes, 7, 0, 10, np.float32)
+    parts = [noise.activation_uniforms(shapes, 7, lo, hi, np.float32) for lo, hi in ((0, 3), (3, 4), (4, 10))]
+    for k in range(len(shapes)):
+        np.testing.assert_array_equal(np.concatenate([p[k] for p in parts]), whole[k])
+        assert whole[k].dtype == np.float32 and whole[k].min() >= 0 and whole[k].max() < 1
+    other_step = noise.activation_uniforms(shapes, 8, 0, 10, np.float32)
+    assert not np.array_equal(other_step[0], whole[0])
+    assert not np.array_equal(whole[0][0], whole[0][1])  # examples get different streams
+
+
+def test_weight_uniforms_are_shared_and_change_per_step():
+    net = sb.Network.dense([6, 5, 4], 3, rng=0, weight="bernoulli")
+    a, b = KeyedNoise(1).weight_uniforms(net, 3), KeyedNoise(1).weight_uniforms(net, 3)
+    assert set(a) == {"stages.0", "stages.1"}
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+        assert a[k].shape == dict(net.latent_layers())[k].eta.shape
+    assert not np.array_equal(KeyedNoise(1).weight_uniforms(net, 4)["stages.0"], a["stages.0"])
+
+
+def test_gradient_buffer_round_trip():
+    net = sb.Network.dense([6, 5, 4], 3, rng=0, normalize=True)
+    buf = dist.GradientBuffer(net)
+    grads = {k: np.random.default_rng(0).normal(size=p.shape).astype(p.dtype) for k, p in net.params.items()}
+    packed = buf.pack(2.5, grads)
+    assert packed.flags.c_contiguous and packed.size == sum(p.size for p in net.params.values()) + 1
+    loss, out = buf.unpack()
+    assert loss == 2.5 and list(out) == list(net.params)
+    for k in grads:
+        np.testing.assert_array_equal(out[k], grads[k])
+
+
+def test_local_step_is_the_estimator_with_keyed_noise():
+    """One rank: the step is the registered estimator on the keyed uniforms with weights 1/B."""
+    net = sb.Network.dense([6, 5, 4], 3, rng=0, weight="hidden")
+    x = np.random.default_rng(1).random((9, 6)).astype(np.float32)
+    y = np.arange(9) % 3
+    loss, grads = dist.DataParallelStep(net, dist.LocalCommunicator(), "psa", seed=4)(x, y, 2)
+    noise = KeyedNoise(4)
+    path = net.sample(x, uniforms=noise.activation_uniforms(net.stage_shapes((6,)), 2, 0, 9, np.float32),
+                      weight_uniforms=noise.weight_uniforms(net, 2))
+    from sbnnumba.estimators.psa import psa_path_gradient
+    ref_loss, ref = psa_path_gradient(net, path, y, np.full(9, 1 / 9, np.float32))
+    assert loss == pytest.approx(ref_loss, rel=1e-6)
+    for k in ref:
+        np.testing.assert_array_equal(grads[k], ref[k])
+
+
+def test_step_refuses_direct_estimators_and_bad_comm():
+    net = sb.Network.dense([4, 3], 2, rng=0)
+    with pytest.raises(ValueError, match="path estimator"):
+        dist.DataParallelStep(net, dist.LocalCommunicator(), "arm")
+    with pytest.raises(TypeError, match="comm: expected"):
+        dist.DataParallelStep(net, object(), "psa")
+
+
+class _Table(dist.LocalCommunicator):
+    """A stand-in for N ranks' allgather: returns a fixed table (reduce_metrics' input)."""
+
+    def __init__(self, table):
+        self.table = table
+
+    def allgather_object(self, obj):
+        return self.table
+
+
+def test_reduce_metrics_weights_by_example_count():
+    a = {"loss": 1.0, "acc1": 0.5, "eacc": 1.0, "det_acc": None, "curve": [0.5, 1.0], "entropy": 0.2,
+         "entropy_stages": [0.1, 0.3], "samples": 2, "n": 3}
+    b = {"loss": 3.0, "acc1": 1.0, "eacc": 0.0, "det_acc": None, "curve": [1.0, 0.0], "entropy": 0.6,
+         "entropy_stages": [0.5, 0.7], "samples": 2, "n": 1}
+    out = dist.reduce_metrics(a, _Table([a, b]))
+    assert out["n"] == 4 and out["det_acc"] is None
+    assert out["loss"] == pytest.approx(1.5) and out["acc1"] == pytest.approx(0.625)
+    assert out["curve"] == pytest.approx([0.625, 0.75]) and out["entropy_stages"] == pytest.approx([0.2, 0.4])
+
+
+def test_gpu_for_rank_round_robin():
+    assert [dist.gpu_for_rank(r, 4) for r in range(6)] == [0, 1, 2, 3, 0, 1]
+    assert dist.gpu_for_rank(3, 1) == 0
+    with pytest.raises(ValueError, match="n_gpus: expected at least one"):
+        dist.gpu_for_rank(0, 0)
+    with pytest.raises(ValueError, match="local_rank"):
+        dist.gpu_for_rank(-1, 2)
+
+
+def test_missing_mpi4py_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mpi4py", None)
+    monkeypatch.setitem(sys.modules, "mpi4py.MPI", None)
+    with pytest.raises(dist.MPIUnavailable, match=r"pip install 'sbnnumba\[mpi\]'"):
+        dist.world()
+
+
+def test_check_replicas_names_the_differing_arrays():
+    net = sb.Network.dense([4, 3], 2, rng=0)
+    other = dist.digests(net)
+    other["head.bias"] = b"different"
+    with pytest.raises(dist.ReplicaMismatch, match="rank 1: head.bias"):
+        dist.check_replicas(net, _Table([dist.digests(net), other]))
+    dist.check_replicas(net, _Table([dist.digests(net)] * 2))
+
+
+# ------------------------------------------------------------------------------------------ mpiexec
+CASES = [
+    ["--arch", "dense", "--bn", "--bernoulli", "--estimator", "psa"],
+    ["--arch", "dense", "--bn", "--bernoulli", "--estimator", "st", "--batch", "13"],
+    ["--arch", "conv", "--bn", "--bernoulli", "--estimator", "psa"],
+    ["--arch", "conv", "--estimator", "st"],
+]
+
+
+@pytest.mark.parametrize("args", CASES, ids=[" ".join(c[1::2]) for c in CASES])
+def test_two_ranks_train_what_one_process_trains(tmp_path, args):
+    one, two = tmp_path / "one.npz", tmp_path / "two.npz"
+    r1 = run_worker([str(one), "--local"] + args)
+    assert r1.returncode == 0, r1.stderr
+    r2 = run_worker([str(two)] + args, n=2)
+    assert r2.returncode == 0, r2.stderr
+    a, b = np.load(one), np.load(two)
+    assert sorted(a.files) == sorted(b.files)
+    for k in a.files:  # the same floats summed in another order: float32 rounding, growing over the steps
+        np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-5, err_msg=k)
+    assert np.all(np.isfinite(a["losses"])) and len(a["losses"]) == 4
+
+
+def test_a_rank_that_raises_ends_the_job_naming_it(tmp_path):
+    r = run_worker([str(tmp_path / "x.npz"), "--steps", "6", "--fail", "1:2:raise"], n=2, timeout=120)
+    assert r.returncode != 0
+    assert "rank 1 of 2" in r.stderr and "RuntimeError: simulated failure at step 2" in r.stderr
+    assert not (tmp_path / "x.npz").exists()
+
+
+def test_a_killed_rank_ends_the_job(tmp_path):
+    r = run_worker([str(tmp_path / "x.npz"), "--steps", "6", "--fail", "1:2:kill"], n=2, timeout=120)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out  # the launcher ends the others instead of leaving them in the Allreduce
+    assert "signal 9" in out or "KILLED" in out.upper(), out
+    # the launcher names the dead process id; the rank table printed at start says which rank it was
+    pid = re.search(r"rank 1 pid (\d+)", out).group(1)
+    assert re.search(rf"PID {pid}\b", out), out
+
+
+def test_timing_communicator_clocks_gradient_and_statistics_reductions():
+    comm = dist.TimingCommunicator(dist.LocalCommunicator())
+    net = sb.Network.dense([6, 5, 4], 3, rng=0, normalize=True)
+    x, y = np.random.default_rng(1).random((8, 6)).astype(np.float32), np.arange(8) % 3
+    net.train()
+    dist.DataParallelStep(net, comm, "st", seed=0)(x, y, 0)
+    assert comm.gradient_calls == 1  # one Allreduce of the whole gradient per step
+    # forward: one per normalized stage (2); backward: stage 1's parameter and input gradients, stage 0's
+    # parameter gradients (its input gradient is not needed)
+    assert comm.statistics_calls == 2 + 2 + 1
+    assert comm.seconds >= 0 and comm.size == 1
