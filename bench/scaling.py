@@ -160,7 +160,8 @@ def model(params, step_s_one_core, batch, cores_per_node, n_bn, latency_s=20e-6)
         what = (f"strong scaling: global batch {batch} fixed" if node_batch is None else
                 f"weak scaling: {node_batch} examples per node, global batch {node_batch} x N")
         print(f"  {what}")
-        print(f"  {'nodes':>6} {'ex/rank':>8} {'compute ms':>11} " + " ".join(f"{f'comm {g} Gb/s ms':>17}" for g in (10, 100)))
+        print(f"  {'nodes':>6} {'ex/rank':>8} {'compute ms':>11} "
+              + " ".join(f"{f'comm {g} Gb/s ms':>17}" for g in (10, 100)))
         for nodes in (1, 2, 4, 8, 16, 32, 64, 128, 256):
             global_batch = batch if node_batch is None else node_batch * nodes
             per_rank = -(-global_batch // (nodes * cores_per_node))

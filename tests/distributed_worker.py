@@ -1,8 +1,8 @@
 """Run by tests/test_distributed.py under ``mpiexec -n N`` (or alone with ``--local``): a few
-data-parallel steps of a small network, rank 0 saving the final parameters to an ``.npz``.
+data-parallel steps of small networks, rank 0 saving each one's final parameters to an ``.npz``.
 
-    python tests/distributed_worker.py OUT.npz --arch dense|conv [--bn] [--bernoulli] [--estimator psa|st]
-        [--steps 4] [--batch 12] [--local]
+    python tests/distributed_worker.py OUT --case conv,psa,12,bn,bernoulli [--case ...] [--steps 4] [--local]
+        [--fail RANK:STEP:raise|kill]
 """
 import argparse
 import os
@@ -39,42 +39,47 @@ def fail(spec, rank, step):
         raise RuntimeError(f"simulated failure at step {step}")
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser()
-    p.add_argument("out")
-    p.add_argument("--arch", choices=["dense", "conv"], default="dense")
-    p.add_argument("--bn", action="store_true")
-    p.add_argument("--bernoulli", action="store_true")
-    p.add_argument("--estimator", default="psa")
-    p.add_argument("--steps", type=int, default=4)
-    p.add_argument("--batch", type=int, default=12)
-    p.add_argument("--local", action="store_true", help="one process, LocalCommunicator (no MPI)")
-    p.add_argument("--fail", default=None, help="RANK:STEP:raise|kill: that rank fails before that step")
-    a = p.parse_args(argv)
-    comm = dist.LocalCommunicator() if a.local else dist.world()
-    net, shape = build(a.arch, a.bn, a.bernoulli, seed=comm.rank)  # ranks differ until the broadcast
+def train(comm, arch, bn, bernoulli, estimator, steps, batch, fail_spec=None):
+    """A few data-parallel steps from rank 0's initialization; returns (params and buffers, losses)."""
+    net, shape = build(arch, bn, bernoulli, seed=comm.rank)  # ranks differ until the broadcast
     dist.broadcast_state(net, comm)
     data = np.random.default_rng(7)
-    x = data.random((a.steps * a.batch,) + shape).astype(np.float32)
-    y = data.integers(0, 3, a.steps * a.batch)
-    step = dist.DataParallelStep(net, comm, a.estimator, seed=11)
+    x = data.random((steps * batch,) + shape).astype(np.float32)
+    y = data.integers(0, 3, steps * batch)
+    step = dist.DataParallelStep(net, comm, estimator, seed=11)
     # SGD, not Adam: a bias in front of batch norm has gradient 0 up to rounding, which Adam would
     # scale up to full-size steps (harmless for the network, but not comparable across runs)
     opt = SGD(lr=0.2, momentum=0.9)
     losses = []
+    net.train()
+    for t in range(steps):
+        fail(fail_spec, comm.rank, t)
+        sl = slice(t * batch, (t + 1) * batch)
+        loss, grads = step(x[sl], y[sl], opt.step_count)
+        opt.update(net.params, grads)
+        net.apply_constraints()
+        losses.append(loss)
+    dist.check_replicas(net, comm, "after the steps")
+    return {**net.params, **{f"buf.{k}": v for k, v in net.buffers.items()}, "losses": np.array(losses)}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser()
+    p.add_argument("out", help="output prefix: OUT.<case index>.npz per case")
+    p.add_argument("--case", action="append", required=True,
+                   help="ARCH,ESTIMATOR,BATCH[,bn][,bernoulli] (repeatable), e.g. conv,psa,12,bn,bernoulli")
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--local", action="store_true", help="one process, LocalCommunicator (no MPI)")
+    p.add_argument("--fail", default=None, help="RANK:STEP:raise|kill: that rank fails before that step")
+    a = p.parse_args(argv)
+    comm = dist.LocalCommunicator() if a.local else dist.world()
     dist.announce_ranks(comm)
     with dist.fail_fast(comm):
-        net.train()
-        for t in range(a.steps):
-            fail(a.fail, comm.rank, t)
-            sl = slice(t * a.batch, (t + 1) * a.batch)
-            loss, grads = step(x[sl], y[sl], opt.step_count)
-            opt.update(net.params, grads)
-            net.apply_constraints()
-            losses.append(loss)
-        dist.check_replicas(net, comm, "after the steps")
-    if comm.is_root:
-        np.savez(a.out, losses=np.array(losses), **net.params, **{f"buf.{k}": v for k, v in net.buffers.items()})
+        for i, case in enumerate(a.case):
+            arch, estimator, batch, *flags = case.split(",")
+            arrays = train(comm, arch, "bn" in flags, "bernoulli" in flags, estimator, a.steps, int(batch), a.fail)
+            if comm.is_root:
+                np.savez(f"{a.out}.{i}.npz", **arrays)
     return 0
 
 
