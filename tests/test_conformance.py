@@ -186,3 +186,34 @@ def test_sampling_convention_change_is_caught(monkeypatch):
     failed = failing_ids(make.generate(["noise", "forward"]))
     assert {c["id"] for c in stored_cases("forward.json")} <= failed
     assert {c["id"] for c in stored_cases("noise.json") if c["operation"] == "noise.sample"} <= failed
+
+
+def _resolve(dotted):
+    """The object named ``sbnnumba.module.attr...`` (imports the longest module prefix)."""
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for name in parts[cut:]:
+            obj = getattr(obj, name)
+        return obj
+    raise ImportError(dotted)
+
+
+def test_spec_names_existing_functions_and_tests():
+    """docs/spec.md names the function and the test of each formula: they must exist (a refactor that
+    moves one updates the spec)."""
+    import re
+
+    text = (ROOT / "docs" / "spec.md").read_text()
+    sources = {p.name: p.read_text() for p in (ROOT / "tests").glob("*.py")}
+    every_test = "\n".join(sources.values())
+    for file, name in re.findall(r"tests/(\w+\.py)::(\w+)", text):
+        assert f"def {name}(" in sources[file], f"docs/spec.md: tests/{file}::{name} does not exist"
+    for name in set(re.findall(r"`(test_\w+)`", text)):
+        assert f"def {name}(" in every_test, f"docs/spec.md: no test named {name}"
+    for dotted in set(re.findall(r"`(sbnnumba(?:\.\w+)+)", text)):
+        _resolve(dotted)
+    assert "class ReplayGenerator(" in (ROOT / "tools" / "make_conformance.py").read_text()
