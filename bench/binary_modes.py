@@ -5,7 +5,7 @@ test images:
 
 1. per stage: the weight entropy ``H(F(eta))`` in bits (mean over the weights), the share of
    weights that are (near-)deterministic (entropy below 0.01 bit), and the mean entropy of the
-   binary activations of one sampled pass (:func:`sbnnumba.train.unit_entropy`);
+   binary activations of one sampled pass (:func:`sbnnumba.training.unit_entropy`);
 2. accuracy in four modes, each an ensemble of ``--samples`` passes averaging the softmax (the first
    also as a single sample), with the normalization statistics re-estimated for each mode over
    ``--calibration`` training images:
@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import machine_info  # noqa: E402
 
-from sbnnumba import datasets, losses, runtime, train  # noqa: E402
+from sbnnumba import datasets, losses, runtime, training  # noqa: E402
 
 MODES = ("stochastic", "weights sign(eta)", "activations sign(a)", "deterministic")
 NEAR_DETERMINISTIC_BITS = 0.01
@@ -90,13 +90,13 @@ def main(argv=None):
     x_cal = datasets.normalize(ds.x_train[np.random.default_rng(args.seed).permutation(ds.y_train.shape[0])
                                           [:args.calibration]])
     x, y = datasets.normalize(ds.x_test[:args.n]), ds.y_test[:args.n]
-    net = train.load_network(args.checkpoint)
+    net = training.load_network(args.checkpoint)
     if not net.latent_layers():
         p.error(f"checkpoint: {args.checkpoint} has no Bernoulli weights")
     rng = np.random.default_rng(args.seed)
 
     print(f"\n1) randomness per stage (test images: {args.n}, one sampled pass for the activations)")
-    m = train.evaluate(net, x, y, samples=1, rng=rng, deterministic=False, entropy=True)
+    m = training.evaluate(net, x, y, samples=1, rng=rng, deterministic=False, entropy=True)
     latent = dict(net.latent_layers())
     print("   stage   weights   H(w) bits   near-deterministic (< 0.01 bit)   H(x) bits")
     for k, h_x in enumerate(m["entropy_stages"]):
@@ -104,14 +104,14 @@ def main(argv=None):
         if layer is None:
             print(f"   {k:5d}   real                                                     {h_x:8.3f}")
             continue
-        h_w = train.unit_entropy(layer.eta, layer.latent.noise)
+        h_w = training.unit_entropy(layer.eta, layer.latent.noise)
         print(f"   {k:5d}   {h_w.size:7d}   {float(h_w.mean()):9.3f}   "
               f"{100 * float(np.mean(h_w < NEAR_DETERMINISTIC_BITS)):30.1f} %   {h_x:8.3f}")
 
     print(f"\n2) test accuracy by mode (ensembles of {args.samples}, statistics re-estimated per mode "
           f"on {args.calibration} training images)")
     for mode in MODES:
-        net = train.load_network(args.checkpoint)  # fresh statistics for every mode
+        net = training.load_network(args.checkpoint)  # fresh statistics for every mode
         recalibrate(net, x_cal, mode, rng)
         e, s = mode_accuracy(net, x, y, mode, args.samples, rng)
         single = "" if mode == "deterministic" else f"   single pass {100 * s:6.2f} %"

@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import machine_info  # noqa: E402
 
-from sbnnumba import datasets, plots, runtime, train  # noqa: E402
+from sbnnumba import architectures, datasets, plots, runtime, training  # noqa: E402
 from sbnnumba.cli import bn_gamma_arg  # noqa: E402
 from sbnnumba.noise import NOISES  # noqa: E402
 from sbnnumba.weights import matched_scale  # noqa: E402
@@ -137,11 +137,11 @@ def main(argv=None):
         if args.init_from:
             net = start_from_checkpoint(args, ds, noise)
         elif args.pretrain_epochs:  # real weights first
-            net = train.build_network(args.arch, ds.x_train.shape[1:], ds.n_classes, seed=1, weight="real",
+            net = architectures.build(args.arch, ds.x_train.shape[1:], ds.n_classes, rng=1, weight="real",
                                       backend=args.backend, **options)
             fit_phase(args, net, ds, method, opts, args.pretrain_epochs, out + "-real")
         else:
-            net = train.build_network(args.arch, ds.x_train.shape[1:], ds.n_classes, seed=1, weight=args.weights,
+            net = architectures.build(args.arch, ds.x_train.shape[1:], ds.n_classes, rng=1, weight=args.weights,
                                       backend=args.backend, **options)
         if args.init_from or args.pretrain_epochs:  # eta = s' W / std(W), s' from --eta-scale and --eta-units
             net.to_bernoulli(args.weights, scale=eta_scale(args, w_noise), noise=w_noise, grad=rule)
@@ -153,7 +153,7 @@ def main(argv=None):
             lr = args.sharpen_lr if args.sharpen_lr is not None else args.lr / 5
             for step in range(1, args.sharpen_steps + 1):
                 step_out = f"{out}-sharpen{step}"
-                if not os.path.exists(os.path.join(step_out, train.CHECKPOINT_NAME)):  # else fit resumes it
+                if not os.path.exists(os.path.join(step_out, training.CHECKPOINT_NAME)):  # else fit resumes it
                     net.scale_preactivations(args.sharpen)
                 stage_label = f"{label}, then noise / {args.sharpen:g}^{step}"
                 res = fit_phase(args, net, ds, method, opts, args.sharpen_epochs, step_out, data_init=False, lr=lr,
@@ -169,7 +169,7 @@ def test_row(args, net, x_test, ds, idx, label, config, t0):
     """Test metrics of ``net`` in the three modes, as a row of the report (minutes since ``t0``)."""
     _, method, _, noise, w_noise, rule = config
     minutes = (time.perf_counter() - t0) / 60
-    m = train.evaluate(net, x_test, ds.y_test, samples=args.test_samples, rng=0)
+    m = training.evaluate(net, x_test, ds.y_test, samples=args.test_samples, rng=0)
     print(f"[{idx}] {label}: single {100 * m['acc1']:.2f}% | ensemble({args.test_samples}) "
           f"{100 * m['eacc']:.2f}% | deterministic {100 * m['det_acc']:.2f}% | {minutes:.1f} min", flush=True)
     return dict(label=label, method=method, noise=noise, weight_noise=w_noise, rule=rule, acc1=m["acc1"],
@@ -181,14 +181,28 @@ def eta_scale(args, weight_noise):
     return float(args.eta_scale) if args.eta_units == "noise" else matched_scale(args.eta_scale, weight_noise)
 
 
+def checkpoint_architecture(ck):
+    """``(name, options)`` of the network in a checkpoint: as recorded by the command line (or a version-1
+    checkpoint), else read from its description (conv stages: ``"conv"`` with the channels, else ``"mlp"``
+    with the hidden widths)."""
+    recorded = ck.config.get("metadata", {}).get("architecture")
+    if recorded is not None:
+        return recorded["name"], recorded.get("options", {})
+    stages = ck.config["network"]["stages"]
+    if stages[0]["layer"] == "conv2d":
+        return "conv", {"channels": [st["args"]["c_out"] for st in stages]}
+    return "mlp", {"hidden": [st["args"]["n_out"] for st in stages]}
+
+
 def start_from_checkpoint(args, ds, noise, calibration_images=2000):
     """The real-weight network of ``--init-from``, with batch normalization in front of every binary
     activation (added with the same function where missing, statistics from the first
     ``calibration_images`` training images: pixels only, no labels)."""
-    net = train.load_network(args.init_from, backend=args.backend)
-    spec = net.arch_spec
-    if spec["name"] != args.arch:
-        raise SystemExit(f"--init-from: the checkpoint holds a {spec['name']!r} network, not --arch {args.arch!r}")
+    ck = training.load_checkpoint(args.init_from)
+    net = training.load_network(ck, backend=args.backend)
+    name, _ = checkpoint_architecture(ck)
+    if name != args.arch:
+        raise SystemExit(f"--init-from: the checkpoint holds a {name!r} network, not --arch {args.arch!r}")
     if net.noise.name != noise:
         raise SystemExit(f"--init-from: the checkpoint's activation noise is {net.noise.name!r}; this "
                          f"configuration needs {noise!r}")
@@ -199,13 +213,13 @@ def start_from_checkpoint(args, ds, noise, calibration_images=2000):
 
 
 def fit_phase(args, net, ds, method, opts, epochs, out, data_init=True, lr=None, schedule=None):
-    """``train.fit`` with the bench's settings (``lr``, ``schedule``: overrides of --lr, --schedule),
+    """``training.fit`` with the bench's settings (``lr``, ``schedule``: overrides of --lr, --schedule),
     resuming from ``out`` if a checkpoint is there."""
-    return train.fit(net, ds, estimator=method, estimator_options=opts, epochs=epochs,
-                     lr=args.lr if lr is None else lr, data_init=data_init, schedule=schedule or args.schedule, batch_size=args.batch_size, out=out,
-                     resume=os.path.exists(os.path.join(out, train.CHECKPOINT_NAME)), progress=False,
-                     eval_samples=args.eval_samples or args.test_samples, train_eval_size=args.train_eval_size,
-                     plots=False)
+    return training.fit(net, ds, estimator=method, estimator_options=opts, epochs=epochs,
+                        lr=args.lr if lr is None else lr, data_init=data_init, schedule=schedule or args.schedule, batch_size=args.batch_size, out=out,
+                        resume=os.path.exists(os.path.join(out, training.CHECKPOINT_NAME)), progress=False,
+                        eval_samples=args.eval_samples or args.test_samples, train_eval_size=args.train_eval_size,
+                        plots=False)
 
 
 def _gamma_text(bn_gamma):
@@ -221,7 +235,7 @@ def write_report(args, ds, rows, histories):
     plots.plot_accuracy(histories, os.path.join(args.docs, fig), title=f"fully binary {args.arch}: validation",
                         keys={"val_eacc": ("ensemble", "-"), "val_det_acc": ("deterministic", "--")})
     if args.init_from:  # the architecture is the checkpoint's
-        arch_options = train.load_checkpoint(args.init_from).config["arch"].get("options", {})
+        arch_options = checkpoint_architecture(training.load_checkpoint(args.init_from))[1]
         size = ", ".join(f"{k} {v}" for k, v in arch_options.items() if k in ("hidden", "channels", "width",
                                                                              "input_padding"))
     else:

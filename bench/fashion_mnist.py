@@ -1,7 +1,7 @@
 """Fashion-MNIST benchmark: train an MLP SBN and the paper-style all-conv SBN with several gradient
 estimators under the same budget, then write ``docs/results.md`` and the curves under ``docs/figures/``.
 
-Every (architecture, estimator) pair is trained by :func:`sbnnumba.train.fit` with the same settings
+Every (architecture, estimator) pair is trained by :func:`sbnnumba.training.fit` with the same settings
 (data, split, init seed, optimizer, learning rate, batch size, epochs / time budget), validated after
 every epoch (expected loss, single-sample, ensemble and deterministic accuracy) and finally tested on
 the official test set (accuracy vs number of ensemble samples 1..``--test-samples``). Estimators that
@@ -9,7 +9,7 @@ are not registered in this installation are skipped with a message; a run that d
 as such (its last good checkpoint is still evaluated).
 
 ``--lr auto`` chooses each method's constant learning rate first by the PSA paper's search
-(:func:`sbnnumba.train.search_lr`: bounded minimization over ``log10(lr)`` in [-6, 0], at most
+(:func:`sbnnumba.training.search_lr`: bounded minimization over ``log10(lr)`` in [-6, 0], at most
 ``--lr-trials`` trainings of ``--lr-trial-epochs`` epochs from the same init, scored by the mean running
 training loss); the trials are kept in ``results.json`` and in each run's config.
 
@@ -60,8 +60,8 @@ except ImportError:  # run from a source checkout without installation
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import sbnnumba
 
-from sbnnumba import datasets, plots, runtime, train  # noqa: E402
-from sbnnumba.cli import bn_gamma_arg  # noqa: E402
+from sbnnumba import architectures, datasets, plots, runtime, training  # noqa: E402
+from sbnnumba.cli import bn_gamma_arg, library_log  # noqa: E402
 from sbnnumba.fileio import atomic_write_text  # noqa: E402
 
 DEFAULT_METHODS = "psa,st,st-hardtanh,concrete,reinforce"
@@ -137,7 +137,7 @@ def parse_args(argv=None):
     p.add_argument("--schedule", default="constant", choices=["constant", "step", "cosine"],
                    help="learning-rate schedule over the --epochs of each run")
     p.add_argument("--lr", type=_lr, default=1e-3,
-                   help="learning rate of every method, or 'auto': searched per method (sbnnumba.train.search_lr)")
+                   help="learning rate of every method, or 'auto': searched per method (sbnnumba.training.search_lr)")
     p.add_argument("--lr-trials", type=int, default=10, help="--lr auto: most trial trainings per method")
     p.add_argument("--lr-trial-epochs", type=int, default=5, help="--lr auto: epochs per trial")
     p.add_argument("--lr-trial-subset", type=int, default=None, help="--lr auto: train the trials on N images only")
@@ -193,7 +193,7 @@ def machine_line():
 def run_one(args, ds, arch, method, results):
     key = f"{arch}-{method}"
     out = os.path.join(args.runs_dir, key)
-    ckpt = os.path.join(out, train.CHECKPOINT_NAME)
+    ckpt = os.path.join(out, training.CHECKPOINT_NAME)
     done = results.get(key, {})
     final = ("diverged",) if args.extend else ("time budget", "diverged")
     if args.resume and (done.get("status") in final
@@ -210,7 +210,7 @@ def run_one(args, ds, arch, method, results):
         options["normalize"] = True
         if args.bn_gamma != 1.0:
             options["bn_gamma"] = args.bn_gamma
-    net = train.build_network(arch, ds.x_train.shape[1:], ds.n_classes, seed=args.seed, backend=args.backend,
+    net = architectures.build(arch, ds.x_train.shape[1:], ds.n_classes, rng=args.seed, backend=args.backend,
                               **options)
     lr = _lr_overrides(args.lr_for).get(method, args.lr)
     resume = args.resume and os.path.isfile(ckpt)
@@ -218,15 +218,15 @@ def run_one(args, ds, arch, method, results):
         raise SystemExit(f"{ckpt} exists: pass --resume to continue/reuse it, or choose another --runs-dir")
     lr_search = None
     if lr == "auto" and resume:  # searched when the run started: the checkpoint holds the chosen lr
-        saved = train.load_checkpoint(ckpt).config
+        saved = training.load_checkpoint(ckpt).config
         lr, lr_search = float(saved["optimizer"]["lr"]), saved.get("metadata", {}).get("lr_search")
     elif lr == "auto":
         print(f"[{key}] searching the learning rate ({args.lr_trials} trials of {args.lr_trial_epochs} epochs)",
               flush=True)
-        found = train.search_lr(net, ds, estimator=method, max_trials=args.lr_trials, trial_epochs=args.lr_trial_epochs,
-                                trial_subset=args.lr_trial_subset, batch_size=args.batch_size, optimizer=args.optimizer,
-                                seed=args.seed, val_fraction=args.val_fraction, augment=args.augment,
-                                augment_pad=args.augment_pad)
+        found = training.search_lr(net, ds, estimator=method, max_trials=args.lr_trials, trial_epochs=args.lr_trial_epochs,
+                                   trial_subset=args.lr_trial_subset, batch_size=args.batch_size, optimizer=args.optimizer,
+                                   seed=args.seed, val_fraction=args.val_fraction, augment=args.augment,
+                                   augment_pad=args.augment_pad)
         lr, lr_search = found.lr, found.as_dict()
     print(f"[{key}] {arch} {options}, {method}, lr {lr:g}, {args.epochs} epochs"
           + (f", time budget {args.time_budget:g} s" if args.time_budget else "") + f" -> {out}", flush=True)
@@ -234,23 +234,23 @@ def run_one(args, ds, arch, method, results):
            "calls": calls}
     t0 = time.perf_counter()
     try:
-        res = train.fit(net, ds, estimator=method, epochs=args.epochs, batch_size=args.batch_size,
-                        optimizer=args.optimizer, lr=lr, schedule=args.schedule, seed=args.seed,
-                        val_fraction=args.val_fraction, augment=args.augment, augment_pad=args.augment_pad,
-                        eval_samples=args.eval_samples,
-                        train_eval_size=args.train_eval_size, out=out, resume=resume, max_time=args.time_budget,
-                        progress=not args.no_progress,
-                        metadata={"command": "bench/fashion_mnist.py", "lr_search": lr_search})
+        res = training.fit(net, ds, estimator=method, epochs=args.epochs, batch_size=args.batch_size,
+                           optimizer=args.optimizer, lr=lr, schedule=args.schedule, seed=args.seed,
+                           val_fraction=args.val_fraction, augment=args.augment, augment_pad=args.augment_pad,
+                           eval_samples=args.eval_samples,
+                           train_eval_size=args.train_eval_size, out=out, resume=resume, max_time=args.time_budget,
+                           progress=not args.no_progress,
+                           metadata={"command": "bench/fashion_mnist.py", "lr_search": lr_search})
         history, row["status"] = res.history, res.stopped
-    except train.TrainingDiverged as exc:
+    except training.TrainingDiverged as exc:
         print(f"[{key}] {exc}", flush=True)
         row.update(status="diverged", error=str(exc))
         if not os.path.isfile(ckpt):
             row["history"] = []
             return row
-        ck = train.load_checkpoint(ckpt)
+        ck = training.load_checkpoint(ckpt)
         history = ck.history
-        net = train.load_network(ck)
+        net = training.load_network(ck)
     row["wall_seconds"] = time.perf_counter() - t0 + (done.get("wall_seconds", 0.0) if calls > 1 else 0.0)
     row["history"] = history
     row["epochs"] = len(history)
@@ -268,7 +268,7 @@ def test_metrics(args, ds, net):
     if args.test_subset:
         x_te, y_te = x_te[:args.test_subset], y_te[:args.test_subset]
     t1 = time.perf_counter()
-    m = train.evaluate(net, x_te, y_te, samples=args.test_samples, rng=np.random.default_rng([args.seed, 0x7E57]))
+    m = training.evaluate(net, x_te, y_te, samples=args.test_samples, rng=np.random.default_rng([args.seed, 0x7E57]))
     m["seconds"] = time.perf_counter() - t1
     return m
 
@@ -293,21 +293,21 @@ def run_sharpened(args, ds, row):
     if done.get("status") == "completed":
         print(f"[{key}] reusing the sharpened continuation in {out}")
         return done
-    ckpt = os.path.join(out, train.CHECKPOINT_NAME)
+    ckpt = os.path.join(out, training.CHECKPOINT_NAME)
     resume = os.path.isfile(ckpt)
     if resume and not args.resume:
         raise SystemExit(f"{ckpt} exists: pass --resume to continue/reuse it, or choose another --runs-dir")
-    net = train.load_network(os.path.join(row["out"], train.CHECKPOINT_NAME))
+    net = training.load_network(os.path.join(row["out"], training.CHECKPOINT_NAME))
     if not resume:
         net.scale_preactivations(args.sharpen)
     print(f"[{key}] sharpened x{args.sharpen:g} (activation noise / {args.sharpen:g}), {args.sharpen_epochs} more "
           f"epochs, cosine from lr {settings['lr']:g} -> {out}", flush=True)
-    res = train.fit(net, ds, estimator=row["method"], epochs=args.sharpen_epochs, batch_size=args.batch_size,
-                    optimizer=args.optimizer, lr=settings["lr"], schedule="cosine", seed=args.seed + 1,
-                    val_fraction=args.val_fraction, augment=args.augment, augment_pad=args.augment_pad,
-                    data_init=False, eval_samples=args.eval_samples, train_eval_size=args.train_eval_size, out=out,
-                    resume=resume, progress=not args.no_progress,
-                    metadata={"command": "bench/fashion_mnist.py --sharpen", "sharpen": settings})
+    res = training.fit(net, ds, estimator=row["method"], epochs=args.sharpen_epochs, batch_size=args.batch_size,
+                       optimizer=args.optimizer, lr=settings["lr"], schedule="cosine", seed=args.seed + 1,
+                       val_fraction=args.val_fraction, augment=args.augment, augment_pad=args.augment_pad,
+                       data_init=False, eval_samples=args.eval_samples, train_eval_size=args.train_eval_size, out=out,
+                       resume=resume, progress=not args.no_progress,
+                       metadata={"command": "bench/fashion_mnist.py --sharpen", "sharpen": settings})
     m = test_metrics(args, ds, net)
     print(f"[{key}] sharpened x{args.sharpen:g}, test: loss {m['loss']:.4f}, acc1 {100 * m['acc1']:.2f}%, "
           f"ensemble({m['samples']}) {100 * m['eacc']:.2f}%, det {100 * m['det_acc']:.2f}%", flush=True)
@@ -419,6 +419,11 @@ def write_report(args, results, meta):
 def main(argv=None):
     args = parse_args(argv)
     runtime.retain_freed_memory()  # reuse the pages of freed temporaries (sbnnumba/runtime.py)
+    with library_log(progress=not args.no_progress):  # per-epoch lines and lr-search trials
+        return run(args, argv)
+
+
+def run(args, argv):
     argv = sys.argv[1:] if argv is None else list(argv)
     archs = [a for a in args.archs.split(",") if a]
     methods = [m for m in args.methods.split(",") if m]
@@ -470,10 +475,10 @@ def main(argv=None):
         for method in methods:
             row = results[f"{arch}-{method}"] = run_one(args, ds, arch, method, results)
             if args.sharpen is not None and row["status"] == "completed":
-                doc = json.dumps(train._jsonable({"meta": meta, "results": results}), indent=1)
+                doc = json.dumps(training.checkpoint.jsonable({"meta": meta, "results": results}), indent=1)
                 atomic_write_text(results_path, doc)  # the finished run is saved before the continuation
                 row["sharpened"] = run_sharpened(args, ds, row)
-            doc = json.dumps(train._jsonable({"meta": meta, "results": results}), indent=1)
+            doc = json.dumps(training.checkpoint.jsonable({"meta": meta, "results": results}), indent=1)
             atomic_write_text(results_path, doc)
     path = write_report(args, results, meta)
     print(f"benchmark done in {time.perf_counter() - t0:.0f} s; wrote {path} and {os.path.join(args.docs, 'figures')}/")

@@ -5,7 +5,7 @@ else the embedded subset):
 
 1. the fully binary MLP 784-1024-1024-10 (``weight="bernoulli"``: Bernoulli weights in **every**
    stage, the first included, on the real-valued pixels ``x = q/255``; batch normalization; real
-   head) is trained briefly with :func:`sbnnumba.train.fit` (default: 2 epochs of the ST estimator, Adam lr 1e-2)
+   head) is trained briefly with :func:`sbnnumba.training.fit` (default: 2 epochs of the ST estimator, Adam lr 1e-2)
    or loaded from ``--checkpoint``; its normalization statistics are re-estimated for the
    deterministic mode on 10,000 training images;
 2. it is converted twice with :meth:`sbnnumba.packed.PackedNetwork.from_network`:
@@ -81,7 +81,7 @@ except ImportError:  # run from a source checkout without installation
 from common import interleaved_medians, machine_info  # noqa: E402
 
 import sbnnumba as sb  # noqa: E402
-from sbnnumba import bitpack, datasets, train  # noqa: E402
+from sbnnumba import architectures, bitpack, datasets, training  # noqa: E402
 from sbnnumba.packed import PackedNetwork  # noqa: E402
 
 
@@ -122,10 +122,10 @@ def lean_forward(net):
 
 def get_network(args, data):
     if args.checkpoint:
-        net = train.load_network(args.checkpoint)
+        net = training.load_network(args.checkpoint)
         print(f"network: loaded from {args.checkpoint}: {net!r}")
         return net, None
-    net = train.build_network("mlp", (1, 28, 28), 10, seed=args.seed, hidden=args.hidden, weight="bernoulli",
+    net = architectures.build("mlp", (1, 28, 28), 10, rng=args.seed, hidden=args.hidden, weight="bernoulli",
                               normalize=True)
     x_tr, y_tr = data.x_train, data.y_train
     if args.train_subset:
@@ -134,9 +134,9 @@ def get_network(args, data):
           f"estimator {args.estimator!r}, {args.epochs} epoch(s), batch 64, Adam lr {args.lr:g}, on {len(y_tr)} images "
           "(10% held out) ...", flush=True)
     t0 = time.perf_counter()
-    result = train.fit(net, (x_tr, y_tr), estimator=args.estimator, epochs=args.epochs, batch_size=64,
-                       eval_samples=4, train_eval_size=0, progress=False, plots=False, out=args.out, seed=args.seed,
-                       lr=args.lr)
+    result = training.fit(net, (x_tr, y_tr), estimator=args.estimator, epochs=args.epochs, batch_size=64,
+                          eval_samples=4, train_eval_size=0, progress=False, plots=False, out=args.out, seed=args.seed,
+                          lr=args.lr)
     seconds = time.perf_counter() - t0
     last = result.history[-1]
     print(f"trained in {seconds:.0f} s; validation: single-sample acc {100 * last['val_acc1']:.2f}%, "

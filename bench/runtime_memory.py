@@ -5,7 +5,7 @@ the workers alternate (default, retain, default, ...) and each reports the media
 Workload: the paper's all-conv SBN at half width with its first stage padded by 2 (the network of the
 results in docs/results.md), on real Fashion-MNIST images when found (else the embedded subset):
 
-1. evaluation (``train.evaluate``, chunks of 500 images, 2 samples, unit entropy on) of 1,000 test
+1. evaluation (``training.evaluate``, chunks of 500 images, 2 samples, unit entropy on) of 1,000 test
    images: milliseconds per image and sample;
 2. one PSA training step (``sbnnumba.estimate``), batch 64: seconds.
 
@@ -34,7 +34,7 @@ def worker(mode, steps):
     import numpy as np
 
     import sbnnumba as sb
-    from sbnnumba import runtime, train
+    from sbnnumba import runtime, training
     from sbnnumba.architectures import build
     from sbnnumba.datasets import load_fashion_mnist
 
@@ -46,7 +46,7 @@ def worker(mode, steps):
     y = ds.y_train[:64]
     rng = np.random.default_rng(0)
     sb.estimate("psa", net, x, y, rng=rng)  # compile / warm up
-    train.evaluate(net, x_eval[:500], y_eval[:500], samples=1, rng=0)
+    training.evaluate(net, x_eval[:500], y_eval[:500], samples=1, rng=0)
     step_times, eval_times = [], []
     for _ in range(steps):
         start = time.perf_counter()
@@ -54,7 +54,7 @@ def worker(mode, steps):
         step_times.append(time.perf_counter() - start)
     for _ in range(max(1, steps // 3)):
         start = time.perf_counter()
-        train.evaluate(net, x_eval, y_eval, samples=2, rng=0, batch_size=500)
+        training.evaluate(net, x_eval, y_eval, samples=2, rng=0, batch_size=500)
         eval_times.append((time.perf_counter() - start) / (2 * len(y_eval)))
     print(json.dumps({"mode": mode, "state": state, "step_s": statistics.median(step_times),
                       "eval_ms": 1e3 * statistics.median(eval_times)}))

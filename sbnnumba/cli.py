@@ -4,7 +4,7 @@
     Train an SBN on Fashion-MNIST and write ``checkpoint.npz``, ``history.csv``, ``history.json``,
     ``loss.png``, ``accuracy.png``, ``entropy.png``, ``test_metrics.json`` and ``ensemble_accuracy.png``
     into ``--out``. ``--lr auto`` first chooses a constant learning rate for the method by the spec's
-    search (:func:`sbnnumba.train.search_lr`: bounded minimization over ``log10(lr)`` in ``--lr-bounds``,
+    search (:func:`sbnnumba.training.search_lr`: bounded minimization over ``log10(lr)`` in ``--lr-bounds``,
     at most ``--lr-trials`` trainings of ``--lr-trial-epochs`` epochs from the same init, scored by the
     mean running training loss), records the trials in ``lr_search.json`` and in the run's config
     (``metadata.lr_search`` of ``history.json`` and the checkpoint), then trains with it; ``--resume``
@@ -27,8 +27,10 @@ status 1. Set ``SBNNUMBA_DEBUG=1`` to get the traceback of a ValueError instead.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import logging
 import os
 import sys
 import time
@@ -36,6 +38,8 @@ import time
 import numpy as np
 
 from . import runtime
+from .training.config import Flag, Integer, Number, command_line_fields
+from .training.lr_search import SEARCH_OWN
 
 PROG = "python -m sbnnumba"
 DEFAULT_HIDDEN = "256,256"
@@ -58,7 +62,8 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if action.default in (None, False) or "default" in text or action.default is argparse.SUPPRESS:
+        if action.default is None or isinstance(action.default, bool) or "default" in text \
+                or action.default is argparse.SUPPRESS:
             return text
         return super()._get_help_string(action)
 
@@ -78,35 +83,29 @@ def _int_list(name, count=None):
     return parse
 
 
-def _positive(kind):
+def arg_type(check, name=None):
+    """An argparse ``type`` from a :class:`sbnnumba.training.config.Check`: the same checks and messages as the
+    library's (``FitConfig``), reported as a usage error."""
     def parse(text):
         try:
-            v = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}") from None
-        if not v > 0 or (kind is float and not np.isfinite(v)):
-            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
-        return v
-    parse.__name__ = f"positive {kind.__name__}"
+            return check.parse(text)
+        except (TypeError, ValueError) as exc:
+            raise argparse.ArgumentTypeError(str(exc).replace("value: ", "", 1)) from None
+    parse.__name__ = name or check.expected
     return parse
 
 
-def _nonneg_int(text):
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
-    return v
+_POSITIVE_INT = arg_type(Integer(1), "positive integer")
+_NONNEG_INT = arg_type(Integer(0), "non-negative integer")
+_POSITIVE = Number(positive=True)
 
 
 def _lr(text):
     if text.strip().lower() == "auto":
         return "auto"
     try:
-        return _positive(float)(text)
-    except argparse.ArgumentTypeError:
+        return _POSITIVE.parse(text)
+    except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive number or 'auto', got {text!r}") from None
 
 
@@ -118,8 +117,8 @@ def bn_gamma_arg(text):
     if text.strip().lower() == "noise-std":
         return "noise-std"
     try:
-        return _positive(float)(text)
-    except argparse.ArgumentTypeError:
+        return _POSITIVE.parse(text)
+    except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive number or 'noise-std', got {text!r}") from None
 
 
@@ -140,18 +139,21 @@ def _bounds(text):
 _bounds.__name__ = "log10 bounds"
 
 
-def _fraction(text):
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
-    if not 0.0 <= v < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
-    return v
+def _add_fit_options(parser):
+    """The ``train`` options that are :class:`~sbnnumba.training.FitConfig` fields: flag, check, help text
+    and default all come from the field (``dest`` is the field's name)."""
+    for flag, f in command_line_fields():
+        check, default, text = f.metadata["check"], f.metadata["cli_default"], f.metadata["help"]
+        if isinstance(check, Flag):  # --x sets True, --no-x sets False
+            negated = flag.startswith("--no-")
+            parser.add_argument(flag, dest=f.name, action="store_false" if negated else "store_true",
+                                help=f"no {text}" if negated else text)
+        else:
+            parser.add_argument(flag, dest=f.name, type=arg_type(check, f.name), default=default, help=text,
+                                choices=check.choices)
 
 
 def build_parser():
-    import sbnnumba
     from sbnnumba.architectures import ARCHITECTURES
     from sbnnumba.layers import BACKENDS
     from sbnnumba.noise import NOISES
@@ -173,7 +175,7 @@ def build_parser():
                     help="mlp: comma-separated hidden widths")
     tr.add_argument("--channels", type=_int_list("channels", 8), default=DEFAULT_CHANNELS,
                     help="conv: the 8 comma-separated channel counts")
-    tr.add_argument("--input-padding", type=int, default=0,
+    tr.add_argument("--input-padding", type=_NONNEG_INT, default=0,
                     help="conv: zero padding of the first stage (2 on 28x28 images gives the paper's "
                          "32x32 map sizes)")
     tr.add_argument("--weights", default="real", choices=["real", "hidden", "bernoulli"],
@@ -187,42 +189,25 @@ def build_parser():
     tr.add_argument("--bn-gamma", type=bn_gamma_arg, default=1.0,
                     help="--normalize: starting gamma of the normalizations, or 'noise-std' for the activation "
                          "noise's standard deviation (the same signal-to-noise ratio for every noise)")
-    tr.add_argument("--estimator", default="psa", choices=sbnnumba.known_methods(), help="gradient estimator")
     tr.add_argument("--noise", default="logistic", choices=sorted(NOISES), help="noise of the binary units")
-    tr.add_argument("--epochs", type=_positive(int), default=3)
-    tr.add_argument("--batch-size", type=_positive(int), default=64)
-    tr.add_argument("--optimizer", default="adam", choices=["adam", "sgd"])
+    _add_fit_options(tr)
     tr.add_argument("--lr", type=_lr, default=None,
                     help="learning rate, or 'auto' to search it for the method first (default: adam 1e-3, "
                          "sgd 0.01)")
-    tr.add_argument("--lr-trials", type=_positive(int), default=None,
+    tr.add_argument("--lr-trials", type=_POSITIVE_INT, default=None,
                     help="--lr auto: most trial trainings (default 10)")
-    tr.add_argument("--lr-trial-epochs", type=_positive(int), default=None,
+    tr.add_argument("--lr-trial-epochs", type=_POSITIVE_INT, default=None,
                     help="--lr auto: epochs per trial (default 5)")
     tr.add_argument("--lr-bounds", type=_bounds, default=None,
                     help="--lr auto: LO,HI of log10(lr) searched (default -6,0)")
-    tr.add_argument("--lr-trial-subset", type=_positive(int), default=None,
+    tr.add_argument("--lr-trial-subset", type=_POSITIVE_INT, default=None,
                     help="--lr auto: train the trials on N training images only (default: all)")
-    tr.add_argument("--momentum", type=_fraction, default=0.9, help="sgd: Nesterov momentum (0 = plain SGD)")
-    tr.add_argument("--schedule", default="constant", choices=["constant", "step", "cosine"],
-                    help="learning-rate schedule over the run (step: x0.1 after each third)")
-    tr.add_argument("--clip", type=_positive(float), default=1e3, help="element-wise gradient clipping")
-    tr.add_argument("--seed", type=_nonneg_int, default=1, help="initialization and training seed")
-    tr.add_argument("--val-fraction", type=_fraction, default=0.1, help="held-out part of the training set")
-    tr.add_argument("--train-subset", type=_positive(int), default=None,
+    tr.add_argument("--train-subset", type=_POSITIVE_INT, default=None,
                     help="use only N training examples (random, before the validation split)")
-    tr.add_argument("--eval-samples", type=_positive(int), default=10, help="samples per image in evaluation")
-    tr.add_argument("--no-data-init", action="store_true", help="skip the data-dependent initialization")
-    tr.add_argument("--augment", action="store_true", help="random flip + padded crop of training batches")
-    tr.add_argument("--augment-pad", type=_nonneg_int, default=4,
-                    help="--augment: zero padding of the random crop in pixels")
     tr.add_argument("--out", default=None, help="output directory (default: runs/<arch>-<estimator>-<time>)")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     tr.add_argument("--backend", default=None, choices=list(BACKENDS),
                     help="kernel backend (default: $SBNNUMBA_BACKEND or cpu)")
-    tr.add_argument("--max-time", type=_positive(float), default=None,
-                    help="time budget in seconds (stops after the epoch that passes it)")
-    tr.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     ev = sub.add_parser("evaluate", help="test metrics of a checkpoint",
                         description="Test metrics and accuracy vs number of ensemble samples of a checkpoint.",
@@ -230,8 +215,8 @@ def build_parser():
     ev.add_argument("checkpoint", help="a checkpoint.npz written by 'train'")
     ev.add_argument("--data", default=None,
                     help="'auto', 'embedded' or a directory (default: the kind of data the run trained on)")
-    ev.add_argument("--samples", type=_positive(int), default=32, help="largest ensemble size")
-    ev.add_argument("--seed", type=_nonneg_int, default=0)
+    ev.add_argument("--samples", type=_POSITIVE_INT, default=32, help="largest ensemble size")
+    ev.add_argument("--seed", type=_NONNEG_INT, default=0)
     ev.add_argument("--out", default=None, help="where to write the plot and metrics (default: the checkpoint's folder)")
     ev.add_argument("--backend", default=None, choices=list(BACKENDS))
 
@@ -309,31 +294,37 @@ def _lr_search_args(args):
             "trial_epochs": args.lr_trial_epochs or 5, "trial_subset": args.lr_trial_subset}
 
 
-def _resume_lr(out, train):
+def _resume_lr(out):
     """The learning rate (and the search record) stored in the checkpoint of the run in ``out``."""
-    ck = train.load_checkpoint(os.path.join(out, train.CHECKPOINT_NAME))
+    from sbnnumba import training
+
+    ck = training.load_checkpoint(os.path.join(out, training.CHECKPOINT_NAME))
     lr = ck.config.get("optimizer", {}).get("lr")
     if lr is None:
         raise CLIError(f"--lr auto --resume: the checkpoint in {out} records no learning rate")
     return float(lr), ck.config.get("metadata", {}).get("lr_search")
 
 
-def cmd_train(args):
-    from sbnnumba import train
+def _output_dir(args):
+    """``--out`` (or a fresh ``runs/...`` name), checked against ``--resume``."""
+    from sbnnumba.training import CHECKPOINT_NAME
 
-    search = _lr_search_args(args)
     if args.resume and args.out is None:
         raise CLIError("--resume needs --out, the directory of the run to continue")
     out = args.out or _default_out(args.arch, args.estimator)
-    if args.resume and not os.path.isfile(os.path.join(out, train.CHECKPOINT_NAME)):
+    held = os.path.isfile(os.path.join(out, CHECKPOINT_NAME))
+    if args.resume and not held:
         raise CLIError(f"--resume: no checkpoint in {out}")
-    if not args.resume and os.path.isfile(os.path.join(out, train.CHECKPOINT_NAME)):
-        raise CLIError(f"--out: {out} already holds a run ({train.CHECKPOINT_NAME}); pass --resume to continue it "
+    if not args.resume and held:
+        raise CLIError(f"--out: {out} already holds a run ({CHECKPOINT_NAME}); pass --resume to continue it "
                        "or choose another output directory")
+    return out
+
+
+def _architecture_options(args):
+    """The ``--arch`` builder's options from the command line."""
     if args.bn_gamma != 1.0 and not args.normalize:
         raise CLIError("--bn-gamma: sets the starting gamma of batch normalization; add --normalize")
-    ds = load_data(args.data, verbose=not args.no_progress)
-    ds = _subset(ds, args.train_subset, seed=1)
     options = {"noise": args.noise}
     if args.weights != "real" or args.normalize:
         options.update(weight=args.weights, weight_noise=args.weight_noise, weight_grad=args.weight_grad,
@@ -346,52 +337,66 @@ def cmd_train(args):
         options["channels"] = args.channels
         if args.input_padding:
             options["input_padding"] = args.input_padding
+    return options
+
+
+def _searched_lr(args, search, net, ds, config, out, metadata):
+    """``--lr auto``: search the learning rate (or, resuming, reuse the checkpoint's); records it in ``metadata``."""
+    from sbnnumba import training
+    from sbnnumba.fileio import atomic_write_text
+
+    metadata["lr"] = "auto"
+    if args.resume:  # the search was done by the session that started the run: reuse its lr
+        lr, record = _resume_lr(out)
+        if record is not None:
+            metadata["lr_search"] = record
+        print(f"--lr auto: resuming with the learning rate {lr:.4g} stored in the checkpoint")
+        return lr
+    b = search["bounds"]
+    print(f"searching the learning rate for {args.estimator}: log10(lr) in [{b[0]:g}, {b[1]:g}], at most "
+          f"{search['max_trials']} trials of {search['trial_epochs']} epochs"
+          + (f" on {search['trial_subset']} training images" if search["trial_subset"] else ""), flush=True)
+    options = {k: v for k, v in config.to_dict().items() if k not in SEARCH_OWN}
     try:
-        net = train.build_network(args.arch, ds.x_train.shape[1:], ds.n_classes, seed=args.seed,
+        found = training.search_lr(net, ds, **search, **options)
+    except (TypeError, ValueError) as exc:
+        raise CLIError(f"--lr auto: {exc}") from None
+    metadata["lr_search"] = found.as_dict()
+    atomic_write_text(os.path.join(out, "lr_search.json"), json.dumps(metadata["lr_search"], indent=1))
+    print(f"chosen learning rate: {found.lr:.4g} (mean training loss {found.score:.4f} over "
+          f"{search['trial_epochs']} epochs; {len(found.trials)} trials in {found.seconds:.1f} s)", flush=True)
+    return found.lr
+
+
+def cmd_train(args):
+    from sbnnumba import architectures, training
+
+    search = _lr_search_args(args)
+    out = _output_dir(args)
+    try:
+        config = training.FitConfig(**{f.name: getattr(args, f.name) for _, f in command_line_fields()},
+                                    lr=None if args.lr == "auto" else args.lr)
+    except (TypeError, ValueError) as exc:
+        raise CLIError(str(exc)) from None
+    ds = _subset(load_data(args.data, verbose=config.progress), args.train_subset, seed=1)
+    options = _architecture_options(args)
+    try:
+        net = architectures.build(args.arch, ds.x_train.shape[1:], ds.n_classes, rng=args.seed,
                                   backend=args.backend, **options)
     except (ValueError, TypeError, RuntimeError, ImportError) as exc:
         raise CLIError(f"could not build the {args.arch} network: {exc}") from None
-    n_tr = ds.y_train.shape[0]
     metadata = {"command": "train", "data": args.data, "train_subset": args.train_subset,
-                "dataset": ds.name, "source": ds.source}
-    common = dict(batch_size=args.batch_size, optimizer=args.optimizer, momentum=args.momentum,
-                  nesterov=args.momentum > 0, schedule=args.schedule, clip_value=args.clip, seed=args.seed,
-                  val_fraction=args.val_fraction, augment=args.augment, augment_pad=args.augment_pad,
-                  data_init=not args.no_data_init)
-    lr = args.lr
+                "dataset": ds.name, "source": ds.source, "architecture": {"name": args.arch, "options": options}}
     if search is not None:
-        metadata["lr"] = "auto"
-        if args.resume:  # the search was done by the session that started the run: reuse its lr
-            lr, record = _resume_lr(out, train)
-            if record is not None:
-                metadata["lr_search"] = record
-            print(f"--lr auto: resuming with the learning rate {lr:.4g} stored in the checkpoint")
-        else:
-            b = search["bounds"]
-            print(f"searching the learning rate for {args.estimator}: log10(lr) in [{b[0]:g}, {b[1]:g}], at most "
-                  f"{search['max_trials']} trials of {search['trial_epochs']} epochs"
-                  + (f" on {search['trial_subset']} training images" if search["trial_subset"] else ""), flush=True)
-            try:
-                found = train.search_lr(net, ds, estimator=args.estimator, **search, progress=True, **common)
-            except (TypeError, ValueError) as exc:
-                raise CLIError(f"--lr auto: {exc}") from None
-            lr = found.lr
-            metadata["lr_search"] = found.as_dict()
-            from sbnnumba.fileio import atomic_write_text
-
-            atomic_write_text(os.path.join(out, "lr_search.json"), json.dumps(metadata["lr_search"], indent=1))
-            print(f"chosen learning rate: {lr:.4g} (mean training loss {found.score:.4f} over "
-                  f"{search['trial_epochs']} epochs; {len(found.trials)} trials in {found.seconds:.1f} s)", flush=True)
-    print(f"training {args.arch} {options} with {args.estimator} on {ds.name} ({n_tr} images, "
-          f"{args.val_fraction:.0%} held out), {args.epochs} epochs, batch {args.batch_size}, {args.optimizer}"
-          + (f" lr {lr:.4g}" if lr is not None else "") + f"; output in {out}")
+        config = config.replace(lr=_searched_lr(args, search, net, ds, config, out, metadata))
+    print(f"training {args.arch} {options} with {args.estimator} on {ds.name} ({ds.y_train.shape[0]} images, "
+          f"{config.val_fraction:.0%} held out), {config.epochs} epochs, batch {config.batch_size}, "
+          f"{config.optimizer}" + (f" lr {config.lr:.4g}" if config.lr is not None else "") + f"; output in {out}")
     t0 = time.perf_counter()
-    result = train.fit(net, ds, estimator=args.estimator, epochs=args.epochs, lr=lr, **common,
-                       eval_samples=args.eval_samples, out=out, resume=args.resume, max_time=args.max_time,
-                       progress=not args.no_progress, metadata=metadata)
+    result = training.fit(net, ds, config, out=out, resume=args.resume, metadata=metadata)
     t_train = time.perf_counter() - t0
-    metrics = train.evaluate(net, ds.x_test, ds.y_test, samples=args.eval_samples,
-                             rng=np.random.default_rng([args.seed, 0x7E57]))
+    metrics = training.evaluate(net, ds.x_test, ds.y_test, samples=config.eval_samples,
+                                rng=np.random.default_rng([config.seed, 0x7E57]))
     metrics.update(epochs=result.epochs_done, train_seconds=t_train, dataset=ds.name)
     print(f"trained {result.epochs_done} epochs in {t_train:.1f} s ({result.stopped})")
     report_test(metrics, out)
@@ -401,11 +406,11 @@ def cmd_train(args):
 
 
 def cmd_evaluate(args):
-    from sbnnumba import train
+    from sbnnumba import training
 
     try:
-        ck = train.load_checkpoint(args.checkpoint)
-        net = train.load_network(ck, backend=args.backend)
+        ck = training.load_checkpoint(args.checkpoint)
+        net = training.load_network(ck, backend=args.backend)
     except FileNotFoundError as exc:
         raise CLIError(str(exc)) from None
     data = args.data
@@ -414,7 +419,7 @@ def cmd_evaluate(args):
         data = "embedded" if trained_on == "fashion-mnist-subset" else "auto"
     ds = load_data(data)
     t0 = time.perf_counter()
-    metrics = train.evaluate(net, ds.x_test, ds.y_test, samples=args.samples, rng=args.seed)
+    metrics = training.evaluate(net, ds.x_test, ds.y_test, samples=args.samples, rng=args.seed)
     metrics.update(checkpoint=os.path.abspath(args.checkpoint), epoch=ck.epoch, dataset=ds.name,
                    seconds=time.perf_counter() - t0)
     out = args.out or os.path.dirname(os.path.abspath(args.checkpoint))
@@ -439,9 +444,42 @@ def cmd_gradcheck(argv):
     return 0 if rc is None else int(rc) if isinstance(rc, int) else 1
 
 
+class _PrintHandler(logging.Handler):
+    """Library log records (INFO and up) as plain lines on the current ``sys.stdout``; with ``--no-progress``
+    the per-epoch lines of ``fit`` are left out (the learning-rate search still reports its trials)."""
+
+    def __init__(self, progress):
+        super().__init__(logging.INFO)
+        self.progress = progress
+
+    def emit(self, record):
+        if self.progress or record.name != "sbnnumba.training.fit":
+            print(self.format(record), flush=True)
+
+
+@contextlib.contextmanager
+def library_log(progress=True):
+    """Print the library's log lines (INFO and up) while the block runs (see :class:`_PrintHandler`);
+    shared with the bench scripts."""
+    logger = logging.getLogger("sbnnumba")
+    handler, level = _PrintHandler(progress), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def _run(args):
+    with library_log(progress=args.command != "train" or args.progress):
+        return cmd_train(args) if args.command == "train" else cmd_evaluate(args)
+
+
 def main(argv=None):
     """Entry point; returns the exit status (0 ok, 1 training diverged, 2 usage/input error)."""
-    from sbnnumba.train import CheckpointError, TrainingDiverged
+    from sbnnumba.training import CheckpointError, TrainingDiverged
 
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv else None
@@ -455,7 +493,7 @@ def main(argv=None):
         except SystemExit as exc:  # --help
             return 0 if exc.code is None else int(exc.code)
         runtime.retain_freed_memory()  # long array-heavy jobs: reuse freed pages (sbnnumba/runtime.py)
-        return cmd_train(args) if args.command == "train" else cmd_evaluate(args)
+        return _run(args)
     except CLIError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2

@@ -203,9 +203,7 @@ class Network:
         unit or channel. ``weight``: ``"hidden"`` (every stage but the first), ``"bernoulli"`` (every
         stage) or a per-stage list of ``"real"`` / ``"bernoulli"``; stages that already have Bernoulli
         weights are left as they are. The head stays real. Optimizer state of the converted weights
-        does not carry over (their parameter is now ``eta``). ``arch_spec`` (set by
-        :func:`sbnnumba.train.build_network`) is updated so that checkpoints rebuild the converted
-        network. Returns the network."""
+        does not carry over (their parameter is now ``eta``). Returns the network."""
         from .weights import bernoulli_from_real
 
         for kind, stage in zip(stage_weight_kinds(weight, len(self.stages)), self.stages):
@@ -214,38 +212,7 @@ class Network:
                 bernoulli_from_real(layer, noise=noise, grad=grad, clip=clip, scale=scale)
             elif kind not in ("real", "bernoulli"):
                 raise ValueError(f"weight: expected 'real' or 'bernoulli' per stage, got {kind!r}")
-        self._update_arch_spec_weights()
         return self
-
-    def _update_arch_spec_weights(self):
-        """Make ``arch_spec`` (how checkpoints rebuild the network) describe the current weight kinds.
-
-        The architecture options hold one weight noise, rule and the default clip for all Bernoulli
-        stages; a network they cannot describe loses its ``arch_spec`` (``fit(out=...)`` then asks for
-        ``arch=``) rather than keep one that would rebuild a different network.
-        """
-        spec = getattr(self, "arch_spec", None)
-        if spec is None:
-            return
-        from .weights import BernoulliWeights
-
-        latents = [getattr(st, "layer", st).latent for st in self.stages]
-        kinds = ["real" if lat is None else "bernoulli" for lat in latents]
-        configs = {(lat.noise.name, lat.grad, lat.clip) for lat in latents if lat is not None}
-        options = dict(spec.get("options", {}))
-        if len(configs) > 1:
-            self.arch_spec = None
-            return
-        if configs:
-            noise, grad, clip = configs.pop()
-            if clip != BernoulliWeights(noise, grad).clip:  # not the default the builders use
-                self.arch_spec = None
-                return
-            options.update(weight_noise=noise, weight_grad=grad)
-        compact = {"real": ["real"] * len(kinds), "bernoulli": ["bernoulli"] * len(kinds),
-                   "hidden": ["real"] + ["bernoulli"] * (len(kinds) - 1)}
-        options["weight"] = next((name for name, k in compact.items() if k == kinds), kinds)
-        self.arch_spec = {**spec, "options": options}
 
     def add_normalization(self, x, batch_size=256, rng=None, momentum=0.1, eps=1e-5):
         r"""Put batch normalization (:class:`~sbnnumba.normalization.Normalized`) in front of every
@@ -270,7 +237,7 @@ class Network:
         momentum, eps : float
             As for :class:`~sbnnumba.normalization.Normalized`.
 
-        Returns the network; ``arch_spec`` (if set) gets ``normalize=True``.
+        Returns the network.
         """
         x = self.check_input(x)
         rng = as_generator(rng)
@@ -299,9 +266,6 @@ class Network:
             if bias is not None:
                 bias[...] = 0
             self.stages[k] = wrapped
-        spec = getattr(self, "arch_spec", None)
-        if spec is not None:
-            self.arch_spec = {**spec, "options": {**spec.get("options", {}), "normalize": True}}
         return self
 
     def set_mode_weights(self):

@@ -693,7 +693,7 @@ class PackedNetwork:
             docstring). Also gives the input shape. The statistics are *not* re-estimated here.
         input_shape : tuple of int, optional
             Per-example input shape; needed for conv networks unless ``calibration_x`` is given, the
-            first Conv2d knows its ``in_shape`` or ``net.arch_spec`` holds it.
+            first Conv2d knows its ``in_shape`` (a network loaded from a checkpoint does).
         input_quantization : (float, int), optional
             ``(scale, bits)``: declares the inputs quantized, ``x = dtype(scale * q)`` with integer
             ``q`` in ``[0, 2^bits)``, ``1 <= bits <= 8`` (Fashion-MNIST pixels from
@@ -774,8 +774,6 @@ class PackedNetwork:
             candidates.append(tuple(calibration_x.shape[1:]))
         elif isinstance(first, Conv2d) and first.in_shape is not None:
             candidates.append(tuple(first.in_shape))
-        elif getattr(net, "arch_spec", None) and "input_shape" in net.arch_spec:
-            candidates.append(tuple(int(s) for s in net.arch_spec["input_shape"]))
         elif isinstance(first, Linear):
             candidates.append((first.n_in,))
         if not candidates:

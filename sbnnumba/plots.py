@@ -5,7 +5,7 @@ backend switch, no display needed) and saved as PNG **atomically**: the image is
 temporary file in the target directory and moved into place with ``os.replace``, so a reader never
 sees a half-written file.
 
-A *history* is a list of per-epoch dicts as written by :func:`sbnnumba.train.fit` (keys such as
+A *history* is a list of per-epoch dicts as written by :func:`sbnnumba.training.fit` (keys such as
 ``"epoch"``, ``"train_loss"``, ``"val_loss"``, ``"train_acc1"``, ``"val_acc1"``, ``"val_eacc"``,
 ``"val_det_acc"``, ``"val_entropy"``, ``"val_entropy.0"``, ...). Every plotting function accepts
 either one history or a mapping ``label -> history`` to compare runs (e.g. estimators) in one figure;
@@ -158,7 +158,7 @@ def _stage_entropy_keys(runs, prefix="val"):
 
 
 def plot_entropy(history, path, title="Unit entropy", keys=None, prefix="val"):
-    """Unit entropy (bits per binary unit, see :func:`sbnnumba.train.evaluate`) vs epochs.
+    """Unit entropy (bits per binary unit, see :func:`sbnnumba.training.evaluate`) vs epochs.
 
     Parameters
     ----------

@@ -591,13 +591,13 @@ def check_device_step_resident():
 
 
 def check_device_fit():
-    """sbnnumba.train.fit on backend 'cuda' uses the device-resident step for a dense network: it trains
+    """sbnnumba.training.fit on backend 'cuda' uses the device-resident step for a dense network: it trains
     (finite history), writes the trained parameters back to the host network, and a run resumed
     after epoch 1 ends with the parameters of an uninterrupted 2-epoch run."""
     import tempfile
 
     import sbnnumba as sb
-    from sbnnumba import train
+    from sbnnumba import training
     rng = np.random.default_rng(6)
     x = rng.normal(size=(20, 4)).astype(np.float32)
     y = (x[:, 0] > 0).astype(np.int64)
@@ -605,7 +605,7 @@ def check_device_fit():
                    eval_samples=2, train_eval_size=0, progress=False, plots=False)
 
     def make():
-        return train.build_network("mlp", (4,), 2, seed=1, backend="cuda", hidden=(5,))
+        return sb.architectures.build("mlp", (4,), 2, rng=1, backend="cuda", hidden=(5,))
 
     from sbnnumba.device_training import CudaTrainer
     calls = []
@@ -619,7 +619,7 @@ def check_device_fit():
     before = {k: p.copy() for k, p in net_full.params.items()}
     CudaTrainer.train_epoch = counting
     try:
-        res = train.fit(net_full, (x, y), epochs=2, **options)
+        res = training.fit(net_full, (x, y), epochs=2, **options)
     finally:
         CudaTrainer.train_epoch = original
     if len(calls) != 2:
@@ -631,20 +631,20 @@ def check_device_fit():
         raise AssertionError("device fit did not change the host parameters")
     with tempfile.TemporaryDirectory() as tmp:
         net_a = make()
-        train.fit(net_a, (x, y), epochs=1, out=tmp, **options)
+        training.fit(net_a, (x, y), epochs=1, out=tmp, **options)
         net_b = make()
-        train.fit(net_b, (x, y), epochs=2, out=tmp, resume=True, **options)
+        training.fit(net_b, (x, y), epochs=2, out=tmp, resume=True, **options)
     for key, p in net_full.params.items():
         close(net_b.params[key], p, f"resumed device fit {key}", rtol=1e-6, atol=1e-7)
     # Bernoulli weights and batch normalization are device-resident too: the running statistics and eta
     # come back to the host after the epoch
-    net_bin = train.build_network("mlp", (4,), 2, seed=1, backend="cuda", hidden=(5, 5), weight="hidden",
-                                  normalize=True)
+    net_bin = sb.architectures.build("mlp", (4,), 2, rng=1, backend="cuda", hidden=(5, 5), weight="hidden",
+                                     normalize=True)
     eta0 = net_bin.params["stages.1.eta"].copy()
     calls.clear()
     CudaTrainer.train_epoch = counting
     try:
-        res = train.fit(net_bin, (x, y), epochs=1, **{**options, "data_init": False})
+        res = training.fit(net_bin, (x, y), epochs=1, **{**options, "data_init": False})
     finally:
         CudaTrainer.train_epoch = original
     mean, var = net_bin.stages[1].running["stochastic"]
@@ -809,17 +809,19 @@ def check_device_step_scope():
     # fit's choice: a network outside the scope warns and keeps the per-call routing
     import warnings
 
-    from sbnnumba import train
+    from sbnnumba.training import FitConfig
+    from sbnnumba.training.device import device_epochs
+
+    x, y = np.zeros((8, 4), np.float32), np.zeros(8, np.int64)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        chosen = train._device_trainer(sb.Network.dense([4, 3], 2, rng=0, backend="cuda"), "psa", None, False,
-                                       sb.optim.Adam(clip_norm=1.0), 8, (4,))
+        chosen = device_epochs(sb.Network.dense([4, 3], 2, rng=0, backend="cuda"), FitConfig(batch_size=8),
+                               sb.optim.Adam(clip_norm=1.0), x, y)
     if chosen is not None or not any("not device-resident" in str(w.message) for w in caught):
         raise AssertionError(f"expected no device trainer and a warning, got {chosen!r}, {[str(w.message) for w in caught]}")
-    if train._device_trainer(sb.Network.dense([4, 3], 2, rng=0, backend="cuda"), "concrete", None, False,
-                             sb.optim.Adam(), 8, (4,)) is not None:
+    if device_epochs(sb.Network.dense([4, 3], 2, rng=0, backend="cuda"), FitConfig(estimator="concrete", batch_size=8),
+                     sb.optim.Adam(), x, y) is not None:
         raise AssertionError("estimator 'concrete' must keep the per-call routing")
-
 
 SIM_CHECKS = {
     "dense_flip": check_dense_flip,

@@ -7,7 +7,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from sbnnumba import train
+from sbnnumba import training
 
 
 def _bench():
@@ -32,8 +32,8 @@ def test_bench_sharpen_continuation(tmp_path, capsys):
     assert sharp["settings"] == {"factor": 2.0, "epochs": 1, "lr": 1e-12}
     assert set(sharp["test"]) >= {"acc1", "eacc", "det_acc", "loss"}
     # lr 1e-12: the continuation ends where it started, at the finished run with every stage's W, b doubled
-    before = train.load_network(str(runs / "mlp-st" / train.CHECKPOINT_NAME)).params
-    after = train.load_network(str(runs / "mlp-st-sharpen2" / train.CHECKPOINT_NAME)).params
+    before = training.load_network(str(runs / "mlp-st" / training.CHECKPOINT_NAME)).params
+    after = training.load_network(str(runs / "mlp-st-sharpen2" / training.CHECKPOINT_NAME)).params
     for k, v in before.items():
         np.testing.assert_allclose(after[k], 2 * v if k.startswith("stages.") else v, rtol=1e-5, atol=1e-8,
                                    err_msg=k)

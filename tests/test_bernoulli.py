@@ -4,7 +4,7 @@ import pytest
 from scipy import optimize, special
 
 import sbnnumba as sb
-from sbnnumba import cli, train
+from sbnnumba import architectures, cli, training
 from sbnnumba.normalization import Normalized
 from sbnnumba.optim import SGD
 from sbnnumba.summary import summary
@@ -267,18 +267,18 @@ def test_normalized_conv_psa_exact_in_eval_mode():
 
 def test_fit_with_binary_weights_checkpoint_restores_statistics(tmp_path):
     """fit() projects latent weights, re-estimates deterministic statistics, and checkpoints them."""
-    from sbnnumba import train
+    from sbnnumba import training
     rng = np.random.default_rng(12)
     x = rng.random((300, 1, 6, 6)).astype(np.float32)
     y = (x.reshape(300, -1).mean(1) > 0.5).astype(np.int64)
-    net = train.build_network("mlp", (1, 6, 6), 2, seed=0, hidden=[16, 8], weight="hidden", weight_noise="uniform",
+    net = architectures.build("mlp", (1, 6, 6), 2, rng=0, hidden=[16, 8], weight="hidden", weight_noise="uniform",
                               normalize=True)
-    train.fit(net, (x, y), estimator="st", epochs=2, batch_size=32, lr=0.05, out=tmp_path, progress=False,
-              plots=False, eval_samples=2)
+    training.fit(net, (x, y), estimator="st", epochs=2, batch_size=32, lr=0.05, out=tmp_path, progress=False,
+                 plots=False, eval_samples=2)
     eta = net.stages[1].eta
     assert np.abs(eta).max() <= 1.0  # uniform weight noise: eta projected onto [-1, 1]
     assert net.stages[1].running["deterministic"] is not None
-    loaded = train.load_network(tmp_path / train.CHECKPOINT_NAME)
+    loaded = training.load_network(tmp_path / training.CHECKPOINT_NAME)
     for key, b in net.buffers.items():
         np.testing.assert_array_equal(loaded.buffers[key], b)
     np.testing.assert_array_equal(loaded.forward_deterministic(x[:20]), net.forward_deterministic(x[:20]))
@@ -333,53 +333,47 @@ def test_matched_scale_bad_input():
 
 
 def test_to_bernoulli_checkpoint_rebuilds_the_converted_network(tmp_path):
-    """A network built by build_network and converted afterwards records its Bernoulli stages in
-    ``arch_spec``, so its checkpoint rebuilds the same network (before: 'missing stages.1.weight');
-    conversions that the architecture options cannot describe drop ``arch_spec`` instead."""
-    from sbnnumba import train
+    """The checkpoint describes the network from its structure when saving (training.describe), so any
+    conversion is rebuilt exactly: per-stage weight kinds, mixed weight noises, a non-default clip."""
+    from sbnnumba import training
 
     rng = np.random.default_rng(4)
     ds, x_test = (rng.random((96, 1, 6, 6), dtype=np.float32), rng.integers(0, 3, 96)), rng.random((8, 1, 6, 6))
-    net = train.build_network("mlp", (1, 6, 6), 3, seed=1, hidden=[8, 8, 8], normalize=True)
+    net = architectures.build("mlp", (1, 6, 6), 3, rng=1, hidden=[8, 8, 8], normalize=True)
     net.to_bernoulli(["real", "bernoulli", "real"], noise="triangular", grad="latent")
-    opts = net.arch_spec["options"]
-    assert (opts["weight"], opts["weight_noise"], opts["weight_grad"]) == (["real", "bernoulli", "real"],
-                                                                          "triangular", "latent")
-    net.to_bernoulli("hidden", noise="triangular", grad="latent")
-    assert net.arch_spec["options"]["weight"] == "hidden"
-    train.fit(net, ds, estimator="st", epochs=1, batch_size=32, out=tmp_path, progress=False, plots=False,
-              train_eval_size=8, eval_samples=2)
-    loaded = train.load_network(tmp_path / train.CHECKPOINT_NAME)
-    for k, p in net.params.items():
-        np.testing.assert_array_equal(loaded.params[k], p)
-    assert [repr(getattr(s, "layer", s).latent) for s in loaded.stages] == \
-        [repr(getattr(s, "layer", s).latent) for s in net.stages]
-    np.testing.assert_array_equal(loaded.forward_deterministic(x_test), net.forward_deterministic(x_test))
-    # mixed weight noises, or a non-default clip, have no architecture options: no arch_spec
-    mixed = train.build_network("mlp", (1, 6, 6), 3, seed=1, hidden=[8, 8, 8], normalize=True)
+    assert [None if st["weights"] is None else st["weights"]["noise"] for st in training.describe(net)["stages"]] \
+        == [None, "triangular", None]
+    mixed = architectures.build("mlp", (1, 6, 6), 3, rng=1, hidden=[8, 8, 8], normalize=True)
     mixed.to_bernoulli(["real", "bernoulli", "real"]).to_bernoulli("hidden", noise="uniform")
-    clipped = train.build_network("mlp", (1, 6, 6), 3, seed=1, hidden=[8, 8], normalize=True)
+    clipped = architectures.build("mlp", (1, 6, 6), 3, rng=1, hidden=[8, 8], normalize=True)
     clipped.to_bernoulli("hidden", clip=2.0)
-    for odd in (mixed, clipped):
-        assert odd.arch_spec is None and train.arch_spec(odd, (1, 6, 6)) is None
-        with pytest.raises(ValueError, match="arch"):
-            train.fit(odd, ds, estimator="st", epochs=1, out=tmp_path / "odd", progress=False)
+    net.to_bernoulli("hidden", noise="triangular", grad="latent")
+    for k, converted in enumerate((net, mixed, clipped)):
+        out = tmp_path / str(k)
+        training.fit(converted, ds, estimator="st", epochs=1, batch_size=32, out=out, progress=False, plots=False,
+                     train_eval_size=8, eval_samples=2)
+        loaded = training.load_network(out / training.CHECKPOINT_NAME)
+        for key, p in converted.params.items():
+            np.testing.assert_array_equal(loaded.params[key], p)
+        assert [repr(s.layer.latent) for s in loaded.stages] == [repr(s.layer.latent) for s in converted.stages]
+        np.testing.assert_array_equal(loaded.forward_deterministic(x_test), converted.forward_deterministic(x_test))
+    assert clipped.stages[1].layer.latent.clip == 2.0
 
 
 @pytest.mark.parametrize("arch", ["mlp", "conv"])
 def test_add_normalization_keeps_the_function(arch, tmp_path):
     """Network.add_normalization wraps the unnormalized stages so that they undo themselves: in
     evaluation mode the sampled pre-activations (same uniforms), logits and the deterministic network
-    are unchanged; biases move into beta; running statistics are the sampled mean/var; arch_spec says
-    normalize=True so that a checkpoint rebuilds it; already normalized stages are left alone."""
-    from sbnnumba import train
+    are unchanged; biases move into beta; running statistics are the sampled mean/var; the description
+    (training.describe) rebuilds it with its normalizations; already normalized stages are left alone."""
+    from sbnnumba import training
 
     rng = np.random.default_rng(8)
     if arch == "mlp":
-        net = train.build_network("mlp", (1, 6, 6), 3, seed=2, hidden=[7, 5], dtype=np.float64)
+        net = architectures.build("mlp", (1, 6, 6), 3, rng=2, hidden=[7, 5], dtype=np.float64)
         x = rng.random((300, 1, 6, 6))
     else:
-        net = train.build_network("conv", (1, 28, 28), 3, seed=2, width=0.05, dtype=np.float64)
+        net = architectures.build("conv", (1, 28, 28), 3, rng=2, width=0.05, dtype=np.float64)
         x = rng.random((40, 1, 28, 28))
     for st in net.stages:
         st.bias[...] = rng.normal(size=st.bias.shape)
@@ -390,7 +384,6 @@ def test_add_normalization_keeps_the_function(arch, tmp_path):
     pres = [p.pre for p in net.sample(x, rng=3).stages]
     net.add_normalization(x, batch_size=len(x), rng=3)
     assert all(isinstance(st, Normalized) for st in net.stages)
-    assert net.arch_spec["options"]["normalize"] is True
     for st, z, b in zip(net.stages, pres, biases):
         axes = (0,) + tuple(range(2, z.ndim))
         np.testing.assert_allclose(st.beta, z.mean(axis=axes), rtol=1e-12)
@@ -408,7 +401,7 @@ def test_add_normalization_keeps_the_function(arch, tmp_path):
     gamma0 = net.stages[0].gamma.copy()
     net.add_normalization(x[:5])  # nothing left to wrap
     np.testing.assert_array_equal(net.stages[0].gamma, gamma0)
-    rebuilt = train.network_from_spec(net.arch_spec)
+    rebuilt = training.network_from_description(training.describe(net, x.shape[1:]))
     assert all(isinstance(st, Normalized) for st in rebuilt.stages)
     assert sorted(rebuilt.params) == sorted(net.params)
 
@@ -442,7 +435,7 @@ def test_bn_gamma_noise_std_gives_every_noise_the_same_signal_to_noise_ratio(arc
     x = np.random.default_rng(3).uniform(0, 1, size=(32, 1, 28, 28))
     std = sb.get_noise(noise_name).std
     for bn_gamma, want in (("noise-std", 1.0), (1.0, 1 / std), (0.5, 0.5 / std)):
-        net = train.build_network(arch, (1, 28, 28), 10, seed=1, dtype=np.float64, noise=noise_name,
+        net = architectures.build(arch, (1, 28, 28), 10, rng=1, dtype=np.float64, noise=noise_name,
                                   normalize=True, bn_gamma=bn_gamma, **options)
         assert all(isinstance(st, Normalized) for st in net.stages)
         path = net.sample(x, np.random.default_rng(0))
@@ -472,10 +465,11 @@ def test_cli_bn_gamma_is_kept_by_the_checkpoint(tmp_path, capsys):
                    "--noise", "uniform", "--normalize", "--bn-gamma", "noise-std", "--eval-samples", "2",
                    "--out", str(out), "--no-progress"])
     assert rc == 0, capsys.readouterr().err
-    ck = train.load_checkpoint(out / train.CHECKPOINT_NAME)
-    assert ck.config["arch"]["options"]["bn_gamma"] == "noise-std"
-    net = train.load_network(ck)
-    fresh = train.network_from_spec(ck.config["arch"])
+    ck = training.load_checkpoint(out / training.CHECKPOINT_NAME)
+    arch = ck.config["metadata"]["architecture"]
+    assert arch["options"]["bn_gamma"] == "noise-std"
+    net = training.load_network(ck)
+    fresh = architectures.build(arch["name"], (1, 28, 28), 10, **arch["options"])
     np.testing.assert_allclose(fresh.stages[0].gamma, 1 / np.sqrt(3), rtol=1e-6)  # rebuilt: uniform std
     assert not np.allclose(net.stages[0].gamma, fresh.stages[0].gamma)  # loaded: the trained values
     for argv in (["--bn-gamma", "0.5"], ["--normalize", "--bn-gamma", "-1"], ["--normalize", "--bn-gamma", "wide"]):
@@ -495,7 +489,7 @@ def test_bench_binary_modes_passes_match_the_network_and_its_recalibration():
     spec = importlib.util.spec_from_file_location("binary_modes", path)
     modes = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(modes)
-    net = train.build_network("mlp", (1, 5, 5), 3, seed=4, hidden=[9, 7], weight="hidden", normalize=True,
+    net = architectures.build("mlp", (1, 5, 5), 3, rng=4, hidden=[9, 7], weight="hidden", normalize=True,
                               dtype=np.float64)
     x = np.random.default_rng(5).normal(size=(40, 1, 5, 5))
     net.eval("stochastic")
@@ -532,8 +526,8 @@ def test_bench_binary_weights_sharpen_steps(tmp_path):
     bench.main(["--hidden", "10,8", "--epochs", "1", "--train-subset", "300", "--test-samples", "2",
                 "--train-eval-size", "50", "--only", "0", "--runs-dir", str(runs), "--docs", str(tmp_path / "docs"),
                 "--sharpen", "2", "--sharpen-steps", "2", "--sharpen-epochs", "1", "--sharpen-lr", "1e-12"])
-    start = train.load_network(str(runs / "mlp-0" / train.CHECKPOINT_NAME)).params
-    end = train.load_network(str(runs / "mlp-0-sharpen2" / train.CHECKPOINT_NAME)).params
+    start = training.load_network(str(runs / "mlp-0" / training.CHECKPOINT_NAME)).params
+    end = training.load_network(str(runs / "mlp-0-sharpen2" / training.CHECKPOINT_NAME)).params
     for k, v in start.items():
         factor = 4.0 if k.endswith((".gamma", ".beta")) else 1.0
         np.testing.assert_allclose(end[k], factor * v, rtol=1e-5, atol=1e-6, err_msg=k)

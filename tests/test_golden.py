@@ -70,14 +70,14 @@ def train_case(name: str) -> dict[str, np.ndarray]:
 
 def train_fit_case() -> dict[str, np.ndarray]:
     """Two epochs of :func:`fit` on 200 random 4x4 images (uint8), SGD with Nesterov momentum."""
-    from sbnnumba import train
+    from sbnnumba import training
 
     rng = np.random.default_rng(5)
     x = rng.integers(0, 256, size=(200, 1, 4, 4), dtype=np.uint8)
     y = rng.integers(0, 3, size=200)
-    net = train.build_network("mlp", (1, 4, 4), 3, seed=3, hidden=[10, 8])
-    train.fit(net, (x, y), estimator="psa", epochs=2, batch_size=32, optimizer="sgd", lr=0.05,
-              eval_samples=2, train_eval_size=0, progress=False, seed=11)
+    net = sb.architectures.build("mlp", (1, 4, 4), 3, rng=3, hidden=[10, 8])
+    training.fit(net, (x, y), estimator="psa", epochs=2, batch_size=32, optimizer="sgd", lr=0.05,
+                 eval_samples=2, train_eval_size=0, progress=False, seed=11)
     return {k: np.array(v) for k, v in net.params.items()}
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import sbnnumba as sb
-from sbnnumba import cli, datasets, plots, train
+from sbnnumba import architectures, cli, datasets, plots, training
 from sbnnumba.estimators import registry
 from sbnnumba.estimators.exact import exact_expected_loss
 
@@ -23,7 +23,7 @@ def tiny():
 
 
 def tiny_net(seed=1, hidden=(32,)):
-    return train.build_network("mlp", (1, 28, 28), 10, seed=seed, hidden=list(hidden))
+    return architectures.build("mlp", (1, 28, 28), 10, rng=seed, hidden=list(hidden))
 
 
 FIT = dict(epochs=2, batch_size=32, lr=3e-3, eval_samples=3, train_eval_size=100, progress=False, seed=5)
@@ -38,7 +38,7 @@ def file_bytes(path):
 def test_fit_improves_loss_and_writes_files(tiny, tmp_path):
     x, y, _, _ = tiny
     net = tiny_net()
-    res = train.fit(net, (x, y), **{**FIT, "epochs": 3}, out=tmp_path)
+    res = training.fit(net, (x, y), **{**FIT, "epochs": 3}, out=tmp_path)
     h = res.history
     assert [r["epoch"] for r in h] == [1, 2, 3] and res.epochs_done == 3 and res.stopped == "completed"
     assert h[-1]["train_loss"] < h[0]["train_loss"]
@@ -60,17 +60,18 @@ def test_fit_improves_loss_and_writes_files(tiny, tmp_path):
     doc = json.loads((tmp_path / "history.json").read_text())
     assert doc["history"][-1]["val_loss"] == pytest.approx(h[-1]["val_loss"])
     assert doc["history"][-1]["val_entropy.0"] == pytest.approx(h[-1]["val_entropy.0"])
-    assert doc["config"]["arch"]["name"] == "mlp" and doc["config"]["optimizer"]["clip_value"] == 1e3
+    assert [st["args"]["n_out"] for st in doc["config"]["network"]["stages"]] == [32]
+    assert doc["config"]["optimizer"]["clip_value"] == 1e3 and doc["config"]["fit"]["epochs"] == 3
     assert not glob.glob(str(tmp_path / ".tmp-*"))
     # the checkpoint rebuilds the network exactly
-    net2 = train.load_network(tmp_path / "checkpoint.npz")
+    net2 = training.load_network(tmp_path / "checkpoint.npz")
     for k, p in net.params.items():
         np.testing.assert_array_equal(net2.params[k], p)
 
 
 def test_fit_without_output_and_explicit_validation(tiny):
     x, y, xt, yt = tiny
-    res = train.fit(tiny_net(), (x, y, xt[:50], yt[:50]), **{**FIT, "epochs": 1}, estimator="st")
+    res = training.fit(tiny_net(), (x, y, xt[:50], yt[:50]), **{**FIT, "epochs": 1}, estimator="st")
     assert res.out is None and res.checkpoint is None and len(res.history) == 1
     assert "val_loss" in res.history[0]
 
@@ -79,13 +80,13 @@ def test_resume_is_bitwise_identical(tiny, tmp_path):
     x, y, _, _ = tiny
     a, b = tmp_path / "a", tmp_path / "b"
     net_a = tiny_net()
-    res_a = train.fit(net_a, (x, y), **FIT, out=a, plots=False)
-    train.fit(tiny_net(), (x, y), **{**FIT, "epochs": 1}, out=b, plots=False)
+    res_a = training.fit(net_a, (x, y), **FIT, out=a, plots=False)
+    training.fit(tiny_net(), (x, y), **{**FIT, "epochs": 1}, out=b, plots=False)
     net_b = tiny_net(seed=99)  # parameters come from the checkpoint
-    res_b = train.fit(net_b, (x, y), **FIT, out=b, resume=True, plots=False)
+    res_b = training.fit(net_b, (x, y), **FIT, out=b, resume=True, plots=False)
     for k, p in net_a.params.items():
         assert p.tobytes() == net_b.params[k].tobytes(), k
-    ck_a, ck_b = train.load_checkpoint(a / "checkpoint.npz"), train.load_checkpoint(b / "checkpoint.npz")
+    ck_a, ck_b = training.load_checkpoint(a / "checkpoint.npz"), training.load_checkpoint(b / "checkpoint.npz")
     assert ck_a.epoch == ck_b.epoch == 2 and ck_a.rng_state == ck_b.rng_state
     assert ck_a.optimizer_state.keys() == ck_b.optimizer_state.keys()
     for k, v in ck_a.optimizer_state.items():
@@ -93,24 +94,24 @@ def test_resume_is_bitwise_identical(tiny, tmp_path):
     timing = {"epoch_time", "eval_time"}
     strip = [{k: v for k, v in r.items() if k not in timing} for r in res_a.history]
     assert strip == [{k: v for k, v in r.items() if k not in timing} for r in res_b.history]
-    header = lambda d: (d / train.HISTORY_CSV).read_text().splitlines()[0]  # noqa: E731
+    header = lambda d: (d / training.HISTORY_CSV).read_text().splitlines()[0]  # noqa: E731
     assert header(a) == header(b)  # the checkpointed history keeps its column order
     # resuming a finished run does nothing
-    res_c = train.fit(tiny_net(), (x, y), **FIT, out=b, resume=True, plots=False)
+    res_c = training.fit(tiny_net(), (x, y), **FIT, out=b, resume=True, plots=False)
     assert res_c.stopped == "already complete" and len(res_c.history) == 2
 
 
 def test_resume_errors(tiny, tmp_path):
     x, y, _, _ = tiny
     with pytest.raises(FileNotFoundError):
-        train.fit(tiny_net(), (x, y), **FIT, out=tmp_path / "none", resume=True)
-    train.fit(tiny_net(), (x, y), **{**FIT, "epochs": 1}, out=tmp_path, plots=False)
+        training.fit(tiny_net(), (x, y), **FIT, out=tmp_path / "none", resume=True)
+    training.fit(tiny_net(), (x, y), **{**FIT, "epochs": 1}, out=tmp_path, plots=False)
     with pytest.raises(FileExistsError, match="resume"):
-        train.fit(tiny_net(), (x, y), **FIT, out=tmp_path)
+        training.fit(tiny_net(), (x, y), **FIT, out=tmp_path)
     with pytest.raises(ValueError, match="batch_size"):
-        train.fit(tiny_net(), (x, y), **{**FIT, "batch_size": 16}, out=tmp_path, resume=True)
+        training.fit(tiny_net(), (x, y), **{**FIT, "batch_size": 16}, out=tmp_path, resume=True)
     with pytest.raises(ValueError, match="estimator"):
-        train.fit(tiny_net(), (x, y), **FIT, estimator="no-such-method")
+        training.fit(tiny_net(), (x, y), **FIT, estimator="no-such-method")
 
 
 def test_fit_augment_pad_reaches_the_crop_and_is_checked_on_resume(tiny, tmp_path, monkeypatch):
@@ -122,12 +123,12 @@ def test_fit_augment_pad_reaches_the_crop_and_is_checked_on_resume(tiny, tmp_pat
         return crop(xb, rng, pad=pad, flip=flip)
 
     monkeypatch.setattr(datasets, "augment_flip_crop", recording_crop)
-    train.fit(tiny_net(), (x, y), **{**FIT, "epochs": 1}, augment=True, augment_pad=2, out=tmp_path, plots=False)
+    training.fit(tiny_net(), (x, y), **{**FIT, "epochs": 1}, augment=True, augment_pad=2, out=tmp_path, plots=False)
     assert len(pads) == 6 and set(pads) == {2}  # 180 training images in batches of 32
     with pytest.raises(ValueError, match="augment_pad"):
-        train.fit(tiny_net(), (x, y), **FIT, augment=True, augment_pad=3, out=tmp_path, resume=True, plots=False)
+        training.fit(tiny_net(), (x, y), **FIT, augment=True, augment_pad=3, out=tmp_path, resume=True, plots=False)
     with pytest.raises(ValueError, match="augment_pad: expected an integer >= 0"):
-        train.fit(tiny_net(), (x, y), **FIT, augment=True, augment_pad=-1)
+        training.fit(tiny_net(), (x, y), **FIT, augment=True, augment_pad=-1)
 
 
 class _NaNAfter:
@@ -155,15 +156,15 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(tiny, tmp_path, monkeyp
     fake = _NaNAfter(steps_per_epoch + 2, where, tmp_path / "checkpoint.npz")
     monkeypatch.setitem(registry.DIRECT_ESTIMATORS, "nan-after", (fake, {}))
     net = tiny_net()
-    with pytest.raises(train.TrainingDiverged, match="epoch 2, step 3") as info:
-        train.fit(net, (x, y), **{**FIT, "epochs": 3}, estimator="nan-after", out=tmp_path, plots=False)
+    with pytest.raises(training.TrainingDiverged, match="epoch 2, step 3") as info:
+        training.fit(net, (x, y), **{**FIT, "epochs": 3}, estimator="nan-after", out=tmp_path, plots=False)
     assert info.value.epoch == 2 and info.value.step == 3
     assert info.value.checkpoint == str(tmp_path / "checkpoint.npz")
     assert "last good checkpoint" in str(info.value)
     assert file_bytes(tmp_path / "checkpoint.npz") == fake.snapshot
-    ck = train.load_checkpoint(tmp_path / "checkpoint.npz")
+    ck = training.load_checkpoint(tmp_path / "checkpoint.npz")
     assert ck.epoch == 1 and len(ck.history) == 1
-    restored = train.load_network(ck)
+    restored = training.load_network(ck)
     assert all(np.all(np.isfinite(p)) for p in restored.params.values())
 
 
@@ -172,7 +173,7 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(tiny, tmp_path, monkeyp
 def checkpoint_file(tiny, tmp_path_factory):
     x, y, _, _ = tiny
     out = tmp_path_factory.mktemp("ck")
-    train.fit(tiny_net(), (x, y), **{**FIT, "epochs": 1}, out=out, plots=False)
+    training.fit(tiny_net(), (x, y), **{**FIT, "epochs": 1}, out=out, plots=False)
     return out / "checkpoint.npz"
 
 
@@ -202,21 +203,21 @@ def test_corrupt_checkpoint_is_a_clear_error(checkpoint_file, tmp_path, kind):
     else:
         with np.load(checkpoint_file) as z:
             _rewrite(checkpoint_file, bad, drop=[k for k in z.files if k.startswith("param/")])
-    with pytest.raises(train.CheckpointError, match="bad.npz") as info:
-        train.load_checkpoint(bad)
+    with pytest.raises(training.CheckpointError, match="bad.npz") as info:
+        training.load_checkpoint(bad)
     expected = {"version": "version 99", "missing": "meta/config", "foreign": "not an sbnnumba checkpoint",
                 "no-params": "no parameters"}.get(kind)
     if expected:
         assert expected in str(info.value)
-    with pytest.raises(train.CheckpointError):
-        train.evaluate(str(bad), np.zeros((2, 1, 28, 28), np.uint8), np.zeros(2, np.int64))
+    with pytest.raises(training.CheckpointError):
+        training.evaluate(str(bad), np.zeros((2, 1, 28, 28), np.uint8), np.zeros(2, np.int64))
 
 
 def test_checkpoint_with_wrong_shapes(checkpoint_file, tmp_path):
     bad = tmp_path / "shape.npz"
     _rewrite(checkpoint_file, bad, replace={"param/head.bias": np.zeros(3, np.float32)})
-    with pytest.raises(train.CheckpointError, match="head.bias"):
-        train.load_network(bad)
+    with pytest.raises(training.CheckpointError, match="head.bias"):
+        training.load_network(bad)
 
 
 def test_interrupted_write_keeps_the_old_checkpoint(tiny, tmp_path, monkeypatch):
@@ -232,10 +233,10 @@ def test_interrupted_write_keeps_the_old_checkpoint(tiny, tmp_path, monkeypatch)
 
     monkeypatch.setattr(np, "savez", failing_savez)
     with pytest.raises(OSError, match="simulated"):
-        train.fit(tiny_net(), (x, y), **FIT, out=tmp_path, plots=False)
+        training.fit(tiny_net(), (x, y), **FIT, out=tmp_path, plots=False)
     monkeypatch.setattr(np, "savez", real_savez)
     assert len(calls) == 2
-    ck = train.load_checkpoint(tmp_path / "checkpoint.npz")
+    ck = training.load_checkpoint(tmp_path / "checkpoint.npz")
     assert ck.epoch == 1
     assert sorted(os.listdir(tmp_path)) == ["checkpoint.npz", "history.csv", "history.json"]
 
@@ -244,18 +245,18 @@ def test_interrupted_write_keeps_the_old_checkpoint(tiny, tmp_path, monkeypatch)
 def test_evaluate_metrics(tiny):
     x, y, xt, yt = tiny
     net = tiny_net()
-    m = train.evaluate(net, xt, yt, samples=5, rng=0, batch_size=64)
+    m = training.evaluate(net, xt, yt, samples=5, rng=0, batch_size=64)
     assert m["n"] == 200 and m["samples"] == 5 and len(m["curve"]) == 5
     assert m["eacc"] == m["curve"][-1] and 0 <= m["acc1"] <= 1 and 0 <= m["det_acc"] <= 1
     assert m["loss"] > 0
     assert 0 < m["entropy"] < 1 and len(m["entropy_stages"]) == 1
-    assert train.evaluate(net, xt, yt, samples=5, rng=0, batch_size=64) == m  # reproducible
-    m2 = train.evaluate(net, xt, yt, samples=2, rng=0, rb=False, deterministic=False)
+    assert training.evaluate(net, xt, yt, samples=5, rng=0, batch_size=64) == m  # reproducible
+    m2 = training.evaluate(net, xt, yt, samples=2, rng=0, rb=False, deterministic=False)
     assert m2["det_acc"] is None and len(m2["curve"]) == 2
-    m3 = train.evaluate(net, xt, yt, samples=2, rng=0, entropy=False)
+    m3 = training.evaluate(net, xt, yt, samples=2, rng=0, entropy=False)
     assert m3["entropy"] is None and m3["entropy_stages"] is None
     with pytest.raises(ValueError, match="samples"):
-        train.evaluate(net, xt, yt, samples=0)
+        training.evaluate(net, xt, yt, samples=0)
 
 
 def test_rao_blackwellized_loss_is_unbiased():
@@ -267,7 +268,7 @@ def test_rao_blackwellized_loss_is_unbiased():
     x = rng.normal(size=(4, 3))
     y = np.array([0, 1, 2, 1])
     exact = float(np.mean(exact_expected_loss(net, x, y)))
-    m = train.evaluate(net, x, y, samples=4000, rng=1)
+    m = training.evaluate(net, x, y, samples=4000, rng=1)
     assert m["loss"] == pytest.approx(exact, rel=0.03)
 
 
@@ -285,14 +286,14 @@ def _bits(p):
 def test_unit_entropy_values(noise, dtype):
     nz = sb.noise.get_noise(noise)
     a = np.array([0.0, 0.1, -0.3, 0.7, -0.95, 1.5, -2.5], dtype=dtype)
-    h = train.unit_entropy(a, noise)
+    h = training.unit_entropy(a, noise)
     assert h.dtype == dtype and h.shape == a.shape
     assert h[0] == pytest.approx(1.0, abs=1e-6)  # a fair coin at a = 0
     tol = 1e-5 if dtype == np.float32 else 1e-10
     np.testing.assert_allclose(h, _bits(nz.cdf(a.astype(np.float64))), atol=tol)
-    np.testing.assert_allclose(h, train.unit_entropy(-a, noise), atol=tol)  # symmetric noise
+    np.testing.assert_allclose(h, training.unit_entropy(-a, noise), atol=tol)  # symmetric noise
     huge = np.array([60.0, -60.0, 1e4, -1e4, 1e30, -1e30, np.inf, -np.inf], dtype=dtype)
-    hh = train.unit_entropy(huge, noise)
+    hh = training.unit_entropy(huge, noise)
     assert np.all(np.isfinite(hh)) and np.all(hh >= 0) and np.all(hh < 1e-12)
 
 
@@ -307,14 +308,14 @@ def test_unit_entropy_kernel_and_log_cdf_fallback_agree(dtype):
     a = np.random.default_rng(4).normal(scale=0.8, size=(3, 5, 4)).astype(dtype).transpose(2, 0, 1)
     a[0, 0, 0] = 0.0
     a[1, 1, 1] = 1.0  # the edge of the triangular support
-    kernel, fallback = train.unit_entropy(a, "triangular"), train.unit_entropy(a, RenamedTriangular())
+    kernel, fallback = training.unit_entropy(a, "triangular"), training.unit_entropy(a, RenamedTriangular())
     assert kernel.shape == fallback.shape == a.shape and kernel.dtype == fallback.dtype == dtype
     np.testing.assert_allclose(kernel, fallback, atol=1e-6 if dtype == np.float32 else 1e-12)
     assert kernel[1, 1, 1] == 0 and kernel[0, 0, 0] == pytest.approx(1.0)
-    assert train.unit_entropy(dtype(0.5), "normal").shape == ()
-    half = train.unit_entropy(a.astype(np.float16), "triangular")  # computed in float64, returned as float16
+    assert training.unit_entropy(dtype(0.5), "normal").shape == ()
+    half = training.unit_entropy(a.astype(np.float16), "triangular")  # computed in float64, returned as float16
     assert half.dtype == np.float16 and np.allclose(half, kernel, atol=2e-3)
-    assert np.isnan(train.unit_entropy(np.array([np.nan], dtype), "logistic")[0])
+    assert np.isnan(training.unit_entropy(np.array([np.nan], dtype), "logistic")[0])
 
 
 def test_logistic_unit_entropy_closed_form_matches_the_log_cdf_formula():
@@ -326,10 +327,10 @@ def test_logistic_unit_entropy_closed_form_matches_the_log_cdf_formula():
 
     t = np.concatenate([[0.0], np.logspace(-8, np.log10(700.0), 400)])
     a = np.concatenate([t, -t])
-    kernel, fallback = train.unit_entropy(a, "logistic"), train.unit_entropy(a, RenamedLogistic())
+    kernel, fallback = training.unit_entropy(a, "logistic"), training.unit_entropy(a, RenamedLogistic())
     np.testing.assert_allclose(kernel, fallback, rtol=1e-12, atol=0)
     assert kernel[0] == 1.0 and np.all(kernel > 0)
-    assert train.unit_entropy(np.array([746.0, np.inf]), "logistic").tolist() == [0.0, 0.0]  # exp underflows
+    assert training.unit_entropy(np.array([746.0, np.inf]), "logistic").tolist() == [0.0, 0.0]  # exp underflows
 
 
 @pytest.mark.parametrize("normalize", [False, True])
@@ -355,7 +356,7 @@ def test_evaluate_entropy_matches_hand_computation(normalize):
         a1 = np.broadcast_to(np.array([0.0, 2.0]) / np.sqrt(1 + n1.eps) + np.array([-1.0, 0.5]), (5, 2))
     sig = lambda a: 1 / (1 + np.exp(-a))  # noqa: E731
     e0, e1 = _bits(sig(a0)).mean(), _bits(sig(a1)).mean()
-    m = train.evaluate(net, x, y, samples=3, rng=0, batch_size=2)
+    m = training.evaluate(net, x, y, samples=3, rng=0, batch_size=2)
     assert m["entropy_stages"] == pytest.approx([e0, e1], rel=1e-12)
     assert m["entropy"] == pytest.approx((20 * e0 + 10 * e1) / 30, rel=1e-12)  # mean over all 6 units
     # extreme pre-activations: a deterministic network has 0 bits, a zero one exactly 1 bit per unit
@@ -364,12 +365,12 @@ def test_evaluate_entropy_matches_hand_computation(normalize):
     if normalize:
         for n in net.stages:
             n.running["stochastic"] = (np.zeros(n.gamma.shape), np.ones(n.gamma.shape))
-    assert train.evaluate(net, x, y, samples=2, rng=0)["entropy"] == pytest.approx(1.0)
+    assert training.evaluate(net, x, y, samples=2, rng=0)["entropy"] == pytest.approx(1.0)
     s0.bias[...], s1.bias[...] = 1e4, -1e4
     if normalize:
         for n in net.stages:
             n.beta[...] = -1e4
-    assert train.evaluate(net, x, y, samples=2, rng=0)["entropy"] == 0.0
+    assert training.evaluate(net, x, y, samples=2, rng=0)["entropy"] == 0.0
 
 
 # ------------------------------------------------------------------------------------------ plots
@@ -392,15 +393,16 @@ def test_plots(tmp_path):
 
 
 # ------------------------------------------------------------------------------------- lr search
-SEARCH = dict(estimator="st", trial_epochs=1, batch_size=32, seed=5, progress=False)
+SEARCH = dict(estimator="st", trial_epochs=1, batch_size=32, seed=5)
 
 
-def test_search_lr_same_init_and_reproducible(tiny, capsys):
+def test_search_lr_same_init_and_reproducible(tiny, caplog):
     x, y, _, _ = tiny
     net = tiny_net(hidden=(16,))
     before = {k: p.copy() for k, p in net.params.items()}
-    res = train.search_lr(net, (x, y), **{**SEARCH, "progress": True}, max_trials=4)
-    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("lr search")]
+    with caplog.at_level("INFO", logger="sbnnumba.training.lr_search"):
+        res = training.search_lr(net, (x, y), **SEARCH, max_trials=4)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("lr search")]
     assert len(lines) == len(res.trials) and 1 <= len(res.trials) <= 4  # one line per trial
     for k, p in net.params.items():  # the network is left at its initial parameters
         np.testing.assert_array_equal(p, before[k])
@@ -412,11 +414,11 @@ def test_search_lr_same_init_and_reproducible(tiny, capsys):
     # reproduces the recorded score exactly, for the chosen lr and for the first trial
     for t in (best, res.trials[0]):
         net_t = tiny_net(hidden=(16,))
-        fit = train.fit(net_t, (x, y), estimator="st", epochs=1, batch_size=32, seed=5, lr=t.lr, train_eval_size=0,
-                        progress=False)
+        fit = training.fit(net_t, (x, y), estimator="st", epochs=1, batch_size=32, seed=5, lr=t.lr, train_eval_size=0,
+                           progress=False)
         assert fit.history[0]["train_loss"] == t.score
     # ... also when the search gets a factory; and on a subset of the training data
-    sub = train.search_lr(lambda: tiny_net(hidden=(16,)), (x, y), **SEARCH, max_trials=2, trial_subset=50)
+    sub = training.search_lr(lambda: tiny_net(hidden=(16,)), (x, y), **SEARCH, max_trials=2, trial_subset=50)
     assert sub.settings["trial_examples"] == 50 and len(sub.trials) <= 2
     doc = json.loads(json.dumps(res.as_dict()))
     assert doc["lr"] == res.lr and len(doc["trials"]) == len(res.trials) and doc["settings"]["bounds"] == [-6, 0]
@@ -424,7 +426,7 @@ def test_search_lr_same_init_and_reproducible(tiny, capsys):
 
 def test_search_lr_never_exceeds_max_trials(tiny, monkeypatch):
     x, y, _, _ = tiny
-    assert len(train.search_lr(tiny_net(hidden=(8,)), (x[:64], y[:64]), **SEARCH, max_trials=1).trials) == 1
+    assert len(training.search_lr(tiny_net(hidden=(8,)), (x[:64], y[:64]), **SEARCH, max_trials=1).trials) == 1
     import scipy.optimize
 
     def greedy(fun, bounds, method, options):  # a minimizer that would ask for 25 points
@@ -433,7 +435,7 @@ def test_search_lr_never_exceeds_max_trials(tiny, monkeypatch):
             fun(v)
 
     monkeypatch.setattr(scipy.optimize, "minimize_scalar", greedy)
-    res = train.search_lr(tiny_net(hidden=(8,)), (x[:64], y[:64]), **SEARCH, max_trials=3)
+    res = training.search_lr(tiny_net(hidden=(8,)), (x[:64], y[:64]), **SEARCH, max_trials=3)
     assert len(res.trials) == 3 and [t.trial for t in res.trials] == [1, 2, 3]
 
 
@@ -451,7 +453,7 @@ def test_search_lr_survives_divergent_trials(tiny, monkeypatch):
     x, y, _, _ = tiny
     monkeypatch.setitem(registry.DIRECT_ESTIMATORS, "nan-when-large", (_NaNWhenLarge(), {}))
     opts = {**SEARCH, "estimator": "nan-when-large"}
-    res = train.search_lr(tiny_net(hidden=(16,)), (x, y), **opts, bounds=(-4, 3), max_trials=6)
+    res = training.search_lr(tiny_net(hidden=(16,)), (x, y), **opts, bounds=(-4, 3), max_trials=6)
     status = [t.status for t in res.trials]
     assert "diverged" in status and "ok" in status and len(res.trials) <= 6
     first_bad = status.index("diverged")
@@ -461,8 +463,8 @@ def test_search_lr_survives_divergent_trials(tiny, monkeypatch):
             assert t.score == float("inf") and "diverged" in t.error and t.lr > 0.1
     assert np.isfinite(res.score) and res.lr < 1
     assert res.as_dict()["trials"][first_bad]["score"] is None  # JSON-able
-    with pytest.raises(train.TrainingDiverged, match="all 2 trials diverged"):
-        train.search_lr(tiny_net(hidden=(16,)), (x, y), **opts, bounds=(2, 3), max_trials=2)
+    with pytest.raises(training.TrainingDiverged, match="all 2 trials diverged"):
+        training.search_lr(tiny_net(hidden=(16,)), (x, y), **opts, bounds=(2, 3), max_trials=2)
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
@@ -482,7 +484,7 @@ def test_search_lr_survives_divergent_trials(tiny, monkeypatch):
 def test_search_lr_argument_errors(tiny, kwargs, error, match):
     x, y, _, _ = tiny
     with pytest.raises(error, match=match):
-        train.search_lr(tiny_net(hidden=(8,)), (x, y), **{**SEARCH, **kwargs})
+        training.search_lr(tiny_net(hidden=(8,)), (x, y), **{**SEARCH, **kwargs})
 
 
 # -------------------------------------------------------------------------------------------- CLI
@@ -496,14 +498,15 @@ def test_cli_train_and_evaluate(tmp_path, capsys):
     for name in ("checkpoint.npz", "history.csv", "history.json", "loss.png", "accuracy.png",
                  "test_metrics.json", "ensemble_accuracy.png"):
         assert (out / name).is_file(), name
-    ck = train.load_checkpoint(out / "checkpoint.npz")
-    assert ck.config["arch"]["options"]["hidden"] == [32]
+    ck = training.load_checkpoint(out / "checkpoint.npz")
+    assert ck.config["metadata"]["architecture"]["options"]["hidden"] == [32]
+    assert ck.config["network"]["stages"][0]["args"] == {"n_in": 784, "n_out": 32}
     assert ck.config["metadata"]["train_subset"] == 200
 
     rc = cli.main(["train", "--data", "embedded", "--train-subset", "200", "--hidden", "32", "--epochs", "2",
                    "--eval-samples", "3", "--out", str(out), "--no-progress", "--resume"])
     assert rc == 0, capsys.readouterr().err
-    assert train.load_checkpoint(out / "checkpoint.npz").epoch == 2
+    assert training.load_checkpoint(out / "checkpoint.npz").epoch == 2
 
     rc = cli.main(["evaluate", str(out / "checkpoint.npz"), "--samples", "4", "--out", str(tmp_path / "ev")])
     captured = capsys.readouterr()
@@ -520,11 +523,12 @@ def test_cli_train_conv_input_padding_and_evaluate(tmp_path, capsys):
                    "--channels", "2,2,2,4,4,4,4,4", "--input-padding", "2", "--epochs", "1", "--eval-samples", "2",
                    "--out", str(out), "--no-progress"])
     assert rc == 0, capsys.readouterr().err
-    ck = train.load_checkpoint(out / "checkpoint.npz")
-    assert ck.config["arch"]["options"]["input_padding"] == 2
+    ck = training.load_checkpoint(out / "checkpoint.npz")
+    assert ck.config["metadata"]["architecture"]["options"]["input_padding"] == 2
+    assert ck.config["network"]["stages"][0]["args"]["padding"] == [2, 2]
     rc = cli.main(["evaluate", str(out / "checkpoint.npz"), "--samples", "2", "--out", str(tmp_path / "ev")])
     assert rc == 0, capsys.readouterr().err
-    assert train.load_network(ck).head.weight.shape == (10, 16)   # 4 channels x 2x2 maps
+    assert training.load_network(ck).head.weight.shape == (10, 16)   # 4 channels x 2x2 maps
 
 
 @pytest.mark.parametrize("argv", [
@@ -571,7 +575,7 @@ def test_cli_train_lr_auto_and_resume(tmp_path, capsys):
     search = json.loads((out / "lr_search.json").read_text())
     assert len(search["trials"]) == len(trial_lines) and search["settings"]["bounds"] == [-4, -1]
     assert search["settings"]["trial_epochs"] == 1 and -4 <= np.log10(search["lr"]) <= -1
-    ck = train.load_checkpoint(out / "checkpoint.npz")
+    ck = training.load_checkpoint(out / "checkpoint.npz")
     assert ck.config["optimizer"]["lr"] == search["lr"] and ck.config["metadata"]["lr_search"] == search
     assert json.loads((out / "history.json").read_text())["config"]["metadata"]["lr_search"] == search
     assert (out / "entropy.png").is_file()
@@ -580,7 +584,7 @@ def test_cli_train_lr_auto_and_resume(tmp_path, capsys):
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     assert "lr search" not in captured.out and "stored in the checkpoint" in captured.out
-    ck = train.load_checkpoint(out / "checkpoint.npz")
+    ck = training.load_checkpoint(out / "checkpoint.npz")
     assert ck.epoch == 2 and ck.config["metadata"]["lr_search"] == search
     assert [r["lr"] for r in ck.history] == [search["lr"]] * 2
 

@@ -19,6 +19,7 @@ differences by ``-2 x^L dl/dx^L``: that is exactly deep ST (spec section 3), kep
 import numpy as np
 
 from ..losses import xent
+from . import rbhead
 from .common import add_layer_grads, finalize, flat_last_state, head_flip_logits
 from .registry import register_path_estimator
 
@@ -29,7 +30,6 @@ def psa_path_gradient(net, path, y, weights, head="rb", linearize=False):
         raise ValueError(f"head: expected 'rb' or 'sample', got {head!r}")
     noise, V = net.noise, net.head.weight
     x_last = flat_last_state(path)
-    n_last = x_last.shape[1]
     loss0, g_eta = xent(path.logits, y)
     if linearize:
         d = -2 * x_last * (g_eta @ V)
@@ -38,13 +38,11 @@ def psa_path_gradient(net, path, y, weights, head="rb", linearize=False):
         d = loss_flip - loss0[:, None]
 
     grads = {}
-    # Rao-Blackwellized value and head gradient (spec section 2.6); p_x is a constant.
-    last = path.stages[-1]
-    p_x = noise.cdf(last.state * last.pre).reshape(x_last.shape)
-    w_rb = (1 - p_x) / n_last
-    value = loss0 + np.einsum("bi,bi->b", w_rb, d) if not linearize else loss0
+    # Rao-Blackwellized value and head gradient (spec section 2.6, estimators/rbhead.py); w is a constant.
+    w_rb = rbhead.flip_weights(net, path)
+    value = loss0 + rbhead.value(w_rb, d) if not linearize else loss0
     if head == "rb" and not linearize:
-        g_mix = g_eta * (1 - w_rb.sum(axis=1))[:, None] + np.einsum("bi,bik->bk", w_rb, g_eta_flip)
+        g_mix = rbhead.mix(w_rb, g_eta, g_eta_flip)
         g_mix *= weights[:, None]
         dv = g_mix.T @ x_last - 2 * np.einsum("bi,bik->ki", (weights[:, None] * w_rb * x_last), g_eta_flip)
         grads["head.weight"], grads["head.bias"] = dv, g_mix.sum(axis=0)

@@ -1,4 +1,4 @@
-"""Numba CPU kernel for the entropy of stochastic binary units (:func:`sbnnumba.train.unit_entropy`).
+"""Numba CPU kernel for the entropy of stochastic binary units (:func:`sbnnumba.training.unit_entropy`).
 
 Evaluation measures it for every sampled unit, i.e. over arrays as large as a conv network's
 activations. In NumPy the per-family log-cdf and the temporaries around it made evaluation 3.5x

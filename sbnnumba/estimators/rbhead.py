@@ -1,0 +1,59 @@
+r"""The Rao-Blackwellized head (spec psa.md, section 2.6), written once for PSA and evaluation.
+
+For one sampled last state ``x^L`` (B, N_L) with logits ``eta = V x^L + c`` (B, K), the head is summed
+analytically over single flips of the last binary stage:
+
+* single-flip logits ``eta^(i) = eta - 2 x^L_i V[:, i]`` (``common.head_flip_logits``)         (B, N_L, K)
+* weights ``w_i = (1 - P(X^L_i = x^L_i | x^{L-1})) / N_L = (1 - F(x^L_i a^L_i)) / N_L``        (B, N_L)
+* mixture of any per-logit quantity ``q`` (class probabilities, loss gradients)
+
+  .. math:: \bar q = (1 - \textstyle\sum_i w_i)\, q(\eta) + \sum_i w_i\, q(\eta^{(i)})      \qquad (B, K)
+
+* value ``\hat l = l(\eta) + \sum_i w_i (l(\eta^{(i)}) - l(\eta))``                              (B,)
+
+``\hat l`` is unbiased for ``E[l | x^{L-1}]``. :mod:`sbnnumba.estimators.psa` uses the weights, the
+value and the mixture of the loss gradients; :func:`sbnnumba.training.evaluate` the value and the
+mixture of the class probabilities (:func:`probabilities_and_loss`).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import losses
+from .common import flat_last_state, head_flip_logits
+
+
+def flip_weights(net, path):
+    """``w_i = (1 - F(x^L_i a^L_i)) / N_L`` (B, N_L): the probability of flipping unit i, over ``N_L``."""
+    last = path.stages[-1]
+    x_last = flat_last_state(path)
+    return (1 - net.noise.cdf(last.state * last.pre).reshape(x_last.shape)) / x_last.shape[1]
+
+
+def mix(w, q0, q_flip):
+    """``(1 - sum_i w_i) q0 + sum_i w_i q_flip[:, i]``: (B, N_L), (B, K), (B, N_L, K) -> (B, K)."""
+    return q0 * (1 - w.sum(axis=1))[:, None] + np.einsum("bi,bik->bk", w, q_flip)
+
+
+def value(w, d):
+    """``sum_i w_i d_i`` per example for head differences ``d_i = l(eta^(i)) - l(eta)``: (B, N_L) -> (B,)."""
+    return np.einsum("bi,bi->b", w, d)
+
+
+def _flip_terms(flipped, y):
+    """Class probabilities (B, N_L, K') and losses (B, N_L) of the single-flip logits, one exp for both."""
+    if flipped.shape[-1] == 1:
+        return losses.probabilities(flipped), losses.xent(flipped, y[:, None], grad=False)
+    z = flipped - flipped.max(axis=-1, keepdims=True)  # log-softmax z - log(sum exp z), z = eta - max(eta)
+    e = np.exp(z)
+    s = e.sum(axis=-1)
+    picked = np.take_along_axis(z, np.broadcast_to(y[:, None, None], z.shape[:2] + (1,)), -1)[..., 0]
+    return e / s[..., None], np.log(s) - picked
+
+
+def probabilities_and_loss(net, path, y):
+    """Rao-Blackwellized class probabilities (B, K') and per-example loss ``\\hat l`` (B,) of one sampled path."""
+    p0, l0 = losses.probabilities(path.logits), losses.xent(path.logits, y, grad=False)
+    w = flip_weights(net, path)
+    p_flip, l_flip = _flip_terms(head_flip_logits(net, path), y)
+    return mix(w, p0, p_flip), l0 + value(w, l_flip - l0[:, None])

@@ -1,0 +1,290 @@
+"""``FitConfig``: every option of :func:`sbnnumba.training.fit`, validated in one place.
+
+A :class:`FitConfig` is immutable; building one checks every field (``TypeError`` for a wrong type,
+``ValueError`` for a wrong value, both "name: expected ..., got ..."). The same field table serves
+three readers:
+
+* :func:`~sbnnumba.training.fit` (``fit(net, data, config, **overrides)``);
+* the checkpoint: :meth:`FitConfig.to_dict` is stored under ``config["fit"]``; the fields marked
+  ``trajectory`` must agree when a run is resumed (they decide the trajectory), the others (``epochs``,
+  ``eval_samples``, ``max_time``, ...) may change;
+* the command line: fields with a ``flag`` become ``train`` options whose type check and help text are
+  the field's (``python -m sbnnumba train --help``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from typing import Any
+
+import numpy as np
+
+from .. import optim
+from ..estimators import registry as _registry
+
+
+class Check:
+    """A field's constraint: ``check(name, value) -> value`` and ``parse(text) -> value`` (command line)."""
+
+    expected = "a value"
+    choices = None  # the accepted names, where they form a fixed list (command-line choices)
+
+    def __call__(self, name, value):
+        raise NotImplementedError(f"{type(self).__name__}: a Check must implement __call__")
+
+    def parse(self, text):
+        """Convert command-line text, then check it (ValueError with the expected form otherwise)."""
+        return self("value", self.convert(text))
+
+    kind = None  # the Python type command-line text is converted to (None: kept as text)
+
+    def convert(self, text):
+        if self.kind is None:
+            return text
+        try:
+            return self.kind(text)
+        except ValueError:
+            raise ValueError(f"expected {self.expected}, got {text!r}") from None
+
+    def fail(self, name, value, error=ValueError):
+        raise error(f"{name}: expected {self.expected}, got {value!r}")
+
+
+class Integer(Check):
+    """An integer ``>= lo`` (bool is not an integer here)."""
+
+    kind = int
+
+    def __init__(self, lo):
+        self.lo = lo
+        self.expected = f"an integer >= {lo}"
+
+    def __call__(self, name, value):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            self.fail(name, value, TypeError)
+        if value < self.lo:
+            self.fail(name, value)
+        return int(value)
+
+
+class Number(Check):
+    """A finite real number in ``[lo, hi)`` or, with ``positive``, ``> 0``."""
+
+    kind = float
+
+    def __init__(self, lo=-math.inf, hi=math.inf, positive=False, expected=None):
+        self.lo, self.hi, self.positive = lo, hi, positive
+        self.expected = expected or ("a positive number" if positive else f"a number in [{lo:g}, {hi:g})")
+
+    def __call__(self, name, value):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            self.fail(name, value, TypeError)
+        if not math.isfinite(value) or value < self.lo or value >= self.hi or (self.positive and value <= 0):
+            self.fail(name, value)
+        return float(value)
+
+
+class Flag(Check):
+    expected = "True or False"
+
+    def __call__(self, name, value):
+        if not isinstance(value, (bool, np.bool_)):
+            self.fail(name, value, TypeError)
+        return bool(value)
+
+
+class Optional(Check):
+    """``None`` or what ``inner`` accepts."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.expected = f"None or {inner.expected}"
+
+    def __call__(self, name, value):
+        if value is None:
+            return None
+        try:
+            return self.inner(name, value)
+        except (TypeError, ValueError) as exc:  # the message names both accepted forms
+            raise type(exc)(f"{name}: expected {self.expected}, got {value!r}") from None
+
+    def convert(self, text):
+        return self.inner.convert(text)
+
+
+class Choice(Check):
+    """One of a fixed set of names (``choices``)."""
+
+    def __init__(self, choices):
+        self.choices = tuple(choices)
+        self.expected = f"one of {list(self.choices)}"
+
+    def __call__(self, name, value):
+        if not isinstance(value, str):
+            self.fail(name, value, TypeError)
+        if value not in self.choices:
+            self.fail(name, value)
+        return value
+
+
+class EstimatorName(Check):
+    """A registered estimator (:func:`sbnnumba.known_methods`); its options are checked with it."""
+
+    expected = "a registered estimator name"
+
+    @property
+    def choices(self):
+        return tuple(_registry.known_methods())
+
+    def __call__(self, name, value):
+        if not isinstance(value, str):
+            self.fail(name, value, TypeError)
+        _registry.lookup(value, {})  # ValueError naming the known methods
+        return value
+
+
+class Mapping(Check):
+    expected = "a dict or None"
+
+    def __call__(self, name, value):
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.fail(name, value, TypeError)
+        return dict(value)
+
+
+class OptimizerSpec(Check):
+    """An optimizer name of :data:`sbnnumba.optim.OPTIMIZERS`, or an :class:`~sbnnumba.optim.Optimizer`."""
+
+    expected = f"one of {sorted(optim.OPTIMIZERS)} or an Optimizer"
+    choices = tuple(sorted(optim.OPTIMIZERS))
+
+    def __call__(self, name, value):
+        if isinstance(value, optim.Optimizer):
+            return value
+        if not isinstance(value, str):
+            self.fail(name, value, TypeError)
+        if value.lower() not in optim.OPTIMIZERS:
+            self.fail(name, value)
+        return value.lower()
+
+
+SCHEDULES = ("constant", "step", "cosine")
+
+
+class Schedule(Check):
+    """None, one of :data:`SCHEDULES`, or a callable ``(step, base_lr) -> lr``."""
+
+    expected = f"None, one of {list(SCHEDULES)} or a callable (step, base_lr) -> lr"
+    choices = SCHEDULES
+
+    def __call__(self, name, value):
+        if value is None or callable(value):
+            return value
+        if not isinstance(value, str):
+            self.fail(name, value, TypeError)
+        if value not in SCHEDULES:
+            self.fail(name, value)
+        return value
+
+
+def option(default, help, check, *, trajectory=False, flag=None, cli_default=dataclasses.MISSING):
+    """A :class:`FitConfig` field: its default, help text, :class:`Check`, whether it decides the trajectory
+    (checked on resume) and its command-line ``flag`` (``cli_default`` where the command line's differs)."""
+    meta = {"help": help, "check": check, "trajectory": trajectory, "flag": flag,
+            "cli_default": default if cli_default is dataclasses.MISSING else cli_default}
+    if isinstance(default, dict):
+        return dataclasses.field(default_factory=dict, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+_NONNEG = Integer(0)
+_POS = Integer(1)
+
+
+@dataclasses.dataclass(frozen=True)
+class FitConfig:
+    """The options of :func:`sbnnumba.training.fit` (see there, and each field's help text below).
+
+    Build with keywords (``FitConfig(epochs=3, lr=1e-2)``) or derive one (``config.replace(seed=2)``);
+    every field is checked on construction. :meth:`to_dict` gives the JSON-able form stored in checkpoints.
+    """
+
+    estimator: str = option("psa", "gradient estimator", EstimatorName(), trajectory=True, flag="--estimator")
+    estimator_options: dict = option({}, "options of the estimator (sbnnumba.estimate)", Mapping(), trajectory=True)
+    epochs: int = option(5, "total epochs, counting earlier sessions of a resumed run", _POS, flag="--epochs",
+                         cli_default=3)
+    batch_size: int = option(64, "examples per step", _POS, trajectory=True, flag="--batch-size")
+    optimizer: Any = option("adam", "optimizer: adam or sgd (Nesterov momentum), or an Optimizer instance",
+                            OptimizerSpec(), flag="--optimizer")
+    lr: Any = option(None, "learning rate (default: adam 1e-3, sgd 0.01)", Optional(Number(positive=True)))
+    momentum: float = option(0.9, "sgd: momentum (0 = plain SGD)", Number(0.0, 1.0), flag="--momentum")
+    nesterov: bool = option(True, "sgd: Nesterov momentum", Flag())
+    weight_decay: float = option(0.0, "weight decay (on latent weights: the pull toward p = 1/2)", Number(0.0))
+    schedule: Any = option(None, "learning-rate schedule over the run (step: x0.1 after each third)", Schedule(),
+                           flag="--schedule", cli_default="constant")
+    clip_value: Any = option(1e3, "element-wise gradient clipping", Optional(Number(positive=True)), flag="--clip")
+    seed: int = option(0, "training seed: batch order, augmentation, sampled paths, evaluation (the command "
+                          "line also initializes the network with it)", _NONNEG, trajectory=True, flag="--seed", cli_default=1)
+    split_seed: int = option(1, "seed of the train/validation split", _NONNEG, trajectory=True)
+    val_fraction: float = option(0.1, "held-out part of the training set (0: no validation)", Number(0.0, 1.0),
+                                 trajectory=True, flag="--val-fraction")
+    augment: bool = option(False, "random flip + padded crop of training batches", Flag(), trajectory=True,
+                           flag="--augment")
+    augment_pad: int = option(4, "--augment: zero padding of the random crop in pixels", _NONNEG, trajectory=True,
+                              flag="--augment-pad")
+    data_init: bool = option(True, "data-dependent initialization on the first batch", Flag(), trajectory=True,
+                             flag="--no-data-init")
+    eval_samples: int = option(10, "samples per image in evaluation", _POS, flag="--eval-samples")
+    train_eval_size: int = option(2000, "training images evaluated after each epoch (0: none)", _NONNEG)
+    eval_batch_size: int = option(500, "images per evaluation chunk", _POS)
+    max_time: Any = option(None, "time budget in seconds (stops after the epoch that passes it)",
+                           Optional(Number(positive=True)), flag="--max-time")
+    plots: bool = option(True, "write loss.png, accuracy.png, entropy.png after each epoch", Flag())
+    progress: bool = option(True, "progress bars and per-epoch summary lines", Flag(), flag="--no-progress")
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, f.metadata["check"](f.name, getattr(self, f.name)))
+        _registry.lookup(self.estimator, dict(self.estimator_options))  # the options belong to the estimator
+
+    def replace(self, **changes) -> "FitConfig":
+        """A copy with ``changes`` (checked); TypeError for an unknown option."""
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise TypeError(f"options: unknown fit option(s) {unknown}; expected some of {field_names()}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        """JSON-able form (an Optimizer instance by its name, a callable schedule by its repr)."""
+        out = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, optim.Optimizer):
+                v = v.name
+            elif callable(v):
+                v = repr(v)
+            out[f.name] = dict(v) if isinstance(v, dict) else v
+        return out
+
+    def trajectory(self) -> dict:
+        """The entries of :meth:`to_dict` that must agree between a checkpoint and a resumed run."""
+        d = self.to_dict()
+        return {f.name: d[f.name] for f in dataclasses.fields(self) if f.metadata["trajectory"]}
+
+
+def field_names():
+    return [f.name for f in dataclasses.fields(FitConfig)]
+
+
+def command_line_fields():
+    """``[(flag, field), ...]`` of the options the ``train`` command takes from :class:`FitConfig`."""
+    return [(f.metadata["flag"], f) for f in dataclasses.fields(FitConfig) if f.metadata["flag"]]
+
+
+def trajectory_from_dict(saved: dict) -> dict:
+    """The trajectory entries of a stored :meth:`FitConfig.to_dict` (missing ones as None)."""
+    return {f.name: saved.get(f.name) for f in dataclasses.fields(FitConfig) if f.metadata["trajectory"]}
+

@@ -1,0 +1,62 @@
+"""GPU routing of :class:`~sbnnumba.training.Trainer`: the one place that chooses the device-resident step.
+
+With ``net.backend == "cuda"`` and a step that can stay on the device (dense and conv stages with real
+or Bernoulli weights, optionally batch-normalized; ``"psa"`` or ``"st"`` without options, no
+augmentation, SGD/Adam without global-norm clipping), an epoch runs as
+:meth:`sbnnumba.device_training.CudaTrainer.train_epoch` on a dataset uploaded once; otherwise
+:func:`device_epochs` returns None and the host step is used (only the PSA flip propagation then runs
+on the GPU, through the layers' backend).
+"""
+from __future__ import annotations
+
+import warnings
+
+
+from .data import as_float
+
+
+class DeviceEpochs:
+    """Epochs of the device-resident step on a dataset uploaded once.
+
+    Parameters
+    ----------
+    trainer : sbnnumba.device_training.CudaTrainer
+    x_tr : ndarray (N, ...), y_tr : int ndarray (N,)
+        The training part (uint8 images are scaled as on the host).
+    dtype : numpy dtype
+    """
+
+    def __init__(self, trainer, x_tr, y_tr, dtype):
+        self.trainer = trainer
+        self.n = x_tr.shape[0]
+        self.x, self.y = trainer.upload(as_float(x_tr, dtype).reshape(self.n, -1), y_tr)
+
+    def run(self, batch_size, rng, callback):
+        """One epoch; returns the summed loss over the examples (non-finite if the run diverged).
+
+        The device generator is reseeded from ``rng`` (the checkpointed training generator), so a resumed
+        run samples the same states as an uninterrupted one.
+        """
+        self.trainer.reseed(int(rng.integers(2 ** 63)))
+        mean = self.trainer.train_epoch(self.x, self.y, batch_size, rng=rng, callback=callback)
+        self.trainer.sync()
+        return self.n * mean
+
+
+def device_epochs(net, config, optimizer, x_tr, y_tr):
+    """A :class:`DeviceEpochs` when the whole step can stay on the device (see the module docstring), else None."""
+    if net.backend != "cuda" or config.estimator not in ("psa", "st") or config.estimator_options or config.augment:
+        return None
+    from ..device_training import CudaTrainer
+
+    try:
+        trainer = CudaTrainer(net, config.estimator, optimizer, max_batch=config.batch_size,
+                              input_shape=tuple(x_tr.shape[1:]))
+    except NotImplementedError as exc:
+        warnings.warn(f"backend 'cuda': the step is not device-resident for this run ({exc}); only the PSA flip "
+                      "propagation runs on the GPU", RuntimeWarning)
+        return None
+    return DeviceEpochs(trainer, x_tr, y_tr, net.dtype)
+
+
+__all__ = ["DeviceEpochs", "device_epochs"]

@@ -1,0 +1,383 @@
+r"""Training in phases: :class:`Trainer` (prepare, resume or start, run an epoch, validate, save) and :func:`fit`.
+
+Protocol (spec ``psa.md`` section 5.2, adapted to Fashion-MNIST)
+----------------------------------------------------------------
+* Objective: the expected NLL ``E_Z[l(y, eta)]``, one sampled path per image per step, batch mean;
+  gradients from any registered estimator (:func:`sbnnumba.estimate`).
+* Element-wise gradient clipping to ``[-1e3, 1e3]`` (the optimizer's ``clip_value``); training stops
+  with :class:`TrainingDiverged` at the first non-finite loss or gradient.
+* Optional data-dependent initialization on the first ``batch_size`` training images
+  (:meth:`Network.initialize_from_data`), then SGD (Nesterov) or Adam.
+* Validation after every epoch on a held-out part of the training set (``val_fraction``, split
+  with ``split_seed``) with ``eval_samples`` samples per image, see :func:`~sbnnumba.training.evaluate`.
+
+A step, on the host::
+
+    x, y (shuffled with the training generator) [-> augment_flip_crop] -> estimate(estimator, net, x, y, rng)
+        -> optimizer.update(net.params, grads) -> net.apply_constraints()
+
+or, where :mod:`~sbnnumba.training.device` finds it possible, the same step on the GPU.
+
+Files written into ``out`` (each atomically: temp file + ``os.replace``): ``checkpoint.npz`` (after every
+epoch, :mod:`~sbnnumba.training.checkpoint`), ``history.csv``, ``history.json``, ``loss.png``,
+``accuracy.png``, ``entropy.png`` (:mod:`~sbnnumba.training.history`).
+
+Each epoch's summary line goes to the ``logging`` logger ``sbnnumba.training.fit`` (level INFO); the
+command line shows it, a library caller configures logging to see it. ``progress`` draws tqdm bars.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import datasets, optim
+from ..estimators import registry as _registry
+from .checkpoint import CHECKPOINT_NAME, FORMAT_VERSION, generator_from_state, jsonable, load_checkpoint, \
+    load_state, save_checkpoint
+from .config import FitConfig, trajectory_from_dict
+from .data import as_float, fingerprint, split_data
+from .description import describe
+from .device import device_epochs
+from .evaluation import evaluate, metrics_row
+from .history import summary_line, write_history, write_plots
+
+log = logging.getLogger(__name__)
+
+_EVAL_SALT = 0x5EB1  # eval generators: default_rng([seed, epoch, _EVAL_SALT]), separate from training
+_RECALIBRATION_IMAGES = 2000  # training images for the deterministic-mode normalization statistics
+
+
+class TrainingDiverged(RuntimeError):
+    """A non-finite loss or gradient appeared during training.
+
+    Attributes
+    ----------
+    epoch, step : int
+        The epoch (1-based) and the batch within it (1-based) where it happened.
+    checkpoint : str or None
+        The last good checkpoint (written after the last completed epoch), if any.
+    """
+
+    def __init__(self, message, epoch=None, step=None, checkpoint=None):
+        super().__init__(message)
+        self.epoch, self.step, self.checkpoint = epoch, step, checkpoint
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns.
+
+    Attributes
+    ----------
+    history : list of dict
+        One row per completed epoch (also the rows of earlier sessions when resuming).
+    optimizer : sbnnumba.optim.Optimizer
+    epochs_done : int
+        Completed epochs (counting earlier sessions).
+    stopped : str
+        ``"completed"``, ``"time budget"`` or ``"already complete"`` (resumed at or past ``epochs``).
+    config : dict
+        The run's configuration as stored in the checkpoint.
+    out, checkpoint : str or None
+    files : dict
+        Name -> path of the files written.
+    """
+
+    history: list
+    optimizer: object
+    epochs_done: int
+    stopped: str
+    config: dict
+    out: str | None = None
+    checkpoint: str | None = None
+    files: dict = field(default_factory=dict)
+
+
+def make_optimizer(config, steps_per_epoch):
+    """The optimizer of ``config`` (an Optimizer instance is used as it is)."""
+    if isinstance(config.optimizer, optim.Optimizer):
+        return config.optimizer
+    schedule = config.schedule
+    if schedule == "cosine":
+        schedule = optim.CosineLR(total=max(1, config.epochs * steps_per_epoch))
+    elif schedule == "step":  # x0.1 after each third of the budget
+        schedule = optim.StepLR(step_size=max(1, math.ceil(config.epochs / 3)) * steps_per_epoch, gamma=0.1)
+    elif schedule == "constant":
+        schedule = None
+    lr, clip = config.lr, config.clip_value
+    if config.optimizer == "sgd":
+        return optim.SGD(lr=0.01 if lr is None else lr, momentum=config.momentum,
+                         nesterov=config.nesterov and config.momentum > 0, weight_decay=config.weight_decay,
+                         clip_value=clip, schedule=schedule)
+    if config.optimizer == "adam":
+        return optim.Adam(lr=1e-3 if lr is None else lr, weight_decay=config.weight_decay, clip_value=clip,
+                          schedule=schedule)
+    return optim.get_optimizer(config.optimizer, lr=lr, clip_value=clip, schedule=schedule)
+
+
+def _differences(key, a, b):
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b)) for d in _differences(f"{key}.{k}", a.get(k), b.get(k))]
+    return [] if a == b else [f"{key}: checkpoint {a!r} vs now {b!r}"]
+
+
+def check_resume(saved, current, path):
+    """ValueError naming every setting that decides the trajectory and differs between two run configs."""
+    pairs = [(k, saved.get(k), current.get(k)) for k in ("network", "data", "optimizer")]
+    pairs += [(f"fit.{k}", v, current["fit"].get(k))
+              for k, v in trajectory_from_dict(saved.get("fit", {})).items()]
+    diff = [d for key, a, b in pairs for d in _differences(key, jsonable(a), jsonable(b))]
+    if diff:
+        raise ValueError(f"resume: {path} was written with different settings ({'; '.join(diff)}); use the same "
+                         "settings or another output directory")
+
+
+class Trainer:
+    """One training run of ``net`` on ``data`` under a :class:`FitConfig`, in phases.
+
+    :meth:`run` calls :meth:`prepare` (split the data, build the optimizer, the run's config), then
+    :meth:`resume` (``resume=True``) or :meth:`start`, then per epoch :meth:`run_epoch`, :meth:`validate`
+    and :meth:`save`. Each phase can also be called on its own (e.g. a sweep that evaluates differently).
+
+    Parameters
+    ----------
+    net : Network
+        Trained in place.
+    data : Dataset, (x, y) or (x_train, y_train, x_val, y_val)
+        See :func:`fit`.
+    config : FitConfig
+    out : str or os.PathLike, optional
+        Output directory (checkpoint, history, plots); None writes nothing.
+    resume : bool
+        Continue the run whose checkpoint is in ``out``.
+    metadata : dict, optional
+        JSON-able extra information stored in the run's config.
+    """
+
+    def __init__(self, net, data, config, *, out=None, resume=False, metadata=None):
+        if not isinstance(config, FitConfig):
+            raise TypeError(f"config: expected a FitConfig, got {type(config).__name__}")
+        if resume and out is None:
+            raise ValueError("resume: needs the output directory 'out' holding the checkpoint")
+        self.net, self.config, self.metadata = net, config, dict(metadata or {})
+        self.out = None if out is None else os.fspath(out)
+        self.resuming = bool(resume)
+        self.ckpt_path = None if out is None else os.path.join(self.out, CHECKPOINT_NAME)
+        self.files, self.history, self.start_epoch, self.rng, self.device = {}, [], 0, None, None
+        self.prepare(data)
+
+    # ------------------------------------------------------------------------------------ phases
+    def prepare(self, data):
+        """Split the data, build the optimizer and the run's config (``self.run_config``)."""
+        c, net = self.config, self.net
+        self.x_tr, self.y_tr, self.x_val, self.y_val, name = split_data(data, c.val_fraction, c.split_seed)
+        if self.x_tr.shape[0] == 0:
+            raise ValueError("data: no training examples")
+        if c.augment and self.x_tr.ndim != 4:
+            raise ValueError(f"augment: needs images of shape (N, C, H, W), got training data of shape "
+                             f"{self.x_tr.shape}")
+        self.steps_per_epoch = math.ceil(self.x_tr.shape[0] / c.batch_size)
+        self.optimizer = make_optimizer(c, self.steps_per_epoch)
+        self.run_config = jsonable({
+            "format_version": FORMAT_VERSION, "network": describe(net, self.x_tr.shape[1:]),
+            "data": {"name": name, "train": fingerprint(self.x_tr, self.y_tr),
+                     "val": fingerprint(self.x_val, self.y_val)},
+            "fit": c.to_dict(), "optimizer": self.optimizer.hyperparameters, "backend": net.backend,
+            "metadata": self.metadata})
+
+    def resume(self):
+        """Parameters, optimizer state, generator and history from the checkpoint in ``out``."""
+        ck = load_checkpoint(self.ckpt_path)
+        check_resume(ck.config, self.run_config, self.ckpt_path)
+        load_state(self.net, ck)
+        self.optimizer.load_state_dict(ck.optimizer_state)
+        self.rng = generator_from_state(ck.rng_state)
+        self.history, self.start_epoch = list(ck.history), ck.epoch
+
+    def start(self):
+        """A fresh run: the training generator, and the data-dependent initialization if configured."""
+        if self.ckpt_path is not None and os.path.exists(self.ckpt_path):
+            raise FileExistsError(f"out: {self.ckpt_path} already exists; pass resume=True (--resume) to continue "
+                                  "that run or choose another output directory")
+        self.rng = np.random.default_rng(self.config.seed)
+        self.history, self.start_epoch = [], 0
+        if self.config.data_init:
+            self.net.initialize_from_data(as_float(self.x_tr[:self.config.batch_size], self.net.dtype))
+
+    def run_epoch(self, epoch):
+        """Train one epoch; returns the history row ``epoch``, ``steps``, ``lr``, ``train_loss``."""
+        from tqdm.auto import tqdm
+
+        self.net.train()
+        bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch}/{self.config.epochs}", unit="batch",
+                   disable=not self.config.progress, leave=False, dynamic_ncols=True)
+        try:
+            if self.device is not None:
+                total, seen = self.device.run(self.config.batch_size, self.rng, lambda: bar.update(1)), \
+                    self.x_tr.shape[0]
+                if not np.isfinite(total):
+                    raise self._diverged(f"non-finite loss in epoch {epoch} on the device", epoch)
+            else:
+                total, seen = self._host_epoch(epoch, bar)
+        finally:
+            bar.close()
+        bad = [k for k, p in self.net.params.items() if not np.all(np.isfinite(p))]
+        if bad:
+            raise self._diverged(f"non-finite parameters {bad} after epoch {epoch}", epoch)
+        return {"epoch": epoch, "steps": self.optimizer.step_count, "lr": self.optimizer.lr,
+                "train_loss": total / seen}
+
+    def _host_epoch(self, epoch, bar):
+        c, net, rng = self.config, self.net, self.rng
+        total, seen = 0.0, 0
+        for step, (xb, yb) in enumerate(datasets.iterate_minibatches(self.x_tr, self.y_tr, c.batch_size, rng=rng,
+                                                                    shuffle=True), start=1):
+            if c.augment:
+                xb = datasets.augment_flip_crop(xb, rng, pad=c.augment_pad)
+            loss, grads = _registry.estimate(c.estimator, net, as_float(xb, net.dtype), yb, rng, **c.estimator_options)
+            bad = _first_nonfinite(loss, grads)
+            if bad is not None:
+                raise self._diverged(f"non-finite {bad} at epoch {epoch}, step {step}", epoch, step)
+            self.optimizer.update(net.params, grads)
+            net.apply_constraints()  # projection of latent weights (mirror descent), if any
+            total += loss * len(yb)
+            seen += len(yb)
+            bar.update(1)
+            if step % 10 == 0 or step == self.steps_per_epoch:
+                bar.set_postfix(loss=f"{total / seen:.4f}")
+        return total, seen
+
+    def validate(self, row):
+        """Add the evaluation of the epoch's network to ``row``: ``train_*`` on the first ``train_eval_size``
+        training images, ``val_*`` on the validation part (generators independent of training)."""
+        c, net = self.config, self.net
+        if net.normalizations():  # deterministic mode is a different network: re-estimate its statistics
+            net.recalibrate_normalization(as_float(self.x_tr[:_RECALIBRATION_IMAGES], net.dtype), mode="deterministic")
+        eval_rng = np.random.default_rng([c.seed, row["epoch"], _EVAL_SALT])
+        if c.train_eval_size:
+            m = evaluate(net, self.x_tr[:c.train_eval_size], self.y_tr[:c.train_eval_size], c.eval_samples, eval_rng,
+                         batch_size=c.eval_batch_size, entropy=False)
+            row.update({"train_eval_loss": m["loss"], "train_acc1": m["acc1"], "train_eacc": m["eacc"],
+                        "train_det_acc": m["det_acc"]})
+        if self.x_val.shape[0]:
+            row.update(metrics_row("val", evaluate(net, self.x_val, self.y_val, c.eval_samples, eval_rng,
+                                                   batch_size=c.eval_batch_size)))
+        return row
+
+    def save(self):
+        """Checkpoint, history files and (if configured) plots into ``out``."""
+        save_checkpoint(self.ckpt_path, self.net, self.optimizer, self.rng, self.history[-1]["epoch"], self.history,
+                        self.run_config)
+        self.files["history_csv"], self.files["history_json"] = write_history(self.out, self.history, self.run_config)
+        if self.config.plots:
+            self.files.update(write_plots(self.history, self.out))
+
+    # ------------------------------------------------------------------------------------ the run
+    def run(self):
+        """All phases; returns a :class:`FitResult`."""
+        c = self.config
+        self.resume() if self.resuming else self.start()
+        if self.out is not None:
+            os.makedirs(self.out, exist_ok=True)
+        stopped, t_begin = ("already complete" if self.start_epoch >= c.epochs else "completed"), time.perf_counter()
+        self.device = device_epochs(self.net, c, self.optimizer, self.x_tr, self.y_tr)
+        for epoch in range(self.start_epoch + 1, c.epochs + 1):
+            t0 = time.perf_counter()
+            row = self.run_epoch(epoch)
+            t1 = time.perf_counter()
+            self.validate(row)
+            row.update(epoch_time=t1 - t0, eval_time=time.perf_counter() - t1)
+            self.history.append(row)
+            log.info(summary_line(row, c.epochs, c.eval_samples))
+            if self.out is not None:
+                self.save()
+            if c.max_time is not None and time.perf_counter() - t_begin >= c.max_time and epoch < c.epochs:
+                stopped = "time budget"
+                break
+        return self.result(stopped)
+
+    def result(self, stopped):
+        if self.ckpt_path is not None:
+            self.files["checkpoint"] = self.ckpt_path
+        return FitResult(history=self.history, optimizer=self.optimizer,
+                         epochs_done=len(self.history) and self.history[-1]["epoch"], stopped=stopped,
+                         config=self.run_config, out=self.out, checkpoint=self._last_checkpoint(), files=self.files)
+
+    def _last_checkpoint(self):
+        return self.ckpt_path if self.ckpt_path and os.path.exists(self.ckpt_path) else None
+
+    def _diverged(self, what, epoch, step=None):
+        last = self._last_checkpoint()
+        where = (f"the last good checkpoint is {last} (epoch {epoch - 1})" if last is not None
+                 else "no checkpoint was written")
+        return TrainingDiverged(f"training diverged: {what} (estimator {self.config.estimator!r}, lr "
+                                f"{self.optimizer.lr:g}); {where}", epoch=epoch, step=step, checkpoint=last)
+
+
+def _first_nonfinite(loss, grads):
+    if not math.isfinite(loss):
+        return "loss"
+    for k, g in grads.items():
+        if not np.all(np.isfinite(g)):
+            return f"gradient of {k!r}"
+    return None
+
+
+def fit(net, data, config=None, *, out=None, resume=False, metadata=None, **options):
+    """Train ``net`` in place on ``data`` with a gradient estimator; validate after every epoch.
+
+    Parameters
+    ----------
+    net : Network
+        Updated in place. Checkpoints describe it from its structure
+        (:func:`~sbnnumba.training.describe`), however it was built.
+    data : Dataset, (x, y) or (x_train, y_train, x_val, y_val)
+        Training images (uint8 images are scaled to [0, 1] batch by batch) and labels. With a
+        Dataset or a pair, ``val_fraction`` of it is held out for validation (split with ``split_seed``).
+    config : FitConfig, optional
+        The options (default ``FitConfig()``); see :class:`~sbnnumba.training.FitConfig` for each field:
+        ``estimator``, ``estimator_options``, ``epochs`` (total, counting earlier sessions when resuming),
+        ``batch_size``, ``optimizer`` (``"adam"``: default lr 1e-3; ``"sgd"``: default lr 0.01 with
+        ``momentum``/``nesterov``; or an Optimizer instance), ``lr``, ``momentum``, ``nesterov``,
+        ``weight_decay``, ``schedule`` (``"cosine"`` anneals to 0 over the run, ``"step"`` x0.1 after each
+        third), ``clip_value``, ``seed`` (batch order, augmentation, sampled paths, and the evaluation
+        generators ``default_rng([seed, epoch, salt])``), ``split_seed``, ``val_fraction`` (0 skips
+        validation), ``augment`` / ``augment_pad`` (:func:`sbnnumba.datasets.augment_flip_crop`),
+        ``data_init`` (not when resuming), ``eval_samples``, ``train_eval_size``, ``eval_batch_size``,
+        ``max_time`` (stops after the first epoch that ends past it), ``plots``, ``progress``.
+    out : str or os.PathLike, optional
+        Output directory for the checkpoint, history and plots; None writes nothing.
+    resume : bool
+        Continue from ``out/checkpoint.npz`` (parameters, optimizer and generator state, history). The
+        settings that determine the trajectory must be unchanged (ValueError otherwise); the result is
+        bitwise identical to an uninterrupted run. Without ``resume`` an existing checkpoint in ``out``
+        is an error (FileExistsError).
+    metadata : dict, optional
+        JSON-able extra information stored in the config (e.g. command-line settings).
+    **options
+        Fields of :class:`FitConfig` overriding ``config``'s (``fit(net, data, epochs=3, lr=1e-2)``).
+
+    Returns
+    -------
+    FitResult
+
+    Raises
+    ------
+    TrainingDiverged
+        At the first non-finite loss or gradient (or parameter after an epoch); ``out/checkpoint.npz``
+        keeps the last completed epoch.
+    CheckpointError, FileNotFoundError, FileExistsError, ValueError, TypeError
+        Bad checkpoint, missing checkpoint with ``resume``, existing one without, changed settings,
+        invalid options.
+    """
+    config = FitConfig() if config is None else config
+    if options:
+        if not isinstance(config, FitConfig):
+            raise TypeError(f"config: expected a FitConfig, got {type(config).__name__}")
+        config = config.replace(**options)
+    return Trainer(net, data, config, out=out, resume=resume, metadata=metadata).run()

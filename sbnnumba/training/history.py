@@ -1,0 +1,60 @@
+"""The per-epoch history of a run: ``history.csv``, ``history.json``, the training plots and the summary line.
+
+A history is a list of dict rows, one per completed epoch: ``epoch``, ``steps``, ``lr``, ``train_loss``
+(running mean over the epoch), ``train_*`` / ``val_*`` metrics of :func:`~sbnnumba.training.evaluate`
+(``val_entropy`` and ``val_entropy.<k>`` in bits), ``epoch_time`` and ``eval_time`` (seconds).
+Every file is written atomically (:mod:`sbnnumba.fileio`).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import warnings
+
+from ..fileio import atomic_write
+from .checkpoint import jsonable
+
+HISTORY_CSV = "history.csv"
+HISTORY_JSON = "history.json"
+
+
+def write_history(out, history, config=None):
+    """Write ``history.csv`` and ``history.json`` (with ``config``) into ``out``; return their paths."""
+    columns = []
+    for row in history:
+        columns += [k for k in row if k not in columns]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    p_csv = atomic_write(os.path.join(out, HISTORY_CSV), lambda f: f.write(buf.getvalue().encode()))
+    doc = json.dumps(jsonable({"config": config, "history": history}), indent=1, sort_keys=False)
+    p_json = atomic_write(os.path.join(out, HISTORY_JSON), lambda f: f.write(doc.encode()))
+    return p_csv, p_json
+
+
+def write_plots(history, out):
+    """``loss.png``, ``accuracy.png``, ``entropy.png`` into ``out`` as a dict of paths; a failure only warns
+    (a broken plot must not end a long run) and returns an empty dict."""
+    try:
+        from ..plots import plot_training_curves
+
+        loss, accuracy, entropy = plot_training_curves(history, out)
+    except Exception as exc:  # noqa: BLE001 - any plotting failure
+        warnings.warn(f"could not write the training plots: {exc}", RuntimeWarning)
+        return {}
+    return {"loss_png": loss, "accuracy_png": accuracy, "entropy_png": entropy}
+
+
+def summary_line(row, epochs, eval_samples):
+    """One line per epoch: training loss, validation loss / accuracies / entropy (if any), seconds."""
+    parts = [f"epoch {row['epoch']}/{epochs}", f"train loss {row['train_loss']:.4f}"]
+    if "val_loss" in row:
+        parts += [f"val loss {row['val_loss']:.4f}", f"acc1 {100 * row['val_acc1']:.2f}%",
+                  f"ens{eval_samples} {100 * row['val_eacc']:.2f}%", f"det {100 * row['val_det_acc']:.2f}%",
+                  f"H {row['val_entropy']:.3f} bit"]
+    parts.append(f"{row['epoch_time']:.1f}s")
+    return " | ".join(parts)

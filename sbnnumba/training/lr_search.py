@@ -1,0 +1,285 @@
+"""The per-method learning-rate search of the PSA paper's protocol (``--lr auto``): :func:`search_lr`.
+
+Bounded scalar minimization (``scipy.optimize.minimize_scalar(method="bounded")``) over ``log10(lr)`` in
+``bounds`` (default ``[-6, 0]``), at most ``max_trials`` (default 10) trials; each trial trains
+``trial_epochs`` (default 5) epochs from the same initial parameters and the same seed (common random
+numbers) and is scored by the mean running training loss; a diverging trial scores ``inf`` (a large
+finite penalty, growing with the lr, for the minimizer). Each trial is logged (INFO) to the logger
+``sbnnumba.training.lr_search``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..network import Network
+from .checkpoint import jsonable
+from .config import FitConfig, Integer, Number, Optional
+from .data import as_float, split_data
+from .fit import TrainingDiverged, fit
+
+log = logging.getLogger(__name__)
+
+#: fit() options a learning-rate search sets itself (per trial) and so does not accept.
+SEARCH_OWN = ("lr", "epochs", "out", "resume", "max_time", "plots", "progress", "train_eval_size", "eval_samples",
+              "eval_batch_size", "metadata")
+_DIVERGED_PENALTY = 1e6  # objective of a diverged trial (times 1..2, growing with log10 lr)
+_SUBSET_SALT = 0x1A5E
+
+
+@dataclass
+class LRTrial:
+    """One trial of :func:`search_lr`.
+
+    Attributes
+    ----------
+    trial : int
+        1-based index.
+    lr, log10_lr : float
+    score : float
+        Mean running training loss over the trial's epochs; ``inf`` if the trial diverged.
+    status : str
+        ``"ok"`` or ``"diverged"`` (non-finite loss / gradient / parameters).
+    epochs : int
+        Completed epochs (fewer than ``trial_epochs`` if it diverged).
+    seconds : float
+    error : str or None
+        The divergence message.
+    """
+
+    trial: int
+    lr: float
+    log10_lr: float
+    score: float
+    status: str
+    epochs: int
+    seconds: float
+    error: str | None = None
+
+    def as_dict(self):
+        d = dict(self.__dict__)
+        d["score"] = self.score if math.isfinite(self.score) else None  # JSON has no inf
+        return d
+
+
+@dataclass
+class LRSearchResult:
+    """What :func:`search_lr` returns.
+
+    Attributes
+    ----------
+    lr : float
+        The learning rate of the best (lowest-score) trial.
+    score : float
+        Its score.
+    trials : list of LRTrial
+        In the order run.
+    settings : dict
+        Bounds, max_trials, trial_epochs, trial_subset, estimator, xatol.
+    seconds : float
+        Wall time of the whole search.
+    """
+
+    lr: float
+    score: float
+    trials: list
+    settings: dict
+    seconds: float
+
+    @property
+    def table(self):
+        """``[(lr, score), ...]`` of the trials in the order run."""
+        return [(t.lr, t.score) for t in self.trials]
+
+    def as_dict(self):
+        """JSON-able record (stored in the run's config as ``metadata["lr_search"]`` by the CLI)."""
+        return jsonable({"lr": self.lr, "score": self.score, "seconds": self.seconds, "settings": self.settings,
+                          "trials": [t.as_dict() for t in self.trials]})
+
+
+def _snapshot(net):
+    """Copies of the parameters and the normalization statistics of ``net``."""
+    params = {k: p.copy() for k, p in net.params.items()}
+    running = [{m: None if st is None else (st[0].copy(), st[1].copy()) for m, st in n.running.items()}
+               for n in net.normalizations()]
+    return params, running
+
+
+def _restore(net, snap):
+    params, running = snap
+    for k, p in net.params.items():
+        p[...] = params[k]
+    for n, saved in zip(net.normalizations(), running):
+        n.running = {m: None if st is None else (st[0].copy(), st[1].copy()) for m, st in saved.items()}
+
+
+def _search_settings(bounds, max_trials, trial_epochs, trial_subset, xatol, fit_options):
+    """Check the search's own arguments; returns ``(lo, hi)``."""
+    bad = sorted(set(fit_options) & set(SEARCH_OWN))
+    if bad:
+        raise TypeError(f"search_lr: {bad} are set by the search itself, not accepted as fit options")
+    try:
+        lo, hi = (float(b) for b in bounds)
+    except (TypeError, ValueError):
+        raise ValueError(f"bounds: expected (lo, hi) of log10(lr), got {bounds!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValueError(f"bounds: expected finite log10(lr) bounds with lo < hi, got {bounds!r}")
+    Integer(1)("max_trials", max_trials)
+    Integer(1)("trial_epochs", trial_epochs)
+    Optional(Integer(1))("trial_subset", trial_subset)
+    Number(positive=True)("xatol", xatol)
+    if not isinstance(fit_options.get("optimizer", ""), str):
+        raise ValueError("optimizer: pass the optimizer by name; an Optimizer instance would carry its state "
+                         "from one trial to the next")
+    return lo, hi
+
+
+def _training_part(data, config, trial_subset):
+    """The training part of ``data`` (split as :func:`fit` would) and the trials' data: that part, or a fixed
+    random subset of it, as a 4-tuple with an empty validation part."""
+    x_tr, y_tr, _, _, _ = split_data(data, config.val_fraction, config.split_seed)
+    if x_tr.shape[0] == 0:
+        raise ValueError("data: no training examples")
+    x_sub, y_sub = x_tr, y_tr
+    if trial_subset is not None and trial_subset < x_tr.shape[0]:
+        idx = np.sort(np.random.default_rng([config.split_seed, _SUBSET_SALT]).choice(
+            x_tr.shape[0], size=int(trial_subset), replace=False))
+        x_sub, y_sub = x_tr[idx], y_tr[idx]
+    return x_tr, (x_sub, y_sub, x_sub[:0], y_sub[:0])
+
+
+class _Budget(Exception):
+    """The minimizer asked for more than ``max_trials`` trials."""
+
+
+class _Objective:
+    """``log10(lr) -> score`` for the minimizer: one training per new point, from the same start."""
+
+    def __init__(self, net, data, config, start, lo, hi, max_trials):
+        self.net, self.data, self.config, self.start = net, data, config, start
+        self.lo, self.hi, self.max_trials = lo, hi, max_trials
+        self.trials, self.cache = [], {}
+
+    def __call__(self, log_lr):
+        log_lr = float(log_lr)
+        if log_lr in self.cache:
+            return self.cache[log_lr]
+        if len(self.trials) >= self.max_trials:
+            raise _Budget
+        lr = 10.0 ** log_lr
+        _restore(self.net, self.start)
+        t0, n = time.perf_counter(), len(self.trials) + 1
+        try:
+            res = fit(self.net, self.data, self.config, lr=lr)
+            trial = LRTrial(n, lr, log_lr, float(np.mean([r["train_loss"] for r in res.history])), "ok",
+                            len(res.history), time.perf_counter() - t0)
+            value = trial.score
+        except TrainingDiverged as exc:
+            trial = LRTrial(n, lr, log_lr, math.inf, "diverged", (exc.epoch or 1) - 1, time.perf_counter() - t0,
+                            error=str(exc))
+            value = _DIVERGED_PENALTY * (1.0 + (log_lr - self.lo) / (self.hi - self.lo))
+        self.trials.append(trial)
+        self.cache[log_lr] = value
+        score = f"score {trial.score:.5g}" if trial.status == "ok" else f"diverged at epoch {trial.epochs + 1}"
+        log.info(f"lr search [{self.config.estimator}] trial {trial.trial}/{self.max_trials}: lr {lr:.3e} "
+                 f"(log10 {log_lr:+.3f}): {score} ({trial.seconds:.1f} s)")
+        return value
+
+
+def search_lr(net, data, *, estimator="psa", bounds=(-6.0, 0.0), max_trials=10, trial_epochs=5, trial_subset=None,
+              xatol=0.05, **fit_options):
+    """Choose a constant learning rate for one method: bounded scalar minimization over ``log10(lr)``.
+
+    Every trial restores the same initial parameters, trains ``trial_epochs`` epochs with :func:`fit`
+    (same seed, so the same batches and noise draws: common random numbers) and is scored by the mean
+    running training loss over its epochs. A trial that diverges (:class:`TrainingDiverged`) scores
+    ``inf`` in the table; the minimizer sees a large finite penalty that grows with the lr and the search
+    goes on. The minimizer is ``scipy.optimize.minimize_scalar(method="bounded")`` with
+    ``maxiter=max_trials`` and ``xatol``; the number of trials never exceeds ``max_trials`` (a point
+    proposed twice is not re-run). Each trial is logged at INFO level.
+
+    Parameters
+    ----------
+    net : Network or callable
+        The network to tune (its current parameters are the common initialization; they are restored on
+        return, so ``fit(net, ...)`` afterwards starts from the same point), or a zero-argument factory
+        returning one (called once).
+    data : Dataset, (x, y) or (x_train, y_train, x_val, y_val)
+        As for :func:`fit`; split the same way (``val_fraction``, ``split_seed``). Only the training part
+        is used; no validation is run during the trials.
+    estimator : str
+        The gradient estimator (method) to tune for.
+    bounds : (float, float)
+        ``(lo, hi)`` of ``log10(lr)``, ``lo < hi``; default the spec's ``(-6, 0)``.
+    max_trials : int >= 1
+        Most trials (trainings) run.
+    trial_epochs : int >= 1
+        Epochs per trial.
+    trial_subset : int, optional
+        Train the trials on this many training examples (a fixed random subset of the training part,
+        drawn with ``split_seed``) to make the search affordable; None uses the whole training part.
+    xatol : float > 0
+        Absolute tolerance on ``log10(lr)`` at which the minimizer stops early.
+    **fit_options
+        :class:`FitConfig` fields for every trial (``batch_size``, ``optimizer`` (a name), ``momentum``,
+        ``schedule``, ``seed``, ``val_fraction``, ``data_init``, ...; not those of :data:`SEARCH_OWN`). With
+        ``data_init`` (the default), the data-dependent initialization is done once on the first
+        ``batch_size`` images of the full training part, exactly as :func:`fit` would, and every trial
+        starts from its result.
+
+    Returns
+    -------
+    LRSearchResult
+        ``.lr`` (best trial), ``.score``, ``.trials`` (``.table`` = ``[(lr, score), ...]``), ``.as_dict()``.
+
+    Raises
+    ------
+    ValueError, TypeError
+        Invalid bounds / counts / options (e.g. ``lr`` or ``epochs`` among ``fit_options``, an Optimizer
+        instance instead of a name).
+    TrainingDiverged
+        If every trial diverged (lower the upper bound).
+    """
+    from scipy.optimize import minimize_scalar
+
+    lo, hi = _search_settings(bounds, max_trials, trial_epochs, trial_subset, xatol, fit_options)
+    config = FitConfig(estimator=estimator, **fit_options)
+    trial_config = config.replace(epochs=int(trial_epochs), data_init=False, train_eval_size=0, progress=False,
+                                  plots=False)
+    if not isinstance(net, Network):
+        if not callable(net):
+            raise TypeError(f"net: expected a Network or a callable returning one, got {type(net).__name__}")
+        net = net()
+    x_tr, trial_data = _training_part(data, config, trial_subset)
+    original = _snapshot(net)
+    t_begin = time.perf_counter()
+    try:
+        if config.data_init:  # as fit() would, on the full training part
+            net.initialize_from_data(as_float(x_tr[:config.batch_size], net.dtype))
+        objective = _Objective(net, trial_data, trial_config, _snapshot(net), lo, hi, int(max_trials))
+        try:
+            minimize_scalar(objective, bounds=(lo, hi), method="bounded",
+                            options={"maxiter": int(max_trials), "xatol": float(xatol)})
+        except _Budget:
+            pass
+    finally:
+        _restore(net, original)
+    settings = {"estimator": estimator, "bounds": [lo, hi], "max_trials": int(max_trials),
+                "trial_epochs": int(trial_epochs), "trial_subset": None if trial_subset is None else int(trial_subset),
+                "trial_examples": int(trial_data[0].shape[0]), "xatol": float(xatol)}
+    return _best(objective.trials, settings, time.perf_counter() - t_begin)
+
+
+def _best(trials, settings, seconds):
+    """The :class:`LRSearchResult` of the lowest-scoring trial; TrainingDiverged if every trial diverged."""
+    ok = [t for t in trials if t.status == "ok"]
+    if not ok:
+        lo, hi = settings["bounds"]
+        raise TrainingDiverged(f"lr search: all {len(trials)} trials diverged (log10 lr in [{lo:g}, {hi:g}]); "
+                               "lower the upper bound")
+    best = min(ok, key=lambda t: (t.score, t.trial))
+    return LRSearchResult(lr=best.lr, score=best.score, trials=trials, settings=settings, seconds=seconds)
