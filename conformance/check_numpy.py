@@ -139,6 +139,10 @@ def op_noise_quantile(inp):
     return {"z": [quantile(inp["noise"], u) for u in inp["u"]]}
 
 
+def op_noise_cdf_diff(inp):
+    return {"diff": [cdf_diff(inp["noise"], u, v) for u, v in zip(inp["u"], inp["v"])]}
+
+
 def op_noise_sample(inp):
     return {"x": sample(inp["noise"], inp["a"], inp["u"])}
 
@@ -232,7 +236,6 @@ class Stage:
             return z
         axes = self.channel_axes(z)
         mean, var = (z.mean(axis=axes), z.var(axis=axes)) if stats is None else stats
-        self.batch_stats = stats is None
         self.inv_std = 1.0 / np.sqrt(var + self.bn["eps"])
         self.z_hat = (z - self.bcast(mean, z)) * self.bcast(self.inv_std, z)
         return self.bcast(self.gamma, z) * self.z_hat + self.bcast(self.beta, z)
@@ -641,13 +644,13 @@ def op_conv2d_threshold(inp):
 
 
 # ============================================================ spec 10: deterministic packed network
-def folded_threshold(stage, j, k):
+def folded_threshold(stage, stats, j, k):
     """Integer threshold (t, flip) of unit j of a stage with binary input (dot in [-K, K], spec 10.2):
     a_j(dot) >= 0  <=>  dot >= T (gamma > 0) or dot <= T (gamma < 0); units whose sign is the same on
     all of [-K, K] get t = -(K + 1) (always +1) or K + 1 (always -1), unflipped."""
     b = stage.b[j]
     if stage.bn:
-        mean, var = stage.stats
+        mean, var = stats
         s = math.sqrt(var[j] + stage.bn["eps"])
         crossing, increasing = mean[j] - b - stage.beta[j] * s / stage.gamma[j], stage.gamma[j] > 0
     else:
@@ -665,13 +668,13 @@ def op_packed_predict(inp):
     h, out = inp["x"].astype(np.float64), {}
     for k, (st, w) in enumerate(zip(desc["stages"], net.weights(None))):
         stage = Stage(st, net.params, k, w)
+        stats = None
         if st["batch_norm"]:
-            stage.stats = (buffers[f"stages.{k}.running.deterministic.mean"],
-                           buffers[f"stages.{k}.running.deterministic.var"])
-        a = stage.forward(h, stats=getattr(stage, "stats", None))
+            stats = (buffers[f"stages.{k}.running.deterministic.mean"], buffers[f"stages.{k}.running.deterministic.var"])
+        a = stage.forward(h, stats=stats)
         if k > 0:  # binary input: the packed stage compares the integer dot with a folded threshold
             fan_in = int(np.prod(w.shape[1:]))
-            folded = [folded_threshold(stage, j, fan_in) for j in range(w.shape[0])]
+            folded = [folded_threshold(stage, stats, j, fan_in) for j in range(w.shape[0])]
             out[f"threshold.stages.{k}"] = np.array([t for t, _ in folded])
             out[f"flip.stages.{k}"] = np.array([f for _, f in folded])
         h = sign_pm1(a)
@@ -683,7 +686,7 @@ def op_packed_predict(inp):
 
 # ============================================================================================ main
 OPERATIONS = {
-    "noise.cdf_pdf": op_noise_cdf_pdf, "noise.quantile": op_noise_quantile, "noise.sample": op_noise_sample,
+    "noise.cdf_pdf": op_noise_cdf_pdf, "noise.quantile": op_noise_quantile, "noise.cdf_diff": op_noise_cdf_diff, "noise.sample": op_noise_sample,
     "network.sample": op_network_sample, "exact.loss_grad": op_exact,
     "estimator.psa": op_psa, "estimator.st": op_st, "estimator.st-identity": op_st,
     "estimator.st-hardtanh": op_st, "estimator.st-tanh": op_st,

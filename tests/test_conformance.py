@@ -175,6 +175,17 @@ def test_threshold_tie_rule_change_is_caught(monkeypatch):
     assert failed and all(i.startswith("matmul-threshold/") for i in failed)
 
 
+def test_unstable_cdf_difference_is_caught(monkeypatch):
+    """``F(u) - F(v)`` taken literally (two numbers near 1 in the upper tail) instead of the stable form."""
+    from sbnnumba.kernels import reference
+
+    monkeypatch.setattr(reference, "cdf_diff", lambda noise, u, v: noise.cdf(u) - noise.cdf(v))
+    failed = failing_ids(make.generate(["noise"]))
+    tails = {c["id"] for c in stored_cases("noise.json") if c["id"].endswith("cdf-diff-tails")}
+    # uniform noise's (1 + u) / 2 - (1 + v) / 2 near u = 1 happens to stay within 1e-12 on these pairs
+    assert tails - {"noise/uniform/cdf-diff-tails"} <= failed <= tails
+
+
 def test_sampling_convention_change_is_caught(monkeypatch):
     """``x = +1 iff u > 1 - F(a)`` has the same law as ``u < F(a)`` but other samples from the same uniforms."""
     def mirrored(self, a, u):

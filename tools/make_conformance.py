@@ -31,6 +31,7 @@ import numpy as np
 import sbnnumba as sb
 from sbnnumba import bitpack
 from sbnnumba.estimators.relaxations import noise_quantile
+from sbnnumba.kernels import reference as kernel_reference
 
 VERSION = 1
 ROOT = Path(__file__).resolve().parents[1]
@@ -269,6 +270,13 @@ def network_inputs(desc, params, x, uniforms=None, y=None):
 # ------------------------------------------------------------------------------------ topics
 A_GRID = [-40.0, -20.0, -8.0, -3.0, -1.5, -1.0, -0.75, -0.5, -0.25, -0.001, 0.0, 0.001, 0.25, 0.5, 0.75, 1.0,
           1.5, 3.0, 8.0, 20.0, 40.0]
+# (u, v) pairs for F(u) - F(v). Tails (both arguments on one side, or at the ends of a bounded support):
+# the stable form keeps full relative accuracy where F(u) - F(v) of two numbers near 1 would lose it.
+# Middle: the difference of two values near 1/2 carries their absolute rounding (about 1e-16), in any form.
+DIFF_TAILS = [(30.0, 29.0), (20.0, 19.5), (8.0, 7.5), (5.0, 4.0), (-8.0, -8.5), (-30.0, -31.0), (1.5, 0.999),
+              (-0.999, -1.5)]
+DIFF_ENDS = [(0.9999, 0.9998), (-0.9998, -0.9999)]  # the ends of [-1, 1]: tails of uniform and triangular only
+DIFF_MIDDLE = [(2.0, 1.0), (0.5, 0.25), (0.25, -0.25), (5.0, -5.0), (-0.25, -0.5), (0.75, 0.7499), (0.001, -0.001)]
 U_GRID = [1e-12, 1e-6, 0.01, 0.1, 0.25, 0.4999, 0.5, 0.5001, 0.75, 0.9, 0.99, 0.999999]
 
 
@@ -297,6 +305,15 @@ def topic_noise():
         cases.append(case(f"noise/{name}/quantile", "noise.quantile", f"F^-1(u) of {name} noise",
                           {"noise": name, "u": encode(u)}, {"z": encode(noise_quantile(family, u))},
                           atol=1e-14, rtol=1e-10, flags=["float64"]))
+        bounded = float(family.cdf(np.float64(1.0))) == 1.0  # support [-1, 1]
+        tails, middle = (DIFF_TAILS + DIFF_ENDS, DIFF_MIDDLE) if bounded else (DIFF_TAILS, DIFF_MIDDLE + DIFF_ENDS)
+        for part, pairs, atol in (("tails", tails, 1e-300), ("middle", middle, 1e-15)):
+            u, v = np.array(pairs).T
+            cases.append(case(f"noise/{name}/cdf-diff-{part}", "noise.cdf_diff",
+                              f"F(u) - F(v) of {name} noise ({part}; stable form: F(-v) - F(-u) when u + v > 0)",
+                              {"noise": name, "u": encode(u), "v": encode(v)},
+                              {"diff": encode(kernel_reference.cdf_diff(family, u, v))},
+                              atol=atol, rtol=1e-12, flags=["float64"]))
         for dtype, flag in ((np.float64, "float64"), (np.float32, "float32")):
             a, u = sample_inputs(rng, family, 24, dtype)
             x = family.sample(a, u)
