@@ -419,7 +419,7 @@ def write_report(args, results, meta):
 def main(argv=None):
     args = parse_args(argv)
     runtime.retain_freed_memory()  # reuse the pages of freed temporaries (sbnnumba/runtime.py)
-    with library_log(progress=not args.no_progress):  # per-epoch lines and lr-search trials
+    with library_log():  # per-epoch lines (unless --no-progress) and lr-search trials
         return run(args, argv)
 
 

@@ -39,7 +39,6 @@ import numpy as np
 
 from . import runtime
 from .training.config import Flag, Integer, Number, command_line_fields
-from .training.lr_search import SEARCH_OWN
 
 PROG = "python -m sbnnumba"
 DEFAULT_HIDDEN = "256,256"
@@ -356,9 +355,8 @@ def _searched_lr(args, search, net, ds, config, out, metadata):
     print(f"searching the learning rate for {args.estimator}: log10(lr) in [{b[0]:g}, {b[1]:g}], at most "
           f"{search['max_trials']} trials of {search['trial_epochs']} epochs"
           + (f" on {search['trial_subset']} training images" if search["trial_subset"] else ""), flush=True)
-    options = {k: v for k, v in config.to_dict().items() if k not in SEARCH_OWN}
     try:
-        found = training.search_lr(net, ds, **search, **options)
+        found = training.search_lr(net, ds, config, **search)
     except (TypeError, ValueError) as exc:
         raise CLIError(f"--lr auto: {exc}") from None
     metadata["lr_search"] = found.as_dict()
@@ -445,24 +443,18 @@ def cmd_gradcheck(argv):
 
 
 class _PrintHandler(logging.Handler):
-    """Library log records (INFO and up) as plain lines on the current ``sys.stdout``; with ``--no-progress``
-    the per-epoch lines of ``fit`` are left out (the learning-rate search still reports its trials)."""
-
-    def __init__(self, progress):
-        super().__init__(logging.INFO)
-        self.progress = progress
+    """Library log records (INFO and up) as plain lines on the current ``sys.stdout``."""
 
     def emit(self, record):
-        if self.progress or record.name != "sbnnumba.training.fit":
-            print(self.format(record), flush=True)
+        print(self.format(record), flush=True)
 
 
 @contextlib.contextmanager
-def library_log(progress=True):
-    """Print the library's log lines (INFO and up) while the block runs (see :class:`_PrintHandler`);
-    shared with the bench scripts."""
+def library_log():
+    """Print the library's log lines (INFO and up: ``fit``'s epoch lines when ``progress`` is on, the
+    learning-rate search's trials) while the block runs; shared with the bench scripts."""
     logger = logging.getLogger("sbnnumba")
-    handler, level = _PrintHandler(progress), logger.level
+    handler, level = _PrintHandler(logging.INFO), logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:
@@ -473,7 +465,7 @@ def library_log(progress=True):
 
 
 def _run(args):
-    with library_log(progress=args.command != "train" or args.progress):
+    with library_log():
         return cmd_train(args) if args.command == "train" else cmd_evaluate(args)
 
 

@@ -158,3 +158,31 @@ def test_version_1_checkpoint_resumes(tmp_path):
     assert training.load_checkpoint(out / training.CHECKPOINT_NAME).version == training.FORMAT_VERSION
     with pytest.raises(ValueError, match="fit.batch_size: checkpoint 40 vs now 20"):
         training.fit(net, (x, y), estimator="st", epochs=3, batch_size=20, lr=0.01, seed=4, out=out, resume=True)
+
+
+# ---------------------------------------------------------------------------------- logging, lr search
+def test_fit_logs_one_line_per_epoch(caplog):
+    rng = np.random.default_rng(3)
+    x, y = rng.random((64, 6), dtype=np.float32), rng.integers(0, 2, 64)
+    for progress, level in ((True, "INFO"), (False, "DEBUG")):
+        caplog.clear()
+        with caplog.at_level("DEBUG", logger="sbnnumba.training"):
+            training.fit(sb.Network.dense([6, 4], 2, rng=0), (x, y), epochs=2, batch_size=16, eval_samples=2,
+                         train_eval_size=0, progress=progress, plots=False)
+        lines = [r for r in caplog.records if r.name == "sbnnumba.training.fit"]
+        assert [r.levelname for r in lines] == [level] * 2
+        assert lines[1].getMessage().startswith("epoch 2/2 | train loss ")
+
+
+def test_search_lr_takes_a_config():
+    """A FitConfig gives the trials their options; the search's own fields (epochs, max_time, ...) are its."""
+    rng = np.random.default_rng(4)
+    x, y = rng.random((96, 6), dtype=np.float32), rng.integers(0, 2, 96)
+    config = FitConfig(estimator="st", batch_size=32, seed=5, epochs=9, max_time=1e-9, progress=True)
+    by_config = training.search_lr(sb.Network.dense([6, 4], 2, rng=0), (x, y), config, trial_epochs=1, max_trials=2)
+    by_keywords = training.search_lr(sb.Network.dense([6, 4], 2, rng=0), (x, y), estimator="st", batch_size=32,
+                                     seed=5, trial_epochs=1, max_trials=2)
+    assert by_config.table == by_keywords.table and by_config.settings["estimator"] == "st"
+    assert all(t.epochs == 1 for t in by_config.trials)
+    with pytest.raises(TypeError, match="set by the search itself"):
+        training.search_lr(sb.Network.dense([6, 4], 2, rng=0), (x, y), config, epochs=2)

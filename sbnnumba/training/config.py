@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from typing import Any
+from typing import Callable
 
 import numpy as np
 
@@ -217,15 +217,15 @@ class FitConfig:
     epochs: int = option(5, "total epochs, counting earlier sessions of a resumed run", _POS, flag="--epochs",
                          cli_default=3)
     batch_size: int = option(64, "examples per step", _POS, trajectory=True, flag="--batch-size")
-    optimizer: Any = option("adam", "optimizer: adam or sgd (Nesterov momentum), or an Optimizer instance",
+    optimizer: str | optim.Optimizer = option("adam", "optimizer: adam or sgd (Nesterov momentum), or an Optimizer instance",
                             OptimizerSpec(), flag="--optimizer")
-    lr: Any = option(None, "learning rate (default: adam 1e-3, sgd 0.01)", Optional(Number(positive=True)))
+    lr: float | None = option(None, "learning rate (default: adam 1e-3, sgd 0.01)", Optional(Number(positive=True)))
     momentum: float = option(0.9, "sgd: momentum (0 = plain SGD)", Number(0.0, 1.0), flag="--momentum")
     nesterov: bool = option(True, "sgd: Nesterov momentum", Flag())
     weight_decay: float = option(0.0, "weight decay (on latent weights: the pull toward p = 1/2)", Number(0.0))
-    schedule: Any = option(None, "learning-rate schedule over the run (step: x0.1 after each third)", Schedule(),
+    schedule: str | Callable[[int, float], float] | None = option(None, "learning-rate schedule over the run (step: x0.1 after each third)", Schedule(),
                            flag="--schedule", cli_default="constant")
-    clip_value: Any = option(1e3, "element-wise gradient clipping", Optional(Number(positive=True)), flag="--clip")
+    clip_value: float | None = option(1e3, "element-wise gradient clipping", Optional(Number(positive=True)), flag="--clip")
     seed: int = option(0, "training seed: batch order, augmentation, sampled paths, evaluation (the command "
                           "line also initializes the network with it)", _NONNEG, trajectory=True, flag="--seed", cli_default=1)
     split_seed: int = option(1, "seed of the train/validation split", _NONNEG, trajectory=True)
@@ -240,7 +240,7 @@ class FitConfig:
     eval_samples: int = option(10, "samples per image in evaluation", _POS, flag="--eval-samples")
     train_eval_size: int = option(2000, "training images evaluated after each epoch (0: none)", _NONNEG)
     eval_batch_size: int = option(500, "images per evaluation chunk", _POS)
-    max_time: Any = option(None, "time budget in seconds (stops after the epoch that passes it)",
+    max_time: float | None = option(None, "time budget in seconds (stops after the epoch that passes it)",
                            Optional(Number(positive=True)), flag="--max-time")
     plots: bool = option(True, "write loss.png, accuracy.png, entropy.png after each epoch", Flag())
     progress: bool = option(True, "progress bars and per-epoch summary lines", Flag(), flag="--no-progress")

@@ -22,8 +22,9 @@ Files written into ``out`` (each atomically: temp file + ``os.replace``): ``chec
 epoch, :mod:`~sbnnumba.training.checkpoint`), ``history.csv``, ``history.json``, ``loss.png``,
 ``accuracy.png``, ``entropy.png`` (:mod:`~sbnnumba.training.history`).
 
-Each epoch's summary line goes to the ``logging`` logger ``sbnnumba.training.fit`` (level INFO); the
-command line shows it, a library caller configures logging to see it. ``progress`` draws tqdm bars.
+Each epoch's summary line goes to the ``logging`` logger ``sbnnumba.training.fit`` (level INFO with
+``progress``, which also draws tqdm bars, else DEBUG); the command line shows it, a library caller
+configures logging to see it.
 """
 from __future__ import annotations
 
@@ -99,7 +100,10 @@ class FitResult:
 
 
 def make_optimizer(config, steps_per_epoch):
-    """The optimizer of ``config`` (an Optimizer instance is used as it is)."""
+    """The optimizer of ``config``: an Optimizer instance as it is, else :func:`sbnnumba.optim.get_optimizer`
+    by name with ``lr`` (its own default when None: Adam 1e-3, SGD 0.01), ``weight_decay``, ``clip_value``,
+    the schedule resolved over the run, and for SGD ``momentum`` / ``nesterov`` (Nesterov only with
+    momentum)."""
     if isinstance(config.optimizer, optim.Optimizer):
         return config.optimizer
     schedule = config.schedule
@@ -109,15 +113,12 @@ def make_optimizer(config, steps_per_epoch):
         schedule = optim.StepLR(step_size=max(1, math.ceil(config.epochs / 3)) * steps_per_epoch, gamma=0.1)
     elif schedule == "constant":
         schedule = None
-    lr, clip = config.lr, config.clip_value
-    if config.optimizer == "sgd":
-        return optim.SGD(lr=0.01 if lr is None else lr, momentum=config.momentum,
-                         nesterov=config.nesterov and config.momentum > 0, weight_decay=config.weight_decay,
-                         clip_value=clip, schedule=schedule)
-    if config.optimizer == "adam":
-        return optim.Adam(lr=1e-3 if lr is None else lr, weight_decay=config.weight_decay, clip_value=clip,
-                          schedule=schedule)
-    return optim.get_optimizer(config.optimizer, lr=lr, clip_value=clip, schedule=schedule)
+    kwargs = {"weight_decay": config.weight_decay, "clip_value": config.clip_value, "schedule": schedule}
+    if config.lr is not None:
+        kwargs["lr"] = config.lr
+    if config.optimizer == optim.SGD.name:  # the momentum options belong to SGD
+        kwargs.update(momentum=config.momentum, nesterov=config.nesterov and config.momentum > 0)
+    return optim.get_optimizer(config.optimizer, **kwargs)
 
 
 def _differences(key, a, b):
@@ -140,9 +141,11 @@ def check_resume(saved, current, path):
 class Trainer:
     """One training run of ``net`` on ``data`` under a :class:`FitConfig`, in phases.
 
-    :meth:`run` calls :meth:`prepare` (split the data, build the optimizer, the run's config), then
-    :meth:`resume` (``resume=True``) or :meth:`start`, then per epoch :meth:`run_epoch`, :meth:`validate`
-    and :meth:`save`. Each phase can also be called on its own (e.g. a sweep that evaluates differently).
+    Construction runs :meth:`prepare` (split the data, build the optimizer, the run's config); :meth:`run`
+    then calls :meth:`resume` (``resume=True``) or :meth:`start`, and per epoch :meth:`run_epoch`,
+    :meth:`validate` and :meth:`save`. Each phase can also be called on its own (e.g. a sweep that
+    evaluates differently); the phases share their state through the attributes (``optimizer``, ``rng``,
+    ``history``, ``run_config``, ``x_tr`` ... ``y_val``).
 
     Parameters
     ----------
@@ -218,8 +221,8 @@ class Trainer:
                    disable=not self.config.progress, leave=False, dynamic_ncols=True)
         try:
             if self.device is not None:
-                total, seen = self.device.run(self.config.batch_size, self.rng, lambda: bar.update(1)), \
-                    self.x_tr.shape[0]
+                total = self.device.run(self.config.batch_size, self.rng, lambda: bar.update(1))
+                seen = self.x_tr.shape[0]
                 if not np.isfinite(total):
                     raise self._diverged(f"non-finite loss in epoch {epoch} on the device", epoch)
             else:
@@ -270,7 +273,9 @@ class Trainer:
         return row
 
     def save(self):
-        """Checkpoint, history files and (if configured) plots into ``out``."""
+        """Checkpoint, history files and (if configured) plots into ``out`` (after the last row of ``history``)."""
+        if self.out is None:
+            raise ValueError("out: the trainer has no output directory to save into")
         save_checkpoint(self.ckpt_path, self.net, self.optimizer, self.rng, self.history[-1]["epoch"], self.history,
                         self.run_config)
         self.files["history_csv"], self.files["history_json"] = write_history(self.out, self.history, self.run_config)
@@ -281,7 +286,10 @@ class Trainer:
     def run(self):
         """All phases; returns a :class:`FitResult`."""
         c = self.config
-        self.resume() if self.resuming else self.start()
+        if self.resuming:
+            self.resume()
+        else:
+            self.start()
         if self.out is not None:
             os.makedirs(self.out, exist_ok=True)
         stopped, t_begin = ("already complete" if self.start_epoch >= c.epochs else "completed"), time.perf_counter()
@@ -293,7 +301,8 @@ class Trainer:
             self.validate(row)
             row.update(epoch_time=t1 - t0, eval_time=time.perf_counter() - t1)
             self.history.append(row)
-            log.info(summary_line(row, c.epochs, c.eval_samples))
+            # INFO with progress, else DEBUG: quiet runs (lr-search trials, --no-progress) stay out of the log
+            log.log(logging.INFO if c.progress else logging.DEBUG, summary_line(row, c.epochs, c.eval_samples))
             if self.out is not None:
                 self.save()
             if c.max_time is not None and time.perf_counter() - t_begin >= c.max_time and epoch < c.epochs:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import optim
 from ..network import Network
 from .checkpoint import jsonable
 from .config import FitConfig, Integer, Number, Optional
@@ -132,9 +133,6 @@ def _search_settings(bounds, max_trials, trial_epochs, trial_subset, xatol, fit_
     Integer(1)("trial_epochs", trial_epochs)
     Optional(Integer(1))("trial_subset", trial_subset)
     Number(positive=True)("xatol", xatol)
-    if not isinstance(fit_options.get("optimizer", ""), str):
-        raise ValueError("optimizer: pass the optimizer by name; an Optimizer instance would carry its state "
-                         "from one trial to the next")
     return lo, hi
 
 
@@ -190,8 +188,8 @@ class _Objective:
         return value
 
 
-def search_lr(net, data, *, estimator="psa", bounds=(-6.0, 0.0), max_trials=10, trial_epochs=5, trial_subset=None,
-              xatol=0.05, **fit_options):
+def search_lr(net, data, config=None, *, estimator=None, bounds=(-6.0, 0.0), max_trials=10, trial_epochs=5,
+              trial_subset=None, xatol=0.05, **fit_options):
     """Choose a constant learning rate for one method: bounded scalar minimization over ``log10(lr)``.
 
     Every trial restores the same initial parameters, trains ``trial_epochs`` epochs with :func:`fit`
@@ -211,8 +209,11 @@ def search_lr(net, data, *, estimator="psa", bounds=(-6.0, 0.0), max_trials=10, 
     data : Dataset, (x, y) or (x_train, y_train, x_val, y_val)
         As for :func:`fit`; split the same way (``val_fraction``, ``split_seed``). Only the training part
         is used; no validation is run during the trials.
-    estimator : str
-        The gradient estimator (method) to tune for.
+    config : FitConfig, optional
+        The run's options (default ``FitConfig()``); the search sets the fields of :data:`SEARCH_OWN` itself
+        for every trial (its own ``epochs``, ``lr``, no output, no evaluation) and uses the others.
+    estimator : str, optional
+        The gradient estimator (method) to tune for; default ``config.estimator``.
     bounds : (float, float)
         ``(lo, hi)`` of ``log10(lr)``, ``lo < hi``; default the spec's ``(-6, 0)``.
     max_trials : int >= 1
@@ -225,7 +226,7 @@ def search_lr(net, data, *, estimator="psa", bounds=(-6.0, 0.0), max_trials=10, 
     xatol : float > 0
         Absolute tolerance on ``log10(lr)`` at which the minimizer stops early.
     **fit_options
-        :class:`FitConfig` fields for every trial (``batch_size``, ``optimizer`` (a name), ``momentum``,
+        :class:`FitConfig` fields overriding ``config``'s for every trial (``batch_size``, ``optimizer`` (a name), ``momentum``,
         ``schedule``, ``seed``, ``val_fraction``, ``data_init``, ...; not those of :data:`SEARCH_OWN`). With
         ``data_init`` (the default), the data-dependent initialization is done once on the first
         ``batch_size`` images of the full training part, exactly as :func:`fit` would, and every trial
@@ -247,9 +248,17 @@ def search_lr(net, data, *, estimator="psa", bounds=(-6.0, 0.0), max_trials=10, 
     from scipy.optimize import minimize_scalar
 
     lo, hi = _search_settings(bounds, max_trials, trial_epochs, trial_subset, xatol, fit_options)
-    config = FitConfig(estimator=estimator, **fit_options)
-    trial_config = config.replace(epochs=int(trial_epochs), data_init=False, train_eval_size=0, progress=False,
-                                  plots=False)
+    config = FitConfig() if config is None else config
+    if not isinstance(config, FitConfig):
+        raise TypeError(f"config: expected a FitConfig, got {type(config).__name__}")
+    if estimator is not None:
+        fit_options["estimator"] = estimator
+    config = config.replace(**fit_options)
+    if isinstance(config.optimizer, optim.Optimizer):
+        raise ValueError("optimizer: pass the optimizer by name; an Optimizer instance would carry its state "
+                         "from one trial to the next")
+    trial_config = config.replace(epochs=int(trial_epochs), data_init=False, train_eval_size=0, max_time=None,
+                                  progress=False, plots=False)
     if not isinstance(net, Network):
         if not callable(net):
             raise TypeError(f"net: expected a Network or a callable returning one, got {type(net).__name__}")
@@ -268,7 +277,7 @@ def search_lr(net, data, *, estimator="psa", bounds=(-6.0, 0.0), max_trials=10, 
             pass
     finally:
         _restore(net, original)
-    settings = {"estimator": estimator, "bounds": [lo, hi], "max_trials": int(max_trials),
+    settings = {"estimator": config.estimator, "bounds": [lo, hi], "max_trials": int(max_trials),
                 "trial_epochs": int(trial_epochs), "trial_subset": None if trial_subset is None else int(trial_subset),
                 "trial_examples": int(trial_data[0].shape[0]), "xatol": float(xatol)}
     return _best(objective.trials, settings, time.perf_counter() - t_begin)
