@@ -231,7 +231,10 @@ class Stage:
     def forward(self, h, stats=None):
         """Pre-activation a; batch norm with the batch's statistics (biased variance) or with ``stats``."""
         self.h = h
-        z = self.affine(h)
+        return self.normalize(self.affine(h), stats)
+
+    def normalize(self, z, stats=None):
+        """Batch norm of the affine output z (identity without batch norm)."""
         if not self.bn:
             return z
         axes = self.channel_axes(z)
@@ -644,10 +647,11 @@ def op_conv2d_threshold(inp):
 
 
 # ============================================================ spec 10: deterministic packed network
-def folded_threshold(stage, stats, j, k):
-    """Integer threshold (t, flip) of unit j of a stage with binary input (dot in [-K, K], spec 10.2):
-    a_j(dot) >= 0  <=>  dot >= T (gamma > 0) or dot <= T (gamma < 0); units whose sign is the same on
-    all of [-K, K] get t = -(K + 1) (always +1) or K + 1 (always -1), unflipped."""
+def folded_threshold(stage, stats, j, k, scale=1.0):
+    """Integer threshold (t, flip) of unit j of a stage whose raw product is y = scale * d for an integer
+    d in [-K, K] (spec 10.2, 10.3): a_j(y) >= 0  <=>  d >= T (gamma > 0) or d <= T (gamma < 0) with
+    T = crossing / scale; units whose sign is the same on all of [-K, K] get t = -(K + 1) (always +1)
+    or K + 1 (always -1), unflipped."""
     b = stage.b[j]
     if stage.bn:
         mean, var = stats
@@ -655,30 +659,47 @@ def folded_threshold(stage, stats, j, k):
         crossing, increasing = mean[j] - b - stage.beta[j] * s / stage.gamma[j], stage.gamma[j] > 0
     else:
         crossing, increasing = -b, True
+    crossing /= scale
     if increasing:
         t = math.ceil(crossing)
         return (-(k + 1), False) if t <= -k else ((k + 1, False) if t > k else (t, False))
-    last = math.floor(crossing)  # +1 iff dot <= last, i.e. dot < last + 1 with the output flipped
+    last = math.floor(crossing)  # +1 iff d <= last, i.e. d < last + 1 with the output flipped
     return (-(k + 1), False) if last >= k else ((k + 1, False) if last < -k else (last + 1, True))
+
+
+def bitplane_preactivation(stage, stats, codes, quantization):
+    """First stage on quantized inputs x = scale * q (spec 10.3): the exact integer z = sum_i q_i w_ji,
+    y = scale * z rounded once, then the stage's bias and batch norm."""
+    z = codes.reshape(codes.shape[0], -1).astype(np.int64) @ stage.w.astype(np.int64).T
+    stage.h = codes
+    return stage.normalize(quantization["scale"] * z.astype(np.float64) + stage.b, stats)
 
 
 def op_packed_predict(inp):
     net = Network(inp)
     desc, buffers = net.desc, inp["buffers"]
+    quantization = inp.get("input_quantization")
     h, out = inp["x"].astype(np.float64), {}
     for k, (st, w) in enumerate(zip(desc["stages"], net.weights(None))):
         stage = Stage(st, net.params, k, w)
         stats = None
         if st["batch_norm"]:
             stats = (buffers[f"stages.{k}.running.deterministic.mean"], buffers[f"stages.{k}.running.deterministic.var"])
-        a = stage.forward(h, stats=stats)
-        if k > 0:  # binary input: the packed stage compares the integer dot with a folded threshold
-            fan_in = int(np.prod(w.shape[1:]))
-            folded = [folded_threshold(stage, stats, j, fan_in) for j in range(w.shape[0])]
+        fan_in = int(np.prod(w.shape[1:]))
+        if k == 0 and quantization is not None:
+            a = bitplane_preactivation(stage, stats, inp["codes"], quantization)
+            z_max = (2 ** quantization["bits"] - 1) * fan_in
+            folded = [folded_threshold(stage, stats, j, z_max, quantization["scale"]) for j in range(w.shape[0])]
+        else:
+            a = stage.forward(h, stats=stats)
+            # binary input: the packed stage compares the integer dot with a folded threshold
+            folded = [folded_threshold(stage, stats, j, fan_in) for j in range(w.shape[0])] if k > 0 else None
+        if folded is not None:
             out[f"threshold.stages.{k}"] = np.array([t for t, _ in folded])
             out[f"flip.stages.{k}"] = np.array([f for _, f in folded])
         h = sign_pm1(a)
         out[f"state.stages.{k}"] = h
+        out[f"words32.stages.{k}"] = pack_rows(h if h.ndim == 2 else np.moveaxis(h, 1, -1))  # conv: channels last
     out["logits"] = h.reshape(h.shape[0], -1) @ net.V.T + net.c
     out["predictions"] = np.argmax(out["logits"], axis=1)
     return out

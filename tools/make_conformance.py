@@ -609,24 +609,34 @@ def check_margins(net, x):
             h = np.where(a >= 0, 1.0, -1.0)
 
 
-def packed_case(case_id, description, desc, seed, batch):
+def packed_case(case_id, description, desc, seed, batch, quantization=None):
     rng = np.random.default_rng(seed)
     params = random_params(rng, desc, desc["input_shape"])
     buffers = deterministic_stats(rng, desc, params)
-    x = dyadic(rng, (batch,) + tuple(desc["input_shape"]), 1.0)
+    shape = (batch,) + tuple(desc["input_shape"])
+    if quantization is None:
+        x, codes = dyadic(rng, shape, 1.0), None
+    else:  # x = scale * q with integer codes q in [0, 2^bits)
+        codes = rng.integers(0, 2 ** quantization[1], shape)
+        x = quantization[0] * codes.astype(np.float64)
     net = build_network(desc, params)
     net.load_buffers(buffers)
     check_margins(net, x)
-    packed = sb.PackedNetwork.from_network(net, calibration_x=x)
+    packed = sb.PackedNetwork.from_network(net, calibration_x=x, input_quantization=quantization)
     expected = {f"state.stages.{k}": encode(s.astype(np.int8)) for k, s in enumerate(packed.forward_states(x))}
+    # each stage's packed output: (B, words) dense, (B, H, W, words) conv (channels last), as 32-bit words
+    expected.update({f"words32.stages.{k}": encode(words32(w)) for k, w in enumerate(packed.forward_packed(x))})
     for k, stage in enumerate(packed.stages):
-        if stage.kind.startswith("binary"):
+        if stage.kind in ("binary_dense", "binary_conv", "bitplane_dense"):
             expected[f"threshold.stages.{k}"] = encode(stage.arrays["threshold"].astype(np.int32))
             expected[f"flip.stages.{k}"] = encode(stage.arrays["flip"].astype(bool))
     expected["logits"] = encode(packed.predict_logits(x))
     expected["predictions"] = encode(packed.predict(x).astype(np.int64))
     inputs = network_inputs(desc, params, x)
     inputs["buffers"] = {k: encode(v) for k, v in buffers.items()}
+    if quantization is not None:
+        inputs["input_quantization"] = {"scale": quantization[0], "bits": quantization[1]}
+        inputs["codes"] = encode(codes.astype(np.int64))
     return case(case_id, "packed.predict", description, inputs, expected, atol=1e-12, rtol=1e-12,
                 flags=["float64"])
 
@@ -643,6 +653,9 @@ def topic_packed():
     return document("packed", "Predictions of small deterministic bit-packed networks (weights sign(eta), x = sign(a)).",
                     [packed_case("packed/dense-bn", "binary MLP: float first stage, two binary stages (batch norm "
                                  "with gamma of both signs, bias only), real head", dense, 800, 6),
+                     packed_case("packed/bitplane-dense-bn", "binary MLP whose first stage runs on the bit-planes "
+                                 "of 8-bit input codes (x = q / 255): exact integer first product", dense, 802, 6,
+                                 quantization=(1 / 255, 8)),
                      packed_case("packed/conv-bn", "binary conv net: float conv first stage (padding 1), binary conv "
                                  "stage (stride 2, padding 1), real head", conv, 801, 3)])
 
