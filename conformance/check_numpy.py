@@ -163,7 +163,9 @@ def dense_forward(w, b, h):
 
 
 def conv_taps(st, in_shape):
-    """(c_in index r, input y, input x, output y, output x, dy, dx) of every kernel tap inside the map."""
+    """Every (iy, ix, oy, ox, dy, dx): input position (iy, ix) = (sh oy + dy - ph, sw ox + dx - pw) read by
+    tap (dy, dx) of output position (oy, ox), inside the map (taps on the zero padding are left out);
+    and the output size (H_out, W_out) (spec 3.1)."""
     (kh, kw), (sh, sw), (ph, pw) = st["kernel_size"], st["stride"], st["padding"]
     _, height, width = in_shape
     out_h, out_w = conv_out_size(height, kh, sh, ph), conv_out_size(width, kw, sw, pw)
@@ -188,8 +190,7 @@ def conv_forward(st, w, b, h):
 
 
 def conv_backward(st, w, g_a, in_shape):
-    """Transposed map g_h[n, r, iy, ix] = sum over taps of W[c, r, dy, dx] g_a[n, c, oy, ox], and the
-    weight gradient needs h: see conv_weight_grad."""
+    """Transposed map: g_h[n, r, iy, ix] = sum over the taps reading (iy, ix) of W[c, r, dy, dx] g_a[n, c, oy, ox]."""
     taps, _ = conv_taps(st, in_shape)
     g_h = np.zeros((g_a.shape[0],) + tuple(in_shape))
     for iy, ix, oy, ox, dy, dx in taps:
@@ -199,6 +200,7 @@ def conv_backward(st, w, g_a, in_shape):
 
 
 def conv_weight_grad(st, h, g_a, w_shape):
+    """Shared weights: g_W[c, r, dy, dx] = sum over examples and positions of g_a[n, c, oy, ox] h[n, r, iy, ix]."""
     taps, _ = conv_taps(st, h.shape[1:])
     g_w = np.zeros(w_shape)
     for iy, ix, oy, ox, dy, dx in taps:
@@ -314,7 +316,7 @@ def loss_and_grad(logits, y):
     return loss, g
 
 
-# ============================================================== spec 3, 5: sampling a network path
+# ====================================================== spec 2.2, 3.3, 7.1: sampling a network path
 def sign_pm1(v):
     return np.where(v >= 0, 1.0, -1.0)
 
