@@ -16,16 +16,16 @@ from sbnnumba import distributed as dist
 from sbnnumba.optim import SGD
 
 
-def build(arch, bn, bernoulli, seed=0):
+def build(arch, bn, bernoulli, seed=0, backend="cpu"):
     rng = np.random.default_rng(seed)
     weight = "hidden" if bernoulli else "real"
     if arch == "dense":
-        return sb.Network.dense([20, 16, 12], 3, rng=rng, weight=weight, normalize=bn), (20,)
+        return sb.Network.dense([20, 16, 12], 3, rng=rng, weight=weight, normalize=bn, backend=backend), (20,)
     kinds = ["real", "bernoulli" if bernoulli else "real"]
     stage = (lambda layer: sb.Normalized(layer)) if bn else (lambda layer: layer)
     stages = [stage(sb.Conv2d(1, 4, 3, rng=rng, in_shape=(1, 8, 8), weight=kinds[0])),
               stage(sb.Conv2d(4, 5, 3, stride=2, rng=rng, in_shape=(4, 6, 6), weight=kinds[1]))]
-    return sb.Network(stages, sb.Linear(5 * 2 * 2, 3, rng=rng)), (1, 8, 8)
+    return sb.Network(stages, sb.Linear(5 * 2 * 2, 3, rng=rng), backend=backend), (1, 8, 8)
 
 
 def fail(spec, rank, step):
@@ -39,9 +39,9 @@ def fail(spec, rank, step):
         raise RuntimeError(f"simulated failure at step {step}")
 
 
-def train(comm, arch, bn, bernoulli, estimator, steps, batch, fail_spec=None):
+def train(comm, arch, bn, bernoulli, estimator, steps, batch, fail_spec=None, backend="cpu"):
     """A few data-parallel steps from rank 0's initialization; returns (params and buffers, losses)."""
-    net, shape = build(arch, bn, bernoulli, seed=comm.rank)  # ranks differ until the broadcast
+    net, shape = build(arch, bn, bernoulli, seed=comm.rank, backend=backend)  # ranks differ until the broadcast
     dist.broadcast_state(net, comm)
     data = np.random.default_rng(7)
     x = data.random((steps * batch,) + shape).astype(np.float32)
@@ -71,13 +71,17 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--local", action="store_true", help="one process, LocalCommunicator (no MPI)")
     p.add_argument("--fail", default=None, help="RANK:STEP:raise|kill: that rank fails before that step")
+    p.add_argument("--backend", default="cpu", choices=["cpu", "cuda"], help="cuda: each rank selects its GPU")
     a = p.parse_args(argv)
     comm = dist.LocalCommunicator() if a.local else dist.world()
     dist.announce_ranks(comm)
+    if a.backend == "cuda":
+        print(f"rank {comm.rank} uses GPU {dist.select_gpu(comm)}", flush=True)
     with dist.fail_fast(comm):
         for i, case in enumerate(a.case):
             arch, estimator, batch, *flags = case.split(",")
-            arrays = train(comm, arch, "bn" in flags, "bernoulli" in flags, estimator, a.steps, int(batch), a.fail)
+            arrays = train(comm, arch, "bn" in flags, "bernoulli" in flags, estimator, a.steps, int(batch), a.fail,
+                           a.backend)
             if comm.is_root:
                 np.savez(f"{a.out}.{i}.npz", **arrays)
     return 0

@@ -22,8 +22,9 @@ WORKER = os.path.join(ROOT, "tests", "distributed_worker.py")
 ONE_THREAD = {"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-def mpi_env():
-    env = dict(os.environ, **ONE_THREAD)
+def mpi_env(extra=None):
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    env.update(ONE_THREAD, **(extra or {}))
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     return env
 
@@ -35,9 +36,9 @@ def mpiexec():
     return exe
 
 
-def run_worker(args, n=None, timeout=240):
+def run_worker(args, n=None, timeout=240, env=None):
     cmd = [sys.executable, WORKER] + args if n is None else [mpiexec(), "-n", str(n), sys.executable, WORKER] + args
-    return subprocess.run(cmd, env=mpi_env(), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, env=mpi_env(env), capture_output=True, text=True, timeout=timeout)
 
 
 # ------------------------------------------------------------------------------------------ pieces
@@ -161,20 +162,46 @@ def test_check_replicas_names_the_differing_arrays():
 CASES = ["dense,psa,12,bn,bernoulli", "dense,st,13,bn,bernoulli", "conv,psa,12,bn,bernoulli", "conv,st,12"]
 
 
-def test_two_ranks_train_what_one_process_trains(tmp_path):
-    """Dense and conv networks, batch norm, Bernoulli weights, PSA and ST (one launch each for all cases)."""
-    cases = [arg for case in CASES for arg in ("--case", case)]
-    r1 = run_worker([str(tmp_path / "one"), "--local"] + cases)
-    assert r1.returncode == 0, r1.stderr
-    r2 = run_worker([str(tmp_path / "two")] + cases, n=2)
-    assert r2.returncode == 0, r2.stderr
-    for i, case in enumerate(CASES):
-        a, b = np.load(tmp_path / f"one.{i}.npz"), np.load(tmp_path / f"two.{i}.npz")
+def case_args(cases):
+    return [arg for case in cases for arg in ("--case", case)]
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    """Every case trained by one process (LocalCommunicator, CPU backend): the reference."""
+    prefix = tmp_path_factory.mktemp("one") / "one"
+    r = run_worker([str(prefix), "--local"] + case_args(CASES))
+    assert r.returncode == 0, r.stderr
+    return prefix
+
+
+def compare(prefix_one, prefix_two, cases):
+    for case in cases:
+        i = CASES.index(case)
+        a, b = np.load(f"{prefix_one}.{i}.npz"), np.load(f"{prefix_two}.{cases.index(case)}.npz")
         assert sorted(a.files) == sorted(b.files)
         assert np.all(np.isfinite(a["losses"])) and len(a["losses"]) == 4
         assert ("buf.stages.0.running.stochastic.mean" in a.files) == ("bn" in case)
         for k in a.files:  # the same floats summed in another order: float32 rounding, growing over the steps
             np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-5, err_msg=f"{case}: {k}")
+
+
+def test_two_ranks_train_what_one_process_trains(tmp_path, one_process):
+    """Dense and conv networks, batch norm, Bernoulli weights, PSA and ST (one launch for all cases)."""
+    r = run_worker([str(tmp_path / "two")] + case_args(CASES), n=2)
+    assert r.returncode == 0, r.stderr
+    compare(one_process, tmp_path / "two", CASES)
+
+
+def test_two_ranks_on_the_cuda_backend_in_the_simulator(tmp_path, one_process):
+    """backend="cuda": each rank selects its GPU (local rank mod GPUs: the simulator has one) and its
+    kernels run there; same result as one CPU process. (Not run on a real GPU.)"""
+    cases = [CASES[0], CASES[3]]
+    env = dict(NUMBA_ENABLE_CUDASIM="1")
+    r = run_worker([str(tmp_path / "two"), "--backend", "cuda"] + case_args(cases), n=2, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "rank 0 uses GPU 0" in r.stdout and "rank 1 uses GPU 0" in r.stdout
+    compare(one_process, tmp_path / "two", cases)
 
 
 def test_a_rank_that_raises_ends_the_job_naming_it(tmp_path):
