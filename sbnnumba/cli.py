@@ -14,6 +14,8 @@
     (54,000 training images; measured 51 s, test accuracy 83.8 % single sample, 85.1 % 10-sample
     ensemble, 84.7 % deterministic) and in about 25 s on the embedded subset (9,000 training images;
     78.2 % / 81.7 % / 80.7 % on its 2,000 test images).
+    ``--distributed`` (under ``mpiexec -n N``): data-parallel training on N ranks, ``--batch-size`` being the
+    global batch (:mod:`sbnnumba.distributed`, ``docs/cluster.md``); rank 0 prints and writes the files.
 ``evaluate CHECKPOINT``
     Test metrics of a checkpoint and the test accuracy vs number of ensemble samples (1..``--samples``),
     printed and saved as ``ensemble_accuracy.png`` and ``test_metrics.json``.
@@ -207,6 +209,9 @@ def build_parser():
     tr.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     tr.add_argument("--backend", default=None, choices=list(BACKENDS),
                     help="kernel backend (default: $SBNNUMBA_BACKEND or cpu)")
+    tr.add_argument("--distributed", action="store_true",
+                    help="data-parallel training over MPI: launch with mpiexec -n N (needs the extra 'mpi': "
+                         "pip install 'sbnnumba[mpi]'); --batch-size is the global batch; see docs/cluster.md")
 
     ev = sub.add_parser("evaluate", help="test metrics of a checkpoint",
                         description="Test metrics and accuracy vs number of ensemble samples of a checkpoint.",
@@ -339,14 +344,18 @@ def _architecture_options(args):
     return options
 
 
-def _searched_lr(args, search, net, ds, config, out, metadata):
-    """``--lr auto``: search the learning rate (or, resuming, reuse the checkpoint's); records it in ``metadata``."""
+def _searched_lr(args, search, net, ds, config, out, metadata, comm=None):
+    """``--lr auto``: search the learning rate (or, resuming, reuse the checkpoint's); records it in ``metadata``.
+    With ``comm`` the trials are data-parallel and rank 0 alone reads and writes files."""
     from sbnnumba import training
     from sbnnumba.fileio import atomic_write_text
 
     metadata["lr"] = "auto"
+    root = comm is None or comm.is_root
     if args.resume:  # the search was done by the session that started the run: reuse its lr
-        lr, record = _resume_lr(out)
+        lr, record = _resume_lr(out) if root else (None, None)
+        if comm is not None:
+            lr, record = comm.bcast_object((lr, record))
         if record is not None:
             metadata["lr_search"] = record
         print(f"--lr auto: resuming with the learning rate {lr:.4g} stored in the checkpoint")
@@ -356,21 +365,59 @@ def _searched_lr(args, search, net, ds, config, out, metadata):
           f"{search['max_trials']} trials of {search['trial_epochs']} epochs"
           + (f" on {search['trial_subset']} training images" if search["trial_subset"] else ""), flush=True)
     try:
-        found = training.search_lr(net, ds, config, **search)
+        found = training.search_lr(net, ds, config, **search, comm=comm)
     except (TypeError, ValueError) as exc:
         raise CLIError(f"--lr auto: {exc}") from None
     metadata["lr_search"] = found.as_dict()
-    atomic_write_text(os.path.join(out, "lr_search.json"), json.dumps(metadata["lr_search"], indent=1))
+    if root:
+        atomic_write_text(os.path.join(out, "lr_search.json"), json.dumps(metadata["lr_search"], indent=1))
     print(f"chosen learning rate: {found.lr:.4g} (mean training loss {found.score:.4f} over "
           f"{search['trial_epochs']} epochs; {len(found.trials)} trials in {found.seconds:.1f} s)", flush=True)
     return found.lr
 
 
+def _communicator(args):
+    """``--distributed``: the MPI job's communicator (its rank table printed), else None; without mpi4py a
+    CLIError saying how to install it, before anything else is done."""
+    if not args.distributed:
+        return None
+    from sbnnumba import distributed
+
+    try:
+        comm = distributed.world()
+    except distributed.MPIUnavailable as exc:
+        raise CLIError(f"--distributed: {exc}") from None
+    distributed.announce_ranks(comm)
+    return comm
+
+
 def cmd_train(args):
+    """``train``; with ``--distributed`` every rank runs it, an error on any rank ends the job (naming the
+    rank), and only rank 0 prints."""
+    comm = _communicator(args)
+    if comm is None:
+        return _train(args)
+    from sbnnumba.distributed import ReplicaMismatch, fail_fast
+    from sbnnumba.training import TrainingDiverged
+
+    with contextlib.ExitStack() as stack:
+        if not comm.is_root:
+            stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
+        stack.enter_context(fail_fast(comm, collective=(TrainingDiverged, ReplicaMismatch)))
+        return _train(args, comm)
+
+
+def _train(args, comm=None):
     from sbnnumba import architectures, training
 
     search = _lr_search_args(args)
-    out = _output_dir(args)
+    root = comm is None or comm.is_root
+    out = _output_dir(args) if root else None  # rank 0's file system decides (other ranks may not see it)
+    if comm is not None:
+        from sbnnumba.distributed import select_device
+
+        out = comm.bcast_object(out)
+        select_device(comm, args.backend)
     try:
         config = training.FitConfig(**{f.name: getattr(args, f.name) for _, f in command_line_fields()},
                                     lr=None if args.lr == "auto" else args.lr)
@@ -384,15 +431,18 @@ def cmd_train(args):
     except (ValueError, TypeError, RuntimeError, ImportError) as exc:
         raise CLIError(f"could not build the {args.arch} network: {exc}") from None
     metadata = {"command": "train", "data": args.data, "train_subset": args.train_subset,
-                "dataset": ds.name, "source": ds.source, "architecture": {"name": args.arch, "options": options}}
+                "dataset": ds.name, "source": ds.source, "architecture": {"name": args.arch, "options": options},
+                "distributed": comm is not None}
     if search is not None:
-        config = config.replace(lr=_searched_lr(args, search, net, ds, config, out, metadata))
+        config = config.replace(lr=_searched_lr(args, search, net, ds, config, out, metadata, comm))
     print(f"training {args.arch} {options} with {args.estimator} on {ds.name} ({ds.y_train.shape[0]} images, "
           f"{config.val_fraction:.0%} held out), {config.epochs} epochs, batch {config.batch_size}, "
           f"{config.optimizer}" + (f" lr {config.lr:.4g}" if config.lr is not None else "") + f"; output in {out}")
     t0 = time.perf_counter()
-    result = training.fit(net, ds, config, out=out, resume=args.resume, metadata=metadata)
+    result = training.fit(net, ds, config, out=out, resume=args.resume, metadata=metadata, comm=comm)
     t_train = time.perf_counter() - t0
+    if not root:  # the test evaluation and its files: rank 0
+        return 0
     metrics = training.evaluate(net, ds.x_test, ds.y_test, samples=config.eval_samples,
                                 rng=np.random.default_rng([config.seed, 0x7E57]))
     metrics.update(epochs=result.epochs_done, train_seconds=t_train, dataset=ds.name)

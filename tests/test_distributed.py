@@ -7,8 +7,10 @@ per-example noise (LocalCommunicator): equal to float32 rounding, since only the
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -234,3 +236,59 @@ def test_timing_communicator_clocks_gradient_and_statistics_reductions():
     # parameter gradients (its input gradient is not needed)
     assert comm.statistics_calls == 2 + 2 + 1
     assert comm.seconds >= 0 and comm.size == 1
+
+
+# ------------------------------------------------------------------------------------------ fit / CLI
+TRAIN = ["-m", "sbnnumba", "train", "--distributed", "--data", "embedded", "--train-subset", "1500", "--hidden",
+         "48,48", "--batch-size", "50", "--eval-samples", "2", "--no-progress"]
+
+
+def test_distributed_without_mpi4py_fails_at_once(monkeypatch, tmp_path, capsys):
+    from sbnnumba import cli
+
+    monkeypatch.setitem(sys.modules, "mpi4py", None)
+    monkeypatch.setitem(sys.modules, "mpi4py.MPI", None)
+    assert cli.main(["train", "--distributed", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "--distributed: distributed training needs mpi4py" in err and "pip install 'sbnnumba[mpi]'" in err
+    assert not (tmp_path / "run").exists()  # nothing was done
+
+
+def test_killed_rank_then_resume_on_another_n_matches_an_uninterrupted_run(tmp_path):
+    """2 ranks; rank 1 is killed (SIGKILL) after the first checkpoint: the job ends with an error instead of
+    hanging, the checkpoint is intact, and --resume on 1 rank finishes the run as an uninterrupted run does."""
+    from sbnnumba import training
+
+    killed, ckpt = tmp_path / "killed", tmp_path / "killed" / "checkpoint.npz"
+    cmd = [mpiexec(), "-n", "2", sys.executable] + TRAIN + ["--epochs", "4", "--out", str(killed)]
+    with subprocess.Popen(cmd, env=mpi_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as job:
+        deadline = time.monotonic() + 240
+        while not ckpt.exists() and job.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ckpt.exists() and job.poll() is None, "no checkpoint before the end of the job"
+        table = None
+        while table is None:  # rank 0 prints the rank table when the job starts
+            line = job.stderr.readline()
+            assert line, "the job printed no rank table"
+            table = re.search(r"rank 1 pid (\d+)", line)
+        pid = int(table.group(1))
+        os.kill(pid, signal.SIGKILL)
+        stdout, stderr = job.communicate(timeout=120)  # ends: no rank left waiting in an Allreduce
+    assert job.returncode != 0
+    assert f"PID {pid}" in stdout + stderr and "signal 9" in stdout + stderr
+    done = training.load_checkpoint(ckpt).epoch
+    assert 1 <= done < 4
+
+    resumed = subprocess.run([mpiexec(), "-n", "1", sys.executable] + TRAIN + ["--epochs", "4", "--out", str(killed),
+                                                                              "--resume"],
+                             env=mpi_env(), capture_output=True, text=True, timeout=240)
+    assert resumed.returncode == 0, resumed.stderr
+    whole = subprocess.run([mpiexec(), "-n", "1", sys.executable] + TRAIN + ["--epochs", "4", "--out",
+                                                                            str(tmp_path / "whole")],
+                           env=mpi_env(), capture_output=True, text=True, timeout=240)
+    assert whole.returncode == 0, whole.stderr
+    a, b = training.load_checkpoint(ckpt), training.load_checkpoint(tmp_path / "whole" / "checkpoint.npz")
+    assert a.epoch == b.epoch == 4
+    np.testing.assert_allclose([r["train_loss"] for r in a.history], [r["train_loss"] for r in b.history], rtol=1e-5)
+    for k in b.params:  # epochs up to `done` ran on 2 ranks, the rest on 1: float32 rounding only
+        np.testing.assert_allclose(a.params[k], b.params[k], rtol=1e-3, atol=1e-5, err_msg=k)

@@ -9,7 +9,7 @@ the result does not depend on ``N`` beyond the order of float sums. See ``docs/c
 mpi4py is imported only by :class:`MPICommunicator` / :func:`world`.
 """
 from .comm import INSTALL_HINT, Communicator, LocalCommunicator, MPICommunicator, MPIUnavailable, require_mpi, world
-from .devices import gpu_for_rank, select_gpu
+from .devices import gpu_for_rank, select_device, select_gpu
 from .evaluation import reduce_metrics, shard_of
 from .faults import announce_ranks, fail_fast, failure_message
 from .replicas import ReplicaMismatch, broadcast_state, check_replicas, digests
@@ -17,8 +17,10 @@ from .sharding import shard_bounds
 from .step import DataParallelStep, GradientBuffer, synchronized_batch_norm
 from .streams import KeyedNoise
 from .timing import TimingCommunicator
+from .trainer import DistributedTrainer
 
 __all__ = ["Communicator", "LocalCommunicator", "MPICommunicator", "MPIUnavailable", "INSTALL_HINT", "require_mpi",
-           "world", "gpu_for_rank", "select_gpu", "reduce_metrics", "shard_of", "announce_ranks", "fail_fast",
+           "world", "gpu_for_rank", "select_device", "select_gpu", "reduce_metrics", "shard_of", "announce_ranks", "fail_fast",
            "failure_message", "ReplicaMismatch", "broadcast_state", "check_replicas", "digests", "shard_bounds",
-           "DataParallelStep", "GradientBuffer", "synchronized_batch_norm", "KeyedNoise", "TimingCommunicator"]
+           "DataParallelStep", "GradientBuffer", "synchronized_batch_norm", "KeyedNoise", "TimingCommunicator",
+           "DistributedTrainer"]

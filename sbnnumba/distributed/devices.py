@@ -37,3 +37,14 @@ def select_gpu(comm):
     index = gpu_for_rank(comm.local_rank, len(cuda.gpus))
     cuda.select_device(index)
     return index
+
+
+def select_device(comm, backend):
+    """Give this rank its device for the kernel ``backend`` (None: ``$SBNNUMBA_BACKEND`` or cpu): its GPU
+    (:func:`select_gpu`) for ``"cuda"``, nothing for the CPU backends. Returns the GPU index or None."""
+    from ..network import default_backend
+
+    # the one backend with a device per rank; to move into sbnnumba/backends/ once that package declares it
+    if (default_backend() if backend is None else backend) == "cuda":
+        return select_gpu(comm)
+    return None

@@ -129,7 +129,8 @@ def _differences(key, a, b):
 
 def check_resume(saved, current, path):
     """ValueError naming every setting that decides the trajectory and differs between two run configs."""
-    pairs = [(k, saved.get(k), current.get(k)) for k in ("network", "data", "optimizer")]
+    # "sampling" is set by data-parallel runs only (keyed per-example noise): a different trajectory
+    pairs = [(k, saved.get(k), current.get(k)) for k in ("network", "data", "optimizer", "sampling")]
     pairs += [(f"fit.{k}", v, current["fit"].get(k))
               for k, v in trajectory_from_dict(saved.get("fit", {})).items()]
     diff = [d for key, a, b in pairs for d in _differences(key, jsonable(a), jsonable(b))]
@@ -242,7 +243,7 @@ class Trainer:
                                                                     shuffle=True), start=1):
             if c.augment:
                 xb = datasets.augment_flip_crop(xb, rng, pad=c.augment_pad)
-            loss, grads = _registry.estimate(c.estimator, net, as_float(xb, net.dtype), yb, rng, **c.estimator_options)
+            loss, grads = self.estimate(xb, yb)
             bad = _first_nonfinite(loss, grads)
             if bad is not None:
                 raise self._diverged(f"non-finite {bad} at epoch {epoch}, step {step}", epoch, step)
@@ -255,6 +256,21 @@ class Trainer:
                 bar.set_postfix(loss=f"{total / seen:.4f}")
         return total, seen
 
+    def estimate(self, xb, yb):
+        """Loss and gradient estimate of one training batch (the configured estimator, the training generator)."""
+        c = self.config
+        return _registry.estimate(c.estimator, self.net, as_float(xb, self.net.dtype), yb, self.rng,
+                                  **c.estimator_options)
+
+    def evaluate(self, x, y, rng, **options):
+        """:func:`~sbnnumba.training.evaluate` of the network on ``(x, y)`` with the configured samples and batch."""
+        c = self.config
+        return evaluate(self.net, x, y, c.eval_samples, rng, batch_size=c.eval_batch_size, **options)
+
+    def device_runner(self):
+        """The device-resident epoch runner where :mod:`~sbnnumba.training.device` finds one possible, else None."""
+        return device_epochs(self.net, self.config, self.optimizer, self.x_tr, self.y_tr)
+
     def validate(self, row):
         """Add the evaluation of the epoch's network to ``row``: ``train_*`` on the first ``train_eval_size``
         training images, ``val_*`` on the validation part (generators independent of training)."""
@@ -263,13 +279,11 @@ class Trainer:
             net.recalibrate_normalization(as_float(self.x_tr[:_RECALIBRATION_IMAGES], net.dtype), mode="deterministic")
         eval_rng = np.random.default_rng([c.seed, row["epoch"], _EVAL_SALT])
         if c.train_eval_size:
-            m = evaluate(net, self.x_tr[:c.train_eval_size], self.y_tr[:c.train_eval_size], c.eval_samples, eval_rng,
-                         batch_size=c.eval_batch_size, entropy=False)
+            m = self.evaluate(self.x_tr[:c.train_eval_size], self.y_tr[:c.train_eval_size], eval_rng, entropy=False)
             row.update({"train_eval_loss": m["loss"], "train_acc1": m["acc1"], "train_eacc": m["eacc"],
                         "train_det_acc": m["det_acc"]})
         if self.x_val.shape[0]:
-            row.update(metrics_row("val", evaluate(net, self.x_val, self.y_val, c.eval_samples, eval_rng,
-                                                   batch_size=c.eval_batch_size)))
+            row.update(metrics_row("val", self.evaluate(self.x_val, self.y_val, eval_rng)))
         return row
 
     def save(self):
@@ -293,7 +307,7 @@ class Trainer:
         if self.out is not None:
             os.makedirs(self.out, exist_ok=True)
         stopped, t_begin = ("already complete" if self.start_epoch >= c.epochs else "completed"), time.perf_counter()
-        self.device = device_epochs(self.net, c, self.optimizer, self.x_tr, self.y_tr)
+        self.device = self.device_runner()
         for epoch in range(self.start_epoch + 1, c.epochs + 1):
             t0 = time.perf_counter()
             row = self.run_epoch(epoch)
@@ -337,7 +351,7 @@ def _first_nonfinite(loss, grads):
     return None
 
 
-def fit(net, data, config=None, *, out=None, resume=False, metadata=None, **options):
+def fit(net, data, config=None, *, out=None, resume=False, metadata=None, comm=None, **options):
     """Train ``net`` in place on ``data`` with a gradient estimator; validate after every epoch.
 
     Parameters
@@ -368,6 +382,11 @@ def fit(net, data, config=None, *, out=None, resume=False, metadata=None, **opti
         is an error (FileExistsError).
     metadata : dict, optional
         JSON-able extra information stored in the config (e.g. command-line settings).
+    comm : sbnnumba.distributed.Communicator, optional
+        Data-parallel training with the ranks of ``comm`` (every rank calls ``fit`` with the same
+        arguments): :class:`sbnnumba.distributed.DistributedTrainer`, see ``docs/cluster.md``. An error
+        on one rank ends the whole job (``MPI_Abort``) with a message naming the rank, except
+        :class:`TrainingDiverged`, which every rank raises together.
     **options
         Fields of :class:`FitConfig` overriding ``config``'s (``fit(net, data, epochs=3, lr=1e-2)``).
 
@@ -389,4 +408,9 @@ def fit(net, data, config=None, *, out=None, resume=False, metadata=None, **opti
         if not isinstance(config, FitConfig):
             raise TypeError(f"config: expected a FitConfig, got {type(config).__name__}")
         config = config.replace(**options)
-    return Trainer(net, data, config, out=out, resume=resume, metadata=metadata).run()
+    if comm is None:
+        return Trainer(net, data, config, out=out, resume=resume, metadata=metadata).run()
+    from ..distributed import DistributedTrainer, ReplicaMismatch, fail_fast  # above training: imported on use
+
+    with fail_fast(comm, collective=(TrainingDiverged, ReplicaMismatch)):
+        return DistributedTrainer(net, data, config, comm=comm, out=out, resume=resume, metadata=metadata).run()

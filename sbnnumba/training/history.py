@@ -57,4 +57,6 @@ def summary_line(row, epochs, eval_samples):
                   f"ens{eval_samples} {100 * row['val_eacc']:.2f}%", f"det {100 * row['val_det_acc']:.2f}%",
                   f"H {row['val_entropy']:.3f} bit"]
     parts.append(f"{row['epoch_time']:.1f}s")
+    if "comm_time" in row:  # data-parallel runs: the reductions' share of the training time (incl. waiting)
+        parts.append(f"communication {100 * row['comm_time'] / max(row['epoch_time'], 1e-9):.1f}%")
     return " | ".join(parts)

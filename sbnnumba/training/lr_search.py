@@ -157,8 +157,8 @@ class _Budget(Exception):
 class _Objective:
     """``log10(lr) -> score`` for the minimizer: one training per new point, from the same start."""
 
-    def __init__(self, net, data, config, start, lo, hi, max_trials):
-        self.net, self.data, self.config, self.start = net, data, config, start
+    def __init__(self, net, data, config, start, lo, hi, max_trials, comm=None):
+        self.net, self.data, self.config, self.start, self.comm = net, data, config, start, comm
         self.lo, self.hi, self.max_trials = lo, hi, max_trials
         self.trials, self.cache = [], {}
 
@@ -172,7 +172,7 @@ class _Objective:
         _restore(self.net, self.start)
         t0, n = time.perf_counter(), len(self.trials) + 1
         try:
-            res = fit(self.net, self.data, self.config, lr=lr)
+            res = fit(self.net, self.data, self.config, lr=lr, comm=self.comm)
             trial = LRTrial(n, lr, log_lr, float(np.mean([r["train_loss"] for r in res.history])), "ok",
                             len(res.history), time.perf_counter() - t0)
             value = trial.score
@@ -189,7 +189,7 @@ class _Objective:
 
 
 def search_lr(net, data, config=None, *, estimator=None, bounds=(-6.0, 0.0), max_trials=10, trial_epochs=5,
-              trial_subset=None, xatol=0.05, **fit_options):
+              trial_subset=None, xatol=0.05, comm=None, **fit_options):
     """Choose a constant learning rate for one method: bounded scalar minimization over ``log10(lr)``.
 
     Every trial restores the same initial parameters, trains ``trial_epochs`` epochs with :func:`fit`
@@ -225,6 +225,9 @@ def search_lr(net, data, config=None, *, estimator=None, bounds=(-6.0, 0.0), max
         drawn with ``split_seed``) to make the search affordable; None uses the whole training part.
     xatol : float > 0
         Absolute tolerance on ``log10(lr)`` at which the minimizer stops early.
+    comm : sbnnumba.distributed.Communicator, optional
+        Run every trial data-parallel on the ranks of ``comm`` (``fit(..., comm=comm)``); every rank gets
+        the same (reduced) scores, so the minimizer proposes the same trials everywhere.
     **fit_options
         :class:`FitConfig` fields overriding ``config``'s for every trial (``batch_size``, ``optimizer`` (a name), ``momentum``,
         ``schedule``, ``seed``, ``val_fraction``, ``data_init``, ...; not those of :data:`SEARCH_OWN`). With
@@ -269,7 +272,7 @@ def search_lr(net, data, config=None, *, estimator=None, bounds=(-6.0, 0.0), max
     try:
         if config.data_init:  # as fit() would, on the full training part
             net.initialize_from_data(as_float(x_tr[:config.batch_size], net.dtype))
-        objective = _Objective(net, trial_data, trial_config, _snapshot(net), lo, hi, int(max_trials))
+        objective = _Objective(net, trial_data, trial_config, _snapshot(net), lo, hi, int(max_trials), comm)
         try:
             minimize_scalar(objective, bounds=(lo, hi), method="bounded",
                             options={"maxiter": int(max_trials), "xatol": float(xatol)})

@@ -1,0 +1,104 @@
+"""Data-parallel training: :class:`DistributedTrainer`, the :class:`~sbnnumba.training.Trainer` of ``N`` ranks.
+
+What changes against one process (each a phase of the Trainer):
+
+* start / resume: rank 0 alone initializes (data-dependent initialization) or reads the checkpoint; its
+  parameters, normalization statistics, optimizer state, training generator and history are broadcast;
+* each step: every rank draws the same global batch (and augmentation) from the shared training generator
+  and computes its shard with :class:`~sbnnumba.distributed.DataParallelStep` (keyed per-example noise, one
+  Allreduce); after every epoch :func:`~sbnnumba.distributed.check_replicas`;
+* validation: each rank evaluates a contiguous part of each set with its own generator, the metrics are
+  reduced (:func:`~sbnnumba.distributed.reduce_metrics`); the deterministic-mode normalization statistics
+  are re-estimated by every rank on the same images (deterministic, so identical);
+* rank 0 alone writes the checkpoint, history and plots and shows progress. The checkpoint holds nothing
+  that depends on ``N`` (``config["sampling"]`` marks the keyed noise, so a single-process run does not
+  resume it and vice versa); it resumes on any number of ranks.
+
+The device-resident GPU epoch (:mod:`sbnnumba.training.device`) is not used: each rank runs the host
+step, whose kernels use the rank's GPU with ``backend="cuda"`` (:func:`~sbnnumba.distributed.select_gpu`).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..training.checkpoint import generator_from_state
+from ..training.data import as_float
+from ..training.fit import Trainer
+from .comm import Communicator
+from .evaluation import reduce_metrics, shard_of
+from .replicas import broadcast_state, check_replicas
+from .step import DataParallelStep
+from .timing import TimingCommunicator
+
+#: ``config["sampling"]`` of a data-parallel run: activation noise keyed by (seed, step, global example index).
+SAMPLING = "keyed-per-example"
+
+
+class DistributedTrainer(Trainer):
+    """A :class:`~sbnnumba.training.Trainer` whose steps, validation and files are shared by the ranks of ``comm``.
+
+    Parameters
+    ----------
+    net, data, config, out, resume, metadata :
+        As for :class:`~sbnnumba.training.Trainer`, the same on every rank (``out`` is written by rank 0).
+    comm : Communicator
+    """
+
+    def __init__(self, net, data, config, *, comm, out=None, resume=False, metadata=None):
+        if not isinstance(comm, Communicator):
+            raise TypeError(f"comm: expected a sbnnumba.distributed.Communicator, got {type(comm).__name__}")
+        self.comm = TimingCommunicator(comm)
+        if not comm.is_root:
+            config = config.replace(progress=False)
+        super().__init__(net, data, config, out=out, resume=resume, metadata=metadata)
+
+    def prepare(self, data):
+        super().prepare(data)
+        self.run_config["sampling"] = SAMPLING
+        c = self.config
+        self.step = DataParallelStep(self.net, self.comm, c.estimator, c.estimator_options, seed=c.seed)
+
+    def resume(self):
+        if self.comm.is_root:
+            super().resume()
+        self._share_start()
+
+    def start(self):
+        if self.comm.is_root:
+            super().start()
+        self._share_start()
+
+    def _share_start(self):
+        """Rank 0's parameters, statistics, optimizer state, generator and history on every rank."""
+        root = self.comm.is_root
+        state = (self.optimizer.state_dict(), self.rng.bit_generator.state, self.history, self.start_epoch) \
+            if root else None
+        state = self.comm.bcast_object(state)
+        broadcast_state(self.net, self.comm)
+        if not root:
+            self.optimizer.load_state_dict(state[0])
+            self.rng = generator_from_state(state[1])
+            self.history, self.start_epoch = list(state[2]), state[3]
+
+    def device_runner(self):
+        return None  # the host step on every rank (see the module docstring)
+
+    def estimate(self, xb, yb):
+        return self.step(as_float(xb, self.net.dtype), yb, self.optimizer.step_count)
+
+    def run_epoch(self, epoch):
+        self.comm.reset()
+        row = super().run_epoch(epoch)
+        check_replicas(self.net, self.comm, f"after epoch {epoch}")
+        row["comm_time"] = self.comm.seconds
+        return row
+
+    def evaluate(self, x, y, rng, **options):
+        # every rank draws the same seed from the shared generator, then samples its part with its own stream
+        own = np.random.default_rng([int(rng.integers(2 ** 63)), self.comm.rank])
+        xs, ys = shard_of(x, y, self.comm)
+        return reduce_metrics(super().evaluate(xs, ys, own, **options), self.comm)
+
+    def save(self):
+        if self.comm.is_root:
+            super().save()
