@@ -174,8 +174,12 @@ def model(params, step_s_one_core, batch, cores_per_node, n_bn, latency_s=20e-6)
                     found.setdefault((scaling, g), nodes)
         for g in (10, 100):
             n = found.get((scaling, g))
+            # break-even at 16 nodes: how much faster a core must be for communication to dominate there
+            per_rank = -(-(batch if node_batch is None else node_batch * 16) // (16 * cores_per_node))
+            comm16 = ring_allreduce_seconds(nbytes, 16, g, latency_s) + 2 * n_bn * 2 * 15 * latency_s
             print(f"  -> {scaling} scaling at {g} Gb/s: communication exceeds computation "
-                  + (f"from N = {n} nodes on" if n else "within 256 nodes: never"))
+                  + (f"from N = {n} nodes on" if n else "within 256 nodes: never")
+                  + f"; at 16 nodes it would with cores {per_example * per_rank / comm16:.0f}x faster than here")
         if node_batch is None:
             print(f"  (beyond {max(1, batch // cores_per_node)} node(s) some ranks have no example: the batch, "
                   "not the network, limits strong scaling)")

@@ -292,3 +292,23 @@ def test_killed_rank_then_resume_on_another_n_matches_an_uninterrupted_run(tmp_p
     np.testing.assert_allclose([r["train_loss"] for r in a.history], [r["train_loss"] for r in b.history], rtol=1e-5)
     for k in b.params:  # epochs up to `done` ran on 2 ranks, the rest on 1: float32 rounding only
         np.testing.assert_allclose(a.params[k], b.params[k], rtol=1e-3, atol=1e-5, err_msg=k)
+
+
+def test_fit_with_a_local_communicator_marks_its_checkpoint(tmp_path):
+    """fit(comm=) on one rank: the data-parallel trainer (keyed noise); its checkpoint records that, so
+    resuming it without comm (another trajectory) is refused, and with comm it continues."""
+    from sbnnumba import training
+
+    rng = np.random.default_rng(0)
+    x, y = rng.random((120, 6)).astype(np.float32), rng.integers(0, 3, 120)
+    net = sb.Network.dense([6, 8, 8], 3, rng=0, normalize=True)
+    opts = dict(epochs=1, batch_size=16, eval_samples=2, train_eval_size=20, progress=False, plots=False)
+    res = training.fit(net, (x, y), out=tmp_path, comm=dist.LocalCommunicator(), **opts)
+    assert res.config["sampling"] == "keyed-per-example" and "comm_time" in res.history[0]
+    assert np.isfinite(res.history[0]["train_loss"]) and np.isfinite(res.history[0]["val_loss"])
+    with pytest.raises(ValueError, match="sampling"):
+        training.fit(sb.Network.dense([6, 8, 8], 3, rng=0, normalize=True), (x, y), out=tmp_path, resume=True,
+                     **dict(opts, epochs=2))
+    again = training.fit(sb.Network.dense([6, 8, 8], 3, rng=0, normalize=True), (x, y), out=tmp_path, resume=True,
+                         comm=dist.LocalCommunicator(), **dict(opts, epochs=2))
+    assert again.epochs_done == 2 and again.history[0] == res.history[0]
