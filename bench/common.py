@@ -130,3 +130,30 @@ def interleaved_medians(contenders, repeats, settle=0.0):
             fn()
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(times[name]) for name in names}
+
+
+def interleaved_wall_cpu_medians(contenders, repeats):
+    """Like :func:`interleaved_medians` (no settling), returning ``{name: (wall, cpu)}``: median wall
+    seconds and median process CPU seconds (all threads) per call. On a shared machine the CPU time
+    counts only the cycles the process got, so ``work / cpu`` estimates the throughput per busy core
+    even when other processes take turns on it (cache and memory contention still count)."""
+    names = list(contenders)
+    wall = {name: [] for name in names}
+    cpu = {name: [] for name in names}
+    for round_index in range(max(1, repeats)):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            cpu_start = time.process_time()
+            start = time.perf_counter()
+            contenders[name]()
+            wall[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - cpu_start)
+    return {name: (statistics.median(wall[name]), statistics.median(cpu[name])) for name in names}
+
+
+def thread_counts():
+    """``(1, n)`` with ``n`` the default thread count (Numba's pool size), or ``(1,)`` on one core: the
+    counts at which benchmarks print their ratios."""
+    import numba
+    n = numba.config.NUMBA_NUM_THREADS
+    return (1,) if n == 1 else (1, n)

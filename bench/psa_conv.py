@@ -19,7 +19,16 @@ Prints, measured in the same run (medians over interleaved repeats, float32):
    Target: PSA step within 3x of an ST step. Also a PSA step of the same network with triangular noise
    (bounded flip form) against the logistic one.
 
-Usage: python bench/psa_conv.py [--repeats 11] [--width 0.5] [--generic]
+3. the conv flip propagation of every stage of the paper's network at width 1.0 (``--stage-width``) on
+   1x28x28 images, batch 64 (stages 2-8: the first one's input is the real image), in G connections/s
+   per core: ``B C_out H_out W_out C_in kh kw`` over the wall time times the threads, and over the
+   process CPU time (the cycles the process got: on a shared machine the wall time also counts the
+   other processes' turns). Target: >= 5 G connections/s per core on every stage.
+
+Parts 1 and 2 print their ratios and part 3 its throughput at one thread and at the default thread count
+(``sbnnumba.set_num_threads``: Numba and BLAS together).
+
+Usage: python bench/psa_conv.py [--repeats 11] [--width 0.5] [--stage-width 1.0] [--generic] [--parts 1,2,3]
 """
 import argparse
 import os
@@ -31,7 +40,8 @@ os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # before NumPy loads Open
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import interleaved_medians, machine_info  # noqa: E402
+from common import (interleaved_medians, interleaved_wall_cpu_medians, machine_info,  # noqa: E402
+                    thread_counts)
 
 import sbnnumba as sb  # noqa: E402
 from sbnnumba.architectures import build  # noqa: E402
@@ -71,15 +81,8 @@ def saturated_variant(rng, layer, x_in, a, x_out, d_out, fraction=0.05):
     return a_sat, direct_sum
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=11)
-    parser.add_argument("--width", type=float, default=0.5)
-    parser.add_argument("--generic", action="store_true", help="also time the generic F form once")
-    args = parser.parse_args(argv)
-    machine_info()  # includes the load average: other processes on a 2-core machine skew every figure
-    rng = np.random.default_rng(0)
-
+def layer_section(rng, repeats, threads, generic):
+    """Part 1 at ``threads`` threads."""
     layer, x_in, a, x_out, d_out = layer_inputs(rng)
     a_sat, direct_sum = saturated_variant(rng, layer, x_in, a, x_out, d_out)
     contenders = {
@@ -95,51 +98,110 @@ def main(argv=None):
     }
     for fn in contenders.values():  # compile and warm up
         fn()
-    med = interleaved_medians(contenders, args.repeats)
-    if args.generic:
-        start = time.perf_counter()
-        conv_cpu.flip_propagate_conv(x_in, a, x_out, layer.weight, d_out, layer.stride, layer.padding, 0,
-                                     form="generic")
-        med["PSA flip, generic F form (1 run)"] = time.perf_counter() - start
-        start = time.perf_counter()
-        conv_cpu.flip_propagate_conv(x_in, a, x_out, layer.weight, d_out, layer.stride, layer.padding, 3,
-                                     form="generic")
-        med["PSA flip, generic form, triangular (1 run)"] = time.perf_counter() - start
+    med = interleaved_medians(contenders, repeats)
+    if generic:
+        for label, code in (("PSA flip, generic F form (1 run)", 0), ("PSA flip, generic form, triangular (1 run)", 3)):
+            start = time.perf_counter()
+            conv_cpu.flip_propagate_conv(x_in, a, x_out, layer.weight, d_out, layer.stride, layer.padding, code,
+                                         form="generic")
+            med[label] = time.perf_counter() - start
     base = med["forward conv (im2col + GEMM)"]
-    print("\n1) conv flip propagation, 64->64 ch, 3x3, stride 1, pad 1, 14x14, B=64, float32")
+    print(f"\n1) conv flip propagation, 64->64 ch, 3x3, stride 1, pad 1, 14x14, B=64, float32, {threads} thread(s)")
     for name, t in med.items():
         print(f"   {name:40s} {t * 1e3:9.2f} ms   {t / base:7.2f}x forward")
     print(f"   => PSA flip (ratio form) / forward conv = {med['PSA flip, ratio form'] / base:.2f}x (target <= 6x)")
+    bounded = med["PSA flip, bounded form, triangular"]
     print(f"   => PSA flip, bounded form (triangular) / ratio form (logistic) = "
-          f"{med['PSA flip, bounded form, triangular'] / med['PSA flip, ratio form']:.2f}x"
-          + (f"; generic / bounded form (triangular) = {med['PSA flip, generic form, triangular (1 run)'] / med['PSA flip, bounded form, triangular']:.1f}x"
-             if args.generic else ""))
+          f"{bounded / med['PSA flip, ratio form']:.2f}x"
+          + (f"; generic / bounded form (triangular) = "
+             f"{med['PSA flip, generic form, triangular (1 run)'] / bounded:.1f}x" if generic else ""))
     print(f"   => with 5 % inert saturated units: "
           f"{med['PSA flip, 5 % inert saturated units'] / med['PSA flip, ratio form']:.2f}x the unsaturated flip; "
           f"summing them directly would add "
           f"{med['direct sum over those units (left out)'] / med['PSA flip, ratio form']:.2f}x")
 
-    net = build("conv", (1, 28, 28), 10, width=args.width, rng=1)
+
+def step_section(rng, repeats, threads, width):
+    """Part 2 at ``threads`` threads."""
+    net = build("conv", (1, 28, 28), 10, width=width, rng=1)
     x = rng.random((64, 1, 28, 28), dtype=np.float32)
     y = rng.integers(0, 10, 64)
     net.initialize_from_data(x)
     channels = [layer.weight.shape[0] for layer in net.stages]
-    net_tri = build("conv", (1, 28, 28), 10, width=args.width, rng=1, noise="triangular")
+    net_tri = build("conv", (1, 28, 28), 10, width=width, rng=1, noise="triangular")
     net_tri.initialize_from_data(x)
     steps = {m: (lambda m=m: sb.estimate(m, net, x, y, rng=rng)) for m in ("st", "psa")}
     steps["psa, triangular noise"] = lambda: sb.estimate("psa", net_tri, x, y, rng=rng)
     for fn in steps.values():
         fn()
-    med = interleaved_medians(steps, args.repeats)
-    print(f"\n2) training step (forward + backward), conv SBN on 1x28x28, channels {channels}, B=64, float32")
+    med = interleaved_medians(steps, repeats)
+    print(f"\n2) training step (forward + backward), conv SBN on 1x28x28, channels {channels}, B=64, float32, "
+          f"{threads} thread(s)")
     for name, t in med.items():
         print(f"   {name:40s} {t * 1e3:9.2f} ms")
     print(f"   => PSA step / ST step = {med['psa'] / med['st']:.2f}x (target <= 3x); triangular / logistic PSA step "
           f"= {med['psa, triangular noise'] / med['psa']:.2f}x")
-    try:
-        print(f"load average at end: {os.getloadavg()}")
-    except OSError:
-        pass
+
+
+def stage_problems(rng, width, batch=64):
+    """Per stage 2-8 of the paper's conv network on 1x28x28 (data-initialized): ``(label, connections,
+    call)``, ``call`` the stage's logistic flip propagation on random +-1 inputs and outputs."""
+    net = build("conv", (1, 28, 28), 10, width=width, rng=1)
+    net.initialize_from_data(rng.random((batch, 1, 28, 28), dtype=np.float32))
+    shape, problems = (1, 28, 28), []
+    for index, layer in enumerate(net.stages):
+        out_shape = layer.output_shape(shape)
+        if index > 0:
+            x_in = np.where(rng.random((batch,) + shape) < 0.5, 1, -1).astype(np.float32)
+            a = layer.forward(x_in)
+            x_out = np.where(rng.random(a.shape) < 0.5, 1, -1).astype(np.float32)
+            d_out = (1e-3 * rng.normal(size=a.shape)).astype(np.float32)
+            label = f"stage {index + 1}: " + " -> ".join("x".join(map(str, s)) for s in (shape, out_shape))
+            call = (lambda layer=layer, x_in=x_in, a=a, x_out=x_out, d_out=d_out:
+                    layer.flip_propagate(x_in, a, x_out, d_out, "logistic", "cpu"))
+            problems.append((label, batch * a[0].size * layer.weight[0].size, call))
+        shape = out_shape
+    return problems
+
+
+def stage_section(rng, repeats, threads, width):
+    """Part 3 at ``threads`` threads."""
+    problems = stage_problems(rng, width)
+    for _, _, call in problems:
+        call()
+    med = interleaved_wall_cpu_medians({label: call for label, _, call in problems}, repeats)
+    print(f"\n3) conv flip propagation per stage, paper network at width {width}, 1x28x28, B=64, float32 (logistic "
+          f"ratio form), {threads} thread(s); G connections/s per core (target >= 5)")
+    worst = float("inf")
+    for label, conns, _ in problems:
+        wall, cpu = med[label]
+        per_core_wall, per_core_cpu = conns / wall / threads / 1e9, conns / cpu / 1e9
+        worst = min(worst, per_core_wall)
+        print(f"   {label:34s} {conns / 1e6:7.0f} M conn  {wall * 1e3:8.2f} ms  {per_core_wall:5.2f} per core (wall)  "
+              f"{per_core_cpu:5.2f} per core (CPU time)")
+    print(f"   => slowest stage: {worst:.2f} G connections/s per core (wall)")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=11)
+    parser.add_argument("--width", type=float, default=0.5)
+    parser.add_argument("--stage-width", type=float, default=1.0)
+    parser.add_argument("--generic", action="store_true", help="also time the generic F form once")
+    parser.add_argument("--parts", default="1,2,3", help="comma-separated parts to run (default 1,2,3)")
+    args = parser.parse_args(argv)
+    parts = set(args.parts.split(","))
+    machine_info()  # includes the load average: other processes on a 2-core machine skew every figure
+    rng = np.random.default_rng(0)
+    for threads in thread_counts():
+        sb.set_num_threads(threads)
+        if "1" in parts:
+            layer_section(rng, args.repeats, threads, args.generic)
+        if "2" in parts:
+            step_section(rng, args.repeats, threads, args.width)
+        if "3" in parts:
+            stage_section(rng, args.repeats, threads, args.stage_width)
+    print(f"load average at end: {os.getloadavg()}")
 
 
 if __name__ == "__main__":

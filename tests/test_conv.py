@@ -1,5 +1,7 @@
 """Convolutional stages: Conv2d == dense layer on im2col patches, PSA conv kernels == NumPy reference ==
 brute-force flips, exact enumeration on tiny conv nets (spec psa.md, sections 2.10 and 8)."""
+import os
+
 import numpy as np
 import pytest
 
@@ -10,6 +12,7 @@ from sbnnumba.conv import Conv2d
 from sbnnumba.kernels import conv_cpu, conv_reference
 from sbnnumba.testing import enumerate_paths, exact_expected_loss, expected_estimate
 from conftest import NOISE_NAMES, group_rel_error
+from kernel_checks import stdout_at_threads
 
 # (c_in, c_out, kernel, stride, padding, H, W): odd/even/rectangular kernels, strides 1-3, padding 0-2,
 # non-square maps, several channels.
@@ -174,6 +177,34 @@ def test_numba_kernels_equal_reference(cfg, dtype, tol):
             got = conv_cpu.flip_propagate_conv(*args, layer.stride, layer.padding, get_noise(noise).code, form=form)
             assert got.dtype == dtype and got.shape == x.shape
             np.testing.assert_allclose(got, ref, atol=tol * max(1, np.abs(ref).max()), err_msg=f"{noise} {form}")
+
+
+# (c_in, c_out, kernel, stride, padding, H, W, batch): many parallel tasks, on small and on large maps.
+BLOCKED = [(3, 2, 3, 2, 0, 5, 5, 67), (5, 3, 1, 1, 0, 1, 1, 130), (3, 2, 3, 1, 1, 50, 47, 5)]
+
+
+_THREADS_PROBE = """
+import hashlib, sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+from test_conv import BLOCKED, _layer_data
+from sbnnumba.kernels import conv_cpu
+h = hashlib.sha256()
+for cfg in BLOCKED:
+    layer, x, a, x_out, d_out = _layer_data(cfg[:7], seed=12, scale=0.6, batch=cfg[7])
+    for dtype in (np.float32, np.float64):
+        args = [t.astype(dtype) for t in (x, a, x_out, layer.weight, d_out)]
+        for code, form in ((0, "ratio"), (3, "bounded"), (1, "generic")):
+            h.update(conv_cpu.flip_propagate_conv(*args, layer.stride, layer.padding, code, form=form).tobytes())
+print(h.hexdigest())
+"""
+
+
+def test_conv_flip_bit_identical_at_one_and_two_threads():
+    """Fixed reduction order: every accumulator entry adds its terms in the same order whatever the thread
+    count (issue #41), checked bit for bit in child processes with NUMBA_NUM_THREADS=1 and 2."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    assert stdout_at_threads(_THREADS_PROBE, 1, here) == stdout_at_threads(_THREADS_PROBE, 2, here)
 
 
 def test_layer_flip_propagate_backends_agree(noise_name):

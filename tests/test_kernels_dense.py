@@ -4,6 +4,7 @@ import pytest
 
 from sbnnumba import get_noise
 from sbnnumba.kernels import cpu, reference
+from kernel_checks import stdout_at_threads
 
 
 def _layer(rng, b, n_in, n_out, dtype, scale=1.0):
@@ -204,3 +205,28 @@ def test_linearized_reference_is_first_order_delta():
     lin = np.einsum("bij,bj->bi", 2 * x_out[:, None, :] * x_in[:, :, None] * w.T[None] * p[:, None, :], d_out)
     np.testing.assert_allclose(reference.flip_propagate_dense_linearized(x_in, a, x_out, w, d_out, "normal"), lin,
                                atol=1e-14)
+
+
+_THREADS_PROBE = """
+import hashlib
+import numpy as np
+from sbnnumba.kernels import cpu
+rng = np.random.default_rng(13)
+h = hashlib.sha256()
+for dtype in (np.float32, np.float64):
+    w = (0.5 * rng.normal(size=(70, 150))).astype(dtype)
+    x_in = np.where(rng.random((37, 150)) < 0.5, 1, -1).astype(dtype)
+    a = (x_in @ w.T).astype(dtype)
+    a[0, :3] = [-200.0, 300.0, 45.0]  # saturated units: the ratio form sums them directly
+    x_out = np.where(rng.random(a.shape) < 0.5, 1, -1).astype(dtype)
+    d_out = rng.normal(size=a.shape).astype(dtype)
+    for code, form in ((0, "ratio"), (3, "bounded"), (1, "generic")):
+        h.update(cpu.flip_propagate_dense(x_in, a, x_out, w, d_out, code, form=form).tobytes())
+print(h.hexdigest())
+"""
+
+
+def test_dense_flip_bit_identical_at_one_and_two_threads():
+    """Every d_in entry sums its terms in a fixed order whatever the thread count (issue #41): bit for bit in
+    child processes with NUMBA_NUM_THREADS=1 and 2."""
+    assert stdout_at_threads(_THREADS_PROBE, 1) == stdout_at_threads(_THREADS_PROBE, 2)
