@@ -648,6 +648,34 @@ def op_conv2d_threshold(inp):
     return {"y": y, "y_words32": pack_rows(np.moveaxis(y, 1, -1))}
 
 
+def op_pack_planes(inp):
+    """planes[..., b, :] = the codes' bit b packed like signs (bit set where bit b of q is 1)."""
+    codes = inp["codes"]
+    planes = [pack_rows(np.where((codes >> b) & 1, -1, 1)) for b in range(inp["bits"])]
+    return {"planes_words32": np.stack(planes, axis=-2)}
+
+
+def op_bitplane_matmul(inp):
+    """z = sum_b 2^b (popcount(q_b) - 2 popcount(q_b AND W_j)) over the packed words (spec 10.3)."""
+    planes, ww, bits = inp["planes_words32"], inp["w_words32"], inp["bits"]
+    z = np.zeros((planes.shape[0], ww.shape[0]), dtype=np.int64)
+    for i, j in itertools.product(range(planes.shape[0]), range(ww.shape[0])):
+        for b in range(bits):
+            ones = sum(bin(int(q)).count("1") for q in planes[i, b])
+            both = sum(bin(int(q) & int(w)).count("1") for q, w in zip(planes[i, b], ww[j]))
+            z[i, j] += 2 ** b * (ones - 2 * both)
+    if not np.array_equal(z, inp["codes"].astype(np.int64) @ inp["w"].astype(np.int64).T):
+        raise AssertionError("bitplane_matmul: the bit-plane sums differ from q @ w.T")
+    return {"z": z}
+
+
+def op_bitplane_matmul_threshold(inp):
+    z = op_bitplane_matmul(inp)["z"]
+    y = np.array([[threshold(z[i, j], inp["thresholds"][j], inp["flip"][j]) for j in range(z.shape[1])]
+                  for i in range(z.shape[0])], dtype=np.int8)
+    return {"y": y, "y_words32": pack_rows(y)}
+
+
 # ============================================================ spec 10: deterministic packed network
 def folded_threshold(stage, stats, j, k, scale=1.0):
     """Integer threshold (t, flip) of unit j of a stage whose raw product is y = scale * d for an integer
@@ -714,7 +742,8 @@ OPERATIONS = {
     "estimator.psa": op_psa, "estimator.st": op_st, "estimator.st-identity": op_st,
     "estimator.st-hardtanh": op_st, "estimator.st-tanh": op_st,
     "optim.sgd": op_sgd, "optim.adam": op_adam, "optim.mirror_descent": op_mirror_descent,
-    "bitpack.pack": op_pack, "bitpack.pack_channels": op_pack_channels,
+    "bitpack.pack": op_pack, "bitpack.pack_channels": op_pack_channels, "bitpack.pack_planes": op_pack_planes,
+    "xnor.bitplane_matmul": op_bitplane_matmul, "xnor.bitplane_matmul_threshold": op_bitplane_matmul_threshold,
     "xnor.matmul": op_matmul, "xnor.matmul_threshold": op_matmul_threshold,
     "xnor.conv2d": op_conv2d, "xnor.conv2d_threshold": op_conv2d_threshold,
     "packed.predict": op_packed_predict,

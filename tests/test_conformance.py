@@ -163,7 +163,8 @@ def test_bit_order_change_is_caught(monkeypatch):
 
     monkeypatch.setattr(sb.bitpack, "pack", msb_first)
     failed = failing_ids(make.generate(["bitpack"]))
-    assert failed == {c["id"] for c in stored_cases("bitpack.json")}  # pack_channels packs with pack
+    # pack_channels packs with pack; the bit-planes have their own packing
+    assert failed == {c["id"] for c in stored_cases("bitpack.json") if c["operation"] != "bitpack.pack_planes"}
 
 
 def test_threshold_tie_rule_change_is_caught(monkeypatch):

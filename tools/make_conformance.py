@@ -529,6 +529,13 @@ def topic_bitpack():
         x[1, ::4] *= 0.5  # only the sign counts
         cases.append(pack_case(f"pack/k{k}", x))
     cases.append(pack_case("pack/channels-c70", pm1(rng, (2, 70, 2, 3)).astype(np.float64), channels=True))
+    for k, bits in ((70, 8), (13, 3)):
+        codes = rng.integers(0, 2 ** bits, (2, k))
+        planes = bitpack.pack_planes(codes, bits)
+        cases.append(case(f"pack-planes/k{k}-b{bits}", "bitpack.pack_planes",
+                          f"bit-planes of {bits}-bit codes: planes[..., b, :] packs bit b of every code (set = 1)",
+                          {"codes": encode(codes), "bits": bits}, {"planes_words32": encode(words32(planes))},
+                          flags=["exact-integer"]))
     return document("bitpack", "Bit-packing layout: bit order, padding, the 32-bit word view.", cases)
 
 
@@ -573,6 +580,27 @@ def xnor_conv_cases(rng, shape, c_out, kernel, stride, padding):
     return [plain, fused]
 
 
+def bitplane_cases(rng, m, n, k, bits):
+    codes, w = rng.integers(0, 2 ** bits, (m, k)), pm1(rng, (n, k))
+    planes, ww = bitpack.pack_planes(codes, bits), bitpack.pack(w)
+    z = bitpack.bitplane_matmul(planes, ww, k)
+    inputs = {"codes": encode(codes), "bits": bits, "w": encode(w), "planes_words32": encode(words32(planes)),
+              "w_words32": encode(words32(ww)), "k": k}
+    plain = case(f"bitplane-matmul/m{m}-n{n}-k{k}-b{bits}", "xnor.bitplane_matmul",
+                 "z = q @ w.T = sum_b 2^b (popcount(q_b) - 2 popcount(q_b AND W)), exact", inputs,
+                 {"z": encode(z)}, flags=["exact-integer"])
+    thresholds = np.round(rng.normal(0, 2 ** bits * np.sqrt(k) / 4, n) * 2) / 2
+    thresholds[0] = float(z[0, 0])  # a tie: z == t gives +1
+    flip = rng.random(n) < 0.4
+    out = bitpack.bitplane_matmul_threshold(planes, ww, k, thresholds, flip)
+    fused = case(f"bitplane-matmul-threshold/m{m}-n{n}-k{k}-b{bits}", "xnor.bitplane_matmul_threshold",
+                 "y = +1 iff z >= t (flip: iff z < t), packed", dict(inputs, thresholds=encode(thresholds),
+                                                                     flip=encode(flip)),
+                 {"y": encode(bitpack.unpack(out, n, np.int8)), "y_words32": encode(words32(out))},
+                 flags=["exact-integer"])
+    return [plain, fused]
+
+
 def topic_xnor():
     rng = np.random.default_rng(700)
     cases = []
@@ -582,7 +610,10 @@ def topic_xnor():
                                                    ((1, 3, 6, 5), 3, (3, 3), (2, 2), (1, 1)),
                                                    ((2, 70, 4, 3), 2, (2, 1), (2, 1), (1, 2))):
         cases += xnor_conv_cases(rng, shape, c_out, kernel, stride, padding)
-    return document("xnor", "XNOR-popcount GEMM and binary convolution, with and without thresholds.", cases)
+    for m, n, k, bits in ((3, 5, 70, 8), (2, 3, 9, 2)):
+        cases += bitplane_cases(np.random.default_rng(710 + k), m, n, k, bits)
+    return document("xnor", "XNOR-popcount GEMM and binary convolution, with and without thresholds; "
+                    "bit-plane products of integer codes.", cases)
 
 
 def deterministic_stats(rng, desc, params):
