@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import machine_info  # noqa: E402
 
 from sbnnumba import architectures, datasets, plots, runtime, training  # noqa: E402
+from sbnnumba.backends import backend_names  # noqa: E402
 from sbnnumba.cli import bn_gamma_arg  # noqa: E402
 from sbnnumba.noise import NOISES  # noqa: E402
 from sbnnumba.weights import matched_scale  # noqa: E402
@@ -101,7 +102,7 @@ def main(argv=None):
     p.add_argument("--bn-gamma", type=bn_gamma_arg, default=1.0,
                    help="starting gamma of the batch normalizations, or 'noise-std' (each configuration's "
                         "activation-noise std: the same signal-to-noise ratio for every noise)")
-    p.add_argument("--backend", default=None, choices=["cpu", "numpy", "cuda"],
+    p.add_argument("--backend", default=None, choices=list(backend_names()),
                    help="'cuda': psa/st configurations train device-resident (sbnnumba.device_training)")
     args = p.parse_args(argv)
     runtime.retain_freed_memory()  # reuse the pages of freed temporaries (sbnnumba/runtime.py)

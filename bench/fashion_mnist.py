@@ -62,6 +62,7 @@ except ImportError:  # run from a source checkout without installation
 
 from sbnnumba import architectures, datasets, plots, runtime, training  # noqa: E402
 from sbnnumba.cli import bn_gamma_arg, library_log  # noqa: E402
+from sbnnumba.backends import backend_names  # noqa: E402
 from sbnnumba.fileio import atomic_write_text  # noqa: E402
 
 DEFAULT_METHODS = "psa,st,st-hardtanh,concrete,reinforce"
@@ -164,7 +165,7 @@ def parse_args(argv=None):
                         "(same trajectory as one uninterrupted run; lets a long run span several sessions)")
     p.add_argument("--report-only", action="store_true", help="only rewrite the report from results.json")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--backend", default=None, choices=["cpu", "numpy", "cuda"],
+    p.add_argument("--backend", default=None, choices=list(backend_names()),
                    help="kernel backend (default: $SBNNUMBA_BACKEND or cpu); 'cuda' trains PSA/ST runs of real-weight "
                         "networks device-resident (see docs/gpu.md)")
     args = p.parse_args(argv)

@@ -6,14 +6,14 @@ device unless stated):
 * ``sgemm``: float32 ``A @ B.T`` (M, K) x (N, K): cuBLAS through CuPy when CuPy is installed,
   else a tiled numba.cuda SGEMM written here (64 x 64 block tiles, 4 x 4 outputs per thread; far
   slower than cuBLAS, so ratios against it flatter the other kernels: the baseline used is printed);
-* ``xnor``: :func:`sbnnumba.kernels.cuda_backend.xnor_matmul` on the same shape, packed operands,
+* ``xnor``: ``get_backend("cuda").xnor_matmul`` (:func:`sbnnumba.backends.cuda.ops.xnor_matmul`) on the same shape, packed operands,
   int32 output: binary ops/s = ``2 M N K / t`` (one XNOR + one popcount-add per product, counted as
   2 ops like a float multiply-add) and the speed-up over sgemm;
-* ``psa dense``: :func:`~sbnnumba.kernels.cuda_backend.flip_propagate_dense` (logistic ratio form and
+* ``psa dense``: ``get_backend("cuda").flip_propagate_dense`` (logistic ratio form and
   normal-noise generic form) on (B, N_in, N_out): connections/s = ``B N_in N_out / t``, against the
   one sgemm of the same size that ordinary backprop (ST) does through the layer; also timed with
   NumPy inputs (upload + download per call) to show the transfer cost;
-* ``psa conv``: :func:`~sbnnumba.kernels.cuda_backend.flip_propagate_conv`, connections/s =
+* ``psa conv``: ``get_backend("cuda").flip_propagate_conv``, connections/s =
   ``B C_out H_out W_out C_in kh kw / t``, against the sgemm of the layer's im2col size;
 * ``training``: images/s of one PSA gradient estimate plus an SGD update
   (:func:`sbnnumba.estimate`) on ``backend="cuda"`` and ``backend="cpu"``, for a dense and a small
@@ -35,9 +35,13 @@ import time
 
 import numpy as np
 
+# numba formats its warnings through colorama, re-wrapping sys.stdout each time; the simulator's kernel
+# threads race on that and the wrappers nest until a print raises RecursionError (seen in --smoke runs)
+os.environ.setdefault("NUMBA_DISABLE_ERROR_MESSAGE_HIGHLIGHTING", "1")
+
 try:  # a module global: numba's CUDA simulator swaps the global ``cuda`` inside kernels
     from numba import cuda, float32
-except ImportError:  # reported by cuda_backend.unavailable_reason() in main()
+except ImportError:  # reported by sbnnumba.backends.cuda.device.unavailable_reason() in main()
     cuda = float32 = None
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -151,12 +155,14 @@ def _pm1(rng, shape):
 
 def bench_gemm(shapes, sgemm, timer, repeats, rng):
     from sbnnumba import bitpack
-    from sbnnumba.kernels import cuda_backend as cb
+    from sbnnumba.backends import get_backend
+    from sbnnumba.kernels.bitpack import PreparedWeights
+    cb = get_backend("cuda")
     print("\nXNOR-popcount GEMM vs float32 GEMM, (M, N, K):")
     for m, n, k in shapes:
         a, b = _pm1(rng, (m, k)), _pm1(rng, (n, k))
         da, db, dc = cuda.to_device(a), cuda.to_device(b), cuda.device_array((m, n), np.float32)
-        aw, bw = cuda.to_device(bitpack.pack(a)), cuda.to_device(bitpack.pack(b))
+        aw, bw = cuda.to_device(bitpack.pack(a)), PreparedWeights(cuda.to_device(bitpack.pack(b)))
         t_f = timer(lambda: sgemm(da, db, dc), repeats)
         t_x = timer(lambda: cb.xnor_matmul(aw, bw, k), repeats)
         ops = 2.0 * m * n * k
@@ -165,7 +171,9 @@ def bench_gemm(shapes, sgemm, timer, repeats, rng):
 
 
 def bench_dense(shapes, sgemm, timer, repeats, rng):
-    from sbnnumba.kernels import cuda_backend as cb
+    from sbnnumba.backends import get_backend
+    from sbnnumba.noise import get_noise
+    cb, logistic, normal = get_backend("cuda"), get_noise("logistic"), get_noise("normal")
     print("\nPSA dense flip propagation vs the backprop GEMM of the same layer, (B, N_in, N_out):")
     for b, n_in, n_out in shapes:
         x_in = _pm1(rng, (b, n_in))
@@ -178,9 +186,9 @@ def bench_dense(shapes, sgemm, timer, repeats, rng):
             (b, n_in), np.float32)
         conns = float(b) * n_in * n_out
         t_gemm = timer(lambda: sgemm(g_a, dw_t, dc), repeats)
-        t_ratio = timer(lambda: cb.flip_propagate_dense(*dev, 0), repeats)
-        t_generic = timer(lambda: cb.flip_propagate_dense(*dev, 1), repeats)
-        t_host = wall_time(lambda: cb.flip_propagate_dense(x_in, a, x_out, w, d_out, 0), repeats)
+        t_ratio = timer(lambda: cb.flip_propagate_dense(*dev, logistic), repeats)
+        t_generic = timer(lambda: cb.flip_propagate_dense(*dev, normal), repeats)
+        t_host = wall_time(lambda: cb.flip_propagate_dense(x_in, a, x_out, w, d_out, logistic), repeats)
         print(f"  ({b}, {n_in}, {n_out}): gemm {t_gemm * 1e3:8.3f} ms | ratio {t_ratio * 1e3:8.3f} ms "
               f"({conns / t_ratio / 1e9:7.1f} Gconn/s, {t_ratio / t_gemm:5.2f}x gemm) | generic (normal) "
               f"{t_generic * 1e3:8.3f} ms ({conns / t_generic / 1e9:7.1f} Gconn/s) | ratio from NumPy arrays "
@@ -188,7 +196,10 @@ def bench_dense(shapes, sgemm, timer, repeats, rng):
 
 
 def bench_conv(shapes, sgemm, timer, repeats, rng):
-    from sbnnumba.kernels import conv_reference, cuda_backend as cb
+    from sbnnumba.backends import get_backend
+    from sbnnumba.kernels import conv_reference
+    from sbnnumba.noise import get_noise
+    cb, logistic, normal = get_backend("cuda"), get_noise("logistic"), get_noise("normal")
     print("\nPSA conv flip propagation (3x3-type kernels, padding 1) vs the im2col GEMM of the layer, "
           "(B, C_in, H, W, C_out, k):")
     for b, c_in, h, w_, c_out, k in shapes:
@@ -206,8 +217,8 @@ def bench_conv(shapes, sgemm, timer, repeats, rng):
         out = cuda.device_array((rows, depth), np.float32)
         conns = float(rows) * c_out * depth
         t_gemm = timer(lambda: sgemm(ga, wt, out), repeats)
-        t_ratio = timer(lambda: cb.flip_propagate_conv(*dev, 1, 1, 0), repeats)
-        t_generic = timer(lambda: cb.flip_propagate_conv(*dev, 1, 1, 1), repeats)
+        t_ratio = timer(lambda: cb.flip_propagate_conv(*dev, (1, 1), (1, 1), logistic), repeats)
+        t_generic = timer(lambda: cb.flip_propagate_conv(*dev, (1, 1), (1, 1), normal), repeats)
         print(f"  ({b}, {c_in}, {h}, {w_}, {c_out}, {k}): gemm {t_gemm * 1e3:8.3f} ms | ratio {t_ratio * 1e3:8.3f} ms "
               f"({conns / t_ratio / 1e9:7.1f} Gconn/s, {t_ratio / t_gemm:5.2f}x gemm) | generic (normal) "
               f"{t_generic * 1e3:8.3f} ms ({conns / t_generic / 1e9:7.1f} Gconn/s)")
@@ -274,7 +285,7 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--smoke", action="store_true", help="tiny shapes, every code path (figures meaningless)")
     args = parser.parse_args(argv)
-    from sbnnumba.kernels import cuda_backend as cb
+    from sbnnumba.backends.cuda import device as cb
     reason = cb.unavailable_reason()
     if reason is not None:
         print(f"No usable CUDA GPU ({reason}); nothing to benchmark. See docs/gpu.md.")

@@ -45,12 +45,12 @@ packed signs, the input of the next binary layer.
 from __future__ import annotations
 
 import numbers
-from dataclasses import dataclass
-
 import numpy as np
 
+from .backends import get_backend
 from .kernels import bitpack as _k
 from .kernels import bitplane as _kp
+from .kernels.bitpack import PreparedWeights
 
 __all__ = [
     "PreparedWeights", "bitplane_matmul", "bitplane_matmul_threshold", "conv2d", "conv2d_threshold", "matmul",
@@ -125,23 +125,16 @@ def _check_thresholds(thresholds, n_columns, k):
     return np.broadcast_to(t, (n_columns,))
 
 
-def _flip_words(flip, n_columns):
-    """Per-column bool ``flip`` -> packed uint64 words (ceil(n_columns/64),), padding 0."""
+def _check_flip(flip, n_columns):
+    """Per-column ``flip`` (bool (n_columns,) or None) -> bool (n_columns,)."""
     if flip is None:
-        return np.zeros(_k.n_words(n_columns), np.uint64)
+        return np.zeros(n_columns, np.bool_)
     f = np.asarray(flip)
     if f.dtype != np.bool_:
         raise TypeError(f"flip: expected a boolean array or None, got dtype {f.dtype}")
     if f.shape != (n_columns,):
         raise ValueError(f"flip: expected shape ({n_columns},), got {f.shape}")
-    return _k.pack_reference(np.where(f, -1, 1).astype(np.int8))
-
-
-def _padded_limits(limits, n_panels):
-    """Pad the last axis with NEVER up to 32 * n_panels (padding columns always give bit 0)."""
-    out = np.full(limits.shape[:-1] + (n_panels * _k.PANEL_LANES,), _k.NEVER, np.int64)
-    out[..., :limits.shape[-1]] = limits
-    return out
+    return f
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -230,32 +223,6 @@ def unpack_channels(words, channels, dtype=np.float32):
     return np.moveaxis(unpack(words, channels, dtype), -1, 1)
 
 
-@dataclass(frozen=True)
-class PreparedWeights:
-    """Packed weights plus their panel layout for the XNOR-popcount kernels.
-
-    Attributes
-    ----------
-    words : ndarray, uint64
-        The packed weights: (N, n_words) for :func:`matmul`, (C_out, kh, kw, n_words) for
-        :func:`conv2d`.
-    panels : ndarray, shape (ceil(N/32), 32 * row_words), uint64
-        Rows of ``words`` (flattened after axis 0) interleaved by 32:
-        ``panels[p, 32 w + c] = words[32 p + c].ravel()[w]``, zero past the last row.
-    """
-
-    words: np.ndarray
-    panels: np.ndarray
-
-
-def _panels(words):
-    """Panel layout of packed weights (N, ...) -> (ceil(N/32), 32 * row_words), see PreparedWeights."""
-    rows = words.reshape(words.shape[0], int(np.prod(words.shape[1:])))
-    panels = np.empty((-(-rows.shape[0] // _k.PANEL_LANES), _k.PANEL_LANES * rows.shape[1]), np.uint64)
-    _k.words_to_panels(rows, panels)
-    return panels
-
-
 def prepare_weights(w_words):
     """Re-lay out packed weights once into the kernels' panel layout (see :class:`PreparedWeights`).
 
@@ -279,17 +246,17 @@ def prepare_weights(w_words):
     words = words.copy()
     words.setflags(write=False)
     # panels stay writable: a read-only array is a different Numba type (a second compilation)
-    return PreparedWeights(words, _panels(words))
+    return PreparedWeights(words, panels=True)
 
 
 def _weights(w, name, ndim):
-    """(words, panels) from packed words or PreparedWeights, checked to have ``ndim`` dimensions."""
+    """PreparedWeights from packed words or PreparedWeights, checked to have ``ndim`` dimensions (the
+    panel layout of plain words is made only if the backend reads it)."""
     if isinstance(w, PreparedWeights):
         if w.words.ndim != ndim:
             raise ValueError(f"{name}: expected prepared weights of a {ndim}-d array, got shape {w.words.shape}")
-        return w.words, w.panels
-    words = _check_words(w, name, ndim)
-    return words, _panels(words)
+        return w
+    return PreparedWeights(_check_words(w, name, ndim))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -298,16 +265,16 @@ def _weights(w, name, ndim):
 
 def _matmul_operands(a_words, b_words, k):
     a = _check_words(a_words, "a_words", ndim=2)
-    b, panels = _weights(b_words, "b_words", ndim=2)
+    b = _weights(b_words, "b_words", ndim=2)
     k = _check_k(k, "k", a, "a_words")
-    if b.shape[1] != a.shape[1]:
-        raise ValueError(f"b_words: expected {a.shape[1]} words per row like a_words, got shape {b.shape}")
+    if b.words.shape[1] != a.shape[1]:
+        raise ValueError(f"b_words: expected {a.shape[1]} words per row like a_words, got shape {b.words.shape}")
     _check_padding_bits(a, k, "a_words")
-    _check_padding_bits(b, k, "b_words")
-    return a, b, panels, k
+    _check_padding_bits(b.words, k, "b_words")
+    return a, b, k
 
 
-def matmul(a_words, b_words, k):
+def matmul(a_words, b_words, k, backend=None):
     r"""XNOR-popcount matrix product of packed +-1 matrices: ``a @ b.T``.
 
     .. math:: \mathrm{out}[i, j] = \sum_{t<k} a_{it} b_{jt} = k - 2 \sum_w \mathrm{popcount}(A[i, w] \oplus B[j, w])
@@ -320,19 +287,20 @@ def matmul(a_words, b_words, k):
         Packed rows of the +-1 matrix ``b`` (N, k), e.g. weights (N_out, N_in).
     k : int
         True reduction length (padding bits must be 0 in both operands).
+    backend : str or Backend, optional
+        Where the product runs (:func:`sbnnumba.backends.get_backend`; default ``$SBNNUMBA_BACKEND`` or
+        ``"cpu"``); ``"cuda"`` runs the CUDA XNOR kernels (host arrays in and out).
 
     Returns
     -------
     ndarray, shape (M, N), int32
         Equal to ``unpack(a_words, k) @ unpack(b_words, k).T``.
     """
-    a, b, panels, k = _matmul_operands(a_words, b_words, k)
-    out = np.empty((a.shape[0], b.shape[0]), np.int32)
-    _k.xnor_gemm(a, panels, k, out)
-    return out
+    a, b, k = _matmul_operands(a_words, b_words, k)
+    return get_backend(backend).xnor_matmul(a, b, k)
 
 
-def matmul_threshold(a_words, b_words, k, thresholds, flip=None):
+def matmul_threshold(a_words, b_words, k, thresholds, flip=None, backend=None):
     r"""Fused ``sign(a @ b.T - thresholds)``, packed: the next layer's packed input.
 
     .. math:: y_{ij} = s_j \cdot \mathrm{sign}(\mathrm{dot}_{ij} - t_j), \quad
@@ -344,7 +312,7 @@ def matmul_threshold(a_words, b_words, k, thresholds, flip=None):
 
     Parameters
     ----------
-    a_words, b_words, k
+    a_words, b_words, k, backend
         As in :func:`matmul`.
     thresholds : float or array_like, shape (N,)
         Per output column; real (non-integer thresholds act as their ceiling), +-inf allowed.
@@ -356,15 +324,10 @@ def matmul_threshold(a_words, b_words, k, thresholds, flip=None):
     ndarray, shape (M, ceil(N/64)), uint64
         Packed ``y`` (bit set = -1, padding bits 0).
     """
-    a, b, panels, k = _matmul_operands(a_words, b_words, k)
-    n_columns = b.shape[0]
-    t = _check_thresholds(thresholds, n_columns, k)
-    flip_words = _flip_words(flip, n_columns)
-    # dot < t  <=>  k - 2 popcount < t  <=>  popcount > floor((k - t) / 2)
-    limits = _padded_limits((k - t) // 2, panels.shape[0])
-    out = np.zeros((a.shape[0], _k.n_words(n_columns)), np.uint64)
-    _k.xnor_gemm_threshold(a, panels, limits, flip_words, out)
-    return out
+    a, b, k = _matmul_operands(a_words, b_words, k)
+    n_columns = b.words.shape[0]
+    t = np.ascontiguousarray(_check_thresholds(thresholds, n_columns, k))
+    return get_backend(backend).xnor_matmul_threshold(a, b, k, t, _check_flip(flip, n_columns))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -373,7 +336,8 @@ def matmul_threshold(a_words, b_words, k, thresholds, flip=None):
 
 def _conv_operands(x_words, w_words, c_in, stride, padding):
     x = _check_words(x_words, "x_words", ndim=4)
-    w, panels = _weights(w_words, "w_words", ndim=4)
+    weights = _weights(w_words, "w_words", ndim=4)
+    w = weights.words
     c_in = _check_int(c_in, "c_in", 1)
     if _k.n_words(c_in) != x.shape[3]:
         raise ValueError(f"c_in: c_in={c_in} needs ceil({c_in}/64)={_k.n_words(c_in)} words per pixel, "
@@ -390,15 +354,10 @@ def _conv_operands(x_words, w_words, c_in, stride, padding):
     out_w = (width + 2 * pw - kw) // sw + 1
     if out_h < 1 or out_w < 1:
         raise ValueError(f"w_words: kernel {kh}x{kw} does not fit the padded input {height + 2 * ph}x{width + 2 * pw}")
-    row_class, row_ranges = _k.padding_classes(height, kh, sh, ph, out_h)
-    col_class, col_ranges = _k.padding_classes(width, kw, sw, pw, out_w)
-    tap_sums = c_in - 2 * _k.popcount_reference(w).sum(axis=-1)  # (C_out, kh, kw): sum_ci w[co, ci, dy, dx]
-    corrections = _k.padding_corrections(tap_sums, row_ranges, col_ranges)
-    geometry = np.array([kh, kw, sh, sw, ph, pw], np.int64)
-    return x, w, panels, c_in * kh * kw, geometry, corrections, row_class, col_class
+    return x, weights, c_in, (sh, sw), (ph, pw)
 
 
-def conv2d(x_words, w_words, c_in, stride=1, padding=0):
+def conv2d(x_words, w_words, c_in, stride=1, padding=0, backend=None):
     r"""Binary 2-D convolution (cross-correlation) of packed +-1 maps with zero padding.
 
     .. math:: y[b, co, oy, ox] = \sum_{ci, dy, dx} x_{pad}[b, ci, oy s_h + dy, ox s_w + dx]\, w[co, ci, dy, dx]
@@ -416,22 +375,19 @@ def conv2d(x_words, w_words, c_in, stride=1, padding=0):
         True number of input channels.
     stride, padding : int or (int, int)
         Vertical and horizontal stride (>= 1) and zero padding (>= 0).
+    backend : str or Backend, optional
+        As in :func:`matmul`.
 
     Returns
     -------
     ndarray, shape (B, C_out, H_out, W_out), int32
         ``H_out = (H + 2 p_h - kh) // s_h + 1``, ``W_out = (W + 2 p_w - kw) // s_w + 1``.
     """
-    x, w, panels, k, geometry, corrections, row_class, col_class = _conv_operands(x_words, w_words, c_in,
-                                                                                   stride, padding)
-    out = np.empty((x.shape[0], w.shape[0], len(row_class), len(col_class)), np.int32)
-    padded = np.zeros(corrections.shape[:2] + (panels.shape[0] * _k.PANEL_LANES,), np.int32)
-    padded[..., :w.shape[0]] = corrections
-    _k.xnor_conv2d(x, panels, k, geometry, padded, row_class, col_class, out)
-    return out
+    x, weights, c_in, stride, padding = _conv_operands(x_words, w_words, c_in, stride, padding)
+    return get_backend(backend).binary_conv2d(x, weights, c_in, stride, padding)
 
 
-def conv2d_threshold(x_words, w_words, c_in, thresholds, flip=None, stride=1, padding=0):
+def conv2d_threshold(x_words, w_words, c_in, thresholds, flip=None, stride=1, padding=0, backend=None):
     r"""Fused ``sign(conv2d(x, w) - thresholds)`` packed in the input layout, so conv layers chain.
 
     .. math:: y[b, co, oy, ox] = s_{co}\, \mathrm{sign}(\mathrm{conv}[b, co, oy, ox] - t_{co}),
@@ -439,7 +395,7 @@ def conv2d_threshold(x_words, w_words, c_in, thresholds, flip=None, stride=1, pa
 
     Parameters
     ----------
-    x_words, w_words, c_in, stride, padding
+    x_words, w_words, c_in, stride, padding, backend
         As in :func:`conv2d`.
     thresholds : float or array_like, shape (C_out,)
         Per output channel; real, +-inf allowed.
@@ -451,19 +407,11 @@ def conv2d_threshold(x_words, w_words, c_in, thresholds, flip=None, stride=1, pa
     ndarray, shape (B, H_out, W_out, ceil(C_out/64)), uint64
         Packed ``y`` (bit set = -1, padding bits 0): a valid ``x_words`` for the next layer.
     """
-    x, w, panels, k, geometry, corrections, row_class, col_class = _conv_operands(x_words, w_words, c_in,
-                                                                                   stride, padding)
-    c_out = w.shape[0]
-    t = _check_thresholds(thresholds, c_out, k)
-    flip_words = _flip_words(flip, c_out)
-    n_row_classes, n_col_classes = corrections.shape[:2]
-    # true dot = k - 2 popcount - correction < t  <=>  popcount > floor((k - correction - t) / 2)
-    limits = _padded_limits(((k - corrections - t) // 2).reshape(n_row_classes * n_col_classes, c_out),
-                            panels.shape[0])
-    limit_class = row_class[:, None] * n_col_classes + col_class[None, :]  # (H_out, W_out)
-    out = np.zeros((x.shape[0], len(row_class), len(col_class), _k.n_words(c_out)), np.uint64)
-    _k.xnor_conv2d_threshold(x, panels, geometry, limits, limit_class, flip_words, out.reshape(-1, out.shape[3]))
-    return out
+    x, weights, c_in, stride, padding = _conv_operands(x_words, w_words, c_in, stride, padding)
+    c_out, kh, kw, _ = weights.words.shape
+    t = np.ascontiguousarray(_check_thresholds(thresholds, c_out, c_in * kh * kw))
+    return get_backend(backend).binary_conv2d_threshold(x, weights, c_in, t, _check_flip(flip, c_out), stride,
+                                                        padding)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -573,7 +521,8 @@ def _bitplane_operands(planes, w_words, k):
     if not 1 <= bits <= _kp.MAX_BITS:
         raise ValueError(f"planes: expected shape (M, bits, n_words) with 1 <= bits <= {_kp.MAX_BITS}, "
                          f"got {planes.shape}")
-    w, panels = _weights(w_words, "w_words", ndim=2)
+    weights = _weights(w_words, "w_words", ndim=2)
+    w, panels = weights.words, weights.panels
     k = _check_k(k, "k", planes, "planes")
     if w.shape[1] != planes.shape[2]:
         raise ValueError(f"w_words: expected {planes.shape[2]} words per row like planes, got shape {w.shape}")
@@ -615,15 +564,9 @@ def _bitplane_limits(offsets, k, bits, thresholds, flip, n_panels):
     """(limits, invert_words) of :func:`sbnnumba.kernels.bitplane.bitplane_gemm_threshold`."""
     n_columns = offsets.shape[0]
     t = _check_thresholds(thresholds, n_columns, ((1 << bits) - 1) * k)
-    if flip is not None:
-        f = np.asarray(flip)
-        if f.dtype != np.bool_:
-            raise TypeError(f"flip: expected a boolean array or None, got dtype {f.dtype}")
-        if f.shape != (n_columns,):
-            raise ValueError(f"flip: expected shape ({n_columns},), got {f.shape}")
     # -1 iff z < t  <=>  S = z + offset < t + offset  <=>  NOT (S > t + offset - 1): invert unflipped columns
-    invert = _flip_words(np.ones(n_columns, np.bool_) if flip is None else ~np.asarray(flip), n_columns)
-    return _padded_limits(t + offsets - 1, n_panels), invert
+    invert = _k.flip_words(~_check_flip(flip, n_columns))
+    return _k.padded_limits(t + offsets - 1, n_panels), invert
 
 
 def bitplane_matmul_threshold(planes, w_words, k, thresholds, flip=None):

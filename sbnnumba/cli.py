@@ -156,7 +156,7 @@ def _add_fit_options(parser):
 
 def build_parser():
     from sbnnumba.architectures import ARCHITECTURES
-    from sbnnumba.layers import BACKENDS
+    from sbnnumba.backends import backend_names
     from sbnnumba.noise import NOISES
 
     parser = _Parser(prog=PROG, description="Stochastic binary networks in NumPy + Numba.")
@@ -207,7 +207,7 @@ def build_parser():
                     help="use only N training examples (random, before the validation split)")
     tr.add_argument("--out", default=None, help="output directory (default: runs/<arch>-<estimator>-<time>)")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    tr.add_argument("--backend", default=None, choices=list(BACKENDS),
+    tr.add_argument("--backend", default=None, choices=list(backend_names()),
                     help="kernel backend (default: $SBNNUMBA_BACKEND or cpu)")
     tr.add_argument("--distributed", action="store_true",
                     help="data-parallel training over MPI: launch with mpiexec -n N (needs the extra 'mpi': "
@@ -222,7 +222,7 @@ def build_parser():
     ev.add_argument("--samples", type=_POSITIVE_INT, default=32, help="largest ensemble size")
     ev.add_argument("--seed", type=_NONNEG_INT, default=0)
     ev.add_argument("--out", default=None, help="where to write the plot and metrics (default: the checkpoint's folder)")
-    ev.add_argument("--backend", default=None, choices=list(BACKENDS))
+    ev.add_argument("--backend", default=None, choices=list(backend_names()))
 
     sub.add_parser("gradcheck", help="gradient-accuracy study (sbnnumba.gradstudy); arguments passed on",
                    add_help=False)

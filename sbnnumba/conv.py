@@ -14,16 +14,18 @@ same along the width. Padded positions are constants 0: they never flip and rece
 Fast paths (CPU): the forward map, the transposed map and the weight gradient are single BLAS
 GEMMs on the channel-major patch matrix ``cols`` (C_in * kh * kw, B * H_out * W_out) built from a
 strided view (``sliding_window_view``); the transposed map sums the patches back with a Numba
-``col2im``; the PSA flip propagation runs in :mod:`sbnnumba.kernels.conv_cpu` (``backend="cpu"``)
-or in the im2col + dense NumPy reference :mod:`sbnnumba.kernels.conv_reference` (``"numpy"``).
+``col2im``; the PSA flip propagation runs on the network's backend (:mod:`sbnnumba.backends`:
+the Numba kernel :mod:`sbnnumba.kernels.conv_cpu` for ``"cpu"``, the im2col + dense NumPy reference
+:mod:`sbnnumba.kernels.conv_reference` for ``"reference"``).
 """
 from __future__ import annotations
 
 import numpy as np
 
+from .backends import get_backend
 from .kernels import conv_cpu, conv_reference
 from .kernels.conv_reference import pair, windows
-from .layers import BACKENDS, Layer, _uniform_fan_in, init_weight_kind
+from .layers import Layer, _uniform_fan_in, init_weight_kind
 from .noise import get_noise
 from .validation import as_generator, check_positive_int
 
@@ -180,20 +182,8 @@ class Conv2d(Layer):
         x_in, a = np.asarray(x_in), np.asarray(a)
         self._check_map(x_in)
         d_out = np.asarray(d_out).reshape(a.shape)
-        if backend == "cpu":
-            return conv_cpu.flip_propagate_conv(x_in, a, x_out, weight, d_out, self.stride, self.padding,
-                                                noise.code)
-        if backend == "numpy":
-            return conv_reference.flip_propagate_conv(x_in, a, x_out, weight, d_out, self.stride, self.padding,
-                                                      noise)
-        if backend == "cuda":
-            from .kernels import cuda_backend
-            fn = getattr(cuda_backend, "flip_propagate_conv", None)
-            if fn is None:
-                raise NotImplementedError("backend 'cuda': no conv flip-propagation kernel is available; "
-                                          "use backend='cpu'")
-            return fn(x_in, a, x_out, weight, d_out, self.stride, self.padding, noise.code)
-        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+        return get_backend(backend).flip_propagate_conv(x_in, a, x_out, weight, d_out, self.stride, self.padding,
+                                                        noise)
 
     def __repr__(self):
         return (f"Conv2d({self.c_in}, {self.c_out}, kernel_size={self.kernel_size}, stride={self.stride}, "

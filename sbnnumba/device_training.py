@@ -3,7 +3,7 @@ r"""Device-resident training of dense and conv SBNs on the GPU (``backend="cuda"
 The layers, estimators and optimizers of the library are NumPy code; with ``backend="cuda"`` they
 send only the PSA flip propagation to the GPU, uploading the activations per call. A
 :class:`CudaTrainer` instead runs the whole PSA or deep-ST training step on the device, with the
-kernels of :mod:`sbnnumba.kernels.cuda_train` and :mod:`sbnnumba.kernels.cuda`:
+kernels of :mod:`sbnnumba.backends.cuda.train_kernels` and :mod:`sbnnumba.backends.cuda.kernels`:
 
 * the parameters and the optimizer state are uploaded once, when the trainer is made, and stay
   on the device; :meth:`CudaTrainer.sync` copies them back into ``net.params`` (in place) and the
@@ -16,7 +16,7 @@ kernels of :mod:`sbnnumba.kernels.cuda_train` and :mod:`sbnnumba.kernels.cuda`:
 
 Per step the host only launches kernels. The one transfer left inside a step is the PSA ratio
 form's one-integer download per layer that tells whether a unit saturated (``|a| > A``, see
-:mod:`sbnnumba.kernels.cuda_backend`).
+:mod:`sbnnumba.backends.cuda.ops`).
 
 Step of PSA (spec psa.md, section 2; host version :func:`sbnnumba.estimators.psa.psa_path_gradient`,
 head ``"rb"``), batch weights ``w = 1/B``:
@@ -30,10 +30,10 @@ head ``"rb"``), batch weights ``w = 1/B``:
 
 Deep ST (spec section 3): ``delta^L = w (dl/deta) V``, ``g_a = 2 p(a) delta``, ``delta^{k-1} = g_a W``.
 
-Conv stages go through a patch matrix on the device (:func:`~sbnnumba.kernels.cuda_train.im2col_rows`,
+Conv stages go through a patch matrix on the device (:func:`~sbnnumba.backends.cuda.train_kernels.im2col_rows`,
 the layout of the CPU's ``im2col``): ``a = rows_to_map(cols W^T) + b``, ``dW = g_rows^T cols``, the ST
 backward ``col2im(g_rows W)``, and the PSA flip propagation of
-:func:`sbnnumba.kernels.cuda_backend.flip_propagate_conv`.
+:func:`sbnnumba.backends.cuda.ops.flip_propagate_conv`.
 
 Binary networks (spec st.md): stages with **Bernoulli weights** draw ``w = +1 if u < F'(eta) else -1``
 once per step on the device (shared by the batch); the stage then runs with ``w`` as above, and
@@ -58,7 +58,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .conv import Conv2d
-from .kernels import cuda_backend as cb
+from .backends.cuda import device as cb, ops as cuda_ops
 from .layers import Linear
 from .normalization import Normalized
 from .optim import SGD, Adam
@@ -101,23 +101,23 @@ def _generators(n, seed):
 def _launch(kernel, n, *args):
     if n > 0:
         threads = _threads_1d()
-        kernel[cb._blocks(n, threads), threads](*args)
+        kernel[cb.blocks(n, threads), threads](*args)
 
 
 def _threads_1d():
     # numba's simulator runs every thread as a Python thread: small blocks keep its launches cheap
     # (the kernels take any block size; the PTX checks compile the device configuration).
-    from .kernels import cuda as k
+    from .backends.cuda import kernels as k
     return 32 if cb.in_simulator() else k.THREADS_1D
 
 
 def _reduce_threads():
-    from .kernels import cuda_train as kt
+    from .backends.cuda import train_kernels as kt
     return 32 if cb.in_simulator() else kt.REDUCE_THREADS
 
 
 def _gemm_tile():
-    from .kernels import cuda_train as kt
+    from .backends.cuda import train_kernels as kt
     return 4 if cb.in_simulator() else kt.GEMM_FLOAT_TILE
 
 
@@ -145,7 +145,7 @@ class CudaTrainer:
     Raises
     ------
     RuntimeError
-        When CUDA is not usable here (the reason is named; see :func:`cuda_backend.require_cuda`).
+        When CUDA is not usable here (the reason is named; see :func:`sbnnumba.backends.cuda.device.require_cuda`).
     NotImplementedError
         For networks, methods or optimizer settings outside the scope above.
     """
@@ -264,7 +264,7 @@ class CudaTrainer:
     def _sample_weights(self, weight_uniforms):
         """``w = +1 if u < F(eta) else -1`` for every Bernoulli-weight stage, once per step (shared by the
         batch); ``weight_uniforms``: dict prefix -> uniforms of the shape of eta, else device draws."""
-        from .kernels import cuda_train as kt
+        from .backends.cuda import train_kernels as kt
         for k, w in self._sampled.items():
             layer = self._layers[k]
             code, eta = int(layer.latent.noise.code), _flat2(self.params[f"stages.{k}.eta"])
@@ -279,35 +279,35 @@ class CudaTrainer:
     def _channel_sums(t, u):
         """Per-channel ``sum t`` and ``sum t u`` (float64 device arrays) of two tensors of one dense (B, N) or
         conv (B, C, H, W) shape, viewed as (B, C, P); returns ``(s1, s2, (B, C, P))``."""
-        from .kernels import cuda_train as kt
+        from .backends.cuda import train_kernels as kt
         cuda = _cuda()
         n_batch, n_ch, n_pos = t.shape[0], t.shape[1], int(np.prod(t.shape[2:]))
         s1, s2 = (cuda.device_array(n_ch, dtype=np.float64) for _ in range(2))
         threads = _reduce_threads()
-        kt.channel_sums_kernel(threads)[n_ch, threads](cb._flat(t), cb._flat(u), n_batch, n_ch, n_pos, s1, s2)
+        kt.channel_sums_kernel(threads)[n_ch, threads](cb.flat(t), cb.flat(u), n_batch, n_ch, n_pos, s1, s2)
         return s1, s2, (n_batch, n_ch, n_pos)
 
     def _normalize(self, k, z):
         """Batch normalization of stage ``k`` in training mode (host: :class:`~sbnnumba.normalization.Normalized`):
         batch statistics per channel, running statistics updated; returns ``a`` and ``(z_hat, gamma inv_std)``."""
-        from .kernels import cuda_train as kt
+        from .backends.cuda import train_kernels as kt
         cuda = _cuda()
         dt, stage = self.dtype, self.net.stages[k]
         s1, s2, (n_batch, n_ch, n_pos) = self._channel_sums(z, z)
-        flat = cb._flat(z)
+        flat = cb.flat(z)
         mean, inv_std, scale = (cuda.device_array(n_ch, dtype=dt) for _ in range(3))
         gamma, beta = self.params[f"stages.{k}.gamma"], self.params[f"stages.{k}.beta"]
         r_mean, r_var = self._running[k]
         _launch(kt.bn_statistics, n_ch, s1, s2, 1.0 / (n_batch * n_pos), float(stage.eps), float(stage.momentum),
                 gamma, r_mean, r_var, mean, inv_std, scale)
         z_hat, a = cuda.device_array(z.shape, dtype=dt), cuda.device_array(z.shape, dtype=dt)
-        _launch(kt.bn_apply, flat.size, flat, mean, inv_std, gamma, beta, n_ch, n_pos, cb._flat(z_hat), cb._flat(a))
+        _launch(kt.bn_apply, flat.size, flat, mean, inv_std, gamma, beta, n_ch, n_pos, cb.flat(z_hat), cb.flat(a))
         return a, (z_hat, scale)
 
     def _forward(self, x, uniforms, weight_uniforms=None):
         """Sampled path on the device: a :class:`_StageRecord` per stage, in the layer's own shapes, and the
         logits. Bernoulli weights are sampled first (once for the batch)."""
-        from .kernels import cuda_train as kt
+        from .backends.cuda import train_kernels as kt
         cuda = _cuda()
         dt = self.dtype
         n_batch = x.shape[0]
@@ -349,17 +349,17 @@ class CudaTrainer:
         return stages, logits
 
     def _gemm(self, a, b, c, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
-        from .kernels import cuda_train as kt
+        from .backends.cuda import train_kernels as kt
         t = _gemm_tile()
         kern = kt.gemm_kernel(self.dtype.name, bool(trans_a), bool(trans_b), t)
-        grid = (cb._blocks(c.shape[1], t), cb._blocks(c.shape[0], t))
+        grid = (cb.blocks(c.shape[1], t), cb.blocks(c.shape[0], t))
         kern[grid, (t, t)](a, b, self.dtype.type(alpha), self.dtype.type(beta), c)
 
     def _layer_grads(self, k, stage, g_a, weight):
         """Weight and bias gradients of stage ``k`` (or the head, ``k = None``) from the gradient ``g_a`` of its
         affine output, times ``weight``; returns ``g_a`` as GEMM rows (conv: (B P, C_out); dense: ``g_a``).
         Bernoulli weights: ``dL/dw`` goes to a buffer and the layer's rule gives the eta gradient."""
-        from .kernels import cuda_train as kt
+        from .backends.cuda import train_kernels as kt
         prefix = "head" if k is None else f"stages.{k}"
         latent = k is not None and k in self._sampled
         gw = self._weight_grad[k] if latent else self.grads[f"{prefix}.weight"]
@@ -376,7 +376,7 @@ class CudaTrainer:
         if latent:
             latent_w = self._layers[k].latent
             _launch(kt.latent_grad, gw.size, int(latent_w.noise.code), latent_w.grad == "md",
-                    cb._flat(self.params[f"{prefix}.eta"]), cb._flat(gw), cb._flat(self.grads[f"{prefix}.eta"]))
+                    cb.flat(self.params[f"{prefix}.eta"]), cb.flat(gw), cb.flat(self.grads[f"{prefix}.eta"]))
         return g_rows
 
     def _normalize_backward(self, k, stage, g_a, weight):
@@ -385,15 +385,15 @@ class CudaTrainer:
         normalization return ``g_a``."""
         if stage.norm is None:
             return g_a
-        from .kernels import cuda_train as kt
+        from .backends.cuda import train_kernels as kt
         cuda = _cuda()
         z_hat, scale = stage.norm
         s1, s2, (n_batch, n_ch, n_pos) = self._channel_sums(g_a, z_hat)
         _launch(kt.scale_copy, n_ch, s2, float(weight), self.grads[f"stages.{k}.gamma"])
         _launch(kt.scale_copy, n_ch, s1, float(weight), self.grads[f"stages.{k}.beta"])
         g_z = cuda.device_array(g_a.shape, dtype=self.dtype)
-        _launch(kt.bn_backward, g_a.size, cb._flat(g_a), cb._flat(z_hat), s1, s2, scale, 1.0 / (n_batch * n_pos),
-                n_ch, n_pos, cb._flat(g_z))
+        _launch(kt.bn_backward, g_a.size, cb.flat(g_a), cb.flat(z_hat), s1, s2, scale, 1.0 / (n_batch * n_pos),
+                n_ch, n_pos, cb.flat(g_z))
         return g_z
 
     def _flip_weight(self, k, stage):
@@ -402,14 +402,14 @@ class CudaTrainer:
         w = self._weight(k)
         if stage.norm is None:
             return w
-        from .kernels import cuda_train as kt
+        from .backends.cuda import train_kernels as kt
         scaled = _cuda().device_array(w.shape, dtype=self.dtype)
         _launch(kt.scale_rows, w.size, _flat2(w), stage.norm[1], _flat2(scaled))
         return scaled
 
     def _backward(self, stages, logits, y):
         """Gradients into ``self.grads`` (batch means); returns the per-example loss values (device)."""
-        from .kernels import cuda_train as kt
+        from .backends.cuda import train_kernels as kt
         cuda = _cuda()
         dt = self.dtype
         n_batch = logits.shape[0]
@@ -441,10 +441,10 @@ class CudaTrainer:
                 if k > 0:
                     layer, w = self._layers[k], self._flip_weight(k, st)
                     if isinstance(layer, Conv2d):
-                        d = cb.flip_propagate_conv(st.x_in, st.a, st.state, w, d.reshape(st.a.shape), layer.stride,
+                        d = cuda_ops.flip_propagate_conv(st.x_in, st.a, st.state, w, d.reshape(st.a.shape), layer.stride,
                                                    layer.padding, self.code)
                     else:
-                        d = cb.flip_propagate_dense(st.x_in, st.a, st.state, w, _flat2(d), self.code)
+                        d = cuda_ops.flip_propagate_dense(st.x_in, st.a, st.state, w, _flat2(d), self.code)
             return value
         self._layer_grads(None, head, g_eta, weight)
         delta = cuda.device_array((n_batch, n_last), dtype=dt)
@@ -497,7 +497,7 @@ class CudaTrainer:
         or host arrays (uploaded). The per-example
         loss estimates are summed into a device accumulator (:meth:`pop_loss`).
         """
-        from .kernels import cuda_train as kt
+        from .backends.cuda import train_kernels as kt
         x, y = self._batch(x, y)
         stages, logits = self._forward(x, uniforms, weight_uniforms)
         value = self._backward(stages, logits, y)
@@ -505,30 +505,30 @@ class CudaTrainer:
         self._update()
 
     def _update(self):
-        from .kernels import cuda_train as kt
+        from .backends.cuda import train_kernels as kt
         opt, dt = self.optimizer, self.dtype.type
         lr = opt.lr
         t = opt.step_count + 1
         clip = dt(opt.clip_value or 0.0)
         for name, p in self.params.items():
             g = self.grads[name]
-            flat_p, flat_g = cb._flat(p), cb._flat(g)
+            flat_p, flat_g = cb.flat(p), cb.flat(g)
             st = self.state[name]
             if isinstance(opt, Adam):
                 b1, b2 = opt.betas
                 decoupled = opt.decoupled and opt.weight_decay
-                _launch(kt.adam_update, flat_p.size, flat_p, flat_g, cb._flat(st["exp_avg"]),
-                        cb._flat(st["exp_avg_sq"]), dt(lr / (1.0 - b1 ** t)), dt(b1), dt(b2), dt(1.0 - b2 ** t),
+                _launch(kt.adam_update, flat_p.size, flat_p, flat_g, cb.flat(st["exp_avg"]),
+                        cb.flat(st["exp_avg_sq"]), dt(lr / (1.0 - b1 ** t)), dt(b1), dt(b2), dt(1.0 - b2 ** t),
                         dt(opt.eps), dt(0.0 if decoupled else opt.weight_decay),
                         dt(1.0 - lr * opt.weight_decay if decoupled else 1.0), clip)
             else:
                 buf = st.get("momentum_buffer", flat_g)  # unused without momentum
-                _launch(kt.sgd_update, flat_p.size, flat_p, flat_g, cb._flat(buf), dt(lr), dt(opt.momentum),
+                _launch(kt.sgd_update, flat_p.size, flat_p, flat_g, cb.flat(buf), dt(lr), dt(opt.momentum),
                         bool(opt.nesterov), not self._momentum_started, dt(opt.weight_decay), clip)
         for k in self._sampled:  # the mirror-descent projection of latent weights (e.g. [-1, 1], uniform noise)
             clip = self._layers[k].latent.clip
             if clip is not None:
-                eta = cb._flat(self.params[f"stages.{k}.eta"])
+                eta = cb.flat(self.params[f"stages.{k}.eta"])
                 _launch(kt.clip_values, eta.size, eta, dt(clip))
         opt.step_count = t
         self._momentum_started = True
@@ -548,7 +548,7 @@ class CudaTrainer:
         on the device; the last partial batch is used. One download (the loss) at the end.
         ``callback()``, if given, is called after every step (e.g. a progress bar).
         """
-        from .kernels import cuda_train as kt
+        from .backends.cuda import train_kernels as kt
         from .validation import as_generator
         cuda = _cuda()
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or not \

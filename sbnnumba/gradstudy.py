@@ -48,6 +48,7 @@ from pathlib import Path as FsPath
 
 import numpy as np
 
+from .backends import backend_names
 from .datasets import iterate_minibatches, toy2d
 from .estimators.registry import estimate, lookup
 from .estimators.relaxations import binary_moment_map
@@ -111,10 +112,10 @@ def adf_rescale(net, x):
     return net
 
 
-def make_network(x, rng, sizes=(2, 5, 5, 5), backend="numpy"):
+def make_network(x, rng, sizes=(2, 5, 5, 5), backend="reference"):
     """The study's network: dense float64, ``U(-1, 1)`` parameters, then :func:`adf_rescale`.
 
-    The default backend is ``"numpy"``: for 200-row batches of 5-unit layers the NumPy reference
+    The default backend is ``"reference"``: for 200-row batches of 5-unit layers the NumPy reference
     PSA kernel is as fast as the parallel Numba one and, unlike it, does not slow down tenfold when
     the cores are shared with other processes.
     """
@@ -342,7 +343,7 @@ def markdown_tables(study):
 # --------------------------------------------------------------------------------------- study
 def run_study(out, epochs=DEFAULT_EPOCHS, draws=20000, methods=DEFAULT_METHODS, seed=1, n_points=200,
               lr=0.03, momentum=0.9, batch_size=10, train_method="reinforce", chunk=500, progress=True,
-              dpi=80, backend="numpy"):
+              dpi=80, backend="reference"):
     """Run the whole study and write its outputs to ``out``; returns the results as a dict."""
     start = time.perf_counter()
     if draws < 1:
@@ -412,7 +413,7 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=10)
     parser.add_argument("--train-method", default="reinforce")
     parser.add_argument("--chunk", type=int, default=500, help="draws sampled per batched forward pass")
-    parser.add_argument("--backend", default="numpy", choices=("numpy", "cpu", "cuda"),
+    parser.add_argument("--backend", default="reference", choices=backend_names(),
                         help="kernel backend of the PSA flip propagation (default: %(default)s)")
     parser.add_argument("--dpi", type=int, default=80)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -7,7 +7,8 @@ and knows the four operations an estimator needs:
 * ``backward_input(g_a, in_shape) -> g_x``   the transposed map (ordinary backprop);
 * ``param_grads(x, g_a) -> dict``            the outer-product parameter gradients, summed over the batch;
 * ``flip_propagate(x_in, a, x_out, d_out, noise, backend) -> d_in``
-  the PSA flip propagation ``d_in = sum_j Delta_ij d_out_j`` (spec psa.md, Eq. 3);
+  the PSA flip propagation ``d_in = sum_j Delta_ij d_out_j`` (spec psa.md, Eq. 3), run by the
+  :class:`~sbnnumba.backends.Backend` ``backend``;
 * ``forward_moments(mean, var) -> (mu_a, v_a)`` pre-activation moments of independent inputs,
   ``mu_a = W mu + b``, ``v_a = W^2 v`` (for the ADF / local-reparameterization baselines).
 
@@ -18,11 +19,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .kernels import cpu, reference
+from .backends import get_backend
 from .noise import get_noise
 from .validation import as_generator, check_positive_int
-
-BACKENDS = ("cpu", "numpy", "cuda")
 
 
 class Layer:
@@ -129,21 +128,14 @@ class Linear(Layer):
     def flip_propagate(self, x_in, a, x_out, d_out, noise, backend="cpu", out_scale=None):
         """PSA flip propagation; returns ``d_in`` with the shape of ``x_in``.
 
-        ``out_scale`` (n_out,) multiplies the weights per output unit (a following normalization
-        with fixed statistics scales the pre-activation change of a flip by it).
+        ``backend`` is a :class:`~sbnnumba.backends.Backend` or its name. ``out_scale`` (n_out,)
+        multiplies the weights per output unit (a following normalization with fixed statistics
+        scales the pre-activation change of a flip by it).
         """
         noise = get_noise(noise)
         x2 = self._flat(x_in)
         weight = self.weight if out_scale is None else self.weight * out_scale[:, None].astype(self.weight.dtype)
-        if backend == "cpu":
-            d_in = cpu.flip_propagate_dense(x2, a, x_out, weight, d_out, noise.code)
-        elif backend == "numpy":
-            d_in = reference.flip_propagate_dense(x2, a, x_out, weight, d_out, noise)
-        elif backend == "cuda":
-            from .kernels import cuda_backend
-            d_in = cuda_backend.flip_propagate_dense(x2, a, x_out, weight, d_out, noise.code)
-        else:
-            raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+        d_in = get_backend(backend).flip_propagate_dense(x2, a, x_out, weight, d_out, noise)
         return d_in.reshape(x_in.shape)
 
     def __repr__(self):

@@ -12,18 +12,17 @@ loss ``E_Z[l(y, eta)]`` (softmax cross-entropy, or the logistic loss for a 1-log
 from __future__ import annotations
 
 import contextlib
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from . import losses
-from .layers import BACKENDS, Linear
+from .backends import get_backend
+from .layers import Linear
 from .noise import get_noise
 from .normalization import Normalized, moments_from_sums, normalization_factory
 from .validation import as_generator, check_float_array, check_labels
 
-DEFAULT_BACKEND_ENV = "SBNNUMBA_BACKEND"
 
 
 @dataclass
@@ -62,22 +61,6 @@ def stage_weight_kinds(weight, n_stages):
     return kinds
 
 
-def default_backend():
-    """Backend named by the environment variable ``SBNNUMBA_BACKEND`` (default ``"cpu"``)."""
-    return os.environ.get(DEFAULT_BACKEND_ENV, "cpu")
-
-
-def check_backend(backend):
-    backend = default_backend() if backend is None else backend
-    if backend not in BACKENDS:
-        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
-    if backend == "cuda":
-        from .kernels import cuda_backend
-
-        cuda_backend.require_cuda()
-    return backend
-
-
 class Network:
     """A stochastic binary network.
 
@@ -91,8 +74,10 @@ class Network:
         Real linear layer producing the class logits (``K = 1`` means a binary logistic head).
     noise : str or NoiseFamily
         ``"logistic"`` (default), ``"normal"``, ``"uniform"`` or ``"triangular"``.
-    backend : {"cpu", "numpy", "cuda"} or None
-        Where the kernels run; ``None`` reads ``SBNNUMBA_BACKEND`` (default "cpu").
+    backend : str, Backend or None
+        Where the kernels run (:func:`sbnnumba.backends.get_backend`: ``"cpu"``, ``"reference"``,
+        ``"cuda"``); ``None`` reads ``SBNNUMBA_BACKEND`` (default "cpu"). Kept as the
+        :class:`~sbnnumba.backends.Backend` object in :attr:`backend` (assigning a name converts it).
 
     Attributes
     ----------
@@ -109,8 +94,17 @@ class Network:
         self.stages = list(stages)
         self.head = head
         self.noise = get_noise(noise)
-        self.backend = check_backend(backend)
+        self.backend = backend
         self.dtype = head.weight.dtype
+
+    @property
+    def backend(self):
+        """The :class:`~sbnnumba.backends.Backend` running this network's kernels."""
+        return self._backend
+
+    @backend.setter
+    def backend(self, backend):
+        self._backend = get_backend(backend)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -497,4 +491,4 @@ class Network:
 
     def __repr__(self):
         body = ", ".join(repr(s) for s in self.stages)
-        return f"Network([{body}], head={self.head!r}, noise={self.noise.name!r}, backend={self.backend!r})"
+        return f"Network([{body}], head={self.head!r}, noise={self.noise.name!r}, backend={self.backend.name!r})"

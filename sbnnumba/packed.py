@@ -132,6 +132,7 @@ import numba
 import numpy as np
 
 from . import bitpack
+from .backends import get_backend
 from .conv import Conv2d
 from .fileio import atomic_write, read_versioned_npz
 from .kernels import bitplane as _kp
@@ -448,8 +449,9 @@ class _Stage:
         return self
 
     # ------------------------------------------------------------------ forward
-    def forward(self, act, dtype):
-        """Packed output of this stage for the input ``act`` (real array or packed words)."""
+    def forward(self, act, dtype, backend):
+        """Packed output of this stage for the input ``act`` (real array or packed words); the binary
+        stages run on ``backend`` (a :class:`~sbnnumba.backends.Backend`), the others on the host."""
         m, rt = self.meta, self._runtime
         a = self.arrays
         if self.kind == "float_dense":
@@ -475,9 +477,10 @@ class _Stage:
             return out
         if self.kind == "binary_dense":
             words = _rows(act)
-            return bitpack.matmul_threshold(words, rt["weights"], int(m["k"]), a["threshold"], a["flip"])
+            return bitpack.matmul_threshold(words, rt["weights"], int(m["k"]), a["threshold"], a["flip"],
+                                            backend=backend)
         return bitpack.conv2d_threshold(act, rt["weights"], int(m["in_shape"][0]), a["threshold"], a["flip"],
-                                        stride=tuple(m["stride"]), padding=tuple(m["padding"]))
+                                        stride=tuple(m["stride"]), padding=tuple(m["padding"]), backend=backend)
 
     # ------------------------------------------------------------------ checks for loading
     def expected_arrays(self, dtype):
@@ -661,6 +664,11 @@ class PackedNetwork:
         Per-example input shape.
     dtype : numpy dtype
         Float dtype of the float stages, the head and the logits (the network's dtype).
+    backend : Backend
+        Where the binary stages' XNOR-popcount products run (:func:`sbnnumba.backends.get_backend`;
+        assign a name to change it, e.g. ``packed.backend = "cuda"``). :meth:`from_network` takes the
+        network's backend, :meth:`load` the default (``$SBNNUMBA_BACKEND`` or ``"cpu"``). Float and
+        bit-plane stages and the head run on the host (NumPy / the Numba bit-plane kernel).
     """
 
     def __init__(self, stages, head_weight, head_bias, input_shape, dtype, head_in, float_sizes=None):
@@ -671,8 +679,17 @@ class PackedNetwork:
         self.dtype = np.dtype(dtype)
         self.head_in = (head_in[0], tuple(int(s) for s in head_in[1]))
         self.float_sizes = float_sizes
+        self.backend = None
         for stage in self.stages:
             stage.prepare(self.dtype)
+
+    @property
+    def backend(self):
+        return self._backend
+
+    @backend.setter
+    def backend(self, backend):
+        self._backend = get_backend(backend)
 
     # ------------------------------------------------------------------ conversion
     @classmethod
@@ -742,6 +759,7 @@ class PackedNetwork:
         head_weight = _mode_weight(head).astype(dtype, copy=True)
         float_sizes.append(4 * (head.weight.size + head.bias.size))
         packed = cls(stages, head_weight, head.bias.astype(dtype, copy=True), shape, dtype, act, float_sizes)
+        packed.backend = net.backend
         if calibration_x is not None:
             if quantization is None:
                 samples = [(layer, layer.weight) for _, layer in net.latent_layers()]
@@ -824,7 +842,7 @@ class PackedNetwork:
         """
         act, out = self._check_x(x, codes), []
         for stage in self.stages:
-            act = stage.forward(act, self.dtype)
+            act = stage.forward(act, self.dtype, self.backend)
             out.append(act)
         return out
 
@@ -840,7 +858,7 @@ class PackedNetwork:
     def _logits(self, x, codes=False):
         act = self._check_x(x, codes)
         for stage in self.stages:
-            act = stage.forward(act, self.dtype)
+            act = stage.forward(act, self.dtype, self.backend)
         h = _fetch_input(self.head_in[0], self.head_in[1], act, self.dtype)
         return _rows(h) @ self.head_weight.T + self.head_bias
 

@@ -210,7 +210,7 @@ def test_conv_flip_bit_identical_at_one_and_two_threads():
 def test_layer_flip_propagate_backends_agree(noise_name):
     layer, x, a, x_out, d_out = _layer_data((3, 4, 3, 2, 1, 9, 7), seed=7, scale=0.5)
     cpu = layer.flip_propagate(x, a, x_out, d_out, noise_name, "cpu")
-    ref = layer.flip_propagate(x, a, x_out, d_out, noise_name, "numpy")
+    ref = layer.flip_propagate(x, a, x_out, d_out, noise_name, "reference")
     np.testing.assert_allclose(cpu, ref, atol=1e-12 * max(1, np.abs(ref).max()))
     with pytest.raises(ValueError, match="backend"):
         layer.flip_propagate(x, a, x_out, d_out, noise_name, "tpu")
@@ -230,7 +230,7 @@ def test_padded_positions_never_flip(k, s, p):
         border = full.copy()
         border[:, :, p:-p, p:-p] = 0
         assert np.all(border == 0)
-        for backend in ("cpu", "numpy"):
+        for backend in ("cpu", "reference"):
             got = layer.flip_propagate(x, a, x_out, d_out, noise, backend)
             np.testing.assert_allclose(got, full[:, :, p:-p, p:-p], atol=1e-12)
 
@@ -410,11 +410,11 @@ def test_estimate_on_conv_networks(method):
         assert grads[k].shape == p.shape and grads[k].dtype == p.dtype and np.all(np.isfinite(grads[k]))
 
 
-def test_psa_backend_numpy_equals_cpu_on_conv_net():
+def test_psa_backend_reference_equals_cpu_on_conv_net():
     net, in_shape = conv_net("conv-linear", seed=7)
     x, y = _batch(in_shape, 7, n=4)
     g_cpu = sb.estimate("psa", net, x, y, rng=2)[1]
-    net.backend = "numpy"
+    net.backend = "reference"
     g_np = sb.estimate("psa", net, x, y, rng=2)[1]
     for k in g_cpu:
         np.testing.assert_allclose(g_cpu[k], g_np[k], atol=1e-12)

@@ -166,11 +166,11 @@ def test_estimate_reproducible_from_seed():
         np.testing.assert_array_equal(a[1][k], b[1][k])
 
 
-def test_backend_numpy_equals_cpu():
+def test_backend_reference_equals_cpu():
     net = random_net([6, 8, 7, 5], seed=12)
     x, y = _batch(net, 12, n=4)
     g_cpu = sb.estimate("psa", net, x, y, rng=2)[1]
-    net.backend = "numpy"
+    net.backend = "reference"
     g_np = sb.estimate("psa", net, x, y, rng=2)[1]
     for k in g_cpu:
         np.testing.assert_allclose(g_cpu[k], g_np[k], atol=1e-12)

@@ -52,7 +52,7 @@ def psa_path_gradient(net, path, y, weights, head="rb", linearize=False):
     for k in range(len(net.stages) - 1, -1, -1):
         layer, st = net.stages[k], path.stages[k]
         d = d.reshape(st.pre.shape)
-        g_a = -st.state * noise.pdf(st.pre) * d
+        g_a = net.backend.psa_preactivation_grad(st.state, st.pre, d, noise)
         w_b = weights.reshape((-1,) + (1,) * (g_a.ndim - 1))
         add_layer_grads(grads, f"stages.{k}", layer.param_grads(st.input, g_a * w_b))
         if k > 0:

@@ -24,6 +24,8 @@ normal + 2 phi; mismatches via ``proxy=``.
 
 Weight gradients use the sampled inputs, input gradients the real weights (spec st.md 3.1).
 """
+import functools
+
 import numpy as np
 
 from ..losses import xent
@@ -42,11 +44,11 @@ PROXIES = {
 def backward_factor(net, proxy):
     """The function ``phi(a)`` replacing ``dx/da`` for the given proxy choice.
 
-    ``proxy``: None (the network's own noise: ``2 p(a)``), a noise-family name (``2 p_proxy``), or one
-    of :data:`PROXIES`.
+    ``proxy``: None (the network's own noise: ``2 p(a)``, on the network's backend), a noise-family
+    name (``2 p_proxy``), or one of :data:`PROXIES`.
     """
     if proxy is None:
-        return net.noise.mean_grad
+        return functools.partial(net.backend.st_factor, noise=net.noise)
     if proxy in PROXIES:
         return PROXIES[proxy]
     try:

@@ -555,6 +555,58 @@ def padding_corrections(tap_sums, row_ranges, col_ranges):
 
 
 # ---------------------------------------------------------------------------------------------------
+# Host-side layout of the kernels' operands (shared by sbnnumba.bitpack and the backends)
+# ---------------------------------------------------------------------------------------------------
+
+def panel_layout(words):
+    """Panel layout of packed weights (N, ...) -> (ceil(N/32), 32 * row_words), see :class:`PreparedWeights`."""
+    rows = words.reshape(words.shape[0], int(np.prod(words.shape[1:])))
+    panels = np.empty((-(-rows.shape[0] // PANEL_LANES), PANEL_LANES * rows.shape[1]), np.uint64)
+    words_to_panels(rows, panels)
+    return panels
+
+
+class PreparedWeights:
+    """Packed weights plus their panel layout for the XNOR-popcount CPU kernels.
+
+    Attributes
+    ----------
+    words : ndarray, uint64
+        The packed weights: (N, n_words) for a matrix product, (C_out, kh, kw, n_words) for a
+        convolution.
+    panels : ndarray, shape (ceil(N/32), 32 * row_words), uint64
+        Rows of ``words`` (flattened after axis 0) interleaved by 32:
+        ``panels[p, 32 w + c] = words[32 p + c].ravel()[w]``, zero past the last row. Computed at
+        construction when ``panels=True`` (:func:`sbnnumba.bitpack.prepare_weights`), else at the first
+        use, so a backend that never reads it (e.g. CUDA) never pays for it.
+    """
+
+    __slots__ = ("words", "_panels")
+
+    def __init__(self, words, panels=False):
+        self.words = words
+        self._panels = panel_layout(words) if panels else None
+
+    @property
+    def panels(self):
+        if self._panels is None:
+            self._panels = panel_layout(self.words)
+        return self._panels
+
+
+def padded_limits(limits, n_panels):
+    """Pad the last axis with NEVER up to 32 * n_panels (padding columns always give bit 0)."""
+    out = np.full(limits.shape[:-1] + (n_panels * PANEL_LANES,), NEVER, np.int64)
+    out[..., :limits.shape[-1]] = limits
+    return out
+
+
+def flip_words(flip):
+    """Per-column bool ``flip`` (N,) -> packed uint64 words (ceil(N/64),), padding 0."""
+    return pack_reference(np.where(flip, -1, 1).astype(np.int8))
+
+
+# ---------------------------------------------------------------------------------------------------
 # NumPy references (the truth for the tests; readable, not fast)
 # ---------------------------------------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """GPU routing of :class:`~sbnnumba.training.Trainer`: the one place that chooses the device-resident step.
 
-With ``net.backend == "cuda"`` and a step that can stay on the device (dense and conv stages with real
-or Bernoulli weights, optionally batch-normalized; ``"psa"`` or ``"st"`` without options, no
+With a backend whose arrays live on a device (``net.backend.device_resident``: ``cuda``) and a step
+that can stay on the device (dense and conv stages with real or Bernoulli weights, optionally batch-normalized; ``"psa"`` or ``"st"`` without options, no
 augmentation, SGD/Adam without global-norm clipping), an epoch runs as
 :meth:`sbnnumba.device_training.CudaTrainer.train_epoch` on a dataset uploaded once; otherwise
 :func:`device_epochs` returns None and the host step is used (only the PSA flip propagation then runs
@@ -45,7 +45,8 @@ class DeviceEpochs:
 
 def device_epochs(net, config, optimizer, x_tr, y_tr):
     """A :class:`DeviceEpochs` when the whole step can stay on the device (see the module docstring), else None."""
-    if net.backend != "cuda" or config.estimator not in ("psa", "st") or config.estimator_options or config.augment:
+    if not net.backend.device_resident or config.estimator not in ("psa", "st") or config.estimator_options \
+            or config.augment:
         return None
     from ..device_training import CudaTrainer
 

@@ -191,7 +191,7 @@ class Trainer:
             "format_version": FORMAT_VERSION, "network": describe(net, self.x_tr.shape[1:]),
             "data": {"name": name, "train": fingerprint(self.x_tr, self.y_tr),
                      "val": fingerprint(self.x_val, self.y_val)},
-            "fit": c.to_dict(), "optimizer": self.optimizer.hyperparameters, "backend": net.backend,
+            "fit": c.to_dict(), "optimizer": self.optimizer.hyperparameters, "backend": net.backend.name,
             "metadata": self.metadata})
 
     def resume(self):

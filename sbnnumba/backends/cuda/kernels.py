@@ -5,7 +5,7 @@ Every kernel has the inputs and outputs of its CPU counterpart (:mod:`sbnnumba.k
 references (:mod:`sbnnumba.kernels.reference`, :mod:`sbnnumba.kernels.conv_reference`, the
 ``*_reference`` functions of :mod:`sbnnumba.kernels.bitpack`), on a real GPU or in numba's CUDA
 simulator (``NUMBA_ENABLE_CUDASIM=1``). Host-side routing (uploads, launch configurations, the
-device weight cache) lives in :mod:`sbnnumba.kernels.cuda_backend`; call the kernels through it.
+device weight cache) lives in :mod:`sbnnumba.backends.cuda.ops`; call the kernels through it.
 
 Nothing is compiled and CUDA is not initialized at import time: ``@cuda.jit`` compiles lazily at
 the first launch, and the tiled kernels are built by ``*_kernel(...)`` factories (cached per tile
@@ -90,7 +90,7 @@ if not hasattr(np, "row_stack"):
 
 from numba import cuda  # noqa: E402
 
-from .scalar import LOGISTIC, cdf, cdf_lower, pdf
+from ...kernels.scalar import LOGISTIC, cdf, cdf_lower, pdf
 
 # Default tile configurations (threads per block = product of the thread dimensions).
 DENSE_TILE = dict(tile_i=32, tile_b=16, rows_per_thread=2, tile_j=32)  # 32 x 8 = 256 threads

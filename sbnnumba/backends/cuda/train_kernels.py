@@ -1,6 +1,6 @@
 r"""numba.cuda kernels for a device-resident training step of a dense or conv SBN (:mod:`sbnnumba.device_training`).
 
-Together with the PSA flip-propagation kernels of :mod:`sbnnumba.kernels.cuda`, these are all the
+Together with the PSA flip-propagation kernels of :mod:`sbnnumba.backends.cuda.kernels`, these are all the
 pieces a PSA or deep-ST step needs, so that data, activations, gradients, parameters and optimizer
 state stay on the GPU (spec psa.md, sections 2-3; the host versions are
 :mod:`sbnnumba.estimators.psa`, :mod:`sbnnumba.estimators.st` and :mod:`sbnnumba.optim`):
@@ -19,7 +19,7 @@ state stay on the GPU (spec psa.md, sections 2-3; the host versions are
   :class:`sbnnumba.optim.SGD` (with element-wise clipping), one thread per parameter entry.
 * Conv stages: :func:`im2col_rows` (patch matrix), :func:`col2im_gather` (its transpose, for the ST
   backward), :func:`rows_to_map` / :func:`map_to_rows` (GEMM rows <-> (B, C, H, W) maps); the conv flip
-  propagation is :func:`sbnnumba.kernels.cuda.flip_conv_ratio` / ``flip_conv_generic``.
+  propagation is :func:`sbnnumba.backends.cuda.kernels.flip_conv_ratio` / ``flip_conv_generic``.
 * :func:`gather_rows`, :func:`gather_labels`: a mini-batch from a dataset held on the device.
 * :func:`accumulate_loss`: ``acc[0] += w sum_b value[b]`` (one thread; batches are small).
 * Batch normalization: :func:`channel_sums_kernel` (per-channel sums, one block per channel, tree
@@ -28,7 +28,7 @@ state stay on the GPU (spec psa.md, sections 2-3; the host versions are
 * Bernoulli weights: :func:`latent_grad` (eta gradient from ``dL/dw``), :func:`clip_values` (projection);
   the weights themselves are sampled with :func:`sample_rng` / :func:`sample_uniform`.
 
-Like :mod:`sbnnumba.kernels.cuda`, nothing is compiled or initialized at import time.
+Like :mod:`sbnnumba.backends.cuda.kernels`, nothing is compiled or initialized at import time.
 """
 import functools
 import math
@@ -36,8 +36,8 @@ import math
 from numba import cuda, float64
 from numba.cuda.random import xoroshiro128p_uniform_float64
 
-from .cuda import _numba_dtype
-from .scalar import cdf, pdf
+from .kernels import _numba_dtype
+from ...kernels.scalar import cdf, pdf
 
 GEMM_FLOAT_TILE = 16  # 16 x 16 threads, one output each
 

@@ -1,0 +1,91 @@
+r"""The ``cpu`` backend: the Numba kernels of :mod:`sbnnumba.kernels` (``@njit(parallel=True)``).
+
+* PSA flip propagation: :func:`sbnnumba.kernels.cpu.flip_propagate_dense` and
+  :func:`sbnnumba.kernels.conv_cpu.flip_propagate_conv` (logistic ratio form, bounded form for
+  uniform/triangular noise, generic F form; ``form="auto"`` picks the fastest exact one,
+  :func:`sbnnumba.kernels.cpu.choose_form`).
+* Sampling: :meth:`NoiseFamily.sample` (one fused Numba pass for logistic noise,
+  :mod:`sbnnumba.kernels.sampling`).
+* The element-wise PSA / ST factors are memory-bound NumPy expressions, the same as the reference
+  backend's (inherited), so seeded runs are bit-identical to the host step before the backend layer.
+* Packed products: the XNOR-popcount kernels of :mod:`sbnnumba.kernels.bitpack`, which read the
+  weights in their panel layout (:class:`sbnnumba.kernels.bitpack.PreparedWeights`) and compare
+  popcounts against per-column limits (the thresholds turned into popcount bounds here).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..kernels import bitpack as kb
+from ..kernels import conv_cpu, cpu
+from .reference import ReferenceBackend
+from .registry import register_backend
+
+
+def _conv_geometry(x_words, w_words, c_in, stride, padding):
+    """Padding classes and corrections of a packed conv (see :mod:`sbnnumba.kernels.bitpack`)."""
+    (sh, sw), (ph, pw) = stride, padding
+    _, height, width, _ = x_words.shape
+    _, kh, kw, _ = w_words.shape
+    out_h = (height + 2 * ph - kh) // sh + 1
+    out_w = (width + 2 * pw - kw) // sw + 1
+    row_class, row_ranges = kb.padding_classes(height, kh, sh, ph, out_h)
+    col_class, col_ranges = kb.padding_classes(width, kw, sw, pw, out_w)
+    tap_sums = c_in - 2 * kb.popcount_reference(w_words).sum(axis=-1)  # (C_out, kh, kw): sum_ci w[co, ci, dy, dx]
+    corrections = kb.padding_corrections(tap_sums, row_ranges, col_ranges)
+    geometry = np.array([kh, kw, sh, sw, ph, pw], np.int64)
+    return c_in * kh * kw, geometry, corrections, row_class, col_class
+
+
+class CpuBackend(ReferenceBackend):
+    """Numba implementation of :class:`~sbnnumba.backends.base.Backend` (registered as ``"cpu"``)."""
+
+    name = "cpu"
+
+    def flip_propagate_dense(self, x_in, a, x_out, weight, d_out, noise, form="auto"):
+        return cpu.flip_propagate_dense(x_in, a, x_out, weight, d_out, noise.code, form)
+
+    def flip_propagate_conv(self, x_in, a, x_out, weight, d_out, stride, padding, noise, form="auto"):
+        return conv_cpu.flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, noise.code, form)
+
+    def sample_states(self, a, u, noise):
+        return noise.sample(a, u)
+
+    def xnor_matmul(self, a_words, weights, k):
+        out = np.empty((a_words.shape[0], weights.words.shape[0]), np.int32)
+        kb.xnor_gemm(a_words, weights.panels, k, out)
+        return out
+
+    def xnor_matmul_threshold(self, a_words, weights, k, thresholds, flip):
+        panels = weights.panels
+        # dot < t  <=>  k - 2 popcount < t  <=>  popcount > floor((k - t) / 2)
+        limits = kb.padded_limits((k - thresholds) // 2, panels.shape[0])
+        out = np.zeros((a_words.shape[0], kb.n_words(weights.words.shape[0])), np.uint64)
+        kb.xnor_gemm_threshold(a_words, panels, limits, kb.flip_words(flip), out)
+        return out
+
+    def binary_conv2d(self, x_words, weights, c_in, stride, padding):
+        w, panels = weights.words, weights.panels
+        k, geometry, corrections, row_class, col_class = _conv_geometry(x_words, w, c_in, stride, padding)
+        out = np.empty((x_words.shape[0], w.shape[0], len(row_class), len(col_class)), np.int32)
+        padded = np.zeros(corrections.shape[:2] + (panels.shape[0] * kb.PANEL_LANES,), np.int32)
+        padded[..., :w.shape[0]] = corrections
+        kb.xnor_conv2d(x_words, panels, k, geometry, padded, row_class, col_class, out)
+        return out
+
+    def binary_conv2d_threshold(self, x_words, weights, c_in, thresholds, flip, stride, padding):
+        w, panels = weights.words, weights.panels
+        c_out = w.shape[0]
+        k, geometry, corrections, row_class, col_class = _conv_geometry(x_words, w, c_in, stride, padding)
+        n_row_classes, n_col_classes = corrections.shape[:2]
+        # true dot = k - 2 popcount - correction < t  <=>  popcount > floor((k - correction - t) / 2)
+        limits = kb.padded_limits(((k - corrections - thresholds) // 2).reshape(n_row_classes * n_col_classes,
+                                                                                c_out), panels.shape[0])
+        limit_class = row_class[:, None] * n_col_classes + col_class[None, :]  # (H_out, W_out)
+        out = np.zeros((x_words.shape[0], len(row_class), len(col_class), kb.n_words(c_out)), np.uint64)
+        kb.xnor_conv2d_threshold(x_words, panels, geometry, limits, limit_class, kb.flip_words(flip),
+                                 out.reshape(-1, out.shape[3]))
+        return out
+
+
+register_backend(CpuBackend)

@@ -1,0 +1,85 @@
+"""The registry of backends: name -> :class:`~sbnnumba.backends.base.Backend` subclass, and :func:`get_backend`."""
+from __future__ import annotations
+
+import os
+
+from .base import Backend
+
+DEFAULT_BACKEND_ENV = "SBNNUMBA_BACKEND"
+DEFAULT_BACKEND = "cpu"
+
+_CLASSES = {}
+_INSTANCES = {}
+
+
+def register_backend(cls):
+    """Register a :class:`Backend` subclass under ``cls.name`` (a new name, or a replacement of the
+    class of that name); returns ``cls`` so it can decorate the class.
+
+    Raises
+    ------
+    TypeError
+        If ``cls`` is not a Backend subclass, or leaves methods of the interface abstract.
+    ValueError
+        If ``cls.name`` is not a non-empty string.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, Backend)):
+        raise TypeError(f"cls: expected a subclass of sbnnumba.backends.Backend, got {cls!r}")
+    if cls.__abstractmethods__:
+        raise TypeError(f"cls: {cls.__name__} does not implement {sorted(cls.__abstractmethods__)}")
+    if not isinstance(cls.name, str) or not cls.name:
+        raise ValueError(f"cls.name: expected a non-empty string, got {cls.name!r}")
+    _CLASSES[cls.name] = cls
+    _INSTANCES.pop(cls.name, None)
+    return cls
+
+
+def backend_names():
+    """Names of the registered backends, in registration order."""
+    return tuple(_CLASSES)
+
+
+def default_backend_name():
+    """The backend named by ``$SBNNUMBA_BACKEND``, else ``"cpu"``."""
+    return os.environ.get(DEFAULT_BACKEND_ENV, DEFAULT_BACKEND)
+
+
+def get_backend(backend=None):
+    """The backend object for a name (or the object itself).
+
+    Parameters
+    ----------
+    backend : str, Backend or None
+        A registered name (:func:`backend_names`: ``"reference"``, ``"cpu"``, ``"cuda"``), a
+        :class:`Backend` instance (returned as it is), or None for :func:`default_backend_name`.
+
+    Returns
+    -------
+    Backend
+        One shared instance per name (the CUDA backend's weight cache lives in the process).
+
+    Raises
+    ------
+    TypeError
+        For anything but a string, a Backend or None.
+    ValueError
+        For an unknown name (the message lists the known ones).
+    RuntimeError
+        When the named backend cannot run in this process (the message says why, e.g. for ``cuda``:
+        no driver, no device, no libNVVM, and how to fix it).
+    """
+    if isinstance(backend, Backend):
+        return backend
+    if backend is None:
+        backend = default_backend_name()
+    if not isinstance(backend, str):
+        raise TypeError(f"backend: expected a backend name or a Backend, got {type(backend).__name__}")
+    if backend not in _CLASSES:
+        raise ValueError(f"backend: expected one of {backend_names()}, got {backend!r}")
+    if backend not in _INSTANCES:
+        cls = _CLASSES[backend]
+        reason = cls.unavailable_reason()
+        if reason is not None:
+            raise RuntimeError(f"backend {backend!r} is not usable: {reason}")
+        _INSTANCES[backend] = cls()
+    return _INSTANCES[backend]

@@ -1,0 +1,170 @@
+"""Every registered backend implements the whole :class:`sbnnumba.backends.Backend` interface and agrees
+with ``reference`` (plain NumPy) on small random inputs; the registry's errors.
+
+``cuda`` runs in numba's CUDA simulator without a GPU (tests/conftest.py). Float results agree to
+float32 rounding; sampling, packed products and binary convolutions exactly.
+"""
+import numpy as np
+import pytest
+
+from sbnnumba import bitpack
+from sbnnumba.backends import Backend, abstract_methods, backend_names, get_backend, register_backend
+from sbnnumba.backends.base import Backend as BaseBackend
+from sbnnumba.kernels import conv_reference
+from sbnnumba.kernels.bitpack import PreparedWeights
+from sbnnumba.noise import get_noise
+
+NOISES = ("logistic", "normal", "uniform", "triangular")
+F32 = dict(rtol=1e-4, atol=2e-5)
+
+
+def _backend(name, request):
+    if name == "cuda":
+        return request.getfixturevalue("cuda_backend")
+    return get_backend(name)
+
+
+@pytest.fixture(params=[n for n in backend_names() if n != "reference"])
+def backend(request):
+    return _backend(request.param, request)
+
+
+def _pm1(rng, shape, dtype=np.float32):
+    return np.where(rng.random(shape) < 0.5, 1, -1).astype(dtype)
+
+
+def test_interface_is_complete():
+    """Every registered backend class implements every operation of the interface."""
+    methods = abstract_methods()
+    assert {"flip_propagate_dense", "flip_propagate_conv", "sample_states", "st_factor", "psa_preactivation_grad",
+            "xnor_matmul", "xnor_matmul_threshold", "binary_conv2d", "binary_conv2d_threshold"} <= set(methods)
+    from sbnnumba.backends.registry import _CLASSES
+    for name, cls in _CLASSES.items():
+        assert cls.name == name
+        assert not cls.__abstractmethods__, f"{name}: missing {sorted(cls.__abstractmethods__)}"
+        for method in methods:
+            assert getattr(cls, method) is not getattr(BaseBackend, method), f"{name}.{method} not implemented"
+
+
+@pytest.mark.parametrize("noise_name", NOISES)
+def test_flip_propagate_dense_agrees(backend, noise_name):
+    rng = np.random.default_rng(1)
+    noise = get_noise(noise_name)
+    x_in = _pm1(rng, (3, 6))
+    w = rng.normal(size=(5, 6)).astype(np.float32)
+    a = (x_in @ w.T + rng.normal(size=5)).astype(np.float32)
+    x_out = noise.sample(a, rng.random(a.shape).astype(np.float32))
+    d_out = rng.normal(size=a.shape).astype(np.float32)
+    want = get_backend("reference").flip_propagate_dense(x_in, a, x_out, w, d_out, noise)
+    got = backend.flip_propagate_dense(x_in, a, x_out, w, d_out, noise)
+    assert got.dtype == np.float32 and got.shape == x_in.shape
+    np.testing.assert_allclose(got, want, **F32)
+
+
+@pytest.mark.parametrize("noise_name", ("logistic", "triangular"))
+def test_flip_propagate_conv_agrees(backend, noise_name):
+    rng = np.random.default_rng(2)
+    noise = get_noise(noise_name)
+    stride, padding = (2, 1), (1, 1)
+    x_in = _pm1(rng, (2, 3, 5, 4))
+    w = rng.normal(size=(4, 3, 3, 2)).astype(np.float32)
+    a = conv_reference.conv_forward(x_in, w, rng.normal(size=4), stride, padding).astype(np.float32)
+    x_out = noise.sample(a, rng.random(a.shape).astype(np.float32))
+    d_out = rng.normal(size=a.shape).astype(np.float32)
+    args = (x_in, a, np.ascontiguousarray(x_out), w, d_out, stride, padding, noise)
+    want = get_backend("reference").flip_propagate_conv(*args)
+    got = backend.flip_propagate_conv(*args)
+    assert got.dtype == np.float32 and got.shape == x_in.shape
+    np.testing.assert_allclose(got, want, **F32)
+
+
+@pytest.mark.parametrize("noise_name", NOISES)
+def test_elementwise_agree(backend, noise_name):
+    rng = np.random.default_rng(3)
+    noise = get_noise(noise_name)
+    ref = get_backend("reference")
+    a = (2 * rng.normal(size=(4, 7))).astype(np.float32)
+    u = rng.random(a.shape).astype(np.float32)
+    x = backend.sample_states(a, u, noise)
+    np.testing.assert_array_equal(x, ref.sample_states(a, u, noise))
+    assert x.dtype == np.float32
+    np.testing.assert_allclose(backend.st_factor(a, noise), ref.st_factor(a, noise), rtol=1e-5, atol=1e-6)
+    d = rng.normal(size=a.shape).astype(np.float32)
+    np.testing.assert_allclose(backend.psa_preactivation_grad(x, a, d, noise),
+                               ref.psa_preactivation_grad(x, a, d, noise), rtol=1e-5, atol=1e-6)
+
+
+def test_packed_products_agree(backend):
+    rng = np.random.default_rng(4)
+    ref = get_backend("reference")
+    for k, m, n in ((70, 5, 7), (130, 3, 66)):
+        a = bitpack.pack(_pm1(rng, (m, k)))
+        b = PreparedWeights(bitpack.pack(_pm1(rng, (n, k))))
+        np.testing.assert_array_equal(backend.xnor_matmul(a, b, k), ref.xnor_matmul(a, b, k))
+        t = rng.integers(-k, k, size=n).astype(np.int64)
+        flip = rng.random(n) < 0.4
+        np.testing.assert_array_equal(backend.xnor_matmul_threshold(a, b, k, t, flip),
+                                      ref.xnor_matmul_threshold(a, b, k, t, flip))
+
+
+def test_binary_convolutions_agree(backend):
+    rng = np.random.default_rng(5)
+    ref = get_backend("reference")
+    for c_in, stride, padding in ((3, (1, 1), (1, 1)), (70, (2, 1), (0, 1))):
+        x = bitpack.pack(_pm1(rng, (2, 5, 4, c_in)))
+        w = PreparedWeights(bitpack.pack(_pm1(rng, (4, 3, 2, c_in))))
+        np.testing.assert_array_equal(backend.binary_conv2d(x, w, c_in, stride, padding),
+                                      ref.binary_conv2d(x, w, c_in, stride, padding))
+        t = rng.integers(-6, 6, size=4).astype(np.int64)
+        flip = np.array([True, False, False, True])
+        np.testing.assert_array_equal(backend.binary_conv2d_threshold(x, w, c_in, t, flip, stride, padding),
+                                      ref.binary_conv2d_threshold(x, w, c_in, t, flip, stride, padding))
+
+
+def test_packed_network_runs_on_every_backend(request):
+    """PackedNetwork gives the same logits on every backend (the binary stages run there)."""
+    import sbnnumba as sb
+    from sbnnumba.packed import PackedNetwork
+    rng = np.random.default_rng(6)
+    net = sb.Network.dense([6, 70, 9], 3, rng=1, weight="hidden")
+    x = rng.normal(size=(5, 6)).astype(np.float32)
+    packed = PackedNetwork.from_network(net, calibration_x=x)
+    want = packed.predict_logits(x)
+    for name in backend_names():
+        packed.backend = _backend(name, request)
+        np.testing.assert_array_equal(packed.predict_logits(x), want, err_msg=name)
+
+
+def test_registry_errors_and_a_new_backend():
+    with pytest.raises(ValueError, match="backend: expected one of"):
+        get_backend("tpu")
+    with pytest.raises(TypeError, match="backend"):
+        get_backend(1.5)
+
+    class Incomplete(Backend):
+        name = "incomplete"
+
+    with pytest.raises(TypeError, match="does not implement"):
+        register_backend(Incomplete)
+    with pytest.raises(TypeError, match="subclass"):
+        register_backend(object)
+
+    from sbnnumba.backends.cpu import CpuBackend
+    from sbnnumba.backends.registry import _CLASSES, _INSTANCES
+
+    class Unusable(CpuBackend):
+        name = "test-unusable"
+
+        @classmethod
+        def unavailable_reason(cls):
+            return "no such device"
+
+    register_backend(Unusable)
+    try:
+        assert "test-unusable" in backend_names()
+        with pytest.raises(RuntimeError, match="backend 'test-unusable' is not usable: no such device"):
+            get_backend("test-unusable")
+    finally:
+        _CLASSES.pop("test-unusable")
+        _INSTANCES.pop("test-unusable", None)
+    assert get_backend("cpu") is get_backend(get_backend("cpu"))
