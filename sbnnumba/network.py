@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import losses
-from .backends import get_backend
+from .backends import BackendAttribute
 from .layers import Linear
 from .noise import get_noise
 from .normalization import Normalized, moments_from_sums, normalization_factory
@@ -86,6 +86,8 @@ class Network:
         (optimizers update them in place).
     """
 
+    backend = BackendAttribute()
+
     def __init__(self, stages, head, noise="logistic", backend=None):
         if not isinstance(stages, (list, tuple)) or len(stages) == 0:
             raise ValueError("stages: expected a non-empty list of layers")
@@ -96,15 +98,6 @@ class Network:
         self.noise = get_noise(noise)
         self.backend = backend
         self.dtype = head.weight.dtype
-
-    @property
-    def backend(self):
-        """The :class:`~sbnnumba.backends.Backend` running this network's kernels."""
-        return self._backend
-
-    @backend.setter
-    def backend(self, backend):
-        self._backend = get_backend(backend)
 
     # ------------------------------------------------------------------ construction
     @classmethod

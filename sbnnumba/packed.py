@@ -132,7 +132,7 @@ import numba
 import numpy as np
 
 from . import bitpack
-from .backends import get_backend
+from .backends import BackendAttribute
 from .conv import Conv2d
 from .fileio import atomic_write, read_versioned_npz
 from .kernels import bitplane as _kp
@@ -671,6 +671,8 @@ class PackedNetwork:
         bit-plane stages and the head run on the host (NumPy / the Numba bit-plane kernel).
     """
 
+    backend = BackendAttribute()
+
     def __init__(self, stages, head_weight, head_bias, input_shape, dtype, head_in, float_sizes=None):
         self.stages = list(stages)
         self.head_weight = np.ascontiguousarray(head_weight)
@@ -682,14 +684,6 @@ class PackedNetwork:
         self.backend = None
         for stage in self.stages:
             stage.prepare(self.dtype)
-
-    @property
-    def backend(self):
-        return self._backend
-
-    @backend.setter
-    def backend(self, backend):
-        self._backend = get_backend(backend)
 
     # ------------------------------------------------------------------ conversion
     @classmethod

@@ -11,32 +11,14 @@ import pytest
 from sbnnumba.backends.cuda import device, ops
 from sbnnumba.kernels.bitpack import PreparedWeights
 
+from cuda_checks import close, equal, pm1
+
 pytestmark = pytest.mark.usefixtures("cuda_backend")
 
 NOISES = ("logistic", "normal", "uniform", "triangular")
 SMALL_DENSE_TILES = dict(tile_i=4, tile_b=4, rows_per_thread=2, tile_j=3)
 SMALL_GEMM_TILES = dict(tile_n=4, tile_m=4, rows_per_thread=2, tile_w=1)
 SMALL_THRESHOLD_TILES = dict(tile_m=4, rows_per_thread=2, tile_w=1)
-
-
-def close(got, want, name, rtol=1e-4, atol=2e-5):
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    if got.shape != want.shape:
-        raise AssertionError(f"{name}: shape {got.shape} != {want.shape}")
-    if not np.allclose(got, want, rtol=rtol, atol=atol):
-        err = np.abs(got - want).max()
-        raise AssertionError(f"{name}: max abs error {err:.3g} (scale {np.abs(want).max():.3g})")
-
-
-def equal(got, want, name):
-    got, want = np.asarray(got), np.asarray(want)
-    if got.shape != want.shape or got.dtype != want.dtype or not np.array_equal(got, want):
-        raise AssertionError(f"{name}: arrays differ (got {got.dtype}{got.shape}, want {want.dtype}{want.shape}, "
-                             f"{np.sum(got != want) if got.shape == want.shape else 'n/a'} entries differ)")
-
-
-def pm1(rng, shape, dtype=np.float32):
-    return np.where(rng.random(shape) < 0.5, 1, -1).astype(dtype)
 
 
 # ---------------------------------------------------------------------------------------------------

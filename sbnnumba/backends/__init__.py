@@ -14,8 +14,9 @@ object they hold. A new backend is one module with a :class:`Backend` subclass a
 :func:`register_backend` call (see ``docs/architecture.md``).
 """
 from .base import Backend, abstract_methods
-from .registry import DEFAULT_BACKEND_ENV, backend_names, default_backend_name, get_backend, register_backend
+from .registry import (DEFAULT_BACKEND_ENV, BackendAttribute, backend_names, default_backend_name, get_backend,
+                       register_backend)
 from . import reference, cpu, cuda  # noqa: E402,F401  (each registers its backend)
 
-__all__ = ["Backend", "DEFAULT_BACKEND_ENV", "abstract_methods", "backend_names", "default_backend_name",
+__all__ = ["Backend", "BackendAttribute", "DEFAULT_BACKEND_ENV", "abstract_methods", "backend_names", "default_backend_name",
            "get_backend", "register_backend"]

@@ -83,3 +83,20 @@ def get_backend(backend=None):
             raise RuntimeError(f"backend {backend!r} is not usable: {reason}")
         _INSTANCES[backend] = cls()
     return _INSTANCES[backend]
+
+
+class BackendAttribute:
+    """Descriptor for an object's backend: reads give a :class:`Backend`, assignments accept anything
+    :func:`get_backend` does (a name, a Backend, or None for the default) and store its result.
+
+    ``class Network: backend = BackendAttribute()`` then ``net.backend = "reference"``.
+    """
+
+    def __set_name__(self, owner, name):
+        self._slot = "_" + name
+
+    def __get__(self, obj, owner=None):
+        return self if obj is None else getattr(obj, self._slot)
+
+    def __set__(self, obj, value):
+        setattr(obj, self._slot, get_backend(value))
