@@ -8,7 +8,8 @@ ROOT = Path(__file__).resolve().parent.parent / "sbnnumba"
 
 LEVELS = {  # the table of docs/architecture.md
     6: ("cli", "__main__", "gradstudy"),
-    5: ("train", "training", "device_training", "packed", "plots", "datasets", "testing", "export"),
+    5: ("training", "device_training", "packed", "plots", "datasets", "testing", "export", "distributed",
+        "sweep"),
     4: ("estimators",),
     3: ("network", "architectures", "optim", "losses", "summary"),
     2: ("layers", "conv", "normalization", "weights", "bitpack"),

@@ -1,8 +1,9 @@
 """GPU routing of :class:`~sbnnumba.training.Trainer`: the one place that chooses the device-resident step.
 
 With a backend whose arrays live on a device (``net.backend.device_resident``: ``cuda``) and a step
-that can stay on the device (dense and conv stages with real or Bernoulli weights, optionally batch-normalized; ``"psa"`` or ``"st"`` without options, no
-augmentation, SGD/Adam without global-norm clipping), an epoch runs as
+that can stay on the device (dense and conv stages with real or Bernoulli weights, optionally
+batch-normalized; ``"psa"`` or ``"st"`` without options, no augmentation, SGD/Adam without
+global-norm clipping), an epoch runs as
 :meth:`sbnnumba.device_training.CudaTrainer.train_epoch` on a dataset uploaded once; otherwise
 :func:`device_epochs` returns None and the host step is used (only the PSA flip propagation then runs
 on the GPU, through the layers' backend).
