@@ -55,6 +55,14 @@ class Backend(abc.ABC):
     def __repr__(self):
         return f"{type(self).__name__}()"
 
+    def device_count(self):
+        """Devices of this backend visible to the process (host backends: 0, they run on the CPU cores)."""
+        return 0
+
+    def select_device(self, index):
+        """Run this process's later work of this backend on device ``index`` (host backends: nothing to do).
+        Call before the first operation (a rank of a data-parallel run picks its GPU this way)."""
+
     # -- PSA flip propagation -------------------------------------------------------------------
     @abc.abstractmethod
     def flip_propagate_dense(self, x_in, a, x_out, weight, d_out, noise, form="auto"):

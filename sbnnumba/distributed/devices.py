@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numbers
 
+from ..backends import get_backend
+
 
 def gpu_for_rank(local_rank, n_gpus):
     """Index of the GPU for a rank: ``local_rank mod n_gpus``.
@@ -32,19 +34,17 @@ def select_gpu(comm):
 
     Call before any CUDA work (before building a ``backend="cuda"`` network).
     """
-    from numba import cuda
-
-    index = gpu_for_rank(comm.local_rank, len(cuda.gpus))
-    cuda.select_device(index)
-    return index
+    return select_device(comm, "cuda")
 
 
 def select_device(comm, backend):
-    """Give this rank its device for the kernel ``backend`` (None: ``$SBNNUMBA_BACKEND`` or cpu): its GPU
-    (:func:`select_gpu`) for ``"cuda"``, nothing for the CPU backends. Returns the GPU index or None."""
-    from ..network import default_backend
-
-    # the one backend with a device per rank; to move into sbnnumba/backends/ once that package declares it
-    if (default_backend() if backend is None else backend) == "cuda":
-        return select_gpu(comm)
-    return None
+    """Give this rank its device for the kernel ``backend`` (a name, a Backend, or None:
+    ``$SBNNUMBA_BACKEND`` or cpu): device :func:`gpu_for_rank` of those the backend sees
+    (:meth:`~sbnnumba.backends.Backend.device_count`; ``cuda``: the node's GPUs), nothing for the CPU
+    backends. Returns the device index or None."""
+    backend = get_backend(backend)
+    if not backend.device_resident:
+        return None
+    index = gpu_for_rank(comm.local_rank, backend.device_count())
+    backend.select_device(index)
+    return index

@@ -36,6 +36,12 @@ class CudaBackend(Backend):
         reason = device.unavailable_reason()
         return None if reason is None else f"{reason.rstrip('. ')}. To fix: {device.INSTALL_HINT}."
 
+    def device_count(self):
+        return len(device._cuda().gpus)
+
+    def select_device(self, index):
+        device._cuda().select_device(index)
+
     def flip_propagate_dense(self, x_in, a, x_out, weight, d_out, noise, form="auto"):
         return ops.flip_propagate_dense(x_in, a, x_out, weight, d_out, noise.code, form)
 
