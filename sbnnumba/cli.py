@@ -1,4 +1,4 @@
-"""Command line: ``python -m sbnnumba {train,evaluate,gradcheck} ...``.
+"""Command line: ``python -m sbnnumba {train,evaluate,export,gradcheck} ...``.
 
 ``train``
     Train an SBN on Fashion-MNIST and write ``checkpoint.npz``, ``history.csv``, ``history.json``,
@@ -19,6 +19,12 @@
 ``evaluate CHECKPOINT``
     Test metrics of a checkpoint and the test accuracy vs number of ensemble samples (1..``--samples``),
     printed and saved as ``ensemble_accuracy.png`` and ``test_metrics.json``.
+``export CHECKPOINT --format c --out DIR``
+    Write a trained binary network as dependency-free C99 (:func:`sbnnumba.export.export_c`).
+    ``CHECKPOINT`` is a packed network (:meth:`PackedNetwork.save`) or a training checkpoint, which
+    is converted with :meth:`PackedNetwork.from_network` (``--input-quantization 1/255,8``: bit-plane
+    first stage); normalization statistics of the deterministic mode missing from it are estimated on
+    ``--calibration-size`` training images of ``--data``.
 ``gradcheck``
     The gradient-accuracy study (:mod:`sbnnumba.gradstudy`), all further arguments passed on.
 
@@ -160,7 +166,7 @@ def build_parser():
     from sbnnumba.noise import NOISES
 
     parser = _Parser(prog=PROG, description="Stochastic binary networks in NumPy + Numba.")
-    sub = parser.add_subparsers(dest="command", metavar="{train,evaluate,gradcheck}", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="{train,evaluate,export,gradcheck}", parser_class=_Parser)
     sub.required = True
 
     tr = sub.add_parser("train", help="train an SBN on Fashion-MNIST",
@@ -224,9 +230,35 @@ def build_parser():
     ev.add_argument("--out", default=None, help="where to write the plot and metrics (default: the checkpoint's folder)")
     ev.add_argument("--backend", default=None, choices=list(backend_names()))
 
+    ex = sub.add_parser("export", help="export a trained binary network as dependency-free C",
+                        description="Write a trained binary network as C99 source (header, source, example main.c, "
+                                    "Makefile, README) with no dependency beyond the C library.")
+    ex.add_argument("checkpoint", help="a packed network (PackedNetwork.save) or a checkpoint.npz written by 'train'")
+    ex.add_argument("--format", required=True, choices=["c"], help="output format")
+    ex.add_argument("--out", required=True, help="output directory")
+    ex.add_argument("--name", default="model", help="C prefix of the files, functions and macros")
+    ex.add_argument("--input-quantization", type=_quantization, default=None, metavar="SCALE,BITS",
+                    help="training checkpoints: inputs are SCALE * q with BITS-bit codes q (e.g. 1/255,8 for "
+                         "pixels): exact integer bit-plane first stage (dense, binary weights)")
+    ex.add_argument("--data", default=None, help="training checkpoints without deterministic normalization "
+                    "statistics: 'auto', 'embedded' or a directory (default: what it was trained on)")
+    ex.add_argument("--calibration-size", type=_positive(int), default=10000,
+                    help="training images for those statistics")
+
     sub.add_parser("gradcheck", help="gradient-accuracy study (sbnnumba.gradstudy); arguments passed on",
                    add_help=False)
     return parser
+
+
+def _quantization(text):
+    """``SCALE,BITS`` with SCALE a number or a fraction ``a/b`` (e.g. ``1/255,8``)."""
+    try:
+        scale, bits = text.split(",")
+        num, _, den = scale.partition("/")
+        value = float(num) / (float(den) if den else 1.0)
+        return value, int(bits)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected SCALE,BITS such as 1/255,8, got {text!r}") from None
 
 
 # ================================================================================= data
@@ -476,6 +508,43 @@ def cmd_evaluate(args):
     return 0
 
 
+def _packed_network(args):
+    """The PackedNetwork of ``args.checkpoint``: loaded, or converted from a training checkpoint."""
+    from sbnnumba import datasets, training
+    from sbnnumba import packed as packed_mod
+
+    try:
+        with np.load(args.checkpoint, allow_pickle=False) as z:
+            fmt = str(z["meta/format"]) if "meta/format" in z.files else None
+    except FileNotFoundError:
+        raise CLIError(f"checkpoint not found: {args.checkpoint}") from None
+    except (OSError, ValueError) as exc:
+        raise CLIError(f"{args.checkpoint}: not a readable .npz file ({exc})") from None
+    if fmt == packed_mod.FORMAT:
+        if args.input_quantization is not None:
+            raise CLIError("--input-quantization: the packed network file is already converted; it applies to "
+                           "training checkpoints")
+        return packed_mod.PackedNetwork.load(args.checkpoint)
+    ck = training.load_checkpoint(args.checkpoint)
+    net = training.load_network(ck)
+    if any(n.running.get("deterministic") is None for n in net.normalizations()):
+        trained_on = ck.config.get("data", {}).get("name")
+        ds = load_data(args.data or ("embedded" if trained_on == "fashion-mnist-subset" else "auto"))
+        x = datasets.normalize(ds.x_train[:args.calibration_size], dtype=net.dtype)
+        net.recalibrate_normalization(x, mode="deterministic")
+    return packed_mod.PackedNetwork.from_network(net, input_quantization=args.input_quantization)
+
+
+def cmd_export(args):
+    result = _packed_network(args).export_c(args.out, name=args.name)
+    print("wrote " + ", ".join(result.files.values()))
+    print(f"constant data {result.data_bytes:,d} bytes; the float32 network: "
+          + ("?" if result.float32_bytes is None else f"{result.float32_bytes:,d} bytes "
+             f"({result.float32_bytes / result.data_bytes:.1f}x)"))
+    print(f"compile: cd {args.out} && make   (or: cc -std=c99 -O2 -o {args.name}_main main.c {args.name}.c)")
+    return 0
+
+
 def cmd_gradcheck(argv):
     import importlib
 
@@ -515,8 +584,9 @@ def library_log():
 
 
 def _run(args):
+    commands = {"train": cmd_train, "evaluate": cmd_evaluate, "export": cmd_export}
     with library_log():
-        return cmd_train(args) if args.command == "train" else cmd_evaluate(args)
+        return commands[args.command](args)
 
 
 def main(argv=None):
@@ -525,7 +595,7 @@ def main(argv=None):
 
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv else None
-    prog = f"{PROG} {command}" if command in ("train", "evaluate", "gradcheck") else PROG
+    prog = f"{PROG} {command}" if command in ("train", "evaluate", "export", "gradcheck") else PROG
     try:
         if command == "gradcheck":
             return cmd_gradcheck(argv[1:])
@@ -542,7 +612,7 @@ def main(argv=None):
     except TrainingDiverged as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
-    except (CheckpointError, FileExistsError, FileNotFoundError, ValueError) as exc:
+    except (CheckpointError, FileExistsError, FileNotFoundError, NotImplementedError, ValueError) as exc:
         if os.environ.get("SBNNUMBA_DEBUG"):
             raise
         print(f"{prog}: error: {exc}", file=sys.stderr)

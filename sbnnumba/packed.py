@@ -923,6 +923,20 @@ class PackedNetwork:
             print_fn("\n".join(lines))
         return rows
 
+    # ------------------------------------------------------------------ export
+    def export_c(self, directory, name="model"):
+        """Write this network as dependency-free C99 (header, source, example ``main.c``, Makefile,
+        README) into ``directory``; see :func:`sbnnumba.export.export_c`, which this calls.
+
+        Returns
+        -------
+        sbnnumba.export.CExport
+            The files written, the trace layout and the data size per layer against float32.
+        """
+        from .export import export_c
+
+        return export_c(self, directory, name=name)
+
     # ------------------------------------------------------------------ files
     def _spec(self):
         return {"input_shape": list(self.input_shape), "dtype": self.dtype.name,
