@@ -83,6 +83,13 @@ def _dense_bitplane():
     return net, (1, 10, 10), 256, (1 / 255, 8)
 
 
+def _dense_binary():
+    """The fully binary MLP without input quantization: a float first stage with +-1 weights."""
+    r = np.random.default_rng(6)
+    net = sb.Network.dense([100, 70, 130], 10, weight="bernoulli", normalize=True, rng=r)
+    return net, (100,), 16, None
+
+
 def _dense_real(dtype):
     def build():
         r = np.random.default_rng(2)
@@ -122,7 +129,7 @@ def _conv_to_dense64():
     return sb.Network(stages, sb.Linear(12, 4, rng=r, dtype=d)), (2, 7, 7), 16, None
 
 
-CASES = {"dense_bitplane": _dense_bitplane, "dense_real32": _dense_real(np.float32),
+CASES = {"dense_bitplane": _dense_bitplane, "dense_binary": _dense_binary, "dense_real32": _dense_real(np.float32),
          "dense_real64": _dense_real(np.float64), "conv_binary": _conv_binary, "conv_real": _conv_real,
          "conv_to_dense64": _conv_to_dense64}
 

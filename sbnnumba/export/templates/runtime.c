@@ -252,6 +252,14 @@ static void sbn_unpack_map(const uint64_t *words, int c, int h, int w, sbn_real 
 }
 #endif
 
+#if SBN_NEED_BITS_DENSE || SBN_NEED_REAL_CONV
+/* +1 or -1 (a real) of element i of packed +-1 words */
+static sbn_real sbn_sign_of_bit(const uint64_t *words, int i)
+{
+    return (sbn_real)(1 - 2 * (int)((words[i >> 6] >> (i & 63)) & 1));
+}
+#endif
+
 #if SBN_NEED_REAL_DENSE
 /* y_j = sum_i x_i w_ji, i ascending; w (n_out, n_in) reals. The product is its own statement so
  * that no compiler contracts it with the sum into a fused multiply-add. */
@@ -271,8 +279,8 @@ static void sbn_real_dense(const sbn_real *x, int n_in, const sbn_real *w, int n
 #endif
 
 #if SBN_NEED_BITS_DENSE
-/* y_j = sum_i x_i w_ji with +-1 weights packed (n_out, ceil(n_in/64)): adds or subtracts x_i,
- * which is x_i * w_ji exactly. */
+/* y_j = sum_i x_i w_ji with +-1 weights packed (n_out, ceil(n_in/64)); x_i * (+-1) is exact, and
+ * the multiplication avoids an unpredictable branch per term. */
 static void sbn_bits_dense(const sbn_real *x, int n_in, const uint64_t *w, int n_out, sbn_real *y)
 {
     int n_words = (n_in + 63) / 64, j, i;
@@ -280,10 +288,8 @@ static void sbn_bits_dense(const sbn_real *x, int n_in, const uint64_t *w, int n
         const uint64_t *row = w + (long)j * n_words;
         sbn_real acc = 0;
         for (i = 0; i < n_in; i++) {
-            if ((row[i >> 6] >> (i & 63)) & 1)
-                acc -= x[i];
-            else
-                acc += x[i];
+            sbn_real p = x[i] * sbn_sign_of_bit(row, i);
+            acc += p;
         }
         y[j] = acc;
     }
@@ -314,14 +320,9 @@ static void sbn_real_conv(const sbn_real *x, const sbn_conv *g, const sbn_real *
                             int ix = ox * g->stride_w - g->pad_w + dx;
                             int tap = (ci * g->kernel_h + dy) * g->kernel_w + dx;
                             sbn_real v = x[((long)ci * g->height + iy) * g->width + ix];
-                            if (wr) {
-                                sbn_real p = v * wr[(long)co * taps + tap];
-                                acc += p;
-                            } else if ((wb[(long)co * n_words + (tap >> 6)] >> (tap & 63)) & 1) {
-                                acc -= v;
-                            } else {
-                                acc += v;
-                            }
+                            sbn_real p = v * (wr ? wr[(long)co * taps + tap]
+                                                 : sbn_sign_of_bit(wb + (long)co * n_words, tap));
+                            acc += p;
                         }
                     }
                 }
