@@ -15,6 +15,7 @@ training images, this script measures, on the same Fashion-MNIST test images, si
    ``<name>_predict`` call, timed inside a small driver (processor time, ``clock()``; median of ``--passes``
    passes over the images per run; the driver is bench-only code and may allocate);
 2. ``packed``: ``PackedNetwork.predict`` on the whole batch (Numba kernels, ``NUMBA_NUM_THREADS`` 1);
+   ``packed 1``: the same one image per call (``--single`` images), the latency a caller of one image sees;
 3. ``float``: ``Network.forward_deterministic`` on the whole batch (OpenBLAS, 1 thread);
 
 interleaved round-robin over ``--rounds`` rounds (medians), and checks that the C classes equal
@@ -23,7 +24,8 @@ interleaved round-robin over ``--rounds`` rounds (medians), and checks that the 
 
 Usage::
 
-    python bench/export_c.py [--images 1000] [--rounds 7] [--passes 3] [--only mlp,conv] [--cc cc]
+    python bench/export_c.py [--images 1000] [--rounds 7] [--passes 3] [--single 100] [--only mlp,conv]
+        [--cc cc]
 """
 from __future__ import annotations
 
@@ -152,20 +154,24 @@ def bench_one(name, net, packed, x, args, directory):
     agree = int(np.sum(labels == want))
     packed.predict(x[:8])
     net.forward_deterministic(x[:8])
+    single = x[:args.single]
     contenders = {"C": lambda: run_c(exe, inputs, n, args.passes)[0],
-                  "packed": lambda: _timed(packed.predict, x), "float": lambda: _timed(net.forward_deterministic, x)}
+                  "packed": lambda: _timed(packed.predict, x),
+                  "packed 1": lambda: _timed(lambda s: [packed.predict(s[i:i + 1]) for i in range(len(s))], single)
+                  * n / len(single),
+                  "float": lambda: _timed(net.forward_deterministic, x)}
     times = {k: [] for k in contenders}
     names = list(contenders)
     for r in range(args.rounds):
-        for k in names[r % 3:] + names[:r % 3]:
+        for k in names[r % len(names):] + names[:r % len(names)]:
             times[k].append(contenders[k]())
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"\n{name}: {packed!r}")
     print(f"  C classes equal PackedNetwork.predict on {agree} of {n} test images")
     for k in names:
-        print(f"  {k:7s} {n / med[k]:12,.0f} images/s  ({1e6 * med[k] / n:8.1f} us/image; "
+        print(f"  {k:9s} {n / med[k]:12,.0f} images/s  ({1e6 * med[k] / n:8.1f} us/image; "
               f"C is {med[k] / med['C']:.2f}x faster)" if k != "C" else
-              f"  {k:7s} {n / med[k]:12,.0f} images/s  ({1e6 * med[k] / n:8.1f} us/image)")
+              f"  {k:9s} {n / med[k]:12,.0f} images/s  ({1e6 * med[k] / n:8.1f} us/image)")
     print(f"  C object (-O3 -march=native): code .text {sizes.get('.text', 0):,d} bytes, constant data .rodata "
           f"{sizes.get('.rodata', 0):,d} bytes; generated data {export.data_bytes:,d} bytes; float32 parameters "
           f"{export.float32_bytes:,d} bytes ({export.float32_bytes / export.data_bytes:.1f}x)")
@@ -185,6 +191,7 @@ def main(argv=None):
     p.add_argument("--images", type=int, default=1000)
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--passes", type=int, default=3, help="passes per C run (median)")
+    p.add_argument("--single", type=int, default=100, help="images of the one-image-per-call PackedNetwork timing")
     p.add_argument("--only", default="mlp,conv")
     p.add_argument("--cc", default="cc")
     args = p.parse_args(argv)

@@ -92,7 +92,7 @@ def main(argv=None):
         out = args.out or os.path.join(tmp, "cli")
         cmd = [sys.executable, "-m", "sbnnumba", "export", args.checkpoint, "--format", "c", "--out", out]
         cmd += ["--input-quantization", args.input_quantization] if args.input_quantization else []
-        print("$ " + " ".join(cmd[1:]).replace(sys.executable, "python"))
+        print("$ python " + " ".join(cmd[1:]))
         subprocess.run(cmd, check=True)
         exe = os.path.join(out, "model_main")
         build = [args.cc, "-std=c99", "-pedantic", "-Wall", "-Wextra", "-Werror", "-O2", "-o", exe,

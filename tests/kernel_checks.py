@@ -1,8 +1,11 @@
-"""Helpers shared by the packed-kernel tests: a pure-Python (no JIT) run and the CPU's popcount support."""
+"""Helpers shared by the packed-kernel and packed-network tests: a pure-Python (no JIT) run, the CPU's
+popcount support, and random normalization parameters that exercise every threshold case."""
 import os
 import subprocess
 import sys
 import textwrap
+
+import numpy as np
 
 
 def run_without_jit(script):
@@ -32,3 +35,17 @@ def stdout_at_threads(script, threads, *args):
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
+
+
+def randomize_normalization(net, rng, zero_gammas=True):
+    """Random gammas (both signs, a few exactly 0), betas and deterministic-mode running statistics."""
+    for norm in net.normalizations():
+        n = norm.gamma.size
+        norm.gamma[:] = rng.normal(size=n) * rng.choice([0.1, 1.0, 10.0], size=n)
+        if zero_gammas:
+            norm.gamma[:2] = 0
+            norm.beta[:2] = [0.5, -0.5]
+        norm.beta[2:] = rng.normal(scale=0.5, size=n - 2)
+        mean, var = norm.running["deterministic"]
+        norm.running["deterministic"] = ((mean + rng.normal(scale=2.0, size=n)).astype(mean.dtype),
+                                         (var * rng.uniform(0.2, 5.0, size=n)).astype(var.dtype))

@@ -23,6 +23,7 @@ import subprocess
 
 import numpy as np
 import pytest
+from kernel_checks import randomize_normalization
 
 import sbnnumba as sb
 from sbnnumba.export import export_c, preactivations
@@ -57,19 +58,6 @@ def _dyadic(net):
             inner.weight[...] = np.round(inner.weight * 32) / 32
         inner.bias[...] = np.round(inner.bias * 32) / 32
     return net
-
-
-def _randomize_normalization(net, rng):
-    """Gammas of both signs (flipped units) and some exactly 0 (constant units), shifted statistics."""
-    for norm in net.normalizations():
-        n = norm.gamma.size
-        norm.gamma[:] = rng.normal(size=n) * rng.choice([0.1, 1.0, 10.0], size=n)
-        norm.gamma[:2] = 0
-        norm.beta[:2] = [0.5, -0.5]
-        norm.beta[2:] = rng.normal(scale=0.5, size=n - 2)
-        mean, var = norm.running["deterministic"]
-        norm.running["deterministic"] = ((mean + rng.normal(scale=2.0, size=n)).astype(mean.dtype),
-                                         (var * rng.uniform(0.2, 5.0, size=n)).astype(var.dtype))
 
 
 def _inputs(shape, levels, dtype, seed):
@@ -143,7 +131,7 @@ class Case:
         self.x, self.codes = _inputs(shape, levels, dtype, seed=len(name))
         if net.normalizations():
             net.recalibrate_normalization(self.x[:200], mode="deterministic")
-            _randomize_normalization(net, np.random.default_rng(7))
+            randomize_normalization(net, np.random.default_rng(7))
         if quantization is None:
             _dyadic(net)
         self.packed = PackedNetwork.from_network(net, calibration_x=self.x[:64], input_quantization=quantization)
@@ -219,7 +207,8 @@ def test_c_equals_packed_network(cases, cc, name):
         integer = values.dtype.kind == "i"
         plus = np.where(flip, values < t if integer else values <= t, values >= t)
         kind, shape = stage.out_desc
-        unpacked = sb.bitpack.unpack(words, shape[0]) if kind == "dense" else sb.bitpack.unpack_channels(words, shape[0])
+        unpacked = (sb.bitpack.unpack(words, shape[0]) if kind == "dense"
+                    else sb.bitpack.unpack_channels(words, shape[0]))
         np.testing.assert_array_equal(np.where(plus, 1, -1), unpacked)
 
 
@@ -328,3 +317,22 @@ def test_cli_export(cases, tmp_path, capsys):
     assert "--format" in capsys.readouterr().err
     assert main(["export", str(path), "--format", "c", "--out", str(out), "--input-quantization", "1/255,8"]) == 2
     assert "--input-quantization: the packed network file is already converted" in capsys.readouterr().err
+
+
+def test_cli_export_training_checkpoint(tmp_path, capsys):
+    """A training checkpoint is converted as PackedNetwork.from_network does, with the bit-plane first stage."""
+    from sbnnumba import train
+    from sbnnumba.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--data", "embedded", "--train-subset", "200", "--hidden", "40", "--weights", "bernoulli",
+                 "--normalize", "--epochs", "1", "--eval-samples", "1", "--no-progress", "--out", str(run)]) == 0
+    out = tmp_path / "c"
+    assert main(["export", str(run / "checkpoint.npz"), "--format", "c", "--out", str(out),
+                 "--input-quantization", "1/255,8"]) == 0
+    capsys.readouterr()
+    net = train.load_network(str(run / "checkpoint.npz"))
+    packed = PackedNetwork.from_network(net, input_quantization=(1 / 255, 8))
+    assert packed.stages[0].kind == "bitplane_dense"
+    export = packed.export_c(tmp_path / "python")
+    assert (out / "model.c").read_text() == open(export.files["source"]).read()

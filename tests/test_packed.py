@@ -11,7 +11,7 @@ import zipfile
 
 import numpy as np
 import pytest
-from kernel_checks import has_avx512_vpopcntdq, run_without_jit
+from kernel_checks import has_avx512_vpopcntdq, randomize_normalization, run_without_jit
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -51,20 +51,6 @@ def assert_reproduces(net, packed, x):
     np.testing.assert_array_equal(packed.predict(x), np.argmax(logits, axis=1))
     np.testing.assert_array_equal(got, logits)
     return pres
-
-
-def randomize_normalization(net, rng, zero_gammas=True):
-    """Random gammas (both signs, a few exactly 0), betas and deterministic-mode running statistics."""
-    for norm in net.normalizations():
-        n = norm.gamma.size
-        norm.gamma[:] = rng.normal(size=n) * rng.choice([0.1, 1.0, 10.0], size=n)
-        if zero_gammas:
-            norm.gamma[:2] = 0
-            norm.beta[:2] = [0.5, -0.5]
-        norm.beta[2:] = rng.normal(scale=0.5, size=n - 2)
-        mean, var = norm.running["deterministic"]
-        norm.running["deterministic"] = ((mean + rng.normal(scale=2.0, size=n)).astype(mean.dtype),
-                                         (var * rng.uniform(0.2, 5.0, size=n)).astype(var.dtype))
 
 
 @pytest.fixture(scope="module")

@@ -186,8 +186,8 @@ class _Builder:
         (kh, kw), (sh, sw), (ph, pw) = meta["kernel_size"], meta["stride"], meta["padding"]
         self.arrays.append(f"static const sbn_conv stage{index}_geometry = {{\n"
                            f"    {c}, {h}, {w}, /* input (C, H, W) */\n    {co}, {ho}, {wo}, /* output (C, H, W) */\n"
-                           f"    {kh}, {kw}, {sh}, {sw}, {ph}, {pw} /* kernel, stride, padding (vertical, horizontal) */"
-                           "\n};\n")
+                           f"    {kh}, {kw}, {sh}, {sw}, {ph}, {pw} "
+                           "/* kernel, stride, padding (vertical, horizontal) */\n};\n")
         return f"&stage{index}_geometry"
 
 
@@ -207,7 +207,8 @@ def _emit_binary_dense(b, i, stage, src, dst):
     order = "" if stage.in_kind == "dense" else " (columns in the packed map's (H, W, C padded to 64) order)"
     w = b.array(f"stage{i}_weight_bits", a["weight_bits"], f"stage {i}: +-1 weights ({n_out}, {n_words} words){order}")
     t = b.array(f"stage{i}_threshold", a["threshold"], f"stage {i}: -1 iff dot < threshold (flip: dot >= threshold)")
-    f = b.array(f"stage{i}_flip", a["flip"].astype(np.uint8), f"stage {i}: flipped units (negative normalization scale)")
+    f = b.array(f"stage{i}_flip", a["flip"].astype(np.uint8),
+                f"stage {i}: flipped units (negative normalization scale)")
     pre = b.trace(i, "integer", (n_out,))
     b.code.append(f"    sbn_binary_dense({src}, {n_words}, {m['k']}, {w}, {n_out}, {t}, {f}, {dst}, {pre});")
 
@@ -237,7 +238,7 @@ def _emit_bitplane_dense(b, i, stage, src, dst):
     pre = b.trace(i, "integer", (n_out,))
     scale = float(m["scale"])
     inv = real_literal(b.dtype.type(1.0 / scale), b.dtype)
-    b.code += ["    if (codes != NULL ? sbn_planes_from_codes(codes, {k}, {bits}, ws->planes)".format(k=k, bits=bits),
+    b.code += [f"    if (codes != NULL ? sbn_planes_from_codes(codes, {k}, {bits}, ws->planes)",
                f"                      : sbn_planes_from_reals(x, {k}, {bits}, {scale!r}, {inv}, ws->planes))",
                "        return -1;",
                f"    sbn_bitplane_dense(ws->planes, {k}, {bits}, {w}, {n_out}, {t}, {f}, {dst}, {pre});"]
@@ -313,7 +314,8 @@ def _build(packed, name):
         src = dst
     if packed.stages[0].kind != "bitplane_dense":
         b.needs.add("FINITE")
-        b.code.insert(0, f"    if (x == NULL || !sbn_all_finite(x, {int(np.prod(packed.input_shape))}))\n        return -1;")
+        n_in = int(np.prod(packed.input_shape))
+        b.code.insert(0, f"    if (x == NULL || !sbn_all_finite(x, {n_in}))\n        return -1;")
     _emit_head(b, src)
     return b
 
@@ -369,7 +371,8 @@ def _fields(packed, b, rows):
               for i, s in enumerate(packed.stages)]
     stages.append(f"   head:    float_dense     {_describe(*packed.head_in)} -> {packed.n_classes} logits")
     scale = repr(float(first.meta["scale"])) if bits else "0.0"
-    return dict(name=name, NAME=upper, real=b.real, numpy_real=b.dtype.name, input_size=int(np.prod(packed.input_shape)),
+    return dict(name=name, NAME=upper, real=b.real, numpy_real=b.dtype.name,
+                input_size=int(np.prod(packed.input_shape)),
                 input_shape="x".join(map(str, packed.input_shape)), n_classes=packed.n_classes, bits=bits,
                 scale=scale, act_words=b.act_words, plane_words=b.plane_words, unpacked=b.unpacked,
                 values=b.values, trace_integers=b.trace_integers, trace_reals=b.trace_reals,
