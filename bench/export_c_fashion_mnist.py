@@ -33,7 +33,7 @@ try:
 except ImportError:  # run from a source checkout without installation
     sys.path.insert(0, os.path.dirname(HERE))
 
-from sbnnumba import datasets, train  # noqa: E402
+from sbnnumba import datasets, training  # noqa: E402
 from sbnnumba.export import export_c, preactivations  # noqa: E402
 from sbnnumba.packed import PackedNetwork  # noqa: E402
 
@@ -100,7 +100,7 @@ def main(argv=None):
         print("$ " + " ".join(build))
         subprocess.run(build, check=True)
 
-        packed = PackedNetwork.from_network(train.load_network(args.checkpoint), input_quantization=quantization)
+        packed = PackedNetwork.from_network(training.load_network(args.checkpoint), input_quantization=quantization)
         export = export_c(packed, os.path.join(tmp, "python"))
         same = all(filecmp.cmp(os.path.join(out, f), os.path.join(tmp, "python", f), shallow=False)
                    for f in ("model.h", "model.c"))

@@ -242,7 +242,7 @@ def build_parser():
                          "pixels): exact integer bit-plane first stage (dense, binary weights)")
     ex.add_argument("--data", default=None, help="training checkpoints without deterministic normalization "
                     "statistics: 'auto', 'embedded' or a directory (default: what it was trained on)")
-    ex.add_argument("--calibration-size", type=_positive(int), default=10000,
+    ex.add_argument("--calibration-size", type=_POSITIVE_INT, default=10000,
                     help="training images for those statistics")
 
     sub.add_parser("gradcheck", help="gradient-accuracy study (sbnnumba.gradstudy); arguments passed on",

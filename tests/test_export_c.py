@@ -321,7 +321,7 @@ def test_cli_export(cases, tmp_path, capsys):
 
 def test_cli_export_training_checkpoint(tmp_path, capsys):
     """A training checkpoint is converted as PackedNetwork.from_network does, with the bit-plane first stage."""
-    from sbnnumba import train
+    from sbnnumba import training
     from sbnnumba.cli import main
 
     run = tmp_path / "run"
@@ -331,7 +331,7 @@ def test_cli_export_training_checkpoint(tmp_path, capsys):
     assert main(["export", str(run / "checkpoint.npz"), "--format", "c", "--out", str(out),
                  "--input-quantization", "1/255,8"]) == 0
     capsys.readouterr()
-    net = train.load_network(str(run / "checkpoint.npz"))
+    net = training.load_network(str(run / "checkpoint.npz"))
     packed = PackedNetwork.from_network(net, input_quantization=(1 / 255, 8))
     assert packed.stages[0].kind == "bitplane_dense"
     export = packed.export_c(tmp_path / "python")
