@@ -20,7 +20,7 @@ from .timing import TimingCommunicator
 from .trainer import DistributedTrainer
 
 __all__ = ["Communicator", "LocalCommunicator", "MPICommunicator", "MPIUnavailable", "INSTALL_HINT", "require_mpi",
-           "world", "gpu_for_rank", "select_device", "select_gpu", "reduce_metrics", "shard_of", "announce_ranks", "fail_fast",
-           "failure_message", "ReplicaMismatch", "broadcast_state", "check_replicas", "digests", "shard_bounds",
-           "DataParallelStep", "GradientBuffer", "synchronized_batch_norm", "KeyedNoise", "TimingCommunicator",
-           "DistributedTrainer"]
+           "world", "gpu_for_rank", "select_device", "select_gpu", "reduce_metrics", "shard_of", "announce_ranks",
+           "fail_fast", "failure_message", "ReplicaMismatch", "broadcast_state", "check_replicas", "digests",
+           "shard_bounds", "DataParallelStep", "GradientBuffer", "synchronized_batch_norm", "KeyedNoise",
+           "TimingCommunicator", "DistributedTrainer"]

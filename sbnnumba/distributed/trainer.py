@@ -53,17 +53,20 @@ class DistributedTrainer(Trainer):
         super().__init__(net, data, config, out=out, resume=resume, metadata=metadata)
 
     def prepare(self, data):
+        """The Trainer's preparation, plus ``config["sampling"]`` and this rank's :class:`DataParallelStep`."""
         super().prepare(data)
         self.run_config["sampling"] = SAMPLING
         c = self.config
         self.step = DataParallelStep(self.net, self.comm, c.estimator, c.estimator_options, seed=c.seed)
 
     def resume(self):
+        """Rank 0 reads the checkpoint (its file system alone needs it); every rank gets its state."""
         if self.comm.is_root:
             super().resume()
         self._share_start()
 
     def start(self):
+        """Rank 0 starts the run (data-dependent initialization); every rank gets its parameters."""
         if self.comm.is_root:
             super().start()
         self._share_start()
@@ -81,12 +84,15 @@ class DistributedTrainer(Trainer):
             self.history, self.start_epoch = list(state[2]), state[3]
 
     def device_runner(self):
-        return None  # the host step on every rank (see the module docstring)
+        """None: every rank runs the host step (see the module docstring)."""
+        return None
 
     def estimate(self, xb, yb):
+        """The global batch's loss and gradient: this rank's shard, summed over the ranks (identical everywhere)."""
         return self.step(as_float(xb, self.net.dtype), yb, self.optimizer.step_count)
 
     def run_epoch(self, epoch):
+        """The Trainer's epoch, then the replica check; the row gets ``comm_time`` (seconds in reductions)."""
         self.comm.reset()
         row = super().run_epoch(epoch)
         check_replicas(self.net, self.comm, f"after epoch {epoch}")
@@ -94,11 +100,13 @@ class DistributedTrainer(Trainer):
         return row
 
     def evaluate(self, x, y, rng, **options):
+        """Metrics of ``(x, y)``: each rank evaluates a contiguous part, the metrics are reduced."""
         # every rank draws the same seed from the shared generator, then samples its part with its own stream
         own = np.random.default_rng([int(rng.integers(2 ** 63)), self.comm.rank])
         xs, ys = shard_of(x, y, self.comm)
         return reduce_metrics(super().evaluate(xs, ys, own, **options), self.comm)
 
     def save(self):
+        """Checkpoint, history and plots: rank 0 only."""
         if self.comm.is_root:
             super().save()
