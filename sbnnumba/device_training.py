@@ -58,12 +58,12 @@ from typing import NamedTuple
 import numpy as np
 
 from .conv import Conv2d
-from .backends.cuda import device as cb, ops as cuda_ops
+from .estimators.registry import DEVICE_STEPS, has_device_step
+from .backends.cuda import device as cb, kernels as k_elem, ops as cuda_ops
 from .layers import Linear
 from .normalization import Normalized
 from .optim import SGD, Adam
 
-METHODS = ("psa", "st")
 
 
 class _StageRecord(NamedTuple):
@@ -131,7 +131,9 @@ class CudaTrainer:
         optionally wrapped in :class:`~sbnnumba.normalization.Normalized`), real softmax head; float32 or
         float64. Its parameters and running statistics are uploaded now; call :meth:`sync` to see the
         trained values on the host.
-    method : {"psa", "st"}
+    method : str
+        An estimator registered with ``device_step=True`` (:func:`sbnnumba.estimators.registry.has_device_step`:
+        ``"psa"``, ``"st"``).
     optimizer : SGD or Adam
         Its hyperparameters, schedule and step counter are used; its state (if any) is uploaded.
     seed : int
@@ -152,8 +154,9 @@ class CudaTrainer:
 
     def __init__(self, net, method="psa", optimizer=None, seed=0, max_batch=128, input_shape=None):
         cb.require_cuda()
-        if method not in METHODS:
-            raise ValueError(f"method: expected one of {METHODS} for the device-resident step, got {method!r}")
+        if not has_device_step(method):
+            raise ValueError(f"method: expected one of {sorted(DEVICE_STEPS)} for the device-resident step, "
+                             f"got {method!r}")
         self._check_network(net)
         if optimizer is None:
             optimizer = Adam()
@@ -273,7 +276,7 @@ class CudaTrainer:
             else:
                 u = cb.to_device(np.asarray(weight_uniforms[f"stages.{k}"], dtype=self.dtype).reshape(eta.shape),
                                  self.dtype)
-                _launch(kt.sample_uniform, w.size, code, eta, u, _flat2(w))
+                _launch(k_elem.sample_states, w.size, code, cb.flat(eta), cb.flat(u), cb.flat(w))
 
     @staticmethod
     def _channel_sums(t, u):
@@ -339,7 +342,7 @@ class CudaTrainer:
                 _launch(kt.sample_rng, a.size, self.code, _flat2(a), self._rng, _flat2(s))
             else:
                 u = cb.to_device(np.asarray(uniforms[k], dtype=dt).reshape(n_batch, -1), dt)
-                _launch(kt.sample_uniform, a.size, self.code, _flat2(a), u, _flat2(s))
+                _launch(k_elem.sample_states, a.size, self.code, cb.flat(a), cb.flat(u), cb.flat(s))
             stages.append(_StageRecord(x_in, a, s, cols, norm))
             h, shape = s, out_shape
         v, c = self.params["head.weight"], self.params["head.bias"]
@@ -436,13 +439,14 @@ class CudaTrainer:
             for k in range(len(stages) - 1, -1, -1):
                 st = stages[k]
                 g_a = cuda.device_array(st.a.shape, dtype=dt)
-                _launch(kt.psa_grad, g_a.size, self.code, _flat2(st.state), _flat2(st.a), _flat2(d), _flat2(g_a))
+                _launch(k_elem.psa_preactivation_grad, g_a.size, self.code, cb.flat(st.state), cb.flat(st.a), cb.flat(d),
+                        cb.flat(g_a))
                 self._layer_grads(k, st, self._normalize_backward(k, st, g_a, weight), weight)
                 if k > 0:
                     layer, w = self._layers[k], self._flip_weight(k, st)
                     if isinstance(layer, Conv2d):
-                        d = cuda_ops.flip_propagate_conv(st.x_in, st.a, st.state, w, d.reshape(st.a.shape), layer.stride,
-                                                   layer.padding, self.code)
+                        d = cuda_ops.flip_propagate_conv(st.x_in, st.a, st.state, w, d.reshape(st.a.shape),
+                                                         layer.stride, layer.padding, self.code)
                     else:
                         d = cuda_ops.flip_propagate_dense(st.x_in, st.a, st.state, w, _flat2(d), self.code)
             return value
@@ -518,8 +522,8 @@ class CudaTrainer:
                 b1, b2 = opt.betas
                 decoupled = opt.decoupled and opt.weight_decay
                 _launch(kt.adam_update, flat_p.size, flat_p, flat_g, cb.flat(st["exp_avg"]),
-                        cb.flat(st["exp_avg_sq"]), dt(lr / (1.0 - b1 ** t)), dt(b1), dt(b2), dt(1.0 - b2 ** t),
-                        dt(opt.eps), dt(0.0 if decoupled else opt.weight_decay),
+                        cb.flat(st["exp_avg_sq"]), dt(b1), dt(1.0 - b1), dt(b2), dt(1.0 - b2), dt(1.0 - b2 ** t),
+                        dt(opt.eps), dt(lr / (1.0 - b1 ** t)), dt(0.0 if decoupled else opt.weight_decay),
                         dt(1.0 - lr * opt.weight_decay if decoupled else 1.0), clip)
             else:
                 buf = st.get("momentum_buffer", flat_g)  # unused without momentum
@@ -530,12 +534,8 @@ class CudaTrainer:
             if clip is not None:
                 eta = cb.flat(self.params[f"stages.{k}.eta"])
                 _launch(kt.clip_values, eta.size, eta, dt(clip))
-        opt.step_count = t
+        opt.record_step(self.params)
         self._momentum_started = True
-        if opt._keys is None:
-            opt._keys = tuple(self.params)
-        for name, p in self.params.items():
-            opt._shapes[name] = tuple(p.shape)
 
     def reseed(self, seed):
         """Re-initialize the device generators from ``seed`` (e.g. per epoch, from a checkpointed host rng)."""

@@ -26,6 +26,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from .kernels.optim_rules import adam_arrays, sgd_arrays
+
 __all__ = [
     "ConstantLR",
     "StepLR",
@@ -43,6 +45,18 @@ __all__ = [
 # --------------------------------------------------------------------------------------------------
 # schedules
 # --------------------------------------------------------------------------------------------------
+
+def _flat_view(a, name):
+    """A 1-d view of ``a`` that the update loops can write through (``a`` must be C-contiguous)."""
+    if not a.flags.c_contiguous:
+        raise ValueError(f"params[{name!r}]: expected a C-contiguous array (updated in place), got strides {a.strides}")
+    return a.reshape(-1)
+
+
+def _flat(a):
+    """A 1-d C-contiguous copy or view of a gradient."""
+    return np.ascontiguousarray(a).reshape(-1)
+
 
 def _check_real(value, name: str, lo: float = -math.inf, hi: float = math.inf,
                 lo_open: bool = False, hi_open: bool = False, expected: str | None = None) -> float:
@@ -263,11 +277,18 @@ class Optimizer:
         t = self.step_count + 1
         for k, p in params.items():
             self._step(k, p, gs[k], lr, t)
+        self.record_step(params)
+
+    def record_step(self, params: dict) -> None:
+        """Count one step applied to ``params``: by :meth:`update`, or by a device-resident step that ran
+        these update rules (:mod:`sbnnumba.kernels.optim_rules`) on device copies of the parameters and
+        buffers. Advances :attr:`step_count` and records the parameter names and shapes that
+        :meth:`load_state_dict` checks."""
         if self._keys is None:
             self._keys = tuple(params)
         for k, p in params.items():
-            self._shapes[k] = p.shape
-        self.step_count = t
+            self._shapes[k] = tuple(p.shape)
+        self.step_count += 1
 
     def _step(self, name: str, p: np.ndarray, g: np.ndarray, lr: float, t: int) -> None:
         raise NotImplementedError
@@ -368,16 +389,15 @@ class SGD(Optimizer):
         dt = p.dtype.type
         if self.weight_decay:
             g = g + dt(self.weight_decay) * p
+        first, buf = False, p
         if self.momentum:
             st = self.state.setdefault(name, {})
-            buf = st.get("momentum_buffer")
-            if buf is None:
-                st["momentum_buffer"] = buf = np.array(g, dtype=p.dtype, copy=True)
-            else:
-                buf *= dt(self.momentum)
-                buf += g
-            g = g + dt(self.momentum) * buf if self.nesterov else buf
-        p -= dt(lr) * g
+            first = "momentum_buffer" not in st
+            if first:  # the rule sets it to g
+                st["momentum_buffer"] = np.empty_like(p)
+            buf = st["momentum_buffer"]
+        sgd_arrays(_flat_view(p, name), _flat(g), _flat_view(buf, name), dt(lr), dt(self.momentum), self.nesterov,
+                   first)
 
 
 class Adam(Optimizer):
@@ -437,15 +457,10 @@ class Adam(Optimizer):
         if "exp_avg" not in st:
             st["exp_avg"] = np.zeros_like(p)
             st["exp_avg_sq"] = np.zeros_like(p)
-        m, v = st["exp_avg"], st["exp_avg_sq"]
-        m *= dt(b1)
-        m += dt(1.0 - b1) * g
-        v *= dt(b2)
-        v += dt(1.0 - b2) * (g * g)
         bc1 = 1.0 - b1 ** t
         bc2 = 1.0 - b2 ** t
-        denom = np.sqrt(v / dt(bc2)) + dt(self.eps)
-        p -= dt(lr / bc1) * m / denom
+        adam_arrays(_flat_view(p, name), _flat(g), _flat_view(st["exp_avg"], name), _flat_view(st["exp_avg_sq"], name),
+                    dt(b1), dt(1.0 - b1), dt(b2), dt(1.0 - b2), dt(bc2), dt(self.eps), dt(lr / bc1))
 
 
 #: Optimizer name -> class.

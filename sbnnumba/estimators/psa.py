@@ -64,4 +64,4 @@ def psa_path_gradient(net, path, y, weights, head="rb", linearize=False):
     return finalize(net, np.dot(weights, value), grads)
 
 
-register_path_estimator("psa", psa_path_gradient)
+register_path_estimator("psa", psa_path_gradient, device_step=True)

@@ -18,11 +18,26 @@ import numpy as np
 
 PATH_ESTIMATORS = {}
 DIRECT_ESTIMATORS = {}
+DEVICE_STEPS = set()  # path estimators the device-resident training step implements (without options)
 
 
-def register_path_estimator(name, fn, **defaults):
-    """Register ``fn(net, path, y, weights, **options)`` under ``name`` with default options."""
+def register_path_estimator(name, fn, *, device_step=False, **defaults):
+    """Register ``fn(net, path, y, weights, **options)`` under ``name`` with default options.
+
+    ``device_step=True`` declares that the device-resident training step of a backend whose arrays
+    live on a device (:class:`sbnnumba.device_training.CudaTrainer`) implements this estimator with
+    its default options (see :func:`has_device_step`).
+    """
     PATH_ESTIMATORS[name] = (fn, defaults)
+    if device_step:
+        DEVICE_STEPS.add(name)
+    else:
+        DEVICE_STEPS.discard(name)
+
+
+def has_device_step(method):
+    """True when the device-resident training step implements estimator ``method`` (default options)."""
+    return method in DEVICE_STEPS
 
 
 def register_estimator(name, fn, **defaults):

@@ -89,7 +89,7 @@ def st_deterministic(net, x, y, rng, proxy=None):
     return st_path_gradient(net, path, y, weights, proxy=proxy)
 
 
-register_path_estimator("st", st_path_gradient)
+register_path_estimator("st", st_path_gradient, device_step=True)
 register_path_estimator("st-tanh", st_path_gradient, proxy="tanh")
 register_estimator("st-deterministic", st_deterministic)
 register_path_estimator("st-identity", st_path_gradient, proxy="identity")

@@ -2,7 +2,8 @@
 
 With a backend whose arrays live on a device (``net.backend.device_resident``: ``cuda``) and a step
 that can stay on the device (dense and conv stages with real or Bernoulli weights, optionally
-batch-normalized; ``"psa"`` or ``"st"`` without options, no augmentation, SGD/Adam without
+batch-normalized; an estimator registered with ``device_step=True``, i.e. ``"psa"`` or ``"st"``,
+without options, no augmentation, SGD/Adam without
 global-norm clipping), an epoch runs as
 :meth:`sbnnumba.device_training.CudaTrainer.train_epoch` on a dataset uploaded once; otherwise
 :func:`device_epochs` returns None and the host step is used (only the PSA flip propagation then runs
@@ -13,6 +14,7 @@ from __future__ import annotations
 import warnings
 
 
+from ..estimators.registry import has_device_step
 from .data import as_float
 
 
@@ -46,7 +48,7 @@ class DeviceEpochs:
 
 def device_epochs(net, config, optimizer, x_tr, y_tr):
     """A :class:`DeviceEpochs` when the whole step can stay on the device (see the module docstring), else None."""
-    if not net.backend.device_resident or config.estimator not in ("psa", "st") or config.estimator_options \
+    if not net.backend.device_resident or not has_device_step(config.estimator) or config.estimator_options \
             or config.augment:
         return None
     from ..device_training import CudaTrainer

@@ -64,13 +64,13 @@ def ptx_checks():
         checks[f"ptx_train_gemm_{name}"] = [(kt.gemm_kernel(name, ta, tb, kt.GEMM_FLOAT_TILE), sig(f2, f2, one, one, f2))
                                            for ta, tb in ((False, True), (True, False), (False, False))]
         checks[f"ptx_train_step_{name}"] = [
-            (kt.add_bias, sig(f2, f1)), (kt.sample_uniform, sig(0, f2, f2, f2)),
+            (kt.add_bias, sig(f2, f1)),
             (kt.sample_rng, (numba.int64, numba.typeof(np.empty((1, 1), dt)), states, numba.typeof(np.empty((1, 1), dt)))),
             (kt.column_sum, sig(f2, one, f1)), (kt.xent_rows, sig(f2, i1, f1, f2)),
             (kt.head_flips, sig(f2, i1, f2, f2, f1, f2, f3)), (kt.rb_weights, sig(0, f2, f2, f2, f1, f2, f1, f1)),
             (kt.rb_mix, sig(f2, f3, f2, f1, one, f2)), (kt.rb_head_correction, sig(f3, f2, f2, one, f2)),
-            (kt.psa_grad, sig(0, f2, f2, f2, f2)), (kt.st_grad, sig(0, f2, f2, f2)),
-            (kt.adam_update, sig(f1, f1, f1, f1, one, one, one, one, one, one, one, one)),
+            (kt.st_grad, sig(0, f2, f2, f2)),
+            (kt.adam_update, sig(f1, f1, f1, f1, one, one, one, one, one, one, one, one, one, one)),
             (kt.sgd_update, sig(f1, f1, f1, one, one, True, True, one, one)),
             (kt.gather_rows, sig(f2, (1, np.int64), 0, f2)), (kt.gather_labels, sig(i1, (1, np.int64), 0, i1)),
             (kt.accumulate_loss, sig(f1, 1.0, (1, np.float64))),

@@ -8,13 +8,14 @@ state stay on the GPU (spec psa.md, sections 2-3; the host versions are
 * :func:`gemm_kernel`: ``C = alpha op(A) op(B) + beta C`` with ``op`` the identity or the transpose
   (a plain shared-memory tiled SGEMM/DGEMM): the forward products ``x W^T``, the weight gradients
   ``g_a^T x`` and the ST backward ``g_a W``.
-* :func:`add_bias`, :func:`sample_uniform` / :func:`sample_rng` (states ``+1 if u < F(a) else -1``,
-  ``u`` given or drawn by the device's xoroshiro128+ generators), :func:`column_sum` (bias gradients).
+* :func:`add_bias`, :func:`sample_rng` (states ``+1 if u < F(a) else -1`` with ``u`` drawn by the
+  device's xoroshiro128+ generators; from given uniforms: :func:`.kernels.sample_states`),
+  :func:`column_sum` (bias gradients).
 * Head: :func:`xent_rows` (softmax cross-entropy and its gradient per example), :func:`head_flips`
   (PSA's exact head differences ``d_i = l(eta - 2 x_i V[:, i]) - l(eta)`` and the flipped logit
   gradients), :func:`rb_weights`, :func:`rb_mix`, :func:`rb_head_correction` (the Rao-Blackwellized
   head gradient of spec section 2.6).
-* :func:`psa_grad` (``g_a = -x p(a) d``), :func:`st_grad` (``g_a = 2 p(a) delta``).
+* :func:`st_grad` (``g_a = 2 p(a) delta``; PSA's ``g_a = -x p(a) d`` is :func:`.kernels.psa_preactivation_grad`).
 * :func:`adam_update`, :func:`sgd_update`: the rules of :class:`sbnnumba.optim.Adam` /
   :class:`sbnnumba.optim.SGD` (with element-wise clipping), one thread per parameter entry.
 * Conv stages: :func:`im2col_rows` (patch matrix), :func:`col2im_gather` (its transpose, for the ST
@@ -26,7 +27,7 @@ state stay on the GPU (spec psa.md, sections 2-3; the host versions are
   reduction in shared memory), :func:`bn_statistics`, :func:`bn_apply`, :func:`bn_backward`,
   :func:`scale_copy`, :func:`scale_rows` (weights scaled per output for PSA's flips).
 * Bernoulli weights: :func:`latent_grad` (eta gradient from ``dL/dw``), :func:`clip_values` (projection);
-  the weights themselves are sampled with :func:`sample_rng` / :func:`sample_uniform`.
+  the weights themselves are sampled with :func:`sample_rng` / :func:`.kernels.sample_states`.
 
 Like :mod:`sbnnumba.backends.cuda.kernels`, nothing is compiled or initialized at import time.
 """
@@ -37,6 +38,7 @@ from numba import cuda, float64
 from numba.cuda.random import xoroshiro128p_uniform_float64
 
 from .kernels import _numba_dtype
+from ...kernels.optim_rules import adam_rule, sgd_rule
 from ...kernels.scalar import cdf, pdf
 
 GEMM_FLOAT_TILE = 16  # 16 x 16 threads, one output each
@@ -103,16 +105,6 @@ def add_bias(a, bias):
     if idx < a.shape[0] * n:
         b, j = _split(idx, n)
         a[b, j] += bias[j]
-
-
-@cuda.jit
-def sample_uniform(code, a, u, x):
-    """``x = +1 if u < F(a) else -1`` from given uniforms (2-D arrays of one shape); 1-D launch."""
-    idx = cuda.grid(1)
-    n = a.shape[1]
-    if idx < a.shape[0] * n:
-        b, j = _split(idx, n)
-        x[b, j] = 1 if u[b, j] < cdf(code, a[b, j]) else -1
 
 
 @cuda.jit
@@ -226,16 +218,6 @@ def rb_head_correction(g_flip, w_rb, x_last, weight, dv):
 
 
 @cuda.jit
-def psa_grad(code, x, a, d, out):
-    """PSA pre-activation gradient ``out = -x p(a) d`` (2-D arrays of one shape); 1-D launch."""
-    idx = cuda.grid(1)
-    n = a.shape[1]
-    if idx < a.shape[0] * n:
-        b, j = _split(idx, n)
-        out[b, j] = -x[b, j] * pdf(code, a[b, j]) * d[b, j]
-
-
-@cuda.jit
 def st_grad(code, a, delta, out):
     """Deep-ST pre-activation gradient ``out = 2 p(a) delta``; 1-D launch."""
     idx = cuda.grid(1)
@@ -246,10 +228,11 @@ def st_grad(code, a, delta, out):
 
 
 @cuda.jit
-def adam_update(p, g, m, v, lr_bc1, b1, b2, bc2, eps, weight_decay, decoupled_decay, clip):
-    """One Adam step on flat arrays (rule of :class:`sbnnumba.optim.Adam`): ``g`` clipped to ``[-clip, clip]``
-    (``clip <= 0``: none), coupled decay ``g += weight_decay p``, decoupled ``p *= decoupled_decay``;
-    ``lr_bc1 = lr / (1 - beta1^t)``, ``bc2 = 1 - beta2^t``."""
+def adam_update(p, g, m, v, b1, one_minus_b1, b2, one_minus_b2, bc2, eps, lr_bc1, weight_decay, decoupled_decay,
+                clip):
+    """One Adam step on flat arrays: ``g`` clipped to ``[-clip, clip]`` (``clip <= 0``: none), coupled decay
+    ``g += weight_decay p``, decoupled ``p *= decoupled_decay``, then the rule the host optimizer runs
+    (:func:`sbnnumba.kernels.optim_rules.adam_rule`, same scalar arguments)."""
     i = cuda.grid(1)
     if i < p.shape[0]:
         gi = g[i]
@@ -257,17 +240,14 @@ def adam_update(p, g, m, v, lr_bc1, b1, b2, bc2, eps, weight_decay, decoupled_de
             gi = clip if gi > clip else (-clip if gi < -clip else gi)
         pi = p[i] * decoupled_decay
         gi += weight_decay * pi
-        mi = b1 * m[i] + (1 - b1) * gi
-        vi = b2 * v[i] + (1 - b2) * (gi * gi)
-        m[i] = mi
-        v[i] = vi
-        p[i] = pi - lr_bc1 * mi / (math.sqrt(vi / bc2) + eps)
+        p[i], m[i], v[i] = adam_rule(pi, gi, m[i], v[i], b1, one_minus_b1, b2, one_minus_b2, bc2, eps, lr_bc1)
 
 
 @cuda.jit
 def sgd_update(p, g, buf, lr, momentum, nesterov, first, weight_decay, clip):
-    """One SGD step on flat arrays (rule of :class:`sbnnumba.optim.SGD`): clip, coupled decay, then
-    (Nesterov) momentum with the buffer set to ``g`` on the first step; ``momentum == 0``: plain SGD."""
+    """One SGD step on flat arrays: clip, coupled decay, then the host optimizer's rule
+    (:func:`sbnnumba.kernels.optim_rules.sgd_rule`: (Nesterov) momentum with the buffer set to ``g``
+    on the first step; ``momentum == 0``: plain SGD, ``buf`` untouched)."""
     i = cuda.grid(1)
     if i < p.shape[0]:
         gi = g[i]
@@ -275,10 +255,9 @@ def sgd_update(p, g, buf, lr, momentum, nesterov, first, weight_decay, clip):
             gi = clip if gi > clip else (-clip if gi < -clip else gi)
         gi += weight_decay * p[i]
         if momentum > 0:
-            bi = gi if first else momentum * buf[i] + gi
-            buf[i] = bi
-            gi = gi + momentum * bi if nesterov else bi
-        p[i] -= lr * gi
+            p[i], buf[i] = sgd_rule(p[i], gi, buf[i], lr, momentum, nesterov, first)
+        else:
+            p[i] = sgd_rule(p[i], gi, gi, lr, momentum, nesterov, first)[0]
 
 
 @cuda.jit
