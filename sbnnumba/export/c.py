@@ -231,7 +231,7 @@ def _emit_bitplane_dense(b, i, stage, src, dst):
     b.needs |= {"POPCOUNT", "INT_THRESHOLD", "BITPLANE"}
     n_out, n_words = a["weight_bits"].shape
     k, bits = int(m["k"]), int(m["bits"])
-    b.plane_words = bits * n_words
+    b.plane_words = 8 * n_words  # the kernels keep 8 planes per word (runtime.c)
     w = b.array(f"stage{i}_weight_bits", a["weight_bits"], f"stage {i}: +-1 weights ({n_out}, {n_words} words)")
     t = b.array(f"stage{i}_threshold", a["threshold"], f"stage {i}: -1 iff z < threshold (flip: z >= threshold)")
     f = b.array(f"stage{i}_flip", a["flip"].astype(np.uint8), f"stage {i}: flipped units")
@@ -241,7 +241,7 @@ def _emit_bitplane_dense(b, i, stage, src, dst):
     b.code += [f"    if (codes != NULL ? sbn_planes_from_codes(codes, {k}, {bits}, ws->planes)",
                f"                      : sbn_planes_from_reals(x, {k}, {bits}, {scale!r}, {inv}, ws->planes))",
                "        return -1;",
-               f"    sbn_bitplane_dense(ws->planes, {k}, {bits}, {w}, {n_out}, {t}, {f}, {dst}, {pre});"]
+               f"    sbn_bitplane_dense(ws->planes, {k}, {w}, {n_out}, {t}, {f}, {dst}, {pre});"]
 
 
 def _emit_float(b, i, stage, src, dst):

@@ -144,17 +144,18 @@ static void sbn_binary_conv(const uint64_t *in, const sbn_conv *g, const uint64_
 
 /* ---- bit-plane first stage: exact integer z = sum_i q_i w_i of codes q in [0, 2^bits) ----------- */
 #if SBN_NEED_BITPLANE
-/* planes (bits, n_words): bit i of plane b is bit b of q_i */
+/* planes (n_words, 8): bit i % 64 of planes[8 (i / 64) + b] is bit b of q_i. The 8 planes of a word lie
+ * together (planes b >= bits stay 0), so that the product's inner loop has a fixed length of 8, which
+ * compilers turn into one vector popcount where the target has one. */
 static int sbn_planes_from_codes(const uint8_t *q, int k, int bits, uint64_t *planes)
 {
-    int n_words = (k + 63) / 64, i, b;
-    sbn_clear(planes, bits * n_words);
+    int i, b;
+    sbn_clear(planes, 8 * ((k + 63) / 64));
     for (i = 0; i < k; i++) {
         if (q[i] >> bits)
             return -1; /* code out of range */
         for (b = 0; b < bits; b++)
-            if ((q[i] >> b) & 1)
-                sbn_set_minus(planes + b * n_words, i);
+            planes[8 * (i >> 6) + b] |= (uint64_t)((q[i] >> b) & 1) << (i & 63);
     }
     return 0;
 }
@@ -165,9 +166,9 @@ static int sbn_planes_from_codes(const uint8_t *q, int k, int bits, uint64_t *pl
 static int sbn_planes_from_reals(const sbn_real *x, int k, int bits, double scale, sbn_real inv_scale,
                                  uint64_t *planes)
 {
-    int n_words = (k + 63) / 64, i, b;
+    int i, b;
     sbn_real top = (sbn_real)((1 << bits) - 1);
-    sbn_clear(planes, bits * n_words);
+    sbn_clear(planes, 8 * ((k + 63) / 64));
     for (i = 0; i < k; i++) {
         sbn_real v = x[i], s = v * inv_scale;
         int q;
@@ -181,34 +182,32 @@ static int sbn_planes_from_reals(const sbn_real *x, int k, int bits, double scal
         if ((sbn_real)on_grid != v)
             return -1;
         for (b = 0; b < bits; b++)
-            if ((q >> b) & 1)
-                sbn_set_minus(planes + b * n_words, i);
+            planes[8 * (i >> 6) + b] |= (uint64_t)((q >> b) & 1) << (i & 63);
     }
     return 0;
 }
 
 /* z_j = sum_b 2^b (popcount(q_b) - 2 popcount(q_b AND W_j)); W bit set = weight -1 */
-static void sbn_bitplane_dense(const uint64_t *planes, int k, int bits, const uint64_t *w, int n_out,
-                               const int32_t *t, const uint8_t *flip, uint64_t *out, int32_t *pre)
+static void sbn_bitplane_dense(const uint64_t *planes, int k, const uint64_t *w, int n_out, const int32_t *t,
+                               const uint8_t *flip, uint64_t *out, int32_t *pre)
 {
     int n_words = (k + 63) / 64, j, b, i;
     int32_t ones[8];
-    for (b = 0; b < bits; b++) {
+    for (b = 0; b < 8; b++) {
         ones[b] = 0;
         for (i = 0; i < n_words; i++)
-            ones[b] += sbn_popcount(planes[b * n_words + i]);
+            ones[b] += sbn_popcount(planes[8 * i + b]);
     }
     sbn_clear(out, (n_out + 63) / 64);
     for (j = 0; j < n_out; j++) {
         const uint64_t *row = w + (long)j * n_words;
+        uint64_t count[8] = {0, 0, 0, 0, 0, 0, 0, 0};
         int32_t z = 0;
-        for (b = 0; b < bits; b++) {
-            const uint64_t *plane = planes + b * n_words;
-            int32_t count = 0;
-            for (i = 0; i < n_words; i++)
-                count += sbn_popcount(plane[i] & row[i]);
-            z += (ones[b] - 2 * count) * ((int32_t)1 << b);
-        }
+        for (i = 0; i < n_words; i++)
+            for (b = 0; b < 8; b++)
+                count[b] += (uint64_t)sbn_popcount(planes[8 * i + b] & row[i]);
+        for (b = 0; b < 8; b++)
+            z += (ones[b] - 2 * (int32_t)count[b]) * ((int32_t)1 << b);
         if (pre)
             pre[j] = z;
         if (sbn_int_minus(z, t[j], flip[j]))
