@@ -1,4 +1,4 @@
-"""``python -m sbnnumba {train,evaluate,gradcheck} ...`` (see :mod:`sbnnumba.cli`)."""
+"""``python -m sbnnumba {train,evaluate,export,gradcheck,sweep} ...`` (see :mod:`sbnnumba.cli`)."""
 import sys
 
 from .cli import main

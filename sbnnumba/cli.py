@@ -1,4 +1,4 @@
-"""Command line: ``python -m sbnnumba {train,evaluate,export,gradcheck} ...``.
+"""Command line: ``python -m sbnnumba {train,evaluate,export,gradcheck,sweep} ...``.
 
 ``train``
     Train an SBN on Fashion-MNIST and write ``checkpoint.npz``, ``history.csv``, ``history.json``,
@@ -27,6 +27,9 @@
     ``--calibration-size`` training images of ``--data``.
 ``gradcheck``
     The gradient-accuracy study (:mod:`sbnnumba.gradstudy`), all further arguments passed on.
+``sweep``
+    A grid of training runs on local workers or a Dask cluster (:mod:`sbnnumba.sweep.cli`), all further
+    arguments passed on.
 
 Every error (unknown name, invalid size, missing data directory, bad checkpoint) prints one line
 ``python -m sbnnumba <command>: error: ...`` and exits with status 2; a diverged training exits with
@@ -166,7 +169,8 @@ def build_parser():
     from sbnnumba.noise import NOISES
 
     parser = _Parser(prog=PROG, description="Stochastic binary networks in NumPy + Numba.")
-    sub = parser.add_subparsers(dest="command", metavar="{train,evaluate,export,gradcheck}", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="{train,evaluate,export,gradcheck,sweep}",
+                                parser_class=_Parser)
     sub.required = True
 
     tr = sub.add_parser("train", help="train an SBN on Fashion-MNIST",
@@ -247,6 +251,8 @@ def build_parser():
 
     sub.add_parser("gradcheck", help="gradient-accuracy study (sbnnumba.gradstudy); arguments passed on",
                    add_help=False)
+    sub.add_parser("sweep", help="grid of training runs on local workers or a Dask cluster (sbnnumba.sweep.cli); "
+                   "arguments passed on", add_help=False)
     return parser
 
 
@@ -595,10 +601,14 @@ def main(argv=None):
 
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv else None
-    prog = f"{PROG} {command}" if command in ("train", "evaluate", "export", "gradcheck") else PROG
+    prog = f"{PROG} {command}" if command in ("train", "evaluate", "export", "gradcheck", "sweep") else PROG
     try:
         if command == "gradcheck":
             return cmd_gradcheck(argv[1:])
+        if command == "sweep":
+            from sbnnumba.sweep.cli import main as sweep_main
+
+            return sweep_main(argv[1:])
         parser = build_parser()
         try:
             args = parser.parse_args(argv)

@@ -1,0 +1,218 @@
+"""One run of a sweep, as executed on a worker: :func:`execute` of a :class:`RunTask`.
+
+A configuration's options are split by name (:func:`split_options`): ``arch`` and that architecture's
+options build the network (:func:`sbnnumba.train.build_network`, initialization seeded with the
+run's ``init_seed``); ``data`` (``"embedded"``, ``"auto"`` or a directory of Fashion-MNIST IDX files)
+and ``train_subset`` choose the data; every other name must be an option of
+:func:`sbnnumba.train.fit` (``estimator``, ``lr``, ``epochs``, ``batch_size``, ...), except those the
+sweep sets itself (:data:`SWEEP_OWN`); ``seed`` is the replicate label (the fit seed is derived, see
+:mod:`sbnnumba.sweep.grid`).
+
+Files in the run directory (each written atomically):
+
+* ``checkpoint.npz``, ``history.csv``, ``history.json``: written by ``fit`` after every epoch, so a
+  run whose worker dies loses only its unfinished epoch and the next attempt resumes it
+  (``fit(..., resume=True)``: bit-identical to an uninterrupted run);
+* ``status.json``: ``{"state": "running" | "finished" | "failed", "session", "host", "pid", ...}``,
+  what the sweep's progress display counts;
+* ``result.json``: the run's record (:func:`execute`'s return value) once it finished, with the test
+  metrics of the trained network (``evaluate`` with ``eval_samples`` samples).
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import socket
+import time
+import traceback
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import architectures, datasets, train
+from ..fileio import atomic_write_text
+from .executors import limited_threads
+
+__all__ = ["SWEEP_OWN", "DATA_OPTIONS", "RunTask", "split_options", "fit_defaults", "load_named_data", "execute",
+           "read_json", "RESULT", "STATUS"]
+
+RESULT = "result.json"
+STATUS = "status.json"
+#: fit options the sweep sets itself for every run (``seed`` is the replicate label of a configuration).
+SWEEP_OWN = ("net", "data", "out", "resume", "progress", "arch", "metadata", "seed")
+#: options that choose the data rather than the network or the training.
+DATA_OPTIONS = ("data", "train_subset")
+_ARCH_FIXED = ("input_shape", "n_classes", "rng", "dtype")  # set from the data and the derived seed
+_TEST_SALT = 0x7E57  # test-evaluation generator: default_rng([fit_seed, _TEST_SALT]), as the train command
+
+
+def fit_defaults():
+    """``{name: default}`` of the options of :func:`sbnnumba.train.fit` a configuration may set."""
+    params = inspect.signature(train.fit).parameters
+    return {k: p.default for k, p in params.items() if k not in SWEEP_OWN}
+
+
+def split_options(options):
+    """Split a configuration into ``(arch, arch_options, data_options, fit_options)``.
+
+    Raises
+    ------
+    ValueError
+        An unknown architecture, or an option that is none of the architecture's, the data's and fit's
+        (the message lists the accepted names).
+    """
+    arch = options.get("arch", "mlp")
+    if arch not in architectures.ARCHITECTURES:
+        raise ValueError(f"arch: expected one of {sorted(architectures.ARCHITECTURES)}, got {arch!r}")
+    arch_params = {k: p for k, p in inspect.signature(architectures.ARCHITECTURES[arch]).parameters.items()
+                   if k not in _ARCH_FIXED}
+    arch_names = list(arch_params)
+    fit_names = fit_defaults()
+    arch_opts, data_opts, fit_opts = {}, {}, {}
+    for name, value in options.items():
+        if name in ("arch", "seed"):
+            continue
+        if name in arch_params:  # a sequence option given one int (the grid's "hidden=64") is one entry
+            listy = isinstance(arch_params[name].default, (tuple, list)) and isinstance(value, int)
+            arch_opts[name] = [value] if listy and not isinstance(value, bool) else value
+        elif name in DATA_OPTIONS:
+            data_opts[name] = value
+        elif name in fit_names:
+            fit_opts[name] = value
+        else:
+            raise ValueError(f"options: expected names of the {arch!r} architecture {arch_names}, the data "
+                             f"{list(DATA_OPTIONS)} or fit {sorted(fit_names)}, got {name!r}")
+    return arch, arch_opts, data_opts, fit_opts
+
+
+def load_named_data(data="embedded", train_subset=None):
+    """A Dataset by name: ``"embedded"`` (the packaged subset), ``"auto"`` (full Fashion-MNIST if found,
+    else the subset) or a directory of IDX files; ``train_subset`` keeps that many random training
+    examples (seed 1, as the ``train`` command)."""
+    if data == "embedded":
+        ds = datasets.load_fashion_mnist(embedded="force", verbose=False)
+    elif data == "auto":
+        ds = datasets.load_fashion_mnist(None, embedded="auto", verbose=False)
+    elif isinstance(data, str) and os.path.isdir(data):
+        ds = datasets.load_fashion_mnist(data, embedded="never", verbose=False)
+    else:
+        raise ValueError(f"data: expected 'embedded', 'auto' or an existing directory, got {data!r}")
+    if train_subset is None or train_subset >= ds.y_train.shape[0]:
+        return ds
+    if isinstance(train_subset, bool) or not isinstance(train_subset, int) or train_subset < 1:
+        raise ValueError(f"train_subset: expected a positive integer or None, got {train_subset!r}")
+    idx = np.sort(np.random.default_rng(1).choice(ds.y_train.shape[0], size=train_subset, replace=False))
+    return datasets.Dataset(ds.x_train[idx], ds.y_train[idx], ds.x_test, ds.y_test, name=ds.name, source=ds.source,
+                            classes=ds.classes)
+
+
+@dataclass(frozen=True)
+class RunTask:
+    """Everything a worker needs for one run (picklable; sent to the executor).
+
+    Attributes
+    ----------
+    key : str
+        The configuration's key (:func:`sbnnumba.sweep.grid.config_key`).
+    options : dict
+        The configuration.
+    run_dir : str
+        Its own output directory.
+    init_seed, fit_seed : int
+        Derived seeds (:func:`sbnnumba.sweep.grid.derive_seeds`).
+    threads : int or None
+        Numba and BLAS threads for the run (None: leave the worker's setting).
+    session : str
+        Identifier of the sweep call, written into ``status.json``.
+    data : Dataset, optional
+        Explicit data sent with the task; None loads ``options["data"]`` on the worker.
+    """
+
+    key: str
+    options: dict
+    run_dir: str
+    init_seed: int
+    fit_seed: int
+    threads: int | None
+    session: str
+    data: object = None
+
+
+def read_json(path):
+    """The JSON document at ``path``, or None if it is missing or unreadable (being replaced)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _write_status(task, state, **extra):
+    doc = {"state": state, "session": task.session, "key": task.key, "host": socket.gethostname(),
+           "pid": os.getpid(), "time": time.time(), **extra}
+    atomic_write_text(os.path.join(task.run_dir, STATUS), json.dumps(doc))
+
+
+def requested_epochs(options):
+    """The number of epochs a configuration asks for (fit's default if it does not say)."""
+    return int(options.get("epochs", fit_defaults()["epochs"]))
+
+
+def finished_record(run_dir, epochs):
+    """The stored ``result.json`` of a run that finished at least ``epochs`` epochs, else None."""
+    record = read_json(os.path.join(run_dir, RESULT))
+    if record is None or record.get("status") != "finished" or record.get("epochs_done", 0) < epochs:
+        return None
+    return record
+
+
+def _train(task):
+    """Build, train (resuming a checkpoint if the run directory holds one) and test one configuration."""
+    arch, arch_opts, data_opts, fit_opts = split_options(task.options)
+    ds = task.data if task.data is not None else load_named_data(**data_opts)
+    resume = os.path.isfile(os.path.join(task.run_dir, train.CHECKPOINT_NAME))
+    net = train.build_network(arch, ds.x_train.shape[1:], ds.n_classes, seed=task.init_seed, **arch_opts)
+    fit_opts.setdefault("plots", False)  # per-epoch PNGs cost more than a small run's epoch; the sweep plots
+    res = train.fit(net, ds, **fit_opts, seed=task.fit_seed, out=task.run_dir, resume=resume, progress=False,
+                    metadata={"sweep_key": task.key, "sweep_options": task.options, "init_seed": task.init_seed})
+    record = {"key": task.key, "status": "finished", "action": "resumed" if resume else "trained",
+              "epochs_done": int(res.epochs_done), "stopped": res.stopped}
+    if res.stopped == "time budget":
+        record["status"] = "incomplete"
+    last = res.history[-1] if res.history else {}
+    record.update({k: last[k] for k in ("train_loss", "val_loss", "val_acc1", "val_eacc", "val_det_acc") if k in last})
+    if ds.x_test.shape[0]:
+        samples = int(fit_opts.get("eval_samples", fit_defaults()["eval_samples"]))
+        m = train.evaluate(net, ds.x_test, ds.y_test, samples=samples,
+                           rng=np.random.default_rng([task.fit_seed, _TEST_SALT]), entropy=False)
+        record.update(test_loss=m["loss"], test_acc1=m["acc1"], test_eacc=m["eacc"], test_det_acc=m["det_acc"])
+    return record
+
+
+def execute(task):
+    """Run one configuration on this worker; return its record (a dict), never raise for a failing run.
+
+    A run whose ``result.json`` says it finished the requested epochs is not trained again
+    (``action = "skipped"``). An exception inside the run is caught and returned as
+    ``{"status": "failed", "error": "Type: message", "traceback": ...}``, so one failing configuration
+    does not stop the others; only the death of the worker itself reaches the sweep as an exception.
+    """
+    t0 = time.perf_counter()
+    os.makedirs(task.run_dir, exist_ok=True)
+    done = finished_record(task.run_dir, requested_epochs(task.options))
+    if done is not None:
+        return {**done, "action": "skipped"}
+    with limited_threads(task.threads):
+        _write_status(task, "running", threads=task.threads)
+        try:
+            record = _train(task)
+        except Exception as exc:  # one failing configuration must not stop the sweep
+            record = {"key": task.key, "status": "failed", "action": "failed",
+                      "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(limit=6)}
+    record.update(seconds=time.perf_counter() - t0, init_seed=task.init_seed, fit_seed=task.fit_seed,
+                  host=socket.gethostname(), pid=os.getpid(), threads=task.threads)
+    if record["status"] == "finished":
+        atomic_write_text(os.path.join(task.run_dir, RESULT), json.dumps(record, indent=1))
+    _write_status(task, record["status"])
+    return record
