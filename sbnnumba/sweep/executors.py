@@ -11,16 +11,25 @@ Threads are set inside each task (:func:`limited_threads`): ``numba.set_num_thre
 kernels (a per-thread setting in Numba, so it is set in the thread that runs the task) and
 ``threadpoolctl.threadpool_limits`` for BLAS. The pool uses the ``spawn`` start method: a forked child
 of a process whose Numba and OpenMP thread pools already ran is not safe, and spawned workers load the
-kernels from the Numba cache the sweep warmed before fanning out.
+kernels from the Numba cache the sweep warmed before fanning out. (So a script that starts a local
+sweep needs the usual ``if __name__ == "__main__":`` guard.)
+
+Why not one ``ProcessPoolExecutor(max_workers=n)``: when one of its processes dies, the whole pool is
+"broken" and every other running task is lost with it. :class:`LocalPool` keeps one single-process
+pool per worker slot and replaces a broken slot, so a killed worker loses only the task it ran.
 """
 from __future__ import annotations
 
+import collections
 import concurrent.futures as cf
 import contextlib
+import functools
 import multiprocessing
 import os
+import threading
+from concurrent.futures.process import BrokenProcessPool
 
-__all__ = ["usable_cores", "plan_workers", "local_executor", "limited_threads", "SerialExecutor"]
+__all__ = ["usable_cores", "plan_workers", "local_executor", "limited_threads", "SerialExecutor", "LocalPool"]
 
 
 def usable_cores():
@@ -62,8 +71,79 @@ def plan_workers(workers=None, n_tasks=None, cores=None):
 
 
 def local_executor(workers):
-    """A process pool of ``workers`` processes (``spawn`` start method) for a sweep on this machine."""
-    return cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    """A :class:`LocalPool` of ``workers`` processes (``spawn`` start method) for a sweep on this machine."""
+    return LocalPool(workers)
+
+
+class LocalPool(cf.Executor):
+    """A process pool in which the death of one worker loses only the task it was running.
+
+    ``workers`` slots, each a one-process :class:`concurrent.futures.ProcessPoolExecutor` (``spawn``)
+    running one task at a time; queued tasks go to the first free slot in submission order. When a
+    slot's process dies, its task's future gets the :class:`~concurrent.futures.process.BrokenProcessPool`
+    error, the slot is replaced by a fresh process and the queue goes on.
+
+    Parameters
+    ----------
+    workers : int >= 1
+    """
+
+    def __init__(self, workers):
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers: expected an integer >= 1, got {workers!r}")
+        self._context = multiprocessing.get_context("spawn")
+        self._slots = [None] * workers  # the slot's pool, created when first needed
+        self._busy = [False] * workers
+        self._queue = collections.deque()
+        self._lock = threading.RLock()
+        self._shutdown = False
+
+    def submit(self, fn, /, *args, **kwargs):
+        """Queue ``fn(*args, **kwargs)``; return its :class:`concurrent.futures.Future`."""
+        future = cf.Future()
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("LocalPool: cannot submit after shutdown")
+            self._queue.append((future, fn, args, kwargs))
+            self._dispatch()
+        return future
+
+    def _dispatch(self):
+        """Hand queued tasks to free slots (called with the lock held)."""
+        for i in range(len(self._slots)):
+            while not self._busy[i] and self._queue:
+                future, fn, args, kwargs = self._queue.popleft()
+                if not future.set_running_or_notify_cancel():
+                    continue  # cancelled while queued
+                if self._slots[i] is None:
+                    self._slots[i] = cf.ProcessPoolExecutor(max_workers=1, mp_context=self._context)
+                self._busy[i] = True
+                inner = self._slots[i].submit(fn, *args, **kwargs)
+                inner.add_done_callback(functools.partial(self._finished, i, future))
+
+    def _finished(self, slot, future, inner):
+        exc = inner.exception()
+        with self._lock:
+            self._busy[slot] = False
+            if isinstance(exc, BrokenProcessPool):  # its process died: replace it
+                self._slots[slot].shutdown(wait=False)
+                self._slots[slot] = None
+            if not self._shutdown:
+                self._dispatch()
+        if exc is None:
+            future.set_result(inner.result())
+        else:
+            future.set_exception(exc)
+
+    def shutdown(self, wait=True, *, cancel_futures=False):
+        """Stop accepting tasks; with ``cancel_futures`` cancel the queued ones; end the processes."""
+        with self._lock:
+            self._shutdown = True
+            while cancel_futures and self._queue:
+                self._queue.popleft()[0].cancel()
+            pools = [p for p in self._slots if p is not None]
+        for pool in pools:
+            pool.shutdown(wait=wait, cancel_futures=cancel_futures)
 
 
 @contextlib.contextmanager

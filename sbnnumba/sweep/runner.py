@@ -253,6 +253,8 @@ def run(configs, executor=None, out="sweep", *, seed=0, workers=None, threads=No
         result = SweepResult(rows, out, seconds=time.perf_counter() - t0, workers=workers if own else None,
                              threads=threads)
         _write_outputs(result, tasks, seed, plots)
+    progress.show(len(result.keys("finished")), len(tasks) - len(todo), 0, len(result.keys("failed")),
+                  len(result.keys("incomplete")))
     return result
 
 
