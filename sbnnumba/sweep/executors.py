@@ -7,9 +7,9 @@ processes on this machine whose ``workers x threads`` never exceeds the cores (:
 on a 2-core machine two single-threaded workers, because small networks gain little from a second
 thread inside one step but fully from a second run in parallel.
 
-Threads are set inside each task (:func:`limited_threads`): ``numba.set_num_threads`` for the Numba
-kernels (a per-thread setting in Numba, so it is set in the thread that runs the task) and
-``threadpoolctl.threadpool_limits`` for BLAS. The pool uses the ``spawn`` start method: a forked child
+Threads are set inside each task (:func:`limited_threads`, through
+:func:`sbnnumba.runtime.set_num_threads`): Numba's setting is per thread, so it is made in the thread
+that runs the task; BLAS's through ``threadpoolctl``. The pool uses the ``spawn`` start method: a forked child
 of a process whose Numba and OpenMP thread pools already ran is not safe, and spawned workers load the
 kernels from the Numba cache the sweep warmed before fanning out. (So a script that starts a local
 sweep needs the usual ``if __name__ == "__main__":`` guard.)
@@ -150,8 +150,8 @@ class LocalPool(cf.Executor):
 def limited_threads(threads):
     """Within the block, Numba kernels and BLAS use at most ``threads`` threads (None: leave them).
 
-    ``numba.set_num_threads`` applies to the calling thread; the BLAS limit is process-wide. Both are
-    restored on exit.
+    Set through :func:`sbnnumba.runtime.set_num_threads` (Numba for the calling thread, BLAS for the
+    process), capped at Numba's pool size; both are restored on exit.
     """
     if threads is None:
         yield
@@ -159,14 +159,16 @@ def limited_threads(threads):
     import numba
     from threadpoolctl import threadpool_limits
 
+    from ..runtime import set_num_threads
+
     threads = max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS))
     before = numba.get_num_threads()
-    numba.set_num_threads(threads)
-    try:
-        with threadpool_limits(limits=threads, user_api="blas"):
+    with threadpool_limits(limits=threads, user_api="blas"):  # restores the BLAS setting on exit
+        set_num_threads(threads)
+        try:
             yield
-    finally:
-        numba.set_num_threads(before)
+        finally:
+            numba.set_num_threads(before)
 
 
 class SerialExecutor(cf.Executor):
