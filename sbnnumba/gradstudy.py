@@ -32,6 +32,12 @@ with weights ``1/n``: the estimator code is used as registered, the sampling is 
 estimators (``arm``, ``concrete``, ``tanh``, ...) are called once per draw. Both cost well under a
 millisecond per draw for this network.
 
+**Distributed draws.** Block ``b`` of ``chunk`` draws of estimator ``i`` at checkpoint ``E`` has its
+own generator ``default_rng([seed, E, i, b])`` (:func:`draw_gradients`), so ``--workers N`` (local
+processes) or ``--scheduler tcp://HOST:8786`` (a Dask cluster) compute the blocks in parallel and
+the outputs are identical to the serial run with the same seed and ``--chunk`` (only the ms/draw
+timings differ). The training to the checkpoints stays serial, in the calling process.
+
 Outputs in ``--out`` (written atomically: temp file + rename): ``gradient_accuracy_epoch{E}.png``
 (log-log RMSE and cosine vs M, one panel per layer, one line per estimator),
 ``gradient_accuracy.csv`` (every number), ``gradient_accuracy.md`` (tables at M = 1, 10, 100) and
@@ -44,6 +50,7 @@ import csv
 import io
 import os
 import time
+from concurrent.futures import as_completed
 from pathlib import Path as FsPath
 
 import numpy as np
@@ -53,6 +60,7 @@ from .datasets import iterate_minibatches, toy2d
 from .estimators.registry import estimate, lookup
 from .estimators.relaxations import binary_moment_map
 from .network import Network, Path, StageSample
+from .sweep.executors import limited_threads
 
 DEFAULT_METHODS = ("psa", "st", "reinforce", "arm", "concrete:tau=0.1", "concrete:tau=1", "tanh",
                    "st-identity", "st-hardtanh")
@@ -165,31 +173,75 @@ def layer_groups(net):
             for prefix, _ in net.layers()]
 
 
-def draw_gradients(net, x, y, name, options, draws, rng, chunk=500, progress=True, desc=None):
-    """``draws`` independent full-data gradient estimates (draws, n_params) of one estimator."""
+def draw_block(net, x, y, name, options, count, rng):
+    """``count`` independent full-data gradient estimates ``(count, n_params)`` of one estimator.
+
+    Path estimators get one sampled path of ``count * n`` rows and are called on each draw's n-row
+    slice; direct estimators are called ``count`` times. All randomness comes from ``rng``.
+    """
     kind, fn, opts = lookup(name, options)
     x, y = net.check_batch(x, y)
     n = x.shape[0]
-    out = np.empty((draws, sum(p.size for p in net.params.values())))
+    out = np.empty((count, sum(p.size for p in net.params.values())))
     weights = np.full(n, 1.0 / n, dtype=net.dtype)
-    bar = _tqdm(total=draws, desc=desc or name, disable=not progress)
-    done = 0
-    while done < draws:
-        r_chunk = min(chunk, draws - done)
-        if kind == "path":
-            path = net.sample(np.concatenate([x] * r_chunk), rng)
-            for r in range(r_chunk):
-                rows = slice(r * n, (r + 1) * n)
-                sub = Path([StageSample(s.input[rows], s.pre[rows], s.state[rows]) for s in path.stages],
-                           path.logits[rows])
-                out[done + r] = flat_gradient(net, fn(net, sub, y, weights, **opts)[1])
-        else:
-            for r in range(r_chunk):
-                out[done + r] = flat_gradient(net, fn(net, x, y, rng, **opts)[1])
-        done += r_chunk
-        bar.update(r_chunk)
-    bar.close()
+    if kind == "path":
+        path = net.sample(np.concatenate([x] * count), rng)
+        for r in range(count):
+            rows = slice(r * n, (r + 1) * n)
+            sub = Path([StageSample(s.input[rows], s.pre[rows], s.state[rows]) for s in path.stages],
+                       path.logits[rows])
+            out[r] = flat_gradient(net, fn(net, sub, y, weights, **opts)[1])
+    else:
+        for r in range(count):
+            out[r] = flat_gradient(net, fn(net, x, y, rng, **opts)[1])
     return out
+
+
+def _block_task(net, x, y, name, options, count, seed_words, threads):
+    """One block on an executor's worker, with ``threads`` Numba/BLAS threads (None: as they are)."""
+    with limited_threads(threads):
+        return draw_block(net, x, y, name, options, count, np.random.default_rng(seed_words))
+
+
+def draw_gradients(net, x, y, name, options, draws, seed, chunk=500, executor=None, threads=None, progress=True,
+                   desc=None):
+    """``draws`` independent full-data gradient estimates ``(draws, n_params)`` of one estimator.
+
+    The draws are cut into blocks of ``chunk`` (the last may be shorter); block ``b`` is
+    :func:`draw_block` with the generator ``default_rng([*seed, b])``. The result depends only on
+    ``seed`` and ``chunk``, not on where or in which order the blocks run: with an ``executor``
+    (any :class:`concurrent.futures.Executor`) the blocks run there in parallel and the output is
+    identical to the serial run (``executor=None``, in this process).
+
+    Parameters
+    ----------
+    seed : int or sequence of int
+        Entropy of the blocks' generators (the study uses ``[seed, epoch, method index]``).
+    chunk : int >= 1
+        Draws per block: one batched forward pass of ``chunk * n`` rows, and the unit of distribution.
+    executor : concurrent.futures.Executor, optional
+    threads : int, optional
+        Numba/BLAS threads per block on the executor's workers.
+    """
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"chunk: expected an integer >= 1, got {chunk!r}")
+    seed = [int(s) for s in np.atleast_1d(seed)]
+    sizes = [min(chunk, draws - start) for start in range(0, draws, chunk)]
+    bar = _tqdm(total=draws, desc=desc or name, disable=not progress)
+    if executor is None:
+        blocks = []
+        for b, count in enumerate(sizes):
+            blocks.append(draw_block(net, x, y, name, options, count, np.random.default_rng(seed + [b])))
+            bar.update(count)
+    else:
+        draw_block(net, x, y, name, options, 1, np.random.default_rng(0))  # compile here once, not per worker
+        futures = [executor.submit(_block_task, net, x, y, name, options, count, seed + [b], threads)
+                   for b, count in enumerate(sizes)]
+        for fut in as_completed(futures):
+            bar.update(len(fut.result()))
+        blocks = [fut.result() for fut in futures]
+    bar.close()
+    return np.concatenate(blocks)
 
 
 # ------------------------------------------------------------------------------------ metrics
@@ -343,8 +395,14 @@ def markdown_tables(study):
 # --------------------------------------------------------------------------------------- study
 def run_study(out, epochs=DEFAULT_EPOCHS, draws=20000, methods=DEFAULT_METHODS, seed=1, n_points=200,
               lr=0.03, momentum=0.9, batch_size=10, train_method="reinforce", chunk=500, progress=True,
-              dpi=80, backend="reference"):
-    """Run the whole study and write its outputs to ``out``; returns the results as a dict."""
+              dpi=80, backend="reference", executor=None, threads=None, plots=True):
+    """Run the whole study and write its outputs to ``out``; returns the results as a dict.
+
+    The training runs here; the draws of every estimator go to ``executor`` (any
+    :class:`concurrent.futures.Executor`, with ``threads`` Numba/BLAS threads per block) when given, with
+    output identical to ``executor=None`` (see :func:`draw_gradients`); only the ms/draw timings differ.
+    ``plots=False`` skips the figures (seconds each on a loaded machine).
+    """
     start = time.perf_counter()
     if draws < 1:
         raise ValueError(f"draws: expected a positive integer, got {draws!r}")
@@ -376,13 +434,14 @@ def run_study(out, epochs=DEFAULT_EPOCHS, draws=20000, methods=DEFAULT_METHODS, 
               "metrics": {}, "ms_per_draw": {}, "exact": g_true}
         for i, (label, name, options) in enumerate(parsed):
             t0 = time.perf_counter()
-            d = draw_gradients(net, x, y, name, options, draws, np.random.default_rng([seed, epoch, i]),
-                               chunk=chunk, progress=progress, desc=f"epoch {epoch}: {label}")
+            d = draw_gradients(net, x, y, name, options, draws, [seed, epoch, i], chunk=chunk, executor=executor,
+                               threads=threads, progress=progress, desc=f"epoch {epoch}: {label}")
             ck["ms_per_draw"][label] = 1e3 * (time.perf_counter() - t0) / draws
             ck["metrics"][label] = accuracy_metrics(d, g_true, groups, ms)
         study["checkpoints"][epoch] = ck
-        plot_checkpoint(out / f"gradient_accuracy_epoch{epoch}.png", epoch, ck["metrics"], ck["layers"],
-                        ck["n_stages"], dpi=dpi)
+        if plots:
+            plot_checkpoint(out / f"gradient_accuracy_epoch{epoch}.png", epoch, ck["metrics"], ck["layers"],
+                            ck["n_stages"], dpi=dpi)
     study["seconds"] = time.perf_counter() - start
     study["train_seconds"] = train_seconds
     write_csv(out / "gradient_accuracy.csv", study)
@@ -415,8 +474,13 @@ def main(argv=None):
     parser.add_argument("--chunk", type=int, default=500, help="draws sampled per batched forward pass")
     parser.add_argument("--backend", default="reference", choices=backend_names(),
                         help="kernel backend of the PSA flip propagation (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="spread the draws over N local worker processes (default: all in this process)")
+    parser.add_argument("--scheduler", default=None,
+                        help="spread the draws over a dask.distributed cluster, tcp://HOST:8786")
     parser.add_argument("--dpi", type=int, default=80)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--no-plots", action="store_true", help="skip the figures")
     args = parser.parse_args(argv)
     if args.draws < 1:
         parser.error(f"--draws: expected a positive integer, got {args.draws}")
@@ -427,10 +491,19 @@ def main(argv=None):
             parse_method(spec)
         except ValueError as exc:
             parser.error(f"--methods: {exc}")
-    study = run_study(args.out, epochs=args.epochs, draws=args.draws, methods=args.methods, seed=args.seed,
-                      n_points=args.n_points, lr=args.lr, momentum=args.momentum, batch_size=args.batch_size,
-                      train_method=args.train_method, chunk=args.chunk, progress=not args.quiet, dpi=args.dpi,
-                      backend=args.backend)
+    from .sweep.cli import open_executor
+
+    try:
+        executor, threads, close = open_executor(args.workers, args.scheduler)
+    except ValueError as exc:
+        parser.error(str(exc))
+    try:
+        study = run_study(args.out, epochs=args.epochs, draws=args.draws, methods=args.methods, seed=args.seed,
+                          n_points=args.n_points, lr=args.lr, momentum=args.momentum, batch_size=args.batch_size,
+                          train_method=args.train_method, chunk=args.chunk, progress=not args.quiet, dpi=args.dpi,
+                          backend=args.backend, executor=executor, threads=threads, plots=not args.no_plots)
+    finally:
+        close()
     for epoch, ck in study["checkpoints"].items():
         print(f"epoch {epoch}: exact loss {ck['loss']:.4f}; relative RMSE at M=1 per layer:")
         for label, rows in ck["metrics"].items():

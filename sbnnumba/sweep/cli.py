@@ -18,7 +18,7 @@ import argparse
 import sys
 
 from . import run
-from .executors import usable_cores
+from .executors import LocalPool, plan_workers, usable_cores
 from .grid import expand, format_value, parse_grid
 
 PROG = "python -m sbnnumba sweep"
@@ -59,18 +59,30 @@ def _configs(args):
     return expand(parse_grid(args.grid), base)
 
 
-def _executor(args):
-    """(executor, closer): None for the local pool, or a Dask client's executor."""
-    if args.scheduler is None:
-        return None, None
-    if args.workers is not None:
-        raise ValueError("--workers: size the Dask cluster instead when --scheduler is given")
-    try:
-        from distributed import Client
-    except ImportError:
-        raise ValueError("--scheduler: needs dask.distributed (pip install 'sbnnumba[dask]')") from None
-    client = Client(args.scheduler)
-    return client.get_executor(), client.close
+def open_executor(workers=None, scheduler=None):
+    """The executor of a command's ``--workers N`` / ``--scheduler ADDR`` options.
+
+    Returns
+    -------
+    (executor, threads, close)
+        ``scheduler``: a ``dask.distributed`` client's executor (threads None: the cluster's setting);
+        ``workers``: a :class:`~sbnnumba.sweep.executors.LocalPool` with ``cores // workers`` threads per
+        task; neither: ``(None, None, no-op)``. ``close()`` releases it.
+    """
+    if scheduler is not None:
+        if workers is not None:
+            raise ValueError("--workers: size the Dask cluster instead when --scheduler is given")
+        try:
+            from distributed import Client
+        except ImportError:
+            raise ValueError("--scheduler: needs dask.distributed (pip install 'sbnnumba[dask]')") from None
+        client = Client(scheduler)
+        return client.get_executor(), None, client.close
+    if workers is None:
+        return None, None, lambda: None
+    workers, threads = plan_workers(workers)
+    pool = LocalPool(workers)
+    return pool, threads, pool.shutdown
 
 
 def _report(result):
@@ -90,18 +102,21 @@ def main(argv=None):
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return 0 if exc.code is None else int(exc.code)
-    closer = None
+    close = None
     try:
         configs = _configs(args)
-        executor, closer = _executor(args)
+        # the local pool is run()'s own (it plans workers x threads); only a cluster is opened here
+        executor, _, close = open_executor(None, args.scheduler) if args.scheduler else (None, None, None)
+        if executor is not None and args.workers is not None:
+            raise ValueError("--workers: size the Dask cluster instead when --scheduler is given")
         result = run(configs, executor, args.out, seed=args.seed, workers=args.workers, threads=args.threads,
                      progress=not args.quiet, plots=not args.no_plots)
     except (ValueError, TypeError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     finally:
-        if closer is not None:
-            closer()
+        if close is not None:
+            close()
     _report(result)
     bad = result.keys("failed") + result.keys("incomplete")
     if bad:
