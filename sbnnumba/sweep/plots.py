@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from ..plots import _new_figure, save_figure
+from ..plots import _integer_epochs, _new_figure, save_figure
 from .grid import format_value
 from .table import varying_names
 
@@ -89,6 +89,7 @@ def plot_learning_curves(rows, histories, path, metric="val_eacc", title=None):
                 ax.plot(xs, ys, "-o", color=f"C{i % 10}", markersize=3, lw=1.2, alpha=0.8,
                         label=label if j == 0 else None)
     ax.set_xlabel("epoch")
+    _integer_epochs(ax)
     ax.set_ylabel(f"{metric} (%)")
     ax.set_title(title or "Learning curves (one line per seed)", fontsize=10)
     ax.grid(True, alpha=0.3)

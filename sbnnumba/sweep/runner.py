@@ -78,8 +78,8 @@ def _tasks(configs, out, seed, threads, data, session):
     return tasks
 
 
-def warm_numba(tasks, data=None):
-    """Compile (or load from the cache) every kernel the tasks need, once, in this process.
+def warm_numba(configs, data=None):
+    """Compile (or load from the cache) every kernel the configurations need, once, in this process.
 
     One tiny run per distinct configuration up to :data:`WARM_IGNORED` (one epoch on two batches, two
     evaluation samples on eight images, nothing written), so that the workers started next load the
@@ -87,13 +87,13 @@ def warm_numba(tasks, data=None):
     is ignored: the run itself reports the error.
     """
     loaded, seen = {}, set()
-    for task in tasks:
-        wkey = config_key({k: v for k, v in task.options.items() if k not in WARM_IGNORED})
+    for options in configs:
+        wkey = config_key({k: v for k, v in options.items() if k not in WARM_IGNORED})
         if wkey in seen:
             continue
         seen.add(wkey)
         try:
-            arch, arch_opts, data_opts, fit_opts = split_options(task.options)
+            arch, arch_opts, data_opts, fit_opts = split_options(options)
             dkey = config_key(data_opts)
             ds = data if data is not None else loaded.setdefault(dkey, load_named_data(**data_opts))
             n = 2 * int(fit_opts.get("batch_size", 64))
@@ -244,7 +244,7 @@ def run(configs, executor=None, out="sweep", *, seed=0, workers=None, threads=No
     try:
         if todo:
             if warm:
-                warm_numba(todo, data)
+                warm_numba([t.options for t in todo], data)
             _collect(executor, todo, records, progress, len(records), poll)
     finally:
         if own is not None:
