@@ -170,6 +170,16 @@ def _collect(executor, todo, records, progress, skipped, poll):
             fut.cancel()
 
 
+def _plan_local(todo, workers, threads):
+    """Workers and threads of the local pool (``workers x threads <= cores``); the tasks with those threads."""
+    workers, planned = plan_workers(workers, len(todo))
+    threads = planned if threads is None else threads
+    if workers * threads > usable_cores():
+        raise ValueError(f"threads: expected workers x threads <= {usable_cores()} (the cores), got "
+                         f"{workers} x {threads}")
+    return [RunTask(**{**t.__dict__, "threads": threads}) for t in todo], workers, threads
+
+
 def run(configs, executor=None, out="sweep", *, seed=0, workers=None, threads=None, data=None, warm=True,
         progress=True, plots=True, poll=0.5):
     """Train every configuration, each in its own directory, on an executor; write and return the table.
@@ -233,12 +243,7 @@ def run(configs, executor=None, out="sweep", *, seed=0, workers=None, threads=No
     todo = [t for t in tasks if t.key not in records]
     own = None
     if executor is None and todo:
-        workers, planned = plan_workers(workers, len(todo))
-        threads = planned if threads is None else threads
-        if workers * threads > usable_cores():
-            raise ValueError(f"threads: expected workers x threads <= {usable_cores()} (the cores), got "
-                             f"{workers} x {threads}")
-        todo = [RunTask(**{**t.__dict__, "threads": threads}) for t in todo]
+        todo, workers, threads = _plan_local(todo, workers, threads)
         own = executor = local_executor(workers)
     progress = _Progress(len(tasks), progress)
     try:
