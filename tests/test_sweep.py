@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from sbnnumba import datasets, sweep, train
+from sbnnumba import datasets, sweep, training
 from sbnnumba.sweep import grid as sgrid
 from sbnnumba.sweep.task import STATUS
 
@@ -32,7 +32,7 @@ def configs(text="estimator=psa,st seed=0,1", **base):
 
 
 def params(row):
-    ck = train.load_checkpoint(os.path.join(row["run_dir"], train.CHECKPOINT_NAME))
+    ck = training.load_checkpoint(os.path.join(row["run_dir"], training.CHECKPOINT_NAME))
     return ck.params
 
 
@@ -97,6 +97,8 @@ def test_plan_workers_never_exceeds_the_cores():
 def test_unknown_option_fails_before_anything_runs(tmp_path, tiny_data):
     with pytest.raises(ValueError, match="got 'hiden'"):
         sweep.run([{"hiden": [8]}], sweep.SerialExecutor(), tmp_path, data=tiny_data)
+    with pytest.raises(ValueError, match="no-such-estimator"):  # values are checked up front too
+        sweep.run([{"estimator": "no-such-estimator"}], sweep.SerialExecutor(), tmp_path, data=tiny_data)
     with pytest.raises(ValueError, match="distinct configurations"):
         sweep.run([{"lr": 0.1}, {"lr": 0.1}], sweep.SerialExecutor(), tmp_path, data=tiny_data)
     with pytest.raises(TypeError, match="executor: expected"):
@@ -146,11 +148,11 @@ def test_more_epochs_resume_the_same_runs(tmp_path, tiny_data):
     same_numbers(resumed.rows, straight.rows)
 
 
-def test_a_failing_configuration_does_not_stop_the_others(tmp_path, tiny_data):
-    cfgs = configs("estimator=no-such-estimator,st")
-    res = sweep.run(cfgs, sweep.SerialExecutor(), tmp_path, threads=1, data=tiny_data, progress=False)
+def test_a_failing_configuration_does_not_stop_the_others(tmp_path):
+    cfgs = configs("data=/no/such/directory,embedded", estimator="st", train_subset=300)
+    res = sweep.run(cfgs, sweep.SerialExecutor(), tmp_path, threads=1, progress=False)
     bad, good = res.rows
-    assert bad["status"] == "failed" and "no-such-estimator" in bad["error"] and good["status"] == "finished"
+    assert bad["status"] == "failed" and "/no/such/directory" in bad["error"] and good["status"] == "finished"
     assert res.keys("failed") == [bad["key"]]
     doc = json.loads((tmp_path / "sweep.json").read_text())
     assert doc["meta"]["failed"] == 1 and doc["runs"][0]["error"] == bad["error"]
@@ -160,7 +162,7 @@ def _wait_for_epoch(run_dir, timeout=120.0):
     """Epochs written to run_dir's history.json, polled until at least one."""
     t_end = time.monotonic() + timeout
     while time.monotonic() < t_end:
-        doc = sweep.task.read_json(os.path.join(run_dir, train.HISTORY_JSON))
+        doc = sweep.task.read_json(os.path.join(run_dir, training.HISTORY_JSON))
         if doc and doc.get("history"):
             return len(doc["history"])
         time.sleep(0.01)

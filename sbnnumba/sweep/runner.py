@@ -8,7 +8,8 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from .. import datasets, train
+from .. import architectures, datasets
+from ..training import CHECKPOINT_NAME, HISTORY_JSON, CheckpointError, FitConfig, fit, load_checkpoint
 from . import plots as sweep_plots
 from .executors import local_executor, plan_workers, usable_cores
 from .grid import config_key, derive_seeds, run_dir_name
@@ -99,8 +100,8 @@ def warm_numba(configs, data=None):
             n = 2 * int(fit_opts.get("batch_size", 64))
             fit_opts.update(epochs=1, eval_samples=2, train_eval_size=0, max_time=None, plots=False)
             small = (ds.x_train[:n], ds.y_train[:n], ds.x_train[n:n + 8], ds.y_train[n:n + 8])
-            net = train.build_network(arch, ds.x_train.shape[1:], ds.n_classes, seed=0, **arch_opts)
-            train.fit(net, small, **fit_opts, seed=0, out=None, progress=False)
+            net = architectures.build(arch, ds.x_train.shape[1:], ds.n_classes, rng=0, **arch_opts)
+            fit(net, small, FitConfig(**fit_opts, seed=0, progress=False))
         except Exception:  # noqa: BLE001 - best effort: the run reports its own error
             continue
 
@@ -110,11 +111,11 @@ def _row(task, record):
     row = {"key": task.key, "status": "incomplete", "action": "not run", "epochs_done": 0, "epochs": epochs,
            "options": task.options, "init_seed": task.init_seed, "fit_seed": task.fit_seed, "run_dir": task.run_dir}
     row.update(record or {})
-    ckpt = os.path.join(task.run_dir, train.CHECKPOINT_NAME)
+    ckpt = os.path.join(task.run_dir, CHECKPOINT_NAME)
     if row["status"] != "finished" and os.path.isfile(ckpt):
         try:  # what survived: the last completed epoch
-            row["epochs_done"] = train.load_checkpoint(ckpt).epoch
-        except (train.CheckpointError, FileNotFoundError):
+            row["epochs_done"] = load_checkpoint(ckpt).epoch
+        except (CheckpointError, FileNotFoundError):
             pass
     row.pop("traceback", None)
     return row
@@ -188,7 +189,7 @@ def run(configs, executor=None, out="sweep", *, seed=0, workers=None, threads=No
     ----------
     configs : list of dict
         Configurations: options of the architecture (``arch``, ``hidden``, ``noise``, ...), the data
-        (``data``, ``train_subset``) and :func:`sbnnumba.train.fit` (``estimator``, ``lr``, ``epochs``, ...);
+        (``data``, ``train_subset``) and :class:`sbnnumba.training.FitConfig` (``estimator``, ``lr``, ``epochs``, ...);
         ``seed`` is a replicate label. Build grids with :func:`sbnnumba.sweep.expand`.
     executor : concurrent.futures.Executor, optional
         Where the runs execute (e.g. ``distributed.Client(...).get_executor()``); it must reach ``out``
@@ -270,7 +271,7 @@ def _write_outputs(result, tasks, seed, plots):
     result.files["table_csv"], result.files["table_json"] = write_table(result.out, result.rows, meta)
     if not plots:
         return
-    histories = {t.key: (read_json(os.path.join(t.run_dir, train.HISTORY_JSON)) or {}).get("history", [])
+    histories = {t.key: (read_json(os.path.join(t.run_dir, HISTORY_JSON)) or {}).get("history", [])
                  for t in tasks}
     result.files["accuracy_png"] = sweep_plots.plot_final_accuracy(
         result.rows, os.path.join(result.out, "final_accuracy.png"))

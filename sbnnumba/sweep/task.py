@@ -1,12 +1,12 @@
 """One run of a sweep, as executed on a worker: :func:`execute` of a :class:`RunTask`.
 
 A configuration's options are split by name (:func:`split_options`): ``arch`` and that architecture's
-options build the network (:func:`sbnnumba.train.build_network`, initialization seeded with the
+options build the network (:func:`sbnnumba.architectures.build`, initialization seeded with the
 run's ``init_seed``); ``data`` (``"embedded"``, ``"auto"`` or a directory of Fashion-MNIST IDX files)
-and ``train_subset`` choose the data; every other name must be an option of
-:func:`sbnnumba.train.fit` (``estimator``, ``lr``, ``epochs``, ``batch_size``, ...), except those the
-sweep sets itself (:data:`SWEEP_OWN`); ``seed`` is the replicate label (the fit seed is derived, see
-:mod:`sbnnumba.sweep.grid`).
+and ``train_subset`` choose the data; every other name must be a field of
+:class:`sbnnumba.training.FitConfig` (``estimator``, ``lr``, ``epochs``, ``batch_size``, ...), except
+those the sweep sets itself (:data:`SWEEP_OWN`); ``seed`` is the replicate label (the fit seed is
+derived, see :mod:`sbnnumba.sweep.grid`).
 
 Files in the run directory (each written atomically):
 
@@ -30,37 +30,39 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import architectures, datasets, train
+from .. import architectures, datasets
 from ..fileio import atomic_write_text
+from ..training import CHECKPOINT_NAME, FitConfig, evaluate, fit
+from ..training.config import field_names
 from .executors import limited_threads
 
-__all__ = ["SWEEP_OWN", "DATA_OPTIONS", "RunTask", "split_options", "fit_defaults", "load_named_data", "execute",
-           "read_json", "RESULT", "STATUS"]
+__all__ = ["SWEEP_OWN", "DATA_OPTIONS", "RunTask", "split_options", "fit_names", "load_named_data", "execute",
+           "read_json", "requested_epochs", "finished_record", "RESULT", "STATUS"]
 
 RESULT = "result.json"
 STATUS = "status.json"
-#: fit options the sweep sets itself for every run (``seed`` is the replicate label of a configuration).
-SWEEP_OWN = ("net", "data", "out", "resume", "progress", "arch", "metadata", "seed")
+#: FitConfig fields the sweep sets itself for every run (``seed`` is the replicate label of a configuration).
+SWEEP_OWN = ("seed", "progress")
 #: options that choose the data rather than the network or the training.
 DATA_OPTIONS = ("data", "train_subset")
 _ARCH_FIXED = ("input_shape", "n_classes", "rng", "dtype")  # set from the data and the derived seed
 _TEST_SALT = 0x7E57  # test-evaluation generator: default_rng([fit_seed, _TEST_SALT]), as the train command
 
 
-def fit_defaults():
-    """``{name: default}`` of the options of :func:`sbnnumba.train.fit` a configuration may set."""
-    params = inspect.signature(train.fit).parameters
-    return {k: p.default for k, p in params.items() if k not in SWEEP_OWN}
+def fit_names():
+    """The :class:`~sbnnumba.training.FitConfig` fields a configuration may set."""
+    return [name for name in field_names() if name not in SWEEP_OWN]
 
 
 def split_options(options):
-    """Split a configuration into ``(arch, arch_options, data_options, fit_options)``.
+    """Split a configuration into ``(arch, arch_options, data_options, fit_options)``; the fit options are
+    checked by building a :class:`~sbnnumba.training.FitConfig` from them.
 
     Raises
     ------
-    ValueError
-        An unknown architecture, or an option that is none of the architecture's, the data's and fit's
-        (the message lists the accepted names).
+    ValueError, TypeError
+        An unknown architecture, an option that is none of the architecture's, the data's and fit's (the
+        message lists the accepted names), or an invalid fit option value.
     """
     arch = options.get("arch", "mlp")
     if arch not in architectures.ARCHITECTURES:
@@ -68,7 +70,7 @@ def split_options(options):
     arch_params = {k: p for k, p in inspect.signature(architectures.ARCHITECTURES[arch]).parameters.items()
                    if k not in _ARCH_FIXED}
     arch_names = list(arch_params)
-    fit_names = fit_defaults()
+    fit_fields = fit_names()
     arch_opts, data_opts, fit_opts = {}, {}, {}
     for name, value in options.items():
         if name in ("arch", "seed"):
@@ -78,11 +80,12 @@ def split_options(options):
             arch_opts[name] = [value] if listy and not isinstance(value, bool) else value
         elif name in DATA_OPTIONS:
             data_opts[name] = value
-        elif name in fit_names:
+        elif name in fit_fields:
             fit_opts[name] = value
         else:
             raise ValueError(f"options: expected names of the {arch!r} architecture {arch_names}, the data "
-                             f"{list(DATA_OPTIONS)} or fit {sorted(fit_names)}, got {name!r}")
+                             f"{list(DATA_OPTIONS)} or fit {sorted(fit_fields)}, got {name!r}")
+    FitConfig(**fit_opts)  # every value checked here, before any run starts
     return arch, arch_opts, data_opts, fit_opts
 
 
@@ -156,7 +159,7 @@ def _write_status(task, state, **extra):
 
 def requested_epochs(options):
     """The number of epochs a configuration asks for (fit's default if it does not say)."""
-    return int(options.get("epochs", fit_defaults()["epochs"]))
+    return int(options.get("epochs", FitConfig().epochs))
 
 
 def finished_record(run_dir, epochs):
@@ -171,11 +174,12 @@ def _train(task):
     """Build, train (resuming a checkpoint if the run directory holds one) and test one configuration."""
     arch, arch_opts, data_opts, fit_opts = split_options(task.options)
     ds = task.data if task.data is not None else load_named_data(**data_opts)
-    resume = os.path.isfile(os.path.join(task.run_dir, train.CHECKPOINT_NAME))
-    net = train.build_network(arch, ds.x_train.shape[1:], ds.n_classes, seed=task.init_seed, **arch_opts)
-    fit_opts.setdefault("plots", False)  # per-epoch PNGs cost more than a small run's epoch; the sweep plots
-    res = train.fit(net, ds, **fit_opts, seed=task.fit_seed, out=task.run_dir, resume=resume, progress=False,
-                    metadata={"sweep_key": task.key, "sweep_options": task.options, "init_seed": task.init_seed})
+    resume = os.path.isfile(os.path.join(task.run_dir, CHECKPOINT_NAME))
+    net = architectures.build(arch, ds.x_train.shape[1:], ds.n_classes, rng=task.init_seed, **arch_opts)
+    # per-epoch PNGs cost more than a small run's epoch: off unless asked for; the sweep draws its own figures
+    config = FitConfig(**{"plots": False, **fit_opts, "seed": task.fit_seed, "progress": False})
+    res = fit(net, ds, config, out=task.run_dir, resume=resume,
+              metadata={"sweep_key": task.key, "sweep_options": task.options, "init_seed": task.init_seed})
     record = {"key": task.key, "status": "finished", "action": "resumed" if resume else "trained",
               "epochs_done": int(res.epochs_done), "stopped": res.stopped}
     if res.stopped == "time budget":
@@ -183,9 +187,8 @@ def _train(task):
     last = res.history[-1] if res.history else {}
     record.update({k: last[k] for k in ("train_loss", "val_loss", "val_acc1", "val_eacc", "val_det_acc") if k in last})
     if ds.x_test.shape[0]:
-        samples = int(fit_opts.get("eval_samples", fit_defaults()["eval_samples"]))
-        m = train.evaluate(net, ds.x_test, ds.y_test, samples=samples,
-                           rng=np.random.default_rng([task.fit_seed, _TEST_SALT]), entropy=False)
+        m = evaluate(net, ds.x_test, ds.y_test, samples=config.eval_samples,
+                     rng=np.random.default_rng([task.fit_seed, _TEST_SALT]), entropy=False)
         record.update(test_loss=m["loss"], test_acc1=m["acc1"], test_eacc=m["eacc"], test_det_acc=m["det_acc"])
     return record
 
