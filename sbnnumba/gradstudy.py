@@ -60,7 +60,7 @@ from .datasets import iterate_minibatches, toy2d
 from .estimators.registry import estimate, lookup
 from .estimators.relaxations import binary_moment_map
 from .network import Network, Path, StageSample
-from .sweep.executors import limited_threads
+from .runtime import limited_threads
 
 DEFAULT_METHODS = ("psa", "st", "reinforce", "arm", "concrete:tau=0.1", "concrete:tau=1", "tanh",
                    "st-identity", "st-hardtanh")

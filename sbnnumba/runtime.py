@@ -20,6 +20,7 @@ nothing and says so. Settings given in the environment (``MALLOC_MMAP_MAX_``,
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
@@ -109,3 +110,27 @@ def get_num_threads():
     import numba
 
     return numba.get_num_threads()
+
+
+@contextlib.contextmanager
+def limited_threads(threads):
+    """Within the block, Numba kernels and BLAS use at most ``threads`` threads (None: leave them).
+
+    Set through :func:`set_num_threads` (Numba for the calling thread, BLAS for the process), capped at
+    Numba's pool size; both are restored on exit. Tasks on an executor's workers (sweep runs, gradient
+    study blocks, learning-rate trials) run inside it, so that workers x threads stays within the cores.
+    """
+    if threads is None:
+        yield
+        return
+    import numba
+    from threadpoolctl import threadpool_limits
+
+    threads = max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS))
+    before = numba.get_num_threads()
+    with threadpool_limits(limits=threads, user_api="blas"):  # restores the BLAS setting on exit
+        set_num_threads(threads)
+        try:
+            yield
+        finally:
+            numba.set_num_threads(before)

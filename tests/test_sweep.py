@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from sbnnumba import datasets, sweep, training
+from sbnnumba import datasets, runtime, sweep, training
 from sbnnumba.sweep import grid as sgrid
 from sbnnumba.sweep.task import STATUS
 
@@ -113,7 +113,7 @@ def test_serial_executor_and_limited_threads():
     assert ex.submit(pow, 2, 5).result() == 32
     assert isinstance(ex.submit(int, "x").exception(), ValueError)
     before = numba.get_num_threads()
-    with sweep.limited_threads(1):
+    with runtime.limited_threads(1):
         assert numba.get_num_threads() == 1
     assert numba.get_num_threads() == before
 

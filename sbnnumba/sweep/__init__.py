@@ -22,11 +22,11 @@ directory and returns one table (:class:`SweepResult`); ``python -m sbnnumba swe
 * **Compilation.** The Numba kernels are compiled once in the calling process before fanning out
   (:func:`warm_numba`); workers load them from the on-disk cache.
 """
-from .executors import LocalPool, SerialExecutor, limited_threads, local_executor, plan_workers, usable_cores
+from .executors import LocalPool, SerialExecutor, local_executor, plan_workers, usable_cores
 from .grid import config_key, derive_seeds, expand, parse_grid, parse_value, run_dir_name
 from .runner import SweepResult, run, warm_numba
 from .task import RunTask, execute, load_named_data, split_options
 
 __all__ = ["run", "SweepResult", "warm_numba", "parse_grid", "parse_value", "expand", "config_key", "derive_seeds",
-           "run_dir_name", "SerialExecutor", "LocalPool", "local_executor", "plan_workers", "usable_cores", "limited_threads",
+           "run_dir_name", "SerialExecutor", "LocalPool", "local_executor", "plan_workers", "usable_cores",
            "RunTask", "execute", "load_named_data", "split_options"]

@@ -7,7 +7,7 @@ processes on this machine whose ``workers x threads`` never exceeds the cores (:
 on a 2-core machine two single-threaded workers, because small networks gain little from a second
 thread inside one step but fully from a second run in parallel.
 
-Threads are set inside each task (:func:`limited_threads`, through
+Threads are set inside each task (:func:`sbnnumba.runtime.limited_threads`, through
 :func:`sbnnumba.runtime.set_num_threads`): Numba's setting is per thread, so it is made in the thread
 that runs the task; BLAS's through ``threadpoolctl``. The pool uses the ``spawn`` start method: a forked child
 of a process whose Numba and OpenMP thread pools already ran is not safe, and spawned workers load the
@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
-import contextlib
 import functools
 import multiprocessing
 import os
 import threading
 from concurrent.futures.process import BrokenProcessPool
 
-__all__ = ["usable_cores", "plan_workers", "local_executor", "limited_threads", "SerialExecutor", "LocalPool"]
+__all__ = ["usable_cores", "plan_workers", "local_executor", "SerialExecutor", "LocalPool"]
 
 
 def usable_cores():
@@ -144,31 +143,6 @@ class LocalPool(cf.Executor):
             pools = [p for p in self._slots if p is not None]
         for pool in pools:
             pool.shutdown(wait=wait, cancel_futures=cancel_futures)
-
-
-@contextlib.contextmanager
-def limited_threads(threads):
-    """Within the block, Numba kernels and BLAS use at most ``threads`` threads (None: leave them).
-
-    Set through :func:`sbnnumba.runtime.set_num_threads` (Numba for the calling thread, BLAS for the
-    process), capped at Numba's pool size; both are restored on exit.
-    """
-    if threads is None:
-        yield
-        return
-    import numba
-    from threadpoolctl import threadpool_limits
-
-    from ..runtime import set_num_threads
-
-    threads = max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS))
-    before = numba.get_num_threads()
-    with threadpool_limits(limits=threads, user_api="blas"):  # restores the BLAS setting on exit
-        set_num_threads(threads)
-        try:
-            yield
-        finally:
-            numba.set_num_threads(before)
 
 
 class SerialExecutor(cf.Executor):
