@@ -7,7 +7,8 @@
     search (:func:`sbnnumba.training.search_lr`: bounded minimization over ``log10(lr)`` in ``--lr-bounds``,
     at most ``--lr-trials`` trainings of ``--lr-trial-epochs`` epochs from the same init, scored by the
     mean running training loss), records the trials in ``lr_search.json`` and in the run's config
-    (``metadata.lr_search`` of ``history.json`` and the checkpoint), then trains with it; ``--resume``
+    (``metadata.lr_search`` of ``history.json`` and the checkpoint), then trains with it (``--lr-method grid``:
+    a batched grid refinement whose rounds of trials run on ``--lr-workers N`` local processes); ``--resume``
     reuses the lr stored in the checkpoint instead of searching again.
     The defaults (MLP 784-256-256-10, logistic noise, PSA, Adam lr 1e-3, batch 64, 3 epochs, data-dependent
     init, 10 % validation) finish in about 1 minute on 2 idle CPU cores on the full Fashion-MNIST
@@ -213,6 +214,11 @@ def build_parser():
                     help="--lr auto: LO,HI of log10(lr) searched (default -6,0)")
     tr.add_argument("--lr-trial-subset", type=_POSITIVE_INT, default=None,
                     help="--lr auto: train the trials on N training images only (default: all)")
+    tr.add_argument("--lr-method", choices=["bounded", "grid"], default=None,
+                    help="--lr auto: 'bounded' (Brent, one trial at a time; default) or 'grid' (batched grid "
+                         "refinement whose rounds of trials run in parallel with --lr-workers)")
+    tr.add_argument("--lr-workers", type=_POSITIVE_INT, default=None,
+                    help="--lr auto --lr-method grid: run each round's trials on N local worker processes")
     tr.add_argument("--train-subset", type=_POSITIVE_INT, default=None,
                     help="use only N training examples (random, before the validation split)")
     tr.add_argument("--out", default=None, help="output directory (default: runs/<arch>-<estimator>-<time>)")
@@ -326,14 +332,18 @@ def report_test(metrics, out, label="test"):
 def _lr_search_args(args):
     """Check the --lr-* options; return the search settings (None without --lr auto)."""
     given = [name for name, v in (("--lr-trials", args.lr_trials), ("--lr-trial-epochs", args.lr_trial_epochs),
-                                  ("--lr-bounds", args.lr_bounds), ("--lr-trial-subset", args.lr_trial_subset))
+                                  ("--lr-bounds", args.lr_bounds), ("--lr-trial-subset", args.lr_trial_subset),
+                                  ("--lr-method", args.lr_method), ("--lr-workers", args.lr_workers))
              if v is not None]
     if args.lr != "auto":
         if given:
             raise CLIError(f"{', '.join(given)} only apply with --lr auto")
         return None
+    if args.lr_workers is not None and args.lr_method != "grid":
+        raise CLIError("--lr-workers: the trials run in parallel only with --lr-method grid")
     return {"bounds": args.lr_bounds or [-6.0, 0.0], "max_trials": args.lr_trials or 10,
-            "trial_epochs": args.lr_trial_epochs or 5, "trial_subset": args.lr_trial_subset}
+            "trial_epochs": args.lr_trial_epochs or 5, "trial_subset": args.lr_trial_subset,
+            "method": args.lr_method or "bounded", "workers": args.lr_workers}
 
 
 def _resume_lr(out):
@@ -387,6 +397,7 @@ def _searched_lr(args, search, net, ds, config, out, metadata, comm=None):
     With ``comm`` the trials are data-parallel and rank 0 alone reads and writes files."""
     from sbnnumba import training
     from sbnnumba.fileio import atomic_write_text
+    from sbnnumba.sweep.cli import open_executor
 
     metadata["lr"] = "auto"
     root = comm is None or comm.is_root
@@ -402,8 +413,16 @@ def _searched_lr(args, search, net, ds, config, out, metadata, comm=None):
     print(f"searching the learning rate for {args.estimator}: log10(lr) in [{b[0]:g}, {b[1]:g}], at most "
           f"{search['max_trials']} trials of {search['trial_epochs']} epochs"
           + (f" on {search['trial_subset']} training images" if search["trial_subset"] else ""), flush=True)
+    search = dict(search)
+    workers = search.pop("workers")
     try:
-        found = training.search_lr(net, ds, config, **search, comm=comm)
+        executor, threads, close = open_executor(workers)
+        try:  # a round of the grid refinement: one trial per worker (at least 2 points)
+            batch = {"batch": max(2, workers)} if workers else {}
+            found = training.search_lr(net, ds, config, **search, comm=comm, executor=executor, threads=threads,
+                                       **batch)
+        finally:
+            close()
     except (TypeError, ValueError) as exc:
         raise CLIError(f"--lr auto: {exc}") from None
     metadata["lr_search"] = found.as_dict()

@@ -6,18 +6,30 @@ Bounded scalar minimization (``scipy.optimize.minimize_scalar(method="bounded")`
 numbers) and is scored by the mean running training loss; a diverging trial scores ``inf`` (a large
 finite penalty, growing with the lr, for the minimizer). Each trial is logged (INFO) to the logger
 ``sbnnumba.training.lr_search``.
+
+Parallel trials (``method="grid"``): Brent's method proposes one point at a time from the scores so
+far, so its trials cannot run side by side. The batched grid refinement (:func:`grid_rounds`) proposes
+``batch`` points per round: round 1 spreads them evenly over ``[lo, hi]`` (both ends included), each
+later round puts ``batch`` evenly spaced points strictly inside the bracket ``[x_{k-1}, x_{k+1}]``
+around the best point ``x_k`` so far, until ``max_trials`` trials are spent or the spacing falls below
+``xatol``. A round's trials are independent (each restores the same start), so they run on any
+:class:`concurrent.futures.Executor` at once; the points, the scores and the chosen optimum are those of
+the same search run one trial after another (``executor=None``).
 """
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
+from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
 
 from .. import optim
 from ..network import Network
+from ..runtime import limited_threads
 from .checkpoint import jsonable
 from .config import FitConfig, Integer, Number, Optional
 from .data import as_float, split_data
@@ -29,6 +41,7 @@ log = logging.getLogger(__name__)
 SEARCH_OWN = ("lr", "epochs", "out", "resume", "max_time", "plots", "progress", "train_eval_size", "eval_samples",
               "eval_batch_size", "metadata")
 _DIVERGED_PENALTY = 1e6  # objective of a diverged trial (times 1..2, growing with log10 lr)
+METHODS = ("bounded", "grid")
 _SUBSET_SALT = 0x1A5E
 
 
@@ -154,6 +167,31 @@ class _Budget(Exception):
     """The minimizer asked for more than ``max_trials`` trials."""
 
 
+def _trial(net, data, config, n, log_lr, comm=None):
+    """Trial ``n``: train ``net`` (at the common start) with ``lr = 10 ** log_lr``; its :class:`LRTrial`."""
+    lr = 10.0 ** log_lr
+    t0 = time.perf_counter()
+    try:
+        res = fit(net, data, config, lr=lr, comm=comm)
+        return LRTrial(n, lr, log_lr, float(np.mean([r["train_loss"] for r in res.history])), "ok",
+                       len(res.history), time.perf_counter() - t0)
+    except TrainingDiverged as exc:
+        return LRTrial(n, lr, log_lr, math.inf, "diverged", (exc.epoch or 1) - 1, time.perf_counter() - t0,
+                       error=str(exc))
+
+
+def _trial_task(net, data, config, n, log_lr, threads):
+    """:func:`_trial` on an executor's worker (``net``: its own copy), with ``threads`` Numba/BLAS threads."""
+    with limited_threads(threads):
+        return _trial(net, data, config, n, log_lr)
+
+
+def _log_trial(trial, estimator, max_trials):
+    score = f"score {trial.score:.5g}" if trial.status == "ok" else f"diverged at epoch {trial.epochs + 1}"
+    log.info(f"lr search [{estimator}] trial {trial.trial}/{max_trials}: lr {trial.lr:.3e} "
+             f"(log10 {trial.log10_lr:+.3f}): {score} ({trial.seconds:.1f} s)")
+
+
 class _Objective:
     """``log10(lr) -> score`` for the minimizer: one training per new point, from the same start."""
 
@@ -168,28 +206,128 @@ class _Objective:
             return self.cache[log_lr]
         if len(self.trials) >= self.max_trials:
             raise _Budget
-        lr = 10.0 ** log_lr
         _restore(self.net, self.start)
-        t0, n = time.perf_counter(), len(self.trials) + 1
-        try:
-            res = fit(self.net, self.data, self.config, lr=lr, comm=self.comm)
-            trial = LRTrial(n, lr, log_lr, float(np.mean([r["train_loss"] for r in res.history])), "ok",
-                            len(res.history), time.perf_counter() - t0)
-            value = trial.score
-        except TrainingDiverged as exc:
-            trial = LRTrial(n, lr, log_lr, math.inf, "diverged", (exc.epoch or 1) - 1, time.perf_counter() - t0,
-                            error=str(exc))
-            value = _DIVERGED_PENALTY * (1.0 + (log_lr - self.lo) / (self.hi - self.lo))
+        trial = _trial(self.net, self.data, self.config, len(self.trials) + 1, log_lr, self.comm)
+        value = trial.score if trial.status == "ok" else \
+            _DIVERGED_PENALTY * (1.0 + (log_lr - self.lo) / (self.hi - self.lo))
         self.trials.append(trial)
         self.cache[log_lr] = value
-        score = f"score {trial.score:.5g}" if trial.status == "ok" else f"diverged at epoch {trial.epochs + 1}"
-        log.info(f"lr search [{self.config.estimator}] trial {trial.trial}/{self.max_trials}: lr {lr:.3e} "
-                 f"(log10 {log_lr:+.3f}): {score} ({trial.seconds:.1f} s)")
+        _log_trial(trial, self.config.estimator, self.max_trials)
         return value
 
 
+def grid_rounds(evaluate, lo, hi, max_trials, batch, xatol):
+    """Batched grid refinement over ``[lo, hi]`` (see the module docstring); returns ``{x: score}``.
+
+    Parameters
+    ----------
+    evaluate : callable
+        ``evaluate(points) -> scores`` for one round's new points (a list of floats, ascending); a
+        diverged trial's score is ``inf``.
+    lo, hi : float
+        Bounds, ``lo < hi``.
+    max_trials : int >= 1
+        Most points evaluated in all.
+    batch : int >= 2
+        Points per round (the last round may have fewer, to stay within ``max_trials``).
+    xatol : float > 0
+        Stop once a round's spacing is below it.
+
+    Notes
+    -----
+    Ties between equal scores go to the point evaluated first, as with the sequential search's trial
+    order, so the optimum depends only on the scores.
+    """
+    scores, order = {}, []
+    points = list(np.linspace(lo, hi, min(batch, max_trials))) if max_trials > 1 else [(lo + hi) / 2]
+    while points:
+        for x, score in zip(points, evaluate(points)):
+            scores[x] = float(score)
+            order.append(x)
+        xs = sorted(scores)
+        best = min(order, key=lambda x: (scores[x], order.index(x)))
+        k = xs.index(best)
+        a, b = xs[max(k - 1, 0)], xs[min(k + 1, len(xs) - 1)]
+        n = min(batch, max_trials - len(scores))
+        if n < 1 or (b - a) / (n + 1) < xatol:
+            break
+        points = _inner_points(a, b, n, xs)
+    return {x: scores[x] for x in order}
+
+
+def _inner_points(a, b, n, scored):
+    """``n`` evenly spaced points strictly inside ``(a, b)`` that are not (within 1e-9 of the bracket) already
+    ``scored``: ``n`` divisions, or ``n + 1`` when one would repeat a scored point (the bracket's middle)."""
+    tol = 1e-9 * (b - a)
+    for m in (n, n + 1):
+        fresh = [x for x in (a + (b - a) * j / (m + 1) for j in range(1, m + 1))
+                 if not any(abs(x - y) <= tol for y in scored)]
+        if len(fresh) >= n:
+            return [float(x) for x in fresh[:n]]
+    return [float(x) for x in fresh]
+
+
+class _GridTrials:
+    """``evaluate(points)`` of :func:`grid_rounds`: one round's trials, serially or on an executor."""
+
+    def __init__(self, net, data, config, start, executor, threads, max_trials, comm=None):
+        self.net, self.data, self.config, self.start = net, data, config, start
+        self.executor, self.threads, self.max_trials, self.comm = executor, threads, max_trials, comm
+        self.trials = []
+
+    def __call__(self, points):
+        first = len(self.trials) + 1
+        if self.executor is None:
+            new = []
+            for i, x in enumerate(points):
+                _restore(self.net, self.start)
+                new.append(_trial(self.net, self.data, self.config, first + i, x, self.comm))
+        else:
+            _restore(self.net, self.start)
+            futures = [self.executor.submit(_trial_task, copy.deepcopy(self.net), self.data, self.config, first + i,
+                                            x, self.threads) for i, x in enumerate(points)]
+            new = [f.result() for f in futures]
+        for trial in new:
+            _log_trial(trial, self.config.estimator, self.max_trials)
+        self.trials += new
+        return [t.score for t in new]
+
+
+def _method_settings(method, executor, batch, comm):
+    """Check ``method``, ``executor`` and ``batch`` (an executor only serves the grid's parallel rounds)."""
+    if method not in METHODS:
+        raise ValueError(f"method: expected one of {list(METHODS)}, got {method!r}")
+    if executor is not None and method != "grid":
+        raise ValueError(f"executor: expected None with method {method!r} (it proposes one trial at a time); "
+                         "use method='grid' to run trials in parallel")
+    if executor is not None and not isinstance(executor, Executor):
+        raise TypeError(f"executor: expected a concurrent.futures.Executor or None, got {type(executor).__name__}")
+    if executor is not None and comm is not None:
+        raise ValueError("executor: expected None with comm (a data-parallel trial runs on all the ranks)")
+    Integer(2)("batch", batch)
+
+
+def _run_search(method, net, trial_data, trial_config, lo, hi, max_trials, xatol, executor, batch, threads, comm):
+    """The trials of one search (every trial from the current parameters of ``net``); returns them in order."""
+    from scipy.optimize import minimize_scalar
+
+    start = _snapshot(net)
+    if method == "grid":
+        objective = _GridTrials(net, trial_data, trial_config, start, executor, threads, max_trials, comm)
+        grid_rounds(objective, lo, hi, max_trials, int(batch), float(xatol))
+        return objective.trials
+    objective = _Objective(net, trial_data, trial_config, start, lo, hi, max_trials, comm)
+    try:
+        minimize_scalar(objective, bounds=(lo, hi), method="bounded",
+                        options={"maxiter": max_trials, "xatol": float(xatol)})
+    except _Budget:
+        pass
+    return objective.trials
+
+
 def search_lr(net, data, config=None, *, estimator=None, bounds=(-6.0, 0.0), max_trials=10, trial_epochs=5,
-              trial_subset=None, xatol=0.05, comm=None, **fit_options):
+              trial_subset=None, xatol=0.05, comm=None, method="bounded", executor=None, batch=4, threads=None,
+              **fit_options):
     """Choose a constant learning rate for one method: bounded scalar minimization over ``log10(lr)``.
 
     Every trial restores the same initial parameters, trains ``trial_epochs`` epochs with :func:`fit`
@@ -228,6 +366,16 @@ def search_lr(net, data, config=None, *, estimator=None, bounds=(-6.0, 0.0), max
     comm : sbnnumba.distributed.Communicator, optional
         Run every trial data-parallel on the ranks of ``comm`` (``fit(..., comm=comm)``); every rank gets
         the same (reduced) scores, so the minimizer proposes the same trials everywhere.
+    method : {"bounded", "grid"}
+        ``"bounded"``: Brent's bounded minimization, one trial at a time; ``"grid"``: the batched grid
+        refinement of :func:`grid_rounds`, whose rounds of ``batch`` trials can run in parallel.
+    executor : concurrent.futures.Executor, optional
+        ``method="grid"`` only: runs each round's trials at once (each on its own copy of the network);
+        the trials, their scores and the optimum are those of ``executor=None`` (one after another here).
+    batch : int >= 2
+        ``method="grid"``: trials per round (for example the executor's workers).
+    threads : int, optional
+        Numba/BLAS threads per trial on the executor's workers (None: their setting).
     **fit_options
         :class:`FitConfig` fields overriding ``config``'s for every trial (``batch_size``, ``optimizer`` (a name), ``momentum``,
         ``schedule``, ``seed``, ``val_fraction``, ``data_init``, ...; not those of :data:`SEARCH_OWN`). With
@@ -248,9 +396,8 @@ def search_lr(net, data, config=None, *, estimator=None, bounds=(-6.0, 0.0), max
     TrainingDiverged
         If every trial diverged (lower the upper bound).
     """
-    from scipy.optimize import minimize_scalar
-
     lo, hi = _search_settings(bounds, max_trials, trial_epochs, trial_subset, xatol, fit_options)
+    _method_settings(method, executor, batch, comm)
     config = FitConfig() if config is None else config
     if not isinstance(config, FitConfig):
         raise TypeError(f"config: expected a FitConfig, got {type(config).__name__}")
@@ -272,18 +419,14 @@ def search_lr(net, data, config=None, *, estimator=None, bounds=(-6.0, 0.0), max
     try:
         if config.data_init:  # as fit() would, on the full training part
             net.initialize_from_data(as_float(x_tr[:config.batch_size], net.dtype))
-        objective = _Objective(net, trial_data, trial_config, _snapshot(net), lo, hi, int(max_trials), comm)
-        try:
-            minimize_scalar(objective, bounds=(lo, hi), method="bounded",
-                            options={"maxiter": int(max_trials), "xatol": float(xatol)})
-        except _Budget:
-            pass
+        trials = _run_search(method, net, trial_data, trial_config, lo, hi, int(max_trials), xatol, executor, batch,
+                             threads, comm)
     finally:
         _restore(net, original)
-    settings = {"estimator": config.estimator, "bounds": [lo, hi], "max_trials": int(max_trials),
+    settings = {"estimator": config.estimator, "method": method, "bounds": [lo, hi], "max_trials": int(max_trials),
                 "trial_epochs": int(trial_epochs), "trial_subset": None if trial_subset is None else int(trial_subset),
                 "trial_examples": int(trial_data[0].shape[0]), "xatol": float(xatol)}
-    return _best(objective.trials, settings, time.perf_counter() - t_begin)
+    return _best(trials, settings, time.perf_counter() - t_begin)
 
 
 def _best(trials, settings, seconds):
