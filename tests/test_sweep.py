@@ -154,6 +154,7 @@ def test_a_failing_configuration_does_not_stop_the_others(tmp_path):
     bad, good = res.rows
     assert bad["status"] == "failed" and "/no/such/directory" in bad["error"] and good["status"] == "finished"
     assert res.keys("failed") == [bad["key"]]
+    assert "Traceback" in open(os.path.join(bad["run_dir"], "error.txt")).read()
     doc = json.loads((tmp_path / "sweep.json").read_text())
     assert doc["meta"]["failed"] == 1 and doc["runs"][0]["error"] == bad["error"]
 

@@ -16,7 +16,8 @@ Files in the run directory (each written atomically):
 * ``status.json``: ``{"state": "running" | "finished" | "failed", "session", "host", "pid", ...}``,
   what the sweep's progress display counts;
 * ``result.json``: the run's record (:func:`execute`'s return value) once it finished, with the test
-  metrics of the trained network (``evaluate`` with ``eval_samples`` samples).
+  metrics of the trained network (``evaluate`` with ``eval_samples`` samples);
+* ``error.txt``: the traceback of a failed run.
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ __all__ = ["SWEEP_OWN", "DATA_OPTIONS", "RunTask", "split_options", "fit_names",
 
 RESULT = "result.json"
 STATUS = "status.json"
+ERROR = "error.txt"
 #: FitConfig fields the sweep sets itself for every run (``seed`` is the replicate label of a configuration).
 SWEEP_OWN = ("seed", "progress")
 #: options that choose the data rather than the network or the training.
@@ -217,5 +219,7 @@ def execute(task):
                   host=socket.gethostname(), pid=os.getpid(), threads=task.threads)
     if record["status"] == "finished":
         atomic_write_text(os.path.join(task.run_dir, RESULT), json.dumps(record, indent=1))
+    elif record["status"] == "failed":  # the table keeps the message, the run directory the traceback
+        atomic_write_text(os.path.join(task.run_dir, ERROR), record["traceback"])
     _write_status(task, record["status"])
     return record
