@@ -28,8 +28,8 @@ DEFAULT_MLP_HIDDEN = [256, 256]
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(prog=PROG, description="A grid of training runs on local workers or a Dask "
+                                     "cluster (docs/sweeps.md); each run in its own directory under --out.")
     parser.add_argument("--grid", required=True,
                         help="axes 'name=v1,v2 name=...' (fit, architecture or data options; seed = replicate)")
     parser.add_argument("--out", required=True, help="sweep directory (a rerun skips finished runs, resumes others)")
