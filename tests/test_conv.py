@@ -179,8 +179,24 @@ def test_numba_kernels_equal_reference(cfg, dtype, tol):
             np.testing.assert_allclose(got, ref, atol=tol * max(1, np.abs(ref).max()), err_msg=f"{noise} {form}")
 
 
-# (c_in, c_out, kernel, stride, padding, H, W, batch): many parallel tasks, on small and on large maps.
+# (c_in, c_out, kernel, stride, padding, H, W, batch): several batch blocks (one padded with inert examples) on
+# small maps, and accumulator tiles on a large map (conv_cpu.batch_blocks, conv_cpu.tile_length).
 BLOCKED = [(3, 2, 3, 2, 0, 5, 5, 67), (5, 3, 1, 1, 0, 1, 1, 130), (3, 2, 3, 1, 1, 50, 47, 5)]
+
+
+@pytest.mark.parametrize("cfg", BLOCKED, ids=[f"{c[5]}x{c[6]}-B{c[7]}" for c in BLOCKED])
+def test_numba_kernels_equal_reference_across_blocks_and_tiles(cfg):
+    layer, x, a, x_out, d_out = _layer_data(cfg[:7], seed=11, scale=0.6, batch=cfg[7])
+    in_index, tap_off, n_q, n_grid, _, _ = conv_cpu.phase_layout(x.shape[2:], layer.kernel_size, layer.stride,
+                                                                 layer.padding)
+    n_blocks, bb = conv_cpu.batch_blocks(x.shape[0], n_q)
+    assert n_blocks > 1 and (cfg[5] < 40 or n_grid * bb > conv_cpu.tile_length(bb, 4))  # blocks; tiles on 50x47
+    args = [t.astype(np.float32) for t in (x, a, x_out, layer.weight, d_out)]
+    for noise, form in (("logistic", "ratio"), ("triangular", "bounded"), ("normal", "generic")):
+        ref = conv_reference.flip_propagate_conv(x, a, x_out, layer.weight, d_out, layer.stride, layer.padding,
+                                                 noise)
+        got = conv_cpu.flip_propagate_conv(*args, layer.stride, layer.padding, get_noise(noise).code, form=form)
+        np.testing.assert_allclose(got, ref, atol=3e-5 * max(1, np.abs(ref).max()), err_msg=f"{noise} {form}")
 
 
 _THREADS_PROBE = """

@@ -6,24 +6,35 @@ r"""Numba CPU kernels for the PSA flip propagation through a 2-D convolution (sp
     \Delta = F(-x[c,j](a[c,j] - 2 W[c,r,off]\, x[r,i])) - F(-x[c,j]\, a[c,j]),
 
 with ``i = stride * j + off - padding`` (per axis). Delta is never formed: each parallel task
-(``prange`` over the example ``b`` and the input channel ``r``; the ratio form takes two input
-channels per task so that every load of an output value serves two connections) accumulates its
-whole input map in a small local buffer (L1-resident), looping over the output channels ``c`` and
-the kernel taps ``(dy, dx)``; the innermost loop runs over output positions with unit stride and
-vectorizes (AVX-512 on this project's CPU: ``error_model="numpy"`` removes the per-division
-ZeroDivisionError branch that would otherwise keep the loop scalar).
+accumulates, for one block of examples and two input channels (one for the generic form), a tile of
+its input maps in a small local buffer, looping over the output channels ``c`` and the kernel taps;
+the innermost loop runs with unit stride over (output cell, example) pairs and vectorizes
+(``error_model="numpy"`` removes the per-division ZeroDivisionError branch that would keep it scalar).
+Because the examples of a block are innermost, that loop is at least ``bb`` (examples per block)
+long whatever the map size: 1x1 and 3x3 maps vectorize like large ones.
 
-**Layout ("phase grids").** Let ``Hp = H + 2 ph``, ``Wp = W + 2 pw`` (padded map) and
+**Layout ("phase grids", cell-major).** Let ``Hp = H + 2 ph``, ``Wp = W + 2 pw`` (padded map) and
 ``Hq = ceil(Hp / sh)``, ``Wq = ceil(Wp / sw)``. The padded input map is split into the
-``sh * sw`` stride phases ``(yp % sh, xp % sw)``, each a ``Hq x Wq`` grid stored row-major
-(padded position ``(yp, xp)`` -> ``((yp % sh) sw + xp % sw) Hq Wq + (yp // sh) Wq + xp // sw``).
-Output maps are stored on ``H_out`` rows of length ``Wq`` (entries ``ox >= W_out`` are zero).
-Then output position ``q = oy Wq + ox`` reaches, through tap ``(dy, dx)``, the flat input index
-``q + off(dy, dx)`` with ``off = ((dy % sh) sw + dx % sw) Hq Wq + (dy // sh) Wq + dx // sw``:
-for every stride, each tap is one contiguous loop of length ``(H_out - 1) Wq + W_out``.
-Only computed output positions contribute (the extra row entries carry ``g = d = 0``), padded
-input positions are accumulated into but never read back (they never flip and receive no
-``d``), and non-square maps are handled by the separate extents.
+``sh * sw`` stride phases ``(yp % sh, xp % sw)``, each a ``Hq x Wq`` grid of *cells* stored row-major
+(padded position ``(yp, xp)`` -> cell ``((yp % sh) sw + xp % sw) Hq Wq + (yp // sh) Wq + xp // sw``).
+Output maps are stored on ``H_out`` rows of ``Wq`` cells (cells ``ox >= W_out`` are zero). Then output
+cell ``q = oy Wq + ox`` reaches, through tap ``(dy, dx)``, the input cell ``q + off(dy, dx)`` with
+``off = ((dy % sh) sw + dx % sw) Hq Wq + (dy // sh) Wq + dx // sw``: for every stride, each tap is one
+contiguous run of ``n_q = (H_out - 1) Wq + W_out`` cells. Each cell holds the ``bb`` examples of a
+batch block contiguously (entry ``cell * bb + e``), so a tap is one contiguous run of ``n_q bb``
+entries. Only computed output cells contribute (the extra row cells and padded examples carry
+``g = d = 0``), padded input cells are accumulated into but never read back (they never flip and
+receive no ``d``), and non-square maps are handled by the separate extents.
+
+**Blocks and tiles.** :func:`batch_blocks` cuts the batch into blocks just large enough for runs of
+``n_q bb >= MIN_RUN`` entries (at most :data:`BATCH_BLOCK` examples): small maps take whole batches,
+large maps few examples, so a task's buffers stay small. :func:`tile_length` cuts a block's
+accumulator into tiles of about :data:`TILE_BYTES` (two accumulators and two x_in rows), one task
+each; a tap adds to a tile the part of its run that lands there.
+
+**Fixed order.** Every accumulator entry adds its terms in the order (c ascending, tap ascending),
+starting from 0, whatever the blocks, tiles and thread count: results are bit-identical at any thread
+count, and equal to the per-example layout's for every form except the float32 ratio form (below).
 
 Three forms, as for dense layers (:mod:`sbnnumba.kernels.cpu`):
 
@@ -32,21 +43,24 @@ Three forms, as for dense layers (:mod:`sbnnumba.kernels.cpu`):
   transposed convolution, independent of ``r``) and
   ``R[b,r,i] = sum_{c, off} g[b,c,j] / (1 + e^{-a[b,c,j]} K[c,r,off])`` with ``K = exp(+2W)``
   where ``x_in[b,r,i] = +1`` and ``exp(-2W)`` elsewhere: one multiply-add and one division per
-  connection. Overflow is prevented as in the dense kernel (:func:`sbnnumba.kernels.cpu.ratio_limits`):
+  connection, an exact (correctly rounded) division: fastmath's reciprocal estimate is left out, as
+  it would give vector lanes and the scalar remainder different roundings, making the float32
+  result depend on the map and batch sizes (the per-example layout had that dependence, hence
+  float32 results that differ from it by rounding). Overflow is prevented as in the dense kernel
+  (:func:`sbnnumba.kernels.cpu.ratio_limits`):
   ``2W`` is clipped to ``[-C, C]`` (a term moves by less than ``e^{-(C-A)}``) and the saturated
   output units (``|a| > A``) are left out of the ratio sums and summed directly over their
   receptive fields with one ``exp`` per connection (:func:`_flip_conv_logistic_saturated`), except
   the inert ones whose terms cannot be told from 0 (:func:`sbnnumba.kernels.cpu.active_saturated`), so
   saturated units never make the layer pay the generic form's stable F difference.
 * **bounded** (uniform and triangular noise): ``Delta`` by the branch-free closed form
-  :func:`sbnnumba.kernels.scalar.bounded_cdf_diff` in the layout of the ratio form (two input
-  channels per task, vectorized innermost loop). On the 64-channel layer of ``bench/psa_conv.py``
-  (float32, 2 threads): 12x faster than the generic form for triangular noise, 2.0x the time of the
-  logistic ratio form (uniform: 1.3x).
+  :func:`sbnnumba.kernels.scalar.bounded_cdf_diff` (no division) in the layout of the ratio form
+  (two input channels per task, vectorized innermost loop).
 * **generic** (every noise family): ``Delta = F(u) - F(v)`` with ``v = -x_out a``,
   ``u = v + 2 x_out W x_in``, evaluated like :func:`sbnnumba.kernels.scalar.cdf_diff` (``F(-v) - F(-u)``
   when ``u + v > 0``, no cancellation), with ``F(v)`` and ``F(-v)`` precomputed per output unit: one
-  cdf evaluation per connection (not vectorized: scalar ``exp``/``erfc`` and branches).
+  cdf evaluation per connection (not vectorized: scalar ``exp``/``erfc`` and branches; x_in and the
+  sums in float64).
 
 float32 and float64 (the dtype of ``a``); outputs are preallocated, no random numbers.
 """
@@ -59,101 +73,141 @@ from .scalar import TRIANGULAR, bounded_cdf_diff, cdf_lower
 
 
 # ---------------------------------------------------------------------------------------------- kernels
+# The ratio kernel divides without fastmath's "arcp" (which puts a reciprocal estimate and a Newton step
+# in vector lanes and an exact division in the scalar remainder): every term is then the correctly
+# rounded quotient, and the result does not depend on which elements the compiler puts in vector lanes
+# (map size, batch size, vector width, thread count). "contract" fuses 1 + e k into one FMA in every lane
+# alike; no "reassoc": each accumulator element adds its terms in the fixed (c, tap) order.
+_EXACT_FASTMATH = {"nnan", "ninf", "nsz", "contract"}
+
+
 @numba.njit(inline="always")
-def _pair_buffers(x_in, b, r0, r1, in_index, n_grid, like):
-    # One task's buffers for input channels r0, r1 of example b, in the dtype of `like`: two zeroed
-    # accumulators and x_in on the phase grid (+1 at padding, never read back).
-    acc0 = np.zeros(n_grid, dtype=like.dtype)
-    acc1 = np.zeros(n_grid, dtype=like.dtype)
-    sel0 = np.ones(n_grid, dtype=like.dtype)
-    sel1 = np.ones(n_grid, dtype=like.dtype)
-    for p in range(in_index.shape[0]):
-        sel0[in_index[p]] = x_in[b, r0, p]
-        sel1[in_index[p]] = x_in[b, r1, p]
-    return acc0, acc1, sel0, sel1
+def _task(t, n_groups, n_tiles, tile_len, n_flat):
+    # Task t -> (batch block, channel group, flat accumulator tile [i0, i1)); tiles vary fastest.
+    blk = t // (n_groups * n_tiles)
+    rest = t - blk * (n_groups * n_tiles)
+    group = rest // n_tiles
+    i0 = (rest - group * n_tiles) * tile_len
+    return blk, group, i0, min(i0 + tile_len, n_flat)
 
 
-@numba.njit(parallel=True, fastmath=True, error_model="numpy", cache=True)
-def _flip_conv_ratio(x_in, e_grid, g_grid, k_pos, k_neg, a_grid, in_index, tap_off, n_q, d_in):
-    # x_in (B, C_in, H*W); e_grid, g_grid (B, C_out, H_out*Wq); k_pos, k_neg (C_out, C_in, kh*kw);
-    # a_grid (B, S) the all-ones term on the phase grids; in_index (H*W,) -> phase-grid index;
-    # tap_off (kh*kw,); d_in (B, C_in, H*W).
-    # Each task handles two input channels r0, r1 of one example (r1 = r0 for an odd last channel),
-    # so every load of g and e^{-a} serves two connections. The innermost loop is contiguous in q and
-    # vectorizes (error_model="numpy": no ZeroDivisionError branch; fastmath: reciprocal + Newton).
-    n_batch, c_in, n_pix = x_in.shape
+@numba.njit(inline="always")
+def _tap_range(off, i0, i1, n_run):
+    # Output entries q of the tap at flat offset `off` whose targets q + off fall in the tile [i0, i1):
+    # q in [q0, q1), targets from tile index a0 = q0 + off - i0.
+    q0 = max(0, i0 - off)
+    q1 = max(q0, min(n_run, i1 - off))
+    return q0, q1, q0 + off - i0
+
+
+@numba.njit(inline="always")
+def _scatter(acc, base, with_base, cell_pos, i0, i1, b0, bb, r, d_in):
+    # d_in[b0 + e, r, p] = base[cell bb + e] - acc[cell bb + e - i0] (acc alone without base) for the
+    # unpadded cells (cell_pos[cell] = p >= 0) of the tile and the block's real examples.
+    n_ex = min(bb, d_in.shape[0] - b0)
+    for cell in range(i0 // bb, i1 // bb):
+        p = cell_pos[cell]
+        if p >= 0:
+            j = cell * bb
+            if with_base:
+                for e in range(n_ex):
+                    d_in[b0 + e, r, p] = base[j + e] - acc[j - i0 + e]
+            else:
+                for e in range(n_ex):
+                    d_in[b0 + e, r, p] = acc[j - i0 + e]
+
+
+@numba.njit(parallel=True, fastmath=_EXACT_FASTMATH, error_model="numpy", cache=True)
+def _flip_conv_ratio(sel, e_grid, g_grid, k_pos, k_neg, a_grid, cell_pos, tap_off, n_run, bb, tile_len, d_in):
+    # Cell-major grids per batch block of bb examples (module docstring): sel (NB, C_in, S*bb) x_in
+    # (+1 at padding); e_grid = e^{-a}, g_grid = x_out d_out (NB, C_out, Q*bb); a_grid (NB, S*bb) the
+    # all-ones term; k_pos, k_neg (C_out, C_in, taps) = e^{+-2W}; tap_off (taps,) in flat units;
+    # n_run = n_q bb; cell_pos (S,) input position of each cell (-1: padding); d_in (B, C_in, H*W).
+    # A task is one batch block, two input channels r0, r1 (r1 = r0 for an odd last channel: every load
+    # of g and e^{-a} serves two connections) and one tile of tile_len accumulator entries (cache-sized).
+    n_blocks, c_in, n_flat = sel.shape
     c_out = g_grid.shape[1]
     n_taps = tap_off.shape[0]
-    n_grid = a_grid.shape[1]
     one = e_grid.dtype.type(1)
     n_pairs = (c_in + 1) // 2
-    for t in prange(n_batch * n_pairs):
-        b = t // n_pairs
-        r0 = 2 * (t - b * n_pairs)
+    n_tiles = (n_flat + tile_len - 1) // tile_len
+    for t in prange(n_blocks * n_pairs * n_tiles):
+        blk, pair, i0, i1 = _task(t, n_pairs, n_tiles, tile_len, n_flat)
+        r0 = 2 * pair
         r1 = min(r0 + 1, c_in - 1)
-        acc0, acc1, sel0, sel1 = _pair_buffers(x_in, b, r0, r1, in_index, n_grid, e_grid)
+        acc0 = np.zeros(i1 - i0, dtype=e_grid.dtype)
+        acc1 = np.zeros(i1 - i0, dtype=e_grid.dtype)
+        sel0 = sel[blk, r0, i0:i1]
+        sel1 = sel[blk, r1, i0:i1]
         for c in range(c_out):
-            g_row = g_grid[b, c]
-            e_row = e_grid[b, c]
+            g_row = g_grid[blk, c]
+            e_row = e_grid[blk, c]
             for k in range(n_taps):
                 kp0 = k_pos[c, r0, k]
                 kn0 = k_neg[c, r0, k]
                 kp1 = k_pos[c, r1, k]
                 kn1 = k_neg[c, r1, k]
-                off = tap_off[k]
-                acc0_t = acc0[off:off + n_q]
-                sel0_t = sel0[off:off + n_q]
-                acc1_t = acc1[off:off + n_q]
-                sel1_t = sel1[off:off + n_q]
-                for q in range(n_q):
-                    gq = g_row[q]
-                    eq = e_row[q]
+                q0, q1, a0 = _tap_range(tap_off[k], i0, i1, n_run)
+                n = q1 - q0
+                g_t = g_row[q0:q1]
+                e_t = e_row[q0:q1]
+                acc0_t = acc0[a0:a0 + n]
+                sel0_t = sel0[a0:a0 + n]
+                acc1_t = acc1[a0:a0 + n]
+                sel1_t = sel1[a0:a0 + n]
+                for q in range(n):
+                    gq = g_t[q]
+                    eq = e_t[q]
                     acc0_t[q] += gq / (one + eq * (kp0 if sel0_t[q] > 0 else kn0))
                     acc1_t[q] += gq / (one + eq * (kp1 if sel1_t[q] > 0 else kn1))
-        for p in range(n_pix):
-            i = in_index[p]
-            d_in[b, r0, p] = a_grid[b, i] - acc0[i]
-            d_in[b, r1, p] = a_grid[b, i] - acc1[i]
+        _scatter(acc0, a_grid[blk], True, cell_pos, i0, i1, blk * bb, bb, r0, d_in)
+        _scatter(acc1, a_grid[blk], True, cell_pos, i0, i1, blk * bb, bb, r1, d_in)
 
 
 @numba.njit(parallel=True, fastmath=True, error_model="numpy", cache=True)
-def _flip_conv_bounded(triangular, x_in, v_grid, s_grid, d_grid, weight, in_index, tap_off, n_q, n_grid, d_in):
-    # Uniform / triangular noise: Delta = F(u) - F(v) by the branch-free scalar.bounded_cdf_diff, in the
-    # layout of the ratio kernel (two input channels per task, innermost loop contiguous in q, vectorized).
-    # v = -x_out a, s = 2 x_out, d = d_out on the output grids (B, C_out, H_out*Wq); weight (C_out, C_in, taps).
-    n_batch, c_in, n_pix = x_in.shape
+def _flip_conv_bounded(triangular, sel, v_grid, s_grid, d_grid, weight, cell_pos, tap_off, n_run, bb, tile_len,
+                       d_in):
+    # Uniform / triangular noise: Delta = F(u) - F(v) by the branch-free scalar.bounded_cdf_diff (no
+    # division), in the layout and task split of the ratio kernel. v = -x_out a, s = 2 x_out, d = d_out
+    # on the cell-major output grids (NB, C_out, Q*bb); weight (C_out, C_in, taps).
+    n_blocks, c_in, n_flat = sel.shape
     c_out = v_grid.shape[1]
     n_taps = tap_off.shape[0]
-    dtype = v_grid.dtype
-    one = dtype.type(1)
+    one = v_grid.dtype.type(1)
     n_pairs = (c_in + 1) // 2
-    for t in prange(n_batch * n_pairs):
-        b = t // n_pairs
-        r0 = 2 * (t - b * n_pairs)
+    n_tiles = (n_flat + tile_len - 1) // tile_len
+    for t in prange(n_blocks * n_pairs * n_tiles):
+        blk, pair, i0, i1 = _task(t, n_pairs, n_tiles, tile_len, n_flat)
+        r0 = 2 * pair
         r1 = min(r0 + 1, c_in - 1)
-        acc0, acc1, sel0, sel1 = _pair_buffers(x_in, b, r0, r1, in_index, n_grid, v_grid)
+        acc0 = np.zeros(i1 - i0, dtype=v_grid.dtype)
+        acc1 = np.zeros(i1 - i0, dtype=v_grid.dtype)
+        sel0 = sel[blk, r0, i0:i1]
+        sel1 = sel[blk, r1, i0:i1]
         for c in range(c_out):
-            v_row = v_grid[b, c]
-            s_row = s_grid[b, c]
-            d_row = d_grid[b, c]
+            v_row = v_grid[blk, c]
+            s_row = s_grid[blk, c]
+            d_row = d_grid[blk, c]
             for k in range(n_taps):
                 w0 = weight[c, r0, k]
                 w1 = weight[c, r1, k]
-                off = tap_off[k]
-                acc0_t = acc0[off:off + n_q]
-                sel0_t = sel0[off:off + n_q]
-                acc1_t = acc1[off:off + n_q]
-                sel1_t = sel1[off:off + n_q]
-                for q in range(n_q):
-                    v = v_row[q]
-                    sq = s_row[q]
-                    dq = d_row[q]
+                q0, q1, a0 = _tap_range(tap_off[k], i0, i1, n_run)
+                n = q1 - q0
+                v_t = v_row[q0:q1]
+                s_t = s_row[q0:q1]
+                d_t = d_row[q0:q1]
+                acc0_t = acc0[a0:a0 + n]
+                sel0_t = sel0[a0:a0 + n]
+                acc1_t = acc1[a0:a0 + n]
+                sel1_t = sel1[a0:a0 + n]
+                for q in range(n):
+                    v = v_t[q]
+                    sq = s_t[q]
+                    dq = d_t[q]
                     acc0_t[q] += bounded_cdf_diff(triangular, v + sq * w0 * sel0_t[q], v, one) * dq
                     acc1_t[q] += bounded_cdf_diff(triangular, v + sq * w1 * sel1_t[q], v, one) * dq
-        for p in range(n_pix):
-            i = in_index[p]
-            d_in[b, r0, p] = acc0[i]
-            d_in[b, r1, p] = acc1[i]
+        _scatter(acc0, acc0, False, cell_pos, i0, i1, blk * bb, bb, r0, d_in)
+        _scatter(acc1, acc1, False, cell_pos, i0, i1, blk * bb, bb, r1, d_in)
 
 
 @numba.njit(parallel=True, error_model="numpy", cache=True)
@@ -165,69 +219,73 @@ def _lower_tails(code, v, f_lo, f_hi):
 
 
 @numba.njit(parallel=True, error_model="numpy", cache=True)
-def _flip_conv_generic(code, x_in, v_grid, f_lo_grid, f_hi_grid, s_grid, d_grid, weight, in_index, tap_off, n_q,
-                       n_grid, d_in):
-    # On the output grids (B, C_out, H_out*Wq): v = -x_out * a, f_lo = F(v), f_hi = F(-v), s = 2 x_out,
-    # d = d_out; weight (C_out, C_in, kh*kw). Delta = F(u) - F(v) with u = v + s w x_in, evaluated as
-    # cdf_diff does (F(-v) - F(-u) when u + v > 0), with the F(v) terms precomputed per output unit:
-    # one cdf evaluation per connection.
-    n_batch, c_in, n_pix = x_in.shape
+def _flip_conv_generic(code, sel, v_grid, f_lo_grid, f_hi_grid, s_grid, d_grid, weight, cell_pos, tap_off, n_run,
+                       bb, tile_len, d_in):
+    # On the cell-major output grids (NB, C_out, Q*bb): v = -x_out * a, f_lo = F(v), f_hi = F(-v),
+    # s = 2 x_out, d = d_out; weight (C_out, C_in, taps); sel float64. Delta = F(u) - F(v) with
+    # u = v + s w x_in, evaluated as cdf_diff does (F(-v) - F(-u) when u + v > 0), with the F(v) terms
+    # precomputed per output unit: one cdf evaluation per connection (scalar: branches and exp/erfc),
+    # float64 sums. A task is one batch block, one input channel and one accumulator tile.
+    n_blocks, c_in, n_flat = sel.shape
     c_out = v_grid.shape[1]
     n_taps = tap_off.shape[0]
-    for t in prange(n_batch * c_in):
-        b = t // c_in
-        r = t - b * c_in
-        acc = np.zeros(n_grid, dtype=np.float64)
-        sel = np.ones(n_grid, dtype=np.float64)
-        for p in range(n_pix):
-            sel[in_index[p]] = x_in[b, r, p]
+    n_tiles = (n_flat + tile_len - 1) // tile_len
+    for t in prange(n_blocks * c_in * n_tiles):
+        blk, r, i0, i1 = _task(t, c_in, n_tiles, tile_len, n_flat)
+        acc = np.zeros(i1 - i0, dtype=np.float64)
+        sel_r = sel[blk, r]
         for c in range(c_out):
-            v_row = v_grid[b, c]
-            lo_row = f_lo_grid[b, c]
-            hi_row = f_hi_grid[b, c]
-            s_row = s_grid[b, c]
-            d_row = d_grid[b, c]
+            v_row = v_grid[blk, c]
+            lo_row = f_lo_grid[blk, c]
+            hi_row = f_hi_grid[blk, c]
+            s_row = s_grid[blk, c]
+            d_row = d_grid[blk, c]
             for k in range(n_taps):
                 w = weight[c, r, k]
                 off = tap_off[k]
-                for q in range(n_q):
+                q0, q1, _ = _tap_range(off, i0, i1, n_run)
+                for q in range(q0, q1):
                     dq = d_row[q]
                     if dq != 0.0:
                         v = v_row[q]
-                        u = v + s_row[q] * w * sel[off + q]
+                        u = v + s_row[q] * w * sel_r[off + q]
                         if u + v > 0:
                             delta = hi_row[q] - cdf_lower(code, -u)
                         else:
                             delta = cdf_lower(code, u) - lo_row[q]
-                        acc[off + q] += delta * dq
-        for p in range(n_pix):
-            d_in[b, r, p] = acc[in_index[p]]
+                        acc[off + q - i0] += delta * dq
+        _scatter(acc, acc, False, cell_pos, i0, i1, blk * bb, bb, r, d_in)
 
 
 @numba.njit(parallel=True, fastmath=True, error_model="numpy", cache=True)
-def _ones_transposed(t_grid, tap_off, n_q, out):
-    # out[b, q + off_k] += t_grid[b, q] for every tap k: the all-ones transposed convolution.
-    n_batch = t_grid.shape[0]
-    for b in prange(n_batch):
-        acc = out[b]
+def _ones_transposed(t_grid, tap_off, n_run, out):
+    # out[blk, q + off_k] += t_grid[blk, q] for every tap k (flat units): the all-ones transposed
+    # convolution, per batch block.
+    for blk in prange(t_grid.shape[0]):
+        acc = out[blk]
         acc[:] = 0
-        row = t_grid[b]
+        row = t_grid[blk]
         for k in range(tap_off.shape[0]):
             off = tap_off[k]
-            for q in range(n_q):
+            for q in range(n_run):
                 acc[off + q] += row[q]
 
 
 # ---------------------------------------------------------------------------------------------- layout
+BATCH_BLOCK = 64  # at most this many examples per block of the cell-major grids
+MIN_RUN = 1024  # (cell, example) entries per tap loop that a block reaches if the batch allows
+TILE_BYTES = 1 << 15  # two accumulators and two x_in rows of one task: L1-sized; its g, e rows come from L2
+
+
 def phase_layout(in_hw, kernel_size, stride, padding):
-    """Index maps of the phase-grid layout (see the module docstring).
+    """Index maps of the phase-grid layout (see the module docstring), in cells.
 
     Returns
     -------
-    in_index : int64 (H*W,)   phase-grid index of each (unpadded) input position, row-major
-    tap_off : int64 (kh*kw,)  offset of each tap, row-major over (dy, dx)
-    n_q : int                 loop length per tap, ``(H_out - 1) Wq + W_out``
-    n_grid : int              phase-grid size ``sh sw Hq Wq``
+    in_index : int64 (H*W,)   phase-grid cell of each (unpadded) input position, row-major
+    tap_off : int64 (kh*kw,)  cell offset of each tap, row-major over (dy, dx)
+    n_q : int                 cells per tap loop, ``(H_out - 1) Wq + W_out``
+    n_grid : int              phase-grid cells ``sh sw Hq Wq``
     wq : int                  row length of the output grids
     out_hw : (H_out, W_out)
     """
@@ -245,12 +303,48 @@ def phase_layout(in_hw, kernel_size, stride, padding):
     return in_index, tap_off, (ho - 1) * wq + wo, sh * sw * plane, wq, (ho, wo)
 
 
-def _to_grid(t, wq):
-    """(B, C, H_out, W_out) -> (B, C, H_out * Wq), zero beyond W_out in every row."""
-    b, c, ho, wo = t.shape
-    out = np.zeros((b, c, ho, wq), dtype=t.dtype)
-    out[..., :wo] = t
-    return out.reshape(b, c, ho * wq)
+def tile_length(bb, itemsize):
+    """Accumulator entries per task tile: a multiple of ``bb`` (whole cells) whose two accumulators and two
+    x_in rows take about :data:`TILE_BYTES`."""
+    return bb * max(1, TILE_BYTES // (4 * bb * itemsize))
+
+
+def batch_blocks(n_batch, n_q):
+    """``(n_blocks, bb)``: the batch cut into blocks of ``bb`` examples, enough for tap loops of
+    ``n_q bb >= MIN_RUN`` entries (up to :data:`BATCH_BLOCK`), as few as the target allows; the last block is
+    padded with inert examples (``g = d = 0``)."""
+    target = min(BATCH_BLOCK, max(1, -(-MIN_RUN // n_q)))
+    n_blocks = max(1, -(-n_batch // target))
+    return n_blocks, -(-n_batch // n_blocks)
+
+
+def _pad_batch(t, n_total):
+    """``t`` (B, ...) with zero examples appended up to ``n_total``."""
+    if t.shape[0] == n_total:
+        return t
+    out = np.zeros((n_total,) + t.shape[1:], dtype=t.dtype)
+    out[:t.shape[0]] = t
+    return out
+
+
+def _to_cells(t, wq, n_blocks, bb):
+    """(B, C, H_out, W_out) -> cell-major output grids (NB, C, H_out * Wq * bb): entry
+    ``[blk, c, (oy Wq + ox) bb + e]`` is ``t[blk bb + e, c, oy, ox]``, zero for ``ox >= W_out`` and padded
+    examples."""
+    _, c, ho, wo = t.shape
+    out = np.zeros((n_blocks, c, ho, wq, bb), dtype=t.dtype)
+    out[:, :, :, :wo, :] = _pad_batch(t, n_blocks * bb).reshape(n_blocks, bb, c, ho, wo).transpose(0, 2, 3, 4, 1)
+    return out.reshape(n_blocks, c, ho * wq * bb)
+
+
+def _input_cells(x_in, in_index, n_grid, n_blocks, bb, dtype):
+    """x_in (B, C_in, H, W) -> cell-major input grids (NB, C_in, n_grid * bb): +1 at padding cells (never
+    read back), 0 for padded examples (whose terms vanish with their ``g = d = 0``)."""
+    n_batch, c_in = x_in.shape[:2]
+    out = np.ones((n_blocks, c_in, n_grid, bb), dtype=dtype)
+    x = _pad_batch(x_in.reshape(n_batch, c_in, -1), n_blocks * bb)
+    out[:, :, in_index, :] = x.reshape(n_blocks, bb, c_in, -1).transpose(0, 2, 3, 1)
+    return out.reshape(n_blocks, c_in, n_grid * bb)
 
 
 def _check_conv(x_in, a, x_out, weight, d_out, stride, padding):
@@ -301,39 +395,43 @@ def flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_co
     n_batch, c_in, h, w = x_in.shape
     c_out, _, kh, kw = weight.shape
     in_index, tap_off, n_q, n_grid, wq, _ = phase_layout((h, w), (kh, kw), stride, padding)
-    x3 = np.ascontiguousarray(x_in, dtype=dtype).reshape(n_batch, c_in, h * w)
+    n_blocks, bb = batch_blocks(n_batch, n_q)
+    # The generic form reads x_in in float64 (then u = v + s w x_in is formed in float64, as in cdf_diff).
+    sel = _input_cells(np.asarray(x_in), in_index, n_grid, n_blocks, bb, np.float64 if form == "generic" else dtype)
+    cell_pos = np.full(n_grid, -1, dtype=np.int64)
+    cell_pos[in_index] = np.arange(h * w)
+    # flat offsets, run length and tile length in (cell, example) entries
+    layout = (cell_pos, tap_off * bb, n_q * bb, bb, tile_length(bb, sel.itemsize))
     x_out = np.asarray(x_out, dtype=dtype)
     d_out = np.asarray(d_out, dtype=dtype)
     d_in = np.empty((n_batch, c_in, h * w), dtype=dtype)
+    w3 = np.ascontiguousarray(weight, dtype=dtype).reshape(c_out, c_in, kh * kw)
     if form == "ratio":
         g = x_out * d_out
         g_safe, a_safe, saturated = split_saturated(a, g, weight)  # active saturated units: summed directly below
         sig = (0.5 * (1 + np.tanh(0.5 * a_safe))).astype(dtype)
-        t_grid = _to_grid(np.einsum("bcyx,bcyx->byx", g_safe, sig)[:, None], wq)[:, 0]
-        a_grid = np.empty((n_batch, n_grid), dtype=dtype)
-        _ones_transposed(t_grid, tap_off, n_q, a_grid)
+        t_grid = _to_cells(np.einsum("bcyx,bcyx->byx", g_safe, sig)[:, None], wq, n_blocks, bb)[:, 0]
+        a_grid = np.empty((n_blocks, n_grid * bb), dtype=dtype)
+        _ones_transposed(t_grid, layout[1], layout[2], a_grid)
         clip = dtype.type(ratio_limits(dtype)[1])
-        two_w = np.clip(2 * np.asarray(weight, dtype=dtype).reshape(c_out, c_in, kh * kw), -clip, clip)
-        k_pos = np.exp(two_w)
-        k_neg = np.exp(-two_w)
-        _flip_conv_ratio(x3, _to_grid(np.exp(-a_safe), wq), _to_grid(g_safe, wq), k_pos, k_neg, a_grid, in_index,
-                         tap_off, n_q, d_in)
+        two_w = np.clip(2 * w3, -clip, clip)
+        _flip_conv_ratio(sel, _to_cells(np.exp(-a_safe), wq, n_blocks, bb), _to_cells(g_safe, wq, n_blocks, bb),
+                         np.exp(two_w), np.exp(-two_w), a_grid, *layout, d_in)
         if saturated is not None:
             row_start, units = saturated  # units: (c, oy, ox) rows
-            _flip_conv_logistic_saturated(x3.reshape(x_in.shape), a, g, np.ascontiguousarray(weight, dtype=dtype),
+            _flip_conv_logistic_saturated(np.ascontiguousarray(x_in, dtype=dtype), a, g, w3.reshape(weight.shape),
                                           row_start, units, stride[0], stride[1], padding[0], padding[1],
                                           dtype.type(EXP_ARG_LIMIT[dtype]), d_in.reshape(x_in.shape))
     elif form == "bounded":
-        w3 = np.ascontiguousarray(weight, dtype=dtype).reshape(c_out, c_in, kh * kw)
-        _flip_conv_bounded(noise_code == TRIANGULAR, x3, _to_grid(-x_out * a, wq), _to_grid(2 * x_out, wq),
-                           _to_grid(d_out, wq), w3, in_index, tap_off, n_q, n_grid, d_in)
+        _flip_conv_bounded(noise_code == TRIANGULAR, sel, _to_cells(-x_out * a, wq, n_blocks, bb),
+                           _to_cells(2 * x_out, wq, n_blocks, bb), _to_cells(d_out, wq, n_blocks, bb), w3, *layout,
+                           d_in)
     else:
-        w3 = np.ascontiguousarray(weight, dtype=dtype).reshape(c_out, c_in, kh * kw)
-        v_grid = _to_grid(-x_out * a, wq)
+        v_grid = _to_cells(-x_out * a, wq, n_blocks, bb)
         f_lo, f_hi = np.empty(v_grid.shape), np.empty(v_grid.shape)
         _lower_tails(noise_code, v_grid.ravel(), f_lo.ravel(), f_hi.ravel())
-        _flip_conv_generic(noise_code, x3, v_grid, f_lo, f_hi, _to_grid(2 * x_out, wq), _to_grid(d_out, wq), w3,
-                           in_index, tap_off, n_q, n_grid, d_in)
+        _flip_conv_generic(noise_code, sel, v_grid, f_lo, f_hi, _to_cells(2 * x_out, wq, n_blocks, bb),
+                           _to_cells(d_out, wq, n_blocks, bb), w3, *layout, d_in)
     return d_in.reshape(x_in.shape)
 
 
