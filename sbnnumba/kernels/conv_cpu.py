@@ -101,6 +101,19 @@ def _tap_range(off, i0, i1, n_run):
 
 
 @numba.njit(inline="always")
+def _pair_task(t, n_tiles, tile_len, sel, like):
+    # The ratio and bounded kernels' task t: (batch block, input channels r0, r1 (r1 = r0 for an odd last
+    # channel), tile [i0, i1)), two zeroed accumulators in the dtype of `like`, and the tile's x_in rows.
+    n_blocks, c_in, n_flat = sel.shape
+    blk, pair, i0, i1 = _task(t, (c_in + 1) // 2, n_tiles, tile_len, n_flat)
+    r0 = 2 * pair
+    r1 = min(r0 + 1, c_in - 1)
+    acc0 = np.zeros(i1 - i0, dtype=like.dtype)
+    acc1 = np.zeros(i1 - i0, dtype=like.dtype)
+    return blk, r0, r1, i0, i1, acc0, acc1, sel[blk, r0, i0:i1], sel[blk, r1, i0:i1]
+
+
+@numba.njit(inline="always")
 def _scatter(acc, base, with_base, cell_pos, i0, i1, b0, bb, r, d_in):
     # d_in[b0 + e, r, p] = base[cell bb + e] - acc[cell bb + e - i0] (acc alone without base) for the
     # unpadded cells (cell_pos[cell] = p >= 0) of the tile and the block's real examples.
@@ -132,13 +145,7 @@ def _flip_conv_ratio(sel, e_grid, g_grid, k_pos, k_neg, a_grid, cell_pos, tap_of
     n_pairs = (c_in + 1) // 2
     n_tiles = (n_flat + tile_len - 1) // tile_len
     for t in prange(n_blocks * n_pairs * n_tiles):
-        blk, pair, i0, i1 = _task(t, n_pairs, n_tiles, tile_len, n_flat)
-        r0 = 2 * pair
-        r1 = min(r0 + 1, c_in - 1)
-        acc0 = np.zeros(i1 - i0, dtype=e_grid.dtype)
-        acc1 = np.zeros(i1 - i0, dtype=e_grid.dtype)
-        sel0 = sel[blk, r0, i0:i1]
-        sel1 = sel[blk, r1, i0:i1]
+        blk, r0, r1, i0, i1, acc0, acc1, sel0, sel1 = _pair_task(t, n_tiles, tile_len, sel, e_grid)
         for c in range(c_out):
             g_row = g_grid[blk, c]
             e_row = e_grid[blk, c]
@@ -177,13 +184,7 @@ def _flip_conv_bounded(triangular, sel, v_grid, s_grid, d_grid, weight, cell_pos
     n_pairs = (c_in + 1) // 2
     n_tiles = (n_flat + tile_len - 1) // tile_len
     for t in prange(n_blocks * n_pairs * n_tiles):
-        blk, pair, i0, i1 = _task(t, n_pairs, n_tiles, tile_len, n_flat)
-        r0 = 2 * pair
-        r1 = min(r0 + 1, c_in - 1)
-        acc0 = np.zeros(i1 - i0, dtype=v_grid.dtype)
-        acc1 = np.zeros(i1 - i0, dtype=v_grid.dtype)
-        sel0 = sel[blk, r0, i0:i1]
-        sel1 = sel[blk, r1, i0:i1]
+        blk, r0, r1, i0, i1, acc0, acc1, sel0, sel1 = _pair_task(t, n_tiles, tile_len, sel, v_grid)
         for c in range(c_out):
             v_row = v_grid[blk, c]
             s_row = s_grid[blk, c]
