@@ -98,6 +98,14 @@ def fingerprint(params: dict[str, np.ndarray]) -> dict[str, list[float]]:
                 *map(float, v.ravel()[:4])] for k, v in sorted(params.items())}
 
 
+def _feeds_batch_norm(key: str, params) -> bool:
+    """A bias followed by batch norm: its exact gradient is zero, so its value is rounding noise that
+    Adam amplifies into full steps (any change of float order moves it by whole learning-rate steps);
+    the digest still pins it bit for bit, the platform-independent fingerprint does not."""
+    prefix, _, leaf = key.rpartition(".")
+    return leaf == "bias" and f"{prefix}.gamma" in params
+
+
 def _load() -> dict:
     return json.loads(GOLDEN_FILE.read_text()) if GOLDEN_FILE.exists() else {"digests": {}, "fingerprints": {}}
 
@@ -111,6 +119,8 @@ def test_golden_training_run(name):
     got = fingerprint(params)
     assert sorted(got) == sorted(expected), "parameter keys changed"
     for k in expected:
+        if _feeds_batch_norm(k, expected):
+            continue
         np.testing.assert_allclose(got[k], expected[k], rtol=2e-4, atol=2e-5, err_msg=f"{name}: {k}")
     stored = golden["digests"].get(platform_key(), {}).get(name)
     if stored is not None:
