@@ -103,7 +103,7 @@ def main(argv=None):
                    help="starting gamma of the batch normalizations, or 'noise-std' (each configuration's "
                         "activation-noise std: the same signal-to-noise ratio for every noise)")
     p.add_argument("--backend", default=None, choices=list(backend_names()),
-                   help="'cuda': psa/st configurations train device-resident (sbnnumba.device_training)")
+                   help="'cuda': psa/st configurations train device-resident (sbnnumba.training.resident)")
     args = p.parse_args(argv)
     runtime.retain_freed_memory()  # reuse the pages of freed temporaries (sbnnumba/runtime.py)
     if args.init_from and args.pretrain_epochs:

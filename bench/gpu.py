@@ -19,7 +19,7 @@ device unless stated):
   (:func:`sbnnumba.estimate`) on ``backend="cuda"`` and ``backend="cpu"``, for a dense and a small
   conv network (wall time, host arrays: the layers keep activations on the host and send the PSA
   flip propagation to the GPU), and the device-resident PSA and ST steps of
-  :class:`sbnnumba.device_training.CudaTrainer` (data, activations, parameters on the device).
+  :class:`sbnnumba.training.resident.CudaTrainer` (data, activations, parameters on the device).
 
 Without a usable GPU it prints why and exits 0. ``--smoke`` runs every code path on tiny shapes
 (also in numba's CUDA simulator, ``NUMBA_ENABLE_CUDASIM=1``) to check the script; those figures
@@ -257,8 +257,8 @@ def bench_training(repeats, rng, smoke):
             step()
             t = statistics.median(_timed(step) for _ in range(max(1, repeats // 2)))
             row.append(f"{backend} {batch / t:9.1f} img/s")
-        # the device-resident step (sbnnumba.device_training): no transfers per step
-        from sbnnumba.device_training import CudaTrainer
+        # the device-resident step (sbnnumba.training.resident): no transfers per step
+        from sbnnumba.training.resident import CudaTrainer
         for method in ("psa", "st"):
             trainer = CudaTrainer(make("cuda"), method, SGD(lr=0.01), max_batch=batch, input_shape=shape)
             x_dev, y_dev = trainer.upload(x, y)

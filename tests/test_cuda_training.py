@@ -1,4 +1,4 @@
-"""The device-resident training step of the ``cuda`` backend (:class:`sbnnumba.device_training.CudaTrainer`)
+"""The device-resident training step of the ``cuda`` backend (:class:`sbnnumba.training.resident.CudaTrainer`)
 against the host estimators and optimizers, from the same uniforms.
 
 Ordinary tests, in numba's CUDA simulator without a GPU (tests/conftest.py), on the device where one
@@ -35,7 +35,7 @@ def test_device_step_gradients():
     """CudaTrainer (the device-resident step) gives the host PSA / ST gradients from the same uniforms,
     for logistic (ratio form) and normal (generic form) noise; the trainer does not touch net.params."""
     import sbnnumba as sb
-    from sbnnumba.device_training import CudaTrainer
+    from sbnnumba.training.resident import CudaTrainer
     for noise in ("logistic", "normal"):
         for method in ("psa", "st"):
             net, x, y, uniforms = _device_problem(noise, seed=3)
@@ -57,7 +57,7 @@ def test_device_step_updates():
     coupled weight decay and element-wise clipping; AdamW; SGD with Nesterov momentum. sync() writes
     the parameters and the optimizer state back."""
     import sbnnumba as sb
-    from sbnnumba.device_training import CudaTrainer
+    from sbnnumba.training.resident import CudaTrainer
     makers = {
         "adam": lambda: sb.optim.Adam(lr=0.05, weight_decay=1e-3, clip_value=0.05, schedule=sb.optim.CosineLR(5)),
         "adamw": lambda: sb.optim.Adam(lr=0.05, weight_decay=0.1, decoupled=True),
@@ -91,7 +91,7 @@ def test_device_step_resident():
     device generators) lowers the loss of a learnable toy problem."""
     import sbnnumba as sb
     from numba import cuda
-    from sbnnumba.device_training import CudaTrainer
+    from sbnnumba.training.resident import CudaTrainer
     rng = np.random.default_rng(5)
     x = rng.normal(size=(16, 4)).astype(np.float32)
     y = (x[:, 0] + 0.5 * x[:, 1] > 0).astype(np.int64)
@@ -146,7 +146,7 @@ def test_device_fit():
     def make():
         return sb.architectures.build("mlp", (4,), 2, rng=1, backend="cuda", hidden=(5,))
 
-    from sbnnumba.device_training import CudaTrainer
+    from sbnnumba.training.resident import CudaTrainer
     calls = []
     original = CudaTrainer.train_epoch
 
@@ -198,7 +198,7 @@ def test_device_step_conv():
     PSA / ST gradients equal the host estimators' from the same uniforms (logistic: ratio form; normal:
     generic form), and one Adam step equals the host's."""
     import sbnnumba as sb
-    from sbnnumba.device_training import CudaTrainer
+    from sbnnumba.training.resident import CudaTrainer
 
     def make(noise):
         rng = np.random.default_rng(0)
@@ -259,7 +259,7 @@ def test_device_step_binary():
     statistics follow the host's; SGD steps with the projection of uniform-noise latent weights onto
     [-1, 1] equal the host's."""
     import sbnnumba as sb
-    from sbnnumba.device_training import CudaTrainer
+    from sbnnumba.training.resident import CudaTrainer
     rng = np.random.default_rng(21)
     nets = _binary_nets()
     # (the simulator runs every thread of the conv GEMMs and reductions as a Python thread: few conv cases)
@@ -326,7 +326,7 @@ def test_device_step_scope():
     class _Unsupported(sb.Linear):  # a stage type the device step does not know
         pass
 
-    from sbnnumba.device_training import CudaTrainer
+    from sbnnumba.training.resident import CudaTrainer
     cases = [
         (lambda: CudaTrainer(sb.Network([_Unsupported(4, 3, rng=0)], sb.Linear(3, 2, rng=0)), "psa"),
          NotImplementedError,

@@ -8,7 +8,7 @@ ROOT = Path(__file__).resolve().parent.parent / "sbnnumba"
 
 LEVELS = {  # the table of docs/architecture.md
     6: ("cli", "__main__", "gradstudy"),
-    5: ("training", "device_training", "packed", "plots", "datasets", "testing", "export", "distributed",
+    5: ("training", "packed", "plots", "datasets", "testing", "export", "distributed",
         "sweep"),
     4: ("estimators",),
     3: ("network", "architectures", "optim", "losses", "summary"),

@@ -25,7 +25,7 @@ def register_path_estimator(name, fn, *, device_step=False, **defaults):
     """Register ``fn(net, path, y, weights, **options)`` under ``name`` with default options.
 
     ``device_step=True`` declares that the device-resident training step of a backend whose arrays
-    live on a device (:class:`sbnnumba.device_training.CudaTrainer`) implements this estimator with
+    live on a device (:class:`sbnnumba.training.resident.CudaTrainer`) implements this estimator with
     its default options (see :func:`has_device_step`).
     """
     PATH_ESTIMATORS[name] = (fn, defaults)

@@ -5,7 +5,7 @@ that can stay on the device (dense and conv stages with real or Bernoulli weight
 batch-normalized; an estimator registered with ``device_step=True``, i.e. ``"psa"`` or ``"st"``,
 without options, no augmentation, SGD/Adam without
 global-norm clipping), an epoch runs as
-:meth:`sbnnumba.device_training.CudaTrainer.train_epoch` on a dataset uploaded once; otherwise
+:meth:`sbnnumba.training.resident.CudaTrainer.train_epoch` on a dataset uploaded once; otherwise
 :func:`device_epochs` returns None and the host step is used (only the PSA flip propagation then runs
 on the GPU, through the layers' backend).
 """
@@ -23,7 +23,7 @@ class DeviceEpochs:
 
     Parameters
     ----------
-    trainer : sbnnumba.device_training.CudaTrainer
+    trainer : sbnnumba.training.resident.CudaTrainer
     x_tr : ndarray (N, ...), y_tr : int ndarray (N,)
         The training part (uint8 images are scaled as on the host).
     dtype : numpy dtype
@@ -51,7 +51,7 @@ def device_epochs(net, config, optimizer, x_tr, y_tr):
     if not net.backend.device_resident or not has_device_step(config.estimator) or config.estimator_options \
             or config.augment:
         return None
-    from ..device_training import CudaTrainer
+    from .resident import CudaTrainer
 
     try:
         trainer = CudaTrainer(net, config.estimator, optimizer, max_batch=config.batch_size,

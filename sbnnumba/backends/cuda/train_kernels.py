@@ -1,4 +1,4 @@
-r"""numba.cuda kernels for a device-resident training step of a dense or conv SBN (:mod:`sbnnumba.device_training`).
+r"""numba.cuda kernels for a device-resident training step of a dense or conv SBN (:mod:`sbnnumba.training.resident`).
 
 Together with the PSA flip-propagation kernels of :mod:`sbnnumba.backends.cuda.kernels`, these are all the
 pieces a PSA or deep-ST step needs, so that data, activations, gradients, parameters and optimizer

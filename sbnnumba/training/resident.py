@@ -50,6 +50,15 @@ normalized) with a real softmax head (K >= 2); methods ``"psa"`` and ``"st"``; o
 :class:`~sbnnumba.optim.SGD` and :class:`~sbnnumba.optim.Adam` (schedules, weight decay and
 element-wise clipping; global-norm clipping is not). Anything else raises ``NotImplementedError``
 naming what is missing: train it with the per-call ``backend="cuda"`` routing or on the CPU.
+
+Shared with the host step, written once: the optimizers' element-wise update rules
+(:mod:`sbnnumba.kernels.optim_rules`, called by the host loops and by the update kernels), which
+estimators have this step (``device_step=True`` in :mod:`sbnnumba.estimators.registry`), the
+backend's kernels for sampling from given uniforms, PSA's ``g_a`` and the flip propagation, and the
+noise scalars (:mod:`sbnnumba.kernels.scalar`). Not shared (issue #32, still open): the forward
+pass, the head and the backward sweep, and the batch-norm and Bernoulli-weight rules, are kernel
+sequences here and NumPy methods of the layers on the host; the tests keep the two equal
+(``tests/test_cuda_training.py``), but a change to a layer's rule must be made in both places.
 """
 from __future__ import annotations
 
@@ -57,12 +66,12 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .conv import Conv2d
-from .estimators.registry import DEVICE_STEPS, has_device_step
-from .backends.cuda import device as cb, kernels as k_elem, ops as cuda_ops
-from .layers import Linear
-from .normalization import Normalized
-from .optim import SGD, Adam
+from ..conv import Conv2d
+from ..estimators.registry import DEVICE_STEPS, has_device_step
+from ..backends.cuda import device as cb, kernels as k_elem, ops as cuda_ops
+from ..layers import Linear
+from ..normalization import Normalized
+from ..optim import SGD, Adam
 
 
 
@@ -107,17 +116,17 @@ def _launch(kernel, n, *args):
 def _threads_1d():
     # numba's simulator runs every thread as a Python thread: small blocks keep its launches cheap
     # (the kernels take any block size; the PTX checks compile the device configuration).
-    from .backends.cuda import kernels as k
+    from ..backends.cuda import kernels as k
     return 32 if cb.in_simulator() else k.THREADS_1D
 
 
 def _reduce_threads():
-    from .backends.cuda import train_kernels as kt
+    from ..backends.cuda import train_kernels as kt
     return 32 if cb.in_simulator() else kt.REDUCE_THREADS
 
 
 def _gemm_tile():
-    from .backends.cuda import train_kernels as kt
+    from ..backends.cuda import train_kernels as kt
     return 4 if cb.in_simulator() else kt.GEMM_FLOAT_TILE
 
 
@@ -267,7 +276,7 @@ class CudaTrainer:
     def _sample_weights(self, weight_uniforms):
         """``w = +1 if u < F(eta) else -1`` for every Bernoulli-weight stage, once per step (shared by the
         batch); ``weight_uniforms``: dict prefix -> uniforms of the shape of eta, else device draws."""
-        from .backends.cuda import train_kernels as kt
+        from ..backends.cuda import train_kernels as kt
         for k, w in self._sampled.items():
             layer = self._layers[k]
             code, eta = int(layer.latent.noise.code), _flat2(self.params[f"stages.{k}.eta"])
@@ -282,7 +291,7 @@ class CudaTrainer:
     def _channel_sums(t, u):
         """Per-channel ``sum t`` and ``sum t u`` (float64 device arrays) of two tensors of one dense (B, N) or
         conv (B, C, H, W) shape, viewed as (B, C, P); returns ``(s1, s2, (B, C, P))``."""
-        from .backends.cuda import train_kernels as kt
+        from ..backends.cuda import train_kernels as kt
         cuda = _cuda()
         n_batch, n_ch, n_pos = t.shape[0], t.shape[1], int(np.prod(t.shape[2:]))
         s1, s2 = (cuda.device_array(n_ch, dtype=np.float64) for _ in range(2))
@@ -293,7 +302,7 @@ class CudaTrainer:
     def _normalize(self, k, z):
         """Batch normalization of stage ``k`` in training mode (host: :class:`~sbnnumba.normalization.Normalized`):
         batch statistics per channel, running statistics updated; returns ``a`` and ``(z_hat, gamma inv_std)``."""
-        from .backends.cuda import train_kernels as kt
+        from ..backends.cuda import train_kernels as kt
         cuda = _cuda()
         dt, stage = self.dtype, self.net.stages[k]
         s1, s2, (n_batch, n_ch, n_pos) = self._channel_sums(z, z)
@@ -310,7 +319,7 @@ class CudaTrainer:
     def _forward(self, x, uniforms, weight_uniforms=None):
         """Sampled path on the device: a :class:`_StageRecord` per stage, in the layer's own shapes, and the
         logits. Bernoulli weights are sampled first (once for the batch)."""
-        from .backends.cuda import train_kernels as kt
+        from ..backends.cuda import train_kernels as kt
         cuda = _cuda()
         dt = self.dtype
         n_batch = x.shape[0]
@@ -352,7 +361,7 @@ class CudaTrainer:
         return stages, logits
 
     def _gemm(self, a, b, c, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
-        from .backends.cuda import train_kernels as kt
+        from ..backends.cuda import train_kernels as kt
         t = _gemm_tile()
         kern = kt.gemm_kernel(self.dtype.name, bool(trans_a), bool(trans_b), t)
         grid = (cb.blocks(c.shape[1], t), cb.blocks(c.shape[0], t))
@@ -362,7 +371,7 @@ class CudaTrainer:
         """Weight and bias gradients of stage ``k`` (or the head, ``k = None``) from the gradient ``g_a`` of its
         affine output, times ``weight``; returns ``g_a`` as GEMM rows (conv: (B P, C_out); dense: ``g_a``).
         Bernoulli weights: ``dL/dw`` goes to a buffer and the layer's rule gives the eta gradient."""
-        from .backends.cuda import train_kernels as kt
+        from ..backends.cuda import train_kernels as kt
         prefix = "head" if k is None else f"stages.{k}"
         latent = k is not None and k in self._sampled
         gw = self._weight_grad[k] if latent else self.grads[f"{prefix}.weight"]
@@ -388,7 +397,7 @@ class CudaTrainer:
         normalization return ``g_a``."""
         if stage.norm is None:
             return g_a
-        from .backends.cuda import train_kernels as kt
+        from ..backends.cuda import train_kernels as kt
         cuda = _cuda()
         z_hat, scale = stage.norm
         s1, s2, (n_batch, n_ch, n_pos) = self._channel_sums(g_a, z_hat)
@@ -405,14 +414,14 @@ class CudaTrainer:
         w = self._weight(k)
         if stage.norm is None:
             return w
-        from .backends.cuda import train_kernels as kt
+        from ..backends.cuda import train_kernels as kt
         scaled = _cuda().device_array(w.shape, dtype=self.dtype)
         _launch(kt.scale_rows, w.size, _flat2(w), stage.norm[1], _flat2(scaled))
         return scaled
 
     def _backward(self, stages, logits, y):
         """Gradients into ``self.grads`` (batch means); returns the per-example loss values (device)."""
-        from .backends.cuda import train_kernels as kt
+        from ..backends.cuda import train_kernels as kt
         cuda = _cuda()
         dt = self.dtype
         n_batch = logits.shape[0]
@@ -501,7 +510,7 @@ class CudaTrainer:
         or host arrays (uploaded). The per-example
         loss estimates are summed into a device accumulator (:meth:`pop_loss`).
         """
-        from .backends.cuda import train_kernels as kt
+        from ..backends.cuda import train_kernels as kt
         x, y = self._batch(x, y)
         stages, logits = self._forward(x, uniforms, weight_uniforms)
         value = self._backward(stages, logits, y)
@@ -509,7 +518,7 @@ class CudaTrainer:
         self._update()
 
     def _update(self):
-        from .backends.cuda import train_kernels as kt
+        from ..backends.cuda import train_kernels as kt
         opt, dt = self.optimizer, self.dtype.type
         lr = opt.lr
         t = opt.step_count + 1
@@ -548,8 +557,8 @@ class CudaTrainer:
         on the device; the last partial batch is used. One download (the loss) at the end.
         ``callback()``, if given, is called after every step (e.g. a progress bar).
         """
-        from .backends.cuda import train_kernels as kt
-        from .validation import as_generator
+        from ..backends.cuda import train_kernels as kt
+        from ..validation import as_generator
         cuda = _cuda()
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or not \
                 1 <= batch_size <= self.max_batch:
