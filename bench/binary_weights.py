@@ -4,8 +4,8 @@ Every configuration trains the same network (binary weights and activations ever
 real input of the first stage and the real head; batch normalization before every binary activation)
 with the same budget, then reports test accuracy in the three evaluation modes of spec st.md
 section 6: single sample (mean over draws), ensemble of samples, deterministic (``sign(eta)``
-weights, ``sign(a)`` activations, statistics re-estimated for that mode). Results go to
-``docs/results_binary.md`` and ``docs/figures/binary_*.png``.
+weights, ``sign(a)`` activations, statistics re-estimated for that mode). Results go to the
+dated page ``docs/experiments/YYYY-MM-DD-results-binary-<arch>.md`` and ``docs/figures/binary_*.png``.
 
 Usage: python bench/binary_weights.py [--arch mlp] [--epochs 3] [--hidden 512,512] [--train-subset N]
 """
@@ -232,6 +232,7 @@ def _gamma_text(bn_gamma):
 
 def write_report(args, ds, rows, histories):
     os.makedirs(os.path.join(args.docs, "figures"), exist_ok=True)
+    os.makedirs(os.path.join(args.docs, "experiments"), exist_ok=True)
     fig = os.path.join("figures", f"binary_{args.arch}_val_accuracy.png")
     plots.plot_accuracy(histories, os.path.join(args.docs, fig), title=f"fully binary {args.arch}: validation",
                         keys={"val_eacc": ("ensemble", "-"), "val_det_acc": ("deterministic", "--")})
@@ -268,8 +269,8 @@ def write_report(args, ds, rows, histories):
     for r in rows:
         lines.append(f"| {r['label']} | `{r['method']}` | {100 * r['acc1']:.2f} % | {100 * r['eacc']:.2f} % | "
                      f"{100 * r['det_acc']:.2f} % | {r['minutes']:.1f} |")
-    lines += ["", f"![training curves]({fig})", ""]
-    path = os.path.join(args.docs, f"results_binary_{args.arch}.md")
+    lines += ["", f"![training curves](../{fig})", ""]
+    path = os.path.join(args.docs, "experiments", f"{time.strftime('%Y-%m-%d')}-results-binary-{args.arch}.md")
     atomic_write_text(path, "\n".join(lines))
     atomic_write_text(os.path.join(args.runs_dir, f"{args.arch}-results.json"), json.dumps(rows, indent=1))
     print(f"wrote {path}")

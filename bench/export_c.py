@@ -1,6 +1,6 @@
 """Benchmark: the exported C program (``PackedNetwork.export_c``) against PackedNetwork and the float network.
 
-For the two fully binary networks of ``docs/results_binary_mlp.md`` and ``docs/results_binary_conv.md``
+For the two fully binary networks of ``docs/experiments/2026-12-02-results-binary-mlp.md`` and ``docs/experiments/2026-12-05-results-binary-conv.md``
 (Bernoulli weights in every stage, batch normalization, real head):
 
 * ``mlp``: 784-512-512-10, exported with the bit-plane first stage (``input_quantization=(1/255, 8)``);

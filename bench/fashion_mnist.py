@@ -1,5 +1,5 @@
 """Fashion-MNIST benchmark: train an MLP SBN and the paper-style all-conv SBN with several gradient
-estimators under the same budget, then write ``docs/results.md`` and the curves under ``docs/figures/``.
+estimators under the same budget, then write the dated page ``docs/experiments/YYYY-MM-DD-results.md`` and the curves under ``docs/figures/``.
 
 Every (architecture, estimator) pair is trained by :func:`sbnnumba.training.fit` with the same settings
 (data, split, init seed, optimizer, learning rate, batch size, epochs / time budget), validated after
@@ -158,7 +158,7 @@ def parse_args(argv=None):
     p.add_argument("--sharpen-lr", type=float, default=None,
                    help="--sharpen: starting lr of the continuation's cosine schedule (default: the run's lr / 5)")
     p.add_argument("--runs-dir", default=os.path.join("runs", "fashion_mnist_bench"))
-    p.add_argument("--docs", default="docs", help="where results.md and figures/ are written")
+    p.add_argument("--docs", default="docs", help="documentation folder: the page goes to DOCS/experiments/YYYY-MM-DD-results.md, the figures to DOCS/figures/")
     p.add_argument("--resume", action="store_true", help="reuse finished runs, continue interrupted ones")
     p.add_argument("--extend", action="store_true",
                    help="with --resume: also continue the runs a --time-budget stopped, under this call's budget "
@@ -167,7 +167,7 @@ def parse_args(argv=None):
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--backend", default=None, choices=list(backend_names()),
                    help="kernel backend (default: $SBNNUMBA_BACKEND or cpu); 'cuda' trains PSA/ST runs of real-weight "
-                        "networks device-resident (see docs/gpu.md)")
+                        "networks device-resident (see docs/guide/gpu.md)")
     args = p.parse_args(argv)
     if args.extend and not args.resume:
         p.error("--extend continues runs of an earlier call: use it with --resume")
@@ -395,13 +395,13 @@ def write_report(args, results, meta):
                                 keys={"train_acc1": ("train, 1 sample", "-"), "val_eacc": ("val, ensemble", "--")})
             plots.plot_entropy(hists, os.path.join(figdir, f"fashion_mnist_{arch}_entropy.png"),
                                title=f"Fashion-MNIST, {arch}: validation unit entropy")
-            lines += [f"![{arch} loss](figures/fashion_mnist_{arch}_loss.png)",
-                      f"![{arch} accuracy](figures/fashion_mnist_{arch}_accuracy.png)",
-                      f"![{arch} unit entropy](figures/fashion_mnist_{arch}_entropy.png)"]
+            lines += [f"![{arch} loss](../figures/fashion_mnist_{arch}_loss.png)",
+                      f"![{arch} accuracy](../figures/fashion_mnist_{arch}_accuracy.png)",
+                      f"![{arch} unit entropy](../figures/fashion_mnist_{arch}_entropy.png)"]
         if curves:
             plots.plot_ensemble_curve(curves, os.path.join(figdir, f"fashion_mnist_{arch}_ensemble.png"),
                                       title=f"Fashion-MNIST, {arch}: test accuracy vs samples")
-            lines.append(f"![{arch} ensemble](figures/fashion_mnist_{arch}_ensemble.png)")
+            lines.append(f"![{arch} ensemble](../figures/fashion_mnist_{arch}_ensemble.png)")
         lines.append("")
     lines += ["## Methods", ""] + [f"* `{m}`: {METHOD_NOTES.get(m, '')}" for m in meta["methods"]]
     if skipped:
@@ -411,7 +411,8 @@ def write_report(args, results, meta):
         lines += ["", "Diverged (non-finite loss or gradient; the last good checkpoint is reported): "
                   + ", ".join(diverged) + "."]
     lines.append("")
-    path = os.path.join(args.docs, "results.md")
+    os.makedirs(os.path.join(args.docs, "experiments"), exist_ok=True)
+    path = os.path.join(args.docs, "experiments", time.strftime("%Y-%m-%d") + "-results.md")
     text = "\n".join(lines)
     atomic_write_text(path, text)
     return path

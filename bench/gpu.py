@@ -288,7 +288,7 @@ def main(argv=None):
     from sbnnumba.backends.cuda import device as cb
     reason = cb.unavailable_reason()
     if reason is not None:
-        print(f"No usable CUDA GPU ({reason}); nothing to benchmark. See docs/gpu.md.")
+        print(f"No usable CUDA GPU ({reason}); nothing to benchmark. See docs/guide/gpu.md.")
         return 0
     if cb.in_simulator() and not args.smoke:
         print("numba's CUDA simulator is active (NUMBA_ENABLE_CUDASIM=1): not a benchmark; use --smoke to check "

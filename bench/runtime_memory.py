@@ -3,7 +3,7 @@
 The contenders differ in process-wide malloc settings, so each is timed in its own worker process;
 the workers alternate (default, retain, default, ...) and each reports the median of its own repeats.
 Workload: the paper's all-conv SBN at half width with its first stage padded by 2 (the network of the
-results in docs/results.md), on real Fashion-MNIST images when found (else the embedded subset):
+results in docs/experiments/2026-12-04-results.md), on real Fashion-MNIST images when found (else the embedded subset):
 
 1. evaluation (``training.evaluate``, chunks of 500 images, 2 samples, unit entropy on) of 1,000 test
    images: milliseconds per image and sample;

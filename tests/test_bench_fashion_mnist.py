@@ -37,7 +37,7 @@ def test_bench_sharpen_continuation(tmp_path, capsys):
     for k, v in before.items():
         np.testing.assert_allclose(after[k], 2 * v if k.startswith("stages.") else v, rtol=1e-5, atol=1e-8,
                                    err_msg=k)
-    assert "then pre-activations x2 + 1 epochs" in (docs / "results.md").read_text()
+    assert "then pre-activations x2 + 1 epochs" in next((docs / "experiments").glob("*-results.md")).read_text()
     capsys.readouterr()
     assert bench.main(argv + ["--resume"]) == 0  # reused, not retrained
     assert "reusing the sharpened continuation" in capsys.readouterr().out

@@ -533,4 +533,4 @@ def test_bench_binary_weights_sharpen_steps(tmp_path):
         np.testing.assert_allclose(end[k], factor * v, rtol=1e-5, atol=1e-6, err_msg=k)
     rows = json.loads((runs / "mlp-results.json").read_text())
     assert [r["label"].endswith("noise / 2^2") for r in rows] == [False, True]
-    assert "2 time(s)" in (tmp_path / "docs" / "results_binary_mlp.md").read_text()
+    assert "2 time(s)" in next((tmp_path / "docs" / "experiments").glob("*-results-binary-mlp.md")).read_text()
