@@ -12,9 +12,7 @@
     reuses the lr stored in the checkpoint instead of searching again.
     The defaults (MLP 784-256-256-10, logistic noise, PSA, Adam lr 1e-3, batch 64, 3 epochs, data-dependent
     init, 10 % validation) finish in about 1 minute on 2 idle CPU cores on the full Fashion-MNIST
-    (54,000 training images; measured 51 s, test accuracy 83.8 % single sample, 85.1 % 10-sample
-    ensemble, 84.7 % deterministic) and in about 25 s on the embedded subset (9,000 training images;
-    78.2 % / 81.7 % / 80.7 % on its 2,000 test images).
+    and in about 25 s on the embedded subset (measured times and accuracies: ``docs/performance.md``).
     ``--distributed`` (under ``mpiexec -n N``): data-parallel training on N ranks, ``--batch-size`` being the
     global batch (:mod:`sbnnumba.distributed`, ``docs/cluster.md``); rank 0 prints and writes the files.
 ``evaluate CHECKPOINT``

@@ -78,23 +78,17 @@ the inputs (``<= u sum_i |x_i|``, ``u = 2^-24`` for float32) and of the summatio
 ``gamma_{K-1} sum_i |x_i|``, ``gamma_n = n u / (1 - n u)``; in practice a random walk of size about
 ``u sqrt(K)`` times the partial sums). A first-stage state differs exactly when unit ``j``'s
 threshold ``T_j`` (in ``y``) lies between ``y_blas`` and ``fl(s z_j)``: rare, as it needs a
-pre-activation within ~1e-5 of its threshold. Measured on the 10,000 Fashion-MNIST test images
-with the 784-1024-1024-10 fully binary MLP of ``bench/packed_inference.py``: 0 (trained 2 epochs)
-and 3 (trained briefly on 3,000 images) of the 10,240,000 first-layer states differ, changing
-0 and 1 predictions; on the embedded test images with a random 784-256-128 network, none of
-512,000 (``tests/test_packed.py`` asserts >= 99.99% of the states and >= 99.9% of the
-predictions, with the derivation). A prediction can only change through such a state. Inputs
+pre-activation within ~1e-5 of its threshold (``tests/test_packed.py`` asserts >= 99.99% of the
+states and >= 99.9% of the predictions, with the derivation; ``bench/packed_inference.py`` counts
+them on the Fashion-MNIST test images and exits with status 1 below 99.9% agreement). A prediction can only change through such a state. Inputs
 not on the grid raise ``ValueError`` (``x``), they are never silently rounded; ``codes=True``
 passes the integer codes (e.g. uint8 pixels) directly.
 
-Speed (``bench/packed_inference.py``, 2 cores, fully binary 784-1024-1024-10 MLP): the bit-plane
-first stage of a 10,000-image batch takes 17 ms (2.6 ms of it packing the planes from float ``x``
-with the grid check) where the float32 GEMM takes 70 ms, and the packed network runs 11.7x
-(batch 10,000) and 18x (batch 256) the images/s of ``forward_deterministic``. On few cores the
-Numba kernels need the cores to themselves: OpenBLAS's workers spin ~0.1 s after every call
-(``OPENBLAS_THREAD_TIMEOUT=28``, its default), so after the head's GEMM they halve the speed of the
-next batch's first stage (7.1x instead of 11.7x at batch 10,000); ``OPENBLAS_THREAD_TIMEOUT=4``,
-set before NumPy is imported, avoids it.
+Speed: ``bench/packed_inference.py`` measures the packed network against ``forward_deterministic``
+(figures in ``docs/performance.md``). On few cores the Numba kernels need the cores to themselves:
+OpenBLAS's workers spin ~0.1 s after every call (``OPENBLAS_THREAD_TIMEOUT=28``, its default) and
+slow the next batch's first stage; ``OPENBLAS_THREAD_TIMEOUT=4``, set before NumPy is imported,
+avoids it.
 
 Layouts
 -------

@@ -5,14 +5,12 @@ serves every allocation above ``M_MMAP_THRESHOLD`` (at most 32 MiB) with a fresh
 with ``munmap`` when freed. A training step allocates several such arrays (the im2col patch matrix of
 the half-width conv SBN's second stage is ``64 * 28 * 28 * 432 * 4`` bytes = 87 MB per step, 677 MB per
 evaluation chunk of 500 images), so each step the kernel maps and zeroes hundreds of megabytes of new
-pages: measured on 2 cores (AMD EPYC VM), 20 % of an evaluation's time was spent in the kernel's page
-clearing. With mmap disabled and heap trimming raised, freed blocks stay in the heap and the next step
-reuses them: an evaluation of that network took 4.8 instead of 7.0 ms per image and sample (1.46x
-faster), a PSA training step 0.55 instead of 0.58 s (1.05x, inside the spread of the step times);
-medians of ``bench/runtime_memory.py``. Values are unchanged: only where arrays live changes.
+pages. With mmap disabled and heap trimming raised, freed blocks stay in the heap and the next step
+reuses them (``bench/runtime_memory.py`` measures both; figures in ``docs/performance.md``). Values are
+unchanged: only where arrays live changes.
 
 The cost is that the process's resident memory does not shrink after a peak (it stays near the largest
-working set: the benchmark's peak was 2.03 GB against 1.93 GB by default), which is why the library does
+working set), which is why the library does
 not apply it on import: the command line (``python -m sbnnumba``) and the training benchmarks call it;
 call it yourself at the start of a training script. It applies to glibc only (Linux); elsewhere it does
 nothing and says so. Settings given in the environment (``MALLOC_MMAP_MAX_``,

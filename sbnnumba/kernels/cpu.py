@@ -16,8 +16,7 @@ Three forms:
   (:func:`sbnnumba.kernels.scalar.cdf_diff`); scalar code with branches, used for normal noise.
 * **bounded** (uniform and triangular noise, whose F is piecewise polynomial on [-1, 1]): the same
   difference in a branch-free closed form (:func:`sbnnumba.kernels.scalar.bounded_cdf_diff`, clips
-  and selects), so the loop vectorizes (triangular noise: 21x faster than the generic form on the
-  1024x1024 layer of ``bench/psa_dense.py``, 2.3x the logistic ratio form; AVX2, 2 threads).
+  and selects), so the loop vectorizes (measured against the other forms: ``docs/performance.md``).
 * **logistic ratio form** (spec psa.md, sections 2.9-2.10):
   ``d_in[b,i] = A[b] - sum_j g[b,j] / (1 + e^{-a[b,j]} e^{2 W[j,i] x[b,i]})`` with
   ``g = x_out * d_out`` and ``A[b] = sum_j g[b,j] sigma(a[b,j])``; the exponentials are

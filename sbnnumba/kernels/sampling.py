@@ -7,10 +7,7 @@ C library's ``expf``/``exp``, the same operations as SciPy's ``expit``: on 611 m
 samples, and every seeded run, are those of the NumPy formula (``tests/test_noise.py`` checks the
 equality on the machine that runs the tests). No ``fastmath``: an approximate vectorized ``exp``
 would change bits. One kernel per dtype, so that float32 stays float32 throughout.
-
-Measured on 2 cores (AMD EPYC): sampling the 64 x 48 x 30 x 30 first stage of the half-width conv SBN
-took 5.8 instead of 22.1 ms, and a PSA training step of that network 0.515 instead of 0.578 s (1.12x;
-medians of interleaved repeats).
+Measured speed-up: ``docs/performance.md`` (CPU kernels, sampling).
 """
 import math
 
