@@ -149,6 +149,20 @@ def _search_settings(bounds, max_trials, trial_epochs, trial_subset, xatol, fit_
     return lo, hi
 
 
+def _search_config(config, estimator, fit_options):
+    """``config`` (default ``FitConfig()``) with ``estimator`` and ``fit_options``; the optimizer by name only."""
+    config = FitConfig() if config is None else config
+    if not isinstance(config, FitConfig):
+        raise TypeError(f"config: expected a FitConfig, got {type(config).__name__}")
+    if estimator is not None:
+        fit_options = {**fit_options, "estimator": estimator}
+    config = config.replace(**fit_options)
+    if isinstance(config.optimizer, optim.Optimizer):
+        raise ValueError("optimizer: pass the optimizer by name; an Optimizer instance would carry its state "
+                         "from one trial to the next")
+    return config
+
+
 def _training_part(data, config, trial_subset):
     """The training part of ``data`` (split as :func:`fit` would) and the trials' data: that part, or a fixed
     random subset of it, as a 4-tuple with an empty validation part."""
@@ -398,15 +412,7 @@ def search_lr(net, data, config=None, *, estimator=None, bounds=(-6.0, 0.0), max
     """
     lo, hi = _search_settings(bounds, max_trials, trial_epochs, trial_subset, xatol, fit_options)
     _method_settings(method, executor, batch, comm)
-    config = FitConfig() if config is None else config
-    if not isinstance(config, FitConfig):
-        raise TypeError(f"config: expected a FitConfig, got {type(config).__name__}")
-    if estimator is not None:
-        fit_options["estimator"] = estimator
-    config = config.replace(**fit_options)
-    if isinstance(config.optimizer, optim.Optimizer):
-        raise ValueError("optimizer: pass the optimizer by name; an Optimizer instance would carry its state "
-                         "from one trial to the next")
+    config = _search_config(config, estimator, fit_options)
     trial_config = config.replace(epochs=int(trial_epochs), data_init=False, train_eval_size=0, max_time=None,
                                   progress=False, plots=False)
     if not isinstance(net, Network):
