@@ -74,6 +74,11 @@ def local_executor(workers):
     return LocalPool(workers)
 
 
+def _import_library():
+    """A worker's first task from :meth:`LocalPool.start`: import what every sweep run needs."""
+    import sbnnumba.sweep.task  # noqa: F401
+
+
 class LocalPool(cf.Executor):
     """A process pool in which the death of one worker loses only the task it was running.
 
@@ -96,6 +101,15 @@ class LocalPool(cf.Executor):
         self._queue = collections.deque()
         self._lock = threading.RLock()
         self._shutdown = False
+
+    def start(self):
+        """Start every worker process now; each imports the library, so that its start-up (seconds: NumPy,
+        Numba, SciPy) overlaps what the caller does next (the sweep's Numba warm-up) instead of the first runs."""
+        with self._lock:
+            for i, pool in enumerate(self._slots):
+                if pool is None:
+                    self._slots[i] = cf.ProcessPoolExecutor(max_workers=1, mp_context=self._context)
+                    self._slots[i].submit(_import_library)
 
     def submit(self, fn, /, *args, **kwargs):
         """Queue ``fn(*args, **kwargs)``; return its :class:`concurrent.futures.Future`."""

@@ -246,6 +246,7 @@ def run(configs, executor=None, out="sweep", *, seed=0, workers=None, threads=No
     if executor is None and todo:
         todo, workers, threads = _plan_local(todo, workers, threads)
         own = executor = local_executor(workers)
+        own.start()  # the workers' interpreters start while this process warms the Numba cache
     progress = _Progress(len(tasks), progress)
     try:
         if todo:
