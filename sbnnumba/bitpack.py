@@ -44,13 +44,13 @@ packed signs, the input of the next binary layer.
 """
 from __future__ import annotations
 
-import numbers
 import numpy as np
 
 from .backends import get_backend
 from .kernels import bitpack as _k
 from .kernels import bitplane as _kp
 from .kernels.bitpack import PreparedWeights
+from .validation import check_int, check_pair, check_positive_number
 
 __all__ = [
     "PreparedWeights", "bitplane_matmul", "bitplane_matmul_threshold", "conv2d", "conv2d_threshold", "matmul",
@@ -63,26 +63,8 @@ _PACKABLE_DTYPES = (np.float32, np.float64, np.int8)
 
 
 # ---------------------------------------------------------------------------------------------------
-# Validation helpers (messages name the argument and what was expected)
+# Validation helpers specific to packed words (the generic ones live in sbnnumba.validation)
 # ---------------------------------------------------------------------------------------------------
-
-def _check_int(value, name, minimum):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name}: expected an integer, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value}")
-    return int(value)
-
-
-def _check_pair(value, name, minimum):
-    """An int or a pair of ints (vertical, horizontal), each >= ``minimum``."""
-    if isinstance(value, (tuple, list)):
-        if len(value) != 2:
-            raise ValueError(f"{name}: expected an int or a pair (vertical, horizontal), got {value!r}")
-        return _check_int(value[0], name, minimum), _check_int(value[1], name, minimum)
-    v = _check_int(value, name, minimum)
-    return v, v
-
 
 def _check_words(words, name, ndim=None):
     """A C-contiguous uint64 ndarray (no silent conversion of other integer types)."""
@@ -97,7 +79,7 @@ def _check_words(words, name, ndim=None):
 
 
 def _check_k(k, name, words, words_name):
-    k = _check_int(k, name, 0)
+    k = check_int(k, name, 0)
     if _k.n_words(k) != words.shape[-1]:
         raise ValueError(f"{name}: {name}={k} needs ceil({k}/64)={_k.n_words(k)} words per row, "
                          f"but {words_name} has {words.shape[-1]} (shape {words.shape})")
@@ -338,7 +320,7 @@ def _conv_operands(x_words, w_words, c_in, stride, padding):
     x = _check_words(x_words, "x_words", ndim=4)
     weights = _weights(w_words, "w_words", ndim=4)
     w = weights.words
-    c_in = _check_int(c_in, "c_in", 1)
+    c_in = check_int(c_in, "c_in", 1)
     if _k.n_words(c_in) != x.shape[3]:
         raise ValueError(f"c_in: c_in={c_in} needs ceil({c_in}/64)={_k.n_words(c_in)} words per pixel, "
                          f"but x_words has {x.shape[3]} (shape {x.shape})")
@@ -346,8 +328,8 @@ def _conv_operands(x_words, w_words, c_in, stride, padding):
         raise ValueError(f"w_words: expected {x.shape[3]} channel words like x_words, got shape {w.shape}")
     _check_padding_bits(x, c_in, "x_words")
     _check_padding_bits(w, c_in, "w_words")
-    sh, sw = _check_pair(stride, "stride", 1)
-    ph, pw = _check_pair(padding, "padding", 0)
+    sh, sw = check_pair(stride, "stride", 1)
+    ph, pw = check_pair(padding, "padding", 0)
     _, height, width, _ = x.shape
     _, kh, kw, _ = w.shape
     out_h = (height + 2 * ph - kh) // sh + 1
@@ -418,23 +400,6 @@ def conv2d_threshold(x_words, w_words, c_in, thresholds, flip=None, stride=1, pa
 # Bit-plane products of quantized real inputs
 # ---------------------------------------------------------------------------------------------------
 
-def _check_bits(bits, name="bits"):
-    bits = _check_int(bits, name, 1)
-    if bits > _kp.MAX_BITS:
-        raise ValueError(f"{name}: expected an integer in [1, {_kp.MAX_BITS}], got {bits}")
-    return bits
-
-
-def _check_scale(scale, name="scale"):
-    """A finite positive real ``scale`` as a Python float (ValueError / TypeError naming ``name``)."""
-    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
-        raise TypeError(f"{name}: expected a positive real number, got {type(scale).__name__}")
-    scale = float(scale)
-    if not (np.isfinite(scale) and scale > 0):
-        raise ValueError(f"{name}: expected a finite positive real number, got {scale!r}")
-    return scale
-
-
 def _planes_of_rows(rows, bits, scale):
     """Planes (R, bits, ceil(K/64)) and per-row "bad" flags of 2-d codes / values ``rows`` (R, K)."""
     n_rows, k = rows.shape
@@ -487,7 +452,7 @@ def pack_planes(x, bits, scale=None):
         A code outside ``[0, 2^bits)`` or, with ``scale``, a value not on the grid (also NaN, inf);
         the message names ``x`` and the first offending row.
     """
-    bits = _check_bits(bits)
+    bits = check_int(bits, "bits", 1, _kp.MAX_BITS)
     x = np.asarray(x)
     if x.ndim < 1:
         raise ValueError("x: expected at least 1 dimension (planes are packed along the last axis), got a 0-d array")
@@ -500,7 +465,7 @@ def pack_planes(x, bits, scale=None):
                                  f"[{x.min()}, {x.max()}]")
             x = x.astype(np.uint8)
     else:
-        scale = _check_scale(scale)
+        scale = check_positive_number(scale, "scale")
         if x.dtype.kind not in "fiu":
             raise TypeError(f"x: expected real values, got dtype {x.dtype}")
         if x.dtype not in (np.float32, np.float64):

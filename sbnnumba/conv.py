@@ -24,10 +24,10 @@ import numpy as np
 
 from .backends import get_backend
 from .kernels import conv_cpu, conv_reference
-from .kernels.conv_reference import pair, windows
+from .kernels.conv_reference import windows
 from .layers import Layer, _uniform_fan_in, init_weight_kind
 from .noise import get_noise
-from .validation import as_generator, check_positive_int
+from .validation import as_generator, check_pair, check_positive_int
 
 __all__ = ["Conv2d"]
 
@@ -62,15 +62,9 @@ class Conv2d(Layer):
                  weight="real", weight_noise="logistic", weight_grad="md"):
         self.c_in = check_positive_int(c_in, "c_in")
         c_out = check_positive_int(c_out, "c_out")
-        self.kernel_size = pair(kernel_size, "kernel_size")
-        self.stride = pair(stride, "stride")
-        self.padding = pair(padding, "padding")
-        if min(self.kernel_size) < 1:
-            raise ValueError(f"kernel_size: expected positive sizes, got {kernel_size!r}")
-        if min(self.stride) < 1:
-            raise ValueError(f"stride: expected positive strides, got {stride!r}")
-        if min(self.padding) < 0:
-            raise ValueError(f"padding: expected non-negative padding, got {padding!r}")
+        self.kernel_size = check_pair(kernel_size, "kernel_size", 1)
+        self.stride = check_pair(stride, "stride", 1)
+        self.padding = check_pair(padding, "padding", 0)
         kh, kw = self.kernel_size
         fan_in = self.c_in * kh * kw
         rng = as_generator(rng)

@@ -32,6 +32,8 @@ from typing import Iterator
 
 import numpy as np
 
+from .validation import as_generator, check_choice, check_int, check_real
+
 __all__ = [
     "FASHION_MNIST_CLASSES",
     "FASHION_MNIST_FILES",
@@ -92,33 +94,6 @@ _IDX_DTYPES = {
 
 
 # --------------------------------------------------------------------------------------------------
-# helpers
-# --------------------------------------------------------------------------------------------------
-
-def _as_rng(rng, name: str = "rng", default_seed: int | None = None) -> np.random.Generator:
-    """Return a Generator from ``rng`` (Generator, int seed, or None -> ``default_seed``)."""
-    if rng is None:
-        return np.random.default_rng(default_seed)
-    if isinstance(rng, np.random.Generator):
-        return rng
-    if isinstance(rng, (int, np.integer)) and not isinstance(rng, (bool, np.bool_)):
-        if rng < 0:
-            raise ValueError(f"{name} must be a non-negative int seed or a numpy Generator, got {rng}")
-        return np.random.default_rng(int(rng))
-    raise TypeError(
-        f"{name} must be a numpy.random.Generator or an int seed, got {type(rng).__name__}"
-    )
-
-
-def _check_int(value, name: str, minimum: int) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
-    return int(value)
-
-
-# --------------------------------------------------------------------------------------------------
 # 2-D toy data
 # --------------------------------------------------------------------------------------------------
 
@@ -148,8 +123,8 @@ def toy2d(n: int = 200, rng=None) -> tuple[np.ndarray, np.ndarray]:
     The paper's original points were drawn with seed 1 of another framework's RNG; they cannot be
     reproduced bit-exactly with NumPy. This function is reproducible for a given NumPy seed.
     """
-    n = _check_int(n, "n", 2)
-    g = _as_rng(rng, default_seed=TOY2D_DEFAULT_SEED)
+    n = check_int(n, "n", 2)
+    g = as_generator(rng, default_seed=TOY2D_DEFAULT_SEED)
     n_pos = n // 2
     n_neg = n - n_pos
     pos = np.empty((n_pos, 2))
@@ -214,7 +189,7 @@ def load_idx(path, sha256: str | None = None) -> np.ndarray:
     raw = p.read_bytes()
     if sha256 is not None:
         if not isinstance(sha256, str):
-            raise TypeError(f"sha256 must be a hex string or None, got {type(sha256).__name__}")
+            raise TypeError(f"sha256: expected a hex string or None, got {type(sha256).__name__}")
         digest = hashlib.sha256(raw).hexdigest()
         if digest != sha256.strip().lower():
             raise ValueError(f"{p}: sha256 checksum mismatch: expected {sha256}, got {digest}")
@@ -351,14 +326,14 @@ class Dataset:
 
 def _check_pair(images: np.ndarray, labels: np.ndarray, what: str, where: str, n_classes: int = 10):
     if images.ndim != 3 or images.dtype != np.uint8:
-        raise ValueError(f"{where}: {what} images must be uint8 with 3 dims (N, H, W), got "
+        raise ValueError(f"{where}: expected {what} images of dtype uint8 with 3 dims (N, H, W), got "
                          f"{images.dtype} {images.shape}")
     if labels.ndim != 1:
-        raise ValueError(f"{where}: {what} labels must be 1-D, got shape {labels.shape}")
+        raise ValueError(f"{where}: expected 1-D {what} labels, got shape {labels.shape}")
     if images.shape[0] != labels.shape[0]:
-        raise ValueError(f"{where}: {what} has {images.shape[0]} images but {labels.shape[0]} labels")
+        raise ValueError(f"{where}: expected as many {what} labels as images, got {images.shape[0]} images but {labels.shape[0]} labels")
     if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
-        raise ValueError(f"{where}: {what} labels must be in [0, {n_classes}), got range "
+        raise ValueError(f"{where}: expected {what} labels in [0, {n_classes}), got range "
                          f"[{labels.min()}, {labels.max()}]")
 
 
@@ -395,7 +370,7 @@ def load_embedded(path=None) -> Dataset:
     x_te = x_te[:, None] if x_te.ndim == 3 else x_te
     for split, xs, ys in (("train", x_tr, y_tr), ("test", x_te, y_te)):
         if xs.ndim != 4 or xs.shape[1] != 1:
-            raise ValueError(f"{p}: {split} images must have shape (N, 1, H, W), got {xs.shape}")
+            raise ValueError(f"{p}: expected {split} images of shape (N, 1, H, W), got {xs.shape}")
         _check_pair(xs[:, 0], ys, split, str(p))
     return Dataset(x_tr, y_tr.astype(np.int64), x_te, y_te.astype(np.int64),
                    name="fashion-mnist-subset", source=f"embedded subset {p}")
@@ -421,8 +396,7 @@ def load_fashion_mnist(data_dir=None, embedded: str = "auto", verbose: bool = Tr
     Dataset
         Images uint8 ``(N, 1, 28, 28)``, labels int64; 60,000 / 10,000 for the full set.
     """
-    if embedded not in ("auto", "force", "never"):
-        raise ValueError(f"embedded must be one of 'auto', 'force', 'never', got {embedded!r}")
+    check_choice(embedded, "embedded", ("auto", "force", "never"))
     if embedded == "force":
         ds = load_embedded()
         _say(f"sbnnumba: using the embedded Fashion-MNIST subset ({len(ds.y_train)} train / "
@@ -466,10 +440,10 @@ def normalize(x_uint8: np.ndarray, dtype=np.float32) -> np.ndarray:
     """Scale uint8 pixels to ``[0, 1]``: ``x / 255`` in ``dtype`` (float32 by default)."""
     x = np.asarray(x_uint8)
     if x.dtype != np.uint8:
-        raise TypeError(f"x_uint8 must have dtype uint8, got {x.dtype}")
+        raise TypeError(f"x_uint8: expected dtype uint8, got {x.dtype}")
     dt = np.dtype(dtype)
     if dt.kind != "f":
-        raise TypeError(f"dtype must be a floating dtype (float32 or float64), got {dt}")
+        raise TypeError(f"dtype: expected a floating dtype (float32 or float64), got {dt}")
     return x.astype(dt) / dt.type(255)
 
 
@@ -477,9 +451,9 @@ def _check_xy(x, y) -> tuple[np.ndarray, np.ndarray]:
     x = np.asarray(x)
     y = np.asarray(y)
     if x.ndim < 1:
-        raise ValueError(f"x must have a batch dimension, got shape {x.shape}")
+        raise ValueError(f"x: expected a batch dimension, got shape {x.shape}")
     if y.ndim < 1 or y.shape[0] != x.shape[0]:
-        raise ValueError(f"y must have the same first dimension as x ({x.shape[0]}), got shape {y.shape}")
+        raise ValueError(f"y: expected the same first dimension as x ({x.shape[0]}), got shape {y.shape}")
     return x, y
 
 
@@ -494,11 +468,8 @@ def train_val_split(x, y, val_fraction: float, rng):
     x_train, y_train, x_val, y_val
     """
     x, y = _check_xy(x, y)
-    if isinstance(val_fraction, (bool, np.bool_)) or not isinstance(val_fraction, (int, float, np.floating, np.integer)):
-        raise TypeError(f"val_fraction must be a float in [0, 1), got {type(val_fraction).__name__}")
-    if not (0.0 <= float(val_fraction) < 1.0):
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    g = _as_rng(rng)
+    val_fraction = check_real(val_fraction, "val_fraction", 0.0, 1.0, high_open=True)
+    g = as_generator(rng)
     n = x.shape[0]
     n_val = int(round(float(val_fraction) * n))
     perm = g.permutation(n)
@@ -515,10 +486,10 @@ def iterate_minibatches(x, y, batch_size: int, rng=None, shuffle: bool = True,
     non-reproducible seed). ``drop_last=True`` drops a final incomplete batch.
     """
     x, y = _check_xy(x, y)
-    batch_size = _check_int(batch_size, "batch_size", 1)
+    batch_size = check_int(batch_size, "batch_size", 1)
     n = x.shape[0]
     if shuffle:
-        idx = _as_rng(rng).permutation(n)
+        idx = as_generator(rng).permutation(n)
     else:
         idx = None
     stop = n - n % batch_size if drop_last else n
@@ -550,9 +521,9 @@ def augment_flip_crop(x, rng, pad: int = 4, flip: bool = True) -> np.ndarray:
     """
     x = np.asarray(x)
     if x.ndim not in (3, 4):
-        raise ValueError(f"x must have shape (B, C, H, W) or (B, H, W), got {x.shape}")
-    pad = _check_int(pad, "pad", 0)
-    g = _as_rng(rng)
+        raise ValueError(f"x: expected shape (B, C, H, W) or (B, H, W), got {x.shape}")
+    pad = check_int(pad, "pad", 0)
+    g = as_generator(rng)
     squeeze = x.ndim == 3
     x4 = x[:, None] if squeeze else x
     b, c, h, w = x4.shape

@@ -21,8 +21,11 @@ from .backends import BackendAttribute
 from .layers import Linear
 from .noise import get_noise
 from .normalization import Normalized, moments_from_sums, normalization_factory
-from .validation import as_generator, check_float_array, check_labels
+from .validation import (as_generator, check_choice, check_float_array, check_labels, check_positive_int,
+                         check_positive_number)
 
+#: The test modes of normalization statistics (and of prediction).
+STATS_MODES = ("stochastic", "deterministic")
 
 
 @dataclass
@@ -300,8 +303,7 @@ class Network:
 
     def eval(self, stats="stochastic"):
         """Evaluation mode: normalization layers use the running statistics of ``stats``."""
-        if stats not in ("stochastic", "deterministic"):
-            raise ValueError(f"stats: expected 'stochastic' or 'deterministic', got {stats!r}")
+        check_choice(stats, "stats", STATS_MODES)
         for n in self.normalizations():
             n.training, n.stats_mode = False, stats
         return self
@@ -327,8 +329,7 @@ class Network:
         own pass (e.g. a pass with only the weights at their mode); its statistics are stored under
         ``mode``.
         """
-        if mode not in ("stochastic", "deterministic"):
-            raise ValueError(f"mode: expected 'stochastic' or 'deterministic', got {mode!r}")
+        check_choice(mode, "mode", STATS_MODES)
         norms = self.normalizations()
         if not norms:
             return self
@@ -410,10 +411,9 @@ class Network:
         """
         x = self.check_input(x)
         rng = as_generator(rng)
-        if mode not in ("stochastic", "deterministic"):
-            raise ValueError(f"mode: expected 'stochastic' or 'deterministic', got {mode!r}")
-        if mode == "stochastic" and (not isinstance(samples, (int, np.integer)) or samples < 1):
-            raise ValueError(f"samples: expected a positive integer, got {samples!r}")
+        check_choice(mode, "mode", STATS_MODES)
+        if mode == "stochastic":
+            check_positive_int(samples, "samples")
         out = []
         for start in range(0, x.shape[0], batch_size):
             xb = x[start:start + batch_size]
@@ -462,9 +462,7 @@ class Network:
             For a stage with Bernoulli weights and no normalization (its ``+-1`` weights cannot be
             scaled).
         """
-        factor = float(factor)
-        if not (np.isfinite(factor) and factor > 0):
-            raise ValueError(f"factor: expected a finite positive number, got {factor!r}")
+        factor = check_positive_number(factor, "factor")
         for k, layer in enumerate(self.stages):
             if not isinstance(layer, Normalized) and layer.latent is not None:
                 raise ValueError(f"scale_preactivations: stage {k} has Bernoulli weights and no normalization, "

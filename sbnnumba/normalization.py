@@ -38,6 +38,7 @@ from typing import Protocol
 
 from .layers import Layer
 from .noise import get_noise
+from .validation import check_positive_number, check_real
 
 
 def initial_gamma(bn_gamma, noise):
@@ -56,16 +57,11 @@ def initial_gamma(bn_gamma, noise):
     -------
     float
     """
-    if isinstance(bn_gamma, str) and bn_gamma == "noise-std":
+    if isinstance(bn_gamma, str):
+        if bn_gamma != "noise-std":
+            raise ValueError(f"bn_gamma: expected a finite positive number or 'noise-std', got {bn_gamma!r}")
         return float(get_noise(noise).std)
-    return _positive_number(bn_gamma, "bn_gamma", " or 'noise-std'")
-
-
-def _positive_number(value, name, alternatives=""):
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
-            or not np.isfinite(value) or value <= 0:
-        raise ValueError(f"{name}: expected a positive number{alternatives}, got {value!r}")
-    return float(value)
+    return check_positive_number(bn_gamma, "bn_gamma", " or 'noise-std'")
 
 
 def normalization_factory(normalize, bn_gamma, noise):
@@ -113,9 +109,9 @@ class Normalized(Layer):
     """
 
     def __init__(self, layer, momentum=0.1, eps=1e-5, gamma=1.0):
-        if not 0 < momentum <= 1:
-            raise ValueError(f"momentum: expected a value in (0, 1], got {momentum!r}")
-        gamma = _positive_number(gamma, "gamma", " (resolve 'noise-std' with initial_gamma)")
+        momentum = check_real(momentum, "momentum", 0.0, 1.0, low_open=True)
+        eps = check_positive_number(eps, "eps")
+        gamma = check_positive_number(gamma, "gamma", " (resolve 'noise-std' with initial_gamma)")
         self.layer = layer
         n = layer.weight.shape[0]
         dtype = layer.weight.dtype

@@ -27,6 +27,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from .kernels.optim_rules import adam_arrays, sgd_arrays
+from .validation import check_positive_int, check_real
 
 __all__ = [
     "ConstantLR",
@@ -58,19 +59,6 @@ def _flat(a):
     return np.ascontiguousarray(a).reshape(-1)
 
 
-def _check_real(value, name: str, lo: float = -math.inf, hi: float = math.inf,
-                lo_open: bool = False, hi_open: bool = False, expected: str | None = None) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a real number ({expected or 'float'}), got {type(value).__name__}")
-    v = float(value)
-    bad = (not math.isfinite(v) or (v <= lo if lo_open else v < lo) or (v >= hi if hi_open else v > hi))
-    if bad:
-        lo_s = "(" if lo_open else "["
-        hi_s = ")" if hi_open else "]"
-        raise ValueError(f"{name} must be {expected or f'in {lo_s}{lo}, {hi}{hi_s}'}, got {value!r}")
-    return v
-
-
 class ConstantLR:
     """``lr(t) = base_lr``."""
 
@@ -93,12 +81,8 @@ class StepLR:
     """
 
     def __init__(self, step_size: int, gamma: float = 0.1):
-        if isinstance(step_size, (bool, np.bool_)) or not isinstance(step_size, (int, np.integer)):
-            raise TypeError(f"step_size must be an int >= 1, got {type(step_size).__name__}")
-        if step_size < 1:
-            raise ValueError(f"step_size must be an int >= 1, got {step_size}")
-        self.step_size = int(step_size)
-        self.gamma = _check_real(gamma, "gamma", 0.0, 1.0, lo_open=True)
+        self.step_size = check_positive_int(step_size, "step_size")
+        self.gamma = check_real(gamma, "gamma", 0.0, 1.0, low_open=True)
 
     def __call__(self, step: int, base_lr: float) -> float:
         return float(base_lr) * self.gamma ** (int(step) // self.step_size)
@@ -121,12 +105,8 @@ class CosineLR:
     """
 
     def __init__(self, total: int, min_lr: float = 0.0):
-        if isinstance(total, (bool, np.bool_)) or not isinstance(total, (int, np.integer)):
-            raise TypeError(f"total must be an int >= 1, got {type(total).__name__}")
-        if total < 1:
-            raise ValueError(f"total must be an int >= 1, got {total}")
-        self.total = int(total)
-        self.min_lr = _check_real(min_lr, "min_lr", 0.0)
+        self.total = check_positive_int(total, "total")
+        self.min_lr = check_real(min_lr, "min_lr", 0.0)
 
     def __call__(self, step: int, base_lr: float) -> float:
         t = min(int(step), self.total)
@@ -143,10 +123,10 @@ SCHEDULES = {"constant": ConstantLR, "step": StepLR, "cosine": CosineLR}
 def get_schedule(name: str, **kwargs):
     """Build a schedule by name (``"constant"``, ``"step"``, ``"cosine"``) with keyword arguments."""
     if not isinstance(name, str):
-        raise TypeError(f"schedule name must be a str, got {type(name).__name__}")
+        raise TypeError(f"schedule: expected a schedule name (str), got {type(name).__name__}")
     key = name.lower()
     if key not in SCHEDULES:
-        raise ValueError(f"unknown schedule {name!r}; known schedules: {', '.join(sorted(SCHEDULES))}")
+        raise ValueError(f"schedule: expected one of the known schedules: {', '.join(sorted(SCHEDULES))}; got {name!r}")
     return SCHEDULES[key](**kwargs)
 
 
@@ -158,7 +138,7 @@ def _resolve_schedule(schedule):
     if callable(schedule):
         return schedule
     raise TypeError(
-        "schedule must be None, a schedule name, or a callable (step, base_lr) -> lr, got "
+        "schedule: expected None, a schedule name, or a callable (step, base_lr) -> lr, got "
         f"{type(schedule).__name__}"
     )
 
@@ -180,12 +160,12 @@ class Optimizer:
 
     def __init__(self, lr: float, weight_decay: float = 0.0, clip_value: float | None = None,
                  clip_norm: float | None = None, schedule=None):
-        self.base_lr = _check_real(lr, "lr", 0.0)
-        self.weight_decay = _check_real(weight_decay, "weight_decay", 0.0)
-        self.clip_value = None if clip_value is None else _check_real(
-            clip_value, "clip_value", 0.0, lo_open=True, expected="a positive float or None")
-        self.clip_norm = None if clip_norm is None else _check_real(
-            clip_norm, "clip_norm", 0.0, lo_open=True, expected="a positive float or None")
+        self.base_lr = check_real(lr, "lr", 0.0)
+        self.weight_decay = check_real(weight_decay, "weight_decay", 0.0)
+        self.clip_value = None if clip_value is None else check_real(
+            clip_value, "clip_value", 0.0, low_open=True, expected="a positive float or None")
+        self.clip_norm = None if clip_norm is None else check_real(
+            clip_norm, "clip_norm", 0.0, low_open=True, expected="a positive float or None")
         self.schedule = _resolve_schedule(schedule)
         self.step_count = 0  # number of updates done
         self.state: dict[str, dict[str, np.ndarray]] = {}
@@ -201,7 +181,7 @@ class Optimizer:
     @lr.setter
     def lr(self, value: float) -> None:
         """Set the base learning rate (the schedule is applied on top of it)."""
-        self.base_lr = _check_real(value, "lr", 0.0)
+        self.base_lr = check_real(value, "lr", 0.0)
 
     @property
     def hyperparameters(self) -> dict:
@@ -223,36 +203,36 @@ class Optimizer:
     # -- checks ----------------------------------------------------------------------------------
     def _check(self, params, grads) -> None:
         if not isinstance(params, Mapping):
-            raise TypeError(f"params must be a dict name -> ndarray, got {type(params).__name__}")
+            raise TypeError(f"params: expected a dict name -> ndarray, got {type(params).__name__}")
         if not isinstance(grads, Mapping):
-            raise TypeError(f"grads must be a dict name -> ndarray, got {type(grads).__name__}")
+            raise TypeError(f"grads: expected a dict name -> ndarray, got {type(grads).__name__}")
         pk, gk = set(params), set(grads)
         if pk != gk:
             raise ValueError(
-                "grads must have the same keys as params; "
+                "grads: expected the keys of params, got "
                 f"missing in grads: {sorted(pk - gk)}, unknown in grads: {sorted(gk - pk)}"
             )
         if self._keys is not None and set(self._keys) != pk:
             known = set(self._keys)
             raise ValueError(
-                f"params keys changed since the optimizer state was created; missing: "
+                f"params: expected the keys the optimizer state was created with (keys changed); missing: "
                 f"{sorted(known - pk)}, new: {sorted(pk - known)}"
             )
         for k in params:
             p, g = params[k], grads[k]
             if not isinstance(p, np.ndarray):
-                raise TypeError(f"params[{k!r}] must be a numpy ndarray (updated in place), got "
+                raise TypeError(f"params[{k!r}]: expected a numpy ndarray (updated in place), got "
                                 f"{type(p).__name__}")
             if p.dtype.kind != "f":
-                raise TypeError(f"params[{k!r}] must have a floating dtype, got {p.dtype}")
+                raise TypeError(f"params[{k!r}]: expected a floating dtype, got {p.dtype}")
             if not p.flags.writeable:
-                raise ValueError(f"params[{k!r}] is read-only; it must be writeable (updated in place)")
+                raise ValueError(f"params[{k!r}]: expected a writeable array (updated in place), got a read-only one")
             g_shape = np.shape(g)
             if g_shape != p.shape:
-                raise ValueError(f"grads[{k!r}] must have shape {p.shape} (as params[{k!r}]), got {g_shape}")
+                raise ValueError(f"grads[{k!r}]: expected shape {p.shape} (as params[{k!r}]), got {g_shape}")
             if k in self._shapes and self._shapes[k] != p.shape:
-                raise ValueError(f"params[{k!r}] has shape {p.shape} but the optimizer state has "
-                                 f"{self._shapes[k]}")
+                raise ValueError(f"params[{k!r}]: expected shape {self._shapes[k]} (the optimizer state has it), "
+                                 f"got {p.shape}")
 
     def _clip(self, params, grads) -> dict[str, np.ndarray]:
         out = {}
@@ -312,17 +292,17 @@ class Optimizer:
     def load_state_dict(self, d: Mapping) -> None:
         """Restore the state saved by :meth:`state_dict` (also accepts an ``np.load`` result)."""
         if not isinstance(d, Mapping) and not hasattr(d, "files"):
-            raise TypeError(f"state dict must be a mapping, got {type(d).__name__}")
+            raise TypeError(f"state dict: expected a mapping, got {type(d).__name__}")
         keys_in = list(d.files) if hasattr(d, "files") else list(d.keys())
         for req in ("optimizer", "step_count", "keys"):
             if req not in keys_in:
-                raise ValueError(f"state dict lacks the entry {req!r}")
+                raise ValueError(f"state dict: expected an entry {req!r}, got keys {sorted(keys_in)}")
         name = str(np.asarray(d["optimizer"]).item())
         if name != self.name:
-            raise ValueError(f"state dict is for optimizer {name!r}, not {self.name!r}")
+            raise ValueError(f"state dict: expected a state of optimizer {self.name!r}, got one of {name!r}")
         step_count = int(np.asarray(d["step_count"]).item())
         if step_count < 0:
-            raise ValueError(f"state dict step_count must be >= 0, got {step_count}")
+            raise ValueError(f"state dict: expected step_count >= 0, got {step_count}")
         pkeys = [str(k) for k in np.asarray(d["keys"]).reshape(-1).tolist()]
         state: dict[str, dict[str, np.ndarray]] = {}
         for key in keys_in:
@@ -330,10 +310,11 @@ class Optimizer:
                 continue
             buf, sep, pname = key.partition("/")
             if not sep or buf not in self._buffers:
-                raise ValueError(f"state dict entry {key!r} is not a buffer of {self.name} "
-                                 f"(expected '<buffer>/<param>' with buffer in {list(self._buffers)})")
+                raise ValueError(f"state dict: expected entries '<buffer>/<param>' with buffer in "
+                                 f"{list(self._buffers)} (a buffer of {self.name}), got {key!r}")
             if pname not in pkeys:
-                raise ValueError(f"state dict entry {key!r} refers to parameter {pname!r} not in keys")
+                raise ValueError(f"state dict: expected entries for parameters in keys, got {key!r} "
+                                 f"(parameter {pname!r} not in keys)")
             state.setdefault(pname, {})[buf] = np.array(d[key], copy=True)
         self.step_count = step_count
         self.state = state
@@ -375,11 +356,11 @@ class SGD(Optimizer):
                  weight_decay: float = 0.0, clip_value: float | None = None,
                  clip_norm: float | None = None, schedule=None):
         super().__init__(lr, weight_decay, clip_value, clip_norm, schedule)
-        self.momentum = _check_real(momentum, "momentum", 0.0, 1.0, hi_open=True)
+        self.momentum = check_real(momentum, "momentum", 0.0, 1.0, high_open=True)
         if not isinstance(nesterov, (bool, np.bool_)):
-            raise TypeError(f"nesterov must be a bool, got {type(nesterov).__name__}")
+            raise TypeError(f"nesterov: expected a bool, got {type(nesterov).__name__}")
         if nesterov and self.momentum == 0.0:
-            raise ValueError("nesterov=True requires momentum > 0, got momentum=0")
+            raise ValueError("nesterov: expected momentum > 0 with nesterov=True, got momentum=0")
         self.nesterov = bool(nesterov)
 
     def _extra_hyperparameters(self) -> dict:
@@ -434,12 +415,12 @@ class Adam(Optimizer):
         try:
             b1, b2 = betas
         except (TypeError, ValueError):
-            raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}") from None
-        self.betas = (_check_real(b1, "betas[0]", 0.0, 1.0, hi_open=True),
-                      _check_real(b2, "betas[1]", 0.0, 1.0, hi_open=True))
-        self.eps = _check_real(eps, "eps", 0.0, lo_open=True)
+            raise TypeError(f"betas: expected a pair (beta1, beta2), got {betas!r}") from None
+        self.betas = (check_real(b1, "betas[0]", 0.0, 1.0, high_open=True),
+                      check_real(b2, "betas[1]", 0.0, 1.0, high_open=True))
+        self.eps = check_real(eps, "eps", 0.0, low_open=True)
         if not isinstance(decoupled, (bool, np.bool_)):
-            raise TypeError(f"decoupled must be a bool, got {type(decoupled).__name__}")
+            raise TypeError(f"decoupled: expected a bool, got {type(decoupled).__name__}")
         self.decoupled = bool(decoupled)
 
     def _extra_hyperparameters(self) -> dict:
@@ -470,8 +451,8 @@ OPTIMIZERS = {"sgd": SGD, "adam": Adam}
 def get_optimizer(name: str, **kwargs) -> Optimizer:
     """Build an optimizer by name (``"sgd"``, ``"adam"``) with its keyword arguments."""
     if not isinstance(name, str):
-        raise TypeError(f"optimizer name must be a str, got {type(name).__name__}")
+        raise TypeError(f"optimizer: expected an optimizer name (str), got {type(name).__name__}")
     key = name.lower()
     if key not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r}; known optimizers: {', '.join(sorted(OPTIMIZERS))}")
+        raise ValueError(f"optimizer: expected one of the known optimizers: {', '.join(sorted(OPTIMIZERS))}; got {name!r}")
     return OPTIMIZERS[key](**kwargs)

@@ -133,6 +133,7 @@ from .kernels import bitplane as _kp
 from .kernels.conv_reference import output_size, windows
 from .layers import Linear
 from .normalization import Normalized
+from .validation import check_int, check_positive_number
 
 __all__ = ["PackedNetwork", "PackedFormatError", "FORMAT", "FORMAT_VERSION", "quantized_reference_logits"]
 
@@ -432,7 +433,7 @@ class _Stage:
             hi = np.where(flip, thr, np.inf).astype(dtype)
             self._runtime = dict(weight=weight, lo=lo, hi=hi)
         elif self.kind == "bitplane_dense":
-            bits, scale = bitpack._check_bits(m["bits"], "bits"), bitpack._check_scale(m["scale"])
+            bits, scale = check_int(m["bits"], "bits", 1, _kp.MAX_BITS), check_positive_number(m["scale"], "scale")
             weights = bitpack.prepare_weights(a["weight_bits"])
             offsets = ((1 << bits) - 1) * bitpack._k.popcount_reference(weights.words).sum(axis=-1)
             limits, invert = bitpack._bitplane_limits(offsets, int(m["k"]), bits, a["threshold"], a["flip"],
@@ -583,7 +584,8 @@ def _check_quantization(value):
     """``(scale, bits)`` from ``input_quantization`` (TypeError / ValueError naming the argument)."""
     if not isinstance(value, (tuple, list)) or len(value) != 2:
         raise TypeError(f"input_quantization: expected a pair (scale, bits), e.g. (1/255, 8), got {value!r}")
-    return bitpack._check_scale(value[0], "input_quantization"), bitpack._check_bits(value[1], "input_quantization")
+    return (check_positive_number(value[0], "input_quantization"),
+            check_int(value[1], "input_quantization", 1, _kp.MAX_BITS))
 
 
 def quantized_reference_logits(net, x, input_quantization):

@@ -25,6 +25,7 @@ import numpy as np
 from scipy import optimize, special
 
 from .noise import get_noise
+from .validation import as_generator, check_choice, check_positive_number
 
 WEIGHT_GRADS = ("md", "latent")
 
@@ -45,14 +46,10 @@ class BernoulliWeights:
 
     def __init__(self, noise="logistic", grad="md", clip="auto"):
         self.noise = get_noise(noise)
-        if grad not in WEIGHT_GRADS:
-            raise ValueError(f"weight_grad: expected one of {WEIGHT_GRADS}, got {grad!r}")
-        self.grad = grad
+        self.grad = check_choice(grad, "weight_grad", WEIGHT_GRADS)
         if clip == "auto":
             clip = 1.0 if self.noise.name == "uniform" else None
-        if clip is not None and not clip > 0:
-            raise ValueError(f"clip: expected a positive number or None, got {clip!r}")
-        self.clip = clip
+        self.clip = None if clip is None else check_positive_number(clip, "clip", " or None")
 
     def sample(self, eta, u):
         """One binary sample ``w = +1 if u < F(eta) else -1`` of the shape of ``eta``."""
@@ -92,8 +89,6 @@ def make_bernoulli(layer, noise="logistic", grad="md", clip="auto", init_scale=1
     Networks with several binary-weight stages barely train from this init (see
     :func:`bernoulli_from_real`); start those from a trained real-weight network instead.
     """
-    from .validation import as_generator
-
     rng = as_generator(rng)
     eta = rng.uniform(-init_scale, init_scale, size=layer.weight.shape).astype(layer.weight.dtype)
     return _install_latent(layer, eta, BernoulliWeights(noise, grad, clip))
@@ -129,8 +124,7 @@ def bernoulli_from_real(layer, noise="logistic", grad="md", clip="auto", scale=3
     """
     if layer.latent is not None:
         raise ValueError("layer: already has Bernoulli weights")
-    if not (isinstance(scale, (int, float)) and scale > 0):
-        raise ValueError(f"scale: expected a positive number, got {scale!r}")
+    scale = check_positive_number(scale, "scale")
     w = np.asarray(layer.weight)
     rows = w.reshape(w.shape[0], -1)
     std = rows.std(axis=1)
@@ -156,8 +150,7 @@ def matched_scale(logistic_scale, noise):
     noise : str or NoiseFamily
         The weight-noise family. Returns ``s'`` (float).
     """
-    if not (isinstance(logistic_scale, (int, float)) and logistic_scale > 0):
-        raise ValueError(f"logistic_scale: expected a positive number, got {logistic_scale!r}")
+    logistic_scale = check_positive_number(logistic_scale, "logistic_scale")
     family = get_noise(noise)
     if family.name == "logistic":  # F^-1(sigma(s)) = s; exact, so logistic conversions are unchanged
         return float(logistic_scale)

@@ -374,15 +374,17 @@ def test_squared_weight_layer_is_the_variance_map():
         assert abs(np.sum(g * sq.forward(v)) - np.sum(sq.backward_input(g, shape) * v)) < 1e-12
 
 
-@pytest.mark.parametrize("method,opts,match", [
-    ("concrete", {"tau": 0.0}, "tau"), ("concrete", {"tau": -1.0}, "tau"), ("st-gumbel", {"tau": "1"}, "tau"),
-    ("concrete", {"tau": float("nan")}, "tau"), ("reinforce-baseline", {"samples": 1}, "samples"),
-    ("reinforce-baseline", {"samples": 2.5}, "samples"), ("adf", {"head": "exact"}, "head"),
-    ("local-reparam", {"head": None}, "head"), ("tanh", {"tau": 1.0}, "unknown option"),
-    ("arm", {"samples": 2}, "unknown option")])
-def test_options_are_validated(method, opts, match):
+@pytest.mark.parametrize("method,opts,match,error", [
+    ("concrete", {"tau": 0.0}, "tau", ValueError), ("concrete", {"tau": -1.0}, "tau", ValueError),
+    ("st-gumbel", {"tau": "1"}, "tau", TypeError), ("concrete", {"tau": float("nan")}, "tau", ValueError),
+    ("reinforce-baseline", {"samples": 1}, "samples", ValueError),
+    ("reinforce-baseline", {"samples": 2.5}, "samples", TypeError), ("adf", {"head": "exact"}, "head", ValueError),
+    ("local-reparam", {"head": None}, "head", TypeError), ("tanh", {"tau": 1.0}, "unknown option", ValueError),
+    ("arm", {"samples": 2}, "unknown option", ValueError)])
+def test_options_are_validated(method, opts, match, error):
+    """Wrong values raise ValueError, wrong types TypeError (sbnnumba.validation's policy)."""
     net = random_net([3, 4, 3], seed=20)
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(error, match=match):
         sb.estimate(method, net, np.zeros((1, 3)), [0], rng=0, **opts)
 
 

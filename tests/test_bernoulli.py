@@ -325,9 +325,11 @@ def test_matched_scale_gives_the_logistic_confidence(s):
 
 
 def test_matched_scale_bad_input():
-    for bad in (0, -1.0, "3"):
+    for bad in (0, -1.0):
         with pytest.raises(ValueError, match="logistic_scale"):
             sb.weights.matched_scale(bad, "uniform")
+    with pytest.raises(TypeError, match="logistic_scale"):
+        sb.weights.matched_scale("3", "uniform")
     with pytest.raises(ValueError, match="rounds to 1"):
         sb.weights.matched_scale(40.0, "normal")
 
@@ -446,16 +448,19 @@ def test_bn_gamma_noise_std_gives_every_noise_the_same_signal_to_noise_ratio(arc
             np.testing.assert_allclose(ratio[ok], want, rtol=1e-3)
 
 
-@pytest.mark.parametrize("bn_gamma", ["wide", -1.0, 0, float("nan"), float("inf"), True, None])
-def test_bn_gamma_bad_values_name_the_argument(bn_gamma):
-    with pytest.raises(ValueError, match="bn_gamma: expected a positive number or 'noise-std'"):
+@pytest.mark.parametrize("bn_gamma, error", [("wide", ValueError), (-1.0, ValueError), (0, ValueError),
+                                             (float("nan"), ValueError), (float("inf"), ValueError),
+                                             (True, TypeError), (None, TypeError)])
+def test_bn_gamma_bad_values_name_the_argument(bn_gamma, error):
+    """A wrong value raises ValueError, a wrong type TypeError (sbnnumba.validation's policy)."""
+    with pytest.raises(error, match="bn_gamma: expected a finite positive number or 'noise-std'"):
         sb.Network.dense([4, 3], 2, rng=0, normalize=True, bn_gamma=bn_gamma)
 
 
 def test_bn_gamma_without_normalization_is_an_error():
     with pytest.raises(ValueError, match="bn_gamma: .* without normalize=True"):
         sb.architectures.conv((1, 28, 28), 10, width=0.1, rng=0, bn_gamma="noise-std")
-    with pytest.raises(ValueError, match="gamma: expected a positive number"):
+    with pytest.raises(TypeError, match="gamma: expected a finite positive number"):
         Normalized(sb.Linear(3, 2, rng=0), gamma="noise-std")  # the layer takes a number; see initial_gamma
 
 

@@ -82,9 +82,9 @@ def test_toy2d_reproducible_and_default_seed():
 
 
 def test_toy2d_bad_args():
-    with pytest.raises(ValueError, match="n must"):
+    with pytest.raises(ValueError, match="n: expected"):
         ds.toy2d(1)
-    with pytest.raises(TypeError, match="n must"):
+    with pytest.raises(TypeError, match="n: expected"):
         ds.toy2d(10.0)
     with pytest.raises(TypeError, match="rng"):
         ds.toy2d(10, rng="seed")
@@ -222,7 +222,7 @@ def test_fallback_modes(tmp_path, monkeypatch, capsys):
     assert "embedded" in capsys.readouterr().out
     with pytest.raises(FileNotFoundError, match="not found"):
         ds.load_fashion_mnist(embedded="never")
-    with pytest.raises(ValueError, match="embedded must be"):
+    with pytest.raises(ValueError, match="embedded: expected"):
         ds.load_fashion_mnist(embedded="yes")
 
 

@@ -1,7 +1,6 @@
 """Pieces shared by the estimators: head terms, parameter-gradient bookkeeping."""
 import numpy as np
 
-from ..losses import xent
 
 
 def flat_last_state(path):
@@ -20,11 +19,6 @@ def add_layer_grads(grads, prefix, layer_grads):
         grads[f"{prefix}.{name}"] = g
 
 
-def head_grads(net, path, g_eta):
-    """Head parameter gradients from (already weighted) logit gradients g_eta (B, K)."""
-    return net.head.param_grads(flat_last_state(path), g_eta)
-
-
 def finalize(net, loss, grads):
     """Order ``grads`` like ``net.params`` and cast to the parameter dtypes.
 
@@ -35,7 +29,3 @@ def finalize(net, loss, grads):
         if layer.latent is not None and f"{prefix}.weight" in grads:
             grads[f"{prefix}.eta"] = layer.latent.eta_grad(layer.eta, grads.pop(f"{prefix}.weight"))
     return float(loss), {k: np.asarray(grads[k], dtype=p.dtype).reshape(p.shape) for k, p in net.params.items()}
-
-
-def xent_head(path, y):
-    return xent(path.logits, y)

@@ -29,12 +29,12 @@ The ratio ``p(z)/F(z)`` (``z = x a``) is computed stably: ``sigma(-z)`` for logi
 probability zero) for the compactly supported noises. Shapes: ``path.stages[k].pre`` (B, ...),
 weights (B,).
 """
-import numbers
 
 import numpy as np
 from scipy import special
 
 from ..losses import xent
+from ..validation import check_int
 from .common import add_layer_grads, finalize, flat_last_state
 from .registry import register_estimator, register_path_estimator
 
@@ -102,16 +102,9 @@ def reinforce_loo_path_gradient(net, path, y, weights, samples):
     return finalize(net, np.dot(w_rows, loss), grads)
 
 
-def _check_samples(samples):
-    if isinstance(samples, bool) or not isinstance(samples, numbers.Integral) or samples < 2:
-        raise ValueError(f"samples: expected an integer >= 2 (the leave-one-out baseline needs at least "
-                         f"two paths per example), got {samples!r}")
-    return int(samples)
-
-
 def reinforce_baseline_gradient(net, x, y, rng, samples=2):
     """REINFORCE with a leave-one-out baseline over ``samples`` independent paths per example."""
-    samples = _check_samples(samples)
+    samples = check_int(samples, "samples", 2)  # the leave-one-out baseline needs two paths
     path = net.sample(np.concatenate([x] * samples), rng)
     weights = np.full(x.shape[0], 1.0 / x.shape[0], dtype=net.dtype)
     return reinforce_loo_path_gradient(net, path, y, weights, samples)

@@ -58,12 +58,12 @@ Bernoulli weights (if any) are sampled once per call (``net.sample_weights``) an
 for every activation estimator; ``finalize`` maps ``dl/dw`` to the latent ``eta``.
 """
 import copy
-import numbers
 
 import numpy as np
 from scipy import special
 
 from ..losses import xent
+from ..validation import check_choice, check_positive_number
 from .common import add_layer_grads, finalize
 from .registry import register_estimator
 
@@ -76,19 +76,6 @@ _TINY = 1e-12
 
 
 # ---------------------------------------------------------------------------------------- checks
-def check_tau(tau):
-    """``tau`` must be a finite real number > 0."""
-    if isinstance(tau, bool) or not isinstance(tau, numbers.Real) or not np.isfinite(tau) or tau <= 0:
-        raise ValueError(f"tau: expected a finite temperature > 0, got {tau!r}")
-    return float(tau)
-
-
-def _check_head(head):
-    if head not in HEADS:
-        raise ValueError(f"head: expected one of {HEADS}, got {head!r}")
-    return head
-
-
 def _noise_name(noise, table):
     if noise.name not in table:
         raise ValueError(f"noise: {noise.name!r} is not supported here; expected one of {sorted(table)}")
@@ -150,7 +137,7 @@ def _gumbel(net, rng, tau, hard):
 
 def concrete_gradient(net, x, y, rng, tau=1.0):
     """Binary Concrete / Gumbel-softmax: relaxed forward ``tanh((a - z)/(2 tau))``, pathwise gradient."""
-    tau = check_tau(tau)
+    tau = check_positive_number(tau, "tau")
     _noise_name(net.noise, NOISE_VARIANCE)
     net.sample_weights(rng)
     return _relaxed_estimate(net, x, y, _gumbel(net, rng, tau, hard=False))
@@ -158,7 +145,7 @@ def concrete_gradient(net, x, y, rng, tau=1.0):
 
 def st_gumbel_gradient(net, x, y, rng, tau=1.0):
     """ST-Gumbel: hard sample forward, backward through ``(1 - x~^2)/(2 tau)`` of the same noise."""
-    tau = check_tau(tau)
+    tau = check_positive_number(tau, "tau")
     _noise_name(net.noise, NOISE_VARIANCE)
     net.sample_weights(rng)
     return _relaxed_estimate(net, x, y, _gumbel(net, rng, tau, hard=True))
@@ -293,14 +280,14 @@ def _moment_estimate(net, x, y, rng, moment_map, head):
 
 def adf_gradient(net, x, y, rng, head="taylor"):
     """ADF ("AP2") moment propagation with the noise-matched probit approximation; see module docstring."""
-    head = _check_head(head)
+    head = check_choice(head, "head", HEADS)
     _noise_name(net.noise, NOISE_VARIANCE)
     return _moment_estimate(net, x, y, rng, lambda m, v: binary_moment_map(net.noise, m, v), head)
 
 
 def local_reparam_gradient(net, x, y, rng, head="sample"):
     """Local reparameterization: ``a~ ~ N(mu_a, v_a)`` per stage, ``mu_x = 2F(a~) - 1``, ``v_x = 1 - mu_x^2``."""
-    head = _check_head(head)
+    head = check_choice(head, "head", HEADS)
     return _moment_estimate(net, x, y, rng, _local_reparam_map(net.noise, rng), head)
 
 

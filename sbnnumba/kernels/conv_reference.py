@@ -27,16 +27,6 @@ import numpy as np
 from . import reference
 
 
-def pair(value, name):
-    """``(v, v)`` for an int, ``(v0, v1)`` for a pair of ints (ValueError naming ``name`` otherwise)."""
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        return int(value), int(value)
-    if isinstance(value, (tuple, list)) and len(value) == 2 and all(
-            isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value):
-        return int(value[0]), int(value[1])
-    raise ValueError(f"{name}: expected an int or a pair of ints, got {value!r}")
-
-
 def output_size(in_hw, kernel_size, stride, padding):
     """(H_out, W_out) = ((H + 2 ph - kh) // sh + 1, (W + 2 pw - kw) // sw + 1); may be <= 0 if too small."""
     return tuple((n + 2 * p - k) // s + 1 for n, k, s, p in zip(in_hw, kernel_size, stride, padding))

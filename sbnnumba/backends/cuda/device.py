@@ -273,14 +273,6 @@ class DeviceCache:
 weight_cache = DeviceCache()
 
 
-def to_device_cached(host, dtype=None, version=None):
-    """Device copy of a host array through :data:`weight_cache` (device arrays pass through)."""
-    if is_device_array(host):
-        return device_view(host)
-    host = np.asarray(host)
-    return weight_cache.lookup(host, np.dtype(dtype or host.dtype), version).device
-
-
 def cache_info():
     """``{"entries", "bytes", "uploads", "hits"}`` of :data:`weight_cache`."""
     return {"entries": len(weight_cache), "bytes": weight_cache.nbytes, "uploads": weight_cache.uploads,
