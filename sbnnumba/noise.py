@@ -23,41 +23,112 @@ architectures) gives every family the same signal-to-noise ratio at initializati
 Sampling never forms ``Z``: with ``u ~ U(0, 1)``, ``x = +1 if u < F(a) else -1``; the
 uniforms are drawn by the caller (kernels never draw random numbers), so every backend
 gives the same samples from the same uniforms.
+
+A family is everything the library needs to know about one noise law, in one class: the NumPy
+functions (``cdf``, ``pdf``, ``log_cdf``, ``quantile``), the moments (``std``, ``variance``),
+sampling from given uniforms, the score ratio of REINFORCE, ARM's ``psi`` (raising where ARM is
+undefined), the entropy of a unit, the default clip of Bernoulli weights, and, through its kernel
+code, its jitable twins and flip-kernel forms in :mod:`sbnnumba.kernels.scalar`. Estimators,
+layers and kernels ask the family; nothing else tests a family's name. A new family is a subclass
+of :class:`NoiseFamily` (passed as an instance, or registered by name with :func:`register_noise`);
+without twins in :mod:`sbnnumba.kernels.scalar` it runs on the ``"numpy"`` backend, and its
+``code`` raises ``ValueError`` naming that backend.
 """
 from __future__ import annotations
+
+import abc
 
 import numpy as np
 from scipy import special
 
+from .kernels.entropy import unit_entropy_flat
 from .kernels.sampling import logistic_sample
-from .kernels.scalar import NOISE_CODES
+from .kernels.scalar import FLIP_FORMS, NOISE_CODES
 
-__all__ = ["NoiseFamily", "Logistic", "Normal", "Uniform", "Triangular", "NOISES", "get_noise"]
+__all__ = ["NoiseFamily", "Logistic", "Normal", "Uniform", "Triangular", "NOISES", "get_noise", "register_noise"]
+
+_LN2 = float(np.log(2.0))
 
 
-class NoiseFamily:
-    """Base class: a symmetric noise law with cdf, density, log-cdf, sampler and proxy.
+def _like(out, a):
+    a = np.asarray(a)
+    return np.asarray(out, dtype=a.dtype if a.dtype.kind == "f" else np.float64)
 
-    Subclasses implement :meth:`cdf`, :meth:`pdf` and :meth:`log_cdf` element-wise on
-    arrays; results keep the dtype of the input (float32 or float64).
+
+class NoiseFamily(abc.ABC):
+    """A symmetric noise law ``Z`` (``F(-z) = 1 - F(z)``) of stochastic binary units ``x = sign(a - Z)``.
+
+    Subclasses set :attr:`name` and :attr:`std` and implement :meth:`cdf`, :meth:`pdf`, :meth:`log_cdf`
+    and :meth:`quantile` element-wise on arrays (results keep the dtype of a float input); every other
+    method has a generic definition from those four, which a family overrides where it has a more
+    accurate or faster form (or, for :meth:`arm_psi`, where ARM is defined at all).
+
+    Attributes
+    ----------
+    name : str
+        Registry name (:func:`get_noise`); also selects the kernel code (:attr:`code`).
+    std : float
+        Standard deviation of ``Z`` (closed form).
+    weight_clip : float or None
+        Default projection ``eta <- clip(eta, -c, c)`` of Bernoulli weights with this weight noise
+        (:class:`~sbnnumba.weights.BernoulliWeights`): needed where mirror descent is a projected step.
+    arm_refusal : str
+        Why ARM is not available for this family (the message of :meth:`arm_psi`).
     """
 
     name = "base"
-    std: float = float("nan")  # standard deviation of Z (closed form, set by each family)
+    std: float = float("nan")
+    weight_clip = None
+    arm_refusal = "ARM needs psi(u) = -(log p)'(F^-1(u)) with finite variance, which this family does not provide"
+
+    # ------------------------------------------------------------------ the four laws
+    @abc.abstractmethod
+    def cdf(self, a):
+        """``F(a) = P(Z < a)``, element-wise."""
+
+    @abc.abstractmethod
+    def pdf(self, a):
+        """Density ``p(a) = F'(a)``, element-wise."""
+
+    @abc.abstractmethod
+    def log_cdf(self, a):
+        """``log F(a)``, accurate in the lower tail (``-inf`` where ``F = 0``)."""
+
+    @abc.abstractmethod
+    def quantile(self, u):
+        """Inverse cdf ``F^{-1}(u)`` for ``u`` in (0, 1)."""
+
+    # ------------------------------------------------------------------ derived quantities
+    @property
+    def variance(self) -> float:
+        """``Var Z = std^2`` (the built-in families set the closed form as a class attribute)."""
+        return self.std * self.std
 
     @property
     def code(self) -> int:
-        """Integer code selecting this family inside the Numba/CUDA kernels."""
+        """Integer code selecting this family inside the Numba/CUDA kernels
+        (:data:`sbnnumba.kernels.scalar.KERNEL_FAMILIES`).
+
+        Raises
+        ------
+        ValueError
+            For a family without jitable twins in :mod:`sbnnumba.kernels.scalar`.
+        """
+        if self.name not in NOISE_CODES:
+            raise ValueError(f"noise: expected a family with kernel twins in sbnnumba/kernels/scalar.py for this "
+                             f"backend ({sorted(NOISE_CODES)}), got {self.name!r}; use backend='numpy'")
         return NOISE_CODES[self.name]
 
-    def cdf(self, a):
-        raise NotImplementedError
+    @property
+    def has_kernels(self) -> bool:
+        """Whether the Numba/CUDA kernels know this family (else only the ``"numpy"`` backend runs it)."""
+        return self.name in NOISE_CODES
 
-    def pdf(self, a):
-        raise NotImplementedError
-
-    def log_cdf(self, a):
-        raise NotImplementedError
+    @property
+    def flip_forms(self) -> tuple:
+        """The PSA flip-kernel forms that hold for this family, the one ``form="auto"`` picks first
+        (empty for a family without kernels)."""
+        return FLIP_FORMS.get(self.name, ())
 
     def sample(self, a, u):
         """Binary sample ``x = +1 if u < F(a) else -1`` (so ``sign(0) = +1`` never arises).
@@ -85,20 +156,63 @@ class NoiseFamily:
         """Derivative of the proxy, ``2 p(a)``: the ST backward factor in +-1 coding."""
         return 2 * self.pdf(a)
 
+    def score_ratio(self, z):
+        """``p(z) / F(z) = d log F(z) / dz`` element-wise (0 where ``F(z) = 0``): REINFORCE's score of a unit."""
+        z = np.asarray(z)
+        f, p = self.cdf(z), self.pdf(z)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out = np.where(f > 0, p / np.where(f > 0, f, 1), 0.0)
+        return np.asarray(out, dtype=z.dtype)
+
+    def arm_psi(self, u):
+        """ARM's ``psi(u) = -(log p)'(F^{-1}(u))`` (:mod:`sbnnumba.estimators.arm`).
+
+        Raises
+        ------
+        ValueError
+            For families where ARM is undefined or has infinite variance (the base class: all of them).
+        """
+        raise ValueError(f"noise: ARM is defined for 'logistic' noise (and generalized here to 'normal'); got "
+                         f"{self.name!r}: {self.arm_refusal}")
+
+    def entropy_bits(self, a):
+        """Entropy in bits of the unit ``sign(a - Z)``, ``H(F(a))``, element-wise, values in [0, 1].
+
+        Families with kernels use one fused Numba pass over
+        :func:`sbnnumba.kernels.scalar.entropy_bits` (the accurate lower tail ``q = F(-|a|)``); others
+        the NumPy form ``-(F log F + (1 - F) log(1 - F)) / ln 2`` through :meth:`log_cdf`.
+        """
+        a = np.asarray(a)
+        if a.dtype.kind != "f":
+            a = a.astype(np.float64)
+        if self.has_kernels:
+            work = np.float32 if a.dtype == np.float32 else np.float64  # the kernel's two signatures
+            flat = np.ascontiguousarray(a, dtype=work).reshape(-1)
+            out = np.empty_like(flat)
+            unit_entropy_flat(flat, self.code, out)
+            return out.reshape(a.shape).astype(a.dtype, copy=False)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore", under="ignore"):
+            lp, lq = self.log_cdf(a), self.log_cdf(-a)  # log p, log(1 - p) (symmetric noise)
+            p, q = np.exp(lp), np.exp(lq)
+            h = np.abs(np.where(p > 0, p * lp, 0) + np.where(q > 0, q * lq, 0))  # both terms <= 0; abs: no -0
+        return np.minimum(h / a.dtype.type(_LN2), 1).astype(a.dtype, copy=False)
+
+    def matched_scale(self, logistic_scale):
+        """``F^{-1}(sigma(s))``: the latent-weight scale as confident under this family as ``s`` is under
+        logistic noise (:func:`sbnnumba.weights.matched_scale`)."""
+        return float(self.quantile(np.float64(special.expit(logistic_scale))))
+
     def __repr__(self):
         return f"{type(self).__name__}()"
 
 
-def _like(out, a):
-    a = np.asarray(a)
-    return np.asarray(out, dtype=a.dtype if a.dtype.kind == "f" else np.float64)
-
-
 class Logistic(NoiseFamily):
-    """Standard logistic noise: ``F = sigma``, ``p(a) = sigma(a) sigma(-a)``, proxy ``tanh(a/2)``."""
+    """Standard logistic noise: ``F = sigma``, ``p(a) = sigma(a) sigma(-a)``, proxy ``tanh(a/2)``,
+    ``F^{-1} = logit``, ARM ``psi(u) = 2u - 1``."""
 
     name = "logistic"
     std = float(np.pi / np.sqrt(3))
+    variance = float(np.pi ** 2 / 3)
 
     def cdf(self, a):
         return _like(special.expit(a), a)
@@ -111,6 +225,9 @@ class Logistic(NoiseFamily):
     def log_cdf(self, a):
         return _like(special.log_expit(a), a)
 
+    def quantile(self, u):
+        return _like(special.logit(u), u)
+
     def sample(self, a, u):
         """As :meth:`NoiseFamily.sample`; float32/float64 inputs go through one fused Numba pass
         (:mod:`sbnnumba.kernels.sampling`, bit-identical to ``where(u < expit(a), 1, -1)``)."""
@@ -118,12 +235,27 @@ class Logistic(NoiseFamily):
         x = logistic_sample(a, u)
         return super().sample(a, u) if x is None else x
 
+    def score_ratio(self, z):
+        """``p / F = sigma(-z)`` (no division)."""
+        z = np.asarray(z)
+        return np.asarray(special.expit(-z), dtype=z.dtype)
+
+    def arm_psi(self, u):
+        """``psi(u) = 2u - 1``: the ARM of Yin & Zhou."""
+        return 2 * u - 1
+
+    def matched_scale(self, logistic_scale):
+        """``s`` itself, exactly (``logit(sigma(s))`` may differ from ``s`` in the last bit)."""
+        return float(logistic_scale)
+
 
 class Normal(NoiseFamily):
-    """Standard normal noise: ``F = Phi``, ``p = phi``, proxy ``erf(a / sqrt 2)``."""
+    """Standard normal noise: ``F = Phi``, ``p = phi``, proxy ``erf(a / sqrt 2)``, ``F^{-1} = Phi^{-1}``,
+    ARM ``psi(u) = Phi^{-1}(u)``."""
 
     name = "normal"
     std = 1.0
+    variance = 1.0
 
     def cdf(self, a):
         return _like(special.ndtr(a), a)
@@ -135,12 +267,31 @@ class Normal(NoiseFamily):
     def log_cdf(self, a):
         return _like(special.log_ndtr(a), a)
 
+    def quantile(self, u):
+        return _like(special.ndtri(u), u)
+
+    def score_ratio(self, z):
+        """``p / F = exp(log phi(z) - log Phi(z))``, finite deep in the lower tail."""
+        z = np.asarray(z)
+        return np.asarray(np.exp(-0.5 * z * z - 0.5 * np.log(2 * np.pi) - special.log_ndtr(z)), dtype=z.dtype)
+
+    def arm_psi(self, u):
+        """``psi(u) = Phi^{-1}(u)`` (a derived generalization of ARM: unbiased, finite variance)."""
+        return special.ndtri(u)
+
 
 class Uniform(NoiseFamily):
-    """Uniform noise on [-1, 1]: ``F(a) = clip((a+1)/2, 0, 1)``, proxy ``htanh(a)``."""
+    """Uniform noise on [-1, 1]: ``F(a) = clip((a+1)/2, 0, 1)``, proxy ``htanh(a)``, ``F^{-1}(u) = 2u - 1``.
+
+    Bernoulli weights with this noise are clipped to [-1, 1] by default (the mirror-descent projection).
+    """
 
     name = "uniform"
     std = float(1 / np.sqrt(3))
+    variance = 1.0 / 3
+    weight_clip = 1.0
+    arm_refusal = ("its density jumps at +-1, so the score identity misses the boundary terms and the "
+                   "estimator would be biased")
 
     def cdf(self, a):
         return _like(np.clip((np.asarray(a) + 1) * 0.5, 0, 1), a)
@@ -152,16 +303,21 @@ class Uniform(NoiseFamily):
         with np.errstate(divide="ignore"):
             return _like(np.log(self.cdf(a)), a)
 
+    def quantile(self, u):
+        return _like(2 * np.asarray(u) - 1, u)
+
 
 class Triangular(NoiseFamily):
     """Triangular noise on [-1, 1] (sum of two U[-1/2, 1/2]), proxy ApproxSign.
 
     ``F(a) = (1 + a)^2 / 2`` on [-1, 0) and ``1 - (1 - a)^2 / 2`` on [0, 1];
-    ``p(a) = max(0, 1 - |a|)``.
+    ``p(a) = max(0, 1 - |a|)``; ``F^{-1}(u) = -1 + sqrt(2u)`` below 1/2, ``1 - sqrt(2(1 - u))`` above.
     """
 
     name = "triangular"
     std = float(1 / np.sqrt(6))
+    variance = 1.0 / 6
+    arm_refusal = "psi = sign(z) / (1 - |z|) has infinite variance (E[psi^2] = int dz / (1 - |z|) = inf)"
 
     def cdf(self, a):
         t = np.clip(np.asarray(a), -1, 1)
@@ -177,8 +333,37 @@ class Triangular(NoiseFamily):
             upper = np.log1p(-0.5 * (1 - t) ** 2)
         return _like(np.where(t < 0, lower, upper), a)
 
+    def quantile(self, u):
+        u_ = np.asarray(u)
+        with np.errstate(invalid="ignore"):
+            out = np.where(u_ < 0.5, -1 + np.sqrt(2 * u_), 1 - np.sqrt(2 * (1 - u_)))
+        return _like(out, u)
 
-NOISES = {cls.name: cls() for cls in (Logistic, Normal, Uniform, Triangular)}
+
+#: name -> the registered family instance.
+NOISES = {}
+
+
+def register_noise(family):
+    """Register ``family`` (a :class:`NoiseFamily` instance) under ``family.name``; returns it.
+
+    Raises
+    ------
+    TypeError
+        If ``family`` is not a NoiseFamily instance.
+    ValueError
+        If its name is taken.
+    """
+    if not isinstance(family, NoiseFamily):
+        raise TypeError(f"family: expected a NoiseFamily instance, got {type(family).__name__}")
+    if not isinstance(family.name, str) or family.name in NOISES:
+        raise ValueError(f"family: expected a new name, got {family.name!r} (registered: {sorted(NOISES)})")
+    NOISES[family.name] = family
+    return family
+
+
+for _cls in (Logistic, Normal, Uniform, Triangular):
+    register_noise(_cls())
 
 
 def get_noise(noise) -> NoiseFamily:
@@ -193,4 +378,4 @@ def get_noise(noise) -> NoiseFamily:
         return noise
     if isinstance(noise, str) and noise in NOISES:
         return NOISES[noise]
-    raise ValueError(f"noise: unknown noise family {noise!r}; expected one of {sorted(NOISES)}")
+    raise ValueError(f"noise: expected one of {sorted(NOISES)} or a NoiseFamily, got {noise!r}")

@@ -22,7 +22,7 @@ Weight decay ``lambda * eta`` on the latent weights is the KL pull ``d/dtheta KL
 from __future__ import annotations
 
 import numpy as np
-from scipy import optimize, special
+from scipy import special
 
 from .noise import get_noise
 from .validation import as_generator, check_choice, check_positive_number
@@ -48,7 +48,7 @@ class BernoulliWeights:
         self.noise = get_noise(noise)
         self.grad = check_choice(grad, "weight_grad", WEIGHT_GRADS)
         if clip == "auto":
-            clip = 1.0 if self.noise.name == "uniform" else None
+            clip = self.noise.weight_clip
         self.clip = None if clip is None else check_positive_number(clip, "clip", " or None")
 
     def sample(self, eta, u):
@@ -151,14 +151,9 @@ def matched_scale(logistic_scale, noise):
         The weight-noise family. Returns ``s'`` (float).
     """
     logistic_scale = check_positive_number(logistic_scale, "logistic_scale")
-    family = get_noise(noise)
-    if family.name == "logistic":  # F^-1(sigma(s)) = s; exact, so logistic conversions are unchanged
-        return float(logistic_scale)
-    target = float(special.expit(logistic_scale))
-    if target >= 1.0:
-        raise ValueError(f"logistic_scale: sigma({logistic_scale}) rounds to 1; expected a value below 36")
-    # F is increasing with F(0) = 1/2 < target; every family reaches target below 10 (1 + s).
-    return float(optimize.brentq(lambda a: float(family.cdf(a)) - target, 0.0, 10.0 * (1.0 + logistic_scale)))
+    if special.expit(logistic_scale) >= 1.0:
+        raise ValueError(f"logistic_scale: expected a value below 36 (sigma(s) < 1 in float64), got {logistic_scale!r}")
+    return get_noise(noise).matched_scale(logistic_scale)
 
 
 def _install_latent(layer, eta, latent):

@@ -330,7 +330,7 @@ def test_matched_scale_bad_input():
             sb.weights.matched_scale(bad, "uniform")
     with pytest.raises(TypeError, match="logistic_scale"):
         sb.weights.matched_scale("3", "uniform")
-    with pytest.raises(ValueError, match="rounds to 1"):
+    with pytest.raises(ValueError, match="below 36"):
         sb.weights.matched_scale(40.0, "normal")
 
 

@@ -73,12 +73,14 @@ def test_choose_form():
     codes = {name: get_noise(name).code for name in ("logistic", "normal", "uniform", "triangular")}
     assert [cpu.choose_form("auto", c) for c in codes.values()] == ["ratio", "generic", "bounded", "bounded"]
     assert cpu.choose_form("generic", codes["triangular"]) == "generic"
-    with pytest.raises(ValueError, match="uniform and triangular"):
+    with pytest.raises(ValueError, match="bounded form does not hold for normal"):
         cpu.choose_form("bounded", codes["normal"])
-    with pytest.raises(ValueError, match="logistic"):
+    with pytest.raises(ValueError, match="ratio form does not hold for uniform"):
         cpu.choose_form("ratio", codes["uniform"])
     with pytest.raises(ValueError, match="form"):
         cpu.choose_form("fast", codes["logistic"])
+    with pytest.raises(ValueError, match="noise_code: expected one of 0 .logistic."):  # no default family
+        cpu.choose_form("auto", 4)
 
 
 @pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 3e-5)])

@@ -45,25 +45,12 @@ loss depend on the rest of the batch, which the sub-batch suffix passes would ch
 (the reason PSA, at O(L), is attractive).
 """
 import numpy as np
-from scipy import special
 
 from ..losses import xent
 from .common import add_layer_grads, finalize
 from .registry import register_estimator
 
 _TINY = 1e-12
-
-
-def arm_psi(noise, u):
-    """``psi(u) = -(log p)'(F^{-1}(u))``; ValueError for noises where ARM is not available."""
-    if noise.name == "logistic":
-        return 2 * u - 1
-    if noise.name == "normal":
-        return special.ndtri(u)
-    raise ValueError(
-        f"noise: ARM is defined for 'logistic' noise (and generalized here to 'normal'); got {noise.name!r}: "
-        "for uniform noise the score identity does not hold (discontinuous density), for triangular noise "
-        "the estimator has infinite variance")
 
 
 def _suffix_losses(net, k, h, y, rng):
@@ -79,7 +66,7 @@ def _suffix_losses(net, k, h, y, rng):
 def arm_gradient(net, x, y, rng):
     """Per-layer ARM estimate; returns (loss at the final sample, grads). See the module docstring."""
     noise = net.noise
-    arm_psi(noise, np.zeros(1))  # refuse unsupported noises before any work
+    noise.arm_psi(np.zeros(1))  # refuse unsupported noises before any work
     if any(n.training for n in net.normalizations()):
         raise ValueError("net: ARM needs fixed normalization statistics (the suffix passes run on sub-batches); "
                          "call net.eval() first")
@@ -97,7 +84,7 @@ def arm_gradient(net, x, y, rng):
         if rows.size:
             f = _suffix_losses(net, k, np.concatenate([b1[rows], b2[rows]]), np.concatenate([y[rows]] * 2), rng)
             diff[rows] = f[:rows.size] - f[rows.size:]
-        g_a = (weight * 0.5) * diff.reshape((n,) + (1,) * (a.ndim - 1)) * arm_psi(noise, u)
+        g_a = (weight * 0.5) * diff.reshape((n,) + (1,) * (a.ndim - 1)) * noise.arm_psi(u)
         add_layer_grads(grads, f"stages.{k}", layer.param_grads(h, g_a.astype(a.dtype)))
         h = b1
     loss, g_eta = xent(net.head.forward(h), y)

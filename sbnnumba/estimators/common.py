@@ -2,7 +2,6 @@
 import numpy as np
 
 
-
 def flat_last_state(path):
     state = path.last_state
     return state.reshape(state.shape[0], -1)

@@ -24,33 +24,18 @@ i.e. pathwise for the head ``(V, c)`` and, for stage k, ``g_a^k = (l - beta) x^k
   baseline of sample s is independent of sample s and ``E[grad S] = 0``, so the estimator stays
   unbiased; it reduces the variance when the loss is far from 0 on average. Cost: S forward passes.
 
-The ratio ``p(z)/F(z)`` (``z = x a``) is computed stably: ``sigma(-z)`` for logistic noise,
-``exp(log phi(z) - log Phi(z))`` for normal noise, ``p/F`` (0 where ``F = 0``, states of
-probability zero) for the compactly supported noises. Shapes: ``path.stages[k].pre`` (B, ...),
+The ratio ``p(z)/F(z)`` (``z = x a``) is the family's :meth:`~sbnnumba.noise.NoiseFamily.score_ratio`
+(stable: ``sigma(-z)`` for logistic noise, ``exp(log phi(z) - log Phi(z))`` for normal noise, ``p/F``
+with 0 where ``F = 0``, states of probability zero, for the compactly supported noises). Shapes: ``path.stages[k].pre`` (B, ...),
 weights (B,).
 """
 
 import numpy as np
-from scipy import special
 
 from ..losses import xent
 from ..validation import check_int
 from .common import add_layer_grads, finalize, flat_last_state
 from .registry import register_estimator, register_path_estimator
-
-
-def score_ratio(noise, z):
-    """``p(z) / F(z)`` element-wise: ``d log F(z) / dz`` (0 where ``F(z) = 0``)."""
-    z = np.asarray(z)
-    if noise.name == "logistic":
-        out = special.expit(-z)
-    elif noise.name == "normal":
-        out = np.exp(-0.5 * z * z - 0.5 * np.log(2 * np.pi) - special.log_ndtr(z))
-    else:
-        f, p = noise.cdf(z), noise.pdf(z)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            out = np.where(f > 0, p / np.where(f > 0, f, 1), 0.0)
-    return np.asarray(out, dtype=z.dtype)
 
 
 def _bcast(v, ndim):
@@ -66,7 +51,7 @@ def _reinforce_grads(net, path, g_eta, coef):
     grads = {}
     add_layer_grads(grads, "head", net.head.param_grads(flat_last_state(path), g_eta))
     for k, (layer, st) in enumerate(zip(net.stages, path.stages)):
-        g_a = _bcast(coef, st.pre.ndim) * st.state * score_ratio(net.noise, st.state * st.pre)
+        g_a = _bcast(coef, st.pre.ndim) * st.state * net.noise.score_ratio(st.state * st.pre)
         add_layer_grads(grads, f"stages.{k}", layer.param_grads(st.input, g_a.astype(st.pre.dtype)))
     return grads
 

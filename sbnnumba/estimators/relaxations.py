@@ -3,7 +3,7 @@ r"""Relaxation and moment-propagation baselines (spec psa.md 4.1, 4.2; st.md 9.1
 All are *direct* estimators ``fn(net, x, y, rng, **options) -> (loss, grads)`` that backpropagate
 through a real-valued surrogate network with the generic layer interface (``forward``,
 ``backward_input``, ``param_grads``, ``forward_moments``), so they work for any stage type.
-Noise is drawn as ``u ~ U(0, 1)`` per unit and ``z = F^{-1}(u)`` (:func:`noise_quantile`), so the
+Noise is drawn as ``u ~ U(0, 1)`` per unit and ``z = F^{-1}(u)`` (:meth:`~sbnnumba.noise.NoiseFamily.quantile`), so the
 hard state ``sign(a - z)`` equals the library's ``x = +1 iff u < F(a)``.
 
 Relaxed forward passes (per stage k, ``a^k = layer_k(h^{k-1})`` (B, ...), ``h^0 = x``)
@@ -30,7 +30,7 @@ Independent units with means ``mu`` and variances ``v``; the input has ``mu = x,
 ``(mu_a, v_a) = layer.forward_moments(mu, v)``, i.e. ``mu_a = W mu + b``, ``v_a = W^2 v``.
 
 ``"adf"`` ("AP2", assumed density filtering), deterministic:
-    ``P(+1) = F(s mu_a / sqrt(v_a + s^2))`` with ``s^2 = Var Z`` (:data:`NOISE_VARIANCE`: pi^2/3
+    ``P(+1) = F(s mu_a / sqrt(v_a + s^2))`` with ``s^2 = Var Z`` (:attr:`~sbnnumba.noise.NoiseFamily.variance`: pi^2/3
     logistic, 1 normal, 1/3 uniform, 1/6 triangular): the probit approximation matched to the
     noise variance, exact when ``v_a = 0`` and, for normal noise, exact for Gaussian ``a``.
     ``mu_x = 2P - 1``, ``v_x = 4P(1 - P)``.
@@ -67,31 +67,9 @@ from ..validation import check_choice, check_positive_number
 from .common import add_layer_grads, finalize
 from .registry import register_estimator
 
-#: Variance of each noise family (matches the probit approximation of ``"adf"`` to the noise).
-NOISE_VARIANCE = {"logistic": np.pi ** 2 / 3, "normal": 1.0, "uniform": 1.0 / 3, "triangular": 1.0 / 6}
-
 HEADS = ("taylor", "mean", "sample", "moment-map")
 
 _TINY = 1e-12
-
-
-# ---------------------------------------------------------------------------------------- checks
-def _noise_name(noise, table):
-    if noise.name not in table:
-        raise ValueError(f"noise: {noise.name!r} is not supported here; expected one of {sorted(table)}")
-    return noise.name
-
-
-def noise_quantile(noise, u):
-    """Inverse cdf ``F^{-1}(u)`` of the noise family (``u`` in (0, 1), float64)."""
-    name = _noise_name(noise, NOISE_VARIANCE)
-    if name == "logistic":
-        return special.logit(u)
-    if name == "normal":
-        return special.ndtri(u)
-    if name == "uniform":
-        return 2 * u - 1
-    return np.where(u < 0.5, -1 + np.sqrt(2 * u), 1 - np.sqrt(2 * (1 - u)))
 
 
 def _uniforms(rng, shape):
@@ -128,7 +106,7 @@ def _relaxed_estimate(net, x, y, activation):
 def _gumbel(net, rng, tau, hard):
     def activation(a):
         u = _uniforms(rng, a.shape)
-        relaxed = np.tanh((a - noise_quantile(net.noise, u)) / (2 * tau))
+        relaxed = np.tanh((a - net.noise.quantile(u)) / (2 * tau))
         slope = ((1 - relaxed * relaxed) / (2 * tau)).astype(a.dtype)
         h = net.noise.sample(a, u) if hard else relaxed.astype(a.dtype)
         return h, slope
@@ -138,7 +116,6 @@ def _gumbel(net, rng, tau, hard):
 def concrete_gradient(net, x, y, rng, tau=1.0):
     """Binary Concrete / Gumbel-softmax: relaxed forward ``tanh((a - z)/(2 tau))``, pathwise gradient."""
     tau = check_positive_number(tau, "tau")
-    _noise_name(net.noise, NOISE_VARIANCE)
     net.sample_weights(rng)
     return _relaxed_estimate(net, x, y, _gumbel(net, rng, tau, hard=False))
 
@@ -146,7 +123,6 @@ def concrete_gradient(net, x, y, rng, tau=1.0):
 def st_gumbel_gradient(net, x, y, rng, tau=1.0):
     """ST-Gumbel: hard sample forward, backward through ``(1 - x~^2)/(2 tau)`` of the same noise."""
     tau = check_positive_number(tau, "tau")
-    _noise_name(net.noise, NOISE_VARIANCE)
     net.sample_weights(rng)
     return _relaxed_estimate(net, x, y, _gumbel(net, rng, tau, hard=True))
 
@@ -190,7 +166,7 @@ def binary_moment_map(noise, mu_a, v_a):
 
     ``P = F(t)``, ``t = s mu_a / r``, ``r = sqrt(v_a + s^2)``; ``backward(g_mu_x, g_v_x) -> (g_mu_a, g_v_a)``.
     """
-    s2 = NOISE_VARIANCE[_noise_name(noise, NOISE_VARIANCE)]
+    s2 = noise.variance
     r = np.sqrt(v_a + s2)
     t = np.sqrt(s2) * mu_a / r
     p_plus = noise.cdf(t)
@@ -281,7 +257,6 @@ def _moment_estimate(net, x, y, rng, moment_map, head):
 def adf_gradient(net, x, y, rng, head="taylor"):
     """ADF ("AP2") moment propagation with the noise-matched probit approximation; see module docstring."""
     head = check_choice(head, "head", HEADS)
-    _noise_name(net.noise, NOISE_VARIANCE)
     return _moment_estimate(net, x, y, rng, lambda m, v: binary_moment_map(net.noise, m, v), head)
 
 

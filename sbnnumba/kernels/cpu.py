@@ -46,7 +46,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from .scalar import LOGISTIC, TRIANGULAR, UNIFORM, bounded_cdf_diff, cdf_diff
+from .scalar import FLIP_FORMS, KERNEL_FAMILIES, TRIANGULAR, bounded_cdf_diff, cdf_diff, flip_forms
 
 # Ratio form (CPU and numba.cuda kernels): pre-activation limit A and weight-exponent clip C per dtype,
 # A + C below log(max float) (88.72 / 709.78), so e^{-a} e^{2xw} never overflows. Clipping 2xw to [-C, C] changes a term
@@ -304,16 +304,18 @@ FORMS = ("auto", "ratio", "bounded", "generic")
 
 
 def choose_form(form, noise_code):
-    """Validate ``form`` and resolve "auto": "ratio" for logistic noise, "bounded" for uniform and
-    triangular noise, "generic" (one stable F difference per connection, any family) otherwise."""
+    """Validate ``form`` for the family ``noise_code`` and resolve "auto" to the family's first form
+    (:data:`sbnnumba.kernels.scalar.FLIP_FORMS`: "ratio" for logistic noise, "bounded" for uniform and
+    triangular noise, "generic", one stable F difference per connection, for any other family)."""
     if form not in FORMS:
         raise ValueError(f"form: expected one of {FORMS}, got {form!r}")
+    forms = flip_forms(noise_code)
     if form == "auto":
-        form = {LOGISTIC: "ratio", UNIFORM: "bounded", TRIANGULAR: "bounded"}.get(noise_code, "generic")
-    if form == "ratio" and noise_code != LOGISTIC:
-        raise ValueError("form: the ratio form holds for logistic noise only; use 'generic'")
-    if form == "bounded" and noise_code not in (UNIFORM, TRIANGULAR):
-        raise ValueError("form: the bounded form holds for uniform and triangular noise only; use 'generic'")
+        return forms[0]
+    if form not in forms:
+        holds = [name for name, admitted in FLIP_FORMS.items() if form in admitted]
+        raise ValueError(f"form: the {form} form does not hold for {KERNEL_FAMILIES[noise_code]} noise (it holds "
+                         f"for {', '.join(holds)}); expected one of {forms}")
     return form
 
 

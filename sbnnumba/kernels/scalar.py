@@ -1,44 +1,83 @@
-"""Scalar noise functions usable inside Numba CPU kernels and numba.cuda kernels.
+"""Scalar noise functions usable inside Numba CPU kernels and numba.cuda kernels: the jitable
+twins of the :class:`sbnnumba.noise.NoiseFamily` methods.
 
 Every function here is decorated with :func:`numba.extending.register_jitable`, so it is
 plain Python when called from Python (and under ``NUMBA_DISABLE_JIT=1``), and is inlined
 when called from an ``@njit`` or ``@cuda.jit`` kernel. Noise families are selected by an
-integer code so that one kernel serves every family:
+integer code so that one kernel serves every family; the codes are the positions in
+:data:`KERNEL_FAMILIES`, the one table of the families that have twins here:
 
-=====  ============  ===========================================
-code   family        cdf F(a)
-=====  ============  ===========================================
-0      logistic      sigma(a) = 1 / (1 + exp(-a))
-1      normal        Phi(a) = erfc(-a / sqrt 2) / 2
-2      uniform       clip((a + 1) / 2, 0, 1)        (Z ~ U[-1, 1])
-3      triangular    (1 + a)^2 / 2 on [-1, 0), 1 - (1 - a)^2 / 2 on [0, 1]
-=====  ============  ===========================================
+=====  ============  ===========================================  ======================
+code   family        cdf F(a)                                     flip-kernel forms
+=====  ============  ===========================================  ======================
+0      logistic      sigma(a) = 1 / (1 + exp(-a))                 ratio, generic
+1      normal        Phi(a) = erfc(-a / sqrt 2) / 2               generic
+2      uniform       clip((a + 1) / 2, 0, 1)        (Z ~ U[-1, 1])  bounded, generic
+3      triangular    (1 + a)^2 / 2 on [-1, 0), 1 - (1 - a)^2 / 2    bounded, generic
+=====  ============  ===========================================  ======================
+
+A code outside the table raises ``ValueError`` (in Python, in Numba CPU kernels, and at the host
+boundary of the CUDA kernels through :func:`check_code`) instead of falling into a default family.
+Adding a family with kernels: one ``_<family>_cdf_lower`` / ``_<family>_pdf`` pair below, one
+entry in :data:`KERNEL_FAMILIES` and :data:`FLIP_FORMS`, one branch in :func:`cdf_lower` and
+:func:`pdf`; its :class:`~sbnnumba.noise.NoiseFamily` class then gets its ``code`` from here
+(``tests/test_noise.py`` checks every registered family's twins against its NumPy methods).
 """
 import math
 
 from numba.extending import register_jitable
 
-LOGISTIC, NORMAL, UNIFORM, TRIANGULAR = 0, 1, 2, 3
-NOISE_CODES = {"logistic": LOGISTIC, "normal": NORMAL, "uniform": UNIFORM, "triangular": TRIANGULAR}
+#: The noise families with jitable twins, in kernel-code order: a family's code is its index.
+KERNEL_FAMILIES = ("logistic", "normal", "uniform", "triangular")
+#: name -> kernel code.
+NOISE_CODES = {name: code for code, name in enumerate(KERNEL_FAMILIES)}
+LOGISTIC, NORMAL, UNIFORM, TRIANGULAR = (NOISE_CODES[name] for name in KERNEL_FAMILIES)
+#: name -> the PSA flip-kernel forms that hold for the family, the one "auto" picks first
+#: ("ratio": logistic only; "bounded": noise on [-1, 1] with the closed-form F difference of
+#: :func:`bounded_cdf_diff`; "generic": any family, through :func:`cdf_diff`).
+FLIP_FORMS = {"logistic": ("ratio", "generic"), "normal": ("generic",), "uniform": ("bounded", "generic"),
+              "triangular": ("bounded", "generic")}
+
+
+def check_code(code):
+    """``code`` as an int if it is a kernel noise code, else ValueError naming the known codes (host side:
+    CUDA kernels cannot report the in-kernel error, so their launchers call this first)."""
+    if isinstance(code, bool) or not isinstance(code, int) or not 0 <= code < len(KERNEL_FAMILIES):
+        known = ", ".join(f"{c} ({n})" for c, n in enumerate(KERNEL_FAMILIES))
+        raise ValueError(f"noise_code: expected one of {known}, got {code!r}")
+    return code
+
+
+def flip_forms(code):
+    """The flip-kernel forms of the family with kernel ``code`` ("auto"'s choice first)."""
+    return FLIP_FORMS[KERNEL_FAMILIES[check_code(code)]]
+
+
+# ------------------------------------------------------------------ per-family twins
+@register_jitable
+def _logistic_cdf_lower(a):
+    if a >= 0:
+        return 1.0 / (1.0 + math.exp(-a))
+    e = math.exp(a)
+    return e / (1.0 + e)
 
 
 @register_jitable
-def cdf_lower(code, a):
-    """F(a), accurate for a <= 0 (the lower tail is computed without cancellation)."""
-    if code == LOGISTIC:
-        if a >= 0:
-            return 1.0 / (1.0 + math.exp(-a))
-        e = math.exp(a)
-        return e / (1.0 + e)
-    if code == NORMAL:
-        return 0.5 * math.erfc(-a * 0.7071067811865476)
-    if code == UNIFORM:
-        if a <= -1.0:
-            return 0.0
-        if a >= 1.0:
-            return 1.0
-        return 0.5 * (a + 1.0)
-    # triangular
+def _normal_cdf_lower(a):
+    return 0.5 * math.erfc(-a * 0.7071067811865476)
+
+
+@register_jitable
+def _uniform_cdf_lower(a):
+    if a <= -1.0:
+        return 0.0
+    if a >= 1.0:
+        return 1.0
+    return 0.5 * (a + 1.0)
+
+
+@register_jitable
+def _triangular_cdf_lower(a):
     if a <= -1.0:
         return 0.0
     if a >= 1.0:
@@ -46,6 +85,43 @@ def cdf_lower(code, a):
     if a < 0.0:
         return 0.5 * (1.0 + a) * (1.0 + a)
     return 1.0 - 0.5 * (1.0 - a) * (1.0 - a)
+
+
+@register_jitable
+def _logistic_pdf(a):
+    e = math.exp(-abs(a))
+    return e / ((1.0 + e) * (1.0 + e))
+
+
+@register_jitable
+def _normal_pdf(a):
+    return 0.3989422804014327 * math.exp(-0.5 * a * a)
+
+
+@register_jitable
+def _uniform_pdf(a):
+    return 0.5 if abs(a) <= 1.0 else 0.0
+
+
+@register_jitable
+def _triangular_pdf(a):
+    t = 1.0 - abs(a)
+    return t if t > 0.0 else 0.0
+
+
+# ------------------------------------------------------------------ dispatch on the code
+@register_jitable
+def cdf_lower(code, a):
+    """F(a), accurate for a <= 0 (the lower tail is computed without cancellation)."""
+    if code == LOGISTIC:
+        return _logistic_cdf_lower(a)
+    if code == NORMAL:
+        return _normal_cdf_lower(a)
+    if code == UNIFORM:
+        return _uniform_cdf_lower(a)
+    if code == TRIANGULAR:
+        return _triangular_cdf_lower(a)
+    raise ValueError("noise_code: unknown noise family code (see sbnnumba.kernels.scalar.KERNEL_FAMILIES)")
 
 
 @register_jitable
@@ -60,14 +136,14 @@ def cdf(code, a):
 def pdf(code, a):
     """Density p(a) = F'(a)."""
     if code == LOGISTIC:
-        e = math.exp(-abs(a))
-        return e / ((1.0 + e) * (1.0 + e))
+        return _logistic_pdf(a)
     if code == NORMAL:
-        return 0.3989422804014327 * math.exp(-0.5 * a * a)
+        return _normal_pdf(a)
     if code == UNIFORM:
-        return 0.5 if abs(a) <= 1.0 else 0.0
-    t = 1.0 - abs(a)
-    return t if t > 0.0 else 0.0
+        return _uniform_pdf(a)
+    if code == TRIANGULAR:
+        return _triangular_pdf(a)
+    raise ValueError("noise_code: unknown noise family code (see sbnnumba.kernels.scalar.KERNEL_FAMILIES)")
 
 
 @register_jitable

@@ -27,30 +27,24 @@ units of stage ``k``. 1 bit = a fair coin, 0 = a deterministic unit. History row
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 
 from .. import losses
 from ..estimators import rbhead
-from ..kernels.entropy import unit_entropy_flat
-from ..kernels.scalar import NOISE_CODES
 from ..network import Network
 from ..noise import get_noise
 from ..validation import as_generator
 from .checkpoint import load_network
 from .data import as_float
 
-_LN2 = math.log(2.0)
-
-
 def unit_entropy(a, noise="logistic"):
     """Entropy in bits of stochastic binary units with pre-activations ``a``.
 
     A unit ``x = sign(a - Z)`` is +1 with probability ``p = F(a) = 1 - F(-a)`` (``F`` the noise cdf);
     its entropy is ``H(p) = -p log2 p - (1 - p) log2 (1 - p)``. Computed from the smaller probability
-    ``q = F(-|a|)`` (the accurate lower tail, :func:`sbnnumba.kernels.scalar.entropy_bits`, one fused
-    Numba pass for the built-in families; other families go through their log-cdf), so it is 1 at
+    ``q = F(-|a|)`` (:meth:`sbnnumba.noise.NoiseFamily.entropy_bits`: one fused Numba pass for the
+    families with kernels; other families go through their log-cdf), so it is 1 at
     ``a = 0``, decays smoothly to 0 for saturated units (no ``0 * log 0``; exactly 0 once ``q``
     underflows, e.g. ``|a| = inf``) and never produces NaN for finite or infinite ``a``.
 
@@ -66,22 +60,7 @@ def unit_entropy(a, noise="logistic"):
     ndarray
         ``H`` in bits, the shape of ``a``, values in [0, 1].
     """
-    noise = get_noise(noise)
-    a = np.asarray(a)
-    if a.dtype.kind != "f":
-        a = a.astype(np.float64)
-    code = NOISE_CODES.get(noise.name)
-    if code is not None:  # the built-in families: one fused Numba pass (kernels/entropy.py)
-        work = np.float32 if a.dtype == np.float32 else np.float64  # the kernel's two signatures
-        flat = np.ascontiguousarray(a, dtype=work).reshape(-1)
-        out = np.empty_like(flat)
-        unit_entropy_flat(flat, code, out)
-        return out.reshape(a.shape).astype(a.dtype, copy=False)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore", under="ignore"):
-        lp, lq = noise.log_cdf(a), noise.log_cdf(-a)  # log p, log(1 - p) (symmetric noise)
-        p, q = np.exp(lp), np.exp(lq)
-        h = np.abs(np.where(p > 0, p * lp, 0) + np.where(q > 0, q * lq, 0))  # both terms <= 0; abs: no -0
-    return np.minimum(h / a.dtype.type(_LN2), 1).astype(a.dtype, copy=False)
+    return get_noise(noise).entropy_bits(a)
 
 
 def evaluate(net, x, y, samples=10, rng=None, *, rb=True, deterministic=True, batch_size=500, backend=None,

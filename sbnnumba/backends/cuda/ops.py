@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...kernels.cpu import SIGMA_FLAT, choose_form, ratio_limits
-from ...kernels.scalar import LOGISTIC
+from ...kernels.scalar import LOGISTIC, check_code
 from .device import (FLOAT_DTYPES, _cuda, any_device, blocks, derived, flat, launch_1d, operand, require_cuda,
                      result, weight_operand)
 
@@ -327,7 +327,7 @@ def _elementwise(kernel, noise_code, arrays, names, dtype):
     devs = [operand(x, dtype, name) for x, name in zip(arrays, names)]
     out = cuda.device_array(shape, dtype=dtype)
     n = int(np.prod(shape))
-    launch_1d(kernel, n, int(noise_code), *(flat(d) for d in devs), flat(out))
+    launch_1d(kernel, n, check_code(int(noise_code)), *(flat(d) for d in devs), flat(out))  # no default family
     return result(out, on_device)
 
 
