@@ -27,7 +27,6 @@ units of stage ``k``. 1 bit = a fair coin, 0 = a deterministic unit. History row
 """
 from __future__ import annotations
 
-
 import numpy as np
 
 from .. import losses
@@ -37,6 +36,7 @@ from ..noise import get_noise
 from ..validation import as_generator
 from .checkpoint import load_network
 from .data import as_float
+
 
 def unit_entropy(a, noise="logistic"):
     """Entropy in bits of stochastic binary units with pre-activations ``a``.
