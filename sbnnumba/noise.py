@@ -31,7 +31,7 @@ undefined), the entropy of a unit, the default clip of Bernoulli weights, and, t
 code, its jitable twins and flip-kernel forms in :mod:`sbnnumba.kernels.scalar`. Estimators,
 layers and kernels ask the family; nothing else tests a family's name. A new family is a subclass
 of :class:`NoiseFamily` (passed as an instance, or registered by name with :func:`register_noise`);
-without twins in :mod:`sbnnumba.kernels.scalar` it runs on the ``"numpy"`` backend, and its
+without twins in :mod:`sbnnumba.kernels.scalar` it runs on the ``"reference"`` backend, and its
 ``code`` raises ``ValueError`` naming that backend.
 """
 from __future__ import annotations
@@ -116,12 +116,12 @@ class NoiseFamily(abc.ABC):
         """
         if self.name not in NOISE_CODES:
             raise ValueError(f"noise: expected a family with kernel twins in sbnnumba/kernels/scalar.py for this "
-                             f"backend ({sorted(NOISE_CODES)}), got {self.name!r}; use backend='numpy'")
+                             f"backend ({sorted(NOISE_CODES)}), got {self.name!r}; use backend='reference'")
         return NOISE_CODES[self.name]
 
     @property
     def has_kernels(self) -> bool:
-        """Whether the Numba/CUDA kernels know this family (else only the ``"numpy"`` backend runs it)."""
+        """Whether the Numba/CUDA kernels know this family (else only the ``"reference"`` backend runs it)."""
         return self.name in NOISE_CODES
 
     @property

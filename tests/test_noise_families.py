@@ -17,7 +17,7 @@ FORMS = ("ratio", "bounded", "generic")
 
 class Laplace(NoiseFamily):
     """Standard Laplace noise, defined here and nowhere in the library: ``F(a) = e^a / 2`` below 0,
-    ``1 - e^-a / 2`` above, ``p(a) = e^-|a| / 2``, variance 2. No kernel twins: runs on ``"numpy"``."""
+    ``1 - e^-a / 2`` above, ``p(a) = e^-|a| / 2``, variance 2. No kernel twins: runs on the ``"reference"`` backend."""
 
     name = "laplace-test"
     std = float(np.sqrt(2.0))
@@ -139,13 +139,13 @@ def test_kernel_codes_come_from_one_table_and_unknown_codes_raise():
             scalar.check_code(bad)
 
 
-def test_family_without_kernels_names_the_numpy_backend():
+def test_family_without_kernels_names_the_reference_backend():
     f = Laplace()
     assert not f.has_kernels and f.flip_forms == ()
-    with pytest.raises(ValueError, match="backend='numpy'"):
+    with pytest.raises(ValueError, match="backend='reference'"):
         f.code
     net = sb.Network.dense([3, 4, 3], 2, noise=f, rng=0, dtype=np.float64)  # "cpu" backend
-    with pytest.raises(ValueError, match="backend='numpy'"):
+    with pytest.raises(ValueError, match="backend='reference'"):
         sb.estimate("psa", net, np.zeros((2, 3)), [0, 1], rng=0)
 
 
@@ -167,7 +167,7 @@ def test_psa_is_exact_for_the_new_family_where_theory_says():
     """Every binary layer after the first of width 1: PSA's expectation (path enumeration) equals the exact
     gradient, for a family the library has never seen."""
     rng = np.random.default_rng(5)
-    net = sb.Network.dense([3, 4, 1], 3, noise=Laplace(), rng=rng, dtype=np.float64, backend="numpy")
+    net = sb.Network.dense([3, 4, 1], 3, noise=Laplace(), rng=rng, dtype=np.float64, backend="reference")
     for p in net.params.values():
         p[...] = 0.8 * rng.normal(size=p.shape)
     x, y = rng.normal(size=(2, 3)), np.array([0, 2])
@@ -181,7 +181,7 @@ def test_psa_is_exact_for_the_new_family_where_theory_says():
 def test_new_family_trains_with_psa_and_st(method):
     """A few SGD steps with the new family lower the exact expected loss of a small network."""
     rng = np.random.default_rng(7)
-    net = sb.Network.dense([4, 5, 4], 3, noise=Laplace(), rng=rng, dtype=np.float64, backend="numpy")
+    net = sb.Network.dense([4, 5, 4], 3, noise=Laplace(), rng=rng, dtype=np.float64, backend="reference")
     x = rng.normal(size=(24, 4))
     y = (x[:, 0] > 0).astype(int) + (x[:, 1] > 0.5)
     before = exact_expected_loss(net, x, y).mean()

@@ -15,8 +15,18 @@ import numpy as np
 from ..kernels import bitpack as kb
 from ..kernels import conv_reference, reference
 from ..kernels.cpu import choose_form
+from ..validation import check_choice
 from .base import Backend
 from .registry import register_backend
+
+
+def _check_form(form, noise):
+    """Validate ``form`` as the kernels would; a family without kernel twins (only this backend runs it)
+    has the generic form alone."""
+    if noise.has_kernels:
+        choose_form(form, noise.code)
+    else:
+        check_choice(form, "form", ("auto", "generic"))
 
 
 class ReferenceBackend(Backend):
@@ -25,11 +35,11 @@ class ReferenceBackend(Backend):
     name = "reference"
 
     def flip_propagate_dense(self, x_in, a, x_out, weight, d_out, noise, form="auto"):
-        choose_form(form, noise.code)
+        _check_form(form, noise)
         return reference.flip_propagate_dense(x_in, a, x_out, weight, d_out, noise)
 
     def flip_propagate_conv(self, x_in, a, x_out, weight, d_out, stride, padding, noise, form="auto"):
-        choose_form(form, noise.code)
+        _check_form(form, noise)
         return conv_reference.flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, noise)
 
     def sample_states(self, a, u, noise):
