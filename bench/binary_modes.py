@@ -40,10 +40,10 @@ NEAR_DETERMINISTIC_BITS = 0.01
 def mode_pass(net, x, mode, rng):
     """Logits of one pass of ``net`` on ``x`` in ``mode`` (weights/activations sampled or at their mode)."""
     half = None if mode in ("stochastic", "activations sign(a)") else {
-        prefix: np.full(layer.eta.shape, 0.5, dtype=layer.eta.dtype) for prefix, layer in net.latent_layers()}
-    net.sample_weights(rng, half)
+        prefix: np.full(layer.latent.eta.shape, 0.5, dtype=layer.latent.eta.dtype)
+        for prefix, layer in net.latent_layers()}
     h = x
-    for layer in net.stages:
+    for layer in net.stage_layers(net.sample_weights(rng, half)):
         a = layer.forward(h)
         if mode in ("stochastic", "weights sign(eta)"):
             h = net.noise.sample(a, rng.random(a.shape, dtype=a.dtype))
@@ -104,7 +104,7 @@ def main(argv=None):
         if layer is None:
             print(f"   {k:5d}   real                                                     {h_x:8.3f}")
             continue
-        h_w = training.unit_entropy(layer.eta, layer.latent.noise)
+        h_w = training.unit_entropy(layer.latent.eta, layer.latent.noise)
         print(f"   {k:5d}   {h_w.size:7d}   {float(h_w.mean()):9.3f}   "
               f"{100 * float(np.mean(h_w < NEAR_DETERMINISTIC_BITS)):30.1f} %   {h_x:8.3f}")
 

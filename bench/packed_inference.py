@@ -97,9 +97,9 @@ def lean_forward(net):
     ``h <- sign((h W^T) * s + t)`` with ``W = sign(eta)`` and ``s, t`` folding bias and normalization."""
     layers = []
     for stage in net.stages:
-        inner = getattr(stage, "layer", stage)
-        w = inner.latent.mode(inner.eta) if inner.latent is not None else inner.weight
-        if isinstance(stage, sb.Normalized):
+        inner = stage.inner
+        w = inner.weight_param.mode()
+        if stage.normalization is not None:
             mean, var = stage.running.get("deterministic") or stage.running["stochastic"]
             s = stage.gamma / np.sqrt(var + stage.eps)
             t = (inner.bias - mean) * s + stage.beta
@@ -147,14 +147,8 @@ def get_network(args, data):
 
 def first_layer_states(net, x):
     """+-1 first-layer states of the float deterministic network (its own layer arithmetic)."""
-    samples = [(layer, layer.weight) for _, layer in net.latent_layers()]
-    try:
-        with net.evaluating("deterministic"):
-            net.set_mode_weights()
-            return net.stages[0].forward(net.check_input(x)) >= 0
-    finally:
-        for layer, weight in samples:
-            layer.weight = weight
+    with net.evaluating("deterministic"):  # Bernoulli stages compute with sign(eta)
+        return net.stages[0].forward(net.check_input(x)) >= 0
 
 
 def main(argv=None):
@@ -186,8 +180,7 @@ def main(argv=None):
     x_test = datasets.normalize(q_test)  # x = q / 255, float32: on the grid of input_quantization (1/255, 8)
     y_test = data.y_test
     net, _ = get_network(args, data)
-    first_inner = getattr(net.stages[0], "layer", net.stages[0])
-    if first_inner.latent is None:
+    if net.stages[0].latent is None:
         print("the network's first layer has real weights: the bit-plane first stage needs binary weights "
               "(train without --checkpoint, or a weight='bernoulli' checkpoint)")
         return 2

@@ -25,14 +25,15 @@ import numpy as np
 from .backends import get_backend
 from .kernels import conv_cpu, conv_reference
 from .kernels.conv_reference import windows
-from .layers import Layer, _uniform_fan_in, init_weight_kind
+from .layers import AffineLayer, _uniform_fan_in, init_weight_kind
 from .noise import get_noise
 from .validation import as_generator, check_pair, check_positive_int
+from .weights import RealWeights
 
 __all__ = ["Conv2d"]
 
 
-class Conv2d(Layer):
+class Conv2d(AffineLayer):
     r"""Convolutional affine layer (cross-correlation, as in PyTorch) with stride and zero padding.
 
     Parameters
@@ -53,7 +54,10 @@ class Conv2d(Layer):
 
     Attributes
     ----------
+    weight_param : RealWeights or BernoulliWeights
+        The weight parameterization (parameters ``"weight"`` or ``"eta"``).
     weight : ndarray (c_out, c_in, kh, kw)
+        The weight tensor in use (see :class:`~sbnnumba.layers.AffineLayer`).
     bias : ndarray (c_out,)
     kernel_size, stride, padding : (int, int)
     """
@@ -68,7 +72,7 @@ class Conv2d(Layer):
         kh, kw = self.kernel_size
         fan_in = self.c_in * kh * kw
         rng = as_generator(rng)
-        self.weight = _uniform_fan_in(rng, (c_out, self.c_in, kh, kw), fan_in, dtype)
+        self.weight_param = RealWeights(_uniform_fan_in(rng, (c_out, self.c_in, kh, kw), fan_in, dtype))
         self.bias = _uniform_fan_in(rng, (c_out,), fan_in, dtype)
         init_weight_kind(self, weight, weight_noise, weight_grad, rng)
         self.in_shape = None

@@ -114,8 +114,8 @@ def adf_rescale(net, x):
         axes = (0,) + tuple(range(2, mu_a.ndim))
         mean = mu_a.mean(axis=axes)
         std = np.sqrt(v_a.mean(axis=axes) + mu_a.var(axis=axes))
-        layer.rescale_(mean, np.maximum(std, 1e-6))
-        mu_a, v_a = layer.forward_moments(mu, np.zeros_like(mu) if var is None else var)
+        rescaled = layer.rescale_(mean, np.maximum(std, 1e-6))  # a view with sign(eta) / s for Bernoulli weights
+        mu_a, v_a = rescaled.forward_moments(mu, np.zeros_like(mu) if var is None else var)
         mu, var, _ = binary_moment_map(net.noise, mu_a, v_a)
     return net
 
@@ -189,7 +189,7 @@ def draw_block(net, x, y, name, options, count, rng):
         for r in range(count):
             rows = slice(r * n, (r + 1) * n)
             sub = Path([StageSample(s.input[rows], s.pre[rows], s.state[rows]) for s in path.stages],
-                       path.logits[rows])
+                       path.logits[rows], path.weights, path.layers)
             out[r] = flat_gradient(net, fn(net, sub, y, weights, **opts)[1])
     else:
         for r in range(count):

@@ -1,59 +1,160 @@
-r"""Affine layers of an SBN.
+r"""The layer interface of an SBN and its dense affine layer.
 
-Each layer maps the previous stage's state (real input or +-1 samples) to pre-activations
-and knows the four operations an estimator needs:
+Every stage type implements :class:`Layer`, an abstract base class; the operations an estimator needs:
 
 * ``forward(x) -> a``                        the affine map;
 * ``backward_input(g_a, in_shape) -> g_x``   the transposed map (ordinary backprop);
-* ``param_grads(x, g_a) -> dict``            the outer-product parameter gradients, summed over the batch;
+* ``param_grads(x, g_a) -> dict``            the outer-product parameter gradients, summed over the batch
+  (``"weight"`` is ``dL/dw`` at the weights in use; :meth:`Network.finalize_grads` maps it to the
+  parameterization's own gradients);
 * ``flip_propagate(x_in, a, x_out, d_out, noise, backend) -> d_in``
   the PSA flip propagation ``d_in = sum_j Delta_ij d_out_j`` (spec psa.md, Eq. 3), run by the
   :class:`~sbnnumba.backends.Backend` ``backend``;
 * ``forward_moments(mean, var) -> (mu_a, v_a)`` pre-activation moments of independent inputs,
-  ``mu_a = W mu + b``, ``v_a = W^2 v`` (for the ADF / local-reparameterization baselines).
+  ``mu_a = W mu + b``, ``v_a = W^2 v`` (for the ADF / local-reparameterization baselines);
+* ``output_shape(in_shape)`` / ``out_shape``, ``params()``, ``rescale_(mean, std)``;
+* ``inner`` (the :class:`AffineLayer` holding the weights: the layer itself, or the wrapped layer of a
+  wrapper) and ``normalization`` (the :class:`~sbnnumba.normalization.Normalized` wrapper or None);
+* ``with_weight(w)``: a view of the layer computing with the weight tensor ``w`` (a sampled Bernoulli
+  weight), sharing everything else; the layer itself is unchanged.
 
 Inputs of a dense layer may have any trailing shape whose size is ``n_in``: a conv map
 (B, C, H, W) is flattened in (C, H, W) order automatically.
 """
 from __future__ import annotations
 
+import abc
+import copy
+
 import numpy as np
 
 from .backends import get_backend
 from .noise import get_noise
 from .validation import as_generator, check_positive_int
+from .weights import RealWeights, make_bernoulli
 
 
-class Layer:
-    """Base class: parameters are the attributes named in ``param_names``.
+class Layer(abc.ABC):
+    """The interface of every stage type (affine layers and wrappers); see the module docstring."""
 
-    ``latent`` is None for real weights, or a :class:`~sbnnumba.weights.BernoulliWeights` when the
-    layer has stochastic binary weights (then ``eta`` is the parameter and ``weight`` the current sample).
-    """
+    @abc.abstractmethod
+    def forward(self, x):
+        """Pre-activations (B, ...) of inputs ``x`` (B, ...)."""
 
-    param_names = ("weight", "bias")
-    latent = None
+    @abc.abstractmethod
+    def backward_input(self, g_a, in_shape):
+        """``dL/dx`` (B, *in_shape) from ``g_a = dL/da``."""
 
+    @abc.abstractmethod
+    def param_grads(self, x, g_a):
+        """name -> gradient summed over the batch (``"weight"``: ``dL/dw`` at the weights in use)."""
+
+    @abc.abstractmethod
+    def flip_propagate(self, x_in, a, x_out, d_out, noise, backend="cpu"):
+        """PSA flip propagation ``d_in`` (the shape of ``x_in``)."""
+
+    @abc.abstractmethod
+    def forward_moments(self, mean, var):
+        """``(mu_a, v_a)`` of independent inputs with means ``mean`` and variances ``var``."""
+
+    @abc.abstractmethod
+    def output_shape(self, in_shape):
+        """Per-example output shape for per-example inputs of shape ``in_shape`` (ValueError naming ``x``)."""
+
+    @property
+    @abc.abstractmethod
+    def out_shape(self):
+        """Per-example output shape."""
+
+    @abc.abstractmethod
     def params(self):
-        """Dict name -> array of this layer's parameters (the arrays themselves, not copies)."""
-        return {name: getattr(self, name) for name in self.param_names}
+        """name -> parameter array (the arrays themselves, updated in place by optimizers)."""
+
+    @abc.abstractmethod
+    def rescale_(self, mean, std):
+        """Normalize pre-activations: ``a -> (a - mean) / std`` per output unit/channel. Returns the layer to
+        propagate with (a view with scaled weights where the weights cannot be scaled in place)."""
+
+    @abc.abstractmethod
+    def with_weight(self, weight):
+        """A view computing with the weight tensor ``weight``; the layer is unchanged."""
+
+    @property
+    @abc.abstractmethod
+    def inner(self):
+        """The :class:`AffineLayer` that holds the weights."""
+
+    @property
+    @abc.abstractmethod
+    def normalization(self):
+        """The normalization wrapper of this stage, or None."""
+
+    @property
+    def param_names(self):
+        return tuple(self.params())
+
+    @property
+    def latent(self):
+        """The :class:`~sbnnumba.weights.BernoulliWeights` of the inner layer, or None for real weights."""
+        param = self.inner.weight_param
+        return param if param.stochastic else None
 
     @property
     def n_out(self):
         return int(np.prod(self.out_shape))
 
+
+class AffineLayer(Layer):
+    """Base of the layers holding a weight tensor and a bias: ``a = W * x + b``.
+
+    The weight tensor in use (:attr:`weight`) is the parameterization's deterministic weight
+    (:meth:`~sbnnumba.weights.WeightParameterization.mode`), or the tensor of a :meth:`with_weight`
+    view; ``bias`` is a real parameter.
+    """
+
+    weight_param = None
+    _weight_override = None
+
+    @property
+    def weight(self):
+        """The weight tensor this layer (or view) computes with."""
+        return self.weight_param.mode() if self._weight_override is None else self._weight_override
+
+    def set_weight_param(self, param):
+        """Install a weight parameterization (e.g. :class:`~sbnnumba.weights.BernoulliWeights`)."""
+        self.weight_param = param
+
+    def params(self):
+        return {**self.weight_param.params(), "bias": self.bias}
+
+    def with_weight(self, weight):
+        view = copy.copy(self)
+        view._weight_override = weight
+        return view
+
+    @property
+    def inner(self):
+        return self
+
+    @property
+    def normalization(self):
+        return None
+
     def rescale_(self, mean, std):
-        """Normalize pre-activations in place: ``W <- W / s``, ``b <- (b - m) / s`` per output unit/channel."""
+        """``W <- W / s`` (real weights, in place), ``b <- (b - m) / s`` per output unit/channel. Bernoulli
+        weights cannot be scaled: the returned view computes with ``sign(eta) / s`` (data-dependent
+        initialization propagates through it, as through scaled real weights)."""
         shape = (-1,) + (1,) * (self.weight.ndim - 1)
-        self.weight /= std.reshape(shape).astype(self.weight.dtype)
         self.bias[...] = ((self.bias - mean) / std).astype(self.bias.dtype)
+        if self.weight_param.stochastic:
+            return self.with_weight(self.weight / std.reshape(shape).astype(self.weight.dtype))
+        self.weight_param.weight /= std.reshape(shape).astype(self.weight.dtype)
+        return self
 
 
 def init_weight_kind(layer, weight, weight_noise, weight_grad, rng):
     """Apply the ``weight="real" | "bernoulli"`` constructor option of a layer."""
     if weight == "bernoulli":
-        from .weights import make_bernoulli
-
         make_bernoulli(layer, noise=weight_noise, grad=weight_grad, rng=rng)
     elif weight != "real":
         raise ValueError(f"weight: expected 'real' or 'bernoulli', got {weight!r}")
@@ -64,7 +165,7 @@ def _uniform_fan_in(rng, shape, fan_in, dtype):
     return rng.uniform(-bound, bound, size=shape).astype(dtype)
 
 
-class Linear(Layer):
+class Linear(AffineLayer):
     r"""Dense affine layer ``a = x W^T + b``.
 
     Parameters
@@ -81,10 +182,11 @@ class Linear(Layer):
 
     Attributes
     ----------
+    weight_param : RealWeights or BernoulliWeights
+        The weight parameterization (parameters ``"weight"`` or ``"eta"``).
     weight : ndarray (n_out, n_in)
-        Real weights, or the current +-1 sample of Bernoulli weights.
-    eta : ndarray (n_out, n_in)
-        Latent weights (Bernoulli weights only).
+        The weight tensor in use: the real weights, or ``sign(eta)`` (a sampled Bernoulli weight only in
+        a :meth:`with_weight` view).
     bias : ndarray (n_out,)
     """
 
@@ -93,7 +195,7 @@ class Linear(Layer):
         self.n_in = check_positive_int(n_in, "n_in")
         n_out = check_positive_int(n_out, "n_out")
         rng = as_generator(rng)
-        self.weight = _uniform_fan_in(rng, (n_out, self.n_in), self.n_in, dtype)
+        self.weight_param = RealWeights(_uniform_fan_in(rng, (n_out, self.n_in), self.n_in, dtype))
         self.bias = _uniform_fan_in(rng, (n_out,), self.n_in, dtype)
         init_weight_kind(self, weight, weight_noise, weight_grad, rng)
 

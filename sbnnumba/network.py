@@ -39,11 +39,27 @@ class StageSample:
 
 @dataclass
 class Path:
-    """A sampled path through the network: per stage (input, pre-activation, state), and the logits."""
+    """A sampled path through the network: per stage (input, pre-activation, state), the logits, the
+    sampled Bernoulli weights and the stage layers that computed with them.
+
+    Attributes
+    ----------
+    stages : list of StageSample
+    logits : ndarray (B, K)
+    weights : dict
+        prefix -> the +-1 weights sampled for this path (Bernoulli layers only); they live here, never
+        on the layers.
+    layers : list of Layer or None
+        The stage layers of the forward pass (views computing with ``weights``; the network's own
+        stages where the weights are real). Estimators run their backward passes through these, so a
+        normalization's cached forward values are the ones of this path. None: derive them from
+        ``weights`` (:meth:`Network.stage_layers`).
+    """
 
     stages: list = field(default_factory=list)
     logits: np.ndarray = None
-    weights: dict = field(default_factory=dict)  # prefix -> sampled +-1 weights of Bernoulli layers
+    weights: dict = field(default_factory=dict)
+    layers: list = None
 
     @property
     def last_state(self):
@@ -96,6 +112,8 @@ class Network:
             raise ValueError("stages: expected a non-empty list of layers")
         if not isinstance(head, Linear):
             raise TypeError(f"head: expected a Linear layer, got {type(head).__name__}")
+        if head.latent is not None:
+            raise ValueError("head: expected real weights (the head's weights are never sampled), got Bernoulli weights")
         self.stages = list(stages)
         self.head = head
         self.noise = get_noise(noise)
@@ -171,21 +189,38 @@ class Network:
 
     # ------------------------------------------------------------------ binary weights, modes
     def latent_layers(self):
-        """(prefix, innermost layer) pairs of the layers with Bernoulli weights."""
-        return [(p, getattr(l, "layer", l)) for p, l in self.layers() if l.latent is not None]
+        """(prefix, inner affine layer) pairs of the layers with Bernoulli weights."""
+        return [(p, l.inner) for p, l in self.layers() if l.latent is not None]
 
     def sample_weights(self, rng=None, uniforms=None):
         """Draw one sample of every Bernoulli weight tensor (once per forward pass, shared by the batch).
 
         ``uniforms``: optional dict prefix -> U(0,1) array of the shape of ``eta``. Returns the
-        dict prefix -> sampled weights (the layers' ``weight`` attributes now hold them).
+        dict prefix -> sampled weights; the network is unchanged (:meth:`stage_layers` computes with them).
         """
         out = {}
         for prefix, layer in self.latent_layers():
-            u = uniforms[prefix] if uniforms is not None else rng.random(layer.eta.shape, dtype=layer.eta.dtype)
-            layer.weight = layer.latent.sample(layer.eta, u)
-            out[prefix] = layer.weight
+            eta = layer.latent.eta
+            u = uniforms[prefix] if uniforms is not None else rng.random(eta.shape, dtype=eta.dtype)
+            out[prefix] = layer.latent.sample(u)
         return out
+
+    def stage_layers(self, weights=None):
+        """The stages computing with the Bernoulli weights ``weights`` (prefix -> tensor, e.g.
+        :meth:`sample_weights`): views (:meth:`~sbnnumba.layers.Layer.with_weight`) of the stages named
+        there, the stages themselves otherwise. Without ``weights``: the stages (deterministic weights)."""
+        weights = weights or {}
+        return [stage.with_weight(weights[f"stages.{k}"]) if f"stages.{k}" in weights else stage
+                for k, stage in enumerate(self.stages)]
+
+    def finalize_grads(self, grads):
+        """Map the ``"<prefix>.weight"`` gradients ``dL/dw`` (at the weights in use) to the gradients of
+        each layer's weight parameterization (``"<prefix>.eta"`` for Bernoulli weights), in place."""
+        for prefix, layer in self.layers():
+            if f"{prefix}.weight" in grads:
+                grads.update({f"{prefix}.{name}": g for name, g in
+                              layer.inner.weight_param.grads(grads.pop(f"{prefix}.weight")).items()})
+        return grads
 
     def to_bernoulli(self, weight="hidden", scale=3.0, noise="logistic", grad="md", clip="auto"):
         """Convert the real weights of the chosen stages in place into Bernoulli weights that follow
@@ -197,7 +232,7 @@ class Network:
         from .weights import bernoulli_from_real
 
         for kind, stage in zip(stage_weight_kinds(weight, len(self.stages)), self.stages):
-            layer = getattr(stage, "layer", stage)
+            layer = stage.inner
             if kind == "bernoulli" and layer.latent is None:
                 bernoulli_from_real(layer, noise=noise, grad=grad, clip=clip, scale=scale)
             elif kind not in ("real", "bernoulli"):
@@ -231,7 +266,7 @@ class Network:
         """
         x = self.check_input(x)
         rng = as_generator(rng)
-        todo = [k for k, st in enumerate(self.stages) if not isinstance(st, Normalized)]
+        todo = [k for k, st in enumerate(self.stages) if st.normalization is None]
         if not todo:
             return self
         sums = {}
@@ -250,26 +285,20 @@ class Network:
             dtype = wrapped.gamma.dtype
             wrapped.gamma[...] = np.sqrt(var + eps)
             wrapped.beta[...] = mean
-            bias = getattr(layer, "bias", None)
-            shift = np.zeros_like(mean) if bias is None else bias.astype(np.float64)
-            wrapped.running["stochastic"] = ((mean - shift).astype(dtype), var.astype(dtype))
-            if bias is not None:
-                bias[...] = 0
+            bias = layer.inner.bias
+            wrapped.running["stochastic"] = ((mean - bias.astype(np.float64)).astype(dtype), var.astype(dtype))
+            bias[...] = 0
             self.stages[k] = wrapped
         return self
-
-    def set_mode_weights(self):
-        """Set every Bernoulli weight to its most probable value ``sign(eta)`` (deterministic mode)."""
-        for _, layer in self.latent_layers():
-            layer.weight = layer.latent.mode(layer.eta)
 
     def apply_constraints(self):
         """Project latent weights after an optimizer step (``eta`` clipping, e.g. [-1, 1] for uniform noise)."""
         for _, layer in self.latent_layers():
-            layer.latent.project_(layer.eta)
+            layer.latent.project_()
 
     def normalizations(self):
-        return [l for _, l in self.layers() if hasattr(l, "running")]
+        """The normalization wrappers of the stages, in order."""
+        return [l.normalization for _, l in self.layers() if l.normalization is not None]
 
     @property
     def buffers(self):
@@ -277,23 +306,24 @@ class Network:
         (``"stages.{k}.running.{mode}.mean"`` / ``".var"``), for checkpoints."""
         out = {}
         for prefix, layer in self.layers():
-            for mode, stats in getattr(layer, "running", {}).items():
+            norm = layer.normalization
+            for mode, stats in ({} if norm is None else norm.running).items():
                 if stats is not None:
                     out[f"{prefix}.running.{mode}.mean"], out[f"{prefix}.running.{mode}.var"] = stats
         return out
 
     def load_buffers(self, buffers):
         """Restore the statistics saved from :attr:`buffers`."""
-        layers = dict(self.layers())
+        norms = {prefix: layer.normalization for prefix, layer in self.layers() if layer.normalization is not None}
         for key in buffers:
             prefix, _, mode, what = key.rsplit(".", 3)
-            if prefix not in layers or not hasattr(layers[prefix], "running") or what not in ("mean", "var"):
+            if prefix not in norms or what not in ("mean", "var"):
                 raise ValueError(f"buffers: unexpected entry {key!r} for this network")
-        for prefix, layer in layers.items():
-            for mode in getattr(layer, "running", {}):
+        for prefix, norm in norms.items():
+            for mode in norm.running:
                 mean, var = buffers.get(f"{prefix}.running.{mode}.mean"), buffers.get(f"{prefix}.running.{mode}.var")
                 if mean is not None and var is not None:
-                    layer.running[mode] = (np.array(mean, dtype=self.dtype), np.array(var, dtype=self.dtype))
+                    norm.running[mode] = (np.array(mean, dtype=self.dtype), np.array(var, dtype=self.dtype))
 
     def train(self):
         """Training mode: normalization layers use (and update) batch statistics."""
@@ -379,7 +409,8 @@ class Network:
         rng = None if uniforms is not None and weight_uniforms is not None else as_generator(rng)
         path, h = Path(), x
         path.weights = self.sample_weights(rng, weight_uniforms)
-        for k, layer in enumerate(self.stages):
+        path.layers = self.stage_layers(path.weights)
+        for k, layer in enumerate(path.layers):
             a = layer.forward(h)
             u = uniforms[k] if uniforms is not None else rng.random(a.shape, dtype=a.dtype)
             state = self.noise.sample(a, u)
@@ -397,8 +428,7 @@ class Network:
             return self._forward_deterministic(self.check_input(x), activation)
 
     def _forward_deterministic(self, h, activation="sign"):
-        self.set_mode_weights()
-        for layer in self.stages:
+        for layer in self.stages:  # Bernoulli stages compute with sign(eta)
             a = layer.forward(h)
             h = np.where(a >= 0, 1, -1).astype(a.dtype) if activation == "sign" else self.noise.mean(a)
         return self.head.forward(h)
@@ -443,8 +473,8 @@ class Network:
             a = layer.forward(h)
             axes = (0,) + tuple(range(2, a.ndim))
             mean, std = a.mean(axis=axes), a.std(axis=axes)
-            layer.rescale_(mean, np.maximum(std, 1e-6))
-            h = self.noise.mean(layer.forward(h))
+            rescaled = layer.rescale_(mean, np.maximum(std, 1e-6))  # a view with sign(eta) / s for Bernoulli weights
+            h = self.noise.mean(rescaled.forward(h))
         return self
 
     def scale_preactivations(self, factor):
@@ -464,15 +494,16 @@ class Network:
         """
         factor = check_positive_number(factor, "factor")
         for k, layer in enumerate(self.stages):
-            if not isinstance(layer, Normalized) and layer.latent is not None:
+            if layer.normalization is None and layer.latent is not None:
                 raise ValueError(f"scale_preactivations: stage {k} has Bernoulli weights and no normalization, "
                                  "so its pre-activation cannot be scaled")
         for layer in self.stages:
-            if isinstance(layer, Normalized):
-                layer.gamma *= layer.gamma.dtype.type(factor)
-                layer.beta *= layer.beta.dtype.type(factor)
+            norm = layer.normalization
+            if norm is not None:
+                norm.gamma *= norm.gamma.dtype.type(factor)
+                norm.beta *= norm.beta.dtype.type(factor)
             else:
-                n = layer.weight.shape[0]
+                n = layer.inner.bias.shape[0]
                 layer.rescale_(np.zeros(n), np.full(n, 1.0 / factor))
         return self
 

@@ -32,6 +32,8 @@ what one process with the whole batch trains (up to the order of float sums).
 """
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 from typing import Protocol
@@ -125,23 +127,25 @@ class Normalized(Layer):
         self._cache = None
         self.reducer = None  # BatchReducer: batch statistics over all processes (data parallelism)
 
-    # ---------------------------------------------------------------- parameters
-    @property
-    def param_names(self):
-        return tuple(self.layer.param_names) + ("gamma", "beta")
-
+    # ---------------------------------------------------------------- parameters, the Layer interface
     def params(self):
         return {**self.layer.params(), "gamma": self.gamma, "beta": self.beta}
 
     @property
-    def latent(self):
-        return self.layer.latent
+    def inner(self):
+        """The wrapped affine layer (it holds the weights)."""
+        return self.layer
 
-    def __getattr__(self, name):
-        # weight, eta, latent, bias, n_in, ... of the wrapped layer
-        if name in ("layer",):
-            raise AttributeError(name)
-        return getattr(self.layer, name)
+    @property
+    def normalization(self):
+        return self
+
+    def with_weight(self, weight):
+        """A view normalizing ``layer.with_weight(weight)``; it shares the parameters and the running
+        statistics with this layer (its forward pass updates them), and caches its own forward values."""
+        view = copy.copy(self)
+        view.layer = self.layer.with_weight(weight)
+        return view
 
     def output_shape(self, in_shape):
         return self.layer.output_shape(in_shape)
@@ -151,7 +155,12 @@ class Normalized(Layer):
         return self.layer.out_shape
 
     def rescale_(self, mean, std):
-        self.layer.rescale_(mean, std)
+        inner = self.layer.rescale_(mean, std)
+        if inner is self.layer:
+            return self
+        view = copy.copy(self)
+        view.layer = inner
+        return view
 
     # ---------------------------------------------------------------- statistics
     def _axes(self, z):
@@ -168,9 +177,33 @@ class Normalized(Layer):
         self.running[mode] = (mean.astype(self.gamma.dtype), var.astype(self.gamma.dtype))
         self._accumulator = None
 
+    def statistics(self, mode=None):
+        """The running ``(mean, var)`` of test mode ``mode`` (default: the current ``stats_mode``); the
+        stochastic ones where the mode has none."""
+        return self.running.get(self.stats_mode if mode is None else mode) or self.running["stochastic"]
+
+    def _normalize(self, z, mean, var):
+        """``(gamma * z_hat + beta, z_hat, inv_std)`` with ``z_hat = (z - mean) * inv_std`` per channel."""
+        shape = self._shape(z)
+        inv_std = (1 / np.sqrt(var + self.eps)).astype(z.dtype)
+        z_hat = (z - mean.reshape(shape)) * inv_std.reshape(shape)
+        return self.gamma.reshape(shape) * z_hat + self.beta.reshape(shape), z_hat, inv_std
+
+    def affine(self, z, mode="deterministic"):
+        r"""The normalization's map with fixed statistics, applied to pre-normalization values ``z``:
+
+        .. math:: a = \gamma \, (z - \mu) / \sqrt{\sigma^2 + \epsilon} + \beta
+
+        with the running statistics of test mode ``mode`` (:meth:`statistics`), in the same float
+        operations as :meth:`forward` in evaluation mode (the packed network derives its thresholds
+        from it). ``z``: (B, C) or (B, C, H, W); returns ``a`` of the same shape. Changes no state.
+        """
+        mean, var = self.statistics(mode)
+        return self._normalize(np.asarray(z), mean, var)[0]
+
     def forward(self, x):
         z = self.layer.forward(x)
-        axes, shape = self._axes(z), self._shape(z)
+        axes = self._axes(z)
         if self.training and self.reducer is not None:  # E[z], E[z^2] - E[z]^2 of the global batch
             n, s1, s2 = _reduced_sums(self.reducer, z.size // z.shape[1], z.sum(axis=axes, dtype=np.float64),
                                       np.square(z, dtype=np.float64).sum(axis=axes))
@@ -189,12 +222,10 @@ class Normalized(Layer):
                 r_mean, r_var = self.running["stochastic"]
                 self.running["stochastic"] = ((1 - m) * r_mean + m * mean, (1 - m) * r_var + m * var)
         else:
-            stats = self.running.get(self.stats_mode) or self.running["stochastic"]
-            mean, var = stats
-        inv_std = (1 / np.sqrt(var + self.eps)).astype(z.dtype)
-        z_hat = (z - mean.reshape(shape)) * inv_std.reshape(shape)
+            mean, var = self.statistics()
+        out, z_hat, inv_std = self._normalize(z, mean, var)
         self._cache = (z_hat, inv_std, self.training)
-        return self.gamma.reshape(shape) * z_hat + self.beta.reshape(shape)
+        return out
 
     def _backward_norm(self, g_a):
         z_hat, inv_std, batch_stats = self._cache

@@ -131,7 +131,7 @@ from .conv import Conv2d
 from .fileio import atomic_write, read_versioned_npz
 from .kernels import bitplane as _kp
 from .kernels.conv_reference import output_size, windows
-from .layers import Linear
+from .layers import Layer, Linear
 from .normalization import Normalized
 from .validation import check_int, check_positive_number
 
@@ -217,21 +217,10 @@ def _unpack_map(words, shape, dtype):
 # Thresholds from the float network's own arithmetic
 # ---------------------------------------------------------------------------------------------------
 
-class _Fixed:
-    """Stand-in for the wrapped layer of a Normalized stage: its forward returns given values."""
-
-    def __init__(self, z):
-        self.z = z
-
-    def forward(self, x):
-        return self.z
-
-
 def _split(stage):
     """(inner Linear/Conv2d, Normalized or None) of a stage; NotImplementedError for other layers."""
-    norm = stage if isinstance(stage, Normalized) else None
-    inner = stage.layer if norm is not None else stage
-    if not isinstance(inner, (Linear, Conv2d)):
+    inner, norm = (stage.inner, stage.normalization) if isinstance(stage, Layer) else (None, None)
+    if not isinstance(inner, (Linear, Conv2d)) or not (norm is None or isinstance(norm, Normalized)):
         raise NotImplementedError(f"PackedNetwork: stage {stage!r} is not supported (only Linear, Conv2d and "
                                   "Normalized(Linear | Conv2d) stages can be packed)")
     return inner, norm
@@ -245,12 +234,7 @@ def _preactivation_fn(stage):
 
     def evaluate(y):
         z = y + bias  # Linear: x @ W.T + bias; Conv2d: np.add(prod, bias[:, None, None])
-        if norm is None:
-            return z
-        stub = object.__new__(type(norm))
-        stub.__dict__.update(norm.__dict__)
-        stub.layer, stub.training, stub.stats_mode, stub._accumulator = _Fixed(z), False, "deterministic", None
-        return stub.forward(None)
+        return z if norm is None else norm.affine(z, "deterministic")
 
     return evaluate
 
@@ -501,9 +485,7 @@ class _Stage:
 
 def _mode_weight(layer):
     """Deterministic-mode weights: ``sign(eta)`` (sign(0) = +1) for Bernoulli layers, else the weights."""
-    if layer.latent is not None:
-        return layer.latent.mode(layer.eta)
-    return layer.weight
+    return layer.inner.weight_param.mode()
 
 
 def _pack_float_weights(weight, binary):
@@ -529,7 +511,7 @@ def _convert_stage(index, stage, in_kind, in_shape, dtype, quantization=None):
     weight = _mode_weight(inner).astype(dtype, copy=False)
     n_out = weight.shape[0]
     meta = {"in_kind": in_kind, "in_shape": [int(s) for s in in_shape], "binary_weights": bool(binary_weights),
-            "normalized": isinstance(stage, Normalized), "layer": repr(stage)}
+            "normalized": stage.normalization is not None, "layer": repr(stage)}
     if isinstance(inner, Conv2d):
         if in_kind == "dense":
             raise NotImplementedError(f"{where}: a Conv2d stage after a dense stage is not supported")
@@ -626,17 +608,11 @@ def quantized_reference_logits(net, x, input_quantization):
     z = q @ _mode_weight(inner).astype(np.float64).T
     a = _preactivation_fn(stage)((scale * z).astype(dtype))
     h = np.where(a >= 0, 1, -1).astype(dtype)
-    samples = [(layer, layer.weight) for _, layer in net.latent_layers()]
-    try:
-        with net.evaluating("deterministic"):
-            net.set_mode_weights()
-            for layer in net.stages[1:]:
-                a = layer.forward(h)
-                h = np.where(a >= 0, 1, -1).astype(a.dtype)
-            return net.head.forward(h)
-    finally:  # set_mode_weights replaced the Bernoulli layers' weights by sign(eta): restore the samples
-        for layer, weight in samples:
-            layer.weight = weight
+    with net.evaluating("deterministic"):
+        for layer in net.stages[1:]:  # Bernoulli stages compute with sign(eta)
+            a = layer.forward(h)
+            h = np.where(a >= 0, 1, -1).astype(a.dtype)
+        return net.head.forward(h)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -728,8 +704,8 @@ class PackedNetwork:
         if calibration_x is not None:
             calibration_x = net.check_input(calibration_x)
         shape = cls._input_shape(net, calibration_x, input_shape)
-        missing = [p for p, l in net.layers() if getattr(l, "running", None) is not None
-                   and l.running.get("deterministic") is None]
+        missing = [p for p, l in net.layers() if l.normalization is not None
+                   and l.normalization.running.get("deterministic") is None]
         if missing:
             warnings.warn(f"PackedNetwork.from_network: {missing} hold no deterministic-mode normalization "
                           "statistics; the deterministic network (float and packed) uses the stochastic running "
@@ -752,12 +728,7 @@ class PackedNetwork:
         packed.backend = net.backend
         if calibration_x is not None:
             if quantization is None:
-                samples = [(layer, layer.weight) for _, layer in net.latent_layers()]
-                try:
-                    expected = net.forward_deterministic(calibration_x)
-                finally:  # forward_deterministic sets the Bernoulli layers' weights to sign(eta): restore the samples
-                    for layer, weight in samples:
-                        layer.weight = weight
+                expected = net.forward_deterministic(calibration_x)
                 reference = "net.forward_deterministic"
             else:
                 try:

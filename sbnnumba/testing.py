@@ -7,7 +7,7 @@ that tests can compute exact variances.
 """
 import numpy as np
 
-from .estimators.exact import all_states, exact_expected_loss, exact_gradient
+from .estimators.exact import all_states, exact_expected_loss, exact_gradient, weight_configurations
 from .estimators.registry import PATH_ESTIMATORS, lookup
 from .network import Path, StageSample
 
@@ -17,8 +17,9 @@ __all__ = ["enumerate_paths", "expected_estimate", "exact_gradient", "exact_expe
            "exact_bernoulli", "expected_estimate_bernoulli"]
 
 
-def enumerate_paths(net, x):
-    """All sample paths of all examples as one batch of ``B * P`` rows.
+def enumerate_paths(net, x, weights=None):
+    """All sample paths of all examples as one batch of ``B * P`` rows, the Bernoulli weights (if any)
+    fixed to ``weights`` (prefix -> +-1 tensor; default: their deterministic values ``sign(eta)``).
 
     Returns
     -------
@@ -40,8 +41,8 @@ def enumerate_paths(net, x):
     bounds = np.cumsum([0] + sizes)
     n_batch = x.shape[0]
     h = np.repeat(x, n_paths, axis=0)
-    path, prob = Path(), np.ones(n_batch * n_paths)
-    for k, layer in enumerate(net.stages):
+    path, prob = Path(weights=dict(weights or {}), layers=net.stage_layers(weights)), np.ones(n_batch * n_paths)
+    for k, layer in enumerate(path.layers):
         a = layer.forward(h)
         state = np.tile(joint[:, bounds[k]:bounds[k + 1]], (n_batch, 1)).reshape(a.shape).astype(a.dtype)
         prob *= net.noise.cdf(state * a).reshape(len(prob), -1).prod(axis=1)
@@ -51,8 +52,9 @@ def enumerate_paths(net, x):
     return path, prob, np.repeat(np.arange(n_batch), n_paths)
 
 
-def expected_estimate(method, net, x, y, return_paths=False, **options):
-    """Exact expectation of a path estimator's (loss, grads) over all sample paths (batch mean).
+def expected_estimate(method, net, x, y, return_paths=False, weights=None, **options):
+    """Exact expectation of a path estimator's (loss, grads) over all sample paths (batch mean), the
+    Bernoulli weights (if any) fixed to ``weights`` (see :func:`enumerate_paths`).
 
     With ``return_paths=True`` also returns ``(per_path_grads, prob, example)`` where
     ``per_path_grads[key]`` has shape (B * P, *param.shape): the estimate of each single path.
@@ -61,7 +63,7 @@ def expected_estimate(method, net, x, y, return_paths=False, **options):
         raise ValueError(f"method: {method!r} is not a path estimator; expected one of {sorted(PATH_ESTIMATORS)}")
     _, fn, opts = lookup(method, options)
     x, y = net.check_batch(x, y)
-    path, prob, example = enumerate_paths(net, x)
+    path, prob, example = enumerate_paths(net, x, weights)
     y_rows = y[example]
     weights = prob / x.shape[0]
     loss, grads = fn(net, path, y_rows, weights, **opts)
@@ -70,35 +72,11 @@ def expected_estimate(method, net, x, y, return_paths=False, **options):
     per_path = {k: [] for k in grads}
     for r in range(len(prob)):
         sub = Path([StageSample(s.input[r:r + 1], s.pre[r:r + 1], s.state[r:r + 1]) for s in path.stages],
-                   path.logits[r:r + 1])
+                   path.logits[r:r + 1], path.weights)
         _, g = fn(net, sub, y_rows[r:r + 1], np.ones(1), **opts)
         for k, v in g.items():
             per_path[k].append(v)
     return loss, grads, ({k: np.stack(v) for k, v in per_path.items()}, prob, example)
-
-
-MAX_WEIGHT_BITS = 14
-
-
-def weight_configurations(net):
-    """Enumerate every joint value of the Bernoulli weights: yields (prob, {prefix: w}).
-
-    Each configuration is set as the layers' current ``weight`` while it is yielded.
-    """
-    latent = net.latent_layers()
-    sizes = [layer.eta.size for _, layer in latent]
-    if sum(sizes) > MAX_WEIGHT_BITS:
-        raise ValueError(f"net: weight enumeration supports at most {MAX_WEIGHT_BITS} binary weights, got {sum(sizes)}")
-    joint = all_states(sum(sizes))
-    bounds = np.cumsum([0] + sizes)
-    for row in joint:
-        prob, config = 1.0, {}
-        for k, (prefix, layer) in enumerate(latent):
-            w = row[bounds[k]:bounds[k + 1]].reshape(layer.eta.shape).astype(layer.eta.dtype)
-            prob *= float(np.prod(layer.latent.noise.cdf(w * layer.eta)))
-            layer.weight = w
-            config[prefix] = w
-        yield prob, config
 
 
 def exact_bernoulli(net, x, y):
@@ -108,34 +86,22 @@ def exact_bernoulli(net, x, y):
     -------
     loss : float
     grads_eta : dict
-        ``dE/deta`` for latent weights (key ``prefix.eta``) and ``dE/dparam`` for every other parameter.
+        ``dE/deta`` for latent weights (key ``prefix.eta``) and ``dE/dparam`` for every other parameter
+        (the ``"exact"`` estimator).
     grads_theta : dict
         ``dE/dtheta`` (theta = P(w = +1) = F(eta)) for the latent weights only.
     """
-    latent = dict(net.latent_layers())
-    loss, grads = 0.0, {k: np.zeros_like(p, dtype=np.float64) for k, p in net.params.items()}
-    for prob, config in weight_configurations(net):
-        e_w, g_w = exact_gradient(net, x, y)
-        loss += prob * e_w
-        for key, g in g_w.items():
-            prefix = key.rsplit(".", 1)[0]
-            if key.endswith(".eta"):
-                layer = latent[prefix]
-                w = config[prefix]
-                # d/d eta of prod F(w eta) = prod * w p(eta) / F(w eta)
-                score = w * layer.latent.noise.pdf(layer.eta) / layer.latent.noise.cdf(w * layer.eta)
-                grads[key] += prob * e_w * score
-            else:
-                grads[key] += prob * g
-    grads_theta = {f"{p}.eta": grads[f"{p}.eta"] / layer.latent.noise.pdf(layer.eta) for p, layer in latent.items()}
+    loss, grads = exact_gradient(net, *net.check_batch(x, y))
+    grads_theta = {f"{p}.eta": grads[f"{p}.eta"] / layer.latent.noise.pdf(layer.latent.eta)
+                   for p, layer in net.latent_layers()}
     return loss, grads, grads_theta
 
 
 def expected_estimate_bernoulli(method, net, x, y, **options):
     """Exact expectation of a path estimator over weight samples and activation paths."""
     loss, grads = 0.0, None
-    for prob, _ in weight_configurations(net):
-        l_w, g_w = expected_estimate(method, net, x, y, **options)
+    for prob, weights in weight_configurations(net):
+        l_w, g_w = expected_estimate(method, net, x, y, weights=weights, **options)
         loss += prob * l_w
         grads = {k: prob * v for k, v in g_w.items()} if grads is None else {k: grads[k] + prob * g_w[k]
                                                                              for k in grads}

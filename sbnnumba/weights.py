@@ -5,9 +5,15 @@ Each weight has a latent real parameter ``eta``; the binary weight is
 .. math:: w = \mathrm{sign}(\eta - Z'), \qquad \theta = P(w = +1) = F(\eta), \qquad E[w] = 2F(\eta) - 1,
 
 sampled **once per forward pass** (shared by the batch and by all positions of a conv kernel) from
-uniforms: ``w = +1 if u < F(eta) else -1``. The layer's ``weight`` attribute holds the current sample,
-so forward, backward and PSA flip propagation use it unchanged; the parameter exposed to optimizers is
-``eta``. Gradients w.r.t. the sampled weight ``g_w = dL/dw`` (from any activation estimator) become
+uniforms: ``w = +1 if u < F(eta) else -1``.
+
+A layer owns its weight parameterization (:class:`RealWeights` or :class:`BernoulliWeights`): the
+trainable arrays (:meth:`~WeightParameterization.params`), the weights of the deterministic network
+(:meth:`~WeightParameterization.mode`) and the map from ``dL/dw`` to the gradients of those arrays
+(:meth:`~WeightParameterization.grads`). A sampled weight is never stored on the layer: it belongs to
+the sampled path (:attr:`sbnnumba.network.Path.weights`), and the layer computes with it through a
+view (:meth:`sbnnumba.layers.AffineLayer.with_weight`). Gradients w.r.t. the sampled weight
+``g_w = dL/dw`` (from any activation estimator) become
 
 * ``grad="md"`` (default, identity ST for weights): ``g_eta = 2 g_w ~ dE/dtheta``. Additive updates
   ``eta <- eta - lr * g_eta`` are then **mirror descent** on theta with the noise-matched mirror map
@@ -21,6 +27,8 @@ Weight decay ``lambda * eta`` on the latent weights is the KL pull ``d/dtheta KL
 """
 from __future__ import annotations
 
+import abc
+
 import numpy as np
 from scipy import special
 
@@ -30,50 +38,122 @@ from .validation import as_generator, check_choice, check_positive_number
 WEIGHT_GRADS = ("md", "latent")
 
 
-class BernoulliWeights:
-    """Sampling and gradient rules of a tensor of Bernoulli weights.
+class WeightParameterization(abc.ABC):
+    """How an affine layer's weight tensor ``w`` is parameterized.
+
+    ``stochastic`` says whether ``w`` is sampled (then :meth:`sample` draws it and the network keeps the
+    draw in the path); :meth:`mode` is the weight of the deterministic network.
+    """
+
+    stochastic = False
+
+    @abc.abstractmethod
+    def params(self) -> dict:
+        """name -> trainable array (the arrays themselves: optimizers update them in place)."""
+
+    @abc.abstractmethod
+    def mode(self):
+        """The deterministic weight tensor: the real weights, or ``sign(eta)`` for Bernoulli weights."""
+
+    @abc.abstractmethod
+    def grads(self, g_w) -> dict:
+        """name -> gradient of each trainable array, from ``g_w = dL/dw`` at the weights in use."""
+
+    def project_(self):
+        """Constraint projection after an optimizer step (none by default)."""
+
+    @property
+    def shape(self):
+        return next(iter(self.params().values())).shape
+
+    @property
+    def dtype(self):
+        return next(iter(self.params().values())).dtype
+
+
+class RealWeights(WeightParameterization):
+    """Real weights: the parameter is ``weight`` itself, ``dL/dweight = g_w``."""
+
+    def __init__(self, weight):
+        self.weight = weight
+
+    def params(self):
+        return {"weight": self.weight}
+
+    def mode(self):
+        return self.weight
+
+    def grads(self, g_w):
+        return {"weight": g_w}
+
+    def __repr__(self):
+        return f"RealWeights(shape={self.weight.shape})"
+
+
+class BernoulliWeights(WeightParameterization):
+    """Bernoulli weights ``w = sign(eta - Z')`` with latent ``eta``: sampling and gradient rules.
 
     Parameters
     ----------
-    noise : str
-        Weight-noise family (``"logistic"``, ``"uniform"``, ``"triangular"``, ``"normal"``).
+    eta : ndarray
+        Latent weights (the trainable parameter, kept as given, projected by ``clip``).
+    noise : str or NoiseFamily
+        Weight-noise family (``"logistic"``, ``"uniform"``, ``"triangular"``, ``"normal"``, ...).
     grad : {"md", "latent"}
         Gradient rule (see the module docstring).
-    clip : float or None
-        Projection of ``eta`` onto [-clip, clip] after every update (:meth:`project_`). Defaults to 1
-        for uniform noise (mandatory: it is the mirror-descent projection) and None otherwise.
+    clip : float, None or "auto"
+        Projection of ``eta`` onto [-clip, clip] after every update (:meth:`project_`). ``"auto"``: the
+        family's :attr:`~sbnnumba.noise.NoiseFamily.weight_clip` (1 for uniform noise, where it is the
+        mirror-descent projection; None otherwise).
     """
 
-    def __init__(self, noise="logistic", grad="md", clip="auto"):
+    stochastic = True
+
+    def __init__(self, eta, noise="logistic", grad="md", clip="auto"):
         self.noise = get_noise(noise)
         self.grad = check_choice(grad, "weight_grad", WEIGHT_GRADS)
-        if clip == "auto":
+        if isinstance(clip, str) and clip == "auto":
             clip = self.noise.weight_clip
         self.clip = None if clip is None else check_positive_number(clip, "clip", " or None")
+        self.eta = eta
+        self.project_()
 
-    def sample(self, eta, u):
+    def params(self):
+        return {"eta": self.eta}
+
+    def sample(self, u):
         """One binary sample ``w = +1 if u < F(eta) else -1`` of the shape of ``eta``."""
-        return self.noise.sample(eta, u)
+        return self.noise.sample(self.eta, u)
 
-    @staticmethod
-    def mode(eta):
+    def mode(self):
         """Deterministic weights ``sign(eta)`` with ``sign(0) = +1`` (the most probable value)."""
-        return np.where(eta >= 0, 1, -1).astype(eta.dtype)
+        return np.where(self.eta >= 0, 1, -1).astype(self.eta.dtype)
 
-    def mean(self, eta):
+    def mean(self):
         """``E[w] = 2 F(eta) - 1``."""
-        return self.noise.mean(eta)
+        return self.noise.mean(self.eta)
 
-    def eta_grad(self, eta, g_w):
+    def prob(self, w):
+        """``P(w) = prod F(w * eta)`` of a +-1 tensor ``w`` (float)."""
+        return float(np.prod(self.noise.cdf(w * self.eta)))
+
+    def score(self, w):
+        """``d log P(w) / d eta = w p(eta) / F(w eta)`` (the shape of ``eta``)."""
+        return w * self.noise.pdf(self.eta) / self.noise.cdf(w * self.eta)
+
+    def grads(self, g_w):
+        return {"eta": self.eta_grad(g_w)}
+
+    def eta_grad(self, g_w):
         """Map ``dL/dw`` at the sampled weights to the gradient used for ``eta``."""
         if self.grad == "md":
             return 2 * g_w
-        return 2 * self.noise.pdf(eta) * g_w
+        return 2 * self.noise.pdf(self.eta) * g_w
 
-    def project_(self, eta):
+    def project_(self):
         """In-place projection ``eta <- clip(eta, -c, c)`` (no-op without ``clip``)."""
         if self.clip is not None:
-            np.clip(eta, -self.clip, self.clip, out=eta)
+            np.clip(self.eta, -self.clip, self.clip, out=self.eta)
 
     def __repr__(self):
         return f"BernoulliWeights(noise={self.noise.name!r}, grad={self.grad!r}, clip={self.clip!r})"
@@ -91,7 +171,8 @@ def make_bernoulli(layer, noise="logistic", grad="md", clip="auto", init_scale=1
     """
     rng = as_generator(rng)
     eta = rng.uniform(-init_scale, init_scale, size=layer.weight.shape).astype(layer.weight.dtype)
-    return _install_latent(layer, eta, BernoulliWeights(noise, grad, clip))
+    layer.set_weight_param(BernoulliWeights(eta, noise, grad, clip))
+    return layer
 
 
 def bernoulli_from_real(layer, noise="logistic", grad="md", clip="auto", scale=3.0):
@@ -129,7 +210,8 @@ def bernoulli_from_real(layer, noise="logistic", grad="md", clip="auto", scale=3
     rows = w.reshape(w.shape[0], -1)
     std = rows.std(axis=1)
     std = np.where(std > 0, std, 1.0).reshape((-1,) + (1,) * (w.ndim - 1))
-    return _install_latent(layer, (scale * w / std).astype(w.dtype), BernoulliWeights(noise, grad, clip))
+    layer.set_weight_param(BernoulliWeights((scale * w / std).astype(w.dtype), noise, grad, clip))
+    return layer
 
 
 def matched_scale(logistic_scale, noise):
@@ -154,12 +236,3 @@ def matched_scale(logistic_scale, noise):
     if special.expit(logistic_scale) >= 1.0:
         raise ValueError(f"logistic_scale: expected a value below 36 (sigma(s) < 1 in float64), got {logistic_scale!r}")
     return get_noise(noise).matched_scale(logistic_scale)
-
-
-def _install_latent(layer, eta, latent):
-    layer.eta = eta
-    latent.project_(layer.eta)
-    layer.latent = latent
-    layer.weight = latent.mode(layer.eta)
-    layer.param_names = ("eta",) + tuple(n for n in layer.param_names if n != "weight")
-    return layer

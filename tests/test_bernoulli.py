@@ -37,7 +37,7 @@ def test_exact_gradient_wrt_eta_matches_finite_differences():
             p[idx] = old
             assert abs((plus - minus) / (2 * h) - g_eta[key][idx]) < 1e-7, (key, idx)
     # dE/dtheta = dE/deta / p(eta)
-    eta = net.stages[0].eta
+    eta = net.stages[0].latent.eta
     np.testing.assert_allclose(g_theta["stages.0.eta"] * special.expit(eta) * special.expit(-eta),
                                g_eta["stages.0.eta"])
 
@@ -81,10 +81,10 @@ def test_weights_sampled_once_per_batch_and_reused_in_backward():
     path = net.sample(x, rng=0)
     w = path.weights["stages.0"]
     assert w.shape == (5, 4) and set(np.unique(w)) <= {-1.0, 1.0}
-    assert net.stages[0].weight is w  # the backward pass uses exactly this sample
+    assert path.layers[0].weight is w  # the backward pass (through path.layers) uses exactly this sample
     np.testing.assert_allclose(path.stages[0].pre, x @ w.T + net.stages[0].bias)
     freq = np.mean([net.sample(x[:1], rng=s).weights["stages.0"][0, 0] > 0 for s in range(3000)])
-    p = special.expit(net.stages[0].eta[0, 0])
+    p = special.expit(net.stages[0].latent.eta[0, 0])
     assert abs(freq - p) < 5 * np.sqrt(p * (1 - p) / 3000)
 
 
@@ -92,23 +92,23 @@ def test_mirror_descent_step_is_kl_proximal_logistic():
     """MD on theta with the logistic mirror map: eta <- eta - eps g equals argmin eps g theta + KL(theta||theta_t)."""
     for theta_t, g, eps in ((0.3, 1.7, 0.1), (0.9, -2.0, 0.5)):
         net = sb.Network([sb.Linear(1, 1, weight="bernoulli", dtype=np.float64)], sb.Linear(1, 1, dtype=np.float64))
-        net.stages[0].eta[...] = special.logit(theta_t)
-        SGD(lr=eps).update({"e": net.stages[0].eta}, {"e": np.array([[g]])})
+        net.stages[0].latent.eta[...] = special.logit(theta_t)
+        SGD(lr=eps).update({"e": net.stages[0].latent.eta}, {"e": np.array([[g]])})
         kl = lambda th: th * np.log(th / theta_t) + (1 - th) * np.log((1 - th) / (1 - theta_t))
         res = optimize.minimize_scalar(lambda th: eps * g * th + kl(th), bounds=(1e-12, 1 - 1e-12), method="bounded",
                                        options={"xatol": 1e-12})
-        assert abs(special.expit(net.stages[0].eta[0, 0]) - res.x) < 1e-8
+        assert abs(special.expit(net.stages[0].latent.eta[0, 0]) - res.x) < 1e-8
         assert abs(res.x - special.expit(special.logit(theta_t) - eps * g)) < 1e-8
 
 
 def test_mirror_descent_uniform_is_projected_step():
     layer = sb.Linear(3, 1, weight="bernoulli", weight_noise="uniform", dtype=np.float64)
     net = sb.Network([layer], sb.Linear(1, 2, dtype=np.float64))
-    layer.eta[...] = [[0.5, -0.9, 0.0]]
+    layer.latent.eta[...] = [[0.5, -0.9, 0.0]]
     g = np.array([[-2.0, 1.0, 0.3]])
-    SGD(lr=0.5).update({"eta": layer.eta}, {"eta": g})
+    SGD(lr=0.5).update({"eta": layer.latent.eta}, {"eta": g})
     net.apply_constraints()
-    np.testing.assert_allclose(layer.eta, [[1.0, -1.0, -0.15]])
+    np.testing.assert_allclose(layer.latent.eta, [[1.0, -1.0, -0.15]])
     # Euclidean argmin over theta in [0,1] of eps g theta + (theta - theta_t)^2 (eta = 2 theta - 1)
     for eta_t, gi in ((0.5, -2.0), (-0.9, 1.0), (0.0, 0.3)):
         th_t = (eta_t + 1) / 2
@@ -131,7 +131,7 @@ def test_deterministic_mode_equals_hand_built_sign_network():
     net = bernoulli_net([4, 6, 5], seed=5, weight="hidden")
     x = np.random.default_rng(1).normal(size=(9, 4))
     h = np.where(x @ net.stages[0].weight.T + net.stages[0].bias >= 0, 1.0, -1.0)
-    w1 = np.where(net.stages[1].eta >= 0, 1.0, -1.0)
+    w1 = np.where(net.stages[1].latent.eta >= 0, 1.0, -1.0)
     h = np.where(h @ w1.T + net.stages[1].bias >= 0, 1.0, -1.0)
     np.testing.assert_allclose(net.forward_deterministic(x), h @ net.head.weight.T + net.head.bias)
 
@@ -203,7 +203,7 @@ def test_recalibrated_deterministic_statistics():
     net.recalibrate_normalization(x, mode="deterministic")
     mean, var = net.stages[1].running["deterministic"]
     h = np.where(net.stages[0].forward(x) >= 0, 1.0, -1.0)  # stage 0 normalized with batch statistics
-    z = h @ np.where(net.stages[1].eta >= 0, 1.0, -1.0).T + net.stages[1].bias
+    z = h @ np.where(net.stages[1].latent.eta >= 0, 1.0, -1.0).T + net.stages[1].inner.bias
     np.testing.assert_allclose(mean, z.mean(0))
     np.testing.assert_allclose(var, z.var(0))
     assert net.predict(x, mode="deterministic").shape == (64,)
@@ -239,8 +239,9 @@ def test_conv_bernoulli_weights_one_sample_per_kernel_weight():
     path = net.sample(x, rng=1)
     w = path.weights["stages.0"]
     assert w.shape == (3, 2, 3, 3)
-    assert net.stages[0].layer.weight is w
-    z = net.stages[0].layer.forward(x)
+    assert path.layers[0].inner.weight is w  # the path's layers compute with the sample ...
+    np.testing.assert_array_equal(net.stages[0].inner.weight, net.stages[0].latent.mode())  # ... the net is unchanged
+    z = path.layers[0].inner.forward(x)
     from sbnnumba.kernels.conv_reference import conv_forward
     np.testing.assert_allclose(z, conv_forward(x, w, net.stages[0].layer.bias, (1, 1), (1, 1)), atol=1e-12)
     for method in ("psa", "st"):
@@ -275,7 +276,7 @@ def test_fit_with_binary_weights_checkpoint_restores_statistics(tmp_path):
                               normalize=True)
     training.fit(net, (x, y), estimator="st", epochs=2, batch_size=32, lr=0.05, out=tmp_path, progress=False,
                  plots=False, eval_samples=2)
-    eta = net.stages[1].eta
+    eta = net.stages[1].latent.eta
     assert np.abs(eta).max() <= 1.0  # uniform weight noise: eta projected onto [-1, 1]
     assert net.stages[1].running["deterministic"] is not None
     loaded = training.load_network(tmp_path / training.CHECKPOINT_NAME)
@@ -296,8 +297,8 @@ def test_to_bernoulli_follows_the_real_weights():
     net.to_bernoulli("hidden", scale=2.5)
     assert conv1.latent is None and conv2.latent is not None
     assert "stages.1.eta" in net.params and "stages.1.weight" not in net.params and "stages.0.weight" in net.params
-    np.testing.assert_allclose(conv2.eta.reshape(4, -1).std(axis=1), 2.5, rtol=1e-12)
-    np.testing.assert_array_equal(np.sign(conv2.eta), np.sign(w2))
+    np.testing.assert_allclose(conv2.latent.eta.reshape(4, -1).std(axis=1), 2.5, rtol=1e-12)
+    np.testing.assert_array_equal(np.sign(conv2.latent.eta), np.sign(w2))
     # deterministic mode: the real network with sign(W) in stage 1 (statistics: the running ones)
     want_net = sb.Network([Normalized(sb.Conv2d(1, 3, 3, rng=0, dtype=np.float64)),
                            Normalized(sb.Conv2d(3, 4, 2, stride=2, rng=0, dtype=np.float64))],
@@ -306,7 +307,7 @@ def test_to_bernoulli_follows_the_real_weights():
         p[...] = np.where(w2 >= 0, 1.0, -1.0) if name == "stages.1.weight" else net.params[name]
     np.testing.assert_allclose(net.forward_deterministic(x), want_net.forward_deterministic(x), atol=1e-12)
     net.to_bernoulli("hidden")  # already converted stages are left alone
-    np.testing.assert_allclose(conv2.eta.reshape(4, -1).std(axis=1), 2.5, rtol=1e-12)
+    np.testing.assert_allclose(conv2.latent.eta.reshape(4, -1).std(axis=1), 2.5, rtol=1e-12)
     with pytest.raises(ValueError, match="scale"):
         net.to_bernoulli("bernoulli", scale=0)
     with pytest.raises(ValueError, match="already"):
@@ -509,9 +510,13 @@ def test_bench_binary_modes_passes_match_the_network_and_its_recalibration():
     for mode, weights_at_mode in (("weights sign(eta)", True), ("activations sign(a)", False)):
         two = [modes.mode_pass(net, x, mode, np.random.default_rng(s)) for s in (9, 10)]
         assert not np.array_equal(*two), mode
-        at_mode = [np.array_equal(layer.weight, np.where(layer.eta >= 0, 1.0, -1.0))
-                   for _, layer in net.latent_layers()]
+        weights = net.sample_weights(np.random.default_rng(9), None if not weights_at_mode else {
+            p: np.full(layer.latent.eta.shape, 0.5) for p, layer in net.latent_layers()})
+        at_mode = [np.array_equal(weights[p], np.where(layer.latent.eta > 0, 1.0, -1.0))
+                   for p, layer in net.latent_layers()]
         assert all(at_mode) if weights_at_mode else not all(at_mode), mode
+        # sampling leaves the network unchanged: its Bernoulli stages still compute with sign(eta)
+        assert all(np.array_equal(layer.weight, layer.latent.mode()) for _, layer in net.latent_layers())
     e, s = modes.mode_accuracy(net, x, np.zeros(40, dtype=np.int64), "deterministic", 5, np.random.default_rng(0))
     assert e == s == pytest.approx(np.mean(np.argmax(expected, axis=1) == 0))
 
@@ -539,3 +544,52 @@ def test_bench_binary_weights_sharpen_steps(tmp_path):
     rows = json.loads((runs / "mlp-results.json").read_text())
     assert [r["label"].endswith("noise / 2^2") for r in rows] == [False, True]
     assert "2 time(s)" in next((tmp_path / "docs" / "experiments").glob("*-results-binary-mlp.md")).read_text()
+
+
+# ------------------------------------------------------------------ estimators are pure functions (#41)
+def _pure_net():
+    rng = np.random.default_rng(41)
+    net = sb.Network.dense([3, 4, 3], 3, rng=rng, dtype=np.float64, weight=["real", "bernoulli"])
+    return net, rng.normal(size=(5, 3)), rng.integers(0, 3, size=5)
+
+
+@pytest.mark.parametrize("method", sorted(sb.known_methods()))
+def test_every_estimator_is_a_pure_function_of_network_data_and_seed(method):
+    """Sampled Bernoulli weights live in the path, not on the layers: an estimator called twice with the
+    same seed, around calls that sample (other estimators, predictions, paths), gives the same result,
+    and no call changes the network (its parameters, or the weights its layers compute with)."""
+    net, x, y = _pure_net()
+    params = {k: p.copy() for k, p in net.params.items()}
+    weights = [layer.weight.copy() for _, layer in net.latent_layers()]
+    loss1, g1 = sb.estimate(method, net, x, y, rng=5)
+    for other in ("psa", "st", "reinforce", "tanh"):
+        sb.estimate(other, net, x, y, rng=11)
+    net.sample(x, rng=12)
+    net.predict(x, samples=3, rng=13)
+    loss2, g2 = sb.estimate(method, net, x, y, rng=5)
+    assert loss1 == loss2
+    for k in g1:
+        np.testing.assert_array_equal(g1[k], g2[k], err_msg=k)
+    for k, p in net.params.items():
+        np.testing.assert_array_equal(p, params[k], err_msg=k)
+    for (_, layer), w in zip(net.latent_layers(), weights):
+        np.testing.assert_array_equal(layer.weight, w)  # still sign(eta)
+
+
+def test_exact_enumerates_bernoulli_weights_and_refuses_too_many():
+    """``exact`` averages over every joint weight value (its loss is the finite-difference-checked oracle of
+    test_exact_gradient_wrt_eta_matches_finite_differences), and refuses networks with more than 14
+    Bernoulli weights with a message saying so."""
+    net, x, y = _pure_net()
+    loss, _ = sb.estimate("exact", net, x, y)
+    from sbnnumba.estimators.exact import weight_configurations
+    from sbnnumba.testing import enumerate_paths
+    total = 0.0
+    for prob, w in weight_configurations(net):
+        path, p_path, example = enumerate_paths(net, x, w)
+        l_path = sb.losses.xent(path.logits, y[example], grad=False)
+        total += prob * np.sum(p_path * l_path) / x.shape[0]
+    assert abs(loss - total) < 1e-12
+    wide = sb.Network.dense([3, 5, 3], 3, rng=0, dtype=np.float64, weight="bernoulli")  # 15 + 15 weights
+    with pytest.raises(ValueError, match="at most 14 Bernoulli weights in all .* got 30"):
+        sb.estimate("exact", wide, x, y)

@@ -415,7 +415,7 @@ def test_training_step_dense():
     # common random numbers: the same path on both backends, its states re-sampled on the device
     nets = _nets(lambda backend: sb.Network.dense([6, 5, 7, 4], 3, rng=1, backend=backend, weight="hidden"))
     uniforms = [rng.random((3, n)).astype(np.float32) for n in (5, 7, 4)]
-    wu = {p: rng.random(l.eta.shape).astype(np.float32) for p, l in nets["cpu"].latent_layers()}
+    wu = {p: rng.random(l.latent.eta.shape).astype(np.float32) for p, l in nets["cpu"].latent_layers()}
     paths = {b: net.sample(x, uniforms=uniforms, weight_uniforms=wu) for b, net in nets.items()}
     weights = np.full(3, 1 / 3, np.float32)
     for k, st in enumerate(paths["cuda"].stages):

@@ -273,7 +273,7 @@ def test_device_step_binary():
         y = rng.integers(0, 3, size=4)
         net_host, net_dev = make(noise, weight_noise, rule), make(noise, weight_noise, rule)
         uniforms = [rng.random((4,) + s).astype(np.float32) for s in net_host.stage_shapes(shape)]
-        wu = {p: rng.random(layer.eta.shape).astype(np.float32) for p, layer in net_host.latent_layers()}
+        wu = {p: rng.random(layer.latent.eta.shape).astype(np.float32) for p, layer in net_host.latent_layers()}
         trainer = CudaTrainer(net_dev, method, sb.optim.Adam(lr=1e-2), max_batch=4, input_shape=shape)
         loss, grads = trainer.gradients(x, y, uniforms=uniforms, weight_uniforms=wu)
         loss_host, grads_host = _host_path_gradient(net_host, x, y, uniforms, method, wu)
@@ -306,7 +306,7 @@ def test_device_step_binary():
         trainer = CudaTrainer(net_dev, "psa", opt_dev, max_batch=4, input_shape=shape)
         for _ in range(2):
             uniforms = [rng.random((4,) + s).astype(np.float32) for s in net_host.stage_shapes(shape)]
-            wu = {p: rng.random(layer.eta.shape).astype(np.float32) for p, layer in net_host.latent_layers()}
+            wu = {p: rng.random(layer.latent.eta.shape).astype(np.float32) for p, layer in net_host.latent_layers()}
             _, grads = _host_path_gradient(net_host, x, y, uniforms, "psa", wu)
             opt_host.update(net_host.params, grads)
             net_host.apply_constraints()
@@ -314,7 +314,7 @@ def test_device_step_binary():
         trainer.sync()
         for key, p in net_host.params.items():
             close(net_dev.params[key], p, f"binary {name} uniform SGD {key}", rtol=1e-4, atol=1e-5)
-        etas = [layer.eta for _, layer in net_dev.latent_layers()]
+        etas = [layer.latent.eta for _, layer in net_dev.latent_layers()]
         if max(np.abs(e).max() for e in etas) > 1 or not any(np.abs(e).max() == 1 for e in etas):
             raise AssertionError(f"binary {name}: uniform-noise eta not projected onto [-1, 1]")
 

@@ -74,7 +74,7 @@ def test_weight_uniforms_are_shared_and_change_per_step():
     assert set(a) == {"stages.0", "stages.1"}
     for k in a:
         np.testing.assert_array_equal(a[k], b[k])
-        assert a[k].shape == dict(net.latent_layers())[k].eta.shape
+        assert a[k].shape == dict(net.latent_layers())[k].latent.eta.shape
     assert not np.array_equal(KeyedNoise(1).weight_uniforms(net, 4)["stages.0"], a["stages.0"])
 
 

@@ -28,7 +28,6 @@ def float_run(net, x):
     ``Network._forward_deterministic``), and its logits from ``forward_deterministic``."""
     pres, states = [], []
     with net.evaluating("deterministic"):
-        net.set_mode_weights()
         h = net.check_input(x)
         for layer in net.stages:
             a = layer.forward(h)
@@ -98,7 +97,7 @@ def test_thresholds_match_float_arithmetic_at_every_dot(dtype):
     layer.gamma[:] = rng.normal(size=n)
     layer.gamma[:4] = [0, 0, -0.0, 1e-30]
     layer.beta[:] = rng.choice([0.0, 0.5, -1.25], size=n)
-    layer.bias[:] = rng.choice([0.0, 1.0, -3.0, 0.1], size=n)
+    layer.inner.bias[:] = rng.choice([0.0, 1.0, -3.0, 0.1], size=n)
     mean = rng.integers(-k, k + 1, size=n).astype(dtype)  # many exact ties: z == mean, beta == 0
     layer.running["deterministic"] = (mean, rng.choice([0.0, 1.0, 7.3], size=n).astype(dtype))
     evaluate = _preactivation_fn(layer)
@@ -169,7 +168,7 @@ def test_random_dense_shapes(sizes, normalize, weight, seed):
     net = sb.Network.dense(sizes, 3, weight=weight, normalize=normalize, rng=rng)
     x = rng.integers(-2, 3, size=(17, sizes[0])).astype(np.float32)
     for layer in net.stages:
-        inner = getattr(layer, "layer", layer)
+        inner = layer.inner
         inner.bias[:] = rng.integers(-2, 3, size=inner.bias.shape)  # integer biases: exact ties
         if inner.latent is None:
             inner.weight[:] = rng.integers(-1, 2, size=inner.weight.shape)
@@ -190,10 +189,9 @@ def test_ties_dense(real_x):
     x = real_x[:64]
     for normalize in (True, False):
         net = dense_net("hidden", normalize=normalize, seed=3, calib=real_x)
-        first, second = (getattr(s, "layer", s) for s in net.stages)
+        first, second = (s.inner for s in net.stages)
         with net.evaluating("deterministic"):
-            net.set_mode_weights()
-            y0 = x.reshape(len(x), -1) @ first.weight.T  # the raw float product of the first stage
+                y0 = x.reshape(len(x), -1) @ first.weight.T  # the raw float product of the first stage
         first.bias[:] = -y0[0]  # example 0 sits exactly on every first-stage threshold ...
         if normalize:
             for norm in net.normalizations():
@@ -217,8 +215,7 @@ def raw_product(net, layer, h):
     layer.bias[:] = 0
     try:
         with net.evaluating("deterministic"):
-            net.set_mode_weights()
-            return layer.forward(h)
+                return layer.forward(h)
     finally:
         layer.bias[:] = saved
 
@@ -480,13 +477,13 @@ def test_bitplane_thresholds_match_float_arithmetic_at_every_product(dtype):
     layer.gamma[:] = rng.normal(size=n)
     layer.gamma[:4] = [0, 0, -0.0, 1e-30]
     layer.beta[:] = rng.choice([0.0, 0.0, 0.5, -1.25], size=n)
-    layer.bias[:] = rng.choice([0.0, 1.0, -3.0, 0.1], size=n)
+    layer.inner.bias[:] = rng.choice([0.0, 1.0, -3.0, 0.1], size=n)
     evaluate = _preactivation_fn(layer)
     for scale, z_max in ((0.5, 7 * 6), (1 / 255, 255 * 6), (3.0, 3 * 6)):
         d = np.arange(-z_max, z_max + 1)
         y = np.broadcast_to(grid_values(d, scale, dtype)[:, None], (d.size, n))
         # running means at attained values of y + bias: exact ties (z_hat = 0, beta = 0) for many units
-        mean = (y[rng.integers(0, d.size, n), np.arange(n)] + layer.bias).astype(dtype)
+        mean = (y[rng.integers(0, d.size, n), np.arange(n)] + layer.inner.bias).astype(dtype)
         layer.running["deterministic"] = (mean, rng.choice([0.0, 1.0, 7.3], size=n).astype(dtype))
         t, flip = _integer_thresholds(evaluate, n, z_max, dtype, "test", scale=scale)
         want = evaluate(y) >= 0
@@ -512,36 +509,20 @@ def exact_first_stage_reference(net, q, scale):
     the head as ``forward_deterministic``. Returns (first pre-activation, states, logits)."""
     dtype = np.dtype(net.dtype)
     first = net.stages[0]
-    inner = getattr(first, "layer", first)
-    w = inner.latent.mode(inner.eta).astype(np.int64)
+    inner = first.inner
+    w = inner.latent.mode().astype(np.int64)
     z = np.asarray(q).reshape(len(q), -1).astype(np.int64) @ w.T
     y = (scale * z.astype(np.float64)).astype(dtype)
 
-    class Product:
-        def forward(self, _):
-            return y + inner.bias
-
-    samples = [(layer, layer.weight) for _, layer in net.latent_layers()]
-    try:
-        with net.evaluating("deterministic"):
-            net.set_mode_weights()
-            if isinstance(first, sb.Normalized):
-                first.layer = Product()
-                try:
-                    a = first.forward(None)
-                finally:
-                    first.layer = inner
-            else:
-                a = Product().forward(None)
-            h = np.where(a >= 0, 1, -1).astype(dtype)
-            states = [h]
-            for layer in net.stages[1:]:
-                h = np.where(layer.forward(h) >= 0, 1, -1).astype(dtype)
-                states.append(h)
-            return a, states, net.head.forward(h)
-    finally:
-        for layer, weight in samples:
-            layer.weight = weight
+    with net.evaluating("deterministic"):  # Bernoulli stages compute with sign(eta)
+        z_first = y + inner.bias  # Linear.forward's bias add
+        a = first.affine(z_first, "deterministic") if first.normalization is not None else z_first
+        h = np.where(a >= 0, 1, -1).astype(dtype)
+        states = [h]
+        for layer in net.stages[1:]:
+            h = np.where(layer.forward(h) >= 0, 1, -1).astype(dtype)
+            states.append(h)
+        return a, states, net.head.forward(h)
 
 
 @pytest.mark.parametrize("sizes, bits, scale, normalize, dtype", [
@@ -556,8 +537,8 @@ def test_bitplane_network_equals_exact_integer_reference(sizes, bits, scale, nor
     net = sb.Network.dense(sizes, 4, weight="bernoulli", normalize=normalize, rng=rng, dtype=dtype)
     q = rng.integers(0, 1 << bits, size=(64, sizes[0]))
     x = grid_values(q, scale, dtype)
-    first = getattr(net.stages[0], "layer", net.stages[0])
-    w = first.latent.mode(first.eta).astype(np.int64)
+    first = net.stages[0].inner
+    w = first.latent.mode().astype(np.int64)
     y0 = grid_values(q[0] @ w.T, scale, dtype)  # example 0's exact first product
     if normalize:
         net.recalibrate_normalization(x, mode="deterministic")
@@ -614,7 +595,6 @@ def test_bitplane_agreement_with_float_network_on_real_data(real_x):
 
     first = net.stages[0].layer
     with net.evaluating("deterministic"):
-        net.set_mode_weights()
         w = first.weight
     y_blas = raw_product(net, first, x).astype(np.float64)  # the float network's own x @ w.T (bias 0)
     y_true = (q.reshape(len(q), -1).astype(np.int64) @ w.astype(np.int64).T) / 255.0  # z / 255 (float64)

@@ -629,8 +629,7 @@ def deterministic_stats(rng, desc, params):
 
 def check_margins(net, x):
     """No deterministic pre-activation within MARGIN of 0: its sign must not depend on rounding."""
-    with net.evaluating("deterministic"):
-        net.set_mode_weights()
+    with net.evaluating("deterministic"):  # Bernoulli stages compute with sign(eta)
         h = x
         for k, layer in enumerate(net.stages):
             a = layer.forward(h)

@@ -75,7 +75,7 @@ class KeyedNoise:
         dict prefix -> array of the shape of that layer's ``eta`` (what ``Network.sample`` accepts as
         ``weight_uniforms``)."""
         gen = np.random.Generator(np.random.Philox(key=_key(self.seed, WEIGHT_SALT, step)))
-        return {prefix: gen.random(layer.eta.shape, dtype=layer.eta.dtype) for prefix, layer in net.latent_layers()}
+        return {prefix: gen.random(layer.latent.eta.shape, dtype=layer.latent.eta.dtype) for prefix, layer in net.latent_layers()}
 
     def __repr__(self):
         return f"KeyedNoise(seed={self.seed})"

@@ -53,9 +53,9 @@ from .registry import register_estimator
 _TINY = 1e-12
 
 
-def _suffix_losses(net, k, h, y, rng):
+def _suffix_losses(net, layers, k, h, y, rng):
     """Sampled loss (rows,) of the network continued from state ``h`` of stage k (rows, ...)."""
-    for layer in net.stages[k + 1:]:
+    for layer in layers[k + 1:]:
         a = layer.forward(h)
         half = a.shape[0] // 2
         u = rng.random((half,) + a.shape[1:])
@@ -70,11 +70,11 @@ def arm_gradient(net, x, y, rng):
     if any(n.training for n in net.normalizations()):
         raise ValueError("net: ARM needs fixed normalization statistics (the suffix passes run on sub-batches); "
                          "call net.eval() first")
-    net.sample_weights(rng)
+    layers = net.stage_layers(net.sample_weights(rng))
     n = x.shape[0]
     weight = 1.0 / n
     grads, h = {}, x
-    for k, layer in enumerate(net.stages):
+    for k, layer in enumerate(layers):
         a = layer.forward(h)
         u = np.clip(rng.random(a.shape), _TINY, 1 - _TINY)
         b1 = np.where(u > noise.cdf(-a), 1, -1).astype(a.dtype)
@@ -82,7 +82,7 @@ def arm_gradient(net, x, y, rng):
         diff = np.zeros(n, dtype=a.dtype)
         rows = np.flatnonzero((b1 != b2).reshape(n, -1).any(axis=1))
         if rows.size:
-            f = _suffix_losses(net, k, np.concatenate([b1[rows], b2[rows]]), np.concatenate([y[rows]] * 2), rng)
+            f = _suffix_losses(net, layers, k, np.concatenate([b1[rows], b2[rows]]), np.concatenate([y[rows]] * 2), rng)
             diff[rows] = f[:rows.size] - f[rows.size:]
         g_a = (weight * 0.5) * diff.reshape((n,) + (1,) * (a.ndim - 1)) * noise.arm_psi(u)
         add_layer_grads(grads, f"stages.{k}", layer.param_grads(h, g_a.astype(a.dtype)))

@@ -18,13 +18,17 @@ def add_layer_grads(grads, prefix, layer_grads):
         grads[f"{prefix}.{name}"] = g
 
 
+def path_layers(net, path):
+    """The stage layers that computed ``path`` (views with its sampled Bernoulli weights)."""
+    return path.layers if path.layers is not None else net.stage_layers(path.weights)
+
+
 def finalize(net, loss, grads):
     """Order ``grads`` like ``net.params`` and cast to the parameter dtypes.
 
     For layers with Bernoulli weights the gradient w.r.t. the sampled weights is mapped to the
-    latent ``eta`` by the layer's weight rule (mirror descent or latent SGD, :mod:`sbnnumba.weights`).
+    latent ``eta`` by the layer's weight rule (mirror descent or latent SGD, :mod:`sbnnumba.weights`;
+    :meth:`~sbnnumba.Network.finalize_grads`).
     """
-    for prefix, layer in net.layers():
-        if layer.latent is not None and f"{prefix}.weight" in grads:
-            grads[f"{prefix}.eta"] = layer.latent.eta_grad(layer.eta, grads.pop(f"{prefix}.weight"))
+    net.finalize_grads(grads)
     return float(loss), {k: np.asarray(grads[k], dtype=p.dtype).reshape(p.shape) for k, p in net.params.items()}

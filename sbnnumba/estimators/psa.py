@@ -20,7 +20,7 @@ import numpy as np
 
 from ..losses import xent
 from . import rbhead
-from .common import add_layer_grads, finalize, flat_last_state, head_flip_logits
+from .common import add_layer_grads, finalize, flat_last_state, head_flip_logits, path_layers
 from .registry import register_path_estimator
 
 
@@ -49,8 +49,9 @@ def psa_path_gradient(net, path, y, weights, head="rb", linearize=False):
     else:
         add_layer_grads(grads, "head", net.head.param_grads(x_last, g_eta * weights[:, None]))
 
-    for k in range(len(net.stages) - 1, -1, -1):
-        layer, st = net.stages[k], path.stages[k]
+    layers = path_layers(net, path)
+    for k in range(len(layers) - 1, -1, -1):
+        layer, st = layers[k], path.stages[k]
         d = d.reshape(st.pre.shape)
         g_a = net.backend.psa_preactivation_grad(st.state, st.pre, d, noise)
         w_b = weights.reshape((-1,) + (1,) * (g_a.ndim - 1))

@@ -34,7 +34,7 @@ import numpy as np
 
 from ..losses import xent
 from ..validation import check_int
-from .common import add_layer_grads, finalize, flat_last_state
+from .common import add_layer_grads, finalize, flat_last_state, path_layers
 from .registry import register_estimator, register_path_estimator
 
 
@@ -50,7 +50,7 @@ def _reinforce_grads(net, path, g_eta, coef):
     """
     grads = {}
     add_layer_grads(grads, "head", net.head.param_grads(flat_last_state(path), g_eta))
-    for k, (layer, st) in enumerate(zip(net.stages, path.stages)):
+    for k, (layer, st) in enumerate(zip(path_layers(net, path), path.stages)):
         g_a = _bcast(coef, st.pre.ndim) * st.state * net.noise.score_ratio(st.state * st.pre)
         add_layer_grads(grads, f"stages.{k}", layer.param_grads(st.input, g_a.astype(st.pre.dtype)))
     return grads

@@ -54,11 +54,9 @@ and the transposed squared-weight map for ``d v_a / d v`` (see :func:`squared_we
 The moment estimators therefore need plain affine stages (``Linear``, ``Conv2d``); batch-normalized
 stages are refused with ``ValueError``.
 
-Bernoulli weights (if any) are sampled once per call (``net.sample_weights``) and held fixed, as
-for every activation estimator; ``finalize`` maps ``dl/dw`` to the latent ``eta``.
+Bernoulli weights (if any) are sampled once per call (``net.sample_weights``, computed with
+through ``net.stage_layers``; the network is unchanged) and held fixed, as for every activation estimator; ``finalize`` maps ``dl/dw`` to the latent ``eta``.
 """
-import copy
-
 import numpy as np
 from scipy import special
 
@@ -77,14 +75,14 @@ def _uniforms(rng, shape):
 
 
 # --------------------------------------------------------------------- relaxed forward + backprop
-def _relaxed_estimate(net, x, y, activation):
+def _relaxed_estimate(net, layers, x, y, activation):
     """Forward with ``h^k, slope^k = activation(a^k)`` per stage, then backprop with ``slope`` as dh/da.
 
     Returns (mean head loss, grads); ``slope`` replaces the derivative of the activation.
     """
     n = x.shape[0]
     inputs, slopes, h = [], [], x
-    for layer in net.stages:
+    for layer in layers:
         a = layer.forward(h)
         inputs.append(h)
         h, slope = activation(a)
@@ -94,8 +92,8 @@ def _relaxed_estimate(net, x, y, activation):
     grads = {}
     add_layer_grads(grads, "head", net.head.param_grads(h, g_eta))
     delta = net.head.backward_input(g_eta, h.shape[1:])
-    for k in range(len(net.stages) - 1, -1, -1):
-        layer = net.stages[k]
+    for k in range(len(layers) - 1, -1, -1):
+        layer = layers[k]
         g_a = slopes[k] * delta
         add_layer_grads(grads, f"stages.{k}", layer.param_grads(inputs[k], g_a))
         if k > 0:
@@ -116,33 +114,31 @@ def _gumbel(net, rng, tau, hard):
 def concrete_gradient(net, x, y, rng, tau=1.0):
     """Binary Concrete / Gumbel-softmax: relaxed forward ``tanh((a - z)/(2 tau))``, pathwise gradient."""
     tau = check_positive_number(tau, "tau")
-    net.sample_weights(rng)
-    return _relaxed_estimate(net, x, y, _gumbel(net, rng, tau, hard=False))
+    layers = net.stage_layers(net.sample_weights(rng))
+    return _relaxed_estimate(net, layers, x, y, _gumbel(net, rng, tau, hard=False))
 
 
 def st_gumbel_gradient(net, x, y, rng, tau=1.0):
     """ST-Gumbel: hard sample forward, backward through ``(1 - x~^2)/(2 tau)`` of the same noise."""
     tau = check_positive_number(tau, "tau")
-    net.sample_weights(rng)
-    return _relaxed_estimate(net, x, y, _gumbel(net, rng, tau, hard=True))
+    layers = net.stage_layers(net.sample_weights(rng))
+    return _relaxed_estimate(net, layers, x, y, _gumbel(net, rng, tau, hard=True))
 
 
 def tanh_gradient(net, x, y, rng):
     """Deterministic mean propagation ``h = 2F(a) - 1`` with its exact gradient (``rng`` samples only
     Bernoulli weights, if any)."""
-    net.sample_weights(rng)
-    return _relaxed_estimate(net, x, y, lambda a: (net.noise.mean(a), net.noise.mean_grad(a)))
+    layers = net.stage_layers(net.sample_weights(rng))
+    return _relaxed_estimate(net, layers, x, y, lambda a: (net.noise.mean(a), net.noise.mean_grad(a)))
 
 
 # ------------------------------------------------------------------------------ moment propagation
 def squared_weight_layer(layer):
-    """A shallow copy of ``layer`` with ``weight ** 2`` and a zero bias: the variance map ``v -> W^2 v``.
+    """A view of the affine ``layer`` with ``weight ** 2`` and a zero bias: the variance map ``v -> W^2 v``.
 
-    Its ``backward_input`` is the transposed variance map. Relies only on the layer keeping its
-    kernel in ``weight`` and its bias in ``bias`` (as ``params()`` and ``rescale_`` do).
+    Its ``backward_input`` is the transposed variance map (``layer`` itself is unchanged).
     """
-    sq = copy.copy(layer)
-    sq.weight = layer.weight ** 2
+    sq = layer.with_weight(layer.weight ** 2)
     sq.bias = np.zeros_like(layer.bias)
     return sq
 
@@ -231,10 +227,10 @@ def _moment_estimate(net, x, y, rng, moment_map, head):
     if net.normalizations():
         raise ValueError("net: moment propagation (adf, local-reparam) supports plain affine stages only, "
                          "not batch-normalized ones")
-    net.sample_weights(rng)
+    layers = net.stage_layers(net.sample_weights(rng))
     n = x.shape[0]
     mu, var, cache = x, None, []
-    for layer in net.stages:
+    for layer in layers:
         mu_a, v_a = layer.forward_moments(mu, np.zeros_like(mu) if var is None else var)
         mu_x, v_x, back = moment_map(mu_a, v_a)
         cache.append((mu, var, back))
@@ -245,8 +241,8 @@ def _moment_estimate(net, x, y, rng, moment_map, head):
     grads = {}
     add_layer_grads(grads, "head", _moment_param_grads(net.head, mu, var, g_mu_eta, g_v_eta))
     g_mu, g_var = _moment_backward_input(net.head, var, g_mu_eta, g_v_eta, mu.shape[1:])
-    for k in range(len(net.stages) - 1, -1, -1):
-        layer, (mu_in, var_in, back) = net.stages[k], cache[k]
+    for k in range(len(layers) - 1, -1, -1):
+        layer, (mu_in, var_in, back) = layers[k], cache[k]
         g_mu_a, g_v_a = back(g_mu, g_var)
         add_layer_grads(grads, f"stages.{k}", _moment_param_grads(layer, mu_in, var_in, g_mu_a, g_v_a))
         if k > 0:

@@ -30,7 +30,7 @@ import numpy as np
 
 from ..losses import xent
 from ..noise import get_noise
-from .common import add_layer_grads, finalize, flat_last_state
+from .common import add_layer_grads, finalize, flat_last_state, path_layers
 from ..network import Path, StageSample
 from .registry import register_estimator, register_path_estimator
 
@@ -66,8 +66,9 @@ def st_path_gradient(net, path, y, weights, proxy=None):
     grads = {}
     add_layer_grads(grads, "head", net.head.param_grads(x_last, g_eta))
     delta = net.head.backward_input(g_eta, path.stages[-1].state.shape[1:])
-    for k in range(len(net.stages) - 1, -1, -1):
-        layer, st = net.stages[k], path.stages[k]
+    layers = path_layers(net, path)
+    for k in range(len(layers) - 1, -1, -1):
+        layer, st = layers[k], path.stages[k]
         g_a = factor(st.pre) * delta.reshape(st.pre.shape)
         add_layer_grads(grads, f"stages.{k}", layer.param_grads(st.input, g_a))
         if k > 0:
@@ -78,8 +79,9 @@ def st_path_gradient(net, path, y, weights, proxy=None):
 def st_deterministic(net, x, y, rng, proxy=None):
     """Deterministic-forward ST: states ``sign(a)`` (``sign(0) = +1``), Bernoulli weights sampled as usual."""
     path = Path(weights=net.sample_weights(rng))
+    path.layers = net.stage_layers(path.weights)
     h = x
-    for layer in net.stages:
+    for layer in path.layers:
         a = layer.forward(h)
         state = np.where(a >= 0, 1, -1).astype(a.dtype)
         path.stages.append(StageSample(h, a, state))

@@ -197,14 +197,14 @@ class CudaTrainer:
         # Bernoulli weights: a buffer for the sample w = sign(eta - Z') (drawn once per step) and one for
         # dL/dw, which the layer's rule maps to the eta gradient. Normalizations: running statistics.
         self._sampled, self._weight_grad, self._running = {}, {}, {}
-        self._layers = [getattr(stage, "layer", stage) for stage in net.stages]  # inside any Normalized
+        self._layers = [stage.inner for stage in net.stages]  # inside any Normalized
         for k, (stage, layer) in enumerate(zip(net.stages, self._layers)):
             if layer.latent is not None:
-                self._sampled[k] = cuda.device_array(layer.eta.shape, dtype=self.dtype)
-                self._weight_grad[k] = cuda.device_array(layer.eta.shape, dtype=self.dtype)
-            if isinstance(stage, Normalized):
+                self._sampled[k] = cuda.device_array(layer.latent.eta.shape, dtype=self.dtype)
+                self._weight_grad[k] = cuda.device_array(layer.latent.eta.shape, dtype=self.dtype)
+            if stage.normalization is not None:
                 self._running[k] = tuple(cuda.to_device(np.ascontiguousarray(r, dtype=self.dtype))
-                                         for r in stage.running["stochastic"])
+                                         for r in stage.normalization.running["stochastic"])
         units = max(int(np.prod(shape)) for shape in self.stage_shapes)
         n_weights = max([int(np.prod(w.shape)) for w in self._sampled.values()], default=0)
         # One generator per unit or weight; a step draws the weights, then the states, from the same
@@ -217,7 +217,7 @@ class CudaTrainer:
     def _input_shape(net, input_shape):
         if input_shape is not None:
             return tuple(int(n) for n in input_shape)
-        first = net.stages[0]
+        first = net.stages[0].inner
         if isinstance(first, Conv2d):
             if first.in_shape is None:
                 raise ValueError("input_shape: the first stage is a Conv2d without a recorded in_shape; pass "
@@ -228,8 +228,8 @@ class CudaTrainer:
     @staticmethod
     def _check_network(net):
         for k, stage in enumerate(net.stages):
-            layer = stage.layer if type(stage) is Normalized else stage
-            if type(layer) not in (Linear, Conv2d):
+            layer = stage.inner
+            if type(layer) not in (Linear, Conv2d) or type(stage) not in (type(layer), Normalized):
                 got = type(stage).__name__ + (f" wrapping {type(layer).__name__}" if layer is not stage else "")
                 raise NotImplementedError(f"stages.{k}: the device-resident step handles Linear and Conv2d stages "
                                           f"(optionally Normalized) only, got {got}; train it with the per-call "
@@ -591,7 +591,7 @@ class CudaTrainer:
         for name, p in self.net.params.items():
             p[...] = self.params[name].copy_to_host()
         for k, (r_mean, r_var) in self._running.items():
-            self.net.stages[k].running["stochastic"] = (r_mean.copy_to_host(), r_var.copy_to_host())
+            self.net.stages[k].normalization.running["stochastic"] = (r_mean.copy_to_host(), r_var.copy_to_host())
         self.optimizer.state = {name: {b: v.copy_to_host() for b, v in bufs.items()}
                                 for name, bufs in self.state.items() if bufs}
         return self.net
