@@ -21,16 +21,17 @@ _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 from . import architectures, datasets, optim  # noqa: E402
 from .conv import Conv2d  # noqa: E402
 from .estimators import estimate, known_methods  # noqa: E402
-from .layers import Linear  # noqa: E402
+from .layers import AffineLayer, Layer, Linear  # noqa: E402
 from .network import Network, Path, StageSample  # noqa: E402
-from .noise import NOISES, get_noise  # noqa: E402
+from .noise import NOISES, NoiseFamily, get_noise, register_noise  # noqa: E402
 from .normalization import Normalized  # noqa: E402
 from .packed import PackedNetwork  # noqa: E402
 from .runtime import get_num_threads, set_num_threads  # noqa: E402
 from .summary import summary  # noqa: E402
-from .weights import BernoulliWeights  # noqa: E402
+from .weights import BernoulliWeights, RealWeights  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["Linear", "Conv2d", "Normalized", "BernoulliWeights", "PackedNetwork", "Network", "Path", "StageSample",
-           "estimate", "known_methods", "set_num_threads", "get_num_threads", "NOISES", "get_noise", "summary", "architectures", "datasets", "optim"]
+__all__ = ["Layer", "AffineLayer", "Linear", "Conv2d", "Normalized", "BernoulliWeights", "RealWeights", "PackedNetwork",
+           "Network", "Path", "StageSample", "estimate", "known_methods", "set_num_threads", "get_num_threads",
+           "NOISES", "NoiseFamily", "get_noise", "register_noise", "summary", "architectures", "datasets", "optim"]

@@ -136,38 +136,6 @@ def test_deterministic_mode_equals_hand_built_sign_network():
     np.testing.assert_allclose(net.forward_deterministic(x), h @ net.head.weight.T + net.head.bias)
 
 
-def test_normalization_backward_matches_finite_differences():
-    """ST through batch norm: the analytic backward equals numeric derivatives of the forward."""
-    rng = np.random.default_rng(6)
-    layer = Normalized(sb.Linear(3, 4, rng=rng, dtype=np.float64))
-    layer.gamma[...] = rng.uniform(0.5, 2, 4)
-    layer.beta[...] = rng.normal(size=4)
-    x = rng.normal(size=(5, 3))
-    g_a = rng.normal(size=(5, 4))
-    f = lambda: float((layer.forward(x) * g_a).sum())
-    f()
-    grads = layer.param_grads(x, g_a)
-    g_x = layer.backward_input(g_a, (3,))
-    h = 1e-6
-    for key, p in layer.params().items():
-        for idx in np.ndindex(p.shape):
-            old = p[idx]
-            p[idx] = old + h
-            plus = f()
-            p[idx] = old - h
-            minus = f()
-            p[idx] = old
-            assert abs((plus - minus) / (2 * h) - grads[key][idx]) < 1e-6, key
-    for idx in np.ndindex(x.shape):
-        old = x[idx]
-        x[idx] = old + h
-        plus = f()
-        x[idx] = old - h
-        minus = f()
-        x[idx] = old
-        assert abs((plus - minus) / (2 * h) - g_x[idx]) < 1e-6
-
-
 def test_normalized_network_psa_exact_in_eval_mode():
     """With fixed statistics, normalization is an affine map: PSA stays exact for one binary layer."""
     from sbnnumba.testing import expected_estimate

@@ -7,7 +7,7 @@ round-robin.
 """
 from __future__ import annotations
 
-import numbers
+from ..validation import check_int
 
 from ..backends import get_backend
 
@@ -22,11 +22,8 @@ def gpu_for_rank(local_rank, n_gpus):
     n_gpus : int
         GPUs visible on the node (>= 1).
     """
-    if isinstance(local_rank, bool) or not isinstance(local_rank, numbers.Integral) or local_rank < 0:
-        raise ValueError(f"local_rank: expected a non-negative integer, got {local_rank!r}")
-    if isinstance(n_gpus, bool) or not isinstance(n_gpus, numbers.Integral) or n_gpus < 1:
-        raise ValueError(f"n_gpus: expected at least one visible GPU, got {n_gpus!r}")
-    return int(local_rank) % int(n_gpus)
+    local_rank = check_int(local_rank, "local_rank", 0)
+    return local_rank % check_int(n_gpus, "n_gpus", 1)  # n_gpus >= 1: at least one visible GPU
 
 
 def select_gpu(comm):

@@ -7,7 +7,7 @@ which keys its noise (:mod:`sbnnumba.distributed.streams`).
 """
 from __future__ import annotations
 
-import numbers
+from ..validation import check_int
 
 
 def shard_bounds(n, rank, size):
@@ -17,9 +17,6 @@ def shard_bounds(n, rank, size):
     The ranges of ranks ``0..size-1`` are disjoint, cover ``[0, n)`` in order, and their lengths
     differ by at most one (a rank gets an empty range when ``n < size``).
     """
-    for name, v, lo in (("n", n, 0), ("size", size, 1)):
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo:
-            raise ValueError(f"{name}: expected an integer >= {lo}, got {v!r}")
-    if isinstance(rank, bool) or not isinstance(rank, numbers.Integral) or not 0 <= rank < size:
-        raise ValueError(f"rank: expected an integer in [0, {size}), got {rank!r}")
+    n, size = check_int(n, "n", 0), check_int(size, "size", 1)
+    rank = check_int(rank, "rank", 0, size - 1)
     return rank * n // size, (rank + 1) * n // size

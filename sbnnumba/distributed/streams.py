@@ -16,9 +16,9 @@ uniforms from one stream keyed by ``(seed, weight salt, t)``.
 """
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
+
+from ..validation import check_int
 
 ACTIVATION_SALT = 0x5B4E_0001  # separates the activation streams from the weight stream and from others
 WEIGHT_SALT = 0x5B4E_0002
@@ -39,9 +39,7 @@ class KeyedNoise:
     """
 
     def __init__(self, seed):
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-            raise ValueError(f"seed: expected a non-negative integer, got {seed!r}")
-        self.seed = int(seed)
+        self.seed = check_int(seed, "seed", 0)
 
     def activation_uniforms(self, stage_shapes, step, lo, hi, dtype):
         """Per-stage uniforms for the examples at global positions ``lo..hi-1`` of step ``step``.
