@@ -127,7 +127,7 @@ def step_section(rng, repeats, threads, width):
     x = rng.random((64, 1, 28, 28), dtype=np.float32)
     y = rng.integers(0, 10, 64)
     net.initialize_from_data(x)
-    channels = [layer.weight.shape[0] for layer in net.stages]
+    channels = [layer.inner.weight.shape[0] for layer in net.stages]
     net_tri = build("conv", (1, 28, 28), 10, width=width, rng=1, noise="triangular")
     net_tri.initialize_from_data(x)
     steps = {m: (lambda m=m: sb.estimate(m, net, x, y, rng=rng)) for m in ("st", "psa")}

@@ -291,9 +291,9 @@ class Optimizer:
 
     def load_state_dict(self, d: Mapping) -> None:
         """Restore the state saved by :meth:`state_dict` (also accepts an ``np.load`` result)."""
-        if not isinstance(d, Mapping) and not hasattr(d, "files"):
+        if not isinstance(d, (Mapping, np.lib.npyio.NpzFile)):
             raise TypeError(f"state dict: expected a mapping, got {type(d).__name__}")
-        keys_in = list(d.files) if hasattr(d, "files") else list(d.keys())
+        keys_in = list(d.files) if isinstance(d, np.lib.npyio.NpzFile) else list(d.keys())
         for req in ("optimizer", "step_count", "keys"):
             if req not in keys_in:
                 raise ValueError(f"state dict: expected an entry {req!r}, got keys {sorted(keys_in)}")

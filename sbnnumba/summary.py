@@ -12,7 +12,7 @@ import numpy as np
 
 def _positions(layer, out_shape):
     """Output positions per output unit/channel (1 for dense, H_out * W_out for conv)."""
-    return int(np.prod(out_shape)) // layer.weight.shape[0]
+    return int(np.prod(out_shape)) // layer.inner.weight.shape[0]
 
 
 def summary(net, input_shape, print_fn=print):
@@ -31,7 +31,7 @@ def summary(net, input_shape, print_fn=print):
         n_params = int(sum(p.size for p in params.values()))
         n_binary = int(params["eta"].size) if "eta" in params else 0
         n_float = n_params - n_binary
-        macs = int(layer.weight.size) * _positions(layer, out_shape)
+        macs = int(layer.inner.weight.size) * _positions(layer, out_shape)
         binary_macs = macs if (n_binary and binary_input) else 0
         rows.append(dict(name=prefix, type=repr(layer), output_shape=tuple(out_shape), params=n_params,
                          binary_params=n_binary, float_params=n_float,

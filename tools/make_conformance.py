@@ -472,16 +472,15 @@ def optimizer_case(case_id, name, hyper, seed, steps=3):
 
 def mirror_descent_case(case_id, noise, rule, lr, seed, steps=3):
     rng = np.random.default_rng(seed)
-    weights = sb.BernoulliWeights(noise, rule)
-    eta = dyadic(rng, (3, 4), 0.75)
-    weights.project_(eta)
+    weights = sb.BernoulliWeights(dyadic(rng, (3, 4), 0.75), noise, rule)  # projects its eta
+    eta = weights.eta.copy()  # the projected start
     g_w = [dyadic(rng, eta.shape, 1.0) for _ in range(steps)]
-    current, expected = eta.copy(), {}
+    current, expected = weights.eta, {}
     opt = sb.optim.SGD(lr=lr)
     for t, g in enumerate(g_w, start=1):
-        g_eta = weights.eta_grad(current, g)
+        g_eta = weights.eta_grad(g)
         opt.update({"eta": current}, {"eta": g_eta})
-        weights.project_(current)
+        weights.project_()
         expected[f"step{t}.g_eta"] = encode(g_eta)
         expected[f"step{t}.eta"] = encode(current)
     inputs = {"weight_noise": noise, "weight_grad": rule, "clip": weights.clip, "lr": lr, "eta": encode(eta),
