@@ -26,7 +26,7 @@ def _fixture_data():
 # ------------------------------------------------------------------------------------ FitConfig
 @pytest.mark.parametrize("field, value, error, words", [
     ("epochs", 0, ValueError, "epochs: expected an integer >= 1, got 0"),
-    ("epochs", 2.0, TypeError, "epochs: expected an integer >= 1"),
+    ("epochs", 2.0, TypeError, "epochs: expected an integer, got float"),
     ("batch_size", True, TypeError, "batch_size"),
     ("lr", -1e-3, ValueError, "lr: expected None or a positive number"),
     ("lr", "fast", TypeError, "lr"),

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 from typing import Callable
 
 import numpy as np
 
 from .. import optim
+from ..validation import check_int, check_real
 from ..estimators import registry as _registry
 
 
@@ -61,11 +61,7 @@ class Integer(Check):
         self.expected = f"an integer >= {lo}"
 
     def __call__(self, name, value):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            self.fail(name, value, TypeError)
-        if value < self.lo:
-            self.fail(name, value)
-        return int(value)
+        return check_int(value, name, minimum=self.lo)
 
 
 class Number(Check):
@@ -78,11 +74,9 @@ class Number(Check):
         self.expected = expected or ("a positive number" if positive else f"a number in [{lo:g}, {hi:g})")
 
     def __call__(self, name, value):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            self.fail(name, value, TypeError)
-        if not math.isfinite(value) or value < self.lo or value >= self.hi or (self.positive and value <= 0):
-            self.fail(name, value)
-        return float(value)
+        if self.positive:
+            return check_real(value, name, low=0.0, low_open=True, expected=self.expected)
+        return check_real(value, name, low=self.lo, high=self.hi, high_open=True, expected=self.expected)
 
 
 class Flag(Check):
