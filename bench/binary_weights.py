@@ -25,9 +25,9 @@ from common import machine_info  # noqa: E402
 from sbnnumba import architectures, datasets, plots, runtime, training  # noqa: E402
 from sbnnumba.backends import backend_names  # noqa: E402
 from sbnnumba.cli import bn_gamma_arg  # noqa: E402
+from sbnnumba.fileio import atomic_write_text  # noqa: E402
 from sbnnumba.noise import NOISES  # noqa: E402
 from sbnnumba.weights import matched_scale  # noqa: E402
-from sbnnumba.fileio import atomic_write_text  # noqa: E402
 
 # (label, estimator, estimator options, activation noise, weight noise, weight rule)
 CONFIGS = [

@@ -61,8 +61,8 @@ except ImportError:  # run from a source checkout without installation
     import sbnnumba
 
 from sbnnumba import architectures, datasets, plots, runtime, training  # noqa: E402
-from sbnnumba.cli import bn_gamma_arg, library_log  # noqa: E402
 from sbnnumba.backends import backend_names  # noqa: E402
+from sbnnumba.cli import bn_gamma_arg, library_log  # noqa: E402
 from sbnnumba.fileio import atomic_write_text  # noqa: E402
 
 DEFAULT_METHODS = "psa,st,st-hardtanh,concrete,reinforce"

@@ -80,7 +80,6 @@ except ImportError:  # run from a source checkout without installation
 
 from common import interleaved_medians, machine_info  # noqa: E402
 
-import sbnnumba as sb  # noqa: E402
 from sbnnumba import architectures, bitpack, datasets, training  # noqa: E402
 from sbnnumba.packed import PackedNetwork  # noqa: E402
 

@@ -40,8 +40,7 @@ os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # before NumPy loads Open
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (interleaved_medians, interleaved_wall_cpu_medians, machine_info,  # noqa: E402
-                    thread_counts)
+from common import interleaved_medians, interleaved_wall_cpu_medians, machine_info, thread_counts  # noqa: E402
 
 import sbnnumba as sb  # noqa: E402
 from sbnnumba.architectures import build  # noqa: E402

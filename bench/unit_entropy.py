@@ -24,7 +24,8 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import interleaved_medians, machine_info  # noqa: E402
 
-from sbnnumba import architectures, noise as noises, training  # noqa: E402
+from sbnnumba import architectures, training  # noqa: E402
+from sbnnumba import noise as noises
 
 
 def log_cdf_twin(family):

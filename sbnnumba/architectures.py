@@ -5,6 +5,8 @@
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from .conv import Conv2d
@@ -13,7 +15,7 @@ from .network import Network, stage_weight_kinds
 from .normalization import normalization_factory
 from .validation import as_generator
 
-ARCHITECTURES = {}
+ARCHITECTURES: dict[str, Callable] = {}
 
 
 def register_architecture(name):
@@ -26,7 +28,7 @@ def register_architecture(name):
 @register_architecture("mlp")
 def mlp(input_shape, n_classes, hidden=(1024, 1024), noise="logistic", rng=None, dtype=np.float32,
         backend=None, weight="real", weight_noise="logistic", weight_grad="md", normalize=False, bn_gamma=1.0):
-    """Dense SBN ``prod(input_shape) -> hidden[0] -> ... -> hidden[-1] -> n_classes``.
+    """Dense SBN: one binary stage per entry of ``hidden`` (on the flattened input), then a linear head.
 
     ``weight``, ``weight_noise``, ``weight_grad``, ``normalize``, ``bn_gamma``: as :meth:`Network.dense`
     (e.g. ``weight="hidden", normalize=True`` for the fully binary MLP of spec st.md).
@@ -54,9 +56,9 @@ def conv(input_shape, n_classes, channels=PAPER_CONV_CHANNELS, noise="logistic",
     normalization): 3x3 kernels with strides 1, 1, 2, 1, 1, 2, 1, then a 1x1 stride-1 stage;
     a real linear head on the last map flattened in (C, H, W) order.
 
-    ==========  ======  ======  ==============  ==============
+    ==========  ======  ======  ===============  ==============
     stage       kernel  stride  3x32x32 (paper)  1x28x28
-    ==========  ======  ======  ==============  ==============
+    ==========  ======  ======  ===============  ==============
     1 (input)   3x3     1       96 x 30x30       96 x 26x26
     2           3x3     1       96 x 28x28       96 x 24x24
     3           3x3     2       96 x 13x13       96 x 11x11
@@ -66,7 +68,7 @@ def conv(input_shape, n_classes, channels=PAPER_CONV_CHANNELS, noise="logistic",
     7           3x3     1       192 x 2x2        192 x 1x1
     8 (last)    1x1     1       192 x 2x2        192 x 1x1
     head        linear          768 -> 10        192 -> 10
-    ==========  ======  ======  ==============  ==============
+    ==========  ======  ======  ===============  ==============
 
     Parameters
     ----------

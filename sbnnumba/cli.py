@@ -310,8 +310,8 @@ def _pct(v):
 
 def report_test(metrics, out, label="test"):
     """Print the test metrics, save ``test_metrics.json`` and ``ensemble_accuracy.png`` in ``out``."""
-    from sbnnumba.plots import plot_ensemble_curve
     from sbnnumba.fileio import atomic_write_text
+    from sbnnumba.plots import plot_ensemble_curve
 
     s = metrics["samples"]
     print(f"{label}: expected loss {metrics['loss']:.4f} | single-sample acc {_pct(metrics['acc1'])} | "

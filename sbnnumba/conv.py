@@ -143,7 +143,7 @@ class Conv2d(AffineLayer):
                                  self.bias)
 
     def backward_input(self, g_a, in_shape):
-        """Transposed convolution: ``g_x[b, r, i] = sum_{c, j ∋ i} W[c, r, off] g_a[b, c, j]``, (B, *in_shape);
+        """Transposed convolution: ``g_x[b, r, i] = sum_{c, j ∋ i} W[c, r, off] g_a[b, c, j]``, shape ``(B, *in_shape)``;
         padded positions are dropped."""
         in_shape = tuple(in_shape)
         self.output_shape(in_shape)

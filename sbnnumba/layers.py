@@ -43,7 +43,7 @@ class Layer(abc.ABC):
 
     @abc.abstractmethod
     def backward_input(self, g_a, in_shape):
-        """``dL/dx`` (B, *in_shape) from ``g_a = dL/da``."""
+        """``dL/dx``, shape ``(B, *in_shape)``, from ``g_a = dL/da``."""
 
     @abc.abstractmethod
     def param_grads(self, x, g_a):

@@ -21,8 +21,14 @@ from .backends import BackendAttribute
 from .layers import Linear
 from .noise import get_noise
 from .normalization import Normalized, moments_from_sums, normalization_factory
-from .validation import (as_generator, check_choice, check_float_array, check_labels, check_positive_int,
-                         check_positive_number)
+from .validation import (
+    as_generator,
+    check_choice,
+    check_float_array,
+    check_labels,
+    check_positive_int,
+    check_positive_number,
+)
 
 #: The test modes of normalization statistics (and of prediction).
 STATS_MODES = ("stochastic", "deterministic")
@@ -57,9 +63,9 @@ class Path:
     """
 
     stages: list = field(default_factory=list)
-    logits: np.ndarray = None
+    logits: np.ndarray | None = None
     weights: dict = field(default_factory=dict)
-    layers: list = None
+    layers: list | None = None
 
     @property
     def last_state(self):

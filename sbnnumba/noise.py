@@ -11,8 +11,8 @@ name                  F(a)                          proxy 2F(a) - 1         2 p(
 ====================  ============================  ======================  ===================
 ``"logistic"``        sigma(a)                      tanh(a / 2)             2 sigma(a) sigma(-a)
 ``"normal"``          Phi(a)                        erf(a / sqrt 2)         2 phi(a)
-``"uniform"``         clip((a + 1) / 2, 0, 1)       htanh(a)                1[|a| <= 1]
-``"triangular"``      (1+a)^2/2 | 1-(1-a)^2/2       ApproxSign(a)           2 max(0, 1 - |a|)
+``"uniform"``         clip((a + 1) / 2, 0, 1)       htanh(a)                1[abs(a) <= 1]
+``"triangular"``      (1+a)^2/2 ; 1-(1-a)^2/2       ApproxSign(a)           2 max(0, 1 - abs(a))
 ====================  ============================  ======================  ===================
 
 The families differ in scale as well as shape: standard deviations ``std`` are logistic
@@ -78,7 +78,7 @@ class NoiseFamily(abc.ABC):
 
     name = "base"
     std: float = float("nan")
-    weight_clip = None
+    weight_clip: float | None = None
     arm_refusal = "ARM needs psi(u) = -(log p)'(F^-1(u)) with finite variance, which this family does not provide"
 
     # ------------------------------------------------------------------ the four laws
@@ -341,7 +341,7 @@ class Triangular(NoiseFamily):
 
 
 #: name -> the registered family instance.
-NOISES = {}
+NOISES: dict[str, "NoiseFamily"] = {}
 
 
 def register_noise(family):

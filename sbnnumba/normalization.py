@@ -33,10 +33,9 @@ what one process with the whole batch trains (up to the order of float sums).
 from __future__ import annotations
 
 import copy
+from typing import Protocol
 
 import numpy as np
-
-from typing import Protocol
 
 from .layers import Layer
 from .noise import get_noise

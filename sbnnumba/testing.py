@@ -57,7 +57,7 @@ def expected_estimate(method, net, x, y, return_paths=False, weights=None, **opt
     Bernoulli weights (if any) fixed to ``weights`` (see :func:`enumerate_paths`).
 
     With ``return_paths=True`` also returns ``(per_path_grads, prob, example)`` where
-    ``per_path_grads[key]`` has shape (B * P, *param.shape): the estimate of each single path.
+    ``per_path_grads[key]`` has shape ``(B * P, *param.shape)``: the estimate of each single path.
     """
     if method not in PATH_ESTIMATORS:
         raise ValueError(f"method: {method!r} is not a path estimator; expected one of {sorted(PATH_ESTIMATORS)}")

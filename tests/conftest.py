@@ -19,10 +19,10 @@ if "NUMBA_ENABLE_CUDASIM" not in os.environ and not _nvidia_device_present():
 # threads race on that until a print raises RecursionError
 os.environ.setdefault("NUMBA_DISABLE_ERROR_MESSAGE_HIGHLIGHTING", "1")
 
-import numpy as np
-import pytest
+import numpy as np  # noqa: E402 (after the simulator switch above)
+import pytest  # noqa: E402
 
-import sbnnumba as sb
+import sbnnumba as sb  # noqa: E402
 
 NOISE_NAMES = ["logistic", "normal", "uniform", "triangular"]
 

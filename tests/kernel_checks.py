@@ -5,8 +5,6 @@ import subprocess
 import sys
 import textwrap
 
-import numpy as np
-
 
 def run_without_jit(script):
     """Run ``script`` (dedented) in a child Python with ``NUMBA_DISABLE_JIT=1``; assert it prints ``ok``."""

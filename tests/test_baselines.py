@@ -10,15 +10,15 @@ import itertools
 
 import numpy as np
 import pytest
+from conftest import random_net
 from scipy import integrate, special
 
 import sbnnumba as sb
 from sbnnumba import gradstudy
-from sbnnumba.estimators.relaxations import binary_moment_map, squared_weight_layer
 from sbnnumba.estimators.reinforce import reinforce_loo_path_gradient
+from sbnnumba.estimators.relaxations import binary_moment_map, squared_weight_layer
 from sbnnumba.network import Path, StageSample
 from sbnnumba.testing import enumerate_paths, expected_estimate
-from conftest import NOISE_NAMES, random_net
 
 BASELINES = ["reinforce", "reinforce-baseline", "arm", "concrete", "st-gumbel", "tanh", "adf", "local-reparam"]
 

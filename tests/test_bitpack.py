@@ -3,10 +3,10 @@ property-based pack/unpack and dot-product checks, and input validation."""
 
 import numpy as np
 import pytest
-from kernel_checks import has_avx512_vpopcntdq, run_without_jit
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from kernel_checks import has_avx512_vpopcntdq, run_without_jit
 
 from sbnnumba import bitpack
 from sbnnumba.kernels import bitpack as kernels

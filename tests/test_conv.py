@@ -4,6 +4,8 @@ import os
 
 import numpy as np
 import pytest
+from conftest import NOISE_NAMES, group_rel_error
+from kernel_checks import stdout_at_threads
 
 import sbnnumba as sb
 from sbnnumba import get_noise
@@ -11,8 +13,6 @@ from sbnnumba.architectures import build
 from sbnnumba.conv import Conv2d
 from sbnnumba.kernels import conv_cpu, conv_reference
 from sbnnumba.testing import enumerate_paths, exact_expected_loss, expected_estimate
-from conftest import NOISE_NAMES, group_rel_error
-from kernel_checks import stdout_at_threads
 
 # (c_in, c_out, kernel, stride, padding, H, W): odd/even/rectangular kernels, strides 1-3, padding 0-2,
 # non-square maps, several channels.

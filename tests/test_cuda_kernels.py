@@ -7,11 +7,10 @@ dimension. The kernels' typing for a real GPU is checked by tests/test_cuda.py (
 """
 import numpy as np
 import pytest
+from cuda_checks import close, equal, pm1
 
 from sbnnumba.backends.cuda import device, ops
 from sbnnumba.kernels.bitpack import PreparedWeights
-
-from cuda_checks import close, equal, pm1
 
 pytestmark = pytest.mark.usefixtures("cuda_backend")
 
@@ -120,6 +119,7 @@ def _check_inert_saturated_skip_the_exact_pass(rng):
     the float64 reference; a large weight that makes one of them active brings the pass back (dense
     and conv)."""
     from numba import cuda
+
     from sbnnumba.kernels import conv_reference, cpu, reference
     limit, flat = cpu.ratio_limits(np.float32)[0], cpu.SIGMA_FLAT[np.dtype(np.float32)]
 
@@ -159,6 +159,7 @@ def _check_inert_saturated_skip_the_exact_pass(rng):
 def test_dense_flip_device_arrays():
     """Device arrays in -> device array out, no copies of the inputs; the result matches."""
     from numba import cuda
+
     from sbnnumba.kernels import reference
     rng = np.random.default_rng(3)
     prob = dense_problem(rng, "logistic", 3, 5, 7)
@@ -203,6 +204,7 @@ def test_conv_flip():
 def test_conv_flip_extra():
     """float64, saturated units, device arrays, and agreement with the CPU kernel."""
     from numba import cuda
+
     from sbnnumba.kernels import conv_cpu, conv_reference
     rng = np.random.default_rng(5)
     kernel, stride, padding = (3, 3), (2, 1), (1, 1)
@@ -287,7 +289,8 @@ def test_xnor_gemm_threshold():
 def test_binary_conv():
     """Binary conv on packed maps (exact zero padding) and its fused threshold vs the references."""
     from sbnnumba import bitpack
-    from sbnnumba.kernels import bitpack as kb, conv_reference
+    from sbnnumba.kernels import bitpack as kb
+    from sbnnumba.kernels import conv_reference
     rng = np.random.default_rng(8)
     for c_in in (3, 70):
         for kernel, stride, padding in CONV_GEOMETRIES:

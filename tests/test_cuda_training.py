@@ -6,7 +6,6 @@ is present.
 """
 import numpy as np
 import pytest
-
 from cuda_checks import close, equal
 
 pytestmark = pytest.mark.usefixtures("cuda_backend")
@@ -89,8 +88,9 @@ def test_device_step_resident():
     """A device-resident step makes no host-to-device copy and downloads at most one integer per PSA
     layer (the ratio form's saturation count); an epoch over an uploaded dataset (device batches,
     device generators) lowers the loss of a learnable toy problem."""
-    import sbnnumba as sb
     from numba import cuda
+
+    import sbnnumba as sb
     from sbnnumba.training.resident import CudaTrainer
     rng = np.random.default_rng(5)
     x = rng.normal(size=(16, 4)).astype(np.float32)

@@ -4,7 +4,6 @@ The pages use tiny settings (a few hundred images, one epoch); each page runs in
 a temporary working directory (pages may write files such as ``model.npz``).
 """
 import pytest
-
 from doc_snippets import ROOT, python_blocks, run_page
 
 PAGES = sorted((ROOT / "docs" / "guide").glob("*.md")) + [ROOT / "README.md"]

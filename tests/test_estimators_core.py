@@ -1,10 +1,10 @@
 """Core estimators against the exact enumeration oracle (spec psa.md, section 8)."""
 import numpy as np
 import pytest
+from conftest import group_rel_error, random_net
 
 import sbnnumba as sb
 from sbnnumba.testing import enumerate_paths, exact_expected_loss, expected_estimate
-from conftest import group_rel_error, random_net
 
 CORE_METHODS = ["exact", "psa", "st", "st-identity", "st-hardtanh"]
 

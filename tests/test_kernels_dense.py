@@ -1,10 +1,10 @@
 """Dense PSA flip propagation: Numba kernels == NumPy reference == brute-force flips."""
 import numpy as np
 import pytest
+from kernel_checks import stdout_at_threads
 
 from sbnnumba import get_noise
 from sbnnumba.kernels import cpu, reference
-from kernel_checks import stdout_at_threads
 
 
 def _layer(rng, b, n_in, n_out, dtype, scale=1.0):

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
+from conftest import random_net
 
 import sbnnumba as sb
-from conftest import random_net
 
 
 def test_params_names_and_shapes():

@@ -11,15 +11,22 @@ import zipfile
 
 import numpy as np
 import pytest
-from kernel_checks import has_avx512_vpopcntdq, randomize_normalization, run_without_jit
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from kernel_checks import has_avx512_vpopcntdq, randomize_normalization, run_without_jit
 
 import sbnnumba as sb
 from sbnnumba import bitpack, datasets
 from sbnnumba.kernels import bitplane as bp_kernels
-from sbnnumba.packed import FORMAT_VERSION, PackedFormatError, PackedNetwork, _float_thresholds, \
-    _integer_thresholds, _preactivation_fn, quantized_reference_logits
+from sbnnumba.packed import (
+    FORMAT_VERSION,
+    PackedFormatError,
+    PackedNetwork,
+    _float_thresholds,
+    _integer_thresholds,
+    _preactivation_fn,
+    quantized_reference_logits,
+)
 
 
 # ------------------------------------------------------------------------------------------- helpers

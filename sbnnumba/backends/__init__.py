@@ -13,10 +13,16 @@ This package is the only place that knows which backend runs an operation: the l
 object they hold. A new backend is one module with a :class:`Backend` subclass and a
 :func:`register_backend` call (see ``docs/architecture.md``).
 """
+from . import cpu, cuda, reference  # noqa: E402,F401  (each registers its backend)
 from .base import Backend, abstract_methods
-from .registry import (DEFAULT_BACKEND_ENV, BackendAttribute, backend_names, default_backend_name, get_backend,
-                       register_backend)
-from . import reference, cpu, cuda  # noqa: E402,F401  (each registers its backend)
+from .registry import (
+                       DEFAULT_BACKEND_ENV,
+                       BackendAttribute,
+                       backend_names,
+                       default_backend_name,
+                       get_backend,
+                       register_backend,
+)
 
 __all__ = ["Backend", "BackendAttribute", "DEFAULT_BACKEND_ENV", "abstract_methods", "backend_names", "default_backend_name",
            "get_backend", "register_backend"]

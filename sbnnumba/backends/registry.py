@@ -8,8 +8,8 @@ from .base import Backend
 DEFAULT_BACKEND_ENV = "SBNNUMBA_BACKEND"
 DEFAULT_BACKEND = "cpu"
 
-_CLASSES = {}
-_INSTANCES = {}
+_CLASSES: dict[str, type] = {}
+_INSTANCES: dict[str, object] = {}
 
 
 def register_backend(cls):

@@ -7,9 +7,8 @@ round-robin.
 """
 from __future__ import annotations
 
-from ..validation import check_int
-
 from ..backends import get_backend
+from ..validation import check_int
 
 
 def gpu_for_rank(local_rank, n_gpus):

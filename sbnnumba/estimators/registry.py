@@ -16,9 +16,9 @@ import inspect
 
 import numpy as np
 
-PATH_ESTIMATORS = {}
-DIRECT_ESTIMATORS = {}
-DEVICE_STEPS = set()  # path estimators the device-resident training step implements (without options)
+PATH_ESTIMATORS: dict[str, tuple] = {}
+DIRECT_ESTIMATORS: dict[str, tuple] = {}
+DEVICE_STEPS: set[str] = set()  # path estimators the device-resident training step implements (without options)
 
 
 def register_path_estimator(name, fn, *, device_step=False, **defaults):

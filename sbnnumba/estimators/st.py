@@ -29,11 +29,10 @@ import functools
 import numpy as np
 
 from ..losses import xent
+from ..network import Path, StageSample
 from ..noise import get_noise
 from .common import add_layer_grads, finalize, flat_last_state, path_layers
-from ..network import Path, StageSample
 from .registry import register_estimator, register_path_estimator
-
 
 PROXIES = {
     "identity": np.ones_like,

@@ -7,17 +7,17 @@ from the packed network's public state (``stages[i].kind``, ``.meta``, ``.arrays
 ``head_bias``), in the library's bit layout (:mod:`sbnnumba.bitpack`: bit ``i % 64`` of word
 ``i // 64`` is element ``i``, set = -1; maps channels last):
 
-============== ================================================================ ================
-stage kind     C computation (per example)                                      pre-threshold
-============== ================================================================ ================
-binary_dense   ``dot_j = k - 2 sum_w popcount(x_w XOR W_jw)``                   int32 ``dot``
-binary_conv    per output position, over the taps inside the input:             int32
+============== ================================================================== =============
+stage kind     C computation (per example)                                        pre-threshold
+============== ================================================================== =============
+binary_dense   ``dot_j = k - 2 sum_w popcount(x_w XOR W_jw)``                     int32 ``dot``
+binary_conv    per output position, over the taps inside the input:               int32
                ``taps * C_in - 2 popcount``, i.e. zero padding as the float net
-bitplane_dense ``z_j = sum_b 2^b (popcount(q_b) - 2 popcount(q_b AND W_j))``   int32 ``z``
-float_dense    ``y_j = sum_i x_i w_ji`` (``i`` ascending) in the network dtype   real ``y``
-float_conv     the same over ``(c_in, dy, dx)``                                 real ``y``
+bitplane_dense ``z_j = sum_b 2^b (popcount(q_b) - 2 popcount(q_b AND W_j))``      int32 ``z``
+float_dense    ``y_j = sum_i x_i w_ji`` (``i`` ascending) in the network dtype     real ``y``
+float_conv     the same over ``(c_in, dy, dx)``                                   real ``y``
 head           ``logits = h V^T + c`` on the unpacked +-1 ``h`` ((C, H, W) order) logits
-============== ================================================================ ================
+============== ================================================================== =============
 
 and the state ``+1`` iff ``value >= t_j`` (flipped units: ``value < t_j`` for integers, ``value
 <= t_j`` for reals), thresholds and flips as stored in the packed network.

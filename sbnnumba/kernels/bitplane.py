@@ -51,9 +51,25 @@ from llvmlite import ir
 from numba import prange, types
 from numba.extending import intrinsic, overload
 
-from .bitpack import (_ACC, _L1_BYTES, _L2_BYTES, _LANES_I64, PANEL_LANES, TILE_ROWS, WORD_BITS,
-                      _acc_get, _acc_sign_bits, _acc_zeros, _add_rows_xor_popcount, _load_acc, _n_tasks,
-                      _task_ranges, n_words, pack_reference, popcount_reference)
+from .bitpack import (
+    _ACC,
+    _L1_BYTES,
+    _L2_BYTES,
+    _LANES_I64,
+    PANEL_LANES,
+    TILE_ROWS,
+    WORD_BITS,
+    _acc_get,
+    _acc_sign_bits,
+    _acc_zeros,
+    _add_rows_xor_popcount,
+    _load_acc,
+    _n_tasks,
+    _task_ranges,
+    n_words,
+    pack_reference,
+    popcount_reference,
+)
 
 MAX_BITS = 8
 

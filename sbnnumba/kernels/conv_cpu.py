@@ -71,7 +71,6 @@ from numba import prange
 from .cpu import EXP_ARG_LIMIT, choose_form, ratio_limits, split_saturated
 from .scalar import TRIANGULAR, bounded_cdf_diff, cdf_lower
 
-
 # ---------------------------------------------------------------------------------------------- kernels
 # The ratio kernel divides without fastmath's "arcp" (which puts a reciprocal estimate and a Newton step
 # in vector lanes and an exact division in the scalar remainder): every term is then the correctly

@@ -14,8 +14,7 @@ from . import plots as sweep_plots
 from .executors import local_executor, plan_workers, usable_cores
 from .grid import config_key, derive_seeds, run_dir_name
 from .table import write_table
-from .task import (RunTask, execute, finished_record, load_named_data, read_json, requested_epochs, split_options,
-                   STATUS)
+from .task import STATUS, RunTask, execute, finished_record, load_named_data, read_json, requested_epochs, split_options
 
 __all__ = ["SweepResult", "run", "warm_numba", "RUNS_DIR", "WARM_IGNORED"]
 

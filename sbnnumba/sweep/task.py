@@ -33,9 +33,9 @@ import numpy as np
 
 from .. import architectures, datasets
 from ..fileio import atomic_write_text
+from ..runtime import limited_threads
 from ..training import CHECKPOINT_NAME, FitConfig, evaluate, fit
 from ..training.config import field_names
-from ..runtime import limited_threads
 
 __all__ = ["SWEEP_OWN", "DATA_OPTIONS", "RunTask", "split_options", "fit_names", "load_named_data", "execute",
            "read_json", "requested_epochs", "finished_record", "RESULT", "STATUS"]

@@ -13,8 +13,16 @@ Layout (one purpose per module):
 * ``history.py``: ``history.csv`` / ``history.json``, plots, the per-epoch summary line;
 * ``lr_search.py``: :func:`search_lr`, the per-method learning-rate search.
 """
-from .checkpoint import CHECKPOINT_NAME, FORMAT, FORMAT_VERSION, Checkpoint, CheckpointError, load_checkpoint, \
-    load_network, save_checkpoint
+from .checkpoint import (
+    CHECKPOINT_NAME,
+    FORMAT,
+    FORMAT_VERSION,
+    Checkpoint,
+    CheckpointError,
+    load_checkpoint,
+    load_network,
+    save_checkpoint,
+)
 from .config import FitConfig
 from .description import describe, network_from_description, register_layer_kind
 from .evaluation import evaluate, unit_entropy

@@ -20,15 +20,15 @@ from typing import Callable
 import numpy as np
 
 from .. import optim
-from ..validation import check_int, check_real
 from ..estimators import registry as _registry
+from ..validation import check_int, check_real
 
 
 class Check:
     """A field's constraint: ``check(name, value) -> value`` and ``parse(text) -> value`` (command line)."""
 
     expected = "a value"
-    choices = None  # the accepted names, where they form a fixed list (command-line choices)
+    choices: tuple | None = None  # the accepted names, where they form a fixed list (command-line choices)
 
     def __call__(self, name, value):
         raise NotImplementedError(f"{type(self).__name__}: a Check must implement __call__")
@@ -37,7 +37,7 @@ class Check:
         """Convert command-line text, then check it (ValueError with the expected form otherwise)."""
         return self("value", self.convert(text))
 
-    kind = None  # the Python type command-line text is converted to (None: kept as text)
+    kind: type | None = None  # the Python type command-line text is converted to (None: kept as text)
 
     def convert(self, text):
         if self.kind is None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import warnings
 
-
 from ..estimators.registry import has_device_step
 from .data import as_float
 

@@ -38,8 +38,15 @@ import numpy as np
 
 from .. import datasets, optim
 from ..estimators import registry as _registry
-from .checkpoint import CHECKPOINT_NAME, FORMAT_VERSION, generator_from_state, jsonable, load_checkpoint, \
-    load_state, save_checkpoint
+from .checkpoint import (
+    CHECKPOINT_NAME,
+    FORMAT_VERSION,
+    generator_from_state,
+    jsonable,
+    load_checkpoint,
+    load_state,
+    save_checkpoint,
+)
 from .config import FitConfig, trajectory_from_dict
 from .data import as_float, fingerprint, split_data
 from .description import describe

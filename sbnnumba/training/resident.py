@@ -66,13 +66,14 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..backends.cuda import device as cb
+from ..backends.cuda import kernels as k_elem
+from ..backends.cuda import ops as cuda_ops
 from ..conv import Conv2d
 from ..estimators.registry import DEVICE_STEPS, has_device_step
-from ..backends.cuda import device as cb, kernels as k_elem, ops as cuda_ops
 from ..layers import Linear
 from ..normalization import Normalized
 from ..optim import SGD, Adam
-
 
 
 class _StageRecord(NamedTuple):

@@ -36,7 +36,6 @@ import weakref
 
 import numpy as np
 
-
 INSTALL_HINT = ("install an NVIDIA driver and the CUDA target of numba (`pip install 'numba-cuda[cu12]'`, "
                 "see docs/guide/gpu.md), use backend='cpu', or set NUMBA_ENABLE_CUDASIM=1 before Python starts "
                 "to run the kernels in numba's (slow) CUDA simulator")

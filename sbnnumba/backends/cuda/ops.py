@@ -8,7 +8,7 @@ r"""The operations of the ``cuda`` backend: launch configurations around :mod:`.
   int64 thresholds rounded up and clipped, bool flips).
 * Element-wise: :func:`sample_states`, :func:`st_factor`, :func:`psa_preactivation_grad`.
 
-Arrays follow :mod:`.device`: host or device arrays in, a device result if any input was on the
+Arrays follow :mod:`sbnnumba.backends.cuda.device`: host or device arrays in, a device result if any input was on the
 device, else a NumPy result; host weights go through the device weight cache.
 
 The ratio form of the logistic PSA kernels uses the CPU's limits (:func:`sbnnumba.kernels.cpu.ratio_limits`):
@@ -25,8 +25,19 @@ import numpy as np
 
 from ...kernels.cpu import SIGMA_FLAT, choose_form, ratio_limits
 from ...kernels.scalar import LOGISTIC, check_code
-from .device import (FLOAT_DTYPES, _cuda, any_device, blocks, derived, flat, launch_1d, operand, require_cuda,
-                     result, weight_operand)
+from .device import (
+    FLOAT_DTYPES,
+    _cuda,
+    any_device,
+    blocks,
+    derived,
+    flat,
+    launch_1d,
+    operand,
+    require_cuda,
+    result,
+    weight_operand,
+)
 
 _WORD_BITS = 64
 

@@ -21,7 +21,6 @@ def ptx_checks():
     """One check per kernel: compile it for sm_80 with the argument types the wrappers pass."""
     import numba
     from numba import cuda
-
     from numba.cuda.random import xoroshiro128p_dtype
 
     from . import kernels as k

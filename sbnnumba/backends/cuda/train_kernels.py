@@ -37,9 +37,9 @@ import math
 from numba import cuda, float64
 from numba.cuda.random import xoroshiro128p_uniform_float64
 
-from .kernels import _numba_dtype
 from ...kernels.optim_rules import adam_rule, sgd_rule
 from ...kernels.scalar import cdf, pdf
+from .kernels import _numba_dtype
 
 GEMM_FLOAT_TILE = 16  # 16 x 16 threads, one output each
 
