@@ -1,6 +1,6 @@
 """Train the 2-5-5-5 SBN of the PSA paper on its 2-D toy data with PSA and plot the decision boundary.
 
-Run:  python examples/toy2d.py [--epochs 300] [--out toy2d.png]
+Run:  python examples/toy2d.py [--epochs 300] [--out toy2d.png] [--tiny]
 
 The network has three stochastic binary layers of 5 logistic units and a 1-logit head (logistic
 loss). Training uses the PSA estimator and Adam; the figure shows the ensemble probability of
@@ -26,7 +26,10 @@ def main(argv=None):
     parser.add_argument("--estimator", default="psa")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", default="toy2d.png")
+    parser.add_argument("--tiny", action="store_true", help="3 epochs (for tests)")
     args = parser.parse_args(argv)
+    if args.tiny:
+        args.epochs = 3
 
     rng = np.random.default_rng(args.seed)
     x_train, y_train = toy2d(200, rng=rng)
