@@ -52,7 +52,18 @@ def xent(logits, y, grad=True):
 
 
 def probabilities(logits):
-    """Class probabilities (..., K'): softmax, or (1 - sigma, sigma) for a 1-logit head."""
+    """Class probabilities: softmax, or ``(1 - sigma(eta), sigma(eta))`` for a 1-logit head.
+
+    Parameters
+    ----------
+    logits : ndarray (..., K)
+        Logits ``eta``; ``K = 1`` is a binary head with the logistic loss.
+
+    Returns
+    -------
+    ndarray (..., K')
+        Probabilities summing to 1 over the last axis; ``K' = K``, or 2 for a 1-logit head.
+    """
     if logits.shape[-1] == 1:
         p1 = special.expit(logits[..., 0])
         return np.stack([1 - p1, p1], axis=-1)

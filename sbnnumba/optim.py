@@ -121,7 +121,20 @@ SCHEDULES = {"constant": ConstantLR, "step": StepLR, "cosine": CosineLR}
 
 
 def get_schedule(name: str, **kwargs):
-    """Build a schedule by name (``"constant"``, ``"step"``, ``"cosine"``) with keyword arguments."""
+    """Build a schedule by name with keyword arguments.
+
+    Parameters
+    ----------
+    name : str
+        ``"constant"``, ``"step"`` or ``"cosine"`` (case-insensitive).
+    **kwargs
+        Arguments of the schedule's class.
+
+    Returns
+    -------
+    ConstantLR, StepLR or CosineLR
+        Called as ``schedule(step, base_lr)``, it gives the learning rate of that step.
+    """
     if not isinstance(name, str):
         raise TypeError(f"schedule: expected a schedule name (str), got {type(name).__name__}")
     key = name.lower()
@@ -153,6 +166,19 @@ class Optimizer:
     Subclasses define ``name`` (registry key), ``_buffers`` (names of the per-parameter state
     arrays) and ``_step(name, p, g, lr, t)`` which updates ``p`` in place; ``t`` is the 1-based index
     of the current step.
+
+    Parameters
+    ----------
+    lr : float
+        Base learning rate (>= 0), scaled per step by ``schedule``.
+    weight_decay : float
+        Applied by each subclass its own way (see its update equations).
+    clip_value : float or None
+        Element-wise gradient clipping to ``[-clip_value, clip_value]``.
+    clip_norm : float or None
+        Global-norm gradient clipping over all parameters.
+    schedule : str, Schedule or None
+        Learning-rate schedule (:func:`get_schedule`); None is constant.
     """
 
     name = "optimizer"
@@ -449,7 +475,19 @@ OPTIMIZERS = {"sgd": SGD, "adam": Adam}
 
 
 def get_optimizer(name: str, **kwargs) -> Optimizer:
-    """Build an optimizer by name (``"sgd"``, ``"adam"``) with its keyword arguments."""
+    """Build an optimizer by name with its keyword arguments.
+
+    Parameters
+    ----------
+    name : str
+        A key of :data:`OPTIMIZERS` (``"sgd"``, ``"adam"``, ...; case-insensitive).
+    **kwargs
+        Arguments of the optimizer's class (``lr``, ``weight_decay``, ...).
+
+    Returns
+    -------
+    Optimizer
+    """
     if not isinstance(name, str):
         raise TypeError(f"optimizer: expected an optimizer name (str), got {type(name).__name__}")
     key = name.lower()

@@ -104,7 +104,12 @@ def set_num_threads(n):
 
 
 def get_num_threads():
-    """The number of threads Numba's kernels use in the calling thread (see :func:`set_num_threads`)."""
+    """The number of threads Numba's kernels use in the calling thread (see :func:`set_num_threads`).
+
+    Returns
+    -------
+    int
+    """
     import numba
 
     return numba.get_num_threads()
@@ -117,6 +122,15 @@ def limited_threads(threads):
     Set through :func:`set_num_threads` (Numba for the calling thread, BLAS for the process), capped at
     Numba's pool size; both are restored on exit. Tasks on an executor's workers (sweep runs, gradient
     study blocks, learning-rate trials) run inside it, so that workers x threads stays within the cores.
+
+    Parameters
+    ----------
+    threads : int or None
+        Upper bound on the threads of both pools; None changes nothing.
+
+    Yields
+    ------
+    None
     """
     if threads is None:
         yield

@@ -18,6 +18,14 @@ def _positions(layer, out_shape):
 def summary(net, input_shape, print_fn=print):
     """Summarize ``net`` for inputs of per-example shape ``input_shape``.
 
+    Parameters
+    ----------
+    net : Network
+    input_shape : tuple of int
+        Shape of one example, e.g. ``(784,)`` or ``(1, 28, 28)``.
+    print_fn : callable or None
+        Called with each line of the table; None prints nothing.
+
     Returns
     -------
     rows : list of dict
