@@ -15,8 +15,9 @@ import pkgutil
 import re
 import textwrap
 
-import sbnnumba
 from doc_snippets import ROOT
+
+import sbnnumba
 
 ALLOWLIST = ROOT / "tests" / "docstring_allowlist.txt"
 
@@ -45,7 +46,7 @@ def public_objects():
 
 
 def _has_section(doc, *titles):
-    return any(re.search(rf"^\s*{t}\s*\n\s*-{{3,}}", doc, re.M) for t in titles)
+    return any(re.search(rf"^\s*{t}\s*\n\s*-{{3,}}", doc, re.MULTILINE) for t in titles)
 
 
 def _returns_value(fn):

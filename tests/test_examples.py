@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-
 from doc_snippets import ROOT
 
 EXAMPLES = sorted((ROOT / "examples").glob("*.py"))

@@ -5,9 +5,9 @@ the rest of the suite sees the library's own registries.
 """
 import numpy as np
 import pytest
+from doc_snippets import ROOT, run_page
 
 import sbnnumba as sb
-from doc_snippets import ROOT, run_page
 from sbnnumba.backends import registry as backend_registry
 from sbnnumba.estimators import registry as estimator_registry
 from sbnnumba.testing import expected_estimate
@@ -76,7 +76,7 @@ def test_layer_trains_with_psa_and_is_described_for_checkpoints(page):
 
 
 def test_backend_is_registered_and_matches_reference(page):
-    counted, x, y = page["counted"], page["x"], page["y"]
+    x, y = page["x"], page["y"]
     assert "counting" in backend_registry.backend_names()
     assert page["CountingBackend"].calls >= 1
     reference = sb.Network.dense([2, 5, 5], n_classes=2, rng=0, dtype=np.float64, backend="reference")
