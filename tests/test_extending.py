@@ -8,6 +8,7 @@ import pytest
 from doc_snippets import ROOT, run_page
 
 import sbnnumba as sb
+from sbnnumba import noise
 from sbnnumba.backends import registry as backend_registry
 from sbnnumba.estimators import registry as estimator_registry
 from sbnnumba.testing import expected_estimate
@@ -18,13 +19,13 @@ PAGE = ROOT / "docs" / "extending.md"
 
 @pytest.fixture(scope="module")
 def page():
-    saved = (dict(estimator_registry.PATH_ESTIMATORS), dict(description.LAYER_KINDS),
-             dict(backend_registry._CLASSES), dict(backend_registry._INSTANCES))
+    registries = (estimator_registry.PATH_ESTIMATORS, description.LAYER_KINDS, backend_registry._CLASSES,
+                  backend_registry._INSTANCES, noise.NOISES)
+    saved = [dict(r) for r in registries]
     try:
         yield run_page(PAGE)
     finally:
-        for live, before in zip((estimator_registry.PATH_ESTIMATORS, description.LAYER_KINDS,
-                                 backend_registry._CLASSES, backend_registry._INSTANCES), saved):
+        for live, before in zip(registries, saved):
             live.clear()
             live.update(before)
 
@@ -59,6 +60,12 @@ def test_noise_family_is_consistent_and_the_oracle_uses_it(page):
         w[idx] = old
         np.testing.assert_allclose((up - down) / 2e-6, exact["stages.0.weight"][idx], rtol=1e-5, atol=1e-9)
     assert all(np.all(np.isfinite(g)) for g in page["st_grads"].values())
+    assert sb.get_noise("laplace") is net.noise
+    # PSA with the new family: exact in the last binary layer and the head (expectation over all paths)
+    expected = expected_estimate("psa", net, x[:6], y[:6])[1]
+    exact6 = sb.estimate("exact", net, x[:6], y[:6])[1]
+    for k in ("stages.1.weight", "stages.1.bias", "head.weight"):
+        np.testing.assert_allclose(expected[k], exact6[k], rtol=1e-9, atol=1e-12, err_msg=k)
 
 
 def test_layer_trains_with_psa_and_is_described_for_checkpoints(page):
