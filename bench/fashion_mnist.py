@@ -240,7 +240,7 @@ def run_one(args, ds, arch, method, results):
                            val_fraction=args.val_fraction, augment=args.augment, augment_pad=args.augment_pad,
                            eval_samples=args.eval_samples,
                            train_eval_size=args.train_eval_size, out=out, resume=resume, max_time=args.time_budget,
-                           progress=not args.no_progress,
+                           progress=not args.no_progress, verbose=not args.no_progress,
                            metadata={"command": "bench/fashion_mnist.py", "lr_search": lr_search})
         history, row["status"] = res.history, res.stopped
     except training.TrainingDiverged as exc:
@@ -307,7 +307,7 @@ def run_sharpened(args, ds, row):
                        optimizer=args.optimizer, lr=settings["lr"], schedule="cosine", seed=args.seed + 1,
                        val_fraction=args.val_fraction, augment=args.augment, augment_pad=args.augment_pad,
                        data_init=False, eval_samples=args.eval_samples, train_eval_size=args.train_eval_size, out=out,
-                       resume=resume, progress=not args.no_progress,
+                       resume=resume, progress=not args.no_progress, verbose=not args.no_progress,
                        metadata={"command": "bench/fashion_mnist.py --sharpen", "sharpen": settings})
     m = test_metrics(args, ds, net)
     print(f"[{key}] sharpened x{args.sharpen:g}, test: loss {m['loss']:.4f}, acc1 {100 * m['acc1']:.2f}%, "

@@ -17,7 +17,8 @@
     global batch (:mod:`sbnnumba.distributed`, ``docs/cluster.md``); rank 0 prints and writes the files.
 ``evaluate CHECKPOINT``
     Test metrics of a checkpoint and the test accuracy vs number of ensemble samples (1..``--samples``),
-    printed and saved as ``ensemble_accuracy.png`` and ``test_metrics.json``.
+    printed and saved as ``evaluate_ensemble_accuracy.png`` and ``evaluate_metrics.json`` (in ``--out``,
+    default the checkpoint's folder: names that never overwrite the training run's results).
 ``export CHECKPOINT --format c --out DIR``
     Write a trained binary network as dependency-free C99 (:func:`sbnnumba.export.export_c`).
     ``CHECKPOINT`` is a packed network (:meth:`PackedNetwork.save`) or a training checkpoint, which
@@ -30,9 +31,12 @@
     A grid of training runs on local workers or a Dask cluster (:mod:`sbnnumba.sweep.cli`), all further
     arguments passed on.
 
-Every error (unknown name, invalid size, missing data directory, bad checkpoint) prints one line
+Every error (unknown name, invalid size, missing data directory, bad checkpoint, an operating-system error
+such as an unwritable ``--out`` or a full disk, named with its path and cause) prints one line
 ``python -m sbnnumba <command>: error: ...`` and exits with status 2; a diverged training exits with
-status 1. Set ``SBNNUMBA_DEBUG=1`` to get the traceback of a ValueError instead.
+status 1, Ctrl-C with 130 (saying whether a checkpoint was kept). Set ``SBNNUMBA_DEBUG=1`` to get the
+traceback instead. ``train`` holds the lock of ``--out`` (:class:`sbnnumba.fileio.RunLock`) from before
+it loads the data: a second run on the same directory fails at once, naming the process that holds it.
 """
 from __future__ import annotations
 
@@ -57,6 +61,10 @@ DEFAULT_CHANNELS = "96,96,96,192,192,192,192,192"
 
 class CLIError(Exception):
     """A user error: printed as one line, exit status 2."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C during ``train``: the message says whether a checkpoint was kept (exit status 130)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -221,6 +229,8 @@ def build_parser():
                     help="use only N training examples (random, before the validation split)")
     tr.add_argument("--out", default=None, help="output directory (default: runs/<arch>-<estimator>-<time>)")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    tr.add_argument("--quiet", action="store_true",
+                    help="no per-epoch lines and no progress bars (--no-progress hides the bars only)")
     tr.add_argument("--backend", default=None, choices=list(backend_names()),
                     help="kernel backend (default: $SBNNUMBA_BACKEND or cpu)")
     tr.add_argument("--distributed", action="store_true",
@@ -308,8 +318,12 @@ def _pct(v):
     return "n/a" if v is None else f"{100 * v:.2f}%"
 
 
-def report_test(metrics, out, label="test"):
-    """Print the test metrics, save ``test_metrics.json`` and ``ensemble_accuracy.png`` in ``out``."""
+TRAIN_RESULTS = ("test_metrics.json", "ensemble_accuracy.png")
+EVALUATE_RESULTS = ("evaluate_metrics.json", "evaluate_ensemble_accuracy.png")  # never a training run's names
+
+
+def report_test(metrics, out, label="test", names=TRAIN_RESULTS):
+    """Print the test metrics, save them and the ensemble curve in ``out`` under ``names`` (json, png)."""
     from sbnnumba.fileio import atomic_write_text
     from sbnnumba.plots import plot_ensemble_curve
 
@@ -320,8 +334,8 @@ def report_test(metrics, out, label="test"):
     ks = [k for k in (1, 2, 4, 8, 16, 32, 64, 128) if k <= s] + ([s] if s not in (1, 2, 4, 8, 16, 32, 64, 128) else [])
     print("ensemble accuracy vs samples: " + ", ".join(f"{k}: {_pct(metrics['curve'][k - 1])}" for k in ks))
     doc = json.dumps(metrics, indent=1)
-    paths = [atomic_write_text(os.path.join(out, "test_metrics.json"), doc),
-             plot_ensemble_curve(metrics["curve"], os.path.join(out, "ensemble_accuracy.png"),
+    paths = [atomic_write_text(os.path.join(out, names[0]), doc),
+             plot_ensemble_curve(metrics["curve"], os.path.join(out, names[1]),
                                  title=f"{label} accuracy vs number of samples")]
     return paths
 
@@ -462,20 +476,60 @@ def cmd_train(args):
         return _train(args, comm)
 
 
-def _train(args, comm=None):
-    from sbnnumba import architectures, training
+@contextlib.contextmanager
+def _run_directory(out):
+    """Hold the lock of ``out`` (created, and so checked writable, before any work); Ctrl-C inside becomes
+    :class:`Interrupted` saying whether a checkpoint is kept."""
+    from sbnnumba.fileio import DirectoryBusy, RunLock
 
-    search = _lr_search_args(args)
+    try:
+        lock = RunLock(out, "--out").__enter__()
+    except DirectoryBusy as exc:
+        raise CLIError(str(exc)) from None
+    except OSError as exc:
+        raise CLIError(f"--out: cannot create or write {exc.filename or out}: {exc.strerror or exc}") from None
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Interrupted(_kept(out)) from None
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def _kept(out):
+    """What an interrupted ``train`` leaves in ``out``."""
+    from sbnnumba import training
+
+    path = os.path.join(out, training.CHECKPOINT_NAME)
+    try:
+        epoch = training.load_checkpoint(path).epoch
+    except (FileNotFoundError, training.CheckpointError):
+        return f"interrupted before the first epoch ended; no checkpoint was written in {out}"
+    return f"interrupted; {path} keeps epoch {epoch}, the last completed one (continue with --resume)"
+
+
+def _train(args, comm=None):
     root = comm is None or comm.is_root
+    search = _lr_search_args(args)
     out = _output_dir(args) if root else None  # rank 0's file system decides (other ranks may not see it)
     if comm is not None:
         from sbnnumba.distributed import select_device
 
         out = comm.bcast_object(out)
         select_device(comm, args.backend)
+    with _run_directory(out) if root else contextlib.nullcontext():
+        return _train_in(args, out, search, comm)
+
+
+def _train_in(args, out, search, comm):
+    from sbnnumba import architectures, training
+
+    root = comm is None or comm.is_root
     try:
         config = training.FitConfig(**{f.name: getattr(args, f.name) for _, f in command_line_fields()},
                                     lr=None if args.lr == "auto" else args.lr)
+        if args.quiet:
+            config = config.replace(progress=False, verbose=False)
     except (TypeError, ValueError) as exc:
         raise CLIError(str(exc)) from None
     ds = _subset(load_data(args.data, verbose=config.progress), args.train_subset, seed=1)
@@ -501,7 +555,8 @@ def _train(args, comm=None):
     metrics = training.evaluate(net, ds.x_test, ds.y_test, samples=config.eval_samples,
                                 rng=np.random.default_rng([config.seed, 0x7E57]))
     metrics.update(epochs=result.epochs_done, train_seconds=t_train, dataset=ds.name)
-    print(f"trained {result.epochs_done} epochs in {t_train:.1f} s ({result.stopped})")
+    print(f"trained {result.epochs_this_run} epochs in this run in {t_train:.1f} s, {result.epochs_done} of "
+          f"{config.epochs} in total ({result.stopped})")
     report_test(metrics, out)
     print(f"wrote {out}/: checkpoint.npz, history.csv, history.json, loss.png, accuracy.png, entropy.png, "
           "test_metrics.json, ensemble_accuracy.png" + (", lr_search.json" if search and not args.resume else ""))
@@ -526,7 +581,7 @@ def cmd_evaluate(args):
     metrics.update(checkpoint=os.path.abspath(args.checkpoint), epoch=ck.epoch, dataset=ds.name,
                    seconds=time.perf_counter() - t0)
     out = args.out or os.path.dirname(os.path.abspath(args.checkpoint))
-    paths = report_test(metrics, out)
+    paths = report_test(metrics, out, names=EVALUATE_RESULTS)
     print("wrote " + ", ".join(paths))
     return 0
 
@@ -578,7 +633,7 @@ def cmd_gradcheck(argv):
             raise
         raise CLIError("the gradient study module sbnnumba.gradstudy is not available in this installation")
     try:
-        rc = gradstudy.main(list(argv))
+        rc = gradstudy.main(list(argv), prog=f"{PROG} gradcheck")
     except SystemExit as exc:  # its argparse (--help, usage errors)
         rc = exc.code
     return 0 if rc is None else int(rc) if isinstance(rc, int) else 1
@@ -644,7 +699,22 @@ def main(argv=None):
             raise
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted; the last completed epoch is kept in the checkpoint (continue with --resume)",
-              file=sys.stderr)
+    except OSError as exc:  # unwritable or invalid path, full disk: atomic writes kept the last good files
+        if os.environ.get("SBNNUMBA_DEBUG"):
+            raise
+        print(f"{prog}: error: {os_error_line(exc)}", file=sys.stderr)
+        return 2
+    except Interrupted as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
         return 130
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+
+
+def os_error_line(exc):
+    """One line naming the path and the cause of an OSError: ``<path>: <cause> (files written earlier are
+    unchanged)``."""
+    cause = exc.strerror or str(exc)
+    where = exc.filename if exc.filename is None or exc.filename2 is None else f"{exc.filename} -> {exc.filename2}"
+    return f"{where or 'operating-system error'}: {cause} (files written before are unchanged)"

@@ -1,12 +1,24 @@
-"""Atomic file writes (nothing is lost when a write is interrupted) and checked reading of the
-versioned ``.npz`` files the library writes (checkpoints, packed networks)."""
+"""Atomic file writes (nothing is lost when a write is interrupted), the lock of a run directory, and
+checked reading of the versioned ``.npz`` files the library writes (checkpoints, packed networks).
+
+Temporary files are named ``.tmp-<pid>-<random><ext>``: a process killed during a write (SIGKILL, power
+loss) leaves one behind, and :func:`remove_stale_temporaries` (called when a run takes the directory's
+lock) removes those whose writer is no longer alive on this host.
+"""
 from __future__ import annotations
 
+import errno
+import json
 import os
+import socket
 import tempfile
+import time
 import zipfile
 
 import numpy as np
+
+TMP_PREFIX = ".tmp-"
+LOCK_NAME = ".sbnnumba.lock"
 
 # What np.load raises on a truncated, corrupt or non-npz file.
 NPZ_READ_ERRORS = (OSError, ValueError, EOFError, KeyError, TypeError, zipfile.BadZipFile)
@@ -65,12 +77,13 @@ def atomic_write(path, write):
     """Write a file atomically: ``write(f)`` fills a temp file in the same directory, then ``os.replace``.
 
     A crash or an exception inside ``write`` leaves any previous file at ``path`` untouched and removes
-    the temp file. Creates the parent directory if needed. Returns ``path`` as a string.
+    the temp file. Creates the parent directory if needed. Returns ``path`` as a string. An OSError that
+    names no file (a full disk during ``write`` or ``fsync``) is raised again naming ``path``.
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1] or ".tmp", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", suffix=os.path.splitext(path)[1] or ".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -80,9 +93,11 @@ def atomic_write(path, write):
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual mode
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(exc, OSError) and exc.filename is None and exc.errno is not None:
+            raise type(exc)(exc.errno, exc.strerror or str(exc), path) from exc
         raise
     return path
 
@@ -90,3 +105,140 @@ def atomic_write(path, write):
 def atomic_write_text(path, text):
     """Atomically write a text file (UTF-8)."""
     return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+# ================================================================================ run-directory lock
+class DirectoryBusy(RuntimeError):
+    """Another live process holds the lock of a run directory (:class:`RunLock`)."""
+
+
+def _process_alive(pid):
+    """Whether process ``pid`` exists on this host (a process we may not signal counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _holder(path):
+    """The ``{"pid", "host", "since"}`` record of a lock file, or None if it cannot be read."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            record = json.load(f)
+        return record if isinstance(record, dict) and isinstance(record.get("pid"), int) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _stale(record):
+    """A lock is stale when its holder was a process of this host that no longer exists."""
+    return record is not None and record.get("host") == socket.gethostname() and not _process_alive(record["pid"])
+
+
+def remove_stale_temporaries(directory):
+    """Remove the ``.tmp-<pid>-*`` files in ``directory`` left by writers that are no longer alive on this
+    host (an atomic write interrupted by SIGKILL). Files of live processes, and names without a pid, are
+    kept. Returns the removed paths."""
+    removed = []
+    for name in sorted(os.listdir(directory)):
+        if not name.startswith(TMP_PREFIX):
+            continue
+        pid = name[len(TMP_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or _process_alive(int(pid)):
+            continue
+        path = os.path.join(directory, name)
+        try:
+            os.remove(path)
+            removed.append(path)
+        except FileNotFoundError:  # removed meanwhile by another cleaner
+            pass
+    return removed
+
+
+_HELD = {}  # real path of a locked directory -> how many RunLocks of this process hold it (re-entrant)
+
+
+class RunLock:
+    """Exclusive use of a run directory by one process, as a context manager.
+
+    Entering creates ``directory`` if needed (so an uncreatable or unwritable directory fails here, before
+    any work) and the lock file ``.sbnnumba.lock`` holding ``{"pid", "host", "since"}``, created atomically
+    (a hard link of a complete temp file: another process sees no lock or a whole one). A lock held by a
+    live process, or by any process of another host, raises :class:`DirectoryBusy` naming the holder; a lock
+    left by a dead process of this host is taken over. Then stale temporary files are removed
+    (:func:`remove_stale_temporaries`). The lock is re-entrant within a process; leaving removes the file.
+
+    Parameters
+    ----------
+    directory : str or os.PathLike
+    what : str
+        The argument named in messages (e.g. ``"out"``).
+    """
+
+    def __init__(self, directory, what="out"):
+        self.directory, self.what = os.fspath(directory), what
+        self.path = os.path.join(self.directory, LOCK_NAME)
+
+    def __enter__(self):
+        os.makedirs(self.directory, exist_ok=True)
+        key = os.path.realpath(self.directory)
+        if _HELD.get(key):
+            _HELD[key] += 1
+            return self
+        record = {"pid": os.getpid(), "host": socket.gethostname(),
+                  "since": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+        for _ in range(3):  # a stale lock is removed, then taken again
+            if self._create(record):
+                break
+            holder = _holder(self.path)
+            if not _stale(holder):
+                raise DirectoryBusy(self._busy_message(holder))
+            try:
+                os.remove(self.path)
+            except FileNotFoundError:
+                pass
+        else:
+            raise DirectoryBusy(self._busy_message(_holder(self.path)))
+        _HELD[key] = 1
+        remove_stale_temporaries(self.directory)
+        return self
+
+    def _create(self, record):
+        """Create the lock file with ``record``; False if one exists already."""
+        tmp = atomic_write_text(os.path.join(self.directory, f"{TMP_PREFIX}{os.getpid()}-lock"),
+                                json.dumps(record))
+        try:
+            os.link(tmp, self.path)
+            return True
+        except FileExistsError:
+            return False
+        except OSError as exc:  # no hard links on this file system: exclusive creation instead
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+                raise
+            try:
+                with open(self.path, "x", encoding="utf-8") as f:
+                    f.write(json.dumps(record))
+                return True
+            except FileExistsError:
+                return False
+        finally:
+            os.remove(tmp)
+
+    def _busy_message(self, holder):
+        who = ("a process whose lock cannot be read" if holder is None else
+               f"process {holder['pid']} on {holder.get('host', '?')} (since {holder.get('since', '?')})")
+        return (f"{self.what}: {self.directory} is in use by {who}; wait for that run to end or choose another "
+                f"directory (if no such run exists any more, delete {self.path})")
+
+    def __exit__(self, *exc_info):
+        key = os.path.realpath(self.directory)
+        _HELD[key] -= 1
+        if _HELD[key] == 0:
+            del _HELD[key]
+            holder = _holder(self.path)
+            if holder is not None and holder["pid"] == os.getpid():
+                os.remove(self.path)
+        return False

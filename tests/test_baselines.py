@@ -115,13 +115,36 @@ def test_reinforce_baseline_registered_estimator_and_variance():
 # ------------------------------------------------------------------------------------------ ARM
 @pytest.mark.parametrize("noise", ["logistic", "normal"])
 @pytest.mark.parametrize("sizes,n_classes", [([2, 3, 3], 3), ([2, 3, 2, 2], 1)])
-def test_arm_is_unbiased(noise, sizes, n_classes):
+@pytest.mark.parametrize("independent", [False, True])
+def test_arm_is_unbiased(noise, sizes, n_classes, independent):
     net = random_net(sizes, n_classes=n_classes, noise=noise, seed=8, scale=0.8)
     x, y = _batch(net, 8)
     _, g = sb.estimate("exact", net, x, y)
-    z = _chunk_z("arm", net, x, y, g, chunks=40, rows=1500, seed=9)
+    z = _chunk_z("arm", net, x, y, g, chunks=40, rows=1500, seed=9, independent_suffixes=independent)
     worst = max(np.abs(v).max() for v in z.values())
     assert worst < 4.5, {k: np.round(v, 1) for k, v in z.items()}
+
+
+def test_arm_independent_suffixes_draw_other_noise_with_more_variance():
+    """The paper's ARM (independent suffix passes) differs from the common-noise default draw by draw and has
+    the larger variance in the first layer (whose suffix is longest); bad values are refused."""
+    net = random_net([2, 4, 4, 4], n_classes=3, seed=3, scale=0.8)
+    x, y = _batch(net, 3, n=1)
+    xs, ys = np.repeat(x, 400, 0), np.repeat(y, 400)
+    draws = {flag: [sb.estimate("arm", net, xs, ys, rng=s, independent_suffixes=flag)[1] for s in range(30)]
+             for flag in (False, True)}
+    first = {flag: np.stack([d["stages.0.weight"] for d in v]) for flag, v in draws.items()}
+    assert not np.array_equal(first[False], first[True])
+    assert first[True].var(axis=0).sum() > first[False].var(axis=0).sum()
+    with pytest.raises(TypeError, match="independent_suffixes"):
+        sb.estimate("arm", net, x, y, rng=0, independent_suffixes="yes")
+
+
+def test_gradstudy_names_the_arm_variant_it_plots():
+    labels = [gradstudy.parse_method(m)[0] for m in gradstudy.DEFAULT_METHODS]
+    assert "arm(independent_suffixes=False)" in labels and "arm" not in labels
+    assert gradstudy.parse_method("arm:independent_suffixes=true") == (
+        "arm(independent_suffixes=True)", "arm", {"independent_suffixes": True})
 
 
 def test_arm_single_unit_closed_form():

@@ -512,9 +512,9 @@ def test_cli_train_and_evaluate(tmp_path, capsys):
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     assert "embedded" in captured.out and "4-sample ensemble acc" in captured.out
-    metrics = json.loads((tmp_path / "ev" / "test_metrics.json").read_text())
+    metrics = json.loads((tmp_path / "ev" / "evaluate_metrics.json").read_text())
     assert metrics["n"] == 2000 and len(metrics["curve"]) == 4
-    assert file_bytes(tmp_path / "ev" / "ensemble_accuracy.png")[:8] == PNG_MAGIC
+    assert file_bytes(tmp_path / "ev" / "evaluate_ensemble_accuracy.png")[:8] == PNG_MAGIC
 
 
 def test_cli_train_conv_input_padding_and_evaluate(tmp_path, capsys):
@@ -600,7 +600,7 @@ def test_cli_gradcheck_dispatches(monkeypatch):
 
     seen = []
     fake = types.ModuleType("sbnnumba.gradstudy")
-    fake.main = lambda argv: seen.append(argv) or 0
+    fake.main = lambda argv, prog: seen.append(argv) or 0
     monkeypatch.setitem(sys.modules, "sbnnumba.gradstudy", fake)
     assert cli.main(["gradcheck", "--a", "1"]) == 0 and seen == [["--a", "1"]]
 

@@ -164,11 +164,11 @@ def test_version_1_checkpoint_resumes(tmp_path):
 def test_fit_logs_one_line_per_epoch(caplog):
     rng = np.random.default_rng(3)
     x, y = rng.random((64, 6), dtype=np.float32), rng.integers(0, 2, 64)
-    for progress, level in ((True, "INFO"), (False, "DEBUG")):
+    for verbose, level in ((True, "INFO"), (False, "DEBUG")):  # progress (the bars) does not decide it (#41)
         caplog.clear()
         with caplog.at_level("DEBUG", logger="sbnnumba.training"):
             training.fit(sb.Network.dense([6, 4], 2, rng=0), (x, y), epochs=2, batch_size=16, eval_samples=2,
-                         train_eval_size=0, progress=progress, plots=False)
+                         train_eval_size=0, progress=False, verbose=verbose, plots=False)
         lines = [r for r in caplog.records if r.name == "sbnnumba.training.fit"]
         assert [r.levelname for r in lines] == [level] * 2
         assert lines[1].getMessage().startswith("epoch 2/2 | train loss ")

@@ -19,6 +19,8 @@ step, whose kernels use the rank's GPU with ``backend="cuda"`` (:func:`~sbnnumba
 """
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from ..training.checkpoint import generator_from_state
@@ -49,7 +51,7 @@ class DistributedTrainer(Trainer):
             raise TypeError(f"comm: expected a sbnnumba.distributed.Communicator, got {type(comm).__name__}")
         self.comm = TimingCommunicator(comm)
         if not comm.is_root:
-            config = config.replace(progress=False)
+            config = config.replace(progress=False, verbose=False)
         super().__init__(net, data, config, out=out, resume=resume, metadata=metadata)
 
     def prepare(self, data):
@@ -105,6 +107,10 @@ class DistributedTrainer(Trainer):
         own = np.random.default_rng([int(rng.integers(2 ** 63)), self.comm.rank])
         xs, ys = shard_of(x, y, self.comm)
         return reduce_metrics(super().evaluate(xs, ys, own, **options), self.comm)
+
+    def lock(self):
+        # rank 0 alone writes ``out`` (the other ranks may share its file system)
+        return super().lock() if self.comm.is_root else contextlib.nullcontext()
 
     def save(self):
         """Checkpoint, history and plots: rank 0 only."""

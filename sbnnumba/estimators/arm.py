@@ -30,9 +30,11 @@ Per layer (``f`` is vector-valued over the units of the layer; ``u`` has the lay
 1. with the valid sample ``x^{k-1}`` of the layers below, ``a^k = layer_k(x^{k-1})`` (B, ...);
 2. draw ``u ~ U(0,1)`` of the shape of ``a^k``; form ``b1``, ``b2`` (both valid samples);
 3. run the rest of the network (stages k+1..L sampled, then the head and the loss) from ``b1`` and
-   from ``b2``, giving ``f1``, ``f2`` (B,). The two suffix passes share their uniforms (common random
-   numbers: each of ``f1``, ``f2`` is still an unbiased estimate of ``E[l | x^k = b]``, and rows with
-   ``b1 == b2`` contribute exactly 0, so they are skipped);
+   from ``b2``, giving ``f1``, ``f2`` (B,). By default the two suffix passes share their uniforms (common
+   random numbers: each of ``f1``, ``f2`` is still an unbiased estimate of ``E[l | x^k = b]``, a valid,
+   lower-variance choice); ``independent_suffixes=True`` draws them independently, as the PSA paper's
+   ARM baseline does. Either way rows with ``b1 == b2`` contribute exactly 0 in expectation and are
+   skipped (with shared noise exactly 0; with independent noise their zero-mean difference is dropped);
 4. ``g_a^k = (f1 - f2) psi(u) / 2`` (B, ...), chained to ``W^k, b^k`` with ``x^{k-1}`` (``layer.param_grads``);
 5. continue from ``x^k = b1`` (distributed as ``P(+1) = F(a)``).
 
@@ -53,18 +55,35 @@ from .registry import register_estimator
 _TINY = 1e-12
 
 
-def _suffix_losses(net, layers, k, h, y, rng):
-    """Sampled loss (rows,) of the network continued from state ``h`` of stage k (rows, ...)."""
+def _suffix_losses(net, layers, k, h, y, rng, independent):
+    """Sampled loss (rows,) of the network continued from state ``h`` of stage k (rows, ...): the first and
+    second halves of the rows (the ``b1`` and ``b2`` passes) with common uniforms, or independent ones."""
     for layer in layers[k + 1:]:
         a = layer.forward(h)
-        half = a.shape[0] // 2
-        u = rng.random((half,) + a.shape[1:])
-        h = net.noise.sample(a, np.concatenate([u, u]))  # common random numbers for b1 / b2
+        if independent:
+            u = rng.random(a.shape)
+        else:
+            u = rng.random((a.shape[0] // 2,) + a.shape[1:])
+            u = np.concatenate([u, u])  # common random numbers for b1 / b2
+        h = net.noise.sample(a, u)
     return xent(net.head.forward(h), y, grad=False)
 
 
-def arm_gradient(net, x, y, rng):
-    """Per-layer ARM estimate; returns (loss at the final sample, grads). See the module docstring."""
+def arm_gradient(net, x, y, rng, independent_suffixes=False):
+    """Per-layer ARM estimate; returns (loss at the final sample, grads). See the module docstring.
+
+    Parameters
+    ----------
+    net : Network
+    x : ndarray (B, ...)
+    y : ndarray (B,) int
+    rng : numpy.random.Generator
+    independent_suffixes : bool
+        Draw the ``b1`` and ``b2`` suffix passes with independent noise (the PSA paper's baseline)
+        instead of common random numbers (the default; lower variance, equally unbiased).
+    """
+    if not isinstance(independent_suffixes, (bool, np.bool_)):
+        raise TypeError(f"independent_suffixes: expected a bool, got {type(independent_suffixes).__name__}")
     noise = net.noise
     noise.arm_psi(np.zeros(1))  # refuse unsupported noises before any work
     if any(n.training for n in net.normalizations()):
@@ -82,7 +101,8 @@ def arm_gradient(net, x, y, rng):
         diff = np.zeros(n, dtype=a.dtype)
         rows = np.flatnonzero((b1 != b2).reshape(n, -1).any(axis=1))
         if rows.size:
-            f = _suffix_losses(net, layers, k, np.concatenate([b1[rows], b2[rows]]), np.concatenate([y[rows]] * 2), rng)
+            f = _suffix_losses(net, layers, k, np.concatenate([b1[rows], b2[rows]]), np.concatenate([y[rows]] * 2),
+                               rng, bool(independent_suffixes))
             diff[rows] = f[:rows.size] - f[rows.size:]
         g_a = (weight * 0.5) * diff.reshape((n,) + (1,) * (a.ndim - 1)) * noise.arm_psi(u)
         add_layer_grads(grads, f"stages.{k}", layer.param_grads(h, g_a.astype(a.dtype)))

@@ -237,7 +237,9 @@ class FitConfig:
     max_time: float | None = option(None, "time budget in seconds (stops after the epoch that passes it)",
                            Optional(Number(positive=True)), flag="--max-time")
     plots: bool = option(True, "write loss.png, accuracy.png, entropy.png after each epoch", Flag())
-    progress: bool = option(True, "progress bars and per-epoch summary lines", Flag(), flag="--no-progress")
+    progress: bool = option(True, "progress bars", Flag(), flag="--no-progress")
+    verbose: bool = option(True, "per-epoch summary and resume lines (INFO on the logger sbnnumba.training.fit, "
+                                 "else DEBUG)", Flag())
 
     def __post_init__(self):
         for f in dataclasses.fields(self):

@@ -22,12 +22,17 @@ Files written into ``out`` (each atomically: temp file + ``os.replace``): ``chec
 epoch, :mod:`~sbnnumba.training.checkpoint`), ``history.csv``, ``history.json``, ``loss.png``,
 ``accuracy.png``, ``entropy.png`` (:mod:`~sbnnumba.training.history`).
 
-Each epoch's summary line goes to the ``logging`` logger ``sbnnumba.training.fit`` (level INFO with
-``progress``, which also draws tqdm bars, else DEBUG); the command line shows it, a library caller
-configures logging to see it.
+Each epoch's summary line, and "resuming ... from epoch N", go to the ``logging`` logger
+``sbnnumba.training.fit`` (level INFO with ``verbose``, else DEBUG; ``progress`` draws the tqdm bars); the
+command line shows them, a library caller configures logging to see them.
+
+While it runs, a :class:`Trainer` holds the lock of ``out`` (:class:`sbnnumba.fileio.RunLock`): a second
+run on the same directory fails at once with :class:`sbnnumba.fileio.DirectoryBusy` naming the holder, and
+temporary files left by an interrupted earlier run are removed.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -37,6 +42,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import datasets, optim
+from ..fileio import RunLock
 from ..estimators import registry as _registry
 from .checkpoint import (
     CHECKPOINT_NAME,
@@ -87,6 +93,8 @@ class FitResult:
     optimizer : sbnnumba.optim.Optimizer
     epochs_done : int
         Completed epochs (counting earlier sessions).
+    epochs_this_run : int
+        Epochs trained by this call (``epochs_done`` less the epoch a resumed run started from).
     stopped : str
         ``"completed"``, ``"time budget"`` or ``"already complete"`` (resumed at or past ``epochs``).
     config : dict
@@ -99,6 +107,7 @@ class FitResult:
     history: list
     optimizer: object
     epochs_done: int
+    epochs_this_run: int
     stopped: str
     config: dict
     out: str | None = None
@@ -209,6 +218,9 @@ class Trainer:
         self.optimizer.load_state_dict(ck.optimizer_state)
         self.rng = generator_from_state(ck.rng_state)
         self.history, self.start_epoch = list(ck.history), ck.epoch
+        left = max(0, self.config.epochs - ck.epoch)
+        log.log(self._level, f"resuming {self.ckpt_path} from epoch {ck.epoch}: {left} of {self.config.epochs} "
+                             "epochs left")
 
     def start(self):
         """A fresh run: the training generator, and the data-dependent initialization if configured."""
@@ -304,15 +316,22 @@ class Trainer:
             self.files.update(write_plots(self.history, self.out))
 
     # ------------------------------------------------------------------------------------ the run
+    def lock(self):
+        """The lock of ``out`` held for the whole run (:class:`sbnnumba.fileio.RunLock`: a second run on the
+        same directory fails at once naming this one), or a no-op without ``out``."""
+        return contextlib.nullcontext() if self.out is None else RunLock(self.out, "out")
+
     def run(self):
-        """All phases; returns a :class:`FitResult`."""
+        """All phases, holding :meth:`lock`; returns a :class:`FitResult`."""
+        with self.lock():
+            return self._run()
+
+    def _run(self):
         c = self.config
         if self.resuming:
             self.resume()
         else:
             self.start()
-        if self.out is not None:
-            os.makedirs(self.out, exist_ok=True)
         stopped, t_begin = ("already complete" if self.start_epoch >= c.epochs else "completed"), time.perf_counter()
         self.device = self.device_runner()
         for epoch in range(self.start_epoch + 1, c.epochs + 1):
@@ -322,8 +341,8 @@ class Trainer:
             self.validate(row)
             row.update(epoch_time=t1 - t0, eval_time=time.perf_counter() - t1)
             self.history.append(row)
-            # INFO with progress, else DEBUG: quiet runs (lr-search trials, --no-progress) stay out of the log
-            log.log(logging.INFO if c.progress else logging.DEBUG, summary_line(row, c.epochs, c.eval_samples))
+            # INFO when verbose, else DEBUG: quiet runs (lr-search trials, --quiet) stay out of the log
+            log.log(self._level, summary_line(row, c.epochs, c.eval_samples))
             if self.out is not None:
                 self.save()
             if c.max_time is not None and time.perf_counter() - t_begin >= c.max_time and epoch < c.epochs:
@@ -334,9 +353,14 @@ class Trainer:
     def result(self, stopped):
         if self.ckpt_path is not None:
             self.files["checkpoint"] = self.ckpt_path
-        return FitResult(history=self.history, optimizer=self.optimizer,
-                         epochs_done=len(self.history) and self.history[-1]["epoch"], stopped=stopped,
+        done = len(self.history) and self.history[-1]["epoch"]
+        return FitResult(history=self.history, optimizer=self.optimizer, epochs_done=done,
+                         epochs_this_run=done - self.start_epoch, stopped=stopped,
                          config=self.run_config, out=self.out, checkpoint=self._last_checkpoint(), files=self.files)
+
+    @property
+    def _level(self):
+        return logging.INFO if self.config.verbose else logging.DEBUG
 
     def _last_checkpoint(self):
         return self.ckpt_path if self.ckpt_path and os.path.exists(self.ckpt_path) else None
@@ -379,7 +403,8 @@ def fit(net, data, config=None, *, out=None, resume=False, metadata=None, comm=N
         generators ``default_rng([seed, epoch, salt])``), ``split_seed``, ``val_fraction`` (0 skips
         validation), ``augment`` / ``augment_pad`` (:func:`sbnnumba.datasets.augment_flip_crop`),
         ``data_init`` (not when resuming), ``eval_samples``, ``train_eval_size``, ``eval_batch_size``,
-        ``max_time`` (stops after the first epoch that ends past it), ``plots``, ``progress``.
+        ``max_time`` (stops after the first epoch that ends past it), ``plots``, ``progress`` (bars),
+        ``verbose`` (epoch and resume lines at INFO on the logger ``sbnnumba.training.fit``).
     out : str or os.PathLike, optional
         Output directory for the checkpoint, history and plots; None writes nothing.
     resume : bool

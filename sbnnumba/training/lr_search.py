@@ -38,7 +38,7 @@ from .fit import TrainingDiverged, fit
 log = logging.getLogger(__name__)
 
 #: fit() options a learning-rate search sets itself (per trial) and so does not accept.
-SEARCH_OWN = ("lr", "epochs", "out", "resume", "max_time", "plots", "progress", "train_eval_size", "eval_samples",
+SEARCH_OWN = ("lr", "epochs", "out", "resume", "max_time", "plots", "progress", "verbose", "train_eval_size", "eval_samples",
               "eval_batch_size", "metadata")
 _DIVERGED_PENALTY = 1e6  # objective of a diverged trial (times 1..2, growing with log10 lr)
 METHODS = ("bounded", "grid")
@@ -414,7 +414,7 @@ def search_lr(net, data, config=None, *, estimator=None, bounds=(-6.0, 0.0), max
     _method_settings(method, executor, batch, comm)
     config = _search_config(config, estimator, fit_options)
     trial_config = config.replace(epochs=int(trial_epochs), data_init=False, train_eval_size=0, max_time=None,
-                                  progress=False, plots=False)
+                                  progress=False, verbose=False, plots=False)
     if not isinstance(net, Network):
         if not callable(net):
             raise TypeError(f"net: expected a Network or a callable returning one, got {type(net).__name__}")
