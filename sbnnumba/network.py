@@ -18,13 +18,13 @@ import numpy as np
 
 from . import losses
 from .backends import BackendAttribute
+from .inputs import to_float
 from .layers import Linear
 from .noise import get_noise
 from .normalization import Normalized, moments_from_sums, normalization_factory
 from .validation import (
     as_generator,
     check_choice,
-    check_float_array,
     check_labels,
     check_positive_int,
     check_positive_number,
@@ -106,6 +106,10 @@ class Network:
 
     Attributes
     ----------
+    input_convention : None or str
+        How raw inputs map to the float inputs (:mod:`sbnnumba.inputs`): every entry point scales uint8
+        images by 1/255; ``"uint8/255"`` (recorded by ``fit`` when it trains on uint8 images, stored in
+        checkpoints and packed networks) also refuses float inputs outside ``[0, 1]``.
     params : dict
         ``"stages.{k}.{name}"`` and ``"head.{name}"`` -> the parameter arrays themselves
         (optimizers update them in place).
@@ -125,6 +129,7 @@ class Network:
         self.noise = get_noise(noise)
         self.backend = backend
         self.dtype = head.weight.dtype
+        self.input_convention = None  # sbnnumba.inputs: set by fit from its training data
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -183,7 +188,9 @@ class Network:
 
     # ------------------------------------------------------------------ input checks
     def check_input(self, x, name="x"):
-        x = check_float_array(x, name, dtype=self.dtype)
+        """``x`` as float inputs of this network (:func:`sbnnumba.inputs.to_float` under
+        :attr:`input_convention`: uint8 images scaled by 1/255), checked against the stages' shapes."""
+        x = to_float(x, self.dtype, self.input_convention, name)
         if x.ndim < 2:
             raise ValueError(f"{name}: expected a batch (B, ...) of inputs, got shape {x.shape}")
         self.stage_shapes(x.shape[1:])

@@ -129,6 +129,7 @@ from . import bitpack
 from .backends import BackendAttribute
 from .conv import Conv2d
 from .fileio import atomic_write, read_versioned_npz
+from .inputs import check_convention, to_float
 from .kernels import bitplane as _kp
 from .kernels.conv_reference import output_size, windows
 from .layers import Layer, Linear
@@ -450,7 +451,11 @@ class _Stage:
         if self.kind == "bitplane_dense":
             # real x on the grid (float) or its integer codes: planes, then the fused bit-plane kernel
             rows = _rows(act)
-            planes = bitpack.pack_planes(rows, rt["bits"], None if act.dtype.kind in "iu" else rt["scale"])
+            try:
+                planes = bitpack.pack_planes(rows, rt["bits"], None if act.dtype.kind in "iu" else rt["scale"])
+            except ValueError as exc:  # say what to pass
+                raise ValueError(f"{exc}; pass the integer codes q (codes=True; uint8 pixels for the grid (1/255, 8) "
+                                 f"need no flag) or the floats dtype(scale * q)") from None
             out = np.zeros((rows.shape[0], bitpack.n_words(int(m["n_out"]))), np.uint64)
             _kp.bitplane_gemm_threshold(planes, rt["weights"].panels, rt["limits"], rt["invert"], out)
             return out
@@ -654,6 +659,7 @@ class PackedNetwork:
         self.head_in = (head_in[0], tuple(int(s) for s in head_in[1]))
         self.float_sizes = float_sizes
         self.backend = None
+        self.input_convention = None  # sbnnumba.inputs: the float network's, recorded in the file
         for stage in self.stages:
             stage.prepare(self.dtype)
 
@@ -726,6 +732,7 @@ class PackedNetwork:
         float_sizes.append(4 * (head.weight.size + head.bias.size))
         packed = cls(stages, head_weight, head.bias.astype(dtype, copy=True), shape, dtype, act, float_sizes)
         packed.backend = net.backend
+        packed.input_convention = net.input_convention
         if calibration_x is not None:
             if quantization is None:
                 expected = net.forward_deterministic(calibration_x)
@@ -772,10 +779,9 @@ class PackedNetwork:
                                  "with input_quantization)")
             if x.dtype.kind not in "iu":
                 raise TypeError(f"x: expected integer codes q (codes=True), got dtype {x.dtype}")
-        else:
-            if x.dtype.kind not in "fiu":
-                raise TypeError(f"x: expected a real numeric array, got dtype {x.dtype}")
-            x = x.astype(self.dtype, copy=False)
+        elif not (x.dtype == np.uint8 and self._pixels_are_codes()):
+            # the float network's input rule (uint8 images scaled by 1/255, the recorded range checked)
+            x = to_float(x, self.dtype, self.input_convention)
         if x.ndim < 2:
             raise ValueError(f"x: expected a batch (B, ...) of inputs of shape {self.input_shape}, got {x.shape}")
         if first.kind == "float_conv" and tuple(x.shape[1:]) != self.input_shape:
@@ -788,6 +794,13 @@ class PackedNetwork:
         if first.kind != "bitplane_dense" and not np.all(np.isfinite(x)):
             raise ValueError("x: expected finite values, found NaN or inf")
         return x
+
+    def _pixels_are_codes(self):
+        """uint8 images are their own codes for a bit-plane first stage on the pixel grid (1/255, 8 bits):
+        passing them as codes is exact and gives what their floats ``x / 255`` give."""
+        quantization = self.input_quantization
+        return quantization is not None and quantization[1] >= 8 and \
+            float(quantization[0]) == float(np.float64(1) / 255)
 
     @property
     def input_quantization(self):
@@ -906,10 +919,13 @@ class PackedNetwork:
 
     # ------------------------------------------------------------------ files
     def _spec(self):
-        return {"input_shape": list(self.input_shape), "dtype": self.dtype.name,
+        spec = {"input_shape": list(self.input_shape), "dtype": self.dtype.name,
                 "head_in": [self.head_in[0], list(self.head_in[1])],
                 "float_sizes": None if self.float_sizes is None else [int(s) for s in self.float_sizes],
                 "stages": [{"kind": s.kind, "meta": s.meta} for s in self.stages]}
+        if self.input_convention is not None:  # absent from files written before it was recorded (#41)
+            spec["input"] = self.input_convention
+        return spec
 
     def _format_version(self):
         """The oldest format version that holds this network (1 unless it has a bit-plane stage)."""
@@ -1001,7 +1017,9 @@ class PackedNetwork:
         unexpected = sorted(set(data) - used)
         if unexpected:
             raise PackedFormatError(f"{path}: unexpected arrays {unexpected}")
-        return cls(stages, weight, bias, spec["input_shape"], dtype, head_in, spec.get("float_sizes"))
+        packed = cls(stages, weight, bias, spec["input_shape"], dtype, head_in, spec.get("float_sizes"))
+        packed.input_convention = check_convention(spec.get("input"), "spec: input")
+        return packed
 
     def __repr__(self):
         body = ", ".join(s.kind for s in self.stages)

@@ -7,14 +7,13 @@ import zlib
 import numpy as np
 
 from .. import datasets
+from ..inputs import to_float
 
 
 def as_float(x, dtype):
-    """uint8 images -> ``x / 255`` in ``dtype``; anything else cast to ``dtype``."""
-    x = np.asarray(x)
-    if x.dtype == np.uint8:
-        return datasets.normalize(x, dtype=dtype)
-    return np.asarray(x, dtype=dtype)
+    """uint8 images -> ``x / 255`` in ``dtype``; anything else cast to ``dtype`` (checked finite): the
+    library's one input rule, :func:`sbnnumba.inputs.to_float`."""
+    return to_float(x, dtype)
 
 
 def split_data(data, val_fraction, split_seed):

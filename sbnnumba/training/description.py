@@ -8,6 +8,7 @@ parameters and normalization statistics are loaded afterwards.
 Layout::
 
     {"noise": "logistic", "dtype": "float32", "input_shape": [1, 28, 28] or None,
+     "input": "uint8/255" (only when recorded: sbnnumba.inputs),
      "stages": [{"layer": "conv2d", "args": {"c_in": 1, "c_out": 96, "kernel_size": [3, 3], ...},
                  "weights": None or {"noise": "logistic", "grad": "md", "clip": None},
                  "normalization": None or {"momentum": 0.1, "eps": 1e-05}}, ...],
@@ -24,6 +25,7 @@ from typing import Callable
 import numpy as np
 
 from ..conv import Conv2d
+from ..inputs import check_convention
 from ..layers import Linear
 from ..network import Network
 from ..normalization import Normalized
@@ -110,10 +112,13 @@ def describe(net, input_shape=None):
     TypeError
         A stage or the head is of a layer type without a registered :class:`LayerKind`.
     """
-    return {"noise": net.noise.name, "dtype": np.dtype(net.dtype).name,
+    desc = {"noise": net.noise.name, "dtype": np.dtype(net.dtype).name,
             "input_shape": None if input_shape is None else [int(s) for s in input_shape],
             "stages": [_describe_stage(s, f"stages.{k}") for k, s in enumerate(net.stages)],
             "head": _describe_layer(net.head, "head")}
+    if net.input_convention is not None:  # absent from descriptions written before it was recorded (#41)
+        desc["input"] = net.input_convention
+    return desc
 
 
 def _build_layer(desc, dtype, where):
@@ -149,4 +154,5 @@ def network_from_description(desc, backend=None):
         raise ValueError(f"description: expected the entry {exc}, which is missing") from None
     if desc.get("input_shape") is not None:
         net.stage_shapes(tuple(desc["input_shape"]))  # conv layers record their map sizes
+    net.input_convention = check_convention(desc.get("input"), "description: input")
     return net

@@ -43,6 +43,7 @@ import numpy as np
 
 from .. import datasets, optim
 from ..fileio import RunLock
+from ..inputs import convention_of
 from ..estimators import registry as _registry
 from .checkpoint import (
     CHECKPOINT_NAME,
@@ -147,6 +148,9 @@ def check_resume(saved, current, path):
     """ValueError naming every setting that decides the trajectory and differs between two run configs."""
     # "sampling" is set by data-parallel runs only (keyed per-example noise): a different trajectory
     pairs = [(k, saved.get(k), current.get(k)) for k in ("network", "data", "optimizer", "sampling")]
+    if isinstance(saved.get("network"), dict) and "input" not in saved["network"]:
+        # written before the input convention was recorded (#41): it does not change the trajectory
+        pairs[0] = ("network", saved["network"], {k: v for k, v in current["network"].items() if k != "input"})
     pairs += [(f"fit.{k}", v, current["fit"].get(k))
               for k, v in trajectory_from_dict(saved.get("fit", {})).items()]
     diff = [d for key, a, b in pairs for d in _differences(key, jsonable(a), jsonable(b))]
@@ -201,6 +205,8 @@ class Trainer:
         if c.augment and self.x_tr.ndim != 4:
             raise ValueError(f"augment: needs images of shape (N, C, H, W), got training data of shape "
                              f"{self.x_tr.shape}")
+        if convention_of(self.x_tr) is not None:  # the network records its input preprocessing (#41)
+            net.input_convention = convention_of(self.x_tr)
         self.steps_per_epoch = math.ceil(self.x_tr.shape[0] / c.batch_size)
         self.optimizer = make_optimizer(c, self.steps_per_epoch)
         self.run_config = jsonable({
