@@ -67,7 +67,8 @@ def to_float(x, dtype, convention=None, name="x"):
         return arr.astype(dt) / dt.type(255)
     if arr.dtype.kind not in "fiu":
         raise TypeError(f"{name}: expected a real numeric array, got dtype {arr.dtype}")
-    arr = arr.astype(dt, copy=False)
+    with np.errstate(over="ignore"):  # values beyond the dtype's range become inf, refused just below
+        arr = arr.astype(dt, copy=False)
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name}: expected finite values, found NaN or inf")
     if convention == PIXELS and arr.size:

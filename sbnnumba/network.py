@@ -12,6 +12,7 @@ loss ``E_Z[l(y, eta)]`` (softmax cross-entropy, or the logistic loss for a 1-log
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,6 +33,7 @@ from .validation import (
 
 #: The test modes of normalization statistics (and of prediction).
 STATS_MODES = ("stochastic", "deterministic")
+_CONSTANT_STD = 1e-6  # initialize_from_data: a unit whose std is below this (relative) is constant
 
 
 @dataclass
@@ -129,6 +131,8 @@ class Network:
         self.noise = get_noise(noise)
         self.backend = backend
         self.dtype = head.weight.dtype
+        if self.dtype not in (np.float32, np.float64):  # integer or float16 arithmetic would fail later, or overflow
+            raise TypeError(f"dtype: expected float32 or float64 parameters, got {self.dtype}")
         self.input_convention = None  # sbnnumba.inputs: set by fit from its training data
 
     # ------------------------------------------------------------------ construction
@@ -197,7 +201,10 @@ class Network:
         return x
 
     def check_batch(self, x, y):
+        """``check_input`` of a non-empty batch ``x`` (an estimate is a batch mean) and its labels ``y``."""
         x = self.check_input(x)
+        if x.shape[0] == 0:
+            raise ValueError(f"x: expected a batch of at least one example, got shape {x.shape}")
         return x, check_labels(y, x.shape[0], self.n_classes)
 
     # ------------------------------------------------------------------ binary weights, modes
@@ -482,12 +489,23 @@ class Network:
         Returns ``self``.
         """
         h = self.check_input(x)
+        if h.shape[0] == 0:
+            raise ValueError(f"x: expected a batch of at least one example, got shape {h.shape}")
+        constant = 0
         for layer in self.stages:
             a = layer.forward(h)
             axes = (0,) + tuple(range(2, a.ndim))
             mean, std = a.mean(axis=axes), a.std(axis=axes)
-            rescaled = layer.rescale_(mean, np.maximum(std, 1e-6))  # a view with sign(eta) / s for Bernoulli weights
-            h = self.noise.mean(rescaled.forward(h))
+            # a unit constant over the batch (identical rows, one row) has no scale to measure: centre it only,
+            # instead of multiplying its weights by up to 1e6
+            flat = std <= _CONSTANT_STD * np.maximum(1.0, np.abs(mean))
+            constant += int(flat.sum())
+            rescaled = layer.rescale_(mean, np.where(flat, 1.0, std).astype(std.dtype))  # a view with sign(eta) / s
+            h = self.noise.mean(rescaled.forward(h))                                   # for Bernoulli weights
+        if constant:
+            warnings.warn(f"initialize_from_data: {constant} units have the same pre-activation on every example of "
+                          f"x (shape {x.shape}: identical rows?); they were centred, not rescaled", RuntimeWarning,
+                          stacklevel=2)
         return self
 
     def scale_preactivations(self, factor):

@@ -206,14 +206,16 @@ def plot_entropy(history, path, title="Unit entropy", keys=None, prefix="val"):
 
 def plot_training_curves(history, out_dir, prefix="", title=""):
     """Write ``<prefix>loss.png``, ``<prefix>accuracy.png`` and ``<prefix>entropy.png`` (unit entropy per
-    stage, :func:`plot_entropy`) into ``out_dir``; return the three paths."""
+    stage, :func:`plot_entropy`: on the validation images, or on the training images evaluated after each
+    epoch when a run has no validation part) into ``out_dir``; return the three paths."""
     out_dir = os.fspath(out_dir)
     sep = " - " if title else ""
+    which = "val" if any("val_entropy" in r for h in _as_runs(history).values() for r in h) else "train"
     return (plot_loss(history, os.path.join(out_dir, f"{prefix}loss.png"), title=f"{title}{sep}loss"),
             plot_accuracy(history, os.path.join(out_dir, f"{prefix}accuracy.png"),
                           title=f"{title}{sep}accuracy"),
-            plot_entropy(history, os.path.join(out_dir, f"{prefix}entropy.png"),
-                         title=f"{title}{sep}unit entropy"))
+            plot_entropy(history, os.path.join(out_dir, f"{prefix}entropy.png"), prefix=which,
+                         title=f"{title}{sep}unit entropy" + ("" if which == "val" else " (training images)")))
 
 
 def plot_ensemble_curve(curves, path, title="Test accuracy vs number of samples"):

@@ -174,10 +174,15 @@ def _load_params(net, params, where):
         raise CheckpointError(f"{where}: parameter names differ from the network's: missing "
                               f"{sorted(set(own) - set(params))}, unexpected {sorted(set(params) - set(own))}")
     for k, p in own.items():
-        if p.shape != params[k].shape:
-            raise CheckpointError(f"{where}: parameter {k!r} has shape {params[k].shape}, the network "
+        value = params[k]
+        if p.shape != value.shape:
+            raise CheckpointError(f"{where}: parameter {k!r} has shape {value.shape}, the network "
                                   f"expects {p.shape}")
-        p[...] = params[k]
+        if value.dtype.kind != "f":  # a hand-made file: integers or objects would load as something else
+            raise CheckpointError(f"{where}: parameter {k!r} has dtype {value.dtype}, expected floating-point values")
+        if not np.all(np.isfinite(value)):  # training never saves these (it stops at the first non-finite value)
+            raise CheckpointError(f"{where}: parameter {k!r} holds NaN or inf")
+        p[...] = value
 
 
 def load_state(net, ck):

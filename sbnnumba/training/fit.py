@@ -304,9 +304,13 @@ class Trainer:
             net.recalibrate_normalization(as_float(self.x_tr[:_RECALIBRATION_IMAGES], net.dtype), mode="deterministic")
         eval_rng = np.random.default_rng([c.seed, row["epoch"], _EVAL_SALT])
         if c.train_eval_size:
-            m = self.evaluate(self.x_tr[:c.train_eval_size], self.y_tr[:c.train_eval_size], eval_rng, entropy=False)
+            # without a validation part the unit entropy is measured here (the entropy plot would be empty)
+            no_val = self.x_val.shape[0] == 0
+            m = self.evaluate(self.x_tr[:c.train_eval_size], self.y_tr[:c.train_eval_size], eval_rng, entropy=no_val)
             row.update({"train_eval_loss": m["loss"], "train_acc1": m["acc1"], "train_eacc": m["eacc"],
                         "train_det_acc": m["det_acc"]})
+            if no_val:
+                row.update({k: v for k, v in metrics_row("train", m).items() if k.startswith("train_entropy")})
         if self.x_val.shape[0]:
             row.update(metrics_row("val", self.evaluate(self.x_val, self.y_val, eval_rng)))
         return row
