@@ -210,7 +210,7 @@ class Linear(AffineLayer):
         return self.out_shape
 
     def _flat(self, x):
-        x2 = x.reshape(x.shape[0], -1)
+        x2 = x.reshape(x.shape[0], int(np.prod(x.shape[1:])))  # not -1: an empty batch has no size to infer
         if x2.shape[1] != self.n_in:
             self.output_shape(x.shape[1:])
         return x2

@@ -473,6 +473,8 @@ class Network:
                 with self.evaluating("stochastic"):
                     probs = sum(losses.probabilities(self.sample(xb, rng).logits) for _ in range(samples))
                 out.append(probs / samples)
+        if not out:  # an empty batch: no probabilities
+            return np.zeros((0, max(self.n_classes, 2)), dtype=self.dtype)
         return np.concatenate(out)
 
     def predict(self, x, samples=10, rng=None, mode="stochastic"):
