@@ -100,7 +100,7 @@ def warm_numba(configs, data=None):
             fit_opts.update(epochs=1, eval_samples=2, train_eval_size=0, max_time=None, plots=False)
             small = (ds.x_train[:n], ds.y_train[:n], ds.x_train[n:n + 8], ds.y_train[n:n + 8])
             net = architectures.build(arch, ds.x_train.shape[1:], ds.n_classes, rng=0, **arch_opts)
-            fit(net, small, FitConfig(**fit_opts, seed=0, progress=False))
+            fit(net, small, FitConfig(**fit_opts, seed=0, progress=False, verbose=False))
         except Exception:  # noqa: BLE001 - best effort: the run reports its own error
             continue
 
