@@ -693,7 +693,7 @@ def test_bitplane_conversion_and_input_errors(real_x):
     with pytest.raises(ValueError, match="x: expected values on the grid .*row 3 "):
         packed.predict(x)
     x[3, 0, 5, 5] = np.nan
-    with pytest.raises(ValueError, match="x: expected values on the grid"):
+    with pytest.raises(ValueError, match="x: expected finite values"):
         packed.predict(x)
     with pytest.raises(ValueError, match="x: expected 784 input features"):
         packed.predict(np.zeros((2, 783), np.float32))

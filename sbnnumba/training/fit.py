@@ -420,7 +420,8 @@ def fit(net, data, config=None, *, out=None, resume=False, metadata=None, comm=N
     resume : bool
         Continue from ``out/checkpoint.npz`` (parameters, optimizer and generator state, history). The
         settings that determine the trajectory must be unchanged (ValueError otherwise); the result is
-        bitwise identical to an uninterrupted run. Without ``resume`` an existing checkpoint in ``out``
+        bitwise identical to an uninterrupted run on the same BLAS thread count (``docs/robustness.md``).
+        Without ``resume`` an existing checkpoint in ``out``
         is an error (FileExistsError).
     metadata : dict, optional
         JSON-able extra information stored in the config (e.g. command-line settings).
