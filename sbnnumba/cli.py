@@ -713,8 +713,17 @@ def main(argv=None):
 
 
 def os_error_line(exc):
-    """One line naming the path and the cause of an OSError: ``<path>: <cause> (files written earlier are
-    unchanged)``."""
+    """One line naming the path and the cause of an OSError.
+
+    Parameters
+    ----------
+    exc : OSError
+
+    Returns
+    -------
+    str
+        ``<path>: <cause> (files written before are unchanged)``.
+    """
     cause = exc.strerror or str(exc)
     where = exc.filename if exc.filename is None or exc.filename2 is None else f"{exc.filename} -> {exc.filename2}"
     return f"{where or 'operating-system error'}: {cause} (files written before are unchanged)"

@@ -141,7 +141,17 @@ def _stale(record):
 def remove_stale_temporaries(directory):
     """Remove the ``.tmp-<pid>-*`` files in ``directory`` left by writers that are no longer alive on this
     host (an atomic write interrupted by SIGKILL). Files of live processes, and names without a pid, are
-    kept. Returns the removed paths."""
+    kept.
+
+    Parameters
+    ----------
+    directory : str or os.PathLike
+
+    Returns
+    -------
+    list of str
+        The removed paths.
+    """
     removed = []
     for name in sorted(os.listdir(directory)):
         if not name.startswith(TMP_PREFIX):
@@ -158,7 +168,7 @@ def remove_stale_temporaries(directory):
     return removed
 
 
-_HELD = {}  # real path of a locked directory -> how many RunLocks of this process hold it (re-entrant)
+_HELD: dict[str, int] = {}  # real path of a locked directory -> how many RunLocks of this process hold it (re-entrant)
 
 
 class RunLock:

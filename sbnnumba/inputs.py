@@ -22,7 +22,19 @@ PIXEL_RANGE = (0.0, 1.0)
 
 
 def check_convention(value, name="input_convention"):
-    """``None`` or one of :data:`CONVENTIONS` (ValueError / TypeError naming ``name`` otherwise)."""
+    """Check an input convention.
+
+    Parameters
+    ----------
+    value : None or str
+    name : str
+        The argument named in messages.
+
+    Returns
+    -------
+    None or str
+        ``value``, one of :data:`CONVENTIONS` (ValueError / TypeError naming ``name`` otherwise).
+    """
     if value is None:
         return None
     if not isinstance(value, str):
@@ -33,7 +45,17 @@ def check_convention(value, name="input_convention"):
 
 
 def convention_of(x):
-    """The convention that training on ``x`` records: :data:`PIXELS` for uint8 images, else None."""
+    """The convention that training on ``x`` records.
+
+    Parameters
+    ----------
+    x : array-like
+
+    Returns
+    -------
+    None or str
+        :data:`PIXELS` for uint8 images, else None.
+    """
     return PIXELS if np.asarray(x).dtype == np.uint8 else None
 
 

@@ -42,9 +42,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import datasets, optim
+from ..estimators import registry as _registry
 from ..fileio import RunLock
 from ..inputs import convention_of
-from ..estimators import registry as _registry
 from .checkpoint import (
     CHECKPOINT_NAME,
     FORMAT_VERSION,
