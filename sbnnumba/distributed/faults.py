@@ -15,6 +15,7 @@ import contextlib
 import os
 import socket
 import sys
+import time
 import traceback
 
 
@@ -22,6 +23,10 @@ def failure_message(comm, exc):
     """``"sbnnumba: rank r of N (pid p on host) failed: Type: message"``."""
     return (f"sbnnumba: rank {comm.rank} of {comm.size} (pid {os.getpid()} on {socket.gethostname()}) failed: "
             f"{type(exc).__name__}: {exc}; ending the job (MPI_Abort)")
+
+
+#: Seconds between printing the failure and aborting, for the launcher to forward the message.
+ABORT_GRACE_SECONDS = 1.0
 
 
 @contextlib.contextmanager
@@ -45,6 +50,9 @@ def fail_fast(comm, collective=()):
             raise
         traceback.print_exc(file=sys.stderr)
         print(failure_message(comm, exc), file=sys.stderr, flush=True)
+        # MPI_Abort makes the launcher kill every rank at once; on a busy machine it could do so before it
+        # had forwarded this rank's last stderr lines, and the job would end without naming the cause.
+        time.sleep(ABORT_GRACE_SECONDS)
         comm.abort(1)
         raise  # abort does not return; kept for communicators whose abort is a no-op in tests
 
