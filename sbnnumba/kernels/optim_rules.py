@@ -44,17 +44,18 @@ def sgd_rule(p, g, buf, lr, momentum, nesterov, first):
     return p - lr * g, buf
 
 
-@numba.njit(cache=True)
+# Element-wise and independent per entry, so the parallel loops give the same bits at any thread count.
+@numba.njit(cache=True, parallel=True)
 def adam_arrays(p, g, m, v, b1, one_minus_b1, b2, one_minus_b2, bc2, eps, lr_bc1):
     """:func:`adam_rule` over flat arrays ``p``, ``g``, ``m``, ``v`` (updated in place except ``g``)."""
-    for i in range(p.shape[0]):
+    for i in numba.prange(p.shape[0]):
         p[i], m[i], v[i] = adam_rule(p[i], g[i], m[i], v[i], b1, one_minus_b1, b2, one_minus_b2, bc2, eps, lr_bc1)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, parallel=True)
 def sgd_arrays(p, g, buf, lr, momentum, nesterov, first):
     """:func:`sgd_rule` over flat arrays ``p``, ``g``, ``buf`` (``p`` and ``buf`` updated in place)."""
-    for i in range(p.shape[0]):
+    for i in numba.prange(p.shape[0]):
         if momentum != 0:
             p[i], buf[i] = sgd_rule(p[i], g[i], buf[i], lr, momentum, nesterov, first)
         else:  # no buffer: ``buf`` may be any array, it is neither read nor written
