@@ -369,7 +369,7 @@ def _rows(a):
     return a.reshape(a.shape[0], int(np.prod(a.shape[1:])))
 
 
-def _fetch_input(kind, shape, act, dtype):
+def float_stage_input(kind, shape, act, dtype):
     """Float input of a float stage / the head in the float network's layout (B, ...)."""
     if kind == "real":
         return act
@@ -435,12 +435,12 @@ class _Stage:
         m, rt = self.meta, self._runtime
         a = self.arrays
         if self.kind == "float_dense":
-            h = _fetch_input(self.in_kind, self.in_shape, act, dtype)
+            h = float_stage_input(self.in_kind, self.in_shape, act, dtype)
             h = _rows(h)
             y = h @ rt["weight"].T
             return _pack_threshold(y, rt["lo"], rt["hi"])
         if self.kind == "float_conv":
-            h = _fetch_input(self.in_kind, self.in_shape, act, dtype)
+            h = float_stage_input(self.in_kind, self.in_shape, act, dtype)
             kernel, stride, padding = (tuple(m[key]) for key in ("kernel_size", "stride", "padding"))
             win = windows(h, kernel, stride, padding)
             b, c, ho, wo, kh, kw = win.shape
@@ -833,7 +833,7 @@ class PackedNetwork:
         act = self._check_x(x, codes)
         for stage in self.stages:
             act = stage.forward(act, self.dtype, self.backend)
-        h = _fetch_input(self.head_in[0], self.head_in[1], act, self.dtype)
+        h = float_stage_input(self.head_in[0], self.head_in[1], act, self.dtype)
         return _rows(h) @ self.head_weight.T + self.head_bias
 
     def predict_logits(self, x, batch_size=None, codes=False):

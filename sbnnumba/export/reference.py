@@ -19,18 +19,9 @@ import numpy as np
 
 from .. import bitpack
 from ..kernels.conv_reference import windows
+from ..packed import float_stage_input
 
 __all__ = ["preactivations"]
-
-
-def _real_input(stage, act, dtype):
-    """A float stage's input in the float network's layout (B, ...): the real x or the unpacked +-1 states."""
-    kind, shape = stage.in_kind, stage.in_shape
-    if kind == "real":
-        return act
-    if kind == "dense":
-        return bitpack.unpack(np.ascontiguousarray(act), shape[0], dtype)
-    return np.ascontiguousarray(bitpack.unpack_channels(np.ascontiguousarray(act), shape[0], dtype))
 
 
 def _float_weight(stage, dtype):
@@ -42,7 +33,7 @@ def _float_weight(stage, dtype):
 
 
 def _float_values(stage, act, dtype):
-    h = _real_input(stage, act, dtype)
+    h = float_stage_input(stage.in_kind, stage.in_shape, act, dtype)
     weight = _float_weight(stage, dtype)
     if stage.kind == "float_dense":
         return h.reshape(h.shape[0], -1) @ weight.T
