@@ -118,6 +118,22 @@ def test_serial_executor_and_limited_threads():
     assert numba.get_num_threads() == before
 
 
+def test_local_workers_start_with_the_library_imported():
+    """Where the platform has a fork server, workers are forked from one that preloaded the modules a run
+    needs, so their first task finds them imported (no per-worker interpreter start and imports)."""
+    import multiprocessing
+
+    from sbnnumba.sweep import executors
+
+    context = executors.worker_context()
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        assert context.get_start_method() == "forkserver"
+    with sweep.LocalPool(1) as pool:
+        preloaded = pool.submit(executors._import_library).result()
+    if context.get_start_method() == "forkserver":
+        assert preloaded == list(executors.WORKER_MODULES)
+
+
 # ---------------------------------------------------------------------------------- runs and restarts
 def test_local_pool_gives_the_serial_numbers_and_rerun_skips(tmp_path, tiny_data):
     cfgs = configs()

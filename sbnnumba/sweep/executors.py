@@ -9,10 +9,17 @@ thread inside one step but fully from a second run in parallel.
 
 Threads are set inside each task (:func:`sbnnumba.runtime.limited_threads`, through
 :func:`sbnnumba.runtime.set_num_threads`): Numba's setting is per thread, so it is made in the thread
-that runs the task; BLAS's through ``threadpoolctl``. The pool uses the ``spawn`` start method: a forked child
-of a process whose Numba and OpenMP thread pools already ran is not safe, and spawned workers load the
-kernels from the Numba cache the sweep warmed before fanning out. (So a script that starts a local
-sweep needs the usual ``if __name__ == "__main__":`` guard.)
+that runs the task; BLAS's through ``threadpoolctl``.
+
+How workers start: with the ``forkserver`` start method where the platform has it (Linux, macOS),
+``spawn`` elsewhere. The fork server is a fresh interpreter started once per sweeping process that
+imports the modules a run needs (:data:`WORKER_MODULES`: the library, tqdm, threadpoolctl) and then
+only forks: each worker begins as a copy of it with everything imported, so a worker (or a replacement
+for one that died) is ready in milliseconds instead of the second a ``spawn`` worker spends starting
+Python and importing NumPy, SciPy and Numba. Forking that server is safe where forking the sweeping
+process is not: it has run no Numba or OpenMP thread pool (a forked child of a process whose pools ran
+can hang). Workers load the kernels from the Numba cache the sweep warmed before fanning out. (So a
+script that starts a local sweep needs the usual ``if __name__ == "__main__":`` guard.)
 
 Why not one ``ProcessPoolExecutor(max_workers=n)``: when one of its processes dies, the whole pool is
 "broken" and every other running task is lost with it. :class:`LocalPool` keeps one single-process
@@ -28,7 +35,12 @@ import os
 import threading
 from concurrent.futures.process import BrokenProcessPool
 
-__all__ = ["usable_cores", "plan_workers", "local_executor", "SerialExecutor", "LocalPool"]
+__all__ = ["usable_cores", "plan_workers", "local_executor", "SerialExecutor", "LocalPool", "WORKER_MODULES",
+           "worker_context"]
+
+#: Modules a sweep run imports (``fit`` imports tqdm and threadpoolctl when it first needs them), imported
+#: once by the fork server so that every worker starts with them loaded.
+WORKER_MODULES = ("sbnnumba.sweep.task", "tqdm.auto", "threadpoolctl")
 
 
 def usable_cores():
@@ -70,22 +82,58 @@ def plan_workers(workers=None, n_tasks=None, cores=None):
 
 
 def local_executor(workers):
-    """A :class:`LocalPool` of ``workers`` processes (``spawn`` start method) for a sweep on this machine."""
+    """A :class:`LocalPool` for a sweep on this machine.
+
+    Parameters
+    ----------
+    workers : int >= 1
+        Worker processes.
+
+    Returns
+    -------
+    LocalPool
+        Not started yet (:meth:`LocalPool.start` starts its processes).
+    """
     return LocalPool(workers)
 
 
+def worker_context():
+    """The :mod:`multiprocessing` context local workers start from (see the module docstring).
+
+    Returns
+    -------
+    multiprocessing.context.BaseContext
+        ``forkserver`` with :data:`WORKER_MODULES` preloaded where the platform offers it, else ``spawn``.
+        The preload list is set before the server's first start; a server this process started earlier
+        for another purpose keeps its own list (its workers then import the modules themselves).
+    """
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(list(WORKER_MODULES))
+    return context
+
+
 def _import_library():
-    """A worker's first task from :meth:`LocalPool.start`: import what every sweep run needs."""
-    import sbnnumba.sweep.task  # noqa: F401
+    """A worker's first task from :meth:`LocalPool.start`: import what every sweep run needs. Returns the
+    names of :data:`WORKER_MODULES` that were already imported (all of them under a fork server that
+    preloaded them)."""
+    import importlib
+    import sys
+    loaded = [name for name in WORKER_MODULES if name in sys.modules]
+    for name in WORKER_MODULES:
+        importlib.import_module(name)
+    return loaded
 
 
 class LocalPool(cf.Executor):
     """A process pool in which the death of one worker loses only the task it was running.
 
-    ``workers`` slots, each a one-process :class:`concurrent.futures.ProcessPoolExecutor` (``spawn``)
-    running one task at a time; queued tasks go to the first free slot in submission order. When a
-    slot's process dies, its task's future gets the :class:`~concurrent.futures.process.BrokenProcessPool`
-    error, the slot is replaced by a fresh process and the queue goes on.
+    ``workers`` slots, each a one-process :class:`concurrent.futures.ProcessPoolExecutor` (started from
+    :func:`worker_context`) running one task at a time; queued tasks go to the first free slot in
+    submission order. When a slot's process dies, its task's future gets the
+    :class:`~concurrent.futures.process.BrokenProcessPool` error, the slot is replaced by a fresh process
+    and the queue goes on.
 
     Parameters
     ----------
@@ -95,7 +143,7 @@ class LocalPool(cf.Executor):
     def __init__(self, workers):
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ValueError(f"workers: expected an integer >= 1, got {workers!r}")
-        self._context = multiprocessing.get_context("spawn")
+        self._context = worker_context()
         self._slots = [None] * workers  # the slot's pool, created when first needed
         self._busy = [False] * workers
         self._queue = collections.deque()

@@ -23,6 +23,9 @@ RUNS_DIR = "runs"
 #: these share one warm-up run.
 WARM_IGNORED = ("lr", "seed", "epochs", "momentum", "weight_decay", "clip_value", "split_seed", "val_fraction",
                 "train_subset", "eval_samples", "train_eval_size", "max_time", "plots")
+#: Warm-up keys already run in this process: its compiled kernels stay loaded and the on-disk cache stays
+#: written, so a second sweep (or a caller that warmed first) does not pay the warm-up runs again.
+_WARMED: set[tuple] = set()
 
 
 @dataclass
@@ -84,14 +87,16 @@ def warm_numba(configs, data=None):
     One tiny run per distinct configuration up to :data:`WARM_IGNORED` (one epoch on two batches, two
     evaluation samples on eight images, nothing written), so that the workers started next load the
     kernels from Numba's on-disk cache instead of compiling them at the same time. A warm-up that fails
-    is ignored: the run itself reports the error.
+    is ignored: the run itself reports the error. Each distinct configuration is warmed once per process.
     """
-    loaded, seen = {}, set()
+    loaded = {}
+    # given data selects compiled code by its arrays' types (named data is part of the options)
+    data_types = None if data is None else (data.x_train.dtype.str, data.x_train.ndim)
     for options in configs:
-        wkey = config_key({k: v for k, v in options.items() if k not in WARM_IGNORED})
-        if wkey in seen:
+        wkey = (config_key({k: v for k, v in options.items() if k not in WARM_IGNORED}), data_types)
+        if wkey in _WARMED:
             continue
-        seen.add(wkey)
+        _WARMED.add(wkey)
         try:
             arch, arch_opts, data_opts, fit_opts = split_options(options)
             dkey = config_key(data_opts)
