@@ -14,6 +14,7 @@ import numpy as np
 import sbnnumba as sb
 from sbnnumba import distributed as dist
 from sbnnumba.optim import SGD
+from sbnnumba.training import evaluate
 
 
 def build(arch, bn, bernoulli, seed=0, backend="cpu"):
@@ -60,7 +61,25 @@ def train(comm, arch, bn, bernoulli, estimator, steps, batch, fail_spec=None, ba
         net.apply_constraints()
         losses.append(loss)
     dist.check_replicas(net, comm, "after the steps")
-    return {**net.params, **{f"buf.{k}": v for k, v in net.buffers.items()}, "losses": np.array(losses)}
+    return {**net.params, **{f"buf.{k}": v for k, v in net.buffers.items()}, "losses": np.array(losses),
+            **validation(net, comm, data, shape)}
+
+
+def validation(net, comm, data, shape, n=23):
+    """The trained network's evaluation metrics on ``n`` new examples (an odd split over the ranks), with
+    the keyed evaluation noise: ``val.<metric>`` arrays."""
+    x = data.random((n,) + shape).astype(np.float32)
+    y = data.integers(0, 3, n)
+    if net.normalizations():  # deterministic mode has its own statistics, estimated as the Trainer does
+        net.recalibrate_normalization(x, mode="deterministic")
+
+    def part(xs, ys, uniforms):
+        return evaluate(net, xs, ys, 3, None, batch_size=5, uniforms=uniforms)
+
+    metrics = dist.split_evaluation(part, net, x, y, 123, comm)
+    assert metrics["n"] == n
+    return {f"val.{k}": np.array(metrics[k], dtype=np.float64)
+            for k in ("loss", "acc1", "eacc", "det_acc", "curve", "entropy", "entropy_stages")}
 
 
 def main(argv=None):

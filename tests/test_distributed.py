@@ -106,12 +106,52 @@ def test_local_step_is_the_estimator_with_keyed_noise():
         np.testing.assert_array_equal(grads[k], ref[k])
 
 
-def test_step_refuses_direct_estimators_and_bad_comm():
-    net = sb.Network.dense([4, 3], 2, rng=0)
-    with pytest.raises(ValueError, match="path estimator"):
-        dist.DataParallelStep(net, dist.LocalCommunicator(), "arm")
+def test_direct_estimators_run_per_example_with_keyed_generators():
+    """A direct estimator (several paths per example) under the step: the 1/B-weighted sum of its
+    one-example calls, each with that example's keyed generator (so any split gives the same sum)."""
+    from sbnnumba.estimators import registry
+
+    net = sb.Network.dense([6, 5, 4], 3, rng=0, weight="hidden")
+    x = np.random.default_rng(1).random((5, 6)).astype(np.float32)
+    y = np.arange(5) % 3
+    for method in ("arm", "reinforce-baseline"):
+        loss, grads = dist.DataParallelStep(net, dist.LocalCommunicator(), method, seed=4)(x, y, 3)
+        fn = registry.DIRECT_ESTIMATORS[method][0]
+        parts = [fn(net, x[i:i + 1], y[i:i + 1], KeyedNoise(4).example_generator(3, i)) for i in range(5)]
+        assert loss == pytest.approx(sum(p[0] for p in parts) / 5, rel=1e-6)
+        for k in net.params:
+            np.testing.assert_allclose(grads[k], sum(p[1][k] for p in parts) / 5, rtol=1e-5, atol=1e-7)
+    a, b = KeyedNoise(4).example_generator(3, 1).random(3), KeyedNoise(4).example_generator(3, 2).random(3)
+    assert not np.array_equal(a, b)
+
+
+def test_direct_estimators_refuse_batch_statistics_and_bad_comm():
+    net = sb.Network.dense([4, 3], 2, rng=0, normalize=True)
+    x, y = np.random.default_rng(0).random((4, 4)).astype(np.float32), np.arange(4) % 2
+    net.train()
+    with pytest.raises(ValueError, match="'reinforce-baseline' runs once per example.*net.eval"):
+        dist.DataParallelStep(net, dist.LocalCommunicator(), "reinforce-baseline")(x, y, 0)
+    net.eval()
+    loss, _ = dist.DataParallelStep(net, dist.LocalCommunicator(), "reinforce-baseline")(x, y, 0)
+    assert np.isfinite(loss)
     with pytest.raises(TypeError, match="comm: expected"):
         dist.DataParallelStep(net, object(), "psa")
+
+
+def test_evaluation_noise_does_not_depend_on_the_split():
+    """Keyed evaluation uniforms: the rows of examples lo..hi-1 are those of the whole set; one weight
+    sample per network sample s, shared by every example."""
+    net = sb.Network.dense([6, 5, 4], 3, rng=0, weight="hidden")
+    noise = KeyedNoise(9)
+    whole, w = noise.evaluation_uniforms(net, (6,), 2, 0, 7)
+    part, w_part = noise.evaluation_uniforms(net, (6,), 2, 3, 5)
+    for k in range(2):
+        np.testing.assert_array_equal(part[k], whole[k][3:5])
+    for k in w:
+        np.testing.assert_array_equal(w_part[k], w[k])
+    other, w_other = noise.evaluation_uniforms(net, (6,), 1, 0, 7)
+    assert list(w) == ["stages.1"] and not np.array_equal(w_other["stages.1"], w["stages.1"])
+    assert not np.array_equal(other[0], whole[0])
 
 
 class _Table(dist.LocalCommunicator):
@@ -161,7 +201,8 @@ def test_check_replicas_names_the_differing_arrays():
 
 
 # ------------------------------------------------------------------------------------------ mpiexec
-CASES = ["dense,psa,12,bn,bernoulli", "dense,st,13,bn,bernoulli", "conv,psa,12,bn,bernoulli", "conv,st,12"]
+CASES = ["dense,psa,12,bn,bernoulli", "dense,st,13,bn,bernoulli", "conv,psa,12,bn,bernoulli", "conv,st,12",
+         "dense,arm,9,bernoulli", "conv,reinforce-baseline,8"]
 
 
 def case_args(cases):
@@ -184,12 +225,15 @@ def compare(prefix_one, prefix_two, cases):
         assert sorted(a.files) == sorted(b.files)
         assert np.all(np.isfinite(a["losses"])) and len(a["losses"]) == 4
         assert ("buf.stages.0.running.stochastic.mean" in a.files) == ("bn" in case)
+        assert "val.loss" in a.files and np.isfinite(a["val.loss"])  # the keyed split validation (worker)
         for k in a.files:  # the same floats summed in another order: float32 rounding, growing over the steps
             np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-5, err_msg=f"{case}: {k}")
 
 
 def test_two_ranks_train_what_one_process_trains(tmp_path, one_process):
-    """Dense and conv networks, batch norm, Bernoulli weights, PSA and ST (one launch for all cases)."""
+    """Dense and conv networks, batch norm, Bernoulli weights, PSA and ST, ARM and REINFORCE with a
+    leave-one-out baseline (direct estimators, per-example generators); the validation metrics of the
+    trained networks (split over the ranks with keyed noise) equal one process's (one launch for all cases)."""
     r = run_worker([str(tmp_path / "two")] + case_args(CASES), n=2)
     assert r.returncode == 0, r.stderr
     compare(one_process, tmp_path / "two", CASES)
@@ -290,6 +334,9 @@ def test_killed_rank_then_resume_on_another_n_matches_an_uninterrupted_run(tmp_p
     a, b = training.load_checkpoint(ckpt), training.load_checkpoint(tmp_path / "whole" / "checkpoint.npz")
     assert a.epoch == b.epoch == 4
     np.testing.assert_allclose([r["train_loss"] for r in a.history], [r["train_loss"] for r in b.history], rtol=1e-5)
+    # validation: epochs up to `done` evaluated on 2 ranks in `a`, on 1 in `b` (keyed noise: the same figures)
+    for key in ("val_loss", "val_acc1", "val_eacc", "val_det_acc", "val_entropy", "train_eval_loss"):
+        np.testing.assert_allclose([r[key] for r in a.history], [r[key] for r in b.history], rtol=1e-4, err_msg=key)
     for k in b.params:  # epochs up to `done` ran on 2 ranks, the rest on 1: float32 rounding only
         np.testing.assert_allclose(a.params[k], b.params[k], rtol=1e-3, atol=1e-5, err_msg=k)
 

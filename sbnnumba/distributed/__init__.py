@@ -10,7 +10,7 @@ mpi4py is imported only by :class:`MPICommunicator` / :func:`world`.
 """
 from .comm import INSTALL_HINT, Communicator, LocalCommunicator, MPICommunicator, MPIUnavailable, require_mpi, world
 from .devices import gpu_for_rank, select_device, select_gpu
-from .evaluation import reduce_metrics, shard_of
+from .evaluation import reduce_metrics, split_evaluation
 from .faults import announce_ranks, fail_fast, failure_message
 from .replicas import ReplicaMismatch, broadcast_state, check_replicas, digests
 from .sharding import shard_bounds
@@ -20,7 +20,7 @@ from .timing import TimingCommunicator
 from .trainer import DistributedTrainer
 
 __all__ = ["Communicator", "LocalCommunicator", "MPICommunicator", "MPIUnavailable", "INSTALL_HINT", "require_mpi",
-           "world", "gpu_for_rank", "select_device", "select_gpu", "reduce_metrics", "shard_of", "announce_ranks",
+           "world", "gpu_for_rank", "select_device", "select_gpu", "reduce_metrics", "split_evaluation", "announce_ranks",
            "fail_fast", "failure_message", "ReplicaMismatch", "broadcast_state", "check_replicas", "digests",
            "shard_bounds", "DataParallelStep", "GradientBuffer", "synchronized_batch_norm", "KeyedNoise",
            "TimingCommunicator", "DistributedTrainer"]

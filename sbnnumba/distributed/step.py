@@ -12,6 +12,19 @@ the second sum being one in-place ``Allreduce`` of one contiguous buffer holding
 (in ``net.params`` order) and the loss. Batch normalization takes its statistics over the global batch
 (:attr:`sbnnumba.normalization.Normalized.reducer`), so ``hat g`` is what one process computes for the
 whole batch with the same noise, up to the order of float sums.
+
+Estimators that draw their own randomness (the registry's *direct* estimators, e.g. ``"arm"``,
+``"reinforce-baseline"`` with ``S`` paths per example, the relaxations) run once per example ``i`` of the
+shard, on the one-example batch ``(x_i, y_i)`` with the generator of ``i``
+(:meth:`~sbnnumba.distributed.KeyedNoise.example_generator`), and their results are summed with the
+weight ``1/B``:
+
+.. math:: \hat g_r = \sum_{i=lo_r}^{hi_r - 1} \frac{1}{B}\, \mathrm{fn}(x_i, y_i, \mathrm{rng}_i),
+
+so every example's draws (its ``S`` paths, its suffix passes, its Bernoulli weight sample: one per
+example here, not one per batch) are those of a one-process run. Cost: one estimator call per example.
+Batch statistics cannot be formed from one-example calls, so batch normalization in training mode is
+refused with these estimators (``net.eval()`` uses the running statistics).
 """
 from __future__ import annotations
 
@@ -65,6 +78,13 @@ class GradientBuffer:
         self.buffer[-1] = loss
         return self.buffer
 
+    def add(self, loss, grads, scale):
+        """``buffer += scale * (grads, loss)`` (an example's share of a batch sum); returns the buffer."""
+        for k, key in enumerate(self.keys):
+            self.buffer[self.offsets[k]:self.offsets[k + 1]] += scale * grads[key].ravel()
+        self.buffer[-1] += scale * loss
+        return self.buffer
+
     def unpack(self):
         """``(loss, grads)``: the gradients are views of the buffer (valid until the next :meth:`pack`)."""
         grads = {key: self.buffer[self.offsets[k]:self.offsets[k + 1]].reshape(shape)
@@ -81,24 +101,20 @@ class DataParallelStep:
         The same parameters on every rank (:func:`~sbnnumba.distributed.broadcast_state`).
     comm : Communicator
     estimator : str
-        A path estimator (``"psa"``, ``"st"``, ...): one sampled path per example.
+        Any registered estimator: a path estimator (``"psa"``, ``"st"``, ...: one sampled path per
+        example, batched) or a direct one (``"arm"``, ``"reinforce-baseline"``, ...: called per example
+        with that example's generator, see the module docstring).
     estimator_options : dict, optional
     seed : int
         Keys the per-example noise streams.
-
-    Notes
-    -----
-    Estimators that need more than one path per example (exact enumeration, ARM, ...) have no
-    per-example noise streams yet and are refused (ValueError).
     """
 
     def __init__(self, net, comm, estimator="psa", estimator_options=None, seed=0):
         if not isinstance(comm, Communicator):
             raise TypeError(f"comm: expected a sbnnumba.distributed.Communicator, got {type(comm).__name__}")
         kind, self.fn, self.options = registry.lookup(estimator, dict(estimator_options or {}))
-        if kind != "path":
-            raise ValueError(f"estimator: expected a path estimator for data-parallel training (one of "
-                             f"{sorted(registry.PATH_ESTIMATORS)}), got {estimator!r}")
+        self.per_example = kind == "direct"
+        self.estimator = estimator
         self.net, self.comm, self.noise = net, comm, KeyedNoise(seed)
         self.buffer = GradientBuffer(net)
 
@@ -131,13 +147,28 @@ class DataParallelStep:
         replicated = batch < self.comm.size
         lo, hi = (0, batch) if replicated else self.shard(batch)
         xs, ys = net.check_batch(x[lo:hi], y[lo:hi])
-        uniforms = self.noise.activation_uniforms(net.stage_shapes(xs.shape[1:]), step, lo, hi, net.dtype)
-        weights = np.full(hi - lo, 1.0 / batch, dtype=net.dtype)
-        sync = contextlib.nullcontext() if replicated else synchronized_batch_norm(net, self.comm)
-        with sync:
-            path = net.sample(xs, uniforms=uniforms, weight_uniforms=self.noise.weight_uniforms(net, step))
-            loss, grads = self.fn(net, path, ys, weights, **self.options)
-        self.buffer.pack(loss, grads)
+        if self.per_example:
+            self._examples(xs, ys, step, lo, batch)
+        else:
+            uniforms = self.noise.activation_uniforms(net.stage_shapes(xs.shape[1:]), step, lo, hi, net.dtype)
+            weights = np.full(hi - lo, 1.0 / batch, dtype=net.dtype)
+            sync = contextlib.nullcontext() if replicated else synchronized_batch_norm(net, self.comm)
+            with sync:
+                path = net.sample(xs, uniforms=uniforms, weight_uniforms=self.noise.weight_uniforms(net, step))
+                loss, grads = self.fn(net, path, ys, weights, **self.options)
+            self.buffer.pack(loss, grads)
         if not replicated:
             self.comm.allreduce_sum_(self.buffer.buffer)
         return self.buffer.unpack()
+
+    def _examples(self, xs, ys, step, lo, batch):
+        """Sum of ``(1/B) fn(x_i, y_i, rng_i)`` over the shard (starting at global position ``lo``) into the buffer."""
+        if any(n.training for n in self.net.normalizations()):
+            raise ValueError(f"estimator: {self.estimator!r} runs once per example in data-parallel training, which "
+                             "cannot form batch statistics; expected normalizations with fixed statistics (net.eval()) "
+                             "or a path estimator (psa, st, ...)")
+        self.buffer.buffer[:] = 0
+        for j in range(xs.shape[0]):
+            loss, grads = self.fn(self.net, xs[j:j + 1], ys[j:j + 1], self.noise.example_generator(step, lo + j),
+                                  **self.options)
+            self.buffer.add(loss, grads, 1.0 / batch)

@@ -7,8 +7,9 @@ What changes against one process (each a phase of the Trainer):
 * each step: every rank draws the same global batch (and augmentation) from the shared training generator
   and computes its shard with :class:`~sbnnumba.distributed.DataParallelStep` (keyed per-example noise, one
   Allreduce); after every epoch :func:`~sbnnumba.distributed.check_replicas`;
-* validation: each rank evaluates a contiguous part of each set with its own generator, the metrics are
-  reduced (:func:`~sbnnumba.distributed.reduce_metrics`); the deterministic-mode normalization statistics
+* validation: each rank evaluates a contiguous part of each set with noise keyed by each example's
+  position (:func:`~sbnnumba.distributed.split_evaluation`), the metrics are reduced, so they do not
+  depend on ``N``; the deterministic-mode normalization statistics
   are re-estimated by every rank on the same images (deterministic, so identical);
 * rank 0 alone writes the checkpoint, history and plots and shows progress. The checkpoint holds nothing
   that depends on ``N`` (``config["sampling"]`` marks the keyed noise, so a single-process run does not
@@ -21,13 +22,11 @@ from __future__ import annotations
 
 import contextlib
 
-import numpy as np
-
 from ..training.checkpoint import generator_from_state
 from ..training.data import as_float
 from ..training.fit import Trainer
 from .comm import Communicator
-from .evaluation import reduce_metrics, shard_of
+from .evaluation import split_evaluation
 from .replicas import broadcast_state, check_replicas
 from .step import DataParallelStep
 from .timing import TimingCommunicator
@@ -102,11 +101,13 @@ class DistributedTrainer(Trainer):
         return row
 
     def evaluate(self, x, y, rng, **options):
-        """Metrics of ``(x, y)``: each rank evaluates a contiguous part, the metrics are reduced."""
-        # every rank draws the same seed from the shared generator, then samples its part with its own stream
-        own = np.random.default_rng([int(rng.integers(2 ** 63)), self.comm.rank])
-        xs, ys = shard_of(x, y, self.comm)
-        return reduce_metrics(super().evaluate(xs, ys, own, **options), self.comm)
+        """Metrics of ``(x, y)``: each rank evaluates a contiguous part with keyed noise, the metrics are reduced."""
+        seed = int(rng.integers(2 ** 63))  # the same on every rank: ``rng`` is the shared evaluation generator
+
+        def part(xs, ys, uniforms):
+            return super(DistributedTrainer, self).evaluate(xs, ys, None, uniforms=uniforms, **options)
+
+        return split_evaluation(part, self.net, x, y, seed, self.comm)
 
     def lock(self):
         # rank 0 alone writes ``out`` (the other ranks may share its file system)

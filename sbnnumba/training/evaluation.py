@@ -64,7 +64,7 @@ def unit_entropy(a, noise="logistic"):
 
 
 def evaluate(net, x, y, samples=10, rng=None, *, rb=True, deterministic=True, batch_size=500, backend=None,
-             entropy=True):
+             entropy=True, uniforms=None):
     """Test metrics of a stochastic binary network (see the module docstring for the definitions).
 
     Parameters
@@ -85,6 +85,11 @@ def evaluate(net, x, y, samples=10, rng=None, *, rb=True, deterministic=True, ba
         Examples per chunk (memory: ``batch_size * N_L * K`` floats for the RB head).
     entropy : bool
         Also compute the unit entropy (:func:`unit_entropy` of every sampled path's pre-activations).
+    uniforms : callable, optional
+        ``uniforms(lo, hi, s) -> (stage uniforms, weight uniforms)`` of sample ``s`` of the examples
+        ``x[lo:hi]`` (what :meth:`~sbnnumba.Network.sample` accepts), in place of draws from ``rng``:
+        noise keyed by each example's position, which makes the metrics independent of how the set
+        is split (data-parallel validation, :meth:`sbnnumba.distributed.KeyedNoise.evaluation_uniforms`).
 
     Returns
     -------
@@ -114,7 +119,8 @@ def evaluate(net, x, y, samples=10, rng=None, *, rb=True, deterministic=True, ba
             xb, yb = net.check_batch(xb, y[start:start + batch_size])
             acc = None
             for s in range(samples):
-                path = net.sample(xb, rng)
+                drawn = () if uniforms is None else uniforms(start, start + xb.shape[0], s)
+                path = net.sample(xb, rng, *drawn)
                 if entropy:
                     for k, st in enumerate(path.stages):  # st.pre is what the noise sees (after normalization)
                         ent_sum[k] += float(np.sum(unit_entropy(st.pre, net.noise), dtype=np.float64))
