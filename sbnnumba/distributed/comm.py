@@ -27,7 +27,18 @@ class MPIUnavailable(ImportError):
 
 
 def require_mpi():
-    """Import and return ``mpi4py.MPI``; :class:`MPIUnavailable` with install instructions otherwise."""
+    """Import mpi4py's MPI module.
+
+    Returns
+    -------
+    module
+        ``mpi4py.MPI``.
+
+    Raises
+    ------
+    MPIUnavailable
+        When mpi4py or its MPI library cannot be imported; the message says how to install them.
+    """
     try:
         from mpi4py import MPI
     except ImportError as exc:  # mpi4py missing, or its MPI shared library missing
@@ -171,7 +182,16 @@ class MPICommunicator(Communicator):
 
 
 def world():
-    """The communicator of the job this process was launched in: :class:`MPICommunicator` over
-    ``COMM_WORLD`` (also under ``mpiexec -n 1`` or without a launcher). Raises :class:`MPIUnavailable`
-    (with install instructions) when mpi4py cannot be imported."""
+    """The communicator of the job this process was launched in.
+
+    Returns
+    -------
+    MPICommunicator
+        Over ``MPI.COMM_WORLD`` (also under ``mpiexec -n 1`` or without a launcher: one rank).
+
+    Raises
+    ------
+    MPIUnavailable
+        When mpi4py cannot be imported (the message says how to install it).
+    """
     return MPICommunicator()

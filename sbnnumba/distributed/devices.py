@@ -20,24 +20,51 @@ def gpu_for_rank(local_rank, n_gpus):
         The rank's index among the ranks on its node (>= 0).
     n_gpus : int
         GPUs visible on the node (>= 1).
+
+    Returns
+    -------
+    int
+        ``local_rank mod n_gpus``, in ``[0, n_gpus)``.
     """
     local_rank = check_int(local_rank, "local_rank", 0)
     return local_rank % check_int(n_gpus, "n_gpus", 1)  # n_gpus >= 1: at least one visible GPU
 
 
 def select_gpu(comm):
-    """Make this rank's CUDA context use its GPU (:func:`gpu_for_rank`); returns the GPU index.
+    """Make this rank's CUDA context use its GPU (:func:`gpu_for_rank`).
 
     Call before any CUDA work (before building a ``backend="cuda"`` network).
+
+    Parameters
+    ----------
+    comm : Communicator
+        Its ``local_rank`` picks the GPU.
+
+    Returns
+    -------
+    int
+        The GPU index selected.
     """
     return select_device(comm, "cuda")
 
 
 def select_device(comm, backend):
-    """Give this rank its device for the kernel ``backend`` (a name, a Backend, or None:
-    ``$SBNNUMBA_BACKEND`` or cpu): device :func:`gpu_for_rank` of those the backend sees
-    (:meth:`~sbnnumba.backends.Backend.device_count`; ``cuda``: the node's GPUs), nothing for the CPU
-    backends. Returns the device index or None."""
+    """Give this rank its device for the kernel ``backend``.
+
+    Parameters
+    ----------
+    comm : Communicator
+        Its ``local_rank`` picks the device.
+    backend : str, Backend or None
+        A backend name, a Backend, or None (``$SBNNUMBA_BACKEND``, else ``cpu``).
+
+    Returns
+    -------
+    int or None
+        Device :func:`gpu_for_rank` of the devices the backend sees
+        (:meth:`~sbnnumba.backends.Backend.device_count`; ``cuda``: the node's GPUs), selected; None for
+        the backends that compute on the host.
+    """
     backend = get_backend(backend)
     if not backend.device_resident:
         return None

@@ -20,7 +20,19 @@ import traceback
 
 
 def failure_message(comm, exc):
-    """``"sbnnumba: rank r of N (pid p on host) failed: Type: message"``."""
+    """The line printed when a rank fails.
+
+    Parameters
+    ----------
+    comm : Communicator
+    exc : BaseException
+        What the rank raised.
+
+    Returns
+    -------
+    str
+        ``"sbnnumba: rank r of N (pid p on host) failed: Type: message; ending the job (MPI_Abort)"``.
+    """
     return (f"sbnnumba: rank {comm.rank} of {comm.size} (pid {os.getpid()} on {socket.gethostname()}) failed: "
             f"{type(exc).__name__}: {exc}; ending the job (MPI_Abort)")
 
@@ -39,6 +51,13 @@ def fail_fast(comm, collective=()):
     collective : tuple of exception types
         Raised by every rank at the same point (e.g. ``TrainingDiverged``): re-raised, not aborted.
 
+    Yields
+    ------
+    Communicator
+        ``comm``.
+
+    Notes
+    -----
     With a single rank nothing is aborted: the exception propagates as usual.
     """
     try:
@@ -58,7 +77,14 @@ def fail_fast(comm, collective=()):
 
 
 def announce_ranks(comm, stream=None):
-    """On rank 0, print which process id and host each rank is (collective: every rank must call it)."""
+    """On rank 0, print which process id and host each rank is (collective: every rank must call it).
+
+    Parameters
+    ----------
+    comm : Communicator
+    stream : file-like, optional
+        Where rank 0 prints the line (default ``sys.stderr``).
+    """
     table = comm.describe()
     if comm.is_root:
         print(f"sbnnumba distributed: {comm.size} ranks: {table}", file=stream or sys.stderr, flush=True)

@@ -24,8 +24,16 @@ def broadcast_state(net, comm, root=0):
     """Overwrite every rank's parameters and normalization statistics with rank ``root``'s.
 
     Parameters travel in one contiguous buffer (one ``Bcast``); the normalization statistics (small,
-    and present on rank ``root`` only after a resume) as one pickled object. The other ranks must hold
-    a network of the same architecture (same keys, shapes and dtypes): ValueError otherwise.
+    and present on rank ``root`` only after a resume) as one pickled object.
+
+    Parameters
+    ----------
+    net : Network
+        Overwritten in place on every rank but ``root``; the ranks must hold networks of the same
+        architecture (same keys, shapes and dtypes): ValueError otherwise.
+    comm : Communicator
+    root : int
+        The rank whose state is copied.
     """
     params = net.params
     layout = [(k, a.shape, a.dtype.str) for k, a in params.items()]
@@ -44,7 +52,17 @@ def broadcast_state(net, comm, root=0):
 
 
 def digests(net):
-    """Per-array BLAKE2b digests (16 bytes) of the parameters and normalization statistics."""
+    """Per-array BLAKE2b digests of the parameters and normalization statistics.
+
+    Parameters
+    ----------
+    net : Network
+
+    Returns
+    -------
+    dict
+        Array name -> 16-byte digest of its bytes.
+    """
     return {k: hashlib.blake2b(np.ascontiguousarray(a).tobytes(), digest_size=16).digest()
             for k, a in _state_arrays(net).items()}
 
@@ -52,8 +70,13 @@ def digests(net):
 def check_replicas(net, comm, where=""):
     """Raise :class:`ReplicaMismatch` on every rank if any rank's parameters differ from rank 0's.
 
-    The message names the ranks and the arrays that differ. ``where``: context for the message
-    (e.g. ``"after epoch 3"``).
+    Parameters
+    ----------
+    net : Network
+    comm : Communicator
+    where : str
+        Context for the message (e.g. ``"after epoch 3"``); the message names the ranks and the arrays
+        that differ.
     """
     table = comm.allgather_object(digests(net))
     bad = {r: sorted(k for k in table[0] if d.get(k) != table[0][k]) for r, d in enumerate(table) if d != table[0]}

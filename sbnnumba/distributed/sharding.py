@@ -14,8 +14,20 @@ def shard_bounds(n, rank, size):
     """Half-open range ``(lo, hi)`` of the ``n`` items (examples of a batch, validation images) that
     rank ``rank`` of ``size`` takes: ``lo = rank * n // size``, ``hi = (rank + 1) * n // size``.
 
-    The ranges of ranks ``0..size-1`` are disjoint, cover ``[0, n)`` in order, and their lengths
-    differ by at most one (a rank gets an empty range when ``n < size``).
+    Parameters
+    ----------
+    n : int
+        Number of items (>= 0).
+    rank : int
+        In ``[0, size)``.
+    size : int
+        Number of ranks (>= 1).
+
+    Returns
+    -------
+    tuple of int
+        ``(lo, hi)``. The ranges of ranks ``0..size-1`` are disjoint, cover ``[0, n)`` in order, and
+        their lengths differ by at most one (a rank gets an empty range when ``n < size``).
     """
     n, size = check_int(n, "n", 0), check_int(size, "size", 1)
     rank = check_int(rank, "rank", 0, size - 1)

@@ -40,7 +40,19 @@ from .streams import KeyedNoise
 
 @contextlib.contextmanager
 def synchronized_batch_norm(net, comm):
-    """Within the block, every batch normalization of ``net`` takes batch statistics over all ranks."""
+    """Within the block, every batch normalization of ``net`` takes batch statistics over all ranks.
+
+    Parameters
+    ----------
+    net : Network
+    comm : Communicator
+        Set as each normalization's ``reducer`` (sums of the statistics over the ranks), reset after.
+
+    Yields
+    ------
+    Network
+        ``net``.
+    """
     norms = net.normalizations()
     for n in norms:
         n.reducer = comm

@@ -15,6 +15,11 @@ from .comm import Communicator
 class TimingCommunicator(Communicator):
     """``comm`` with clocks on its reductions.
 
+    Parameters
+    ----------
+    comm : Communicator
+        The communicator whose collectives are clocked.
+
     Attributes
     ----------
     gradient_seconds, statistics_seconds : float
