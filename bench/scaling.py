@@ -1,7 +1,8 @@
 """Benchmark: data-parallel training over MPI (sbnnumba.distributed) on this machine, and a model for N nodes.
 
-Prints, measured in the same run (the machine may be shared: the load average is printed with the figures,
-and timings on a loaded machine are upper bounds, not targets met):
+Prints, measured in the same run (the machine may be shared: before every launch the bench samples how
+many other tasks are runnable, ``procs_running`` of /proc/stat minus itself, and prints a verdict, IDLE or
+LOADED, with the figures; timings on a loaded machine are upper bounds, not targets met):
 
 1. Training steps per second of the paper's all-convolutional SBN (``architectures.conv``, 1x28x28,
    ``--width`` times the paper's channels, default 1.0), global batch ``--batch`` (64), PSA:
@@ -16,6 +17,7 @@ and timings on a loaded machine are upper bounds, not targets met):
    with it): the N at which communication time per step exceeds computation time.
 
 Usage: python bench/scaling.py [--width 1.0] [--batch 64] [--steps 4] [--rounds 2] [--estimator psa]
+       python bench/scaling.py --smoke   (tiny network, one step: checks that the bench runs, measures nothing)
        (internally: --worker step|allreduce under mpiexec)
 """
 import argparse
@@ -34,6 +36,48 @@ from common import machine_info  # noqa: E402
 
 STEPS_PER_EPOCH = 54000 / 64  # Fashion-MNIST training split (90 % of 60000) at batch 64
 SIZES = (10 ** 3, 10 ** 4, 10 ** 5, 10 ** 6, 4 * 10 ** 6)
+#: Mean number of other runnable tasks above which the machine counts as loaded (a benchmark's own ranks are
+#: not running while it samples: the sampling happens between launches).
+LOADED_TASKS = 0.2
+
+
+def other_runnable(samples=20, interval=0.05):
+    """Mean and max number of runnable tasks other than this process (``procs_running`` of /proc/stat - 1),
+    sampled ``samples`` times; ``(nan, nan)`` where /proc/stat is not there."""
+    counts = []
+    for _ in range(samples):
+        try:
+            with open("/proc/stat") as f:
+                line = next(row for row in f if row.startswith("procs_running"))
+        except (OSError, StopIteration):
+            return float("nan"), float("nan")
+        counts.append(max(0, int(line.split()[1]) - 1))
+        time.sleep(interval)
+    return float(np.mean(counts)), float(np.max(counts))
+
+
+class LoadLog:
+    """The other runnable tasks sampled before each launch, and the verdict on the whole run."""
+
+    def __init__(self):
+        self.means, self.maxima = [], []
+
+    def sample(self):
+        mean, peak = other_runnable()
+        self.means.append(mean)
+        self.maxima.append(peak)
+
+    @property
+    def loaded(self):
+        return not self.means or not np.nanmax(self.means) <= LOADED_TASKS
+
+    def verdict(self):
+        if not self.means:
+            return "LOADED? (no sample)"
+        head = "LOADED: the figures are upper bounds, NOT a measurement of this machine idle" if self.loaded else \
+            "IDLE"
+        return (f"{head} (other runnable tasks before each launch: mean {np.nanmin(self.means):.2f}-"
+                f"{np.nanmax(self.means):.2f}, peak {np.nanmax(self.maxima):.0f}; threshold {LOADED_TASKS})")
 
 
 def threads_env(n):
@@ -106,7 +150,9 @@ def worker_allreduce(a):
 
 
 # ------------------------------------------------------------------------------------------ driver
-def launch(args, ranks=None, threads=1):
+def launch(args, ranks=None, threads=1, load=None):
+    if load is not None:
+        load.sample()
     cmd = [sys.executable, os.path.abspath(__file__)] + args
     if ranks is not None:
         cmd = ["mpiexec", "-n", str(ranks)] + cmd
@@ -117,12 +163,12 @@ def launch(args, ranks=None, threads=1):
     return json.loads(lines[-1][len("RESULT "):])
 
 
-def measure_steps(a):
+def measure_steps(a, load):
     common = ["--worker", "step", "--width", str(a.width), "--batch", str(a.batch), "--steps", str(a.steps),
               "--estimator", a.estimator]
-    contenders = {"1 rank x 1 thread": lambda: launch(common, ranks=1),
-                  "2 ranks x 1 thread": lambda: launch(common, ranks=2),
-                  "1 process x 2 threads": lambda: launch(common + ["--local"], threads=2)}
+    contenders = {"1 rank x 1 thread": lambda: launch(common, ranks=1, load=load),
+                  "2 ranks x 1 thread": lambda: launch(common, ranks=2, load=load),
+                  "1 process x 2 threads": lambda: launch(common + ["--local"], threads=2, load=load)}
     runs = {name: [] for name in contenders}
     for _ in range(a.rounds):
         for name, fn in contenders.items():
@@ -137,7 +183,7 @@ def ring_allreduce_seconds(nbytes, nodes, gbit_s, latency_s):
     return 2 * (nodes - 1) / nodes * nbytes / (gbit_s * 1e9 / 8) + 2 * (nodes - 1) * latency_s
 
 
-def model(params, step_s_one_core, batch, cores_per_node, n_bn, latency_s=20e-6):
+def model(params, step_s_one_core, batch, cores_per_node, n_bn, loaded, latency_s=20e-6):
     """Per-step compute and communication time on N nodes (strong and weak scaling); prints the tables.
 
     Returns ``{(scaling, gbit_s): first N where communication > compute, or None}``.
@@ -147,7 +193,8 @@ def model(params, step_s_one_core, batch, cores_per_node, n_bn, latency_s=20e-6)
     print(f"\n3. Model: the paper's conv network (1x28x28, width as measured), {params / 1e6:.2f} M float32 "
           f"parameters, {nbytes / 1e6:.2f} MB of gradient per step.")
     print("Assumptions: compute per example and core is the 1-rank time measured above / batch "
-          f"({1e3 * per_example:.1f} ms; this machine, loaded; a cluster core is likely faster, which moves "
+          f"({1e3 * per_example:.1f} ms; this machine, {'loaded' if loaded else 'idle'}; a cluster core may be "
+          "faster, which moves "
           f"the crossover to smaller N); a node runs {cores_per_node} ranks, one per core, with perfect "
           "scaling inside; a rank's compute is proportional to its examples, ceil(B / ranks); ranks on a "
           "node reduce through shared memory first, so one gradient per node crosses the network, by a ring "
@@ -194,17 +241,21 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--estimator", default="psa")
     p.add_argument("--cores-per-node", type=int, default=32)
+    p.add_argument("--smoke", action="store_true", help="width 0.125, batch 8, 1 step, 1 round: runs, measures nothing")
     p.add_argument("--worker", choices=["step", "allreduce"], help=argparse.SUPPRESS)
     p.add_argument("--local", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.smoke:
+        a.width, a.batch, a.steps, a.rounds = 0.125, 8, 1, 1
     if a.worker == "step":
         return worker_step(a)
     if a.worker == "allreduce":
         return worker_allreduce(a)
     machine_info()
-    print(f"Load average before: {os.getloadavg()[0]:.2f} (other processes share these cores: figures are "
-          "measured on a loaded machine)")
-    steps = measure_steps(a)
+    print(f"Load average before: {os.getloadavg()[0]:.2f}")
+    load = LoadLog()
+    steps = measure_steps(a, load)
+    print(f"\nMachine during the step measurements: {load.verdict()}")
     print(f"\n1. Training step, paper conv SBN width {a.width}, 1x28x28, batch {a.batch}, {a.estimator} "
           f"(medians of {a.rounds} launches x {a.steps} steps):")
     for name, r in steps.items():
@@ -217,15 +268,17 @@ def main(argv=None):
         print(line)
     two, threads = steps["2 ranks x 1 thread"]["step_s"], steps["1 process x 2 threads"]["step_s"]
     print(f"  2 ranks vs 1 process with 2 threads: {threads / two:.2f}x the speed per epoch "
-          f"({'not slower' if two <= threads else 'slower'} on this run)")
+          f"({'not slower' if two <= threads else 'slower'} on this run"
+          f"{', measured on a LOADED machine: not a claim' if load.loaded else ', idle machine'})")
     print("\n2. In-place float32 Allreduce, 2 ranks on this machine (shared memory), median:")
-    ar = launch(["--worker", "allreduce"], ranks=2)
+    ar = launch(["--worker", "allreduce"], ranks=2, load=load)
     for size, sec in ar.items():
         print(f"  {int(size):>9} floats ({4 * int(size) / 1e6:7.3f} MB): {1e6 * sec:9.1f} us "
               f"({4 * int(size) / sec / 1e9:.2f} GB/s)")
     net = build_net(a.width)
     model(steps["1 rank x 1 thread"]["params"], steps["1 rank x 1 thread"]["step_s"], a.batch, a.cores_per_node,
-          len(net.normalizations()))
+          len(net.normalizations()), load.loaded)
+    print(f"\nMachine over the whole run (including the Allreduce launch): {load.verdict()}")
     print(f"Load average after: {os.getloadavg()[0]:.2f}")
     return 0
 

@@ -2,7 +2,10 @@
 data-parallel steps of small networks, rank 0 saving each one's final parameters to an ``.npz``.
 
     python tests/distributed_worker.py OUT --case conv,psa,12,bn,bernoulli [--case ...] [--steps 4] [--local]
-        [--fail RANK:STEP:raise|kill]
+        [--fail RANK:STEP:raise|kill] [--backend cuda [--resident]]
+
+``--resident`` (with ``--backend cuda``): the device-resident step (CudaTrainer on each rank, one Allreduce of
+the gradient on the host); with ``--local`` it is one CudaTrainer stepping on the whole global batch.
 """
 import argparse
 import os
@@ -65,6 +68,33 @@ def train(comm, arch, bn, bernoulli, estimator, steps, batch, fail_spec=None, ba
             **validation(net, comm, data, shape)}
 
 
+def train_resident(comm, arch, bernoulli, estimator, steps, batch, local):
+    """The device-resident step: N ranks (DeviceDataParallelStep), or with ``local`` one CudaTrainer on the
+    whole global batch with the same keyed uniforms; returns (params, losses) after ``sync``."""
+    from sbnnumba.distributed.streams import KeyedNoise
+    from sbnnumba.training.resident import CudaTrainer
+
+    net, shape = build(arch, False, bernoulli, seed=comm.rank, backend="cuda")
+    dist.broadcast_state(net, comm)
+    data = np.random.default_rng(7)
+    x = data.random((steps * batch,) + shape).astype(np.float32)
+    y = data.integers(0, 3, steps * batch)
+    opt = SGD(lr=0.2, momentum=0.9)
+    trainer = CudaTrainer(net, estimator, opt, max_batch=batch, input_shape=shape)
+    step, noise, losses = dist.DeviceDataParallelStep(trainer, comm, seed=11), KeyedNoise(11), []
+    for t in range(steps):
+        xb, yb = x[t * batch:(t + 1) * batch], y[t * batch:(t + 1) * batch]
+        if local:
+            trainer.step(xb, yb, uniforms=noise.activation_uniforms(net.stage_shapes(shape), t, 0, batch, np.float32),
+                         weight_uniforms=noise.weight_uniforms(net, t))
+            losses.append(trainer.pop_loss() / batch)
+        else:
+            losses.append(step(xb, yb, t))
+    trainer.sync()
+    dist.check_replicas(net, comm, "after the steps")
+    return {**net.params, "losses": np.array(losses)}
+
+
 def validation(net, comm, data, shape, n=23):
     """The trained network's evaluation metrics on ``n`` new examples (an odd split over the ranks), with
     the keyed evaluation noise: ``val.<metric>`` arrays."""
@@ -91,6 +121,7 @@ def main(argv=None):
     p.add_argument("--local", action="store_true", help="one process, LocalCommunicator (no MPI)")
     p.add_argument("--fail", default=None, help="RANK:STEP:raise|kill: that rank fails before that step")
     p.add_argument("--backend", default="cpu", choices=["cpu", "cuda"], help="cuda: each rank selects its GPU")
+    p.add_argument("--resident", action="store_true", help="with --backend cuda: the device-resident step")
     a = p.parse_args(argv)
     comm = dist.LocalCommunicator() if a.local else dist.world()
     dist.announce_ranks(comm)
@@ -99,8 +130,11 @@ def main(argv=None):
     with dist.fail_fast(comm):
         for i, case in enumerate(a.case):
             arch, estimator, batch, *flags = case.split(",")
-            arrays = train(comm, arch, "bn" in flags, "bernoulli" in flags, estimator, a.steps, int(batch), a.fail,
-                           a.backend)
+            if a.resident:
+                arrays = train_resident(comm, arch, "bernoulli" in flags, estimator, a.steps, int(batch), a.local)
+            else:
+                arrays = train(comm, arch, "bn" in flags, "bernoulli" in flags, estimator, a.steps, int(batch),
+                               a.fail, a.backend)
             if comm.is_root:
                 np.savez(f"{a.out}.{i}.npz", **arrays)
     return 0

@@ -15,8 +15,10 @@ What changes against one process (each a phase of the Trainer):
   that depends on ``N`` (``config["sampling"]`` marks the keyed noise, so a single-process run does not
   resume it and vice versa); it resumes on any number of ranks.
 
-The device-resident GPU epoch (:mod:`sbnnumba.training.device`) is not used: each rank runs the host
-step, whose kernels use the rank's GPU with ``backend="cuda"`` (:func:`~sbnnumba.distributed.select_gpu`).
+With ``backend="cuda"`` each rank uses its GPU (:func:`~sbnnumba.distributed.select_gpu`) and, where the
+device-resident step applies, trains there with only the gradient crossing to the host for the
+Allreduce (:func:`~sbnnumba.distributed.device_data_parallel`); otherwise it runs the host step, whose
+kernels use the GPU.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from ..training.checkpoint import generator_from_state
 from ..training.data import as_float
 from ..training.fit import Trainer
 from .comm import Communicator
+from .device_step import device_data_parallel
 from .evaluation import split_evaluation
 from .replicas import broadcast_state, check_replicas
 from .step import DataParallelStep
@@ -85,8 +88,8 @@ class DistributedTrainer(Trainer):
             self.history, self.start_epoch = list(state[2]), state[3]
 
     def device_runner(self):
-        """None: every rank runs the host step (see the module docstring)."""
-        return None
+        """The device-resident data-parallel epochs where the step can stay on the GPU, else None (host step)."""
+        return device_data_parallel(self.net, self.config, self.optimizer, self.x_tr, self.y_tr, self.comm)
 
     def estimate(self, xb, yb):
         """The global batch's loss and gradient: this rank's shard, summed over the ranks (identical everywhere)."""

@@ -12,12 +12,37 @@ on the GPU, through the layers' backend).
 from __future__ import annotations
 
 import warnings
+from abc import ABC, abstractmethod
 
 from ..estimators.registry import has_device_step
 from .data import as_float
 
 
-class DeviceEpochs:
+class EpochRunner(ABC):
+    """What :class:`~sbnnumba.training.Trainer` runs an epoch with when the step is device-resident
+    (``Trainer.device_runner``); it leaves the trained values in ``net`` and the optimizer at the end."""
+
+    @abstractmethod
+    def run(self, batch_size, rng, callback):
+        """One epoch over the training part.
+
+        Parameters
+        ----------
+        batch_size : int
+            Examples per step.
+        rng : numpy.random.Generator
+            The training generator (shuffling; checkpointed).
+        callback : callable
+            ``callback()`` after every step (progress).
+
+        Returns
+        -------
+        float
+            The summed loss over the examples (non-finite if the run diverged).
+        """
+
+
+class DeviceEpochs(EpochRunner):
     """Epochs of the device-resident step on a dataset uploaded once.
 
     Parameters
@@ -62,4 +87,4 @@ def device_epochs(net, config, optimizer, x_tr, y_tr):
     return DeviceEpochs(trainer, x_tr, y_tr, net.dtype)
 
 
-__all__ = ["DeviceEpochs", "device_epochs"]
+__all__ = ["DeviceEpochs", "EpochRunner", "device_epochs"]

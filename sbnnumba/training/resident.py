@@ -596,3 +596,25 @@ class CudaTrainer:
         self.optimizer.state = {name: {b: v.copy_to_host() for b, v in bufs.items()}
                                 for name, bufs in self.state.items() if bufs}
         return self.net
+
+    def apply_gradients(self, flat):
+        """One optimizer step on the device with given gradients (the update of :meth:`step`).
+
+        For data-parallel training (:mod:`sbnnumba.distributed`): each rank computes its shard's
+        gradients (:meth:`gradients`), the ranks sum them on the host in one Allreduce, and every rank
+        applies the sum here, so only the gradient crosses to the host and back.
+
+        Parameters
+        ----------
+        flat : ndarray (P,)
+            Every gradient, ravelled and concatenated in ``net.params`` order (``P`` = the number of
+            parameters); uploaded into the gradient buffers in the network's dtype.
+        """
+        flat = np.asarray(flat)
+        sizes = [g.size for g in self.grads.values()]
+        if flat.ndim != 1 or flat.size != sum(sizes):
+            raise ValueError(f"flat: expected a 1-d array of {sum(sizes)} gradient values, got shape {flat.shape}")
+        offsets = np.cumsum([0] + sizes)
+        for (name, g), lo, hi in zip(self.grads.items(), offsets[:-1], offsets[1:]):
+            g.copy_to_device(np.ascontiguousarray(flat[lo:hi], dtype=self.dtype).reshape(g.shape))
+        self._update()
