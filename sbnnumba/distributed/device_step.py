@@ -27,7 +27,7 @@ import warnings
 from .. import datasets
 from ..estimators.registry import has_device_step
 from ..training.data import as_float
-from ..training.device import EpochRunner
+from ..training.device import EpochRunner, resident_trainer
 from .comm import Communicator
 from .sharding import shard_bounds
 from .step import GradientBuffer
@@ -139,14 +139,8 @@ def device_data_parallel(net, config, optimizer, x_tr, y_tr, comm):
                       "device forward pass, which the device-resident step does not do; the host step is used "
                       "(its flip propagation runs on the GPU)", RuntimeWarning)
         return None
-    from ..training.resident import CudaTrainer
-
-    try:
-        trainer = CudaTrainer(net, config.estimator, optimizer, max_batch=config.batch_size,
-                              input_shape=tuple(x_tr.shape[1:]))
-    except NotImplementedError as exc:
-        warnings.warn(f"--distributed with backend 'cuda': the step is not device-resident for this run ({exc}); "
-                      "the host step is used", RuntimeWarning)
+    trainer = resident_trainer(net, config, optimizer, x_tr, "--distributed uses the host step")
+    if trainer is None:
         return None
     step = DeviceDataParallelStep(trainer, comm, seed=config.seed)
     return DeviceDataParallelEpochs(step, x_tr, y_tr, config.augment_pad if config.augment else None)

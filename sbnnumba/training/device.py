@@ -75,16 +75,40 @@ def device_epochs(net, config, optimizer, x_tr, y_tr):
     if not net.backend.device_resident or not has_device_step(config.estimator) or config.estimator_options \
             or config.augment:
         return None
+    trainer = resident_trainer(net, config, optimizer, x_tr, "only the PSA flip propagation runs on the GPU")
+    return None if trainer is None else DeviceEpochs(trainer, x_tr, y_tr, net.dtype)
+
+
+def resident_trainer(net, config, optimizer, x_tr, fallback):
+    """The :class:`~sbnnumba.training.resident.CudaTrainer` of a run, or None with a warning.
+
+    Parameters
+    ----------
+    net : Network
+        On a device-resident backend.
+    config : FitConfig
+        Its estimator and batch size (``max_batch``).
+    optimizer : SGD or Adam
+    x_tr : ndarray (N, ...)
+        The training part (its per-example shape).
+    fallback : str
+        What runs instead, for the warning.
+
+    Returns
+    -------
+    CudaTrainer or None
+        None (and a RuntimeWarning naming the reason and ``fallback``) for a network or optimizer outside
+        the device-resident step's scope.
+    """
     from .resident import CudaTrainer
 
     try:
-        trainer = CudaTrainer(net, config.estimator, optimizer, max_batch=config.batch_size,
-                              input_shape=tuple(x_tr.shape[1:]))
+        return CudaTrainer(net, config.estimator, optimizer, max_batch=config.batch_size,
+                           input_shape=tuple(x_tr.shape[1:]))
     except NotImplementedError as exc:
-        warnings.warn(f"backend 'cuda': the step is not device-resident for this run ({exc}); only the PSA flip "
-                      "propagation runs on the GPU", RuntimeWarning)
+        warnings.warn(f"backend 'cuda': the step is not device-resident for this run ({exc}); {fallback}",
+                      RuntimeWarning)
         return None
-    return DeviceEpochs(trainer, x_tr, y_tr, net.dtype)
 
 
-__all__ = ["DeviceEpochs", "EpochRunner", "device_epochs"]
+__all__ = ["DeviceEpochs", "EpochRunner", "device_epochs", "resident_trainer"]
