@@ -123,6 +123,16 @@ def test_direct_estimators_run_per_example_with_keyed_generators():
             np.testing.assert_allclose(grads[k], sum(p[1][k] for p in parts) / 5, rtol=1e-5, atol=1e-7)
     a, b = KeyedNoise(4).example_generator(3, 1).random(3), KeyedNoise(4).example_generator(3, 2).random(3)
     assert not np.array_equal(a, b)
+    # a deterministic direct estimator: the per-example sum is the batch's exact gradient
+    net = sb.Network.dense([6, 5, 4], 3, rng=0)
+    loss, grads = dist.DataParallelStep(net, dist.LocalCommunicator(), "exact", seed=4)(x, y, 0)
+    ref_loss, ref = registry.DIRECT_ESTIMATORS["exact"][0](net, x, y)
+    assert loss == pytest.approx(ref_loss, rel=1e-5)
+    for k in ref:
+        np.testing.assert_allclose(grads[k], ref[k], rtol=1e-4, atol=1e-7)
+    for method in sorted(registry.DIRECT_ESTIMATORS):  # every one runs on one-example batches
+        loss, grads = dist.DataParallelStep(net, dist.LocalCommunicator(), method, seed=4)(x, y, 1)
+        assert np.isfinite(loss) and all(np.all(np.isfinite(g)) for g in grads.values()), method
 
 
 def test_direct_estimators_refuse_batch_statistics_and_bad_comm():
