@@ -5,9 +5,11 @@
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Callable, TypeVar
 
 import numpy as np
+import numpy.typing as npt
 
 from .conv import Conv2d
 from .layers import Linear
@@ -15,23 +17,69 @@ from .network import Network, stage_weight_kinds
 from .normalization import normalization_factory
 from .validation import as_generator
 
+if TYPE_CHECKING:
+    from .backends.base import Backend
+    from .noise import NoiseFamily
+
 ARCHITECTURES: dict[str, Callable] = {}
+_Factory = TypeVar("_Factory", bound=Callable[..., Network])
 
 
-def register_architecture(name):
-    def deco(fn):
+def register_architecture(name: str) -> Callable[[_Factory], _Factory]:
+    """Decorator registering a network factory under ``name`` for :func:`build` (and ``--arch`` of the CLI).
+
+    Parameters
+    ----------
+    name : str
+        Registry name; an existing entry of that name is replaced.
+
+    Returns
+    -------
+    callable
+        The decorator: it stores ``fn(input_shape, n_classes, **options) -> Network`` and returns ``fn``
+        unchanged.
+    """
+    def deco(fn: _Factory) -> _Factory:
         ARCHITECTURES[name] = fn
         return fn
     return deco
 
 
 @register_architecture("mlp")
-def mlp(input_shape, n_classes, hidden=(1024, 1024), noise="logistic", rng=None, dtype=np.float32,
-        backend=None, weight="real", weight_noise="logistic", weight_grad="md", normalize=False, bn_gamma=1.0):
+def mlp(input_shape: tuple[int, ...], n_classes: int, hidden: Sequence[int] = (1024, 1024),
+        noise: str | NoiseFamily = "logistic", rng: None | int | np.random.Generator = None,
+        dtype: npt.DTypeLike = np.float32, backend: str | Backend | None = None, weight: str = "real",
+        weight_noise: str | NoiseFamily = "logistic", weight_grad: str = "md", normalize: bool = False,
+        bn_gamma: float | str = 1.0) -> Network:
     """Dense SBN: one binary stage per entry of ``hidden`` (on the flattened input), then a linear head.
 
-    ``weight``, ``weight_noise``, ``weight_grad``, ``normalize``, ``bn_gamma``: as :meth:`Network.dense`
-    (e.g. ``weight="hidden", normalize=True`` for the fully binary MLP of spec st.md).
+    Layer sizes ``prod(input_shape) -> hidden[0] -> ... -> hidden[-1] -> n_classes``; each hidden stage
+    computes ``x_l = sign(W_l x_{l-1} + b_l - Z_l)`` with noise ``Z_l`` of the family ``noise``.
+
+    Parameters
+    ----------
+    input_shape : tuple of int
+        Per-example input shape (flattened: ``K = prod(input_shape)`` inputs).
+    n_classes : int
+        Outputs of the linear head (logits).
+    hidden : sequence of int
+        Widths of the binary stages (at least one).
+    noise : str or NoiseFamily
+        Activation noise family (:func:`~sbnnumba.noise.get_noise`).
+    rng : None, int or numpy.random.Generator
+        Draws the initial weights.
+    dtype : dtype
+        Float dtype of the parameters (float32 or float64).
+    backend : str or Backend, optional
+        Where the network runs (default ``$SBNNUMBA_BACKEND`` or ``"cpu"``).
+    weight, weight_noise, weight_grad, normalize, bn_gamma
+        As :meth:`Network.dense <sbnnumba.network.Network.dense>` (e.g. ``weight="hidden", normalize=True``
+        for the fully binary MLP of spec st.md).
+
+    Returns
+    -------
+    Network
+        ``len(hidden)`` binary stages and a real linear head.
     """
     if len(hidden) == 0:
         raise ValueError("hidden: expected at least one hidden width")
@@ -47,9 +95,11 @@ PAPER_CONV_CHANNELS = (96, 96, 96, 192, 192, 192, 192, 192)
 
 
 @register_architecture("conv")
-def conv(input_shape, n_classes, channels=PAPER_CONV_CHANNELS, noise="logistic", rng=None, dtype=np.float32,
-         backend=None, width=1.0, weight="real", weight_noise="logistic", weight_grad="md", normalize=False,
-         input_padding=0, bn_gamma=1.0):
+def conv(input_shape: tuple[int, int, int], n_classes: int, channels: Sequence[int] = PAPER_CONV_CHANNELS,
+         noise: str | NoiseFamily = "logistic", rng: None | int | np.random.Generator = None,
+         dtype: npt.DTypeLike = np.float32, backend: str | Backend | None = None, width: float = 1.0,
+         weight: str = "real", weight_noise: str | NoiseFamily = "logistic", weight_grad: str = "md",
+         normalize: bool = False, input_padding: int = 0, bn_gamma: float | str = 1.0) -> Network:
     r"""The PSA paper's all-convolutional SBN (spec psa.md, section 5.2).
 
     Eight stochastic binary conv stages (logistic noise by default, biases, no padding, no
@@ -76,6 +126,7 @@ def conv(input_shape, n_classes, channels=PAPER_CONV_CHANNELS, noise="logistic",
         Per-example input shape; every map must stay at least as large as the next kernel
         (H, W >= 27 for this layout), otherwise ValueError.
     n_classes : int
+        Outputs of the linear head (logits).
     channels : sequence of 8 ints
         Output channels of the eight stages (default: the paper's 96, 96, 96, 192 x 5).
     width : float
@@ -97,6 +148,12 @@ def conv(input_shape, n_classes, channels=PAPER_CONV_CHANNELS, noise="logistic",
         1x28x28 images is the same network as the paper's on 28x28 images zero-padded to 32x32 (the
         classic LeNet-5 treatment of MNIST): the maps keep the paper's sizes 30, 28, 13, 11, 9, 4, 2, 2
         and the head sees ``2 x 2 x channels[-1]`` features instead of ``1 x 1 x channels[-1]``.
+
+    Returns
+    -------
+    Network
+        Eight binary :class:`~sbnnumba.conv.Conv2d` stages (wrapped in normalization with ``normalize``)
+        and a real :class:`~sbnnumba.layers.Linear` head.
 
     Notes
     -----
@@ -133,8 +190,29 @@ def conv(input_shape, n_classes, channels=PAPER_CONV_CHANNELS, noise="logistic",
     return Network(stages, head, noise=noise, backend=backend)
 
 
-def build(name, input_shape, n_classes, **options):
-    """Build the architecture registered under ``name`` (ValueError lists the known names)."""
+def build(name: str, input_shape: tuple[int, ...], n_classes: int, **options) -> Network:
+    """Build the architecture registered under ``name``.
+
+    Parameters
+    ----------
+    name : str
+        A registered name (``"mlp"``, ``"conv"`` or one added with :func:`register_architecture`).
+    input_shape : tuple of int
+        Per-example input shape, e.g. ``(1, 28, 28)``.
+    n_classes : int
+        Outputs of the head.
+    **options
+        Keyword arguments of the factory (e.g. ``hidden=`` of :func:`mlp`, ``width=`` of :func:`conv`).
+
+    Returns
+    -------
+    Network
+
+    Raises
+    ------
+    ValueError
+        For an unknown name (the message lists the known names).
+    """
     if name not in ARCHITECTURES:
         raise ValueError(f"arch: unknown architecture {name!r}; expected one of {sorted(ARCHITECTURES)}")
     return ARCHITECTURES[name](input_shape, n_classes, **options)

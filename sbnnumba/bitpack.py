@@ -44,13 +44,21 @@ packed signs, the input of the next binary layer.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+import numpy.typing as npt
 
 from .backends import get_backend
 from .kernels import bitpack as _k
 from .kernels import bitplane as _kp
 from .kernels.bitpack import PreparedWeights
 from .validation import check_int, check_pair, check_positive_number
+
+if TYPE_CHECKING:
+    from .backends.base import Backend
+
+Words = npt.NDArray[np.uint64]
 
 __all__ = [
     "PreparedWeights", "bitplane_matmul", "bitplane_matmul_threshold", "conv2d", "conv2d_threshold", "matmul",
@@ -123,7 +131,7 @@ def _check_flip(flip, n_columns):
 # Packing
 # ---------------------------------------------------------------------------------------------------
 
-def pack(x):
+def pack(x: npt.ArrayLike) -> Words:
     r"""Pack the signs of ``x`` along its last axis into uint64 words.
 
     .. math:: \mathrm{bit}_{i \bmod 64}(\mathrm{words}[..., \lfloor i/64 \rfloor]) = [x[..., i] < 0]
@@ -164,7 +172,7 @@ def pack(x):
     return words.reshape(x.shape[:-1] + (words.shape[1],))
 
 
-def unpack(words, k, dtype=np.float32):
+def unpack(words: Words, k: int, dtype: npt.DTypeLike = np.float32) -> np.ndarray:
     r"""Unpack uint64 words into a +-1 array: the inverse of :func:`pack` on +-1 inputs.
 
     .. math:: x[..., i] = 1 - 2\, \mathrm{bit}_{i \bmod 64}(\mathrm{words}[..., \lfloor i/64 \rfloor])
@@ -172,6 +180,7 @@ def unpack(words, k, dtype=np.float32):
     Parameters
     ----------
     words : ndarray, shape (..., ceil(k/64)), uint64
+        Packed words (:func:`pack`).
     k : int
         True length of the last axis (padding bits are ignored).
     dtype : dtype, default float32
@@ -186,12 +195,21 @@ def unpack(words, k, dtype=np.float32):
     return _k.unpack_reference(words, k, dtype)
 
 
-def pack_channels(x):
+def pack_channels(x: npt.ArrayLike) -> Words:
     """Pack +-1 feature maps or conv weights along axis 1 (channels), moved last.
 
     ``(B, C, H, W) -> (B, H, W, ceil(C/64))`` for inputs and
     ``(C_out, C_in, kh, kw) -> (C_out, kh, kw, ceil(C_in/64))`` for weights, as expected by
-    :func:`conv2d` and :func:`conv2d_threshold`.
+    :func:`conv2d` and :func:`conv2d_threshold`. Same bit rule as :func:`pack` (bit set = -1).
+
+    Parameters
+    ----------
+    x : array_like, shape (B, C, H, W) or (C_out, C_in, kh, kw)
+        Real values, usually +-1.
+
+    Returns
+    -------
+    ndarray, shape (B, H, W, ceil(C/64)) or (C_out, kh, kw, ceil(C_in/64)), uint64
     """
     x = np.asarray(x)
     if x.ndim != 4:
@@ -199,13 +217,27 @@ def pack_channels(x):
     return pack(np.moveaxis(x, 1, -1))
 
 
-def unpack_channels(words, channels, dtype=np.float32):
-    """Inverse of :func:`pack_channels`: ``(B, H, W, ceil(C/64)) -> (B, C, H, W)`` of +-1 ``dtype``."""
+def unpack_channels(words: Words, channels: int, dtype: npt.DTypeLike = np.float32) -> np.ndarray:
+    """Inverse of :func:`pack_channels`: ``(B, H, W, ceil(C/64)) -> (B, C, H, W)`` of +-1 ``dtype``.
+
+    Parameters
+    ----------
+    words : ndarray, shape (B, H, W, ceil(channels/64)), uint64
+        Maps packed along channels.
+    channels : int
+        True number of channels ``C`` (padding bits are ignored).
+    dtype : dtype, default float32
+        Output dtype.
+
+    Returns
+    -------
+    ndarray, shape (B, channels, H, W), of ``dtype`` with values in {-1, +1}
+    """
     words = _check_words(words, "words", ndim=4)
     return np.moveaxis(unpack(words, channels, dtype), -1, 1)
 
 
-def prepare_weights(w_words):
+def prepare_weights(w_words: Words | PreparedWeights) -> PreparedWeights:
     """Re-lay out packed weights once into the kernels' panel layout (see :class:`PreparedWeights`).
 
     Costs O(N * n_words), like one pass over the weights; pass the result wherever a function
@@ -214,7 +246,8 @@ def prepare_weights(w_words):
 
     Parameters
     ----------
-    w_words : ndarray, shape (N, n_words) or (C_out, kh, kw, n_words), uint64
+    w_words : ndarray, shape (N, n_words) or (C_out, kh, kw, n_words), uint64, or PreparedWeights
+        Packed weights (returned unchanged if already prepared).
 
     Returns
     -------
@@ -256,7 +289,8 @@ def _matmul_operands(a_words, b_words, k):
     return a, b, k
 
 
-def matmul(a_words, b_words, k, backend=None):
+def matmul(a_words: Words, b_words: Words | PreparedWeights, k: int,
+           backend: str | Backend | None = None) -> npt.NDArray[np.int32]:
     r"""XNOR-popcount matrix product of packed +-1 matrices: ``a @ b.T``.
 
     .. math:: \mathrm{out}[i, j] = \sum_{t<k} a_{it} b_{jt} = k - 2 \sum_w \mathrm{popcount}(A[i, w] \oplus B[j, w])
@@ -282,7 +316,8 @@ def matmul(a_words, b_words, k, backend=None):
     return get_backend(backend).xnor_matmul(a, b, k)
 
 
-def matmul_threshold(a_words, b_words, k, thresholds, flip=None, backend=None):
+def matmul_threshold(a_words: Words, b_words: Words | PreparedWeights, k: int, thresholds: npt.ArrayLike,
+                     flip: npt.ArrayLike | None = None, backend: str | Backend | None = None) -> Words:
     r"""Fused ``sign(a @ b.T - thresholds)``, packed: the next layer's packed input.
 
     .. math:: y_{ij} = s_j \cdot \mathrm{sign}(\mathrm{dot}_{ij} - t_j), \quad
@@ -339,7 +374,8 @@ def _conv_operands(x_words, w_words, c_in, stride, padding):
     return x, weights, c_in, (sh, sw), (ph, pw)
 
 
-def conv2d(x_words, w_words, c_in, stride=1, padding=0, backend=None):
+def conv2d(x_words: Words, w_words: Words | PreparedWeights, c_in: int, stride: int | tuple[int, int] = 1,
+           padding: int | tuple[int, int] = 0, backend: str | Backend | None = None) -> npt.NDArray[np.int32]:
     r"""Binary 2-D convolution (cross-correlation) of packed +-1 maps with zero padding.
 
     .. math:: y[b, co, oy, ox] = \sum_{ci, dy, dx} x_{pad}[b, ci, oy s_h + dy, ox s_w + dx]\, w[co, ci, dy, dx]
@@ -369,7 +405,9 @@ def conv2d(x_words, w_words, c_in, stride=1, padding=0, backend=None):
     return get_backend(backend).binary_conv2d(x, weights, c_in, stride, padding)
 
 
-def conv2d_threshold(x_words, w_words, c_in, thresholds, flip=None, stride=1, padding=0, backend=None):
+def conv2d_threshold(x_words: Words, w_words: Words | PreparedWeights, c_in: int, thresholds: npt.ArrayLike,
+                     flip: npt.ArrayLike | None = None, stride: int | tuple[int, int] = 1,
+                     padding: int | tuple[int, int] = 0, backend: str | Backend | None = None) -> Words:
     r"""Fused ``sign(conv2d(x, w) - thresholds)`` packed in the input layout, so conv layers chain.
 
     .. math:: y[b, co, oy, ox] = s_{co}\, \mathrm{sign}(\mathrm{conv}[b, co, oy, ox] - t_{co}),
@@ -417,7 +455,7 @@ def _planes_of_rows(rows, bits, scale):
     return planes, bad
 
 
-def pack_planes(x, bits, scale=None):
+def pack_planes(x: npt.ArrayLike, bits: int, scale: float | None = None) -> Words:
     r"""Pack the bit-planes of quantized inputs along the last axis: the operand of :func:`bitplane_matmul`.
 
     The inputs are ``x = scale * q`` with integer codes ``q`` in ``[0, 2^bits)``, and
@@ -497,7 +535,7 @@ def _bitplane_operands(planes, w_words, k):
     return planes, w, panels, k, bits, offsets
 
 
-def bitplane_matmul(planes, w_words, k):
+def bitplane_matmul(planes: Words, w_words: Words | PreparedWeights, k: int) -> npt.NDArray[np.int64]:
     r"""Exact integer product of quantized inputs and packed +-1 weights: ``q @ w.T``.
 
     .. math:: z_{ij} = \sum_{t<k} q_{it} w_{jt}
@@ -534,7 +572,8 @@ def _bitplane_limits(offsets, k, bits, thresholds, flip, n_panels):
     return _k.padded_limits(t + offsets - 1, n_panels), invert
 
 
-def bitplane_matmul_threshold(planes, w_words, k, thresholds, flip=None):
+def bitplane_matmul_threshold(planes: Words, w_words: Words | PreparedWeights, k: int, thresholds: npt.ArrayLike,
+                              flip: npt.ArrayLike | None = None) -> Words:
     r"""Fused ``sign(q @ w.T - thresholds)`` of quantized inputs, packed: a binary layer's packed input.
 
     .. math:: y_{ij} = s_j \cdot \mathrm{sign}(z_{ij} - t_j), \quad \mathrm{sign}(0) = +1, \quad
@@ -550,6 +589,7 @@ def bitplane_matmul_threshold(planes, w_words, k, thresholds, flip=None):
     thresholds : float or array_like, shape (N,)
         Per output column; real (non-integers act as their ceiling), +-inf allowed.
     flip : array_like of bool, shape (N,), optional
+        Negate the output of these columns.
 
     Returns
     -------

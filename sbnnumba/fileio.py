@@ -14,6 +14,8 @@ import socket
 import tempfile
 import time
 import zipfile
+from collections.abc import Callable
+from typing import IO
 
 import numpy as np
 
@@ -73,12 +75,24 @@ def read_versioned_npz(path, fmt, versions, error, what, article="a"):
     return version, arrays
 
 
-def atomic_write(path, write):
+def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], object]) -> str:
     """Write a file atomically: ``write(f)`` fills a temp file in the same directory, then ``os.replace``.
 
     A crash or an exception inside ``write`` leaves any previous file at ``path`` untouched and removes
-    the temp file. Creates the parent directory if needed. Returns ``path`` as a string. An OSError that
-    names no file (a full disk during ``write`` or ``fsync``) is raised again naming ``path``.
+    the temp file. Creates the parent directory if needed. An OSError that names no file (a full disk
+    during ``write`` or ``fsync``) is raised again naming ``path``.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file to write.
+    write : callable
+        ``write(f)`` writes the whole content to the binary file object ``f`` (its return value is ignored).
+
+    Returns
+    -------
+    str
+        ``path`` as a string.
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
@@ -102,8 +116,21 @@ def atomic_write(path, write):
     return path
 
 
-def atomic_write_text(path, text):
-    """Atomically write a text file (UTF-8)."""
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> str:
+    """Atomically write a text file (UTF-8), through :func:`atomic_write`.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file to write.
+    text : str
+        Its whole content.
+
+    Returns
+    -------
+    str
+        ``path`` as a string.
+    """
     return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 

@@ -344,8 +344,19 @@ class Triangular(NoiseFamily):
 NOISES: dict[str, "NoiseFamily"] = {}
 
 
-def register_noise(family):
-    """Register ``family`` (a :class:`NoiseFamily` instance) under ``family.name``; returns it.
+def register_noise(family: NoiseFamily) -> NoiseFamily:
+    """Register ``family`` (a :class:`NoiseFamily` instance) under ``family.name``, so that
+    ``get_noise(family.name)`` and every ``noise=`` argument accept the name.
+
+    Parameters
+    ----------
+    family : NoiseFamily
+        The instance to register.
+
+    Returns
+    -------
+    NoiseFamily
+        ``family`` (so a registration can be written as an expression).
 
     Raises
     ------
@@ -366,8 +377,18 @@ for _cls in (Logistic, Normal, Uniform, Triangular):
     register_noise(_cls())
 
 
-def get_noise(noise) -> NoiseFamily:
+def get_noise(noise: str | NoiseFamily) -> NoiseFamily:
     """Return the noise family registered under ``noise`` (or ``noise`` itself if it is one).
+
+    Parameters
+    ----------
+    noise : str or NoiseFamily
+        A registered name (``"logistic"``, ``"normal"``, ``"uniform"``, ``"triangular"`` or one added with
+        :func:`register_noise`) or a family instance.
+
+    Returns
+    -------
+    NoiseFamily
 
     Raises
     ------

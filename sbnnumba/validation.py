@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Collection
+from typing import TypeGuard
 
 import numpy as np
+import numpy.typing as npt
 
 __all__ = ["as_generator", "check_int", "check_positive_int", "check_pair", "check_real", "check_positive_number",
            "check_choice", "check_float_array", "check_labels"]
 
 
-def as_generator(rng, name="rng", default_seed=None):
+def as_generator(rng: None | int | np.random.Generator, name: str = "rng",
+                 default_seed: int | None = None) -> np.random.Generator:
     """A ``numpy.random.Generator`` from ``rng``.
 
     Parameters
@@ -27,6 +31,12 @@ def as_generator(rng, name="rng", default_seed=None):
     name : str
         The argument's name in error messages.
     default_seed : int or None
+        Seed used when ``rng`` is None.
+
+    Returns
+    -------
+    numpy.random.Generator
+        ``rng`` itself when it is a Generator, else a new one seeded with ``rng`` (or ``default_seed``).
 
     Raises
     ------
@@ -46,12 +56,26 @@ def as_generator(rng, name="rng", default_seed=None):
     raise TypeError(f"{name}: expected None, an int seed or a numpy.random.Generator, got {type(rng).__name__}")
 
 
-def _is_int(value):
+def _is_int(value: object) -> TypeGuard[int | np.integer]:
     return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 
-def check_int(value, name, minimum=None, maximum=None):
+def check_int(value: object, name: str, minimum: int | None = None, maximum: int | None = None) -> int:
     """``value`` as a Python int with ``minimum <= value <= maximum`` (either bound optional).
+
+    Parameters
+    ----------
+    value : object
+        The value to check.
+    name : str
+        The argument's name in error messages.
+    minimum, maximum : int, optional
+        Inclusive bounds (None: unbounded on that side).
+
+    Returns
+    -------
+    int
+        ``int(value)``.
 
     Raises
     ------
@@ -75,13 +99,40 @@ def check_int(value, name, minimum=None, maximum=None):
     return int(value)
 
 
-def check_positive_int(value, name):
-    """``value`` as an int >= 1 (TypeError for non-integers, ValueError for ``value < 1``)."""
+def check_positive_int(value: object, name: str) -> int:
+    """``value`` as an int >= 1 (TypeError for non-integers, ValueError for ``value < 1``).
+
+    Parameters
+    ----------
+    value : object
+        The value to check.
+    name : str
+        The argument's name in error messages.
+
+    Returns
+    -------
+    int
+        ``int(value)``, at least 1.
+    """
     return check_int(value, name, minimum=1)
 
 
-def check_pair(value, name, minimum=None):
+def check_pair(value: object, name: str, minimum: int | None = None) -> tuple[int, int]:
     """``(v, v)`` for an int ``v``, ``(v0, v1)`` for a pair of ints, each ``>= minimum`` if given.
+
+    Parameters
+    ----------
+    value : int or tuple or list of two ints
+        A size or stride given once for both axes, or as (vertical, horizontal).
+    name : str
+        The argument's name in error messages.
+    minimum : int, optional
+        Inclusive lower bound of each entry.
+
+    Returns
+    -------
+    tuple of (int, int)
+        (vertical, horizontal).
 
     Raises
     ------
@@ -100,19 +151,27 @@ def check_pair(value, name, minimum=None):
     return check_int(value[0], name, minimum), check_int(value[1], name, minimum)
 
 
-def check_real(value, name, low=-math.inf, high=math.inf, low_open=False, high_open=False, expected=None):
+def check_real(value: object, name: str, low: float = -math.inf, high: float = math.inf, low_open: bool = False,
+               high_open: bool = False, expected: str | None = None) -> float:
     """``value`` as a finite Python float in the interval given by ``low``, ``high`` and their openness.
 
     Parameters
     ----------
     value : object
+        The value to check.
     name : str
+        The argument's name in error messages.
     low, high : float
         Interval ends (default: the whole real line).
     low_open, high_open : bool
         Whether the ends are excluded.
     expected : str, optional
         Wording for the message (default: the interval, e.g. ``"a real number in (0, 1]"``).
+
+    Returns
+    -------
+    float
+        ``float(value)``.
 
     Raises
     ------
@@ -134,14 +193,57 @@ def check_real(value, name, low=-math.inf, high=math.inf, low_open=False, high_o
     return v
 
 
-def check_positive_number(value, name, alternatives=""):
-    """A finite real number ``> 0`` as a float; ``alternatives`` extends the message (e.g. ``" or 'auto'"``)."""
+def check_positive_number(value: object, name: str, alternatives: str = "") -> float:
+    """A finite real number ``> 0`` as a float.
+
+    Parameters
+    ----------
+    value : object
+        The value to check.
+    name : str
+        The argument's name in error messages.
+    alternatives : str
+        Appended to the expected wording of the message (e.g. ``" or 'auto'"``).
+
+    Returns
+    -------
+    float
+        ``float(value)``, finite and positive.
+
+    Raises
+    ------
+    TypeError
+        If ``value`` is not a real number.
+    ValueError
+        If it is not finite or not positive.
+    """
     return check_real(value, name, low=0.0, low_open=True, expected=f"a finite positive number{alternatives}")
 
 
-def check_choice(value, name, choices):
-    """``value`` if it is one of ``choices`` (a tuple of strings), else ValueError listing them
-    (TypeError for a non-string)."""
+def check_choice(value: object, name: str, choices: Collection[str]) -> str:
+    """``value`` if it is one of ``choices``.
+
+    Parameters
+    ----------
+    value : object
+        The value to check.
+    name : str
+        The argument's name in error messages.
+    choices : collection of str
+        The allowed strings.
+
+    Returns
+    -------
+    str
+        ``value``.
+
+    Raises
+    ------
+    TypeError
+        If ``value`` is not a string.
+    ValueError
+        If it is not one of ``choices`` (the message lists them).
+    """
     if not isinstance(value, str):
         raise TypeError(f"{name}: expected one of {tuple(choices)}, got {type(value).__name__} {value!r}")
     if value not in choices:
@@ -149,8 +251,27 @@ def check_choice(value, name, choices):
     return value
 
 
-def check_float_array(x, name, dtype=None, ndim=None, finite=True):
+def check_float_array(x: npt.ArrayLike, name: str, dtype: npt.DTypeLike | None = None, ndim: int | tuple[int, ...] | None = None,
+                      finite: bool = True) -> np.ndarray:
     """Convert ``x`` to a floating ndarray (of ``dtype`` if given) after checking it.
+
+    Parameters
+    ----------
+    x : array_like
+        Real numbers (integer and unsigned dtypes are converted).
+    name : str
+        The argument's name in error messages.
+    dtype : numpy dtype, optional
+        Dtype of the result (default: ``x``'s own if floating, else float64).
+    ndim : int or tuple of int, optional
+        Allowed numbers of dimensions.
+    finite : bool
+        Refuse NaN and inf.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``x`` with the same shape, floating dtype (no copy when it already has it).
 
     Raises
     ------
@@ -173,8 +294,31 @@ def check_float_array(x, name, dtype=None, ndim=None, finite=True):
     return arr
 
 
-def check_labels(y, n, n_classes, name="y"):
-    """Check integer class labels of shape (n,) in [0, n_classes) (in {0, 1} for a 1-logit head)."""
+def check_labels(y: npt.ArrayLike, n: int, n_classes: int, name: str = "y") -> npt.NDArray[np.int64]:
+    """Check integer class labels of shape (n,) in [0, n_classes) (in {0, 1} for a 1-logit head).
+
+    Parameters
+    ----------
+    y : array_like, shape (n,)
+        Class labels; integer dtype, or floats with integral values.
+    n : int
+        Batch size the labels must match.
+    n_classes : int
+        Number of classes (outputs of the head); labels lie in ``[0, max(n_classes, 2))``.
+    name : str
+        The argument's name in error messages.
+
+    Returns
+    -------
+    numpy.ndarray of int64, shape (n,)
+
+    Raises
+    ------
+    TypeError
+        For a non-integer dtype (floats with fractional or non-finite values included).
+    ValueError
+        For another shape or a label out of range.
+    """
     arr = np.asarray(y)
     if arr.dtype.kind not in "iu":
         if arr.dtype.kind == "f" and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
