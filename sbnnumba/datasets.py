@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+import numpy.typing as npt
 
 from .validation import as_generator, check_choice, check_int, check_real
 
@@ -97,7 +98,7 @@ _IDX_DTYPES: dict[int, np.dtype] = {
 # 2-D toy data
 # --------------------------------------------------------------------------------------------------
 
-def toy2d(n: int = 200, rng=None) -> tuple[np.ndarray, np.ndarray]:
+def toy2d(n: int = 200, rng: None | int | np.random.Generator = None) -> tuple[np.ndarray, np.ndarray]:
     """Two-class 2-D toy data of the PSA paper (spec section 5.1), float64.
 
     Class +1 (``n // 2`` points, label 1): ``x1 ~ U(-pi/2, pi/2)``, ``x2 ~ U(0, 1)``.
@@ -152,7 +153,7 @@ def toy2d(n: int = 200, rng=None) -> tuple[np.ndarray, np.ndarray]:
 # IDX files
 # --------------------------------------------------------------------------------------------------
 
-def load_idx(path, sha256: str | None = None) -> np.ndarray:
+def load_idx(path: str | os.PathLike[str], sha256: str | None = None) -> np.ndarray:
     """Read an IDX file (gzipped or not) into a native-endian NumPy array, with verification.
 
     The format: 2 zero bytes, a type code byte (0x08 = uint8, 0x09 int8, 0x0B int16, 0x0C int32,
@@ -250,7 +251,7 @@ def _find_in_dir(d: Path, origin: str) -> dict[str, Path]:
     return found
 
 
-def find_fashion_mnist(data_dir=None) -> dict[str, Path] | None:
+def find_fashion_mnist(data_dir: str | os.PathLike[str] | None = None) -> dict[str, Path] | None:
     """Locate the four Fashion-MNIST (or any MNIST-format) IDX files.
 
     Search order: ``data_dir`` if given; else the environment variable ``SBNNUMBA_DATA`` if set; else
@@ -259,6 +260,11 @@ def find_fashion_mnist(data_dir=None) -> dict[str, Path] | None:
     ``train-images-idx3-ubyte``, ``train-images.idx3-ubyte`` and ``train-images-idx3-ubyte.gz`` (and
     likewise ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``) are
     accepted.
+
+    Parameters
+    ----------
+    data_dir : str or os.PathLike, optional
+        Directory to search (only this one when given).
 
     Returns
     -------
@@ -344,7 +350,7 @@ def _say(msg: str, verbose: bool) -> None:
         logger.info(msg)
 
 
-def load_embedded(path=None) -> Dataset:
+def load_embedded(path: str | os.PathLike[str] | None = None) -> Dataset:
     """Load the embedded class-balanced subset of real Fashion-MNIST.
 
     10,000 training images (1,000 per class) and 2,000 test images (200 per class) drawn with a fixed
@@ -356,6 +362,18 @@ def load_embedded(path=None) -> Dataset:
     ----------
     path : str or os.PathLike, optional
         Another file with the same layout; default :data:`EMBEDDED_PATH`.
+
+    Returns
+    -------
+    Dataset
+        Images uint8 ``(N, 1, 28, 28)``, labels int64 (10,000 train / 2,000 test for the default file).
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist.
+    ValueError
+        If it lacks an array or holds arrays of the wrong shape, dtype or label range.
     """
     p = EMBEDDED_PATH if path is None else Path(os.fspath(path))
     if not p.is_file():
@@ -376,7 +394,7 @@ def load_embedded(path=None) -> Dataset:
                    name="fashion-mnist-subset", source=f"embedded subset {p}")
 
 
-def load_fashion_mnist(data_dir=None, embedded: str = "auto", verbose: bool = True) -> Dataset:
+def load_fashion_mnist(data_dir: str | os.PathLike[str] | None = None, embedded: str = "auto", verbose: bool = True) -> Dataset:
     """Load Fashion-MNIST (or any MNIST-format IDX directory), or the embedded subset.
 
     Parameters
@@ -436,8 +454,28 @@ def load_fashion_mnist(data_dir=None, embedded: str = "auto", verbose: bool = Tr
 # utilities
 # --------------------------------------------------------------------------------------------------
 
-def normalize(x_uint8: np.ndarray, dtype=np.float32) -> np.ndarray:
-    """Scale uint8 pixels to ``[0, 1]``: ``x / 255`` in ``dtype`` (float32 by default)."""
+def normalize(x_uint8: npt.ArrayLike, dtype: npt.DTypeLike = np.float32) -> np.ndarray:
+    """Scale uint8 pixels to ``[0, 1]``: ``x / 255`` in ``dtype`` (float32 by default).
+
+    The result lies on the grid ``q / 255``, ``q`` in ``{0, ..., 255}`` (what
+    :func:`sbnnumba.bitpack.pack_planes` reads back with ``scale=1/255``).
+
+    Parameters
+    ----------
+    x_uint8 : array_like of uint8, any shape
+        Pixels.
+    dtype : floating dtype, default float32
+        Dtype of the result.
+
+    Returns
+    -------
+    ndarray, same shape as ``x_uint8``, of ``dtype``
+
+    Raises
+    ------
+    TypeError
+        If ``x_uint8`` is not uint8 or ``dtype`` is not floating.
+    """
     x = np.asarray(x_uint8)
     if x.dtype != np.uint8:
         raise TypeError(f"x_uint8: expected dtype uint8, got {x.dtype}")
@@ -457,15 +495,30 @@ def _check_xy(x, y) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def train_val_split(x, y, val_fraction: float, rng):
+def train_val_split(x: npt.ArrayLike, y: npt.ArrayLike, val_fraction: float,
+                    rng: None | int | np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Random split into training and validation parts.
 
     ``n_val = round(val_fraction * N)`` examples chosen uniformly without replacement (a permutation
     from ``rng``) go to validation, the rest (in permuted order) to training.
 
+    Parameters
+    ----------
+    x : array_like, shape (N, ...)
+        Inputs.
+    y : array_like, shape (N, ...)
+        Labels (or any per-example values).
+    val_fraction : float
+        In ``[0, 1)``.
+    rng : None, int or numpy.random.Generator
+        Draws the permutation.
+
     Returns
     -------
-    x_train, y_train, x_val, y_val
+    x_train : ndarray, shape (N - n_val, ...)
+    y_train : ndarray, shape (N - n_val, ...)
+    x_val : ndarray, shape (n_val, ...)
+    y_val : ndarray, shape (n_val, ...)
     """
     x, y = _check_xy(x, y)
     val_fraction = check_real(val_fraction, "val_fraction", 0.0, 1.0, high_open=True)
@@ -477,13 +530,35 @@ def train_val_split(x, y, val_fraction: float, rng):
     return x[tr], y[tr], x[val], y[val]
 
 
-def iterate_minibatches(x, y, batch_size: int, rng=None, shuffle: bool = True,
+def iterate_minibatches(x: npt.ArrayLike, y: npt.ArrayLike, batch_size: int,
+                        rng: None | int | np.random.Generator = None, shuffle: bool = True,
                         drop_last: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield ``(x_batch, y_batch)`` pairs covering the data once (one epoch).
 
     With ``shuffle=True`` the order is a permutation drawn from ``rng`` (a Generator is advanced, so
     successive epochs differ; an int seed gives the same order each call; None draws a fresh,
     non-reproducible seed). ``drop_last=True`` drops a final incomplete batch.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, ...)
+        Inputs.
+    y : array_like, shape (N, ...)
+        Labels.
+    batch_size : int
+        Examples per batch (>= 1).
+    rng : None, int or numpy.random.Generator
+        Draws the order (with ``shuffle``).
+    shuffle : bool
+        Visit the examples in a random order (else in order).
+    drop_last : bool
+        Drop the last batch when it has fewer than ``batch_size`` examples.
+
+    Yields
+    ------
+    x_batch : ndarray, shape (b, ...)
+        ``b = batch_size`` except possibly for the last batch.
+    y_batch : ndarray, shape (b, ...)
     """
     x, y = _check_xy(x, y)
     batch_size = check_int(batch_size, "batch_size", 1)
@@ -502,7 +577,7 @@ def iterate_minibatches(x, y, batch_size: int, rng=None, shuffle: bool = True,
             yield x[sel], y[sel]
 
 
-def augment_flip_crop(x, rng, pad: int = 4, flip: bool = True) -> np.ndarray:
+def augment_flip_crop(x: npt.ArrayLike, rng: int | np.random.Generator, pad: int = 4, flip: bool = True) -> np.ndarray:
     """Random horizontal flip, then random crop of the original size from a zero-padded image.
 
     For each image independently: with probability 1/2 (if ``flip``) reverse the last axis; then pad
@@ -517,7 +592,13 @@ def augment_flip_crop(x, rng, pad: int = 4, flip: bool = True) -> np.ndarray:
         Draws, in order: ``B`` flip decisions (only if ``flip``), then ``B`` row and ``B`` column
         offsets.
     pad : int, default 4
+        Zero padding on each side before cropping (the largest shift).
     flip : bool, default True
+        Whether to flip at random.
+
+    Returns
+    -------
+    ndarray, same shape and dtype as ``x``
     """
     x = np.asarray(x)
     if x.ndim not in (3, 4):
@@ -526,7 +607,7 @@ def augment_flip_crop(x, rng, pad: int = 4, flip: bool = True) -> np.ndarray:
     g = as_generator(rng)
     squeeze = x.ndim == 3
     x4 = x[:, None] if squeeze else x
-    b, c, h, w = x4.shape
+    b, c, h, w = map(int, x4.shape)  # ints, so the typed Generator calls return arrays
     if flip:
         mask = g.random(b) < 0.5
         x4 = np.where(mask[:, None, None, None], x4[..., ::-1], x4)

@@ -15,9 +15,17 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Union
 
 from .fileio import atomic_write
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+#: One run's per-epoch rows, or several runs by label.
+History = Union[Sequence[Mapping[str, Any]], Mapping[str, Sequence[Mapping[str, Any]]]]
+PathLike = Union[str, "os.PathLike[str]"]
 
 __all__ = ["save_figure", "plot_loss", "plot_accuracy", "plot_entropy", "plot_training_curves", "plot_ensemble_curve"]
 
@@ -41,10 +49,24 @@ def _new_figure(figsize=(6.4, 4.2)):
     return fig
 
 
-def save_figure(fig, path, dpi=100):
+def save_figure(fig: Figure, path: PathLike, dpi: int = 100) -> str:
     """Save ``fig`` as PNG at ``path`` atomically (temp file in the same directory + ``os.replace``).
 
-    Creates the parent directory if needed and returns ``path`` as a string.
+    Creates the parent directory if needed.
+
+    Parameters
+    ----------
+    fig : matplotlib.figure.Figure
+        The figure (with a canvas; the plotting functions here use Agg).
+    path : str or os.PathLike
+        Where the PNG goes.
+    dpi : int
+        Resolution in dots per inch.
+
+    Returns
+    -------
+    str
+        ``path`` as a string.
     """
     return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight"))
 
@@ -97,16 +119,25 @@ def _curves(ax, runs, keys, positive=False):
     return drawn
 
 
-def plot_loss(history, path, title="Loss", keys=None):
+def plot_loss(history: History, path: PathLike, title: str = "Loss",
+              keys: Mapping[str, tuple[str, str]] | None = None) -> str:
     """Training and validation loss (log-y) vs epochs, saved as PNG at ``path``.
 
     Parameters
     ----------
     history : list of dict, or mapping label -> list of dict
+        Per-epoch rows of one run, or of several runs by legend label.
     path : str or os.PathLike
+        Where the PNG goes.
     title : str
+        Figure title.
     keys : dict, optional
         ``key -> (legend text, line style)``; default :data:`LOSS_KEYS`.
+
+    Returns
+    -------
+    str
+        ``path`` as a string.
     """
     runs = _as_runs(history)
     fig = _new_figure()
@@ -123,11 +154,27 @@ def plot_loss(history, path, title="Loss", keys=None):
     return save_figure(fig, path)
 
 
-def plot_accuracy(history, path, title="Accuracy", keys=None):
+def plot_accuracy(history: History, path: PathLike, title: str = "Accuracy",
+                  keys: Mapping[str, tuple[str, str]] | None = None) -> str:
     """Accuracy curves (train / validation, single sample, ensemble, deterministic) vs epochs.
 
-    Same arguments as :func:`plot_loss`; default keys :data:`ACCURACY_KEYS`. Accuracies are
-    fractions in [0, 1], plotted in percent.
+    Accuracies are fractions in [0, 1], plotted in percent.
+
+    Parameters
+    ----------
+    history : list of dict, or mapping label -> list of dict
+        Per-epoch rows of one run, or of several runs by legend label.
+    path : str or os.PathLike
+        Where the PNG goes.
+    title : str
+        Figure title.
+    keys : dict, optional
+        ``key -> (legend text, line style)``; default :data:`ACCURACY_KEYS`.
+
+    Returns
+    -------
+    str
+        ``path`` as a string.
     """
     runs = _as_runs(history)
     scaled = {label: [{k: (100 * v if isinstance(v, (int, float)) and k != "epoch" else v)
@@ -157,7 +204,8 @@ def _stage_entropy_keys(runs, prefix="val"):
     return [f"{head}{k}" for k in sorted(found)]
 
 
-def plot_entropy(history, path, title="Unit entropy", keys=None, prefix="val"):
+def plot_entropy(history: History, path: PathLike, title: str = "Unit entropy",
+                 keys: Mapping[str, tuple[str, str]] | None = None, prefix: str = "val") -> str:
     """Unit entropy (bits per binary unit, see :func:`sbnnumba.training.evaluate`) vs epochs.
 
     Parameters
@@ -166,11 +214,18 @@ def plot_entropy(history, path, title="Unit entropy", keys=None, prefix="val"):
         One run: the mean over all units (``<prefix>_entropy``, thick black) and one line per stage
         (``<prefix>_entropy.<k>``). Several runs: the mean over all units of each run.
     path : str or os.PathLike
+        Where the PNG goes.
     title : str
+        Figure title.
     keys : dict, optional
         ``key -> (legend text, line style)`` overriding the default choice above.
     prefix : str
         Which evaluation's entropy (``"val"``).
+
+    Returns
+    -------
+    str
+        ``path`` as a string.
     """
     runs = _as_runs(history)
     fig = _new_figure()
@@ -204,10 +259,29 @@ def plot_entropy(history, path, title="Unit entropy", keys=None, prefix="val"):
     return save_figure(fig, path)
 
 
-def plot_training_curves(history, out_dir, prefix="", title=""):
-    """Write ``<prefix>loss.png``, ``<prefix>accuracy.png`` and ``<prefix>entropy.png`` (unit entropy per
-    stage, :func:`plot_entropy`: on the validation images, or on the training images evaluated after each
-    epoch when a run has no validation part) into ``out_dir``; return the three paths."""
+def plot_training_curves(history: History, out_dir: PathLike, prefix: str = "",
+                         title: str = "") -> tuple[str, str, str]:
+    """Write ``<prefix>loss.png``, ``<prefix>accuracy.png`` and ``<prefix>entropy.png`` into ``out_dir``.
+
+    The entropy figure shows the unit entropy per stage (:func:`plot_entropy`): on the validation images,
+    or on the training images evaluated after each epoch when a run has no validation part.
+
+    Parameters
+    ----------
+    history : list of dict, or mapping label -> list of dict
+        Per-epoch rows of one run, or of several runs by legend label.
+    out_dir : str or os.PathLike
+        Directory of the three files (created if needed).
+    prefix : str
+        Prepended to the file names.
+    title : str
+        Prepended to each figure's title.
+
+    Returns
+    -------
+    tuple of str
+        The paths of the loss, accuracy and entropy figures.
+    """
     out_dir = os.fspath(out_dir)
     sep = " - " if title else ""
     which = "val" if any("val_entropy" in r for h in _as_runs(history).values() for r in h) else "train"
@@ -218,7 +292,8 @@ def plot_training_curves(history, out_dir, prefix="", title=""):
                          title=f"{title}{sep}unit entropy" + ("" if which == "val" else " (training images)")))
 
 
-def plot_ensemble_curve(curves, path, title="Test accuracy vs number of samples"):
+def plot_ensemble_curve(curves: Sequence[float] | Mapping[str, Sequence[float]], path: PathLike,
+                        title: str = "Test accuracy vs number of samples") -> str:
     """Ensemble accuracy vs number of averaged samples (log-2 x axis).
 
     Parameters
@@ -226,6 +301,14 @@ def plot_ensemble_curve(curves, path, title="Test accuracy vs number of samples"
     curves : sequence of float, or mapping label -> sequence of float
         ``curve[k - 1]`` = accuracy (fraction) of the ensemble of the first ``k`` samples.
     path : str or os.PathLike
+        Where the PNG goes.
+    title : str
+        Figure title.
+
+    Returns
+    -------
+    str
+        ``path`` as a string.
     """
     if not isinstance(curves, Mapping):
         curves = {"": curves}
