@@ -646,6 +646,26 @@ class PackedNetwork:
         assign a name to change it, e.g. ``packed.backend = "cuda"``). :meth:`from_network` takes the
         network's backend, :meth:`load` the default (``$SBNNUMBA_BACKEND`` or ``"cpu"``). Float and
         bit-plane stages and the head run on the host (NumPy / the Numba bit-plane kernel).
+
+    Parameters
+    ----------
+    stages : sequence of packed stages
+        As built by :meth:`from_network` or read by :meth:`load` (users call those, not the constructor);
+        each is prepared for ``dtype`` here.
+    head_weight : ndarray, shape (n_classes, n_in)
+        Weights of the real linear head (deterministic values for Bernoulli weights).
+    head_bias : ndarray, shape (n_classes,)
+        Its bias.
+    input_shape : tuple of int
+        Per-example input shape.
+    dtype : numpy dtype
+        float32 or float64.
+    head_in : (str, tuple of int)
+        The head's input descriptor ``(kind, shape)``: ``kind`` is ``"real"``, ``"dense"`` (packed vector)
+        or ``"conv"`` (packed map), ``shape`` the per-example shape, as the last stage's ``out_desc``; the logits are
+        ``h @ head_weight.T + head_bias`` with ``h`` that input unpacked to ``(B, n_in)``.
+    float_sizes : list of int, optional
+        Bytes of each stage and of the head as float32 (for :meth:`size_report`).
     """
 
     backend = BackendAttribute()

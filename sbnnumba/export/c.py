@@ -49,11 +49,15 @@ import re
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..fileio import atomic_write_text
 from .clit import define_array, real_literal
+
+if TYPE_CHECKING:
+    from ..packed import PackedNetwork
 
 __all__ = ["CExport", "TraceSlot", "export_c"]
 
@@ -69,9 +73,19 @@ _NEEDS = ("POPCOUNT", "INT_THRESHOLD", "REAL_THRESHOLD", "CONV", "BINARY_DENSE",
 class TraceSlot:
     """Where stage ``stage``'s pre-threshold values lie in ``<name>_trace``.
 
-    ``kind`` is ``"integer"`` (``trace.integer``, int32) or ``"real"`` (``trace.real``); the values
-    ``trace.<kind>[offset : offset + prod(shape)]`` are in the float network's layout ``shape``
-    ((N,) or (C, H, W)).
+    The values ``trace.<kind>[offset : offset + prod(shape)]`` are in the float network's layout
+    ``shape``.
+
+    Attributes
+    ----------
+    stage : int
+        Index of the stage.
+    kind : str
+        ``"integer"`` (``trace.integer``, int32) or ``"real"`` (``trace.real``).
+    offset : int
+        First index of the stage's values in that array.
+    shape : tuple of int
+        ``(N,)`` or ``(C, H, W)``.
     """
     stage: int
     kind: str
@@ -411,7 +425,7 @@ def _render_source(packed, b, fields):
         run="\n".join(run), public="\n".join(public))
 
 
-def export_c(packed, directory, name="model"):
+def export_c(packed: PackedNetwork, directory: str | os.PathLike[str], name: str = "model") -> CExport:
     """Write ``packed`` as a dependency-free C99 program into ``directory``.
 
     Files: ``<name>.h`` (API, compile-time buffer sizes, per-layer data size vs float32),
@@ -422,6 +436,7 @@ def export_c(packed, directory, name="model"):
     Parameters
     ----------
     packed : sbnnumba.PackedNetwork
+        The network to export.
     directory : path-like
         Created if missing; existing files of the same names are replaced (atomically).
     name : str, default "model"

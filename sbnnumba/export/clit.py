@@ -12,7 +12,10 @@ Every literal converts back to exactly the stored value:
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+import numpy.typing as npt
 
 __all__ = ["c_type", "define_array", "real_literal"]
 
@@ -20,8 +23,24 @@ _PER_LINE = {"uint64_t": 4, "int32_t": 12, "uint8_t": 32, "float": 8, "double": 
 _INDENT = "    "
 
 
-def c_type(dtype):
-    """C type of a NumPy dtype among uint64, int32, bool (stored as uint8_t 0/1), float32, float64."""
+def c_type(dtype: npt.DTypeLike) -> str:
+    """C type of a NumPy dtype among uint64, int32, bool (stored as uint8_t 0/1), uint8, float32, float64.
+
+    Parameters
+    ----------
+    dtype : numpy dtype
+        One of the six dtypes above.
+
+    Returns
+    -------
+    str
+        ``"uint64_t"``, ``"int32_t"``, ``"uint8_t"``, ``"float"`` or ``"double"``.
+
+    Raises
+    ------
+    TypeError
+        For any other dtype.
+    """
     dtype = np.dtype(dtype)
     table = {np.dtype(np.uint64): "uint64_t", np.dtype(np.int32): "int32_t", np.dtype(np.bool_): "uint8_t",
              np.dtype(np.uint8): "uint8_t", np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
@@ -30,8 +49,26 @@ def c_type(dtype):
     return table[dtype]
 
 
-def real_literal(value, dtype):
-    """The C literal of one float32 / float64 ``value`` (exact round trip, see the module docstring)."""
+def real_literal(value: Any, dtype: npt.DTypeLike) -> str:
+    """The C literal of one float32 / float64 ``value`` (exact round trip, see the module docstring).
+
+    Parameters
+    ----------
+    value : float or numpy floating scalar
+        Rounded to ``dtype`` first.
+    dtype : numpy dtype
+        float32 (literal with suffix ``f``) or float64.
+
+    Returns
+    -------
+    str
+        The shortest decimal that rounds back to the same value, or ``INFINITY`` / ``-INFINITY``.
+
+    Raises
+    ------
+    ValueError
+        For NaN.
+    """
     dtype = np.dtype(dtype)
     v = dtype.type(value)
     if np.isnan(v):
@@ -51,7 +88,7 @@ def _element(value, ctype, dtype):
     return str(int(value))
 
 
-def define_array(name, array, comment):
+def define_array(name: str, array: npt.ArrayLike, comment: str) -> tuple[str, int]:
     """``static const TYPE name[rows][cols] = {...};`` (1-d: ``name[n]``) with a comment line above.
 
     Parameters
@@ -78,7 +115,7 @@ def define_array(name, array, comment):
         raise ValueError(f"comment: must not contain '*/', got {comment!r}")
     rows = array.reshape(1, -1) if array.ndim == 1 else array
     per_line = _PER_LINE[ctype]
-    body = []
+    body: list[str] = []
     for row in rows:
         items = [_element(v, ctype, array.dtype) for v in row]
         lines = [", ".join(items[s:s + per_line]) for s in range(0, len(items), per_line)]
