@@ -70,7 +70,7 @@ def real_literal(value: Any, dtype: npt.DTypeLike) -> str:
         For NaN.
     """
     dtype = np.dtype(dtype)
-    v = dtype.type(value)
+    v: Any = dtype.type(value)  # a float32 or float64 scalar
     if np.isnan(v):
         raise ValueError(f"value: expected a finite or infinite real, got NaN (dtype {dtype})")
     if np.isinf(v):
