@@ -50,10 +50,13 @@ import csv
 import io
 import os
 import time
-from concurrent.futures import as_completed
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Executor, as_completed
 from pathlib import Path as FsPath
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from .backends import backend_names
 from .datasets import iterate_minibatches, toy2d
@@ -70,20 +73,51 @@ DEFAULT_EPOCHS = (100, 2000)
 TABLE_M = (1, 10, 100)
 
 
-def m_values(draws):
-    """The sample sizes M of the protocol that leave at least two groups (``M <= draws // 2``)."""
+def m_values(draws: int) -> list[int]:
+    """The sample sizes M of the protocol that leave at least two groups (``M <= draws // 2``).
+
+    Parameters
+    ----------
+    draws : int
+        Number of single-draw estimates.
+
+    Returns
+    -------
+    list of int
+        The M in {1..9, 10..90, 100..900, 1000..9000} with ``M <= max(1, draws // 2)``, increasing.
+    """
     ms = list(range(1, 10)) + list(range(10, 100, 10)) + list(range(100, 1000, 100)) + list(range(1000, 10000, 1000))
     return [m for m in ms if m <= max(1, draws // 2)]
 
 
 # ------------------------------------------------------------------------------------ setup
-def parse_method(spec):
+def parse_method(spec: str) -> tuple[str, str, dict[str, Any]]:
     """``"name"`` or ``"name:key=value,key=value"`` -> (label, name, options).
 
-    Values are parsed as ``true``/``false`` (bool), int or float where possible; the name and the option
-    names are validated (ValueError). The label is ``name`` or ``name(key=value, ...)``, e.g. ``concrete(tau=0.1)``."""
+    Values are parsed as ``true``/``false`` (bool), int or float where possible, else kept as strings.
+
+    Parameters
+    ----------
+    spec : str
+        An estimator with options, e.g. ``"concrete:tau=0.1"``.
+
+    Returns
+    -------
+    label : str
+        ``name`` or ``name(key=value, ...)``, e.g. ``concrete(tau=0.1)``.
+    name : str
+        The registered estimator name.
+    options : dict
+        Option name -> parsed value.
+
+    Raises
+    ------
+    ValueError
+        For an item without ``=``, an unknown estimator or an unknown option name.
+    """
     name, _, rest = spec.partition(":")
-    options = {}
+    options: dict[str, Any] = {}
+    value: Any  # the option's text, then its parsed value
     for item in filter(None, rest.split(",")):
         key, sep, value = item.partition("=")
         if not sep:
@@ -102,7 +136,7 @@ def parse_method(spec):
     return label, name, options
 
 
-def adf_rescale(net, x):
+def adf_rescale(net: Network, x: npt.ArrayLike) -> Network:
     r"""Data-dependent init: rescale every binary stage with ADF moments (spec psa.md 5.1).
 
     Stage by stage, with the moments ``(mu_a, v_a)`` of the pre-activation propagated by ADF from
@@ -110,7 +144,19 @@ def adf_rescale(net, x):
     the statistic is the mean and the total variance of ``a`` over the data *and* the noise:
     ``m = mean_n mu_a``, ``s^2 = mean_n v_a + var_n mu_a`` (law of total variance), per unit (per
     channel for maps, pooled over positions); then ``W <- W / s``, ``b <- (b - m) / s`` so that the
-    propagated pre-activation has mean 0 and variance 1. The head is not rescaled. Returns ``net``.
+    propagated pre-activation has mean 0 and variance 1. The head is not rescaled.
+
+    Parameters
+    ----------
+    net : Network
+        Modified in place.
+    x : array_like, shape (N, ...)
+        The data the moments are taken over.
+
+    Returns
+    -------
+    Network
+        ``net``.
     """
     mu, var = net.check_input(x), None
     for layer in net.stages:
@@ -124,12 +170,28 @@ def adf_rescale(net, x):
     return net
 
 
-def make_network(x, rng, sizes=(2, 5, 5, 5), backend="reference"):
+def make_network(x: npt.ArrayLike, rng: np.random.Generator, sizes: Sequence[int] = (2, 5, 5, 5),
+                 backend: str = "reference") -> Network:
     """The study's network: dense float64, ``U(-1, 1)`` parameters, then :func:`adf_rescale`.
 
     The default backend is ``"reference"``: for 200-row batches of 5-unit layers the NumPy reference
     PSA kernel is as fast as the parallel Numba one and, unlike it, does not slow down tenfold when
     the cores are shared with other processes.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, sizes[0])
+        Data of the initialization.
+    rng : numpy.random.Generator
+        Draws the initial parameters.
+    sizes : sequence of int
+        Input width and the widths of the binary stages (a 1-logit head follows).
+    backend : str
+        Backend name.
+
+    Returns
+    -------
+    Network
     """
     net = Network.dense(list(sizes), 1, rng=rng, dtype=np.float64, backend=backend)
     for p in net.params.values():
@@ -137,9 +199,42 @@ def make_network(x, rng, sizes=(2, 5, 5, 5), backend="reference"):
     return adf_rescale(net, x)
 
 
-def train_checkpoints(net, x, y, epochs, rng, method="reinforce", lr=0.03, momentum=0.9, batch_size=10,
-                      progress=True):
-    """Train with SGD (+momentum) and ``method``; return ``{epoch: copy of net.params}`` for ``epochs``."""
+def train_checkpoints(net: Network, x: np.ndarray, y: np.ndarray, epochs: Iterable[int], rng: np.random.Generator,
+                      method: str = "reinforce", lr: float = 0.03, momentum: float = 0.9, batch_size: int = 10,
+                      progress: bool = True) -> dict[int, dict[str, np.ndarray]]:
+    """Train with SGD (+momentum) and ``method``, keeping copies of the parameters at ``epochs``.
+
+    Parameters
+    ----------
+    net : Network
+        Trained in place.
+    x : ndarray, shape (N, ...)
+        Training inputs.
+    y : ndarray, shape (N,)
+        Labels.
+    epochs : iterable of int
+        Epochs to snapshot (0: before training); training runs to the largest.
+    rng : numpy.random.Generator
+        Draws the minibatch order and the estimator's noise.
+    method : str
+        Estimator of the training gradient.
+    lr, momentum : float
+        SGD step size and momentum (no Nesterov).
+    batch_size : int
+        Examples per step.
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    dict int -> dict str -> ndarray
+        ``{epoch: copy of net.params}``.
+
+    Raises
+    ------
+    FloatingPointError
+        When a gradient is not finite.
+    """
     from .optim import SGD
 
     wanted = sorted(set(int(e) for e in epochs))
@@ -164,12 +259,36 @@ def _tqdm(iterable=None, **kw):
 
 
 # ------------------------------------------------------------------------------------- draws
-def flat_gradient(net, grads):
+def flat_gradient(net: Network, grads: dict[str, np.ndarray]) -> np.ndarray:
+    """All gradient entries as one vector, in the order of ``net.params``.
+
+    Parameters
+    ----------
+    net : Network
+        Gives the parameter order.
+    grads : dict str -> ndarray
+        One array per parameter name.
+
+    Returns
+    -------
+    ndarray, shape (n_params,)
+    """
     return np.concatenate([np.ravel(grads[k]) for k in net.params])
 
 
-def layer_groups(net):
-    """[(layer label, index array into the flat gradient)] per stage and for the head."""
+def layer_groups(net: Network) -> list[tuple[str, np.ndarray]]:
+    """The entries of each layer in the flat gradient (:func:`flat_gradient`).
+
+    Parameters
+    ----------
+    net : Network
+        The study's network.
+
+    Returns
+    -------
+    list of (str, ndarray of int)
+        ``(layer prefix, indices into the flat gradient)`` per stage and for the head.
+    """
     keys = list(net.params)
     bounds = np.cumsum([0] + [net.params[k].size for k in keys])
     return [(prefix, np.concatenate([np.arange(bounds[i], bounds[i + 1])
@@ -177,11 +296,34 @@ def layer_groups(net):
             for prefix, _ in net.layers()]
 
 
-def draw_block(net, x, y, name, options, count, rng):
+def draw_block(net: Network, x: np.ndarray, y: np.ndarray, name: str, options: dict[str, Any], count: int,
+               rng: np.random.Generator) -> np.ndarray:
     """``count`` independent full-data gradient estimates ``(count, n_params)`` of one estimator.
 
     Path estimators get one sampled path of ``count * n`` rows and are called on each draw's n-row
     slice; direct estimators are called ``count`` times. All randomness comes from ``rng``.
+
+    Parameters
+    ----------
+    net : Network
+        The network at the checkpoint.
+    x : ndarray, shape (n, ...)
+        All data points.
+    y : ndarray, shape (n,)
+        Labels.
+    name : str
+        Estimator name.
+    options : dict
+        Its options.
+    count : int
+        Number of draws.
+    rng : numpy.random.Generator
+        Source of all noise.
+
+    Returns
+    -------
+    ndarray, shape (count, n_params), float64
+        One flat gradient (:func:`flat_gradient`) per row, each the mean over the ``n`` points.
     """
     kind, fn, opts = lookup(name, options)
     x, y = net.check_batch(x, y)
@@ -207,8 +349,9 @@ def _block_task(net, x, y, name, options, count, seed_words, threads):
         return draw_block(net, x, y, name, options, count, np.random.default_rng(seed_words))
 
 
-def draw_gradients(net, x, y, name, options, draws, seed, chunk=500, executor=None, threads=None, progress=True,
-                   desc=None):
+def draw_gradients(net: Network, x: np.ndarray, y: np.ndarray, name: str, options: dict[str, Any], draws: int,
+                   seed: int | Sequence[int], chunk: int = 500, executor: Executor | None = None,
+                   threads: int | None = None, progress: bool = True, desc: str | None = None) -> np.ndarray:
     """``draws`` independent full-data gradient estimates ``(draws, n_params)`` of one estimator.
 
     The draws are cut into blocks of ``chunk`` (the last may be shorter); block ``b`` is
@@ -219,13 +362,27 @@ def draw_gradients(net, x, y, name, options, draws, seed, chunk=500, executor=No
 
     Parameters
     ----------
+    net, x, y, name, options
+        As in :func:`draw_block`.
+    draws : int
+        Total number of draws.
     seed : int or sequence of int
         Entropy of the blocks' generators (the study uses ``[seed, epoch, method index]``).
     chunk : int >= 1
         Draws per block: one batched forward pass of ``chunk * n`` rows, and the unit of distribution.
     executor : concurrent.futures.Executor, optional
+        Where the blocks run (None: serially here).
     threads : int, optional
         Numba/BLAS threads per block on the executor's workers.
+    progress : bool
+        Show a progress bar.
+    desc : str, optional
+        Its label (default ``name``).
+
+    Returns
+    -------
+    ndarray, shape (draws, n_params), float64
+        The blocks concatenated in block order.
     """
     if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
         raise ValueError(f"chunk: expected an integer >= 1, got {chunk!r}")
@@ -249,7 +406,8 @@ def draw_gradients(net, x, y, name, options, draws, seed, chunk=500, executor=No
 
 
 # ------------------------------------------------------------------------------------ metrics
-def accuracy_metrics(draws, g_true, groups, ms):
+def accuracy_metrics(draws: npt.ArrayLike, g_true: npt.ArrayLike, groups: Sequence[tuple[str, np.ndarray]],
+                     ms: Iterable[int]) -> list[dict[str, Any]]:
     """Relative RMSE and cosine of M-sample averages, per layer.
 
     Parameters
@@ -286,8 +444,19 @@ def accuracy_metrics(draws, g_true, groups, ms):
 
 
 # ------------------------------------------------------------------------------------ outputs
-def atomic_write(path, write):
-    """Call ``write(tmp_path)`` and rename the temporary file onto ``path``."""
+def atomic_write(path: str | os.PathLike[str], write: Callable[[FsPath], object]) -> None:
+    """Call ``write(tmp_path)`` and rename the temporary file onto ``path``.
+
+    Unlike :func:`sbnnumba.fileio.atomic_write` the writer gets a path, not an open file (matplotlib and
+    Pillow write by name); the temporary file is removed if ``write`` raises.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file to write (its directory must exist).
+    write : callable
+        ``write(tmp_path)`` writes the whole file at ``tmp_path`` (a :class:`pathlib.Path`).
+    """
     path = FsPath(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -298,7 +467,21 @@ def atomic_write(path, write):
             tmp.unlink()
 
 
-def layer_title(label, n_stages):
+def layer_title(label: str, n_stages: int) -> str:
+    """Panel and table title of a layer, in the paper's numbering (``W1, b1`` is the first stage).
+
+    Parameters
+    ----------
+    label : str
+        ``"stages.<k>"`` or ``"head"`` (:func:`layer_groups`).
+    n_stages : int
+        Number of binary stages.
+
+    Returns
+    -------
+    str
+        E.g. ``"layer 0: W1, b1"``, ``"layer 3: head (V, c)"``.
+    """
     if label == "head":
         return f"layer {n_stages}: head (V, c)"
     k = int(label.split(".")[1])
@@ -306,15 +489,34 @@ def layer_title(label, n_stages):
     return f"layer {k}: W{k + 1}, b{k + 1}{last}"
 
 
-def plot_checkpoint(path, epoch, results, layers, n_stages, dpi=80):
-    """One figure: top row relative RMSE (log-log), bottom row cosine (mean and 15-85 % band)."""
+def plot_checkpoint(path: str | os.PathLike[str], epoch: int, results: dict[str, list[dict[str, Any]]],
+                    layers: Sequence[str], n_stages: int, dpi: int = 80) -> None:
+    """One figure: top row relative RMSE (log-log), bottom row cosine (mean and 15-85 % band).
+
+    One column per layer, one line per estimator; written atomically as a palette PNG.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The PNG file.
+    epoch : int
+        Checkpoint epoch (in the title).
+    results : dict str -> list of dict
+        Estimator label -> rows of :func:`accuracy_metrics`.
+    layers : sequence of str
+        Layer labels, one panel column each.
+    n_stages : int
+        Number of binary stages (for :func:`layer_title`).
+    dpi : int
+        Resolution.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, len(layers), figsize=(3.6 * len(layers), 6.4), sharex=True, squeeze=False)
-    colors = plt.get_cmap("tab10").colors
+    colors = plt.get_cmap("tab10").colors  # type: ignore[attr-defined]  # a ListedColormap
     for i, (label, rows) in enumerate(results.items()):
         style = dict(color=colors[i % 10], lw=2.2 if label == "psa" else 1.3, label=label)
         for j, layer in enumerate(layers):
@@ -356,7 +558,16 @@ def _save_small_png(buf, path):
 CSV_FIELDS = ("epoch", "method", "layer", "M", "groups", "rel_rmse", "cos_mean", "cos_q15", "cos_q85")
 
 
-def write_csv(path, study):
+def write_csv(path: str | os.PathLike[str], study: dict[str, Any]) -> None:
+    """Write every metric row of ``study`` as CSV, columns :data:`CSV_FIELDS`.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The CSV file (written atomically).
+    study : dict
+        As returned by :func:`run_study`.
+    """
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
     writer.writeheader()
@@ -367,8 +578,19 @@ def write_csv(path, study):
     atomic_write(path, lambda tmp: FsPath(tmp).write_text(buf.getvalue()))
 
 
-def markdown_tables(study):
-    """Markdown: per checkpoint, relative RMSE and cosine at M = 1 / 10 / 100 per layer and method."""
+def markdown_tables(study: dict[str, Any]) -> str:
+    """Markdown: per checkpoint, relative RMSE and cosine at M = 1 / 10 / 100 per layer and method.
+
+    Parameters
+    ----------
+    study : dict
+        As returned by :func:`run_study`.
+
+    Returns
+    -------
+    str
+        The document, ending with a newline.
+    """
     cfg = study["config"]
     lines = ["# Gradient accuracy on the 2-D toy set", "",
              f"Network 2-5-5-5, logistic noise, +-1 states, 1-logit head; {cfg['n_points']} points; "
@@ -397,15 +619,59 @@ def markdown_tables(study):
 
 
 # --------------------------------------------------------------------------------------- study
-def run_study(out, epochs=DEFAULT_EPOCHS, draws=20000, methods=DEFAULT_METHODS, seed=1, n_points=200,
-              lr=0.03, momentum=0.9, batch_size=10, train_method="reinforce", chunk=500, progress=True,
-              dpi=80, backend="reference", executor=None, threads=None, plots=True):
+def run_study(out: str | os.PathLike[str], epochs: Sequence[int] = DEFAULT_EPOCHS, draws: int = 20000,
+              methods: Sequence[str] = DEFAULT_METHODS, seed: int = 1, n_points: int = 200, lr: float = 0.03,
+              momentum: float = 0.9, batch_size: int = 10, train_method: str = "reinforce", chunk: int = 500,
+              progress: bool = True, dpi: int = 80, backend: str = "reference", executor: Executor | None = None,
+              threads: int | None = None, plots: bool = True) -> dict[str, Any]:
     """Run the whole study and write its outputs to ``out``; returns the results as a dict.
 
     The training runs here; the draws of every estimator go to ``executor`` (any
     :class:`concurrent.futures.Executor`, with ``threads`` Numba/BLAS threads per block) when given, with
     output identical to ``executor=None`` (see :func:`draw_gradients`); only the ms/draw timings differ.
-    ``plots=False`` skips the figures (seconds each on a loaded machine).
+
+    Parameters
+    ----------
+    out : str or os.PathLike
+        Output directory (created).
+    epochs : sequence of int
+        Checkpoints (0 = initialization).
+    draws : int
+        Single-draw estimates per estimator and checkpoint.
+    methods : sequence of str
+        Estimators as ``name`` or ``name:key=value,...`` (:func:`parse_method`).
+    seed : int
+        Seed of the initialization, the training and the draws.
+    n_points : int
+        Size of the toy set (:func:`sbnnumba.datasets.toy2d`).
+    lr, momentum, batch_size, train_method
+        Training to the checkpoints (:func:`train_checkpoints`).
+    chunk : int
+        Draws per block (:func:`draw_gradients`).
+    progress : bool
+        Show progress bars.
+    dpi : int
+        Resolution of the figures.
+    backend : str
+        Backend of the network.
+    executor : concurrent.futures.Executor, optional
+        Where the draw blocks run.
+    threads : int, optional
+        Numba/BLAS threads per block on the executor's workers.
+    plots : bool
+        ``False`` skips the figures (seconds each on a loaded machine).
+
+    Returns
+    -------
+    dict
+        ``"config"`` (the arguments), ``"checkpoints"`` (epoch -> ``loss``, ``accuracy``, ``layers``,
+        ``n_stages``, ``metrics`` label -> rows of :func:`accuracy_metrics`, ``ms_per_draw``, ``exact``
+        flat gradient), ``"seconds"`` and ``"train_seconds"``.
+
+    Raises
+    ------
+    ValueError
+        For ``draws < 1``, no or negative epochs, or an invalid method.
     """
     start = time.perf_counter()
     if draws < 1:
@@ -423,7 +689,7 @@ def run_study(out, epochs=DEFAULT_EPOCHS, draws=20000, methods=DEFAULT_METHODS, 
     train_seconds = time.perf_counter() - start
     ms = m_values(draws)
     groups = layer_groups(net)
-    study = {"config": dict(epochs=sorted(set(epochs)), draws=draws, methods=list(methods), seed=seed,
+    study: dict[str, Any] = {"config": dict(epochs=sorted(set(epochs)), draws=draws, methods=list(methods), seed=seed,
                             n_points=n_points, lr=lr, momentum=momentum, batch_size=batch_size,
                             train_method=train_method, backend=backend),
              "checkpoints": {}}
@@ -433,7 +699,7 @@ def run_study(out, epochs=DEFAULT_EPOCHS, draws=20000, methods=DEFAULT_METHODS, 
         atomic_write(out / f"checkpoint_epoch{epoch}.npz", lambda tmp: _save_npz(tmp, snaps[epoch]))
         loss, g = estimate("exact", net, x, y)
         g_true = flat_gradient(net, g)
-        ck = {"loss": loss, "layers": [la for la, _ in groups], "n_stages": len(net.stages),
+        ck: dict[str, Any] = {"loss": loss, "layers": [la for la, _ in groups], "n_stages": len(net.stages),
               "accuracy": float(np.mean(net.predict(x, samples=20, rng=np.random.default_rng([seed, epoch])) == y)),
               "metrics": {}, "ms_per_draw": {}, "exact": g_true}
         for i, (label, name, options) in enumerate(parsed):
@@ -459,9 +725,21 @@ def _save_npz(path, arrays):
         np.savez(fh, **arrays)
 
 
-def main(argv=None, prog="python -m sbnnumba.gradstudy"):
-    """Command line: ``python -m sbnnumba.gradstudy --out DIR [--epochs 1 100 2000] [--draws 20000] ...``;
-    ``prog`` is the command named in usage and error messages (``python -m sbnnumba gradcheck`` from the CLI)."""
+def main(argv: Sequence[str] | None = None, prog: str = "python -m sbnnumba.gradstudy") -> int:
+    """Command line: ``python -m sbnnumba.gradstudy --out DIR [--epochs 1 100 2000] [--draws 20000] ...``.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        Arguments (default ``sys.argv[1:]``).
+    prog : str
+        The command named in usage and error messages (``python -m sbnnumba gradcheck`` from the CLI).
+
+    Returns
+    -------
+    int
+        Exit status 0 (argument errors exit through argparse with status 2).
+    """
     parser = argparse.ArgumentParser(
         prog=prog, description="Gradient-accuracy study of the PSA paper on the 2-D toy set (psa.md 5.1).")
     parser.add_argument("--out", default="gradient_accuracy", help="output directory (default: %(default)s)")
