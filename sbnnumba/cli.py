@@ -48,11 +48,13 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
 from . import runtime
-from .training.config import Flag, Integer, Number, command_line_fields
+from .training.config import Check, Flag, Integer, Number, command_line_fields
 
 PROG = "python -m sbnnumba"
 DEFAULT_HIDDEN = "256,256"
@@ -100,9 +102,22 @@ def _int_list(name, count=None):
     return parse
 
 
-def arg_type(check, name=None):
+def arg_type(check: Check, name: str | None = None) -> Callable[[str], Any]:
     """An argparse ``type`` from a :class:`sbnnumba.training.config.Check`: the same checks and messages as the
-    library's (``FitConfig``), reported as a usage error."""
+    library's (``FitConfig``), reported as a usage error.
+
+    Parameters
+    ----------
+    check : sbnnumba.training.config.Check
+        Parses and checks one command-line value.
+    name : str, optional
+        What argparse calls the value in its messages (default: ``check.expected``).
+
+    Returns
+    -------
+    callable
+        ``parse(text) -> value``, raising ``argparse.ArgumentTypeError`` with the check's message.
+    """
     def parse(text):
         try:
             return check.parse(text)
@@ -129,8 +144,24 @@ def _lr(text):
 _lr.__name__ = "learning rate"
 
 
-def bn_gamma_arg(text):
-    """``--bn-gamma``: a positive number or ``noise-std`` (shared with the bench scripts)."""
+def bn_gamma_arg(text: str) -> float | str:
+    """``--bn-gamma``: a positive number or ``noise-std`` (shared with the bench scripts).
+
+    Parameters
+    ----------
+    text : str
+        The command-line value.
+
+    Returns
+    -------
+    float or str
+        The number, or ``"noise-std"``.
+
+    Raises
+    ------
+    argparse.ArgumentTypeError
+        For anything else.
+    """
     if text.strip().lower() == "noise-std":
         return "noise-std"
     try:
@@ -170,7 +201,16 @@ def _add_fit_options(parser):
                                 choices=check.choices)
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m sbnnumba`` with its ``train``, ``evaluate`` and ``export`` subcommands.
+
+    ``gradcheck`` and ``sweep`` are listed but parsed by their own modules (:func:`main` hands them the
+    remaining arguments). Usage errors raise :class:`CLIError` instead of exiting.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+    """
     from sbnnumba.architectures import ARCHITECTURES
     from sbnnumba.backends import backend_names
     from sbnnumba.noise import NOISES
@@ -282,8 +322,21 @@ def _quantization(text):
 
 
 # ================================================================================= data
-def load_data(spec, verbose=True):
-    """``"auto"``, ``"embedded"`` or a directory -> Dataset (CLIError for a bad directory)."""
+def load_data(spec: str | None, verbose: bool = True) -> Any:
+    """``"auto"``, ``"embedded"`` or a directory -> Dataset (CLIError for a bad directory).
+
+    Parameters
+    ----------
+    spec : str or None
+        ``--data``: ``"auto"`` (or None; full Fashion-MNIST if found, else the embedded subset),
+        ``"embedded"`` or a directory of IDX files.
+    verbose : bool
+        Print which data is in use.
+
+    Returns
+    -------
+    sbnnumba.datasets.Dataset
+    """
     from sbnnumba import datasets
 
     if spec in (None, "auto"):
@@ -322,8 +375,27 @@ TRAIN_RESULTS = ("test_metrics.json", "ensemble_accuracy.png")
 EVALUATE_RESULTS = ("evaluate_metrics.json", "evaluate_ensemble_accuracy.png")  # never a training run's names
 
 
-def report_test(metrics, out, label="test", names=TRAIN_RESULTS):
-    """Print the test metrics, save them and the ensemble curve in ``out`` under ``names`` (json, png)."""
+def report_test(metrics: dict[str, Any], out: str, label: str = "test",
+                names: Sequence[str] = TRAIN_RESULTS) -> list[str]:
+    """Print the test metrics, save them and the ensemble curve in ``out`` under ``names`` (json, png).
+
+    Parameters
+    ----------
+    metrics : dict
+        As returned by :func:`sbnnumba.training.evaluate` (``loss``, ``acc1``, ``eacc``, ``det_acc``,
+        ``samples``, ``n``, ``curve``, ...).
+    out : str
+        Directory of the two files.
+    label : str
+        Names the data in the printed line and the figure's title.
+    names : (str, str)
+        File names of the JSON metrics and the PNG ensemble curve.
+
+    Returns
+    -------
+    list of str
+        The two paths written.
+    """
     from sbnnumba.fileio import atomic_write_text
     from sbnnumba.plots import plot_ensemble_curve
 
@@ -460,9 +532,20 @@ def _communicator(args):
     return comm
 
 
-def cmd_train(args):
+def cmd_train(args: argparse.Namespace) -> int:
     """``train``; with ``--distributed`` every rank runs it, an error on any rank ends the job (naming the
-    rank), and only rank 0 prints."""
+    rank), and only rank 0 prints.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed ``train`` arguments (:func:`build_parser`).
+
+    Returns
+    -------
+    int
+        Exit status 0 (errors raise; :func:`main` maps them to statuses).
+    """
     comm = _communicator(args)
     if comm is None:
         return _train(args)
@@ -563,7 +646,23 @@ def _train_in(args, out, search, comm):
     return 0
 
 
-def cmd_evaluate(args):
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """``evaluate CHECKPOINT``: test metrics and the ensemble curve of a training checkpoint.
+
+    Evaluates on the test images of ``--data`` (default: the data the checkpoint was trained on) and
+    writes ``evaluate_metrics.json`` and ``evaluate_ensemble_accuracy.png`` into ``--out`` (default: the
+    checkpoint's directory).
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed ``evaluate`` arguments.
+
+    Returns
+    -------
+    int
+        Exit status 0.
+    """
     from sbnnumba import training
 
     try:
@@ -613,7 +712,19 @@ def _packed_network(args):
     return packed_mod.PackedNetwork.from_network(net, input_quantization=args.input_quantization)
 
 
-def cmd_export(args):
+def cmd_export(args: argparse.Namespace) -> int:
+    """``export CHECKPOINT --format c --out DIR``: write the packed network as C99 and print its size.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed ``export`` arguments.
+
+    Returns
+    -------
+    int
+        Exit status 0.
+    """
     result = _packed_network(args).export_c(args.out, name=args.name)
     print("wrote " + ", ".join(result.files.values()))
     print(f"constant data {result.data_bytes:,d} bytes; the float32 network: "
@@ -623,7 +734,19 @@ def cmd_export(args):
     return 0
 
 
-def cmd_gradcheck(argv):
+def cmd_gradcheck(argv: Sequence[str]) -> int:
+    """``gradcheck``: the gradient-accuracy study, :func:`sbnnumba.gradstudy.main` on ``argv``.
+
+    Parameters
+    ----------
+    argv : sequence of str
+        The arguments after ``gradcheck``.
+
+    Returns
+    -------
+    int
+        The study's exit status (its argparse's for ``--help`` and usage errors).
+    """
     import importlib
 
     try:
@@ -647,9 +770,17 @@ class _PrintHandler(logging.Handler):
 
 
 @contextlib.contextmanager
-def library_log():
+def library_log() -> Iterator[None]:
     """Print the library's log lines (INFO and up: ``fit``'s epoch lines when ``progress`` is on, the
-    learning-rate search's trials) while the block runs; shared with the bench scripts."""
+    learning-rate search's trials) while the block runs; shared with the bench scripts.
+
+    A context manager: it adds a handler printing to ``sys.stdout`` to the ``"sbnnumba"`` logger at INFO
+    level and restores the logger on exit.
+
+    Yields
+    ------
+    None
+    """
     logger = logging.getLogger("sbnnumba")
     handler, level = _PrintHandler(logging.INFO), logger.level
     logger.addHandler(handler)
@@ -667,8 +798,19 @@ def _run(args):
         return commands[args.command](args)
 
 
-def main(argv=None):
-    """Entry point; returns the exit status (0 ok, 1 training diverged, 2 usage/input error)."""
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m sbnnumba``.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        Command and arguments (default ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        Exit status: 0 ok, 1 training diverged, 2 usage or input error, 130 interrupted.
+    """
     from sbnnumba.training import CheckpointError, TrainingDiverged
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -712,12 +854,13 @@ def main(argv=None):
         return 130
 
 
-def os_error_line(exc):
+def os_error_line(exc: OSError) -> str:
     """One line naming the path and the cause of an OSError.
 
     Parameters
     ----------
     exc : OSError
+        The error.
 
     Returns
     -------

@@ -66,7 +66,17 @@ _L2_BYTES = 256 * 1024  # budget for one panel block of B
 
 
 def n_words(k):
-    """Number of 64-bit words holding ``k`` bits: ``ceil(k / 64)``."""
+    """Number of 64-bit words holding ``k`` bits: ``ceil(k / 64)``.
+
+    Parameters
+    ----------
+    k : int
+        Number of bits (>= 0).
+
+    Returns
+    -------
+    int
+    """
     return -(-int(k) // WORD_BITS)
 
 
@@ -78,7 +88,18 @@ _BYTE_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint
 
 
 def popcount_reference(words):
-    """Per-word population count of a ``uint64`` array (NumPy; any shape), as ``int64``."""
+    """Per-word population count of a ``uint64`` array (NumPy; any shape), as ``int64``.
+
+    Parameters
+    ----------
+    words : array_like of uint64, any shape
+        Packed words.
+
+    Returns
+    -------
+    ndarray of int64, same shape as ``words``
+        Set bits per word, in ``[0, 64]``.
+    """
     words = np.asarray(words, dtype=np.uint64)
     if hasattr(np, "bitwise_count"):  # NumPy >= 2.0
         return np.bitwise_count(words).astype(np.int64)
@@ -514,10 +535,28 @@ def xnor_conv2d_threshold(x, panels, geometry, limits, limit_class, flip_words, 
 def padding_classes(size, kernel, stride, pad, out_size):
     """Classify output positions along one axis by which kernel taps fall inside the input.
 
-    Returns ``(class_of_position (out_size,) int64, valid_ranges (n_classes, 2) int64)``: output
-    position ``o`` reads input ``o * stride - pad + d`` for taps ``d``; the taps with
+    Output position ``o`` reads input ``o * stride - pad + d`` for taps ``d``; the taps with
     ``valid_ranges[class_of_position[o]] = [d_lo, d_hi)`` are inside ``[0, size)``, the others are
     in the padding. Interior positions share one class, so there are at most a few classes.
+
+    Parameters
+    ----------
+    size : int
+        Input length along the axis.
+    kernel : int
+        Kernel length.
+    stride : int
+        Stride.
+    pad : int
+        Zero padding on each side.
+    out_size : int
+        Output length.
+
+    Returns
+    -------
+    class_of_position : ndarray of int64, shape (out_size,)
+    valid_ranges : ndarray of int64, shape (n_classes, 2)
+        ``[d_lo, d_hi)`` of each class, sorted.
     """
     origin = np.arange(out_size, dtype=np.int64) * stride - pad
     d_lo = np.clip(-origin, 0, kernel)
@@ -559,7 +598,18 @@ def padding_corrections(tap_sums, row_ranges, col_ranges):
 # ---------------------------------------------------------------------------------------------------
 
 def panel_layout(words):
-    """Panel layout of packed weights (N, ...) -> (ceil(N/32), 32 * row_words), see :class:`PreparedWeights`."""
+    """Panel layout of packed weights (N, ...) -> (ceil(N/32), 32 * row_words), see :class:`PreparedWeights`.
+
+    Parameters
+    ----------
+    words : ndarray of uint64, shape (N, ...)
+        Packed weights; each row is flattened to ``row_words`` words.
+
+    Returns
+    -------
+    ndarray of uint64, shape (ceil(N/32), 32 * row_words)
+        ``panels[p, 32 w + c] = words[32 p + c].ravel()[w]``, zero past the last row.
+    """
     rows = words.reshape(words.shape[0], int(np.prod(words.shape[1:])))
     panels = np.empty((-(-rows.shape[0] // PANEL_LANES), PANEL_LANES * rows.shape[1]), np.uint64)
     words_to_panels(rows, panels)
@@ -579,6 +629,13 @@ class PreparedWeights:
         ``panels[p, 32 w + c] = words[32 p + c].ravel()[w]``, zero past the last row. Computed at
         construction when ``panels=True`` (:func:`sbnnumba.bitpack.prepare_weights`), else at the first
         use, so a backend that never reads it (e.g. CUDA) never pays for it.
+
+    Parameters
+    ----------
+    words : ndarray of uint64
+        See Attributes.
+    panels : bool
+        Compute the panel layout now (else at its first use).
     """
 
     __slots__ = ("words", "_panels")
@@ -595,14 +652,37 @@ class PreparedWeights:
 
 
 def padded_limits(limits, n_panels):
-    """Pad the last axis with NEVER up to 32 * n_panels (padding columns always give bit 0)."""
+    """Pad the last axis with NEVER up to 32 * n_panels (padding columns always give bit 0).
+
+    Parameters
+    ----------
+    limits : ndarray of int64, shape (..., N)
+        Popcount limits per output column (bit set iff popcount > limit).
+    n_panels : int
+        Panels of the weights, ``ceil(N/32)``.
+
+    Returns
+    -------
+    ndarray of int64, shape (..., 32 * n_panels)
+    """
     out = np.full(limits.shape[:-1] + (n_panels * PANEL_LANES,), NEVER, np.int64)
     out[..., :limits.shape[-1]] = limits
     return out
 
 
 def flip_words(flip):
-    """Per-column bool ``flip`` (N,) -> packed uint64 words (ceil(N/64),), padding 0."""
+    """Per-column bool ``flip`` (N,) -> packed uint64 words (ceil(N/64),), padding 0.
+
+    Parameters
+    ----------
+    flip : array_like of bool, shape (N,)
+        Columns to negate.
+
+    Returns
+    -------
+    ndarray of uint64, shape (ceil(N/64),)
+        Bit ``j`` set where ``flip[j]``, XORed into the kernels' output words.
+    """
     return pack_reference(np.where(flip, -1, 1).astype(np.int8))
 
 
@@ -611,7 +691,20 @@ def flip_words(flip):
 # ---------------------------------------------------------------------------------------------------
 
 def pack_reference(x):
-    """Pack ``x < 0`` along the last axis: (..., K) -> uint64 (..., ceil(K/64)), bit i = element i."""
+    """Pack ``x < 0`` along the last axis: (..., K) -> uint64 (..., ceil(K/64)), bit i = element i.
+
+    NumPy reference of the packing kernel (``np.packbits``, little-endian bit and byte order).
+
+    Parameters
+    ----------
+    x : array_like, shape (..., K)
+        Real values (NaN is not detected here).
+
+    Returns
+    -------
+    ndarray of uint64, shape (..., ceil(K/64))
+        Bit ``i % 64`` of word ``i // 64`` is ``x[..., i] < 0``; padding bits 0.
+    """
     x = np.asarray(x)
     k = x.shape[-1]
     bits = np.zeros(x.shape[:-1] + (n_words(k) * WORD_BITS,), np.uint8)
@@ -621,14 +714,44 @@ def pack_reference(x):
 
 
 def unpack_reference(words, k, dtype=np.float32):
-    """Inverse of :func:`pack_reference`: uint64 (..., ceil(k/64)) -> +-1 (..., k) of ``dtype``."""
+    r"""Inverse of :func:`pack_reference`: uint64 (..., ceil(k/64)) -> +-1 (..., k) of ``dtype``.
+
+    .. math:: x[..., i] = 1 - 2\, \mathrm{bit}_{i \bmod 64}(\mathrm{words}[..., \lfloor i/64 \rfloor])
+
+    Parameters
+    ----------
+    words : array_like of uint64, shape (..., ceil(k/64))
+        Packed words.
+    k : int
+        True length of the last axis (padding bits ignored).
+    dtype : dtype
+        Output dtype.
+
+    Returns
+    -------
+    ndarray, shape (..., k), of ``dtype`` with values in {-1, +1}
+    """
     words = np.ascontiguousarray(words, dtype=np.uint64).astype("<u8")
     bits = np.unpackbits(words.view(np.uint8), axis=-1, count=k, bitorder="little")
     return (1 - 2 * bits.astype(np.int8)).astype(dtype)
 
 
 def matmul_reference(a_words, b_words, k):
-    """``out[i, j] = k - 2 sum_w popcount(a[i, w] ^ b[j, w])``, int32 (M, N)."""
+    """``out[i, j] = k - 2 sum_w popcount(a[i, w] ^ b[j, w])``, int32 (M, N): the +-1 product ``a @ b.T``.
+
+    Parameters
+    ----------
+    a_words : array_like of uint64, shape (M, ceil(k/64))
+        Packed rows of ``a``.
+    b_words : array_like of uint64, shape (N, ceil(k/64))
+        Packed rows of ``b``.
+    k : int
+        True row length (padding bits 0 in both).
+
+    Returns
+    -------
+    ndarray of int32, shape (M, N)
+    """
     a_words = np.asarray(a_words, np.uint64)
     b_words = np.asarray(b_words, np.uint64)
     out = np.empty((a_words.shape[0], b_words.shape[0]), np.int32)
@@ -638,7 +761,21 @@ def matmul_reference(a_words, b_words, k):
 
 
 def sign_threshold_reference(dots, thresholds, flip=None):
-    """``y = +1 if dot >= threshold else -1`` per column (last axis), negated where ``flip``."""
+    """``y = +1 if dot >= threshold else -1`` per column (last axis), negated where ``flip``.
+
+    Parameters
+    ----------
+    dots : array_like, shape (..., N)
+        Integer products.
+    thresholds : float or array_like, shape (N,)
+        Per column.
+    flip : array_like of bool, shape (N,), optional
+        Columns whose sign is negated.
+
+    Returns
+    -------
+    ndarray of int8, shape (..., N), values in {-1, +1}
+    """
     y = np.where(dots >= np.asarray(thresholds), 1, -1).astype(np.int8)
     if flip is not None:
         y = np.where(np.asarray(flip, bool), -y, y).astype(np.int8)
@@ -646,7 +783,23 @@ def sign_threshold_reference(dots, thresholds, flip=None):
 
 
 def matmul_threshold_reference(a_words, b_words, k, thresholds, flip=None):
-    """Packed ``sign(a @ b.T - thresholds)`` (optionally flipped per column): uint64 (M, ceil(N/64))."""
+    """Packed ``sign(a @ b.T - thresholds)`` (optionally flipped per column): uint64 (M, ceil(N/64)).
+
+    :func:`sign_threshold_reference` of :func:`matmul_reference`, packed with :func:`pack_reference`.
+
+    Parameters
+    ----------
+    a_words, b_words, k
+        As in :func:`matmul_reference`.
+    thresholds : float or array_like, shape (N,)
+        Per output column.
+    flip : array_like of bool, shape (N,), optional
+        Columns whose sign is negated.
+
+    Returns
+    -------
+    ndarray of uint64, shape (M, ceil(N/64))
+    """
     return pack_reference(sign_threshold_reference(matmul_reference(a_words, b_words, k), thresholds, flip))
 
 
@@ -656,6 +809,22 @@ def conv2d_reference(x_words, w_words, c_in, stride=(1, 1), padding=(0, 0)):
     Taps in the padding are skipped (their input value is 0), the others contribute
     ``c_in - 2 popcount(x_tap ^ w_tap)``; no correction term is involved, so this is an
     independent check of the kernels' "+1 and subtract" handling of the padding.
+
+    Parameters
+    ----------
+    x_words : array_like of uint64, shape (B, H, W, ceil(c_in/64))
+        Input maps packed along channels.
+    w_words : array_like of uint64, shape (C_out, kh, kw, ceil(c_in/64))
+        Weights packed along input channels.
+    c_in : int
+        True number of input channels.
+    stride, padding : (int, int)
+        Vertical and horizontal stride and zero padding.
+
+    Returns
+    -------
+    ndarray of int32, shape (B, C_out, H_out, W_out)
+        ``H_out = (H + 2 p_h - kh) // s_h + 1``, likewise ``W_out``.
     """
     x_words = np.asarray(x_words, np.uint64)
     w_words = np.asarray(w_words, np.uint64)
@@ -680,6 +849,20 @@ def conv2d_reference(x_words, w_words, c_in, stride=(1, 1), padding=(0, 0)):
 
 
 def conv2d_threshold_reference(x_words, w_words, c_in, thresholds, flip=None, stride=(1, 1), padding=(0, 0)):
-    """Packed signs of :func:`conv2d_reference` in the input layout: uint64 (B, H_out, W_out, ceil(C_out/64))."""
+    """Packed signs of :func:`conv2d_reference` in the input layout: uint64 (B, H_out, W_out, ceil(C_out/64)).
+
+    Parameters
+    ----------
+    x_words, w_words, c_in, stride, padding
+        As in :func:`conv2d_reference`.
+    thresholds : float or array_like, shape (C_out,)
+        Per output channel.
+    flip : array_like of bool, shape (C_out,), optional
+        Channels whose sign is negated.
+
+    Returns
+    -------
+    ndarray of uint64, shape (B, H_out, W_out, ceil(C_out/64))
+    """
     dots = conv2d_reference(x_words, w_words, c_in, stride, padding).transpose(0, 2, 3, 1)
     return pack_reference(sign_threshold_reference(dots, thresholds, flip))

@@ -336,7 +336,20 @@ def bitplane_gemm_threshold(planes, panels, limits, invert_words, out_words):
 # ---------------------------------------------------------------------------------------------------
 
 def planes_reference(q, bits):
-    """Bit-planes of integer codes ``q`` (..., K) in [0, 2^bits): uint64 (..., bits, ceil(K/64))."""
+    """Bit-planes of integer codes ``q`` (..., K) in [0, 2^bits): uint64 (..., bits, ceil(K/64)).
+
+    Parameters
+    ----------
+    q : array_like of int, shape (..., K)
+        Codes in ``[0, 2^bits)``.
+    bits : int
+        Number of planes.
+
+    Returns
+    -------
+    ndarray of uint64, shape (..., bits, ceil(K/64))
+        Plane ``b`` has bit ``i`` set where bit ``b`` of ``q[..., i]`` is 1.
+    """
     q = np.asarray(q).astype(np.int64)
     planes = [pack_reference(np.where((q >> b) & 1, -1, 1)) for b in range(bits)]  # bit set = plane bit 1
     return np.stack(planes, axis=-2)
@@ -346,6 +359,19 @@ def bitplane_matmul_reference(planes, w_words, k):
     r"""``z[i, j] = sum_b 2^b (popcount(q_b) - 2 popcount(q_b AND W_j))`` over the words: int64 (M, N).
 
     Uses the AND form (independent of the kernels' XOR form); equals ``q @ w.T`` for ``w`` = +-1.
+
+    Parameters
+    ----------
+    planes : array_like of uint64, shape (M, bits, ceil(k/64))
+        Bit-planes of the codes ``q`` (:func:`planes_reference`).
+    w_words : array_like of uint64, shape (N, ceil(k/64))
+        Packed +-1 weights (bit set = -1).
+    k : int
+        True reduction length (unused: padding bits are 0 in both operands).
+
+    Returns
+    -------
+    ndarray of int64, shape (M, N)
     """
     planes = np.asarray(planes, np.uint64)
     w_words = np.asarray(w_words, np.uint64)
@@ -359,7 +385,21 @@ def bitplane_matmul_reference(planes, w_words, k):
 
 
 def bitplane_threshold_reference(z, thresholds, flip=None):
-    """Packed signs of integer products ``z`` (M, N): +1 iff ``z >= t`` (negated where ``flip``)."""
+    """Packed signs of integer products ``z`` (M, N): +1 iff ``z >= t`` (negated where ``flip``).
+
+    Parameters
+    ----------
+    z : ndarray, shape (M, N)
+        Integer products.
+    thresholds : array_like, shape (N,)
+        Per column.
+    flip : array_like of bool, shape (N,), optional
+        Columns whose sign is negated.
+
+    Returns
+    -------
+    ndarray of uint64, shape (M, ceil(N/64))
+    """
     y = np.where(z >= np.asarray(thresholds)[None, :], 1, -1)
     if flip is not None:
         y = np.where(np.asarray(flip, bool)[None, :], -y, y)

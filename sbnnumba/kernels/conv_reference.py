@@ -28,13 +28,38 @@ from . import reference
 
 
 def output_size(in_hw, kernel_size, stride, padding):
-    """(H_out, W_out) = ((H + 2 ph - kh) // sh + 1, (W + 2 pw - kw) // sw + 1); may be <= 0 if too small."""
+    """(H_out, W_out) = ((H + 2 ph - kh) // sh + 1, (W + 2 pw - kw) // sw + 1); may be <= 0 if too small.
+
+    Parameters
+    ----------
+    in_hw : (int, int)
+        Input height and width.
+    kernel_size, stride, padding : (int, int)
+        Kernel size, stride and zero padding, (vertical, horizontal).
+
+    Returns
+    -------
+    tuple of (int, int)
+    """
     return tuple((n + 2 * p - k) // s + 1 for n, k, s, p in zip(in_hw, kernel_size, stride, padding))
 
 
 def windows(x, kernel_size, stride, padding):
     """Strided view (B, C, H_out, W_out, kh, kw) of the zero-padded map ``x``: ``[..., oy, ox, dy, dx]`` is
-    ``x_padded[..., sh*oy + dy, sw*ox + dx]``. Only the padding is copied."""
+    ``x_padded[..., sh*oy + dy, sw*ox + dx]``. Only the padding is copied.
+
+    Parameters
+    ----------
+    x : ndarray, shape (B, C, H, W)
+        Input maps.
+    kernel_size, stride, padding : (int, int)
+        Kernel size, stride and zero padding, (vertical, horizontal).
+
+    Returns
+    -------
+    ndarray, shape (B, C, H_out, W_out, kh, kw)
+        A read-only view (of a padded copy when ``padding`` is not zero).
+    """
     (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
     if ph or pw:
         x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
@@ -44,7 +69,20 @@ def windows(x, kernel_size, stride, padding):
 
 def im2col(x, kernel_size, stride, padding):
     """Patch matrix (B * H_out * W_out, C * kh * kw) of ``x`` (B, C, H, W); rows ordered (b, oy, ox),
-    columns (c, dy, dx) like ``weight.reshape(C_out, -1)``."""
+    columns (c, dy, dx) like ``weight.reshape(C_out, -1)``.
+
+    Parameters
+    ----------
+    x : ndarray, shape (B, C, H, W)
+        Input maps.
+    kernel_size, stride, padding : (int, int)
+        Kernel size, stride and zero padding, (vertical, horizontal).
+
+    Returns
+    -------
+    ndarray, shape (B * H_out * W_out, C * kh * kw)
+        ``cols[(b, oy, ox), (c, dy, dx)] = x_pad[b, c, sh*oy + dy, sw*ox + dx]``.
+    """
     win = windows(x, kernel_size, stride, padding)
     b, c, ho, wo, kh, kw = win.shape
     return win.transpose(0, 2, 3, 1, 4, 5).reshape(b * ho * wo, c * kh * kw)
@@ -52,7 +90,21 @@ def im2col(x, kernel_size, stride, padding):
 
 def col2im(cols, in_shape, kernel_size, stride, padding):
     """Transpose of :func:`im2col`: sum the patch entries (B * H_out * W_out, C * kh * kw) back onto the
-    input positions of a (B, C, H, W) map (``in_shape`` = (C, H, W)); padded positions are dropped."""
+    input positions of a (B, C, H, W) map (``in_shape`` = (C, H, W)); padded positions are dropped.
+
+    Parameters
+    ----------
+    cols : ndarray, shape (B * H_out * W_out, C * kh * kw)
+        Patch-matrix values (e.g. the gradient with respect to :func:`im2col`'s output).
+    in_shape : (int, int, int)
+        ``(C, H, W)``.
+    kernel_size, stride, padding : (int, int)
+        As for :func:`im2col`.
+
+    Returns
+    -------
+    ndarray, shape (B, C, H, W), dtype of ``cols``
+    """
     c, h, w = in_shape
     (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
     ho, wo = output_size((h, w), kernel_size, stride, padding)
@@ -67,7 +119,26 @@ def col2im(cols, in_shape, kernel_size, stride, padding):
 
 
 def conv_forward(x, weight, bias, stride, padding):
-    """``a[b, c, oy, ox] = sum_{r, dy, dx} W[c, r, dy, dx] x_pad[b, r, sh*oy + dy, sw*ox + dx] + bias[c]``."""
+    """``a[b, c, oy, ox] = sum_{r, dy, dx} W[c, r, dy, dx] x_pad[b, r, sh*oy + dy, sw*ox + dx] + bias[c]``.
+
+    NumPy reference of a convolution layer's forward pass (:func:`im2col` and one matrix product).
+
+    Parameters
+    ----------
+    x : ndarray, shape (B, C_in, H, W)
+        Input maps.
+    weight : ndarray, shape (C_out, C_in, kh, kw)
+        Kernels.
+    bias : ndarray, shape (C_out,)
+        Biases.
+    stride, padding : (int, int)
+        Vertical and horizontal stride and zero padding.
+
+    Returns
+    -------
+    ndarray, shape (B, C_out, H_out, W_out)
+        A transposed view (not C-contiguous).
+    """
     c_out, _, kh, kw = weight.shape
     ho, wo = output_size(x.shape[2:], (kh, kw), stride, padding)
     cols = im2col(x, (kh, kw), stride, padding)

@@ -29,7 +29,28 @@ from numba.extending import register_jitable
 
 @register_jitable
 def adam_rule(p, g, m, v, b1, one_minus_b1, b2, one_minus_b2, bc2, eps, lr_bc1):
-    """One Adam step of one entry; returns ``(p, m, v)`` (see the module docstring)."""
+    """One Adam step of one entry (see the module docstring).
+
+    Parameters
+    ----------
+    p, g : float
+        Parameter entry and its gradient.
+    m, v : float
+        First and second moment buffers.
+    b1, one_minus_b1, b2, one_minus_b2 : float
+        ``beta1``, ``1 - beta1``, ``beta2``, ``1 - beta2``.
+    bc2 : float
+        ``1 - beta2^t``.
+    eps : float
+        Added to the root of the second moment.
+    lr_bc1 : float
+        ``lr / (1 - beta1^t)``.
+
+    Returns
+    -------
+    p, m, v : float
+        The updated entry and buffers.
+    """
     m = b1 * m + one_minus_b1 * g
     v = b2 * v + one_minus_b2 * (g * g)
     return p - lr_bc1 * m / (math.sqrt(v / bc2) + eps), m, v
@@ -37,7 +58,26 @@ def adam_rule(p, g, m, v, b1, one_minus_b1, b2, one_minus_b2, bc2, eps, lr_bc1):
 
 @register_jitable
 def sgd_rule(p, g, buf, lr, momentum, nesterov, first):
-    """One SGD step of one entry; returns ``(p, buf)`` (``momentum == 0``: plain SGD, ``buf`` unchanged)."""
+    """One SGD step of one entry (``momentum == 0``: plain SGD, ``buf`` unchanged).
+
+    Parameters
+    ----------
+    p, g : float
+        Parameter entry and its gradient.
+    buf : float
+        Momentum buffer.
+    lr, momentum : float
+        Step size and momentum.
+    nesterov : bool
+        Nesterov momentum.
+    first : bool
+        First step: the buffer starts at ``g``.
+
+    Returns
+    -------
+    p, buf : float
+        The updated entry and buffer.
+    """
     if momentum != 0:
         buf = g if first else momentum * buf + g
         g = g + momentum * buf if nesterov else buf

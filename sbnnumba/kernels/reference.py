@@ -9,7 +9,20 @@ from ..noise import get_noise
 
 
 def cdf_diff(noise, u, v):
-    """Element-wise ``F(u) - F(v)``, using ``F(-v) - F(-u)`` where ``u + v > 0`` (no cancellation)."""
+    """Element-wise ``F(u) - F(v)``, using ``F(-v) - F(-u)`` where ``u + v > 0`` (no cancellation).
+
+    Parameters
+    ----------
+    noise : str or NoiseFamily
+        The noise family ``F``.
+    u, v : ndarray
+        Arguments, broadcast together.
+
+    Returns
+    -------
+    ndarray
+        Broadcast shape of ``u`` and ``v``.
+    """
     noise = get_noise(noise)
     upper = (u + v) > 0
     return np.where(upper, noise.cdf(-v) - noise.cdf(-u), noise.cdf(u) - noise.cdf(v))
@@ -36,7 +49,27 @@ def flip_deltas_dense(x_in, a, x_out, weight, noise):
 def flip_propagate_dense(x_in, a, x_out, weight, d_out, noise):
     r"""PSA flip propagation through a dense layer: ``d_in[b,i] = sum_j Delta[b,i,j] d_out[b,j]``.
 
-    Returns (B, N_in) in the dtype of ``a``.
+    With ``Delta`` of :func:`flip_deltas_dense`, materialized (B, N_in, N_out): the reference the kernels
+    are tested against.
+
+    Parameters
+    ----------
+    x_in : ndarray, shape (B, N_in)
+        +-1 input states.
+    a : ndarray, shape (B, N_out)
+        Pre-activations.
+    x_out : ndarray, shape (B, N_out)
+        +-1 sampled output states.
+    weight : ndarray, shape (N_out, N_in)
+        Weights.
+    d_out : ndarray, shape (B, N_out)
+        Backward signal at the layer's output.
+    noise : str or NoiseFamily
+        Activation noise.
+
+    Returns
+    -------
+    ndarray, shape (B, N_in), dtype of ``a``
     """
     delta = flip_deltas_dense(x_in, a, x_out, weight, noise)
     return np.einsum("bij,bj->bi", delta, d_out).astype(a.dtype, copy=False)
@@ -46,6 +79,17 @@ def flip_propagate_dense_linearized(x_in, a, x_out, weight, d_out, noise):
     r"""Flip propagation with the first-order Delta of deep ST (spec psa.md, section 3).
 
     .. math:: \Delta^{lin}_{bij} = 2 x_{bj} x_{bi} W_{ji} p(a_{bj})
+
+    so ``d_in = 2 x_in * ((x_out * p(a) * d_out) @ W)``.
+
+    Parameters
+    ----------
+    x_in, a, x_out, weight, d_out, noise
+        As in :func:`flip_propagate_dense`.
+
+    Returns
+    -------
+    ndarray, shape (B, N_in), dtype of ``a``
     """
     p = get_noise(noise).pdf(a)
     return (2 * x_in * ((x_out * p * d_out) @ weight)).astype(a.dtype, copy=False)

@@ -36,7 +36,20 @@ KERNELS = {np.dtype(np.float32): logistic_sample_f32, np.dtype(np.float64): logi
 
 def logistic_sample(a, u):
     """``where(u < expit(a), 1, -1)`` in ``a``'s dtype through the kernel, or None when the inputs are
-    not same-shape float32/float64 arrays of one dtype (the caller then uses the NumPy formula)."""
+    not same-shape float32/float64 arrays of one dtype (the caller then uses the NumPy formula).
+
+    Parameters
+    ----------
+    a : ndarray, float32 or float64, any shape
+        Pre-activations.
+    u : ndarray, same shape and dtype as ``a``
+        Uniforms in [0, 1).
+
+    Returns
+    -------
+    ndarray or None
+        +-1 states, same shape and dtype as ``a``; None when the kernel does not apply.
+    """
     kernel = KERNELS.get(a.dtype)
     if kernel is None or not isinstance(u, np.ndarray) or u.dtype != a.dtype or u.shape != a.shape:
         return None

@@ -41,7 +41,18 @@ FLIP_FORMS = {"logistic": ("ratio", "generic"), "normal": ("generic",), "uniform
 
 def check_code(code):
     """``code`` as an int if it is a kernel noise code, else ValueError naming the known codes (host side:
-    CUDA kernels cannot report the in-kernel error, so their launchers call this first)."""
+    CUDA kernels cannot report the in-kernel error, so their launchers call this first).
+
+    Parameters
+    ----------
+    code : object
+        The value to check.
+
+    Returns
+    -------
+    int
+        ``code``, in ``[0, len(KERNEL_FAMILIES))``.
+    """
     if isinstance(code, bool) or not isinstance(code, int) or not 0 <= code < len(KERNEL_FAMILIES):
         known = ", ".join(f"{c} ({n})" for c, n in enumerate(KERNEL_FAMILIES))
         raise ValueError(f"noise_code: expected one of {known}, got {code!r}")
@@ -49,7 +60,18 @@ def check_code(code):
 
 
 def flip_forms(code):
-    """The flip-kernel forms of the family with kernel ``code`` ("auto"'s choice first)."""
+    """The flip-kernel forms of the family with kernel ``code`` ("auto"'s choice first).
+
+    Parameters
+    ----------
+    code : int
+        Kernel noise code (:data:`NOISE_CODES`: 0 logistic, 1 normal, 2 uniform, 3 triangular).
+
+    Returns
+    -------
+    tuple of str
+        Among ``"ratio"``, ``"bounded"``, ``"generic"`` (:data:`FLIP_FORMS`).
+    """
     return FLIP_FORMS[KERNEL_FAMILIES[check_code(code)]]
 
 
@@ -112,7 +134,24 @@ def _triangular_pdf(a):
 # ------------------------------------------------------------------ dispatch on the code
 @register_jitable
 def cdf_lower(code, a):
-    """F(a), accurate for a <= 0 (the lower tail is computed without cancellation)."""
+    """F(a), accurate for a <= 0 (the lower tail is computed without cancellation).
+
+    Parameters
+    ----------
+    code : int
+        Kernel noise code (:data:`NOISE_CODES`: 0 logistic, 1 normal, 2 uniform, 3 triangular).
+    a : float
+        Argument, usually <= 0.
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    ValueError
+        For an unknown code.
+    """
     if code == LOGISTIC:
         return _logistic_cdf_lower(a)
     if code == NORMAL:
@@ -126,7 +165,19 @@ def cdf_lower(code, a):
 
 @register_jitable
 def cdf(code, a):
-    """F(a) for the noise family ``code``; the upper tail uses F(a) = 1 - F(-a)."""
+    """F(a) for the noise family ``code``; the upper tail uses F(a) = 1 - F(-a).
+
+    Parameters
+    ----------
+    code : int
+        Kernel noise code (:data:`NOISE_CODES`: 0 logistic, 1 normal, 2 uniform, 3 triangular).
+    a : float
+        Argument.
+
+    Returns
+    -------
+    float
+    """
     if a > 0:
         return 1.0 - cdf_lower(code, -a)
     return cdf_lower(code, a)
@@ -134,7 +185,19 @@ def cdf(code, a):
 
 @register_jitable
 def pdf(code, a):
-    """Density p(a) = F'(a)."""
+    """Density p(a) = F'(a).
+
+    Parameters
+    ----------
+    code : int
+        Kernel noise code (:data:`NOISE_CODES`: 0 logistic, 1 normal, 2 uniform, 3 triangular).
+    a : float
+        Argument.
+
+    Returns
+    -------
+    float
+    """
     if code == LOGISTIC:
         return _logistic_pdf(a)
     if code == NORMAL:
@@ -153,6 +216,17 @@ def cdf_diff(code, u, v):
     When u + v > 0 both arguments are (mostly) in the upper half, where F is close to 1;
     there the symmetric form F(-v) - F(-u) subtracts two small, accurately computed tail
     values instead of two numbers close to 1 (spec psa.md, pitfall 5).
+
+    Parameters
+    ----------
+    code : int
+        Kernel noise code (:data:`NOISE_CODES`: 0 logistic, 1 normal, 2 uniform, 3 triangular).
+    u, v : float
+        Arguments.
+
+    Returns
+    -------
+    float
     """
     if u + v > 0:
         return cdf_lower(code, -v) - cdf_lower(code, -u)
@@ -172,7 +246,20 @@ def bounded_cdf_diff(triangular, u, v, one):
 
     Within a few ulp of the exact difference everywhere (tests/test_noise.py). Only selects, no
     branches, so loops over it vectorize (the bounded form of the CPU kernels).
-    ``one`` is 1 in the working dtype (float32 kernels stay in float32).
+
+    Parameters
+    ----------
+    triangular : bool
+        Triangular (else uniform) noise.
+    u, v : float
+        Arguments.
+    one : float
+        1 in the working dtype (float32 kernels stay in float32).
+
+    Returns
+    -------
+    float
+        ``F(u) - F(v)`` in the dtype of ``one``.
     """
     half = one / (one + one)
     uc = min(max(u, -one), one)
@@ -197,7 +284,20 @@ def entropy_bits(code, a):
 
     Logistic noise has a closed form with two transcendental calls instead of three: with
     ``e = exp(-|a|)``, ``q = e / (1 + e)``, ``ln q = -|a| - ln(1 + e)`` and ``ln(1 - q) = -ln(1 + e)``,
-    so ``H = q |a| + log1p(e)`` nats (evaluation computes it for every sampled unit)."""
+    so ``H = q |a| + log1p(e)`` nats (evaluation computes it for every sampled unit).
+
+    Parameters
+    ----------
+    code : int
+        Kernel noise code (:data:`NOISE_CODES`: 0 logistic, 1 normal, 2 uniform, 3 triangular).
+    a : float
+        Pre-activation.
+
+    Returns
+    -------
+    float
+        In ``[0, 1]`` bits.
+    """
     if code == LOGISTIC:
         t = abs(a)
         e = math.exp(-t)

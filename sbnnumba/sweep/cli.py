@@ -28,6 +28,13 @@ DEFAULT_MLP_HIDDEN = [256, 256]
 
 
 def build_parser():
+    """The parser of ``python -m sbnnumba sweep`` (``--grid``, ``--out``, ``--set``, ``--workers``,
+    ``--threads``, ``--scheduler``, ``--seed``, ``--no-plots``, ``--quiet``).
+
+    Returns
+    -------
+    argparse.ArgumentParser
+    """
     parser = argparse.ArgumentParser(prog=PROG, description="A grid of training runs on local workers or a Dask "
                                      "cluster (docs/sweeps.md); each run in its own directory under --out.")
     parser.add_argument("--grid", required=True,
@@ -62,12 +69,24 @@ def _configs(args):
 def open_executor(workers=None, scheduler=None):
     """The executor of a command's ``--workers N`` / ``--scheduler ADDR`` options.
 
+    Parameters
+    ----------
+    workers : int, optional
+        Local worker processes (:func:`~sbnnumba.sweep.executors.plan_workers` checks and sizes them).
+    scheduler : str, optional
+        Address of a running ``dask.distributed`` scheduler, ``tcp://HOST:8786``.
+
     Returns
     -------
     (executor, threads, close)
         ``scheduler``: a ``dask.distributed`` client's executor (threads None: the cluster's setting);
         ``workers``: a :class:`~sbnnumba.sweep.executors.LocalPool` with ``cores // workers`` threads per
         task; neither: ``(None, None, no-op)``. ``close()`` releases it.
+
+    Raises
+    ------
+    ValueError
+        Both options given, ``dask.distributed`` not installed, or an invalid worker count.
     """
     if scheduler is not None:
         if workers is not None:
@@ -96,7 +115,18 @@ def _report(result):
 
 
 def main(argv=None):
-    """Run the command; returns the exit status (see the module docstring)."""
+    """Run the command (see the module docstring).
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        The arguments after ``sweep`` (default ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        Exit status: 0 when every run finished, 1 when some failed or are incomplete, 2 for a usage error.
+    """
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

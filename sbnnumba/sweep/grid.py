@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from typing import Any
 
 import numpy as np
 
@@ -39,10 +40,25 @@ _INT_LIST = re.compile(r"\d+(x\d+)+")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-def parse_value(text):
+def parse_value(text: str) -> Any:
     """One grid value from text: int, float, ``true``/``false``, ``none``, ``AxB..`` (list of ints), else str.
 
     Examples: ``"3"`` -> 3, ``"1e-3"`` -> 0.001, ``"256x256"`` -> [256, 256], ``"psa"`` -> ``"psa"``.
+
+    Parameters
+    ----------
+    text : str
+        One value (surrounding whitespace ignored; the keywords are case-insensitive).
+
+    Returns
+    -------
+    bool, None, int, list of int, float or str
+        In that order of precedence.
+
+    Raises
+    ------
+    TypeError
+        If ``text`` is not a str.
     """
     if not isinstance(text, str):
         raise TypeError(f"value: expected a str, got {type(text).__name__}")
@@ -61,8 +77,20 @@ def parse_value(text):
         return text.strip()
 
 
-def format_value(value):
-    """The canonical text of an option value (the inverse of :func:`parse_value` on its range)."""
+def format_value(value: Any) -> str:
+    """The canonical text of an option value (the inverse of :func:`parse_value` on its range).
+
+    Parameters
+    ----------
+    value : object
+        None, bool, int, float, a non-empty list of ints, str, or anything JSON-able.
+
+    Returns
+    -------
+    str
+        ``none``/``true``/``false``, the int, the float's shortest round-trip ``repr``, ints joined by ``x``,
+        the string itself, or compact JSON with sorted keys.
+    """
     if value is None or isinstance(value, bool):
         return {None: "none", True: "true", False: "false"}[value]
     if isinstance(value, (int, np.integer)):
@@ -77,13 +105,25 @@ def format_value(value):
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
-def parse_grid(text):
+def parse_grid(text: str) -> dict[str, list[Any]]:
     """``"estimator=psa,st lr=1e-3,3e-3 seed=0,1,2"`` -> ``{"estimator": ["psa", "st"], "lr": [...], ...}``.
 
     Whitespace separates axes; each axis is ``name=v1,v2,...`` with values parsed by :func:`parse_value`.
 
+    Parameters
+    ----------
+    text : str
+        The grid.
+
+    Returns
+    -------
+    dict str -> list
+        Axis name -> its values, in the order given.
+
     Raises
     ------
+    TypeError
+        If ``text`` is not a str.
     ValueError
         An axis without ``=``, an invalid or repeated name, an empty value.
     """
@@ -105,7 +145,7 @@ def parse_grid(text):
     return axes
 
 
-def expand(axes, base=None):
+def expand(axes: dict[str, list[Any]], base: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """The Cartesian product of the grid ``axes`` over ``base`` options, first axis slowest.
 
     Parameters
@@ -128,19 +168,36 @@ def expand(axes, base=None):
     return configs
 
 
-def config_key(options):
-    """The canonical key ``name=value,...`` of a configuration (sorted names, :data:`NOT_IN_KEY` left out)."""
+def config_key(options: dict[str, Any]) -> str:
+    """The canonical key ``name=value,...`` of a configuration (sorted names, :data:`NOT_IN_KEY` left out).
+
+    Parameters
+    ----------
+    options : dict
+        The configuration.
+
+    Returns
+    -------
+    str
+        ``name=format_value(value)`` joined by ``,``.
+
+    Raises
+    ------
+    TypeError
+        If ``options`` is not a dict.
+    """
     if not isinstance(options, dict):
         raise TypeError(f"options: expected a dict, got {type(options).__name__}")
     return ",".join(f"{k}={format_value(options[k])}" for k in sorted(options) if k not in NOT_IN_KEY)
 
 
-def derive_seeds(sweep_seed, key):
+def derive_seeds(sweep_seed: int, key: str) -> tuple[int, int]:
     """``(init_seed, fit_seed)`` of a configuration: ``SeedSequence([sweep_seed, *sha256(key) words])``.
 
     Parameters
     ----------
     sweep_seed : int >= 0
+        The sweep's seed.
     key : str
         :func:`config_key` of the configuration.
 
@@ -155,10 +212,25 @@ def derive_seeds(sweep_seed, key):
     return int(state[0]), int(state[1])
 
 
-def run_dir_name(key, limit=96):
+def run_dir_name(key: str, limit: int = 96) -> str:
     """A directory name for a configuration: its key with ``,`` -> ``_`` and ``=`` -> ``-``, other
-    characters outside ``[A-Za-z0-9._-]`` replaced; past ``limit`` characters it is cut and the first 10
-    hex digits of ``SHA-256(key)`` are appended, so distinct keys never share a directory."""
+    characters outside ``[A-Za-z0-9._-]`` replaced by ``+``.
+
+    Past ``limit`` characters, or when a character had to be replaced, the name is cut to ``limit`` and
+    ``-`` plus the first 10 hex digits of ``SHA-256(key)`` are appended, so distinct keys never share a
+    directory.
+
+    Parameters
+    ----------
+    key : str
+        :func:`config_key` of the configuration (the empty key gives ``"default"``).
+    limit : int
+        Length kept before the hash suffix.
+
+    Returns
+    -------
+    str
+    """
     name = re.sub(r"[^A-Za-z0-9._-]", "+", key.replace(",", "_").replace("=", "-")) or "default"
     if len(name) > limit or name != key.replace(",", "_").replace("=", "-"):
         name = f"{name[:limit]}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"

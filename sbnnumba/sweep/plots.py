@@ -16,7 +16,18 @@ __all__ = ["groups", "plot_final_accuracy", "plot_learning_curves"]
 
 
 def groups(rows):
-    """``{group label: [row, ...]}`` in first-seen order: rows equal in every varying option but ``seed``."""
+    """``{group label: [row, ...]}`` in first-seen order: rows equal in every varying option but ``seed``.
+
+    Parameters
+    ----------
+    rows : list of dict
+        Table rows (:mod:`sbnnumba.sweep.table`), each with ``options``.
+
+    Returns
+    -------
+    dict str -> list of dict
+        Label (``name=value, ...`` of the varying options other than ``seed``, or ``"all"``) -> its rows.
+    """
     names = [k for k in varying_names(rows) if k != "seed"]
     out = {}
     for row in rows:
@@ -41,6 +52,13 @@ def plot_final_accuracy(rows, path, metric="test_eacc", title=None):
         PNG file.
     metric : str
         A metric column, default the test ensemble accuracy.
+    title : str, optional
+        Figure title.
+
+    Returns
+    -------
+    str
+        ``path``.
     """
     grouped = {label: [v for v in (_value(r, metric) for r in members) if v is not None]
                for label, members in groups(rows).items()}
@@ -75,8 +93,16 @@ def plot_learning_curves(rows, histories, path, metric="val_eacc", title=None):
     histories : dict key -> list of dict
         Each run's per-epoch history (``history.json``).
     path : str
+        PNG file.
     metric : str
         A history column, default the validation ensemble accuracy.
+    title : str, optional
+        Figure title.
+
+    Returns
+    -------
+    str
+        ``path``.
     """
     fig = _new_figure()
     ax = fig.add_subplot(1, 1, 1)

@@ -88,6 +88,13 @@ def warm_numba(configs, data=None):
     evaluation samples on eight images, nothing written), so that the workers started next load the
     kernels from Numba's on-disk cache instead of compiling them at the same time. A warm-up that fails
     is ignored: the run itself reports the error. Each distinct configuration is warmed once per process.
+
+    Parameters
+    ----------
+    configs : list of dict
+        The sweep's configurations.
+    data : Dataset, optional
+        Explicit data of the sweep (None: each configuration's named data, loaded once per name).
     """
     loaded = {}
     # given data selects compiled code by its arrays' types (named data is part of the options)

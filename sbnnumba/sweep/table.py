@@ -29,7 +29,17 @@ TAIL_COLUMNS = ("seconds", "init_seed", "fit_seed", "run_dir", "error")
 
 
 def option_names(rows):
-    """Every option name of the rows' configurations, in first-seen order."""
+    """Every option name of the rows' configurations, in first-seen order.
+
+    Parameters
+    ----------
+    rows : list of dict
+        Table rows, each with ``options``.
+
+    Returns
+    -------
+    list of str
+    """
     names = []
     for row in rows:
         names += [k for k in row["options"] if k not in names]
@@ -37,7 +47,21 @@ def option_names(rows):
 
 
 def varying_names(rows):
-    """Option names whose value is not the same in every row (the grid's axes)."""
+    """Option names whose value is not the same in every row (the grid's axes).
+
+    Values are compared by :func:`~sbnnumba.sweep.grid.format_value`; a name missing from a row counts as
+    None there.
+
+    Parameters
+    ----------
+    rows : list of dict
+        Table rows, each with ``options``.
+
+    Returns
+    -------
+    list of str
+        In first-seen order.
+    """
     names = option_names(rows)
     return [k for k in names if len({format_value(r["options"].get(k)) for r in rows}) > 1]
 
@@ -57,7 +81,22 @@ def _csv_text(rows):
 
 def write_table(out, rows, meta):
     """Write ``sweep.csv`` (one line per row, options as ``opt.<name>`` columns) and ``sweep.json``
-    (``{"meta": meta, "runs": rows}``) into ``out`` atomically; return their paths."""
+    (``{"meta": meta, "runs": rows}``) into ``out`` atomically.
+
+    Parameters
+    ----------
+    out : str
+        The sweep directory.
+    rows : list of dict
+        One row per run (key, status, epochs, options, metrics, seeds, ...).
+    meta : dict
+        The sweep's settings, stored in the JSON file.
+
+    Returns
+    -------
+    tuple of str
+        The paths of ``sweep.csv`` and ``sweep.json``.
+    """
     p_csv = atomic_write_text(os.path.join(out, TABLE_CSV), _csv_text(rows))
     p_json = atomic_write_text(os.path.join(out, TABLE_JSON), json.dumps({"meta": meta, "runs": rows}, indent=1,
                                                                          default=str))

@@ -52,13 +52,35 @@ _TEST_SALT = 0x7E57  # test-evaluation generator: default_rng([fit_seed, _TEST_S
 
 
 def fit_names():
-    """The :class:`~sbnnumba.training.FitConfig` fields a configuration may set."""
+    """The :class:`~sbnnumba.training.FitConfig` fields a configuration may set.
+
+    Returns
+    -------
+    list of str
+        Every field but :data:`SWEEP_OWN`.
+    """
     return [name for name in field_names() if name not in SWEEP_OWN]
 
 
 def split_options(options):
     """Split a configuration into ``(arch, arch_options, data_options, fit_options)``; the fit options are
     checked by building a :class:`~sbnnumba.training.FitConfig` from them.
+
+    Parameters
+    ----------
+    options : dict
+        The configuration (``arch`` defaults to ``"mlp"``; ``seed`` is the replicate label and dropped).
+
+    Returns
+    -------
+    arch : str
+        Architecture name.
+    arch_options : dict
+        Keywords of the architecture's factory (an int given for a sequence option becomes a one-entry list).
+    data_options : dict
+        ``data`` and ``train_subset`` (:func:`load_named_data`).
+    fit_options : dict
+        :class:`~sbnnumba.training.FitConfig` fields.
 
     Raises
     ------
@@ -93,8 +115,24 @@ def split_options(options):
 
 def load_named_data(data="embedded", train_subset=None):
     """A Dataset by name: ``"embedded"`` (the packaged subset), ``"auto"`` (full Fashion-MNIST if found,
-    else the subset) or a directory of IDX files; ``train_subset`` keeps that many random training
-    examples (seed 1, as the ``train`` command)."""
+    else the subset) or a directory of IDX files.
+
+    Parameters
+    ----------
+    data : str
+        ``"embedded"``, ``"auto"`` or a directory.
+    train_subset : int, optional
+        Keep that many random training examples (seed 1, as the ``train`` command); the test set is kept.
+
+    Returns
+    -------
+    sbnnumba.datasets.Dataset
+
+    Raises
+    ------
+    ValueError
+        For another name or a missing directory, or a ``train_subset`` that is not a positive integer.
+    """
     if data == "embedded":
         ds = datasets.load_fashion_mnist(embedded="force", verbose=False)
     elif data == "auto":
@@ -145,7 +183,17 @@ class RunTask:
 
 
 def read_json(path):
-    """The JSON document at ``path``, or None if it is missing or unreadable (being replaced)."""
+    """The JSON document at ``path``, or None if it is missing or unreadable (being replaced).
+
+    Parameters
+    ----------
+    path : str
+        The file.
+
+    Returns
+    -------
+    object or None
+    """
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
@@ -160,12 +208,34 @@ def _write_status(task, state, **extra):
 
 
 def requested_epochs(options):
-    """The number of epochs a configuration asks for (fit's default if it does not say)."""
+    """The number of epochs a configuration asks for (fit's default if it does not say).
+
+    Parameters
+    ----------
+    options : dict
+        The configuration.
+
+    Returns
+    -------
+    int
+    """
     return int(options.get("epochs", FitConfig().epochs))
 
 
 def finished_record(run_dir, epochs):
-    """The stored ``result.json`` of a run that finished at least ``epochs`` epochs, else None."""
+    """The stored ``result.json`` of a run that finished at least ``epochs`` epochs, else None.
+
+    Parameters
+    ----------
+    run_dir : str
+        The run's directory.
+    epochs : int
+        Epochs the configuration asks for.
+
+    Returns
+    -------
+    dict or None
+    """
     record = read_json(os.path.join(run_dir, RESULT))
     if record is None or record.get("status") != "finished" or record.get("epochs_done", 0) < epochs:
         return None
@@ -202,6 +272,18 @@ def execute(task):
     (``action = "skipped"``). An exception inside the run is caught and returned as
     ``{"status": "failed", "error": "Type: message", "traceback": ...}``, so one failing configuration
     does not stop the others; only the death of the worker itself reaches the sweep as an exception.
+
+    Parameters
+    ----------
+    task : RunTask
+        The run.
+
+    Returns
+    -------
+    dict
+        ``key``, ``status`` (``"finished"``, ``"incomplete"`` or ``"failed"``), ``action``, ``epochs_done``,
+        the last validation and the test metrics, ``seconds``, seeds, host, pid and threads (``error`` and
+        ``traceback`` for a failed run).
     """
     t0 = time.perf_counter()
     os.makedirs(task.run_dir, exist_ok=True)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,6 +31,11 @@ from .. import architectures
 from ..fileio import atomic_write, read_versioned_npz
 from .config import field_names
 from .description import describe, network_from_description
+
+if TYPE_CHECKING:
+    from ..backends.base import Backend
+    from ..network import Network
+    from ..optim import Optimizer
 
 FORMAT = "sbnnumba-checkpoint"
 FORMAT_VERSION = 2
@@ -43,7 +49,29 @@ class CheckpointError(ValueError):
 
 @dataclass
 class Checkpoint:
-    """The contents of a checkpoint file (see the module docstring); ``config`` in the version-2 layout."""
+    """The contents of a checkpoint file (see the module docstring); ``config`` in the version-2 layout.
+
+    Attributes
+    ----------
+    path : str
+        The file it was read from.
+    epoch : int
+        Completed epochs.
+    params : dict str -> ndarray
+        The network's parameters by name (``param/<key>``).
+    optimizer_state : dict
+        The optimizer's ``state_dict`` (``optim/<key>``).
+    rng_state : dict
+        ``bit_generator.state`` of the training generator (:func:`generator_from_state`).
+    history : list of dict
+        Per-epoch metrics so far.
+    config : dict
+        ``network``, ``data``, ``fit``, ``optimizer``, ``backend``, ``metadata`` (see the module docstring).
+    buffers : dict str -> ndarray
+        Normalization statistics (``buffer/<key>``).
+    version : int
+        Format version of the file (1 or 2).
+    """
 
     path: str
     epoch: int
@@ -56,8 +84,19 @@ class Checkpoint:
     version: int = FORMAT_VERSION
 
 
-def jsonable(obj):
-    """``obj`` with numpy scalars/arrays/dtypes turned into plain Python (dict keys as str)."""
+def jsonable(obj: Any) -> Any:
+    """``obj`` with numpy scalars/arrays/dtypes turned into plain Python (dict keys as str).
+
+    Parameters
+    ----------
+    obj : object
+        Nested dicts, lists and tuples of numbers, strings, NumPy scalars, arrays and dtypes.
+
+    Returns
+    -------
+    object
+        The same structure with dicts (str keys), lists, Python scalars and dtype names, for ``json``.
+    """
     if isinstance(obj, dict):
         return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -71,20 +110,66 @@ def jsonable(obj):
     return obj
 
 
-def dumps(obj):
+def dumps(obj: Any) -> str:
+    """JSON text of :func:`jsonable` of ``obj`` (dict keys in insertion order).
+
+    Parameters
+    ----------
+    obj : object
+        As for :func:`jsonable`.
+
+    Returns
+    -------
+    str
+    """
     return json.dumps(jsonable(obj))  # insertion order: a resumed history keeps its CSV columns
 
 
-def generator_from_state(state):
-    """A ``numpy.random.Generator`` continuing from a saved ``bit_generator.state``."""
+def generator_from_state(state: dict[str, Any]) -> np.random.Generator:
+    """A ``numpy.random.Generator`` continuing from a saved ``bit_generator.state``.
+
+    Parameters
+    ----------
+    state : dict
+        ``generator.bit_generator.state`` (names its bit generator, e.g. ``"PCG64"``).
+
+    Returns
+    -------
+    numpy.random.Generator
+        Draws the same numbers the saved generator would have drawn next.
+    """
     bitgen = getattr(np.random, state["bit_generator"])()
     bitgen.state = state
     return np.random.Generator(bitgen)
 
 
-def save_checkpoint(path, net, optimizer, rng, epoch, history, config):
-    """Write a checkpoint atomically (see the module docstring for the format). Returns ``path``."""
-    arrays = {"meta/format": np.array(FORMAT), "meta/version": np.array(FORMAT_VERSION),
+def save_checkpoint(path: str | os.PathLike[str], net: Network, optimizer: Optimizer, rng: np.random.Generator,
+                    epoch: int, history: list[dict[str, Any]], config: dict[str, Any]) -> str:
+    """Write a checkpoint atomically (see the module docstring for the format).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The ``.npz`` file.
+    net : Network
+        Its parameters and buffers are stored.
+    optimizer : Optimizer
+        Its ``state_dict`` is stored.
+    rng : numpy.random.Generator
+        The training generator; its state is stored.
+    epoch : int
+        Completed epochs.
+    history : list of dict
+        Per-epoch metrics.
+    config : dict
+        The run's configuration (version-2 layout).
+
+    Returns
+    -------
+    str
+        ``path`` as a string.
+    """
+    arrays: dict[str, Any] = {"meta/format": np.array(FORMAT), "meta/version": np.array(FORMAT_VERSION),
               "meta/epoch": np.array(int(epoch)),
               "meta/rng_state": np.array(dumps(rng.bit_generator.state)),
               "meta/history": np.array(dumps(history)), "meta/config": np.array(dumps(config))}
@@ -135,8 +220,17 @@ def _read_config(z, version, path):
     return config
 
 
-def load_checkpoint(path):
+def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     """Read and check a checkpoint file (version 2, or version 1 read into the version-2 layout).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The ``.npz`` file.
+
+    Returns
+    -------
+    Checkpoint
 
     Raises
     ------
@@ -186,8 +280,21 @@ def _load_params(net, params, where):
         p[...] = value
 
 
-def load_state(net, ck):
-    """Parameters and buffers (normalization statistics) of a :class:`Checkpoint` into ``net``."""
+def load_state(net: Network, ck: Checkpoint) -> None:
+    """Parameters and buffers (normalization statistics) of a :class:`Checkpoint` into ``net``.
+
+    Parameters
+    ----------
+    net : Network
+        Receives the values in place; must have the same parameter names and shapes.
+    ck : Checkpoint
+        The source.
+
+    Raises
+    ------
+    CheckpointError
+        Different parameter names or shapes, non-float or non-finite values, or unusable buffers.
+    """
     _load_params(net, ck.params, ck.path)
     try:
         net.load_buffers(ck.buffers or {})
@@ -195,8 +302,27 @@ def load_state(net, ck):
         raise CheckpointError(f"{ck.path}: {exc}") from None
 
 
-def load_network(checkpoint, backend=None):
-    """Rebuild the network stored in a checkpoint (a path or a :class:`Checkpoint`) with its parameters."""
+def load_network(checkpoint: str | os.PathLike[str] | Checkpoint, backend: str | Backend | None = None) -> Network:
+    """Rebuild the network stored in a checkpoint (a path or a :class:`Checkpoint`) with its parameters.
+
+    Parameters
+    ----------
+    checkpoint : str, os.PathLike or Checkpoint
+        A file (read with :func:`load_checkpoint`) or a checkpoint already read.
+    backend : str or Backend, optional
+        Where the network runs (default ``$SBNNUMBA_BACKEND`` or ``"cpu"``).
+
+    Returns
+    -------
+    Network
+        Built from ``config["network"]`` (:func:`~sbnnumba.training.description.network_from_description`),
+        with the stored parameters and buffers.
+
+    Raises
+    ------
+    CheckpointError
+        If the network cannot be rebuilt or the parameters do not fit it.
+    """
     ck = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     try:
         net = network_from_description(ck.config["network"], backend=backend)

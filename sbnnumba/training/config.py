@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable
+from collections.abc import Iterable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -52,11 +53,17 @@ class Check:
 
 
 class Integer(Check):
-    """An integer ``>= lo`` (bool is not an integer here)."""
+    """An integer ``>= lo`` (bool is not an integer here).
+
+    Parameters
+    ----------
+    lo : int
+        Inclusive lower bound.
+    """
 
     kind = int
 
-    def __init__(self, lo):
+    def __init__(self, lo: int):
         self.lo = lo
         self.expected = f"an integer >= {lo}"
 
@@ -65,11 +72,22 @@ class Integer(Check):
 
 
 class Number(Check):
-    """A finite real number in ``[lo, hi)`` or, with ``positive``, ``> 0``."""
+    """A finite real number in ``[lo, hi)`` or, with ``positive``, ``> 0``.
+
+    Parameters
+    ----------
+    lo, hi : float
+        Interval ``[lo, hi)`` (ignored with ``positive``).
+    positive : bool
+        Accept exactly the numbers ``> 0``.
+    expected : str, optional
+        Wording of the messages (default from the interval).
+    """
 
     kind = float
 
-    def __init__(self, lo=-math.inf, hi=math.inf, positive=False, expected=None):
+    def __init__(self, lo: float = -math.inf, hi: float = math.inf, positive: bool = False,
+                 expected: str | None = None):
         self.lo, self.hi, self.positive = lo, hi, positive
         self.expected = expected or ("a positive number" if positive else f"a number in [{lo:g}, {hi:g})")
 
@@ -89,9 +107,15 @@ class Flag(Check):
 
 
 class Optional(Check):
-    """``None`` or what ``inner`` accepts."""
+    """``None`` or what ``inner`` accepts.
 
-    def __init__(self, inner):
+    Parameters
+    ----------
+    inner : Check
+        The constraint of the values other than None.
+    """
+
+    def __init__(self, inner: Check):
         self.inner = inner
         self.expected = f"None or {inner.expected}"
 
@@ -108,9 +132,15 @@ class Optional(Check):
 
 
 class Choice(Check):
-    """One of a fixed set of names (``choices``)."""
+    """One of a fixed set of names (``choices``).
 
-    def __init__(self, choices):
+    Parameters
+    ----------
+    choices : iterable of str
+        The accepted names.
+    """
+
+    def __init__(self, choices: Iterable[str]):
         self.choices = tuple(choices)
         self.expected = f"one of {list(self.choices)}"
 
@@ -184,9 +214,31 @@ class Schedule(Check):
         return value
 
 
-def option(default, help, check, *, trajectory=False, flag=None, cli_default=dataclasses.MISSING):
+def option(default: Any, help: str, check: Check, *, trajectory: bool = False, flag: str | None = None,
+           cli_default: Any = dataclasses.MISSING) -> Any:
     """A :class:`FitConfig` field: its default, help text, :class:`Check`, whether it decides the trajectory
-    (checked on resume) and its command-line ``flag`` (``cli_default`` where the command line's differs)."""
+    (checked on resume) and its command-line ``flag`` (``cli_default`` where the command line's differs).
+
+    Parameters
+    ----------
+    default : object
+        The library's default (a dict default becomes a ``default_factory``: each config gets its own).
+    help : str
+        Help text (command line and the attribute list of :class:`FitConfig`).
+    check : Check
+        Applied to the value on construction, and to command-line text.
+    trajectory : bool
+        The option decides the training trajectory: it must agree when a run is resumed.
+    flag : str, optional
+        The ``train`` option (``--no-...`` for a flag that turns a default True off).
+    cli_default : object, optional
+        The command line's default where it differs from ``default``.
+
+    Returns
+    -------
+    dataclasses.Field
+        The field, with the above in its ``metadata``.
+    """
     meta = {"help": help, "check": check, "trajectory": trajectory, "flag": flag,
             "cli_default": default if cli_default is dataclasses.MISSING else cli_default}
     if isinstance(default, dict):
@@ -271,16 +323,52 @@ class FitConfig:
         return {f.name: d[f.name] for f in dataclasses.fields(self) if f.metadata["trajectory"]}
 
 
-def field_names():
+def _document_fields(cls):
+    """Append an Attributes section built from the field table (one source for help text and docs)."""
+    lines = ["", "    Attributes", "    ----------"]
+    for fld in dataclasses.fields(cls):
+        flag = f" (``{fld.metadata['flag']}``)" if fld.metadata["flag"] else ""
+        lines += [f"    {fld.name} : {fld.type}", f"        {fld.metadata['help']}{flag}."]
+    cls.__doc__ = cls.__doc__.rstrip() + "\n" + "\n".join(lines) + "\n    "
+    return cls
+
+
+_document_fields(FitConfig)
+
+
+def field_names() -> list[str]:
+    """The names of the :class:`FitConfig` fields, in declaration order.
+
+    Returns
+    -------
+    list of str
+    """
     return [f.name for f in dataclasses.fields(FitConfig)]
 
 
-def command_line_fields():
-    """``[(flag, field), ...]`` of the options the ``train`` command takes from :class:`FitConfig`."""
+def command_line_fields() -> list[tuple[str, dataclasses.Field]]:
+    """``[(flag, field), ...]`` of the options the ``train`` command takes from :class:`FitConfig`.
+
+    Returns
+    -------
+    list of (str, dataclasses.Field)
+        The command-line flag and the field, for each field that has a flag.
+    """
     return [(f.metadata["flag"], f) for f in dataclasses.fields(FitConfig) if f.metadata["flag"]]
 
 
 def trajectory_from_dict(saved: dict) -> dict:
-    """The trajectory entries of a stored :meth:`FitConfig.to_dict` (missing ones as None)."""
+    """The trajectory entries of a stored :meth:`FitConfig.to_dict` (missing ones as None).
+
+    Parameters
+    ----------
+    saved : dict
+        A :meth:`FitConfig.to_dict` read from a checkpoint (possibly of an older version).
+
+    Returns
+    -------
+    dict
+        Field name -> value for every field marked ``trajectory``.
+    """
     return {f.name: saved.get(f.name) for f in dataclasses.fields(FitConfig) if f.metadata["trajectory"]}
 

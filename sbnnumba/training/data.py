@@ -3,20 +3,35 @@ training and a validation part, float batches, and fingerprints stored in the ch
 from __future__ import annotations
 
 import zlib
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from .. import datasets
 from ..inputs import to_float
 
 
-def as_float(x, dtype):
+def as_float(x: npt.ArrayLike, dtype: npt.DTypeLike) -> np.ndarray:
     """uint8 images -> ``x / 255`` in ``dtype``; anything else cast to ``dtype`` (checked finite): the
-    library's one input rule, :func:`sbnnumba.inputs.to_float`."""
+    library's one input rule, :func:`sbnnumba.inputs.to_float`.
+
+    Parameters
+    ----------
+    x : array_like, any shape
+        A batch of inputs.
+    dtype : floating dtype
+        The network's dtype.
+
+    Returns
+    -------
+    ndarray, same shape as ``x``, of ``dtype``
+    """
     return to_float(x, dtype)
 
 
-def split_data(data, val_fraction, split_seed):
+def split_data(data: Any, val_fraction: float,
+               split_seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str | None]:
     """``data`` -> ``(x_tr, y_tr, x_val, y_val, name)``.
 
     Parameters
@@ -25,7 +40,23 @@ def split_data(data, val_fraction, split_seed):
         A :class:`~sbnnumba.datasets.Dataset` or a pair is split: ``val_fraction`` of it is held out
         (:func:`~sbnnumba.datasets.train_val_split` with ``split_seed``); a 4-tuple is used as given.
     val_fraction : float in [0, 1)
+        Held-out part (0: an empty validation part).
     split_seed : int
+        Seed of the split.
+
+    Returns
+    -------
+    x_tr : ndarray, shape (N_tr, ...)
+    y_tr : ndarray, shape (N_tr,)
+    x_val : ndarray, shape (N_val, ...)
+    y_val : ndarray, shape (N_val,)
+    name : str or None
+        The Dataset's name (None for arrays).
+
+    Raises
+    ------
+    TypeError
+        For any other form of ``data``.
     """
     if isinstance(data, datasets.Dataset):
         x, y, name = data.x_train, data.y_train, data.name
@@ -46,7 +77,21 @@ def split_data(data, val_fraction, split_seed):
 
 
 def fingerprint(x, y):
-    """Shapes plus CRC-32 of the bytes of a data set's arrays (stored in the checkpoint's config)."""
+    """Shapes plus CRC-32 of the bytes of a data set's arrays (stored in the checkpoint's config).
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, ...)
+        Inputs.
+    y : ndarray, shape (N,)
+        Labels.
+
+    Returns
+    -------
+    dict
+        ``x_shape`` (list of int), ``x_dtype`` (str), ``n`` (int) and ``crc32`` (int, over the bytes of
+        ``x`` then ``y``).
+    """
     crc = 0
     for a in (x, y):
         crc = zlib.crc32(np.ascontiguousarray(a).view(np.uint8).reshape(-1), crc) if a.size else crc

@@ -20,7 +20,7 @@ arguments it is rebuilt from, and the constructor call).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -30,6 +30,9 @@ from ..layers import Linear
 from ..network import Network
 from ..normalization import Normalized
 from ..weights import make_bernoulli
+
+if TYPE_CHECKING:
+    from ..backends.base import Backend
 
 
 @dataclass(frozen=True)
@@ -57,8 +60,21 @@ class LayerKind:
 LAYER_KINDS: dict[str, LayerKind] = {}
 
 
-def register_layer_kind(name, cls, arguments, build):
-    """Make layers of type ``cls`` describable under ``name`` (see :class:`LayerKind`)."""
+def register_layer_kind(name: str, cls: type, arguments: Callable[[Any], dict[str, Any]],
+                        build: Callable[[dict[str, Any], np.dtype], Any]) -> None:
+    """Make layers of type ``cls`` describable under ``name`` (see :class:`LayerKind`).
+
+    Parameters
+    ----------
+    name : str
+        The ``"layer"`` entry of its descriptions (an existing kind of that name is replaced).
+    cls : type
+        The layer class (matched exactly, not by subclass).
+    arguments : callable ``layer -> dict``
+        JSON-able constructor arguments that fix every parameter shape.
+    build : callable ``(dict, dtype) -> layer``
+        The constructor call.
+    """
     LAYER_KINDS[name] = LayerKind(name, cls, arguments, build)
 
 
@@ -98,14 +114,21 @@ def _describe_stage(stage, where):
     return desc
 
 
-def describe(net, input_shape=None):
+def describe(net: Network, input_shape: tuple[int, ...] | None = None) -> dict[str, Any]:
     """The structure of ``net`` as a JSON-able dict (see the module docstring).
 
     Parameters
     ----------
     net : Network
+        Made of registered layer kinds.
     input_shape : tuple of int, optional
         Per-example input shape, recorded so that conv layers know their map sizes when rebuilt.
+
+    Returns
+    -------
+    dict
+        ``noise``, ``dtype``, ``input_shape``, ``stages`` (one dict per stage), ``head`` and, where
+        recorded, ``input`` (the input convention).
 
     Raises
     ------
@@ -130,8 +153,20 @@ def _build_layer(desc, dtype, where):
     return kind.build(desc["args"], dtype)
 
 
-def network_from_description(desc, backend=None):
+def network_from_description(desc: dict[str, Any], backend: str | Backend | None = None) -> Network:
     """Build a network (parameters freshly initialized, to be loaded) from :func:`describe`'s dict.
+
+    Parameters
+    ----------
+    desc : dict
+        As returned by :func:`describe` (read from a checkpoint).
+    backend : str or Backend, optional
+        Where the network runs.
+
+    Returns
+    -------
+    Network
+        Same structure, noise, dtype and input convention; parameters to be overwritten.
 
     Raises
     ------

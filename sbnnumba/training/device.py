@@ -71,7 +71,29 @@ class DeviceEpochs(EpochRunner):
 
 
 def device_epochs(net, config, optimizer, x_tr, y_tr):
-    """A :class:`DeviceEpochs` when the whole step can stay on the device (see the module docstring), else None."""
+    """A :class:`DeviceEpochs` when the whole step can stay on the device (see the module docstring), else None.
+
+    The step stays on the device when the backend is device-resident, the estimator has a device step,
+    it takes no options and there is no augmentation; a step the resident trainer cannot build warns and
+    falls back (None).
+
+    Parameters
+    ----------
+    net : Network
+        The network being trained.
+    config : FitConfig
+        The run's options.
+    optimizer : Optimizer
+        Its state is mirrored on the device.
+    x_tr : ndarray, shape (N, ...)
+        Training inputs (uint8 images are scaled as on the host).
+    y_tr : ndarray of int, shape (N,)
+        Labels.
+
+    Returns
+    -------
+    DeviceEpochs or None
+    """
     if not net.backend.device_resident or not has_device_step(config.estimator) or config.estimator_options \
             or config.augment:
         return None

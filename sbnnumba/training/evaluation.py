@@ -147,8 +147,22 @@ def evaluate(net, x, y, samples=10, rng=None, *, rb=True, deterministic=True, ba
             "entropy": ent_total, "entropy_stages": ent_stages, "samples": int(samples), "n": int(n)}
 
 
-def metrics_row(prefix, metrics):
-    """History-row entries ``<prefix>_loss``, ``_acc1``, ``_eacc``, ``_det_acc`` (and entropies) of :func:`evaluate`."""
+def metrics_row(prefix: str, metrics: dict) -> dict:
+    """History-row entries ``<prefix>_loss``, ``_acc1``, ``_eacc``, ``_det_acc`` (and entropies) of :func:`evaluate`.
+
+    Parameters
+    ----------
+    prefix : str
+        ``"train"`` or ``"val"``.
+    metrics : dict
+        As returned by :func:`evaluate`.
+
+    Returns
+    -------
+    dict
+        ``<prefix>_loss``, ``<prefix>_acc1``, ``<prefix>_eacc``, ``<prefix>_det_acc`` and, when the
+        entropy was measured, ``<prefix>_entropy`` and ``<prefix>_entropy.<k>`` per stage.
+    """
     row = {f"{prefix}_loss": metrics["loss"], f"{prefix}_acc1": metrics["acc1"],
            f"{prefix}_eacc": metrics["eacc"], f"{prefix}_det_acc": metrics["det_acc"]}
     if metrics.get("entropy") is not None:

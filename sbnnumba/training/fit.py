@@ -70,6 +70,15 @@ _RECALIBRATION_IMAGES = 2000  # training images for the deterministic-mode norma
 class TrainingDiverged(RuntimeError):
     """A non-finite loss or gradient appeared during training.
 
+    Parameters
+    ----------
+    message : str
+        What diverged, and where.
+    epoch, step : int, optional
+        See Attributes.
+    checkpoint : str, optional
+        See Attributes.
+
     Attributes
     ----------
     epoch, step : int
@@ -78,7 +87,8 @@ class TrainingDiverged(RuntimeError):
         The last good checkpoint (written after the last completed epoch), if any.
     """
 
-    def __init__(self, message, epoch=None, step=None, checkpoint=None):
+    def __init__(self, message: str, epoch: int | None = None, step: int | None = None,
+                 checkpoint: str | None = None):
         super().__init__(message)
         self.epoch, self.step, self.checkpoint = epoch, step, checkpoint
 
@@ -116,11 +126,24 @@ class FitResult:
     files: dict = field(default_factory=dict)
 
 
-def make_optimizer(config, steps_per_epoch):
+def make_optimizer(config: FitConfig, steps_per_epoch: int) -> optim.Optimizer:
     """The optimizer of ``config``: an Optimizer instance as it is, else :func:`sbnnumba.optim.get_optimizer`
     by name with ``lr`` (its own default when None: Adam 1e-3, SGD 0.01), ``weight_decay``, ``clip_value``,
     the schedule resolved over the run, and for SGD ``momentum`` / ``nesterov`` (Nesterov only with
-    momentum)."""
+    momentum).
+
+    Parameters
+    ----------
+    config : FitConfig
+        The run's options.
+    steps_per_epoch : int
+        Steps of one epoch: the schedules span ``config.epochs * steps_per_epoch`` steps (``"step"``:
+        x0.1 after each third of the epochs; ``"cosine"``: over all steps).
+
+    Returns
+    -------
+    sbnnumba.optim.Optimizer
+    """
     if isinstance(config.optimizer, optim.Optimizer):
         return config.optimizer
     schedule = config.schedule
@@ -144,8 +167,25 @@ def _differences(key, a, b):
     return [] if a == b else [f"{key}: checkpoint {a!r} vs now {b!r}"]
 
 
-def check_resume(saved, current, path):
-    """ValueError naming every setting that decides the trajectory and differs between two run configs."""
+def check_resume(saved: dict, current: dict, path: str) -> None:
+    """ValueError naming every setting that decides the trajectory and differs between two run configs.
+
+    Compared: ``network``, ``data``, ``optimizer``, ``sampling`` and the ``trajectory`` fields of ``fit``.
+
+    Parameters
+    ----------
+    saved : dict
+        The checkpoint's config.
+    current : dict
+        The config of the run that resumes.
+    path : str
+        The checkpoint, named in the message.
+
+    Raises
+    ------
+    ValueError
+        If any of them differs (the message lists each difference).
+    """
     # "sampling" is set by data-parallel runs only (keyed per-example noise): a different trajectory
     pairs = [(k, saved.get(k), current.get(k)) for k in ("network", "data", "optimizer", "sampling")]
     if isinstance(saved.get("network"), dict) and "input" not in saved["network"]:

@@ -12,6 +12,7 @@ import io
 import json
 import os
 import warnings
+from typing import Any
 
 from ..fileio import atomic_write
 from .checkpoint import jsonable
@@ -20,8 +21,26 @@ HISTORY_CSV = "history.csv"
 HISTORY_JSON = "history.json"
 
 
-def write_history(out, history, config=None):
-    """Write ``history.csv`` and ``history.json`` (with ``config``) into ``out``; return their paths."""
+def write_history(out: str | os.PathLike[str], history: list[dict[str, Any]],
+                  config: dict[str, Any] | None = None) -> tuple[str, str]:
+    """Write ``history.csv`` and ``history.json`` (with ``config``) into ``out``.
+
+    The CSV has one column per key in order of first appearance (empty cells for missing or None values).
+
+    Parameters
+    ----------
+    out : str or os.PathLike
+        The run directory.
+    history : list of dict
+        One row per epoch.
+    config : dict, optional
+        The run's configuration, stored beside the history in the JSON file.
+
+    Returns
+    -------
+    tuple of str
+        The paths of ``history.csv`` and ``history.json``.
+    """
     columns = []
     for row in history:
         columns += [k for k in row if k not in columns]
@@ -36,9 +55,22 @@ def write_history(out, history, config=None):
     return p_csv, p_json
 
 
-def write_plots(history, out):
-    """``loss.png``, ``accuracy.png``, ``entropy.png`` into ``out`` as a dict of paths; a failure only warns
-    (a broken plot must not end a long run) and returns an empty dict."""
+def write_plots(history: list[dict[str, Any]], out: str | os.PathLike[str]) -> dict[str, str]:
+    """``loss.png``, ``accuracy.png``, ``entropy.png`` into ``out``; a failure only warns (a broken plot must
+    not end a long run).
+
+    Parameters
+    ----------
+    history : list of dict
+        One row per epoch.
+    out : str or os.PathLike
+        The run directory.
+
+    Returns
+    -------
+    dict str -> str
+        ``loss_png``, ``accuracy_png``, ``entropy_png`` -> path; empty when plotting failed.
+    """
     try:
         from ..plots import plot_training_curves
 
@@ -49,8 +81,22 @@ def write_plots(history, out):
     return {"loss_png": loss, "accuracy_png": accuracy, "entropy_png": entropy}
 
 
-def summary_line(row, epochs, eval_samples):
-    """One line per epoch: training loss, validation loss / accuracies / entropy (if any), seconds."""
+def summary_line(row: dict[str, Any], epochs: int, eval_samples: int) -> str:
+    """One line per epoch: training loss, validation loss / accuracies / entropy (if any), seconds.
+
+    Parameters
+    ----------
+    row : dict
+        The epoch's history row.
+    epochs : int
+        Total epochs of the run (``epoch k/epochs``).
+    eval_samples : int
+        Samples of the ensemble accuracy (``ens<k>``).
+
+    Returns
+    -------
+    str
+    """
     parts = [f"epoch {row['epoch']}/{epochs}", f"train loss {row['train_loss']:.4f}"]
     if "val_loss" in row:
         parts += [f"val loss {row['val_loss']:.4f}", f"acc1 {100 * row['val_acc1']:.2f}%",

@@ -247,6 +247,11 @@ def grid_rounds(evaluate, lo, hi, max_trials, batch, xatol):
     xatol : float > 0
         Stop once a round's spacing is below it.
 
+    Returns
+    -------
+    dict float -> float
+        Every evaluated point and its score, in evaluation order.
+
     Notes
     -----
     Ties between equal scores go to the point evaluated first, as with the sequential search's trial
