@@ -39,6 +39,7 @@ from __future__ import annotations
 import abc
 
 import numpy as np
+import numpy.typing as npt
 from scipy import special
 
 from .kernels.entropy import unit_entropy_flat
@@ -50,7 +51,7 @@ __all__ = ["NoiseFamily", "Logistic", "Normal", "Uniform", "Triangular", "NOISES
 _LN2 = float(np.log(2.0))
 
 
-def _like(out, a):
+def _like(out: npt.ArrayLike, a: npt.ArrayLike) -> np.ndarray:
     a = np.asarray(a)
     return np.asarray(out, dtype=a.dtype if a.dtype.kind == "f" else np.float64)
 
@@ -83,19 +84,19 @@ class NoiseFamily(abc.ABC):
 
     # ------------------------------------------------------------------ the four laws
     @abc.abstractmethod
-    def cdf(self, a):
+    def cdf(self, a: npt.ArrayLike) -> np.ndarray:
         """``F(a) = P(Z < a)``, element-wise."""
 
     @abc.abstractmethod
-    def pdf(self, a):
+    def pdf(self, a: npt.ArrayLike) -> np.ndarray:
         """Density ``p(a) = F'(a)``, element-wise."""
 
     @abc.abstractmethod
-    def log_cdf(self, a):
+    def log_cdf(self, a: npt.ArrayLike) -> np.ndarray:
         """``log F(a)``, accurate in the lower tail (``-inf`` where ``F = 0``)."""
 
     @abc.abstractmethod
-    def quantile(self, u):
+    def quantile(self, u: npt.ArrayLike) -> np.ndarray:
         """Inverse cdf ``F^{-1}(u)`` for ``u`` in (0, 1)."""
 
     # ------------------------------------------------------------------ derived quantities
@@ -130,7 +131,7 @@ class NoiseFamily(abc.ABC):
         (empty for a family without kernels)."""
         return FLIP_FORMS.get(self.name, ())
 
-    def sample(self, a, u):
+    def sample(self, a: npt.ArrayLike, u: npt.ArrayLike) -> np.ndarray:
         """Binary sample ``x = +1 if u < F(a) else -1`` (so ``sign(0) = +1`` never arises).
 
         Parameters
@@ -148,15 +149,15 @@ class NoiseFamily(abc.ABC):
         one = (a.dtype if a.dtype.kind == "f" else np.dtype(np.float64)).type(1)
         return np.where(u < self.cdf(a), one, -one)  # typed scalars: no int64 temporary and cast pass
 
-    def mean(self, a):
+    def mean(self, a: npt.ArrayLike) -> np.ndarray:
         """Mean response (proxy) ``E[x | a] = 2 F(a) - 1``."""
         return 2 * self.cdf(a) - 1
 
-    def mean_grad(self, a):
+    def mean_grad(self, a: npt.ArrayLike) -> np.ndarray:
         """Derivative of the proxy, ``2 p(a)``: the ST backward factor in +-1 coding."""
         return 2 * self.pdf(a)
 
-    def score_ratio(self, z):
+    def score_ratio(self, z: npt.ArrayLike) -> np.ndarray:
         """``p(z) / F(z) = d log F(z) / dz`` element-wise (0 where ``F(z) = 0``): REINFORCE's score of a unit."""
         z = np.asarray(z)
         f, p = self.cdf(z), self.pdf(z)
@@ -164,7 +165,7 @@ class NoiseFamily(abc.ABC):
             out = np.where(f > 0, p / np.where(f > 0, f, 1), 0.0)
         return np.asarray(out, dtype=z.dtype)
 
-    def arm_psi(self, u):
+    def arm_psi(self, u: np.ndarray) -> np.ndarray:
         """ARM's ``psi(u) = -(log p)'(F^{-1}(u))`` (:mod:`sbnnumba.estimators.arm`).
 
         Raises
@@ -175,7 +176,7 @@ class NoiseFamily(abc.ABC):
         raise ValueError(f"noise: ARM is defined for 'logistic' noise (and generalized here to 'normal'); got "
                          f"{self.name!r}: {self.arm_refusal}")
 
-    def entropy_bits(self, a):
+    def entropy_bits(self, a: npt.ArrayLike) -> np.ndarray:
         """Entropy in bits of the unit ``sign(a - Z)``, ``H(F(a))``, element-wise, values in [0, 1].
 
         Families with kernels use one fused Numba pass over
@@ -197,7 +198,7 @@ class NoiseFamily(abc.ABC):
             h = np.abs(np.where(p > 0, p * lp, 0) + np.where(q > 0, q * lq, 0))  # both terms <= 0; abs: no -0
         return np.minimum(h / a.dtype.type(_LN2), 1).astype(a.dtype, copy=False)
 
-    def matched_scale(self, logistic_scale):
+    def matched_scale(self, logistic_scale: float) -> float:
         """``F^{-1}(sigma(s))``: the latent-weight scale as confident under this family as ``s`` is under
         logistic noise (:func:`sbnnumba.weights.matched_scale`)."""
         return float(self.quantile(np.float64(special.expit(logistic_scale))))
@@ -214,37 +215,37 @@ class Logistic(NoiseFamily):
     std = float(np.pi / np.sqrt(3))
     variance = float(np.pi ** 2 / 3)
 
-    def cdf(self, a):
+    def cdf(self, a: npt.ArrayLike) -> np.ndarray:
         return _like(special.expit(a), a)
 
-    def pdf(self, a):
+    def pdf(self, a: npt.ArrayLike) -> np.ndarray:
         # exp(-|a|) / (1 + exp(-|a|))^2 never overflows.
         e = np.exp(-np.abs(a))
         return _like(e / (1 + e) ** 2, a)
 
-    def log_cdf(self, a):
+    def log_cdf(self, a: npt.ArrayLike) -> np.ndarray:
         return _like(special.log_expit(a), a)
 
-    def quantile(self, u):
+    def quantile(self, u: npt.ArrayLike) -> np.ndarray:
         return _like(special.logit(u), u)
 
-    def sample(self, a, u):
+    def sample(self, a: npt.ArrayLike, u: npt.ArrayLike) -> np.ndarray:
         """As :meth:`NoiseFamily.sample`; float32/float64 inputs go through one fused Numba pass
         (:mod:`sbnnumba.kernels.sampling`, bit-identical to ``where(u < expit(a), 1, -1)``)."""
         a = np.asarray(a)
         x = logistic_sample(a, u)
         return super().sample(a, u) if x is None else x
 
-    def score_ratio(self, z):
+    def score_ratio(self, z: npt.ArrayLike) -> np.ndarray:
         """``p / F = sigma(-z)`` (no division)."""
         z = np.asarray(z)
         return np.asarray(special.expit(-z), dtype=z.dtype)
 
-    def arm_psi(self, u):
+    def arm_psi(self, u: np.ndarray) -> np.ndarray:
         """``psi(u) = 2u - 1``: the ARM of Yin & Zhou."""
         return 2 * u - 1
 
-    def matched_scale(self, logistic_scale):
+    def matched_scale(self, logistic_scale: float) -> float:
         """``s`` itself, exactly (``logit(sigma(s))`` may differ from ``s`` in the last bit)."""
         return float(logistic_scale)
 
@@ -257,25 +258,25 @@ class Normal(NoiseFamily):
     std = 1.0
     variance = 1.0
 
-    def cdf(self, a):
+    def cdf(self, a: npt.ArrayLike) -> np.ndarray:
         return _like(special.ndtr(a), a)
 
-    def pdf(self, a):
+    def pdf(self, a: npt.ArrayLike) -> np.ndarray:
         a_ = np.asarray(a)
         return _like(np.exp(-0.5 * a_ * a_) / np.sqrt(2 * np.pi), a)
 
-    def log_cdf(self, a):
+    def log_cdf(self, a: npt.ArrayLike) -> np.ndarray:
         return _like(special.log_ndtr(a), a)
 
-    def quantile(self, u):
+    def quantile(self, u: npt.ArrayLike) -> np.ndarray:
         return _like(special.ndtri(u), u)
 
-    def score_ratio(self, z):
+    def score_ratio(self, z: npt.ArrayLike) -> np.ndarray:
         """``p / F = exp(log phi(z) - log Phi(z))``, finite deep in the lower tail."""
         z = np.asarray(z)
         return np.asarray(np.exp(-0.5 * z * z - 0.5 * np.log(2 * np.pi) - special.log_ndtr(z)), dtype=z.dtype)
 
-    def arm_psi(self, u):
+    def arm_psi(self, u: np.ndarray) -> np.ndarray:
         """``psi(u) = Phi^{-1}(u)`` (a derived generalization of ARM: unbiased, finite variance)."""
         return special.ndtri(u)
 
@@ -293,17 +294,17 @@ class Uniform(NoiseFamily):
     arm_refusal = ("its density jumps at +-1, so the score identity misses the boundary terms and the "
                    "estimator would be biased")
 
-    def cdf(self, a):
+    def cdf(self, a: npt.ArrayLike) -> np.ndarray:
         return _like(np.clip((np.asarray(a) + 1) * 0.5, 0, 1), a)
 
-    def pdf(self, a):
+    def pdf(self, a: npt.ArrayLike) -> np.ndarray:
         return _like(np.where(np.abs(a) <= 1, 0.5, 0.0), a)
 
-    def log_cdf(self, a):
+    def log_cdf(self, a: npt.ArrayLike) -> np.ndarray:
         with np.errstate(divide="ignore"):
             return _like(np.log(self.cdf(a)), a)
 
-    def quantile(self, u):
+    def quantile(self, u: npt.ArrayLike) -> np.ndarray:
         return _like(2 * np.asarray(u) - 1, u)
 
 
@@ -319,21 +320,21 @@ class Triangular(NoiseFamily):
     variance = 1.0 / 6
     arm_refusal = "psi = sign(z) / (1 - |z|) has infinite variance (E[psi^2] = int dz / (1 - |z|) = inf)"
 
-    def cdf(self, a):
+    def cdf(self, a: npt.ArrayLike) -> np.ndarray:
         t = np.clip(np.asarray(a), -1, 1)
         return _like(np.where(t < 0, 0.5 * (1 + t) ** 2, 1 - 0.5 * (1 - t) ** 2), a)
 
-    def pdf(self, a):
+    def pdf(self, a: npt.ArrayLike) -> np.ndarray:
         return _like(np.maximum(0, 1 - np.abs(a)), a)
 
-    def log_cdf(self, a):
+    def log_cdf(self, a: npt.ArrayLike) -> np.ndarray:
         t = np.clip(np.asarray(a), -1, 1)
         with np.errstate(divide="ignore", invalid="ignore"):
             lower = 2 * np.log1p(t) - np.log(2.0)
             upper = np.log1p(-0.5 * (1 - t) ** 2)
         return _like(np.where(t < 0, lower, upper), a)
 
-    def quantile(self, u):
+    def quantile(self, u: npt.ArrayLike) -> np.ndarray:
         u_ = np.asarray(u)
         with np.errstate(invalid="ignore"):
             out = np.where(u_ < 0.5, -1 + np.sqrt(2 * u_), 1 - np.sqrt(2 * (1 - u_)))

@@ -121,9 +121,12 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numba
 import numpy as np
+import numpy.typing as npt
 
 from . import bitpack
 from .backends import BackendAttribute
@@ -135,6 +138,10 @@ from .kernels.conv_reference import output_size, windows
 from .layers import Layer, Linear
 from .normalization import Normalized
 from .validation import check_int, check_positive_number
+
+if TYPE_CHECKING:
+    from .export import CExport
+    from .network import Network
 
 __all__ = ["PackedNetwork", "PackedFormatError", "FORMAT", "FORMAT_VERSION", "quantized_reference_logits"]
 
@@ -575,7 +582,7 @@ def _check_quantization(value):
             check_int(value[1], "input_quantization", 1, _kp.MAX_BITS))
 
 
-def quantized_reference_logits(net, x, input_quantization):
+def quantized_reference_logits(net: Network, x: np.ndarray, input_quantization: tuple[float, int]) -> np.ndarray:
     r"""Logits of ``net``'s deterministic network with the first raw product computed exactly.
 
     For inputs on the grid ``x = dtype(scale * q)`` (integer ``q`` in ``[0, 2^bits)``): the codes
@@ -685,7 +692,9 @@ class PackedNetwork:
 
     # ------------------------------------------------------------------ conversion
     @classmethod
-    def from_network(cls, net, calibration_x=None, input_shape=None, input_quantization=None):
+    def from_network(cls, net: Network, calibration_x: np.ndarray | None = None,
+                     input_shape: tuple[int, ...] | None = None,
+                     input_quantization: tuple[float, int] | None = None) -> PackedNetwork:
         """Convert the deterministic version of ``net`` (see :meth:`Network.forward_deterministic`).
 
         Parameters
@@ -828,11 +837,22 @@ class PackedNetwork:
         first = self.stages[0]
         return (first.meta["scale"], first.meta["bits"]) if first.kind == "bitplane_dense" else None
 
-    def forward_packed(self, x, codes=False):
+    def forward_packed(self, x: npt.ArrayLike, codes: bool = False) -> list[np.ndarray]:
         """Packed output words of every stage for inputs ``x`` (B, ...): a list, one per stage.
 
-        ``codes=True`` (bit-plane first stage only): ``x`` holds the integer codes ``q`` of the
-        inputs ``scale * q`` (e.g. the uint8 pixels), which skips the rounding and grid check.
+        Parameters
+        ----------
+        x : array_like, shape (B, ...)
+            Inputs, per-example shape :attr:`input_shape`.
+        codes : bool
+            (bit-plane first stage only) ``x`` holds the integer codes ``q`` of the inputs ``scale * q``
+            (e.g. the uint8 pixels), which skips the rounding and grid check.
+
+        Returns
+        -------
+        list of ndarray of uint64
+            Per stage: ``(B, ceil(N/64))`` for a dense stage, ``(B, H, W, ceil(C/64))`` for a conv stage
+            (bit set = -1).
         """
         act, out = self._check_x(x, codes), []
         for stage in self.stages:
@@ -840,8 +860,19 @@ class PackedNetwork:
             out.append(act)
         return out
 
-    def forward_states(self, x, codes=False):
-        """+-1 states of every stage in the float network's layout ((B, N) or (B, C, H, W))."""
+    def forward_states(self, x: npt.ArrayLike, codes: bool = False) -> list[np.ndarray]:
+        """+-1 states of every stage in the float network's layout ((B, N) or (B, C, H, W)).
+
+        Parameters
+        ----------
+        x, codes
+            As in :meth:`forward_packed`.
+
+        Returns
+        -------
+        list of ndarray
+            Per stage, +-1 values of :attr:`dtype`: ``(B, N)`` or ``(B, C, H, W)``.
+        """
         states = []
         for stage, words in zip(self.stages, self.forward_packed(x, codes)):
             kind, shape = stage.out_desc
@@ -856,13 +887,24 @@ class PackedNetwork:
         h = float_stage_input(self.head_in[0], self.head_in[1], act, self.dtype)
         return _rows(h) @ self.head_weight.T + self.head_bias
 
-    def predict_logits(self, x, batch_size=None, codes=False):
+    def predict_logits(self, x: npt.ArrayLike, batch_size: int | None = None, codes: bool = False) -> np.ndarray:
         """Logits (B, n_classes) of inputs ``x`` (B, ...), equal to the float deterministic network's
         (with a bit-plane first stage: to the exact-first-product reference's, see the module docstring).
 
-        ``batch_size`` splits the work into chunks (default: one pass over the whole batch).
-        ``codes=True`` (bit-plane first stage only): ``x`` holds the integer codes ``q`` of the inputs
-        ``scale * q`` (e.g. uint8 pixels), packed without the rounding and grid check of float inputs.
+        Parameters
+        ----------
+        x : array_like, shape (B, ...)
+            Inputs.
+        batch_size : int, optional
+            Splits the work into chunks (default: one pass over the whole batch).
+        codes : bool
+            (bit-plane first stage only) ``x`` holds the integer codes ``q`` of the inputs ``scale * q``
+            (e.g. uint8 pixels), packed without the rounding and grid check of float inputs.
+
+        Returns
+        -------
+        ndarray, shape (B, n_classes), of :attr:`dtype`
+            ``h @ head_weight.T + head_bias`` with ``h`` the last stage's states.
         """
         if batch_size is None:
             return self._logits(x, codes)
@@ -872,8 +914,18 @@ class PackedNetwork:
         return np.concatenate([self._logits(x[s:s + batch_size], codes)
                                for s in range(0, max(len(x), 1), batch_size)])
 
-    def predict(self, x, batch_size=None, codes=False):
-        """Predicted classes (B,): argmax of :meth:`predict_logits`."""
+    def predict(self, x: npt.ArrayLike, batch_size: int | None = None, codes: bool = False) -> np.ndarray:
+        """Predicted classes (B,): argmax of :meth:`predict_logits`.
+
+        Parameters
+        ----------
+        x, batch_size, codes
+            As in :meth:`predict_logits`.
+
+        Returns
+        -------
+        ndarray of int64, shape (B,)
+        """
         return np.argmax(self.predict_logits(x, batch_size, codes), axis=-1)
 
     @property
@@ -881,7 +933,7 @@ class PackedNetwork:
         return self.head_weight.shape[0]
 
     # ------------------------------------------------------------------ size
-    def size_report(self, print_fn=None):
+    def size_report(self, print_fn: Callable[[str], object] | None = None) -> list[dict[str, Any]]:
         """Bytes of the packed model vs the float32 model of the same network, per layer and total.
 
         The float32 figure counts what the float deterministic network needs: weights and biases,
@@ -889,6 +941,11 @@ class PackedNetwork:
         each. The packed figure is the bytes of the arrays the packed model stores (and saves):
         weights as 1-bit words (uint64, padded to 64 bits per row / pixel) or float, thresholds
         (int32 for binary stages, float for float stages) and flip flags (1 byte per unit).
+
+        Parameters
+        ----------
+        print_fn : callable, optional
+            Called once with the table as text (e.g. ``print``); None prints nothing.
 
         Returns
         -------
@@ -924,9 +981,16 @@ class PackedNetwork:
         return rows
 
     # ------------------------------------------------------------------ export
-    def export_c(self, directory, name="model"):
+    def export_c(self, directory: str | os.PathLike[str], name: str = "model") -> CExport:
         """Write this network as dependency-free C99 (header, source, example ``main.c``, Makefile,
         README) into ``directory``; see :func:`sbnnumba.export.export_c`, which this calls.
+
+        Parameters
+        ----------
+        directory : str or os.PathLike
+            Created if missing.
+        name : str
+            C prefix of the files, functions, types and macros.
 
         Returns
         -------
@@ -951,11 +1015,21 @@ class PackedNetwork:
         """The oldest format version that holds this network (1 unless it has a bit-plane stage)."""
         return min(v for v, kinds in _Stage.kinds_by_version.items() if all(s.kind in kinds for s in self.stages))
 
-    def save(self, path):
-        """Write the packed network to one ``.npz`` atomically (temp file + ``os.replace``); returns ``path``.
+    def save(self, path: str | os.PathLike[str]) -> str:
+        """Write the packed network to one ``.npz`` atomically (temp file + ``os.replace``).
 
         The file has format version 1 (readable by older sbnnumba) unless the network has a bit-plane
         stage (version 2).
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The file.
+
+        Returns
+        -------
+        str
+            ``path`` as a string.
         """
         arrays = {"meta/format": np.array(FORMAT), "meta/version": np.array(self._format_version()),
                   "meta/spec": np.array(json.dumps(self._spec(), sort_keys=True)),
@@ -966,8 +1040,18 @@ class PackedNetwork:
         return atomic_write(path, lambda f: np.savez(f, **arrays))
 
     @classmethod
-    def load(cls, path):
+    def load(cls, path: str | os.PathLike[str]) -> PackedNetwork:
         """Read a file written by :meth:`save`.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The file.
+
+        Returns
+        -------
+        PackedNetwork
+            Runs on the default backend (``$SBNNUMBA_BACKEND`` or ``"cpu"``).
 
         Raises
         ------

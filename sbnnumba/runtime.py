@@ -23,6 +23,7 @@ import ctypes
 import ctypes.util
 import functools
 import os
+from collections.abc import Iterator
 
 # mallopt parameters (glibc malloc.h)
 _M_TRIM_THRESHOLD = -1
@@ -50,7 +51,7 @@ def _glibc():
     return libc
 
 
-def retain_freed_memory():
+def retain_freed_memory() -> str:
     """Keep freed memory in the process's heap instead of returning it to the system.
 
     Sets glibc's ``M_MMAP_MAX = 0`` (no allocation is served by its own ``mmap``) and
@@ -73,7 +74,7 @@ def retain_freed_memory():
     return "applied" if ok else "unsupported"
 
 
-def set_num_threads(n):
+def set_num_threads(n: int) -> None:
     """Set the number of threads of both Numba's parallel kernels and the BLAS library.
 
     A training step alternates Numba kernels (sampling, PSA flip propagation, packed products) and BLAS
@@ -94,7 +95,7 @@ def set_num_threads(n):
     import numba
     from threadpoolctl import threadpool_limits
 
-    limit = numba.config.NUMBA_NUM_THREADS
+    limit = numba.config.NUMBA_NUM_THREADS  # type: ignore[attr-defined]  # set from the environment at import
     if isinstance(n, bool) or not isinstance(n, int):
         raise TypeError(f"n: expected an int, got {type(n).__name__}")
     if not 1 <= n <= limit:
@@ -103,7 +104,7 @@ def set_num_threads(n):
     threadpool_limits(limits=n, user_api="blas")
 
 
-def get_num_threads():
+def get_num_threads() -> int:
     """The number of threads Numba's kernels use in the calling thread (see :func:`set_num_threads`).
 
     Returns
@@ -116,7 +117,7 @@ def get_num_threads():
 
 
 @contextlib.contextmanager
-def limited_threads(threads):
+def limited_threads(threads: int | None) -> Iterator[None]:
     """Within the block, Numba kernels and BLAS use at most ``threads`` threads (None: leave them).
 
     Set through :func:`set_num_threads` (Numba for the calling thread, BLAS for the process), capped at
@@ -138,7 +139,7 @@ def limited_threads(threads):
     import numba
     from threadpoolctl import threadpool_limits
 
-    threads = max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS))
+    threads = max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]
     before = numba.get_num_threads()
     with threadpool_limits(limits=threads, user_api="blas"):  # restores the BLAS setting on exit
         set_num_threads(threads)

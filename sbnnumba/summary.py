@@ -7,7 +7,13 @@ XNOR-popcount operations) and float MACs.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
+
+if TYPE_CHECKING:
+    from .network import Network
 
 
 def _positions(layer, out_shape):
@@ -15,12 +21,14 @@ def _positions(layer, out_shape):
     return int(np.prod(out_shape)) // layer.inner.weight.shape[0]
 
 
-def summary(net, input_shape, print_fn=print):
+def summary(net: Network, input_shape: tuple[int, ...],
+            print_fn: Callable[[str], object] | None = print) -> list[dict[str, Any]]:
     """Summarize ``net`` for inputs of per-example shape ``input_shape``.
 
     Parameters
     ----------
     net : Network
+        The network to summarize.
     input_shape : tuple of int
         Shape of one example, e.g. ``(784,)`` or ``(1, 28, 28)``.
     print_fn : callable or None
