@@ -14,7 +14,7 @@ import socket
 import tempfile
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import IO
 
 import numpy as np
@@ -26,12 +26,14 @@ LOCK_NAME = ".sbnnumba.lock"
 NPZ_READ_ERRORS = (OSError, ValueError, EOFError, KeyError, TypeError, zipfile.BadZipFile)
 
 
-def read_versioned_npz(path, fmt, versions, error, what, article="a"):
+def read_versioned_npz(path: str | os.PathLike[str], fmt: str, versions: Collection[int], error: type[Exception],
+                       what: str, article: str = "a") -> tuple[int, dict[str, np.ndarray]]:
     """Read every array of an ``.npz`` written with ``meta/format`` = ``fmt`` and a ``meta/version``.
 
     Parameters
     ----------
     path : path-like
+        The file.
     fmt : str
         Expected ``meta/format``.
     versions : collection of int
@@ -65,11 +67,12 @@ def read_versioned_npz(path, fmt, versions, error, what, article="a"):
         raise error(f"{path}: corrupt or unreadable {what} ({type(exc).__name__}: {exc})") from None
     if "meta/format" not in arrays or str(arrays["meta/format"]) != fmt:
         raise error(f"{path}: not {article} {what} (no 'meta/format' = {fmt!r})")
+    version: int | None
     try:
         version = int(arrays["meta/version"])
     except (KeyError, TypeError, ValueError):
         version = None
-    if version not in versions:
+    if version is None or version not in versions:
         raise error(f"{path}: {what} format version {version}; this sbnnumba reads version(s) "
                     f"{', '.join(map(str, sorted(versions)))}")
     return version, arrays
@@ -165,7 +168,7 @@ def _stale(record):
     return record is not None and record.get("host") == socket.gethostname() and not _process_alive(record["pid"])
 
 
-def remove_stale_temporaries(directory):
+def remove_stale_temporaries(directory: str | os.PathLike[str]) -> list[str]:
     """Remove the ``.tmp-<pid>-*`` files in ``directory`` left by writers that are no longer alive on this
     host (an atomic write interrupted by SIGKILL). Files of live processes, and names without a pid, are
     kept.
@@ -173,6 +176,7 @@ def remove_stale_temporaries(directory):
     Parameters
     ----------
     directory : str or os.PathLike
+        The directory to clean.
 
     Returns
     -------
@@ -211,11 +215,12 @@ class RunLock:
     Parameters
     ----------
     directory : str or os.PathLike
+        The run directory.
     what : str
         The argument named in messages (e.g. ``"out"``).
     """
 
-    def __init__(self, directory, what="out"):
+    def __init__(self, directory: str | os.PathLike[str], what: str = "out"):
         self.directory, self.what = os.fspath(directory), what
         self.path = os.path.join(self.directory, LOCK_NAME)
 

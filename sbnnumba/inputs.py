@@ -15,18 +15,20 @@ Other integer dtypes are taken as the float values they hold (and so are range-c
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 
 PIXELS = "uint8/255"  # trained on uint8 images, which fit scaled to [0, 1]
 CONVENTIONS = (PIXELS,)
 PIXEL_RANGE = (0.0, 1.0)
 
 
-def check_convention(value, name="input_convention"):
+def check_convention(value: object, name: str = "input_convention") -> str | None:
     """Check an input convention.
 
     Parameters
     ----------
     value : None or str
+        The convention to check.
     name : str
         The argument named in messages.
 
@@ -44,12 +46,13 @@ def check_convention(value, name="input_convention"):
     return value
 
 
-def convention_of(x):
+def convention_of(x: npt.ArrayLike) -> str | None:
     """The convention that training on ``x`` records.
 
     Parameters
     ----------
     x : array-like
+        Training inputs.
 
     Returns
     -------
@@ -59,7 +62,7 @@ def convention_of(x):
     return PIXELS if np.asarray(x).dtype == np.uint8 else None
 
 
-def to_float(x, dtype, convention=None, name="x"):
+def to_float(x: npt.ArrayLike, dtype: npt.DTypeLike, convention: str | None = None, name: str = "x") -> np.ndarray:
     """``x`` as the network's float input (dtype ``dtype``) under ``convention``.
 
     Parameters
@@ -67,6 +70,7 @@ def to_float(x, dtype, convention=None, name="x"):
     x : array-like (B, ...)
         uint8 images (scaled by 1/255) or real numbers (other integers as their values).
     dtype : numpy float dtype
+        The network's dtype.
     convention : None or str
         :data:`PIXELS`: float inputs must lie in ``[0, 1]``.
     name : str

@@ -6,18 +6,35 @@ r"""Classification losses on logits, vectorized over arbitrary leading dimension
   ``y in {0, 1}`` mapped to ``s = 2y - 1``: ``l = log(1 + exp(-s eta))``,
   ``dl/deta = -s sigma(-s eta)``.
 """
+from __future__ import annotations
+
+from typing import Literal, overload
+
 import numpy as np
+import numpy.typing as npt
 from scipy import special
 
 
-def xent(logits, y, grad=True):
+@overload
+def xent(logits: np.ndarray, y: npt.ArrayLike, grad: Literal[True] = ...) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+@overload
+def xent(logits: np.ndarray, y: npt.ArrayLike, grad: Literal[False]) -> np.ndarray: ...
+
+
+def xent(logits: np.ndarray, y: npt.ArrayLike, grad: bool = True) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Loss per example, and optionally its gradient w.r.t. the logits.
 
     Parameters
     ----------
     logits : ndarray (..., K)
+        Logits; ``K = 1`` is a binary head with the logistic loss ``log(1 + exp(-(2y - 1) eta))``, else the
+        softmax cross-entropy ``logsumexp(eta) - eta_y``.
     y : int ndarray broadcastable to ``logits.shape[:-1]``
+        Labels (in {0, 1} for ``K = 1``).
     grad : bool
+        Also return the gradient (softmax minus one-hot; ``-(2y - 1) sigma(-(2y - 1) eta)`` for ``K = 1``).
 
     Returns
     -------
@@ -51,7 +68,7 @@ def xent(logits, y, grad=True):
     return loss, g
 
 
-def probabilities(logits):
+def probabilities(logits: np.ndarray) -> np.ndarray:
     """Class probabilities: softmax, or ``(1 - sigma(eta), sigma(eta))`` for a 1-logit head.
 
     Parameters

@@ -85,19 +85,62 @@ class NoiseFamily(abc.ABC):
     # ------------------------------------------------------------------ the four laws
     @abc.abstractmethod
     def cdf(self, a: npt.ArrayLike) -> np.ndarray:
-        """``F(a) = P(Z < a)``, element-wise."""
+        """``F(a) = P(Z < a)``, element-wise.
+
+        Parameters
+        ----------
+        a : array_like, any shape
+            Arguments (pre-activations).
+
+        Returns
+        -------
+        ndarray, shape of ``a``
+            Float dtype of ``a`` (float64 for other inputs).
+        """
 
     @abc.abstractmethod
     def pdf(self, a: npt.ArrayLike) -> np.ndarray:
-        """Density ``p(a) = F'(a)``, element-wise."""
+        """Density ``p(a) = F'(a)``, element-wise.
+
+        Parameters
+        ----------
+        a : array_like, any shape
+            Arguments (pre-activations).
+
+        Returns
+        -------
+        ndarray, shape of ``a``
+            Float dtype of ``a`` (float64 for other inputs).
+        """
 
     @abc.abstractmethod
     def log_cdf(self, a: npt.ArrayLike) -> np.ndarray:
-        """``log F(a)``, accurate in the lower tail (``-inf`` where ``F = 0``)."""
+        """``log F(a)``, accurate in the lower tail (``-inf`` where ``F = 0``).
+
+        Parameters
+        ----------
+        a : array_like, any shape
+            Arguments (pre-activations).
+
+        Returns
+        -------
+        ndarray, shape of ``a``
+            Float dtype of ``a`` (float64 for other inputs).
+        """
 
     @abc.abstractmethod
     def quantile(self, u: npt.ArrayLike) -> np.ndarray:
-        """Inverse cdf ``F^{-1}(u)`` for ``u`` in (0, 1)."""
+        """Inverse cdf ``F^{-1}(u)`` for ``u`` in (0, 1).
+
+        Parameters
+        ----------
+        u : array_like, any shape
+            Probabilities.
+
+        Returns
+        -------
+        ndarray, shape of ``u``
+        """
 
     # ------------------------------------------------------------------ derived quantities
     @property
@@ -150,15 +193,47 @@ class NoiseFamily(abc.ABC):
         return np.where(u < self.cdf(a), one, -one)  # typed scalars: no int64 temporary and cast pass
 
     def mean(self, a: npt.ArrayLike) -> np.ndarray:
-        """Mean response (proxy) ``E[x | a] = 2 F(a) - 1``."""
+        """Mean response (proxy) ``E[x | a] = 2 F(a) - 1``.
+
+        Parameters
+        ----------
+        a : array_like, any shape
+            Arguments (pre-activations).
+
+        Returns
+        -------
+        ndarray, shape of ``a``
+            Float dtype of ``a`` (float64 for other inputs).
+        """
         return 2 * self.cdf(a) - 1
 
     def mean_grad(self, a: npt.ArrayLike) -> np.ndarray:
-        """Derivative of the proxy, ``2 p(a)``: the ST backward factor in +-1 coding."""
+        """Derivative of the proxy, ``2 p(a)``: the ST backward factor in +-1 coding.
+
+        Parameters
+        ----------
+        a : array_like, any shape
+            Arguments (pre-activations).
+
+        Returns
+        -------
+        ndarray, shape of ``a``
+            Float dtype of ``a`` (float64 for other inputs).
+        """
         return 2 * self.pdf(a)
 
     def score_ratio(self, z: npt.ArrayLike) -> np.ndarray:
-        """``p(z) / F(z) = d log F(z) / dz`` element-wise (0 where ``F(z) = 0``): REINFORCE's score of a unit."""
+        """``p(z) / F(z) = d log F(z) / dz`` element-wise (0 where ``F(z) = 0``): REINFORCE's score of a unit.
+
+        Parameters
+        ----------
+        z : array_like, any shape
+            Arguments.
+
+        Returns
+        -------
+        ndarray, shape and dtype of ``z``
+        """
         z = np.asarray(z)
         f, p = self.cdf(z), self.pdf(z)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -167,6 +242,15 @@ class NoiseFamily(abc.ABC):
 
     def arm_psi(self, u: np.ndarray) -> np.ndarray:
         """ARM's ``psi(u) = -(log p)'(F^{-1}(u))`` (:mod:`sbnnumba.estimators.arm`).
+
+        Parameters
+        ----------
+        u : ndarray
+            Uniforms in (0, 1).
+
+        Returns
+        -------
+        ndarray, shape of ``u``
 
         Raises
         ------
@@ -182,6 +266,16 @@ class NoiseFamily(abc.ABC):
         Families with kernels use one fused Numba pass over
         :func:`sbnnumba.kernels.scalar.entropy_bits` (the accurate lower tail ``q = F(-|a|)``); others
         the NumPy form ``-(F log F + (1 - F) log(1 - F)) / ln 2`` through :meth:`log_cdf`.
+
+        Parameters
+        ----------
+        a : array_like, any shape
+            Arguments (pre-activations).
+
+        Returns
+        -------
+        ndarray, shape of ``a``
+            Bits, float dtype of ``a`` (float64 for other inputs).
         """
         a = np.asarray(a)
         if a.dtype.kind != "f":
@@ -200,7 +294,17 @@ class NoiseFamily(abc.ABC):
 
     def matched_scale(self, logistic_scale: float) -> float:
         """``F^{-1}(sigma(s))``: the latent-weight scale as confident under this family as ``s`` is under
-        logistic noise (:func:`sbnnumba.weights.matched_scale`)."""
+        logistic noise (:func:`sbnnumba.weights.matched_scale`).
+
+        Parameters
+        ----------
+        logistic_scale : float
+            The scale ``s`` under logistic noise.
+
+        Returns
+        -------
+        float
+        """
         return float(self.quantile(np.float64(special.expit(logistic_scale))))
 
     def __repr__(self):

@@ -22,12 +22,17 @@ the next update will use.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any, Union
 
 import numpy as np
 
 from .kernels.optim_rules import adam_arrays, sgd_arrays
 from .validation import check_positive_int, check_real
+
+#: A learning-rate schedule: ``schedule(step, base_lr) -> lr``.
+Schedule = Callable[[int, float], float]
+ScheduleSpec = Union[str, Schedule, None]
 
 __all__ = [
     "ConstantLR",
@@ -120,7 +125,7 @@ class CosineLR:
 SCHEDULES = {"constant": ConstantLR, "step": StepLR, "cosine": CosineLR}
 
 
-def get_schedule(name: str, **kwargs):
+def get_schedule(name: str, **kwargs: Any) -> Schedule:
     """Build a schedule by name with keyword arguments.
 
     Parameters
@@ -143,7 +148,7 @@ def get_schedule(name: str, **kwargs):
     return SCHEDULES[key](**kwargs)
 
 
-def _resolve_schedule(schedule):
+def _resolve_schedule(schedule: ScheduleSpec) -> Schedule:
     if schedule is None:
         return ConstantLR()
     if isinstance(schedule, str):
@@ -185,7 +190,7 @@ class Optimizer:
     _buffers: tuple[str, ...] = ()
 
     def __init__(self, lr: float, weight_decay: float = 0.0, clip_value: float | None = None,
-                 clip_norm: float | None = None, schedule=None):
+                 clip_norm: float | None = None, schedule: ScheduleSpec = None):
         self.base_lr = check_real(lr, "lr", 0.0)
         self.weight_decay = check_real(weight_decay, "weight_decay", 0.0)
         self.clip_value = None if clip_value is None else check_real(
@@ -380,7 +385,7 @@ class SGD(Optimizer):
 
     def __init__(self, lr: float = 0.01, momentum: float = 0.0, nesterov: bool = False,
                  weight_decay: float = 0.0, clip_value: float | None = None,
-                 clip_norm: float | None = None, schedule=None):
+                 clip_norm: float | None = None, schedule: ScheduleSpec = None):
         super().__init__(lr, weight_decay, clip_value, clip_norm, schedule)
         self.momentum = check_real(momentum, "momentum", 0.0, 1.0, high_open=True)
         if not isinstance(nesterov, (bool, np.bool_)):
@@ -434,9 +439,9 @@ class Adam(Optimizer):
     name = "adam"
     _buffers = ("exp_avg", "exp_avg_sq")
 
-    def __init__(self, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+    def __init__(self, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, decoupled: bool = False, clip_value: float | None = None,
-                 clip_norm: float | None = None, schedule=None):
+                 clip_norm: float | None = None, schedule: ScheduleSpec = None):
         super().__init__(lr, weight_decay, clip_value, clip_norm, schedule)
         try:
             b1, b2 = betas

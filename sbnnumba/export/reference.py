@@ -16,10 +16,11 @@ Each stage ``i`` reads the packed output of stage ``i - 1`` from
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 
 from .. import bitpack
 from ..kernels.conv_reference import windows
-from ..packed import float_stage_input
+from ..packed import PackedNetwork, float_stage_input
 
 __all__ = ["preactivations"]
 
@@ -60,16 +61,18 @@ def _stage_values(stage, act, dtype, codes):
     raise NotImplementedError(f"preactivations: stage kind {stage.kind!r} is not implemented")
 
 
-def preactivations(packed, x, codes=False):
+def preactivations(packed: PackedNetwork, x: npt.ArrayLike, codes: bool = False) -> list[np.ndarray]:
     """Every stage's pre-threshold values for inputs ``x``, as ``packed`` computes them.
 
     Parameters
     ----------
     packed : sbnnumba.PackedNetwork
+        The network.
     x : ndarray (B, ...)
         Inputs as for :meth:`PackedNetwork.predict` (``codes=True``: integer codes of a bit-plane
         first stage).
     codes : bool
+        ``x`` holds integer codes.
 
     Returns
     -------

@@ -7,6 +7,7 @@ drawn with matplotlib's object API and saved atomically (:func:`sbnnumba.plots.s
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from ..plots import _integer_epochs, _new_figure, save_figure
 from .grid import format_value
@@ -15,7 +16,7 @@ from .table import varying_names
 __all__ = ["groups", "plot_final_accuracy", "plot_learning_curves"]
 
 
-def groups(rows):
+def groups(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     """``{group label: [row, ...]}`` in first-seen order: rows equal in every varying option but ``seed``.
 
     Parameters
@@ -29,7 +30,7 @@ def groups(rows):
         Label (``name=value, ...`` of the varying options other than ``seed``, or ``"all"``) -> its rows.
     """
     names = [k for k in varying_names(rows) if k != "seed"]
-    out = {}
+    out: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         label = ", ".join(f"{k}={format_value(row['options'].get(k))}" for k in names) or "all"
         out.setdefault(label, []).append(row)
@@ -41,7 +42,8 @@ def _value(row, metric):
     return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
 
 
-def plot_final_accuracy(rows, path, metric="test_eacc", title=None):
+def plot_final_accuracy(rows: list[dict[str, Any]], path: str, metric: str = "test_eacc",
+                        title: str | None = None) -> str:
     """Dots: each finished run's ``metric`` (in %); bar: the group's mean; whiskers: min to max over seeds.
 
     Parameters
@@ -83,7 +85,8 @@ def plot_final_accuracy(rows, path, metric="test_eacc", title=None):
     return save_figure(fig, path)
 
 
-def plot_learning_curves(rows, histories, path, metric="val_eacc", title=None):
+def plot_learning_curves(rows: list[dict[str, Any]], histories: dict[str, list[dict[str, Any]]], path: str,
+                         metric: str = "val_eacc", title: str | None = None) -> str:
     """``metric`` against the epoch for every run: one colour per group, one line per seed.
 
     Parameters

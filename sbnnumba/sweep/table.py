@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import os
+from typing import Any
 
 from ..fileio import atomic_write_text
 from .grid import format_value
@@ -28,7 +29,7 @@ METRIC_COLUMNS = ("train_loss", "val_loss", "val_acc1", "val_eacc", "val_det_acc
 TAIL_COLUMNS = ("seconds", "init_seed", "fit_seed", "run_dir", "error")
 
 
-def option_names(rows):
+def option_names(rows: list[dict[str, Any]]) -> list[str]:
     """Every option name of the rows' configurations, in first-seen order.
 
     Parameters
@@ -46,7 +47,7 @@ def option_names(rows):
     return names
 
 
-def varying_names(rows):
+def varying_names(rows: list[dict[str, Any]]) -> list[str]:
     """Option names whose value is not the same in every row (the grid's axes).
 
     Values are compared by :func:`~sbnnumba.sweep.grid.format_value`; a name missing from a row counts as
@@ -79,7 +80,7 @@ def _csv_text(rows):
     return buf.getvalue()
 
 
-def write_table(out, rows, meta):
+def write_table(out: str, rows: list[dict[str, Any]], meta: dict[str, Any]) -> tuple[str, str]:
     """Write ``sweep.csv`` (one line per row, options as ``opt.<name>`` columns) and ``sweep.json``
     (``{"meta": meta, "runs": rows}``) into ``out`` atomically.
 

@@ -28,6 +28,7 @@ import socket
 import time
 import traceback
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -51,7 +52,7 @@ _ARCH_FIXED = ("input_shape", "n_classes", "rng", "dtype")  # set from the data 
 _TEST_SALT = 0x7E57  # test-evaluation generator: default_rng([fit_seed, _TEST_SALT]), as the train command
 
 
-def fit_names():
+def fit_names() -> list[str]:
     """The :class:`~sbnnumba.training.FitConfig` fields a configuration may set.
 
     Returns
@@ -62,7 +63,7 @@ def fit_names():
     return [name for name in field_names() if name not in SWEEP_OWN]
 
 
-def split_options(options):
+def split_options(options: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]:
     """Split a configuration into ``(arch, arch_options, data_options, fit_options)``; the fit options are
     checked by building a :class:`~sbnnumba.training.FitConfig` from them.
 
@@ -113,7 +114,7 @@ def split_options(options):
     return arch, arch_opts, data_opts, fit_opts
 
 
-def load_named_data(data="embedded", train_subset=None):
+def load_named_data(data: str = "embedded", train_subset: int | None = None) -> datasets.Dataset:
     """A Dataset by name: ``"embedded"`` (the packaged subset), ``"auto"`` (full Fashion-MNIST if found,
     else the subset) or a directory of IDX files.
 
@@ -182,7 +183,7 @@ class RunTask:
     data: object = None
 
 
-def read_json(path):
+def read_json(path: str) -> Any:
     """The JSON document at ``path``, or None if it is missing or unreadable (being replaced).
 
     Parameters
@@ -207,7 +208,7 @@ def _write_status(task, state, **extra):
     atomic_write_text(os.path.join(task.run_dir, STATUS), json.dumps(doc))
 
 
-def requested_epochs(options):
+def requested_epochs(options: dict[str, Any]) -> int:
     """The number of epochs a configuration asks for (fit's default if it does not say).
 
     Parameters
@@ -222,7 +223,7 @@ def requested_epochs(options):
     return int(options.get("epochs", FitConfig().epochs))
 
 
-def finished_record(run_dir, epochs):
+def finished_record(run_dir: str, epochs: int) -> dict[str, Any] | None:
     """The stored ``result.json`` of a run that finished at least ``epochs`` epochs, else None.
 
     Parameters
@@ -265,7 +266,7 @@ def _train(task):
     return record
 
 
-def execute(task):
+def execute(task: RunTask) -> dict[str, Any]:
     """Run one configuration on this worker; return its record (a dict), never raise for a failing run.
 
     A run whose ``result.json`` says it finished the requested epochs is not trained again

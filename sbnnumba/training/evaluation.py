@@ -27,7 +27,12 @@ units of stage ``k``. 1 bit = a fair coin, 0 = a deterministic unit. History row
 """
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
+import numpy.typing as npt
 
 from .. import losses
 from ..estimators import rbhead
@@ -37,8 +42,13 @@ from ..validation import as_generator
 from .checkpoint import load_network
 from .data import as_float
 
+if TYPE_CHECKING:
+    from ..backends.base import Backend
+    from ..noise import NoiseFamily
+    from .checkpoint import Checkpoint
 
-def unit_entropy(a, noise="logistic"):
+
+def unit_entropy(a: npt.ArrayLike, noise: str | NoiseFamily = "logistic") -> np.ndarray:
     """Entropy in bits of stochastic binary units with pre-activations ``a``.
 
     A unit ``x = sign(a - Z)`` is +1 with probability ``p = F(a) = 1 - F(-a)`` (``F`` the noise cdf);
@@ -63,8 +73,10 @@ def unit_entropy(a, noise="logistic"):
     return get_noise(noise).entropy_bits(a)
 
 
-def evaluate(net, x, y, samples=10, rng=None, *, rb=True, deterministic=True, batch_size=500, backend=None,
-             entropy=True, uniforms=None):
+def evaluate(net: Network | str | os.PathLike[str] | Checkpoint, x: npt.ArrayLike, y: npt.ArrayLike, samples: int = 10,
+             rng: None | int | np.random.Generator = None, *, rb: bool = True, deterministic: bool = True,
+             batch_size: int = 500, backend: str | Backend | None = None, entropy: bool = True,
+             uniforms: Callable[[int, int, int], Any] | None = None) -> dict[str, Any]:
     """Test metrics of a stochastic binary network (see the module docstring for the definitions).
 
     Parameters
@@ -74,15 +86,19 @@ def evaluate(net, x, y, samples=10, rng=None, *, rb=True, deterministic=True, ba
     x : ndarray (N, ...)
         Inputs; uint8 images are scaled to [0, 1].
     y : int ndarray (N,)
+        Labels.
     samples : int
         Independent network samples per example ``S`` (ensemble size).
     rng : None, int or Generator
+        Draws the samples.
     rb : bool
         Rao-Blackwellized head (the protocol); False uses the plain sampled softmax.
     deterministic : bool
         Also compute ``det_acc`` (the sign network).
     batch_size : int
         Examples per chunk (memory: ``batch_size * N_L * K`` floats for the RB head).
+    backend : str or Backend, optional
+        Where a network loaded from a checkpoint runs.
     entropy : bool
         Also compute the unit entropy (:func:`unit_entropy` of every sampled path's pre-activations).
     uniforms : callable, optional

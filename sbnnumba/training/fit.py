@@ -38,6 +38,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -60,6 +61,10 @@ from .description import describe
 from .device import device_epochs
 from .evaluation import evaluate, metrics_row
 from .history import summary_line, write_history, write_plots
+
+if TYPE_CHECKING:
+    from ..distributed import Communicator
+    from ..network import Network
 
 log = logging.getLogger(__name__)
 
@@ -432,7 +437,9 @@ def _first_nonfinite(loss, grads):
     return None
 
 
-def fit(net, data, config=None, *, out=None, resume=False, metadata=None, comm=None, **options):
+def fit(net: Network, data: Any, config: FitConfig | None = None, *, out: str | os.PathLike[str] | None = None,
+        resume: bool = False, metadata: dict[str, Any] | None = None, comm: Communicator | None = None,
+        **options: Any) -> FitResult:
     """Train ``net`` in place on ``data`` with a gradient estimator; validate after every epoch.
 
     Parameters

@@ -24,6 +24,7 @@ import math
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -34,6 +35,9 @@ from .checkpoint import jsonable
 from .config import FitConfig, Integer, Number, Optional
 from .data import as_float, split_data
 from .fit import TrainingDiverged, fit
+
+if TYPE_CHECKING:
+    from ..distributed import Communicator
 
 log = logging.getLogger(__name__)
 
@@ -344,9 +348,11 @@ def _run_search(method, net, trial_data, trial_config, lo, hi, max_trials, xatol
     return objective.trials
 
 
-def search_lr(net, data, config=None, *, estimator=None, bounds=(-6.0, 0.0), max_trials=10, trial_epochs=5,
-              trial_subset=None, xatol=0.05, comm=None, method="bounded", executor=None, batch=4, threads=None,
-              **fit_options):
+def search_lr(net: Network, data: Any, config: FitConfig | None = None, *, estimator: str | None = None,
+              bounds: tuple[float, float] = (-6.0, 0.0), max_trials: int = 10, trial_epochs: int = 5,
+              trial_subset: int | None = None, xatol: float = 0.05, comm: Communicator | None = None,
+              method: str = "bounded", executor: Executor | None = None, batch: int = 4, threads: int | None = None,
+              **fit_options: Any) -> LRSearchResult:
     """Choose a constant learning rate for one method: bounded scalar minimization over ``log10(lr)``.
 
     Every trial restores the same initial parameters, trains ``trial_epochs`` epochs with :func:`fit`
