@@ -285,7 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="'auto', 'embedded' or a directory (default: the kind of data the run trained on)")
     ev.add_argument("--samples", type=_POSITIVE_INT, default=32, help="largest ensemble size")
     ev.add_argument("--seed", type=_NONNEG_INT, default=0)
-    ev.add_argument("--out", default=None, help="where to write the plot and metrics (default: the checkpoint's folder)")
+    ev.add_argument("--out", default=None,
+                    help="where to write the plot and metrics (default: the checkpoint's folder)")
     ev.add_argument("--backend", default=None, choices=list(backend_names()))
 
     ex = sub.add_parser("export", help="export a trained binary network as dependency-free C",

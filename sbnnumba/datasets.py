@@ -337,7 +337,8 @@ def _check_pair(images: np.ndarray, labels: np.ndarray, what: str, where: str, n
     if labels.ndim != 1:
         raise ValueError(f"{where}: expected 1-D {what} labels, got shape {labels.shape}")
     if images.shape[0] != labels.shape[0]:
-        raise ValueError(f"{where}: expected as many {what} labels as images, got {images.shape[0]} images but {labels.shape[0]} labels")
+        raise ValueError(f"{where}: expected as many {what} labels as images, got {images.shape[0]} images but "
+                         f"{labels.shape[0]} labels")
     if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
         raise ValueError(f"{where}: expected {what} labels in [0, {n_classes}), got range "
                          f"[{labels.min()}, {labels.max()}]")
@@ -394,7 +395,8 @@ def load_embedded(path: str | os.PathLike[str] | None = None) -> Dataset:
                    name="fashion-mnist-subset", source=f"embedded subset {p}")
 
 
-def load_fashion_mnist(data_dir: str | os.PathLike[str] | None = None, embedded: str = "auto", verbose: bool = True) -> Dataset:
+def load_fashion_mnist(data_dir: str | os.PathLike[str] | None = None, embedded: str = "auto",
+                       verbose: bool = True) -> Dataset:
     """Load Fashion-MNIST (or any MNIST-format IDX directory), or the embedded subset.
 
     Parameters

@@ -67,8 +67,8 @@ from .runtime import limited_threads
 
 # ARM with its suffix noise named: the plots and tables say which variant they show (the PSA paper's
 # baseline is ``arm:independent_suffixes=true``; the shared-noise default has the lower variance)
-DEFAULT_METHODS = ("psa", "st", "reinforce", "arm:independent_suffixes=false", "concrete:tau=0.1", "concrete:tau=1", "tanh",
-                   "st-identity", "st-hardtanh")
+DEFAULT_METHODS = ("psa", "st", "reinforce", "arm:independent_suffixes=false", "concrete:tau=0.1", "concrete:tau=1",
+                   "tanh", "st-identity", "st-hardtanh")
 DEFAULT_EPOCHS = (100, 2000)
 TABLE_M = (1, 10, 100)
 

@@ -497,5 +497,6 @@ def get_optimizer(name: str, **kwargs) -> Optimizer:
         raise TypeError(f"optimizer: expected an optimizer name (str), got {type(name).__name__}")
     key = name.lower()
     if key not in OPTIMIZERS:
-        raise ValueError(f"optimizer: expected one of the known optimizers: {', '.join(sorted(OPTIMIZERS))}; got {name!r}")
+        raise ValueError(f"optimizer: expected one of the known optimizers: {', '.join(sorted(OPTIMIZERS))}; "
+                         f"got {name!r}")
     return OPTIMIZERS[key](**kwargs)

@@ -80,9 +80,9 @@ the inputs (``<= u sum_i |x_i|``, ``u = 2^-24`` for float32) and of the summatio
 threshold ``T_j`` (in ``y``) lies between ``y_blas`` and ``fl(s z_j)``: rare, as it needs a
 pre-activation within ~1e-5 of its threshold (``tests/test_packed.py`` asserts >= 99.99% of the
 states and >= 99.9% of the predictions, with the derivation; ``bench/packed_inference.py`` counts
-them on the Fashion-MNIST test images and exits with status 1 below 99.9% agreement). A prediction can only change through such a state. Inputs
-not on the grid raise ``ValueError`` (``x``), they are never silently rounded; ``codes=True``
-passes the integer codes (e.g. uint8 pixels) directly.
+them on the Fashion-MNIST test images and exits with status 1 below 99.9% agreement). A prediction can
+only change through such a state. Inputs not on the grid raise ``ValueError`` (``x``), they are never
+silently rounded; ``codes=True`` passes the integer codes (e.g. uint8 pixels) directly.
 
 Speed: ``bench/packed_inference.py`` measures the packed network against ``forward_deterministic``
 (figures in ``docs/performance.md``). On few cores the Numba kernels need the cores to themselves:

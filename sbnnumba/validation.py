@@ -251,8 +251,8 @@ def check_choice(value: object, name: str, choices: Collection[str]) -> str:
     return value
 
 
-def check_float_array(x: npt.ArrayLike, name: str, dtype: npt.DTypeLike | None = None, ndim: int | tuple[int, ...] | None = None,
-                      finite: bool = True) -> np.ndarray:
+def check_float_array(x: npt.ArrayLike, name: str, dtype: npt.DTypeLike | None = None,
+                      ndim: int | tuple[int, ...] | None = None, finite: bool = True) -> np.ndarray:
     """Convert ``x`` to a floating ndarray (of ``dtype`` if given) after checking it.
 
     Parameters

@@ -199,7 +199,8 @@ def _config_from_v1(config):
     fit = {k: config[k] for k in field_names() if k in config and k != "optimizer"}  # that one: hyperparameters
     if fit.get("augment_pad") is None:  # version 1 stored None without augmentation
         fit["augment_pad"] = 4
-    metadata = {**config.get("metadata", {}), "architecture": {"name": spec["name"], "options": spec.get("options", {})}}
+    metadata = {**config.get("metadata", {}),
+                "architecture": {"name": spec["name"], "options": spec.get("options", {})}}
     return {"format_version": 1, "network": describe(_network_from_v1(spec), spec["input_shape"]),
             "data": config.get("data", {}), "fit": fit, "optimizer": config.get("optimizer", {}),
             "backend": config.get("backend"), "metadata": metadata}

@@ -263,17 +263,21 @@ class FitConfig:
     epochs: int = option(5, "total epochs, counting earlier sessions of a resumed run", _POS, flag="--epochs",
                          cli_default=3)
     batch_size: int = option(64, "examples per step", _POS, trajectory=True, flag="--batch-size")
-    optimizer: str | optim.Optimizer = option("adam", "optimizer: adam or sgd (Nesterov momentum), or an Optimizer instance",
-                            OptimizerSpec(), flag="--optimizer")
+    optimizer: str | optim.Optimizer = option("adam",
+                                              "optimizer: adam or sgd (Nesterov momentum), or an Optimizer instance",
+                                              OptimizerSpec(), flag="--optimizer")
     lr: float | None = option(None, "learning rate (default: adam 1e-3, sgd 0.01)", Optional(Number(positive=True)))
     momentum: float = option(0.9, "sgd: momentum (0 = plain SGD)", Number(0.0, 1.0), flag="--momentum")
     nesterov: bool = option(True, "sgd: Nesterov momentum", Flag())
     weight_decay: float = option(0.0, "weight decay (on latent weights: the pull toward p = 1/2)", Number(0.0))
-    schedule: str | Callable[[int, float], float] | None = option(None, "learning-rate schedule over the run (step: x0.1 after each third)", Schedule(),
-                           flag="--schedule", cli_default="constant")
-    clip_value: float | None = option(1e3, "element-wise gradient clipping", Optional(Number(positive=True)), flag="--clip")
+    schedule: str | Callable[[int, float], float] | None = option(
+        None, "learning-rate schedule over the run (step: x0.1 after each third)", Schedule(), flag="--schedule",
+        cli_default="constant")
+    clip_value: float | None = option(1e3, "element-wise gradient clipping", Optional(Number(positive=True)),
+                                      flag="--clip")
     seed: int = option(0, "training seed: batch order, augmentation, sampled paths, evaluation (the command "
-                          "line also initializes the network with it)", _NONNEG, trajectory=True, flag="--seed", cli_default=1)
+                          "line also initializes the network with it)", _NONNEG, trajectory=True, flag="--seed",
+                       cli_default=1)
     split_seed: int = option(1, "seed of the train/validation split", _NONNEG, trajectory=True)
     val_fraction: float = option(0.1, "held-out part of the training set (0: no validation)", Number(0.0, 1.0),
                                  trajectory=True, flag="--val-fraction")

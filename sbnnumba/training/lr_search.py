@@ -42,8 +42,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: fit() options a learning-rate search sets itself (per trial) and so does not accept.
-SEARCH_OWN = ("lr", "epochs", "out", "resume", "max_time", "plots", "progress", "verbose", "train_eval_size", "eval_samples",
-              "eval_batch_size", "metadata")
+SEARCH_OWN = ("lr", "epochs", "out", "resume", "max_time", "plots", "progress", "verbose", "train_eval_size",
+              "eval_samples", "eval_batch_size", "metadata")
 _DIVERGED_PENALTY = 1e6  # objective of a diverged trial (times 1..2, growing with log10 lr)
 METHODS = ("bounded", "grid")
 _SUBSET_SALT = 0x1A5E
@@ -402,11 +402,11 @@ def search_lr(net: Network, data: Any, config: FitConfig | None = None, *, estim
     threads : int, optional
         Numba/BLAS threads per trial on the executor's workers (None: their setting).
     **fit_options
-        :class:`FitConfig` fields overriding ``config``'s for every trial (``batch_size``, ``optimizer`` (a name), ``momentum``,
-        ``schedule``, ``seed``, ``val_fraction``, ``data_init``, ...; not those of :data:`SEARCH_OWN`). With
-        ``data_init`` (the default), the data-dependent initialization is done once on the first
-        ``batch_size`` images of the full training part, exactly as :func:`fit` would, and every trial
-        starts from its result.
+        :class:`FitConfig` fields overriding ``config``'s for every trial (``batch_size``, ``optimizer`` (a name),
+        ``momentum``, ``schedule``, ``seed``, ``val_fraction``, ``data_init``, ...; not those of
+        :data:`SEARCH_OWN`). With ``data_init`` (the default), the data-dependent initialization is done
+        once on the first ``batch_size`` images of the full training part, exactly as :func:`fit` would,
+        and every trial starts from its result.
 
     Returns
     -------
