@@ -335,22 +335,64 @@ class Logistic(NoiseFamily):
 
     def sample(self, a: npt.ArrayLike, u: npt.ArrayLike) -> np.ndarray:
         """As :meth:`NoiseFamily.sample`; float32/float64 inputs go through one fused Numba pass
-        (:mod:`sbnnumba.kernels.sampling`, bit-identical to ``where(u < expit(a), 1, -1)``)."""
+        (:mod:`sbnnumba.kernels.sampling`, bit-identical to ``where(u < expit(a), 1, -1)``).
+
+        Parameters
+        ----------
+        a : array_like, any shape
+            Pre-activations.
+        u : array_like, same shape as ``a``
+            Uniforms on [0, 1).
+
+        Returns
+        -------
+        ndarray of the dtype of ``a`` with values in {-1, +1}
+        """
         a = np.asarray(a)
         x = logistic_sample(a, u)
         return super().sample(a, u) if x is None else x
 
     def score_ratio(self, z: npt.ArrayLike) -> np.ndarray:
-        """``p / F = sigma(-z)`` (no division)."""
+        """``p / F = sigma(-z)`` (no division).
+
+        Parameters
+        ----------
+        z : array_like, any shape
+            Arguments.
+
+        Returns
+        -------
+        ndarray, shape and dtype of ``z``
+        """
         z = np.asarray(z)
         return np.asarray(special.expit(-z), dtype=z.dtype)
 
     def arm_psi(self, u: np.ndarray) -> np.ndarray:
-        """``psi(u) = 2u - 1``: the ARM of Yin & Zhou."""
+        """``psi(u) = 2u - 1``: the ARM of Yin & Zhou.
+
+        Parameters
+        ----------
+        u : ndarray
+            Uniforms in (0, 1).
+
+        Returns
+        -------
+        ndarray, shape of ``u``
+        """
         return 2 * u - 1
 
     def matched_scale(self, logistic_scale: float) -> float:
-        """``s`` itself, exactly (``logit(sigma(s))`` may differ from ``s`` in the last bit)."""
+        """``s`` itself, exactly (``logit(sigma(s))`` may differ from ``s`` in the last bit).
+
+        Parameters
+        ----------
+        logistic_scale : float
+            The scale ``s``.
+
+        Returns
+        -------
+        float
+        """
         return float(logistic_scale)
 
 
@@ -376,12 +418,32 @@ class Normal(NoiseFamily):
         return _like(special.ndtri(u), u)
 
     def score_ratio(self, z: npt.ArrayLike) -> np.ndarray:
-        """``p / F = exp(log phi(z) - log Phi(z))``, finite deep in the lower tail."""
+        """``p / F = exp(log phi(z) - log Phi(z))``, finite deep in the lower tail.
+
+        Parameters
+        ----------
+        z : array_like, any shape
+            Arguments.
+
+        Returns
+        -------
+        ndarray, shape and dtype of ``z``
+        """
         z = np.asarray(z)
         return np.asarray(np.exp(-0.5 * z * z - 0.5 * np.log(2 * np.pi) - special.log_ndtr(z)), dtype=z.dtype)
 
     def arm_psi(self, u: np.ndarray) -> np.ndarray:
-        """``psi(u) = Phi^{-1}(u)`` (a derived generalization of ARM: unbiased, finite variance)."""
+        """``psi(u) = Phi^{-1}(u)`` (a derived generalization of ARM: unbiased, finite variance).
+
+        Parameters
+        ----------
+        u : ndarray
+            Uniforms in (0, 1).
+
+        Returns
+        -------
+        ndarray, shape of ``u``
+        """
         return special.ndtri(u)
 
 

@@ -281,7 +281,20 @@ class Optimizer:
 
     # -- step ------------------------------------------------------------------------------------
     def update(self, params: dict, grads: dict) -> None:
-        """Apply one optimization step to ``params`` in place (see the class docstring for the rule)."""
+        """Apply one optimization step to ``params`` in place (see the class docstring for the rule).
+
+        Parameters
+        ----------
+        params : dict str -> ndarray
+            The parameters, updated in place (e.g. ``net.params``).
+        grads : dict str -> ndarray
+            A gradient of the same shape for every parameter (same names).
+
+        Raises
+        ------
+        TypeError, ValueError
+            Not mappings, different names, or a shape or dtype that does not match.
+        """
         self._check(params, grads)
         gs = self._clip(params, grads)
         lr = self.lr
@@ -294,7 +307,13 @@ class Optimizer:
         """Count one step applied to ``params``: by :meth:`update`, or by a device-resident step that ran
         these update rules (:mod:`sbnnumba.kernels.optim_rules`) on device copies of the parameters and
         buffers. Advances :attr:`step_count` and records the parameter names and shapes that
-        :meth:`load_state_dict` checks."""
+        :meth:`load_state_dict` checks.
+
+        Parameters
+        ----------
+        params : dict str -> ndarray
+            The parameters the step was applied to.
+        """
         if self._keys is None:
             self._keys = tuple(params)
         for k, p in params.items():
@@ -312,6 +331,10 @@ class Optimizer:
         or an empty list before the first update) and ``"<buffer>/<param name>"`` -> ndarray copy for
         every per-parameter buffer. Hyperparameters are not included (they come from the
         constructor; see :attr:`hyperparameters`).
+
+        Returns
+        -------
+        dict
         """
         d = {"optimizer": self.name, "step_count": int(self.step_count),
              "keys": list(self._keys) if self._keys is not None else []}
@@ -321,7 +344,21 @@ class Optimizer:
         return d
 
     def load_state_dict(self, d: Mapping) -> None:
-        """Restore the state saved by :meth:`state_dict` (also accepts an ``np.load`` result)."""
+        """Restore the state saved by :meth:`state_dict` (also accepts an ``np.load`` result).
+
+        Parameters
+        ----------
+        d : mapping or numpy.lib.npyio.NpzFile
+            As returned by :meth:`state_dict`, possibly with the ``optim/`` prefix removed from a checkpoint.
+
+        Raises
+        ------
+        TypeError
+            If ``d`` is not a mapping.
+        ValueError
+            A missing entry, another optimizer's state, or buffers that do not match the recorded names
+            and shapes.
+        """
         if not isinstance(d, (Mapping, np.lib.npyio.NpzFile)):
             raise TypeError(f"state dict: expected a mapping, got {type(d).__name__}")
         keys_in = list(d.files) if isinstance(d, np.lib.npyio.NpzFile) else list(d.keys())

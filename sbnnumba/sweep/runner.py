@@ -56,7 +56,17 @@ class SweepResult:
     threads: int | None = None
 
     def keys(self, status):
-        """Keys of the rows with ``status`` (``"finished"``, ``"incomplete"``, ``"failed"``)."""
+        """Keys of the rows with ``status`` (``"finished"``, ``"incomplete"``, ``"failed"``).
+
+        Parameters
+        ----------
+        status : str
+            The status to select.
+
+        Returns
+        -------
+        list of str
+        """
         return [r["key"] for r in self.rows if r["status"] == status]
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Iterable
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 import numpy as np
 
@@ -34,13 +34,40 @@ class Check:
     def __call__(self, name, value):
         raise NotImplementedError(f"{type(self).__name__}: a Check must implement __call__")
 
-    def parse(self, text):
-        """Convert command-line text, then check it (ValueError with the expected form otherwise)."""
+    def parse(self, text: str) -> Any:
+        """Convert command-line text, then check it (ValueError with the expected form otherwise).
+
+        Parameters
+        ----------
+        text : str
+            A command-line value.
+
+        Returns
+        -------
+        object
+            The checked value.
+        """
         return self("value", self.convert(text))
 
     kind: type | None = None  # the Python type command-line text is converted to (None: kept as text)
 
-    def convert(self, text):
+    def convert(self, text: str) -> Any:
+        """Command-line text as :attr:`kind` (kept as text when ``kind`` is None).
+
+        Parameters
+        ----------
+        text : str
+            A command-line value.
+
+        Returns
+        -------
+        object
+
+        Raises
+        ------
+        ValueError
+            If ``kind`` cannot read the text (the message names the expected form).
+        """
         if self.kind is None:
             return text
         try:
@@ -48,7 +75,18 @@ class Check:
         except ValueError:
             raise ValueError(f"expected {self.expected}, got {text!r}") from None
 
-    def fail(self, name, value, error=ValueError):
+    def fail(self, name: str, value: object, error: type[Exception] = ValueError) -> NoReturn:
+        """Raise ``error("<name>: expected <expected>, got <value>")``.
+
+        Parameters
+        ----------
+        name : str
+            The field's name.
+        value : object
+            The rejected value.
+        error : exception class
+            ``TypeError`` for a wrong type, ``ValueError`` (default) for a wrong value.
+        """
         raise error(f"{name}: expected {self.expected}, got {value!r}")
 
 
@@ -127,7 +165,18 @@ class Optional(Check):
         except (TypeError, ValueError) as exc:  # the message names both accepted forms
             raise type(exc)(f"{name}: expected {self.expected}, got {value!r}") from None
 
-    def convert(self, text):
+    def convert(self, text: str) -> Any:
+        """As the inner check's :meth:`Check.convert`.
+
+        Parameters
+        ----------
+        text : str
+            A command-line value.
+
+        Returns
+        -------
+        object
+        """
         return self.inner.convert(text)
 
 
@@ -303,14 +352,30 @@ class FitConfig:
         _registry.lookup(self.estimator, dict(self.estimator_options))  # the options belong to the estimator
 
     def replace(self, **changes) -> "FitConfig":
-        """A copy with ``changes`` (checked); TypeError for an unknown option."""
+        """A copy with ``changes`` (checked); TypeError for an unknown option.
+
+        Parameters
+        ----------
+        **changes
+            New values of fields.
+
+        Returns
+        -------
+        FitConfig
+        """
         unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
         if unknown:
             raise TypeError(f"options: unknown fit option(s) {unknown}; expected some of {field_names()}")
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
-        """JSON-able form (an Optimizer instance by its name, a callable schedule by its repr)."""
+        """JSON-able form (an Optimizer instance by its name, a callable schedule by its repr).
+
+        Returns
+        -------
+        dict
+            Field name -> value.
+        """
         out = {}
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
@@ -322,7 +387,13 @@ class FitConfig:
         return out
 
     def trajectory(self) -> dict:
-        """The entries of :meth:`to_dict` that must agree between a checkpoint and a resumed run."""
+        """The entries of :meth:`to_dict` that must agree between a checkpoint and a resumed run.
+
+        Returns
+        -------
+        dict
+            Field name -> value for the fields marked ``trajectory``.
+        """
         d = self.to_dict()
         return {f.name: d[f.name] for f in dataclasses.fields(self) if f.metadata["trajectory"]}
 

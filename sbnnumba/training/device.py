@@ -63,6 +63,20 @@ class DeviceEpochs(EpochRunner):
 
         The device generator is reseeded from ``rng`` (the checkpointed training generator), so a resumed
         run samples the same states as an uninterrupted one.
+
+        Parameters
+        ----------
+        batch_size : int
+            Examples per step.
+        rng : numpy.random.Generator
+            The training generator (batch order, and the device generator's seed).
+        callback : callable
+            Called with no argument after every step (progress bar).
+
+        Returns
+        -------
+        float
+            The loss summed over the epoch's examples.
         """
         self.trainer.reseed(int(rng.integers(2 ** 63)))
         mean = self.trainer.train_epoch(self.x, self.y, batch_size, rng=rng, callback=callback)

@@ -242,7 +242,13 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------ phases
     def prepare(self, data):
-        """Split the data, build the optimizer and the run's config (``self.run_config``)."""
+        """Split the data, build the optimizer and the run's config (``self.run_config``).
+
+        Parameters
+        ----------
+        data : Dataset, (x, y) or (x_train, y_train, x_val, y_val)
+            See :func:`fit`.
+        """
         c, net = self.config, self.net
         self.x_tr, self.y_tr, self.x_val, self.y_val, name = split_data(data, c.val_fraction, c.split_seed)
         if self.x_tr.shape[0] == 0:
@@ -284,7 +290,24 @@ class Trainer:
             self.net.initialize_from_data(as_float(self.x_tr[:self.config.batch_size], self.net.dtype))
 
     def run_epoch(self, epoch):
-        """Train one epoch; returns the history row ``epoch``, ``steps``, ``lr``, ``train_loss``."""
+        """Train one epoch.
+
+        Parameters
+        ----------
+        epoch : int
+            The epoch's number (1-based, counting earlier sessions).
+
+        Returns
+        -------
+        dict
+            The history row: ``epoch``, ``steps`` (optimizer steps so far), ``lr``, ``train_loss`` (mean over
+            the epoch's examples).
+
+        Raises
+        ------
+        TrainingDiverged
+            At a non-finite loss, gradient or parameter.
+        """
         from tqdm.auto import tqdm
 
         self.net.train()
@@ -327,23 +350,71 @@ class Trainer:
         return total, seen
 
     def estimate(self, xb, yb):
-        """Loss and gradient estimate of one training batch (the configured estimator, the training generator)."""
+        """Loss and gradient estimate of one training batch (the configured estimator, the training generator).
+
+        Parameters
+        ----------
+        xb : ndarray, shape (B, ...)
+            Inputs (uint8 images are scaled to [0, 1]).
+        yb : ndarray of int, shape (B,)
+            Labels.
+
+        Returns
+        -------
+        loss : float
+            Batch-mean loss of the sampled path(s).
+        grads : dict str -> ndarray
+            One array per parameter, its shape.
+        """
         c = self.config
         return _registry.estimate(c.estimator, self.net, as_float(xb, self.net.dtype), yb, self.rng,
                                   **c.estimator_options)
 
     def evaluate(self, x, y, rng, **options):
-        """:func:`~sbnnumba.training.evaluate` of the network on ``(x, y)`` with the configured samples and batch."""
+        """:func:`~sbnnumba.training.evaluate` of the network on ``(x, y)`` with the configured samples and batch.
+
+        Parameters
+        ----------
+        x : ndarray, shape (N, ...)
+            Inputs.
+        y : ndarray of int, shape (N,)
+            Labels.
+        rng : numpy.random.Generator
+            Evaluation generator (independent of training).
+        **options
+            Further keywords of :func:`~sbnnumba.training.evaluate` (e.g. ``entropy``).
+
+        Returns
+        -------
+        dict
+            The metrics of :func:`~sbnnumba.training.evaluate`.
+        """
         c = self.config
         return evaluate(self.net, x, y, c.eval_samples, rng, batch_size=c.eval_batch_size, **options)
 
     def device_runner(self):
-        """The device-resident epoch runner where :mod:`~sbnnumba.training.device` finds one possible, else None."""
+        """The device-resident epoch runner where :mod:`~sbnnumba.training.device` finds one possible, else None.
+
+        Returns
+        -------
+        DeviceEpochs or None
+        """
         return device_epochs(self.net, self.config, self.optimizer, self.x_tr, self.y_tr)
 
     def validate(self, row):
         """Add the evaluation of the epoch's network to ``row``: ``train_*`` on the first ``train_eval_size``
-        training images, ``val_*`` on the validation part (generators independent of training)."""
+        training images, ``val_*`` on the validation part (generators independent of training).
+
+        Parameters
+        ----------
+        row : dict
+            The epoch's history row (from :meth:`run_epoch`), updated in place.
+
+        Returns
+        -------
+        dict
+            ``row``.
+        """
         c, net = self.config, self.net
         if net.normalizations():  # deterministic mode is a different network: re-estimate its statistics
             net.recalibrate_normalization(as_float(self.x_tr[:_RECALIBRATION_IMAGES], net.dtype), mode="deterministic")
@@ -373,11 +444,21 @@ class Trainer:
     # ------------------------------------------------------------------------------------ the run
     def lock(self):
         """The lock of ``out`` held for the whole run (:class:`sbnnumba.fileio.RunLock`: a second run on the
-        same directory fails at once naming this one), or a no-op without ``out``."""
+        same directory fails at once naming this one), or a no-op without ``out``.
+
+        Returns
+        -------
+        context manager
+        """
         return contextlib.nullcontext() if self.out is None else RunLock(self.out, "out")
 
     def run(self):
-        """All phases, holding :meth:`lock`; returns a :class:`FitResult`."""
+        """All phases, holding :meth:`lock`.
+
+        Returns
+        -------
+        FitResult
+        """
         with self.lock():
             return self._run()
 
@@ -406,6 +487,17 @@ class Trainer:
         return self.result(stopped)
 
     def result(self, stopped):
+        """The :class:`FitResult` of the run so far.
+
+        Parameters
+        ----------
+        stopped : str
+            Why the run ended (``"completed"``, ``"time budget"``, ``"already complete"``).
+
+        Returns
+        -------
+        FitResult
+        """
         if self.ckpt_path is not None:
             self.files["checkpoint"] = self.ckpt_path
         done = len(self.history) and self.history[-1]["epoch"]

@@ -79,6 +79,12 @@ class LRTrial:
     error: str | None = None
 
     def as_dict(self):
+        """The trial as a JSON-able dict (an infinite score as None).
+
+        Returns
+        -------
+        dict
+        """
         d = dict(self.__dict__)
         d["score"] = self.score if math.isfinite(self.score) else None  # JSON has no inf
         return d
@@ -114,7 +120,13 @@ class LRSearchResult:
         return [(t.lr, t.score) for t in self.trials]
 
     def as_dict(self):
-        """JSON-able record (stored in the run's config as ``metadata["lr_search"]`` by the CLI)."""
+        """JSON-able record (stored in the run's config as ``metadata["lr_search"]`` by the CLI).
+
+        Returns
+        -------
+        dict
+            ``lr``, ``score``, ``seconds``, ``settings`` and ``trials`` (each :meth:`LRTrial.as_dict`).
+        """
         return jsonable({"lr": self.lr, "score": self.score, "seconds": self.seconds, "settings": self.settings,
                           "trials": [t.as_dict() for t in self.trials]})
 
