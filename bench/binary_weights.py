@@ -217,7 +217,8 @@ def fit_phase(args, net, ds, method, opts, epochs, out, data_init=True, lr=None,
     """``training.fit`` with the bench's settings (``lr``, ``schedule``: overrides of --lr, --schedule),
     resuming from ``out`` if a checkpoint is there."""
     return training.fit(net, ds, estimator=method, estimator_options=opts, epochs=epochs,
-                        lr=args.lr if lr is None else lr, data_init=data_init, schedule=schedule or args.schedule, batch_size=args.batch_size, out=out,
+                        lr=args.lr if lr is None else lr, data_init=data_init, schedule=schedule or args.schedule,
+                        batch_size=args.batch_size, out=out,
                         resume=os.path.exists(os.path.join(out, training.CHECKPOINT_NAME)), progress=False,
                         eval_samples=args.eval_samples or args.test_samples, train_eval_size=args.train_eval_size,
                         plots=False)

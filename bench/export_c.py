@@ -1,7 +1,8 @@
 """Benchmark: the exported C program (``PackedNetwork.export_c``) against PackedNetwork and the float network.
 
-For the two fully binary networks of ``docs/experiments/2026-12-02-results-binary-mlp.md`` and ``docs/experiments/2026-12-05-results-binary-conv.md``
-(Bernoulli weights in every stage, batch normalization, real head):
+For the two fully binary networks of ``docs/experiments/2026-12-02-results-binary-mlp.md`` and
+``docs/experiments/2026-12-05-results-binary-conv.md`` (Bernoulli weights in every stage, batch normalization,
+real head):
 
 * ``mlp``: 784-512-512-10, exported with the bit-plane first stage (``input_quantization=(1/255, 8)``);
 * ``conv``: the PSA paper's all-conv network at half width (channels 48, 48, 48, 96 x 5), input

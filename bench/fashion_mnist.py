@@ -1,5 +1,6 @@
 """Fashion-MNIST benchmark: train an MLP SBN and the paper-style all-conv SBN with several gradient
-estimators under the same budget, then write the dated page ``docs/experiments/YYYY-MM-DD-results.md`` and the curves under ``docs/figures/``.
+estimators under the same budget, then write the dated page ``docs/experiments/YYYY-MM-DD-results.md`` and the
+curves under ``docs/figures/``.
 
 Every (architecture, estimator) pair is trained by :func:`sbnnumba.training.fit` with the same settings
 (data, split, init seed, optimizer, learning rate, batch size, epochs / time budget), validated after
@@ -158,7 +159,8 @@ def parse_args(argv=None):
     p.add_argument("--sharpen-lr", type=float, default=None,
                    help="--sharpen: starting lr of the continuation's cosine schedule (default: the run's lr / 5)")
     p.add_argument("--runs-dir", default=os.path.join("runs", "fashion_mnist_bench"))
-    p.add_argument("--docs", default="docs", help="documentation folder: the page goes to DOCS/experiments/YYYY-MM-DD-results.md, the figures to DOCS/figures/")
+    p.add_argument("--docs", default="docs", help="documentation folder: the page goes to "
+                   "DOCS/experiments/YYYY-MM-DD-results.md, the figures to DOCS/figures/")
     p.add_argument("--resume", action="store_true", help="reuse finished runs, continue interrupted ones")
     p.add_argument("--extend", action="store_true",
                    help="with --resume: also continue the runs a --time-budget stopped, under this call's budget "
@@ -186,9 +188,11 @@ def machine_line():
         from common import machine_info
 
         info = machine_info(print_it=False)
-        return f"{info['cpu']}, {info['cores']} cores; Python {info['python']}, numpy {info['numpy']}, numba {info['numba']}"
+        return (f"{info['cpu']}, {info['cores']} cores; Python {info['python']}, numpy {info['numpy']}, "
+                f"numba {info['numba']}")
     except Exception:  # the helper is optional
-        return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; Python {platform.python_version()}"
+        return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+                f"Python {platform.python_version()}")
 
 
 def run_one(args, ds, arch, method, results):
@@ -224,10 +228,10 @@ def run_one(args, ds, arch, method, results):
     elif lr == "auto":
         print(f"[{key}] searching the learning rate ({args.lr_trials} trials of {args.lr_trial_epochs} epochs)",
               flush=True)
-        found = training.search_lr(net, ds, estimator=method, max_trials=args.lr_trials, trial_epochs=args.lr_trial_epochs,
-                                   trial_subset=args.lr_trial_subset, batch_size=args.batch_size, optimizer=args.optimizer,
-                                   seed=args.seed, val_fraction=args.val_fraction, augment=args.augment,
-                                   augment_pad=args.augment_pad)
+        found = training.search_lr(net, ds, estimator=method, max_trials=args.lr_trials,
+                                   trial_epochs=args.lr_trial_epochs, trial_subset=args.lr_trial_subset,
+                                   batch_size=args.batch_size, optimizer=args.optimizer, seed=args.seed,
+                                   val_fraction=args.val_fraction, augment=args.augment, augment_pad=args.augment_pad)
         lr, lr_search = found.lr, found.as_dict()
     print(f"[{key}] {arch} {options}, {method}, lr {lr:g}, {args.epochs} epochs"
           + (f", time budget {args.time_budget:g} s" if args.time_budget else "") + f" -> {out}", flush=True)
@@ -333,7 +337,8 @@ def write_report(args, results, meta):
              f"* Data: {meta['data']} ({meta['n_train']} training images after the {args.val_fraction:.0%} "
              f"validation split, {meta['n_val']} validation, {meta['n_test']} test images).",
              f"* Budget, the same for every method: {args.epochs} epochs"
-             + (f", at most {args.time_budget:g} s of training per run (checked at epoch ends)" if args.time_budget else "")
+             + (f", at most {args.time_budget:g} s of training per run (checked at epoch ends)"
+                if args.time_budget else "")
              + f"; batch {args.batch_size}; {args.optimizer} lr "
              + (f"{args.lr:g}" if args.lr != "auto" else
                 f"searched per method (at most {args.lr_trials} trials of {args.lr_trial_epochs} epochs, "
@@ -373,13 +378,15 @@ def write_report(args, results, meta):
                          f"| {_fmt(r.get('seconds_per_epoch'), digits=1)} "
                          f"| {_fmt(h[-1].get('train_loss'))} | {_fmt(h[-1].get('val_loss'))} "
                          f"| {_fmt(h[-1].get('val_entropy'), digits=3)} | {_fmt(t.get('loss'))} "
-                         f"| {_fmt(t.get('acc1'), True)} | {_fmt(t.get('eacc'), True)} | {_fmt(t.get('det_acc'), True)} |")
+                         f"| {_fmt(t.get('acc1'), True)} | {_fmt(t.get('eacc'), True)} "
+                         f"| {_fmt(t.get('det_acc'), True)} |")
             s = r.get("sharpened")
             if s and s.get("test"):  # the --sharpen continuation of this run
                 hs, ts, cfg = s["history"] or [{}], s["test"], s["settings"]
+                epoch_time = float(np.mean([h["epoch_time"] for h in s["history"]])) if s["history"] else None
                 lines.append(f"| {r['method']}, then pre-activations x{cfg['factor']:g} + {cfg['epochs']} epochs "
                              f"| {cfg['lr']:.3g} | {s['status']} | +{s.get('epochs', 0)} "
-                             f"| {_fmt(float(np.mean([h['epoch_time'] for h in s['history']])) if s['history'] else None, digits=1)} "
+                             f"| {_fmt(epoch_time, digits=1)} "
                              f"| {_fmt(hs[-1].get('train_loss'))} | {_fmt(hs[-1].get('val_loss'))} "
                              f"| {_fmt(hs[-1].get('val_entropy'), digits=3)} | {_fmt(ts.get('loss'))} "
                              f"| {_fmt(ts.get('acc1'), True)} | {_fmt(ts.get('eacc'), True)} "

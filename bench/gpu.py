@@ -6,9 +6,9 @@ device unless stated):
 * ``sgemm``: float32 ``A @ B.T`` (M, K) x (N, K): cuBLAS through CuPy when CuPy is installed,
   else a tiled numba.cuda SGEMM written here (64 x 64 block tiles, 4 x 4 outputs per thread; far
   slower than cuBLAS, so ratios against it flatter the other kernels: the baseline used is printed);
-* ``xnor``: ``get_backend("cuda").xnor_matmul`` (:func:`sbnnumba.backends.cuda.ops.xnor_matmul`) on the same shape, packed operands,
-  int32 output: binary ops/s = ``2 M N K / t`` (one XNOR + one popcount-add per product, counted as
-  2 ops like a float multiply-add) and the speed-up over sgemm;
+* ``xnor``: ``get_backend("cuda").xnor_matmul`` (:func:`sbnnumba.backends.cuda.ops.xnor_matmul`) on the same
+  shape, packed operands, int32 output: binary ops/s = ``2 M N K / t`` (one XNOR + one popcount-add per product,
+  counted as 2 ops like a float multiply-add) and the speed-up over sgemm;
 * ``psa dense``: ``get_backend("cuda").flip_propagate_dense`` (logistic ratio form and
   normal-noise generic form) on (B, N_in, N_out): connections/s = ``B N_in N_out / t``, against the
   one sgemm of the same size that ordinary backprop (ST) does through the layer; also timed with

@@ -714,7 +714,8 @@ def op_packed_predict(inp):
         stage = Stage(st, net.params, k, w)
         stats = None
         if st["batch_norm"]:
-            stats = (buffers[f"stages.{k}.running.deterministic.mean"], buffers[f"stages.{k}.running.deterministic.var"])
+            stats = (buffers[f"stages.{k}.running.deterministic.mean"],
+                     buffers[f"stages.{k}.running.deterministic.var"])
         fan_in = int(np.prod(w.shape[1:]))
         if k == 0 and quantization is not None:
             a = bitplane_preactivation(stage, stats, inp["codes"], quantization)
@@ -737,7 +738,8 @@ def op_packed_predict(inp):
 
 # ============================================================================================ main
 OPERATIONS = {
-    "noise.cdf_pdf": op_noise_cdf_pdf, "noise.quantile": op_noise_quantile, "noise.cdf_diff": op_noise_cdf_diff, "noise.sample": op_noise_sample,
+    "noise.cdf_pdf": op_noise_cdf_pdf, "noise.quantile": op_noise_quantile, "noise.cdf_diff": op_noise_cdf_diff,
+    "noise.sample": op_noise_sample,
     "network.sample": op_network_sample, "exact.loss_grad": op_exact,
     "estimator.psa": op_psa, "estimator.st": op_st, "estimator.st-identity": op_st,
     "estimator.st-hardtanh": op_st, "estimator.st-tanh": op_st,

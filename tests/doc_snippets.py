@@ -8,7 +8,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-_FENCE = re.compile(r"(?P<norun><!-- norun -->[ \t]*\n)?^```python[ \t]*\n(?P<code>.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
+_FENCE = re.compile(r"(?P<norun><!-- norun -->[ \t]*\n)?^```python[ \t]*\n(?P<code>.*?)^```[ \t]*$",
+                    re.MULTILINE | re.DOTALL)
 
 
 def python_blocks(path):

@@ -3,8 +3,8 @@
 Run as ``python tests/fault_worker.py KILLS SEED WORKDIR``. The worker imports sbnnumba once, trains a reference
 run without interruption, then runs *campaigns*: a fresh output directory, and until the run completes, a
 forked child resumes it (or starts it) and is killed with SIGKILL after a random delay (uniform over the
-length of half a run, growing while kills see no new epoch, so kills land in steps, validation, checkpoint and history writes,
-the lock and the start-up alike). After every kill it checks that nothing written before is lost: the
+length of half a run, growing while kills see no new epoch, so kills land in steps, validation, checkpoint and
+history writes, the lock and the start-up alike). After every kill it checks that nothing written before is lost: the
 checkpoint still loads, its epoch never goes back, the history rows of earlier epochs are unchanged, and
 ``history.json`` parses. Every campaign's final parameters must be bit-identical to the reference run's, its
 history equal but for the timings, and no lock or temporary file may remain. Campaigns continue until

@@ -17,7 +17,8 @@ def bernoulli_net(sizes, noise="logistic", weight_noise="logistic", weight_grad=
     net = sb.Network.dense(sizes, n_classes, noise=noise, rng=rng, dtype=np.float64, weight=weight,
                            weight_noise=weight_noise, weight_grad=weight_grad)
     for key, p in net.params.items():
-        p[...] = eta_scale * rng.uniform(-1, 1, size=p.shape) if key.endswith(".eta") else 0.5 * rng.normal(size=p.shape)
+        p[...] = (eta_scale * rng.uniform(-1, 1, size=p.shape) if key.endswith(".eta")
+                  else 0.5 * rng.normal(size=p.shape))
     return net
 
 

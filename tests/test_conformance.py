@@ -77,7 +77,8 @@ def _float_differences(stored, fresh, tol, where):
         return out
     if isinstance(stored, list):
         assert isinstance(fresh, list) and len(stored) == len(fresh), f"{where}: lengths differ"
-        return [d for i, (s, f) in enumerate(zip(stored, fresh)) for d in _float_differences(s, f, tol, f"{where}[{i}]")]
+        return [d for i, (s, f) in enumerate(zip(stored, fresh))
+                for d in _float_differences(s, f, tol, f"{where}[{i}]")]
     if stored == fresh:
         return []
     assert isinstance(stored, float) and isinstance(fresh, float) and "/expected/" in where, \

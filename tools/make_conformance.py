@@ -678,7 +678,8 @@ def topic_packed():
         stage_desc("conv", 1, 4, kernel=(3, 3), padding=(1, 1), weight="bernoulli", batch_norm=True),
         stage_desc("conv", 4, 5, kernel=(3, 3), stride=(2, 2), padding=(1, 1), weight="bernoulli", batch_norm=True)],
         3)
-    return document("packed", "Predictions of small deterministic bit-packed networks (weights sign(eta), x = sign(a)).",
+    return document("packed",
+                    "Predictions of small deterministic bit-packed networks (weights sign(eta), x = sign(a)).",
                     [packed_case("packed/dense-bn", "binary MLP: float first stage, two binary stages (batch norm "
                                  "with gamma of both signs, bias only), real head", dense, 800, 6),
                      packed_case("packed/bitplane-dense-bn", "binary MLP whose first stage runs on the bit-planes "
