@@ -44,7 +44,13 @@ WORKER_MODULES = ("sbnnumba.sweep.task", "tqdm.auto", "threadpoolctl")
 
 
 def usable_cores():
-    """Cores this process may run on (its CPU affinity where the OS reports it, else ``os.cpu_count()``)."""
+    """Cores this process may run on (its CPU affinity where the OS reports it, else ``os.cpu_count()``).
+
+    Returns
+    -------
+    int
+        At least 1.
+    """
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux

@@ -397,7 +397,7 @@ class Trainer:
 
         Returns
         -------
-        DeviceEpochs or None
+        EpochRunner or None
         """
         return device_epochs(self.net, self.config, self.optimizer, self.x_tr, self.y_tr)
 
