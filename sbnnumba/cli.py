@@ -605,6 +605,22 @@ def _train(args, comm=None):
         return _train_in(args, out, search, comm)
 
 
+def _test_metrics(net, ds, config, comm):
+    """The trained network on the test set; with ``comm``, split over the ranks with keyed noise (every rank
+    calls it; the metrics do not depend on the number of ranks)."""
+    from sbnnumba import training
+
+    rng = np.random.default_rng([config.seed, 0x7E57])
+    if comm is None:
+        return training.evaluate(net, ds.x_test, ds.y_test, samples=config.eval_samples, rng=rng)
+    from sbnnumba.distributed import split_evaluation
+
+    def part(x, y, uniforms):
+        return training.evaluate(net, x, y, samples=config.eval_samples, uniforms=uniforms)
+
+    return split_evaluation(part, net, ds.x_test, ds.y_test, int(rng.integers(2 ** 63)), comm)
+
+
 def _train_in(args, out, search, comm):
     from sbnnumba import architectures, training
 
@@ -634,10 +650,9 @@ def _train_in(args, out, search, comm):
     t0 = time.perf_counter()
     result = training.fit(net, ds, config, out=out, resume=args.resume, metadata=metadata, comm=comm)
     t_train = time.perf_counter() - t0
-    if not root:  # the test evaluation and its files: rank 0
+    metrics = _test_metrics(net, ds, config, comm)
+    if not root:  # the test files: rank 0
         return 0
-    metrics = training.evaluate(net, ds.x_test, ds.y_test, samples=config.eval_samples,
-                                rng=np.random.default_rng([config.seed, 0x7E57]))
     metrics.update(epochs=result.epochs_done, train_seconds=t_train, dataset=ds.name)
     print(f"trained {result.epochs_this_run} epochs in this run in {t_train:.1f} s, {result.epochs_done} of "
           f"{config.epochs} in total ({result.stopped})")

@@ -4,6 +4,7 @@ The MPI tests launch ``mpiexec -n 2`` (one thread per rank) on tests/distributed
 rank 0's parameters after several steps with a one-process run of the same global batches and the same
 per-example noise (LocalCommunicator): equal to float32 rounding, since only the order of the sums differs.
 """
+import json
 import os
 import re
 import shutil
@@ -310,7 +311,8 @@ def test_distributed_without_mpi4py_fails_at_once(monkeypatch, tmp_path, capsys)
 
 def test_killed_rank_then_resume_on_another_n_matches_an_uninterrupted_run(tmp_path):
     """2 ranks; rank 1 is killed (SIGKILL) after the first checkpoint: the job ends with an error instead of
-    hanging, the checkpoint is intact, and --resume on 1 rank finishes the run as an uninterrupted run does."""
+    hanging, the checkpoint is intact, and --resume on 1 rank finishes the run as an uninterrupted 2-rank run
+    does (parameters, validation and test figures)."""
     from sbnnumba import training
 
     killed, ckpt = tmp_path / "killed", tmp_path / "killed" / "checkpoint.npz"
@@ -337,16 +339,20 @@ def test_killed_rank_then_resume_on_another_n_matches_an_uninterrupted_run(tmp_p
                                                                               "--resume"],
                              env=mpi_env(), capture_output=True, text=True, timeout=240)
     assert resumed.returncode == 0, resumed.stderr
-    whole = subprocess.run([mpiexec(), "-n", "1", sys.executable] + TRAIN + ["--epochs", "4", "--out",
+    whole = subprocess.run([mpiexec(), "-n", "2", sys.executable] + TRAIN + ["--epochs", "4", "--out",
                                                                             str(tmp_path / "whole")],
                            env=mpi_env(), capture_output=True, text=True, timeout=240)
     assert whole.returncode == 0, whole.stderr
     a, b = training.load_checkpoint(ckpt), training.load_checkpoint(tmp_path / "whole" / "checkpoint.npz")
     assert a.epoch == b.epoch == 4
     np.testing.assert_allclose([r["train_loss"] for r in a.history], [r["train_loss"] for r in b.history], rtol=1e-5)
-    # validation: epochs up to `done` evaluated on 2 ranks in `a`, on 1 in `b` (keyed noise: the same figures)
+    # validation: `b` on 2 ranks, `a` on 2 then 1 (keyed noise: the same figures)
     for key in ("val_loss", "val_acc1", "val_eacc", "val_det_acc", "val_entropy", "train_eval_loss"):
         np.testing.assert_allclose([r[key] for r in a.history], [r[key] for r in b.history], rtol=1e-4, err_msg=key)
+    # the test evaluation after training: split over 2 ranks in `b`, one rank in `a`
+    test_a, test_b = (json.loads((d / "test_metrics.json").read_text()) for d in (killed, tmp_path / "whole"))
+    for key in ("loss", "acc1", "eacc", "det_acc", "entropy"):
+        assert test_a[key] == pytest.approx(test_b[key], rel=1e-4), key
     for k in b.params:  # epochs up to `done` ran on 2 ranks, the rest on 1: float32 rounding only
         np.testing.assert_allclose(a.params[k], b.params[k], rtol=1e-3, atol=1e-5, err_msg=k)
 
