@@ -11,20 +11,21 @@ weights (C_out, C_in, kh, kw):
 with ``x_pad`` the input zero-padded by ``(ph, pw)``; ``H_out = (H + 2 ph - kh) // sh + 1`` and the
 same along the width. Padded positions are constants 0: they never flip and receive no PSA ``d``.
 
-Fast paths (CPU): the forward map, the transposed map and the weight gradient are single BLAS
-GEMMs on the channel-major patch matrix ``cols`` (C_in * kh * kw, B * H_out * W_out) built from a
-strided view (``sliding_window_view``); the transposed map sums the patches back with a Numba
-``col2im``; the PSA flip propagation runs on the network's backend (:mod:`sbnnumba.backends`:
-the Numba kernel :mod:`sbnnumba.kernels.conv_cpu` for ``"cpu"``, the im2col + dense NumPy reference
-:mod:`sbnnumba.kernels.conv_reference` for ``"reference"``).
+The affine map, its transpose and the weight gradient are operations of the layer's backend
+(:meth:`~sbnnumba.backends.step.StepOperations.conv_forward`, ``conv_backward_input``,
+``conv_param_grads``): on the host single BLAS GEMMs on the channel-major patch matrix ``cols``
+(C_in * kh * kw, B * H_out * W_out) of a strided view, the transpose summed back by a Numba
+``col2im``; on the ``cuda`` backend im2col, a tiled GEMM and col2im kernels on device arrays. The
+PSA flip propagation runs on the backend passed by the estimator (:mod:`sbnnumba.backends`: the Numba
+kernel :mod:`sbnnumba.kernels.conv_cpu` for ``"cpu"``, the im2col + dense NumPy reference
+:mod:`sbnnumba.kernels.conv_reference` for ``"reference"``, numba.cuda kernels for ``"cuda"``).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from .backends import get_backend
-from .kernels import conv_cpu, conv_reference
-from .kernels.conv_reference import windows
+from .kernels import conv_reference
 from .layers import AffineLayer, _uniform_fan_in, init_weight_kind
 from .noise import get_noise
 from .validation import as_generator, check_pair, check_positive_int
@@ -82,7 +83,7 @@ class Conv2d(AffineLayer):
     # ------------------------------------------------------------------ shapes
     @property
     def c_out(self):
-        return self.weight.shape[0]
+        return self.weight_shape[0]
 
     def output_shape(self, in_shape):
         """Per-example output shape (C_out, H_out, W_out) for inputs of shape ``in_shape`` = (C_in, H, W);
@@ -107,64 +108,39 @@ class Conv2d(AffineLayer):
         return self.output_shape(self.in_shape)
 
     def _check_map(self, x):
-        x = np.asarray(x)
         if x.ndim != 4:
             raise ValueError(f"x: {self!r} expects a batch of maps (B, {self.c_in}, H, W), got shape {x.shape}")
         return self.output_shape(x.shape[1:])
 
-    # ------------------------------------------------------------------ im2col helpers
-    def _cols(self, x):
-        """Channel-major patch matrix (C_in * kh * kw, B * H_out * W_out): rows (r, dy, dx), columns (b, oy, ox)."""
-        win = windows(x, self.kernel_size, self.stride, self.padding)   # (B, C, Ho, Wo, kh, kw) view
-        b, c, ho, wo, kh, kw = win.shape
-        return win.transpose(1, 4, 5, 0, 2, 3).reshape(c * kh * kw, b * ho * wo)
-
-    @staticmethod
-    def _channel_major(t):
-        """(B, C, H, W) -> (C, B * H * W)."""
-        return t.transpose(1, 0, 2, 3).reshape(t.shape[1], -1)
-
-    def _gemm_to_map(self, cols, weight2, n_batch, out_hw, bias=None):
-        """``weight2 @ cols`` (C_out, B*P) laid out as a contiguous (B, C_out, H_out, W_out) map (+ bias)."""
-        prod = (weight2 @ cols).reshape((weight2.shape[0], n_batch) + tuple(out_hw)).transpose(1, 0, 2, 3)
-        out = np.empty(prod.shape, dtype=prod.dtype)
-        if bias is None:
-            out[...] = prod
-        else:
-            np.add(prod, bias.astype(prod.dtype, copy=False)[:, None, None], out=out)
-        return out
-
     # ------------------------------------------------------------------ the four layer operations
     def forward(self, x):
         """Pre-activations (B, C_out, H_out, W_out) of maps ``x`` (B, C_in, H, W)."""
-        x = np.asarray(x)
-        _, ho, wo = self._check_map(x)
-        return self._gemm_to_map(self._cols(x), self.weight.reshape(self.c_out, -1), x.shape[0], (ho, wo),
-                                 self.bias)
+        x = self.backend.asarray(x)
+        self._check_map(x)
+        return self.backend.conv_forward(x, self.weight, self.bias, self.stride, self.padding)
 
     def backward_input(self, g_a, in_shape):
         """Transposed convolution: ``g_x[b, r, i] = sum_{c, j ∋ i} W[c, r, off] g_a[b, c, j]``, shape ``(B, *in_shape)``;
         padded positions are dropped."""
         in_shape = tuple(in_shape)
         self.output_shape(in_shape)
-        g_a = np.asarray(g_a)
-        g_cols = self.weight.reshape(self.c_out, -1).T @ self._channel_major(g_a)
-        return conv_cpu.col2im_t(g_cols, (g_a.shape[0],) + in_shape, self.kernel_size, self.stride, self.padding)
+        return self.backend.conv_backward_input(self.backend.asarray(g_a), self.weight, in_shape, self.stride,
+                                                self.padding)
 
     def param_grads(self, x, g_a):
         """``dW[c, r, dy, dx] = sum_{b, j} g_a[b, c, j] x_pad[b, r, s j + off]`` (shared weights: summed over
         positions and the batch), ``db[c] = sum_{b, j} g_a[b, c, j]``."""
-        x, g_a = np.asarray(x), np.asarray(g_a)
+        x, g_a = self.backend.asarray(x), self.backend.asarray(g_a)
         self._check_map(x)
-        g_w = self._channel_major(g_a) @ self._cols(x).T
-        return {"weight": g_w.reshape(self.weight.shape), "bias": g_a.sum(axis=(0, 2, 3))}
+        g_w, g_b = self.backend.conv_param_grads(x, g_a, self.kernel_size, self.stride, self.padding)
+        return {"weight": g_w, "bias": g_b}
 
     def forward_moments(self, mean, var):
         """Moments of the pre-activation for independent inputs: ``mu_a = conv(mean) + b``,
         ``v_a = conv_{W^2}(var)`` (squared-kernel convolution, no bias; padding has variance 0)."""
-        mean, var = np.asarray(mean), np.asarray(var)
-        _, ho, wo = self._check_map(var)
-        v = self._gemm_to_map(self._cols(var), (self.weight ** 2).reshape(self.c_out, -1), var.shape[0], (ho, wo))
+        mean, var = self.backend.asarray(mean), self.backend.asarray(var)
+        self._check_map(var)
+        v = self.backend.conv_forward(var, self.weight ** 2, None, self.stride, self.padding)
         return self.forward(mean), v
 
     def flip_propagate(self, x_in, a, x_out, d_out, noise, backend="cpu", out_scale=None):
@@ -176,10 +152,10 @@ class Conv2d(AffineLayer):
         """
         noise = get_noise(noise)
         weight = self.weight if out_scale is None else \
-            self.weight * np.asarray(out_scale, dtype=self.weight.dtype)[:, None, None, None]
-        x_in, a = np.asarray(x_in), np.asarray(a)
+            self.backend.scale_rows(self.weight, self.backend.asarray(out_scale, self.weight.dtype))
+        x_in, a = self.backend.asarray(x_in), self.backend.asarray(a)
         self._check_map(x_in)
-        d_out = np.asarray(d_out).reshape(a.shape)
+        d_out = self.backend.asarray(d_out).reshape(a.shape)
         return get_backend(backend).flip_propagate_conv(x_in, a, x_out, weight, d_out, self.stride, self.padding,
                                                         noise)
 

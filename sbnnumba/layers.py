@@ -16,7 +16,14 @@ Every stage type implements :class:`Layer`, an abstract base class; the operatio
 * ``inner`` (the :class:`AffineLayer` holding the weights: the layer itself, or the wrapped layer of a
   wrapper) and ``normalization`` (the :class:`~sbnnumba.normalization.Normalized` wrapper or None);
 * ``with_weight(w)``: a view of the layer computing with the weight tensor ``w`` (a sampled Bernoulli
-  weight), sharing everything else; the layer itself is unchanged.
+  weight), sharing everything else; the layer itself is unchanged;
+* ``backend`` and ``on_backend(backend, convert)``: the :class:`~sbnnumba.backends.Backend` that holds the
+  layer's arrays and runs its array operations (the training-step operations of
+  :mod:`sbnnumba.backends.step`: affine maps, their gradients, batch normalization, the latent-weight
+  rule), and a copy of the layer whose arrays are ``convert(array)`` on another backend. Host layers
+  run on the host backend (:func:`sbnnumba.backends.host_backend`); the device-resident training step
+  trains a copy on the ``cuda`` backend (:class:`sbnnumba.training.resident.CudaTrainer`), so the
+  forward and backward rules of a layer are written once, for both.
 
 Inputs of a dense layer may have any trailing shape whose size is ``n_in``: a conv map
 (B, C, H, W) is flattened in (C, H, W) order automatically.
@@ -28,7 +35,7 @@ import copy
 
 import numpy as np
 
-from .backends import get_backend
+from .backends import get_backend, host_backend
 from .noise import get_noise
 from .validation import as_generator, check_positive_int
 from .weights import RealWeights, make_bernoulli
@@ -89,6 +96,16 @@ class Layer(abc.ABC):
     def normalization(self):
         """The normalization wrapper of this stage, or None."""
 
+    @abc.abstractmethod
+    def on_backend(self, backend, convert):
+        """A copy of this layer whose arrays (parameters, running statistics) are ``convert(array)`` and whose
+        array operations run on ``backend``; the layer itself is unchanged."""
+
+    @property
+    def backend(self):
+        """The :class:`~sbnnumba.backends.Backend` holding this layer's arrays (that of :attr:`inner`)."""
+        return self.inner.backend
+
     @property
     def param_names(self):
         return tuple(self.params())
@@ -114,11 +131,63 @@ class AffineLayer(Layer):
 
     weight_param = None
     _weight_override = None
+    _backend = None  # None: the host backend (a device copy made by on_backend sets its own)
 
     @property
     def weight(self):
         """The weight tensor this layer (or view) computes with."""
         return self.weight_param.mode() if self._weight_override is None else self._weight_override
+
+    @property
+    def backend(self):
+        """The :class:`~sbnnumba.backends.Backend` holding this layer's arrays: the host backend, or the one
+        of a copy made by :meth:`on_backend`."""
+        return host_backend() if self._backend is None else self._backend
+
+    def on_backend(self, backend, convert):
+        """A copy computing on ``backend`` with the arrays ``convert(array)`` (weight parameterization, bias and
+        the weight of a :meth:`with_weight` view); e.g. the device copy of the device-resident step.
+
+        Parameters
+        ----------
+        backend : Backend
+        convert : callable
+            ``array -> array`` on ``backend``.
+
+        Returns
+        -------
+        AffineLayer
+        """
+        view = copy.copy(self)
+        view._backend = backend
+        view.weight_param = self.weight_param.converted(convert)
+        view.bias = convert(self.bias)
+        if self._weight_override is not None:
+            view._weight_override = convert(self._weight_override)
+        return view
+
+    def weight_grads(self, g_w):
+        """The gradients of the weight parameterization's arrays from ``g_w = dL/dw`` at the weights in use.
+
+        Parameters
+        ----------
+        g_w : array, the shape of the weight tensor
+
+        Returns
+        -------
+        dict
+            name -> gradient (``"weight"``, or ``"eta"`` for Bernoulli weights), on :attr:`backend`.
+        """
+        return self.weight_param.grads(g_w, self.backend)
+
+    def project_(self):
+        """The weight parameterization's constraint projection after an optimizer step, on :attr:`backend`."""
+        self.weight_param.project_(self.backend)
+
+    @property
+    def weight_shape(self):
+        """Shape of the weight tensor (that of the parameterization's arrays)."""
+        return self.weight_param.shape
 
     def set_weight_param(self, param):
         """Install a weight parameterization (e.g. :class:`~sbnnumba.weights.BernoulliWeights`)."""
@@ -201,11 +270,11 @@ class Linear(AffineLayer):
 
     @property
     def out_shape(self):
-        return (self.weight.shape[0],)
+        return (self.weight_shape[0],)
 
     def output_shape(self, in_shape):
         if int(np.prod(in_shape)) != self.n_in:
-            raise ValueError(f"x: a Linear({self.n_in}, {self.weight.shape[0]}) layer expects {self.n_in} "
+            raise ValueError(f"x: a Linear({self.n_in}, {self.weight_shape[0]}) layer expects {self.n_in} "
                              f"input features per example, got shape {tuple(in_shape)}")
         return self.out_shape
 
@@ -216,16 +285,20 @@ class Linear(AffineLayer):
         return x2
 
     def forward(self, x):
-        return self._flat(x) @ self.weight.T + self.bias
+        """``a = x W^T + b`` (B, n_out) of inputs ``x`` (B, ...) with ``n_in`` values per example."""
+        return self.backend.dense_forward(self._flat(x), self.weight, self.bias)
 
     def backward_input(self, g_a, in_shape):
-        return (g_a @ self.weight).reshape((g_a.shape[0],) + tuple(in_shape))
+        """``g_x = g_a W`` (B, n_out) -> ``(B, *in_shape)``."""
+        return self.backend.dense_backward_input(g_a, self.weight).reshape((g_a.shape[0],) + tuple(in_shape))
 
     def forward_moments(self, mean, var):
         return self.forward(mean), self._flat(var) @ (self.weight ** 2).T
 
     def param_grads(self, x, g_a):
-        return {"weight": g_a.T @ self._flat(x), "bias": g_a.sum(axis=0)}
+        """``{"weight": g_a^T x (n_out, n_in), "bias": sum_b g_a (n_out,)}``."""
+        g_w, g_b = self.backend.dense_param_grads(self._flat(x), g_a)
+        return {"weight": g_w, "bias": g_b}
 
     def flip_propagate(self, x_in, a, x_out, d_out, noise, backend="cpu", out_scale=None):
         """PSA flip propagation; returns ``d_in`` with the shape of ``x_in``.
@@ -236,9 +309,10 @@ class Linear(AffineLayer):
         """
         noise = get_noise(noise)
         x2 = self._flat(x_in)
-        weight = self.weight if out_scale is None else self.weight * out_scale[:, None].astype(self.weight.dtype)
+        weight = self.weight if out_scale is None else \
+            self.backend.scale_rows(self.weight, self.backend.asarray(out_scale, self.weight.dtype))
         d_in = get_backend(backend).flip_propagate_dense(x2, a, x_out, weight, d_out, noise)
         return d_in.reshape(x_in.shape)
 
     def __repr__(self):
-        return f"Linear({self.n_in}, {self.weight.shape[0]})"
+        return f"Linear({self.n_in}, {self.weight_shape[0]})"

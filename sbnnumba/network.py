@@ -239,7 +239,7 @@ class Network:
         for prefix, layer in self.layers():
             if f"{prefix}.weight" in grads:
                 grads.update({f"{prefix}.{name}": g for name, g in
-                              layer.inner.weight_param.grads(grads.pop(f"{prefix}.weight")).items()})
+                              layer.inner.weight_grads(grads.pop(f"{prefix}.weight")).items()})
         return grads
 
     def to_bernoulli(self, weight="hidden", scale=3.0, noise="logistic", grad="md", clip="auto"):
@@ -314,7 +314,7 @@ class Network:
     def apply_constraints(self):
         """Project latent weights after an optimizer step (``eta`` clipping, e.g. [-1, 1] for uniform noise)."""
         for _, layer in self.latent_layers():
-            layer.latent.project_()
+            layer.project_()
 
     def normalizations(self):
         """The normalization wrappers of the stages, in order."""
@@ -427,17 +427,61 @@ class Network:
         """
         x = self.check_input(x)
         rng = None if uniforms is not None and weight_uniforms is not None else as_generator(rng)
-        path, h = Path(), x
-        path.weights = self.sample_weights(rng, weight_uniforms)
-        path.layers = self.stage_layers(path.weights)
+
+        def states(k, a):
+            u = uniforms[k] if uniforms is not None else rng.random(a.shape, dtype=a.dtype)
+            return self.noise.sample(a, u)
+
+        return self.sample_path(x, self.sample_weights(rng, weight_uniforms), states)
+
+    def sample_path(self, x, weights, states):
+        """One path per example through the stages computing with the sampled Bernoulli weights ``weights``.
+
+        The loop of :meth:`sample`, which draws the weights and the states on the host; the device-resident
+        training step runs it on a device copy of the network with states drawn on the device.
+
+        Parameters
+        ----------
+        x : array (B, ...)
+            Checked inputs, on the stages' backend.
+        weights : dict
+            prefix -> sampled weight tensor of every Bernoulli-weight stage (:meth:`sample_weights`).
+        states : callable
+            ``states(k, a) -> x^k``: the +-1 states of stage ``k`` sampled at pre-activations ``a``.
+
+        Returns
+        -------
+        Path
+        """
+        path, h = Path(weights=weights), x
+        path.layers = self.stage_layers(weights)
         for k, layer in enumerate(path.layers):
             a = layer.forward(h)
-            u = uniforms[k] if uniforms is not None else rng.random(a.shape, dtype=a.dtype)
-            state = self.noise.sample(a, u)
+            state = states(k, a)
             path.stages.append(StageSample(h, a, state))
             h = state
         path.logits = self.head.forward(h)
         return path
+
+    def on_backend(self, backend, convert):
+        """A copy of the network whose layers hold ``convert(array)`` and run on ``backend``
+        (:meth:`sbnnumba.layers.Layer.on_backend`); ``params`` of the copy are the converted arrays. The
+        device-resident training step trains such a copy and copies it back.
+
+        Parameters
+        ----------
+        backend : Backend
+        convert : callable
+            ``array -> array`` on ``backend``.
+
+        Returns
+        -------
+        Network
+        """
+        net = Network([stage.on_backend(backend, convert) for stage in self.stages],
+                      self.head.on_backend(backend, convert), noise=self.noise, backend=backend)
+        net.input_convention = self.input_convention
+        return net
 
     def forward_deterministic(self, x, activation="sign"):
         """Logits of the deterministic network: weights ``sign(eta)`` for Bernoulli layers, activations

@@ -183,10 +183,7 @@ class Normalized(Layer):
 
     def _normalize(self, z, mean, var):
         """``(gamma * z_hat + beta, z_hat, inv_std)`` with ``z_hat = (z - mean) * inv_std`` per channel."""
-        shape = self._shape(z)
-        inv_std = (1 / np.sqrt(var + self.eps)).astype(z.dtype)
-        z_hat = (z - mean.reshape(shape)) * inv_std.reshape(shape)
-        return self.gamma.reshape(shape) * z_hat + self.beta.reshape(shape), z_hat, inv_std
+        return self.backend.normalize(z, mean, var, self.gamma, self.beta, self.eps)
 
     def affine(self, z, mode="deterministic"):
         r"""The normalization's map with fixed statistics, applied to pre-normalization values ``z``:
@@ -198,28 +195,34 @@ class Normalized(Layer):
         from it). ``z``: (B, C) or (B, C, H, W); returns ``a`` of the same shape. Changes no state.
         """
         mean, var = self.statistics(mode)
-        return self._normalize(np.asarray(z), mean, var)[0]
+        return self._normalize(self.backend.asarray(z), mean, var)[0]
+
+    def _batch_statistics(self, z):
+        """Batch mean and variance per channel (over all processes' parts with a :attr:`reducer`)."""
+        if self.reducer is None:
+            return self.backend.channel_moments(z)
+        axes = self._axes(z)  # E[z], E[z^2] - E[z]^2 of the global batch
+        n, s1, s2 = _reduced_sums(self.reducer, z.size // z.shape[1], z.sum(axis=axes, dtype=np.float64),
+                                  np.square(z, dtype=np.float64).sum(axis=axes))
+        mean, var = moments_from_sums(n, s1, s2)
+        return mean.astype(z.dtype), var.astype(z.dtype)
 
     def forward(self, x):
+        """``a = gamma (z - mean) / sqrt(var + eps) + beta`` of ``z = layer.forward(x)``: batch statistics in
+        training mode (the running ones updated, or accumulated by :meth:`start_accumulating`), the
+        running statistics of :attr:`stats_mode` otherwise. Caches ``z_hat`` for the backward pass."""
         z = self.layer.forward(x)
-        axes = self._axes(z)
-        if self.training and self.reducer is not None:  # E[z], E[z^2] - E[z]^2 of the global batch
-            n, s1, s2 = _reduced_sums(self.reducer, z.size // z.shape[1], z.sum(axis=axes, dtype=np.float64),
-                                      np.square(z, dtype=np.float64).sum(axis=axes))
-            mean, var = moments_from_sums(n, s1, s2)
-            mean, var = mean.astype(z.dtype), var.astype(z.dtype)
-        elif self.training:
-            mean, var = z.mean(axis=axes), z.var(axis=axes)
         if self.training:
+            mean, var = self._batch_statistics(z)
             if self._accumulator is not None:
                 n = z.size // z.shape[1]
                 self._accumulator[0] += n
                 self._accumulator[1] = self._accumulator[1] + mean.astype(np.float64) * n
                 self._accumulator[2] = self._accumulator[2] + (var + mean ** 2).astype(np.float64) * n
             else:
-                m = self.momentum
                 r_mean, r_var = self.running["stochastic"]
-                self.running["stochastic"] = ((1 - m) * r_mean + m * mean, (1 - m) * r_var + m * var)
+                self.running["stochastic"] = (self.backend.running_average(r_mean, mean, self.momentum),
+                                              self.backend.running_average(r_var, var, self.momentum))
         else:
             mean, var = self.statistics()
         out, z_hat, inv_std = self._normalize(z, mean, var)
@@ -230,26 +233,25 @@ class Normalized(Layer):
         z_hat, inv_std, batch_stats = self._cache
         if z_hat.shape != g_a.shape:
             raise RuntimeError("Normalized: backward called with a batch other than the last forward pass")
-        axes, shape = self._axes(g_a), self._shape(g_a)
-        scale = (self.gamma * inv_std).reshape(shape)
+        scale = self.backend.multiply(self.gamma, inv_std)
         if not batch_stats:
-            return scale * g_a
+            return self.backend.normalize_backward(g_a, z_hat, scale, None, 1)
         n = g_a.size // g_a.shape[1]
-        s1, s2 = g_a.sum(axis=axes), (g_a * z_hat).sum(axis=axes)
+        sums = self.backend.channel_sums(g_a, z_hat)
         if self.reducer is not None:
-            n, s1, s2 = (v.astype(g_a.dtype) for v in _reduced_sums(self.reducer, n, s1, s2))
-        s1, s2 = s1.reshape(shape), s2.reshape(shape)
-        return scale * (g_a - s1 / n - z_hat * s2 / n)
+            n, s1, s2 = (v.astype(g_a.dtype) for v in _reduced_sums(self.reducer, n, *sums))
+            sums = (s1, s2)
+        return self.backend.normalize_backward(g_a, z_hat, scale, sums, n)
 
     def backward_input(self, g_a, in_shape):
         return self.layer.backward_input(self._backward_norm(g_a), in_shape)
 
     def param_grads(self, x, g_a):
-        z_hat = self._cache[0]
-        axes = self._axes(g_a)
+        """The wrapped layer's gradients at ``g_z`` (:meth:`~sbnnumba.backends.step.StepOperations.normalize_backward`)
+        and ``gamma: sum g_a z_hat``, ``beta: sum g_a`` per channel."""
         grads = self.layer.param_grads(x, self._backward_norm(g_a))
-        grads["gamma"] = (g_a * z_hat).sum(axis=axes)
-        grads["beta"] = g_a.sum(axis=axes)
+        s1, s2 = self.backend.channel_sums(g_a, self._cache[0])
+        grads["gamma"], grads["beta"] = s2, s1
         return grads
 
     def forward_moments(self, mean, var):
@@ -260,8 +262,30 @@ class Normalized(Layer):
         return scale * (mu - stats_mean.reshape(shape)) + self.beta.reshape(shape), scale ** 2 * v
 
     def flip_propagate(self, x_in, a, x_out, d_out, noise, backend="cpu"):
-        scale = self.gamma * self._cache[1]
+        scale = self.backend.multiply(self.gamma, self._cache[1])
         return self.layer.flip_propagate(x_in, a, x_out, d_out, noise, backend, out_scale=scale)
+
+    def on_backend(self, backend, convert):
+        """A copy normalizing ``layer.on_backend(backend, convert)`` with ``gamma``, ``beta`` and the running
+        statistics converted; its forward caches and statistics are its own (no reducer, no accumulator).
+
+        Parameters
+        ----------
+        backend : Backend
+        convert : callable
+            ``array -> array`` on ``backend``.
+
+        Returns
+        -------
+        Normalized
+        """
+        view = copy.copy(self)
+        view.layer = self.layer.on_backend(backend, convert)
+        view.gamma, view.beta = convert(self.gamma), convert(self.beta)
+        view.running = {mode: None if stats is None else tuple(convert(t) for t in stats)
+                        for mode, stats in self.running.items()}
+        view._cache, view._accumulator, view.reducer = None, None, None
+        return view
 
     def __repr__(self):
         return f"Normalized({self.layer!r})"

@@ -32,10 +32,16 @@ import abc
 import numpy as np
 from scipy import special
 
+from .backends import host_backend
 from .noise import get_noise
 from .validation import as_generator, check_choice, check_positive_number
 
 WEIGHT_GRADS = ("md", "latent")
+
+
+def _on(backend):
+    """``backend``, or the host backend for None."""
+    return host_backend() if backend is None else backend
 
 
 class WeightParameterization(abc.ABC):
@@ -56,11 +62,36 @@ class WeightParameterization(abc.ABC):
         """The deterministic weight tensor: the real weights, or ``sign(eta)`` for Bernoulli weights."""
 
     @abc.abstractmethod
-    def grads(self, g_w) -> dict:
-        """name -> gradient of each trainable array, from ``g_w = dL/dw`` at the weights in use."""
+    def grads(self, g_w, backend=None) -> dict:
+        """name -> gradient of each trainable array, from ``g_w = dL/dw`` at the weights in use.
 
-    def project_(self):
-        """Constraint projection after an optimizer step (none by default)."""
+        Parameters
+        ----------
+        g_w : array, the shape of the weight tensor
+        backend : Backend, optional
+            Where the arrays live (:attr:`sbnnumba.layers.Layer.backend`); default: the host backend.
+
+        Returns
+        -------
+        dict
+        """
+
+    @abc.abstractmethod
+    def converted(self, convert):
+        """A copy whose arrays are ``convert(array)`` (e.g. on a device: :meth:`sbnnumba.layers.Layer.on_backend`).
+
+        Parameters
+        ----------
+        convert : callable
+            ``array -> array``.
+
+        Returns
+        -------
+        WeightParameterization
+        """
+
+    def project_(self, backend=None):
+        """Constraint projection after an optimizer step (none by default), on ``backend`` (default: host)."""
 
     @property
     def shape(self):
@@ -83,8 +114,11 @@ class RealWeights(WeightParameterization):
     def mode(self):
         return self.weight
 
-    def grads(self, g_w):
+    def grads(self, g_w, backend=None):
         return {"weight": g_w}
+
+    def converted(self, convert):
+        return RealWeights(convert(self.weight))
 
     def __repr__(self):
         return f"RealWeights(shape={self.weight.shape})"
@@ -141,19 +175,35 @@ class BernoulliWeights(WeightParameterization):
         """``d log P(w) / d eta = w p(eta) / F(w eta)`` (the shape of ``eta``)."""
         return w * self.noise.pdf(self.eta) / self.noise.cdf(w * self.eta)
 
-    def grads(self, g_w):
-        return {"eta": self.eta_grad(g_w)}
+    def grads(self, g_w, backend=None):
+        return {"eta": self.eta_grad(g_w, backend)}
 
-    def eta_grad(self, g_w):
-        """Map ``dL/dw`` at the sampled weights to the gradient used for ``eta``."""
-        if self.grad == "md":
-            return 2 * g_w
-        return 2 * self.noise.pdf(self.eta) * g_w
+    def eta_grad(self, g_w, backend=None):
+        """Map ``dL/dw`` at the sampled weights to the gradient used for ``eta``: ``2 g_w`` (``grad="md"``) or
+        ``2 p(eta) g_w`` (``grad="latent"``).
 
-    def project_(self):
-        """In-place projection ``eta <- clip(eta, -c, c)`` (no-op without ``clip``)."""
+        Parameters
+        ----------
+        g_w : array, the shape of ``eta``
+        backend : Backend, optional
+            Where ``eta`` lives (default: the host backend); runs
+            :meth:`~sbnnumba.backends.step.StepOperations.latent_grad`.
+
+        Returns
+        -------
+        array, the shape of ``eta``
+        """
+        return _on(backend).latent_grad(self.eta, g_w, self.noise, self.grad)
+
+    def project_(self, backend=None):
+        """In-place projection ``eta <- clip(eta, -c, c)`` (no-op without ``clip``), on ``backend`` (default: host)."""
         if self.clip is not None:
-            np.clip(self.eta, -self.clip, self.clip, out=self.eta)
+            _on(backend).clip_(self.eta, self.clip)
+
+    def converted(self, convert):
+        copy = object.__new__(BernoulliWeights)
+        copy.noise, copy.grad, copy.clip, copy.eta = self.noise, self.grad, self.clip, convert(self.eta)
+        return copy
 
     def __repr__(self):
         return f"BernoulliWeights(noise={self.noise.name!r}, grad={self.grad!r}, clip={self.clip!r})"

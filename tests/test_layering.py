@@ -11,10 +11,10 @@ LEVELS = {  # the table of docs/architecture.md
     5: ("training", "packed", "plots", "datasets", "testing", "export", "distributed",
         "sweep"),
     4: ("estimators",),
-    3: ("network", "architectures", "optim", "losses", "summary"),
+    3: ("network", "architectures", "optim", "summary"),
     2: ("layers", "conv", "normalization", "weights", "bitpack"),
     1: ("backends",),
-    0: ("kernels", "noise", "validation", "fileio", "runtime", "inputs"),
+    0: ("kernels", "noise", "validation", "fileio", "runtime", "inputs", "losses"),
 }
 LEVEL = {name: level for level, names in LEVELS.items() for name in names}
 

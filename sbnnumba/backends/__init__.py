@@ -21,8 +21,10 @@ from .registry import (
                        backend_names,
                        default_backend_name,
                        get_backend,
+                       host_backend,
                        register_backend,
 )
+from .step import StepOperations, step_operations
 
 __all__ = ["Backend", "BackendAttribute", "DEFAULT_BACKEND_ENV", "abstract_methods", "backend_names", "default_backend_name",
-           "get_backend", "register_backend"]
+           "get_backend", "host_backend", "register_backend", "StepOperations", "step_operations"]

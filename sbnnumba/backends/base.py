@@ -28,13 +28,19 @@ Operations (spec psa.md for the PSA formulas; :mod:`sbnnumba.bitpack` for the pa
 ``binary_conv2d``              zero-padded binary convolution of packed maps (int32)
 ``binary_conv2d_threshold``    packed ``sign(conv - t) * s``, channels last
 =============================  ======================================================================
+
+and the array operations of a training step (dense and conv affine maps and their gradients, batch
+normalization, the latent-weight rule, the loss and PSA's head), declared in :mod:`.step`
+(:class:`~sbnnumba.backends.step.StepOperations`, a base class of :class:`Backend`).
 """
 from __future__ import annotations
 
 import abc
 
+from .step import StepOperations
 
-class Backend(abc.ABC):
+
+class Backend(StepOperations):
     """Where the device-dependent operations of a network run (see the module docstring).
 
     Subclasses set :attr:`name` and implement every abstract method; registration
@@ -164,5 +170,11 @@ class Backend(abc.ABC):
 
 
 def abstract_methods():
-    """The names of the methods every backend must provide (sorted)."""
+    """The names of the methods every backend must provide (sorted).
+
+    Returns
+    -------
+    list of str
+        The operations above and those of :class:`~sbnnumba.backends.step.StepOperations`.
+    """
     return sorted(Backend.__abstractmethods__)

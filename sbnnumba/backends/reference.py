@@ -7,13 +7,22 @@ count bits word by word (the ``*_reference`` functions of :mod:`sbnnumba.kernels
 memory-hungry, exact up to float rounding: the truth the other backends are tested against
 (``tests/test_backends.py``). ``form`` is validated and otherwise ignored (every form computes the
 same sum; this backend always sums the exact differences).
+
+The training-step operations (:mod:`.step`) are the NumPy expressions of the host training step,
+moved here from the layers, the batch normalization, the weight rules and the estimators without a
+change (the golden digests of ``tests/test_golden.py`` pin them bit for bit); the ``cpu`` backend
+inherits them. Convolutions go through the channel-major patch matrix ``cols`` (C_in kh kw,
+B H_out W_out) of a strided view and one BLAS GEMM; the transposed map sums the patches back with the
+Numba ``col2im`` of :mod:`sbnnumba.kernels.conv_cpu` (the host step always did).
 """
 from __future__ import annotations
 
 import numpy as np
 
+from .. import losses
 from ..kernels import bitpack as kb
-from ..kernels import conv_reference, reference
+from ..kernels import conv_cpu, conv_reference, reference
+from ..kernels.conv_reference import output_size, windows
 from ..kernels.cpu import choose_form
 from ..validation import check_choice
 from .base import Backend
@@ -65,6 +74,148 @@ class ReferenceBackend(Backend):
     def binary_conv2d_threshold(self, x_words, weights, c_in, thresholds, flip, stride, padding):
         return kb.conv2d_threshold_reference(x_words, weights.words, c_in, thresholds, flip, stride, padding)
 
+
+    # -- training-step operations (sbnnumba.backends.step) ----------------------------------------
+    def dense_forward(self, x, weight, bias):
+        return x @ weight.T + bias
+
+    def dense_backward_input(self, g_a, weight):
+        return g_a @ weight
+
+    def dense_param_grads(self, x, g_a):
+        return g_a.T @ x, g_a.sum(axis=0)
+
+    def conv_forward(self, x, weight, bias, stride, padding):
+        ho, wo = output_size(x.shape[2:], weight.shape[2:], stride, padding)
+        return _gemm_to_map(_cols(x, weight.shape[2:], stride, padding), weight.reshape(weight.shape[0], -1),
+                            x.shape[0], (ho, wo), bias)
+
+    def conv_backward_input(self, g_a, weight, in_shape, stride, padding):
+        g_cols = weight.reshape(weight.shape[0], -1).T @ _channel_major(g_a)
+        return conv_cpu.col2im_t(g_cols, (g_a.shape[0],) + tuple(in_shape), weight.shape[2:], stride, padding)
+
+    def conv_param_grads(self, x, g_a, kernel_size, stride, padding):
+        g_w = _channel_major(g_a) @ _cols(x, kernel_size, stride, padding).T
+        return g_w.reshape((g_a.shape[1], x.shape[1]) + tuple(kernel_size)), g_a.sum(axis=(0, 2, 3))
+
+    def channel_moments(self, z):
+        axes = _channel_axes(z)
+        return z.mean(axis=axes), z.var(axis=axes)
+
+    def running_average(self, running, batch, momentum):
+        return (1 - momentum) * running + momentum * batch
+
+    def normalize(self, z, mean, var, gamma, beta, eps):
+        shape = _channel_shape(z)
+        inv_std = (1 / np.sqrt(var + eps)).astype(z.dtype)
+        z_hat = (z - mean.reshape(shape)) * inv_std.reshape(shape)
+        return gamma.reshape(shape) * z_hat + beta.reshape(shape), z_hat, inv_std
+
+    def channel_sums(self, t, u):
+        axes = _channel_axes(t)
+        return t.sum(axis=axes), (t * u).sum(axis=axes)
+
+    def normalize_backward(self, g_a, z_hat, scale, sums, n):
+        shape = _channel_shape(g_a)
+        scale = scale.reshape(shape)
+        if sums is None:
+            return scale * g_a
+        s1, s2 = (s.reshape(shape) for s in sums)
+        return scale * (g_a - s1 / n - z_hat * s2 / n)
+
+    def latent_grad(self, eta, g_w, noise, rule):
+        if rule == "md":
+            return 2 * g_w
+        return 2 * noise.pdf(eta) * g_w
+
+    def clip_(self, x, bound):
+        np.clip(x, -bound, bound, out=x)
+
+    def softmax_xent(self, logits, y):
+        return losses.xent(logits, y)
+
+    def head_flips(self, logits, y, x_last, v, loss0):
+        loss_flip, g_flip = losses.xent(flip_logits(logits, x_last, v), y[:, None])
+        return loss_flip - loss0[:, None], g_flip
+
+    def rb_flip_weights(self, x_last, a_last, noise):
+        return (1 - noise.cdf(x_last * a_last)) / x_last.shape[1]
+
+    def rb_mix(self, w, q0, q_flip):
+        return q0 * (1 - w.sum(axis=1))[:, None] + np.einsum("bi,bik->bk", w, q_flip)
+
+    def rb_value(self, loss0, w, d):
+        return loss0 + np.einsum("bi,bi->b", w, d)
+
+    def rb_head_grads(self, g_eta, g_flip, w, x_last, weights):
+        g_mix = self.rb_mix(w, g_eta, g_flip)
+        g_mix *= weights[:, None]
+        dv, dc = self.dense_param_grads(x_last, g_mix)
+        return dv - 2 * np.einsum("bi,bik->ki", (weights[:, None] * w * x_last), g_flip), dc
+
+    def multiply(self, a, b):
+        return a * b
+
+    def scale_rows(self, t, scale):
+        return t * scale.reshape((-1,) + (1,) * (t.ndim - 1))
+
+    def weighted_sum(self, weights, values):
+        return np.dot(weights, values)
+
+    def asarray(self, x, dtype=None):
+        return np.asarray(x, dtype=dtype)
+
+    def loss_scalar(self, value):
+        return float(value)
+
+
+def flip_logits(logits, x_last, v):
+    r"""Single-flip logits ``eta^(i) = eta - 2 x_i V[:, i]`` of every last unit ``i``.
+
+    Parameters
+    ----------
+    logits : ndarray (B, K)
+    x_last : ndarray (B, N_L)
+    v : ndarray (K, N_L)
+
+    Returns
+    -------
+    ndarray (B, N_L, K)
+    """
+    return logits[:, None, :] - 2 * x_last[:, :, None] * v.T[None, :, :]
+
+
+def _channel_axes(z):
+    """The reduction axes of per-channel statistics: the batch and the positions."""
+    return (0,) + tuple(range(2, z.ndim))
+
+
+def _channel_shape(z):
+    """Broadcast shape of a per-channel vector against ``z``."""
+    return (1, -1) + (1,) * (z.ndim - 2)
+
+
+def _cols(x, kernel_size, stride, padding):
+    """Channel-major patch matrix (C_in * kh * kw, B * H_out * W_out): rows (r, dy, dx), columns (b, oy, ox)."""
+    win = windows(x, kernel_size, stride, padding)   # (B, C, Ho, Wo, kh, kw) view
+    b, c, ho, wo, kh, kw = win.shape
+    return win.transpose(1, 4, 5, 0, 2, 3).reshape(c * kh * kw, b * ho * wo)
+
+
+def _channel_major(t):
+    """(B, C, H, W) -> (C, B * H * W)."""
+    return t.transpose(1, 0, 2, 3).reshape(t.shape[1], -1)
+
+
+def _gemm_to_map(cols, weight2, n_batch, out_hw, bias=None):
+    """``weight2 @ cols`` (C_out, B*P) laid out as a contiguous (B, C_out, H_out, W_out) map (+ bias)."""
+    prod = (weight2 @ cols).reshape((weight2.shape[0], n_batch) + tuple(out_hw)).transpose(1, 0, 2, 3)
+    out = np.empty(prod.shape, dtype=prod.dtype)
+    if bias is None:
+        out[...] = prod
+    else:
+        np.add(prod, bias.astype(prod.dtype, copy=False)[:, None, None], out=out)
+    return out
 
 
 register_backend(ReferenceBackend)

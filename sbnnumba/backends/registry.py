@@ -7,6 +7,7 @@ from .base import Backend
 
 DEFAULT_BACKEND_ENV = "SBNNUMBA_BACKEND"
 DEFAULT_BACKEND = "cpu"
+HOST_BACKEND = "cpu"  # the backend of host (NumPy) arrays: layers and estimators on host arrays use it
 
 _CLASSES: dict[str, type] = {}
 _INSTANCES: dict[str, object] = {}
@@ -83,6 +84,21 @@ def get_backend(backend=None):
             raise RuntimeError(f"backend {backend!r} is not usable: {reason}")
         _INSTANCES[backend] = cls()
     return _INSTANCES[backend]
+
+
+def host_backend():
+    """The backend that holds host (NumPy) arrays and runs their training-step operations.
+
+    Layers keep their arrays on it unless a copy was made for another backend
+    (:meth:`sbnnumba.layers.Layer.on_backend`); a device backend hands the step operations of host
+    arrays to it. It does not depend on ``$SBNNUMBA_BACKEND``.
+
+    Returns
+    -------
+    Backend
+        The ``cpu`` backend (whose step operations are the ``reference`` NumPy expressions).
+    """
+    return _INSTANCES.get(HOST_BACKEND) or get_backend(HOST_BACKEND)
 
 
 class BackendAttribute:

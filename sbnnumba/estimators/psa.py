@@ -16,53 +16,70 @@ networks whose binary layers after the first have width 1; elsewhere biased by t
 (joint flips ignored). ``linearize=True`` replaces Delta by ``2 x_j x_i W_ji p(a_j)`` and the head
 differences by ``-2 x^L dl/dx^L``: that is exactly deep ST (spec section 3), kept for verification.
 """
-import numpy as np
-
-from ..losses import xent
 from . import rbhead
-from .common import add_layer_grads, finalize, flat_last_state, head_flip_logits, path_layers
+from .common import add_layer_grads, finalize, flat_last_state, path_layers
 from .registry import register_path_estimator
 
 
 def psa_path_gradient(net, path, y, weights, head="rb", linearize=False):
-    """PSA estimate on given paths; see the module docstring. Returns (loss, grads)."""
+    """PSA estimate on given paths; see the module docstring.
+
+    Written in the layer interface and the training-step operations of ``net.backend``
+    (:mod:`sbnnumba.backends.step`), so the same code runs on host arrays and, in the device-resident
+    step, on a device copy of the network (``linearize`` is a host-only verification form).
+
+    Parameters
+    ----------
+    net : Network
+    path : Path
+        One sampled path per example (:meth:`sbnnumba.Network.sample`).
+    y : int array (B,)
+    weights : array (B,)
+        Per-example weights (``1/B`` for a batch mean; path probabilities in the exact oracle).
+    head : {"rb", "sample"}
+        Rao-Blackwellized head gradient, or the sampled one.
+    linearize : bool
+        Deep ST written as PSA (verification).
+
+    Returns
+    -------
+    loss : float
+        ``sum_b weights_b E_hat_b`` (a one-entry device array on a device copy).
+    grads : dict
+        The keys and shapes of ``net.params``.
+    """
     if head not in ("rb", "sample"):
         raise ValueError(f"head: expected 'rb' or 'sample', got {head!r}")
-    noise, V = net.noise, net.head.weight
+    be, noise, V = net.backend, net.noise, net.head.weight
     x_last = flat_last_state(path)
-    loss0, g_eta = xent(path.logits, y)
+    loss0, g_eta = be.softmax_xent(path.logits, y)
     if linearize:
         d = -2 * x_last * (g_eta @ V)
     else:
-        loss_flip, g_eta_flip = xent(head_flip_logits(net, path), y[:, None])
-        d = loss_flip - loss0[:, None]
+        d, g_eta_flip = be.head_flips(path.logits, y, x_last, V, loss0)
 
     grads = {}
     # Rao-Blackwellized value and head gradient (spec section 2.6, estimators/rbhead.py); w is a constant.
     w_rb = rbhead.flip_weights(net, path)
-    value = loss0 + rbhead.value(w_rb, d) if not linearize else loss0
+    value = rbhead.value(net, loss0, w_rb, d) if not linearize else loss0
     if head == "rb" and not linearize:
-        g_mix = rbhead.mix(w_rb, g_eta, g_eta_flip)
-        g_mix *= weights[:, None]
-        dv = g_mix.T @ x_last - 2 * np.einsum("bi,bik->ki", (weights[:, None] * w_rb * x_last), g_eta_flip)
-        grads["head.weight"], grads["head.bias"] = dv, g_mix.sum(axis=0)
+        grads["head.weight"], grads["head.bias"] = be.rb_head_grads(g_eta, g_eta_flip, w_rb, x_last, weights)
     else:
-        add_layer_grads(grads, "head", net.head.param_grads(x_last, g_eta * weights[:, None]))
+        add_layer_grads(grads, "head", net.head.param_grads(x_last, be.scale_rows(g_eta, weights)))
 
     layers = path_layers(net, path)
     for k in range(len(layers) - 1, -1, -1):
         layer, st = layers[k], path.stages[k]
         d = d.reshape(st.pre.shape)
-        g_a = net.backend.psa_preactivation_grad(st.state, st.pre, d, noise)
-        w_b = weights.reshape((-1,) + (1,) * (g_a.ndim - 1))
-        add_layer_grads(grads, f"stages.{k}", layer.param_grads(st.input, g_a * w_b))
+        g_a = be.psa_preactivation_grad(st.state, st.pre, d, noise)
+        add_layer_grads(grads, f"stages.{k}", layer.param_grads(st.input, be.scale_rows(g_a, weights)))
         if k > 0:
             if linearize:
                 lin = st.state * noise.pdf(st.pre) * d
                 d = 2 * st.input * layer.backward_input(lin, st.input.shape[1:])
             else:
-                d = layer.flip_propagate(st.input, st.pre, st.state, d, noise, net.backend)
-    return finalize(net, np.dot(weights, value), grads)
+                d = layer.flip_propagate(st.input, st.pre, st.state, d, noise, be)
+    return finalize(net, be.weighted_sum(weights, value), grads)
 
 
 register_path_estimator("psa", psa_path_gradient, device_step=True)

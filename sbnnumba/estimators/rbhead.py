@@ -11,7 +11,10 @@ analytically over single flips of the last binary stage:
 
 * value ``\hat l = l(\eta) + \sum_i w_i (l(\eta^{(i)}) - l(\eta))``                              (B,)
 
-``\hat l`` is unbiased for ``E[l | x^{L-1}]``. :mod:`sbnnumba.estimators.psa` uses the weights, the
+``\hat l`` is unbiased for ``E[l | x^{L-1}]``. The weights, the mixture, the value and PSA's head
+gradients are training-step operations of the backend (``rb_flip_weights``, ``rb_mix``, ``rb_value``,
+``rb_head_grads`` of :mod:`sbnnumba.backends.step`; the NumPy definitions in
+:mod:`sbnnumba.backends.reference`). :mod:`sbnnumba.estimators.psa` uses the weights, the
 value and the mixture of the loss gradients; :func:`sbnnumba.training.evaluate` the value and the
 mixture of the class probabilities (:func:`probabilities_and_loss`).
 """
@@ -24,20 +27,55 @@ from .common import flat_last_state, head_flip_logits
 
 
 def flip_weights(net, path):
-    """``w_i = (1 - F(x^L_i a^L_i)) / N_L`` (B, N_L): the probability of flipping unit i, over ``N_L``."""
+    """``w_i = (1 - F(x^L_i a^L_i)) / N_L``: the probability of flipping unit i, over ``N_L``.
+
+    Parameters
+    ----------
+    net : Network
+    path : Path
+
+    Returns
+    -------
+    array (B, N_L), on ``net.backend``'s arrays (:meth:`~sbnnumba.backends.step.StepOperations.rb_flip_weights`)
+    """
     last = path.stages[-1]
     x_last = flat_last_state(path)
-    return (1 - net.noise.cdf(last.state * last.pre).reshape(x_last.shape)) / x_last.shape[1]
+    return net.backend.rb_flip_weights(x_last, last.pre.reshape(x_last.shape), net.noise)
 
 
-def mix(w, q0, q_flip):
-    """``(1 - sum_i w_i) q0 + sum_i w_i q_flip[:, i]``: (B, N_L), (B, K), (B, N_L, K) -> (B, K)."""
-    return q0 * (1 - w.sum(axis=1))[:, None] + np.einsum("bi,bik->bk", w, q_flip)
+def mix(net, w, q0, q_flip):
+    """``(1 - sum_i w_i) q0 + sum_i w_i q_flip[:, i]``.
+
+    Parameters
+    ----------
+    net : Network
+        Its backend runs the mixture.
+    w : array (B, N_L)
+    q0 : array (B, K)
+    q_flip : array (B, N_L, K)
+
+    Returns
+    -------
+    array (B, K)
+    """
+    return net.backend.rb_mix(w, q0, q_flip)
 
 
-def value(w, d):
-    """``sum_i w_i d_i`` per example for head differences ``d_i = l(eta^(i)) - l(eta)``: (B, N_L) -> (B,)."""
-    return np.einsum("bi,bi->b", w, d)
+def value(net, loss0, w, d):
+    """``l0 + sum_i w_i d_i`` per example for head differences ``d_i = l(eta^(i)) - l(eta)``.
+
+    Parameters
+    ----------
+    net : Network
+        Its backend runs the sum.
+    loss0 : array (B,)
+    w, d : arrays (B, N_L)
+
+    Returns
+    -------
+    array (B,)
+    """
+    return net.backend.rb_value(loss0, w, d)
 
 
 def _flip_terms(flipped, y):
@@ -52,8 +90,21 @@ def _flip_terms(flipped, y):
 
 
 def probabilities_and_loss(net, path, y):
-    """Rao-Blackwellized class probabilities (B, K') and per-example loss ``\\hat l`` (B,) of one sampled path."""
+    """Rao-Blackwellized class probabilities and per-example loss ``\\hat l`` of one sampled path (host arrays).
+
+    Parameters
+    ----------
+    net : Network
+    path : Path
+    y : int ndarray (B,)
+
+    Returns
+    -------
+    probs : ndarray (B, K')
+        K' = K, or 2 for a 1-logit head.
+    loss : ndarray (B,)
+    """
     p0, l0 = losses.probabilities(path.logits), losses.xent(path.logits, y, grad=False)
     w = flip_weights(net, path)
     p_flip, l_flip = _flip_terms(head_flip_logits(net, path), y)
-    return mix(w, p0, p_flip), l0 + value(w, l_flip - l0[:, None])
+    return mix(net, w, p0, p_flip), value(net, l0, w, l_flip - l0[:, None])

@@ -28,7 +28,6 @@ import functools
 
 import numpy as np
 
-from ..losses import xent
 from ..network import Path, StageSample
 from ..noise import get_noise
 from .common import add_layer_grads, finalize, flat_last_state, path_layers
@@ -57,22 +56,42 @@ def backward_factor(net, proxy):
 
 
 def st_path_gradient(net, path, y, weights, proxy=None):
-    """ST estimate on given paths; returns (mean sampled loss, grads)."""
+    """ST estimate on given paths (written in the layer interface and ``net.backend``'s training-step
+    operations, so it also runs on the device copy of the device-resident step).
+
+    Parameters
+    ----------
+    net : Network
+    path : Path
+    y : int array (B,)
+    weights : array (B,)
+        Per-example weights.
+    proxy : None or str
+        The backward factor (:func:`backward_factor`); proxies other than None run on host arrays.
+
+    Returns
+    -------
+    loss : float
+        ``sum_b weights_b l(y_b, eta_b)`` of the sampled path (a one-entry device array on a device copy).
+    grads : dict
+        The keys and shapes of ``net.params``.
+    """
+    be = net.backend
     factor = backward_factor(net, proxy)
     x_last = flat_last_state(path)
-    loss0, g_eta = xent(path.logits, y)
-    g_eta = g_eta * weights[:, None]
+    loss0, g_eta = be.softmax_xent(path.logits, y)
+    g_eta = be.scale_rows(g_eta, weights)
     grads = {}
     add_layer_grads(grads, "head", net.head.param_grads(x_last, g_eta))
     delta = net.head.backward_input(g_eta, path.stages[-1].state.shape[1:])
     layers = path_layers(net, path)
     for k in range(len(layers) - 1, -1, -1):
         layer, st = layers[k], path.stages[k]
-        g_a = factor(st.pre) * delta.reshape(st.pre.shape)
+        g_a = be.multiply(factor(st.pre), delta.reshape(st.pre.shape))
         add_layer_grads(grads, f"stages.{k}", layer.param_grads(st.input, g_a))
         if k > 0:
             delta = layer.backward_input(g_a, st.input.shape[1:])
-    return finalize(net, np.dot(weights, loss0), grads)
+    return finalize(net, be.weighted_sum(weights, loss0), grads)
 
 
 def st_deterministic(net, x, y, rng, proxy=None):

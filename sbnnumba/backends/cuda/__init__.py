@@ -8,8 +8,10 @@ Layout of this package:
 * :mod:`.device`: availability (:func:`~.device.unavailable_reason`), host/device array conventions,
   the device weight cache;
 * :mod:`.ops`: launch configurations, one function per backend operation;
+* :mod:`.layer_ops` (with the small kernels of :mod:`.layer_kernels`): the training-step operations
+  (:mod:`sbnnumba.backends.step`) on device arrays, :class:`~.layer_ops.DeviceStepOperations`;
 * this module: :class:`CudaBackend`, which maps the :class:`~sbnnumba.backends.base.Backend`
-  interface onto :mod:`.ops` (noise families to their kernel codes).
+  interface onto :mod:`.ops` (noise families to their kernel codes) and inherits the step operations.
 
 Nothing here imports ``numba.cuda`` at import time; ``get_backend("cuda")`` raises a ``RuntimeError``
 naming the reason when CUDA cannot run in this process.
@@ -19,13 +21,19 @@ from __future__ import annotations
 from ..base import Backend
 from ..registry import register_backend
 from . import device, ops
+from .layer_ops import DeviceStepOperations
 
 
-class CudaBackend(Backend):
+class CudaBackend(DeviceStepOperations, Backend):
     """numba.cuda implementation of :class:`~sbnnumba.backends.base.Backend` (registered as ``"cuda"``).
 
-    Host arrays in give host arrays out (uploaded and downloaded per call; weights are cached on the
-    device, :data:`.device.weight_cache`); device arrays in give device arrays out.
+    Device arrays in give device arrays out. Host arrays: the PSA, sampling, element-wise and packed
+    operations upload them and return host results (weights are cached on the device,
+    :data:`.device.weight_cache`): the per-call routing of a host network on this backend; the
+    training-step operations (:class:`~.layer_ops.DeviceStepOperations`) run host arrays on the host
+    backend, so such a network's layers and head stay NumPy code. The device-resident step
+    (:class:`sbnnumba.training.resident.CudaTrainer`) trains a device copy of the network, whose every
+    operation runs here.
     """
 
     name = "cuda"
