@@ -1,5 +1,7 @@
 """Every registered backend implements the whole :class:`sbnnumba.backends.Backend` interface and agrees
-with ``reference`` (plain NumPy) on small random inputs; the registry's errors.
+with ``reference`` (plain NumPy) on small random inputs, the training-step operations of
+:mod:`sbnnumba.backends.step` included (on device arrays for a backend whose arrays live on a device);
+the registry's errors.
 
 ``cuda`` runs in numba's CUDA simulator without a GPU (tests/conftest.py). Float results agree to
 float32 rounding; sampling, packed products and binary convolutions exactly.
@@ -10,6 +12,7 @@ import pytest
 from sbnnumba import bitpack
 from sbnnumba.backends import Backend, abstract_methods, backend_names, get_backend, register_backend
 from sbnnumba.backends.base import Backend as BaseBackend
+from sbnnumba.backends.step import step_operations
 from sbnnumba.kernels import conv_reference
 from sbnnumba.kernels.bitpack import PreparedWeights
 from sbnnumba.noise import get_noise
@@ -38,6 +41,7 @@ def test_interface_is_complete():
     methods = abstract_methods()
     assert {"flip_propagate_dense", "flip_propagate_conv", "sample_states", "st_factor", "psa_preactivation_grad",
             "xnor_matmul", "xnor_matmul_threshold", "binary_conv2d", "binary_conv2d_threshold"} <= set(methods)
+    assert set(step_operations()) <= set(methods) and "dense_forward" in step_operations()
     from sbnnumba.backends.registry import _CLASSES
     for name, cls in _CLASSES.items():
         assert cls.name == name
@@ -92,6 +96,86 @@ def test_elementwise_agree(backend, noise_name):
     d = rng.normal(size=a.shape).astype(np.float32)
     np.testing.assert_allclose(backend.psa_preactivation_grad(x, a, d, noise),
                                ref.psa_preactivation_grad(x, a, d, noise), rtol=1e-5, atol=1e-6)
+
+
+def _step_arguments():
+    """Small random arguments of every training-step operation (float32; labels int32)."""
+    rng = np.random.default_rng(11)
+
+    def f(*shape):
+        return rng.normal(size=shape).astype(np.float32)
+
+    noise = get_noise("normal")
+    y = np.array([0, 2, 1], np.int32)
+    x, w, g, x_last = _pm1(rng, (3, 6)), f(5, 6), f(3, 5), _pm1(rng, (3, 4))
+    conv = (_pm1(rng, (2, 3, 5, 4)), f(4, 3, 3, 2), (2, 1), (1, 1))  # output (2, 4, 3, 5)
+    z, zd = f(4, 3, 2, 2), f(4, 5)
+    logits, v, loss0 = f(3, 3), f(3, 4), np.abs(f(3))
+    w_rb, d, g_flip = np.abs(f(3, 4)) / 4, f(3, 4), f(3, 4, 3)
+    weights = np.abs(f(3)) / 3
+    return {
+        "dense_forward": (x, w, f(5)), "dense_backward_input": (g, w), "dense_param_grads": (x, g),
+        "conv_forward": (conv[0], conv[1], f(4)) + conv[2:], "conv_backward_input": (f(2, 4, 3, 5), conv[1], (3, 5, 4))
+        + conv[2:], "conv_param_grads": (conv[0], f(2, 4, 3, 5), (3, 2)) + conv[2:],
+        "channel_moments": (z,), "running_average": (f(3), f(3), 0.1),
+        "normalize": (z, f(3), np.abs(f(3)), f(3), f(3), 1e-5), "channel_sums": (zd, f(4, 5)),
+        "normalize_backward": (z, f(4, 3, 2, 2), f(3), (f(3), f(3)), 16),
+        "latent_grad": (f(5, 6), f(5, 6), noise, "latent"), "clip_": (f(5, 6), 0.5),
+        "softmax_xent": (logits, y), "head_flips": (logits, y, x_last, v, loss0),
+        "rb_flip_weights": (x_last, f(3, 4), noise), "rb_mix": (w_rb, logits, g_flip), "rb_value": (loss0, w_rb, d),
+        "rb_head_grads": (logits, g_flip, w_rb, x_last, weights), "multiply": (f(3, 4), f(3, 4)),
+        "scale_rows": (f(3, 2, 2), f(3)), "weighted_sum": (weights, loss0), "asarray": (f(2, 3), np.float32),
+        "loss_scalar": (np.float32(1.25),),
+    }
+
+
+def _on_backend(backend, value, to_device):
+    """Arrays of an argument on ``backend`` (uploaded where its arrays live on a device)."""
+    if isinstance(value, np.ndarray) and backend.device_resident:
+        return to_device(value)
+    if isinstance(value, tuple) and value and isinstance(value[0], np.ndarray):
+        return tuple(_on_backend(backend, t, to_device) for t in value)
+    return value
+
+
+def _to_host(value):
+    if isinstance(value, tuple):
+        return tuple(_to_host(t) for t in value)
+    return value.copy_to_host() if hasattr(value, "copy_to_host") else value
+
+
+@pytest.mark.parametrize("name", step_operations())
+def test_step_operations_agree(backend, name):
+    """Every training-step operation of every backend equals the reference's NumPy expression (float32
+    rounding; device backends on device arrays: the kernels of the device-resident step)."""
+    args = _step_arguments()[name]
+    to_device = None
+    if backend.device_resident:
+        from numba import cuda
+        to_device = cuda.to_device
+    ref_args = tuple(t.copy() if isinstance(t, np.ndarray) else t for t in args)
+    dev_args = tuple(_on_backend(backend, t, to_device) for t in args)
+    want = getattr(get_backend("reference"), name)(*ref_args)
+    got = _to_host(getattr(backend, name)(*dev_args))
+    if want is None:  # in place: compare the first argument
+        want, got = ref_args[0], _to_host(dev_args[0])
+    want, got = (want, got) if isinstance(want, tuple) else ((want,), (got,))
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(np.asarray(a, np.float64).reshape(np.shape(b)), b, rtol=1e-4, atol=2e-5,
+                                   err_msg=name)
+
+
+def test_device_backend_runs_host_step_operations_on_the_host(cuda_backend):
+    """A host network on the cuda backend keeps its layers on the host: the step operations of host arrays
+    return the host backend's NumPy results, bit for bit."""
+    for name, args in _step_arguments().items():
+        if name == "clip_":
+            continue
+        want = getattr(get_backend("reference"), name)(*args)
+        got = getattr(cuda_backend, name)(*args)
+        for a, b in zip(*((got, want) if isinstance(want, tuple) else ((got,), (want,)))):
+            assert isinstance(a, (np.ndarray, float, np.floating)), name
+            np.testing.assert_array_equal(a, b, err_msg=name)
 
 
 def test_packed_products_agree(backend):
