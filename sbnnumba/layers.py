@@ -222,7 +222,22 @@ class AffineLayer(Layer):
 
 
 def init_weight_kind(layer, weight, weight_noise, weight_grad, rng):
-    """Apply the ``weight="real" | "bernoulli"`` constructor option of a layer."""
+    """Apply the ``weight="real" | "bernoulli"`` constructor option of a layer.
+
+    Parameters
+    ----------
+    layer : AffineLayer
+        With real weights (just constructed).
+    weight : {"real", "bernoulli"}
+    weight_noise, weight_grad
+        Noise and gradient rule of Bernoulli weights (:func:`sbnnumba.weights.make_bernoulli`).
+    rng : numpy.random.Generator
+        Draws the latent weights.
+
+    Returns
+    -------
+    None
+    """
     if weight == "bernoulli":
         make_bernoulli(layer, noise=weight_noise, grad=weight_grad, rng=rng)
     elif weight != "real":

@@ -38,7 +38,17 @@ _CONSTANT_STD = 1e-6  # initialize_from_data: a unit whose std is below this (re
 
 @dataclass
 class StageSample:
-    """One stage of a sampled path: its input, pre-activation and +-1 state (all batch first)."""
+    """One stage of a sampled path: its input, pre-activation and +-1 state (all batch first).
+
+    Parameters
+    ----------
+    input : array (B, ...)
+        The stage's input.
+    pre : array (B, ...)
+        Its pre-activation ``a``.
+    state : array (B, ...)
+        The sampled +-1 states, the shape of ``pre``.
+    """
 
     input: np.ndarray
     pre: np.ndarray
@@ -75,7 +85,19 @@ class Path:
 
 
 def stage_weight_kinds(weight, n_stages):
-    """Per-stage weight kinds from ``"real"``, ``"bernoulli"``, ``"hidden"`` or an explicit list."""
+    """Per-stage weight kinds from ``"real"``, ``"bernoulli"``, ``"hidden"`` or an explicit list.
+
+    Parameters
+    ----------
+    weight : str or list of str
+        ``"hidden"``: real first stage, Bernoulli weights after it.
+    n_stages : int
+
+    Returns
+    -------
+    list of str
+        ``"real"`` or ``"bernoulli"`` per stage.
+    """
     if isinstance(weight, str):
         if weight == "hidden":
             return ["real"] + ["bernoulli"] * (n_stages - 1)

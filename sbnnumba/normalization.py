@@ -67,7 +67,19 @@ def initial_gamma(bn_gamma, noise):
 
 def normalization_factory(normalize, bn_gamma, noise):
     """``layer -> stage`` for the network builders: ``Normalized(layer, gamma=...)`` if ``normalize``,
-    else ``layer`` itself (then ``bn_gamma`` must keep its default 1, having nothing to start)."""
+    else ``layer`` itself (then ``bn_gamma`` must keep its default 1, having nothing to start).
+
+    Parameters
+    ----------
+    normalize : bool
+    bn_gamma : float or "noise-std"
+        :func:`initial_gamma`.
+    noise : str or NoiseFamily
+
+    Returns
+    -------
+    callable
+    """
     if not normalize:
         if not (isinstance(bn_gamma, (int, float)) and not isinstance(bn_gamma, bool) and bn_gamma == 1):
             raise ValueError(f"bn_gamma: {bn_gamma!r} has no effect without normalize=True")
@@ -77,13 +89,29 @@ def normalization_factory(normalize, bn_gamma, noise):
 
 
 def moments_from_sums(count, total, total_sq):
-    """Per-channel ``(mean, var)`` from a count and the sums of ``z`` and ``z^2`` (var clipped at 0)."""
+    """Per-channel ``(mean, var)`` from a count and the sums of ``z`` and ``z^2`` (var clipped at 0).
+
+    Parameters
+    ----------
+    count : int or float
+    total, total_sq : ndarrays (C,)
+
+    Returns
+    -------
+    mean, var : ndarrays (C,)
+    """
     mean = total / count
     return mean, np.maximum(total_sq / count - mean ** 2, 0)
 
 
 class BatchReducer(Protocol):
-    """Sums per-channel statistics over the processes that share a batch."""
+    """Sums per-channel statistics over the processes that share a batch (a protocol: any object with
+    :meth:`allreduce_sum`, e.g. :class:`sbnnumba.distributed.Communicator`).
+
+    Parameters
+    ----------
+    None
+    """
 
     def allreduce_sum(self, values: np.ndarray) -> np.ndarray:
         """Elementwise sum of ``values`` (float64, 1-D) over the processes, as a new array."""

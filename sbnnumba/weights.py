@@ -103,7 +103,13 @@ class WeightParameterization(abc.ABC):
 
 
 class RealWeights(WeightParameterization):
-    """Real weights: the parameter is ``weight`` itself, ``dL/dweight = g_w``."""
+    """Real weights: the parameter is ``weight`` itself, ``dL/dweight = g_w``.
+
+    Parameters
+    ----------
+    weight : array
+        The weight tensor (kept, not copied).
+    """
 
     def __init__(self, weight):
         self.weight = weight
@@ -214,10 +220,23 @@ def make_bernoulli(layer, noise="logistic", grad="md", clip="auto", init_scale=1
 
     The documented default initialization is ``eta ~ U[-1, 1]`` (spec st.md 5.6): with logistic
     noise every weight starts with ``P(w = +1)`` between 0.27 and 0.73. The bias stays real.
-    Returns the layer.
 
     Networks with several binary-weight stages barely train from this init (see
     :func:`bernoulli_from_real`); start those from a trained real-weight network instead.
+
+    Parameters
+    ----------
+    layer : AffineLayer
+    noise, grad, clip
+        As for :class:`BernoulliWeights`.
+    init_scale : float
+        ``s`` of ``eta ~ U(-s, s)``.
+    rng : None, int or numpy.random.Generator
+
+    Returns
+    -------
+    AffineLayer
+        ``layer``.
     """
     rng = as_generator(rng)
     eta = rng.uniform(-init_scale, init_scale, size=layer.weight.shape).astype(layer.weight.dtype)
@@ -251,7 +270,12 @@ def bernoulli_from_real(layer, noise="logistic", grad="md", clip="auto", scale=3
         As for :class:`BernoulliWeights`.
     scale : float > 0
         ``s`` above, in units of the weight noise; :func:`matched_scale` gives the scale with the
-        confidence of a logistic ``s`` for another family. Returns the layer.
+        confidence of a logistic ``s`` for another family.
+
+    Returns
+    -------
+    AffineLayer
+        ``layer``.
     """
     if layer.latent is not None:
         raise ValueError("layer: already has Bernoulli weights")
@@ -280,7 +304,12 @@ def matched_scale(logistic_scale, noise):
     logistic_scale : float > 0
         ``s``, the scale in logistic units; ``sigma(s)`` must be below 1 in float64 (``s`` < 36).
     noise : str or NoiseFamily
-        The weight-noise family. Returns ``s'`` (float).
+        The weight-noise family.
+
+    Returns
+    -------
+    float
+        ``s'``.
     """
     logistic_scale = check_positive_number(logistic_scale, "logistic_scale")
     if special.expit(logistic_scale) >= 1.0:

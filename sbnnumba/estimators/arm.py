@@ -81,6 +81,13 @@ def arm_gradient(net, x, y, rng, independent_suffixes=False):
     independent_suffixes : bool
         Draw the ``b1`` and ``b2`` suffix passes with independent noise (the PSA paper's baseline)
         instead of common random numbers (the default; lower variance, equally unbiased).
+
+    Returns
+    -------
+    loss : float
+        The batch-mean loss at the final sample.
+    grads : dict
+        The keys and shapes of ``net.params``.
     """
     if not isinstance(independent_suffixes, (bool, np.bool_)):
         raise TypeError(f"independent_suffixes: expected a bool, got {type(independent_suffixes).__name__}")

@@ -30,7 +30,17 @@ EXACT_MAX_WEIGHTS = 14
 
 
 def all_states(n, dtype=np.float64):
-    """All 2^n vectors in {-1, +1}^n, (2^n, n); row s has x_j = +1 iff bit j of s is 0."""
+    """All 2^n vectors in {-1, +1}^n; row s has x_j = +1 iff bit j of s is 0.
+
+    Parameters
+    ----------
+    n : int
+    dtype : numpy dtype
+
+    Returns
+    -------
+    ndarray (2^n, n)
+    """
     bits = (np.arange(2 ** n)[:, None] >> np.arange(n)[None, :]) & 1
     return (1 - 2 * bits).astype(dtype)
 
@@ -73,6 +83,15 @@ def weight_configurations(net):
     """Every joint value of the network's Bernoulli weights: yields ``(prob, weights)`` with
     ``weights`` a dict prefix -> +-1 tensor and ``prob = prod P(w)``; the network is unchanged.
 
+    Parameters
+    ----------
+    net : Network
+
+    Yields
+    ------
+    prob : float
+    weights : dict
+
     Raises
     ------
     ValueError
@@ -99,8 +118,20 @@ def _expected_losses(net, layers, x, y):
 
 
 def exact_expected_loss(net, x, y):
-    """Exact ``E[l(y_b, eta_b)]`` per example, (B,): over the activations and, if the network has any,
-    over the Bernoulli weights (enumerated)."""
+    """Exact ``E[l(y_b, eta_b)]`` per example: over the activations and, if the network has any,
+    over the Bernoulli weights (enumerated).
+
+    Parameters
+    ----------
+    net : Network
+        At most 10 units per stage.
+    x : ndarray (B, ...)
+    y : int ndarray (B,)
+
+    Returns
+    -------
+    ndarray (B,)
+    """
     x, y = net.check_batch(x, y)
     if not net.latent_layers():
         return _expected_losses(net, net.stages, x, y)
@@ -146,6 +177,20 @@ def exact_gradient(net, x, y, rng=None):
     ``E = sum_w P(w) E_w``, and the latent gradient is the exact ``dE/deta = sum_w E_w dP(w)/deta``
     (whatever the layers' weight rule: the oracle, not a training direction); every other parameter
     gets ``sum_w P(w) dE_w/dparam``.
+
+    Parameters
+    ----------
+    net : Network
+    x : ndarray (B, ...)
+    y : int ndarray (B,)
+    rng : ignored
+
+    Returns
+    -------
+    loss : float
+        The estimate of the batch-mean expected loss.
+    grads : dict
+        The keys and shapes of ``net.params``.
     """
     if not net.latent_layers():
         loss, grads = _gradient_given_weights(net, net.stages, x, y)

@@ -24,9 +24,22 @@ DEVICE_STEPS: set[str] = set()  # path estimators the device-resident training s
 def register_path_estimator(name, fn, *, device_step=False, **defaults):
     """Register ``fn(net, path, y, weights, **options)`` under ``name`` with default options.
 
-    ``device_step=True`` declares that the device-resident training step of a backend whose arrays
-    live on a device (:class:`sbnnumba.training.resident.CudaTrainer`) implements this estimator with
-    its default options (see :func:`has_device_step`).
+    Parameters
+    ----------
+    name : str
+    fn : callable
+        A path estimator, ``(net, path, y, weights, **options) -> (loss, grads)``.
+    device_step : bool
+        Declares that the device-resident training step (:class:`sbnnumba.training.resident.CudaTrainer`)
+        runs this estimator with its default options (see :func:`has_device_step`): ``fn`` must be written
+        in the layer interface and the backend's training-step operations (:mod:`sbnnumba.backends.step`),
+        so that it runs on the device copy of the network.
+    **defaults
+        Default options.
+
+    Returns
+    -------
+    None
     """
     PATH_ESTIMATORS[name] = (fn, defaults)
     if device_step:
@@ -36,16 +49,44 @@ def register_path_estimator(name, fn, *, device_step=False, **defaults):
 
 
 def has_device_step(method):
-    """True when the device-resident training step implements estimator ``method`` (default options)."""
+    """Whether the device-resident training step runs estimator ``method`` (with its default options).
+
+    Parameters
+    ----------
+    method : str
+
+    Returns
+    -------
+    bool
+    """
     return method in DEVICE_STEPS
 
 
 def register_estimator(name, fn, **defaults):
-    """Register ``fn(net, x, y, rng, **options)`` under ``name`` with default options."""
+    """Register a direct estimator ``fn(net, x, y, rng, **options) -> (loss, grads)`` under ``name``.
+
+    Parameters
+    ----------
+    name : str
+    fn : callable
+    **defaults
+        Default options.
+
+    Returns
+    -------
+    None
+    """
     DIRECT_ESTIMATORS[name] = (fn, defaults)
 
 
 def known_methods():
+    """The names of the registered estimators.
+
+    Returns
+    -------
+    list of str
+        Sorted.
+    """
     return sorted(set(PATH_ESTIMATORS) | set(DIRECT_ESTIMATORS))
 
 
@@ -58,7 +99,25 @@ def _options(name, fn, defaults, options):
 
 
 def lookup(method, options):
-    """Return (kind, fn, merged options) for ``method``; ValueError listing known names otherwise."""
+    """The registered estimator ``method`` with its options merged into the defaults.
+
+    Parameters
+    ----------
+    method : str
+    options : dict
+        Options given by the caller (unknown names raise ValueError).
+
+    Returns
+    -------
+    kind : {"path", "direct"}
+    fn : callable
+    options : dict
+
+    Raises
+    ------
+    ValueError
+        For an unknown method (listing the known ones) or option.
+    """
     if method in PATH_ESTIMATORS:
         fn, defaults = PATH_ESTIMATORS[method]
         return "path", fn, _options(method, fn, defaults, options)

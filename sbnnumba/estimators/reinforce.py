@@ -57,7 +57,23 @@ def _reinforce_grads(net, path, g_eta, coef):
 
 
 def reinforce_path_gradient(net, path, y, weights):
-    """REINFORCE without baseline on given paths: ``grad l|head + l grad S``; returns (mean loss, grads)."""
+    """REINFORCE without baseline on given paths: ``grad l|head + l grad S``.
+
+    Parameters
+    ----------
+    net : Network
+    path : Path
+    y : int array (B,)
+    weights : array (B,)
+        Per-example weights.
+
+    Returns
+    -------
+    loss : float
+        The weighted sum of the sampled losses.
+    grads : dict
+        The keys and shapes of ``net.params``.
+    """
     loss, g_eta = xent(path.logits, y)
     grads = _reinforce_grads(net, path, g_eta * weights[:, None], weights * loss)
     return finalize(net, np.dot(weights, loss), grads)
@@ -88,7 +104,23 @@ def reinforce_loo_path_gradient(net, path, y, weights, samples):
 
 
 def reinforce_baseline_gradient(net, x, y, rng, samples=2):
-    """REINFORCE with a leave-one-out baseline over ``samples`` independent paths per example."""
+    """REINFORCE with a leave-one-out baseline over ``samples`` independent paths per example.
+
+    Parameters
+    ----------
+    net : Network
+    x : ndarray (B, ...)
+    y : int ndarray (B,)
+    rng : numpy.random.Generator
+    samples : int >= 2
+
+    Returns
+    -------
+    loss : float
+        The estimate of the batch-mean expected loss.
+    grads : dict
+        The keys and shapes of ``net.params``.
+    """
     samples = check_int(samples, "samples", 2)  # the leave-one-out baseline needs two paths
     path = net.sample(np.concatenate([x] * samples), rng)
     weights = np.full(x.shape[0], 1.0 / x.shape[0], dtype=net.dtype)

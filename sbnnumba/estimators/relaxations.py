@@ -112,14 +112,48 @@ def _gumbel(net, rng, tau, hard):
 
 
 def concrete_gradient(net, x, y, rng, tau=1.0):
-    """Binary Concrete / Gumbel-softmax: relaxed forward ``tanh((a - z)/(2 tau))``, pathwise gradient."""
+    """Binary Concrete / Gumbel-softmax: relaxed forward ``tanh((a - z)/(2 tau))``, pathwise gradient.
+
+    Parameters
+    ----------
+    net : Network
+    x : ndarray (B, ...)
+    y : int ndarray (B,)
+    rng : numpy.random.Generator
+    tau : float
+        Temperature.
+
+    Returns
+    -------
+    loss : float
+        The estimate of the batch-mean expected loss.
+    grads : dict
+        The keys and shapes of ``net.params``.
+    """
     tau = check_positive_number(tau, "tau")
     layers = net.stage_layers(net.sample_weights(rng))
     return _relaxed_estimate(net, layers, x, y, _gumbel(net, rng, tau, hard=False))
 
 
 def st_gumbel_gradient(net, x, y, rng, tau=1.0):
-    """ST-Gumbel: hard sample forward, backward through ``(1 - x~^2)/(2 tau)`` of the same noise."""
+    """ST-Gumbel: hard sample forward, backward through ``(1 - x~^2)/(2 tau)`` of the same noise.
+
+    Parameters
+    ----------
+    net : Network
+    x : ndarray (B, ...)
+    y : int ndarray (B,)
+    rng : numpy.random.Generator
+    tau : float
+        Temperature.
+
+    Returns
+    -------
+    loss : float
+        The estimate of the batch-mean expected loss.
+    grads : dict
+        The keys and shapes of ``net.params``.
+    """
     tau = check_positive_number(tau, "tau")
     layers = net.stage_layers(net.sample_weights(rng))
     return _relaxed_estimate(net, layers, x, y, _gumbel(net, rng, tau, hard=True))
@@ -127,7 +161,22 @@ def st_gumbel_gradient(net, x, y, rng, tau=1.0):
 
 def tanh_gradient(net, x, y, rng):
     """Deterministic mean propagation ``h = 2F(a) - 1`` with its exact gradient (``rng`` samples only
-    Bernoulli weights, if any)."""
+    Bernoulli weights, if any).
+
+    Parameters
+    ----------
+    net : Network
+    x : ndarray (B, ...)
+    y : int ndarray (B,)
+    rng : numpy.random.Generator
+
+    Returns
+    -------
+    loss : float
+        The estimate of the batch-mean expected loss.
+    grads : dict
+        The keys and shapes of ``net.params``.
+    """
     layers = net.stage_layers(net.sample_weights(rng))
     return _relaxed_estimate(net, layers, x, y, lambda a: (net.noise.mean(a), net.noise.mean_grad(a)))
 
@@ -137,6 +186,15 @@ def squared_weight_layer(layer):
     """A view of the affine ``layer`` with ``weight ** 2`` and a zero bias: the variance map ``v -> W^2 v``.
 
     Its ``backward_input`` is the transposed variance map (``layer`` itself is unchanged).
+
+    Parameters
+    ----------
+    layer : AffineLayer
+
+    Returns
+    -------
+    AffineLayer
+        A view (:meth:`~sbnnumba.layers.AffineLayer.with_weight`).
     """
     sq = layer.with_weight(layer.weight ** 2)
     sq.bias = np.zeros_like(layer.bias)
@@ -161,6 +219,17 @@ def binary_moment_map(noise, mu_a, v_a):
     """ADF moments of ``x = sign(a - Z)``, ``a ~ N(mu_a, v_a)``; returns ``(mu_x, v_x, backward)``.
 
     ``P = F(t)``, ``t = s mu_a / r``, ``r = sqrt(v_a + s^2)``; ``backward(g_mu_x, g_v_x) -> (g_mu_a, g_v_a)``.
+
+    Parameters
+    ----------
+    noise : NoiseFamily
+    mu_a, v_a : ndarrays of one shape
+        Mean and variance of the pre-activation.
+
+    Returns
+    -------
+    mu_x, v_x : ndarrays
+    backward : callable
     """
     s2 = noise.variance
     r = np.sqrt(v_a + s2)
@@ -251,13 +320,47 @@ def _moment_estimate(net, x, y, rng, moment_map, head):
 
 
 def adf_gradient(net, x, y, rng, head="taylor"):
-    """ADF ("AP2") moment propagation with the noise-matched probit approximation; see module docstring."""
+    """ADF ("AP2") moment propagation with the noise-matched probit approximation; see module docstring.
+
+    Parameters
+    ----------
+    net : Network
+    x : ndarray (B, ...)
+    y : int ndarray (B,)
+    rng : numpy.random.Generator
+    head : {"taylor", "mean", "sample", "moment-map"}
+        How the loss of the Gaussian logits is evaluated (module docstring).
+
+    Returns
+    -------
+    loss : float
+        The estimate of the batch-mean expected loss.
+    grads : dict
+        The keys and shapes of ``net.params``.
+    """
     head = check_choice(head, "head", HEADS)
     return _moment_estimate(net, x, y, rng, lambda m, v: binary_moment_map(net.noise, m, v), head)
 
 
 def local_reparam_gradient(net, x, y, rng, head="sample"):
-    """Local reparameterization: ``a~ ~ N(mu_a, v_a)`` per stage, ``mu_x = 2F(a~) - 1``, ``v_x = 1 - mu_x^2``."""
+    """Local reparameterization: ``a~ ~ N(mu_a, v_a)`` per stage, ``mu_x = 2F(a~) - 1``, ``v_x = 1 - mu_x^2``.
+
+    Parameters
+    ----------
+    net : Network
+    x : ndarray (B, ...)
+    y : int ndarray (B,)
+    rng : numpy.random.Generator
+    head : {"sample", "taylor", "mean", "moment-map"}
+        How the loss of the Gaussian logits is evaluated (module docstring).
+
+    Returns
+    -------
+    loss : float
+        The estimate of the batch-mean expected loss.
+    grads : dict
+        The keys and shapes of ``net.params``.
+    """
     head = check_choice(head, "head", HEADS)
     return _moment_estimate(net, x, y, rng, _local_reparam_map(net.noise, rng), head)
 

@@ -28,7 +28,6 @@ import functools
 
 import numpy as np
 
-from ..network import Path, StageSample
 from ..noise import get_noise
 from .common import add_layer_grads, finalize, flat_last_state, path_layers
 from .registry import register_estimator, register_path_estimator
@@ -42,8 +41,17 @@ PROXIES = {
 def backward_factor(net, proxy):
     """The function ``phi(a)`` replacing ``dx/da`` for the given proxy choice.
 
-    ``proxy``: None (the network's own noise: ``2 p(a)``, on the network's backend), a noise-family
-    name (``2 p_proxy``), or one of :data:`PROXIES`.
+    Parameters
+    ----------
+    net : Network
+    proxy : None or str
+        None (the network's own noise: ``2 p(a)``, on the network's backend), a noise-family name
+        (``2 p_proxy``, host arrays), or one of :data:`PROXIES` (host arrays).
+
+    Returns
+    -------
+    callable
+        ``a -> phi(a)``, the shape of ``a``.
     """
     if proxy is None:
         return functools.partial(net.backend.st_factor, noise=net.noise)
@@ -95,16 +103,26 @@ def st_path_gradient(net, path, y, weights, proxy=None):
 
 
 def st_deterministic(net, x, y, rng, proxy=None):
-    """Deterministic-forward ST: states ``sign(a)`` (``sign(0) = +1``), Bernoulli weights sampled as usual."""
-    path = Path(weights=net.sample_weights(rng))
-    path.layers = net.stage_layers(path.weights)
-    h = x
-    for layer in path.layers:
-        a = layer.forward(h)
-        state = np.where(a >= 0, 1, -1).astype(a.dtype)
-        path.stages.append(StageSample(h, a, state))
-        h = state
-    path.logits = net.head.forward(h)
+    """Deterministic-forward ST: states ``sign(a)`` (``sign(0) = +1``), Bernoulli weights sampled as usual.
+
+    Parameters
+    ----------
+    net : Network
+    x : ndarray (B, ...)
+    y : int ndarray (B,)
+    rng : numpy.random.Generator
+        Samples the Bernoulli weights (if any).
+    proxy : None or str
+        The backward factor (:func:`backward_factor`).
+
+    Returns
+    -------
+    loss : float
+        The batch-mean loss of the sign network.
+    grads : dict
+        The keys and shapes of ``net.params``.
+    """
+    path = net.sample_path(x, net.sample_weights(rng), lambda k, a: np.where(a >= 0, 1, -1).astype(a.dtype))
     weights = np.full(x.shape[0], 1.0 / x.shape[0], dtype=net.dtype)
     return st_path_gradient(net, path, y, weights, proxy=proxy)
 

@@ -97,11 +97,27 @@ def flip_propagate_dense(x_in, a, x_out, weight, d_out, noise_code, form="auto",
                          tiles=None):
     r"""PSA flip propagation ``d_in[b,i] = sum_j Delta[b,i,j] d_out[b,j]`` on the GPU.
 
-    Same arguments and result as :func:`sbnnumba.kernels.cpu.flip_propagate_dense`:
-    ``x_in`` (B, N_in), ``a``, ``x_out``, ``d_out`` (B, N_out), ``weight`` (N_out, N_in), the noise
-    code, ``form`` in {"auto", "ratio", "generic"}; returns ``d_in`` (B, N_in) in the dtype of ``a``
-    (a device array if any argument was one). ``weight_version``: optional token that replaces the
-    content check of the weight cache; ``tiles``: overrides of :data:`sbnnumba.backends.cuda.kernels.DENSE_TILE`.
+    Same arguments and result as :func:`sbnnumba.kernels.cpu.flip_propagate_dense`.
+
+    Parameters
+    ----------
+    x_in : array (B, N_in)
+        +-1 input states.
+    a, x_out, d_out : arrays (B, N_out)
+        Pre-activations, sampled output states, flip effects of the output units.
+    weight : array (N_out, N_in)
+    noise_code : int
+        The noise family's kernel code.
+    form : {"auto", "ratio", "generic"}
+    weight_version : hashable, optional
+        Token that replaces the content check of the weight cache.
+    tiles : dict, optional
+        Overrides of :data:`sbnnumba.backends.cuda.kernels.DENSE_TILE`.
+
+    Returns
+    -------
+    array (B, N_in)
+        In the dtype of ``a``; a device array if any argument was one.
     """
     from . import kernels as k
     require_cuda()
@@ -158,9 +174,23 @@ def flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_co
                         weight_version=None):
     r"""PSA flip propagation through a conv layer on the GPU (direct form).
 
-    Same arguments and result as :func:`sbnnumba.kernels.conv_cpu.flip_propagate_conv`: ``x_in``
-    (B, C_in, H, W); ``a``, ``x_out``, ``d_out`` (B, C_out, H_out, W_out); ``weight`` (C_out, C_in, kh, kw);
-    ``stride``, ``padding`` pairs; returns ``d_in`` (B, C_in, H, W) in the dtype of ``a``.
+    Same arguments and result as :func:`sbnnumba.kernels.conv_cpu.flip_propagate_conv`.
+
+    Parameters
+    ----------
+    x_in : array (B, C_in, H, W)
+    a, x_out, d_out : arrays (B, C_out, H_out, W_out)
+    weight : array (C_out, C_in, kh, kw)
+    stride, padding : (int, int)
+    noise_code : int
+    form : {"auto", "ratio", "generic"}
+    weight_version : hashable, optional
+        Token that replaces the content check of the weight cache.
+
+    Returns
+    -------
+    array (B, C_in, H, W)
+        In the dtype of ``a``; a device array if any argument was one.
     """
     from . import kernels as k
     require_cuda()
@@ -239,11 +269,23 @@ def _weight_words(weights, name):
 
 
 def xnor_matmul(a_words, weights, k, *, tiles=None):
-    r"""XNOR-popcount product ``out[i, j] = k - 2 sum_w popc(a[i, w] ^ b[j, w])`` (int32, (M, N)).
+    r"""XNOR-popcount product ``out[i, j] = k - 2 sum_w popc(a[i, w] ^ b[j, w])``.
 
-    ``a_words`` (M, ceil(k/64)) uint64, ``weights.words`` (N, ceil(k/64)) uint64 (a
-    :class:`~sbnnumba.kernels.bitpack.PreparedWeights`; host words are cached on the device), operands
-    checked by :func:`sbnnumba.bitpack.matmul`; ``tiles``: overrides of :data:`.kernels.GEMM_TILE`.
+    Operands are checked by :func:`sbnnumba.bitpack.matmul`.
+
+    Parameters
+    ----------
+    a_words : array (M, ceil(k/64)) uint64
+    weights : PreparedWeights
+        ``weights.words`` (N, ceil(k/64)) uint64 (host words are cached on the device).
+    k : int
+        True reduction length.
+    tiles : dict, optional
+        Overrides of :data:`.kernels.GEMM_TILE`.
+
+    Returns
+    -------
+    array (M, N) int32
     """
     from . import kernels as kern
     require_cuda()
@@ -261,11 +303,21 @@ def xnor_matmul(a_words, weights, k, *, tiles=None):
 
 
 def xnor_matmul_threshold(a_words, weights, k, thresholds, flip, *, tiles=None):
-    r"""Fused packed ``(dot < t[j]) XOR flip[j]`` (bit set = -1): uint64 (M, ceil(N/64)).
+    r"""Fused packed ``(dot < t[j]) XOR flip[j]`` (bit set = -1).
 
-    Operands as in :func:`xnor_matmul`; ``thresholds`` int64 (N,) (rounded up and clipped by
-    :func:`sbnnumba.bitpack.matmul_threshold`), ``flip`` bool (N,).
-    ``tiles``: overrides of :data:`.kernels.GEMM_THRESHOLD_TILE`.
+    Parameters
+    ----------
+    a_words, weights, k
+        As in :func:`xnor_matmul`.
+    thresholds : array (N,) int64
+        Rounded up and clipped by :func:`sbnnumba.bitpack.matmul_threshold`.
+    flip : array (N,) bool
+    tiles : dict, optional
+        Overrides of :data:`.kernels.GEMM_THRESHOLD_TILE`.
+
+    Returns
+    -------
+    array (M, ceil(N/64)) uint64
     """
     from . import kernels as kern
     require_cuda()
@@ -298,20 +350,37 @@ def _conv_dots(x_words, weights, c_in, stride, padding):
 
 
 def binary_conv2d(x_words, weights, c_in, stride, padding):
-    r"""Binary convolution of packed maps with exact zero padding: int32 (B, C_out, H_out, W_out).
+    r"""Binary convolution of packed maps with exact zero padding (operands checked by :func:`sbnnumba.bitpack.conv2d`).
 
-    ``x_words`` (B, H, W, ceil(c_in/64)), ``weights.words`` (C_out, kh, kw, ceil(c_in/64)) uint64,
-    ``stride``, ``padding`` pairs, checked by :func:`sbnnumba.bitpack.conv2d`.
+    Parameters
+    ----------
+    x_words : array (B, H, W, ceil(c_in/64)) uint64
+    weights : PreparedWeights
+        ``weights.words`` (C_out, kh, kw, ceil(c_in/64)) uint64.
+    c_in : int
+    stride, padding : (int, int)
+
+    Returns
+    -------
+    array (B, C_out, H_out, W_out) int32
     """
     require_cuda()
     return result(_conv_dots(x_words, weights, c_in, stride, padding), any_device(x_words, weights.words))
 
 
 def binary_conv2d_threshold(x_words, weights, c_in, thresholds, flip, stride, padding):
-    r"""Packed ``(conv < t[c]) XOR flip[c]`` in the input layout: uint64 (B, H_out, W_out, ceil(C_out/64)).
+    r"""Packed ``(conv < t[c]) XOR flip[c]`` in the input layout: the int32 convolution, then the packed sign.
 
-    Two kernels: the int32 convolution, then the packed sign; ``thresholds`` int64 (C_out,), ``flip``
-    bool (C_out,).
+    Parameters
+    ----------
+    x_words, weights, c_in, stride, padding
+        As in :func:`binary_conv2d`.
+    thresholds : array (C_out,) int64
+    flip : array (C_out,) bool
+
+    Returns
+    -------
+    array (B, H_out, W_out, ceil(C_out/64)) uint64
     """
     from . import kernels as kern
     require_cuda()
@@ -343,21 +412,51 @@ def _elementwise(kernel, noise_code, arrays, names, dtype):
 
 
 def sample_states(a, u, noise_code):
-    """Binary states ``x = +1 if u < F(a) else -1`` from pre-drawn uniforms ``u`` (shape of ``a``)."""
+    """Binary states ``x = +1 if u < F(a) else -1`` from pre-drawn uniforms.
+
+    Parameters
+    ----------
+    a, u : arrays of one shape
+    noise_code : int
+
+    Returns
+    -------
+    array, the shape and dtype of ``a``
+    """
     from . import kernels as k
     require_cuda()
     return _elementwise(k.sample_states, noise_code, (a, u), ("a", "u"), _working_dtype(a))
 
 
 def st_factor(a, noise_code):
-    """Deep-ST backward factor ``2 p(a)`` (the derivative of the mean response ``2F(a) - 1``)."""
+    """Deep-ST backward factor ``2 p(a)`` (the derivative of the mean response ``2F(a) - 1``).
+
+    Parameters
+    ----------
+    a : array
+    noise_code : int
+
+    Returns
+    -------
+    array, the shape and dtype of ``a``
+    """
     from . import kernels as k
     require_cuda()
     return _elementwise(k.st_factor, noise_code, (a,), ("a",), _working_dtype(a))
 
 
 def psa_preactivation_grad(x, a, d, noise_code):
-    """PSA pre-activation gradient ``g_a = -x p(a) d`` (spec psa.md, Eq. 2)."""
+    """PSA pre-activation gradient ``g_a = -x p(a) d`` (spec psa.md, Eq. 2).
+
+    Parameters
+    ----------
+    x, a, d : arrays of one shape
+    noise_code : int
+
+    Returns
+    -------
+    array, the shape and dtype of ``a``
+    """
     from . import kernels as k
     require_cuda()
     return _elementwise(k.psa_preactivation_grad, noise_code, (x, a, d), ("x", "a", "d"), _working_dtype(a))
