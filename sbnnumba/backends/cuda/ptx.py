@@ -24,6 +24,7 @@ def ptx_checks():
     from numba.cuda.random import xoroshiro128p_dtype
 
     from . import kernels as k
+    from . import layer_kernels as lk
     from . import train_kernels as kt
 
     states = numba.typeof(np.empty(1, xoroshiro128p_dtype))
@@ -84,6 +85,13 @@ def ptx_checks():
             (kt.scale_copy, sig(d1, 1.0, f1)), (kt.scale_rows, sig(f2, f1, f2)),
             (kt.latent_grad, sig(0, True, f1, f1, f1)),
             (kt.clip_values, sig(f1, one))]
+        # the training-step operations (layer_ops): their own kernels, and bn_backward on working-dtype sums
+        checks[f"ptx_layer_ops_{name}"] = [
+            (lk.fill, sig(f1, one)), (lk.multiply, sig(f1, f1, f1)), (lk.moments, sig(d1, d1, 1.0, f1, f1)),
+            (lk.running_average, sig(f1, f1, one, f1)), (lk.inv_std, sig(f1, 1.0, f1)),
+            (lk.scale_channels, sig(f1, f1, 1, 1, f1)), (lk.flip_weights, sig(0, f2, f2, f2)),
+            (lk.rb_value, sig(f1, f2, f2, f1)), (lk.weighted_sum, sig(f1, f1, f1)),
+            (kt.bn_backward, sig(f1, f1, f1, f1, f1, 1.0, 1, 1, f1))]
     checks["ptx_zero_counter"] = (k.zero_counter, sig((1, np.int32)))
     u2, u4, i2, i4 = (2, np.uint64), (4, np.uint64), (2, np.int32), (4, np.int32)
     checks["ptx_xnor_gemm"] = (k.xnor_gemm_kernel(**k.GEMM_TILE), sig(u2, u2, 70, i2))
