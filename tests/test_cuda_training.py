@@ -1,5 +1,7 @@
 """The device-resident training step of the ``cuda`` backend (:class:`sbnnumba.training.resident.CudaTrainer`)
-against the host estimators and optimizers, from the same uniforms.
+against the host estimators and optimizers, from the same uniforms. The device step runs the host's
+layer methods and the registry's estimator function on a device copy of the network, so these tests
+check the ``cuda`` backend's training-step operations in place, and that nothing else differs.
 
 Ordinary tests, in numba's CUDA simulator without a GPU (tests/conftest.py), on the device where one
 is present.
@@ -49,6 +51,29 @@ def test_device_step_gradients():
                       rtol=1e-4, atol=1e-5)
             for key, p in net.params.items():
                 equal(p, before[key], f"device {noise} {method}: net.params[{key!r}] unchanged")
+
+
+def test_device_step_runs_the_registry_estimator():
+    """An estimator registered with device_step=True runs on the device with no code of its own there: PSA
+    with the sampled head (head="sample", registered under a test name) equals the host's."""
+    import sbnnumba as sb
+    from sbnnumba.estimators import registry
+    from sbnnumba.estimators.psa import psa_path_gradient
+    from sbnnumba.training.resident import CudaTrainer
+    registry.register_path_estimator("test-psa-sample", psa_path_gradient, device_step=True, head="sample")
+    try:
+        net, x, y, uniforms = _device_problem(seed=8)
+        trainer = CudaTrainer(net, "test-psa-sample", sb.optim.Adam(lr=1e-2), max_batch=4)
+        loss, grads = trainer.gradients(x, y, uniforms=uniforms)
+    finally:
+        registry.PATH_ESTIMATORS.pop("test-psa-sample")
+        registry.DEVICE_STEPS.discard("test-psa-sample")
+    path = net.sample(x, uniforms=uniforms)
+    loss_host, grads_host = psa_path_gradient(net, path, y, np.full(3, 1 / 3, np.float32), head="sample")
+    close(loss, loss_host, "device psa head=sample loss", rtol=1e-5, atol=1e-6)
+    for key in grads_host:
+        scale = np.abs(grads_host[key]).max() + 1e-3
+        close(grads[key] / scale, grads_host[key] / scale, f"device psa head=sample {key}", rtol=1e-4, atol=1e-5)
 
 
 def test_device_step_updates():

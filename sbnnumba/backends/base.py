@@ -30,7 +30,7 @@ Operations (spec psa.md for the PSA formulas; :mod:`sbnnumba.bitpack` for the pa
 =============================  ======================================================================
 
 and the array operations of a training step (dense and conv affine maps and their gradients, batch
-normalization, the latent-weight rule, the loss and PSA's head), declared in :mod:`.step`
+normalization, the latent-weight rule, the loss and PSA's head), declared in :mod:`sbnnumba.backends.step`
 (:class:`~sbnnumba.backends.step.StepOperations`, a base class of :class:`Backend`).
 """
 from __future__ import annotations

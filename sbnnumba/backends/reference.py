@@ -8,7 +8,7 @@ memory-hungry, exact up to float rounding: the truth the other backends are test
 (``tests/test_backends.py``). ``form`` is validated and otherwise ignored (every form computes the
 same sum; this backend always sums the exact differences).
 
-The training-step operations (:mod:`.step`) are the NumPy expressions of the host training step,
+The training-step operations (:mod:`sbnnumba.backends.step`) are the NumPy expressions of the host training step,
 moved here from the layers, the batch normalization, the weight rules and the estimators without a
 change (the golden digests of ``tests/test_golden.py`` pin them bit for bit); the ``cpu`` backend
 inherits them. Convolutions go through the channel-major patch matrix ``cols`` (C_in kh kw,

@@ -102,7 +102,8 @@ class CudaTrainer:
     params : dict
         ``device_net.params`` (device arrays, updated in place by the steps).
     grads : dict
-        The gradients of the last step (device arrays, the keys of ``params``).
+        The gradients of the last step (device arrays, the keys and order of ``params``; uninitialized
+        buffers before the first step).
 
     Raises
     ------
@@ -134,7 +135,7 @@ class CudaTrainer:
         _, self._estimator, self._options = lookup(method, {})
         self.device_net = net.on_backend(get_backend("cuda"), lambda a: cuda.to_device(np.ascontiguousarray(a)))
         self.params = self.device_net.params
-        self.grads = {}
+        self.grads = {k: cuda.device_array(p.shape, dtype=self.dtype) for k, p in net.params.items()}
         self._upload_optimizer_state()
         self.input_shape = self._input_shape(net, input_shape)
         units = max(int(np.prod(shape)) for shape in net.stage_shapes(self.input_shape))
