@@ -136,6 +136,8 @@ class Number(Check):
 
 
 class Flag(Check):
+    """``True`` or ``False`` (NumPy bools accepted); a command-line switch."""
+
     expected = "True or False"
 
     def __call__(self, name, value):
@@ -218,6 +220,8 @@ class EstimatorName(Check):
 
 
 class Mapping(Check):
+    """A dict, copied (None gives an empty dict)."""
+
     expected = "a dict or None"
 
     def __call__(self, name, value):
@@ -403,7 +407,8 @@ def _document_fields(cls):
     lines = ["", "    Attributes", "    ----------"]
     for fld in dataclasses.fields(cls):
         flag = f" (``{fld.metadata['flag']}``)" if fld.metadata["flag"] else ""
-        lines += [f"    {fld.name} : {fld.type}", f"        {fld.metadata['help']}{flag}."]
+        text = fld.metadata["help"].replace("--", "\\-\\-")  # an option name, not an en dash in the docs
+        lines += [f"    {fld.name} : {fld.type}", f"        {text}{flag}."]
     cls.__doc__ = cls.__doc__.rstrip() + "\n" + "\n".join(lines) + "\n    "
     return cls
 
