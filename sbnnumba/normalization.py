@@ -152,6 +152,7 @@ class Normalized(Layer):
         self.running = {"stochastic": (np.zeros(n, dtype), np.ones(n, dtype)), "deterministic": None}
         self._accumulator = None
         self._cache = None
+        self._backward_cache = None
         self.reducer = None  # BatchReducer: batch statistics over all processes (data parallelism)
 
     # ---------------------------------------------------------------- parameters, the Layer interface
@@ -255,30 +256,41 @@ class Normalized(Layer):
             mean, var = self.statistics()
         out, z_hat, inv_std = self._normalize(z, mean, var)
         self._cache = (z_hat, inv_std, self.training)
+        self._backward_cache = None
         return out
 
     def _backward_norm(self, g_a):
+        """``(g_z, sums)``: the gradient of the wrapped layer's output for ``g_a = dL/da`` and this process's
+        per-channel ``sums = (sum g_a, sum g_a z_hat)`` (the beta and gamma gradients). Kept for the last
+        ``g_a`` of this forward pass: deep ST asks for the parameter gradients and then the input gradient
+        of the same ``g_a``, which need the same batch-norm backward."""
+        cached = self._backward_cache
+        if cached is not None and cached[0] is g_a:
+            return cached[1], cached[2]
         z_hat, inv_std, batch_stats = self._cache
         if z_hat.shape != g_a.shape:
             raise RuntimeError("Normalized: backward called with a batch other than the last forward pass")
         scale = self.backend.multiply(self.gamma, inv_std)
-        if not batch_stats:
-            return self.backend.normalize_backward(g_a, z_hat, scale, None, 1)
-        n = g_a.size // g_a.shape[1]
         sums = self.backend.channel_sums(g_a, z_hat)
-        if self.reducer is not None:
-            n, s1, s2 = (v.astype(g_a.dtype) for v in _reduced_sums(self.reducer, n, *sums))
-            sums = (s1, s2)
-        return self.backend.normalize_backward(g_a, z_hat, scale, sums, n)
+        if not batch_stats:
+            g_z = self.backend.normalize_backward(g_a, z_hat, scale, None, 1)
+        else:
+            n, reduced = g_a.size // g_a.shape[1], sums
+            if self.reducer is not None:
+                n, s1, s2 = (v.astype(g_a.dtype) for v in _reduced_sums(self.reducer, n, *sums))
+                reduced = (s1, s2)
+            g_z = self.backend.normalize_backward(g_a, z_hat, scale, reduced, n)
+        self._backward_cache = (g_a, g_z, sums)
+        return g_z, sums
 
     def backward_input(self, g_a, in_shape):
-        return self.layer.backward_input(self._backward_norm(g_a), in_shape)
+        return self.layer.backward_input(self._backward_norm(g_a)[0], in_shape)
 
     def param_grads(self, x, g_a):
         """The wrapped layer's gradients at ``g_z`` (:meth:`~sbnnumba.backends.step.StepOperations.normalize_backward`)
         and ``gamma: sum g_a z_hat``, ``beta: sum g_a`` per channel."""
-        grads = self.layer.param_grads(x, self._backward_norm(g_a))
-        s1, s2 = self.backend.channel_sums(g_a, self._cache[0])
+        g_z, (s1, s2) = self._backward_norm(g_a)
+        grads = self.layer.param_grads(x, g_z)
         grads["gamma"], grads["beta"] = s2, s1
         return grads
 
@@ -312,7 +324,7 @@ class Normalized(Layer):
         view.gamma, view.beta = convert(self.gamma), convert(self.beta)
         view.running = {mode: None if stats is None else tuple(convert(t) for t in stats)
                         for mode, stats in self.running.items()}
-        view._cache, view._accumulator, view.reducer = None, None, None
+        view._cache, view._backward_cache, view._accumulator, view.reducer = None, None, None, None
         return view
 
     def __repr__(self):
