@@ -42,12 +42,8 @@ class StageSample:
 
     Parameters
     ----------
-    input : array (B, ...)
-        The stage's input.
-    pre : array (B, ...)
-        Its pre-activation ``a``.
-    state : array (B, ...)
-        The sampled +-1 states, the shape of ``pre``.
+    input, pre, state : arrays (B, ...)
+        The stage's input, its pre-activation ``a`` and the sampled +-1 states (the shape of ``a``).
     """
 
     input: np.ndarray
@@ -457,10 +453,8 @@ class Network:
         return self.sample_path(x, self.sample_weights(rng, weight_uniforms), states)
 
     def sample_path(self, x, weights, states):
-        """One path per example through the stages computing with the sampled Bernoulli weights ``weights``.
-
-        The loop of :meth:`sample`, which draws the weights and the states on the host; the device-resident
-        training step runs it on a device copy of the network with states drawn on the device.
+        """One path per example through the stages computing with the sampled Bernoulli weights ``weights``: the
+        loop of :meth:`sample`; the device-resident step runs it on a device copy with device-drawn states.
 
         Parameters
         ----------
@@ -486,9 +480,8 @@ class Network:
         return path
 
     def on_backend(self, backend, convert):
-        """A copy of the network whose layers hold ``convert(array)`` and run on ``backend``
-        (:meth:`sbnnumba.layers.Layer.on_backend`); ``params`` of the copy are the converted arrays. The
-        device-resident training step trains such a copy and copies it back.
+        """A copy whose layers hold ``convert(array)`` and run on ``backend`` (:meth:`sbnnumba.layers.Layer.on_backend`);
+        the device-resident training step trains such a copy and copies it back.
 
         Parameters
         ----------
