@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from concurrent.futures import Executor
+from typing import Callable, Sequence
 
 from . import run
 from .executors import LocalPool, plan_workers, usable_cores
@@ -27,7 +29,7 @@ DEFAULT_BASE = {"data": "auto", "epochs": 3}
 DEFAULT_MLP_HIDDEN = [256, 256]
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     """The parser of ``python -m sbnnumba sweep`` (``--grid``, ``--out``, ``--set``, ``--workers``,
     ``--threads``, ``--scheduler``, ``--seed``, ``--no-plots``, ``--quiet``).
 
@@ -66,7 +68,8 @@ def _configs(args):
     return expand(parse_grid(args.grid), base)
 
 
-def open_executor(workers=None, scheduler=None):
+def open_executor(workers: int | None = None, scheduler: str | None = None
+                  ) -> tuple[Executor | None, int | None, Callable[[], object]]:
     """The executor of a command's ``--workers N`` / ``--scheduler ADDR`` options.
 
     Parameters
@@ -114,7 +117,7 @@ def _report(result):
     print(f"wrote {', '.join(result.files.values())} ({result.seconds:.1f} s)")
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     """Run the command (see the module docstring).
 
     Parameters

@@ -34,6 +34,7 @@ import multiprocessing
 import os
 import threading
 from concurrent.futures.process import BrokenProcessPool
+from typing import Any, Callable
 
 __all__ = ["usable_cores", "plan_workers", "local_executor", "SerialExecutor", "LocalPool", "WORKER_MODULES",
            "worker_context"]
@@ -43,7 +44,7 @@ __all__ = ["usable_cores", "plan_workers", "local_executor", "SerialExecutor", "
 WORKER_MODULES = ("sbnnumba.sweep.task", "tqdm.auto", "threadpoolctl")
 
 
-def usable_cores():
+def usable_cores() -> int:
     """Cores this process may run on (its CPU affinity where the OS reports it, else ``os.cpu_count()``).
 
     Returns
@@ -57,7 +58,8 @@ def usable_cores():
         return max(1, os.cpu_count() or 1)
 
 
-def plan_workers(workers=None, n_tasks=None, cores=None):
+def plan_workers(workers: int | None = None, n_tasks: int | None = None,
+                 cores: int | None = None) -> tuple[int, int]:
     """Workers and threads per worker for the local pool: ``workers * threads <= cores``.
 
     Parameters
@@ -87,7 +89,7 @@ def plan_workers(workers=None, n_tasks=None, cores=None):
     return workers, max(1, cores // workers)
 
 
-def local_executor(workers):
+def local_executor(workers: int) -> LocalPool:
     """A :class:`LocalPool` for a sweep on this machine.
 
     Parameters
@@ -103,7 +105,7 @@ def local_executor(workers):
     return LocalPool(workers)
 
 
-def worker_context():
+def worker_context() -> multiprocessing.context.BaseContext:
     """The :mod:`multiprocessing` context local workers start from (see the module docstring).
 
     Returns
@@ -146,28 +148,46 @@ class LocalPool(cf.Executor):
     workers : int >= 1
     """
 
-    def __init__(self, workers):
+    def __init__(self, workers: int) -> None:
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ValueError(f"workers: expected an integer >= 1, got {workers!r}")
         self._context = worker_context()
-        self._slots = [None] * workers  # the slot's pool, created when first needed
+        self._slots: list[cf.ProcessPoolExecutor | None] = [None] * workers  # created when first needed
         self._busy = [False] * workers
-        self._queue = collections.deque()
+        self._queue: collections.deque[tuple[cf.Future, Callable[..., Any], tuple, dict]] = collections.deque()
         self._lock = threading.RLock()
         self._shutdown = False
 
-    def start(self):
+    def start(self) -> None:
         """Start every worker process now; each imports the library, so that its start-up (seconds: NumPy,
         Numba, SciPy) overlaps what the caller does next (the sweep's Numba warm-up) instead of the first runs."""
         with self._lock:
             for i, pool in enumerate(self._slots):
                 if pool is None:
-                    self._slots[i] = cf.ProcessPoolExecutor(max_workers=1, mp_context=self._context)
-                    self._slots[i].submit(_import_library)
+                    pool = self._slots[i] = cf.ProcessPoolExecutor(max_workers=1, mp_context=self._context)
+                    pool.submit(_import_library)
 
-    def submit(self, fn, /, *args, **kwargs):
-        """Queue ``fn(*args, **kwargs)``; return its :class:`concurrent.futures.Future`."""
-        future = cf.Future()
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future:
+        """Queue ``fn(*args, **kwargs)`` for the first free worker.
+
+        Parameters
+        ----------
+        fn : callable
+            A picklable callable (a module-level function); it runs in a worker process.
+        *args, **kwargs
+            Its arguments (picklable).
+
+        Returns
+        -------
+        concurrent.futures.Future
+            Its result, or the exception it raised; ``BrokenProcessPool`` when its worker died.
+
+        Raises
+        ------
+        RuntimeError
+            After :meth:`shutdown`.
+        """
+        future: cf.Future = cf.Future()
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("LocalPool: cannot submit after shutdown")
@@ -202,8 +222,16 @@ class LocalPool(cf.Executor):
         else:
             future.set_exception(exc)
 
-    def shutdown(self, wait=True, *, cancel_futures=False):
-        """Stop accepting tasks; with ``cancel_futures`` cancel the queued ones; end the processes."""
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop accepting tasks and end the worker processes.
+
+        Parameters
+        ----------
+        wait : bool
+            Wait for the running tasks and the processes to end.
+        cancel_futures : bool
+            Cancel the queued tasks (those not running yet).
+        """
         with self._lock:
             self._shutdown = True
             while cancel_futures and self._queue:
@@ -221,14 +249,31 @@ class SerialExecutor(cf.Executor):
     is stored in it, as in a pool).
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._shutdown = False
 
-    def submit(self, fn, /, *args, **kwargs):
-        """Run ``fn(*args, **kwargs)`` now; return a completed :class:`concurrent.futures.Future`."""
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future:
+        """Run ``fn(*args, **kwargs)`` now, in the calling thread.
+
+        Parameters
+        ----------
+        fn : callable
+        *args, **kwargs
+            Its arguments.
+
+        Returns
+        -------
+        concurrent.futures.Future
+            Already completed: the result, or the ``Exception`` raised (``KeyboardInterrupt`` propagates).
+
+        Raises
+        ------
+        RuntimeError
+            After :meth:`shutdown`.
+        """
         if self._shutdown:
             raise RuntimeError("SerialExecutor: cannot submit after shutdown")
-        future = cf.Future()
+        future: cf.Future = cf.Future()
         future.set_running_or_notify_cancel()
         try:
             future.set_result(fn(*args, **kwargs))
@@ -236,5 +281,12 @@ class SerialExecutor(cf.Executor):
             future.set_exception(exc)
         return future
 
-    def shutdown(self, wait=True, *, cancel_futures=False):
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Refuse further submissions (nothing runs in the background, so there is nothing to wait for).
+
+        Parameters
+        ----------
+        wait, cancel_futures : bool
+            Accepted for the :class:`concurrent.futures.Executor` interface; without effect.
+        """
         self._shutdown = True

@@ -7,6 +7,7 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Any, Sequence
 
 from .. import architectures, datasets
 from ..training import CHECKPOINT_NAME, HISTORY_JSON, CheckpointError, FitConfig, fit, load_checkpoint
@@ -55,7 +56,7 @@ class SweepResult:
     workers: int | None = None
     threads: int | None = None
 
-    def keys(self, status):
+    def keys(self, status: str) -> list[str]:
         """Keys of the rows with ``status`` (``"finished"``, ``"incomplete"``, ``"failed"``).
 
         Parameters
@@ -91,7 +92,7 @@ def _tasks(configs, out, seed, threads, data, session):
     return tasks
 
 
-def warm_numba(configs, data=None):
+def warm_numba(configs: Sequence[dict[str, Any]], data: datasets.Dataset | None = None) -> None:
     """Compile (or load from the cache) every kernel the configurations need, once, in this process.
 
     One tiny run per distinct configuration up to :data:`WARM_IGNORED` (one epoch on two batches, two
@@ -106,7 +107,7 @@ def warm_numba(configs, data=None):
     data : Dataset, optional
         Explicit data of the sweep (None: each configuration's named data, loaded once per name).
     """
-    loaded = {}
+    loaded: dict[str, datasets.Dataset] = {}
     # given data selects compiled code by its arrays' types (named data is part of the options)
     data_types = None if data is None else (data.x_train.dtype.str, data.x_train.ndim)
     for options in configs:
@@ -202,8 +203,9 @@ def _plan_local(todo, workers, threads):
     return [RunTask(**{**t.__dict__, "threads": threads}) for t in todo], workers, threads
 
 
-def run(configs, executor=None, out="sweep", *, seed=0, workers=None, threads=None, data=None, warm=True,
-        progress=True, plots=True, poll=0.5):
+def run(configs: Sequence[dict[str, Any]], executor: cf.Executor | None = None, out: str | os.PathLike = "sweep", *,
+        seed: int = 0, workers: int | None = None, threads: int | None = None, data: datasets.Dataset | None = None,
+        warm: bool = True, progress: bool = True, plots: bool = True, poll: float = 0.5) -> SweepResult:
     """Train every configuration, each in its own directory, on an executor; write and return the table.
 
     Parameters
@@ -268,12 +270,12 @@ def run(configs, executor=None, out="sweep", *, seed=0, workers=None, threads=No
         todo, workers, threads = _plan_local(todo, workers, threads)
         own = executor = local_executor(workers)
         own.start()  # the workers' interpreters start while this process warms the Numba cache
-    progress = _Progress(len(tasks), progress)
+    display = _Progress(len(tasks), progress)
     try:
         if todo:
             if warm:
                 warm_numba([t.options for t in todo], data)
-            _collect(executor, todo, records, progress, len(records), poll)
+            _collect(executor, todo, records, display, len(records), poll)
     finally:
         if own is not None:
             own.shutdown(wait=True, cancel_futures=True)
@@ -281,7 +283,7 @@ def run(configs, executor=None, out="sweep", *, seed=0, workers=None, threads=No
         result = SweepResult(rows, out, seconds=time.perf_counter() - t0, workers=workers if own else None,
                              threads=threads)
         _write_outputs(result, tasks, seed, plots)
-    progress.show(len(result.keys("finished")), len(tasks) - len(todo), 0, len(result.keys("failed")),
+    display.show(len(result.keys("finished")), len(tasks) - len(todo), 0, len(result.keys("failed")),
                   len(result.keys("incomplete")))
     return result
 
