@@ -24,6 +24,7 @@ checks compile the device configuration).
 from __future__ import annotations
 
 import functools
+import weakref
 
 import numpy as np
 
@@ -155,13 +156,27 @@ def _out_hw(hw, kernel_size, stride, padding):
     return (hw[0] + 2 * ph - kh) // sh + 1, (hw[1] + 2 * pw - kw) // sw + 1
 
 
+# id(map) -> (weak reference to the map, geometry, its patch rows); an entry leaves when its map is freed
+_PATCHES = {}
+
+
 def _im2col(x, kernel_size, stride, padding):
-    """Patch rows (B H_out W_out, C kh kw) of a (B, C, H, W) map (:func:`.train_kernels.im2col_rows`)."""
+    """Patch rows (B H_out W_out, C kh kw) of a (B, C, H, W) map (:func:`.train_kernels.im2col_rows`).
+
+    The rows of a map are kept while the map lives (device arrays are not written in place by the
+    step): a conv stage's weight gradient reads the patches its forward pass built, as the
+    device step always did, instead of rebuilding the largest tensor of the step.
+    """
     from . import train_kernels as kt
-    kh, kw, sh, sw, ph, pw = _geometry(kernel_size, stride, padding)
+    kh, kw, sh, sw, ph, pw = geometry = _geometry(kernel_size, stride, padding)
+    entry = _PATCHES.get(id(x))
+    if entry is not None and entry[0]() is x and entry[1] == geometry:
+        return entry[2]
     ho, wo = _out_hw(x.shape[2:], kernel_size, stride, padding)
     cols = empty((x.shape[0] * ho * wo, x.shape[1] * kh * kw), x.dtype)
     launch(kt.im2col_rows, cols.size, x, kh, kw, sh, sw, ph, pw, cols)
+    key = id(x)
+    _PATCHES[key] = (weakref.ref(x, lambda _, key=key: _PATCHES.pop(key, None)), geometry, cols)
     return cols
 
 
