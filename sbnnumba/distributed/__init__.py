@@ -9,7 +9,7 @@ the result does not depend on ``N`` beyond the order of float sums. See ``docs/c
 mpi4py is imported only by :class:`MPICommunicator` / :func:`world`.
 """
 from .comm import INSTALL_HINT, Communicator, LocalCommunicator, MPICommunicator, MPIUnavailable, require_mpi, world
-from .device_step import DeviceDataParallelEpochs, DeviceDataParallelStep, device_data_parallel
+from .device_step import DeviceDataParallelEpochs, DeviceDataParallelStep, DeviceKeyedNoise, device_data_parallel
 from .devices import gpu_for_rank, select_device, select_gpu
 from .evaluation import reduce_metrics, split_evaluation
 from .faults import announce_ranks, fail_fast, failure_message
@@ -24,5 +24,5 @@ __all__ = ["Communicator", "LocalCommunicator", "MPICommunicator", "MPIUnavailab
            "world", "gpu_for_rank", "select_device", "select_gpu", "reduce_metrics", "split_evaluation", "announce_ranks",
            "fail_fast", "failure_message", "ReplicaMismatch", "broadcast_state", "check_replicas", "digests",
            "shard_bounds", "DataParallelStep", "GradientBuffer", "synchronized_batch_norm", "KeyedNoise",
-           "TimingCommunicator", "DistributedTrainer", "DeviceDataParallelStep", "DeviceDataParallelEpochs",
+           "TimingCommunicator", "DistributedTrainer", "DeviceKeyedNoise", "DeviceDataParallelStep", "DeviceDataParallelEpochs",
            "device_data_parallel"]

@@ -3,10 +3,11 @@ r"""Data-parallel training with the device-resident GPU step (``--backend cuda -
 Each rank holds its model on its GPU (:func:`~sbnnumba.distributed.select_gpu`: local GPU
 ``local_rank mod GPUs per node``) in a :class:`~sbnnumba.training.resident.CudaTrainer`. A step:
 
-1. rank ``r`` uploads its shard ``[lo_r, hi_r)`` of the global batch and the keyed uniforms of those
-   examples (:class:`~sbnnumba.distributed.KeyedNoise`: the noise of a one-process run) and runs the
-   forward and backward pass on its GPU (:meth:`CudaTrainer.gradients`: the shard mean, weight
-   ``1/n_r``);
+1. rank ``r`` uploads its shard ``[lo_r, hi_r)`` of the global batch, draws the keyed uniforms of
+   those examples on its GPU (:class:`DeviceKeyedNoise`: counter-based Philox, the numbers of
+   :class:`~sbnnumba.distributed.KeyedNoise`, i.e. the noise of a one-process run, from the key and the
+   global positions; only ``lo_r`` and the key cross) and runs the forward and backward pass there
+   (:meth:`CudaTrainer.gradients_drawn`: the shard mean, weight ``1/n_r``);
 2. the gradients come to the host into one contiguous buffer, scaled by ``n_r / B`` (so each example
    weighs ``1/B``), with the loss: one in-place ``Allreduce`` sums them over the ranks;
 3. every rank uploads the sum and applies the optimizer update on its GPU
@@ -24,6 +25,8 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
+
 from .. import datasets
 from ..estimators.registry import has_device_step
 from ..training.data import as_float
@@ -31,7 +34,74 @@ from ..training.device import EpochRunner, resident_trainer
 from .comm import Communicator
 from .sharding import shard_bounds
 from .step import GradientBuffer
-from .streams import KeyedNoise
+from .streams import ACTIVATION_SALT, WEIGHT_SALT, KeyedNoise
+
+
+class DeviceKeyedNoise:
+    r"""The uniforms of :class:`~sbnnumba.distributed.KeyedNoise` drawn on the device, bit for bit.
+
+    Activation uniforms of stage ``k`` of the example at global position ``i``: units
+    ``o_k .. o_k + n_k - 1`` of that example's Philox stream (``o_k = \sum_{l<k} n_l``, ``n_l`` the units
+    of stage ``l`` per example); Bernoulli weight uniforms of latent layer ``l``: units
+    ``p_l .. p_l + m_l - 1`` of the weight stream (counter 0, as example 0), ``m_l`` the size of its
+    ``eta``. :func:`sbnnumba.backends.cuda.keyed_random.keyed_uniforms` computes them on the device from
+    the key, ``i`` and the unit index: only these scalars cross to the device.
+
+    Parameters
+    ----------
+    noise : KeyedNoise
+    net : Network
+    input_shape : tuple
+        Per-example input shape.
+    """
+
+    def __init__(self, noise, net, input_shape):
+        if not isinstance(noise, KeyedNoise):
+            raise TypeError(f"noise: expected a sbnnumba.distributed.KeyedNoise, got {type(noise).__name__}")
+        self.noise, self.dtype = noise, np.dtype(net.dtype)
+        sizes = [int(np.prod(shape)) for shape in net.stage_shapes(tuple(input_shape))]
+        self.stage_offsets = [int(o) for o in np.cumsum([0] + sizes[:-1])]
+        etas = [(prefix, int(np.prod(layer.latent.eta.shape))) for prefix, layer in net.latent_layers()]
+        self.weight_offsets = dict(zip([p for p, _ in etas], np.cumsum([0] + [m for _, m in etas][:-1]).tolist()))
+
+    def states(self, step, lo):
+        """The stage-uniform drawer of step ``step`` for a shard starting at global position ``lo``.
+
+        Parameters
+        ----------
+        step : int
+            Global step index.
+        lo : int
+            Global position of the shard's first example.
+
+        Returns
+        -------
+        callable
+            ``(k, shape) -> device array of shape`` (``shape = (B, *stage_shape)``), what
+            :meth:`KeyedNoise.activation_uniforms` gives for stage ``k`` of examples ``lo .. lo + B - 1``.
+        """
+        from ..backends.cuda.keyed_random import keyed_uniforms
+        key = self.noise.stream_key(ACTIVATION_SALT, step)
+        return lambda k, shape: keyed_uniforms(key, lo, self.stage_offsets[k], shape, self.dtype)
+
+    def weights(self, step):
+        """The Bernoulli-weight-uniform drawer of step ``step`` (the same on every rank).
+
+        Parameters
+        ----------
+        step : int
+            Global step index.
+
+        Returns
+        -------
+        callable
+            ``(prefix, shape) -> device array of shape``, what :meth:`KeyedNoise.weight_uniforms` gives
+            for that layer.
+        """
+        from ..backends.cuda.keyed_random import keyed_uniforms
+        key = self.noise.stream_key(WEIGHT_SALT, step)
+        return lambda prefix, shape: keyed_uniforms(key, 0, self.weight_offsets[prefix], (1,) + tuple(shape),
+                                                    self.dtype).reshape(tuple(shape))
 
 
 class DeviceDataParallelStep:
@@ -50,7 +120,8 @@ class DeviceDataParallelStep:
     def __init__(self, trainer, comm, seed=0):
         if not isinstance(comm, Communicator):
             raise TypeError(f"comm: expected a sbnnumba.distributed.Communicator, got {type(comm).__name__}")
-        self.trainer, self.comm, self.noise = trainer, comm, KeyedNoise(seed)
+        self.trainer, self.comm = trainer, comm
+        self.noise = DeviceKeyedNoise(KeyedNoise(seed), trainer.net, trainer.input_shape)
         self.buffer = GradientBuffer(trainer.net)
 
     def __call__(self, x, y, step):
@@ -69,12 +140,11 @@ class DeviceDataParallelStep:
         float
             The global batch's mean loss estimate, identical on every rank.
         """
-        net, batch = self.trainer.net, x.shape[0]
+        batch = x.shape[0]
         replicated = batch < self.comm.size  # as in DataParallelStep: every rank computes a short batch alone
         lo, hi = (0, batch) if replicated else shard_bounds(batch, self.comm.rank, self.comm.size)
-        uniforms = self.noise.activation_uniforms(net.stage_shapes(x.shape[1:]), step, lo, hi, net.dtype)
-        loss, grads = self.trainer.gradients(x[lo:hi], y[lo:hi], uniforms=uniforms,
-                                             weight_uniforms=self.noise.weight_uniforms(net, step))
+        loss, grads = self.trainer.gradients_drawn(x[lo:hi], y[lo:hi], self.noise.states(step, lo),
+                                                   self.noise.weights(step))
         buf = self.buffer.pack(loss, grads)
         buf *= buf.dtype.type((hi - lo) / batch)  # shard mean -> the shard's share of the global mean
         if not replicated:
@@ -146,4 +216,4 @@ def device_data_parallel(net, config, optimizer, x_tr, y_tr, comm):
     return DeviceDataParallelEpochs(step, x_tr, y_tr, config.augment_pad if config.augment else None)
 
 
-__all__ = ["DeviceDataParallelStep", "DeviceDataParallelEpochs", "device_data_parallel"]
+__all__ = ["DeviceKeyedNoise", "DeviceDataParallelStep", "DeviceDataParallelEpochs", "device_data_parallel"]

@@ -11,6 +11,10 @@ each example gets the same noise whichever rank computes it and however many ran
 result depends on ``N`` only through the order of float sums. The per-example draws are the stages'
 pre-activation shapes in order, each ``(C, H, W)`` or ``(n_out,)`` of ``float32`` / ``float64``.
 
+The device-resident step draws the same numbers on the GPU from the key (:meth:`KeyedNoise.stream_key`),
+``i`` and the unit's index, without uploading them (:mod:`sbnnumba.backends.cuda.keyed_random`, a
+stateless Philox-4x64-10 bit-identical to NumPy's; :class:`~sbnnumba.distributed.DeviceKeyedNoise`).
+
 Bernoulli weights: one sample per step shared by the whole global batch, so every rank draws the same
 uniforms from one stream keyed by ``(seed, weight salt, t)``.
 
@@ -88,7 +92,7 @@ class KeyedNoise:
             One ``(hi - lo, *stage_shape)`` array per stage, values in [0, 1): what
             :meth:`sbnnumba.Network.sample` accepts as ``uniforms``.
         """
-        return _per_example(stage_shapes, _key(self.seed, ACTIVATION_SALT, step), lo, hi, dtype)
+        return _per_example(stage_shapes, self.stream_key(ACTIVATION_SALT, step), lo, hi, dtype)
 
     def weight_uniforms(self, net, step):
         """Uniforms for every Bernoulli weight tensor of ``net`` at step ``step``, the same on every rank.
@@ -105,7 +109,27 @@ class KeyedNoise:
             prefix -> array of the shape of that layer's ``eta`` (what ``Network.sample`` accepts as
             ``weight_uniforms``).
         """
-        return _layer_uniforms(net, _key(self.seed, WEIGHT_SALT, step))
+        return _layer_uniforms(net, self.stream_key(WEIGHT_SALT, step))
+
+    def stream_key(self, salt, step):
+        """The 128-bit Philox key of the streams ``salt`` of step ``step``: :data:`ACTIVATION_SALT` (what
+        :meth:`activation_uniforms` draws under, counter ``i 2^192`` for example ``i``) or :data:`WEIGHT_SALT`
+        (:meth:`weight_uniforms`: counter 0, the layers' draws concatenated). The device draws the same
+        numbers from it (:mod:`sbnnumba.backends.cuda.keyed_random`).
+
+        Parameters
+        ----------
+        salt : int
+            One of the module's ``*_SALT`` constants.
+        step : int
+            Global step index.
+
+        Returns
+        -------
+        int
+            In ``[0, 2^128)``: ``SeedSequence(seed, salt, step)``'s first two 64-bit words.
+        """
+        return _key(self.seed, check_int(salt, "salt", 0), check_int(step, "step", 0))
 
     def example_generator(self, step, index):
         """The generator of example ``index`` (its global position in the batch) at step ``step``.

@@ -405,3 +405,38 @@ class CudaTrainer:
         for (name, g), lo, hi in zip(self.grads.items(), offsets[:-1], offsets[1:]):
             g.copy_to_device(np.ascontiguousarray(flat[lo:hi], dtype=self.dtype).reshape(g.shape))
         self._update()
+
+    def gradients_drawn(self, x, y, draw_states, draw_weights):
+        """Loss estimate and gradients of one batch, the uniforms drawn on the device by the caller.
+
+        What :meth:`gradients` computes from given uniforms, except that those never exist on the host:
+        ``draw_states(k, shape)`` and ``draw_weights(prefix, shape)`` return device arrays (e.g. the
+        keyed, counter-based uniforms of :func:`sbnnumba.backends.cuda.keyed_random.keyed_uniforms`,
+        which the data-parallel step draws from the examples' global positions).
+
+        Parameters
+        ----------
+        x : array (B, ...)
+        y : int array (B,)
+        draw_states : callable
+            ``(k, shape) -> device array of shape`` (``shape = (B, *stage_shape)``): stage ``k``'s uniforms.
+        draw_weights : callable
+            ``(prefix, shape) -> device array of shape`` (the shape of ``eta``): the uniforms of that
+            Bernoulli-weight stage (one sample for the batch).
+
+        Returns
+        -------
+        loss : float
+        grads : dict
+            NumPy arrays with the keys of ``net.params``.
+        """
+        x, y = self._batch(x, y)
+        dnet = self.device_net
+        sample = dnet.backend.sample_states
+        weights = {prefix: sample(layer.latent.eta, draw_weights(prefix, layer.latent.eta.shape), layer.latent.noise)
+                   for prefix, layer in dnet.latent_layers()}
+        path = dnet.sample_path(x.reshape((x.shape[0],) + self.input_shape), weights,
+                                lambda k, a: sample(a, draw_states(k, a.shape), dnet.noise))
+        loss, self.grads = self._estimator(dnet, path, y, layer_ops.full(x.shape[0], 1.0 / x.shape[0], self.dtype),
+                                           **self._options)
+        return float(loss.copy_to_host()[0]), {k: g.copy_to_host() for k, g in self.grads.items()}
