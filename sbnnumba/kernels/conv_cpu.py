@@ -11,7 +11,10 @@ its input maps in a small local buffer, looping over the output channels ``c`` a
 the innermost loop runs with unit stride over (output cell, example) pairs and vectorizes
 (``error_model="numpy"`` removes the per-division ZeroDivisionError branch that would keep it scalar).
 Because the examples of a block are innermost, that loop is at least ``bb`` (examples per block)
-long whatever the map size: 1x1 and 3x3 maps vectorize like large ones.
+long whatever the map size; on small output maps (1x1: ``bb <= 64`` entries) its per-tap setup still costs
+as much as the loop, so there the ratio and bounded forms run the channel-innermost kernels of
+:mod:`sbnnumba.kernels.conv_channels` instead (:func:`channel_inner`; same terms in the same order, hence
+the same bits).
 
 **Layout ("phase grids", cell-major).** Let ``Hp = H + 2 ph``, ``Wp = W + 2 pw`` (padded map) and
 ``Hq = ceil(Hp / sh)``, ``Wq = ceil(Wp / sw)``. The padded input map is split into the
@@ -64,20 +67,20 @@ Three forms, as for dense layers (:mod:`sbnnumba.kernels.cpu`):
 
 float32 and float64 (the dtype of ``a``); outputs are preallocated, no random numbers.
 """
+import functools
+
 import numba
 import numpy as np
 from numba import prange
 
+from . import conv_channels
 from .cpu import EXP_ARG_LIMIT, choose_form, ratio_limits, split_saturated
 from .scalar import TRIANGULAR, bounded_cdf_diff, cdf_lower
 
 # ---------------------------------------------------------------------------------------------- kernels
-# The ratio kernel divides without fastmath's "arcp" (which puts a reciprocal estimate and a Newton step
-# in vector lanes and an exact division in the scalar remainder): every term is then the correctly
-# rounded quotient, and the result does not depend on which elements the compiler puts in vector lanes
-# (map size, batch size, vector width, thread count). "contract" fuses 1 + e k into one FMA in every lane
-# alike; no "reassoc": each accumulator element adds its terms in the fixed (c, tap) order.
-_EXACT_FASTMATH = {"nnan", "ninf", "nsz", "contract"}
+# The ratio kernel divides exactly (conv_channels.EXACT_FASTMATH: no reciprocal estimate in vector lanes), so every
+# term is the correctly rounded quotient whichever elements the compiler puts in vector lanes.
+_EXACT_FASTMATH = conv_channels.EXACT_FASTMATH
 
 
 @numba.njit(inline="always")
@@ -274,6 +277,8 @@ def _ones_transposed(t_grid, tap_off, n_run, out):
 # ---------------------------------------------------------------------------------------------- layout
 BATCH_BLOCK = 64  # at most this many examples per block of the cell-major grids
 MIN_RUN = 1024  # (cell, example) entries per tap loop that a block reaches if the batch allows
+SHORT_RUN = 256  # cell-major tap loops shorter than this (entries) go channel-innermost (channel_inner)
+MIN_CHANNELS = 16  # ... when the channel loop is at least this long
 TILE_BYTES = 1 << 15  # two accumulators and two x_in rows of one task: L1-sized; its g, e rows come from L2
 
 
@@ -362,8 +367,19 @@ def _check_conv(x_in, a, x_out, weight, d_out, stride, padding):
         raise ValueError(f"flip_propagate_conv: x_out {x_out.shape} and d_out {d_out.shape} must match a {a.shape}")
 
 
-def flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_code, form="auto"):
-    r"""PSA flip propagation through a conv layer (Numba, parallel over (batch, input channel)).
+def channel_inner(n_q, c_in, n_batch):
+    """Whether the channel-innermost kernels (:mod:`sbnnumba.kernels.conv_channels`) run a layer: when a tap loop
+    of the cell-major kernels would be short (``n_q * min(B, BATCH_BLOCK) < SHORT_RUN`` (output cell, example)
+    entries, e.g. 1x1 output maps) and the input channels, the channel kernels' loop, are at least
+    :data:`MIN_CHANNELS`. Both layouts give bit-identical results; this is a speed rule only."""
+    return n_q * min(n_batch, BATCH_BLOCK) < SHORT_RUN and c_in >= MIN_CHANNELS
+
+
+LAYOUTS = ("auto", "cells", "channels")
+
+
+def flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_code, form="auto", layout="auto"):
+    r"""PSA flip propagation through a conv layer (Numba, parallel over batch blocks, channels and tiles).
 
     Parameters
     ----------
@@ -383,10 +399,16 @@ def flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_co
         "ratio" is logistic only, "bounded" uniform/triangular only; "auto" picks them for those
         noises and "generic" (any family) for the others. The ratio form sums the
         saturated units (``|a| > A``, :func:`sbnnumba.kernels.cpu.ratio_limits`) directly.
+    layout : {"auto", "cells", "channels"}
+        Loop layout of the ratio and bounded forms: "cells" the cell-major kernels of this module, "channels"
+        the channel-innermost ones (:mod:`sbnnumba.kernels.conv_channels`; the generic form always runs
+        cell-major), "auto" :func:`channel_inner`'s choice. All give the same bits.
 
     Returns
     -------
-    d_in : ndarray (B, C_in, H, W), dtype of ``a``.
+    d_in : ndarray (B, C_in, H, W), dtype of ``a``:
+    ``d_in[b,r,i] = sum_{c, j : i in RF(j)} Delta[(r,i) -> (c,j)] d_out[b,c,j]`` (module docstring). The ratio
+    and bounded forms run channel-innermost on small output maps (:func:`channel_inner`), with the same bits.
     """
     stride, padding = tuple(stride), tuple(padding)
     _check_conv(x_in, a, x_out, weight, d_out, stride, padding)
@@ -395,44 +417,73 @@ def flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_co
     n_batch, c_in, h, w = x_in.shape
     c_out, _, kh, kw = weight.shape
     in_index, tap_off, n_q, n_grid, wq, _ = phase_layout((h, w), (kh, kw), stride, padding)
-    n_blocks, bb = batch_blocks(n_batch, n_q)
-    # The generic form reads x_in in float64 (then u = v + s w x_in is formed in float64, as in cdf_diff).
-    sel = _input_cells(np.asarray(x_in), in_index, n_grid, n_blocks, bb, np.float64 if form == "generic" else dtype)
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout: expected one of {LAYOUTS}, got {layout!r}")
+    channels = form != "generic" and (layout == "channels" or (layout == "auto" and channel_inner(n_q, c_in, n_batch)))
+    x_in = np.asarray(x_in)
+    if channels:
+        n_blocks, bb = conv_channels.channel_blocks(n_batch, n_grid, c_in, dtype.itemsize)
+        sel = conv_channels.channel_cells(x_in, in_index, n_grid, n_blocks, bb, dtype)
+    else:
+        n_blocks, bb = batch_blocks(n_batch, n_q)
+        # The generic form reads x_in in float64 (u = v + s w x_in is formed in float64, as in cdf_diff).
+        sel = _input_cells(x_in, in_index, n_grid, n_blocks, bb, np.float64 if form == "generic" else dtype)
     cell_pos = np.full(n_grid, -1, dtype=np.int64)
     cell_pos[in_index] = np.arange(h * w)
-    # flat offsets, run length and tile length in (cell, example) entries
-    layout = (cell_pos, tap_off * bb, n_q * bb, bb, tile_length(bb, sel.itemsize))
+    # channel layout: tap offsets in cells; cell layout: flat offsets, run length and tile length in entries
+    layout = ((cell_pos, tap_off, n_q) if channels else
+              (cell_pos, tap_off * bb, n_q * bb, bb, tile_length(bb, sel.itemsize)))
     x_out = np.asarray(x_out, dtype=dtype)
     d_out = np.asarray(d_out, dtype=dtype)
     d_in = np.empty((n_batch, c_in, h * w), dtype=dtype)
     w3 = np.ascontiguousarray(weight, dtype=dtype).reshape(c_out, c_in, kh * kw)
+    grid = functools.partial(_to_cells, wq=wq, n_blocks=n_blocks, bb=bb)  # the cell-major output grids of this call
     if form == "ratio":
-        g = x_out * d_out
-        g_safe, a_safe, saturated = split_saturated(a, g, weight)  # active saturated units: summed directly below
-        sig = (0.5 * (1 + np.tanh(0.5 * a_safe))).astype(dtype)
-        t_grid = _to_cells(np.einsum("bcyx,bcyx->byx", g_safe, sig)[:, None], wq, n_blocks, bb)[:, 0]
-        a_grid = np.empty((n_blocks, n_grid * bb), dtype=dtype)
-        _ones_transposed(t_grid, layout[1], layout[2], a_grid)
-        clip = dtype.type(ratio_limits(dtype)[1])
-        two_w = np.clip(2 * w3, -clip, clip)
-        _flip_conv_ratio(sel, _to_cells(np.exp(-a_safe), wq, n_blocks, bb), _to_cells(g_safe, wq, n_blocks, bb),
-                         np.exp(two_w), np.exp(-two_w), a_grid, *layout, d_in)
-        if saturated is not None:
-            row_start, units = saturated  # units: (c, oy, ox) rows
-            _flip_conv_logistic_saturated(np.ascontiguousarray(x_in, dtype=dtype), a, g, w3.reshape(weight.shape),
-                                          row_start, units, stride[0], stride[1], padding[0], padding[1],
-                                          dtype.type(EXP_ARG_LIMIT[dtype]), d_in.reshape(x_in.shape))
+        _ratio(x_in, a, x_out * d_out, w3.reshape(weight.shape), stride, padding, grid,
+               (tap_off * bb, n_q * bb, n_blocks, n_grid * bb), sel, layout, channels, d_in)
     elif form == "bounded":
-        _flip_conv_bounded(noise_code == TRIANGULAR, sel, _to_cells(-x_out * a, wq, n_blocks, bb),
-                           _to_cells(2 * x_out, wq, n_blocks, bb), _to_cells(d_out, wq, n_blocks, bb), w3, *layout,
-                           d_in)
+        args = (noise_code == TRIANGULAR, sel, grid(-x_out * a), grid(2 * x_out), grid(d_out))
+        if channels:
+            conv_channels.flip_conv_bounded_channels(*args, _taps_inner(w3), *layout, d_in)
+        else:
+            _flip_conv_bounded(*args, w3, *layout, d_in)
     else:
-        v_grid = _to_cells(-x_out * a, wq, n_blocks, bb)
+        v_grid = grid(-x_out * a)
         f_lo, f_hi = np.empty(v_grid.shape), np.empty(v_grid.shape)
         _lower_tails(noise_code, v_grid.ravel(), f_lo.ravel(), f_hi.ravel())
-        _flip_conv_generic(noise_code, sel, v_grid, f_lo, f_hi, _to_cells(2 * x_out, wq, n_blocks, bb),
-                           _to_cells(d_out, wq, n_blocks, bb), w3, *layout, d_in)
+        _flip_conv_generic(noise_code, sel, v_grid, f_lo, f_hi, grid(2 * x_out), grid(d_out), w3, *layout, d_in)
     return d_in.reshape(x_in.shape)
+
+
+def _taps_inner(t):
+    """(C_out, C_in, taps) -> contiguous (C_out, taps, C_in): the channel kernels' weight rows."""
+    return np.ascontiguousarray(t.transpose(0, 2, 1))
+
+
+def _ratio(x_in, a, g, weight, stride, padding, grid, flat, sel, layout, channels, d_in):
+    """The logistic ratio form of :func:`flip_propagate_conv` (module docstring) into ``d_in`` (B, C_in, H*W):
+    ``g = x_out d_out``, ``weight`` (C_out, C_in, kh, kw) in ``a``'s dtype; ``flat`` = (tap offsets, run length,
+    blocks, input grid length) in (cell, example) entries of the grids."""
+    dtype = a.dtype
+    w3 = weight.reshape(weight.shape[0], weight.shape[1], -1)
+    g_safe, a_safe, saturated = split_saturated(a, g, weight)  # active saturated units: summed directly below
+    sig = (0.5 * (1 + np.tanh(0.5 * a_safe))).astype(dtype)
+    t_grid = grid(np.einsum("bcyx,bcyx->byx", g_safe, sig)[:, None])[:, 0]
+    a_grid = np.empty(flat[2:], dtype=dtype)
+    _ones_transposed(t_grid, flat[0], flat[1], a_grid)
+    clip = dtype.type(ratio_limits(dtype)[1])
+    two_w = np.clip(2 * w3, -clip, clip)
+    if channels:
+        conv_channels.flip_conv_ratio_channels(sel, grid(np.exp(-a_safe)), grid(g_safe), _taps_inner(np.exp(two_w)),
+                                               _taps_inner(np.exp(-two_w)), a_grid, *layout, d_in)
+    else:
+        _flip_conv_ratio(sel, grid(np.exp(-a_safe)), grid(g_safe), np.exp(two_w), np.exp(-two_w), a_grid, *layout,
+                         d_in)
+    if saturated is not None:
+        row_start, units = saturated  # units: (c, oy, ox) rows
+        _flip_conv_logistic_saturated(np.ascontiguousarray(x_in, dtype=dtype), a, g, weight, row_start, units,
+                                      stride[0], stride[1], padding[0], padding[1], dtype.type(EXP_ARG_LIMIT[dtype]),
+                                      d_in.reshape(x_in.shape))
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True)

@@ -1,0 +1,205 @@
+r"""Channel-innermost Numba kernels for the PSA flip propagation through a conv layer with a small output map.
+
+The flip propagation (spec psa.md, section 2.10; :mod:`sbnnumba.kernels.conv_cpu` for the forms)
+
+.. math::
+
+    d^{in}[b,r,i] = \sum_c \sum_{j : i \in RF(j)} \Delta[(r,i) \to (c,j)]\, d^{out}[b,c,j]
+
+is, on a 1x1 or 3x3 output map, short along every spatial axis: the cell-major kernels of
+:mod:`sbnnumba.kernels.conv_cpu` vectorize over (output cell, example) pairs, so a tap loop there is only
+``n_q * bb <= 64`` entries long (one zmm division per 16), and its setup (tap range, six row slices,
+eight weight factors) costs as much as the loop itself. Here the innermost loop runs over the **input
+channels** ``r`` instead, which are long (96-192 in the paper's network) whatever the map:
+
+.. math::
+
+    acc[i, e, r] \mathrel{+}= t(g[c,q,e], e^{-a}[c,q,e], K[c,k,r], x[i,e,r]) \quad
+    \text{for } c \text{ ascending, then tap } k \text{ ascending}, \quad i = q + off_k,
+
+with ``t = g / (1 + e^{-a} K_{sel})`` (ratio form, ``K_sel = e^{+2W}`` where ``x = +1``, ``e^{-2W}``
+elsewhere) or ``t = (F(v + s W x) - F(v)) d`` (bounded form). Each accumulator entry adds the same terms in
+the same order (c ascending, tap ascending, from 0) and each term is evaluated by the same expression as in
+the cell-major kernels (the ratio form's exact division and its FMA ``1 + e K``), so both layouts give
+bit-identical results (``tests/test_conv.py``): which one runs is a speed decision only
+(:func:`sbnnumba.kernels.conv_cpu.channel_inner`).
+
+**Layout.** The cells, taps and output grids are those of the phase-grid layout
+(:func:`sbnnumba.kernels.conv_cpu.phase_layout`): the batch is cut into blocks of ``bb`` examples
+(:func:`channel_blocks`); per block, x_in is stored as ``sel[blk, cell, e, r]`` (+1 at padding cells), the
+per-output-unit factors as cell-major rows ``[blk, c, q bb + e]`` and the weight factors transposed to
+``(C_out, taps, C_in)``, so that the ``r`` loop reads three contiguous rows and updates one. A parallel task is
+one block; its accumulator ``(cells, bb, C_in)`` stays within :data:`ACC_BYTES`.
+
+The generic (any-noise) form is not here: it evaluates a branchy scalar cdf per connection and does not
+vectorize in either layout.
+"""
+import numba
+import numpy as np
+from numba import prange
+
+from .scalar import bounded_cdf_diff
+
+# The ratio kernels (both layouts) divide without fastmath's "arcp" (which puts a reciprocal estimate and a Newton
+# step in vector lanes and an exact division in the scalar remainder): every term is then the correctly rounded
+# quotient, and the result does not depend on which elements the compiler puts in vector lanes (map size, batch
+# size, vector width, thread count, layout). "contract" fuses 1 + e k into one FMA in every lane alike; no
+# "reassoc": each accumulator element adds its terms in the fixed (c, tap) order.
+EXACT_FASTMATH = {"nnan", "ninf", "nsz", "contract"}
+
+ACC_BYTES = 1 << 17  # one task's accumulator (cells x bb x C_in): L2-resident while the weight rows stream
+MAX_BLOCK = 16  # examples per block: the weight rows of one (c, tap) are reused bb times from L1
+
+
+def channel_blocks(n_batch, n_cells, c_in, itemsize):
+    """Batch blocks of the channel-innermost kernels.
+
+    Parameters
+    ----------
+    n_batch : int
+        Examples ``B``.
+    n_cells : int
+        Phase-grid cells of one input map (``n_grid`` of :func:`sbnnumba.kernels.conv_cpu.phase_layout`).
+    c_in : int
+        Input channels.
+    itemsize : int
+        Bytes per accumulator entry.
+
+    Returns
+    -------
+    (n_blocks, bb) : (int, int)
+        ``bb = ceil(B / n_blocks)`` examples per block, at most :data:`MAX_BLOCK` and at most what keeps a
+        block's accumulator ``n_cells * bb * c_in * itemsize`` within :data:`ACC_BYTES` (at least 1); the
+        last block is padded with inert examples (``g = d = 0``).
+    """
+    cap = max(1, min(MAX_BLOCK, ACC_BYTES // max(1, n_cells * c_in * itemsize)))
+    n_blocks = -(-n_batch // cap)
+    return n_blocks, -(-n_batch // n_blocks)
+
+
+def channel_cells(x_in, in_index, n_grid, n_blocks, bb, dtype):
+    """x_in (B, C_in, H, W) -> ``sel`` (NB, n_grid, bb, C_in): ``sel[blk, in_index[p], e, r] = x_in[blk bb + e, r,
+    p]``, +1 at padding cells (never read back), 0 for the padded examples of the last block."""
+    n_batch, c_in = x_in.shape[:2]
+    out = np.ones((n_blocks, n_grid, bb, c_in), dtype=dtype)
+    flat = np.zeros((n_blocks * bb, c_in, in_index.size), dtype=dtype)
+    flat[:n_batch] = x_in.reshape(n_batch, c_in, -1)
+    out[:, in_index] = flat.reshape(n_blocks, bb, c_in, -1).transpose(0, 3, 1, 2)
+    return out
+
+
+@numba.njit(inline="always")
+def _scatter_channels(acc, base, with_base, cell_pos, b0, d_in):
+    # d_in[b0 + e, r, p] = base[cell bb + e] - acc[cell, e, r] (acc alone without base) for the unpadded cells
+    # (cell_pos[cell] = p >= 0) and the block's real examples.
+    n_cells, bb, c_in = acc.shape
+    n_ex = min(bb, d_in.shape[0] - b0)
+    for cell in range(n_cells):
+        p = cell_pos[cell]
+        if p >= 0:
+            for e in range(n_ex):
+                row = acc[cell, e]
+                if with_base:
+                    b_val = base[cell * bb + e]
+                    for r in range(c_in):
+                        d_in[b0 + e, r, p] = b_val - row[r]
+                else:
+                    for r in range(c_in):
+                        d_in[b0 + e, r, p] = row[r]
+
+
+@numba.njit(parallel=True, fastmath=EXACT_FASTMATH, error_model="numpy", cache=True)
+def flip_conv_ratio_channels(sel, e_grid, g_grid, k_pos, k_neg, a_grid, cell_pos, tap_off, n_q, d_in):
+    r"""Logistic ratio form, channel-innermost: ``d_in = A - R`` (module docstring).
+
+    Parameters
+    ----------
+    sel : ndarray (NB, n_grid, bb, C_in)
+        x_in per block, cell and example (:func:`channel_cells`).
+    e_grid, g_grid : ndarray (NB, C_out, n_q * bb)
+        ``e^{-a}`` and ``g = x_{out} d_{out}`` on the cell-major output grids (0 on non-computed cells and padded
+        examples).
+    k_pos, k_neg : ndarray (C_out, taps, C_in)
+        ``e^{+2W}`` and ``e^{-2W}`` (``2W`` clipped), transposed.
+    a_grid : ndarray (NB, n_grid * bb)
+        The all-ones term ``A`` per cell and example.
+    cell_pos : int64 ndarray (n_grid,)
+        Input position of each cell, -1 at padding.
+    tap_off : int64 ndarray (taps,)
+        Cell offset of each tap.
+    n_q : int
+        Output cells per tap.
+    d_in : ndarray (B, C_in, H * W)
+        Output, overwritten: ``d_in[b, r, p] = A[b, p] - \sum_{c, k} g / (1 + e^{-a} K_{sel})``.
+    """
+    n_blocks, n_grid, bb, c_in = sel.shape
+    c_out = g_grid.shape[1]
+    n_taps = tap_off.shape[0]
+    one = e_grid.dtype.type(1)
+    for blk in prange(n_blocks):
+        acc = np.zeros((n_grid, bb, c_in), dtype=e_grid.dtype)
+        sel_b = sel[blk]
+        for c in range(c_out):
+            g_row = g_grid[blk, c]
+            e_row = e_grid[blk, c]
+            for k in range(n_taps):
+                kp = k_pos[c, k]
+                kn = k_neg[c, k]
+                off = tap_off[k]
+                for q in range(n_q):
+                    for e in range(bb):
+                        gq = g_row[q * bb + e]
+                        eq = e_row[q * bb + e]
+                        acc_t = acc[q + off, e]
+                        sel_t = sel_b[q + off, e]
+                        for r in range(c_in):
+                            # both factors loaded before the select: a select of two addresses becomes a gather
+                            kpr = kp[r]
+                            knr = kn[r]
+                            acc_t[r] += gq / (one + eq * (kpr if sel_t[r] > 0 else knr))
+        _scatter_channels(acc, a_grid[blk], True, cell_pos, blk * bb, d_in)
+
+
+@numba.njit(parallel=True, fastmath=True, error_model="numpy", cache=True)
+def flip_conv_bounded_channels(triangular, sel, v_grid, s_grid, d_grid, weight_t, cell_pos, tap_off, n_q, d_in):
+    r"""Uniform / triangular noise, channel-innermost: ``d_in = \sum_{c,k} (F(v + s W x) - F(v)) d``.
+
+    Parameters
+    ----------
+    triangular : bool
+        Triangular (True) or uniform (False) noise (:func:`sbnnumba.kernels.scalar.bounded_cdf_diff`).
+    sel : ndarray (NB, n_grid, bb, C_in)
+        x_in per block, cell and example (:func:`channel_cells`).
+    v_grid, s_grid, d_grid : ndarray (NB, C_out, n_q * bb)
+        ``v = -x_{out} a``, ``s = 2 x_{out}`` and ``d_{out}`` on the cell-major output grids.
+    weight_t : ndarray (C_out, taps, C_in)
+        The weight, transposed.
+    cell_pos, tap_off, n_q
+        As in :func:`flip_conv_ratio_channels`.
+    d_in : ndarray (B, C_in, H * W)
+        Output, overwritten.
+    """
+    n_blocks, n_grid, bb, c_in = sel.shape
+    c_out = v_grid.shape[1]
+    n_taps = tap_off.shape[0]
+    one = v_grid.dtype.type(1)
+    for blk in prange(n_blocks):
+        acc = np.zeros((n_grid, bb, c_in), dtype=v_grid.dtype)
+        sel_b = sel[blk]
+        for c in range(c_out):
+            v_row = v_grid[blk, c]
+            s_row = s_grid[blk, c]
+            d_row = d_grid[blk, c]
+            for k in range(n_taps):
+                w_row = weight_t[c, k]
+                off = tap_off[k]
+                for q in range(n_q):
+                    for e in range(bb):
+                        v = v_row[q * bb + e]
+                        sq = s_row[q * bb + e]
+                        dq = d_row[q * bb + e]
+                        acc_t = acc[q + off, e]
+                        sel_t = sel_b[q + off, e]
+                        for r in range(c_in):
+                            acc_t[r] += bounded_cdf_diff(triangular, v + sq * w_row[r] * sel_t[r], v, one) * dq
+        _scatter_channels(acc, v_grid[blk, 0], False, cell_pos, blk * bb, d_in)  # v_grid row: unread base
