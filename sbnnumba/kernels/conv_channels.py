@@ -160,7 +160,7 @@ def flip_conv_ratio_channels(sel, e_grid, g_grid, k_pos, k_neg, a_grid, cell_pos
         _scatter_channels(acc, a_grid[blk], True, cell_pos, blk * bb, d_in)
 
 
-@numba.njit(parallel=True, fastmath=True, error_model="numpy", cache=True)
+@numba.njit(parallel=True, fastmath=EXACT_FASTMATH, error_model="numpy", cache=True)
 def flip_conv_bounded_channels(triangular, sel, v_grid, s_grid, d_grid, weight_t, cell_pos, tap_off, n_q, d_in):
     r"""Uniform / triangular noise, channel-innermost: ``d_in = \sum_{c,k} (F(v + s W x) - F(v)) d``.
 

@@ -173,7 +173,7 @@ def _flip_conv_ratio(sel, e_grid, g_grid, k_pos, k_neg, a_grid, cell_pos, tap_of
         _scatter(acc1, a_grid[blk], True, cell_pos, i0, i1, blk * bb, bb, r1, d_in)
 
 
-@numba.njit(parallel=True, fastmath=True, error_model="numpy", cache=True)
+@numba.njit(parallel=True, fastmath=_EXACT_FASTMATH, error_model="numpy", cache=True)
 def _flip_conv_bounded(triangular, sel, v_grid, s_grid, d_grid, weight, cell_pos, tap_off, n_run, bb, tile_len,
                        d_in):
     # Uniform / triangular noise: Delta = F(u) - F(v) by the branch-free scalar.bounded_cdf_diff (no
@@ -416,7 +416,7 @@ def flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_co
     dtype = a.dtype
     n_batch, c_in, h, w = x_in.shape
     c_out, _, kh, kw = weight.shape
-    in_index, tap_off, n_q, n_grid, wq, _ = phase_layout((h, w), (kh, kw), stride, padding)
+    in_index, tap_off, n_q, n_grid, wq, cell_pos = _geometry((h, w), (kh, kw), stride, padding)
     if layout not in LAYOUTS:
         raise ValueError(f"layout: expected one of {LAYOUTS}, got {layout!r}")
     channels = form != "generic" and (layout == "channels" or (layout == "auto" and channel_inner(n_q, c_in, n_batch)))
@@ -428,8 +428,6 @@ def flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_co
         n_blocks, bb = batch_blocks(n_batch, n_q)
         # The generic form reads x_in in float64 (u = v + s w x_in is formed in float64, as in cdf_diff).
         sel = _input_cells(x_in, in_index, n_grid, n_blocks, bb, np.float64 if form == "generic" else dtype)
-    cell_pos = np.full(n_grid, -1, dtype=np.int64)
-    cell_pos[in_index] = np.arange(h * w)
     # channel layout: tap offsets in cells; cell layout: flat offsets, run length and tile length in entries
     layout = ((cell_pos, tap_off, n_q) if channels else
               (cell_pos, tap_off * bb, n_q * bb, bb, tile_length(bb, sel.itemsize)))
@@ -460,6 +458,18 @@ def _taps_inner(t):
     return np.ascontiguousarray(t.transpose(0, 2, 1))
 
 
+@functools.lru_cache(maxsize=256)
+def _geometry(in_hw, kernel_size, stride, padding):
+    """:func:`phase_layout` of one layer shape with its last item replaced by ``cell_pos`` (int64 (n_grid,): the
+    input position of each cell, -1 at padding), cached per shape: a step calls every layer's flip propagation
+    with the same shapes, and on 1x1 maps these few small NumPy calls cost a tenth of the kernel. The arrays are
+    shared between calls and must not be modified."""
+    in_index, tap_off, n_q, n_grid, wq, _ = phase_layout(in_hw, kernel_size, stride, padding)
+    cell_pos = np.full(n_grid, -1, dtype=np.int64)
+    cell_pos[in_index] = np.arange(in_index.size)
+    return in_index, tap_off, n_q, n_grid, wq, cell_pos
+
+
 def _ratio(x_in, a, g, weight, stride, padding, grid, flat, sel, layout, channels, d_in):
     """The logistic ratio form of :func:`flip_propagate_conv` (module docstring) into ``d_in`` (B, C_in, H*W):
     ``g = x_out d_out``, ``weight`` (C_out, C_in, kh, kw) in ``a``'s dtype; ``flat`` = (tap offsets, run length,
@@ -472,13 +482,13 @@ def _ratio(x_in, a, g, weight, stride, padding, grid, flat, sel, layout, channel
     a_grid = np.empty(flat[2:], dtype=dtype)
     _ones_transposed(t_grid, flat[0], flat[1], a_grid)
     clip = dtype.type(ratio_limits(dtype)[1])
-    two_w = np.clip(2 * w3, -clip, clip)
-    if channels:
-        conv_channels.flip_conv_ratio_channels(sel, grid(np.exp(-a_safe)), grid(g_safe), _taps_inner(np.exp(two_w)),
-                                               _taps_inner(np.exp(-two_w)), a_grid, *layout, d_in)
-    else:
-        _flip_conv_ratio(sel, grid(np.exp(-a_safe)), grid(g_safe), np.exp(two_w), np.exp(-two_w), a_grid, *layout,
-                         d_in)
+    # 2W clipped, in the kernel's weight layout (a C-ordered copy), then e^{+2W} and e^{-2W} (NumPy's exp)
+    two_w = np.multiply(_taps_inner(w3) if channels else w3, 2)
+    np.clip(two_w, -clip, clip, out=two_w)
+    k_pos = np.exp(two_w)
+    k_neg = np.exp(np.negative(two_w, out=two_w), out=two_w)
+    kernel = conv_channels.flip_conv_ratio_channels if channels else _flip_conv_ratio
+    kernel(sel, grid(np.exp(-a_safe)), grid(g_safe), k_pos, k_neg, a_grid, *layout, d_in)
     if saturated is not None:
         row_start, units = saturated  # units: (c, oy, ox) rows
         _flip_conv_logistic_saturated(np.ascontiguousarray(x_in, dtype=dtype), a, g, weight, row_start, units,
