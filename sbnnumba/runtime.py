@@ -1,4 +1,4 @@
-"""Process-wide runtime settings for long training and evaluation jobs.
+r"""Process-wide runtime settings for long training and evaluation jobs.
 
 :func:`retain_freed_memory` keeps the memory of freed large arrays inside the process. By default glibc
 serves every allocation above ``M_MMAP_THRESHOLD`` (at most 32 MiB) with a fresh ``mmap`` and returns it
@@ -15,6 +15,30 @@ not apply it on import: the command line (``python -m sbnnumba``) and the traini
 call it yourself at the start of a training script. It applies to glibc only (Linux); elsewhere it does
 nothing and says so. Settings given in the environment (``MALLOC_MMAP_MAX_``,
 ``MALLOC_TRIM_THRESHOLD_``, ``GLIBC_TUNABLES``) win.
+
+**Threads.** :func:`set_num_threads` sets one count ``T`` for both pools, Numba's kernels and BLAS.
+``import sbnnumba`` sets ``OMP_WAIT_POLICY=PASSIVE`` and ``OPENBLAS_THREAD_TIMEOUT=4`` (when it comes
+before NumPy), so idle workers of either pool sleep instead of spinning against the other pool's
+workers. Both pools split a call statically (Numba's OpenMP layer hands each thread an equal share of
+a ``prange`` loop even with ``numba.parallel_chunksize``; OpenBLAS splits a GEMM's rows or columns), so
+a call with a thread on a core that another process keeps busy lasts about as long as one thread doing
+it all, plus the wait for that thread to be scheduled (up to a scheduler slice, milliseconds): a gain
+on large calls at worst, a loss on small ones. The per-call rule, :func:`call_threads`, therefore
+gives a call
+
+.. math::
+
+    T_{call} = \max(1, \min(T, \lfloor work / w_{min} \rfloor))
+
+threads, ``work`` its elementary operations (connections of a flip propagation, multiply-adds
+``m n k`` of a GEMM) and ``w_min`` = :data:`MIN_WORK_PER_THREAD` (2^20 connections, about 0.2 ms of a
+flip kernel on one core; 2^22 multiply-adds, about 0.1 ms of a float32 GEMM on one core, 16 times
+OpenBLAS's own threshold): a call runs on a second thread only when that thread gets at least as much
+work as the time a late thread can cost. The flip kernels apply it to their Numba calls
+(:func:`kernel_threads`; their results do not depend on the thread count). :func:`gemm` applies it to a
+matrix product; BLAS results do depend on the thread count (float32 products differ in the last bits
+between 1 and 2 OpenBLAS threads), so routing the layers' GEMMs through it changes the stored digests
+of runs at several threads where a GEMM falls below the rule.
 """
 from __future__ import annotations
 
@@ -24,6 +48,8 @@ import ctypes.util
 import functools
 import os
 from collections.abc import Iterator
+
+import numpy as np
 
 # mallopt parameters (glibc malloc.h)
 _M_TRIM_THRESHOLD = -1
@@ -114,6 +140,125 @@ def get_num_threads() -> int:
     import numba
 
     return numba.get_num_threads()
+
+
+#: Work per thread below which a call gets fewer threads (:func:`call_threads`): flip-propagation connections
+#: ("numba") and GEMM multiply-adds ("gemm").
+MIN_WORK_PER_THREAD = {"numba": 1 << 20, "gemm": 1 << 22}
+
+
+def call_threads(work, kind, threads):
+    """Threads for one call of ``work`` elementary operations: ``max(1, min(threads, work // w_min))``.
+
+    Parameters
+    ----------
+    work : int
+        Connections (``kind="numba"``) or multiply-adds ``m n k`` (``kind="gemm"``) of the call.
+    kind : {"numba", "gemm"}
+        Key of :data:`MIN_WORK_PER_THREAD` (``w_min``).
+    threads : int
+        The threads the caller may use (``T`` of the module docstring).
+
+    Returns
+    -------
+    int
+    """
+    if kind not in MIN_WORK_PER_THREAD:
+        raise ValueError(f"kind: expected one of {tuple(MIN_WORK_PER_THREAD)}, got {kind!r}")
+    return max(1, min(int(threads), int(work) // MIN_WORK_PER_THREAD[kind]))
+
+
+@contextlib.contextmanager
+def kernel_threads(work):
+    """Numba kernels called within the block run on :func:`call_threads` ``(work, "numba", T)`` threads, ``T``
+    the calling thread's current count (restored on exit; Numba's setting is per thread, so this is cheap
+    and affects no other thread).
+
+    Parameters
+    ----------
+    work : int
+        Connections (elementary operations) of the block's kernels.
+
+    Yields
+    ------
+    None
+    """
+    import numba
+
+    before = numba.get_num_threads()
+    wanted = call_threads(work, "numba", before)
+    if wanted == before:
+        yield
+        return
+    numba.set_num_threads(wanted)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
+
+
+def _openblas_functions(lib):
+    """``(get, set)``: OpenBLAS's own ``openblas_get/set_num_threads`` C functions (with the library's symbol
+    prefix and suffix, as threadpoolctl finds them), or None when not found."""
+    for prefix in ("", "scipy_"):
+        for suffix in ("", "64_", "_64"):
+            name = f"{prefix}openblas_%s_num_threads{suffix}"
+            if hasattr(lib.dynlib, name % "get") and hasattr(lib.dynlib, name % "set"):
+                return getattr(lib.dynlib, name % "get"), getattr(lib.dynlib, name % "set")
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _blas_thread_functions():
+    """``(get, set)`` thread-count functions of each loaded BLAS library, found once (threadpoolctl's search
+    costs milliseconds). OpenBLAS with its own thread pool gets its C functions (a microsecond a call, against
+    tens through threadpoolctl's methods); other libraries threadpoolctl's methods."""
+    from threadpoolctl import ThreadpoolController
+
+    out = []
+    for lib in ThreadpoolController().select(user_api="blas").lib_controllers:
+        direct = _openblas_functions(lib) if lib.internal_api == "openblas" else None
+        out.append(direct if direct is not None and lib.threading_layer != "openmp"
+                   else (lib.get_num_threads, lib.set_num_threads))
+    return tuple(out)
+
+
+def gemm(a, b, out=None):
+    r"""``a @ b`` (2-D) with BLAS limited to :func:`call_threads` ``(m n k, "gemm", T)`` threads for this call.
+
+    ``T`` is the BLAS libraries' current count (:func:`set_num_threads`); a lower count is set for the call
+    and restored after it. The setting is process-wide, like :func:`set_num_threads`'s: do not call it
+    while another thread of the process sets BLAS threads.
+
+    Parameters
+    ----------
+    a : ndarray (m, k)
+    b : ndarray (k, n)
+    out : ndarray (m, n), optional
+        Written in place when given.
+
+    Returns
+    -------
+    ndarray (m, n)
+        :math:`a b`.
+    """
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
+        raise ValueError(f"gemm: expected 2-d operands (m, k) and (k, n), got shapes {a.shape} and {b.shape}")
+    work = a.shape[0] * a.shape[1] * b.shape[1]
+    if work >= MIN_WORK_PER_THREAD["gemm"] * (os.cpu_count() or 1):
+        return np.matmul(a, b, out=out)  # every thread count allowed: no need to read the settings
+    lowered = []
+    for get, put in _blas_thread_functions():
+        current = get()
+        wanted = call_threads(work, "gemm", current)
+        if wanted < current:
+            put(wanted)
+            lowered.append((put, current))
+    try:
+        return np.matmul(a, b, out=out)
+    finally:
+        for put, current in lowered:
+            put(current)
 
 
 @contextlib.contextmanager

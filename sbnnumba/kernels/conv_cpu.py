@@ -73,6 +73,7 @@ import numba
 import numpy as np
 from numba import prange
 
+from ..runtime import kernel_threads
 from . import conv_channels
 from .cpu import EXP_ARG_LIMIT, choose_form, ratio_limits, split_saturated
 from .scalar import TRIANGULAR, bounded_cdf_diff, cdf_lower
@@ -412,13 +413,19 @@ def flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_co
     """
     stride, padding = tuple(stride), tuple(padding)
     _check_conv(x_in, a, x_out, weight, d_out, stride, padding)
-    form = choose_form(form, noise_code)
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout: expected one of {LAYOUTS}, got {layout!r}")
+    with kernel_threads(a.size * weight[0].size):  # connections: the per-call thread rule of sbnnumba.runtime
+        return _flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_code,
+                                    choose_form(form, noise_code), layout)
+
+
+def _flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_code, form, layout):
+    """:func:`flip_propagate_conv` after the checks, ``form`` resolved."""
     dtype = a.dtype
     n_batch, c_in, h, w = x_in.shape
     c_out, _, kh, kw = weight.shape
     in_index, tap_off, n_q, n_grid, wq, cell_pos = _geometry((h, w), (kh, kw), stride, padding)
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout: expected one of {LAYOUTS}, got {layout!r}")
     channels = form != "generic" and (layout == "channels" or (layout == "auto" and channel_inner(n_q, c_in, n_batch)))
     x_in = np.asarray(x_in)
     if channels:
@@ -429,8 +436,8 @@ def flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_co
         # The generic form reads x_in in float64 (u = v + s w x_in is formed in float64, as in cdf_diff).
         sel = _input_cells(x_in, in_index, n_grid, n_blocks, bb, np.float64 if form == "generic" else dtype)
     # channel layout: tap offsets in cells; cell layout: flat offsets, run length and tile length in entries
-    layout = ((cell_pos, tap_off, n_q) if channels else
-              (cell_pos, tap_off * bb, n_q * bb, bb, tile_length(bb, sel.itemsize)))
+    grid_args = ((cell_pos, tap_off, n_q) if channels else
+                 (cell_pos, tap_off * bb, n_q * bb, bb, tile_length(bb, sel.itemsize)))
     x_out = np.asarray(x_out, dtype=dtype)
     d_out = np.asarray(d_out, dtype=dtype)
     d_in = np.empty((n_batch, c_in, h * w), dtype=dtype)
@@ -438,18 +445,18 @@ def flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_co
     grid = functools.partial(_to_cells, wq=wq, n_blocks=n_blocks, bb=bb)  # the cell-major output grids of this call
     if form == "ratio":
         _ratio(x_in, a, x_out * d_out, w3.reshape(weight.shape), stride, padding, grid,
-               (tap_off * bb, n_q * bb, n_blocks, n_grid * bb), sel, layout, channels, d_in)
+               (tap_off * bb, n_q * bb, n_blocks, n_grid * bb), sel, grid_args, channels, d_in)
     elif form == "bounded":
         args = (noise_code == TRIANGULAR, sel, grid(-x_out * a), grid(2 * x_out), grid(d_out))
         if channels:
-            conv_channels.flip_conv_bounded_channels(*args, _taps_inner(w3), *layout, d_in)
+            conv_channels.flip_conv_bounded_channels(*args, _taps_inner(w3), *grid_args, d_in)
         else:
-            _flip_conv_bounded(*args, w3, *layout, d_in)
+            _flip_conv_bounded(*args, w3, *grid_args, d_in)
     else:
         v_grid = grid(-x_out * a)
         f_lo, f_hi = np.empty(v_grid.shape), np.empty(v_grid.shape)
         _lower_tails(noise_code, v_grid.ravel(), f_lo.ravel(), f_hi.ravel())
-        _flip_conv_generic(noise_code, sel, v_grid, f_lo, f_hi, grid(2 * x_out), grid(d_out), w3, *layout, d_in)
+        _flip_conv_generic(noise_code, sel, v_grid, f_lo, f_hi, grid(2 * x_out), grid(d_out), w3, *grid_args, d_in)
     return d_in.reshape(x_in.shape)
 
 
@@ -470,7 +477,7 @@ def _geometry(in_hw, kernel_size, stride, padding):
     return in_index, tap_off, n_q, n_grid, wq, cell_pos
 
 
-def _ratio(x_in, a, g, weight, stride, padding, grid, flat, sel, layout, channels, d_in):
+def _ratio(x_in, a, g, weight, stride, padding, grid, flat, sel, grid_args, channels, d_in):
     """The logistic ratio form of :func:`flip_propagate_conv` (module docstring) into ``d_in`` (B, C_in, H*W):
     ``g = x_out d_out``, ``weight`` (C_out, C_in, kh, kw) in ``a``'s dtype; ``flat`` = (tap offsets, run length,
     blocks, input grid length) in (cell, example) entries of the grids."""
@@ -488,7 +495,7 @@ def _ratio(x_in, a, g, weight, stride, padding, grid, flat, sel, layout, channel
     k_pos = np.exp(two_w)
     k_neg = np.exp(np.negative(two_w, out=two_w), out=two_w)
     kernel = conv_channels.flip_conv_ratio_channels if channels else _flip_conv_ratio
-    kernel(sel, grid(np.exp(-a_safe)), grid(g_safe), k_pos, k_neg, a_grid, *layout, d_in)
+    kernel(sel, grid(np.exp(-a_safe)), grid(g_safe), k_pos, k_neg, a_grid, *grid_args, d_in)
     if saturated is not None:
         row_start, units = saturated  # units: (c, oy, ox) rows
         _flip_conv_logistic_saturated(np.ascontiguousarray(x_in, dtype=dtype), a, g, weight, row_start, units,

@@ -46,6 +46,7 @@ import numba
 import numpy as np
 from numba import prange
 
+from ..runtime import kernel_threads
 from .scalar import FLIP_FORMS, KERNEL_FAMILIES, TRIANGULAR, bounded_cdf_diff, cdf_diff, flip_forms
 
 # Ratio form (CPU and numba.cuda kernels): pre-activation limit A and weight-exponent clip C per dtype,
@@ -422,14 +423,19 @@ def flip_propagate_dense(x_in, a, x_out, weight, d_out, noise_code, form="auto")
     -------
     d_in : ndarray (B, N_in), dtype of ``a`` (float32 or float64).
     """
-    dtype = a.dtype
     _check_dense(x_in, a, x_out, weight, d_out)
+    with kernel_threads(a.size * x_in.shape[1]):  # connections: the per-call thread rule of sbnnumba.runtime
+        return _flip_propagate_dense(x_in, a, x_out, weight, d_out, noise_code, choose_form(form, noise_code))
+
+
+def _flip_propagate_dense(x_in, a, x_out, weight, d_out, noise_code, form):
+    """:func:`flip_propagate_dense` after the checks, ``form`` resolved."""
+    dtype = a.dtype
     x_in = np.ascontiguousarray(x_in, dtype=dtype)
     a = np.ascontiguousarray(a)
     x_out = np.ascontiguousarray(x_out, dtype=dtype)
     d_out = np.ascontiguousarray(d_out, dtype=dtype)
     d_in = np.empty(x_in.shape, dtype=dtype)
-    form = choose_form(form, noise_code)
     if form == "ratio":
         weight = np.ascontiguousarray(weight, dtype=dtype)
         lim_a, clip = ratio_limits(dtype)
