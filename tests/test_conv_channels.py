@@ -2,10 +2,10 @@
 bit for bit, against the cell-major kernels (issue #39): the layout choice is a speed rule only."""
 import numpy as np
 import pytest
+from test_conv import CONFIGS, IDS, _layer_data
 
 from sbnnumba.kernels import conv_channels, conv_cpu, conv_reference
 from sbnnumba.noise import get_noise
-from test_conv import CONFIGS, IDS, _layer_data
 
 # (c_in, c_out, kernel, stride, padding, H, W, batch): 1x1 and 3x3 output maps like the paper's last stages, an
 # odd channel count, padding cells, several batch blocks with a padded last block, and a grid larger than one

@@ -78,8 +78,26 @@ def channel_blocks(n_batch, n_cells, c_in, itemsize):
 
 
 def channel_cells(x_in, in_index, n_grid, n_blocks, bb, dtype):
-    """x_in (B, C_in, H, W) -> ``sel`` (NB, n_grid, bb, C_in): ``sel[blk, in_index[p], e, r] = x_in[blk bb + e, r,
-    p]``, +1 at padding cells (never read back), 0 for the padded examples of the last block."""
+    """x_in in the channel-innermost layout.
+
+    Parameters
+    ----------
+    x_in : ndarray (B, C_in, H, W)
+    in_index : int64 ndarray (H * W,)
+        Phase-grid cell of each input position (:func:`sbnnumba.kernels.conv_cpu.phase_layout`).
+    n_grid : int
+        Cells per map.
+    n_blocks, bb : int
+        Batch blocks (:func:`channel_blocks`).
+    dtype : numpy dtype
+        Of the result.
+
+    Returns
+    -------
+    ndarray (NB, n_grid, bb, C_in)
+        ``sel[blk, in_index[p], e, r] = x_in[blk bb + e, r, p]``, +1 at padding cells (never read back), 0 for the
+        padded examples of the last block.
+    """
     n_batch, c_in = x_in.shape[:2]
     out = np.ones((n_blocks, n_grid, bb, c_in), dtype=dtype)
     flat = np.zeros((n_blocks * bb, c_in, in_index.size), dtype=dtype)

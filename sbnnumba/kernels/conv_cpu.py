@@ -286,6 +286,13 @@ TILE_BYTES = 1 << 15  # two accumulators and two x_in rows of one task: L1-sized
 def phase_layout(in_hw, kernel_size, stride, padding):
     """Index maps of the phase-grid layout (see the module docstring), in cells.
 
+    Parameters
+    ----------
+    in_hw : (int, int)
+        Input map size ``(H, W)``.
+    kernel_size, stride, padding : (int, int)
+        The convolution's ``(kh, kw)``, ``(sh, sw)`` and ``(ph, pw)``.
+
     Returns
     -------
     in_index : int64 (H*W,)   phase-grid cell of each (unpadded) input position, row-major
@@ -310,15 +317,41 @@ def phase_layout(in_hw, kernel_size, stride, padding):
 
 
 def tile_length(bb, itemsize):
-    """Accumulator entries per task tile: a multiple of ``bb`` (whole cells) whose two accumulators and two
-    x_in rows take about :data:`TILE_BYTES`."""
+    """Accumulator entries per task tile of the cell-major kernels.
+
+    Parameters
+    ----------
+    bb : int
+        Examples per batch block (entries per cell).
+    itemsize : int
+        Bytes per entry.
+
+    Returns
+    -------
+    int
+        A multiple of ``bb`` (whole cells), ``bb * max(1, TILE_BYTES // (4 bb itemsize))``: the task's two
+        accumulators and two x_in rows take about :data:`TILE_BYTES`.
+    """
     return bb * max(1, TILE_BYTES // (4 * bb * itemsize))
 
 
 def batch_blocks(n_batch, n_q):
-    """``(n_blocks, bb)``: the batch cut into blocks of ``bb`` examples, enough for tap loops of
-    ``n_q bb >= MIN_RUN`` entries (up to :data:`BATCH_BLOCK`), as few as the target allows; the last block is
-    padded with inert examples (``g = d = 0``)."""
+    """Batch blocks of the cell-major kernels.
+
+    Parameters
+    ----------
+    n_batch : int
+        Examples ``B``.
+    n_q : int
+        Output cells per tap loop (:func:`phase_layout`).
+
+    Returns
+    -------
+    (n_blocks, bb) : (int, int)
+        The batch cut into ``n_blocks`` blocks of ``bb`` examples, enough for tap loops of ``n_q bb >= MIN_RUN``
+        entries (up to :data:`BATCH_BLOCK` examples), as few as the target allows; the last block is padded
+        with inert examples (``g = d = 0``).
+    """
     target = min(BATCH_BLOCK, max(1, -(-MIN_RUN // n_q)))
     n_blocks = max(1, -(-n_batch // target))
     return n_blocks, -(-n_batch // n_blocks)
@@ -369,10 +402,24 @@ def _check_conv(x_in, a, x_out, weight, d_out, stride, padding):
 
 
 def channel_inner(n_q, c_in, n_batch):
-    """Whether the channel-innermost kernels (:mod:`sbnnumba.kernels.conv_channels`) run a layer: when a tap loop
-    of the cell-major kernels would be short (``n_q * min(B, BATCH_BLOCK) < SHORT_RUN`` (output cell, example)
-    entries, e.g. 1x1 output maps) and the input channels, the channel kernels' loop, are at least
-    :data:`MIN_CHANNELS`. Both layouts give bit-identical results; this is a speed rule only."""
+    """Whether the channel-innermost kernels (:mod:`sbnnumba.kernels.conv_channels`) run a layer.
+
+    Parameters
+    ----------
+    n_q : int
+        Output cells per tap loop (:func:`phase_layout`).
+    c_in : int
+        Input channels: the channel kernels' innermost loop.
+    n_batch : int
+        Examples.
+
+    Returns
+    -------
+    bool
+        True when a tap loop of the cell-major kernels would be short (``n_q * min(B, BATCH_BLOCK) < SHORT_RUN``
+        (output cell, example) entries, e.g. 1x1 output maps) and ``c_in >= MIN_CHANNELS``. Both layouts give
+        bit-identical results; this is a speed rule only.
+    """
     return n_q * min(n_batch, BATCH_BLOCK) < SHORT_RUN and c_in >= MIN_CHANNELS
 
 
@@ -554,9 +601,23 @@ def _col2im_t(cols, kh, kw, sh, sw, ph, pw, ho, wo, out):
 
 
 def col2im_t(cols, in_shape, kernel_size, stride, padding):
-    r"""Transpose of the channel-major im2col: sums ``cols`` (C * kh * kw, B * H_out * W_out), rows in
-    (c, dy, dx) order and columns in (b, oy, ox) order, back onto a (B, C, H, W) map (``in_shape`` =
-    (B, C, H, W)); zero-padding positions are dropped. Numba, parallel over (b, c)."""
+    r"""Transpose of the channel-major im2col (Numba, parallel over (b, c)).
+
+    Parameters
+    ----------
+    cols : ndarray (C * kh * kw, B * H_out * W_out)
+        Rows in (c, dy, dx) order, columns in (b, oy, ox) order.
+    in_shape : (int, int, int, int)
+        ``(B, C, H, W)`` of the map.
+    kernel_size, stride, padding : (int, int)
+        The convolution's ``(kh, kw)``, ``(sh, sw)``, ``(ph, pw)``.
+
+    Returns
+    -------
+    ndarray (B, C, H, W), dtype of ``cols``
+        ``out[b, c, y, x] = sum cols[(c, dy, dx), (b, oy, ox)]`` over the taps with ``y = sh oy + dy - ph``,
+        ``x = sw ox + dx - pw``; zero-padding positions are dropped.
+    """
     (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
     _, _, h, w = in_shape
     ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1

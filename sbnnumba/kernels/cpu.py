@@ -65,7 +65,19 @@ SIGMA_FLAT = {np.dtype(np.float32): 17.0, np.dtype(np.float64): 37.0}
 
 
 def ratio_limits(dtype):
-    """``(A, C)`` of the CPU ratio form for ``dtype``: ``|a| <= A`` required, ``2 W x`` clipped to ``[-C, C]``."""
+    """Limits of the CPU ratio form.
+
+    Parameters
+    ----------
+    dtype : numpy dtype
+        float32 or float64.
+
+    Returns
+    -------
+    (A, C) : (float, float)
+        ``|a| <= A`` required of the units summed by the ratio form, ``2 W x`` clipped to ``[-C, C]``
+        (:data:`RATIO_LIMITS`).
+    """
     return RATIO_LIMITS[np.dtype(dtype)]
 
 
@@ -305,9 +317,21 @@ FORMS = ("auto", "ratio", "bounded", "generic")
 
 
 def choose_form(form, noise_code):
-    """Validate ``form`` for the family ``noise_code`` and resolve "auto" to the family's first form
-    (:data:`sbnnumba.kernels.scalar.FLIP_FORMS`: "ratio" for logistic noise, "bounded" for uniform and
-    triangular noise, "generic", one stable F difference per connection, for any other family)."""
+    """Validate ``form`` for the family ``noise_code`` and resolve "auto".
+
+    Parameters
+    ----------
+    form : {"auto", "ratio", "bounded", "generic"}
+    noise_code : int
+        :data:`sbnnumba.kernels.scalar.NOISE_CODES`.
+
+    Returns
+    -------
+    str
+        ``form``, or for "auto" the family's first form (:data:`sbnnumba.kernels.scalar.FLIP_FORMS`: "ratio" for
+        logistic noise, "bounded" for uniform and triangular noise, "generic", one stable F difference per
+        connection, for any other family).
+    """
     if form not in FORMS:
         raise ValueError(f"form: expected one of {FORMS}, got {form!r}")
     forms = flip_forms(noise_code)
@@ -321,14 +345,34 @@ def choose_form(form, noise_code):
 
 
 def ratio_unsafe_pairs(a):
-    """Boolean mask of ``a``'s shape: the units outside the ratio form's range ``|a| <= A`` (:func:`ratio_limits`)."""
+    """The units outside the ratio form's range.
+
+    Parameters
+    ----------
+    a : ndarray
+        Pre-activations, float32 or float64.
+
+    Returns
+    -------
+    bool ndarray of ``a``'s shape
+        ``|a| > A`` (:func:`ratio_limits`).
+    """
     return np.abs(a) > ratio_limits(a.dtype)[0]
 
 
 def saturated_rows(unsafe):
-    """The saturated units of a boolean mask ``unsafe`` (B, ...) grouped by example in CSR form:
-    ``(row_start, index)``, ``index[row_start[b]:row_start[b + 1]]`` the remaining coordinates of
-    ``np.nonzero`` (int64, one column per axis after the first) of example ``b``."""
+    """The saturated units of a mask grouped by example in CSR form.
+
+    Parameters
+    ----------
+    unsafe : bool ndarray (B, ...)
+
+    Returns
+    -------
+    (row_start, index) : (int64 ndarray (B + 1,), int64 ndarray (n, unsafe.ndim - 1))
+        ``index[row_start[b]:row_start[b + 1]]`` are the remaining coordinates (``np.nonzero``, one column per
+        axis after the first) of the true entries of example ``b``.
+    """
     coords = np.nonzero(unsafe)
     row_start = np.zeros(unsafe.shape[0] + 1, dtype=np.int64)
     np.cumsum(np.bincount(coords[0], minlength=unsafe.shape[0]), out=row_start[1:])
@@ -336,8 +380,17 @@ def saturated_rows(unsafe):
 
 
 def flip_reach(weight):
-    """``2 max |W|`` over each output unit's (dense) or output channel's (conv) connections, shape
-    ``(N_out,)``: the most a flip of one input can move that unit's pre-activation."""
+    """The most a flip of one input can move each output unit's pre-activation.
+
+    Parameters
+    ----------
+    weight : ndarray (N_out, N_in) or (C_out, C_in, kh, kw)
+
+    Returns
+    -------
+    ndarray (N_out,)
+        ``2 max |W|`` over each output unit's (dense) or output channel's (conv) connections.
+    """
     weight = np.asarray(weight)
     return 2 * np.abs(weight).reshape(weight.shape[0], -1).max(axis=1)
 
@@ -373,10 +426,21 @@ def active_saturated(a, weight):
 def split_saturated(a, g, weight):
     """Split a logistic ratio-form call into its safe part and its saturated units (dense and conv alike).
 
-    Returns ``(g_safe, a_safe, saturated)``: ``g`` and ``a`` with the saturated units (``|a| > A``)
-    set to 0, so they add no term to the ratio sums and ``e^{-a}`` stays finite, and ``saturated``,
-    None when no saturated unit is active (:func:`active_saturated` with the layer's ``weight``),
-    else :func:`saturated_rows` of the active ones.
+    Parameters
+    ----------
+    a : ndarray (B, ...)
+        Pre-activations.
+    g : ndarray of ``a``'s shape
+        ``x_out * d_out``.
+    weight : ndarray
+        The layer's weight (:func:`flip_reach`).
+
+    Returns
+    -------
+    (g_safe, a_safe, saturated)
+        ``g`` and ``a`` with the saturated units (``|a| > A``) set to 0, so they add no term to the ratio sums
+        and ``e^{-a}`` stays finite, and ``saturated``, None when no saturated unit is active
+        (:func:`active_saturated` with the layer's ``weight``), else :func:`saturated_rows` of the active ones.
     """
     unsafe = ratio_unsafe_pairs(a)
     if not unsafe.any():
