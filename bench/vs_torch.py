@@ -16,7 +16,10 @@ autograd function whose backward is the deep ST factor ``2 p(a) = 2 sigma(a) sig
 and the mean cross-entropy. Only the timing is compared (the two draw different noise).
 
 ``--busy-core`` starts a process that keeps one core busy for the whole run (stopped at the end), to
-check that two-thread steps are not slower than one-thread steps when the machine is shared.
+check that two-thread steps are not slower than one-thread steps when the machine is shared: the last
+lines give, per sbnnumba contender, the 2-thread / 1-thread time and whether it is at most 1.0 (the
+per-call thread rule of ``sbnnumba.runtime`` decides how many threads each kernel call gets). The
+load average is printed with every table: on a machine shared with other jobs no ratio is a verdict.
 
 Runs only where PyTorch is installed (``pip install torch``); the package itself never imports it.
 
@@ -153,8 +156,8 @@ def _run(threads, workloads, repeats):
     return interleaved_medians(contenders, repeats, settle=0.05)
 
 
-def _report(threads, med):
-    print(f"\n== {threads} thread(s) ==")
+def _report(threads, med, load):
+    print(f"\n== {threads} thread(s), load average (1 min) at the end of the run: {load:.2f} ==")
     for label, ms in med.items():
         print(f"  {label:<28} {1e3 * ms:9.2f} ms")
     for name in ("dense", "conv"):
@@ -181,16 +184,30 @@ def main(argv=None):
         print(f"busy-core: process {busy.pid} keeps one core busy")
     try:
         workloads = _workloads(args.only)
-        results = {t: _run(t, workloads, args.repeats) for t in (1, 2)}
+        results, loads = {}, {}
+        for t in (1, 2):
+            results[t] = _run(t, workloads, args.repeats)
+            loads[t] = os.getloadavg()[0]
     finally:
         if busy is not None:
             busy.kill()
             busy.wait()
     for t, med in results.items():
-        _report(t, med)
-    print("\n2 threads / 1 thread:")
+        _report(t, med, loads[t])
+    _thread_check(results, busy is not None)
+
+
+def _thread_check(results, busy):
+    """2-thread / 1-thread time per contender; for sbnnumba's, whether two threads are no slower."""
+    print(f"\n2 threads / 1 thread{' (one core kept busy by another process)' if busy else ''}:")
+    slower = []
     for label in results[1]:
-        print(f"  {label:<28} {results[2][label] / results[1][label]:.2f}x")
+        ratio = results[2][label] / results[1][label]
+        mine = "sbnnumba" in label
+        if mine and ratio > 1.0:
+            slower.append(label)
+        print(f"  {label:<28} {ratio:.2f}x" + (("  <= 1.0" if ratio <= 1.0 else "  SLOWER") if mine else ""))
+    print(f"  => sbnnumba steps slower at 2 threads than at 1: {', '.join(slower) if slower else 'none'}")
 
 
 if __name__ == "__main__":

@@ -30,12 +30,13 @@ gives a call
 
     T_{call} = \max(1, \min(T, \lfloor work / w_{min} \rfloor))
 
-threads, ``work`` its elementary operations (connections of a flip propagation, multiply-adds
-``m n k`` of a GEMM) and ``w_min`` = :data:`MIN_WORK_PER_THREAD` (2^20 connections, about 0.2 ms of a
-flip kernel on one core; 2^22 multiply-adds, about 0.1 ms of a float32 GEMM on one core, 16 times
-OpenBLAS's own threshold): a call runs on a second thread only when that thread gets at least as much
-work as the time a late thread can cost. The flip kernels apply it to their Numba calls
-(:func:`kernel_threads`; their results do not depend on the thread count). :func:`gemm` applies it to a
+threads, ``work`` its elementary operations (connections of a flip propagation, elements of an
+element-wise pass such as sampling, multiply-adds ``m n k`` of a GEMM) and ``w_min`` =
+:data:`MIN_WORK_PER_THREAD` (2^20 connections, about 0.2 ms of a flip kernel on one core; 2^16 elements,
+about 0.2 ms of sampling with one ``exp`` each; 2^22 multiply-adds, about 0.1 ms of a float32 GEMM on one
+core, 16 times OpenBLAS's own threshold): a call runs on a second thread only when that thread gets
+about as much work as the time a late thread can cost. The flip kernels and the sampling kernel apply it
+to their Numba calls (:func:`kernel_threads`; their results do not depend on the thread count). :func:`gemm` applies it to a
 matrix product; BLAS results do depend on the thread count (float32 products differ in the last bits
 between 1 and 2 OpenBLAS threads), so routing the layers' GEMMs through it changes the stored digests
 of runs at several threads where a GEMM falls below the rule.
@@ -143,8 +144,9 @@ def get_num_threads() -> int:
 
 
 #: Work per thread below which a call gets fewer threads (:func:`call_threads`): flip-propagation connections
-#: ("numba") and GEMM multiply-adds ("gemm").
-MIN_WORK_PER_THREAD = {"numba": 1 << 20, "gemm": 1 << 22}
+#: ("numba"), elements of an element-wise pass with a transcendental function each ("elementwise") and GEMM
+#: multiply-adds ("gemm").
+MIN_WORK_PER_THREAD = {"numba": 1 << 20, "elementwise": 1 << 16, "gemm": 1 << 22}
 
 
 def call_threads(work, kind, threads):
@@ -153,8 +155,9 @@ def call_threads(work, kind, threads):
     Parameters
     ----------
     work : int
-        Connections (``kind="numba"``) or multiply-adds ``m n k`` (``kind="gemm"``) of the call.
-    kind : {"numba", "gemm"}
+        Connections (``kind="numba"``), elements (``kind="elementwise"``) or multiply-adds ``m n k``
+        (``kind="gemm"``) of the call.
+    kind : {"numba", "elementwise", "gemm"}
         Key of :data:`MIN_WORK_PER_THREAD` (``w_min``).
     threads : int
         The threads the caller may use (``T`` of the module docstring).
@@ -169,15 +172,17 @@ def call_threads(work, kind, threads):
 
 
 @contextlib.contextmanager
-def kernel_threads(work):
-    """Numba kernels called within the block run on :func:`call_threads` ``(work, "numba", T)`` threads, ``T``
+def kernel_threads(work, kind="numba"):
+    """Numba kernels called within the block run on :func:`call_threads` ``(work, kind, T)`` threads, ``T``
     the calling thread's current count (restored on exit; Numba's setting is per thread, so this is cheap
     and affects no other thread).
 
     Parameters
     ----------
     work : int
-        Connections (elementary operations) of the block's kernels.
+        Connections (``kind="numba"``) or elements (``kind="elementwise"``) of the block's kernels.
+    kind : {"numba", "elementwise"}
+        Key of :data:`MIN_WORK_PER_THREAD`.
 
     Yields
     ------
@@ -186,7 +191,7 @@ def kernel_threads(work):
     import numba
 
     before = numba.get_num_threads()
-    wanted = call_threads(work, "numba", before)
+    wanted = call_threads(work, kind, before)
     if wanted == before:
         yield
         return

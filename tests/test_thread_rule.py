@@ -21,6 +21,7 @@ def test_call_threads_formula():
     assert runtime.call_threads(100 * w, "numba", 4) == 4
     assert runtime.call_threads(100 * w, "numba", 1) == 1
     assert runtime.call_threads(2 * runtime.MIN_WORK_PER_THREAD["gemm"], "gemm", 8) == 2
+    assert runtime.call_threads(2 * runtime.MIN_WORK_PER_THREAD["elementwise"], "elementwise", 4) == 2
     with pytest.raises(ValueError, match="^kind: expected"):
         runtime.call_threads(1, "mkl", 2)
 

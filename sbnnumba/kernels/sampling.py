@@ -15,6 +15,8 @@ import numba
 import numpy as np
 from numba import prange
 
+from ..runtime import kernel_threads
+
 
 @numba.njit(parallel=True, cache=True)
 def logistic_sample_f32(a, u, out):
@@ -56,5 +58,6 @@ def logistic_sample(a, u):
     flat_a = np.ascontiguousarray(a).reshape(-1)
     flat_u = np.ascontiguousarray(u).reshape(-1)
     out = np.empty_like(flat_a)
-    kernel(flat_a, flat_u, out)
+    with kernel_threads(flat_a.size, "elementwise"):  # the per-call thread rule of sbnnumba.runtime
+        kernel(flat_a, flat_u, out)
     return out.reshape(a.shape)
