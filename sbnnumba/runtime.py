@@ -175,7 +175,8 @@ def call_threads(work, kind, threads):
 def kernel_threads(work, kind="numba"):
     """Numba kernels called within the block run on :func:`call_threads` ``(work, kind, T)`` threads, ``T``
     the calling thread's current count (restored on exit; Numba's setting is per thread, so this is cheap
-    and affects no other thread).
+    and affects no other thread). Under ``NUMBA_DISABLE_JIT=1`` it does nothing: reading the count starts
+    Numba's thread pool, and a process that forks (tests/fault_worker.py) must not have one.
 
     Parameters
     ----------
@@ -190,6 +191,9 @@ def kernel_threads(work, kind="numba"):
     """
     import numba
 
+    if numba.config.DISABLE_JIT:  # kernels run as Python; reading the count would start the thread pool
+        yield
+        return
     before = numba.get_num_threads()
     wanted = call_threads(work, kind, before)
     if wanted == before:
