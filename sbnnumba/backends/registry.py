@@ -13,9 +13,20 @@ _CLASSES: dict[str, type] = {}
 _INSTANCES: dict[str, object] = {}
 
 
-def register_backend(cls):
+def register_backend(cls: type[Backend]) -> type[Backend]:
     """Register a :class:`Backend` subclass under ``cls.name`` (a new name, or a replacement of the
-    class of that name); returns ``cls`` so it can decorate the class.
+    class of that name); usable as a class decorator.
+
+    Parameters
+    ----------
+    cls : type
+        A subclass of :class:`~sbnnumba.backends.base.Backend` implementing every abstract method, with a
+        class attribute ``name`` (str).
+
+    Returns
+    -------
+    type
+        ``cls`` itself.
 
     Raises
     ------
@@ -35,13 +46,25 @@ def register_backend(cls):
     return cls
 
 
-def backend_names():
-    """Names of the registered backends, in registration order."""
+def backend_names() -> tuple[str, ...]:
+    """Names of the registered backends.
+
+    Returns
+    -------
+    tuple of str
+        In registration order (``"reference"``, ``"cpu"``, ``"cuda"``, then any added).
+    """
     return tuple(_CLASSES)
 
 
-def default_backend_name():
-    """The backend named by ``$SBNNUMBA_BACKEND``, else ``"cpu"``."""
+def default_backend_name() -> str:
+    """The backend used when none is named.
+
+    Returns
+    -------
+    str
+        The value of ``$SBNNUMBA_BACKEND``, else ``"cpu"``.
+    """
     return os.environ.get(DEFAULT_BACKEND_ENV, DEFAULT_BACKEND)
 
 
