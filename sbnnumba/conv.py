@@ -120,8 +120,8 @@ class Conv2d(AffineLayer):
         return self.backend.conv_forward(x, self.weight, self.bias, self.stride, self.padding)
 
     def backward_input(self, g_a, in_shape):
-        """Transposed convolution: ``g_x[b, r, i] = sum_{c, j ∋ i} W[c, r, off] g_a[b, c, j]``, shape ``(B, *in_shape)``;
-        padded positions are dropped."""
+        """Transposed convolution: ``g_x[b, r, i] = sum_{c, j ∋ i} W[c, r, off] g_a[b, c, j]``, shape
+        ``(B, *in_shape)``; padded positions are dropped."""
         in_shape = tuple(in_shape)
         self.output_shape(in_shape)
         return self.backend.conv_backward_input(self.backend.asarray(g_a), self.weight, in_shape, self.stride,

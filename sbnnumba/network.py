@@ -143,7 +143,8 @@ class Network:
         if not isinstance(head, Linear):
             raise TypeError(f"head: expected a Linear layer, got {type(head).__name__}")
         if head.latent is not None:
-            raise ValueError("head: expected real weights (the head's weights are never sampled), got Bernoulli weights")
+            raise ValueError("head: expected real weights (the head's weights are never sampled), "
+                             "got Bernoulli weights")
         self.stages = list(stages)
         self.head = head
         self.noise = get_noise(noise)
@@ -480,8 +481,9 @@ class Network:
         return path
 
     def on_backend(self, backend, convert):
-        """A copy whose layers hold ``convert(array)`` and run on ``backend`` (:meth:`sbnnumba.layers.Layer.on_backend`);
-        the device-resident training step trains such a copy and copies it back.
+        """A copy whose layers hold ``convert(array)`` and run on ``backend``
+        (:meth:`sbnnumba.layers.Layer.on_backend`); the device-resident training step trains such a copy and
+        copies it back.
 
         Parameters
         ----------

@@ -72,7 +72,8 @@ def test_keys_and_seeds_depend_only_on_the_configuration():
     assert sweep.derive_seeds(5, sweep.config_key(a)) == sweep.derive_seeds(5, sweep.config_key(b))
     seeds = {sweep.derive_seeds(5, sweep.config_key({**a, "seed": s})) for s in range(50)}
     assert len(seeds) == 50  # replicates get distinct seeds
-    assert sweep.derive_seeds(6, "estimator=psa,lr=0.001,seed=0") != sweep.derive_seeds(5, "estimator=psa,lr=0.001,seed=0")
+    key = "estimator=psa,lr=0.001,seed=0"
+    assert sweep.derive_seeds(6, key) != sweep.derive_seeds(5, key)
     assert sweep.run_dir_name("estimator=psa,lr=0.001") == "estimator-psa_lr-0.001"
     long = sweep.run_dir_name("x=" + "a" * 200)
     assert len(long) < 120 and long != sweep.run_dir_name("x=" + "a" * 201)
@@ -285,7 +286,9 @@ def test_dask_cluster_gradient_study_gives_the_serial_output(tmp_path, dask_exec
 def test_gradcheck_command_with_workers(tmp_path, capsys):
     from sbnnumba.cli import main
 
-    common = ["--epochs", "0", "--draws", "40", "--chunk", "10", "--n-points", "20", "--methods", "psa", "--quiet", "--no-plots"]
+    common = ["--epochs", "0", "--draws", "40", "--chunk", "10", "--n-points", "20", "--methods", "psa", "--quiet",
+              "--no-plots"]
     assert main(["gradcheck", "--out", str(tmp_path / "a"), *common]) == 0
     assert main(["gradcheck", "--out", str(tmp_path / "b"), "--workers", "1", *common]) == 0
-    assert (tmp_path / "a" / "gradient_accuracy.csv").read_text() == (tmp_path / "b" / "gradient_accuracy.csv").read_text()
+    csv = "gradient_accuracy.csv"
+    assert (tmp_path / "a" / csv).read_text() == (tmp_path / "b" / csv).read_text()

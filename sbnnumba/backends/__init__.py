@@ -26,5 +26,6 @@ from .registry import (
 )
 from .step import StepOperations, step_operations
 
-__all__ = ["Backend", "BackendAttribute", "DEFAULT_BACKEND_ENV", "abstract_methods", "backend_names", "default_backend_name",
-           "get_backend", "host_backend", "register_backend", "StepOperations", "step_operations"]
+__all__ = ["Backend", "BackendAttribute", "DEFAULT_BACKEND_ENV", "abstract_methods", "backend_names",
+           "default_backend_name", "get_backend", "host_backend", "register_backend", "StepOperations",
+           "step_operations"]

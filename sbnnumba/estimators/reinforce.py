@@ -26,8 +26,8 @@ i.e. pathwise for the head ``(V, c)`` and, for stage k, ``g_a^k = (l - beta) x^k
 
 The ratio ``p(z)/F(z)`` (``z = x a``) is the family's :meth:`~sbnnumba.noise.NoiseFamily.score_ratio`
 (stable: ``sigma(-z)`` for logistic noise, ``exp(log phi(z) - log Phi(z))`` for normal noise, ``p/F``
-with 0 where ``F = 0``, states of probability zero, for the compactly supported noises). Shapes: ``path.stages[k].pre`` (B, ...),
-weights (B,).
+with 0 where ``F = 0``, states of probability zero, for the compactly supported noises). Shapes:
+``path.stages[k].pre`` (B, ...), weights (B,).
 """
 
 import numpy as np

@@ -55,7 +55,8 @@ The moment estimators therefore need plain affine stages (``Linear``, ``Conv2d``
 stages are refused with ``ValueError``.
 
 Bernoulli weights (if any) are sampled once per call (``net.sample_weights``, computed with
-through ``net.stage_layers``; the network is unchanged) and held fixed, as for every activation estimator; ``finalize`` maps ``dl/dw`` to the latent ``eta``.
+through ``net.stage_layers``; the network is unchanged) and held fixed, as for every activation estimator;
+``finalize`` maps ``dl/dw`` to the latent ``eta``.
 """
 import numpy as np
 from scipy import special

@@ -332,8 +332,8 @@ class DeviceStepOperations(StepOperations):
         if sums is None:
             launch(lk.scale_channels, g_a.size, cb.flat(g_a), scale, n_ch, n_pos, cb.flat(g_z))
         else:
-            launch(kt.bn_backward, g_a.size, cb.flat(g_a), cb.flat(z_hat), sums[0], sums[1], scale, 1.0 / float(n), n_ch,
-                   n_pos, cb.flat(g_z))
+            launch(kt.bn_backward, g_a.size, cb.flat(g_a), cb.flat(z_hat), sums[0], sums[1], scale, 1.0 / float(n),
+                   n_ch, n_pos, cb.flat(g_z))
         return g_z
 
     # -- Bernoulli weights --------------------------------------------------------------------------------
@@ -401,7 +401,8 @@ class DeviceStepOperations(StepOperations):
         from . import train_kernels as kt
         g_mix = self.scale_rows(self.rb_mix(w, g_eta, g_flip), weights)
         dv, dc = self.dense_param_grads(x_last, g_mix)
-        launch(kt.rb_head_correction, dv.size, g_flip, self.scale_rows(w, weights), x_last, np.dtype(dv.dtype).type(1), dv)
+        launch(kt.rb_head_correction, dv.size, g_flip, self.scale_rows(w, weights), x_last,
+               np.dtype(dv.dtype).type(1), dv)
         return dv, dc
 
     # -- element-wise, bookkeeping ------------------------------------------------------------------------
