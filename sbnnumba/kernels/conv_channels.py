@@ -46,6 +46,10 @@ from .scalar import bounded_cdf_diff
 # size, vector width, thread count, layout). "contract" fuses 1 + e k into one FMA in every lane alike; no
 # "reassoc": each accumulator element adds its terms in the fixed (c, tap) order.
 EXACT_FASTMATH = {"nnan", "ninf", "nsz", "contract"}
+# The bounded kernels (both layouts) also leave out "contract": the triangular difference has products on both
+# sides of a subtraction (a b - c d), and which one LLVM fuses into an FMA changed with unrelated edits of the
+# kernel (1-ulp differences between the layouts); without it every operation is rounded as written.
+BOUNDED_FASTMATH = {"nnan", "ninf", "nsz"}
 
 ACC_BYTES = 1 << 17  # one task's accumulator (cells x bb x C_in): L2-resident while the weight rows stream
 MAX_BLOCK = 16  # examples per block: the weight rows of one (c, tap) are reused bb times from L1
@@ -107,6 +111,14 @@ def channel_cells(x_in, in_index, n_grid, n_blocks, bb, dtype):
 
 
 @numba.njit(inline="always")
+def _block_task(blk, sel, rows, tap_off):
+    # A task's shapes and its zeroed accumulator (cells, bb, C_in) in the dtype of the output rows (NB, C_out, ...).
+    n_blocks, n_grid, bb, c_in = sel.shape
+    acc = np.zeros((n_grid, bb, c_in), dtype=rows.dtype)
+    return sel[blk], acc, rows.shape[1], tap_off.shape[0], bb, c_in, rows.dtype.type(1)
+
+
+@numba.njit(inline="always")
 def _scatter_channels(acc, base, with_base, cell_pos, b0, d_in):
     # d_in[b0 + e, r, p] = base[cell bb + e] - acc[cell, e, r] (acc alone without base) for the unpadded cells
     # (cell_pos[cell] = p >= 0) and the block's real examples.
@@ -150,13 +162,8 @@ def flip_conv_ratio_channels(sel, e_grid, g_grid, k_pos, k_neg, a_grid, cell_pos
     d_in : ndarray (B, C_in, H * W)
         Output, overwritten: ``d_in[b, r, p] = A[b, p] - \sum_{c, k} g / (1 + e^{-a} K_{sel})``.
     """
-    n_blocks, n_grid, bb, c_in = sel.shape
-    c_out = g_grid.shape[1]
-    n_taps = tap_off.shape[0]
-    one = e_grid.dtype.type(1)
-    for blk in prange(n_blocks):
-        acc = np.zeros((n_grid, bb, c_in), dtype=e_grid.dtype)
-        sel_b = sel[blk]
+    for blk in prange(sel.shape[0]):
+        sel_b, acc, c_out, n_taps, bb, c_in, one = _block_task(blk, sel, e_grid, tap_off)
         for c in range(c_out):
             g_row = g_grid[blk, c]
             e_row = e_grid[blk, c]
@@ -178,7 +185,7 @@ def flip_conv_ratio_channels(sel, e_grid, g_grid, k_pos, k_neg, a_grid, cell_pos
         _scatter_channels(acc, a_grid[blk], True, cell_pos, blk * bb, d_in)
 
 
-@numba.njit(parallel=True, fastmath=EXACT_FASTMATH, error_model="numpy", cache=True)
+@numba.njit(parallel=True, fastmath=BOUNDED_FASTMATH, error_model="numpy", cache=True)
 def flip_conv_bounded_channels(triangular, sel, v_grid, s_grid, d_grid, weight_t, cell_pos, tap_off, n_q, d_in):
     r"""Uniform / triangular noise, channel-innermost: ``d_in = \sum_{c,k} (F(v + s W x) - F(v)) d``.
 
@@ -197,13 +204,8 @@ def flip_conv_bounded_channels(triangular, sel, v_grid, s_grid, d_grid, weight_t
     d_in : ndarray (B, C_in, H * W)
         Output, overwritten.
     """
-    n_blocks, n_grid, bb, c_in = sel.shape
-    c_out = v_grid.shape[1]
-    n_taps = tap_off.shape[0]
-    one = v_grid.dtype.type(1)
-    for blk in prange(n_blocks):
-        acc = np.zeros((n_grid, bb, c_in), dtype=v_grid.dtype)
-        sel_b = sel[blk]
+    for blk in prange(sel.shape[0]):
+        sel_b, acc, c_out, n_taps, bb, c_in, one = _block_task(blk, sel, v_grid, tap_off)
         for c in range(c_out):
             v_row = v_grid[blk, c]
             s_row = s_grid[blk, c]

@@ -58,7 +58,8 @@ Three forms, as for dense layers (:mod:`sbnnumba.kernels.cpu`):
   saturated units never make the layer pay the generic form's stable F difference.
 * **bounded** (uniform and triangular noise): ``Delta`` by the branch-free closed form
   :func:`sbnnumba.kernels.scalar.bounded_cdf_diff` (no division) in the layout of the ratio form
-  (two input channels per task, vectorized innermost loop).
+  (two input channels per task, vectorized innermost loop); compiled without FMA contraction
+  (:data:`sbnnumba.kernels.conv_channels.BOUNDED_FASTMATH`), so its bits do not depend on the layout.
 * **generic** (every noise family): ``Delta = F(u) - F(v)`` with ``v = -x_out a``,
   ``u = v + 2 x_out W x_in``, evaluated like :func:`sbnnumba.kernels.scalar.cdf_diff` (``F(-v) - F(-u)``
   when ``u + v > 0``, no cancellation), with ``F(v)`` and ``F(-v)`` precomputed per output unit: one
@@ -174,7 +175,7 @@ def _flip_conv_ratio(sel, e_grid, g_grid, k_pos, k_neg, a_grid, cell_pos, tap_of
         _scatter(acc1, a_grid[blk], True, cell_pos, i0, i1, blk * bb, bb, r1, d_in)
 
 
-@numba.njit(parallel=True, fastmath=_EXACT_FASTMATH, error_model="numpy", cache=True)
+@numba.njit(parallel=True, fastmath=conv_channels.BOUNDED_FASTMATH, error_model="numpy", cache=True)
 def _flip_conv_bounded(triangular, sel, v_grid, s_grid, d_grid, weight, cell_pos, tap_off, n_run, bb, tile_len,
                        d_in):
     # Uniform / triangular noise: Delta = F(u) - F(v) by the branch-free scalar.bounded_cdf_diff (no
