@@ -25,10 +25,14 @@ Prints, measured in the same run (medians over interleaved repeats, float32):
    process CPU time (the cycles the process got: on a shared machine the wall time also counts the
    other processes' turns). Target: >= 5 G connections/s per core on every stage.
 
-Parts 1 and 2 print their ratios and part 3 its throughput at one thread and at the default thread count
+4. the stages of part 3 that run channel-innermost (``conv_cpu.channel_inner``: 1x1 output maps here), timed
+   with ``layout="cells"`` and ``layout="channels"`` (same bits, checked), G connections/s per core by CPU
+   time.
+
+Parts 1 and 2 print their ratios and parts 3 and 4 their throughput at one thread and at the default thread count
 (``sbnnumba.set_num_threads``: Numba and BLAS together).
 
-Usage: python bench/psa_conv.py [--repeats 11] [--width 0.5] [--stage-width 1.0] [--generic] [--parts 1,2,3]
+Usage: python bench/psa_conv.py [--repeats 11] [--width 0.5] [--stage-width 1.0] [--generic] [--parts 1,2,3,4]
 """
 import argparse
 import os
@@ -144,7 +148,8 @@ def step_section(rng, repeats, threads, width):
 
 def stage_problems(rng, width, batch=64):
     """Per stage 2-8 of the paper's conv network on 1x28x28 (data-initialized): ``(label, connections,
-    call)``, ``call`` the stage's logistic flip propagation on random +-1 inputs and outputs."""
+    call, args)``, ``call`` the stage's logistic flip propagation on random +-1 inputs and outputs, ``args``
+    its ``(x_in, a, x_out, weight, d_out, stride, padding)``."""
     net = build("conv", (1, 28, 28), 10, width=width, rng=1)
     net.initialize_from_data(rng.random((batch, 1, 28, 28), dtype=np.float32))
     shape, problems = (1, 28, 28), []
@@ -158,7 +163,8 @@ def stage_problems(rng, width, batch=64):
             label = f"stage {index + 1}: " + " -> ".join("x".join(map(str, s)) for s in (shape, out_shape))
             call = (lambda layer=layer, x_in=x_in, a=a, x_out=x_out, d_out=d_out:
                     layer.flip_propagate(x_in, a, x_out, d_out, "logistic", "cpu"))
-            problems.append((label, batch * a[0].size * layer.weight[0].size, call))
+            args = (x_in, a, x_out, layer.weight, d_out, layer.stride, layer.padding)
+            problems.append((label, batch * a[0].size * layer.weight[0].size, call, args))
         shape = out_shape
     return problems
 
@@ -166,13 +172,13 @@ def stage_problems(rng, width, batch=64):
 def stage_section(rng, repeats, threads, width):
     """Part 3 at ``threads`` threads."""
     problems = stage_problems(rng, width)
-    for _, _, call in problems:
+    for _, _, call, _ in problems:
         call()
-    med = interleaved_wall_cpu_medians({label: call for label, _, call in problems}, repeats)
+    med = interleaved_wall_cpu_medians({label: call for label, _, call, _ in problems}, repeats)
     print(f"\n3) conv flip propagation per stage, paper network at width {width}, 1x28x28, B=64, float32 (logistic "
           f"ratio form), {threads} thread(s); G connections/s per core (target >= 5)")
     worst = float("inf")
-    for label, conns, _ in problems:
+    for label, conns, _, _ in problems:
         wall, cpu = med[label]
         per_core_wall, per_core_cpu = conns / wall / threads / 1e9, conns / cpu / 1e9
         worst = min(worst, per_core_wall)
@@ -181,13 +187,38 @@ def stage_section(rng, repeats, threads, width):
     print(f"   => slowest stage: {worst:.2f} G connections/s per core (wall)")
 
 
+def layout_section(rng, repeats, threads, width):
+    """Part 4 at ``threads`` threads: the stages where ``conv_cpu.channel_inner`` picks the channel-innermost
+    kernels, timed in both layouts (logistic ratio form; the results are bit-identical)."""
+    calls = {}
+    for label, conns, _, (x_in, a, x_out, weight, d_out, stride, padding) in stage_problems(rng, width):
+        for layout in ("cells", "channels"):
+            calls[(label, layout)] = (conns, lambda layout=layout, x_in=x_in, a=a, x_out=x_out, weight=weight,
+                                      d_out=d_out, stride=stride, padding=padding:
+                                      conv_cpu.flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, 0,
+                                                                   form="ratio", layout=layout))
+        if conv_cpu.flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, 0, layout="cells").tobytes() \
+                != conv_cpu.flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, 0,
+                                                layout="channels").tobytes():
+            raise AssertionError(f"{label}: the two layouts differ")
+        n_q = conv_cpu.phase_layout(x_in.shape[2:], weight.shape[2:], stride, padding)[2]
+        if not conv_cpu.channel_inner(n_q, x_in.shape[1], x_in.shape[0]):
+            del calls[(label, "cells")], calls[(label, "channels")]
+    med = interleaved_wall_cpu_medians({key: call for key, (_, call) in calls.items()}, repeats)
+    print(f"\n4) the stages that run channel-innermost, both layouts, width {width}, B=64, float32, {threads} "
+          f"thread(s); G connections/s per core by CPU time (bit-identical results checked)")
+    for (label, layout), (conns, _) in calls.items():
+        print(f"   {label:34s} {layout:9s} {med[(label, layout)][0] * 1e3:8.2f} ms  "
+              f"{conns / med[(label, layout)][1] / 1e9:5.2f} per core (CPU time)")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=11)
     parser.add_argument("--width", type=float, default=0.5)
     parser.add_argument("--stage-width", type=float, default=1.0)
     parser.add_argument("--generic", action="store_true", help="also time the generic F form once")
-    parser.add_argument("--parts", default="1,2,3", help="comma-separated parts to run (default 1,2,3)")
+    parser.add_argument("--parts", default="1,2,3,4", help="comma-separated parts to run (default 1,2,3,4)")
     args = parser.parse_args(argv)
     parts = set(args.parts.split(","))
     machine_info()  # includes the load average: other processes on a 2-core machine skew every figure
@@ -200,6 +231,8 @@ def main(argv=None):
             step_section(rng, args.repeats, threads, args.width)
         if "3" in parts:
             stage_section(rng, args.repeats, threads, args.stage_width)
+        if "4" in parts:
+            layout_section(rng, args.repeats, threads, args.stage_width)
     print(f"load average at end: {os.getloadavg()}")
 
 
