@@ -28,7 +28,9 @@ the forward of the same batch (the estimators do).
 Data-parallel training splits a batch across processes; setting ``reducer`` (a
 :class:`BatchReducer`, e.g. a :class:`sbnnumba.distributed.Communicator`) makes the batch statistics
 and the two batch sums of the backward pass sums over all processes' parts, so each process trains
-what one process with the whole batch trains (up to the order of float sums).
+what one process with the whole batch trains (up to the order of float sums). On a device (the
+device-resident data-parallel step) only these per-channel sums cross to the host for the collective
+(:meth:`~sbnnumba.backends.step.StepOperations.channel_sums64`, ``to_host``, ``to_device_of``).
 """
 from __future__ import annotations
 
@@ -117,9 +119,11 @@ class BatchReducer(Protocol):
         """Elementwise sum of ``values`` (float64, 1-D) over the processes, as a new array."""
 
 
-def _reduced_sums(reducer, count, *sums):
-    """``(count, *sums)`` summed by ``reducer`` (float64): one collective for all of them."""
-    buf = reducer.allreduce_sum(np.concatenate([[float(count)]] + [np.asarray(s, np.float64).ravel() for s in sums]))
+def _reduced_sums(reducer, backend, count, *sums):
+    """``(count, *sums)`` summed by ``reducer`` (float64): one collective for all of them. The sums may live
+    on a device (``backend.to_host`` downloads them); the results are host arrays."""
+    buf = reducer.allreduce_sum(np.concatenate([[float(count)]] + [np.asarray(backend.to_host(s), np.float64).ravel()
+                                                                   for s in sums]))
     n = len(sums[0])
     return (buf[0],) + tuple(buf[1 + k * n:1 + (k + 1) * n] for k in range(len(sums)))
 
@@ -230,11 +234,10 @@ class Normalized(Layer):
         """Batch mean and variance per channel (over all processes' parts with a :attr:`reducer`)."""
         if self.reducer is None:
             return self.backend.channel_moments(z)
-        axes = self._axes(z)  # E[z], E[z^2] - E[z]^2 of the global batch
-        n, s1, s2 = _reduced_sums(self.reducer, z.size // z.shape[1], z.sum(axis=axes, dtype=np.float64),
-                                  np.square(z, dtype=np.float64).sum(axis=axes))
+        # E[z], E[z^2] - E[z]^2 of the global batch from float64 sums; on a device only the sums cross
+        n, s1, s2 = _reduced_sums(self.reducer, self.backend, z.size // z.shape[1], *self.backend.channel_sums64(z, z))
         mean, var = moments_from_sums(n, s1, s2)
-        return mean.astype(z.dtype), var.astype(z.dtype)
+        return tuple(self.backend.to_device_of(t.astype(z.dtype), z) for t in (mean, var))
 
     def forward(self, x):
         """``a = gamma (z - mean) / sqrt(var + eps) + beta`` of ``z = layer.forward(x)``: batch statistics in
@@ -277,8 +280,8 @@ class Normalized(Layer):
         else:
             n, reduced = g_a.size // g_a.shape[1], sums
             if self.reducer is not None:
-                n, s1, s2 = (v.astype(g_a.dtype) for v in _reduced_sums(self.reducer, n, *sums))
-                reduced = (s1, s2)
+                n, s1, s2 = (v.astype(g_a.dtype) for v in _reduced_sums(self.reducer, self.backend, n, *sums))
+                reduced = (self.backend.to_device_of(s1, g_a), self.backend.to_device_of(s2, g_a))
             g_z = self.backend.normalize_backward(g_a, z_hat, scale, reduced, n)
         self._backward_cache = (g_a, g_z, sums)
         return g_z, sums

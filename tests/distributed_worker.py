@@ -68,13 +68,13 @@ def train(comm, arch, bn, bernoulli, estimator, steps, batch, fail_spec=None, ba
             **validation(net, comm, data, shape)}
 
 
-def train_resident(comm, arch, bernoulli, estimator, steps, batch, local):
+def train_resident(comm, arch, bn, bernoulli, estimator, steps, batch, local):
     """The device-resident step: N ranks (DeviceDataParallelStep), or with ``local`` one CudaTrainer on the
-    whole global batch with the same keyed uniforms; returns (params, losses) after ``sync``."""
+    whole global batch with the same keyed uniforms; returns (params, running statistics, losses) after ``sync``."""
     from sbnnumba.distributed.streams import KeyedNoise
     from sbnnumba.training.resident import CudaTrainer
 
-    net, shape = build(arch, False, bernoulli, seed=comm.rank, backend="cuda")
+    net, shape = build(arch, bn, bernoulli, seed=comm.rank, backend="cuda")
     dist.broadcast_state(net, comm)
     data = np.random.default_rng(7)
     x = data.random((steps * batch,) + shape).astype(np.float32)
@@ -92,7 +92,7 @@ def train_resident(comm, arch, bernoulli, estimator, steps, batch, local):
             losses.append(step(xb, yb, t))
     trainer.sync()
     dist.check_replicas(net, comm, "after the steps")
-    return {**net.params, "losses": np.array(losses)}
+    return {**net.params, **{f"buf.{k}": v for k, v in net.buffers.items()}, "losses": np.array(losses)}
 
 
 def validation(net, comm, data, shape, n=23):
@@ -131,7 +131,8 @@ def main(argv=None):
         for i, case in enumerate(a.case):
             arch, estimator, batch, *flags = case.split(",")
             if a.resident:
-                arrays = train_resident(comm, arch, "bernoulli" in flags, estimator, a.steps, int(batch), a.local)
+                arrays = train_resident(comm, arch, "bn" in flags, "bernoulli" in flags, estimator, a.steps, int(batch),
+                                        a.local)
             else:
                 arrays = train(comm, arch, "bn" in flags, "bernoulli" in flags, estimator, a.steps, int(batch),
                                a.fail, a.backend)

@@ -119,6 +119,7 @@ def _step_arguments():
         + conv[2:], "conv_param_grads": (conv[0], f(2, 4, 3, 5), (3, 2)) + conv[2:],
         "channel_moments": (z,), "running_average": (f(3), f(3), 0.1),
         "normalize": (z, f(3), np.abs(f(3)), f(3), f(3), 1e-5), "channel_sums": (zd, f(4, 5)),
+        "channel_sums64": (z, f(4, 3, 2, 2)), "to_host": (f(2, 3),), "to_device_of": (f(3), f(2)),
         "normalize_backward": (z, f(4, 3, 2, 2), f(3), (f(3), f(3)), 16),
         "latent_grad": (f(5, 6), f(5, 6), noise, "latent"), "clip_": (f(5, 6), 0.5),
         "softmax_xent": (logits, y), "head_flips": (logits, y, x_last, v, loss0),
@@ -163,6 +164,27 @@ def test_step_operations_agree(backend, name):
     for a, b in zip(got, want):
         np.testing.assert_allclose(np.asarray(a, np.float64).reshape(np.shape(b)), b, rtol=1e-4, atol=2e-5,
                                    err_msg=name)
+
+
+def test_channel_sums64_are_float64(backend):
+    """channel_sums64 sums in float64 on every backend (the entries converted before the product), equal to
+    the float64 NumPy sums within float64 rounding; the reference's are the expressions data-parallel batch
+    norm always used (bit for bit); host arrays pass to_host / to_device_of unchanged."""
+    rng = np.random.default_rng(4)
+    t, u = (rng.normal(size=(5, 3, 4, 2)).astype(np.float32) + 1e4 for _ in range(2))  # float32 sums would lose digits
+    want = (t.astype(np.float64).sum(axis=(0, 2, 3)), (t.astype(np.float64) * u).sum(axis=(0, 2, 3)))
+    ref = get_backend("reference").channel_sums64(t, t)
+    np.testing.assert_array_equal(ref[0], t.sum(axis=(0, 2, 3), dtype=np.float64))
+    np.testing.assert_array_equal(ref[1], np.square(t, dtype=np.float64).sum(axis=(0, 2, 3)))
+    args = (t, u)
+    if backend.device_resident:
+        from numba import cuda
+        args = tuple(cuda.to_device(a) for a in args)
+    got = tuple(backend.to_host(s) for s in backend.channel_sums64(*args))
+    for a, b in zip(got, want):
+        assert a.dtype == np.float64 and a.shape == (3,)
+        np.testing.assert_allclose(a, b, rtol=1e-13)
+    assert backend.to_host(t) is t and backend.to_device_of(t, u) is t
 
 
 def test_device_backend_runs_host_step_operations_on_the_host(cuda_backend):

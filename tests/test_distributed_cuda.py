@@ -1,7 +1,7 @@
 """Data-parallel training with the device-resident GPU step (sbnnumba.distributed.device_step): 2 ranks
 under mpiexec against one CudaTrainer, the wiring of DistributedTrainer to DeviceDataParallelEpochs and
-its fall-backs. In numba's CUDA simulator without a GPU (tests/conftest.py; the mpiexec ranks always use
-the simulator). Not run on a GPU.
+its fall-backs; batch normalization with statistics over the ranks on the device. In numba's CUDA
+simulator without a GPU (tests/conftest.py; the mpiexec ranks always use the simulator). Not run on a GPU.
 """
 import numpy as np
 import pytest
@@ -36,7 +36,8 @@ def test_two_ranks_device_resident_step_equals_one_cuda_trainer(tmp_path):
     args = ["--backend", "cuda", "--resident", "--steps", "3", "--case", "dense,psa,6,bernoulli"]
     two = run_worker([str(tmp_path / "two")] + args, n=2, env=dict(NUMBA_ENABLE_CUDASIM="1"))
     assert two.returncode == 0, two.stderr
-    a, b = train_resident(dist.LocalCommunicator(), "dense", True, "psa", 3, 6, local=True), np.load(tmp_path / "two.0.npz")
+    a = train_resident(dist.LocalCommunicator(), "dense", False, True, "psa", 3, 6, local=True)
+    b = np.load(tmp_path / "two.0.npz")
     assert sorted(a) == sorted(b.files) and "stages.1.eta" in a and len(a["losses"]) == 3
     for k in a:
         np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-6, err_msg=k)
@@ -80,11 +81,25 @@ def test_apply_gradients_is_the_optimizer_step():
         trainer.apply_gradients(np.zeros(3, np.float32))
 
 
-def test_batch_norm_falls_back_to_the_host_step_with_a_warning():
+def test_two_ranks_device_resident_batch_norm_equals_one_cuda_trainer(tmp_path):
+    """Batch norm under the device-resident step: each rank's device copy takes its statistics over the
+    global batch (float64 channel sums downloaded, Allreduced, uploaded), so 2 ranks with unequal shards
+    (7 examples: 4 + 3) train what one CudaTrainer trains on the whole batch, running statistics included."""
+    args = ["--backend", "cuda", "--resident", "--steps", "2", "--case", "dense,psa,7,bn"]
+    two = run_worker([str(tmp_path / "two")] + args, n=2, env=dict(NUMBA_ENABLE_CUDASIM="1"))
+    assert two.returncode == 0, two.stderr
+    a = train_resident(dist.LocalCommunicator(), "dense", True, False, "psa", 2, 7, local=True)
+    b = np.load(tmp_path / "two.0.npz")
+    assert sorted(a) == sorted(b.files) and "stages.0.gamma" in a and "buf.stages.0.running.stochastic.mean" in a
+    for k in a:
+        np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-6, err_msg=k)
+    assert not np.allclose(a["buf.stages.0.running.stochastic.mean"], 0)  # the statistics did move
+
+
+def test_batch_norm_runs_the_device_resident_step():
     config = FitConfig(**OPTIONS)
-    net = _net("cuda", normalize=True)
     x, y = _data()
-    with pytest.warns(RuntimeWarning, match="batch normalization needs statistics reduced"):
-        runner = dist.device_data_parallel(net, config, sb.optim.SGD(lr=0.1), x, y, dist.LocalCommunicator())
-    assert runner is None
+    runner = dist.device_data_parallel(_net("cuda", normalize=True), config, sb.optim.SGD(lr=0.1), x, y,
+                                       dist.LocalCommunicator())
+    assert isinstance(runner, dist.DeviceDataParallelEpochs)
     assert dist.device_data_parallel(_net("cpu"), config, sb.optim.SGD(lr=0.1), x, y, dist.LocalCommunicator()) is None

@@ -115,6 +115,10 @@ class ReferenceBackend(Backend):
         axes = _channel_axes(t)
         return t.sum(axis=axes), (t * u).sum(axis=axes)
 
+    def channel_sums64(self, t, u):
+        axes = _channel_axes(t)  # the expressions data-parallel batch norm always used (bit-identical)
+        return t.sum(axis=axes, dtype=np.float64), np.multiply(t, u, dtype=np.float64).sum(axis=axes)
+
     def normalize_backward(self, g_a, z_hat, scale, sums, n):
         shape = _channel_shape(g_a)
         scale = scale.reshape(shape)
@@ -167,6 +171,12 @@ class ReferenceBackend(Backend):
 
     def loss_scalar(self, value):
         return float(value)
+
+    def to_host(self, x):
+        return np.asarray(x)
+
+    def to_device_of(self, x, like):
+        return x
 
 
 def flip_logits(logits, x_last, v):

@@ -20,11 +20,13 @@ dense layer                    ``dense_forward`` ``x W^T + b``, ``dense_backward
 convolution                    ``conv_forward``, ``conv_backward_input`` (transposed convolution),
                                ``conv_param_grads`` (im2col + GEMM, col2im)
 batch normalization            ``channel_moments``, ``running_average``, ``normalize``,
-                               ``channel_sums``, ``normalize_backward``
+                               ``channel_sums``, ``normalize_backward``; ``channel_sums64`` (float64,
+                               for statistics summed over processes)
 Bernoulli weights              ``latent_grad`` (``dL/dw -> dL/deta``), ``clip_`` (projection)
 head and loss                  ``softmax_xent``, ``head_flips``, ``rb_flip_weights``, ``rb_mix``,
                                ``rb_value``, ``rb_head_grads``
 element-wise, bookkeeping      ``multiply``, ``scale_rows``, ``weighted_sum``, ``asarray``, ``loss_scalar``
+host transfers                 ``to_host``, ``to_device_of`` (no-ops on host arrays)
 =============================  ======================================================================
 """
 from __future__ import annotations
@@ -191,6 +193,25 @@ class StepOperations(abc.ABC):
         Returns
         -------
         s1, s2 : arrays (C,)
+        """
+
+    @abc.abstractmethod
+    def channel_sums64(self, t, u):
+        r"""Per-channel sums in float64, over the batch and the positions:
+
+        .. math:: S_1 = \sum_{b,p} t_{bcp}, \qquad S_2 = \sum_{b,p} t_{bcp} u_{bcp}
+
+        (each entry converted to float64 before the product and the sums). Data-parallel batch
+        normalization sums these over the processes (:attr:`sbnnumba.normalization.Normalized.reducer`),
+        so they keep float64 whatever the working dtype.
+
+        Parameters
+        ----------
+        t, u : arrays of one shape (B, C) or (B, C, H, W)
+
+        Returns
+        -------
+        s1, s2 : float64 arrays (C,), where ``t`` lives (host or device)
         """
 
     @abc.abstractmethod
@@ -396,6 +417,36 @@ class StepOperations(abc.ABC):
         Returns
         -------
         array
+        """
+
+    @abc.abstractmethod
+    def to_host(self, x):
+        """``x`` as a NumPy array: a device array downloaded, a host array itself (no copy).
+
+        Parameters
+        ----------
+        x : array (any shape)
+
+        Returns
+        -------
+        ndarray, the shape and dtype of ``x``
+        """
+
+    @abc.abstractmethod
+    def to_device_of(self, x, like):
+        """The host array ``x`` where ``like`` lives: uploaded when ``like`` is a device array, else
+        ``x`` itself (no copy). With :meth:`to_host` it brings small per-channel values through a
+        host-side collective (data-parallel batch normalization).
+
+        Parameters
+        ----------
+        x : ndarray (any shape)
+        like : array
+            An array of this backend (host or device).
+
+        Returns
+        -------
+        array, the shape and dtype of ``x``
         """
 
     @abc.abstractmethod

@@ -7,23 +7,23 @@ Each rank holds its model on its GPU (:func:`~sbnnumba.distributed.select_gpu`: 
    those examples on its GPU (:class:`DeviceKeyedNoise`: counter-based Philox, the numbers of
    :class:`~sbnnumba.distributed.KeyedNoise`, i.e. the noise of a one-process run, from the key and the
    global positions; only ``lo_r`` and the key cross) and runs the forward and backward pass there
-   (:meth:`CudaTrainer.gradients_drawn`: the shard mean, weight ``1/n_r``);
-2. the gradients come to the host into one contiguous buffer, scaled by ``n_r / B`` (so each example
-   weighs ``1/B``), with the loss: one in-place ``Allreduce`` sums them over the ranks;
+   (:meth:`CudaTrainer.gradients_drawn`) with the per-example weight ``1/B``; batch normalization takes
+   its statistics over the global batch (:func:`~sbnnumba.distributed.synchronized_batch_norm` on the
+   device copy: only the per-channel sums of the forward and the backward pass cross to the host, each
+   for its own small ``Allreduce``);
+2. the gradients come to the host into one contiguous buffer with the loss: one in-place ``Allreduce``
+   sums them over the ranks;
 3. every rank uploads the sum and applies the optimizer update on its GPU
    (:meth:`CudaTrainer.apply_gradients`): the parameters and the optimizer state never leave the device.
 
-.. math:: \hat g = \sum_r \frac{n_r}{B} \Big(\frac{1}{n_r} \sum_{i=lo_r}^{hi_r - 1} \hat g_i\Big)
-          = \frac{1}{B} \sum_{i=0}^{B-1} \hat g_i .
+.. math:: \hat g = \sum_r \sum_{i=lo_r}^{hi_r - 1} \frac{1}{B} \hat g_i .
 
 The batch order and augmentation come from the shared training generator on the host, as in the host
-step (so augmentation is supported here, unlike the one-process device epoch). Batch normalization would
-need its batch statistics reduced inside the device forward pass: such networks use the host step
-(:class:`~sbnnumba.distributed.DataParallelStep`, whose kernels still run on the GPU), with a warning.
+step (so augmentation is supported here, unlike the one-process device epoch).
 """
 from __future__ import annotations
 
-import warnings
+import contextlib
 
 import numpy as np
 
@@ -33,7 +33,7 @@ from ..training.data import as_float
 from ..training.device import EpochRunner, resident_trainer
 from .comm import Communicator
 from .sharding import shard_bounds
-from .step import GradientBuffer
+from .step import GradientBuffer, synchronized_batch_norm
 from .streams import ACTIVATION_SALT, WEIGHT_SALT, KeyedNoise
 
 
@@ -143,10 +143,12 @@ class DeviceDataParallelStep:
         batch = x.shape[0]
         replicated = batch < self.comm.size  # as in DataParallelStep: every rank computes a short batch alone
         lo, hi = (0, batch) if replicated else shard_bounds(batch, self.comm.rank, self.comm.size)
-        loss, grads = self.trainer.gradients_drawn(x[lo:hi], y[lo:hi], self.noise.states(step, lo),
-                                                   self.noise.weights(step))
+        # a replicated batch has the whole batch on every rank: its statistics need no reduction
+        sync = contextlib.nullcontext() if replicated else synchronized_batch_norm(self.trainer.device_net, self.comm)
+        with sync:  # weight 1/B: batch norm's backward sums every rank's weighted gradients
+            loss, grads = self.trainer.gradients_drawn(x[lo:hi], y[lo:hi], self.noise.states(step, lo),
+                                                       self.noise.weights(step), example_weight=1.0 / batch)
         buf = self.buffer.pack(loss, grads)
-        buf *= buf.dtype.type((hi - lo) / batch)  # shard mean -> the shard's share of the global mean
         if not replicated:
             self.comm.allreduce_sum_(buf)
         self.trainer.apply_gradients(buf[:-1])
@@ -199,15 +201,10 @@ def device_data_parallel(net, config, optimizer, x_tr, y_tr, comm):
     -------
     DeviceDataParallelEpochs or None
         None (the host step is used) for a host backend, an estimator without a device step or with
-        options, batch normalization (a warning says why), or a network or optimizer outside
+        options, or a network or optimizer outside
         :class:`~sbnnumba.training.resident.CudaTrainer`'s scope (a warning names it).
     """
     if not net.backend.device_resident or not has_device_step(config.estimator) or config.estimator_options:
-        return None
-    if net.normalizations():
-        warnings.warn("--distributed with backend 'cuda': batch normalization needs statistics reduced inside the "
-                      "device forward pass, which the device-resident step does not do; the host step is used "
-                      "(its flip propagation runs on the GPU)", RuntimeWarning)
         return None
     trainer = resident_trainer(net, config, optimizer, x_tr, "--distributed uses the host step")
     if trainer is None:

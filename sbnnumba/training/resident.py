@@ -406,7 +406,7 @@ class CudaTrainer:
             g.copy_to_device(np.ascontiguousarray(flat[lo:hi], dtype=self.dtype).reshape(g.shape))
         self._update()
 
-    def gradients_drawn(self, x, y, draw_states, draw_weights):
+    def gradients_drawn(self, x, y, draw_states, draw_weights, example_weight=None):
         """Loss estimate and gradients of one batch, the uniforms drawn on the device by the caller.
 
         What :meth:`gradients` computes from given uniforms, except that those never exist on the host:
@@ -423,6 +423,10 @@ class CudaTrainer:
         draw_weights : callable
             ``(prefix, shape) -> device array of shape`` (the shape of ``eta``): the uniforms of that
             Bernoulli-weight stage (one sample for the batch).
+        example_weight : float, optional
+            The weight of each example's estimate (default ``1/B``: the batch mean); the data-parallel
+            step gives ``1/B_global``, which batch norm over all ranks needs (its backward pass sums the
+            weighted per-example gradients of every rank).
 
         Returns
         -------
@@ -437,6 +441,7 @@ class CudaTrainer:
                    for prefix, layer in dnet.latent_layers()}
         path = dnet.sample_path(x.reshape((x.shape[0],) + self.input_shape), weights,
                                 lambda k, a: sample(a, draw_states(k, a.shape), dnet.noise))
-        loss, self.grads = self._estimator(dnet, path, y, layer_ops.full(x.shape[0], 1.0 / x.shape[0], self.dtype),
+        weight = 1.0 / x.shape[0] if example_weight is None else float(example_weight)
+        loss, self.grads = self._estimator(dnet, path, y, layer_ops.full(x.shape[0], weight, self.dtype),
                                            **self._options)
         return float(loss.copy_to_host()[0]), {k: g.copy_to_host() for k, g in self.grads.items()}

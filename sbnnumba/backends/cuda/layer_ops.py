@@ -2,8 +2,10 @@ r"""The training-step operations (:mod:`sbnnumba.backends.step`) on device array
 
 One function per operation of :class:`~sbnnumba.backends.step.StepOperations`, same arguments and
 results, every array a numba device array (C-contiguous, the working dtype float32 or float64) and
-every result a new device array; nothing is uploaded or downloaded. :class:`~sbnnumba.backends.cuda.CudaBackend`
-calls them for device operands and hands host operands to the host backend. The kernels are those of
+every result a new device array; nothing is uploaded or downloaded except by the two transfer
+operations ``to_host`` / ``to_device_of`` (the small per-channel sums of data-parallel batch norm).
+:class:`~sbnnumba.backends.cuda.CudaBackend` calls them for device operands and hands host operands to
+the host backend. The kernels are those of
 :mod:`.train_kernels` (GEMM, im2col / col2im, head, batch normalization, latent weights), of
 :mod:`.kernels` (row sums) and the small ones of :mod:`.layer_kernels`:
 
@@ -324,6 +326,10 @@ class DeviceStepOperations(StepOperations):
         return out
 
     @_device_or_host
+    def channel_sums64(self, t, u):
+        return _sums64(t, u)
+
+    @_device_or_host
     def normalize_backward(self, g_a, z_hat, scale, sums, n):
         from . import layer_kernels as lk
         from . import train_kernels as kt
@@ -439,3 +445,11 @@ class DeviceStepOperations(StepOperations):
     @_device_or_host
     def loss_scalar(self, value):
         return value
+
+    @_device_or_host
+    def to_host(self, x):
+        return cb.to_host(x)
+
+    @_device_or_host
+    def to_device_of(self, x, like):
+        return cb.to_device(x)
