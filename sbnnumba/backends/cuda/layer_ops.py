@@ -71,11 +71,6 @@ def _reduce_threads():
     return 32 if cb.in_simulator() else kt.REDUCE_THREADS
 
 
-def _gemm_tile():
-    from . import train_kernels as kt
-    return 4 if cb.in_simulator() else kt.GEMM_FLOAT_TILE
-
-
 def empty(shape, dtype):
     """An uninitialized device array.
 
@@ -125,7 +120,7 @@ def flat2(t):
 
 
 def gemm(a, b, c, trans_a=False, trans_b=False, alpha=1.0):
-    """``c = alpha op(a) op(b)`` with :func:`.train_kernels.gemm_kernel` (``op``: identity or transpose).
+    """``c = alpha op(a) op(b)`` with the tiled GEMM :func:`.gemm.gemm` (``op``: identity or transpose).
 
     Parameters
     ----------
@@ -140,12 +135,8 @@ def gemm(a, b, c, trans_a=False, trans_b=False, alpha=1.0):
     -------
     None
     """
-    from . import train_kernels as kt
-    t = _gemm_tile()
-    dtype = np.dtype(c.dtype)
-    kern = kt.gemm_kernel(dtype.name, bool(trans_a), bool(trans_b), t)
-    if c.shape[0] and c.shape[1]:
-        kern[(cb.blocks(c.shape[1], t), cb.blocks(c.shape[0], t)), (t, t)](a, b, dtype.type(alpha), dtype.type(0), c)
+    from .gemm import gemm as tiled_gemm
+    tiled_gemm(a, b, c, bool(trans_a), bool(trans_b), alpha)
 
 
 def _geometry(kernel_size, stride, padding):

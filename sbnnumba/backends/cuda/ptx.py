@@ -23,6 +23,7 @@ def ptx_checks():
     from numba import cuda
     from numba.cuda.random import xoroshiro128p_dtype
 
+    from . import gemm as kg
     from . import kernels as k
     from . import layer_kernels as lk
     from . import train_kernels as kt
@@ -61,8 +62,8 @@ def ptx_checks():
         checks[f"ptx_elementwise_{name}"] = [(k.sample_states, sig(0, f1, f1, f1)), (k.st_factor, sig(0, f1, f1)),
                                              (k.psa_preactivation_grad, sig(0, f1, f1, f1, f1))]
         f3, i1 = (3, dt), (1, np.int32)
-        checks[f"ptx_train_gemm_{name}"] = [(kt.gemm_kernel(name, ta, tb, kt.GEMM_FLOAT_TILE), sig(f2, f2, one, one, f2))
-                                           for ta, tb in ((False, True), (True, False), (False, False))]
+        checks[f"ptx_gemm_{name}"] = [(kg.gemm_kernel(name, ta, tb, **kg.GEMM_TILES), sig(f2, f2, one, one, f2))
+                                     for ta, tb in ((False, True), (True, False), (False, False))]
         checks[f"ptx_train_step_{name}"] = [
             (kt.add_bias, sig(f2, f1)),
             (kt.sample_rng, (numba.int64, numba.typeof(np.empty((1, 1), dt)), states, numba.typeof(np.empty((1, 1), dt)))),

@@ -5,9 +5,8 @@ pieces a PSA or deep-ST step needs, so that data, activations, gradients, parame
 state stay on the GPU (spec psa.md, sections 2-3; the host versions are
 :mod:`sbnnumba.estimators.psa`, :mod:`sbnnumba.estimators.st` and :mod:`sbnnumba.optim`):
 
-* :func:`gemm_kernel`: ``C = alpha op(A) op(B) + beta C`` with ``op`` the identity or the transpose
-  (a plain shared-memory tiled SGEMM/DGEMM): the forward products ``x W^T``, the weight gradients
-  ``g_a^T x`` and the ST backward ``g_a W``.
+* the GEMMs (forward products ``x W^T``, weight gradients ``g_a^T x``, ST backward ``g_a W``) are
+  :func:`sbnnumba.backends.cuda.gemm.gemm` (register- and shared-memory-tiled);
 * :func:`add_bias`, :func:`sample_rng` (states ``+1 if u < F(a) else -1`` with ``u`` drawn by the
   device's xoroshiro128+ generators; from given uniforms: :func:`.kernels.sample_states`),
   :func:`column_sum` (bias gradients).
@@ -39,9 +38,7 @@ from numba.cuda.random import xoroshiro128p_uniform_float64
 
 from ...kernels.optim_rules import adam_rule, sgd_rule
 from ...kernels.scalar import cdf, pdf
-from .kernels import _numba_dtype
-
-GEMM_FLOAT_TILE = 16  # 16 x 16 threads, one output each
+from . import kernels  # noqa: F401  (restores np.row_stack for numba-cuda before any compilation, see there)
 
 
 @cuda.jit(device=True)
@@ -49,52 +46,6 @@ def _split(idx, n):
     """``(idx // n, idx % n)``: row and column of flat index ``idx`` in a row-major array of ``n`` columns."""
     row = idx // n
     return row, idx - row * n
-
-
-@functools.lru_cache(maxsize=None)
-def gemm_kernel(dtype_name="float32", trans_a=False, trans_b=False, tile=GEMM_FLOAT_TILE):
-    r"""``c = alpha op(a) op(b) + beta c`` (``beta == 0``: ``c`` is not read), ``op(a)`` (M, K), ``op(b)`` (K, N).
-
-    ``op(a) = a.T`` if ``trans_a`` (``a`` stored (K, M)), likewise ``b``. Launch with blocks of
-    ``(tile, tile)`` threads on a grid ``(ceil(N / tile), ceil(M / tile))``; the K loop stages a
-    ``tile x tile`` tile of each operand in shared memory (zeros past the edges).
-    """
-    nb = _numba_dtype(dtype_name)
-
-    @cuda.jit
-    def kernel(a, b, alpha, beta, c):
-        sa = cuda.shared.array((tile, tile), nb)
-        sb = cuda.shared.array((tile, tile), nb)
-        tx = cuda.threadIdx.x
-        ty = cuda.threadIdx.y
-        col = cuda.blockIdx.x * tile + tx
-        row = cuda.blockIdx.y * tile + ty
-        m = c.shape[0]
-        n = c.shape[1]
-        kdim = a.shape[0] if trans_a else a.shape[1]
-        acc = alpha - alpha
-        for k0 in range(0, kdim, tile):
-            ka = k0 + tx
-            if row < m and ka < kdim:
-                sa[ty, tx] = a[ka, row] if trans_a else a[row, ka]
-            else:
-                sa[ty, tx] = 0
-            kb = k0 + ty
-            if kb < kdim and col < n:
-                sb[ty, tx] = b[col, kb] if trans_b else b[kb, col]
-            else:
-                sb[ty, tx] = 0
-            cuda.syncthreads()
-            for t in range(tile):
-                acc += sa[ty, t] * sb[t, tx]
-            cuda.syncthreads()
-        if row < m and col < n:
-            if beta == 0:
-                c[row, col] = alpha * acc
-            else:
-                c[row, col] = alpha * acc + beta * c[row, col]
-
-    return kernel
 
 
 @cuda.jit
