@@ -15,7 +15,7 @@ from sbnnumba.kernels.bitpack import PreparedWeights
 pytestmark = pytest.mark.usefixtures("cuda_backend")
 
 NOISES = ("logistic", "normal", "uniform", "triangular")
-SMALL_DENSE_TILES = dict(tile_i=4, tile_b=4, rows_per_thread=2, tile_j=3)
+SMALL_DENSE_TILES = dict(tile_i=4, tile_b=4, inputs_per_thread=2, rows_per_thread=2, tile_j=3)
 SMALL_GEMM_TILES = dict(tile_n=4, tile_m=4, rows_per_thread=2, tile_w=1)
 SMALL_THRESHOLD_TILES = dict(tile_m=4, rows_per_thread=2, tile_w=1)
 
@@ -199,6 +199,21 @@ def test_conv_flip():
                 want = conv_reference.flip_propagate_conv(*as64(*prob), stride, padding, noise)
                 got = ops.flip_propagate_conv(*prob, stride, padding, NOISE_CODES[noise], form=form)
                 close(got, want, f"conv {noise}/{form} k{kernel} s{stride} p{padding}")
+
+
+@pytest.mark.parametrize("tiles", [dict(tile_p=4, tile_r=2, channels_per_thread=1, tile_c=2), "device"])
+def test_conv_flip_ratio_tiles(monkeypatch, tiles):
+    """The conv ratio kernel with other tiles: several channel blocks and output-channel tiles with an odd
+    number of channels (a padded pair), and the device's default tiles (128 threads per block)."""
+    from sbnnumba.backends.cuda import conv_flip
+    from sbnnumba.kernels import conv_reference
+    monkeypatch.setattr(conv_flip, "SIMULATOR_TILES", conv_flip.CONV_TILES if tiles == "device" else tiles)
+    rng = np.random.default_rng(13)
+    for kernel, stride, padding in CONV_GEOMETRIES[:2]:
+        prob = conv_problem(rng, "logistic", kernel, stride, padding, c_in=5, c_out=5)
+        want = conv_reference.flip_propagate_conv(*as64(*prob), stride, padding, "logistic")
+        close(ops.flip_propagate_conv(*prob, stride, padding, 0, form="ratio"), want,
+              f"conv ratio tiles {tiles} k{kernel} s{stride} p{padding}")
 
 
 def test_conv_flip_extra():

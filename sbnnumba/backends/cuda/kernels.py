@@ -14,39 +14,15 @@ No kernel draws random numbers: uniforms are drawn on the host and passed in.
 
 Kernels
 -------
-PSA flip propagation, dense (spec psa.md, sections 2.8-2.9),
-``d_in[b,i] = sum_j Delta[b,i,j] d_out[b,j]``,
-``Delta[b,i,j] = F(-x_out[b,j](a[b,j] - 2 W[j,i] x_in[b,i])) - F(-x_out[b,j] a[b,j])``:
+PSA flip propagation, dense (spec psa.md, sections 2.8-2.9): the tiled ratio and generic kernels are in
+:mod:`sbnnumba.backends.cuda.dense_flip`; the per-unit preparation kernels are here.
 
-* :func:`dense_flip_ratio_kernel` (logistic): ``d_in[b,i] = A[b] - sum_j g[b,j] r(e[b,j], K[i,j], x_in[b,i])``
-  with ``g = x_out d_out``, ``e = exp(-a)``, ``K = exp(+2 W^T)``, ``A[b] = sum_j g sigma(a)`` and
-  ``r = 1 / (1 + e K)`` for ``x_in = +1``, ``r = K / (K + e)`` (``= 1 / (1 + e / K)``) for ``x_in = -1``,
-  so one exp-kernel serves both signs; written ``g p / (p + e q)`` with ``(p, q) = (1, K)`` or ``(K, 1)``
-  chosen by selects (``x_in`` differs across a warp): a multiply, a multiply-add and a division
-  per connection.
-  As on the CPU (:func:`sbnnumba.kernels.cpu.ratio_limits`), ``2W`` is clipped to ``[-C, C]`` in the
-  exp-kernel and the saturated units (``|a| > A``) are taken out of the ratio sum by
-  :func:`ratio_units` (``g = 0``); the host routing sums them exactly with the generic kernel,
-  restricted to them by a ``d_out`` that is zero elsewhere (the generic kernels skip ``d = 0``).
-* :func:`dense_flip_generic_kernel` (every noise family): one ``cdf_lower`` per connection, with
-  ``F(v)``, ``F(-v)`` (``v = -x_out a``) computed once per output unit while staging.
+PSA flip propagation, conv (spec psa.md, section 2.10): the logistic ratio form is
+:func:`sbnnumba.backends.cuda.conv_flip.flip_conv_ratio_kernel` (tiled, weights in shared memory);
+the generic form, direct: one thread per input unit ``(b, r, y, x)`` gathers over the output
+channels ``c`` and the taps ``(dy, dx)`` whose output position ``((y + ph - dy) / sh, (x + pw - dx) / sw)``
+is an integer inside the output map (so padding never flips and stride > 1 needs no dense grid).
 
-  Both are tiled: a block computes a tile of ``(tile_b, tile_i)`` outputs (threads ``(tile_i,
-  tile_b / rows_per_thread)``, each thread ``rows_per_thread`` batch rows of one input unit ``i``)
-  and loops over ``j`` in tiles of ``tile_j`` staged in shared memory: the per-unit values
-  ``(e, g)`` resp. ``(v, x_out, d_out, F(v), F(-v))`` of ``tile_b`` rows and the weight tile
-  ``(tile_i, tile_j)`` (padded by one column against bank conflicts). Partial tiles are padded
-  with neutral values (``g = 0`` resp. ``d = 0``) and not stored.
-
-PSA flip propagation, conv (spec psa.md, section 2.10), direct form: one thread per input unit
-``(b, r, y, x)`` gathers over the output channels ``c`` and the taps ``(dy, dx)`` whose output
-position ``((y + ph - dy) / sh, (x + pw - dx) / sw)`` is an integer inside the output map (so
-padding never flips and stride > 1 needs no dense grid). Consecutive threads share ``(b, r)``,
-so the kernel-tap loads are warp-uniform (broadcast) and the output-map loads are coalesced.
-
-* :func:`flip_conv_ratio` (logistic): ``d_in = A - R`` with the all-ones term
-  ``A[b,y,x] = sum_{taps} T[b,oy,ox]``, ``T = sum_c g sigma(a)`` (:func:`sum_axis1`), and the ratio
-  term as for dense layers with ``K = exp(+2 W)``.
 * :func:`flip_conv_generic`: ``Delta = F(u) - F(v)``, ``u = v + 2 x_out W x_in``, evaluated as
   ``F(-v) - F(-u)`` when ``u + v > 0`` (no cancellation), ``F(v)``, ``F(-v)`` precomputed per output
   unit (:func:`generic_units`).
@@ -93,7 +69,6 @@ from numba import cuda  # noqa: E402
 from ...kernels.scalar import LOGISTIC, cdf, cdf_lower, pdf
 
 # Default tile configurations (threads per block = product of the thread dimensions).
-DENSE_TILE = dict(tile_i=32, tile_b=16, rows_per_thread=2, tile_j=32)  # 32 x 8 = 256 threads
 GEMM_TILE = dict(tile_n=32, tile_m=32, rows_per_thread=4, tile_w=8)  # 32 x 8 = 256 threads
 GEMM_THRESHOLD_TILE = dict(tile_m=16, rows_per_thread=4, tile_w=8)  # 64 x 4 = 256 threads
 THREADS_1D = 128  # element-wise and direct-form kernels
@@ -104,218 +79,8 @@ def _numba_dtype(dtype_name):
 
 
 # ---------------------------------------------------------------------------------------------------
-# PSA flip propagation, dense: tiled kernels
+# PSA flip propagation, conv, generic form: direct (one thread per input unit)
 # ---------------------------------------------------------------------------------------------------
-
-@functools.lru_cache(maxsize=None)
-def dense_flip_ratio_kernel(dtype_name="float32", tile_i=32, tile_b=16, rows_per_thread=2, tile_j=32):
-    """Logistic ratio-form dense flip kernel ``kernel(x_in, e, g, k, a_term, d_in)`` for a tile config.
-
-    Arguments (device arrays, dtype ``dtype_name``): ``x_in`` (B, N_in) +-1; ``e = exp(-a)`` and
-    ``g = x_out d_out`` (B, N_out); ``k = exp(2 W^T)`` (N_in, N_out); ``a_term`` (B,)
-    ``= sum_j g sigma(a)``; output ``d_in`` (B, N_in). Launch with
-    ``grid = (ceil(N_in / tile_i), ceil(B / tile_b))``, ``block = (tile_i, tile_b // rows_per_thread)``.
-    """
-    if tile_b % rows_per_thread:
-        raise ValueError(f"tile_b: expected a multiple of rows_per_thread={rows_per_thread}, got {tile_b}")
-    nb = _numba_dtype(dtype_name)
-    ti_n, tb_threads, rb, tj = tile_i, tile_b // rows_per_thread, rows_per_thread, tile_j
-    tb_n = tile_b
-    tj_pad = tj + 1  # shared-memory shapes must be compile-time constants
-    n_threads = ti_n * tb_threads
-
-    @cuda.jit(fastmath=True)
-    def kernel(x_in, e, g, k, a_term, d_in):
-        ti = cuda.threadIdx.x
-        tb = cuda.threadIdx.y
-        i0 = cuda.blockIdx.x * ti_n
-        b0 = cuda.blockIdx.y * tb_n
-        n_batch = x_in.shape[0]
-        n_in = x_in.shape[1]
-        n_out = e.shape[1]
-        i = i0 + ti
-        tid = tb * ti_n + ti
-        sh_e = cuda.shared.array((tb_n, tj), nb)
-        sh_g = cuda.shared.array((tb_n, tj), nb)
-        sh_k = cuda.shared.array((ti_n, tj_pad), nb)
-        acc = cuda.local.array(rb, nb)
-        sgn = cuda.local.array(rb, nb)
-        zero = nb(0)
-        one = nb(1)
-        for r in range(rb):
-            acc[r] = zero
-            b = b0 + tb + tb_threads * r
-            sgn[r] = x_in[b, i] if (b < n_batch and i < n_in) else one
-        for j0 in range(0, n_out, tj):
-            for t in range(tid, tb_n * tj, n_threads):  # per-unit values, coalesced along j
-                rr = t // tj
-                jj = t - rr * tj
-                b = b0 + rr
-                j = j0 + jj
-                if b < n_batch and j < n_out:
-                    sh_e[rr, jj] = e[b, j]
-                    sh_g[rr, jj] = g[b, j]
-                else:
-                    sh_e[rr, jj] = zero
-                    sh_g[rr, jj] = zero  # g = 0: no contribution
-            for t in range(tid, ti_n * tj, n_threads):  # exp-kernel tile, coalesced along j
-                ii = t // tj
-                jj = t - ii * tj
-                if i0 + ii < n_in and j0 + jj < n_out:
-                    sh_k[ii, jj] = k[i0 + ii, j0 + jj]
-                else:
-                    sh_k[ii, jj] = one
-            cuda.syncthreads()
-            for jj in range(tj if j0 + tj <= n_out else n_out - j0):
-                kk = sh_k[ti, jj]
-                for r in range(rb):
-                    row = tb + tb_threads * r
-                    # x_in = +1: sigma(a - 2w) = 1 / (1 + e^{-a} e^{2w});  x_in = -1: sigma(a + 2w) =
-                    # e^{2w} / (e^{2w} + e^{-a}). Selects, not branches: x_in differs across a warp.
-                    p = one if sgn[r] > zero else kk
-                    q = kk if sgn[r] > zero else one
-                    acc[r] += sh_g[row, jj] * p / (p + sh_e[row, jj] * q)
-            cuda.syncthreads()
-        for r in range(rb):
-            b = b0 + tb + tb_threads * r
-            if b < n_batch and i < n_in:
-                d_in[b, i] = a_term[b] - acc[r]
-
-    return kernel
-
-
-@functools.lru_cache(maxsize=None)
-def dense_flip_generic_kernel(dtype_name="float32", tile_i=32, tile_b=16, rows_per_thread=2, tile_j=32):
-    """Generic dense flip kernel ``kernel(code, x_in, a, x_out, d_out, weight, d_in)``.
-
-    ``weight`` is (N_out, N_in) as in the layer; the other arrays as in
-    :func:`sbnnumba.kernels.cpu.flip_propagate_dense`. Launch as :func:`dense_flip_ratio_kernel`.
-    """
-    if tile_b % rows_per_thread:
-        raise ValueError(f"tile_b: expected a multiple of rows_per_thread={rows_per_thread}, got {tile_b}")
-    nb = _numba_dtype(dtype_name)
-    ti_n, tb_threads, rb, tj = tile_i, tile_b // rows_per_thread, rows_per_thread, tile_j
-    tb_n = tile_b
-    tj_pad = tj + 1  # shared-memory shapes must be compile-time constants
-    n_threads = ti_n * tb_threads
-
-    @cuda.jit
-    def kernel(code, x_in, a, x_out, d_out, weight, d_in):
-        ti = cuda.threadIdx.x
-        tb = cuda.threadIdx.y
-        i0 = cuda.blockIdx.x * ti_n
-        b0 = cuda.blockIdx.y * tb_n
-        n_batch = x_in.shape[0]
-        n_in = x_in.shape[1]
-        n_out = a.shape[1]
-        i = i0 + ti
-        tid = tb * ti_n + ti
-        sh_v = cuda.shared.array((tb_n, tj), nb)  # v = -x_out a
-        sh_s = cuda.shared.array((tb_n, tj), nb)  # x_out
-        sh_d = cuda.shared.array((tb_n, tj), nb)  # d_out
-        sh_lo = cuda.shared.array((tb_n, tj), nb)  # F(v)
-        sh_hi = cuda.shared.array((tb_n, tj), nb)  # F(-v)
-        sh_w = cuda.shared.array((ti_n, tj_pad), nb)  # W^T tile
-        acc = cuda.local.array(rb, nb)
-        two_x = cuda.local.array(rb, nb)
-        zero = nb(0)
-        for r in range(rb):
-            acc[r] = zero
-            b = b0 + tb + tb_threads * r
-            two_x[r] = nb(2) * x_in[b, i] if (b < n_batch and i < n_in) else zero
-        for j0 in range(0, n_out, tj):
-            for t in range(tid, tb_n * tj, n_threads):
-                rr = t // tj
-                jj = t - rr * tj
-                b = b0 + rr
-                j = j0 + jj
-                if b < n_batch and j < n_out:
-                    s = x_out[b, j]
-                    v = -s * a[b, j]
-                    sh_v[rr, jj] = v
-                    sh_s[rr, jj] = s
-                    sh_d[rr, jj] = d_out[b, j]
-                    sh_lo[rr, jj] = cdf_lower(code, v)
-                    sh_hi[rr, jj] = cdf_lower(code, -v)
-                else:
-                    sh_v[rr, jj] = zero
-                    sh_s[rr, jj] = zero
-                    sh_d[rr, jj] = zero  # d = 0: no contribution
-                    sh_lo[rr, jj] = zero
-                    sh_hi[rr, jj] = zero
-            for t in range(tid, ti_n * tj, n_threads):  # W^T tile, coalesced along i (rows of W)
-                jj = t // ti_n
-                ii = t - jj * ti_n
-                if i0 + ii < n_in and j0 + jj < n_out:
-                    sh_w[ii, jj] = weight[j0 + jj, i0 + ii]
-                else:
-                    sh_w[ii, jj] = zero
-            cuda.syncthreads()
-            for jj in range(tj if j0 + tj <= n_out else n_out - j0):
-                w = sh_w[ti, jj]
-                for r in range(rb):
-                    row = tb + tb_threads * r
-                    if sh_d[row, jj] == zero:  # no contribution (warp-uniform: a warp shares its rows)
-                        continue
-                    v = sh_v[row, jj]
-                    u = v + sh_s[row, jj] * two_x[r] * w
-                    if u + v > 0:  # upper tail: F(-v) - F(-u), no cancellation
-                        delta = sh_hi[row, jj] - cdf_lower(code, -u)
-                    else:
-                        delta = cdf_lower(code, u) - sh_lo[row, jj]
-                    acc[r] += delta * sh_d[row, jj]
-            cuda.syncthreads()
-        for r in range(rb):
-            b = b0 + tb + tb_threads * r
-            if b < n_batch and i < n_in:
-                d_in[b, i] = acc[r]
-
-    return kernel
-
-
-# ---------------------------------------------------------------------------------------------------
-# PSA flip propagation, conv: direct form (one thread per input unit)
-# ---------------------------------------------------------------------------------------------------
-
-@cuda.jit(fastmath=True)
-def flip_conv_ratio(x_in, e, g, t_sum, k, sh, sw, ph, pw, one, d_in):
-    """Logistic ratio form. ``x_in``, ``d_in`` (B, C_in, H, W); ``e = exp(-a)``, ``g = x_out d_out``
-    (B, C_out, H_out, W_out); ``t_sum = sum_c g sigma(a)`` (B, H_out, W_out); ``k = exp(2W)``
-    (C_out, C_in, kh, kw); ``one``: 1 in the working dtype (keeps float32 arithmetic in float32).
-    1-D launch over B * C_in * H * W threads."""
-    idx = cuda.grid(1)
-    n_batch, c_in, height, width = x_in.shape
-    if idx >= n_batch * c_in * height * width:
-        return
-    c_out, _, kh, kw = k.shape
-    ho, wo = e.shape[2], e.shape[3]
-    x = idx % width
-    rest = idx // width
-    y = rest % height
-    rest = rest // height
-    r = rest % c_in
-    b = rest // c_in
-    positive = x_in[b, r, y, x] > 0
-    ones = one - one  # A: the all-ones term
-    ratio = one - one  # R: the ratio term
-    for dy in range(kh):
-        ty = y + ph - dy
-        if ty < 0 or ty % sh != 0 or ty // sh >= ho:
-            continue
-        oy = ty // sh
-        for dx in range(kw):
-            tx = x + pw - dx
-            if tx < 0 or tx % sw != 0 or tx // sw >= wo:
-                continue
-            ox = tx // sw
-            ones += t_sum[b, oy, ox]
-            for c in range(c_out):
-                kk = k[c, r, dy, dx]
-                p = one if positive else kk  # selects, as in the dense kernel
-                q = kk if positive else one
-                ratio += g[b, c, oy, ox] * p / (p + e[b, c, oy, ox] * q)
-    d_in[b, r, y, x] = ones - ratio
-
 
 @cuda.jit
 def flip_conv_generic(code, x_in, v, s, d, f_lo, f_hi, weight, sh, sw, ph, pw, d_in):

@@ -112,13 +112,14 @@ def flip_propagate_dense(x_in, a, x_out, weight, d_out, noise_code, form="auto",
     weight_version : hashable, optional
         Token that replaces the content check of the weight cache.
     tiles : dict, optional
-        Overrides of :data:`sbnnumba.backends.cuda.kernels.DENSE_TILE`.
+        Overrides of :data:`sbnnumba.backends.cuda.dense_flip.DENSE_TILE`.
 
     Returns
     -------
     array (B, N_in)
         In the dtype of ``a``; a device array if any argument was one.
     """
+    from . import dense_flip as kd
     from . import kernels as k
     require_cuda()
     cuda = _cuda()
@@ -144,10 +145,10 @@ def flip_propagate_dense(x_in, a, x_out, weight, d_out, noise_code, form="auto",
     dx, da, dxo, dd = (operand(t, dtype, name) for t, name in
                        ((x_in, "x_in"), (a, "a"), (x_out, "x_out"), (d_out, "d_out")))
     dw, entry = weight_operand(weight, dtype, "weight", weight_version)
-    cfg = _tiles(k.DENSE_TILE, tiles)
+    cfg = _tiles(kd.DENSE_TILE, tiles)
     grid = (blocks(n_in, cfg["tile_i"]), blocks(n_batch, cfg["tile_b"]))
-    block = (cfg["tile_i"], cfg["tile_b"] // cfg["rows_per_thread"])
-    generic = k.dense_flip_generic_kernel(dtype.name, **cfg)[grid, block]
+    block = (cfg["tile_i"] // cfg["inputs_per_thread"], cfg["tile_b"] // cfg["rows_per_thread"])
+    generic = kd.dense_flip_generic_kernel(dtype.name, **cfg)[grid, block]
     if form == "ratio":
         e, g, gs, d_sat = _ratio_units(da, dxo, dd, dtype, dw, entry, 1)
         a_term = cuda.device_array((n_batch, 1), dtype=dtype)
@@ -160,7 +161,7 @@ def flip_propagate_dense(x_in, a, x_out, weight, d_out, noise_code, form="auto",
             return kk
 
         kk = derived(entry, ("exp2_transpose", dtype.name), make_k)
-        k.dense_flip_ratio_kernel(dtype.name, **cfg)[grid, block](dx, e, g, kk, a_term.reshape(n_batch), d_in)
+        kd.dense_flip_ratio_kernel(dtype.name, **cfg)[grid, block](dx, e, g, kk, a_term.reshape(n_batch), d_in)
         if d_sat is not None:  # the saturated units, exactly
             d_extra = cuda.device_array((n_batch, n_in), dtype=dtype)
             generic(LOGISTIC, dx, da, dxo, d_sat, dw, d_extra)
@@ -193,6 +194,7 @@ def flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_co
         In the dtype of ``a``; a device array if any argument was one.
     """
     from . import kernels as k
+    from .conv_flip import launch_flip_conv_ratio
     require_cuda()
     cuda = _cuda()
     dtype = _working_dtype(a)
@@ -240,8 +242,7 @@ def flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_co
             return kk
 
         kk = derived(entry, ("exp2", dtype.name), make_k)
-        launch_1d(k.flip_conv_ratio, n_in_units, dx, e, g, t_sum.reshape(n_batch, ho, wo), kk, sh, sw, ph, pw,
-                   dtype.type(1), d_in)
+        launch_flip_conv_ratio(dx, e, g, t_sum.reshape(n_batch, ho, wo), kk, (sh, sw), (ph, pw), d_in)
         if d_sat is not None:  # the saturated units, exactly
             d_extra = cuda.device_array((n_batch, c_in, h, w), dtype=dtype)
             generic(LOGISTIC, d_sat, d_extra)

@@ -4,25 +4,48 @@ numba's CUDA simulator runs kernels as Python and so cannot catch typing or code
 of the real target; this check can (it needs libNVVM, shipped with numba-cuda's CUDA toolkit wheels,
 but no GPU). It must run in a process without ``NUMBA_ENABLE_CUDASIM``:
 
-    python -m sbnnumba.backends.cuda.ptx            # exit 0: all compiled; 1: a kernel failed;
-                                                    # 3: cannot compile PTX here (the reason is printed)
+    python -m sbnnumba.backends.cuda.ptx              # exit 0: all compiled; 1: a kernel failed;
+                                                      # 3: cannot compile PTX here (the reason is printed)
+    python -m sbnnumba.backends.cuda.ptx --resources  # also: registers, stack, spills and shared memory
+                                                      # of the hot kernels, from ptxas -v (sm_90)
+
+``--resources`` assembles the PTX of the performance-critical kernels (:data:`RESOURCE_CHECKS`: the
+GEMM, the dense and conv PSA flip kernels) with the CUDA toolkit's ``ptxas`` for sm_90 (H100/H200)
+and prints its figures, one line per kernel; without ``ptxas`` on the PATH it says so and skips them.
 
 ``tests/test_cuda.py`` runs it in a subprocess (the test process itself runs the simulator).
 Each kernel is compiled with the argument types the wrappers of :mod:`.ops` and the device step pass.
 """
+import re
+import shutil
+import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 
 SKIPPED = 3  # exit code when PTX cannot be compiled here
+#: Checks whose kernels ``--resources`` assembles with ptxas (name prefixes of :func:`ptx_checks`).
+RESOURCE_CHECKS = ("ptx_gemm_", "ptx_dense_ratio_", "ptx_dense_generic_", "ptx_conv_ratio_")
+RESOURCE_ARCH = "sm_90"
 
 
 def ptx_checks():
-    """One check per kernel: compile it for sm_80 with the argument types the wrappers pass."""
+    """One check per kernel (or group of kernels): compile it for sm_80 with the argument types the wrappers pass.
+
+    Returns
+    -------
+    dict
+        ``{check name: run}``; ``run()`` compiles the check's kernels, raises ``AssertionError`` when the
+        PTX lacks what it must contain, and returns ``[(kernel name, ptx text), ...]``.
+    """
     import numba
     from numba import cuda
     from numba.cuda.random import xoroshiro128p_dtype
 
+    from . import conv_flip as kc
+    from . import dense_flip as kd
     from . import gemm as kg
     from . import kernels as k
     from . import layer_kernels as lk
@@ -48,11 +71,12 @@ def ptx_checks():
         name = np.dtype(dt).name
         f1, f2, f4 = (1, dt), (2, dt), (4, dt)
         one = dt(1)
-        checks[f"ptx_dense_ratio_{name}"] = (k.dense_flip_ratio_kernel(name, **k.DENSE_TILE),
+        checks[f"ptx_dense_ratio_{name}"] = (kd.dense_flip_ratio_kernel(name, **kd.DENSE_TILE),
                                              sig(f2, f2, f2, f2, f1, f2))
-        checks[f"ptx_dense_generic_{name}"] = (k.dense_flip_generic_kernel(name, **k.DENSE_TILE),
+        checks[f"ptx_dense_generic_{name}"] = (kd.dense_flip_generic_kernel(name, **kd.DENSE_TILE),
                                                sig(0, f2, f2, f2, f2, f2, f2))
-        checks[f"ptx_conv_ratio_{name}"] = (k.flip_conv_ratio, sig(f4, f4, f4, (3, dt), f4, 1, 1, 1, 1, one, f4))
+        checks[f"ptx_conv_ratio_{name}"] = [(kc.flip_conv_ratio_kernel(name, kh, kw, **kc.CONV_TILES),
+                                              sig(f4, f4, f4, (3, dt), f4, 1, 1, 1, 1, f4)) for kh, kw in ((3, 3), (1, 1))]
         checks[f"ptx_conv_generic_{name}"] = (k.flip_conv_generic, sig(0, f4, f4, f4, f4, f4, f4, f4, 1, 1, 1, 1, f4))
         checks[f"ptx_units_{name}"] = [(k.ratio_units, sig(f1, f1, f1, one, f1, 1, one, f1, f1, f1, f1, (1, np.int32))),
                                        (k.reach_rows, sig(f2, f1)),
@@ -105,20 +129,30 @@ def ptx_checks():
         items = items if isinstance(items, list) else [items]
 
         def run():
+            out = []
             for kernel, signature in items:
                 ptx, _ = cuda.compile_ptx(kernel.py_func, signature, cc=(8, 0), fastmath=True)
                 if ".entry" not in ptx:
                     raise AssertionError("no kernel entry in the PTX")
                 if "popc" in kernel.py_func.__code__.co_names and "popc.b64" not in ptx:
                     raise AssertionError("expected 64-bit popcounts (popc.b64) in the PTX")
+                out.append((f"{kernel.py_func.__qualname__.split('.')[0]}#{len(out)}", ptx))
+            return out
         return run
 
     return {name: make(items) for name, items in checks.items()}
 
 
 def ptx_toolchain_missing():
-    """Why no PTX can be compiled here (no libNVVM / NVRTC), or None: a trivial kernel that calls a
-    register_jitable scalar, compiled like the real ones, must succeed."""
+    """Why no PTX can be compiled here (no libNVVM / NVRTC), or None.
+
+    A trivial kernel that calls a register_jitable scalar, compiled like the real ones, must succeed.
+
+    Returns
+    -------
+    str or None
+        The reason (exception type and message, shortened), or None when PTX compiles.
+    """
     import numba
     from numba import cuda
 
@@ -138,9 +172,63 @@ def ptx_toolchain_missing():
     return None
 
 
-def main():
-    """Compile every kernel; print one line per check; return the exit code (0, 1 or :data:`SKIPPED`)."""
+def ptxas_resources(ptx, arch=RESOURCE_ARCH):
+    """Registers, stack, spills and shared memory of one kernel's PTX, from ``ptxas -v``.
+
+    Parameters
+    ----------
+    ptx : str
+        PTX text of one kernel (as :func:`ptx_checks` returns it).
+    arch : str
+        ``--gpu-name`` for ptxas (default sm_90: H100/H200).
+
+    Returns
+    -------
+    dict or None
+        ``{"registers", "stack", "spill_stores", "spill_loads", "smem"}`` (ints; bytes except registers), or
+        None when ``ptxas`` is not on the PATH.
+
+    Raises
+    ------
+    RuntimeError
+        When ptxas fails or prints no resource line.
+    """
+    exe = shutil.which("ptxas")
+    if exe is None:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "kernel.ptx"
+        src.write_text(ptx)
+        proc = subprocess.run([exe, "-v", "--gpu-name", arch, str(src), "-o", str(Path(tmp) / "kernel.cubin")],
+                              capture_output=True, text=True, timeout=300)
+    text = proc.stdout + proc.stderr
+    fields = {"registers": r"Used (\d+) registers", "stack": r"(\d+) bytes stack frame",
+              "spill_stores": r"(\d+) bytes spill stores", "spill_loads": r"(\d+) bytes spill loads",
+              "smem": r"(\d+) bytes smem"}
+    found = {key: re.search(pattern, text) for key, pattern in fields.items()}
+    if proc.returncode != 0 or found["registers"] is None:
+        raise RuntimeError(f"ptxas: expected resource usage, got exit {proc.returncode}: {' '.join(text.split())[:300]}")
+    return {key: int(m.group(1)) if m else 0 for key, m in found.items()}
+
+
+def main(argv=None):
+    """Compile every kernel; print one line per check (and per hot kernel with ``--resources``).
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Command-line arguments (default ``sys.argv[1:]``): ``--resources`` adds the ptxas figures.
+
+    Returns
+    -------
+    int
+        The exit code: 0, 1 (a kernel failed) or :data:`SKIPPED`.
+    """
     import numba
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv not in ([], ["--resources"]):
+        print(f"usage: python -m sbnnumba.backends.cuda.ptx [--resources]; got {argv}", file=sys.stderr)
+        return 2
     if numba.config.ENABLE_CUDASIM:
         print("PTX checks must run without NUMBA_ENABLE_CUDASIM", file=sys.stderr)
         return 2
@@ -153,11 +241,20 @@ def main():
     if reason:
         print(f"SKIP cannot compile PTX here: {reason}")
         return SKIPPED
+    resources = argv == ["--resources"]
+    if resources and shutil.which("ptxas") is None:
+        print("SKIP resources: ptxas (CUDA toolkit) is not on the PATH")
+        resources = False
     failed = 0
     for name, run in ptx_checks().items():
         try:
-            run()
+            compiled = run()
             print(f"ok   {name}")
+            if resources and name.startswith(RESOURCE_CHECKS):
+                for kernel, ptx in compiled:
+                    r = ptxas_resources(ptx)
+                    print(f"res  {name} {kernel} {RESOURCE_ARCH}: {r['registers']} registers, {r['stack']} bytes stack, "
+                          f"spill stores {r['spill_stores']} loads {r['spill_loads']} bytes, {r['smem']} bytes smem")
         except Exception as exc:  # report every kernel, not only the first failure
             failed += 1
             print(f"FAIL {name}: {type(exc).__name__}: {' '.join(str(exc).split())[:500]}")

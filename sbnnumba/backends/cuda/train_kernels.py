@@ -19,7 +19,7 @@ state stay on the GPU (spec psa.md, sections 2-3; the host versions are
   :class:`sbnnumba.optim.SGD` (with element-wise clipping), one thread per parameter entry.
 * Conv stages: :func:`im2col_rows` (patch matrix), :func:`col2im_gather` (its transpose, for the ST
   backward), :func:`rows_to_map` / :func:`map_to_rows` (GEMM rows <-> (B, C, H, W) maps); the conv flip
-  propagation is :func:`sbnnumba.backends.cuda.kernels.flip_conv_ratio` / ``flip_conv_generic``.
+  propagation is :func:`sbnnumba.backends.cuda.conv_flip.flip_conv_ratio_kernel` / :func:`.kernels.flip_conv_generic`.
 * :func:`gather_rows`, :func:`gather_labels`: a mini-batch from a dataset held on the device.
 * :func:`accumulate_loss`: ``acc[0] += w sum_b value[b]`` (one thread; batches are small).
 * Batch normalization: :func:`channel_sums_kernel` (per-channel sums, one block per channel, tree
