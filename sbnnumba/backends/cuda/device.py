@@ -54,13 +54,26 @@ def _cuda():
 
 
 def in_simulator():
-    """True when numba runs CUDA kernels in its simulator (``NUMBA_ENABLE_CUDASIM=1`` at import)."""
+    """Whether numba runs CUDA kernels in its simulator.
+
+    Returns
+    -------
+    bool
+        True when ``NUMBA_ENABLE_CUDASIM=1`` was set when numba was imported.
+    """
     import numba
     return bool(numba.config.ENABLE_CUDASIM)
 
 
 def unavailable_reason():
-    """Why the CUDA kernels cannot run here, or ``None`` when they can (simulator included)."""
+    """Why the CUDA kernels cannot run here.
+
+    Returns
+    -------
+    str or None
+        The reason (numba.cuda not importable, CUDA disabled, no driver, no device, no libNVVM), or
+        ``None`` when they can run (the simulator included).
+    """
     try:
         import numba
         cuda = _cuda()
@@ -92,7 +105,13 @@ def unavailable_reason():
 
 
 def is_available():
-    """True when the CUDA kernels can run here (a usable device, or the simulator)."""
+    """Whether the CUDA kernels can run here.
+
+    Returns
+    -------
+    bool
+        True with a usable device, or in the simulator (:func:`unavailable_reason` is ``None``).
+    """
     return unavailable_reason() is None
 
 
@@ -108,7 +127,19 @@ def require_cuda():
 # ---------------------------------------------------------------------------------------------------
 
 def is_device_array(x):
-    """True for numba device arrays (and simulator arrays) and other CUDA-array-interface objects."""
+    """Whether ``x`` lives on the device.
+
+    Parameters
+    ----------
+    x : object
+        Any argument of a backend wrapper.
+
+    Returns
+    -------
+    bool
+        True for numba device arrays (and simulator arrays) and other ``__cuda_array_interface__``
+        objects (e.g. CuPy arrays); False for NumPy arrays, numbers and ``None``.
+    """
     if isinstance(x, np.ndarray) or x is None or isinstance(x, numbers.Number):
         return False
     if hasattr(x, "__cuda_array_interface__"):
@@ -119,7 +150,18 @@ def is_device_array(x):
 
 
 def device_view(x):
-    """A numba device array for ``x`` (a numba device array itself, or a zero-copy wrapper)."""
+    """A numba device array for a device array ``x``, without a copy.
+
+    Parameters
+    ----------
+    x : device array
+        A numba device array (returned as it is) or another ``__cuda_array_interface__`` object.
+
+    Returns
+    -------
+    numba device array
+        ``x`` itself or a zero-copy wrapper of it.
+    """
     cuda = _cuda()
     if in_simulator() or isinstance(x, cuda.devicearray.DeviceNDArray):
         return x
@@ -127,7 +169,20 @@ def device_view(x):
 
 
 def to_device(x, dtype=None):
-    """Upload a host array (device arrays are returned as they are)."""
+    """Upload a host array (device arrays are returned as they are).
+
+    Parameters
+    ----------
+    x : array_like or device array
+        Host data to upload, or a device array (returned as :func:`device_view` gives it).
+    dtype : dtype, optional
+        dtype of the upload (default: that of ``x``); device arrays are not converted.
+
+    Returns
+    -------
+    numba device array
+        C-contiguous copy of ``x`` on the device.
+    """
     if is_device_array(x):
         return device_view(x)
     x = np.asarray(x)
@@ -135,16 +190,57 @@ def to_device(x, dtype=None):
 
 
 def to_host(x):
-    """NumPy copy of a device array (host arrays are returned as they are)."""
+    """NumPy copy of a device array (host arrays are returned as they are).
+
+    Parameters
+    ----------
+    x : device array or array_like
+
+    Returns
+    -------
+    numpy.ndarray
+        A host copy of a device array, else ``np.asarray(x)``.
+    """
     return x.copy_to_host() if is_device_array(x) else np.asarray(x)
 
 
 def any_device(*arrays):
+    """Whether any argument is a device array (then a wrapper returns a device array).
+
+    Parameters
+    ----------
+    *arrays : object
+        Arguments of a wrapper.
+
+    Returns
+    -------
+    bool
+    """
     return any(is_device_array(x) for x in arrays)
 
 
 def operand(x, dtype, name):
-    """``x`` on the device in ``dtype``: device arrays as they are (dtype checked), host ones uploaded."""
+    """``x`` on the device in ``dtype``: device arrays as they are (dtype checked), host ones uploaded.
+
+    Parameters
+    ----------
+    x : array_like or device array
+    dtype : numpy.dtype
+        The working dtype.
+    name : str
+        Argument name for the error messages.
+
+    Returns
+    -------
+    numba device array
+
+    Raises
+    ------
+    TypeError
+        For a device array of another dtype (device arrays are not converted).
+    ValueError
+        For a device array that is not C-contiguous.
+    """
     if is_device_array(x):
         x = device_view(x)
         if np.dtype(x.dtype) != dtype:
@@ -157,20 +253,67 @@ def operand(x, dtype, name):
 
 
 def result(d, on_device):
+    """A wrapper's result: the device array ``d`` itself if an input was on the device, else a host copy.
+
+    Parameters
+    ----------
+    d : numba device array
+    on_device : bool
+        Whether any input was a device array (:func:`any_device`).
+
+    Returns
+    -------
+    numba device array or numpy.ndarray
+    """
     return d if on_device else d.copy_to_host()
 
 
 def blocks(n, threads):
+    """Blocks of ``threads`` that cover ``n`` items: ``max(1, ceil(n / threads))``.
+
+    Parameters
+    ----------
+    n : int
+        Items (threads, rows, columns, ...) to cover.
+    threads : int
+        Items per block.
+
+    Returns
+    -------
+    int
+    """
     return max(1, -(-int(n) // threads))
 
 
 def launch_1d(kernel, n, *args):
+    """Launch an element-wise kernel over ``n`` threads in blocks of :data:`.kernels.THREADS_1D` (nothing if ``n == 0``).
+
+    Parameters
+    ----------
+    kernel : numba.cuda dispatcher
+        A kernel that reads its index with ``cuda.grid(1)`` and ignores indices ``>= n``.
+    n : int
+        Number of threads needed.
+    *args
+        The kernel's arguments.
+    """
     from . import kernels as k
     if n > 0:
         kernel[blocks(n, k.THREADS_1D), k.THREADS_1D](*args)
 
 
 def flat(x):
+    """1-d view of a C-contiguous (device) array.
+
+    Parameters
+    ----------
+    x : device array or numpy.ndarray
+
+    Returns
+    -------
+    view of ``x``
+        Shape ``(x.size,)``, no copy.
+    """
     return x.reshape(int(np.prod(x.shape)))
 
 
@@ -193,6 +336,11 @@ class DeviceCache:
     array is copied into the existing device buffer; arrays derived from it on the device
     (``derived``) are dropped. Entries beyond ``max_bytes`` of device memory are evicted, least
     recently used first.
+
+    Parameters
+    ----------
+    max_bytes : int
+        Device bytes beyond which the least recently used entries are evicted (default 1 GiB).
 
     Attributes
     ----------
@@ -273,7 +421,14 @@ weight_cache = DeviceCache()
 
 
 def cache_info():
-    """``{"entries", "bytes", "uploads", "hits"}`` of :data:`weight_cache`."""
+    """Counters of :data:`weight_cache`.
+
+    Returns
+    -------
+    dict
+        ``{"entries", "bytes", "uploads", "hits"}``: cached arrays, device bytes held, host-to-device
+        copies made, lookups served without one.
+    """
     return {"entries": len(weight_cache), "bytes": weight_cache.nbytes, "uploads": weight_cache.uploads,
             "hits": weight_cache.hits}
 
@@ -284,7 +439,28 @@ def clear_cache():
 
 
 def weight_operand(weight, dtype, name, version):
-    """(device array, cache entry or None) for a weight argument."""
+    """A weight argument on the device: device arrays as they are, host arrays through :data:`weight_cache`.
+
+    Parameters
+    ----------
+    weight : array_like or device array
+    dtype : numpy.dtype
+        The working dtype.
+    name : str
+        Argument name for the error messages.
+    version : object or None
+        Optional token that replaces the cache's content check.
+
+    Returns
+    -------
+    (numba device array, cache entry or None)
+        The entry (for :func:`derived`) is None for device arrays.
+
+    Raises
+    ------
+    TypeError
+        For a non-numeric host array or a device array of another dtype.
+    """
     if is_device_array(weight):
         return operand(weight, dtype, name), None
     weight = np.asarray(weight)
@@ -295,4 +471,19 @@ def weight_operand(weight, dtype, name, version):
 
 
 def derived(entry, tag, make):
+    """A device array derived from a weight (e.g. its exp-kernel), cached with it when it is cached.
+
+    Parameters
+    ----------
+    entry : cache entry or None
+        From :func:`weight_operand`; None (a device weight): nothing is cached.
+    tag : hashable
+        Names the derived array within the entry.
+    make : callable
+        ``make()`` computes it.
+
+    Returns
+    -------
+    numba device array
+    """
     return make() if entry is None else weight_cache.derive(entry, tag, make)
