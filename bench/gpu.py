@@ -16,7 +16,8 @@ Prints, in one run on one device:
 4. images/s of the device-resident PSA and ST steps (:class:`sbnnumba.training.resident.CudaTrainer`) of
    the dense 784-1024-1024-1024 network and the paper conv network (width 1.0) at batch 64 and 256,
    and the conv PSA / ST time ratio;
-5. seconds per Fashion-MNIST epoch (60,000 images) of the paper conv network with PSA, batch 64
+5. the XNOR-popcount GEMM at 4096^3 against SGEMM (cuBLAS, else the tiled GEMM);
+6. seconds per Fashion-MNIST epoch (60,000 images) of the paper conv network with PSA, batch 64
    (device-resident, the first step's compilation excluded). Without the full data set it uses the
    embedded subset repeated to 60,000 images, and says so.
 
@@ -142,6 +143,24 @@ def bench_gemm(cuda, time_it, fma_rate, smoke, rng):
                 part += f", {flop / 2 / t / fma_rate:5.1%} of FMA rate"
             parts.append(part)
         print(f"  {label} ({m}, {n}, {k}, ta={int(ta)}, tb={int(tb)}): " + " | ".join(parts))
+
+
+def bench_xnor(cuda, time_it, smoke, rng):
+    """XNOR-popcount GEMM (bit-packed +-1 operands) against the float32 GEMM of the same shape."""
+    from sbnnumba import bitpack
+    from sbnnumba.backends import get_backend
+    from sbnnumba.backends.cuda.gemm import gemm
+    from sbnnumba.kernels.bitpack import PreparedWeights
+    cublas = _cublas()
+    m, n, k = (5, 7, 70) if smoke else (4096, 4096, 4096)
+    a, b = _pm1(rng, (m, k)), _pm1(rng, (n, k))
+    da, db, dc = cuda.to_device(a), cuda.to_device(b), cuda.device_array((m, n), np.float32)
+    aw, bw = cuda.to_device(bitpack.pack(a)), PreparedWeights(cuda.to_device(bitpack.pack(b)))
+    t_x = time_it(lambda: get_backend("cuda").xnor_matmul(aw, bw, k))
+    name, t_f = ("cuBLAS SGEMM", time_it(lambda: cublas(da, db, dc, False, True))) if cublas else \
+        ("the tiled float32 GEMM", time_it(lambda: gemm(da, db, dc, trans_b=True)))
+    print(f"\nXNOR-popcount GEMM ({m}, {n}, {k}): {2.0 * m * n * k / t_x / 1e12:6.2f} Tbinop/s, "
+          f"{t_f / t_x:5.2f}x the speed of {name} on the same shape")
 
 
 def _pm1(rng, shape):
@@ -272,7 +291,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--epoch-batch", type=int, default=64)
-    parser.add_argument("--skip-epoch", action="store_true", help="leave out section 5 (the epoch)")
+    parser.add_argument("--skip-epoch", action="store_true", help="leave out section 6 (the epoch)")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes, every section (figures meaningless)")
     args = parser.parse_args(argv)
     from sbnnumba.backends.cuda import device as cb
@@ -292,6 +311,7 @@ def main(argv=None):
     time_it = timer(cuda, cb.in_simulator(), repeats)
     rng = np.random.default_rng(0)
     bench_gemm(cuda, time_it, fma_rate, args.smoke, rng)
+    bench_xnor(cuda, time_it, args.smoke, rng)
     bench_flip(cuda, time_it, fma_rate, args.smoke, rng)
     bench_steps(cuda, repeats, args.smoke, rng)
     if not args.skip_epoch:

@@ -13,6 +13,7 @@ from doc_snippets import ROOT
 EXPECTED = (
     "GEMM c = op(a) op(b), float32",
     "smoke (5, 7, 9, ta=1, tb=0):",
+    "XNOR-popcount GEMM (5, 7, 70):",
     "dense (B, N_in, N_out) = (3, 5, 7): ratio kernel",
     "conv (B, C_in, H, W, C_out, k) = (2, 3, 5, 4, 4, 3): ratio kernel",
     "dense batch 2: PSA",
