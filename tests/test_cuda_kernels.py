@@ -150,10 +150,48 @@ def _check_inert_saturated_skip_the_exact_pass(rng):
                 raise AssertionError(f"{name}: expected saturated units, {'some' if active else 'none'} active")
             parts = ops._ratio_units(*(cuda.to_device(np.ascontiguousarray(t)) for t in (a, p[2], p[4])),
                                     np.dtype(np.float32), cuda.to_device(p[3]), None, inner)
-            if (parts[3] is not None) != active:
+            if (parts[4].copy_to_host()[0] > 0) != active:
                 raise AssertionError(f"{name}: exact pass {'missing' if active else 'run'} with "
                                      f"{'one active' if active else 'only inert'} saturated units")
             close(got_of(p), want_of(p), f"{name} inert saturated (active unit: {active})")
+
+
+def test_ratio_form_makes_no_download():
+    """The ratio form on device arrays downloads nothing, also with active saturated units (their exact pass
+    is gated on the device count): dense and conv, with and without saturated units, match the reference."""
+    from numba import cuda
+
+    from sbnnumba.kernels import conv_reference, cpu, reference
+    rng = np.random.default_rng(14)
+    limit = cpu.ratio_limits(np.float32)[0]
+    dense = list(dense_problem(rng, "logistic", 4, 9, 7))
+    dense_sat = [t.copy() for t in dense]
+    dense_sat[3][2] *= 20  # large weights: the saturated unit's flip terms are O(1)
+    dense_sat[1][1, 2] = limit + 0.5
+    conv_args = ((3, 3), (1, 1), (1, 1))
+    conv = list(conv_problem(rng, "logistic", *conv_args))
+    conv_sat = [t.copy() for t in conv]
+    conv_sat[3][1] *= 25
+    conv_sat[1][0, 1, 1, 2] = limit + 1.0
+    cases = [("dense", p, lambda p: reference.flip_propagate_dense(*as64(*p), "logistic"),
+              lambda d: ops.flip_propagate_dense(*d, 0, form="ratio", tiles=SMALL_DENSE_TILES)) for p in (dense, dense_sat)]
+    cases += [("conv", p, lambda p: conv_reference.flip_propagate_conv(*as64(*p), (1, 1), (1, 1), "logistic"),
+               lambda d: ops.flip_propagate_conv(*d, (1, 1), (1, 1), 0, form="ratio")) for p in (conv, conv_sat)]
+    for k, (name, prob, want_of, got_of) in enumerate(cases):
+        saturated = k % 2 == 1
+        if (cpu.active_saturated(prob[1], prob[3]).sum() > 0) != saturated:
+            raise AssertionError(f"{name}: expected {'an active' if saturated else 'no'} saturated unit")
+        dev = [cuda.to_device(np.ascontiguousarray(t)) for t in prob]
+        fake = type(dev[0])
+        original, downloads = fake.copy_to_host, []
+        fake.copy_to_host = lambda self, *a, **kw: downloads.append(1) or original(self, *a, **kw)
+        try:
+            got = got_of(dev)
+        finally:
+            fake.copy_to_host = original
+        if downloads:
+            raise AssertionError(f"{name} (saturated: {saturated}): {len(downloads)} downloads, expected none")
+        close(got.copy_to_host(), want_of(prob), f"{name} ratio on device arrays (saturated: {saturated})")
 
 
 def test_dense_flip_device_arrays():

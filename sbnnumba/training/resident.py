@@ -26,8 +26,8 @@ is here, and only this:
 * synchronization: the loss is accumulated on the device and downloaded once per epoch
   (:meth:`CudaTrainer.pop_loss`).
 
-Per step the host only launches kernels. The one transfer left inside a step is the PSA ratio
-form's one-integer download per layer that tells whether a unit saturated (``|a| > A``, see
+Per step the host only launches kernels and nothing is copied between host and device (the PSA ratio
+form's count of active saturated units stays on the device and gates the exact pass there, see
 :mod:`sbnnumba.backends.cuda.ops`).
 
 Scope: :class:`~sbnnumba.network.Network` of :class:`~sbnnumba.layers.Linear` and

@@ -191,7 +191,7 @@ def dense_flip_ratio_kernel(dtype_name="float32", tile_i=64, tile_b=32, inputs_p
 
 @functools.lru_cache(maxsize=None)
 def dense_flip_generic_kernel(dtype_name="float32", tile_i=64, tile_b=32, inputs_per_thread=4, rows_per_thread=4,
-                              tile_j=16):
+                              tile_j=16, gated=False):
     """Generic dense flip kernel ``kernel(code, x_in, a, x_out, d_out, weight, d_in)``.
 
     ``weight`` is (N_out, N_in) as in the layer; the other arrays as in
@@ -200,6 +200,11 @@ def dense_flip_generic_kernel(dtype_name="float32", tile_i=64, tile_b=32, inputs
     staged once per block; per connection ``u = v + 2 x_out W x_in`` and one ``F`` evaluation, in the
     cancellation-free form (``F(-v) - F(-u)`` when ``u + v > 0``). Output units with ``d_out = 0`` are
     skipped (warp-uniform), which restricts the kernel to the saturated units of a ratio-form call.
+
+    ``gated=True`` gives ``kernel(code, x_in, a, x_out, d_out, weight, gate, d_in)``, the exact pass over
+    the saturated units of a ratio-form call: it *adds* its sums to ``d_in`` and does nothing when
+    ``gate[0] == 0`` (the count of active saturated units, on the device), so the host need not
+    download the count to decide whether to launch it.
 
     Raises
     ------
@@ -213,8 +218,8 @@ def dense_flip_generic_kernel(dtype_name="float32", tile_i=64, tile_b=32, inputs
     tj_pad = tj + 1  # shared-memory shapes must be compile-time constants
     n_threads = tx_n * ty_n
 
-    @cuda.jit
-    def kernel(code, x_in, a, x_out, d_out, weight, d_in):
+    @cuda.jit(device=True, inline=True)
+    def flip(code, x_in, a, x_out, d_out, weight, d_in, accumulate):
         tx = cuda.threadIdx.x
         ty = cuda.threadIdx.y
         i0 = cuda.blockIdx.x * ti_n
@@ -287,6 +292,18 @@ def dense_flip_generic_kernel(dtype_name="float32", tile_i=64, tile_b=32, inputs
             for q in range(ri):
                 i = i0 + tx + tx_n * q
                 if b < n_batch and i < n_in:
-                    d_in[b, i] = acc[r, q]
+                    if accumulate:
+                        d_in[b, i] += acc[r, q]
+                    else:
+                        d_in[b, i] = acc[r, q]
 
+    if gated:
+        @cuda.jit
+        def kernel(code, x_in, a, x_out, d_out, weight, gate, d_in):
+            if gate[0] != 0:  # the same for every thread: all return at once (no barrier is skipped)
+                flip(code, x_in, a, x_out, d_out, weight, d_in, True)
+    else:
+        @cuda.jit
+        def kernel(code, x_in, a, x_out, d_out, weight, d_in):
+            flip(code, x_in, a, x_out, d_out, weight, d_in, False)
     return kernel

@@ -43,7 +43,7 @@ Bit-packed kernels (layout of :mod:`sbnnumba.bitpack`: bit set = -1, zero paddin
 Element-wise (flat arrays): :func:`sample_states` (``x = +1 if u < F(a) else -1``),
 :func:`st_factor` (``2 p(a)``), :func:`psa_preactivation_grad` (``-x p(a) d``), the PSA
 preparation kernels :func:`ratio_units`, :func:`reach_rows`, :func:`generic_units`, :func:`exp2`,
-:func:`exp2_transpose`, and :func:`add_into`.
+:func:`exp2_transpose`.
 
 Kernels avoid the builtins ``min``/``max`` (numba 0.68's CUDA target compiles their generic
 ``*args`` overload as a device function and fails); conditional expressions are used instead.
@@ -82,14 +82,10 @@ def _numba_dtype(dtype_name):
 # PSA flip propagation, conv, generic form: direct (one thread per input unit)
 # ---------------------------------------------------------------------------------------------------
 
-@cuda.jit
-def flip_conv_generic(code, x_in, v, s, d, f_lo, f_hi, weight, sh, sw, ph, pw, d_in):
-    """Generic form. ``v = -x_out a``, ``s = x_out``, ``d = d_out``, ``f_lo = F(v)``, ``f_hi = F(-v)``
-    (B, C_out, H_out, W_out); ``weight`` (C_out, C_in, kh, kw). 1-D launch over B * C_in * H * W."""
-    idx = cuda.grid(1)
+@cuda.jit(device=True, inline=True)
+def _conv_generic_unit(idx, code, x_in, v, s, d, f_lo, f_hi, weight, sh, sw, ph, pw):
+    """``(b, r, y, x, d_in)`` of input unit ``idx`` (flat index into ``x_in``), generic form."""
     n_batch, c_in, height, width = x_in.shape
-    if idx >= n_batch * c_in * height * width:
-        return
     c_out, _, kh, kw = weight.shape
     ho, wo = v.shape[2], v.shape[3]
     x = idx % width
@@ -121,7 +117,27 @@ def flip_conv_generic(code, x_in, v, s, d, f_lo, f_hi, weight, sh, sw, ph, pw, d
                 else:
                     delta = cdf_lower(code, u) - f_lo[b, c, oy, ox]
                 acc += delta * dq
-    d_in[b, r, y, x] = acc
+    return b, r, y, x, acc
+
+
+@cuda.jit
+def flip_conv_generic(code, x_in, v, s, d, f_lo, f_hi, weight, sh, sw, ph, pw, d_in):
+    """Generic form. ``v = -x_out a``, ``s = x_out``, ``d = d_out``, ``f_lo = F(v)``, ``f_hi = F(-v)``
+    (B, C_out, H_out, W_out); ``weight`` (C_out, C_in, kh, kw). 1-D launch over B * C_in * H * W."""
+    idx = cuda.grid(1)
+    if idx < x_in.size:
+        b, r, y, x, acc = _conv_generic_unit(idx, code, x_in, v, s, d, f_lo, f_hi, weight, sh, sw, ph, pw)
+        d_in[b, r, y, x] = acc
+
+
+@cuda.jit
+def flip_conv_generic_gated(code, x_in, v, s, d, f_lo, f_hi, weight, sh, sw, ph, pw, gate, d_in):
+    """:func:`flip_conv_generic` as the exact pass of a ratio-form call: *adds* to ``d_in``, and does nothing
+    when ``gate[0] == 0`` (the device count of active saturated units: no download to decide)."""
+    idx = cuda.grid(1)
+    if gate[0] != 0 and idx < x_in.size:
+        b, r, y, x, acc = _conv_generic_unit(idx, code, x_in, v, s, d, f_lo, f_hi, weight, sh, sw, ph, pw)
+        d_in[b, r, y, x] += acc
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -205,14 +221,6 @@ def zero_counter(n):
     """``n[0] = 0``; launch with one thread."""
     if cuda.grid(1) == 0:
         n[0] = 0
-
-
-@cuda.jit
-def add_into(x, out):
-    """``out += x`` (flat)."""
-    i = cuda.grid(1)
-    if i < x.shape[0]:
-        out[i] += x[i]
 
 
 @cuda.jit

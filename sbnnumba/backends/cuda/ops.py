@@ -14,8 +14,8 @@ device, else a NumPy result; host weights go through the device weight cache.
 The ratio form of the logistic PSA kernels uses the CPU's limits (:func:`sbnnumba.kernels.cpu.ratio_limits`):
 ``2W`` is clipped to ``[-C, C]`` and the saturated units (``|a| > A``) are summed exactly by the
 generic kernel, restricted to them (a ``d_out`` that is zero elsewhere), and added; that second
-pass (and a one-integer download to learn whether it is needed) only costs when some saturated unit
-is active: as on the CPU (:func:`sbnnumba.kernels.cpu.active_saturated`), units whose flips keep
+pass is always launched but returns at once on the device unless some saturated unit is active (their
+count stays on the device: no download, no host round trip): as on the CPU (:func:`sbnnumba.kernels.cpu.active_saturated`), units whose flips keep
 them in sigma's flat tail (``|a| - 2 max|W| > T``) are left out, so a trained network whose
 saturated units are all inert skips the pass.
 """
@@ -57,7 +57,8 @@ def _check_form(form, noise_code):
 
 def _ratio_units(da, dxo, dd, dtype, dw, entry, inner):
     """Per-unit arrays of a ratio-form call: ``e, g, gs`` (:func:`sbnnumba.backends.cuda.kernels.ratio_units`) and
-    ``d_sat``, the ``d_out`` of the active saturated units (zero elsewhere), or None when there are none.
+    ``d_sat``, the ``d_out`` of the active saturated units (zero elsewhere), and ``n_sat``, their count (a
+    one-element int32 device array, not downloaded: the exact pass reads it on the device).
     ``dw`` is the weight (output units or channels first, cached ``reach`` per cache ``entry``);
     ``inner`` the number of consecutive units of ``a`` per row of ``dw`` (1 dense, ``H_out W_out`` conv)."""
     from . import kernels as k
@@ -76,7 +77,7 @@ def _ratio_units(da, dxo, dd, dtype, dw, entry, inner):
     launch_1d(k.ratio_units, int(np.prod(da.shape)), flat(da), flat(dxo), flat(dd),
                dtype.type(ratio_limits(dtype)[0]), reach, inner, dtype.type(SIGMA_FLAT[dtype]), flat(e), flat(g),
                flat(gs), flat(d_sat), n_sat)
-    return e, g, gs, (d_sat if n_sat.copy_to_host()[0] else None)
+    return e, g, gs, d_sat, n_sat
 
 
 def _tiles(defaults, tiles):
@@ -150,7 +151,7 @@ def flip_propagate_dense(x_in, a, x_out, weight, d_out, noise_code, form="auto",
     block = (cfg["tile_i"] // cfg["inputs_per_thread"], cfg["tile_b"] // cfg["rows_per_thread"])
     generic = kd.dense_flip_generic_kernel(dtype.name, **cfg)[grid, block]
     if form == "ratio":
-        e, g, gs, d_sat = _ratio_units(da, dxo, dd, dtype, dw, entry, 1)
+        e, g, gs, d_sat, n_sat = _ratio_units(da, dxo, dd, dtype, dw, entry, 1)
         a_term = cuda.device_array((n_batch, 1), dtype=dtype)
         launch_1d(k.sum_axis1, n_batch, gs.reshape(n_batch, n_out, 1), a_term)
         clip = dtype.type(ratio_limits(dtype)[1])
@@ -162,10 +163,9 @@ def flip_propagate_dense(x_in, a, x_out, weight, d_out, noise_code, form="auto",
 
         kk = derived(entry, ("exp2_transpose", dtype.name), make_k)
         kd.dense_flip_ratio_kernel(dtype.name, **cfg)[grid, block](dx, e, g, kk, a_term.reshape(n_batch), d_in)
-        if d_sat is not None:  # the saturated units, exactly
-            d_extra = cuda.device_array((n_batch, n_in), dtype=dtype)
-            generic(LOGISTIC, dx, da, dxo, d_sat, dw, d_extra)
-            launch_1d(k.add_into, n_batch * n_in, flat(d_extra), flat(d_in))
+        # the saturated units, exactly, added to d_in; the kernel returns at once when n_sat[0] == 0
+        kd.dense_flip_generic_kernel(dtype.name, gated=True, **cfg)[grid, block](LOGISTIC, dx, da, dxo, d_sat, dw,
+                                                                                  n_sat, d_in)
     else:
         generic(int(noise_code), dx, da, dxo, dd, dw, d_in)
     return result(d_in, on_device)
@@ -222,15 +222,19 @@ def flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_co
     d_in = cuda.device_array((n_batch, c_in, h, w), dtype=dtype)
     n_units = n_batch * c_out * ho * wo
 
-    def generic(code, d, out):
+    def generic(code, d, out, gate=None):  # gate: the exact pass of a ratio call (adds to out if gate[0] > 0)
         v = cuda.device_array(a.shape, dtype=dtype)
         f_lo = cuda.device_array(a.shape, dtype=dtype)
         f_hi = cuda.device_array(a.shape, dtype=dtype)
         launch_1d(k.generic_units, n_units, int(code), flat(da), flat(dxo), flat(v), flat(f_lo), flat(f_hi))
-        launch_1d(k.flip_conv_generic, n_in_units, int(code), dx, v, dxo, d, f_lo, f_hi, dw, sh, sw, ph, pw, out)
+        if gate is None:
+            launch_1d(k.flip_conv_generic, n_in_units, int(code), dx, v, dxo, d, f_lo, f_hi, dw, sh, sw, ph, pw, out)
+        else:
+            launch_1d(k.flip_conv_generic_gated, n_in_units, int(code), dx, v, dxo, d, f_lo, f_hi, dw, sh, sw, ph,
+                      pw, gate, out)
 
     if form == "ratio":
-        e, g, gs, d_sat = _ratio_units(da, dxo, dd, dtype, dw, entry, ho * wo)
+        e, g, gs, d_sat, n_sat = _ratio_units(da, dxo, dd, dtype, dw, entry, ho * wo)
         t_sum = cuda.device_array((n_batch, ho * wo), dtype=dtype)
         launch_1d(k.sum_axis1, n_batch * ho * wo, gs.reshape(n_batch, c_out, ho * wo), t_sum)
 
@@ -243,10 +247,7 @@ def flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_co
 
         kk = derived(entry, ("exp2", dtype.name), make_k)
         launch_flip_conv_ratio(dx, e, g, t_sum.reshape(n_batch, ho, wo), kk, (sh, sw), (ph, pw), d_in)
-        if d_sat is not None:  # the saturated units, exactly
-            d_extra = cuda.device_array((n_batch, c_in, h, w), dtype=dtype)
-            generic(LOGISTIC, d_sat, d_extra)
-            launch_1d(k.add_into, n_in_units, flat(d_extra), flat(d_in))
+        generic(LOGISTIC, d_sat, d_in, gate=n_sat)  # the saturated units, exactly (nothing if n_sat[0] == 0)
     else:
         generic(noise_code, dd, d_in)
     return result(d_in, on_device)

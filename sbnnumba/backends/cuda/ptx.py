@@ -73,16 +73,19 @@ def ptx_checks():
         one = dt(1)
         checks[f"ptx_dense_ratio_{name}"] = (kd.dense_flip_ratio_kernel(name, **kd.DENSE_TILE),
                                              sig(f2, f2, f2, f2, f1, f2))
-        checks[f"ptx_dense_generic_{name}"] = (kd.dense_flip_generic_kernel(name, **kd.DENSE_TILE),
-                                               sig(0, f2, f2, f2, f2, f2, f2))
+        checks[f"ptx_dense_generic_{name}"] = [
+            (kd.dense_flip_generic_kernel(name, **kd.DENSE_TILE), sig(0, f2, f2, f2, f2, f2, f2)),
+            (kd.dense_flip_generic_kernel(name, gated=True, **kd.DENSE_TILE), sig(0, f2, f2, f2, f2, f2, (1, np.int32), f2))]
         checks[f"ptx_conv_ratio_{name}"] = [(kc.flip_conv_ratio_kernel(name, kh, kw, **kc.CONV_TILES),
                                               sig(f4, f4, f4, (3, dt), f4, 1, 1, 1, 1, f4)) for kh, kw in ((3, 3), (1, 1))]
-        checks[f"ptx_conv_generic_{name}"] = (k.flip_conv_generic, sig(0, f4, f4, f4, f4, f4, f4, f4, 1, 1, 1, 1, f4))
+        checks[f"ptx_conv_generic_{name}"] = [
+            (k.flip_conv_generic, sig(0, f4, f4, f4, f4, f4, f4, f4, 1, 1, 1, 1, f4)),
+            (k.flip_conv_generic_gated, sig(0, f4, f4, f4, f4, f4, f4, f4, 1, 1, 1, 1, (1, np.int32), f4))]
         checks[f"ptx_units_{name}"] = [(k.ratio_units, sig(f1, f1, f1, one, f1, 1, one, f1, f1, f1, f1, (1, np.int32))),
                                        (k.reach_rows, sig(f2, f1)),
                                        (k.generic_units, sig(0, f1, f1, f1, f1, f1)),
                                        (k.exp2, sig(f1, one, f1)), (k.exp2_transpose, sig(f2, one, f2)),
-                                       (k.sum_axis1, sig((3, dt), f2)), (k.add_into, sig(f1, f1))]
+                                       (k.sum_axis1, sig((3, dt), f2))]
         checks[f"ptx_elementwise_{name}"] = [(k.sample_states, sig(0, f1, f1, f1)), (k.st_factor, sig(0, f1, f1)),
                                              (k.psa_preactivation_grad, sig(0, f1, f1, f1, f1))]
         f3, i1 = (3, dt), (1, np.int32)
