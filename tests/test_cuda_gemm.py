@@ -61,3 +61,17 @@ def test_gemm_errors_and_edges():
         gemm(good, cuda.to_device(np.zeros((4, 2), np.float32)), c, tiles=dict(tile_x=3))
     with pytest.raises(ValueError, match="multiples of the"):
         gemm_kernel("float32", False, False, 8, 8, 3, 2, 2)
+
+
+def test_gemm_device_tiles():
+    """The device's default tiles (64 x 64, 256 threads, 4 x 4 outputs each), run in the simulator too:
+    two blocks along M, a partial one along N, two K tiles."""
+    from numba import cuda
+
+    from sbnnumba.backends.cuda.gemm import GEMM_TILES, gemm
+    rng = np.random.default_rng(1)
+    for trans_a, trans_b in ((False, True), (True, False)):
+        a, b, c, want = _operands(rng, 70, 9, 20, trans_a, trans_b, np.float32)
+        dc = cuda.to_device(c)
+        gemm(cuda.to_device(a), cuda.to_device(b), dc, trans_a, trans_b, tiles=GEMM_TILES)
+        close(dc.copy_to_host(), want, f"gemm device tiles ta={trans_a} tb={trans_b}", rtol=1e-5, atol=1e-5)
