@@ -283,7 +283,8 @@ def bench_epoch(cuda, smoke, batch):
     loss = trainer.train_epoch(x_dev, y_dev, batch, rng=0)
     cuda.synchronize()
     seconds = time.perf_counter() - start
-    print(f"\nEpoch of the {'smoke' if smoke else 'paper (width 1.0)'} conv network with PSA, batch {batch}, on {what}: "
+    network = "smoke" if smoke else "paper (width 1.0)"
+    print(f"\nEpoch of the {network} conv network with PSA, batch {batch}, on {what}: "
           f"{seconds:.2f} s ({len(y) / seconds:.0f} img/s; mean loss {loss:.3f})")
 
 

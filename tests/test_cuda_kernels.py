@@ -174,7 +174,8 @@ def test_ratio_form_makes_no_download():
     conv_sat[3][1] *= 25
     conv_sat[1][0, 1, 1, 2] = limit + 1.0
     cases = [("dense", p, lambda p: reference.flip_propagate_dense(*as64(*p), "logistic"),
-              lambda d: ops.flip_propagate_dense(*d, 0, form="ratio", tiles=SMALL_DENSE_TILES)) for p in (dense, dense_sat)]
+              lambda d: ops.flip_propagate_dense(*d, 0, form="ratio", tiles=SMALL_DENSE_TILES))
+             for p in (dense, dense_sat)]
     cases += [("conv", p, lambda p: conv_reference.flip_propagate_conv(*as64(*p), (1, 1), (1, 1), "logistic"),
                lambda d: ops.flip_propagate_conv(*d, (1, 1), (1, 1), 0, form="ratio")) for p in (conv, conv_sat)]
     for k, (name, prob, want_of, got_of) in enumerate(cases):

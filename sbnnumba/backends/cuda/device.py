@@ -286,7 +286,7 @@ def blocks(n, threads):
 
 
 def launch_1d(kernel, n, *args):
-    """Launch an element-wise kernel over ``n`` threads in blocks of :data:`.kernels.THREADS_1D` (nothing if ``n == 0``).
+    """Launch an element-wise kernel over ``n`` threads, blocks of :data:`.kernels.THREADS_1D` (none if ``n == 0``).
 
     Parameters
     ----------

@@ -15,9 +15,10 @@ The ratio form of the logistic PSA kernels uses the CPU's limits (:func:`sbnnumb
 ``2W`` is clipped to ``[-C, C]`` and the saturated units (``|a| > A``) are summed exactly by the
 generic kernel, restricted to them (a ``d_out`` that is zero elsewhere), and added; that second
 pass is always launched but returns at once on the device unless some saturated unit is active (their
-count stays on the device: no download, no host round trip): as on the CPU (:func:`sbnnumba.kernels.cpu.active_saturated`), units whose flips keep
-them in sigma's flat tail (``|a| - 2 max|W| > T``) are left out, so a trained network whose
-saturated units are all inert skips the pass.
+count stays on the device: no download, no host round trip). As on the CPU
+(:func:`sbnnumba.kernels.cpu.active_saturated`), units whose flips keep them in sigma's flat tail
+(``|a| - 2 max|W| > T``) are left out, so a trained network whose saturated units are all inert
+skips the pass.
 """
 from __future__ import annotations
 

@@ -75,9 +75,11 @@ def ptx_checks():
                                              sig(f2, f2, f2, f2, f1, f2))
         checks[f"ptx_dense_generic_{name}"] = [
             (kd.dense_flip_generic_kernel(name, **kd.DENSE_TILE), sig(0, f2, f2, f2, f2, f2, f2)),
-            (kd.dense_flip_generic_kernel(name, gated=True, **kd.DENSE_TILE), sig(0, f2, f2, f2, f2, f2, (1, np.int32), f2))]
-        checks[f"ptx_conv_ratio_{name}"] = [(kc.flip_conv_ratio_kernel(name, kh, kw, **kc.CONV_TILES),
-                                              sig(f4, f4, f4, (3, dt), f4, 1, 1, 1, 1, f4)) for kh, kw in ((3, 3), (1, 1))]
+            (kd.dense_flip_generic_kernel(name, gated=True, **kd.DENSE_TILE),
+             sig(0, f2, f2, f2, f2, f2, (1, np.int32), f2))]
+        checks[f"ptx_conv_ratio_{name}"] = [
+            (kc.flip_conv_ratio_kernel(name, kh, kw, **kc.CONV_TILES), sig(f4, f4, f4, (3, dt), f4, 1, 1, 1, 1, f4))
+            for kh, kw in ((3, 3), (1, 1))]
         checks[f"ptx_conv_generic_{name}"] = [
             (k.flip_conv_generic, sig(0, f4, f4, f4, f4, f4, f4, f4, 1, 1, 1, 1, f4)),
             (k.flip_conv_generic_gated, sig(0, f4, f4, f4, f4, f4, f4, f4, 1, 1, 1, 1, (1, np.int32), f4))]
@@ -210,7 +212,8 @@ def ptxas_resources(ptx, arch=RESOURCE_ARCH):
               "smem": r"(\d+) bytes smem"}
     found = {key: re.search(pattern, text) for key, pattern in fields.items()}
     if proc.returncode != 0 or found["registers"] is None:
-        raise RuntimeError(f"ptxas: expected resource usage, got exit {proc.returncode}: {' '.join(text.split())[:300]}")
+        raise RuntimeError(f"ptxas: expected resource usage, got exit {proc.returncode}: "
+                           f"{' '.join(text.split())[:300]}")
     return {key: int(m.group(1)) if m else 0 for key, m in found.items()}
 
 
@@ -256,8 +259,9 @@ def main(argv=None):
             if resources and name.startswith(RESOURCE_CHECKS):
                 for kernel, ptx in compiled:
                     r = ptxas_resources(ptx)
-                    print(f"res  {name} {kernel} {RESOURCE_ARCH}: {r['registers']} registers, {r['stack']} bytes stack, "
-                          f"spill stores {r['spill_stores']} loads {r['spill_loads']} bytes, {r['smem']} bytes smem")
+                    print(f"res  {name} {kernel} {RESOURCE_ARCH}: {r['registers']} registers, {r['stack']} bytes "
+                          f"stack, spill stores {r['spill_stores']} loads {r['spill_loads']} bytes, "
+                          f"{r['smem']} bytes smem")
         except Exception as exc:  # report every kernel, not only the first failure
             failed += 1
             print(f"FAIL {name}: {type(exc).__name__}: {' '.join(str(exc).split())[:500]}")
