@@ -115,9 +115,9 @@ def test_dense_flip_saturated():
 
 def _check_inert_saturated_skip_the_exact_pass(rng):
     """Saturated units whose flips stay in sigma's flat tail (|a| - 2 max|W| > T) are inert: with only
-    those, the ratio-form preparation reports no exact pass (d_sat None) and the result still matches
-    the float64 reference; a large weight that makes one of them active brings the pass back (dense
-    and conv)."""
+    those, the ratio-form preparation counts no active unit (n_sat 0: the gated pass does nothing) and
+    the result still matches the float64 reference; a large weight that makes one of them active brings
+    the pass back (dense and conv)."""
     from numba import cuda
 
     from sbnnumba.kernels import conv_reference, cpu, reference
