@@ -63,8 +63,9 @@ class Conv2d(AffineLayer):
     kernel_size, stride, padding : (int, int)
     """
 
-    def __init__(self, c_in, c_out, kernel_size, stride=1, padding=0, rng=None, dtype=np.float32, in_shape=None,
-                 weight="real", weight_noise="logistic", weight_grad="md"):
+    def __init__(self, c_in: int, c_out: int, kernel_size, stride=1, padding=0,
+                 rng: np.random.Generator | int | None = None, dtype=np.float32,
+                 in_shape: tuple[int, ...] | None = None, weight="real", weight_noise="logistic", weight_grad="md"):
         self.c_in = check_positive_int(c_in, "c_in")
         c_out = check_positive_int(c_out, "c_out")
         self.kernel_size = check_pair(kernel_size, "kernel_size", 1)
@@ -76,7 +77,7 @@ class Conv2d(AffineLayer):
         self.weight_param = RealWeights(_uniform_fan_in(rng, (c_out, self.c_in, kh, kw), fan_in, dtype))
         self.bias = _uniform_fan_in(rng, (c_out,), fan_in, dtype)
         init_weight_kind(self, weight, weight_noise, weight_grad, rng)
-        self.in_shape = None
+        self.in_shape: tuple[int, ...] | None = None
         if in_shape is not None:
             self.output_shape(in_shape)
 
@@ -85,7 +86,7 @@ class Conv2d(AffineLayer):
     def c_out(self):
         return self.weight_shape[0]
 
-    def output_shape(self, in_shape):
+    def output_shape(self, in_shape: tuple[int, ...]):
         """Per-example output shape (C_out, H_out, W_out) for inputs of shape ``in_shape`` = (C_in, H, W);
         records ``in_shape`` for :attr:`out_shape`. ValueError (naming ``x``) if the channels do not match
         or the padded map is smaller than the kernel."""
@@ -113,13 +114,13 @@ class Conv2d(AffineLayer):
         return self.output_shape(x.shape[1:])
 
     # ------------------------------------------------------------------ the four layer operations
-    def forward(self, x):
+    def forward(self, x: np.ndarray):
         """Pre-activations (B, C_out, H_out, W_out) of maps ``x`` (B, C_in, H, W)."""
         x = self.backend.asarray(x)
         self._check_map(x)
         return self.backend.conv_forward(x, self.weight, self.bias, self.stride, self.padding)
 
-    def backward_input(self, g_a, in_shape):
+    def backward_input(self, g_a: np.ndarray, in_shape: tuple[int, ...]):
         """Transposed convolution: ``g_x[b, r, i] = sum_{c, j ∋ i} W[c, r, off] g_a[b, c, j]``, shape
         ``(B, *in_shape)``; padded positions are dropped."""
         in_shape = tuple(in_shape)
@@ -127,7 +128,7 @@ class Conv2d(AffineLayer):
         return self.backend.conv_backward_input(self.backend.asarray(g_a), self.weight, in_shape, self.stride,
                                                 self.padding)
 
-    def param_grads(self, x, g_a):
+    def param_grads(self, x: np.ndarray, g_a: np.ndarray):
         """``dW[c, r, dy, dx] = sum_{b, j} g_a[b, c, j] x_pad[b, r, s j + off]`` (shared weights: summed over
         positions and the batch), ``db[c] = sum_{b, j} g_a[b, c, j]``."""
         x, g_a = self.backend.asarray(x), self.backend.asarray(g_a)
@@ -135,7 +136,7 @@ class Conv2d(AffineLayer):
         g_w, g_b = self.backend.conv_param_grads(x, g_a, self.kernel_size, self.stride, self.padding)
         return {"weight": g_w, "bias": g_b}
 
-    def forward_moments(self, mean, var):
+    def forward_moments(self, mean: np.ndarray, var: np.ndarray):
         """Moments of the pre-activation for independent inputs: ``mu_a = conv(mean) + b``,
         ``v_a = conv_{W^2}(var)`` (squared-kernel convolution, no bias; padding has variance 0)."""
         mean, var = self.backend.asarray(mean), self.backend.asarray(var)
@@ -143,7 +144,7 @@ class Conv2d(AffineLayer):
         v = self.backend.conv_forward(var, self.weight ** 2, None, self.stride, self.padding)
         return self.forward(mean), v
 
-    def flip_propagate(self, x_in, a, x_out, d_out, noise, backend="cpu", out_scale=None):
+    def flip_propagate(self, x_in: np.ndarray, a: np.ndarray, x_out: np.ndarray, d_out: np.ndarray, noise, backend="cpu", out_scale=None):
         r"""PSA flip propagation (spec psa.md, section 2.10); returns ``d_in`` with the shape of ``x_in``:
 
         ``d_in[b,r,i] = sum_c sum_{j : i in RF(j)} Delta[(r,i)->(c,j)] d_out[b,c,j]``,

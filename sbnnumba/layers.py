@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import abc
 import copy
+from typing import Any, Callable
 
 import numpy as np
 
@@ -45,27 +46,27 @@ class Layer(abc.ABC):
     """The interface of every stage type (affine layers and wrappers); see the module docstring."""
 
     @abc.abstractmethod
-    def forward(self, x):
+    def forward(self, x: np.ndarray):
         """Pre-activations (B, ...) of inputs ``x`` (B, ...)."""
 
     @abc.abstractmethod
-    def backward_input(self, g_a, in_shape):
+    def backward_input(self, g_a: np.ndarray, in_shape: tuple[int, ...]):
         """``dL/dx``, shape ``(B, *in_shape)``, from ``g_a = dL/da``."""
 
     @abc.abstractmethod
-    def param_grads(self, x, g_a):
+    def param_grads(self, x: np.ndarray, g_a: np.ndarray):
         """name -> gradient summed over the batch (``"weight"``: ``dL/dw`` at the weights in use)."""
 
     @abc.abstractmethod
-    def flip_propagate(self, x_in, a, x_out, d_out, noise, backend="cpu"):
+    def flip_propagate(self, x_in: np.ndarray, a: np.ndarray, x_out: np.ndarray, d_out: np.ndarray, noise, backend="cpu"):
         """PSA flip propagation ``d_in`` (the shape of ``x_in``)."""
 
     @abc.abstractmethod
-    def forward_moments(self, mean, var):
+    def forward_moments(self, mean: np.ndarray, var: np.ndarray):
         """``(mu_a, v_a)`` of independent inputs with means ``mean`` and variances ``var``."""
 
     @abc.abstractmethod
-    def output_shape(self, in_shape):
+    def output_shape(self, in_shape: tuple[int, ...]):
         """Per-example output shape for per-example inputs of shape ``in_shape`` (ValueError naming ``x``)."""
 
     @property
@@ -74,16 +75,16 @@ class Layer(abc.ABC):
         """Per-example output shape."""
 
     @abc.abstractmethod
-    def params(self):
+    def params(self) -> dict[str, np.ndarray]:
         """name -> parameter array (the arrays themselves, updated in place by optimizers)."""
 
     @abc.abstractmethod
-    def rescale_(self, mean, std):
+    def rescale_(self, mean: np.ndarray, std: np.ndarray):
         """Normalize pre-activations: ``a -> (a - mean) / std`` per output unit/channel. Returns the layer to
         propagate with (a view with scaled weights where the weights cannot be scaled in place)."""
 
     @abc.abstractmethod
-    def with_weight(self, weight):
+    def with_weight(self, weight: np.ndarray) -> Layer:
         """A view computing with the weight tensor ``weight``; the layer is unchanged."""
 
     @property
@@ -97,7 +98,7 @@ class Layer(abc.ABC):
         """The normalization wrapper of this stage, or None."""
 
     @abc.abstractmethod
-    def on_backend(self, backend, convert):
+    def on_backend(self, backend, convert: Callable[[np.ndarray], Any]) -> Layer:
         """A copy of this layer whose arrays (parameters, running statistics) are ``convert(array)`` and whose
         array operations run on ``backend``; the layer itself is unchanged."""
 
@@ -129,8 +130,9 @@ class AffineLayer(Layer):
     view; ``bias`` is a real parameter.
     """
 
-    weight_param = None
-    _weight_override = None
+    weight_param: Any = None
+    bias: np.ndarray  # set by the subclass's constructor
+    _weight_override: np.ndarray | None = None
     _backend = None  # None: the host backend (a device copy made by on_backend sets its own)
 
     @property
@@ -144,7 +146,7 @@ class AffineLayer(Layer):
         of a copy made by :meth:`on_backend`."""
         return host_backend() if self._backend is None else self._backend
 
-    def on_backend(self, backend, convert):
+    def on_backend(self, backend, convert: Callable[[np.ndarray], Any]) -> Layer:
         """A copy computing on ``backend`` with the arrays ``convert(array)`` (weight parameterization, bias and
         the weight of a :meth:`with_weight` view); e.g. the device copy of the device-resident step.
 
@@ -166,7 +168,7 @@ class AffineLayer(Layer):
             view._weight_override = convert(self._weight_override)
         return view
 
-    def weight_grads(self, g_w):
+    def weight_grads(self, g_w: np.ndarray):
         """The gradients of the weight parameterization's arrays from ``g_w = dL/dw`` at the weights in use.
 
         Parameters
@@ -180,7 +182,7 @@ class AffineLayer(Layer):
         """
         return self.weight_param.grads(g_w, self.backend)
 
-    def project_(self):
+    def project_(self) -> None:
         """The weight parameterization's constraint projection after an optimizer step, on :attr:`backend`."""
         self.weight_param.project_(self.backend)
 
@@ -189,14 +191,14 @@ class AffineLayer(Layer):
         """Shape of the weight tensor (that of the parameterization's arrays)."""
         return self.weight_param.shape
 
-    def set_weight_param(self, param):
+    def set_weight_param(self, param: Any) -> None:
         """Install a weight parameterization (e.g. :class:`~sbnnumba.weights.BernoulliWeights`)."""
         self.weight_param = param
 
-    def params(self):
+    def params(self) -> dict[str, np.ndarray]:
         return {**self.weight_param.params(), "bias": self.bias}
 
-    def with_weight(self, weight):
+    def with_weight(self, weight: np.ndarray) -> Layer:
         view = copy.copy(self)
         view._weight_override = weight
         return view
@@ -209,7 +211,7 @@ class AffineLayer(Layer):
     def normalization(self):
         return None
 
-    def rescale_(self, mean, std):
+    def rescale_(self, mean: np.ndarray, std: np.ndarray):
         """``W <- W / s`` (real weights, in place), ``b <- (b - m) / s`` per output unit/channel. Bernoulli
         weights cannot be scaled: the returned view computes with ``sign(eta) / s`` (data-dependent
         initialization propagates through it, as through scaled real weights)."""
@@ -221,7 +223,7 @@ class AffineLayer(Layer):
         return self
 
 
-def init_weight_kind(layer, weight, weight_noise, weight_grad, rng):
+def init_weight_kind(layer, weight, weight_noise, weight_grad, rng: np.random.Generator | int | None):
     """Apply the ``weight="real" | "bernoulli"`` constructor option of a layer.
 
     Parameters
@@ -274,7 +276,7 @@ class Linear(AffineLayer):
     bias : ndarray (n_out,)
     """
 
-    def __init__(self, n_in, n_out, rng=None, dtype=np.float32, weight="real", weight_noise="logistic",
+    def __init__(self, n_in: int, n_out: int, rng: np.random.Generator | int | None = None, dtype=np.float32, weight="real", weight_noise="logistic",
                  weight_grad="md"):
         self.n_in = check_positive_int(n_in, "n_in")
         n_out = check_positive_int(n_out, "n_out")
@@ -287,7 +289,7 @@ class Linear(AffineLayer):
     def out_shape(self):
         return (self.weight_shape[0],)
 
-    def output_shape(self, in_shape):
+    def output_shape(self, in_shape: tuple[int, ...]):
         if int(np.prod(in_shape)) != self.n_in:
             raise ValueError(f"x: a Linear({self.n_in}, {self.weight_shape[0]}) layer expects {self.n_in} "
                              f"input features per example, got shape {tuple(in_shape)}")
@@ -299,23 +301,23 @@ class Linear(AffineLayer):
             self.output_shape(x.shape[1:])
         return x2
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray):
         """``a = x W^T + b`` (B, n_out) of inputs ``x`` (B, ...) with ``n_in`` values per example."""
         return self.backend.dense_forward(self._flat(x), self.weight, self.bias)
 
-    def backward_input(self, g_a, in_shape):
+    def backward_input(self, g_a: np.ndarray, in_shape: tuple[int, ...]):
         """``g_x = g_a W`` (B, n_out) -> ``(B, *in_shape)``."""
         return self.backend.dense_backward_input(g_a, self.weight).reshape((g_a.shape[0],) + tuple(in_shape))
 
-    def forward_moments(self, mean, var):
+    def forward_moments(self, mean: np.ndarray, var: np.ndarray):
         return self.forward(mean), self._flat(var) @ (self.weight ** 2).T
 
-    def param_grads(self, x, g_a):
+    def param_grads(self, x: np.ndarray, g_a: np.ndarray):
         """``{"weight": g_a^T x (n_out, n_in), "bias": sum_b g_a (n_out,)}``."""
         g_w, g_b = self.backend.dense_param_grads(self._flat(x), g_a)
         return {"weight": g_w, "bias": g_b}
 
-    def flip_propagate(self, x_in, a, x_out, d_out, noise, backend="cpu", out_scale=None):
+    def flip_propagate(self, x_in: np.ndarray, a: np.ndarray, x_out: np.ndarray, d_out: np.ndarray, noise, backend="cpu", out_scale=None):
         """PSA flip propagation; returns ``d_in`` with the shape of ``x_in``.
 
         ``backend`` is a :class:`~sbnnumba.backends.Backend` or its name. ``out_scale`` (n_out,)

@@ -14,8 +14,10 @@ from __future__ import annotations
 import contextlib
 import warnings
 from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
 
 import numpy as np
+import numpy.typing as npt
 
 from . import losses
 from .backends import BackendAttribute
@@ -137,7 +139,7 @@ class Network:
 
     backend = BackendAttribute()
 
-    def __init__(self, stages, head, noise="logistic", backend=None):
+    def __init__(self, stages: list, head, noise="logistic", backend=None) -> None:
         if not isinstance(stages, (list, tuple)) or len(stages) == 0:
             raise ValueError("stages: expected a non-empty list of layers")
         if not isinstance(head, Linear):
@@ -152,11 +154,11 @@ class Network:
         self.dtype = head.weight.dtype
         if self.dtype not in (np.float32, np.float64):  # integer or float16 arithmetic would fail later, or overflow
             raise TypeError(f"dtype: expected float32 or float64 parameters, got {self.dtype}")
-        self.input_convention = None  # sbnnumba.inputs: set by fit from its training data
+        self.input_convention: str | None = None  # sbnnumba.inputs: set by fit from its training data
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def dense(cls, sizes, n_classes, noise="logistic", rng=None, dtype=np.float32, backend=None,
+    def dense(cls, sizes, n_classes: int, noise="logistic", rng=None, dtype=np.float32, backend=None,
               weight="real", weight_noise="logistic", weight_grad="md", normalize=False, bn_gamma=1.0):
         """Dense network ``[D, N1, ..., NL]`` with a (real) linear head to ``n_classes`` logits.
 
@@ -179,7 +181,7 @@ class Network:
         return cls(stages, Linear(sizes[-1], n_classes, rng=rng, dtype=dtype), noise=noise, backend=backend)
 
     @property
-    def params(self):
+    def params(self) -> dict[str, np.ndarray]:
         out = {}
         for k, layer in enumerate(self.stages):
             for name, arr in layer.params().items():
@@ -188,7 +190,7 @@ class Network:
             out[f"head.{name}"] = arr
         return out
 
-    def layers(self):
+    def layers(self) -> list[tuple[str, Any]]:
         """(prefix, layer) pairs, stages first, then the head."""
         return [(f"stages.{k}", layer) for k, layer in enumerate(self.stages)] + [("head", self.head)]
 
@@ -196,7 +198,7 @@ class Network:
     def n_classes(self):
         return self.head.weight.shape[0]
 
-    def stage_shapes(self, input_shape):
+    def stage_shapes(self, input_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
         """Per-example output shapes of the stages for inputs of per-example shape ``input_shape``."""
         shapes, shape = [], tuple(input_shape)
         for layer in self.stages:
@@ -205,12 +207,12 @@ class Network:
         self.head.output_shape(shape)
         return shapes
 
-    def n_binary_units(self, input_shape):
+    def n_binary_units(self, input_shape: tuple[int, ...]) -> int:
         """Number of stochastic binary units per example."""
         return int(sum(np.prod(s) for s in self.stage_shapes(input_shape)))
 
     # ------------------------------------------------------------------ input checks
-    def check_input(self, x, name="x"):
+    def check_input(self, x: npt.ArrayLike, name: str = "x") -> np.ndarray:
         """``x`` as float inputs of this network (:func:`sbnnumba.inputs.to_float` under
         :attr:`input_convention`: uint8 images scaled by 1/255), checked against the stages' shapes."""
         x = to_float(x, self.dtype, self.input_convention, name)
@@ -219,19 +221,19 @@ class Network:
         self.stage_shapes(x.shape[1:])
         return x
 
-    def check_batch(self, x, y):
+    def check_batch(self, x: npt.ArrayLike, y: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray]:
         """``check_input`` of a non-empty batch ``x`` (an estimate is a batch mean) and its labels ``y``."""
-        x = self.check_input(x)
-        if x.shape[0] == 0:
-            raise ValueError(f"x: expected a batch of at least one example, got shape {x.shape}")
-        return x, check_labels(y, x.shape[0], self.n_classes)
+        xa = self.check_input(x)
+        if xa.shape[0] == 0:
+            raise ValueError(f"x: expected a batch of at least one example, got shape {xa.shape}")
+        return xa, check_labels(y, xa.shape[0], self.n_classes)
 
     # ------------------------------------------------------------------ binary weights, modes
-    def latent_layers(self):
+    def latent_layers(self) -> list[tuple[str, Any]]:
         """(prefix, inner affine layer) pairs of the layers with Bernoulli weights."""
         return [(p, l.inner) for p, l in self.layers() if l.latent is not None]
 
-    def sample_weights(self, rng=None, uniforms=None):
+    def sample_weights(self, rng=None, uniforms: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         """Draw one sample of every Bernoulli weight tensor (once per forward pass, shared by the batch).
 
         ``uniforms``: optional dict prefix -> U(0,1) array of the shape of ``eta``. Returns the
@@ -244,7 +246,7 @@ class Network:
             out[prefix] = layer.latent.sample(u)
         return out
 
-    def stage_layers(self, weights=None):
+    def stage_layers(self, weights: Mapping[str, np.ndarray] | None = None) -> list:
         """The stages computing with the Bernoulli weights ``weights`` (prefix -> tensor, e.g.
         :meth:`sample_weights`): views (:meth:`~sbnnumba.layers.Layer.with_weight`) of the stages named
         there, the stages themselves otherwise. Without ``weights``: the stages (deterministic weights)."""
@@ -252,7 +254,7 @@ class Network:
         return [stage.with_weight(weights[f"stages.{k}"]) if f"stages.{k}" in weights else stage
                 for k, stage in enumerate(self.stages)]
 
-    def finalize_grads(self, grads):
+    def finalize_grads(self, grads: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Map the ``"<prefix>.weight"`` gradients ``dL/dw`` (at the weights in use) to the gradients of
         each layer's weight parameterization (``"<prefix>.eta"`` for Bernoulli weights), in place."""
         for prefix, layer in self.layers():
@@ -261,7 +263,8 @@ class Network:
                               layer.inner.weight_grads(grads.pop(f"{prefix}.weight")).items()})
         return grads
 
-    def to_bernoulli(self, weight="hidden", scale=3.0, noise="logistic", grad="md", clip="auto"):
+    def to_bernoulli(self, weight: str = "hidden", scale: float = 3.0, noise="logistic", grad: str = "md",
+                     clip="auto") -> Network:
         """Convert the real weights of the chosen stages in place into Bernoulli weights that follow
         them (:func:`sbnnumba.weights.bernoulli_from_real`): ``eta = scale * W / std(W)`` per output
         unit or channel. ``weight``: ``"hidden"`` (every stage but the first), ``"bernoulli"`` (every
@@ -278,7 +281,7 @@ class Network:
                 raise ValueError(f"weight: expected 'real' or 'bernoulli' per stage, got {kind!r}")
         return self
 
-    def add_normalization(self, x, batch_size=256, rng=None, momentum=0.1, eps=1e-5):
+    def add_normalization(self, x: np.ndarray, batch_size=256, rng=None, momentum=0.1, eps=1e-5):
         r"""Put batch normalization (:class:`~sbnnumba.normalization.Normalized`) in front of every
         binary activation that has none, without changing what the network computes.
 
@@ -308,7 +311,7 @@ class Network:
         todo = [k for k, st in enumerate(self.stages) if st.normalization is None]
         if not todo:
             return self
-        sums = {}
+        sums: dict = {}
         with self.evaluating("stochastic"):  # existing normalizations: running statistics, not updated
             paths = (self.sample(x[start:start + batch_size], rng) for start in range(0, x.shape[0], batch_size))
             for path in paths:
@@ -330,12 +333,12 @@ class Network:
             self.stages[k] = wrapped
         return self
 
-    def apply_constraints(self):
+    def apply_constraints(self) -> None:
         """Project latent weights after an optimizer step (``eta`` clipping, e.g. [-1, 1] for uniform noise)."""
         for _, layer in self.latent_layers():
             layer.project_()
 
-    def normalizations(self):
+    def normalizations(self) -> list:
         """The normalization wrappers of the stages, in order."""
         return [l.normalization for _, l in self.layers() if l.normalization is not None]
 
@@ -351,7 +354,7 @@ class Network:
                     out[f"{prefix}.running.{mode}.mean"], out[f"{prefix}.running.{mode}.var"] = stats
         return out
 
-    def load_buffers(self, buffers):
+    def load_buffers(self, buffers: dict[str, np.ndarray]):
         """Restore the statistics saved from :attr:`buffers`."""
         norms = {prefix: layer.normalization for prefix, layer in self.layers() if layer.normalization is not None}
         for key in buffers:
@@ -364,13 +367,13 @@ class Network:
                 if mean is not None and var is not None:
                     norm.running[mode] = (np.array(mean, dtype=self.dtype), np.array(var, dtype=self.dtype))
 
-    def train(self):
+    def train(self) -> Network:
         """Training mode: normalization layers use (and update) batch statistics."""
         for n in self.normalizations():
             n.training = True
         return self
 
-    def eval(self, stats="stochastic"):
+    def eval(self, stats: str = "stochastic") -> Network:
         """Evaluation mode: normalization layers use the running statistics of ``stats``."""
         check_choice(stats, "stats", STATS_MODES)
         for n in self.normalizations():
@@ -378,7 +381,7 @@ class Network:
         return self
 
     @contextlib.contextmanager
-    def evaluating(self, stats="stochastic"):
+    def evaluating(self, stats: str = "stochastic"):
         """Temporarily switch to evaluation mode (restores the previous modes on exit)."""
         saved = [(n.training, n.stats_mode) for n in self.normalizations()]
         self.eval(stats)
@@ -388,7 +391,7 @@ class Network:
             for n, (training, mode) in zip(self.normalizations(), saved):
                 n.training, n.stats_mode = training, mode
 
-    def recalibrate_normalization(self, x, mode="deterministic", batch_size=256, rng=None, forward=None):
+    def recalibrate_normalization(self, x: np.ndarray, mode="deterministic", batch_size=256, rng=None, forward=None):
         """Re-estimate the normalization statistics for a test mode by forward sweeps over ``x``.
 
         ``mode="deterministic"``: sign activations and ``sign(eta)`` weights (spec st.md section 6);
@@ -425,7 +428,7 @@ class Network:
         return self
 
     # ------------------------------------------------------------------ forward passes
-    def sample(self, x, rng=None, uniforms=None, weight_uniforms=None):
+    def sample(self, x: np.ndarray, rng=None, uniforms=None, weight_uniforms=None):
         """Sample one path per example.
 
         Parameters
@@ -447,13 +450,13 @@ class Network:
         x = self.check_input(x)
         rng = None if uniforms is not None and weight_uniforms is not None else as_generator(rng)
 
-        def states(k, a):
+        def states(k, a: np.ndarray):
             u = uniforms[k] if uniforms is not None else rng.random(a.shape, dtype=a.dtype)
             return self.noise.sample(a, u)
 
         return self.sample_path(x, self.sample_weights(rng, weight_uniforms), states)
 
-    def sample_path(self, x, weights, states):
+    def sample_path(self, x: np.ndarray, weights, states):
         """One path per example through the stages computing with the sampled Bernoulli weights ``weights``: the
         loop of :meth:`sample`; the device-resident step runs it on a device copy with device-drawn states.
 
@@ -480,7 +483,7 @@ class Network:
         path.logits = self.head.forward(h)
         return path
 
-    def on_backend(self, backend, convert):
+    def on_backend(self, backend, convert: Callable[[np.ndarray], Any]) -> Network:
         """A copy whose layers hold ``convert(array)`` and run on ``backend``
         (:meth:`sbnnumba.layers.Layer.on_backend`); the device-resident training step trains such a copy and
         copies it back.
@@ -500,7 +503,7 @@ class Network:
         net.input_convention = self.input_convention
         return net
 
-    def forward_deterministic(self, x, activation="sign"):
+    def forward_deterministic(self, x: np.ndarray, activation="sign"):
         """Logits of the deterministic network: weights ``sign(eta)`` for Bernoulli layers, activations
         ``x^k = sign(a)`` (zero noise, ``sign(0) = +1``) or the mean response ``2F(a) - 1``
         (``activation="mean"``: deterministic mean propagation). Normalization layers use the
@@ -514,7 +517,7 @@ class Network:
             h = np.where(a >= 0, 1, -1).astype(a.dtype) if activation == "sign" else self.noise.mean(a)
         return self.head.forward(h)
 
-    def predict_proba(self, x, samples=10, rng=None, mode="stochastic", batch_size=1024):
+    def predict_proba(self, x: np.ndarray, samples: int = 10, rng=None, mode="stochastic", batch_size=1024):
         """Class probabilities (B, K') (K' = 2 for a 1-logit head).
 
         ``mode="stochastic"``: average of the softmax over ``samples`` independent network samples
@@ -525,7 +528,7 @@ class Network:
         check_choice(mode, "mode", STATS_MODES)
         if mode == "stochastic":
             check_positive_int(samples, "samples")
-        out = []
+        out: list = []
         for start in range(0, x.shape[0], batch_size):
             xb = x[start:start + batch_size]
             if mode == "deterministic":
@@ -538,11 +541,11 @@ class Network:
             return np.zeros((0, max(self.n_classes, 2)), dtype=self.dtype)
         return np.concatenate(out)
 
-    def predict(self, x, samples=10, rng=None, mode="stochastic"):
+    def predict(self, x: np.ndarray, samples: int = 10, rng=None, mode="stochastic"):
         """Predicted class labels (B,): argmax of :meth:`predict_proba`."""
         return np.argmax(self.predict_proba(x, samples=samples, rng=rng, mode=mode), axis=-1)
 
-    def initialize_from_data(self, x):
+    def initialize_from_data(self, x: np.ndarray):
         """Data-dependent initialization (spec psa.md, section 5.2).
 
         Propagates ``x`` deterministically with the mean response ``2F(a) - 1`` (``tanh(a/2)`` for
@@ -571,7 +574,7 @@ class Network:
                           stacklevel=2)
         return self
 
-    def scale_preactivations(self, factor):
+    def scale_preactivations(self, factor: float):
         r"""Multiply every stage's pre-activation by ``factor`` in place: ``a -> factor * a``.
 
         Since each stage samples ``x = sign(a - Z)``, this divides the activation noise by ``factor``
@@ -601,7 +604,7 @@ class Network:
                 layer.rescale_(np.zeros(n), np.full(n, 1.0 / factor))
         return self
 
-    def loss(self, logits, y):
+    def loss(self, logits: np.ndarray, y: np.ndarray):
         """Per-example loss of logits (B, K) against labels (B,)."""
         return losses.xent(logits, y, grad=False)
 

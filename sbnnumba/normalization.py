@@ -35,7 +35,7 @@ device-resident data-parallel step) only these per-channel sums cross to the hos
 from __future__ import annotations
 
 import copy
-from typing import Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
@@ -141,7 +141,7 @@ class Normalized(Layer):
         Starting value of every ``gamma_j`` (positive; default 1). See :func:`initial_gamma`.
     """
 
-    def __init__(self, layer, momentum=0.1, eps=1e-5, gamma=1.0):
+    def __init__(self, layer, momentum: float = 0.1, eps: float = 1e-5, gamma: float = 1.0) -> None:
         momentum = check_real(momentum, "momentum", 0.0, 1.0, low_open=True)
         eps = check_positive_number(eps, "eps")
         gamma = check_positive_number(gamma, "gamma", " (resolve 'noise-std' with initial_gamma)")
@@ -153,14 +153,14 @@ class Normalized(Layer):
         self.momentum, self.eps = momentum, eps
         self.training = True
         self.stats_mode = "stochastic"
-        self.running = {"stochastic": (np.zeros(n, dtype), np.ones(n, dtype)), "deterministic": None}
-        self._accumulator = None
-        self._cache = None
-        self._backward_cache = None
-        self.reducer = None  # BatchReducer: batch statistics over all processes (data parallelism)
+        self.running: dict[str, Any] = {"stochastic": (np.zeros(n, dtype), np.ones(n, dtype)), "deterministic": None}
+        self._accumulator: Any = None
+        self._cache: Any = None
+        self._backward_cache: Any = None
+        self.reducer: Any = None  # BatchReducer: batch statistics over all processes (data parallelism)
 
     # ---------------------------------------------------------------- parameters, the Layer interface
-    def params(self):
+    def params(self) -> dict[str, np.ndarray]:
         return {**self.layer.params(), "gamma": self.gamma, "beta": self.beta}
 
     @property
@@ -172,21 +172,21 @@ class Normalized(Layer):
     def normalization(self):
         return self
 
-    def with_weight(self, weight):
+    def with_weight(self, weight: np.ndarray) -> Normalized:
         """A view normalizing ``layer.with_weight(weight)``; it shares the parameters and the running
         statistics with this layer (its forward pass updates them), and caches its own forward values."""
         view = copy.copy(self)
         view.layer = self.layer.with_weight(weight)
         return view
 
-    def output_shape(self, in_shape):
+    def output_shape(self, in_shape: tuple[int, ...]):
         return self.layer.output_shape(in_shape)
 
     @property
     def out_shape(self):
         return self.layer.out_shape
 
-    def rescale_(self, mean, std):
+    def rescale_(self, mean: np.ndarray, std: np.ndarray):
         inner = self.layer.rescale_(mean, std)
         if inner is self.layer:
             return self
@@ -201,15 +201,15 @@ class Normalized(Layer):
     def _shape(self, z):
         return (1, -1) + (1,) * (z.ndim - 2)
 
-    def start_accumulating(self):
+    def start_accumulating(self) -> None:
         self._accumulator = [0, 0.0, 0.0]
 
-    def finish_accumulating(self, mode):
+    def finish_accumulating(self, mode: str) -> None:
         mean, var = moments_from_sums(*self._accumulator)
         self.running[mode] = (mean.astype(self.gamma.dtype), var.astype(self.gamma.dtype))
         self._accumulator = None
 
-    def statistics(self, mode=None):
+    def statistics(self, mode: str | None = None):
         """The running ``(mean, var)`` of test mode ``mode`` (default: the current ``stats_mode``); the
         stochastic ones where the mode has none."""
         return self.running.get(self.stats_mode if mode is None else mode) or self.running["stochastic"]
@@ -218,7 +218,7 @@ class Normalized(Layer):
         """``(gamma * z_hat + beta, z_hat, inv_std)`` with ``z_hat = (z - mean) * inv_std`` per channel."""
         return self.backend.normalize(z, mean, var, self.gamma, self.beta, self.eps)
 
-    def affine(self, z, mode="deterministic"):
+    def affine(self, z: np.ndarray, mode="deterministic"):
         r"""The normalization's map with fixed statistics, applied to pre-normalization values ``z``:
 
         .. math:: a = \gamma \, (z - \mu) / \sqrt{\sigma^2 + \epsilon} + \beta
@@ -239,7 +239,7 @@ class Normalized(Layer):
         mean, var = moments_from_sums(n, s1, s2)
         return tuple(self.backend.to_device_of(t.astype(z.dtype), z) for t in (mean, var))
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray):
         """``a = gamma (z - mean) / sqrt(var + eps) + beta`` of ``z = layer.forward(x)``: batch statistics in
         training mode (the running ones updated, or accumulated by :meth:`start_accumulating`), the
         running statistics of :attr:`stats_mode` otherwise. Caches ``z_hat`` for the backward pass."""
@@ -286,10 +286,10 @@ class Normalized(Layer):
         self._backward_cache = (g_a, g_z, sums)
         return g_z, sums
 
-    def backward_input(self, g_a, in_shape):
+    def backward_input(self, g_a: np.ndarray, in_shape: tuple[int, ...]):
         return self.layer.backward_input(self._backward_norm(g_a)[0], in_shape)
 
-    def param_grads(self, x, g_a):
+    def param_grads(self, x: np.ndarray, g_a: np.ndarray):
         """The wrapped layer's gradients at ``g_z`` (:meth:`~sbnnumba.backends.step.StepOperations.normalize_backward`)
         and ``gamma: sum g_a z_hat``, ``beta: sum g_a`` per channel."""
         g_z, (s1, s2) = self._backward_norm(g_a)
@@ -297,18 +297,18 @@ class Normalized(Layer):
         grads["gamma"], grads["beta"] = s2, s1
         return grads
 
-    def forward_moments(self, mean, var):
+    def forward_moments(self, mean: np.ndarray, var: np.ndarray):
         mu, v = self.layer.forward_moments(mean, var)
         stats_mean, stats_var = self.running["stochastic"]
         shape = self._shape(mu)
         scale = (self.gamma / np.sqrt(stats_var + self.eps)).reshape(shape)
         return scale * (mu - stats_mean.reshape(shape)) + self.beta.reshape(shape), scale ** 2 * v
 
-    def flip_propagate(self, x_in, a, x_out, d_out, noise, backend="cpu"):
+    def flip_propagate(self, x_in: np.ndarray, a: np.ndarray, x_out: np.ndarray, d_out: np.ndarray, noise, backend="cpu"):
         scale = self.backend.multiply(self.gamma, self._cache[1])
         return self.layer.flip_propagate(x_in, a, x_out, d_out, noise, backend, out_scale=scale)
 
-    def on_backend(self, backend, convert):
+    def on_backend(self, backend, convert: Callable[[np.ndarray], Any]) -> Normalized:
         """A copy normalizing ``layer.on_backend(backend, convert)`` with ``gamma``, ``beta`` and the running
         statistics converted; its forward caches and statistics are its own (no reducer, no accumulator).
 

@@ -677,7 +677,8 @@ class PackedNetwork:
 
     backend = BackendAttribute()
 
-    def __init__(self, stages, head_weight, head_bias, input_shape, dtype, head_in, float_sizes=None):
+    def __init__(self, stages: list, head_weight: np.ndarray, head_bias: np.ndarray, input_shape: tuple[int, ...],
+                 dtype: npt.DTypeLike, head_in: tuple, float_sizes: list | None = None) -> None:
         self.stages = list(stages)
         self.head_weight = np.ascontiguousarray(head_weight)
         self.head_bias = np.asarray(head_bias)
@@ -686,7 +687,7 @@ class PackedNetwork:
         self.head_in = (head_in[0], tuple(int(s) for s in head_in[1]))
         self.float_sizes = float_sizes
         self.backend = None
-        self.input_convention = None  # sbnnumba.inputs: the float network's, recorded in the file
+        self.input_convention: str | None = None  # sbnnumba.inputs: the float network's, recorded in the file
         for stage in self.stages:
             stage.prepare(self.dtype)
 
@@ -1037,7 +1038,7 @@ class PackedNetwork:
         for i, stage in enumerate(self.stages):
             for name, arr in stage.arrays.items():
                 arrays[f"stages/{i}/{name}"] = arr
-        return atomic_write(path, lambda f: np.savez(f, **arrays))
+        return atomic_write(path, lambda f: np.savez(f, **arrays))  # type: ignore[arg-type]  # stub: allow_pickle
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> PackedNetwork:

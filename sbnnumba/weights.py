@@ -28,6 +28,7 @@ Weight decay ``lambda * eta`` on the latent weights is the KL pull ``d/dtheta KL
 from __future__ import annotations
 
 import abc
+from typing import Any, Callable
 
 import numpy as np
 from scipy import special
@@ -58,11 +59,11 @@ class WeightParameterization(abc.ABC):
         """name -> trainable array (the arrays themselves: optimizers update them in place)."""
 
     @abc.abstractmethod
-    def mode(self):
+    def mode(self) -> np.ndarray:
         """The deterministic weight tensor: the real weights, or ``sign(eta)`` for Bernoulli weights."""
 
     @abc.abstractmethod
-    def grads(self, g_w, backend=None) -> dict:
+    def grads(self, g_w: np.ndarray, backend=None) -> dict:
         """name -> gradient of each trainable array, from ``g_w = dL/dw`` at the weights in use.
 
         Parameters
@@ -77,7 +78,7 @@ class WeightParameterization(abc.ABC):
         """
 
     @abc.abstractmethod
-    def converted(self, convert):
+    def converted(self, convert: Callable[[np.ndarray], Any]) -> WeightParameterization:
         """A copy whose arrays are ``convert(array)`` (e.g. on a device: :meth:`sbnnumba.layers.Layer.on_backend`).
 
         Parameters
@@ -90,7 +91,7 @@ class WeightParameterization(abc.ABC):
         WeightParameterization
         """
 
-    def project_(self, backend=None):
+    def project_(self, backend=None) -> None:
         """Constraint projection after an optimizer step (none by default), on ``backend`` (default: host)."""
 
     @property
@@ -111,19 +112,19 @@ class RealWeights(WeightParameterization):
         The weight tensor (kept, not copied).
     """
 
-    def __init__(self, weight):
+    def __init__(self, weight: np.ndarray) -> None:
         self.weight = weight
 
-    def params(self):
+    def params(self) -> dict[str, np.ndarray]:
         return {"weight": self.weight}
 
-    def mode(self):
+    def mode(self) -> np.ndarray:
         return self.weight
 
-    def grads(self, g_w, backend=None):
+    def grads(self, g_w: np.ndarray, backend=None):
         return {"weight": g_w}
 
-    def converted(self, convert):
+    def converted(self, convert: Callable[[np.ndarray], Any]) -> WeightParameterization:
         return RealWeights(convert(self.weight))
 
     def __repr__(self):
@@ -149,7 +150,7 @@ class BernoulliWeights(WeightParameterization):
 
     stochastic = True
 
-    def __init__(self, eta, noise="logistic", grad="md", clip="auto"):
+    def __init__(self, eta: np.ndarray, noise="logistic", grad: str = "md", clip="auto") -> None:
         self.noise = get_noise(noise)
         self.grad = check_choice(grad, "weight_grad", WEIGHT_GRADS)
         if isinstance(clip, str) and clip == "auto":
@@ -158,33 +159,33 @@ class BernoulliWeights(WeightParameterization):
         self.eta = eta
         self.project_()
 
-    def params(self):
+    def params(self) -> dict[str, np.ndarray]:
         return {"eta": self.eta}
 
-    def sample(self, u):
+    def sample(self, u: np.ndarray):
         """One binary sample ``w = +1 if u < F(eta) else -1`` of the shape of ``eta``."""
         return self.noise.sample(self.eta, u)
 
-    def mode(self):
+    def mode(self) -> np.ndarray:
         """Deterministic weights ``sign(eta)`` with ``sign(0) = +1`` (the most probable value)."""
         return np.where(self.eta >= 0, 1, -1).astype(self.eta.dtype)
 
-    def mean(self):
+    def mean(self) -> np.ndarray:
         """``E[w] = 2 F(eta) - 1``."""
         return self.noise.mean(self.eta)
 
-    def prob(self, w):
+    def prob(self, w: np.ndarray) -> float:
         """``P(w) = prod F(w * eta)`` of a +-1 tensor ``w`` (float)."""
         return float(np.prod(self.noise.cdf(w * self.eta)))
 
-    def score(self, w):
+    def score(self, w: np.ndarray) -> np.ndarray:
         """``d log P(w) / d eta = w p(eta) / F(w eta)`` (the shape of ``eta``)."""
         return w * self.noise.pdf(self.eta) / self.noise.cdf(w * self.eta)
 
-    def grads(self, g_w, backend=None):
+    def grads(self, g_w: np.ndarray, backend=None):
         return {"eta": self.eta_grad(g_w, backend)}
 
-    def eta_grad(self, g_w, backend=None):
+    def eta_grad(self, g_w: np.ndarray, backend=None):
         """Map ``dL/dw`` at the sampled weights to the gradient used for ``eta``: ``2 g_w`` (``grad="md"``) or
         ``2 p(eta) g_w`` (``grad="latent"``).
 
@@ -201,12 +202,12 @@ class BernoulliWeights(WeightParameterization):
         """
         return _on(backend).latent_grad(self.eta, g_w, self.noise, self.grad)
 
-    def project_(self, backend=None):
+    def project_(self, backend=None) -> None:
         """In-place projection ``eta <- clip(eta, -c, c)`` (no-op without ``clip``), on ``backend`` (default: host)."""
         if self.clip is not None:
             _on(backend).clip_(self.eta, self.clip)
 
-    def converted(self, convert):
+    def converted(self, convert: Callable[[np.ndarray], Any]) -> WeightParameterization:
         copy = object.__new__(BernoulliWeights)
         copy.noise, copy.grad, copy.clip, copy.eta = self.noise, self.grad, self.clip, convert(self.eta)
         return copy
@@ -215,7 +216,7 @@ class BernoulliWeights(WeightParameterization):
         return f"BernoulliWeights(noise={self.noise.name!r}, grad={self.grad!r}, clip={self.clip!r})"
 
 
-def make_bernoulli(layer, noise="logistic", grad="md", clip="auto", init_scale=1.0, rng=None):
+def make_bernoulli(layer, noise="logistic", grad="md", clip="auto", init_scale=1.0, rng: np.random.Generator | int | None = None):
     """Turn ``layer``'s real weights into Bernoulli weights with latent ``eta ~ U(-s, s)``.
 
     The documented default initialization is ``eta ~ U[-1, 1]`` (spec st.md 5.6): with logistic

@@ -79,7 +79,7 @@ def register_estimator(name, fn, **defaults):
     DIRECT_ESTIMATORS[name] = (fn, defaults)
 
 
-def known_methods():
+def known_methods() -> list[str]:
     """The names of the registered estimators.
 
     Returns
@@ -127,7 +127,7 @@ def lookup(method, options):
     raise ValueError(f"method: unknown estimator {method!r}; expected one of {known_methods()}")
 
 
-def estimate(method, net, x, y, rng=None, **options):
+def estimate(method: str, net, x, y, rng=None, **options):
     r"""Estimate the batch-mean expected loss and its gradient.
 
     Parameters
