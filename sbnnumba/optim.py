@@ -496,7 +496,6 @@ class Adam(Optimizer):
 
     def _step(self, name, p, g, lr, t):
         dt = p.dtype.type
-        b1, b2 = self.betas
         if self.weight_decay:
             if self.decoupled:
                 p *= dt(1.0 - lr * self.weight_decay)
@@ -506,10 +505,31 @@ class Adam(Optimizer):
         if "exp_avg" not in st:
             st["exp_avg"] = np.zeros_like(p)
             st["exp_avg_sq"] = np.zeros_like(p)
+        adam_arrays(_flat_view(p, name), _flat(g), _flat_view(st["exp_avg"], name), _flat_view(st["exp_avg_sq"], name),
+                    *self.rule_scalars(lr, t, dt))
+
+    def rule_scalars(self, lr: float, t: int, dtype: type) -> tuple:
+        """The scalars of the element-wise Adam rule (:func:`sbnnumba.kernels.optim_rules.adam_rule`) at step
+        ``t``, shared by the host loop and the device-resident step's update kernel.
+
+        Parameters
+        ----------
+        lr : float
+            The learning rate of this step (after the schedule).
+        t : int
+            1-based step index.
+        dtype : type
+            The parameters' scalar type (e.g. ``numpy.float32``).
+
+        Returns
+        -------
+        tuple
+            ``(b1, 1 - b1, b2, 1 - b2, 1 - b2^t, eps, lr / (1 - b1^t))`` in ``dtype``.
+        """
+        b1, b2 = self.betas
         bc1 = 1.0 - b1 ** t
         bc2 = 1.0 - b2 ** t
-        adam_arrays(_flat_view(p, name), _flat(g), _flat_view(st["exp_avg"], name), _flat_view(st["exp_avg_sq"], name),
-                    dt(b1), dt(1.0 - b1), dt(b2), dt(1.0 - b2), dt(bc2), dt(self.eps), dt(lr / bc1))
+        return (dtype(b1), dtype(1.0 - b1), dtype(b2), dtype(1.0 - b2), dtype(bc2), dtype(self.eps), dtype(lr / bc1))
 
 
 #: Optimizer name -> class.

@@ -319,11 +319,9 @@ class CudaTrainer:
             flat_p, flat_g = cb.flat(p), cb.flat(g)
             st = self.state[name]
             if isinstance(opt, Adam):
-                b1, b2 = opt.betas
                 decoupled = opt.decoupled and opt.weight_decay
                 layer_ops.launch(kt.adam_update, flat_p.size, flat_p, flat_g, cb.flat(st["exp_avg"]),
-                                 cb.flat(st["exp_avg_sq"]), dt(b1), dt(1.0 - b1), dt(b2), dt(1.0 - b2),
-                                 dt(1.0 - b2 ** t), dt(opt.eps), dt(lr / (1.0 - b1 ** t)),
+                                 cb.flat(st["exp_avg_sq"]), *opt.rule_scalars(lr, t, dt),
                                  dt(0.0 if decoupled else opt.weight_decay),
                                  dt(1.0 - lr * opt.weight_decay if decoupled else 1.0), clip)
             else:
