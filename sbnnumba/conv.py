@@ -144,7 +144,8 @@ class Conv2d(AffineLayer):
         v = self.backend.conv_forward(var, self.weight ** 2, None, self.stride, self.padding)
         return self.forward(mean), v
 
-    def flip_propagate(self, x_in: np.ndarray, a: np.ndarray, x_out: np.ndarray, d_out: np.ndarray, noise, backend="cpu", out_scale=None):
+    def flip_propagate(self, x_in: np.ndarray, a: np.ndarray, x_out: np.ndarray, d_out: np.ndarray, noise,
+                       backend="cpu", out_scale=None):
         r"""PSA flip propagation (spec psa.md, section 2.10); returns ``d_in`` with the shape of ``x_in``:
 
         ``d_in[b,r,i] = sum_c sum_{j : i in RF(j)} Delta[(r,i)->(c,j)] d_out[b,c,j]``,

@@ -58,7 +58,8 @@ class Layer(abc.ABC):
         """name -> gradient summed over the batch (``"weight"``: ``dL/dw`` at the weights in use)."""
 
     @abc.abstractmethod
-    def flip_propagate(self, x_in: np.ndarray, a: np.ndarray, x_out: np.ndarray, d_out: np.ndarray, noise, backend="cpu"):
+    def flip_propagate(self, x_in: np.ndarray, a: np.ndarray, x_out: np.ndarray, d_out: np.ndarray, noise,
+                       backend="cpu"):
         """PSA flip propagation ``d_in`` (the shape of ``x_in``)."""
 
     @abc.abstractmethod
@@ -276,7 +277,8 @@ class Linear(AffineLayer):
     bias : ndarray (n_out,)
     """
 
-    def __init__(self, n_in: int, n_out: int, rng: np.random.Generator | int | None = None, dtype=np.float32, weight="real", weight_noise="logistic",
+    def __init__(self, n_in: int, n_out: int, rng: np.random.Generator | int | None = None, dtype=np.float32,
+                 weight="real", weight_noise="logistic",
                  weight_grad="md"):
         self.n_in = check_positive_int(n_in, "n_in")
         n_out = check_positive_int(n_out, "n_out")
@@ -317,7 +319,8 @@ class Linear(AffineLayer):
         g_w, g_b = self.backend.dense_param_grads(self._flat(x), g_a)
         return {"weight": g_w, "bias": g_b}
 
-    def flip_propagate(self, x_in: np.ndarray, a: np.ndarray, x_out: np.ndarray, d_out: np.ndarray, noise, backend="cpu", out_scale=None):
+    def flip_propagate(self, x_in: np.ndarray, a: np.ndarray, x_out: np.ndarray, d_out: np.ndarray, noise,
+                       backend="cpu", out_scale=None):
         """PSA flip propagation; returns ``d_in`` with the shape of ``x_in``.
 
         ``backend`` is a :class:`~sbnnumba.backends.Backend` or its name. ``out_scale`` (n_out,)

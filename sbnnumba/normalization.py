@@ -304,7 +304,8 @@ class Normalized(Layer):
         scale = (self.gamma / np.sqrt(stats_var + self.eps)).reshape(shape)
         return scale * (mu - stats_mean.reshape(shape)) + self.beta.reshape(shape), scale ** 2 * v
 
-    def flip_propagate(self, x_in: np.ndarray, a: np.ndarray, x_out: np.ndarray, d_out: np.ndarray, noise, backend="cpu"):
+    def flip_propagate(self, x_in: np.ndarray, a: np.ndarray, x_out: np.ndarray, d_out: np.ndarray, noise,
+                       backend="cpu"):
         scale = self.backend.multiply(self.gamma, self._cache[1])
         return self.layer.flip_propagate(x_in, a, x_out, d_out, noise, backend, out_scale=scale)
 

@@ -36,8 +36,8 @@ element-wise pass such as sampling, multiply-adds ``m n k`` of a GEMM) and ``w_m
 about 0.2 ms of sampling with one ``exp`` each; 2^22 multiply-adds, about 0.1 ms of a float32 GEMM on one
 core, 16 times OpenBLAS's own threshold): a call runs on a second thread only when that thread gets
 about as much work as the time a late thread can cost. The flip kernels and the sampling kernel apply it
-to their Numba calls (:func:`kernel_threads`; their results do not depend on the thread count). :func:`gemm` applies it to a
-matrix product; BLAS results do depend on the thread count (float32 products differ in the last bits
+to their Numba calls (:func:`kernel_threads`; their results do not depend on the thread count). :func:`gemm` applies
+it to a matrix product; BLAS results do depend on the thread count (float32 products differ in the last bits
 between 1 and 2 OpenBLAS threads), so routing the layers' GEMMs through it changes the stored digests
 of runs at several threads where a GEMM falls below the rule.
 """

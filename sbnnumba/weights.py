@@ -216,7 +216,8 @@ class BernoulliWeights(WeightParameterization):
         return f"BernoulliWeights(noise={self.noise.name!r}, grad={self.grad!r}, clip={self.clip!r})"
 
 
-def make_bernoulli(layer, noise="logistic", grad="md", clip="auto", init_scale=1.0, rng: np.random.Generator | int | None = None):
+def make_bernoulli(layer, noise="logistic", grad="md", clip="auto", init_scale=1.0,
+                   rng: np.random.Generator | int | None = None):
     """Turn ``layer``'s real weights into Bernoulli weights with latent ``eta ~ U(-s, s)``.
 
     The documented default initialization is ``eta ~ U[-1, 1]`` (spec st.md 5.6): with logistic

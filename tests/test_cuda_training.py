@@ -382,7 +382,8 @@ def test_device_step_scope():
         chosen = device_epochs(sb.Network.dense([4, 3], 2, rng=0, backend="cuda"), FitConfig(batch_size=8),
                                sb.optim.Adam(clip_norm=1.0), x, y)
     if chosen is not None or not any("not device-resident" in str(w.message) for w in caught):
-        raise AssertionError(f"expected no device trainer and a warning, got {chosen!r}, {[str(w.message) for w in caught]}")
+        messages = [str(w.message) for w in caught]
+        raise AssertionError(f"expected no device trainer and a warning, got {chosen!r}, {messages}")
     if device_epochs(sb.Network.dense([4, 3], 2, rng=0, backend="cuda"), FitConfig(estimator="concrete", batch_size=8),
                      sb.optim.Adam(), x, y) is not None:
         raise AssertionError("estimator 'concrete' must keep the per-call routing")

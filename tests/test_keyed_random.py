@@ -34,7 +34,8 @@ def test_host_function_is_numpys_philox_stream(dtype):
     offset = 0
     for prefix, layer in net.latent_layers():
         shape = layer.latent.eta.shape
-        assert np.array_equal(keyed_uniforms_host(noise.stream_key(WEIGHT_SALT, 9), 0, offset, (1,) + shape, dtype)[0], w[prefix])
+        expected = keyed_uniforms_host(noise.stream_key(WEIGHT_SALT, 9), 0, offset, (1,) + shape, dtype)[0]
+        assert np.array_equal(expected, w[prefix])
         offset += layer.latent.eta.size
     evaluation, _ = noise.evaluation_uniforms(net, (4,), 3, 1, 3)
     got = keyed_uniforms_host(noise.stream_key(EVALUATION_SALT, 0), 1, 0, (2, 3), dtype, word2=3)

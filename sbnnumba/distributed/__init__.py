@@ -21,8 +21,10 @@ from .timing import TimingCommunicator
 from .trainer import DistributedTrainer
 
 __all__ = ["Communicator", "LocalCommunicator", "MPICommunicator", "MPIUnavailable", "INSTALL_HINT", "require_mpi",
-           "world", "gpu_for_rank", "select_device", "select_gpu", "reduce_metrics", "split_evaluation", "announce_ranks",
+           "world", "gpu_for_rank", "select_device", "select_gpu", "reduce_metrics", "split_evaluation",
+           "announce_ranks",
            "fail_fast", "failure_message", "ReplicaMismatch", "broadcast_state", "check_replicas", "digests",
            "shard_bounds", "DataParallelStep", "GradientBuffer", "synchronized_batch_norm", "KeyedNoise",
-           "TimingCommunicator", "DistributedTrainer", "DeviceKeyedNoise", "DeviceDataParallelStep", "DeviceDataParallelEpochs",
+           "TimingCommunicator", "DistributedTrainer", "DeviceKeyedNoise", "DeviceDataParallelStep",
+           "DeviceDataParallelEpochs",
            "device_data_parallel"]

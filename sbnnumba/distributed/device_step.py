@@ -105,7 +105,8 @@ class DeviceKeyedNoise:
 
 
 class DeviceDataParallelStep:
-    """One synchronous data-parallel step of a :class:`~sbnnumba.training.resident.CudaTrainer` (see the module docstring).
+    """One synchronous data-parallel step of a :class:`~sbnnumba.training.resident.CudaTrainer` (see the module
+    docstring).
 
     Parameters
     ----------

@@ -58,7 +58,8 @@ def _per_example(stage_shapes, key, lo, hi, dtype, word2=0):
 
 def _layer_uniforms(net, key):
     gen = np.random.Generator(np.random.Philox(key=key))
-    return {prefix: gen.random(layer.latent.eta.shape, dtype=layer.latent.eta.dtype) for prefix, layer in net.latent_layers()}
+    return {prefix: gen.random(layer.latent.eta.shape, dtype=layer.latent.eta.dtype)
+            for prefix, layer in net.latent_layers()}
 
 
 class KeyedNoise:

@@ -95,7 +95,8 @@ def ptx_checks():
                                      for ta, tb in ((False, True), (True, False), (False, False))]
         checks[f"ptx_train_step_{name}"] = [
             (kt.add_bias, sig(f2, f1)),
-            (kt.sample_rng, (numba.int64, numba.typeof(np.empty((1, 1), dt)), states, numba.typeof(np.empty((1, 1), dt)))),
+            (kt.sample_rng, (numba.int64, numba.typeof(np.empty((1, 1), dt)), states,
+                             numba.typeof(np.empty((1, 1), dt)))),
             (kt.column_sum, sig(f2, one, f1)), (kt.xent_rows, sig(f2, i1, f1, f2)),
             (kt.head_flips, sig(f2, i1, f2, f2, f1, f2, f3)), (kt.rb_weights, sig(0, f2, f2, f2, f1, f2, f1, f1)),
             (kt.rb_mix, sig(f2, f3, f2, f1, one, f2)), (kt.rb_head_correction, sig(f3, f2, f2, one, f2)),
