@@ -98,9 +98,8 @@ def ptx_checks():
             (kt.sample_rng, (numba.int64, numba.typeof(np.empty((1, 1), dt)), states,
                              numba.typeof(np.empty((1, 1), dt)))),
             (kt.column_sum, sig(f2, one, f1)), (kt.xent_rows, sig(f2, i1, f1, f2)),
-            (kt.head_flips, sig(f2, i1, f2, f2, f1, f2, f3)), (kt.rb_weights, sig(0, f2, f2, f2, f1, f2, f1, f1)),
+            (kt.head_flips, sig(f2, i1, f2, f2, f1, f2, f3)),
             (kt.rb_mix, sig(f2, f3, f2, f1, one, f2)), (kt.rb_head_correction, sig(f3, f2, f2, one, f2)),
-            (kt.st_grad, sig(0, f2, f2, f2)),
             (kt.adam_update, sig(f1, f1, f1, f1, one, one, one, one, one, one, one, one, one, one)),
             (kt.sgd_update, sig(f1, f1, f1, one, one, True, True, one, one)),
             (kt.gather_rows, sig(f2, (1, np.int64), 0, f2)), (kt.gather_labels, sig(i1, (1, np.int64), 0, i1)),
@@ -110,7 +109,6 @@ def ptx_checks():
         d1 = (1, np.float64)
         checks[f"ptx_train_binary_{name}"] = [
             (kt.channel_sums_kernel(kt.REDUCE_THREADS), sig(f1, f1, 1, 1, 1, d1, d1)),
-            (kt.bn_statistics, sig(d1, d1, 1.0, 1.0, 1.0, f1, f1, f1, f1, f1, f1)),
             (kt.bn_apply, sig(f1, f1, f1, f1, f1, 1, 1, f1, f1)),
             (kt.bn_backward, sig(f1, f1, d1, d1, f1, 1.0, 1, 1, f1)),
             (kt.scale_copy, sig(d1, 1.0, f1)), (kt.scale_rows, sig(f2, f1, f2)),

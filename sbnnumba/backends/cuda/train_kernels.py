@@ -12,9 +12,8 @@ state stay on the GPU (spec psa.md, sections 2-3; the host versions are
   :func:`column_sum` (bias gradients).
 * Head: :func:`xent_rows` (softmax cross-entropy and its gradient per example), :func:`head_flips`
   (PSA's exact head differences ``d_i = l(eta - 2 x_i V[:, i]) - l(eta)`` and the flipped logit
-  gradients), :func:`rb_weights`, :func:`rb_mix`, :func:`rb_head_correction` (the Rao-Blackwellized
-  head gradient of spec section 2.6).
-* :func:`st_grad` (``g_a = 2 p(a) delta``; PSA's ``g_a = -x p(a) d`` is :func:`.kernels.psa_preactivation_grad`).
+  gradients), :func:`rb_mix`, :func:`rb_head_correction` (the Rao-Blackwellized head gradient of spec
+  section 2.6; the weights ``w_rb`` come from the backend's ``rb_flip_weights``).
 * :func:`adam_update`, :func:`sgd_update`: the rules of :class:`sbnnumba.optim.Adam` /
   :class:`sbnnumba.optim.SGD` (with element-wise clipping), one thread per parameter entry.
 * Conv stages: :func:`im2col_rows` (patch matrix), :func:`col2im_gather` (its transpose, for the ST
@@ -23,7 +22,7 @@ state stay on the GPU (spec psa.md, sections 2-3; the host versions are
 * :func:`gather_rows`, :func:`gather_labels`: a mini-batch from a dataset held on the device.
 * :func:`accumulate_loss`: ``acc[0] += w sum_b value[b]`` (one thread; batches are small).
 * Batch normalization: :func:`channel_sums_kernel` (per-channel sums, one block per channel, tree
-  reduction in shared memory), :func:`bn_statistics`, :func:`bn_apply`, :func:`bn_backward`,
+  reduction in shared memory), :func:`bn_apply`, :func:`bn_backward`,
   :func:`scale_copy`, :func:`scale_rows` (weights scaled per output for PSA's flips).
 * Bernoulli weights: :func:`latent_grad` (eta gradient from ``dL/dw``), :func:`clip_values` (projection);
   the weights themselves are sampled with :func:`sample_rng` / :func:`.kernels.sample_states`.
@@ -124,24 +123,6 @@ def head_flips(logits, y, x_last, v, loss0, d, g_flip):
 
 
 @cuda.jit
-def rb_weights(code, x_last, a_last, d, loss0, w_rb, w_sum, value):
-    """Rao-Blackwellization weights ``w_rb[b, i] = (1 - F(x_i a_i)) / N_L``, their row sums ``w_sum[b]``
-    and the per-example loss value ``value[b] = l(x) + sum_i w_rb d_i``; one thread per row."""
-    b = cuda.grid(1)
-    if b < x_last.shape[0]:
-        n_last = x_last.shape[1]
-        s = loss0[b] - loss0[b]
-        acc = loss0[b]
-        for i in range(n_last):
-            w = (1 - cdf(code, x_last[b, i] * a_last[b, i])) / n_last
-            w_rb[b, i] = w
-            s += w
-            acc += w * d[b, i]
-        w_sum[b] = s
-        value[b] = acc
-
-
-@cuda.jit
 def rb_mix(g_eta, g_flip, w_rb, w_sum, weight, g_mix):
     """``g_mix[b, k] = weight (g_eta[b, k] (1 - w_sum[b]) + sum_i w_rb[b, i] g_flip[b, i, k])``; 1-D launch."""
     idx = cuda.grid(1)
@@ -166,16 +147,6 @@ def rb_head_correction(g_flip, w_rb, x_last, weight, dv):
         for b in range(x_last.shape[0]):
             acc += w_rb[b, i] * x_last[b, i] * g_flip[b, i, k]
         dv[k, i] -= 2 * weight * acc
-
-
-@cuda.jit
-def st_grad(code, a, delta, out):
-    """Deep-ST pre-activation gradient ``out = 2 p(a) delta``; 1-D launch."""
-    idx = cuda.grid(1)
-    n = a.shape[1]
-    if idx < a.shape[0] * n:
-        b, j = _split(idx, n)
-        out[b, j] = 2 * pdf(code, a[b, j]) * delta[b, j]
 
 
 @cuda.jit
@@ -369,26 +340,6 @@ def channel_sums_kernel(threads=REDUCE_THREADS):
             s2[c] = acc2[0]
 
     return kernel
-
-
-@cuda.jit
-def bn_statistics(s1, s2, inv_n, eps, momentum, gamma, r_mean, r_var, mean, inv_std, out_scale):
-    r"""Batch statistics from ``s1 = sum z``, ``s2 = sum z^2`` over the ``n = 1 / inv_n`` entries of each channel:
-    ``mean = s1 / n``, ``var = s2 / n - mean^2`` (biased, as the host), ``inv_std = 1 / sqrt(var + eps)``,
-    ``out_scale = gamma inv_std`` (the PSA flip scale); running statistics
-    ``r <- (1 - momentum) r + momentum batch``. 1-D launch over the channels."""
-    c = cuda.grid(1)
-    if c < s1.shape[0]:
-        m = s1[c] * inv_n
-        v = s2[c] * inv_n - m * m
-        if v < 0:  # rounding
-            v = 0.0
-        inv = 1.0 / math.sqrt(v + eps)
-        mean[c] = m
-        inv_std[c] = inv
-        out_scale[c] = gamma[c] * inv_std[c]
-        r_mean[c] = (1 - momentum) * r_mean[c] + momentum * m
-        r_var[c] = (1 - momentum) * r_var[c] + momentum * v
 
 
 @cuda.jit
