@@ -7,6 +7,8 @@ import csv
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -133,6 +135,17 @@ def test_local_workers_start_with_the_library_imported():
         preloaded = pool.submit(executors._import_library).result()
     if context.get_start_method() == "forkserver":
         assert preloaded == list(executors.WORKER_MODULES)
+        # worker_start among them: Numba's CPU target was initialized in the fork server (checked below)
+
+
+def test_worker_start_initializes_numba_without_launching_threads():
+    """The fork server may fork after importing ``worker_start`` only if that launched no thread pool
+    (a child forked from a process whose OpenMP pool runs is killed by Numba): checked in a fresh
+    interpreter, where nothing else has touched Numba."""
+    code = ("import sys; from numba.np.ufunc import parallel; import sbnnumba.sweep.worker_start as w; "
+            "assert 'numba.np.arraymath' in sys.modules and w.cpu_target_initialized(); "
+            "assert not parallel._is_initialized, 'thread pool launched'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
 # ---------------------------------------------------------------------------------- runs and restarts

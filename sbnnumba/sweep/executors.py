@@ -13,13 +13,15 @@ that runs the task; BLAS's through ``threadpoolctl``.
 
 How workers start: with the ``forkserver`` start method where the platform has it (Linux, macOS),
 ``spawn`` elsewhere. The fork server is a fresh interpreter started once per sweeping process that
-imports the modules a run needs (:data:`WORKER_MODULES`: the library, tqdm, threadpoolctl) and then
-only forks: each worker begins as a copy of it with everything imported, so a worker (or a replacement
-for one that died) is ready in milliseconds instead of the second a ``spawn`` worker spends starting
-Python and importing NumPy, SciPy and Numba. Forking that server is safe where forking the sweeping
-process is not: it has run no Numba or OpenMP thread pool (a forked child of a process whose pools ran
-can hang). Workers load the kernels from the Numba cache the sweep warmed before fanning out. (So a
-script that starts a local sweep needs the usual ``if __name__ == "__main__":`` guard.)
+imports the modules a run needs (:data:`WORKER_MODULES`: the library, tqdm, threadpoolctl), initializes
+Numba's CPU target (:mod:`sbnnumba.sweep.worker_start`) and then only forks: each worker begins as a
+copy of it with everything imported, so a worker (or a replacement for one that died) is ready in
+milliseconds instead of the second a ``spawn`` worker spends starting Python and importing NumPy, SciPy
+and Numba, and its first run does not spend 0.2 s initializing Numba. Forking that server is safe where
+forking the sweeping process is not: it has run no Numba or OpenMP thread pool (a forked child of a
+process whose pools ran can hang). Workers load the kernels from the Numba cache the sweep warmed
+before fanning out. (So a script that starts a local sweep needs the usual ``if __name__ ==
+"__main__":`` guard.)
 
 Why not one ``ProcessPoolExecutor(max_workers=n)``: when one of its processes dies, the whole pool is
 "broken" and every other running task is lost with it. :class:`LocalPool` keeps one single-process
@@ -40,8 +42,9 @@ __all__ = ["usable_cores", "plan_workers", "local_executor", "SerialExecutor", "
            "worker_context"]
 
 #: Modules a sweep run imports (``fit`` imports tqdm and threadpoolctl when it first needs them), imported
-#: once by the fork server so that every worker starts with them loaded.
-WORKER_MODULES = ("sbnnumba.sweep.task", "tqdm.auto", "threadpoolctl")
+#: once by the fork server so that every worker starts with them loaded; ``worker_start`` initializes
+#: Numba's CPU target there.
+WORKER_MODULES = ("sbnnumba.sweep.task", "sbnnumba.sweep.worker_start", "tqdm.auto", "threadpoolctl")
 
 
 def usable_cores() -> int:
