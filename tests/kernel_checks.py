@@ -24,11 +24,11 @@ def has_avx512_vpopcntdq():
         return False
 
 
-def stdout_at_threads(script, threads, *args):
-    """Run ``script`` (dedented) in a child Python with ``NUMBA_NUM_THREADS=threads`` and ``args`` as
-    ``sys.argv[1:]``; assert it succeeds and return its stripped stdout (e.g. a digest of kernel results,
-    to check that they do not depend on the thread count)."""
-    env = dict(os.environ, NUMBA_NUM_THREADS=str(threads))
+def stdout_at_threads(script, threads, *args, env=None):
+    """Run ``script`` (dedented) in a child Python with ``NUMBA_NUM_THREADS=threads``, the variables ``env``
+    (dict) added to the environment and ``args`` as ``sys.argv[1:]``; assert it succeeds and return its
+    stripped stdout (e.g. a digest of kernel results, to check that they do not depend on the thread count)."""
+    env = dict(os.environ, **(env or {}), NUMBA_NUM_THREADS=str(threads))
     result = subprocess.run([sys.executable, "-c", textwrap.dedent(script), *map(str, args)], env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr

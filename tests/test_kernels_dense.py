@@ -232,3 +232,40 @@ def test_dense_flip_bit_identical_at_one_and_two_threads():
     """Every d_in entry sums its terms in a fixed order whatever the thread count (issue #41): bit for bit in
     child processes with NUMBA_NUM_THREADS=1 and 2."""
     assert stdout_at_threads(_THREADS_PROBE, 1) == stdout_at_threads(_THREADS_PROBE, 2)
+
+
+_CACHE_PROBE = """
+import hashlib
+import sys
+import numpy as np
+from sbnnumba.kernels import cpu
+rng = np.random.default_rng(21)
+h = hashlib.sha256()
+# a large layer (the lane kernel: the old reassociating one gave other bits when loaded from the cache) and
+# small ones (the golden-sized kernel)
+for n_in, n_out, batch, dtype in ((784, 1024, 128, np.float32), (300, 200, 16, np.float64), (12, 10, 8, np.float32),
+                                   (40, 31, 8, np.float64)):
+    w = (rng.normal(size=(n_out, n_in)) / np.sqrt(n_in)).astype(dtype)
+    x_in = np.where(rng.random((batch, n_in)) < 0.5, 1, -1).astype(dtype)
+    a = (x_in @ w.T + rng.normal(size=n_out)).astype(dtype)
+    x_out = np.where(rng.random(a.shape) < 0.5, 1, -1).astype(dtype)
+    d_out = rng.normal(size=a.shape).astype(dtype)
+    for code, form in ((0, "ratio"), (3, "bounded")):
+        h.update(cpu.flip_propagate_dense(x_in, a, x_out, w, d_out, code, form=form).tobytes())
+stats = [cpu._flip_dense_ratio_lanes.stats, cpu._flip_dense_ratio.stats]
+print(h.hexdigest(), sum(s.cache_hits.total() for s in stats), sum(s.cache_misses.total() for s in stats))
+"""
+
+
+def test_dense_flip_same_bits_compiled_and_loaded_from_cache(tmp_path):
+    """The first child compiles the kernels into an empty Numba cache, the second loads them from it: the same
+    bits (Numba optimizes a prange body twice and caches the second result, so a kernel whose sums LLVM may
+    reassociate gave other bits on a 784x1024 layer once loaded; sbnnumba/kernels/lanes.py)."""
+    import os
+    env = {"NUMBA_CACHE_DIR": str(tmp_path)}
+    compiled = stdout_at_threads(_CACHE_PROBE, 2, env=env).split()
+    loaded = stdout_at_threads(_CACHE_PROBE, 2, env=env).split()
+    assert int(compiled[1]) == 0 and int(compiled[2]) > 0, compiled  # compiled, nothing loaded
+    assert int(loaded[1]) > 0 and int(loaded[2]) == 0, loaded  # everything loaded from the cache
+    assert compiled[0] == loaded[0]
+    assert os.listdir(tmp_path)

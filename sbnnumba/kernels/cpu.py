@@ -26,6 +26,9 @@ Three forms:
   kernel groups each example's input units by sign so that a block of 4 shares its loads.
   The input units are cut into chunks whose rows of ``k`` fit in L2 (about 512 KiB), and every
   example passes over one chunk before the next, instead of streaming all of ``k`` from L3 per example.
+  From 32 output units on, each sum over ``j`` runs in 32 explicit lanes added in a fixed order
+  (:func:`_flip_dense_ratio_lanes`, :mod:`sbnnumba.kernels.lanes`): with fastmath's ``reassoc`` the sums of
+  a large layer had other bits when the kernel was loaded from Numba's cache than when it was compiled.
   The per-unit factors come from one ``exp`` and one fused pass (:func:`_ratio_units`); the
   transpose of ``2W`` goes through 32x32 tiles buffered in L1.
   Overflow (spec pitfall 6: ``e^{-a} e^{2wx}`` beyond the float range, then ``inf * 0``) is
@@ -47,6 +50,7 @@ import numpy as np
 from numba import prange
 
 from ..runtime import kernel_threads
+from . import lanes
 from .scalar import FLIP_FORMS, KERNEL_FAMILIES, TRIANGULAR, bounded_cdf_diff, cdf_diff, flip_forms
 
 # Ratio form (CPU and numba.cuda kernels): pre-activation limit A and weight-exponent clip C per dtype,
@@ -116,6 +120,34 @@ def _sign_order(x_in, chunk, order, n_pos):
                 q += 1 - positive
 
 
+@numba.njit(inline="always")
+def _ratio_task(task, n_pos, chunk, per_b, n_in):
+    # Task -> (example b, input units order[b, i0:i1], their sign): tasks run chunk by chunk, then example by
+    # example; the first ceil(n_pos / 4) blocks of an example's chunk hold its x = +1 units, the rest its x = -1
+    # units (empty tasks get i0 >= i1).
+    n_batch = n_pos.shape[0]
+    ch = task // (n_batch * per_b)
+    rest = task - ch * (n_batch * per_b)
+    b = rest // per_b
+    blk = rest - b * per_b
+    c0 = ch * chunk
+    n_p = n_pos[b, ch]
+    pos_blocks = (n_p + _ROWS - 1) // _ROWS
+    if blk < pos_blocks:
+        i0 = c0 + blk * _ROWS
+        return b, i0, min(i0 + _ROWS, c0 + n_p), True
+    i0 = c0 + n_p + (blk - pos_blocks) * _ROWS
+    return b, i0, min(i0 + _ROWS, min(c0 + chunk, n_in)), False
+
+
+@numba.njit(inline="always")
+def _ratio_side(b, positive, c_pos, h_pos, c_neg, h_neg, base_pos, base_neg, one):
+    # The per-unit rows, base and sign of example b's units with x = +1 (positive) or x = -1
+    if positive:
+        return c_pos[b], h_pos[b], base_pos[b], one
+    return c_neg[b], h_neg[b], base_neg[b], -one
+
+
 @numba.njit(parallel=True, fastmath=True, cache=True)
 def _flip_dense_ratio(order, n_pos, chunk, c_pos, h_pos, c_neg, h_neg, k, base_pos, base_neg, one, d_in):
     # order, n_pos: from _sign_order with the same chunk; k (N_in, N_out) = e^{2 W^T}; per unit (B, N_out),
@@ -134,33 +166,13 @@ def _flip_dense_ratio(order, n_pos, chunk, c_pos, h_pos, c_neg, h_neg, k, base_p
     # are read from L2 by every example instead of streaming the whole k from L3 once per example
     # (10-15 % of the kernel's time at 1024x1024).
     n_batch, n_in = order.shape
-    n_chunks = n_pos.shape[1]
     n_out = c_pos.shape[1]
     per_b = chunk // _ROWS + 2  # tasks per example and chunk
-    n_tasks = n_chunks * n_batch * per_b
-    for task in prange(n_tasks):
-        ch = task // (n_batch * per_b)
-        rest = task - ch * (n_batch * per_b)
-        b = rest // per_b
-        blk = rest - b * per_b
-        c0 = ch * chunk
-        c1 = min(c0 + chunk, n_in)
-        n_p = n_pos[b, ch]
-        pos_blocks = (n_p + _ROWS - 1) // _ROWS
-        if blk < pos_blocks:
-            i0 = c0 + blk * _ROWS
-            i1 = min(i0 + _ROWS, c0 + n_p)
-            positive = True
-        else:
-            i0 = c0 + n_p + (blk - pos_blocks) * _ROWS
-            i1 = min(i0 + _ROWS, c1)
-            positive = False
+    for task in prange(n_pos.shape[1] * n_batch * per_b):
+        b, i0, i1, positive = _ratio_task(task, n_pos, chunk, per_b, n_in)
         if i0 >= i1:
             continue
-        c_row = c_pos[b] if positive else c_neg[b]
-        h_row = h_pos[b] if positive else h_neg[b]
-        base = base_pos[b] if positive else base_neg[b]
-        sign = one if positive else -one
+        c_row, h_row, base, sign = _ratio_side(b, positive, c_pos, h_pos, c_neg, h_neg, base_pos, base_neg, one)
         if i1 - i0 == _ROWS:
             u0 = order[b, i0]
             u1 = order[b, i0 + 1]
@@ -193,6 +205,68 @@ def _flip_dense_ratio(order, n_pos, chunk, c_pos, h_pos, c_neg, h_neg, k, base_p
                 for j in range(n_out):
                     acc += h_row[j] / (c_row[j] + k_row[j])
                 d_in[b, u] = base - sign * acc
+
+
+# The lane kernel: fastmath without "reassoc" (sums in the order written, sbnnumba/kernels/lanes.py) and without
+# "afn"; "arcp" with "nnan"/"ninf" (inputs finite by construction) lets the vectorized lanes divide by a reciprocal
+# estimate and a Newton step. Used from _LANE_MIN_OUT output units; smaller layers keep _flip_dense_ratio, whose
+# vectorized main loop (the only part whose partial sums an optimizer pass may recombine) starts at 32 outputs
+# (8 lanes x 4 sums, AVX2) or 64 (16 x 4, AVX-512) and whose results the golden digests pin.
+_LANE_FASTMATH = {"nnan", "ninf", "nsz", "arcp", "contract"}
+_LANE_MIN_OUT = 32
+
+
+@numba.njit(inline="always")
+def _lane_row_sum(acc, c_row, h_row, k_row, n_full, n_out):
+    # sum_j h / (c + k): the lanes (over j < n_full) in their fixed tree order, then the remaining j in order
+    s = lanes.total(acc)
+    for j in range(n_full, n_out):
+        s += h_row[j] / (c_row[j] + k_row[j])
+    return s
+
+
+@numba.njit(parallel=True, fastmath=_LANE_FASTMATH, cache=True)
+def _flip_dense_ratio_lanes(order, n_pos, chunk, c_pos, h_pos, c_neg, h_neg, k, base_pos, base_neg, one, d_in):
+    # _flip_dense_ratio (same arguments, tasks and sums) with every sum over j in a fixed order: lane l of a
+    # row adds the terms j = l, l + 32, l + 64, ... in turn (sbnnumba/kernels/lanes.py), so its float bits do
+    # not depend on how LLVM vectorizes, or on whether the kernel was compiled in this process or loaded from
+    # Numba's cache. The lane index is unsigned: no negative-index test, so the lane loads stay contiguous.
+    n_batch, n_in = order.shape
+    n_out = c_pos.shape[1]
+    n_full = n_out // lanes.LANES * lanes.LANES
+    per_b = chunk // _ROWS + 2
+    for task in prange(n_pos.shape[1] * n_batch * per_b):
+        b, i0, i1, positive = _ratio_task(task, n_pos, chunk, per_b, n_in)
+        if i0 >= i1:
+            continue
+        c_row, h_row, base, sign = _ratio_side(b, positive, c_pos, h_pos, c_neg, h_neg, base_pos, base_neg, one)
+        if i1 - i0 == _ROWS:  # 4 rows of k share each load of c and h
+            u0, u1, u2, u3 = order[b, i0], order[b, i0 + 1], order[b, i0 + 2], order[b, i0 + 3]
+            k0, k1, k2, k3 = k[u0], k[u1], k[u2], k[u3]
+            s0, s1, s2, s3 = lanes.zeros(one), lanes.zeros(one), lanes.zeros(one), lanes.zeros(one)
+            for j0 in range(0, n_full, lanes.LANES):
+                for lane in range(lanes.LANES):
+                    j = np.uint64(j0 + lane)
+                    c_j = c_row[j]
+                    h_j = h_row[j]
+                    s0[lane] += h_j / (c_j + k0[j])
+                    s1[lane] += h_j / (c_j + k1[j])
+                    s2[lane] += h_j / (c_j + k2[j])
+                    s3[lane] += h_j / (c_j + k3[j])
+            d_in[b, u0] = base - sign * _lane_row_sum(s0, c_row, h_row, k0, n_full, n_out)
+            d_in[b, u1] = base - sign * _lane_row_sum(s1, c_row, h_row, k1, n_full, n_out)
+            d_in[b, u2] = base - sign * _lane_row_sum(s2, c_row, h_row, k2, n_full, n_out)
+            d_in[b, u3] = base - sign * _lane_row_sum(s3, c_row, h_row, k3, n_full, n_out)
+        else:  # the last, partial block of a group
+            for t in range(i0, i1):
+                u = order[b, t]
+                k_row = k[u]
+                acc = lanes.zeros(one)
+                for j0 in range(0, n_full, lanes.LANES):
+                    for lane in range(lanes.LANES):
+                        j = np.uint64(j0 + lane)
+                        acc[lane] += h_row[j] / (c_row[j] + k_row[j])
+                d_in[b, u] = base - sign * _lane_row_sum(acc, c_row, h_row, k_row, n_full, n_out)
 
 
 _SAFE_FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}  # fastmath without assuming finite inputs
@@ -517,8 +591,8 @@ def _flip_propagate_dense(x_in, a, x_out, weight, d_out, noise_code, form):
             order = np.empty(x_in.shape, dtype=np.int64)
             n_pos = np.empty((x_in.shape[0], -(-x_in.shape[1] // chunk)), dtype=np.int64)
             _sign_order(x_in, chunk, order, n_pos)
-            _flip_dense_ratio(order, n_pos, chunk, c_pos, h_pos, c_neg, h_neg, k, base_pos, base_neg,
-                              dtype.type(1), d_in)
+            kernel = _flip_dense_ratio_lanes if a.shape[1] >= _LANE_MIN_OUT else _flip_dense_ratio
+            kernel(order, n_pos, chunk, c_pos, h_pos, c_neg, h_neg, k, base_pos, base_neg, dtype.type(1), d_in)
         else:  # every unit saturated: nothing for the ratio form
             d_in[...] = 0
         active = active_saturated(a, weight) if n_saturated else None
