@@ -93,7 +93,7 @@ def median_time(fn, repeats):
     return statistics.median(times)
 
 
-def interleaved_medians(contenders, repeats, settle=0.0):
+def interleaved_medians(contenders, repeats, settle=0.0, prepare=None):
     """Median wall time (seconds) per contender, timing them round-robin.
 
     Parameters
@@ -109,6 +109,9 @@ def interleaved_medians(contenders, repeats, settle=0.0):
         contender, while a pool left idle for long may be slow to wake (notably in VMs); settling
         times each contender in its steady state, as in a loop of calls of its own. Sleeping
         instead would hit the slow wake-up.
+    prepare : dict[str, callable], optional
+        Name -> zero-argument function called untimed before the contender's turn (settling
+        included): e.g. setting the thread count, so that runs at several counts interleave.
 
     Returns
     -------
@@ -121,6 +124,8 @@ def interleaved_medians(contenders, repeats, settle=0.0):
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
             fn = contenders[name]
+            if prepare is not None and name in prepare:
+                prepare[name]()
             if settle > 0:
                 settle_start = time.perf_counter()
                 fn()

@@ -3,7 +3,8 @@
 Prints, per workload, the median time per step of forward + backward (interleaved repeats, float32,
 logistic noise) of sbnnumba and of PyTorch's CPU build, and their ratio (sbnnumba / PyTorch; below
 1 means sbnnumba is faster), at one and at two threads (Numba + BLAS through
-``sbnnumba.set_num_threads``, ``torch.set_num_threads``):
+``sbnnumba.set_num_threads``, ``torch.set_num_threads``; the two counts interleaved round-robin
+with the contenders, each contender's count set untimed before its turn):
 
 * dense 784-1024-1024-10, batch 128: deep ST (``phi(a) = 2 p(a)``) in both; sbnnumba's PSA against
   PyTorch's ST;
@@ -26,6 +27,7 @@ Runs only where PyTorch is installed (``pip install torch``); the package itself
 Usage: python bench/vs_torch.py [--repeats 7] [--busy-core] [--only dense|conv|adam]
 """
 import argparse
+import functools
 import os
 import subprocess
 import sys
@@ -143,21 +145,33 @@ def _adam_contenders(net):
     return {"Adam update sbnnumba": lambda: opt.update(params, grads), "Adam update torch": topt.step}
 
 
-def _run(threads, workloads, repeats):
+def _set_threads(threads):
     sb.set_num_threads(threads)
     torch.set_num_threads(threads)
-    contenders = {}
-    for name, (net, x, y) in workloads.items():
-        contenders.update(_contenders(name, net, x, y))
-    if "dense" in workloads:
-        contenders.update(_adam_contenders(workloads["dense"][0]))
-    for fn in contenders.values():  # compile and warm up
-        fn()
-    return interleaved_medians(contenders, repeats, settle=0.05)
+
+
+def _run(workloads, repeats):
+    """``{threads: {label: median seconds}}`` at 1 and 2 threads, the two counts interleaved round-robin
+    with the contenders (a change of the machine's load hits both counts alike)."""
+    contenders, prepare = {}, {}
+    for threads in (1, 2):
+        _set_threads(threads)
+        mine = {}
+        for name, (net, x, y) in workloads.items():
+            mine.update(_contenders(name, net, x, y))
+        if "dense" in workloads:
+            mine.update(_adam_contenders(workloads["dense"][0]))
+        for label, fn in mine.items():
+            fn()  # compile and warm up
+            contenders[(label, threads)] = fn
+            prepare[(label, threads)] = functools.partial(_set_threads, threads)
+    med = interleaved_medians(contenders, repeats, settle=0.05, prepare=prepare)
+    return {t: {label: s for (label, threads), s in med.items() if threads == t} for t in (1, 2)}
 
 
 def _report(threads, med, load):
-    print(f"\n== {threads} thread(s), load average (1 min) at the end of the run: {load:.2f} ==")
+    print(f"\n== {threads} thread(s) (interleaved with the other count), load average (1 min) at the end of the run: "
+          f"{load:.2f} ==")
     for label, ms in med.items():
         print(f"  {label:<28} {1e3 * ms:9.2f} ms")
     for name in ("dense", "conv"):
@@ -183,17 +197,14 @@ def main(argv=None):
         busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
         print(f"busy-core: process {busy.pid} keeps one core busy")
     try:
-        workloads = _workloads(args.only)
-        results, loads = {}, {}
-        for t in (1, 2):
-            results[t] = _run(t, workloads, args.repeats)
-            loads[t] = os.getloadavg()[0]
+        results = _run(_workloads(args.only), args.repeats)
+        load = os.getloadavg()[0]
     finally:
         if busy is not None:
             busy.kill()
             busy.wait()
     for t, med in results.items():
-        _report(t, med, loads[t])
+        _report(t, med, load)
     _thread_check(results, busy is not None)
 
 

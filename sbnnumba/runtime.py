@@ -48,9 +48,12 @@ import ctypes
 import ctypes.util
 import functools
 import os
+import threading
 from collections.abc import Iterator
 
 import numpy as np
+
+from .blockpool import run_blocks
 
 # mallopt parameters (glibc malloc.h)
 _M_TRIM_THRESHOLD = -1
@@ -232,12 +235,57 @@ def _blas_thread_functions():
     return tuple(out)
 
 
-def gemm(a, b, out=None):
-    r"""``a @ b`` (2-D) with BLAS limited to :func:`call_threads` ``(m n k, "gemm", T)`` threads for this call.
+#: Multiple of which the blocks of :func:`gemm` are (but the last): whole micro-kernel tiles of the BLAS.
+GEMM_BLOCK_ALIGN = 16
+#: Most blocks one :func:`gemm` is split into: enough for a free core to take over a busy core's share,
+#: few enough that each block stays a large BLAS call.
+MAX_GEMM_BLOCKS = 8
 
-    ``T`` is the BLAS libraries' current count (:func:`set_num_threads`); a lower count is set for the call
-    and restored after it. The setting is process-wide, like :func:`set_num_threads`'s: do not call it
-    while another thread of the process sets BLAS threads.
+
+def gemm_blocks(m, k, n):
+    r"""The fixed split of an ``(m, k) @ (k, n)`` product into blocks of output rows or columns.
+
+    The larger output dimension ``d = max(m, n)`` (rows when ``m >= n``) is cut into
+    ``c = min(MAX_GEMM_BLOCKS, floor(m k n / w_min), ceil(d / 16))`` blocks of equal size rounded up to
+    :data:`GEMM_BLOCK_ALIGN` (the last one shorter), ``w_min`` = ``MIN_WORK_PER_THREAD["gemm"]``: a block has
+    at least ``w_min`` multiply-adds, so a product smaller than ``2 w_min`` is one block. The split depends
+    on the shape only, never on the thread count: that is what keeps :func:`gemm`'s bits the same at any
+    thread count.
+
+    Parameters
+    ----------
+    m, k, n : int
+        The product's dimensions.
+
+    Returns
+    -------
+    axis : int
+        0 (blocks of rows of ``a`` and of the result) or 1 (columns of ``b`` and of the result).
+    edges : list of int
+        Block ``i`` is ``edges[i]:edges[i + 1]`` along ``axis``.
+    """
+    axis, dim = (0, m) if m >= n else (1, n)
+    count = min(MAX_GEMM_BLOCKS, (m * k * n) // MIN_WORK_PER_THREAD["gemm"], -(-dim // GEMM_BLOCK_ALIGN))
+    if count < 2:
+        return axis, [0, dim]
+    size = -(-(-(-dim // count)) // GEMM_BLOCK_ALIGN) * GEMM_BLOCK_ALIGN
+    return axis, list(range(0, dim, size)) + [dim]
+
+
+_GEMM_LOCK = threading.Lock()  # the BLAS thread count is process-wide: one gemm lowers it at a time
+
+
+def gemm(a, b, out=None):
+    r"""``a @ b`` (2-D) computed as the blocks of :func:`gemm_blocks`, each one single-threaded BLAS call,
+    run on up to ``T`` threads that take the next block as they come free (:func:`sbnnumba.blockpool.run_blocks`).
+
+    ``T`` is the BLAS libraries' current count (:func:`set_num_threads`). BLAS is set to one thread for the
+    call and restored after it (a process-wide setting: concurrent calls from several threads take turns).
+    Since the blocks depend on the shape alone and every block is one single-threaded BLAS call, the result
+    is bit-identical at any ``T``; with a busy core, the thread on the free core takes the busy one's
+    blocks (OpenBLAS's own threads split a product statically and, in the threaded GEMM, synchronize within
+    it, each wait costing a scheduler slice when a core is shared: measured, a 128 x 784 x 1024 product 5x
+    slower at two threads than at one, docs/performance.md).
 
     Parameters
     ----------
@@ -253,21 +301,38 @@ def gemm(a, b, out=None):
     """
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
         raise ValueError(f"gemm: expected 2-d operands (m, k) and (k, n), got shapes {a.shape} and {b.shape}")
-    work = a.shape[0] * a.shape[1] * b.shape[1]
-    if work >= MIN_WORK_PER_THREAD["gemm"] * (os.cpu_count() or 1):
-        return np.matmul(a, b, out=out)  # every thread count allowed: no need to read the settings
-    lowered = []
-    for get, put in _blas_thread_functions():
-        current = get()
-        wanted = call_threads(work, "gemm", current)
-        if wanted < current:
-            put(wanted)
-            lowered.append((put, current))
-    try:
-        return np.matmul(a, b, out=out)
-    finally:
-        for put, current in lowered:
-            put(current)
+    functions = _blas_thread_functions()
+    with _GEMM_LOCK:
+        counts = [get() for get, _ in functions]
+        threads = max(counts, default=1)
+        if threads == 1:  # one thread: one call, no block overhead (same bits as the blocks, see above)
+            return np.matmul(a, b, out=out)
+        for (_, put), count in zip(functions, counts):
+            if count > 1:
+                put(1)
+        try:
+            return _blocked_matmul(a, b, out, threads)
+        finally:
+            for (_, put), count in zip(functions, counts):
+                if count > 1:
+                    put(count)
+
+
+def _blocked_matmul(a, b, out, threads):
+    """``a @ b`` into ``out`` (allocated when None) as the blocks of :func:`gemm_blocks` on ``threads`` threads."""
+    if out is None:
+        out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b))
+    axis, edges = gemm_blocks(a.shape[0], a.shape[1], b.shape[1])
+
+    def block(i):
+        lo, hi = edges[i], edges[i + 1]
+        if axis == 0:
+            np.matmul(a[lo:hi], b, out=out[lo:hi])
+        else:
+            np.matmul(a, b[:, lo:hi], out=out[:, lo:hi])
+
+    run_blocks(block, len(edges) - 1, threads)
+    return out
 
 
 @contextlib.contextmanager

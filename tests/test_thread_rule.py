@@ -69,3 +69,84 @@ def test_small_flip_kernel_call_runs_and_restores_threads():
     before = numba.get_num_threads()
     d_in = cpu.flip_propagate_dense(x, a, np.sign(a), w, rng.normal(size=a.shape), 0)
     assert numba.get_num_threads() == before and d_in.shape == x.shape
+
+
+def test_gemm_blocks_depend_on_the_shape_only():
+    w = runtime.MIN_WORK_PER_THREAD["gemm"]
+    assert runtime.gemm_blocks(64, 64, 64) == (0, [0, 64])            # below 2 w_min: one block
+    for m, k, n in ((128, 784, 1024), (1024, 128, 784), (96, 43264, 864), (5, 10 ** 6, 40), (40, 3 * w, 33)):
+        axis, edges = runtime.gemm_blocks(m, k, n)
+        dim = (m, n)[axis]
+        assert axis == (0 if m >= n else 1) and edges[0] == 0 and edges[-1] == dim
+        sizes = np.diff(edges)
+        assert 1 <= len(sizes) <= runtime.MAX_GEMM_BLOCKS and (sizes > 0).all()
+        assert (sizes[:-1] % runtime.GEMM_BLOCK_ALIGN == 0).all() and (sizes[:-1] >= sizes[-1]).all()
+        if len(sizes) > 1:
+            assert m * k * n // len(sizes) >= w  # every block is worth a thread by the rule
+
+
+def test_blocked_gemm_is_bit_identical_at_one_and_two_threads():
+    """The layers' products through runtime.gemm: one BLAS call at one thread, fixed blocks of single-threaded
+    calls at two; OpenBLAS's single-threaded kernels give every element the same bits in both (the block
+    split does not change the order of the sum over k), so results do not depend on the thread count.
+    Plain ``a @ b`` does not have this property (OpenBLAS's threaded GEMM cuts k = 784 differently)."""
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs a Numba pool of 2 threads")
+    if any(i["internal_api"] != "openblas" for i in threadpool_info() if i["user_api"] == "blas"):
+        pytest.skip("the bit-identity of blocks is a property of OpenBLAS's kernels, checked here for OpenBLAS")
+    rng = np.random.default_rng(3)
+    before = sb.get_num_threads()
+    try:
+        for m, k, n, transpose in ((128, 784, 1024, True), (1024, 128, 784, False), (96, 864, 7744, False),
+                                   (192, 3136, 1728, False), (128, 1024, 784, False)):
+            a = rng.standard_normal((m, k)).astype(np.float32)
+            b = rng.standard_normal((n, k)).astype(np.float32).T if transpose else \
+                rng.standard_normal((k, n)).astype(np.float32)
+            assert len(runtime.gemm_blocks(m, k, n)[1]) > 2, "the case must be split"
+            sb.set_num_threads(1)
+            one = runtime.gemm(a, b)
+            sb.set_num_threads(2)
+            two = runtime.gemm(a, b)
+            assert one.tobytes() == two.tobytes(), (m, k, n)
+            assert _blas_threads() == [2] * len(_blas_threads())
+    finally:
+        sb.set_num_threads(before)
+
+
+def test_run_blocks_runs_every_block_once_and_raises_in_the_caller():
+    from sbnnumba.blockpool import run_blocks
+
+    for threads in (1, 2, 3):
+        seen = np.zeros(37, np.int64)
+
+        def block(i):
+            seen[i] += 1
+            np.dot(np.ones(2000), np.ones(2000))  # releases the GIL: the helpers get a turn
+
+        run_blocks(block, 37, threads)
+        assert (seen == 1).all()
+
+    def failing(i):
+        if i == 5:
+            raise KeyError("block 5")
+
+    with pytest.raises(KeyError, match="block 5"):
+        run_blocks(failing, 9, 2)
+
+
+def test_gemm_in_a_forked_child_after_the_parent_used_the_pool():
+    """The parent's helper threads do not exist in a forked child: the pool starts empty there."""
+    import multiprocessing
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    a = np.random.default_rng(4).standard_normal((256, 512)).astype(np.float32)
+    before = sb.get_num_threads()
+    try:
+        sb.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+        expected = runtime.gemm(a, a.T)
+        with multiprocessing.get_context("fork").Pool(1) as pool:
+            got = pool.apply(runtime.gemm, (a, a.T))
+    finally:
+        sb.set_num_threads(before)
+    np.testing.assert_array_equal(got, expected)

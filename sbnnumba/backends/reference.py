@@ -24,6 +24,7 @@ from ..kernels import bitpack as kb
 from ..kernels import conv_cpu, conv_reference, reference
 from ..kernels.conv_reference import output_size, windows
 from ..kernels.cpu import choose_form
+from ..runtime import gemm
 from ..validation import check_choice
 from .base import Backend
 from .registry import register_backend
@@ -77,13 +78,13 @@ class ReferenceBackend(Backend):
 
     # -- training-step operations (sbnnumba.backends.step) ----------------------------------------
     def dense_forward(self, x, weight, bias):
-        return x @ weight.T + bias
+        return gemm(x, weight.T) + bias
 
     def dense_backward_input(self, g_a, weight):
-        return g_a @ weight
+        return gemm(g_a, weight)
 
     def dense_param_grads(self, x, g_a):
-        return g_a.T @ x, g_a.sum(axis=0)
+        return gemm(g_a.T, x), g_a.sum(axis=0)
 
     def conv_forward(self, x, weight, bias, stride, padding):
         ho, wo = output_size(x.shape[2:], weight.shape[2:], stride, padding)
@@ -91,11 +92,11 @@ class ReferenceBackend(Backend):
                             x.shape[0], (ho, wo), bias)
 
     def conv_backward_input(self, g_a, weight, in_shape, stride, padding):
-        g_cols = weight.reshape(weight.shape[0], -1).T @ _channel_major(g_a)
+        g_cols = gemm(weight.reshape(weight.shape[0], -1).T, _channel_major(g_a))
         return conv_cpu.col2im_t(g_cols, (g_a.shape[0],) + tuple(in_shape), weight.shape[2:], stride, padding)
 
     def conv_param_grads(self, x, g_a, kernel_size, stride, padding):
-        g_w = _channel_major(g_a) @ _cols(x, kernel_size, stride, padding).T
+        g_w = gemm(_channel_major(g_a), _cols(x, kernel_size, stride, padding).T)
         return g_w.reshape((g_a.shape[1], x.shape[1]) + tuple(kernel_size)), g_a.sum(axis=(0, 2, 3))
 
     def channel_moments(self, z):
@@ -219,7 +220,7 @@ def _channel_major(t):
 
 def _gemm_to_map(cols, weight2, n_batch, out_hw, bias=None):
     """``weight2 @ cols`` (C_out, B*P) laid out as a contiguous (B, C_out, H_out, W_out) map (+ bias)."""
-    prod = (weight2 @ cols).reshape((weight2.shape[0], n_batch) + tuple(out_hw)).transpose(1, 0, 2, 3)
+    prod = gemm(weight2, cols).reshape((weight2.shape[0], n_batch) + tuple(out_hw)).transpose(1, 0, 2, 3)
     out = np.empty(prod.shape, dtype=prod.dtype)
     if bias is None:
         out[...] = prod
