@@ -27,7 +27,8 @@ from typing import Any, Union
 
 import numpy as np
 
-from .kernels.optim_rules import adam_arrays, sgd_arrays
+from .kernels.optim_rules import FlatLists, adam_lists, chunk_table, sgd_lists
+from .runtime import kernel_threads
 from .validation import check_positive_int, check_real
 
 #: A learning-rate schedule: ``schedule(step, base_lr) -> lr``.
@@ -60,8 +61,9 @@ def _flat_view(a, name):
 
 
 def _flat(a):
-    """A 1-d C-contiguous copy or view of a gradient."""
-    return np.ascontiguousarray(a).reshape(-1)
+    """A 1-d C-contiguous, writeable copy or view of a gradient (the fused passes take one list type)."""
+    a = np.ascontiguousarray(a)
+    return (a if a.flags.writeable else a.copy()).reshape(-1)
 
 
 class ConstantLR:
@@ -169,8 +171,11 @@ class Optimizer:
     """Base class: validation, clipping, schedule, step counter and state (de)serialization.
 
     Subclasses define ``name`` (registry key), ``_buffers`` (names of the per-parameter state
-    arrays) and ``_step(name, p, g, lr, t)`` which updates ``p`` in place; ``t`` is the 1-based index
-    of the current step.
+    arrays), ``_prepare(name, p, g, lr)`` (per parameter: weight decay, buffers) and
+    ``_fused_step(dtype, entries, lr, t)``, which updates every parameter of one dtype in place in one
+    parallel pass (:mod:`sbnnumba.kernels.optim_rules`: a table of chunks of at most 2^16 entries over all
+    arrays, so small arrays cost no parallel region of their own; the pass runs on the threads of the
+    per-call rule, :func:`sbnnumba.runtime.kernel_threads`); ``t`` is the 1-based index of the current step.
 
     Parameters
     ----------
@@ -202,6 +207,8 @@ class Optimizer:
         self.state: dict[str, dict[str, np.ndarray]] = {}
         self._keys: tuple[str, ...] | None = None
         self._shapes: dict[str, tuple[int, ...]] = {}
+        self._lists = FlatLists()  # typed lists of the parameters and buffers for the fused update pass
+        self._chunks: dict[tuple[int, ...], np.ndarray] = {}
 
     # -- learning rate ---------------------------------------------------------------------------
     @property
@@ -299,9 +306,20 @@ class Optimizer:
         gs = self._clip(params, grads)
         lr = self.lr
         t = self.step_count + 1
+        groups: dict[np.dtype, list] = {}  # one fused pass per dtype (a typed list holds one array type)
         for k, p in params.items():
-            self._step(k, p, gs[k], lr, t)
+            _flat_view(p, k)  # C-contiguous, or the update could not be written through a flat view
+            groups.setdefault(p.dtype, []).append((k, p, self._prepare(k, p, gs[k], lr)))
+        for dtype, entries in groups.items():
+            self._fused_step(dtype, entries, lr, t)
         self.record_step(params)
+
+    def _chunks_of(self, arrays) -> np.ndarray:
+        """The chunk table (:func:`sbnnumba.kernels.optim_rules.chunk_table`) of ``arrays``' sizes, kept per sizes."""
+        sizes = tuple(a.size for a in arrays)
+        if sizes not in self._chunks:
+            self._chunks[sizes] = chunk_table(sizes)
+        return self._chunks[sizes]
 
     def record_step(self, params: dict) -> None:
         """Count one step applied to ``params``: by :meth:`update`, or by a device-resident step that ran
@@ -320,8 +338,14 @@ class Optimizer:
             self._shapes[k] = tuple(p.shape)
         self.step_count += 1
 
-    def _step(self, name: str, p: np.ndarray, g: np.ndarray, lr: float, t: int) -> None:
-        raise NotImplementedError
+    def _prepare(self, name: str, p: np.ndarray, g: np.ndarray, lr: float) -> tuple:
+        """Per parameter, before the fused pass: weight decay, buffers created; returns what ``_fused_step`` needs."""
+        raise NotImplementedError(f"{type(self).__name__}: an optimizer must define _prepare")
+
+    def _fused_step(self, dtype: np.dtype, entries: list, lr: float, t: int) -> None:
+        """The rule over every parameter of ``dtype`` in one parallel pass; ``entries`` are
+        ``(name, param, prepared)``."""
+        raise NotImplementedError(f"{type(self).__name__}: an optimizer must define _fused_step")
 
     # -- state -----------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -434,19 +458,27 @@ class SGD(Optimizer):
     def _extra_hyperparameters(self) -> dict:
         return {"momentum": self.momentum, "nesterov": self.nesterov}
 
-    def _step(self, name, p, g, lr, t):
-        dt = p.dtype.type
+    def _prepare(self, name, p, g, lr):
         if self.weight_decay:
-            g = g + dt(self.weight_decay) * p
-        first, buf = False, p
-        if self.momentum:
-            st = self.state.setdefault(name, {})
-            first = "momentum_buffer" not in st
-            if first:  # the rule sets it to g
-                st["momentum_buffer"] = np.empty_like(p)
-            buf = st["momentum_buffer"]
-        sgd_arrays(_flat_view(p, name), _flat(g), _flat_view(buf, name), dt(lr), dt(self.momentum), self.nesterov,
-                   first)
+            g = g + p.dtype.type(self.weight_decay) * p
+        if not self.momentum:
+            return _flat(g), None, False
+        st = self.state.setdefault(name, {})
+        first = "momentum_buffer" not in st
+        if first:  # the rule sets it to g
+            st["momentum_buffer"] = np.empty_like(p)
+        return _flat(g), st["momentum_buffer"], first
+
+    def _fused_step(self, dtype, entries, lr, t):
+        dt = dtype.type
+        ps = [p for _, p, _ in entries]
+        gs = self._lists.get(("grad", dtype), [g for _, _, (g, _, _) in entries])
+        # without momentum the kernel neither reads nor writes the buffers: the gradients stand in
+        bufs = self._lists.get(("momentum_buffer", dtype), [b for _, _, (_, b, _) in entries]) if self.momentum else gs
+        firsts = np.array([first for _, _, (_, _, first) in entries], dtype=np.bool_)
+        with kernel_threads(sum(p.size for p in ps), "elementwise"):
+            sgd_lists(self._lists.get(("param", dtype), ps), gs, bufs, firsts, self._chunks_of(ps), dt(lr),
+                      dt(self.momentum), self.nesterov)
 
 
 class Adam(Optimizer):
@@ -494,7 +526,7 @@ class Adam(Optimizer):
     def _extra_hyperparameters(self) -> dict:
         return {"betas": list(self.betas), "eps": self.eps, "decoupled": self.decoupled}
 
-    def _step(self, name, p, g, lr, t):
+    def _prepare(self, name, p, g, lr):
         dt = p.dtype.type
         if self.weight_decay:
             if self.decoupled:
@@ -505,8 +537,16 @@ class Adam(Optimizer):
         if "exp_avg" not in st:
             st["exp_avg"] = np.zeros_like(p)
             st["exp_avg_sq"] = np.zeros_like(p)
-        adam_arrays(_flat_view(p, name), _flat(g), _flat_view(st["exp_avg"], name), _flat_view(st["exp_avg_sq"], name),
-                    *self.rule_scalars(lr, t, dt))
+        return _flat(g), st["exp_avg"], st["exp_avg_sq"]
+
+    def _fused_step(self, dtype, entries, lr, t):
+        ps = [p for _, p, _ in entries]
+        gs = self._lists.get(("grad", dtype), [g for _, _, (g, _, _) in entries])
+        ms = self._lists.get(("exp_avg", dtype), [m for _, _, (_, m, _) in entries])
+        vs = self._lists.get(("exp_avg_sq", dtype), [v for _, _, (_, _, v) in entries])
+        with kernel_threads(sum(p.size for p in ps), "elementwise"):
+            adam_lists(self._lists.get(("param", dtype), ps), gs, ms, vs, self._chunks_of(ps),
+                       *self.rule_scalars(lr, t, dtype.type))
 
     def rule_scalars(self, lr: float, t: int, dtype: type) -> tuple:
         """The scalars of the element-wise Adam rule (:func:`sbnnumba.kernels.optim_rules.adam_rule`) at step

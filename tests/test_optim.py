@@ -346,3 +346,68 @@ def test_bad_hyperparameters():
         optim.SGD(schedule="warmup")
     with pytest.raises(TypeError, match="lr"):
         optim.SGD(lr="0.1")
+
+
+# ------------------------------------------------------------------------------------------------
+# the fused pass over all parameters (issue #39)
+# ------------------------------------------------------------------------------------------------
+
+def _numpy_rule(opt, p, g, state, t, lr):
+    """The float32/float64 NumPy expressions of one step (the rules of kernels/optim_rules.py, in order)."""
+    dt = p.dtype.type
+    if isinstance(opt, optim.Adam):
+        b1, b2 = opt.betas
+        m = state.setdefault("m", np.zeros_like(p))
+        v = state.setdefault("v", np.zeros_like(p))
+        m[...] = dt(b1) * m + dt(1 - b1) * g
+        v[...] = dt(b2) * v + dt(1 - b2) * (g * g)
+        p -= dt(lr / (1 - b1 ** t)) * m / (np.sqrt(v / dt(1 - b2 ** t)) + dt(opt.eps))
+    else:
+        buf = state["buf"] = g.copy() if "buf" not in state else dt(opt.momentum) * state["buf"] + g
+        p -= dt(lr) * (g + dt(opt.momentum) * buf if opt.nesterov else buf)
+
+
+@pytest.mark.parametrize("make", [lambda: optim.Adam(lr=0.01), lambda: optim.SGD(lr=0.05, momentum=0.9),
+                                  lambda: optim.SGD(lr=0.05, momentum=0.9, nesterov=True)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fused_pass_equals_the_rule_per_parameter_bit_for_bit(make, threads):
+    """One parallel pass over arrays of several sizes (one larger than a chunk, so it spans several) and two
+    dtypes gives each entry the bits of the rule applied to that parameter alone; a parameter replaced by a new
+    array between steps is updated (the kept typed lists follow the arrays)."""
+    import numba
+
+    from sbnnumba.kernels.optim_rules import CHUNK
+
+    if threads > numba.config.NUMBA_NUM_THREADS:
+        pytest.skip("needs a Numba pool of 2 threads")
+    rng = np.random.default_rng(7)
+    shapes = {"big": (3, CHUNK + 5), "bias": (4,), "one": (1,), "double": (5, 6)}
+    params = {k: rng.normal(size=s).astype(np.float64 if k == "double" else np.float32) for k, s in shapes.items()}
+    want = {k: v.copy() for k, v in params.items()}
+    opt, states = make(), {k: {} for k in shapes}
+    before = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        for t in range(1, 4):
+            grads = {k: rng.normal(size=s).astype(params[k].dtype) for k, s in shapes.items()}
+            if t == 3:
+                params["bias"] = params["bias"].copy()  # a new array: its list item must be replaced
+            opt.update(params, grads)
+            for k in shapes:
+                _numpy_rule(opt, want[k], grads[k], states[k], t, opt.base_lr)
+                assert params[k].tobytes() == want[k].tobytes(), (k, t)
+    finally:
+        numba.set_num_threads(before)
+
+
+def test_chunk_table_covers_every_entry_once():
+    from sbnnumba.kernels.optim_rules import CHUNK, chunk_table
+
+    sizes = [2 * CHUNK + 3, 1, 0, CHUNK]
+    table = chunk_table(sizes)
+    assert table.dtype == np.int64 and table.shape[1] == 3
+    assert ((table[:, 2] - table[:, 1]) <= CHUNK).all()
+    for j, size in enumerate(sizes):
+        rows = table[table[:, 0] == j]
+        covered = np.concatenate([np.arange(lo, hi) for _, lo, hi in rows]) if len(rows) else np.array([], int)
+        np.testing.assert_array_equal(covered, np.arange(size))
