@@ -19,27 +19,40 @@ nothing and says so. Settings given in the environment (``MALLOC_MMAP_MAX_``,
 **Threads.** :func:`set_num_threads` sets one count ``T`` for both pools, Numba's kernels and BLAS.
 ``import sbnnumba`` sets ``OMP_WAIT_POLICY=PASSIVE`` and ``OPENBLAS_THREAD_TIMEOUT=4`` (when it comes
 before NumPy), so idle workers of either pool sleep instead of spinning against the other pool's
-workers. Both pools split a call statically (Numba's OpenMP layer hands each thread an equal share of
-a ``prange`` loop even with ``numba.parallel_chunksize``; OpenBLAS splits a GEMM's rows or columns), so
-a call with a thread on a core that another process keeps busy lasts about as long as one thread doing
-it all, plus the wait for that thread to be scheduled (up to a scheduler slice, milliseconds): a gain
-on large calls at worst, a loss on small ones. The per-call rule, :func:`call_threads`, therefore
-gives a call
+workers. Numba's OpenMP layer splits a ``prange`` loop statically (each thread an equal share, even with
+``numba.parallel_chunksize``), so a kernel call with a thread on a core that another process keeps busy
+lasts about as long as one thread doing it all, plus the wait for that thread to be scheduled (up to a
+scheduler slice, milliseconds): a gain on large calls at worst, a loss on small ones. The per-call rule,
+:func:`call_threads`, therefore gives a call
 
 .. math::
 
     T_{call} = \max(1, \min(T, \lfloor work / w_{min} \rfloor))
 
 threads, ``work`` its elementary operations (connections of a flip propagation, elements of an
-element-wise pass such as sampling, multiply-adds ``m n k`` of a GEMM) and ``w_min`` =
-:data:`MIN_WORK_PER_THREAD` (2^20 connections, about 0.2 ms of a flip kernel on one core; 2^16 elements,
-about 0.2 ms of sampling with one ``exp`` each; 2^22 multiply-adds, about 0.1 ms of a float32 GEMM on one
-core, 16 times OpenBLAS's own threshold): a call runs on a second thread only when that thread gets
-about as much work as the time a late thread can cost. The flip kernels and the sampling kernel apply it
-to their Numba calls (:func:`kernel_threads`; their results do not depend on the thread count). :func:`gemm` applies
-it to a matrix product; BLAS results do depend on the thread count (float32 products differ in the last bits
-between 1 and 2 OpenBLAS threads), so routing the layers' GEMMs through it changes the stored digests
-of runs at several threads where a GEMM falls below the rule.
+element-wise pass such as sampling or an optimizer update, multiply-adds ``m n k`` of a GEMM) and
+``w_min`` = :data:`MIN_WORK_PER_THREAD` (2^20 connections, about 0.2 ms of a flip kernel on one core; 2^16
+elements, about 0.2 ms of sampling with one ``exp`` each; 2^22 multiply-adds, about 0.1 ms of a float32
+GEMM on one core, 16 times OpenBLAS's own threshold): a call runs on a second thread only when that thread
+gets about as much work as the time a late thread can cost. The flip kernels, the sampling kernel and the
+optimizers' fused update pass apply it to their Numba calls (:func:`kernel_threads`; their results do not
+depend on the thread count).
+
+**Matrix products** (:func:`gemm`, every product of the layers' training step) are not left to BLAS's own
+threads: OpenBLAS's threaded GEMM splits a product statically and synchronizes its threads several times
+inside one call, each wait costing a scheduler slice when a core is shared (measured on the shared 2-core
+machine with one core kept busy: a 128 x 784 x 1024 product 6.1x slower at two threads than at one, the
+blocks below 0.71x). :func:`gemm` instead cuts a
+product into the blocks of :func:`gemm_blocks` (rows or columns of the result, at least ``w_min``
+multiply-adds each, at most :data:`MAX_GEMM_BLOCKS`; a function of the shape only), runs each as one
+single-threaded BLAS call, and lets ``T`` threads take the next block as they come free
+(:mod:`sbnnumba.blockpool`): the thread on the free core takes the busy core's share. At ``T = 1`` it is one
+BLAS call. OpenBLAS's single-threaded GEMM cuts the sum over ``k`` by ``k`` alone, so a block's entries have
+the bits of the same entries of the whole product (checked on the shapes of the tests and benchmarks), and
+the layers' products, and with
+them seeded training runs, are bit-identical at one and two threads (``tests/test_thread_rule.py``,
+``tests/test_threads.py``), where a plain ``a @ b`` is not (OpenBLAS's threaded GEMM cuts ``k = 784``
+differently). Figures: ``docs/performance.md``, section "Threads".
 """
 from __future__ import annotations
 
