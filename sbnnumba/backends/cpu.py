@@ -6,6 +6,8 @@ r"""The ``cpu`` backend: the Numba kernels of :mod:`sbnnumba.kernels` (``@njit(p
   :func:`sbnnumba.kernels.cpu.choose_form`).
 * Sampling: :meth:`NoiseFamily.sample` (one fused Numba pass for logistic noise,
   :mod:`sbnnumba.kernels.sampling`).
+* PSA head differences: two fused Numba passes around NumPy's ``exp`` and ``log``
+  (:func:`sbnnumba.kernels.head.flip_losses`, bit for bit the reference backend's).
 * The element-wise PSA / ST factors are memory-bound NumPy expressions, the same as the reference
   backend's (inherited), so seeded runs are bit-identical to the host step before the backend layer.
 * Packed products: the XNOR-popcount kernels of :mod:`sbnnumba.kernels.bitpack`, which read the
@@ -17,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..kernels import bitpack as kb
-from ..kernels import conv_cpu, cpu
+from ..kernels import conv_cpu, cpu, head
 from .reference import ReferenceBackend
 from .registry import register_backend
 
@@ -50,6 +52,10 @@ class CpuBackend(ReferenceBackend):
 
     def sample_states(self, a, u, noise):
         return noise.sample(a, u)
+
+    def head_flips(self, logits, y, x_last, v, loss0):
+        fused = head.flip_losses(logits, y, x_last, v, loss0)  # two Numba passes around NumPy's exp and log
+        return fused if fused is not None else super().head_flips(logits, y, x_last, v, loss0)
 
     def xnor_matmul(self, a_words, weights, k):
         out = np.empty((a_words.shape[0], weights.words.shape[0]), np.int32)
