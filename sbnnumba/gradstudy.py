@@ -50,7 +50,7 @@ import csv
 import io
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Executor, as_completed
 from pathlib import Path as FsPath
 from typing import Any
@@ -62,6 +62,7 @@ from .backends import backend_names
 from .datasets import iterate_minibatches, toy2d
 from .estimators.registry import estimate, lookup
 from .estimators.relaxations import binary_moment_map
+from .fileio import atomic_write, atomic_write_text
 from .network import Network, Path, StageSample
 from .runtime import limited_threads
 
@@ -444,29 +445,6 @@ def accuracy_metrics(draws: npt.ArrayLike, g_true: npt.ArrayLike, groups: Sequen
 
 
 # ------------------------------------------------------------------------------------ outputs
-def atomic_write(path: str | os.PathLike[str], write: Callable[[FsPath], object]) -> None:
-    """Call ``write(tmp_path)`` and rename the temporary file onto ``path``.
-
-    Unlike :func:`sbnnumba.fileio.atomic_write` the writer gets a path, not an open file (matplotlib and
-    Pillow write by name); the temporary file is removed if ``write`` raises.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        The file to write (its directory must exist).
-    write : callable
-        ``write(tmp_path)`` writes the whole file at ``tmp_path`` (a :class:`pathlib.Path`).
-    """
-    path = FsPath(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def layer_title(label: str, n_stages: int) -> str:
     """Panel and table title of a layer, in the paper's numbering (``W1, b1`` is the first stage).
 
@@ -540,19 +518,20 @@ def plot_checkpoint(path: str | os.PathLike[str], epoch: int, results: dict[str,
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     plt.close(fig)
-    atomic_write(path, lambda tmp: _save_small_png(buf, tmp))
+    atomic_write(path, lambda f: _save_small_png(buf, f))
 
 
-def _save_small_png(buf, path):
-    """Re-encode a PNG with a 256-colour adaptive palette (about 3x smaller, visually identical)."""
+def _save_small_png(buf, f):
+    """Re-encode a PNG with a 256-colour adaptive palette (about 3x smaller, visually identical) into the
+    binary file ``f``."""
     try:
         from PIL import Image
     except ImportError:  # pragma: no cover - Pillow ships with matplotlib
-        FsPath(path).write_bytes(buf.getvalue())
+        f.write(buf.getvalue())
         return
     buf.seek(0)
     with Image.open(buf) as img:
-        img.convert("RGB").quantize(colors=256).save(path, format="PNG", optimize=True)
+        img.convert("RGB").quantize(colors=256).save(f, format="PNG", optimize=True)
 
 
 CSV_FIELDS = ("epoch", "method", "layer", "M", "groups", "rel_rmse", "cos_mean", "cos_q15", "cos_q85")
@@ -575,7 +554,7 @@ def write_csv(path: str | os.PathLike[str], study: dict[str, Any]) -> None:
         for label, rows in ck["metrics"].items():
             for row in rows:
                 writer.writerow({"epoch": epoch, "method": label, **{k: row[k] for k in CSV_FIELDS[2:]}})
-    atomic_write(path, lambda tmp: FsPath(tmp).write_text(buf.getvalue()))
+    atomic_write_text(path, buf.getvalue())
 
 
 def markdown_tables(study: dict[str, Any]) -> str:
@@ -696,7 +675,8 @@ def run_study(out: str | os.PathLike[str], epochs: Sequence[int] = DEFAULT_EPOCH
     for epoch in sorted(snaps):
         for k, p in net.params.items():
             p[...] = snaps[epoch][k]
-        atomic_write(out / f"checkpoint_epoch{epoch}.npz", lambda tmp: _save_npz(tmp, snaps[epoch]))
+        arrays: dict[str, Any] = snaps[epoch]
+        atomic_write(out / f"checkpoint_epoch{epoch}.npz", lambda f: np.savez(f, **arrays))
         loss, g = estimate("exact", net, x, y)
         g_true = flat_gradient(net, g)
         ck: dict[str, Any] = {"loss": loss, "layers": [la for la, _ in groups], "n_stages": len(net.stages),
@@ -716,13 +696,8 @@ def run_study(out: str | os.PathLike[str], epochs: Sequence[int] = DEFAULT_EPOCH
     study["train_seconds"] = train_seconds
     write_csv(out / "gradient_accuracy.csv", study)
     text = markdown_tables(study)
-    atomic_write(out / "gradient_accuracy.md", lambda tmp: FsPath(tmp).write_text(text))
+    atomic_write_text(out / "gradient_accuracy.md", text)
     return study
-
-
-def _save_npz(path, arrays):
-    with open(path, "wb") as fh:
-        np.savez(fh, **arrays)
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m sbnnumba.gradstudy") -> int:
