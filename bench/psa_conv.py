@@ -49,7 +49,7 @@ from common import interleaved_medians, interleaved_wall_cpu_medians, machine_in
 import sbnnumba as sb  # noqa: E402
 from sbnnumba.architectures import build  # noqa: E402
 from sbnnumba.conv import Conv2d  # noqa: E402
-from sbnnumba.kernels import conv_cpu  # noqa: E402
+from sbnnumba.kernels import conv_cpu, conv_layout  # noqa: E402
 
 
 def layer_inputs(rng, batch=64, channels=64, size=14):
@@ -201,7 +201,7 @@ def layout_section(rng, repeats, threads, width):
                 != conv_cpu.flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, 0,
                                                 layout="channels").tobytes():
             raise AssertionError(f"{label}: the two layouts differ")
-        n_q = conv_cpu.phase_layout(x_in.shape[2:], weight.shape[2:], stride, padding)[2]
+        n_q = conv_layout.phase_layout(x_in.shape[2:], weight.shape[2:], stride, padding)[2]
         if not conv_cpu.channel_inner(n_q, x_in.shape[1], x_in.shape[0]):
             del calls[(label, "cells")], calls[(label, "channels")]
     med = interleaved_wall_cpu_medians({key: call for key, (_, call) in calls.items()}, repeats)

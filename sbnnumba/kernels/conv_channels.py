@@ -25,7 +25,7 @@ bit-identical results (``tests/test_conv.py``): which one runs is a speed decisi
 (:func:`sbnnumba.kernels.conv_cpu.channel_inner`).
 
 **Layout.** The cells, taps and output grids are those of the phase-grid layout
-(:func:`sbnnumba.kernels.conv_cpu.phase_layout`): the batch is cut into blocks of ``bb`` examples
+(:func:`sbnnumba.kernels.conv_layout.phase_layout`): the batch is cut into blocks of ``bb`` examples
 (:func:`channel_blocks`); per block, x_in is stored as ``sel[blk, cell, e, r]`` (+1 at padding cells), the
 per-output-unit factors as cell-major rows ``[blk, c, q bb + e]`` and the weight factors transposed to
 ``(C_out, taps, C_in)``, so that the ``r`` loop reads three contiguous rows and updates one. A parallel task is
@@ -63,7 +63,7 @@ def channel_blocks(n_batch, n_cells, c_in, itemsize):
     n_batch : int
         Examples ``B``.
     n_cells : int
-        Phase-grid cells of one input map (``n_grid`` of :func:`sbnnumba.kernels.conv_cpu.phase_layout`).
+        Phase-grid cells of one input map (``n_grid`` of :func:`sbnnumba.kernels.conv_layout.phase_layout`).
     c_in : int
         Input channels.
     itemsize : int
@@ -88,7 +88,7 @@ def channel_cells(x_in, in_index, n_grid, n_blocks, bb, dtype):
     ----------
     x_in : ndarray (B, C_in, H, W)
     in_index : int64 ndarray (H * W,)
-        Phase-grid cell of each input position (:func:`sbnnumba.kernels.conv_cpu.phase_layout`).
+        Phase-grid cell of each input position (:func:`sbnnumba.kernels.conv_layout.phase_layout`).
     n_grid : int
         Cells per map.
     n_blocks, bb : int

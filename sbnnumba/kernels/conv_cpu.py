@@ -16,24 +16,10 @@ as much as the loop, so there the ratio and bounded forms run the channel-innerm
 :mod:`sbnnumba.kernels.conv_channels` instead (:func:`channel_inner`; same terms in the same order, hence
 the same bits).
 
-**Layout ("phase grids", cell-major).** Let ``Hp = H + 2 ph``, ``Wp = W + 2 pw`` (padded map) and
-``Hq = ceil(Hp / sh)``, ``Wq = ceil(Wp / sw)``. The padded input map is split into the
-``sh * sw`` stride phases ``(yp % sh, xp % sw)``, each a ``Hq x Wq`` grid of *cells* stored row-major
-(padded position ``(yp, xp)`` -> cell ``((yp % sh) sw + xp % sw) Hq Wq + (yp // sh) Wq + xp // sw``).
-Output maps are stored on ``H_out`` rows of ``Wq`` cells (cells ``ox >= W_out`` are zero). Then output
-cell ``q = oy Wq + ox`` reaches, through tap ``(dy, dx)``, the input cell ``q + off(dy, dx)`` with
-``off = ((dy % sh) sw + dx % sw) Hq Wq + (dy // sh) Wq + dx // sw``: for every stride, each tap is one
-contiguous run of ``n_q = (H_out - 1) Wq + W_out`` cells. Each cell holds the ``bb`` examples of a
-batch block contiguously (entry ``cell * bb + e``), so a tap is one contiguous run of ``n_q bb``
-entries. Only computed output cells contribute (the extra row cells and padded examples carry
-``g = d = 0``), padded input cells are accumulated into but never read back (they never flip and
-receive no ``d``), and non-square maps are handled by the separate extents.
-
-**Blocks and tiles.** :func:`batch_blocks` cuts the batch into blocks just large enough for runs of
-``n_q bb >= MIN_RUN`` entries (at most :data:`BATCH_BLOCK` examples): small maps take whole batches,
-large maps few examples, so a task's buffers stay small. :func:`tile_length` cuts a block's
-accumulator into tiles of about :data:`TILE_BYTES` (two accumulators and two x_in rows), one task
-each; a tap adds to a tile the part of its run that lands there.
+**Layout.** The cell-major "phase grids" of :mod:`sbnnumba.kernels.conv_layout`: every tap of the convolution
+is one contiguous run of ``n_q bb`` (output cell, example) entries, for every stride; batch blocks and
+accumulator tiles (:func:`sbnnumba.kernels.conv_layout.batch_blocks`,
+:func:`~sbnnumba.kernels.conv_layout.tile_length`) keep a task's buffers in L1.
 
 **Fixed order.** Every accumulator entry adds its terms in the order (c ascending, tap ascending),
 starting from 0, whatever the blocks, tiles and thread count: results are bit-identical at any thread
@@ -75,7 +61,8 @@ import numpy as np
 from numba import prange
 
 from ..runtime import kernel_threads
-from . import conv_channels
+from . import conv_channels, conv_layout
+from .conv_layout import BATCH_BLOCK, batch_blocks, geometry, input_cells, output_cells, tile_length
 from .cpu import EXP_ARG_LIMIT, choose_form, ratio_limits, split_saturated
 from .scalar import TRIANGULAR, bounded_cdf_diff, cdf_lower
 
@@ -276,117 +263,6 @@ def _ones_transposed(t_grid, tap_off, n_run, out):
                 acc[off + q] += row[q]
 
 
-# ---------------------------------------------------------------------------------------------- layout
-BATCH_BLOCK = 64  # at most this many examples per block of the cell-major grids
-MIN_RUN = 1024  # (cell, example) entries per tap loop that a block reaches if the batch allows
-SHORT_RUN = 256  # cell-major tap loops shorter than this (entries) go channel-innermost (channel_inner)
-MIN_CHANNELS = 16  # ... when the channel loop is at least this long
-TILE_BYTES = 1 << 15  # two accumulators and two x_in rows of one task: L1-sized; its g, e rows come from L2
-
-
-def phase_layout(in_hw, kernel_size, stride, padding):
-    """Index maps of the phase-grid layout (see the module docstring), in cells.
-
-    Parameters
-    ----------
-    in_hw : (int, int)
-        Input map size ``(H, W)``.
-    kernel_size, stride, padding : (int, int)
-        The convolution's ``(kh, kw)``, ``(sh, sw)`` and ``(ph, pw)``.
-
-    Returns
-    -------
-    in_index : int64 (H*W,)   phase-grid cell of each (unpadded) input position, row-major
-    tap_off : int64 (kh*kw,)  cell offset of each tap, row-major over (dy, dx)
-    n_q : int                 cells per tap loop, ``(H_out - 1) Wq + W_out``
-    n_grid : int              phase-grid cells ``sh sw Hq Wq``
-    wq : int                  row length of the output grids
-    out_hw : (H_out, W_out)
-    """
-    (h, w), (kh, kw), (sh, sw), (ph, pw) = in_hw, kernel_size, stride, padding
-    hp, wp = h + 2 * ph, w + 2 * pw
-    hq, wq = -(-hp // sh), -(-wp // sw)
-    ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
-    plane = hq * wq
-    yp = np.arange(h)[:, None] + ph
-    xp = np.arange(w)[None, :] + pw
-    in_index = (((yp % sh) * sw + xp % sw) * plane + (yp // sh) * wq + xp // sw).ravel().astype(np.int64)
-    dy = np.arange(kh)[:, None]
-    dx = np.arange(kw)[None, :]
-    tap_off = (((dy % sh) * sw + dx % sw) * plane + (dy // sh) * wq + dx // sw).ravel().astype(np.int64)
-    return in_index, tap_off, (ho - 1) * wq + wo, sh * sw * plane, wq, (ho, wo)
-
-
-def tile_length(bb, itemsize):
-    """Accumulator entries per task tile of the cell-major kernels.
-
-    Parameters
-    ----------
-    bb : int
-        Examples per batch block (entries per cell).
-    itemsize : int
-        Bytes per entry.
-
-    Returns
-    -------
-    int
-        A multiple of ``bb`` (whole cells), ``bb * max(1, TILE_BYTES // (4 bb itemsize))``: the task's two
-        accumulators and two x_in rows take about :data:`TILE_BYTES`.
-    """
-    return bb * max(1, TILE_BYTES // (4 * bb * itemsize))
-
-
-def batch_blocks(n_batch, n_q):
-    """Batch blocks of the cell-major kernels.
-
-    Parameters
-    ----------
-    n_batch : int
-        Examples ``B``.
-    n_q : int
-        Output cells per tap loop (:func:`phase_layout`).
-
-    Returns
-    -------
-    (n_blocks, bb) : (int, int)
-        The batch cut into ``n_blocks`` blocks of ``bb`` examples, enough for tap loops of ``n_q bb >= MIN_RUN``
-        entries (up to :data:`BATCH_BLOCK` examples), as few as the target allows; the last block is padded
-        with inert examples (``g = d = 0``).
-    """
-    target = min(BATCH_BLOCK, max(1, -(-MIN_RUN // n_q)))
-    n_blocks = max(1, -(-n_batch // target))
-    return n_blocks, -(-n_batch // n_blocks)
-
-
-def _pad_batch(t, n_total):
-    """``t`` (B, ...) with zero examples appended up to ``n_total``."""
-    if t.shape[0] == n_total:
-        return t
-    out = np.zeros((n_total,) + t.shape[1:], dtype=t.dtype)
-    out[:t.shape[0]] = t
-    return out
-
-
-def _to_cells(t, wq, n_blocks, bb):
-    """(B, C, H_out, W_out) -> cell-major output grids (NB, C, H_out * Wq * bb): entry
-    ``[blk, c, (oy Wq + ox) bb + e]`` is ``t[blk bb + e, c, oy, ox]``, zero for ``ox >= W_out`` and padded
-    examples."""
-    _, c, ho, wo = t.shape
-    out = np.zeros((n_blocks, c, ho, wq, bb), dtype=t.dtype)
-    out[:, :, :, :wo, :] = _pad_batch(t, n_blocks * bb).reshape(n_blocks, bb, c, ho, wo).transpose(0, 2, 3, 4, 1)
-    return out.reshape(n_blocks, c, ho * wq * bb)
-
-
-def _input_cells(x_in, in_index, n_grid, n_blocks, bb, dtype):
-    """x_in (B, C_in, H, W) -> cell-major input grids (NB, C_in, n_grid * bb): +1 at padding cells (never
-    read back), 0 for padded examples (whose terms vanish with their ``g = d = 0``)."""
-    n_batch, c_in = x_in.shape[:2]
-    out = np.ones((n_blocks, c_in, n_grid, bb), dtype=dtype)
-    x = _pad_batch(x_in.reshape(n_batch, c_in, -1), n_blocks * bb)
-    out[:, :, in_index, :] = x.reshape(n_blocks, bb, c_in, -1).transpose(0, 2, 3, 1)
-    return out.reshape(n_blocks, c_in, n_grid * bb)
-
-
 def _check_conv(x_in, a, x_out, weight, d_out, stride, padding):
     if x_in.ndim != 4 or a.ndim != 4 or weight.ndim != 4:
         raise ValueError(f"flip_propagate_conv: expected 4-d x_in, a, weight; got shapes {x_in.shape}, "
@@ -402,13 +278,17 @@ def _check_conv(x_in, a, x_out, weight, d_out, stride, padding):
         raise ValueError(f"flip_propagate_conv: x_out {x_out.shape} and d_out {d_out.shape} must match a {a.shape}")
 
 
+SHORT_RUN = 256  # cell-major tap loops shorter than this (entries) go channel-innermost (channel_inner)
+MIN_CHANNELS = 16  # ... when the channel loop is at least this long
+
+
 def channel_inner(n_q, c_in, n_batch):
     """Whether the channel-innermost kernels (:mod:`sbnnumba.kernels.conv_channels`) run a layer.
 
     Parameters
     ----------
     n_q : int
-        Output cells per tap loop (:func:`phase_layout`).
+        Output cells per tap loop (:func:`sbnnumba.kernels.conv_layout.phase_layout`).
     c_in : int
         Input channels: the channel kernels' innermost loop.
     n_batch : int
@@ -473,7 +353,7 @@ def _flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_c
     dtype = a.dtype
     n_batch, c_in, h, w = x_in.shape
     c_out, _, kh, kw = weight.shape
-    in_index, tap_off, n_q, n_grid, wq, cell_pos = _geometry((h, w), (kh, kw), stride, padding)
+    in_index, tap_off, n_q, n_grid, wq, cell_pos = geometry((h, w), (kh, kw), stride, padding)
     channels = form != "generic" and (layout == "channels" or (layout == "auto" and channel_inner(n_q, c_in, n_batch)))
     x_in = np.asarray(x_in)
     if channels:
@@ -482,7 +362,7 @@ def _flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_c
     else:
         n_blocks, bb = batch_blocks(n_batch, n_q)
         # The generic form reads x_in in float64 (u = v + s w x_in is formed in float64, as in cdf_diff).
-        sel = _input_cells(x_in, in_index, n_grid, n_blocks, bb, np.float64 if form == "generic" else dtype)
+        sel = input_cells(x_in, in_index, n_grid, n_blocks, bb, np.float64 if form == "generic" else dtype)
     # channel layout: tap offsets in cells; cell layout: flat offsets, run length and tile length in entries
     grid_args = ((cell_pos, tap_off, n_q) if channels else
                  (cell_pos, tap_off * bb, n_q * bb, bb, tile_length(bb, sel.itemsize)))
@@ -490,7 +370,7 @@ def _flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_c
     d_out = np.asarray(d_out, dtype=dtype)
     d_in = np.empty((n_batch, c_in, h * w), dtype=dtype)
     w3 = np.ascontiguousarray(weight, dtype=dtype).reshape(c_out, c_in, kh * kw)
-    grid = functools.partial(_to_cells, wq=wq, n_blocks=n_blocks, bb=bb)  # the cell-major output grids of this call
+    grid = functools.partial(output_cells, wq=wq, n_blocks=n_blocks, bb=bb)  # the cell-major output grids of this call
     if form == "ratio":
         _ratio(x_in, a, x_out * d_out, w3.reshape(weight.shape), stride, padding, grid,
                (tap_off * bb, n_q * bb, n_blocks, n_grid * bb), sel, grid_args, channels, d_in)
@@ -511,18 +391,6 @@ def _flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_c
 def _taps_inner(t):
     """(C_out, C_in, taps) -> contiguous (C_out, taps, C_in): the channel kernels' weight rows."""
     return np.ascontiguousarray(t.transpose(0, 2, 1))
-
-
-@functools.lru_cache(maxsize=256)
-def _geometry(in_hw, kernel_size, stride, padding):
-    """:func:`phase_layout` of one layer shape with its last item replaced by ``cell_pos`` (int64 (n_grid,): the
-    input position of each cell, -1 at padding), cached per shape: a step calls every layer's flip propagation
-    with the same shapes, and on 1x1 maps these few small NumPy calls cost a tenth of the kernel. The arrays are
-    shared between calls and must not be modified."""
-    in_index, tap_off, n_q, n_grid, wq, _ = phase_layout(in_hw, kernel_size, stride, padding)
-    cell_pos = np.full(n_grid, -1, dtype=np.int64)
-    cell_pos[in_index] = np.arange(in_index.size)
-    return in_index, tap_off, n_q, n_grid, wq, cell_pos
 
 
 def _ratio(x_in, a, g, weight, stride, padding, grid, flat, sel, grid_args, channels, d_in):

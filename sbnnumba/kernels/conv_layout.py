@@ -1,0 +1,226 @@
+r"""The cell-major ("phase grid") layout of the conv flip kernels (:mod:`sbnnumba.kernels.conv_cpu`) and the Numba
+passes that put maps into it.
+
+**Layout.** Let ``Hp = H + 2 ph``, ``Wp = W + 2 pw`` (padded map) and ``Hq = ceil(Hp / sh)``,
+``Wq = ceil(Wp / sw)``. The padded input map is split into the ``sh * sw`` stride phases
+``(yp % sh, xp % sw)``, each a ``Hq x Wq`` grid of *cells* stored row-major (padded position ``(yp, xp)`` -> cell
+``((yp % sh) sw + xp % sw) Hq Wq + (yp // sh) Wq + xp // sw``). Output maps are stored on ``H_out`` rows of ``Wq``
+cells (cells ``ox >= W_out`` are zero). Then output cell ``q = oy Wq + ox`` reaches, through tap ``(dy, dx)``, the
+input cell ``q + off(dy, dx)`` with ``off = ((dy % sh) sw + dx % sw) Hq Wq + (dy // sh) Wq + dx // sw``: for every
+stride, each tap is one contiguous run of ``n_q = (H_out - 1) Wq + W_out`` cells. Each cell holds the ``bb``
+examples of a batch block contiguously (entry ``cell * bb + e``), so a tap is one contiguous run of ``n_q bb``
+entries. Only computed output cells contribute (the extra row cells and padded examples carry ``g = d = 0``),
+padded input cells are accumulated into but never read back (they never flip and receive no ``d``), and
+non-square maps are handled by the separate extents.
+
+**Blocks and tiles.** :func:`batch_blocks` cuts the batch into blocks just large enough for runs of
+``n_q bb >= MIN_RUN`` entries (at most :data:`BATCH_BLOCK` examples): small maps take whole batches, large maps
+few examples, so a task's buffers stay small. :func:`tile_length` cuts a block's accumulator into tiles of about
+:data:`TILE_BYTES` (two accumulators and two x_in rows), one task each; a tap adds to a tile the part of its run
+that lands there.
+
+**Conversions.** :func:`output_cells` and :func:`input_cells` copy (B, C, H, W) maps into the grids with one
+parallel Numba pass each (a task per block and channel, reading whole rows of one example's map): pure copies,
+so the grids hold the same values as the NumPy transposes they replace (which took a tenth of the
+flip propagation on the paper's 24x24 and 11x11 stages, mostly in strided NumPy copies).
+"""
+import functools
+
+import numba
+import numpy as np
+from numba import prange
+
+BATCH_BLOCK = 64  # at most this many examples per block of the cell-major grids
+MIN_RUN = 1024  # (cell, example) entries per tap loop that a block reaches if the batch allows
+TILE_BYTES = 1 << 15  # two accumulators and two x_in rows of one task: L1-sized; its g, e rows come from L2
+
+
+def phase_layout(in_hw, kernel_size, stride, padding):
+    """Index maps of the phase-grid layout (see the module docstring), in cells.
+
+    Parameters
+    ----------
+    in_hw : (int, int)
+        Input map size ``(H, W)``.
+    kernel_size, stride, padding : (int, int)
+        The convolution's ``(kh, kw)``, ``(sh, sw)`` and ``(ph, pw)``.
+
+    Returns
+    -------
+    in_index : int64 (H*W,)   phase-grid cell of each (unpadded) input position, row-major
+    tap_off : int64 (kh*kw,)  cell offset of each tap, row-major over (dy, dx)
+    n_q : int                 cells per tap loop, ``(H_out - 1) Wq + W_out``
+    n_grid : int              phase-grid cells ``sh sw Hq Wq``
+    wq : int                  row length of the output grids
+    out_hw : (H_out, W_out)
+    """
+    (h, w), (kh, kw), (sh, sw), (ph, pw) = in_hw, kernel_size, stride, padding
+    hp, wp = h + 2 * ph, w + 2 * pw
+    hq, wq = -(-hp // sh), -(-wp // sw)
+    ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
+    plane = hq * wq
+    yp = np.arange(h)[:, None] + ph
+    xp = np.arange(w)[None, :] + pw
+    in_index = (((yp % sh) * sw + xp % sw) * plane + (yp // sh) * wq + xp // sw).ravel().astype(np.int64)
+    dy = np.arange(kh)[:, None]
+    dx = np.arange(kw)[None, :]
+    tap_off = (((dy % sh) * sw + dx % sw) * plane + (dy // sh) * wq + dx // sw).ravel().astype(np.int64)
+    return in_index, tap_off, (ho - 1) * wq + wo, sh * sw * plane, wq, (ho, wo)
+
+
+@functools.lru_cache(maxsize=256)
+def geometry(in_hw, kernel_size, stride, padding):
+    """:func:`phase_layout` of one layer shape with its last item replaced by ``cell_pos``, cached per shape.
+
+    A step calls every layer's flip propagation with the same shapes, and on 1x1 maps these few small NumPy
+    calls cost a tenth of the kernel. The arrays are shared between calls and must not be modified.
+
+    Parameters
+    ----------
+    in_hw, kernel_size, stride, padding : (int, int)
+        As in :func:`phase_layout` (tuples: they are the cache key).
+
+    Returns
+    -------
+    in_index, tap_off, n_q, n_grid, wq
+        As in :func:`phase_layout`.
+    cell_pos : int64 ndarray (n_grid,)
+        The input position of each cell, -1 at padding.
+    """
+    in_index, tap_off, n_q, n_grid, wq, _ = phase_layout(in_hw, kernel_size, stride, padding)
+    cell_pos = np.full(n_grid, -1, dtype=np.int64)
+    cell_pos[in_index] = np.arange(in_index.size)
+    return in_index, tap_off, n_q, n_grid, wq, cell_pos
+
+
+def tile_length(bb, itemsize):
+    """Accumulator entries per task tile of the cell-major kernels.
+
+    Parameters
+    ----------
+    bb : int
+        Examples per batch block (entries per cell).
+    itemsize : int
+        Bytes per entry.
+
+    Returns
+    -------
+    int
+        A multiple of ``bb`` (whole cells), ``bb * max(1, TILE_BYTES // (4 bb itemsize))``: the task's two
+        accumulators and two x_in rows take about :data:`TILE_BYTES`.
+    """
+    return bb * max(1, TILE_BYTES // (4 * bb * itemsize))
+
+
+def batch_blocks(n_batch, n_q):
+    """Batch blocks of the cell-major kernels.
+
+    Parameters
+    ----------
+    n_batch : int
+        Examples ``B``.
+    n_q : int
+        Output cells per tap loop (:func:`phase_layout`).
+
+    Returns
+    -------
+    (n_blocks, bb) : (int, int)
+        The batch cut into ``n_blocks`` blocks of ``bb`` examples, enough for tap loops of ``n_q bb >= MIN_RUN``
+        entries (up to :data:`BATCH_BLOCK` examples), as few as the target allows; the last block is padded
+        with inert examples (``g = d = 0``).
+    """
+    target = min(BATCH_BLOCK, max(1, -(-MIN_RUN // n_q)))
+    n_blocks = max(1, -(-n_batch // target))
+    return n_blocks, -(-n_batch // n_blocks)
+
+
+@numba.njit(parallel=True, cache=True)
+def _output_cells(t, wq, bb, out):
+    # out[blk, c, (oy wq + ox) bb + e] = t[blk bb + e, c, oy, ox]; 0 at ox >= W_out and for padded examples.
+    n_batch, n_chan, ho, wo = t.shape
+    for task in prange(out.shape[0] * n_chan):
+        blk = task // n_chan
+        c = task - blk * n_chan
+        row = out[blk, c]
+        n_ex = min(bb, n_batch - blk * bb)
+        if n_ex < bb or wo < wq:
+            row[:] = 0
+        for e in range(n_ex):
+            src = t[blk * bb + e, c]
+            for oy in range(ho):
+                base = oy * wq * bb + e
+                for ox in range(wo):
+                    row[base + ox * bb] = src[oy, ox]
+
+
+def output_cells(t, wq, n_blocks, bb):
+    """A map in the cell-major output grids.
+
+    Parameters
+    ----------
+    t : ndarray (B, C, H_out, W_out)
+    wq : int
+        Row length of the output grids (:func:`phase_layout`).
+    n_blocks, bb : int
+        Batch blocks (:func:`batch_blocks`).
+
+    Returns
+    -------
+    ndarray (NB, C, H_out * Wq * bb), dtype of ``t``
+        Entry ``[blk, c, (oy Wq + ox) bb + e]`` is ``t[blk bb + e, c, oy, ox]``, zero for ``ox >= W_out`` and padded
+        examples.
+    """
+    _, c, ho, _ = t.shape
+    out = np.empty((n_blocks, c, ho * wq * bb), dtype=t.dtype)
+    _output_cells(np.ascontiguousarray(t), wq, bb, out)
+    return out
+
+
+@numba.njit(parallel=True, cache=True)
+def _input_cells(x, in_index, bb, out):
+    # out[blk, r, in_index[p] bb + e] = x[blk bb + e, r, p] (cast to out's dtype); 1 at padding cells, 0 for padded
+    # examples.
+    n_batch, c_in, n_pos = x.shape
+    n_flat = out.shape[2]
+    for task in prange(out.shape[0] * c_in):
+        blk = task // c_in
+        r = task - blk * c_in
+        row = out[blk, r]
+        if n_pos * bb < n_flat:
+            row[:] = 1
+        for e in range(bb):
+            b = blk * bb + e
+            if b < n_batch:
+                src = x[b, r]
+                for p in range(n_pos):
+                    row[in_index[p] * bb + e] = src[p]
+            else:
+                for p in range(n_pos):
+                    row[in_index[p] * bb + e] = 0
+
+
+def input_cells(x_in, in_index, n_grid, n_blocks, bb, dtype):
+    """x_in in the cell-major input grids.
+
+    Parameters
+    ----------
+    x_in : ndarray (B, C_in, H, W)
+    in_index : int64 ndarray (H * W,)
+        Phase-grid cell of each input position (:func:`phase_layout`).
+    n_grid : int
+        Cells per map.
+    n_blocks, bb : int
+        Batch blocks (:func:`batch_blocks`).
+    dtype : numpy dtype
+        Of the result.
+
+    Returns
+    -------
+    ndarray (NB, C_in, n_grid * bb)
+        Entry ``[blk, r, in_index[p] bb + e]`` is ``x_in[blk bb + e, r, p]``; +1 at padding cells (never read back),
+        0 for padded examples (whose terms vanish with their ``g = d = 0``).
+    """
+    n_batch, c_in = x_in.shape[:2]
+    out = np.empty((n_blocks, c_in, n_grid * bb), dtype=dtype)
+    _input_cells(np.ascontiguousarray(x_in).reshape(n_batch, c_in, -1), in_index, bb, out)
+    return out
