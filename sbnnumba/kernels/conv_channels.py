@@ -103,19 +103,43 @@ def channel_cells(x_in, in_index, n_grid, n_blocks, bb, dtype):
         padded examples of the last block.
     """
     n_batch, c_in = x_in.shape[:2]
-    out = np.ones((n_blocks, n_grid, bb, c_in), dtype=dtype)
-    flat = np.zeros((n_blocks * bb, c_in, in_index.size), dtype=dtype)
-    flat[:n_batch] = x_in.reshape(n_batch, c_in, -1)
-    out[:, in_index] = flat.reshape(n_blocks, bb, c_in, -1).transpose(0, 3, 1, 2)
+    out = np.empty((n_blocks, n_grid, bb, c_in), dtype=dtype)
+    _channel_cells(np.ascontiguousarray(x_in).reshape(n_batch, c_in, -1), in_index, out)
     return out
 
 
+@numba.njit(parallel=True, cache=True)
+def _channel_cells(x, in_index, out):
+    # out[blk, in_index[p], e, r] = x[blk bb + e, r, p] (cast to out's dtype), 1 at padding cells, 0 for the padded
+    # examples; a task per block (plain indexing: no views in the loops).
+    n_batch, c_in, n_pos = x.shape
+    n_blocks, n_grid, bb = out.shape[:3]
+    for blk in prange(n_blocks):
+        if n_pos < n_grid:
+            for cell in range(n_grid):
+                for e in range(bb):
+                    for r in range(c_in):
+                        out[blk, cell, e, r] = 1
+        for e in range(bb):
+            b = blk * bb + e
+            for p in range(n_pos):
+                cell = in_index[p]
+                if b < n_batch:
+                    for r in range(c_in):
+                        out[blk, cell, e, r] = x[b, r, p]
+                else:
+                    for r in range(c_in):
+                        out[blk, cell, e, r] = 0
+
+
 @numba.njit(inline="always")
-def _block_task(blk, sel, rows, tap_off):
-    # A task's shapes and its zeroed accumulator (cells, bb, C_in) in the dtype of the output rows (NB, C_out, ...).
+def _block_task(blk, sel, maps, tap_off):
+    # A task's shapes, its zeroed accumulator (cells, bb, C_in) in the dtype of the output maps (B, C_out, H_out,
+    # W_out), and its real examples.
     n_blocks, n_grid, bb, c_in = sel.shape
-    acc = np.zeros((n_grid, bb, c_in), dtype=rows.dtype)
-    return sel[blk], acc, rows.shape[1], tap_off.shape[0], bb, c_in, rows.dtype.type(1)
+    acc = np.zeros((n_grid, bb, c_in), dtype=maps.dtype)
+    n_ex = min(bb, maps.shape[0] - blk * bb)
+    return sel[blk], acc, maps.shape[1], tap_off.shape[0], bb, c_in, n_ex, maps.dtype.type(1)
 
 
 @numba.njit(inline="always")
@@ -139,16 +163,15 @@ def _scatter_channels(acc, base, with_base, cell_pos, b0, d_in):
 
 
 @numba.njit(parallel=True, fastmath=EXACT_FASTMATH, error_model="numpy", cache=True)
-def flip_conv_ratio_channels(sel, e_grid, g_grid, k_pos, k_neg, a_grid, cell_pos, tap_off, n_q, d_in):
+def flip_conv_ratio_channels(sel, e_map, g_map, k_pos, k_neg, a_grid, cell_pos, tap_off, wq, d_in):
     r"""Logistic ratio form, channel-innermost: ``d_in = A - R`` (module docstring).
 
     Parameters
     ----------
     sel : ndarray (NB, n_grid, bb, C_in)
         x_in per block, cell and example (:func:`channel_cells`).
-    e_grid, g_grid : ndarray (NB, C_out, n_q * bb)
-        ``e^{-a}`` and ``g = x_{out} d_{out}`` on the cell-major output grids (0 on non-computed cells and padded
-        examples).
+    e_map, g_map : ndarray (B, C_out, H_out, W_out)
+        ``e^{-a}`` and ``g = x_{out} d_{out}`` (0 at the units that the ratio sums leave out).
     k_pos, k_neg : ndarray (C_out, taps, C_in)
         ``e^{+2W}`` and ``e^{-2W}`` (``2W`` clipped), transposed.
     a_grid : ndarray (NB, n_grid * bb)
@@ -157,36 +180,37 @@ def flip_conv_ratio_channels(sel, e_grid, g_grid, k_pos, k_neg, a_grid, cell_pos
         Input position of each cell, -1 at padding.
     tap_off : int64 ndarray (taps,)
         Cell offset of each tap.
-    n_q : int
-        Output cells per tap.
+    wq : int
+        Row length of the output cells: output ``(oy, ox)`` is cell ``oy wq + ox``.
     d_in : ndarray (B, C_in, H * W)
         Output, overwritten: ``d_in[b, r, p] = A[b, p] - \sum_{c, k} g / (1 + e^{-a} K_{sel})``.
     """
+    ho, wo = g_map.shape[2], g_map.shape[3]
     for blk in prange(sel.shape[0]):
-        sel_b, acc, c_out, n_taps, bb, c_in, one = _block_task(blk, sel, e_grid, tap_off)
+        sel_b, acc, c_out, n_taps, bb, c_in, n_ex, one = _block_task(blk, sel, g_map, tap_off)
         for c in range(c_out):
-            g_row = g_grid[blk, c]
-            e_row = e_grid[blk, c]
             for k in range(n_taps):
                 kp = k_pos[c, k]
                 kn = k_neg[c, k]
                 off = tap_off[k]
-                for q in range(n_q):
-                    for e in range(bb):
-                        gq = g_row[q * bb + e]
-                        eq = e_row[q * bb + e]
-                        acc_t = acc[q + off, e]
-                        sel_t = sel_b[q + off, e]
-                        for r in range(c_in):
-                            # both factors loaded before the select: a select of two addresses becomes a gather
-                            kpr = kp[r]
-                            knr = kn[r]
-                            acc_t[r] += gq / (one + eq * (kpr if sel_t[r] > 0 else knr))
+                for oy in range(ho):
+                    for ox in range(wo):
+                        cell = oy * wq + ox + off
+                        for e in range(n_ex):
+                            gq = g_map[blk * bb + e, c, oy, ox]
+                            eq = e_map[blk * bb + e, c, oy, ox]
+                            acc_t = acc[cell, e]
+                            sel_t = sel_b[cell, e]
+                            for r in range(c_in):
+                                # both factors loaded before the select: a select of two addresses becomes a gather
+                                kpr = kp[r]
+                                knr = kn[r]
+                                acc_t[r] += gq / (one + eq * (kpr if sel_t[r] > 0 else knr))
         _scatter_channels(acc, a_grid[blk], True, cell_pos, blk * bb, d_in)
 
 
 @numba.njit(parallel=True, fastmath=BOUNDED_FASTMATH, error_model="numpy", cache=True)
-def flip_conv_bounded_channels(triangular, sel, v_grid, s_grid, d_grid, weight_t, cell_pos, tap_off, n_q, d_in):
+def flip_conv_bounded_channels(triangular, sel, v_map, s_map, d_map, weight_t, cell_pos, tap_off, wq, d_in):
     r"""Uniform / triangular noise, channel-innermost: ``d_in = \sum_{c,k} (F(v + s W x) - F(v)) d``.
 
     Parameters
@@ -195,31 +219,31 @@ def flip_conv_bounded_channels(triangular, sel, v_grid, s_grid, d_grid, weight_t
         Triangular (True) or uniform (False) noise (:func:`sbnnumba.kernels.scalar.bounded_cdf_diff`).
     sel : ndarray (NB, n_grid, bb, C_in)
         x_in per block, cell and example (:func:`channel_cells`).
-    v_grid, s_grid, d_grid : ndarray (NB, C_out, n_q * bb)
-        ``v = -x_{out} a``, ``s = 2 x_{out}`` and ``d_{out}`` on the cell-major output grids.
+    v_map, s_map, d_map : ndarray (B, C_out, H_out, W_out)
+        ``v = -x_{out} a``, ``s = 2 x_{out}`` and ``d_{out}``.
     weight_t : ndarray (C_out, taps, C_in)
         The weight, transposed.
-    cell_pos, tap_off, n_q
+    cell_pos, tap_off, wq
         As in :func:`flip_conv_ratio_channels`.
     d_in : ndarray (B, C_in, H * W)
         Output, overwritten.
     """
+    ho, wo = v_map.shape[2], v_map.shape[3]
     for blk in prange(sel.shape[0]):
-        sel_b, acc, c_out, n_taps, bb, c_in, one = _block_task(blk, sel, v_grid, tap_off)
+        sel_b, acc, c_out, n_taps, bb, c_in, n_ex, one = _block_task(blk, sel, v_map, tap_off)
         for c in range(c_out):
-            v_row = v_grid[blk, c]
-            s_row = s_grid[blk, c]
-            d_row = d_grid[blk, c]
             for k in range(n_taps):
                 w_row = weight_t[c, k]
                 off = tap_off[k]
-                for q in range(n_q):
-                    for e in range(bb):
-                        v = v_row[q * bb + e]
-                        sq = s_row[q * bb + e]
-                        dq = d_row[q * bb + e]
-                        acc_t = acc[q + off, e]
-                        sel_t = sel_b[q + off, e]
-                        for r in range(c_in):
-                            acc_t[r] += bounded_cdf_diff(triangular, v + sq * w_row[r] * sel_t[r], v, one) * dq
-        _scatter_channels(acc, v_grid[blk, 0], False, cell_pos, blk * bb, d_in)  # v_grid row: unread base
+                for oy in range(ho):
+                    for ox in range(wo):
+                        cell = oy * wq + ox + off
+                        for e in range(n_ex):
+                            v = v_map[blk * bb + e, c, oy, ox]
+                            sq = s_map[blk * bb + e, c, oy, ox]
+                            dq = d_map[blk * bb + e, c, oy, ox]
+                            acc_t = acc[cell, e]
+                            sel_t = sel_b[cell, e]
+                            for r in range(c_in):
+                                acc_t[r] += bounded_cdf_diff(triangular, v + sq * w_row[r] * sel_t[r], v, one) * dq
+        _scatter_channels(acc, acc[0, 0], False, cell_pos, blk * bb, d_in)  # acc row: unread base

@@ -364,18 +364,20 @@ def _flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_c
         # The generic form reads x_in in float64 (u = v + s w x_in is formed in float64, as in cdf_diff).
         sel = input_cells(x_in, in_index, n_grid, n_blocks, bb, np.float64 if form == "generic" else dtype)
     # channel layout: tap offsets in cells; cell layout: flat offsets, run length and tile length in entries
-    grid_args = ((cell_pos, tap_off, n_q) if channels else
+    grid_args = ((cell_pos, tap_off, wq) if channels else
                  (cell_pos, tap_off * bb, n_q * bb, bb, tile_length(bb, sel.itemsize)))
     x_out = np.asarray(x_out, dtype=dtype)
     d_out = np.asarray(d_out, dtype=dtype)
     d_in = np.empty((n_batch, c_in, h * w), dtype=dtype)
     w3 = np.ascontiguousarray(weight, dtype=dtype).reshape(c_out, c_in, kh * kw)
     grid = functools.partial(output_cells, wq=wq, n_blocks=n_blocks, bb=bb)  # the cell-major output grids of this call
+    # per-output-unit factors as the kernels read them: the channel kernels read the (B, C_out, H_out, W_out) maps
+    factors = np.ascontiguousarray if channels else grid
     if form == "ratio":
-        _ratio(x_in, a, x_out * d_out, w3.reshape(weight.shape), stride, padding, grid,
+        _ratio(x_in, a, x_out * d_out, w3.reshape(weight.shape), stride, padding, grid, factors,
                (tap_off * bb, n_q * bb, n_blocks, n_grid * bb), sel, grid_args, channels, d_in)
     elif form == "bounded":
-        args = (noise_code == TRIANGULAR, sel, grid(-x_out * a), grid(2 * x_out), grid(d_out))
+        args = (noise_code == TRIANGULAR, sel, factors(-x_out * a), factors(2 * x_out), factors(d_out))
         if channels:
             conv_channels.flip_conv_bounded_channels(*args, _taps_inner(w3), *grid_args, d_in)
         else:
@@ -393,25 +395,57 @@ def _taps_inner(t):
     return np.ascontiguousarray(t.transpose(0, 2, 1))
 
 
-def _ratio(x_in, a, g, weight, stride, padding, grid, flat, sel, grid_args, channels, d_in):
+@numba.njit(parallel=True, cache=True)
+def _two_w(w3, clip, taps_inner, out):
+    # out[0] = clip(2 W, -clip, clip), out[1] = -out[0] (exact operations), in the kernel's weight layout: (C_out,
+    # C_in, taps), or (C_out, taps, C_in) with taps_inner.
+    c_out, c_in, n_taps = w3.shape
+    for c in prange(c_out):
+        if taps_inner:
+            for k in range(n_taps):
+                for r in range(c_in):
+                    v = min(max(2 * w3[c, r, k], -clip), clip)
+                    out[0, c, k, r] = v
+                    out[1, c, k, r] = -v
+        else:
+            for r in range(c_in):
+                for k in range(n_taps):
+                    v = min(max(2 * w3[c, r, k], -clip), clip)
+                    out[0, c, r, k] = v
+                    out[1, c, r, k] = -v
+
+
+def _exp_kernels(w3, taps_inner, dtype):
+    """``(e^{+2W}, e^{-2W})`` stacked, ``2W`` clipped to the ratio form's ``[-C, C]``
+    (:func:`sbnnumba.kernels.cpu.ratio_limits`), in the kernel's weight layout (:func:`_two_w`), by one NumPy
+    ``exp`` over both halves (NumPy's float routine: the values the kernels were always given)."""
+    c_out, c_in, n_taps = w3.shape
+    k = np.empty((2, c_out) + ((n_taps, c_in) if taps_inner else (c_in, n_taps)), dtype=dtype)
+    _two_w(w3, dtype.type(ratio_limits(dtype)[1]), taps_inner, k)
+    return np.exp(k, out=k)
+
+
+def _ratio(x_in, a, g, weight, stride, padding, grid, factors, flat, sel, grid_args, channels, d_in):
     """The logistic ratio form of :func:`flip_propagate_conv` (module docstring) into ``d_in`` (B, C_in, H*W):
-    ``g = x_out d_out``, ``weight`` (C_out, C_in, kh, kw) in ``a``'s dtype; ``flat`` = (tap offsets, run length,
-    blocks, input grid length) in (cell, example) entries of the grids."""
+    ``g = x_out d_out``, ``weight`` (C_out, C_in, kh, kw) in ``a``'s dtype; ``grid`` puts a map into the output
+    grids, ``factors`` puts one as the kernel reads it; ``flat`` = (tap offsets, run length, blocks, input grid
+    length) in (cell, example) entries of the grids."""
     dtype = a.dtype
     w3 = weight.reshape(weight.shape[0], weight.shape[1], -1)
     g_safe, a_safe, saturated = split_saturated(a, g, weight)  # active saturated units: summed directly below
-    sig = (0.5 * (1 + np.tanh(0.5 * a_safe))).astype(dtype)
+    # sigma(a) = 0.5 (1 + tanh(a / 2)) and e^{-a} by NumPy's float routines, in place (fewer passes, same bits)
+    sig = np.multiply(a_safe, 0.5)
+    np.tanh(sig, out=sig)
+    np.add(sig, 1, out=sig)
+    np.multiply(sig, 0.5, out=sig)
     t_grid = grid(np.einsum("bcyx,bcyx->byx", g_safe, sig)[:, None])[:, 0]
     a_grid = np.empty(flat[2:], dtype=dtype)
     _ones_transposed(t_grid, flat[0], flat[1], a_grid)
-    clip = dtype.type(ratio_limits(dtype)[1])
-    # 2W clipped, in the kernel's weight layout (a C-ordered copy), then e^{+2W} and e^{-2W} (NumPy's exp)
-    two_w = np.multiply(_taps_inner(w3) if channels else w3, 2)
-    np.clip(two_w, -clip, clip, out=two_w)
-    k_pos = np.exp(two_w)
-    k_neg = np.exp(np.negative(two_w, out=two_w), out=two_w)
+    k_exp = _exp_kernels(w3, channels, dtype)
+    e_a = np.negative(a_safe)
+    np.exp(e_a, out=e_a)
     kernel = conv_channels.flip_conv_ratio_channels if channels else _flip_conv_ratio
-    kernel(sel, grid(np.exp(-a_safe)), grid(g_safe), k_pos, k_neg, a_grid, *grid_args, d_in)
+    kernel(sel, factors(e_a), factors(g_safe), k_exp[0], k_exp[1], a_grid, *grid_args, d_in)
     if saturated is not None:
         row_start, units = saturated  # units: (c, oy, ox) rows
         _flip_conv_logistic_saturated(np.ascontiguousarray(x_in, dtype=dtype), a, g, weight, row_start, units,

@@ -136,21 +136,24 @@ def batch_blocks(n_batch, n_q):
 
 @numba.njit(parallel=True, cache=True)
 def _output_cells(t, wq, bb, out):
-    # out[blk, c, (oy wq + ox) bb + e] = t[blk bb + e, c, oy, ox]; 0 at ox >= W_out and for padded examples.
+    # out[blk, c, (oy wq + ox) bb + e] = t[blk bb + e, c, oy, ox]; 0 at ox >= W_out and for padded examples. A task
+    # per block reads its examples' maps in memory order; plain indexing (a view in the loops would cost two atomic
+    # reference-count updates).
     n_batch, n_chan, ho, wo = t.shape
-    for task in prange(out.shape[0] * n_chan):
-        blk = task // n_chan
-        c = task - blk * n_chan
-        row = out[blk, c]
+    n_flat = out.shape[2]
+    for blk in prange(out.shape[0]):
         n_ex = min(bb, n_batch - blk * bb)
         if n_ex < bb or wo < wq:
-            row[:] = 0
+            for c in range(n_chan):
+                for i in range(n_flat):
+                    out[blk, c, i] = 0
         for e in range(n_ex):
-            src = t[blk * bb + e, c]
-            for oy in range(ho):
-                base = oy * wq * bb + e
-                for ox in range(wo):
-                    row[base + ox * bb] = src[oy, ox]
+            b = blk * bb + e
+            for c in range(n_chan):
+                for oy in range(ho):
+                    base = oy * wq * bb + e
+                    for ox in range(wo):
+                        out[blk, c, base + ox * bb] = t[b, c, oy, ox]
 
 
 def output_cells(t, wq, n_blocks, bb):
@@ -185,18 +188,17 @@ def _input_cells(x, in_index, bb, out):
     for task in prange(out.shape[0] * c_in):
         blk = task // c_in
         r = task - blk * c_in
-        row = out[blk, r]
         if n_pos * bb < n_flat:
-            row[:] = 1
+            for i in range(n_flat):
+                out[blk, r, i] = 1
         for e in range(bb):
             b = blk * bb + e
             if b < n_batch:
-                src = x[b, r]
                 for p in range(n_pos):
-                    row[in_index[p] * bb + e] = src[p]
+                    out[blk, r, in_index[p] * bb + e] = x[b, r, p]
             else:
                 for p in range(n_pos):
-                    row[in_index[p] * bb + e] = 0
+                    out[blk, r, in_index[p] * bb + e] = 0
 
 
 def input_cells(x_in, in_index, n_grid, n_blocks, bb, dtype):
