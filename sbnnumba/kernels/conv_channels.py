@@ -21,15 +21,17 @@ with ``t = g / (1 + e^{-a} K_{sel})`` (ratio form, ``K_sel = e^{+2W}`` where ``x
 elsewhere) or ``t = (F(v + s W x) - F(v)) d`` (bounded form). Each accumulator entry adds the same terms in
 the same order (c ascending, tap ascending, from 0) and each term is evaluated by the same expression as in
 the cell-major kernels (the ratio form's exact division and its FMA ``1 + e K``), so both layouts give
-bit-identical results (``tests/test_conv.py``): which one runs is a speed decision only
-(:func:`sbnnumba.kernels.conv_cpu.channel_inner`).
+bit-identical results (``tests/test_conv_channels.py``): which one runs is a speed decision only
+(:func:`sbnnumba.kernels.conv_cpu.channel_inner`). (The cell-major kernels also add the zero terms of the output
+cells beyond a row's ``W_out`` and of padded examples; adding ``+0`` changes no sum except the sign of a zero.)
 
 **Layout.** The cells, taps and output grids are those of the phase-grid layout
 (:func:`sbnnumba.kernels.conv_layout.phase_layout`): the batch is cut into blocks of ``bb`` examples
-(:func:`channel_blocks`); per block, x_in is stored as ``sel[blk, cell, e, r]`` (+1 at padding cells), the
-per-output-unit factors as cell-major rows ``[blk, c, q bb + e]`` and the weight factors transposed to
-``(C_out, taps, C_in)``, so that the ``r`` loop reads three contiguous rows and updates one. A parallel task is
-one block; its accumulator ``(cells, bb, C_in)`` stays within :data:`ACC_BYTES`.
+(:func:`channel_blocks`); per block, x_in is stored as ``sel[blk, cell, e, r]`` (+1 at padding cells) and the
+weight factors transposed to ``(C_out, taps, C_in)``, so that the ``r`` loop reads three contiguous rows and
+updates one; the per-output-unit factors are scalars of that loop and are read from the (B, C_out, H_out, W_out)
+maps as they come (no copy). A parallel task is one block; its accumulator ``(cells, bb, C_in)`` stays within
+:data:`ACC_BYTES`.
 
 The generic (any-noise) form is not here: it evaluates a branchy scalar cdf per connection and does not
 vectorize in either layout.
