@@ -61,7 +61,7 @@ import numpy as np
 from numba import prange
 
 from ..runtime import kernel_threads
-from . import conv_channels, conv_layout
+from . import conv_channels
 from .conv_layout import BATCH_BLOCK, batch_blocks, geometry, input_cells, output_cells, tile_length
 from .cpu import EXP_ARG_LIMIT, choose_form, ratio_limits, split_saturated
 from .scalar import TRIANGULAR, bounded_cdf_diff, cdf_lower
@@ -356,16 +356,19 @@ def _flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_c
     in_index, tap_off, n_q, n_grid, wq, cell_pos = geometry((h, w), (kh, kw), stride, padding)
     channels = form != "generic" and (layout == "channels" or (layout == "auto" and channel_inner(n_q, c_in, n_batch)))
     x_in = np.asarray(x_in)
+    # x_in as the kernels read it: the ratio form only compares it with 0 (int8: a quarter of the loads and of the
+    # task's L1 footprint), the bounded form multiplies by it, the generic form in float64 (u = v + s w x_in is
+    # formed in float64, as in cdf_diff).
+    sel_dtype = {"ratio": np.int8, "bounded": dtype, "generic": np.float64}[form]
     if channels:
         n_blocks, bb = conv_channels.channel_blocks(n_batch, n_grid, c_in, dtype.itemsize)
-        sel = conv_channels.channel_cells(x_in, in_index, n_grid, n_blocks, bb, dtype)
+        sel = conv_channels.channel_cells(x_in, in_index, n_grid, n_blocks, bb, sel_dtype)
     else:
         n_blocks, bb = batch_blocks(n_batch, n_q)
-        # The generic form reads x_in in float64 (u = v + s w x_in is formed in float64, as in cdf_diff).
-        sel = input_cells(x_in, in_index, n_grid, n_blocks, bb, np.float64 if form == "generic" else dtype)
+        sel = input_cells(x_in, in_index, n_grid, n_blocks, bb, sel_dtype)
     # channel layout: tap offsets in cells; cell layout: flat offsets, run length and tile length in entries
     grid_args = ((cell_pos, tap_off, wq) if channels else
-                 (cell_pos, tap_off * bb, n_q * bb, bb, tile_length(bb, sel.itemsize)))
+                 (cell_pos, tap_off * bb, n_q * bb, bb, tile_length(bb, max(sel.itemsize, dtype.itemsize))))
     x_out = np.asarray(x_out, dtype=dtype)
     d_out = np.asarray(d_out, dtype=dtype)
     d_in = np.empty((n_batch, c_in, h * w), dtype=dtype)
