@@ -43,6 +43,7 @@ import numpy.typing as npt
 from scipy import special
 
 from .kernels.entropy import unit_entropy_flat
+from .kernels.psa_factors import logistic_psa_grad
 from .kernels.sampling import logistic_sample
 from .kernels.scalar import FLIP_FORMS, NOISE_CODES
 
@@ -222,6 +223,25 @@ class NoiseFamily(abc.ABC):
         """
         return 2 * self.pdf(a)
 
+    def psa_grad(self, x: np.ndarray, a: np.ndarray, d: np.ndarray) -> np.ndarray:
+        """PSA's gradient with respect to the pre-activation, ``g_a = -x p(a) d`` (spec psa.md, section 2.4).
+
+        Parameters
+        ----------
+        x : ndarray
+            Sampled +-1 states.
+        a : ndarray, shape of ``x``
+            Pre-activations.
+        d : ndarray, shape of ``x``
+            Flip effects of the units.
+
+        Returns
+        -------
+        ndarray, shape of ``x``
+            ``-x * p(a) * d`` (NumPy's type promotion).
+        """
+        return -x * self.pdf(a) * d
+
     def score_ratio(self, z: npt.ArrayLike) -> np.ndarray:
         """``p(z) / F(z) = d log F(z) / dz`` element-wise (0 where ``F(z) = 0``): REINFORCE's score of a unit.
 
@@ -351,6 +371,22 @@ class Logistic(NoiseFamily):
         a = np.asarray(a)
         x = logistic_sample(a, u)
         return super().sample(a, u) if x is None else x
+
+    def psa_grad(self, x: np.ndarray, a: np.ndarray, d: np.ndarray) -> np.ndarray:
+        """As :meth:`NoiseFamily.psa_grad`; arrays of one float dtype and shape go through one fused Numba pass
+        after NumPy's ``exp`` (:mod:`sbnnumba.kernels.psa_factors`, bit-identical to ``-x * pdf(a) * d``).
+
+        Parameters
+        ----------
+        x, a, d : ndarray
+            States, pre-activations, flip effects (one shape).
+
+        Returns
+        -------
+        ndarray, shape of ``x``
+        """
+        g = logistic_psa_grad(x, a, d)
+        return super().psa_grad(x, a, d) if g is None else g
 
     def score_ratio(self, z: npt.ArrayLike) -> np.ndarray:
         """``p / F = sigma(-z)`` (no division).

@@ -9,7 +9,9 @@ r"""The ``cpu`` backend: the Numba kernels of :mod:`sbnnumba.kernels` (``@njit(p
 * PSA head differences: two fused Numba passes around NumPy's ``exp`` and ``log``
   (:func:`sbnnumba.kernels.head.flip_losses`, bit for bit the reference backend's).
 * The element-wise PSA / ST factors are memory-bound NumPy expressions, the same as the reference
-  backend's (inherited), so seeded runs are bit-identical to the host step before the backend layer.
+  backend's (inherited), so seeded runs are bit-identical to the host step before the backend layer; PSA's
+  pre-activation gradient goes through the family's :meth:`~sbnnumba.noise.NoiseFamily.psa_grad` (for logistic
+  noise one fused Numba pass after NumPy's ``exp``, with the same bits).
 * Packed products: the XNOR-popcount kernels of :mod:`sbnnumba.kernels.bitpack`, which read the
   weights in their panel layout (:class:`sbnnumba.kernels.bitpack.PreparedWeights`) and compare
   popcounts against per-column limits (the thresholds turned into popcount bounds here).
@@ -56,6 +58,9 @@ class CpuBackend(ReferenceBackend):
     def head_flips(self, logits, y, x_last, v, loss0):
         fused = head.flip_losses(logits, y, x_last, v, loss0)  # two Numba passes around NumPy's exp and log
         return fused if fused is not None else super().head_flips(logits, y, x_last, v, loss0)
+
+    def psa_preactivation_grad(self, x, a, d, noise):
+        return noise.psa_grad(x, a, d)
 
     def xnor_matmul(self, a_words, weights, k):
         out = np.empty((a_words.shape[0], weights.words.shape[0]), np.int32)
