@@ -10,8 +10,8 @@ The config holds ``network`` (:func:`~sbnnumba.training.description.describe` of
 saved), ``data`` (name and fingerprints of the training and validation arrays), ``fit``
 (:meth:`FitConfig.to_dict`), ``optimizer`` (its hyperparameters), ``backend`` and ``metadata``.
 Resuming restores parameters, optimizer state and generator state, so a resumed run reproduces an
-uninterrupted one bit for bit on the same BLAS thread count (OpenBLAS splits large products' sums between
-its threads: ``docs/robustness.md``; the Numba thread count does not matter).
+uninterrupted one bit for bit, at any thread count with OpenBLAS (the layers' products are fixed blocks of
+single-threaded BLAS calls, :func:`sbnnumba.runtime.gemm`: ``docs/robustness.md``).
 
 Version 1 (before the training package) stored the architecture's name and builder options under
 ``config["arch"]`` and the fit options at the top level of the config; such files still load: the

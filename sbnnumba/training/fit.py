@@ -559,7 +559,7 @@ def fit(net: Network, data: Any, config: FitConfig | None = None, *, out: str | 
     resume : bool
         Continue from ``out/checkpoint.npz`` (parameters, optimizer and generator state, history). The
         settings that determine the trajectory must be unchanged (ValueError otherwise); the result is
-        bitwise identical to an uninterrupted run on the same BLAS thread count (``docs/robustness.md``).
+        bitwise identical to an uninterrupted run (at any thread count with OpenBLAS: ``docs/robustness.md``).
         Without ``resume`` an existing checkpoint in ``out``
         is an error (FileExistsError).
     metadata : dict, optional
