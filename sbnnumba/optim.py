@@ -476,7 +476,7 @@ class SGD(Optimizer):
         # without momentum the kernel neither reads nor writes the buffers: the gradients stand in
         bufs = self._lists.get(("momentum_buffer", dtype), [b for _, _, (_, b, _) in entries]) if self.momentum else gs
         firsts = np.array([first for _, _, (_, _, first) in entries], dtype=np.bool_)
-        with kernel_threads(sum(p.size for p in ps), "elementwise"):
+        with kernel_threads(sum(p.size for p in ps), "update"):
             sgd_lists(self._lists.get(("param", dtype), ps), gs, bufs, firsts, self._chunks_of(ps), dt(lr),
                       dt(self.momentum), self.nesterov)
 
@@ -544,7 +544,7 @@ class Adam(Optimizer):
         gs = self._lists.get(("grad", dtype), [g for _, _, (g, _, _) in entries])
         ms = self._lists.get(("exp_avg", dtype), [m for _, _, (_, m, _) in entries])
         vs = self._lists.get(("exp_avg_sq", dtype), [v for _, _, (_, _, v) in entries])
-        with kernel_threads(sum(p.size for p in ps), "elementwise"):
+        with kernel_threads(sum(p.size for p in ps), "update"):
             adam_lists(self._lists.get(("param", dtype), ps), gs, ms, vs, self._chunks_of(ps),
                        *self.rule_scalars(lr, t, dtype.type))
 

@@ -370,16 +370,18 @@ def _numpy_rule(opt, p, g, state, t, lr):
 @pytest.mark.parametrize("make", [lambda: optim.Adam(lr=0.01), lambda: optim.SGD(lr=0.05, momentum=0.9),
                                   lambda: optim.SGD(lr=0.05, momentum=0.9, nesterov=True)])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_fused_pass_equals_the_rule_per_parameter_bit_for_bit(make, threads):
+def test_fused_pass_equals_the_rule_per_parameter_bit_for_bit(make, threads, monkeypatch):
     """One parallel pass over arrays of several sizes (one larger than a chunk, so it spans several) and two
     dtypes gives each entry the bits of the rule applied to that parameter alone; a parameter replaced by a new
     array between steps is updated (the kept typed lists follow the arrays)."""
     import numba
 
+    from sbnnumba import runtime
     from sbnnumba.kernels.optim_rules import CHUNK
 
     if threads > numba.config.NUMBA_NUM_THREADS:
         pytest.skip("needs a Numba pool of 2 threads")
+    monkeypatch.setitem(runtime.MIN_WORK_PER_THREAD, "update", 1)  # the pass runs on `threads` threads
     rng = np.random.default_rng(7)
     shapes = {"big": (3, CHUNK + 5), "bias": (4,), "one": (1,), "double": (5, 6)}
     params = {k: rng.normal(size=s).astype(np.float64 if k == "double" else np.float32) for k, s in shapes.items()}
