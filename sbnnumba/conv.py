@@ -12,10 +12,12 @@ with ``x_pad`` the input zero-padded by ``(ph, pw)``; ``H_out = (H + 2 ph - kh) 
 same along the width. Padded positions are constants 0: they never flip and receive no PSA ``d``.
 
 The affine map, its transpose and the weight gradient are operations of the layer's backend
-(:meth:`~sbnnumba.backends.step.StepOperations.conv_forward`, ``conv_backward_input``,
+(:meth:`~sbnnumba.backends.step.StepOperations.conv_patches`, ``conv_forward``, ``conv_backward_input``,
 ``conv_param_grads``): on the host single BLAS GEMMs on the channel-major patch matrix ``cols``
-(C_in * kh * kw, B * H_out * W_out) of a strided view, the transpose summed back by a Numba
-``col2im``; on the ``cuda`` backend im2col, a tiled GEMM and col2im kernels on device arrays. The
+(C_in * kh * kw, B * H_out * W_out), the transpose summed back by a Numba ``col2im``; on the ``cuda``
+backend im2col, a tiled GEMM and col2im kernels on device arrays. The patch matrix is built once per
+training step: :meth:`Conv2d.forward_saving` returns it with the pre-activations, the sampled path keeps
+it (:class:`~sbnnumba.network.StageSample`) and :meth:`Conv2d.param_grads` takes it back. The
 PSA flip propagation runs on the backend passed by the estimator (:mod:`sbnnumba.backends`: the Numba
 kernel :mod:`sbnnumba.kernels.conv_cpu` for ``"cpu"``, the im2col + dense NumPy reference
 :mod:`sbnnumba.kernels.conv_reference` for ``"reference"``, numba.cuda kernels for ``"cuda"``).
@@ -114,11 +116,20 @@ class Conv2d(AffineLayer):
         return self.output_shape(x.shape[1:])
 
     # ------------------------------------------------------------------ the four layer operations
+    def _patches(self, x):
+        """The backend's patch matrix of checked maps ``x`` and the output shape (B, C_out, H_out, W_out)."""
+        out_shape = (x.shape[0],) + self._check_map(x)
+        return self.backend.conv_patches(x, self.kernel_size, self.stride, self.padding), out_shape
+
     def forward(self, x: np.ndarray):
         """Pre-activations (B, C_out, H_out, W_out) of maps ``x`` (B, C_in, H, W)."""
-        x = self.backend.asarray(x)
-        self._check_map(x)
-        return self.backend.conv_forward(x, self.weight, self.bias, self.stride, self.padding)
+        return self.forward_saving(x)[0]
+
+    def forward_saving(self, x: np.ndarray):
+        """Pre-activations and the patch matrix of ``x`` (:meth:`~sbnnumba.backends.step.StepOperations.conv_patches`),
+        which :meth:`param_grads` takes as ``saved`` instead of building it again."""
+        cols, out_shape = self._patches(self.backend.asarray(x))
+        return self.backend.conv_forward(cols, self.weight, self.bias, out_shape), cols
 
     def backward_input(self, g_a: np.ndarray, in_shape: tuple[int, ...]):
         """Transposed convolution: ``g_x[b, r, i] = sum_{c, j ∋ i} W[c, r, off] g_a[b, c, j]``, shape
@@ -128,20 +139,24 @@ class Conv2d(AffineLayer):
         return self.backend.conv_backward_input(self.backend.asarray(g_a), self.weight, in_shape, self.stride,
                                                 self.padding)
 
-    def param_grads(self, x: np.ndarray, g_a: np.ndarray):
+    def param_grads(self, x: np.ndarray, g_a: np.ndarray, saved=None):
         """``dW[c, r, dy, dx] = sum_{b, j} g_a[b, c, j] x_pad[b, r, s j + off]`` (shared weights: summed over
-        positions and the batch), ``db[c] = sum_{b, j} g_a[b, c, j]``."""
+        positions and the batch), ``db[c] = sum_{b, j} g_a[b, c, j]``; ``saved``: the patch matrix of ``x``
+        from :meth:`forward_saving` (None: built here)."""
         x, g_a = self.backend.asarray(x), self.backend.asarray(g_a)
-        self._check_map(x)
-        g_w, g_b = self.backend.conv_param_grads(x, g_a, self.kernel_size, self.stride, self.padding)
+        if saved is None:
+            saved = self._patches(x)[0]
+        else:
+            self._check_map(x)
+        g_w, g_b = self.backend.conv_param_grads(saved, g_a, self.weight_shape)
         return {"weight": g_w, "bias": g_b}
 
     def forward_moments(self, mean: np.ndarray, var: np.ndarray):
         """Moments of the pre-activation for independent inputs: ``mu_a = conv(mean) + b``,
         ``v_a = conv_{W^2}(var)`` (squared-kernel convolution, no bias; padding has variance 0)."""
         mean, var = self.backend.asarray(mean), self.backend.asarray(var)
-        self._check_map(var)
-        v = self.backend.conv_forward(var, self.weight ** 2, None, self.stride, self.padding)
+        cols, out_shape = self._patches(var)
+        v = self.backend.conv_forward(cols, self.weight ** 2, None, out_shape)
         return self.forward(mean), v
 
     def flip_propagate(self, x_in: np.ndarray, a: np.ndarray, x_out: np.ndarray, d_out: np.ndarray, noise,

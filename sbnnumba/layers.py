@@ -4,7 +4,9 @@ Every stage type implements :class:`Layer`, an abstract base class; the operatio
 
 * ``forward(x) -> a``                        the affine map;
 * ``backward_input(g_a, in_shape) -> g_x``   the transposed map (ordinary backprop);
-* ``param_grads(x, g_a) -> dict``            the outer-product parameter gradients, summed over the batch
+* ``forward_saving(x) -> (a, saved)``        the affine map and what ``param_grads`` can reuse of it
+  (a convolution's patch matrix, built once per step; None for a dense layer);
+* ``param_grads(x, g_a, saved=None) -> dict`` the outer-product parameter gradients, summed over the batch
   (``"weight"`` is ``dL/dw`` at the weights in use; :meth:`Network.finalize_grads` maps it to the
   parameterization's own gradients);
 * ``flip_propagate(x_in, a, x_out, d_out, noise, backend) -> d_in``
@@ -53,9 +55,16 @@ class Layer(abc.ABC):
     def backward_input(self, g_a: np.ndarray, in_shape: tuple[int, ...]):
         """``dL/dx``, shape ``(B, *in_shape)``, from ``g_a = dL/da``."""
 
+    def forward_saving(self, x: np.ndarray):
+        """``(forward(x), saved)``: the pre-activations and the forward values :meth:`param_grads` can take back
+        as ``saved`` instead of computing them again (a convolution's patch matrix). This default saves
+        nothing (None)."""
+        return self.forward(x), None
+
     @abc.abstractmethod
-    def param_grads(self, x: np.ndarray, g_a: np.ndarray):
-        """name -> gradient summed over the batch (``"weight"``: ``dL/dw`` at the weights in use)."""
+    def param_grads(self, x: np.ndarray, g_a: np.ndarray, saved=None):
+        """name -> gradient summed over the batch (``"weight"``: ``dL/dw`` at the weights in use); ``saved``:
+        what :meth:`forward_saving` returned for ``x``, or None."""
 
     @abc.abstractmethod
     def flip_propagate(self, x_in: np.ndarray, a: np.ndarray, x_out: np.ndarray, d_out: np.ndarray, noise,
@@ -314,8 +323,9 @@ class Linear(AffineLayer):
     def forward_moments(self, mean: np.ndarray, var: np.ndarray):
         return self.forward(mean), self._flat(var) @ (self.weight ** 2).T
 
-    def param_grads(self, x: np.ndarray, g_a: np.ndarray):
-        """``{"weight": g_a^T x (n_out, n_in), "bias": sum_b g_a (n_out,)}``."""
+    def param_grads(self, x: np.ndarray, g_a: np.ndarray, saved=None):
+        """``{"weight": g_a^T x (n_out, n_in), "bias": sum_b g_a (n_out,)}`` (``saved`` is unused: a dense
+        layer's forward pass has nothing to reuse)."""
         g_w, g_b = self.backend.dense_param_grads(self._flat(x), g_a)
         return {"weight": g_w, "bias": g_b}
 

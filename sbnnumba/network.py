@@ -46,11 +46,16 @@ class StageSample:
     ----------
     input, pre, state : arrays (B, ...)
         The stage's input, its pre-activation ``a`` and the sampled +-1 states (the shape of ``a``).
+    saved : object or None
+        What the stage's forward pass saved for its parameter gradients
+        (:meth:`~sbnnumba.layers.Layer.forward_saving`: a convolution's patch matrix, built once per step);
+        None: nothing (the gradients compute from ``input``; e.g. a path cut to some examples).
     """
 
     input: np.ndarray
     pre: np.ndarray
     state: np.ndarray
+    saved: Any = None
 
 
 @dataclass
@@ -476,9 +481,9 @@ class Network:
         path, h = Path(weights=weights), x
         path.layers = self.stage_layers(weights)
         for k, layer in enumerate(path.layers):
-            a = layer.forward(h)
+            a, saved = layer.forward_saving(h)
             state = states(k, a)
-            path.stages.append(StageSample(h, a, state))
+            path.stages.append(StageSample(h, a, state, saved))
             h = state
         path.logits = self.head.forward(h)
         return path

@@ -243,7 +243,15 @@ class Normalized(Layer):
         """``a = gamma (z - mean) / sqrt(var + eps) + beta`` of ``z = layer.forward(x)``: batch statistics in
         training mode (the running ones updated, or accumulated by :meth:`start_accumulating`), the
         running statistics of :attr:`stats_mode` otherwise. Caches ``z_hat`` for the backward pass."""
-        z = self.layer.forward(x)
+        return self._forward_normalize(self.layer.forward(x))
+
+    def forward_saving(self, x: np.ndarray):
+        """:meth:`forward` and the wrapped layer's saved forward values (its :meth:`forward_saving`)."""
+        z, saved = self.layer.forward_saving(x)
+        return self._forward_normalize(z), saved
+
+    def _forward_normalize(self, z):
+        """The normalization of :meth:`forward` applied to the wrapped layer's output ``z``."""
         if self.training:
             mean, var = self._batch_statistics(z)
             if self._accumulator is not None:
@@ -289,11 +297,11 @@ class Normalized(Layer):
     def backward_input(self, g_a: np.ndarray, in_shape: tuple[int, ...]):
         return self.layer.backward_input(self._backward_norm(g_a)[0], in_shape)
 
-    def param_grads(self, x: np.ndarray, g_a: np.ndarray):
-        """The wrapped layer's gradients at ``g_z`` (:meth:`~sbnnumba.backends.step.StepOperations.normalize_backward`)
-        and ``gamma: sum g_a z_hat``, ``beta: sum g_a`` per channel."""
+    def param_grads(self, x: np.ndarray, g_a: np.ndarray, saved=None):
+        """The wrapped layer's gradients at ``g_z`` (:meth:`~sbnnumba.backends.step.StepOperations.normalize_backward`;
+        ``saved`` passed on to it) and ``gamma: sum g_a z_hat``, ``beta: sum g_a`` per channel."""
         g_z, (s1, s2) = self._backward_norm(g_a)
-        grads = self.layer.param_grads(x, g_z)
+        grads = self.layer.param_grads(x, g_z, saved)
         grads["gamma"], grads["beta"] = s2, s1
         return grads
 

@@ -98,6 +98,15 @@ def test_elementwise_agree(backend, noise_name):
                                ref.psa_preactivation_grad(x, a, d, noise), rtol=1e-5, atol=1e-6)
 
 
+class Patches(tuple):
+    """An argument that is the patch matrix of ``(x, kernel_size, stride, padding)`` on the backend under test
+    (:meth:`~sbnnumba.backends.step.StepOperations.conv_patches`: each backend has its own layout)."""
+
+
+def _resolve(backend, value):
+    return backend.conv_patches(*value) if isinstance(value, Patches) else value
+
+
 def _step_arguments():
     """Small random arguments of every training-step operation (float32; labels int32)."""
     rng = np.random.default_rng(11)
@@ -115,8 +124,10 @@ def _step_arguments():
     weights = np.abs(f(3)) / 3
     return {
         "dense_forward": (x, w, f(5)), "dense_backward_input": (g, w), "dense_param_grads": (x, g),
-        "conv_forward": (conv[0], conv[1], f(4)) + conv[2:], "conv_backward_input": (f(2, 4, 3, 5), conv[1], (3, 5, 4))
-        + conv[2:], "conv_param_grads": (conv[0], f(2, 4, 3, 5), (3, 2)) + conv[2:],
+        "conv_patches": (conv[0], (3, 2)) + conv[2:],
+        "conv_forward": (Patches((conv[0], (3, 2)) + conv[2:]), conv[1], f(4), (2, 4, 3, 5)),
+        "conv_backward_input": (f(2, 4, 3, 5), conv[1], (3, 5, 4)) + conv[2:],
+        "conv_param_grads": (Patches((conv[0], (3, 2)) + conv[2:]), f(2, 4, 3, 5), (4, 3, 3, 2)),
         "channel_moments": (z,), "running_average": (f(3), f(3), 0.1),
         "normalize": (z, f(3), np.abs(f(3)), f(3), f(3), 1e-5), "channel_sums": (zd, f(4, 5)),
         "channel_sums64": (z, f(4, 3, 2, 2)), "to_host": (f(2, 3),), "to_device_of": (f(3), f(2)),
@@ -134,6 +145,8 @@ def _on_backend(backend, value, to_device):
     """Arrays of an argument on ``backend`` (uploaded where its arrays live on a device)."""
     if isinstance(value, np.ndarray) and backend.device_resident:
         return to_device(value)
+    if isinstance(value, Patches):
+        return Patches(_on_backend(backend, t, to_device) for t in value)
     if isinstance(value, tuple) and value and isinstance(value[0], np.ndarray):
         return tuple(_on_backend(backend, t, to_device) for t in value)
     return value
@@ -148,14 +161,17 @@ def _to_host(value):
 @pytest.mark.parametrize("name", step_operations())
 def test_step_operations_agree(backend, name):
     """Every training-step operation of every backend equals the reference's NumPy expression (float32
-    rounding; device backends on device arrays: the kernels of the device-resident step)."""
+    rounding; device backends on device arrays: the kernels of the device-resident step). The patch matrix
+    has each backend's own layout: test_conv_patches_layouts checks it, the operations that take it here."""
+    if name == "conv_patches":
+        pytest.skip("the backend's own layout: test_conv_patches_layouts")
     args = _step_arguments()[name]
     to_device = None
     if backend.device_resident:
         from numba import cuda
         to_device = cuda.to_device
-    ref_args = tuple(t.copy() if isinstance(t, np.ndarray) else t for t in args)
-    dev_args = tuple(_on_backend(backend, t, to_device) for t in args)
+    ref_args = tuple(_resolve(get_backend("reference"), t.copy() if isinstance(t, np.ndarray) else t) for t in args)
+    dev_args = tuple(_resolve(backend, _on_backend(backend, t, to_device)) for t in args)
     want = getattr(get_backend("reference"), name)(*ref_args)
     got = _to_host(getattr(backend, name)(*dev_args))
     if want is None:  # in place: compare the first argument
@@ -193,8 +209,8 @@ def test_device_backend_runs_host_step_operations_on_the_host(cuda_backend):
     for name, args in _step_arguments().items():
         if name == "clip_":
             continue
-        want = getattr(get_backend("reference"), name)(*args)
-        got = getattr(cuda_backend, name)(*args)
+        want = getattr(get_backend("reference"), name)(*(_resolve(get_backend("reference"), t) for t in args))
+        got = getattr(cuda_backend, name)(*(_resolve(cuda_backend, t) for t in args))
         for a, b in zip(*((got, want) if isinstance(want, tuple) else ((got,), (want,)))):
             assert isinstance(a, (np.ndarray, float, np.floating)), name
             np.testing.assert_array_equal(a, b, err_msg=name)
@@ -274,3 +290,25 @@ def test_registry_errors_and_a_new_backend():
         _CLASSES.pop("test-unusable")
         _INSTANCES.pop("test-unusable", None)
     assert get_backend("cpu") is get_backend(get_backend("cpu"))
+
+
+@pytest.mark.parametrize("geometry", [((3, 3), (1, 1), (0, 0)), ((3, 2), (2, 1), (1, 1)), ((1, 1), (1, 1), (0, 0)),
+                                      ((2, 3), (1, 3), (2, 0))])
+def test_conv_patches_layouts(backend, geometry):
+    """The patch matrix of every backend holds ``x_pad[b, r, s o + off]`` at ((r, dy, dx), (b, oy, ox)):
+    the host backends store it channel-major (C kh kw, B H_out W_out), bit for bit NumPy's copy of the
+    strided windows; ``cuda`` the transpose (B H_out W_out, C kh kw)."""
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(3, 2, 7, 6)).astype(np.float32)
+    win = conv_reference.windows(x, *geometry)  # (B, C, Ho, Wo, kh, kw)
+    want = win.transpose(1, 4, 5, 0, 2, 3).reshape(-1, win.shape[0] * win.shape[2] * win.shape[3])
+    ref = get_backend("reference").conv_patches(x, *geometry)
+    np.testing.assert_array_equal(ref, want)
+    if backend.device_resident:
+        from numba import cuda
+        got = backend.to_host(backend.conv_patches(cuda.to_device(x), *geometry))
+        np.testing.assert_array_equal(got, want.T)
+    else:
+        got = backend.conv_patches(x, *geometry)
+        assert got.flags.c_contiguous and got.dtype == np.float32
+        np.testing.assert_array_equal(got, want)

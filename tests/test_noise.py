@@ -119,6 +119,37 @@ def test_logistic_sample_kernel_is_bit_identical_to_the_numpy_formula(dtype):
     assert logistic_sample(a, u[:a.size].astype(np.float64 if dtype == np.float32 else np.float32)) is None
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_logistic_density_passes_are_bit_identical_to_the_numpy_formula(dtype):
+    """Logistic ``pdf`` and ``mean_grad`` (three passes, :mod:`sbnnumba.kernels.density`) give exactly
+    NumPy's ``e / (1 + e) ** 2`` and ``2 * (e / (1 + e) ** 2)``, ``e = exp(-|a|)``: on 3 million values over
+    the whole range, every float32 in [-1, 1] spaced by 97 bit patterns, extremes, signed zeros,
+    infinities and denormals, on a non-contiguous view; NaN stays NaN; other dtypes take the NumPy path."""
+    from sbnnumba.kernels.density import logistic_density
+
+    rng = np.random.default_rng(12)
+    a = np.concatenate([rng.uniform(-120, 120, 1_000_000), rng.normal(0, 3, 1_000_000),
+                        rng.uniform(-1e-3, 1e-3, 1_000_000)]).astype(dtype)
+    a[:10] = [0.0, -0.0, 1e-30, -1e-30, 1e4, -1e4, np.inf, -np.inf, 1e-40, -1e-42]
+    if dtype == np.float32:
+        a = np.concatenate([a, np.arange(0, 0x3F800001, 97, dtype=np.uint32).view(np.float32),
+                            np.arange(0x80000000, 0xBF800001, 97, dtype=np.uint32).view(np.float32)])
+    noise = get_noise("logistic")
+
+    def numpy_pdf(t):
+        e = np.exp(-np.abs(t))
+        return e / (1 + e) ** 2
+
+    for got, want in [(noise.pdf(a), numpy_pdf(a)), (noise.mean_grad(a), 2 * numpy_pdf(a))]:
+        assert got.dtype == dtype and got.shape == a.shape
+        assert np.array_equal(got.view(np.uint8), want.view(np.uint8))
+    view = a[:120_000].reshape(40, 50, 60)[:, ::2, 1:]
+    assert np.array_equal(noise.mean_grad(view), 2 * numpy_pdf(view))
+    assert np.isnan(noise.pdf(np.array([np.nan], dtype)))[0]
+    assert logistic_density(a.astype(np.float16)) is None
+    np.testing.assert_array_equal(noise.pdf(np.arange(3)), numpy_pdf(np.arange(3)))
+
+
 def _exact_cdf(name, t):
     """F(t) of uniform / triangular noise in exact rational arithmetic."""
     from fractions import Fraction

@@ -12,6 +12,15 @@ r"""The ``cpu`` backend: the Numba kernels of :mod:`sbnnumba.kernels` (``@njit(p
   backend's (inherited), so seeded runs are bit-identical to the host step before the backend layer; PSA's
   pre-activation gradient goes through the family's :meth:`~sbnnumba.noise.NoiseFamily.psa_grad` (for logistic
   noise one fused Numba pass after NumPy's ``exp``, with the same bits).
+* Convolutions: the reference backend's patch matrix and GEMMs (same shapes, same bits); the input
+  gradient ``col2im(W^T g)`` is computed for chunks of about :data:`CHUNK_COLUMNS` output positions at a
+  time, each GEMM product summed back by ``col2im`` while it is still in cache, in one reused buffer,
+  instead of one (C_in kh kw, B H_out W_out) product written to memory and read back (the largest array
+  of the step (:func:`sbnnumba.kernels.col2im.col2im_into`). Chunks only regroup the columns of the same
+  product: OpenBLAS computes every entry with the same inner-dimension order whatever
+  the columns around it, and ``col2im`` adds the same terms in the same order, so the result is
+  bit-identical to the reference's (``tests/test_conv_step.py`` checks it), as long as a chunk has at
+  least two columns (a one-column product takes the GEMV path).
 * Packed products: the XNOR-popcount kernels of :mod:`sbnnumba.kernels.bitpack`, which read the
   weights in their panel layout (:class:`sbnnumba.kernels.bitpack.PreparedWeights`) and compare
   popcounts against per-column limits (the thresholds turned into popcount bounds here).
@@ -21,8 +30,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..kernels import bitpack as kb
-from ..kernels import conv_cpu, cpu, head
-from .reference import ReferenceBackend
+from ..kernels import col2im, conv_cpu, cpu, head
+from ..runtime import gemm
+from .reference import ReferenceBackend, _examples_inner
 from .registry import register_backend
 
 
@@ -39,6 +49,35 @@ def _conv_geometry(x_words, w_words, c_in, stride, padding):
     corrections = kb.padding_corrections(tap_sums, row_ranges, col_ranges)
     geometry = np.array([kh, kw, sh, sw, ph, pw], np.int64)
     return c_in * kh * kw, geometry, corrections, row_class, col_class
+
+
+#: Output positions (GEMM columns) per chunk of :meth:`CpuBackend.conv_backward_input`: products of
+#: (C_in kh kw, ~1000) stay in the last-level cache for ``col2im``; 576 to 1152 were fastest on the paper's
+#: conv network (one thread; 36864 columns at once: 1.2-1.5x the time).
+CHUNK_COLUMNS = 1024
+
+
+def batch_chunks(n_batch, n_pos, columns=CHUNK_COLUMNS):
+    """Split a batch into near-equal chunks of about ``columns`` GEMM columns (``n_pos`` per example).
+
+    Parameters
+    ----------
+    n_batch : int
+        Examples.
+    n_pos : int
+        Output positions per example (H_out W_out).
+    columns : int
+        Wanted columns per chunk (>= 2).
+
+    Returns
+    -------
+    list of (int, int)
+        ``(b0, b1)`` example ranges covering ``range(n_batch)`` in order. Every chunk has at least two
+        columns when the batch has (a one-column product would take BLAS's GEMV path, other bits).
+    """
+    n_chunks = max(1, min(n_batch, n_batch * n_pos // columns))
+    edges = [(i * n_batch) // n_chunks for i in range(n_chunks + 1)]
+    return list(zip(edges[:-1], edges[1:]))
 
 
 class CpuBackend(ReferenceBackend):
@@ -61,6 +100,19 @@ class CpuBackend(ReferenceBackend):
 
     def psa_preactivation_grad(self, x, a, d, noise):
         return noise.psa_grad(x, a, d)
+
+    def conv_backward_input(self, g_a, weight, in_shape, stride, padding):
+        n_batch, n_pos = g_a.shape[0], g_a.shape[2] * g_a.shape[3]
+        w2t = weight.reshape(weight.shape[0], -1).T
+        out = np.empty((n_batch,) + tuple(in_shape), dtype=g_a.dtype)
+        chunks = batch_chunks(n_batch, n_pos)
+        buffer = np.empty(w2t.shape[0] * n_pos * max(b1 - b0 for b0, b1 in chunks), dtype=g_a.dtype)
+        for b0, b1 in chunks:
+            g_chunk = _examples_inner(g_a[b0:b1])  # columns (oy, ox, example), as col2im wants them
+            g_cols = buffer[:w2t.shape[0] * g_chunk.shape[1]].reshape(w2t.shape[0], -1)
+            gemm(w2t, g_chunk, out=g_cols)  # the per-call thread rule of sbnnumba.runtime
+            col2im.col2im_into(g_cols, weight.shape[2:], stride, padding, out[b0:b1])
+        return out
 
     def xnor_matmul(self, a_words, weights, k):
         out = np.empty((a_words.shape[0], weights.words.shape[0]), np.int32)

@@ -12,8 +12,10 @@ The training-step operations (:mod:`sbnnumba.backends.step`) are the NumPy expre
 moved here from the layers, the batch normalization, the weight rules and the estimators without a
 change (the golden digests of ``tests/test_golden.py`` pin them bit for bit); the ``cpu`` backend
 inherits them. Convolutions go through the channel-major patch matrix ``cols`` (C_in kh kw,
-B H_out W_out) of a strided view and one BLAS GEMM; the transposed map sums the patches back with the
-Numba ``col2im`` of :mod:`sbnnumba.kernels.conv_cpu` (the host step always did).
+B H_out W_out), here NumPy's copy of a strided view (built once per stage and step: the forward GEMM
+and the weight-gradient GEMM share it); the transposed map sums ``W^T g`` back with the Numba
+``col2im`` of :mod:`sbnnumba.kernels.col2im` (``g`` with the examples innermost). The ``cpu`` backend builds the
+same matrices with Numba kernels and chunks the input gradient (:mod:`sbnnumba.backends.cpu`).
 """
 from __future__ import annotations
 
@@ -21,8 +23,8 @@ import numpy as np
 
 from .. import losses
 from ..kernels import bitpack as kb
-from ..kernels import conv_cpu, conv_reference, reference
-from ..kernels.conv_reference import output_size, windows
+from ..kernels import col2im, conv_reference, reference
+from ..kernels.conv_reference import windows
 from ..kernels.cpu import choose_form
 from ..runtime import gemm
 from ..validation import check_choice
@@ -86,18 +88,19 @@ class ReferenceBackend(Backend):
     def dense_param_grads(self, x, g_a):
         return gemm(g_a.T, x), g_a.sum(axis=0)
 
-    def conv_forward(self, x, weight, bias, stride, padding):
-        ho, wo = output_size(x.shape[2:], weight.shape[2:], stride, padding)
-        return _gemm_to_map(_cols(x, weight.shape[2:], stride, padding), weight.reshape(weight.shape[0], -1),
-                            x.shape[0], (ho, wo), bias)
+    def conv_patches(self, x, kernel_size, stride, padding):
+        return _cols(x, kernel_size, stride, padding)
+
+    def conv_forward(self, cols, weight, bias, out_shape):
+        return _gemm_to_map(cols, weight.reshape(weight.shape[0], -1), out_shape[0], out_shape[2:], bias)
 
     def conv_backward_input(self, g_a, weight, in_shape, stride, padding):
-        g_cols = gemm(weight.reshape(weight.shape[0], -1).T, _channel_major(g_a))
-        return conv_cpu.col2im_t(g_cols, (g_a.shape[0],) + tuple(in_shape), weight.shape[2:], stride, padding)
+        g_cols = gemm(weight.reshape(weight.shape[0], -1).T, _examples_inner(g_a))
+        return col2im.col2im(g_cols, (g_a.shape[0],) + tuple(in_shape), weight.shape[2:], stride, padding)
 
-    def conv_param_grads(self, x, g_a, kernel_size, stride, padding):
-        g_w = gemm(_channel_major(g_a), _cols(x, kernel_size, stride, padding).T)
-        return g_w.reshape((g_a.shape[1], x.shape[1]) + tuple(kernel_size)), g_a.sum(axis=(0, 2, 3))
+    def conv_param_grads(self, cols, g_a, weight_shape):
+        g_w = gemm(_channel_major(g_a), cols.T)
+        return g_w.reshape(tuple(weight_shape)), g_a.sum(axis=(0, 2, 3))
 
     def channel_moments(self, z):
         axes = _channel_axes(z)
@@ -216,6 +219,11 @@ def _cols(x, kernel_size, stride, padding):
 def _channel_major(t):
     """(B, C, H, W) -> (C, B * H * W)."""
     return t.transpose(1, 0, 2, 3).reshape(t.shape[1], -1)
+
+
+def _examples_inner(t):
+    """(B, C, H, W) -> (C, H * W * B): columns (y, x, b), the layout of :func:`sbnnumba.kernels.col2im.col2im`."""
+    return np.ascontiguousarray(t.transpose(1, 2, 3, 0)).reshape(t.shape[1], -1)
 
 
 def _gemm_to_map(cols, weight2, n_batch, out_hw, bias=None):

@@ -17,8 +17,9 @@ per unit of a dense tensor and per channel of a map (reductions over the batch a
 =============================  ======================================================================
 dense layer                    ``dense_forward`` ``x W^T + b``, ``dense_backward_input`` ``g W``,
                                ``dense_param_grads`` ``(g^T x, sum_b g)``
-convolution                    ``conv_forward``, ``conv_backward_input`` (transposed convolution),
-                               ``conv_param_grads`` (im2col + GEMM, col2im)
+convolution                    ``conv_patches`` (im2col, once per stage and step), ``conv_forward``,
+                               ``conv_param_grads`` (GEMMs on the patches), ``conv_backward_input``
+                               (transposed convolution: GEMM + col2im)
 batch normalization            ``channel_moments``, ``running_average``, ``normalize``,
                                ``channel_sums``, ``normalize_backward``; ``channel_sums64`` (float64,
                                for statistics summed over processes)
@@ -84,16 +85,39 @@ class StepOperations(abc.ABC):
 
     # -- convolution ----------------------------------------------------------------------------
     @abc.abstractmethod
-    def conv_forward(self, x, weight, bias, stride, padding):
-        """Zero-padded cross-correlation ``a[b,c,o] = sum_{r,off} W[c,r,off] x_pad[b,r,s o + off] + bias[c]``.
+    def conv_patches(self, x, kernel_size, stride, padding):
+        """The patch matrix (im2col) of maps ``x``, in this backend's layout: the argument of its
+        :meth:`conv_forward` and :meth:`conv_param_grads`. A stage builds it once per step: the forward
+        pass and the weight gradient share it (the sampled path keeps it, :class:`sbnnumba.network.StageSample`).
+
+        Entries ``x_pad[b, r, s_h o_y + d_y, s_w o_x + d_x]`` (0 in the zero padding) at rows/columns
+        ``(r, d_y, d_x)`` and ``(b, o_y, o_x)``: the host backends store (C_in kh kw, B H_out W_out)
+        (channel-major, so both GEMMs read it without a transposed copy), ``cuda`` (B H_out W_out, C_in kh kw).
 
         Parameters
         ----------
         x : array (B, C_in, H, W)
+        kernel_size, stride, padding : (int, int)
+
+        Returns
+        -------
+        array, 2-D (the layout above)
+        """
+
+    @abc.abstractmethod
+    def conv_forward(self, cols, weight, bias, out_shape):
+        """Zero-padded cross-correlation ``a[b,c,o] = sum_{r,off} W[c,r,off] x_pad[b,r,s o + off] + bias[c]``,
+        from the patch matrix ``cols`` of ``x`` (:meth:`conv_patches`).
+
+        Parameters
+        ----------
+        cols : array
+            :meth:`conv_patches` of ``x`` (B, C_in, H, W) on this backend.
         weight : array (C_out, C_in, kh, kw)
         bias : array (C_out,) or None
             None: no bias (the moment propagation of :meth:`sbnnumba.conv.Conv2d.forward_moments`).
-        stride, padding : (int, int)
+        out_shape : (int, int, int, int)
+            (B, C_out, H_out, W_out), the shape of the result.
 
         Returns
         -------
@@ -118,16 +142,18 @@ class StepOperations(abc.ABC):
         """
 
     @abc.abstractmethod
-    def conv_param_grads(self, x, g_a, kernel_size, stride, padding):
+    def conv_param_grads(self, cols, g_a, weight_shape):
         """Gradients of a convolution's shared weights and bias, summed over positions and the batch.
 
         ``g_w[c,r,dy,dx] = sum_{b,j} g_a[b,c,j] x_pad[b,r,s j + (dy,dx)]``, ``g_b[c] = sum_{b,j} g_a[b,c,j]``.
 
         Parameters
         ----------
-        x : array (B, C_in, H, W)
+        cols : array
+            :meth:`conv_patches` of the stage's input ``x`` (B, C_in, H, W) on this backend.
         g_a : array (B, C_out, H_out, W_out)
-        kernel_size, stride, padding : (int, int)
+        weight_shape : (int, int, int, int)
+            (C_out, C_in, kh, kw).
 
         Returns
         -------

@@ -101,7 +101,7 @@ def arm_gradient(net, x, y, rng, independent_suffixes=False):
     weight = 1.0 / n
     grads, h = {}, x
     for k, layer in enumerate(layers):
-        a = layer.forward(h)
+        a, saved = layer.forward_saving(h)
         u = np.clip(rng.random(a.shape), _TINY, 1 - _TINY)
         b1 = np.where(u > noise.cdf(-a), 1, -1).astype(a.dtype)
         b2 = np.where(u < noise.cdf(a), 1, -1).astype(a.dtype)
@@ -112,7 +112,7 @@ def arm_gradient(net, x, y, rng, independent_suffixes=False):
                                rng, bool(independent_suffixes))
             diff[rows] = f[:rows.size] - f[rows.size:]
         g_a = (weight * 0.5) * diff.reshape((n,) + (1,) * (a.ndim - 1)) * noise.arm_psi(u)
-        add_layer_grads(grads, f"stages.{k}", layer.param_grads(h, g_a.astype(a.dtype)))
+        add_layer_grads(grads, f"stages.{k}", layer.param_grads(h, g_a.astype(a.dtype), saved))
         h = b1
     loss, g_eta = xent(net.head.forward(h), y)
     add_layer_grads(grads, "head", net.head.param_grads(h, g_eta * weight))

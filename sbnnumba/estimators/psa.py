@@ -72,7 +72,7 @@ def psa_path_gradient(net, path, y, weights, head="rb", linearize=False):
         layer, st = layers[k], path.stages[k]
         d = d.reshape(st.pre.shape)
         g_a = be.psa_preactivation_grad(st.state, st.pre, d, noise)
-        add_layer_grads(grads, f"stages.{k}", layer.param_grads(st.input, be.scale_rows(g_a, weights)))
+        add_layer_grads(grads, f"stages.{k}", layer.param_grads(st.input, be.scale_rows(g_a, weights), st.saved))
         if k > 0:
             if linearize:
                 lin = st.state * noise.pdf(st.pre) * d

@@ -52,7 +52,7 @@ def _reinforce_grads(net, path, g_eta, coef):
     add_layer_grads(grads, "head", net.head.param_grads(flat_last_state(path), g_eta))
     for k, (layer, st) in enumerate(zip(path_layers(net, path), path.stages)):
         g_a = _bcast(coef, st.pre.ndim) * st.state * net.noise.score_ratio(st.state * st.pre)
-        add_layer_grads(grads, f"stages.{k}", layer.param_grads(st.input, g_a.astype(st.pre.dtype)))
+        add_layer_grads(grads, f"stages.{k}", layer.param_grads(st.input, g_a.astype(st.pre.dtype), st.saved))
     return grads
 
 

@@ -82,10 +82,11 @@ def _relaxed_estimate(net, layers, x, y, activation):
     Returns (mean head loss, grads); ``slope`` replaces the derivative of the activation.
     """
     n = x.shape[0]
-    inputs, slopes, h = [], [], x
+    inputs, saved, slopes, h = [], [], [], x
     for layer in layers:
-        a = layer.forward(h)
+        a, kept = layer.forward_saving(h)
         inputs.append(h)
+        saved.append(kept)
         h, slope = activation(a)
         slopes.append(slope)
     loss, g_eta = xent(net.head.forward(h), y)
@@ -96,7 +97,7 @@ def _relaxed_estimate(net, layers, x, y, activation):
     for k in range(len(layers) - 1, -1, -1):
         layer = layers[k]
         g_a = slopes[k] * delta
-        add_layer_grads(grads, f"stages.{k}", layer.param_grads(inputs[k], g_a))
+        add_layer_grads(grads, f"stages.{k}", layer.param_grads(inputs[k], g_a, saved[k]))
         if k > 0:
             delta = layer.backward_input(g_a, inputs[k].shape[1:])
     return finalize(net, loss.mean(), grads)

@@ -96,7 +96,7 @@ def st_path_gradient(net, path, y, weights, proxy=None):
     for k in range(len(layers) - 1, -1, -1):
         layer, st = layers[k], path.stages[k]
         g_a = be.multiply(factor(st.pre), delta.reshape(st.pre.shape))
-        add_layer_grads(grads, f"stages.{k}", layer.param_grads(st.input, g_a))
+        add_layer_grads(grads, f"stages.{k}", layer.param_grads(st.input, g_a, st.saved))
         if k > 0:
             delta = layer.backward_input(g_a, st.input.shape[1:])
     return finalize(net, be.weighted_sum(weights, loss0), grads)

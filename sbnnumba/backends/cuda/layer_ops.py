@@ -11,8 +11,8 @@ the host backend. The kernels are those of
 
 ==========================  =================================================================================
 dense                       ``gemm`` (``x W^T``, ``g W``, ``g^T x``), ``add_bias``, ``column_sum``
-conv                        ``im2col_rows`` -> ``gemm`` -> ``rows_to_map``; ``map_to_rows`` -> ``gemm`` ->
-                            ``col2im_gather``; ``gemm`` of ``g_rows^T cols``
+conv                        ``im2col_rows`` (the patches, once per stage and step); ``gemm`` -> ``rows_to_map``;
+                            ``map_to_rows`` -> ``gemm`` -> ``col2im_gather``; ``gemm`` of ``g_rows^T cols``
 batch normalization         ``channel_sums_kernel`` (deterministic block reductions, float64) -> ``moments`` /
                             ``scale_copy``; ``inv_std`` -> ``bn_apply``; ``bn_backward``, ``scale_channels``
 head                        ``xent_rows``, ``head_flips``, ``flip_weights``, ``sum_axis1`` -> ``rb_mix``,
@@ -26,7 +26,6 @@ checks compile the device configuration).
 from __future__ import annotations
 
 import functools
-import weakref
 
 import numpy as np
 
@@ -149,27 +148,13 @@ def _out_hw(hw, kernel_size, stride, padding):
     return (hw[0] + 2 * ph - kh) // sh + 1, (hw[1] + 2 * pw - kw) // sw + 1
 
 
-# id(map) -> (weak reference to the map, geometry, its patch rows); an entry leaves when its map is freed
-_PATCHES = {}
-
-
 def _im2col(x, kernel_size, stride, padding):
-    """Patch rows (B H_out W_out, C kh kw) of a (B, C, H, W) map (:func:`.train_kernels.im2col_rows`).
-
-    The rows of a map are kept while the map lives (device arrays are not written in place by the
-    step): a conv stage's weight gradient reads the patches its forward pass built, as the
-    device step always did, instead of rebuilding the largest tensor of the step.
-    """
+    """Patch rows (B H_out W_out, C kh kw) of a (B, C, H, W) map (:func:`.train_kernels.im2col_rows`)."""
     from . import train_kernels as kt
-    kh, kw, sh, sw, ph, pw = geometry = _geometry(kernel_size, stride, padding)
-    entry = _PATCHES.get(id(x))
-    if entry is not None and entry[0]() is x and entry[1] == geometry:
-        return entry[2]
+    kh, kw, sh, sw, ph, pw = _geometry(kernel_size, stride, padding)
     ho, wo = _out_hw(x.shape[2:], kernel_size, stride, padding)
     cols = empty((x.shape[0] * ho * wo, x.shape[1] * kh * kw), x.dtype)
     launch(kt.im2col_rows, cols.size, x, kh, kw, sh, sw, ph, pw, cols)
-    key = id(x)
-    _PATCHES[key] = (weakref.ref(x, lambda _, key=key: _PATCHES.pop(key, None)), geometry, cols)
     return cols
 
 
@@ -245,15 +230,17 @@ class DeviceStepOperations(StepOperations):
     # -- convolution --------------------------------------------------------------------------------------
 
     @_device_or_host
-    def conv_forward(self, x, weight, bias, stride, padding):
+    def conv_patches(self, x, kernel_size, stride, padding):
+        return _im2col(x, kernel_size, stride, padding)
+
+    @_device_or_host
+    def conv_forward(self, cols, weight, bias, out_shape):
         from . import train_kernels as kt
-        cols = _im2col(x, weight.shape[2:], stride, padding)
-        rows = empty((cols.shape[0], weight.shape[0]), x.dtype)
+        rows = empty((cols.shape[0], weight.shape[0]), cols.dtype)
         gemm(cols, flat2(weight), rows, trans_b=True)
-        ho, wo = _out_hw(x.shape[2:], weight.shape[2:], stride, padding)
-        a = empty((x.shape[0], weight.shape[0], ho, wo), x.dtype)
+        a = empty(tuple(int(n) for n in out_shape), cols.dtype)
         use_bias = bias is not None
-        launch(kt.rows_to_map, a.size, rows, bias if use_bias else empty((1,), x.dtype), use_bias, a)
+        launch(kt.rows_to_map, a.size, rows, bias if use_bias else empty((1,), cols.dtype), use_bias, a)
         return a
 
     @_device_or_host
@@ -268,15 +255,14 @@ class DeviceStepOperations(StepOperations):
         return out
 
     @_device_or_host
-    def conv_param_grads(self, x, g_a, kernel_size, stride, padding):
+    def conv_param_grads(self, cols, g_a, weight_shape):
         from . import train_kernels as kt
-        cols = _im2col(x, kernel_size, stride, padding)
         g_rows = _to_rows(g_a)
         g_w = empty((g_a.shape[1], cols.shape[1]), g_a.dtype)
         gemm(g_rows, cols, g_w, trans_a=True)
         g_b = empty((g_a.shape[1],), g_a.dtype)
         launch(kt.column_sum, g_rows.shape[1], g_rows, np.dtype(g_a.dtype).type(1), g_b)
-        return g_w.reshape((g_a.shape[1], x.shape[1]) + tuple(int(n) for n in kernel_size)), g_b
+        return g_w.reshape(tuple(int(n) for n in weight_shape)), g_b
 
     # -- batch normalization ------------------------------------------------------------------------------
 
