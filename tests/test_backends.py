@@ -39,8 +39,9 @@ def _pm1(rng, shape, dtype=np.float32):
 def test_interface_is_complete():
     """Every registered backend class implements every operation of the interface."""
     methods = abstract_methods()
-    assert {"flip_propagate_dense", "flip_propagate_conv", "sample_states", "st_factor", "psa_preactivation_grad",
-            "xnor_matmul", "xnor_matmul_threshold", "binary_conv2d", "binary_conv2d_threshold"} <= set(methods)
+    assert {"flip_propagate_dense", "flip_propagate_conv", "sample_states", "st_preactivation_grad",
+            "psa_preactivation_grad", "xnor_matmul", "xnor_matmul_threshold", "binary_conv2d",
+            "binary_conv2d_threshold"} <= set(methods)
     assert set(step_operations()) <= set(methods) and "dense_forward" in step_operations()
     from sbnnumba.backends.registry import _CLASSES
     for name, cls in _CLASSES.items():
@@ -92,8 +93,10 @@ def test_elementwise_agree(backend, noise_name):
     x = backend.sample_states(a, u, noise)
     np.testing.assert_array_equal(x, ref.sample_states(a, u, noise))
     assert x.dtype == np.float32
-    np.testing.assert_allclose(backend.st_factor(a, noise), ref.st_factor(a, noise), rtol=1e-5, atol=1e-6)
     d = rng.normal(size=a.shape).astype(np.float32)
+    np.testing.assert_allclose(backend.st_preactivation_grad(a, d, noise), ref.st_preactivation_grad(a, d, noise),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(ref.st_preactivation_grad(a, d, noise), noise.mean_grad(a) * d)  # bit for bit
     np.testing.assert_allclose(backend.psa_preactivation_grad(x, a, d, noise),
                                ref.psa_preactivation_grad(x, a, d, noise), rtol=1e-5, atol=1e-6)
 

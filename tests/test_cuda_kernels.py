@@ -368,7 +368,7 @@ def test_binary_conv():
 
 
 def test_elementwise():
-    """Sampling from pre-drawn uniforms, the ST factor 2 p(a) and the PSA factor -x p(a) d."""
+    """Sampling from pre-drawn uniforms, the ST gradient 2 p(a) g and the PSA factor -x p(a) d."""
     from sbnnumba.noise import get_noise
     rng = np.random.default_rng(9)
     for noise in NOISES:
@@ -377,8 +377,8 @@ def test_elementwise():
         u = rng.random(a.shape).astype(np.float32)
         x = ops.sample_states(a, u, nz.code)
         equal(x, nz.sample(a, u), f"sample {noise}")
-        close(ops.st_factor(a, nz.code), nz.mean_grad(a), f"st factor {noise}", atol=1e-6)
         d = rng.normal(size=a.shape).astype(np.float32)
+        close(ops.st_preactivation_grad(a, d, nz.code), nz.mean_grad(a) * d, f"st grad {noise}", atol=1e-6)
         close(ops.psa_preactivation_grad(x, a, d, nz.code), -x * nz.pdf(a) * d, f"psa grad {noise}", atol=1e-6)
 
 

@@ -21,7 +21,7 @@ Operations (spec psa.md for the PSA formulas; :mod:`sbnnumba.bitpack` for the pa
                                ``Delta = F(-x_out (a - 2 W[j,i] x_in)) - F(-x_out a)``
 ``flip_propagate_conv``        the same sum over the receptive fields of a convolution
 ``sample_states``              ``x = +1 if u < F(a) else -1`` from given uniforms ``u``
-``st_factor``                  ``2 p(a)`` (deep ST's backward factor)
+``st_preactivation_grad``      ``g_a = 2 p(a) g`` (deep ST's backward factor ``2 p(a)`` applied)
 ``psa_preactivation_grad``     ``g_a = -x p(a) d``
 ``xnor_matmul``                ``out[i,j] = k - 2 popcount(A[i] XOR B[j])`` (int32)
 ``xnor_matmul_threshold``      packed ``sign(dot - t) * s`` (s = -1 where ``flip``)
@@ -120,8 +120,9 @@ class Backend(StepOperations):
         """Binary states ``x = +1 if u < F(a) else -1`` from uniforms ``u`` (shape and dtype of ``a``)."""
 
     @abc.abstractmethod
-    def st_factor(self, a, noise):
-        """Deep-ST backward factor ``2 p(a)``, the derivative of the mean response ``2 F(a) - 1``."""
+    def st_preactivation_grad(self, a, g, noise):
+        """Deep-ST pre-activation gradient ``g_a = 2 p(a) g``: ``2 p(a)``, the derivative of the mean response
+        ``2 F(a) - 1``, replaces ``dx/da``; all of one shape."""
 
     @abc.abstractmethod
     def psa_preactivation_grad(self, x, a, d, noise):

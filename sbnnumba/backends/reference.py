@@ -58,8 +58,11 @@ class ReferenceBackend(Backend):
         a = np.asarray(a)
         return np.where(np.asarray(u) < noise.cdf(a), 1, -1).astype(a.dtype)
 
-    def st_factor(self, a, noise):
-        return noise.mean_grad(a)
+    def st_preactivation_grad(self, a, g, noise):
+        factor = noise.mean_grad(a)  # a new array: multiplied in place (same bits as factor * g, one array less)
+        if factor.shape == np.shape(g) and np.result_type(factor, g) == factor.dtype:
+            return np.multiply(factor, g, out=factor)
+        return factor * g
 
     def psa_preactivation_grad(self, x, a, d, noise):
         # the expression (and order) of the estimators before the backend layer: seeded runs stay bit-identical

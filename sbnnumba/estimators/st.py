@@ -38,29 +38,47 @@ PROXIES = {
 }
 
 
-def backward_factor(net, proxy):
-    """The function ``phi(a)`` replacing ``dx/da`` for the given proxy choice.
+def backward_factor(proxy):
+    """The function ``phi(a)`` replacing ``dx/da`` for a proxy other than the network's own noise.
 
     Parameters
     ----------
-    net : Network
-    proxy : None or str
-        None (the network's own noise: ``2 p(a)``, on the network's backend), a noise-family name
-        (``2 p_proxy``, host arrays), or one of :data:`PROXIES` (host arrays).
+    proxy : str
+        A noise-family name (``2 p_proxy``) or one of :data:`PROXIES` (host arrays).
 
     Returns
     -------
     callable
         ``a -> phi(a)``, the shape of ``a``.
     """
-    if proxy is None:
-        return functools.partial(net.backend.st_factor, noise=net.noise)
     if proxy in PROXIES:
         return PROXIES[proxy]
     try:
         return get_noise(proxy).mean_grad
     except ValueError:
         raise ValueError(f"proxy: expected None, a noise name or one of {sorted(PROXIES)}, got {proxy!r}") from None
+
+
+def preactivation_grad(net, proxy):
+    """The map ``(a, delta) -> g_a = phi(a) delta`` of ST's backward pass.
+
+    Parameters
+    ----------
+    net : Network
+    proxy : None or str
+        None: the network's own noise, ``phi = 2 p(a)``, one backend operation on the network's backend
+        (:meth:`~sbnnumba.backends.base.Backend.st_preactivation_grad`); else :func:`backward_factor` (host
+        arrays).
+
+    Returns
+    -------
+    callable
+        ``(a, delta) -> g_a``, the shape of ``a``.
+    """
+    if proxy is None:
+        return functools.partial(net.backend.st_preactivation_grad, noise=net.noise)
+    factor = backward_factor(proxy)
+    return lambda a, delta: net.backend.multiply(factor(a), delta)
 
 
 def st_path_gradient(net, path, y, weights, proxy=None):
@@ -75,7 +93,7 @@ def st_path_gradient(net, path, y, weights, proxy=None):
     weights : array (B,)
         Per-example weights.
     proxy : None or str
-        The backward factor (:func:`backward_factor`); proxies other than None run on host arrays.
+        The backward factor (:func:`preactivation_grad`); proxies other than None run on host arrays.
 
     Returns
     -------
@@ -85,7 +103,7 @@ def st_path_gradient(net, path, y, weights, proxy=None):
         The keys and shapes of ``net.params``.
     """
     be = net.backend
-    factor = backward_factor(net, proxy)
+    grad_a = preactivation_grad(net, proxy)
     x_last = flat_last_state(path)
     loss0, g_eta = be.softmax_xent(path.logits, y)
     g_eta = be.scale_rows(g_eta, weights)
@@ -95,7 +113,7 @@ def st_path_gradient(net, path, y, weights, proxy=None):
     layers = path_layers(net, path)
     for k in range(len(layers) - 1, -1, -1):
         layer, st = layers[k], path.stages[k]
-        g_a = be.multiply(factor(st.pre), delta.reshape(st.pre.shape))
+        g_a = grad_a(st.pre, delta.reshape(st.pre.shape))
         add_layer_grads(grads, f"stages.{k}", layer.param_grads(st.input, g_a, st.saved))
         if k > 0:
             delta = layer.backward_input(g_a, st.input.shape[1:])
@@ -113,7 +131,7 @@ def st_deterministic(net, x, y, rng, proxy=None):
     rng : numpy.random.Generator
         Samples the Bernoulli weights (if any).
     proxy : None or str
-        The backward factor (:func:`backward_factor`).
+        The backward factor (:func:`preactivation_grad`).
 
     Returns
     -------

@@ -59,8 +59,8 @@ class CudaBackend(DeviceStepOperations, Backend):
     def sample_states(self, a, u, noise):
         return ops.sample_states(a, u, noise.code)
 
-    def st_factor(self, a, noise):
-        return ops.st_factor(a, noise.code)
+    def st_preactivation_grad(self, a, g, noise):
+        return ops.st_preactivation_grad(a, g, noise.code)
 
     def psa_preactivation_grad(self, x, a, d, noise):
         return ops.psa_preactivation_grad(x, a, d, noise.code)

@@ -41,7 +41,7 @@ Bit-packed kernels (layout of :mod:`sbnnumba.bitpack`: bit set = -1, zero paddin
 * :func:`sign_pack_channels`: packed ``sign(dot - t) * flip`` of conv outputs, channels last.
 
 Element-wise (flat arrays): :func:`sample_states` (``x = +1 if u < F(a) else -1``),
-:func:`st_factor` (``2 p(a)``), :func:`psa_preactivation_grad` (``-x p(a) d``), the PSA
+:func:`st_preactivation_grad` (``2 p(a) g``), :func:`psa_preactivation_grad` (``-x p(a) d``), the PSA
 preparation kernels :func:`ratio_units`, :func:`reach_rows`, :func:`generic_units`, :func:`exp2`,
 :func:`exp2_transpose`.
 
@@ -249,11 +249,11 @@ def sample_states(code, a, u, x):
 
 
 @cuda.jit
-def st_factor(code, a, out):
-    """Deep-ST backward factor ``out = 2 p(a)`` (flat)."""
+def st_preactivation_grad(code, a, g, out):
+    """Deep-ST pre-activation gradient ``out = 2 p(a) g`` (flat)."""
     i = cuda.grid(1)
     if i < a.shape[0]:
-        out[i] = 2 * pdf(code, a[i])
+        out[i] = 2 * pdf(code, a[i]) * g[i]
 
 
 @cuda.jit

@@ -6,7 +6,7 @@ r"""The operations of the ``cuda`` backend: launch configurations around :mod:`.
 * Packed: :func:`xnor_matmul`, :func:`xnor_matmul_threshold`, :func:`binary_conv2d`,
   :func:`binary_conv2d_threshold`, on operands validated by :mod:`sbnnumba.bitpack` (packed words,
   int64 thresholds rounded up and clipped, bool flips).
-* Element-wise: :func:`sample_states`, :func:`st_factor`, :func:`psa_preactivation_grad`.
+* Element-wise: :func:`sample_states`, :func:`st_preactivation_grad`, :func:`psa_preactivation_grad`.
 
 Arrays follow :mod:`sbnnumba.backends.cuda.device`: host or device arrays in, a device result if any input was on the
 device, else a NumPy result; host weights go through the device weight cache.
@@ -431,12 +431,13 @@ def sample_states(a, u, noise_code):
     return _elementwise(k.sample_states, noise_code, (a, u), ("a", "u"), _working_dtype(a))
 
 
-def st_factor(a, noise_code):
-    """Deep-ST backward factor ``2 p(a)`` (the derivative of the mean response ``2F(a) - 1``).
+def st_preactivation_grad(a, g, noise_code):
+    """Deep-ST pre-activation gradient ``g_a = 2 p(a) g`` (``2 p(a)``: the derivative of the mean response
+    ``2F(a) - 1``).
 
     Parameters
     ----------
-    a : array
+    a, g : arrays of one shape
     noise_code : int
 
     Returns
@@ -445,7 +446,7 @@ def st_factor(a, noise_code):
     """
     from . import kernels as k
     require_cuda()
-    return _elementwise(k.st_factor, noise_code, (a,), ("a",), _working_dtype(a))
+    return _elementwise(k.st_preactivation_grad, noise_code, (a, g), ("a", "g"), _working_dtype(a))
 
 
 def psa_preactivation_grad(x, a, d, noise_code):

@@ -88,7 +88,8 @@ def ptx_checks():
                                        (k.generic_units, sig(0, f1, f1, f1, f1, f1)),
                                        (k.exp2, sig(f1, one, f1)), (k.exp2_transpose, sig(f2, one, f2)),
                                        (k.sum_axis1, sig((3, dt), f2))]
-        checks[f"ptx_elementwise_{name}"] = [(k.sample_states, sig(0, f1, f1, f1)), (k.st_factor, sig(0, f1, f1)),
+        checks[f"ptx_elementwise_{name}"] = [(k.sample_states, sig(0, f1, f1, f1)),
+                                             (k.st_preactivation_grad, sig(0, f1, f1, f1)),
                                              (k.psa_preactivation_grad, sig(0, f1, f1, f1, f1))]
         f3, i1 = (3, dt), (1, np.int32)
         checks[f"ptx_gemm_{name}"] = [(kg.gemm_kernel(name, ta, tb, **kg.GEMM_TILES), sig(f2, f2, one, one, f2))
