@@ -8,8 +8,9 @@ r"""The ``cpu`` backend: the Numba kernels of :mod:`sbnnumba.kernels` (``@njit(p
   :mod:`sbnnumba.kernels.sampling`).
 * PSA head differences: two fused Numba passes around NumPy's ``exp`` and ``log``
   (:func:`sbnnumba.kernels.head.flip_losses`, bit for bit the reference backend's).
-* The element-wise PSA / ST factors are memory-bound NumPy expressions, the same as the reference
-  backend's (inherited), so seeded runs are bit-identical to the host step before the backend layer; PSA's
+* The element-wise PSA / ST gradients are the reference backend's (inherited), so seeded runs are
+  bit-identical to the host step before the backend layer: NumPy expressions, the logistic density in
+  the three passes of :mod:`sbnnumba.kernels.density`, deep ST's factor multiplied in place; PSA's
   pre-activation gradient goes through the family's :meth:`~sbnnumba.noise.NoiseFamily.psa_grad` (for logistic
   noise one fused Numba pass after NumPy's ``exp``, with the same bits).
 * Convolutions: the reference backend's patch matrix and GEMMs (same shapes, same bits); the input
