@@ -64,6 +64,7 @@ from .estimators.registry import estimate, lookup
 from .estimators.relaxations import binary_moment_map
 from .fileio import atomic_write, atomic_write_text
 from .network import Network, Path, StageSample
+from .progress import progress_bar
 from .runtime import limited_threads
 
 # ARM with its suffix noise named: the plots and tables say which variant they show (the PSA paper's
@@ -241,7 +242,7 @@ def train_checkpoints(net: Network, x: np.ndarray, y: np.ndarray, epochs: Iterab
     wanted = sorted(set(int(e) for e in epochs))
     snaps = {0: {k: v.copy() for k, v in net.params.items()}} if 0 in wanted else {}
     opt = SGD(lr=lr, momentum=momentum)
-    bar = _tqdm(range(1, max(wanted) + 1), desc=f"train ({method})", disable=not progress)
+    bar = progress_bar(range(1, max(wanted) + 1), desc=f"train ({method})", enabled=progress)
     for epoch in bar:
         for xb, yb in iterate_minibatches(x, y, batch_size, rng=rng):
             _, grads = estimate(method, net, xb, yb, rng=rng)
@@ -251,12 +252,6 @@ def train_checkpoints(net: Network, x: np.ndarray, y: np.ndarray, epochs: Iterab
         if epoch in wanted:
             snaps[epoch] = {k: v.copy() for k, v in net.params.items()}
     return snaps
-
-
-def _tqdm(iterable=None, **kw):
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, leave=False, dynamic_ncols=True, **kw)
 
 
 # ------------------------------------------------------------------------------------- draws
@@ -389,7 +384,7 @@ def draw_gradients(net: Network, x: np.ndarray, y: np.ndarray, name: str, option
         raise ValueError(f"chunk: expected an integer >= 1, got {chunk!r}")
     seed = [int(s) for s in np.atleast_1d(seed)]
     sizes = [min(chunk, draws - start) for start in range(0, draws, chunk)]
-    bar = _tqdm(total=draws, desc=desc or name, disable=not progress)
+    bar = progress_bar(total=draws, desc=desc or name, enabled=progress)
     if executor is None:
         blocks = []
         for b, count in enumerate(sizes):

@@ -29,3 +29,17 @@ def test_twenty_random_kills_each_resume_bit_identical(tmp_path):
 def test_two_hundred_random_kills(tmp_path):
     figures = _campaigns(200, 2, tmp_path)
     assert figures["kills"] >= 200
+
+
+def test_hidden_progress_takes_no_cross_process_lock():
+    """A run without progress bars must not take tqdm's multiprocessing lock: a run killed while holding it
+    leaves it held, and every process forked after it from the same parent hangs at its next bar (seen:
+    forked fault-test runs blocked in ``tqdm.__new__``). Checked in a fresh interpreter."""
+    code = ("import numpy as np, tqdm.std as t; from sbnnumba import architectures, training; "
+            "net = architectures.build('mlp', (4,), 2, rng=0, hidden=[3]); "
+            "x = np.random.default_rng(0).uniform(size=(32, 4)).astype(np.float32); "
+            "y = np.arange(32) % 2; "
+            "training.fit(net, (x, y, x[:8], y[:8]), epochs=1, batch_size=8, progress=False, verbose=False, "
+            "plots=False, eval_samples=1, train_eval_size=0); "
+            "assert getattr(t.TqdmDefaultWriteLock, 'mp_lock', None) is None, 'tqdm multiprocessing lock created'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)

@@ -46,6 +46,7 @@ from .. import datasets, optim
 from ..estimators import registry as _registry
 from ..fileio import RunLock
 from ..inputs import convention_of
+from ..progress import progress_bar
 from .checkpoint import (
     CHECKPOINT_NAME,
     FORMAT_VERSION,
@@ -308,11 +309,9 @@ class Trainer:
         TrainingDiverged
             At a non-finite loss, gradient or parameter.
         """
-        from tqdm.auto import tqdm
-
         self.net.train()
-        bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch}/{self.config.epochs}", unit="batch",
-                   disable=not self.config.progress, leave=False, dynamic_ncols=True)
+        bar = progress_bar(total=self.steps_per_epoch, desc=f"epoch {epoch}/{self.config.epochs}", unit="batch",
+                           enabled=self.config.progress)
         try:
             if self.device is not None:
                 total = self.device.run(self.config.batch_size, self.rng, lambda: bar.update(1))
