@@ -27,7 +27,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from .kernels.optim_rules import FlatLists, adam_lists, chunk_table, sgd_lists
+from .kernels.optim_rules import FlatViews, adam_lists, chunk_table, sgd_lists
 from .runtime import kernel_threads
 from .validation import check_positive_int, check_real
 
@@ -207,7 +207,7 @@ class Optimizer:
         self.state: dict[str, dict[str, np.ndarray]] = {}
         self._keys: tuple[str, ...] | None = None
         self._shapes: dict[str, tuple[int, ...]] = {}
-        self._lists = FlatLists()  # typed lists of the parameters and buffers for the fused update pass
+        self._lists = FlatViews()  # flat views of the parameters and buffers for the fused update pass
         self._chunks: dict[tuple[int, ...], np.ndarray] = {}
 
     # -- learning rate ---------------------------------------------------------------------------
@@ -306,7 +306,7 @@ class Optimizer:
         gs = self._clip(params, grads)
         lr = self.lr
         t = self.step_count + 1
-        groups: dict[np.dtype, list] = {}  # one fused pass per dtype (a typed list holds one array type)
+        groups: dict[np.dtype, list] = {}  # one fused pass per dtype (a UniTuple holds one array type)
         for k, p in params.items():
             _flat_view(p, k)  # C-contiguous, or the update could not be written through a flat view
             groups.setdefault(p.dtype, []).append((k, p, self._prepare(k, p, gs[k], lr)))

@@ -373,7 +373,7 @@ def _numpy_rule(opt, p, g, state, t, lr):
 def test_fused_pass_equals_the_rule_per_parameter_bit_for_bit(make, threads, monkeypatch):
     """One parallel pass over arrays of several sizes (one larger than a chunk, so it spans several) and two
     dtypes gives each entry the bits of the rule applied to that parameter alone; a parameter replaced by a new
-    array between steps is updated (the kept typed lists follow the arrays)."""
+    array between steps is updated (the kept tuples of flat views follow the arrays)."""
     import numba
 
     from sbnnumba import runtime

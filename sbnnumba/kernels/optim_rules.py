@@ -26,7 +26,6 @@ import math
 import numba
 import numpy as np
 from numba.extending import register_jitable
-from numba.typed import List
 
 
 @register_jitable
@@ -99,8 +98,8 @@ def _adam_run(p, g, m, v, b1, one_minus_b1, b2, one_minus_b2, bc2, eps, lr_bc1):
 
 @numba.njit(cache=True, parallel=True, error_model="numpy")
 def adam_lists(ps, gs, ms, vs, chunks, b1, one_minus_b1, b2, one_minus_b2, bc2, eps, lr_bc1):
-    """:func:`adam_rule` over every entry of the flat arrays ``ps[j]``, ``gs[j]``, ``ms[j]``, ``vs[j]`` (typed
-    lists, updated in place except ``gs``), one prange over the rows of ``chunks`` (n_chunks, 3)."""
+    """:func:`adam_rule` over every entry of the flat arrays ``ps[j]``, ``gs[j]``, ``ms[j]``, ``vs[j]`` (tuples
+    of flat arrays, updated in place except ``gs``), one prange over the rows of ``chunks`` (n_chunks, 3)."""
     for c in numba.prange(chunks.shape[0]):
         j, lo, hi = chunks[c, 0], chunks[c, 1], chunks[c, 2]
         _adam_run(ps[j][lo:hi], gs[j][lo:hi], ms[j][lo:hi], vs[j][lo:hi], b1, one_minus_b1, b2, one_minus_b2, bc2,
@@ -119,9 +118,9 @@ def _sgd_run(p, g, buf, lr, momentum, nesterov, first):
 
 @numba.njit(cache=True, parallel=True, error_model="numpy")
 def sgd_lists(ps, gs, bufs, firsts, chunks, lr, momentum, nesterov):
-    """:func:`sgd_rule` over every entry of the flat arrays ``ps[j]``, ``gs[j]``, ``bufs[j]`` (typed lists; ``ps``
-    and ``bufs`` updated in place; with ``momentum == 0`` ``bufs`` is neither read nor written), ``firsts[j]``
-    whether array ``j``'s buffer starts now; one prange over the rows of ``chunks`` (n_chunks, 3)."""
+    """:func:`sgd_rule` over every entry of the flat arrays ``ps[j]``, ``gs[j]``, ``bufs[j]`` (tuples of flat
+    arrays; ``ps`` and ``bufs`` updated in place; with ``momentum == 0`` ``bufs`` is neither read nor written),
+    ``firsts[j]`` whether array ``j``'s buffer starts now; one prange over the rows of ``chunks`` (n_chunks, 3)."""
     for c in numba.prange(chunks.shape[0]):
         j, lo, hi = chunks[c, 0], chunks[c, 1], chunks[c, 2]
         _sgd_run(ps[j][lo:hi], gs[j][lo:hi], bufs[j][lo:hi], lr, momentum, nesterov, firsts[j])
@@ -149,19 +148,22 @@ def chunk_table(sizes):
     return np.array(rows, dtype=np.int64).reshape(-1, 3)
 
 
-class FlatLists:
-    """Numba typed lists of the flat views of groups of arrays, kept from call to call.
+class FlatViews:
+    """Tuples of the flat views of groups of arrays, kept from call to call, for the fused update passes.
 
-    Building a typed list costs about 7 us per array, replacing an item about 1 us; the parameters and the
-    optimizer's buffers are the same arrays from step to step (updated in place) and the gradients change, so a
-    group's list is kept and only the items whose array changed (by identity) are replaced.
+    A tuple of same-typed arrays is a Numba ``UniTuple``: the kernels compiled for it are cached on disk like any
+    other signature (one per number of arrays). A ``numba.typed.List`` is not: its methods are compiled in every
+    new process, about 0.9 s of CPU at the first list (measured), which every sweep worker and every new training
+    process paid. The parameters and the optimizer's buffers are the same arrays from step to step (updated in
+    place) and the gradients change, so a group's tuple is kept and rebuilt only when an array changed (by
+    identity).
     """
 
     def __init__(self):
         self._kept = {}
 
     def get(self, role, arrays):
-        """The typed list of ``a.reshape(-1)`` for the C-contiguous ``arrays``, kept for ``role``.
+        """The tuple of ``a.reshape(-1)`` for the C-contiguous ``arrays``, kept for ``role``.
 
         Parameters
         ----------
@@ -171,16 +173,11 @@ class FlatLists:
 
         Returns
         -------
-        numba.typed.List
+        tuple of ndarray
+            One flat view per array.
         """
         arrays = list(arrays)
         kept = self._kept.get(role)
-        if kept is None or len(kept[0]) != len(arrays):
-            kept = self._kept[role] = (arrays, List([a.reshape(-1) for a in arrays]))
-            return kept[1]
-        held, flat = kept
-        for i, a in enumerate(arrays):
-            if a is not held[i]:
-                flat[i] = a.reshape(-1)
-                held[i] = a
-        return flat
+        if kept is None or len(kept[0]) != len(arrays) or any(a is not h for a, h in zip(arrays, kept[0])):
+            kept = self._kept[role] = (arrays, tuple(a.reshape(-1) for a in arrays))
+        return kept[1]
