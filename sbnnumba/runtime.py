@@ -34,10 +34,12 @@ element-wise pass such as sampling or an optimizer update, multiply-adds ``m n k
 ``w_min`` = :data:`MIN_WORK_PER_THREAD` (2^20 connections, about 0.2 ms of a flip kernel on one core; 2^16
 elements, about 0.2 ms of sampling with one ``exp`` each; 2^21 entries of an optimizer update, about 1.3 ms of Adam,
 a memory-bound pass that two threads speed up by only about 13 % on an idle machine and slow down with a core
-kept busy; 2^22 multiply-adds, about 0.1 ms of a float32 GEMM on one core, 16 times OpenBLAS's own
-threshold): a call runs on a second thread only when that thread gets about as much work as the time a late
-thread can cost. The flip kernels, the sampling kernel and the optimizers' fused update pass apply it to their
-Numba calls (:func:`kernel_threads`; their results do not depend on the thread count).
+kept busy; 2^20 entries of a copy or a sum of a few terms each (the im2col / col2im and layout passes of the
+convolution step), about 0.3 ms on one core; 2^22 multiply-adds, about 0.1 ms of a float32 GEMM on one core,
+16 times OpenBLAS's own threshold): a call runs on a second thread only when that thread gets about as much work
+as the time a late thread can cost. The flip kernels, the sampling kernel, the convolution step's copies and the
+optimizers' fused update pass apply it to their Numba calls (:func:`kernel_threads`; their results do not depend
+on the thread count).
 
 **Matrix products** (:func:`gemm`, every product of the layers' training step) are not left to BLAS's own
 threads: OpenBLAS's threaded GEMM splits a product statically and synchronizes its threads several times
@@ -162,10 +164,10 @@ def get_num_threads() -> int:
 
 #: Work per thread below which a call gets fewer threads (:func:`call_threads`): flip-propagation connections
 #: ("numba"), elements of an element-wise pass with a transcendental function each ("elementwise"), entries of an
-#: optimizer update ("update": memory-bound, about 0.6 ns an entry, so a thread needs many to be worth a late start)
-#: and GEMM
-#: multiply-adds ("gemm").
-MIN_WORK_PER_THREAD = {"numba": 1 << 20, "elementwise": 1 << 16, "update": 1 << 21, "gemm": 1 << 22}
+#: optimizer update ("update": memory-bound, about 0.6 ns an entry, so a thread needs many to be worth a late start),
+#: entries written by a copy or a sum of a few terms each ("copy": im2col, col2im, layout changes; about 0.3 ns an
+#: entry) and GEMM multiply-adds ("gemm").
+MIN_WORK_PER_THREAD = {"numba": 1 << 20, "elementwise": 1 << 16, "update": 1 << 21, "copy": 1 << 20, "gemm": 1 << 22}
 
 
 def call_threads(work, kind, threads):
@@ -174,10 +176,9 @@ def call_threads(work, kind, threads):
     Parameters
     ----------
     work : int
-        Connections (``kind="numba"``), elements (``kind="elementwise"``), parameter entries (``kind="update"``)
-        or multiply-adds ``m n k``
-        (``kind="gemm"``) of the call.
-    kind : {"numba", "elementwise", "update", "gemm"}
+        Connections (``kind="numba"``), elements (``kind="elementwise"``), parameter entries (``kind="update"``),
+        entries written (``kind="copy"``) or multiply-adds ``m n k`` (``kind="gemm"``) of the call.
+    kind : {"numba", "elementwise", "update", "copy", "gemm"}
         Key of :data:`MIN_WORK_PER_THREAD` (``w_min``).
     threads : int
         The threads the caller may use (``T`` of the module docstring).
@@ -201,9 +202,9 @@ def kernel_threads(work, kind="numba"):
     Parameters
     ----------
     work : int
-        Connections (``kind="numba"``), elements (``kind="elementwise"``) or parameter entries
-        (``kind="update"``) of the block's kernels.
-    kind : {"numba", "elementwise", "update"}
+        Connections (``kind="numba"``), elements (``kind="elementwise"``), parameter entries
+        (``kind="update"``) or entries written (``kind="copy"``) of the block's kernels.
+    kind : {"numba", "elementwise", "update", "copy"}
         Key of :data:`MIN_WORK_PER_THREAD`.
 
     Yields

@@ -1,12 +1,14 @@
-"""The host convolution step: the Numba col2im kernel, the cpu backend's chunked input gradient
+"""The host convolution step: the Numba im2col and col2im kernels, the cpu backend's chunked input gradient
 (bit-identical to the reference's single GEMM), and the patch matrix built once per stage and step."""
 import numpy as np
 import pytest
 
 import sbnnumba as sb
+from sbnnumba import runtime
 from sbnnumba.backends import get_backend
 from sbnnumba.backends.cpu import CpuBackend, batch_chunks
-from sbnnumba.kernels import col2im, conv_reference
+from sbnnumba.backends.reference import _channel_major, _cols, _examples_inner, _gemm_to_map
+from sbnnumba.kernels import col2im, conv_reference, im2col, map_order
 
 # (map shape, weight shape, stride, padding): chunked (several chunks), 1x1 maps with a batch large
 # enough for two chunks, strided / padded / rectangular, and one chunk only.
@@ -36,6 +38,63 @@ def test_cpu_chunked_input_gradient_is_bit_identical(case):
                                    @ w.reshape(wshape[0], -1).astype(np.float64)), shape[1:], wshape[2:], stride,
                                   padding)
     np.testing.assert_allclose(got, exact, rtol=1e-4, atol=1e-4)
+
+
+IM2COL_CASES = [
+    ((5, 3, 12, 10), (3, 3), (1, 1), (0, 0)),
+    ((4, 2, 9, 11), (3, 2), (2, 3), (1, 2)),    # strided, padded, rectangular
+    ((3, 2, 5, 4), (2, 3), (1, 1), (3, 4)),      # padding wider than the kernel: whole rows of zeros
+    ((6, 4, 7, 7), (1, 1), (3, 2), (0, 0)),      # 1x1 kernel, stride skipping input columns
+    ((2, 1, 28, 28), (5, 5), (2, 2), (2, 2)),
+    ((0, 3, 6, 6), (3, 3), (1, 1), (1, 1)),      # empty batch
+]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int8])
+@pytest.mark.parametrize("case", IM2COL_CASES)
+def test_im2col_kernel_is_the_reference_copy(case, dtype, threads, monkeypatch):
+    """The Numba im2col equals the reference backend's NumPy copy of the strided windows bit for bit (so
+    every seeded run is unchanged), on one thread and split over two (``w_min`` lowered so that every call
+    is split), and reads non-contiguous maps correctly."""
+    shape, kernel_size, stride, padding = case
+    monkeypatch.setitem(runtime.MIN_WORK_PER_THREAD, "copy", 1)
+    rng = np.random.default_rng(9)
+    x = (rng.normal(size=shape) * 50).astype(dtype)
+    want = _cols(x, kernel_size, stride, padding)
+    with runtime.limited_threads(threads):
+        got = im2col.im2col(x, kernel_size, stride, padding)
+        strided = im2col.im2col(np.asfortranarray(x), kernel_size, stride, padding)
+    assert got.dtype == x.dtype and got.flags.c_contiguous and got.shape == want.shape
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(strided, want)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape", [(5, 3, 4, 6), (7, 2, 1, 1), (3, 5, 9, 1), (0, 2, 3, 3)])
+def test_map_order_copies_are_the_reference_copies(shape, threads, monkeypatch):
+    """The cpu backend's parallel order changes equal the reference's NumPy copies bit for bit: the forward
+    product to a batch-first map (with and without a bias, float32 and a float64 bias cast first), the
+    channel-major gradient, and the examples-innermost chunks of the input gradient."""
+    monkeypatch.setitem(runtime.MIN_WORK_PER_THREAD, "copy", 1)  # every call split over `threads` threads
+    rng = np.random.default_rng(11)
+    n_batch, c, h, w = shape
+    g = rng.normal(size=shape).astype(np.float32)
+    prod = rng.normal(size=(c, n_batch * h * w)).astype(np.float32)
+    eye = np.eye(c, dtype=np.float32)
+    with runtime.limited_threads(threads):
+        for bias in (None, rng.normal(size=c).astype(np.float32), rng.normal(size=c)):
+            want = _gemm_to_map(prod, eye, n_batch, (h, w), bias)  # eye @ prod is prod exactly
+            got = map_order.batch_first(prod, n_batch, (h, w), bias)
+            assert got.flags.c_contiguous and got.dtype == np.float32
+            np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(map_order.channel_major(g), _channel_major(g))
+        np.testing.assert_array_equal(map_order.channel_major(g.transpose(0, 1, 3, 2)),
+                                      _channel_major(g.transpose(0, 1, 3, 2)))
+        chunks = batch_chunks(n_batch, h * w, columns=7) if n_batch else [(0, 0)]
+        for (b0, b1), block in zip(chunks, map_order.examples_inner_chunks(g, chunks)):
+            assert block.flags.c_contiguous
+            np.testing.assert_array_equal(block, _examples_inner(g[b0:b1]))
 
 
 @pytest.mark.parametrize("n_batch, n_pos", [(64, 576), (64, 121), (64, 1), (2500, 1), (7, 3), (1, 1), (0, 9),

@@ -13,7 +13,9 @@ r"""The ``cpu`` backend: the Numba kernels of :mod:`sbnnumba.kernels` (``@njit(p
   the three passes of :mod:`sbnnumba.kernels.density`, deep ST's factor multiplied in place; PSA's
   pre-activation gradient goes through the family's :meth:`~sbnnumba.noise.NoiseFamily.psa_grad` (for logistic
   noise one fused Numba pass after NumPy's ``exp``, with the same bits).
-* Convolutions: the reference backend's patch matrix and GEMMs (same shapes, same bits); the input
+* Convolutions: the reference backend's patch matrix and GEMMs (same shapes, same bits), with the
+  copies around them as parallel Numba passes: the patch matrix by :func:`sbnnumba.kernels.im2col.im2col`,
+  the changes of array order by :mod:`sbnnumba.kernels.map_order` (same entries, same bits); the input
   gradient ``col2im(W^T g)`` is computed for chunks of about :data:`CHUNK_COLUMNS` output positions at a
   time, each GEMM product summed back by ``col2im`` while it is still in cache, in one reused buffer,
   instead of one (C_in kh kw, B H_out W_out) product written to memory and read back (the largest array
@@ -31,9 +33,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..kernels import bitpack as kb
-from ..kernels import col2im, conv_cpu, cpu, head
+from ..kernels import col2im, conv_cpu, cpu, head, im2col, map_order
 from ..runtime import gemm
-from .reference import ReferenceBackend, _examples_inner
+from .reference import ReferenceBackend
 from .registry import register_backend
 
 
@@ -102,18 +104,29 @@ class CpuBackend(ReferenceBackend):
     def psa_preactivation_grad(self, x, a, d, noise):
         return noise.psa_grad(x, a, d)
 
+    def conv_patches(self, x, kernel_size, stride, padding):
+        return im2col.im2col(x, kernel_size, stride, padding)
+
+    def conv_forward(self, cols, weight, bias, out_shape):
+        prod = gemm(weight.reshape(weight.shape[0], -1), cols)
+        return map_order.batch_first(prod, out_shape[0], out_shape[2:], bias)
+
     def conv_backward_input(self, g_a, weight, in_shape, stride, padding):
         n_batch, n_pos = g_a.shape[0], g_a.shape[2] * g_a.shape[3]
         w2t = weight.reshape(weight.shape[0], -1).T
         out = np.empty((n_batch,) + tuple(in_shape), dtype=g_a.dtype)
         chunks = batch_chunks(n_batch, n_pos)
+        g_chunks = map_order.examples_inner_chunks(g_a, chunks)  # columns (oy, ox, example), as col2im wants them
         buffer = np.empty(w2t.shape[0] * n_pos * max(b1 - b0 for b0, b1 in chunks), dtype=g_a.dtype)
-        for b0, b1 in chunks:
-            g_chunk = _examples_inner(g_a[b0:b1])  # columns (oy, ox, example), as col2im wants them
+        for (b0, b1), g_chunk in zip(chunks, g_chunks):
             g_cols = buffer[:w2t.shape[0] * g_chunk.shape[1]].reshape(w2t.shape[0], -1)
             gemm(w2t, g_chunk, out=g_cols)  # the per-call thread rule of sbnnumba.runtime
             col2im.col2im_into(g_cols, weight.shape[2:], stride, padding, out[b0:b1])
         return out
+
+    def conv_param_grads(self, cols, g_a, weight_shape):
+        g_w = gemm(map_order.channel_major(g_a), cols.T)
+        return g_w.reshape(tuple(weight_shape)), g_a.sum(axis=(0, 2, 3))
 
     def xnor_matmul(self, a_words, weights, k):
         out = np.empty((a_words.shape[0], weights.words.shape[0]), np.int32)

@@ -6,8 +6,8 @@ The host backends compute a convolution as GEMMs on the channel-major patch matr
 
     \mathrm{cols}[(r, d_y, d_x), (b, o_y, o_x)] = x_{pad}[b, r, s_h o_y + d_y, s_w o_x + d_x]
 
-of shape (C kh kw, B H_out W_out) (:meth:`~sbnnumba.backends.step.StepOperations.conv_patches`; NumPy's
-copy of a strided view, faster than a Numba loop on every stage of the paper's network): ``a = W_2 cols``
+of shape (C kh kw, B H_out W_out) (:meth:`~sbnnumba.backends.step.StepOperations.conv_patches`; on the ``cpu``
+backend the parallel copy of :mod:`sbnnumba.kernels.im2col`): ``a = W_2 cols``
 (forward), ``g_W = g_{cm} cols^T`` (weight gradient), and the input gradient sums ``W_2^T g`` back onto the
 input positions with :func:`col2im`, one parallel task per input channel. ``g`` is the output gradient with
 columns (oy, ox, b), the examples innermost, so that the kernel adds contiguous runs of ``W_out B`` entries

@@ -1,0 +1,142 @@
+r"""Numba CPU copies between the array orders of the host convolution step (``cpu`` backend).
+
+The step's GEMMs (:mod:`sbnnumba.backends.cpu`) take and give maps in other orders than the layers'
+batch-first (B, C, H, W) with ``P = H W`` positions:
+
+* :func:`batch_first` turns the forward product ``W_2 cols`` (C, B P) into the map (B, C, H, W),
+  ``out[b, c, p] = prod[c, b P + p] + bias[c]``;
+* :func:`channel_major` turns the output gradient ``g`` (B, C, H, W) into (C, B P),
+  ``out[c, b P + p] = g[b, c, p]`` (the left factor of the weight gradient ``g_cm cols^T``);
+* :func:`examples_inner_chunks` turns it into the right factors of the chunked input gradient: for each
+  chunk ``[b0, b1)`` of examples, a C-contiguous (C, P (b1 - b0)) block with
+  ``block[c, p (b1 - b0) + b - b0] = g[b, c, p]`` (the examples innermost, the order of
+  :func:`sbnnumba.kernels.col2im.col2im_into`), the blocks one after the other in one array.
+
+NumPy makes each of these one single-threaded copy of a transposed view (the reference backend's
+``_gemm_to_map``, ``_channel_major``, ``_examples_inner``); here each is one parallel pass over the channels
+on :func:`~sbnnumba.runtime.call_threads` threads (kind ``"copy"``). Copies, and one IEEE addition in the dtype
+of the product (no ``fastmath``), as NumPy's: the results are bit for bit the reference's
+(``tests/test_conv_step.py``).
+"""
+import numba
+import numpy as np
+from numba import prange
+
+from ..runtime import kernel_threads
+
+
+@numba.njit(parallel=True, cache=True)
+def _batch_first(prod, bias, out):
+    n_batch, c_out, n_pos = out.shape
+    for c in prange(c_out):
+        for b in range(n_batch):
+            src = prod[c, b * n_pos:(b + 1) * n_pos]
+            dst = out[b, c]
+            for p in range(n_pos):
+                dst[p] = src[p] + bias[c]
+
+
+@numba.njit(parallel=True, cache=True)
+def _batch_first_copy(prod, out):
+    n_batch, c_out, n_pos = out.shape
+    for c in prange(c_out):
+        for b in range(n_batch):
+            out[b, c, :] = prod[c, b * n_pos:(b + 1) * n_pos]
+
+
+@numba.njit(parallel=True, cache=True)
+def _channel_major(g, out):
+    n_batch, c_out, n_pos = g.shape
+    for c in prange(c_out):
+        for b in range(n_batch):
+            out[c, b * n_pos:(b + 1) * n_pos] = g[b, c, :]
+
+
+@numba.njit(parallel=True, cache=True)
+def _examples_inner_chunks(g, edges, out):
+    n_batch, c_out, n_pos = g.shape
+    for c in prange(c_out):
+        for k in range(edges.shape[0] - 1):
+            b0, b1 = edges[k], edges[k + 1]
+            nb = b1 - b0
+            base = c_out * n_pos * b0 + c * n_pos * nb
+            for b in range(b0, b1):
+                src = g[b, c]
+                for p in range(n_pos):
+                    out[base + p * nb + b - b0] = src[p]
+
+
+def _positions_last(g):
+    """(B, C, H, W) -> C-contiguous (B, C, H W) (a view when ``g`` is C-contiguous)."""
+    return np.ascontiguousarray(g).reshape(g.shape[0], g.shape[1], g.shape[2] * g.shape[3])
+
+
+def batch_first(prod, n_batch, out_hw, bias=None):
+    r"""The forward product as a batch-first map: ``out[b, c, y, x] = prod[c, (b H + y) W + x] + bias[c]``.
+
+    Parameters
+    ----------
+    prod : ndarray (C, B H W), C-contiguous
+        ``W_2 cols``.
+    n_batch : int
+        ``B``.
+    out_hw : (int, int)
+        ``(H, W)``.
+    bias : ndarray (C,) or None
+        Added in the dtype of ``prod`` (cast first, as NumPy's ``prod + bias.astype(prod.dtype)``); None: a copy.
+
+    Returns
+    -------
+    ndarray (B, C, H, W), C-contiguous, dtype of ``prod``
+    """
+    c_out = prod.shape[0]
+    out = np.empty((n_batch, c_out) + tuple(out_hw), dtype=prod.dtype)
+    flat = out.reshape(n_batch, c_out, out_hw[0] * out_hw[1])
+    with kernel_threads(out.size, "copy"):  # the per-call thread rule of sbnnumba.runtime
+        if bias is None:
+            _batch_first_copy(prod, flat)
+        else:
+            _batch_first(prod, np.ascontiguousarray(bias, dtype=prod.dtype), flat)
+    return out
+
+
+def channel_major(g):
+    """``g`` (B, C, H, W) as the C-contiguous (C, B H W) matrix ``out[c, (b H + y) W + x] = g[b, c, y, x]``.
+
+    Parameters
+    ----------
+    g : ndarray (B, C, H, W)
+
+    Returns
+    -------
+    ndarray (C, B H W), dtype of ``g``
+    """
+    g3 = _positions_last(g)
+    out = np.empty((g.shape[1], g3.shape[0] * g3.shape[2]), dtype=g.dtype)
+    with kernel_threads(out.size, "copy"):  # the per-call thread rule of sbnnumba.runtime
+        _channel_major(g3, out)
+    return out
+
+
+def examples_inner_chunks(g, chunks):
+    r"""``g`` (B, C, H, W) as one (C, H W (b1 - b0)) block per chunk of examples, the examples innermost.
+
+    Parameters
+    ----------
+    g : ndarray (B, C, H, W)
+    chunks : list of (int, int)
+        ``(b0, b1)`` example ranges covering ``range(B)`` in order
+        (:func:`sbnnumba.backends.cpu.batch_chunks`).
+
+    Returns
+    -------
+    list of ndarray (C, H W (b1 - b0))
+        C-contiguous views of one array: ``block[c, (y W + x) (b1 - b0) + b - b0] = g[b, c, y, x]``.
+    """
+    g3 = _positions_last(g)
+    n_batch, c_out, n_pos = g3.shape
+    edges = np.array([b0 for b0, _ in chunks] + [chunks[-1][1]] if chunks else [0], dtype=np.int64)
+    out = np.empty(g3.size, dtype=g.dtype)
+    with kernel_threads(out.size, "copy"):  # the per-call thread rule of sbnnumba.runtime
+        _examples_inner_chunks(g3, edges, out)
+    return [out[c_out * n_pos * b0:c_out * n_pos * b1].reshape(c_out, -1) for b0, b1 in chunks]
