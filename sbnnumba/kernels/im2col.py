@@ -8,11 +8,12 @@ The ``cpu`` backend computes a convolution as GEMMs on the patch matrix
     \mathrm{cols}[(r, d_y, d_x), (b, o_y, o_x)] = x_{pad}[b, r, s_h o_y + d_y, s_w o_x + d_x]
     = x[b, r, s_h o_y + d_y - p_h, s_w o_x + d_x - p_w]
 
-(``x_pad``: ``x`` with ``p_h``, ``p_w`` zeros on each side; 0 where the index falls in that padding), stored C-contiguous with shape
-(C kh kw, B H_out W_out): row ``(r kh + d_y) kw + d_x``, column ``(b H_out + o_y) W_out + o_x``, so entry
-``(row, col)`` sits at offset ``row B H_out W_out + col``. :func:`im2col` writes it in one parallel pass over
-the rows, a pure copy: the matrix is bit for bit the reference backend's (NumPy's copy of a strided view of
-``x``, :func:`sbnnumba.backends.reference._cols`; ``tests/test_backends.py`` compares them), built on
+(``x_pad``: ``x`` with ``p_h``, ``p_w`` zeros on each side; 0 where the index falls in that padding),
+stored C-contiguous with shape (C kh kw, B H_out W_out): row ``(r kh + d_y) kw + d_x``, column
+``(b H_out + o_y) W_out + o_x``, so entry ``(row, col)`` sits at offset ``row B H_out W_out + col``.
+:func:`im2col` writes it in one parallel pass over the rows, a pure copy: the matrix is bit for bit the
+reference backend's (NumPy's copy of a strided view of ``x``, :func:`sbnnumba.backends.reference._cols`;
+``tests/test_backends.py`` and ``tests/test_conv_step.py`` compare them), built on
 :func:`~sbnnumba.runtime.call_threads` threads (kind ``"copy"``) instead of one, and without NumPy's
 six-dimensional iterator (faster at one thread as well on every stage of the paper's network).
 """
