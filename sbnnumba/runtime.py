@@ -320,17 +320,48 @@ def gemm(a, b, out=None):
     """
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
         raise ValueError(f"gemm: expected 2-d operands (m, k) and (k, n), got shapes {a.shape} and {b.shape}")
+    with _one_blas_thread() as threads:
+        if threads == 1:  # one thread: one call, no block overhead (same bits as the blocks, see above)
+            return np.matmul(a, b, out=out)
+        return _blocked_matmul(a, b, out, threads)
+
+
+def run_blas_blocks(fn, n_blocks):
+    r"""Run ``fn(0), ..., fn(n_blocks - 1)`` on up to ``T`` threads that take the next block as they come free
+    (:func:`sbnnumba.blockpool.run_blocks`), BLAS set to one thread meanwhile: :func:`gemm`'s scheme for a
+    computation made of independent blocks that each call BLAS (``np.matmul``, never :func:`gemm`, which would
+    wait for this call) and Numba kernels compiled ``nogil`` without ``parallel``.
+
+    ``T`` is the BLAS libraries' current count (:func:`set_num_threads`). The caller fixes the blocks (a function
+    of the problem, not of ``T``); each block is computed by one thread whatever ``T``, so the result does not
+    depend on the thread count, and with a busy core the thread on the free core takes more blocks.
+
+    Parameters
+    ----------
+    fn : callable
+        ``fn(i)`` computes block ``i``.
+    n_blocks : int
+
+    Returns
+    -------
+    None
+    """
+    with _one_blas_thread() as threads:
+        run_blocks(fn, n_blocks, threads)
+
+
+@contextlib.contextmanager
+def _one_blas_thread():
+    """BLAS on one thread within the block (restored on exit; one caller at a time, the setting being
+    process-wide); yields the BLAS count before, ``T``."""
     functions = _blas_thread_functions()
     with _GEMM_LOCK:
         counts = [get() for get, _ in functions]
-        threads = max(counts, default=1)
-        if threads == 1:  # one thread: one call, no block overhead (same bits as the blocks, see above)
-            return np.matmul(a, b, out=out)
         for (_, put), count in zip(functions, counts):
             if count > 1:
                 put(1)
         try:
-            return _blocked_matmul(a, b, out, threads)
+            yield max(counts, default=1)
         finally:
             for (_, put), count in zip(functions, counts):
                 if count > 1:

@@ -17,13 +17,16 @@ BACKWARD_CASES = [
     ((2500, 5, 1, 1), (6, 5, 1, 1), (1, 1), (0, 0)),
     ((20, 2, 21, 19), (3, 2, 3, 2), (2, 1), (1, 1)),
     ((3, 4, 6, 5), (2, 4, 2, 3), (1, 2), (0, 1)),
+    ((64, 96, 5, 5), (96, 96, 3, 3), (1, 1), (0, 0)),   # few columns, work enough for 8 chunks of 8 examples
+    ((64, 96, 3, 3), (96, 96, 3, 3), (1, 1), (0, 0)),   # 1x1 outputs: 5 chunks of 12-13 columns
 ]
 
 
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("case", BACKWARD_CASES)
-def test_cpu_chunked_input_gradient_is_bit_identical(case):
-    """cpu's conv_backward_input (GEMM + col2im per chunk of examples) equals the reference's single
-    ``col2im(W^T g)`` bit for bit."""
+def test_cpu_chunked_input_gradient_is_bit_identical(case, threads):
+    """cpu's conv_backward_input (GEMM + col2im per chunk of examples, the chunks shared by the threads)
+    equals the reference's single ``col2im(W^T g)`` bit for bit."""
     shape, wshape, stride, padding = case
     rng = np.random.default_rng(3)
     w = rng.normal(size=wshape).astype(np.float32)
@@ -31,7 +34,8 @@ def test_cpu_chunked_input_gradient_is_bit_identical(case):
     g_a = rng.normal(size=(shape[0], wshape[0], ho, wo)).astype(np.float32)
     args = (g_a, w, shape[1:], stride, padding)
     want = get_backend("reference").conv_backward_input(*args)
-    got = get_backend("cpu").conv_backward_input(*args)
+    with runtime.limited_threads(threads):
+        got = get_backend("cpu").conv_backward_input(*args)
     assert got.shape == shape and got.dtype == np.float32
     np.testing.assert_array_equal(got.view(np.int32), want.view(np.int32))
     exact = conv_reference.col2im((g_a.transpose(0, 2, 3, 1).reshape(-1, wshape[0]).astype(np.float64)
@@ -91,22 +95,25 @@ def test_map_order_copies_are_the_reference_copies(shape, threads, monkeypatch):
         np.testing.assert_array_equal(map_order.channel_major(g), _channel_major(g))
         np.testing.assert_array_equal(map_order.channel_major(g.transpose(0, 1, 3, 2)),
                                       _channel_major(g.transpose(0, 1, 3, 2)))
-        chunks = batch_chunks(n_batch, h * w, columns=7) if n_batch else [(0, 0)]
-        for (b0, b1), block in zip(chunks, map_order.examples_inner_chunks(g, chunks)):
-            assert block.flags.c_contiguous
+        for b0, b1 in batch_chunks(n_batch, h * w, columns=7) if n_batch else [(0, 0)]:
+            block = np.full((c, h * w * (b1 - b0)), np.nan, np.float32)
+            map_order.examples_inner(g.reshape(n_batch, c, h * w), b0, b1, block)
             np.testing.assert_array_equal(block, _examples_inner(g[b0:b1]))
 
 
+@pytest.mark.parametrize("min_chunks", [1, 8])
 @pytest.mark.parametrize("n_batch, n_pos", [(64, 576), (64, 121), (64, 1), (2500, 1), (7, 3), (1, 1), (0, 9),
-                                            (5, 2048)])
-def test_batch_chunks_cover_the_batch_in_order(n_batch, n_pos):
-    chunks = batch_chunks(n_batch, n_pos)
+                                            (5, 2048), (64, 9), (3, 1)])
+def test_batch_chunks_cover_the_batch_in_order(n_batch, n_pos, min_chunks):
+    chunks = batch_chunks(n_batch, n_pos, min_chunks=min_chunks)
     assert chunks[0][0] == 0 and chunks[-1][1] == n_batch
     assert all(a[1] == b[0] for a, b in zip(chunks, chunks[1:]))
     if n_batch * n_pos >= 2:
         assert all((b1 - b0) * n_pos >= 2 for b0, b1 in chunks)  # no one-column GEMM (BLAS's GEMV path)
     if n_batch * n_pos >= 2 * 1024:
         assert len(chunks) > 1
+    if n_batch * n_pos >= 2 * min_chunks:
+        assert len(chunks) >= min(min_chunks, n_batch)
 
 
 @pytest.mark.parametrize("geometry", [((3, 3), (1, 1), (0, 0)), ((3, 2), (2, 1), (1, 2)), ((5, 5), (3, 3), (2, 2))])

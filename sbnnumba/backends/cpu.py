@@ -15,11 +15,14 @@ r"""The ``cpu`` backend: the Numba kernels of :mod:`sbnnumba.kernels` (``@njit(p
   noise one fused Numba pass after NumPy's ``exp``, with the same bits).
 * Convolutions: the reference backend's patch matrix and GEMMs (same shapes, same bits), with the
   copies around them as parallel Numba passes: the patch matrix by :func:`sbnnumba.kernels.im2col.im2col`,
-  the changes of array order by :mod:`sbnnumba.kernels.map_order` (same entries, same bits); the input
-  gradient ``col2im(W^T g)`` is computed for chunks of about :data:`CHUNK_COLUMNS` output positions at a
-  time, each GEMM product summed back by ``col2im`` while it is still in cache, in one reused buffer,
-  instead of one (C_in kh kw, B H_out W_out) product written to memory and read back (the largest array
-  of the step (:func:`sbnnumba.kernels.col2im.col2im_into`). Chunks only regroup the columns of the same
+  the changes of array order by :mod:`sbnnumba.kernels.map_order` (same entries, same bits). The input
+  gradient ``col2im(W^T g)`` is computed for chunks of examples of about :data:`CHUNK_COLUMNS` output positions
+  (at least ``min(8, work / 2^22)`` chunks, so that a small stage is shared too), each chunk on one thread
+  from start to end: its columns of ``g`` with the examples innermost, one single-threaded BLAS product, and
+  ``col2im`` summing it back while it is still in cache (:func:`sbnnumba.kernels.col2im.col2im_into`), the
+  threads taking the next chunk as they come free (:func:`sbnnumba.runtime.run_blas_blocks`: no static split
+  that waits for a thread on a busy core), instead of one (C_in kh kw, B H_out W_out) product written to
+  memory and read back (the largest array of the step). Chunks only regroup the columns of the same
   product: OpenBLAS computes every entry with the same inner-dimension order whatever
   the columns around it, and ``col2im`` adds the same terms in the same order, so the result is
   bit-identical to the reference's (``tests/test_conv_step.py`` checks it), as long as a chunk has at
@@ -30,11 +33,13 @@ r"""The ``cpu`` backend: the Numba kernels of :mod:`sbnnumba.kernels` (``@njit(p
 """
 from __future__ import annotations
 
+import queue
+
 import numpy as np
 
 from ..kernels import bitpack as kb
 from ..kernels import col2im, conv_cpu, cpu, head, im2col, map_order
-from ..runtime import gemm
+from ..runtime import MAX_GEMM_BLOCKS, MIN_WORK_PER_THREAD, gemm, run_blas_blocks
 from .reference import ReferenceBackend
 from .registry import register_backend
 
@@ -60,7 +65,7 @@ def _conv_geometry(x_words, w_words, c_in, stride, padding):
 CHUNK_COLUMNS = 1024
 
 
-def batch_chunks(n_batch, n_pos, columns=CHUNK_COLUMNS):
+def batch_chunks(n_batch, n_pos, columns=CHUNK_COLUMNS, min_chunks=1):
     """Split a batch into near-equal chunks of about ``columns`` GEMM columns (``n_pos`` per example).
 
     Parameters
@@ -71,6 +76,9 @@ def batch_chunks(n_batch, n_pos, columns=CHUNK_COLUMNS):
         Output positions per example (H_out W_out).
     columns : int
         Wanted columns per chunk (>= 2).
+    min_chunks : int
+        At least this many chunks where the batch allows (more chunks than the columns ask for, so that
+        threads can share a small stage).
 
     Returns
     -------
@@ -78,7 +86,7 @@ def batch_chunks(n_batch, n_pos, columns=CHUNK_COLUMNS):
         ``(b0, b1)`` example ranges covering ``range(n_batch)`` in order. Every chunk has at least two
         columns when the batch has (a one-column product would take BLAS's GEMV path, other bits).
     """
-    n_chunks = max(1, min(n_batch, n_batch * n_pos // columns))
+    n_chunks = max(1, min(n_batch, max(n_batch * n_pos // columns, min(min_chunks, n_batch * n_pos // 2))))
     edges = [(i * n_batch) // n_chunks for i in range(n_chunks + 1)]
     return list(zip(edges[:-1], edges[1:]))
 
@@ -112,16 +120,27 @@ class CpuBackend(ReferenceBackend):
         return map_order.batch_first(prod, out_shape[0], out_shape[2:], bias)
 
     def conv_backward_input(self, g_a, weight, in_shape, stride, padding):
-        n_batch, n_pos = g_a.shape[0], g_a.shape[2] * g_a.shape[3]
-        w2t = weight.reshape(weight.shape[0], -1).T
+        n_batch, c_out, n_pos = g_a.shape[0], g_a.shape[1], g_a.shape[2] * g_a.shape[3]
+        w2t = weight.reshape(c_out, -1).T
         out = np.empty((n_batch,) + tuple(in_shape), dtype=g_a.dtype)
-        chunks = batch_chunks(n_batch, n_pos)
-        g_chunks = map_order.examples_inner_chunks(g_a, chunks)  # columns (oy, ox, example), as col2im wants them
-        buffer = np.empty(w2t.shape[0] * n_pos * max(b1 - b0 for b0, b1 in chunks), dtype=g_a.dtype)
-        for (b0, b1), g_chunk in zip(chunks, g_chunks):
-            g_cols = buffer[:w2t.shape[0] * g_chunk.shape[1]].reshape(w2t.shape[0], -1)
-            gemm(w2t, g_chunk, out=g_cols)  # the per-call thread rule of sbnnumba.runtime
-            col2im.col2im_into(g_cols, weight.shape[2:], stride, padding, out[b0:b1])
+        work = w2t.shape[0] * c_out * n_batch * n_pos  # multiply-adds of W^T g
+        chunks = batch_chunks(n_batch, n_pos, min_chunks=min(MAX_GEMM_BLOCKS, work // MIN_WORK_PER_THREAD["gemm"]))
+        g3 = np.ascontiguousarray(g_a).reshape(n_batch, c_out, n_pos)
+        size = (c_out + w2t.shape[0]) * n_pos * max(b1 - b0 for b0, b1 in chunks)
+        buffers = queue.SimpleQueue()  # one buffer per thread at work, reused by its next chunk
+
+        def chunk(i):
+            b0, b1 = chunks[i]
+            n = n_pos * (b1 - b0)
+            buffer = _take(buffers, size, g_a.dtype)
+            g_chunk = buffer[:c_out * n].reshape(c_out, n)
+            g_cols = buffer[c_out * n:(c_out + w2t.shape[0]) * n].reshape(w2t.shape[0], n)
+            map_order.examples_inner(g3, b0, b1, g_chunk)  # columns (oy, ox, example), as col2im wants them
+            np.matmul(w2t, g_chunk, out=g_cols)  # BLAS on one thread (run_blas_blocks)
+            col2im.col2im_into(g_cols, weight.shape[2:], stride, padding, out[b0:b1], parallel=False)
+            buffers.put(buffer)
+
+        run_blas_blocks(chunk, len(chunks))
         return out
 
     def conv_param_grads(self, cols, g_a, weight_shape):
@@ -163,6 +182,14 @@ class CpuBackend(ReferenceBackend):
         kb.xnor_conv2d_threshold(x_words, panels, geometry, limits, limit_class, kb.flip_words(flip),
                                  out.reshape(-1, out.shape[3]))
         return out
+
+
+def _take(buffers, size, dtype):
+    """A free buffer of ``size`` entries from the queue ``buffers``, or a new one."""
+    try:
+        return buffers.get_nowait()
+    except queue.Empty:
+        return np.empty(size, dtype)
 
 
 register_backend(CpuBackend)

@@ -7,16 +7,16 @@ batch-first (B, C, H, W) with ``P = H W`` positions:
   ``out[b, c, p] = prod[c, b P + p] + bias[c]``;
 * :func:`channel_major` turns the output gradient ``g`` (B, C, H, W) into (C, B P),
   ``out[c, b P + p] = g[b, c, p]`` (the left factor of the weight gradient ``g_cm cols^T``);
-* :func:`examples_inner_chunks` turns it into the right factors of the chunked input gradient: for each
-  chunk ``[b0, b1)`` of examples, a C-contiguous (C, P (b1 - b0)) block with
-  ``block[c, p (b1 - b0) + b - b0] = g[b, c, p]`` (the examples innermost, the order of
-  :func:`sbnnumba.kernels.col2im.col2im_into`), the blocks one after the other in one array.
+* :func:`examples_inner` turns a chunk ``[b0, b1)`` of its examples into the right factor of the chunked
+  input gradient, a C-contiguous (C, P (b1 - b0)) matrix with ``out[c, p (b1 - b0) + b - b0] = g[b, c, p]``
+  (the examples innermost, the order of :func:`sbnnumba.kernels.col2im.col2im_into`).
 
 NumPy makes each of these one single-threaded copy of a transposed view (the reference backend's
-``_gemm_to_map``, ``_channel_major``, ``_examples_inner``); here each is one parallel pass over the channels
-on :func:`~sbnnumba.runtime.call_threads` threads (kind ``"copy"``). Copies, and one IEEE addition in the dtype
-of the product (no ``fastmath``), as NumPy's: the results are bit for bit the reference's
-(``tests/test_conv_step.py``).
+``_gemm_to_map``, ``_channel_major``, ``_examples_inner``); here the first two are one parallel pass over the
+channels on :func:`~sbnnumba.runtime.call_threads` threads (kind ``"copy"``), the third a copy on the thread
+that computes the chunk (:meth:`sbnnumba.backends.cpu.CpuBackend.conv_backward_input`). Copies, and one IEEE
+addition in the dtype of the product (no ``fastmath``), as NumPy's: the results are bit for bit the
+reference's (``tests/test_conv_step.py``).
 """
 import numba
 import numpy as np
@@ -52,18 +52,16 @@ def _channel_major(g, out):
             out[c, b * n_pos:(b + 1) * n_pos] = g[b, c, :]
 
 
-@numba.njit(parallel=True, cache=True)
-def _examples_inner_chunks(g, edges, out):
+@numba.njit(nogil=True, cache=True)
+def _examples_inner(g, b0, b1, out):
     n_batch, c_out, n_pos = g.shape
-    for c in prange(c_out):
-        for k in range(edges.shape[0] - 1):
-            b0, b1 = edges[k], edges[k + 1]
-            nb = b1 - b0
-            base = c_out * n_pos * b0 + c * n_pos * nb
-            for b in range(b0, b1):
-                src = g[b, c]
-                for p in range(n_pos):
-                    out[base + p * nb + b - b0] = src[p]
+    nb = b1 - b0
+    for c in range(c_out):
+        for b in range(b0, b1):
+            src = g[b, c]
+            dst = out[c]
+            for p in range(n_pos):
+                dst[p * nb + b - b0] = src[p]
 
 
 def _positions_last(g):
@@ -118,25 +116,20 @@ def channel_major(g):
     return out
 
 
-def examples_inner_chunks(g, chunks):
-    r"""``g`` (B, C, H, W) as one (C, H W (b1 - b0)) block per chunk of examples, the examples innermost.
+def examples_inner(g, b0, b1, out):
+    r"""Examples ``[b0, b1)`` of ``g`` (B, C, H, W) with the examples innermost, on the calling thread without
+    holding the GIL (for the blocks of :func:`sbnnumba.runtime.run_blas_blocks`).
 
     Parameters
     ----------
-    g : ndarray (B, C, H, W)
-    chunks : list of (int, int)
-        ``(b0, b1)`` example ranges covering ``range(B)`` in order
-        (:func:`sbnnumba.backends.cpu.batch_chunks`).
+    g : ndarray (B, C, H W), C-contiguous
+    b0, b1 : int
+        The examples, ``0 <= b0 <= b1 <= B``.
+    out : ndarray (C, H W (b1 - b0)), C-contiguous
+        Overwritten: ``out[c, p (b1 - b0) + b - b0] = g[b, c, p]``.
 
     Returns
     -------
-    list of ndarray (C, H W (b1 - b0))
-        C-contiguous views of one array: ``block[c, (y W + x) (b1 - b0) + b - b0] = g[b, c, y, x]``.
+    None
     """
-    g3 = _positions_last(g)
-    n_batch, c_out, n_pos = g3.shape
-    edges = np.array([b0 for b0, _ in chunks] + [chunks[-1][1]] if chunks else [0], dtype=np.int64)
-    out = np.empty(g3.size, dtype=g.dtype)
-    with kernel_threads(out.size, "copy"):  # the per-call thread rule of sbnnumba.runtime
-        _examples_inner_chunks(g3, edges, out)
-    return [out[c_out * n_pos * b0:c_out * n_pos * b1].reshape(c_out, -1) for b0, b1 in chunks]
+    _examples_inner(g, b0, b1, out)
