@@ -224,6 +224,26 @@ class NoiseFamily(abc.ABC):
         """
         return 2 * self.pdf(a)
 
+    def fused_st_grad(self, a: np.ndarray, g: np.ndarray) -> np.ndarray | None:
+        """Deep ST's gradient with respect to the pre-activation, ``g_a = 2 p(a) g``, in one fused pass where
+        the family has one (the ``cpu`` backend's :meth:`~sbnnumba.backends.step.StepOperations.st_preactivation_grad`),
+        bit for bit ``mean_grad(a) * g``.
+
+        Parameters
+        ----------
+        a : ndarray
+            Pre-activations.
+        g : ndarray, shape of ``a``
+            Gradient with respect to the states.
+
+        Returns
+        -------
+        ndarray or None
+            ``2 p(a) g``, shape and dtype of ``a``; None where the family has no fused pass for these arrays
+            (the caller then multiplies :meth:`mean_grad` by ``g``). This base class has none.
+        """
+        return None
+
     def psa_grad(self, x: np.ndarray, a: np.ndarray, d: np.ndarray) -> np.ndarray:
         """PSA's gradient with respect to the pre-activation, ``g_a = -x p(a) d`` (spec psa.md, section 2.4).
 
@@ -368,6 +388,23 @@ class Logistic(NoiseFamily):
         """
         out = logistic_density(a, 2) if isinstance(a, np.ndarray) else None
         return super().mean_grad(a) if out is None else out
+
+    def fused_st_grad(self, a: np.ndarray, g: np.ndarray) -> np.ndarray | None:
+        """As :meth:`NoiseFamily.fused_st_grad`: arrays of one float dtype and shape go through the three passes
+        of :mod:`sbnnumba.kernels.density`, the product by ``g`` in the third (bit for bit ``mean_grad(a) * g``).
+
+        Parameters
+        ----------
+        a, g : ndarray
+            Pre-activations, gradient with respect to the states (one shape).
+
+        Returns
+        -------
+        ndarray or None
+        """
+        if not (isinstance(a, np.ndarray) and isinstance(g, np.ndarray)):
+            return None
+        return logistic_density(a, 2, times=g)
 
     def log_cdf(self, a: npt.ArrayLike) -> np.ndarray:
         return _like(special.log_expit(a), a)

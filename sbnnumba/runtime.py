@@ -228,6 +228,44 @@ def kernel_threads(work, kind="numba"):
         numba.set_num_threads(before)
 
 
+#: Most blocks :func:`run_range_blocks` cuts a call into (enough for a thread on a free core to take the busy
+#: core's share, few enough that the blocks' Python overhead, about 10 us each, stays small).
+MAX_RANGE_BLOCKS = 16
+
+
+def run_range_blocks(fn, n_items, work, kind="copy"):
+    r"""Run ``fn(lo, hi)`` over fixed blocks of ``range(n_items)`` on up to :func:`call_threads` ``(work, kind, T)``
+    threads that take the next block as they come free (:func:`sbnnumba.blockpool.run_blocks`), ``T`` the calling
+    thread's Numba count.
+
+    The blocks are ``c = max(1, min(n_items, MAX_RANGE_BLOCKS, work // w_min))`` near-equal ranges, a function of
+    the sizes only: a Numba kernel compiled ``nogil`` without ``parallel`` that computes each item alone gives
+    the same result at any thread count, and with a busy core the thread on the free core takes more blocks
+    (a ``prange`` splits statically and waits for the late thread's share).
+
+    Parameters
+    ----------
+    fn : callable
+        ``fn(lo, hi)`` computes items ``lo, ..., hi - 1``.
+    n_items : int
+    work : int
+        The call's work in the unit of ``kind`` (:data:`MIN_WORK_PER_THREAD`).
+    kind : str
+        Key of :data:`MIN_WORK_PER_THREAD`.
+
+    Returns
+    -------
+    None
+    """
+    import numba
+
+    # no thread pool under DISABLE_JIT (kernel_threads); call_threads also checks ``kind``
+    threads = call_threads(work, kind, 1 if numba.config.DISABLE_JIT else numba.get_num_threads())
+    n_blocks = max(1, min(n_items, MAX_RANGE_BLOCKS, int(work) // MIN_WORK_PER_THREAD[kind]))
+    edges = [(i * n_items) // n_blocks for i in range(n_blocks + 1)]
+    run_blocks(lambda i: fn(edges[i], edges[i + 1]), n_blocks, threads)
+
+
 def _openblas_functions(lib):
     """``(get, set)``: OpenBLAS's own ``openblas_get/set_num_threads`` C functions (with the library's symbol
     prefix and suffix, as threadpoolctl finds them), or None when not found."""

@@ -119,6 +119,39 @@ def test_logistic_sample_kernel_is_bit_identical_to_the_numpy_formula(dtype):
     assert logistic_sample(a, u[:a.size].astype(np.float64 if dtype == np.float32 else np.float32)) is None
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_blocked_exp_and_fused_st_grad_are_bit_identical(dtype, threads):
+    """The density's NumPy ``exp`` in fixed blocks on the threads (a misaligned start, a short last block) has
+    the bits of one ``np.exp`` call, and logistic ``fused_st_grad`` is bit for bit ``mean_grad(a) * g`` (the
+    cpu backend's ST pre-activation gradient equals the reference's); other dtypes, shapes and families
+    give None (the caller's NumPy path)."""
+    from sbnnumba import runtime
+    from sbnnumba.backends import get_backend
+    from sbnnumba.kernels.density import _exp_in_place
+
+    rng = np.random.default_rng(13)
+    buf = -np.abs(rng.normal(0, 20, 3_000_017)).astype(dtype)  # 16 blocks of 187_500 and a few entries
+    buf[:4] = [0.0, -0.0, -np.inf, -1e-40]
+    noise = get_noise("logistic")
+    with runtime.limited_threads(threads):
+        e = buf[1:].copy()[1:]  # C-contiguous, start not 16-byte aligned
+        want = np.exp(e)
+        _exp_in_place(e)
+        assert np.array_equal(e.view(np.uint8), want.view(np.uint8))
+        a = rng.normal(0, 4, (64, 12, 30, 31)).astype(dtype)
+        g = rng.normal(size=a.shape).astype(dtype)
+        got = noise.fused_st_grad(a, g)
+        assert got.dtype == dtype and np.array_equal(got.view(np.uint8), (noise.mean_grad(a) * g).view(np.uint8))
+        ref = get_backend("reference").st_preactivation_grad(a, g, noise)
+        assert np.array_equal(get_backend("cpu").st_preactivation_grad(a, g, noise).view(np.uint8), ref.view(np.uint8))
+    view = a[:, ::2, 1:]
+    np.testing.assert_array_equal(noise.fused_st_grad(view, g[:, ::2, 1:]), noise.mean_grad(view) * g[:, ::2, 1:])
+    other = np.float64 if dtype == np.float32 else np.float32
+    assert noise.fused_st_grad(a, g.astype(other)) is None and noise.fused_st_grad(a, g[:, :3]) is None
+    assert get_noise("uniform").fused_st_grad(a, g) is None
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_logistic_density_passes_are_bit_identical_to_the_numpy_formula(dtype):
     """Logistic ``pdf`` and ``mean_grad`` (three passes, :mod:`sbnnumba.kernels.density`) give exactly

@@ -150,3 +150,20 @@ def test_gemm_in_a_forked_child_after_the_parent_used_the_pool():
     finally:
         sb.set_num_threads(before)
     np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("n_items, work, want", [(864, 31_850_496, 16), (9, 389_376, 1), (1728, 3 << 20, 3),
+                                                 (5, 100 << 20, 5), (0, 0, 1)])
+def test_range_blocks_are_fixed_by_the_sizes(n_items, work, want):
+    """run_range_blocks cuts range(n_items) into min(n_items, 16, work // w_min) (at least one) near-equal
+    blocks in order, the same at one and two threads, each run once."""
+    for threads in (1, 2):
+        seen = []
+        with runtime.limited_threads(threads):
+            runtime.run_range_blocks(lambda lo, hi: seen.append((lo, hi)), n_items, work, "copy")
+        seen.sort()
+        assert len(seen) == want and seen[0][0] == 0 and seen[-1][1] == n_items
+        assert all(a[1] == b[0] for a, b in zip(seen, seen[1:]))
+        assert max(hi - lo for lo, hi in seen) - min(hi - lo for lo, hi in seen) <= 1
+    with pytest.raises(ValueError, match="kind"):
+        runtime.run_range_blocks(lambda lo, hi: None, 4, 4, "no-such-kind")

@@ -10,7 +10,8 @@ r"""The ``cpu`` backend: the Numba kernels of :mod:`sbnnumba.kernels` (``@njit(p
   (:func:`sbnnumba.kernels.head.flip_losses`, bit for bit the reference backend's).
 * The element-wise PSA / ST gradients are the reference backend's (inherited), so seeded runs are
   bit-identical to the host step before the backend layer: NumPy expressions, the logistic density in
-  the three passes of :mod:`sbnnumba.kernels.density`, deep ST's factor multiplied in place; PSA's
+  the three passes of :mod:`sbnnumba.kernels.density`, deep ST's factor multiplied by ``g`` in the last of
+  them (:meth:`~sbnnumba.noise.NoiseFamily.fused_st_grad`, same bits); PSA's
   pre-activation gradient goes through the family's :meth:`~sbnnumba.noise.NoiseFamily.psa_grad` (for logistic
   noise one fused Numba pass after NumPy's ``exp``, with the same bits).
 * Convolutions: the reference backend's patch matrix and GEMMs (same shapes, same bits), with the
@@ -111,6 +112,10 @@ class CpuBackend(ReferenceBackend):
 
     def psa_preactivation_grad(self, x, a, d, noise):
         return noise.psa_grad(x, a, d)
+
+    def st_preactivation_grad(self, a, g, noise):
+        fused = noise.fused_st_grad(a, g)  # for logistic noise the product in the density's last pass
+        return fused if fused is not None else super().st_preactivation_grad(a, g, noise)
 
     def conv_patches(self, x, kernel_size, stride, padding):
         return im2col.im2col(x, kernel_size, stride, padding)

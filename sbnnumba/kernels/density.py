@@ -10,12 +10,18 @@ in place (Numba). The exponential stays NumPy's: its float32 SIMD ``exp`` differ
 NumPy's own gives the same bits. The other operations are single IEEE operations in the dtype of ``a``
 in the same order as NumPy's (no ``fastmath``; ``x ** 2`` is ``x * x`` in NumPy), so the result is the
 NumPy formula's bit for bit (``tests/test_noise.py``), and every seeded run is unchanged.
+
+Deep ST's pre-activation gradient ``2 p(a) g`` takes the product in the third pass (``times=g``): the same
+two roundings as the factor stored and multiplied afterwards. NumPy's ``exp`` runs in fixed blocks on the
+threads (:func:`sbnnumba.runtime.run_range_blocks`, NumPy releasing the GIL in its loops): its SIMD ``exp``
+computes each entry alone, so a block's entries get the bits of one call over the whole array (checked in
+``tests/test_noise.py``), and the two Numba passes are no longer parallel passes around a single-threaded one.
 """
 import numba
 import numpy as np
 from numba import prange
 
-from ..runtime import kernel_threads
+from ..runtime import kernel_threads, run_range_blocks
 
 
 @numba.njit(parallel=True, cache=True)
@@ -34,7 +40,25 @@ def _scaled_density_from_exp(e, one, scale):
         e[i] = scale * (e[i] / (t * t))
 
 
-def logistic_density(a, scale=1):
+@numba.njit(parallel=True, cache=True)
+def _scaled_density_from_exp_times(e, one, scale, g):
+    """In place ``e[i] <- (scale * (e[i] / ((one + e[i]) * (one + e[i])))) * g[i]`` (1-D arrays)."""
+    for i in prange(e.shape[0]):
+        t = one + e[i]
+        e[i] = (scale * (e[i] / (t * t))) * g[i]
+
+
+def _exp_in_place(e):
+    """``np.exp(e, out=e)`` (1-D) in the fixed blocks of :func:`~sbnnumba.runtime.run_range_blocks` on the
+    threads (NumPy releases the GIL in its loops)."""
+
+    def block(lo, hi):
+        np.exp(e[lo:hi], out=e[lo:hi])
+
+    run_range_blocks(block, e.size, e.size, "elementwise")
+
+
+def logistic_density(a, scale=1, times=None):
     r"""``scale * p(a)``, ``p(a) = e / (1 + e)^2`` with ``e = exp(-|a|)`` (the logistic density), bit for bit
     NumPy's ``scale * (e / (1 + e) ** 2)``, or None where the kernels do not apply.
 
@@ -44,19 +68,28 @@ def logistic_density(a, scale=1):
         Arguments.
     scale : int
         1 (the density) or 2 (deep ST's factor ``2 p(a)``): a small integer, exact in the dtype of ``a``.
+    times : ndarray or None
+        Shape and dtype of ``a``: the result is ``(scale * p(a)) * times``, bit for bit NumPy's product of
+        the two arrays (deep ST's pre-activation gradient).
 
     Returns
     -------
     ndarray or None
-        Same shape and dtype as ``a`` (a new array); None for other dtypes (the caller then uses the
-        NumPy formula).
+        Same shape and dtype as ``a`` (a new array); None for other dtypes, or a ``times`` of another shape
+        or dtype (the caller then uses the NumPy formula).
     """
     if a.dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
         return None
+    if times is not None and (times.shape != a.shape or times.dtype != a.dtype):
+        return None
     flat = np.ascontiguousarray(a).reshape(-1)
     e = np.empty_like(flat)
+    one, c = a.dtype.type(1), a.dtype.type(scale)
     with kernel_threads(flat.size, "elementwise"):  # the per-call thread rule of sbnnumba.runtime
         _negative_abs(flat, e)
-        np.exp(e, out=e)
-        _scaled_density_from_exp(e, a.dtype.type(1), a.dtype.type(scale))
+        _exp_in_place(e)
+        if times is None:
+            _scaled_density_from_exp(e, one, c)
+        else:
+            _scaled_density_from_exp_times(e, one, c, np.ascontiguousarray(times).reshape(-1))
     return e.reshape(a.shape)

@@ -11,7 +11,8 @@ The ``cpu`` backend computes a convolution as GEMMs on the patch matrix
 (``x_pad``: ``x`` with ``p_h``, ``p_w`` zeros on each side; 0 where the index falls in that padding),
 stored C-contiguous with shape (C kh kw, B H_out W_out): row ``(r kh + d_y) kw + d_x``, column
 ``(b H_out + o_y) W_out + o_x``, so entry ``(row, col)`` sits at offset ``row B H_out W_out + col``.
-:func:`im2col` writes it in one parallel pass over the rows, a pure copy: the matrix is bit for bit the
+:func:`im2col` writes it in fixed blocks of rows that the threads take as they come free
+(:func:`sbnnumba.runtime.run_range_blocks`), a pure copy: the matrix is bit for bit the
 reference backend's (NumPy's copy of a strided view of ``x``, :func:`sbnnumba.backends.reference._cols`;
 ``tests/test_backends.py`` and ``tests/test_conv_step.py`` compare them), built on
 :func:`~sbnnumba.runtime.call_threads` threads (kind ``"copy"``) instead of one, and without NumPy's
@@ -19,19 +20,18 @@ six-dimensional iterator (faster at one thread as well on every stage of the pap
 """
 import numba
 import numpy as np
-from numba import prange
 
-from ..runtime import kernel_threads
+from ..runtime import run_range_blocks
 
 
-@numba.njit(parallel=True, cache=True)
-def _im2col(x, kh, kw, sh, sw, ph, pw, ho, wo, out):
+@numba.njit(nogil=True, cache=True)
+def _im2col(x, kh, kw, sh, sw, ph, pw, ho, wo, out, row0, row1):
     n_batch, c_in, h, w = x.shape
     n_pos = ho * wo
     xf = x.reshape(-1)
     of = out.reshape(-1)
     n_cols = n_batch * n_pos
-    for row in prange(c_in * kh * kw):  # one row (r, dy, dx) a task: its B H_out W_out entries contiguous
+    for row in range(row0, row1):  # rows (r, dy, dx): their B H_out W_out entries are contiguous
         r = row // (kh * kw)
         dy = (row // kw) % kh
         dx = row % kw
@@ -58,7 +58,7 @@ def _im2col(x, kh, kw, sh, sw, ph, pw, ho, wo, out):
 
 
 def im2col(x, kernel_size, stride, padding):
-    r"""Channel-major patch matrix of maps ``x`` (Numba, parallel over its rows).
+    r"""Channel-major patch matrix of maps ``x`` (Numba, blocks of rows on the threads).
 
     Parameters
     ----------
@@ -78,6 +78,6 @@ def im2col(x, kernel_size, stride, padding):
     n_batch, c_in, h, w = x.shape
     ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
     out = np.empty((c_in * kh * kw, n_batch * ho * wo), dtype=x.dtype)
-    with kernel_threads(out.size, "copy"):  # the per-call thread rule of sbnnumba.runtime
-        _im2col(x, kh, kw, sh, sw, ph, pw, ho, wo, out)
+    # fixed blocks of rows taken by the threads as they come free (the per-call rule of sbnnumba.runtime)
+    run_range_blocks(lambda r0, r1: _im2col(x, kh, kw, sh, sw, ph, pw, ho, wo, out, r0, r1), out.shape[0], out.size)
     return out

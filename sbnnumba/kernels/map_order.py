@@ -12,23 +12,23 @@ batch-first (B, C, H, W) with ``P = H W`` positions:
   (the examples innermost, the order of :func:`sbnnumba.kernels.col2im.col2im_into`).
 
 NumPy makes each of these one single-threaded copy of a transposed view (the reference backend's
-``_gemm_to_map``, ``_channel_major``, ``_examples_inner``); here the first two are one parallel pass over the
-channels on :func:`~sbnnumba.runtime.call_threads` threads (kind ``"copy"``), the third a copy on the thread
+``_gemm_to_map``, ``_channel_major``, ``_examples_inner``); here the first two are fixed blocks of channels
+that :func:`~sbnnumba.runtime.call_threads` threads (kind ``"copy"``) take as they come free
+(:func:`~sbnnumba.runtime.run_range_blocks`), the third a copy on the thread
 that computes the chunk (:meth:`sbnnumba.backends.cpu.CpuBackend.conv_backward_input`). Copies, and one IEEE
 addition in the dtype of the product (no ``fastmath``), as NumPy's: the results are bit for bit the
 reference's (``tests/test_conv_step.py``).
 """
 import numba
 import numpy as np
-from numba import prange
 
-from ..runtime import kernel_threads
+from ..runtime import run_range_blocks
 
 
-@numba.njit(parallel=True, cache=True)
-def _batch_first(prod, bias, out):
+@numba.njit(nogil=True, cache=True)
+def _batch_first(prod, bias, out, c0, c1):
     n_batch, c_out, n_pos = out.shape
-    for c in prange(c_out):
+    for c in range(c0, c1):
         for b in range(n_batch):
             src = prod[c, b * n_pos:(b + 1) * n_pos]
             dst = out[b, c]
@@ -36,18 +36,18 @@ def _batch_first(prod, bias, out):
                 dst[p] = src[p] + bias[c]
 
 
-@numba.njit(parallel=True, cache=True)
-def _batch_first_copy(prod, out):
+@numba.njit(nogil=True, cache=True)
+def _batch_first_copy(prod, out, c0, c1):
     n_batch, c_out, n_pos = out.shape
-    for c in prange(c_out):
+    for c in range(c0, c1):
         for b in range(n_batch):
             out[b, c, :] = prod[c, b * n_pos:(b + 1) * n_pos]
 
 
-@numba.njit(parallel=True, cache=True)
-def _channel_major(g, out):
+@numba.njit(nogil=True, cache=True)
+def _channel_major(g, out, c0, c1):
     n_batch, c_out, n_pos = g.shape
-    for c in prange(c_out):
+    for c in range(c0, c1):
         for b in range(n_batch):
             out[c, b * n_pos:(b + 1) * n_pos] = g[b, c, :]
 
@@ -90,11 +90,11 @@ def batch_first(prod, n_batch, out_hw, bias=None):
     c_out = prod.shape[0]
     out = np.empty((n_batch, c_out) + tuple(out_hw), dtype=prod.dtype)
     flat = out.reshape(n_batch, c_out, out_hw[0] * out_hw[1])
-    with kernel_threads(out.size, "copy"):  # the per-call thread rule of sbnnumba.runtime
-        if bias is None:
-            _batch_first_copy(prod, flat)
-        else:
-            _batch_first(prod, np.ascontiguousarray(bias, dtype=prod.dtype), flat)
+    if bias is None:
+        run_range_blocks(lambda c0, c1: _batch_first_copy(prod, flat, c0, c1), c_out, out.size)
+    else:
+        bias = np.ascontiguousarray(bias, dtype=prod.dtype)
+        run_range_blocks(lambda c0, c1: _batch_first(prod, bias, flat, c0, c1), c_out, out.size)
     return out
 
 
@@ -111,8 +111,7 @@ def channel_major(g):
     """
     g3 = _positions_last(g)
     out = np.empty((g.shape[1], g3.shape[0] * g3.shape[2]), dtype=g.dtype)
-    with kernel_threads(out.size, "copy"):  # the per-call thread rule of sbnnumba.runtime
-        _channel_major(g3, out)
+    run_range_blocks(lambda c0, c1: _channel_major(g3, out, c0, c1), g3.shape[1], out.size)
     return out
 
 
