@@ -119,6 +119,33 @@ def test_logistic_sample_kernel_is_bit_identical_to_the_numpy_formula(dtype):
     assert logistic_sample(a, u[:a.size].astype(np.float64 if dtype == np.float32 else np.float32)) is None
 
 
+@pytest.mark.parametrize("low, high", [(-110, 110), (-1, 1), (-20, 20)])
+def test_float32_sampler_fast_decision_is_exact(low, high):
+    """The float32 sampler's float64 decision (the exact formula only for tasks holding an entry within its
+    margin) gives ``where(u < expit(a), 1, -1)`` bit for bit with ``u`` at ``expit(a)``, its float32
+    neighbours, 0, and uniform, on a range reaching past float32's sigma (expf overflows below -88.7), with
+    infinities, NaN and signed zeros; and for uniform ``u`` the exact formula redoes only a few tasks."""
+    from scipy import special
+
+    from sbnnumba.kernels import sampling
+
+    rng = np.random.default_rng(17)
+    a = rng.uniform(low, high, 400_000).astype(np.float32)
+    a[:9] = [0.0, -0.0, 1e-30, -1e-30, 1e4, -1e4, np.inf, -np.inf, np.nan]
+    s = special.expit(a)
+    u = np.concatenate([s, np.nextafter(s, np.float32(0)), np.nextafter(s, np.float32(1)), np.zeros_like(s),
+                        rng.random(a.size, dtype=np.float32)]).astype(np.float32)
+    a5 = np.concatenate([a] * 5)
+    got = sampling.logistic_sample(a5, u)
+    np.testing.assert_array_equal(got, np.where(u < special.expit(a5), np.float32(1), np.float32(-1)))
+    tail_a, tail_u = a5[-a.size:][9:], u[-a.size:][9:]  # uniform u, finite a
+    n_tasks = -(-tail_a.size // sampling.CHUNK)
+    redone = sum(sampling._decide_f32(tail_a[i:i + sampling.CHUNK], tail_u[i:i + sampling.CHUNK],
+                                      np.empty(sampling.CHUNK, np.float32)[:tail_a[i:i + sampling.CHUNK].size]) > 0
+                 for i in range(0, tail_a.size, sampling.CHUNK))
+    assert redone <= max(3, n_tasks // 100)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_blocked_exp_and_fused_st_grad_are_bit_identical(dtype, threads):
