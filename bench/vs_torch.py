@@ -22,9 +22,13 @@ lines give, per sbnnumba contender, the 2-thread / 1-thread time and whether it 
 per-call thread rule of ``sbnnumba.runtime`` decides how many threads each kernel call gets). The
 load average is printed with every table: on a machine shared with other jobs no ratio is a verdict.
 
+Like the command line's training job, the run keeps freed temporaries' pages in the process
+(``sbnnumba.runtime.retain_freed_memory``; process-wide, so PyTorch's allocations too); ``--default-malloc``
+leaves glibc's allocator as it is.
+
 Runs only where PyTorch is installed (``pip install torch``); the package itself never imports it.
 
-Usage: python bench/vs_torch.py [--repeats 7] [--busy-core] [--only dense|conv|adam]
+Usage: python bench/vs_torch.py [--repeats 7] [--busy-core] [--only dense|conv|adam] [--default-malloc]
 """
 import argparse
 import functools
@@ -189,8 +193,14 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--busy-core", action="store_true", help="keep one core busy with another process")
     parser.add_argument("--only", choices=("dense", "conv", "adam"), default=None)
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's malloc as it is (by default the run reuses freed pages, as the CLI does)")
     args = parser.parse_args(argv)
     machine_info()
+    # Like `python -m sbnnumba train` (and the other training benchmarks): freed temporaries keep their pages, so a
+    # step does not pay page faults on the conv stages' large arrays. Process-wide: torch's allocations alike.
+    malloc = "glibc default" if args.default_malloc else f"retain_freed_memory: {sb.runtime.retain_freed_memory()}"
+    print(f"malloc: {malloc} (both contenders, one process)")
     print(f"torch {torch.__version__}; " + torch.__config__.parallel_info().splitlines()[0])
     busy = None
     if args.busy_core:
