@@ -25,7 +25,7 @@ Prints, measured in the same run (medians over interleaved repeats, float32):
    process CPU time (the cycles the process got: on a shared machine the wall time also counts the
    other processes' turns). Target: >= 5 G connections/s per core on every stage.
 
-4. the stages of part 3 that run channel-innermost (``conv_cpu.channel_inner``: 1x1 output maps here), timed
+4. the stages of part 3 that run channel-innermost (``conv_cpu.channel_inner``: 192 channels here), timed
    with ``layout="cells"`` and ``layout="channels"`` (same bits, checked), G connections/s per core by CPU
    time.
 
@@ -201,8 +201,8 @@ def layout_section(rng, repeats, threads, width):
                 != conv_cpu.flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, 0,
                                                 layout="channels").tobytes():
             raise AssertionError(f"{label}: the two layouts differ")
-        n_q = conv_layout.phase_layout(x_in.shape[2:], weight.shape[2:], stride, padding)[2]
-        if not conv_cpu.channel_inner(n_q, x_in.shape[1], x_in.shape[0]):
+        _, _, n_q, n_grid, _, _ = conv_layout.phase_layout(x_in.shape[2:], weight.shape[2:], stride, padding)
+        if not conv_cpu.channel_inner(n_q, n_grid, x_in.shape[1], x_in.shape[0], a.dtype.itemsize):
             del calls[(label, "cells")], calls[(label, "channels")]
     med = interleaved_wall_cpu_medians({key: call for key, (_, call) in calls.items()}, repeats)
     print(f"\n4) the stages that run channel-innermost, both layouts, width {width}, B=64, float32, {threads} "

@@ -52,13 +52,21 @@ def test_channel_layout_on_every_geometry(cfg):
 
 
 def test_channel_blocks_and_layout_choice():
-    # accumulator budget: 9 cells x 192 channels x 4 bytes per example -> at most 18 examples, capped at 16
-    assert conv_channels.channel_blocks(64, 9, 192, 4) == (4, 16)
-    assert conv_channels.channel_blocks(37, 1, 192, 4) == (3, 13)
+    # accumulator budget: 81 cells x 192 channels x 4 bytes per example -> at most 8 examples (2^19 bytes)
+    assert conv_channels.channel_blocks(64, 81, 192, 4) == (8, 8)
+    assert conv_channels.channel_blocks(64, 121, 192, 4) == (13, 5)
+    assert conv_channels.channel_blocks(37, 1, 192, 4) == (5, 8)
     n_blocks, bb = conv_channels.channel_blocks(5, 10_000, 64, 8)
     assert bb == 1 and n_blocks == 5
-    assert conv_cpu.channel_inner(1, 192, 64) and conv_cpu.channel_inner(2, 16, 64)
-    assert not conv_cpu.channel_inner(11, 192, 64) and not conv_cpu.channel_inner(1, 4, 64)
+    # short tap loops (1x1 output maps) with 16+ channels
+    assert conv_cpu.channel_inner(1, 1, 192, 64, 4) and conv_cpu.channel_inner(2, 4, 16, 64, 4)
+    assert not conv_cpu.channel_inner(1, 1, 4, 64, 4)
+    # wide channel loops where a block holds 4 examples: the paper's 11x11 -> 9x9, 9x9 -> 7x7 and 7x7 -> 3x3 stages,
+    # not its 24x24 and 26x26 input maps or a 64-channel loop
+    assert conv_cpu.channel_inner(61, 81, 192, 64, 4) and conv_cpu.channel_inner(11, 49, 192, 64, 4)
+    assert conv_cpu.channel_inner(97, 121, 96, 64, 4)
+    assert not conv_cpu.channel_inner(131, 576, 96, 64, 4) and not conv_cpu.channel_inner(622, 676, 96, 64, 4)
+    assert not conv_cpu.channel_inner(61, 81, 64, 64, 4)
     layer, x, a, x_out, d_out = _layer_data((2, 2, 3, 1, 0, 4, 4), seed=1)
     with pytest.raises(ValueError, match="layout"):
         conv_cpu.flip_propagate_conv(x, a, x_out, layer.weight, d_out, layer.stride, layer.padding, 0, layout="rows")

@@ -12,7 +12,8 @@ the innermost loop runs with unit stride over (output cell, example) pairs and v
 (``error_model="numpy"`` removes the per-division ZeroDivisionError branch that would keep it scalar).
 Because the examples of a block are innermost, that loop is at least ``bb`` (examples per block)
 long whatever the map size; on small output maps (1x1: ``bb <= 64`` entries) its per-tap setup still costs
-as much as the loop, so there the ratio and bounded forms run the channel-innermost kernels of
+as much as the loop, and on maps whose rows are short next to the grid's (9x9 -> 7x7) a fifth of its divisions
+fall on the zero cells between rows, so there the ratio and bounded forms run the channel-innermost kernels of
 :mod:`sbnnumba.kernels.conv_channels` instead (:func:`channel_inner`; same terms in the same order, hence
 the same bits).
 
@@ -62,7 +63,7 @@ from numba import prange
 
 from ..runtime import kernel_threads
 from . import conv_channels
-from .conv_layout import BATCH_BLOCK, batch_blocks, geometry, input_cells, output_cells, tile_length
+from .conv_layout import BATCH_BLOCK, batch_blocks, geometry, input_cells, output_cells, scratch, tile_length
 from .cpu import EXP_ARG_LIMIT, choose_form, ratio_limits, split_saturated
 from .scalar import TRIANGULAR, bounded_cdf_diff, cdf_lower
 
@@ -249,20 +250,6 @@ def _flip_conv_generic(code, sel, v_grid, f_lo_grid, f_hi_grid, s_grid, d_grid, 
         _scatter(acc, acc, False, cell_pos, i0, i1, blk * bb, bb, r, d_in)
 
 
-@numba.njit(parallel=True, fastmath=True, error_model="numpy", cache=True)
-def _ones_transposed(t_grid, tap_off, n_run, out):
-    # out[blk, q + off_k] += t_grid[blk, q] for every tap k (flat units): the all-ones transposed
-    # convolution, per batch block.
-    for blk in prange(t_grid.shape[0]):
-        acc = out[blk]
-        acc[:] = 0
-        row = t_grid[blk]
-        for k in range(tap_off.shape[0]):
-            off = tap_off[k]
-            for q in range(n_run):
-                acc[off + q] += row[q]
-
-
 def _check_conv(x_in, a, x_out, weight, d_out, stride, padding):
     if x_in.ndim != 4 or a.ndim != 4 or weight.ndim != 4:
         raise ValueError(f"flip_propagate_conv: expected 4-d x_in, a, weight; got shapes {x_in.shape}, "
@@ -280,28 +267,42 @@ def _check_conv(x_in, a, x_out, weight, d_out, stride, padding):
 
 SHORT_RUN = 256  # cell-major tap loops shorter than this (entries) go channel-innermost (channel_inner)
 MIN_CHANNELS = 16  # ... when the channel loop is at least this long
+WIDE_CHANNELS = 96  # channel loops this long (6 float32 zmm vectors) go channel-innermost whenever ...
+WIDE_BLOCK = 4  # ... a channel block holds at least this many examples (conv_channels.channel_blocks)
 
 
-def channel_inner(n_q, c_in, n_batch):
+def channel_inner(n_q, n_grid, c_in, n_batch, itemsize):
     """Whether the channel-innermost kernels (:mod:`sbnnumba.kernels.conv_channels`) run a layer.
 
     Parameters
     ----------
     n_q : int
         Output cells per tap loop (:func:`sbnnumba.kernels.conv_layout.phase_layout`).
+    n_grid : int
+        Phase-grid cells of one input map.
     c_in : int
         Input channels: the channel kernels' innermost loop.
     n_batch : int
         Examples.
+    itemsize : int
+        Bytes per float of the call.
 
     Returns
     -------
     bool
-        True when a tap loop of the cell-major kernels would be short (``n_q * min(B, BATCH_BLOCK) < SHORT_RUN``
-        (output cell, example) entries, e.g. 1x1 output maps) and ``c_in >= MIN_CHANNELS``. Both layouts give
-        bit-identical results; this is a speed rule only.
+        True when ``c_in >= MIN_CHANNELS`` and either a tap loop of the cell-major kernels would be short
+        (``n_q * min(B, BATCH_BLOCK) < SHORT_RUN`` (output cell, example) entries, e.g. 1x1 output maps) or the
+        channel loop is wide (``c_in >= WIDE_CHANNELS``) and a channel block holds ``WIDE_BLOCK`` examples
+        (:func:`sbnnumba.kernels.conv_channels.channel_blocks`). The second case covers the paper's 11x11 -> 9x9,
+        9x9 -> 7x7 and 7x7 -> 3x3 stages: there the cell-major kernels spend ``(Wq - W_out) / Wq`` of their
+        divisions (2/11, 2/9, 1/4) on the zero cells between output rows, the channel kernels none (one thread, ratio
+        form: 9x9 stage 112 -> 107-109 ms, 7x7 stage 143-146 -> 112-115 ms, 3x3 stage 27-29 -> 21-23 ms; bounded
+        form 20-25 % faster). Both layouts give bit-identical results; this is a speed rule only.
     """
-    return n_q * min(n_batch, BATCH_BLOCK) < SHORT_RUN and c_in >= MIN_CHANNELS
+    if c_in < MIN_CHANNELS:
+        return False
+    wide = c_in >= WIDE_CHANNELS and n_grid * c_in * itemsize * WIDE_BLOCK <= conv_channels.ACC_BYTES
+    return n_q * min(n_batch, BATCH_BLOCK) < SHORT_RUN or wide
 
 
 LAYOUTS = ("auto", "cells", "channels")
@@ -337,7 +338,9 @@ def flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_co
     -------
     d_in : ndarray (B, C_in, H, W), dtype of ``a``:
     ``d_in[b,r,i] = sum_{c, j : i in RF(j)} Delta[(r,i) -> (c,j)] d_out[b,c,j]`` (module docstring). The ratio
-    and bounded forms run channel-innermost on small output maps (:func:`channel_inner`), with the same bits.
+    and bounded forms run channel-innermost on small output maps and wide channel loops (:func:`channel_inner`),
+    with the same bits. The call's temporaries (x_in's layout, the factor grids) live in reused per-thread buffers
+    (:func:`sbnnumba.kernels.conv_layout.scratch`); ``d_in`` is a new array.
     """
     stride, padding = tuple(stride), tuple(padding)
     _check_conv(x_in, a, x_out, weight, d_out, stride, padding)
@@ -354,18 +357,22 @@ def _flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_c
     n_batch, c_in, h, w = x_in.shape
     c_out, _, kh, kw = weight.shape
     in_index, tap_off, n_q, n_grid, wq, cell_pos = geometry((h, w), (kh, kw), stride, padding)
-    channels = form != "generic" and (layout == "channels" or (layout == "auto" and channel_inner(n_q, c_in, n_batch)))
+    channels = form != "generic" and (layout == "channels" or (
+        layout == "auto" and channel_inner(n_q, n_grid, c_in, n_batch, dtype.itemsize)))
     x_in = np.asarray(x_in)
     # x_in as the kernels read it: the ratio form only compares it with 0 (int8: a quarter of the loads and of the
     # task's L1 footprint), the bounded form multiplies by it, the generic form in float64 (u = v + s w x_in is
     # formed in float64, as in cdf_diff).
     sel_dtype = {"ratio": np.int8, "bounded": dtype, "generic": np.float64}[form]
+    # (the call's temporaries in reused buffers: conv_layout.scratch)
     if channels:
         n_blocks, bb = conv_channels.channel_blocks(n_batch, n_grid, c_in, dtype.itemsize)
-        sel = conv_channels.channel_cells(x_in, in_index, n_grid, n_blocks, bb, sel_dtype)
+        sel = conv_channels.channel_cells(x_in, in_index, n_grid, n_blocks, bb, sel_dtype,
+                                          scratch("sel", (n_blocks, n_grid, bb, c_in), sel_dtype))
     else:
         n_blocks, bb = batch_blocks(n_batch, n_q)
-        sel = input_cells(x_in, in_index, n_grid, n_blocks, bb, sel_dtype)
+        sel = input_cells(x_in, in_index, n_grid, n_blocks, bb, sel_dtype,
+                          scratch("sel", (n_blocks, c_in, n_grid * bb), sel_dtype))
     # channel layout: tap offsets in cells; cell layout: flat offsets, run length and tile length in entries
     grid_args = ((cell_pos, tap_off, wq) if channels else
                  (cell_pos, tap_off * bb, n_q * bb, bb, tile_length(bb, max(sel.itemsize, dtype.itemsize))))
@@ -377,8 +384,9 @@ def _flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_c
     # per-output-unit factors as the kernels read them: the channel kernels read the (B, C_out, H_out, W_out) maps
     factors = np.ascontiguousarray if channels else grid
     if form == "ratio":
-        _ratio(x_in, a, x_out * d_out, w3.reshape(weight.shape), stride, padding, grid, factors,
-               (tap_off * bb, n_q * bb, n_blocks, n_grid * bb), sel, grid_args, channels, d_in)
+        flat = (tap_off * bb, n_q * bb, n_blocks, bb, n_grid * bb)  # tap offsets, run, blocks, grid length: entries
+        _ratio(x_in, a, x_out, d_out, w3.reshape(weight.shape), stride, padding, wq, flat, sel, grid_args, channels,
+               d_in)
     elif form == "bounded":
         args = (noise_code == TRIANGULAR, sel, factors(-x_out * a), factors(2 * x_out), factors(d_out))
         if channels:
@@ -418,6 +426,79 @@ def _two_w(w3, clip, taps_inner, out):
                     out[1, c, r, k] = -v
 
 
+@numba.njit(parallel=True, cache=True)
+def _ratio_factors(a, x_out, d_out, limit, ho, wq, bb, neg_a, g, half, n_unsafe):
+    # The ratio form's per-unit factors in one pass over the maps a, x_out, d_out (B, C_out H_out W_out): neg_a = -a
+    # and g = x_out d_out in the kernel's layout (NB, C_out H_out Wq bb): entry c H_out Wq bb + (oy Wq + ox) bb + e of
+    # block blk holds example blk bb + e, 0 at ox >= W_out and for padded examples (the maps themselves with bb = 1,
+    # Wq = W_out), and half = a / 2 (maps, for tanh); n_unsafe[blk] counts the block's saturated units (|a| > limit).
+    # Exact operations: the values NumPy's -a, x_out * d_out and a * 0.5 give.
+    n_batch, n_map = a.shape
+    n_flat = neg_a.shape[1]
+    n_chan = n_flat // (ho * wq * bb)
+    wo = n_map // (n_chan * ho)
+    half_one = a.dtype.type(0.5)
+    for blk in prange(neg_a.shape[0]):
+        n_ex = min(bb, n_batch - blk * bb)
+        count = 0
+        if n_ex < bb or wo < wq:
+            neg_a[blk, :] = 0
+            g[blk, :] = 0
+        for e in range(n_ex):
+            b = blk * bb + e
+            for i in range(n_map):
+                v = a[b, i]
+                if abs(v) > limit:
+                    count += 1
+                half[b, i] = v * half_one
+            if bb == 1 and wq == wo:  # the maps' own layout: one flat run
+                for i in range(n_map):
+                    neg_a[blk, i] = -a[b, i]
+                    g[blk, i] = x_out[b, i] * d_out[b, i]
+            else:
+                for c in range(n_chan):
+                    for oy in range(ho):
+                        src = (c * ho + oy) * wo
+                        dst = c * ho * wq * bb + oy * wq * bb + e
+                        for ox in range(wo):
+                            neg_a[blk, dst + ox * bb] = -a[b, src + ox]
+                            g[blk, dst + ox * bb] = x_out[b, src + ox] * d_out[b, src + ox]
+        n_unsafe[blk] = count
+
+
+@numba.njit(parallel=True, cache=True)
+def _all_ones_term(x_out, d_out, sig_half, t_map, given, tap_off, n_run, wq, bb, a_grid):
+    # The all-ones term A = sum_{c, j ∋ i} g sigma(a) per block of a_grid (NB, n_grid bb): first t = sum_c g sigma(a)
+    # (g = x_out d_out, sigma = (tanh(a / 2) + 1) * 0.5 from sig_half = tanh(a / 2), every sum over c ascending from
+    # 0, one rounding per operation: np.einsum's bits on maps of more than one cell), or t = t_map where given; then
+    # a_grid[blk, q + off_k] += t[q] over the taps k ascending from 0 (grid entries q = (oy Wq + ox) bb + e,
+    # q < n_run): the all-ones transposed convolution. No fastmath: each operation rounds as written.
+    n_batch, n_chan, ho, wo = sig_half.shape
+    one = sig_half.dtype.type(1)
+    half_one = sig_half.dtype.type(0.5)
+    for blk in prange(a_grid.shape[0]):
+        t_row = np.zeros(n_run, dtype=a_grid.dtype)  # 0 at the cells ox >= W_out and for padded examples
+        for e in range(min(bb, n_batch - blk * bb)):
+            b = blk * bb + e
+            if given:
+                for oy in range(ho):
+                    for ox in range(wo):
+                        t_row[(oy * wq + ox) * bb + e] = t_map[b, oy, ox]
+            else:
+                for c in range(n_chan):
+                    for oy in range(ho):
+                        for ox in range(wo):
+                            q = (oy * wq + ox) * bb + e
+                            t_row[q] = t_row[q] + (x_out[b, c, oy, ox] * d_out[b, c, oy, ox]) * (
+                                (sig_half[b, c, oy, ox] + one) * half_one)
+        acc = a_grid[blk]
+        acc[:] = 0
+        for k in range(tap_off.shape[0]):
+            off = tap_off[k]
+            for q in range(n_run):
+                acc[off + q] += t_row[q]
+
+
 def _exp_kernels(w3, taps_inner, dtype):
     """``(e^{+2W}, e^{-2W})`` stacked, ``2W`` clipped to the ratio form's ``[-C, C]``
     (:func:`sbnnumba.kernels.cpu.ratio_limits`), in the kernel's weight layout (:func:`_two_w`), by one NumPy
@@ -428,32 +509,54 @@ def _exp_kernels(w3, taps_inner, dtype):
     return np.exp(k, out=k)
 
 
-def _ratio(x_in, a, g, weight, stride, padding, grid, factors, flat, sel, grid_args, channels, d_in):
-    """The logistic ratio form of :func:`flip_propagate_conv` (module docstring) into ``d_in`` (B, C_in, H*W):
-    ``g = x_out d_out``, ``weight`` (C_out, C_in, kh, kw) in ``a``'s dtype; ``grid`` puts a map into the output
-    grids, ``factors`` puts one as the kernel reads it; ``flat`` = (tap offsets, run length, blocks, input grid
-    length) in (cell, example) entries of the grids."""
+def _ratio(x_in, a, x_out, d_out, weight, stride, padding, wq, flat, sel, grid_args, channels, d_in):
+    """The logistic ratio form of :func:`flip_propagate_conv` (module docstring) into ``d_in`` (B, C_in, H*W).
+
+    ``weight`` (C_out, C_in, kh, kw) in ``a``'s dtype; ``wq`` the output grids' row length; ``flat`` = (tap offsets,
+    run length, blocks, examples per block, input grid length) in (cell, example) entries of the grids. The factors
+    ``e^{-a}`` and ``g = x_out d_out`` go straight into the kernel's layout (:func:`_ratio_factors`: one pass, then
+    NumPy's ``exp`` and ``tanh`` in place, on every element as before: the same bits); the saturated units
+    (``|a| > A``) are zeroed in a second pass (:func:`sbnnumba.kernels.cpu.split_saturated`) only when there are any."""
     dtype = a.dtype
-    w3 = weight.reshape(weight.shape[0], weight.shape[1], -1)
-    g_safe, a_safe, saturated = split_saturated(a, g, weight)  # active saturated units: summed directly below
-    # sigma(a) = 0.5 (1 + tanh(a / 2)) and e^{-a} by NumPy's float routines, in place (fewer passes, same bits)
-    sig = np.multiply(a_safe, 0.5)
-    np.tanh(sig, out=sig)
-    np.add(sig, 1, out=sig)
-    np.multiply(sig, 0.5, out=sig)
-    t_grid = grid(np.einsum("bcyx,bcyx->byx", g_safe, sig)[:, None])[:, 0]
-    a_grid = np.empty(flat[2:], dtype=dtype)
-    _ones_transposed(t_grid, flat[0], flat[1], a_grid)
-    k_exp = _exp_kernels(w3, channels, dtype)
-    e_a = np.negative(a_safe)
-    np.exp(e_a, out=e_a)
+    n_batch, c_out, ho, wo = a.shape
+    tap_flat, n_run, n_blocks, bb, n_flat = flat
+    f_blocks, f_bb, f_wq = (n_batch, 1, wo) if channels else (n_blocks, bb, wq)  # the factors' layout
+    neg_a = scratch("neg_a", (f_blocks, c_out * ho * f_wq * f_bb), dtype)
+    g = scratch("g", neg_a.shape, dtype)
+    half = scratch("half", a.shape, dtype)
+    limit = dtype.type(ratio_limits(dtype)[0])
+    n_unsafe = np.empty(f_blocks, dtype=np.int64)
+    saturated = None
+    g_pair = (x_out, d_out)  # g = x_out * d_out, the product the kernels' factors hold
+
+    def factors(a, x_out, d_out):
+        flat = [np.ascontiguousarray(t).reshape(n_batch, -1) for t in (a, x_out, d_out)]
+        _ratio_factors(*flat, limit, ho, f_wq, f_bb, neg_a, g, half.reshape(n_batch, -1), n_unsafe)
+
+    factors(a, x_out, d_out)
+    if n_unsafe.any():
+        # active saturated units: summed directly below; all saturated ones zeroed in the ratio sums
+        g_safe, a_safe, saturated = split_saturated(a, x_out * d_out, weight)
+        g_pair = (g_safe, np.ones_like(g_safe))  # g_safe * 1: the same values
+        factors(a_safe, *g_pair)
+    np.exp(neg_a, out=neg_a)  # e^{-a} and tanh(a / 2) by NumPy's float routines (the bits sigma and e^{-a} always had)
+    np.tanh(half, out=half)
+    a_grid = scratch("a_grid", (n_blocks, n_flat), dtype)
+    t_map = np.empty((1, 1, 1), dtype=dtype)  # unread unless given
+    if ho * wo == 1:  # one output cell: np.einsum sums over c in its own (vectorized) order, kept as is
+        np.add(half, 1, out=half)
+        np.multiply(half, 0.5, out=half)
+        t_map = np.einsum("bcyx,bcyx->byx", g_pair[0] * g_pair[1], half)
+    _all_ones_term(*g_pair, half, t_map, ho * wo == 1, tap_flat, n_run, wq, bb, a_grid)
+    k_exp = _exp_kernels(weight.reshape(c_out, weight.shape[1], -1), channels, dtype)
     kernel = conv_channels.flip_conv_ratio_channels if channels else _flip_conv_ratio
-    kernel(sel, factors(e_a), factors(g_safe), k_exp[0], k_exp[1], a_grid, *grid_args, d_in)
+    shape = a.shape if channels else (n_blocks, c_out, -1)  # the kernel's factor layout
+    kernel(sel, neg_a.reshape(shape), g.reshape(shape), k_exp[0], k_exp[1], a_grid, *grid_args, d_in)
     if saturated is not None:
         row_start, units = saturated  # units: (c, oy, ox) rows
-        _flip_conv_logistic_saturated(np.ascontiguousarray(x_in, dtype=dtype), a, g, weight, row_start, units,
-                                      stride[0], stride[1], padding[0], padding[1], dtype.type(EXP_ARG_LIMIT[dtype]),
-                                      d_in.reshape(x_in.shape))
+        _flip_conv_logistic_saturated(np.ascontiguousarray(x_in, dtype=dtype), a, x_out * d_out, weight, row_start,
+                                      units, stride[0], stride[1], padding[0], padding[1],
+                                      dtype.type(EXP_ARG_LIMIT[dtype]), d_in.reshape(x_in.shape))
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True)

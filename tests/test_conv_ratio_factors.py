@@ -1,0 +1,69 @@
+"""The conv ratio form's factor passes (sbnnumba.kernels.conv_cpu._ratio_factors, _all_ones_term) against the NumPy
+expressions they replace, bit for bit (issue #39): -a, x_out d_out and a / 2 in the kernel's layout, and the all-ones
+term from t = einsum(g, sigma(a)) over the channels. If a NumPy release changed einsum's summation order, the second
+test would say so (the golden digests would then move as well)."""
+import numpy as np
+import pytest
+
+from sbnnumba.kernels import conv_cpu, conv_layout
+
+# (channels, H_out, W_out, batch, in_hw, kernel, stride, padding): the paper's map sizes and odd ones, a padded block
+CASES = [(96, 24, 24, 7, (26, 26), (3, 3), (1, 1), (0, 0)), (9, 11, 11, 19, (24, 24), (3, 3), (2, 2), (0, 0)),
+         (5, 3, 2, 37, (5, 4), (3, 3), (2, 2), (1, 1)), (7, 2, 1, 3, (2, 1), (1, 1), (1, 1), (0, 0)),
+         (11, 1, 1, 5, (1, 1), (1, 1), (1, 1), (0, 0))]
+
+
+def _maps(cfg, dtype, seed=0):
+    c, ho, wo, batch = cfg[:4]
+    rng = np.random.default_rng(seed)
+    a = (rng.normal(size=(batch, c, ho, wo)) * 4).astype(dtype)
+    a.ravel()[::13] = 31.0  # beyond the float32 ratio limit A = 30
+    x_out = np.where(rng.random(a.shape) < 0.5, 1, -1).astype(dtype)
+    d_out = rng.normal(size=a.shape).astype(dtype)
+    d_out.ravel()[::7] = 0.0  # signed zeros in g
+    return a, x_out, d_out
+
+
+@pytest.mark.parametrize("cfg", CASES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("layout", ["cells", "maps"])
+def test_ratio_factors_are_numpy_values_in_the_kernel_layout(cfg, dtype, layout):
+    a, x_out, d_out = _maps(cfg, dtype)
+    batch, c, ho, wo = a.shape
+    _, _, n_q, _, wq, _ = conv_layout.phase_layout(*cfg[4:])
+    n_blocks, bb = conv_layout.batch_blocks(batch, n_q) if layout == "cells" else (batch, 1)
+    wq = wq if layout == "cells" else wo
+    neg_a, g = (np.full((n_blocks, c * ho * wq * bb), np.nan, dtype) for _ in range(2))
+    half, n_unsafe = np.empty((batch, c * ho * wo), dtype), np.empty(n_blocks, np.int64)
+    limit = dtype(conv_cpu.ratio_limits(dtype)[0])
+    conv_cpu._ratio_factors(*(t.reshape(batch, -1) for t in (a, x_out, d_out)), limit, ho, wq, bb, neg_a, g, half,
+                            n_unsafe)
+    assert n_unsafe.sum() == np.count_nonzero(np.abs(a) > limit)
+    np.testing.assert_array_equal(half.reshape(a.shape), a * 0.5)
+    for got, want in ((neg_a, -a), (g, x_out * d_out)):
+        grid = np.zeros((n_blocks * bb, c, ho, wq), dtype)
+        grid[:batch, :, :, :wo] = want
+        grid = grid.reshape(n_blocks, bb, c, ho * wq).transpose(0, 2, 3, 1).reshape(got.shape)
+        assert got.tobytes() == grid.tobytes()  # bytes: the signs of zeros too
+
+
+@pytest.mark.parametrize("cfg", CASES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_all_ones_term_equals_einsum_and_the_transposed_convolution_bitwise(cfg, dtype):
+    a, x_out, d_out = _maps(cfg, dtype, seed=1)
+    batch, c, ho, wo = a.shape
+    _, tap_off, n_q, n_grid, wq, _ = conv_layout.phase_layout(*cfg[4:])
+    n_blocks, bb = conv_layout.batch_blocks(batch, n_q)
+    th = np.tanh(a * 0.5)
+    t = np.einsum("bcyx,bcyx->byx", x_out * d_out, (th + 1) * 0.5)  # the former NumPy path
+    t_grid = np.zeros((n_blocks * bb, ho, wq), dtype)
+    t_grid[:batch, :, :wo] = t
+    t_grid = t_grid.reshape(n_blocks, bb, ho * wq).transpose(0, 2, 1).reshape(n_blocks, -1)
+    want = np.zeros((n_blocks, n_grid * bb), dtype)
+    for off in tap_off * bb:  # taps ascending, each from 0: the order of the kernel's sums
+        want[:, off:off + n_q * bb] += t_grid[:, :n_q * bb]
+    got = np.full((n_blocks, n_grid * bb), np.nan, dtype)
+    given = ho * wo == 1  # one output cell: einsum's own order, passed in
+    conv_cpu._all_ones_term(x_out, d_out, th, t if given else np.empty((1, 1, 1), dtype), given, tap_off * bb,
+                            n_q * bb, wq, bb, got)
+    assert got.tobytes() == want.tobytes()
