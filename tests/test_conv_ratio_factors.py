@@ -67,3 +67,44 @@ def test_all_ones_term_equals_einsum_and_the_transposed_convolution_bitwise(cfg,
     conv_cpu._all_ones_term(x_out, d_out, th, t if given else np.empty((1, 1, 1), dtype), given, tap_off * bb,
                             n_q * bb, wq, bb, got)
     assert got.tobytes() == want.tobytes()
+
+
+_CACHE_PROBE = """
+import hashlib
+import numpy as np
+from sbnnumba.kernels import conv_cpu, cpu
+rng = np.random.default_rng(3)
+h = hashlib.sha256()
+# 96 -> 96 channels, 3x3 on 9x9 maps, a third of the units saturated (|a| > A) and active (weights x20): the direct
+# sum (_flip_conv_logistic_saturated) runs beside the ratio sums, in both layouts; then that kernel over every unit
+x = np.where(rng.random((8, 96, 9, 9)) < 0.5, 1, -1).astype(np.float32)
+w = (rng.normal(size=(96, 96, 3, 3)) / 30 * 20).astype(np.float32)
+a = rng.normal(size=(8, 96, 7, 7)).astype(np.float32) * 3
+a = np.where(rng.random(a.shape) < 0.3, np.sign(a) * (31 + 3 * rng.random(a.shape)), a).astype(np.float32)
+x_out = np.where(rng.random(a.shape) < 0.5, 1, -1).astype(np.float32)
+d_out = rng.normal(size=a.shape).astype(np.float32)
+for layout in ("cells", "channels"):
+    h.update(conv_cpu.flip_propagate_conv(x, a, x_out, w, d_out, (1, 1), (0, 0), 0, form="ratio", layout=layout)
+             .tobytes())
+row_start, units = cpu.saturated_rows(np.ones(a.shape, bool))
+out = np.zeros(x.shape, np.float32)
+conv_cpu._flip_conv_logistic_saturated(x, a, x_out * d_out, w, row_start, units, 1, 1, 0, 0, np.float32(80), out)
+h.update(out.tobytes())
+fns = [conv_cpu._flip_conv_logistic_saturated, conv_cpu._flip_conv_ratio, conv_cpu._ratio_factors,
+       conv_cpu._all_ones_term]
+print(h.hexdigest(), sum(f.stats.cache_hits.total() for f in fns), sum(f.stats.cache_misses.total() for f in fns))
+"""
+
+
+def test_conv_ratio_form_same_bits_compiled_and_loaded_from_cache(tmp_path):
+    """The first child compiles the conv ratio-form kernels (the direct sum over saturated units included) into an
+    empty Numba cache, the second loads them: the same bits. Numba optimizes a prange body twice and caches the
+    second result, so a kernel whose sums LLVM may reassociate can give other bits once loaded
+    (sbnnumba/kernels/lanes.py); these kernels are compiled without "reassoc"."""
+    from kernel_checks import stdout_at_threads
+    env = {"NUMBA_CACHE_DIR": str(tmp_path)}
+    compiled = stdout_at_threads(_CACHE_PROBE, 2, env=env).split()
+    loaded = stdout_at_threads(_CACHE_PROBE, 2, env=env).split()
+    assert int(compiled[1]) == 0 and int(compiled[2]) > 0, compiled  # compiled, nothing loaded
+    assert int(loaded[1]) > 0 and int(loaded[2]) == 0, loaded  # everything loaded from the cache
+    assert compiled[0] == loaded[0]

@@ -71,6 +71,11 @@ from .scalar import TRIANGULAR, bounded_cdf_diff, cdf_lower
 # The ratio kernel divides exactly (conv_channels.EXACT_FASTMATH: no reciprocal estimate in vector lanes), so every
 # term is the correctly rounded quotient whichever elements the compiler puts in vector lanes.
 _EXACT_FASTMATH = conv_channels.EXACT_FASTMATH
+# The direct sum over saturated units: fastmath without "reassoc" (Numba optimizes a prange body twice and caches the
+# second result; with reassoc the two may group a sum differently, so a kernel could give other bits once loaded from
+# the cache, as _flip_dense_ratio did: sbnnumba/kernels/lanes.py). Same bits as with fastmath=True on every case
+# checked (the 230-case comparison with the former kernel, saturated units included).
+_SATURATED_FASTMATH = {"nnan", "ninf", "nsz", "arcp", "contract", "afn"}
 
 
 @numba.njit(inline="always")
@@ -559,7 +564,7 @@ def _ratio(x_in, a, x_out, d_out, weight, stride, padding, wq, flat, sel, grid_a
                                       dtype.type(EXP_ARG_LIMIT[dtype]), d_in.reshape(x_in.shape))
 
 
-@numba.njit(parallel=True, fastmath=True, cache=True)
+@numba.njit(parallel=True, fastmath=_SATURATED_FASTMATH, cache=True)
 def _flip_conv_logistic_saturated(x_in, a, g, weight, row_start, units, sh, sw, ph, pw, lim, d_in):
     # Adds, for the listed output units (units[row_start[b]:row_start[b+1]] = (c, oy, ox) of example b),
     # g (sigma(a) - sigma(a - 2 W[c,r,dy,dx] x[b,r,iy,ix])) to d_in[b,r,iy,ix] over the unit's receptive
