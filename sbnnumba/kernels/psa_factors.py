@@ -4,7 +4,7 @@
 (its vectorized routine: a Numba ``exp`` would round differently), then the rest in one parallel pass, in the same
 operations and order as the NumPy expression ``-x * (e / (1 + e) ** 2) * d``, so the result is bit-identical
 (``tests/test_psa_factors.py``); the NumPy expression makes nine passes over the maps with eight temporaries, this
-four with two. No ``fastmath``.
+three (``-|a|``, ``exp``, the rest) in the one output array. No ``fastmath``.
 """
 import numba
 import numpy as np
@@ -14,12 +14,21 @@ from ..runtime import kernel_threads
 
 
 @numba.njit(parallel=True, cache=True)
+def _neg_abs(a, out):
+    # out = -|a|, element-wise (exact: NumPy's np.negative(np.abs(a)))
+    for i in prange(out.shape[0]):
+        out[i] = -abs(a[i])
+
+
+@numba.njit(parallel=True, cache=True)
 def _logistic_grad(x, e, d, out):
-    # out = -x (e / (1 + e)^2) d, element-wise (1-D arrays of one dtype)
+    # out = -x (e / (1 + e)^2) d, element-wise (1-D arrays of one dtype; out may be e itself: each element is read
+    # before it is written)
     one = e.dtype.type(1)
     for i in prange(out.shape[0]):
-        s = one + e[i]
-        out[i] = -x[i] * (e[i] / (s * s)) * d[i]
+        ei = e[i]
+        s = one + ei
+        out[i] = -x[i] * (ei / (s * s)) * d[i]
 
 
 def logistic_psa_grad(x, a, d):
@@ -44,11 +53,10 @@ def logistic_psa_grad(x, a, d):
     if not all(isinstance(t, np.ndarray) for t in arrays) or a.dtype not in (np.float32, np.float64) \
             or any(t.dtype != a.dtype or t.shape != a.shape for t in arrays):
         return None
-    e = np.abs(a)
-    np.negative(e, out=e)
-    np.exp(e, out=e)
-    out = np.empty(a.shape, dtype=a.dtype)
+    out = np.empty(a.shape, dtype=a.dtype)  # e = exp(-|a|) first, then the result in place
+    flat = out.reshape(-1)
     with kernel_threads(a.size, "elementwise"):  # the per-call thread rule of sbnnumba.runtime
-        _logistic_grad(np.ascontiguousarray(x).reshape(-1), e.reshape(-1), np.ascontiguousarray(d).reshape(-1),
-                       out.reshape(-1))
+        _neg_abs(np.ascontiguousarray(a).reshape(-1), flat)
+        np.exp(flat, out=flat)
+        _logistic_grad(np.ascontiguousarray(x).reshape(-1), flat, np.ascontiguousarray(d).reshape(-1), flat)
     return out
