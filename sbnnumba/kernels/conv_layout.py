@@ -25,6 +25,7 @@ so the grids hold the same values as the NumPy transposes they replace (which to
 flip propagation on the paper's 24x24 and 11x11 stages, mostly in strided NumPy copies).
 """
 import functools
+import math
 import threading
 
 import numba
@@ -167,9 +168,9 @@ def aligned_empty(shape, dtype, align=64):
     """Uninitialized C-ordered array whose data starts on an ``align``-byte boundary (NumPy guarantees 16): with
     :data:`BLOCK_ALIGN` examples per cell the tap loops' vector loads then start on cache lines."""
     dtype = np.dtype(dtype)
-    n = int(np.prod(shape))
+    n = math.prod(shape)
     raw = np.empty(n * dtype.itemsize + align, dtype=np.uint8)
-    start = -raw.ctypes.data % align
+    start = -raw.__array_interface__["data"][0] % align
     return raw[start:start + n * dtype.itemsize].view(dtype).reshape(shape)
 
 
@@ -199,12 +200,13 @@ def scratch(name, shape, dtype, align=64):
     ndarray of ``shape`` and ``dtype``, contents undefined.
     """
     dtype = np.dtype(dtype)
-    n = int(np.prod(shape)) * dtype.itemsize
+    n = math.prod(shape) * dtype.itemsize
     pool = _SCRATCH.__dict__.setdefault("pool", {})
-    raw = pool.get(name)
-    if raw is None or raw.size < n + align:
-        raw = pool[name] = np.empty(n + align, dtype=np.uint8)
-    start = -raw.ctypes.data % align
+    held = pool.get(name)
+    if held is None or held[0].size < n + align:  # (buffer, offset of its first aligned byte): found once
+        raw = np.empty(n + align, dtype=np.uint8)
+        held = pool[name] = (raw, -raw.__array_interface__["data"][0] % align)
+    raw, start = held
     return raw[start:start + n].view(dtype).reshape(shape)
 
 
