@@ -20,7 +20,7 @@ the same bits).
 **Layout.** The cell-major "phase grids" of :mod:`sbnnumba.kernels.conv_layout`: every tap of the convolution
 is one contiguous run of ``n_q bb`` (output cell, example) entries, for every stride; batch blocks and
 accumulator tiles (:func:`sbnnumba.kernels.conv_layout.batch_blocks`,
-:func:`~sbnnumba.kernels.conv_layout.tile_length`) keep a task's buffers in L1.
+:func:`~sbnnumba.kernels.conv_layout.tile_length`) keep a task's buffers in L2.
 
 **Fixed order.** Every accumulator entry adds its terms in the order (c ascending, tap ascending),
 starting from 0, whatever the blocks, tiles and thread count: results are bit-identical at any thread
@@ -380,7 +380,7 @@ def _flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_c
                           scratch("sel", (n_blocks, c_in, n_grid * bb), sel_dtype))
     # channel layout: tap offsets in cells; cell layout: flat offsets, run length and tile length in entries
     grid_args = ((cell_pos, tap_off, wq) if channels else
-                 (cell_pos, tap_off * bb, n_q * bb, bb, tile_length(bb, max(sel.itemsize, dtype.itemsize))))
+                 (cell_pos, tap_off * bb, n_q * bb, bb, tile_length(bb, 2 * (sel.itemsize + dtype.itemsize))))
     x_out = np.asarray(x_out, dtype=dtype)
     d_out = np.asarray(d_out, dtype=dtype)
     d_in = np.empty((n_batch, c_in, h * w), dtype=dtype)
