@@ -168,7 +168,7 @@ def _output_cells(t, wq, bb, out):
                         out[blk, c, base + ox * bb] = t[b, c, oy, ox]
 
 
-def aligned_empty(shape, dtype, align=64):
+def _aligned_empty(shape, dtype, align=64):
     """Uninitialized C-ordered array whose data starts on an ``align``-byte boundary (NumPy guarantees 16): with
     :data:`BLOCK_ALIGN` examples per cell the tap loops' vector loads then start on cache lines."""
     dtype = np.dtype(dtype)
@@ -232,7 +232,7 @@ def output_cells(t, wq, n_blocks, bb):
         examples.
     """
     _, c, ho, _ = t.shape
-    out = aligned_empty((n_blocks, c, ho * wq * bb), t.dtype)
+    out = _aligned_empty((n_blocks, c, ho * wq * bb), t.dtype)
     _output_cells(np.ascontiguousarray(t), wq, bb, out)
     return out
 
@@ -284,6 +284,6 @@ def input_cells(x_in, in_index, n_grid, n_blocks, bb, dtype, out=None):
     """
     n_batch, c_in = x_in.shape[:2]
     if out is None:
-        out = aligned_empty((n_blocks, c_in, n_grid * bb), dtype)
+        out = _aligned_empty((n_blocks, c_in, n_grid * bb), dtype)
     _input_cells(np.ascontiguousarray(x_in).reshape(n_batch, c_in, -1), in_index, bb, out)
     return out
