@@ -35,6 +35,20 @@ def stdout_at_threads(script, threads, *args, env=None):
     return result.stdout.strip()
 
 
+def assert_same_output_compiled_and_cached(script, cache_dir, threads=2):
+    """Run ``script`` twice in child Pythons (:func:`stdout_at_threads`) sharing the empty Numba cache ``cache_dir``:
+    the first compiles its kernels, the second loads them. ``script`` prints ``digest hits misses`` (a digest of
+    kernel results, and the cache hits and misses of the kernels it checks); assert that the first only compiled,
+    the second only loaded, and both printed the same digest (Numba optimizes a prange body twice and caches the
+    second result, so a kernel whose sums LLVM may reassociate can give other bits once loaded)."""
+    env = {"NUMBA_CACHE_DIR": str(cache_dir)}
+    compiled = stdout_at_threads(script, threads, env=env).split()
+    loaded = stdout_at_threads(script, threads, env=env).split()
+    assert int(compiled[1]) == 0 and int(compiled[2]) > 0, compiled  # compiled, nothing loaded
+    assert int(loaded[1]) > 0 and int(loaded[2]) == 0, loaded  # everything loaded from the cache
+    assert compiled[0] == loaded[0]
+
+
 def randomize_normalization(net, rng, zero_gammas=True):
     """Random gammas (both signs, a few exactly 0), betas and deterministic-mode running statistics."""
     for norm in net.normalizations():

@@ -101,10 +101,5 @@ def test_conv_ratio_form_same_bits_compiled_and_loaded_from_cache(tmp_path):
     empty Numba cache, the second loads them: the same bits. Numba optimizes a prange body twice and caches the
     second result, so a kernel whose sums LLVM may reassociate can give other bits once loaded
     (sbnnumba/kernels/lanes.py); these kernels are compiled without "reassoc"."""
-    from kernel_checks import stdout_at_threads
-    env = {"NUMBA_CACHE_DIR": str(tmp_path)}
-    compiled = stdout_at_threads(_CACHE_PROBE, 2, env=env).split()
-    loaded = stdout_at_threads(_CACHE_PROBE, 2, env=env).split()
-    assert int(compiled[1]) == 0 and int(compiled[2]) > 0, compiled  # compiled, nothing loaded
-    assert int(loaded[1]) > 0 and int(loaded[2]) == 0, loaded  # everything loaded from the cache
-    assert compiled[0] == loaded[0]
+    from kernel_checks import assert_same_output_compiled_and_cached
+    assert_same_output_compiled_and_cached(_CACHE_PROBE, tmp_path)

@@ -1,7 +1,7 @@
 """Dense PSA flip propagation: Numba kernels == NumPy reference == brute-force flips."""
 import numpy as np
 import pytest
-from kernel_checks import stdout_at_threads
+from kernel_checks import assert_same_output_compiled_and_cached, stdout_at_threads
 
 from sbnnumba import get_noise
 from sbnnumba.kernels import cpu, reference
@@ -262,10 +262,5 @@ def test_dense_flip_same_bits_compiled_and_loaded_from_cache(tmp_path):
     bits (Numba optimizes a prange body twice and caches the second result, so a kernel whose sums LLVM may
     reassociate gave other bits on a 784x1024 layer once loaded; sbnnumba/kernels/lanes.py)."""
     import os
-    env = {"NUMBA_CACHE_DIR": str(tmp_path)}
-    compiled = stdout_at_threads(_CACHE_PROBE, 2, env=env).split()
-    loaded = stdout_at_threads(_CACHE_PROBE, 2, env=env).split()
-    assert int(compiled[1]) == 0 and int(compiled[2]) > 0, compiled  # compiled, nothing loaded
-    assert int(loaded[1]) > 0 and int(loaded[2]) == 0, loaded  # everything loaded from the cache
-    assert compiled[0] == loaded[0]
+    assert_same_output_compiled_and_cached(_CACHE_PROBE, tmp_path)
     assert os.listdir(tmp_path)
