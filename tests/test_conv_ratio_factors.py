@@ -1,7 +1,7 @@
 """The conv ratio form's factor passes (sbnnumba.kernels.conv_cpu._ratio_factors, _all_ones_term) against the NumPy
-expressions they replace, bit for bit (issue #39): -a, x_out d_out and a / 2 in the kernel's layout, and the all-ones
-term from t = einsum(g, sigma(a)) over the channels. If a NumPy release changed einsum's summation order, the second
-test would say so (the golden digests would then move as well)."""
+expressions they replace, bit for bit (issue #39): -a, x_out d_out, a / 2 and the clipped (2W, -2W) in the kernels'
+layouts, and the all-ones term from t = einsum(g, sigma(a)) over the channels. If a NumPy release changed einsum's
+summation order, the second test would say so (the golden digests would then move as well)."""
 import numpy as np
 import pytest
 
@@ -34,12 +34,17 @@ def test_ratio_factors_are_numpy_values_in_the_kernel_layout(cfg, dtype, layout)
     n_blocks, bb = conv_layout.batch_blocks(batch, n_q) if layout == "cells" else (batch, 1)
     wq = wq if layout == "cells" else wo
     neg_a, g = (np.full((n_blocks, c * ho * wq * bb), np.nan, dtype) for _ in range(2))
-    half, n_unsafe = np.empty((batch, c * ho * wo), dtype), np.empty(n_blocks, np.int64)
-    limit = dtype(conv_cpu.ratio_limits(dtype)[0])
-    conv_cpu._ratio_factors(*(t.reshape(batch, -1) for t in (a, x_out, d_out)), limit, ho, wq, bb, neg_a, g, half,
-                            n_unsafe)
-    assert n_unsafe.sum() == np.count_nonzero(np.abs(a) > limit)
+    half = np.empty((batch, c * ho * wo), dtype)
+    limit, clip = (dtype(v) for v in conv_cpu.ratio_limits(dtype))
+    w3 = np.random.default_rng(4).normal(size=(4, 3, 5)).astype(dtype) * 40
+    two_w = np.full((2, 4, 5, 3) if layout == "maps" else (2, 4, 3, 5), np.nan, dtype)
+    n_unsafe = conv_cpu._ratio_factors(*(t.reshape(batch, -1) for t in (a, x_out, d_out)), limit, ho, wq, bb, neg_a, g,
+                                       half, w3, clip, layout == "maps", two_w)
+    assert n_unsafe == np.count_nonzero(np.abs(a) > limit)
     np.testing.assert_array_equal(half.reshape(a.shape), a * 0.5)
+    w2 = np.clip(2 * w3, -clip, clip)
+    w2 = w2.transpose(0, 2, 1) if layout == "maps" else w2  # the channel kernels' (C_out, taps, C_in)
+    assert two_w.tobytes() == np.stack([w2, -w2]).tobytes()
     for got, want in ((neg_a, -a), (g, x_out * d_out)):
         grid = np.zeros((n_blocks * bb, c, ho, wq), dtype)
         grid[:batch, :, :, :wo] = want

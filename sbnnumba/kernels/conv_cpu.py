@@ -56,6 +56,7 @@ Three forms, as for dense layers (:mod:`sbnnumba.kernels.cpu`):
 float32 and float64 (the dtype of ``a``); outputs are preallocated, no random numbers.
 """
 import functools
+import math
 
 import numba
 import numpy as np
@@ -411,38 +412,39 @@ def _taps_inner(t):
     return np.ascontiguousarray(t.transpose(0, 2, 1))
 
 
-@numba.njit(parallel=True, cache=True)
-def _two_w(w3, clip, taps_inner, out):
-    # out[0] = clip(2 W, -clip, clip), out[1] = -out[0] (exact operations), in the kernel's weight layout: (C_out,
-    # C_in, taps), or (C_out, taps, C_in) with taps_inner.
-    c_out, c_in, n_taps = w3.shape
-    for c in prange(c_out):
-        if taps_inner:
-            for k in range(n_taps):
-                for r in range(c_in):
-                    v = min(max(2 * w3[c, r, k], -clip), clip)
-                    out[0, c, k, r] = v
-                    out[1, c, k, r] = -v
-        else:
+@numba.njit(inline="always")
+def _two_w_row(w3, clip, taps_inner, out, c):
+    # out[0, c] = clip(2 W[c], -clip, clip), out[1, c] = -out[0, c] (exact operations), in the kernel's weight layout:
+    # (C_out, C_in, taps), or (C_out, taps, C_in) with taps_inner.
+    c_in, n_taps = w3.shape[1], w3.shape[2]
+    if taps_inner:
+        for k in range(n_taps):
             for r in range(c_in):
-                for k in range(n_taps):
-                    v = min(max(2 * w3[c, r, k], -clip), clip)
-                    out[0, c, r, k] = v
-                    out[1, c, r, k] = -v
+                v = min(max(2 * w3[c, r, k], -clip), clip)
+                out[0, c, k, r] = v
+                out[1, c, k, r] = -v
+    else:
+        for r in range(c_in):
+            for k in range(n_taps):
+                v = min(max(2 * w3[c, r, k], -clip), clip)
+                out[0, c, r, k] = v
+                out[1, c, r, k] = -v
 
 
 @numba.njit(parallel=True, cache=True)
-def _ratio_factors(a, x_out, d_out, limit, ho, wq, bb, neg_a, g, half, n_unsafe):
+def _ratio_factors(a, x_out, d_out, limit, ho, wq, bb, neg_a, g, half, w3, clip, taps_inner, two_w):
     # The ratio form's per-unit factors in one pass over the maps a, x_out, d_out (B, C_out H_out W_out): neg_a = -a
     # and g = x_out d_out in the kernel's layout (NB, C_out H_out Wq bb): entry c H_out Wq bb + (oy Wq + ox) bb + e of
     # block blk holds example blk bb + e, 0 at ox >= W_out and for padded examples (the maps themselves with bb = 1,
-    # Wq = W_out), and half = a / 2 (maps, for tanh); n_unsafe[blk] counts the block's saturated units (|a| > limit).
-    # Exact operations: the values NumPy's -a, x_out * d_out and a * 0.5 give.
+    # Wq = W_out), and half = a / 2 (maps, for tanh); two_w = (2W, -2W), 2W clipped to [-clip, clip] (_two_w_row), the
+    # weight w3 (C_out, C_in, taps). Returns the number of saturated units (|a| > limit). Exact operations: the values
+    # NumPy's -a, x_out * d_out and a * 0.5 give. (One call: each call costs tens of microseconds on cold caches.)
     n_batch, n_map = a.shape
     n_flat = neg_a.shape[1]
     n_chan = n_flat // (ho * wq * bb)
     wo = n_map // (n_chan * ho)
     half_one = a.dtype.type(0.5)
+    n_unsafe = np.zeros(neg_a.shape[0], dtype=np.int64)  # per block
     for blk in prange(neg_a.shape[0]):
         n_ex = min(bb, n_batch - blk * bb)
         count = 0
@@ -469,6 +471,9 @@ def _ratio_factors(a, x_out, d_out, limit, ho, wq, bb, neg_a, g, half, n_unsafe)
                             neg_a[blk, dst + ox * bb] = -a[b, src + ox]
                             g[blk, dst + ox * bb] = x_out[b, src + ox] * d_out[b, src + ox]
         n_unsafe[blk] = count
+    for c in prange(w3.shape[0]):
+        _two_w_row(w3, clip, taps_inner, two_w, c)
+    return n_unsafe.sum()
 
 
 @numba.njit(parallel=True, cache=True)
@@ -504,56 +509,50 @@ def _all_ones_term(x_out, d_out, sig_half, t_map, given, tap_off, n_run, wq, bb,
                 acc[off + q] += t_row[q]
 
 
-def _exp_kernels(w3, taps_inner, dtype):
-    """``(e^{+2W}, e^{-2W})`` stacked, ``2W`` clipped to the ratio form's ``[-C, C]``
-    (:func:`sbnnumba.kernels.cpu.ratio_limits`), in the kernel's weight layout (:func:`_two_w`), by one NumPy
-    ``exp`` over both halves (NumPy's float routine: the values the kernels were always given)."""
-    c_out, c_in, n_taps = w3.shape
-    k = np.empty((2, c_out) + ((n_taps, c_in) if taps_inner else (c_in, n_taps)), dtype=dtype)
-    _two_w(w3, dtype.type(ratio_limits(dtype)[1]), taps_inner, k)
-    return np.exp(k, out=k)
-
-
 def _ratio(x_in, a, x_out, d_out, weight, stride, padding, wq, flat, sel, grid_args, channels, d_in):
     """The logistic ratio form of :func:`flip_propagate_conv` (module docstring) into ``d_in`` (B, C_in, H*W).
 
     ``weight`` (C_out, C_in, kh, kw) in ``a``'s dtype; ``wq`` the output grids' row length; ``flat`` = (tap offsets,
     run length, blocks, examples per block, input grid length) in (cell, example) entries of the grids. The factors
-    ``e^{-a}`` and ``g = x_out d_out`` go straight into the kernel's layout (:func:`_ratio_factors`: one pass, then
-    NumPy's ``exp`` and ``tanh`` in place, on every element as before: the same bits); the saturated units
+    ``e^{-a}``, ``g = x_out d_out`` and ``e^{+-2W}`` go straight into the kernels' layouts (:func:`_ratio_factors`: one
+    Numba call, then one NumPy ``exp`` over ``-a`` and ``+-2W`` and one ``tanh``, in place, on every element as before:
+    the same bits; few calls, as each costs tens of microseconds on the 1x1 stages' cold caches); the saturated units
     (``|a| > A``) are zeroed in a second pass (:func:`sbnnumba.kernels.cpu.split_saturated`) only when there are any."""
     dtype = a.dtype
     n_batch, c_out, ho, wo = a.shape
     tap_flat, n_run, n_blocks, bb, n_flat = flat
     f_blocks, f_bb, f_wq = (n_batch, 1, wo) if channels else (n_blocks, bb, wq)  # the factors' layout
-    neg_a = scratch("neg_a", (f_blocks, c_out * ho * f_wq * f_bb), dtype)
+    c_in, n_taps = weight.shape[1], weight.shape[2] * weight.shape[3]
+    k_shape = (2, c_out) + ((n_taps, c_in) if channels else (c_in, n_taps))
+    n_f = f_blocks * c_out * ho * f_wq * f_bb
+    exps = scratch("exps", (n_f + math.prod(k_shape),), dtype)  # -a and (2W, -2W): one exp for both
+    neg_a, k_exp = exps[:n_f].reshape(f_blocks, -1), exps[n_f:].reshape(k_shape)
     g = scratch("g", neg_a.shape, dtype)
     half = scratch("half", a.shape, dtype)
-    limit = dtype.type(ratio_limits(dtype)[0])
-    n_unsafe = np.empty(f_blocks, dtype=np.int64)
+    limit, clip = (dtype.type(v) for v in ratio_limits(dtype))  # |a| <= A; 2W clipped to [-C, C]
     saturated = None
     g_pair = (x_out, d_out)  # g = x_out * d_out, the product the kernels' factors hold
 
     def factors(a, x_out, d_out):
         flat = [np.ascontiguousarray(t).reshape(n_batch, -1) for t in (a, x_out, d_out)]
-        _ratio_factors(*flat, limit, ho, f_wq, f_bb, neg_a, g, half.reshape(n_batch, -1), n_unsafe)
+        return _ratio_factors(*flat, limit, ho, f_wq, f_bb, neg_a, g, half.reshape(n_batch, -1),
+                              weight.reshape(c_out, c_in, n_taps), clip, channels, k_exp)
 
-    factors(a, x_out, d_out)
-    if n_unsafe.any():
+    if factors(a, x_out, d_out):
         # active saturated units: summed directly below; all saturated ones zeroed in the ratio sums
         g_safe, a_safe, saturated = split_saturated(a, x_out * d_out, weight)
         g_pair = (g_safe, np.ones_like(g_safe))  # g_safe * 1: the same values
         factors(a_safe, *g_pair)
-    np.exp(neg_a, out=neg_a)  # e^{-a} and tanh(a / 2) by NumPy's float routines (the bits sigma and e^{-a} always had)
+    np.exp(exps, out=exps)  # e^{-a}, e^{+-2W} and tanh(a / 2) by NumPy's float routines (the bits they always had)
     np.tanh(half, out=half)
     a_grid = scratch("a_grid", (n_blocks, n_flat), dtype)
     t_map = np.empty((1, 1, 1), dtype=dtype)  # unread unless given
     if ho * wo == 1:  # one output cell: np.einsum sums over c in its own (vectorized) order, kept as is
         np.add(half, 1, out=half)
         np.multiply(half, 0.5, out=half)
-        t_map = np.einsum("bcyx,bcyx->byx", g_pair[0] * g_pair[1], half)
+        g_map = g.reshape(a.shape) if channels else g_pair[0] * g_pair[1]
+        t_map = np.einsum("bcyx,bcyx->byx", g_map, half)
     _all_ones_term(*g_pair, half, t_map, ho * wo == 1, tap_flat, n_run, wq, bb, a_grid)
-    k_exp = _exp_kernels(weight.reshape(c_out, weight.shape[1], -1), channels, dtype)
     kernel = conv_channels.flip_conv_ratio_channels if channels else _flip_conv_ratio
     shape = a.shape if channels else (n_blocks, c_out, -1)  # the kernel's factor layout
     kernel(sel, neg_a.reshape(shape), g.reshape(shape), k_exp[0], k_exp[1], a_grid, *grid_args, d_in)
