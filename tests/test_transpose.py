@@ -1,0 +1,38 @@
+"""The blocked transpose of the dense ratio kernel (sbnnumba.kernels.transpose) == NumPy's clip(2 W^T), exactly."""
+import numpy as np
+import pytest
+
+from sbnnumba.kernels import transpose
+
+
+def test_shuffle_network_transposes_8x8():
+    """The three shuffle stages of the LLVM block, run on Python lists, give the transpose."""
+    m = np.arange(64).reshape(8, 8)
+    np.testing.assert_array_equal(np.array(transpose._transpose_rows(m.tolist())), m.T)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_out, n_in", [(1, 1), (3, 5), (8, 8), (16, 24), (10, 1024), (17, 9), (64, 31), (203, 130)])
+def test_clipped_double_transpose_equals_numpy(dtype, n_out, n_in):
+    """Full 8x8 blocks, partial bands (N_out mod 8) and columns (N_in mod 8); weights beyond the clip both ways."""
+    rng = np.random.default_rng(n_out * 1000 + n_in)
+    weight = (40 * rng.normal(size=(n_out, n_in))).astype(dtype)
+    clip = dtype(58.0)
+    out = np.full((n_in, n_out), np.nan, dtype)
+    transpose.clipped_double_transpose(weight, clip, out)
+    want = np.clip(2 * weight.T, -clip, clip)
+    assert (np.abs(2 * weight) > clip).any() or weight.size < 8
+    np.testing.assert_array_equal(out, want)
+
+
+def test_block_numpy_twin_equals_kernel():
+    """The NUMBA_DISABLE_JIT twin of the block gives the kernel's values."""
+    rng = np.random.default_rng(3)
+    weight = (40 * rng.normal(size=(16, 24))).astype(np.float32)
+    out = np.empty((24, 16), np.float32)
+    for j0 in (0, 8):
+        for i0 in (0, 8, 16):
+            transpose._block_8x8_numpy(weight, out, j0, i0, np.float32(58.0))
+    want = np.empty_like(out)
+    transpose.clipped_double_transpose(weight, np.float32(58.0), want)
+    np.testing.assert_array_equal(out, want)
