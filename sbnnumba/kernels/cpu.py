@@ -52,7 +52,7 @@ import numpy as np
 from numba import prange
 
 from ..runtime import kernel_threads
-from . import lanes
+from . import lanes, workspace
 from .scalar import FLIP_FORMS, KERNEL_FAMILIES, TRIANGULAR, bounded_cdf_diff, cdf_diff, flip_forms
 from .transpose import clipped_double_transpose
 
@@ -103,22 +103,26 @@ def _sign_order(x_in, chunk, order, n_pos):
     # The input units are cut into chunks of `chunk` consecutive units. Within each chunk, order[b] lists the
     # units of example b with x = +1 first, then those with x = -1; n_pos[b, c] counts the first group of
     # chunk c. The ratio kernel then takes its 4-unit blocks within one group of one chunk.
-    # Branch-free (random signs would mispredict half the time, 5x slower).
+    # Branch-free (random signs would mispredict half the time, 5x slower); unsigned indices, so that LLVM
+    # neither handles negative indices nor turns the count into a gather (0.24 -> 0.13 ms at 128 x 1024).
     n_batch, n_in = x_in.shape
     n_chunks = n_pos.shape[1]
+    zero = x_in.dtype.type(0)
     for b in prange(n_batch):
+        x_row = x_in[b]
+        o_row = order[b]
         for c in range(n_chunks):
             c0 = c * chunk
             c1 = min(c0 + chunk, n_in)
             count = 0
             for i in range(c0, c1):
-                count += x_in[b, i] > 0
+                count += x_row[np.uint64(i)] > zero
             n_pos[b, c] = count
             p = c0
             q = c0 + count
             for i in range(c0, c1):
-                positive = x_in[b, i] > 0
-                order[b, p if positive else q] = i
+                positive = x_row[np.uint64(i)] > zero
+                o_row[np.uint64(p if positive else q)] = i
                 p += positive
                 q += 1 - positive
 
@@ -568,7 +572,7 @@ def _flip_propagate_dense(x_in, a, x_out, weight, d_out, noise_code, form):
         n_saturated = _ratio_units(a, x_out, d_out, dtype.type(lim_a), dtype.type(1), c_pos, h_pos, c_neg, h_neg,
                                    base_pos, base_neg)
         if n_saturated < a.size:
-            k = np.empty((weight.shape[1], weight.shape[0]), dtype=dtype)
+            k = workspace.scratch("ratio_k", (weight.shape[1], weight.shape[0]), dtype)  # no page faults
             clipped_double_transpose(weight, dtype.type(clip), k)  # k = e^{clip(2 W^T)}: 8x8 vector blocks
             np.exp(k, out=k)
             chunk = _chunk_units(x_in.shape[1], a.shape[1], dtype.itemsize)
