@@ -242,9 +242,12 @@ from sbnnumba.kernels import cpu
 rng = np.random.default_rng(21)
 h = hashlib.sha256()
 # a large layer (the lane kernel: the old reassociating one gave other bits when loaded from the cache) and
-# small ones (the golden-sized kernel)
+# small ones (the golden-sized kernel); N_out 100, 61, 12 also run every part of the vectorized sums of
+# _ratio_units (fastmath with reassoc; its compiled and cached machine code checked equal up to the order of
+# commutative operands, 2026-12-05): main loop, vector epilogue and scalar remainder among them
 for n_in, n_out, batch, dtype in ((784, 1024, 128, np.float32), (300, 200, 16, np.float64), (12, 10, 8, np.float32),
-                                   (40, 31, 8, np.float64)):
+                                   (40, 31, 8, np.float64), (64, 100, 16, np.float32), (50, 61, 8, np.float64),
+                                   (20, 12, 8, np.float32)):
     w = (rng.normal(size=(n_out, n_in)) / np.sqrt(n_in)).astype(dtype)
     x_in = np.where(rng.random((batch, n_in)) < 0.5, 1, -1).astype(dtype)
     a = (x_in @ w.T + rng.normal(size=n_out)).astype(dtype)
@@ -252,7 +255,7 @@ for n_in, n_out, batch, dtype in ((784, 1024, 128, np.float32), (300, 200, 16, n
     d_out = rng.normal(size=a.shape).astype(dtype)
     for code, form in ((0, "ratio"), (3, "bounded")):
         h.update(cpu.flip_propagate_dense(x_in, a, x_out, w, d_out, code, form=form).tobytes())
-stats = [cpu._flip_dense_ratio_lanes.stats, cpu._flip_dense_ratio.stats]
+stats = [cpu._flip_dense_ratio_lanes.stats, cpu._flip_dense_ratio.stats, cpu._ratio_units.stats]
 print(h.hexdigest(), sum(s.cache_hits.total() for s in stats), sum(s.cache_misses.total() for s in stats))
 """
 
