@@ -29,17 +29,20 @@ scheduler slice, milliseconds): a gain on large calls at worst, a loss on small 
 
     T_{call} = \max(1, \min(T, \lfloor work / w_{min} \rfloor))
 
-threads, ``work`` its elementary operations (connections of a flip propagation, elements of an
-element-wise pass such as sampling or an optimizer update, multiply-adds ``m n k`` of a GEMM) and
-``w_min`` = :data:`MIN_WORK_PER_THREAD` (2^20 connections, about 0.2 ms of a flip kernel on one core; 2^16
-elements, about 0.2 ms of sampling with one ``exp`` each; 2^21 entries of an optimizer update, about 1.3 ms of Adam,
-a memory-bound pass that two threads speed up by only about 13 % on an idle machine and slow down with a core
+threads, ``work`` its elementary operations (connections of a flip propagation, elements of an element-wise pass
+such as sampling or an optimizer update, multiply-adds ``m n k`` of a GEMM) and ``w_min`` =
+:data:`MIN_WORK_PER_THREAD` (2^20 connections, about 0.2 ms of a flip kernel on one core; 2^18 elements, about 0.7
+ms of sampling with one ``exp`` each or 0.25 ms of deep ST's factor: with one core kept busy (load 4, 300 calls
+interleaved, 2026-12-05) a pass over 2^17 elements (a 128 x 1024 layer) split over two threads took 1.66x
+(sampling) and 2.28x (the ST factor) the one-thread mean, 0.25-0.27 ms more per call, so the 2^16 used before gave
+such layers a second thread that cost more than it saved; 2^21 entries of an optimizer update, about 1.3 ms of
+Adam, a memory-bound pass that two threads speed up by only about 13 % on an idle machine and slow down with a core
 kept busy; 2^20 entries of a copy or a sum of a few terms each (the im2col / col2im and layout passes of the
-convolution step), about 0.3 ms on one core; 2^22 multiply-adds, about 0.1 ms of a float32 GEMM on one core,
-16 times OpenBLAS's own threshold): a call runs on a second thread only when that thread gets about as much work
-as the time a late thread can cost. The flip kernels, the sampling kernel, the convolution step's copies and the
-optimizers' fused update pass apply it to their Numba calls (:func:`kernel_threads`; their results do not depend
-on the thread count).
+convolution step), about 0.3 ms on one core; 2^22 multiply-adds, about 0.1 ms of a float32 GEMM on one core, 16
+times OpenBLAS's own threshold): a call runs on a second thread only when that thread gets about as much work as
+the time a late thread can cost. The flip kernels, the sampling kernel, the convolution step's copies and the
+optimizers' fused update pass apply it to their Numba calls (:func:`kernel_threads`; their results do not depend on
+the thread count).
 
 **Matrix products** (:func:`gemm`, every product of the layers' training step) are not left to BLAS's own
 threads: OpenBLAS's threaded GEMM splits a product statically and synchronizes its threads several times
@@ -167,7 +170,7 @@ def get_num_threads() -> int:
 #: optimizer update ("update": memory-bound, about 0.6 ns an entry, so a thread needs many to be worth a late start),
 #: entries written by a copy or a sum of a few terms each ("copy": im2col, col2im, layout changes; about 0.3 ns an
 #: entry) and GEMM multiply-adds ("gemm").
-MIN_WORK_PER_THREAD = {"numba": 1 << 20, "elementwise": 1 << 16, "update": 1 << 21, "copy": 1 << 20, "gemm": 1 << 22}
+MIN_WORK_PER_THREAD = {"numba": 1 << 20, "elementwise": 1 << 18, "update": 1 << 21, "copy": 1 << 20, "gemm": 1 << 22}
 
 
 def call_threads(work, kind, threads):

@@ -158,7 +158,7 @@ def test_blocked_exp_and_fused_st_grad_are_bit_identical(dtype, threads):
     from sbnnumba.kernels.density import _exp_in_place
 
     rng = np.random.default_rng(13)
-    buf = -np.abs(rng.normal(0, 20, 3_000_017)).astype(dtype)  # 16 blocks of 187_500 and a few entries
+    buf = -np.abs(rng.normal(0, 20, 3_000_017)).astype(dtype)  # several blocks, a short last one
     buf[:4] = [0.0, -0.0, -np.inf, -1e-40]
     noise = get_noise("logistic")
     with runtime.limited_threads(threads):

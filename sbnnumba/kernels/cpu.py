@@ -569,18 +569,11 @@ def _flip_propagate_dense(x_in, a, x_out, weight, d_out, noise_code, form):
         np.exp(c_pos, out=c_pos)  # e^{+-a} of |a| <= A, g e^{+-a} and c + k all stay normal floats
         h_pos, c_neg, h_neg = np.empty_like(a), np.empty_like(a), np.empty_like(a)
         base_pos, base_neg = np.empty(a.shape[0], dtype), np.empty(a.shape[0], dtype)
-        n_saturated = _ratio_units(a, x_out, d_out, dtype.type(lim_a), dtype.type(1), c_pos, h_pos, c_neg, h_neg,
-                                   base_pos, base_neg)
+        with kernel_threads(a.size, "elementwise"):
+            n_saturated = _ratio_units(a, x_out, d_out, dtype.type(lim_a), dtype.type(1), c_pos, h_pos, c_neg, h_neg,
+                                       base_pos, base_neg)
         if n_saturated < a.size:
-            k = workspace.scratch("ratio_k", (weight.shape[1], weight.shape[0]), dtype)  # no page faults
-            clipped_double_transpose(weight, dtype.type(clip), k)  # k = e^{clip(2 W^T)}: 8x8 vector blocks
-            np.exp(k, out=k)
-            chunk = _chunk_units(x_in.shape[1], a.shape[1], dtype.itemsize)
-            order = np.empty(x_in.shape, dtype=np.int64)
-            n_pos = np.empty((x_in.shape[0], -(-x_in.shape[1] // chunk)), dtype=np.int64)
-            _sign_order(x_in, chunk, order, n_pos)
-            kernel = _flip_dense_ratio_lanes if a.shape[1] >= _LANE_MIN_OUT else _flip_dense_ratio
-            kernel(order, n_pos, chunk, c_pos, h_pos, c_neg, h_neg, k, base_pos, base_neg, dtype.type(1), d_in)
+            _ratio_sums(x_in, weight, clip, (c_pos, h_pos, c_neg, h_neg, base_pos, base_neg), d_in)
         else:  # every unit saturated: nothing for the ratio form
             d_in[...] = 0
         active = active_saturated(a, weight) if n_saturated else None
@@ -595,3 +588,25 @@ def _flip_propagate_dense(x_in, a, x_out, weight, d_out, noise_code, form):
         weight_t = np.ascontiguousarray(weight.T, dtype=dtype)
         _flip_dense_generic(noise_code, x_in, a, x_out, weight_t, d_out, d_in)
     return d_in
+
+
+def _ratio_sums(x_in, weight, clip, units, d_in):
+    """The ratio form's sums into ``d_in``: ``k = e^{clip(2 W^T)}``, the sign order, then the kernel.
+
+    ``units`` are :func:`_ratio_units`' ``(c_pos, h_pos, c_neg, h_neg, base_pos, base_neg)``. The preparation
+    passes take threads by their own size (the rule of :mod:`sbnnumba.runtime`: a transpose of 2^20 entries and
+    a sign order of 2^17 are single-threaded copies), the kernel by the connections (the caller's count).
+    """
+    dtype = d_in.dtype
+    n_out, n_in = weight.shape
+    k = workspace.scratch("ratio_k", (n_in, n_out), dtype)  # reused: a fresh 4 MiB array costs page faults
+    with kernel_threads(k.size, "copy"):
+        clipped_double_transpose(weight, dtype.type(clip), k)  # 8x8 blocks transposed in vector registers
+    np.exp(k, out=k)
+    chunk = _chunk_units(n_in, n_out, dtype.itemsize)
+    order = np.empty(x_in.shape, dtype=np.int64)
+    n_pos = np.empty((x_in.shape[0], -(-n_in // chunk)), dtype=np.int64)
+    with kernel_threads(x_in.size, "copy"):
+        _sign_order(x_in, chunk, order, n_pos)
+    kernel = _flip_dense_ratio_lanes if n_out >= _LANE_MIN_OUT else _flip_dense_ratio
+    kernel(order, n_pos, chunk, *units[:4], k, *units[4:], dtype.type(1), d_in)
