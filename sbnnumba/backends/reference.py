@@ -213,10 +213,14 @@ def _channel_shape(z):
 
 
 def _cols(x, kernel_size, stride, padding):
-    """Channel-major patch matrix (C_in * kh * kw, B * H_out * W_out): rows (r, dy, dx), columns (b, oy, ox)."""
+    """Channel-major, C-contiguous patch matrix (C_in * kh * kw, B * H_out * W_out): rows (r, dy, dx), columns
+    (b, oy, ox)."""
     win = windows(x, kernel_size, stride, padding)   # (B, C, Ho, Wo, kh, kw) view
     b, c, ho, wo, kh, kw = win.shape
-    return win.transpose(1, 4, 5, 0, 2, 3).reshape(c * kh * kw, b * ho * wo)
+    # The reshape is a strided view when it need not copy (1x1 maps and kernels): C order always, so that BLAS
+    # runs the same kernel on the same memory order as the cpu backend's im2col (a transposed operand can give
+    # other float bits).
+    return np.ascontiguousarray(win.transpose(1, 4, 5, 0, 2, 3).reshape(c * kh * kw, b * ho * wo))
 
 
 def _channel_major(t):
