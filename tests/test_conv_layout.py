@@ -58,23 +58,3 @@ def test_batch_blocks_align_examples_per_block():
             n_blocks, bb = conv_layout.batch_blocks(n_batch, n_q)
             assert n_blocks * bb >= n_batch > (n_blocks - 1) * bb
             assert bb % conv_layout.BLOCK_ALIGN == 0 or (bb < conv_layout.BLOCK_ALIGN and bb & (bb - 1) == 0)
-
-
-def test_scratch_buffers_are_reused_per_name_and_thread():
-    import threading
-    a = conv_layout.scratch("test-a", (3, 5), np.float32)
-    assert a.shape == (3, 5) and a.dtype == np.float32 and a.flags.c_contiguous and a.ctypes.data % 64 == 0
-    b = conv_layout.scratch("test-a", (2, 3), np.float64)  # the same buffer, reinterpreted (48 <= 60 bytes)
-    assert b.ctypes.data == a.ctypes.data
-    assert conv_layout.scratch("test-b", (3, 5), np.float32).ctypes.data != a.ctypes.data
-    big = conv_layout.scratch("test-a", (1000, 100), np.float64)  # grows
-    assert big.shape == (1000, 100) and big.ctypes.data % 64 == 0
-    other = []
-
-    def in_thread():
-        other.append(conv_layout.scratch("test-a", (3, 5), np.float32).ctypes.data)
-
-    worker = threading.Thread(target=in_thread)
-    worker.start()
-    worker.join()
-    assert other[0] != conv_layout.scratch("test-a", (3, 5), np.float32).ctypes.data  # per thread

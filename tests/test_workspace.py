@@ -1,4 +1,4 @@
-"""Per-thread scratch arrays (sbnnumba.kernels.workspace)."""
+"""Per-thread scratch buffers (sbnnumba.kernels.workspace)."""
 import threading
 
 import numpy as np
@@ -6,27 +6,26 @@ import numpy as np
 from sbnnumba.kernels import workspace
 
 
-def test_scratch_reuses_by_name_shape_and_dtype():
-    a = workspace.scratch("t1", (3, 4), np.float32)
-    assert a.shape == (3, 4) and a.dtype == np.float32 and a.flags.c_contiguous
-    assert workspace.scratch("t1", (3, 4), np.float32) is a
-    assert workspace.scratch("t2", (3, 4), np.float32) is not a
-    assert workspace.scratch("t1", (4, 3), np.float32) is not a
-    assert workspace.scratch("t1", (3, 4), np.float64) is not a
+def test_scratch_buffers_are_reused_per_name_and_thread():
+    a = workspace.scratch("test-a", (3, 5), np.float32)
+    assert a.shape == (3, 5) and a.dtype == np.float32 and a.flags.c_contiguous and a.ctypes.data % 64 == 0
+    b = workspace.scratch("test-a", (2, 3), np.float64)  # the same buffer, reinterpreted (48 <= 60 bytes)
+    assert b.ctypes.data == a.ctypes.data
+    assert workspace.scratch("test-b", (3, 5), np.float32).ctypes.data != a.ctypes.data
+    big = workspace.scratch("test-a", (1000, 100), np.float64)  # grows
+    assert big.shape == (1000, 100) and big.ctypes.data % 64 == 0
+    other = []
 
+    def in_thread():
+        other.append(workspace.scratch("test-a", (3, 5), np.float32).ctypes.data)
 
-def test_scratch_keeps_at_most_max_arrays_oldest_dropped():
-    first = workspace.scratch("old", (2,), np.int64)
-    for i in range(workspace.MAX_ARRAYS):
-        workspace.scratch(f"other{i}", (2,), np.int64)
-    assert len(workspace._ARRAYS.arrays) == workspace.MAX_ARRAYS
-    assert workspace.scratch("old", (2,), np.int64) is not first
-
-
-def test_scratch_is_per_thread():
-    mine = workspace.scratch("thread", (5,), np.float32)
-    theirs = []
-    worker = threading.Thread(target=lambda: theirs.append(workspace.scratch("thread", (5,), np.float32)))
+    worker = threading.Thread(target=in_thread)
     worker.start()
     worker.join()
-    assert theirs[0] is not mine
+    assert other[0] != workspace.scratch("test-a", (3, 5), np.float32).ctypes.data  # per thread
+
+
+def test_scratch_honours_the_alignment_and_shape():
+    for align in (16, 64, 4096):
+        s = workspace.scratch(f"align-{align}", (7, 3), np.int8, align=align)
+        assert s.ctypes.data % align == 0 and s.shape == (7, 3) and s.dtype == np.int8

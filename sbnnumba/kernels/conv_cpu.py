@@ -64,9 +64,10 @@ from numba import prange
 
 from ..runtime import kernel_threads
 from . import conv_channels
-from .conv_layout import BATCH_BLOCK, batch_blocks, geometry, input_cells, output_cells, scratch, tile_length
+from .conv_layout import BATCH_BLOCK, batch_blocks, geometry, input_cells, output_cells, tile_length
 from .cpu import EXP_ARG_LIMIT, choose_form, ratio_limits, split_saturated
 from .scalar import TRIANGULAR, bounded_cdf_diff, cdf_lower
+from .workspace import scratch
 
 # ---------------------------------------------------------------------------------------------- kernels
 # The ratio kernel divides exactly (conv_channels.EXACT_FASTMATH: no reciprocal estimate in vector lanes), so every
@@ -346,7 +347,7 @@ def flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_co
     ``d_in[b,r,i] = sum_{c, j : i in RF(j)} Delta[(r,i) -> (c,j)] d_out[b,c,j]`` (module docstring). The ratio
     and bounded forms run channel-innermost on small output maps and wide channel loops (:func:`channel_inner`),
     with the same bits. The call's temporaries (x_in's layout, the factor grids) live in reused per-thread buffers
-    (:func:`sbnnumba.kernels.conv_layout.scratch`); ``d_in`` is a new array.
+    (:func:`sbnnumba.kernels.workspace.scratch`); ``d_in`` is a new array.
     """
     stride, padding = tuple(stride), tuple(padding)
     _check_conv(x_in, a, x_out, weight, d_out, stride, padding)
@@ -370,7 +371,7 @@ def _flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_c
     # task's L1 footprint), the bounded form multiplies by it, the generic form in float64 (u = v + s w x_in is
     # formed in float64, as in cdf_diff).
     sel_dtype = {"ratio": np.int8, "bounded": dtype, "generic": np.float64}[form]
-    # (the call's temporaries in reused buffers: conv_layout.scratch)
+    # (the call's temporaries in reused buffers: workspace.scratch)
     if channels:
         n_blocks, bb = conv_channels.channel_blocks(n_batch, n_grid, c_in, dtype.itemsize)
         sel = conv_channels.channel_cells(x_in, in_index, n_grid, n_blocks, bb, sel_dtype,

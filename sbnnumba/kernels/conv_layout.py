@@ -26,7 +26,6 @@ flip propagation on the paper's 24x24 and 11x11 stages, mostly in strided NumPy 
 """
 import functools
 import math
-import threading
 
 import numba
 import numpy as np
@@ -176,42 +175,6 @@ def _aligned_empty(shape, dtype, align=64):
     raw = np.empty(n * dtype.itemsize + align, dtype=np.uint8)
     start = -raw.__array_interface__["data"][0] % align
     return raw[start:start + n * dtype.itemsize].view(dtype).reshape(shape)
-
-
-_SCRATCH = threading.local()  # per Python thread: {name: uint8 buffer}, see scratch
-
-
-def scratch(name, shape, dtype, align=64):
-    """A reused, uninitialized, ``align``-byte aligned C-ordered array for temporaries that do not outlive one call.
-
-    A conv flip call writes its factor grids and input layout (tens of MB on the paper's first stages) once and reads
-    them in the kernel; fresh arrays cost their page faults each call (in a training step, 5-80 ms of system time
-    for the 24x24 stage alone, measured with getrusage), reused ones none. The buffer of ``name`` is kept per Python
-    thread and grows to the largest request; the array returned is overwritten by the next request of the same name
-    in the same thread, so a caller must not return it or hold it across calls.
-
-    Parameters
-    ----------
-    name : str
-        Which buffer (one per distinct temporary of a call).
-    shape : tuple of int
-    dtype : numpy dtype
-    align : int
-        Byte alignment of the data.
-
-    Returns
-    -------
-    ndarray of ``shape`` and ``dtype``, contents undefined.
-    """
-    dtype = np.dtype(dtype)
-    n = math.prod(shape) * dtype.itemsize
-    pool = _SCRATCH.__dict__.setdefault("pool", {})
-    held = pool.get(name)
-    if held is None or held[0].size < n + align:  # (buffer, offset of its first aligned byte): found once
-        raw = np.empty(n + align, dtype=np.uint8)
-        held = pool[name] = (raw, -raw.__array_interface__["data"][0] % align)
-    raw, start = held
-    return raw[start:start + n].view(dtype).reshape(shape)
 
 
 def output_cells(t, wq, n_blocks, bb):

@@ -3,51 +3,46 @@
 A large temporary allocated afresh on every call costs page faults: glibc serves an allocation above its mmap
 threshold (at least 128 KiB, adapted up to 32 MiB) with a fresh ``mmap`` and returns it on ``free`` whenever the
 freed memory at the top of the heap passes the trim threshold, and the kernel then zeroes every page on first
-touch. The dense ratio flip's ``k = e^{2 W^T}`` is such an array (4 MiB for a 1024 x 1024 layer, written and
-read once per call): measured at one thread, its fresh allocation added 0.4 ms to a 13 ms call
-(:func:`sbnnumba.runtime.retain_freed_memory` avoids it process-wide, but the library does not apply that
-itself). :func:`scratch` keeps the last few such arrays of each thread, keyed by name, shape and dtype.
+touch (:func:`sbnnumba.runtime.retain_freed_memory` avoids it process-wide, but the library does not apply that
+itself). Measured at one thread: the dense ratio flip's ``k = e^{2 W^T}`` (4 MiB for a 1024 x 1024 layer) added
+0.4 ms to a 13 ms call when fresh; a conv flip call's factor grids and input layout (tens of MB on the paper's first
+stages) cost 5-80 ms of page-fault system time per training step for the 24x24 stage alone (getrusage).
+
+:func:`scratch` keeps one buffer per name and thread, grown to the largest request: layers of different shapes
+share it, since no scratch array outlives the call that asked for it.
 """
+import math
 import threading
 
 import numpy as np
 
-#: Arrays kept per thread: the oldest is dropped beyond it (a network's layers of distinct shapes each keep one).
-MAX_ARRAYS = 8
+_SCRATCH = threading.local()  # per Python thread: {name: (uint8 buffer, offset of its first aligned byte)}
 
 
-class _Arrays(threading.local):
-    """The calling thread's scratch arrays, oldest first."""
-
-    def __init__(self):
-        self.arrays = {}
-
-
-_ARRAYS = _Arrays()
-
-
-def scratch(name, shape, dtype):
-    """An uninitialized C-contiguous array that the calling thread gets back on its next call with the same key.
+def scratch(name, shape, dtype, align=64):
+    """A reused, uninitialized, ``align``-byte aligned C-ordered array for a temporary that does not outlive one call.
 
     Parameters
     ----------
     name : str
-        What the array holds (two uses of the same shape must not share an array while both are live).
+        Which buffer (one per distinct temporary of a call: two arrays live at the same time need two names).
     shape : tuple of int
     dtype : numpy dtype
+    align : int
+        Byte alignment of the data (64: the kernels' vector loads start on cache lines).
 
     Returns
     -------
-    ndarray ``shape``, ``dtype``
-        Its contents are whatever the previous holder left; valid until the thread's next ``scratch(name, shape,
-        dtype)`` call (never return it to a caller that keeps it).
+    ndarray of ``shape`` and ``dtype``
+        Contents undefined; overwritten by the calling thread's next request of the same ``name``, so a caller must
+        not return it or hold it across calls. Other threads get their own buffers.
     """
-    key = (name, tuple(shape), np.dtype(dtype))
-    arrays = _ARRAYS.arrays
-    array = arrays.pop(key, None)
-    if array is None:
-        array = np.empty(shape, dtype)
-        if len(arrays) >= MAX_ARRAYS:
-            del arrays[next(iter(arrays))]
-    arrays[key] = array  # most recent last
-    return array
+    dtype = np.dtype(dtype)
+    n = math.prod(shape) * dtype.itemsize
+    pool = _SCRATCH.__dict__.setdefault("pool", {})
+    held = pool.get(name)
+    if held is None or held[0].size < n + align:  # the offset is found once per buffer (a microsecond a call)
+        raw = np.empty(n + align, dtype=np.uint8)
+        held = pool[name] = (raw, -raw.__array_interface__["data"][0] % align)
+    raw, start = held
+    return raw[start:start + n].view(dtype).reshape(shape)
