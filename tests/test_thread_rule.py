@@ -26,6 +26,16 @@ def test_call_threads_formula():
         runtime.call_threads(1, "mkl", 2)
 
 
+def test_small_layers_elementwise_passes_and_flip_preparation_stay_on_one_thread():
+    """The decisions the runtime docstring justifies with busy-core measurements: a 128 x 1024 layer's
+    sampling / ST factor (2^17 elements) and the 1024 x 1024 dense flip's transpose (2^20 entries, a copy) and
+    sign order run on one thread at T = 2; the flip kernel itself (2^27 connections) on two."""
+    assert runtime.call_threads(128 * 1024, "elementwise", 2) == 1
+    assert runtime.call_threads(64 * 96 * 24 * 24, "elementwise", 2) == 2  # a conv stage's maps
+    assert runtime.call_threads(1024 * 1024, "copy", 2) == 1
+    assert runtime.call_threads(128 * 1024 * 1024, "numba", 2) == 2
+
+
 def test_kernel_threads_lowers_numba_threads_inside_and_restores():
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("needs a Numba pool of 2 threads")
