@@ -29,3 +29,10 @@ def test_scratch_honours_the_alignment_and_shape():
     for align in (16, 64, 4096):
         s = workspace.scratch(f"align-{align}", (7, 3), np.int8, align=align)
         assert s.ctypes.data % align == 0 and s.shape == (7, 3) and s.dtype == np.int8
+
+
+def test_aligned_empty_is_a_new_aligned_array_each_call():
+    a = workspace.aligned_empty((5, 7), np.float32, align=64)
+    b = workspace.aligned_empty((5, 7), np.float32, align=64)
+    assert a.shape == (5, 7) and a.dtype == np.float32 and a.flags.c_contiguous
+    assert a.ctypes.data % 64 == 0 and b.ctypes.data % 64 == 0 and a.ctypes.data != b.ctypes.data

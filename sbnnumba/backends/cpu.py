@@ -34,12 +34,11 @@ r"""The ``cpu`` backend: the Numba kernels of :mod:`sbnnumba.kernels` (``@njit(p
 """
 from __future__ import annotations
 
-import queue
-
 import numpy as np
 
 from ..kernels import bitpack as kb
 from ..kernels import col2im, conv_cpu, cpu, head, im2col, map_order
+from ..kernels.workspace import scratch
 from ..runtime import MAX_GEMM_BLOCKS, MIN_WORK_PER_THREAD, gemm, run_blas_blocks
 from .reference import ReferenceBackend
 from .registry import register_backend
@@ -132,18 +131,16 @@ class CpuBackend(ReferenceBackend):
         chunks = batch_chunks(n_batch, n_pos, min_chunks=min(MAX_GEMM_BLOCKS, work // MIN_WORK_PER_THREAD["gemm"]))
         g3 = np.ascontiguousarray(g_a).reshape(n_batch, c_out, n_pos)
         size = (c_out + w2t.shape[0]) * n_pos * max(b1 - b0 for b0, b1 in chunks)
-        buffers = queue.SimpleQueue()  # one buffer per thread at work, reused by its next chunk
 
         def chunk(i):
             b0, b1 = chunks[i]
             n = n_pos * (b1 - b0)
-            buffer = _take(buffers, size, g_a.dtype)
+            buffer = scratch("conv_input_grad_chunk", (size,), g_a.dtype)  # the thread's own, kept for its next chunk
             g_chunk = buffer[:c_out * n].reshape(c_out, n)
             g_cols = buffer[c_out * n:(c_out + w2t.shape[0]) * n].reshape(w2t.shape[0], n)
             map_order.examples_inner(g3, b0, b1, g_chunk)  # columns (oy, ox, example), as col2im wants them
             np.matmul(w2t, g_chunk, out=g_cols)  # BLAS on one thread (run_blas_blocks)
             col2im.col2im_into(g_cols, weight.shape[2:], stride, padding, out[b0:b1], parallel=False)
-            buffers.put(buffer)
 
         run_blas_blocks(chunk, len(chunks))
         return out
@@ -187,14 +184,6 @@ class CpuBackend(ReferenceBackend):
         kb.xnor_conv2d_threshold(x_words, panels, geometry, limits, limit_class, kb.flip_words(flip),
                                  out.reshape(-1, out.shape[3]))
         return out
-
-
-def _take(buffers, size, dtype):
-    """A free buffer of ``size`` entries from the queue ``buffers``, or a new one."""
-    try:
-        return buffers.get_nowait()
-    except queue.Empty:
-        return np.empty(size, dtype)
 
 
 register_backend(CpuBackend)

@@ -25,11 +25,12 @@ so the grids hold the same values as the NumPy transposes they replace (which to
 flip propagation on the paper's 24x24 and 11x11 stages, mostly in strided NumPy copies).
 """
 import functools
-import math
 
 import numba
 import numpy as np
 from numba import prange
+
+from .workspace import aligned_empty
 
 BATCH_BLOCK = 64  # at most this many examples per block of the cell-major grids
 MIN_RUN = 1024  # (cell, example) entries per tap loop that a block reaches if the batch allows
@@ -167,16 +168,6 @@ def _output_cells(t, wq, bb, out):
                         out[blk, c, base + ox * bb] = t[b, c, oy, ox]
 
 
-def _aligned_empty(shape, dtype, align=64):
-    """Uninitialized C-ordered array whose data starts on an ``align``-byte boundary (NumPy guarantees 16): with
-    :data:`BLOCK_ALIGN` examples per cell the tap loops' vector loads then start on cache lines."""
-    dtype = np.dtype(dtype)
-    n = math.prod(shape)
-    raw = np.empty(n * dtype.itemsize + align, dtype=np.uint8)
-    start = -raw.__array_interface__["data"][0] % align
-    return raw[start:start + n * dtype.itemsize].view(dtype).reshape(shape)
-
-
 def output_cells(t, wq, n_blocks, bb):
     """A map in the cell-major output grids.
 
@@ -195,7 +186,8 @@ def output_cells(t, wq, n_blocks, bb):
         examples.
     """
     _, c, ho, _ = t.shape
-    out = _aligned_empty((n_blocks, c, ho * wq * bb), t.dtype)
+    out = aligned_empty((n_blocks, c, ho * wq * bb), t.dtype)  # cache-line aligned: with BLOCK_ALIGN examples per
+    # cell the tap loops' vector loads start on cache lines
     _output_cells(np.ascontiguousarray(t), wq, bb, out)
     return out
 
@@ -247,6 +239,6 @@ def input_cells(x_in, in_index, n_grid, n_blocks, bb, dtype, out=None):
     """
     n_batch, c_in = x_in.shape[:2]
     if out is None:
-        out = _aligned_empty((n_blocks, c_in, n_grid * bb), dtype)
+        out = aligned_empty((n_blocks, c_in, n_grid * bb), dtype)
     _input_cells(np.ascontiguousarray(x_in).reshape(n_batch, c_in, -1), in_index, bb, out)
     return out

@@ -25,7 +25,7 @@ from ..runtime import kernel_threads, run_range_blocks
 
 
 @numba.njit(parallel=True, cache=True)
-def _negative_abs(a, out):
+def negative_abs(a, out):
     """``out[i] = -|a[i]|`` (1-D arrays)."""
     for i in prange(a.shape[0]):
         out[i] = -abs(a[i])
@@ -48,9 +48,20 @@ def _scaled_density_from_exp_times(e, one, scale, g):
         e[i] = (scale * (e[i] / (t * t))) * g[i]
 
 
-def _exp_in_place(e):
-    """``np.exp(e, out=e)`` (1-D) in the fixed blocks of :func:`~sbnnumba.runtime.run_range_blocks` on the
-    threads (NumPy releases the GIL in its loops)."""
+def exp_in_place(e):
+    """``np.exp(e, out=e)`` in the fixed blocks of :func:`~sbnnumba.runtime.run_range_blocks` on the threads
+    (NumPy releases the GIL in its loops; its SIMD ``exp`` computes each entry alone, so the bits are those of
+    one call over the whole array).
+
+    Parameters
+    ----------
+    e : ndarray (n,), float32 or float64, contiguous
+        Overwritten with ``exp(e)``.
+
+    Returns
+    -------
+    None
+    """
 
     def block(lo, hi):
         np.exp(e[lo:hi], out=e[lo:hi])
@@ -86,8 +97,8 @@ def logistic_density(a, scale=1, times=None):
     e = np.empty_like(flat)
     one, c = a.dtype.type(1), a.dtype.type(scale)
     with kernel_threads(flat.size, "elementwise"):  # the per-call thread rule of sbnnumba.runtime
-        _negative_abs(flat, e)
-        _exp_in_place(e)
+        negative_abs(flat, e)
+        exp_in_place(e)
         if times is None:
             _scaled_density_from_exp(e, one, c)
         else:

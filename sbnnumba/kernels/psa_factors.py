@@ -1,7 +1,8 @@
 """Numba CPU kernel for PSA's pre-activation gradient with logistic noise (:meth:`sbnnumba.noise.Logistic.psa_grad`).
 
 ``g_a = -x p(a) d`` (spec psa.md, section 2.4) with ``p(a) = e / (1 + e)^2``, ``e = exp(-|a|)``: NumPy's ``exp``
-(its vectorized routine: a Numba ``exp`` would round differently), then the rest in one parallel pass, in the same
+(its vectorized routine, in the blocks of :func:`sbnnumba.kernels.density.exp_in_place`: a Numba ``exp`` would
+round differently), then the rest in one parallel pass, in the same
 operations and order as the NumPy expression ``-x * (e / (1 + e) ** 2) * d``, so the result is bit-identical
 (``tests/test_psa_factors.py``); the NumPy expression makes nine passes over the maps with eight temporaries, this
 three (``-|a|``, ``exp``, the rest) in the one output array. No ``fastmath``.
@@ -11,13 +12,7 @@ import numpy as np
 from numba import prange
 
 from ..runtime import kernel_threads
-
-
-@numba.njit(parallel=True, cache=True)
-def _neg_abs(a, out):
-    # out = -|a|, element-wise (exact: NumPy's np.negative(np.abs(a)))
-    for i in prange(out.shape[0]):
-        out[i] = -abs(a[i])
+from .density import exp_in_place, negative_abs
 
 
 @numba.njit(parallel=True, cache=True)
@@ -56,7 +51,7 @@ def logistic_psa_grad(x, a, d):
     out = np.empty(a.shape, dtype=a.dtype)  # e = exp(-|a|) first, then the result in place
     flat = out.reshape(-1)
     with kernel_threads(a.size, "elementwise"):  # the per-call thread rule of sbnnumba.runtime
-        _neg_abs(np.ascontiguousarray(a).reshape(-1), flat)
-        np.exp(flat, out=flat)
+        negative_abs(np.ascontiguousarray(a).reshape(-1), flat)
+        exp_in_place(flat)  # NumPy's exp in fixed blocks on the threads: the bits of one call (kernels/density.py)
         _logistic_grad(np.ascontiguousarray(x).reshape(-1), flat, np.ascontiguousarray(d).reshape(-1), flat)
     return out

@@ -43,6 +43,31 @@ def scratch(name, shape, dtype, align=64):
     held = pool.get(name)
     if held is None or held[0].size < n + align:  # the offset is found once per buffer (a microsecond a call)
         raw = np.empty(n + align, dtype=np.uint8)
-        held = pool[name] = (raw, -raw.__array_interface__["data"][0] % align)
+        held = pool[name] = (raw, _aligned_offset(raw, align))
     raw, start = held
     return raw[start:start + n].view(dtype).reshape(shape)
+
+
+def aligned_empty(shape, dtype, align=64):
+    """A new uninitialized C-ordered array whose data starts on an ``align``-byte boundary (NumPy guarantees 16).
+
+    Parameters
+    ----------
+    shape : tuple of int
+    dtype : numpy dtype
+    align : int
+
+    Returns
+    -------
+    ndarray of ``shape`` and ``dtype``, contents undefined.
+    """
+    dtype = np.dtype(dtype)
+    n = math.prod(shape) * dtype.itemsize
+    raw = np.empty(n + align, dtype=np.uint8)
+    start = _aligned_offset(raw, align)
+    return raw[start:start + n].view(dtype).reshape(shape)
+
+
+def _aligned_offset(raw, align):
+    """Bytes from the start of ``raw``'s data to its first ``align``-byte boundary."""
+    return -raw.__array_interface__["data"][0] % align
