@@ -33,22 +33,26 @@ def test_ratio_factors_are_numpy_values_in_the_kernel_layout(cfg, dtype, layout)
     _, _, n_q, _, wq, _ = conv_layout.phase_layout(*cfg[4:])
     n_blocks, bb = conv_layout.batch_blocks(batch, n_q) if layout == "cells" else (batch, 1)
     wq = wq if layout == "cells" else wo
-    neg_a, g = (np.full((n_blocks, c * ho * wq * bb), np.nan, dtype) for _ in range(2))
+    c_pad = c + c % 2  # the kernels take output channels in pairs: an odd layer gets a neutral last channel
+    neg_a, g = (np.full((n_blocks, c_pad * ho * wq * bb), np.nan, dtype) for _ in range(2))
     half = np.empty((batch, c * ho * wo), dtype)
     limit, clip = (dtype(v) for v in conv_cpu.ratio_limits(dtype))
-    w3 = np.random.default_rng(4).normal(size=(4, 3, 5)).astype(dtype) * 40
-    two_w = np.full((2, 4, 5, 3) if layout == "maps" else (2, 4, 3, 5), np.nan, dtype)
+    w3 = np.random.default_rng(4).normal(size=(c, 3, 5)).astype(dtype) * 40
+    two_w = np.full((2, c_pad, 5, 3) if layout == "maps" else (2, c_pad, 3, 5), np.nan, dtype)
     n_unsafe = conv_cpu._ratio_factors(*(t.reshape(batch, -1) for t in (a, x_out, d_out)), limit, ho, wq, bb, neg_a, g,
                                        half, w3, clip, layout == "maps", two_w)
     assert n_unsafe == np.count_nonzero(np.abs(a) > limit)
     np.testing.assert_array_equal(half.reshape(a.shape), a * 0.5)
     w2 = np.clip(2 * w3, -clip, clip)
     w2 = w2.transpose(0, 2, 1) if layout == "maps" else w2  # the channel kernels' (C_out, taps, C_in)
-    assert two_w.tobytes() == np.stack([w2, -w2]).tobytes()
-    for got, want in ((neg_a, -a), (g, x_out * d_out)):
-        grid = np.zeros((n_blocks * bb, c, ho, wq), dtype)
-        grid[:batch, :, :, :wo] = want
-        grid = grid.reshape(n_blocks, bb, c, ho * wq).transpose(0, 2, 3, 1).reshape(got.shape)
+    want_w = np.zeros((2, c_pad) + w2.shape[1:], dtype)  # neutral channel: +-2W = +0
+    want_w[0, :c], want_w[1, :c] = w2, -w2
+    assert two_w.tobytes() == want_w.tobytes()
+    for got, want, neutral in ((neg_a, -a, -np.inf), (g, x_out * d_out, 0)):
+        grid = np.zeros((n_blocks * bb, c_pad, ho, wq), dtype)
+        grid[:batch, :c, :, :wo] = want
+        grid[:, c:] = neutral  # e^{-a} = 0 and g = 0: the pair's partner adds nothing (ratio_pair)
+        grid = grid.reshape(n_blocks, bb, c_pad, ho * wq).transpose(0, 2, 3, 1).reshape(got.shape)
         assert got.tobytes() == grid.tobytes()  # bytes: the signs of zeros too
 
 

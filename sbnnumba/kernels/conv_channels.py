@@ -18,9 +18,11 @@ channels** ``r`` instead, which are long (96-192 in the paper's network) whateve
     \text{for } c \text{ ascending, then tap } k \text{ ascending}, \quad i = q + off_k,
 
 with ``t = g / (1 + e^{-a} K_{sel})`` (ratio form, ``K_sel = e^{+2W}`` where ``x = +1``, ``e^{-2W}``
-elsewhere) or ``t = (F(v + s W x) - F(v)) d`` (bounded form). Each accumulator entry adds the same terms in
+elsewhere; the terms of output channels ``c, c + 1`` summed as one by
+:func:`sbnnumba.kernels.ratio_pair.pair_term`, one division per pair) or ``t = (F(v + s W x) - F(v)) d``
+(bounded form). Each accumulator entry adds the same terms in
 the same order (c ascending, tap ascending, from 0) and each term is evaluated by the same expression as in
-the cell-major kernels (the ratio form's exact division and its FMA ``1 + e K``), so both layouts give
+the cell-major kernels (the ratio form's pair of terms with every operation written out), so both layouts give
 bit-identical results (``tests/test_conv_channels.py``): which one runs is a speed decision only
 (:func:`sbnnumba.kernels.conv_cpu.channel_inner`). (The cell-major kernels also add the zero terms of the output
 cells beyond a row's ``W_out`` and of padded examples; adding ``+0`` changes no sum except the sign of a zero.)
@@ -40,14 +42,14 @@ import numba
 import numpy as np
 from numba import prange
 
+from .ratio_pair import PAIR_FASTMATH, denominator, pair_term
 from .scalar import bounded_cdf_diff
 
-# The ratio kernels (both layouts) divide without fastmath's "arcp" (which puts a reciprocal estimate and a Newton
-# step in vector lanes and an exact division in the scalar remainder): every term is then the correctly rounded
-# quotient, and the result does not depend on which elements the compiler puts in vector lanes (map size, batch
-# size, vector width, thread count, layout). "contract" fuses 1 + e k into one FMA in every lane alike; no
-# "reassoc": each accumulator element adds its terms in the fixed (c, tap) order.
-EXACT_FASTMATH = {"nnan", "ninf", "nsz", "contract"}
+# The ratio kernels (both layouts) compile with ratio_pair.PAIR_FASTMATH: no "arcp" (which puts a reciprocal estimate
+# and a Newton step in vector lanes and an exact division in the scalar remainder), no "contract" (the one FMA of
+# each denominator and numerator is written out), no "reassoc": every pair of terms is rounded as written and each
+# accumulator element adds its terms in the fixed (c, tap) order, so the result does not depend on which elements the
+# compiler puts in vector lanes (map size, batch size, vector width, thread count, layout).
 # The bounded kernels (both layouts) also leave out "contract": the triangular difference has products on both
 # sides of a subtraction (a b - c d), and which one LLVM fuses into an FMA changed with unrelated edits of the
 # kernel (1-ulp differences between the layouts); without it every operation is rounded as written.
@@ -169,17 +171,18 @@ def _scatter_channels(acc, base, with_base, cell_pos, b0, d_in):
                         d_in[b0 + e, r, p] = row[r]
 
 
-@numba.njit(parallel=True, fastmath=EXACT_FASTMATH, error_model="numpy", cache=True)
-def flip_conv_ratio_channels(sel, e_map, g_map, k_pos, k_neg, a_grid, cell_pos, tap_off, wq, d_in):
+@numba.njit(parallel=True, fastmath=PAIR_FASTMATH, error_model="numpy", cache=True)
+def flip_conv_ratio_channels(sel, e_map, g_map, k_pos, k_neg, a_grid, cell_pos, tap_off, wq, big, d_in):
     r"""Logistic ratio form, channel-innermost: ``d_in = A - R`` (module docstring).
 
     Parameters
     ----------
     sel : ndarray (NB, n_grid, bb, C_in)
         x_in per block, cell and example (:func:`channel_cells`).
-    e_map, g_map : ndarray (B, C_out, H_out, W_out)
-        ``e^{-a}`` and ``g = x_{out} d_{out}`` (0 at the units that the ratio sums leave out).
-    k_pos, k_neg : ndarray (C_out, taps, C_in)
+    e_map, g_map : ndarray (B, C_pad, H_out, W_out)
+        ``e^{-a}`` and ``g = x_{out} d_{out}`` (0 at the units that the ratio sums leave out); ``C_pad`` even: an odd
+        layer's last channel pairs with a neutral one (``g = 0``, ``e^{-a} = 0``).
+    k_pos, k_neg : ndarray (C_pad, taps, C_in)
         ``e^{+2W}`` and ``e^{-2W}`` (``2W`` clipped), transposed.
     a_grid : ndarray (NB, n_grid * bb)
         The all-ones term ``A`` per cell and example.
@@ -189,30 +192,35 @@ def flip_conv_ratio_channels(sel, e_map, g_map, k_pos, k_neg, a_grid, cell_pos, 
         Cell offset of each tap.
     wq : int
         Row length of the output cells: output ``(oy, ox)`` is cell ``oy wq + ox``.
+    big : float
+        The clamp of the denominators (:data:`sbnnumba.kernels.ratio_pair.RATIO_CLAMP`).
     d_in : ndarray (B, C_in, H * W)
-        Output, overwritten: ``d_in[b, r, p] = A[b, p] - \sum_{c, k} g / (1 + e^{-a} K_{sel})``.
+        Output, overwritten: ``d_in[b, r, p] = A[b, p] - \sum_{c \text{ pairs}, k} (g / D + g' / D')``, each pair by
+        :func:`sbnnumba.kernels.ratio_pair.pair_term`, ``D = min(1 + e^{-a} K_{sel}, big)``.
     """
     ho, wo = g_map.shape[2], g_map.shape[3]
     for blk in prange(sel.shape[0]):
         sel_b, acc, c_out, n_taps, bb, c_in, n_ex, one = _block_task(blk, sel, g_map, tap_off)
-        for c in range(c_out):
+        for c in range(0, c_out, 2):
             for k in range(n_taps):
-                kp = k_pos[c, k]
-                kn = k_neg[c, k]
+                kp0, kn0, kp1, kn1 = k_pos[c, k], k_neg[c, k], k_pos[c + 1, k], k_neg[c + 1, k]
                 off = tap_off[k]
                 for oy in range(ho):
                     for ox in range(wo):
                         cell = oy * wq + ox + off
                         for e in range(n_ex):
-                            gq = g_map[blk * bb + e, c, oy, ox]
-                            eq = e_map[blk * bb + e, c, oy, ox]
+                            g0 = g_map[blk * bb + e, c, oy, ox]
+                            e0 = e_map[blk * bb + e, c, oy, ox]
+                            g1 = g_map[blk * bb + e, c + 1, oy, ox]
+                            e1 = e_map[blk * bb + e, c + 1, oy, ox]
                             acc_t = acc[cell, e]
                             sel_t = sel_b[cell, e]
                             for r in range(c_in):
-                                # both factors loaded before the select: a select of two addresses becomes a gather
-                                kpr = kp[r]
-                                knr = kn[r]
-                                acc_t[r] += gq / (one + eq * (kpr if sel_t[r] > 0 else knr))
+                                # the factors loaded before the select: a select of two addresses becomes a gather
+                                kp0r, kn0r, kp1r, kn1r = kp0[r], kn0[r], kp1[r], kn1[r]
+                                up = sel_t[r] > 0
+                                acc_t[r] += pair_term(g0, denominator(e0, kp0r if up else kn0r, one, big),
+                                                      g1, denominator(e1, kp1r if up else kn1r, one, big))
         _scatter_channels(acc, a_grid[blk], True, cell_pos, blk * bb, d_in)
 
 

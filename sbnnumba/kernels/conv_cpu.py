@@ -32,12 +32,14 @@ Three forms, as for dense layers (:mod:`sbnnumba.kernels.cpu`):
   ``A[b, i] = sum_{c, j ∋ i} g[b,c,j] sigma(a[b,c,j])`` (``g = x_out * d_out``; the all-ones
   transposed convolution, independent of ``r``) and
   ``R[b,r,i] = sum_{c, off} g[b,c,j] / (1 + e^{-a[b,c,j]} K[c,r,off])`` with ``K = exp(+2W)``
-  where ``x_in[b,r,i] = +1`` and ``exp(-2W)`` elsewhere: one multiply-add and one division per
-  connection, an exact (correctly rounded) division: fastmath's reciprocal estimate is left out, as
-  it would give vector lanes and the scalar remainder different roundings, making the float32
-  result depend on the map and batch sizes (the per-example layout had that dependence, hence
-  float32 results that differ from it by rounding). Overflow is prevented as in the dense kernel
-  (:func:`sbnnumba.kernels.cpu.ratio_limits`):
+  where ``x_in[b,r,i] = +1`` and ``exp(-2W)`` elsewhere. The output channels go in pairs ``(c, c + 1)``
+  (an odd layer's last with a neutral one) whose two terms share one division
+  (:func:`sbnnumba.kernels.ratio_pair.pair_term`: ``(g D' + g' D) / (D D')``, ``D = min(1 + e K, BIG)``, within
+  ``6u (|g| + |g'|) + (|g| + |g'|) / BIG`` of the exact pair): per two connections one division and four
+  multiply-adds instead of two divisions, 1.2-1.3x the throughput of the exact division on the paper's stages.
+  Every operation is written out and rounded as written (no reciprocal estimate, no implicit FMA), so the
+  result does not depend on the vector lanes, the layout or the thread count. Overflow is prevented as in the
+  dense kernel (:func:`sbnnumba.kernels.cpu.ratio_limits`):
   ``2W`` is clipped to ``[-C, C]`` (a term moves by less than ``e^{-(C-A)}``) and the saturated
   output units (``|a| > A``) are left out of the ratio sums and summed directly over their
   receptive fields with one ``exp`` per connection (:func:`_flip_conv_logistic_saturated`), except
@@ -66,13 +68,11 @@ from ..runtime import kernel_threads
 from . import conv_channels
 from .conv_layout import BATCH_BLOCK, batch_blocks, geometry, input_cells, output_cells, tile_length
 from .cpu import EXP_ARG_LIMIT, choose_form, ratio_limits, split_saturated
+from .ratio_pair import PAIR_FASTMATH, clamp, denominator, pair_term
 from .scalar import TRIANGULAR, bounded_cdf_diff, cdf_lower
 from .workspace import scratch
 
 # ---------------------------------------------------------------------------------------------- kernels
-# The ratio kernel divides exactly (conv_channels.EXACT_FASTMATH: no reciprocal estimate in vector lanes), so every
-# term is the correctly rounded quotient whichever elements the compiler puts in vector lanes.
-_EXACT_FASTMATH = conv_channels.EXACT_FASTMATH
 # The direct sum over saturated units: fastmath without "reassoc" (Numba optimizes a prange body twice and caches the
 # second result; with reassoc the two may group a sum differently, so a kernel could give other bits once loaded from
 # the cache, as _flip_dense_ratio did: sbnnumba/kernels/lanes.py). Same bits as with fastmath=True on every case
@@ -129,14 +129,16 @@ def _scatter(acc, base, with_base, cell_pos, i0, i1, b0, bb, r, d_in):
                     d_in[b0 + e, r, p] = acc[j - i0 + e]
 
 
-@numba.njit(parallel=True, fastmath=_EXACT_FASTMATH, error_model="numpy", cache=True)
-def _flip_conv_ratio(sel, e_grid, g_grid, k_pos, k_neg, a_grid, cell_pos, tap_off, n_run, bb, tile_len, d_in):
+@numba.njit(parallel=True, fastmath=PAIR_FASTMATH, error_model="numpy", cache=True)
+def _flip_conv_ratio(sel, e_grid, g_grid, k_pos, k_neg, a_grid, cell_pos, tap_off, n_run, bb, tile_len, big, d_in):
     # Cell-major grids per batch block of bb examples (module docstring): sel (NB, C_in, S*bb) x_in
-    # (+1 at padding); e_grid = e^{-a}, g_grid = x_out d_out (NB, C_out, Q*bb); a_grid (NB, S*bb) the
-    # all-ones term; k_pos, k_neg (C_out, C_in, taps) = e^{+-2W}; tap_off (taps,) in flat units;
-    # n_run = n_q bb; cell_pos (S,) input position of each cell (-1: padding); d_in (B, C_in, H*W).
-    # A task is one batch block, two input channels r0, r1 (r1 = r0 for an odd last channel: every load
-    # of g and e^{-a} serves two connections) and one tile of tile_len accumulator entries (cache-sized).
+    # (+1 at padding); e_grid = e^{-a}, g_grid = x_out d_out (NB, C_out, Q*bb), C_out even (an odd layer's last
+    # channel pairs with a neutral one: g = 0, e^{-a} = 0); a_grid (NB, S*bb) the all-ones term; k_pos, k_neg
+    # (C_out, C_in, taps) = e^{+-2W}; tap_off (taps,) in flat units; n_run = n_q bb; cell_pos (S,) input position of
+    # each cell (-1: padding); big the clamp of ratio_pair; d_in (B, C_in, H*W).
+    # A task is one batch block, two input channels r0, r1 (r1 = r0 for an odd last channel) and one tile of tile_len
+    # accumulator entries (cache-sized); output channels go two at a time, c and c + 1 sharing one division
+    # (ratio_pair.pair_term): each load of g and e^{-a} serves four connections.
     n_blocks, c_in, n_flat = sel.shape
     c_out = g_grid.shape[1]
     n_taps = tap_off.shape[0]
@@ -145,27 +147,28 @@ def _flip_conv_ratio(sel, e_grid, g_grid, k_pos, k_neg, a_grid, cell_pos, tap_of
     n_tiles = (n_flat + tile_len - 1) // tile_len
     for t in prange(n_blocks * n_pairs * n_tiles):
         blk, r0, r1, i0, i1, acc0, acc1, sel0, sel1 = _pair_task(t, n_tiles, tile_len, sel, e_grid)
-        for c in range(c_out):
-            g_row = g_grid[blk, c]
-            e_row = e_grid[blk, c]
+        for c in range(0, c_out, 2):
+            g_row, g_row1 = g_grid[blk, c], g_grid[blk, c + 1]
+            e_row, e_row1 = e_grid[blk, c], e_grid[blk, c + 1]
             for k in range(n_taps):
-                kp0 = k_pos[c, r0, k]
-                kn0 = k_neg[c, r0, k]
-                kp1 = k_pos[c, r1, k]
-                kn1 = k_neg[c, r1, k]
+                # factors K[output channel c or c + 1, input channel r0 or r1]: pos where x_in = +1, neg elsewhere
+                pos00, neg00, pos10, neg10 = k_pos[c, r0, k], k_neg[c, r0, k], k_pos[c + 1, r0, k], k_neg[c + 1, r0, k]
+                pos01, neg01, pos11, neg11 = k_pos[c, r1, k], k_neg[c, r1, k], k_pos[c + 1, r1, k], k_neg[c + 1, r1, k]
                 q0, q1, a0 = _tap_range(tap_off[k], i0, i1, n_run)
                 n = q1 - q0
-                g_t = g_row[q0:q1]
-                e_t = e_row[q0:q1]
+                g_t, g_t1, e_t, e_t1 = g_row[q0:q1], g_row1[q0:q1], e_row[q0:q1], e_row1[q0:q1]
                 acc0_t = acc0[a0:a0 + n]
                 sel0_t = sel0[a0:a0 + n]
                 acc1_t = acc1[a0:a0 + n]
                 sel1_t = sel1[a0:a0 + n]
                 for q in range(n):
-                    gq = g_t[q]
-                    eq = e_t[q]
-                    acc0_t[q] += gq / (one + eq * (kp0 if sel0_t[q] > 0 else kn0))
-                    acc1_t[q] += gq / (one + eq * (kp1 if sel1_t[q] > 0 else kn1))
+                    g0, g1, e0, e1 = g_t[q], g_t1[q], e_t[q], e_t1[q]
+                    up0 = sel0_t[q] > 0
+                    up1 = sel1_t[q] > 0
+                    acc0_t[q] += pair_term(g0, denominator(e0, pos00 if up0 else neg00, one, big),
+                                           g1, denominator(e1, pos10 if up0 else neg10, one, big))
+                    acc1_t[q] += pair_term(g0, denominator(e0, pos01 if up1 else neg01, one, big),
+                                           g1, denominator(e1, pos11 if up1 else neg11, one, big))
         _scatter(acc0, a_grid[blk], True, cell_pos, i0, i1, blk * bb, bb, r0, d_in)
         _scatter(acc1, a_grid[blk], True, cell_pos, i0, i1, blk * bb, bb, r1, d_in)
 
@@ -435,14 +438,16 @@ def _two_w_row(w3, clip, taps_inner, out, c):
 @numba.njit(parallel=True, cache=True)
 def _ratio_factors(a, x_out, d_out, limit, ho, wq, bb, neg_a, g, half, w3, clip, taps_inner, two_w):
     # The ratio form's per-unit factors in one pass over the maps a, x_out, d_out (B, C_out H_out W_out): neg_a = -a
-    # and g = x_out d_out in the kernel's layout (NB, C_out H_out Wq bb): entry c H_out Wq bb + (oy Wq + ox) bb + e of
+    # and g = x_out d_out in the kernel's layout (NB, C_pad H_out Wq bb): entry c H_out Wq bb + (oy Wq + ox) bb + e of
     # block blk holds example blk bb + e, 0 at ox >= W_out and for padded examples (the maps themselves with bb = 1,
-    # Wq = W_out), and half = a / 2 (maps, for tanh); two_w = (2W, -2W), 2W clipped to [-clip, clip] (_two_w_row), the
-    # weight w3 (C_out, C_in, taps). Returns the number of saturated units (|a| > limit). Exact operations: the values
-    # NumPy's -a, x_out * d_out and a * 0.5 give. (One call: each call costs tens of microseconds on cold caches.)
+    # Wq = W_out); C_pad = C_out rounded up to even, the extra channel neutral for ratio_pair (neg_a = -inf, so
+    # e^{-a} = 0, and g = 0); half = a / 2 (maps, for tanh); two_w = (2W, -2W), 2W clipped to [-clip, clip]
+    # (_two_w_row), 0 for the extra channel, the weight w3 (C_out, C_in, taps). Returns the number of saturated units
+    # (|a| > limit). Exact operations: the values NumPy's -a, x_out * d_out and a * 0.5 give. (One call: each call
+    # costs tens of microseconds on cold caches.)
     n_batch, n_map = a.shape
-    n_flat = neg_a.shape[1]
-    n_chan = n_flat // (ho * wq * bb)
+    n_chan = w3.shape[0]
+    n_real = n_chan * ho * wq * bb  # entries of the real channels; the rest is the neutral channel's
     wo = n_map // (n_chan * ho)
     half_one = a.dtype.type(0.5)
     n_unsafe = np.zeros(neg_a.shape[0], dtype=np.int64)  # per block
@@ -452,6 +457,8 @@ def _ratio_factors(a, x_out, d_out, limit, ho, wq, bb, neg_a, g, half, w3, clip,
         if n_ex < bb or wo < wq:
             neg_a[blk, :] = 0
             g[blk, :] = 0
+        neg_a[blk, n_real:] = -np.inf
+        g[blk, n_real:] = 0
         for e in range(n_ex):
             b = blk * bb + e
             for i in range(n_map):
@@ -474,6 +481,7 @@ def _ratio_factors(a, x_out, d_out, limit, ho, wq, bb, neg_a, g, half, w3, clip,
         n_unsafe[blk] = count
     for c in prange(w3.shape[0]):
         _two_w_row(w3, clip, taps_inner, two_w, c)
+    two_w[:, n_chan:] = 0
     return n_unsafe.sum()
 
 
@@ -518,14 +526,17 @@ def _ratio(x_in, a, x_out, d_out, weight, stride, padding, wq, flat, sel, grid_a
     ``e^{-a}``, ``g = x_out d_out`` and ``e^{+-2W}`` go straight into the kernels' layouts (:func:`_ratio_factors`: one
     Numba call, then one NumPy ``exp`` over ``-a`` and ``+-2W`` and one ``tanh``, in place, on every element as before:
     the same bits; few calls, as each costs tens of microseconds on the 1x1 stages' cold caches); the saturated units
-    (``|a| > A``) are zeroed in a second pass (:func:`sbnnumba.kernels.cpu.split_saturated`) only when there are any."""
+    (``|a| > A``) are zeroed in a second pass (:func:`sbnnumba.kernels.cpu.split_saturated`) only when there are any.
+    The factor grids have an even number of channels: an odd layer's last channel pairs with a neutral one
+    (:mod:`sbnnumba.kernels.ratio_pair`)."""
     dtype = a.dtype
     n_batch, c_out, ho, wo = a.shape
+    c_pad = c_out + c_out % 2  # output channels go in pairs
     tap_flat, n_run, n_blocks, bb, n_flat = flat
     f_blocks, f_bb, f_wq = (n_batch, 1, wo) if channels else (n_blocks, bb, wq)  # the factors' layout
     c_in, n_taps = weight.shape[1], weight.shape[2] * weight.shape[3]
-    k_shape = (2, c_out) + ((n_taps, c_in) if channels else (c_in, n_taps))
-    n_f = f_blocks * c_out * ho * f_wq * f_bb
+    k_shape = (2, c_pad) + ((n_taps, c_in) if channels else (c_in, n_taps))
+    n_f = f_blocks * c_pad * ho * f_wq * f_bb
     exps = scratch("exps", (n_f + math.prod(k_shape),), dtype)  # -a and (2W, -2W): one exp for both
     neg_a, k_exp = exps[:n_f].reshape(f_blocks, -1), exps[n_f:].reshape(k_shape)
     g = scratch("g", neg_a.shape, dtype)
@@ -551,12 +562,12 @@ def _ratio(x_in, a, x_out, d_out, weight, stride, padding, wq, flat, sel, grid_a
     if ho * wo == 1:  # one output cell: np.einsum sums over c in its own (vectorized) order, kept as is
         np.add(half, 1, out=half)
         np.multiply(half, 0.5, out=half)
-        g_map = g.reshape(a.shape) if channels else g_pair[0] * g_pair[1]
+        g_map = np.ascontiguousarray(g.reshape(n_batch, c_pad, 1, 1)[:, :c_out]) if channels else g_pair[0] * g_pair[1]
         t_map = np.einsum("bcyx,bcyx->byx", g_map, half)
     _all_ones_term(*g_pair, half, t_map, ho * wo == 1, tap_flat, n_run, wq, bb, a_grid)
     kernel = conv_channels.flip_conv_ratio_channels if channels else _flip_conv_ratio
-    shape = a.shape if channels else (n_blocks, c_out, -1)  # the kernel's factor layout
-    kernel(sel, neg_a.reshape(shape), g.reshape(shape), k_exp[0], k_exp[1], a_grid, *grid_args, d_in)
+    shape = (n_batch, c_pad, ho, wo) if channels else (n_blocks, c_pad, -1)  # the kernel's factor layout
+    kernel(sel, neg_a.reshape(shape), g.reshape(shape), k_exp[0], k_exp[1], a_grid, *grid_args, clamp(dtype), d_in)
     if saturated is not None:
         row_start, units = saturated  # units: (c, oy, ox) rows
         _flip_conv_logistic_saturated(np.ascontiguousarray(x_in, dtype=dtype), a, x_out * d_out, weight, row_start,

@@ -22,7 +22,7 @@ across the warp's positions, each value serving ``channels_per_thread`` connecti
 weights of its channels from shared memory (the same address for a warp but for the sign:
 broadcasts). Two output channels share one reciprocal, as in the dense kernel
 (:func:`sbnnumba.backends.cuda.dense_flip.dense_flip_ratio_kernel`), with the same clamp
-(:data:`sbnnumba.backends.cuda.dense_flip.RATIO_CLAMP`) and the same accuracy bound:
+(:data:`sbnnumba.kernels.ratio_pair.RATIO_CLAMP`, as the CPU kernels) and the same accuracy bound:
 ``|d_in - exact| <= ~1e-6 sum |g|`` over the unit's connections in float32, plus the rounding of
 the sum. Saturated units (``|a| > A``) must come with ``g = 0`` (their exact terms are added by
 the generic kernel, as for dense layers).
@@ -33,7 +33,7 @@ import numba
 import numpy as np
 from numba import cuda  # a module global: numba's CUDA simulator swaps it inside kernels
 
-from .dense_flip import RATIO_CLAMP
+from ...kernels.ratio_pair import RATIO_CLAMP
 from .device import blocks, in_simulator
 from .kernels import _numba_dtype
 

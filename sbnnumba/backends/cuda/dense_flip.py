@@ -33,6 +33,7 @@ import functools
 import numba
 from numba import cuda  # a module global: numba's CUDA simulator swaps it inside kernels
 
+from ...kernels.ratio_pair import RATIO_CLAMP
 from ...kernels.scalar import cdf_lower
 from .kernels import _numba_dtype  # (importing .kernels also restores np.row_stack before any compilation)
 
@@ -40,10 +41,8 @@ from .kernels import _numba_dtype  # (importing .kernels also restores np.row_st
 #: output units staged 16 at a time.
 DENSE_TILE = dict(tile_i=64, tile_b=32, inputs_per_thread=4, rows_per_thread=4, tile_j=16)
 
-# Clamp of the ratio form's denominators 1 + c K (c = e^{-+a}): two are multiplied before one reciprocal,
-# so each is kept below BIG (BIG^2 below the float range; a clamped term g / (1 + c K) < g / BIG is moved by
-# less than |g| / BIG: 2^-40 = 9e-13 in float32, 2^-200 in float64).
-RATIO_CLAMP = {"float32": 2.0 ** 40, "float64": 2.0 ** 200}
+# The clamp of the ratio form's denominators 1 + c K (c = e^{-+a}), two of which share one reciprocal: the CPU
+# kernels' (sbnnumba.kernels.ratio_pair.RATIO_CLAMP, where the bound is stated), one definition for every device.
 
 
 def _dense_tiles(tile_i, tile_b, inputs_per_thread, rows_per_thread, tile_j):

@@ -1,0 +1,131 @@
+r"""The logistic ratio form's terms two at a time: one division for two output units (spec psa.md, section 2.10).
+
+The ratio form of the flip propagation (:mod:`sbnnumba.kernels.conv_cpu`) sums, for every input unit, terms
+``g / D`` with ``D = 1 + e K`` (``g = x_out d_out`` and ``e = e^{-a}`` per output unit, ``K = e^{+-2W}`` per
+weight). A division costs several times a multiply-add, so two output units ``c, c'`` that share the input unit
+share one division:
+
+.. math::
+
+    \frac{g}{D} + \frac{g'}{D'} = \frac{g D' + g' D}{D D'}, \qquad D = \min(1 + e K, \mathrm{BIG}),
+
+one division and four multiply-adds for two connections instead of two divisions (the numba.cuda kernels,
+:mod:`sbnnumba.backends.cuda.dense_flip`, pair their output units the same way). :data:`RATIO_CLAMP` keeps
+``D D'`` finite: a clamped term ``g / (1 + e K) < |g| / BIG`` moves by less than ``|g| / BIG`` (``2^-40`` in
+float32, ``2^-200`` in float64; ``1 + e K`` reaches ``e^{A + C}``, :data:`sbnnumba.kernels.cpu.RATIO_LIMITS`).
+An odd last output unit pairs with the neutral ``(g', D') = (0, 1)``: its term is then ``g / D``.
+
+**Bits.** Every operation is written out (:func:`fma` is LLVM's fused multiply-add, one rounding): ``D`` by one FMA
+and a ``min``, the numerator ``fma(g, D', g' D)``, the denominator ``D D'``, one correctly rounded division. The
+kernels that use :func:`pair_term` compile without fastmath's "contract" and "arcp", so LLVM neither fuses other
+products nor replaces the division by a reciprocal estimate: a pair's value does not depend on the kernel, the
+layout, the vector lane or the thread count, and the cell-major and channel-innermost conv kernels give the same
+bits.
+
+**Accuracy.** With the unit roundoff ``u`` (``2^-24`` in float32): ``D`` is within ``u`` of ``1 + e K``
+(relative); the numerator within ``2u (|g| D' + |g'| D)``; so, as ``D, D' >= 1``,
+
+.. math::
+
+    \left| \mathrm{pair} - \left(\frac{g}{1 + eK} + \frac{g'}{1 + e'K'}\right) \right|
+    \le 6u\,(|g| + |g'|) + (|g| + |g'|) / \mathrm{BIG},
+
+against ``2u (|g| + |g'|)`` for two exact divisions (``tests/test_conv.py`` checks the kernels against a float64
+reference with this bound plus the rounding of the sums).
+"""
+import numba
+import numpy as np
+from llvmlite import ir
+from numba.extending import intrinsic
+
+# Clamp of the ratio form's denominators (module docstring; CPU kernels and the numba.cuda kernels alike):
+# BIG^2 is below the float range, and a clamped term moves by less than |g| / BIG.
+RATIO_CLAMP = {"float32": 2.0 ** 40, "float64": 2.0 ** 200}
+
+# fastmath flags of the kernels that use pair_term: no "contract" (every product rounded as written, fma explicit),
+# no "arcp" (the division exact), no "reassoc" (each accumulator adds its terms in the kernel's fixed order).
+PAIR_FASTMATH = {"nnan", "ninf", "nsz"}
+
+
+def clamp(dtype):
+    """The denominators' clamp ``BIG`` for a dtype.
+
+    Parameters
+    ----------
+    dtype : numpy dtype
+        float32 or float64.
+
+    Returns
+    -------
+    numpy scalar of ``dtype``
+        :data:`RATIO_CLAMP` for that dtype (``2^40`` or ``2^200``).
+    """
+    dtype = np.dtype(dtype)
+    return dtype.type(RATIO_CLAMP[dtype.name])
+
+
+@intrinsic
+def fma(typingctx, a, b, c):
+    """``a b + c`` with one rounding (LLVM's ``llvm.fma``), in ``@njit`` kernels (not callable from Python).
+
+    Parameters
+    ----------
+    a, b, c : float32 or float64 (one type)
+
+    Returns
+    -------
+    float
+        The exact ``a b + c``, rounded once.
+    """
+    if not (a == b == c and isinstance(a, numba.types.Float)):
+        return None
+    sig = a(a, b, c)
+
+    def codegen(context, builder, signature, args):
+        ty = args[0].type
+        fn = builder.module.declare_intrinsic("llvm.fma", [ty], ir.FunctionType(ty, [ty, ty, ty]))
+        return builder.call(fn, args)
+
+    return sig, codegen
+
+
+@numba.njit(inline="always")
+def denominator(e, k, one, big):
+    """A clamped denominator of the ratio form (module docstring).
+
+    Parameters
+    ----------
+    e : float
+        ``e^{-a}`` of the output unit.
+    k : float
+        ``e^{+-2W}`` of the connection (sign of the input state).
+    one : float
+        1 in the dtype of ``e``.
+    big : float
+        The clamp (:data:`RATIO_CLAMP`).
+
+    Returns
+    -------
+    float
+        ``min(1 + e k, big)``, ``1 + e k`` by one FMA.
+    """
+    return min(fma(e, k, one), big)
+
+
+@numba.njit(inline="always")
+def pair_term(g0, d0, g1, d1):
+    """Two ratio terms with one division (module docstring).
+
+    Parameters
+    ----------
+    g0, g1 : float
+        Numerators ``x_out d_out`` of the two output units.
+    d0, d1 : float
+        Their clamped denominators (:func:`denominator`), ``>= 1``.
+
+    Returns
+    -------
+    float
+        ``g0 / d0 + g1 / d1`` as ``fma(g0, d1, g1 d0) / (d0 d1)``; ``g0 / d0`` exactly when ``(g1, d1) = (0, 1)``.
+    """
+    return fma(g0, d1, g1 * d0) / (d0 * d1)

@@ -1,0 +1,92 @@
+"""The ratio form's paired terms (sbnnumba.kernels.ratio_pair): one division for two output units, with the accuracy
+bound its docstring states, in the scalar rule and in both conv kernel layouts (issue #39)."""
+import numba
+import numpy as np
+import pytest
+
+from sbnnumba.kernels import conv_cpu, conv_reference, ratio_pair
+from sbnnumba.kernels.scalar import LOGISTIC
+from sbnnumba.noise import get_noise
+
+U32 = 2.0 ** -24  # unit roundoff of float32
+
+
+@numba.njit
+def _pairs(g0, e0, k0, g1, e1, k1, big):
+    out = np.empty(g0.shape, g0.dtype)
+    one = g0.dtype.type(1)
+    for i in range(g0.size):
+        out[i] = ratio_pair.pair_term(g0[i], ratio_pair.denominator(e0[i], k0[i], one, big),
+                                      g1[i], ratio_pair.denominator(e1[i], k1[i], one, big))
+    return out
+
+
+def _factors(rng, n, dtype):
+    # e^{-a}, e^{+-2W} over the ratio form's whole range: |a| <= A = 30, |2W| <= C = 58 (float32)
+    g = rng.normal(size=n) * np.exp(rng.uniform(-20, 5, n))
+    e = np.exp(rng.uniform(-30, 30, n))
+    k = np.exp(rng.uniform(-58, 58, n))
+    return [t.astype(dtype) for t in (g, e, k)]
+
+
+def test_pair_term_within_its_bound_over_the_ratio_range():
+    rng = np.random.default_rng(0)
+    g0, e0, k0 = _factors(rng, 200_000, np.float32)
+    g1, e1, k1 = _factors(rng, 200_000, np.float32)
+    big = ratio_pair.clamp(np.float32)
+    got = _pairs(g0, e0, k0, g1, e1, k1, big).astype(np.float64)
+    assert np.all(np.isfinite(got))  # D D' <= BIG^2 is finite
+    f64 = [t.astype(np.float64) for t in (g0, e0, k0, g1, e1, k1)]
+    exact = f64[0] / (1 + f64[1] * f64[2]) + f64[3] / (1 + f64[4] * f64[5])
+    scale = np.abs(f64[0]) + np.abs(f64[3])
+    err = np.abs(got - exact) / scale
+    assert err.max() <= 6 * U32 + 2.0 ** -40
+    # the pairing is not exact division: some pairs differ from the two correctly rounded quotients' sum
+    two_div = (g0 / (1 + e0 * k0)).astype(np.float64) + (g1 / (1 + e1 * k1)).astype(np.float64)
+    assert np.count_nonzero(got != two_div) > 0
+
+
+def test_neutral_partner_gives_the_exact_quotient():
+    rng = np.random.default_rng(1)
+    g, e, k = _factors(rng, 10_000, np.float32)
+    zero, one = np.zeros_like(g), np.ones_like(g)
+    big = ratio_pair.clamp(np.float32)
+    got = _pairs(g, e, k, zero, zero, one, big)  # (g', e') = (0, 0): D' = 1
+    d = np.minimum(np.float32(1) + (e.astype(np.float64) * k).astype(np.float32), big)  # one rounding: the FMA
+    d_fma = np.minimum((1 + e.astype(np.float64) * k.astype(np.float64)).astype(np.float32), big)
+    assert got.tobytes() == (g / d_fma).tobytes()
+    assert np.count_nonzero(d != d_fma) > 0  # the FMA is one rounding, not two: the check above can tell
+
+
+def test_clamp_moves_a_term_by_less_than_g_over_big():
+    big = ratio_pair.clamp(np.float32)
+    g = np.array([1.0, -3.0], np.float32)
+    e = np.array([np.exp(30.0)] * 2, np.float32)
+    k = np.array([np.exp(58.0)] * 2, np.float32)  # 1 + e k = e^88: beyond BIG
+    got = _pairs(g, e, k, g, e, k, big)
+    assert np.all(np.abs(got) <= 2 * np.abs(g) / big)
+
+
+@pytest.mark.parametrize("layout", ["cells", "channels"])
+@pytest.mark.parametrize("c_out", [7, 8])  # odd: the neutral channel
+def test_conv_ratio_kernels_within_the_bound_of_a_float64_reference(layout, c_out):
+    rng = np.random.default_rng(2)
+    b, c_in, h, w, kh = 5, 20, 9, 8, 3
+    x_in = np.where(rng.random((b, c_in, h, w)) < 0.5, 1, -1).astype(np.float32)
+    weight = (rng.normal(size=(c_out, c_in, kh, kh)) * 0.6).astype(np.float32)
+    a = (rng.normal(size=(b, c_out, 7, 6)) * 6).astype(np.float32)
+    x_out = np.where(rng.random(a.shape) < 0.5, 1, -1).astype(np.float32)
+    d_out = rng.normal(size=a.shape).astype(np.float32)
+    args = ((1, 1), (0, 0))
+    got = conv_cpu.flip_propagate_conv(x_in, a, x_out, weight, d_out, *args, LOGISTIC, form="ratio", layout=layout)
+    want = conv_reference.flip_propagate_conv(*(t.astype(np.float64) for t in (x_in, a, x_out, weight, d_out)), *args,
+                                              get_noise("logistic"))
+    # per input unit: S = sum over its connections of |g|, n = C_out kh kw terms; the ratio sums R and the all-ones
+    # term A each add up to n terms (recursive summation: (n - 1) u S), pairs within 6u + 1/BIG, exp within ~2u
+    abs_g = np.abs(x_out * d_out).astype(np.float64)
+    s = conv_reference.col2im(conv_reference._rows(abs_g) @ np.ones((c_out, c_in * kh * kh)), x_in.shape[1:],
+                              (kh, kh), *args)
+    n = c_out * kh * kh
+    bound = (2 * n + 12) * U32 * s + 1e-30
+    assert np.all(np.abs(got - want) <= bound)
+    assert np.abs(got - want).max() > 0  # float32 against float64: the comparison can see an error
