@@ -15,6 +15,17 @@ the one-thread time plus at most one block of the slow thread, and a helper that
 threads have taken every block takes none (the call does not wait for it). Measured figures:
 ``docs/performance.md`` (section "Threads").
 
+Where the helper wakes decides whether it can help. A sleeping thread woken while no core is idle is
+placed by Linux on the waking thread's core (its wake-affine rule): with one core kept busy by another
+process, the dense ST step's helper woke on the calling thread's core in 92-96 % of its products, where
+the two only take turns, so the blocks cost more than one call (each packs the unsplit operand again,
+plus the switches; the step 1.05-1.07x its one-thread time with the process confined to one core). A
+call given ``alone`` (one call doing every block, :func:`run_blocks`) therefore has a helper that finds
+itself on the calling thread's core (``sched_getcpu``) take no block, unless more tasks are runnable
+than cores plus one (then the core is shared with other processes and a second thread gets a larger
+share of it); after such a call the next :data:`ALONE_CALLS` calls run ``alone()`` on the calling
+thread, and the one after them tries the helpers again.
+
 The helpers block on a queue between calls (no spinning) and are started on first use. One call uses
 the pool at a time; a call made while another thread's call holds it runs its blocks in its own thread
 (same blocks, same results). After ``fork`` the child starts with an empty pool (the parent's threads do
@@ -22,6 +33,8 @@ not exist there).
 """
 from __future__ import annotations
 
+import ctypes
+import functools
 import itertools
 import os
 import queue
@@ -29,10 +42,48 @@ import threading
 from collections.abc import Callable
 
 
+@functools.lru_cache(maxsize=None)
+def _sched_getcpu() -> Callable[[], int] | None:
+    """The C library's ``sched_getcpu``, or None where there is none (not glibc or not Linux)."""
+    try:
+        fn = ctypes.CDLL(None).sched_getcpu
+    except (OSError, AttributeError):
+        return None
+    fn.restype = ctypes.c_int
+    return fn if fn() >= 0 else None
+
+
+def current_cpu() -> int:
+    """The core the calling thread runs on now (``sched_getcpu``, about 0.3 us), or -1 where it cannot be told.
+
+    Returns
+    -------
+    int
+    """
+    fn = _sched_getcpu()
+    return fn() if fn is not None else -1
+
+
+def cores_oversubscribed() -> bool:
+    """Whether more tasks are runnable on the machine than it has cores plus one (the calling thread's helper):
+    ``/proc/loadavg``'s fourth field (Linux, about 15 us); False where it cannot be told.
+
+    Returns
+    -------
+    bool
+    """
+    try:
+        with open("/proc/loadavg", "rb") as f:
+            running = int(f.read().split()[3].split(b"/")[0])
+    except (OSError, IndexError, ValueError):
+        return False
+    return running > (os.cpu_count() or 1) + 1
+
+
 class _Job:
     """One call's blocks: a shared counter hands out block indices; the last block to finish sets ``done``."""
 
-    def __init__(self, fn: Callable[[int], object], n_blocks: int):
+    def __init__(self, fn: Callable[[int], object], n_blocks: int, stay_out_beside: int = -1):
         self.fn = fn
         self.n_blocks = n_blocks
         self._next = itertools.count()  # next() is one C call: atomic under the GIL
@@ -40,13 +91,26 @@ class _Job:
         self._lock = threading.Lock()
         self.done = threading.Event()
         self.error: BaseException | None = None
+        self.stay_out_beside = stay_out_beside  # the calling thread's core (-1: none known, helpers always work)
+        self.caller = threading.get_ident()
+        self.stayed_out = False  # a helper woke on that core and took no block
+        self.helped = False  # a helper took a block
 
     def work(self) -> None:
-        """Take and run blocks until none is left."""
+        """Take and run blocks until none is left (the calling thread and the helpers). A helper that wakes on
+        ``stay_out_beside``, the calling thread's core, takes none: Linux places a woken thread there when no core
+        is idle, and the two then take turns instead of running at once, unless more tasks are runnable than there
+        are cores plus this one (the core is shared with another process, and two threads get a larger share)."""
+        if self.stay_out_beside >= 0 and threading.get_ident() != self.caller \
+                and current_cpu() == self.stay_out_beside and not cores_oversubscribed():
+            self.stayed_out = True
+            return
         while True:
             i = next(self._next)
             if i >= self.n_blocks:
                 return
+            if threading.get_ident() != self.caller:
+                self.helped = True
             try:
                 if self.error is None:  # after a failure the remaining blocks are only counted off
                     self.fn(i)
@@ -68,6 +132,7 @@ class BlockPool:
         self._busy = threading.Lock()  # held by the call that uses the helpers
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._helpers = 0
+        self._alone_left = 0  # calls with ``alone`` still to run on the calling thread alone
 
     def _serve(self) -> None:
         while True:
@@ -78,22 +143,31 @@ class BlockPool:
             threading.Thread(target=self._serve, name=f"sbnnumba-blocks-{self._helpers}", daemon=True).start()
             self._helpers += 1
 
-    def run(self, fn: Callable[[int], object], n_blocks: int, threads: int) -> None:
+    def run(self, fn: Callable[[int], object], n_blocks: int, threads: int,
+            alone: Callable[[], object] | None = None) -> None:
         """See :func:`run_blocks`."""
         helpers = min(int(threads), n_blocks) - 1
+        if helpers > 0 and alone is not None and self._alone_left > 0:
+            self._alone_left -= 1
+            helpers = 0
         if helpers <= 0 or not self._busy.acquire(blocking=False):
-            for i in range(n_blocks):
-                fn(i)
+            if alone is not None:
+                alone()
+            else:
+                for i in range(n_blocks):
+                    fn(i)
             return
         try:
             self._ensure_helpers(helpers)
-            job = _Job(fn, n_blocks)
+            job = _Job(fn, n_blocks, current_cpu() if alone is not None else -1)
             for _ in range(helpers):
                 self._jobs.put(job)
             job.work()
             job.done.wait()
         finally:
             self._busy.release()
+        if job.stayed_out and not job.helped:  # the helpers could not run beside the calling thread
+            self._alone_left = ALONE_CALLS
         if job.error is not None:
             raise job.error
 
@@ -104,7 +178,14 @@ if hasattr(os, "register_at_fork"):  # the child of a fork has none of the paren
     os.register_at_fork(after_in_child=POOL._reset)
 
 
-def run_blocks(fn: Callable[[int], object], n_blocks: int, threads: int) -> None:
+#: Calls of :func:`run_blocks` given ``alone`` that run on the calling thread alone after such a call in which a
+#: helper stayed out (it woke on the calling thread's core) and none took a block; the call after them tries the
+#: helpers again.
+ALONE_CALLS = 32
+
+
+def run_blocks(fn: Callable[[int], object], n_blocks: int, threads: int,
+               alone: Callable[[], object] | None = None) -> None:
     r"""Call ``fn(i)`` for ``i = 0, ..., n_blocks - 1`` on at most ``threads`` threads (this one included),
     each taking the next block as it comes free.
 
@@ -118,10 +199,20 @@ def run_blocks(fn: Callable[[int], object], n_blocks: int, threads: int) -> None
         Number of blocks.
     threads : int
         Threads to use, ``>= 1``; ``min(threads, n_blocks)`` are used.
+    alone : callable or None
+        ``alone()`` computes every block at once on the calling thread, with the blocks' result (e.g. one GEMM
+        instead of its row blocks, which saves each block's packing of the shared factor); used when the call
+        runs on the calling thread alone (one thread, the helpers serving another call, or the rule below).
+        Given, a helper that wakes on the calling thread's core takes no block unless the machine has more
+        runnable tasks than cores plus one, and after a call in which a helper stayed out and none took a
+        block the next :data:`ALONE_CALLS` such calls run ``alone()`` (then the helpers are tried again).
+        With one core kept busy by another process, Linux wakes a helper on the calling thread's core in
+        most calls (no core is idle; measured 92-96 % of the dense ST step's products), where the two only take
+        turns and the blocks cost more than one call. None: the blocks always, as described above.
 
     Raises
     ------
     BaseException
         The first exception a block raised (the blocks after it are skipped), in the calling thread.
     """
-    POOL.run(fn, int(n_blocks), threads)
+    POOL.run(fn, int(n_blocks), threads, alone)

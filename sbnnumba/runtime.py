@@ -53,12 +53,14 @@ product into the blocks of :func:`gemm_blocks` (rows or columns of the result, a
 multiply-adds each, at most :data:`MAX_GEMM_BLOCKS`; a function of the shape only), runs each as one
 single-threaded BLAS call, and lets ``T`` threads take the next block as they come free
 (:mod:`sbnnumba.blockpool`): the thread on the free core takes the busy core's share. At ``T = 1`` it is one
-BLAS call. OpenBLAS's single-threaded GEMM cuts the sum over ``k`` by ``k`` alone, so a block's entries have
-the bits of the same entries of the whole product (checked on the shapes of the tests and benchmarks), and
-the layers' products, and with
-them seeded training runs, are bit-identical at one and two threads (``tests/test_thread_rule.py``,
-``tests/test_threads.py``), where a plain ``a @ b`` is not (OpenBLAS's threaded GEMM cuts ``k = 784``
-differently). Figures: ``docs/performance.md``, section "Threads".
+BLAS call; at ``T > 1`` it is one BLAS call too while the block pool finds its helper woken on the calling
+thread's core (:func:`sbnnumba.blockpool.run_blocks` with ``alone``: with one core kept busy Linux puts the
+woken helper there in most calls, where the blocks only take turns and cost 3-6 % more than one call).
+OpenBLAS's single-threaded GEMM cuts the sum over ``k`` by ``k`` alone, so a block's entries have the bits
+of the same entries of the whole product (checked on the shapes of the tests and benchmarks), and the
+layers' products, and with them seeded training runs, are bit-identical at one and two threads
+(``tests/test_thread_rule.py``, ``tests/test_threads.py``), where a plain ``a @ b`` is not (OpenBLAS's
+threaded GEMM cuts ``k = 784`` differently). Figures: ``docs/performance.md``, section "Threads".
 """
 from __future__ import annotations
 
@@ -410,7 +412,8 @@ def _one_blas_thread():
 
 
 def _blocked_matmul(a, b, out, threads):
-    """``a @ b`` into ``out`` (allocated when None) as the blocks of :func:`gemm_blocks` on ``threads`` threads."""
+    """``a @ b`` into ``out`` (allocated when None) as the blocks of :func:`gemm_blocks` on ``threads`` threads, or
+    as one call where :func:`sbnnumba.blockpool.run_blocks` runs it alone (same bits)."""
     if out is None:
         out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b))
     axis, edges = gemm_blocks(a.shape[0], a.shape[1], b.shape[1])
@@ -422,7 +425,7 @@ def _blocked_matmul(a, b, out, threads):
         else:
             np.matmul(a, b[:, lo:hi], out=out[:, lo:hi])
 
-    run_blocks(block, len(edges) - 1, threads)
+    run_blocks(block, len(edges) - 1, threads, alone=lambda: np.matmul(a, b, out=out))
     return out
 
 

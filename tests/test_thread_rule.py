@@ -1,4 +1,6 @@
 """The per-call thread rule of sbnnumba.runtime (issue #39): call_threads, kernel_threads, gemm."""
+import threading
+
 import numba
 import numpy as np
 import pytest
@@ -95,7 +97,17 @@ def test_gemm_blocks_depend_on_the_shape_only():
             assert m * k * n // len(sizes) >= w  # every block is worth a thread by the rule
 
 
-def test_blocked_gemm_is_bit_identical_at_one_and_two_threads():
+@pytest.fixture
+def helpers_beside(monkeypatch):
+    """The block pool's helpers take blocks whatever core they wake on (no core is known), and no earlier call has
+    set the pool to run alone: the blocks run on two threads."""
+    from sbnnumba import blockpool
+
+    monkeypatch.setattr(blockpool, "current_cpu", lambda: -1)
+    monkeypatch.setattr(blockpool.POOL, "_alone_left", 0)
+
+
+def test_blocked_gemm_is_bit_identical_at_one_and_two_threads(helpers_beside):
     """The layers' products through runtime.gemm: one BLAS call at one thread, fixed blocks of single-threaded
     calls at two; OpenBLAS's single-threaded kernels give every element the same bits in both (the block
     split does not change the order of the sum over k), so results do not depend on the thread count.
@@ -142,6 +154,72 @@ def test_run_blocks_runs_every_block_once_and_raises_in_the_caller():
 
     with pytest.raises(KeyError, match="block 5"):
         run_blocks(failing, 9, 2)
+
+
+def test_blocks_run_alone_after_a_helper_woke_on_the_callers_core(monkeypatch):
+    """run_blocks with ``alone``: a helper that wakes on the calling thread's core takes no block (unless more tasks
+    are runnable than cores plus one); the pool then runs the next ALONE_CALLS such calls as ``alone()`` on the
+    calling thread, and the call after them tries the helpers again. Without ``alone``, nothing changes."""
+    from sbnnumba import blockpool
+
+    caller = threading.get_ident()
+    helper_woke = threading.Event()
+
+    def cpu():  # every thread "on core 0": co-located
+        if threading.get_ident() != caller:
+            helper_woke.set()
+        return 0
+
+    monkeypatch.setattr(blockpool, "current_cpu", cpu)
+    monkeypatch.setattr(blockpool, "cores_oversubscribed", lambda: False)  # and no other process wants the core
+    monkeypatch.setattr(blockpool.POOL, "_alone_left", 0)
+    ways = []
+    wait_for_helper = False
+
+    def block(i):
+        if threading.get_ident() == caller and not ways and wait_for_helper:
+            helper_woke.wait(5.0)  # the caller's first block lasts until the helper has looked at its core
+        np.dot(np.ones(200000), np.ones(200000))  # releases the GIL: the helper gets a turn
+        ways.append("caller" if threading.get_ident() == caller else "helper")
+
+    def run(alone=True):
+        nonlocal wait_for_helper
+        wait_for_helper = alone and blockpool.POOL._alone_left == 0  # a helper is woken and looks at its core
+        helper_woke.clear()
+        ways.clear()
+        blockpool.run_blocks(block, 6, 2, alone=(lambda: ways.append("alone")) if alone else None)
+        return list(ways)
+
+    assert run() == ["caller"] * 6  # the helper stayed out
+    for _ in range(blockpool.ALONE_CALLS):
+        assert run(alone=False) != ["alone"]  # calls without ``alone`` are not counted
+        assert run() == ["alone"]
+    assert run() == ["caller"] * 6  # tried again, stayed out again
+    monkeypatch.setattr(blockpool, "cores_oversubscribed", lambda: True)  # the core is shared with other processes
+    monkeypatch.setattr(blockpool.POOL, "_alone_left", 0)
+    assert any(way == "helper" for _ in range(20) for way in run())  # the helper takes its share of it
+    assert blockpool.POOL._alone_left == 0
+
+
+def test_blocks_with_alone_run_each_block_once_and_raise_in_the_caller(helpers_beside):
+    from sbnnumba.blockpool import run_blocks
+
+    for threads in (1, 2, 3):
+        seen = np.zeros(37, np.int64)
+
+        def block(i):
+            seen[i] += 1
+            np.dot(np.ones(2000), np.ones(2000))
+
+        run_blocks(block, 37, threads, alone=lambda: seen.__iadd__(1))
+        assert (seen == 1).all()
+
+    def failing(i):
+        if i == 5:
+            raise KeyError("block 5")
+
+    with pytest.raises(KeyError, match="block 5"):
+        run_blocks(failing, 9, 2, alone=lambda: failing(5))
 
 
 def test_gemm_in_a_forked_child_after_the_parent_used_the_pool():
