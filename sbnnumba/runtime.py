@@ -246,7 +246,9 @@ def run_range_blocks(fn, n_items, work, kind="copy"):
     The blocks are ``c = max(1, min(n_items, MAX_RANGE_BLOCKS, work // w_min))`` near-equal ranges, a function of
     the sizes only: a Numba kernel compiled ``nogil`` without ``parallel`` that computes each item alone gives
     the same result at any thread count, and with a busy core the thread on the free core takes more blocks
-    (a ``prange`` splits statically and waits for the late thread's share).
+    (a ``prange`` splits statically and waits for the late thread's share). ``fn(0, n_items)``, one call over the
+    whole range (the same result), is the call's ``alone`` form (:func:`sbnnumba.blockpool.run_blocks`): it runs
+    when the helper thread woke on the calling thread's core, where the two could only take turns.
 
     Parameters
     ----------
@@ -268,7 +270,7 @@ def run_range_blocks(fn, n_items, work, kind="copy"):
     threads = call_threads(work, kind, 1 if numba.config.DISABLE_JIT else numba.get_num_threads())
     n_blocks = max(1, min(n_items, MAX_RANGE_BLOCKS, int(work) // MIN_WORK_PER_THREAD[kind]))
     edges = [(i * n_items) // n_blocks for i in range(n_blocks + 1)]
-    run_blocks(lambda i: fn(edges[i], edges[i + 1]), n_blocks, threads)
+    run_blocks(lambda i: fn(edges[i], edges[i + 1]), n_blocks, threads, alone=lambda: fn(0, n_items))
 
 
 def _openblas_functions(lib):

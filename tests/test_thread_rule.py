@@ -242,14 +242,22 @@ def test_gemm_in_a_forked_child_after_the_parent_used_the_pool():
 
 @pytest.mark.parametrize("n_items, work, want", [(864, 31_850_496, 16), (9, 389_376, 1), (1728, 3 << 20, 3),
                                                  (5, 100 << 20, 5), (0, 0, 1)])
-def test_range_blocks_are_fixed_by_the_sizes(n_items, work, want):
+def test_range_blocks_are_fixed_by_the_sizes(n_items, work, want, helpers_beside):
     """run_range_blocks cuts range(n_items) into min(n_items, 16, work // w_min) (at least one) near-equal
-    blocks in order, the same at one and two threads, each run once."""
-    for threads in (1, 2):
+    blocks in order, each run once, the same at any thread count; run on the calling thread alone (one thread,
+    or the helper woke on the caller's core), the call is one block over the whole range."""
+    from sbnnumba import blockpool
+
+    for threads, alone in ((2, False), (1, False), (2, True)):
         seen = []
+        blockpool.POOL._alone_left = 10 ** 6 if alone else 0
         with runtime.limited_threads(threads):
             runtime.run_range_blocks(lambda lo, hi: seen.append((lo, hi)), n_items, work, "copy")
+        blockpool.POOL._alone_left = 0
         seen.sort()
+        if threads == 1 or alone:
+            assert seen == [(0, n_items)]
+            continue
         assert len(seen) == want and seen[0][0] == 0 and seen[-1][1] == n_items
         assert all(a[1] == b[0] for a, b in zip(seen, seen[1:]))
         assert max(hi - lo for lo, hi in seen) - min(hi - lo for lo, hi in seen) <= 1

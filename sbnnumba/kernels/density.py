@@ -12,61 +12,43 @@ in the same order as NumPy's (no ``fastmath``; ``x ** 2`` is ``x * x`` in NumPy)
 NumPy formula's bit for bit (``tests/test_noise.py``), and every seeded run is unchanged.
 
 Deep ST's pre-activation gradient ``2 p(a) g`` takes the product in the third pass (``times=g``): the same
-two roundings as the factor stored and multiplied afterwards. NumPy's ``exp`` runs in fixed blocks on the
-threads (:func:`sbnnumba.runtime.run_range_blocks`, NumPy releasing the GIL in its loops): its SIMD ``exp``
-computes each entry alone, so a block's entries get the bits of one call over the whole array (checked in
-``tests/test_noise.py``), and the two Numba passes are no longer parallel passes around a single-threaded one.
+two roundings as the factor stored and multiplied afterwards. The three passes run block by block (each block's
+three while it is in cache) in the fixed blocks of :func:`sbnnumba.runtime.run_range_blocks`, which the threads
+take as they come free (NumPy releases the GIL in its loops, the Numba passes are ``nogil``): with a core kept
+busy a static ``prange`` split waits for the thread there. NumPy's SIMD ``exp`` computes each entry alone, so a
+block's entries get the bits of one call over the whole array (checked in ``tests/test_noise.py``), and the
+result is the same bits at any thread count.
 """
 import numba
 import numpy as np
-from numba import prange
 
-from ..runtime import kernel_threads, run_range_blocks
+from ..runtime import run_range_blocks
 
 
-@numba.njit(parallel=True, cache=True)
+# One block each, on the calling thread without the GIL (the threads run them in the fixed blocks of
+# sbnnumba.runtime.run_range_blocks); loops over whole slices from 0 with NumPy's error model, so that they vectorize.
+@numba.njit(nogil=True, error_model="numpy", cache=True)
 def negative_abs(a, out):
     """``out[i] = -|a[i]|`` (1-D arrays)."""
-    for i in prange(a.shape[0]):
+    for i in range(a.shape[0]):
         out[i] = -abs(a[i])
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(nogil=True, error_model="numpy", cache=True)
 def _scaled_density_from_exp(e, one, scale):
     """In place ``e[i] <- scale * (e[i] / ((one + e[i]) * (one + e[i])))`` (1-D array; ``one = 1`` and
     ``scale`` typed scalars of its dtype, so that float32 stays float32)."""
-    for i in prange(e.shape[0]):
+    for i in range(e.shape[0]):
         t = one + e[i]
         e[i] = scale * (e[i] / (t * t))
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(nogil=True, error_model="numpy", cache=True)
 def _scaled_density_from_exp_times(e, one, scale, g):
     """In place ``e[i] <- (scale * (e[i] / ((one + e[i]) * (one + e[i])))) * g[i]`` (1-D arrays)."""
-    for i in prange(e.shape[0]):
+    for i in range(e.shape[0]):
         t = one + e[i]
         e[i] = (scale * (e[i] / (t * t))) * g[i]
-
-
-def exp_in_place(e):
-    """``np.exp(e, out=e)`` in the fixed blocks of :func:`~sbnnumba.runtime.run_range_blocks` on the threads
-    (NumPy releases the GIL in its loops; its SIMD ``exp`` computes each entry alone, so the bits are those of
-    one call over the whole array).
-
-    Parameters
-    ----------
-    e : ndarray (n,), float32 or float64, contiguous
-        Overwritten with ``exp(e)``.
-
-    Returns
-    -------
-    None
-    """
-
-    def block(lo, hi):
-        np.exp(e[lo:hi], out=e[lo:hi])
-
-    run_range_blocks(block, e.size, e.size, "elementwise")
 
 
 def logistic_density(a, scale=1, times=None):
@@ -96,11 +78,16 @@ def logistic_density(a, scale=1, times=None):
     flat = np.ascontiguousarray(a).reshape(-1)
     e = np.empty_like(flat)
     one, c = a.dtype.type(1), a.dtype.type(scale)
-    with kernel_threads(flat.size, "elementwise"):  # the per-call thread rule of sbnnumba.runtime
-        negative_abs(flat, e)
-        exp_in_place(e)
-        if times is None:
-            _scaled_density_from_exp(e, one, c)
+    g = None if times is None else np.ascontiguousarray(times).reshape(-1)
+
+    def block(lo, hi):  # the three passes over one block while it is in cache
+        e_i = e[lo:hi]
+        negative_abs(flat[lo:hi], e_i)
+        np.exp(e_i, out=e_i)
+        if g is None:
+            _scaled_density_from_exp(e_i, one, c)
         else:
-            _scaled_density_from_exp_times(e, one, c, np.ascontiguousarray(times).reshape(-1))
+            _scaled_density_from_exp_times(e_i, one, c, g[lo:hi])
+
+    run_range_blocks(block, flat.size, flat.size, "elementwise")  # the per-call thread rule of sbnnumba.runtime
     return e.reshape(a.shape)

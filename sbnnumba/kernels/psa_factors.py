@@ -1,29 +1,28 @@
 """Numba CPU kernel for PSA's pre-activation gradient with logistic noise (:meth:`sbnnumba.noise.Logistic.psa_grad`).
 
 ``g_a = -x p(a) d`` (spec psa.md, section 2.4) with ``p(a) = e / (1 + e)^2``, ``e = exp(-|a|)``: NumPy's ``exp``
-(its vectorized routine, in the blocks of :func:`sbnnumba.kernels.density.exp_in_place`: a Numba ``exp`` would
-round differently), then the rest in one parallel pass, in the same
+(its vectorized routine: a Numba ``exp`` would round differently), then the rest in one pass, block by block in the
+fixed blocks of :func:`sbnnumba.runtime.run_range_blocks` that the threads take as they come free, in the same
 operations and order as the NumPy expression ``-x * (e / (1 + e) ** 2) * d``, so the result is bit-identical
 (``tests/test_psa_factors.py``); the NumPy expression makes nine passes over the maps with eight temporaries, this
 three (``-|a|``, ``exp``, the rest) in the one output array. No ``fastmath``.
 """
 import numba
 import numpy as np
-from numba import prange
 
-from ..runtime import kernel_threads
-from .density import exp_in_place, negative_abs
+from ..runtime import run_range_blocks
+from .density import negative_abs
 
 
-@numba.njit(parallel=True, cache=True)
-def _logistic_grad(x, e, d, out):
-    # out = -x (e / (1 + e)^2) d, element-wise (1-D arrays of one dtype; out may be e itself: each element is read
-    # before it is written)
+@numba.njit(nogil=True, error_model="numpy", cache=True)
+def _logistic_grad(x, e, d):
+    # in place e <- -x (e / (1 + e)^2) d, element-wise (1-D arrays of one dtype, one block; written to e itself so
+    # that the loop vectorizes: with a separate output argument that may alias e it ran 1.5x slower)
     one = e.dtype.type(1)
-    for i in prange(out.shape[0]):
+    for i in range(e.shape[0]):
         ei = e[i]
         s = one + ei
-        out[i] = -x[i] * (ei / (s * s)) * d[i]
+        e[i] = -x[i] * (ei / (s * s)) * d[i]
 
 
 def logistic_psa_grad(x, a, d):
@@ -50,8 +49,13 @@ def logistic_psa_grad(x, a, d):
         return None
     out = np.empty(a.shape, dtype=a.dtype)  # e = exp(-|a|) first, then the result in place
     flat = out.reshape(-1)
-    with kernel_threads(a.size, "elementwise"):  # the per-call thread rule of sbnnumba.runtime
-        negative_abs(np.ascontiguousarray(a).reshape(-1), flat)
-        exp_in_place(flat)  # NumPy's exp in fixed blocks on the threads: the bits of one call (kernels/density.py)
-        _logistic_grad(np.ascontiguousarray(x).reshape(-1), flat, np.ascontiguousarray(d).reshape(-1), flat)
+    a1, x1, d1 = (np.ascontiguousarray(t).reshape(-1) for t in (a, x, d))
+
+    def block(lo, hi):  # the three passes over one block while it is in cache
+        e = flat[lo:hi]
+        negative_abs(a1[lo:hi], e)
+        np.exp(e, out=e)  # NumPy's exp: each entry alone, so the bits of one call (kernels/density.py)
+        _logistic_grad(x1[lo:hi], e, d1[lo:hi])
+
+    run_range_blocks(block, flat.size, flat.size, "elementwise")  # the per-call thread rule of sbnnumba.runtime
     return out

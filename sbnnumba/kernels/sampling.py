@@ -6,7 +6,10 @@ C library's ``expf``/``exp``, the same operations as SciPy's ``expit``: on 611 m
 (every 7th bit pattern of each sign) and 20 million float64 values the two agreed bit for bit, so the
 samples, and every seeded run, are those of the NumPy formula (``tests/test_noise.py`` checks the
 equality on the machine that runs the tests). No ``fastmath``: an approximate vectorized ``exp``
-would change bits. One kernel per dtype, so that float32 stays float32 throughout.
+would change bits. One kernel per dtype, so that float32 stays float32 throughout. The kernels compute one block
+(``nogil``, no ``prange``); :func:`logistic_sample` runs them over fixed blocks of whole tasks that the threads take
+as they come free (:func:`sbnnumba.runtime.run_range_blocks`: with a core kept busy, a static ``prange`` split
+waits for the thread there), so the samples are the same bits at any thread count.
 
 The float32 kernel decides most entries without ``expf`` (a scalar libm call per entry): per task of
 :data:`CHUNK` entries, one vectorized pass computes ``sigma(a)`` in float64 with arithmetic only
@@ -21,9 +24,8 @@ import math
 
 import numba
 import numpy as np
-from numba import prange
 
-from ..runtime import kernel_threads
+from ..runtime import run_range_blocks
 
 #: Entries per task of the float32 sampler: one vectorized pass decides them, the rare task holding an entry
 #: too close to call is redone exactly.
@@ -71,22 +73,23 @@ def _decide_f32(a, u, out):
     return unsure
 
 
-@numba.njit(parallel=True, error_model="numpy", cache=True)
+@numba.njit(nogil=True, error_model="numpy", cache=True)
 def logistic_sample_f32(a, u, out):
-    """float32 ``out[i] = 1 if u[i] < 1 / (1 + expf(-a[i])) else -1`` (1-D arrays)."""
+    """float32 ``out[i] = 1 if u[i] < 1 / (1 + expf(-a[i])) else -1`` (1-D arrays; one block, on the calling thread,
+    in tasks of :data:`CHUNK` entries)."""
     one = np.float32(1.0)
     n = a.shape[0]
-    for k in prange((n + CHUNK - 1) // CHUNK):
+    for k in range((n + CHUNK - 1) // CHUNK):
         lo, hi = k * CHUNK, min(n, (k + 1) * CHUNK)
         if _decide_f32(a[lo:hi], u[lo:hi], out[lo:hi]):  # an entry too close to call: the task done exactly
             for i in range(lo, hi):
                 out[i] = one if u[i] < one / (one + math.exp(-a[i])) else -one
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(nogil=True, error_model="numpy", cache=True)
 def logistic_sample_f64(a, u, out):
-    """float64 ``out[i] = 1 if u[i] < 1 / (1 + exp(-a[i])) else -1`` (1-D arrays)."""
-    for i in prange(a.shape[0]):
+    """float64 ``out[i] = 1 if u[i] < 1 / (1 + exp(-a[i])) else -1`` (1-D arrays; one block)."""
+    for i in range(a.shape[0]):
         out[i] = 1.0 if u[i] < 1.0 / (1.0 + math.exp(-a[i])) else -1.0
 
 
@@ -115,6 +118,11 @@ def logistic_sample(a, u):
     flat_a = np.ascontiguousarray(a).reshape(-1)
     flat_u = np.ascontiguousarray(u).reshape(-1)
     out = np.empty_like(flat_a)
-    with kernel_threads(flat_a.size, "elementwise"):  # the per-call thread rule of sbnnumba.runtime
-        kernel(flat_a, flat_u, out)
+    n = flat_a.size
+
+    def block(k0, k1):  # tasks k0..k1-1 of CHUNK entries
+        lo, hi = k0 * CHUNK, min(n, k1 * CHUNK)
+        kernel(flat_a[lo:hi], flat_u[lo:hi], out[lo:hi])
+
+    run_range_blocks(block, -(-n // CHUNK), n, "elementwise")  # the per-call thread rule of sbnnumba.runtime
     return out.reshape(a.shape)
