@@ -53,9 +53,10 @@ product into the blocks of :func:`gemm_blocks` (rows or columns of the result, a
 multiply-adds each, at most :data:`MAX_GEMM_BLOCKS`; a function of the shape only), runs each as one
 single-threaded BLAS call, and lets ``T`` threads take the next block as they come free
 (:mod:`sbnnumba.blockpool`): the thread on the free core takes the busy core's share. At ``T = 1`` it is one
-BLAS call; at ``T > 1`` it is one BLAS call too while the block pool finds its helper woken on the calling
-thread's core (:func:`sbnnumba.blockpool.run_blocks` with ``alone``: with one core kept busy Linux puts the
-woken helper there in most calls, where the blocks only take turns and cost 3-6 % more than one call).
+BLAS call; at ``T > 1`` a product of a few ms (:func:`short_call`) is one BLAS call too while the block pool
+finds its helper woken on the calling thread's core (:func:`sbnnumba.blockpool.run_blocks` with ``alone``: with
+one core kept busy Linux puts the woken helper there in most calls, where the blocks only take turns and cost
+3-6 % more than one call; the element-wise passes and copies of :func:`run_range_blocks` alike).
 OpenBLAS's single-threaded GEMM cuts the sum over ``k`` by ``k`` alone, so a block's entries have the bits
 of the same entries of the whole product (checked on the shapes of the tests and benchmarks), and the
 layers' products, and with them seeded training runs, are bit-identical at one and two threads
@@ -233,6 +234,35 @@ def kernel_threads(work, kind="numba"):
         numba.set_num_threads(before)
 
 
+#: A call of less than ``ALONE_MAX_SHARES * w_min`` work (:data:`MIN_WORK_PER_THREAD`; a few ms on one core) is
+#: :func:`short_call`.
+ALONE_MAX_SHARES = 64
+
+
+def short_call(work, kind):
+    r"""Whether a call of ``work`` (unit of ``kind``) is short enough that a helper thread woken on the calling
+    thread's core should stay out of it: ``work < ALONE_MAX_SHARES * w_min``.
+
+    With one core kept busy by another process, Linux wakes the block pool's helper on the calling thread's core in
+    most calls (no core is idle), where the two only take turns; within a few milliseconds its load balancer moves
+    one of them to the other core, so a long call gains from the helper (the conv ST step with a busy core: 0.91x
+    the one-thread time with helpers in every call, 1.00x when they stayed out of every call, 2026-12-05) and a short
+    one does not (the dense ST step's 3 ms products: 1.06x with helpers, 1.01x without). Short calls therefore give
+    :func:`sbnnumba.blockpool.run_blocks` their one-call form (``alone``).
+
+    Parameters
+    ----------
+    work : int
+    kind : str
+        Key of :data:`MIN_WORK_PER_THREAD`.
+
+    Returns
+    -------
+    bool
+    """
+    return work < ALONE_MAX_SHARES * MIN_WORK_PER_THREAD[kind]
+
+
 #: Most blocks :func:`run_range_blocks` cuts a call into (enough for a thread on a free core to take the busy
 #: core's share, few enough that the blocks' Python overhead, about 10 us each, stays small).
 MAX_RANGE_BLOCKS = 16
@@ -270,7 +300,8 @@ def run_range_blocks(fn, n_items, work, kind="copy"):
     threads = call_threads(work, kind, 1 if numba.config.DISABLE_JIT else numba.get_num_threads())
     n_blocks = max(1, min(n_items, MAX_RANGE_BLOCKS, int(work) // MIN_WORK_PER_THREAD[kind]))
     edges = [(i * n_items) // n_blocks for i in range(n_blocks + 1)]
-    run_blocks(lambda i: fn(edges[i], edges[i + 1]), n_blocks, threads, alone=lambda: fn(0, n_items))
+    run_blocks(lambda i: fn(edges[i], edges[i + 1]), n_blocks, threads,
+               alone=(lambda: fn(0, n_items)) if short_call(work, kind) else None)
 
 
 def _openblas_functions(lib):
@@ -427,7 +458,9 @@ def _blocked_matmul(a, b, out, threads):
         else:
             np.matmul(a, b[:, lo:hi], out=out[:, lo:hi])
 
-    run_blocks(block, len(edges) - 1, threads, alone=lambda: np.matmul(a, b, out=out))
+    m, k, n = a.shape[0], a.shape[1], b.shape[1]
+    run_blocks(block, len(edges) - 1, threads,
+               alone=(lambda: np.matmul(a, b, out=out)) if short_call(m * k * n, "gemm") else None)
     return out
 
 
