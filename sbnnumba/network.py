@@ -25,6 +25,7 @@ from .inputs import to_float
 from .layers import Linear
 from .noise import get_noise
 from .normalization import Normalized, moments_from_sums, normalization_factory
+from .uniforms import random_uniforms
 from .validation import (
     as_generator,
     check_choice,
@@ -456,7 +457,7 @@ class Network:
         rng = None if uniforms is not None and weight_uniforms is not None else as_generator(rng)
 
         def states(k, a: np.ndarray):
-            u = uniforms[k] if uniforms is not None else rng.random(a.shape, dtype=a.dtype)
+            u = uniforms[k] if uniforms is not None else random_uniforms(rng, a.shape, a.dtype)  # rng.random's bits
             return self.noise.sample(a, u)
 
         return self.sample_path(x, self.sample_weights(rng, weight_uniforms), states)

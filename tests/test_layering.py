@@ -14,7 +14,7 @@ LEVELS = {  # the table of docs/architecture.md
     3: ("network", "architectures", "optim", "summary"),
     2: ("layers", "conv", "normalization", "weights", "bitpack"),
     1: ("backends",),
-    0: ("kernels", "noise", "validation", "fileio", "runtime", "blockpool", "progress", "inputs", "losses"),
+    0: ("kernels", "noise", "validation", "fileio", "runtime", "blockpool", "uniforms", "progress", "inputs", "losses"),
 }
 LEVEL = {name: level for level, names in LEVELS.items() for name in names}
 

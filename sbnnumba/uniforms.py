@@ -1,0 +1,77 @@
+r"""Uniforms ``U[0, 1)`` drawn on several threads with the bits of one sequential draw.
+
+A training step draws one uniform per sampled unit (:meth:`sbnnumba.Network.sample`): about ten million per
+step of the paper's conv network, 8 ms per stage on one thread. NumPy's generators fill an array on the
+calling thread only. The PCG64 family can jump ahead (``advance(d)``: the state after ``d`` 64-bit draws, in
+``O(log d)``), so :func:`random_uniforms` cuts the array into fixed blocks, starts a copy of the generator at
+each block's position in the stream and lets the threads fill the blocks (NumPy releases the GIL while it
+fills), then leaves the caller's generator where the sequential draw would have left it. Values and final state
+are those of ``rng.random(shape, dtype=dtype)`` bit for bit, at any thread count
+(``tests/test_uniforms.py``).
+
+Stream positions: a float64 takes one 64-bit draw (its top 53 bits); a float32 takes 32 bits, two per 64-bit draw
+(the low half first; the high half is kept in the generator's buffer, ``has_uint32``, for the next float32). So
+block boundaries fall on whole draws: a float32 block starts at an even offset, after a buffered half (if any) has
+been used for the first value; a float64 draw leaves the buffer as it was (``advance`` empties it: restored).
+Other bit generators (MT19937, Philox, SFC64) and other dtypes draw sequentially.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .runtime import run_range_blocks
+
+#: Bit generators whose ``advance(d)`` moves the state by exactly ``d`` 64-bit draws.
+SPLITTABLE = (np.random.PCG64, np.random.PCG64DXSM)
+
+
+def random_uniforms(rng: np.random.Generator, shape: tuple[int, ...], dtype) -> np.ndarray:
+    """``rng.random(shape, dtype=dtype)``, filled by fixed blocks on the threads of the thread rule.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        Advanced as by the sequential draw.
+    shape : tuple of int
+    dtype : float32 or float64
+
+    Returns
+    -------
+    ndarray of ``shape`` and ``dtype``
+        The values of ``rng.random(shape, dtype=dtype)`` (same bits): blocks of at least
+        ``runtime.MIN_WORK_PER_THREAD["elementwise"]`` values per thread (:func:`sbnnumba.runtime.run_range_blocks`);
+        ``rng.random`` itself for bit generators outside :data:`SPLITTABLE` and for subclasses of ``Generator``.
+    """
+    dtype = np.dtype(dtype)
+    # a subclass of Generator may draw otherwise (the conformance tools' replaying generator): its own random()
+    if type(rng) is not np.random.Generator or type(rng.bit_generator) not in SPLITTABLE or \
+            dtype not in (np.float32, np.float64):
+        return rng.random(shape, dtype=dtype)
+    bit_gen = rng.bit_generator
+    out = np.empty(shape, dtype=dtype)
+    flat = out.reshape(-1)
+    per_draw = 2 if dtype == np.float32 else 1  # values per 64-bit draw
+    lead = 0
+    if per_draw == 2 and bit_gen.state["has_uint32"] and flat.size:
+        flat[:1] = rng.random(1, dtype=dtype)  # the buffered half: the first value, no draw
+        lead = 1
+    values = flat[lead:]
+    start = bit_gen.state  # buffer empty from here on
+    n_draws = -(-values.size // per_draw)
+    final = {}
+
+    def fill(lo, hi):
+        gen = type(bit_gen)()
+        gen.state = start
+        gen.advance(lo)
+        np.random.Generator(gen).random(out=values[lo * per_draw:min(hi * per_draw, values.size)], dtype=dtype)
+        if hi == n_draws:
+            final["state"] = gen.state  # where the sequential draw ends, buffered half included
+
+    run_range_blocks(fill, n_draws, values.size, kind="elementwise")
+    if n_draws:
+        state = final["state"]
+        if per_draw == 1:  # advance() empties the half-draw buffer, which float64 draws leave as it was
+            state["has_uint32"], state["uinteger"] = start["has_uint32"], start["uinteger"]
+        bit_gen.state = state
+    return out

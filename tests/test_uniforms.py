@@ -1,0 +1,72 @@
+"""sbnnumba.uniforms.random_uniforms: rng.random's values and final generator state, bit for bit, at any thread count
+and block split (issue #39: the states' uniforms of a training step drawn on the threads)."""
+import numpy as np
+import pytest
+
+from sbnnumba import runtime
+from sbnnumba.uniforms import random_uniforms
+
+
+def _same(a, b):
+    # generator states: nested dicts of ints, strings and (MT19937) arrays
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return np.array_equal(a, b)
+
+
+def _pair(bit_generator, seed, buffered):
+    # two generators in the same state; `buffered`: a float32 drawn first, so a half draw waits in the buffer
+    gens = [np.random.Generator(bit_generator(seed)) for _ in range(2)]
+    if buffered:
+        for g in gens:
+            g.random(1, dtype=np.float32)
+    return gens
+
+
+@pytest.mark.parametrize("bit_generator", [np.random.PCG64, np.random.PCG64DXSM, np.random.MT19937, np.random.Philox])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("buffered", [False, True])
+@pytest.mark.parametrize("shape", [(0,), (1,), (3, 5), (64, 17, 61), (2, 300001)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_same_values_and_state_as_one_sequential_draw(monkeypatch, bit_generator, dtype, buffered, shape, threads):
+    monkeypatch.setitem(runtime.MIN_WORK_PER_THREAD, "elementwise", 1000)  # many uneven blocks on small arrays
+    mine, ref = _pair(bit_generator, 7, buffered)
+    with runtime.limited_threads(threads):
+        got = random_uniforms(mine, shape, dtype)
+    want = ref.random(shape, dtype=dtype)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    assert got.tobytes() == want.tobytes()
+    assert _same(mine.bit_generator.state, ref.bit_generator.state)
+    # the next draws agree too, in either dtype (the buffered half included)
+    assert mine.random(5, dtype=np.float32).tobytes() == ref.random(5, dtype=np.float32).tobytes()
+    assert mine.random(3).tobytes() == ref.random(3).tobytes()
+
+
+def test_blocks_really_split_the_stream(monkeypatch):
+    # with the rule's minimum at 1000 values, a 300001-value draw runs as several blocks: the test above then
+    # checks the advance arithmetic, not a single fill
+    monkeypatch.setitem(runtime.MIN_WORK_PER_THREAD, "elementwise", 1000)
+    calls = []
+    real = runtime.run_range_blocks
+
+    def spy(fn, n_items, work, kind="copy"):
+        calls.append((n_items, work, kind))
+        return real(fn, n_items, work, kind)
+
+    monkeypatch.setattr("sbnnumba.uniforms.run_range_blocks", spy)
+    random_uniforms(np.random.default_rng(1), (300001,), np.float32)
+    assert calls == [(150001, 300001, "elementwise")]
+    assert max(1, min(150001, runtime.MAX_RANGE_BLOCKS, 300001 // 1000)) > 1
+
+
+def test_a_generator_subclass_draws_with_its_own_random():
+    class Counting(np.random.Generator):
+        calls = 0
+
+        def random(self, *args, **kwargs):
+            Counting.calls += 1
+            return super().random(*args, **kwargs)
+
+    got = random_uniforms(Counting(np.random.PCG64(3)), (4, 5), np.float32)
+    assert Counting.calls == 1
+    assert got.tobytes() == np.random.default_rng(3).random((4, 5), dtype=np.float32).tobytes()
