@@ -42,21 +42,27 @@ def test_same_values_and_state_as_one_sequential_draw(monkeypatch, bit_generator
     assert mine.random(3).tobytes() == ref.random(3).tobytes()
 
 
-def test_blocks_really_split_the_stream(monkeypatch):
-    # with the rule's minimum at 1000 values, a 300001-value draw runs as several blocks: the test above then
-    # checks the advance arithmetic, not a single fill
+@pytest.mark.parametrize("threads", [1, 2])
+def test_blocks_really_split_the_stream(monkeypatch, threads):
+    # with the rule's minimum at 1000 values, a 300001-value float32 draw (150001 64-bit draws) runs as several
+    # blocks that tile the stream in order: the equality test above then checks the advance arithmetic, not one fill
     monkeypatch.setitem(runtime.MIN_WORK_PER_THREAD, "elementwise", 1000)
-    calls = []
+    ranges = []
     real = runtime.run_range_blocks
 
     def spy(fn, n_items, work, kind="copy"):
-        calls.append((n_items, work, kind))
-        return real(fn, n_items, work, kind)
+        def recording(lo, hi):
+            ranges.append((lo, hi))
+            fn(lo, hi)
+        return real(recording, n_items, work, kind)
 
     monkeypatch.setattr("sbnnumba.uniforms.run_range_blocks", spy)
-    random_uniforms(np.random.default_rng(1), (300001,), np.float32)
-    assert calls == [(150001, 300001, "elementwise")]
-    assert max(1, min(150001, runtime.MAX_RANGE_BLOCKS, 300001 // 1000)) > 1
+    with runtime.limited_threads(threads):
+        random_uniforms(np.random.default_rng(1), (300001,), np.float32)
+    ranges.sort()
+    assert len(ranges) > 1
+    assert ranges[0][0] == 0 and ranges[-1][1] == 150001
+    assert all(hi == lo for (_, hi), (lo, _) in zip(ranges, ranges[1:]))
 
 
 def test_a_generator_subclass_draws_with_its_own_random():

@@ -30,7 +30,7 @@ bits.
     \left| \mathrm{pair} - \left(\frac{g}{1 + eK} + \frac{g'}{1 + e'K'}\right) \right|
     \le 6u\,(|g| + |g'|) + (|g| + |g'|) / \mathrm{BIG},
 
-against ``2u (|g| + |g'|)`` for two exact divisions (``tests/test_conv.py`` checks the kernels against a float64
+against ``2u (|g| + |g'|)`` for two exact divisions (``tests/test_ratio_pair.py`` checks the kernels against a float64
 reference with this bound plus the rounding of the sums).
 """
 import numba
