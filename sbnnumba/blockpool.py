@@ -24,7 +24,11 @@ call given ``alone`` (one call doing every block, :func:`run_blocks`) therefore 
 itself on the calling thread's core (``sched_getcpu``) take no block, unless more tasks are runnable
 than cores plus one (then the core is shared with other processes and a second thread gets a larger
 share of it); after such a call the next :data:`ALONE_CALLS` calls run ``alone()`` on the calling
-thread, and the one after them tries the helpers again.
+thread. The last of them also wakes a helper that only looks at where it woke (a probe, run while the calling
+thread computes ``alone()``): found off the calling thread's core (or with the cores oversubscribed), the next
+call tries the helpers again, else another :data:`ALONE_CALLS` calls run alone. The probe costs a wake-up and a
+few microseconds of Python beside the calling thread, where trying the blocks cost what they lose to one call
+(0.25-0.45 ms a product of the dense ST step, about 0.6 % of the step at one probe in 33 products).
 
 The helpers block on a queue between calls (no spinning) and are started on first use. One call uses
 the pool at a time; a call made while another thread's call holds it runs its blocks in its own thread
@@ -122,6 +126,22 @@ class _Job:
                     self.done.set()
 
 
+class _Probe:
+    """A helper's look at where it woke, for a call that runs ``alone()`` (see :meth:`BlockPool.run`): found off the
+    calling thread's core, or with more tasks runnable than cores plus one, the pool's next call with ``alone``
+    tries its helpers again (``_alone_left = 0``)."""
+
+    def __init__(self, pool: "BlockPool", caller_cpu: int):
+        self.pool = pool
+        self.caller_cpu = caller_cpu
+        self.done = threading.Event()  # set after the look (tests wait on it)
+
+    def work(self) -> None:
+        if current_cpu() != self.caller_cpu or cores_oversubscribed():
+            self.pool._alone_left = 0
+        self.done.set()
+
+
 class BlockPool:
     """Helper threads for :func:`run_blocks` (one process-wide instance, :data:`POOL`)."""
 
@@ -133,6 +153,7 @@ class BlockPool:
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._helpers = 0
         self._alone_left = 0  # calls with ``alone`` still to run on the calling thread alone
+        self._probe: _Probe | None = None  # the last probe posted (see run)
 
     def _serve(self) -> None:
         while True:
@@ -147,9 +168,9 @@ class BlockPool:
             alone: Callable[[], object] | None = None) -> None:
         """See :func:`run_blocks`."""
         helpers = min(int(threads), n_blocks) - 1
-        if helpers > 0 and alone is not None and self._alone_left > 0:
-            self._alone_left -= 1
-            helpers = 0
+        if helpers > 0 and alone is not None and self.take_alone_turn():
+            alone()
+            return
         if helpers <= 0 or not self._busy.acquire(blocking=False):
             if alone is not None:
                 alone()
@@ -172,6 +193,30 @@ class BlockPool:
             raise job.error
 
 
+    def take_alone_turn(self) -> bool:
+        """See :func:`take_alone_turn`."""
+        if self._alone_left <= 0:
+            return False
+        self._alone_left -= 1
+        if self._alone_left == 0:  # the last call alone: a helper looks at where it wakes meanwhile
+            self._post_probe()
+        return True
+
+    def _post_probe(self) -> None:
+        """Wake one helper to look at where it woke (:class:`_Probe`) while the calling thread runs ``alone()``.
+        Until the probe reports a core the helper could help from, the next :data:`ALONE_CALLS` calls run alone too
+        (set first, so that a probe still queued or looking leaves the calling thread alone)."""
+        self._alone_left = ALONE_CALLS
+        if not self._busy.acquire(blocking=False):  # another thread's call has the helpers: look another time
+            return
+        try:
+            self._ensure_helpers(1)
+            self._probe = _Probe(self, current_cpu())
+            self._jobs.put(self._probe)
+        finally:
+            self._busy.release()
+
+
 #: The process-wide pool.
 POOL = BlockPool()
 if hasattr(os, "register_at_fork"):  # the child of a fork has none of the parent's helper threads
@@ -179,9 +224,25 @@ if hasattr(os, "register_at_fork"):  # the child of a fork has none of the paren
 
 
 #: Calls of :func:`run_blocks` given ``alone`` that run on the calling thread alone after such a call in which a
-#: helper stayed out (it woke on the calling thread's core) and none took a block; the call after them tries the
-#: helpers again.
+#: helper stayed out (it woke on the calling thread's core) and none took a block; during the last of them a
+#: helper is woken to look at where it wakes, and the helpers are tried again only if it woke on another core
+#: (or the cores are oversubscribed).
 ALONE_CALLS = 32
+
+
+def take_alone_turn() -> bool:
+    """Whether a call with an ``alone`` form, about to run on more than one thread, runs ``alone()`` on the calling
+    thread instead (the rule of :func:`run_blocks`: one of the :data:`ALONE_CALLS` calls after a helper stayed out),
+    counting the call as one of them when it does (the last one posts the probe).
+
+    :func:`run_blocks` asks it itself; a caller whose blocks cost something to set up (:func:`sbnnumba.runtime.gemm`
+    cuts its product and builds a closure per call) asks first, and runs its one-call form without them.
+
+    Returns
+    -------
+    bool
+    """
+    return POOL.take_alone_turn()
 
 
 def run_blocks(fn: Callable[[int], object], n_blocks: int, threads: int,
@@ -205,7 +266,8 @@ def run_blocks(fn: Callable[[int], object], n_blocks: int, threads: int,
         runs on the calling thread alone (one thread, the helpers serving another call, or the rule below).
         Given, a helper that wakes on the calling thread's core takes no block unless the machine has more
         runnable tasks than cores plus one, and after a call in which a helper stayed out and none took a
-        block the next :data:`ALONE_CALLS` such calls run ``alone()`` (then the helpers are tried again).
+        block the next :data:`ALONE_CALLS` such calls run ``alone()``; the last of them wakes a helper only to
+        look at where it wakes, and the helpers are tried again once one wakes on another core.
         With one core kept busy by another process, Linux wakes a helper on the calling thread's core in
         most calls (no core is idle; measured 92-96 % of the dense ST step's products), where the two only take
         turns and the blocks cost more than one call. None: the blocks always, as described above.

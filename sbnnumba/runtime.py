@@ -75,7 +75,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from .blockpool import run_blocks
+from .blockpool import run_blocks, take_alone_turn
 
 # mallopt parameters (glibc malloc.h)
 _M_TRIM_THRESHOLD = -1
@@ -298,10 +298,14 @@ def run_range_blocks(fn, n_items, work, kind="copy"):
 
     # no thread pool under DISABLE_JIT (kernel_threads); call_threads also checks ``kind``
     threads = call_threads(work, kind, 1 if numba.config.DISABLE_JIT else numba.get_num_threads())
+    short = short_call(work, kind)
+    if short and (threads == 1 or take_alone_turn()):  # the one-call form, without setting up blocks
+        fn(0, n_items)
+        return
     n_blocks = max(1, min(n_items, MAX_RANGE_BLOCKS, int(work) // MIN_WORK_PER_THREAD[kind]))
     edges = [(i * n_items) // n_blocks for i in range(n_blocks + 1)]
     run_blocks(lambda i: fn(edges[i], edges[i + 1]), n_blocks, threads,
-               alone=(lambda: fn(0, n_items)) if short_call(work, kind) else None)
+               alone=(lambda: fn(0, n_items)) if short else None)
 
 
 def _openblas_functions(lib):
@@ -397,7 +401,10 @@ def gemm(a, b, out=None):
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
         raise ValueError(f"gemm: expected 2-d operands (m, k) and (k, n), got shapes {a.shape} and {b.shape}")
     with _one_blas_thread() as threads:
-        if threads == 1:  # one thread: one call, no block overhead (same bits as the blocks, see above)
+        # one thread, or the pool runs this short product alone (take_alone_turn, asked before the blocks are cut:
+        # their set-up cost 0.5 % of the dense ST step): one call, no block overhead (same bits as the blocks)
+        work = a.shape[0] * a.shape[1] * b.shape[1]
+        if threads == 1 or work < 2 * MIN_WORK_PER_THREAD["gemm"] or (short_call(work, "gemm") and take_alone_turn()):
             return np.matmul(a, b, out=out)
         return _blocked_matmul(a, b, out, threads)
 

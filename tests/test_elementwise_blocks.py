@@ -45,36 +45,60 @@ def helpers_work(monkeypatch):
     monkeypatch.setattr(blockpool.POOL, "_alone_left", 0)
 
 
+@pytest.fixture
+def calls(monkeypatch):
+    """Per call of run_range_blocks by the passes, in order: its item count and the ranges its kernel ran on."""
+    from sbnnumba.kernels import density, psa_factors, sampling
+
+    out = []
+
+    def spy(fn, n_items, work, kind="copy"):
+        ranges = []
+        out.append((n_items, ranges))
+        runtime.run_range_blocks(lambda lo, hi: (ranges.append((lo, hi)), fn(lo, hi)), n_items, work, kind)
+
+    for module in (density, psa_factors, sampling):
+        monkeypatch.setattr(module, "run_range_blocks", spy)
+    return out
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("blocks", ["rule", "many", "alone"])
-def test_elementwise_passes_have_numpys_bytes_at_one_and_two_threads(dtype, blocks, helpers_work, monkeypatch):
+def test_elementwise_passes_have_numpys_bytes_at_one_and_two_threads(dtype, blocks, helpers_work, calls,
+                                                                    monkeypatch):
     if blocks == "many":  # 13 uneven blocks (at least 32 768 elements each; none divides N)
         monkeypatch.setitem(runtime.MIN_WORK_PER_THREAD, "elementwise", 1 << 15)
         monkeypatch.setattr(runtime, "MAX_RANGE_BLOCKS", 13)
     if blocks == "alone":  # the helper "woke on the caller's core": every call is one block on the caller
         monkeypatch.setattr(blockpool.POOL, "_alone_left", 10 ** 6)
-    seen = []
-    real = blockpool.run_blocks
-    monkeypatch.setattr(runtime, "run_blocks", lambda fn, n, t, alone=None: (seen.append(n), real(fn, n, t, alone)))
     inputs = _inputs(dtype)
     want = _numpy(*inputs)
     for threads in (1, 2):
+        calls.clear()
+        alone_before = blockpool.POOL._alone_left
         with runtime.limited_threads(threads):
             got = _passes(*inputs)
         for name, ref in want.items():
             assert got[name].dtype == dtype and got[name].tobytes() == ref.tobytes(), (name, threads)
-    assert max(seen) == {"rule": 2, "many": 13, "alone": 2}[blocks]
+        assert len(calls) == len(want)
+        for n_items, ranges in calls:  # the blocks tile the items, whoever ran them
+            edges = sorted(ranges)
+            assert edges[0][0] == 0 and edges[-1][1] == n_items and all(a[1] == b[0] for a, b in zip(edges, edges[1:]))
+        # one thread (a short call) or a turn alone: one call over the whole range; else the rule's blocks
+        expected = 1 if blocks == "alone" or threads == 1 else {"rule": 2, "many": 13}[blocks]
+        assert {len(ranges) for _, ranges in calls} == {expected}
+        if blocks == "alone":  # every call at two threads took one of the pool's turns alone
+            assert alone_before - blockpool.POOL._alone_left == (len(want) if threads == 2 else 0)
 
 
-def test_a_small_layer_is_one_block_on_one_thread(monkeypatch):
-    """A 128 x 1024 layer (2^17 elements) is one block by the rule (2^18 elements a thread): one kernel call each."""
-    seen = []
-    real = blockpool.run_blocks
-    monkeypatch.setattr(runtime, "run_blocks",
-                        lambda fn, n, t, alone=None: (seen.append((n, t)), real(fn, n, t, alone)))
+def test_a_small_layer_is_one_block_on_one_thread(calls, monkeypatch):
+    """A 128 x 1024 layer (2^17 elements) is one block by the rule (2^18 elements a thread): one kernel call each,
+    on the calling thread, without the pool."""
+    monkeypatch.setattr(blockpool, "run_blocks", None)  # would raise if the pool were asked
+    monkeypatch.setattr(runtime, "run_blocks", None)
     inputs = _inputs(np.float32, 128 * 1024)
     with runtime.limited_threads(2):
         got = _passes(*inputs)
-    assert seen and all(n == 1 and t == 1 for n, t in seen)
+    assert len(calls) == 5 and all(ranges == [(0, n_items)] for n_items, ranges in calls)
     for name, ref in _numpy(*inputs).items():
         assert got[name].tobytes() == ref.tobytes(), name

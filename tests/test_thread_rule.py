@@ -107,6 +107,41 @@ def helpers_beside(monkeypatch):
     monkeypatch.setattr(blockpool.POOL, "_alone_left", 0)
 
 
+def test_gemm_in_a_turn_alone_is_one_call_without_blocks(monkeypatch):
+    """A short product at two threads while the pool runs calls alone (a helper stayed out) is one BLAS call,
+    asked of blockpool.take_alone_turn before any block is cut, and counts as one of the turns; a product of one
+    block takes no turn; with no turn left the blocks run."""
+    from sbnnumba import blockpool
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs a Numba pool of 2 threads")
+    if any(i["internal_api"] != "openblas" for i in threadpool_info() if i["user_api"] == "blas"):
+        pytest.skip("the bit-identity of blocks is a property of OpenBLAS's kernels, checked here for OpenBLAS")
+    rng = np.random.default_rng(4)
+    a, b = rng.standard_normal((128, 784)).astype(np.float32), rng.standard_normal((784, 1024)).astype(np.float32)
+    small = rng.standard_normal((16, 16)).astype(np.float32)
+    assert runtime.short_call(128 * 784 * 1024, "gemm") and len(runtime.gemm_blocks(128, 784, 1024)[1]) > 2
+    cut = []
+    real_blocked = runtime._blocked_matmul
+    monkeypatch.setattr(runtime, "_blocked_matmul", lambda *args: (cut.append(1), real_blocked(*args))[1])
+    monkeypatch.setattr(blockpool, "current_cpu", lambda: -1)  # the helpers take blocks when asked
+    monkeypatch.setattr(blockpool.POOL, "_alone_left", 5)
+    before = sb.get_num_threads()
+    try:
+        sb.set_num_threads(2)
+        alone = runtime.gemm(a, b)
+        assert not cut and blockpool.POOL._alone_left == 4
+        runtime.gemm(small, small)
+        assert blockpool.POOL._alone_left == 4  # one block: not a turn
+        blockpool.POOL._alone_left = 0
+        blocks = runtime.gemm(a, b)
+        assert cut == [1]
+        sb.set_num_threads(1)
+        assert alone.tobytes() == runtime.gemm(a, b).tobytes() == blocks.tobytes()
+    finally:
+        sb.set_num_threads(before)
+
+
 def test_blocked_gemm_is_bit_identical_at_one_and_two_threads(helpers_beside):
     """The layers' products through runtime.gemm: one BLAS call at one thread, fixed blocks of single-threaded
     calls at two; OpenBLAS's single-threaded kernels give every element the same bits in both (the block
@@ -159,15 +194,19 @@ def test_run_blocks_runs_every_block_once_and_raises_in_the_caller():
 def test_blocks_run_alone_after_a_helper_woke_on_the_callers_core(monkeypatch):
     """run_blocks with ``alone``: a helper that wakes on the calling thread's core takes no block (unless more tasks
     are runnable than cores plus one); the pool then runs the next ALONE_CALLS such calls as ``alone()`` on the
-    calling thread, and the call after them tries the helpers again. Without ``alone``, nothing changes."""
+    calling thread, the last of them with a probe (a helper woken only to look at its core): co-located again, the
+    calls stay alone; woken on another core, the call after the probe tries the helpers again. Without ``alone``,
+    nothing changes."""
     from sbnnumba import blockpool
 
     caller = threading.get_ident()
     helper_woke = threading.Event()
+    helper_core = 0
 
-    def cpu():  # every thread "on core 0": co-located
+    def cpu():  # every thread "on core 0" (co-located) until the test moves the helper
         if threading.get_ident() != caller:
             helper_woke.set()
+            return helper_core
         return 0
 
     monkeypatch.setattr(blockpool, "current_cpu", cpu)
@@ -190,11 +229,25 @@ def test_blocks_run_alone_after_a_helper_woke_on_the_callers_core(monkeypatch):
         blockpool.run_blocks(block, 6, 2, alone=(lambda: ways.append("alone")) if alone else None)
         return list(ways)
 
+    def run_until_probe():  # the ALONE_CALLS calls alone; returns after the last one's probe has looked
+        for call in range(blockpool.ALONE_CALLS):
+            assert run(alone=False) != ["alone"]  # calls without ``alone`` are not counted
+            helper_woke.clear()
+            assert run() == ["alone"]
+            if call < blockpool.ALONE_CALLS - 1:
+                assert not helper_woke.is_set()  # no helper woken before the last call alone
+        assert blockpool.POOL._probe.done.wait(5.0)
+        assert helper_woke.is_set()  # the probe's helper looked at its core
+
     assert run() == ["caller"] * 6  # the helper stayed out
-    for _ in range(blockpool.ALONE_CALLS):
-        assert run(alone=False) != ["alone"]  # calls without ``alone`` are not counted
-        assert run() == ["alone"]
-    assert run() == ["caller"] * 6  # tried again, stayed out again
+    run_until_probe()  # co-located again: the calls stay alone, without trying the blocks
+    assert blockpool.POOL._alone_left == blockpool.ALONE_CALLS
+    helper_core = 1  # now the helper wakes on another core
+    run_until_probe()
+    assert blockpool.POOL._alone_left == 0
+    helper_core = 0  # the call after the probe tries the helpers, co-located again: stays out
+    assert run() == ["caller"] * 6
+    assert blockpool.POOL._alone_left == blockpool.ALONE_CALLS
     monkeypatch.setattr(blockpool, "cores_oversubscribed", lambda: True)  # the core is shared with other processes
     monkeypatch.setattr(blockpool.POOL, "_alone_left", 0)
     assert any(way == "helper" for _ in range(20) for way in run())  # the helper takes its share of it
