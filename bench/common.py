@@ -162,3 +162,47 @@ def thread_counts():
     import numba
     n = numba.config.NUMBA_NUM_THREADS
     return (1,) if n == 1 else (1, n)
+
+
+def paired_ratio(fn, prepare_a, prepare_b, pairs, calls, seed=0):
+    r"""Time of ``fn`` after ``prepare_b()`` over its time after ``prepare_a()``, measured in pairs.
+
+    Each sample is ``calls`` calls of ``fn`` in a row (after an untimed one), so that it spans many scheduler slices
+    (one call of a few ms is dominated by where the slices fall when another process shares a core); the two
+    settings alternate within a pair and the pairs alternate their order (a drift of the machine hits both alike).
+    The ratio ``r_i = t_b / t_a`` of each pair is one observation; the estimate is their median, with a percentile
+    bootstrap 95 % interval of that median (2000 resamples, ``seed``).
+
+    Parameters
+    ----------
+    fn : callable
+    prepare_a, prepare_b : callable
+        Called untimed before each sample of the setting (e.g. setting a thread count).
+    pairs, calls : int
+
+    Returns
+    -------
+    median, low, high : float
+        Median of the pairs' ratios and its 95 % interval; ``high < 1``: b faster, ``low > 1``: b slower, else no
+        difference this run can resolve.
+    """
+    def sample(prepare):
+        prepare()
+        fn()  # untimed: the first call after the switch pays for waking pools or re-tuning
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        return time.perf_counter() - start
+
+    ratios = []
+    for i in range(max(2, pairs)):
+        if i % 2 == 0:
+            a = sample(prepare_a)
+            b = sample(prepare_b)
+        else:
+            b = sample(prepare_b)
+            a = sample(prepare_a)
+        ratios.append(b / a)
+    ratios = np.asarray(ratios)
+    boot = np.median(np.random.default_rng(seed).choice(ratios, (2000, len(ratios))), axis=1)
+    return float(np.median(ratios)), float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))

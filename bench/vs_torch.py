@@ -17,10 +17,15 @@ autograd function whose backward is the deep ST factor ``2 p(a) = 2 sigma(a) sig
 and the mean cross-entropy. Only the timing is compared (the two draw different noise).
 
 ``--busy-core`` starts a process that keeps one core busy for the whole run (stopped at the end), to
-check that two-thread steps are not slower than one-thread steps when the machine is shared: the last
-lines give, per sbnnumba contender, the 2-thread / 1-thread time and whether it is at most 1.0 (the
-per-call thread rule of ``sbnnumba.runtime`` decides how many threads each kernel call gets). The
-load average is printed with every table: on a machine shared with other jobs no ratio is a verdict.
+check that two-thread steps are not slower than one-thread steps when the machine is shared (the
+per-call thread rule of ``sbnnumba.runtime`` decides how many threads each kernel call gets). The table's
+one-step medians swing by several per cent with where the scheduler's slices fall, so the verdict comes
+from a paired measurement that follows it (``common.paired_ratio``, ``--pairs`` pairs): per sbnnumba
+contender, samples of steps in a row lasting about 0.2 s at one and at two threads, alternating, the median
+of the pairs' 2-thread / 1-thread ratios and its bootstrap 95 % interval, and the same measurement of the
+dense ST step at one thread against itself (an A/A control: the interval a ratio of 1 gives in this run).
+A step is SLOWER at two threads when its whole interval lies above 1. The load average is printed with
+every table: on a machine shared with other jobs no ratio is a verdict.
 
 Like the command line's training job, the run keeps freed temporaries' pages in the process
 (``sbnnumba.runtime.retain_freed_memory``; process-wide, so PyTorch's allocations too); ``--default-malloc``
@@ -28,7 +33,7 @@ leaves glibc's allocator as it is.
 
 Runs only where PyTorch is installed (``pip install torch``); the package itself never imports it.
 
-Usage: python bench/vs_torch.py [--repeats 7] [--busy-core] [--only dense|conv|adam] [--default-malloc]
+Usage: python bench/vs_torch.py [--repeats 7] [--busy-core [--pairs 30]] [--only dense|conv|adam] [--default-malloc]
 """
 import argparse
 import functools
@@ -41,7 +46,7 @@ os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # before NumPy loads Open
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import interleaved_medians, machine_info  # noqa: E402
+from common import interleaved_medians, machine_info, paired_ratio  # noqa: E402
 
 import sbnnumba as sb  # noqa: E402
 
@@ -192,6 +197,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--busy-core", action="store_true", help="keep one core busy with another process")
+    parser.add_argument("--pairs", type=int, default=30, help="pairs of the --busy-core paired check")
     parser.add_argument("--only", choices=("dense", "conv", "adam"), default=None)
     parser.add_argument("--default-malloc", action="store_true",
                         help="leave glibc's malloc as it is (by default the run reuses freed pages, as the CLI does)")
@@ -207,27 +213,51 @@ def main(argv=None):
         busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
         print(f"busy-core: process {busy.pid} keeps one core busy")
     try:
-        results = _run(_workloads(args.only), args.repeats)
+        workloads = _workloads(args.only)
+        results = _run(workloads, args.repeats)
         load = os.getloadavg()[0]
+        for t, med in results.items():
+            _report(t, med, load)
+        _thread_check(results, busy is not None)
+        if busy is not None:
+            _paired_thread_check(workloads, results[1], args.pairs)
     finally:
         if busy is not None:
             busy.kill()
             busy.wait()
-    for t, med in results.items():
-        _report(t, med, load)
-    _thread_check(results, busy is not None)
 
 
 def _thread_check(results, busy):
-    """2-thread / 1-thread time per contender; for sbnnumba's, whether two threads are no slower."""
-    print(f"\n2 threads / 1 thread{' (one core kept busy by another process)' if busy else ''}:")
-    slower = []
+    """2-thread / 1-thread ratio of the table's one-step medians, per contender."""
+    print(f"\n2 threads / 1 thread, one-step medians{' (one core kept busy by another process)' if busy else ''}:")
     for label in results[1]:
-        ratio = results[2][label] / results[1][label]
-        mine = "sbnnumba" in label
-        if mine and ratio > 1.0:
-            slower.append(label)
-        print(f"  {label:<28} {ratio:.2f}x" + (("  <= 1.0" if ratio <= 1.0 else "  SLOWER") if mine else ""))
+        print(f"  {label:<28} {results[2][label] / results[1][label]:.2f}x")
+
+
+def _paired_thread_check(workloads, one_thread, pairs):
+    """The verdict: paired 2-thread / 1-thread ratios of sbnnumba's steps (``common.paired_ratio``), with an A/A
+    control, while the busy process runs."""
+    rng = np.random.default_rng(2)
+    steps = {}
+    for name, (net, x, y) in workloads.items():
+        for method in ("st", "psa"):
+            steps[f"{name} {method.upper()} sbnnumba"] = _sb_step(net, method, x, y, rng)
+    if "dense" in workloads:
+        steps["Adam update sbnnumba"] = _adam_contenders(workloads["dense"][0])["Adam update sbnnumba"]
+    one, two = functools.partial(_set_threads, 1), functools.partial(_set_threads, 2)
+    print(f"\n2 threads / 1 thread, paired ({pairs} pairs of samples of about 0.2 s; median [95 % interval]), "
+          f"one core kept busy by another process:")
+    verdicts = {}
+    for label, step in steps.items():
+        calls = max(1, round(0.2 / one_thread[label]))
+        if label == "dense ST sbnnumba":  # the A/A control first: what a ratio of 1 looks like in this run
+            median, low, high = paired_ratio(step, one, one, pairs, calls)
+            control = f"A/A: {label} 1t / 1t"
+            print(f"  {control:<36} {median:.4f} [{low:.4f}, {high:.4f}]  ({calls} steps a sample)")
+        median, low, high = paired_ratio(step, one, two, pairs, calls)
+        verdicts[label] = "SLOWER" if low > 1 else "faster" if high < 1 else "no slower (1 within the interval)"
+        print(f"  {label:<36} {median:.4f} [{low:.4f}, {high:.4f}]  {verdicts[label]}  ({calls} steps a sample)")
+    slower = [label for label, verdict in verdicts.items() if verdict == "SLOWER"]
     print(f"  => sbnnumba steps slower at 2 threads than at 1: {', '.join(slower) if slower else 'none'}")
 
 
