@@ -202,8 +202,12 @@ def call_threads(work, kind, threads):
 def kernel_threads(work, kind="numba"):
     """Numba kernels called within the block run on :func:`call_threads` ``(work, kind, T)`` threads, ``T``
     the calling thread's current count (restored on exit; Numba's setting is per thread, so this is cheap
-    and affects no other thread). Under ``NUMBA_DISABLE_JIT=1`` it does nothing: reading the count starts
-    Numba's thread pool, and a process that forks (tests/fault_worker.py) must not have one.
+    and affects no other thread), or on one thread when the call is below ``PRANGE_ALONE_MAX_SHARES[kind]``
+    ``w_min`` (:data:`PRANGE_ALONE_MAX_SHARES`) and the block pool runs its calls alone
+    (:func:`sbnnumba.blockpool.take_alone_turn`: its helper woke on the calling thread's core, as any sleeping
+    thread does while another process keeps the other core busy). Under ``NUMBA_DISABLE_JIT=1`` it does
+    nothing: reading the count starts Numba's thread pool, and a process that forks (tests/fault_worker.py) must
+    not have one.
 
     Parameters
     ----------
@@ -224,6 +228,10 @@ def kernel_threads(work, kind="numba"):
         return
     before = numba.get_num_threads()
     wanted = call_threads(work, kind, before)
+    # a static split waits for the late thread's whole share: while the block pool finds its helpers woken on the
+    # calling thread's core (one core busy elsewhere), a call below PRANGE_ALONE_MAX_SHARES w_min runs alone
+    if wanted > 1 and short_call(work, kind, PRANGE_ALONE_MAX_SHARES.get(kind, 0)) and take_alone_turn():
+        wanted = 1
     if wanted == before:
         yield
         return
@@ -237,11 +245,20 @@ def kernel_threads(work, kind="numba"):
 #: A call of less than ``ALONE_MAX_SHARES * w_min`` work (:data:`MIN_WORK_PER_THREAD`; a few ms on one core) is
 #: :func:`short_call`.
 ALONE_MAX_SHARES = 64
+#: The same bound, per kind, for a Numba ``prange`` kernel (:func:`kernel_threads`), whose static split waits for the
+#: late thread's whole share where the block pool's callers take it over; kinds not listed never run alone. Flip
+#: propagation ("numba"): with one core kept busy by another process the dense flip of 2^27 connections
+#: (128 x 1024 x 1024, 13 ms on one core) took 1.005x, 1.009x and 1.024x its one-thread time at two threads (paired
+#: samples, 2026-12-05), the conv network's flip stages of 2^29 connections and more gain (the conv PSA step 0.90x):
+#: 256 shares, 2^28 connections, about 25 ms on one core. The conv step's ``col2im`` ("elementwise") gains at two
+#: threads: the conv ST step with a core kept busy took 0.93x / 0.95x its one-thread time as it is, 0.96x / 0.97x
+#: with the same bound applied to it.
+PRANGE_ALONE_MAX_SHARES = {"numba": 256}
 
 
-def short_call(work, kind):
+def short_call(work, kind, shares=ALONE_MAX_SHARES):
     r"""Whether a call of ``work`` (unit of ``kind``) is short enough that a helper thread woken on the calling
-    thread's core should stay out of it: ``work < ALONE_MAX_SHARES * w_min``.
+    thread's core should stay out of it: ``work < shares * w_min``.
 
     With one core kept busy by another process, Linux wakes the block pool's helper on the calling thread's core in
     most calls (no core is idle), where the two only take turns; within a few milliseconds its load balancer moves
@@ -255,12 +272,15 @@ def short_call(work, kind):
     work : int
     kind : str
         Key of :data:`MIN_WORK_PER_THREAD`.
+    shares : int
+        :data:`ALONE_MAX_SHARES` for calls split into blocks that threads take as they come free,
+        ``PRANGE_ALONE_MAX_SHARES[kind]`` for a static split.
 
     Returns
     -------
     bool
     """
-    return work < ALONE_MAX_SHARES * MIN_WORK_PER_THREAD[kind]
+    return work < shares * MIN_WORK_PER_THREAD[kind]
 
 
 #: Most blocks :func:`run_range_blocks` cuts a call into (enough for a thread on a free core to take the busy

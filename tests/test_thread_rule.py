@@ -38,9 +38,13 @@ def test_small_layers_elementwise_passes_and_flip_preparation_stay_on_one_thread
     assert runtime.call_threads(128 * 1024 * 1024, "numba", 2) == 2
 
 
-def test_kernel_threads_lowers_numba_threads_inside_and_restores():
+def test_kernel_threads_lowers_numba_threads_inside_and_restores(monkeypatch):
+    from sbnnumba import blockpool
+
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("needs a Numba pool of 2 threads")
+    # an earlier call may have found the block pool's helper on its core (the machine is shared): not running alone
+    monkeypatch.setattr(blockpool.POOL, "_alone_left", 0)
     before = numba.get_num_threads()
     numba.set_num_threads(2)
     try:
@@ -49,6 +53,38 @@ def test_kernel_threads_lowers_numba_threads_inside_and_restores():
         assert numba.get_num_threads() == 2
         with runtime.kernel_threads(10 * runtime.MIN_WORK_PER_THREAD["numba"]):
             assert numba.get_num_threads() == 2
+    finally:
+        numba.set_num_threads(before)
+
+
+def test_kernel_threads_runs_short_static_splits_alone_while_the_pool_does(monkeypatch):
+    """While the block pool runs its calls alone (a helper woke on the caller's core), a flip kernel ("numba") below
+    PRANGE_ALONE_MAX_SHARES w_min gets one thread and takes a turn; a longer one, a kind without a bound and any
+    call when the pool has no turn left keep the rule's threads."""
+    from sbnnumba import blockpool
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs a Numba pool of 2 threads")
+    w = runtime.MIN_WORK_PER_THREAD["numba"]
+    bound = runtime.PRANGE_ALONE_MAX_SHARES["numba"] * w
+    dense_flip = 128 * 1024 * 1024  # the dense network's hidden flip: measured slower at 2 threads, core busy
+    assert dense_flip < bound and "elementwise" not in runtime.PRANGE_ALONE_MAX_SHARES
+    monkeypatch.setattr(blockpool, "current_cpu", lambda: -1)  # a probe would find the helper elsewhere: no matter
+    monkeypatch.setattr(blockpool.POOL, "_alone_left", 10)
+    before = numba.get_num_threads()
+    numba.set_num_threads(2)
+
+    def threads_in(work, kind="numba"):
+        with runtime.kernel_threads(work, kind):
+            return numba.get_num_threads()
+
+    try:
+        assert threads_in(dense_flip) == 1 and blockpool.POOL._alone_left == 9
+        assert threads_in(bound) == 2 and blockpool.POOL._alone_left == 9
+        assert threads_in(1 << 24, "elementwise") == 2 and blockpool.POOL._alone_left == 9
+        blockpool.POOL._alone_left = 0
+        assert threads_in(dense_flip) == 2 and blockpool.POOL._alone_left == 0
+        assert numba.get_num_threads() == 2
     finally:
         numba.set_num_threads(before)
 
