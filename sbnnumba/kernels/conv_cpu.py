@@ -375,14 +375,18 @@ def _flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_c
     # formed in float64, as in cdf_diff).
     sel_dtype = {"ratio": np.int8, "bounded": dtype, "generic": np.float64}[form]
     # (the call's temporaries in reused buffers: workspace.scratch)
+    # The preparation passes take threads by their own size (a parallel region costs tens of microseconds to wake
+    # its workers: the 1x1 stages' calls were 1.7x slower at two threads than at one), the kernel by the connections.
     if channels:
         n_blocks, bb = conv_channels.channel_blocks(n_batch, n_grid, c_in, dtype.itemsize)
-        sel = conv_channels.channel_cells(x_in, in_index, n_grid, n_blocks, bb, sel_dtype,
-                                          scratch("sel", (n_blocks, n_grid, bb, c_in), sel_dtype))
+        with kernel_threads(n_blocks * n_grid * bb * c_in, "copy"):
+            sel = conv_channels.channel_cells(x_in, in_index, n_grid, n_blocks, bb, sel_dtype,
+                                              scratch("sel", (n_blocks, n_grid, bb, c_in), sel_dtype))
     else:
         n_blocks, bb = batch_blocks(n_batch, n_q)
-        sel = input_cells(x_in, in_index, n_grid, n_blocks, bb, sel_dtype,
-                          scratch("sel", (n_blocks, c_in, n_grid * bb), sel_dtype))
+        with kernel_threads(n_blocks * c_in * n_grid * bb, "copy"):
+            sel = input_cells(x_in, in_index, n_grid, n_blocks, bb, sel_dtype,
+                              scratch("sel", (n_blocks, c_in, n_grid * bb), sel_dtype))
     # channel layout: tap offsets in cells; cell layout: flat offsets, run length and tile length in entries
     grid_args = ((cell_pos, tap_off, wq) if channels else
                  (cell_pos, tap_off * bb, n_q * bb, bb, tile_length(bb, 2 * (sel.itemsize + dtype.itemsize))))
@@ -547,8 +551,9 @@ def _ratio(x_in, a, x_out, d_out, weight, stride, padding, wq, flat, sel, grid_a
 
     def factors(a, x_out, d_out):
         flat = [np.ascontiguousarray(t).reshape(n_batch, -1) for t in (a, x_out, d_out)]
-        return _ratio_factors(*flat, limit, ho, f_wq, f_bb, neg_a, g, half.reshape(n_batch, -1),
-                              weight.reshape(c_out, c_in, n_taps), clip, channels, k_exp)
+        with kernel_threads(exps.size, "copy"):  # threads by its own size (see _flip_propagate_conv)
+            return _ratio_factors(*flat, limit, ho, f_wq, f_bb, neg_a, g, half.reshape(n_batch, -1),
+                                  weight.reshape(c_out, c_in, n_taps), clip, channels, k_exp)
 
     if factors(a, x_out, d_out):
         # active saturated units: summed directly below; all saturated ones zeroed in the ratio sums
@@ -564,7 +569,8 @@ def _ratio(x_in, a, x_out, d_out, weight, stride, padding, wq, flat, sel, grid_a
         np.multiply(half, 0.5, out=half)
         g_map = np.ascontiguousarray(g.reshape(n_batch, c_pad, 1, 1)[:, :c_out]) if channels else g_pair[0] * g_pair[1]
         t_map = np.einsum("bcyx,bcyx->byx", g_map, half)
-    _all_ones_term(*g_pair, half, t_map, ho * wo == 1, tap_flat, n_run, wq, bb, a_grid)
+    with kernel_threads(a.size + a_grid.size * len(tap_flat), "copy"):  # its own size (see _flip_propagate_conv)
+        _all_ones_term(*g_pair, half, t_map, ho * wo == 1, tap_flat, n_run, wq, bb, a_grid)
     kernel = conv_channels.flip_conv_ratio_channels if channels else _flip_conv_ratio
     shape = (n_batch, c_pad, ho, wo) if channels else (n_blocks, c_pad, -1)  # the kernel's factor layout
     kernel(sel, neg_a.reshape(shape), g.reshape(shape), k_exp[0], k_exp[1], a_grid, *grid_args, clamp(dtype), d_in)
