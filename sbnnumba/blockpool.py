@@ -192,7 +192,6 @@ class BlockPool:
         if job.error is not None:
             raise job.error
 
-
     def take_alone_turn(self) -> bool:
         """See :func:`take_alone_turn`."""
         if self._alone_left <= 0:
