@@ -421,10 +421,11 @@ def gemm(a, b, out=None):
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
         raise ValueError(f"gemm: expected 2-d operands (m, k) and (k, n), got shapes {a.shape} and {b.shape}")
     with _one_blas_thread() as threads:
-        # one thread, or the pool runs this short product alone (take_alone_turn, asked before the blocks are cut:
-        # their set-up cost 0.5 % of the dense ST step): one call, no block overhead (same bits as the blocks)
+        # one thread by the per-call rule (T = 1, or a product too small for two blocks), or the pool runs this short
+        # product alone (take_alone_turn, asked before the blocks are cut: their set-up cost 0.5 % of the dense ST
+        # step): one call, no block overhead (same bits as the blocks)
         work = a.shape[0] * a.shape[1] * b.shape[1]
-        if threads == 1 or work < 2 * MIN_WORK_PER_THREAD["gemm"] or (short_call(work, "gemm") and take_alone_turn()):
+        if call_threads(work, "gemm", threads) == 1 or (short_call(work, "gemm") and take_alone_turn()):
             return np.matmul(a, b, out=out)
         return _blocked_matmul(a, b, out, threads)
 
