@@ -206,6 +206,35 @@ def test_blocked_gemm_is_bit_identical_at_one_and_two_threads(helpers_beside):
         sb.set_num_threads(before)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_gemm_nt_swaps_float32_long_products_with_the_same_bits(threads, helpers_beside):
+    """gemm_nt computes a b^T as (b a^T)^T for float32 when b has >= 4x the rows of a and k >= 512 (the conv weight
+    gradient: faster in OpenBLAS), with the bits of gemm(a, b.T) at one and two threads; below the bounds and for
+    float64 (whose OpenBLAS kernel sums in another order when the operands swap) it is gemm(a, b.T) itself."""
+    if any(i["internal_api"] != "openblas" for i in threadpool_info() if i["user_api"] == "blas"):
+        pytest.skip("the same bits in both operand orders are a property of OpenBLAS's float32 kernel")
+    rng = np.random.default_rng(8)
+    k_min, ratio = runtime.GEMM_NT_SWAP_MIN_INNER, runtime.GEMM_NT_SWAP_MIN_ROW_RATIO
+    cases = [((96, 7744), (864, 7744), True), ((3, 5408), (27, 5408), True), ((19, k_min), (ratio * 19, k_min), True),
+             ((192, 64), (1728, 64), False), ((192, 3136), (192 * ratio - 1, 3136), False),
+             ((20, k_min - 1), (200, k_min - 1), False)]
+    before = sb.get_num_threads()
+    try:
+        sb.set_num_threads(threads)
+        for (m, k), (n, _), swapped in cases:
+            for dtype in (np.float32, np.float64):
+                a = rng.standard_normal((m, k)).astype(dtype)
+                b = np.sign(rng.standard_normal((n, k))).astype(dtype)  # the patch matrix's +-1 states
+                got = runtime.gemm_nt(a, b)
+                assert got.shape == (m, n)
+                assert got.flags.f_contiguous == (swapped and dtype == np.float32) != got.flags.c_contiguous
+                assert np.ascontiguousarray(got).tobytes() == runtime.gemm(a, b.T).tobytes(), (m, k, n, dtype)
+        with pytest.raises(ValueError, match="^gemm_nt: expected"):
+            runtime.gemm_nt(np.ones((2, 3)), np.ones((3, 2)))
+    finally:
+        sb.set_num_threads(before)
+
+
 def test_run_blocks_runs_every_block_once_and_raises_in_the_caller():
     from sbnnumba.blockpool import run_blocks
 

@@ -39,7 +39,7 @@ import numpy as np
 from ..kernels import bitpack as kb
 from ..kernels import col2im, conv_cpu, cpu, head, im2col, map_order
 from ..kernels.workspace import scratch
-from ..runtime import MAX_GEMM_BLOCKS, MIN_WORK_PER_THREAD, gemm, run_blas_blocks
+from ..runtime import MAX_GEMM_BLOCKS, MIN_WORK_PER_THREAD, gemm, gemm_nt, run_blas_blocks
 from .reference import ReferenceBackend
 from .registry import register_backend
 
@@ -146,7 +146,7 @@ class CpuBackend(ReferenceBackend):
         return out
 
     def conv_param_grads(self, cols, g_a, weight_shape):
-        g_w = gemm(map_order.channel_major(g_a), cols.T)
+        g_w = gemm_nt(map_order.channel_major(g_a), cols)  # the reference's product (same rule, same bits)
         return g_w.reshape(tuple(weight_shape)), g_a.sum(axis=(0, 2, 3))
 
     def xnor_matmul(self, a_words, weights, k):

@@ -26,7 +26,7 @@ from ..kernels import bitpack as kb
 from ..kernels import col2im, conv_reference, reference
 from ..kernels.conv_reference import windows
 from ..kernels.cpu import choose_form
-from ..runtime import gemm
+from ..runtime import gemm, gemm_nt
 from ..validation import check_choice
 from .base import Backend
 from .registry import register_backend
@@ -102,7 +102,7 @@ class ReferenceBackend(Backend):
         return col2im.col2im(g_cols, (g_a.shape[0],) + tuple(in_shape), weight.shape[2:], stride, padding)
 
     def conv_param_grads(self, cols, g_a, weight_shape):
-        g_w = gemm(_channel_major(g_a), cols.T)
+        g_w = gemm_nt(_channel_major(g_a), cols)
         return g_w.reshape(tuple(weight_shape)), g_a.sum(axis=(0, 2, 3))
 
     def channel_moments(self, z):
