@@ -426,11 +426,16 @@ def _two_w_row(w3, clip, taps_inner, out, c):
     # (C_out, C_in, taps), or (C_out, taps, C_in) with taps_inner.
     c_in, n_taps = w3.shape[1], w3.shape[2]
     if taps_inner:
+        # the transposing copy first, then 2W, its clip and its negation along the contiguous row: both loops
+        # vectorize (one loop doing it all did not: 2.6x the time on the paper's stage 7, 192 x 192 x 9)
         for k in range(n_taps):
+            row, neg = out[0, c, k], out[1, c, k]
             for r in range(c_in):
-                v = min(max(2 * w3[c, r, k], -clip), clip)
-                out[0, c, k, r] = v
-                out[1, c, k, r] = -v
+                row[r] = w3[c, r, k]
+            for r in range(c_in):
+                v = min(max(2 * row[r], -clip), clip)
+                row[r] = v
+                neg[r] = -v
     else:
         for r in range(c_in):
             for k in range(n_taps):
