@@ -421,13 +421,17 @@ def gemm(a, b, out=None):
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
         raise ValueError(f"gemm: expected 2-d operands (m, k) and (k, n), got shapes {a.shape} and {b.shape}")
     with _one_blas_thread() as threads:
-        # one thread by the per-call rule (T = 1, or a product too small for two blocks), or the pool runs this short
-        # product alone (take_alone_turn, asked before the blocks are cut: their set-up cost 0.5 % of the dense ST
-        # step): one call, no block overhead (same bits as the blocks)
-        work = a.shape[0] * a.shape[1] * b.shape[1]
-        if call_threads(work, "gemm", threads) == 1 or (short_call(work, "gemm") and take_alone_turn()):
+        if _one_call(a.shape[0] * a.shape[1] * b.shape[1], threads):
             return np.matmul(a, b, out=out)
         return _blocked_matmul(a, b, out, threads)
+
+
+def _one_call(work, threads):
+    """Whether a product of ``work`` multiply-adds is one single-threaded BLAS call at ``threads`` (T) threads: one
+    thread by the per-call rule (T = 1, or a product too small for two blocks), or the pool runs this short product
+    alone (take_alone_turn, asked before the blocks are cut: their set-up cost 0.5 % of the dense ST step; a turn is
+    used, so ask once per product). One call or the blocks of :func:`gemm_blocks`: the same bits."""
+    return call_threads(work, "gemm", threads) == 1 or (short_call(work, "gemm") and take_alone_turn())
 
 
 #: Inner dimension (the summed one) from which :func:`gemm_nt` puts the operand with several times more rows first.
@@ -439,13 +443,15 @@ GEMM_NT_SWAP_MIN_ROW_RATIO = 4
 def gemm_nt(a, b):
     r"""``a @ b.T`` (a weight gradient: the product summed over a long inner dimension) through :func:`gemm`.
 
-    For float32 operands with ``n >= 4 m`` rows and ``k >= 512`` (:data:`GEMM_NT_SWAP_MIN_ROW_RATIO`,
-    :data:`GEMM_NT_SWAP_MIN_INNER`), computed as :math:`(b a^T)^T`: OpenBLAS's float32 kernel is faster with the
-    operand of many rows first (the paper's conv network, stage 2: 96 x 864 over 36864 positions, 77 -> 67 ms on
-    one thread; docs/performance.md) and sums each entry over ``k`` in the same order either way, so the entries
-    are the same bits (checked on 1500 random shapes on one thread, ``tests/test_runtime.py`` and the golden runs).
-    OpenBLAS's float64 kernel sums in another order when the operands swap: other dtypes keep ``a @ b.T``. Below
-    these bounds the swapped product was slower (a 64-position stage 1.3-1.4x, a 9-row patch 1.5x).
+    Float32 operands with ``n >= 4 m`` rows and ``k >= 512`` (:data:`GEMM_NT_SWAP_MIN_ROW_RATIO`,
+    :data:`GEMM_NT_SWAP_MIN_INNER`) that :func:`gemm` would compute as one call are computed as :math:`(b a^T)^T`:
+    OpenBLAS's float32 kernel is faster with the operand of many rows first (the paper's conv network, stage 2:
+    96 x 864 over 36864 positions, 77 -> 67 ms on one thread; the conv ST step 485 -> 472 ms) and sums each entry
+    over ``k`` in the same order either way, so the entries are the same bits (0 of 1500 random shapes differed on
+    one thread; ``tests/test_thread_rule.py`` and the golden runs check it). Its float64 kernel sums in another
+    order when the operands swap: other dtypes keep ``a @ b.T``. Below the bounds the swapped product was slower
+    (64 positions: 1.3-1.4x; 9 patch rows: 1.5x), and so were :func:`gemm`'s blocks of it, which cut the long side
+    into pieces of about ``m`` rows (two threads: stage 4 1.08x): products that run as blocks keep ``a @ b.T``.
 
     Parameters
     ----------
@@ -459,10 +465,15 @@ def gemm_nt(a, b):
     """
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
         raise ValueError(f"gemm_nt: expected 2-d operands (m, k) and (n, k), got shapes {a.shape} and {b.shape}")
-    if a.dtype == b.dtype == np.float32 and a.shape[1] >= GEMM_NT_SWAP_MIN_INNER and \
-            b.shape[0] >= GEMM_NT_SWAP_MIN_ROW_RATIO * a.shape[0]:
-        return gemm(b, a.T).T
-    return gemm(a, b.T)
+    if not (a.dtype == b.dtype == np.float32 and a.shape[1] >= GEMM_NT_SWAP_MIN_INNER and
+            b.shape[0] >= GEMM_NT_SWAP_MIN_ROW_RATIO * a.shape[0]):
+        return gemm(a, b.T)
+    with _one_blas_thread() as threads:
+        if _one_call(a.shape[0] * a.shape[1] * b.shape[0], threads):
+            return np.matmul(b, a.T).T
+        # the blocks cut the long side into pieces of about a's rows, where the swap gained nothing (two threads:
+        # stage 2 of the paper's network the same, stage 4 8 % slower): gemm's blocks of a b^T
+        return _blocked_matmul(a, b.T, None, threads)
 
 
 def run_blas_blocks(fn, n_blocks):
