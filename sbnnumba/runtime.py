@@ -384,11 +384,17 @@ def gemm_blocks(m, k, n):
         Block ``i`` is ``edges[i]:edges[i + 1]`` along ``axis``.
     """
     axis, dim = (0, m) if m >= n else (1, n)
-    count = min(MAX_GEMM_BLOCKS, (m * k * n) // MIN_WORK_PER_THREAD["gemm"], -(-dim // GEMM_BLOCK_ALIGN))
+    return axis, _block_edges(dim, min(MAX_GEMM_BLOCKS, (m * k * n) // MIN_WORK_PER_THREAD["gemm"],
+                                       -(-dim // GEMM_BLOCK_ALIGN)))
+
+
+def _block_edges(dim, count):
+    """``count`` blocks of ``range(dim)`` of equal size rounded up to :data:`GEMM_BLOCK_ALIGN` (the last one
+    shorter), as edges; one block when ``count < 2``."""
     if count < 2:
-        return axis, [0, dim]
+        return [0, dim]
     size = -(-(-(-dim // count)) // GEMM_BLOCK_ALIGN) * GEMM_BLOCK_ALIGN
-    return axis, list(range(0, dim, size)) + [dim]
+    return list(range(0, dim, size)) + [dim]
 
 
 _GEMM_LOCK = threading.Lock()  # the BLAS thread count is process-wide: one gemm lowers it at a time
@@ -438,20 +444,27 @@ def _one_call(work, threads):
 GEMM_NT_SWAP_MIN_INNER = 512
 #: How many times more rows ``b`` must have than ``a`` for :func:`gemm_nt` to compute ``(b a^T)^T``.
 GEMM_NT_SWAP_MIN_ROW_RATIO = 4
+#: Rows of ``b`` per block of a swapped product run as blocks, at least, in multiples of ``a``'s rows.
+GEMM_NT_BLOCK_ROW_RATIO = 2
+#: Fewest blocks a swapped product is cut into (fewer would leave a thread on a busy core a large share).
+GEMM_NT_SWAP_MIN_BLOCKS = 4
 
 
 def gemm_nt(a, b):
     r"""``a @ b.T`` (a weight gradient: the product summed over a long inner dimension) through :func:`gemm`.
 
     Float32 operands with ``n >= 4 m`` rows and ``k >= 512`` (:data:`GEMM_NT_SWAP_MIN_ROW_RATIO`,
-    :data:`GEMM_NT_SWAP_MIN_INNER`) that :func:`gemm` would compute as one call are computed as :math:`(b a^T)^T`:
-    OpenBLAS's float32 kernel is faster with the operand of many rows first (the paper's conv network, stage 2:
-    96 x 864 over 36864 positions, 77 -> 67 ms on one thread; the conv ST step 485 -> 472 ms) and sums each entry
-    over ``k`` in the same order either way, so the entries are the same bits (0 of 1500 random shapes differed on
-    one thread; ``tests/test_thread_rule.py`` and the golden runs check it). Its float64 kernel sums in another
-    order when the operands swap: other dtypes keep ``a @ b.T``. Below the bounds the swapped product was slower
-    (64 positions: 1.3-1.4x; 9 patch rows: 1.5x), and so were :func:`gemm`'s blocks of it, which cut the long side
-    into pieces of about ``m`` rows (two threads: stage 4 1.08x): products that run as blocks keep ``a @ b.T``.
+    :data:`GEMM_NT_SWAP_MIN_INNER`) are computed as :math:`(b a^T)^T`: OpenBLAS's float32 kernel is faster with
+    the operand of many rows first (the paper's conv network, stage 2: 96 x 864 over 36864 positions, 77 -> 67 ms
+    on one thread; the conv ST step 485 -> 472 ms) and sums each entry over ``k`` in the same order either way, so
+    the entries are the same bits (0 of 1500 random shapes differed on one thread; ``tests/test_thread_rule.py``
+    and the golden runs check it). Its float64 kernel sums in another order when the operands swap: other dtypes
+    keep ``a @ b.T``. Below the bounds the swapped product was slower (64 positions: 1.3-1.4x; 9 patch rows:
+    1.5x). A product :func:`gemm` would cut into blocks is cut into ``c = min(8, m k n / w_min, floor(n / 2m))``
+    blocks of rows of ``b a^T`` (:data:`GEMM_NT_BLOCK_ROW_RATIO`): the gain holds for pieces of ``2 m`` rows (two
+    threads: stage 2 42.4 -> 38.0 ms, stage 5 11.9 -> 11.1 ms), not for gemm's pieces of about ``m`` rows (stage 4
+    1.08x slower); with ``c < 4`` (:data:`GEMM_NT_SWAP_MIN_BLOCKS`, too few blocks to share out with a busy
+    core) the product is gemm's blocks of ``a b^T``. Blocks, like one call, give the same bits.
 
     Parameters
     ----------
@@ -468,12 +481,16 @@ def gemm_nt(a, b):
     if not (a.dtype == b.dtype == np.float32 and a.shape[1] >= GEMM_NT_SWAP_MIN_INNER and
             b.shape[0] >= GEMM_NT_SWAP_MIN_ROW_RATIO * a.shape[0]):
         return gemm(a, b.T)
+    m, k, n = a.shape[0], a.shape[1], b.shape[0]
     with _one_blas_thread() as threads:
-        if _one_call(a.shape[0] * a.shape[1] * b.shape[0], threads):
+        if _one_call(m * k * n, threads):
             return np.matmul(b, a.T).T
-        # the blocks cut the long side into pieces of about a's rows, where the swap gained nothing (two threads:
-        # stage 2 of the paper's network the same, stage 4 8 % slower): gemm's blocks of a b^T
-        return _blocked_matmul(a, b.T, None, threads)
+        # blocks of rows of b a^T, each of at least 2 m rows (gemm's blocks cut the long side into pieces of about m
+        # rows, where the swap gained nothing); too few of them to share out: gemm's blocks of a b^T
+        count = min(MAX_GEMM_BLOCKS, (m * k * n) // MIN_WORK_PER_THREAD["gemm"], n // (GEMM_NT_BLOCK_ROW_RATIO * m))
+        if count < GEMM_NT_SWAP_MIN_BLOCKS:
+            return _blocked_matmul(a, b.T, None, threads)
+        return _blocked_matmul(b, a.T, None, threads, (0, _block_edges(n, count))).T
 
 
 def run_blas_blocks(fn, n_blocks):
@@ -518,12 +535,13 @@ def _one_blas_thread():
                     put(count)
 
 
-def _blocked_matmul(a, b, out, threads):
-    """``a @ b`` into ``out`` (allocated when None) as the blocks of :func:`gemm_blocks` on ``threads`` threads, or
-    as one call where :func:`sbnnumba.blockpool.run_blocks` runs it alone (same bits)."""
+def _blocked_matmul(a, b, out, threads, blocks=None):
+    """``a @ b`` into ``out`` (allocated when None) as the blocks ``(axis, edges)`` (by default those of
+    :func:`gemm_blocks`) on ``threads`` threads, or as one call where :func:`sbnnumba.blockpool.run_blocks` runs it
+    alone (same bits)."""
     if out is None:
         out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b))
-    axis, edges = gemm_blocks(a.shape[0], a.shape[1], b.shape[1])
+    axis, edges = blocks if blocks is not None else gemm_blocks(a.shape[0], a.shape[1], b.shape[1])
 
     def block(i):
         lo, hi = edges[i], edges[i + 1]

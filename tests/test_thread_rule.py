@@ -208,28 +208,31 @@ def test_blocked_gemm_is_bit_identical_at_one_and_two_threads(helpers_beside):
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_gemm_nt_swaps_float32_long_products_with_the_same_bits(threads, helpers_beside):
-    """gemm_nt computes a b^T as (b a^T)^T for float32 when b has >= 4x the rows of a, k >= 512 and the product is
-    one BLAS call (the conv weight gradient: faster in OpenBLAS), with the bits of gemm(a, b.T) at one and two
-    threads; below the bounds, for float64 (whose OpenBLAS kernel sums in another order when the operands swap) and
-    for a product cut into blocks (at two threads) it is gemm(a, b.T) itself."""
+    """gemm_nt computes a b^T as (b a^T)^T for float32 when b has >= 4x the rows of a and k >= 512 (the conv weight
+    gradient: faster in OpenBLAS), as one call or as at least 4 blocks of >= 2m rows, with the bits of gemm(a, b.T)
+    at one and two threads; below the bounds, for float64 (whose OpenBLAS kernel sums in another order when the
+    operands swap) and for a product gemm would cut into blocks that leaves fewer than 4 such blocks, it is
+    gemm(a, b.T) itself."""
     if any(i["internal_api"] != "openblas" for i in threadpool_info() if i["user_api"] == "blas"):
         pytest.skip("the same bits in both operand orders are a property of OpenBLAS's float32 kernel")
     rng = np.random.default_rng(8)
     k_min, ratio = runtime.GEMM_NT_SWAP_MIN_INNER, runtime.GEMM_NT_SWAP_MIN_ROW_RATIO
-    cases = [((96, 7744), (864, 7744), True), ((3, 5408), (27, 5408), True), ((19, k_min), (ratio * 19, k_min), True),
-             ((192, 64), (1728, 64), False), ((192, 3136), (192 * ratio - 1, 3136), False),
-             ((20, k_min - 1), (200, k_min - 1), False)]
+    # (a's shape, b's shape, swapped as one call, swapped as blocks): 864 // (2 x 96) = 4 blocks; 864 // 384 = 2
+    cases = [((96, 7744), (864, 7744), True, True), ((3, 5408), (27, 5408), True, False),
+             ((19, k_min), (ratio * 19, k_min), True, False), ((192, 5184), (864, 5184), True, False),
+             ((192, 64), (1728, 64), False, False), ((192, 3136), (192 * ratio - 1, 3136), False, False),
+             ((20, k_min - 1), (200, k_min - 1), False, False)]
     before = sb.get_num_threads()
     try:
         sb.set_num_threads(threads)
-        for (m, k), (n, _), swapped in cases:
+        for (m, k), (n, _), swapped, as_blocks in cases:
             for dtype in (np.float32, np.float64):
                 a = rng.standard_normal((m, k)).astype(dtype)
                 b = np.sign(rng.standard_normal((n, k))).astype(dtype)  # the patch matrix's +-1 states
                 got = runtime.gemm_nt(a, b)
                 one_call = runtime.call_threads(m * k * n, "gemm", threads) == 1
                 assert got.shape == (m, n)
-                swaps = swapped and dtype == np.float32 and one_call
+                swaps = swapped and dtype == np.float32 and (one_call or as_blocks)
                 assert got.flags.f_contiguous == swaps != got.flags.c_contiguous
                 assert np.ascontiguousarray(got).tobytes() == runtime.gemm(a, b.T).tobytes(), (m, k, n, dtype)
         with pytest.raises(ValueError, match="^gemm_nt: expected"):
