@@ -458,7 +458,8 @@ def gemm_nt(a, b):
     the operand of many rows first (the paper's conv network, stage 2: 96 x 864 over 36864 positions, 77 -> 67 ms
     on one thread; the conv ST step 485 -> 472 ms) and sums each entry over ``k`` in the same order either way, so
     the entries are the same bits (0 of 1500 random shapes differed on one thread; ``tests/test_thread_rule.py``
-    and the golden runs check it). Its float64 kernel sums in another order when the operands swap: other dtypes
+    and the golden runs check it; another BLAS library may round the swapped product differently, within the
+    product's rounding error). Its float64 kernel sums in another order when the operands swap: other dtypes
     keep ``a @ b.T``. Below the bounds the swapped product was slower (64 positions: 1.3-1.4x; 9 patch rows:
     1.5x). A product :func:`gemm` would cut into blocks is cut into ``c = min(8, m k n / w_min, floor(n / 2m))``
     blocks of rows of ``b a^T`` (:data:`GEMM_NT_BLOCK_ROW_RATIO`): the gain holds for pieces of ``2 m`` rows (two
