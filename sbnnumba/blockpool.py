@@ -26,9 +26,11 @@ than cores plus one (then the core is shared with other processes and a second t
 share of it); after such a call the next :data:`ALONE_CALLS` calls run ``alone()`` on the calling
 thread. The last of them also wakes a helper that only looks at where it woke (a probe, run while the calling
 thread computes ``alone()``): found off the calling thread's core (or with the cores oversubscribed), the next
-call tries the helpers again, else another :data:`ALONE_CALLS` calls run alone. The probe costs a wake-up and a
-few microseconds of Python beside the calling thread, where trying the blocks cost what they lose to one call
-(0.25-0.45 ms a product of the dense ST step, about 0.6 % of the step at one probe in 33 products).
+call tries the helpers again, else another window of calls runs alone. Each window without a helper's help is
+twice as long as the one before, up to :data:`ALONE_CALLS_MAX`; a call whose blocks a helper shared starts over at
+:data:`ALONE_CALLS`. The probe costs a wake-up and a few microseconds of Python beside the calling thread, where
+trying the blocks cost what they lose to one call (0.25-0.45 ms a product of the dense ST step, about 0.6 % of
+the step at one probe in 33 products); still, a probe in every 33 calls cost the dense PSA step about 0.4 %.
 
 The helpers block on a queue between calls (no spinning) and are started on first use. One call uses
 the pool at a time; a call made while another thread's call holds it runs its blocks in its own thread
@@ -153,6 +155,7 @@ class BlockPool:
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._helpers = 0
         self._alone_left = 0  # calls with ``alone`` still to run on the calling thread alone
+        self._alone_window = ALONE_CALLS  # length of the next run of calls alone (doubles while the helpers stay out)
         self._probe: _Probe | None = None  # the last probe posted (see run)
 
     def _serve(self) -> None:
@@ -187,8 +190,10 @@ class BlockPool:
             job.done.wait()
         finally:
             self._busy.release()
-        if job.stayed_out and not job.helped:  # the helpers could not run beside the calling thread
-            self._alone_left = ALONE_CALLS
+        if job.helped and job.stay_out_beside >= 0:  # a helper woke beside the calling thread and took blocks again
+            self._alone_window = ALONE_CALLS  # (helpers of calls without ``alone`` take blocks wherever they wake)
+        elif job.stayed_out:  # the helpers could not run beside the calling thread
+            self._start_alone_window()
         if job.error is not None:
             raise job.error
 
@@ -201,11 +206,18 @@ class BlockPool:
             self._post_probe()
         return True
 
+    def _start_alone_window(self) -> None:
+        """The next ``_alone_window`` calls with ``alone`` run alone; each further window without a helper's help is
+        twice as long, up to :data:`ALONE_CALLS_MAX` (a call with ``alone`` whose blocks a helper shared resets it to
+        :data:`ALONE_CALLS`)."""
+        self._alone_left = self._alone_window
+        self._alone_window = min(2 * self._alone_window, ALONE_CALLS_MAX)
+
     def _post_probe(self) -> None:
         """Wake one helper to look at where it woke (:class:`_Probe`) while the calling thread runs ``alone()``.
-        Until the probe reports a core the helper could help from, the next :data:`ALONE_CALLS` calls run alone too
-        (set first, so that a probe still queued or looking leaves the calling thread alone)."""
-        self._alone_left = ALONE_CALLS
+        Until the probe reports a core the helper could help from, the next window of calls runs alone too (set
+        first, so that a probe still queued or looking leaves the calling thread alone)."""
+        self._start_alone_window()
         if not self._busy.acquire(blocking=False):  # another thread's call has the helpers: look another time
             return
         try:
@@ -216,22 +228,28 @@ class BlockPool:
             self._busy.release()
 
 
+#: Calls of :func:`run_blocks` given ``alone`` that run on the calling thread alone after such a call in which a
+#: helper stayed out (it woke on the calling thread's core) and none took a block; during the last of them a
+#: helper is woken to look at where it wakes, and the helpers are tried again only if it woke on another core
+#: (or the cores are oversubscribed). Each further window without a helper's help is twice as long, up to
+#: :data:`ALONE_CALLS_MAX`.
+ALONE_CALLS = 32
+#: Longest window of calls alone: with one core kept busy, the dense PSA step (about 15 such calls) with a probe
+#: every 33 calls took 1.0042-1.0078x its one-thread time at two threads, every 513 calls 0.9986 and 1.0032x, never
+#: 1.0005 and 1.0033x (paired, 80 pairs each, 2026-12-05); at 1024 the pool notices a core freed again within
+#: about 70 dense PSA steps.
+ALONE_CALLS_MAX = 1024
+
+
 #: The process-wide pool.
 POOL = BlockPool()
 if hasattr(os, "register_at_fork"):  # the child of a fork has none of the parent's helper threads
     os.register_at_fork(after_in_child=POOL._reset)
 
 
-#: Calls of :func:`run_blocks` given ``alone`` that run on the calling thread alone after such a call in which a
-#: helper stayed out (it woke on the calling thread's core) and none took a block; during the last of them a
-#: helper is woken to look at where it wakes, and the helpers are tried again only if it woke on another core
-#: (or the cores are oversubscribed).
-ALONE_CALLS = 32
-
-
 def take_alone_turn() -> bool:
     """Whether a call with an ``alone`` form, about to run on more than one thread, runs ``alone()`` on the calling
-    thread instead (the rule of :func:`run_blocks`: one of the :data:`ALONE_CALLS` calls after a helper stayed out),
+    thread instead (the rule of :func:`run_blocks`: one of the window of calls after a helper stayed out),
     counting the call as one of them when it does (the last one posts the probe).
 
     :func:`run_blocks` asks it itself; a caller whose blocks cost something to set up (:func:`sbnnumba.runtime.gemm`
@@ -266,7 +284,8 @@ def run_blocks(fn: Callable[[int], object], n_blocks: int, threads: int,
         Given, a helper that wakes on the calling thread's core takes no block unless the machine has more
         runnable tasks than cores plus one, and after a call in which a helper stayed out and none took a
         block the next :data:`ALONE_CALLS` such calls run ``alone()``; the last of them wakes a helper only to
-        look at where it wakes, and the helpers are tried again once one wakes on another core.
+        look at where it wakes, and the helpers are tried again once one wakes on another core (each further
+        window alone twice as long, up to :data:`ALONE_CALLS_MAX`, until a helper takes a block again).
         With one core kept busy by another process, Linux wakes a helper on the calling thread's core in
         most calls (no core is idle; measured 92-96 % of the dense ST step's products), where the two only take
         turns and the blocks cost more than one call. None: the blocks always, as described above.

@@ -266,8 +266,9 @@ def test_blocks_run_alone_after_a_helper_woke_on_the_callers_core(monkeypatch):
     """run_blocks with ``alone``: a helper that wakes on the calling thread's core takes no block (unless more tasks
     are runnable than cores plus one); the pool then runs the next ALONE_CALLS such calls as ``alone()`` on the
     calling thread, the last of them with a probe (a helper woken only to look at its core): co-located again, the
-    calls stay alone; woken on another core, the call after the probe tries the helpers again. Without ``alone``,
-    nothing changes."""
+    calls stay alone for a window twice as long; woken on another core, the call after the probe tries the helpers
+    again, and if they stay out again the next window is twice as long again (up to ALONE_CALLS_MAX); a call whose
+    blocks a helper shared starts over at ALONE_CALLS. Without ``alone``, nothing changes."""
     from sbnnumba import blockpool
 
     caller = threading.get_ident()
@@ -300,29 +301,35 @@ def test_blocks_run_alone_after_a_helper_woke_on_the_callers_core(monkeypatch):
         blockpool.run_blocks(block, 6, 2, alone=(lambda: ways.append("alone")) if alone else None)
         return list(ways)
 
-    def run_until_probe():  # the ALONE_CALLS calls alone; returns after the last one's probe has looked
-        for call in range(blockpool.ALONE_CALLS):
+    def run_until_probe(window):  # the window of calls alone; returns after the last one's probe has looked
+        assert blockpool.POOL._alone_left == window
+        for call in range(window):
             assert run(alone=False) != ["alone"]  # calls without ``alone`` are not counted
             helper_woke.clear()
             assert run() == ["alone"]
-            if call < blockpool.ALONE_CALLS - 1:
+            if call < window - 1:
                 assert not helper_woke.is_set()  # no helper woken before the last call alone
         assert blockpool.POOL._probe.done.wait(5.0)
         assert helper_woke.is_set()  # the probe's helper looked at its core
 
+    first = blockpool.ALONE_CALLS
+    monkeypatch.setattr(blockpool.POOL, "_alone_window", first)
+    monkeypatch.setattr(blockpool, "ALONE_CALLS_MAX", 4 * first)
     assert run() == ["caller"] * 6  # the helper stayed out
-    run_until_probe()  # co-located again: the calls stay alone, without trying the blocks
-    assert blockpool.POOL._alone_left == blockpool.ALONE_CALLS
+    run_until_probe(first)  # co-located again: the calls stay alone, without trying the blocks, twice as long
     helper_core = 1  # now the helper wakes on another core
-    run_until_probe()
+    run_until_probe(2 * first)
     assert blockpool.POOL._alone_left == 0
-    helper_core = 0  # the call after the probe tries the helpers, co-located again: stays out
+    helper_core = 0  # the call after the probe tries the helpers, co-located again: stays out, a longer window
     assert run() == ["caller"] * 6
-    assert blockpool.POOL._alone_left == blockpool.ALONE_CALLS
+    assert blockpool.POOL._alone_left == 4 * first
+    blockpool.POOL._alone_left = 0
+    assert run() == ["caller"] * 6
+    assert blockpool.POOL._alone_left == 4 * first  # no longer than ALONE_CALLS_MAX
     monkeypatch.setattr(blockpool, "cores_oversubscribed", lambda: True)  # the core is shared with other processes
     monkeypatch.setattr(blockpool.POOL, "_alone_left", 0)
     assert any(way == "helper" for _ in range(20) for way in run())  # the helper takes its share of it
-    assert blockpool.POOL._alone_left == 0
+    assert blockpool.POOL._alone_left == 0 and blockpool.POOL._alone_window == first  # and the windows start over
 
 
 def test_blocks_with_alone_run_each_block_once_and_raise_in_the_caller(helpers_beside):
