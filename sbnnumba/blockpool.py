@@ -234,11 +234,11 @@ class BlockPool:
 #: (or the cores are oversubscribed). Each further window without a helper's help is twice as long, up to
 #: :data:`ALONE_CALLS_MAX`.
 ALONE_CALLS = 32
-#: Longest window of calls alone: with one core kept busy, the dense PSA step (about 15 such calls) with a probe
+#: Longest window of calls alone: with one core kept busy, the dense PSA step (5 such calls a step) with a probe
 #: every 33 calls took 1.0042-1.0078x its one-thread time at two threads, every 513 calls 0.9986 and 1.0032x, never
 #: 1.0005 and 1.0033x (paired, 80 pairs each, 2026-12-05); with windows doubling up to 1024, 1.0030 and 1.0023x
 #: against 1.0057 and 1.0039x without (and the dense ST step 1.0016x against 1.0078x). At 1024 the pool notices a core
-#: freed again within about 70 dense PSA steps.
+#: freed again within about 200 dense PSA steps (6 s).
 ALONE_CALLS_MAX = 1024
 
 
