@@ -238,7 +238,8 @@ ALONE_CALLS = 32
 #: every 33 calls took 1.0042-1.0078x its one-thread time at two threads, every 513 calls 0.9986 and 1.0032x, never
 #: 1.0005 and 1.0033x (paired, 80 pairs each, 2026-12-05); with windows doubling up to 1024, 1.0030 and 1.0023x
 #: against 1.0057 and 1.0039x without (and the dense ST step 1.0016x against 1.0078x). At 1024 the pool notices a core
-#: freed again within about 200 dense PSA steps (6 s).
+#: freed again within about 200 dense PSA steps (6 s) or 34 conv PSA steps of the paper's network (30 such calls a
+#: step, 17 s); meanwhile only the short calls run on one thread.
 ALONE_CALLS_MAX = 1024
 
 
