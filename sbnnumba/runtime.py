@@ -227,11 +227,10 @@ def kernel_threads(work, kind="numba"):
         yield
         return
     before = numba.get_num_threads()
-    wanted = call_threads(work, kind, before)
     # a static split waits for the late thread's whole share: while the block pool finds its helpers woken on the
     # calling thread's core (one core busy elsewhere), a call below PRANGE_ALONE_MAX_SHARES w_min runs alone
-    if wanted > 1 and short_call(work, kind, PRANGE_ALONE_MAX_SHARES.get(kind, 0)) and take_alone_turn():
-        wanted = 1
+    wanted = 1 if _one_call(work, kind, before, PRANGE_ALONE_MAX_SHARES.get(kind, 0)) else \
+        call_threads(work, kind, before)
     if wanted == before:
         yield
         return
@@ -319,7 +318,9 @@ def run_range_blocks(fn, n_items, work, kind="copy"):
     # no thread pool under DISABLE_JIT (kernel_threads); call_threads also checks ``kind``
     threads = call_threads(work, kind, 1 if numba.config.DISABLE_JIT else numba.get_num_threads())
     short = short_call(work, kind)
-    if short and (threads == 1 or take_alone_turn()):  # the one-call form, without setting up blocks
+    # a short call is one call on one thread or in the pool's turns alone (not _one_call: a long call keeps its blocks
+    # on one thread too, the same results); the one-call form needs no blocks set up
+    if short and (threads == 1 or take_alone_turn()):
         fn(0, n_items)
         return
     n_blocks = max(1, min(n_items, MAX_RANGE_BLOCKS, int(work) // MIN_WORK_PER_THREAD[kind]))
@@ -427,17 +428,19 @@ def gemm(a, b, out=None):
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
         raise ValueError(f"gemm: expected 2-d operands (m, k) and (k, n), got shapes {a.shape} and {b.shape}")
     with _one_blas_thread() as threads:
-        if _one_call(a.shape[0] * a.shape[1] * b.shape[1], threads):
+        if _one_call(a.shape[0] * a.shape[1] * b.shape[1], "gemm", threads):
             return np.matmul(a, b, out=out)
         return _blocked_matmul(a, b, out, threads)
 
 
-def _one_call(work, threads):
-    """Whether a product of ``work`` multiply-adds is one single-threaded BLAS call at ``threads`` (T) threads: one
-    thread by the per-call rule (T = 1, or a product too small for two blocks), or the pool runs this short product
-    alone (take_alone_turn, asked before the blocks are cut: their set-up cost 0.5 % of the dense ST step; a turn is
-    used, so ask once per product). One call or the blocks of :func:`gemm_blocks`: the same bits."""
-    return call_threads(work, "gemm", threads) == 1 or (short_call(work, "gemm") and take_alone_turn())
+def _one_call(work, kind, threads, shares=ALONE_MAX_SHARES):
+    """Whether a call of ``work`` (unit of ``kind``) runs as one call on the calling thread at ``threads`` (T)
+    threads, the rule of :func:`gemm`, :func:`gemm_nt` and :func:`kernel_threads` (``shares``:
+    :data:`PRANGE_ALONE_MAX_SHARES`): one thread by the per-call rule (T = 1, or too little work for two), or a call
+    below ``shares * w_min`` (:func:`short_call`) while the block pool runs its calls alone (take_alone_turn, asked
+    before blocks are cut: their set-up cost 0.5 % of the dense ST step; a turn is used, so ask once per call). One
+    call or the blocks: the same results."""
+    return call_threads(work, kind, threads) == 1 or (short_call(work, kind, shares) and take_alone_turn())
 
 
 #: Inner dimension (the summed one) from which :func:`gemm_nt` puts the operand with several times more rows first.
@@ -484,7 +487,7 @@ def gemm_nt(a, b):
         return gemm(a, b.T)
     m, k, n = a.shape[0], a.shape[1], b.shape[0]
     with _one_blas_thread() as threads:
-        if _one_call(m * k * n, threads):
+        if _one_call(m * k * n, "gemm", threads):
             return np.matmul(b, a.T).T
         # blocks of rows of b a^T, each of at least 2 m rows (gemm's blocks cut the long side into pieces of about m
         # rows, where the swap gained nothing); too few of them to share out: gemm's blocks of a b^T
