@@ -27,8 +27,8 @@ from typing import Any, Union
 
 import numpy as np
 
-from .kernels.optim_rules import FlatViews, adam_lists, chunk_table, sgd_lists
-from .runtime import kernel_threads
+from .kernels.optim_rules import FlatViews, adam_rows, chunk_table, sgd_rows
+from .runtime import run_range_blocks
 from .validation import check_positive_int, check_real
 
 #: A learning-rate schedule: ``schedule(step, base_lr) -> lr``.
@@ -173,9 +173,9 @@ class Optimizer:
     Subclasses define ``name`` (registry key), ``_buffers`` (names of the per-parameter state
     arrays), ``_prepare(name, p, g, lr)`` (per parameter: weight decay, buffers) and
     ``_fused_step(dtype, entries, lr, t)``, which updates every parameter of one dtype in place in one
-    parallel pass (:mod:`sbnnumba.kernels.optim_rules`: a table of chunks of at most 2^16 entries over all
-    arrays, so small arrays cost no parallel region of their own; the pass runs on the threads of the
-    per-call rule, :func:`sbnnumba.runtime.kernel_threads`); ``t`` is the 1-based index of the current step.
+    pass (:mod:`sbnnumba.kernels.optim_rules`: a table of chunks of at most 2^16 entries over all arrays, so
+    small arrays cost no call of their own; the pass runs in blocks of rows on the threads of the per-call rule,
+    :func:`sbnnumba.runtime.run_range_blocks`); ``t`` is the 1-based index of the current step.
 
     Parameters
     ----------
@@ -321,6 +321,12 @@ class Optimizer:
             self._chunks[sizes] = chunk_table(sizes)
         return self._chunks[sizes]
 
+    @staticmethod
+    def _run_rows(rows, arrays, chunks) -> None:
+        """``rows(r0, r1)`` (a fused pass over rows ``r0:r1`` of ``chunks``) over every row, in blocks on the threads
+        of the per-call rule (:func:`sbnnumba.runtime.run_range_blocks`, work = the entries of ``arrays``)."""
+        run_range_blocks(rows, chunks.shape[0], sum(a.size for a in arrays), "update")
+
     def record_step(self, params: dict) -> None:
         """Count one step applied to ``params``: by :meth:`update`, or by a device-resident step that ran
         these update rules (:mod:`sbnnumba.kernels.optim_rules`) on device copies of the parameters and
@@ -343,7 +349,7 @@ class Optimizer:
         raise NotImplementedError(f"{type(self).__name__}: an optimizer must define _prepare")
 
     def _fused_step(self, dtype: np.dtype, entries: list, lr: float, t: int) -> None:
-        """The rule over every parameter of ``dtype`` in one parallel pass; ``entries`` are
+        """The rule over every parameter of ``dtype`` in one pass (:meth:`_run_rows`); ``entries`` are
         ``(name, param, prepared)``."""
         raise NotImplementedError(f"{type(self).__name__}: an optimizer must define _fused_step")
 
@@ -476,9 +482,10 @@ class SGD(Optimizer):
         # without momentum the kernel neither reads nor writes the buffers: the gradients stand in
         bufs = self._lists.get(("momentum_buffer", dtype), [b for _, _, (_, b, _) in entries]) if self.momentum else gs
         firsts = np.array([first for _, _, (_, _, first) in entries], dtype=np.bool_)
-        with kernel_threads(sum(p.size for p in ps), "update"):
-            sgd_lists(self._lists.get(("param", dtype), ps), gs, bufs, firsts, self._chunks_of(ps), dt(lr),
-                      dt(self.momentum), self.nesterov)
+        chunks = self._chunks_of(ps)
+        params = self._lists.get(("param", dtype), ps)
+        scalars = (dt(lr), dt(self.momentum), self.nesterov)
+        self._run_rows(lambda r0, r1: sgd_rows(params, gs, bufs, firsts, chunks, r0, r1, *scalars), ps, chunks)
 
 
 class Adam(Optimizer):
@@ -544,9 +551,10 @@ class Adam(Optimizer):
         gs = self._lists.get(("grad", dtype), [g for _, _, (g, _, _) in entries])
         ms = self._lists.get(("exp_avg", dtype), [m for _, _, (_, m, _) in entries])
         vs = self._lists.get(("exp_avg_sq", dtype), [v for _, _, (_, _, v) in entries])
-        with kernel_threads(sum(p.size for p in ps), "update"):
-            adam_lists(self._lists.get(("param", dtype), ps), gs, ms, vs, self._chunks_of(ps),
-                       *self.rule_scalars(lr, t, dtype.type))
+        chunks = self._chunks_of(ps)
+        params = self._lists.get(("param", dtype), ps)
+        scalars = self.rule_scalars(lr, t, dtype.type)
+        self._run_rows(lambda r0, r1: adam_rows(params, gs, ms, vs, chunks, r0, r1, *scalars), ps, chunks)
 
     def rule_scalars(self, lr: float, t: int, dtype: type) -> tuple:
         """The scalars of the element-wise Adam rule (:func:`sbnnumba.kernels.optim_rules.adam_rule`) at step

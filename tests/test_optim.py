@@ -371,35 +371,44 @@ def _numpy_rule(opt, p, g, state, t, lr):
                                   lambda: optim.SGD(lr=0.05, momentum=0.9, nesterov=True)])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_fused_pass_equals_the_rule_per_parameter_bit_for_bit(make, threads, monkeypatch):
-    """One parallel pass over arrays of several sizes (one larger than a chunk, so it spans several) and two
-    dtypes gives each entry the bits of the rule applied to that parameter alone; a parameter replaced by a new
-    array between steps is updated (the kept tuples of flat views follow the arrays)."""
+    """One pass over arrays of several sizes (one larger than a chunk, so it spans several) and two dtypes gives
+    each entry the bits of the rule applied to that parameter alone, run as blocks of rows (on one thread, or shared
+    by two); a parameter replaced by a new array between steps is updated (the kept
+    tuples of flat views follow the arrays)."""
     import numba
 
-    from sbnnumba import runtime
+    from sbnnumba import blockpool, runtime
     from sbnnumba.kernels.optim_rules import CHUNK
 
     if threads > numba.config.NUMBA_NUM_THREADS:
         pytest.skip("needs a Numba pool of 2 threads")
-    monkeypatch.setitem(runtime.MIN_WORK_PER_THREAD, "update", 1)  # the pass runs on `threads` threads
+    monkeypatch.setitem(runtime.MIN_WORK_PER_THREAD, "update", 1)  # the pass is cut into blocks
+    monkeypatch.setattr(blockpool, "current_cpu", lambda: -1)  # the helper takes blocks wherever it wakes ...
+    monkeypatch.setattr(blockpool.POOL, "_alone_left", 0)  # ... and no earlier call left the pool running alone
+    calls = []
+    for name in ("adam_rows", "sgd_rows"):
+        kernel = getattr(optim, name)
+        monkeypatch.setattr(optim, name, lambda *a, kernel=kernel: calls.append((a[0][0].dtype,) + a[5:7]) or kernel(*a))
     rng = np.random.default_rng(7)
     shapes = {"big": (3, CHUNK + 5), "bias": (4,), "one": (1,), "double": (5, 6)}
     params = {k: rng.normal(size=s).astype(np.float64 if k == "double" else np.float32) for k, s in shapes.items()}
     want = {k: v.copy() for k, v in params.items()}
     opt, states = make(), {k: {} for k in shapes}
-    before = numba.get_num_threads()
-    numba.set_num_threads(threads)
-    try:
+    with runtime.limited_threads(threads):
         for t in range(1, 4):
             grads = {k: rng.normal(size=s).astype(params[k].dtype) for k, s in shapes.items()}
             if t == 3:
                 params["bias"] = params["bias"].copy()  # a new array: its list item must be replaced
+            calls.clear()
             opt.update(params, grads)
             for k in shapes:
                 _numpy_rule(opt, want[k], grads[k], states[k], t, opt.base_lr)
                 assert params[k].tobytes() == want[k].tobytes(), (k, t)
-    finally:
-        numba.set_num_threads(before)
+            float32_rows = len(opt._chunks_of([params[k] for k in ("big", "bias", "one")]))  # 4 + 1 + 1
+            assert [c[1:] for c in calls if c[0] == np.float64] == [(0, 1)]  # one row, one call
+            float32 = sorted(c[1:] for c in calls if c[0] == np.float32)
+            assert len(float32) > 1 and float32[0][0] == 0 and float32[-1][1] == float32_rows  # blocks: every row
+            assert all(a[1] == b[0] for a, b in zip(float32, float32[1:]))  # once
 
 
 def test_chunk_table_covers_every_entry_once():

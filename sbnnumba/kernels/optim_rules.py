@@ -1,7 +1,7 @@
 r"""The element-wise update rules of :class:`sbnnumba.optim.SGD` and :class:`sbnnumba.optim.Adam`, written once.
 
 :func:`sgd_rule` and :func:`adam_rule` are ``register_jitable`` scalar functions: the host optimizers
-run them over all parameters in one parallel pass, :func:`sgd_lists` / :func:`adam_lists`, and the
+run them over all parameters in one pass, :func:`sgd_rows` / :func:`adam_rows` over blocks of a chunk table, and the
 device-resident step of the ``cuda`` backend calls the same functions inside its kernels
 (:mod:`sbnnumba.backends.cuda.train_kernels`), so the two cannot drift. Every scalar is passed in the
 parameters' dtype (the callers convert them, as NumPy did with ``dtype.type(...)``) and every
@@ -85,22 +85,24 @@ def sgd_rule(p, g, buf, lr, momentum, nesterov, first):
     return p - lr * g, buf
 
 
-# One parallel pass over every parameter: ``chunks`` rows ``(j, lo, hi)`` name entries ``lo:hi`` of array ``j`` of the
-# lists. Element-wise and independent per entry, so the results are the same bits at any thread count. Each chunk's
-# loop is a function of its own over slices from 0 with NumPy's error model (an index known to be >= 0 needs no
-# wraparound, a division no test for zero), as a prange over one array's entries was: without these the loop is not
-# vectorized (measured 5-10x slower), and inlined into the prange body it ran 8-25 % slower than the per-array loops.
+# One pass over every parameter: ``chunks`` rows ``(j, lo, hi)`` name entries ``lo:hi`` of array ``j`` of the lists,
+# and a call updates the rows ``r0:r1``; sbnnumba.runtime.run_range_blocks cuts the rows into blocks that the threads
+# take as they come free (a prange split them statically: with a core kept busy its late thread's share made the
+# update 1.2-1.4 % slower at two threads than at one). Element-wise and independent per entry, so the results are the
+# same bits at any thread count and any cut. Each chunk's loop is a function of its own over slices from 0 with
+# NumPy's error model (an index known to be >= 0 needs no wraparound, a division no test for zero): without these the
+# loop is not vectorized (measured 5-10x slower), and inlined into the row loop it ran 8-25 % slower.
 @numba.njit(cache=True, error_model="numpy")
 def _adam_run(p, g, m, v, b1, one_minus_b1, b2, one_minus_b2, bc2, eps, lr_bc1):
     for i in range(p.shape[0]):
         p[i], m[i], v[i] = adam_rule(p[i], g[i], m[i], v[i], b1, one_minus_b1, b2, one_minus_b2, bc2, eps, lr_bc1)
 
 
-@numba.njit(cache=True, parallel=True, error_model="numpy")
-def adam_lists(ps, gs, ms, vs, chunks, b1, one_minus_b1, b2, one_minus_b2, bc2, eps, lr_bc1):
-    """:func:`adam_rule` over every entry of the flat arrays ``ps[j]``, ``gs[j]``, ``ms[j]``, ``vs[j]`` (tuples
-    of flat arrays, updated in place except ``gs``), one prange over the rows of ``chunks`` (n_chunks, 3)."""
-    for c in numba.prange(chunks.shape[0]):
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def adam_rows(ps, gs, ms, vs, chunks, r0, r1, b1, one_minus_b1, b2, one_minus_b2, bc2, eps, lr_bc1):
+    """:func:`adam_rule` over the entries that rows ``r0:r1`` of ``chunks`` (n_chunks, 3) name in the flat arrays
+    ``ps[j]``, ``gs[j]``, ``ms[j]``, ``vs[j]`` (tuples of flat arrays, updated in place except ``gs``)."""
+    for c in range(r0, r1):
         j, lo, hi = chunks[c, 0], chunks[c, 1], chunks[c, 2]
         _adam_run(ps[j][lo:hi], gs[j][lo:hi], ms[j][lo:hi], vs[j][lo:hi], b1, one_minus_b1, b2, one_minus_b2, bc2,
                   eps, lr_bc1)
@@ -116,23 +118,23 @@ def _sgd_run(p, g, buf, lr, momentum, nesterov, first):
             p[i] = sgd_rule(p[i], g[i], g[i], lr, momentum, nesterov, first)[0]
 
 
-@numba.njit(cache=True, parallel=True, error_model="numpy")
-def sgd_lists(ps, gs, bufs, firsts, chunks, lr, momentum, nesterov):
-    """:func:`sgd_rule` over every entry of the flat arrays ``ps[j]``, ``gs[j]``, ``bufs[j]`` (tuples of flat
-    arrays; ``ps`` and ``bufs`` updated in place; with ``momentum == 0`` ``bufs`` is neither read nor written),
-    ``firsts[j]`` whether array ``j``'s buffer starts now; one prange over the rows of ``chunks`` (n_chunks, 3)."""
-    for c in numba.prange(chunks.shape[0]):
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def sgd_rows(ps, gs, bufs, firsts, chunks, r0, r1, lr, momentum, nesterov):
+    """:func:`sgd_rule` over the entries that rows ``r0:r1`` of ``chunks`` (n_chunks, 3) name in the flat arrays
+    ``ps[j]``, ``gs[j]``, ``bufs[j]`` (tuples of flat arrays; ``ps`` and ``bufs`` updated in place; with
+    ``momentum == 0`` ``bufs`` is neither read nor written), ``firsts[j]`` whether array ``j``'s buffer starts now."""
+    for c in range(r0, r1):
         j, lo, hi = chunks[c, 0], chunks[c, 1], chunks[c, 2]
         _sgd_run(ps[j][lo:hi], gs[j][lo:hi], bufs[j][lo:hi], lr, momentum, nesterov, firsts[j])
 
 
-#: Entries per row of the chunk table: the unit a thread takes in the fused passes (small arrays are one
-#: chunk, so a bias costs a row, not a parallel region of its own; a row costs about 0.6 us, 2^16 entries 30 us).
+#: Entries per row of the chunk table: the blocks of the fused passes are cut between rows (small arrays are one
+#: chunk, so a bias costs a row, not a call of its own; a row costs about 0.6 us, 2^16 entries 30 us).
 CHUNK = 1 << 16
 
 
 def chunk_table(sizes):
-    """The ``chunks`` argument of :func:`adam_lists` / :func:`sgd_lists` for flat arrays of ``sizes``.
+    """The ``chunks`` argument of :func:`adam_rows` / :func:`sgd_rows` for flat arrays of ``sizes``.
 
     Parameters
     ----------
