@@ -35,16 +35,16 @@ such as sampling or an optimizer update, multiply-adds ``m n k`` of a GEMM) and 
 ms of sampling with one ``exp`` each or 0.25 ms of deep ST's factor: with one core kept busy (load 4, 300 calls
 interleaved, 2026-12-05) a pass over 2^17 elements (a 128 x 1024 layer) split over two threads took 1.66x
 (sampling) and 2.28x (the ST factor) the one-thread mean, 0.25-0.27 ms more per call, so the 2^16 used before gave
-such layers a second thread that cost more than it saved; 2^18 entries of an optimizer update, about 0.2 ms of
-Adam, a memory-bound pass run in blocks of rows that the threads take as they come free (:func:`run_range_blocks`:
-a thread on a busy core holds up one block at most; Adam over the 1.86 M entries of the dense 784-1024-1024-10
-network between training steps took 0.85x its one-thread time at two threads with 2^19, 0.78x with 2^18, idle,
-and 0.997x [0.992, 1.004] with a core kept busy, 2026-12-05); 2^20 entries of a copy or a sum of a few terms each (the im2col / col2im and layout passes of the
-convolution step), about 0.3 ms on one core; 2^22 multiply-adds, about 0.1 ms of a float32 GEMM on one core, 16
-times OpenBLAS's own threshold): a call runs on a second thread only when that thread gets about as much work as
-the time a late thread can cost. The flip kernels and the convolution step's copies apply it to their Numba
-``prange`` calls (:func:`kernel_threads`), the sampling, density and optimizer passes to their blocks
-(:func:`run_range_blocks`); their results do not depend on the thread count.
+such layers a second thread that cost more than it saved; 2^18 entries of an optimizer update, about 0.2 ms of Adam,
+a memory-bound pass run in blocks of rows that the threads take as they come free (:func:`run_range_blocks`: a
+thread on a busy core holds up one block at most; Adam over the 1.86 M entries of the dense 784-1024-1024-10 network
+between training steps took 0.85x its one-thread time at two threads with 2^19, 0.78x with 2^18, idle, and 0.997x
+[0.992, 1.004] with a core kept busy, 2026-12-05); 2^20 entries of a copy or a sum of a few terms each (the im2col /
+col2im and layout passes of the convolution step), about 0.3 ms on one core; 2^22 multiply-adds, about 0.1 ms of a
+float32 GEMM on one core, 16 times OpenBLAS's own threshold): a call runs on a second thread only when that thread
+gets about as much work as the time a late thread can cost. The flip kernels and the convolution step's copies apply
+it to their Numba ``prange`` calls (:func:`kernel_threads`), the sampling, density and optimizer passes to their
+blocks (:func:`run_range_blocks`); their results do not depend on the thread count.
 
 **Matrix products** (:func:`gemm`, every product of the layers' training step) are not left to BLAS's own
 threads: OpenBLAS's threaded GEMM splits a product statically and synchronizes its threads several times
@@ -172,9 +172,9 @@ def get_num_threads() -> int:
 
 #: Work per thread below which a call gets fewer threads (:func:`call_threads`): flip-propagation connections
 #: ("numba"), elements of an element-wise pass with a transcendental function each ("elementwise"), entries of an
-#: optimizer update ("update": memory-bound, about 0.7 ns an entry of Adam, in blocks that threads take as they come
-#: free), entries written by a copy or a sum of a few terms each ("copy": im2col, col2im, layout changes; about 0.3 ns an
-#: entry) and GEMM multiply-adds ("gemm").
+#: optimizer update ("update": memory-bound, about 0.7 ns an entry of Adam, in blocks that threads take as they
+#: come free), entries written by a copy or a sum of a few terms each ("copy": im2col, col2im, layout changes; about
+#: 0.3 ns an entry) and GEMM multiply-adds ("gemm").
 MIN_WORK_PER_THREAD = {"numba": 1 << 20, "elementwise": 1 << 18, "update": 1 << 18, "copy": 1 << 20, "gemm": 1 << 22}
 
 

@@ -388,7 +388,8 @@ def test_fused_pass_equals_the_rule_per_parameter_bit_for_bit(make, threads, mon
     calls = []
     for name in ("adam_rows", "sgd_rows"):
         kernel = getattr(optim, name)
-        monkeypatch.setattr(optim, name, lambda *a, kernel=kernel: calls.append((a[0][0].dtype,) + a[5:7]) or kernel(*a))
+        monkeypatch.setattr(optim, name,  # records (dtype, r0, r1) of each call
+                            lambda *a, kernel=kernel: calls.append((a[0][0].dtype,) + a[5:7]) or kernel(*a))
     rng = np.random.default_rng(7)
     shapes = {"big": (3, CHUNK + 5), "bias": (4,), "one": (1,), "double": (5, 6)}
     params = {k: rng.normal(size=s).astype(np.float64 if k == "double" else np.float32) for k, s in shapes.items()}
