@@ -87,11 +87,12 @@ def sgd_rule(p, g, buf, lr, momentum, nesterov, first):
 
 # One pass over every parameter: ``chunks`` rows ``(j, lo, hi)`` name entries ``lo:hi`` of array ``j`` of the lists,
 # and a call updates the rows ``r0:r1``; sbnnumba.runtime.run_range_blocks cuts the rows into blocks that the threads
-# take as they come free (a prange split them statically: with a core kept busy its late thread's share made the
-# update 1.2-1.4 % slower at two threads than at one). Element-wise and independent per entry, so the results are the
-# same bits at any thread count and any cut. Each chunk's loop is a function of its own over slices from 0 with
-# NumPy's error model (an index known to be >= 0 needs no wraparound, a division no test for zero): without these the
-# loop is not vectorized (measured 5-10x slower), and inlined into the row loop it ran 8-25 % slower.
+# take as they come free (a prange splits statically, so a thread on a busy core holds up its whole share: the prange
+# this replaced ran on one thread below 2^21 entries a thread, the dense network's update always). Element-wise and
+# independent per entry, so the results are the same bits at any thread count and any cut. Each chunk's loop is a
+# function of its own over slices from 0 with NumPy's error model (an index known to be >= 0 needs no wraparound, a
+# division no test for zero): without these the loop is not vectorized (measured 5-10x slower), and inlined into the
+# row loop it ran 8-25 % slower.
 @numba.njit(cache=True, error_model="numpy")
 def _adam_run(p, g, m, v, b1, one_minus_b1, b2, one_minus_b2, bc2, eps, lr_bc1):
     for i in range(p.shape[0]):
