@@ -373,8 +373,8 @@ def _numpy_rule(opt, p, g, state, t, lr):
 def test_fused_pass_equals_the_rule_per_parameter_bit_for_bit(make, threads, monkeypatch):
     """One pass over arrays of several sizes (one larger than a chunk, so it spans several) and two dtypes gives
     each entry the bits of the rule applied to that parameter alone, run as blocks of rows (on one thread, or shared
-    by two); a parameter replaced by a new array between steps is updated (the kept
-    tuples of flat views follow the arrays)."""
+    by two); a parameter replaced by a new array between steps is updated (the kept tuples of flat views follow the
+    arrays)."""
     import numba
 
     from sbnnumba import blockpool, runtime
