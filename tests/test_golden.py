@@ -1,10 +1,19 @@
 """Golden digests: small seeded training runs whose final parameters pin the library's behaviour.
 
-A refactor must keep these runs bit-identical. Float results depend on the BLAS kernel, the CPU's
-instruction set and the thread count, so the stored digests are keyed by a *platform key*; on a
+A refactor must keep these runs bit-identical. Float results depend on the BLAS kernel, the CPU that
+Numba compiles for and the thread count, so the stored digests are keyed by a *platform key*; on a
 platform with a stored entry the SHA-256 of the parameters must match exactly, elsewhere the stored
 parameter fingerprints (sum, sum of squares, first values of every array) must match to a float32
 tolerance (then the test still fails on any change of a rule, but not on summation order).
+
+Numba's target CPU is part of the key because the dense PSA path's bits depend on it: ``_ratio_units`` in
+``kernels/cpu.py`` sums with ``reassoc`` and divides with ``arcp``/``afn``, and the ratio kernel's vector lanes divide
+by a reciprocal estimate and a Newton step (``arcp``: ``vrcpps`` in 256-bit lanes, ``vrcp14ps`` in 512-bit ones), so
+the bits follow the code LLVM generates for that CPU, its vector width among others. On one Intel Xeon (LLVM
+``emeraldrapids``, 256-bit vectors preferred) the MLP PSA runs give other digests when Numba compiles for
+``NUMBA_CPU_NAME=znver4``; the MLP ST run gives the same. The entry recorded before the key named the target (an AMD
+EPYC machine, 2026-12-05) was dropped: its target cannot be read back, and on the Intel machine under the same old key
+the MLP PSA digests differed.
 
 Regenerate after an intended change of behaviour (and say why in the commit):
 ``python tests/test_golden.py --update``.
@@ -41,14 +50,25 @@ BATCH = 8
 FIT_CASE = "fit-mlp-psa-sgd"  # the one-call entry point: data init, batch order, clipping, SGD, validation
 
 
+def numba_target() -> str:
+    """The CPU name and features Numba compiles for (its ``NUMBA_CPU_NAME`` / ``NUMBA_CPU_FEATURES`` or the host's):
+    ``name:`` and the first 12 hex digits of the features' SHA-256."""
+    import llvmlite.binding as ll
+    import numba
+
+    name = numba.config.CPU_NAME or ll.get_host_cpu_name()
+    features = numba.config.CPU_FEATURES or ll.get_host_cpu_features().flatten()
+    return f"{name}:{hashlib.sha256(features.encode()).hexdigest()[:12]}"
+
+
 def platform_key() -> str:
-    """CPU architecture, BLAS kernel and thread counts: what decides float summation order here."""
+    """CPU architecture, Numba's target CPU, BLAS kernel and thread counts: what decides float summation order."""
     import numba
     from threadpoolctl import threadpool_info
 
     blas = sorted(f"{i.get('internal_api')}:{i.get('architecture')}:{i.get('num_threads')}"
                   for i in threadpool_info() if i.get("user_api") == "blas")
-    return f"{platform.machine()}|{'/'.join(blas)}|numba{numba.get_num_threads()}"
+    return f"{platform.machine()}|{numba_target()}|{'/'.join(blas)}|numba{numba.get_num_threads()}"
 
 
 def train_case(name: str) -> dict[str, np.ndarray]:

@@ -241,8 +241,9 @@ import numpy as np
 from sbnnumba.kernels import cpu
 rng = np.random.default_rng(21)
 h = hashlib.sha256()
-# a large layer (the lane kernel: the old reassociating one gave other bits when loaded from the cache) and
-# small ones (the golden-sized kernel); N_out 100, 61, 12 also run every part of the vectorized sums of
+# a large layer (the old reassociating kernel gave other bits there when loaded from the cache) and small ones (N_out
+# 31 in float64: the old small-layer kernel's did where LLVM prefers 256-bit vectors); N_out 100, 61, 12 also run
+# every part of the vectorized sums of
 # _ratio_units (fastmath with reassoc; its compiled and cached machine code checked equal up to the order of
 # commutative operands, 2026-12-05): main loop, vector epilogue and scalar remainder among them
 for n_in, n_out, batch, dtype in ((784, 1024, 128, np.float32), (300, 200, 16, np.float64), (12, 10, 8, np.float32),
@@ -255,7 +256,7 @@ for n_in, n_out, batch, dtype in ((784, 1024, 128, np.float32), (300, 200, 16, n
     d_out = rng.normal(size=a.shape).astype(dtype)
     for code, form in ((0, "ratio"), (3, "bounded")):
         h.update(cpu.flip_propagate_dense(x_in, a, x_out, w, d_out, code, form=form).tobytes())
-stats = [cpu._flip_dense_ratio_lanes.stats, cpu._flip_dense_ratio.stats, cpu._ratio_units.stats]
+stats = [cpu._flip_dense_ratio.stats, cpu._ratio_units.stats]
 print(h.hexdigest(), sum(s.cache_hits.total() for s in stats), sum(s.cache_misses.total() for s in stats))
 """
 

@@ -26,9 +26,9 @@ Three forms:
   kernel groups each example's input units by sign so that a block of 4 shares its loads.
   The input units are cut into chunks whose rows of ``k`` fit in L2 (about 512 KiB), and every
   example passes over one chunk before the next, instead of streaming all of ``k`` from L3 per example.
-  From 32 output units on, each sum over ``j`` runs in 32 explicit lanes added in a fixed order
-  (:func:`_flip_dense_ratio_lanes`, :mod:`sbnnumba.kernels.lanes`): with fastmath's ``reassoc`` the sums of
-  a large layer had other bits when the kernel was loaded from Numba's cache than when it was compiled.
+  Each sum over ``j`` runs in 32 explicit lanes added in a fixed order, then the last ``N_out mod 32`` terms in
+  order (:func:`_flip_dense_ratio`, :mod:`sbnnumba.kernels.lanes`): with fastmath's ``reassoc`` the sums had other
+  bits when the kernel was loaded from Numba's cache than when it was compiled.
   The per-unit factors come from one ``exp`` and one fused pass (:func:`_ratio_units`); the
   transpose of ``2W`` goes through 8x8 blocks transposed in vector registers
   (:func:`sbnnumba.kernels.transpose.clipped_double_transpose`).
@@ -155,72 +155,13 @@ def _ratio_side(b, positive, c_pos, h_pos, c_neg, h_neg, base_pos, base_neg, one
     return c_neg[b], h_neg[b], base_neg[b], -one
 
 
-@numba.njit(parallel=True, fastmath=True, cache=True)
-def _flip_dense_ratio(order, n_pos, chunk, c_pos, h_pos, c_neg, h_neg, k, base_pos, base_neg, one, d_in):
-    # order, n_pos: from _sign_order with the same chunk; k (N_in, N_out) = e^{2 W^T}; per unit (B, N_out),
-    # with g = x_out d_out, c_pos = e^{+a}, h_pos = g e^{+a}, c_neg = e^{-a}, h_neg = g e^{-a};
-    # base_pos = sum_j g sigma(a), base_neg = -sum_j g sigma(-a) (B,);
-    # one: scalar 1 of the working dtype (keeps float32 arithmetic in float32).
-    #   x = +1:  d_in = base_pos - sum_j g / (1 + e^{-a} k) = base_pos - sum_j h_pos / (c_pos + k)
-    #   x = -1:  d_in = base_neg + sum_j g / (1 + e^{+a} k) = base_neg + sum_j h_neg / (c_neg + k)
-    # (as 1/(1 + e^{-a}/k) = 1 - 1/(1 + e^{+a} k)), so only e^{2W} is needed (no e^{-2W}, no divisions to
-    # form it).
-    # A task handles up to 4 input units of one example, one chunk and one sign, so that every load of
-    # c[b, j] and h[b, j] feeds 4 connections (the loop is then bound by the FMA pipes: per 16 connections
-    # a reciprocal, its Newton step and two adds, against one FMA in a matmul); the units of one
-    # sign in a chunk fill ceil(n / 4) blocks, hence at most chunk / 4 + 2 tasks per example and chunk.
-    # Tasks run chunk by chunk (prange hands each thread a contiguous range), so the k rows of a chunk
-    # are read from L2 by every example instead of streaming the whole k from L3 once per example
-    # (10-15 % of the kernel's time at 1024x1024).
-    n_batch, n_in = order.shape
-    n_out = c_pos.shape[1]
-    per_b = chunk // _ROWS + 2  # tasks per example and chunk
-    for task in prange(n_pos.shape[1] * n_batch * per_b):
-        b, i0, i1, positive = _ratio_task(task, n_pos, chunk, per_b, n_in)
-        if i0 >= i1:
-            continue
-        c_row, h_row, base, sign = _ratio_side(b, positive, c_pos, h_pos, c_neg, h_neg, base_pos, base_neg, one)
-        if i1 - i0 == _ROWS:
-            u0 = order[b, i0]
-            u1 = order[b, i0 + 1]
-            u2 = order[b, i0 + 2]
-            u3 = order[b, i0 + 3]
-            k0 = k[u0]
-            k1 = k[u1]
-            k2 = k[u2]
-            k3 = k[u3]
-            s0 = one - one
-            s1 = s0
-            s2 = s0
-            s3 = s0
-            for j in range(n_out):
-                c_j = c_row[j]
-                h_j = h_row[j]
-                s0 += h_j / (c_j + k0[j])
-                s1 += h_j / (c_j + k1[j])
-                s2 += h_j / (c_j + k2[j])
-                s3 += h_j / (c_j + k3[j])
-            d_in[b, u0] = base - sign * s0
-            d_in[b, u1] = base - sign * s1
-            d_in[b, u2] = base - sign * s2
-            d_in[b, u3] = base - sign * s3
-        else:  # the last, partial block of a group
-            for t in range(i0, i1):
-                u = order[b, t]
-                k_row = k[u]
-                acc = one - one
-                for j in range(n_out):
-                    acc += h_row[j] / (c_row[j] + k_row[j])
-                d_in[b, u] = base - sign * acc
-
-
-# The lane kernel: fastmath without "reassoc" (sums in the order written, sbnnumba/kernels/lanes.py) and without
+# The ratio kernel: fastmath without "reassoc" (sums in the order written, sbnnumba/kernels/lanes.py) and without
 # "afn"; "arcp" with "nnan"/"ninf" (inputs finite by construction) lets the vectorized lanes divide by a reciprocal
-# estimate and a Newton step. Used from _LANE_MIN_OUT output units; smaller layers keep _flip_dense_ratio, whose
-# vectorized main loop (the only part whose partial sums an optimizer pass may recombine) starts at 32 outputs
-# (8 lanes x 4 sums, AVX2) or 64 (16 x 4, AVX-512) and whose results the golden digests pin.
+# estimate and a Newton step. One kernel for every layer size: a layer of fewer than 32 outputs has no full lane block
+# and sums its terms one by one in order. (An earlier kernel with fastmath=True served layers below 32 outputs; its
+# vectorized main loop starts at 4 lanes x 4 sums of float64 where LLVM prefers 256-bit vectors (Intel's AVX-512
+# server cores), and there it gave other bits once loaded from Numba's cache, 2026-12-05, tests/test_kernels_dense.py.)
 _LANE_FASTMATH = {"nnan", "ninf", "nsz", "arcp", "contract"}
-_LANE_MIN_OUT = 32
 
 
 @numba.njit(inline="always")
@@ -233,11 +174,24 @@ def _lane_row_sum(acc, c_row, h_row, k_row, n_full, n_out):
 
 
 @numba.njit(parallel=True, fastmath=_LANE_FASTMATH, cache=True)
-def _flip_dense_ratio_lanes(order, n_pos, chunk, c_pos, h_pos, c_neg, h_neg, k, base_pos, base_neg, one, d_in):
-    # _flip_dense_ratio (same arguments, tasks and sums) with every sum over j in a fixed order: lane l of a
-    # row adds the terms j = l, l + 32, l + 64, ... in turn (sbnnumba/kernels/lanes.py), so its float bits do
-    # not depend on how LLVM vectorizes, or on whether the kernel was compiled in this process or loaded from
-    # Numba's cache. The lane index is unsigned: no negative-index test, so the lane loads stay contiguous.
+def _flip_dense_ratio(order, n_pos, chunk, c_pos, h_pos, c_neg, h_neg, k, base_pos, base_neg, one, d_in):
+    # order, n_pos: from _sign_order with the same chunk; k (N_in, N_out) = e^{2 W^T}; per unit (B, N_out),
+    # with g = x_out d_out, c_pos = e^{+a}, h_pos = g e^{+a}, c_neg = e^{-a}, h_neg = g e^{-a};
+    # base_pos = sum_j g sigma(a), base_neg = -sum_j g sigma(-a) (B,);
+    # one: scalar 1 of the working dtype (keeps float32 arithmetic in float32).
+    #   x = +1:  d_in = base_pos - sum_j g / (1 + e^{-a} k) = base_pos - sum_j h_pos / (c_pos + k)
+    #   x = -1:  d_in = base_neg + sum_j g / (1 + e^{+a} k) = base_neg + sum_j h_neg / (c_neg + k)
+    # (as 1/(1 + e^{-a}/k) = 1 - 1/(1 + e^{+a} k)), so only e^{2W} is needed (no e^{-2W}, no divisions to
+    # form it).
+    # A task handles up to 4 input units of one example, one chunk and one sign, so that every load of
+    # c[b, j] and h[b, j] feeds 4 connections; the units of one sign in a chunk fill ceil(n / 4) blocks, hence at
+    # most chunk / 4 + 2 tasks per example and chunk. Tasks run chunk by chunk (prange hands each thread a
+    # contiguous range), so the k rows of a chunk are read from L2 by every example instead of streaming the whole
+    # k from L3 once per example (10-15 % of the kernel's time at 1024x1024).
+    # Every sum over j has a fixed order: lane l of a row adds the terms j = l, l + 32, l + 64, ... in turn, then the
+    # lanes are added in a fixed tree and the last n_out mod 32 terms one by one (sbnnumba/kernels/lanes.py), so its
+    # float bits do not depend on whether the kernel was compiled in this process or loaded from Numba's cache. The
+    # lane index is unsigned: no negative-index test, so the lane loads stay contiguous.
     n_batch, n_in = order.shape
     n_out = c_pos.shape[1]
     n_full = n_out // lanes.LANES * lanes.LANES
@@ -608,5 +562,4 @@ def _ratio_sums(x_in, weight, clip, units, d_in):
     n_pos = np.empty((x_in.shape[0], -(-n_in // chunk)), dtype=np.int64)
     with kernel_threads(x_in.size, "copy"):
         _sign_order(x_in, chunk, order, n_pos)
-    kernel = _flip_dense_ratio_lanes if n_out >= _LANE_MIN_OUT else _flip_dense_ratio
-    kernel(order, n_pos, chunk, *units[:4], k, *units[4:], dtype.type(1), d_in)
+    _flip_dense_ratio(order, n_pos, chunk, *units[:4], k, *units[4:], dtype.type(1), d_in)
