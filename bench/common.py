@@ -25,6 +25,26 @@ def _cpu_model():
     return platform.processor() or platform.machine()
 
 
+def _cpu_vendor():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown vendor"
+
+
+def _numba_target():
+    """The CPU Numba compiles for (``NUMBA_CPU_NAME`` or LLVM's name of the host, e.g. ``znver4``,
+    ``emeraldrapids``): it decides the vector width of the kernels, so figures are comparable only on the same one."""
+    import llvmlite.binding as ll
+    import numba
+
+    return numba.config.CPU_NAME or ll.get_host_cpu_name()
+
+
 def _cpu_flags():
     try:
         with open("/proc/cpuinfo") as f:
@@ -42,7 +62,8 @@ def machine_info(print_it=True):
     Returns
     -------
     dict
-        ``cpu``, ``cores`` (logical CPUs usable by this process), ``avx512_vpopcntdq``, ``python``,
+        ``cpu``, ``vendor``, ``numba_target`` (the CPU Numba compiles for), ``cores`` (logical CPUs usable by this
+        process), ``avx512_vpopcntdq``, ``python``,
         ``numpy``, ``numba``, ``numba_threads``, ``blas`` (list of dicts from threadpoolctl:
         ``internal_api``, ``architecture`` (the OpenBLAS kernel), ``num_threads``, ``version``), and
         ``env`` (values of OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, ``None`` when unset) and
@@ -61,6 +82,8 @@ def machine_info(print_it=True):
     ]
     info = {
         "cpu": _cpu_model(),
+        "vendor": _cpu_vendor(),
+        "numba_target": _numba_target(),
         "cores": cores,
         "avx512_vpopcntdq": "avx512_vpopcntdq" in _cpu_flags(),
         "python": platform.python_version(),
@@ -72,7 +95,8 @@ def machine_info(print_it=True):
         "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
     if print_it:
-        print(f"CPU: {info['cpu']}, {info['cores']} cores, AVX-512 VPOPCNTDQ: {info['avx512_vpopcntdq']}")
+        print(f"CPU: {info['cpu']} ({info['vendor']}, Numba target {info['numba_target']}), {info['cores']} cores, "
+              f"AVX-512 VPOPCNTDQ: {info['avx512_vpopcntdq']}")
         print(f"Python {info['python']}, numpy {info['numpy']}, numba {info['numba']} "
               f"({info['numba_threads']} threads)")
         for entry in blas or [{"internal_api": "unknown (threadpoolctl found no BLAS)"}]:
