@@ -35,13 +35,32 @@ def stdout_at_threads(script, threads, *args, env=None):
     return result.stdout.strip()
 
 
-def assert_same_output_compiled_and_cached(script, cache_dir, threads=2):
+def vector_width_targets():
+    """The Numba targets the cache checks compile for: ``{name: environment}``.
+
+    On an x86-64 CPU with AVX-512, the host's features with 256-bit vectors preferred and with 512-bit ones (LLVM's
+    ``prefer-256-bit`` tuning, set by ``NUMBA_CPU_FEATURES``): Intel's server targets prefer 256 bits, AMD's
+    ``znver4`` 512, and a kernel whose bits depend on how LLVM vectorizes can fail at one width only (the dense ratio
+    flip of 31 outputs in float64 did at 256 bits, 2026-12-05). Elsewhere the host's own target.
+    """
+    import llvmlite.binding as ll
+
+    features = ll.get_host_cpu_features()
+    if not features.get("avx512f"):
+        return {"host": {}}
+    flat = features.flatten()
+    return {"256-bit": {"NUMBA_CPU_FEATURES": flat + ",+prefer-256-bit"},
+            "512-bit": {"NUMBA_CPU_FEATURES": flat + ",-prefer-256-bit"}}
+
+
+def assert_same_output_compiled_and_cached(script, cache_dir, threads=2, env=None):
     """Run ``script`` twice in child Pythons (:func:`stdout_at_threads`) sharing the empty Numba cache ``cache_dir``:
     the first compiles its kernels, the second loads them. ``script`` prints ``digest hits misses`` (a digest of
     kernel results, and the cache hits and misses of the kernels it checks); assert that the first only compiled,
     the second only loaded, and both printed the same digest (Numba optimizes a prange body twice and caches the
-    second result, so a kernel whose sums LLVM may reassociate can give other bits once loaded)."""
-    env = {"NUMBA_CACHE_DIR": str(cache_dir)}
+    second result, so a kernel whose sums LLVM may reassociate can give other bits once loaded). ``env``: more
+    environment variables of both children (a target of :func:`vector_width_targets`)."""
+    env = {**(env or {}), "NUMBA_CACHE_DIR": str(cache_dir)}
     compiled = stdout_at_threads(script, threads, env=env).split()
     loaded = stdout_at_threads(script, threads, env=env).split()
     assert int(compiled[1]) == 0 and int(compiled[2]) > 0, compiled  # compiled, nothing loaded
