@@ -14,26 +14,24 @@ OPENBLAS_ENV_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 THREAD_ENV_VARS = ("OPENBLAS_THREAD_TIMEOUT", "OMP_WAIT_POLICY")  # set by sbnnumba before NumPy loads
 
 
-def _cpu_model():
+def _cpuinfo_field(key, default):
+    """The first ``key`` line's value in /proc/cpuinfo (Linux), else ``default``."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
+                if line.startswith(key):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return default
+
+
+def _cpu_model():
+    return _cpuinfo_field("model name", platform.processor() or platform.machine())
 
 
 def _cpu_vendor():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown vendor"
+    return _cpuinfo_field("vendor_id", "unknown vendor")
 
 
 def _numba_target():
@@ -46,14 +44,7 @@ def _numba_target():
 
 
 def _cpu_flags():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+    return set(_cpuinfo_field("flags", "").split())
 
 
 def machine_info(print_it=True):
