@@ -34,15 +34,6 @@ def _cpu_vendor():
     return _cpuinfo_field("vendor_id", "unknown vendor")
 
 
-def _numba_target():
-    """The CPU Numba compiles for (``NUMBA_CPU_NAME`` or LLVM's name of the host, e.g. ``znver4``,
-    ``emeraldrapids``): it decides the vector width of the kernels, so figures are comparable only on the same one."""
-    import llvmlite.binding as ll
-    import numba
-
-    return numba.config.CPU_NAME or ll.get_host_cpu_name()
-
-
 def _cpu_flags():
     return set(_cpuinfo_field("flags", "").split())
 
@@ -63,6 +54,8 @@ def machine_info(print_it=True):
     import numba
     from threadpoolctl import threadpool_info
 
+    from sbnnumba.runtime import compile_target
+
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:
@@ -74,7 +67,7 @@ def machine_info(print_it=True):
     info = {
         "cpu": _cpu_model(),
         "vendor": _cpu_vendor(),
-        "numba_target": _numba_target(),
+        "numba_target": compile_target()[0],
         "cores": cores,
         "avx512_vpopcntdq": "avx512_vpopcntdq" in _cpu_flags(),
         "python": platform.python_version(),

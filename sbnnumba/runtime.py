@@ -37,11 +37,10 @@ interleaved, 2026-12-05) a pass over 2^17 elements (a 128 x 1024 layer) split ov
 (sampling) and 2.28x (the ST factor) the one-thread mean, 0.25-0.27 ms more per call, so the 2^16 used before gave
 such layers a second thread that cost more than it saved; 2^18 entries of an optimizer update, about 0.2 ms of Adam,
 a memory-bound pass run in blocks of rows that the threads take as they come free (:func:`run_range_blocks`: a
-thread on a busy core holds up one block at most; Adam over the 1.86 M entries of the dense 784-1024-1024-10 network
-between training steps took 0.85x its one-thread time at two threads with 2^19, 0.78x with 2^18, idle, and 0.997x
-[0.992, 1.004] with a core kept busy, 2026-12-05); 2^20 entries of a copy or a sum of a few terms each (the im2col /
-col2im and layout passes of the convolution step), about 0.3 ms on one core; 2^22 multiply-adds, about 0.1 ms of a
-float32 GEMM on one core, 16 times OpenBLAS's own threshold): a call runs on a second thread only when that thread
+thread on a busy core holds up one block at most; measurements in docs/experiments/2026-12-05-session8-benchmarks.md);
+2^20 entries of a copy or a sum of a few terms each (the im2col / col2im and layout passes of the convolution step),
+about 0.3 ms on one core; 2^22 multiply-adds, about 0.1 ms of a float32 GEMM on one core, 16 times OpenBLAS's own
+threshold): a call runs on a second thread only when that thread
 gets about as much work as the time a late thread can cost. The flip kernels and the convolution step's copies apply
 it to their Numba ``prange`` calls (:func:`kernel_threads`), the sampling, density and optimizer passes to their
 blocks (:func:`run_range_blocks`); their results do not depend on the thread count.
@@ -168,6 +167,28 @@ def get_num_threads() -> int:
     import numba
 
     return numba.get_num_threads()
+
+
+def compile_target() -> tuple[str, str]:
+    """The CPU Numba compiles the kernels for: its ``NUMBA_CPU_NAME`` / ``NUMBA_CPU_FEATURES`` or the host's.
+
+    It decides the vector width LLVM uses (256 bits on Intel's AVX-512 server targets such as ``emeraldrapids``, 512
+    on ``znver4``), hence the speed of the kernels and the bits of those whose arithmetic depends on the lanes (the
+    dense ratio flip's reciprocal estimate); benchmark figures and stored digests are comparable only for the same one.
+
+    Returns
+    -------
+    name : str
+        LLVM's CPU name, e.g. ``"znver4"``.
+    features : str
+        LLVM's feature string, e.g. ``"+avx512f,+fma,..."``.
+    """
+    import llvmlite.binding as ll
+    import numba
+
+    config = numba.config  # CPU_NAME / CPU_FEATURES: set from the environment at import (None when unset)
+    return (config.CPU_NAME or ll.get_host_cpu_name(),  # type: ignore[attr-defined]
+            config.CPU_FEATURES or ll.get_host_cpu_features().flatten())  # type: ignore[attr-defined]
 
 
 #: Work per thread below which a call gets fewer threads (:func:`call_threads`): flip-propagation connections

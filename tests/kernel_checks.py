@@ -38,19 +38,19 @@ def stdout_at_threads(script, threads, *args, env=None):
 def vector_width_targets():
     """The Numba targets the cache checks compile for: ``{name: environment}``.
 
-    On an x86-64 CPU with AVX-512, the host's features with 256-bit vectors preferred and with 512-bit ones (LLVM's
+    On an x86-64 CPU with AVX-512, the features Numba compiles for (:func:`sbnnumba.runtime.compile_target`) with
+    256-bit vectors preferred and with 512-bit ones (LLVM's
     ``prefer-256-bit`` tuning, set by ``NUMBA_CPU_FEATURES``): Intel's server targets prefer 256 bits, AMD's
     ``znver4`` 512, and a kernel whose bits depend on how LLVM vectorizes can fail at one width only (the dense ratio
     flip of 31 outputs in float64 did at 256 bits, 2026-12-05). Elsewhere the host's own target.
     """
-    import llvmlite.binding as ll
+    from sbnnumba.runtime import compile_target
 
-    features = ll.get_host_cpu_features()
-    if not features.get("avx512f"):
+    features = compile_target()[1]
+    if "+avx512f" not in features.split(","):
         return {"host": {}}
-    flat = features.flatten()
-    return {"256-bit": {"NUMBA_CPU_FEATURES": flat + ",+prefer-256-bit"},
-            "512-bit": {"NUMBA_CPU_FEATURES": flat + ",-prefer-256-bit"}}
+    return {"256-bit": {"NUMBA_CPU_FEATURES": features + ",+prefer-256-bit"},
+            "512-bit": {"NUMBA_CPU_FEATURES": features + ",-prefer-256-bit"}}
 
 
 def assert_same_output_compiled_and_cached(script, cache_dir, threads=2, env=None):

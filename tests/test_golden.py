@@ -51,13 +51,9 @@ FIT_CASE = "fit-mlp-psa-sgd"  # the one-call entry point: data init, batch order
 
 
 def numba_target() -> str:
-    """The CPU name and features Numba compiles for (its ``NUMBA_CPU_NAME`` / ``NUMBA_CPU_FEATURES`` or the host's):
-    ``name:`` and the first 12 hex digits of the features' SHA-256."""
-    import llvmlite.binding as ll
-    import numba
-
-    name = numba.config.CPU_NAME or ll.get_host_cpu_name()
-    features = numba.config.CPU_FEATURES or ll.get_host_cpu_features().flatten()
+    """The CPU Numba compiles for (:func:`sbnnumba.runtime.compile_target`): ``name:`` and the first 12 hex digits of
+    its features' SHA-256."""
+    name, features = sb.runtime.compile_target()
     return f"{name}:{hashlib.sha256(features.encode()).hexdigest()[:12]}"
 
 
