@@ -7,7 +7,8 @@ conv network at width 1.0 (64 x 96 x 28 x 28, 4.8 million units):
 - ``Logistic.sample(a, u)``, the Numba kernel (``sbnnumba/kernels/sampling.py``: a vectorized float32 decision,
   the exact formula for the few tasks too close to call);
 - the NumPy / SciPy formula ``where(u < expit(a), 1, -1)`` it reproduces bit for bit (checked here);
-- ``random_uniforms`` of the same size (the draw every sample needs, NumPy's PCG64), for scale;
+- ``random_uniforms`` of the same size (the draw every sample needs: PCG64's blocks filled by
+  ``sbnnumba/kernels/pcg64.py``), for scale, against NumPy's ``rng.random`` (the same values, one thread);
 
 and the share of tasks that the kernel redid with the exact formula.
 
@@ -60,7 +61,8 @@ def main(argv=None):
         draw = np.random.default_rng(1)
         contenders = {"kernel": lambda: logistic.sample(a, u),
                       "formula": lambda: np.where(u < special.expit(a), np.float32(1), np.float32(-1)),
-                      "uniforms": lambda: random_uniforms(draw, shape, np.float32)}
+                      "uniforms": lambda: random_uniforms(draw, shape, np.float32),
+                      "numpy draw": lambda: draw.random(shape, dtype=np.float32)}
         print(f"\n{label} ({a.size:,} units; tasks redone exactly: {100 * redone_share(a, u):.2f} %)")
         for threads in thread_counts():
             sb.set_num_threads(threads)
@@ -68,7 +70,8 @@ def main(argv=None):
             ns = {name: 1e9 * t / a.size for name, t in med.items()}
             print(f"   {threads} thread(s): kernel {ns['kernel']:.2f} ns/unit, formula {ns['formula']:.2f} "
                   f"(kernel {med['formula'] / med['kernel']:.1f}x faster), uniforms {ns['uniforms']:.2f} "
-                  f"(kernel / uniforms {med['kernel'] / med['uniforms']:.2f})")
+                  f"(kernel / uniforms {med['kernel'] / med['uniforms']:.2f}; NumPy's rng.random "
+                  f"{ns['numpy draw']:.2f}, {med['numpy draw'] / med['uniforms']:.1f}x the uniforms)")
     sb.set_num_threads(thread_counts()[-1])
 
 

@@ -19,10 +19,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from .kernels import pcg64
 from .runtime import run_range_blocks
 
 #: Bit generators whose ``advance(d)`` moves the state by exactly ``d`` 64-bit draws.
 SPLITTABLE = (np.random.PCG64, np.random.PCG64DXSM)
+# PCG64's blocks are filled by a compiled loop (sbnnumba.kernels.pcg64, NumPy's values bit for bit, about 2x faster
+# than NumPy's fill through the bit generator's function pointers); PCG64DXSM's by NumPy.
+_PCG64_FILL = {np.dtype(np.float32): pcg64.fill_float32, np.dtype(np.float64): pcg64.fill_float64}
 
 
 def random_uniforms(rng: np.random.Generator, shape: tuple[int, ...], dtype) -> np.ndarray:
@@ -60,13 +64,25 @@ def random_uniforms(rng: np.random.Generator, shape: tuple[int, ...], dtype) -> 
     n_draws = -(-values.size // per_draw)
     final = {}
 
+    kernel = _PCG64_FILL[dtype] if type(bit_gen) is np.random.PCG64 else None
+
     def fill(lo, hi):
         gen = type(bit_gen)()
         gen.state = start
         gen.advance(lo)
-        np.random.Generator(gen).random(out=values[lo * per_draw:min(hi * per_draw, values.size)], dtype=dtype)
-        if hi == n_draws:
-            final["state"] = gen.state  # where the sequential draw ends, buffered half included
+        block = values[lo * per_draw:min(hi * per_draw, values.size)]
+        if kernel is None:
+            np.random.Generator(gen).random(out=block, dtype=dtype)
+            if hi == n_draws:
+                final["state"] = gen.state  # where the sequential draw ends, buffered half included
+            return
+        state = gen.state
+        s_hi, s_lo, last = kernel(*pcg64.split_128(state["state"]["state"]), *pcg64.split_128(state["state"]["inc"]),
+                                  block)
+        if hi == n_draws:  # NumPy's state after the sequential draw: its last draw's high half in the buffer
+            state["state"]["state"] = pcg64.join_128(s_hi, s_lo)
+            state["has_uint32"], state["uinteger"] = values.size % 2, int(last >> np.uint64(32))
+            final["state"] = state
 
     run_range_blocks(fill, n_draws, values.size, kind="elementwise")
     if n_draws:

@@ -1,0 +1,156 @@
+r"""NumPy's PCG64 uniforms in Numba: ``Generator(PCG64).random`` bit for bit, about 2x faster on one thread.
+
+NumPy fills ``rng.random(out=..., dtype=...)`` one value at a time through the bit generator's function pointers;
+this kernel runs the same recurrence in one compiled loop. PCG64 (O'Neill's PCG XSL RR 128/64, NumPy's
+``numpy/random/src/pcg64``) keeps a 128-bit state ``s`` and an odd increment ``c``; each 64-bit draw steps
+
+.. math::
+
+    s \leftarrow (M s + c) \bmod 2^{128}, \qquad
+    v = \mathrm{rotr}_{64}(s_{hi} \oplus s_{lo},\ s_{hi} \gg 58)
+
+with NumPy's multiplier ``M`` (:data:`MULTIPLIER`); the 128-bit product goes through LLVM's ``i128`` arithmetic
+(:func:`mul_add_128`). NumPy's uniforms from the draws ``v``:
+
+* float64: ``(v >> 11) 2^{-53}``, one draw per value;
+* float32: ``(w >> 8) 2^{-24}`` for the 32-bit halves ``w`` of each draw, low half first; after an odd count the
+  high half waits in the generator's buffer (``has_uint32``, ``uinteger``), which the caller sets
+  (:func:`sbnnumba.uniforms.random_uniforms`).
+
+The kernels fill one block from a given state (``nogil``: the caller's threads fill the blocks of one draw, each
+started at its place in the stream by ``PCG64.advance``) and return the state after it and the block's last draw.
+``tests/test_uniforms.py`` checks values and final states against NumPy's.
+"""
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
+
+#: NumPy's PCG64 multiplier (``PCG_DEFAULT_MULTIPLIER_128``).
+MULTIPLIER = 0x2360ED051FC65DA44385DF649FCCF645
+_M_HI = np.uint64(MULTIPLIER >> 64)
+_M_LO = np.uint64(MULTIPLIER & 0xFFFFFFFFFFFFFFFF)
+
+
+def split_128(value):
+    """A 128-bit Python int as its ``(high, low)`` uint64 halves.
+
+    Parameters
+    ----------
+    value : int
+        In ``[0, 2^128)``.
+
+    Returns
+    -------
+    (numpy.uint64, numpy.uint64)
+    """
+    return np.uint64(value >> 64), np.uint64(value & 0xFFFFFFFFFFFFFFFF)
+
+
+def join_128(high, low):
+    """The Python int of two uint64 halves (inverse of :func:`split_128`).
+
+    Parameters
+    ----------
+    high, low : int or numpy.uint64
+
+    Returns
+    -------
+    int
+    """
+    return (int(high) << 64) | int(low)
+
+
+@intrinsic
+def mul_add_128(typingctx, a_hi, a_lo, m_hi, m_lo, c_hi, c_lo):
+    """``(a m + c) mod 2^128`` of 128-bit numbers given as ``(hi, lo)`` uint64 halves (LLVM ``i128``), in ``@njit``
+    code.
+
+    Parameters
+    ----------
+    a_hi, a_lo, m_hi, m_lo, c_hi, c_lo : uint64
+
+    Returns
+    -------
+    (uint64, uint64)
+        High and low halves of the result.
+    """
+    if not all(arg == types.uint64 for arg in (a_hi, a_lo, m_hi, m_lo, c_hi, c_lo)):
+        return None
+    result = types.UniTuple(types.uint64, 2)
+
+    def codegen(context, builder, signature, args):
+        i128 = ir.IntType(128)
+        i64 = ir.IntType(64)
+
+        def join(high, low):
+            return builder.or_(builder.shl(builder.zext(high, i128), i128(64)), builder.zext(low, i128))
+
+        total = builder.add(builder.mul(join(args[0], args[1]), join(args[2], args[3])), join(args[4], args[5]))
+        high = builder.trunc(builder.lshr(total, i128(64)), i64)
+        return context.make_tuple(builder, result, [high, builder.trunc(total, i64)])
+
+    return result(a_hi, a_lo, m_hi, m_lo, c_hi, c_lo), codegen
+
+
+@numba.njit(inline="always")
+def _step(s_hi, s_lo, c_hi, c_lo):
+    # one 64-bit draw: the new state and its output (XSL RR)
+    s_hi, s_lo = mul_add_128(s_hi, s_lo, _M_HI, _M_LO, c_hi, c_lo)
+    x = s_hi ^ s_lo
+    rot = s_hi >> np.uint64(58)
+    return s_hi, s_lo, (x >> rot) | (x << ((np.uint64(64) - rot) & np.uint64(63)))
+
+
+@numba.njit(nogil=True, cache=True)
+def fill_float32(s_hi, s_lo, c_hi, c_lo, out):
+    """NumPy's float32 uniforms from PCG64 state ``(s_hi, s_lo)``, increment ``(c_hi, c_lo)``, into ``out``.
+
+    Parameters
+    ----------
+    s_hi, s_lo, c_hi, c_lo : uint64
+        The state before the block, buffer empty, and the increment.
+    out : 1-d float32 array
+        ``ceil(out.size / 2)`` draws: values ``2k`` and ``2k + 1`` are the low and high halves of draw ``k``.
+
+    Returns
+    -------
+    (uint64, uint64, uint64)
+        The state after the block and its last draw (0 if none): after an odd ``out.size`` its high half is what
+        NumPy keeps buffered.
+    """
+    scale = np.float32(1.0 / 16777216.0)
+    low_mask = np.uint64(0xFFFFFFFF)
+    v = np.uint64(0)
+    n = out.size
+    for k in range(n // 2):
+        s_hi, s_lo, v = _step(s_hi, s_lo, c_hi, c_lo)
+        out[2 * k] = np.float32((v & low_mask) >> np.uint64(8)) * scale
+        out[2 * k + 1] = np.float32(v >> np.uint64(40)) * scale
+    if n % 2:
+        s_hi, s_lo, v = _step(s_hi, s_lo, c_hi, c_lo)
+        out[n - 1] = np.float32((v & low_mask) >> np.uint64(8)) * scale
+    return s_hi, s_lo, v
+
+
+@numba.njit(nogil=True, cache=True)
+def fill_float64(s_hi, s_lo, c_hi, c_lo, out):
+    """NumPy's float64 uniforms (one draw each) from PCG64 state ``(s_hi, s_lo)``, increment ``(c_hi, c_lo)``.
+
+    Parameters
+    ----------
+    s_hi, s_lo, c_hi, c_lo : uint64
+    out : 1-d float64 array
+
+    Returns
+    -------
+    (uint64, uint64, uint64)
+        The state after the block and its last draw (0 if none).
+    """
+    scale = 1.0 / 9007199254740992.0
+    v = np.uint64(0)
+    for k in range(out.size):
+        s_hi, s_lo, v = _step(s_hi, s_lo, c_hi, c_lo)
+        out[k] = np.float64(v >> np.uint64(11)) * scale
+    return s_hi, s_lo, v
