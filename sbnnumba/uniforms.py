@@ -4,8 +4,9 @@ A training step draws one uniform per sampled unit (:meth:`sbnnumba.Network.samp
 step of the paper's conv network, 8 ms per stage on one thread. NumPy's generators fill an array on the
 calling thread only. The PCG64 family can jump ahead (``advance(d)``: the state after ``d`` 64-bit draws, in
 ``O(log d)``), so :func:`random_uniforms` cuts the array into fixed blocks, starts a copy of the generator at
-each block's position in the stream and lets the threads fill the blocks (NumPy releases the GIL while it
-fills), then leaves the caller's generator where the sequential draw would have left it. Values and final state
+each block's position in the stream and lets the threads fill the blocks (PCG64's by a compiled loop of its
+recurrence, :mod:`sbnnumba.kernels.pcg64`, the others by NumPy, which releases the GIL while it fills), then leaves
+the caller's generator where the sequential draw would have left it. Values and final state
 are those of ``rng.random(shape, dtype=dtype)`` bit for bit, at any thread count
 (``tests/test_uniforms.py``).
 
@@ -24,7 +25,7 @@ from .runtime import run_range_blocks
 
 #: Bit generators whose ``advance(d)`` moves the state by exactly ``d`` 64-bit draws.
 SPLITTABLE = (np.random.PCG64, np.random.PCG64DXSM)
-# PCG64's blocks are filled by a compiled loop (sbnnumba.kernels.pcg64, NumPy's values bit for bit, about 2x faster
+# PCG64's blocks are filled by a compiled loop (sbnnumba.kernels.pcg64, NumPy's values bit for bit, 1.6-2x faster
 # than NumPy's fill through the bit generator's function pointers); PCG64DXSM's by NumPy.
 _PCG64_FILL = {np.dtype(np.float32): pcg64.fill_float32, np.dtype(np.float64): pcg64.fill_float64}
 
