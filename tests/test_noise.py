@@ -150,6 +150,26 @@ def test_float32_sampler_fast_decision_is_exact(low, high):
     assert redone <= max(3, n_tasks // 100)
 
 
+def test_float32_sampler_without_jit_gives_the_formula():
+    """Under NUMBA_DISABLE_JIT=1 the float32 sampler runs as Python (``2^n`` by ``np.ldexp``) and gives the formula's
+    samples for uniform ``u``, 0 and subnormal ``u`` on [-100, 100]. (``u`` exactly at ``expit(a)`` is left out: there
+    the exact fallback needs ``expf``, and plain Python rounds a float64 ``exp`` instead.)"""
+    from kernel_checks import run_without_jit
+
+    run_without_jit("""
+        import numpy as np
+        from scipy import special
+        from sbnnumba.kernels import sampling
+        rng = np.random.default_rng(5)
+        a = np.tile(np.linspace(-100, 100, 1001).astype(np.float32), 4)
+        u = np.concatenate([np.zeros(1001, np.float32), np.full(1001, 1e-40, np.float32),
+                            rng.random(2002, dtype=np.float32)])
+        got = sampling.logistic_sample(a, u)
+        assert np.array_equal(got, np.where(u < special.expit(a), np.float32(1), np.float32(-1)))
+        print("ok")
+    """)
+
+
 def test_float32_sampler_exp_estimate_is_within_its_bound():
     """The float32 decision's ``e^x`` (range reduction, degree-7 polynomial, ``2^n`` from its bits) is within a
     relative 2e-7 of the exact value on every 7th float32 in [-87, 87] (about 300 million values, both signs): the

@@ -2,6 +2,7 @@
 and block split (issue #39: the states' uniforms of a training step drawn on the threads)."""
 import numpy as np
 import pytest
+from kernel_checks import run_without_jit
 
 from sbnnumba import runtime
 from sbnnumba.uniforms import random_uniforms
@@ -76,3 +77,20 @@ def test_a_generator_subclass_draws_with_its_own_random():
     got = random_uniforms(Counting(np.random.PCG64(3)), (4, 5), np.float32)
     assert Counting.calls == 1
     assert got.tobytes() == np.random.default_rng(3).random((4, 5), dtype=np.float32).tobytes()
+
+
+def test_pcg64_kernel_without_jit_gives_numpy_values_and_state():
+    """Under NUMBA_DISABLE_JIT=1 the PCG64 fill runs as Python (the 128-bit step in Python integers): the same values
+    and final state as NumPy's draw, both dtypes, an odd float32 count and a buffered half at the start."""
+    run_without_jit("""
+        import numpy as np
+        from sbnnumba.uniforms import random_uniforms
+        for dtype, shape, buffered in ((np.float32, (7, 5), False), (np.float32, (6,), True), (np.float64, (9,), True)):
+            mine, ref = np.random.default_rng(3), np.random.default_rng(3)
+            if buffered:
+                mine.random(1, dtype=np.float32), ref.random(1, dtype=np.float32)
+            got, want = random_uniforms(mine, shape, dtype), ref.random(shape, dtype=dtype)
+            assert got.tobytes() == want.tobytes(), dtype
+            assert mine.bit_generator.state == ref.bit_generator.state, dtype
+        print("ok")
+    """)

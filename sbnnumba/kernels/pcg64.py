@@ -19,7 +19,8 @@ with NumPy's multiplier ``M`` (:data:`MULTIPLIER`); the 128-bit product goes thr
 
 The kernels fill one block from a given state (``nogil``: the caller's threads fill the blocks of one draw, each
 started at its place in the stream by ``PCG64.advance``) and return the state after it and the block's last draw.
-``tests/test_uniforms.py`` checks values and final states against NumPy's.
+``tests/test_uniforms.py`` checks values and final states against NumPy's, compiled and under ``NUMBA_DISABLE_JIT=1``
+(where the 128-bit step is Python integer arithmetic).
 """
 import numba
 import numpy as np
@@ -63,7 +64,7 @@ def join_128(high, low):
 
 
 @intrinsic
-def mul_add_128(typingctx, a_hi, a_lo, m_hi, m_lo, c_hi, c_lo):
+def _mul_add_128_llvm(typingctx, a_hi, a_lo, m_hi, m_lo, c_hi, c_lo):
     """``(a m + c) mod 2^128`` of 128-bit numbers given as ``(hi, lo)`` uint64 halves (LLVM ``i128``), in ``@njit``
     code.
 
@@ -92,6 +93,14 @@ def mul_add_128(typingctx, a_hi, a_lo, m_hi, m_lo, c_hi, c_lo):
         return context.make_tuple(builder, result, [high, builder.trunc(total, i64)])
 
     return result(a_hi, a_lo, m_hi, m_lo, c_hi, c_lo), codegen
+
+
+def _mul_add_128_python(a_hi, a_lo, m_hi, m_lo, c_hi, c_lo):
+    """:func:`mul_add_128` in Python integers (the kernels' twin under ``NUMBA_DISABLE_JIT=1``)."""
+    return split_128((join_128(a_hi, a_lo) * join_128(m_hi, m_lo) + join_128(c_hi, c_lo)) % (1 << 128))
+
+
+mul_add_128 = _mul_add_128_python if numba.config.DISABLE_JIT else _mul_add_128_llvm
 
 
 @numba.njit(inline="always")

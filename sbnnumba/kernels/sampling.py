@@ -48,7 +48,7 @@ _LN2_LO = np.float32(-2.12194440e-4)  # ln 2 - _LN2_HI
 
 
 @intrinsic
-def _pow2_f32(typingctx, n):
+def _pow2_f32_llvm(typingctx, n):
     """``2^n`` as a float32 for an integral float32 ``n`` in [-126, 127]: the exponent field ``n + 127`` set in
     32-bit integers (so the loop vectorizes at 8 or 16 lanes; Numba's own integers are 64-bit)."""
     if n != types.float32:
@@ -62,11 +62,19 @@ def _pow2_f32(typingctx, n):
     return types.float32(n), codegen
 
 
+def _pow2_f32_python(n):
+    """:func:`_pow2_f32_llvm` in NumPy (the twin under ``NUMBA_DISABLE_JIT=1``; exact)."""
+    return np.float32(np.ldexp(1.0, int(n)))
+
+
+_pow2_f32 = _pow2_f32_python if numba.config.DISABLE_JIT else _pow2_f32_llvm
+
+
 @numba.njit(inline="always", error_model="numpy")
 def _exp_f32(x):
     """``e^x`` in float32 within a relative 2e-7 for ``|x| <= 87`` (arithmetic only, so the loop vectorizes):
     ``x = n ln 2 + r`` with ``n = round(x / ln 2)``, ``|r| <= 0.35`` (``ln 2`` in two parts), ``e^r`` by its
-    degree-7 Taylor polynomial (truncation below 1e-8), times ``2^n`` (:func:`_pow2_f32`).
+    degree-7 Taylor polynomial (truncation below 1e-8), times ``2^n`` (:func:`_pow2_f32_llvm`).
     ``tests/test_noise.py`` checks the bound on every 7th float32 in [-87, 87]."""
     n = np.floor(x * _LOG2E + np.float32(0.5))
     r = (x - n * _LN2_HI) - n * _LN2_LO
