@@ -172,7 +172,8 @@ def test_float32_sampler_without_jit_gives_the_formula():
 
 def test_float32_sampler_exp_estimate_is_within_its_bound():
     """The float32 decision's ``e^x`` (range reduction, degree-7 polynomial, ``2^n`` from its bits) is within a
-    relative 2e-7 of the exact value on every 7th float32 in [-87, 87] (about 300 million values, both signs): the
+    relative 2e-7 of the exact value on every 29th float32 in [-87, 87] (about 75 million values, both signs; worst
+    9.9e-8, every 7th 1.02e-7: run log of 2026-12-06, session 10) and on every float32 at the range's end: the
     bound the decision's margin rests on (``sbnnumba.kernels.sampling`` docstring)."""
     import numba
     from numba import prange
@@ -193,7 +194,7 @@ def test_float32_sampler_exp_estimate_is_within_its_bound():
         return worst.max()
 
     last = int(np.array(87.0, np.float32).view(np.uint32))
-    assert worst_relative_error(0, last, 7) <= 2e-7
+    assert worst_relative_error(0, last, 29) <= 2e-7
     assert worst_relative_error(last - 7000, last, 1) <= 2e-7  # the end of the range, every value
 
 
