@@ -80,9 +80,10 @@ def random_uniforms(rng: np.random.Generator, shape: tuple[int, ...], dtype) -> 
         state = gen.state
         s_hi, s_lo, last = kernel(*pcg64.split_128(state["state"]["state"]), *pcg64.split_128(state["state"]["inc"]),
                                   block)
-        if hi == n_draws:  # NumPy's state after the sequential draw: its last draw's high half in the buffer
+        if hi == n_draws:  # NumPy's state after the sequential draw
             state["state"]["state"] = pcg64.join_128(s_hi, s_lo)
-            state["has_uint32"], state["uinteger"] = values.size % 2, int(last >> np.uint64(32))
+            if per_draw == 2:  # float32: the last draw's high half is in the buffer (used when the count is even)
+                state["has_uint32"], state["uinteger"] = values.size % 2, int(last >> np.uint64(32))
             final["state"] = state
 
     run_range_blocks(fill, n_draws, values.size, kind="elementwise")

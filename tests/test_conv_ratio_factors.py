@@ -4,7 +4,7 @@ layouts, and the all-ones term from t = einsum(g, sigma(a)) over the channels. I
 summation order, the second test would say so (the golden digests would then move as well)."""
 import numpy as np
 import pytest
-from kernel_checks import vector_width_targets
+from kernel_checks import assert_same_output_compiled_and_cached, vector_width_targets
 
 from sbnnumba.kernels import conv_cpu, conv_layout
 
@@ -112,5 +112,4 @@ def test_conv_ratio_form_same_bits_compiled_and_loaded_from_cache(tmp_path, targ
     empty Numba cache, the second loads them: the same bits. Numba optimizes a prange body twice and caches the
     second result, so a kernel whose sums LLVM may reassociate can give other bits once loaded
     (sbnnumba/kernels/lanes.py); these kernels are compiled without "reassoc". At each vector width."""
-    from kernel_checks import assert_same_output_compiled_and_cached
     assert_same_output_compiled_and_cached(_CACHE_PROBE, tmp_path, env=vector_width_targets()[target])
