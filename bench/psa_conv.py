@@ -17,13 +17,17 @@ Prints, measured in the same run (medians over interleaved repeats, float32):
    all-convolutional SBN adapted to 1x28x28 (``architectures.conv``; ``--width`` multiplies the
    paper's channels 96, 96, 96, 192 x 5; default 0.5, i.e. 48, 48, 48, 96 x 5), batch 64: PSA vs ST.
    Target: PSA step within 3x of an ST step. Also a PSA step of the same network with triangular noise
-   (bounded flip form) against the logistic one.
+   (bounded flip form) against the logistic one. Also the step's flip propagations (the calls of part 3 at this
+   width) and the PSA / ST ratio the step would have with them at the divider's bound (part 3).
 
 3. the conv flip propagation of every stage of the paper's network at width 1.0 (``--stage-width``) on
    1x28x28 images, batch 64 (stages 2-8: the first one's input is the real image), in G connections/s
    per core: ``B C_out H_out W_out C_in kh kw`` over the wall time times the threads, and over the
    process CPU time (the cycles the process got: on a shared machine the wall time also counts the
-   other processes' turns). Target: >= 5 G connections/s per core on every stage.
+   other processes' turns). Target: >= 5 G connections/s per core on every stage. Timed with them, interleaved:
+   the divider's bound (:func:`division_bound`): the ratio form spends one correctly rounded float32 division
+   per two connections (``ratio_pair.pair_term``), so twice this core's division rate is the most any kernel of
+   that form reaches; each stage is printed as a fraction of it.
 
 4. the stages of part 3 that run channel-innermost (``conv_cpu.channel_inner``: 192 channels here), timed
    with ``layout="cells"`` and ``layout="channels"`` (same bits, checked), G connections/s per core by CPU
@@ -41,7 +45,9 @@ import time
 
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # before NumPy loads OpenBLAS: see sbnnumba/__init__.py
 
+import numba  # noqa: E402
 import numpy as np  # noqa: E402
+from numba import prange  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import interleaved_medians, interleaved_wall_cpu_medians, machine_info, thread_counts  # noqa: E402
@@ -50,6 +56,7 @@ import sbnnumba as sb  # noqa: E402
 from sbnnumba.architectures import build  # noqa: E402
 from sbnnumba.conv import Conv2d  # noqa: E402
 from sbnnumba.kernels import conv_cpu, conv_layout  # noqa: E402
+from sbnnumba.kernels.ratio_pair import PAIR_FASTMATH  # noqa: E402
 
 
 def layer_inputs(rng, batch=64, channels=64, size=14):
@@ -135,15 +142,49 @@ def step_section(rng, repeats, threads, width):
     net_tri.initialize_from_data(x)
     steps = {m: (lambda m=m: sb.estimate(m, net, x, y, rng=rng)) for m in ("st", "psa")}
     steps["psa, triangular noise"] = lambda: sb.estimate("psa", net_tri, x, y, rng=rng)
+    # the step's flip propagations (one per stage 2-8, same shapes) and the divider's bound, timed with the steps
+    problems = stage_problems(rng, width)
+    steps["flip propagations (stages 2-8)"] = lambda: [call() for _, _, call, _ in problems]
+    steps["divider"], divider_conns = division_bound(threads)
     for fn in steps.values():
         fn()
     med = interleaved_medians(steps, repeats)
+    divider, flip = med.pop("divider"), med["flip propagations (stages 2-8)"]
+    flip_at_bound = sum(conns for _, conns, _, _ in problems) / (divider_conns / divider)
     print(f"\n2) training step (forward + backward), conv SBN on 1x28x28, channels {channels}, B=64, float32, "
           f"{threads} thread(s)")
     for name, t in med.items():
         print(f"   {name:40s} {t * 1e3:9.2f} ms")
     print(f"   => PSA step / ST step = {med['psa'] / med['st']:.2f}x (target <= 3x); triangular / logistic PSA step "
           f"= {med['psa, triangular noise'] / med['psa']:.2f}x")
+    print(f"   => with its flip propagations at the divider's bound ({flip_at_bound * 1e3:.0f} instead of "
+          f"{flip * 1e3:.0f} ms: two connections per float32 division, part 3) the PSA step would be "
+          f"{(med['psa'] - flip + flip_at_bound) / med['st']:.2f}x the ST step")
+
+
+@numba.njit(parallel=True, fastmath=PAIR_FASTMATH, error_model="numpy", cache=True)
+def _accumulate_quotients(num, den, acc, repeats):
+    # acc[t] += num[t] / den[t], `repeats` times per task row: one division and one accumulate per value, as in the
+    # ratio kernels' innermost loops, on L1-resident rows (the accumulate keeps the repeats from being folded).
+    for t in prange(num.shape[0]):
+        for _ in range(repeats):
+            for i in range(num.shape[1]):
+                acc[t, i] += num[t, i] / den[t, i]
+
+
+def division_bound(threads, n=2048, repeats=2000):
+    """The ratio form's connections/s per core allowed by this core's float32 divider.
+
+    Returns ``(call, connections)``: ``call()`` runs ``threads x repeats x n`` divisions (one task row of ``n``
+    values per thread, each divided ``repeats`` times with an accumulate, compiled with the ratio kernels'
+    fastmath flags, so as the same correctly rounded vector division); ``connections`` is twice that count (the
+    pair form: :func:`sbnnumba.kernels.ratio_pair.pair_term`), to be divided by the call's time and the threads."""
+    rng = np.random.default_rng(0)
+    num = (1e-3 * rng.random((threads, n))).astype(np.float32)
+    den = (1 + rng.random((threads, n))).astype(np.float32)
+    acc = np.zeros((threads, n), np.float32)
+    _accumulate_quotients(num, den, acc, 1)
+    return (lambda: _accumulate_quotients(num, den, acc, repeats)), 2 * threads * repeats * n
 
 
 def stage_problems(rng, width, batch=64):
@@ -174,17 +215,22 @@ def stage_section(rng, repeats, threads, width):
     problems = stage_problems(rng, width)
     for _, _, call, _ in problems:
         call()
-    med = interleaved_wall_cpu_medians({label: call for label, _, call, _ in problems}, repeats)
+    divider, divider_conns = division_bound(threads)
+    calls = {label: call for label, _, call, _ in problems}
+    calls["divider"] = divider
+    med = interleaved_wall_cpu_medians(calls, repeats)
+    bound = divider_conns / med["divider"][0] / threads / 1e9
     print(f"\n3) conv flip propagation per stage, paper network at width {width}, 1x28x28, B=64, float32 (logistic "
           f"ratio form), {threads} thread(s); G connections/s per core (target >= 5)")
+    print(f"   divider bound (two connections per float32 division, timed with the stages): {bound:5.2f} per core")
     worst = float("inf")
     for label, conns, _, _ in problems:
         wall, cpu = med[label]
         per_core_wall, per_core_cpu = conns / wall / threads / 1e9, conns / cpu / 1e9
         worst = min(worst, per_core_wall)
-        print(f"   {label:34s} {conns / 1e6:7.0f} M conn  {wall * 1e3:8.2f} ms  {per_core_wall:5.2f} per core (wall)  "
-              f"{per_core_cpu:5.2f} per core (CPU time)")
-    print(f"   => slowest stage: {worst:.2f} G connections/s per core (wall)")
+        print(f"   {label:34s} {conns / 1e6:7.0f} M conn  {wall * 1e3:8.2f} ms  {per_core_wall:5.2f} per core (wall), "
+              f"{per_core_wall / bound:4.2f} of the bound  {per_core_cpu:5.2f} per core (CPU time)")
+    print(f"   => slowest stage: {worst:.2f} G connections/s per core (wall); the divider allows {bound:.2f}")
 
 
 def layout_section(rng, repeats, threads, width):
