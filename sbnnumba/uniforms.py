@@ -5,7 +5,8 @@ step of the paper's conv network, 8 ms per stage on one thread. NumPy's generato
 calling thread only. The PCG64 family can jump ahead (``advance(d)``: the state after ``d`` 64-bit draws, in
 ``O(log d)``), so :func:`random_uniforms` cuts the array into fixed blocks, starts a copy of the generator at
 each block's position in the stream and lets the threads fill the blocks (PCG64's by a compiled loop of its
-recurrence, :mod:`sbnnumba.kernels.pcg64`, the others by NumPy, which releases the GIL while it fills), then leaves
+recurrence started by its own jump-ahead, :mod:`sbnnumba.kernels.pcg64`, the others by NumPy, which releases the GIL
+while it fills), then leaves
 the caller's generator where the sequential draw would have left it. Values and final state
 are those of ``rng.random(shape, dtype=dtype)`` bit for bit, at any thread count
 (``tests/test_uniforms.py``).
@@ -66,22 +67,25 @@ def random_uniforms(rng: np.random.Generator, shape: tuple[int, ...], dtype) -> 
     final = {}
 
     kernel = _PCG64_FILL[dtype] if type(bit_gen) is np.random.PCG64 else None
+    start_128 = pcg64.split_128(start["state"]["state"]) + pcg64.split_128(start["state"]["inc"])
 
     def fill(lo, hi):
-        gen = type(bit_gen)()
-        gen.state = start
-        gen.advance(lo)
         block = values[lo * per_draw:min(hi * per_draw, values.size)]
         if kernel is None:
+            gen = type(bit_gen)()
+            gen.state = start
+            gen.advance(lo)
             np.random.Generator(gen).random(out=block, dtype=dtype)
             if hi == n_draws:
                 final["state"] = gen.state  # where the sequential draw ends, buffered half included
             return
-        state = gen.state
-        s_hi, s_lo, last = kernel(*pcg64.split_128(state["state"]["state"]), *pcg64.split_128(state["state"]["inc"]),
-                                  block)
+        # PCG64: the kernel skips to the block's start itself (pcg64.advance; a bit generator object per block cost
+        # about 25 us, its seed from OS entropy)
+        s_hi, s_lo, last = kernel(*start_128, lo, block)
         if hi == n_draws:  # NumPy's state after the sequential draw
-            state["state"]["state"] = pcg64.join_128(s_hi, s_lo)
+            state = {"bit_generator": "PCG64", "state": {"state": pcg64.join_128(s_hi, s_lo),
+                                                         "inc": start["state"]["inc"]},
+                     "has_uint32": 0, "uinteger": 0}
             if per_draw == 2:  # float32: the last draw's high half is in the buffer (used when the count is even)
                 state["has_uint32"], state["uinteger"] = values.size % 2, int(last >> np.uint64(32))
             final["state"] = state

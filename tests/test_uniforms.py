@@ -5,6 +5,7 @@ import pytest
 from kernel_checks import run_without_jit
 
 from sbnnumba import runtime
+from sbnnumba.kernels import pcg64
 from sbnnumba.uniforms import random_uniforms
 
 
@@ -66,6 +67,18 @@ def test_blocks_really_split_the_stream(monkeypatch, threads):
     assert all(hi == lo for (_, hi), (lo, _) in zip(ranges, ranges[1:]))
 
 
+@pytest.mark.parametrize("delta", [0, 1, 2, 3, 4, 1000, 150001, 123456789, 2 ** 40 + 5, 2 ** 62 + 17, 2 ** 63 - 1])
+def test_advance_is_numpys_jump_ahead(delta):
+    # the blocks' start: pcg64.advance against PCG64.advance, from several states (a wrong composition of the
+    # squared steps, or the increment's factor (M + 1) left out, moves every delta with two set bits or more)
+    for seed in range(4):
+        bit_gen = np.random.PCG64(seed)
+        state = bit_gen.state["state"]
+        got = pcg64.advance(*pcg64.split_128(state["state"]), *pcg64.split_128(state["inc"]), delta)
+        bit_gen.advance(delta)
+        assert pcg64.join_128(*got) == bit_gen.state["state"]["state"], seed
+
+
 def test_a_generator_subclass_draws_with_its_own_random():
     class Counting(np.random.Generator):
         calls = 0
@@ -92,5 +105,12 @@ def test_pcg64_kernel_without_jit_gives_numpy_values_and_state():
             got, want = random_uniforms(mine, shape, dtype), ref.random(shape, dtype=dtype)
             assert got.tobytes() == want.tobytes(), dtype
             assert mine.bit_generator.state == ref.bit_generator.state, dtype
+        from sbnnumba.kernels import pcg64
+        for delta in (0, 5, 150001):  # the blocks' jump-ahead in Python integers
+            bit_gen = np.random.PCG64(4)
+            state = bit_gen.state["state"]
+            got = pcg64.advance(*pcg64.split_128(state["state"]), *pcg64.split_128(state["inc"]), delta)
+            bit_gen.advance(delta)
+            assert pcg64.join_128(*got) == bit_gen.state["state"]["state"], delta
         print("ok")
     """)

@@ -18,7 +18,8 @@ with NumPy's multiplier ``M`` (:data:`MULTIPLIER`); the 128-bit product goes thr
   (:func:`sbnnumba.uniforms.random_uniforms`).
 
 The kernels fill one block from a given state (``nogil``: the caller's threads fill the blocks of one draw, each
-started at its place in the stream by ``PCG64.advance``) and return the state after it and the block's last draw.
+started at its place in the stream by :func:`advance`, NumPy's ``PCG64.advance``) and return the state after it
+and the block's last draw.
 ``tests/test_uniforms.py`` checks values and final states against NumPy's, compiled and under ``NUMBA_DISABLE_JIT=1``
 (where the 128-bit step is Python integer arithmetic).
 """
@@ -113,13 +114,50 @@ def _step(s_hi, s_lo, c_hi, c_lo):
 
 
 @numba.njit(nogil=True, cache=True)
-def fill_float32(s_hi, s_lo, c_hi, c_lo, out):
+def advance(s_hi, s_lo, c_hi, c_lo, delta):
+    r"""The PCG64 state ``delta`` 64-bit draws after ``(s_hi, s_lo)``: NumPy's ``PCG64.advance(delta)``, in
+    ``O(log delta)`` 128-bit multiply-adds (Brown 1994, "Random number generation with arbitrary strides").
+
+    ``delta`` steps of ``s -> M s + c`` are one affine map ``s -> A s + C`` with ``A = M^delta`` and
+    ``C = c (M^{delta-1} + ... + M + 1)`` (mod ``2^128``), built by squaring: the step of ``2^k`` draws
+    ``(M_k, C_k)`` gives ``(M_k^2, (M_k + 1) C_k)`` for ``2^{k+1}``, and the steps of the set bits of ``delta``
+    compose.
+
+    Parameters
+    ----------
+    s_hi, s_lo, c_hi, c_lo : uint64
+        The state and the increment.
+    delta : int
+        Draws to skip, ``>= 0``.
+
+    Returns
+    -------
+    (uint64, uint64)
+        High and low halves of the state after ``delta`` draws (what ``advance`` leaves, the half-draw buffer aside).
+    """
+    zero, one = np.uint64(0), np.uint64(1)
+    a_hi, a_lo, p_hi, p_lo = zero, one, zero, zero  # the map of the bits of delta seen so far: s -> a s + p
+    m_hi, m_lo, q_hi, q_lo = _M_HI, _M_LO, c_hi, c_lo  # the map of 2^k draws
+    while delta > 0:
+        if delta & 1:
+            a_hi, a_lo = mul_add_128(a_hi, a_lo, m_hi, m_lo, zero, zero)
+            p_hi, p_lo = mul_add_128(p_hi, p_lo, m_hi, m_lo, q_hi, q_lo)
+        q_hi, q_lo = mul_add_128(q_hi, q_lo, m_hi, m_lo, q_hi, q_lo)  # (M_k + 1) C_k
+        m_hi, m_lo = mul_add_128(m_hi, m_lo, m_hi, m_lo, zero, zero)
+        delta >>= 1
+    return mul_add_128(s_hi, s_lo, a_hi, a_lo, p_hi, p_lo)
+
+
+@numba.njit(nogil=True, cache=True)
+def fill_float32(s_hi, s_lo, c_hi, c_lo, skip, out):
     """NumPy's float32 uniforms from PCG64 state ``(s_hi, s_lo)``, increment ``(c_hi, c_lo)``, into ``out``.
 
     Parameters
     ----------
     s_hi, s_lo, c_hi, c_lo : uint64
-        The state before the block, buffer empty, and the increment.
+        A state, buffer empty, and the increment.
+    skip : int
+        Draws skipped from that state before the block (:func:`advance`).
     out : 1-d float32 array
         ``ceil(out.size / 2)`` draws: values ``2k`` and ``2k + 1`` are the low and high halves of draw ``k``.
 
@@ -133,6 +171,7 @@ def fill_float32(s_hi, s_lo, c_hi, c_lo, out):
     low_mask = np.uint64(0xFFFFFFFF)
     v = np.uint64(0)
     n = out.size
+    s_hi, s_lo = advance(s_hi, s_lo, c_hi, c_lo, skip)
     for k in range(n // 2):
         s_hi, s_lo, v = _step(s_hi, s_lo, c_hi, c_lo)
         out[2 * k] = np.float32((v & low_mask) >> np.uint64(8)) * scale
@@ -144,12 +183,14 @@ def fill_float32(s_hi, s_lo, c_hi, c_lo, out):
 
 
 @numba.njit(nogil=True, cache=True)
-def fill_float64(s_hi, s_lo, c_hi, c_lo, out):
+def fill_float64(s_hi, s_lo, c_hi, c_lo, skip, out):
     """NumPy's float64 uniforms (one draw each) from PCG64 state ``(s_hi, s_lo)``, increment ``(c_hi, c_lo)``.
 
     Parameters
     ----------
     s_hi, s_lo, c_hi, c_lo : uint64
+    skip : int
+        Draws skipped from that state before the block (:func:`advance`).
     out : 1-d float64 array
 
     Returns
@@ -159,7 +200,9 @@ def fill_float64(s_hi, s_lo, c_hi, c_lo, out):
     """
     scale = 1.0 / 9007199254740992.0
     v = np.uint64(0)
+    s_hi, s_lo = advance(s_hi, s_lo, c_hi, c_lo, skip)
     for k in range(out.size):
         s_hi, s_lo, v = _step(s_hi, s_lo, c_hi, c_lo)
         out[k] = np.float64(v >> np.uint64(11)) * scale
     return s_hi, s_lo, v
+
