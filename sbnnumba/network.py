@@ -248,7 +248,7 @@ class Network:
         out = {}
         for prefix, layer in self.latent_layers():
             eta = layer.latent.eta
-            u = uniforms[prefix] if uniforms is not None else rng.random(eta.shape, dtype=eta.dtype)
+            u = uniforms[prefix] if uniforms is not None else random_uniforms(rng, eta.shape, eta.dtype)
             out[prefix] = layer.latent.sample(u)
         return out
 

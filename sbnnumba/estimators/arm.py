@@ -49,6 +49,7 @@ loss depend on the rest of the batch, which the sub-batch suffix passes would ch
 import numpy as np
 
 from ..losses import xent
+from ..uniforms import random_uniforms
 from .common import add_layer_grads, finalize
 from .registry import register_estimator
 
@@ -61,9 +62,9 @@ def _suffix_losses(net, layers, k, h, y, rng, independent):
     for layer in layers[k + 1:]:
         a = layer.forward(h)
         if independent:
-            u = rng.random(a.shape)
+            u = random_uniforms(rng, a.shape, np.float64)
         else:
-            u = rng.random((a.shape[0] // 2,) + a.shape[1:])
+            u = random_uniforms(rng, (a.shape[0] // 2,) + a.shape[1:], np.float64)
             u = np.concatenate([u, u])  # common random numbers for b1 / b2
         h = net.noise.sample(a, u)
     return xent(net.head.forward(h), y, grad=False)
@@ -102,7 +103,7 @@ def arm_gradient(net, x, y, rng, independent_suffixes=False):
     grads, h = {}, x
     for k, layer in enumerate(layers):
         a, saved = layer.forward_saving(h)
-        u = np.clip(rng.random(a.shape), _TINY, 1 - _TINY)
+        u = np.clip(random_uniforms(rng, a.shape, np.float64), _TINY, 1 - _TINY)
         b1 = np.where(u > noise.cdf(-a), 1, -1).astype(a.dtype)
         b2 = np.where(u < noise.cdf(a), 1, -1).astype(a.dtype)
         diff = np.zeros(n, dtype=a.dtype)

@@ -62,6 +62,7 @@ import numpy as np
 from scipy import special
 
 from ..losses import xent
+from ..uniforms import random_uniforms
 from ..validation import check_choice, check_positive_number
 from .common import add_layer_grads, finalize
 from .registry import register_estimator
@@ -72,7 +73,7 @@ _TINY = 1e-12
 
 
 def _uniforms(rng, shape):
-    return np.clip(rng.random(shape), _TINY, 1 - _TINY)
+    return np.clip(random_uniforms(rng, shape, np.float64), _TINY, 1 - _TINY)
 
 
 # --------------------------------------------------------------------- relaxed forward + backprop
