@@ -5,10 +5,9 @@ step of the paper's conv network, 8 ms per stage on one thread. NumPy's generato
 calling thread only. The PCG64 family can jump ahead (``advance(d)``: the state after ``d`` 64-bit draws, in
 ``O(log d)``), so :func:`random_uniforms` cuts the array into fixed blocks, starts a copy of the generator at
 each block's position in the stream and lets the threads fill the blocks (PCG64's by a compiled loop of its
-recurrence started by its own jump-ahead, :mod:`sbnnumba.kernels.pcg64`, the others by NumPy, which releases the GIL
-while it fills), then leaves
-the caller's generator where the sequential draw would have left it. Values and final state
-are those of ``rng.random(shape, dtype=dtype)`` bit for bit, at any thread count
+recurrence that makes its own jump-ahead, :mod:`sbnnumba.kernels.pcg64`; the others by NumPy, which releases the
+GIL while it fills), then leaves the caller's generator where the sequential draw would have left it. Values and
+final state are those of ``rng.random(shape, dtype=dtype)`` bit for bit, at any thread count
 (``tests/test_uniforms.py``).
 
 Stream positions: a float64 takes one 64-bit draw (its top 53 bits); a float32 takes 32 bits, two per 64-bit draw

@@ -205,4 +205,3 @@ def fill_float64(s_hi, s_lo, c_hi, c_lo, skip, out):
         s_hi, s_lo, v = _step(s_hi, s_lo, c_hi, c_lo)
         out[k] = np.float64(v >> np.uint64(11)) * scale
     return s_hi, s_lo, v
-
