@@ -25,7 +25,9 @@ contender, samples of steps in a row lasting about 0.2 s at one and at two threa
 of the pairs' 2-thread / 1-thread ratios and its bootstrap 95 % interval, and the same measurement of the
 dense ST step at one thread against itself (an A/A control: the interval a ratio of 1 gives in this run).
 A step is SLOWER at two threads when its whole interval lies above 1. The load average is printed with
-every table: on a machine shared with other jobs no ratio is a verdict.
+every table: on a machine shared with other jobs no ratio is a verdict. A two-thread ratio whose PyTorch step took
+longer than at one thread is flagged "not counted": its baseline slowed down (another process, a stalled BLAS
+call), which flatters the ratio.
 
 Like the command line's training job, the run keeps freed temporaries' pages in the process
 (``sbnnumba.runtime.retain_freed_memory``; process-wide, so PyTorch's allocations too); ``--default-malloc``
@@ -178,19 +180,30 @@ def _run(workloads, repeats):
     return {t: {label: s for (label, threads), s in med.items() if threads == t} for t in (1, 2)}
 
 
-def _report(threads, med, load):
+def _report(threads, med, load, one_thread):
+    """The table of one thread count; ``one_thread`` the medians at one thread: a torch baseline slower at
+    ``threads`` than at one thread slowed down (another process, a stalled BLAS call), and its ratios are flagged as
+    not to be counted."""
     print(f"\n== {threads} thread(s) (interleaved with the other count), load average (1 min) at the end of the run: "
           f"{load:.2f} ==")
     for label, ms in med.items():
         print(f"  {label:<28} {1e3 * ms:9.2f} ms")
+
+    def slowed(label):
+        if threads == 1 or med[label] <= one_thread[label]:
+            return ""
+        return (f"  [not counted: {label} took {1e3 * med[label]:.2f} ms here against {1e3 * one_thread[label]:.2f} "
+                f"at one thread, a baseline that slowed down]")
+
     for name in ("dense", "conv"):
         if f"{name} ST torch" in med:
             t = med[f"{name} ST torch"]
             st, psa = med[f"{name} ST sbnnumba"], med[f"{name} PSA sbnnumba"]
             print(f"  {name}: ST / torch ST = {st / t:.2f}x, PSA / ST = {psa / st:.2f}x, "
-                  f"PSA / torch ST = {psa / t:.2f}x")
+                  f"PSA / torch ST = {psa / t:.2f}x" + slowed(f"{name} ST torch"))
     if "Adam update torch" in med:
-        print(f"  Adam / torch Adam = {med['Adam update sbnnumba'] / med['Adam update torch']:.2f}x")
+        print(f"  Adam / torch Adam = {med['Adam update sbnnumba'] / med['Adam update torch']:.2f}x"
+              + slowed("Adam update torch"))
 
 
 def main(argv=None):
@@ -217,7 +230,7 @@ def main(argv=None):
         results = _run(workloads, args.repeats)
         load = os.getloadavg()[0]
         for t, med in results.items():
-            _report(t, med, load)
+            _report(t, med, load, results[1])
         _thread_check(results, busy is not None)
         if busy is not None:
             _paired_thread_check(workloads, results[1], args.pairs)
