@@ -81,10 +81,8 @@ def random_uniforms(rng: np.random.Generator, shape: tuple[int, ...], dtype) -> 
         # PCG64: the kernel skips to the block's start itself (pcg64.advance; a bit generator object per block cost
         # about 25 us, its seed from OS entropy)
         s_hi, s_lo, last = kernel(*start_128, lo, block)
-        if hi == n_draws:  # NumPy's state after the sequential draw
-            state = {"bit_generator": "PCG64", "state": {"state": pcg64.join_128(s_hi, s_lo),
-                                                         "inc": start["state"]["inc"]},
-                     "has_uint32": 0, "uinteger": 0}
+        if hi == n_draws:  # NumPy's state after the sequential draw: the start's, stepped (buffer set below)
+            state = {**start, "state": {**start["state"], "state": pcg64.join_128(s_hi, s_lo)}}
             if per_draw == 2:  # float32: the last draw's high half is in the buffer (used when the count is even)
                 state["has_uint32"], state["uinteger"] = values.size % 2, int(last >> np.uint64(32))
             final["state"] = state

@@ -70,7 +70,7 @@ def test_blocks_really_split_the_stream(monkeypatch, threads):
 @pytest.mark.parametrize("delta", [0, 1, 2, 3, 4, 1000, 150001, 123456789, 2 ** 40 + 5, 2 ** 62 + 17, 2 ** 63 - 1])
 def test_advance_is_numpys_jump_ahead(delta):
     # the blocks' start: pcg64.advance against PCG64.advance, from several states (a wrong composition of the
-    # squared steps, or the increment's factor (M + 1) left out, moves every delta with two set bits or more)
+    # squared steps, or the increment's factor (M + 1) left out, moves every delta >= 2)
     for seed in range(4):
         bit_gen = np.random.PCG64(seed)
         state = bit_gen.state["state"]
