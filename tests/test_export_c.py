@@ -3,10 +3,10 @@
 For several small networks (dense and conv; stride, padding, channels not a multiple of 64; batch
 norm with negative and zero gammas, i.e. flipped and constant units; a bit-plane first stage and a
 float one; real-weight stages; float32 and float64; a head reading a dense vector or a conv map) the
-exported C is compiled with ``cc -std=c99 -pedantic -Wall -Wextra -Werror`` (and clang, and ``-m32``,
-where present), run on 1,200 inputs, and compared with the packed network: predictions, logits and
-every stage's pre-threshold values (integers of the binary / bit-plane stages, reals of the float
-stages) must be equal bit for bit.
+exported C is compiled with ``cc -std=c99 -pedantic -Wall -Wextra -Werror``, with clang and for 32-bit
+x86 (:func:`_clang`, :func:`_compiler_32`), run on 1,200 inputs, and compared with the packed network:
+predictions, logits and every stage's pre-threshold values (integers of the binary / bit-plane stages,
+reals of the float stages) must be equal bit for bit.
 
 Real values (float stages, the head) are sums that BLAS and the C code may order differently; the
 networks here put inputs and real weights on a dyadic grid (inputs q/16, weights and biases multiples
@@ -15,11 +15,15 @@ orders give the exact value: the comparison is then bitwise everywhere. The bit-
 8-bit grid q/255 of Fashion-MNIST pixels (their first stage is integer arithmetic).
 
 Without a C compiler the tests skip with a message; ``.ci/run`` sets ``SBNNUMBA_REQUIRE_CC=1`` so that
-in CI a missing compiler fails instead.
+in CI a missing compiler (cc, clang, a 32-bit build) fails instead. The test extra installs ``ziglang``, whose
+``zig cc`` is clang with its own C libraries: it serves as clang where none is installed, and builds static
+32-bit programs (i386, musl) where ``cc -m32`` cannot (no gcc-multilib).
 """
+import importlib.util
 import os
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -40,13 +44,43 @@ def _compiler(name):
     return path
 
 
-def _m32_works(cc, tmp):
-    """Whether ``cc -m32`` can build and run a program here (multilib installed, 32-bit execution)."""
+def _required(what):
+    """Skip for lack of ``what`` (a sentence naming it), or fail in CI (``SBNNUMBA_REQUIRE_CC``)."""
+    if os.environ.get("SBNNUMBA_REQUIRE_CC"):
+        pytest.fail(f"{what}, and SBNNUMBA_REQUIRE_CC is set (.ci/run)")
+    pytest.skip(what)
+
+
+def _zig_cc():
+    """``zig cc`` of the ziglang package (clang with its own C libraries) as a command, or None."""
+    if importlib.util.find_spec("ziglang") is None:
+        return None
+    return [sys.executable, "-m", "ziglang", "cc"]
+
+
+def _clang():
+    """clang as a command: ``clang`` on PATH, else ``zig cc`` (:func:`_zig_cc`), else None."""
+    path = shutil.which("clang")
+    return [path] if path is not None else _zig_cc()
+
+
+def _runs_32_bit(command, tmp):
+    """Whether ``command`` builds a program that runs here with 4-byte pointers (32-bit x86)."""
     src = tmp / "probe.c"
     src.write_text("#include <stdio.h>\nint main(void) { return sizeof(void *) == 4 ? 0 : 1; }\n")
     exe = tmp / "probe32"
-    built = subprocess.run([cc, "-m32", "-o", str(exe), str(src)], capture_output=True).returncode == 0
+    built = subprocess.run([*command, "-o", str(exe), str(src)], capture_output=True).returncode == 0
     return built and subprocess.run([str(exe)]).returncode == 0
+
+
+def _compiler_32(cc, tmp):
+    """A command building 32-bit x86 programs that run here: ``cc -m32`` (gcc-multilib), else ``zig cc`` for
+    i386 Linux with musl, linked statically; None when neither can."""
+    zig = _zig_cc()
+    for command in ([cc, "-m32"], None if zig is None else [*zig, "-target", "x86-linux-musl"]):
+        if command is not None and _runs_32_bit(command, tmp):
+            return command
+    return None
 
 
 # ------------------------------------------------------------------------------------------- networks
@@ -162,10 +196,12 @@ def cases(tmp_path_factory, cc):
 
 
 def build(case, compiler, extra=(), tag="gcc"):
-    """Compile the case's export with the strict flags (warnings are errors); returns the program."""
+    """Compile the case's export with the strict flags (warnings are errors) by ``compiler`` (a path or a command
+    list); returns the program."""
     d = case.export.directory
     exe = os.path.join(d, f"main_{tag}")
-    cmd = [compiler, *STRICT, *extra, "-o", exe, os.path.join(d, "main.c"), os.path.join(d, case.export.name + ".c")]
+    cmd = [*([compiler] if isinstance(compiler, str) else compiler), *STRICT, *extra, "-o", exe,
+           os.path.join(d, "main.c"), os.path.join(d, case.export.name + ".c")]
     done = subprocess.run(cmd, capture_output=True, text=True)
     assert done.returncode == 0, f"{' '.join(cmd)}\n{done.stderr}"
     assert done.stderr == "", done.stderr
@@ -245,19 +281,22 @@ def test_portable_popcount(cases, cc):
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_clang(cases, name):
-    clang = _compiler("clang")
+    clang = _clang()
     if clang is None:
-        pytest.skip("clang is not installed (apt-get install clang); the generated code is checked with gcc only")
+        _required("neither clang nor the ziglang package is installed (pip install ziglang)")
     case = cases[name]
     assert_same(case, run(case, build(case, clang, tag="clang")))
 
 
 def test_m32(cases, cc, tmp_path):
-    if not _m32_works(cc, tmp_path):
-        pytest.skip(f"{cc} -m32 cannot build and run 32-bit programs here (install gcc-multilib)")
+    """The export built for 32-bit x86 (4-byte pointers and ``long``) computes the same bits."""
+    compiler = _compiler_32(cc, tmp_path)
+    if compiler is None:
+        _required(f"neither '{cc} -m32' (gcc-multilib) nor zig cc (pip install ziglang) builds 32-bit programs "
+                  "that run here")
     for name in ("dense_bitplane", "conv_binary", "dense_real64"):
         case = cases[name]
-        assert_same(case, run(case, build(case, cc, ["-m32"], tag="m32")))
+        assert_same(case, run(case, build(case, compiler, tag="m32")))
 
 
 def test_example_makefile_builds(cases, cc):
