@@ -45,11 +45,19 @@ def _fd_check(fn, arr, analytic, h=1e-6, atol=1e-6):
     np.testing.assert_allclose(analytic, fd, atol=atol, rtol=1e-6)
 
 
+def _case(kind):
+    rng = np.random.default_rng(KINDS.index(kind))
+    layer, shape = _make(kind, rng)
+    return kind, layer, shape, rng
+
+
 @pytest.fixture(params=KINDS)
 def case(request):
-    rng = np.random.default_rng(KINDS.index(request.param))
-    layer, shape = _make(request.param, rng)
-    return request.param, layer, shape, rng
+    return _case(request.param)
+
+
+# Training mode for every kind; evaluation mode where it differs from it (only normalization has a mode).
+MODES = [(kind, training) for kind in KINDS for training in (True, False) if training or "normalized" in kind]
 
 
 def test_declared_interface_and_accessors(case):
@@ -82,14 +90,12 @@ def test_params_are_the_arrays_in_use(case):
     np.testing.assert_array_equal(layer.forward(x), before)
 
 
-@pytest.mark.parametrize("training", [True, False])
-def test_param_grads_and_backward_input_match_finite_differences(case, training):
+@pytest.mark.parametrize("kind, training", MODES)
+def test_param_grads_and_backward_input_match_finite_differences(kind, training):
     """``param_grads`` and ``backward_input`` are the gradients of ``L = sum(g * forward(x))``: w.r.t. each
     parameter (the weight tensor in use for Bernoulli weights, through a with_weight view) and the input;
     normalization in training mode differentiates through the batch statistics."""
-    kind, layer, shape, rng = case
-    if not training and "normalized" not in kind:
-        pytest.skip("only normalization has a mode")
+    kind, layer, shape, rng = _case(kind)
     if "normalized" in kind:
         layer.training = training
         layer.stats_mode = "stochastic"
