@@ -164,9 +164,9 @@ def _to_host(value):
 @pytest.mark.parametrize("name", [name for name in step_operations() if name != "conv_patches"])
 def test_step_operations_agree(backend, name):
     """Every training-step operation of every backend equals the reference's NumPy expression (float32
-    rounding; device backends on device arrays: the kernels of the device-resident step). The patch matrix
-    has each backend's own layout: test_conv_patches_layouts checks it (not here), the operations that take it
-    here."""
+    rounding; device backends on device arrays: the kernels of the device-resident step). Not conv_patches
+    itself: the patch matrix has each backend's own layout (test_conv_patches_layouts checks it); the operations
+    that take it are compared here."""
     args = _step_arguments()[name]
     to_device = None
     if backend.device_resident:
