@@ -3,10 +3,10 @@ r"""Uniforms ``U[0, 1)`` drawn on several threads with the bits of one sequentia
 A training step draws one uniform per sampled unit (:meth:`sbnnumba.Network.sample`): about ten million per
 step of the paper's conv network, 8 ms per stage on one thread. NumPy's generators fill an array on the
 calling thread only. The PCG64 family can jump ahead (``advance(d)``: the state after ``d`` 64-bit draws, in
-``O(log d)``), so :func:`random_uniforms` cuts the array into fixed blocks, starts a copy of the generator at
-each block's position in the stream and lets the threads fill the blocks (PCG64's by a compiled loop of its
-recurrence that makes its own jump-ahead, :mod:`sbnnumba.kernels.pcg64`; the others by NumPy, which releases the
-GIL while it fills), then leaves the caller's generator where the sequential draw would have left it. Values and
+``O(log d)``), so :func:`random_uniforms` cuts the array into fixed blocks and lets the threads fill them, each
+block by a compiled loop of the generator's recurrence that starts with its own jump-ahead to the block's position
+in the stream (:mod:`sbnnumba.kernels.pcg64`, PCG64 and PCG64DXSM), then leaves the caller's generator where the
+sequential draw would have left it. Values and
 final state are those of ``rng.random(shape, dtype=dtype)`` bit for bit, at any thread count
 (``tests/test_uniforms.py``).
 
@@ -25,8 +25,8 @@ from .runtime import run_range_blocks
 
 #: Bit generators whose ``advance(d)`` moves the state by exactly ``d`` 64-bit draws.
 SPLITTABLE = (np.random.PCG64, np.random.PCG64DXSM)
-# PCG64's blocks are filled by a compiled loop (sbnnumba.kernels.pcg64, NumPy's values bit for bit, 1.6-2x faster
-# than NumPy's fill through the bit generator's function pointers); PCG64DXSM's by NumPy.
+# Their blocks are filled by a compiled loop (sbnnumba.kernels.pcg64, NumPy's values bit for bit; PCG64 1.6-2x faster
+# than NumPy's fill through the bit generator's function pointers).
 _PCG64_FILL = {np.dtype(np.float32): pcg64.fill_float32, np.dtype(np.float64): pcg64.fill_float64}
 
 
@@ -65,22 +65,15 @@ def random_uniforms(rng: np.random.Generator, shape: tuple[int, ...], dtype) -> 
     n_draws = -(-values.size // per_draw)
     final = {}
 
-    kernel = _PCG64_FILL[dtype] if type(bit_gen) is np.random.PCG64 else None
+    kernel = _PCG64_FILL[dtype]
+    dxsm = type(bit_gen) is np.random.PCG64DXSM
     start_128 = pcg64.split_128(start["state"]["state"]) + pcg64.split_128(start["state"]["inc"])
 
     def fill(lo, hi):
         block = values[lo * per_draw:min(hi * per_draw, values.size)]
-        if kernel is None:
-            gen = type(bit_gen)()
-            gen.state = start
-            gen.advance(lo)
-            np.random.Generator(gen).random(out=block, dtype=dtype)
-            if hi == n_draws:
-                final["state"] = gen.state  # where the sequential draw ends, buffered half included
-            return
-        # PCG64: the kernel skips to the block's start itself (pcg64.advance; a bit generator object per block cost
-        # about 25 us, its seed from OS entropy)
-        s_hi, s_lo, last = kernel(*start_128, lo, block)
+        # the kernel skips to the block's start itself (pcg64.advance; a bit generator object per block cost about
+        # 25 us, its seed from OS entropy)
+        s_hi, s_lo, last = kernel(*start_128, lo, block, dxsm)
         if hi == n_draws:  # NumPy's state after the sequential draw: the start's, stepped (buffer set below)
             state = {**start, "state": {**start["state"], "state": pcg64.join_128(s_hi, s_lo)}}
             if per_draw == 2:  # float32: the last draw's high half is in the buffer (used when the count is even)

@@ -67,14 +67,17 @@ def test_blocks_really_split_the_stream(monkeypatch, threads):
     assert all(hi == lo for (_, hi), (lo, _) in zip(ranges, ranges[1:]))
 
 
+@pytest.mark.parametrize("bit_generator", [np.random.PCG64, np.random.PCG64DXSM])
 @pytest.mark.parametrize("delta", [0, 1, 2, 3, 4, 1000, 150001, 123456789, 2 ** 40 + 5, 2 ** 62 + 17, 2 ** 63 - 1])
-def test_advance_is_numpys_jump_ahead(delta):
-    # the blocks' start: pcg64.advance against PCG64.advance, from several states (a wrong composition of the
-    # squared steps, or the increment's factor (M + 1) left out, moves every delta >= 2)
+def test_advance_is_numpys_jump_ahead(bit_generator, delta):
+    # the blocks' start: pcg64.advance against NumPy's advance, from several states (a wrong composition of the
+    # squared steps, or the increment's factor (M + 1) left out, moves every delta >= 2; PCG64DXSM with PCG64's
+    # multiplier moves every delta >= 1)
     for seed in range(4):
-        bit_gen = np.random.PCG64(seed)
+        bit_gen = bit_generator(seed)
         state = bit_gen.state["state"]
-        got = pcg64.advance(*pcg64.split_128(state["state"]), *pcg64.split_128(state["inc"]), delta)
+        got = pcg64.advance(*pcg64.split_128(state["state"]), *pcg64.split_128(state["inc"]), delta,
+                            bit_generator is np.random.PCG64DXSM)
         bit_gen.advance(delta)
         assert pcg64.join_128(*got) == bit_gen.state["state"]["state"], seed
 
@@ -93,24 +96,31 @@ def test_a_generator_subclass_draws_with_its_own_random():
 
 
 def test_pcg64_kernel_without_jit_gives_numpy_values_and_state():
-    """Under NUMBA_DISABLE_JIT=1 the PCG64 fill runs as Python (the 128-bit step in Python integers): the same values
-    and final state as NumPy's draw, both dtypes, an odd float32 count and a buffered half at the start."""
+    """Under NUMBA_DISABLE_JIT=1 the PCG64 and PCG64DXSM fills run as Python (the 128-bit step in Python integers, the
+    DXSM output's 64-bit products wrapped by hand): the same values and final state as NumPy's draw, both dtypes, an
+    odd float32 count and a buffered half at the start, and no warning (a NumPy uint64 product that wraps warns)."""
     run_without_jit("""
+        import warnings
+        warnings.simplefilter("error")
         import numpy as np
         from sbnnumba.uniforms import random_uniforms
-        for dtype, shape, buffered in ((np.float32, (7, 5), False), (np.float32, (6,), True), (np.float64, (9,), True)):
-            mine, ref = np.random.default_rng(3), np.random.default_rng(3)
-            if buffered:
-                mine.random(1, dtype=np.float32), ref.random(1, dtype=np.float32)
-            got, want = random_uniforms(mine, shape, dtype), ref.random(shape, dtype=dtype)
-            assert got.tobytes() == want.tobytes(), dtype
-            assert mine.bit_generator.state == ref.bit_generator.state, dtype
+        for bit_generator in (np.random.PCG64, np.random.PCG64DXSM):
+            for dtype, shape, buffered in ((np.float32, (7, 5), False), (np.float32, (6,), True),
+                                           (np.float64, (9,), True)):
+                mine, ref = np.random.Generator(bit_generator(3)), np.random.Generator(bit_generator(3))
+                if buffered:
+                    mine.random(1, dtype=np.float32), ref.random(1, dtype=np.float32)
+                got, want = random_uniforms(mine, shape, dtype), ref.random(shape, dtype=dtype)
+                assert got.tobytes() == want.tobytes(), (bit_generator, dtype)
+                assert mine.bit_generator.state == ref.bit_generator.state, (bit_generator, dtype)
         from sbnnumba.kernels import pcg64
-        for delta in (0, 5, 150001):  # the blocks' jump-ahead in Python integers
-            bit_gen = np.random.PCG64(4)
-            state = bit_gen.state["state"]
-            got = pcg64.advance(*pcg64.split_128(state["state"]), *pcg64.split_128(state["inc"]), delta)
-            bit_gen.advance(delta)
-            assert pcg64.join_128(*got) == bit_gen.state["state"]["state"], delta
+        for bit_generator in (np.random.PCG64, np.random.PCG64DXSM):
+            for delta in (0, 5, 150001):  # the blocks' jump-ahead in Python integers
+                bit_gen = bit_generator(4)
+                state = bit_gen.state["state"]
+                got = pcg64.advance(*pcg64.split_128(state["state"]), *pcg64.split_128(state["inc"]), delta,
+                                    bit_generator is np.random.PCG64DXSM)
+                bit_gen.advance(delta)
+                assert pcg64.join_128(*got) == bit_gen.state["state"]["state"], delta
         print("ok")
     """)

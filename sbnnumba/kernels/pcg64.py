@@ -10,7 +10,16 @@ this kernel runs the same recurrence in one compiled loop. PCG64 (O'Neill's PCG 
     v = \mathrm{rotr}_{64}(s_{hi} \oplus s_{lo},\ s_{hi} \gg 58)
 
 with NumPy's multiplier ``M`` (:data:`MULTIPLIER`); the 128-bit product goes through LLVM's ``i128`` arithmetic
-(:func:`mul_add_128`). NumPy's uniforms from the draws ``v``:
+(:func:`mul_add_128`). PCG64DXSM (NumPy's ``pcg64_cm``, ``dxsm=True`` in the kernels below) steps the same recurrence
+with the 64-bit multiplier ``K`` (:data:`CHEAP_MULTIPLIER`) and outputs from the state before the step, in 64-bit
+arithmetic modulo ``2^64``:
+
+.. math::
+
+    h = s_{hi} \oplus (s_{hi} \gg 32), \quad h \leftarrow h K, \quad h \leftarrow h \oplus (h \gg 48), \quad
+    v = h (s_{lo} \mathbin{|} 1), \qquad s \leftarrow (K s + c) \bmod 2^{128}.
+
+NumPy's uniforms from the draws ``v``:
 
 * float64: ``(v >> 11) 2^{-53}``, one draw per value;
 * float32: ``(w >> 8) 2^{-24}`` for the 32-bit halves ``w`` of each draw, low half first; after an odd count the
@@ -33,6 +42,9 @@ from numba.extending import intrinsic
 MULTIPLIER = 0x2360ED051FC65DA44385DF649FCCF645
 _M_HI = np.uint64(MULTIPLIER >> 64)
 _M_LO = np.uint64(MULTIPLIER & 0xFFFFFFFFFFFFFFFF)
+#: NumPy's PCG64DXSM multiplier (``PCG_CHEAP_MULTIPLIER_128``): the state's and the output's.
+CHEAP_MULTIPLIER = 0xDA942042E4DD58B5
+_K = np.uint64(CHEAP_MULTIPLIER)
 
 
 def split_128(value):
@@ -105,8 +117,34 @@ mul_add_128 = _mul_add_128_python if numba.config.DISABLE_JIT else _mul_add_128_
 
 
 @numba.njit(inline="always")
-def _step(s_hi, s_lo, c_hi, c_lo):
-    # one 64-bit draw: the new state and its output (XSL RR)
+def _mul_64_jit(a, b):
+    return a * b  # uint64 product modulo 2^64 (LLVM's mul wraps)
+
+
+def _mul_64_python(a, b):
+    """:func:`mul_64` in Python integers (NumPy's uint64 scalars warn when a product wraps)."""
+    return np.uint64((int(a) * int(b)) & 0xFFFFFFFFFFFFFFFF)
+
+
+mul_64 = _mul_64_python if numba.config.DISABLE_JIT else _mul_64_jit
+
+
+@numba.njit(inline="always")
+def _multiplier(dxsm):
+    # (high, low) halves of the state's multiplier: PCG64's M, or PCG64DXSM's 64-bit K
+    return (np.uint64(0), _K) if dxsm else (_M_HI, _M_LO)
+
+
+@numba.njit(inline="always")
+def _step(s_hi, s_lo, c_hi, c_lo, dxsm):
+    # one 64-bit draw: the new state and its output (PCG64: XSL RR of the new state; PCG64DXSM: DXSM of the old one)
+    if dxsm:
+        h = s_hi ^ (s_hi >> np.uint64(32))
+        h = mul_64(h, _K)
+        h ^= h >> np.uint64(48)
+        v = mul_64(h, s_lo | np.uint64(1))
+        s_hi, s_lo = mul_add_128(s_hi, s_lo, np.uint64(0), _K, c_hi, c_lo)
+        return s_hi, s_lo, v
     s_hi, s_lo = mul_add_128(s_hi, s_lo, _M_HI, _M_LO, c_hi, c_lo)
     x = s_hi ^ s_lo
     rot = s_hi >> np.uint64(58)
@@ -114,14 +152,15 @@ def _step(s_hi, s_lo, c_hi, c_lo):
 
 
 @numba.njit(nogil=True, cache=True)
-def advance(s_hi, s_lo, c_hi, c_lo, delta):
-    r"""The PCG64 state ``delta`` 64-bit draws after ``(s_hi, s_lo)``: NumPy's ``PCG64.advance(delta)``, in
-    ``O(log delta)`` 128-bit multiply-adds (Brown 1994, "Random number generation with arbitrary strides").
+def advance(s_hi, s_lo, c_hi, c_lo, delta, dxsm=False):
+    r"""The PCG64 (or, ``dxsm``, PCG64DXSM) state ``delta`` 64-bit draws after ``(s_hi, s_lo)``: NumPy's
+    ``advance(delta)``, in ``O(log delta)`` 128-bit multiply-adds (Brown 1994, "Random number generation with
+    arbitrary strides").
 
     ``delta`` steps of ``s -> M s + c`` are one affine map ``s -> A s + C`` with ``A = M^delta`` and
     ``C = c (M^{delta-1} + ... + M + 1)`` (mod ``2^128``), built by squaring: the step of ``2^k`` draws
     ``(M_k, C_k)`` gives ``(M_k^2, (M_k + 1) C_k)`` for ``2^{k+1}``, and the steps of the set bits of ``delta``
-    compose.
+    compose. ``M`` is :data:`MULTIPLIER`, or :data:`CHEAP_MULTIPLIER` for PCG64DXSM.
 
     Parameters
     ----------
@@ -129,6 +168,8 @@ def advance(s_hi, s_lo, c_hi, c_lo, delta):
         The state and the increment.
     delta : int
         Draws to skip, ``>= 0``.
+    dxsm : bool
+        PCG64DXSM's multiplier instead of PCG64's.
 
     Returns
     -------
@@ -137,7 +178,8 @@ def advance(s_hi, s_lo, c_hi, c_lo, delta):
     """
     zero, one = np.uint64(0), np.uint64(1)
     a_hi, a_lo, p_hi, p_lo = zero, one, zero, zero  # the map of the bits of delta seen so far: s -> a s + p
-    m_hi, m_lo, q_hi, q_lo = _M_HI, _M_LO, c_hi, c_lo  # the map of 2^k draws
+    m_hi, m_lo = _multiplier(dxsm)
+    q_hi, q_lo = c_hi, c_lo  # with (m_hi, m_lo): the map of 2^k draws
     while delta > 0:
         if delta & 1:
             a_hi, a_lo = mul_add_128(a_hi, a_lo, m_hi, m_lo, zero, zero)
@@ -149,7 +191,7 @@ def advance(s_hi, s_lo, c_hi, c_lo, delta):
 
 
 @numba.njit(nogil=True, cache=True)
-def fill_float32(s_hi, s_lo, c_hi, c_lo, skip, out):
+def fill_float32(s_hi, s_lo, c_hi, c_lo, skip, out, dxsm=False):
     """NumPy's float32 uniforms from PCG64 state ``(s_hi, s_lo)``, increment ``(c_hi, c_lo)``, into ``out``.
 
     Parameters
@@ -160,6 +202,8 @@ def fill_float32(s_hi, s_lo, c_hi, c_lo, skip, out):
         Draws skipped from that state before the block (:func:`advance`).
     out : 1-d float32 array
         ``ceil(out.size / 2)`` draws: values ``2k`` and ``2k + 1`` are the low and high halves of draw ``k``.
+    dxsm : bool
+        PCG64DXSM's state and draws instead of PCG64's.
 
     Returns
     -------
@@ -171,19 +215,19 @@ def fill_float32(s_hi, s_lo, c_hi, c_lo, skip, out):
     low_mask = np.uint64(0xFFFFFFFF)
     v = np.uint64(0)
     n = out.size
-    s_hi, s_lo = advance(s_hi, s_lo, c_hi, c_lo, skip)
+    s_hi, s_lo = advance(s_hi, s_lo, c_hi, c_lo, skip, dxsm)
     for k in range(n // 2):
-        s_hi, s_lo, v = _step(s_hi, s_lo, c_hi, c_lo)
+        s_hi, s_lo, v = _step(s_hi, s_lo, c_hi, c_lo, dxsm)
         out[2 * k] = np.float32((v & low_mask) >> np.uint64(8)) * scale
         out[2 * k + 1] = np.float32(v >> np.uint64(40)) * scale
     if n % 2:
-        s_hi, s_lo, v = _step(s_hi, s_lo, c_hi, c_lo)
+        s_hi, s_lo, v = _step(s_hi, s_lo, c_hi, c_lo, dxsm)
         out[n - 1] = np.float32((v & low_mask) >> np.uint64(8)) * scale
     return s_hi, s_lo, v
 
 
 @numba.njit(nogil=True, cache=True)
-def fill_float64(s_hi, s_lo, c_hi, c_lo, skip, out):
+def fill_float64(s_hi, s_lo, c_hi, c_lo, skip, out, dxsm=False):
     """NumPy's float64 uniforms (one draw each) from PCG64 state ``(s_hi, s_lo)``, increment ``(c_hi, c_lo)``.
 
     Parameters
@@ -192,6 +236,8 @@ def fill_float64(s_hi, s_lo, c_hi, c_lo, skip, out):
     skip : int
         Draws skipped from that state before the block (:func:`advance`).
     out : 1-d float64 array
+    dxsm : bool
+        PCG64DXSM's state and draws instead of PCG64's.
 
     Returns
     -------
@@ -200,8 +246,8 @@ def fill_float64(s_hi, s_lo, c_hi, c_lo, skip, out):
     """
     scale = 1.0 / 9007199254740992.0
     v = np.uint64(0)
-    s_hi, s_lo = advance(s_hi, s_lo, c_hi, c_lo, skip)
+    s_hi, s_lo = advance(s_hi, s_lo, c_hi, c_lo, skip, dxsm)
     for k in range(out.size):
-        s_hi, s_lo, v = _step(s_hi, s_lo, c_hi, c_lo)
+        s_hi, s_lo, v = _step(s_hi, s_lo, c_hi, c_lo, dxsm)
         out[k] = np.float64(v >> np.uint64(11)) * scale
     return s_hi, s_lo, v
