@@ -25,8 +25,8 @@ from .runtime import run_range_blocks
 
 #: Bit generators whose ``advance(d)`` moves the state by exactly ``d`` 64-bit draws.
 SPLITTABLE = (np.random.PCG64, np.random.PCG64DXSM)
-# Their blocks are filled by a compiled loop (sbnnumba.kernels.pcg64, NumPy's values bit for bit; PCG64 1.6-2x faster
-# than NumPy's fill through the bit generator's function pointers).
+# Their blocks are filled by a compiled loop (sbnnumba.kernels.pcg64, NumPy's values bit for bit, 1.6-2.2x faster than
+# NumPy's fill through the bit generator's function pointers).
 _PCG64_FILL = {np.dtype(np.float32): pcg64.fill_float32, np.dtype(np.float64): pcg64.fill_float64}
 
 
