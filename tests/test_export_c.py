@@ -37,13 +37,6 @@ N_INPUTS = 1200
 STRICT = ["-std=c99", "-pedantic", "-Wall", "-Wextra", "-Werror", "-O2"]
 
 
-def _compiler(name):
-    path = shutil.which(name)
-    if path is None and name == "cc" and os.environ.get("SBNNUMBA_REQUIRE_CC"):
-        pytest.fail("no C compiler 'cc' on PATH, and SBNNUMBA_REQUIRE_CC is set (.ci/run)")
-    return path
-
-
 def _required(what):
     """Skip for lack of ``what`` (a sentence naming it), or fail in CI (``SBNNUMBA_REQUIRE_CC``)."""
     if os.environ.get("SBNNUMBA_REQUIRE_CC"):
@@ -183,9 +176,9 @@ class Case:
 
 @pytest.fixture(scope="module")
 def cc():
-    path = _compiler("cc")
+    path = shutil.which("cc")
     if path is None:
-        pytest.skip("no C compiler 'cc' on PATH: the C export tests need one (apt-get install gcc)")
+        _required("no C compiler 'cc' on PATH: the C export tests need one (apt-get install gcc)")
     return path
 
 
