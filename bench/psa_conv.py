@@ -27,7 +27,10 @@ Prints, measured in the same run (medians over interleaved repeats, float32):
    other processes' turns). Target: >= 5 G connections/s per core on every stage. Timed with them, interleaved:
    the divider's bound (:func:`division_bound`): the ratio form spends one correctly rounded float32 division
    per two connections (``ratio_pair.pair_term``), so twice this core's division rate is the most any kernel of
-   that form reaches; each stage is printed as a fraction of it.
+   that form reaches; each stage is printed as a fraction of it. Also timed with them: each stage's kernel alone
+   (the ratio kernel of its layout called on copies of the arguments it got in the stage's call,
+   :func:`captured_kernel`), so that the call's fixed cost (layout copy, factor passes, ``exp``, Python) shows as the
+   difference between the two figures.
 
 4. the stages of part 3 that run channel-innermost (``conv_cpu.channel_inner``: 192 channels here), timed
    with ``layout="cells"`` and ``layout="channels"`` (same bits, checked), G connections/s per core by CPU
@@ -55,7 +58,7 @@ from common import interleaved_medians, interleaved_wall_cpu_medians, machine_in
 import sbnnumba as sb  # noqa: E402
 from sbnnumba.architectures import build  # noqa: E402
 from sbnnumba.conv import Conv2d  # noqa: E402
-from sbnnumba.kernels import conv_cpu, conv_layout  # noqa: E402
+from sbnnumba.kernels import conv_channels, conv_cpu, conv_layout  # noqa: E402
 from sbnnumba.kernels.ratio_pair import PAIR_FASTMATH  # noqa: E402
 
 
@@ -210,6 +213,38 @@ def stage_problems(rng, width, batch=64):
     return problems
 
 
+def captured_kernel(call):
+    """The ratio kernel that ``call()`` (a stage's flip propagation) runs, in either layout, as a zero-argument
+    function on copies of the arguments it got (the call's own buffers are reused by the next call).
+
+    Returns
+    -------
+    callable
+        Runs the kernel alone: what the stage's call spends beyond it is the call's fixed cost.
+    """
+    sites = [(conv_cpu, "_flip_conv_ratio"), (conv_channels, "flip_conv_ratio_channels")]
+    kernels = [getattr(module, name) for module, name in sites]
+    captured = []
+
+    def spy(kernel):
+        def run(*args):
+            captured.append((kernel, tuple(np.array(a) if isinstance(a, np.ndarray) else a for a in args)))
+            return kernel(*args)
+        return run
+
+    try:
+        for (module, name), kernel in zip(sites, kernels):
+            setattr(module, name, spy(kernel))
+        call()
+    finally:
+        for (module, name), kernel in zip(sites, kernels):
+            setattr(module, name, kernel)
+    if len(captured) != 1:
+        raise AssertionError(f"expected one ratio kernel call in the stage's flip propagation, got {len(captured)}")
+    kernel, args = captured[0]
+    return lambda: kernel(*args)
+
+
 def stage_section(rng, repeats, threads, width):
     """Part 3 at ``threads`` threads."""
     problems = stage_problems(rng, width)
@@ -217,6 +252,9 @@ def stage_section(rng, repeats, threads, width):
         call()
     divider, divider_conns = division_bound(threads)
     calls = {label: call for label, _, call, _ in problems}
+    calls.update({(label, "kernel"): captured_kernel(call) for label, _, call, _ in problems})
+    for label, _, _, _ in problems:
+        calls[(label, "kernel")]()  # compiled for the copies' layout before the timed rounds
     calls["divider"] = divider
     med = interleaved_wall_cpu_medians(calls, repeats)
     bound = divider_conns / med["divider"][0] / threads / 1e9
@@ -226,10 +264,13 @@ def stage_section(rng, repeats, threads, width):
     worst = float("inf")
     for label, conns, _, _ in problems:
         wall, cpu = med[label]
+        kernel_wall = med[(label, "kernel")][0]
         per_core_wall, per_core_cpu = conns / wall / threads / 1e9, conns / cpu / 1e9
+        per_core_kernel = conns / kernel_wall / threads / 1e9
         worst = min(worst, per_core_wall)
         print(f"   {label:34s} {conns / 1e6:7.0f} M conn  {wall * 1e3:8.2f} ms  {per_core_wall:5.2f} per core (wall), "
-              f"{per_core_wall / bound:4.2f} of the bound  {per_core_cpu:5.2f} per core (CPU time)")
+              f"{per_core_wall / bound:4.2f} of the bound  {per_core_cpu:5.2f} per core (CPU time);  kernel alone "
+              f"{kernel_wall * 1e3:8.2f} ms  {per_core_kernel:5.2f} ({per_core_kernel / bound:4.2f} of the bound)")
     print(f"   => slowest stage: {worst:.2f} G connections/s per core (wall); the divider allows {bound:.2f}")
 
 
