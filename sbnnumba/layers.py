@@ -130,7 +130,7 @@ class Layer(abc.ABC):
 
     @property
     def n_out(self):
-        return math.prod(self.out_shape)
+        return int(math.prod(self.out_shape))
 
 
 class AffineLayer(Layer):
@@ -302,13 +302,13 @@ class Linear(AffineLayer):
         return (self.weight_shape[0],)
 
     def output_shape(self, in_shape: tuple[int, ...]):
-        if math.prod(in_shape) != self.n_in:  # math.prod: a per-step check (np.prod costs 3 us a call)
+        if int(math.prod(in_shape)) != self.n_in:  # math.prod: a per-step check (np.prod costs 3 us a call)
             raise ValueError(f"x: a Linear({self.n_in}, {self.weight_shape[0]}) layer expects {self.n_in} "
                              f"input features per example, got shape {tuple(in_shape)}")
         return self.out_shape
 
     def _flat(self, x):
-        x2 = x.reshape(x.shape[0], math.prod(x.shape[1:]))  # not -1: an empty batch has no size to infer
+        x2 = x.reshape(x.shape[0], int(math.prod(x.shape[1:])))  # not -1: an empty batch has no size to infer
         if x2.shape[1] != self.n_in:
             self.output_shape(x.shape[1:])
         return x2
