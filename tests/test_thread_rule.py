@@ -108,6 +108,23 @@ def test_gemm_equals_matmul_and_restores_blas_threads():
         sb.set_num_threads(before)
 
 
+def test_gemm_restores_blas_threads_and_releases_its_lock_when_the_product_raises():
+    # the BLAS thread guard (runtime._OneBlasThread) around a product that fails inside it: np.matmul refuses an
+    # `out` of the wrong shape after the guard lowered BLAS to one thread and took the lock
+    before = sb.get_num_threads()
+    try:
+        sb.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+        threads = _blas_threads()
+        a, b = np.ones((3, 4), np.float32), np.ones((4, 5), np.float32)
+        with pytest.raises(ValueError):
+            runtime.gemm(a, b, out=np.empty((3, 6), np.float32))
+        assert _blas_threads() == threads
+        assert not runtime._GEMM_LOCK.locked()
+        np.testing.assert_array_equal(runtime.gemm(a, b), a @ b)
+    finally:
+        sb.set_num_threads(before)
+
+
 def test_small_flip_kernel_call_runs_and_restores_threads():
     """A flip propagation below the rule's work runs at one Numba thread, and the count is restored."""
     rng = np.random.default_rng(1)

@@ -95,14 +95,14 @@ def known_methods() -> list[str]:
 def _option_names(fn):
     """The options of a registered estimator: its parameters after the first four (found once per estimator:
     ``inspect.signature`` costs about 12 us, paid by every ``estimate`` call before)."""
-    return list(inspect.signature(fn).parameters)[4:]
+    return tuple(inspect.signature(fn).parameters)[4:]  # a tuple: the cached value is shared by every call
 
 
 def _options(name, fn, defaults, options):
     allowed = _option_names(fn)
     unknown = sorted(set(options) - set(allowed))
     if unknown:
-        raise ValueError(f"options: unknown option(s) {unknown} for method {name!r}; expected some of {allowed}")
+        raise ValueError(f"options: unknown option(s) {unknown} for method {name!r}; expected some of {list(allowed)}")
     return {**defaults, **options}
 
 
