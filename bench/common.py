@@ -145,17 +145,21 @@ def interleaved_medians(contenders, repeats, settle=0.0, prepare=None):
     return {name: statistics.median(times[name]) for name in names}
 
 
-def interleaved_wall_cpu_medians(contenders, repeats):
+def interleaved_wall_cpu_medians(contenders, repeats, prepare=None):
     """Like :func:`interleaved_medians` (no settling), returning ``{name: (wall, cpu)}``: median wall
     seconds and median process CPU seconds (all threads) per call. On a shared machine the CPU time
     counts only the cycles the process got, so ``work / cpu`` estimates the throughput per busy core
-    even when other processes take turns on it (cache and memory contention still count)."""
+    even when other processes take turns on it (cache and memory contention still count).
+    ``prepare`` (name -> zero-argument function, optional) is called untimed right before the contender's
+    turn, as in :func:`interleaved_medians`."""
     names = list(contenders)
     wall = {name: [] for name in names}
     cpu = {name: [] for name in names}
     for round_index in range(max(1, repeats)):
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
+            if prepare is not None and name in prepare:
+                prepare[name]()
             cpu_start = time.process_time()
             start = time.perf_counter()
             contenders[name]()

@@ -30,19 +30,30 @@ Prints, measured in the same run (medians over interleaved repeats, float32):
    that form reaches; each stage is printed as a fraction of it. Also timed with them: each stage's kernel alone
    (the ratio kernel of its layout called on copies of the arguments it got in the stage's call,
    :func:`captured_kernel`), so that the call's fixed cost (layout copy, factor passes, ``exp``, Python) shows as the
-   difference between the two figures.
+   difference between the two figures; and each stage's call repeated at once after an untimed call of its own
+   ("call again at once"), so that what the stages before it leave in (or take out of) the caches shows as the
+   difference between it and the call in the sequence.
 
 4. the stages of part 3 that run channel-innermost (``conv_cpu.channel_inner``: 192 channels here), timed
    with ``layout="cells"`` and ``layout="channels"`` (same bits, checked), G connections/s per core by CPU
    time.
 
+5. each stage's flip propagation of part 3 inside real PSA training steps of the same network (``sbnnumba.estimate``;
+   the CPU backend's ``conv_cpu.flip_propagate_conv`` wrapped with a timer): the order and the cache state training
+   gives them. The backward pass calls them from the last stage to the first, each right after its own stage's
+   pre-activation and parameter gradients (``estimators/psa.py``), which read the same maps: the 1x1 stages find
+   them in the caches (part 3 calls each stage after the larger stage before it). G connections/s per core by wall
+   time and by CPU time, and the flips' share of the step.
+
 Parts 1 and 2 print their ratios and parts 3 and 4 their throughput at one thread and at the default thread count
 (``sbnnumba.set_num_threads``: Numba and BLAS together).
 
-Usage: python bench/psa_conv.py [--repeats 11] [--width 0.5] [--stage-width 1.0] [--generic] [--parts 1,2,3,4]
+Usage: python bench/psa_conv.py [--repeats 11] [--width 0.5] [--stage-width 1.0] [--generic] [--parts 1,2,3,4,5]
 """
 import argparse
+import math
 import os
+import statistics
 import sys
 import time
 
@@ -256,7 +267,11 @@ def stage_section(rng, repeats, threads, width):
     for label, _, _, _ in problems:
         calls[(label, "kernel")]()  # compiled for the copies' layout before the timed rounds
     calls["divider"] = divider
-    med = interleaved_wall_cpu_medians(calls, repeats)
+    # each stage's call once more right after an untimed call of its own: its data in the caches, the rest as in
+    # the sequence (what the stages before it leave behind costs the difference)
+    calls.update({(label, "again"): call for label, _, call, _ in problems})
+    med = interleaved_wall_cpu_medians(calls, repeats, prepare={(label, "again"): call
+                                                                for label, _, call, _ in problems})
     bound = divider_conns / med["divider"][0] / threads / 1e9
     print(f"\n3) conv flip propagation per stage, paper network at width {width}, 1x28x28, B=64, float32 (logistic "
           f"ratio form), {threads} thread(s); G connections/s per core (target >= 5)")
@@ -264,14 +279,75 @@ def stage_section(rng, repeats, threads, width):
     worst = float("inf")
     for label, conns, _, _ in problems:
         wall, cpu = med[label]
-        kernel_wall = med[(label, "kernel")][0]
+        kernel_wall, again_wall = med[(label, "kernel")][0], med[(label, "again")][0]
         per_core_wall, per_core_cpu = conns / wall / threads / 1e9, conns / cpu / 1e9
-        per_core_kernel = conns / kernel_wall / threads / 1e9
+        per_core_kernel, per_core_again = (conns / t / threads / 1e9 for t in (kernel_wall, again_wall))
         worst = min(worst, per_core_wall)
         print(f"   {label:34s} {conns / 1e6:7.0f} M conn  {wall * 1e3:8.2f} ms  {per_core_wall:5.2f} per core (wall), "
               f"{per_core_wall / bound:4.2f} of the bound  {per_core_cpu:5.2f} per core (CPU time);  kernel alone "
-              f"{kernel_wall * 1e3:8.2f} ms  {per_core_kernel:5.2f} ({per_core_kernel / bound:4.2f} of the bound)")
+              f"{kernel_wall * 1e3:8.2f} ms  {per_core_kernel:5.2f} ({per_core_kernel / bound:4.2f} of the bound);  "
+              f"call again at once {again_wall * 1e3:8.2f} ms  {per_core_again:5.2f}")
     print(f"   => slowest stage: {worst:.2f} G connections/s per core (wall); the divider allows {bound:.2f}")
+
+
+def flip_calls_in_steps(step, steps):
+    """Wall and process CPU seconds of every conv flip propagation that ``steps`` calls of ``step()`` make.
+
+    Returns
+    -------
+    dict
+        ``(x_in shape, a shape) -> list of (wall, cpu)``, one entry per call (``conv_cpu.flip_propagate_conv``, the
+        CPU backend's conv flip, wrapped for the duration of the calls and restored after).
+    """
+    original = conv_cpu.flip_propagate_conv
+    times = {}
+
+    def timed(x_in, a, *rest, **options):
+        cpu_start, start = time.process_time(), time.perf_counter()
+        d_in = original(x_in, a, *rest, **options)
+        times.setdefault((x_in.shape, a.shape), []).append((time.perf_counter() - start,
+                                                           time.process_time() - cpu_start))
+        return d_in
+
+    conv_cpu.flip_propagate_conv = timed
+    try:
+        for _ in range(steps):
+            step()
+    finally:
+        conv_cpu.flip_propagate_conv = original
+    return times
+
+
+def in_step_section(rng, repeats, threads, width):
+    """Part 5 at ``threads`` threads: each stage's flip propagation inside PSA training steps."""
+    net = build("conv", (1, 28, 28), 10, width=width, rng=1)
+    x = rng.random((64, 1, 28, 28), dtype=np.float32)
+    y = rng.integers(0, 10, 64)
+    net.initialize_from_data(x)
+    step = lambda: sb.estimate("psa", net, x, y, rng=rng)  # noqa: E731
+    flip_calls_in_steps(step, 2)  # compiled, buffers grown
+    start = time.perf_counter()
+    times = flip_calls_in_steps(step, repeats)
+    step_time = (time.perf_counter() - start) / repeats
+    print(f"\n5) conv flip propagation per stage inside PSA training steps (the backward pass: from the "
+          f"last stage to the first, each after its own stage's parameter gradients), width {width}, 1x28x28, B=64, "
+          f"float32, {threads} thread(s), medians of {repeats} steps; G connections/s per core (target >= 5)")
+    shape, worst, flip_total = (1, 28, 28), float("inf"), 0.0
+    for index, layer in enumerate(net.stages):
+        out_shape = layer.output_shape(shape)
+        if index > 0:
+            calls = times[((64,) + shape, (64,) + out_shape)]
+            wall = statistics.median(t for t, _ in calls)
+            cpu = statistics.median(c for _, c in calls)
+            conns = 64 * math.prod(out_shape) * layer.weight[0].size
+            per_core = conns / wall / threads / 1e9
+            worst, flip_total = min(worst, per_core), flip_total + wall
+            label = f"stage {index + 1}: " + " -> ".join("x".join(map(str, s)) for s in (shape, out_shape))
+            print(f"   {label:34s} {conns / 1e6:7.0f} M conn  {wall * 1e3:8.2f} ms  {per_core:5.2f} per core (wall)  "
+                  f"{conns / cpu / 1e9:5.2f} per core (CPU time)")
+        shape = out_shape
+    print(f"   => slowest stage: {worst:.2f} G connections/s per core (wall); the flip propagations "
+          f"{flip_total * 1e3:.0f} ms of a {step_time * 1e3:.0f} ms step")
 
 
 def layout_section(rng, repeats, threads, width):
@@ -305,7 +381,7 @@ def main(argv=None):
     parser.add_argument("--width", type=float, default=0.5)
     parser.add_argument("--stage-width", type=float, default=1.0)
     parser.add_argument("--generic", action="store_true", help="also time the generic F form once")
-    parser.add_argument("--parts", default="1,2,3,4", help="comma-separated parts to run (default 1,2,3,4)")
+    parser.add_argument("--parts", default="1,2,3,4,5", help="comma-separated parts to run (default 1,2,3,4,5)")
     args = parser.parse_args(argv)
     parts = set(args.parts.split(","))
     machine_info()  # includes the load average: other processes on a 2-core machine skew every figure
@@ -320,6 +396,8 @@ def main(argv=None):
             stage_section(rng, args.repeats, threads, args.stage_width)
         if "4" in parts:
             layout_section(rng, args.repeats, threads, args.stage_width)
+        if "5" in parts:
+            in_step_section(rng, args.repeats, threads, args.stage_width)
     print(f"load average at end: {os.getloadavg()}")
 
 
