@@ -40,10 +40,10 @@ Prints, measured in the same run (medians over interleaved repeats, float32):
 
 5. each stage's flip propagation of part 3 inside real PSA training steps of the same network (``sbnnumba.estimate``;
    the CPU backend's ``conv_cpu.flip_propagate_conv`` wrapped with a timer): the order and the cache state training
-   gives them. The backward pass calls them from the last stage to the first, each right after its own stage's
-   pre-activation and parameter gradients (``estimators/psa.py``), which read the same maps: the 1x1 stages find
-   them in the caches (part 3 calls each stage after the larger stage before it). G connections/s per core by wall
-   time and by CPU time, and the flips' share of the step.
+   gives them: the backward pass calls them from the last stage to the first, each right after its own stage's
+   pre-activation and parameter gradients (``estimators/psa.py``), which read the same maps (part 3 calls each
+   stage after the larger stage before it). G connections/s per core by wall time and by CPU time, and the flips'
+   share of the step.
 
 Parts 1 and 2 print their ratios and parts 3 and 4 their throughput at one thread and at the default thread count
 (``sbnnumba.set_num_threads``: Numba and BLAS together).
