@@ -45,7 +45,7 @@ Prints, measured in the same run (medians over interleaved repeats, float32):
    stage after the larger stage before it). G connections/s per core by wall time and by CPU time, and the flips'
    share of the step.
 
-Parts 1 and 2 print their ratios and parts 3 and 4 their throughput at one thread and at the default thread count
+Parts 1 and 2 print their ratios and parts 3, 4 and 5 their throughput at one thread and at the default thread count
 (``sbnnumba.set_num_threads``: Numba and BLAS together).
 
 Usage: python bench/psa_conv.py [--repeats 11] [--width 0.5] [--stage-width 1.0] [--generic] [--parts 1,2,3,4,5]
@@ -337,6 +337,9 @@ def in_step_section(rng, repeats, threads, width):
         out_shape = layer.output_shape(shape)
         if index > 0:
             calls = times[((64,) + shape, (64,) + out_shape)]
+            if len(calls) != repeats:  # the calls are told apart by their shapes
+                raise AssertionError(f"stage {index + 1}: {len(calls)} flip propagations of its shapes in {repeats} "
+                                     f"steps (another stage has the same input and output shapes)")
             wall = statistics.median(t for t, _ in calls)
             cpu = statistics.median(c for _, c in calls)
             conns = 64 * math.prod(out_shape) * layer.weight[0].size
