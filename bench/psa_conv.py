@@ -176,7 +176,9 @@ def step_section(rng, repeats, threads, width):
           f"{(med['psa'] - flip + flip_at_bound) / med['st']:.2f}x the ST step")
 
 
-@numba.njit(parallel=True, fastmath=PAIR_FASTMATH, error_model="numpy", cache=True)
+# Not cached: tests load this script as a module under another name, and a cached function's globals are rebuilt
+# by importing its module by the name it was compiled under (a script run caches it as __main__).
+@numba.njit(parallel=True, fastmath=PAIR_FASTMATH, error_model="numpy")
 def _accumulate_quotients(num, den, acc, repeats):
     # acc[t] += num[t] / den[t], `repeats` times per task row: one division and one accumulate per value, as in the
     # ratio kernels' innermost loops, on L1-resident rows (the accumulate keeps the repeats from being folded).

@@ -1,19 +1,9 @@
 """bench/common.py: the interleaved timers call their contenders round-robin in a rotated order and leave each
 contender's ``prepare`` call out of its time."""
-import importlib.util
-import pathlib
 import time
 
 import pytest
-
-COMMON = pathlib.Path(__file__).resolve().parents[1] / "bench" / "common.py"
-
-
-def _common():
-    spec = importlib.util.spec_from_file_location("bench_common", COMMON)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from scripts import load_script
 
 
 @pytest.mark.parametrize("timer", ["interleaved_medians", "interleaved_wall_cpu_medians"])
@@ -25,7 +15,7 @@ def test_prepare_runs_right_before_its_contender_and_is_not_timed(timer):
         log.append("prep")
         time.sleep(0.05)  # 50 ms untimed: a contender that only appends takes microseconds
 
-    med = getattr(_common(), timer)(contenders, 3, prepare={"b": slow_prepare})
+    med = getattr(load_script("bench/common.py", "bench_common"), timer)(contenders, 3, prepare={"b": slow_prepare})
     # rounds rotated by one: a b c, b c a, c a b; "prep" right before every "b"
     assert log == ["a", "prep", "b", "c", "prep", "b", "c", "a", "c", "a", "prep", "b"]
     wall = {name: value[0] if isinstance(value, tuple) else value for name, value in med.items()}

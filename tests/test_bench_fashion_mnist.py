@@ -1,21 +1,16 @@
 """bench/fashion_mnist.py --sharpen: the continuation starts from the finished run with its
 pre-activations scaled, is reported and tested, resumes, and refuses changed settings."""
-import importlib.util
 import json
-import pathlib
 
 import numpy as np
 import pytest
+from scripts import load_script
 
 from sbnnumba import training
 
 
 def _bench():
-    path = pathlib.Path(__file__).resolve().parents[1] / "bench" / "fashion_mnist.py"
-    spec = importlib.util.spec_from_file_location("fashion_mnist_bench", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench/fashion_mnist.py", "fashion_mnist_bench")
 
 
 def test_bench_sharpen_continuation(tmp_path, capsys):

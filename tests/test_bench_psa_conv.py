@@ -1,28 +1,18 @@
 """bench/psa_conv.py: parts 3 and 5 print every stage of the paper's network with the figures the run log quotes, and
 the timer that part 5 puts around the conv flip propagation counts every call and is removed afterwards, also when a
 step raises."""
-import importlib.util
-import pathlib
 import re
 
 import numpy as np
 import pytest
+from scripts import load_script
 
 from sbnnumba.kernels import conv_cpu
-
-BENCH = pathlib.Path(__file__).resolve().parents[1] / "bench" / "psa_conv.py"
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("psa_conv_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
 def bench():
-    return _bench()
+    return load_script("bench/psa_conv.py", "psa_conv_bench")
 
 
 def test_stage_and_in_step_parts_print_every_stage(bench, capsys):

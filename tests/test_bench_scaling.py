@@ -1,22 +1,18 @@
 """bench/scaling.py: the smoke run prints every figure the issue asks for (1 rank, 2 ranks, 1 process with
 2 threads, the communication share, the 2-rank vs 2-thread ratio, the Allreduce sizes, the N-node model)
 and labels the machine IDLE or LOADED; the model's crossover and the load verdict are checked directly."""
-import importlib.util
-import pathlib
 import subprocess
 import sys
 
 import pytest
+from scripts import ROOT, load_script
 from test_distributed import mpi_env, mpiexec
 
-BENCH = pathlib.Path(__file__).resolve().parents[1] / "bench" / "scaling.py"
+BENCH = ROOT / "bench" / "scaling.py"
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("scaling_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench/scaling.py", "scaling_bench")
 
 
 def test_smoke_run_prints_every_figure():

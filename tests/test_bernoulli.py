@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 from scipy import optimize, special
+from scripts import load_script
 
 import sbnnumba as sb
 from sbnnumba import architectures, cli, training
@@ -458,12 +459,7 @@ def test_bench_binary_modes_passes_match_the_network_and_its_recalibration():
     its 'stochastic' pass is Network.sample with the same generator (same draw order), its
     'deterministic' pass and statistics are those of the deterministic mode, and its two middle modes
     are sampled in the noise they keep and constant in the other."""
-    import importlib.util
-    import pathlib
-    path = pathlib.Path(__file__).resolve().parents[1] / "bench" / "binary_modes.py"
-    spec = importlib.util.spec_from_file_location("binary_modes", path)
-    modes = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(modes)
+    modes = load_script("bench/binary_modes.py", "binary_modes")
     net = architectures.build("mlp", (1, 5, 5), 3, rng=4, hidden=[9, 7], weight="hidden", normalize=True,
                               dtype=np.float64)
     x = np.random.default_rng(5).normal(size=(40, 1, 5, 5))
@@ -494,13 +490,8 @@ def test_bench_binary_weights_sharpen_steps(tmp_path):
     """bench/binary_weights.py --sharpen 2 --sharpen-steps 2: each step doubles every stage's batch-norm
     gamma and beta before its continuation (lr 1e-12: the continuations end where they start), and the
     network is tested before and after."""
-    import importlib.util
     import json
-    import pathlib
-    path = pathlib.Path(__file__).resolve().parents[1] / "bench" / "binary_weights.py"
-    spec = importlib.util.spec_from_file_location("binary_weights", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("bench/binary_weights.py", "binary_weights")
     runs = tmp_path / "runs"
     bench.main(["--hidden", "10,8", "--epochs", "1", "--train-subset", "300", "--test-samples", "2",
                 "--train-eval-size", "50", "--only", "0", "--runs-dir", str(runs), "--docs", str(tmp_path / "docs"),

@@ -16,7 +16,7 @@ and proof that a small deliberate change of a formula is caught.
 """
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import subprocess
 import sys
@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scripts import load_script
 
 import sbnnumba as sb
 
@@ -32,15 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 V1 = ROOT / "conformance" / "v1"
 
 
-def _load(name, path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-make = _load("make_conformance", ROOT / "tools" / "make_conformance.py")
-checker = _load("check_numpy", ROOT / "conformance" / "check_numpy.py")
+make = load_script("tools/make_conformance.py", "make_conformance")
+checker = load_script("conformance/check_numpy.py", "check_numpy")
 
 
 def stored_cases(name):
