@@ -3,7 +3,7 @@ contender's ``prepare`` call out of its time."""
 import time
 
 import pytest
-from scripts import load_script
+from script_loader import load_script
 
 
 @pytest.mark.parametrize("timer", ["interleaved_medians", "interleaved_wall_cpu_medians"])

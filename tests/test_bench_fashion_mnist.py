@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from scripts import load_script
+from script_loader import load_script
 
 from sbnnumba import training
 

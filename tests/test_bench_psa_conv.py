@@ -5,7 +5,7 @@ import re
 
 import numpy as np
 import pytest
-from scripts import load_script
+from script_loader import load_script
 
 from sbnnumba.kernels import conv_cpu
 

@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from scripts import ROOT, load_script
+from script_loader import ROOT, load_script
 from test_distributed import mpi_env, mpiexec
 
 BENCH = ROOT / "bench" / "scaling.py"

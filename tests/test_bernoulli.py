@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 from scipy import optimize, special
-from scripts import load_script
+from script_loader import load_script
 
 import sbnnumba as sb
 from sbnnumba import architectures, cli, training

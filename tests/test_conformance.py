@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scripts import load_script
+from script_loader import load_script
 
 import sbnnumba as sb
 
