@@ -126,8 +126,26 @@ def interleaved_medians(contenders, repeats, settle=0.0, prepare=None):
     dict[str, float]
         Name -> median seconds, in the order of ``contenders``.
     """
+    wall, _ = _interleaved_samples(contenders, repeats, settle, prepare)
+    return {name: statistics.median(times) for name, times in wall.items()}
+
+
+def interleaved_wall_cpu_medians(contenders, repeats, prepare=None):
+    """Like :func:`interleaved_medians` (no settling), returning ``{name: (wall, cpu)}``: median wall
+    seconds and median process CPU seconds (all threads) per call. On a shared machine the CPU time
+    counts only the cycles the process got, so ``work / cpu`` estimates the throughput per busy core
+    even when other processes take turns on it (cache and memory contention still count).
+    ``prepare`` (name -> zero-argument function, optional) is called untimed right before the contender's
+    turn, as in :func:`interleaved_medians`."""
+    wall, cpu = _interleaved_samples(contenders, repeats, 0.0, prepare)
+    return {name: (statistics.median(wall[name]), statistics.median(cpu[name])) for name in wall}
+
+
+def _interleaved_samples(contenders, repeats, settle, prepare):
+    """The round-robin loop of :func:`interleaved_medians`: ``(wall, cpu)``, each name -> seconds per timed call."""
     names = list(contenders)
-    times = {name: [] for name in names}
+    wall = {name: [] for name in names}
+    cpu = {name: [] for name in names}
     for round_index in range(max(1, repeats)):
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
@@ -139,33 +157,12 @@ def interleaved_medians(contenders, repeats, settle=0.0, prepare=None):
                 fn()
                 while time.perf_counter() - settle_start < settle:
                     fn()
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(times[name]) for name in names}
-
-
-def interleaved_wall_cpu_medians(contenders, repeats, prepare=None):
-    """Like :func:`interleaved_medians` (no settling), returning ``{name: (wall, cpu)}``: median wall
-    seconds and median process CPU seconds (all threads) per call. On a shared machine the CPU time
-    counts only the cycles the process got, so ``work / cpu`` estimates the throughput per busy core
-    even when other processes take turns on it (cache and memory contention still count).
-    ``prepare`` (name -> zero-argument function, optional) is called untimed right before the contender's
-    turn, as in :func:`interleaved_medians`."""
-    names = list(contenders)
-    wall = {name: [] for name in names}
-    cpu = {name: [] for name in names}
-    for round_index in range(max(1, repeats)):
-        shift = round_index % len(names)
-        for name in names[shift:] + names[:shift]:
-            if prepare is not None and name in prepare:
-                prepare[name]()
             cpu_start = time.process_time()
             start = time.perf_counter()
-            contenders[name]()
+            fn()
             wall[name].append(time.perf_counter() - start)
             cpu[name].append(time.process_time() - cpu_start)
-    return {name: (statistics.median(wall[name]), statistics.median(cpu[name])) for name in names}
+    return wall, cpu
 
 
 def thread_counts():
