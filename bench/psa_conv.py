@@ -51,6 +51,7 @@ Parts 1 and 2 print their ratios and parts 3, 4 and 5 their throughput at one th
 Usage: python bench/psa_conv.py [--repeats 11] [--width 0.5] [--stage-width 1.0] [--generic] [--parts 1,2,3,4,5]
 """
 import argparse
+import contextlib
 import math
 import os
 import statistics
@@ -145,12 +146,18 @@ def layer_section(rng, repeats, threads, generic):
           f"{med['direct sum over those units (left out)'] / med['PSA flip, ratio form']:.2f}x")
 
 
-def step_section(rng, repeats, threads, width):
-    """Part 2 at ``threads`` threads."""
+def paper_network(rng, width):
+    """The paper's conv network on 1x28x28 at ``width``, initialized from a random batch of 64: ``(net, x, y)``."""
     net = build("conv", (1, 28, 28), 10, width=width, rng=1)
     x = rng.random((64, 1, 28, 28), dtype=np.float32)
     y = rng.integers(0, 10, 64)
     net.initialize_from_data(x)
+    return net, x, y
+
+
+def step_section(rng, repeats, threads, width):
+    """Part 2 at ``threads`` threads."""
+    net, x, y = paper_network(rng, width)
     channels = [layer.inner.weight.shape[0] for layer in net.stages]
     net_tri = build("conv", (1, 28, 28), 10, width=width, rng=1, noise="triangular")
     net_tri.initialize_from_data(x)
@@ -226,6 +233,18 @@ def stage_problems(rng, width, batch=64):
     return problems
 
 
+@contextlib.contextmanager
+def wrapped(module, name, wrap):
+    """Within the block ``module.name`` is ``wrap(original)``; the original is restored on exit, also after an error
+    (the measurement aids below: the library's functions are looked up by module attribute at call time)."""
+    original = getattr(module, name)
+    setattr(module, name, wrap(original))
+    try:
+        yield
+    finally:
+        setattr(module, name, original)
+
+
 def captured_kernel(call):
     """The ratio kernel that ``call()`` (a stage's flip propagation) runs, in either layout, as a zero-argument
     function on copies of the arguments it got (the call's own buffers are reused by the next call).
@@ -235,8 +254,6 @@ def captured_kernel(call):
     callable
         Runs the kernel alone: what the stage's call spends beyond it is the call's fixed cost.
     """
-    sites = [(conv_cpu, "_flip_conv_ratio"), (conv_channels, "flip_conv_ratio_channels")]
-    kernels = [getattr(module, name) for module, name in sites]
     captured = []
 
     def spy(kernel):
@@ -245,13 +262,8 @@ def captured_kernel(call):
             return kernel(*args)
         return run
 
-    try:
-        for (module, name), kernel in zip(sites, kernels):
-            setattr(module, name, spy(kernel))
+    with wrapped(conv_cpu, "_flip_conv_ratio", spy), wrapped(conv_channels, "flip_conv_ratio_channels", spy):
         call()
-    finally:
-        for (module, name), kernel in zip(sites, kernels):
-            setattr(module, name, kernel)
     if len(captured) != 1:
         raise AssertionError(f"expected one ratio kernel call in the stage's flip propagation, got {len(captured)}")
     kernel, args = captured[0]
@@ -271,9 +283,9 @@ def stage_section(rng, repeats, threads, width):
     calls["divider"] = divider
     # each stage's call once more right after an untimed call of its own: its data in the caches, the rest as in
     # the sequence (what the stages before it leave behind costs the difference)
-    calls.update({(label, "again"): call for label, _, call, _ in problems})
-    med = interleaved_wall_cpu_medians(calls, repeats, prepare={(label, "again"): call
-                                                                for label, _, call, _ in problems})
+    again = {(label, "again"): call for label, _, call, _ in problems}  # each its own untimed prepare
+    calls.update(again)
+    med = interleaved_wall_cpu_medians(calls, repeats, prepare=again)
     bound = divider_conns / med["divider"][0] / threads / 1e9
     print(f"\n3) conv flip propagation per stage, paper network at width {width}, 1x28x28, B=64, float32 (logistic "
           f"ratio form), {threads} thread(s); G connections/s per core (target >= 5)")
@@ -301,31 +313,26 @@ def flip_calls_in_steps(step, steps):
         ``(x_in shape, a shape) -> list of (wall, cpu)``, one entry per call (``conv_cpu.flip_propagate_conv``, the
         CPU backend's conv flip, wrapped for the duration of the calls and restored after).
     """
-    original = conv_cpu.flip_propagate_conv
     times = {}
 
-    def timed(x_in, a, *rest, **options):
-        cpu_start, start = time.process_time(), time.perf_counter()
-        d_in = original(x_in, a, *rest, **options)
-        times.setdefault((x_in.shape, a.shape), []).append((time.perf_counter() - start,
-                                                           time.process_time() - cpu_start))
-        return d_in
+    def timer(flip):
+        def timed(x_in, a, *rest, **options):
+            cpu_start, start = time.process_time(), time.perf_counter()
+            d_in = flip(x_in, a, *rest, **options)
+            times.setdefault((x_in.shape, a.shape), []).append((time.perf_counter() - start,
+                                                               time.process_time() - cpu_start))
+            return d_in
+        return timed
 
-    conv_cpu.flip_propagate_conv = timed
-    try:
+    with wrapped(conv_cpu, "flip_propagate_conv", timer):
         for _ in range(steps):
             step()
-    finally:
-        conv_cpu.flip_propagate_conv = original
     return times
 
 
 def in_step_section(rng, repeats, threads, width):
     """Part 5 at ``threads`` threads: each stage's flip propagation inside PSA training steps."""
-    net = build("conv", (1, 28, 28), 10, width=width, rng=1)
-    x = rng.random((64, 1, 28, 28), dtype=np.float32)
-    y = rng.integers(0, 10, 64)
-    net.initialize_from_data(x)
+    net, x, y = paper_network(rng, width)
     step = lambda: sb.estimate("psa", net, x, y, rng=rng)  # noqa: E731
     flip_calls_in_steps(step, 2)  # compiled, buffers grown
     start = time.perf_counter()
