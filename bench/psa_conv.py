@@ -210,6 +210,17 @@ def division_bound(threads, n=2048, repeats=2000):
     return (lambda: _accumulate_quotients(num, den, acc, repeats)), 2 * threads * repeats * n
 
 
+def stage_label(index, in_shape, out_shape):
+    """How parts 3 and 5 name stage ``index`` (0-based): ``"stage 8: 192x1x1 -> 192x1x1"``."""
+    return f"stage {index + 1}: " + " -> ".join("x".join(map(str, s)) for s in (in_shape, out_shape))
+
+
+def stage_connections(layer, batch, out_shape):
+    """Connections of a conv stage's flip propagation: every output unit of ``batch`` examples times its receptive
+    field (``C_in kh kw``)."""
+    return batch * math.prod(out_shape) * layer.weight[0].size
+
+
 def stage_problems(rng, width, batch=64):
     """Per stage 2-8 of the paper's conv network on 1x28x28 (data-initialized): ``(label, connections,
     call, args)``, ``call`` the stage's logistic flip propagation on random +-1 inputs and outputs, ``args``
@@ -224,11 +235,11 @@ def stage_problems(rng, width, batch=64):
             a = layer.forward(x_in)
             x_out = np.where(rng.random(a.shape) < 0.5, 1, -1).astype(np.float32)
             d_out = (1e-3 * rng.normal(size=a.shape)).astype(np.float32)
-            label = f"stage {index + 1}: " + " -> ".join("x".join(map(str, s)) for s in (shape, out_shape))
+            label = stage_label(index, shape, out_shape)
             call = (lambda layer=layer, x_in=x_in, a=a, x_out=x_out, d_out=d_out:
                     layer.flip_propagate(x_in, a, x_out, d_out, "logistic", "cpu"))
             args = (x_in, a, x_out, layer.weight, d_out, layer.stride, layer.padding)
-            problems.append((label, batch * a[0].size * layer.weight[0].size, call, args))
+            problems.append((label, stage_connections(layer, batch, out_shape), call, args))
         shape = out_shape
     return problems
 
@@ -333,28 +344,30 @@ def flip_calls_in_steps(step, steps):
 def in_step_section(rng, repeats, threads, width):
     """Part 5 at ``threads`` threads: each stage's flip propagation inside PSA training steps."""
     net, x, y = paper_network(rng, width)
+    batch = x.shape[0]
     step = lambda: sb.estimate("psa", net, x, y, rng=rng)  # noqa: E731
     flip_calls_in_steps(step, 2)  # compiled, buffers grown
     start = time.perf_counter()
     times = flip_calls_in_steps(step, repeats)
     step_time = (time.perf_counter() - start) / repeats
     print(f"\n5) conv flip propagation per stage inside PSA training steps (the backward pass: from the "
-          f"last stage to the first, each after its own stage's parameter gradients), width {width}, 1x28x28, B=64, "
-          f"float32, {threads} thread(s), medians of {repeats} steps; G connections/s per core (target >= 5)")
+          f"last stage to the first, each after its own stage's parameter gradients), width {width}, 1x28x28, "
+          f"B={batch}, float32, {threads} thread(s), medians of {repeats} steps; G connections/s per core "
+          f"(target >= 5)")
     shape, worst, flip_total = (1, 28, 28), float("inf"), 0.0
     for index, layer in enumerate(net.stages):
         out_shape = layer.output_shape(shape)
         if index > 0:
-            calls = times[((64,) + shape, (64,) + out_shape)]
+            calls = times[((batch,) + shape, (batch,) + out_shape)]
             if len(calls) != repeats:  # the calls are told apart by their shapes
                 raise AssertionError(f"stage {index + 1}: {len(calls)} flip propagations of its shapes in {repeats} "
                                      f"steps (another stage has the same input and output shapes)")
             wall = statistics.median(t for t, _ in calls)
             cpu = statistics.median(c for _, c in calls)
-            conns = 64 * math.prod(out_shape) * layer.weight[0].size
+            conns = stage_connections(layer, batch, out_shape)
             per_core = conns / wall / threads / 1e9
             worst, flip_total = min(worst, per_core), flip_total + wall
-            label = f"stage {index + 1}: " + " -> ".join("x".join(map(str, s)) for s in (shape, out_shape))
+            label = stage_label(index, shape, out_shape)
             print(f"   {label:34s} {conns / 1e6:7.0f} M conn  {wall * 1e3:8.2f} ms  {per_core:5.2f} per core (wall)  "
                   f"{conns / cpu / 1e9:5.2f} per core (CPU time)")
         shape = out_shape

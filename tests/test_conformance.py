@@ -21,15 +21,13 @@ import json
 import subprocess
 import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
-from script_loader import load_script
+from script_loader import ROOT, load_script
 
 import sbnnumba as sb
 
-ROOT = Path(__file__).resolve().parents[1]
 V1 = ROOT / "conformance" / "v1"
 
 
