@@ -39,11 +39,14 @@ such layers a second thread that cost more than it saved; 2^18 entries of an opt
 a memory-bound pass run in blocks of rows that the threads take as they come free (:func:`run_range_blocks`: a
 thread on a busy core holds up one block at most; measurements in docs/experiments/2026-12-05-session8-benchmarks.md);
 2^20 entries of a copy or a sum of a few terms each (the im2col / col2im and layout passes of the convolution step),
-about 0.3 ms on one core; 2^22 multiply-adds, about 0.1 ms of a float32 GEMM on one core, 16 times OpenBLAS's own
-threshold): a call runs on a second thread only when that thread
-gets about as much work as the time a late thread can cost. The flip kernels and the convolution step's copies apply
-it to their Numba ``prange`` calls (:func:`kernel_threads`), the sampling, density and optimizer passes to their
-blocks (:func:`run_range_blocks`); their results do not depend on the thread count.
+about 0.3 ms on one core; 2^18 entries of a transposing copy (the flip kernels' weight transposes, whose reads
+cross rows: 0.8-1.7 ns an entry, so again about 0.3 ms); 2^22 multiply-adds, about 0.1 ms of a float32 GEMM on one
+core, 16 times OpenBLAS's own threshold): a call runs on a second thread only when that thread gets about as much
+work as the time a late thread can cost. The flip kernels and the convolution step's copies apply it to their Numba
+``prange`` calls (:func:`kernel_threads`), the sampling, density and optimizer passes to their
+blocks (:func:`run_range_blocks`), NumPy's element-wise passes of the flip propagations (``exp``, ``tanh``) and
+SciPy's of the Rao-Blackwell head (the noise's CDF) to theirs (:func:`blockwise`); their results do not depend on
+the thread count.
 
 **Matrix products** (:func:`gemm`, every product of the layers' training step) are not left to BLAS's own
 threads: OpenBLAS's threaded GEMM splits a product statically and synchronizes its threads several times
@@ -195,8 +198,11 @@ def compile_target() -> tuple[str, str]:
 #: ("numba"), elements of an element-wise pass with a transcendental function each ("elementwise"), entries of an
 #: optimizer update ("update": memory-bound, about 0.7 ns an entry of Adam, in blocks that threads take as they
 #: come free), entries written by a copy or a sum of a few terms each ("copy": im2col, col2im, layout changes; about
-#: 0.3 ns an entry) and GEMM multiply-adds ("gemm").
-MIN_WORK_PER_THREAD = {"numba": 1 << 20, "elementwise": 1 << 18, "update": 1 << 18, "copy": 1 << 20, "gemm": 1 << 22}
+#: 0.3 ns an entry), entries written by a transposing copy ("transpose": the weights' transposes of the flip kernels,
+#: 0.8-1.7 ns an entry from L3, reads across rows; 1024 x 1024 float32 on the Intel Xeon, 2026-12-06: 0.80 ms on one
+#: thread, 0.41 ms on two; 512 x 512 neutral, 256 x 256 1.4x slower on two) and GEMM multiply-adds ("gemm").
+MIN_WORK_PER_THREAD = {"numba": 1 << 20, "elementwise": 1 << 18, "update": 1 << 18, "copy": 1 << 20,
+                       "transpose": 1 << 18, "gemm": 1 << 22}
 
 
 def call_threads(work, kind, threads):
@@ -274,8 +280,9 @@ ALONE_MAX_SHARES = 64
 #: samples, 2026-12-05), the conv network's flip stages of 2^29 connections and more gain (the conv PSA step 0.90x):
 #: 256 shares, 2^28 connections, about 25 ms on one core. The conv step's ``col2im`` ("elementwise") gains at two
 #: threads: the conv ST step with a core kept busy took 0.93x / 0.95x its one-thread time as it is, 0.96x / 0.97x
-#: with the same bound applied to it.
-PRANGE_ALONE_MAX_SHARES = {"numba": 256}
+#: with the same bound applied to it. The flip kernels' weight transposes ("transpose", 0.3-2 ms a call) take
+#: :data:`ALONE_MAX_SHARES`, the bound of the pool's own short calls.
+PRANGE_ALONE_MAX_SHARES = {"numba": 256, "transpose": ALONE_MAX_SHARES}
 
 
 def short_call(work, kind, shares=ALONE_MAX_SHARES):
@@ -350,6 +357,54 @@ def run_range_blocks(fn, n_items, work, kind="copy"):
     edges = [(i * n_items) // n_blocks for i in range(n_blocks + 1)]
     run_blocks(lambda i: fn(edges[i], edges[i + 1]), n_blocks, threads,
                alone=(lambda: fn(0, n_items)) if short else None)
+
+
+def blockwise(fn, *arrays, kind="elementwise"):
+    r"""``fn(*blocks)`` on the fixed blocks ``a.reshape(-1)[lo:hi]`` of C-contiguous arrays of one size, run by
+    :func:`run_range_blocks` (work = their size, unit of ``kind``): an element-wise pass on up to
+    :func:`call_threads` threads. Under ``2 w_min`` entries (one thread at any count) it is one call of ``fn`` on
+    the whole flattened arrays.
+
+    For an ``fn`` that computes each entry alone, in place or into another of ``arrays`` (``lambda v: np.exp(v,
+    out=v)``), the result is one whole call's bit for bit at any thread count: NumPy's ufuncs, their SIMD ``exp``,
+    ``tanh`` and ``log`` included, and SciPy's ``expit`` and ``ndtr`` (``tests/test_elementwise_blocks.py`` compares
+    them over blocks, float32 and float64, with one call). NumPy releases the GIL inside its loops, so the blocks
+    run in parallel.
+
+    Parameters
+    ----------
+    fn : callable
+        ``fn(*blocks)``, one 1-D view per array, each of entries ``lo, ..., hi - 1``; writes its results into them.
+    *arrays : ndarray
+        C-contiguous, all of one size (a view of a flattened array is a view, so writes reach the array).
+    kind : str
+        Key of :data:`MIN_WORK_PER_THREAD`.
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    ValueError
+        If an array is not C-contiguous or the sizes differ.
+    """
+    if not arrays:
+        raise ValueError("arrays: expected at least one array")
+    for i, a in enumerate(arrays):
+        if not (isinstance(a, np.ndarray) and a.flags.c_contiguous):
+            raise ValueError(f"arrays[{i}]: expected a C-contiguous ndarray (its blocks are views of it), got "
+                             f"{type(a).__name__}" + (" not C-contiguous" if isinstance(a, np.ndarray) else ""))
+        if a.size != arrays[0].size:
+            raise ValueError(f"arrays[{i}]: expected size {arrays[0].size} (that of arrays[0]), got {a.size}")
+    if kind not in MIN_WORK_PER_THREAD:
+        raise ValueError(f"kind: expected one of {tuple(MIN_WORK_PER_THREAD)}, got {kind!r}")
+    flat = [a.reshape(-1) for a in arrays]
+    n = flat[0].size
+    if n < 2 * MIN_WORK_PER_THREAD[kind]:  # one thread at any T (call_threads): the one call, without the ~4 us of
+        fn(*flat)                          # run_range_blocks' bookkeeping (the 1x1 stages make such calls)
+        return
+    run_range_blocks(lambda lo, hi: fn(*(v[lo:hi] for v in flat)), n, n, kind)
 
 
 def _openblas_functions(lib):

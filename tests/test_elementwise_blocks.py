@@ -8,6 +8,7 @@ import pytest
 from scipy import special
 
 from sbnnumba import blockpool, runtime
+from sbnnumba.backends import get_backend
 from sbnnumba.kernels.density import logistic_density
 from sbnnumba.kernels.psa_factors import logistic_psa_grad
 from sbnnumba.kernels.sampling import logistic_sample
@@ -102,3 +103,161 @@ def test_a_small_layer_is_one_block_on_one_thread(calls, monkeypatch):
     assert len(calls) == 5 and all(ranges == [(0, n_items)] for n_items, ranges in calls)
     for name, ref in _numpy(*inputs).items():
         assert got[name].tobytes() == ref.tobytes(), name
+
+
+# runtime.blockwise: NumPy's (and SciPy's) element-wise functions over fixed blocks of an array, the passes between
+# the flip kernels (exp, tanh) and the Rao-Blackwell head's CDF. A block must give its entries the bytes of one call
+# over the whole array (NumPy's SIMD loops end with a masked lane group, not a scalar remainder).
+
+def _wide(dtype, n=N):
+    rng = np.random.default_rng(5)
+    v = (rng.normal(0, 1, n) * rng.choice([1e-3, 1.0, 10.0, 100.0], n)).astype(dtype)
+    v[:9] = [0.0, -0.0, 1e-30, -1e4, 1e4, np.inf, -np.inf, np.nan, 1e-40]
+    return v
+
+
+_IN_PLACE = {"exp": np.exp, "tanh": np.tanh, "log": np.log}  # ufuncs written into their own argument
+_COPIED = {"expit": special.expit, "ndtr": special.ndtr}  # functions returning a new array (the noises' CDFs)
+
+
+@pytest.fixture
+def blockwise_blocks(monkeypatch):
+    """The ranges of each run_range_blocks call that runtime.blockwise makes."""
+    out = []
+    real = runtime.run_range_blocks
+
+    def spy(fn, n_items, work, kind="copy"):
+        ranges = []
+        out.append(ranges)
+        real(lambda lo, hi: (ranges.append((lo, hi)), fn(lo, hi)), n_items, work, kind)
+
+    monkeypatch.setattr(runtime, "run_range_blocks", spy)
+    return out
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", sorted(_IN_PLACE) + sorted(_COPIED))
+@pytest.mark.parametrize("blocks", ["rule", "many"])
+def test_blockwise_gives_one_calls_bytes_at_one_and_two_threads(dtype, name, blocks, helpers_work,
+                                                                blockwise_blocks, monkeypatch):
+    if blocks == "many":
+        monkeypatch.setitem(runtime.MIN_WORK_PER_THREAD, "elementwise", 1 << 15)
+        monkeypatch.setattr(runtime, "MAX_RANGE_BLOCKS", 13)
+    v = _wide(dtype)
+    if name == "log":
+        v = np.abs(v)
+    f = _IN_PLACE.get(name) or _COPIED[name]
+
+    def quiet(*parts):  # overflow of exp, log of 0: NumPy's error state is per thread, the blocks run on several
+        with np.errstate(all="ignore"):
+            if name in _IN_PLACE:
+                f(parts[0], out=parts[0])
+            else:
+                np.copyto(parts[1], f(parts[0]))
+
+    with np.errstate(all="ignore"):
+        want = f(v)
+    for threads in (1, 2):
+        blockwise_blocks.clear()
+        got, out = v.copy(), np.empty_like(v)
+        with runtime.limited_threads(threads):
+            runtime.blockwise(quiet, got, out)
+        got = got if name in _IN_PLACE else out
+        assert got.dtype == want.dtype and got.tobytes() == want.tobytes(), threads
+        expected = 1 if threads == 1 else {"rule": 2, "many": 13}[blocks]
+        assert [len(ranges) for ranges in blockwise_blocks] == [expected]
+
+
+def test_blockwise_rejects_what_its_blocks_could_not_write():
+    a = np.zeros((4, 6), np.float32)
+    with pytest.raises(ValueError, match=r"arrays\[0\]: expected a C-contiguous ndarray"):
+        runtime.blockwise(lambda part: None, a.T)
+    with pytest.raises(ValueError, match=r"arrays\[1\]: expected a C-contiguous ndarray .*list"):
+        runtime.blockwise(lambda p, q: None, a, [0.0] * 24)
+    with pytest.raises(ValueError, match=r"arrays\[1\]: expected size 24"):
+        runtime.blockwise(lambda p, q: None, a, np.zeros(23, np.float32))
+    with pytest.raises(ValueError, match="at least one array"):
+        runtime.blockwise(lambda: None)
+    with pytest.raises(ValueError, match="^kind: expected one of"):
+        runtime.blockwise(lambda part: None, a, kind="gemv")
+
+
+def test_blockwise_below_two_threads_worth_is_one_call_without_the_pool(monkeypatch):
+    """Under 2 w_min entries the rule gives one thread at any count: one call on the whole arrays, run_range_blocks
+    not asked; at 2 w_min it is."""
+    seen = []
+    monkeypatch.setattr(runtime, "run_range_blocks", lambda *args: seen.append(args[1:]))
+    w = runtime.MIN_WORK_PER_THREAD["elementwise"]
+    for n, asked in ((2 * w - 1, False), (2 * w, True)):
+        a, b = np.zeros((n,), np.float32), np.zeros((n,), np.float32)
+        parts = []
+        with runtime.limited_threads(2):
+            runtime.blockwise(lambda p, q: parts.append((p.size, q.size)), a, b)
+        assert (seen[-1:] == [(n, n, "elementwise")]) if asked else (parts == [(n, n)] and not seen)
+
+
+def _pm1(rng, shape, dtype):
+    return np.where(rng.random(shape) < 0.5, 1, -1).astype(dtype)
+
+
+def _flip_calls(dtype):
+    """The CPU backend's calls whose NumPy / SciPy passes run through blockwise, at sizes cut into blocks: the dense
+    flip's e^{2W^T} (1024 x 1024), the head's flipped logits (64 x 10 x 1024), the conv flip's e^{+-2W} of a
+    192 x 192 x 3 x 3 stage onto a 1x1 map, the Rao-Blackwell weights of 640 x 1024 units."""
+    from sbnnumba import losses
+    from sbnnumba.noise import get_noise
+
+    rng = np.random.default_rng(8)
+    backend = get_backend("cpu")
+    noise = get_noise("logistic")
+    x_in, x_out = _pm1(rng, (16, 1024), dtype), _pm1(rng, (16, 1024), dtype)
+    weight = (rng.normal(size=(1024, 1024)) * 0.05).astype(dtype)
+    a, d_out = (rng.normal(size=(16, 1024)) * 2).astype(dtype), rng.normal(size=(16, 1024)).astype(dtype)
+    logits, y = (3 * rng.normal(size=(64, 10))).astype(dtype), rng.integers(0, 10, 64)
+    x_last, v = _pm1(rng, (64, 1024), dtype), rng.normal(size=(10, 1024)).astype(dtype)
+    loss0, _ = losses.xent(logits, y)
+    c_x, c_w = _pm1(rng, (2, 192, 3, 3), dtype), (rng.normal(size=(192, 192, 3, 3)) * 0.05).astype(dtype)
+    c_a, c_x_out, c_d = (rng.normal(size=(2, 192, 1, 1)) * 2).astype(dtype), _pm1(rng, (2, 192, 1, 1), dtype), \
+        rng.normal(size=(2, 192, 1, 1)).astype(dtype)
+    rb_x, rb_a = _pm1(rng, (640, 1024), dtype), (rng.normal(size=(640, 1024)) * 3).astype(dtype)
+    return {
+        "dense flip": lambda: backend.flip_propagate_dense(x_in, a, x_out, weight, d_out, noise),
+        "head flips": lambda: backend.head_flips(logits, y, x_last, v, loss0),
+        "conv flip": lambda: backend.flip_propagate_conv(c_x, c_a, c_x_out, c_w, c_d, (1, 1), (0, 0), noise),
+        "rb weights": lambda: backend.rb_flip_weights(rb_x, rb_a, noise),
+    }
+
+
+def _bytes(result):
+    return b"".join(np.ascontiguousarray(t).tobytes() for t in (result if isinstance(result, tuple) else (result,)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cpu_backend_passes_in_blocks_have_one_calls_bytes(dtype, helpers_work, blockwise_blocks, monkeypatch):
+    """Each call's blockwise passes cut into blocks at two threads (several blocks, more than one thread's worth of
+    work) give the bytes of the same call with every pass one NumPy call (the rule's w_min raised past the sizes)."""
+    calls = _flip_calls(dtype)
+    with runtime.limited_threads(2):
+        got = {name: _bytes(call()) for name, call in calls.items()}
+    assert max(len(ranges) for ranges in blockwise_blocks) >= 2
+    monkeypatch.setitem(runtime.MIN_WORK_PER_THREAD, "elementwise", 1 << 40)
+    with runtime.limited_threads(1):
+        for name, call in calls.items():
+            blockwise_blocks.clear()
+            assert _bytes(call()) == got[name], name
+            assert all(len(ranges) == 1 for ranges in blockwise_blocks)
+
+
+def test_rb_flip_weights_in_blocks_equal_the_reference(helpers_work):
+    """The CPU backend's Rao-Blackwell weights ``(1 - F(x a)) / N`` with F in blocks equal the reference's one call,
+    for a CDF from SciPy (logistic, normal) and one from NumPy expressions (triangular), float32 and float64."""
+    from sbnnumba.noise import get_noise
+
+    rng = np.random.default_rng(9)
+    for dtype in (np.float32, np.float64):
+        x_last, a_last = _pm1(rng, (640, 1024), dtype), (rng.normal(size=(640, 1024)) * 3).astype(dtype)
+        for noise in ("logistic", "normal", "triangular"):
+            want = get_backend("reference").rb_flip_weights(x_last, a_last, get_noise(noise))
+            with runtime.limited_threads(2):
+                got = get_backend("cpu").rb_flip_weights(x_last, a_last, get_noise(noise))
+            assert got.dtype == want.dtype == dtype and got.tobytes() == want.tobytes(), (noise, dtype)

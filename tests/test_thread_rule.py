@@ -30,12 +30,15 @@ def test_call_threads_formula():
 
 def test_small_layers_elementwise_passes_and_flip_preparation_stay_on_one_thread():
     """The decisions the runtime docstring justifies with busy-core measurements: a 128 x 1024 layer's
-    sampling / ST factor (2^17 elements) and the 1024 x 1024 dense flip's transpose (2^20 entries, a copy) and
-    sign order run on one thread at T = 2; the flip kernel itself (2^27 connections) on two."""
+    sampling / ST factor (2^17 elements) and the dense flip's sign order (2^17 entries, a copy) run on one thread at
+    T = 2; the flip kernel itself (2^27 connections) on two; the 1024 x 1024 weight's transposing copy (2^20
+    entries, 0.8 ms on one thread) on two, a 256 x 256 one (1.4x slower on two) on one."""
     assert runtime.call_threads(128 * 1024, "elementwise", 2) == 1
     assert runtime.call_threads(64 * 96 * 24 * 24, "elementwise", 2) == 2  # a conv stage's maps
-    assert runtime.call_threads(1024 * 1024, "copy", 2) == 1
+    assert runtime.call_threads(128 * 1024, "copy", 2) == 1
     assert runtime.call_threads(128 * 1024 * 1024, "numba", 2) == 2
+    assert runtime.call_threads(1024 * 1024, "transpose", 2) == 2
+    assert runtime.call_threads(256 * 256, "transpose", 2) == 1
 
 
 def test_kernel_threads_lowers_numba_threads_inside_and_restores(monkeypatch):
@@ -58,9 +61,9 @@ def test_kernel_threads_lowers_numba_threads_inside_and_restores(monkeypatch):
 
 
 def test_kernel_threads_runs_short_static_splits_alone_while_the_pool_does(monkeypatch):
-    """While the block pool runs its calls alone (a helper woke on the caller's core), a flip kernel ("numba") below
-    PRANGE_ALONE_MAX_SHARES w_min gets one thread and takes a turn; a longer one, a kind without a bound and any
-    call when the pool has no turn left keep the rule's threads."""
+    """While the block pool runs its calls alone (a helper woke on the caller's core), a flip kernel ("numba") or a
+    weight's transpose below PRANGE_ALONE_MAX_SHARES w_min gets one thread and takes a turn; a longer one, a kind
+    without a bound and any call when the pool has no turn left keep the rule's threads."""
     from sbnnumba import blockpool
 
     if numba.config.NUMBA_NUM_THREADS < 2:
@@ -82,6 +85,7 @@ def test_kernel_threads_runs_short_static_splits_alone_while_the_pool_does(monke
         assert threads_in(dense_flip) == 1 and blockpool.POOL._alone_left == 9
         assert threads_in(bound) == 2 and blockpool.POOL._alone_left == 9
         assert threads_in(1 << 24, "elementwise") == 2 and blockpool.POOL._alone_left == 9
+        assert threads_in(1024 * 1024, "transpose") == 1 and blockpool.POOL._alone_left == 8  # a 1024^2 transpose
         blockpool.POOL._alone_left = 0
         assert threads_in(dense_flip) == 2 and blockpool.POOL._alone_left == 0
         assert numba.get_num_threads() == 2

@@ -64,7 +64,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from ..runtime import kernel_threads
+from ..runtime import blockwise, kernel_threads
 from . import conv_channels
 from .conv_layout import BATCH_BLOCK, batch_blocks, geometry, input_cells, output_cells, tile_length
 from .cpu import EXP_ARG_LIMIT, choose_form, ratio_limits, split_saturated
@@ -556,7 +556,8 @@ def _ratio(x_in, a, x_out, d_out, weight, stride, padding, wq, flat, sel, grid_a
 
     def factors(a, x_out, d_out):
         flat = [np.ascontiguousarray(t).reshape(n_batch, -1) for t in (a, x_out, d_out)]
-        with kernel_threads(exps.size, "copy"):  # threads by its own size (see _flip_propagate_conv)
+        # threads by its own size (see _flip_propagate_conv); on the small maps mostly the weights' transposing copy
+        with kernel_threads(exps.size, "transpose"):
             return _ratio_factors(*flat, limit, ho, f_wq, f_bb, neg_a, g, half.reshape(n_batch, -1),
                                   weight.reshape(c_out, c_in, n_taps), clip, channels, k_exp)
 
@@ -565,8 +566,9 @@ def _ratio(x_in, a, x_out, d_out, weight, stride, padding, wq, flat, sel, grid_a
         g_safe, a_safe, saturated = split_saturated(a, x_out * d_out, weight)
         g_pair = (g_safe, np.ones_like(g_safe))  # g_safe * 1: the same values
         factors(a_safe, *g_pair)
-    np.exp(exps, out=exps)  # e^{-a}, e^{+-2W} and tanh(a / 2) by NumPy's float routines (the bits they always had)
-    np.tanh(half, out=half)
+    # e^{-a}, e^{+-2W} and tanh(a / 2) by NumPy's float routines (the bits they always had), in blocks
+    blockwise(lambda part: np.exp(part, out=part), exps)
+    blockwise(lambda part: np.tanh(part, out=part), half)
     a_grid = scratch("a_grid", (n_blocks, n_flat), dtype)
     t_map = np.empty((1, 1, 1), dtype=dtype)  # unread unless given
     if ho * wo == 1:  # one output cell: np.einsum sums over c in its own (vectorized) order, kept as is

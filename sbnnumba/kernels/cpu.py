@@ -51,7 +51,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from ..runtime import kernel_threads
+from ..runtime import blockwise, kernel_threads
 from . import lanes, workspace
 from .scalar import FLIP_FORMS, KERNEL_FAMILIES, TRIANGULAR, bounded_cdf_diff, cdf_diff, flip_forms
 from .transpose import clipped_double_transpose
@@ -520,7 +520,7 @@ def _flip_propagate_dense(x_in, a, x_out, weight, d_out, noise_code, form):
         weight = np.ascontiguousarray(weight, dtype=dtype)
         lim_a, clip = ratio_limits(dtype)
         c_pos = np.clip(a, -lim_a, lim_a)
-        np.exp(c_pos, out=c_pos)  # e^{+-a} of |a| <= A, g e^{+-a} and c + k all stay normal floats
+        blockwise(lambda part: np.exp(part, out=part), c_pos)  # e^{+-a} of |a| <= A, g e^{+-a} and c + k stay normal
         h_pos, c_neg, h_neg = np.empty_like(a), np.empty_like(a), np.empty_like(a)
         base_pos, base_neg = np.empty(a.shape[0], dtype), np.empty(a.shape[0], dtype)
         with kernel_threads(a.size, "elementwise"):
@@ -554,9 +554,9 @@ def _ratio_sums(x_in, weight, clip, units, d_in):
     dtype = d_in.dtype
     n_out, n_in = weight.shape
     k = workspace.scratch("ratio_k", (n_in, n_out), dtype)  # reused: a fresh 4 MiB array costs page faults
-    with kernel_threads(k.size, "copy"):
+    with kernel_threads(k.size, "transpose"):
         clipped_double_transpose(weight, dtype.type(clip), k)  # 8x8 blocks transposed in vector registers
-    np.exp(k, out=k)
+    blockwise(lambda part: np.exp(part, out=part), k)
     chunk = _chunk_units(n_in, n_out, dtype.itemsize)
     order = np.empty(x_in.shape, dtype=np.int64)
     n_pos = np.empty((x_in.shape[0], -(-n_in // chunk)), dtype=np.int64)

@@ -25,7 +25,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from ..runtime import kernel_threads
+from ..runtime import blockwise, kernel_threads
 
 
 @numba.njit(parallel=True, cache=True)
@@ -110,7 +110,7 @@ def flip_losses(logits, y, x_last, v, loss0):
                             y, t, m, picked)
         if not np.isfinite(m).all():
             return None
-        np.exp(t, out=t)
+        blockwise(lambda part: np.exp(part, out=part), t)
         total = np.empty((n_batch, n_units), dtype)
         softmax_grad(t, y, total)
     d = np.log(total)
