@@ -40,7 +40,8 @@ a memory-bound pass run in blocks of rows that the threads take as they come fre
 thread on a busy core holds up one block at most; measurements in docs/experiments/2026-12-05-session8-benchmarks.md);
 2^20 entries of a copy or a sum of a few terms each (the im2col / col2im and layout passes of the convolution step),
 about 0.3 ms on one core; 2^18 entries of a transposing copy (the flip kernels' weight transposes, whose reads
-cross rows: 0.8-1.7 ns an entry, so again about 0.3 ms); 2^22 multiply-adds, about 0.1 ms of a float32 GEMM on one
+cross rows: 0.8-1.7 ns an entry, so again about 0.3 ms); 2^16 entries of a noise CDF (SciPy's scalar ``expit``: 5-8
+ns an entry); 2^22 multiply-adds, about 0.1 ms of a float32 GEMM on one
 core, 16 times OpenBLAS's own threshold): a call runs on a second thread only when that thread gets about as much
 work as the time a late thread can cost. The flip kernels and the convolution step's copies apply it to their Numba
 ``prange`` calls (:func:`kernel_threads`), the sampling, density and optimizer passes to their
@@ -200,9 +201,11 @@ def compile_target() -> tuple[str, str]:
 #: come free), entries written by a copy or a sum of a few terms each ("copy": im2col, col2im, layout changes; about
 #: 0.3 ns an entry), entries written by a transposing copy ("transpose": the weights' transposes of the flip kernels,
 #: 0.8-1.7 ns an entry from L3, reads across rows; 1024 x 1024 float32 on the Intel Xeon, 2026-12-06: 0.80 ms on one
-#: thread, 0.41 ms on two; 512 x 512 neutral, 256 x 256 1.4x slower on two) and GEMM multiply-adds ("gemm").
+#: thread, 0.41 ms on two; 512 x 512 neutral, 256 x 256 1.4x slower on two), entries of a noise CDF ("cdf": SciPy's
+#: scalar expit / ndtr or a few NumPy passes, 5-8 ns an entry; SciPy's float32 expit of 128 x 1024 entries 1.0 ms on
+#: one thread, 0.65-0.70 ms on two, Intel Xeon 2026-12-06) and GEMM multiply-adds ("gemm").
 MIN_WORK_PER_THREAD = {"numba": 1 << 20, "elementwise": 1 << 18, "update": 1 << 18, "copy": 1 << 20,
-                       "transpose": 1 << 18, "gemm": 1 << 22}
+                       "transpose": 1 << 18, "cdf": 1 << 16, "gemm": 1 << 22}
 
 
 def call_threads(work, kind, threads):

@@ -203,7 +203,7 @@ def _pm1(rng, shape, dtype):
 def _flip_calls(dtype):
     """The CPU backend's calls whose NumPy / SciPy passes run through blockwise, at sizes cut into blocks: the dense
     flip's e^{2W^T} (1024 x 1024), the head's flipped logits (64 x 10 x 1024), the conv flip's e^{+-2W} of a
-    192 x 192 x 3 x 3 stage onto a 1x1 map (8 examples), the Rao-Blackwell weights of 640 x 1024 units."""
+    192 x 192 x 3 x 3 stage onto a 1x1 map (8 examples), the Rao-Blackwell weights of 128 x 1024 units."""
     from sbnnumba import losses
     from sbnnumba.noise import get_noise
 
@@ -220,7 +220,7 @@ def _flip_calls(dtype):
     c_x, c_w = _pm1(rng, (8, 192, 3, 3), dtype), (rng.normal(size=(192, 192, 3, 3)) * 0.05).astype(dtype)
     c_a, c_x_out, c_d = (rng.normal(size=(8, 192, 1, 1)) * 2).astype(dtype), _pm1(rng, (8, 192, 1, 1), dtype), \
         rng.normal(size=(8, 192, 1, 1)).astype(dtype)
-    rb_x, rb_a = _pm1(rng, (640, 1024), dtype), (rng.normal(size=(640, 1024)) * 3).astype(dtype)
+    rb_x, rb_a = _pm1(rng, (128, 1024), dtype), (rng.normal(size=(128, 1024)) * 3).astype(dtype)
     return {
         "dense flip": lambda: backend.flip_propagate_dense(x_in, a, x_out, weight, d_out, noise),
         "head flips": lambda: backend.head_flips(logits, y, x_last, v, loss0),
@@ -244,7 +244,8 @@ def test_cpu_backend_passes_in_blocks_have_one_calls_bytes(dtype, helpers_work, 
             blockwise_blocks.clear()
             got[name] = _bytes(call())
             assert max(len(ranges) for ranges in blockwise_blocks) >= 2, name  # a pass of this call was cut
-    monkeypatch.setitem(runtime.MIN_WORK_PER_THREAD, "elementwise", 1 << 40)  # every pass one call
+    for kind in ("elementwise", "cdf"):  # every pass one call
+        monkeypatch.setitem(runtime.MIN_WORK_PER_THREAD, kind, 1 << 40)
     with runtime.limited_threads(1):
         for name, call in calls.items():
             assert _bytes(call()) == got[name], name
@@ -257,7 +258,7 @@ def test_rb_flip_weights_in_blocks_equal_the_reference(helpers_work):
 
     rng = np.random.default_rng(9)
     for dtype in (np.float32, np.float64):
-        x_last, a_last = _pm1(rng, (640, 1024), dtype), (rng.normal(size=(640, 1024)) * 3).astype(dtype)
+        x_last, a_last = _pm1(rng, (128, 1024), dtype), (rng.normal(size=(128, 1024)) * 3).astype(dtype)
         for noise in ("logistic", "normal", "triangular"):
             want = get_backend("reference").rb_flip_weights(x_last, a_last, get_noise(noise))
             with runtime.limited_threads(2):

@@ -32,13 +32,15 @@ def test_small_layers_elementwise_passes_and_flip_preparation_stay_on_one_thread
     """The decisions the runtime docstring justifies with busy-core measurements: a 128 x 1024 layer's
     sampling / ST factor (2^17 elements) and the dense flip's sign order (2^17 entries, a copy) run on one thread at
     T = 2; the flip kernel itself (2^27 connections) on two; the 1024 x 1024 weight's transposing copy (2^20
-    entries, 0.8 ms on one thread) on two, a 256 x 256 one (1.4x slower on two) on one."""
+    entries, 0.8 ms on one thread) on two, a 256 x 256 one (1.4x slower on two) on one; the noise CDF of a 128 x
+    1024 head (2^17 entries, 1 ms of SciPy's expit) on two."""
     assert runtime.call_threads(128 * 1024, "elementwise", 2) == 1
     assert runtime.call_threads(64 * 96 * 24 * 24, "elementwise", 2) == 2  # a conv stage's maps
     assert runtime.call_threads(128 * 1024, "copy", 2) == 1
     assert runtime.call_threads(128 * 1024 * 1024, "numba", 2) == 2
     assert runtime.call_threads(1024 * 1024, "transpose", 2) == 2
     assert runtime.call_threads(256 * 256, "transpose", 2) == 1
+    assert runtime.call_threads(128 * 1024, "cdf", 2) == 2  # the dense head's noise CDF (SciPy's expit: ~1 ms)
 
 
 def test_kernel_threads_lowers_numba_threads_inside_and_restores(monkeypatch):

@@ -112,11 +112,11 @@ class CpuBackend(ReferenceBackend):
         return fused if fused is not None else super().head_flips(logits, y, x_last, v, loss0)
 
     def rb_flip_weights(self, x_last, a_last, noise):
-        # The reference's (1 - F(x a)) / N with F over blocks on the threads (SciPy's expit for logistic noise: about
-        # 5 ns an entry); by the "elementwise" rule a head of 128 x 1024 units (2^17 entries) stays one call.
+        # The reference's (1 - F(x a)) / N with F over blocks on the threads (the "cdf" kind: SciPy's expit for
+        # logistic noise costs 5-8 ns an entry, so a 128 x 1024 head gets two).
         z = np.ascontiguousarray(x_last * a_last)
         cdf = np.empty(z.shape, noise.cdf(z.reshape(-1)[:1]).dtype)  # the dtype the family returns for z's
-        blockwise(lambda z_part, cdf_part: np.copyto(cdf_part, noise.cdf(z_part)), z, cdf)
+        blockwise(lambda z_part, cdf_part: np.copyto(cdf_part, noise.cdf(z_part)), z, cdf, kind="cdf")
         return (1 - cdf) / x_last.shape[1]
 
     def psa_preactivation_grad(self, x, a, d, noise):
