@@ -46,20 +46,24 @@ def helpers_work(monkeypatch):
     monkeypatch.setattr(blockpool.POOL, "_alone_left", 0)
 
 
+def _range_spy(out, run_range_blocks=runtime.run_range_blocks):
+    """A run_range_blocks that appends ``(n_items, ranges)`` to ``out`` per call, ``ranges`` the (lo, hi) its
+    function ran on, and runs the call as the real one does."""
+    def spy(fn, n_items, work, kind="copy"):
+        ranges = []
+        out.append((n_items, ranges))
+        run_range_blocks(lambda lo, hi: (ranges.append((lo, hi)), fn(lo, hi)), n_items, work, kind)
+    return spy
+
+
 @pytest.fixture
 def calls(monkeypatch):
     """Per call of run_range_blocks by the passes, in order: its item count and the ranges its kernel ran on."""
     from sbnnumba.kernels import density, psa_factors, sampling
 
     out = []
-
-    def spy(fn, n_items, work, kind="copy"):
-        ranges = []
-        out.append((n_items, ranges))
-        runtime.run_range_blocks(lambda lo, hi: (ranges.append((lo, hi)), fn(lo, hi)), n_items, work, kind)
-
     for module in (density, psa_factors, sampling):
-        monkeypatch.setattr(module, "run_range_blocks", spy)
+        monkeypatch.setattr(module, "run_range_blocks", _range_spy(out))
     return out
 
 
@@ -122,16 +126,9 @@ _COPIED = {"expit": special.expit, "ndtr": special.ndtr}  # functions returning 
 
 @pytest.fixture
 def blockwise_blocks(monkeypatch):
-    """The ranges of each run_range_blocks call that runtime.blockwise makes."""
+    """Per run_range_blocks call that runtime.blockwise makes: its item count and the ranges its function ran on."""
     out = []
-    real = runtime.run_range_blocks
-
-    def spy(fn, n_items, work, kind="copy"):
-        ranges = []
-        out.append(ranges)
-        real(lambda lo, hi: (ranges.append((lo, hi)), fn(lo, hi)), n_items, work, kind)
-
-    monkeypatch.setattr(runtime, "run_range_blocks", spy)
+    monkeypatch.setattr(runtime, "run_range_blocks", _range_spy(out))
     return out
 
 
@@ -165,7 +162,7 @@ def test_blockwise_gives_one_calls_bytes_at_one_and_two_threads(dtype, name, blo
         got = got if name in _IN_PLACE else out
         assert got.dtype == want.dtype and got.tobytes() == want.tobytes(), threads
         expected = 1 if threads == 1 else {"rule": 2, "many": 13}[blocks]
-        assert [len(ranges) for ranges in blockwise_blocks] == [expected]
+        assert [len(ranges) for _, ranges in blockwise_blocks] == [expected]
 
 
 def test_blockwise_rejects_what_its_blocks_could_not_write():
@@ -243,7 +240,7 @@ def test_cpu_backend_passes_in_blocks_have_one_calls_bytes(dtype, helpers_work, 
         for name, call in calls.items():
             blockwise_blocks.clear()
             got[name] = _bytes(call())
-            assert max(len(ranges) for ranges in blockwise_blocks) >= 2, name  # a pass of this call was cut
+            assert max(len(ranges) for _, ranges in blockwise_blocks) >= 2, name  # a pass of this call was cut
     for kind in ("elementwise", "cdf"):  # every pass one call
         monkeypatch.setitem(runtime.MIN_WORK_PER_THREAD, kind, 1 << 40)
     with runtime.limited_threads(1):
