@@ -17,8 +17,9 @@ Prints, measured in the same run (medians over interleaved repeats, float32):
    all-convolutional SBN adapted to 1x28x28 (``architectures.conv``; ``--width`` multiplies the
    paper's channels 96, 96, 96, 192 x 5; default 0.5, i.e. 48, 48, 48, 96 x 5), batch 64: PSA vs ST.
    Target: PSA step within 3x of an ST step. Also a PSA step of the same network with triangular noise
-   (bounded flip form) against the logistic one. Also the step's flip propagations (the calls of part 3 at this
-   width) and the PSA / ST ratio the step would have with them at the divider's bound (part 3).
+   (bounded flip form) and with normal noise (probit flip form) against the logistic one. Also the step's flip
+   propagations (the calls of part 3 at this width) and the PSA / ST ratio the step would have with them at the
+   divider's bound (part 3).
 
 3. the conv flip propagation of every stage of the paper's network at width 1.0 (``--stage-width``) on
    1x28x28 images, batch 64 (stages 2-8: the first one's input is the real image), in G connections/s
@@ -161,8 +162,11 @@ def step_section(rng, repeats, threads, width):
     channels = [layer.inner.weight.shape[0] for layer in net.stages]
     net_tri = build("conv", (1, 28, 28), 10, width=width, rng=1, noise="triangular")
     net_tri.initialize_from_data(x)
+    net_normal = build("conv", (1, 28, 28), 10, width=width, rng=1, noise="normal")
+    net_normal.initialize_from_data(x)
     steps = {m: (lambda m=m: sb.estimate(m, net, x, y, rng=rng)) for m in ("st", "psa")}
     steps["psa, triangular noise"] = lambda: sb.estimate("psa", net_tri, x, y, rng=rng)
+    steps["psa, normal noise (probit form)"] = lambda: sb.estimate("psa", net_normal, x, y, rng=rng)
     # the step's flip propagations (one per stage 2-8, same shapes) and the divider's bound, timed with the steps
     problems = stage_problems(rng, width)
     steps["flip propagations (stages 2-8)"] = lambda: [call() for _, _, call, _ in problems]
@@ -177,7 +181,8 @@ def step_section(rng, repeats, threads, width):
     for name, t in med.items():
         print(f"   {name:40s} {t * 1e3:9.2f} ms")
     print(f"   => PSA step / ST step = {med['psa'] / med['st']:.2f}x (target <= 3x); triangular / logistic PSA step "
-          f"= {med['psa, triangular noise'] / med['psa']:.2f}x")
+          f"= {med['psa, triangular noise'] / med['psa']:.2f}x; normal / logistic PSA step = "
+          f"{med['psa, normal noise (probit form)'] / med['psa']:.2f}x")
     print(f"   => with its flip propagations at the divider's bound ({flip_at_bound * 1e3:.0f} instead of "
           f"{flip * 1e3:.0f} ms: two connections per float32 division, part 3) the PSA step would be "
           f"{(med['psa'] - flip + flip_at_bound) / med['st']:.2f}x the ST step")

@@ -172,7 +172,8 @@ def test_numba_kernels_equal_reference(cfg, dtype, tol):
         ref = conv_reference.flip_propagate_conv(x, a, x_out, layer.weight, d_out, layer.stride, layer.padding,
                                                  noise)
         forms = {"logistic": ["ratio", "generic"], "uniform": ["bounded", "generic"],
-                 "triangular": ["bounded", "generic"]}.get(noise, ["generic"])
+                 "triangular": ["bounded", "generic"],
+                 "normal": ["probit", "generic"] if dtype == np.float32 else ["generic"]}[noise]
         for form in forms:
             got = conv_cpu.flip_propagate_conv(*args, layer.stride, layer.padding, get_noise(noise).code, form=form)
             assert got.dtype == dtype and got.shape == x.shape
@@ -192,11 +193,27 @@ def test_numba_kernels_equal_reference_across_blocks_and_tiles(cfg):
     n_blocks, bb = conv_layout.batch_blocks(x.shape[0], n_q)
     assert n_blocks > 1 and (cfg[5] < 40 or n_grid * bb > conv_layout.tile_length(bb, 10))  # blocks; tiles on 90x87
     args = [t.astype(np.float32) for t in (x, a, x_out, layer.weight, d_out)]
-    for noise, form in (("logistic", "ratio"), ("triangular", "bounded"), ("normal", "generic")):
+    for noise, form in (("logistic", "ratio"), ("triangular", "bounded"), ("normal", "generic"), ("normal", "probit")):
         ref = conv_reference.flip_propagate_conv(x, a, x_out, layer.weight, d_out, layer.stride, layer.padding,
                                                  noise)
         got = conv_cpu.flip_propagate_conv(*args, layer.stride, layer.padding, get_noise(noise).code, form=form)
         np.testing.assert_allclose(got, ref, atol=3e-5 * max(1, np.abs(ref).max()), err_msg=f"{noise} {form}")
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=IDS)
+@pytest.mark.parametrize("scale", [0.05, 0.6, 2.0])
+def test_probit_form_within_its_bound(cfg, scale):
+    """Normal noise, float32: each term of the probit form within 8 u |d| of the exact one (the dense test's
+    reckoning), float32 accumulation of n = C_out kh kw terms per input in order, so |d_in - exact| <= (8 + n) u
+    sum |d_out| over the receptive field's outputs, bounded here by the sum over all outputs of the example."""
+    layer, x, a, x_out, d_out = _layer_data(cfg, seed=16, scale=scale)
+    ref = conv_reference.flip_propagate_conv(x, a, x_out, layer.weight, d_out, layer.stride, layer.padding, "normal")
+    args = [t.astype(np.float32) for t in (x, a, x_out, layer.weight, d_out)]
+    for form in ("probit", "auto"):
+        got = conv_cpu.flip_propagate_conv(*args, layer.stride, layer.padding, get_noise("normal").code, form=form)
+        n_terms = layer.weight.shape[0] * layer.weight[0, 0].size
+        bound = (8 + n_terms) * 2.0 ** -24 * np.abs(d_out).reshape(len(d_out), -1).sum(axis=1)
+        assert (np.abs(got - ref) <= bound[:, None, None, None]).all(), form
 
 
 _THREADS_PROBE = """
@@ -210,7 +227,8 @@ for cfg in BLOCKED:
     layer, x, a, x_out, d_out = _layer_data(cfg[:7], seed=12, scale=0.6, batch=cfg[7])
     for dtype in (np.float32, np.float64):
         args = [t.astype(dtype) for t in (x, a, x_out, layer.weight, d_out)]
-        for code, form in ((0, "ratio"), (3, "bounded"), (1, "generic")):
+        forms = ((0, "ratio"), (3, "bounded"), (1, "generic")) + (((1, "probit"),) if dtype == np.float32 else ())
+        for code, form in forms:
             h.update(conv_cpu.flip_propagate_conv(*args, layer.stride, layer.padding, code, form=form).tobytes())
 print(h.hexdigest())
 """

@@ -71,16 +71,67 @@ def test_numba_bounded_equals_reference(noise_name, dtype, tol, shape, scale):
 
 def test_choose_form():
     codes = {name: get_noise(name).code for name in ("logistic", "normal", "uniform", "triangular")}
-    assert [cpu.choose_form("auto", c) for c in codes.values()] == ["ratio", "generic", "bounded", "bounded"]
-    assert cpu.choose_form("generic", codes["triangular"]) == "generic"
+    f32, f64 = np.float32, np.float64
+    assert [cpu.choose_form("auto", c, f32) for c in codes.values()] == ["ratio", "probit", "bounded", "bounded"]
+    assert [cpu.choose_form("auto", c, f64) for c in codes.values()] == ["ratio", "generic", "bounded", "bounded"]
+    assert cpu.choose_form("generic", codes["triangular"], f32) == "generic"
+    assert cpu.choose_form("probit", codes["normal"], f32) == "probit"
     with pytest.raises(ValueError, match="bounded form does not hold for normal"):
-        cpu.choose_form("bounded", codes["normal"])
+        cpu.choose_form("bounded", codes["normal"], f32)
     with pytest.raises(ValueError, match="ratio form does not hold for uniform"):
-        cpu.choose_form("ratio", codes["uniform"])
+        cpu.choose_form("ratio", codes["uniform"], f32)
+    with pytest.raises(ValueError, match="probit form does not hold for logistic"):
+        cpu.choose_form("probit", codes["logistic"], f32)
+    with pytest.raises(ValueError, match="probit form admits float32 only, got a float64 call"):
+        cpu.choose_form("probit", codes["normal"], f64)
     with pytest.raises(ValueError, match="form"):
-        cpu.choose_form("fast", codes["logistic"])
+        cpu.choose_form("fast", codes["logistic"], f32)
     with pytest.raises(ValueError, match="noise_code: expected one of 0 .logistic."):  # no default family
-        cpu.choose_form("auto", 4)
+        cpu.choose_form("auto", 4, f32)
+
+
+# The probit form's error per term: each Phi within 3.5 u in absolute terms (u = 2^-24, sbnnumba/kernels/probit.py),
+# so Phi(p) - Phi(q) within 7 u plus the rounding of the difference and of u = v + s w x (below 0.5 u), then the
+# product with d (0.5 u |d|); float32 sums of N terms add (N / 32 + 5) u sum |Delta d| at most (32 lanes, then the
+# lane tree), so |d_in - exact| <= (13 + N / 32) u sum_j |d_out[b, j]|, the bound asserted (N the layer's outputs).
+# Scale 2.0: most flips move units across the mean; 0.05: every flip is small, the cancellation case.
+@pytest.mark.parametrize("shape", [(1, 1, 1), (3, 7, 5), (4, 33, 17), (5, 40, 70), (8, 64, 200)])
+@pytest.mark.parametrize("scale", [0.05, 0.7, 2.0])
+def test_numba_probit_equals_reference_within_bound(shape, scale):
+    rng = np.random.default_rng(31)
+    args = _layer(rng, *shape, np.float32, scale=scale)
+    ref = reference.flip_propagate_dense(*(t.astype(np.float64) for t in args), "normal")
+    code = get_noise("normal").code
+    for form in ("probit", "auto"):
+        got = cpu.flip_propagate_dense(*args, code, form=form)
+        assert got.dtype == np.float32
+        n_out = shape[2]
+        bound = (13 + n_out / 32) * 2.0 ** -24 * np.abs(args[4]).sum(axis=1, keepdims=True)
+        assert (np.abs(got - ref) <= bound).all(), (form, (np.abs(got - ref) / bound).max())
+
+
+def test_probit_form_saturated_units_add_exact_zeros():
+    """Units far in both tails (|a| - 2 max |W| > 12.7, beyond the CDF's clip) get equal values for every flip, so
+    their terms are exactly 0, as the exact terms (below 1e-37) round to in float32; a zero weight row adds 0 too."""
+    rng = np.random.default_rng(32)
+    x_in, a, x_out, w, d_out = _layer(rng, 4, 9, 6, np.float32, scale=0.3)
+    a[:, :3] = np.array([-40.0, 25.0, 16.0], np.float32)  # every flip moves them by under 2 |W| < 3
+    w[3] = 0
+    only_tails = d_out.copy()
+    only_tails[:, 3:] = 0
+    got = cpu.flip_propagate_dense(x_in, a, x_out, w, only_tails, get_noise("normal").code, form="probit")
+    assert (got == 0).all()
+    zero_row = np.zeros_like(d_out)
+    zero_row[:, 3] = d_out[:, 3]
+    assert (cpu.flip_propagate_dense(x_in, a, x_out, w, zero_row, get_noise("normal").code, form="probit") == 0).all()
+
+
+def test_probit_form_rejects_float64():
+    args = _layer(np.random.default_rng(33), 2, 3, 4, np.float64)
+    with pytest.raises(ValueError, match="probit form admits float32 only"):
+        cpu.flip_propagate_dense(*args, get_noise("normal").code, form="probit")
+    got = cpu.flip_propagate_dense(*args, get_noise("normal").code)  # auto: the generic form in float64
+    np.testing.assert_allclose(got, reference.flip_propagate_dense(*args, "normal"), atol=1e-12)
 
 
 @pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 3e-5)])
@@ -222,7 +273,8 @@ for dtype in (np.float32, np.float64):
     a[0, :3] = [-200.0, 300.0, 45.0]  # saturated units: the ratio form sums them directly
     x_out = np.where(rng.random(a.shape) < 0.5, 1, -1).astype(dtype)
     d_out = rng.normal(size=a.shape).astype(dtype)
-    for code, form in ((0, "ratio"), (3, "bounded"), (1, "generic")):
+    forms = ((0, "ratio"), (3, "bounded"), (1, "generic")) + (((1, "probit"),) if dtype == np.float32 else ())
+    for code, form in forms:
         h.update(cpu.flip_propagate_dense(x_in, a, x_out, w, d_out, code, form=form).tobytes())
 print(h.hexdigest())
 """
@@ -254,9 +306,9 @@ for n_in, n_out, batch, dtype in ((784, 1024, 128, np.float32), (300, 200, 16, n
     a = (x_in @ w.T + rng.normal(size=n_out)).astype(dtype)
     x_out = np.where(rng.random(a.shape) < 0.5, 1, -1).astype(dtype)
     d_out = rng.normal(size=a.shape).astype(dtype)
-    for code, form in ((0, "ratio"), (3, "bounded")):
+    for code, form in ((0, "ratio"), (3, "bounded")) + (((1, "probit"),) if dtype == np.float32 else ()):
         h.update(cpu.flip_propagate_dense(x_in, a, x_out, w, d_out, code, form=form).tobytes())
-stats = [cpu._flip_dense_ratio.stats, cpu._ratio_units.stats]
+stats = [cpu._flip_dense_ratio.stats, cpu._ratio_units.stats, cpu._flip_dense_probit.stats]
 print(h.hexdigest(), sum(s.cache_hits.total() for s in stats), sum(s.cache_misses.total() for s in stats))
 """
 

@@ -12,7 +12,7 @@ from sbnnumba.kernels import scalar
 from sbnnumba.noise import NOISES, NoiseFamily, get_noise, register_noise
 from sbnnumba.testing import exact_expected_loss, expected_estimate
 
-FORMS = ("ratio", "bounded", "generic")
+FORMS = ("ratio", "bounded", "probit", "generic")
 
 
 class Laplace(NoiseFamily):

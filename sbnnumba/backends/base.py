@@ -84,7 +84,7 @@ class Backend(StepOperations):
             Pre-activations, sampled +-1 output states, flip effects of the output units.
         weight : ndarray (N_out, N_in)
         noise : NoiseFamily
-        form : {"auto", "ratio", "bounded", "generic"}
+        form : {"auto", "ratio", "bounded", "probit", "generic"}
             Which algorithm evaluates the sum (:func:`sbnnumba.kernels.cpu.choose_form`); every form
             computes the same quantity, a backend without a form uses an exact one it has.
 

@@ -2,7 +2,8 @@ r"""The ``cpu`` backend: the Numba kernels of :mod:`sbnnumba.kernels` (``@njit(p
 
 * PSA flip propagation: :func:`sbnnumba.kernels.cpu.flip_propagate_dense` and
   :func:`sbnnumba.kernels.conv_cpu.flip_propagate_conv` (logistic ratio form, bounded form for
-  uniform/triangular noise, generic F form; ``form="auto"`` picks the fastest exact one,
+  uniform/triangular noise, probit form for normal noise in float32, generic F form; ``form="auto"`` picks the
+  fastest one that holds,
   :func:`sbnnumba.kernels.cpu.choose_form`).
 * Sampling: :meth:`NoiseFamily.sample` (one fused Numba pass for logistic noise,
   :mod:`sbnnumba.kernels.sampling`).

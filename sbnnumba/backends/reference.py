@@ -32,11 +32,11 @@ from .base import Backend
 from .registry import register_backend
 
 
-def _check_form(form, noise):
-    """Validate ``form`` as the kernels would; a family without kernel twins (only this backend runs it)
-    has the generic form alone."""
+def _check_form(form, noise, a):
+    """Validate ``form`` as the kernels would for the dtype of ``a``; a family without kernel twins (only this backend
+    runs it) has the generic form alone."""
     if noise.has_kernels:
-        choose_form(form, noise.code)
+        choose_form(form, noise.code, np.asarray(a).dtype)
     else:
         check_choice(form, "form", ("auto", "generic"))
 
@@ -47,11 +47,11 @@ class ReferenceBackend(Backend):
     name = "reference"
 
     def flip_propagate_dense(self, x_in, a, x_out, weight, d_out, noise, form="auto"):
-        _check_form(form, noise)
+        _check_form(form, noise, a)
         return reference.flip_propagate_dense(x_in, a, x_out, weight, d_out, noise)
 
     def flip_propagate_conv(self, x_in, a, x_out, weight, d_out, stride, padding, noise, form="auto"):
-        _check_form(form, noise)
+        _check_form(form, noise, a)
         return conv_reference.flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, noise)
 
     def sample_states(self, a, u, noise):

@@ -49,6 +49,10 @@ Three forms, as for dense layers (:mod:`sbnnumba.kernels.cpu`):
   :func:`sbnnumba.kernels.scalar.bounded_cdf_diff` (no division) in the layout of the ratio form
   (two input channels per task, vectorized innermost loop); compiled without FMA contraction
   (:data:`sbnnumba.kernels.conv_channels.BOUNDED_FASTMATH`), so its bits do not depend on the layout.
+* **probit** (normal noise, float32): the generic form's stable difference with the branch-free float32
+  :func:`sbnnumba.kernels.probit.normal_cdf` (the dense probit form's term, :func:`sbnnumba.kernels.cpu.probit_term`)
+  in the loops of the bounded form, vectorized, cell-major only; compiled with FMA contraction
+  (:data:`sbnnumba.kernels.probit.FASTMATH`).
 * **generic** (every noise family): ``Delta = F(u) - F(v)`` with ``v = -x_out a``,
   ``u = v + 2 x_out W x_in``, evaluated like :func:`sbnnumba.kernels.scalar.cdf_diff` (``F(-v) - F(-u)``
   when ``u + v > 0``, no cancellation), with ``F(v)`` and ``F(-v)`` precomputed per output unit: one
@@ -65,9 +69,9 @@ import numpy as np
 from numba import prange
 
 from ..runtime import blockwise, kernel_threads
-from . import conv_channels
+from . import conv_channels, probit
 from .conv_layout import BATCH_BLOCK, batch_blocks, geometry, input_cells, output_cells, tile_length
-from .cpu import EXP_ARG_LIMIT, choose_form, ratio_limits, split_saturated
+from .cpu import EXP_ARG_LIMIT, choose_form, probit_tails, probit_term, ratio_limits, split_saturated
 from .ratio_pair import PAIR_FASTMATH, clamp, denominator, pair_term
 from .scalar import TRIANGULAR, bounded_cdf_diff, cdf_lower
 from .workspace import scratch
@@ -213,6 +217,34 @@ def _flip_conv_bounded(triangular, sel, v_grid, s_grid, d_grid, weight, cell_pos
         _scatter(acc1, acc1, False, cell_pos, i0, i1, blk * bb, bb, r1, d_in)
 
 
+@numba.njit(parallel=True, fastmath=probit.FASTMATH, error_model="numpy", cache=True)
+def _flip_conv_probit(sel, v_grid, lo_grid, hi_grid, s_grid, d_grid, weight, cell_pos, tap_off, n_run, bb, tile_len,
+                      d_in):
+    # Normal noise, float32: the bounded kernel's loops with the dense probit form's term (cpu.probit_term: one
+    # branch-free probit.normal_cdf per connection, lo = Phi(v) and hi = Phi(-v) per output unit), cell-major only.
+    n_blocks, c_in, n_flat = sel.shape
+    c_out = v_grid.shape[1]
+    n_taps = tap_off.shape[0]
+    n_tiles = (n_flat + tile_len - 1) // tile_len
+    for t in prange(n_blocks * ((c_in + 1) // 2) * n_tiles):
+        blk, r0, r1, i0, i1, acc0, acc1, sel0, sel1 = _pair_task(t, n_tiles, tile_len, sel, v_grid)
+        for c in range(c_out):
+            v_row, lo_row, hi_row = v_grid[blk, c], lo_grid[blk, c], hi_grid[blk, c]
+            s_row, d_row = s_grid[blk, c], d_grid[blk, c]
+            for k in range(n_taps):
+                w0, w1 = weight[c, r0, k], weight[c, r1, k]
+                q0, q1, a0 = _tap_range(tap_off[k], i0, i1, n_run)
+                n = q1 - q0
+                v_t, s_t, lo_t, hi_t, d_t = v_row[q0:q1], s_row[q0:q1], lo_row[q0:q1], hi_row[q0:q1], d_row[q0:q1]
+                acc0_t, sel0_t, acc1_t, sel1_t = acc0[a0:a0 + n], sel0[a0:a0 + n], acc1[a0:a0 + n], sel1[a0:a0 + n]
+                for q in range(n):
+                    v, sq, lo, hi, dq = v_t[q], s_t[q], lo_t[q], hi_t[q], d_t[q]
+                    acc0_t[q] += probit_term(v, sq, sel0_t[q], w0, lo, hi) * dq
+                    acc1_t[q] += probit_term(v, sq, sel1_t[q], w1, lo, hi) * dq
+        _scatter(acc0, acc0, False, cell_pos, i0, i1, blk * bb, bb, r0, d_in)
+        _scatter(acc1, acc1, False, cell_pos, i0, i1, blk * bb, bb, r1, d_in)
+
+
 @numba.njit(parallel=True, error_model="numpy", cache=True)
 def _lower_tails(code, v, f_lo, f_hi):
     # f_lo = F(v), f_hi = F(-v), element-wise, by the same scalar routine cdf_diff uses.
@@ -335,14 +367,14 @@ def flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_co
     stride, padding : (int, int)
     noise_code : int
         :data:`sbnnumba.kernels.scalar.NOISE_CODES`.
-    form : {"auto", "ratio", "bounded", "generic"}
-        "ratio" is logistic only, "bounded" uniform/triangular only; "auto" picks them for those
-        noises and "generic" (any family) for the others. The ratio form sums the
-        saturated units (``|a| > A``, :func:`sbnnumba.kernels.cpu.ratio_limits`) directly.
+    form : {"auto", "ratio", "bounded", "probit", "generic"}
+        "ratio" is logistic only, "bounded" uniform/triangular only, "probit" normal in float32 only; "auto" picks
+        them for those noises (:func:`sbnnumba.kernels.cpu.choose_form`) and "generic" (any family) for the others.
+        The ratio form sums the saturated units (``|a| > A``, :func:`sbnnumba.kernels.cpu.ratio_limits`) directly.
     layout : {"auto", "cells", "channels"}
         Loop layout of the ratio and bounded forms: "cells" the cell-major kernels of this module, "channels"
-        the channel-innermost ones (:mod:`sbnnumba.kernels.conv_channels`; the generic form always runs
-        cell-major), "auto" :func:`channel_inner`'s choice. All give the same bits.
+        the channel-innermost ones (:mod:`sbnnumba.kernels.conv_channels`; the probit and generic forms always
+        run cell-major), "auto" :func:`channel_inner`'s choice. All give the same bits.
 
     Returns
     -------
@@ -358,7 +390,7 @@ def flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_co
         raise ValueError(f"layout: expected one of {LAYOUTS}, got {layout!r}")
     with kernel_threads(a.size * weight[0].size):  # connections: the per-call thread rule of sbnnumba.runtime
         return _flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_code,
-                                    choose_form(form, noise_code), layout)
+                                    choose_form(form, noise_code, a.dtype), layout)
 
 
 def _flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_code, form, layout):
@@ -367,13 +399,13 @@ def _flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_c
     n_batch, c_in, h, w = x_in.shape
     c_out, _, kh, kw = weight.shape
     in_index, tap_off, n_q, n_grid, wq, cell_pos = geometry((h, w), (kh, kw), stride, padding)
-    channels = form != "generic" and (layout == "channels" or (
+    channels = form not in ("generic", "probit") and (layout == "channels" or (
         layout == "auto" and channel_inner(n_q, n_grid, c_in, n_batch, dtype.itemsize)))
     x_in = np.asarray(x_in)
     # x_in as the kernels read it: the ratio form only compares it with 0 (int8: a quarter of the loads and of the
-    # task's L1 footprint), the bounded form multiplies by it, the generic form in float64 (u = v + s w x_in is
-    # formed in float64, as in cdf_diff).
-    sel_dtype = {"ratio": np.int8, "bounded": dtype, "generic": np.float64}[form]
+    # task's L1 footprint), the bounded and probit forms multiply by it, the generic form in float64 (u = v + s w x_in
+    # is formed in float64, as in cdf_diff).
+    sel_dtype = {"ratio": np.int8, "bounded": dtype, "probit": dtype, "generic": np.float64}[form]
     # (the call's temporaries in reused buffers: workspace.scratch)
     # The preparation passes take threads by their own size (a parallel region costs tens of microseconds to wake
     # its workers: the 1x1 stages' calls were 1.7x slower at two threads than at one), the kernel by the connections.
@@ -407,6 +439,9 @@ def _flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_c
             conv_channels.flip_conv_bounded_channels(*args, _taps_inner(w3), *grid_args, d_in)
         else:
             _flip_conv_bounded(*args, w3, *grid_args, d_in)
+    elif form == "probit":
+        v_grid = grid(-x_out * a)
+        _flip_conv_probit(sel, v_grid, *probit_tails(v_grid), grid(2 * x_out), grid(d_out), w3, *grid_args, d_in)
     else:
         v_grid = grid(-x_out * a)
         f_lo, f_hi = np.empty(v_grid.shape), np.empty(v_grid.shape)

@@ -10,10 +10,14 @@ The PSA backward recurrence (spec psa.md, Eq. 3) through a dense layer is
 The (B, N_in, N_out) tensor Delta is never formed: each ``d_in[b, i]`` accumulates its sum
 over ``j`` on the fly, in parallel over the (b, i) pairs.
 
-Three forms:
+Four forms:
 
 * **generic** (every noise family): one stable difference of F per connection
-  (:func:`sbnnumba.kernels.scalar.cdf_diff`); scalar code with branches, used for normal noise.
+  (:func:`sbnnumba.kernels.scalar.cdf_diff`); scalar code with branches and a library ``erfc``, used for normal
+  noise in float64.
+* **probit** (normal noise, float32): the same stable difference with ``Phi`` by the branch-free float32
+  :func:`sbnnumba.kernels.probit.normal_cdf` and ``Phi(v)``, ``Phi(-v)`` per output unit, so the loop vectorizes;
+  each term within ``4 u`` of the exact one (``u = 2^-24``), the class of the float32 ratio form's bound.
 * **bounded** (uniform and triangular noise, whose F is piecewise polynomial on [-1, 1]): the same
   difference in a branch-free closed form (:func:`sbnnumba.kernels.scalar.bounded_cdf_diff`, clips
   and selects), so the loop vectorizes (measured against the other forms: ``docs/performance.md``).
@@ -52,8 +56,9 @@ import numpy as np
 from numba import prange
 
 from ..runtime import blockwise, kernel_threads
-from . import lanes, workspace
-from .scalar import FLIP_FORMS, KERNEL_FAMILIES, TRIANGULAR, bounded_cdf_diff, cdf_diff, flip_forms
+from . import lanes, probit, workspace
+from .probit import normal_cdf, normal_cdf_array
+from .scalar import FLIP_FORMS, FORM_DTYPES, KERNEL_FAMILIES, TRIANGULAR, bounded_cdf_diff, cdf_diff, flip_forms
 from .transpose import clipped_double_transpose
 
 # Ratio form (CPU and numba.cuda kernels): pre-activation limit A and weight-exponent clip C per dtype,
@@ -230,6 +235,64 @@ def _flip_dense_ratio(order, n_pos, chunk, c_pos, h_pos, c_neg, h_neg, k, base_p
                 d_in[b, u] = base - sign * _lane_row_sum(acc, c_row, h_row, k_row, n_full, n_out)
 
 
+@numba.njit(inline="always")
+def probit_term(v, s, x, w, lo, hi):
+    # Delta = Phi(u) - Phi(v), u = v + s x w, as scalar.cdf_diff evaluates it: Phi(-v) - Phi(-u) when u + v > 0
+    # (both in the lower tails, no cancellation against 1); lo = Phi(v) and hi = Phi(-v) come per unit.
+    u = v + s * x * w
+    upper = u + v > 0
+    f = normal_cdf(-u if upper else u)
+    return hi - f if upper else f - lo
+
+
+# The probit kernel: as the bounded one (no "reassoc": lanes; no "arcp": exact division in lanes and remainder alike;
+# "contract" fuses the same products in both, the compiled/cache-loaded test covers it).
+@numba.njit(parallel=True, fastmath=probit.FASTMATH, error_model="numpy", cache=True)
+def _flip_dense_probit(x_in, v, s, lo, hi, weight_t, d_out, d_in):
+    # Normal noise, float32: Delta = Phi(u) - Phi(v) with v = -x_out a, s = 2 x_out, lo = Phi(v), hi = Phi(-v)
+    # (B, N_out), each Phi by probit.normal_cdf (branch-free, so the lane loop vectorizes); the sum over j in lanes of
+    # a fixed order (sbnnumba/kernels/lanes.py).
+    n_batch, n_in = x_in.shape
+    n_out = v.shape[1]
+    n_full = n_out // lanes.LANES * lanes.LANES
+    for bi in prange(n_batch * n_in):
+        b = bi // n_in
+        i = bi - b * n_in
+        x = x_in[b, i]
+        v_row, s_row, lo_row, hi_row, d_row, w_row = v[b], s[b], lo[b], hi[b], d_out[b], weight_t[i]
+        acc = lanes.zeros(x)
+        for j0 in range(0, n_full, lanes.LANES):
+            for lane in range(lanes.LANES):
+                j = np.uint64(j0 + lane)
+                acc[lane] += probit_term(v_row[j], s_row[j], x, w_row[j], lo_row[j], hi_row[j]) * d_row[j]
+        total = lanes.total(acc)
+        for j in range(n_full, n_out):
+            total += probit_term(v_row[j], s_row[j], x, w_row[j], lo_row[j], hi_row[j]) * d_row[j]
+        d_in[b, i] = total
+
+
+def probit_tails(v):
+    """The per-unit terms of the probit form: ``Phi(v)`` and ``Phi(-v)`` by :func:`sbnnumba.kernels.probit.normal_cdf`
+    (the same function and fastmath flags as its per-connection terms, so a connection that moves nothing adds
+    exactly 0).
+
+    Parameters
+    ----------
+    v : float32 ndarray, any shape, C-contiguous
+        ``-x_out a``.
+
+    Returns
+    -------
+    (lo, hi) : two float32 ndarrays of ``v``'s shape
+        ``Phi(v)`` and ``Phi(-v)``.
+    """
+    lo, hi = np.empty_like(v), np.empty_like(v)
+    with kernel_threads(v.size, "elementwise"):
+        normal_cdf_array(v.reshape(-1), lo.reshape(-1))
+        normal_cdf_array(-v.reshape(-1), hi.reshape(-1))
+    return lo, hi
+
+
 _SAFE_FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}  # fastmath without assuming finite inputs
 
 
@@ -329,34 +392,41 @@ def _flip_dense_bounded(triangular, x_in, v, s, weight_t, d_out, d_in):
         d_in[b, i] = total
 
 
-FORMS = ("auto", "ratio", "bounded", "generic")
+FORMS = ("auto", "ratio", "bounded", "probit", "generic")
 
 
-def choose_form(form, noise_code):
-    """Validate ``form`` for the family ``noise_code`` and resolve "auto".
+def choose_form(form, noise_code, dtype):
+    """Validate ``form`` for the family ``noise_code`` and the dtype of the call, and resolve "auto".
 
     Parameters
     ----------
-    form : {"auto", "ratio", "bounded", "generic"}
+    form : {"auto", "ratio", "bounded", "probit", "generic"}
     noise_code : int
         :data:`sbnnumba.kernels.scalar.NOISE_CODES`.
+    dtype : numpy dtype
+        The working dtype of the call (float32 or float64).
 
     Returns
     -------
     str
-        ``form``, or for "auto" the family's first form (:data:`sbnnumba.kernels.scalar.FLIP_FORMS`: "ratio" for
-        logistic noise, "bounded" for uniform and triangular noise, "generic", one stable F difference per
-        connection, for any other family).
+        ``form``, or for "auto" the family's first form (:data:`sbnnumba.kernels.scalar.FLIP_FORMS`) that admits
+        ``dtype`` (:data:`sbnnumba.kernels.scalar.FORM_DTYPES`): "ratio" for logistic noise, "bounded" for uniform
+        and triangular noise, "probit" for normal noise in float32, "generic", one stable F difference per
+        connection, for any other family and for normal noise in float64.
     """
     if form not in FORMS:
         raise ValueError(f"form: expected one of {FORMS}, got {form!r}")
     forms = flip_forms(noise_code)
+    dtype_name = np.dtype(dtype).name
     if form == "auto":
-        return forms[0]
+        return next(name for name in forms if dtype_name in FORM_DTYPES.get(name, (dtype_name,)))
     if form not in forms:
         holds = [name for name, admitted in FLIP_FORMS.items() if form in admitted]
         raise ValueError(f"form: the {form} form does not hold for {KERNEL_FAMILIES[noise_code]} noise (it holds "
                          f"for {', '.join(holds)}); expected one of {forms}")
+    if dtype_name not in FORM_DTYPES.get(form, (dtype_name,)):
+        raise ValueError(f"form: the {form} form admits {', '.join(FORM_DTYPES[form])} only, got a {dtype_name} call "
+                         f"(use form='generic' or 'auto')")
     return form
 
 
@@ -493,10 +563,11 @@ def flip_propagate_dense(x_in, a, x_out, weight, d_out, noise_code, form="auto")
         Flip effects of the output units on the expected loss.
     noise_code : int
         Noise family code (:data:`sbnnumba.kernels.scalar.NOISE_CODES`).
-    form : {"auto", "ratio", "bounded", "generic"}
+    form : {"auto", "ratio", "bounded", "probit", "generic"}
         "ratio" is the logistic-only fast form, "bounded" the uniform/triangular one
-        (:func:`sbnnumba.kernels.scalar.bounded_cdf_diff`, vectorized); "auto" picks them for those
-        noises and "generic" for the others. The ratio form sums the pairs ``(b, j)`` with
+        (:func:`sbnnumba.kernels.scalar.bounded_cdf_diff`, vectorized), "probit" the normal one in float32
+        (:mod:`sbnnumba.kernels.probit`, vectorized); "auto" picks them for those noises (:func:`choose_form`)
+        and "generic" for the others. The ratio form sums the pairs ``(b, j)`` with
         ``|a| > A`` (:func:`ratio_limits`) directly (one ``exp`` per connection).
 
     Returns
@@ -505,7 +576,8 @@ def flip_propagate_dense(x_in, a, x_out, weight, d_out, noise_code, form="auto")
     """
     _check_dense(x_in, a, x_out, weight, d_out)
     with kernel_threads(a.size * x_in.shape[1]):  # connections: the per-call thread rule of sbnnumba.runtime
-        return _flip_propagate_dense(x_in, a, x_out, weight, d_out, noise_code, choose_form(form, noise_code))
+        return _flip_propagate_dense(x_in, a, x_out, weight, d_out, noise_code,
+                                     choose_form(form, noise_code, a.dtype))
 
 
 def _flip_propagate_dense(x_in, a, x_out, weight, d_out, noise_code, form):
@@ -538,6 +610,10 @@ def _flip_propagate_dense(x_in, a, x_out, weight, d_out, noise_code, form):
     elif form == "bounded":
         weight_t = np.ascontiguousarray(weight.T, dtype=dtype)
         _flip_dense_bounded(noise_code == TRIANGULAR, x_in, -x_out * a, 2 * x_out, weight_t, d_out, d_in)
+    elif form == "probit":
+        weight_t = np.ascontiguousarray(weight.T, dtype=dtype)
+        v = -x_out * a
+        _flip_dense_probit(x_in, v, 2 * x_out, *probit_tails(v), weight_t, d_out, d_in)
     else:
         weight_t = np.ascontiguousarray(weight.T, dtype=dtype)
         _flip_dense_generic(noise_code, x_in, a, x_out, weight_t, d_out, d_in)

@@ -32,11 +32,15 @@ KERNEL_FAMILIES = ("logistic", "normal", "uniform", "triangular")
 #: name -> kernel code.
 NOISE_CODES = {name: code for code, name in enumerate(KERNEL_FAMILIES)}
 LOGISTIC, NORMAL, UNIFORM, TRIANGULAR = (NOISE_CODES[name] for name in KERNEL_FAMILIES)
-#: name -> the PSA flip-kernel forms that hold for the family, the one "auto" picks first
-#: ("ratio": logistic only; "bounded": noise on [-1, 1] with the closed-form F difference of
-#: :func:`bounded_cdf_diff`; "generic": any family, through :func:`cdf_diff`).
-FLIP_FORMS = {"logistic": ("ratio", "generic"), "normal": ("generic",), "uniform": ("bounded", "generic"),
+#: name -> the PSA flip-kernel forms that hold for the family, the one "auto" picks first among those that
+#: admit the call's dtype (:data:`FORM_DTYPES`) ("ratio": logistic only; "bounded": noise on [-1, 1] with the
+#: closed-form F difference of :func:`bounded_cdf_diff`; "probit": normal noise, the branch-free float32 CDF of
+#: :mod:`sbnnumba.kernels.probit`; "generic": any family, through :func:`cdf_diff`).
+FLIP_FORMS = {"logistic": ("ratio", "generic"), "normal": ("probit", "generic"), "uniform": ("bounded", "generic"),
               "triangular": ("bounded", "generic")}
+#: form -> the dtypes it admits (a form not listed admits float32 and float64): the probit form's CDF is accurate to
+#: float32 only, so float64 calls take the generic form.
+FORM_DTYPES = {"probit": ("float32",)}
 
 
 def check_code(code):
@@ -70,7 +74,7 @@ def flip_forms(code):
     Returns
     -------
     tuple of str
-        Among ``"ratio"``, ``"bounded"``, ``"generic"`` (:data:`FLIP_FORMS`).
+        Among ``"ratio"``, ``"bounded"``, ``"probit"``, ``"generic"`` (:data:`FLIP_FORMS`).
     """
     return FLIP_FORMS[KERNEL_FAMILIES[check_code(code)]]
 

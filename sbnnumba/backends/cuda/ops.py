@@ -50,10 +50,11 @@ def _working_dtype(a, name="a"):
     return dtype
 
 
-def _check_form(form, noise_code):
-    """The CPU's form names (:func:`sbnnumba.kernels.cpu.choose_form`); "bounded" runs as "generic"."""
-    form = choose_form(form, noise_code)
-    return "generic" if form == "bounded" else form
+def _check_form(form, noise_code, dtype):
+    """The CPU's form names (:func:`sbnnumba.kernels.cpu.choose_form`); "bounded" and "probit" (vectorizations of the
+    same exact sum for the CPU) run as "generic" (the device's ``erfc`` is a fast native function)."""
+    form = choose_form(form, noise_code, dtype)
+    return "generic" if form in ("bounded", "probit") else form
 
 
 def _ratio_units(da, dxo, dd, dtype, dw, entry, inner):
@@ -137,7 +138,7 @@ def flip_propagate_dense(x_in, a, x_out, weight, d_out, noise_code, form="auto",
     if tuple(x_out.shape) != tuple(a.shape) or tuple(d_out.shape) != tuple(a.shape):
         raise ValueError(f"flip_propagate_dense: x_out {tuple(x_out.shape)} and d_out {tuple(d_out.shape)} "
                          f"must match a {tuple(a.shape)}")
-    form = _check_form(form, noise_code)
+    form = _check_form(form, noise_code, dtype)
     on_device = any_device(x_in, a, x_out, weight, d_out)
     d_in = cuda.device_array((n_batch, n_in), dtype=dtype)
     if n_batch == 0 or n_in == 0:
@@ -212,7 +213,7 @@ def flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_co
     if tuple(x_out.shape) != tuple(a.shape) or tuple(d_out.shape) != tuple(a.shape):
         raise ValueError(f"flip_propagate_conv: x_out {tuple(x_out.shape)} and d_out {tuple(d_out.shape)} "
                          f"must match a {tuple(a.shape)}")
-    form = _check_form(form, noise_code)
+    form = _check_form(form, noise_code, dtype)
     on_device = any_device(x_in, a, x_out, weight, d_out)
     n_in_units = n_batch * c_in * h * w
     if n_in_units == 0 or c_out == 0 or ho <= 0 or wo <= 0:
