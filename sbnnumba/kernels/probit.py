@@ -13,10 +13,9 @@ is arithmetic, compares and selects only, which LLVM turns into SIMD code:
 with ``erfc(-a) = 2 - erfc(a)`` for ``z < 0``. ``P(tau) = ln(erfcx(a) / tau)`` is smooth on ``(0, 1]``
 (``P(1) = 0``, ``P -> -ln(2 sqrt(pi))`` as ``a -> inf``); :data:`P_COEFFS` is its degree-10 least-squares
 Chebyshev fit on ``a in [0, TAIL_LIMIT]`` in the variable ``x = 2 (tau - tau_min) / (1 - tau_min) - 1``,
-within 5e-9 of ``P`` (:func:`fit_coefficients` makes the fits from SciPy's ``erfcx``; the tests refit
-them). The exponential is :func:`exp_neg`: ``e^y = 2^k e^r`` with ``k = round(y / ln 2)``, ``r = y - k ln 2``
-in two parts (Cody and Waite) and a degree-6 fit of ``e^r`` on ``|r| <= ln(2)/2`` (relative error 3e-9),
-``2^k`` built from its bits (:func:`float32_from_bits`).
+within 5e-9 of ``P`` (:func:`fit_coefficients` makes the fit from SciPy's ``erfcx``; the tests refit
+it). The exponential is :func:`sbnnumba.kernels.float32_exp.exp_f32` (arithmetic only, within a relative 2e-7),
+the one of the float32 logistic sampler; the argument ``-a^2 + P`` stays in ``[-82, 0]``.
 
 Accuracy (``tests/test_probit.py``, against SciPy's float64 ``ndtr`` at float32 arguments): within ``3.5 u``
 (``u = 2^-24``) of ``Phi(t)`` in absolute terms everywhere; in the lower tail within a relative ``2e-6`` down to
@@ -30,9 +29,9 @@ import math
 
 import numba
 import numpy as np
-from llvmlite import ir
-from numba import types
-from numba.extending import intrinsic, register_jitable
+from numba.extending import register_jitable
+
+from .float32_exp import exp_f32
 
 TAIL_LIMIT = 9.0  # erfc's argument is clipped to [0, 9]: erfc(9) = 4e-37, above float32's least normal 1.2e-38
 _TAU_MIN = 2.0 / (2.0 + TAIL_LIMIT)
@@ -41,63 +40,38 @@ _TAU_MIN = 2.0 / (2.0 + TAIL_LIMIT)
 P_COEFFS = (-0.5482211045792547, 0.5604713138177474, 0.013626317343516998, -0.027952480615823717,
             -0.0006590416715518352, 0.003352329477646162, -0.00030917334989524596, -0.0004537247210299074,
             0.0001222844157538451, 4.345866696075721e-05, -2.017773275208053e-05)
-#: Power-basis coefficients (constant term first) of the fit of e^r on |r| <= ln(2)/2.
-EXP_COEFFS = (0.9999999999595485, 1.000000037727451, 0.5000000107749354, 0.16666415477230978,
-              0.04166621827436617, 0.008375128890744621, 0.0013948580821741105)
 
 
-def fit_coefficients(p_degree=10, exp_degree=6, nodes=4000):
-    """The least-squares Chebyshev fits behind :data:`P_COEFFS` and :data:`EXP_COEFFS` (NumPy and SciPy).
+def fit_coefficients(degree=10, nodes=4000):
+    """The least-squares Chebyshev fit behind :data:`P_COEFFS` (NumPy and SciPy).
 
     Parameters
     ----------
-    p_degree, exp_degree : int
-        Polynomial degrees.
+    degree : int
+        Polynomial degree.
     nodes : int
-        Chebyshev nodes of each fit.
+        Chebyshev nodes of the fit.
 
     Returns
     -------
-    (p_coeffs, exp_coeffs) : tuple of two float64 ndarrays, constant term first
-        ``P(tau) = ln(erfcx(a)) - ln(tau)`` in ``x`` (see the module docstring) and ``e^r`` in ``r``.
+    float64 ndarray (degree + 1,)
+        ``P(tau) = ln(erfcx(a)) - ln(tau)`` in the variable ``x`` of the module docstring, constant term first.
     """
     from numpy.polynomial import chebyshev
     from scipy.special import erfcx
     x = np.cos(np.pi * (np.arange(nodes) + 0.5) / nodes)
     tau = _TAU_MIN + (x + 1) / 2 * (1 - _TAU_MIN)
     a = 2 / tau - 2
-    p = chebyshev.cheb2poly(chebyshev.chebfit(x, np.log(erfcx(a)) - np.log(tau), p_degree))
-    half = math.log(2) / 2
-    e = chebyshev.cheb2poly(chebyshev.chebfit(x, np.exp(half * x), exp_degree))
-    return p, e / half ** np.arange(exp_degree + 1)
+    return chebyshev.cheb2poly(chebyshev.chebfit(x, np.log(erfcx(a)) - np.log(tau), degree))
 
 
 _F = np.float32
 _P_HIGH_FIRST = tuple(_F(c) for c in reversed(P_COEFFS))  # float32, the highest power first (Horner's order)
-_E_HIGH_FIRST = tuple(_F(c) for c in reversed(EXP_COEFFS))
 _X_SCALE = _F(2.0 / (1.0 - _TAU_MIN))
 _X_SHIFT = _F((1.0 + _TAU_MIN) / (1.0 - _TAU_MIN))
 _LIMIT = _F(TAIL_LIMIT)
-_LOG2E = _F(1.0 / math.log(2.0))
-_LN2_HI = _F(0.693145751953125)  # 12 significant bits: k * _LN2_HI is exact for |k| < 2^12
-_LN2_LO = _F(math.log(2.0) - 0.693145751953125)
-_HALF, _ONE, _TWO = _F(0.5), _F(1.0), _F(2.0)
+_HALF, _TWO = _F(0.5), _F(2.0)
 _MINUS_SQRT_HALF = _F(-math.sqrt(0.5))
-
-
-@intrinsic
-def float32_from_bits(typingctx, bits):
-    """The float32 whose IEEE bits are the low 32 bits of the integer ``bits`` (a bit cast, vectorizable)."""
-    if not isinstance(bits, types.Integer):
-        raise TypeError(f"float32_from_bits: expected an integer, got {bits}")
-
-    def codegen(context, builder, signature, args):
-        value = args[0]
-        if bits.bitwidth != 32:
-            value = builder.trunc(value, ir.IntType(32)) if bits.bitwidth > 32 else builder.sext(value, ir.IntType(32))
-        return builder.bitcast(value, ir.FloatType())
-
-    return types.float32(bits), codegen
 
 
 @register_jitable
@@ -121,30 +95,6 @@ def horner(x, coeffs):
 
 
 @register_jitable
-def exp_neg(y):
-    """``e^y`` for float32 ``y`` in ``[-87, 0.35]`` (relative error about 1e-7 plus ``u |y|`` from the rounding of
-    ``y``); branch-free.
-
-    ``e^y = 2^k e^r`` with ``k = round(y / ln 2)``, ``r = y - k ln 2`` (``ln 2`` in two parts) and a degree-6 fit of
-    ``e^r`` (:data:`EXP_COEFFS`). ``2^k`` is built from the exponent bits ``(k + 127) << 23``, so ``y`` below -87
-    (``k < -126``) would need subnormal numbers: the caller keeps ``y`` above that (:func:`normal_cdf` clips ``a``
-    at ``TAIL_LIMIT``).
-
-    Parameters
-    ----------
-    y : float32
-
-    Returns
-    -------
-    float32
-    """
-    k = np.floor(y * _LOG2E + _HALF)
-    r = y - k * _LN2_HI
-    r = r - k * _LN2_LO
-    return horner(r, _E_HIGH_FIRST) * float32_from_bits((np.int32(k) + np.int32(127)) << np.int32(23))
-
-
-@register_jitable
 def erfc_pos(a):
     """``erfc(a) = tau e^{-a^2 + P(tau)}``, ``tau = 2 / (2 + a)`` (module docstring), branch-free.
 
@@ -160,7 +110,7 @@ def erfc_pos(a):
     """
     tau = _TWO / (_TWO + a)
     x = tau * _X_SCALE - _X_SHIFT
-    return tau * exp_neg(horner(x, _P_HIGH_FIRST) - a * a)
+    return tau * exp_f32(horner(x, _P_HIGH_FIRST) - a * a)
 
 
 @register_jitable

@@ -12,24 +12,24 @@ as they come free (:func:`sbnnumba.runtime.run_range_blocks`: with a core kept b
 waits for the thread there), so the samples are the same bits at any thread count.
 
 The float32 kernel decides most entries without ``expf`` (a scalar libm call per entry): per task of
-:data:`CHUNK` entries, one vectorized float32 pass estimates ``e^{-a}`` with arithmetic only (:func:`_exp_f32`,
-within a relative 2e-7) and takes the sign of ``t = u (1 + e^{-a}) - 1``, which is that of ``u - sigma(a)``
-(no division). The estimate's errors move ``t`` by at most ``(1 + t) 3.2e-7``, and the float32 formula's
-``sigma`` differs from the exact one by less than 2e-7 of it, so where ``|t| > 4e-6`` (:data:`_MARGIN`) both
-decisions agree; the tasks holding an entry within that margin, a ``u`` below ``2e-38`` (where ``a`` clipped to
-``[-87, 87]`` could matter) or a NaN ``a`` are redone with the exact float32 formula. The samples are those of
-the formula bit for bit (``tests/test_noise.py``: ``u`` set to ``sigma(a)`` and its neighbours on [-110, 110],
-zeros, subnormals, extremes, NaN); for uniform ``u`` about one task in three hundred is redone.
+:data:`CHUNK` entries, one vectorized float32 pass estimates ``e^{-a}`` with arithmetic only
+(:func:`sbnnumba.kernels.float32_exp.exp_f32`, within a relative 2e-7) and takes the sign of
+``t = u (1 + e^{-a}) - 1``, which is that of ``u - sigma(a)`` (no division). The estimate's errors move ``t`` by at
+most ``(1 + t) 3.2e-7``, and the float32 formula's ``sigma`` differs from the exact one by less than 2e-7 of it, so
+where ``|t| > 4e-6`` (:data:`_MARGIN`) both decisions agree; the tasks holding an entry within that margin, a ``u``
+below ``2e-38`` (where ``a`` clipped to ``[-87, 87]`` could matter) or a NaN ``a`` are redone with the exact float32
+formula. The samples are those of the formula bit for bit (``tests/test_noise.py``: ``u`` set to ``sigma(a)`` and
+its neighbours on [-110, 110], zeros, subnormals, extremes, NaN); for uniform ``u`` about one task in three hundred
+is redone.
 Measured speed-up: ``docs/performance.md`` (CPU kernels, sampling; ``bench/sampling.py``).
 """
 import math
 
 import numba
 import numpy as np
-from numba import types
-from numba.extending import intrinsic
 
 from ..runtime import run_range_blocks
+from .float32_exp import exp_f32
 
 #: Entries per task of the float32 sampler: one vectorized pass decides them, the rare task holding an entry
 #: too close to call is redone exactly.
@@ -42,47 +42,6 @@ _MARGIN = np.float32(4e-6)
 #: Below this ``u`` the clipped argument (``|a| <= 87``) could decide otherwise than the formula: redone exactly.
 _TINY_U = np.float32(2e-38)
 _EXP_ARG_MAX = np.float32(87.0)  # e^{+-87}, 1 + e^{87} normal float32 numbers; n = round(x / ln 2) in [-126, 126]
-_LOG2E = np.float32(1.4426950408889634)
-_LN2_HI = np.float32(0.693359375)  # 355 / 512: n * _LN2_HI is exact for |n| < 2^15 (Cody and Waite)
-_LN2_LO = np.float32(-2.12194440e-4)  # ln 2 - _LN2_HI
-
-
-@intrinsic
-def _pow2_f32_llvm(typingctx, n):
-    """``2^n`` as a float32 for an integral float32 ``n`` in [-126, 127]: the exponent field ``n + 127`` set in
-    32-bit integers (so the loop vectorizes at 8 or 16 lanes; Numba's own integers are 64-bit)."""
-    if n != types.float32:
-        return None
-
-    def codegen(context, builder, signature, args):
-        i32 = context.get_value_type(types.int32)
-        field = builder.add(builder.fptosi(args[0], i32), i32(127))
-        return builder.bitcast(builder.shl(field, i32(23)), context.get_value_type(types.float32))
-
-    return types.float32(n), codegen
-
-
-def _pow2_f32_python(n):
-    """:func:`_pow2_f32_llvm` in NumPy (the twin under ``NUMBA_DISABLE_JIT=1``; exact)."""
-    return np.float32(np.ldexp(1.0, int(n)))
-
-
-_pow2_f32 = _pow2_f32_python if numba.config.DISABLE_JIT else _pow2_f32_llvm
-
-
-@numba.njit(inline="always", error_model="numpy")
-def _exp_f32(x):
-    """``e^x`` in float32 within a relative 2e-7 for ``|x| <= 87`` (arithmetic only, so the loop vectorizes):
-    ``x = n ln 2 + r`` with ``n = round(x / ln 2)``, ``|r| <= 0.35`` (``ln 2`` in two parts), ``e^r`` by its
-    degree-7 Taylor polynomial (truncation below 1e-8), times ``2^n`` (:func:`_pow2_f32_llvm`).
-    ``tests/test_noise.py`` checks the bound on every 29th float32 in [-87, 87]."""
-    n = np.floor(x * _LOG2E + np.float32(0.5))
-    r = (x - n * _LN2_HI) - n * _LN2_LO
-    p = np.float32(1) + r * (np.float32(1) + r * (np.float32(1 / 2) + r * (np.float32(1 / 6) + r * (
-        np.float32(1 / 24) + r * (np.float32(1 / 120) + r * (np.float32(1 / 720) + r * np.float32(1 / 5040)))))))
-    return p * _pow2_f32(n)
-
-
 @numba.njit(error_model="numpy", cache=True)
 def _decide_f32(a, u, out):
     """The float32 decision of ``u < sigma(a)`` into ``out`` (+-1, float32), from the sign of
@@ -96,7 +55,7 @@ def _decide_f32(a, u, out):
         x = -ai
         x = x if x < _EXP_ARG_MAX else _EXP_ARG_MAX
         x = x if x > -_EXP_ARG_MAX else -_EXP_ARG_MAX
-        t = ui * (one + _exp_f32(x)) - one  # negative iff u < sigma(a), up to the margin
+        t = ui * (one + exp_f32(x)) - one  # negative iff u < sigma(a), up to the margin
         out[i] = one if t < 0 else -one
         unsure |= (abs(t) <= _MARGIN) | (ui < _TINY_U) | (ai != ai)  # a bool: the loop stays 32-bit, 8+ lanes
     return unsure
