@@ -1,4 +1,4 @@
-"""Benchmark: sampling logistic binary units, ``x = +1 if u < sigma(a) else -1``, from given uniforms.
+"""Benchmark: sampling logistic and normal binary units, ``x = +1 if u < F(a) else -1``, from given uniforms.
 
 Prints, measured in the same run (medians over interleaved repeats, float32, at one thread and at the default
 thread count), for a dense layer's units (128 x 1024, the main job's batch) and for the first stage of the paper's
@@ -10,7 +10,9 @@ conv network at width 1.0 (64 x 96 x 28 x 28, 4.8 million units):
 - ``random_uniforms`` of the same size (the draw every sample needs: PCG64's blocks filled by
   ``sbnnumba/kernels/pcg64.py``), for scale, against NumPy's ``rng.random`` (the same values, one thread);
 
-and the share of tasks that the kernel redid with the exact formula.
+and the share of tasks that the kernel redid with the exact formula; then the same for normal units
+(``Normal.sample``: the vectorized decision by ``probit.normal_cdf``, SciPy's ``ndtr`` for the tasks too close to
+call) against ``where(u < ndtr(a), 1, -1)``.
 
 Usage: python bench/sampling.py [--repeats 21]
 """
@@ -34,14 +36,35 @@ from sbnnumba.uniforms import random_uniforms  # noqa: E402
 SHAPES = {"dense 128 x 1024": (128, 1024), "conv stage 1, 64 x 96 x 28 x 28": (64, 96, 28, 28)}
 
 
-def redone_share(a, u):
+def redone_share(a, u, family="logistic"):
     """The share of the kernel's tasks that its fast decision leaves to the exact formula."""
     flat_a, flat_u = a.reshape(-1), u.reshape(-1)
+    if family == "normal":
+        unsure = np.empty(-(-flat_a.size // sampling.CHUNK), np.bool_)
+        sampling._decide_normal_f32(flat_a, flat_a.view(np.uint32), flat_u, np.empty_like(flat_a), unsure)
+        return unsure.mean()
     out = np.empty(sampling.CHUNK, np.float32)
     starts = range(0, flat_a.size, sampling.CHUNK)
     redone = sum(bool(sampling._decide_f32(flat_a[i:i + sampling.CHUNK], flat_u[i:i + sampling.CHUNK],
                                            out[:min(sampling.CHUNK, flat_a.size - i)])) for i in starts)
     return redone / len(starts)
+
+
+def normal_section(rng, shape, repeats):
+    """Normal units of ``shape``: ``Normal.sample`` against SciPy's formula, at each thread count."""
+    normal = get_noise("normal")
+    a = rng.normal(0.0, 2.0, size=shape).astype(np.float32)
+    u = rng.random(shape, dtype=np.float32)
+    if not np.array_equal(normal.sample(a, u), np.where(u < special.ndtr(a), np.float32(1), np.float32(-1))):
+        raise AssertionError("the normal kernel's samples differ from the formula's")
+    contenders = {"kernel": lambda: normal.sample(a, u),
+                  "formula": lambda: np.where(u < special.ndtr(a), np.float32(1), np.float32(-1))}
+    print(f"   normal units (tasks redone with ndtr: {100 * redone_share(a, u, 'normal'):.2f} %)")
+    for threads in thread_counts():
+        sb.set_num_threads(threads)
+        med = interleaved_medians(contenders, repeats, settle=0.02)
+        print(f"   {threads} thread(s): kernel {1e9 * med['kernel'] / a.size:.2f} ns/unit, formula "
+              f"{1e9 * med['formula'] / a.size:.2f} (kernel {med['formula'] / med['kernel']:.1f}x faster)")
 
 
 def main(argv=None):
@@ -72,6 +95,7 @@ def main(argv=None):
                   f"(kernel {med['formula'] / med['kernel']:.1f}x faster), uniforms {ns['uniforms']:.2f} "
                   f"(kernel / uniforms {med['kernel'] / med['uniforms']:.2f}; NumPy's rng.random "
                   f"{ns['numpy draw']:.2f}, {med['numpy draw'] / med['uniforms']:.1f}x the uniforms)")
+        normal_section(rng, shape, args.repeats)
     sb.set_num_threads(thread_counts()[-1])
 
 

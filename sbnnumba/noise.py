@@ -45,7 +45,7 @@ from scipy import special
 from .kernels.density import logistic_density
 from .kernels.entropy import unit_entropy_flat
 from .kernels.psa_factors import logistic_psa_grad
-from .kernels.sampling import logistic_sample
+from .kernels.sampling import sample_units
 from .kernels.scalar import FLIP_FORMS, NOISE_CODES
 
 __all__ = ["NoiseFamily", "Logistic", "Normal", "Uniform", "Triangular", "NOISES", "get_noise", "register_noise"]
@@ -77,9 +77,13 @@ class NoiseFamily(abc.ABC):
         (:class:`~sbnnumba.weights.BernoulliWeights`): needed where mirror descent is a projected step.
     arm_refusal : str
         Why ARM is not available for this family (the message of :meth:`arm_psi`).
+    sampler : str or None
+        The key of the family's Numba sampler in :data:`sbnnumba.kernels.sampling.SAMPLERS`, which gives
+        :meth:`sample`'s values bit for bit (None: the NumPy formula; a subclass that changes ``cdf`` sets None).
     """
 
     name = "base"
+    sampler: str | None = None
     std: float = float("nan")
     weight_clip: float | None = None
     arm_refusal = "ARM needs psi(u) = -(log p)'(F^-1(u)) with finite variance, which this family does not provide"
@@ -177,7 +181,8 @@ class NoiseFamily(abc.ABC):
         return FLIP_FORMS.get(self.name, ())
 
     def sample(self, a: npt.ArrayLike, u: npt.ArrayLike) -> np.ndarray:
-        """Binary sample ``x = +1 if u < F(a) else -1`` (so ``sign(0) = +1`` never arises).
+        """Binary sample ``x = +1 if u < F(a) else -1`` (so ``sign(0) = +1`` never arises); through the family's
+        Numba sampler (:attr:`sampler`) where it has one for ``a``'s dtype, bit for bit the NumPy formula.
 
         Parameters
         ----------
@@ -191,6 +196,9 @@ class NoiseFamily(abc.ABC):
         ndarray of the dtype of ``a`` with values in {-1, +1}.
         """
         a = np.asarray(a)
+        x = None if self.sampler is None else sample_units(self.sampler, a, u)
+        if x is not None:
+            return x
         one = (a.dtype if a.dtype.kind == "f" else np.dtype(np.float64)).type(1)
         return np.where(u < self.cdf(a), one, -one)  # typed scalars: no int64 temporary and cast pass
 
@@ -357,6 +365,7 @@ class Logistic(NoiseFamily):
     ``F^{-1} = logit``, ARM ``psi(u) = 2u - 1``."""
 
     name = "logistic"
+    sampler = "logistic"
     std = float(np.pi / np.sqrt(3))
     variance = float(np.pi ** 2 / 3)
 
@@ -411,25 +420,6 @@ class Logistic(NoiseFamily):
 
     def quantile(self, u: npt.ArrayLike) -> np.ndarray:
         return _like(special.logit(u), u)
-
-    def sample(self, a: npt.ArrayLike, u: npt.ArrayLike) -> np.ndarray:
-        """As :meth:`NoiseFamily.sample`; float32/float64 inputs go through one fused Numba pass
-        (:mod:`sbnnumba.kernels.sampling`, bit-identical to ``where(u < expit(a), 1, -1)``).
-
-        Parameters
-        ----------
-        a : array_like, any shape
-            Pre-activations.
-        u : array_like, same shape as ``a``
-            Uniforms on [0, 1).
-
-        Returns
-        -------
-        ndarray of the dtype of ``a`` with values in {-1, +1}
-        """
-        a = np.asarray(a)
-        x = logistic_sample(a, u)
-        return super().sample(a, u) if x is None else x
 
     def psa_grad(self, x: np.ndarray, a: np.ndarray, d: np.ndarray) -> np.ndarray:
         """As :meth:`NoiseFamily.psa_grad`; arrays of one float dtype and shape go through one fused Numba pass
@@ -496,6 +486,7 @@ class Normal(NoiseFamily):
     ARM ``psi(u) = Phi^{-1}(u)``."""
 
     name = "normal"
+    sampler = "normal"
     std = 1.0
     variance = 1.0
 

@@ -11,7 +11,7 @@ from sbnnumba import blockpool, runtime
 from sbnnumba.backends import get_backend
 from sbnnumba.kernels.density import logistic_density
 from sbnnumba.kernels.psa_factors import logistic_psa_grad
-from sbnnumba.kernels.sampling import logistic_sample
+from sbnnumba.kernels.sampling import sample_units
 
 N = (1 << 19) + 12_345  # 2 blocks by the rule at two threads, neither a multiple of the other's length
 
@@ -35,7 +35,7 @@ def _numpy(a, u, g, x):
 
 
 def _passes(a, u, g, x):
-    return {"sample": logistic_sample(a, u), "pdf": logistic_density(a, 1), "st": logistic_density(a, 2),
+    return {"sample": sample_units("logistic", a, u), "pdf": logistic_density(a, 1), "st": logistic_density(a, 2),
             "st_times": logistic_density(a, 2, times=g), "psa": logistic_psa_grad(x, a, g)}
 
 

@@ -98,7 +98,7 @@ def test_logistic_sample_kernel_is_bit_identical_to_the_numpy_formula(dtype):
     non-contiguous 3-D view."""
     from scipy import special
 
-    from sbnnumba.kernels.sampling import logistic_sample
+    from sbnnumba.kernels.sampling import sample_units
 
     rng = np.random.default_rng(11)
     a = rng.uniform(-40, 40, size=1_000_000).astype(dtype)
@@ -115,8 +115,9 @@ def test_logistic_sample_kernel_is_bit_identical_to_the_numpy_formula(dtype):
     got = get_noise("logistic").sample(view_a, view_u)
     assert got.shape == view_a.shape
     assert np.array_equal(got, np.where(view_u < special.expit(view_a), dtype(1), dtype(-1)))
-    assert logistic_sample(a.astype(np.float16), u[:a.size].astype(np.float16)) is None  # NumPy path
-    assert logistic_sample(a, u[:a.size].astype(np.float64 if dtype == np.float32 else np.float32)) is None
+    assert sample_units("logistic", a.astype(np.float16), u[:a.size].astype(np.float16)) is None  # the NumPy path
+    other = np.float64 if dtype == np.float32 else np.float32
+    assert sample_units("logistic", a, u[:a.size].astype(other)) is None
 
 
 @pytest.mark.parametrize("low, high", [(-110, 110), (-1, 1), (-20, 20)])
@@ -140,7 +141,7 @@ def test_float32_sampler_fast_decision_is_exact(low, high):
     ulps = [(s32.view(np.int32) + k).view(np.float32) for k in (-5, -3, -1, 1, 3, 5)]  # where the estimate could err
     u = np.concatenate([s32, *ulps, np.zeros_like(s32), tiny, rng.random(a.size, dtype=np.float32)])
     a10 = np.concatenate([a] * 10)
-    got = sampling.logistic_sample(a10, u)
+    got = sampling.sample_units("logistic", a10, u)
     np.testing.assert_array_equal(got, np.where(u < special.expit(a10), np.float32(1), np.float32(-1)))
     tail_a, tail_u = a10[-a.size:][9:], u[-a.size:][9:]  # uniform u, finite a
     n_tasks = -(-tail_a.size // sampling.CHUNK)
@@ -148,6 +149,36 @@ def test_float32_sampler_fast_decision_is_exact(low, high):
                                       np.empty(sampling.CHUNK, np.float32)[:tail_a[i:i + sampling.CHUNK].size]) > 0
                  for i in range(0, tail_a.size, sampling.CHUNK))
     assert redone <= max(3, n_tasks // 100)
+
+
+@pytest.mark.parametrize("low, high", [(-14, 14), (-1, 1), (-40, 40)])
+def test_float32_normal_sampler_is_the_formula(low, high):
+    """The float32 normal sampler's vectorized decision (SciPy's ``ndtr`` only for tasks holding an entry within its
+    margin) gives ``where(u < ndtr(a), 1, -1)`` bit for bit with ``u`` at ``ndtr(a)``, 1, 3, 5 and 17 float32 steps
+    either side, 0 and uniform, with infinities, NaN, signed zeros and the far tails (past the CDF's clip at
+    12.73); Normal.sample uses it; for uniform ``u`` only a few tasks are redone."""
+    from scipy import special
+
+    from sbnnumba.kernels import sampling
+
+    rng = np.random.default_rng(18)
+    a = rng.uniform(low, high, 300_000).astype(np.float32)
+    a[:9] = [0.0, -0.0, 1e-30, -1e-30, 1e4, -1e4, np.inf, -np.inf, np.nan]
+    p32 = special.ndtr(a)
+    assert p32.dtype == np.float32
+    steps = [(p32.view(np.int32) + k).view(np.float32) for k in (-17, -5, -3, -1, 1, 3, 5, 17)]
+    u = np.concatenate([p32, *[np.clip(s, 0, np.nextafter(np.float32(1), np.float32(0))) for s in steps],
+                        np.zeros_like(p32), rng.random(a.size, dtype=np.float32)])
+    a_all = np.concatenate([a] * 11)
+    want = np.where(u < special.ndtr(a_all), np.float32(1), np.float32(-1))
+    np.testing.assert_array_equal(sampling.sample_units("normal", a_all, u), want)
+    np.testing.assert_array_equal(get_noise("normal").sample(a_all, u), want)
+    tail_a, tail_u = a_all[-a.size:][9:], u[-a.size:][9:]  # uniform u, finite a
+    unsure = np.empty(-(-tail_a.size // sampling.CHUNK), np.bool_)
+    sampling._decide_normal_f32(tail_a, tail_a.view(np.uint32), tail_u, np.empty_like(tail_a), unsure)
+    assert unsure.sum() <= max(3, unsure.size // 100)
+    a64, u64 = a.astype(np.float64), u[:a.size].astype(np.float64)
+    assert sampling.sample_units("normal", a64, u64) is None  # float64: the NumPy formula
 
 
 def test_float32_sampler_without_jit_gives_the_formula():
@@ -164,7 +195,7 @@ def test_float32_sampler_without_jit_gives_the_formula():
         a = np.tile(np.linspace(-100, 100, 1001).astype(np.float32), 4)
         u = np.concatenate([np.zeros(1001, np.float32), np.full(1001, 1e-40, np.float32),
                             rng.random(2002, dtype=np.float32)])
-        got = sampling.logistic_sample(a, u)
+        got = sampling.sample_units("logistic", a, u)
         assert np.array_equal(got, np.where(u < special.expit(a), np.float32(1), np.float32(-1)))
         print("ok")
     """)

@@ -1,4 +1,5 @@
-"""Numba CPU kernels for sampling logistic binary units (:meth:`sbnnumba.noise.Logistic.sample`).
+"""Numba CPU kernels for sampling logistic and normal binary units (:meth:`sbnnumba.noise.NoiseFamily.sample` through
+:func:`sample_units`).
 
 ``x = +1 if u < sigma(a) else -1`` in one parallel pass, instead of NumPy's ``expit`` into a temporary
 and a ``where`` over it. ``sigma(a) = 1 / (1 + exp(-a))`` is computed in the dtype of ``a`` with the
@@ -7,7 +8,7 @@ C library's ``expf``/``exp``, the same operations as SciPy's ``expit``: on 611 m
 samples, and every seeded run, are those of the NumPy formula (``tests/test_noise.py`` checks the
 equality on the machine that runs the tests). No ``fastmath``: an approximate vectorized ``exp``
 would change bits. One kernel per dtype, so that float32 stays float32 throughout. The kernels compute one block
-(``nogil``, no ``prange``); :func:`logistic_sample` runs them over fixed blocks of whole tasks that the threads take
+(``nogil``, no ``prange``); :func:`sample_units` runs them over fixed blocks of whole tasks that the threads take
 as they come free (:func:`sbnnumba.runtime.run_range_blocks`: with a core kept busy, a static ``prange`` split
 waits for the thread there), so the samples are the same bits at any thread count.
 
@@ -21,14 +22,23 @@ below ``2e-38`` (where ``a`` clipped to ``[-87, 87]`` could matter) or a NaN ``a
 formula. The samples are those of the formula bit for bit (``tests/test_noise.py``: ``u`` set to ``sigma(a)`` and
 its neighbours on [-110, 110], zeros, subnormals, extremes, NaN); for uniform ``u`` about one task in three hundred
 is redone.
+Normal units, float32 (``sample_units("normal", ...)``): ``x = +1 if u < ndtr(a) else -1`` with SciPy's ``ndtr``
+(a scalar call per entry, about 20 ns). One vectorized pass decides by the sign of ``u - normal_cdf(a)``
+(:func:`sbnnumba.kernels.probit.normal_cdf`, within 3.5 u of ``Phi``; SciPy's float32 ``ndtr`` is ``Phi`` rounded,
+within 0.5 u), so where ``|u - normal_cdf(a)| > 16 u`` (:data:`_NORMAL_MARGIN`) both decisions agree; the tasks
+holding an entry within that margin or a NaN ``a`` are redone with SciPy's formula. The samples are the formula's
+bit for bit (``tests/test_noise.py``).
+
 Measured speed-up: ``docs/performance.md`` (CPU kernels, sampling; ``bench/sampling.py``).
 """
 import math
 
 import numba
 import numpy as np
+from scipy import special
 
 from ..runtime import run_range_blocks
+from . import probit
 from .float32_exp import exp_f32
 
 #: Entries per task of the float32 sampler: one vectorized pass decides them, the rare task holding an entry
@@ -42,6 +52,8 @@ _MARGIN = np.float32(4e-6)
 #: Below this ``u`` the clipped argument (``|a| <= 87``) could decide otherwise than the formula: redone exactly.
 _TINY_U = np.float32(2e-38)
 _EXP_ARG_MAX = np.float32(87.0)  # e^{+-87}, 1 + e^{87} normal float32 numbers; n = round(x / ln 2) in [-126, 126]
+
+
 @numba.njit(error_model="numpy", cache=True)
 def _decide_f32(a, u, out):
     """The float32 decision of ``u < sigma(a)`` into ``out`` (+-1, float32), from the sign of
@@ -81,26 +93,10 @@ def logistic_sample_f64(a, u, out):
         out[i] = 1.0 if u[i] < 1.0 / (1.0 + math.exp(-a[i])) else -1.0
 
 
-KERNELS = {np.dtype(np.float32): logistic_sample_f32, np.dtype(np.float64): logistic_sample_f64}
-
-
-def logistic_sample(a, u):
-    """``where(u < expit(a), 1, -1)`` in ``a``'s dtype through the kernel, or None when the inputs are
-    not same-shape float32/float64 arrays of one dtype (the caller then uses the NumPy formula).
-
-    Parameters
-    ----------
-    a : ndarray, float32 or float64, any shape
-        Pre-activations.
-    u : ndarray, same shape and dtype as ``a``
-        Uniforms in [0, 1).
-
-    Returns
-    -------
-    ndarray or None
-        +-1 states, same shape and dtype as ``a``; None when the kernel does not apply.
-    """
-    kernel = KERNELS.get(a.dtype)
+def _blockwise_sample(a, u, kernels):
+    """``kernels[a.dtype](a_block, u_block, out_block)`` over fixed blocks of whole tasks on the threads, or None when
+    the inputs are not same-shape arrays of one dtype that ``kernels`` has."""
+    kernel = kernels.get(a.dtype)
     if kernel is None or not isinstance(u, np.ndarray) or u.dtype != a.dtype or u.shape != a.shape:
         return None
     flat_a = np.ascontiguousarray(a).reshape(-1)
@@ -114,3 +110,70 @@ def logistic_sample(a, u):
 
     run_range_blocks(block, -(-n // CHUNK), n, "elementwise")  # the per-call thread rule of sbnnumba.runtime
     return out.reshape(a.shape)
+
+
+#: Margin of the normal decision on ``t = u - normal_cdf(a)`` (module docstring): 3.5 u + 0.5 u, four times over.
+_NORMAL_MARGIN = np.float32(16 * 2.0 ** -24)
+
+
+@numba.njit(inline="always", fastmath=probit.FASTMATH, error_model="numpy")
+def _decide_normal_task(a, a_bits, u, out):
+    # One task: out = +-1 by the sign of u - normal_cdf(a); whether an entry is within the margin or a NaN a (tested on
+    # a_bits, the same memory as uint32: probit.FASTMATH lets the compiler assume no NaN in arithmetic).
+    one = np.float32(1.0)
+    close = False
+    for i in range(a.shape[0]):
+        t = u[i] - probit.normal_cdf(a[i])
+        out[i] = one if t < 0 else -one
+        close |= (abs(t) <= _NORMAL_MARGIN) | ((a_bits[i] & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000))
+    return close
+
+
+@numba.njit(nogil=True, fastmath=probit.FASTMATH, error_model="numpy", cache=True)
+def _decide_normal_f32(a, a_bits, u, out, unsure):
+    """The float32 decision of ``u < Phi(a)`` into ``out`` (+-1) task by task (:data:`CHUNK` entries); ``unsure[k]``
+    says whether task ``k`` holds an entry within :data:`_NORMAL_MARGIN` or a NaN ``a`` (``a_bits``: ``a`` as
+    uint32)."""
+    n = a.shape[0]
+    for k in range(unsure.shape[0]):
+        lo, hi = k * CHUNK, min(n, (k + 1) * CHUNK)
+        unsure[k] = _decide_normal_task(a[lo:hi], a_bits[lo:hi], u[lo:hi], out[lo:hi])
+
+
+def _normal_sample_f32(a, u, out):
+    """float32 ``out = where(u < ndtr(a), 1, -1)`` (1-D arrays; one block): the fast decision, then SciPy's formula
+    for the tasks it cannot call."""
+    unsure = np.empty(-(-a.size // CHUNK), np.bool_)
+    _decide_normal_f32(a, a.view(np.uint32), u, out, unsure)
+    one = np.float32(1.0)
+    for k in np.flatnonzero(unsure):
+        lo, hi = k * CHUNK, min(a.size, (k + 1) * CHUNK)
+        out[lo:hi] = np.where(u[lo:hi] < special.ndtr(a[lo:hi]), one, -one)
+
+
+#: family -> dtype -> the block kernel ``(a, u, out)`` of its sampler (:func:`sample_units`).
+SAMPLERS = {"logistic": {np.dtype(np.float32): logistic_sample_f32, np.dtype(np.float64): logistic_sample_f64},
+            "normal": {np.dtype(np.float32): _normal_sample_f32}}
+
+
+def sample_units(family, a, u):
+    """``where(u < F(a), 1, -1)`` bit for bit through the family's sampler (:data:`SAMPLERS`: logistic noise in
+    float32 and float64, ``F = expit``; normal noise in float32, ``F = ndtr``), over fixed blocks of tasks on the
+    threads (the same bits at any thread count), or None when it does not apply.
+
+    Parameters
+    ----------
+    family : str
+        A key of :data:`SAMPLERS`.
+    a : ndarray, any shape
+        Pre-activations.
+    u : ndarray, same shape and dtype as ``a``
+        Uniforms in [0, 1).
+
+    Returns
+    -------
+    ndarray or None
+        +-1 states, same shape and dtype as ``a``; None when the family has no kernel for ``a``'s dtype or ``u`` is
+        not an array of ``a``'s shape and dtype (the caller then uses the NumPy formula).
+    """
+    return _blockwise_sample(a, u, SAMPLERS[family])
