@@ -126,6 +126,17 @@ def test_probit_form_saturated_units_add_exact_zeros():
     assert (cpu.flip_propagate_dense(x_in, a, x_out, w, zero_row, get_noise("normal").code, form="probit") == 0).all()
 
 
+def test_probit_tails_of_any_layout():
+    """The per-unit terms Phi(v), Phi(-v) of the probit form for C, Fortran and strided arrays alike."""
+    from scipy.special import ndtr
+    v = (3 * np.random.default_rng(34).normal(size=(6, 9))).astype(np.float32)
+    for layout in (v, v.T, v[:, ::2]):
+        lo, hi = cpu.probit_tails(layout)
+        assert lo.shape == hi.shape == layout.shape
+        np.testing.assert_allclose(lo, ndtr(layout.astype(np.float64)), rtol=0, atol=3.5 * 2.0 ** -24)
+        np.testing.assert_allclose(hi, ndtr(-layout.astype(np.float64)), rtol=0, atol=3.5 * 2.0 ** -24)
+
+
 def test_probit_form_rejects_float64():
     args = _layer(np.random.default_rng(33), 2, 3, 4, np.float64)
     with pytest.raises(ValueError, match="probit form admits float32 only"):

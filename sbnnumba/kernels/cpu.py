@@ -278,7 +278,7 @@ def probit_tails(v):
 
     Parameters
     ----------
-    v : float32 ndarray, any shape, C-contiguous
+    v : float32 ndarray, any shape
         ``-x_out a``.
 
     Returns
@@ -286,7 +286,8 @@ def probit_tails(v):
     (lo, hi) : two float32 ndarrays of ``v``'s shape
         ``Phi(v)`` and ``Phi(-v)``.
     """
-    lo, hi = np.empty_like(v), np.empty_like(v)
+    v = np.ascontiguousarray(v)
+    lo, hi = np.empty(v.shape, v.dtype), np.empty(v.shape, v.dtype)  # C order: the flat views below write into them
     with kernel_threads(v.size, "elementwise"):
         normal_cdf_array(v.reshape(-1), lo.reshape(-1))
         normal_cdf_array(-v.reshape(-1), hi.reshape(-1))
