@@ -12,7 +12,8 @@ conv network at width 1.0 (64 x 96 x 28 x 28, 4.8 million units):
 
 and the share of tasks that the kernel redid with the exact formula; then the same for normal units
 (``Normal.sample``: the vectorized decision by ``probit.normal_cdf``, SciPy's ``ndtr`` for the tasks too close to
-call) against ``where(u < ndtr(a), 1, -1)``.
+call) against ``where(u < ndtr(a), 1, -1)``, and for uniform and triangular units (one pass with the formula's
+operations) against ``where(u < cdf(a), 1, -1)``.
 
 Usage: python bench/sampling.py [--repeats 21]
 """
@@ -50,16 +51,18 @@ def redone_share(a, u, family="logistic"):
     return redone / len(starts)
 
 
-def normal_section(rng, shape, repeats):
-    """Normal units of ``shape``: ``Normal.sample`` against SciPy's formula, at each thread count."""
-    normal = get_noise("normal")
-    a = rng.normal(0.0, 2.0, size=shape).astype(np.float32)
+def family_section(rng, shape, repeats, family):
+    """Units of ``shape`` of another family: its sampler (``Noise.sample``) against the NumPy / SciPy formula
+    ``where(u < cdf(a), 1, -1)``, at each thread count."""
+    noise = get_noise(family)
+    a = rng.normal(0.0, 2.0 if family == "normal" else 1.0, size=shape).astype(np.float32)
     u = rng.random(shape, dtype=np.float32)
-    if not np.array_equal(normal.sample(a, u), np.where(u < special.ndtr(a), np.float32(1), np.float32(-1))):
-        raise AssertionError("the normal kernel's samples differ from the formula's")
-    contenders = {"kernel": lambda: normal.sample(a, u),
-                  "formula": lambda: np.where(u < special.ndtr(a), np.float32(1), np.float32(-1))}
-    print(f"   normal units (tasks redone with ndtr: {100 * redone_share(a, u, 'normal'):.2f} %)")
+    if not np.array_equal(noise.sample(a, u), np.where(u < noise.cdf(a), np.float32(1), np.float32(-1))):
+        raise AssertionError(f"the {family} kernel's samples differ from the formula's")
+    contenders = {"kernel": lambda: noise.sample(a, u),
+                  "formula": lambda: np.where(u < noise.cdf(a), np.float32(1), np.float32(-1))}
+    redone = f" (tasks redone with ndtr: {100 * redone_share(a, u, 'normal'):.2f} %)" if family == "normal" else ""
+    print(f"   {family} units{redone}")
     for threads in thread_counts():
         sb.set_num_threads(threads)
         med = interleaved_medians(contenders, repeats, settle=0.02)
@@ -95,7 +98,8 @@ def main(argv=None):
                   f"(kernel {med['formula'] / med['kernel']:.1f}x faster), uniforms {ns['uniforms']:.2f} "
                   f"(kernel / uniforms {med['kernel'] / med['uniforms']:.2f}; NumPy's rng.random "
                   f"{ns['numpy draw']:.2f}, {med['numpy draw'] / med['uniforms']:.1f}x the uniforms)")
-        normal_section(rng, shape, args.repeats)
+        for family in ("normal", "uniform", "triangular"):
+            family_section(rng, shape, args.repeats, family)
     sb.set_num_threads(thread_counts()[-1])
 
 

@@ -540,6 +540,7 @@ class Uniform(NoiseFamily):
     """
 
     name = "uniform"
+    sampler = "uniform"
     std = float(1 / np.sqrt(3))
     variance = 1.0 / 3
     weight_clip = 1.0
@@ -568,6 +569,7 @@ class Triangular(NoiseFamily):
     """
 
     name = "triangular"
+    sampler = "triangular"
     std = float(1 / np.sqrt(6))
     variance = 1.0 / 6
     arm_refusal = "psi = sign(z) / (1 - |z|) has infinite variance (E[psi^2] = int dz / (1 - |z|) = inf)"

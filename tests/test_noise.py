@@ -181,6 +181,27 @@ def test_float32_normal_sampler_is_the_formula(low, high):
     assert sampling.sample_units("normal", a64, u64) is None  # float64: the NumPy formula
 
 
+@pytest.mark.parametrize("family", ["uniform", "triangular"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bounded_samplers_are_the_formula(family, dtype):
+    """Uniform and triangular units through their Numba samplers give ``where(u < cdf(a), 1, -1)`` bit for bit with
+    ``u`` at ``cdf(a)`` and one step either side, 0 and uniform, on a range past the support's ends with infinities,
+    NaN, signed zeros and the support's ends; ``Noise.sample`` uses them."""
+    from sbnnumba.kernels import sampling
+
+    f = get_noise(family)
+    rng = np.random.default_rng(19)
+    a = rng.uniform(-1.5, 1.5, 100_000).astype(dtype)
+    a[:10] = [np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0, -1.0, 1e-30, np.nextafter(1, 0), np.nextafter(-1, 0)]
+    p = f.cdf(a)
+    u = np.concatenate([p, np.nextafter(p, 0).astype(dtype), np.nextafter(p, 1).astype(dtype), np.zeros_like(p),
+                        rng.random(a.size).astype(dtype)])
+    a_all = np.concatenate([a] * 5)
+    want = np.where(u < f.cdf(a_all), dtype(1), dtype(-1))
+    np.testing.assert_array_equal(sampling.sample_units(family, a_all, u), want)
+    np.testing.assert_array_equal(f.sample(a_all, u), want)
+
+
 def test_float32_sampler_without_jit_gives_the_formula():
     """Under NUMBA_DISABLE_JIT=1 the float32 sampler runs as Python (``2^n`` by ``np.ldexp``) and gives the formula's
     samples for uniform ``u``, 0 and subnormal ``u`` on [-100, 100]. (``u`` exactly at ``expit(a)`` is left out: there

@@ -151,14 +151,44 @@ def _normal_sample_f32(a, u, out):
         out[lo:hi] = np.where(u[lo:hi] < special.ndtr(a[lo:hi]), one, -one)
 
 
+@numba.njit(nogil=True, error_model="numpy", cache=True)
+def _bounded_sample(triangular, a, u, out):
+    # Uniform and triangular noise: F by the NumPy formulas' own operations in a's dtype (no fastmath, so the same
+    # IEEE results): uniform clip((a + 1) / 2, 0, 1), triangular (1 + t)^2 / 2 below 0 and 1 - (1 - t)^2 / 2 above,
+    # t = clip(a, -1, 1); a NaN a gives -1 as u < NaN does.
+    one = a.dtype.type(1)
+    zero = one - one
+    half = one / (one + one)
+    for i in range(a.shape[0]):
+        ai = a[i]
+        if triangular:
+            t = min(max(ai, -one), one)
+            f = half * ((one + t) * (one + t)) if t < zero else one - half * ((one - t) * (one - t))
+        else:
+            f = min(max((ai + one) * half, zero), one)
+        out[i] = one if (u[i] < f and ai == ai) else -one
+
+
+def _uniform_sample(a, u, out):
+    _bounded_sample(False, a, u, out)
+
+
+def _triangular_sample(a, u, out):
+    _bounded_sample(True, a, u, out)
+
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 #: family -> dtype -> the block kernel ``(a, u, out)`` of its sampler (:func:`sample_units`).
 SAMPLERS = {"logistic": {np.dtype(np.float32): logistic_sample_f32, np.dtype(np.float64): logistic_sample_f64},
-            "normal": {np.dtype(np.float32): _normal_sample_f32}}
+            "normal": {np.dtype(np.float32): _normal_sample_f32},
+            "uniform": dict.fromkeys(_FLOATS, _uniform_sample),
+            "triangular": dict.fromkeys(_FLOATS, _triangular_sample)}
 
 
 def sample_units(family, a, u):
     """``where(u < F(a), 1, -1)`` bit for bit through the family's sampler (:data:`SAMPLERS`: logistic noise in
-    float32 and float64, ``F = expit``; normal noise in float32, ``F = ndtr``), over fixed blocks of tasks on the
+    float32 and float64, ``F = expit``; normal noise in float32, ``F = ndtr``; uniform and triangular noise in float32
+    and float64, ``F`` by the NumPy formula's operations), over fixed blocks of tasks on the
     threads (the same bits at any thread count), or None when it does not apply.
 
     Parameters
