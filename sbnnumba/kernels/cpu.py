@@ -17,7 +17,7 @@ Four forms:
   noise in float64.
 * **probit** (normal noise, float32): the same stable difference with ``Phi`` by the branch-free float32
   :func:`sbnnumba.kernels.probit.normal_cdf` and ``Phi(v)``, ``Phi(-v)`` per output unit, so the loop vectorizes;
-  each term within ``4 u`` of the exact one (``u = 2^-24``), the class of the float32 ratio form's bound.
+  each difference within ``7 u`` of the exact one (``u = 2^-24``), the class of the float32 ratio form's bound.
 * **bounded** (uniform and triangular noise, whose F is piecewise polynomial on [-1, 1]): the same
   difference in a branch-free closed form (:func:`sbnnumba.kernels.scalar.bounded_cdf_diff`, clips
   and selects), so the loop vectorizes (measured against the other forms: ``docs/performance.md``).
