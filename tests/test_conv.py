@@ -216,6 +216,17 @@ def test_probit_form_within_its_bound(cfg, scale):
         assert (np.abs(got - ref) <= bound[:, None, None, None]).all(), form
 
 
+def test_probit_form_passes_non_finite_calls_to_the_generic_form():
+    layer, x, a, x_out, d_out = _layer_data((3, 4, 3, 1, 1, 6, 6), seed=17, scale=0.6)
+    args = [t.astype(np.float32) for t in (x, a, x_out, layer.weight, d_out)]
+    args[1][0, 1, 2, 3] = np.nan
+    code = get_noise("normal").code
+    got = conv_cpu.flip_propagate_conv(*args, layer.stride, layer.padding, code, form="probit")
+    want = conv_cpu.flip_propagate_conv(*args, layer.stride, layer.padding, code, form="generic")
+    np.testing.assert_array_equal(got, want)
+    assert np.isnan(got).any()
+
+
 _THREADS_PROBE = """
 import hashlib, sys
 import numpy as np

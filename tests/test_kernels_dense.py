@@ -137,6 +137,24 @@ def test_probit_tails_of_any_layout():
         np.testing.assert_allclose(hi, ndtr(-layout.astype(np.float64)), rtol=0, atol=3.5 * 2.0 ** -24)
 
 
+def test_probit_form_passes_non_finite_calls_to_the_generic_form():
+    """The probit kernels assume finite values (fastmath): a call with a NaN or infinite pre-activation or weight runs
+    the generic form, which carries NaN and infinities through exactly (the same bits as asking for it)."""
+    rng = np.random.default_rng(35)
+    x_in, a, x_out, w, d_out = _layer(rng, 3, 33, 40, np.float32, scale=0.5)
+    code = get_noise("normal").code
+    finite = cpu.flip_propagate_dense(x_in, a, x_out, w, d_out, code, form="probit")
+    assert not np.array_equal(finite, cpu.flip_propagate_dense(x_in, a, x_out, w, d_out, code, form="generic"))
+    for bad_a, bad_w in ((np.nan, None), (np.inf, None), (None, np.nan), (None, -np.inf)):
+        a2, w2 = a.copy(), w.copy()
+        if bad_a is not None:
+            a2[1, 7] = bad_a
+        if bad_w is not None:
+            w2[4, 2] = bad_w
+        got = cpu.flip_propagate_dense(x_in, a2, x_out, w2, d_out, code, form="probit")
+        np.testing.assert_array_equal(got, cpu.flip_propagate_dense(x_in, a2, x_out, w2, d_out, code, form="generic"))
+
+
 def test_probit_form_rejects_float64():
     args = _layer(np.random.default_rng(33), 2, 3, 4, np.float64)
     with pytest.raises(ValueError, match="probit form admits float32 only"):

@@ -71,7 +71,7 @@ from numba import prange
 from ..runtime import blockwise, kernel_threads
 from . import conv_channels, probit
 from .conv_layout import BATCH_BLOCK, batch_blocks, geometry, input_cells, output_cells, tile_length
-from .cpu import EXP_ARG_LIMIT, choose_form, probit_tails, probit_term, ratio_limits, split_saturated
+from .cpu import EXP_ARG_LIMIT, choose_form, probit_or_generic, probit_tails, probit_term, ratio_limits, split_saturated
 from .ratio_pair import PAIR_FASTMATH, clamp, denominator, pair_term
 from .scalar import TRIANGULAR, bounded_cdf_diff, cdf_lower
 from .workspace import scratch
@@ -396,6 +396,8 @@ def flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_co
 def _flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_code, form, layout):
     """:func:`flip_propagate_conv` after the checks, ``form`` resolved."""
     dtype = a.dtype
+    if form == "probit":
+        form = probit_or_generic(a, weight)
     n_batch, c_in, h, w = x_in.shape
     c_out, _, kh, kw = weight.shape
     in_index, tap_off, n_q, n_grid, wq, cell_pos = geometry((h, w), (kh, kw), stride, padding)

@@ -17,7 +17,8 @@ Four forms:
   noise in float64.
 * **probit** (normal noise, float32): the same stable difference with ``Phi`` by the branch-free float32
   :func:`sbnnumba.kernels.probit.normal_cdf` and ``Phi(v)``, ``Phi(-v)`` per output unit, so the loop vectorizes;
-  each difference within ``7 u`` of the exact one (``u = 2^-24``), the class of the float32 ratio form's bound.
+  each difference within ``7 u`` of the exact one (``u = 2^-24``), the class of the float32 ratio form's bound. A
+  call with a NaN or infinite pre-activation or weight runs the generic form (:func:`probit_or_generic`).
 * **bounded** (uniform and triangular noise, whose F is piecewise polynomial on [-1, 1]): the same
   difference in a branch-free closed form (:func:`sbnnumba.kernels.scalar.bounded_cdf_diff`, clips
   and selects), so the loop vectorizes (measured against the other forms: ``docs/performance.md``).
@@ -581,9 +582,32 @@ def flip_propagate_dense(x_in, a, x_out, weight, d_out, noise_code, form="auto")
                                      choose_form(form, noise_code, a.dtype))
 
 
+def probit_or_generic(a, weight):
+    """The form that runs a float32 normal-noise call resolved to "probit" (dense and conv alike).
+
+    The probit kernels are compiled assuming finite values (:data:`sbnnumba.kernels.probit.FASTMATH`); the generic
+    form carries NaN and infinities through exactly, so a call with any of them runs it.
+
+    Parameters
+    ----------
+    a : ndarray
+        Pre-activations of the call.
+    weight : ndarray
+        The layer's weight.
+
+    Returns
+    -------
+    str
+        "probit" when ``a`` and ``weight`` are finite, else "generic".
+    """
+    return "probit" if np.isfinite(a).all() and np.isfinite(weight).all() else "generic"
+
+
 def _flip_propagate_dense(x_in, a, x_out, weight, d_out, noise_code, form):
     """:func:`flip_propagate_dense` after the checks, ``form`` resolved."""
     dtype = a.dtype
+    if form == "probit":
+        form = probit_or_generic(a, weight)
     x_in = np.ascontiguousarray(x_in, dtype=dtype)
     a = np.ascontiguousarray(a)
     x_out = np.ascontiguousarray(x_out, dtype=dtype)
