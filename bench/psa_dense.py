@@ -75,8 +75,11 @@ def flip_section(rng, repeats, threads, with_reference):
     probit = med["PSA flip, probit form (normal)"]
     # the generic form takes about 45 ns a connection with normal noise: timed on a quarter of the inputs, 3 repeats
     quarter = (np.ascontiguousarray(x_in[:, :256]), a, x_out, np.ascontiguousarray(w[:, :256]), d_out)
-    normal = interleaved_medians({form: (lambda form=form: cpu.flip_propagate_dense(*quarter, 1, form=form))
-                                  for form in ("probit", "generic")}, min(repeats, 3))
+    normal_forms = {form: (lambda form=form: cpu.flip_propagate_dense(*quarter, 1, form=form))
+                    for form in ("probit", "generic")}
+    for fn in normal_forms.values():  # compile (a fresh checkout) and warm up
+        fn()
+    normal = interleaved_medians(normal_forms, min(repeats, 3))
     print(f"   => normal noise: probit form / ratio form (logistic) = {probit / ratio:.2f}x; generic / probit form = "
           f"{normal['generic'] / normal['probit']:.1f}x (B=128, 256 inputs x 1024 outputs, float32)")
 
