@@ -77,13 +77,9 @@ class NoiseFamily(abc.ABC):
         (:class:`~sbnnumba.weights.BernoulliWeights`): needed where mirror descent is a projected step.
     arm_refusal : str
         Why ARM is not available for this family (the message of :meth:`arm_psi`).
-    sampler : str or None
-        The key of the family's Numba sampler in :data:`sbnnumba.kernels.sampling.SAMPLERS`, which gives
-        :meth:`sample`'s values bit for bit (None: the NumPy formula; a subclass that changes ``cdf`` sets None).
     """
 
     name = "base"
-    sampler: str | None = None
     std: float = float("nan")
     weight_clip: float | None = None
     arm_refusal = "ARM needs psi(u) = -(log p)'(F^-1(u)) with finite variance, which this family does not provide"
@@ -182,7 +178,8 @@ class NoiseFamily(abc.ABC):
 
     def sample(self, a: npt.ArrayLike, u: npt.ArrayLike) -> np.ndarray:
         """Binary sample ``x = +1 if u < F(a) else -1`` (so ``sign(0) = +1`` never arises); through the family's
-        Numba sampler (:attr:`sampler`) where it has one for ``a``'s dtype, bit for bit the NumPy formula.
+        Numba sampler where :data:`sbnnumba.kernels.sampling.SAMPLERS` has one under its :attr:`name` for ``a``'s
+        dtype (as the flip kernels follow the name, :attr:`code`), bit for bit the NumPy formula.
 
         Parameters
         ----------
@@ -196,7 +193,7 @@ class NoiseFamily(abc.ABC):
         ndarray of the dtype of ``a`` with values in {-1, +1}.
         """
         a = np.asarray(a)
-        x = None if self.sampler is None else sample_units(self.sampler, a, u)
+        x = sample_units(self.name, a, u)
         if x is not None:
             return x
         one = (a.dtype if a.dtype.kind == "f" else np.dtype(np.float64)).type(1)
@@ -365,7 +362,6 @@ class Logistic(NoiseFamily):
     ``F^{-1} = logit``, ARM ``psi(u) = 2u - 1``."""
 
     name = "logistic"
-    sampler = "logistic"
     std = float(np.pi / np.sqrt(3))
     variance = float(np.pi ** 2 / 3)
 
@@ -486,7 +482,6 @@ class Normal(NoiseFamily):
     ARM ``psi(u) = Phi^{-1}(u)``."""
 
     name = "normal"
-    sampler = "normal"
     std = 1.0
     variance = 1.0
 
@@ -540,7 +535,6 @@ class Uniform(NoiseFamily):
     """
 
     name = "uniform"
-    sampler = "uniform"
     std = float(1 / np.sqrt(3))
     variance = 1.0 / 3
     weight_clip = 1.0
@@ -569,7 +563,6 @@ class Triangular(NoiseFamily):
     """
 
     name = "triangular"
-    sampler = "triangular"
     std = float(1 / np.sqrt(6))
     variance = 1.0 / 6
     arm_refusal = "psi = sign(z) / (1 - |z|) has infinite variance (E[psi^2] = int dz / (1 - |z|) = inf)"

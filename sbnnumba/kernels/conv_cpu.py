@@ -245,6 +245,13 @@ def _flip_conv_probit(sel, v_grid, lo_grid, hi_grid, s_grid, d_grid, weight, cel
         _scatter(acc1, acc1, False, cell_pos, i0, i1, blk * bb, bb, r1, d_in)
 
 
+def _generic_tails(noise_code, v):
+    # (F(v), F(-v)) in float64 per output unit, the generic form's twin of cpu.probit_tails (v: a C-contiguous grid)
+    f_lo, f_hi = np.empty(v.shape), np.empty(v.shape)
+    _lower_tails(noise_code, v.ravel(), f_lo.ravel(), f_hi.ravel())
+    return f_lo, f_hi
+
+
 @numba.njit(parallel=True, error_model="numpy", cache=True)
 def _lower_tails(code, v, f_lo, f_hi):
     # f_lo = F(v), f_hi = F(-v), element-wise, by the same scalar routine cdf_diff uses.
@@ -441,14 +448,13 @@ def _flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_c
             conv_channels.flip_conv_bounded_channels(*args, _taps_inner(w3), *grid_args, d_in)
         else:
             _flip_conv_bounded(*args, w3, *grid_args, d_in)
-    elif form == "probit":
+    else:  # probit and generic: F(v) and F(-v) per output unit, then one F per connection
         v_grid = grid(-x_out * a)
-        _flip_conv_probit(sel, v_grid, *probit_tails(v_grid), grid(2 * x_out), grid(d_out), w3, *grid_args, d_in)
-    else:
-        v_grid = grid(-x_out * a)
-        f_lo, f_hi = np.empty(v_grid.shape), np.empty(v_grid.shape)
-        _lower_tails(noise_code, v_grid.ravel(), f_lo.ravel(), f_hi.ravel())
-        _flip_conv_generic(noise_code, sel, v_grid, f_lo, f_hi, grid(2 * x_out), grid(d_out), w3, *grid_args, d_in)
+        if form == "probit":
+            kernel, tails = _flip_conv_probit, probit_tails(v_grid)
+        else:
+            kernel, tails = functools.partial(_flip_conv_generic, noise_code), _generic_tails(noise_code, v_grid)
+        kernel(sel, v_grid, *tails, grid(2 * x_out), grid(d_out), w3, *grid_args, d_in)
     return d_in.reshape(x_in.shape)
 
 

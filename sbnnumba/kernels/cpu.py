@@ -632,15 +632,14 @@ def _flip_propagate_dense(x_in, a, x_out, weight, d_out, noise_code, form):
             row_start, index = saturated_rows(active)
             _flip_dense_logistic_saturated(x_in, a, x_out * d_out, weight, row_start, index[:, 0].copy(),
                                            dtype.type(EXP_ARG_LIMIT[dtype]), d_in)
-    elif form == "bounded":
-        weight_t = np.ascontiguousarray(weight.T, dtype=dtype)
+        return d_in
+    weight_t = np.ascontiguousarray(weight.T, dtype=dtype)  # the other forms read W by input unit
+    if form == "bounded":
         _flip_dense_bounded(noise_code == TRIANGULAR, x_in, -x_out * a, 2 * x_out, weight_t, d_out, d_in)
     elif form == "probit":
-        weight_t = np.ascontiguousarray(weight.T, dtype=dtype)
         v = -x_out * a
         _flip_dense_probit(x_in, v, 2 * x_out, *probit_tails(v), weight_t, d_out, d_in)
     else:
-        weight_t = np.ascontiguousarray(weight.T, dtype=dtype)
         _flip_dense_generic(noise_code, x_in, a, x_out, weight_t, d_out, d_in)
     return d_in
 

@@ -1,5 +1,5 @@
-"""Numba CPU kernels for sampling logistic and normal binary units (:meth:`sbnnumba.noise.NoiseFamily.sample` through
-:func:`sample_units`).
+"""Numba CPU kernels for sampling binary units of the built-in noise families (:meth:`sbnnumba.noise.NoiseFamily.sample`
+through :func:`sample_units`), bit for bit ``where(u < F(a), 1, -1)``.
 
 ``x = +1 if u < sigma(a) else -1`` in one parallel pass, instead of NumPy's ``expit`` into a temporary
 and a ``where`` over it. ``sigma(a) = 1 / (1 + exp(-a))`` is computed in the dtype of ``a`` with the
@@ -28,6 +28,9 @@ Normal units, float32 (``sample_units("normal", ...)``): ``x = +1 if u < ndtr(a)
 within 0.5 u), so where ``|u - normal_cdf(a)| > 16 u`` (:data:`_NORMAL_MARGIN`) both decisions agree; the tasks
 holding an entry within that margin or a NaN ``a`` are redone with SciPy's formula. The samples are the formula's
 bit for bit (``tests/test_noise.py``).
+
+Uniform and triangular units (float32 and float64): one pass that evaluates ``F`` with the NumPy formula's own
+operations (no fastmath, so the same IEEE results) and compares.
 
 Measured speed-up: ``docs/performance.md`` (CPU kernels, sampling; ``bench/sampling.py``).
 """
@@ -91,25 +94,6 @@ def logistic_sample_f64(a, u, out):
     """float64 ``out[i] = 1 if u[i] < 1 / (1 + exp(-a[i])) else -1`` (1-D arrays; one block)."""
     for i in range(a.shape[0]):
         out[i] = 1.0 if u[i] < 1.0 / (1.0 + math.exp(-a[i])) else -1.0
-
-
-def _blockwise_sample(a, u, kernels):
-    """``kernels[a.dtype](a_block, u_block, out_block)`` over fixed blocks of whole tasks on the threads, or None when
-    the inputs are not same-shape arrays of one dtype that ``kernels`` has."""
-    kernel = kernels.get(a.dtype)
-    if kernel is None or not isinstance(u, np.ndarray) or u.dtype != a.dtype or u.shape != a.shape:
-        return None
-    flat_a = np.ascontiguousarray(a).reshape(-1)
-    flat_u = np.ascontiguousarray(u).reshape(-1)
-    out = np.empty_like(flat_a)
-    n = flat_a.size
-
-    def block(k0, k1):  # tasks k0..k1-1 of CHUNK entries
-        lo, hi = k0 * CHUNK, min(n, k1 * CHUNK)
-        kernel(flat_a[lo:hi], flat_u[lo:hi], out[lo:hi])
-
-    run_range_blocks(block, -(-n // CHUNK), n, "elementwise")  # the per-call thread rule of sbnnumba.runtime
-    return out.reshape(a.shape)
 
 
 #: Margin of the normal decision on ``t = u - normal_cdf(a)`` (module docstring): 3.5 u + 0.5 u, four times over.
@@ -194,7 +178,8 @@ def sample_units(family, a, u):
     Parameters
     ----------
     family : str
-        A key of :data:`SAMPLERS`.
+        The noise family's name (:attr:`sbnnumba.noise.NoiseFamily.name`); one without an entry in :data:`SAMPLERS`
+        gives None.
     a : ndarray, any shape
         Pre-activations.
     u : ndarray, same shape and dtype as ``a``
@@ -206,4 +191,17 @@ def sample_units(family, a, u):
         +-1 states, same shape and dtype as ``a``; None when the family has no kernel for ``a``'s dtype or ``u`` is
         not an array of ``a``'s shape and dtype (the caller then uses the NumPy formula).
     """
-    return _blockwise_sample(a, u, SAMPLERS[family])
+    kernel = SAMPLERS.get(family, {}).get(a.dtype)
+    if kernel is None or not isinstance(u, np.ndarray) or u.dtype != a.dtype or u.shape != a.shape:
+        return None
+    flat_a = np.ascontiguousarray(a).reshape(-1)
+    flat_u = np.ascontiguousarray(u).reshape(-1)
+    out = np.empty_like(flat_a)
+    n = flat_a.size
+
+    def block(k0, k1):  # tasks k0..k1-1 of CHUNK entries
+        lo, hi = k0 * CHUNK, min(n, k1 * CHUNK)
+        kernel(flat_a[lo:hi], flat_u[lo:hi], out[lo:hi])
+
+    run_range_blocks(block, -(-n // CHUNK), n, "elementwise")  # the per-call thread rule of sbnnumba.runtime
+    return out.reshape(a.shape)
