@@ -633,7 +633,7 @@ def _flip_propagate_dense(x_in, a, x_out, weight, d_out, noise_code, form):
             _flip_dense_logistic_saturated(x_in, a, x_out * d_out, weight, row_start, index[:, 0].copy(),
                                            dtype.type(EXP_ARG_LIMIT[dtype]), d_in)
         return d_in
-    # the other forms read W by input unit: a blocked transpose (NumPy's copy of W.T is 7x slower at 1024 x 1024)
+    # the other forms read W by input unit: the blocked transpose (NumPy's copy of W.T slows down on power-of-two rows)
     weight_t = workspace.scratch("weight_t", weight.shape[::-1], dtype)
     with kernel_threads(weight_t.size, "transpose"):
         blocked_transpose(np.ascontiguousarray(weight, dtype=dtype), weight_t)

@@ -180,9 +180,9 @@ def clipped_double_transpose(weight, clip, out):
 def blocked_transpose(weight, out):
     """``out[i, j] = weight[j, i]``, every value's bits as they are (NaN and infinities included).
 
-    NumPy's transposing copy (``np.ascontiguousarray(weight.T)``) slows down on power-of-two shapes, whose columns
-    map to a few cache sets: 7.1 ms at 1024 x 1024 float32 on one thread against 0.97 ms at 1024 x 784 (Intel Xeon,
-    2026-12-06); the register blocks take about 0.9 ms at either.
+    NumPy's transposing copy (``np.ascontiguousarray(weight.T)``) slows down severalfold when the row length is a
+    power of two (its strided reads map to a few cache sets); the register blocks read whole rows of ``weight`` (the
+    measurements: ``docs/experiments/2026-12-06-session18-transpose-quads.md``).
 
     Parameters
     ----------
