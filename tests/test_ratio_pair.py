@@ -90,3 +90,44 @@ def test_conv_ratio_kernels_within_the_bound_of_a_float64_reference(layout, c_ou
     bound = (2 * n + 12) * U32 * s + 1e-30
     assert np.all(np.abs(got - want) <= bound)
     assert np.abs(got - want).max() > 0  # float32 against float64: the comparison can see an error
+
+
+@numba.njit
+def _fma_compiled(a, b, c):
+    return ratio_pair.fma(a, b, c)
+
+
+def _fma_cases(rng, dtype):
+    # IEEE special values, random magnitudes, near-cancellations, and float32 products whose exact value lies a
+    # hair off a float32 halfway point (rounding through float64 first would give the other neighbour)
+    info = np.finfo(dtype)
+    specials = [0.0, -0.0, 1.0, -1.0, np.inf, -np.inf, np.nan, info.tiny, info.smallest_subnormal, info.max,
+                -info.max, info.eps, 1 + info.eps]
+    cases = [(x, y, z) for x in specials for y in specials for z in specials]
+    n = 3000
+    a = rng.standard_normal(n) * np.exp2(rng.integers(-30, 30, n))
+    b = rng.standard_normal(n) * np.exp2(rng.integers(-30, 30, n))
+    near = -(a * b) * (1 + rng.integers(-3, 4, n) * info.eps)
+    far = rng.standard_normal(n) * np.exp2(rng.integers(-60, 60, n))
+    cases += list(zip(a, b, near)) + list(zip(a, b, far))
+    halves = 1 + rng.integers(0, 2 ** 12, (2, n)) * 2.0 ** -12
+    tiny = rng.choice([1.0, -1.0], n) * np.exp2(-rng.integers(55, 70, n).astype(float))
+    cases += list(zip(halves[0], halves[1], tiny))
+    return [tuple(dtype(v) for v in case) for case in cases]
+
+
+@pytest.mark.parametrize("dtype", (np.float32, np.float64))
+def test_fma_python_twin_rounds_once_as_the_hardware_does(dtype):
+    """The NUMBA_DISABLE_JIT twin of ratio_pair.fma gives the compiled llvm.fma's bits (signed zeros, subnormals,
+    overflow, NaN), where rounding the float64 result again would not (float32 halfway cases)."""
+    rng = np.random.default_rng(11)
+    twice_rounded = 0
+    for a, b, c in _fma_cases(rng, dtype):
+        want = dtype(_fma_compiled(a, b, c))
+        got = ratio_pair._fma_python(a, b, c)
+        assert type(got) is dtype
+        assert got.tobytes() == want.tobytes() or (np.isnan(got) and np.isnan(want)), (a, b, c, got, want)
+        with np.errstate(all="ignore"):
+            twice_rounded += dtype(np.float64(a) * np.float64(b) + np.float64(c)) != want
+    if dtype is np.float32:
+        assert twice_rounded > 0  # the cases include those where one rounding matters

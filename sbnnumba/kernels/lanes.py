@@ -15,8 +15,12 @@ the stack (promoted to registers by LLVM): a loop ``for l in range(LANES): acc[l
 element-wise update that LLVM vectorizes without reordering anything, and :func:`total` adds the lanes in
 one fixed tree order. ``LANES = 32`` (two AVX-512 or four AVX2 registers per sum) keeps enough independent
 sums in flight to hide the add latency.
+
+Under ``NUMBA_DISABLE_JIT=1`` :func:`zeros` is a NumPy array of the same dtype (its twin), so the kernels that use
+it run as Python, adding in the same order.
 """
 import numba
+import numpy as np
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
@@ -25,7 +29,7 @@ LANES = 32
 
 
 @intrinsic
-def zeros(typingctx, one):
+def _zeros_llvm(typingctx, one):
     """A zeroed C-contiguous array of ``LANES`` values of ``one``'s float type, on the stack of the caller.
 
     Parameters
@@ -56,6 +60,17 @@ def zeros(typingctx, one):
         return array._getvalue()
 
     return array_type(one), codegen
+
+
+def _zeros_python(one):
+    """:func:`_zeros_llvm` in NumPy (the twin under ``NUMBA_DISABLE_JIT=1``): ``LANES`` zeros of ``one``'s dtype."""
+    dtype = np.asarray(one).dtype
+    if dtype.kind != "f":
+        raise TypeError(f"lanes.zeros: expected a float scalar, got {one!r}")
+    return np.zeros(LANES, dtype=dtype)
+
+
+zeros = _zeros_python if numba.config.DISABLE_JIT else _zeros_llvm
 
 
 @numba.njit(inline="always")

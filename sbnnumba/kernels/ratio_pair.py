@@ -33,6 +33,9 @@ bits.
 against ``2u (|g| + |g'|)`` for two exact divisions (``tests/test_ratio_pair.py`` checks the kernels against a float64
 reference with this bound plus the rounding of the sums).
 """
+import math
+from fractions import Fraction
+
 import numba
 import numpy as np
 from llvmlite import ir
@@ -65,8 +68,9 @@ def clamp(dtype):
 
 
 @intrinsic
-def fma(typingctx, a, b, c):
-    """``a b + c`` with one rounding (LLVM's ``llvm.fma``), in ``@njit`` kernels (not callable from Python).
+def _fma_llvm(typingctx, a, b, c):
+    """``a b + c`` with one rounding (LLVM's ``llvm.fma``), in ``@njit`` kernels (under ``NUMBA_DISABLE_JIT=1`` its
+    twin :func:`_fma_python`).
 
     Parameters
     ----------
@@ -87,6 +91,47 @@ def fma(typingctx, a, b, c):
         return builder.call(fn, args)
 
     return sig, codegen
+
+
+def _fma_python(a, b, c):
+    """:func:`_fma_llvm` in Python (the twin under ``NUMBA_DISABLE_JIT=1``): ``a b + c`` formed exactly (in
+    fractions) and rounded once, to nearest with ties to even, in the dtype of ``a`` (subnormals and overflow to
+    infinity as IEEE 754's fused multiply-add gives them).
+
+    Parameters
+    ----------
+    a, b, c : numpy float32 or float64 scalars (one dtype)
+
+    Returns
+    -------
+    numpy scalar of that dtype
+    """
+    dtype = np.asarray(a).dtype
+    if not (np.isfinite(a) and np.isfinite(b)):
+        with np.errstate(invalid="ignore"):
+            return dtype.type(a * b + c)  # the product is exact (an infinity or NaN): IEEE's special cases
+    if not np.isfinite(c):
+        return dtype.type(c)  # finite + infinity or NaN
+    exact = Fraction(float(a)) * Fraction(float(b)) + Fraction(float(c))
+    if exact == 0:  # an exact zero sum is +0 (round to nearest) unless both addends are -0
+        product_is_minus_zero = (a == 0 or b == 0) and bool(np.signbit(a)) != bool(np.signbit(b))
+        return dtype.type(-0.0 if product_is_minus_zero and c == 0 and np.signbit(c) else 0.0)
+    info = np.finfo(dtype)
+    size = abs(exact)
+    e = size.numerator.bit_length() - size.denominator.bit_length()  # floor(log2 size) is e or e - 1
+    if size < Fraction(2) ** e:
+        e -= 1
+    q = max(e, info.minexp) - info.nmant  # the exponent of the unit in the last place (subnormals: the smallest)
+    n = round(size / Fraction(2) ** q)  # Fraction.__round__: to nearest, ties to even
+    try:
+        value = math.ldexp(float(n), q)  # exact where representable (n has at most nmant + 2 bits)
+    except OverflowError:
+        value = math.inf
+    with np.errstate(over="ignore"):
+        return dtype.type(-value if exact < 0 else value)  # float32: 2^128 and beyond become infinity
+
+
+fma = _fma_python if numba.config.DISABLE_JIT else _fma_llvm
 
 
 @numba.njit(inline="always")

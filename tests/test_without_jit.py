@@ -1,0 +1,96 @@
+"""The CPU flip kernels and whole PSA steps run as Python under ``NUMBA_DISABLE_JIT=1`` (the intrinsics replaced by
+their twins: ``lanes.zeros``, ``ratio_pair.fma``, the transpose blocks, ``2^n``, the PCG64 step) and agree with the
+compiled kernels: the conv ratio and bounded forms bit for bit (every operation written out, sums in a fixed
+order), the rest within ``1e-5`` of each result's largest magnitude (compiled, the dense ratio form divides by a
+reciprocal estimate and its Newton step, the bounded and probit forms may contract products into FMAs, the generic
+form calls LLVM's ``exp`` / ``erfc``: a few float32 roundings per term)."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+# compute() returns {name: array}; run in this process (compiled) and in a child without the JIT
+SCRIPT = '''
+import numpy as np
+import sbnnumba as sb
+from sbnnumba import architectures
+from sbnnumba.kernels import conv_cpu, conv_reference, cpu, scalar
+from sbnnumba.noise import get_noise
+
+
+def compute():
+    rng = np.random.default_rng(0)
+
+    def pm1(*shape):
+        return np.where(rng.random(shape) < 0.5, -1, 1).astype(np.float32)
+
+    def states(noise, a):
+        return noise.sample(a, rng.random(a.shape).astype(np.float32)), rng.standard_normal(a.shape).astype(np.float32)
+
+    out = {}
+    for name in ("logistic", "triangular", "normal", "uniform"):
+        noise, code = get_noise(name), scalar.NOISE_CODES[name]
+        x_in, w = pm1(5, 37), (0.3 * rng.standard_normal((35, 37))).astype(np.float32)
+        a = (x_in @ w.T / 3 + rng.standard_normal(35)).astype(np.float32)
+        x_out, d_out = states(noise, a)
+        for form in ("auto", "generic"):
+            out[f"dense flip {name} {form}"] = cpu.flip_propagate_dense(x_in, a, x_out, w, d_out, code, form=form)
+        x_in, w = pm1(3, 4, 7, 6), (0.3 * rng.standard_normal((5, 4, 3, 3))).astype(np.float32)
+        a = (conv_reference.conv_forward(x_in, w, rng.standard_normal(5), (1, 1), (1, 1)) / 3).astype(np.float32)
+        x_out, d_out = states(noise, a)
+        for form in ("auto", "generic"):
+            for layout in ("cells", "channels"):
+                out[f"conv flip {name} {form} {layout}"] = conv_cpu.flip_propagate_conv(
+                    x_in, a, x_out, w, d_out, (1, 1), (1, 1), code, form=form, layout=layout)
+    net = sb.Network.dense([12, 40, 33, 3], n_classes=3, noise="logistic", rng=rng)
+    x, y = rng.random((6, 12)).astype(np.float32), rng.integers(0, 3, 6)
+    net.initialize_from_data(x)
+    loss, grads = sb.estimate("psa", net, x, y, rng=np.random.default_rng(1))
+    out.update({f"dense psa {k}": v for k, v in grads.items()}, **{"dense psa loss": np.asarray(loss)})
+    net = architectures.conv((1, 28, 28), 3, channels=[4, 4, 4, 6, 6, 6, 6, 6], rng=rng)
+    x, y = rng.random((2, 1, 28, 28)).astype(np.float32), rng.integers(0, 3, 2)
+    net.initialize_from_data(x)
+    loss, grads = sb.estimate("psa", net, x, y, rng=np.random.default_rng(2))
+    out.update({f"conv psa {k}": v for k, v in grads.items()}, **{"conv psa loss": np.asarray(loss)})
+    return out
+'''
+
+
+@pytest.fixture(scope="module")
+def compiled_and_python(tmp_path_factory):
+    path = tmp_path_factory.mktemp("nojit") / "python.npz"
+    child = SCRIPT + "\nimport sys\nnp.savez(sys.argv[1], **compute())\nprint('ok')\n"
+    result = subprocess.run([sys.executable, "-c", child, str(path)], env=dict(os.environ, NUMBA_DISABLE_JIT="1"),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+    namespace = {}
+    exec(SCRIPT, namespace)
+    with np.load(path) as python:
+        return namespace["compute"](), {k: python[k] for k in python.files}
+
+
+def _exact(name):
+    # the conv ratio (logistic) and bounded (uniform, triangular) forms, whose every operation is written out
+    return name.startswith("conv flip") and name.split()[2] in ("logistic", "uniform", "triangular") \
+        and name.split()[3] == "auto"
+
+
+def test_every_flip_form_and_psa_step_runs_without_jit(compiled_and_python):
+    compiled, python = compiled_and_python
+    assert sorted(compiled) == sorted(python)
+    # 4 noises x (2 dense + 4 conv flips); weight and bias of the dense net's 3 stages and head, of the conv net's 8
+    # stages and head, and each loss
+    assert len(compiled) == 4 * (2 + 4) + (2 * 4 + 1) + (2 * 9 + 1)
+    exact = [k for k in compiled if _exact(k)]
+    assert len(exact) == 6
+    for name, want in compiled.items():
+        got = python[name]
+        assert got.dtype == want.dtype and got.shape == want.shape, name
+        assert np.all(np.isfinite(got)), name
+        if name in exact:
+            assert got.tobytes() == want.tobytes(), name
+        else:
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.max(np.abs(want)), err_msg=name)
