@@ -31,29 +31,21 @@ scheduler slice, milliseconds): a gain on large calls at worst, a loss on small 
 
 threads, ``work`` its elementary operations (connections of a flip propagation, elements of an element-wise pass
 such as sampling or an optimizer update, multiply-adds ``m n k`` of a GEMM) and ``w_min`` =
-:data:`MIN_WORK_PER_THREAD` (2^20 connections, about 0.2 ms of a flip kernel on one core; 2^18 elements, about 0.7
-ms of sampling with one ``exp`` each or 0.25 ms of deep ST's factor: with one core kept busy (load 4, 300 calls
-interleaved, 2026-12-05) a pass over 2^17 elements (a 128 x 1024 layer) split over two threads took 1.66x
-(sampling) and 2.28x (the ST factor) the one-thread mean, 0.25-0.27 ms more per call, so the 2^16 used before gave
-such layers a second thread that cost more than it saved; 2^18 entries of an optimizer update, about 0.2 ms of Adam,
-a memory-bound pass run in blocks of rows that the threads take as they come free (:func:`run_range_blocks`: a
-thread on a busy core holds up one block at most; measurements in docs/experiments/2026-12-05-session8-benchmarks.md);
-2^20 entries of a copy or a sum of a few terms each (the im2col / col2im and layout passes of the convolution step),
-about 0.3 ms on one core; 2^18 entries of a transposing copy (the flip kernels' weight transposes, whose reads
-cross rows: 0.8-1.7 ns an entry, so again about 0.3 ms); 2^16 entries of a noise CDF (SciPy's scalar ``expit``: 5-8
-ns an entry); 2^22 multiply-adds, about 0.1 ms of a float32 GEMM on one
-core, 16 times OpenBLAS's own threshold): a call runs on a second thread only when that thread gets about as much
-work as the time a late thread can cost. The flip kernels and the convolution step's copies apply it to their Numba
-``prange`` calls (:func:`kernel_threads`), the sampling, density and optimizer passes to their
-blocks (:func:`run_range_blocks`), NumPy's element-wise passes of the flip propagations (``exp``, ``tanh``) and
-SciPy's of the Rao-Blackwell head (the noise's CDF) to theirs (:func:`blockwise`); their results do not depend on
-the thread count.
+:data:`MIN_WORK_PER_THREAD`, set per kind of work to what one core does in about 0.1-0.7 ms (2^20 connections of a
+flip kernel; 2^18 elements of a pass with one ``exp`` each, of an optimizer update or of a transposing copy; 2^20
+entries of a plain copy such as im2col / col2im; 2^16 entries of a noise CDF; 2^22 multiply-adds of a float32 GEMM,
+16 times OpenBLAS's own threshold): a call runs on a second thread only when that thread gets about as much work as
+the time a late thread can cost. The measurements behind each ``w_min`` are in ``docs/performance.md``, section
+"Threads". The flip kernels and the convolution step's copies apply it to their Numba ``prange`` calls
+(:func:`kernel_threads`), the sampling, density and optimizer passes to their blocks (:func:`run_range_blocks`: the
+threads take the next block as they come free, so a thread on a busy core holds up one block at most), NumPy's
+element-wise passes of the flip propagations (``exp``, ``tanh``) and SciPy's of the Rao-Blackwell head (the noise's
+CDF) to theirs (:func:`blockwise`); their results do not depend on the thread count.
 
 **Matrix products** (:func:`gemm`, every product of the layers' training step) are not left to BLAS's own
 threads: OpenBLAS's threaded GEMM splits a product statically and synchronizes its threads several times
-inside one call, each wait costing a scheduler slice when a core is shared (measured on the shared 2-core
-machine with one core kept busy: a 128 x 784 x 1024 product 6.1x slower at two threads than at one, the
-blocks below 0.71x). :func:`gemm` instead cuts a
+inside one call, each wait costing a scheduler slice when a core is shared (with one core kept busy by another
+process a product can take several times longer at two threads than at one). :func:`gemm` instead cuts a
 product into the blocks of :func:`gemm_blocks` (rows or columns of the result, at least ``w_min``
 multiply-adds each, at most :data:`MAX_GEMM_BLOCKS`; a function of the shape only), runs each as one
 single-threaded BLAS call, and lets ``T`` threads take the next block as they come free
@@ -61,7 +53,7 @@ single-threaded BLAS call, and lets ``T`` threads take the next block as they co
 BLAS call; at ``T > 1`` a product of a few ms (:func:`short_call`) is one BLAS call too while the block pool
 finds its helper woken on the calling thread's core (:func:`sbnnumba.blockpool.run_blocks` with ``alone``: with
 one core kept busy Linux puts the woken helper there in most calls, where the blocks only take turns and cost
-3-6 % more than one call; the element-wise passes and copies of :func:`run_range_blocks` alike).
+more than one call; the element-wise passes and copies of :func:`run_range_blocks` alike).
 OpenBLAS's single-threaded GEMM cuts the sum over ``k`` by ``k`` alone, so a block's entries have the bits
 of the same entries of the whole product (checked on the shapes of the tests and benchmarks), and the
 layers' products, and with them seeded training runs, are bit-identical at one and two threads
@@ -200,10 +192,9 @@ def compile_target() -> tuple[str, str]:
 #: optimizer update ("update": memory-bound, about 0.7 ns an entry of Adam, in blocks that threads take as they
 #: come free), entries written by a copy or a sum of a few terms each ("copy": im2col, col2im, layout changes; about
 #: 0.3 ns an entry), entries written by a transposing copy ("transpose": the weights' transposes of the flip kernels,
-#: 0.8-1.7 ns an entry from L3, reads across rows; 1024 x 1024 float32 on the Intel Xeon, 2026-12-06: 0.80 ms on one
-#: thread, 0.41 ms on two; 512 x 512 neutral, 256 x 256 1.4x slower on two), entries of a noise CDF ("cdf": SciPy's
-#: scalar expit / ndtr or a few NumPy passes, 5-8 ns an entry; SciPy's float32 expit of 128 x 1024 entries 1.0 ms on
-#: one thread, 0.65-0.70 ms on two, Intel Xeon 2026-12-06) and GEMM multiply-adds ("gemm").
+#: 0.8-1.7 ns an entry from L3, reads across rows), entries of a noise CDF ("cdf": SciPy's scalar expit / ndtr or a
+#: few NumPy passes, 5-8 ns an entry) and GEMM multiply-adds ("gemm"). Measurements: ``docs/performance.md``, section
+#: "Threads".
 MIN_WORK_PER_THREAD = {"numba": 1 << 20, "elementwise": 1 << 18, "update": 1 << 18, "copy": 1 << 20,
                        "transpose": 1 << 18, "cdf": 1 << 16, "gemm": 1 << 22}
 
@@ -278,13 +269,11 @@ def kernel_threads(work, kind="numba"):
 ALONE_MAX_SHARES = 64
 #: The same bound, per kind, for a Numba ``prange`` kernel (:func:`kernel_threads`), whose static split waits for the
 #: late thread's whole share where the block pool's callers take it over; kinds not listed never run alone. Flip
-#: propagation ("numba"): with one core kept busy by another process the dense flip of 2^27 connections
-#: (128 x 1024 x 1024, 13 ms on one core) took 1.005x, 1.009x and 1.024x its one-thread time at two threads (paired
-#: samples, 2026-12-05), the conv network's flip stages of 2^29 connections and more gain (the conv PSA step 0.90x):
-#: 256 shares, 2^28 connections, about 25 ms on one core. The conv step's ``col2im`` ("elementwise") gains at two
-#: threads: the conv ST step with a core kept busy took 0.93x / 0.95x its one-thread time as it is, 0.96x / 0.97x
-#: with the same bound applied to it. The flip kernels' weight transposes ("transpose", 0.3-2 ms a call) take
-#: :data:`ALONE_MAX_SHARES`, the bound of the pool's own short calls.
+#: propagation ("numba"): 256 shares, 2^28 connections, about 25 ms on one core, between the dense flip of 2^27
+#: connections (no faster at two threads with a core kept busy) and the conv network's flip stages of 2^29 and more
+#: (faster). The conv step's ``col2im`` ("elementwise") gains at two threads in every call and is not listed. The flip
+#: kernels' weight transposes ("transpose", 0.3-2 ms a call) take :data:`ALONE_MAX_SHARES`, the bound of the pool's
+#: own short calls. Measurements: ``docs/performance.md``, section "Threads".
 PRANGE_ALONE_MAX_SHARES = {"numba": 256, "transpose": ALONE_MAX_SHARES}
 
 
@@ -294,9 +283,8 @@ def short_call(work, kind, shares=ALONE_MAX_SHARES):
 
     With one core kept busy by another process, Linux wakes the block pool's helper on the calling thread's core in
     most calls (no core is idle), where the two only take turns; within a few milliseconds its load balancer moves
-    one of them to the other core, so a long call gains from the helper (the conv ST step with a busy core: 0.91x
-    the one-thread time with helpers in every call, 1.00x when they stayed out of every call, 2026-12-05) and a short
-    one does not (the dense ST step's 3 ms products: 1.06x with helpers, 1.01x without). Short calls therefore give
+    one of them to the other core, so a long call gains from the helper and a short one (a few milliseconds) does
+    not (measurements: ``docs/performance.md``, section "Threads"). Short calls therefore give
     :func:`sbnnumba.blockpool.run_blocks` their one-call form (``alone``).
 
     Parameters
@@ -539,17 +527,15 @@ def gemm_nt(a, b):
 
     Float32 operands with ``n >= 4 m`` rows and ``k >= 512`` (:data:`GEMM_NT_SWAP_MIN_ROW_RATIO`,
     :data:`GEMM_NT_SWAP_MIN_INNER`) are computed as :math:`(b a^T)^T`: OpenBLAS's float32 kernel is faster with
-    the operand of many rows first (the paper's conv network, stage 2: 96 x 864 over 36864 positions, 77 -> 67 ms
-    on one thread; the conv ST step 485 -> 472 ms) and sums each entry over ``k`` in the same order either way, so
-    the entries are the same bits (0 of 1500 random shapes differed on one thread; ``tests/test_thread_rule.py``
-    and the golden runs check it; another BLAS library may round the swapped product differently, within the
-    product's rounding error). Its float64 kernel sums in another order when the operands swap: other dtypes
-    keep ``a @ b.T``. Below the bounds the swapped product was slower (64 positions: 1.3-1.4x; 9 patch rows:
-    1.5x). A product :func:`gemm` would cut into blocks is cut into ``c = min(8, m k n / w_min, floor(n / 2m))``
-    blocks of rows of ``b a^T`` (:data:`GEMM_NT_BLOCK_ROW_RATIO`): the gain holds for pieces of ``2 m`` rows (two
-    threads: stage 2 42.4 -> 38.0 ms, stage 5 11.9 -> 11.1 ms), not for gemm's pieces of about ``m`` rows (stage 4
-    1.08x slower); with ``c < 4`` (:data:`GEMM_NT_SWAP_MIN_BLOCKS`, too few blocks to share out with a busy
-    core) the product is gemm's blocks of ``a b^T``. Blocks, like one call, give the same bits.
+    the operand of many rows first and sums each entry over ``k`` in the same order either way, so the entries are
+    the same bits (``tests/test_thread_rule.py`` and the golden runs check it; another BLAS library may round the
+    swapped product differently, within the product's rounding error). Its float64 kernel sums in another order
+    when the operands swap: other dtypes keep ``a @ b.T``. Below the bounds the swapped product is slower. A product
+    :func:`gemm` would cut into blocks is cut into ``c = min(8, m k n / w_min, floor(n / 2m))`` blocks of rows of
+    ``b a^T`` (:data:`GEMM_NT_BLOCK_ROW_RATIO`): the gain holds for pieces of ``2 m`` rows, not for gemm's pieces of
+    about ``m`` rows; with ``c < 4`` (:data:`GEMM_NT_SWAP_MIN_BLOCKS`, too few blocks to share out with a busy
+    core) the product is gemm's blocks of ``a b^T``. Blocks, like one call, give the same bits. Measurements:
+    ``docs/performance.md``, section "Threads".
 
     Parameters
     ----------
