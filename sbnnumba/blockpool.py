@@ -17,9 +17,9 @@ threads have taken every block takes none (the call does not wait for it). Measu
 
 Where the helper wakes decides whether it can help. A sleeping thread woken while no core is idle is
 placed by Linux on the waking thread's core (its wake-affine rule): with one core kept busy by another
-process, the dense ST step's helper woke on the calling thread's core in 92-96 % of its products, where
+process, the dense ST step's helper woke on the calling thread's core in most of its products, where
 the two only take turns, so the blocks cost more than one call (each packs the unsplit operand again,
-plus the switches; the step 1.05-1.07x its one-thread time with the process confined to one core). A
+plus the switches). A
 call given ``alone`` (one call doing every block, :func:`run_blocks`) therefore has a helper that finds
 itself on the calling thread's core (``sched_getcpu``) take no block, unless more tasks are runnable
 than cores plus one (then the core is shared with other processes and a second thread gets a larger
@@ -29,8 +29,8 @@ thread computes ``alone()``): found off the calling thread's core (or with the c
 call tries the helpers again, else another window of calls runs alone. Each window without a helper's help is
 twice as long as the one before, up to :data:`ALONE_CALLS_MAX`; a call whose blocks a helper shared starts over at
 :data:`ALONE_CALLS`. The probe costs a wake-up and a few microseconds of Python beside the calling thread, where
-trying the blocks cost what they lose to one call (0.25-0.45 ms a product of the dense ST step, about 0.6 % of
-the step at one probe in 33 products); still, a probe in every 33 calls cost the dense PSA step about 0.4 %.
+trying the blocks costs what they lose to one call; the windows' growth keeps even the probes' cost out of the
+steps (measurements: ``docs/performance.md``, section "Threads").
 
 The helpers block on a queue between calls (no spinning) and are started on first use. One call uses
 the pool at a time; a call made while another thread's call holds it runs its blocks in its own thread
@@ -234,12 +234,9 @@ class BlockPool:
 #: (or the cores are oversubscribed). Each further window without a helper's help is twice as long, up to
 #: :data:`ALONE_CALLS_MAX`.
 ALONE_CALLS = 32
-#: Longest window of calls alone: with one core kept busy, the dense PSA step (5 such calls a step) with a probe
-#: every 33 calls took 1.0042-1.0078x its one-thread time at two threads, every 513 calls 0.9986 and 1.0032x, never
-#: 1.0005 and 1.0033x (paired, 80 pairs each, 2026-12-05); with windows doubling up to 1024, 1.0030 and 1.0023x
-#: against 1.0057 and 1.0039x without (and the dense ST step 1.0016x against 1.0078x). At 1024 the pool notices a core
-#: freed again within about 200 dense PSA steps (6 s) or 34 conv PSA steps of the paper's network (30 such calls a
-#: step, 17 s); meanwhile only the short calls run on one thread.
+#: Longest window of calls alone: at 1024 the pool notices a core freed again within about 200 dense PSA steps (5
+#: such calls a step) or 34 conv PSA steps of the paper's network (30 such calls a step); meanwhile only the short
+#: calls run on one thread. The paired measurements behind it: ``docs/performance.md``, section "Threads".
 ALONE_CALLS_MAX = 1024
 
 

@@ -1,8 +1,8 @@
 r"""Uniforms ``U[0, 1)`` drawn on several threads with the bits of one sequential draw.
 
 A training step draws one uniform per sampled unit (:meth:`sbnnumba.Network.sample`): about ten million per
-step of the paper's conv network, 8 ms per stage on one thread. NumPy's generators fill an array on the
-calling thread only. The PCG64 family can jump ahead (``advance(d)``: the state after ``d`` 64-bit draws, in
+step of the paper's conv network. NumPy's generators fill an array on the calling thread only. The PCG64 family
+can jump ahead (``advance(d)``: the state after ``d`` 64-bit draws, in
 ``O(log d)``), so :func:`random_uniforms` cuts the array into fixed blocks and lets the threads fill them, each
 block by a compiled loop of the generator's recurrence that starts with its own jump-ahead to the block's position
 in the stream (:mod:`sbnnumba.kernels.pcg64`, PCG64 and PCG64DXSM), then leaves the caller's generator where the

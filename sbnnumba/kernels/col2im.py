@@ -12,7 +12,7 @@ backend the parallel copy of :mod:`sbnnumba.kernels.im2col`): ``a = W_2 cols``
 input positions with :func:`col2im` (one parallel task per input channel, or on the calling thread for the
 ``cpu`` backend's blocks of examples). ``g`` is the output gradient with
 columns (oy, ox, b), the examples innermost, so that the kernel adds contiguous runs of ``W_out B`` entries
-(as slices: indexed loops keep Numba's negative-index checks and do not vectorize; 3x slower). Each input
+(as slices: indexed loops keep Numba's negative-index checks and do not vectorize). Each input
 position adds its taps in the fixed order (dy, dx) ascending, starting from 0, so the result does not depend
 on the thread count, on the column order of the product or on how the batch is cut into chunks.
 """

@@ -36,7 +36,7 @@ Three forms, as for dense layers (:mod:`sbnnumba.kernels.cpu`):
   (an odd layer's last with a neutral one) whose two terms share one division
   (:func:`sbnnumba.kernels.ratio_pair.pair_term`: ``(g D' + g' D) / (D D')``, ``D = min(1 + e K, BIG)``, within
   ``6u (|g| + |g'|) + (|g| + |g'|) / BIG`` of the exact pair): per two connections one division and four
-  multiply-adds instead of two divisions, 1.2-1.3x the throughput of the exact division on the paper's stages.
+  multiply-adds instead of two divisions, so the kernels run at up to twice the divider's rate in connections.
   Every operation is written out and rounded as written (no reciprocal estimate, no implicit FMA), so the
   result does not depend on the vector lanes, the layout or the thread count. Overflow is prevented as in the
   dense kernel (:func:`sbnnumba.kernels.cpu.ratio_limits`):
@@ -344,9 +344,9 @@ def channel_inner(n_q, n_grid, c_in, n_batch, itemsize):
         channel loop is wide (``c_in >= WIDE_CHANNELS``) and a channel block holds ``WIDE_BLOCK`` examples
         (:func:`sbnnumba.kernels.conv_channels.channel_blocks`). The second case covers the paper's 11x11 -> 9x9,
         9x9 -> 7x7 and 7x7 -> 3x3 stages: there the cell-major kernels spend ``(Wq - W_out) / Wq`` of their
-        divisions (2/11, 2/9, 1/4) on the zero cells between output rows, the channel kernels none (one thread, ratio
-        form: 9x9 stage 112 -> 107-109 ms, 7x7 stage 143-146 -> 112-115 ms, 3x3 stage 27-29 -> 21-23 ms; bounded
-        form 20-25 % faster). Both layouts give bit-identical results; this is a speed rule only.
+        divisions (2/11, 2/9, 1/4) on the zero cells between output rows, the channel kernels none
+        (``bench/psa_conv.py --parts 4`` times both). Both layouts give bit-identical results; this is a speed rule
+        only.
     """
     if c_in < MIN_CHANNELS:
         return False

@@ -46,8 +46,8 @@ Four forms:
   (:func:`_flip_dense_logistic_saturated`), except the *inert* ones (:func:`active_saturated`), whose
   flips cannot move ``sigma`` by a rounding unit and are left out. Saturated units or large weights
   therefore never switch a whole layer to the generic form, whose stable F difference per
-  connection is about 100x slower than the ratio form (seen in training: epochs 6x slower once one
-  first-layer pre-activation passed the old whole-layer limit of 40).
+  connection costs a library ``exp`` or ``erfc`` and branches (about two orders of magnitude slower than
+  the ratio form: ``bench/psa_dense.py``).
 
 Kernels take preallocated outputs and never draw random numbers. (About 620 lines: the three forms share the
 checks, the saturated-unit split and the host routing kept here; the lane helpers live in :mod:`.lanes`.)
@@ -493,7 +493,7 @@ def active_saturated(a, weight):
     below ``|g| e^{-T}``, under half a rounding unit of ``|g|``: the direct sum would add rounding
     noise at most (in float32 it computes exact zeros). Such *inert* units are left out of the
     direct sum; units that saturate through growing pre-activations late in training are mostly
-    inert, and summing them one ``exp`` per connection made PSA steps about 1.5x slower.
+    inert, and summing them would cost one ``exp`` per connection.
 
     Parameters
     ----------

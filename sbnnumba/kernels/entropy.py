@@ -1,10 +1,9 @@
 """Numba CPU kernel for the entropy of stochastic binary units (:func:`sbnnumba.training.unit_entropy`).
 
 Evaluation measures it for every sampled unit, i.e. over arrays as large as a conv network's
-activations. In NumPy the per-family log-cdf and the temporaries around it made evaluation 3.5x
-slower than without it (triangular noise, half-width conv network); one fused parallel pass over
-:func:`sbnnumba.kernels.scalar.entropy_bits` is 2.6-7x faster than that formula and brings the
-overhead to about 1.4x (``bench/unit_entropy.py``, 2 cores).
+activations, where NumPy's per-family log-cdf and the temporaries around it cost more than the evaluation
+itself; one fused parallel pass over :func:`sbnnumba.kernels.scalar.entropy_bits` makes no temporaries
+(``bench/unit_entropy.py`` measures both; figures: ``docs/experiments/2026-12-06-kernel-figures.md``).
 """
 import numba
 import numpy as np

@@ -10,9 +10,9 @@ step transposes each layer's ``(N_out, N_in)`` weight. :func:`clipped_double_tra
 and :func:`blocked_transpose` ``out_{ij} = W_{ji}`` (the bounded, probit and generic forms read ``W`` itself by input
 unit), both by 8 x 8 blocks: eight vector loads of 8 consecutive weights (one row each), the doubling and the clip on
 the vectors (clipped form), a 24-shuffle transpose in registers (:func:`_block_8x8`, LLVM IR) and eight vector
-stores. LLVM does not vectorize a transpose written as scalar loops (measured at 1024 x 1024 float32, one thread:
-about 0.7 ms for the best scalar tiling, against about 0.3 ms here). The blocks are walked row band by row band of
-``W`` (16 rows, all columns), so the reads run through ``W`` in memory order and each row of ``out`` gets 16
+stores. LLVM does not vectorize a transpose written as scalar loops, so the best scalar tiling takes about twice
+the blocks' time (figures: ``docs/experiments/2026-12-06-kernel-figures.md``). The blocks are walked row band by
+row band of ``W`` (16 rows, all columns), so the reads run through ``W`` in memory order and each row of ``out`` gets 16
 consecutive outputs (two stores) at a time. Doubling and clipping are exact, so the result's bits do not depend on
 the path (the edges, narrower than 8, are plain loops); the plain form moves every value's bits unchanged.
 

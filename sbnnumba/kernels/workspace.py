@@ -4,9 +4,8 @@ A large temporary allocated afresh on every call costs page faults: glibc serves
 threshold (at least 128 KiB, adapted up to 32 MiB) with a fresh ``mmap`` and returns it on ``free`` whenever the
 freed memory at the top of the heap passes the trim threshold, and the kernel then zeroes every page on first
 touch (:func:`sbnnumba.runtime.retain_freed_memory` avoids it process-wide, but the library does not apply that
-itself). Measured at one thread: the dense ratio flip's ``k = e^{2 W^T}`` (4 MiB for a 1024 x 1024 layer) added
-0.4 ms to a 13 ms call when fresh; a conv flip call's factor grids and input layout (tens of MB on the paper's first
-stages) cost 5-80 ms of page-fault system time per training step for the 24x24 stage alone (getrusage).
+itself): the dense ratio flip's ``k = e^{2 W^T}`` is 4 MiB for a 1024 x 1024 layer, a conv flip call's factor
+grids and input layout tens of MB on the paper's first stages (the page faults they cost: ``docs/performance.md``).
 
 :func:`scratch` keeps one buffer per name and thread, grown to the largest request: layers of different shapes
 share it, since no scratch array outlives the call that asked for it.
