@@ -29,8 +29,8 @@ thread computes ``alone()``): found off the calling thread's core (or with the c
 call tries the helpers again, else another window of calls runs alone. Each window without a helper's help is
 twice as long as the one before, up to :data:`ALONE_CALLS_MAX`; a call whose blocks a helper shared starts over at
 :data:`ALONE_CALLS`. The probe costs a wake-up and a few microseconds of Python beside the calling thread, where
-trying the blocks costs what they lose to one call; the windows' growth keeps even the probes' cost out of the
-steps (measurements: ``docs/performance.md``, section "Threads").
+trying the blocks costs what they lose to one call; the windows' growth makes the probes rarer while the other
+core stays busy (measurements: ``docs/performance.md``, section "Threads").
 
 The helpers block on a queue between calls (no spinning) and are started on first use. One call uses
 the pool at a time; a call made while another thread's call holds it runs its blocks in its own thread
