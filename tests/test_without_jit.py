@@ -3,7 +3,7 @@ their twins: ``lanes.zeros``, ``ratio_pair.fma``, the transpose blocks, ``2^n``,
 compiled kernels: the conv ratio and bounded forms bit for bit (every operation written out, sums in a fixed
 order), the rest within ``1e-5`` of each result's largest magnitude (compiled, the dense ratio form divides by a
 reciprocal estimate and its Newton step, the bounded and probit forms may contract products into FMAs, the generic
-form calls LLVM's ``exp`` / ``erfc``: a few float32 roundings per term)."""
+form calls LLVM's ``exp`` / ``erfc``: a few float32 roundings per term). Every registered estimator runs there too."""
 import os
 import subprocess
 import sys
@@ -94,3 +94,36 @@ def test_every_flip_form_and_psa_step_runs_without_jit(compiled_and_python):
             assert got.tobytes() == want.tobytes(), name
         else:
             np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.max(np.abs(want)), err_msg=name)
+
+
+def test_every_estimator_runs_without_jit():
+    """Every registered estimator gives finite gradients under NUMBA_DISABLE_JIT=1, with the keys and shapes of the
+    network's parameters (exact enumeration on the dense network only: the conv one has too many units)."""
+    child = '''
+import numpy as np
+import sbnnumba as sb
+from sbnnumba import architectures
+
+rng = np.random.default_rng(0)
+dense = sb.Network.dense([6, 5, 5, 3], n_classes=3, noise="logistic", rng=rng)
+conv = architectures.conv((1, 28, 28), 3, channels=[2, 2, 2, 3, 3, 3, 3, 3], rng=rng)
+data = {"dense": (dense, rng.random((4, 6)).astype(np.float32), rng.integers(0, 3, 4)),
+        "conv": (conv, rng.random((2, 1, 28, 28)).astype(np.float32), rng.integers(0, 3, 2))}
+runs = 0
+for method in sb.known_methods():
+    for name, (net, x, y) in data.items():
+        if method == "exact" and name == "conv":
+            continue
+        loss, grads = sb.estimate(method, net, x, y, rng=np.random.default_rng(1))
+        assert np.isfinite(loss), (method, name)
+        assert sorted(grads) == sorted(net.params), (method, name)
+        for key, g in grads.items():
+            assert g.shape == net.params[key].shape and np.all(np.isfinite(g)), (method, name, key)
+        runs += 1
+assert runs == 2 * len(sb.known_methods()) - 1 and len(sb.known_methods()) >= 15
+print("ok")
+'''
+    result = subprocess.run([sys.executable, "-c", child], env=dict(os.environ, NUMBA_DISABLE_JIT="1"),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
