@@ -6,11 +6,12 @@ import sys
 import textwrap
 
 
-def run_without_jit(script):
-    """Run ``script`` (dedented) in a child Python with ``NUMBA_DISABLE_JIT=1``; assert it prints ``ok``."""
+def run_without_jit(script, *args, timeout=120):
+    """Run ``script`` (dedented) in a child Python with ``NUMBA_DISABLE_JIT=1`` and ``args`` as ``sys.argv[1:]``;
+    assert it prints ``ok``."""
     env = dict(os.environ, NUMBA_DISABLE_JIT="1")
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], env=env, capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(script), *map(str, args)], env=env,
+                            capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
 

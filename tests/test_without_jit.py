@@ -4,12 +4,9 @@ compiled kernels: the conv ratio and bounded forms bit for bit (every operation 
 order), the rest within ``1e-5`` of each result's largest magnitude (compiled, the dense ratio form divides by a
 reciprocal estimate and its Newton step, the bounded and probit forms may contract products into FMAs, the generic
 form calls LLVM's ``exp`` / ``erfc``: a few float32 roundings per term). Every registered estimator runs there too."""
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
+from kernel_checks import run_without_jit
 
 # compute() returns {name: array}; run in this process (compiled) and in a child without the JIT
 SCRIPT = '''
@@ -61,11 +58,7 @@ def compute():
 @pytest.fixture(scope="module")
 def compiled_and_python(tmp_path_factory):
     path = tmp_path_factory.mktemp("nojit") / "python.npz"
-    child = SCRIPT + "\nimport sys\nnp.savez(sys.argv[1], **compute())\nprint('ok')\n"
-    result = subprocess.run([sys.executable, "-c", child, str(path)], env=dict(os.environ, NUMBA_DISABLE_JIT="1"),
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "ok"
+    run_without_jit(SCRIPT + "\nimport sys\nnp.savez(sys.argv[1], **compute())\nprint('ok')\n", path, timeout=300)
     namespace = {}
     exec(SCRIPT, namespace)
     with np.load(path) as python:
@@ -123,7 +116,4 @@ for method in sb.known_methods():
 assert runs == 2 * len(sb.known_methods()) - 1 and len(sb.known_methods()) >= 15
 print("ok")
 '''
-    result = subprocess.run([sys.executable, "-c", child], env=dict(os.environ, NUMBA_DISABLE_JIT="1"),
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "ok"
+    run_without_jit(child, timeout=300)
