@@ -11,8 +11,8 @@
     a batched grid refinement whose rounds of trials run on ``--lr-workers N`` local processes); ``--resume``
     reuses the lr stored in the checkpoint instead of searching again.
     The defaults (MLP 784-256-256-10, logistic noise, PSA, Adam lr 1e-3, batch 64, 3 epochs, data-dependent
-    init, 10 % validation) finish in about 20 s on 2 idle CPU cores on the full Fashion-MNIST
-    and in about 6 s on the embedded subset (measured times and accuracies: ``docs/experiments/``).
+    init, 10 % validation) train in 15-22 s on 2 CPU cores on the full Fashion-MNIST and in 4.5-10.4 s on the
+    embedded subset (AMD EPYC and Intel Xeon; measured times and accuracies: ``docs/experiments/``).
     ``--distributed`` (under ``mpiexec -n N``): data-parallel training on N ranks, ``--batch-size`` being the
     global batch (:mod:`sbnnumba.distributed`, ``docs/cluster.md``); rank 0 prints and writes the files.
 ``evaluate CHECKPOINT``
@@ -221,9 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     tr = sub.add_parser("train", help="train an SBN on Fashion-MNIST",
-                        description="Train an SBN on Fashion-MNIST. The defaults (3 epochs) take about 20 s on 2 "
-                                    "cores on the full data set (about 6 s on the embedded subset) and reach "
-                                    "about 85 % test accuracy (81 % on the embedded subset).",
+                        description="Train an SBN on Fashion-MNIST. The defaults (3 epochs) train in 4.5-10.4 s on "
+                                    "2 cores on the embedded subset (15-22 s on the full data set; AMD EPYC and "
+                                    "Intel Xeon, run logs in docs/experiments/) and reach about 81 % test "
+                                    "accuracy (85 % on the full data set).",
                         formatter_class=_Formatter)
     tr.add_argument("--data", default="auto",
                     help="'auto' (full Fashion-MNIST if found, else the embedded subset), 'embedded', or a "
