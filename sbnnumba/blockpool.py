@@ -251,8 +251,9 @@ def take_alone_turn() -> bool:
     thread instead (the rule of :func:`run_blocks`: one of the window of calls after a helper stayed out),
     counting the call as one of them when it does (the last one posts the probe).
 
-    :func:`run_blocks` asks it itself; a caller whose blocks cost something to set up (:func:`sbnnumba.runtime.gemm`
-    cuts its product and builds a closure per call) asks first, and runs its one-call form without them.
+    :func:`run_blocks` asks it itself; a caller whose blocks cost something to set up and whose one-call form has
+    the blocks' bits (:func:`sbnnumba.runtime.run_range_blocks`, element-wise passes) asks first, and runs that form
+    without them.
 
     Returns
     -------
@@ -277,9 +278,9 @@ def run_blocks(fn: Callable[[int], object], n_blocks: int, threads: int,
     threads : int
         Threads to use, ``>= 1``; ``min(threads, n_blocks)`` are used.
     alone : callable or None
-        ``alone()`` computes every block at once on the calling thread, with the blocks' result (e.g. one GEMM
-        instead of its row blocks, which saves each block's packing of the shared factor); used when the call
-        runs on the calling thread alone (one thread, the helpers serving another call, or the rule below).
+        ``alone()`` computes every block on the calling thread, with the blocks' result bit for bit (e.g. the
+        blocks one after the other, without the pool's bookkeeping); used when the call runs on the calling
+        thread alone (one thread, the helpers serving another call, or the rule below).
         Given, a helper that wakes on the calling thread's core takes no block unless the machine has more
         runnable tasks than cores plus one, and after a call in which a helper stayed out and none took a
         block the next :data:`ALONE_CALLS` such calls run ``alone()``; the last of them wakes a helper only to

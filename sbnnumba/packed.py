@@ -137,6 +137,7 @@ from .kernels import bitplane as _kp
 from .kernels.conv_reference import output_size, windows
 from .layers import Layer, Linear
 from .normalization import Normalized
+from .runtime import gemm
 from .validation import check_int, check_positive_number
 
 if TYPE_CHECKING:
@@ -444,7 +445,7 @@ class _Stage:
         if self.kind == "float_dense":
             h = float_stage_input(self.in_kind, self.in_shape, act, dtype)
             h = _rows(h)
-            y = h @ rt["weight"].T
+            y = gemm(h, rt["weight"].T)  # the float network's product (runtime.gemm's blocks): the same bits
             return _pack_threshold(y, rt["lo"], rt["hi"])
         if self.kind == "float_conv":
             h = float_stage_input(self.in_kind, self.in_shape, act, dtype)
@@ -452,7 +453,7 @@ class _Stage:
             win = windows(h, kernel, stride, padding)
             b, c, ho, wo, kh, kw = win.shape
             cols = win.transpose(1, 4, 5, 0, 2, 3).reshape(c * kh * kw, b * ho * wo)
-            y = rt["weight"] @ cols  # (C_out, B * H_out * W_out), as Conv2d.forward
+            y = gemm(rt["weight"], cols)  # (C_out, B * H_out * W_out), Conv2d.forward's product, the same bits
             words = _pack_threshold(y.T, rt["lo"], rt["hi"])  # positions (b, oy, ox) x channels
             return words.reshape(b, ho, wo, words.shape[-1])
         if self.kind == "bitplane_dense":
@@ -886,7 +887,7 @@ class PackedNetwork:
         for stage in self.stages:
             act = stage.forward(act, self.dtype, self.backend)
         h = float_stage_input(self.head_in[0], self.head_in[1], act, self.dtype)
-        return _rows(h) @ self.head_weight.T + self.head_bias
+        return gemm(_rows(h), self.head_weight.T) + self.head_bias  # the float head's product
 
     def predict_logits(self, x: npt.ArrayLike, batch_size: int | None = None, codes: bool = False) -> np.ndarray:
         """Logits (B, n_classes) of inputs ``x`` (B, ...), equal to the float deterministic network's

@@ -49,16 +49,16 @@ process a product can take several times longer at two threads than at one). :fu
 product into the blocks of :func:`gemm_blocks` (rows or columns of the result, at least ``w_min``
 multiply-adds each, at most :data:`MAX_GEMM_BLOCKS`; a function of the shape only), runs each as one
 single-threaded BLAS call, and lets ``T`` threads take the next block as they come free
-(:mod:`sbnnumba.blockpool`): the thread on the free core takes the busy core's share. At ``T = 1`` it is one
-BLAS call; at ``T > 1`` a product of a few ms (:func:`short_call`) is one BLAS call too while the block pool
-finds its helper woken on the calling thread's core (:func:`sbnnumba.blockpool.run_blocks` with ``alone``: with
-one core kept busy Linux puts the woken helper there in most calls, where the blocks only take turns and cost
-more than one call; the element-wise passes and copies of :func:`run_range_blocks` alike).
-OpenBLAS's single-threaded GEMM cuts the sum over ``k`` by ``k`` alone, so a block's entries have the bits
-of the same entries of the whole product (checked on the shapes of the tests and benchmarks), and the
-layers' products, and with them seeded training runs, are bit-identical at one and two threads
-(``tests/test_thread_rule.py``, ``tests/test_threads.py``), where a plain ``a @ b`` is not (OpenBLAS's
-threaded GEMM cuts ``k = 784`` differently). Figures: ``docs/performance.md``, section "Threads".
+(:mod:`sbnnumba.blockpool`): the thread on the free core takes the busy core's share. At ``T = 1``, and at
+``T > 1`` for a product of a few ms (:func:`short_call`) while the block pool finds its helper woken on the calling
+thread's core (:func:`sbnnumba.blockpool.run_blocks` with ``alone``: with one core kept busy Linux puts the woken
+helper there in most calls, where the two threads only take turns), the calling thread computes the same blocks
+one after the other. A product that has blocks is never one BLAS call: a single-threaded BLAS call need not give a
+block's entries the bits of the same entries of the whole product (OpenBLAS's Haswell kernel, the one it runs on
+AMD Zen 3, rounds the last rows or columns of a call by another path than its other tiles), so only the fixed
+blocks keep the layers' products, and with them seeded training runs, bit-identical at any thread count and from
+run to run (``tests/test_thread_rule.py``, ``tests/test_threads.py``), where a plain ``a @ b`` is not.
+Figures: ``docs/performance.md``, section "Threads".
 """
 from __future__ import annotations
 
@@ -427,8 +427,10 @@ def _blas_thread_functions():
 #: Multiple of which the blocks of :func:`gemm` are (but the last): whole micro-kernel tiles of the BLAS.
 GEMM_BLOCK_ALIGN = 16
 #: Most blocks one :func:`gemm` is split into: enough for a free core to take over a busy core's share,
-#: few enough that each block stays a large BLAS call.
-MAX_GEMM_BLOCKS = 8
+#: few enough that each block stays a large BLAS call (at one thread the blocks run in sequence: each costs a
+#: packing of the shared operand and one edge of the BLAS kernel's tiles; 4 and 8 blocks took the same time at two
+#: threads, idle or with a core kept busy, docs/performance.md "Threads").
+MAX_GEMM_BLOCKS = 4
 
 
 def gemm_blocks(m, k, n):
@@ -476,11 +478,13 @@ def gemm(a, b, out=None):
 
     ``T`` is the BLAS libraries' current count (:func:`set_num_threads`). BLAS is set to one thread for the
     call and restored after it (a process-wide setting: concurrent calls from several threads take turns).
-    Since the blocks depend on the shape alone and every block is one single-threaded BLAS call, the result
-    is bit-identical at any ``T``; with a busy core, the thread on the free core takes the busy one's
-    blocks (OpenBLAS's own threads split a product statically and, in the threaded GEMM, synchronize within
-    it, each wait costing a scheduler slice when a core is shared: measured, a 128 x 784 x 1024 product 5x
-    slower at two threads than at one, docs/performance.md).
+    Since the blocks depend on the shape alone and every block is one single-threaded BLAS call, whichever
+    thread computes it, the result is bit-identical at any ``T`` and in every call; with a busy core, the
+    thread on the free core takes the busy one's blocks (OpenBLAS's own threads split a product statically
+    and, in the threaded GEMM, synchronize within it, each wait costing a scheduler slice when a core is
+    shared: measured, a 128 x 784 x 1024 product 5x slower at two threads than at one, docs/performance.md).
+    At ``T = 1`` the blocks run one after the other, never as one call of the whole product (other bits on
+    some BLAS kernels: module docstring).
 
     Parameters
     ----------
@@ -496,19 +500,19 @@ def gemm(a, b, out=None):
     """
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
         raise ValueError(f"gemm: expected 2-d operands (m, k) and (k, n), got shapes {a.shape} and {b.shape}")
+    blocks = gemm_blocks(a.shape[0], a.shape[1], b.shape[1])
     with _OneBlasThread() as threads:
-        if _one_call(a.shape[0] * a.shape[1] * b.shape[1], "gemm", threads):
+        if len(blocks[1]) == 2:  # one block: the whole product
             return np.matmul(a, b, out=out)
-        return _blocked_matmul(a, b, out, threads)
+        return _blocked_matmul(a, b, out, threads, blocks)
 
 
 def _one_call(work, kind, threads, shares=ALONE_MAX_SHARES):
-    """Whether a call of ``work`` (unit of ``kind``) runs as one call on the calling thread at ``threads`` (T)
-    threads, the rule of :func:`gemm`, :func:`gemm_nt` and :func:`kernel_threads` (``shares``:
-    :data:`PRANGE_ALONE_MAX_SHARES`): one thread by the per-call rule (T = 1, or too little work for two), or a call
-    below ``shares * w_min`` (:func:`short_call`) while the block pool runs its calls alone (take_alone_turn, asked
-    before blocks are cut: their set-up cost 0.5 % of the dense ST step; a turn is used, so ask once per call). One
-    call or the blocks: the same results."""
+    """Whether a Numba kernel's call of ``work`` (unit of ``kind``) runs on the calling thread alone at ``threads``
+    (T) threads, the rule of :func:`kernel_threads` (``shares``: :data:`PRANGE_ALONE_MAX_SHARES`): one thread by the
+    per-call rule (T = 1, or too little work for two), or a call below ``shares * w_min`` (:func:`short_call`) while
+    the block pool runs its calls alone (take_alone_turn; a turn is used, so ask once per call). The kernels sum in a
+    fixed order at any thread count: one thread or several, the same results."""
     return call_threads(work, kind, threads) == 1 or (short_call(work, kind, shares) and take_alone_turn())
 
 
@@ -527,15 +531,15 @@ def gemm_nt(a, b):
 
     Float32 operands with ``n >= 4 m`` rows and ``k >= 512`` (:data:`GEMM_NT_SWAP_MIN_ROW_RATIO`,
     :data:`GEMM_NT_SWAP_MIN_INNER`) are computed as :math:`(b a^T)^T`: OpenBLAS's float32 kernel is faster with
-    the operand of many rows first and sums each entry over ``k`` in the same order either way, so the entries are
-    the same bits (``tests/test_thread_rule.py`` and the golden runs check it; another BLAS library may round the
-    swapped product differently, within the product's rounding error). Its float64 kernel sums in another order
-    when the operands swap: other dtypes keep ``a @ b.T``. Below the bounds the swapped product is slower. A product
-    :func:`gemm` would cut into blocks is cut into ``c = min(8, m k n / w_min, floor(n / 2m))`` blocks of rows of
-    ``b a^T`` (:data:`GEMM_NT_BLOCK_ROW_RATIO`): the gain holds for pieces of ``2 m`` rows, not for gemm's pieces of
-    about ``m`` rows; with ``c < 4`` (:data:`GEMM_NT_SWAP_MIN_BLOCKS`, too few blocks to share out with a busy
-    core) the product is gemm's blocks of ``a b^T``. Blocks, like one call, give the same bits. Measurements:
-    ``docs/performance.md``, section "Threads".
+    the operand of many rows first. Below the bounds the swapped product is slower, and other dtypes keep
+    ``a @ b.T``. A product :func:`gemm` would cut into blocks is cut into ``c = min(4, m k n / w_min, floor(n /
+    2m))`` blocks of rows of ``b a^T`` (:data:`GEMM_NT_BLOCK_ROW_RATIO`): the gain holds for pieces of ``2 m`` rows,
+    not for gemm's pieces of about ``m`` rows; with ``c < 4`` (:data:`GEMM_NT_SWAP_MIN_BLOCKS`, too few blocks to
+    share out with a busy core) the product is gemm's blocks of ``a b^T``. The form and the blocks depend on the
+    shapes and the dtype alone, never on the thread count, so the bits do not either (whether the swapped product
+    has the bits of ``a @ b.T`` depends on the BLAS kernel: OpenBLAS's SkylakeX kernel sums each entry over ``k`` in
+    the same order either way, its Haswell kernel does not). Measurements: ``docs/performance.md``, section
+    "Threads".
 
     Parameters
     ----------
@@ -554,7 +558,7 @@ def gemm_nt(a, b):
         return gemm(a, b.T)
     m, k, n = a.shape[0], a.shape[1], b.shape[0]
     with _OneBlasThread() as threads:
-        if _one_call(m * k * n, "gemm", threads):
+        if m * k * n < 2 * MIN_WORK_PER_THREAD["gemm"]:  # one block (gemm_blocks): the whole swapped product
             return np.matmul(b, a.T).T
         # blocks of rows of b a^T, each of at least 2 m rows (gemm's blocks cut the long side into pieces of about m
         # rows, where the swap gained nothing); too few of them to share out: gemm's blocks of a b^T
@@ -620,8 +624,8 @@ class _OneBlasThread:
 
 def _blocked_matmul(a, b, out, threads, blocks=None):
     """``a @ b`` into ``out`` (allocated when None) as the blocks ``(axis, edges)`` (by default those of
-    :func:`gemm_blocks`) on ``threads`` threads, or as one call where :func:`sbnnumba.blockpool.run_blocks` runs it
-    alone (same bits)."""
+    :func:`gemm_blocks`) on ``threads`` threads, or the same blocks one after the other on the calling thread where
+    :func:`sbnnumba.blockpool.run_blocks` runs the call alone (never one call: other bits, :func:`gemm`)."""
     if out is None:
         out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b))
     axis, edges = blocks if blocks is not None else gemm_blocks(a.shape[0], a.shape[1], b.shape[1])
@@ -633,9 +637,15 @@ def _blocked_matmul(a, b, out, threads, blocks=None):
         else:
             np.matmul(a, b[:, lo:hi], out=out[:, lo:hi])
 
-    m, k, n = a.shape[0], a.shape[1], b.shape[1]
-    run_blocks(block, len(edges) - 1, threads,
-               alone=(lambda: np.matmul(a, b, out=out)) if short_call(m * k * n, "gemm") else None)
+    def in_sequence():
+        for i in range(len(edges) - 1):
+            block(i)
+
+    if threads == 1:
+        in_sequence()
+    else:
+        run_blocks(block, len(edges) - 1, threads,
+                   alone=in_sequence if short_call(a.shape[0] * a.shape[1] * b.shape[1], "gemm") else None)
     return out
 
 

@@ -1,13 +1,13 @@
 """The host convolution step: the Numba im2col and col2im kernels, the cpu backend's chunked input gradient
-(bit-identical to the reference's single GEMM), and the patch matrix built once per stage and step."""
+(bit-identical to the reference's products of the same chunks), and the patch matrix built once per stage and step."""
 import numpy as np
 import pytest
 
 import sbnnumba as sb
 from sbnnumba import runtime
 from sbnnumba.backends import get_backend
-from sbnnumba.backends.cpu import CpuBackend, batch_chunks
-from sbnnumba.backends.reference import _channel_major, _cols, _examples_inner, _gemm_to_map
+from sbnnumba.backends.cpu import CpuBackend
+from sbnnumba.backends.reference import _channel_major, _cols, _examples_inner, _gemm_to_map, batch_chunks
 from sbnnumba.kernels import col2im, conv_reference, im2col, map_order
 
 # (map shape, weight shape, stride, padding): chunked (several chunks), 1x1 maps with a batch large
@@ -26,7 +26,8 @@ BACKWARD_CASES = [
 @pytest.mark.parametrize("case", BACKWARD_CASES)
 def test_cpu_chunked_input_gradient_is_bit_identical(case, threads):
     """cpu's conv_backward_input (GEMM + col2im per chunk of examples, the chunks shared by the threads)
-    equals the reference's single ``col2im(W^T g)`` bit for bit."""
+    equals the reference's ``col2im(W^T g)`` of the same chunks (one single-threaded product each) bit for bit, at
+    one and two threads, and the float64 product to float32 rounding."""
     shape, wshape, stride, padding = case
     rng = np.random.default_rng(3)
     w = rng.normal(size=wshape).astype(np.float32)

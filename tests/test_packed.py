@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from kernel_checks import has_avx512_vpopcntdq, randomize_normalization, run_without_jit
 
 import sbnnumba as sb
-from sbnnumba import bitpack, datasets
+from sbnnumba import bitpack, datasets, runtime
 from sbnnumba.kernels import bitplane as bp_kernels
 from sbnnumba.packed import (
     FORMAT_VERSION,
@@ -198,7 +198,7 @@ def test_ties_dense(real_x):
         net = dense_net("hidden", normalize=normalize, seed=3, calib=real_x)
         first, second = (s.inner for s in net.stages)
         with net.evaluating("deterministic"):
-                y0 = x.reshape(len(x), -1) @ first.weight.T  # the raw float product of the first stage
+                y0 = runtime.gemm(x.reshape(len(x), -1), first.weight.T)  # the first stage's raw float product
         first.bias[:] = -y0[0]  # example 0 sits exactly on every first-stage threshold ...
         if normalize:
             for norm in net.normalizations():

@@ -4,7 +4,7 @@ import threading
 import numba
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_info
+from threadpoolctl import threadpool_info, threadpool_limits
 
 import sbnnumba as sb
 from sbnnumba import runtime
@@ -13,6 +13,19 @@ from sbnnumba.kernels import cpu
 
 def _blas_threads():
     return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+
+def _gemm_as_blocks(a, b):
+    """``a @ b`` as runtime.gemm's definition: the blocks of gemm_blocks, each one single-threaded BLAS call."""
+    axis, edges = runtime.gemm_blocks(a.shape[0], a.shape[1], b.shape[1])
+    out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b))
+    with threadpool_limits(1, user_api="blas"):
+        for lo, hi in zip(edges[:-1], edges[1:]):
+            if axis == 0:
+                out[lo:hi] = a[lo:hi] @ b
+            else:
+                out[:, lo:hi] = a @ b[:, lo:hi]
+    return out
 
 
 def test_call_threads_formula():
@@ -166,46 +179,51 @@ def helpers_beside(monkeypatch):
     monkeypatch.setattr(blockpool.POOL, "_alone_left", 0)
 
 
-def test_gemm_in_a_turn_alone_is_one_call_without_blocks(monkeypatch):
-    """A short product at two threads while the pool runs calls alone (a helper stayed out) is one BLAS call,
-    asked of blockpool.take_alone_turn before any block is cut, and counts as one of the turns; a product of one
-    block takes no turn; with no turn left the blocks run."""
+def test_gemm_in_a_turn_alone_runs_its_blocks_in_sequence(monkeypatch):
+    """A short product at two threads while the pool runs calls alone (a helper stayed out) computes its blocks one
+    after the other on the calling thread and counts as one of the turns; a product of one block takes no turn; with
+    no turn left the helpers take blocks. Every way gives the bits of the blocks, each one BLAS call (never the one
+    call of the whole product: OpenBLAS's Haswell kernel rounds a call's last rows other than their neighbours)."""
     from sbnnumba import blockpool
 
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("needs a Numba pool of 2 threads")
-    if any(i["internal_api"] != "openblas" for i in threadpool_info() if i["user_api"] == "blas"):
-        pytest.skip("the bit-identity of blocks is a property of OpenBLAS's kernels, checked here for OpenBLAS")
     rng = np.random.default_rng(4)
     a, b = rng.standard_normal((128, 784)).astype(np.float32), rng.standard_normal((784, 1024)).astype(np.float32)
     small = rng.standard_normal((16, 16)).astype(np.float32)
     assert runtime.short_call(128 * 784 * 1024, "gemm") and len(runtime.gemm_blocks(128, 784, 1024)[1]) > 2
-    cut = []
-    real_blocked = runtime._blocked_matmul
-    monkeypatch.setattr(runtime, "_blocked_matmul", lambda *args: (cut.append(1), real_blocked(*args))[1])
+    threads_used = set()
+    real_matmul = np.matmul
+
+    def recording_matmul(*args, **kwargs):
+        threads_used.add(threading.get_ident())
+        return real_matmul(*args, **kwargs)
+
+    monkeypatch.setattr(runtime.np, "matmul", recording_matmul)
     monkeypatch.setattr(blockpool, "current_cpu", lambda: -1)  # the helpers take blocks when asked
     monkeypatch.setattr(blockpool.POOL, "_alone_left", 5)
     before = sb.get_num_threads()
     try:
         sb.set_num_threads(2)
         alone = runtime.gemm(a, b)
-        assert not cut and blockpool.POOL._alone_left == 4
+        assert blockpool.POOL._alone_left == 4 and threads_used == {threading.get_ident()}
         runtime.gemm(small, small)
         assert blockpool.POOL._alone_left == 4  # one block: not a turn
         blockpool.POOL._alone_left = 0
-        blocks = runtime.gemm(a, b)
-        assert cut == [1]
+        shared = runtime.gemm(a, b)
         sb.set_num_threads(1)
-        assert alone.tobytes() == runtime.gemm(a, b).tobytes() == blocks.tobytes()
+        one_thread = runtime.gemm(a, b)
     finally:
         sb.set_num_threads(before)
+    assert alone.tobytes() == shared.tobytes() == one_thread.tobytes() == _gemm_as_blocks(a, b).tobytes()
 
 
 def test_blocked_gemm_is_bit_identical_at_one_and_two_threads(helpers_beside):
-    """The layers' products through runtime.gemm: one BLAS call at one thread, fixed blocks of single-threaded
-    calls at two; OpenBLAS's single-threaded kernels give every element the same bits in both (the block
-    split does not change the order of the sum over k), so results do not depend on the thread count.
-    Plain ``a @ b`` does not have this property (OpenBLAS's threaded GEMM cuts k = 784 differently)."""
+    """The layers' products through runtime.gemm: the fixed blocks of gemm_blocks, each one single-threaded BLAS
+    call, computed in sequence at one thread and shared out at two, so results do not depend on the thread count
+    (and are those of the blocks computed one by one with np.matmul). Plain ``a @ b`` does not have this property
+    (OpenBLAS's threaded GEMM cuts k = 784 differently), nor does one call of the whole product at one thread
+    (OpenBLAS's Haswell kernel rounds a call's last rows or columns by another path than their neighbours)."""
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("needs a Numba pool of 2 threads")
     if any(i["internal_api"] != "openblas" for i in threadpool_info() if i["user_api"] == "blas"):
@@ -223,41 +241,46 @@ def test_blocked_gemm_is_bit_identical_at_one_and_two_threads(helpers_beside):
             one = runtime.gemm(a, b)
             sb.set_num_threads(2)
             two = runtime.gemm(a, b)
-            assert one.tobytes() == two.tobytes(), (m, k, n)
+            assert one.tobytes() == two.tobytes() == _gemm_as_blocks(a, b).tobytes(), (m, k, n)
             assert _blas_threads() == [2] * len(_blas_threads())
     finally:
         sb.set_num_threads(before)
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_gemm_nt_swaps_float32_long_products_with_the_same_bits(threads, helpers_beside):
+def test_gemm_nt_swaps_float32_long_products_by_shape_alone(threads, helpers_beside):
     """gemm_nt computes a b^T as (b a^T)^T for float32 when b has >= 4x the rows of a and k >= 512 (the conv weight
-    gradient: faster in OpenBLAS), as one call or as at least 4 blocks of >= 2m rows, with the bits of gemm(a, b.T)
-    at one and two threads; below the bounds, for float64 (whose OpenBLAS kernel sums in another order when the
-    operands swap) and for a product gemm would cut into blocks that leaves fewer than 4 such blocks, it is
-    gemm(a, b.T) itself."""
-    if any(i["internal_api"] != "openblas" for i in threadpool_info() if i["user_api"] == "blas"):
-        pytest.skip("the same bits in both operand orders are a property of OpenBLAS's float32 kernel")
+    gradient: faster in OpenBLAS), as one call where the product is one block and as at least 4 blocks of >= 2m rows
+    otherwise; below the bounds, for float64 (whose OpenBLAS kernel sums in another order when the operands swap)
+    and for a product gemm would cut into blocks that leaves fewer than 4 such blocks, it is gemm(a, b.T) itself.
+    The form depends on the shapes and the dtype alone: the same bits at one and two threads (whether the swapped
+    form has gemm(a, b.T)'s bits depends on the BLAS kernel: it is held to float32 rounding here)."""
     rng = np.random.default_rng(8)
     k_min, ratio = runtime.GEMM_NT_SWAP_MIN_INNER, runtime.GEMM_NT_SWAP_MIN_ROW_RATIO
-    # (a's shape, b's shape, swapped as one call, swapped as blocks): 864 // (2 x 96) = 4 blocks; 864 // 384 = 2
-    cases = [((96, 7744), (864, 7744), True, True), ((3, 5408), (27, 5408), True, False),
-             ((19, k_min), (ratio * 19, k_min), True, False), ((192, 5184), (864, 5184), True, False),
-             ((192, 64), (1728, 64), False, False), ((192, 3136), (192 * ratio - 1, 3136), False, False),
-             ((20, k_min - 1), (200, k_min - 1), False, False)]
+    # (a's shape, b's shape, swapped): 864 // (2 x 96) = 4 blocks; 864 // 384 = 2 blocks, too few; the others one
+    # block (m k n < 2 w_min) or outside the bounds
+    cases = [((96, 7744), (864, 7744), True), ((3, 5408), (27, 5408), True), ((19, k_min), (ratio * 19, k_min), True),
+             ((192, 5184), (864, 5184), False), ((192, 64), (1728, 64), False),
+             ((192, 3136), (192 * ratio - 1, 3136), False), ((20, k_min - 1), (200, k_min - 1), False)]
     before = sb.get_num_threads()
     try:
-        sb.set_num_threads(threads)
-        for (m, k), (n, _), swapped, as_blocks in cases:
+        for (m, k), (n, _), swapped in cases:
             for dtype in (np.float32, np.float64):
                 a = rng.standard_normal((m, k)).astype(dtype)
                 b = np.sign(rng.standard_normal((n, k))).astype(dtype)  # the patch matrix's +-1 states
+                sb.set_num_threads(1)
+                reference = runtime.gemm_nt(a, b)
+                sb.set_num_threads(threads)
                 got = runtime.gemm_nt(a, b)
-                one_call = runtime.call_threads(m * k * n, "gemm", threads) == 1
                 assert got.shape == (m, n)
-                swaps = swapped and dtype == np.float32 and (one_call or as_blocks)
+                swaps = swapped and dtype == np.float32
                 assert got.flags.f_contiguous == swaps != got.flags.c_contiguous
-                assert np.ascontiguousarray(got).tobytes() == runtime.gemm(a, b.T).tobytes(), (m, k, n, dtype)
+                assert got.tobytes(order="A") == reference.tobytes(order="A"), (m, k, n, dtype)
+                if not swaps:
+                    assert got.tobytes() == runtime.gemm(a, b.T).tobytes(), (m, k, n, dtype)
+                exact = a.astype(np.float64) @ b.T.astype(np.float64)
+                bound = 2 * k * np.finfo(dtype).eps * np.abs(a).astype(np.float64) @ np.abs(b).T.astype(np.float64)
+                assert np.all(np.abs(got - exact) <= bound), (m, k, n, dtype)
         with pytest.raises(ValueError, match="^gemm_nt: expected"):
             runtime.gemm_nt(np.ones((2, 3)), np.ones((3, 2)))
     finally:

@@ -21,16 +21,17 @@ r"""The ``cpu`` backend: the Numba kernels of :mod:`sbnnumba.kernels` (``@njit(p
   copies around them as parallel Numba passes: the patch matrix by :func:`sbnnumba.kernels.im2col.im2col`,
   the changes of array order by :mod:`sbnnumba.kernels.map_order` (same entries, same bits). The input
   gradient ``col2im(W^T g)`` is computed for chunks of examples of about :data:`CHUNK_COLUMNS` output positions
-  (at least ``min(8, work / 2^22)`` chunks, so that a small stage is shared too), each chunk on one thread
+  (at least ``min(4, work / 2^22)`` chunks, so that a small stage is shared too), each chunk on one thread
   from start to end: its columns of ``g`` with the examples innermost, one single-threaded BLAS product, and
   ``col2im`` summing it back while it is still in cache (:func:`sbnnumba.kernels.col2im.col2im_into`), the
   threads taking the next chunk as they come free (:func:`sbnnumba.runtime.run_blas_blocks`: no static split
   that waits for a thread on a busy core), instead of one (C_in kh kw, B H_out W_out) product written to
-  memory and read back (the largest array of the step). Chunks only regroup the columns of the same
-  product: OpenBLAS computes every entry with the same inner-dimension order whatever
-  the columns around it, and ``col2im`` adds the same terms in the same order, so the result is
-  bit-identical to the reference's (``tests/test_conv_step.py`` checks it), as long as a chunk has at
-  least two columns (a one-column product takes the GEMV path).
+  memory and read back (the largest array of the step). The chunks are the reference backend's
+  (:func:`sbnnumba.backends.reference.input_grad_chunks`, a function of the shapes): its input gradient makes
+  the same single-threaded BLAS calls, one per chunk, and ``col2im`` adds the same terms in the same order, so
+  the result is the reference's bit for bit on any BLAS (``tests/test_conv_step.py`` checks it). One product of
+  the whole batch would not do: OpenBLAS's Haswell kernel rounds the last columns of a call by another path
+  than their neighbours, so a chunk's entries need not have the whole product's bits.
 * Packed products: the XNOR-popcount kernels of :mod:`sbnnumba.kernels.bitpack`, which read the
   weights in their panel layout (:class:`sbnnumba.kernels.bitpack.PreparedWeights`) and compare
   popcounts against per-column limits (the thresholds turned into popcount bounds here).
@@ -42,8 +43,8 @@ import numpy as np
 from ..kernels import bitpack as kb
 from ..kernels import col2im, conv_cpu, cpu, head, im2col, map_order
 from ..kernels.workspace import scratch
-from ..runtime import MAX_GEMM_BLOCKS, MIN_WORK_PER_THREAD, blockwise, gemm, gemm_nt, run_blas_blocks
-from .reference import ReferenceBackend
+from ..runtime import blockwise, gemm, gemm_nt, run_blas_blocks
+from .reference import ReferenceBackend, input_grad_chunks
 from .registry import register_backend
 
 
@@ -60,38 +61,6 @@ def _conv_geometry(x_words, w_words, c_in, stride, padding):
     corrections = kb.padding_corrections(tap_sums, row_ranges, col_ranges)
     geometry = np.array([kh, kw, sh, sw, ph, pw], np.int64)
     return c_in * kh * kw, geometry, corrections, row_class, col_class
-
-
-#: Output positions (GEMM columns) per chunk of :meth:`CpuBackend.conv_backward_input`: products of
-#: (C_in kh kw, ~1000) stay in the last-level cache for ``col2im``; 576 to 1152 were fastest on the paper's
-#: conv network (one thread; 36864 columns at once: 1.2-1.5x the time).
-CHUNK_COLUMNS = 1024
-
-
-def batch_chunks(n_batch, n_pos, columns=CHUNK_COLUMNS, min_chunks=1):
-    """Split a batch into near-equal chunks of about ``columns`` GEMM columns (``n_pos`` per example).
-
-    Parameters
-    ----------
-    n_batch : int
-        Examples.
-    n_pos : int
-        Output positions per example (H_out W_out).
-    columns : int
-        Wanted columns per chunk (>= 2).
-    min_chunks : int
-        At least this many chunks where the batch allows (more chunks than the columns ask for, so that
-        threads can share a small stage).
-
-    Returns
-    -------
-    list of (int, int)
-        ``(b0, b1)`` example ranges covering ``range(n_batch)`` in order. Every chunk has at least two
-        columns when the batch has (a one-column product would take BLAS's GEMV path, other bits).
-    """
-    n_chunks = max(1, min(n_batch, max(n_batch * n_pos // columns, min(min_chunks, n_batch * n_pos // 2))))
-    edges = [(i * n_batch) // n_chunks for i in range(n_chunks + 1)]
-    return list(zip(edges[:-1], edges[1:]))
 
 
 class CpuBackend(ReferenceBackend):
@@ -139,7 +108,7 @@ class CpuBackend(ReferenceBackend):
         w2t = weight.reshape(c_out, -1).T
         out = np.empty((n_batch,) + tuple(in_shape), dtype=g_a.dtype)
         work = w2t.shape[0] * c_out * n_batch * n_pos  # multiply-adds of W^T g
-        chunks = batch_chunks(n_batch, n_pos, min_chunks=min(MAX_GEMM_BLOCKS, work // MIN_WORK_PER_THREAD["gemm"]))
+        chunks = input_grad_chunks(n_batch, n_pos, work)
         g3 = np.ascontiguousarray(g_a).reshape(n_batch, c_out, n_pos)
         size = (c_out + w2t.shape[0]) * n_pos * max(b1 - b0 for b0, b1 in chunks)
 

@@ -14,8 +14,10 @@ change (the golden digests of ``tests/test_golden.py`` pin them bit for bit); th
 inherits them. Convolutions go through the channel-major patch matrix ``cols`` (C_in kh kw,
 B H_out W_out), here NumPy's copy of a strided view (built once per stage and step: the forward GEMM
 and the weight-gradient GEMM share it); the transposed map sums ``W^T g`` back with the Numba
-``col2im`` of :mod:`sbnnumba.kernels.col2im` (``g`` with the examples innermost). The ``cpu`` backend builds the
-same matrices with Numba kernels and chunks the input gradient (:mod:`sbnnumba.backends.cpu`).
+``col2im`` of :mod:`sbnnumba.kernels.col2im` (``g`` with the examples innermost), one single-threaded product per
+chunk of examples (:func:`input_grad_chunks`: a product's bits depend on the BLAS call's extent on some
+kernels, so the chunks are part of the definition). The ``cpu`` backend builds the same matrices with Numba
+kernels and computes the same chunks fused with ``col2im`` (:mod:`sbnnumba.backends.cpu`).
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from ..kernels import bitpack as kb
 from ..kernels import col2im, conv_reference, reference
 from ..kernels.conv_reference import windows
 from ..kernels.cpu import choose_form
-from ..runtime import gemm, gemm_nt
+from ..runtime import MAX_GEMM_BLOCKS, MIN_WORK_PER_THREAD, gemm, gemm_nt, limited_threads
 from ..validation import check_choice
 from .base import Backend
 from .registry import register_backend
@@ -39,6 +41,60 @@ def _check_form(form, noise, a):
         choose_form(form, noise.code, np.asarray(a).dtype)
     else:
         check_choice(form, "form", ("auto", "generic"))
+
+
+#: Output positions (GEMM columns) per chunk of the conv input gradient (:func:`input_grad_chunks`): products of
+#: (C_in kh kw, ~1000) stay in the last-level cache for the cpu backend's ``col2im``; 576 to 1152 were fastest on the
+#: paper's conv network (one thread; 36864 columns at once: 1.2-1.5x the time).
+CHUNK_COLUMNS = 1024
+
+
+def batch_chunks(n_batch, n_pos, columns=CHUNK_COLUMNS, min_chunks=1):
+    """Split a batch into near-equal chunks of about ``columns`` GEMM columns (``n_pos`` per example).
+
+    Parameters
+    ----------
+    n_batch : int
+        Examples.
+    n_pos : int
+        Output positions per example (H_out W_out).
+    columns : int
+        Wanted columns per chunk (>= 2).
+    min_chunks : int
+        At least this many chunks where the batch allows (more chunks than the columns ask for, so that
+        threads can share a small stage).
+
+    Returns
+    -------
+    list of (int, int)
+        ``(b0, b1)`` example ranges covering ``range(n_batch)`` in order. Every chunk has at least two
+        columns when the batch has (a one-column product would take BLAS's GEMV path, other bits).
+    """
+    n_chunks = max(1, min(n_batch, max(n_batch * n_pos // columns, min(min_chunks, n_batch * n_pos // 2))))
+    edges = [(i * n_batch) // n_chunks for i in range(n_chunks + 1)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def input_grad_chunks(n_batch, n_pos, work):
+    """The chunks of examples of a conv layer's input gradient: :func:`batch_chunks` of about
+    :data:`CHUNK_COLUMNS` columns, at least ``min(4, work / w_min)`` of them (``work``: the multiply-adds of
+    ``W^T g``; ``w_min = MIN_WORK_PER_THREAD["gemm"]``; 4 is :data:`~sbnnumba.runtime.MAX_GEMM_BLOCKS`), so that
+    threads share a small stage too. A function of the shapes alone: every backend computes one product per chunk,
+    so the bits do not depend on the thread count or on the backend.
+
+    Parameters
+    ----------
+    n_batch, n_pos : int
+        Examples, and output positions per example.
+    work : int
+        Multiply-adds of the whole product.
+
+    Returns
+    -------
+    list of (int, int)
+        As :func:`batch_chunks`.
+    """
+    return batch_chunks(n_batch, n_pos, min_chunks=min(MAX_GEMM_BLOCKS, work // MIN_WORK_PER_THREAD["gemm"]))
 
 
 class ReferenceBackend(Backend):
@@ -98,8 +154,16 @@ class ReferenceBackend(Backend):
         return _gemm_to_map(cols, weight.reshape(weight.shape[0], -1), out_shape[0], out_shape[2:], bias)
 
     def conv_backward_input(self, g_a, weight, in_shape, stride, padding):
-        g_cols = gemm(weight.reshape(weight.shape[0], -1).T, _examples_inner(g_a))
-        return col2im.col2im(g_cols, (g_a.shape[0],) + tuple(in_shape), weight.shape[2:], stride, padding)
+        # ``col2im(W^T g)`` for the chunks of examples of input_grad_chunks, each product one single-threaded BLAS
+        # call: the definition the cpu backend's chunked kernel reproduces bit for bit on any BLAS
+        w2t = weight.reshape(weight.shape[0], -1).T
+        n_batch, n_pos = g_a.shape[0], g_a.shape[2] * g_a.shape[3]
+        out = np.empty((n_batch,) + tuple(in_shape), dtype=g_a.dtype)
+        with limited_threads(1):
+            for b0, b1 in input_grad_chunks(n_batch, n_pos, w2t.shape[0] * w2t.shape[1] * n_batch * n_pos):
+                g_cols = np.matmul(w2t, _examples_inner(g_a[b0:b1]))
+                out[b0:b1] = col2im.col2im(g_cols, (b1 - b0,) + tuple(in_shape), weight.shape[2:], stride, padding)
+        return out
 
     def conv_param_grads(self, cols, g_a, weight_shape):
         g_w = gemm_nt(_channel_major(g_a), cols)
