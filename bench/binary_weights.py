@@ -138,8 +138,9 @@ def main(argv=None):
         if args.init_from:
             net = start_from_checkpoint(args, ds, noise)
         elif args.pretrain_epochs:  # real weights first
+            real = {k: v for k, v in options.items() if k not in ("weight_noise", "weight_grad")}  # to_bernoulli's
             net = architectures.build(args.arch, ds.x_train.shape[1:], ds.n_classes, rng=1, weight="real",
-                                      backend=args.backend, **options)
+                                      backend=args.backend, **real)
             fit_phase(args, net, ds, method, opts, args.pretrain_epochs, out + "-real")
         else:
             net = architectures.build(args.arch, ds.x_train.shape[1:], ds.n_classes, rng=1, weight=args.weights,

@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Callable, TypeVar
 
@@ -12,10 +13,10 @@ import numpy as np
 import numpy.typing as npt
 
 from .conv import Conv2d
-from .layers import Linear
+from .layers import Linear, check_weight_options
 from .network import Network, stage_weight_kinds
 from .normalization import normalization_factory
-from .validation import as_generator
+from .validation import as_generator, check_float_dtype, check_positive_ints, check_positive_number
 
 if TYPE_CHECKING:
     from .backends.base import Backend
@@ -81,9 +82,11 @@ def mlp(input_shape: tuple[int, ...], n_classes: int, hidden: Sequence[int] = (1
     Network
         ``len(hidden)`` binary stages and a real linear head.
     """
+    input_shape = check_positive_ints(input_shape, "input_shape")
+    hidden = check_positive_ints(hidden, "hidden", min_length=0)
     if len(hidden) == 0:
         raise ValueError("hidden: expected at least one hidden width")
-    sizes = [int(np.prod(input_shape))] + [int(h) for h in hidden]
+    sizes = [math.prod(input_shape), *hidden]
     return Network.dense(sizes, n_classes, noise=noise, rng=as_generator(rng), dtype=dtype, backend=backend,
                          weight=weight, weight_noise=weight_noise, weight_grad=weight_grad, normalize=normalize,
                          bn_gamma=bn_gamma)
@@ -130,7 +133,8 @@ def conv(input_shape: tuple[int, int, int], n_classes: int, channels: Sequence[i
     channels : sequence of 8 ints
         Output channels of the eight stages (default: the paper's 96, 96, 96, 192 x 5).
     width : float
-        Multiplier applied to ``channels`` (``max(1, round(c * width))``); e.g. ``width=0.25`` gives
+        Multiplier applied to ``channels`` (``max(1, round(c * width))``; a finite positive number, NumPy
+        scalars included); e.g. ``width=0.25`` gives
         24, 24, 24, 48, ... for a network that trains on a few CPU cores.
     noise, rng, dtype, backend
         As for :class:`~sbnnumba.network.Network`; ``rng`` draws the default uniform init
@@ -162,19 +166,21 @@ def conv(input_shape: tuple[int, int, int], n_classes: int, channels: Sequence[i
     building; it rescales every stage per output channel to zero-mean, unit-variance
     pre-activations, propagating the mean response ``2F(a) - 1``.
     """
-    channels = tuple(channels)
+    channels = check_positive_ints(channels, "channels", min_length=0)
     if len(channels) != len(PAPER_CONV_KERNELS):
         raise ValueError(f"channels: expected {len(PAPER_CONV_KERNELS)} channel counts, got {channels!r}")
-    if not (isinstance(width, (int, float)) and width > 0):
-        raise ValueError(f"width: expected a positive multiplier, got {width!r}")
-    channels = [max(1, int(round(c * width))) for c in channels]
+    width = check_positive_number(width, "width")
+    scaled = [c * width for c in channels]
+    if not all(math.isfinite(c) for c in scaled):
+        raise ValueError(f"width: expected a finite positive multiplier of the channel counts, got {width!r}")
+    channels = [max(1, int(round(c))) for c in scaled]
     if isinstance(input_padding, bool) or not (isinstance(input_padding, (int, np.integer)) and input_padding >= 0):
         raise ValueError(f"input_padding: expected a non-negative int, got {input_padding!r}")
-    shape = tuple(int(s) for s in input_shape)
-    if len(shape) != 3:
-        raise ValueError(f"input_shape: expected (C, H, W), got {input_shape!r}")
+    shape = check_positive_ints(input_shape, "input_shape", length=3)  # (C, H, W)
+    dtype = check_float_dtype(dtype)
     rng = as_generator(rng)
     kinds = stage_weight_kinds(weight, len(channels))
+    bernoulli_options = check_weight_options(kinds, weight_noise, weight_grad)
     stage = normalization_factory(normalize, bn_gamma, noise)
     stages = []
     paddings = [int(input_padding)] + [0] * (len(channels) - 1)
@@ -182,8 +188,9 @@ def conv(input_shape: tuple[int, int, int], n_classes: int, channels: Sequence[i
         if min(shape[1:]) + 2 * pad < k:
             raise ValueError(f"input_shape: {tuple(input_shape)} is too small for the conv architecture "
                              f"(a {shape[1]}x{shape[2]} map reaches a {k}x{k} stage); need H, W >= 27")
+        options = bernoulli_options if kind == "bernoulli" else {}
         layer = Conv2d(shape[0], c_out, k, stride=s, padding=pad, rng=rng, dtype=dtype, in_shape=shape, weight=kind,
-                       weight_noise=weight_noise, weight_grad=weight_grad)
+                       **options)
         stages.append(stage(layer))
         shape = layer.out_shape
     head = Linear(int(np.prod(shape)), n_classes, rng=rng, dtype=dtype)

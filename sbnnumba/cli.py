@@ -463,6 +463,9 @@ def _architecture_options(args):
     """The ``--arch`` builder's options from the command line."""
     if args.bn_gamma != 1.0 and not args.normalize:
         raise CLIError("--bn-gamma: sets the starting gamma of batch normalization; add --normalize")
+    if args.weights == "real" and (args.weight_noise != "logistic" or args.weight_grad != "md"):
+        raise CLIError("--weight-noise, --weight-grad: set the Bernoulli weights' noise and rule; add --weights hidden "
+                       "or --weights bernoulli")
     options = {"noise": args.noise}
     if args.weights != "real" or args.normalize:
         options.update(weight=args.weights, weight_noise=args.weight_noise, weight_grad=args.weight_grad,

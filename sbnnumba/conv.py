@@ -52,8 +52,9 @@ class Conv2d(AffineLayer):
         ``fan_in = c_in * kh * kw`` (as :class:`~sbnnumba.layers.Linear` and PyTorch).
     dtype : float32 (default) or float64
     in_shape : (C, H, W), optional
-        Per-example input shape, if known; otherwise it is recorded by the first
-        :meth:`output_shape` or :meth:`forward` call (``out_shape`` and ``n_out`` need it).
+        Per-example input shape, if known: the layer then accepts maps of this shape only (ValueError
+        naming ``x`` for another). Otherwise the shape of the last :meth:`output_shape` or :meth:`forward`
+        call is recorded (``out_shape`` and ``n_out`` need one).
 
     Attributes
     ----------
@@ -63,7 +64,14 @@ class Conv2d(AffineLayer):
         The weight tensor in use (see :class:`~sbnnumba.layers.AffineLayer`).
     bias : ndarray (c_out,)
     kernel_size, stride, padding : (int, int)
+    in_shape : (int, int, int) or None
+        The input shape given to the constructor, else the last one seen.
+    fixed_in_shape : bool
+        Whether ``in_shape`` was given to the constructor (then maps of another shape are refused).
     """
+
+    #: Whether the layer was built for one input shape (``in_shape`` given): it refuses maps of another.
+    fixed_in_shape = False
 
     def __init__(self, c_in: int, c_out: int, kernel_size, stride=1, padding=0,
                  rng: np.random.Generator | int | None = None, dtype=np.float32,
@@ -82,6 +90,7 @@ class Conv2d(AffineLayer):
         self.in_shape: tuple[int, ...] | None = None
         if in_shape is not None:
             self.output_shape(in_shape)
+            self.fixed_in_shape = True
 
     # ------------------------------------------------------------------ shapes
     @property
@@ -90,9 +99,13 @@ class Conv2d(AffineLayer):
 
     def output_shape(self, in_shape: tuple[int, ...]):
         """Per-example output shape (C_out, H_out, W_out) for inputs of shape ``in_shape`` = (C_in, H, W);
-        records ``in_shape`` for :attr:`out_shape`. ValueError (naming ``x``) if the channels do not match
-        or the padded map is smaller than the kernel."""
+        records ``in_shape`` for :attr:`out_shape`. ValueError (naming ``x``) if the channels do not match,
+        the padded map is smaller than the kernel, or the layer was built for another input shape
+        (:attr:`fixed_in_shape`)."""
         in_shape = tuple(int(s) for s in in_shape)
+        if self.fixed_in_shape and in_shape != self.in_shape:
+            raise ValueError(f"x: {self!r} was built for maps of per-example shape {self.in_shape}, got shape "
+                             f"{in_shape}")
         (kh, kw), (ph, pw) = self.kernel_size, self.padding
         if len(in_shape) != 3 or in_shape[0] != self.c_in or in_shape[1] + 2 * ph < kh or in_shape[2] + 2 * pw < kw:
             raise ValueError(

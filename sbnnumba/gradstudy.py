@@ -237,7 +237,7 @@ def train_checkpoints(net: Network, x: np.ndarray, y: np.ndarray, epochs: Iterab
     FloatingPointError
         When a gradient is not finite.
     """
-    from .optim import SGD
+    from .optim import SGD, NonFiniteGradient
 
     wanted = sorted(set(int(e) for e in epochs))
     snaps = {0: {k: v.copy() for k, v in net.params.items()}} if 0 in wanted else {}
@@ -246,9 +246,10 @@ def train_checkpoints(net: Network, x: np.ndarray, y: np.ndarray, epochs: Iterab
     for epoch in bar:
         for xb, yb in iterate_minibatches(x, y, batch_size, rng=rng):
             _, grads = estimate(method, net, xb, yb, rng=rng)
-            if not all(np.all(np.isfinite(g)) for g in grads.values()):
-                raise FloatingPointError(f"training diverged at epoch {epoch}: non-finite gradient")
-            opt.update(net.params, grads)
+            try:  # the optimizer refuses a non-finite gradient before changing anything
+                opt.update(net.params, grads)
+            except NonFiniteGradient:
+                raise FloatingPointError(f"training diverged at epoch {epoch}: non-finite gradient") from None
         if epoch in wanted:
             snaps[epoch] = {k: v.copy() for k, v in net.params.items()}
     return snaps

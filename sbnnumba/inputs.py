@@ -17,6 +17,8 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from .validation import all_finite
+
 PIXELS = "uint8/255"  # trained on uint8 images, which fit scaled to [0, 1]
 CONVENTIONS = (PIXELS,)
 PIXEL_RANGE = (0.0, 1.0)
@@ -95,7 +97,7 @@ def to_float(x: npt.ArrayLike, dtype: npt.DTypeLike, convention: str | None = No
         raise TypeError(f"{name}: expected a real numeric array, got dtype {arr.dtype}")
     with np.errstate(over="ignore"):  # values beyond the dtype's range become inf, refused just below
         arr = arr.astype(dt, copy=False)
-    if not np.all(np.isfinite(arr)):
+    if not all_finite(arr):
         raise ValueError(f"{name}: expected finite values, found NaN or inf")
     if convention == PIXELS and arr.size:
         lo, hi = float(arr.min()), float(arr.max())

@@ -234,6 +234,43 @@ class AffineLayer(Layer):
         return self
 
 
+#: The defaults of the Bernoulli-weight options (``weight_noise``, ``weight_grad``) of the layers and builders.
+BERNOULLI_DEFAULTS = {"weight_noise": "logistic", "weight_grad": "md"}
+
+
+def check_weight_options(kinds, weight_noise, weight_grad) -> dict:
+    """The Bernoulli-weight options, refused where no stage has Bernoulli weights and they are not the defaults
+    (they would have no effect; as ``bn_gamma`` without ``normalize``).
+
+    Parameters
+    ----------
+    kinds : sequence of str
+        The weight kind of each stage the options are for (``"real"`` or ``"bernoulli"``).
+    weight_noise : str or NoiseFamily
+        Noise of the Bernoulli weights (default ``"logistic"``).
+    weight_grad : str
+        Gradient rule of the Bernoulli weights (default ``"md"``).
+
+    Returns
+    -------
+    dict
+        ``{"weight_noise": ..., "weight_grad": ...}``, the keywords of the Bernoulli stages' layers.
+
+    Raises
+    ------
+    ValueError
+        An option other than its default while every kind is ``"real"``.
+    """
+    options = {"weight_noise": weight_noise, "weight_grad": weight_grad}
+    if "bernoulli" not in kinds:
+        for name, value in options.items():
+            default = BERNOULLI_DEFAULTS[name]
+            if not ((isinstance(value, str) and value == default) or getattr(value, "name", None) == default):
+                raise ValueError(f"{name}: {value!r} has no effect with real weights; it sets the Bernoulli weights "
+                                 "of weight='bernoulli' or 'hidden'")
+    return options
+
+
 def init_weight_kind(layer, weight, weight_noise, weight_grad, rng: np.random.Generator | int | None):
     """Apply the ``weight="real" | "bernoulli"`` constructor option of a layer.
 
@@ -250,11 +287,17 @@ def init_weight_kind(layer, weight, weight_noise, weight_grad, rng: np.random.Ge
     Returns
     -------
     None
+
+    Raises
+    ------
+    ValueError
+        Another ``weight``, or Bernoulli-weight options with ``weight="real"`` (:func:`check_weight_options`).
     """
+    if weight not in ("real", "bernoulli"):
+        raise ValueError(f"weight: expected 'real' or 'bernoulli', got {weight!r}")
+    check_weight_options([weight], weight_noise, weight_grad)  # no effect on real weights: refused
     if weight == "bernoulli":
         make_bernoulli(layer, noise=weight_noise, grad=weight_grad, rng=rng)
-    elif weight != "real":
-        raise ValueError(f"weight: expected 'real' or 'bernoulli', got {weight!r}")
 
 
 def _uniform_fan_in(rng, shape, fan_in, dtype):

@@ -22,20 +22,25 @@ import numpy.typing as npt
 from . import losses
 from .backends import BackendAttribute
 from .inputs import to_float
-from .layers import Linear
+from .layers import Linear, check_weight_options
 from .noise import get_noise
 from .normalization import Normalized, moments_from_sums, normalization_factory
 from .uniforms import random_uniforms
 from .validation import (
     as_generator,
     check_choice,
+    check_finite_arrays,
+    check_float_dtype,
     check_labels,
     check_positive_int,
+    check_positive_ints,
     check_positive_number,
 )
 
 #: The test modes of normalization statistics (and of prediction).
 STATS_MODES = ("stochastic", "deterministic")
+#: The activations of :meth:`Network.forward_deterministic`.
+DETERMINISTIC_ACTIVATIONS = ("sign", "mean")
 _CONSTANT_STD = 1e-6  # initialize_from_data: a unit whose std is below this (relative) is constant
 
 
@@ -114,6 +119,38 @@ def stage_weight_kinds(weight, n_stages):
     return kinds
 
 
+def check_network(net: object, name: str = "net") -> Network:
+    """``net`` if it is a :class:`Network` (the entry points that take one check it first).
+
+    Parameters
+    ----------
+    net : object
+        The value to check.
+    name : str
+        The argument's name in error messages.
+
+    Returns
+    -------
+    Network
+        ``net``.
+
+    Raises
+    ------
+    TypeError
+        For anything else (e.g. None, a checkpoint path where a network is needed).
+    """
+    if not isinstance(net, Network):
+        raise TypeError(f"{name}: expected a sbnnumba.Network, got {type(net).__name__}")
+    return net
+
+
+def _check_nonempty(x: np.ndarray, name: str = "x") -> np.ndarray:
+    """``x`` (checked inputs) if it holds at least one example: a mean or a statistic over none has no value."""
+    if x.shape[0] == 0:
+        raise ValueError(f"{name}: expected a batch of at least one example, got shape {x.shape}")
+    return x
+
+
 class Network:
     """A stochastic binary network.
 
@@ -157,9 +194,7 @@ class Network:
         self.head = head
         self.noise = get_noise(noise)
         self.backend = backend
-        self.dtype = head.weight.dtype
-        if self.dtype not in (np.float32, np.float64):  # integer or float16 arithmetic would fail later, or overflow
-            raise TypeError(f"dtype: expected float32 or float64 parameters, got {self.dtype}")
+        self.dtype = check_float_dtype(head.weight.dtype)  # integer or float16 arithmetic would fail, or overflow
         self.input_convention: str | None = None  # sbnnumba.inputs: set by fit from its training data
 
     # ------------------------------------------------------------------ construction
@@ -169,21 +204,28 @@ class Network:
         """Dense network ``[D, N1, ..., NL]`` with a (real) linear head to ``n_classes`` logits.
 
         ``weight``: ``"real"``, ``"bernoulli"`` (every stage), ``"hidden"`` (Bernoulli weights in every
-        stage but the first, whose input is real), or a list with one of "real"/"bernoulli" per stage.
-        ``normalize``: batch normalization before every binary activation, its ``gamma`` starting at
+        stage but the first, whose input is real), or a list with one of "real"/"bernoulli" per stage;
+        ``weight_noise`` and ``weight_grad`` are those of the Bernoulli weights (refused, unless left at their
+        defaults, when every stage is real: :func:`~sbnnumba.layers.check_weight_options`).
+        ``normalize`` (a bool): batch normalization before every binary activation, its ``gamma`` starting at
         ``bn_gamma`` (a positive number, or ``"noise-std"`` for the activation noise's standard
-        deviation: :func:`~sbnnumba.normalization.initial_gamma`).
+        deviation: :func:`~sbnnumba.normalization.initial_gamma`). ``sizes`` are positive integers and
+        ``dtype`` float32 or float64.
         """
+        given = sizes
+        sizes = check_positive_ints(sizes, "sizes", min_length=0)
         if len(sizes) < 2:
-            raise ValueError(f"sizes: expected [D, N1, ..., NL] with at least one binary layer, got {sizes!r}")
+            raise ValueError(f"sizes: expected [D, N1, ..., NL] with at least one binary layer, got {given!r}")
+        dtype = check_float_dtype(dtype)
         rng = as_generator(rng)
         n_stages = len(sizes) - 1
         kinds = stage_weight_kinds(weight, n_stages)
+        bernoulli_options = check_weight_options(kinds, weight_noise, weight_grad)
         stage = normalization_factory(normalize, bn_gamma, noise)
         stages = []
         for (n_in, n_out), kind in zip(zip(sizes[:-1], sizes[1:]), kinds):
-            stages.append(stage(Linear(n_in, n_out, rng=rng, dtype=dtype, weight=kind, weight_noise=weight_noise,
-                                       weight_grad=weight_grad)))
+            options = bernoulli_options if kind == "bernoulli" else {}
+            stages.append(stage(Linear(n_in, n_out, rng=rng, dtype=dtype, weight=kind, **options)))
         return cls(stages, Linear(sizes[-1], n_classes, rng=rng, dtype=dtype), noise=noise, backend=backend)
 
     @property
@@ -218,6 +260,12 @@ class Network:
         return int(sum(np.prod(s) for s in self.stage_shapes(input_shape)))
 
     # ------------------------------------------------------------------ input checks
+    def check_params(self) -> None:
+        """ValueError naming the first parameter that holds NaN or inf
+        (:func:`sbnnumba.validation.check_finite_arrays`, the rule ``fit`` and the checkpoint loader apply):
+        the prediction and estimation entry points check this before computing anything."""
+        check_finite_arrays(self.params, "params")
+
     def check_input(self, x: npt.ArrayLike, name: str = "x") -> np.ndarray:
         """``x`` as float inputs of this network (:func:`sbnnumba.inputs.to_float` under
         :attr:`input_convention`: uint8 images scaled by 1/255), checked against the stages' shapes."""
@@ -229,9 +277,7 @@ class Network:
 
     def check_batch(self, x: npt.ArrayLike, y: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray]:
         """``check_input`` of a non-empty batch ``x`` (an estimate is a batch mean) and its labels ``y``."""
-        xa = self.check_input(x)
-        if xa.shape[0] == 0:
-            raise ValueError(f"x: expected a batch of at least one example, got shape {xa.shape}")
+        xa = _check_nonempty(self.check_input(x))
         return xa, check_labels(y, xa.shape[0], self.n_classes)
 
     # ------------------------------------------------------------------ binary weights, modes
@@ -312,7 +358,8 @@ class Network:
 
         Returns the network.
         """
-        x = self.check_input(x)
+        x = _check_nonempty(self.check_input(x))
+        batch_size = check_positive_int(batch_size, "batch_size")
         rng = as_generator(rng)
         todo = [k for k, st in enumerate(self.stages) if st.normalization is None]
         if not todo:
@@ -408,10 +455,11 @@ class Network:
         ``mode``.
         """
         check_choice(mode, "mode", STATS_MODES)
+        batch_size = check_positive_int(batch_size, "batch_size")
         norms = self.normalizations()
         if not norms:
             return self
-        x = self.check_input(x)
+        x = _check_nonempty(self.check_input(x))
         rng = as_generator(rng)
         saved = [n.training for n in norms]
         for n in norms:
@@ -513,9 +561,13 @@ class Network:
         """Logits of the deterministic network: weights ``sign(eta)`` for Bernoulli layers, activations
         ``x^k = sign(a)`` (zero noise, ``sign(0) = +1``) or the mean response ``2F(a) - 1``
         (``activation="mean"``: deterministic mean propagation). Normalization layers use the
-        statistics re-estimated for the deterministic mode (if any, else the running ones)."""
+        statistics re-estimated for the deterministic mode (if any, else the running ones). ValueError for
+        another ``activation``, or parameters holding NaN or inf (:meth:`check_params`)."""
+        check_choice(activation, "activation", DETERMINISTIC_ACTIVATIONS)
+        x = self.check_input(x)
+        self.check_params()
         with self.evaluating("deterministic"):
-            return self._forward_deterministic(self.check_input(x), activation)
+            return self._forward_deterministic(x, activation)
 
     def _forward_deterministic(self, h, activation="sign"):
         for layer in self.stages:  # Bernoulli stages compute with sign(eta)
@@ -528,17 +580,22 @@ class Network:
 
         ``mode="stochastic"``: average of the softmax over ``samples`` independent network samples
         (the ensemble; ``samples=1`` is a single sample). ``mode="deterministic"``: the sign network.
+        ``batch_size`` examples are computed at a time. ValueError for parameters holding NaN or inf
+        (:meth:`check_params`).
         """
         x = self.check_input(x)
         rng = as_generator(rng)
         check_choice(mode, "mode", STATS_MODES)
         if mode == "stochastic":
             check_positive_int(samples, "samples")
+        batch_size = check_positive_int(batch_size, "batch_size")
+        self.check_params()
         out: list = []
         for start in range(0, x.shape[0], batch_size):
             xb = x[start:start + batch_size]
             if mode == "deterministic":
-                out.append(losses.probabilities(self.forward_deterministic(xb)))
+                with self.evaluating("deterministic"):  # forward_deterministic without checking again
+                    out.append(losses.probabilities(self._forward_deterministic(xb)))
             else:
                 with self.evaluating("stochastic"):
                     probs = sum(losses.probabilities(self.sample(xb, rng).logits) for _ in range(samples))
@@ -560,10 +617,8 @@ class Network:
         and the spatial positions): ``W <- W / s``, ``b <- (b - m) / s``. The head is not rescaled.
         Returns ``self``.
         """
-        h = self.check_input(x)
-        if h.shape[0] == 0:
-            raise ValueError(f"x: expected a batch of at least one example, got shape {h.shape}")
-        constant = 0
+        h = _check_nonempty(self.check_input(x))
+        shape, constant = h.shape, 0
         for layer in self.stages:
             a = layer.forward(h)
             axes = (0,) + tuple(range(2, a.ndim))
@@ -576,7 +631,7 @@ class Network:
             h = self.noise.mean(rescaled.forward(h))                                   # for Bernoulli weights
         if constant:
             warnings.warn(f"initialize_from_data: {constant} units have the same pre-activation on every example of "
-                          f"x (shape {x.shape}: identical rows?); they were centred, not rescaled", RuntimeWarning,
+                          f"x (shape {shape}: identical rows?); they were centred, not rescaled", RuntimeWarning,
                           stacklevel=2)
         return self
 

@@ -41,7 +41,7 @@ import numpy as np
 
 from .layers import Layer
 from .noise import get_noise
-from .validation import check_positive_number, check_real
+from .validation import check_bool, check_positive_number, check_real
 
 
 def initial_gamma(bn_gamma, noise):
@@ -82,7 +82,7 @@ def normalization_factory(normalize, bn_gamma, noise):
     -------
     callable
     """
-    if not normalize:
+    if not check_bool(normalize, "normalize"):
         if not (isinstance(bn_gamma, (int, float)) and not isinstance(bn_gamma, bool) and bn_gamma == 1):
             raise ValueError(f"bn_gamma: {bn_gamma!r} has no effect without normalize=True")
         return lambda layer: layer

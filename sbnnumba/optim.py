@@ -8,6 +8,8 @@ Style of numpy-ml: each optimizer keeps a per-parameter state and applies one st
   hold references to the arrays see the new values. The caller's gradient arrays are never modified.
 - The key set is fixed by the first ``update`` (or by ``load_state_dict``); a different key set later
   raises ``ValueError``.
+- Gradients holding NaN or inf (after conversion to the parameter's dtype) are refused with
+  :class:`NonFiniteGradient` before anything changes; parameters must be float32 or float64.
 - Gradient processing order in every optimizer: (1) element-wise clipping to
   ``[-clip_value, clip_value]``; (2) global-norm clipping: if ``||g||_2 > clip_norm`` over all
   parameters together, every gradient is multiplied by ``clip_norm / ||g||_2``; (3) the optimizer's
@@ -29,7 +31,7 @@ import numpy as np
 
 from .kernels.optim_rules import FlatViews, adam_rows, chunk_table, sgd_rows
 from .runtime import run_range_blocks
-from .validation import check_positive_int, check_real
+from .validation import all_finite, check_bool, check_float_dtype, check_positive_int, check_real
 
 #: A learning-rate schedule: ``schedule(step, base_lr) -> lr``.
 Schedule = Callable[[int, float], float]
@@ -46,6 +48,7 @@ __all__ = [
     "Adam",
     "OPTIMIZERS",
     "get_optimizer",
+    "NonFiniteGradient",
 ]
 
 
@@ -167,6 +170,25 @@ def _resolve_schedule(schedule: ScheduleSpec) -> Schedule:
 # optimizers
 # --------------------------------------------------------------------------------------------------
 
+class NonFiniteGradient(ValueError):
+    """:meth:`Optimizer.update` refused a gradient holding NaN or inf; no parameter was changed.
+
+    Parameters
+    ----------
+    key : str
+        See Attributes.
+
+    Attributes
+    ----------
+    key : str
+        The gradient's name (a key of ``grads``).
+    """
+
+    def __init__(self, key: str):
+        super().__init__(f"grads[{key!r}]: expected finite values, got NaN or inf")
+        self.key = key
+
+
 class Optimizer:
     """Base class: validation, clipping, schedule, step counter and state (de)serialization.
 
@@ -261,8 +283,7 @@ class Optimizer:
             if not isinstance(p, np.ndarray):
                 raise TypeError(f"params[{k!r}]: expected a numpy ndarray (updated in place), got "
                                 f"{type(p).__name__}")
-            if p.dtype.kind != "f":
-                raise TypeError(f"params[{k!r}]: expected a floating dtype, got {p.dtype}")
+            check_float_dtype(p.dtype, f"params[{k!r}]")  # the fused update passes are compiled for these
             if not p.flags.writeable:
                 raise ValueError(f"params[{k!r}]: expected a writeable array (updated in place), got a read-only one")
             g_shape = np.shape(g)
@@ -276,6 +297,10 @@ class Optimizer:
         out = {}
         for k in params:
             g = np.asarray(grads[k], dtype=params[k].dtype)
+            # before clipping (which would turn inf into clip_value) and before any change: the one check of a
+            # step's gradients (fit reports it as TrainingDiverged)
+            if not all_finite(g):
+                raise NonFiniteGradient(k)
             if self.clip_value is not None:
                 g = np.clip(g, -self.clip_value, self.clip_value)
             out[k] = g
@@ -300,7 +325,11 @@ class Optimizer:
         Raises
         ------
         TypeError, ValueError
-            Not mappings, different names, or a shape or dtype that does not match.
+            Not mappings, different names, a shape that does not match, or parameters of a dtype other than
+            float32 and float64.
+        NonFiniteGradient
+            A gradient (converted to its parameter's dtype) holds NaN or inf. Nothing is changed then, as
+            for every other error.
         """
         self._check(params, grads)
         gs = self._clip(params, grads)
@@ -455,11 +484,9 @@ class SGD(Optimizer):
                  clip_norm: float | None = None, schedule: ScheduleSpec = None):
         super().__init__(lr, weight_decay, clip_value, clip_norm, schedule)
         self.momentum = check_real(momentum, "momentum", 0.0, 1.0, high_open=True)
-        if not isinstance(nesterov, (bool, np.bool_)):
-            raise TypeError(f"nesterov: expected a bool, got {type(nesterov).__name__}")
-        if nesterov and self.momentum == 0.0:
+        self.nesterov = check_bool(nesterov, "nesterov")
+        if self.nesterov and self.momentum == 0.0:
             raise ValueError("nesterov: expected momentum > 0 with nesterov=True, got momentum=0")
-        self.nesterov = bool(nesterov)
 
     def _extra_hyperparameters(self) -> dict:
         return {"momentum": self.momentum, "nesterov": self.nesterov}
@@ -526,9 +553,7 @@ class Adam(Optimizer):
         self.betas = (check_real(b1, "betas[0]", 0.0, 1.0, high_open=True),
                       check_real(b2, "betas[1]", 0.0, 1.0, high_open=True))
         self.eps = check_real(eps, "eps", 0.0, low_open=True)
-        if not isinstance(decoupled, (bool, np.bool_)):
-            raise TypeError(f"decoupled: expected a bool, got {type(decoupled).__name__}")
-        self.decoupled = bool(decoupled)
+        self.decoupled = check_bool(decoupled, "decoupled")
 
     def _extra_hyperparameters(self) -> dict:
         return {"betas": list(self.betas), "eps": self.eps, "decoupled": self.decoupled}

@@ -138,7 +138,7 @@ from .kernels.conv_reference import output_size, windows
 from .layers import Layer, Linear
 from .normalization import Normalized
 from .runtime import gemm
-from .validation import check_int, check_positive_number
+from .validation import all_finite, check_bool, check_int, check_positive_int, check_positive_number
 
 if TYPE_CHECKING:
     from .export import CExport
@@ -702,7 +702,8 @@ class PackedNetwork:
         Parameters
         ----------
         net : sbnnumba.Network
-            A (trained) network; its parameters and statistics are not modified. Normalization layers
+            A (trained) network; its parameters and statistics are not modified, and must be finite
+            (ValueError naming a parameter holding NaN or inf). Normalization layers
             must hold the statistics of the deterministic mode (:meth:`Network.recalibrate_normalization` with
             ``mode="deterministic"``), as ``forward_deterministic`` uses them (otherwise both use the
             stochastic running statistics, with a warning).
@@ -730,10 +731,9 @@ class PackedNetwork:
         -------
         PackedNetwork
         """
-        from .network import Network
+        from .network import check_network
 
-        if not isinstance(net, Network):
-            raise TypeError(f"net: expected a sbnnumba.Network, got {type(net).__name__}")
+        check_network(net)
         dtype = np.dtype(net.dtype)
         if dtype not in _FLOAT_RANGE:
             raise TypeError(f"net: expected a float32 or float64 network, got dtype {dtype}")
@@ -741,6 +741,7 @@ class PackedNetwork:
         if calibration_x is not None:
             calibration_x = net.check_input(calibration_x)
         shape = cls._input_shape(net, calibration_x, input_shape)
+        net.check_params()  # ValueError naming a parameter holding NaN or inf
         missing = [p for p, l in net.layers() if l.normalization is not None
                    and l.normalization.running.get("deterministic") is None]
         if missing:
@@ -797,11 +798,17 @@ class PackedNetwork:
             raise ValueError("input_shape: the network starts with a Conv2d of unknown input size; pass "
                              "input_shape=(C, H, W) or calibration_x")
         shape = candidates[0]
-        net.stage_shapes(shape)  # ValueError naming x if it does not fit
+        try:
+            net.stage_shapes(shape)  # ValueError naming x if it does not fit
+        except ValueError as exc:
+            if input_shape is None:
+                raise
+            raise ValueError(f"input_shape: {str(exc).removeprefix('x: ')}") from None
         return shape
 
     # ------------------------------------------------------------------ inference
     def _check_x(self, x, codes=False):
+        codes = check_bool(codes, "codes")
         x = np.asarray(x)
         first = self.stages[0]
         if codes:
@@ -822,7 +829,7 @@ class PackedNetwork:
             raise ValueError(f"x: expected {first.meta['n_in']} input features per example "
                              f"(shape {self.input_shape}), got shape {x.shape}")
         # a bit-plane first stage checks its input itself (on the grid, hence finite) while packing it
-        if first.kind != "bitplane_dense" and not np.all(np.isfinite(x)):
+        if first.kind != "bitplane_dense" and not all_finite(x):
             raise ValueError("x: expected finite values, found NaN or inf")
         return x
 
@@ -910,8 +917,7 @@ class PackedNetwork:
         """
         if batch_size is None:
             return self._logits(x, codes)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError(f"batch_size: expected a positive integer or None, got {batch_size!r}")
+        batch_size = check_positive_int(batch_size, "batch_size")
         x = np.asarray(x)
         return np.concatenate([self._logits(x[s:s + batch_size], codes)
                                for s in range(0, max(len(x), 1), batch_size)])

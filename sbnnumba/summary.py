@@ -7,18 +7,32 @@ XNOR-popcount operations) and float MACs.
 """
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from .network import Network
+from .network import Network, check_network
+from .validation import check_positive_ints
 
 
 def _positions(layer, out_shape):
     """Output positions per output unit/channel (1 for dense, H_out * W_out for conv)."""
     return int(np.prod(out_shape)) // layer.inner.weight.shape[0]
+
+
+@contextlib.contextmanager
+def _recorded_shapes_kept(net):
+    """Restore the input shapes the layers recorded (:attr:`sbnnumba.Conv2d.in_shape`) on exit: a summary for
+    some input shape does not change the network."""
+    layers = [layer.inner for _, layer in net.layers() if hasattr(layer.inner, "in_shape")]
+    saved = [layer.in_shape for layer in layers]
+    try:
+        yield
+    finally:
+        for layer, shape in zip(layers, saved):
+            layer.in_shape = shape
 
 
 def summary(net: Network, input_shape: tuple[int, ...],
@@ -30,7 +44,8 @@ def summary(net: Network, input_shape: tuple[int, ...],
     net : Network
         The network to summarize.
     input_shape : tuple of int
-        Shape of one example, e.g. ``(784,)`` or ``(1, 28, 28)``.
+        Shape of one example, e.g. ``(784,)`` or ``(1, 28, 28)``. The network is not changed (its
+        layers' recorded input shapes are kept).
     print_fn : callable or None
         Called with each line of the table; None prints nothing.
 
@@ -39,10 +54,23 @@ def summary(net: Network, input_shape: tuple[int, ...],
     rows : list of dict
         Per layer: name, type, output_shape, params, binary_params, float_params, memory_bytes,
         binary_macs, float_macs; plus a final "total" row.
+
+    Raises
+    ------
+    TypeError
+        ``net`` is not a Network, or ``input_shape`` not a sequence of integers.
+    ValueError
+        ``input_shape`` does not fit the network (the message names ``input_shape``).
     """
-    rows, shape, binary_input = [], tuple(input_shape), False
-    for prefix, layer in net.layers():
-        out_shape = layer.output_shape(shape)
+    check_network(net)
+    rows, shape, binary_input = [], check_positive_ints(input_shape, "input_shape"), False
+    with _recorded_shapes_kept(net):
+        try:
+            stage_shapes = net.stage_shapes(shape)
+        except ValueError as exc:  # the layers name x, their input
+            raise ValueError(f"input_shape: {str(exc).removeprefix('x: ')}") from None
+    out_shapes = stage_shapes + [net.head.output_shape(stage_shapes[-1])]
+    for (prefix, layer), out_shape in zip(net.layers(), out_shapes):
         params = layer.params()
         n_params = int(sum(p.size for p in params.values()))
         n_binary = int(params["eta"].size) if "eta" in params else 0
@@ -53,7 +81,7 @@ def summary(net: Network, input_shape: tuple[int, ...],
                          binary_params=n_binary, float_params=n_float,
                          memory_bytes=n_binary / 8 + 4 * n_float, binary_macs=binary_macs,
                          float_macs=macs - binary_macs))
-        shape, binary_input = out_shape, True
+        binary_input = True
     total = {k: sum(r[k] for r in rows) for k in ("params", "binary_params", "float_params", "memory_bytes",
                                                  "binary_macs", "float_macs")}
     rows.append(dict(name="total", type="", output_shape=(), **total))

@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Collection
+from collections.abc import Collection, Mapping, Sequence
 from typing import TypeGuard
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["as_generator", "check_int", "check_positive_int", "check_pair", "check_real", "check_positive_number",
-           "check_choice", "check_float_array", "check_labels"]
+__all__ = ["as_generator", "check_int", "check_positive_int", "check_positive_ints", "check_pair", "check_real",
+           "check_positive_number", "check_bool", "check_choice", "check_float_dtype", "check_float_array",
+           "all_finite", "nonfinite_keys", "check_finite_arrays", "check_labels"]
+
+#: The dtypes of parameters: the kernels are compiled for these two.
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def as_generator(rng: None | int | np.random.Generator, name: str = "rng",
@@ -115,6 +119,44 @@ def check_positive_int(value: object, name: str) -> int:
         ``int(value)``, at least 1.
     """
     return check_int(value, name, minimum=1)
+
+
+def check_positive_ints(value: object, name: str, length: int | None = None,
+                        min_length: int = 1) -> tuple[int, ...]:
+    """A sequence of ints >= 1 (a shape, layer sizes, channel counts) as a tuple of Python ints.
+
+    Parameters
+    ----------
+    value : object
+        The value to check: a list, tuple, range or 1-d integer ndarray.
+    name : str
+        The argument's name in error messages (an entry is named ``name[i]``).
+    length : int, optional
+        The required number of entries.
+    min_length : int
+        The least number of entries (without ``length``).
+
+    Returns
+    -------
+    tuple of int
+        The entries, each at least 1.
+
+    Raises
+    ------
+    TypeError
+        For a string, a scalar or another non-sequence, or an entry that is not an integer (bools and
+        integral floats such as ``3.0`` included).
+    ValueError
+        For another number of entries, or an entry below 1.
+    """
+    if (isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray))
+            or (isinstance(value, np.ndarray) and value.ndim != 1)):
+        raise TypeError(f"{name}: expected a sequence of positive integers, got {type(value).__name__} {value!r}")
+    if length is not None and len(value) != length:
+        raise ValueError(f"{name}: expected {length} positive integers, got {value!r}")
+    if len(value) < min_length:
+        raise ValueError(f"{name}: expected at least {min_length} positive integer(s), got {value!r}")
+    return tuple(check_positive_int(v, f"{name}[{i}]") for i, v in enumerate(value))
 
 
 def check_pair(value: object, name: str, minimum: int | None = None) -> tuple[int, int]:
@@ -220,6 +262,31 @@ def check_positive_number(value: object, name: str, alternatives: str = "") -> f
     return check_real(value, name, low=0.0, low_open=True, expected=f"a finite positive number{alternatives}")
 
 
+def check_bool(value: object, name: str) -> bool:
+    """``value`` as a bool: ``True`` or ``False`` (NumPy bools accepted), nothing merely truthy.
+
+    Parameters
+    ----------
+    value : object
+        The value to check.
+    name : str
+        The argument's name in error messages.
+
+    Returns
+    -------
+    bool
+        ``bool(value)``.
+
+    Raises
+    ------
+    TypeError
+        For anything else (``"no"``, ``0``, ``None`` included).
+    """
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected True or False, got {type(value).__name__} {value!r}")
+    return bool(value)
+
+
 def check_choice(value: object, name: str, choices: Collection[str]) -> str:
     """``value`` if it is one of ``choices``.
 
@@ -249,6 +316,94 @@ def check_choice(value: object, name: str, choices: Collection[str]) -> str:
     if value not in choices:
         raise ValueError(f"{name}: expected one of {tuple(choices)}, got {value!r}")
     return value
+
+
+def check_float_dtype(dtype: object, name: str = "dtype") -> np.dtype:
+    """``dtype`` as a NumPy dtype of parameters: float32 or float64 (:data:`FLOAT_DTYPES`).
+
+    Parameters
+    ----------
+    dtype : object
+        Anything ``numpy.dtype`` reads (``np.float32``, ``"float64"``, an array's ``dtype``).
+    name : str
+        The argument's name in error messages.
+
+    Returns
+    -------
+    numpy.dtype
+        float32 or float64.
+
+    Raises
+    ------
+    ValueError
+        If NumPy does not read it as a dtype (``"foo"``).
+    TypeError
+        For another dtype (integers, float16, longdouble, ...): integer or half-precision arithmetic would
+        overflow or fail in the kernels.
+    """
+    try:
+        dt = np.dtype(dtype)  # type: ignore[call-overload]
+    except TypeError:
+        raise ValueError(f"{name}: expected float32 or float64, got {dtype!r}") from None
+    if dt not in FLOAT_DTYPES:
+        raise TypeError(f"{name}: expected float32 or float64 parameters, got {dt}")
+    return dt
+
+
+def all_finite(a: npt.ArrayLike) -> bool:
+    """Whether ``a`` holds no NaN and no inf: the library's one finiteness rule (inputs, parameters,
+    gradients, checkpoints).
+
+    Parameters
+    ----------
+    a : array_like
+        Real numbers.
+
+    Returns
+    -------
+    bool
+    """
+    return bool(np.isfinite(a).all())
+
+
+def nonfinite_keys(arrays: Mapping[str, npt.ArrayLike]) -> list[str]:
+    """The names of the arrays of ``arrays`` that hold NaN or inf (:func:`all_finite`), in order.
+
+    Parameters
+    ----------
+    arrays : mapping str -> array_like
+        E.g. ``net.params`` or a gradient dict.
+
+    Returns
+    -------
+    list of str
+        Empty when every array is finite.
+    """
+    return [k for k, a in arrays.items() if not all_finite(a)]
+
+
+def check_finite_arrays(arrays: Mapping[str, npt.ArrayLike], name: str) -> None:
+    """ValueError naming the first array of ``arrays`` that holds NaN or inf (:func:`all_finite`).
+
+    Parameters
+    ----------
+    arrays : mapping str -> array_like
+        E.g. ``net.params``.
+    name : str
+        The argument's name in error messages: ``"<name>['<key>']: expected finite values, got NaN or inf"``.
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    ValueError
+        If an array holds NaN or inf.
+    """
+    for k, a in arrays.items():
+        if not all_finite(a):
+            raise ValueError(f"{name}[{k!r}]: expected finite values, got NaN or inf")
 
 
 def check_float_array(x: npt.ArrayLike, name: str, dtype: npt.DTypeLike | None = None,
@@ -289,7 +444,7 @@ def check_float_array(x: npt.ArrayLike, name: str, dtype: npt.DTypeLike | None =
         arr = arr.astype(np.float64)
     if ndim is not None and arr.ndim not in np.atleast_1d(ndim):
         raise ValueError(f"{name}: expected an array with {ndim} dimensions, got shape {arr.shape}")
-    if finite and not np.all(np.isfinite(arr)):
+    if finite and not all_finite(arr):
         raise ValueError(f"{name}: expected finite values, got NaN or inf")
     return arr
 
@@ -321,7 +476,7 @@ def check_labels(y: npt.ArrayLike, n: int, n_classes: int, name: str = "y") -> n
     """
     arr = np.asarray(y)
     if arr.dtype.kind not in "iu":
-        if arr.dtype.kind == "f" and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
+        if arr.dtype.kind == "f" and all_finite(arr) and np.all(arr == np.round(arr)):
             arr = arr.astype(np.int64)
         else:
             raise TypeError(f"{name}: expected integer class labels, got dtype {arr.dtype}")

@@ -452,6 +452,10 @@ def test_cli_bn_gamma_is_kept_by_the_checkpoint(tmp_path, capsys):
         assert cli.main(["train", "--data", "embedded", "--out", str(tmp_path / "x")] + argv) == 2
         err = capsys.readouterr().err.strip()
         assert "--bn-gamma" in err and len(err.splitlines()) == 1
+    for argv in (["--weight-noise", "uniform"], ["--normalize", "--weight-grad", "latent"]):  # real weights
+        assert cli.main(["train", "--data", "embedded", "--out", str(tmp_path / "x")] + argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert "--weight-noise, --weight-grad" in err and len(err.splitlines()) == 1
 
 
 def test_bench_binary_modes_passes_match_the_network_and_its_recalibration():

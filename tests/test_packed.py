@@ -353,7 +353,7 @@ def test_conversion_checks_and_input_errors(real_x):
         PackedNetwork.from_network(odd, input_shape=(4,))
     conv = conv_net("real")
     conv.recalibrate_normalization(real_x, mode="deterministic")
-    with pytest.raises(ValueError, match="x:"):
+    with pytest.raises(ValueError, match="input_shape:"):
         PackedNetwork.from_network(conv, input_shape=(1, 2, 2))
     packed = PackedNetwork.from_network(conv, calibration_x=real_x[:8])  # checks itself on calibration_x
     with pytest.raises(ValueError, match=r"x: expected inputs of shape \(B, 1, 28, 28\)"):

@@ -50,6 +50,7 @@ import numpy as np
 
 from ..losses import xent
 from ..uniforms import random_uniforms
+from ..validation import check_bool
 from .common import add_layer_grads, finalize
 from .registry import register_estimator
 
@@ -90,8 +91,7 @@ def arm_gradient(net, x, y, rng, independent_suffixes=False):
     grads : dict
         The keys and shapes of ``net.params``.
     """
-    if not isinstance(independent_suffixes, (bool, np.bool_)):
-        raise TypeError(f"independent_suffixes: expected a bool, got {type(independent_suffixes).__name__}")
+    independent_suffixes = check_bool(independent_suffixes, "independent_suffixes")
     noise = net.noise
     noise.arm_psi(np.zeros(1))  # refuse unsupported noises before any work
     if any(n.training for n in net.normalizations()):

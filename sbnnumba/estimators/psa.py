@@ -16,6 +16,7 @@ networks whose binary layers after the first have width 1; elsewhere biased by t
 (joint flips ignored). ``linearize=True`` replaces Delta by ``2 x_j x_i W_ji p(a_j)`` and the head
 differences by ``-2 x^L dl/dx^L``: that is exactly deep ST (spec section 3), kept for verification.
 """
+from ..validation import check_bool
 from . import rbhead
 from .common import add_layer_grads, finalize, flat_last_state, path_layers
 from .registry import register_path_estimator
@@ -50,6 +51,7 @@ def psa_path_gradient(net, path, y, weights, head="rb", linearize=False):
     """
     if head not in ("rb", "sample"):
         raise ValueError(f"head: expected 'rb' or 'sample', got {head!r}")
+    linearize = check_bool(linearize, "linearize")
     be, noise, V = net.backend, net.noise, net.head.weight
     x_last = flat_last_state(path)
     loss0, g_eta = be.softmax_xent(path.logits, y)

@@ -29,6 +29,7 @@ import numpy as np
 
 from .. import architectures
 from ..fileio import atomic_write, read_versioned_npz
+from ..validation import nonfinite_keys
 from .config import field_names
 from .description import describe, network_from_description
 
@@ -276,9 +277,12 @@ def _load_params(net, params, where):
                                   f"expects {p.shape}")
         if value.dtype.kind != "f":  # a hand-made file: integers or objects would load as something else
             raise CheckpointError(f"{where}: parameter {k!r} has dtype {value.dtype}, expected floating-point values")
-        if not np.all(np.isfinite(value)):  # training never saves these (it stops at the first non-finite value)
-            raise CheckpointError(f"{where}: parameter {k!r} holds NaN or inf")
-        p[...] = value
+    # training never saves these (it stops at the first non-finite value); checked before any is loaded
+    bad = nonfinite_keys({k: params[k] for k in own})
+    if bad:
+        raise CheckpointError(f"{where}: parameter {bad[0]!r} holds NaN or inf")
+    for k, p in own.items():
+        p[...] = params[k]
 
 
 def load_state(net: Network, ck: Checkpoint) -> None:

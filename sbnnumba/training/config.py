@@ -18,11 +18,9 @@ import math
 from collections.abc import Iterable
 from typing import Any, Callable, NoReturn
 
-import numpy as np
-
 from .. import optim
 from ..estimators import registry as _registry
-from ..validation import check_int, check_real
+from ..validation import check_bool, check_int, check_real
 
 
 class Check:
@@ -141,9 +139,7 @@ class Flag(Check):
     expected = "True or False"
 
     def __call__(self, name, value):
-        if not isinstance(value, (bool, np.bool_)):
-            self.fail(name, value, TypeError)
-        return bool(value)
+        return check_bool(value, name)
 
 
 class Optional(Check):
@@ -354,6 +350,23 @@ class FitConfig:
         for f in dataclasses.fields(self):
             object.__setattr__(self, f.name, f.metadata["check"](f.name, getattr(self, f.name)))
         _registry.lookup(self.estimator, dict(self.estimator_options))  # the options belong to the estimator
+        self._check_optimizer_options()
+
+    def _check_optimizer_options(self):
+        """Refuse optimizer fields that would have no effect: those an Optimizer instance ignores (it has its
+        own), and the momentum fields of an optimizer without momentum."""
+        fields = {f.name: f for f in dataclasses.fields(self)}
+        changed = [name for name in _OPTIMIZER_FIELDS if getattr(self, name) != fields[name].default]
+        if isinstance(self.optimizer, optim.Optimizer):
+            if changed:
+                raise ValueError(f"optimizer: an Optimizer instance ({type(self.optimizer).__name__}) uses its own "
+                                 f"settings; {', '.join(changed)} would be ignored: set them on the optimizer "
+                                 "instead")
+        elif self.optimizer != optim.SGD.name:
+            ignored = [name for name in changed if name in _MOMENTUM_FIELDS]
+            if ignored:
+                raise ValueError(f"{ignored[0]}: {self.optimizer!r} has no momentum; {', '.join(ignored)} would be "
+                                 "ignored (use optimizer='sgd')")
 
     def replace(self, **changes) -> "FitConfig":
         """A copy with ``changes`` (checked); TypeError for an unknown option.
@@ -400,6 +413,11 @@ class FitConfig:
         """
         d = self.to_dict()
         return {f.name: d[f.name] for f in dataclasses.fields(self) if f.metadata["trajectory"]}
+
+
+#: The fields that make the optimizer from its name (:func:`sbnnumba.training.make_optimizer`).
+_OPTIMIZER_FIELDS = ("lr", "momentum", "nesterov", "weight_decay", "schedule", "clip_value")
+_MOMENTUM_FIELDS = ("momentum", "nesterov")  # SGD's only
 
 
 def _document_fields(cls):

@@ -38,7 +38,7 @@ from .. import losses
 from ..estimators import rbhead
 from ..network import Network
 from ..noise import get_noise
-from ..validation import as_generator
+from ..validation import as_generator, check_positive_int
 from .checkpoint import load_network
 from .data import as_float
 
@@ -117,14 +117,15 @@ def evaluate(net: Network | str | os.PathLike[str] | Checkpoint, x: npt.ArrayLik
     """
     if not isinstance(net, Network):
         net = load_network(net, backend=backend)
-    if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 1:
-        raise ValueError(f"samples: expected a positive integer, got {samples!r}")
+    samples = check_positive_int(samples, "samples")
+    batch_size = check_positive_int(batch_size, "batch_size")
     rng = as_generator(rng)
     x = np.asarray(x)
     y = np.asarray(y)
     n = x.shape[0]
     if y.shape != (n,):
         raise ValueError(f"y: expected shape ({n},) matching x, got {y.shape}")
+    net.check_params()  # NaN or inf parameters would give metrics of garbage
     loss_sum, correct1, det_correct = 0.0, 0, 0
     curve_correct = np.zeros(samples, dtype=np.int64)
     ent_sum = np.zeros(len(net.stages), dtype=np.float64)  # summed bits per stage

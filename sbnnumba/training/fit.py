@@ -46,7 +46,9 @@ from .. import datasets, optim
 from ..estimators import registry as _registry
 from ..fileio import RunLock
 from ..inputs import convention_of
+from ..network import check_network
 from ..progress import progress_bar
+from ..validation import check_labels, nonfinite_keys
 from .checkpoint import (
     CHECKPOINT_NAME,
     FORMAT_VERSION,
@@ -71,6 +73,7 @@ log = logging.getLogger(__name__)
 
 _EVAL_SALT = 0x5EB1  # eval generators: default_rng([seed, epoch, _EVAL_SALT]), separate from training
 _RECALIBRATION_IMAGES = 2000  # training images for the deterministic-mode normalization statistics
+_CHECK_CHUNK = 4096  # examples converted at a time by the up-front check of the data
 
 
 class TrainingDiverged(RuntimeError):
@@ -234,7 +237,7 @@ class Trainer:
             raise TypeError(f"config: expected a FitConfig, got {type(config).__name__}")
         if resume and out is None:
             raise ValueError("resume: needs the output directory 'out' holding the checkpoint")
-        self.net, self.config, self.metadata = net, config, dict(metadata or {})
+        self.net, self.config, self.metadata = check_network(net), config, dict(metadata or {})
         self.out = None if out is None else os.fspath(out)
         self.resuming = bool(resume)
         self.ckpt_path = None if out is None else os.path.join(self.out, CHECKPOINT_NAME)
@@ -243,7 +246,8 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------ phases
     def prepare(self, data):
-        """Split the data, build the optimizer and the run's config (``self.run_config``).
+        """Split the data, check it against the network (inputs and labels, before anything changes), build the
+        optimizer and the run's config (``self.run_config``).
 
         Parameters
         ----------
@@ -257,6 +261,11 @@ class Trainer:
         if c.augment and self.x_tr.ndim != 4:
             raise ValueError(f"augment: needs images of shape (N, C, H, W), got training data of shape "
                              f"{self.x_tr.shape}")
+        # every example and label checked before anything changes (the steps check them batch by batch again)
+        parts = ("x_train", "y_train", "x_val", "y_val") if isinstance(data, (tuple, list)) and len(data) == 4 \
+            else ("x", "y", "x", "y")
+        self._check_part(self.x_tr, self.y_tr, *parts[:2])
+        self._check_part(self.x_val, self.y_val, *parts[2:])
         if convention_of(self.x_tr) is not None:  # the network records its input preprocessing (#41)
             net.input_convention = convention_of(self.x_tr)
         self.steps_per_epoch = math.ceil(self.x_tr.shape[0] / c.batch_size)
@@ -267,6 +276,18 @@ class Trainer:
                      "val": fingerprint(self.x_val, self.y_val)},
             "fit": c.to_dict(), "optimizer": self.optimizer.hyperparameters, "backend": net.backend.name,
             "metadata": self.metadata})
+
+    def _check_part(self, x, y, x_name, y_name):
+        """Check one part of the data against the network, as the steps check each batch: ``x``'s dtype, shape
+        and values (:meth:`~sbnnumba.Network.check_input`: finite; in [0, 1] for a network recorded as trained on
+        uint8 images) and ``y`` (:func:`~sbnnumba.validation.check_labels`: one label per example, in range)."""
+        net = self.net
+        if x.shape[0] and x.dtype == np.uint8:  # images: any value is valid, so the dtype and shape only
+            net.check_input(x[:0], x_name)
+        elif x.shape[0]:  # (an empty validation part is never evaluated)
+            for start in range(0, x.shape[0], _CHECK_CHUNK):  # in chunks: no float copy of the whole set at once
+                net.check_input(x[start:start + _CHECK_CHUNK], x_name)
+        check_labels(y, x.shape[0], net.n_classes, y_name)
 
     def resume(self):
         """Parameters, optimizer state, generator and history from the checkpoint in ``out``."""
@@ -322,7 +343,7 @@ class Trainer:
                 total, seen = self._host_epoch(epoch, bar)
         finally:
             bar.close()
-        bad = [k for k, p in self.net.params.items() if not np.all(np.isfinite(p))]
+        bad = nonfinite_keys(self.net.params)
         if bad:
             raise self._diverged(f"non-finite parameters {bad} after epoch {epoch}", epoch)
         return {"epoch": epoch, "steps": self.optimizer.step_count, "lr": self.optimizer.lr,
@@ -330,16 +351,22 @@ class Trainer:
 
     def _host_epoch(self, epoch, bar):
         c, net, rng = self.config, self.net, self.rng
+        bad = nonfinite_keys(net.params)  # the steps' estimates rely on it (Trainer.estimate)
+        if bad:
+            raise self._diverged(f"non-finite parameters {bad} before epoch {epoch}", epoch)
         total, seen = 0.0, 0
         for step, (xb, yb) in enumerate(datasets.iterate_minibatches(self.x_tr, self.y_tr, c.batch_size, rng=rng,
                                                                     shuffle=True), start=1):
             if c.augment:
                 xb = datasets.augment_flip_crop(xb, rng, pad=c.augment_pad)
             loss, grads = self.estimate(xb, yb)
-            bad = _first_nonfinite(loss, grads)
-            if bad is not None:
-                raise self._diverged(f"non-finite {bad} at epoch {epoch}, step {step}", epoch, step)
-            self.optimizer.update(net.params, grads)
+            if not math.isfinite(loss):
+                raise self._diverged(f"non-finite loss at epoch {epoch}, step {step}", epoch, step)
+            try:  # the optimizer refuses non-finite gradients before changing anything: the step's one check
+                self.optimizer.update(net.params, grads)
+            except optim.NonFiniteGradient as exc:
+                raise self._diverged(f"non-finite gradient of {exc.key!r} at epoch {epoch}, step {step}", epoch,
+                                     step) from None
             net.apply_constraints()  # projection of latent weights (mirror descent), if any
             total += loss * len(yb)
             seen += len(yb)
@@ -366,8 +393,9 @@ class Trainer:
             One array per parameter, its shape.
         """
         c = self.config
-        return _registry.estimate(c.estimator, self.net, as_float(xb, self.net.dtype), yb, self.rng,
-                                  **c.estimator_options)
+        # the parameters' finiteness is checked per epoch (_host_epoch, run_epoch), not per step
+        return _registry.estimate_with_finite_params(c.estimator, self.net, as_float(xb, self.net.dtype), yb,
+                                                     self.rng, **c.estimator_options)
 
     def evaluate(self, x, y, rng, **options):
         """:func:`~sbnnumba.training.evaluate` of the network on ``(x, y)`` with the configured samples and batch.
@@ -519,15 +547,6 @@ class Trainer:
                                 f"{self.optimizer.lr:g}); {where}", epoch=epoch, step=step, checkpoint=last)
 
 
-def _first_nonfinite(loss, grads):
-    if not math.isfinite(loss):
-        return "loss"
-    for k, g in grads.items():
-        if not np.all(np.isfinite(g)):
-            return f"gradient of {k!r}"
-    return None
-
-
 def fit(net: Network, data: Any, config: FitConfig | None = None, *, out: str | os.PathLike[str] | None = None,
         resume: bool = False, metadata: dict[str, Any] | None = None, comm: Communicator | None = None,
         **options: Any) -> FitResult:
@@ -545,7 +564,9 @@ def fit(net: Network, data: Any, config: FitConfig | None = None, *, out: str | 
         The options (default ``FitConfig()``); see :class:`~sbnnumba.training.FitConfig` for each field:
         ``estimator``, ``estimator_options``, ``epochs`` (total, counting earlier sessions when resuming),
         ``batch_size``, ``optimizer`` (``"adam"``: default lr 1e-3; ``"sgd"``: default lr 0.01 with
-        ``momentum``/``nesterov``; or an Optimizer instance), ``lr``, ``momentum``, ``nesterov``,
+        ``momentum``/``nesterov``, which only SGD takes; or an Optimizer instance, which has its own settings:
+        ``lr``, ``momentum``, ``nesterov``, ``weight_decay``, ``schedule`` and ``clip_value`` must then keep
+        their defaults, ValueError otherwise), ``lr``, ``momentum``, ``nesterov``,
         ``weight_decay``, ``schedule`` (``"cosine"`` anneals to 0 over the run, ``"step"`` x0.1 after each
         third), ``clip_value``, ``seed`` (batch order, augmentation, sampled paths, and the evaluation
         generators ``default_rng([seed, epoch, salt])``), ``split_seed``, ``val_fraction`` (0 skips
@@ -582,7 +603,8 @@ def fit(net: Network, data: Any, config: FitConfig | None = None, *, out: str | 
         keeps the last completed epoch.
     CheckpointError, FileNotFoundError, FileExistsError, ValueError, TypeError
         Bad checkpoint, missing checkpoint with ``resume``, existing one without, changed settings,
-        invalid options.
+        invalid options, or data that does not fit the network (inputs of another shape or with NaN, labels
+        out of range or not one per example: checked before anything changes).
     """
     config = FitConfig() if config is None else config
     if options:
