@@ -33,20 +33,29 @@
 
 Every error (unknown name, invalid size, missing data directory, bad checkpoint, an operating-system error
 such as an unwritable ``--out`` or a full disk, named with its path and cause) prints one line
-``python -m sbnnumba <command>: error: ...`` and exits with status 2; a diverged training exits with
-status 1, Ctrl-C with 130 (saying whether a checkpoint was kept). Set ``SBNNUMBA_DEBUG=1`` to get the
-traceback instead. ``train`` holds the lock of ``--out`` (:class:`sbnnumba.fileio.RunLock`) from before
-it loads the data: a second run on the same directory fails at once, naming the process that holds it.
+``python -m sbnnumba <command>: error: ...`` naming the flag concerned and exits with status 2; a diverged
+training exits with status 1, Ctrl-C with 130 and, for ``train``, SIGTERM with 143 (saying whether a
+checkpoint was kept). Set ``SBNNUMBA_DEBUG=1`` to get the traceback instead. Every command that writes
+checks its ``--out`` before any work; ``export`` and ``gradcheck`` refuse a non-empty
+one that does not hold their own earlier output. ``train`` holds the lock of ``--out``
+(:class:`sbnnumba.fileio.RunLock`) from before it loads the data: a second run on the same directory fails
+at once, naming the process that holds it; a ``train`` that fails before writing anything removes the
+directories it created.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import dataclasses
+import fnmatch
 import json
 import logging
 import os
+import re
+import signal
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -55,6 +64,7 @@ import numpy as np
 
 from . import runtime
 from .training.config import Check, Flag, Integer, Number, command_line_fields
+from .training.config import Optional as OptionalCheck
 
 PROG = "python -m sbnnumba"
 DEFAULT_HIDDEN = "256,256"
@@ -66,13 +76,32 @@ class CLIError(Exception):
 
 
 class Interrupted(Exception):
-    """Ctrl-C during ``train``: the message says whether a checkpoint was kept (exit status 130)."""
+    """Ctrl-C (exit status 130) or SIGTERM (143) during ``train``: the message says whether a checkpoint was kept.
+
+    Parameters
+    ----------
+    message : str
+        What the interrupted run leaves (printed).
+    status : int
+        The exit status: 130 (SIGINT) or 143 (SIGTERM).
+    """
+
+    def __init__(self, message: str, status: int = 130):
+        super().__init__(message)
+        self.status = status
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM during ``train``, raised where the signal arrives so that it unwinds like Ctrl-C (lock released,
+    temporary files removed)."""
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (no usage block): ``<prog>: error: <message> (see --help)``."""
+    """argparse with one-line errors (no usage block): ``<prog>: error: <message> (see --help)``; argparse's
+    ``argument --flag: ...`` reads ``--flag: ...``, as the command's own messages do."""
 
     def error(self, message):
+        message = re.sub(r"^argument (-[^:]*): ", r"\1: ", message)
         raise CLIError(f"{message} (see {self.prog} --help)")
 
 
@@ -122,9 +151,22 @@ def arg_type(check: Check, name: str | None = None) -> Callable[[str], Any]:
         try:
             return check.parse(text)
         except (TypeError, ValueError) as exc:
-            raise argparse.ArgumentTypeError(str(exc).replace("value: ", "", 1)) from None
+            raise argparse.ArgumentTypeError(_value_message(check, text, exc)) from None
     parse.__name__ = name or check.expected
     return parse
+
+
+def _value_message(check, text, exc):
+    """The command line's wording of a rejected value: what the flag accepts there (a name among its choices, the
+    form of a number), without the library's ``name:`` prefix, ``None`` or Python objects."""
+    if check.choices is not None:
+        return f"expected one of {', '.join(check.choices)}; got {text!r}"
+    if isinstance(check, OptionalCheck):  # None is not something the command line can pass
+        try:
+            check.inner.parse(text)
+        except (TypeError, ValueError) as inner:
+            exc = inner
+    return re.sub(r"^[A-Za-z_]+: ", "", str(exc), count=1)
 
 
 _POSITIVE_INT = arg_type(Integer(1), "positive integer")
@@ -187,11 +229,16 @@ def _bounds(text):
 _bounds.__name__ = "log10 bounds"
 
 
+#: Help texts of FitConfig fields whose library wording names what only Python can pass.
+_CLI_HELP = {"optimizer": "optimizer: adam, or sgd (Nesterov momentum)"}
+
+
 def _add_fit_options(parser):
     """The ``train`` options that are :class:`~sbnnumba.training.FitConfig` fields: flag, check, help text
     and default all come from the field (``dest`` is the field's name)."""
     for flag, f in command_line_fields():
-        check, default, text = f.metadata["check"], f.metadata["cli_default"], f.metadata["help"]
+        check, default = f.metadata["check"], f.metadata["cli_default"]
+        text = _CLI_HELP.get(f.name, f.metadata["help"])
         if isinstance(check, Flag):  # --x sets True, --no-x sets False
             negated = flag.startswith("--no-")
             parser.add_argument(flag, dest=f.name, action="store_false" if negated else "store_true",
@@ -285,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", default=None,
                     help="'auto', 'embedded' or a directory (default: the kind of data the run trained on)")
     ev.add_argument("--samples", type=_POSITIVE_INT, default=32, help="largest ensemble size")
-    ev.add_argument("--seed", type=_NONNEG_INT, default=0)
+    ev.add_argument("--seed", type=_NONNEG_INT, default=0, help="seed of the sampled noise of the evaluation")
     ev.add_argument("--out", default=None,
                     help="where to write the plot and metrics (default: the checkpoint's folder)")
     ev.add_argument("--backend", default=None, choices=list(backend_names()))
@@ -295,7 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "Makefile, README) with no dependency beyond the C library.")
     ex.add_argument("checkpoint", help="a packed network (PackedNetwork.save) or a checkpoint.npz written by 'train'")
     ex.add_argument("--format", required=True, choices=["c"], help="output format")
-    ex.add_argument("--out", required=True, help="output directory")
+    ex.add_argument("--out", required=True,
+                    help="output directory: new, empty, or holding an earlier export of the same --name (its files "
+                         "are replaced); any other non-empty directory is refused")
     ex.add_argument("--name", default="model", help="C prefix of the files, functions and macros")
     ex.add_argument("--input-quantization", type=_quantization, default=None, metavar="SCALE,BITS",
                     help="training checkpoints: inputs are SCALE * q with BITS-bit codes q (e.g. 1/255,8 for "
@@ -305,8 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--calibration-size", type=_POSITIVE_INT, default=10000,
                     help="training images for those statistics")
 
-    sub.add_parser("gradcheck", help="gradient-accuracy study (sbnnumba.gradstudy); arguments passed on",
-                   add_help=False)
+    sub.add_parser("gradcheck", help="gradient-accuracy study (sbnnumba.gradstudy); arguments passed on; its --out "
+                   "must be new, empty or hold an earlier study (replaced)", add_help=False)
     sub.add_parser("sweep", help="grid of training runs on local workers or a Dask cluster (sbnnumba.sweep.cli); "
                    "arguments passed on", add_help=False)
     return parser
@@ -349,8 +398,8 @@ def load_data(spec: str | None, verbose: bool = True) -> Any:
         raise CLIError(f"--data: directory not found: {spec}")
     try:
         return datasets.load_fashion_mnist(spec, embedded="never", verbose=verbose)
-    except (FileNotFoundError, ValueError) as exc:
-        raise CLIError(f"--data: {exc}") from None
+    except (FileNotFoundError, ValueError) as exc:  # the library names its argument (data_dir:), the CLI its flag
+        raise CLIError(f"--data: {re.sub(r'^data_dir: ', '', str(exc))}") from None
 
 
 def _subset(ds, n, seed):
@@ -371,6 +420,90 @@ def _default_out(arch, estimator):
 
 def _pct(v):
     return "n/a" if v is None else f"{100 * v:.2f}%"
+
+
+# ==================================================================== output directories
+def _missing_dirs(path):
+    """``path`` and those of its ancestors that do not exist, deepest first: what creating it would make."""
+    missing, p = [], os.path.abspath(path)
+    while not os.path.lexists(p):
+        missing.append(p)
+        parent = os.path.dirname(p)
+        if parent == p:
+            break
+        p = parent
+    return missing
+
+
+def _remove_empty(dirs):
+    """Remove the directories ``dirs`` (deepest first) while they are empty: what a failed command created and
+    left empty. A directory holding anything is kept, with its parents."""
+    for d in dirs:
+        try:
+            os.rmdir(d)
+        except OSError:
+            return
+
+
+def _writable_out(out, flag="--out"):
+    """Check, before any work, that ``out`` is or can be created as a directory in which a file can be written:
+    CLIError naming ``flag`` and the cause otherwise. Leaves the file system as it was (directories created
+    for the check are removed). Every command that writes calls it first (``train`` before it takes the lock)."""
+    from sbnnumba.fileio import TMP_PREFIX
+
+    if os.path.lexists(out) and not os.path.isdir(out):
+        raise CLIError(f"{flag}: {out} exists and is not a directory")
+    missing = _missing_dirs(out)
+    try:
+        os.makedirs(out, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", suffix=".probe", dir=out)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as exc:
+        raise CLIError(_cannot_write(flag, out, exc)) from None
+    finally:
+        _remove_empty(missing)
+
+
+def _cannot_write(flag, out, exc):
+    return f"{flag}: cannot create or write {exc.filename or out}: {exc.strerror or exc}"
+
+
+def _entries(directory):
+    """The names in ``directory`` other than temporary files and a run lock (none where it does not exist)."""
+    from sbnnumba.fileio import LOCK_NAME, TMP_PREFIX
+
+    try:
+        names = os.listdir(directory)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted(n for n in names if not n.startswith(TMP_PREFIX) and n != LOCK_NAME)
+
+
+def _out_option(argv, prog, default=None):
+    """The ``--out`` of a command whose own module parses ``argv`` (gradcheck, sweep), read the way its
+    argparse reads it (the last one given), so that it is checked before that module starts any work."""
+    pre = _Parser(prog=prog, add_help=False)
+    pre.add_argument("--out", default=default)
+    return pre.parse_known_args(list(argv))[0].out
+
+
+def _wants_help(argv):
+    return any(a in ("-h", "--help") for a in argv)
+
+
+def _npz_or_error(path, what, hint=""):
+    """CLIError unless ``path`` (when it exists) starts like an ``.npz`` (zip) archive: a CSV, JSON or PNG file
+    is named as not being ``what`` instead of failing in NumPy's loader."""
+    if os.path.isdir(path):
+        raise CLIError(f"{path} is a directory, not {what}{hint}")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return  # missing or unreadable: the loader's message names it
+    if head not in (b"PK\x03\x04", b"PK\x05\x06"):
+        raise CLIError(f"{path}: not {what} (not an .npz archive){hint}")
 
 
 TRAIN_RESULTS = ("test_metrics.json", "ensemble_accuracy.png")
@@ -444,12 +577,16 @@ def _resume_lr(out):
 
 
 def _output_dir(args):
-    """``--out`` (or a fresh ``runs/...`` name), checked against ``--resume``."""
+    """``--out`` (or a fresh ``runs/...`` name), checked against another run holding it and ``--resume``."""
+    from sbnnumba.fileio import RunLock
     from sbnnumba.training import CHECKPOINT_NAME
 
     if args.resume and args.out is None:
         raise CLIError("--resume needs --out, the directory of the run to continue")
     out = args.out or _default_out(args.arch, args.estimator)
+    busy = RunLock(out, "--out").busy_message() if os.path.isdir(out) else None
+    if busy:  # another run is writing there: say so rather than what its checkpoint would mean
+        raise CLIError(busy)
     held = os.path.isfile(os.path.join(out, CHECKPOINT_NAME))
     if args.resume and not held:
         raise CLIError(f"--resume: no checkpoint in {out}")
@@ -566,22 +703,50 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 @contextlib.contextmanager
 def _run_directory(out):
-    """Hold the lock of ``out`` (created, and so checked writable, before any work); Ctrl-C inside becomes
-    :class:`Interrupted` saying whether a checkpoint is kept."""
+    """Hold the lock of ``out`` (checked writable by ``_writable_out``, then created, before any work).
+    Ctrl-C or SIGTERM inside becomes :class:`Interrupted` saying whether a checkpoint is kept (the lock and
+    temporary files removed on the way out); when the command fails, the directories it created are removed
+    if they are still empty (a pre-existing directory, or one holding files, is kept)."""
     from sbnnumba.fileio import DirectoryBusy, RunLock
 
-    try:
-        lock = RunLock(out, "--out").__enter__()
-    except DirectoryBusy as exc:
-        raise CLIError(str(exc)) from None
-    except OSError as exc:
-        raise CLIError(f"--out: cannot create or write {exc.filename or out}: {exc.strerror or exc}") from None
+    with _sigterm_as_interrupt():
+        _writable_out(out)
+        created = _missing_dirs(out)
+        try:
+            lock = RunLock(out, "--out").__enter__()
+        except DirectoryBusy as exc:
+            raise CLIError(str(exc)) from None
+        except OSError as exc:
+            _remove_empty(created)
+            raise CLIError(_cannot_write("--out", out, exc)) from None
+        failed = True
+        try:
+            yield
+            failed = False
+        except KeyboardInterrupt as exc:
+            raise Interrupted(_kept(out), 143 if isinstance(exc, _Terminated) else 130) from None
+        finally:
+            lock.__exit__(None, None, None)
+            if failed:
+                _remove_empty(created)
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """While the block runs (in the main thread), SIGTERM raises :class:`_Terminated`, a KeyboardInterrupt:
+    ``timeout``, a batch system or ``kill`` end the run as Ctrl-C does (the previous handler is restored)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         yield
-    except KeyboardInterrupt:
-        raise Interrupted(_kept(out)) from None
     finally:
-        lock.__exit__(None, None, None)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def _kept(out):
@@ -625,6 +790,84 @@ def _test_metrics(net, ds, config, comm):
     return split_evaluation(part, net, ds.x_test, ds.y_test, int(rng.integers(2 ** 63)), comm)
 
 
+def _flag_names(message):
+    """A FitConfig message as the command line says it: the field named by its flag (``momentum:`` ->
+    ``--momentum:``), and ``optimizer='sgd'`` as ``--optimizer sgd``."""
+    flags = {f.name: flag for flag, f in command_line_fields()}
+    name, sep, rest = message.partition(": ")
+    if sep and name in flags:
+        message = f"{flags[name]}: {rest}"
+    return re.sub(r"\boptimizer='(\w+)'", r"--optimizer \1", message)
+
+
+#: The ``--arch`` options as recorded in a run's metadata: flag and the value an absent entry stands for.
+_ARCH_FLAGS = {"noise": ("--noise", "logistic"), "hidden": ("--hidden", None), "channels": ("--channels", None),
+               "input_padding": ("--input-padding", 0), "weight": ("--weights", "real"),
+               "weight_noise": ("--weight-noise", "logistic"), "weight_grad": ("--weight-grad", "md"),
+               "normalize": ("--normalize", False), "bn_gamma": ("--bn-gamma", 1.0)}
+#: FitConfig fields with a flag that a resumed run must repeat: the trajectory ones and those of the optimizer.
+_OPTIMIZER_FLAGS = ("optimizer", "momentum", "schedule", "clip_value")
+
+
+def _shown(value, flag=None):
+    """A setting as it is written on the command line (a switch: given or not)."""
+    if isinstance(value, bool):
+        return "given" if value != (flag or "").startswith("--no-") else "not given"
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    return "none" if value is None else str(value)
+
+
+def _check_resume_flags(args, out, ds, options, config):
+    """``--resume``: CLIError in one line listing, as flags, the settings of the command line that differ from
+    those the run in ``out`` was trained with (what ``fit`` would refuse), before any training work. Settings
+    that no flag maps to are left to ``fit``'s own check."""
+    from sbnnumba import optim, training
+
+    path = os.path.join(out, training.CHECKPOINT_NAME)
+    saved = training.load_checkpoint(path).config
+    meta, fit = saved.get("metadata") or {}, saved.get("fit") or {}
+    diff = []
+
+    def differ(flag, then, now, shown=None):
+        if then != now:
+            diff.append(f"{flag}: checkpoint {shown[0] if shown else _shown(then, flag)}, "
+                        f"now {shown[1] if shown else _shown(now, flag)}")
+
+    arch = meta.get("architecture")
+    if isinstance(arch, dict):
+        differ("--arch", arch.get("name"), args.arch)
+        if arch.get("name") == args.arch:
+            then = arch.get("options") or {}
+            for key, (flag, default) in _ARCH_FLAGS.items():
+                differ(flag, then.get(key, default), options.get(key, default))
+    if "dataset" in meta and meta["dataset"] != ds.name:
+        differ("--data", meta.get("data"), args.data,
+               (f"{meta.get('data')} ({meta['dataset']})", f"{args.data} ({ds.name})"))
+    if "train_subset" in meta:
+        differ("--train-subset", meta["train_subset"], args.train_subset,
+               (_shown(meta["train_subset"]).replace("none", "all"), _shown(args.train_subset).replace("none", "all")))
+    now = config.to_dict()
+    sgd = fit.get("optimizer") == now["optimizer"] == optim.SGD.name
+    for flag, f in command_line_fields():
+        if f.name not in fit or not (f.metadata["trajectory"] or f.name in _OPTIMIZER_FLAGS) \
+                or (f.name == "momentum" and not sgd):  # only SGD has a momentum
+            continue
+        if f.name == "schedule":  # the library's None and the command line's "constant": the same constant lr
+            differ(flag, fit[f.name] or "constant", now[f.name] or "constant")
+        else:
+            differ(flag, fit[f.name], now[f.name])
+    if args.lr != "auto":  # --lr auto resumes with the checkpoint's learning rate
+        then_lr = (saved.get("optimizer") or {}).get("lr")
+        now_lr = config.lr if config.lr is not None else optim.get_optimizer(config.optimizer).lr
+        if then_lr is not None and not np.isclose(then_lr, now_lr, rtol=1e-12, atol=0):
+            differ("--lr", then_lr, now_lr, (f"auto ({then_lr:g})" if meta.get("lr") == "auto" else f"{then_lr:g}",
+                                            f"{now_lr:g}" + (" (default)" if config.lr is None else "")))
+    if diff:
+        raise CLIError(f"--resume: the run in {out} was trained with other settings ({'; '.join(diff)}); "
+                       "pass the flags of the original run again")
+
+
 def _train_in(args, out, search, comm):
     from sbnnumba import architectures, training
 
@@ -635,9 +878,11 @@ def _train_in(args, out, search, comm):
         if args.quiet:
             config = config.replace(progress=False, verbose=False)
     except (TypeError, ValueError) as exc:
-        raise CLIError(str(exc)) from None
+        raise CLIError(_flag_names(str(exc))) from None
     ds = _subset(load_data(args.data, verbose=config.progress), args.train_subset, seed=1)
     options = _architecture_options(args)
+    if args.resume and root:
+        _check_resume_flags(args, out, ds, options, config)
     try:
         net = architectures.build(args.arch, ds.x_train.shape[1:], ds.n_classes, rng=args.seed,
                                   backend=args.backend, **options)
@@ -685,6 +930,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """
     from sbnnumba import training
 
+    out = args.out or os.path.dirname(os.path.abspath(args.checkpoint))
+    _writable_out(out)
+    _npz_or_error(args.checkpoint, "a checkpoint", "; evaluate reads the checkpoint.npz that train writes")
     try:
         ck = training.load_checkpoint(args.checkpoint)
         net = training.load_network(ck, backend=args.backend)
@@ -699,17 +947,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     metrics = training.evaluate(net, ds.x_test, ds.y_test, samples=args.samples, rng=args.seed)
     metrics.update(checkpoint=os.path.abspath(args.checkpoint), epoch=ck.epoch, dataset=ds.name,
                    seconds=time.perf_counter() - t0)
-    out = args.out or os.path.dirname(os.path.abspath(args.checkpoint))
     paths = report_test(metrics, out, names=EVALUATE_RESULTS)
     print("wrote " + ", ".join(paths))
     return 0
 
 
-def _packed_network(args):
-    """The PackedNetwork of ``args.checkpoint``: loaded, or converted from a training checkpoint."""
-    from sbnnumba import datasets, training
+def _packed_format(args):
+    """Whether ``args.checkpoint`` is a packed network (else a training checkpoint), checked with the options
+    against it: a quick look at the file, before ``--out`` is compared with what it holds."""
     from sbnnumba import packed as packed_mod
 
+    _npz_or_error(args.checkpoint, "a packed network or training checkpoint")
     try:
         with np.load(args.checkpoint, allow_pickle=False) as z:
             fmt = str(z["meta/format"]) if "meta/format" in z.files else None
@@ -717,10 +965,18 @@ def _packed_network(args):
         raise CLIError(f"checkpoint not found: {args.checkpoint}") from None
     except (OSError, ValueError) as exc:
         raise CLIError(f"{args.checkpoint}: not a readable .npz file ({exc})") from None
-    if fmt == packed_mod.FORMAT:
-        if args.input_quantization is not None:
-            raise CLIError("--input-quantization: the packed network file is already converted; it applies to "
-                           "training checkpoints")
+    if fmt == packed_mod.FORMAT and args.input_quantization is not None:
+        raise CLIError("--input-quantization: the packed network file is already converted; it applies to "
+                       "training checkpoints")
+    return fmt == packed_mod.FORMAT
+
+
+def _packed_network(args, packed):
+    """The PackedNetwork of ``args.checkpoint``: loaded (``packed``), or converted from a training checkpoint."""
+    from sbnnumba import datasets, training
+    from sbnnumba import packed as packed_mod
+
+    if packed:
         return packed_mod.PackedNetwork.load(args.checkpoint)
     ck = training.load_checkpoint(args.checkpoint)
     net = training.load_network(ck)
@@ -730,6 +986,33 @@ def _packed_network(args):
         x = datasets.normalize(ds.x_train[:args.calibration_size], dtype=net.dtype)
         net.recalibrate_normalization(x, mode="deterministic")
     return packed_mod.PackedNetwork.from_network(net, input_quantization=args.input_quantization)
+
+
+_EXPORT_README = re.compile(r"# (\w+): a binary network exported by sbnnumba")
+
+
+def _export_name(directory):
+    """The ``--name`` of the C export in ``directory`` (the title of its README.md), or None."""
+    try:
+        with open(os.path.join(directory, "README.md"), encoding="utf-8") as f:
+            found = _EXPORT_README.match(f.readline())
+    except (OSError, UnicodeDecodeError):
+        return None
+    return found.group(1) if found else None
+
+
+def _check_export_kind(out, name):
+    """``export --out``: new, empty or holding an earlier export of the same ``--name`` (whose files are then
+    replaced); anything else is refused before the network is loaded or converted."""
+    if not _entries(out):
+        return
+    held = _export_name(out)
+    if held is None:
+        raise CLIError(f"--out: {out} is not empty and holds no C export of sbnnumba; choose a new or empty "
+                       "directory")
+    if held != name:
+        raise CLIError(f"--out: {out} holds the C export {held!r}; pass --name {held} to replace it, or choose "
+                       "another directory")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -745,7 +1028,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     int
         Exit status 0.
     """
-    result = _packed_network(args).export_c(args.out, name=args.name)
+    _writable_out(args.out)
+    packed = _packed_format(args)
+    _check_export_kind(args.out, args.name)
+    result = _packed_network(args, packed).export_c(args.out, name=args.name)
     print("wrote " + ", ".join(result.files.values()))
     print(f"constant data {result.data_bytes:,d} bytes; the float32 network: "
           + ("?" if result.float32_bytes is None else f"{result.float32_bytes:,d} bytes "
@@ -766,6 +1052,13 @@ def cmd_gradcheck(argv: Sequence[str]) -> int:
     -------
     int
         The study's exit status (its argparse's for ``--help`` and usage errors).
+
+    Notes
+    -----
+    ``--out`` (default ``gradient_accuracy``) is checked first: it must be writable, and new, empty or
+    holding an earlier study; after a successful study, the files of the earlier one that it did not
+    rewrite (other epochs, figures) are removed, so that the directory holds one study. When the study
+    fails in a directory this command created, its partial files and the directory are removed.
     """
     import importlib
 
@@ -775,11 +1068,61 @@ def cmd_gradcheck(argv: Sequence[str]) -> int:
         if exc.name != "sbnnumba.gradstudy":
             raise
         raise CLIError("the gradient study module sbnnumba.gradstudy is not available in this installation")
+    prog = f"{PROG} gradcheck"
+    if _wants_help(argv):
+        return _study_main(gradstudy, argv, prog)
+    out = _out_option(argv, prog, _GRADSTUDY_OUT)
+    _writable_out(out)
+    created, before = _missing_dirs(out), _study_files(out)
+    if _entries(out) and not before:
+        raise CLIError(f"--out: {out} is not empty and holds no gradient study; choose a new or empty directory")
+    rc = 1
     try:
-        rc = gradstudy.main(list(argv), prog=f"{PROG} gradcheck")
+        rc = _study_main(gradstudy, argv, prog)
+    finally:
+        if rc == 0:
+            _remove_earlier_study(out, before)
+        elif created:  # partial files of a failed study in a directory of its own
+            for name in _study_files(out):
+                os.remove(os.path.join(out, name))
+            _remove_empty(created)
+    return rc
+
+
+#: ``gradcheck``'s default ``--out`` and the files a study writes there (:mod:`sbnnumba.gradstudy`).
+_GRADSTUDY_OUT = "gradient_accuracy"
+_GRADSTUDY_FILES = ("gradient_accuracy.csv", "gradient_accuracy.md", "gradient_accuracy_epoch*.png",
+                   "checkpoint_epoch*.npz")
+
+
+def _study_main(gradstudy, argv, prog):
+    try:
+        rc = gradstudy.main(list(argv), prog=prog)
     except SystemExit as exc:  # its argparse (--help, usage errors)
         rc = exc.code
     return 0 if rc is None else int(rc) if isinstance(rc, int) else 1
+
+
+def _study_files(directory):
+    """``{name: (inode, mtime)}`` of the gradient study's files in ``directory``."""
+    found = {}
+    for name in _entries(directory):
+        if any(fnmatch.fnmatchcase(name, pattern) for pattern in _GRADSTUDY_FILES):
+            with contextlib.suppress(FileNotFoundError):
+                st = os.stat(os.path.join(directory, name))
+                found[name] = (st.st_ino, st.st_mtime_ns)
+    return found
+
+
+def _remove_earlier_study(out, before):
+    """Remove the files of the study that was in ``out`` that the new one did not rewrite (its writes replace
+    files: a new inode)."""
+    now = _study_files(out)
+    stale = sorted(name for name, stamp in before.items() if now.get(name) == stamp)
+    for name in stale:
+        os.remove(os.path.join(out, name))
+    if stale:
+        print(f"removed the earlier study's {', '.join(stale)} from {out}")
 
 
 class _PrintHandler(logging.Handler):
@@ -829,7 +1172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns
     -------
     int
-        Exit status: 0 ok, 1 training diverged, 2 usage or input error, 130 interrupted.
+        Exit status: 0 ok, 1 training diverged, 2 usage or input error, 130 interrupted (Ctrl-C), 143
+        ``train`` ended by SIGTERM.
     """
     from sbnnumba.training import CheckpointError, TrainingDiverged
 
@@ -842,6 +1186,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command == "sweep":
             from sbnnumba.sweep.cli import main as sweep_main
 
+            out = None if _wants_help(argv[1:]) else _out_option(argv[1:], prog)
+            if out is not None:  # (a missing --out is the sweep parser's usage error)
+                _writable_out(out)
             return sweep_main(argv[1:])
         parser = build_parser()
         try:
@@ -868,7 +1215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except Interrupted as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
-        return 130
+        return exc.status
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130

@@ -270,6 +270,23 @@ class RunLock:
         finally:
             os.remove(tmp)
 
+    def busy_message(self) -> str | None:
+        """Whether another process holds the lock now, without taking it or creating anything.
+
+        Returns
+        -------
+        str or None
+            The message :meth:`__enter__` would raise :class:`DirectoryBusy` with (naming the holder), or None
+            when there is no lock, a stale one (its process of this host is gone), or this process's own.
+        """
+        if not os.path.lexists(self.path):
+            return None
+        holder = _holder(self.path)
+        if _stale(holder) or (holder is not None and holder["pid"] == os.getpid()
+                              and holder.get("host") == socket.gethostname()):
+            return None
+        return self._busy_message(holder)
+
     def _busy_message(self, holder):
         who = ("a process whose lock cannot be read" if holder is None else
                f"process {holder['pid']} on {holder.get('host', '?')} (since {holder.get('since', '?')})")

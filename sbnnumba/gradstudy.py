@@ -719,13 +719,16 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m sbnnumba.grad
     parser.add_argument("--draws", type=int, default=20000, help="draws per estimator (default: %(default)s)")
     parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS),
                         help="estimators as name or name:key=value,... (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=1, help="seed of init, training and draws")
+    parser.add_argument("--seed", type=int, default=1,
+                        help="seed of init, training and draws (default: %(default)s)")
     parser.add_argument("--n-points", type=int, default=200, help="toy2d points (default: %(default)s)")
-    parser.add_argument("--lr", type=float, default=0.03)
-    parser.add_argument("--momentum", type=float, default=0.9)
-    parser.add_argument("--batch-size", type=int, default=10)
+    parser.add_argument("--lr", type=float, default=0.03, help="learning rate of the training (default: %(default)s)")
+    parser.add_argument("--momentum", type=float, default=0.9,
+                        help="SGD momentum of the training (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=10, help="training batch size (default: %(default)s)")
     parser.add_argument("--train-method", default="reinforce")
-    parser.add_argument("--chunk", type=int, default=500, help="draws sampled per batched forward pass")
+    parser.add_argument("--chunk", type=int, default=500,
+                        help="draws sampled per batched forward pass (default: %(default)s)")
     parser.add_argument("--backend", default="reference", choices=backend_names(),
                         help="kernel backend of the PSA flip propagation (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=None,

@@ -138,6 +138,23 @@ def test_local_workers_start_with_the_library_imported():
         # worker_start among them: Numba's CPU target was initialized in the fork server (checked below)
 
 
+def test_ctrl_c_interrupts_running_tasks_and_leaves_idle_workers_alive():
+    """Ctrl-C reaches every process of the terminal's group: a running task gets KeyboardInterrupt (its future
+    holds it), an idle worker ignores it instead of dying with a 'Process ForkServerProcess-N: Traceback'."""
+    with sweep.LocalPool(1) as pool:
+        pid = pool.submit(os.getpid).result(timeout=120)
+        os.kill(pid, signal.SIGINT)
+        time.sleep(0.5)
+        assert pool.submit(os.getpid).result(timeout=60) == pid  # the same process, still serving
+        running = pool.submit(time.sleep, 60)
+        t0 = time.perf_counter()
+        while not running.done() and time.perf_counter() - t0 < 30:  # until the task has started and got it
+            time.sleep(0.2)
+            os.kill(pid, signal.SIGINT)
+        assert isinstance(running.exception(timeout=5), KeyboardInterrupt)
+        assert pool.submit(os.getpid).result(timeout=60) == pid
+
+
 def test_worker_start_initializes_numba_without_launching_threads():
     """The fork server may fork after importing ``worker_start`` only if that launched no thread pool
     (a child forked from a process whose OpenMP pool runs is killed by Numba): checked in a fresh

@@ -595,9 +595,10 @@ def test_cli_gradcheck_missing_module(monkeypatch, capsys):
     assert "sbnnumba.gradstudy" in capsys.readouterr().err
 
 
-def test_cli_gradcheck_dispatches(monkeypatch):
+def test_cli_gradcheck_dispatches(monkeypatch, tmp_path):
     import types
 
+    monkeypatch.chdir(tmp_path)  # its default --out, gradient_accuracy, is checked (and left uncreated) here
     seen = []
     fake = types.ModuleType("sbnnumba.gradstudy")
     fake.main = lambda argv, prog: seen.append(argv) or 0

@@ -34,6 +34,7 @@ import concurrent.futures as cf
 import functools
 import multiprocessing
 import os
+import signal
 import threading
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable
@@ -137,6 +138,32 @@ def _import_library():
     return loaded
 
 
+_TASK_RUNNING = False  # in a worker process: whether a task of the pool is running (Ctrl-C interrupts it)
+
+
+def _on_sigint(signum, frame):
+    """A worker's SIGINT handler: Ctrl-C (sent by the terminal to the whole process group) interrupts the task
+    running, whose KeyboardInterrupt goes back to the pool's caller as its result; an idle worker ignores it
+    (the caller shuts the pool down), instead of dying with a traceback on the terminal."""
+    if _TASK_RUNNING:
+        raise KeyboardInterrupt
+
+
+def _worker_init():
+    """Initializer of a :class:`LocalPool` worker process."""
+    signal.signal(signal.SIGINT, _on_sigint)
+
+
+def _run_task(fn, /, *args, **kwargs):
+    """A task of :class:`LocalPool` in its worker: ``fn(*args, **kwargs)``, interruptible by Ctrl-C."""
+    global _TASK_RUNNING
+    _TASK_RUNNING = True
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        _TASK_RUNNING = False
+
+
 class LocalPool(cf.Executor):
     """A process pool in which the death of one worker loses only the task it was running.
 
@@ -144,7 +171,9 @@ class LocalPool(cf.Executor):
     :func:`worker_context`) running one task at a time; queued tasks go to the first free slot in
     submission order. When a slot's process dies, its task's future gets the
     :class:`~concurrent.futures.process.BrokenProcessPool` error, the slot is replaced by a fresh process
-    and the queue goes on.
+    and the queue goes on. Ctrl-C interrupts the running tasks (their futures get the ``KeyboardInterrupt``)
+    and leaves idle workers alone: the calling process handles it and shuts the pool down, and no worker
+    prints a traceback.
 
     Parameters
     ----------
@@ -167,7 +196,7 @@ class LocalPool(cf.Executor):
         with self._lock:
             for i, pool in enumerate(self._slots):
                 if pool is None:
-                    pool = self._slots[i] = cf.ProcessPoolExecutor(max_workers=1, mp_context=self._context)
+                    pool = self._slots[i] = self._new_slot()
                     pool.submit(_import_library)
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future:
@@ -198,6 +227,9 @@ class LocalPool(cf.Executor):
             self._dispatch()
         return future
 
+    def _new_slot(self):
+        return cf.ProcessPoolExecutor(max_workers=1, mp_context=self._context, initializer=_worker_init)
+
     def _dispatch(self):
         """Hand queued tasks to free slots (called with the lock held)."""
         for i in range(len(self._slots)):
@@ -206,9 +238,9 @@ class LocalPool(cf.Executor):
                 if not future.set_running_or_notify_cancel():
                     continue  # cancelled while queued
                 if self._slots[i] is None:
-                    self._slots[i] = cf.ProcessPoolExecutor(max_workers=1, mp_context=self._context)
+                    self._slots[i] = self._new_slot()
                 self._busy[i] = True
-                inner = self._slots[i].submit(fn, *args, **kwargs)
+                inner = self._slots[i].submit(_run_task, fn, *args, **kwargs)
                 inner.add_done_callback(functools.partial(self._finished, i, future))
 
     def _finished(self, slot, future, inner):
