@@ -230,7 +230,7 @@ _bounds.__name__ = "log10 bounds"
 
 
 #: Help texts of FitConfig fields whose library wording names what only Python can pass.
-_CLI_HELP = {"optimizer": "optimizer: adam, or sgd (Nesterov momentum)"}
+_CLI_HELP = {"optimizer": "optimizer: adam or sgd (Nesterov momentum)"}
 
 
 def _add_fit_options(parser):

@@ -238,7 +238,7 @@ def test_messages_name_the_flag_only(argv, expected, unwanted, tmp_path, capsys)
 def test_help_texts(capsys):
     assert cli.main(["train", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
-    assert "--optimizer {adam,sgd} optimizer: adam, or sgd (Nesterov momentum) (default: adam)" in text
+    assert "--optimizer {adam,sgd} optimizer: adam or sgd (Nesterov momentum) (default: adam)" in text
     assert "Optimizer instance" not in text
     assert cli.main(["evaluate", "--help"]) == 0
     assert "--seed SEED seed of the sampled noise of the evaluation (default: 0)" in " ".join(
