@@ -24,7 +24,7 @@ def main(argv=None):
     data = datasets.load_fashion_mnist(verbose=False)
     x, y = data.x_train[:n], data.y_train[:n]
     net = architectures.build("conv", (1, 28, 28), 10, rng=1, width=width, normalize=True, bn_gamma="noise-std")
-    training.fit(net, (x, y), estimator="psa", epochs=epochs, lr=1e-3, progress=False)
+    training.fit(net, (x, y), estimator="psa", epochs=epochs, lr=1e-3, progress=not args.tiny)  # minutes at width 0.5
 
     samples = 4 if args.tiny else 16
     m = training.evaluate(net, data.x_test[:n], data.y_test[:n], samples=samples, rng=0)

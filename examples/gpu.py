@@ -53,7 +53,7 @@ def main(argv=None):
     print(f"PSA gradient on cuda vs cpu: largest relative difference {worst:.2e}")
 
     result = training.fit(gpu_net, (x, y), estimator="psa", epochs=1 if args.tiny else 3, lr=1e-2,
-                          batch_size=32 if args.tiny else 64, eval_samples=2, data_init=False, progress=False)
+                          batch_size=32 if args.tiny else 64, eval_samples=2, data_init=False, progress=not args.tiny)
     print(f"trained {result.epochs_done} epoch(s) on cuda; validation ensemble accuracy "
           f"{result.history[-1]['val_eacc']:.3f}")
     return 0
