@@ -180,15 +180,15 @@ def conv(input_shape: tuple[int, int, int], n_classes: int, channels: Sequence[i
     dtype = check_float_dtype(dtype)
     rng = as_generator(rng)
     kinds = stage_weight_kinds(weight, len(channels))
-    bernoulli_options = check_weight_options(kinds, weight_noise, weight_grad)
+    stage_options = check_weight_options(kinds, weight_noise, weight_grad)
     stage = normalization_factory(normalize, bn_gamma, noise)
     stages = []
     paddings = [int(input_padding)] + [0] * (len(channels) - 1)
-    for c_out, k, s, kind, pad in zip(channels, PAPER_CONV_KERNELS, PAPER_CONV_STRIDES, kinds, paddings):
+    for c_out, k, s, kind, pad, options in zip(channels, PAPER_CONV_KERNELS, PAPER_CONV_STRIDES, kinds, paddings,
+                                               stage_options):
         if min(shape[1:]) + 2 * pad < k:
             raise ValueError(f"input_shape: {tuple(input_shape)} is too small for the conv architecture "
                              f"(a {shape[1]}x{shape[2]} map reaches a {k}x{k} stage); need H, W >= 27")
-        options = bernoulli_options if kind == "bernoulli" else {}
         layer = Conv2d(shape[0], c_out, k, stride=s, padding=pad, rng=rng, dtype=dtype, in_shape=shape, weight=kind,
                        **options)
         stages.append(stage(layer))

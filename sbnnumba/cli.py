@@ -63,7 +63,7 @@ from typing import Any
 import numpy as np
 
 from . import runtime
-from .training.config import Check, Flag, Integer, Number, command_line_fields
+from .training.config import MOMENTUM_FIELDS, Check, Flag, Integer, Number, command_line_fields
 from .training.config import Optional as OptionalCheck
 
 PROG = "python -m sbnnumba"
@@ -851,7 +851,7 @@ def _check_resume_flags(args, out, ds, options, config):
     sgd = fit.get("optimizer") == now["optimizer"] == optim.SGD.name
     for flag, f in command_line_fields():
         if f.name not in fit or not (f.metadata["trajectory"] or f.name in _OPTIMIZER_FLAGS) \
-                or (f.name == "momentum" and not sgd):  # only SGD has a momentum
+                or (f.name in MOMENTUM_FIELDS and not sgd):  # only SGD has a momentum
             continue
         if f.name == "schedule":  # the library's None and the command line's "constant": the same constant lr
             differ(flag, fit[f.name] or "constant", now[f.name] or "constant")

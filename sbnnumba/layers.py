@@ -238,7 +238,7 @@ class AffineLayer(Layer):
 BERNOULLI_DEFAULTS = {"weight_noise": "logistic", "weight_grad": "md"}
 
 
-def check_weight_options(kinds, weight_noise, weight_grad) -> dict:
+def check_weight_options(kinds, weight_noise, weight_grad) -> list[dict]:
     """The Bernoulli-weight options, refused where no stage has Bernoulli weights and they are not the defaults
     (they would have no effect; as ``bn_gamma`` without ``normalize``).
 
@@ -253,8 +253,9 @@ def check_weight_options(kinds, weight_noise, weight_grad) -> dict:
 
     Returns
     -------
-    dict
-        ``{"weight_noise": ..., "weight_grad": ...}``, the keywords of the Bernoulli stages' layers.
+    list of dict
+        Per stage, the keywords of its layer: ``{"weight_noise": ..., "weight_grad": ...}`` for a Bernoulli
+        stage, ``{}`` for a real one (whose layer refuses them).
 
     Raises
     ------
@@ -268,7 +269,7 @@ def check_weight_options(kinds, weight_noise, weight_grad) -> dict:
             if not ((isinstance(value, str) and value == default) or getattr(value, "name", None) == default):
                 raise ValueError(f"{name}: {value!r} has no effect with real weights; it sets the Bernoulli weights "
                                  "of weight='bernoulli' or 'hidden'")
-    return options
+    return [options if kind == "bernoulli" else {} for kind in kinds]
 
 
 def init_weight_kind(layer, weight, weight_noise, weight_grad, rng: np.random.Generator | int | None):

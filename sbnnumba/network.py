@@ -220,11 +220,10 @@ class Network:
         rng = as_generator(rng)
         n_stages = len(sizes) - 1
         kinds = stage_weight_kinds(weight, n_stages)
-        bernoulli_options = check_weight_options(kinds, weight_noise, weight_grad)
         stage = normalization_factory(normalize, bn_gamma, noise)
         stages = []
-        for (n_in, n_out), kind in zip(zip(sizes[:-1], sizes[1:]), kinds):
-            options = bernoulli_options if kind == "bernoulli" else {}
+        for (n_in, n_out), kind, options in zip(zip(sizes[:-1], sizes[1:]), kinds,
+                                                check_weight_options(kinds, weight_noise, weight_grad)):
             stages.append(stage(Linear(n_in, n_out, rng=rng, dtype=dtype, weight=kind, **options)))
         return cls(stages, Linear(sizes[-1], n_classes, rng=rng, dtype=dtype), noise=noise, backend=backend)
 

@@ -171,9 +171,9 @@ def estimate(method: str, net, x, y, rng=None, **options):
     """
     from ..network import check_network
 
-    lookup(method, options)
+    kind, fn, opts = lookup(method, options)
     check_network(net).check_params()
-    return estimate_with_finite_params(method, net, x, y, rng, **options)
+    return _estimate(kind, fn, opts, net, x, y, rng)
 
 
 def estimate_with_finite_params(method: str, net, x, y, rng=None, **options):
@@ -193,9 +193,15 @@ def estimate_with_finite_params(method: str, net, x, y, rng=None, **options):
     grads : dict
         As in :func:`estimate`.
     """
+    kind, fn, opts = lookup(method, options)
+    return _estimate(kind, fn, opts, net, x, y, rng)
+
+
+def _estimate(kind, fn, opts, net, x, y, rng):
+    """The estimate of a looked-up method (:func:`lookup`) on a checked network: the batch checked, then the method
+    run on it (a "direct" method on the batch, a "path" method on a sampled path)."""
     from ..validation import as_generator
 
-    kind, fn, opts = lookup(method, options)
     x, y = net.check_batch(x, y)
     rng = as_generator(rng)
     if kind == "direct":

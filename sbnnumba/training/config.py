@@ -363,7 +363,7 @@ class FitConfig:
                                  f"settings; {', '.join(changed)} would be ignored: set them on the optimizer "
                                  "instead")
         elif self.optimizer != optim.SGD.name:
-            ignored = [name for name in changed if name in _MOMENTUM_FIELDS]
+            ignored = [name for name in changed if name in MOMENTUM_FIELDS]
             if ignored:
                 raise ValueError(f"{ignored[0]}: {self.optimizer!r} has no momentum; {', '.join(ignored)} would be "
                                  "ignored (use optimizer='sgd')")
@@ -417,7 +417,8 @@ class FitConfig:
 
 #: The fields that make the optimizer from its name (:func:`sbnnumba.training.make_optimizer`).
 _OPTIMIZER_FIELDS = ("lr", "momentum", "nesterov", "weight_decay", "schedule", "clip_value")
-_MOMENTUM_FIELDS = ("momentum", "nesterov")  # SGD's only
+#: The fields of SGD's momentum: an optimizer without momentum refuses them.
+MOMENTUM_FIELDS = ("momentum", "nesterov")
 
 
 def _document_fields(cls):
