@@ -67,6 +67,25 @@ def test_clamp_moves_a_term_by_less_than_g_over_big():
     assert np.all(np.abs(got) <= 2 * np.abs(g) / big)
 
 
+@numba.njit
+def _factors_chosen(s, k_pos, k_neg):
+    out = np.empty(k_pos.shape, k_pos.dtype)
+    for i in range(s.size):  # a vectorized loop, as in the kernels
+        out[i] = ratio_pair.factor(s[i], k_pos[i], k_neg[i])
+    return out
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.float32])
+def test_factor_is_e_to_2w_x_in_by_the_sign_of_x_in(dtype):
+    rng = np.random.default_rng(2)
+    s = rng.choice(np.array([-1, 0, 1], dtype), 1000)
+    k_pos = np.exp(rng.uniform(-58, 58, 1000)).astype(np.float32)
+    k_neg = (1 / k_pos).astype(np.float32)
+    got = _factors_chosen(s, k_pos, k_neg)
+    assert np.array_equal(got[s == 1], k_pos[s == 1]) and np.array_equal(got[s == -1], k_neg[s == -1])
+    assert np.array_equal(got[s == 0], k_pos[s == 0])  # padded examples (g = 0): either factor, the positive one
+
+
 @pytest.mark.parametrize("layout", ["cells", "channels"])
 @pytest.mark.parametrize("c_out", [7, 8])  # odd: the neutral channel
 def test_conv_ratio_kernels_within_the_bound_of_a_float64_reference(layout, c_out):

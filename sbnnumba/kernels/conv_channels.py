@@ -17,8 +17,8 @@ channels** ``r`` instead, which are long (96-192 in the paper's network) whateve
     acc[i, e, r] \mathrel{+}= t(g[c,q,e], e^{-a}[c,q,e], K[c,k,r], x[i,e,r]) \quad
     \text{for } c \text{ ascending, then tap } k \text{ ascending}, \quad i = q + off_k,
 
-with ``t = g / (1 + e^{-a} K_{sel})`` (ratio form, ``K_sel = e^{+2W}`` where ``x = +1``, ``e^{-2W}``
-elsewhere; the terms of output channels ``c, c + 1`` summed as one by
+with ``t = g / (1 + e^{-a} K_{sel})`` (ratio form, ``K_sel = e^{2 W x}``, chosen by the sign of ``x``:
+:func:`sbnnumba.kernels.ratio_pair.factor`; the terms of output channels ``c, c + 1`` summed as one by
 :func:`sbnnumba.kernels.ratio_pair.pair_term`, one division per pair) or ``t = (F(v + s W x) - F(v)) d``
 (bounded form). Each accumulator entry adds the same terms in
 the same order (c ascending, tap ascending, from 0) and each term is evaluated by the same expression as in
@@ -42,7 +42,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from .ratio_pair import PAIR_FASTMATH, denominator, pair_term
+from .ratio_pair import PAIR_FASTMATH, denominator, factor, pair_term
 from .scalar import bounded_cdf_diff
 
 # The ratio kernels (both layouts) compile with ratio_pair.PAIR_FASTMATH: no "arcp" (which puts a reciprocal estimate
@@ -218,9 +218,9 @@ def flip_conv_ratio_channels(sel, e_map, g_map, k_pos, k_neg, a_grid, cell_pos, 
                             for r in range(c_in):
                                 # the factors loaded before the select: a select of two addresses becomes a gather
                                 kp0r, kn0r, kp1r, kn1r = kp0[r], kn0[r], kp1[r], kn1[r]
-                                up = sel_t[r] > 0
-                                acc_t[r] += pair_term(g0, denominator(e0, kp0r if up else kn0r, one, big),
-                                                      g1, denominator(e1, kp1r if up else kn1r, one, big))
+                                s = sel_t[r]
+                                acc_t[r] += pair_term(g0, denominator(e0, factor(s, kp0r, kn0r), one, big),
+                                                      g1, denominator(e1, factor(s, kp1r, kn1r), one, big))
         _scatter_channels(acc, a_grid[blk], True, cell_pos, blk * bb, d_in)
 
 

@@ -31,8 +31,8 @@ Three forms, as for dense layers (:mod:`sbnnumba.kernels.cpu`):
 * **logistic ratio form** ``d_in = A - R``:
   ``A[b, i] = sum_{c, j ∋ i} g[b,c,j] sigma(a[b,c,j])`` (``g = x_out * d_out``; the all-ones
   transposed convolution, independent of ``r``) and
-  ``R[b,r,i] = sum_{c, off} g[b,c,j] / (1 + e^{-a[b,c,j]} K[c,r,off])`` with ``K = exp(+2W)``
-  where ``x_in[b,r,i] = +1`` and ``exp(-2W)`` elsewhere. The output channels go in pairs ``(c, c + 1)``
+  ``R[b,r,i] = sum_{c, off} g[b,c,j] / (1 + e^{-a[b,c,j]} K[c,r,off])`` with ``K = exp(2 W x_in[b,r,i])``
+  (:func:`sbnnumba.kernels.ratio_pair.factor`). The output channels go in pairs ``(c, c + 1)``
   (an odd layer's last with a neutral one) whose two terms share one division
   (:func:`sbnnumba.kernels.ratio_pair.pair_term`: ``(g D' + g' D) / (D D')``, ``D = min(1 + e K, BIG)``, within
   ``6u (|g| + |g'|) + (|g| + |g'|) / BIG`` of the exact pair): per two connections one division and four
@@ -72,7 +72,7 @@ from ..runtime import blockwise, kernel_threads
 from . import conv_channels, probit
 from .conv_layout import BATCH_BLOCK, batch_blocks, geometry, input_cells, output_cells, tile_length
 from .cpu import EXP_ARG_LIMIT, choose_form, probit_or_generic, probit_tails, probit_term, ratio_limits, split_saturated
-from .ratio_pair import PAIR_FASTMATH, clamp, denominator, pair_term
+from .ratio_pair import PAIR_FASTMATH, clamp, denominator, factor, pair_term
 from .scalar import TRIANGULAR, bounded_cdf_diff, cdf_lower
 from .workspace import scratch
 
@@ -167,12 +167,11 @@ def _flip_conv_ratio(sel, e_grid, g_grid, k_pos, k_neg, a_grid, cell_pos, tap_of
                 sel1_t = sel1[a0:a0 + n]
                 for q in range(n):
                     g0, g1, e0, e1 = g_t[q], g_t1[q], e_t[q], e_t1[q]
-                    up0 = sel0_t[q] > 0
-                    up1 = sel1_t[q] > 0
-                    acc0_t[q] += pair_term(g0, denominator(e0, pos00 if up0 else neg00, one, big),
-                                           g1, denominator(e1, pos10 if up0 else neg10, one, big))
-                    acc1_t[q] += pair_term(g0, denominator(e0, pos01 if up1 else neg01, one, big),
-                                           g1, denominator(e1, pos11 if up1 else neg11, one, big))
+                    s0, s1 = sel0_t[q], sel1_t[q]
+                    acc0_t[q] += pair_term(g0, denominator(e0, factor(s0, pos00, neg00), one, big),
+                                           g1, denominator(e1, factor(s0, pos10, neg10), one, big))
+                    acc1_t[q] += pair_term(g0, denominator(e0, factor(s1, pos01, neg01), one, big),
+                                           g1, denominator(e1, factor(s1, pos11, neg11), one, big))
         _scatter(acc0, a_grid[blk], True, cell_pos, i0, i1, blk * bb, bb, r0, d_in)
         _scatter(acc1, a_grid[blk], True, cell_pos, i0, i1, blk * bb, bb, r1, d_in)
 
@@ -411,9 +410,9 @@ def _flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_c
     channels = form not in ("generic", "probit") and (layout == "channels" or (
         layout == "auto" and channel_inner(n_q, n_grid, c_in, n_batch, dtype.itemsize)))
     x_in = np.asarray(x_in)
-    # x_in as the kernels read it: the ratio form only compares it with 0 (int8: a quarter of the loads and of the
-    # task's L1 footprint), the bounded and probit forms multiply by it, the generic form in float64 (u = v + s w x_in
-    # is formed in float64, as in cdf_diff).
+    # x_in as the kernels read it: the ratio form only tests its sign (ratio_pair.factor; int8: a quarter of the loads
+    # and of the task's L1 footprint), the bounded and probit forms multiply by it, the generic form in float64
+    # (u = v + s w x_in is formed in float64, as in cdf_diff).
     sel_dtype = {"ratio": np.int8, "bounded": dtype, "probit": dtype, "generic": np.float64}[form]
     # (the call's temporaries in reused buffers: workspace.scratch)
     # The preparation passes take threads by their own size (a parallel region costs tens of microseconds to wake
