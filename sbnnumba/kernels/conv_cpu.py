@@ -155,7 +155,7 @@ def _flip_conv_ratio(sel, e_grid, g_grid, k_pos, k_neg, a_grid, cell_pos, tap_of
             g_row, g_row1 = g_grid[blk, c], g_grid[blk, c + 1]
             e_row, e_row1 = e_grid[blk, c], e_grid[blk, c + 1]
             for k in range(n_taps):
-                # factors K[output channel c or c + 1, input channel r0 or r1]: pos where x_in = +1, neg elsewhere
+                # factors K[output channel c or c + 1, input channel r0 or r1]: neg where x_in < 0, pos elsewhere
                 pos00, neg00, pos10, neg10 = k_pos[c, r0, k], k_neg[c, r0, k], k_pos[c + 1, r0, k], k_neg[c + 1, r0, k]
                 pos01, neg01, pos11, neg11 = k_pos[c, r1, k], k_neg[c, r1, k], k_pos[c + 1, r1, k], k_neg[c + 1, r1, k]
                 q0, q1, a0 = _tap_range(tap_off[k], i0, i1, n_run)
