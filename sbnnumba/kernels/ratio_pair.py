@@ -177,8 +177,7 @@ def factor(s, k_pos, k_neg):
     Notes
     -----
     The test is on the sign, not ``s > 0``: in a vectorized loop over int8 states the sign bit of the
-    sign-extended lane is the blend's own mask, so the choice costs one blend and no compare (the conv ratio
-    kernels ran 1.3-1.4x faster on an AMD Zen 3 core than with ``s > 0``, the same bits; run log
+    sign-extended lane is the blend's own mask, so the choice costs one blend and no compare (measurements:
     ``docs/experiments/2026-12-07-session21-factor-select.md``).
     """
     return k_neg if s < 0 else k_pos
