@@ -853,10 +853,8 @@ def _check_resume_flags(args, out, ds, options, config):
         if f.name not in fit or not (f.metadata["trajectory"] or f.name in _OPTIMIZER_FLAGS) \
                 or (f.name in MOMENTUM_FIELDS and not sgd):  # only SGD has a momentum
             continue
-        if f.name == "schedule":  # the library's None and the command line's "constant": the same constant lr
-            differ(flag, fit[f.name] or "constant", now[f.name] or "constant")
-        else:
-            differ(flag, fit[f.name], now[f.name])
+        canonical = f.metadata["check"].canonical  # e.g. the library's None schedule and the CLI's "constant"
+        differ(flag, canonical(fit[f.name]), canonical(now[f.name]))
     if args.lr != "auto":  # --lr auto resumes with the checkpoint's learning rate
         then_lr = (saved.get("optimizer") or {}).get("lr")
         now_lr = config.lr if config.lr is not None else optim.get_optimizer(config.optimizer).lr

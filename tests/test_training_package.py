@@ -186,3 +186,11 @@ def test_search_lr_takes_a_config():
     assert all(t.epochs == 1 for t in by_config.trials)
     with pytest.raises(TypeError, match="set by the search itself"):
         training.search_lr(sb.Network.dense([6, 4], 2, rng=0), (x, y), config, epochs=2)
+
+
+def test_resume_compares_settings_in_their_checks_canonical_form():
+    fields = {f.name: f for f in dataclasses.fields(FitConfig)}
+    schedule, seed = fields["schedule"].metadata["check"], fields["seed"].metadata["check"]
+    # the library's default schedule (None) and the command line's ("constant") are one setting; "step" is another
+    assert schedule.canonical(None) == schedule.canonical("constant") != schedule.canonical("step")
+    assert seed.canonical(3) == 3 and seed.canonical(None) is None  # other fields compare as they are

@@ -49,6 +49,21 @@ class Check:
 
     kind: type | None = None  # the Python type command-line text is converted to (None: kept as text)
 
+    def canonical(self, value: Any) -> Any:
+        """The form in which two values of the field compare equal when they mean the same setting (a resumed
+        run's stored setting against the new one); the value itself unless a Check says otherwise.
+
+        Parameters
+        ----------
+        value : object
+            A checked value, or its JSON form (:meth:`FitConfig.to_dict`).
+
+        Returns
+        -------
+        object
+        """
+        return value
+
     def convert(self, text: str) -> Any:
         """Command-line text as :attr:`kind` (kept as text when ``kind`` is None).
 
@@ -261,6 +276,21 @@ class Schedule(Check):
         if value not in SCHEDULES:
             self.fail(name, value)
         return value
+
+    def canonical(self, value):
+        """None (the library's default) and ``"constant"`` (the command line's) are the same constant rate.
+
+        Parameters
+        ----------
+        value : object
+            A checked schedule or its JSON form.
+
+        Returns
+        -------
+        object
+            ``"constant"`` for None, else ``value``.
+        """
+        return "constant" if value is None else value
 
 
 def option(default: Any, help: str, check: Check, *, trajectory: bool = False, flag: str | None = None,
