@@ -401,9 +401,9 @@ def check_finite_arrays(arrays: Mapping[str, npt.ArrayLike], name: str) -> None:
     ValueError
         If an array holds NaN or inf.
     """
-    for k, a in arrays.items():
-        if not all_finite(a):
-            raise ValueError(f"{name}[{k!r}]: expected finite values, got NaN or inf")
+    bad = nonfinite_keys(arrays)
+    if bad:
+        raise ValueError(f"{name}[{bad[0]!r}]: expected finite values, got NaN or inf")
 
 
 def check_float_array(x: npt.ArrayLike, name: str, dtype: npt.DTypeLike | None = None,
