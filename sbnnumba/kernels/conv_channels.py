@@ -171,6 +171,37 @@ def _scatter_channels(acc, base, with_base, cell_pos, b0, d_in):
                         d_in[b0 + e, r, p] = row[r]
 
 
+@numba.njit(inline="always")
+def channel_pair_terms(c_in, acc, sel, kp0, kn0, kp1, kn1, g0, e0, g1, e1, one, big):
+    """The channel-innermost ratio kernel's innermost loop: one tap, cell and example, two output channels.
+
+    ``acc[r] += pair_term(g0, D(e0, K0[r]), g1, D(e1, K1[r]))`` for every input channel ``r``, ``K`` chosen by the sign
+    of ``sel[r]`` (:func:`sbnnumba.kernels.ratio_pair.factor`). Compiled into its callers (``bench/psa_conv.py`` times
+    it alone).
+
+    Parameters
+    ----------
+    c_in : int
+        Input channels: the length of every array below (given, so that the loop's bound is the caller's own value).
+    acc : ndarray (C_in,)
+        Accumulators of the input channels, updated.
+    sel : int8 ndarray (C_in,)
+        Their input states.
+    kp0, kn0, kp1, kn1 : ndarray (C_in,)
+        ``e^{+2W}``, ``e^{-2W}`` of output channels ``c`` and ``c + 1`` at the tap.
+    g0, e0, g1, e1 : float
+        ``g = x_out d_out`` and ``e^{-a}`` of the two output units.
+    one, big : float
+        1 and the clamp (:data:`sbnnumba.kernels.ratio_pair.RATIO_CLAMP`) in the working dtype.
+    """
+    for r in range(c_in):
+        # the factors loaded before the select: a select of two addresses becomes a gather
+        kp0r, kn0r, kp1r, kn1r = kp0[r], kn0[r], kp1[r], kn1[r]
+        s = sel[r]
+        acc[r] += pair_term(g0, denominator(e0, factor(s, kp0r, kn0r), one, big),
+                            g1, denominator(e1, factor(s, kp1r, kn1r), one, big))
+
+
 @numba.njit(parallel=True, fastmath=PAIR_FASTMATH, error_model="numpy", cache=True)
 def flip_conv_ratio_channels(sel, e_map, g_map, k_pos, k_neg, a_grid, cell_pos, tap_off, wq, big, d_in):
     r"""Logistic ratio form, channel-innermost: ``d_in = A - R`` (module docstring).
@@ -213,14 +244,8 @@ def flip_conv_ratio_channels(sel, e_map, g_map, k_pos, k_neg, a_grid, cell_pos, 
                             e0 = e_map[blk * bb + e, c, oy, ox]
                             g1 = g_map[blk * bb + e, c + 1, oy, ox]
                             e1 = e_map[blk * bb + e, c + 1, oy, ox]
-                            acc_t = acc[cell, e]
-                            sel_t = sel_b[cell, e]
-                            for r in range(c_in):
-                                # the factors loaded before the select: a select of two addresses becomes a gather
-                                kp0r, kn0r, kp1r, kn1r = kp0[r], kn0[r], kp1[r], kn1[r]
-                                s = sel_t[r]
-                                acc_t[r] += pair_term(g0, denominator(e0, factor(s, kp0r, kn0r), one, big),
-                                                      g1, denominator(e1, factor(s, kp1r, kn1r), one, big))
+                            channel_pair_terms(c_in, acc[cell, e], sel_b[cell, e], kp0, kn0, kp1, kn1,
+                                               g0, e0, g1, e1, one, big)
         _scatter_channels(acc, a_grid[blk], True, cell_pos, blk * bb, d_in)
 
 

@@ -133,6 +133,39 @@ def _scatter(acc, base, with_base, cell_pos, i0, i1, b0, bb, r, d_in):
                     d_in[b0 + e, r, p] = acc[j - i0 + e]
 
 
+@numba.njit(inline="always")
+def cell_pair_terms(n, acc0, acc1, sel0, sel1, g0_row, g1_row, e0_row, e1_row, factors, one, big):
+    """The cell-major ratio kernel's innermost loop: one tap of two input channels and two output channels.
+
+    ``acc_r[q] += pair_term(g0, D(e0, K[c, r]), g1, D(e1, K[c + 1, r]))`` for every entry ``q`` (output cell and
+    example), ``K`` chosen by the sign of ``sel_r[q]`` (:func:`sbnnumba.kernels.ratio_pair.factor`). Compiled into its
+    callers (``bench/psa_conv.py`` times it alone).
+
+    Parameters
+    ----------
+    n : int
+        Entries: the length of every array below (given, so that the loop's bound is the caller's own value).
+    acc0, acc1 : ndarray (n,)
+        Accumulators of input channels ``r0``, ``r1`` at the tap's entries, updated.
+    sel0, sel1 : int8 ndarray (n,)
+        Their input states.
+    g0_row, g1_row, e0_row, e1_row : ndarray (n,)
+        ``g = x_out d_out`` and ``e^{-a}`` of output channels ``c``, ``c + 1``.
+    factors : tuple of 8 floats
+        ``(e^{+2W}, e^{-2W})`` of the connections ``(c, r0)``, ``(c + 1, r0)``, ``(c, r1)``, ``(c + 1, r1)``.
+    one, big : float
+        1 and the clamp (:data:`sbnnumba.kernels.ratio_pair.RATIO_CLAMP`) in the working dtype.
+    """
+    pos00, neg00, pos10, neg10, pos01, neg01, pos11, neg11 = factors
+    for q in range(n):
+        g0, g1, e0, e1 = g0_row[q], g1_row[q], e0_row[q], e1_row[q]
+        s0, s1 = sel0[q], sel1[q]
+        acc0[q] += pair_term(g0, denominator(e0, factor(s0, pos00, neg00), one, big),
+                             g1, denominator(e1, factor(s0, pos10, neg10), one, big))
+        acc1[q] += pair_term(g0, denominator(e0, factor(s1, pos01, neg01), one, big),
+                             g1, denominator(e1, factor(s1, pos11, neg11), one, big))
+
+
 @numba.njit(parallel=True, fastmath=PAIR_FASTMATH, error_model="numpy", cache=True)
 def _flip_conv_ratio(sel, e_grid, g_grid, k_pos, k_neg, a_grid, cell_pos, tap_off, n_run, bb, tile_len, big, d_in):
     # Cell-major grids per batch block of bb examples (module docstring): sel (NB, C_in, S*bb) x_in
@@ -161,17 +194,8 @@ def _flip_conv_ratio(sel, e_grid, g_grid, k_pos, k_neg, a_grid, cell_pos, tap_of
                 q0, q1, a0 = _tap_range(tap_off[k], i0, i1, n_run)
                 n = q1 - q0
                 g_t, g_t1, e_t, e_t1 = g_row[q0:q1], g_row1[q0:q1], e_row[q0:q1], e_row1[q0:q1]
-                acc0_t = acc0[a0:a0 + n]
-                sel0_t = sel0[a0:a0 + n]
-                acc1_t = acc1[a0:a0 + n]
-                sel1_t = sel1[a0:a0 + n]
-                for q in range(n):
-                    g0, g1, e0, e1 = g_t[q], g_t1[q], e_t[q], e_t1[q]
-                    s0, s1 = sel0_t[q], sel1_t[q]
-                    acc0_t[q] += pair_term(g0, denominator(e0, factor(s0, pos00, neg00), one, big),
-                                           g1, denominator(e1, factor(s0, pos10, neg10), one, big))
-                    acc1_t[q] += pair_term(g0, denominator(e0, factor(s1, pos01, neg01), one, big),
-                                           g1, denominator(e1, factor(s1, pos11, neg11), one, big))
+                cell_pair_terms(n, acc0[a0:a0 + n], acc1[a0:a0 + n], sel0[a0:a0 + n], sel1[a0:a0 + n], g_t, g_t1, e_t,
+                                e_t1, (pos00, neg00, pos10, neg10, pos01, neg01, pos11, neg11), one, big)
         _scatter(acc0, a_grid[blk], True, cell_pos, i0, i1, blk * bb, bb, r0, d_in)
         _scatter(acc1, a_grid[blk], True, cell_pos, i0, i1, blk * bb, bb, r1, d_in)
 

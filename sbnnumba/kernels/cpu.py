@@ -171,6 +171,35 @@ _LANE_FASTMATH = {"nnan", "ninf", "nsz", "arcp", "contract"}
 
 
 @numba.njit(inline="always")
+def ratio_lanes4(s0, s1, s2, s3, c_row, h_row, k0, k1, k2, k3, n_full):
+    """The ratio kernel's inner loop: four rows of ``k`` against each load of the per-unit factors.
+
+    Lane ``l`` of ``s_r`` adds ``h[j] / (c[j] + k_r[j])`` for ``j = l, l + LANES, ... < n_full``, in that order
+    (:mod:`sbnnumba.kernels.lanes`). Compiled into its callers (``bench/psa_dense.py`` times it alone).
+
+    Parameters
+    ----------
+    s0, s1, s2, s3 : lane arrays (LANES,)
+        Accumulators (:func:`sbnnumba.kernels.lanes.zeros`), updated.
+    c_row, h_row : ndarray (N_out,)
+        ``e^{+-a}`` and ``g e^{+-a}`` of one example.
+    k0, k1, k2, k3 : ndarray (N_out,)
+        Rows of ``k = e^{2 W^T}``.
+    n_full : int
+        ``N_out`` rounded down to whole lane blocks.
+    """
+    for j0 in range(0, n_full, lanes.LANES):
+        for lane in range(lanes.LANES):
+            j = np.uint64(j0 + lane)  # unsigned: no negative-index test, so the lane loads stay contiguous
+            c_j = c_row[j]
+            h_j = h_row[j]
+            s0[lane] += h_j / (c_j + k0[j])
+            s1[lane] += h_j / (c_j + k1[j])
+            s2[lane] += h_j / (c_j + k2[j])
+            s3[lane] += h_j / (c_j + k3[j])
+
+
+@numba.njit(inline="always")
 def _lane_row_sum(acc, c_row, h_row, k_row, n_full, n_out):
     # sum_j h / (c + k): the lanes (over j < n_full) in their fixed tree order, then the remaining j in order
     s = lanes.total(acc)
@@ -211,15 +240,7 @@ def _flip_dense_ratio(order, n_pos, chunk, c_pos, h_pos, c_neg, h_neg, k, base_p
             u0, u1, u2, u3 = order[b, i0], order[b, i0 + 1], order[b, i0 + 2], order[b, i0 + 3]
             k0, k1, k2, k3 = k[u0], k[u1], k[u2], k[u3]
             s0, s1, s2, s3 = lanes.zeros(one), lanes.zeros(one), lanes.zeros(one), lanes.zeros(one)
-            for j0 in range(0, n_full, lanes.LANES):
-                for lane in range(lanes.LANES):
-                    j = np.uint64(j0 + lane)
-                    c_j = c_row[j]
-                    h_j = h_row[j]
-                    s0[lane] += h_j / (c_j + k0[j])
-                    s1[lane] += h_j / (c_j + k1[j])
-                    s2[lane] += h_j / (c_j + k2[j])
-                    s3[lane] += h_j / (c_j + k3[j])
+            ratio_lanes4(s0, s1, s2, s3, c_row, h_row, k0, k1, k2, k3, n_full)
             d_in[b, u0] = base - sign * _lane_row_sum(s0, c_row, h_row, k0, n_full, n_out)
             d_in[b, u1] = base - sign * _lane_row_sum(s1, c_row, h_row, k1, n_full, n_out)
             d_in[b, u2] = base - sign * _lane_row_sum(s2, c_row, h_row, k2, n_full, n_out)
