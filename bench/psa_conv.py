@@ -19,7 +19,7 @@ Prints, measured in the same run (medians over interleaved repeats, float32):
    Target: PSA step within 3x of an ST step. Also a PSA step of the same network with triangular noise
    (bounded flip form) and with normal noise (probit flip form) against the logistic one. Also the step's flip
    propagations (the calls of part 3 at this width) and the PSA / ST ratio the step would have with them at the
-   divider's bound (part 3).
+   divider's bound and at the speed of the ratio kernels' innermost loops alone (part 3).
 
 3. the conv flip propagation of every stage of the paper's network at width 1.0 (``--stage-width``) on
    1x28x28 images, batch 64 (stages 2-8: the first one's input is the real image), in G connections/s
@@ -33,7 +33,10 @@ Prints, measured in the same run (medians over interleaved repeats, float32):
    :func:`captured_kernel`), so that the call's fixed cost (layout copy, factor passes, ``exp``, Python) shows as the
    difference between the two figures; and each stage's call repeated at once after an untimed call of its own
    ("call again at once"), so that what the stages before it leave in (or take out of) the caches shows as the
-   difference between it and the call in the sequence.
+   difference between it and the call in the sequence. And the innermost loop of each layout's ratio kernel alone
+   on L1-resident rows (:func:`loop_floors`: ``conv_channels.channel_pair_terms`` and ``conv_cpu.cell_pair_terms``
+   with the kernels' fastmath flags, no tasks, no cache misses), the most a kernel of that loop reaches on this core;
+   each stage's kernel is printed as a fraction of its layout's loop.
 
 4. the stages of part 3 that run channel-innermost (``conv_cpu.channel_inner``: 192 channels here), timed
    with ``layout="cells"`` and ``layout="channels"`` (same bits, checked), G connections/s per core by CPU
@@ -72,7 +75,7 @@ import sbnnumba as sb  # noqa: E402
 from sbnnumba.architectures import build  # noqa: E402
 from sbnnumba.conv import Conv2d  # noqa: E402
 from sbnnumba.kernels import conv_channels, conv_cpu, conv_layout  # noqa: E402
-from sbnnumba.kernels.ratio_pair import PAIR_FASTMATH  # noqa: E402
+from sbnnumba.kernels.ratio_pair import PAIR_FASTMATH, RATIO_CLAMP  # noqa: E402
 
 
 def layer_inputs(rng, batch=64, channels=64, size=14):
@@ -171,11 +174,16 @@ def step_section(rng, repeats, threads, width):
     problems = stage_problems(rng, width)
     steps["flip propagations (stages 2-8)"] = lambda: [call() for _, _, call, _ in problems]
     steps["divider"], divider_conns = division_bound(threads)
+    floors = loop_floors(threads)
+    steps.update({("floor", name): run for name, (run, _) in floors.items()})
+    layouts = [captured_kernel(call)[1] for _, _, call, _ in problems]
     for fn in steps.values():
         fn()
     med = interleaved_medians(steps, repeats)
     divider, flip = med.pop("divider"), med["flip propagations (stages 2-8)"]
     flip_at_bound = sum(conns for _, conns, _, _ in problems) / (divider_conns / divider)
+    floor_rate = {name: n / med.pop(("floor", name)) for name, (_, n) in floors.items()}  # connections/s, all threads
+    flip_at_floor = sum(conns / floor_rate[layout] for (_, conns, _, _), layout in zip(problems, layouts))
     print(f"\n2) training step (forward + backward), conv SBN on 1x28x28, channels {channels}, B=64, float32, "
           f"{threads} thread(s)")
     for name, t in med.items():
@@ -185,7 +193,9 @@ def step_section(rng, repeats, threads, width):
           f"normal / logistic PSA step = {med['psa, normal noise (probit form)'] / med['psa']:.2f}x")
     print(f"   => with its flip propagations at the divider's bound ({flip_at_bound * 1e3:.0f} instead of "
           f"{flip * 1e3:.0f} ms: two connections per float32 division, part 3) the PSA step would be "
-          f"{(med['psa'] - flip + flip_at_bound) / med['st']:.2f}x the ST step")
+          f"{(med['psa'] - flip + flip_at_bound) / med['st']:.2f}x the ST step; at the speed of the kernels' "
+          f"innermost loops alone ({flip_at_floor * 1e3:.0f} ms: part 3) "
+          f"{(med['psa'] - flip + flip_at_floor) / med['st']:.2f}x")
 
 
 # Not cached: tests load this script as a module under another name, and a cached function's globals are rebuilt
@@ -198,6 +208,69 @@ def _accumulate_quotients(num, den, acc, repeats):
         for _ in range(repeats):
             for i in range(num.shape[1]):
                 acc[t, i] += num[t, i] / den[t, i]
+
+
+@numba.njit(parallel=True, fastmath=PAIR_FASTMATH, error_model="numpy")
+def _channel_loop_l1(sel, acc, k_pos, k_neg, g, e, repeats, big):
+    # The channel-innermost kernel's innermost loop (conv_channels.channel_pair_terms: one output-channel pair, one
+    # tap, cell and example; r over the input channels) on L1-resident rows, `repeats` times per thread row t; the
+    # pair's scalars g, e^{-a} cycle through four values.
+    one = acc.dtype.type(1)
+    c_in = acc.shape[1]
+    for t in prange(acc.shape[0]):
+        kp0, kn0, kp1, kn1 = k_pos[t, 0], k_neg[t, 0], k_pos[t, 1], k_neg[t, 1]
+        for i in range(repeats):
+            g0, e0, g1, e1 = g[t, i % 4], e[t, i % 4], g[t, (i + 1) % 4], e[t, (i + 1) % 4]
+            conv_channels.channel_pair_terms(c_in, acc[t], sel[t], kp0, kn0, kp1, kn1, g0, e0, g1, e1, one, big)
+
+
+@numba.njit(parallel=True, fastmath=PAIR_FASTMATH, error_model="numpy")
+def _cell_loop_l1(sel, acc, g, e, w, repeats, big):
+    # The cell-major kernel's innermost loop (conv_cpu.cell_pair_terms: two input channels, one output-channel pair
+    # and one tap; q over the tile) on L1-resident rows, `repeats` times per thread row t; the eight weight factors
+    # come from w[t] (the first one cycling through four values).
+    one = acc.dtype.type(1)
+    n = acc.shape[2]
+    for t in prange(acc.shape[0]):
+        w_t = w[t]
+        for i in range(repeats):
+            factors = (w_t[i % 4], w_t[4], w_t[5], w_t[6], w_t[7], w_t[8], w_t[9], w_t[10])
+            conv_cpu.cell_pair_terms(n, acc[t, 0], acc[t, 1], sel[t, 0], sel[t, 1], g[t, 0], g[t, 1], e[t, 0],
+                                     e[t, 1], factors, one, big)
+
+
+def loop_floors(threads, connections=2 ** 27, c_in=192, tile=256):
+    """The ratio kernels' innermost loops alone (:func:`_channel_loop_l1`, :func:`_cell_loop_l1`), one L1-resident
+    task per thread: the most a ratio kernel as written reaches on this core, whatever its tasks and caches.
+
+    Returns
+    -------
+    dict
+        ``{"channel-innermost": (call, n), "cell-major": (call, n)}``: ``call()`` runs ``n >= connections``
+        connections (whole passes: ``c_in`` input channels x 2 output channels, ``tile`` positions x 4).
+    """
+    rng = np.random.default_rng(0)
+    big = np.float32(RATIO_CLAMP["float32"])
+
+    def states(*shape):
+        return np.where(rng.random(shape) < 0.5, 1, -1).astype(np.int8)
+
+    def values(*shape, low=0.0, scale=1.0):
+        return (low + scale * rng.random(shape)).astype(np.float32)
+
+    ch = (states(threads, c_in), np.zeros((threads, c_in), np.float32), values(threads, 2, c_in, low=1.0),
+          values(threads, 2, c_in, low=1.0), values(threads, 4, scale=1e-3), values(threads, 4, low=1.0))
+    cells = (states(threads, 2, tile), np.zeros((threads, 2, tile), np.float32), values(threads, 2, tile, scale=1e-3),
+             values(threads, 2, tile, low=1.0), values(threads, 11, low=1.0))
+    per_pass = {"channel-innermost": 2 * c_in, "cell-major": 4 * tile}
+    kernels = {"channel-innermost": (_channel_loop_l1, ch), "cell-major": (_cell_loop_l1, cells)}
+    floors = {}
+    for name, (kernel, args) in kernels.items():
+        kernel(*args, 1, big)  # compile
+        repeats = -(-connections // (threads * per_pass[name]))
+        floors[name] = ((lambda kernel=kernel, args=args, repeats=repeats: kernel(*args, repeats, big)),
+                        threads * repeats * per_pass[name])
+    return floors
 
 
 def division_bound(threads, n=2048, repeats=2000):
@@ -267,10 +340,12 @@ def captured_kernel(call):
 
     Returns
     -------
-    callable
-        Runs the kernel alone: what the stage's call spends beyond it is the call's fixed cost.
+    (callable, str)
+        Runs the kernel alone (what the stage's call spends beyond it is the call's fixed cost), and its layout:
+        ``"cell-major"`` or ``"channel-innermost"`` (the keys of :func:`loop_floors`).
     """
     captured = []
+    layouts = {conv_cpu._flip_conv_ratio: "cell-major", conv_channels.flip_conv_ratio_channels: "channel-innermost"}
 
     def spy(kernel):
         def run(*args):
@@ -283,7 +358,7 @@ def captured_kernel(call):
     if len(captured) != 1:
         raise AssertionError(f"expected one ratio kernel call in the stage's flip propagation, got {len(captured)}")
     kernel, args = captured[0]
-    return lambda: kernel(*args)
+    return (lambda: kernel(*args)), layouts[kernel]
 
 
 def stage_section(rng, repeats, threads, width):
@@ -293,10 +368,13 @@ def stage_section(rng, repeats, threads, width):
         call()
     divider, divider_conns = division_bound(threads)
     calls = {label: call for label, _, call, _ in problems}
-    calls.update({(label, "kernel"): captured_kernel(call) for label, _, call, _ in problems})
-    for label, _, _, _ in problems:
+    layout = {}
+    for label, _, call, _ in problems:
+        calls[(label, "kernel")], layout[label] = captured_kernel(call)
         calls[(label, "kernel")]()  # compiled for the copies' layout before the timed rounds
     calls["divider"] = divider
+    floors = loop_floors(threads)
+    calls.update({("floor", name): run for name, (run, _) in floors.items()})
     # each stage's call once more right after an untimed call of its own: its data in the caches, the rest as in
     # the sequence (what the stages before it leave behind costs the difference)
     again = {(label, "again"): call for label, _, call, _ in problems}  # each its own untimed prepare
@@ -306,6 +384,9 @@ def stage_section(rng, repeats, threads, width):
     print(f"\n3) conv flip propagation per stage, paper network at width {width}, 1x28x28, B=64, float32 (logistic "
           f"ratio form), {threads} thread(s); G connections/s per core (target >= 5)")
     print(f"   divider bound (two connections per float32 division, timed with the stages): {bound:5.2f} per core")
+    floor = {name: n / med[("floor", name)][0] / threads / 1e9 for name, (_, n) in floors.items()}
+    print("   the kernels' innermost loops alone on L1-resident rows (the most a ratio kernel as written reaches here, "
+          "timed with the stages): " + ", ".join(f"{name} {rate:5.2f} per core" for name, rate in floor.items()))
     worst = float("inf")
     for label, conns, _, _ in problems:
         wall, cpu = med[label]
@@ -315,9 +396,11 @@ def stage_section(rng, repeats, threads, width):
         worst = min(worst, per_core_wall)
         print(f"   {label:34s} {conns / 1e6:7.0f} M conn  {wall * 1e3:8.2f} ms  {per_core_wall:5.2f} per core (wall), "
               f"{per_core_wall / bound:4.2f} of the bound  {per_core_cpu:5.2f} per core (CPU time);  kernel alone "
-              f"{kernel_wall * 1e3:8.2f} ms  {per_core_kernel:5.2f} ({per_core_kernel / bound:4.2f} of the bound);  "
+              f"{kernel_wall * 1e3:8.2f} ms  {per_core_kernel:5.2f} ({per_core_kernel / bound:4.2f} of the bound, "
+              f"{per_core_kernel / floor[layout[label]]:4.2f} of its {layout[label]} loop);  "
               f"call again at once {again_wall * 1e3:8.2f} ms  {per_core_again:5.2f}")
-    print(f"   => slowest stage: {worst:.2f} G connections/s per core (wall); the divider allows {bound:.2f}")
+    print(f"   => slowest stage: {worst:.2f} G connections/s per core (wall); the divider allows {bound:.2f}, the "
+          f"kernels' loops {min(floor.values()):.2f}-{max(floor.values()):.2f}")
 
 
 def flip_calls_in_steps(step, steps):

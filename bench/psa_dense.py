@@ -7,7 +7,11 @@ Prints, measured in the same run (medians over interleaved repeats):
    against the generic one on a quarter of the inputs) vs a float32 matmul of the
    same shape (x @ W.T) and (at one thread) vs the NumPy reference that materializes the
    (B, N_in, N_out) Delta tensor. Targets: within 4x of the matmul at one thread, >= 20x faster than
-   materializing.
+   materializing. Also timed with them: the ratio kernel's inner loop alone on L1-resident rows
+   (``cpu.ratio_lanes4`` with the kernel's fastmath flags, four rows of ``k`` per load of the per-unit
+   factors; no preparation, no cache misses), for the layer's connection count: no call of the ratio form as
+   written runs faster on this CPU, so its ratio to the matmul is that form's floor under the 4x target here; and
+   NumPy's ``exp`` of the layer's ``2 W^T`` (the weight factors the call computes before its kernel).
 2. one full training step (forward + backward, ``sbnnumba.estimate``) of a 784-1024-1024-10 network,
    batch 128: PSA vs ST. Target: PSA within 3x of ST.
 
@@ -23,13 +27,54 @@ import sys
 
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # before NumPy loads OpenBLAS: see sbnnumba/__init__.py
 
+import numba  # noqa: E402
 import numpy as np  # noqa: E402
+from numba import prange  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import interleaved_medians, machine_info, thread_counts  # noqa: E402
 
 import sbnnumba as sb  # noqa: E402
-from sbnnumba.kernels import cpu, reference  # noqa: E402
+from sbnnumba.kernels import cpu, lanes, reference  # noqa: E402
+
+_ROWS = 4  # rows of k per load of c and h, as in cpu._flip_dense_ratio
+
+
+# Not cached: tests load this script as a module under another name, and a cached function's globals are rebuilt
+# by importing its module by the name it was compiled under (a script run caches it as __main__).
+@numba.njit(parallel=True, fastmath=cpu._LANE_FASTMATH)
+def _ratio_rows_l1(c, h, k, repeats, one, out):
+    # out[t, r] += sum_j h[t, j] / (c[t, j] + k[t, r, j]), `repeats` times per thread row t: the ratio kernel's inner
+    # loop (cpu.ratio_lanes4, compiled with the kernel's fastmath flags) on rows that stay in L1 (n_out a multiple of
+    # LANES).
+    n_out = c.shape[1]
+    for t in prange(c.shape[0]):
+        c_row, h_row = c[t], h[t]
+        k0, k1, k2, k3 = k[t, 0], k[t, 1], k[t, 2], k[t, 3]
+        for _ in range(repeats):
+            s0, s1, s2, s3 = lanes.zeros(one), lanes.zeros(one), lanes.zeros(one), lanes.zeros(one)
+            cpu.ratio_lanes4(s0, s1, s2, s3, c_row, h_row, k0, k1, k2, k3, n_out)
+            out[t, 0] += lanes.total(s0)
+            out[t, 1] += lanes.total(s1)
+            out[t, 2] += lanes.total(s2)
+            out[t, 3] += lanes.total(s3)
+
+
+def ratio_loop_floor(rng, threads, connections, n_out=1024):
+    """The ratio kernel's inner loop alone (:func:`_ratio_rows_l1`), sized to ``connections``.
+
+    Returns ``(call, args)``: ``call()`` runs ``connections`` terms ``h / (c + k)`` (rounded up to whole passes),
+    one L1-resident task of :data:`_ROWS` rows of ``n_out`` per thread; ``args`` are its ``(c, h, k, out)``."""
+    if n_out % lanes.LANES:
+        raise ValueError(f"n_out: expected a multiple of {lanes.LANES}, got {n_out}")
+    c = (1 + rng.random((threads, n_out))).astype(np.float32)  # e^{+-a}, k = e^{2W}: values of order 1
+    h = (1e-3 * rng.normal(size=(threads, n_out))).astype(np.float32)
+    k = (1 + rng.random((threads, _ROWS, n_out))).astype(np.float32)
+    out = np.zeros((threads, _ROWS), np.float32)
+    repeats = -(-connections // (threads * _ROWS * n_out))
+    one = np.float32(1)
+    _ratio_rows_l1(c, h, k, 1, one, out)  # compile
+    return (lambda: _ratio_rows_l1(c, h, k, repeats, one, out)), (c, h, k, out)
 
 
 def layer_inputs(rng, batch, n_in, n_out, dtype=np.float32):
@@ -44,6 +89,8 @@ def layer_inputs(rng, batch, n_in, n_out, dtype=np.float32):
 def flip_section(rng, repeats, threads, with_reference):
     """Part 1 at ``threads`` threads; the NumPy reference (slow) only when ``with_reference``."""
     x_in, a, x_out, w, d_out = layer_inputs(rng, 128, 1024, 1024)
+    two_wt = np.ascontiguousarray(2 * w.T)
+    exp_out = np.empty_like(two_wt)
     contenders = {
         "matmul float32 (x @ W.T)": lambda: x_in @ w.T,
         "PSA flip, ratio form": lambda: cpu.flip_propagate_dense(x_in, a, x_out, w, d_out, 0, form="ratio"),
@@ -53,6 +100,8 @@ def flip_section(rng, repeats, threads, with_reference):
         "PSA flip, generic F form (triangular)": lambda: cpu.flip_propagate_dense(x_in, a, x_out, w, d_out, 3,
                                                                                  form="generic"),
         "PSA flip, probit form (normal)": lambda: cpu.flip_propagate_dense(x_in, a, x_out, w, d_out, 1, form="probit"),
+        "ratio form's inner loop alone (L1)": ratio_loop_floor(rng, threads, x_in.size * w.shape[0])[0],
+        "exp of 2 W^T (NumPy, in the ratio form)": lambda: np.exp(two_wt, out=exp_out),
     }
     for fn in contenders.values():  # compile and warm up
         fn()
@@ -63,6 +112,10 @@ def flip_section(rng, repeats, threads, with_reference):
     for name, t in med.items():
         print(f"   {name:40s} {t * 1e3:9.2f} ms   {t / base:7.2f}x matmul")
     print(f"   => ratio form / matmul = {ratio / base:.2f}x (target <= 4x at one thread)")
+    floor, exp_2w = med["ratio form's inner loop alone (L1)"], med["exp of 2 W^T (NumPy, in the ratio form)"]
+    rest = ratio - floor - exp_2w
+    print(f"   => floor on this CPU: the inner loop alone {floor / base:.2f}x matmul, NumPy's exp of 2 W^T "
+          f"{exp_2w / base:.2f}x; the rest of the call (L2 traffic, tasks, preparation) {rest / base:.2f}x")
     if with_reference:
         t_ref = interleaved_medians({"ref": lambda: reference.flip_propagate_dense(x_in, a, x_out, w, d_out,
                                                                                    "logistic")}, 1)["ref"]

@@ -53,3 +53,38 @@ def test_flip_timer_counts_each_call_and_is_removed_after_an_error(bench):
     with pytest.raises(RuntimeError, match="a step that fails"):
         bench.flip_calls_in_steps(step, 2)
     assert conv_cpu.flip_propagate_conv is original
+
+
+def _pair_terms(g0, e0, k0, g1, e1, k1):
+    """``g0 / (1 + e0 k0) + g1 / (1 + e1 k1)`` in float64 (the ratio form's pair of terms, unclamped)."""
+    return g0 / (1 + e0 * k0.astype(np.float64)) + g1 / (1 + e1 * k1.astype(np.float64))
+
+
+def test_loop_floors_sum_the_ratio_terms_of_their_rows(bench):
+    floors = bench.loop_floors(2, connections=1, c_in=64, tile=32)  # one pass per thread row
+    assert {name: n for name, (_, n) in floors.items()} == {"channel-innermost": 2 * 2 * 64, "cell-major": 2 * 4 * 32}
+    rng = np.random.default_rng(3)
+    sel = np.where(rng.random((2, 64)) < 0.5, 1, -1).astype(np.int8)
+    k_pos, k_neg = (1 + rng.random((2, 2, 64))).astype(np.float32), (1 + rng.random((2, 2, 64))).astype(np.float32)
+    g, e = (1e-3 * rng.random((2, 4))).astype(np.float32), (1 + rng.random((2, 4))).astype(np.float32)
+    acc = np.zeros((2, 64), np.float32)
+    big = np.float32(2.0 ** 40)
+    bench._channel_loop_l1(sel, acc, k_pos, k_neg, g, e, 2, big)
+    expected = np.zeros((2, 64))
+    for i in range(2):
+        k0 = np.where(sel < 0, k_neg[:, 0], k_pos[:, 0])
+        k1 = np.where(sel < 0, k_neg[:, 1], k_pos[:, 1])
+        j = (i + 1) % 4
+        expected += _pair_terms(g[:, i, None], e[:, i, None], k0, g[:, j, None], e[:, j, None], k1)
+    np.testing.assert_allclose(acc, expected, rtol=1e-6)
+
+    sel = np.where(rng.random((2, 2, 32)) < 0.5, 1, -1).astype(np.int8)
+    g, e = (1e-3 * rng.random((2, 2, 32))).astype(np.float32), (1 + rng.random((2, 2, 32))).astype(np.float32)
+    w = (1 + rng.random((2, 11))).astype(np.float32)
+    acc = np.zeros((2, 2, 32), np.float32)
+    bench._cell_loop_l1(sel, acc, g, e, w, 1, big)  # repeat 0: pos00 = w[0]
+    factors = [(w[:, 0], w[:, 4], w[:, 5], w[:, 6]), (w[:, 7], w[:, 8], w[:, 9], w[:, 10])]  # (pos0, neg0, pos1, neg1)
+    for r, (pos0, neg0, pos1, neg1) in enumerate(factors):
+        k0 = np.where(sel[:, r] < 0, neg0[:, None], pos0[:, None])
+        k1 = np.where(sel[:, r] < 0, neg1[:, None], pos1[:, None])
+        np.testing.assert_allclose(acc[:, r], _pair_terms(g[:, 0], e[:, 0], k0, g[:, 1], e[:, 1], k1), rtol=1e-6)
