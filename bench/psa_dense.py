@@ -37,8 +37,6 @@ from common import interleaved_medians, machine_info, thread_counts  # noqa: E40
 import sbnnumba as sb  # noqa: E402
 from sbnnumba.kernels import cpu, lanes, reference  # noqa: E402
 
-_ROWS = 4  # rows of k per load of c and h, as in cpu._flip_dense_ratio
-
 
 # Not cached: tests load this script as a module under another name, and a cached function's globals are rebuilt
 # by importing its module by the name it was compiled under (a script run caches it as __main__).
@@ -63,15 +61,28 @@ def _ratio_rows_l1(c, h, k, repeats, one, out):
 def ratio_loop_floor(rng, threads, connections, n_out=1024):
     """The ratio kernel's inner loop alone (:func:`_ratio_rows_l1`), sized to ``connections``.
 
-    Returns ``(call, args)``: ``call()`` runs ``connections`` terms ``h / (c + k)`` (rounded up to whole passes),
-    one L1-resident task of :data:`_ROWS` rows of ``n_out`` per thread; ``args`` are its ``(c, h, k, out)``."""
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+    threads : int
+        One L1-resident task (``cpu._ROWS`` rows of ``k``) per thread.
+    connections : int
+        Terms ``h / (c + k)`` to run, rounded up to whole passes over the rows.
+    n_out : int
+        Row length, a multiple of ``lanes.LANES``.
+
+    Returns
+    -------
+    (callable, tuple)
+        ``call()`` runs the terms; ``(c, h, k, out)`` are its arguments.
+    """
     if n_out % lanes.LANES:
         raise ValueError(f"n_out: expected a multiple of {lanes.LANES}, got {n_out}")
     c = (1 + rng.random((threads, n_out))).astype(np.float32)  # e^{+-a}, k = e^{2W}: values of order 1
     h = (1e-3 * rng.normal(size=(threads, n_out))).astype(np.float32)
-    k = (1 + rng.random((threads, _ROWS, n_out))).astype(np.float32)
-    out = np.zeros((threads, _ROWS), np.float32)
-    repeats = -(-connections // (threads * _ROWS * n_out))
+    k = (1 + rng.random((threads, cpu._ROWS, n_out))).astype(np.float32)
+    out = np.zeros((threads, cpu._ROWS), np.float32)
+    repeats = -(-connections // (threads * cpu._ROWS * n_out))
     one = np.float32(1)
     _ratio_rows_l1(c, h, k, 1, one, out)  # compile
     return (lambda: _ratio_rows_l1(c, h, k, repeats, one, out)), (c, h, k, out)
