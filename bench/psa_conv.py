@@ -35,7 +35,7 @@ Prints, measured in the same run (medians over interleaved repeats, float32):
    ("call again at once"), so that what the stages before it leave in (or take out of) the caches shows as the
    difference between it and the call in the sequence. And the innermost loop of each layout's ratio kernel alone
    on L1-resident rows (:func:`loop_floors`: ``conv_channels.channel_pair_terms`` and ``conv_cpu.cell_pair_terms``
-   with the kernels' fastmath flags, no tasks, no cache misses), the most a kernel of that loop reaches on this core;
+   with the kernels' fastmath flags, no tasks, no cache misses), about the most a kernel of that loop reaches here;
    each stage's kernel is printed as a fraction of its layout's loop.
 
 4. the stages of part 3 that run channel-innermost (``conv_cpu.channel_inner``: 192 channels here), timed
@@ -241,7 +241,7 @@ def _cell_loop_l1(sel, acc, g, e, w, repeats, big):
 
 def loop_floors(threads, connections=2 ** 27, c_in=192, tile=256):
     """The ratio kernels' innermost loops alone (:func:`_channel_loop_l1`, :func:`_cell_loop_l1`), one L1-resident
-    task per thread: the most a ratio kernel as written reaches on this core, whatever its tasks and caches.
+    task per thread: about the most a ratio kernel as written reaches on this core, whatever its tasks and caches.
 
     Returns
     -------
@@ -385,8 +385,8 @@ def stage_section(rng, repeats, threads, width):
           f"ratio form), {threads} thread(s); G connections/s per core (target >= 5)")
     print(f"   divider bound (two connections per float32 division, timed with the stages): {bound:5.2f} per core")
     floor = {name: n / med[("floor", name)][0] / threads / 1e9 for name, (_, n) in floors.items()}
-    print("   the kernels' innermost loops alone on L1-resident rows (the most a ratio kernel as written reaches here, "
-          "timed with the stages): " + ", ".join(f"{name} {rate:5.2f} per core" for name, rate in floor.items()))
+    print("   the kernels' innermost loops alone on L1-resident rows (about the most a ratio kernel as written reaches "
+          "here, timed with the stages): " + ", ".join(f"{name} {rate:5.2f} per core" for name, rate in floor.items()))
     worst = float("inf")
     for label, conns, _, _ in problems:
         wall, cpu = med[label]

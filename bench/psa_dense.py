@@ -9,8 +9,8 @@ Prints, measured in the same run (medians over interleaved repeats):
    (B, N_in, N_out) Delta tensor. Targets: within 4x of the matmul at one thread, >= 20x faster than
    materializing. Also timed with them: the ratio kernel's inner loop alone on L1-resident rows
    (``cpu.ratio_lanes4`` with the kernel's fastmath flags, four rows of ``k`` per load of the per-unit
-   factors; no preparation, no cache misses), for the layer's connection count: no call of the ratio form as
-   written runs faster on this CPU, so its ratio to the matmul is that form's floor under the 4x target here; and
+   factors; no preparation, no cache misses), for the layer's connection count: a call of the ratio form as
+   written can hardly run faster on this CPU, so its ratio to the matmul is that form's floor under the 4x target; and
    NumPy's ``exp`` of the layer's ``2 W^T`` (the weight factors the call computes before its kernel).
 2. one full training step (forward + backward, ``sbnnumba.estimate``) of a 784-1024-1024-10 network,
    batch 128: PSA vs ST. Target: PSA within 3x of ST.
