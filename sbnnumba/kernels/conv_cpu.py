@@ -188,14 +188,13 @@ def _flip_conv_ratio(sel, e_grid, g_grid, k_pos, k_neg, a_grid, cell_pos, tap_of
             g_row, g_row1 = g_grid[blk, c], g_grid[blk, c + 1]
             e_row, e_row1 = e_grid[blk, c], e_grid[blk, c + 1]
             for k in range(n_taps):
-                # factors K[output channel c or c + 1, input channel r0 or r1]: neg where x_in < 0, pos elsewhere
-                pos00, neg00, pos10, neg10 = k_pos[c, r0, k], k_neg[c, r0, k], k_pos[c + 1, r0, k], k_neg[c + 1, r0, k]
-                pos01, neg01, pos11, neg11 = k_pos[c, r1, k], k_neg[c, r1, k], k_pos[c + 1, r1, k], k_neg[c + 1, r1, k]
+                # factors K[output channel c or c + 1, input channel r0 or r1], e^{+2W} and e^{-2W} of each
+                factors = (k_pos[c, r0, k], k_neg[c, r0, k], k_pos[c + 1, r0, k], k_neg[c + 1, r0, k],
+                           k_pos[c, r1, k], k_neg[c, r1, k], k_pos[c + 1, r1, k], k_neg[c + 1, r1, k])
                 q0, q1, a0 = _tap_range(tap_off[k], i0, i1, n_run)
                 n = q1 - q0
-                g_t, g_t1, e_t, e_t1 = g_row[q0:q1], g_row1[q0:q1], e_row[q0:q1], e_row1[q0:q1]
-                cell_pair_terms(n, acc0[a0:a0 + n], acc1[a0:a0 + n], sel0[a0:a0 + n], sel1[a0:a0 + n], g_t, g_t1, e_t,
-                                e_t1, (pos00, neg00, pos10, neg10, pos01, neg01, pos11, neg11), one, big)
+                cell_pair_terms(n, acc0[a0:a0 + n], acc1[a0:a0 + n], sel0[a0:a0 + n], sel1[a0:a0 + n], g_row[q0:q1],
+                                g_row1[q0:q1], e_row[q0:q1], e_row1[q0:q1], factors, one, big)
         _scatter(acc0, a_grid[blk], True, cell_pos, i0, i1, blk * bb, bb, r0, d_in)
         _scatter(acc1, a_grid[blk], True, cell_pos, i0, i1, blk * bb, bb, r1, d_in)
 
