@@ -163,6 +163,22 @@ def test_probit_form_rejects_float64():
     np.testing.assert_allclose(got, reference.flip_propagate_dense(*args, "normal"), atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_ratio_kernel_bits_do_not_depend_on_the_chunk(dtype, monkeypatch):
+    """``cpu._CHUNK_BYTES`` is a speed setting only: each input unit's sum runs in the same lanes and order whether
+    its unit falls in a block of 4 or in the one-row loop of a partial block, so chunks of 4, 8, 36 and all the input
+    units give the same bits (70 outputs: two full lane blocks and a remainder of 6)."""
+    rng = np.random.default_rng(36)
+    args = _layer(rng, 6, 75, 70, dtype, scale=0.5)
+    row_bytes = 70 * np.dtype(dtype).itemsize
+    results = []
+    for units in (4, 8, 36, 76):
+        monkeypatch.setattr(cpu, "_CHUNK_BYTES", units * row_bytes)
+        assert cpu._chunk_units(75, 70, np.dtype(dtype).itemsize) == units
+        results.append(cpu.flip_propagate_dense(*args, 0, form="ratio").tobytes())
+    assert len(set(results)) == 1
+
+
 @pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 3e-5)])
 def test_numba_ratio_equals_reference(dtype, tol):
     rng = np.random.default_rng(4)

@@ -29,8 +29,9 @@ Four forms:
   division. For ``x[b,i] = -1`` the identity ``1/(1 + e^{-a}/k) = 1 - 1/(1 + e^{+a} k)`` turns the
   sum into the same one with ``e^{+a}``, so only ``k = e^{2W}`` (transposed) is needed, and the
   kernel groups each example's input units by sign so that a block of 4 shares its loads.
-  The input units are cut into chunks whose rows of ``k`` fit in L2 (about 512 KiB), and every
-  example passes over one chunk before the next, instead of streaming all of ``k`` from L3 per example.
+  The input units are cut into chunks whose rows of ``k`` fit in L2 (about 128 KiB, half of the smallest L2 of
+  current x86 cores), and every example passes over one chunk before the next, instead of streaming all of ``k``
+  from L3 per example.
   Each sum over ``j`` runs in 32 explicit lanes added in a fixed order, then the last ``N_out mod 32`` terms in
   order (:func:`_flip_dense_ratio`, :mod:`sbnnumba.kernels.lanes`): with fastmath's ``reassoc`` the sums had other
   bits when the kernel was loaded from Numba's cache than when it was compiled.
@@ -95,11 +96,16 @@ def ratio_limits(dtype):
 
 
 _ROWS = 4  # input units per task in the ratio kernel: the output-unit rows of e^{-+a} and g are loaded once for 4
-_CHUNK_BYTES = 1 << 19  # k rows of one chunk of input units: stays in L2 while every example passes over it
+# k rows of one chunk of input units: stays in L2 while every example passes over it. Half of a 256 KiB L2, so that
+# the examples' rows of e^{+-a} and g and the outputs stay beside it: 512 KiB (a Zen 3 core's whole L2) made the
+# 1024 x 1024 flip 1.02-1.15x slower there (docs/experiments/2026-12-07-session23-routes-measured.md). Smaller
+# chunks send more units through the one-row loop of the last partial block (about 3 in 32 units at 32 per chunk);
+# the bits do not depend on the chunk (every row sums in the same lanes and order).
+_CHUNK_BYTES = 1 << 17
 
 
 def _chunk_units(n_in, n_out, itemsize):
-    """Input units per chunk of the ratio kernel: a multiple of 4 whose rows of ``k`` fill about 512 KiB."""
+    """Input units per chunk of the ratio kernel: a multiple of 4 whose rows of ``k`` fill about ``_CHUNK_BYTES``."""
     rows = _CHUNK_BYTES // max(1, n_out * itemsize) // _ROWS * _ROWS
     return max(_ROWS, min(rows, -(-n_in // _ROWS) * _ROWS))
 
