@@ -200,6 +200,25 @@ def test_numba_kernels_equal_reference_across_blocks_and_tiles(cfg):
         np.testing.assert_allclose(got, ref, atol=3e-5 * max(1, np.abs(ref).max()), err_msg=f"{noise} {form}")
 
 
+@pytest.mark.parametrize("cfg", [(4, 5, 3, 1, 1, 9, 10), (3, 3, 3, 2, 0, 11, 9)], ids=["s1", "s2"])
+def test_cell_major_bits_do_not_depend_on_the_batch_block(cfg, monkeypatch):
+    """The examples per batch block of the cell-major kernels (conv_layout.batch_blocks) are a speed setting only:
+    every entry adds its terms in the same (output channel, tap) order whatever the block, so blocks of 1, 2, 4 and 8
+    examples (7 examples: padded last blocks) give the same bits, for every form (odd C_out: a neutral pair)."""
+    layer, x, a, x_out, d_out = _layer_data(cfg, seed=21, scale=0.6, batch=7)
+    args = [t.astype(np.float32) for t in (x, a, x_out, layer.weight, d_out)]
+    monkeypatch.setattr(conv_layout, "MIN_RUN", 1)  # bb = MIN_BLOCK
+    for noise, form in (("logistic", "ratio"), ("triangular", "bounded"), ("normal", "probit"), ("normal", "generic")):
+        results = []
+        for bb in (1, 2, 4, 8):
+            monkeypatch.setattr(conv_layout, "MIN_BLOCK", bb)
+            n_q = conv_layout.phase_layout(x.shape[2:], layer.kernel_size, layer.stride, layer.padding)[2]
+            assert conv_layout.batch_blocks(7, n_q)[1] == bb
+            results.append(conv_cpu.flip_propagate_conv(*args, layer.stride, layer.padding, get_noise(noise).code,
+                                                        form=form, layout="cells").tobytes())
+        assert len(set(results)) == 1, f"{noise} {form}"
+
+
 @pytest.mark.parametrize("cfg", CONFIGS, ids=IDS)
 @pytest.mark.parametrize("scale", [0.05, 0.6, 2.0])
 def test_probit_form_within_its_bound(cfg, scale):
