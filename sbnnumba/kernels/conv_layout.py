@@ -35,7 +35,7 @@ from .workspace import aligned_empty
 BATCH_BLOCK = 64  # at most this many examples per block of the cell-major grids
 MIN_RUN = 1024  # (cell, example) entries per tap loop that a block reaches if the batch allows
 # ... and at least this many examples per block if the batch has them: on an AMD Zen 3 core the tap loops of 1 or
-# 2 examples per cell ran 1.08-1.17x slower than those of 4 (the paper's 26x26 -> 24x24 stage, 32x32 and 56x56 maps;
+# 2 examples per cell ran 1.08-1.18x slower than those of 4 (the paper's 26x26 -> 24x24 stage, 32x32 and 56x56 maps;
 # docs/experiments/2026-12-07-session23-routes-measured.md), with the same bits (a speed rule only).
 MIN_BLOCK = 4
 # Two accumulators and two x_in rows of one task, L2-resident: on the paper's 24x24 -> 11x11 stage one tile of its whole

@@ -29,8 +29,8 @@ Four forms:
   division. For ``x[b,i] = -1`` the identity ``1/(1 + e^{-a}/k) = 1 - 1/(1 + e^{+a} k)`` turns the
   sum into the same one with ``e^{+a}``, so only ``k = e^{2W}`` (transposed) is needed, and the
   kernel groups each example's input units by sign so that a block of 4 shares its loads.
-  The input units are cut into chunks whose rows of ``k`` fit in L2 (about 128 KiB, half of the smallest L2 of
-  current x86 cores), and every example passes over one chunk before the next, instead of streaming all of ``k``
+  The input units are cut into chunks whose rows of ``k`` fit in L2 (about 128 KiB, half of the 256 KiB L2 of older
+  Intel client cores), and every example passes over one chunk before the next, instead of streaming all of ``k``
   from L3 per example.
   Each sum over ``j`` runs in 32 explicit lanes added in a fixed order, then the last ``N_out mod 32`` terms in
   order (:func:`_flip_dense_ratio`, :mod:`sbnnumba.kernels.lanes`): with fastmath's ``reassoc`` the sums had other
