@@ -97,10 +97,10 @@ def ratio_limits(dtype):
 
 _ROWS = 4  # input units per task in the ratio kernel: the output-unit rows of e^{-+a} and g are loaded once for 4
 # k rows of one chunk of input units: stays in L2 while every example passes over it. Half of a 256 KiB L2, so that
-# the examples' rows of e^{+-a} and g and the outputs stay beside it: 512 KiB (a Zen 3 core's whole L2) made the
-# 1024 x 1024 flip 1.02-1.15x slower there (docs/experiments/2026-12-07-session23-routes-measured.md). Smaller
-# chunks send more units through the one-row loop of the last partial block (about 3 in 32 units at 32 per chunk);
-# the bits do not depend on the chunk (every row sums in the same lanes and order).
+# the examples' rows of e^{+-a} and g and the outputs stay beside it: with 512 KiB (a Zen 3 core's whole L2) the
+# 1024 x 1024 flip ran 1.02-1.15x slower there alone and 1.01-1.03x inside steps (run log of 2026-12-07, session 23).
+# Smaller chunks send more units through the one-row loop of the last partial block (about 3 in 32 units at 32 per
+# chunk); the bits do not depend on the chunk (every row sums in the same lanes and order).
 _CHUNK_BYTES = 1 << 17
 
 
