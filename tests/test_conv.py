@@ -207,13 +207,10 @@ def test_cell_major_bits_do_not_depend_on_the_batch_block(cfg, monkeypatch):
     examples (7 examples: padded last blocks) give the same bits, for every form (odd C_out: a neutral pair)."""
     layer, x, a, x_out, d_out = _layer_data(cfg, seed=21, scale=0.6, batch=7)
     args = [t.astype(np.float32) for t in (x, a, x_out, layer.weight, d_out)]
-    monkeypatch.setattr(conv_layout, "MIN_RUN", 1)  # bb = MIN_BLOCK
     for noise, form in (("logistic", "ratio"), ("triangular", "bounded"), ("normal", "probit"), ("normal", "generic")):
         results = []
         for bb in (1, 2, 4, 8):
-            monkeypatch.setattr(conv_layout, "MIN_BLOCK", bb)
-            n_q = conv_layout.phase_layout(x.shape[2:], layer.kernel_size, layer.stride, layer.padding)[2]
-            assert conv_layout.batch_blocks(7, n_q)[1] == bb
+            monkeypatch.setattr(conv_cpu, "batch_blocks", lambda n_batch, n_q, bb=bb: (-(-n_batch // bb), bb))
             results.append(conv_cpu.flip_propagate_conv(*args, layer.stride, layer.padding, get_noise(noise).code,
                                                         form=form, layout="cells").tobytes())
         assert len(set(results)) == 1, f"{noise} {form}"

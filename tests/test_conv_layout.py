@@ -51,8 +51,10 @@ def test_channel_cells_follow_the_index_map(h, w, kernel, stride, padding, batch
 
 def test_batch_blocks_align_examples_per_block():
     # the paper network's stages at batch 64 (n_q = 622, 131, 97, 61, 11): bb 4 (MIN_BLOCK; 2 for the runs), 8, 16
-    # (not 11), 16, 64; a 56x56 map (n_q = 3246) 4, not 1; a batch of 2 in one block of 2
+    # (not 11), 16, 64; a 56x56 map (n_q = 3246) 4, not 1; a batch of 2 in one block of 2; 67 in 17 blocks of 4 (one
+    # padded example), but 5 in 5 blocks of 1 (2 blocks of 4 would pad 3)
     assert conv_layout.batch_blocks(64, 3246) == (16, 4) and conv_layout.batch_blocks(2, 3246) == (1, 2)
+    assert conv_layout.batch_blocks(67, 3246) == (17, 4) and conv_layout.batch_blocks(5, 3246) == (5, 1)
     assert [conv_layout.batch_blocks(64, n_q) for n_q in (622, 131, 97, 61, 11)] == [(16, 4), (8, 8), (4, 16),
                                                                                       (4, 16), (1, 64)]
     for n_batch in (1, 3, 5, 37, 67, 130):

@@ -14,10 +14,10 @@ padded input cells are accumulated into but never read back (they never flip and
 non-square maps are handled by the separate extents.
 
 **Blocks and tiles.** :func:`batch_blocks` cuts the batch into blocks just large enough for runs of
-``n_q bb >= MIN_RUN`` entries, and of at least :data:`MIN_BLOCK` examples (at most :data:`BATCH_BLOCK`): small
-maps take whole batches, large maps few examples, so a task's buffers stay small. :func:`tile_length` cuts a block's
-accumulator into tiles of about :data:`TILE_BYTES` (two accumulators and two x_in rows), one task each; a tap adds to
-a tile the part of its run that lands there.
+``n_q bb >= MIN_RUN`` entries (at most :data:`BATCH_BLOCK` examples), and of at least :data:`MIN_BLOCK` examples
+where that pads few examples: small maps take whole batches, large maps few examples, so a task's buffers stay
+small. :func:`tile_length` cuts a block's accumulator into tiles of about :data:`TILE_BYTES` (two accumulators and two
+x_in rows), one task each; a tap adds to a tile the part of its run that lands there.
 
 **Conversions.** :func:`output_cells` and :func:`input_cells` copy (B, C, H, W) maps into the grids with one
 parallel Numba pass each (a task per block and channel, reading whole rows of one example's map): pure copies,
@@ -34,9 +34,9 @@ from .workspace import aligned_empty
 
 BATCH_BLOCK = 64  # at most this many examples per block of the cell-major grids
 MIN_RUN = 1024  # (cell, example) entries per tap loop that a block reaches if the batch allows
-# ... and at least this many examples per block if the batch has them: on an AMD Zen 3 core the tap loops of 1 or
-# 2 examples per cell ran 1.08-1.18x slower than those of 4 (the paper's 26x26 -> 24x24 stage, 32x32 and 56x56 maps;
-# docs/experiments/2026-12-07-session23-routes-measured.md), with the same bits (a speed rule only).
+# ... and at least this many examples per block where that pads few examples: on an AMD Zen 3 core the tap loops
+# of 1 or 2 examples per cell ran 1.08-1.18x slower than those of 4 (the paper's 26x26 -> 24x24 stage, 32x32 and
+# 56x56 maps; docs/experiments/2026-12-07-session23-routes-measured.md), with the same bits (a speed rule only).
 MIN_BLOCK = 4
 # Two accumulators and two x_in rows of one task, L2-resident: on the paper's 24x24 -> 11x11 stage one tile of its whole
 # grid (46 KB) ran 4 % faster than three L1-sized ones (81.8 against 85.2 ms, one thread): fewer tap runs split at
@@ -123,6 +123,17 @@ def tile_length(bb, entry_bytes):
     return bb * max(1, TILE_BYTES // (bb * entry_bytes))
 
 
+def _blocks_for(n_batch, target):
+    # (n_blocks, bb): as few blocks as `target` examples each allow, bb rounded up to a power of two below
+    # BLOCK_ALIGN and to a multiple of it above. Whole vectors per cell: with bb a multiple of 8 every tap offset
+    # (tap_off bb entries) keeps the vector loads of a tap loop on the alignment of its row (16 examples = one
+    # 64-byte line in float32). The paper's 11x11 stage (n_q = 97) ran at 6.4 G connections/s with bb = 11 and 7.5
+    # with bb = 16 (one thread, loaded machine).
+    bb = -(-n_batch // max(1, -(-n_batch // target)))
+    bb = 1 << (bb - 1).bit_length() if bb < BLOCK_ALIGN else -(-bb // BLOCK_ALIGN) * BLOCK_ALIGN
+    return -(-n_batch // bb), bb
+
+
 def batch_blocks(n_batch, n_q):
     """Batch blocks of the cell-major kernels.
 
@@ -137,17 +148,17 @@ def batch_blocks(n_batch, n_q):
     -------
     (n_blocks, bb) : (int, int)
         The batch cut into ``n_blocks`` blocks of ``bb`` examples, enough for tap loops of ``n_q bb >= MIN_RUN``
-        entries and at least :data:`MIN_BLOCK` examples (up to :data:`BATCH_BLOCK` examples and the batch), as few
-        as the target allows, with ``bb`` rounded up to a power of two below 8 and to a multiple of 8 above
-        (:data:`BLOCK_ALIGN`); the last block is padded with inert examples (``g = d = 0``).
+        entries (up to :data:`BATCH_BLOCK` examples), as few as the target allows, with ``bb`` rounded up to a
+        power of two below 8 and to a multiple of 8 above (:data:`BLOCK_ALIGN`); then at least :data:`MIN_BLOCK`
+        examples per block where that adds at most an eighth of padded examples (a batch of 67 on a large map
+        takes 17 blocks of 4, a batch of 5 keeps 5 blocks of 1: 3 padded examples would cost more than the longer
+        runs gain). The last block is padded with inert examples (``g = d = 0``).
     """
-    target = min(BATCH_BLOCK, max(MIN_BLOCK, -(-MIN_RUN // n_q)))
-    bb = -(-n_batch // max(1, -(-n_batch // target)))
-    # Whole vectors per cell: with bb a multiple of 8 every tap offset (tap_off bb entries) keeps the vector loads
-    # of a tap loop on the alignment of its row (16 examples = one 64-byte line in float32). The paper's 11x11 stage
-    # (n_q = 97) ran at 6.4 G connections/s with bb = 11 and 7.5 with bb = 16 (one thread, loaded machine).
-    bb = 1 << (bb - 1).bit_length() if bb < BLOCK_ALIGN else -(-bb // BLOCK_ALIGN) * BLOCK_ALIGN
-    return -(-n_batch // bb), bb
+    runs = min(BATCH_BLOCK, max(1, -(-MIN_RUN // n_q)))
+    blocks = _blocks_for(n_batch, runs)
+    wider = _blocks_for(n_batch, min(BATCH_BLOCK, max(MIN_BLOCK, runs)))
+    # the wider blocks' padded examples must cost less than their longer runs gain (1.08-1.18x): at most an eighth more
+    return wider if 8 * wider[0] * wider[1] <= 9 * blocks[0] * blocks[1] else blocks
 
 
 @numba.njit(parallel=True, cache=True)
