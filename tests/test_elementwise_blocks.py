@@ -199,9 +199,8 @@ def _pm1(rng, shape, dtype):
 
 def _flip_calls(dtype):
     """The CPU backend's calls whose NumPy / SciPy passes run through blockwise, at sizes cut into blocks: the dense
-    flip's e^{2W^T} (1024 x 1024), the head's flipped logits (64 x 10 x 1024), the conv flip's e^{+-2W} of a
-    192 x 192 x 3 x 3 stage onto a 1x1 map (8 examples), the Rao-Blackwell weights of 128 x 1024 units."""
-    from sbnnumba import losses
+    flip's e^{2W^T} (1024 x 1024), the conv flip's e^{+-2W} of a 192 x 192 x 3 x 3 stage onto a 1x1 map (8
+    examples), the Rao-Blackwell weights of 128 x 1024 units."""
     from sbnnumba.noise import get_noise
 
     rng = np.random.default_rng(8)
@@ -210,9 +209,6 @@ def _flip_calls(dtype):
     x_in, x_out = _pm1(rng, (16, 1024), dtype), _pm1(rng, (16, 1024), dtype)
     weight = (rng.normal(size=(1024, 1024)) * 0.05).astype(dtype)
     a, d_out = (rng.normal(size=(16, 1024)) * 2).astype(dtype), rng.normal(size=(16, 1024)).astype(dtype)
-    logits, y = (3 * rng.normal(size=(64, 10))).astype(dtype), rng.integers(0, 10, 64)
-    x_last, v = _pm1(rng, (64, 1024), dtype), rng.normal(size=(10, 1024)).astype(dtype)
-    loss0, _ = losses.xent(logits, y)
     # 8 examples: 2.7 M connections, two threads for the conv flip call (and so for its passes)
     c_x, c_w = _pm1(rng, (8, 192, 3, 3), dtype), (rng.normal(size=(192, 192, 3, 3)) * 0.05).astype(dtype)
     c_a, c_x_out, c_d = (rng.normal(size=(8, 192, 1, 1)) * 2).astype(dtype), _pm1(rng, (8, 192, 1, 1), dtype), \
@@ -220,7 +216,6 @@ def _flip_calls(dtype):
     rb_x, rb_a = _pm1(rng, (128, 1024), dtype), (rng.normal(size=(128, 1024)) * 3).astype(dtype)
     return {
         "dense flip": lambda: backend.flip_propagate_dense(x_in, a, x_out, weight, d_out, noise),
-        "head flips": lambda: backend.head_flips(logits, y, x_last, v, loss0),
         "conv flip": lambda: backend.flip_propagate_conv(c_x, c_a, c_x_out, c_w, c_d, (1, 1), (0, 0), noise),
         "rb weights": lambda: backend.rb_flip_weights(rb_x, rb_a, noise),
     }

@@ -7,8 +7,9 @@ r"""The ``cpu`` backend: the Numba kernels of :mod:`sbnnumba.kernels` (``@njit(p
   :func:`sbnnumba.kernels.cpu.choose_form`).
 * Sampling: :meth:`NoiseFamily.sample` (one fused Numba pass for logistic noise,
   :mod:`sbnnumba.kernels.sampling`).
-* PSA head differences: two fused Numba passes around NumPy's ``exp`` and ``log``
-  (:func:`sbnnumba.kernels.head.flip_losses`, bit for bit the reference backend's); the Rao-Blackwell
+* PSA head differences: the factored form, ``e^{eta_k - 2 x_i V_ki} = e^{eta_k} e^{-2 x_i V_ki}`` (2 K N_L
+  exponentials instead of B K N_L; :func:`sbnnumba.kernels.head.flip_losses`, within a stated bound of the exact
+  values; the reference backend's formula where its weight range does not hold); the Rao-Blackwell
   head's weights ``(1 - F(x a)) / N`` with the noise's CDF evaluated in blocks on the threads
   (:func:`sbnnumba.runtime.blockwise`; the CDF is element-wise, so the same bits as one call).
 * The element-wise PSA / ST gradients are the reference backend's (inherited), so seeded runs are
@@ -78,7 +79,7 @@ class CpuBackend(ReferenceBackend):
         return noise.sample(a, u)
 
     def head_flips(self, logits, y, x_last, v, loss0):
-        fused = head.flip_losses(logits, y, x_last, v, loss0)  # two Numba passes around NumPy's exp and log
+        fused = head.flip_losses(logits, y, x_last, v, loss0)  # the factored form: 2 K N_L exponentials
         return fused if fused is not None else super().head_flips(logits, y, x_last, v, loss0)
 
     def rb_flip_weights(self, x_last, a_last, noise):

@@ -327,7 +327,8 @@ class StepOperations(abc.ABC):
         v : array (K, N_L)
             Head weights.
         loss0 : array (B,)
-            ``l(eta)``.
+            ``l(eta)`` of these logits (:meth:`softmax_xent`); a backend may compute ``d`` without it (the CPU
+            backend's factored form does).
 
         Returns
         -------
