@@ -272,6 +272,34 @@ def test_rao_blackwellized_loss_is_unbiased():
     assert m["loss"] == pytest.approx(exact, rel=0.03)
 
 
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-13), (np.float32, 2e-6)])
+@pytest.mark.parametrize("n_classes", [1, 3, 10])
+def test_rb_probabilities_and_loss_equal_the_flipped_heads(backend, dtype, tol, n_classes):
+    """The RB head's probabilities and loss (from the backend's head differences) equal the mixture of every flipped
+    head's softmax and loss computed one by one, within the dtype's rounding."""
+    from sbnnumba import losses
+    from sbnnumba.estimators import common, rbhead
+
+    rng = np.random.default_rng(4)
+    net = sb.Network.dense([5, 6, 7], n_classes, rng=rng, dtype=dtype, backend=backend)
+    for p in net.params.values():
+        p[...] = rng.normal(size=p.shape)
+    x = rng.normal(size=(9, 5)).astype(dtype)
+    y = rng.integers(0, max(n_classes, 2), 9)
+    path = net.sample(x, rng)
+    probs, loss = rbhead.probabilities_and_loss(net, path, y)
+    w = rbhead.flip_weights(net, path).astype(np.float64)
+    flipped = common.head_flip_logits(net, path).astype(np.float64)  # (B, N_L, K)
+    logits = path.logits.astype(np.float64)
+    p0, l0 = losses.probabilities(logits), losses.xent(logits, y, grad=False)
+    want_p = (1 - w.sum(axis=1))[:, None] * p0 + np.einsum("bi,bik->bk", w, losses.probabilities(flipped))
+    want_l = l0 + np.einsum("bi,bi->b", w, losses.xent(flipped, y[:, None], grad=False) - l0[:, None])
+    assert probs.dtype == loss.dtype == dtype
+    np.testing.assert_allclose(probs, want_p, rtol=0, atol=tol)
+    np.testing.assert_allclose(loss, want_l, rtol=tol, atol=tol)
+
+
 # ---------------------------------------------------------------------------------- unit entropy
 def _bits(p):
     """H(p) in bits, the textbook formula (0 log 0 = 0)."""

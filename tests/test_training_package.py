@@ -129,7 +129,8 @@ def test_describe_refuses_an_unregistered_layer_type():
 @pytest.mark.parametrize("name", V1_CHECKPOINTS)
 def test_version_1_checkpoints_still_load(name):
     """Checkpoints written by the code before the training package (train.py, format version 1) load, rebuild
-    the same network and evaluate to the metrics recorded when they were written."""
+    the same network and evaluate to the metrics recorded when they were written (the accuracies exactly; the loss to
+    float32 rounding, as the Rao-Blackwellized head's rounding changed since, 2026-12-07)."""
     path = DATA / f"checkpoint_{name}.npz"
     ck = training.load_checkpoint(path)
     assert ck.version == 1 and ck.epoch == 1 and ck.config["metadata"]["architecture"]["name"] in ("mlp", "conv")
@@ -139,7 +140,8 @@ def test_version_1_checkpoints_still_load(name):
     x, y = _fixture_data()
     m = training.evaluate(net, x[:20], y[:20], samples=2, rng=0)
     expected = json.loads((DATA / f"checkpoint_{name}.json").read_text())
-    assert {k: m[k] for k in expected} == expected
+    assert {k: m[k] for k in expected if k != "loss"} == {k: v for k, v in expected.items() if k != "loss"}
+    assert m["loss"] == pytest.approx(expected["loss"], rel=1e-6)
 
 
 def test_version_1_checkpoint_resumes(tmp_path):

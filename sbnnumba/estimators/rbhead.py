@@ -78,19 +78,13 @@ def value(net, loss0, w, d):
     return net.backend.rb_value(loss0, w, d)
 
 
-def _flip_terms(flipped, y):
-    """Class probabilities (B, N_L, K') and losses (B, N_L) of the single-flip logits, one exp for both."""
-    if flipped.shape[-1] == 1:
-        return losses.probabilities(flipped), losses.xent(flipped, y[:, None], grad=False)
-    z = flipped - flipped.max(axis=-1, keepdims=True)  # log-softmax z - log(sum exp z), z = eta - max(eta)
-    e = np.exp(z)
-    s = e.sum(axis=-1)
-    picked = np.take_along_axis(z, np.broadcast_to(y[:, None, None], z.shape[:2] + (1,)), -1)[..., 0]
-    return e / s[..., None], np.log(s) - picked
-
-
 def probabilities_and_loss(net, path, y):
     """Rao-Blackwellized class probabilities and per-example loss ``\\hat l`` of one sampled path (host arrays).
+
+    The flipped heads' losses and probabilities are PSA's head differences (the backend's ``head_flips``, e.g. the
+    CPU backend's factored form): ``softmax(eta^(i)) = g_flip[:, i] + onehot(y)``, so the mixture of the
+    probabilities is that of ``g_flip`` plus ``sum_i w_i`` at the label. A 1-logit head (two class
+    probabilities from one logit) evaluates its flipped logits directly.
 
     Parameters
     ----------
@@ -106,5 +100,11 @@ def probabilities_and_loss(net, path, y):
     """
     p0, l0 = losses.probabilities(path.logits), losses.xent(path.logits, y, grad=False)
     w = flip_weights(net, path)
-    p_flip, l_flip = _flip_terms(head_flip_logits(net, path), y)
-    return mix(net, w, p0, p_flip), value(net, l0, w, l_flip - l0[:, None])
+    if path.logits.shape[-1] == 1:
+        flipped = head_flip_logits(net, path)
+        p_flip, l_flip = losses.probabilities(flipped), losses.xent(flipped, y[:, None], grad=False)
+        return mix(net, w, p0, p_flip), value(net, l0, w, l_flip - l0[:, None])
+    d, g_flip = net.backend.head_flips(path.logits, y, flat_last_state(path), net.head.weight, l0)
+    probs = mix(net, w, p0, g_flip)
+    probs[np.arange(len(y)), y] += w.sum(axis=1)
+    return probs, value(net, l0, w, d)
