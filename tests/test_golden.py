@@ -14,8 +14,9 @@ the bits follow the code LLVM generates for that CPU, its vector width among oth
 ``NUMBA_CPU_NAME=znver4``; the MLP ST run gives the same. The entry recorded before the key named the target (an AMD
 EPYC machine, 2026-12-05) was dropped: its target cannot be read back, and on the Intel machine under the same old key
 the MLP PSA digests differed. The PSA cases' digests of that Intel entry were dropped on 2026-12-07, when the CPU
-backend's head differences changed to the factored form (``kernels/head.py``: other rounding, fingerprints within
-tolerance); its ST cases stay. Regenerate there to pin them again.
+backend's head differences changed to the factored form (``kernels/head.py``) and the ratio form's factors to the
+library's float32 ``exp`` (other rounding, fingerprints within tolerance); its ST cases stay. Regenerate there to pin
+them again.
 
 Regenerate after an intended change of behaviour (and say why in the commit):
 ``python tests/test_golden.py --update``.

@@ -250,6 +250,36 @@ def test_float32_sampler_exp_estimate_is_within_its_bound():
     assert worst_relative_error(last - 7000, last, 1) <= 2e-7  # the end of the range, every value
 
 
+def test_exp_in_place_for_the_ratio_factors():
+    """float32: exp_f32 within a relative 2e-7 on the factors' range, 0 below -87 (-inf: the conv factors' neutral
+    channel), NaN kept, the same bytes at one and two threads; float64: NumPy's exp, bit for bit."""
+    import numba
+
+    from sbnnumba.kernels.float32_exp import exp_in_place
+
+    rng = np.random.default_rng(6)
+    x = np.concatenate([rng.uniform(-87, 58, 300_001), [-87, -87.5, -100, -np.inf, np.nan, 0, 58]]).astype(np.float32)
+    got = {}
+    before = numba.get_num_threads()
+    try:
+        for threads in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
+            numba.set_num_threads(threads)
+            v = x.copy()
+            exp_in_place(v)
+            got[threads] = v
+    finally:
+        numba.set_num_threads(before)
+    v = got[1]
+    assert v.tobytes() == got[max(got)].tobytes()
+    want = np.exp(x.astype(np.float64))
+    finite = np.isfinite(x) & (x >= -87)
+    assert np.max(np.abs(v[finite] / want[finite] - 1)) <= 2e-7
+    assert np.all(v[(x < -87)] == 0) and np.isnan(v[np.isnan(x)]).all()
+    y = x.astype(np.float64)
+    exp_in_place(y)
+    np.testing.assert_array_equal(y, np.exp(x.astype(np.float64)))
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_blocked_exp_and_fused_st_grad_are_bit_identical(dtype, threads):

@@ -72,6 +72,7 @@ from ..runtime import blockwise, kernel_threads
 from . import conv_channels, probit
 from .conv_layout import BATCH_BLOCK, batch_blocks, geometry, input_cells, output_cells, tile_length
 from .cpu import EXP_ARG_LIMIT, choose_form, probit_or_generic, probit_tails, probit_term, ratio_limits, split_saturated
+from .float32_exp import exp_in_place
 from .ratio_pair import PAIR_FASTMATH, clamp, denominator, factor, pair_term
 from .scalar import TRIANGULAR, bounded_cdf_diff, cdf_lower
 from .workspace import scratch
@@ -598,11 +599,11 @@ def _ratio(x_in, a, x_out, d_out, weight, stride, padding, wq, flat, sel, grid_a
     ``weight`` (C_out, C_in, kh, kw) in ``a``'s dtype; ``wq`` the output grids' row length; ``flat`` = (tap offsets,
     run length, blocks, examples per block, input grid length) in (cell, example) entries of the grids. The factors
     ``e^{-a}``, ``g = x_out d_out`` and ``e^{+-2W}`` go straight into the kernels' layouts (:func:`_ratio_factors`: one
-    Numba call, then one NumPy ``exp`` over ``-a`` and ``+-2W`` and one ``tanh``, in place, on every element as before:
-    the same bits; few calls, as each costs tens of microseconds on the 1x1 stages' cold caches); the saturated units
-    (``|a| > A``) are zeroed in a second pass (:func:`sbnnumba.kernels.cpu.split_saturated`) only when there are any.
-    The factor grids have an even number of channels: an odd layer's last channel pairs with a neutral one
-    (:mod:`sbnnumba.kernels.ratio_pair`)."""
+    Numba call, then one ``exp`` over ``-a`` and ``+-2W``, :func:`sbnnumba.kernels.float32_exp.exp_in_place`, and one
+    NumPy ``tanh``, in place; few calls, as each costs tens of microseconds on the 1x1 stages' cold caches); the
+    saturated units (``|a| > A``) are zeroed in a second pass (:func:`sbnnumba.kernels.cpu.split_saturated`) only
+    when there are any. The factor grids have an even number of channels: an odd layer's last channel pairs with a
+    neutral one (:mod:`sbnnumba.kernels.ratio_pair`)."""
     dtype = a.dtype
     n_batch, c_out, ho, wo = a.shape
     c_pad = c_out + c_out % 2  # output channels go in pairs
@@ -631,8 +632,8 @@ def _ratio(x_in, a, x_out, d_out, weight, stride, padding, wq, flat, sel, grid_a
         g_safe, a_safe, saturated = split_saturated(a, x_out * d_out, weight)
         g_pair = (g_safe, np.ones_like(g_safe))  # g_safe * 1: the same values
         factors(a_safe, *g_pair)
-    # e^{-a}, e^{+-2W} and tanh(a / 2) by NumPy's float routines (the bits they always had), in blocks
-    blockwise(lambda part: np.exp(part, out=part), exps)
+    # e^{-a} and e^{+-2W} (float32: the library's exp_f32) and tanh(a / 2) by NumPy's, in blocks
+    exp_in_place(exps)
     blockwise(lambda part: np.tanh(part, out=part), half)
     a_grid = scratch("a_grid", (n_blocks, n_flat), dtype)
     t_map = np.empty((1, 1, 1), dtype=dtype)  # unread unless given

@@ -37,7 +37,8 @@ Four forms:
   bits when the kernel was loaded from Numba's cache than when it was compiled.
   The per-unit factors come from one ``exp`` and one fused pass (:func:`_ratio_units`); the
   transpose of ``2W`` goes through 8x8 blocks transposed in vector registers
-  (:func:`sbnnumba.kernels.transpose.clipped_double_transpose`).
+  (:func:`sbnnumba.kernels.transpose.clipped_double_transpose`); both exponentials by
+  :func:`sbnnumba.kernels.float32_exp.exp_in_place` (float32: the library's ``exp_f32``, one vectorized pass).
   Overflow (spec pitfall 6: ``e^{-a} e^{2wx}`` beyond the float range, then ``inf * 0``) is
   prevented by two limits per dtype (:func:`ratio_limits`, ``A + C`` below ``log`` of the
   largest float): ``2 W x`` is clipped to ``[-C, C]``, which moves a term by less
@@ -57,8 +58,9 @@ import numba
 import numpy as np
 from numba import prange
 
-from ..runtime import blockwise, kernel_threads
+from ..runtime import kernel_threads
 from . import lanes, probit, workspace
+from .float32_exp import exp_in_place
 from .probit import normal_cdf, normal_cdf_array
 from .scalar import FLIP_FORMS, FORM_DTYPES, KERNEL_FAMILIES, TRIANGULAR, bounded_cdf_diff, cdf_diff, flip_forms
 from .transpose import blocked_transpose, clipped_double_transpose
@@ -644,7 +646,7 @@ def _flip_propagate_dense(x_in, a, x_out, weight, d_out, noise_code, form):
         weight = np.ascontiguousarray(weight, dtype=dtype)
         lim_a, clip = ratio_limits(dtype)
         c_pos = np.clip(a, -lim_a, lim_a)
-        blockwise(lambda part: np.exp(part, out=part), c_pos)  # e^{+-a} of |a| <= A, g e^{+-a} and c + k stay normal
+        exp_in_place(c_pos)  # e^{+-a} of |a| <= A: g e^{+-a} and c + k stay normal
         h_pos, c_neg, h_neg = np.empty_like(a), np.empty_like(a), np.empty_like(a)
         base_pos, base_neg = np.empty(a.shape[0], dtype), np.empty(a.shape[0], dtype)
         with kernel_threads(a.size, "elementwise"):
@@ -686,7 +688,7 @@ def _ratio_sums(x_in, weight, clip, units, d_in):
     k = workspace.scratch("ratio_k", (n_in, n_out), dtype)  # reused: a fresh 4 MiB array costs page faults
     with kernel_threads(k.size, "transpose"):
         clipped_double_transpose(weight, dtype.type(clip), k)  # 8x8 blocks transposed in vector registers
-    blockwise(lambda part: np.exp(part, out=part), k)
+    exp_in_place(k)
     chunk = _chunk_units(n_in, n_out, dtype.itemsize)
     order = np.empty(x_in.shape, dtype=np.int64)
     n_pos = np.empty((x_in.shape[0], -(-n_in // chunk)), dtype=np.int64)
