@@ -4,9 +4,9 @@ here: ``math.exp`` in a loop stays a scalar library call).
 Used by the float32 logistic sampler's fast decision (:mod:`sbnnumba.kernels.sampling`), by the branch-free
 normal CDF of the probit flip form (:mod:`sbnnumba.kernels.probit`) and, through :func:`exp_in_place`, for the
 logistic ratio form's factors ``e^{+-a}`` and ``e^{+-2W}`` (dense and conv flips: one parallel vectorized pass,
-4.4x NumPy's float32 ``exp`` on an AMD Zen 3, where NumPy has no AVX-512 path, and the same bits on every x86-64 CPU:
-arithmetic only, no ``fastmath`` that reorders or contracts it). ``tests/test_noise.py`` checks the bound of
-:func:`exp_f32` on every 29th float32 in [-87, 87].
+faster than NumPy's float32 ``exp`` where NumPy has no AVX-512 path (run log of 2026-12-07, session 24), and the same
+bits on every CPU: IEEE arithmetic only, no ``fastmath`` that reorders or contracts it). ``tests/test_noise.py``
+checks the bound of :func:`exp_f32` on every 29th float32 in [-87, 87].
 """
 import numba
 import numpy as np
