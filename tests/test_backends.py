@@ -184,6 +184,30 @@ def test_step_operations_agree(backend, name):
                                    err_msg=name)
 
 
+@pytest.mark.parametrize("name", ["reference", "cpu", "cuda"])
+def test_rb_flip_weights_keep_relative_accuracy(name, request):
+    """The Rao-Blackwell weights F(-x a) / N of confident units (|a| up to 15) are within a few float32 rounding units
+    of the exact flip probability, relative (1 - F(x a) lost up to 2 % there), for every family."""
+    from scipy import special
+
+    backend = get_backend("reference") if name == "reference" else _backend(name, request)
+    rng = np.random.default_rng(12)
+    x = _pm1(rng, (8, 64))
+    a = (x * rng.uniform(0, 15, size=x.shape)).astype(np.float32)  # x a > 0: a flip is unlikely
+    exact = {"logistic": special.expit(-np.float64(x) * a), "normal": special.ndtr(-np.float64(x) * a)}
+    args = (x, a)
+    if backend.device_resident:
+        from numba import cuda
+        args = tuple(cuda.to_device(t) for t in args)
+    for noise, want in exact.items():
+        got = _to_host(backend.rb_flip_weights(*args, get_noise(noise))) * x.shape[1]
+        keep = want > 1e-30  # float32's range
+        # cuda, normal: 3e-5 (the CUDA simulator rounds erfc's argument -a / sqrt(2) to float32, NumPy's NEP 50, and
+        # Phi's tail moves by |a| times that relative change: 15 x 15 x 6e-8)
+        bound = 3e-5 if (name == "cuda" and noise == "normal") else 8 * 2.0**-24
+        assert np.max(np.abs(got[keep] / want[keep] - 1)) < bound, noise
+
+
 def test_channel_sums64_are_float64(backend):
     """channel_sums64 sums in float64 on every backend (the entries converted before the product), equal to
     the float64 NumPy sums within float64 rounding; the reference's are the expressions data-parallel batch

@@ -10,7 +10,7 @@ r"""The ``cpu`` backend: the Numba kernels of :mod:`sbnnumba.kernels` (``@njit(p
 * PSA head differences: the factored form, ``e^{eta_k - 2 x_i V_ki} = e^{eta_k} e^{-2 x_i V_ki}`` (2 K N_L
   exponentials instead of B K N_L; :func:`sbnnumba.kernels.head.flip_losses`, within a stated bound of the exact
   values; the reference backend's formula where its weight range does not hold); the Rao-Blackwell
-  head's weights ``(1 - F(x a)) / N`` with the noise's CDF evaluated in blocks on the threads
+  head's weights ``F(-x a) / N`` with the noise's CDF evaluated in blocks on the threads
   (:func:`sbnnumba.runtime.blockwise`; the CDF is element-wise, so the same bits as one call).
 * The element-wise PSA / ST gradients are the reference backend's (inherited), so seeded runs are
   bit-identical to the host step before the backend layer: NumPy expressions, the logistic density in
@@ -83,12 +83,12 @@ class CpuBackend(ReferenceBackend):
         return fused if fused is not None else super().head_flips(logits, y, x_last, v, loss0)
 
     def rb_flip_weights(self, x_last, a_last, noise):
-        # The reference's (1 - F(x a)) / N with F over blocks on the threads (the "cdf" kind: SciPy's expit for
+        # The reference's F(-x a) / N with F over blocks on the threads (the "cdf" kind: SciPy's expit for
         # logistic noise costs 5-8 ns an entry, so a 128 x 1024 head gets two).
-        z = np.ascontiguousarray(x_last * a_last)
+        z = np.ascontiguousarray(-(x_last * a_last))
         cdf = np.empty(z.shape, noise.cdf(z.reshape(-1)[:1]).dtype)  # the dtype the family returns for z's
         blockwise(lambda z_part, cdf_part: np.copyto(cdf_part, noise.cdf(z_part)), z, cdf, kind="cdf")
-        return (1 - cdf) / x_last.shape[1]
+        return cdf / x_last.shape[1]
 
     def psa_preactivation_grad(self, x, a, d, noise):
         return noise.psa_grad(x, a, d)

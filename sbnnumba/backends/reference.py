@@ -214,7 +214,7 @@ class ReferenceBackend(Backend):
         return loss_flip - loss0[:, None], g_flip
 
     def rb_flip_weights(self, x_last, a_last, noise):
-        return (1 - noise.cdf(x_last * a_last)) / x_last.shape[1]
+        return noise.cdf(-(x_last * a_last)) / x_last.shape[1]  # F(-x a) = 1 - F(x a), without its cancellation
 
     def rb_mix(self, w, q0, q_flip):
         return q0 * (1 - w.sum(axis=1))[:, None] + np.einsum("bi,bik->bk", w, q_flip)

@@ -338,7 +338,8 @@ class StepOperations(abc.ABC):
 
     @abc.abstractmethod
     def rb_flip_weights(self, x_last, a_last, noise):
-        """Rao-Blackwellization weights ``w_i = (1 - F(x_i a_i)) / N_L`` (:mod:`sbnnumba.estimators.rbhead`).
+        """Rao-Blackwellization weights ``w_i = F(-x_i a_i) / N_L = (1 - F(x_i a_i)) / N_L`` (symmetric noise;
+        :mod:`sbnnumba.estimators.rbhead`).
 
         Parameters
         ----------

@@ -4,7 +4,7 @@ For one sampled last state ``x^L`` (B, N_L) with logits ``eta = V x^L + c`` (B, 
 analytically over single flips of the last binary stage:
 
 * single-flip logits ``eta^(i) = eta - 2 x^L_i V[:, i]`` (``common.head_flip_logits``)         (B, N_L, K)
-* weights ``w_i = (1 - P(X^L_i = x^L_i | x^{L-1})) / N_L = (1 - F(x^L_i a^L_i)) / N_L``        (B, N_L)
+* weights ``w_i = (1 - P(X^L_i = x^L_i | x^{L-1})) / N_L = F(-x^L_i a^L_i) / N_L``             (B, N_L)
 * mixture of any per-logit quantity ``q`` (class probabilities, loss gradients)
 
   .. math:: \bar q = (1 - \textstyle\sum_i w_i)\, q(\eta) + \sum_i w_i\, q(\eta^{(i)})      \qquad (B, K)
@@ -27,7 +27,8 @@ from .common import flat_last_state, head_flip_logits
 
 
 def flip_weights(net, path):
-    """``w_i = (1 - F(x^L_i a^L_i)) / N_L``: the probability of flipping unit i, over ``N_L``.
+    """``w_i = F(-x^L_i a^L_i) / N_L``: the probability of flipping unit i, over ``N_L`` (symmetric noise:
+    ``F(-z) = 1 - F(z)``, computed without the cancellation of ``1 - F`` for confident units, spec psa.md pitfall 5).
 
     Parameters
     ----------

@@ -64,13 +64,13 @@ def scale_channels(t, scale, n_ch, n_pos, out):
 
 @cuda.jit
 def flip_weights(code, x, a, w):
-    """Rao-Blackwellization weights ``w[b, i] = (1 - F(x[b, i] a[b, i])) / N_L`` ((B, N_L) arrays)."""
+    """Rao-Blackwellization weights ``w[b, i] = F(-x[b, i] a[b, i]) / N_L`` ((B, N_L) arrays)."""
     idx = cuda.grid(1)
     n = x.shape[1]
     if idx < x.shape[0] * n:
         b = idx // n
         i = idx - b * n
-        w[b, i] = (1 - cdf(code, x[b, i] * a[b, i])) / n
+        w[b, i] = cdf(code, -(x[b, i] * a[b, i])) / n
 
 
 @cuda.jit
