@@ -32,6 +32,8 @@ def _exact(logits, y, x_last, v):
 def test_factored_flip_losses_within_bound(dtype, b, n, k, logit_scale, weight_scale):
     """|d - d_exact| <= (2K + 16) u (1 + |d|), |g - g_exact| <= (K + 16) u (the module's bound), for small and large
     logits and weights up to the range's edge (|2V| <= 20), one unit and many classes."""
+    if dtype == np.float64 and np.finfo(EXACT).eps >= np.finfo(np.float64).eps:
+        pytest.skip("float64 needs an extended long double as the exact reference (x86-64 has one)")
     rng = np.random.default_rng(k + 7 * b)
     logits, y, x_last, v, loss0 = _head(rng, b, n, k, dtype, logit_scale, weight_scale)
     v = np.clip(v, -9.99, 9.99)
