@@ -139,6 +139,7 @@ def _step_arguments():
         "softmax_xent": (logits, y), "head_flips": (logits, y, x_last, v, losses.xent(logits, y)[0]),  # l(eta)
         "rb_flip_weights": (x_last, f(3, 4), noise), "rb_mix": (w_rb, logits, g_flip), "rb_value": (loss0, w_rb, d),
         "rb_head_grads": (logits, g_flip, w_rb, x_last, weights), "multiply": (f(3, 4), f(3, 4)),
+        "psa_rb_head": (logits, y, x_last, v) + losses.xent(logits, y) + (w_rb, weights),
         "scale_rows": (f(3, 2, 2), f(3)), "weighted_sum": (weights, loss0), "asarray": (f(2, 3), np.float32),
         "loss_scalar": (np.float32(1.25),),
     }
@@ -161,12 +162,12 @@ def _to_host(value):
     return value.copy_to_host() if hasattr(value, "copy_to_host") else value
 
 
-@pytest.mark.parametrize("name", [name for name in step_operations() if name != "conv_patches"])
+@pytest.mark.parametrize("name", [name for name in step_operations() if name != "conv_patches"] + ["psa_rb_head"])
 def test_step_operations_agree(backend, name):
     """Every training-step operation of every backend equals the reference's NumPy expression (float32
-    rounding; device backends on device arrays: the kernels of the device-resident step). Not conv_patches
-    itself: the patch matrix has each backend's own layout (test_conv_patches_layouts checks it); the operations
-    that take it are compared here."""
+    rounding; device backends on device arrays: the kernels of the device-resident step), and so does the composed
+    operation psa_rb_head (the cpu backend's own form). Not conv_patches itself: the patch matrix has each backend's
+    own layout (test_conv_patches_layouts checks it); the operations that take it are compared here."""
     args = _step_arguments()[name]
     to_device = None
     if backend.device_resident:

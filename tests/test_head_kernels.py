@@ -97,3 +97,82 @@ def test_flip_losses_declines_what_it_does_not_cover():
     at_limit = v.copy()
     at_limit[1, 2] = np.float32(head.FACTORED_WEIGHT_LIMIT[np.dtype(np.float32)] / 2)
     assert head.flip_losses(logits, y, x_last, at_limit, loss0) is not None
+
+
+def _rb_case(rng, b, n, k, dtype, logit_scale=3.0, weight_scale=1.0):
+    logits, y, x_last, v, loss0 = _head(rng, b, n, k, dtype, logit_scale, weight_scale)
+    v = np.clip(v, -9.99, 9.99)
+    g_eta = losses.xent(logits, y)[1]
+    w = (rng.random((b, n)) / n).astype(dtype)
+    weights = (rng.random(b) / b).astype(dtype)
+    return logits, y, x_last, v, loss0, g_eta, w, weights
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("b, n, k", [(9, 37, 2), (9, 37, 10), (1, 2, 8), (4, 5, 17), (3, 200, 130), (128, 64, 10)])
+@pytest.mark.parametrize("logit_scale, weight_scale", [(3.0, 1.0), (30.0, 0.05), (0.1, 4.99)])
+def test_factored_rb_head_gradients_within_bound(dtype, b, n, k, logit_scale, weight_scale):
+    """The cpu backend's psa_rb_head (the factored products, no (B, N_L, K) gradients) against the reference's
+    head_flips + rb_head_grads in extended precision: d within the head's bound, dV and dc within
+    (B + 2K + 16) u 4 sum_b weights_b (a bound on the sums' terms: |g_b| <= 3 weights_b, |s_bi (p - 1)| <= 2
+    weights_b w_bi)."""
+    if dtype == np.float64 and np.finfo(EXACT).eps >= np.finfo(np.float64).eps:
+        pytest.skip("float64 needs an extended long double as the exact reference (x86-64 has one)")
+    args = _rb_case(np.random.default_rng(k + 7 * b), b, n, k, dtype, logit_scale, weight_scale)
+    logits, y, x_last, v, loss0, g_eta, w, weights = args
+    d, dv, dc = get_backend("cpu").psa_rb_head(*args)
+    exact = [a.astype(EXACT) if isinstance(a, np.ndarray) and a.dtype.kind == "f" else a for a in args]
+    exact[4], exact[5] = losses.xent(exact[0], y)
+    want_d, want_dv, want_dc = get_backend("reference").psa_rb_head(*exact)
+    u = np.finfo(dtype).eps / 2
+    assert d.dtype == dv.dtype == dc.dtype == dtype and dv.shape == (k, n) and dc.shape == (k,)
+    assert np.all(np.abs(d - want_d) <= (2 * k + 16) * u * (1 + np.abs(want_d)))
+    bound = (b + 2 * k + 16) * u * 4 * np.sum(weights, dtype=np.float64)
+    assert np.max(np.abs(dv - want_dv)) <= bound
+    assert np.max(np.abs(dc - want_dc)) <= bound
+    assert head.rb_head_gradients(*args[:4], *args[5:]) is not None  # the factored form ran
+
+
+def test_factored_rb_head_declines_like_the_head():
+    """Where the factored form does not apply (a weight beyond the range, a state other than +-1, mixed dtypes) the
+    cpu backend's psa_rb_head is the composition head_flips + rb_head_grads, bit for bit."""
+    rng = np.random.default_rng(6)
+    args = list(_rb_case(rng, 5, 7, 4, np.float32))
+    wide, zero_state = args[3].copy(), args[2].copy()
+    wide[1, 2] = np.float32(head.FACTORED_WEIGHT_LIMIT[np.dtype(np.float32)] / 2 + 0.01)
+    zero_state[1, 0] = 0
+    cases = [args[:3] + [wide] + args[4:], args[:2] + [zero_state] + args[3:], args[:6] + [args[6].astype(np.float64)]
+             + args[7:]]
+    cpu = get_backend("cpu")
+    for case in cases:
+        assert head.rb_head_gradients(*case[:4], *case[5:]) is None
+        d, g_flip = cpu.head_flips(*case[:5])
+        want = (d,) + cpu.rb_head_grads(case[5], g_flip, case[6], case[2], case[7])
+        for got, expected in zip(cpu.psa_rb_head(*case), want):
+            np.testing.assert_array_equal(got, expected)
+
+
+def test_logistic_flip_weights():
+    """sigma(-x a) / N in float32 within 7 u relative of the exact value for |a| up to 40 (confident units included),
+    the same bits at one and two threads, the limits at +-inf, NaN kept; other dtypes are declined (None)."""
+    from scipy import special
+
+    rng = np.random.default_rng(13)
+    x = np.where(rng.random((64, 1000)) < 0.5, 1, -1).astype(np.float32)
+    a = rng.uniform(-40, 40, size=x.shape).astype(np.float32)
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = head.logistic_flip_weights(x, a)
+        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+        two = head.logistic_flip_weights(x, a)
+    finally:
+        numba.set_num_threads(before)
+    assert one.dtype == np.float32 and one.tobytes() == two.tobytes()
+    want = special.expit(-np.float64(x) * np.float64(a)) / x.shape[1]
+    keep = want > 1e-37 / x.shape[1]  # the normal range (beyond x a = 87 the weight is 0)
+    assert np.max(np.abs(one[keep] / want[keep] - 1)) <= 7 * 2.0**-24
+    edges = np.array([[np.inf, -np.inf, np.nan, 100.0]], np.float32)
+    got = head.logistic_flip_weights(np.ones_like(edges), edges) * edges.shape[1]
+    assert got[0, 0] == 0 and got[0, 1] == 1 and np.isnan(got[0, 2]) and got[0, 3] == 0
+    assert head.logistic_flip_weights(x.astype(np.float64), a.astype(np.float64)) is None

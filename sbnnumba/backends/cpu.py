@@ -9,9 +9,12 @@ r"""The ``cpu`` backend: the Numba kernels of :mod:`sbnnumba.kernels` (``@njit(p
   :mod:`sbnnumba.kernels.sampling`).
 * PSA head differences: the factored form, ``e^{eta_k - 2 x_i V_ki} = e^{eta_k} e^{-2 x_i V_ki}`` (2 K N_L
   exponentials instead of B K N_L; :func:`sbnnumba.kernels.head.flip_losses`, within a stated bound of the exact
-  values; the reference backend's formula where its weight range does not hold); the Rao-Blackwell
-  head's weights ``F(-x a) / N`` with the noise's CDF evaluated in blocks on the threads
-  (:func:`sbnnumba.runtime.blockwise`; the CDF is element-wise, so the same bits as one call).
+  values; the reference backend's formula where its weight range does not hold). PSA's Rao-Blackwellized head
+  gradients (``psa_rb_head``) from the same factors by two GEMMs of ``B x 2 N_L x K``, without the (B, N_L, K)
+  flipped gradients (:func:`sbnnumba.kernels.head.rb_head_gradients`). The Rao-Blackwell head's weights ``F(-x a) /
+  N``: for logistic noise in float32 one vectorized pass (:func:`sbnnumba.kernels.head.logistic_flip_weights`, within
+  7 rounding units), otherwise the noise's CDF evaluated in blocks on the threads (:func:`sbnnumba.runtime.blockwise`;
+  the CDF is element-wise, so the same bits as one call).
 * The element-wise PSA / ST gradients are the reference backend's (inherited), so seeded runs are
   bit-identical to the host step before the backend layer: NumPy expressions, the logistic density in
   the three passes of :mod:`sbnnumba.kernels.density`, deep ST's factor multiplied by ``g`` in the last of
@@ -43,6 +46,7 @@ import numpy as np
 
 from ..kernels import bitpack as kb
 from ..kernels import col2im, conv_cpu, cpu, head, im2col, map_order
+from ..kernels.scalar import LOGISTIC
 from ..kernels.workspace import scratch
 from ..runtime import blockwise, gemm, gemm_nt, run_blas_blocks
 from .reference import ReferenceBackend, input_grad_chunks
@@ -82,9 +86,21 @@ class CpuBackend(ReferenceBackend):
         fused = head.flip_losses(logits, y, x_last, v, loss0)  # the factored form: 2 K N_L exponentials
         return fused if fused is not None else super().head_flips(logits, y, x_last, v, loss0)
 
+    def psa_rb_head(self, logits, y, x_last, v, loss0, g_eta, w, weights):
+        factored = head.rb_head_gradients(logits, y, x_last, v, g_eta, w, weights)  # no (B, N_L, K) gradients
+        if factored is None:
+            return super().psa_rb_head(logits, y, x_last, v, loss0, g_eta, w, weights)
+        d, g, correction = factored
+        dv, dc = self.dense_param_grads(x_last, g)
+        dv -= 2 * correction
+        return d, dv, dc
+
     def rb_flip_weights(self, x_last, a_last, noise):
-        # The reference's F(-x a) / N with F over blocks on the threads (the "cdf" kind: SciPy's expit for
-        # logistic noise costs 5-8 ns an entry, so a 128 x 1024 head gets two).
+        if noise.has_kernels and noise.code == LOGISTIC:  # float32: one vectorized pass (expit: 5-8 ns an entry)
+            fused = head.logistic_flip_weights(x_last, a_last)
+            if fused is not None:
+                return fused
+        # The reference's F(-x a) / N with F over blocks on the threads (the "cdf" kind).
         z = np.ascontiguousarray(-(x_last * a_last))
         cdf = np.empty(z.shape, noise.cdf(z.reshape(-1)[:1]).dtype)  # the dtype the family returns for z's
         blockwise(lambda z_part, cdf_part: np.copyto(cdf_part, noise.cdf(z_part)), z, cdf, kind="cdf")

@@ -25,7 +25,8 @@ batch normalization            ``channel_moments``, ``running_average``, ``norma
                                for statistics summed over processes)
 Bernoulli weights              ``latent_grad`` (``dL/dw -> dL/deta``), ``clip_`` (projection)
 head and loss                  ``softmax_xent``, ``head_flips``, ``rb_flip_weights``, ``rb_mix``,
-                               ``rb_value``, ``rb_head_grads``
+                               ``rb_value``, ``rb_head_grads``; ``psa_rb_head`` (the last two but one
+                               and the last together; composed of them unless a backend overrides it)
 element-wise, bookkeeping      ``multiply``, ``scale_rows``, ``weighted_sum``, ``asarray``, ``loss_scalar``
 host transfers                 ``to_host``, ``to_device_of`` (no-ops on host arrays)
 =============================  ======================================================================
@@ -400,6 +401,37 @@ class StepOperations(abc.ABC):
         dv : array (K, N_L)
         dc : array (K,)
         """
+
+    def psa_rb_head(self, logits, y, x_last, v, loss0, g_eta, w, weights):
+        """PSA's head differences and the Rao-Blackwellized head's parameter gradients in one operation: what
+        :meth:`head_flips` and :meth:`rb_head_grads` give together (their composition, unless a backend computes
+        it without the (B, N_L, K) flipped gradients: the CPU backend's factored form,
+        :func:`sbnnumba.kernels.head.rb_head_gradients`).
+
+        Parameters
+        ----------
+        logits : array (B, K)
+        y : int array (B,)
+        x_last : array (B, N_L)
+        v : array (K, N_L)
+        loss0 : array (B,)
+            ``l(eta)``.
+        g_eta : array (B, K)
+            ``softmax(eta) - onehot(y)``.
+        w : array (B, N_L)
+            Rao-Blackwell weights (:meth:`rb_flip_weights`).
+        weights : array (B,)
+            Per-example weights of the estimate.
+
+        Returns
+        -------
+        d : array (B, N_L)
+        dv : array (K, N_L)
+        dc : array (K,)
+        """
+        d, g_flip = self.head_flips(logits, y, x_last, v, loss0)
+        dv, dc = self.rb_head_grads(g_eta, g_flip, w, x_last, weights)
+        return d, dv, dc
 
     # -- element-wise, bookkeeping --------------------------------------------------------------
     @abc.abstractmethod

@@ -55,19 +55,19 @@ def psa_path_gradient(net, path, y, weights, head="rb", linearize=False):
     be, noise, V = net.backend, net.noise, net.head.weight
     x_last = flat_last_state(path)
     loss0, g_eta = be.softmax_xent(path.logits, y)
-    if linearize:
-        d = -2 * x_last * (g_eta @ V)
-    else:
-        d, g_eta_flip = be.head_flips(path.logits, y, x_last, V, loss0)
-
     grads = {}
     # Rao-Blackwellized value and head gradient (spec section 2.6, estimators/rbhead.py); w is a constant.
     w_rb = rbhead.flip_weights(net, path)
-    value = rbhead.value(net, loss0, w_rb, d) if not linearize else loss0
     if head == "rb" and not linearize:
-        grads["head.weight"], grads["head.bias"] = be.rb_head_grads(g_eta, g_eta_flip, w_rb, x_last, weights)
+        d, grads["head.weight"], grads["head.bias"] = be.psa_rb_head(path.logits, y, x_last, V, loss0, g_eta, w_rb,
+                                                                     weights)
     else:
+        if linearize:
+            d = -2 * x_last * (g_eta @ V)
+        else:
+            d, _ = be.head_flips(path.logits, y, x_last, V, loss0)
         add_layer_grads(grads, "head", net.head.param_grads(x_last, be.scale_rows(g_eta, weights)))
+    value = rbhead.value(net, loss0, w_rb, d) if not linearize else loss0
 
     layers = path_layers(net, path)
     for k in range(len(layers) - 1, -1, -1):

@@ -388,6 +388,11 @@ class DeviceStepOperations(StepOperations):
                np.dtype(dv.dtype).type(1), dv)
         return dv, dc
 
+    @_device_or_host
+    def psa_rb_head(self, logits, y, x_last, v, loss0, g_eta, w, weights):
+        # the composition of the kernels above on device arrays; host arrays get the host backend's (factored) form
+        return super().psa_rb_head(logits, y, x_last, v, loss0, g_eta, w, weights)
+
     # -- element-wise, bookkeeping ------------------------------------------------------------------------
 
     @_device_or_host
