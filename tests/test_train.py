@@ -4,6 +4,7 @@ import json
 import os
 import sys
 
+import numba
 import numpy as np
 import pytest
 
@@ -359,6 +360,29 @@ def test_logistic_unit_entropy_closed_form_matches_the_log_cdf_formula():
     np.testing.assert_allclose(kernel, fallback, rtol=1e-12, atol=0)
     assert kernel[0] == 1.0 and np.all(kernel > 0)
     assert training.unit_entropy(np.array([746.0, np.inf]), "logistic").tolist() == [0.0, 0.0]  # exp underflows
+
+
+def test_logistic_unit_entropy_in_float32():
+    """Float32 logistic units take the vectorized float32 pass (kernels/entropy.py): within 8 u relative of the
+    float64 closed form from a fair coin out to |a| = 87, 0 beyond (H < 2^-118 there), NaN kept, the same bits at
+    one and two threads."""
+    t = np.concatenate([[0.0], np.logspace(-8, np.log10(86.99), 4000)])
+    a = np.concatenate([t, -t]).astype(np.float32)
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = training.unit_entropy(a, "logistic")
+        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+        two = training.unit_entropy(a, "logistic")
+    finally:
+        numba.set_num_threads(before)
+    assert one.dtype == np.float32 and one.tobytes() == two.tobytes()
+    want = training.unit_entropy(a.astype(np.float64), "logistic")  # the scalar kernel in float64
+    assert np.max(np.abs(one / want - 1)) <= 8 * 2.0**-24 and one[0] == 1.0
+    edges = np.array([87.01, -200.0, np.inf, -np.inf, np.nan], np.float32)
+    got = training.unit_entropy(edges, "logistic")
+    assert got[:4].tolist() == [0.0] * 4 and np.isnan(got[4])
+    assert training.unit_entropy(np.float64(87.01), "logistic") < 2.0**-118
 
 
 @pytest.mark.parametrize("normalize", [False, True])
