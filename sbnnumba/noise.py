@@ -310,9 +310,9 @@ class NoiseFamily(abc.ABC):
         """Entropy in bits of the unit ``sign(a - Z)``, ``H(F(a))``, element-wise, values in [0, 1].
 
         Families with kernels use one fused Numba pass over
-        :func:`sbnnumba.kernels.scalar.entropy_bits` (the accurate lower tail ``q = F(-|a|)``), logistic units in
-        float32 a vectorized float32 pass within ``8 u`` (:func:`sbnnumba.kernels.entropy.logistic_entropy_f32`);
-        others the NumPy form ``-(F log F + (1 - F) log(1 - F)) / ln 2`` through :meth:`log_cdf`.
+        :func:`sbnnumba.kernels.scalar.entropy_bits` (the accurate lower tail ``q = F(-|a|)``), in float32 a
+        vectorized float32 pass within a few rounding units (:func:`sbnnumba.kernels.entropy.entropy_f32`); others
+        the NumPy form ``-(F log F + (1 - F) log(1 - F)) / ln 2`` through :meth:`log_cdf`.
 
         Parameters
         ----------

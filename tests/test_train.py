@@ -362,27 +362,33 @@ def test_logistic_unit_entropy_closed_form_matches_the_log_cdf_formula():
     assert training.unit_entropy(np.array([746.0, np.inf]), "logistic").tolist() == [0.0, 0.0]  # exp underflows
 
 
-def test_logistic_unit_entropy_in_float32():
-    """Float32 logistic units take the vectorized float32 pass (kernels/entropy.py): within 8 u relative of the
-    float64 closed form from a fair coin out to |a| = 87, 0 beyond (H < 2^-118 there), NaN kept, the same bits at
-    one and two threads."""
-    t = np.concatenate([[0.0], np.logspace(-8, np.log10(86.99), 4000)])
+@pytest.mark.parametrize("noise", ["logistic", "normal", "uniform", "triangular"])
+def test_unit_entropy_in_float32(noise):
+    """Float32 units take the vectorized float32 pass (kernels/entropy.py): within 8 u relative of the float64 kernel
+    (normal: (8 + 2 t^2) u, its tail's bound), from a fair coin out to the saturation (logistic |a| = 87, normal 12.7,
+    uniform and triangular 1), 0 beyond, NaN kept, the same bits at one and two threads."""
+    limit = {"logistic": 86.99, "normal": 12.69}.get(noise, 0.9999)
+    t = np.concatenate([[0.0], np.logspace(-8, np.log10(limit), 4000)])
     a = np.concatenate([t, -t]).astype(np.float32)
     before = numba.get_num_threads()
     try:
         numba.set_num_threads(1)
-        one = training.unit_entropy(a, "logistic")
+        one = training.unit_entropy(a, noise)
         numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
-        two = training.unit_entropy(a, "logistic")
+        two = training.unit_entropy(a, noise)
     finally:
         numba.set_num_threads(before)
     assert one.dtype == np.float32 and one.tobytes() == two.tobytes()
-    want = training.unit_entropy(a.astype(np.float64), "logistic")  # the scalar kernel in float64
-    assert np.max(np.abs(one / want - 1)) <= 8 * 2.0**-24 and one[0] == 1.0
-    edges = np.array([87.01, -200.0, np.inf, -np.inf, np.nan], np.float32)
-    got = training.unit_entropy(edges, "logistic")
+    want = training.unit_entropy(a.astype(np.float64), noise)  # the scalar kernel in float64
+    bound = (8 + 2 * np.float64(a) ** 2 if noise == "normal" else 8) * 2.0**-24
+    keep = want > 0
+    assert np.all(np.abs(one[keep] / want[keep] - 1) <= bound[keep] if noise == "normal" else
+                  np.abs(one[keep] / want[keep] - 1) <= bound)
+    assert np.all(one[~keep] == 0) and one[0] == pytest.approx(1.0, abs=4e-7)
+    edges = np.array([limit + 0.02, -200.0, np.inf, -np.inf, np.nan], np.float32)
+    got = training.unit_entropy(edges, noise)
     assert got[:4].tolist() == [0.0] * 4 and np.isnan(got[4])
-    assert training.unit_entropy(np.float64(87.01), "logistic") < 2.0**-118
+    assert training.unit_entropy(np.float64(limit + 0.02), noise) < 2.0**-114
 
 
 @pytest.mark.parametrize("normalize", [False, True])

@@ -1,5 +1,6 @@
-"""The CPU flip kernels and whole PSA steps run as Python under ``NUMBA_DISABLE_JIT=1`` (the intrinsics replaced by
-their twins: ``lanes.zeros``, ``ratio_pair.fma``, the transpose blocks, ``2^n``, the PCG64 step) and agree with the
+"""The CPU flip kernels, whole PSA steps and the float32 unit entropy run as Python under ``NUMBA_DISABLE_JIT=1`` (the
+intrinsics replaced by their twins: ``lanes.zeros``, ``ratio_pair.fma``, the transpose blocks, ``2^n``, the PCG64 step,
+the float32 exponent and mantissa) and agree with the
 compiled kernels: the conv ratio and bounded forms bit for bit (every operation written out, sums in a fixed
 order), the rest within ``1e-5`` of each result's largest magnitude (compiled, the dense ratio form divides by a
 reciprocal estimate and its Newton step, the bounded and probit forms may contract products into FMAs, the generic
@@ -41,6 +42,8 @@ def compute():
             for layout in ("cells", "channels"):
                 out[f"conv flip {name} {form} {layout}"] = conv_cpu.flip_propagate_conv(
                     x_in, a, x_out, w, d_out, (1, 1), (1, 1), code, form=form, layout=layout)
+        units = np.concatenate([3 * rng.standard_normal(200), [0.0, 0.999, 1.5, 12.8, 90.0]]).astype(np.float32)
+        out[f"entropy {name}"] = noise.entropy_bits(units)  # the float32 pass (log_f32's intrinsics)
     net = sb.Network.dense([12, 40, 33, 3], n_classes=3, noise="logistic", rng=rng)
     x, y = rng.random((6, 12)).astype(np.float32), rng.integers(0, 3, 6)
     net.initialize_from_data(x)
@@ -74,9 +77,9 @@ def _exact(name):
 def test_every_flip_form_and_psa_step_runs_without_jit(compiled_and_python):
     compiled, python = compiled_and_python
     assert sorted(compiled) == sorted(python)
-    # 4 noises x (2 dense + 4 conv flips); weight and bias of the dense net's 3 stages and head, of the conv net's 8
-    # stages and head, and each loss
-    assert len(compiled) == 4 * (2 + 4) + (2 * 4 + 1) + (2 * 9 + 1)
+    # 4 noises x (2 dense + 4 conv flips + the unit entropy); weight and bias of the dense net's 3 stages and head, of
+    # the conv net's 8 stages and head, and each loss
+    assert len(compiled) == 4 * (2 + 4 + 1) + (2 * 4 + 1) + (2 * 9 + 1)
     exact = [k for k in compiled if _exact(k)]
     assert len(exact) == 6
     for name, want in compiled.items():

@@ -5,27 +5,35 @@ activations, where NumPy's per-family log-cdf and the temporaries around it cost
 itself; one fused parallel pass over :func:`sbnnumba.kernels.scalar.entropy_bits` makes no temporaries
 (``bench/unit_entropy.py`` measures both; figures: ``docs/experiments/2026-12-06-kernel-figures.md``).
 
-Logistic units in float32 (the default network's) take a vectorized pass of float32 arithmetic instead
-(:func:`logistic_entropy_f32`): the scalar kernel's two library calls per unit (``exp``, ``log1p`` in float64) do
-not vectorize, and evaluation spent about as long on them as on the sampled forward pass itself (run log of
-2026-12-07, session 25). With ``t = |a|``, ``e = e^{-t}``, ``s = e / (2 + e)``,
+Float32 units of every kernel family take a vectorized pass of float32 arithmetic instead (:func:`entropy_f32`):
+the scalar kernel's library calls per unit (``exp``, ``log``, ``log1p``, ``erfc`` in float64) do not vectorize, and
+evaluation spent about as long on them as on the sampled forward pass itself (run log of 2026-12-07, session 25).
+With ``t = |a|`` and the lower tail ``q = F(-t)`` (at most 1/2),
 
 .. math::
 
-    H = \frac{1}{\ln 2}\Bigl(\frac{e}{1 + e}\, t + \log(1 + e)\Bigr), \qquad
-    \log(1 + e) = 2\,\mathrm{artanh}\, s = 2 s \sum_{j \ge 0} \frac{s^{2j}}{2j + 1}, \quad 0 \le s \le 1/3,
+    H = -\frac{1}{\ln 2}\bigl(q \log q + (1 - q) \log(1 - q)\bigr), \qquad
+    \log(1 - q) = -2\,\mathrm{artanh}\,\frac{q}{2 - q}, \qquad
+    \mathrm{artanh}\, s = s \sum_{j \ge 0} \frac{s^{2j}}{2j + 1},
 
-the series to ``j = 6`` (truncation below ``(1/9)^7 / 15 < 2^-26`` relative), ``e`` by
-:func:`~sbnnumba.kernels.float32_exp.exp_f32`. No cancellation (both terms are positive): within ``8 u`` of ``H``
-relative (``u = 2^-24``), 0 for ``t > 87`` (where ``H < 2^-118``), NaN kept (``tests/test_train.py``).
+the series to ``j = 6`` for ``s <= 1/3`` (truncation below ``(1/9)^7 / 15 < 2^-26`` relative), ``log q`` by
+:func:`log_f32` (exponent and mantissa split, the same series on ``[sqrt(1/2), sqrt(2))``). Logistic units use the
+closed form ``H = (q t + log(1 + e)) / ln 2``, ``e = e^{-t}`` (``log(1 + e) = 2 artanh(e / (2 + e))``); the normal tail
+is :func:`sbnnumba.kernels.probit.normal_cdf`, the uniform and triangular ones their polynomials. Both terms of ``H``
+are positive (no cancellation): within ``8 u`` of the float64 kernel relative (``u = 2^-24``; logistic, uniform and
+triangular), ``(8 + 2 t^2) u`` for the normal family (its tail's relative error grows like ``t^2 u``,
+:mod:`sbnnumba.kernels.probit`); 0 where ``q`` leaves float32's normal range (logistic ``t > 87``, normal ``t > 12.7``:
+``H < 2^-114`` there), NaN kept (``tests/test_train.py``).
 """
 import numba
 import numpy as np
-from numba import prange
+from numba import prange, types
+from numba.extending import intrinsic
 
 from ..runtime import kernel_threads
 from .float32_exp import exp_f32
-from .scalar import LOGISTIC, entropy_bits
+from .probit import normal_cdf
+from .scalar import LOGISTIC, NORMAL, TRIANGULAR, UNIFORM, entropy_bits
 
 
 @numba.njit(parallel=True, error_model="numpy", cache=True)
@@ -36,30 +44,133 @@ def unit_entropy_flat(a, code, out):
         out[i] = entropy_bits(code, np.float64(a[i]))
 
 
-_SATURATED = np.float32(87.0)  # beyond, e^{-t} leaves exp_f32's range and H < 2^-118: 0
 _INV_LN2_F32 = np.float32(1.4426950408889634)
+_LN2_HI = np.float32(0.693359375)  # ln 2 in two parts: n * _LN2_HI is exact for |n| < 2^15
+_LN2_LO = np.float32(-2.12194440e-4)
+_SQRT2 = np.float32(1.4142135623730951)
+_LEAST_NORMAL = np.float32(np.finfo(np.float32).tiny)
+_LOGISTIC_SATURATED = np.float32(87.0)  # e^{-t} below float32's normal range beyond
+_NORMAL_SATURATED = np.float32(12.7)  # normal_cdf's tail is clipped at 12.73 (2e-37)
+
+
+@intrinsic
+def _exponent_f32_llvm(typingctx, x):
+    """The unbiased exponent field of a positive normal float32, as a float32 (``floor(log2 x)``), in 32-bit integer
+    operations (Numba's own integers are 64-bit: these keep the loop at 8 lanes)."""
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        i32 = context.get_value_type(types.int32)
+        field = builder.lshr(builder.bitcast(args[0], i32), i32(23))
+        return builder.sitofp(builder.sub(field, i32(127)), context.get_value_type(types.float32))
+
+    return types.float32(x), codegen
+
+
+@intrinsic
+def _mantissa_f32_llvm(typingctx, x):
+    """A positive normal float32 with its exponent set to 0: the mantissa in ``[1, 2)``."""
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        i32 = context.get_value_type(types.int32)
+        bits = builder.and_(builder.bitcast(args[0], i32), i32(0x7FFFFF))
+        return builder.bitcast(builder.or_(bits, i32(0x3F800000)), context.get_value_type(types.float32))
+
+    return types.float32(x), codegen
+
+
+def _exponent_f32_python(x):
+    """:func:`_exponent_f32_llvm` in NumPy (the twin under ``NUMBA_DISABLE_JIT=1``; exact)."""
+    return np.float32(np.frexp(np.float32(x))[1] - 1)
+
+
+def _mantissa_f32_python(x):
+    """:func:`_mantissa_f32_llvm` in NumPy (exact)."""
+    return np.float32(2 * np.frexp(np.float32(x))[0])
+
+
+_exponent_f32 = _exponent_f32_python if numba.config.DISABLE_JIT else _exponent_f32_llvm
+_mantissa_f32 = _mantissa_f32_python if numba.config.DISABLE_JIT else _mantissa_f32_llvm
+
+
+@numba.njit(inline="always", error_model="numpy")
+def _artanh_series(s):
+    """``artanh(s) / s`` for ``|s| <= 1/3`` (float32): seven terms of ``sum_j s^{2j} / (2j + 1)``."""
+    z = s * s
+    return np.float32(1) + z * (np.float32(1 / 3) + z * (np.float32(1 / 5) + z * (np.float32(1 / 7) + z * (
+        np.float32(1 / 9) + z * (np.float32(1 / 11) + z * np.float32(1 / 13))))))
+
+
+@numba.njit(inline="always", error_model="numpy")
+def log_f32(q):
+    """``log q`` in float32 for a positive normal float32 ``q`` (arithmetic only, so that loops vectorize):
+    ``q = 2^n m`` with ``m`` in ``[sqrt(1/2), sqrt(2))``, ``log m = 2 artanh((m - 1) / (m + 1))``, ``n ln 2`` in two
+    parts. Within ``3 u`` of ``log q`` where it is not near 0 (``q <= 1/2`` here).
+
+    Parameters
+    ----------
+    q : float32
+        Positive and normal (the caller selects other values away).
+
+    Returns
+    -------
+    float32
+    """
+    m = _mantissa_f32(q)  # [1, 2)
+    big = m > _SQRT2
+    m = m * np.float32(0.5) if big else m
+    nf = _exponent_f32(q) + (np.float32(1) if big else np.float32(0))
+    s = (m - np.float32(1)) / (m + np.float32(1))  # |s| <= 0.172
+    return nf * _LN2_HI + (np.float32(2) * s * _artanh_series(s) + nf * _LN2_LO)
+
+
+@numba.njit(inline="always", error_model="numpy")
+def _tail_entropy_bits(q):
+    """``H(q)`` in bits from the lower tail ``q`` in ``[0, 1/2]`` (float32; 0 for ``q`` below the normal range)."""
+    one, two = np.float32(1), np.float32(2)
+    s = q / (two - q)  # log(1 - q) = -2 artanh(s), s <= 1/3
+    h = (-q * log_f32(max(q, _LEAST_NORMAL)) + (one - q) * two * s * _artanh_series(s)) * _INV_LN2_F32
+    h = one if h > one else h
+    return np.float32(0) if q < _LEAST_NORMAL else h  # NaN: the test is false, NaN kept
 
 
 @numba.njit(parallel=True, error_model="numpy", cache=True)
-def logistic_entropy_f32(a, out):
-    """``out[i] = H(sigma(a[i]))`` in bits, float32 ``a`` and ``out`` (1-D), by the module's series; no ``fastmath``
-    (the same bits on every CPU and at any thread count)."""
-    one, two, zero = np.float32(1), np.float32(2), np.float32(0)
-    for i in prange(a.shape[0]):
-        t = abs(a[i])
-        e = exp_f32(-t)  # meaningless beyond 87 (not used there)
-        s = e / (two + e)
-        z = s * s
-        series = one + z * (np.float32(1 / 3) + z * (np.float32(1 / 5) + z * (np.float32(1 / 7) + z * (
-            np.float32(1 / 9) + z * (np.float32(1 / 11) + z * np.float32(1 / 13))))))
-        h = (e / (one + e) * t + two * s * series) * _INV_LN2_F32
-        h = one if h > one else h
-        out[i] = zero if t > _SATURATED else h  # selects: the loop stays vectorized (NaN: both tests false, NaN kept)
+def entropy_f32(a, code, out):
+    """``out[i] = H(F(a[i]))`` in bits, float32 ``a`` and ``out`` (1-D), by the module's float32 forms; no
+    ``fastmath`` (the same bits on every CPU and at any thread count). One loop per family (each vectorizes)."""
+    one, two, zero, half = np.float32(1), np.float32(2), np.float32(0), np.float32(0.5)
+    n = a.shape[0]
+    if code == LOGISTIC:
+        for i in prange(n):
+            t = abs(a[i])
+            e = exp_f32(-t)  # meaningless beyond 87 (not used there)
+            s = e / (two + e)
+            h = (e / (one + e) * t + two * s * _artanh_series(s)) * _INV_LN2_F32
+            h = one if h > one else h
+            out[i] = zero if t > _LOGISTIC_SATURATED else h  # selects (NaN: both tests false, NaN kept)
+    elif code == NORMAL:
+        for i in prange(n):
+            t = abs(a[i])
+            h = _tail_entropy_bits(normal_cdf(-min(t, _NORMAL_SATURATED)))
+            out[i] = zero if t > _NORMAL_SATURATED else (a[i] - a[i] + h)  # a - a: NaN for NaN a (min drops it)
+    elif code == UNIFORM:
+        for i in prange(n):
+            r = max(one - abs(a[i]), zero) if abs(a[i]) == abs(a[i]) else a[i]  # 1 - t clipped, NaN kept
+            out[i] = _tail_entropy_bits(half * r)
+    elif code == TRIANGULAR:
+        for i in prange(n):
+            r = max(one - abs(a[i]), zero) if abs(a[i]) == abs(a[i]) else a[i]
+            out[i] = _tail_entropy_bits(half * r * r)
+    else:
+        raise ValueError("code: unknown noise family code (see sbnnumba.kernels.scalar.KERNEL_FAMILIES)")
 
 
 def unit_entropy(a, code, out):
-    """``out = H(F(a))`` in bits, element-wise, for the kernel noise family ``code``: the vectorized float32 pass for
-    logistic units in float32, else the scalar kernel in float64 (:func:`unit_entropy_flat`).
+    """``out = H(F(a))`` in bits, element-wise, for the kernel noise family ``code``: the vectorized float32 pass
+    (:func:`entropy_f32`) for float32, else the scalar kernel in float64 (:func:`unit_entropy_flat`).
 
     Parameters
     ----------
@@ -74,8 +185,8 @@ def unit_entropy(a, code, out):
     -------
     None
     """
-    if code == LOGISTIC and a.dtype == np.float32:
+    if a.dtype == np.float32:
         with kernel_threads(a.size, "elementwise"):  # the per-call thread rule of sbnnumba.runtime
-            logistic_entropy_f32(a, out)
+            entropy_f32(a, code, out)
     else:
         unit_entropy_flat(a, code, out)
