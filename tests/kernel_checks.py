@@ -1,5 +1,5 @@
-"""Helpers shared by the packed-kernel and packed-network tests: a pure-Python (no JIT) run, the CPU's
-popcount support, and random normalization parameters that exercise every threshold case."""
+"""Helpers shared by the kernel and packed-network tests: a pure-Python (no JIT) run, the CPU's popcount support,
+a call at one and at two Numba threads, and random normalization parameters that exercise every threshold case."""
 import os
 import subprocess
 import sys
@@ -81,3 +81,17 @@ def randomize_normalization(net, rng, zero_gammas=True):
         mean, var = norm.running["deterministic"]
         norm.running["deterministic"] = ((mean + rng.normal(scale=2.0, size=n)).astype(mean.dtype),
                                          (var * rng.uniform(0.2, 5.0, size=n)).astype(var.dtype))
+
+
+def at_one_and_two_threads(call):
+    """``(call() at one Numba thread, call() at two)`` (two where Numba has them), the thread count restored after."""
+    import numba
+
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = call()
+        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+        return one, call()
+    finally:
+        numba.set_num_threads(before)

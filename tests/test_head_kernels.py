@@ -1,8 +1,8 @@
 """PSA head differences: the factored form (sbnnumba.kernels.head) within its stated bound of the exact values; the
 NumPy formula where it declines."""
-import numba
 import numpy as np
 import pytest
+from kernel_checks import at_one_and_two_threads
 
 from sbnnumba import losses
 from sbnnumba.backends import get_backend
@@ -60,14 +60,7 @@ def test_factored_form_is_more_accurate_than_the_loss_difference():
 def test_factored_flip_losses_do_not_depend_on_threads():
     """Each example's sums run on one thread in a fixed order: the same bits at one and two threads."""
     args = _head(np.random.default_rng(2), 33, 300, 10, np.float32)
-    before = numba.get_num_threads()
-    try:
-        numba.set_num_threads(1)
-        one = head.flip_losses(*args)
-        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
-        two = head.flip_losses(*args)
-    finally:
-        numba.set_num_threads(before)
+    one, two = at_one_and_two_threads(lambda: head.flip_losses(*args))
     for a, b in zip(one, two):
         np.testing.assert_array_equal(a, b)
 
@@ -160,14 +153,7 @@ def test_logistic_flip_weights():
     rng = np.random.default_rng(13)
     x = np.where(rng.random((64, 1000)) < 0.5, 1, -1).astype(np.float32)
     a = rng.uniform(-40, 40, size=x.shape).astype(np.float32)
-    before = numba.get_num_threads()
-    try:
-        numba.set_num_threads(1)
-        one = head.logistic_flip_weights(x, a)
-        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
-        two = head.logistic_flip_weights(x, a)
-    finally:
-        numba.set_num_threads(before)
+    one, two = at_one_and_two_threads(lambda: head.logistic_flip_weights(x, a))
     assert one.dtype == np.float32 and one.tobytes() == two.tobytes()
     want = special.expit(-np.float64(x) * np.float64(a)) / x.shape[1]
     keep = want > 1e-37 / x.shape[1]  # the normal range (beyond x a = 87 the weight is 0)

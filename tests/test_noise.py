@@ -222,6 +222,32 @@ def test_float32_sampler_without_jit_gives_the_formula():
     """)
 
 
+def test_log_f32_is_within_its_bound():
+    """float32_exp.log_f32 (the exponent and mantissa by two intrinsics, an artanh series) within 3 u relative of
+    ``log q`` on every 13th positive normal float32 up to 1/2, the unit entropy's range (about 82 million values)."""
+    import numba
+    from numba import prange
+
+    from sbnnumba.kernels import float32_exp
+
+    @numba.njit(parallel=True)
+    def worst_relative_error(first, last, step):
+        n = (last - first) // step + 1
+        worst = np.zeros(n // 65536 + 1)
+        for block in prange(worst.size):
+            w = 0.0
+            for k in range(block * 65536, min(n, (block + 1) * 65536)):
+                q = np.uint32(first + k * step).view(np.float32)
+                w = max(w, abs(np.float64(float32_exp.log_f32(q)) / np.log(np.float64(q)) - 1.0))
+            worst[block] = w
+        return worst.max()
+
+    first = int(np.array(np.finfo(np.float32).tiny, np.float32).view(np.uint32))
+    last = int(np.array(0.5, np.float32).view(np.uint32))
+    assert worst_relative_error(first, last, 13) <= 3 * 2.0**-24
+    assert worst_relative_error(last - 70000, last, 1) <= 3 * 2.0**-24  # next to 1/2, every value
+
+
 def test_float32_sampler_exp_estimate_is_within_its_bound():
     """The float32 decision's ``e^x`` (range reduction, degree-7 polynomial, ``2^n`` from its bits) is within a
     relative 2e-7 of the exact value on every 29th float32 in [-87, 87] (about 75 million values, both signs; worst

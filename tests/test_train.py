@@ -4,9 +4,9 @@ import json
 import os
 import sys
 
-import numba
 import numpy as np
 import pytest
+from kernel_checks import at_one_and_two_threads
 
 import sbnnumba as sb
 from sbnnumba import architectures, cli, datasets, plots, training
@@ -370,14 +370,7 @@ def test_unit_entropy_in_float32(noise):
     limit = {"logistic": 86.99, "normal": 12.69}.get(noise, 0.9999)
     t = np.concatenate([[0.0], np.logspace(-8, np.log10(limit), 4000)])
     a = np.concatenate([t, -t]).astype(np.float32)
-    before = numba.get_num_threads()
-    try:
-        numba.set_num_threads(1)
-        one = training.unit_entropy(a, noise)
-        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
-        two = training.unit_entropy(a, noise)
-    finally:
-        numba.set_num_threads(before)
+    one, two = at_one_and_two_threads(lambda: training.unit_entropy(a, noise))
     assert one.dtype == np.float32 and one.tobytes() == two.tobytes()
     want = training.unit_entropy(a.astype(np.float64), noise)  # the scalar kernel in float64
     bound = (8 + 2 * np.float64(a) ** 2 if noise == "normal" else 8) * 2.0**-24

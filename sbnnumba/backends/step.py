@@ -25,8 +25,9 @@ batch normalization            ``channel_moments``, ``running_average``, ``norma
                                for statistics summed over processes)
 Bernoulli weights              ``latent_grad`` (``dL/dw -> dL/deta``), ``clip_`` (projection)
 head and loss                  ``softmax_xent``, ``head_flips``, ``rb_flip_weights``, ``rb_mix``,
-                               ``rb_value``, ``rb_head_grads``; ``psa_rb_head`` (the last two but one
-                               and the last together; composed of them unless a backend overrides it)
+                               ``rb_value``, ``rb_head_grads``; ``psa_rb_head`` (``head_flips`` and
+                               ``rb_head_grads`` in one operation, composed of them unless a backend
+                               overrides it)
 element-wise, bookkeeping      ``multiply``, ``scale_rows``, ``weighted_sum``, ``asarray``, ``loss_scalar``
 host transfers                 ``to_host``, ``to_device_of`` (no-ops on host arrays)
 =============================  ======================================================================

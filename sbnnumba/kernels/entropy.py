@@ -17,21 +17,20 @@ With ``t = |a|`` and the lower tail ``q = F(-t)`` (at most 1/2),
     \mathrm{artanh}\, s = s \sum_{j \ge 0} \frac{s^{2j}}{2j + 1},
 
 the series to ``j = 6`` for ``s <= 1/3`` (truncation below ``(1/9)^7 / 15 < 2^-26`` relative), ``log q`` by
-:func:`log_f32` (exponent and mantissa split, the same series on ``[sqrt(1/2), sqrt(2))``). Logistic units use the
-closed form ``H = (q t + log(1 + e)) / ln 2``, ``e = e^{-t}`` (``log(1 + e) = 2 artanh(e / (2 + e))``); the normal tail
-is :func:`sbnnumba.kernels.probit.normal_cdf`, the uniform and triangular ones their polynomials. Both terms of ``H``
-are positive (no cancellation): within ``8 u`` of the float64 kernel relative (``u = 2^-24``; logistic, uniform and
-triangular), ``(8 + 2 t^2) u`` for the normal family (its tail's relative error grows like ``t^2 u``,
-:mod:`sbnnumba.kernels.probit`); 0 where ``q`` leaves float32's normal range (logistic ``t > 87``, normal ``t > 12.7``:
-``H < 2^-114`` there), NaN kept (``tests/test_train.py``).
+:func:`~sbnnumba.kernels.float32_exp.log_f32` (exponent and mantissa split, the same series on ``[sqrt(1/2),
+sqrt(2))``). Logistic units use the closed form ``H = (q t + log(1 + e)) / ln 2``, ``e = e^{-t}`` (``log(1 + e) = 2
+artanh(e / (2 + e))``); the normal tail is :func:`sbnnumba.kernels.probit.normal_cdf`, the uniform and triangular ones
+their polynomials. Both terms of ``H`` are positive (no cancellation): within ``8 u`` of the float64 kernel relative
+(``u = 2^-24``; logistic, uniform and triangular), ``(8 + 2 t^2) u`` for the normal family (its tail's relative error
+grows like ``t^2 u``, :mod:`sbnnumba.kernels.probit`); 0 where ``q`` leaves float32's normal range (logistic ``t > 87``,
+normal ``t > 12.7``: ``H < 2^-114`` there), NaN kept (``tests/test_train.py``).
 """
 import numba
 import numpy as np
-from numba import prange, types
-from numba.extending import intrinsic
+from numba import prange
 
 from ..runtime import kernel_threads
-from .float32_exp import exp_f32
+from .float32_exp import artanh_series, exp_f32, log_f32
 from .probit import normal_cdf
 from .scalar import LOGISTIC, NORMAL, TRIANGULAR, UNIFORM, entropy_bits
 
@@ -45,86 +44,9 @@ def unit_entropy_flat(a, code, out):
 
 
 _INV_LN2_F32 = np.float32(1.4426950408889634)
-_LN2_HI = np.float32(0.693359375)  # ln 2 in two parts: n * _LN2_HI is exact for |n| < 2^15
-_LN2_LO = np.float32(-2.12194440e-4)
-_SQRT2 = np.float32(1.4142135623730951)
 _LEAST_NORMAL = np.float32(np.finfo(np.float32).tiny)
 _LOGISTIC_SATURATED = np.float32(87.0)  # e^{-t} below float32's normal range beyond
 _NORMAL_SATURATED = np.float32(12.7)  # normal_cdf's tail is clipped at 12.73 (2e-37)
-
-
-@intrinsic
-def _exponent_f32_llvm(typingctx, x):
-    """The unbiased exponent field of a positive normal float32, as a float32 (``floor(log2 x)``), in 32-bit integer
-    operations (Numba's own integers are 64-bit: these keep the loop at 8 lanes)."""
-    if x != types.float32:
-        return None
-
-    def codegen(context, builder, signature, args):
-        i32 = context.get_value_type(types.int32)
-        field = builder.lshr(builder.bitcast(args[0], i32), i32(23))
-        return builder.sitofp(builder.sub(field, i32(127)), context.get_value_type(types.float32))
-
-    return types.float32(x), codegen
-
-
-@intrinsic
-def _mantissa_f32_llvm(typingctx, x):
-    """A positive normal float32 with its exponent set to 0: the mantissa in ``[1, 2)``."""
-    if x != types.float32:
-        return None
-
-    def codegen(context, builder, signature, args):
-        i32 = context.get_value_type(types.int32)
-        bits = builder.and_(builder.bitcast(args[0], i32), i32(0x7FFFFF))
-        return builder.bitcast(builder.or_(bits, i32(0x3F800000)), context.get_value_type(types.float32))
-
-    return types.float32(x), codegen
-
-
-def _exponent_f32_python(x):
-    """:func:`_exponent_f32_llvm` in NumPy (the twin under ``NUMBA_DISABLE_JIT=1``; exact)."""
-    return np.float32(np.frexp(np.float32(x))[1] - 1)
-
-
-def _mantissa_f32_python(x):
-    """:func:`_mantissa_f32_llvm` in NumPy (exact)."""
-    return np.float32(2 * np.frexp(np.float32(x))[0])
-
-
-_exponent_f32 = _exponent_f32_python if numba.config.DISABLE_JIT else _exponent_f32_llvm
-_mantissa_f32 = _mantissa_f32_python if numba.config.DISABLE_JIT else _mantissa_f32_llvm
-
-
-@numba.njit(inline="always", error_model="numpy")
-def _artanh_series(s):
-    """``artanh(s) / s`` for ``|s| <= 1/3`` (float32): seven terms of ``sum_j s^{2j} / (2j + 1)``."""
-    z = s * s
-    return np.float32(1) + z * (np.float32(1 / 3) + z * (np.float32(1 / 5) + z * (np.float32(1 / 7) + z * (
-        np.float32(1 / 9) + z * (np.float32(1 / 11) + z * np.float32(1 / 13))))))
-
-
-@numba.njit(inline="always", error_model="numpy")
-def log_f32(q):
-    """``log q`` in float32 for a positive normal float32 ``q`` (arithmetic only, so that loops vectorize):
-    ``q = 2^n m`` with ``m`` in ``[sqrt(1/2), sqrt(2))``, ``log m = 2 artanh((m - 1) / (m + 1))``, ``n ln 2`` in two
-    parts. Within ``3 u`` of ``log q`` where it is not near 0 (``q <= 1/2`` here).
-
-    Parameters
-    ----------
-    q : float32
-        Positive and normal (the caller selects other values away).
-
-    Returns
-    -------
-    float32
-    """
-    m = _mantissa_f32(q)  # [1, 2)
-    big = m > _SQRT2
-    m = m * np.float32(0.5) if big else m
-    nf = _exponent_f32(q) + (np.float32(1) if big else np.float32(0))
-    s = (m - np.float32(1)) / (m + np.float32(1))  # |s| <= 0.172
-    return nf * _LN2_HI + (np.float32(2) * s * _artanh_series(s) + nf * _LN2_LO)
 
 
 @numba.njit(inline="always", error_model="numpy")
@@ -132,7 +54,7 @@ def _tail_entropy_bits(q):
     """``H(q)`` in bits from the lower tail ``q`` in ``[0, 1/2]`` (float32; 0 for ``q`` below the normal range)."""
     one, two = np.float32(1), np.float32(2)
     s = q / (two - q)  # log(1 - q) = -2 artanh(s), s <= 1/3
-    h = (-q * log_f32(max(q, _LEAST_NORMAL)) + (one - q) * two * s * _artanh_series(s)) * _INV_LN2_F32
+    h = (-q * log_f32(max(q, _LEAST_NORMAL)) + (one - q) * two * s * artanh_series(s)) * _INV_LN2_F32
     h = one if h > one else h
     return np.float32(0) if q < _LEAST_NORMAL else h  # NaN: the test is false, NaN kept
 
@@ -148,7 +70,7 @@ def entropy_f32(a, code, out):
             t = abs(a[i])
             e = exp_f32(-t)  # meaningless beyond 87 (not used there)
             s = e / (two + e)
-            h = (e / (one + e) * t + two * s * _artanh_series(s)) * _INV_LN2_F32
+            h = (e / (one + e) * t + two * s * artanh_series(s)) * _INV_LN2_F32
             h = one if h > one else h
             out[i] = zero if t > _LOGISTIC_SATURATED else h  # selects (NaN: both tests false, NaN kept)
     elif code == NORMAL:

@@ -1,12 +1,13 @@
-"""``e^x`` in float32 from arithmetic only, so that loops calling it vectorize (Numba has no vector math library
-here: ``math.exp`` in a loop stays a scalar library call).
+"""``e^x`` (and ``log x``, :func:`log_f32`) in float32 from arithmetic only, so that loops calling it vectorize (Numba
+has no vector math library here: ``math.exp`` in a loop stays a scalar library call).
 
 Used by the float32 logistic sampler's fast decision (:mod:`sbnnumba.kernels.sampling`), by the branch-free
 normal CDF of the probit flip form (:mod:`sbnnumba.kernels.probit`) and, through :func:`exp_in_place`, for the
 logistic ratio form's factors ``e^{+-a}`` and ``e^{+-2W}`` (dense and conv flips: one parallel vectorized pass,
 faster than NumPy's float32 ``exp`` where NumPy has no AVX-512 path (run log of 2026-12-07, session 24), and the same
 bits on every CPU: IEEE arithmetic only, no ``fastmath`` that reorders or contracts it). ``tests/test_noise.py``
-checks the bound of :func:`exp_f32` on every 29th float32 in [-87, 87].
+checks the bound of :func:`exp_f32` on every 29th float32 in [-87, 87]. :func:`log_f32` and :func:`artanh_series`
+serve the float32 unit entropy (:mod:`sbnnumba.kernels.entropy`).
 """
 import numba
 import numpy as np
@@ -63,6 +64,94 @@ def exp_f32(x):
     p = np.float32(1) + r * (np.float32(1) + r * (np.float32(1 / 2) + r * (np.float32(1 / 6) + r * (
         np.float32(1 / 24) + r * (np.float32(1 / 120) + r * (np.float32(1 / 720) + r * np.float32(1 / 5040)))))))
     return p * _pow2_f32(n)
+
+
+_SQRT2 = np.float32(1.4142135623730951)
+
+
+@intrinsic
+def _exponent_f32_llvm(typingctx, x):
+    """The unbiased exponent field of a positive normal float32, as a float32 (``floor(log2 x)``), in 32-bit integer
+    operations (Numba's own integers are 64-bit: these keep the loop at 8 lanes)."""
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        i32 = context.get_value_type(types.int32)
+        field = builder.lshr(builder.bitcast(args[0], i32), i32(23))
+        return builder.sitofp(builder.sub(field, i32(127)), context.get_value_type(types.float32))
+
+    return types.float32(x), codegen
+
+
+@intrinsic
+def _mantissa_f32_llvm(typingctx, x):
+    """A positive normal float32 with its exponent set to 0: the mantissa in ``[1, 2)``."""
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        i32 = context.get_value_type(types.int32)
+        bits = builder.and_(builder.bitcast(args[0], i32), i32(0x7FFFFF))
+        return builder.bitcast(builder.or_(bits, i32(0x3F800000)), context.get_value_type(types.float32))
+
+    return types.float32(x), codegen
+
+
+def _exponent_f32_python(x):
+    """:func:`_exponent_f32_llvm` in NumPy (the twin under ``NUMBA_DISABLE_JIT=1``; exact)."""
+    return np.float32(np.frexp(np.float32(x))[1] - 1)
+
+
+def _mantissa_f32_python(x):
+    """:func:`_mantissa_f32_llvm` in NumPy (exact)."""
+    return np.float32(2 * np.frexp(np.float32(x))[0])
+
+
+_exponent_f32 = _exponent_f32_python if numba.config.DISABLE_JIT else _exponent_f32_llvm
+_mantissa_f32 = _mantissa_f32_python if numba.config.DISABLE_JIT else _mantissa_f32_llvm
+
+
+@numba.njit(inline="always", error_model="numpy")
+def artanh_series(s):
+    """``artanh(s) / s`` for ``|s| <= 1/3`` (float32): seven terms of ``sum_j s^{2j} / (2j + 1)`` (truncation below
+    ``(1/9)^7 / 15 < 2^-26``), so ``log((1 + s) / (1 - s)) = 2 s artanh_series(s)``.
+
+    Parameters
+    ----------
+    s : float32
+        In ``[-1/3, 1/3]``.
+
+    Returns
+    -------
+    float32
+    """
+    z = s * s
+    return np.float32(1) + z * (np.float32(1 / 3) + z * (np.float32(1 / 5) + z * (np.float32(1 / 7) + z * (
+        np.float32(1 / 9) + z * (np.float32(1 / 11) + z * np.float32(1 / 13))))))
+
+
+@numba.njit(inline="always", error_model="numpy")
+def log_f32(q):
+    """``log q`` in float32 for a positive normal float32 ``q`` (arithmetic only, so that loops vectorize):
+    ``q = 2^n m`` with ``m`` in ``[sqrt(1/2), sqrt(2))``, ``log m = 2 artanh((m - 1) / (m + 1))``, ``n ln 2`` in two
+    parts. Within ``3 u`` of ``log q`` where it is not near 0 (``q <= 1/2`` here).
+
+    Parameters
+    ----------
+    q : float32
+        Positive and normal (the caller selects other values away).
+
+    Returns
+    -------
+    float32
+    """
+    m = _mantissa_f32(q)  # [1, 2)
+    big = m > _SQRT2
+    m = m * np.float32(0.5) if big else m
+    nf = _exponent_f32(q) + (np.float32(1) if big else np.float32(0))
+    s = (m - np.float32(1)) / (m + np.float32(1))  # |s| <= 0.172
+    return nf * _LN2_HI + (np.float32(2) * s * artanh_series(s) + nf * _LN2_LO)
 
 
 _EXP_F32_LOW = np.float32(-87.0)  # below, e^x < 1.7e-38 (under the normal range): taken as 0 (-inf included)

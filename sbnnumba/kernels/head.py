@@ -1,4 +1,6 @@
-r"""Numba CPU kernel for PSA's head differences (:meth:`sbnnumba.backends.cpu.CpuBackend.head_flips`).
+r"""Numba CPU kernels for PSA's head: the head differences (:meth:`sbnnumba.backends.cpu.CpuBackend.head_flips`), the
+Rao-Blackwellized head's gradients from the same factors (:func:`rb_head_gradients`, the CPU backend's
+``psa_rb_head``) and the logistic Rao-Blackwell weights in float32 (:func:`logistic_flip_weights`).
 
 For every last binary unit ``i`` the head logits with that unit flipped, ``eta^(i) = eta - 2 x_i V[:, i]``,
 their softmax cross-entropy ``l^(i) = log sum_k e^{eta^(i)_k} - eta^(i)_y``, the differences ``d_i = l^(i) - l(eta)``
@@ -149,6 +151,7 @@ def factored_flip_mixture(e, s0, x_last, v, f_pos, f_neg, y, w, ratio, linear, u
             ub[i] = q if positive else zero
             ub[n_units + i] = zero if positive else q
         _ratio_and_linear(x, v[y[b]], s0[b], s, linear[b])
+
 
 def flip_losses(logits, y, x_last, v, loss0):
     r"""PSA head differences ``d_i = l(eta^(i)) - l(eta)`` and the gradients ``softmax(eta^(i)) - onehot(y)`` by
