@@ -38,6 +38,19 @@ def test_sample_path_structure_and_probabilities():
     assert abs(freq - f) < 5 * np.sqrt(f * (1 - f) / n)
 
 
+def test_sample_without_patches_has_the_same_values():
+    """keep_patches=False (forward-only callers) drops each conv stage's patch matrix from the path and changes
+    nothing else: the same pre-activations, states and logits bit for bit."""
+    net = sb.architectures.conv((1, 28, 28), 3, channels=[4, 4, 4, 6, 6, 6, 6, 6], rng=0)
+    x = np.random.default_rng(1).random((2, 1, 28, 28)).astype(np.float32)
+    kept, dropped = net.sample(x, rng=5), net.sample(x, rng=5, keep_patches=False)
+    assert any(st.saved is not None for st in kept.stages) and all(st.saved is None for st in dropped.stages)
+    for a, b in zip(kept.stages, dropped.stages):
+        for name in ("pre", "state"):
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    np.testing.assert_array_equal(kept.logits, dropped.logits)
+
+
 def test_common_random_numbers():
     net = random_net([3, 4, 2], seed=2)
     x = np.ones((2, 3))

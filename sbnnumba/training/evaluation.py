@@ -137,7 +137,7 @@ def evaluate(net: Network | str | os.PathLike[str] | Checkpoint, x: npt.ArrayLik
             acc = None
             for s in range(samples):
                 drawn = () if uniforms is None else uniforms(start, start + xb.shape[0], s)
-                path = net.sample(xb, rng, *drawn)
+                path = net.sample(xb, rng, *drawn, keep_patches=False)  # forward only: no patches kept
                 if entropy:
                     for k, st in enumerate(path.stages):  # st.pre is what the noise sees (after normalization)
                         ent_sum[k] += float(np.sum(unit_entropy(st.pre, net.noise), dtype=np.float64))
