@@ -497,9 +497,9 @@ class Network:
         keep_patches : bool
             Keep each conv stage's patch matrix in the path for the parameter gradients (``StageSample.saved``).
             Forward-only callers (evaluation, prediction, normalization statistics) pass False: the patches of
-            all stages held at once are the largest arrays of a conv path (about 1.5 GB for the paper's network
-            at 500 images), and freeing each after its stage made evaluation 1.5x faster at 500 images (run
-            log of 2026-12-07, session 25). The same values either way.
+            all stages held at once are the largest arrays of a conv path (``sum_k C_in kh kw H_out W_out`` entries
+            per example), and each new path allocates them afresh; without them each is freed after its stage
+            (timings: run log of 2026-12-07, session 25). The same values either way.
 
         Returns
         -------
