@@ -30,7 +30,7 @@ import numpy as np
 from numba import prange
 
 from ..runtime import kernel_threads
-from .float32_exp import artanh_series, exp_f32, log_f32
+from .float32_exp import EXP_F32_RANGE, artanh_series, exp_f32_saturating, log_f32
 from .probit import normal_cdf
 from .scalar import LOGISTIC, NORMAL, TRIANGULAR, UNIFORM, entropy_bits
 
@@ -45,7 +45,6 @@ def unit_entropy_flat(a, code, out):
 
 _INV_LN2_F32 = np.float32(1.4426950408889634)
 _LEAST_NORMAL = np.float32(np.finfo(np.float32).tiny)
-_LOGISTIC_SATURATED = np.float32(87.0)  # e^{-t} below float32's normal range beyond
 _NORMAL_SATURATED = np.float32(12.7)  # normal_cdf's tail is clipped at 12.73 (2e-37)
 
 
@@ -68,11 +67,11 @@ def entropy_f32(a, code, out):
     if code == LOGISTIC:
         for i in prange(n):
             t = abs(a[i])
-            e = exp_f32(-t)  # meaningless beyond 87 (not used there)
+            e = exp_f32_saturating(-t)
             s = e / (two + e)
             h = (e / (one + e) * t + two * s * artanh_series(s)) * _INV_LN2_F32
             h = one if h > one else h
-            out[i] = zero if t > _LOGISTIC_SATURATED else h  # selects (NaN: both tests false, NaN kept)
+            out[i] = zero if t > EXP_F32_RANGE else h  # e = 0 there; t = inf: 0 * t is NaN (NaN a: NaN kept)
     elif code == NORMAL:
         for i in prange(n):
             t = abs(a[i])

@@ -21,19 +21,27 @@ _LN2_HI = np.float32(0.693359375)  # 355 / 512: n * _LN2_HI is exact for |n| < 2
 _LN2_LO = np.float32(-2.12194440e-4)  # ln 2 - _LN2_HI
 
 
-@intrinsic
-def _pow2_f32_llvm(typingctx, n):
-    """``2^n`` as a float32 for an integral float32 ``n`` in [-126, 127]: the exponent field ``n + 127`` set in
-    32-bit integers (so the loop vectorizes at 8 or 16 lanes; Numba's own integers are 64-bit)."""
-    if n != types.float32:
-        return None
+def _float32_bits_intrinsic(name, doc, body):
+    """A Numba intrinsic ``float32 -> float32`` computed on the argument's IEEE bits in 32-bit integer operations
+    (so that the loop vectorizes at 8 or 16 lanes; Numba's own integers are 64-bit). ``body(builder, x, i32, f32)``
+    emits the LLVM instructions of the float32 value ``x`` (``i32``, ``f32``: the LLVM types)."""
+    def typer(typingctx, x):
+        if x != types.float32:
+            return None
 
-    def codegen(context, builder, signature, args):
-        i32 = context.get_value_type(types.int32)
-        field = builder.add(builder.fptosi(args[0], i32), i32(127))
-        return builder.bitcast(builder.shl(field, i32(23)), context.get_value_type(types.float32))
+        def codegen(context, builder, signature, args):
+            return body(builder, args[0], context.get_value_type(types.int32), context.get_value_type(types.float32))
 
-    return types.float32(n), codegen
+        return types.float32(x), codegen
+
+    typer.__name__ = typer.__qualname__ = name
+    typer.__doc__ = doc
+    return intrinsic(typer)
+
+
+_pow2_f32_llvm = _float32_bits_intrinsic(
+    "_pow2_f32_llvm", "``2^n`` as a float32 for an integral float32 ``n`` in [-126, 127]: the exponent field n + 127.",
+    lambda b, n, i32, f32: b.bitcast(b.shl(b.add(b.fptosi(n, i32), i32(127)), i32(23)), f32))
 
 
 def _pow2_f32_python(n):
@@ -69,33 +77,12 @@ def exp_f32(x):
 _SQRT2 = np.float32(1.4142135623730951)
 
 
-@intrinsic
-def _exponent_f32_llvm(typingctx, x):
-    """The unbiased exponent field of a positive normal float32, as a float32 (``floor(log2 x)``), in 32-bit integer
-    operations (Numba's own integers are 64-bit: these keep the loop at 8 lanes)."""
-    if x != types.float32:
-        return None
-
-    def codegen(context, builder, signature, args):
-        i32 = context.get_value_type(types.int32)
-        field = builder.lshr(builder.bitcast(args[0], i32), i32(23))
-        return builder.sitofp(builder.sub(field, i32(127)), context.get_value_type(types.float32))
-
-    return types.float32(x), codegen
-
-
-@intrinsic
-def _mantissa_f32_llvm(typingctx, x):
-    """A positive normal float32 with its exponent set to 0: the mantissa in ``[1, 2)``."""
-    if x != types.float32:
-        return None
-
-    def codegen(context, builder, signature, args):
-        i32 = context.get_value_type(types.int32)
-        bits = builder.and_(builder.bitcast(args[0], i32), i32(0x7FFFFF))
-        return builder.bitcast(builder.or_(bits, i32(0x3F800000)), context.get_value_type(types.float32))
-
-    return types.float32(x), codegen
+_exponent_f32_llvm = _float32_bits_intrinsic(
+    "_exponent_f32_llvm", "The unbiased exponent of a positive normal float32, as a float32 (``floor(log2 x)``).",
+    lambda b, x, i32, f32: b.sitofp(b.sub(b.lshr(b.bitcast(x, i32), i32(23)), i32(127)), f32))
+_mantissa_f32_llvm = _float32_bits_intrinsic(
+    "_mantissa_f32_llvm", "A positive normal float32 with its exponent set to 0: the mantissa in ``[1, 2)``.",
+    lambda b, x, i32, f32: b.bitcast(b.or_(b.and_(b.bitcast(x, i32), i32(0x7FFFFF)), i32(0x3F800000)), f32))
 
 
 def _exponent_f32_python(x):
@@ -154,18 +141,33 @@ def log_f32(q):
     return nf * _LN2_HI + (np.float32(2) * s * artanh_series(s) + nf * _LN2_LO)
 
 
-_EXP_F32_LOW = np.float32(-87.0)  # below, e^x < 1.7e-38 (under the normal range): taken as 0 (-inf included)
+EXP_F32_RANGE = np.float32(87.0)  # exp_f32's range; beyond, e^x leaves float32's normal range
+
+
+@numba.njit(inline="always", error_model="numpy")
+def exp_f32_saturating(x):
+    """:func:`exp_f32` on its range ``|x| <= 87``, 0 below it (``-inf`` included), ``inf`` above it, NaN kept (selects
+    only: a loop calling it stays vectorized; without ``fastmath`` ``nnan``/``ninf``, which would let LLVM drop the
+    tests for ``-inf`` and NaN).
+
+    Parameters
+    ----------
+    x : float32
+
+    Returns
+    -------
+    float32
+    """
+    # exp_f32 only inside the range (compiled, the branches become selects; under NUMBA_DISABLE_JIT its twin would
+    # fail on +-inf); exp_f32(NaN) is NaN
+    return np.float32(0) if x < -EXP_F32_RANGE else (np.float32(np.inf) if x > EXP_F32_RANGE else exp_f32(x))
 
 
 @numba.njit(parallel=True, error_model="numpy", cache=True)
 def _exp_f32_in_place(v):
-    # No fastmath: "contract" (FMA) would give other bits on CPUs without it, "reassoc" undoes the split of ln 2, and
-    # "nnan"/"ninf" would let LLVM drop the test below for -inf (the conv factors' neutral channel) and NaN.
-    # exp_f32(NaN) is NaN, so NaN passes through.
-    zero = np.float32(0)
+    # No fastmath: "contract" (FMA) would give other bits on CPUs without it, "reassoc" undoes the split of ln 2.
     for i in prange(v.size):
-        x = v[i]
-        v[i] = zero if x < _EXP_F32_LOW else exp_f32(x)
+        v[i] = exp_f32_saturating(v[i])
 
 
 def exp_in_place(v):

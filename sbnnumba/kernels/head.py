@@ -41,7 +41,7 @@ from numba import prange
 from numba.extending import register_jitable
 
 from ..runtime import gemm, gemm_nt, kernel_threads
-from .float32_exp import exp_f32
+from .float32_exp import exp_f32_saturating
 
 #: Largest ``max |2 V|`` of the factored form per dtype (see the module's range bound).
 FACTORED_WEIGHT_LIMIT = {np.dtype(np.float32): 20.0, np.dtype(np.float64): 200.0}
@@ -293,23 +293,14 @@ def _differences(ratio, linear):
     return d
 
 
-_EXP_F32_RANGE = np.float32(87.0)  # exp_f32's range: beyond, e^t is 0 or inf (the weight 1 / N or 0)
-
-
 @numba.njit(parallel=True, error_model="numpy", cache=True)
 def _logistic_flip_weights_f32(x, a, out):
     n = x.shape[1]
-    one, zero, inf, n_units = np.float32(1), np.float32(0), np.float32(np.inf), np.float32(n)
+    one, n_units = np.float32(1), np.float32(n)
     for b in prange(x.shape[0]):
         for i in range(n):
-            t = x[b, i] * a[b, i]
-            if t < -_EXP_F32_RANGE:
-                e = zero
-            elif t > _EXP_F32_RANGE:
-                e = inf
-            else:
-                e = exp_f32(t)  # NaN stays NaN
-            out[b, i] = one / (one + e) / n_units
+            # beyond exp_f32's range e^t is 0 or inf: the weight 1 / N or 0; NaN stays NaN
+            out[b, i] = one / (one + exp_f32_saturating(x[b, i] * a[b, i])) / n_units
 
 
 def logistic_flip_weights(x_last, a_last):
