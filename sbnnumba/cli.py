@@ -9,7 +9,8 @@
     mean running training loss), records the trials in ``lr_search.json`` and in the run's config
     (``metadata.lr_search`` of ``history.json`` and the checkpoint), then trains with it (``--lr-method grid``:
     a batched grid refinement whose rounds of trials run on ``--lr-workers N`` local processes); ``--resume``
-    reuses the lr stored in the checkpoint instead of searching again.
+    reuses the lr stored in the checkpoint instead of searching again, and takes every setting left out of the
+    command line from it (:func:`checkpoint_settings`).
     The defaults (MLP 784-256-256-10, logistic noise, PSA, Adam lr 1e-3, batch 64, 3 epochs, data-dependent
     init, 10 % validation) train in 15-22 s on 2 CPU cores on the full Fashion-MNIST and in 4.5-10.4 s on the
     embedded subset (AMD EPYC and Intel Xeon; measured times and accuracies: ``docs/experiments/``).
@@ -248,11 +249,17 @@ def _add_fit_options(parser):
                                 choices=check.choices)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
     """The parser of ``python -m sbnnumba`` with its ``train``, ``evaluate`` and ``export`` subcommands.
 
     ``gradcheck`` and ``sweep`` are listed but parsed by their own modules (:func:`main` hands them the
     remaining arguments). Usage errors raise :class:`CLIError` instead of exiting.
+
+    Parameters
+    ----------
+    train_defaults : dict, optional
+        ``train`` defaults that replace the built-in ones (``dest`` -> value): ``train --resume`` parses its
+        arguments again with the settings of the run it continues (:func:`checkpoint_settings`).
 
     Returns
     -------
@@ -316,7 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--train-subset", type=_POSITIVE_INT, default=None,
                     help="use only N training examples (random, before the validation split)")
     tr.add_argument("--out", default=None, help="output directory (default: runs/<arch>-<estimator>-<time>)")
-    tr.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    tr.add_argument("--resume", action="store_true",
+                    help="continue the run in --out from its checkpoint, with the settings it was started with (the "
+                         "flags given now must agree with them)")
     tr.add_argument("--quiet", action="store_true",
                     help="no per-epoch lines and no progress bars (--no-progress hides the bars only)")
     tr.add_argument("--backend", default=None, choices=list(backend_names()),
@@ -324,6 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--distributed", action="store_true",
                     help="data-parallel training over MPI: launch with mpiexec -n N (needs the extra 'mpi': "
                          "pip install 'sbnnumba[mpi]'); --batch-size is the global batch; see docs/cluster.md")
+    if train_defaults:
+        tr.set_defaults(**train_defaults)
 
     ev = sub.add_parser("evaluate", help="test metrics of a checkpoint",
                         description="Test metrics and accuracy vs number of ensemble samples of a checkpoint.",
@@ -763,12 +774,17 @@ def _kept(out):
 
 def _train(args, comm=None):
     root = comm is None or comm.is_root
-    search = _lr_search_args(args)
+    _lr_search_args(args)  # its usage errors before any file is looked at
     out = _output_dir(args) if root else None  # rank 0's file system decides (other ranks may not see it)
+    if comm is not None:
+        out = comm.bcast_object(out)
+    if args.resume:  # the flags left out take the run's settings (rank 0 reads them: others may not see the file)
+        settings = checkpoint_settings(out) if root else None
+        args = _resumed_args(args, settings if comm is None else comm.bcast_object(settings))
+    search = _lr_search_args(args)
     if comm is not None:
         from sbnnumba.distributed import select_device
 
-        out = comm.bcast_object(out)
         select_device(comm, args.backend)
     with _run_directory(out) if root else contextlib.nullcontext():
         return _train_in(args, out, search, comm)
@@ -818,6 +834,67 @@ def _shown(value, flag=None):
     return "none" if value is None else str(value)
 
 
+#: FitConfig fields with a flag that a resumed run does not take from its checkpoint: how this session shows its work.
+_SESSION_FIELDS = ("progress",)
+
+
+def checkpoint_settings(out: str) -> list[tuple[str, str, Any]]:
+    """The ``train`` settings of the run in ``out`` as ``(flag, dest, value)``, for ``--resume`` to parse the command
+    line again with them as defaults (:func:`build_parser`): the architecture and its options, ``--data``,
+    ``--train-subset``, ``--lr`` (``auto`` when it was searched) and the :class:`~sbnnumba.training.FitConfig`
+    fields with a flag, except the session's display ones (:data:`_SESSION_FIELDS`). Settings the checkpoint does
+    not record (a checkpoint of an older version, or one written by ``training.fit`` without the command line's
+    metadata) are left out: their flags keep the command line's defaults, and ``fit`` checks what it can.
+
+    Parameters
+    ----------
+    out : str
+        The run's directory (holding its checkpoint).
+
+    Returns
+    -------
+    list of (str, str, object)
+        Flag, ``argparse`` destination and value in the form the command line's option gives it.
+    """
+    from sbnnumba import training
+
+    saved = training.load_checkpoint(os.path.join(out, training.CHECKPOINT_NAME)).config
+    meta, fit = saved.get("metadata") or {}, saved.get("fit") or {}
+    settings = []
+    arch = meta.get("architecture")
+    if isinstance(arch, dict) and "name" in arch:
+        settings.append(("--arch", "arch", arch["name"]))
+        then = arch.get("options") or {}
+        for key, (flag, default) in _ARCH_FLAGS.items():
+            value = then.get(key, default)  # an option the builder was not given: the value its absence stands for
+            if value is not None:
+                settings.append((flag, flag[2:].replace("-", "_"), value))
+    for key, flag in (("data", "--data"), ("train_subset", "--train-subset")):
+        if key in meta:
+            settings.append((flag, key, meta[key]))
+    settings += [(flag, f.name, fit[f.name]) for flag, f in command_line_fields()
+                 if f.name in fit and f.name not in _SESSION_FIELDS]
+    lr = (saved.get("optimizer") or {}).get("lr")
+    if meta.get("lr") == "auto":
+        settings.append(("--lr", "lr", "auto"))
+    elif lr is not None:
+        settings.append(("--lr", "lr", float(lr)))
+    return settings
+
+
+def _resumed_args(args, settings):
+    """``args`` parsed again from the same command line (``args.argv``) with the checkpoint's ``settings``
+    (:func:`checkpoint_settings`) as defaults: a flag given now keeps its value (``_check_resume_flags`` compares
+    it), one left out takes the run's. Prints the settings that came from the checkpoint."""
+    resumed = build_parser(train_defaults={dest: value for _, dest, value in settings}).parse_args(args.argv)
+    resumed.argv = args.argv
+    taken = [f"{flag} {_shown(getattr(resumed, dest), flag)}" for flag, dest, _ in settings
+             if getattr(resumed, dest) != getattr(args, dest)]
+    if taken:
+        print(f"--resume: continuing with the run's settings {' '.join(taken)}")
+    return resumed
+
+
 def _check_resume_flags(args, out, ds, options, config):
     """``--resume``: CLIError in one line listing, as flags, the settings of the command line that differ from
     those the run in ``out`` was trained with (what ``fit`` would refuse), before any training work. Settings
@@ -863,7 +940,7 @@ def _check_resume_flags(args, out, ds, options, config):
                                             f"{now_lr:g}" + (" (default)" if config.lr is None else "")))
     if diff:
         raise CLIError(f"--resume: the run in {out} was trained with other settings ({'; '.join(diff)}); "
-                       "pass the flags of the original run again")
+                       "leave those flags out (--resume takes them from the checkpoint) or start a new run")
 
 
 def _train_in(args, out, search, comm):
@@ -1193,6 +1270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args = parser.parse_args(argv)
         except SystemExit as exc:  # --help
             return 0 if exc.code is None else int(exc.code)
+        args.argv = argv  # train --resume parses it again with the run's settings as defaults (_resumed_args)
         runtime.retain_freed_memory()  # long array-heavy jobs: reuse freed pages (sbnnumba/runtime.py)
         return _run(args)
     except CLIError as exc:

@@ -210,7 +210,7 @@ def test_resume_with_other_flags_lists_them_as_flags(tmp_path, capsys):
     assert cli.main(argv) == 2
     err = one_line_error(capsys)
     for part in ("--resume: the run in", "--hidden: checkpoint 8, now 16", "--estimator: checkpoint psa, now st",
-                 "--lr: checkpoint 0.001, now 0.01", "pass the flags of the original run again"):
+                 "--lr: checkpoint 0.001, now 0.01", "leave those flags out (--resume takes them from the checkpoint)"):
         assert part in err, err
     assert "network." not in err and "crc32" not in err and len(err) < 400
     assert (out / "checkpoint.npz").read_bytes() == before and not (out / fileio.LOCK_NAME).exists()

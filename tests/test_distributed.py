@@ -335,8 +335,9 @@ def test_killed_rank_then_resume_on_another_n_matches_an_uninterrupted_run(tmp_p
     done = training.load_checkpoint(ckpt).epoch
     assert 1 <= done < 4
 
-    resumed = subprocess.run([mpiexec(), "-n", "1", sys.executable] + TRAIN + ["--epochs", "4", "--out", str(killed),
-                                                                              "--resume"],
+    # resumed with no setting but --epochs: rank 0 reads the others from the checkpoint and sends them to every rank
+    resumed = subprocess.run([mpiexec(), "-n", "1", sys.executable, "-m", "sbnnumba", "train", "--distributed",
+                              "--no-progress", "--epochs", "4", "--out", str(killed), "--resume"],
                              env=mpi_env(), capture_output=True, text=True, timeout=240)
     assert resumed.returncode == 0, resumed.stderr
     whole = subprocess.run([mpiexec(), "-n", "2", sys.executable] + TRAIN + ["--epochs", "4", "--out",

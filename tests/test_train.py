@@ -582,6 +582,33 @@ def test_cli_train_conv_input_padding_and_evaluate(tmp_path, capsys):
     assert training.load_network(ck).head.weight.shape == (10, 16)   # 4 channels x 2x2 maps
 
 
+def test_cli_resume_takes_the_settings_left_out_from_the_checkpoint(tmp_path, capsys):
+    # a run with many non-default settings, stopped after one epoch and resumed with no flag but --out and
+    # --epochs, ends with the parameters and optimizer state of the same run trained without a stop
+    flags = ["--data", "embedded", "--train-subset", "300", "--hidden", "16,8", "--noise", "triangular",
+             "--estimator", "st", "--batch-size", "50", "--optimizer", "sgd", "--momentum", "0.5", "--lr", "0.05",
+             "--schedule", "step", "--seed", "3", "--val-fraction", "0.2", "--augment", "--eval-samples", "2",
+             "--no-progress"]
+    assert cli.main(["train", *flags, "--epochs", "3", "--out", str(tmp_path / "whole")]) == 0
+    assert cli.main(["train", *flags, "--epochs", "1", "--out", str(tmp_path / "run")]) == 0
+    capsys.readouterr()
+    assert cli.main(["train", "--out", str(tmp_path / "run"), "--epochs", "3", "--resume", "--quiet"]) == 0
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("--resume: continuing"))
+    for part in ("--hidden 16,8", "--noise triangular", "--estimator st", "--optimizer sgd", "--momentum 0.5",
+                 "--lr 0.05", "--schedule step", "--seed 3", "--val-fraction 0.2", "--augment given",
+                 "--train-subset 300", "--data embedded"):
+        assert part in line, (part, line)
+    assert "--epochs" not in line  # given now
+    a, b = (training.load_checkpoint(tmp_path / d / "checkpoint.npz") for d in ("run", "whole"))
+    assert a.epoch == b.epoch == 3 and a.params.keys() == b.params.keys()
+    for k in b.params:
+        np.testing.assert_array_equal(a.params[k], b.params[k], err_msg=k)
+    assert [r["train_loss"] for r in a.history] == [r["train_loss"] for r in b.history]
+    # a flag given now still has to agree with the run
+    assert cli.main(["train", "--out", str(tmp_path / "run"), "--epochs", "4", "--resume", "--seed", "1"]) == 2
+    assert "--seed: checkpoint 3, now 1" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv", [
     ["train", "--hidden", "0"],
     ["train", "--hidden", "12,x"],
@@ -630,11 +657,13 @@ def test_cli_train_lr_auto_and_resume(tmp_path, capsys):
     assert ck.config["optimizer"]["lr"] == search["lr"] and ck.config["metadata"]["lr_search"] == search
     assert json.loads((out / "history.json").read_text())["config"]["metadata"]["lr_search"] == search
     assert (out / "entropy.png").is_file()
-    # resuming does not search again: it trains on with the lr of the checkpoint
-    rc = cli.main(base + ["--epochs", "2", "--resume"])
+    # resuming does not search again: it trains on with the lr of the checkpoint (--lr auto and every other
+    # setting taken from it)
+    rc = cli.main(["train", "--out", str(out), "--epochs", "2", "--resume", "--no-progress"])
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     assert "lr search" not in captured.out and "stored in the checkpoint" in captured.out
+    assert "--resume: continuing with the run's settings " in captured.out and "--lr auto" in captured.out
     ck = training.load_checkpoint(out / "checkpoint.npz")
     assert ck.epoch == 2 and ck.config["metadata"]["lr_search"] == search
     assert [r["lr"] for r in ck.history] == [search["lr"]] * 2
