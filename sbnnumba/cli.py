@@ -972,14 +972,17 @@ def _train_in(args, out, search, comm):
           f"{config.val_fraction:.0%} held out), {config.epochs} epochs, batch {config.batch_size}, "
           f"{config.optimizer}" + (f" lr {config.lr:.4g}" if config.lr is not None else "") + f"; output in {out}")
     t0 = time.perf_counter()
-    result = training.fit(net, ds, config, out=out, resume=args.resume, metadata=metadata, comm=comm)
+    with runtime.compile_timer() as compiling:
+        result = training.fit(net, ds, config, out=out, resume=args.resume, metadata=metadata, comm=comm)
     t_train = time.perf_counter() - t0
     metrics = _test_metrics(net, ds, config, comm)
     if not root:  # the test files: rank 0
         return 0
-    metrics.update(epochs=result.epochs_done, train_seconds=t_train, dataset=ds.name)
-    print(f"trained {result.epochs_this_run} epochs in this run in {t_train:.1f} s, {result.epochs_done} of "
-          f"{config.epochs} in total ({result.stopped})")
+    metrics.update(epochs=result.epochs_done, train_seconds=t_train, compile_seconds=compiling.seconds, dataset=ds.name)
+    print(f"trained {result.epochs_this_run} epochs in this run in {t_train:.1f} s"
+          + (f" ({compiling.seconds:.1f} s of it compiling kernels, once: cached for later runs)"
+             if compiling.seconds >= 0.05 else "")
+          + f", {result.epochs_done} of {config.epochs} in total ({result.stopped})")
     report_test(metrics, out)
     print(f"wrote {out}/: checkpoint.npz, history.csv, history.json, loss.png, accuracy.png, entropy.png, "
           "test_metrics.json, ensemble_accuracy.png" + (", lr_search.json" if search and not args.resume else ""))

@@ -680,3 +680,36 @@ def limited_threads(threads: int | None) -> Iterator[None]:
             yield
         finally:
             numba.set_num_threads(before)
+
+
+class CompileTime:
+    """The seconds of Numba compilation that :func:`compile_timer` measured (0.0 until its block ends, and when
+    nothing was compiled)."""
+
+    seconds: float = 0.0
+
+
+@contextlib.contextmanager
+def compile_timer() -> Iterator[CompileTime]:
+    """Measure the seconds Numba spends compiling kernels while the block runs.
+
+    Only compilations count (Numba's ``numba:compile`` event, outermost ones: a kernel compiled inside another's
+    compilation is counted once): a kernel loaded from Numba's on-disk cache, or already compiled in this process,
+    adds nothing. So on a fresh installation the first training epoch shows how much of its time was one-time
+    compilation (the next runs load the kernels from the cache). The event is process-wide: compilations
+    triggered by other threads during the block count too.
+
+    Yields
+    ------
+    CompileTime
+        Its ``seconds`` are set when the block ends.
+    """
+    from numba.core import event
+
+    measured = CompileTime()
+
+    def record(seconds):
+        measured.seconds = float(seconds)
+
+    with event.install_timer("numba:compile", record):
+        yield measured

@@ -31,7 +31,6 @@ import numpy as np  # noqa: E402
 from sbnnumba import architectures, datasets, fileio, training  # noqa: E402
 
 EPOCHS = 4
-TIMING = ("epoch_time", "eval_time")
 
 
 def _net():
@@ -45,7 +44,7 @@ def _fit(data, out, resume):
 
 
 def _rows(history):
-    return [{k: v for k, v in row.items() if k not in TIMING} for row in history]
+    return [{k: v for k, v in row.items() if k not in training.TIMING_KEYS} for row in history]
 
 
 def _state(out):

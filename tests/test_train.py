@@ -1,9 +1,11 @@
 """Training loop, evaluation, checkpoints, plots and the command line (tiny sizes: < 1 min in all)."""
 import glob
 import json
+import logging
 import os
 import sys
 
+import numba
 import numpy as np
 import pytest
 from kernel_checks import at_one_and_two_threads
@@ -92,14 +94,40 @@ def test_resume_is_bitwise_identical(tiny, tmp_path):
     assert ck_a.optimizer_state.keys() == ck_b.optimizer_state.keys()
     for k, v in ck_a.optimizer_state.items():
         assert np.array_equal(v, ck_b.optimizer_state[k]), k
-    timing = {"epoch_time", "eval_time"}
-    strip = [{k: v for k, v in r.items() if k not in timing} for r in res_a.history]
-    assert strip == [{k: v for k, v in r.items() if k not in timing} for r in res_b.history]
+    strip = [{k: v for k, v in r.items() if k not in training.TIMING_KEYS} for r in res_a.history]
+    assert strip == [{k: v for k, v in r.items() if k not in training.TIMING_KEYS} for r in res_b.history]
     header = lambda d: (d / training.HISTORY_CSV).read_text().splitlines()[0]  # noqa: E731
     assert header(a) == header(b)  # the checkpointed history keeps its column order
     # resuming a finished run does nothing
     res_c = training.fit(tiny_net(), (x, y), **FIT, out=b, resume=True, plots=False)
     assert res_c.stopped == "already complete" and len(res_c.history) == 2
+
+
+def _row_sums(a):
+    out = np.zeros(a.shape[0])
+    for i in numba.prange(a.shape[0]):
+        out[i] = a[i].sum()
+    return out
+
+
+def test_epoch_time_says_how_much_was_compilation(tiny, monkeypatch, caplog):
+    # an epoch that compiles a kernel (here: a new Numba function, never cached) records and shows the seconds of
+    # compilation; an epoch that compiles nothing records 0 and says nothing of it
+    x, y, _, _ = tiny
+    real = training.Trainer.run_epoch
+
+    def run_epoch(self, epoch):
+        if epoch == 1:  # a fresh function: compiled here whatever the cache holds (a parallel loop: tenths of s)
+            numba.njit(parallel=True)(_row_sums)(np.ones((4, 3)))
+        return real(self, epoch)
+
+    monkeypatch.setattr(training.Trainer, "run_epoch", run_epoch)
+    with caplog.at_level(logging.INFO, logger="sbnnumba.training.fit"):
+        res = training.fit(tiny_net(), (x, y), **FIT, plots=False)
+    first, second = res.history
+    assert 0.05 <= first["compile_time"] <= first["epoch_time"] and second["compile_time"] == 0.0
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert "s compiling kernels, once: cached for later runs)" in lines[0] and "compiling" not in lines[1]
 
 
 def test_resume_errors(tiny, tmp_path):

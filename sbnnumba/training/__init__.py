@@ -27,11 +27,11 @@ from .config import FitConfig
 from .description import describe, network_from_description, register_layer_kind
 from .evaluation import evaluate, unit_entropy
 from .fit import FitResult, Trainer, TrainingDiverged, fit
-from .history import HISTORY_CSV, HISTORY_JSON, write_history
+from .history import HISTORY_CSV, HISTORY_JSON, TIMING_KEYS, write_history
 from .lr_search import LRSearchResult, LRTrial, search_lr
 
 __all__ = [
-    "FORMAT", "FORMAT_VERSION", "CHECKPOINT_NAME", "HISTORY_CSV", "HISTORY_JSON",
+    "FORMAT", "FORMAT_VERSION", "CHECKPOINT_NAME", "HISTORY_CSV", "HISTORY_JSON", "TIMING_KEYS",
     "FitConfig", "Trainer", "fit", "FitResult", "TrainingDiverged",
     "Checkpoint", "CheckpointError", "save_checkpoint", "load_checkpoint", "load_network",
     "describe", "network_from_description", "register_layer_kind",

@@ -48,6 +48,7 @@ from ..fileio import RunLock
 from ..inputs import convention_of
 from ..network import check_network
 from ..progress import progress_bar
+from ..runtime import compile_timer
 from ..validation import check_labels, nonfinite_keys
 from .checkpoint import (
     CHECKPOINT_NAME,
@@ -499,10 +500,11 @@ class Trainer:
         self.device = self.device_runner()
         for epoch in range(self.start_epoch + 1, c.epochs + 1):
             t0 = time.perf_counter()
-            row = self.run_epoch(epoch)
+            with compile_timer() as compiling:  # the kernels' one-time compilation on a cold Numba cache
+                row = self.run_epoch(epoch)
             t1 = time.perf_counter()
             self.validate(row)
-            row.update(epoch_time=t1 - t0, eval_time=time.perf_counter() - t1)
+            row.update(epoch_time=t1 - t0, compile_time=compiling.seconds, eval_time=time.perf_counter() - t1)
             self.history.append(row)
             # INFO when verbose, else DEBUG: quiet runs (lr-search trials, --quiet) stay out of the log
             log.log(self._level, summary_line(row, c.epochs, c.eval_samples))

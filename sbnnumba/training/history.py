@@ -2,7 +2,9 @@
 
 A history is a list of dict rows, one per completed epoch: ``epoch``, ``steps``, ``lr``, ``train_loss``
 (running mean over the epoch), ``train_*`` / ``val_*`` metrics of :func:`~sbnnumba.training.evaluate`
-(``val_entropy`` and ``val_entropy.<k>`` in bits), ``epoch_time`` and ``eval_time`` (seconds).
+(``val_entropy`` and ``val_entropy.<k>`` in bits), and the seconds :data:`TIMING_KEYS`: ``epoch_time`` (the
+epoch's steps), ``compile_time`` (the part of ``epoch_time`` that Numba spent compiling kernels: only on a cold
+cache, :func:`sbnnumba.runtime.compile_timer`) and ``eval_time`` (the validation after it).
 Every file is written atomically (:mod:`sbnnumba.fileio`).
 """
 from __future__ import annotations
@@ -17,6 +19,8 @@ from typing import Any
 from ..fileio import atomic_write
 from .checkpoint import jsonable
 
+#: The history entries that are wall-clock seconds (they differ between runs of the same trajectory).
+TIMING_KEYS = ("epoch_time", "compile_time", "eval_time")
 HISTORY_CSV = "history.csv"
 HISTORY_JSON = "history.json"
 
@@ -103,6 +107,8 @@ def summary_line(row: dict[str, Any], epochs: int, eval_samples: int) -> str:
                   f"ens{eval_samples} {100 * row['val_eacc']:.2f}%", f"det {100 * row['val_det_acc']:.2f}%",
                   f"H {row['val_entropy']:.3f} bit"]
     parts.append(f"{row['epoch_time']:.1f}s")
+    if row["compile_time"] >= 0.05:  # a cold Numba cache: say what the first epoch's time includes
+        parts[-1] += f" (of which {row['compile_time']:.1f}s compiling kernels, once: cached for later runs)"
     if "comm_time" in row:  # data-parallel runs: the reductions' share of the training time (incl. waiting)
         parts.append(f"communication {100 * row['comm_time'] / max(row['epoch_time'], 1e-9):.1f}%")
     return " | ".join(parts)
