@@ -368,7 +368,8 @@ class FitConfig:
                              flag="--no-data-init")
     eval_samples: int = option(10, "samples per image in evaluation", _POS, flag="--eval-samples")
     train_eval_size: int = option(2000, "training images evaluated after each epoch (0: none)", _NONNEG)
-    eval_batch_size: int = option(500, "images per evaluation chunk", _POS)
+    eval_batch_size: int | None = option(None, "images per evaluation chunk (default: evaluate's, fewer for "
+                                                "conv nets with large patch matrices)", Optional(_POS))
     max_time: float | None = option(None, "time budget in seconds (stops after the epoch that passes it)",
                            Optional(Number(positive=True)), flag="--max-time")
     plots: bool = option(True, "write loss.png, accuracy.png, entropy.png after each epoch", Flag())
