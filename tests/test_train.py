@@ -288,24 +288,30 @@ def test_evaluate_metrics(tiny):
         training.evaluate(net, xt, yt, samples=0)
 
 
-def test_evaluate_default_chunk_bounds_the_patch_matrices():
-    # the default chunk: EVAL_CHUNK examples, fewer where a stage's per-example product operand (a conv stage's
-    # patch matrix H_out W_out x C_in kh kw) would make a chunk's pass EVAL_CHUNK_BYTES
-    from sbnnumba.training.evaluation import EVAL_CHUNK, EVAL_CHUNK_BYTES, eval_chunk_size
+def test_default_chunks_bound_the_patch_matrices():
+    # forward-only passes chunk by Network.chunk_size: at most `most` examples, fewer where a stage's per-example
+    # product operand (a conv stage's patch matrix H_out W_out x C_in kh kw) would make a chunk's pass CHUNK_BYTES
+    from sbnnumba.network import CHUNK_BYTES, PREDICT_CHUNK
+    from sbnnumba.training.evaluation import EVAL_CHUNK
 
     paper = architectures.build("conv", (1, 28, 28), 10, width=1.0, rng=1)  # stage 2: 24 x 24 x (96 x 3 x 3)
-    assert eval_chunk_size(paper, (1, 28, 28)) == EVAL_CHUNK_BYTES // (24 * 24 * 96 * 9 * 4) == 33
-    assert eval_chunk_size(tiny_net(), (784,)) == EVAL_CHUNK  # dense: 784 floats an example
+    assert paper.chunk_size((1, 28, 28), EVAL_CHUNK) == CHUNK_BYTES // (24 * 24 * 96 * 9 * 4) == 33
+    assert tiny_net().chunk_size((784,), EVAL_CHUNK) == EVAL_CHUNK  # dense: 784 floats an example
+    assert tiny_net().chunk_size((784,), PREDICT_CHUNK) == PREDICT_CHUNK
     cifar = architectures.build("conv", (3, 32, 32), 10, width=1.0, rng=1)  # stage 2: 28 x 28 x (96 x 3 x 3)
-    assert eval_chunk_size(cifar, (3, 32, 32)) == EVAL_CHUNK_BYTES // (28 * 28 * 96 * 9 * 4) == 24
-    # the default is that chunk: the same metrics as passing it (a seed's draws depend on the chunk)
+    assert cifar.chunk_size((3, 32, 32), EVAL_CHUNK) == CHUNK_BYTES // (28 * 28 * 96 * 9 * 4) == 24
+    # the defaults are those chunks: the same results as passing them (a seed's draws depend on the chunk)
     net = architectures.build("conv", (1, 28, 28), 10, width=0.25, rng=1)  # 24 x 24 x (24 x 3 x 3) an example
     x = np.random.default_rng(0).random((140, 1, 28, 28), dtype=np.float32)
     y = np.arange(140) % 10
-    chunk = eval_chunk_size(net, (1, 28, 28))
-    assert chunk == EVAL_CHUNK_BYTES // (24 * 24 * 24 * 9 * 4) == 134  # 140 examples: two chunks
+    chunk = net.chunk_size((1, 28, 28), EVAL_CHUNK)
+    assert chunk == net.chunk_size((1, 28, 28), PREDICT_CHUNK) == CHUNK_BYTES // (24 * 24 * 24 * 9 * 4) == 134
     assert training.evaluate(net, x, y, samples=2, rng=3) == training.evaluate(net, x, y, samples=2, rng=3,
                                                                                 batch_size=chunk)
+    np.testing.assert_array_equal(net.predict_proba(x, samples=2, rng=3),
+                                  net.predict_proba(x, samples=2, rng=3, batch_size=chunk))
+    assert not np.array_equal(net.predict_proba(x, samples=2, rng=3),  # 140 examples in one chunk: other draws
+                              net.predict_proba(x, samples=2, rng=3, batch_size=140))
     with pytest.raises(ValueError, match="batch_size"):
         training.evaluate(net, x, y, samples=2, rng=3, batch_size=0)
 

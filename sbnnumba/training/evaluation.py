@@ -73,39 +73,9 @@ def unit_entropy(a: npt.ArrayLike, noise: str | NoiseFamily = "logistic") -> np.
     return get_noise(noise).entropy_bits(a)
 
 
-#: :func:`evaluate`'s default chunk: at most ``EVAL_CHUNK`` examples, fewer where the chunk's largest product
-#: operand would pass ``EVAL_CHUNK_BYTES`` (:func:`eval_chunk_size`).
+#: :func:`evaluate`'s most examples per chunk (:meth:`sbnnumba.Network.chunk_size` takes fewer where a chunk's conv
+#: patch matrices would pass :data:`sbnnumba.network.CHUNK_BYTES`).
 EVAL_CHUNK = 500
-EVAL_CHUNK_BYTES = 64 << 20
-
-
-def eval_chunk_size(net: Network, example_shape: tuple[int, ...]) -> int:
-    """Examples per chunk of :func:`evaluate` by default: ``min(EVAL_CHUNK, EVAL_CHUNK_BYTES // b)``, at least 1.
-
-    ``b`` is the largest per-example input operand of a stage's product, in bytes: ``P * F * itemsize`` with ``F``
-    the stage's fan-in (``W[0].size``) and ``P`` its output positions (``prod(output shape) / W.shape[0]``): the
-    input row for a dense stage, the patch matrix (``H_out W_out`` rows of ``C_in kh kw``) for a conv stage, which
-    every sampled path builds afresh. The paper's conv SBN at width 1.0 on 28x28 images (stage 2's patch matrix
-    about 2 MB per image) gets 33 images per chunk, a dense SBN (784 inputs: 3 KB) ``EVAL_CHUNK``. Chunks whose
-    patch matrices overflow the caches are slower (that conv SBN, 500 test images, 2 samples, one thread:
-    1.4x at 32-64 per chunk against 500; run log of 2026-12-07, session 26), and a chunk of 500 holds about 1 GB
-    there. Which uniforms meet which units depends on the chunk, so the metrics of a seed do too (not with
-    ``uniforms``).
-
-    Parameters
-    ----------
-    net : Network
-    example_shape : tuple of int
-        Shape of one input example.
-
-    Returns
-    -------
-    int
-    """
-    itemsize = np.dtype(net.dtype).itemsize
-    widest = max(layer.inner.weight[0].size * (int(np.prod(shape)) // layer.inner.weight.shape[0])
-                 for layer, shape in zip(net.stages, net.stage_shapes(example_shape)))
-    return max(1, min(EVAL_CHUNK, EVAL_CHUNK_BYTES // (widest * itemsize)))
 
 
 def evaluate(net: Network | str | os.PathLike[str] | Checkpoint, x: npt.ArrayLike, y: npt.ArrayLike, samples: int = 10,
@@ -132,7 +102,8 @@ def evaluate(net: Network | str | os.PathLike[str] | Checkpoint, x: npt.ArrayLik
         Also compute ``det_acc`` (the sign network).
     batch_size : int, optional
         Examples per chunk (memory: the stages' product operands, e.g. a conv stage's patch matrix, and
-        ``batch_size * N_L * K`` floats for the RB head); default :func:`eval_chunk_size`.
+        ``batch_size * N_L * K`` floats for the RB head); default :meth:`sbnnumba.Network.chunk_size` with at most
+        :data:`EVAL_CHUNK`.
     backend : str or Backend, optional
         Where a network loaded from a checkpoint runs.
     entropy : bool
@@ -165,7 +136,7 @@ def evaluate(net: Network | str | os.PathLike[str] | Checkpoint, x: npt.ArrayLik
     if batch_size is None:
         if x.ndim < 2:
             raise ValueError(f"x: expected a batch (N, ...) of inputs, got shape {x.shape}")
-        batch_size = eval_chunk_size(net, x.shape[1:])
+        batch_size = net.chunk_size(x.shape[1:], EVAL_CHUNK)
     net.check_params()  # NaN or inf parameters would give metrics of garbage
     loss_sum, correct1, det_correct = 0.0, 0, 0
     curve_correct = np.zeros(samples, dtype=np.int64)
