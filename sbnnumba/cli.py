@@ -980,9 +980,8 @@ def _train_in(args, out, search, comm):
         return 0
     metrics.update(epochs=result.epochs_done, train_seconds=t_train, compile_seconds=compiling.seconds, dataset=ds.name)
     print(f"trained {result.epochs_this_run} epochs in this run in {t_train:.1f} s"
-          + (f" ({compiling.seconds:.1f} s of it compiling kernels, once: cached for later runs)"
-             if compiling.seconds >= 0.05 else "")
-          + f", {result.epochs_done} of {config.epochs} in total ({result.stopped})")
+          f"{runtime.compile_note(compiling.seconds)}, {result.epochs_done} of {config.epochs} in total "
+          f"({result.stopped})")
     report_test(metrics, out)
     print(f"wrote {out}/: checkpoint.npz, history.csv, history.json, loss.png, accuracy.png, entropy.png, "
           "test_metrics.json, ensemble_accuracy.png" + (", lr_search.json" if search and not args.resume else ""))

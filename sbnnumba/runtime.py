@@ -713,3 +713,19 @@ def compile_timer() -> Iterator[CompileTime]:
 
     with event.install_timer("numba:compile", record):
         yield measured
+
+
+def compile_note(seconds: float) -> str:
+    """What a timing line adds about the compilation inside it: ``" (S s of it compiling kernels, once: cached for
+    later runs)"``, or ``""`` below 0.05 s (a warm cache).
+
+    Parameters
+    ----------
+    seconds : float
+        :func:`compile_timer`'s measurement.
+
+    Returns
+    -------
+    str
+    """
+    return f" ({seconds:.1f} s of it compiling kernels, once: cached for later runs)" if seconds >= 0.05 else ""

@@ -17,6 +17,7 @@ import warnings
 from typing import Any
 
 from ..fileio import atomic_write
+from ..runtime import compile_note
 from .checkpoint import jsonable
 
 #: The history entries that are wall-clock seconds (they differ between runs of the same trajectory).
@@ -106,9 +107,7 @@ def summary_line(row: dict[str, Any], epochs: int, eval_samples: int) -> str:
         parts += [f"val loss {row['val_loss']:.4f}", f"acc1 {100 * row['val_acc1']:.2f}%",
                   f"ens{eval_samples} {100 * row['val_eacc']:.2f}%", f"det {100 * row['val_det_acc']:.2f}%",
                   f"H {row['val_entropy']:.3f} bit"]
-    parts.append(f"{row['epoch_time']:.1f}s")
-    if row["compile_time"] >= 0.05:  # a cold Numba cache: say what the first epoch's time includes
-        parts[-1] += f" (of which {row['compile_time']:.1f}s compiling kernels, once: cached for later runs)"
+    parts.append(f"{row['epoch_time']:.1f}s" + compile_note(row["compile_time"]))  # a cold Numba cache
     if "comm_time" in row:  # data-parallel runs: the reductions' share of the training time (incl. waiting)
         parts.append(f"communication {100 * row['comm_time'] / max(row['epoch_time'], 1e-9):.1f}%")
     return " | ".join(parts)
