@@ -85,8 +85,9 @@ def test_flip_losses_declines_what_it_does_not_cover():
     cases.append((logits, y, zero_state, v, loss0))
     for args in cases:
         assert head.flip_losses(*args) is None
-        for got, want in zip(cpu.head_flips(*args), reference.head_flips(*args)):
-            np.testing.assert_array_equal(got, want)
+        with np.errstate(invalid="ignore"):  # the infinite logit: NaN (inf - inf) in both, as NumPy's formula gives
+            for got, want in zip(cpu.head_flips(*args), reference.head_flips(*args)):
+                np.testing.assert_array_equal(got, want)
     at_limit = v.copy()
     at_limit[1, 2] = np.float32(head.FACTORED_WEIGHT_LIMIT[np.dtype(np.float32)] / 2)
     assert head.flip_losses(logits, y, x_last, at_limit, loss0) is not None
