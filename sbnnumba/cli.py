@@ -797,7 +797,8 @@ def _test_metrics(net, ds, config, comm):
 
     rng = np.random.default_rng([config.seed, 0x7E57])
     if comm is None:
-        return training.evaluate(net, ds.x_test, ds.y_test, samples=config.eval_samples, rng=rng)
+        return training.evaluate(net, ds.x_test, ds.y_test, samples=config.eval_samples, rng=rng,
+                                 progress="test images" if config.progress else None)
     from sbnnumba.distributed import split_evaluation
 
     def part(x, y, uniforms):
@@ -1021,7 +1022,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         data = "embedded" if trained_on == "fashion-mnist-subset" else "auto"
     ds = load_data(data)
     t0 = time.perf_counter()
-    metrics = training.evaluate(net, ds.x_test, ds.y_test, samples=args.samples, rng=args.seed)
+    metrics = training.evaluate(net, ds.x_test, ds.y_test, samples=args.samples, rng=args.seed, progress="test images")
     metrics.update(checkpoint=os.path.abspath(args.checkpoint), epoch=ck.epoch, dataset=ds.name,
                    seconds=time.perf_counter() - t0)
     paths = report_test(metrics, out, names=EVALUATE_RESULTS)

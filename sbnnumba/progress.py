@@ -18,7 +18,8 @@ __all__ = ["SilentBar", "progress_bar"]
 
 
 class SilentBar:
-    """The part of tqdm's interface the library uses, doing nothing.
+    """The part of tqdm's interface the library uses (iteration, ``update``, ``set_postfix``, ``close``, ``with``),
+    doing nothing.
 
     Parameters
     ----------
@@ -41,6 +42,12 @@ class SilentBar:
     def close(self) -> None:
         """Nothing to close."""
 
+    def __enter__(self) -> SilentBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 def progress_bar(iterable: Iterable[Any] | None = None, *, enabled: bool, **options: Any) -> Any:
     """A tqdm bar (``tqdm.auto``, ``leave=False``, ``dynamic_ncols=True``) when ``enabled``, else a
@@ -58,7 +65,7 @@ def progress_bar(iterable: Iterable[Any] | None = None, *, enabled: bool, **opti
     Returns
     -------
     tqdm.auto.tqdm or SilentBar
-        Supports iteration, ``update``, ``set_postfix`` and ``close``.
+        Supports iteration, ``update``, ``set_postfix``, ``close`` and ``with``.
     """
     if not enabled:
         return SilentBar(iterable)

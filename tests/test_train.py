@@ -316,6 +316,22 @@ def test_default_chunks_bound_the_patch_matrices():
         training.evaluate(net, x, y, samples=2, rng=3, batch_size=0)
 
 
+def test_evaluation_shows_progress_without_changing_results(tiny, capsys):
+    # a labelled bar over the examples on stderr (tqdm), the same metrics as without; fit labels its validation
+    x, y, xt, yt = tiny
+    net = tiny_net()
+    quiet = training.evaluate(net, xt, yt, samples=2, rng=0, batch_size=64)
+    capsys.readouterr()
+    assert training.evaluate(net, xt, yt, samples=2, rng=0, batch_size=64, progress="test images") == quiet
+    err = capsys.readouterr().err
+    assert "test images" in err and f"/{len(yt)}" in err
+    training.fit(tiny_net(), (x, y), **{**FIT, "epochs": 1, "progress": True}, plots=False)
+    err = capsys.readouterr().err
+    assert "epoch 1/1 validation" in err and "epoch 1/1 train eval" in err
+    training.fit(tiny_net(), (x, y), **{**FIT, "epochs": 1}, plots=False)  # progress=False: no bar
+    assert "validation" not in capsys.readouterr().err
+
+
 def test_rao_blackwellized_loss_is_unbiased():
     """The RB value averaged over many samples approaches the exact expected loss (enumeration)."""
     rng = np.random.default_rng(0)

@@ -38,6 +38,7 @@ from .. import losses
 from ..estimators import rbhead
 from ..network import Network
 from ..noise import get_noise
+from ..progress import progress_bar
 from ..validation import as_generator, check_positive_int
 from .checkpoint import load_network
 from .data import as_float
@@ -81,7 +82,7 @@ EVAL_CHUNK = 500
 def evaluate(net: Network | str | os.PathLike[str] | Checkpoint, x: npt.ArrayLike, y: npt.ArrayLike, samples: int = 10,
              rng: None | int | np.random.Generator = None, *, rb: bool = True, deterministic: bool = True,
              batch_size: int | None = None, backend: str | Backend | None = None, entropy: bool = True,
-             uniforms: Callable[[int, int, int], Any] | None = None) -> dict[str, Any]:
+             uniforms: Callable[[int, int, int], Any] | None = None, progress: str | None = None) -> dict[str, Any]:
     """Test metrics of a stochastic binary network (see the module docstring for the definitions).
 
     Parameters
@@ -113,6 +114,9 @@ def evaluate(net: Network | str | os.PathLike[str] | Checkpoint, x: npt.ArrayLik
         ``x[lo:hi]`` (what :meth:`~sbnnumba.Network.sample` accepts), in place of draws from ``rng``:
         noise keyed by each example's position, which makes the metrics independent of how the set
         is split (data-parallel validation, :meth:`sbnnumba.distributed.KeyedNoise.evaluation_uniforms`).
+    progress : str, optional
+        A label: show a progress bar over the examples with it (:func:`sbnnumba.progress.progress_bar`, updated
+        after each chunk's samples); None (the default) shows none. It does not change the results.
 
     Returns
     -------
@@ -142,7 +146,8 @@ def evaluate(net: Network | str | os.PathLike[str] | Checkpoint, x: npt.ArrayLik
     curve_correct = np.zeros(samples, dtype=np.int64)
     ent_sum = np.zeros(len(net.stages), dtype=np.float64)  # summed bits per stage
     ent_count = np.zeros(len(net.stages), dtype=np.int64)  # unit evaluations per stage
-    with net.evaluating("stochastic"):  # normalization layers use running statistics
+    bar = progress_bar(total=n, desc=progress, unit="image", enabled=progress is not None)
+    with bar, net.evaluating("stochastic"):  # normalization layers use running statistics
         for start in range(0, n, batch_size):
             xb = as_float(x[start:start + batch_size], net.dtype)
             xb, yb = net.check_batch(xb, y[start:start + batch_size])
@@ -165,6 +170,7 @@ def evaluate(net: Network | str | os.PathLike[str] | Checkpoint, x: npt.ArrayLik
             if deterministic:
                 det_probs = losses.probabilities(net.forward_deterministic(xb))
                 det_correct += int(np.sum(np.argmax(det_probs, axis=1) == yb))
+            bar.update(xb.shape[0])
     n_eff = max(n, 1)
     curve = (curve_correct / n_eff).tolist()
     ent_total = ent_stages = None

@@ -398,6 +398,11 @@ class Trainer:
         return _registry.estimate_with_finite_params(c.estimator, self.net, as_float(xb, self.net.dtype), yb,
                                                      self.rng, **c.estimator_options)
 
+    def _bar_label(self, label):
+        """``label`` where the configuration shows progress bars, else None (:func:`~sbnnumba.training.evaluate`'s
+        ``progress``)."""
+        return label if self.config.progress else None
+
     def evaluate(self, x, y, rng, **options):
         """:func:`~sbnnumba.training.evaluate` of the network on ``(x, y)`` with the configured samples and batch.
 
@@ -450,13 +455,15 @@ class Trainer:
         if c.train_eval_size:
             # without a validation part the unit entropy is measured here (the entropy plot would be empty)
             no_val = self.x_val.shape[0] == 0
-            m = self.evaluate(self.x_tr[:c.train_eval_size], self.y_tr[:c.train_eval_size], eval_rng, entropy=no_val)
+            m = self.evaluate(self.x_tr[:c.train_eval_size], self.y_tr[:c.train_eval_size], eval_rng, entropy=no_val,
+                              progress=self._bar_label(f"epoch {row['epoch']}/{c.epochs} train eval"))
             row.update({"train_eval_loss": m["loss"], "train_acc1": m["acc1"], "train_eacc": m["eacc"],
                         "train_det_acc": m["det_acc"]})
             if no_val:
                 row.update({k: v for k, v in metrics_row("train", m).items() if k.startswith("train_entropy")})
         if self.x_val.shape[0]:
-            row.update(metrics_row("val", self.evaluate(self.x_val, self.y_val, eval_rng)))
+            label = self._bar_label(f"epoch {row['epoch']}/{c.epochs} validation")
+            row.update(metrics_row("val", self.evaluate(self.x_val, self.y_val, eval_rng, progress=label)))
         return row
 
     def save(self):
