@@ -347,6 +347,7 @@ def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
     ev.add_argument("--out", default=None,
                     help="where to write the plot and metrics (default: the checkpoint's folder)")
     ev.add_argument("--backend", default=None, choices=list(backend_names()))
+    ev.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
     ex = sub.add_parser("export", help="export a trained binary network as dependency-free C",
                         description="Write a trained binary network as C99 source (header, source, example main.c, "
@@ -1022,7 +1023,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         data = "embedded" if trained_on == "fashion-mnist-subset" else "auto"
     ds = load_data(data)
     t0 = time.perf_counter()
-    metrics = training.evaluate(net, ds.x_test, ds.y_test, samples=args.samples, rng=args.seed, progress="test images")
+    metrics = training.evaluate(net, ds.x_test, ds.y_test, samples=args.samples, rng=args.seed,
+                                progress="test images" if args.progress else None)
     metrics.update(checkpoint=os.path.abspath(args.checkpoint), epoch=ck.epoch, dataset=ds.name,
                    seconds=time.perf_counter() - t0)
     paths = report_test(metrics, out, names=EVALUATE_RESULTS)

@@ -635,6 +635,10 @@ def test_cli_train_and_evaluate(tmp_path, capsys):
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     assert "embedded" in captured.out and "4-sample ensemble acc" in captured.out
+    assert "test images" in captured.err  # its progress bar
+    rc = cli.main(["evaluate", str(out / "checkpoint.npz"), "--samples", "4", "--out", str(tmp_path / "ev2"),
+                   "--no-progress"])
+    assert rc == 0 and "test images" not in capsys.readouterr().err
     metrics = json.loads((tmp_path / "ev" / "evaluate_metrics.json").read_text())
     assert metrics["n"] == 2000 and len(metrics["curve"]) == 4
     assert file_bytes(tmp_path / "ev" / "evaluate_ensemble_accuracy.png")[:8] == PNG_MAGIC
