@@ -284,10 +284,11 @@ class Network:
         -------
         int
         """
+        most = check_positive_int(most, "most")
         itemsize = np.dtype(self.dtype).itemsize
         widest = max(layer.inner.weight[0].size * (int(np.prod(shape)) // layer.inner.weight.shape[0])
                      for layer, shape in zip(self.stages, self.stage_shapes(example_shape)))
-        return max(1, min(int(most), CHUNK_BYTES // (widest * itemsize)))
+        return max(1, min(most, CHUNK_BYTES // (widest * itemsize)))
 
     def n_binary_units(self, input_shape: tuple[int, ...]) -> int:
         """Number of stochastic binary units per example."""

@@ -314,6 +314,8 @@ def test_default_chunks_bound_the_patch_matrices():
                               net.predict_proba(x, samples=2, rng=3, batch_size=140))
     with pytest.raises(ValueError, match="batch_size"):
         training.evaluate(net, x, y, samples=2, rng=3, batch_size=0)
+    with pytest.raises(ValueError, match="most"):
+        net.chunk_size((1, 28, 28), 0)
 
 
 def test_evaluation_shows_progress_without_changing_results(tiny, capsys):
@@ -328,6 +330,8 @@ def test_evaluation_shows_progress_without_changing_results(tiny, capsys):
     training.fit(tiny_net(), (x, y), **{**FIT, "epochs": 1, "progress": True}, plots=False)
     err = capsys.readouterr().err
     assert "epoch 1/1 validation" in err and "epoch 1/1 train eval" in err
+    with pytest.raises(TypeError, match="progress: expected a label"):
+        training.evaluate(net, xt, yt, samples=2, rng=0, progress=True)
     training.fit(tiny_net(), (x, y), **{**FIT, "epochs": 1}, plots=False)  # progress=False: no bar
     assert "validation" not in capsys.readouterr().err
 

@@ -131,6 +131,8 @@ def evaluate(net: Network | str | os.PathLike[str] | Checkpoint, x: npt.ArrayLik
     samples = check_positive_int(samples, "samples")
     if batch_size is not None:
         batch_size = check_positive_int(batch_size, "batch_size")
+    if progress is not None and not isinstance(progress, str):
+        raise TypeError(f"progress: expected a label (str) or None, got {type(progress).__name__}")
     rng = as_generator(rng)
     x = np.asarray(x)
     y = np.asarray(y)
