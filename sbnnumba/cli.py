@@ -775,7 +775,6 @@ def _kept(out):
 
 def _train(args, comm=None):
     root = comm is None or comm.is_root
-    _lr_search_args(args)  # its usage errors before any file is looked at
     out = _output_dir(args) if root else None  # rank 0's file system decides (other ranks may not see it)
     if comm is not None:
         out = comm.bcast_object(out)

@@ -286,7 +286,7 @@ class Network:
         """
         most = check_positive_int(most, "most")
         itemsize = np.dtype(self.dtype).itemsize
-        widest = max(layer.inner.weight[0].size * (int(np.prod(shape)) // layer.inner.weight.shape[0])
+        widest = max(layer.inner.weight[0].size * layer.inner.positions(shape)
                      for layer, shape in zip(self.stages, self.stage_shapes(example_shape)))
         return max(1, min(most, CHUNK_BYTES // (widest * itemsize)))
 
@@ -305,10 +305,15 @@ class Network:
         """``x`` as float inputs of this network (:func:`sbnnumba.inputs.to_float` under
         :attr:`input_convention`: uint8 images scaled by 1/255), checked against the stages' shapes."""
         x = to_float(x, self.dtype, self.input_convention, name)
-        if x.ndim < 2:
-            raise ValueError(f"{name}: expected a batch (B, ...) of inputs, got shape {x.shape}")
-        self.stage_shapes(x.shape[1:])
+        self.check_input_shape(x.shape, name)
         return x
+
+    def check_input_shape(self, shape: tuple[int, ...], name: str = "x") -> None:
+        """ValueError naming ``name`` unless ``shape`` is a batch ``(B, ...)`` of inputs this network takes (the
+        shape part of :meth:`check_input`, for callers that convert their inputs chunk by chunk)."""
+        if len(shape) < 2:
+            raise ValueError(f"{name}: expected a batch (B, ...) of inputs, got shape {tuple(shape)}")
+        self.stage_shapes(tuple(shape[1:]))
 
     def check_batch(self, x: npt.ArrayLike, y: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray]:
         """``check_input`` of a non-empty batch ``x`` (an estimate is a batch mean) and its labels ``y``."""

@@ -11,15 +11,8 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-
 from .network import Network, check_network
 from .validation import check_positive_ints
-
-
-def _positions(layer, out_shape):
-    """Output positions per output unit/channel (1 for dense, H_out * W_out for conv)."""
-    return int(np.prod(out_shape)) // layer.inner.weight.shape[0]
 
 
 @contextlib.contextmanager
@@ -75,7 +68,7 @@ def summary(net: Network, input_shape: tuple[int, ...],
         n_params = int(sum(p.size for p in params.values()))
         n_binary = int(params["eta"].size) if "eta" in params else 0
         n_float = n_params - n_binary
-        macs = int(layer.inner.weight.size) * _positions(layer, out_shape)
+        macs = int(layer.inner.weight.size) * layer.inner.positions(out_shape)
         binary_macs = macs if (n_binary and binary_input) else 0
         rows.append(dict(name=prefix, type=repr(layer), output_shape=tuple(out_shape), params=n_params,
                          binary_params=n_binary, float_params=n_float,

@@ -316,6 +316,8 @@ def test_default_chunks_bound_the_patch_matrices():
         training.evaluate(net, x, y, samples=2, rng=3, batch_size=0)
     with pytest.raises(ValueError, match="most"):
         net.chunk_size((1, 28, 28), 0)
+    with pytest.raises(ValueError, match=r"x: expected a batch \(B, ...\) of inputs, got shape \(784,\)"):
+        training.evaluate(tiny_net(), np.zeros(784, np.float32), np.zeros(784, np.int64))  # the default chunk's check
 
 
 def test_evaluation_shows_progress_without_changing_results(tiny, capsys):

@@ -140,8 +140,7 @@ def evaluate(net: Network | str | os.PathLike[str] | Checkpoint, x: npt.ArrayLik
     if y.shape != (n,):
         raise ValueError(f"y: expected shape ({n},) matching x, got {y.shape}")
     if batch_size is None:
-        if x.ndim < 2:
-            raise ValueError(f"x: expected a batch (N, ...) of inputs, got shape {x.shape}")
+        net.check_input_shape(x.shape)  # (each chunk is converted and checked again as it is taken)
         batch_size = net.chunk_size(x.shape[1:], EVAL_CHUNK)
     net.check_params()  # NaN or inf parameters would give metrics of garbage
     loss_sum, correct1, det_correct = 0.0, 0, 0
