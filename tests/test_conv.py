@@ -2,6 +2,7 @@
 brute-force flips, exact enumeration on tiny conv nets (spec psa.md, sections 2.10 and 8)."""
 import os
 
+import numba
 import numpy as np
 import pytest
 from conftest import NOISE_NAMES, group_rel_error
@@ -198,6 +199,23 @@ def test_numba_kernels_equal_reference_across_blocks_and_tiles(cfg):
                                                  noise)
         got = conv_cpu.flip_propagate_conv(*args, layer.stride, layer.padding, get_noise(noise).code, form=form)
         np.testing.assert_allclose(got, ref, atol=3e-5 * max(1, np.abs(ref).max()), err_msg=f"{noise} {form}")
+
+
+def test_probit_kernel_in_passes_gives_the_bits_of_one_loop(monkeypatch):
+    """The conv probit kernel runs a tap's run of PASS_MIN or more entries through the CDF's passes
+    (probit.erfc_pos_passes, a PASS_BLOCK at a time) and shorter runs in one loop of probit_term: the same bits. The
+    kernel compiled again with PASS_MIN beyond every run (one loop everywhere) gives the cached kernel's bytes, on maps
+    whose runs span several pass blocks and leave remainders."""
+    layer, x, a, x_out, d_out = _layer_data((3, 4, 3, 1, 1, 13, 11), seed=23, scale=2.0, batch=6)
+    args = [t.astype(np.float32) for t in (x, a, x_out, layer.weight, d_out)]
+    code = get_noise("normal").code
+    in_passes = conv_cpu.flip_propagate_conv(*args, layer.stride, layer.padding, code, form="probit", layout="cells")
+    monkeypatch.setattr(conv_cpu.probit, "PASS_MIN", 1 << 30)
+    one_loop_kernel = numba.njit(fastmath=conv_cpu.probit.FASTMATH, error_model="numpy")(
+        conv_cpu._flip_conv_probit.py_func)
+    monkeypatch.setattr(conv_cpu, "_flip_conv_probit", one_loop_kernel)
+    one_loop = conv_cpu.flip_propagate_conv(*args, layer.stride, layer.padding, code, form="probit", layout="cells")
+    assert in_passes.tobytes() == one_loop.tobytes()
 
 
 @pytest.mark.parametrize("cfg", [(4, 5, 3, 1, 1, 9, 10), (3, 3, 3, 2, 0, 11, 9)], ids=["s1", "s2"])

@@ -1,10 +1,11 @@
 """Dense PSA flip propagation: Numba kernels == NumPy reference == brute-force flips."""
+import numba
 import numpy as np
 import pytest
 from kernel_checks import assert_same_output_compiled_and_cached, stdout_at_threads, vector_width_targets
 
 from sbnnumba import get_noise
-from sbnnumba.kernels import cpu, reference
+from sbnnumba.kernels import cpu, lanes, probit, reference
 
 
 def _layer(rng, b, n_in, n_out, dtype, scale=1.0):
@@ -367,3 +368,37 @@ def test_dense_flip_same_bits_compiled_and_loaded_from_cache(tmp_path, target):
     import os
     assert_same_output_compiled_and_cached(_CACHE_PROBE, tmp_path, env=vector_width_targets()[target])
     assert os.listdir(tmp_path)
+
+
+@numba.njit(fastmath=probit.FASTMATH, error_model="numpy")
+def _probit_one_loop(x_in, v, s, lo, hi, weight_t, d_out, d_in):
+    # The dense probit kernel as it was before the CDF's passes: one probit_term per connection in the lanes' order
+    n_batch, n_in = x_in.shape
+    n_out = v.shape[1]
+    n_full = n_out // lanes.LANES * lanes.LANES
+    for b in range(n_batch):
+        for i in range(n_in):
+            x = x_in[b, i]
+            acc = lanes.zeros(x)
+            for j0 in range(0, n_full, lanes.LANES):
+                for lane in range(lanes.LANES):
+                    j = j0 + lane
+                    acc[lane] += cpu.probit_term(v[b, j], s[b, j], x, weight_t[i, j], lo[b, j], hi[b, j]) * d_out[b, j]
+            total = lanes.total(acc)
+            for j in range(n_full, n_out):
+                total += cpu.probit_term(v[b, j], s[b, j], x, weight_t[i, j], lo[b, j], hi[b, j]) * d_out[b, j]
+            d_in[b, i] = total
+
+
+@pytest.mark.parametrize("shape", [(3, 9, 5), (4, 11, 64), (5, 13, 100), (2, 17, 257)])
+def test_probit_kernel_in_passes_gives_the_bits_of_one_loop(shape):
+    """The dense probit kernel runs its CDFs a block at a time in passes (probit.erfc_pos_passes): its result equals,
+    bit for bit, one probit_term per connection in the same order (layers below, at and beyond one pass block)."""
+    rng = np.random.default_rng(41)
+    x_in, a, x_out, w, d_out = _layer(rng, *shape, np.float32, scale=2.0)
+    got = cpu.flip_propagate_dense(x_in, a, x_out, w, d_out, get_noise("normal").code, form="probit")
+    v = -x_out * a
+    lo, hi = cpu.probit_tails(v)
+    want = np.empty_like(got)
+    _probit_one_loop(x_in, v, 2 * x_out, lo, hi, np.ascontiguousarray(w.T), d_out, want)
+    assert got.tobytes() == want.tobytes()

@@ -51,8 +51,9 @@ Three forms, as for dense layers (:mod:`sbnnumba.kernels.cpu`):
   (:data:`sbnnumba.kernels.conv_channels.BOUNDED_FASTMATH`), so its bits do not depend on the layout.
 * **probit** (normal noise, float32): the generic form's stable difference with the branch-free float32
   :func:`sbnnumba.kernels.probit.normal_cdf` (the dense probit form's term, :func:`sbnnumba.kernels.cpu.probit_term`)
-  in the loops of the bounded form, vectorized, cell-major only; compiled with FMA contraction
-  (:data:`sbnnumba.kernels.probit.FASTMATH`).
+  in the loops of the bounded form, vectorized, cell-major only; a tap's run of 32 entries or more goes through the
+  CDF a block of 64 at a time in passes (:func:`sbnnumba.kernels.probit.erfc_pos_passes`: the same bits); compiled with
+  FMA contraction (:data:`sbnnumba.kernels.probit.FASTMATH`).
 * **generic** (every noise family): ``Delta = F(u) - F(v)`` with ``v = -x_out a``,
   ``u = v + 2 x_out W x_in``, evaluated like :func:`sbnnumba.kernels.scalar.cdf_diff` (``F(-v) - F(-u)``
   when ``u + v > 0``, no cancellation), with ``F(v)`` and ``F(-v)`` precomputed per output unit: one
@@ -71,7 +72,17 @@ from numba import prange
 from ..runtime import blockwise, kernel_threads
 from . import conv_channels, probit
 from .conv_layout import BATCH_BLOCK, batch_blocks, geometry, input_cells, output_cells, tile_length
-from .cpu import EXP_ARG_LIMIT, choose_form, probit_or_generic, probit_tails, probit_term, ratio_limits, split_saturated
+from .cpu import (
+    EXP_ARG_LIMIT,
+    choose_form,
+    probit_argument,
+    probit_finish,
+    probit_or_generic,
+    probit_tails,
+    probit_term,
+    ratio_limits,
+    split_saturated,
+)
 from .float32_exp import exp_in_place
 from .ratio_pair import PAIR_FASTMATH, clamp, denominator, factor, pair_term
 from .scalar import TRIANGULAR, bounded_cdf_diff, cdf_lower
@@ -245,25 +256,54 @@ def _flip_conv_probit(sel, v_grid, lo_grid, hi_grid, s_grid, d_grid, weight, cel
                       d_in):
     # Normal noise, float32: the bounded kernel's loops with the dense probit form's term (cpu.probit_term: one
     # branch-free probit.normal_cdf per connection, lo = Phi(v) and hi = Phi(-v) per output unit), cell-major only.
+    # Each tap's run goes a probit.PASS_BLOCK of entries at a time through the CDF's passes (probit.erfc_pos_passes: the
+    # same operations as cpu.probit_term, so the same bits).
     n_blocks, c_in, n_flat = sel.shape
     c_out = v_grid.shape[1]
     n_taps = tap_off.shape[0]
     n_tiles = (n_flat + tile_len - 1) // tile_len
+    block = probit.PASS_BLOCK
     for t in prange(n_blocks * ((c_in + 1) // 2) * n_tiles):
         blk, r0, r1, i0, i1, acc0, acc1, sel0, sel1 = _pair_task(t, n_tiles, tile_len, sel, v_grid)
+        # channel r0's entries, then r1's: |z|, then the passes' values; erfc(|z|)
+        a_buf = np.empty(2 * block, dtype=v_grid.dtype)
+        e_buf = np.empty(2 * block, dtype=v_grid.dtype)
         for c in range(c_out):
             v_row, lo_row, hi_row = v_grid[blk, c], lo_grid[blk, c], hi_grid[blk, c]
             s_row, d_row = s_grid[blk, c], d_grid[blk, c]
             for k in range(n_taps):
                 w0, w1 = weight[c, r0, k], weight[c, r1, k]
                 q0, q1, a0 = _tap_range(tap_off[k], i0, i1, n_run)
-                n = q1 - q0
-                v_t, s_t, lo_t, hi_t, d_t = v_row[q0:q1], s_row[q0:q1], lo_row[q0:q1], hi_row[q0:q1], d_row[q0:q1]
-                acc0_t, sel0_t, acc1_t, sel1_t = acc0[a0:a0 + n], sel0[a0:a0 + n], acc1[a0:a0 + n], sel1[a0:a0 + n]
-                for q in range(n):
-                    v, sq, lo, hi, dq = v_t[q], s_t[q], lo_t[q], hi_t[q], d_t[q]
-                    acc0_t[q] += probit_term(v, sq, sel0_t[q], w0, lo, hi) * dq
-                    acc1_t[q] += probit_term(v, sq, sel1_t[q], w1, lo, hi) * dq
+                if q1 - q0 < probit.PASS_MIN:  # short runs (small maps): one pass, the passes' loops would cost more
+                    n = q1 - q0
+                    v_t, s_t, lo_t, hi_t, d_t = v_row[q0:q1], s_row[q0:q1], lo_row[q0:q1], hi_row[q0:q1], d_row[q0:q1]
+                    acc0_t, sel0_t, acc1_t, sel1_t = acc0[a0:a0 + n], sel0[a0:a0 + n], acc1[a0:a0 + n], sel1[a0:a0 + n]
+                    for q in range(n):
+                        v, sq, lo, hi, dq = v_t[q], s_t[q], lo_t[q], hi_t[q], d_t[q]
+                        acc0_t[q] += probit_term(v, sq, sel0_t[q], w0, lo, hi) * dq
+                        acc1_t[q] += probit_term(v, sq, sel1_t[q], w1, lo, hi) * dq
+                    continue
+                for p0 in range(0, q1 - q0, block):
+                    n = min(block, q1 - q0 - p0)
+                    qs, as_ = q0 + p0, a0 + p0
+                    v_t, s_t, lo_t, hi_t = v_row[qs:qs + n], s_row[qs:qs + n], lo_row[qs:qs + n], hi_row[qs:qs + n]
+                    d_t = d_row[qs:qs + n]
+                    acc0_t, sel0_t = acc0[as_:as_ + n], sel0[as_:as_ + n]
+                    acc1_t, sel1_t = acc1[as_:as_ + n], sel1[as_:as_ + n]
+                    for q in range(n):
+                        v, sq = v_t[q], s_t[q]
+                        a_buf[q] = probit.cdf_argument(probit_argument(v, sq, sel0_t[q], w0)[0])[1]
+                        a_buf[n + q] = probit.cdf_argument(probit_argument(v, sq, sel1_t[q], w1)[0])[1]
+                    probit.erfc_pos_passes(a_buf, e_buf, 2 * n)
+                    e_buf0, e_buf1 = e_buf[:n], e_buf[n:2 * n]
+                    for q in range(n):
+                        v, sq, lo, hi, dq = v_t[q], s_t[q], lo_t[q], hi_t[q], d_t[q]
+                        t0, upper0 = probit_argument(v, sq, sel0_t[q], w0)
+                        t1, upper1 = probit_argument(v, sq, sel1_t[q], w1)
+                        f0 = probit.cdf_from_erfc(probit.cdf_argument(t0)[0], e_buf0[q])
+                        f1 = probit.cdf_from_erfc(probit.cdf_argument(t1)[0], e_buf1[q])
+                        acc0_t[q] += probit_finish(f0, upper0, lo, hi) * dq
+                        acc1_t[q] += probit_finish(f1, upper1, lo, hi) * dq
         _scatter(acc0, acc0, False, cell_pos, i0, i1, blk * bb, bb, r0, d_in)
         _scatter(acc1, acc1, False, cell_pos, i0, i1, blk * bb, bb, r1, d_in)
 

@@ -16,7 +16,8 @@ Four forms:
   (:func:`sbnnumba.kernels.scalar.cdf_diff`); scalar code with branches and a library ``erfc``, used for normal
   noise in float64.
 * **probit** (normal noise, float32): the same stable difference with ``Phi`` by the branch-free float32
-  :func:`sbnnumba.kernels.probit.normal_cdf` and ``Phi(v)``, ``Phi(-v)`` per output unit, so the loop vectorizes;
+  :func:`sbnnumba.kernels.probit.normal_cdf` and ``Phi(v)``, ``Phi(-v)`` per output unit, so the loop vectorizes
+  (its CDFs a block of 64 at a time in passes, :func:`sbnnumba.kernels.probit.erfc_pos_passes`: the same bits);
   each difference within ``7 u`` of the exact one (``u = 2^-24``), the class of the float32 ratio form's bound. A
   call with a NaN or infinite pre-activation or weight runs the generic form (:func:`probit_or_generic`).
 * **bounded** (uniform and triangular noise, whose F is piecewise polynomial on [-1, 1]): the same
@@ -51,7 +52,7 @@ Four forms:
   connection costs a library ``exp`` or ``erfc`` and branches (about two orders of magnitude slower than
   the ratio form: ``bench/psa_dense.py``).
 
-Kernels take preallocated outputs and never draw random numbers. (About 620 lines: the three forms share the
+Kernels take preallocated outputs and never draw random numbers. (About 730 lines: the three forms share the
 checks, the saturated-unit split and the host routing kept here; the lane helpers live in :mod:`.lanes`.)
 """
 import numba
@@ -266,13 +267,32 @@ def _flip_dense_ratio(order, n_pos, chunk, c_pos, h_pos, c_neg, h_neg, k, base_p
 
 
 @numba.njit(inline="always")
-def probit_term(v, s, x, w, lo, hi):
-    # Delta = Phi(u) - Phi(v), u = v + s x w, as scalar.cdf_diff evaluates it: Phi(-v) - Phi(-u) when u + v > 0
-    # (both in the lower tails, no cancellation against 1); lo = Phi(v) and hi = Phi(-v) come per unit.
+def probit_argument(v, s, x, w):
+    # The probit term's normal CDF argument t and its side: Delta = Phi(u) - Phi(v), u = v + s x w, as scalar.cdf_diff
+    # evaluates it: Phi(-v) - Phi(-u) when u + v > 0 (upper: both in the lower tails, no cancellation against 1)
     u = v + s * x * w
     upper = u + v > 0
-    f = normal_cdf(-u if upper else u)
+    return (-u if upper else u), upper
+
+
+@numba.njit(inline="always")
+def probit_finish(f, upper, lo, hi):
+    # Delta from f = Phi(t) (probit_argument); lo = Phi(v) and hi = Phi(-v) come per unit
     return hi - f if upper else f - lo
+
+
+@numba.njit(inline="always")
+def probit_term(v, s, x, w, lo, hi):
+    """One connection's ``Delta = Phi(u) - Phi(v)``, ``u = v + s x w``, with one :func:`~.probit.normal_cdf`.
+
+    The flip kernels evaluate the same terms a block at a time (:func:`probit_argument`, then
+    :func:`sbnnumba.kernels.probit.erfc_pos_passes`, then :func:`probit_finish`): the same operations, so the same bits.
+    """
+    t, upper = probit_argument(v, s, x, w)
+    return probit_finish(normal_cdf(t), upper, lo, hi)
+
+
+_PROBIT_UNITS = 8  # input units per task of the dense probit kernel (its pass buffers allocated once per task)
 
 
 # The probit kernel: as the bounded one (no "reassoc": lanes; no "arcp": exact division in lanes and remainder alike;
@@ -282,23 +302,40 @@ def _flip_dense_probit(x_in, v, s, lo, hi, weight_t, d_out, d_in):
     # Normal noise, float32: Delta = Phi(u) - Phi(v) with v = -x_out a, s = 2 x_out, lo = Phi(v), hi = Phi(-v)
     # (B, N_out), each Phi by probit.normal_cdf (branch-free, so the lane loop vectorizes); the sum over j in lanes of
     # a fixed order (sbnnumba/kernels/lanes.py).
+    # The lane blocks go a probit.PASS_BLOCK at a time through the CDF's passes (probit.erfc_pos_passes; the same
+    # bits as probit_term, which sums the last n_out mod 32 terms); a task is one example and _PROBIT_UNITS input units,
+    # so that its two pass buffers are allocated once for several units.
     n_batch, n_in = x_in.shape
     n_out = v.shape[1]
     n_full = n_out // lanes.LANES * lanes.LANES
-    for bi in prange(n_batch * n_in):
-        b = bi // n_in
-        i = bi - b * n_in
-        x = x_in[b, i]
-        v_row, s_row, lo_row, hi_row, d_row, w_row = v[b], s[b], lo[b], hi[b], d_out[b], weight_t[i]
-        acc = lanes.zeros(x)
-        for j0 in range(0, n_full, lanes.LANES):
-            for lane in range(lanes.LANES):
-                j = np.uint64(j0 + lane)
-                acc[lane] += probit_term(v_row[j], s_row[j], x, w_row[j], lo_row[j], hi_row[j]) * d_row[j]
-        total = lanes.total(acc)
-        for j in range(n_full, n_out):
-            total += probit_term(v_row[j], s_row[j], x, w_row[j], lo_row[j], hi_row[j]) * d_row[j]
-        d_in[b, i] = total
+    n_groups = (n_in + _PROBIT_UNITS - 1) // _PROBIT_UNITS
+    for task in prange(n_batch * n_groups):
+        b = task // n_groups
+        i_start = (task - b * n_groups) * _PROBIT_UNITS
+        v_row, s_row, lo_row, hi_row, d_row = v[b], s[b], lo[b], hi[b], d_out[b]
+        a_buf = np.empty(probit.PASS_BLOCK, dtype=v.dtype)
+        e_buf = np.empty(probit.PASS_BLOCK, dtype=v.dtype)
+        for i in range(i_start, min(i_start + _PROBIT_UNITS, n_in)):
+            x = x_in[b, i]
+            w_row = weight_t[i]
+            acc = lanes.zeros(x)
+            for p0 in range(0, n_full, probit.PASS_BLOCK):
+                m = min(probit.PASS_BLOCK, n_full - p0)  # a multiple of LANES
+                for q in range(m):
+                    j = np.uint64(p0 + q)
+                    a_buf[q] = probit.cdf_argument(probit_argument(v_row[j], s_row[j], x, w_row[j])[0])[1]
+                probit.erfc_pos_passes(a_buf, e_buf, m)
+                for j0 in range(0, m, lanes.LANES):
+                    for lane in range(lanes.LANES):
+                        q = np.uint64(j0 + lane)
+                        j = np.uint64(p0 + j0 + lane)
+                        t, upper = probit_argument(v_row[j], s_row[j], x, w_row[j])
+                        f = probit.cdf_from_erfc(probit.cdf_argument(t)[0], e_buf[q])
+                        acc[lane] += probit_finish(f, upper, lo_row[j], hi_row[j]) * d_row[j]
+            total = lanes.total(acc)
+            for j in range(n_full, n_out):
+                total += probit_term(v_row[j], s_row[j], x, w_row[j], lo_row[j], hi_row[j]) * d_row[j]
+            d_in[b, i] = total
 
 
 def probit_tails(v):
