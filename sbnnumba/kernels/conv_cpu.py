@@ -211,6 +211,17 @@ def _flip_conv_ratio(sel, e_grid, g_grid, k_pos, k_neg, a_grid, cell_pos, tap_of
         _scatter(acc1, a_grid[blk], True, cell_pos, i0, i1, blk * bb, bb, r1, d_in)
 
 
+@numba.njit(inline="always")
+def _bounded_pair_terms(triangular, n, acc0, acc1, sel0, sel1, v_t, s_t, d_t, w0, w1, one):
+    # The bounded kernel's innermost loop: acc_r[q] += (F(v + s w_r x_r) - F(v)) d over one tap's run of n entries
+    for q in range(n):
+        v = v_t[q]
+        sq = s_t[q]
+        dq = d_t[q]
+        acc0[q] += bounded_cdf_diff(triangular, v + sq * w0 * sel0[q], v, one) * dq
+        acc1[q] += bounded_cdf_diff(triangular, v + sq * w1 * sel1[q], v, one) * dq
+
+
 @numba.njit(parallel=True, fastmath=conv_channels.BOUNDED_FASTMATH, error_model="numpy", cache=True)
 def _flip_conv_bounded(triangular, sel, v_grid, s_grid, d_grid, weight, cell_pos, tap_off, n_run, bb, tile_len,
                        d_in):
@@ -241,12 +252,10 @@ def _flip_conv_bounded(triangular, sel, v_grid, s_grid, d_grid, weight, cell_pos
                 sel0_t = sel0[a0:a0 + n]
                 acc1_t = acc1[a0:a0 + n]
                 sel1_t = sel1[a0:a0 + n]
-                for q in range(n):
-                    v = v_t[q]
-                    sq = s_t[q]
-                    dq = d_t[q]
-                    acc0_t[q] += bounded_cdf_diff(triangular, v + sq * w0 * sel0_t[q], v, one) * dq
-                    acc1_t[q] += bounded_cdf_diff(triangular, v + sq * w1 * sel1_t[q], v, one) * dq
+                if triangular:  # the family as a constant in each loop: no test per entry (the same operations)
+                    _bounded_pair_terms(True, n, acc0_t, acc1_t, sel0_t, sel1_t, v_t, s_t, d_t, w0, w1, one)
+                else:
+                    _bounded_pair_terms(False, n, acc0_t, acc1_t, sel0_t, sel1_t, v_t, s_t, d_t, w0, w1, one)
         _scatter(acc0, acc0, False, cell_pos, i0, i1, blk * bb, bb, r0, d_in)
         _scatter(acc1, acc1, False, cell_pos, i0, i1, blk * bb, bb, r1, d_in)
 
