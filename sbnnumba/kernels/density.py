@@ -1,5 +1,7 @@
-r"""Numba CPU passes for the logistic density and deep ST's backward factor
-(:meth:`sbnnumba.noise.Logistic.pdf`, :meth:`~sbnnumba.noise.Logistic.mean_grad`).
+r"""Numba CPU passes for the logistic and normal densities and deep ST's backward factor
+(:meth:`sbnnumba.noise.Logistic.pdf`, :meth:`~sbnnumba.noise.Logistic.mean_grad`, :meth:`sbnnumba.noise.Normal.pdf`,
+:meth:`~sbnnumba.noise.Normal.mean_grad`; :func:`normal_density` makes the normal one's three passes the same way,
+bit for bit NumPy's ``exp(-0.5 * a * a) / np.sqrt(2 * np.pi)``).
 
 NumPy evaluates ``c e / (1 + e)^2`` with ``e = exp(-|a|)`` (``c = 1``: the density ``p(a)``; ``c = 2``:
 the ST factor ``2 p(a)``) in seven passes over the array, each allocating a temporary: ``abs``,
@@ -71,23 +73,101 @@ def logistic_density(a, scale=1, times=None):
         Same shape and dtype as ``a`` (a new array); None for other dtypes, or a ``times`` of another shape
         or dtype (the caller then uses the NumPy formula).
     """
+    one = a.dtype.type(1) if a.dtype.kind == "f" else None
+
+    def exponent(a_i, e_i):
+        negative_abs(a_i, e_i)
+
+    def finish(e_i, c, g_i):
+        if g_i is None:
+            _scaled_density_from_exp(e_i, one, c)
+        else:
+            _scaled_density_from_exp_times(e_i, one, c, g_i)
+
+    return _density_passes(a, scale, times, exponent, finish)
+
+
+@numba.njit(nogil=True, error_model="numpy", cache=True)
+def negative_half_square(a, minus_half, out):
+    """``out[i] = (-0.5 a[i]) a[i]`` (1-D arrays; ``minus_half`` a typed scalar of their dtype): NumPy's
+    ``-0.5 * a * a``, two roundings in that order."""
+    for i in range(a.shape[0]):
+        out[i] = (minus_half * a[i]) * a[i]
+
+
+@numba.njit(nogil=True, error_model="numpy", cache=True)
+def _normal_from_exp(e, root_two_pi, scale):
+    """In place ``e[i] <- scale * dtype(float64(e[i]) / sqrt(2 pi))`` (1-D array): NumPy divides a float32 array by the
+    float64 scalar ``np.sqrt(2 * np.pi)`` in float64, then the density is cast back to the array's dtype."""
+    for i in range(e.shape[0]):
+        e[i] = scale * e.dtype.type(np.float64(e[i]) / root_two_pi)
+
+
+@numba.njit(nogil=True, error_model="numpy", cache=True)
+def _normal_from_exp_times(e, root_two_pi, scale, g):
+    """In place ``e[i] <- (scale * dtype(float64(e[i]) / sqrt(2 pi))) * g[i]`` (1-D arrays)."""
+    for i in range(e.shape[0]):
+        e[i] = (scale * e.dtype.type(np.float64(e[i]) / root_two_pi)) * g[i]
+
+
+_ROOT_TWO_PI = np.sqrt(2 * np.pi)  # np.float64, as in sbnnumba.noise.Normal.pdf
+
+
+def normal_density(a, scale=1, times=None):
+    r"""``scale * phi(a)``, ``phi(a) = exp(-a^2 / 2) / sqrt(2 pi)`` (the standard normal density), bit for bit
+    NumPy's ``scale * (exp(-0.5 * a * a) / np.sqrt(2 * np.pi))`` cast to the dtype of ``a``, or None where the kernels
+    do not apply.
+
+    The same three passes as :func:`logistic_density`: ``(-0.5 a) a`` (Numba), NumPy's ``exp`` in place, the division
+    by ``sqrt(2 pi)`` in float64 (as NumPy divides by that float64 scalar), rounded to the dtype of ``a``, times
+    ``scale`` and ``times`` (Numba). NumPy's formula makes five passes, two of them over a float64 temporary.
+
+    Parameters
+    ----------
+    a : ndarray, float32 or float64, any shape
+        Arguments.
+    scale : int
+        1 (the density) or 2 (deep ST's factor ``2 phi(a)``).
+    times : ndarray or None
+        Shape and dtype of ``a``: the result is ``(scale * phi(a)) * times``.
+
+    Returns
+    -------
+    ndarray or None
+        Same shape and dtype as ``a`` (a new array); None for other dtypes, or a ``times`` of another shape or dtype.
+    """
+    minus_half = a.dtype.type(-0.5) if a.dtype.kind == "f" else None
+
+    def exponent(a_i, e_i):
+        negative_half_square(a_i, minus_half, e_i)
+
+    def finish(e_i, c, g_i):
+        if g_i is None:
+            _normal_from_exp(e_i, _ROOT_TWO_PI, c)
+        else:
+            _normal_from_exp_times(e_i, _ROOT_TWO_PI, c, g_i)
+
+    return _density_passes(a, scale, times, exponent, finish)
+
+
+def _density_passes(a, scale, times, exponent, finish):
+    """The three passes of a density, block by block: ``exponent(a_i, e_i)`` (Numba), NumPy's ``exp`` in place,
+    ``finish(e_i, scale, g_i)`` (Numba; ``g_i`` None without ``times``); None where they do not apply (module
+    docstring)."""
     if a.dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
         return None
     if times is not None and (times.shape != a.shape or times.dtype != a.dtype):
         return None
     flat = np.ascontiguousarray(a).reshape(-1)
     e = np.empty_like(flat)
-    one, c = a.dtype.type(1), a.dtype.type(scale)
+    c = a.dtype.type(scale)
     g = None if times is None else np.ascontiguousarray(times).reshape(-1)
 
     def block(lo, hi):  # the three passes over one block while it is in cache
         e_i = e[lo:hi]
-        negative_abs(flat[lo:hi], e_i)
+        exponent(flat[lo:hi], e_i)
         np.exp(e_i, out=e_i)
-        if g is None:
-            _scaled_density_from_exp(e_i, one, c)
-        else:
-            _scaled_density_from_exp_times(e_i, one, c, g[lo:hi])
+        finish(e_i, c, None if g is None else g[lo:hi])
 
     run_range_blocks(block, flat.size, flat.size, "elementwise")  # the per-call thread rule of sbnnumba.runtime
     return e.reshape(a.shape)
