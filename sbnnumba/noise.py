@@ -37,6 +37,7 @@ without twins in :mod:`sbnnumba.kernels.scalar` it runs on the ``"reference"`` b
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
@@ -77,11 +78,17 @@ class NoiseFamily(abc.ABC):
         (:class:`~sbnnumba.weights.BernoulliWeights`): needed where mirror descent is a projected step.
     arm_refusal : str
         Why ARM is not available for this family (the message of :meth:`arm_psi`).
+    density_passes : callable or None
+        The family's Numba passes for its density, ``density_passes(a, scale, times=None)`` ->
+        ``(scale * p(a)) * times`` bit for bit the NumPy formula of :meth:`pdf`, or None where they do not apply to
+        the arrays (:mod:`sbnnumba.kernels.density`); :meth:`pdf`, :meth:`mean_grad` and :meth:`fused_st_grad` use
+        them for float arrays. None (the default): the family has none.
     """
 
     name = "base"
     std: float = float("nan")
     weight_clip: float | None = None
+    density_passes: Callable[..., np.ndarray | None] | None = None
     arm_refusal = "ARM needs psi(u) = -(log p)'(F^-1(u)) with finite variance, which this family does not provide"
 
     # ------------------------------------------------------------------ the four laws
@@ -225,9 +232,20 @@ class NoiseFamily(abc.ABC):
         Returns
         -------
         ndarray, shape of ``a``
-            Float dtype of ``a`` (float64 for other inputs).
+            Float dtype of ``a`` (float64 for other inputs); bit for bit ``2 * pdf(a)`` (float arrays of a family
+            with :attr:`density_passes` go through them).
         """
-        return 2 * self.pdf(a)
+        out = self._density_from_passes(a, 2)
+        return 2 * self.pdf(a) if out is None else out
+
+    def _density_from_passes(self, a, scale, times=None):
+        """``(scale * p(a)) * times`` by :attr:`density_passes`, or None where the family has none or they do not
+        apply (non-array arguments, other dtypes or shapes)."""
+        if self.density_passes is None or not isinstance(a, np.ndarray):
+            return None
+        if times is not None and not isinstance(times, np.ndarray):
+            return None
+        return self.density_passes(a, scale, times=times)
 
     def fused_st_grad(self, a: np.ndarray, g: np.ndarray) -> np.ndarray | None:
         """Deep ST's gradient with respect to the pre-activation, ``g_a = 2 p(a) g``, in one fused pass where
@@ -244,10 +262,11 @@ class NoiseFamily(abc.ABC):
         Returns
         -------
         ndarray or None
-            ``2 p(a) g``, shape and dtype of ``a``; None where the family has no fused pass for these arrays
-            (the caller then multiplies :meth:`mean_grad` by ``g``). This base class has none.
+            ``2 p(a) g``, shape and dtype of ``a``, in the third of :attr:`density_passes` (bit for bit
+            ``mean_grad(a) * g``); None where the family has no such passes or they do not apply to these arrays (the
+            caller then multiplies :meth:`mean_grad` by ``g``).
         """
-        return None
+        return self._density_from_passes(a, 2, g)
 
     def psa_grad(self, x: np.ndarray, a: np.ndarray, d: np.ndarray) -> np.ndarray:
         """PSA's gradient with respect to the pre-activation, ``g_a = -x p(a) d`` (spec psa.md, section 2.4).
@@ -364,6 +383,7 @@ class Logistic(NoiseFamily):
 
     name = "logistic"
     std = float(np.pi / np.sqrt(3))
+    density_passes = staticmethod(logistic_density)
     variance = float(np.pi ** 2 / 3)
 
     def cdf(self, a: npt.ArrayLike) -> np.ndarray:
@@ -372,45 +392,11 @@ class Logistic(NoiseFamily):
     def pdf(self, a: npt.ArrayLike) -> np.ndarray:
         # exp(-|a|) / (1 + exp(-|a|))^2 never overflows. Float arrays: the same operations in three passes
         # instead of seven (sbnnumba.kernels.density, bit for bit this formula).
-        out = logistic_density(a, 1) if isinstance(a, np.ndarray) else None
+        out = self._density_from_passes(a, 1)
         if out is not None:
             return out
         e = np.exp(-np.abs(a))
         return _like(e / (1 + e) ** 2, a)
-
-    def mean_grad(self, a: npt.ArrayLike) -> np.ndarray:
-        """``2 p(a)``, deep ST's backward factor (:meth:`NoiseFamily.mean_grad`); float32/float64 arrays go
-        through the three passes of :mod:`sbnnumba.kernels.density`, bit for bit ``2 * pdf(a)``.
-
-        Parameters
-        ----------
-        a : array_like
-            Pre-activations, any shape.
-
-        Returns
-        -------
-        ndarray
-            ``2 p(a)``, the shape of ``a``, in its float dtype (float64 for other inputs).
-        """
-        out = logistic_density(a, 2) if isinstance(a, np.ndarray) else None
-        return super().mean_grad(a) if out is None else out
-
-    def fused_st_grad(self, a: np.ndarray, g: np.ndarray) -> np.ndarray | None:
-        """As :meth:`NoiseFamily.fused_st_grad`: arrays of one float dtype and shape go through the three passes
-        of :mod:`sbnnumba.kernels.density`, the product by ``g`` in the third (bit for bit ``mean_grad(a) * g``).
-
-        Parameters
-        ----------
-        a, g : ndarray
-            Pre-activations, gradient with respect to the states (one shape).
-
-        Returns
-        -------
-        ndarray or None
-        """
-        if not (isinstance(a, np.ndarray) and isinstance(g, np.ndarray)):
-            return None
-        return logistic_density(a, 2, times=g)
 
     def log_cdf(self, a: npt.ArrayLike) -> np.ndarray:
         return _like(special.log_expit(a), a)
@@ -484,6 +470,7 @@ class Normal(NoiseFamily):
 
     name = "normal"
     std = 1.0
+    density_passes = staticmethod(normal_density)
     variance = 1.0
 
     def cdf(self, a: npt.ArrayLike) -> np.ndarray:
@@ -492,45 +479,11 @@ class Normal(NoiseFamily):
     def pdf(self, a: npt.ArrayLike) -> np.ndarray:
         # Float arrays: the same operations in three passes instead of five (sbnnumba.kernels.density, bit for bit
         # this formula, whose division by the float64 sqrt(2 pi) runs in float64 and is cast back).
-        out = normal_density(a, 1) if isinstance(a, np.ndarray) else None
+        out = self._density_from_passes(a, 1)
         if out is not None:
             return out
         a_ = np.asarray(a)
         return _like(np.exp(-0.5 * a_ * a_) / np.sqrt(2 * np.pi), a)
-
-    def mean_grad(self, a: npt.ArrayLike) -> np.ndarray:
-        """``2 phi(a)``, deep ST's backward factor (:meth:`NoiseFamily.mean_grad`); float32/float64 arrays go
-        through the three passes of :mod:`sbnnumba.kernels.density`, bit for bit ``2 * pdf(a)``.
-
-        Parameters
-        ----------
-        a : array_like
-            Pre-activations, any shape.
-
-        Returns
-        -------
-        ndarray
-            ``2 phi(a)``, the shape of ``a``, in its float dtype (float64 for other inputs).
-        """
-        out = normal_density(a, 2) if isinstance(a, np.ndarray) else None
-        return super().mean_grad(a) if out is None else out
-
-    def fused_st_grad(self, a: np.ndarray, g: np.ndarray) -> np.ndarray | None:
-        """As :meth:`NoiseFamily.fused_st_grad`: arrays of one float dtype and shape go through the three passes
-        of :mod:`sbnnumba.kernels.density`, the product by ``g`` in the third (bit for bit ``mean_grad(a) * g``).
-
-        Parameters
-        ----------
-        a, g : ndarray
-            Pre-activations, gradient with respect to the states (one shape).
-
-        Returns
-        -------
-        ndarray or None
-        """
-        if not (isinstance(a, np.ndarray) and isinstance(g, np.ndarray)):
-            return None
-        return normal_density(a, 2, times=g)
 
     def log_cdf(self, a: npt.ArrayLike) -> np.ndarray:
         return _like(special.log_ndtr(a), a)

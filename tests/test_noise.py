@@ -336,60 +336,40 @@ def test_blocked_exp_and_fused_st_grad_are_bit_identical(dtype, threads):
     assert get_noise("uniform").fused_st_grad(a, g) is None
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_logistic_density_passes_are_bit_identical_to_the_numpy_formula(dtype):
-    """Logistic ``pdf`` and ``mean_grad`` (three passes, :mod:`sbnnumba.kernels.density`) give exactly
-    NumPy's ``e / (1 + e) ** 2`` and ``2 * (e / (1 + e) ** 2)``, ``e = exp(-|a|)``: on 3 million values over
-    the whole range, every float32 in [-1, 1] spaced by 97 bit patterns, extremes, signed zeros,
-    infinities and denormals, on a non-contiguous view; NaN stays NaN; other dtypes take the NumPy path."""
-    from sbnnumba.kernels.density import logistic_density
+def _density_arguments(rng, dtype, spread):
+    """3 million values: uniform on [-spread, spread], normal, tiny; extremes, signed zeros, infinities and denormals;
+    in float32 also every 97th bit pattern in [-1, 1]."""
+    a = np.concatenate([rng.uniform(-spread, spread, 1_000_000), rng.normal(0, 3, 1_000_000),
+                        rng.uniform(-1e-3, 1e-3, 1_000_000)]).astype(dtype)
+    a[:10] = [0.0, -0.0, 1e-30, -1e-30, 1e4, -1e4, np.inf, -np.inf, 1e-40, -1e-42]
+    if dtype == np.float32:
+        a = np.concatenate([a, np.arange(0, 0x3F800001, 97, dtype=np.uint32).view(np.float32),
+                            np.arange(0x80000000, 0xBF800001, 97, dtype=np.uint32).view(np.float32)])
+    return a
 
+
+def _numpy_logistic_pdf(t):
+    e = np.exp(-np.abs(t))
+    return e / (1 + e) ** 2
+
+
+def _numpy_normal_pdf(t):
+    return np.asarray(np.exp(-0.5 * t * t) / np.sqrt(2 * np.pi), dtype=t.dtype if t.dtype.kind == "f" else np.float64)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name, numpy_pdf, spread", [("logistic", _numpy_logistic_pdf, 120),
+                                                     ("normal", _numpy_normal_pdf, 40)])
+def test_density_passes_are_bit_identical_to_the_numpy_formula(name, numpy_pdf, spread, dtype):
+    """``pdf``, ``mean_grad`` and ``fused_st_grad`` of the families with density passes (three passes,
+    :mod:`sbnnumba.kernels.density`) give exactly the NumPy formula (logistic ``e / (1 + e) ** 2``, ``e = exp(-|a|)``;
+    normal ``exp(-0.5 * a * a) / np.sqrt(2 * np.pi)``, its division in float64, cast to the dtype of ``a``), ``2 *`` it
+    and ``(2 *`` it ``) * g``: on 3 million values (:func:`_density_arguments`), on a non-contiguous view; NaN stays
+    NaN; other dtypes and non-arrays take the NumPy path."""
     rng = np.random.default_rng(12)
-    a = np.concatenate([rng.uniform(-120, 120, 1_000_000), rng.normal(0, 3, 1_000_000),
-                        rng.uniform(-1e-3, 1e-3, 1_000_000)]).astype(dtype)
-    a[:10] = [0.0, -0.0, 1e-30, -1e-30, 1e4, -1e4, np.inf, -np.inf, 1e-40, -1e-42]
-    if dtype == np.float32:
-        a = np.concatenate([a, np.arange(0, 0x3F800001, 97, dtype=np.uint32).view(np.float32),
-                            np.arange(0x80000000, 0xBF800001, 97, dtype=np.uint32).view(np.float32)])
-    noise = get_noise("logistic")
-
-    def numpy_pdf(t):
-        e = np.exp(-np.abs(t))
-        return e / (1 + e) ** 2
-
-    for got, want in [(noise.pdf(a), numpy_pdf(a)), (noise.mean_grad(a), 2 * numpy_pdf(a))]:
-        assert got.dtype == dtype and got.shape == a.shape
-        assert np.array_equal(got.view(np.uint8), want.view(np.uint8))
-    view = a[:120_000].reshape(40, 50, 60)[:, ::2, 1:]
-    assert np.array_equal(noise.mean_grad(view), 2 * numpy_pdf(view))
-    assert np.isnan(noise.pdf(np.array([np.nan], dtype)))[0]
-    assert logistic_density(a.astype(np.float16)) is None
-    np.testing.assert_array_equal(noise.pdf(np.arange(3)), numpy_pdf(np.arange(3)))
-
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_normal_density_passes_are_bit_identical_to_the_numpy_formula(dtype):
-    """Normal ``pdf``, ``mean_grad`` and ``fused_st_grad`` (three passes, :mod:`sbnnumba.kernels.density`) give exactly
-    the NumPy formula ``exp(-0.5 * a * a) / np.sqrt(2 * np.pi)`` (its division in float64, cast to the dtype of ``a``),
-    ``2 *`` it and ``(2 *`` it ``) * g``: on 3 million values over the whole range (underflow beyond |a| = 14 in
-    float32), every float32 in [-1, 1] spaced by 97 bit patterns, extremes, signed zeros, infinities and denormals, on
-    a non-contiguous view; NaN stays NaN; other dtypes take the NumPy path."""
-    from sbnnumba.kernels.density import normal_density
-
-    rng = np.random.default_rng(13)
-    a = np.concatenate([rng.uniform(-40, 40, 1_000_000), rng.normal(0, 3, 1_000_000),
-                        rng.uniform(-1e-3, 1e-3, 1_000_000)]).astype(dtype)
-    a[:10] = [0.0, -0.0, 1e-30, -1e-30, 1e4, -1e4, np.inf, -np.inf, 1e-40, -1e-42]
-    if dtype == np.float32:
-        a = np.concatenate([a, np.arange(0, 0x3F800001, 97, dtype=np.uint32).view(np.float32),
-                            np.arange(0x80000000, 0xBF800001, 97, dtype=np.uint32).view(np.float32)])
+    a = _density_arguments(rng, dtype, spread)
     g = rng.normal(size=a.shape).astype(dtype)
-    noise = get_noise("normal")
-
-    def numpy_pdf(t):
-        return np.asarray(np.exp(-0.5 * t * t) / np.sqrt(2 * np.pi), dtype=t.dtype)
-
+    noise = get_noise(name)
     for got, want in [(noise.pdf(a), numpy_pdf(a)), (noise.mean_grad(a), 2 * numpy_pdf(a)),
                       (noise.fused_st_grad(a, g), (2 * numpy_pdf(a)) * g)]:
         assert got.dtype == dtype and got.shape == a.shape
@@ -397,9 +377,10 @@ def test_normal_density_passes_are_bit_identical_to_the_numpy_formula(dtype):
     view = a[:120_000].reshape(40, 50, 60)[:, ::2, 1:]
     assert np.array_equal(noise.mean_grad(view), 2 * numpy_pdf(view))
     assert np.isnan(noise.pdf(np.array([np.nan], dtype)))[0]
-    assert normal_density(a.astype(np.float16)) is None
-    assert noise.fused_st_grad(a, g.astype(np.float16)) is None
-    np.testing.assert_array_equal(noise.pdf(np.arange(3)), numpy_pdf(np.arange(3.0)))
+    assert noise.density_passes(a.astype(np.float16), 1) is None
+    assert noise.fused_st_grad(a, g.astype(np.float16)) is None and noise.fused_st_grad(a, list(g[:3])) is None
+    np.testing.assert_array_equal(noise.pdf(np.arange(3)), numpy_pdf(np.arange(3)))
+    np.testing.assert_array_equal(noise.mean_grad([0.5, -1.0]), 2 * numpy_pdf(np.array([0.5, -1.0])))
 
 def _exact_cdf(name, t):
     """F(t) of uniform / triangular noise in exact rational arithmetic."""

@@ -73,24 +73,15 @@ def logistic_density(a, scale=1, times=None):
         Same shape and dtype as ``a`` (a new array); None for other dtypes, or a ``times`` of another shape
         or dtype (the caller then uses the NumPy formula).
     """
-    one = a.dtype.type(1) if a.dtype.kind == "f" else None
-
-    def exponent(a_i, e_i):
-        negative_abs(a_i, e_i)
-
-    def finish(e_i, c, g_i):
-        if g_i is None:
-            _scaled_density_from_exp(e_i, one, c)
-        else:
-            _scaled_density_from_exp_times(e_i, one, c, g_i)
-
-    return _density_passes(a, scale, times, exponent, finish)
+    return _density_passes(a, scale, times, negative_abs, (_scaled_density_from_exp, _scaled_density_from_exp_times),
+                           lambda dtype: dtype.type(1))
 
 
 @numba.njit(nogil=True, error_model="numpy", cache=True)
-def negative_half_square(a, minus_half, out):
-    """``out[i] = (-0.5 a[i]) a[i]`` (1-D arrays; ``minus_half`` a typed scalar of their dtype): NumPy's
-    ``-0.5 * a * a``, two roundings in that order."""
+def negative_half_square(a, out):
+    """``out[i] = (-0.5 a[i]) a[i]`` (1-D arrays, ``-0.5`` in their dtype): NumPy's ``-0.5 * a * a``, two roundings
+    in that order."""
+    minus_half = a.dtype.type(-0.5)
     for i in range(a.shape[0]):
         out[i] = (minus_half * a[i]) * a[i]
 
@@ -136,38 +127,31 @@ def normal_density(a, scale=1, times=None):
     ndarray or None
         Same shape and dtype as ``a`` (a new array); None for other dtypes, or a ``times`` of another shape or dtype.
     """
-    minus_half = a.dtype.type(-0.5) if a.dtype.kind == "f" else None
-
-    def exponent(a_i, e_i):
-        negative_half_square(a_i, minus_half, e_i)
-
-    def finish(e_i, c, g_i):
-        if g_i is None:
-            _normal_from_exp(e_i, _ROOT_TWO_PI, c)
-        else:
-            _normal_from_exp_times(e_i, _ROOT_TWO_PI, c, g_i)
-
-    return _density_passes(a, scale, times, exponent, finish)
+    return _density_passes(a, scale, times, negative_half_square, (_normal_from_exp, _normal_from_exp_times),
+                           lambda dtype: _ROOT_TWO_PI)
 
 
-def _density_passes(a, scale, times, exponent, finish):
-    """The three passes of a density, block by block: ``exponent(a_i, e_i)`` (Numba), NumPy's ``exp`` in place,
-    ``finish(e_i, scale, g_i)`` (Numba; ``g_i`` None without ``times``); None where they do not apply (module
-    docstring)."""
+def _density_passes(a, scale, times, exponent, finish, constant):
+    """The three passes of a density, block by block: ``exponent(a_i, e_i)`` (Numba), NumPy's ``exp`` in place, then
+    ``finish[0](e_i, k, scale)`` or, with ``times``, ``finish[1](e_i, k, scale, g_i)`` (Numba) with ``k =
+    constant(dtype)``; None where they do not apply (module docstring)."""
     if a.dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
         return None
     if times is not None and (times.shape != a.shape or times.dtype != a.dtype):
         return None
     flat = np.ascontiguousarray(a).reshape(-1)
     e = np.empty_like(flat)
-    c = a.dtype.type(scale)
+    c, k = a.dtype.type(scale), constant(a.dtype)
     g = None if times is None else np.ascontiguousarray(times).reshape(-1)
 
     def block(lo, hi):  # the three passes over one block while it is in cache
         e_i = e[lo:hi]
         exponent(flat[lo:hi], e_i)
         np.exp(e_i, out=e_i)
-        finish(e_i, c, None if g is None else g[lo:hi])
+        if g is None:
+            finish[0](e_i, k, c)
+        else:
+            finish[1](e_i, k, c, g[lo:hi])
 
     run_range_blocks(block, flat.size, flat.size, "elementwise")  # the per-call thread rule of sbnnumba.runtime
     return e.reshape(a.shape)
