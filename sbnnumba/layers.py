@@ -160,7 +160,7 @@ class AffineLayer(Layer):
     def positions(self, out_shape: tuple[int, ...]) -> int:
         """Output positions per output unit (channel) for the per-example output shape ``out_shape``: 1 for a dense
         layer, ``H_out W_out`` for a conv layer (each position computes with the whole weight tensor once)."""
-        return int(np.prod(out_shape)) // self.bias.shape[0]
+        return int(np.prod(out_shape)) // self.weight_shape[0]
 
     def on_backend(self, backend, convert: Callable[[np.ndarray], Any]) -> Layer:
         """A copy computing on ``backend`` with the arrays ``convert(array)`` (weight parameterization, bias and

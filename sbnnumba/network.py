@@ -12,6 +12,7 @@ loss ``E_Z[l(y, eta)]`` (softmax cross-entropy, or the logistic loss for a 1-log
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -264,14 +265,12 @@ class Network:
         least 1.
 
         ``b`` is the largest per-example input operand of a stage's product, in bytes: ``P * F * itemsize`` with
-        ``F`` the stage's fan-in (``W[0].size``) and ``P`` its output positions (``prod(output shape) / W.shape[0]``):
+        ``F`` the stage's fan-in (``prod(W.shape[1:])``) and ``P`` its output positions (:meth:`AffineLayer.positions`):
         the input row for a dense stage, the patch matrix (``H_out W_out`` rows of ``C_in kh kw``) for a conv
-        stage, which every sampled path builds afresh. The paper's conv SBN at width 1.0 on 28x28 images (stage 2's
-        patch matrix about 2 MB per image) gets 33 images per chunk, a dense SBN on 784 inputs (3 KB) ``most``.
-        Chunks whose patch matrices overflow the caches are slower (that conv SBN's evaluation on 500 test images,
-        2 samples, one thread: 1.6x at 33 per chunk against 500), and a chunk of 500 holds about 1 GB there (run
-        log of 2026-12-07, session 26). Which uniforms meet which units depends on the chunk, so sampled results
-        for a seed do too.
+        stage, which every sampled path builds afresh, so the bound keeps a chunk's patch matrices near the caches
+        (measurements: run log of 2026-12-07, session 26). The paper's conv SBN at width 1.0 on 28x28 images (stage
+        2's patch matrix about 2 MB per image) gets 33 images per chunk, a dense SBN on 784 inputs (3 KB) ``most``.
+        Which uniforms meet which units depends on the chunk, so sampled results for a seed do too.
 
         Parameters
         ----------
@@ -286,7 +285,7 @@ class Network:
         """
         most = check_positive_int(most, "most")
         itemsize = np.dtype(self.dtype).itemsize
-        widest = max(layer.inner.weight[0].size * layer.inner.positions(shape)
+        widest = max(math.prod(layer.inner.weight_shape[1:]) * layer.inner.positions(shape)
                      for layer, shape in zip(self.stages, self.stage_shapes(example_shape)))
         return max(1, min(most, CHUNK_BYTES // (widest * itemsize)))
 

@@ -207,6 +207,9 @@ def test_probit_kernel_in_passes_gives_the_bits_of_one_loop(monkeypatch):
     kernel compiled again with PASS_MIN beyond every run (one loop everywhere) gives the cached kernel's bytes, on maps
     whose runs span several pass blocks and leave remainders."""
     layer, x, a, x_out, d_out = _layer_data((3, 4, 3, 1, 1, 13, 11), seed=23, scale=2.0, batch=6)
+    _, _, n_q, _, _, _ = conv_layout.phase_layout(x.shape[2:], layer.kernel_size, layer.stride, layer.padding)
+    _, bb = conv_layout.batch_blocks(x.shape[0], n_q)
+    assert n_q * bb > 2 * conv_cpu.probit.PASS_BLOCK  # the taps' runs span several pass blocks (and the passes run)
     args = [t.astype(np.float32) for t in (x, a, x_out, layer.weight, d_out)]
     code = get_noise("normal").code
     in_passes = conv_cpu.flip_propagate_conv(*args, layer.stride, layer.padding, code, form="probit", layout="cells")

@@ -305,7 +305,7 @@ def _flip_conv_probit(sel, v_grid, lo_grid, hi_grid, s_grid, d_grid, weight, cel
                         a_buf[n + q] = probit.cdf_argument(probit_argument(v, sq, sel1_t[q], w1)[0])[1]
                     probit.erfc_pos_passes(a_buf, e_buf, 2 * n)
                     e_buf0, e_buf1 = e_buf[:n], e_buf[n:2 * n]
-                    for q in range(n):
+                    for q in range(n):  # the arguments again from the inputs (the same operations), not stored
                         v, sq, lo, hi, dq = v_t[q], s_t[q], lo_t[q], hi_t[q], d_t[q]
                         t0, upper0 = probit_argument(v, sq, sel0_t[q], w0)
                         t1, upper1 = probit_argument(v, sq, sel1_t[q], w1)

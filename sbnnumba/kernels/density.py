@@ -37,17 +37,19 @@ def negative_abs(a, out):
 
 
 @numba.njit(nogil=True, error_model="numpy", cache=True)
-def _scaled_density_from_exp(e, one, scale):
-    """In place ``e[i] <- scale * (e[i] / ((one + e[i]) * (one + e[i])))`` (1-D array; ``one = 1`` and
-    ``scale`` typed scalars of its dtype, so that float32 stays float32)."""
+def _scaled_density_from_exp(e, scale):
+    """In place ``e[i] <- scale * (e[i] / ((1 + e[i]) * (1 + e[i])))`` (1-D array; ``scale`` and 1 typed scalars of
+    its dtype, so that float32 stays float32)."""
+    one = e.dtype.type(1)
     for i in range(e.shape[0]):
         t = one + e[i]
         e[i] = scale * (e[i] / (t * t))
 
 
 @numba.njit(nogil=True, error_model="numpy", cache=True)
-def _scaled_density_from_exp_times(e, one, scale, g):
-    """In place ``e[i] <- (scale * (e[i] / ((one + e[i]) * (one + e[i])))) * g[i]`` (1-D arrays)."""
+def _scaled_density_from_exp_times(e, scale, g):
+    """In place ``e[i] <- (scale * (e[i] / ((1 + e[i]) * (1 + e[i])))) * g[i]`` (1-D arrays)."""
+    one = e.dtype.type(1)
     for i in range(e.shape[0]):
         t = one + e[i]
         e[i] = (scale * (e[i] / (t * t))) * g[i]
@@ -73,8 +75,7 @@ def logistic_density(a, scale=1, times=None):
         Same shape and dtype as ``a`` (a new array); None for other dtypes, or a ``times`` of another shape
         or dtype (the caller then uses the NumPy formula).
     """
-    return _density_passes(a, scale, times, negative_abs, (_scaled_density_from_exp, _scaled_density_from_exp_times),
-                           lambda dtype: dtype.type(1))
+    return _density_passes(a, scale, times, negative_abs, _scaled_density_from_exp, _scaled_density_from_exp_times)
 
 
 @numba.njit(nogil=True, error_model="numpy", cache=True)
@@ -86,22 +87,22 @@ def negative_half_square(a, out):
         out[i] = (minus_half * a[i]) * a[i]
 
 
+_ROOT_TWO_PI = np.sqrt(2 * np.pi)  # np.float64, as in sbnnumba.noise.Normal.pdf (a constant of the kernels below)
+
+
 @numba.njit(nogil=True, error_model="numpy", cache=True)
-def _normal_from_exp(e, root_two_pi, scale):
+def _normal_from_exp(e, scale):
     """In place ``e[i] <- scale * dtype(float64(e[i]) / sqrt(2 pi))`` (1-D array): NumPy divides a float32 array by the
     float64 scalar ``np.sqrt(2 * np.pi)`` in float64, then the density is cast back to the array's dtype."""
     for i in range(e.shape[0]):
-        e[i] = scale * e.dtype.type(np.float64(e[i]) / root_two_pi)
+        e[i] = scale * e.dtype.type(np.float64(e[i]) / _ROOT_TWO_PI)
 
 
 @numba.njit(nogil=True, error_model="numpy", cache=True)
-def _normal_from_exp_times(e, root_two_pi, scale, g):
+def _normal_from_exp_times(e, scale, g):
     """In place ``e[i] <- (scale * dtype(float64(e[i]) / sqrt(2 pi))) * g[i]`` (1-D arrays)."""
     for i in range(e.shape[0]):
-        e[i] = (scale * e.dtype.type(np.float64(e[i]) / root_two_pi)) * g[i]
-
-
-_ROOT_TWO_PI = np.sqrt(2 * np.pi)  # np.float64, as in sbnnumba.noise.Normal.pdf
+        e[i] = (scale * e.dtype.type(np.float64(e[i]) / _ROOT_TWO_PI)) * g[i]
 
 
 def normal_density(a, scale=1, times=None):
@@ -127,21 +128,20 @@ def normal_density(a, scale=1, times=None):
     ndarray or None
         Same shape and dtype as ``a`` (a new array); None for other dtypes, or a ``times`` of another shape or dtype.
     """
-    return _density_passes(a, scale, times, negative_half_square, (_normal_from_exp, _normal_from_exp_times),
-                           lambda dtype: _ROOT_TWO_PI)
+    return _density_passes(a, scale, times, negative_half_square, _normal_from_exp, _normal_from_exp_times)
 
 
-def _density_passes(a, scale, times, exponent, finish, constant):
+def _density_passes(a, scale, times, exponent, finish, finish_times):
     """The three passes of a density, block by block: ``exponent(a_i, e_i)`` (Numba), NumPy's ``exp`` in place, then
-    ``finish[0](e_i, k, scale)`` or, with ``times``, ``finish[1](e_i, k, scale, g_i)`` (Numba) with ``k =
-    constant(dtype)``; None where they do not apply (module docstring)."""
+    ``finish(e_i, scale)`` or, with ``times``, ``finish_times(e_i, scale, g_i)`` (Numba); None where they do not apply
+    (module docstring)."""
     if a.dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
         return None
     if times is not None and (times.shape != a.shape or times.dtype != a.dtype):
         return None
     flat = np.ascontiguousarray(a).reshape(-1)
     e = np.empty_like(flat)
-    c, k = a.dtype.type(scale), constant(a.dtype)
+    c = a.dtype.type(scale)
     g = None if times is None else np.ascontiguousarray(times).reshape(-1)
 
     def block(lo, hi):  # the three passes over one block while it is in cache
@@ -149,9 +149,9 @@ def _density_passes(a, scale, times, exponent, finish, constant):
         exponent(flat[lo:hi], e_i)
         np.exp(e_i, out=e_i)
         if g is None:
-            finish[0](e_i, k, c)
+            finish(e_i, c)
         else:
-            finish[1](e_i, k, c, g[lo:hi])
+            finish_times(e_i, c, g[lo:hi])
 
     run_range_blocks(block, flat.size, flat.size, "elementwise")  # the per-call thread rule of sbnnumba.runtime
     return e.reshape(a.shape)

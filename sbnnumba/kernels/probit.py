@@ -27,8 +27,8 @@ class of the float32 ratio form's ``6 u |g|``.
 
 The flip kernels evaluate their CDFs a block at a time (:func:`erfc_pos_passes`: ``tau``, the polynomial, the
 exponential, each in its own loop over the block): the same operations, so the same bits as :func:`normal_cdf`, but
-short dependency chains, which the core overlaps better than one chain of about 35 operations per value (a normal CDF
-1.3-1.5x faster, the probit flip kernels 1.3-1.75x; run log of 2026-12-07, session 27).
+short dependency chains, which the core overlaps better than one chain of about 35 operations per value
+(measurements: run log of 2026-12-07, session 27).
 """
 import math
 
@@ -132,8 +132,8 @@ def erfc_pos_passes(a, out, n):
 
     Why passes: :func:`erfc_pos` is one dependent chain of about 35 operations (a division, 11 multiply-adds of the
     polynomial, the exponential), so a vectorized loop over it runs at the rate at which the core's out-of-order window
-    overlaps a few such chains, not at its arithmetic rate; each pass is a short chain, and the three passes ran a
-    normal CDF 1.3-1.5x faster on a Zen 3 core (run log of 2026-12-07, session 27).
+    overlaps a few such chains, not at its arithmetic rate; each pass is a short chain (measurements: run log of
+    2026-12-07, session 27).
 
     Parameters
     ----------
