@@ -6,6 +6,23 @@ import pytest
 from sbnnumba.kernels import transpose
 
 
+@pytest.mark.parametrize("n_out, n_in", [(17, 9), (40, 24), (1024, 16)])
+def test_transposes_into_padded_rows_write_the_first_n_out_columns_only(n_out, n_in):
+    """The callers' buffers have rows padded to spread them over the cache sets (workspace.spread_row_length)."""
+    from sbnnumba.kernels import workspace
+
+    weight = np.random.default_rng(n_out + n_in).normal(size=(n_out, n_in)).astype(np.float32)
+    width = workspace.spread_row_length(n_out, 4)
+    assert width > n_out
+    for fill, run in ((np.float32(7), lambda out: transpose.blocked_transpose(weight, out)),
+                      (np.float32(-3), lambda out: transpose.clipped_double_transpose(weight, np.float32(1.5), out))):
+        out = np.full((n_in, width), fill, np.float32)
+        run(out)
+        assert (out[:, n_out:] == fill).all()
+        want = weight.T if fill == 7 else np.clip(2 * weight.T, -1.5, 1.5)
+        np.testing.assert_array_equal(out[:, :n_out], want)
+
+
 def test_shuffle_network_transposes_8x8():
     """The three shuffle stages of the LLVM block, run on Python lists, give the transpose."""
     m = np.arange(64).reshape(8, 8)

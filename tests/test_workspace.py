@@ -36,3 +36,16 @@ def test_aligned_empty_is_a_new_aligned_array_each_call():
     b = workspace.aligned_empty((5, 7), np.float32, align=64)
     assert a.shape == (5, 7) and a.dtype == np.float32 and a.flags.c_contiguous
     assert a.ctypes.data % 64 == 0 and b.ctypes.data % 64 == 0 and a.ctypes.data != b.ctypes.data
+
+
+def test_spread_rows_take_an_odd_number_of_whole_cache_lines():
+    for itemsize in (4, 8):
+        per_line = 64 // itemsize
+        for n in (1, 10, 15, 16, 17, 784, 1000, 1024, 2048, 4096 // itemsize):
+            length = workspace.spread_row_length(n, itemsize)
+            lines = length // per_line
+            assert length >= n and length % per_line == 0 and lines % 2 == 1, (n, itemsize, length)
+            assert length - n < 2 * per_line  # at most one line beyond the whole lines n needs
+    # rows of 1024 float32 (4 KiB apart, one cache set) get one more line
+    assert workspace.spread_row_length(1024, 4) == 1040
+    assert workspace.spread_row_length(1000, 4) == 1008  # 63 lines: already odd

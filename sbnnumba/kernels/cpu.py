@@ -700,8 +700,8 @@ def _flip_propagate_dense(x_in, a, x_out, weight, d_out, noise_code, form):
                                            dtype.type(EXP_ARG_LIMIT[dtype]), d_in)
         return d_in
     # the other forms read W by input unit: the blocked transpose (NumPy's copy of W.T slows down on power-of-two rows)
-    weight_t = workspace.scratch("weight_t", weight.shape[::-1], dtype)
-    with kernel_threads(weight_t.size, "transpose"):
+    weight_t = _transposed_scratch("weight_t", weight.shape, dtype)
+    with kernel_threads(weight.size, "transpose"):
         blocked_transpose(np.ascontiguousarray(weight, dtype=dtype), weight_t)
     if form == "bounded":
         _flip_dense_bounded(noise_code == TRIANGULAR, x_in, -x_out * a, 2 * x_out, weight_t, d_out, d_in)
@@ -713,6 +713,15 @@ def _flip_propagate_dense(x_in, a, x_out, weight, d_out, noise_code, form):
     return d_in
 
 
+def _transposed_scratch(name, weight_shape, dtype):
+    """The reused buffer (N_in, L) of a weight's transpose, ``L >= N_out`` (:func:`workspace.spread_row_length`): the
+    transposes and the kernels that read it by rows of ``W^T`` use its first N_out columns. Unpadded rows 4 KiB apart
+    (1024 float32) share cache sets and slow the transpose severalfold (docs/experiments/2026-12-07-session28-zen4.md).
+    A fresh array each call would cost page faults (:mod:`workspace`)."""
+    n_out, n_in = weight_shape
+    return workspace.scratch(name, (n_in, workspace.spread_row_length(n_out, np.dtype(dtype).itemsize)), dtype)
+
+
 def _ratio_sums(x_in, weight, clip, units, d_in):
     """The ratio form's sums into ``d_in``: ``k = e^{clip(2 W^T)}``, the sign order, then the kernel.
 
@@ -722,9 +731,10 @@ def _ratio_sums(x_in, weight, clip, units, d_in):
     """
     dtype = d_in.dtype
     n_out, n_in = weight.shape
-    k = workspace.scratch("ratio_k", (n_in, n_out), dtype)  # reused: a fresh 4 MiB array costs page faults
-    with kernel_threads(k.size, "transpose"):
+    k = _transposed_scratch("ratio_k", weight.shape, dtype)
+    with kernel_threads(weight.size, "transpose"):
         clipped_double_transpose(weight, dtype.type(clip), k)  # 8x8 blocks transposed in vector registers
+    k[:, n_out:] = 0  # the rows' padding: finite for the exp over the whole buffer, never read by the kernel
     exp_in_place(k)
     chunk = _chunk_units(n_in, n_out, dtype.itemsize)
     order = np.empty(x_in.shape, dtype=np.int64)

@@ -171,8 +171,9 @@ def clipped_double_transpose(weight, clip, out):
     weight : C-contiguous float ndarray (N_out, N_in)
     clip : float of ``weight``'s dtype
         ``C > 0``.
-    out : C-contiguous ndarray (N_in, N_out), ``weight``'s dtype
-        Written.
+    out : C-contiguous ndarray (N_in, L), ``weight``'s dtype, ``L >= N_out``
+        Its first N_out columns written (rows padded to spread them over the cache sets:
+        :func:`sbnnumba.kernels.workspace.spread_row_length`).
     """
     _banded_transpose(weight, clip, True, out)
 
@@ -187,7 +188,7 @@ def blocked_transpose(weight, out):
     Parameters
     ----------
     weight : C-contiguous float ndarray (N_out, N_in)
-    out : C-contiguous ndarray (N_in, N_out), ``weight``'s dtype
-        Written.
+    out : C-contiguous ndarray (N_in, L), ``weight``'s dtype, ``L >= N_out``
+        Its first N_out columns written.
     """
     _banded_transpose(weight, weight.dtype.type(0), False, out)

@@ -47,6 +47,36 @@ def scratch(name, shape, dtype, align=64):
     return raw[start:start + n].view(dtype).reshape(shape)
 
 
+def spread_row_length(n, itemsize, line=64):
+    """A row length for a 2-D scratch array whose rows do not share cache sets: at least ``n`` entries, a whole odd
+    number of ``line``-byte cache lines.
+
+    A set-associative cache maps an address to a set by its bits just above the line offset, so rows ``s`` bytes
+    apart with ``s`` a multiple of 4 KiB (1024 float32 entries) all map to one set of a 64-set L1 and of a few sets of
+    L2: a transpose that writes or a kernel that reads several such rows at once evicts its own lines (the 1024 x 1024
+    float32 transpose took 4x the time of a 1000 x 1000 one). With an odd number of lines per row, consecutive rows
+    start in different sets and cycle through all of them before two rows meet in one set.
+
+    Parameters
+    ----------
+    n : int
+        Entries a row needs (the arrays' logical column count).
+    itemsize : int
+        Bytes per entry (``line`` a multiple of it).
+    line : int
+        Cache line bytes.
+
+    Returns
+    -------
+    int
+        The padded row length, ``>= n``; a caller reads and writes only the first ``n`` entries of each row and fills
+        the rest with a harmless value if a whole-array pass reads them.
+    """
+    per_line = line // itemsize
+    lines = -(-max(n, 1) // per_line)
+    return (lines + 1 - lines % 2) * per_line
+
+
 def aligned_empty(shape, dtype, align=64):
     """A new uninitialized C-ordered array whose data starts on an ``align``-byte boundary (NumPy guarantees 16).
 
