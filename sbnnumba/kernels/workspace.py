@@ -53,9 +53,9 @@ def spread_row_length(n, itemsize, line=64):
 
     A set-associative cache maps an address to a set by its bits just above the line offset, so rows ``s`` bytes
     apart with ``s`` a multiple of 4 KiB (1024 float32 entries) all map to one set of a 64-set L1 and of a few sets of
-    L2: a transpose that writes or a kernel that reads several such rows at once evicts its own lines (the 1024 x 1024
-    float32 transpose took 4x the time of a 1000 x 1000 one). With an odd number of lines per row, consecutive rows
-    start in different sets and cycle through all of them before two rows meet in one set.
+    L2: a transpose that writes or a kernel that reads several such rows at once evicts its own lines (measured:
+    docs/experiments/2026-12-07-session28-zen4.md). With an odd number of lines per row, consecutive rows start in
+    different sets and cycle through all of them before two rows meet in one set.
 
     Parameters
     ----------
