@@ -55,7 +55,6 @@ Parts 1 and 2 print their ratios and parts 3, 4 and 5 their throughput at one th
 Usage: python bench/psa_conv.py [--repeats 11] [--width 0.5] [--stage-width 1.0] [--generic] [--parts 1,2,3,4,5]
 """
 import argparse
-import contextlib
 import math
 import os
 import statistics
@@ -69,7 +68,7 @@ import numpy as np  # noqa: E402
 from numba import prange  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import interleaved_medians, interleaved_wall_cpu_medians, machine_info, thread_counts  # noqa: E402
+from common import interleaved_medians, interleaved_wall_cpu_medians, machine_info, thread_counts, wrapped  # noqa: E402
 
 import sbnnumba as sb  # noqa: E402
 from sbnnumba.architectures import build  # noqa: E402
@@ -320,18 +319,6 @@ def stage_problems(rng, width, batch=64):
             problems.append((label, stage_connections(layer, batch, out_shape), call, args))
         shape = out_shape
     return problems
-
-
-@contextlib.contextmanager
-def wrapped(module, name, wrap):
-    """Within the block ``module.name`` is ``wrap(original)``; the original is restored on exit, also after an error
-    (the measurement aids below: the library's functions are looked up by module attribute at call time)."""
-    original = getattr(module, name)
-    setattr(module, name, wrap(original))
-    try:
-        yield
-    finally:
-        setattr(module, name, original)
 
 
 def captured_kernel(call):

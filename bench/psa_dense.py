@@ -12,7 +12,7 @@ Prints, measured in the same run (medians over interleaved repeats):
    factors; no preparation, no cache misses), for the layer's connection count: a call of the ratio form as
    written can hardly run faster on this CPU, so its ratio to the matmul is that form's floor under the 4x target; and
    the ``exp`` of the layer's ``2 W^T`` (``float32_exp.exp_in_place``: the weight factors the call computes before its
-   kernel).
+   kernel); and where the ratio call's own time goes, its passes timed inside the call (:func:`ratio_call_passes`).
 2. one full training step (forward + backward, ``sbnnumba.estimate``) of a 784-1024-1024-10 network,
    batch 128: PSA vs ST. Target: PSA within 3x of ST.
 
@@ -23,8 +23,10 @@ while at two a BLAS baseline that stalls on a busy core can make a ratio look be
 Usage: python bench/psa_dense.py [--repeats 15]
 """
 import argparse
+import contextlib
 import os
 import sys
+import time
 
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # before NumPy loads OpenBLAS: see sbnnumba/__init__.py
 
@@ -33,7 +35,7 @@ import numpy as np  # noqa: E402
 from numba import prange  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import interleaved_medians, machine_info, thread_counts  # noqa: E402
+from common import interleaved_medians, machine_info, thread_counts, wrapped  # noqa: E402
 
 import sbnnumba as sb  # noqa: E402
 from sbnnumba.kernels import cpu, lanes, reference  # noqa: E402
@@ -90,6 +92,51 @@ def ratio_loop_floor(rng, threads, connections, n_out=1024):
     return (lambda: _ratio_rows_l1(c, h, k, repeats, one, out)), (c, h, k, out)
 
 
+#: The passes of a ratio-form call (``cpu._flip_propagate_dense`` and ``cpu._ratio_sums``), by the name the call looks
+#: them up with in ``sbnnumba.kernels.cpu``, and how part 1 names them.
+RATIO_PASSES = {"_flip_dense_ratio": "kernel", "clipped_double_transpose": "transpose of 2W",
+                "exp_in_place": "exp of -a and 2 W^T", "_sign_order": "sign order", "_ratio_units": "per-unit factors"}
+
+
+def ratio_call_passes(call, calls):
+    """Where a ratio-form call's time goes: each pass of :data:`RATIO_PASSES` timed inside ``calls`` calls of
+    ``call()`` (the library's functions wrapped with a timer, restored after), and the call itself.
+
+    Returns
+    -------
+    dict
+        Pass name -> median seconds per call (a pass that runs twice a call counts both), and ``"call"``.
+    """
+    per_call = {name: [] for name in RATIO_PASSES}
+    current = {}
+
+    def timer(name):
+        def wrap(fn):
+            def run(*args, **kwargs):
+                start = time.perf_counter()
+                try:
+                    return fn(*args, **kwargs)
+                finally:
+                    current[name] = current.get(name, 0.0) + time.perf_counter() - start
+            return run
+        return wrap
+
+    totals = []
+    with contextlib.ExitStack() as stack:
+        for name in RATIO_PASSES:
+            stack.enter_context(wrapped(cpu, name, timer(name)))
+        for _ in range(calls):
+            current.clear()
+            start = time.perf_counter()
+            call()
+            totals.append(time.perf_counter() - start)
+            for name in RATIO_PASSES:
+                per_call[name].append(current.get(name, 0.0))
+    out = {name: float(np.median(v)) for name, v in per_call.items()}
+    out["call"] = float(np.median(totals))
+    return out
+
+
 def layer_inputs(rng, batch, n_in, n_out, dtype=np.float32):
     w = (rng.normal(size=(n_out, n_in)) / np.sqrt(n_in)).astype(dtype)
     x_in = np.where(rng.random((batch, n_in)) < 0.5, 1, -1).astype(dtype)
@@ -129,6 +176,11 @@ def flip_section(rng, repeats, threads, with_reference):
     rest = ratio - floor - exp_2w
     print(f"   => floor on this CPU: the inner loop alone {floor / base:.2f}x matmul, the exp of 2 W^T "
           f"{exp_2w / base:.2f}x; the rest of the call (L2 traffic, tasks, preparation) {rest / base:.2f}x")
+    passes = ratio_call_passes(contenders["PSA flip, ratio form"], max(5, repeats))
+    inside = ", ".join(f"{label} {passes[name] * 1e3:.2f}" for name, label in RATIO_PASSES.items())
+    other = passes["call"] - sum(passes[name] for name in RATIO_PASSES)
+    print(f"   => inside the ratio call ({passes['call'] * 1e3:.2f} ms, medians of {max(5, repeats)} calls in a row): "
+          f"{inside}, the rest (Python, clip, allocations) {other * 1e3:.2f} ms")
     if with_reference:
         t_ref = interleaved_medians({"ref": lambda: reference.flip_propagate_dense(x_in, a, x_out, w, d_out,
                                                                                    "logistic")}, 1)["ref"]

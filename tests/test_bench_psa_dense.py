@@ -39,3 +39,16 @@ def test_ratio_loop_floor_runs_at_least_the_connections_asked_for(bench):
 def test_ratio_loop_floor_refuses_rows_that_are_not_whole_lanes(bench):
     with pytest.raises(ValueError, match="n_out: expected a multiple of 32"):
         bench.ratio_loop_floor(np.random.default_rng(2), 1, 100, n_out=40)
+
+
+def test_ratio_call_passes_time_every_pass_inside_the_call_and_restore_the_library(bench):
+    from sbnnumba.kernels import cpu
+
+    originals = {name: getattr(cpu, name) for name in bench.RATIO_PASSES}
+    x_in, a, x_out, w, d_out = bench.layer_inputs(np.random.default_rng(2), 8, 40, 36)
+    call = lambda: cpu.flip_propagate_dense(x_in, a, x_out, w, d_out, 0, form="ratio")  # noqa: E731
+    passes = bench.ratio_call_passes(call, 1)  # one call: its medians are its own passes
+    assert set(passes) == set(bench.RATIO_PASSES) | {"call"}
+    assert all(passes[name] > 0 for name in bench.RATIO_PASSES)  # each pass ran inside the call
+    assert sum(passes[name] for name in bench.RATIO_PASSES) <= passes["call"]
+    assert {name: getattr(cpu, name) for name in bench.RATIO_PASSES} == originals
