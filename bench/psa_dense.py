@@ -102,6 +102,13 @@ def ratio_call_passes(call, calls):
     """Where a ratio-form call's time goes: each pass of :data:`RATIO_PASSES` timed inside ``calls`` calls of
     ``call()`` (the library's functions wrapped with a timer, restored after), and the call itself.
 
+    Parameters
+    ----------
+    call : callable
+        A dense flip propagation in the ratio form (``cpu.flip_propagate_dense(..., form="ratio")``).
+    calls : int
+        Calls in a row (no other contender between them).
+
     Returns
     -------
     dict
