@@ -95,7 +95,7 @@ def ratio_loop_floor(rng, threads, connections, n_out=1024):
 #: The passes of a ratio-form call (``cpu._flip_propagate_dense`` and ``cpu._ratio_sums``), by the name the call looks
 #: them up with in ``sbnnumba.kernels.cpu``, and how part 1 names them.
 RATIO_PASSES = {"_flip_dense_ratio": "kernel", "clipped_double_transpose": "transpose of 2W",
-                "exp_in_place": "exp of -a and 2 W^T", "_sign_order": "sign order", "_ratio_units": "per-unit factors"}
+                "exp_in_place": "exp of a and 2 W^T", "_sign_order": "sign order", "_ratio_units": "per-unit factors"}
 
 
 def ratio_call_passes(call, calls):
