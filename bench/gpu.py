@@ -171,7 +171,10 @@ def bench_flip(cuda, time_it, fma_rate, smoke, rng):
     from sbnnumba.backends.cuda import conv_flip, dense_flip, ops
     from sbnnumba.backends.cuda.device import blocks
     from sbnnumba.kernels import conv_reference
+    from sbnnumba.kernels.cpu import ratio_limits
     from sbnnumba.kernels.scalar import NOISE_CODES
+
+    clip = ratio_limits(np.float32)[1]  # the library's clip of 2W
 
     def frac(conns, t):
         return f"{conns / t / 1e9:8.1f} Gconn/s" + (f" = {conns / t / fma_rate:5.1%} of FMA rate" if fma_rate else "")
@@ -183,7 +186,7 @@ def bench_flip(cuda, time_it, fma_rate, smoke, rng):
         a = (x_in @ w.T).astype(np.float32)
         dev = [cuda.to_device(t) for t in (x_in, a, _pm1(rng, a.shape), w, rng.normal(size=a.shape).astype(np.float32))]
         e, g = cuda.to_device(np.exp(-a)), cuda.to_device(rng.normal(size=a.shape).astype(np.float32))
-        k = cuda.to_device(np.ascontiguousarray(np.exp(np.clip(2 * w.T, -58, 58))))
+        k = cuda.to_device(np.ascontiguousarray(np.exp(np.clip(2 * w.T, -clip, clip))))
         a_term, d_in = cuda.to_device(np.zeros(b, np.float32)), cuda.device_array((b, n_in), np.float32)
         cfg = dense_flip.DENSE_TILE
         kernel = dense_flip.dense_flip_ratio_kernel("float32", **cfg)[
@@ -206,7 +209,7 @@ def bench_flip(cuda, time_it, fma_rate, smoke, rng):
         dev = [cuda.to_device(t) for t in (x_in, a, _pm1(rng, a.shape), w, rng.normal(size=a.shape).astype(np.float32))]
         e, g = cuda.to_device(np.exp(-a)), cuda.to_device(rng.normal(size=a.shape).astype(np.float32))
         t_sum = cuda.to_device(np.zeros((b, ho, wo), np.float32))
-        k = cuda.to_device(np.exp(np.clip(2 * w, -58, 58)))
+        k = cuda.to_device(np.exp(np.clip(2 * w, -clip, clip)))
         d_in = cuda.device_array(x_in.shape, np.float32)
         conns = float(b) * c_out * ho * wo * c_in * kk * kk
         t_kernel = time_it(lambda: conv_flip.launch_flip_conv_ratio(dev[0], e, g, t_sum, k, (1, 1), (0, 0), d_in))

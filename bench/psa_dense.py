@@ -8,9 +8,10 @@ Prints, measured in the same run (medians over interleaved repeats):
    same shape (x @ W.T) and (at one thread) vs the NumPy reference that materializes the
    (B, N_in, N_out) Delta tensor. Targets: within 4x of the matmul at one thread, >= 20x faster than
    materializing. Also timed with them: the ratio kernel's inner loop alone on L1-resident rows
-   (``cpu.ratio_lanes4`` with the kernel's fastmath flags, four rows of ``k`` per load of the per-unit
-   factors; no preparation, no cache misses), for the layer's connection count: a call of the ratio form as
-   written can hardly run faster on this CPU, so its ratio to the matmul is that form's floor under the 4x target; and
+   (``cpu.ratio_pairs4`` with the kernel's fastmath flags, four rows of ``k`` per load of the per-unit
+   factors, two output units per division; no preparation, no cache misses), for the layer's connection count: a
+   call of the ratio form as written can hardly run faster on this CPU, so its ratio to the matmul is that form's
+   floor under the 4x target; and
    the ``exp`` of the layer's ``2 W^T`` (``float32_exp.exp_in_place``: the weight factors the call computes before its
    kernel); and where the ratio call's own time goes, its passes timed inside the call (:func:`ratio_call_passes`).
 2. one full training step (forward + backward, ``sbnnumba.estimate``) of a 784-1024-1024-10 network,
@@ -47,7 +48,7 @@ from sbnnumba.kernels.float32_exp import exp_in_place  # noqa: E402
 @numba.njit(parallel=True, fastmath=cpu._LANE_FASTMATH)
 def _ratio_rows_l1(c, h, k, repeats, one, out):
     # out[t, r] += sum_j h[t, j] / (c[t, j] + k[t, r, j]), `repeats` times per thread row t: the ratio kernel's inner
-    # loop (cpu.ratio_lanes4, compiled with the kernel's fastmath flags) on rows that stay in L1 (n_out a multiple of
+    # loop (cpu.ratio_pairs4, compiled with the kernel's fastmath flags) on rows that stay in L1 (n_out a multiple of
     # LANES).
     n_out = c.shape[1]
     for t in prange(c.shape[0]):
@@ -55,7 +56,7 @@ def _ratio_rows_l1(c, h, k, repeats, one, out):
         k0, k1, k2, k3 = k[t, 0], k[t, 1], k[t, 2], k[t, 3]
         for _ in range(repeats):
             s0, s1, s2, s3 = lanes.zeros(one), lanes.zeros(one), lanes.zeros(one), lanes.zeros(one)
-            cpu.ratio_lanes4(s0, s1, s2, s3, c_row, h_row, k0, k1, k2, k3, n_out)
+            cpu.ratio_pairs4(s0, s1, s2, s3, c_row, h_row, k0, k1, k2, k3, n_out)
             out[t, 0] += lanes.total(s0)
             out[t, 1] += lanes.total(s1)
             out[t, 2] += lanes.total(s2)

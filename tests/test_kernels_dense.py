@@ -227,6 +227,88 @@ def test_ratio_form_no_overflow_float32():
     np.testing.assert_allclose(got, ref, atol=1e-5 * np.abs(ref).max())
 
 
+@numba.njit(fastmath=cpu._LANE_FASTMATH)
+def _pair_values(h0, d0, h1, d1, out):
+    # cpu.ratio_pair_value with the ratio kernel's fastmath flags, in a loop that vectorizes as the kernel's lanes do
+    for i in range(out.size):
+        out[i] = cpu.ratio_pair_value(h0[i], d0[i], h1[i], d1[i])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_ratio_pairs_stay_within_their_bound_over_the_scaled_range(dtype):
+    """One division for two terms (``cpu.ratio_pair_value``): over the whole range the scaled factors take
+    (``c = s e^{+-a}``, ``|a| <= A``; ``k = s e^{2W}``, ``|2W| <= C``; ``h = 2^{-E} g c`` with ``|2^{-E} g| < 1``, down
+    to 2^-30 of it), both ends included, a pair is finite and within ``6u (|h/D| + |h'/D'|)`` of the exact sum of its
+    two terms (``D = c + k``, rounded once), plus the roundings below the normal range: a subnormal numerator's (the
+    smallest subnormal per product, over ``D D'``) and a subnormal pair's own (twice the smallest subnormal), as the
+    module docstring states."""
+    rng = np.random.default_rng(41)
+    dt = np.dtype(dtype)
+    lim, clip = cpu.ratio_limits(dt)
+    s = cpu.RATIO_SCALE[dt]
+    u = np.finfo(dt).eps / 2
+    n = 200_000
+    a = rng.uniform(-lim, lim, (2, n))
+    two_w = rng.uniform(-clip, clip, (2, n))
+    a[:, :8] = [[lim, -lim, lim, -lim, lim, -lim, lim, -lim]] * 2  # the corners: the largest and smallest D D'
+    two_w[:, :8] = [[clip, -clip, -clip, clip, clip, -clip, clip, -clip]] * 2
+    g = rng.uniform(-1, 1, (2, n)) * np.exp2(-rng.uniform(0, 30, (2, n)))
+    c = (s * np.exp(a)).astype(dtype)
+    k = (s * np.exp(two_w)).astype(dtype)
+    h = (g * c).astype(dtype)
+    d = (c + k).astype(dtype)  # float32 or float64 sums, as the kernel forms them
+    got = np.empty(n, dtype)
+    _pair_values(h[0], d[0], h[1], d[1], got)
+    c64, k64, h64 = (t.astype(np.float64) for t in (c, k, h))
+    terms = h64 / (c64 + k64)  # float64: exact enough for a float32 check; for float64 below its relative 4u
+    exact = terms[0] + terms[1]
+    tiny = np.finfo(dt).smallest_subnormal
+    subnormal = 2 * tiny / (d[0].astype(np.float64) * d[1]) + 2 * tiny
+    bound = 6 * u * (np.abs(terms[0]) + np.abs(terms[1])) + subnormal
+    assert np.all(np.isfinite(got))
+    slack = 1.0 if dtype == np.float32 else 1.5  # float64: the float64 "exact" terms carry their own rounding
+    assert np.all(np.abs(got - exact) <= slack * bound)
+    # the subnormal term, in units of the example's max |g| (here below 1): 2^-33 at most, as stated
+    assert subnormal.max() <= 2.0 ** -33 * (1 if dtype == np.float32 else 2.0 ** -29)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_ratio_form_scales_exactly_with_the_gradient(dtype):
+    """The ratio kernel scales each example's ``g`` by a power of two before its pairs and the sum back after
+    (``cpu._ratio_units``, ``RATIO_SCALE``): exact operations, so ``d_out 2^m`` gives ``d_in 2^m`` bit for bit, with
+    each example at its own magnitude (70 outputs: paired lanes and a remainder; 1100: both, in chunks)."""
+    rng = np.random.default_rng(42)
+    for n_out, n_in in ((70, 40), (1100, 90)):
+        x_in, a, x_out, w, d_out = _layer(rng, 6, n_in, n_out, dtype, scale=0.3)
+        d_out *= np.exp2(rng.integers(-30, 30, size=(6, 1))).astype(dtype)  # per-example magnitudes
+        base = cpu.flip_propagate_dense(x_in, a, x_out, w, d_out, 0, form="ratio")
+        for m in (-40, -3, 1, 40):
+            up = dtype(2.0 ** m)
+            got = cpu.flip_propagate_dense(x_in, a, x_out, w, d_out * up, 0, form="ratio")
+            np.testing.assert_array_equal(got, base * up)
+
+
+def test_ratio_form_paired_lanes_at_the_limits_float32():
+    """Pre-activations at +-A and weights beyond the clip in a layer wide enough for paired lanes (96 outputs):
+    the largest and smallest products of two denominators stay finite and the sums match the float64 reference,
+    with gradients of very different magnitudes in one example."""
+    rng = np.random.default_rng(43)
+    x_in, a, x_out, w, d_out = _layer(rng, 4, 12, 96, np.float32)
+    lim = cpu.ratio_limits(np.float32)[0]
+    a[:, ::3] = lim - 0.01
+    a[:, 1::3] = -(lim - 0.01)
+    w[::2, :4] = 40.0  # 2W = 80, clipped
+    w[1::2, :4] = -40.0
+    d_out[0, ::2] *= np.float32(1e-12)
+    d_out[1] *= np.float32(1e12)
+    args64 = [t.astype(np.float64) for t in (x_in, a, x_out, w, d_out)]
+    ref = reference.flip_propagate_dense(*args64, "logistic")
+    got = cpu.flip_propagate_dense(x_in, a, x_out, w, d_out, 0, form="ratio")
+    assert np.all(np.isfinite(got))
+    scale = np.abs(args64[2] * args64[4]).sum(axis=1, keepdims=True)
+    assert np.all(np.abs(got - ref) <= 1e-6 * scale)
+
+
 @pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 3e-5)])
 def test_ratio_form_splits_unsafe_pairs_to_generic(dtype, tol):
     """Saturated units (|a| > A) are summed by the generic form, the rest by the ratio form with 2W clipped

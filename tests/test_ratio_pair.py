@@ -22,7 +22,7 @@ def _pairs(g0, e0, k0, g1, e1, k1, big):
 
 
 def _factors(rng, n, dtype):
-    # e^{-a}, e^{+-2W} over the ratio form's whole range: |a| <= A = 30, |2W| <= C = 58 (float32)
+    # e^{-a}, e^{+-2W} over the ratio form's whole range and beyond: |a| <= A = 30, |2W| <= 58 (C = 50 in float32)
     g = rng.normal(size=n) * np.exp(rng.uniform(-20, 5, n))
     e = np.exp(rng.uniform(-30, 30, n))
     k = np.exp(rng.uniform(-58, 58, n))

@@ -26,14 +26,32 @@ Four forms:
 * **logistic ratio form** (spec psa.md, sections 2.9-2.10):
   ``d_in[b,i] = A[b] - sum_j g[b,j] / (1 + e^{-a[b,j]} e^{2 W[j,i] x[b,i]})`` with
   ``g = x_out * d_out`` and ``A[b] = sum_j g[b,j] sigma(a[b,j])``; the exponentials are
-  precomputed per unit and per weight, so a connection costs one multiply-add and one
-  division. For ``x[b,i] = -1`` the identity ``1/(1 + e^{-a}/k) = 1 - 1/(1 + e^{+a} k)`` turns the
-  sum into the same one with ``e^{+a}``, so only ``k = e^{2W}`` (transposed) is needed, and the
-  kernel groups each example's input units by sign so that a block of 4 shares its loads.
+  precomputed per unit and per weight, so that a term of an input at ``x = +1`` is ``h / (c + k)`` with
+  ``c = e^{a}``, ``h = g e^{a}`` per unit and ``k = e^{2W}`` per weight. For ``x[b,i] = -1`` the identity
+  ``1/(1 + e^{-a}/k) = 1 - 1/(1 + e^{+a} k)`` turns the sum into the same one with ``c = e^{-a}``, so only
+  ``k = e^{2W}`` (transposed) is needed, and the kernel groups each example's input units by sign so that a block
+  of 4 shares its loads.
+  **Two output units per division**: the lanes add the terms of units ``j`` and ``j' = j + 16`` as one,
+  ``h/D + h'/D' = fma(h, D', h' D) / (D D')`` (:func:`ratio_pair_value`; the rule of
+  :mod:`sbnnumba.kernels.ratio_pair`, in this form's variables): per pair of connections two adds, three products or
+  FMAs and one division (a reciprocal estimate and a Newton step, ``arcp``) instead of two, about 1.05-1.08x the
+  whole call (run log of 2026-12-07, session 29). ``D D'`` must stay in the float range: ``c`` lies in
+  ``[e^{-A}, e^{A}]`` and ``k`` in ``[e^{-C}, e^{C}]`` (:func:`ratio_limits`), so ``D D'`` spans
+  ``2^{-86.6} .. 2^{144.3}`` in float32; ``c``, ``k`` and ``h`` are multiplied by :data:`RATIO_SCALE` (``2^-14``,
+  float64 ``2^-72``), which moves it to ``2^{-114.6} .. 2^{116.4}``, and each example's ``h`` by ``2^{-E_b}``
+  with ``max_j |g[b,j]| < 2^{E_b}`` (the result by ``2^{E_b}``), which bounds the numerators alike. These are powers
+  of two: every scaled factor is the unscaled one's bits times the scale, a lone term ``h/(c + k)`` keeps its bits
+  (a layer of fewer than 32 outputs, whose terms all run one by one, gives the bits of the unpaired form), and a
+  pair's value is within ``6u (|h/D| + |h'/D'|)`` of the exact sum of its two terms (``u = 2^-24``; one rounding
+  each for ``D``, ``D'``, ``D D'``, the product ``h' D``, the FMA, and at most two for the division), against
+  ``3u`` per term for two divisions, plus where a numerator or the pair falls below the normal range (tiny ``g``
+  against large ``D``) twice the smallest subnormal over ``D D'`` and twice the smallest subnormal: at most
+  ``2^-32 max_j |g[b,j]|`` once scaled back (float32; ``2^-62`` in float64). ``tests/test_kernels_dense.py`` checks
+  the bound over the factors' whole range and the exactness of the scalings.
   The input units are cut into chunks whose rows of ``k`` fit in L2 (about 128 KiB, half of the 256 KiB L2 of older
   Intel client cores), and every example passes over one chunk before the next, instead of streaming all of ``k``
   from L3 per example.
-  Each sum over ``j`` runs in 32 explicit lanes added in a fixed order, then the last ``N_out mod 32`` terms in
+  Each sum over ``j`` runs in explicit lanes added in a fixed order, then the last ``N_out mod 32`` terms in
   order (:func:`_flip_dense_ratio`, :mod:`sbnnumba.kernels.lanes`): with fastmath's ``reassoc`` the sums had other
   bits when the kernel was loaded from Numba's cache than when it was compiled.
   The per-unit factors come from one ``exp`` and one fused pass (:func:`_ratio_units`); the
@@ -43,7 +61,7 @@ Four forms:
   Overflow (spec pitfall 6: ``e^{-a} e^{2wx}`` beyond the float range, then ``inf * 0``) is
   prevented by two limits per dtype (:func:`ratio_limits`, ``A + C`` below ``log`` of the
   largest float): ``2 W x`` is clipped to ``[-C, C]``, which moves a term by less
-  than ``e^{-(C-A)}`` (``e^-28`` in float32, ``e^-100`` in float64), and the pairs ``(b, j)`` with
+  than ``e^{-(C-A)}`` (``e^-20`` in float32, ``e^-100`` in float64), and the pairs ``(b, j)`` with
   ``|a[b,j]| > A`` are removed from the ratio sum (``g[b,j] = 0``) and summed directly,
   ``g (sigma(a) - sigma(a - 2 W x))`` with one ``exp`` per connection of those pairs only
   (:func:`_flip_dense_logistic_saturated`), except the *inert* ones (:func:`active_saturated`), whose
@@ -55,6 +73,8 @@ Four forms:
 Kernels take preallocated outputs and never draw random numbers. (About 730 lines: the three forms share the
 checks, the saturated-unit split and the host routing kept here; the lane helpers live in :mod:`.lanes`.)
 """
+import math
+
 import numba
 import numpy as np
 from numba import prange
@@ -63,15 +83,26 @@ from ..runtime import kernel_threads
 from . import lanes, probit, workspace
 from .float32_exp import exp_in_place
 from .probit import normal_cdf, normal_cdf_array
+from .ratio_pair import fma
 from .scalar import FLIP_FORMS, FORM_DTYPES, KERNEL_FAMILIES, TRIANGULAR, bounded_cdf_diff, cdf_diff, flip_forms
 from .transpose import blocked_transpose, clipped_double_transpose
 
 # Ratio form (CPU and numba.cuda kernels): pre-activation limit A and weight-exponent clip C per dtype,
 # A + C below log(max float) (88.72 / 709.78), so e^{-a} e^{2xw} never overflows. Clipping 2xw to [-C, C] changes a term
 # 1/(1 + e^{-a + 2xw}) by less than e^{-(C - A)} (both values are then within e^{-(C-A)} of 0 or of 1):
-# e^-28 = 7e-13 in float32 (far below its eps 1.2e-7), e^-100 in float64. Units with |a| > A are summed
-# directly (split_saturated, then the *_logistic_saturated kernels).
-RATIO_LIMITS = {np.dtype(np.float32): (30.0, 58.0), np.dtype(np.float64): (300.0, 400.0)}
+# e^-20 = 2e-9 in float32 (0.035 of its unit roundoff 2^-24), e^-100 in float64. Units with |a| > A are summed
+# directly (split_saturated, then the *_logistic_saturated kernels). The CPU dense kernel's pairs multiply two
+# denominators c + k, each within (e^-A, e^C + e^A]: with C = 50 (float32) their product spans 2^-86.6 .. 2^144.3, which
+# RATIO_SCALE moves inside the float range (module docstring).
+RATIO_LIMITS = {np.dtype(np.float32): (30.0, 50.0), np.dtype(np.float64): (300.0, 400.0)}
+
+# The dense ratio kernel's factors c = e^{+-a} and k = e^{2W} are multiplied by RATIO_SCALE (a power of two: exact),
+# so that a pair's denominator (c + k)(c' + k') lies in 2^-114.6 .. 2^116.4 (float32) or 2^-1009.6 .. 2^1010.2
+# (float64), some 11 bits inside the normal range at both ends. Each example's g is scaled by 2^{-E_b} < 1 / max|g|,
+# E_b within +-RATIO_GRAD_EXPONENT (so that 2^{-E_b} is a normal float), which bounds the numerators the same way.
+RATIO_SCALE = {np.dtype(np.float32): 2.0 ** -14, np.dtype(np.float64): 2.0 ** -72}
+RATIO_GRAD_EXPONENT = {np.dtype(np.float32): 125, np.dtype(np.float64): 1021}
+PAIR_LANES = lanes.LANES // 2  # the dense ratio kernel pairs output units j0 + l and j0 + l + PAIR_LANES
 
 
 EXP_ARG_LIMIT = {np.dtype(np.float32): 80.0, np.dtype(np.float64): 700.0}  # exp(+-limit) is finite
@@ -180,37 +211,58 @@ _LANE_FASTMATH = {"nnan", "ninf", "nsz", "arcp", "contract"}
 
 
 @numba.njit(inline="always")
-def ratio_lanes4(s0, s1, s2, s3, c_row, h_row, k0, k1, k2, k3, n_full):
-    """The ratio kernel's inner loop: four rows of ``k`` against each load of the per-unit factors.
+def ratio_pairs4(s0, s1, s2, s3, c_row, h_row, k0, k1, k2, k3, n_full):
+    """The ratio kernel's inner loop: four rows of ``k`` against each load of the per-unit factors, two output units
+    per division.
 
-    Lane ``l`` of ``s_r`` adds ``h[j] / (c[j] + k_r[j])`` for ``j = l, l + LANES, ... < n_full``, in that order
-    (:mod:`sbnnumba.kernels.lanes`). Compiled into its callers (``bench/psa_dense.py`` times it alone).
+    Lane ``l < PAIR_LANES`` of ``s_r`` adds, for ``j = j0 + l`` and ``j' = j + PAIR_LANES`` over the lane blocks
+    ``j0 = 0, LANES, ... < n_full`` in that order (:mod:`sbnnumba.kernels.lanes`), the pair
+    ``h[j] / D + h[j'] / D' = fma(h[j], D', h[j'] D) / (D D')`` with ``D = c[j] + k_r[j]``, ``D' = c[j'] + k_r[j']``
+    (:func:`ratio_pair_value`); lanes ``l >= PAIR_LANES`` stay 0. Compiled into its callers (``bench/psa_dense.py``
+    times it alone).
 
     Parameters
     ----------
     s0, s1, s2, s3 : lane arrays (LANES,)
         Accumulators (:func:`sbnnumba.kernels.lanes.zeros`), updated.
     c_row, h_row : ndarray (N_out,)
-        ``e^{+-a}`` and ``g e^{+-a}`` of one example.
+        ``s e^{+-a}`` and ``s 2^{-E} g e^{+-a}`` of one example (:func:`_ratio_units`).
     k0, k1, k2, k3 : ndarray (N_out,)
-        Rows of ``k = e^{2 W^T}``.
+        Rows of ``k = s e^{2 W^T}``.
     n_full : int
         ``N_out`` rounded down to whole lane blocks.
     """
     for j0 in range(0, n_full, lanes.LANES):
-        for lane in range(lanes.LANES):
+        for lane in range(PAIR_LANES):
             j = np.uint64(j0 + lane)  # unsigned: no negative-index test, so the lane loads stay contiguous
-            c_j = c_row[j]
-            h_j = h_row[j]
-            s0[lane] += h_j / (c_j + k0[j])
-            s1[lane] += h_j / (c_j + k1[j])
-            s2[lane] += h_j / (c_j + k2[j])
-            s3[lane] += h_j / (c_j + k3[j])
+            jj = np.uint64(j0 + lane + PAIR_LANES)
+            c_j, h_j, c_jj, h_jj = c_row[j], h_row[j], c_row[jj], h_row[jj]
+            s0[lane] += ratio_pair_value(h_j, c_j + k0[j], h_jj, c_jj + k0[jj])
+            s1[lane] += ratio_pair_value(h_j, c_j + k1[j], h_jj, c_jj + k1[jj])
+            s2[lane] += ratio_pair_value(h_j, c_j + k2[j], h_jj, c_jj + k2[jj])
+            s3[lane] += ratio_pair_value(h_j, c_j + k3[j], h_jj, c_jj + k3[jj])
+
+
+@numba.njit(inline="always")
+def ratio_pairs1(acc, c_row, h_row, k_row, n_full):
+    # ratio_pairs4 for one row of k (the last, partial block of a group): the same pairs in the same lanes and order
+    for j0 in range(0, n_full, lanes.LANES):
+        for lane in range(PAIR_LANES):
+            j = np.uint64(j0 + lane)
+            jj = np.uint64(j0 + lane + PAIR_LANES)
+            acc[lane] += ratio_pair_value(h_row[j], c_row[j] + k_row[j], h_row[jj], c_row[jj] + k_row[jj])
+
+
+@numba.njit(inline="always")
+def ratio_pair_value(h0, d0, h1, d1):
+    """``h0 / d0 + h1 / d1`` as ``fma(h0, d1, h1 d0) / (d0 d1)``: one division for two terms (module docstring:
+    the scaled factors keep ``d0 d1`` and the numerator in the float range)."""
+    return fma(h0, d1, h1 * d0) / (d0 * d1)
 
 
 @numba.njit(inline="always")
 def _lane_row_sum(acc, c_row, h_row, k_row, n_full, n_out):
-    # sum_j h / (c + k): the lanes (over j < n_full) in their fixed tree order, then the remaining j in order
+    # sum_j h / (c + k): the lanes (pairs over j < n_full) in their fixed tree order, then the remaining j in order
     s = lanes.total(acc)
     for j in range(n_full, n_out):
         s += h_row[j] / (c_row[j] + k_row[j])
@@ -218,24 +270,25 @@ def _lane_row_sum(acc, c_row, h_row, k_row, n_full, n_out):
 
 
 @numba.njit(parallel=True, fastmath=_LANE_FASTMATH, cache=True)
-def _flip_dense_ratio(order, n_pos, chunk, c_pos, h_pos, c_neg, h_neg, k, base_pos, base_neg, one, d_in):
-    # order, n_pos: from _sign_order with the same chunk; k (N_in, N_out) = e^{2 W^T}; per unit (B, N_out),
-    # with g = x_out d_out, c_pos = e^{+a}, h_pos = g e^{+a}, c_neg = e^{-a}, h_neg = g e^{-a};
+def _flip_dense_ratio(order, n_pos, chunk, c_pos, h_pos, c_neg, h_neg, k, base_pos, base_neg, unscale, one, d_in):
+    # order, n_pos: from _sign_order with the same chunk; k (N_in, N_out) = s e^{2 W^T}; per unit (B, N_out),
+    # with g = x_out d_out and the scales s = RATIO_SCALE, 2^{-E_b} = 1 / unscale[b] (_ratio_units):
+    # c_pos = s e^{+a}, h_pos = s 2^{-E_b} g e^{+a}, c_neg = s e^{-a}, h_neg = s 2^{-E_b} g e^{-a};
     # base_pos = sum_j g sigma(a), base_neg = -sum_j g sigma(-a) (B,);
     # one: scalar 1 of the working dtype (keeps float32 arithmetic in float32).
-    #   x = +1:  d_in = base_pos - sum_j g / (1 + e^{-a} k) = base_pos - sum_j h_pos / (c_pos + k)
-    #   x = -1:  d_in = base_neg + sum_j g / (1 + e^{+a} k) = base_neg + sum_j h_neg / (c_neg + k)
-    # (as 1/(1 + e^{-a}/k) = 1 - 1/(1 + e^{+a} k)), so only e^{2W} is needed (no e^{-2W}, no divisions to
-    # form it).
+    #   x = +1:  d_in = base_pos - 2^{E_b} sum_j h_pos / (c_pos + k)
+    #   x = -1:  d_in = base_neg + 2^{E_b} sum_j h_neg / (c_neg + k)
+    # (as 1/(1 + e^{-a}/k) = 1 - 1/(1 + e^{+a} k); the scales cancel in each quotient), so only e^{2W} is needed (no
+    # e^{-2W}, no divisions to form it).
     # A task handles up to 4 input units of one example, one chunk and one sign, so that every load of
-    # c[b, j] and h[b, j] feeds 4 connections; the units of one sign in a chunk fill ceil(n / 4) blocks, hence at
+    # c[b, j] and h[b, j] feeds 4 rows; the units of one sign in a chunk fill ceil(n / 4) blocks, hence at
     # most chunk / 4 + 2 tasks per example and chunk. Tasks run chunk by chunk (prange hands each thread a
     # contiguous range), so the k rows of a chunk are read from L2 by every example instead of streaming the whole
     # k from L3 once per example (10-15 % of the kernel's time at 1024x1024).
-    # Every sum over j has a fixed order: lane l of a row adds the terms j = l, l + 32, l + 64, ... in turn, then the
-    # lanes are added in a fixed tree and the last n_out mod 32 terms one by one (sbnnumba/kernels/lanes.py), so its
-    # float bits do not depend on whether the kernel was compiled in this process or loaded from Numba's cache. The
-    # lane index is unsigned: no negative-index test, so the lane loads stay contiguous.
+    # Every sum over j has a fixed order: lane l of a row adds the pairs (j0 + l, j0 + l + 16) of the lane blocks j0 =
+    # 0, 32, 64, ... in turn, then the lanes are added in a fixed tree and the last n_out mod 32 terms one by one
+    # (sbnnumba/kernels/lanes.py), so its float bits do not depend on whether the kernel was compiled in this process
+    # or loaded from Numba's cache, nor on whether a row ran in a block of 4 or alone.
     n_batch, n_in = order.shape
     n_out = c_pos.shape[1]
     n_full = n_out // lanes.LANES * lanes.LANES
@@ -245,11 +298,12 @@ def _flip_dense_ratio(order, n_pos, chunk, c_pos, h_pos, c_neg, h_neg, k, base_p
         if i0 >= i1:
             continue
         c_row, h_row, base, sign = _ratio_side(b, positive, c_pos, h_pos, c_neg, h_neg, base_pos, base_neg, one)
+        sign = sign * unscale[b]  # +-2^{E_b}: exact
         if i1 - i0 == _ROWS:  # 4 rows of k share each load of c and h
             u0, u1, u2, u3 = order[b, i0], order[b, i0 + 1], order[b, i0 + 2], order[b, i0 + 3]
             k0, k1, k2, k3 = k[u0], k[u1], k[u2], k[u3]
             s0, s1, s2, s3 = lanes.zeros(one), lanes.zeros(one), lanes.zeros(one), lanes.zeros(one)
-            ratio_lanes4(s0, s1, s2, s3, c_row, h_row, k0, k1, k2, k3, n_full)
+            ratio_pairs4(s0, s1, s2, s3, c_row, h_row, k0, k1, k2, k3, n_full)
             d_in[b, u0] = base - sign * _lane_row_sum(s0, c_row, h_row, k0, n_full, n_out)
             d_in[b, u1] = base - sign * _lane_row_sum(s1, c_row, h_row, k1, n_full, n_out)
             d_in[b, u2] = base - sign * _lane_row_sum(s2, c_row, h_row, k2, n_full, n_out)
@@ -259,10 +313,7 @@ def _flip_dense_ratio(order, n_pos, chunk, c_pos, h_pos, c_neg, h_neg, k, base_p
                 u = order[b, t]
                 k_row = k[u]
                 acc = lanes.zeros(one)
-                for j0 in range(0, n_full, lanes.LANES):
-                    for lane in range(lanes.LANES):
-                        j = np.uint64(j0 + lane)
-                        acc[lane] += h_row[j] / (c_row[j] + k_row[j])
+                ratio_pairs1(acc, c_row, h_row, k_row, n_full)
                 d_in[b, u] = base - sign * _lane_row_sum(acc, c_row, h_row, k_row, n_full, n_out)
 
 
@@ -365,18 +416,23 @@ _SAFE_FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}  # fastmath witho
 
 
 @numba.njit(parallel=True, fastmath=_SAFE_FASTMATH, cache=True)
-def _ratio_units(a, x_out, d_out, lim, one, c_pos, h_pos, c_neg, h_neg, base_pos, base_neg):
+def _ratio_units(a, x_out, d_out, lim, one, scale, max_exponent, c_pos, h_pos, c_neg, h_neg, base_pos, base_neg,
+                 unscale):
     # Per-unit factors of the ratio kernel, in one pass. On entry c_pos = e^{clip(a, -lim, lim)}; on exit,
-    # with g = x_out d_out set to 0 where |a| > lim (those units are summed by the saturated kernel):
-    #   h_pos = g c_pos, c_neg = 1 / c_pos, h_neg = g c_neg,
+    # with g = x_out d_out set to 0 where |a| > lim (those units are summed by the saturated kernel), s = scale and
+    # E_b = the exponent of max_j |g[b, j]| (max|g| < 2^{E_b}), clipped to +-max_exponent:
+    #   c_pos = s c, h_pos = 2^{-E_b} s (g c), c_neg = s (1 / c), h_neg = 2^{-E_b} s (g / c), unscale = 2^{E_b},
     #   base_pos = sum_j g sigma(a) = sum_j g c / (1 + c),  base_neg = -sum_j g sigma(-a) = -sum_j g / (1 + c)
-    # (no cancellation in either). Returns the number of saturated units.
+    # (no cancellation in either; from the unscaled g and c). Scalings by powers of two are exact (while the products
+    # stay normal), so each scaled factor is the unscaled one's bits times 2^{-E_b} s. Returns the number of saturated
+    # units.
     n_batch, n_out = a.shape
     zero = one - one
     n_sat = 0
     for b in prange(n_batch):
         s_pos = zero
         s_neg = zero
+        g_max = zero
         for j in range(n_out):
             saturated = abs(a[b, j]) > lim
             g = zero if saturated else x_out[b, j] * d_out[b, j]
@@ -391,6 +447,19 @@ def _ratio_units(a, x_out, d_out, lim, one, c_pos, h_pos, c_neg, h_neg, base_pos
             n_sat += saturated
         base_pos[b] = s_pos
         base_neg[b] = -s_neg
+        # the scalings after the sums, in loops of their own: the sums' loop stays as it was (its reassociated
+        # order, hence its bits), and every scaled value is the unscaled one times a power of two
+        for j in range(n_out):
+            if abs(a[b, j]) <= lim:
+                g_max = max(g_max, abs(x_out[b, j] * d_out[b, j]))
+        exponent = min(max(math.frexp(g_max)[1], -max_exponent), max_exponent)  # g_max < 2^exponent (0 for 0)
+        unscale[b] = math.ldexp(one, exponent)
+        down = math.ldexp(one, -exponent) * scale
+        for j in range(n_out):
+            c_pos[b, j] *= scale
+            c_neg[b, j] *= scale
+            h_pos[b, j] *= down
+            h_neg[b, j] *= down
     return n_sat
 
 
@@ -685,12 +754,13 @@ def _flip_propagate_dense(x_in, a, x_out, weight, d_out, noise_code, form):
         c_pos = np.clip(a, -lim_a, lim_a)
         exp_in_place(c_pos)  # e^{+-a} of |a| <= A: g e^{+-a} and c + k stay normal
         h_pos, c_neg, h_neg = np.empty_like(a), np.empty_like(a), np.empty_like(a)
-        base_pos, base_neg = np.empty(a.shape[0], dtype), np.empty(a.shape[0], dtype)
+        base_pos, base_neg, unscale = (np.empty(a.shape[0], dtype) for _ in range(3))
         with kernel_threads(a.size, "elementwise"):
-            n_saturated = _ratio_units(a, x_out, d_out, dtype.type(lim_a), dtype.type(1), c_pos, h_pos, c_neg, h_neg,
-                                       base_pos, base_neg)
+            n_saturated = _ratio_units(a, x_out, d_out, dtype.type(lim_a), dtype.type(1),
+                                       dtype.type(RATIO_SCALE[dtype]), RATIO_GRAD_EXPONENT[dtype], c_pos, h_pos, c_neg,
+                                       h_neg, base_pos, base_neg, unscale)
         if n_saturated < a.size:
-            _ratio_sums(x_in, weight, clip, (c_pos, h_pos, c_neg, h_neg, base_pos, base_neg), d_in)
+            _ratio_sums(x_in, weight, clip, (c_pos, h_pos, c_neg, h_neg, base_pos, base_neg, unscale), d_in)
         else:  # every unit saturated: nothing for the ratio form
             d_in[...] = 0
         active = active_saturated(a, weight) if n_saturated else None
@@ -725,7 +795,7 @@ def _transposed_scratch(name, weight_shape, dtype):
 def _ratio_sums(x_in, weight, clip, units, d_in):
     """The ratio form's sums into ``d_in``: ``k = e^{clip(2 W^T)}``, the sign order, then the kernel.
 
-    ``units`` are :func:`_ratio_units`' ``(c_pos, h_pos, c_neg, h_neg, base_pos, base_neg)``. The preparation
+    ``units`` are :func:`_ratio_units`' ``(c_pos, h_pos, c_neg, h_neg, base_pos, base_neg, unscale)``. The preparation
     passes take threads by their own size (the rule of :mod:`sbnnumba.runtime`: a transpose of 2^20 entries and
     a sign order of 2^17 are single-threaded copies), the kernel by the connections (the caller's count).
     """
@@ -735,7 +805,7 @@ def _ratio_sums(x_in, weight, clip, units, d_in):
     with kernel_threads(weight.size, "transpose"):
         clipped_double_transpose(weight, dtype.type(clip), k)  # 8x8 blocks transposed in vector registers
     k[:, n_out:] = 0  # the rows' padding: finite for the exp over the whole buffer, never read by the kernel
-    exp_in_place(k)
+    exp_in_place(k, scale=RATIO_SCALE[dtype])  # s e^{2 W^T}
     chunk = _chunk_units(n_in, n_out, dtype.itemsize)
     order = np.empty(x_in.shape, dtype=np.int64)
     n_pos = np.empty((x_in.shape[0], -(-n_in // chunk)), dtype=np.int64)

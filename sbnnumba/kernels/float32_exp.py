@@ -9,6 +9,8 @@ bits on every CPU: IEEE arithmetic only, no ``fastmath`` that reorders or contra
 checks the bound of :func:`exp_f32` on every 29th float32 in [-87, 87]. :func:`log_f32` and :func:`artanh_series`
 serve the float32 unit entropy (:mod:`sbnnumba.kernels.entropy`).
 """
+import math
+
 import numba
 import numpy as np
 from numba import prange, types
@@ -170,23 +172,41 @@ def _exp_f32_in_place(v):
         v[i] = exp_f32_saturating(v[i])
 
 
-def exp_in_place(v):
-    """``v <- e^v`` for the ratio form's factors: float32 by :func:`exp_f32` in one parallel pass (within a relative
-    2e-7 of ``e^v``), float64 by NumPy's ``exp`` over blocks (:func:`sbnnumba.runtime.blockwise`).
+@numba.njit(parallel=True, error_model="numpy", cache=True)
+def _scaled_exp_f32_in_place(v, scale):
+    # _exp_f32_in_place times a power of two (exact where the product is normal), in the same pass
+    for i in prange(v.size):
+        v[i] = exp_f32_saturating(v[i]) * scale
+
+
+def exp_in_place(v, scale=None):
+    """``v <- e^v`` (or ``scale e^v``) for the ratio form's factors: float32 by :func:`exp_f32` in one parallel pass
+    (within a relative 2e-7 of ``e^v``), float64 by NumPy's ``exp`` over blocks (:func:`sbnnumba.runtime.blockwise`).
 
     Parameters
     ----------
     v : ndarray
         C-contiguous float32 or float64; float32 entries at most 87 (the callers clip: ``|a| <= 30``,
-        ``|2W| <= 58``, :data:`sbnnumba.kernels.cpu.RATIO_LIMITS`); those below -87 (``-inf`` included) give 0, a NaN
+        ``|2W| <= 50``, :data:`sbnnumba.kernels.cpu.RATIO_LIMITS`); those below -87 (``-inf`` included) give 0, a NaN
         stays NaN.
+    scale : float or None
+        A power of two multiplying every result in the same pass (exact where the product stays normal: the dense
+        ratio kernel's ``k = s e^{2 W^T}``, :data:`sbnnumba.kernels.cpu.RATIO_SCALE`); None for ``e^v`` itself.
 
     Returns
     -------
     None
     """
+    if scale is not None and math.frexp(scale)[0] != 0.5:
+        raise ValueError(f"scale: expected a power of two (an exact product), got {scale!r}")
     if v.dtype == np.float32:
+        flat = v.reshape(-1)
         with kernel_threads(v.size, "elementwise"):  # the per-call thread rule of sbnnumba.runtime
-            _exp_f32_in_place(v.reshape(-1))
-    else:
+            if scale is None:
+                _exp_f32_in_place(flat)
+            else:
+                _scaled_exp_f32_in_place(flat, np.float32(scale))
+    elif scale is None:
         blockwise(lambda part: np.exp(part, out=part), v)
+    else:
+        blockwise(lambda part: np.multiply(np.exp(part, out=part), scale, out=part), v)
