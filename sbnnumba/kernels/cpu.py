@@ -34,8 +34,8 @@ Four forms:
   **Two output units per division**: the lanes add the terms of units ``j`` and ``j' = j + 16`` as one,
   ``h/D + h'/D' = fma(h, D', h' D) / (D D')`` (:func:`ratio_pair_value`; the rule of
   :mod:`sbnnumba.kernels.ratio_pair`, in this form's variables): per pair of connections two adds, three products or
-  FMAs and one division (a reciprocal estimate and a Newton step, ``arcp``) instead of two, about 1.05-1.08x the
-  whole call (run log of 2026-12-07, session 29). ``D D'`` must stay in the float range: ``c`` lies in
+  FMAs and one division (a reciprocal estimate and a Newton step, ``arcp``) instead of two (its measured gain: run
+  log of 2026-12-07, session 29). ``D D'`` must stay in the float range: ``c`` lies in
   ``[e^{-A}, e^{A}]`` and ``k`` in ``[e^{-C}, e^{C}]`` (:func:`ratio_limits`), so ``D D'`` spans
   ``2^{-86.6} .. 2^{144.3}`` in float32; ``c``, ``k`` and ``h`` are multiplied by :data:`RATIO_SCALE` (``2^-14``,
   float64 ``2^-72``), which moves it to ``2^{-114.6} .. 2^{116.4}``, and each example's ``h`` by ``2^{-E_b}``
