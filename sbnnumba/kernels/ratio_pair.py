@@ -10,7 +10,9 @@ share one division:
     \frac{g}{D} + \frac{g'}{D'} = \frac{g D' + g' D}{D D'}, \qquad D = \min(1 + e K, \mathrm{BIG}),
 
 one division and four multiply-adds for two connections instead of two divisions (the numba.cuda kernels,
-:mod:`sbnnumba.backends.cuda.dense_flip`, pair their output units the same way). :data:`RATIO_CLAMP` keeps
+:mod:`sbnnumba.backends.cuda.dense_flip`, pair their output units the same way; the CPU dense kernel,
+:func:`sbnnumba.kernels.cpu.ratio_pair_value`, pairs its terms ``h / (c + k)`` by the same formula, with exact
+power-of-two scales of its factors in place of the clamp). :data:`RATIO_CLAMP` keeps
 ``D D'`` finite: a clamped term ``g / (1 + e K) < |g| / BIG`` moves by less than ``|g| / BIG`` (``2^-40`` in
 float32, ``2^-200`` in float64; ``1 + e K`` reaches ``e^{A + C}``, :data:`sbnnumba.kernels.cpu.RATIO_LIMITS`).
 An odd last output unit pairs with the neutral ``(g', D') = (0, 1)``: its term is then ``g / D``.
