@@ -298,6 +298,13 @@ def test_exp_in_place_for_the_ratio_factors():
     y = x.astype(np.float64)
     exp_in_place(y)
     np.testing.assert_array_equal(y, np.exp(x.astype(np.float64)))
+    # scaled by a power of two (the dense ratio kernel's k = s e^{2W}): the same values times the scale, exactly
+    for dtype, unscaled in ((np.float32, v), (np.float64, y)):
+        z = x.astype(dtype)
+        exp_in_place(z, scale=2.0 ** -14)
+        np.testing.assert_array_equal(z, unscaled * dtype(2.0 ** -14))
+    with pytest.raises(ValueError, match="power of two"):
+        exp_in_place(x.copy(), scale=3.0)
 
 
 @pytest.mark.parametrize("threads", [1, 2])

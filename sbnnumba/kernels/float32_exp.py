@@ -166,15 +166,9 @@ def exp_f32_saturating(x):
 
 
 @numba.njit(parallel=True, error_model="numpy", cache=True)
-def _exp_f32_in_place(v):
+def _exp_f32_in_place(v, scale):
     # No fastmath: "contract" (FMA) would give other bits on CPUs without it, "reassoc" undoes the split of ln 2.
-    for i in prange(v.size):
-        v[i] = exp_f32_saturating(v[i])
-
-
-@numba.njit(parallel=True, error_model="numpy", cache=True)
-def _scaled_exp_f32_in_place(v, scale):
-    # _exp_f32_in_place times a power of two (exact where the product is normal), in the same pass
+    # scale: a power of two, so the product is exact where it stays normal (1: e^v itself, bit for bit).
     for i in prange(v.size):
         v[i] = exp_f32_saturating(v[i]) * scale
 
@@ -200,12 +194,8 @@ def exp_in_place(v, scale=None):
     if scale is not None and math.frexp(scale)[0] != 0.5:
         raise ValueError(f"scale: expected a power of two (an exact product), got {scale!r}")
     if v.dtype == np.float32:
-        flat = v.reshape(-1)
         with kernel_threads(v.size, "elementwise"):  # the per-call thread rule of sbnnumba.runtime
-            if scale is None:
-                _exp_f32_in_place(flat)
-            else:
-                _scaled_exp_f32_in_place(flat, np.float32(scale))
+            _exp_f32_in_place(v.reshape(-1), np.float32(1 if scale is None else scale))
     elif scale is None:
         blockwise(lambda part: np.exp(part, out=part), v)
     else:
