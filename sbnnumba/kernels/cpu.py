@@ -84,7 +84,16 @@ from . import lanes, probit, workspace
 from .float32_exp import exp_in_place
 from .probit import normal_cdf, normal_cdf_array
 from .ratio_pair import fma
-from .scalar import FLIP_FORMS, FORM_DTYPES, KERNEL_FAMILIES, TRIANGULAR, bounded_cdf_diff, cdf_diff, flip_forms
+from .scalar import (
+    FLIP_FORMS,
+    FORM_DTYPES,
+    KERNEL_FAMILIES,
+    TRIANGULAR,
+    bounded_cdf_diff,
+    cdf_diff,
+    dtype_name,
+    flip_forms,
+)
 from .transpose import blocked_transpose, clipped_double_transpose
 
 # Ratio form (CPU and numba.cuda kernels): pre-activation limit A and weight-exponent clip C per dtype,
@@ -550,16 +559,16 @@ def choose_form(form, noise_code, dtype):
     if form not in FORMS:
         raise ValueError(f"form: expected one of {FORMS}, got {form!r}")
     forms = flip_forms(noise_code)
-    dtype_name = np.dtype(dtype).name
+    name_of_dtype = dtype_name(dtype)
     if form == "auto":
-        return next(name for name in forms if dtype_name in FORM_DTYPES.get(name, (dtype_name,)))
+        return next(name for name in forms if name_of_dtype in FORM_DTYPES.get(name, (name_of_dtype,)))
     if form not in forms:
         holds = [name for name, admitted in FLIP_FORMS.items() if form in admitted]
         raise ValueError(f"form: the {form} form does not hold for {KERNEL_FAMILIES[noise_code]} noise (it holds "
                          f"for {', '.join(holds)}); expected one of {forms}")
-    if dtype_name not in FORM_DTYPES.get(form, (dtype_name,)):
-        raise ValueError(f"form: the {form} form admits {', '.join(FORM_DTYPES[form])} only, got a {dtype_name} call "
-                         f"(use form='generic' or 'auto')")
+    if name_of_dtype not in FORM_DTYPES.get(form, (name_of_dtype,)):
+        raise ValueError(f"form: the {form} form admits {', '.join(FORM_DTYPES[form])} only, got a {name_of_dtype} "
+                         f"call (use form='generic' or 'auto')")
     return form
 
 

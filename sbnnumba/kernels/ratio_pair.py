@@ -43,6 +43,8 @@ import numpy as np
 from llvmlite import ir
 from numba.extending import intrinsic
 
+from .scalar import dtype_name
+
 # Clamp of the ratio form's denominators (module docstring; CPU kernels and the numba.cuda kernels alike):
 # BIG^2 is below the float range, and a clamped term moves by less than |g| / BIG.
 RATIO_CLAMP = {"float32": 2.0 ** 40, "float64": 2.0 ** 200}
@@ -65,8 +67,7 @@ def clamp(dtype):
     numpy scalar of ``dtype``
         :data:`RATIO_CLAMP` for that dtype (``2^40`` or ``2^200``).
     """
-    dtype = np.dtype(dtype)
-    return dtype.type(RATIO_CLAMP[dtype.name])
+    return np.dtype(dtype).type(RATIO_CLAMP[dtype_name(dtype)])
 
 
 @intrinsic

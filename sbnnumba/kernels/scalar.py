@@ -23,8 +23,10 @@ entry in :data:`KERNEL_FAMILIES` and :data:`FLIP_FORMS`, one branch in :func:`cd
 :func:`pdf`; its :class:`~sbnnumba.noise.NoiseFamily` class then gets its ``code`` from here
 (``tests/test_noise.py`` checks every registered family's twins against its NumPy methods).
 """
+import functools
 import math
 
+import numpy as np
 from numba.extending import register_jitable
 
 #: The noise families with jitable twins, in kernel-code order: a family's code is its index.
@@ -41,6 +43,26 @@ FLIP_FORMS = {"logistic": ("ratio", "generic"), "normal": ("probit", "generic"),
 #: form -> the dtypes it admits (a form not listed admits float32 and float64): the probit form's CDF is accurate to
 #: float32 only, so float64 calls take the generic form.
 FORM_DTYPES = {"probit": ("float32",)}
+
+
+@functools.lru_cache(maxsize=None)
+def dtype_name(dtype):
+    """``np.dtype(dtype).name``, remembered per argument.
+
+    NumPy builds a dtype's name in Python on every access (about 3 us, and tens of microseconds when the interpreter's
+    code has left the caches, as after a large kernel); each flip propagation looks it up for its form and its clamp.
+
+    Parameters
+    ----------
+    dtype : numpy dtype, type or str
+        Anything :class:`numpy.dtype` accepts (hashable).
+
+    Returns
+    -------
+    str
+        E.g. "float32".
+    """
+    return np.dtype(dtype).name
 
 
 def check_code(code):
