@@ -70,6 +70,18 @@ def test_numba_bounded_equals_reference(noise_name, dtype, tol, shape, scale):
         np.testing.assert_allclose(got, ref, atol=tol * max(1, np.abs(ref).max()), err_msg=form)
 
 
+def test_dtype_name_is_numpys_for_every_spelling():
+    """The cached name (kernels.scalar.dtype_name) equals NumPy's for types, dtypes and strings, and does not mix them
+    up once cached; the call paths that use it give the dtype-dependent answers (choose_form, ratio_pair.clamp)."""
+    from sbnnumba.kernels import ratio_pair, scalar
+
+    for spelling in (np.float32, np.float64, np.dtype("float32"), np.dtype(np.float64), "float32", "f8", np.int8):
+        for _ in range(2):
+            assert scalar.dtype_name(spelling) == np.dtype(spelling).name
+    assert ratio_pair.clamp(np.float32) == np.float32(2.0 ** 40) and ratio_pair.clamp(np.float32).dtype == np.float32
+    assert ratio_pair.clamp(np.dtype("float64")) == 2.0 ** 200
+
+
 def test_choose_form():
     codes = {name: get_noise(name).code for name in ("logistic", "normal", "uniform", "triangular")}
     f32, f64 = np.float32, np.float64
