@@ -424,6 +424,13 @@ def probit_tails(v):
 _SAFE_FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}  # fastmath without assuming finite inputs
 
 
+@numba.njit(inline="always")
+def _ratio_g(a, x_out, d_out, lim, zero):
+    # A unit's g = x_out d_out in the ratio sums (0 where |a| > lim: summed directly instead), and whether it is
+    # saturated
+    return (zero, True) if abs(a) > lim else (x_out * d_out, False)
+
+
 @numba.njit(parallel=True, fastmath=_SAFE_FASTMATH, cache=True)
 def _ratio_units(a, x_out, d_out, lim, one, scale, max_exponent, c_pos, h_pos, c_neg, h_neg, base_pos, base_neg,
                  unscale):
@@ -443,16 +450,14 @@ def _ratio_units(a, x_out, d_out, lim, one, scale, max_exponent, c_pos, h_pos, c
     for b in prange(n_batch):
         g_max = zero
         for j in range(n_out):
-            if abs(a[b, j]) <= lim:
-                g_max = max(g_max, abs(x_out[b, j] * d_out[b, j]))
+            g_max = max(g_max, abs(_ratio_g(a[b, j], x_out[b, j], d_out[b, j], lim, zero)[0]))
         exponent = min(max(math.frexp(g_max)[1], -max_exponent), max_exponent)  # g_max < 2^exponent (0 for 0)
         unscale[b] = math.ldexp(one, exponent)
         down = math.ldexp(one, -exponent) * scale
         s_pos = zero
         s_neg = zero
         for j in range(n_out):
-            saturated = abs(a[b, j]) > lim
-            g = zero if saturated else x_out[b, j] * d_out[b, j]
+            g, saturated = _ratio_g(a[b, j], x_out[b, j], d_out[b, j], lim, zero)
             c = c_pos[b, j]
             sigma_neg = one / (one + c)
             inv_c = one / c
