@@ -221,8 +221,7 @@ def call_threads(work, kind, threads):
     return max(1, min(int(threads), int(work) // MIN_WORK_PER_THREAD[kind]))
 
 
-@contextlib.contextmanager
-def kernel_threads(work, kind="numba"):
+class kernel_threads:  # noqa: N801 (a context manager used as a function: ``with kernel_threads(work):``)
     """Numba kernels called within the block run on :func:`call_threads` ``(work, kind, T)`` threads, ``T``
     the calling thread's current count (restored on exit; Numba's setting is per thread, so this is cheap
     and affects no other thread), or on one thread when the call is below ``PRANGE_ALONE_MAX_SHARES[kind]``
@@ -240,28 +239,40 @@ def kernel_threads(work, kind="numba"):
     kind : {"numba", "elementwise", "update", "copy"}
         Key of :data:`MIN_WORK_PER_THREAD`.
 
-    Yields
-    ------
-    None
+    Notes
+    -----
+    A class rather than a generator-based context manager: a flip propagation enters four of them, and each
+    generator's frame and wrapper cost about 1 us more per use (most of the call's fixed cost on the 1x1 stages).
     """
-    import numba
 
-    if numba.config.DISABLE_JIT:  # kernels run as Python; reading the count would start the thread pool
-        yield
-        return
-    before = numba.get_num_threads()
-    # a static split waits for the late thread's whole share: while the block pool finds its helpers woken on the
-    # calling thread's core (one core busy elsewhere), a call below PRANGE_ALONE_MAX_SHARES w_min runs alone
-    wanted = 1 if _one_call(work, kind, before, PRANGE_ALONE_MAX_SHARES.get(kind, 0)) else \
-        call_threads(work, kind, before)
-    if wanted == before:
-        yield
-        return
-    numba.set_num_threads(wanted)
-    try:
-        yield
-    finally:
-        numba.set_num_threads(before)
+    __slots__ = ("_work", "_kind", "_before")
+
+    def __init__(self, work, kind="numba"):
+        self._work, self._kind, self._before = work, kind, None
+
+    def __enter__(self):
+        import numba
+
+        if numba.config.DISABLE_JIT:  # kernels run as Python; reading the count would start the thread pool
+            return None
+        before = numba.get_num_threads()
+        # a static split waits for the late thread's whole share: while the block pool finds its helpers woken on the
+        # calling thread's core (one core busy elsewhere), a call below PRANGE_ALONE_MAX_SHARES w_min runs alone
+        work, kind = self._work, self._kind
+        wanted = 1 if _one_call(work, kind, before, PRANGE_ALONE_MAX_SHARES.get(kind, 0)) else \
+            call_threads(work, kind, before)
+        if wanted != before:
+            numba.set_num_threads(wanted)
+            self._before = before
+        return None
+
+    def __exit__(self, *exc_info):
+        if self._before is not None:
+            import numba
+
+            numba.set_num_threads(self._before)
+            self._before = None
+        return False
 
 
 #: A call of less than ``ALONE_MAX_SHARES * w_min`` work (:data:`MIN_WORK_PER_THREAD`; a few ms on one core) is

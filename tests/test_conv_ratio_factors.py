@@ -58,6 +58,48 @@ def test_ratio_factors_are_numpy_values_in_the_kernel_layout(cfg, dtype, layout)
 
 
 @pytest.mark.parametrize("cfg", CASES)
+@pytest.mark.parametrize("taps_inner", [False, True])
+def test_ratio_factors_with_the_exp_are_exp_in_place_of_the_plain_ones(cfg, taps_inner):
+    """float32: the pass that writes -a and (2W, -2W) with their exp (exp_f32) fused gives the bytes of the plain pass
+    followed by exp_in_place over the same buffer (padding and the neutral channel included: e^0 = 1, e^-inf = 0)."""
+    a, x_out, d_out = _maps(cfg, np.float32, seed=2)
+    batch, c, ho, wo = a.shape
+    _, _, n_q, _, wq, _ = conv_layout.phase_layout(*cfg[4:])
+    n_blocks, bb = (batch, 1) if taps_inner else conv_layout.batch_blocks(batch, n_q)
+    wq = wo if taps_inner else wq
+    c_pad = c + c % 2
+    w3 = np.random.default_rng(5).normal(size=(c, 3, 5)).astype(np.float32) * 40
+    limit, clip = (np.float32(v) for v in conv_cpu.ratio_limits(np.float32))
+    n_f = n_blocks * c_pad * ho * wq * bb
+    outputs = []
+    for fused in (None, True):
+        exps = np.full(n_f + 2 * c_pad * 15, np.nan, np.float32)
+        g = np.full((n_blocks, c_pad * ho * wq * bb), np.nan, np.float32)
+        half = np.empty((batch, c * ho * wo), np.float32)
+        k_shape = (2, c_pad, 5, 3) if taps_inner else (2, c_pad, 3, 5)
+        n_unsafe = conv_cpu._ratio_factors(*(t.reshape(batch, -1) for t in (a, x_out, d_out)), limit, ho, wq, bb,
+                                           exps[:n_f].reshape(n_blocks, -1), g, half, w3, clip, taps_inner,
+                                           exps[n_f:].reshape(k_shape), fused)
+        if fused is None:
+            conv_cpu.exp_in_place(exps)
+        outputs.append((n_unsafe, exps.tobytes(), g.tobytes(), half.tobytes()))
+    assert outputs[0] == outputs[1]
+
+
+def test_flip_plan_is_computed_once_per_shape_and_checks_every_call():
+    """The shape-derived part of a conv flip call (conv_cpu.flip_plan) is cached per shape; the shape checks run
+    inside it, so a bad call raises every time (exceptions are not cached)."""
+    args = ((4, 3, 5, 5), (4, 2, 3, 3), ((4, 2, 3, 3), (4, 2, 3, 3)), (2, 3, 3, 3), (1, 1), (0, 0),
+            np.dtype(np.float32), "auto", 0, "auto")
+    plan = conv_cpu.flip_plan(*args)
+    assert conv_cpu.flip_plan(*args) is plan and plan.form == "ratio" and plan.ratio.c_pad == 2
+    bad = args[:2] + (((4, 2, 3, 3), (4, 2, 3, 4)),) + args[3:]
+    for _ in range(2):
+        with pytest.raises(ValueError, match="d_out"):
+            conv_cpu.flip_plan(*bad)
+
+
+@pytest.mark.parametrize("cfg", CASES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_all_ones_term_equals_einsum_and_the_transposed_convolution_bitwise(cfg, dtype):
     a, x_out, d_out = _maps(cfg, dtype, seed=1)

@@ -62,6 +62,7 @@ Three forms, as for dense layers (:mod:`sbnnumba.kernels.cpu`):
 
 float32 and float64 (the dtype of ``a``); outputs are preallocated, no random numbers.
 """
+import dataclasses
 import functools
 import math
 
@@ -83,7 +84,7 @@ from .cpu import (
     ratio_limits,
     split_saturated,
 )
-from .float32_exp import exp_in_place
+from .float32_exp import exp_f32_saturating, exp_in_place
 from .ratio_pair import PAIR_FASTMATH, clamp, denominator, factor, pair_term
 from .scalar import TRIANGULAR, bounded_cdf_diff, cdf_lower
 from .workspace import scratch
@@ -371,19 +372,20 @@ def _flip_conv_generic(code, sel, v_grid, f_lo_grid, f_hi_grid, s_grid, d_grid, 
         _scatter(acc, acc, False, cell_pos, i0, i1, blk * bb, bb, r, d_in)
 
 
-def _check_conv(x_in, a, x_out, weight, d_out, stride, padding):
-    if x_in.ndim != 4 or a.ndim != 4 or weight.ndim != 4:
-        raise ValueError(f"flip_propagate_conv: expected 4-d x_in, a, weight; got shapes {x_in.shape}, "
-                         f"{a.shape}, {weight.shape}")
-    n_batch, c_in, h, w = x_in.shape
-    c_out, c_in_w, kh, kw = weight.shape
+def _check_conv(x_shape, a_shape, out_shapes, w_shape, stride, padding):
+    if len(x_shape) != 4 or len(a_shape) != 4 or len(w_shape) != 4:
+        raise ValueError(f"flip_propagate_conv: expected 4-d x_in, a, weight; got shapes {x_shape}, "
+                         f"{a_shape}, {w_shape}")
+    n_batch, c_in, h, w = x_shape
+    c_out, c_in_w, kh, kw = w_shape
     (sh, sw), (ph, pw) = stride, padding
     ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
-    if c_in_w != c_in or a.shape != (n_batch, c_out, ho, wo):
-        raise ValueError(f"flip_propagate_conv: inconsistent shapes x_in {x_in.shape}, a {a.shape}, "
-                         f"weight {weight.shape} (stride {stride}, padding {padding})")
-    if x_out.shape != a.shape or d_out.shape != a.shape:
-        raise ValueError(f"flip_propagate_conv: x_out {x_out.shape} and d_out {d_out.shape} must match a {a.shape}")
+    if c_in_w != c_in or a_shape != (n_batch, c_out, ho, wo):
+        raise ValueError(f"flip_propagate_conv: inconsistent shapes x_in {x_shape}, a {a_shape}, "
+                         f"weight {w_shape} (stride {stride}, padding {padding})")
+    if out_shapes != (a_shape, a_shape):
+        raise ValueError(f"flip_propagate_conv: x_out {out_shapes[0]} and d_out {out_shapes[1]} must match a "
+                         f"{a_shape}")
 
 
 SHORT_RUN = 256  # cell-major tap loops shorter than this (entries) go channel-innermost (channel_inner)
@@ -429,6 +431,180 @@ def channel_inner(n_q, n_grid, c_in, n_batch, itemsize):
 LAYOUTS = ("auto", "cells", "channels")
 
 
+@functools.lru_cache(maxsize=256)
+def flip_plan(x_shape, a_shape, out_shapes, w_shape, stride, padding, dtype, form, noise_code, layout):
+    """What a call of :func:`flip_propagate_conv` derives from its shapes alone, cached per shape.
+
+    A training step calls every layer's flip propagation with the same shapes, and on the paper's 1x1 stages the
+    call's Python (the checks, the layout and block decisions, the buffers' shapes) took as long as a third of its
+    kernel on cold caches; here it runs once per shape. The arrays in the plan are shared between calls and must not
+    be modified.
+
+    Parameters
+    ----------
+    x_shape, a_shape : tuple of int
+        Shapes of ``x_in`` (B, C_in, H, W) and ``a`` (B, C_out, H_out, W_out).
+    out_shapes : (tuple of int, tuple of int)
+        Shapes of ``x_out`` and ``d_out`` (both must be ``a_shape``).
+    w_shape : tuple of int
+        Shape of the weight (C_out, C_in, kh, kw).
+    stride, padding : (int, int)
+    dtype : numpy dtype
+        Of ``a``: the call's working dtype.
+    form, noise_code, layout
+        As in :func:`flip_propagate_conv`; ``form`` resolved by :func:`sbnnumba.kernels.cpu.choose_form`.
+
+    Returns
+    -------
+    FlipPlan
+
+    Raises
+    ------
+    ValueError
+        For shapes that do not fit together, an unknown ``layout`` or a ``form`` that does not hold
+        (:func:`sbnnumba.kernels.cpu.choose_form`); the call's arguments are named.
+    """
+    _check_conv(x_shape, a_shape, out_shapes, w_shape, stride, padding)
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout: expected one of {LAYOUTS}, got {layout!r}")
+    form = choose_form(form, noise_code, dtype)
+    n_batch, c_in, h, w = x_shape
+    c_out, _, kh, kw = w_shape
+    in_index, tap_off, n_q, n_grid, wq, cell_pos = geometry((h, w), (kh, kw), stride, padding)
+    channels = form not in ("generic", "probit") and (layout == "channels" or (
+        layout == "auto" and channel_inner(n_q, n_grid, c_in, n_batch, dtype.itemsize)))
+    # x_in as the kernels read it: the ratio form only tests its sign (ratio_pair.factor; int8: a quarter of the loads
+    # and of the task's L1 footprint), the bounded and probit forms multiply by it, the generic form in float64
+    # (u = v + s w x_in is formed in float64, as in cdf_diff).
+    sel_dtype = {"ratio": np.int8, "bounded": dtype, "probit": dtype, "generic": np.float64}[form]
+    if channels:
+        n_blocks, bb = conv_channels.channel_blocks(n_batch, n_grid, c_in, dtype.itemsize)
+        sel_shape = (n_blocks, n_grid, bb, c_in)
+        # tap offsets in cells
+        grid_args = (cell_pos, tap_off, wq)
+    else:
+        n_blocks, bb = batch_blocks(n_batch, n_q)
+        sel_shape = (n_blocks, c_in, n_grid * bb)
+        # flat offsets, run length and tile length in entries
+        grid_args = (cell_pos, tap_off * bb, n_q * bb, bb, tile_length(bb, 2 * (np.dtype(sel_dtype).itemsize +
+                                                                               dtype.itemsize)))
+    plan = FlipPlan(form, channels, in_index, n_grid, wq, n_blocks, bb, sel_dtype, sel_shape, grid_args,
+                    (n_batch, c_in, h * w), (c_out, c_in, kh * kw), math.prod(a_shape) * c_in * kh * kw, None)
+    if form != "ratio":
+        return plan
+    _, _, ho, wo = a_shape
+    c_pad = c_out + c_out % 2  # output channels go in pairs
+    f_blocks, f_bb, f_wq = (n_batch, 1, wo) if channels else (n_blocks, bb, wq)  # the factors' layout
+    n_taps = kh * kw
+    k_shape = (2, c_pad) + ((n_taps, c_in) if channels else (c_in, n_taps))
+    n_f = f_blocks * c_pad * ho * f_wq * f_bb
+    tap_flat = tap_off * bb  # tap offsets in (cell, example) entries of the grids
+    limit, clip = (dtype.type(v) for v in ratio_limits(dtype))
+    ratio = RatioPlan(c_pad, n_f, n_f + math.prod(k_shape), f_blocks, f_bb, f_wq, k_shape, limit, clip, clamp(dtype),
+                      tap_flat, n_q * bb, (n_blocks, n_grid * bb), ho * wo == 1,
+                      (n_batch, c_pad, ho, wo) if channels else (n_blocks, c_pad, -1),
+                      math.prod(a_shape) + n_blocks * n_grid * bb * tap_flat.size)
+    return dataclasses.replace(plan, ratio=ratio)
+
+
+@dataclasses.dataclass(frozen=True)
+class FlipPlan:
+    """The shape-derived part of a conv flip propagation call (:func:`flip_plan`).
+
+    Attributes
+    ----------
+    form : str
+        The resolved form.
+    channels : bool
+        Channel-innermost layout (:func:`channel_inner`) or cell-major.
+    in_index : int64 ndarray (H W,)
+        Phase-grid cell of each input position (:func:`sbnnumba.kernels.conv_layout.geometry`).
+    n_grid, wq : int
+        Cells per input map, row length of the output grids.
+    n_blocks, bb : int
+        Batch blocks of the layout.
+    sel_dtype : numpy type
+        Of x_in as the kernels read it.
+    sel_shape : tuple of int
+        Of x_in in the layout (:func:`sbnnumba.kernels.conv_channels.channel_cells` or
+        :func:`sbnnumba.kernels.conv_layout.input_cells`).
+    grid_args : tuple
+        The kernels' layout arguments: ``(cell_pos, tap_off, wq)`` (channels) or ``(cell_pos, tap offsets, run
+        length, bb, tile length)`` in entries (cell-major).
+    d_in_shape : (B, C_in, H W)
+    w3_shape : (C_out, C_in, taps)
+    connections : int
+        ``B C_out H_out W_out C_in kh kw``: the kernel's work (:func:`sbnnumba.runtime.kernel_threads`).
+    ratio : RatioPlan or None
+        The ratio form's part.
+    """
+
+    form: str
+    channels: bool
+    in_index: np.ndarray
+    n_grid: int
+    wq: int
+    n_blocks: int
+    bb: int
+    sel_dtype: type
+    sel_shape: tuple
+    grid_args: tuple
+    d_in_shape: tuple
+    w3_shape: tuple
+    connections: int
+    ratio: object
+
+
+@dataclasses.dataclass(frozen=True)
+class RatioPlan:
+    """The ratio form's shape-derived part (:func:`flip_plan`, :func:`_ratio`).
+
+    Attributes
+    ----------
+    c_pad : int
+        Output channels rounded up to even (they go in pairs).
+    n_f, n_exps : int
+        Entries of ``-a`` in the factors' layout, and of ``-a`` and ``(2W, -2W)`` together (one ``exp`` buffer).
+    f_blocks, f_bb, f_wq : int
+        The factors' layout: ``(B, 1, W_out)`` for the channel kernels (the maps' own), the blocks, examples per
+        block and grid row length for the cell-major ones.
+    k_shape : tuple of int
+        ``(2, C_pad, taps, C_in)`` (channels) or ``(2, C_pad, C_in, taps)``: ``e^{2W}`` and ``e^{-2W}``.
+    limit, clip, big : numpy scalars of the dtype
+        ``A``, ``C`` (:func:`sbnnumba.kernels.cpu.ratio_limits`) and the denominators' clamp
+        (:func:`sbnnumba.kernels.ratio_pair.clamp`).
+    tap_flat : int64 ndarray (taps,)
+        Tap offsets in (cell, example) entries of the grids.
+    n_run : int
+        Entries per tap run, ``n_q bb``.
+    a_grid_shape : (NB, n_grid bb)
+        The all-ones term's grid.
+    one_cell : bool
+        A 1x1 output map (the all-ones term by ``np.einsum``).
+    kernel_shape : tuple of int
+        The factors' shape as the kernel reads them.
+    ones_work : int
+        Entries the all-ones pass reads and writes (its threads, "copy").
+    """
+
+    c_pad: int
+    n_f: int
+    n_exps: int
+    f_blocks: int
+    f_bb: int
+    f_wq: int
+    k_shape: tuple
+    limit: np.floating
+    clip: np.floating
+    big: np.floating
+    tap_flat: np.ndarray
+    n_run: int
+    a_grid_shape: tuple
+    one_cell: bool
+    kernel_shape: tuple
+    ones_work: int
+
+
 def flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_code, form="auto", layout="auto"):
     r"""PSA flip propagation through a conv layer (Numba, parallel over batch blocks, channels and tiles).
 
@@ -463,70 +639,50 @@ def flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_co
     with the same bits. The call's temporaries (x_in's layout, the factor grids) live in reused per-thread buffers
     (:func:`sbnnumba.kernels.workspace.scratch`); ``d_in`` is a new array.
     """
-    stride, padding = tuple(stride), tuple(padding)
-    _check_conv(x_in, a, x_out, weight, d_out, stride, padding)
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout: expected one of {LAYOUTS}, got {layout!r}")
-    with kernel_threads(a.size * weight[0].size):  # connections: the per-call thread rule of sbnnumba.runtime
-        return _flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_code,
-                                    choose_form(form, noise_code, a.dtype), layout)
+    plan = flip_plan(x_in.shape, a.shape, (x_out.shape, d_out.shape), weight.shape, tuple(stride), tuple(padding),
+                     a.dtype, form, noise_code, layout)
+    if plan.form == "probit" and probit_or_generic(a, weight) == "generic":
+        plan = flip_plan(x_in.shape, a.shape, (x_out.shape, d_out.shape), weight.shape, tuple(stride),
+                         tuple(padding), a.dtype, "generic", noise_code, layout)
+    with kernel_threads(plan.connections):  # the per-call thread rule of sbnnumba.runtime
+        return _flip_propagate_conv(plan, x_in, a, x_out, weight, d_out, stride, padding, noise_code)
 
 
-def _flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_code, form, layout):
-    """:func:`flip_propagate_conv` after the checks, ``form`` resolved."""
+def _flip_propagate_conv(plan, x_in, a, x_out, weight, d_out, stride, padding, noise_code):
+    """:func:`flip_propagate_conv` after the checks: the kernels of ``plan`` (:func:`flip_plan`)."""
     dtype = a.dtype
-    if form == "probit":
-        form = probit_or_generic(a, weight)
-    n_batch, c_in, h, w = x_in.shape
-    c_out, _, kh, kw = weight.shape
-    in_index, tap_off, n_q, n_grid, wq, cell_pos = geometry((h, w), (kh, kw), stride, padding)
-    channels = form not in ("generic", "probit") and (layout == "channels" or (
-        layout == "auto" and channel_inner(n_q, n_grid, c_in, n_batch, dtype.itemsize)))
     x_in = np.asarray(x_in)
-    # x_in as the kernels read it: the ratio form only tests its sign (ratio_pair.factor; int8: a quarter of the loads
-    # and of the task's L1 footprint), the bounded and probit forms multiply by it, the generic form in float64
-    # (u = v + s w x_in is formed in float64, as in cdf_diff).
-    sel_dtype = {"ratio": np.int8, "bounded": dtype, "probit": dtype, "generic": np.float64}[form]
     # (the call's temporaries in reused buffers: workspace.scratch)
     # The preparation passes take threads by their own size (a parallel region costs tens of microseconds to wake
     # its workers: the 1x1 stages' calls were 1.7x slower at two threads than at one), the kernel by the connections.
-    if channels:
-        n_blocks, bb = conv_channels.channel_blocks(n_batch, n_grid, c_in, dtype.itemsize)
-        with kernel_threads(n_blocks * n_grid * bb * c_in, "copy"):
-            sel = conv_channels.channel_cells(x_in, in_index, n_grid, n_blocks, bb, sel_dtype,
-                                              scratch("sel", (n_blocks, n_grid, bb, c_in), sel_dtype))
-    else:
-        n_blocks, bb = batch_blocks(n_batch, n_q)
-        with kernel_threads(n_blocks * c_in * n_grid * bb, "copy"):
-            sel = input_cells(x_in, in_index, n_grid, n_blocks, bb, sel_dtype,
-                              scratch("sel", (n_blocks, c_in, n_grid * bb), sel_dtype))
-    # channel layout: tap offsets in cells; cell layout: flat offsets, run length and tile length in entries
-    grid_args = ((cell_pos, tap_off, wq) if channels else
-                 (cell_pos, tap_off * bb, n_q * bb, bb, tile_length(bb, 2 * (sel.itemsize + dtype.itemsize))))
+    sel = scratch("sel", plan.sel_shape, plan.sel_dtype)
+    with kernel_threads(sel.size, "copy"):
+        cells = conv_channels.channel_cells if plan.channels else input_cells
+        cells(x_in, plan.in_index, plan.n_grid, plan.n_blocks, plan.bb, plan.sel_dtype, sel)
     x_out = np.asarray(x_out, dtype=dtype)
     d_out = np.asarray(d_out, dtype=dtype)
-    d_in = np.empty((n_batch, c_in, h * w), dtype=dtype)
-    w3 = np.ascontiguousarray(weight, dtype=dtype).reshape(c_out, c_in, kh * kw)
-    grid = functools.partial(output_cells, wq=wq, n_blocks=n_blocks, bb=bb)  # the cell-major output grids of this call
-    # per-output-unit factors as the kernels read them: the channel kernels read the (B, C_out, H_out, W_out) maps
-    factors = np.ascontiguousarray if channels else grid
-    if form == "ratio":
-        flat = (tap_off * bb, n_q * bb, n_blocks, bb, n_grid * bb)  # tap offsets, run, blocks, grid length: entries
-        _ratio(x_in, a, x_out, d_out, w3.reshape(weight.shape), stride, padding, wq, flat, sel, grid_args, channels,
-               d_in)
-    elif form == "bounded":
+    d_in = np.empty(plan.d_in_shape, dtype=dtype)
+    w3 = np.ascontiguousarray(weight, dtype=dtype).reshape(plan.w3_shape)
+    if plan.form == "ratio":
+        _ratio(plan, x_in, a, x_out, d_out, w3.reshape(weight.shape), stride, padding, sel, d_in)
+        return d_in.reshape(x_in.shape)
+    # the cell-major output grids of this call
+    grid = functools.partial(output_cells, wq=plan.wq, n_blocks=plan.n_blocks, bb=plan.bb)
+    if plan.form == "bounded":
+        # per-output-unit factors as the kernels read them: the channel kernels read the (B, C_out, H_out, W_out) maps
+        factors = np.ascontiguousarray if plan.channels else grid
         args = (noise_code == TRIANGULAR, sel, factors(-x_out * a), factors(2 * x_out), factors(d_out))
-        if channels:
-            conv_channels.flip_conv_bounded_channels(*args, _taps_inner(w3), *grid_args, d_in)
+        if plan.channels:
+            conv_channels.flip_conv_bounded_channels(*args, _taps_inner(w3), *plan.grid_args, d_in)
         else:
-            _flip_conv_bounded(*args, w3, *grid_args, d_in)
+            _flip_conv_bounded(*args, w3, *plan.grid_args, d_in)
     else:  # probit and generic: F(v) and F(-v) per output unit, then one F per connection
         v_grid = grid(-x_out * a)
-        if form == "probit":
+        if plan.form == "probit":
             kernel, tails = _flip_conv_probit, probit_tails(v_grid)
         else:
             kernel, tails = functools.partial(_flip_conv_generic, noise_code), _generic_tails(noise_code, v_grid)
-        kernel(sel, v_grid, *tails, grid(2 * x_out), grid(d_out), w3, *grid_args, d_in)
+        kernel(sel, v_grid, *tails, grid(2 * x_out), grid(d_out), w3, *plan.grid_args, d_in)
     return d_in.reshape(x_in.shape)
 
 
@@ -535,10 +691,20 @@ def _taps_inner(t):
     return np.ascontiguousarray(t.transpose(0, 2, 1))
 
 
+@numba.njit(inline="always", error_model="numpy")
+def _factor(v, exp_f32):
+    # A factor as _ratio_factors writes it: v, or, with exp_f32 (not None: float32 only), e^v by exp_f32_saturating,
+    # the value exp_in_place would give it in a pass of its own. (v may come as a float64, 2 * w for a float32 w: the
+    # conversion is exact, as the store into the float32 buffer is.)
+    if exp_f32 is None:
+        return v
+    return exp_f32_saturating(np.float32(v))
+
+
 @numba.njit(inline="always")
-def _two_w_row(w3, clip, taps_inner, out, c):
+def _two_w_row(w3, clip, taps_inner, out, c, exp_f32):
     # out[0, c] = clip(2 W[c], -clip, clip), out[1, c] = -out[0, c] (exact operations), in the kernel's weight layout:
-    # (C_out, C_in, taps), or (C_out, taps, C_in) with taps_inner.
+    # (C_out, C_in, taps), or (C_out, taps, C_in) with taps_inner; each through _factor.
     c_in, n_taps = w3.shape[1], w3.shape[2]
     if taps_inner:
         # the transposing copy first, then 2W, its clip and its negation along the contiguous row: both loops
@@ -549,26 +715,28 @@ def _two_w_row(w3, clip, taps_inner, out, c):
                 row[r] = w3[c, r, k]
             for r in range(c_in):
                 v = min(max(2 * row[r], -clip), clip)
-                row[r] = v
-                neg[r] = -v
+                row[r] = _factor(v, exp_f32)
+                neg[r] = _factor(-v, exp_f32)
     else:
         for r in range(c_in):
             for k in range(n_taps):
                 v = min(max(2 * w3[c, r, k], -clip), clip)
-                out[0, c, r, k] = v
-                out[1, c, r, k] = -v
+                out[0, c, r, k] = _factor(v, exp_f32)
+                out[1, c, r, k] = _factor(-v, exp_f32)
 
 
 @numba.njit(parallel=True, cache=True)
-def _ratio_factors(a, x_out, d_out, limit, ho, wq, bb, neg_a, g, half, w3, clip, taps_inner, two_w):
+def _ratio_factors(a, x_out, d_out, limit, ho, wq, bb, neg_a, g, half, w3, clip, taps_inner, two_w,
+                   exp_f32=None):
     # The ratio form's per-unit factors in one pass over the maps a, x_out, d_out (B, C_out H_out W_out): neg_a = -a
     # and g = x_out d_out in the kernel's layout (NB, C_pad H_out Wq bb): entry c H_out Wq bb + (oy Wq + ox) bb + e of
     # block blk holds example blk bb + e, 0 at ox >= W_out and for padded examples (the maps themselves with bb = 1,
     # Wq = W_out); C_pad = C_out rounded up to even, the extra channel neutral for ratio_pair (neg_a = -inf, so
     # e^{-a} = 0, and g = 0); half = a / 2 (maps, for tanh); two_w = (2W, -2W), 2W clipped to [-clip, clip]
     # (_two_w_row), 0 for the extra channel, the weight w3 (C_out, C_in, taps). Returns the number of saturated units
-    # (|a| > limit). Exact operations: the values NumPy's -a, x_out * d_out and a * 0.5 give. (One call: each call
-    # costs tens of microseconds on cold caches.)
+    # (|a| > limit). Exact operations: the values NumPy's -a, x_out * d_out and a * 0.5 give. With exp_f32 (float32)
+    # neg_a and two_w hold e^ of those values (_factor: exp_in_place's bits, in the pass that writes them). (One call:
+    # each call costs tens of microseconds on cold caches.)
     n_batch, n_map = a.shape
     n_chan = w3.shape[0]
     n_real = n_chan * ho * wq * bb  # entries of the real channels; the rest is the neutral channel's
@@ -579,9 +747,9 @@ def _ratio_factors(a, x_out, d_out, limit, ho, wq, bb, neg_a, g, half, w3, clip,
         n_ex = min(bb, n_batch - blk * bb)
         count = 0
         if n_ex < bb or wo < wq:
-            neg_a[blk, :] = 0
+            neg_a[blk, :] = _factor(a.dtype.type(0), exp_f32)
             g[blk, :] = 0
-        neg_a[blk, n_real:] = -np.inf
+        neg_a[blk, n_real:] = _factor(a.dtype.type(-np.inf), exp_f32)
         g[blk, n_real:] = 0
         for e in range(n_ex):
             b = blk * bb + e
@@ -592,7 +760,7 @@ def _ratio_factors(a, x_out, d_out, limit, ho, wq, bb, neg_a, g, half, w3, clip,
                 half[b, i] = v * half_one
             if bb == 1 and wq == wo:  # the maps' own layout: one flat run
                 for i in range(n_map):
-                    neg_a[blk, i] = -a[b, i]
+                    neg_a[blk, i] = _factor(-a[b, i], exp_f32)
                     g[blk, i] = x_out[b, i] * d_out[b, i]
             else:
                 for c in range(n_chan):
@@ -600,12 +768,12 @@ def _ratio_factors(a, x_out, d_out, limit, ho, wq, bb, neg_a, g, half, w3, clip,
                         src = (c * ho + oy) * wo
                         dst = c * ho * wq * bb + oy * wq * bb + e
                         for ox in range(wo):
-                            neg_a[blk, dst + ox * bb] = -a[b, src + ox]
+                            neg_a[blk, dst + ox * bb] = _factor(-a[b, src + ox], exp_f32)
                             g[blk, dst + ox * bb] = x_out[b, src + ox] * d_out[b, src + ox]
         n_unsafe[blk] = count
     for c in prange(w3.shape[0]):
-        _two_w_row(w3, clip, taps_inner, two_w, c)
-    two_w[:, n_chan:] = 0
+        _two_w_row(w3, clip, taps_inner, two_w, c, exp_f32)
+    two_w[:, n_chan:] = _factor(a.dtype.type(0), exp_f32)
     return n_unsafe.sum()
 
 
@@ -642,60 +810,58 @@ def _all_ones_term(x_out, d_out, sig_half, t_map, given, tap_off, n_run, wq, bb,
                 acc[off + q] += t_row[q]
 
 
-def _ratio(x_in, a, x_out, d_out, weight, stride, padding, wq, flat, sel, grid_args, channels, d_in):
-    """The logistic ratio form of :func:`flip_propagate_conv` (module docstring) into ``d_in`` (B, C_in, H*W).
+def _ratio(plan, x_in, a, x_out, d_out, weight, stride, padding, sel, d_in):
+    """The logistic ratio form of :func:`flip_propagate_conv` into ``d_in`` (B, C_in, H*W).
 
-    ``weight`` (C_out, C_in, kh, kw) in ``a``'s dtype; ``wq`` the output grids' row length; ``flat`` = (tap offsets,
-    run length, blocks, examples per block, input grid length) in (cell, example) entries of the grids. The factors
-    ``e^{-a}``, ``g = x_out d_out`` and ``e^{+-2W}`` go straight into the kernels' layouts (:func:`_ratio_factors`: one
-    Numba call, then one ``exp`` over ``-a`` and ``+-2W``, :func:`sbnnumba.kernels.float32_exp.exp_in_place`, and one
-    NumPy ``tanh``, in place; few calls, as each costs tens of microseconds on the 1x1 stages' cold caches); the
-    saturated units (``|a| > A``) are zeroed in a second pass (:func:`sbnnumba.kernels.cpu.split_saturated`) only
-    when there are any. The factor grids have an even number of channels: an odd layer's last channel pairs with a
-    neutral one (:mod:`sbnnumba.kernels.ratio_pair`)."""
+    ``plan`` the call's :class:`FlipPlan`, ``weight`` (C_out, C_in, kh, kw) in ``a``'s dtype, ``sel`` x_in in the
+    kernels' layout. The factors ``e^{-a}``, ``g = x_out d_out`` and ``e^{+-2W}`` go straight into the kernels'
+    layouts (:func:`_ratio_factors`: one Numba call, the float32 ``exp`` of ``-a`` and ``+-2W`` in it; in float64 one
+    ``exp`` pass after it, :func:`sbnnumba.kernels.float32_exp.exp_in_place`), then one NumPy ``tanh``, in place: few
+    calls, as each costs tens of microseconds on the 1x1 stages' cold caches. The saturated units (``|a| > A``) are
+    zeroed in a second pass (:func:`sbnnumba.kernels.cpu.split_saturated`) only when there are any. The factor grids
+    have an even number of channels: an odd layer's last channel pairs with a neutral one
+    (:mod:`sbnnumba.kernels.ratio_pair`)."""
+    rp = plan.ratio
     dtype = a.dtype
-    n_batch, c_out, ho, wo = a.shape
-    c_pad = c_out + c_out % 2  # output channels go in pairs
-    tap_flat, n_run, n_blocks, bb, n_flat = flat
-    f_blocks, f_bb, f_wq = (n_batch, 1, wo) if channels else (n_blocks, bb, wq)  # the factors' layout
-    c_in, n_taps = weight.shape[1], weight.shape[2] * weight.shape[3]
-    k_shape = (2, c_pad) + ((n_taps, c_in) if channels else (c_in, n_taps))
-    n_f = f_blocks * c_pad * ho * f_wq * f_bb
-    exps = scratch("exps", (n_f + math.prod(k_shape),), dtype)  # -a and (2W, -2W): one exp for both
-    neg_a, k_exp = exps[:n_f].reshape(f_blocks, -1), exps[n_f:].reshape(k_shape)
+    n_batch, c_out = a.shape[:2]
+    exps = scratch("exps", (rp.n_exps,), dtype)  # -a and (2W, -2W): one exp for both
+    neg_a, k_exp = exps[:rp.n_f].reshape(rp.f_blocks, -1), exps[rp.n_f:].reshape(rp.k_shape)
     g = scratch("g", neg_a.shape, dtype)
     half = scratch("half", a.shape, dtype)
-    limit, clip = (dtype.type(v) for v in ratio_limits(dtype))  # |a| <= A; 2W clipped to [-C, C]
     saturated = None
     g_pair = (x_out, d_out)  # g = x_out * d_out, the product the kernels' factors hold
+
+    exp_f32 = True if dtype == np.float32 else None  # float32: e^ in the factors' pass; float64: NumPy's, after
 
     def factors(a, x_out, d_out):
         flat = [np.ascontiguousarray(t).reshape(n_batch, -1) for t in (a, x_out, d_out)]
         # threads by its own size (see _flip_propagate_conv); on the small maps mostly the weights' transposing copy
-        with kernel_threads(exps.size, "transpose"):
-            return _ratio_factors(*flat, limit, ho, f_wq, f_bb, neg_a, g, half.reshape(n_batch, -1),
-                                  weight.reshape(c_out, c_in, n_taps), clip, channels, k_exp)
+        with kernel_threads(rp.n_exps, "transpose"):
+            return _ratio_factors(*flat, rp.limit, a.shape[2], rp.f_wq, rp.f_bb, neg_a, g, half.reshape(n_batch, -1),
+                                  weight.reshape(plan.w3_shape), rp.clip, plan.channels, k_exp, exp_f32)
 
     if factors(a, x_out, d_out):
         # active saturated units: summed directly below; all saturated ones zeroed in the ratio sums
         g_safe, a_safe, saturated = split_saturated(a, x_out * d_out, weight)
         g_pair = (g_safe, np.ones_like(g_safe))  # g_safe * 1: the same values
         factors(a_safe, *g_pair)
-    # e^{-a} and e^{+-2W} (float32: the library's exp_f32) and tanh(a / 2) by NumPy's, in blocks
-    exp_in_place(exps)
+    if exp_f32 is None:  # float64: e^{-a} and e^{+-2W} by NumPy's exp, in blocks
+        exp_in_place(exps)
+    # tanh(a / 2) by NumPy's, in blocks
     blockwise(lambda part: np.tanh(part, out=part), half)
-    a_grid = scratch("a_grid", (n_blocks, n_flat), dtype)
+    a_grid = scratch("a_grid", rp.a_grid_shape, dtype)
     t_map = np.empty((1, 1, 1), dtype=dtype)  # unread unless given
-    if ho * wo == 1:  # one output cell: np.einsum sums over c in its own (vectorized) order, kept as is
+    if rp.one_cell:  # one output cell: np.einsum sums over c in its own (vectorized) order, kept as is
         np.add(half, 1, out=half)
         np.multiply(half, 0.5, out=half)
-        g_map = np.ascontiguousarray(g.reshape(n_batch, c_pad, 1, 1)[:, :c_out]) if channels else g_pair[0] * g_pair[1]
+        g_map = (np.ascontiguousarray(g.reshape(n_batch, rp.c_pad, 1, 1)[:, :c_out]) if plan.channels else
+                 g_pair[0] * g_pair[1])
         t_map = np.einsum("bcyx,bcyx->byx", g_map, half)
-    with kernel_threads(a.size + a_grid.size * len(tap_flat), "copy"):  # its own size (see _flip_propagate_conv)
-        _all_ones_term(*g_pair, half, t_map, ho * wo == 1, tap_flat, n_run, wq, bb, a_grid)
-    kernel = conv_channels.flip_conv_ratio_channels if channels else _flip_conv_ratio
-    shape = (n_batch, c_pad, ho, wo) if channels else (n_blocks, c_pad, -1)  # the kernel's factor layout
-    kernel(sel, neg_a.reshape(shape), g.reshape(shape), k_exp[0], k_exp[1], a_grid, *grid_args, clamp(dtype), d_in)
+    with kernel_threads(rp.ones_work, "copy"):  # its own size (see _flip_propagate_conv)
+        _all_ones_term(*g_pair, half, t_map, rp.one_cell, rp.tap_flat, rp.n_run, plan.wq, plan.bb, a_grid)
+    kernel = conv_channels.flip_conv_ratio_channels if plan.channels else _flip_conv_ratio
+    kernel(sel, neg_a.reshape(rp.kernel_shape), g.reshape(rp.kernel_shape), k_exp[0], k_exp[1], a_grid,
+           *plan.grid_args, rp.big, d_in)
     if saturated is not None:
         row_start, units = saturated  # units: (c, oy, ox) rows
         _flip_conv_logistic_saturated(np.ascontiguousarray(x_in, dtype=dtype), a, x_out * d_out, weight, row_start,
