@@ -25,6 +25,18 @@ def test_scratch_buffers_are_reused_per_name_and_thread():
     assert other[0] != workspace.scratch("test-a", (3, 5), np.float32).ctypes.data  # per thread
 
 
+def test_scratch_returns_the_last_array_for_the_same_request_and_a_new_view_otherwise():
+    a = workspace.scratch("test-repeat", (4, 6), np.float32)
+    assert workspace.scratch("test-repeat", (4, 6), np.float32) is a
+    assert workspace.scratch("test-repeat", (4, 6), np.dtype(np.float32)) is a  # a dtype or its type: one request
+    c = workspace.scratch("test-repeat", (6, 4), np.float32)  # another shape: a new view of the same buffer
+    assert c is not a and c.shape == (6, 4) and c.ctypes.data == a.ctypes.data
+    d = workspace.scratch("test-repeat", (6, 4), np.int32)
+    assert d is not c and d.dtype == np.int32
+    grown = workspace.scratch("test-repeat", (600, 400), np.float32)  # a larger buffer: never the old array
+    assert grown.shape == (600, 400) and workspace.scratch("test-repeat", (6, 4), np.int32) is not d
+
+
 def test_scratch_honours_the_alignment_and_shape():
     for align in (16, 64, 4096):
         s = workspace.scratch(f"align-{align}", (7, 3), np.int8, align=align)
