@@ -552,7 +552,7 @@ class FlipPlan:
     d_in_shape: tuple
     w3_shape: tuple
     connections: int
-    ratio: object
+    ratio: "RatioPlan | None"
 
 
 @dataclasses.dataclass(frozen=True)
