@@ -97,6 +97,12 @@ def test_flip_plan_is_computed_once_per_shape_and_checks_every_call():
     for _ in range(2):
         with pytest.raises(ValueError, match="d_out"):
             conv_cpu.flip_plan(*bad)
+    x = np.ones((4, 3, 5, 5), np.float32)
+    a = np.zeros((4, 2, 3, 3), np.float32)
+    w = np.zeros((2, 3, 3, 3), np.float32)
+    for kwargs, name in (({"form": ["ratio"]}, "form"), ({"layout": ["cells"]}, "layout")):  # unhashable: not cached
+        with pytest.raises(ValueError, match=name):
+            conv_cpu.flip_propagate_conv(x, a, a, w, a, (1, 1), (0, 0), 0, **kwargs)
 
 
 @pytest.mark.parametrize("cfg", CASES)

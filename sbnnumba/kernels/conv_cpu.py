@@ -639,11 +639,13 @@ def flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_co
     with the same bits. The call's temporaries (x_in's layout, the factor grids) live in reused per-thread buffers
     (:func:`sbnnumba.kernels.workspace.scratch`); ``d_in`` is a new array.
     """
-    plan = flip_plan(x_in.shape, a.shape, (x_out.shape, d_out.shape), weight.shape, tuple(stride), tuple(padding),
-                     a.dtype, form, noise_code, layout)
+    key = (x_in.shape, a.shape, (x_out.shape, d_out.shape), weight.shape, tuple(stride), tuple(padding), a.dtype)
+    try:
+        plan = flip_plan(*key, form, noise_code, layout)
+    except TypeError:  # an unhashable form or layout: the checks without the cache, for their ValueError
+        plan = flip_plan.__wrapped__(*key, form, noise_code, layout)
     if plan.form == "probit" and probit_or_generic(a, weight) == "generic":
-        plan = flip_plan(x_in.shape, a.shape, (x_out.shape, d_out.shape), weight.shape, tuple(stride),
-                         tuple(padding), a.dtype, "generic", noise_code, layout)
+        plan = flip_plan(*key, "generic", noise_code, layout)
     with kernel_threads(plan.connections):  # the per-call thread rule of sbnnumba.runtime
         return _flip_propagate_conv(plan, x_in, a, x_out, weight, d_out, stride, padding, noise_code)
 
