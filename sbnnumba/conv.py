@@ -180,12 +180,12 @@ class Conv2d(AffineLayer):
         ``Delta = F(-x[c,j](a[c,j] - 2 W[c,r,off] x[r,i])) - F(-x[c,j] a[c,j])``.
         ``out_scale`` (c_out,) multiplies the kernel per output channel (a following normalization).
         """
-        noise, held = get_noise(noise), self.backend  # (the backend once: a property call each time)
+        noise, arrays = get_noise(noise), self.backend  # the backend holding the layer's arrays (a property: read once)
         weight = self.weight if out_scale is None else \
-            held.scale_rows(self.weight, held.asarray(out_scale, self.weight.dtype))
-        x_in, a = held.asarray(x_in), held.asarray(a)
+            arrays.scale_rows(self.weight, arrays.asarray(out_scale, self.weight.dtype))
+        x_in, a = arrays.asarray(x_in), arrays.asarray(a)
         self._check_map(x_in)
-        d_out = held.asarray(d_out).reshape(a.shape)
+        d_out = arrays.asarray(d_out).reshape(a.shape)
         return get_backend(backend).flip_propagate_conv(x_in, a, x_out, weight, d_out, self.stride, self.padding,
                                                         noise)
 

@@ -241,8 +241,8 @@ class kernel_threads:  # noqa: N801 (a context manager used as a function: ``wit
 
     Notes
     -----
-    A class rather than a generator-based context manager: a flip propagation enters four of them, and each
-    generator's frame and wrapper cost about 1 us more per use (most of the call's fixed cost on the 1x1 stages).
+    A class rather than a generator-based context manager: a conv flip propagation enters four of them, and the
+    generator's frame and wrapper cost about 1 us more per use.
     """
 
     __slots__ = ("_work", "_kind", "_before")

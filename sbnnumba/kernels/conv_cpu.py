@@ -436,9 +436,9 @@ def flip_plan(x_shape, a_shape, out_shapes, w_shape, stride, padding, dtype, for
     """What a call of :func:`flip_propagate_conv` derives from its shapes alone, cached per shape.
 
     A training step calls every layer's flip propagation with the same shapes, and on the paper's 1x1 stages the
-    call's Python (the checks, the layout and block decisions, the buffers' shapes) took as long as a third of its
-    kernel on cold caches; here it runs once per shape. The arrays in the plan are shared between calls and must not
-    be modified.
+    call's Python (the checks, the layout and block decisions, the buffers' shapes) took about three quarters of its
+    kernel's time on cold caches; here it runs once per shape. The arrays in the plan are shared between calls and
+    must not be modified.
 
     Parameters
     ----------
