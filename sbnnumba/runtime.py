@@ -229,7 +229,8 @@ class kernel_threads:  # noqa: N801 (a context manager used as a function: ``wit
     (:func:`sbnnumba.blockpool.take_alone_turn`: its helper woke on the calling thread's core, as any sleeping
     thread does while another process keeps the other core busy). Under ``NUMBA_DISABLE_JIT=1`` it does
     nothing: reading the count starts Numba's thread pool, and a process that forks (tests/fault_worker.py) must
-    not have one.
+    not have one. ``with kernel_threads(work) as threads:`` gives the count the block's kernels run on (1 under
+    ``NUMBA_DISABLE_JIT=1``), for a kernel that orders its tasks by it.
 
     Parameters
     ----------
@@ -254,7 +255,7 @@ class kernel_threads:  # noqa: N801 (a context manager used as a function: ``wit
         import numba
 
         if numba.config.DISABLE_JIT:  # kernels run as Python; reading the count would start the thread pool
-            return None
+            return 1
         before = numba.get_num_threads()
         # a static split waits for the late thread's whole share: while the block pool finds its helpers woken on the
         # calling thread's core (one core busy elsewhere), a call below PRANGE_ALONE_MAX_SHARES w_min runs alone
@@ -264,7 +265,7 @@ class kernel_threads:  # noqa: N801 (a context manager used as a function: ``wit
         if wanted != before:
             numba.set_num_threads(wanted)
             self._before = before
-        return None
+        return wanted
 
     def __exit__(self, *exc_info):
         if self._before is not None:

@@ -28,7 +28,8 @@ def _maps(cfg, dtype, seed=0):
 @pytest.mark.parametrize("cfg", CASES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("layout", ["cells", "maps"])
-def test_ratio_factors_are_numpy_values_in_the_kernel_layout(cfg, dtype, layout):
+@pytest.mark.parametrize("threads", [1, 2])  # the task order (conv_cpu.mixed_order) follows the caller's count
+def test_ratio_factors_are_numpy_values_in_the_kernel_layout(cfg, dtype, layout, threads):
     a, x_out, d_out = _maps(cfg, dtype)
     batch, c, ho, wo = a.shape
     _, _, n_q, _, wq, _ = conv_layout.phase_layout(*cfg[4:])
@@ -41,7 +42,7 @@ def test_ratio_factors_are_numpy_values_in_the_kernel_layout(cfg, dtype, layout)
     w3 = np.random.default_rng(4).normal(size=(c, 3, 5)).astype(dtype) * 40
     two_w = np.full((2, c_pad, 5, 3) if layout == "maps" else (2, c_pad, 3, 5), np.nan, dtype)
     n_unsafe = conv_cpu._ratio_factors(*(t.reshape(batch, -1) for t in (a, x_out, d_out)), limit, ho, wq, bb, neg_a, g,
-                                       half, w3, clip, layout == "maps", two_w)
+                                       half, w3, clip, layout == "maps", two_w, None, threads)
     assert n_unsafe == np.count_nonzero(np.abs(a) > limit)
     np.testing.assert_array_equal(half.reshape(a.shape), a * 0.5)
     w2 = np.clip(2 * w3, -clip, clip)
@@ -84,6 +85,42 @@ def test_ratio_factors_with_the_exp_are_exp_in_place_of_the_plain_ones(cfg, taps
             conv_cpu.exp_in_place(exps)
         outputs.append((n_unsafe, exps.tobytes(), g.tobytes(), half.tobytes()))
     assert outputs[0] == outputs[1]
+
+
+@pytest.mark.parametrize("n_first, n_second", [(0, 5), (5, 0), (1, 1), (4, 96), (64, 192), (97, 3), (8, 9)])
+def test_mixed_order_gives_each_thread_its_share_of_both_kinds(n_first, n_second):
+    """conv_cpu.mixed_order: a permutation of the tasks; as numbered at one thread; on more, every prefix (so every
+    contiguous share of a static split) holds the first kind's share of its length, within one task."""
+    n = n_first + n_second
+    assert list(conv_cpu.mixed_order(n_first, n_second, 1)) == list(range(n))
+    order = conv_cpu.mixed_order(n_first, n_second, 2)
+    assert sorted(order) == list(range(n))
+    assert list(order[order < n_first]) == list(range(n_first))  # each kind in its own order
+    first_in_prefix = np.cumsum(order < n_first)
+    share = np.arange(1, n + 1) * n_first / max(n, 1)
+    assert np.all(np.abs(first_in_prefix - share) <= 1)
+
+
+def test_ratio_factors_is_one_parallel_region():
+    """The factor pass is one prange: at two threads every parallel region wakes the sleeping worker (tens of
+    microseconds on a 0.1-0.5 ms pass), and np.zeros, a slice assignment or a .sum() outside a prange would each be
+    a region of its own (the pass had four). A fresh compilation of the kernel (the cached one carries no
+    diagnostics) has one top-level parfor."""
+    import numba
+    from numba.parfors.parfor import Parfor
+
+    fresh = numba.njit(parallel=True)(conv_cpu._ratio_factors.py_func)
+    a, x_out, d_out = _maps(CASES[4], np.float32)
+    batch, c = a.shape[:2]
+    w3 = np.ones((c, 2, 1), np.float32)
+    limit, clip = (np.float32(v) for v in conv_cpu.ratio_limits(np.float32))
+    fresh(*(t.reshape(batch, -1) for t in (a, x_out, d_out)), limit, 1, 1, 1, np.empty((batch, c + 1), np.float32),
+          np.empty((batch, c + 1), np.float32), np.empty((batch, c), np.float32), w3, clip, True,
+          np.empty((2, c + 1, 1, 2), np.float32), True, 2)
+    (compiled,) = fresh.overloads.values()
+    ir = compiled.metadata["parfor_diagnostics"].func_ir
+    regions = [stmt for block in ir.blocks.values() for stmt in block.body if isinstance(stmt, Parfor)]
+    assert len(regions) == 1, [r.loc.line for r in regions]
 
 
 def test_flip_plan_is_computed_once_per_shape_and_checks_every_call():

@@ -66,11 +66,11 @@ def test_kernel_threads_lowers_numba_threads_inside_and_restores(monkeypatch):
     before = numba.get_num_threads()
     numba.set_num_threads(2)
     try:
-        with runtime.kernel_threads(10):
-            assert numba.get_num_threads() == 1
+        with runtime.kernel_threads(10) as threads:  # "as": the count the block's kernels get
+            assert numba.get_num_threads() == 1 == threads
         assert numba.get_num_threads() == 2
-        with runtime.kernel_threads(10 * runtime.MIN_WORK_PER_THREAD["numba"]):
-            assert numba.get_num_threads() == 2
+        with runtime.kernel_threads(10 * runtime.MIN_WORK_PER_THREAD["numba"]) as threads:
+            assert numba.get_num_threads() == 2 == threads
     finally:
         numba.set_num_threads(before)
 

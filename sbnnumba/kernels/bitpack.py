@@ -439,7 +439,9 @@ def xnor_gemm_threshold(a, panels, limits, flip_words, out_words):
     n_rows = a.shape[0]
     n_panels = panels.shape[0]
     limit_rows = limits.reshape(1, limits.shape[0])
-    limit_row = np.zeros(n_rows, np.int64)  # every row uses limit row 0
+    limit_row = np.empty(n_rows, np.int64)  # every row uses limit row 0
+    for i in range(n_rows):  # a loop: np.zeros outside the prange would be a parallel region of its own
+        limit_row[i] = 0
     rows_per_block, panels_per_block = _block_sizes(a.shape[1])
     for task in prange(_n_tasks(n_rows, n_panels, rows_per_block, panels_per_block)):
         p_lo, p_hi, i_lo, i_hi = _task_ranges(task, n_rows, n_panels, rows_per_block, panels_per_block)

@@ -738,9 +738,96 @@ def _two_w_row(w3, clip, taps_inner, out, c, exp_f32):
                 out[1, c, r, k] = -v
 
 
+@numba.njit(inline="always", error_model="numpy")
+def _map_factors_block(a, x_out, d_out, limit, ho, wq, bb, neg_a, g, half, n_chan, blk, exp_f32):
+    # _ratio_factors' task for batch block blk of the maps: its rows of neg_a and g, its examples' rows of half;
+    # returns the block's number of saturated units.
+    n_batch, n_map = a.shape
+    n_real = n_chan * ho * wq * bb  # entries of the real channels; the rest is the neutral channel's
+    wo = n_map // (n_chan * ho)
+    half_one = a.dtype.type(0.5)
+    flat_run = bb == 1 and wq == wo  # the maps' own layout: one flat run per example (no padded entries)
+    n_ex = min(bb, n_batch - blk * bb)
+    count = 0
+    if n_ex < bb or wo < wq:
+        neg_a[blk, :] = 0
+        g[blk, :] = 0
+    neg_a[blk, n_real:] = -np.inf
+    g[blk, n_real:] = 0
+    for e in range(n_ex):
+        b = blk * bb + e
+        for i in range(n_map):
+            v = a[b, i]
+            if abs(v) > limit:
+                count += 1
+            half[b, i] = v * half_one
+        if flat_run:
+            for i in range(n_map):
+                neg_a[blk, i] = _factor(-a[b, i], exp_f32)
+                g[blk, i] = x_out[b, i] * d_out[b, i]
+        else:
+            for c in range(n_chan):
+                for oy in range(ho):
+                    src = (c * ho + oy) * wo
+                    dst = c * ho * wq * bb + oy * wq * bb + e
+                    for ox in range(wo):
+                        neg_a[blk, dst + ox * bb] = -a[b, src + ox]
+                        g[blk, dst + ox * bb] = x_out[b, src + ox] * d_out[b, src + ox]
+    _exp_run(neg_a[blk, n_real:] if flat_run else neg_a[blk], exp_f32)  # what is not e^ yet
+    return count
+
+
+@numba.njit(inline="always")
+def _weight_factors_channel(w3, clip, taps_inner, two_w, c, exp_f32):
+    # _ratio_factors' task for output channel c of two_w (the neutral channel c >= C_out: 0, then its e^).
+    if c < w3.shape[0]:
+        _two_w_row(w3, clip, taps_inner, two_w, c, exp_f32)
+    else:
+        two_w[0, c] = 0
+        two_w[1, c] = 0
+    if c >= w3.shape[0] or not taps_inner:
+        _exp_run(two_w[0, c], exp_f32)
+        _exp_run(two_w[1, c], exp_f32)
+
+
+@numba.njit(inline="always")
+def mixed_order(n_first, n_second, threads):
+    """Task order of one ``prange`` over two kinds of task (``0..n_first-1``, then ``n_first..``): at one thread as
+    numbered; on more, the kinds merged in proportion (task ``i`` of the first kind before task ``j`` of the second
+    when ``(2i + 1) / n_first <= (2j + 1) / n_second``), so that each thread's contiguous share of the static split
+    holds its share of both kinds.
+
+    Parameters
+    ----------
+    n_first, n_second : int
+        Tasks of each kind.
+    threads : int
+        The threads of the ``prange`` (``numba.get_num_threads()``).
+
+    Returns
+    -------
+    int64 ndarray (n_first + n_second,)
+        A permutation of the task numbers.
+    """
+    n = n_first + n_second
+    order = np.empty(n, dtype=np.int64)  # not np.arange: under parallel=True that would be a parallel region
+    i = 0
+    j = 0
+    for t in range(n):
+        if threads == 1:
+            order[t] = t
+        elif j >= n_second or (i < n_first and (2 * i + 1) * n_second <= (2 * j + 1) * n_first):
+            order[t] = i
+            i += 1
+        else:
+            order[t] = n_first + j
+            j += 1
+    return order
+
+
 @numba.njit(parallel=True, cache=True)
 def _ratio_factors(a, x_out, d_out, limit, ho, wq, bb, neg_a, g, half, w3, clip, taps_inner, two_w,
-                   exp_f32=None):
+                   exp_f32=None, threads=1):
     # The ratio form's per-unit factors in one pass over the maps a, x_out, d_out (B, C_out H_out W_out): neg_a = -a
     # and g = x_out d_out in the kernel's layout (NB, C_pad H_out Wq bb): entry c H_out Wq bb + (oy Wq + ox) bb + e of
     # block blk holds example blk bb + e, 0 at ox >= W_out and for padded examples (the maps themselves with bb = 1,
@@ -749,52 +836,27 @@ def _ratio_factors(a, x_out, d_out, limit, ho, wq, bb, neg_a, g, half, w3, clip,
     # (_two_w_row), 0 for the extra channel, the weight w3 (C_out, C_in, taps). Returns the number of saturated units
     # (|a| > limit). Exact operations: the values NumPy's -a, x_out * d_out and a * 0.5 give. With exp_f32 (float32)
     # neg_a and two_w hold the e^ of those values (exp_in_place's bits): written at once in the contiguous loops
-    # (_factor), over each block or channel after its strided writes (_exp_run). (One call: each call costs tens of
-    # microseconds on cold caches.)
-    n_batch, n_map = a.shape
-    n_chan = w3.shape[0]
-    n_real = n_chan * ho * wq * bb  # entries of the real channels; the rest is the neutral channel's
-    wo = n_map // (n_chan * ho)
-    half_one = a.dtype.type(0.5)
-    n_unsafe = np.zeros(neg_a.shape[0], dtype=np.int64)  # per block
-    flat_run = bb == 1 and wq == wo  # the maps' own layout: one flat run per example (no padded entries)
-    for blk in prange(neg_a.shape[0]):
-        n_ex = min(bb, n_batch - blk * bb)
+    # (_factor), over each block or channel after its strided writes (_exp_run).
+    # One call and one parallel region: the maps' blocks and the weight's channels are tasks of one prange, mixed in
+    # proportion on `threads` > 1 (mixed_order; the caller's Numba thread count: numba.get_num_threads() in a kernel
+    # keeps it out of the cache). At two threads each region wakes the sleeping worker (34-81 us here); np.zeros, a
+    # slice assignment or .sum() outside a prange is a region of its own (this pass had four: the 1x1 stages' factor
+    # pass took 0.33 ms at two threads against 0.12 at one).
+    n_blocks, n_w = neg_a.shape[0], two_w.shape[1]
+    order = mixed_order(n_blocks, n_w, threads)
+    n_unsafe = np.empty(n_blocks + n_w, dtype=np.int64)  # per task, every entry written (np.zeros: a region)
+    for t in prange(n_blocks + n_w):
+        task = order[t]
         count = 0
-        if n_ex < bb or wo < wq:
-            neg_a[blk, :] = 0
-            g[blk, :] = 0
-        neg_a[blk, n_real:] = -np.inf
-        g[blk, n_real:] = 0
-        for e in range(n_ex):
-            b = blk * bb + e
-            for i in range(n_map):
-                v = a[b, i]
-                if abs(v) > limit:
-                    count += 1
-                half[b, i] = v * half_one
-            if flat_run:
-                for i in range(n_map):
-                    neg_a[blk, i] = _factor(-a[b, i], exp_f32)
-                    g[blk, i] = x_out[b, i] * d_out[b, i]
-            else:
-                for c in range(n_chan):
-                    for oy in range(ho):
-                        src = (c * ho + oy) * wo
-                        dst = c * ho * wq * bb + oy * wq * bb + e
-                        for ox in range(wo):
-                            neg_a[blk, dst + ox * bb] = -a[b, src + ox]
-                            g[blk, dst + ox * bb] = x_out[b, src + ox] * d_out[b, src + ox]
-        _exp_run(neg_a[blk, n_real:] if flat_run else neg_a[blk], exp_f32)  # what is not e^ yet
-        n_unsafe[blk] = count
-    two_w[:, n_chan:] = 0
-    for c in prange(two_w.shape[1]):
-        if c < n_chan:
-            _two_w_row(w3, clip, taps_inner, two_w, c, exp_f32)
-        if c >= n_chan or not taps_inner:
-            _exp_run(two_w[0, c], exp_f32)
-            _exp_run(two_w[1, c], exp_f32)
-    return n_unsafe.sum()
+        if task < n_blocks:
+            count = _map_factors_block(a, x_out, d_out, limit, ho, wq, bb, neg_a, g, half, w3.shape[0], task, exp_f32)
+        else:
+            _weight_factors_channel(w3, clip, taps_inner, two_w, task - n_blocks, exp_f32)
+        n_unsafe[t] = count
+    total = 0
+    for t in range(n_blocks + n_w):  # a loop, not .sum() (a region)
+        total += n_unsafe[t]
+    return total
 
 
 @numba.njit(parallel=True, cache=True)
@@ -856,9 +918,9 @@ def _ratio(plan, x_in, a, x_out, d_out, weight, stride, padding, sel, d_in):
     def factors(a, x_out, d_out):
         flat = [np.ascontiguousarray(t).reshape(n_batch, -1) for t in (a, x_out, d_out)]
         # threads by its own size (see _flip_propagate_conv); on the small maps mostly the weights' transposing copy
-        with kernel_threads(rp.n_exps, "transpose"):
+        with kernel_threads(rp.n_exps, "transpose") as threads:
             return _ratio_factors(*flat, rp.limit, a.shape[2], rp.f_wq, rp.f_bb, neg_a, g, half.reshape(n_batch, -1),
-                                  weight.reshape(plan.w3_shape), rp.clip, plan.channels, k_exp, exp_f32)
+                                  weight.reshape(plan.w3_shape), rp.clip, plan.channels, k_exp, exp_f32, threads)
 
     if factors(a, x_out, d_out):
         # active saturated units: summed directly below; all saturated ones zeroed in the ratio sums
