@@ -802,7 +802,7 @@ def mixed_order(n_first, n_second, threads):
     n_first, n_second : int
         Tasks of each kind.
     threads : int
-        The threads of the ``prange`` (``numba.get_num_threads()``).
+        The threads of the ``prange``: the caller's count (``with`` :class:`sbnnumba.runtime.kernel_threads` ``as``).
 
     Returns
     -------
@@ -840,8 +840,8 @@ def _ratio_factors(a, x_out, d_out, limit, ho, wq, bb, neg_a, g, half, w3, clip,
     # One call and one parallel region: the maps' blocks and the weight's channels are tasks of one prange, mixed in
     # proportion on `threads` > 1 (mixed_order; the caller's Numba thread count: numba.get_num_threads() in a kernel
     # keeps it out of the cache). At two threads each region wakes the sleeping worker (34-81 us here); np.zeros, a
-    # slice assignment or .sum() outside a prange is a region of its own (this pass had four: the 1x1 stages' factor
-    # pass took 0.33 ms at two threads against 0.12 at one).
+    # slice assignment or .sum() outside a prange is a region of its own (this pass had four: the paper's stage 7 took
+    # 0.49-0.53 ms at two threads as at one, in one region 0.36-0.38).
     n_blocks, n_w = neg_a.shape[0], two_w.shape[1]
     order = mixed_order(n_blocks, n_w, threads)
     n_unsafe = np.empty(n_blocks + n_w, dtype=np.int64)  # per task, every entry written (np.zeros: a region)
