@@ -74,3 +74,29 @@ def test_parallel_kernels_make_no_parallel_region_outside_their_prange():
                     _regions_outside_prange(stmt, found)
                 offenders += [f"{path.relative_to(ROOT)}:{line} {fn.name}: {code}" for line, code in found]
     assert not offenders, "\n".join(offenders)
+
+
+def _njit_kernels(tree):
+    """The functions of a module's AST decorated with ``numba.njit`` / ``njit`` (called or not)."""
+    for fn in ast.walk(tree):
+        if isinstance(fn, ast.FunctionDef):
+            for d in fn.decorator_list:
+                target = d.func if isinstance(d, ast.Call) else d
+                if getattr(target, "attr", getattr(target, "id", None)) == "njit":
+                    yield fn
+                    break
+
+
+def test_numba_kernels_copy_rows_by_loops_not_slice_assignment():
+    """In a Numba kernel, ``dst[i0:i1] = src[j0:j1]`` (an array copied into a slice) checks the operands' shapes and
+    overlap per statement: on short rows that cost 1.6-4.6x a plain element loop (kernels/map_order.py's copies of the
+    paper's conv maps, one thread). Fills with a scalar (``acc[:] = 0``) are not flagged."""
+    offenders = []
+    for path in sorted((ROOT / "sbnnumba").rglob("*.py")):
+        for fn in _njit_kernels(ast.parse(path.read_text())):
+            for node in ast.walk(fn):
+                if isinstance(node, ast.Assign) and isinstance(node.value, (ast.Subscript, ast.Attribute)) and any(
+                        isinstance(t, ast.Subscript) and any(isinstance(s, ast.Slice) for s in ast.walk(t.slice))
+                        for t in node.targets):
+                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} {fn.name}: {ast.unparse(node)}")
+    assert not offenders, "\n".join(offenders)
