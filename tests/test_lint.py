@@ -88,9 +88,10 @@ def _njit_kernels(tree):
 
 
 def test_numba_kernels_copy_rows_by_loops_not_slice_assignment():
-    """In a Numba kernel, ``dst[i0:i1] = src[j0:j1]`` (an array copied into a slice) checks the operands' shapes and
-    overlap per statement: on short rows that cost 1.6-4.6x a plain element loop (kernels/map_order.py's copies of the
-    paper's conv maps, one thread). Fills with a scalar (``acc[:] = 0``) are not flagged."""
+    """In a Numba kernel, ``dst[i0:i1] = src[j0:j1]`` (a slice of an array, or its ``.T``, copied into a slice)
+    checks the operands' shapes and overlap per statement: on short rows that cost 1.4-4.6x a plain element loop
+    (kernels/map_order.py's copies of the paper's conv maps, one thread). Fills (``acc[:] = 0``) and whole arrays
+    named on the right are not flagged."""
     offenders = []
     for path in sorted((ROOT / "sbnnumba").rglob("*.py")):
         for fn in _njit_kernels(ast.parse(path.read_text())):

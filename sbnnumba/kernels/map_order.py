@@ -37,7 +37,7 @@ def _batch_first(prod, bias, out, c0, c1):
 
 
 # The row copies are element loops, not slice assignments (dst[:] = src): Numba's slice assignment checks the operands'
-# shapes and overlap per row, which cost 1.6-4.6x the loop per map of the paper's conv network at batch 64 (its eight
+# shapes and overlap per row, which cost 1.4-4.6x the loop per map of the paper's conv network at batch 64 (its eight
 # maps: channel_major 6.1 against 3.2 ms, _batch_first_copy 5.9 against 3.5 ms at one thread; rows of 1-676 entries).
 @numba.njit(nogil=True, cache=True)
 def _batch_first_copy(prod, out, c0, c1):
