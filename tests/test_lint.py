@@ -56,6 +56,22 @@ def _regions_outside_prange(node, found):
     return found
 
 
+def _numba_kernels():
+    """``(path, function, parallel)`` for every function of the package decorated with ``numba.njit`` / ``njit``
+    (called or not); ``parallel``: the decorator has ``parallel=True``."""
+    for path in sorted((ROOT / "sbnnumba").rglob("*.py")):
+        for fn in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(fn, ast.FunctionDef):
+                continue
+            for d in fn.decorator_list:
+                target = d.func if isinstance(d, ast.Call) else d
+                if getattr(target, "attr", getattr(target, "id", None)) == "njit":
+                    parallel = isinstance(d, ast.Call) and any(
+                        k.arg == "parallel" and getattr(k.value, "value", None) is True for k in d.keywords)
+                    yield path.relative_to(ROOT), fn, parallel
+                    break
+
+
 def test_parallel_kernels_make_no_parallel_region_outside_their_prange():
     """In an ``@numba.njit(parallel=True)`` kernel, np.zeros (and its kin), a reduction or a slice assignment outside
     the prange loops is a parallel region of its own, and at two threads each region wakes the sleeping worker (34-81
@@ -63,28 +79,16 @@ def test_parallel_kernels_make_no_parallel_region_outside_their_prange():
     at two threads as at one, 0.36-0.38 in one region). Kernels allocate with np.empty and fill or sum in plain loops
     instead."""
     offenders = []
-    for path in sorted((ROOT / "sbnnumba").rglob("*.py")):
-        for fn in ast.walk(ast.parse(path.read_text())):
-            parallel = isinstance(fn, ast.FunctionDef) and any(
-                isinstance(d, ast.Call) and any(k.arg == "parallel" and getattr(k.value, "value", None) is True
-                                                for k in d.keywords) for d in fn.decorator_list)
-            if parallel:
-                found = []
-                for stmt in fn.body:
-                    _regions_outside_prange(stmt, found)
-                offenders += [f"{path.relative_to(ROOT)}:{line} {fn.name}: {code}" for line, code in found]
+    parallel_kernels = 0
+    for path, fn, parallel in _numba_kernels():
+        if parallel:
+            parallel_kernels += 1
+            found = []
+            for stmt in fn.body:
+                _regions_outside_prange(stmt, found)
+            offenders += [f"{path}:{line} {fn.name}: {code}" for line, code in found]
+    assert parallel_kernels > 10, "the parallel kernels were not found"
     assert not offenders, "\n".join(offenders)
-
-
-def _njit_kernels(tree):
-    """The functions of a module's AST decorated with ``numba.njit`` / ``njit`` (called or not)."""
-    for fn in ast.walk(tree):
-        if isinstance(fn, ast.FunctionDef):
-            for d in fn.decorator_list:
-                target = d.func if isinstance(d, ast.Call) else d
-                if getattr(target, "attr", getattr(target, "id", None)) == "njit":
-                    yield fn
-                    break
 
 
 def test_numba_kernels_copy_rows_by_loops_not_slice_assignment():
@@ -93,11 +97,10 @@ def test_numba_kernels_copy_rows_by_loops_not_slice_assignment():
     (kernels/map_order.py's copies of the paper's conv maps, one thread). Fills (``acc[:] = 0``) and whole arrays
     named on the right are not flagged."""
     offenders = []
-    for path in sorted((ROOT / "sbnnumba").rglob("*.py")):
-        for fn in _njit_kernels(ast.parse(path.read_text())):
-            for node in ast.walk(fn):
-                if isinstance(node, ast.Assign) and isinstance(node.value, (ast.Subscript, ast.Attribute)) and any(
-                        isinstance(t, ast.Subscript) and any(isinstance(s, ast.Slice) for s in ast.walk(t.slice))
-                        for t in node.targets):
-                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} {fn.name}: {ast.unparse(node)}")
+    for path, fn, _ in _numba_kernels():
+        for node in ast.walk(fn):
+            if isinstance(node, ast.Assign) and isinstance(node.value, (ast.Subscript, ast.Attribute)) and any(
+                    isinstance(t, ast.Subscript) and any(isinstance(s, ast.Slice) for s in ast.walk(t.slice))
+                    for t in node.targets):
+                offenders.append(f"{path}:{node.lineno} {fn.name}: {ast.unparse(node)}")
     assert not offenders, "\n".join(offenders)
