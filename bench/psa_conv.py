@@ -31,11 +31,13 @@ Prints, measured in the same run (medians over interleaved repeats, float32):
    that form reaches; each stage is printed as a fraction of it. Also timed with them: each stage's kernel alone
    (the ratio kernel of its layout called on copies of the arguments it got in the stage's call,
    :func:`captured_kernel`), so that the call's fixed cost (layout copy, factor passes, ``exp``, Python) shows as the
-   difference between the two figures; and each stage's call repeated at once after an untimed call of its own
-   ("call again at once"), so that what the stages before it leave in (or take out of) the caches shows as the
-   difference between it and the call in the sequence. And the innermost loop of each layout's ratio kernel alone
-   on L1-resident rows (:func:`loop_floors`: ``conv_channels.channel_pair_terms`` and ``conv_cpu.cell_pair_terms``
-   with the kernels' fastmath flags, no tasks, no cache misses), about the most a kernel of that loop reaches here;
+   difference between the two figures (the 1x1 stage runs one region, ``conv_single_cell``, whose kernel includes its
+   factor passes: there the difference is the NumPy ``tanh``, the all-ones term and Python); and each stage's call
+   repeated at once after an untimed call of its own ("call again at once"), so that what the stages before it leave
+   in (or take out of) the caches shows as the difference between it and the call in the sequence. And the innermost
+   loop of each layout's ratio kernel alone on L1-resident rows (:func:`loop_floors`:
+   ``conv_channels.channel_pair_terms`` and ``conv_cpu.cell_pair_terms`` with the kernels' fastmath flags, no tasks,
+   no cache misses), about the most a kernel of that loop reaches here;
    each stage's kernel is printed as a fraction of its layout's loop.
 
 4. the stages of part 3 that run channel-innermost (``conv_cpu.channel_inner``: 192 channels here), timed
@@ -73,7 +75,7 @@ from common import interleaved_medians, interleaved_wall_cpu_medians, machine_in
 import sbnnumba as sb  # noqa: E402
 from sbnnumba.architectures import build  # noqa: E402
 from sbnnumba.conv import Conv2d  # noqa: E402
-from sbnnumba.kernels import conv_channels, conv_cpu, conv_layout  # noqa: E402
+from sbnnumba.kernels import conv_channels, conv_cpu, conv_layout, conv_single_cell  # noqa: E402
 from sbnnumba.kernels.ratio_pair import PAIR_FASTMATH, RATIO_CLAMP  # noqa: E402
 
 
@@ -327,12 +329,15 @@ def captured_kernel(call):
 
     Returns
     -------
-    (callable, str)
-        Runs the kernel alone (what the stage's call spends beyond it is the call's fixed cost), and its layout:
-        ``"cell-major"`` or ``"channel-innermost"`` (the keys of :func:`loop_floors`).
+    (callable, str, bool)
+        Runs the kernel alone (what the stage's call spends beyond it is the call's fixed cost); its innermost
+        loop: ``"cell-major"`` or ``"channel-innermost"`` (the keys of :func:`loop_floors`); and whether it is the
+        one-region kernel of 1x1 maps (``conv_single_cell``), which runs the channel-innermost loop and whose "kernel
+        alone" includes the factors' exponentials (the other kernels get them from a pass before theirs).
     """
     captured = []
-    layouts = {conv_cpu._flip_conv_ratio: "cell-major", conv_channels.flip_conv_ratio_channels: "channel-innermost"}
+    layouts = {conv_cpu._flip_conv_ratio: "cell-major", conv_channels.flip_conv_ratio_channels: "channel-innermost",
+               conv_single_cell._flip_ratio_single_cell: "channel-innermost"}
 
     def spy(kernel):
         def run(*args):
@@ -340,12 +345,13 @@ def captured_kernel(call):
             return kernel(*args)
         return run
 
-    with wrapped(conv_cpu, "_flip_conv_ratio", spy), wrapped(conv_channels, "flip_conv_ratio_channels", spy):
+    with wrapped(conv_cpu, "_flip_conv_ratio", spy), wrapped(conv_channels, "flip_conv_ratio_channels", spy), \
+            wrapped(conv_single_cell, "_flip_ratio_single_cell", spy):
         call()
     if len(captured) != 1:
         raise AssertionError(f"expected one ratio kernel call in the stage's flip propagation, got {len(captured)}")
     kernel, args = captured[0]
-    return (lambda: kernel(*args)), layouts[kernel]
+    return (lambda: kernel(*args)), layouts[kernel], kernel is conv_single_cell._flip_ratio_single_cell
 
 
 def stage_section(rng, repeats, threads, width):
@@ -355,9 +361,9 @@ def stage_section(rng, repeats, threads, width):
         call()
     divider, divider_conns = division_bound(threads)
     calls = {label: call for label, _, call, _ in problems}
-    layout = {}
+    layout, one_region = {}, {}
     for label, _, call, _ in problems:
-        calls[(label, "kernel")], layout[label] = captured_kernel(call)
+        calls[(label, "kernel")], layout[label], one_region[label] = captured_kernel(call)
         calls[(label, "kernel")]()  # compiled for the copies' layout before the timed rounds
     calls["divider"] = divider
     floors = loop_floors(threads)
@@ -385,7 +391,8 @@ def stage_section(rng, repeats, threads, width):
               f"{per_core_wall / bound:4.2f} of the bound  {per_core_cpu:5.2f} per core (CPU time);  kernel alone "
               f"{kernel_wall * 1e3:8.2f} ms  {per_core_kernel:5.2f} ({per_core_kernel / bound:4.2f} of the bound, "
               f"{per_core_kernel / floor[layout[label]]:4.2f} of its {layout[label]} loop);  "
-              f"call again at once {again_wall * 1e3:8.2f} ms  {per_core_again:5.2f}")
+              f"call again at once {again_wall * 1e3:8.2f} ms  {per_core_again:5.2f}"
+              + ("  (one region: the kernel alone includes its factors)" if one_region[label] else ""))
     print(f"   => slowest stage: {worst:.2f} G connections/s per core (wall); the divider allows {bound:.2f}, the "
           f"kernels' loops {min(floor.values()):.2f}-{max(floor.values()):.2f}")
 

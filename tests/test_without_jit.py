@@ -44,6 +44,12 @@ def compute():
                     x_in, a, x_out, w, d_out, (1, 1), (1, 1), code, form=form, layout=layout)
         units = np.concatenate([3 * rng.standard_normal(200), [0.0, 0.999, 1.5, 12.8, 90.0]]).astype(np.float32)
         out[f"entropy {name}"] = noise.entropy_bits(units)  # the float32 pass (log_f32's intrinsics)
+    # a 1x1 kernel on a 1x1 map: the one-region kernel of conv_single_cell (odd C_out: its neutral channel)
+    x_in, w = pm1(11, 9, 1, 1), (0.3 * rng.standard_normal((5, 9, 1, 1))).astype(np.float32)
+    a = (conv_reference.conv_forward(x_in, w, rng.standard_normal(5), (1, 1), (0, 0)) / 3).astype(np.float32)
+    x_out, d_out = states(get_noise("logistic"), a)
+    out["conv flip logistic auto single-cell"] = conv_cpu.flip_propagate_conv(x_in, a, x_out, w, d_out, (1, 1),
+                                                                             (0, 0), 0)
     net = sb.Network.dense([12, 40, 33, 3], n_classes=3, noise="logistic", rng=rng)
     x, y = rng.random((6, 12)).astype(np.float32), rng.integers(0, 3, 6)
     net.initialize_from_data(x)
@@ -77,11 +83,11 @@ def _exact(name):
 def test_every_flip_form_and_psa_step_runs_without_jit(compiled_and_python):
     compiled, python = compiled_and_python
     assert sorted(compiled) == sorted(python)
-    # 4 noises x (2 dense + 4 conv flips + the unit entropy); weight and bias of the dense net's 3 stages and head, of
-    # the conv net's 8 stages and head, and each loss
-    assert len(compiled) == 4 * (2 + 4 + 1) + (2 * 4 + 1) + (2 * 9 + 1)
+    # 4 noises x (2 dense + 4 conv flips + the unit entropy), the single-cell conv flip; weight and bias of the dense
+    # net's 3 stages and head, of the conv net's 8 stages and head, and each loss
+    assert len(compiled) == 4 * (2 + 4 + 1) + 1 + (2 * 4 + 1) + (2 * 9 + 1)
     exact = [k for k in compiled if _exact(k)]
-    assert len(exact) == 6
+    assert len(exact) == 7
     for name, want in compiled.items():
         got = python[name]
         assert got.dtype == want.dtype and got.shape == want.shape, name

@@ -15,7 +15,9 @@ long whatever the map size; on small output maps (1x1: ``bb <= 64`` entries) its
 as much as the loop, and on maps whose rows are short next to the grid's (9x9 -> 7x7) a fifth of its divisions
 fall on the zero cells between rows, so there the ratio and bounded forms run the channel-innermost kernels of
 :mod:`sbnnumba.kernels.conv_channels` instead (:func:`channel_inner`; same terms in the same order, hence
-the same bits).
+the same bits). A 1x1 kernel on a 1x1 map (the paper's last stage) is a dense layer on the channels:
+there the float32 ratio form runs as one parallel region, factors included (:mod:`sbnnumba.kernels.conv_single_cell`;
+the same bits again).
 
 **Layout.** The cell-major "phase grids" of :mod:`sbnnumba.kernels.conv_layout`: every tap of the convolution
 is one contiguous run of ``n_q bb`` (output cell, example) entries, for every stride; batch blocks and
@@ -73,6 +75,7 @@ from numba import prange
 from ..runtime import blockwise, kernel_threads
 from . import conv_channels, probit
 from .conv_layout import BATCH_BLOCK, batch_blocks, geometry, input_cells, output_cells, tile_length
+from .conv_single_cell import all_ones_one_cell, flip_ratio_single_cell, single_cell
 from .cpu import (
     EXP_ARG_LIMIT,
     choose_form,
@@ -503,7 +506,8 @@ def flip_plan(x_shape, a_shape, out_shapes, w_shape, stride, padding, dtype, for
     ratio = RatioPlan(c_pad, n_f, n_f + math.prod(k_shape), f_blocks, f_bb, f_wq, k_shape, limit, clip, clamp(dtype),
                       tap_flat, n_q * bb, (n_blocks, n_grid * bb), ho * wo == 1,
                       (n_batch, c_pad, ho, wo) if channels else (n_blocks, c_pad, -1),
-                      math.prod(a_shape) + n_blocks * n_grid * bb * tap_flat.size)
+                      math.prod(a_shape) + n_blocks * n_grid * bb * tap_flat.size,
+                      layout == "auto" and single_cell(x_shape, a_shape, w_shape, dtype))
     return dataclasses.replace(plan, ratio=ratio)
 
 
@@ -585,6 +589,9 @@ class RatioPlan:
         The factors' shape as the kernel reads them.
     ones_work : int
         Entries the all-ones pass reads and writes (its threads, "copy").
+    single_cell : bool
+        A 1x1 kernel on a 1x1 map in float32 with ``layout="auto"``: the call runs in one parallel region
+        (:mod:`sbnnumba.kernels.conv_single_cell`).
     """
 
     c_pad: int
@@ -603,6 +610,7 @@ class RatioPlan:
     one_cell: bool
     kernel_shape: tuple
     ones_work: int
+    single_cell: bool
 
 
 def flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_code, form="auto", layout="auto"):
@@ -629,7 +637,8 @@ def flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_co
     layout : {"auto", "cells", "channels"}
         Loop layout of the ratio and bounded forms: "cells" the cell-major kernels of this module, "channels"
         the channel-innermost ones (:mod:`sbnnumba.kernels.conv_channels`; the probit and generic forms always
-        run cell-major), "auto" :func:`channel_inner`'s choice. All give the same bits.
+        run cell-major), "auto" :func:`channel_inner`'s choice, or for the float32 ratio form of a 1x1 kernel on a 1x1
+        map the one-region kernel of :mod:`sbnnumba.kernels.conv_single_cell`. All give the same bits.
 
     Returns
     -------
@@ -646,14 +655,19 @@ def flip_propagate_conv(x_in, a, x_out, weight, d_out, stride, padding, noise_co
         plan = flip_plan.__wrapped__(*key, form, noise_code, layout)
     if plan.form == "probit" and probit_or_generic(a, weight) == "generic":
         plan = flip_plan(*key, "generic", noise_code, layout)
-    with kernel_threads(plan.connections):  # the per-call thread rule of sbnnumba.runtime
-        return _flip_propagate_conv(plan, x_in, a, x_out, weight, d_out, stride, padding, noise_code)
+    with kernel_threads(plan.connections) as threads:  # the per-call thread rule of sbnnumba.runtime
+        return _flip_propagate_conv(plan, x_in, a, x_out, weight, d_out, stride, padding, noise_code, threads)
 
 
-def _flip_propagate_conv(plan, x_in, a, x_out, weight, d_out, stride, padding, noise_code):
-    """:func:`flip_propagate_conv` after the checks: the kernels of ``plan`` (:func:`flip_plan`)."""
+def _flip_propagate_conv(plan, x_in, a, x_out, weight, d_out, stride, padding, noise_code, threads):
+    """:func:`flip_propagate_conv` after the checks: the kernels of ``plan`` (:func:`flip_plan`) on ``threads``."""
     dtype = a.dtype
     x_in = np.asarray(x_in)
+    if plan.ratio is not None and plan.ratio.single_cell:
+        rp = plan.ratio
+        d_in = flip_ratio_single_cell(x_in, a, x_out, d_out, weight, rp.limit, rp.clip, rp.big, threads)
+        if d_in is not None:  # None: saturated units, summed by the general path below
+            return d_in
     # (the call's temporaries in reused buffers: workspace.scratch)
     # The preparation passes take threads by their own size (a parallel region costs tens of microseconds to wake
     # its workers: the 1x1 stages' calls were 1.7x slower at two threads than at one), the kernel by the connections.
@@ -934,11 +948,9 @@ def _ratio(plan, x_in, a, x_out, d_out, weight, stride, padding, sel, d_in):
     a_grid = scratch("a_grid", rp.a_grid_shape, dtype)
     t_map = np.empty((1, 1, 1), dtype=dtype)  # unread unless given
     if rp.one_cell:  # one output cell: np.einsum sums over c in its own (vectorized) order, kept as is
-        np.add(half, 1, out=half)
-        np.multiply(half, 0.5, out=half)
         g_map = (np.ascontiguousarray(g.reshape(n_batch, rp.c_pad, 1, 1)[:, :c_out]) if plan.channels else
                  g_pair[0] * g_pair[1])
-        t_map = np.einsum("bcyx,bcyx->byx", g_map, half)
+        t_map = all_ones_one_cell(g_map, half)
     with kernel_threads(rp.ones_work, "copy"):  # its own size (see _flip_propagate_conv)
         _all_ones_term(*g_pair, half, t_map, rp.one_cell, rp.tap_flat, rp.n_run, plan.wq, plan.bb, a_grid)
     kernel = conv_channels.flip_conv_ratio_channels if plan.channels else _flip_conv_ratio
