@@ -88,7 +88,7 @@ from .cpu import (
     split_saturated,
 )
 from .float32_exp import exp_f32_saturating, exp_in_place
-from .ratio_pair import PAIR_FASTMATH, clamp, denominator, factor, pair_term
+from .ratio_pair import PAIR_FASTMATH, clamp, denominator, factor, pair_term, weight_factors
 from .scalar import TRIANGULAR, bounded_cdf_diff, cdf_lower
 from .workspace import scratch
 
@@ -709,8 +709,8 @@ def _taps_inner(t):
 
 @numba.njit(inline="always", error_model="numpy")
 def _factor(v, exp_f32):
-    # A factor as a contiguous loop of _ratio_factors writes it: v, or, with exp_f32 (not None: float32 only), e^v by
-    # exp_f32_saturating, the bits of exp_in_place. (v may come as a float64, 2 w for a float32 w: exact.)
+    # A map factor as a contiguous loop of _ratio_factors writes it: v, or, with exp_f32 (not None: float32 only), e^v
+    # by exp_f32_saturating, the bits of exp_in_place (the weight factors' twin rule: ratio_pair.weight_factors).
     if exp_f32 is None:
         return v
     return exp_f32_saturating(np.float32(v))
@@ -729,27 +729,21 @@ def _exp_run(v, exp_f32):
 
 @numba.njit(inline="always")
 def _two_w_row(w3, clip, taps_inner, out, c, exp_f32):
-    # out[0, c] = clip(2 W[c], -clip, clip), out[1, c] = -out[0, c] (exact operations), in the kernel's weight layout:
-    # (C_out, C_in, taps), or (C_out, taps, C_in) with taps_inner, where the contiguous loop also takes the e^ of
-    # exp_f32 (_factor); the other layout's caller applies it after (_exp_run).
+    # out[0, c] = f(v), out[1, c] = f(-v), v = clip(2 W[c], -clip, clip), f the e^ of exp_f32 or the identity
+    # (ratio_pair.weight_factors), in the kernel's weight layout: (C_out, C_in, taps), or (C_out, taps, C_in) with
+    # taps_inner. The copy first (transposing with taps_inner), then the factors along the contiguous row: both loops
+    # vectorize (one loop doing it all did not: 2.6x the time on the paper's stage 7, 192 x 192 x 9).
     c_in, n_taps = w3.shape[1], w3.shape[2]
+    row = out[0, c].reshape(-1)
     if taps_inner:
-        # the transposing copy first, then 2W, its clip and its negation along the contiguous row: both loops
-        # vectorize (one loop doing it all did not: 2.6x the time on the paper's stage 7, 192 x 192 x 9)
         for k in range(n_taps):
-            row, neg = out[0, c, k], out[1, c, k]
             for r in range(c_in):
-                row[r] = w3[c, r, k]
-            for r in range(c_in):
-                v = min(max(2 * row[r], -clip), clip)
-                row[r] = _factor(v, exp_f32)
-                neg[r] = _factor(-v, exp_f32)
+                row[k * c_in + r] = w3[c, r, k]
     else:
-        for r in range(c_in):
-            for k in range(n_taps):
-                v = min(max(2 * w3[c, r, k], -clip), clip)
-                out[0, c, r, k] = v
-                out[1, c, r, k] = -v
+        src = w3[c].reshape(-1)
+        for i in range(row.size):
+            row[i] = src[i]
+    weight_factors(row, out[1, c].reshape(-1), clip, exp_f32)
 
 
 @numba.njit(inline="always", error_model="numpy")
@@ -799,7 +793,6 @@ def _weight_factors_channel(w3, clip, taps_inner, two_w, c, exp_f32):
     else:
         two_w[0, c] = 0
         two_w[1, c] = 0
-    if c >= w3.shape[0] or not taps_inner:
         _exp_run(two_w[0, c], exp_f32)
         _exp_run(two_w[1, c], exp_f32)
 
@@ -849,8 +842,8 @@ def _ratio_factors(a, x_out, d_out, limit, ho, wq, bb, neg_a, g, half, w3, clip,
     # e^{-a} = 0, and g = 0); half = a / 2 (maps, for tanh); two_w = (2W, -2W), 2W clipped to [-clip, clip]
     # (_two_w_row), 0 for the extra channel, the weight w3 (C_out, C_in, taps). Returns the number of saturated units
     # (|a| > limit). Exact operations: the values NumPy's -a, x_out * d_out and a * 0.5 give. With exp_f32 (float32)
-    # neg_a and two_w hold the e^ of those values (exp_in_place's bits): written at once in the contiguous loops
-    # (_factor), over each block or channel after its strided writes (_exp_run).
+    # neg_a and two_w hold the e^ of those values (exp_in_place's bits): neg_a's written at once in the contiguous loops
+    # (_factor) or over each block after its strided writes (_exp_run), two_w's by ratio_pair.weight_factors.
     # One call and one parallel region: the maps' blocks and the weight's channels are tasks of one prange, mixed in
     # proportion on `threads` > 1 (mixed_order; the caller's Numba thread count: numba.get_num_threads() in a kernel
     # keeps it out of the cache). At two threads each region wakes the sleeping worker (34-81 us here); np.zeros, a

@@ -23,7 +23,8 @@ weights' ``2 C_out C_in`` at the paper's stage), then sums its columns. No task 
 needs no barrier. ``A`` comes from NumPy before the region (``tanh`` and ``np.einsum``, :func:`all_ones_one_cell`: the
 general path's own calls).
 
-**Same bits as the general path.** Every value is formed by the same expressions in the same dtype: the exponentials by
+**Same bits as the general path.** Every value is formed by the same expressions in the same dtype: the weight factors
+by the general path's own rule (:func:`sbnnumba.kernels.ratio_pair.weight_factors`), ``e^{-a}`` by
 :func:`sbnnumba.kernels.float32_exp.exp_f32_saturating` of the same arguments, each accumulator adds its pairs ``c =
 0, 2, 4, ...`` from 0 with :func:`sbnnumba.kernels.conv_channels.channel_pair_terms` (the channel kernel's loop), and
 ``d_in = (0 + A) - acc`` as the general path's grid gives it. ``tests/test_conv_single_cell.py`` compares the bits
@@ -38,7 +39,7 @@ from numba import prange
 from ..runtime import blockwise
 from .conv_channels import MAX_BLOCK, channel_pair_terms
 from .float32_exp import exp_f32_saturating
-from .ratio_pair import PAIR_FASTMATH
+from .ratio_pair import PAIR_FASTMATH, weight_factors
 from .workspace import scratch
 
 
@@ -128,24 +129,10 @@ def flip_ratio_single_cell(x_in, a, x_out, d_out, weight, limit, clip, big, thre
 
 
 @numba.njit(error_model="numpy", cache=True)
-def _weight_factor_row(w_row, clip, k_pos, k_neg):
-    # k_pos = e^{v}, k_neg = e^{-v}, v = clip(2 w, -clip, clip): the general path's _two_w_row values (2 w is exact in
-    # float32 as in float64, and an overflow to inf clips to the same bound). Not inlined: compiled without the
-    # kernel's fastmath, which would let LLVM drop exp_f32_saturating's range tests; the copy first, so that both loops
-    # vectorize (as in _two_w_row).
-    n = k_pos.shape[0]
-    for i in range(n):
-        k_pos[i] = w_row[i]
-    for i in range(n):
-        v = min(max(np.float32(2) * k_pos[i], -clip), clip)
-        k_pos[i] = exp_f32_saturating(v)
-        k_neg[i] = exp_f32_saturating(-v)
-
-
-@numba.njit(error_model="numpy", cache=True)
 def _unit_factor_row(a_row, limit, e_row):
     # e_row[c] = e^{-a[c]} (the neutral channel's e^{-inf} = 0 past C_out); returns the saturated units (|a| > limit)
-    # of the row. Not inlined (see _weight_factor_row).
+    # of the row. Not inlined (as ratio_pair.weight_factors: the kernel's fastmath would drop exp_f32_saturating's
+    # range tests).
     n = a_row.shape[0]
     count = 0
     for c in range(n):
@@ -176,7 +163,11 @@ def _flip_ratio_single_cell(x, a, g, t_map, w, limit, clip, big, k_buf, e_buf, s
         k_pos, k_neg, e_t, sel = k_buf[t, 0], k_buf[t, 1], e_buf[t], sel_buf[t]
         for c in range(c_pad):
             if c < c_out:
-                _weight_factor_row(w[c, i0:i1], clip, k_pos[c, :n], k_neg[c, :n])
+                # through row views the copy vectorizes (with 2-d indexing the call took 1.14x as long)
+                src, row = w[c, i0:i1], k_pos[c, :n]
+                for i in range(n):
+                    row[i] = src[i]
+                weight_factors(row, k_neg[c, :n], clip, True)
             else:
                 k_pos[c, :n] = 1  # e^0, the general path's neutral factor
                 k_neg[c, :n] = 1

@@ -43,6 +43,7 @@ import numpy as np
 from llvmlite import ir
 from numba.extending import intrinsic
 
+from .float32_exp import exp_f32_saturating
 from .scalar import dtype_name
 
 # Clamp of the ratio form's denominators (module docstring; CPU kernels and the numba.cuda kernels alike):
@@ -203,3 +204,37 @@ def pair_term(g0, d0, g1, d1):
         ``g0 / d0 + g1 / d1`` as ``fma(g0, d1, g1 d0) / (d0 d1)``; ``g0 / d0`` exactly when ``(g1, d1) = (0, 1)``.
     """
     return fma(g0, d1, g1 * d0) / (d0 * d1)
+
+
+@numba.njit(error_model="numpy", cache=True)
+def weight_factors(k_pos, k_neg, clip, exp_f32):
+    """The weight factors ``K = e^{+-2W}`` of a row of weights, in place: ``v = min(max(2 w, -C), C)`` from
+    ``k_pos = w``, then ``k_pos = e^v``, ``k_neg = e^{-v}``.
+
+    The one definition of the conv ratio form's weight factors (:mod:`sbnnumba.kernels.conv_cpu`, both layouts, and
+    :mod:`sbnnumba.kernels.conv_single_cell`). Not inlined: its callers' kernels may compile with fastmath, which would
+    let LLVM drop :func:`sbnnumba.kernels.float32_exp.exp_f32_saturating`'s range tests; compiled alone it vectorizes.
+
+    Parameters
+    ----------
+    k_pos : ndarray (n,)
+        The weights on entry, ``e^{v}`` (or ``v``) on return.
+    k_neg : ndarray (n,)
+        ``e^{-v}`` (or ``-v``) on return.
+    clip : float
+        ``C`` (:func:`sbnnumba.kernels.cpu.ratio_limits`); ``2w`` is exact in the row's dtype as in float64, and an
+        overflow to infinity clips to the same bound, so the dtype of the arithmetic does not change ``v``.
+    exp_f32 : bool or None
+        Not None (float32 rows only): the exponentials by :func:`~sbnnumba.kernels.float32_exp.exp_f32_saturating`
+        (the bits of :func:`~sbnnumba.kernels.float32_exp.exp_in_place`); None: ``v`` and ``-v`` themselves, for a
+        caller that takes NumPy's ``exp`` after (float64).
+    """
+    two = k_pos.dtype.type(2)
+    for i in range(k_pos.shape[0]):
+        v = min(max(two * k_pos[i], -clip), clip)
+        if exp_f32 is None:
+            k_pos[i] = v
+            k_neg[i] = -v
+        else:
+            k_pos[i] = exp_f32_saturating(np.float32(v))
+            k_neg[i] = exp_f32_saturating(np.float32(-v))
